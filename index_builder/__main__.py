@@ -1,0 +1,5 @@
+import sys
+
+from index_builder.build import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Build a training-set index from a folder of images, or from a CSV/parquet listing image paths
+(relative to --images) and captions. Corrupt or unreadable images are skipped, counted and listed.
+
+    python -m index_builder --images DIR [--captions FILE.csv|.parquet] --descriptor pixel --out INDEX
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from memlab.cli import guarded
+from memlab.errors import MemlabError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m index_builder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument("--captions", default=None, help="CSV or parquet listing images and captions")
+    p.add_argument("--file-column", default="file", help="column with image paths relative to --images")
+    p.add_argument("--caption-column", default="caption", help="column with captions")
+    p.add_argument("--id-column", default="id", help="column with item ids (default: row number)")
+    p.add_argument("--descriptor", action="append", default=None,
+                   help="descriptor name, repeatable or comma-separated (default: pixel); the first is "
+                        "the index's default and defines near-duplicate groups")
+    p.add_argument("--factory", default="Flat", help="FAISS index factory string (default Flat = exact)")
+    p.add_argument("--fpr", type=float, default=0.01,
+                   help="background false-positive rate for calibrated thresholds (default 0.01)")
+    p.add_argument("--calib-n", type=int, default=500, help="items copied for calibration (default 500)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weights", default=None, help="model weights file or folder (SSCD TorchScript)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--copy-images", action="store_true", help="copy the images into the index folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    return p
+
+
+def read_listing(images: Path, captions: str | None, file_col: str, caption_col: str, id_col: str) -> pd.DataFrame:
+    """Items as a DataFrame with id, caption, file (+ the listing's other columns)."""
+    if captions is None:
+        files = sorted(str(f.relative_to(images)) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        return pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
+    path = Path(captions)
+    if not path.is_file():
+        raise MemlabError(f"captions file {path} does not exist")
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:  # pandas raises many types for a malformed file
+        raise MemlabError(f"cannot read captions file {path}: {e}") from e
+    if file_col not in df.columns:
+        raise MemlabError(f"{path} has no {file_col!r} column (columns: {', '.join(map(str, df.columns))}); "
+                          f"use --file-column")
+    if caption_col not in df.columns:
+        raise MemlabError(f"{path} has no {caption_col!r} column; use --caption-column")
+    out = df.rename(columns={file_col: "file", caption_col: "caption"})
+    if id_col in df.columns and id_col not in ("file", "caption"):
+        out = out.rename(columns={id_col: "id"})
+    else:
+        out.insert(0, "id", range(len(out)))
+    out["file"] = out["file"].astype(str)
+    out["caption"] = out["caption"].fillna("").astype(str)
+    return out
+
+
+def check_images(images: Path, items: pd.DataFrame, progress) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep the rows whose image opens and decodes; return them and the (file, reason) skipped."""
+    ok, skipped = [], []
+    for i, f in progress(list(enumerate(items["file"])), desc="check images"):
+        try:
+            with Image.open(images / f) as im:
+                im.load()
+            ok.append(i)
+        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as e:
+            skipped.append((f, type(e).__name__ + ": " + str(e)[:120]))
+    return items.iloc[ok].reset_index(drop=True), skipped
+
+
+def build(args) -> int:
+    from tqdm import tqdm
+
+    from memlab.descriptors import create_descriptor
+    from memlab.index import build_index
+    from memlab.match import load_image
+
+    def progress(it, desc="", total=None):
+        return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=None)
+
+    t0 = time.perf_counter()
+    images = Path(args.images)
+    if not images.is_dir():
+        raise MemlabError(f"--images {images} is not a folder")
+    names = [n.strip() for arg in (args.descriptor or ["pixel"]) for n in arg.split(",") if n.strip()]
+    if not 0 < args.fpr < 0.5:
+        raise MemlabError("--fpr must be between 0 and 0.5")
+    items = read_listing(images, args.captions, args.file_column, args.caption_column, args.id_column)
+    n_listed = len(items)
+    items, skipped = check_images(images, items, progress)
+    print(f"images: {n_listed} listed, {len(items)} readable, {len(skipped)} skipped", file=sys.stderr)
+    for f, why in skipped:
+        print(f"  skipped {f}: {why}", file=sys.stderr)
+    if len(items) < 2:
+        raise MemlabError("need at least two readable images to build an index")
+    descriptors = [create_descriptor(n, **({"weights": args.weights} if args.weights else {}),
+                                     **({"device": args.device} if args.device else {})) for n in names]
+    out = Path(args.out)
+    image_root = "images" if args.copy_images else str(images.resolve())
+    build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descriptors,
+                factory=args.factory, fpr=args.fpr, calib_n=args.calib_n, seed=args.seed,
+                batch_size=args.batch_size, image_root=image_root, progress=progress,
+                extra_manifest={"source": {"images": str(images.resolve()), "captions": args.captions,
+                                           "listed": n_listed, "skipped": [f for f, _ in skipped],
+                                           "command": "python -m index_builder " + " ".join(sys.argv[1:])}},
+                extra_files=(lambda tmp: _copy_images(tmp, images, items)) if args.copy_images else None)
+    print(f"wrote {out} ({len(items)} items, descriptors {', '.join(names)}) in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _copy_images(out: Path, images: Path, items: pd.DataFrame) -> None:
+    for f in items["file"]:
+        dst = out / "images" / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images / f, dst)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return guarded(build, args)

@@ -1,0 +1,85 @@
+"""Match query images against a training index: per image its top-k training items with scores,
+the replication verdict at the descriptor's threshold, and a summary with the dataset-level numbers
+(dataset similarity, replication rate) beside the index's background figures."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import MemlabError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def add_arguments(p):
+    p.add_argument("--index", required=True, help="index directory (built by python -m index_builder)")
+    p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
+    p.add_argument("--descriptor", default=None, help="descriptor name (default: the index's default)")
+    p.add_argument("--k", type=int, default=5, help="matches per query (default 5)")
+    p.add_argument("--weights", default=None, help="model weights file/folder (e.g. SSCD TorchScript)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def expand_images(paths) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise MemlabError(f"query image {p} does not exist")
+    if not out:
+        raise MemlabError("no query images found")
+    return out
+
+
+def run(args) -> int:
+    from ..index import TrainingIndex
+    from ..match import descriptor_for_index, load_image, match_images
+
+    if args.k < 1 or args.k > 1000:
+        raise MemlabError("--k must be between 1 and 1000")
+    t0 = time.perf_counter()
+    index = TrainingIndex.load(args.index)
+    descriptor = descriptor_for_index(index, args.descriptor, weights=args.weights, device=args.device)
+    index.faiss_index(descriptor.name)
+    paths = expand_images(args.images)
+    images = [load_image(p) for p in paths]
+    load_s = time.perf_counter() - t0
+    result = match_images(index, descriptor, images, [str(p) for p in paths], k=args.k)
+    result["summary"]["timing"]["load_s"] = load_s
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(result)
+    return 0
+
+
+def _f(x, fmt=".3f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def print_table(result: dict) -> None:
+    d = result["descriptor"]
+    print(f"descriptor {d['name']} | model {d['model']} | preset {d['preset']} | "
+          f"threshold {d['threshold']:.3f} ({d['threshold_source']})")
+    for q in result["queries"]:
+        verdict = "REPLICATED" if q["replicated"] else "novel"
+        print(f"\n{q['image']}  ->  {verdict} (top-1 {q['score']:.3f} vs threshold {q['threshold']:.3f})")
+        print(f"  {'rank':>4}  {'score':>6}  {'dups':>4}  {'id':<12} caption")
+        for r, m in enumerate(q["matches"], 1):
+            print(f"  {r:>4}  {m['score']:6.3f}  {m['duplicates']:>4}  {str(m['id']):<12} {m['caption'][:60]}")
+    s = result["summary"]
+    ds, bg, cal, t = s["dataset_similarity"], s["background"], s["calibration"], s["timing"]
+    print(f"\nqueries {s['n_queries']} | replication rate {s['replication_rate']:.1%} | dataset similarity "
+          f"(p95) {_f(ds['p95'])} | mean {_f(ds['mean'])} | background p95 {_f(bg['p95'])}")
+    cp, bp = cal.get("copy_percentiles") or {}, cal.get("background_percentiles") or {}
+    print(f"calibration: copies p5/p50/p95 {_f(cp.get('p5'))}/{_f(cp.get('p50'))}/{_f(cp.get('p95'))} | "
+          f"background p5/p50/p95 {_f(bp.get('p5'))}/{_f(bp.get('p50'))}/{_f(bp.get('p95'))} | "
+          f"recall {_f(cal.get('recall'))} fpr {_f(cal.get('fpr'))}")
+    print(f"time: load {t['load_s']:.3f}s, embed {t['embed_s']:.3f}s, search {t['search_s']:.3f}s")

@@ -1,0 +1,323 @@
+"""Copy-detection descriptors: one interface, a registry of named configs (like open_clip's).
+
+A descriptor turns PIL images into float32 unit-norm rows; similarity is the dot product (cosine).
+Every descriptor names its model, its preprocessing preset and, where one was published, its
+replication threshold. Adding a descriptor is adding a config to ``DESCRIPTORS``.
+
+- ``sscd``: SSCD (Pizzi et al. 2022), the official TorchScript files. Replication: cosine > 0.5
+  (Somepalli et al. 2022); high confidence: cosine > 0.75 (~90% precision on DISC, SSCD authors).
+- ``clip``: open_clip image (and text) embeddings, normalized. No published copy threshold.
+- ``pixel``: mean-centred low-resolution pixels (Carlini et al. 2023 use pixel-space L2); weight-free,
+  always available. With ``tiles > 1`` each tile is centred and normalized on its own and the
+  secondary score ``tile_min`` is the worst tile, so a matching background cannot hide a differing
+  object (Carlini et al.'s tiled distance, as a similarity).
+"""
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .errors import MemlabError, ModelFileMissing
+from .preprocess import get_preset, to_rgb
+
+SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/{model}.torchscript.pt"
+
+# Named configs. "kind" picks the class; the rest are its keyword arguments.
+DESCRIPTORS: dict[str, dict] = {
+    "sscd": {"kind": "sscd", "model": "sscd_disc_mixup", "preset": "official-320"},
+    "sscd-large": {"kind": "sscd", "model": "sscd_disc_large", "preset": "official-320"},
+    "sscd-dcr": {"kind": "sscd", "model": "sscd_disc_large", "preset": "dcr"},
+    "sscd-membench": {"kind": "sscd", "model": "sscd_disc_large", "preset": "membench"},
+    "clip": {"kind": "clip", "model": "ViT-L-14-quickgelu", "pretrained": "openai"},
+    "clip-b32": {"kind": "clip", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+    "pixel": {"kind": "pixel", "size": 16, "tiles": 1},
+    "pixel-tiled": {"kind": "pixel", "size": 32, "tiles": 4},
+}
+
+
+def register_descriptor(name: str, config: dict) -> None:
+    """Add (or replace) a named descriptor config; ``config['kind']`` must be a known kind."""
+    if config.get("kind") not in _KINDS:
+        raise MemlabError(f"descriptor kind must be one of {sorted(_KINDS)}")
+    DESCRIPTORS[name] = dict(config)
+
+
+def list_descriptors() -> list[str]:
+    return sorted(DESCRIPTORS)
+
+
+def create_descriptor(name: str, **overrides) -> "Descriptor":
+    """Build a descriptor from its registered config; keyword overrides replace config values
+    (an override of None is ignored unless the config itself names that key)."""
+    if name not in DESCRIPTORS:
+        raise MemlabError(f"unknown descriptor {name!r}; known: {', '.join(list_descriptors())}")
+    base = DESCRIPTORS[name]
+    cfg = {**base, **{k: v for k, v in overrides.items() if v is not None or k in base}}
+    kind = cfg.pop("kind")
+    import inspect
+
+    accepted = inspect.signature(_KINDS[kind]).parameters
+    unknown = [k for k in cfg if k not in accepted]
+    if unknown:
+        raise MemlabError(f"descriptor {name!r} ({kind}) takes no option(s) {', '.join(unknown)}")
+    return _KINDS[kind](name=name, **cfg)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class Descriptor:
+    """Interface: ``name``, ``kind``, ``model``, ``preset``, ``dim``, ``embed(images) -> [n, d]``."""
+
+    kind = "base"
+    name: str
+    model: str
+    preset: str
+    dim: int
+    published_threshold: float | None = None
+    published_high: float | None = None
+    threshold_source: str | None = None
+    duplicate_threshold: float = 0.95  # near-duplicate groups (connected components above it)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def secondary_scores(self, query: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Extra per-pair scores computed at re-rank time (query [d], items [k, d])."""
+        return {}
+
+    def config(self) -> dict:
+        """The keyword arguments that rebuild this descriptor with ``create_descriptor``."""
+        return {}
+
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "config": self.config(), "model": self.model, "preset": self.preset,
+                "dim": self.dim, "published_threshold": self.published_threshold,
+                "published_high": self.published_high, "threshold_source": self.threshold_source,
+                "duplicate_threshold": self.duplicate_threshold}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, model={self.model!r}, preset={self.preset!r})"
+
+
+# --------------------------------------------------------------------------------------- pixel
+class PixelDescriptor(Descriptor):
+    """Mean-centred low-resolution RGB pixels, L2-normalized (per tile when ``tiles > 1``).
+
+    The image is slightly blurred (Gaussian, a quarter of an output cell) and area-resized to
+    ``size`` x ``size``; with ``tiles = g`` it is cut into g x g tiles, each centred on its mean
+    (over all channels, so colour casts still count) and normalized, and the tiles are concatenated
+    / g, so the dot product is the mean tile cosine. A flat tile (RMS below one grey level) becomes
+    the constant unit vector: two flat tiles match, a flat and a textured tile score 0.
+    """
+
+    kind = "pixel"
+
+    def __init__(self, name: str = "pixel", size: int = 16, tiles: int = 1):
+        if size < 2 or size % tiles:
+            raise MemlabError(f"pixel descriptor: size {size} must be >= 2 and divisible by tiles {tiles}")
+        self.name, self.size, self.tiles = name, int(size), int(tiles)
+        self.model = f"pixels-{size}x{size}" + (f"-tiles{tiles}x{tiles}" if tiles > 1 else "")
+        self.preset = f"blur-area-resize-{size}-mean-centred"
+        self.dim = size * size * 3
+        self.duplicate_threshold = 0.97
+
+    def _one(self, img: Image.Image) -> np.ndarray:
+        img = to_rgb(img)
+        radius = 0.25 * max(img.size) / self.size
+        if radius >= 0.5:
+            img = img.filter(ImageFilter.GaussianBlur(radius))
+        a = np.asarray(img.resize((self.size, self.size), Image.BOX), dtype=np.float32) / 255.0
+        t, g = self.size // self.tiles, self.tiles
+        tiles = a.reshape(g, t, g, t, 3).transpose(0, 2, 1, 3, 4).reshape(g * g, t * t * 3)
+        tiles = tiles - tiles.mean(axis=1, keepdims=True)
+        rms = np.sqrt((tiles ** 2).mean(axis=1, keepdims=True))
+        unit = tiles / np.maximum(np.linalg.norm(tiles, axis=1, keepdims=True), 1e-12)
+        const = np.full_like(tiles, 1.0 / np.sqrt(tiles.shape[1]))
+        unit = np.where(rms < 1.0 / 255.0, const, unit)
+        return (unit.reshape(-1) / g).astype(np.float32)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._one(im) for im in images])
+
+    def config(self):
+        return {"size": self.size, "tiles": self.tiles}
+
+    def secondary_scores(self, query, items):
+        if self.tiles == 1:
+            return {}
+        n = self.tiles * self.tiles
+        q = np.asarray(query, np.float32).reshape(n, -1) * self.tiles
+        t = np.asarray(items, np.float32).reshape(len(items), n, -1) * self.tiles
+        return {"tile_min": np.einsum("td,ktd->kt", q, t).min(axis=1)}
+
+
+# ---------------------------------------------------------------------------------------- torch
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: $MEMLAB_CACHE, else ~/.cache/memlab."""
+    return Path(os.environ.get("MEMLAB_CACHE", Path.home() / ".cache" / "memlab"))
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("MEMLAB_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def resolve_sscd_weights(model: str, weights: str | os.PathLike | None = None) -> Path:
+    """Find ``<model>.torchscript.pt``: an explicit file or folder, else the cache, else download
+    it once from the official URL (when online). Offline and absent: a clear error."""
+    fname = f"{model}.torchscript.pt"
+    if weights is not None:
+        p = Path(weights)
+        if p.is_dir():
+            p = p / fname
+        if not p.is_file():
+            raise ModelFileMissing(f"SSCD weights not found at {p}. Download {SSCD_URL.format(model=model)} "
+                                   f"and place it there.")
+        return p
+    target = cache_dir() / "sscd" / fname
+    if target.is_file():
+        return target
+    url = SSCD_URL.format(model=model)
+    if offline():
+        raise ModelFileMissing(f"SSCD weights {fname} are not in the cache and downloads are off. "
+                               f"Download {url} and place it at {target} (or pass its path).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ModelFileMissing(f"could not download {url} ({e}). Place {fname} at {target} "
+                               f"(or pass its path).") from e
+    return target
+
+
+class SSCDDescriptor(Descriptor):
+    """SSCD TorchScript model (trunk, GeM p=3, linear, L2 norm): outputs are unit vectors."""
+
+    kind = "sscd"
+    published_threshold = 0.5
+    published_high = 0.75
+    threshold_source = ("published: replication at SSCD cosine > 0.5 (Somepalli et al. 2022, DCR); "
+                        "high confidence > 0.75 (~90% precision on DISC, Pizzi et al. 2022)")
+    duplicate_threshold = 0.75
+
+    def __init__(self, name="sscd", model="sscd_disc_mixup", preset="official-320", weights=None,
+                 device=None, batch_size=32):
+        self.name, self.model, self.preset = name, model, preset
+        self._preset = get_preset(preset)
+        self.weights = resolve_sscd_weights(model, weights)
+        self.device = _device(device)
+        self.batch_size = int(batch_size)
+        import torch
+
+        self.net = torch.jit.load(str(self.weights), map_location=self.device).eval()
+        self.dim = int(self.embed([Image.new("RGB", (64, 64))]).shape[1])
+
+    def config(self):
+        return {"model": self.model, "preset": self.preset}
+
+    def embed(self, images):
+        import torch
+
+        tf = self._preset.transform()
+        step = self.batch_size if self._preset.fixed_size else 1
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), step):
+                x = torch.stack([tf(to_rgb(im)) for im in images[i:i + step]]).to(self.device)
+                out.append(self.net(x).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
+        return l2_normalize(np.concatenate(out))
+
+
+class CLIPDescriptor(Descriptor):
+    """open_clip image/text embeddings, normalized (``normalize=True``). For OpenAI weights the
+    QuickGELU activation is forced (REFERENCE.md: the plain name gives subtly wrong vectors)."""
+
+    kind = "clip"
+    duplicate_threshold = 0.94  # clip-retrieval's near-duplicate cut
+
+    def __init__(self, name="clip", model="ViT-L-14-quickgelu", pretrained="openai", device=None,
+                 batch_size=32, cache_dir=None):
+        import open_clip
+        import torch
+
+        self.name, self.model, self.pretrained = name, model, pretrained
+        self.device = _device(device)
+        self.batch_size = int(batch_size)
+        force_qg = pretrained == "openai" and "quickgelu" not in model.lower()
+        try:
+            self.net, _, self._tf = open_clip.create_model_and_transforms(
+                model, pretrained=pretrained, force_quick_gelu=force_qg, device=self.device,
+                cache_dir=cache_dir)
+        except RuntimeError as e:
+            raise ModelFileMissing(f"open_clip could not load {model} / {pretrained}: {e}") from e
+        self.net.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.preset = f"open_clip:{model}"
+        with torch.inference_mode():
+            self.dim = int(self.embed_text(["a"]).shape[1])
+
+    def config(self):
+        return {"model": self.model, "pretrained": self.pretrained}
+
+    def embed(self, images):
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.stack([self._tf(to_rgb(im)) for im in images[i:i + self.batch_size]])
+                out.append(self.net.encode_image(x.to(self.device), normalize=True).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tok = self.tokenizer(list(texts)).to(self.device)
+            return self.net.encode_text(tok, normalize=True).float().cpu().numpy()
+
+
+_KINDS: dict[str, Callable[..., Descriptor]] = {
+    "pixel": PixelDescriptor, "sscd": SSCDDescriptor, "clip": CLIPDescriptor}
+
+
+# ------------------------------------------------------------------------------ split product
+def split_product_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Split-product similarity (Somepalli et al. 2022) for token features.
+
+    a: [Na, T, D], b: [Nb, T, D]. Each image's token features are flattened and L2-normalized as
+    one vector, then cut back into T chunks; the similarity is the max over chunk index t of the
+    dot product of the two images' t-th chunks. Returns [Na, Nb].
+    """
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:]:
+        raise MemlabError(f"split product needs [N, T, D] arrays of the same T, D; got {a.shape}, {b.shape}")
+    an = l2_normalize(a.reshape(len(a), -1)).reshape(a.shape)
+    bn = l2_normalize(b.reshape(len(b), -1)).reshape(b.shape)
+    return np.einsum("itd,jtd->ijt", an, bn).max(axis=-1)

@@ -1,0 +1,13 @@
+"""User-facing errors: a clear message instead of a traceback."""
+
+
+class MemlabError(Exception):
+    """Bad input or a missing/inconsistent file. The message says what to do."""
+
+
+class IndexMismatchError(MemlabError):
+    """An index directory whose files do not match its manifest."""
+
+
+class ModelFileMissing(MemlabError):
+    """A model file (SSCD TorchScript, pipeline folder) is not where it should be."""

@@ -1,0 +1,323 @@
+"""A training set's index on disk: the retrieval half of a world.
+
+Layout of an index directory (it describes itself):
+
+    manifest.json            descriptors (model, preset, dim, threshold and how it was obtained,
+                             background statistics), item count, sha256 of every file, creation time
+    items.parquet            id, caption, file, group (near-duplicate group), duplicates, extra columns
+    <descriptor>.faiss       the FAISS index (inner product; "Flat" = exact by default)
+    <descriptor>.npy         the exact vectors (re-ranking, background statistics)
+    <descriptor>.background.npy   each item's similarity to its nearest other item (DCR background)
+
+Writes are atomic (built in a hidden sibling folder, then renamed into place); loading checks every
+file against the manifest and refuses an index that does not match it.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .descriptors import Descriptor
+from .distort import distort
+from .errors import IndexMismatchError, MemlabError
+
+FORMAT = "memlab-index"
+VERSION = 1
+MANIFEST = "manifest.json"
+ITEMS = "items.parquet"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """Yield a hidden temporary folder beside ``out``; on success it replaces ``out`` by rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _faiss():
+    import faiss
+
+    # faiss uses its BLAS kernel only from 20 queries on; below that its scalar loop was 3.9x
+    # slower on 1M x 512 (benchmarks/bench_search.py), so use BLAS always.
+    faiss.cvar.distance_compute_blas_threshold = 1
+    return faiss
+
+
+def make_faiss_index(vectors: np.ndarray, factory: str = "Flat"):
+    """Inner-product FAISS index from a factory string ("Flat", "IVF64,Flat", "IVF256,SQ8", ...)."""
+    faiss = _faiss()
+    d = vectors.shape[1]
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise MemlabError(f"bad FAISS index factory string {factory!r}: {e}") from e
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(vectors, np.float32))
+    index.add(np.ascontiguousarray(vectors, np.float32))
+    return index
+
+
+def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int], object],
+                descriptors: Sequence[Descriptor], *, factory: str = "Flat", fpr: float = 0.01,
+                calib_n: int = 500, seed: int = 0, batch_size: int = 64, image_root: str | None = None,
+                extra_manifest: dict | None = None, progress: Callable | None = None,
+                extra_files: Callable[[Path], None] | None = None) -> Path:
+    """Embed every item with every descriptor and write an index directory atomically.
+
+    ``items`` needs columns id, caption, file; ``load_image(i)`` returns row i's PIL image.
+    Thresholds: a descriptor's published threshold when it has one, else calibrated here: synthetic
+    copies (``memlab.distort``) of up to ``calib_n`` items are scored against their originals, and
+    the threshold keeps ``fpr`` of the background of distinct items. Copy recall and background
+    false-positive rate are measured for every descriptor either way. ``extra_files(folder)`` may
+    write more into the index folder before it is sealed (top-level files are checksummed).
+    """
+    if len(items) == 0:
+        raise MemlabError("no items to index")
+    if not descriptors:
+        raise MemlabError("no descriptor given")
+    items = items.reset_index(drop=True).copy()
+    n = len(items)
+    bar = progress or (lambda it, **kw: it)
+    rng = np.random.default_rng(seed)
+    calib_rows = np.sort(rng.choice(n, size=min(calib_n, n), replace=False))
+
+    vectors: dict[str, np.ndarray] = {}
+    copies: dict[str, np.ndarray] = {}
+    for d in descriptors:
+        chunks = []
+        for s in bar(range(0, n, batch_size), desc=f"embed {d.name}", total=-(-n // batch_size)):
+            chunks.append(d.embed([load_image(i) for i in range(s, min(s + batch_size, n))]))
+        vectors[d.name] = np.ascontiguousarray(np.concatenate(chunks), np.float32)
+        cchunks = []
+        for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {d.name}",
+                     total=-(-len(calib_rows) // batch_size)):
+            rows = calib_rows[s:s + batch_size]
+            cchunks.append(d.embed([distort(load_image(int(i))) for i in rows]))
+        copies[d.name] = np.concatenate(cchunks)
+
+    primary = descriptors[0]
+    group, dups = metrics.near_duplicate_groups(vectors[primary.name], primary.duplicate_threshold)
+    items["group"] = group
+    items["duplicates"] = dups
+
+    with atomic_dir(Path(out)) as tmp:
+        desc_entries = {}
+        for d in descriptors:
+            v = vectors[d.name]
+            bg = metrics.background(v)
+            bg_distinct = metrics.background(v, groups=group)
+            copy_scores = np.einsum("nd,nd->n", copies[d.name], v[calib_rows])
+            copy_top1 = float((np.argmax(copies[d.name] @ v.T, axis=1) == calib_rows).mean())
+            finite = bg_distinct[np.isfinite(bg_distinct)]
+            if d.published_threshold is not None:
+                value = float(d.published_threshold)
+                thr = {"value": value, "high": d.published_high, "source": "published",
+                       "citation": d.threshold_source,
+                       "fpr": float((finite > value).mean()) if finite.size else None,
+                       "recall": float((copy_scores > value).mean()),
+                       "background_percentiles": metrics.percentiles(finite),
+                       "copy_percentiles": metrics.percentiles(copy_scores)}
+            else:
+                cal = metrics.calibrate_threshold(bg_distinct, copy_scores, fpr)
+                thr = {**cal, "high": None, "source": "calibrated",
+                       "citation": (f"calibrated at build: {fpr:.1%} false positives on the background "
+                                    f"of distinct items; recall on synthetic copies "
+                                    f"(rescale 75%, JPEG 60, 5% crop, brightness +10%)")}
+            thr["copy_top1"] = copy_top1
+            faiss_index = make_faiss_index(v, factory)
+            _faiss().write_index(faiss_index, str(tmp / f"{d.name}.faiss"))
+            np.save(tmp / f"{d.name}.npy", v)
+            np.save(tmp / f"{d.name}.background.npy", bg)
+            desc_entries[d.name] = {
+                **d.info(), "factory": factory, "threshold": thr,
+                "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
+                               **metrics.percentiles(bg[np.isfinite(bg)])},
+                "files": {"index": f"{d.name}.faiss", "vectors": f"{d.name}.npy",
+                          "background": f"{d.name}.background.npy"}}
+        items.to_parquet(tmp / ITEMS, index=False)
+        if extra_files is not None:
+            extra_files(tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        manifest = {
+            "format": FORMAT, "version": VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "item_count": n, "default_descriptor": primary.name, "descriptors": desc_entries,
+            "metadata": ITEMS, "image_root": image_root,
+            "duplicates": {"descriptor": primary.name, "threshold": primary.duplicate_threshold,
+                           "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1)},
+            "files": {f: sha256(tmp / f) for f in files},
+            **(extra_manifest or {}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    return Path(out)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+class TrainingIndex:
+    """A loaded index directory. ``search`` returns exact scores (re-ranked when approximate)."""
+
+    nprobe = 16  # IVF lists visited per query (candidates are re-ranked exactly)
+
+    def __init__(self, path: Path, manifest: dict, items: pd.DataFrame):
+        self.path, self.manifest, self.items = path, manifest, items
+        self._faiss: dict = {}
+        self._vectors: dict = {}
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "TrainingIndex":
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise MemlabError(f"{path} is not a memlab index (no {MANIFEST}); build one with "
+                              f"`python -m index_builder`")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise IndexMismatchError(f"{mpath} is not valid JSON: {e}") from e
+        if manifest.get("format") != FORMAT:
+            raise IndexMismatchError(f"{mpath}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        for f, digest in manifest.get("files", {}).items():
+            p = path / f
+            if not p.is_file():
+                raise IndexMismatchError(f"index {path}: file {f} listed in the manifest is missing")
+            if verify and sha256(p) != digest:
+                raise IndexMismatchError(f"index {path}: {f} does not match its manifest checksum "
+                                         f"(modified or corrupt); rebuild the index")
+        items = pd.read_parquet(path / manifest["metadata"])
+        n = manifest["item_count"]
+        if len(items) != n:
+            raise IndexMismatchError(f"index {path}: metadata has {len(items)} rows, manifest says {n}")
+        self = cls(path, manifest, items)
+        for name in manifest["descriptors"]:
+            if verify and self.vectors(name).shape[0] != n:
+                raise IndexMismatchError(f"index {path}: {name} vectors do not have {n} rows")
+        return self
+
+    # -- descriptors ------------------------------------------------------------------------
+    @property
+    def descriptor_names(self) -> list[str]:
+        return list(self.manifest["descriptors"])
+
+    @property
+    def default_descriptor(self) -> str:
+        return self.manifest["default_descriptor"]
+
+    def descriptor_info(self, name: str | None = None) -> dict:
+        name = name or self.default_descriptor
+        if name not in self.manifest["descriptors"]:
+            raise MemlabError(f"index {self.path} has no {name!r} descriptor; it was built with "
+                              f"{', '.join(self.descriptor_names)}")
+        return self.manifest["descriptors"][name]
+
+    def threshold(self, name: str | None = None) -> dict:
+        return self.descriptor_info(name)["threshold"]
+
+    def check_descriptor(self, descriptor: Descriptor) -> None:
+        """Refuse a query descriptor whose model, preset or dim differs from the one indexed."""
+        info = self.descriptor_info(descriptor.name)
+        for key in ("model", "preset", "dim"):
+            if info[key] != getattr(descriptor, key):
+                raise MemlabError(f"index {self.path} was built with {descriptor.name} {key}="
+                                  f"{info[key]!r}, but the query descriptor has {getattr(descriptor, key)!r}")
+
+    # -- arrays ------------------------------------------------------------------------------
+    def vectors(self, name: str | None = None) -> np.ndarray:
+        name = name or self.default_descriptor
+        if name not in self._vectors:
+            f = self.descriptor_info(name)["files"]["vectors"]
+            self._vectors[name] = np.load(self.path / f, mmap_mode="r", allow_pickle=False)
+        return self._vectors[name]
+
+    def background(self, name: str | None = None) -> np.ndarray:
+        f = self.descriptor_info(name)["files"]["background"]
+        return np.load(self.path / f, allow_pickle=False)
+
+    def faiss_index(self, name: str | None = None):
+        name = name or self.default_descriptor
+        if name not in self._faiss:
+            f = self.descriptor_info(name)["files"]["index"]
+            index = _faiss().read_index(str(self.path / f))
+            if "IVF" in self.descriptor_info(name)["factory"]:
+                _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
+            self._faiss[name] = index
+        return self._faiss[name]
+
+    def search(self, queries: np.ndarray, k: int = 5, name: str | None = None, rerank: int = 64):
+        """Top-k items per query: (scores [n, k], rows [n, k]). Approximate indices are searched
+        for ``max(k, rerank)`` candidates which are re-scored with the exact vectors."""
+        name = name or self.default_descriptor
+        q = np.ascontiguousarray(queries, np.float32)
+        k = max(1, min(int(k), len(self.items)))
+        exact = self.descriptor_info(name)["factory"] == "Flat"
+        kk = k if exact else min(max(k, rerank), len(self.items))
+        scores, rows = self.faiss_index(name).search(q, kk)
+        if not exact:
+            v = self.vectors(name)
+            new_s, new_r = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+            for i in range(len(q)):
+                cand = rows[i][rows[i] >= 0]
+                s = np.asarray(v[cand]) @ q[i]
+                order = np.argsort(-s)[:k]
+                new_s[i, :len(order)], new_r[i, :len(order)] = s[order], cand[order]
+            scores, rows = new_s, new_r
+        return scores, rows
+
+    # -- items -------------------------------------------------------------------------------
+    def image_path(self, row: int) -> Path | None:
+        root = self.manifest.get("image_root")
+        if root is None:
+            return None
+        root = Path(root)
+        if not root.is_absolute():
+            root = self.path / root
+        return root / str(self.items.iloc[int(row)]["file"])
+
+    def item(self, row: int) -> dict:
+        r = self.items.iloc[int(row)]
+        return {"id": _py(r["id"]), "file": str(r["file"]), "caption": str(r.get("caption", "")),
+                "duplicates": int(r["duplicates"]), "group": int(r["group"])}
+
+
+def _py(x):
+    return x.item() if hasattr(x, "item") else x

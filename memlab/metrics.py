@@ -1,0 +1,118 @@
+"""Replication metrics as pure functions on arrays (REFERENCE.md, "Dataset-level numbers").
+
+Names follow the papers: top-1 similarity s(g), dataset similarity (DCR, Somepalli et al. 2023),
+background (train vs nearest other train), multi-seed replication rate (MemBench), duplicate count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PERCENTILES = (5, 50, 95)
+
+
+def top1(sim: np.ndarray) -> np.ndarray:
+    """s(g) = max over training items t of sim(g, t); ``sim`` is [n_queries, n_items]."""
+    sim = np.asarray(sim, np.float64)
+    if sim.ndim != 2 or sim.shape[1] == 0:
+        raise ValueError("top1 needs a [n_queries, n_items] matrix with at least one item")
+    return sim.max(axis=1)
+
+
+def replication_flags(scores, threshold: float, high: float | None = None):
+    """Replication verdicts: score > threshold (Somepalli et al.: SSCD > 0.5); with ``high``,
+    also the high-confidence band score > high (SSCD authors: > 0.75). Returns (flags, high_flags)."""
+    s = np.asarray(scores, np.float64)
+    return s > threshold, (s > high if high is not None else np.zeros_like(s, bool))
+
+
+def replication_rate(flags) -> float:
+    """Multi-seed replication %: the share of seeds whose top-1 similarity exceeds the threshold
+    (MemBench: 10 seeds, > 0.5). Returned as a fraction in [0, 1]."""
+    f = np.asarray(flags, bool)
+    return float(f.mean()) if f.size else 0.0
+
+
+def dataset_similarity(top1_scores, threshold: float) -> dict:
+    """DCR's dataset-level statistics of s(g): the 95th percentile ("dataset similarity"), with
+    mean, std, 75th and 90th percentiles and the fraction above the threshold."""
+    s = np.asarray(top1_scores, np.float64)
+    if s.size == 0:
+        return {"p95": None, "mean": None, "std": None, "p75": None, "p90": None,
+                "frac_above": None, "n": 0, "threshold": float(threshold)}
+    return {"p95": float(np.percentile(s, 95)), "mean": float(s.mean()), "std": float(s.std()),
+            "p75": float(np.percentile(s, 75)), "p90": float(np.percentile(s, 90)),
+            "frac_above": float((s > threshold).mean()), "n": int(s.size), "threshold": float(threshold)}
+
+
+def percentiles(scores, qs=PERCENTILES) -> dict:
+    s = np.asarray(scores, np.float64)
+    return {f"p{q}": (float(np.percentile(s, q)) if s.size else None) for q in qs}
+
+
+def background(vectors: np.ndarray, groups=None, block: int = 4096) -> np.ndarray:
+    """The background (DCR): each training item's similarity to its nearest *other* training item
+    (top-2 of train x train, keep the second). With ``groups``, items of the item's own
+    near-duplicate group are skipped too (the background of distinct images, used for calibration).
+    """
+    v = np.asarray(vectors, np.float32)
+    n = len(v)
+    if n < 2:
+        return np.zeros(0, np.float32)
+    g = None if groups is None else np.asarray(groups)
+    out = np.empty(n, np.float32)
+    for i in range(0, n, block):
+        sim = v[i:i + block] @ v.T
+        rows = np.arange(i, min(i + block, n))
+        sim[rows - i, rows] = -np.inf
+        if g is not None:
+            sim[g[rows][:, None] == g[None, :]] = -np.inf
+        out[i:i + block] = sim.max(axis=1)
+    out[~np.isfinite(out)] = np.nan  # an item whose every other item is its duplicate
+    return out
+
+
+def near_duplicate_groups(vectors: np.ndarray, threshold: float, block: int = 4096):
+    """Near-duplicate groups: connected components of the graph with an edge where cosine >=
+    ``threshold`` (clip-retrieval's dedup, kept as a signal: Somepalli et al. 2022 compare the
+    duplicate count of matched vs typical images). Returns (group_id [n], duplicates [n]) where
+    ``duplicates`` counts the *other* members of the item's group."""
+    v = np.asarray(vectors, np.float32)
+    n = len(v)
+    parent = np.arange(n)
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in range(0, n, block):
+        sim = v[i:i + block] @ v.T
+        rr, cc = np.nonzero(sim >= threshold)
+        for r, c in zip(rr + i, cc):
+            if r < c:
+                a, b = find(r), find(c)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    roots = np.array([find(x) for x in range(n)], dtype=np.int64)
+    _, group, counts = np.unique(roots, return_inverse=True, return_counts=True)
+    return group.astype(np.int64), (counts[group] - 1).astype(np.int64)
+
+
+def calibrate_threshold(background_scores, copy_scores, fpr: float = 0.01) -> dict:
+    """Threshold for a descriptor with no published one: the smallest value that flags at most
+    ``fpr`` of the background (distinct training pairs), with the recall it achieves on synthetic
+    copies of training items scored against their originals."""
+    bg = np.asarray(background_scores, np.float64)
+    bg = bg[np.isfinite(bg)]
+    cp = np.asarray(copy_scores, np.float64)
+    if bg.size == 0:
+        from .errors import MemlabError
+
+        raise MemlabError("cannot calibrate a threshold: the training set has fewer than two distinct "
+                          "items (every item is a near-duplicate of the others)")
+    t = float(np.quantile(bg, 1.0 - fpr, method="higher"))
+    return {"value": t, "fpr_target": float(fpr), "fpr": float((bg > t).mean()),
+            "recall": float((cp > t).mean()) if cp.size else None,
+            "n_background": int(bg.size), "n_copies": int(cp.size),
+            "background_percentiles": percentiles(bg), "copy_percentiles": percentiles(cp)}

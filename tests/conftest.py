@@ -1,0 +1,81 @@
+"""Shared fixtures. Everything is offline: tiny models built here, never the Hub."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MEMLAB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+AIC = SHARED_DATA / "aic-public-domain" / "images"
+
+
+def make_tiny_sscd(path: Path) -> Path:
+    """A scripted stand-in for SSCD with its architecture's shape: trunk, GeM (p=3), linear, L2 norm."""
+    import torch
+
+    class TinySSCD(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(),
+                                             torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU())
+            self.fc = torch.nn.Linear(16, 24)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.trunk(x).clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
+            return torch.nn.functional.normalize(self.fc(f), dim=1)
+
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(TinySSCD().eval()).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sscd_cache(tmp_path_factory):
+    """A memlab cache folder holding a tiny stand-in named like the official file."""
+    cache = tmp_path_factory.mktemp("memlab-cache")
+    make_tiny_sscd(cache / "sscd" / "sscd_disc_mixup.torchscript.pt")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_name():
+    import open_clip
+
+    open_clip.add_model_config(FIXTURES / "memlab-tiny-clip.json")
+    return "memlab-tiny-clip"
+
+
+def synthetic_images(n: int, size: int = 64, seed: int = 0) -> list:
+    """Distinct images: random low-frequency colour fields (upsampled noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
+        out.append(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+    return out
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """12 distinct images, one exact duplicate, one corrupt file, and a captions CSV."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rows = []
+    for i, im in enumerate(synthetic_images(12)):
+        im.save(d / f"img{i:02d}.png")
+        rows.append((100 + i, f"img{i:02d}.png", f"a colour field number {i}"))
+    synthetic_images(1)[0].save(d / "dup.png")
+    rows.append((200, "dup.png", "a copy of the first field"))
+    (d / "broken.png").write_bytes(b"not a png at all")
+    rows.append((300, "broken.png", "a corrupt file"))
+    csv = d / "captions.csv"
+    csv.write_text("id,file,caption\n" + "\n".join(f"{a},{b},{c}" for a, b, c in rows) + "\n")
+    return d

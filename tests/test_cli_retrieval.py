@@ -1,0 +1,84 @@
+"""The two command lines of retrieval: index_builder and memlab match."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, synthetic_images
+from index_builder.build import main as build_main
+from memlab.cli import main as memlab_main
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_help():
+    for args in (["-m", "index_builder", "--help"], ["-m", "memlab", "match", "--help"]):
+        r = _cli(*args)
+        assert r.returncode == 0 and "--images" in r.stdout
+
+
+def test_build_skips_corrupt_and_match_json(image_folder, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert build_main(["--images", str(image_folder), "--captions", str(image_folder / "captions.csv"),
+                       "--out", str(out), "--calib-n", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "14 listed, 13 readable, 1 skipped" in err and "broken.png" in err
+    q = tmp_path / "q.png"
+    synthetic_images(6)[5].save(q)
+    assert memlab_main(["match", "--index", str(out), "--images", str(q), "--k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) == {"descriptor", "queries", "summary"}
+    assert {"name", "model", "preset", "threshold"} <= set(res["descriptor"])
+    qq = res["queries"][0]
+    assert qq["image"] == str(q) and len(qq["matches"]) == 3 and isinstance(qq["replicated"], bool)
+    m = qq["matches"][0]
+    assert {"id", "file", "caption", "score", "duplicates"} <= set(m)
+    assert m["file"] == "img05.png" and m["id"] == 105 and qq["replicated"]
+    # the first image and its exact copy share a group: each has one duplicate
+    assert memlab_main(["match", "--index", str(out), "--images", str(image_folder / "dup.png"),
+                        "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["queries"][0]["matches"][:2]
+    assert {t["file"] for t in top} == {"img00.png", "dup.png"} and all(t["duplicates"] == 1 for t in top)
+    s = res["summary"]
+    assert {"p5", "p50", "p95"} <= set(s["calibration"]["copy_percentiles"])
+    assert {"load_s", "embed_s", "search_s"} <= set(s["timing"])
+    # the readable table names descriptor, preset and threshold
+    assert memlab_main(["match", "--index", str(out), "--images", str(q)]) == 0
+    table = capsys.readouterr().out
+    assert "preset" in table and "threshold" in table and "REPLICATED" in table
+
+
+def test_folder_without_captions(image_folder, tmp_path, capsys):
+    (image_folder / "captions.csv").unlink()
+    assert build_main(["--images", str(image_folder), "--out", str(tmp_path / "i"), "--calib-n", "5"]) == 0
+    assert "13 readable, 1 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["match", "--index", "/nonexistent", "--images", "x.png"], "not a memlab index"),
+    (["match", "--index", "IDX", "--images", "/nonexistent.png"], "does not exist"),
+    (["match", "--index", "IDX", "--images", "CORRUPT"], "cannot read image"),
+    (["match", "--index", "IDX", "--images", "GOOD", "--descriptor", "sscd"], "has no 'sscd'"),
+    (["match", "--index", "IDX", "--images", "GOOD", "--k", "0"], "--k"),
+])
+def test_match_errors_are_clear(args, msg, image_folder, tmp_path, capsys):
+    out = tmp_path / "idx"
+    build_main(["--images", str(image_folder), "--out", str(out), "--calib-n", "5"])
+    capsys.readouterr()
+    subst = {"IDX": str(out), "CORRUPT": str(image_folder / "broken.png"),
+             "GOOD": str(image_folder / "img01.png")}
+    assert memlab_main([subst.get(a, a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and msg in err and "Traceback" not in err
+
+
+def test_builder_errors(tmp_path, capsys):
+    assert build_main(["--images", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "c.csv").write_text("path,text\nx.png,hello\n")
+    assert build_main(["--images", str(tmp_path), "--captions", str(tmp_path / "c.csv"),
+                       "--out", str(tmp_path / "o")]) == 2
+    assert "no 'file' column" in capsys.readouterr().err

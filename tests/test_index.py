@@ -1,0 +1,117 @@
+"""The on-disk index: round trip, exact re-rank, manifest checks, atomic writes."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import synthetic_images
+from memlab.descriptors import create_descriptor
+from memlab.errors import IndexMismatchError, MemlabError
+from memlab.index import TrainingIndex, build_index
+from memlab.match import descriptor_for_index, match_images
+
+
+def _build(out, n=40, factory="Flat", dup_of=None):
+    ims = synthetic_images(n)
+    if dup_of is not None:
+        ims.append(ims[dup_of].copy())
+    items = pd.DataFrame({"id": range(len(ims)), "caption": [f"field {i}" for i in range(len(ims))],
+                          "file": [f"{i}.png" for i in range(len(ims))]})
+    build_index(out, items, lambda i: ims[i], [create_descriptor("pixel")], factory=factory, calib_n=20)
+    return ims
+
+
+def test_round_trip_and_manifest(tmp_path):
+    ims = _build(tmp_path / "idx", dup_of=3)
+    idx = TrainingIndex.load(tmp_path / "idx")
+    m = idx.manifest
+    assert m["item_count"] == 41 and m["default_descriptor"] == "pixel" and m["created"]
+    info = idx.descriptor_info("pixel")
+    assert info["model"] == "pixels-16x16" and info["dim"] == 768 and info["factory"] == "Flat"
+    thr = info["threshold"]
+    assert thr["source"] == "calibrated" and 0 < thr["value"] < 1 and thr["recall"] is not None
+    assert set(m["files"]) == {"items.parquet", "pixel.faiss", "pixel.npy", "pixel.background.npy"}
+    # the planted duplicate is grouped with its original and counted
+    assert idx.items.loc[40, "group"] == idx.items.loc[3, "group"]
+    assert idx.items.loc[3, "duplicates"] == 1 and idx.items.loc[5, "duplicates"] == 0
+    d = descriptor_for_index(idx)
+    res = match_images(idx, d, [ims[7]], ["q"], k=3)
+    q = res["queries"][0]
+    assert q["matches"][0]["id"] == 7 and q["matches"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert q["replicated"] and q["threshold"] == thr["value"]
+    assert res["descriptor"]["model"] == "pixels-16x16" and res["descriptor"]["preset"]
+
+
+def test_ivf_factory_reranks_exactly(tmp_path):
+    ims = _build(tmp_path / "ivf", n=300, factory="IVF4,SQ8")
+    flat = _build(tmp_path / "flat", n=300)
+    a, b = TrainingIndex.load(tmp_path / "ivf"), TrainingIndex.load(tmp_path / "flat")
+    q = create_descriptor("pixel").embed(ims[:10])
+    a.nprobe = 4  # every list: the candidates are the whole set, so the re-rank must be exact
+    sa, ra = a.search(q, k=5, rerank=300)
+    sb, rb = b.search(q, k=5)
+    np.testing.assert_array_equal(ra, rb)
+    np.testing.assert_allclose(sa, sb, atol=1e-5)  # exact scores after the re-rank
+
+
+def test_load_refuses_mismatch(tmp_path):
+    _build(tmp_path / "idx")
+    p = tmp_path / "idx"
+    v = np.load(p / "pixel.npy")
+    np.save(p / "pixel.npy", v[:-1])
+    with pytest.raises(IndexMismatchError, match="checksum"):
+        TrainingIndex.load(p)
+    (p / "pixel.npy").unlink()
+    with pytest.raises(IndexMismatchError, match="missing"):
+        TrainingIndex.load(p)
+    with pytest.raises(MemlabError, match="not a memlab index"):
+        TrainingIndex.load(tmp_path)
+
+
+def test_load_refuses_row_count_mismatch(tmp_path):
+    _build(tmp_path / "idx")
+    p = tmp_path / "idx"
+    m = json.loads((p / "manifest.json").read_text())
+    m["item_count"] = 39
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexMismatchError, match="rows"):
+        TrainingIndex.load(p)
+
+
+def test_atomic_write_keeps_old_index_on_crash(tmp_path):
+    _build(tmp_path / "idx")
+    before = (tmp_path / "idx" / "manifest.json").read_text()
+    items = pd.DataFrame({"id": [0, 1], "caption": ["a", "b"], "file": ["a", "b"]})
+
+    def boom(i):
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        build_index(tmp_path / "idx", items, boom, [create_descriptor("pixel")])
+    assert (tmp_path / "idx" / "manifest.json").read_text() == before
+    assert TrainingIndex.load(tmp_path / "idx").manifest["item_count"] == 40
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no half-written folder left behind
+
+
+def test_query_descriptor_must_match_index(tmp_path):
+    _build(tmp_path / "idx")
+    idx = TrainingIndex.load(tmp_path / "idx")
+    with pytest.raises(MemlabError, match="built with"):
+        idx.check_descriptor(create_descriptor("pixel", size=8))
+    with pytest.raises(MemlabError, match="has no 'sscd' descriptor"):
+        idx.descriptor_info("sscd")
+
+
+def test_published_threshold_for_sscd(tmp_path, sscd_cache, monkeypatch):
+    monkeypatch.setenv("MEMLAB_CACHE", str(sscd_cache))
+    ims = synthetic_images(30)
+    items = pd.DataFrame({"id": range(30), "caption": [""] * 30, "file": [f"{i}" for i in range(30)]})
+    build_index(tmp_path / "s", items, lambda i: ims[i],
+                [create_descriptor("pixel"), create_descriptor("sscd", device="cpu")], calib_n=10)
+    idx = TrainingIndex.load(tmp_path / "s")
+    t = idx.threshold("sscd")
+    assert (t["value"], t["high"], t["source"]) == (0.5, 0.75, "published")
+    assert "Somepalli" in t["citation"] and t["recall"] is not None
+    assert idx.threshold("pixel")["source"] == "calibrated"
+    assert idx.default_descriptor == "pixel"

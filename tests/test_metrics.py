@@ -1,0 +1,56 @@
+"""Metrics on hand-made arrays: each number checked against its definition."""
+import numpy as np
+import pytest
+
+from memlab import metrics
+
+
+def test_top1_and_flags():
+    sim = np.array([[0.1, 0.7, 0.3], [0.2, 0.4, 0.45]])
+    np.testing.assert_allclose(metrics.top1(sim), [0.7, 0.45])
+    flags, high = metrics.replication_flags([0.7, 0.45, 0.8], 0.5, 0.75)
+    assert flags.tolist() == [True, False, True] and high.tolist() == [False, False, True]
+    assert metrics.replication_rate(flags) == pytest.approx(2 / 3)
+    assert metrics.replication_rate([]) == 0.0
+
+
+def test_dataset_similarity_is_95th_percentile():
+    s = np.arange(101) / 100.0  # 0.00 .. 1.00
+    ds = metrics.dataset_similarity(s, 0.5)
+    assert ds["p95"] == pytest.approx(0.95)
+    assert ds["p75"] == pytest.approx(0.75) and ds["p90"] == pytest.approx(0.90)
+    assert ds["mean"] == pytest.approx(0.5) and ds["frac_above"] == pytest.approx(50 / 101)
+    assert metrics.dataset_similarity([], 0.5)["p95"] is None
+
+
+def test_background_is_nearest_other_item():
+    v = np.eye(3, dtype=np.float32)
+    v = np.vstack([v, [[0.6, 0.8, 0.0]]])
+    bg = metrics.background(v)
+    # item 0's nearest other is item 3 (0.6); item 1 -> item 3 (0.8); item 2 -> 0; item 3 -> item 1 (0.8)
+    np.testing.assert_allclose(bg, [0.6, 0.8, 0.0, 0.8], atol=1e-6)
+    # with groups, members of the same group are skipped
+    bg2 = metrics.background(v, groups=[0, 1, 2, 1])
+    np.testing.assert_allclose(bg2, [0.6, 0.0, 0.0, 0.6], atol=1e-6)
+
+
+def test_near_duplicate_groups_are_connected_components():
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([0.99, 0.141, 0.0])  # ~0.99 to a
+    c = np.array([0.96, 0.28, 0.0])  # ~0.99 to b, 0.96 to a: joins through b (chaining)
+    d = np.array([0.0, 0.0, 1.0])
+    v = np.stack([a, b, c, d]).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    group, dups = metrics.near_duplicate_groups(v, 0.98)
+    assert group[0] == group[1] == group[2] != group[3]
+    assert dups.tolist() == [2, 2, 2, 0]
+
+
+def test_calibrate_threshold_keeps_fpr_and_reports_recall():
+    bg = np.linspace(0, 0.9, 100)
+    copies = np.array([0.95, 0.99, 0.5, 0.92])
+    cal = metrics.calibrate_threshold(bg, copies, fpr=0.05)
+    assert cal["fpr"] <= 0.05
+    assert (bg > cal["value"]).mean() == cal["fpr"]
+    assert cal["recall"] == pytest.approx(0.75)
+    assert cal["copy_percentiles"]["p50"] == pytest.approx(np.percentile(copies, 50))
