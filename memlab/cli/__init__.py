@@ -10,6 +10,7 @@ from ..errors import MemlabError
 
 VERBS = {
     "match": ("memlab.cli.match", "match images against a training index"),
+    "run": ("memlab.cli.run", "generate over seeds (with mitigations) and match against a world"),
 }
 
 

@@ -1,0 +1,137 @@
+"""Generate images for prompts over seeds, with and without mitigations, match every image against the
+world's training index, and write JSONL records (one per seed, one summary per prompt and mitigation)
+with the images beside them. With two or more mitigations, every one uses the same seeds and the
+summaries state the change against `none`.
+
+    python -m memlab run --prompt "a painting of sunflowers" --seeds 0-9 --mitigation none \\
+        --mitigation rna:k=4 --mitigation gni:lam=0.1 --out runs/sunflowers.jsonl
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import MemlabError
+
+
+def add_arguments(p):
+    p.add_argument("--world", default=None, help="world folder (default: $MEMLAB_WORLD or the built-in world)")
+    p.add_argument("--model", default=None, help="pipeline: Hub id or diffusers folder (with --index)")
+    p.add_argument("--index", default=None, help="index folder (with --model)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="one prompt")
+    g.add_argument("--prompts", help="file: one prompt per line, or CSV/parquet with a caption column")
+    p.add_argument("--prompt-column", default=None, help="column of --prompts (default: caption/prompt)")
+    p.add_argument("--seeds", default=None, help="'0-9' or '1,2,3' (default: the world's, else 0-7)")
+    p.add_argument("--mitigation", action="append", default=None,
+                   help="NAME[:k=v,...], repeatable; 'none' is the baseline; compose with '+' "
+                        "(known: none, rna, rt, cwr, gni, wen)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--scheduler", default=None, help="ddim (default) or dpm")
+    p.add_argument("--detect-steps", type=int, default=1, help="average the detection norm over n steps")
+    p.add_argument("--descriptor", default=None, help="descriptor of the index (default: its default)")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="results.jsonl (images are written beside it)")
+
+
+def read_prompts(path: str, column: str | None) -> list[str]:
+    import pandas as pd
+
+    f = Path(path)
+    if not f.is_file():
+        raise MemlabError(f"prompts file {f} does not exist")
+    if f.suffix in (".csv", ".tsv", ".parquet"):
+        try:
+            df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f, sep=None, engine="python")
+        except Exception as e:  # malformed files raise many types
+            raise MemlabError(f"cannot read {f}: {e}") from e
+        cols = [column] if column else [c for c in ("caption", "Caption", "prompt", "Prompt", "text", "TEXT")
+                                        if c in df.columns][:1]
+        if not cols or cols[0] not in df.columns:
+            raise MemlabError(f"{f} has no prompt column (columns: {', '.join(map(str, df.columns))}); "
+                              f"use --prompt-column")
+        prompts = [str(x) for x in df[cols[0]].dropna()]
+    else:
+        prompts = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise MemlabError(f"{f} holds no prompts")
+    return prompts
+
+
+def run(args) -> int:
+    from ..generate import Settings, check_prompt, parse_seeds
+    from ..match import descriptor_for_index
+    from ..mitigations import parse_strategy
+    from ..runner import run_prompt
+    from ..world import World
+
+    t0 = time.perf_counter()
+    if bool(args.model) != bool(args.index):
+        raise MemlabError("--model and --index go together (or use --world)")
+    if args.world and args.model:
+        raise MemlabError("use either --world or --model/--index")
+    if not 1 <= args.k <= 100:
+        raise MemlabError("--k must be between 1 and 100")
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts, args.prompt_column)
+    strategies = [parse_strategy(s) for s in (args.mitigation or ["none"])]
+    if len({s.spec() for s in strategies}) != len(strategies):
+        raise MemlabError("the same mitigation is given twice")
+    world = World.from_parts(args.model, args.index) if args.model else World.load(args.world)
+    d = world.defaults
+    seeds = parse_seeds(args.seeds or d["seeds"])
+    settings = Settings(steps=args.steps or d["steps"],
+                        guidance=args.guidance if args.guidance is not None else d["guidance"],
+                        height=args.height, width=args.width, detect_steps=args.detect_steps).validate()
+    index = world.index()
+    descriptor = descriptor_for_index(index, args.descriptor)
+    gen = world.generator(device=args.device, scheduler=args.scheduler)
+    for p in prompts:
+        _, warning = check_prompt(p, gen.tokenizer)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    load_s = time.perf_counter() - t0
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(prompts) * len(strategies) * len(seeds) * settings.steps, desc="generate",
+               unit="step", file=sys.stderr, disable=None)
+    last = {"key": None, "done": 0}
+
+    def progress(name, done, total):
+        if last["key"] != (i, name):
+            last.update(key=(i, name), done=0)
+        bar.update(done - last["done"])
+        last["done"] = done
+
+    with open(tmp, "w") as f:
+        for i, p in enumerate(prompts):
+            recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
+                              k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress)
+            for r in recs:
+                if r["type"] == "summary":
+                    r["timing"]["load_s"] = load_s
+                f.write(json.dumps(r) + "\n")
+            for r in recs:
+                if r["type"] == "summary":
+                    ch = r.get("change_vs_none")
+                    chs = (f" (change vs none: {ch['replication_rate']:+.0%}, "
+                           f"{ch['dataset_similarity']:+.3f})") if ch else ""
+                    tqdm.write(f"[{r['mitigation']['name']}] {p[:50]!r}: replication "
+                               f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds, dataset similarity "
+                               f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
+                               file=sys.stderr)
+    bar.close()
+    tmp.replace(out)
+    print(f"wrote {out} ({len(prompts)} prompts x {len(strategies)} strategies x {len(seeds)} seeds) in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return 0

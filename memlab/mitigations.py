@@ -1,0 +1,214 @@
+"""Inference-time mitigations: a registry of named, parameterized, seeded strategies that compose.
+
+Definitions follow the DCR code (Somepalli et al. 2023), reused by Wen et al. (REFERENCE.md):
+- ``rna``  random number addition: k times, insert ``str(randint(0, 99999))`` at a uniformly random
+  word boundary (start and end included).
+- ``rt``   random token addition (RWA): k times, insert one random CLIP token (id < 49400), decoded.
+- ``cwr``  caption word repetition: k times, insert a copy of a random word of the original prompt.
+- ``gni``  Gaussian noise on the text embedding: add lambda * N(0, I) to the 77 x d hidden states,
+  on both halves of the guidance batch (as DCR's diffusers version did) or the conditional one only.
+- ``wen``  Wen et al. (ICLR 2024): optimize the prompt embedding at the first step with AdamW
+  (lr 0.05, at most 10 iterations) until the text-conditional noise norm falls below a target.
+
+A strategy is a list of mitigations applied in order, written ``rna:k=2+gni:lam=0.1``. Every
+random choice is drawn from a generator seeded by (mitigation seed, generation seed), so the same
+spec and seed give the same effective prompt and noise.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .errors import MemlabError
+
+
+@dataclass(frozen=True)
+class Param:
+    default: object
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple | None = None
+
+    def parse(self, name: str, mit: str, raw) -> object:
+        typ = type(self.default)
+        try:
+            value = typ(raw) if not isinstance(raw, typ) else raw
+        except (TypeError, ValueError):
+            raise MemlabError(f"mitigation {mit}: parameter {name}={raw!r} is not a {typ.__name__}") from None
+        if self.choices is not None and value not in self.choices:
+            raise MemlabError(f"mitigation {mit}: {name} must be one of {', '.join(map(str, self.choices))}")
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise MemlabError(f"mitigation {mit}: {name}={value} is out of range [{self.lo}, {self.hi}]")
+        return value
+
+
+@dataclass
+class Mitigation:
+    """Base: ``level`` is "prompt", "embedding" or "optimize"."""
+
+    name: str = "none"
+    params: dict = field(default_factory=dict)
+    level = "none"
+    PARAMS: dict = None  # type: ignore[assignment]
+
+    def rng(self, gen_seed: int) -> random.Random:
+        return random.Random(int(self.params.get("seed", 0)) * 1_000_003 + int(gen_seed))
+
+    def spec(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return self.name + (f":{extra}" if extra else "")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "params": dict(self.params)}
+
+    # hooks (identity by default)
+    def apply_prompt(self, prompt: str, gen_seed: int, tokenizer=None) -> str:
+        return prompt
+
+    def apply_embeddings(self, cond, uncond, gen_seed: int):
+        return cond, uncond
+
+
+def _insert_words(prompt: str, words: list[str], rng: random.Random) -> str:
+    """Insert each word at a uniformly random word boundary (start and end included), as DCR does."""
+    for w in words:
+        parts = prompt.split(" ")
+        parts.insert(rng.randint(0, len(parts)), w)
+        prompt = " ".join(parts)
+    return prompt
+
+
+class NoMitigation(Mitigation):
+    PARAMS = {}
+
+
+class RNA(Mitigation):
+    level = "prompt"
+    PARAMS = {"k": Param(4, 0, 50), "seed": Param(0, 0, 2**31 - 1)}
+
+    def apply_prompt(self, prompt, gen_seed, tokenizer=None):
+        rng = self.rng(gen_seed)
+        k = self.params["k"]
+        return _insert_words(prompt, [str(rng.randint(0, 99999)) for _ in range(k)], rng)
+
+
+class RandomTokens(Mitigation):
+    level = "prompt"
+    PARAMS = {"k": Param(4, 0, 50), "seed": Param(0, 0, 2**31 - 1)}
+
+    def apply_prompt(self, prompt, gen_seed, tokenizer=None):
+        if tokenizer is None:
+            from .pipelines import clip_tokenizer
+
+            tokenizer = clip_tokenizer()
+        rng = self.rng(gen_seed)
+        words = [tokenizer.decode([rng.randint(0, 49399)]).strip() or "x" for _ in range(self.params["k"])]
+        return _insert_words(prompt, words, rng)
+
+
+class CWR(Mitigation):
+    level = "prompt"
+    PARAMS = {"k": Param(4, 0, 50), "seed": Param(0, 0, 2**31 - 1)}
+
+    def apply_prompt(self, prompt, gen_seed, tokenizer=None):
+        rng = self.rng(gen_seed)
+        original = [w for w in prompt.split(" ") if w]
+        if not original:
+            return prompt
+        return _insert_words(prompt, [rng.choice(original) for _ in range(self.params["k"])], rng)
+
+
+class GNI(Mitigation):
+    level = "embedding"
+    PARAMS = {"lam": Param(0.1, 0.0, 10.0), "halves": Param("both", choices=("both", "cond")),
+              "seed": Param(0, 0, 2**31 - 1)}
+
+    def apply_embeddings(self, cond, uncond, gen_seed):
+        import torch
+
+        g = torch.Generator("cpu").manual_seed(int(self.params["seed"]) * 1_000_003 + int(gen_seed))
+        lam = float(self.params["lam"])
+        noise_c = torch.randn(cond.shape, generator=g, dtype=torch.float32).to(cond.device, cond.dtype)
+        noise_u = torch.randn(uncond.shape, generator=g, dtype=torch.float32).to(uncond.device, uncond.dtype)
+        cond = cond + lam * noise_c
+        if self.params["halves"] == "both":
+            uncond = uncond + lam * noise_u
+        return cond, uncond
+
+
+class Wen(Mitigation):
+    """Applied by the generator (it needs the UNet): see ``memlab.generate.Generator``."""
+
+    level = "optimize"
+    PARAMS = {"lr": Param(0.05, 1e-5, 1.0), "iters": Param(10, 1, 100),
+              "target": Param(0.0, 0.0, 1e6), "target_ratio": Param(0.5, 0.0, 1.0),
+              "seed": Param(0, 0, 2**31 - 1)}
+
+
+MITIGATIONS: dict[str, type[Mitigation]] = {
+    "none": NoMitigation, "rna": RNA, "rt": RandomTokens, "cwr": CWR, "gni": GNI, "wen": Wen}
+
+
+def create_mitigation(name: str, **params) -> Mitigation:
+    if name not in MITIGATIONS:
+        raise MemlabError(f"unknown mitigation {name!r}; known: {', '.join(MITIGATIONS)}")
+    cls = MITIGATIONS[name]
+    unknown = set(params) - set(cls.PARAMS)
+    if unknown:
+        known = ", ".join(cls.PARAMS) or "none"
+        raise MemlabError(f"mitigation {name}: unknown parameter(s) {', '.join(sorted(unknown))} (known: {known})")
+    values = {k: p.parse(k, name, params.get(k, p.default)) for k, p in cls.PARAMS.items()}
+    return cls(name=name, params=values)
+
+
+@dataclass
+class Strategy:
+    """Mitigations applied in order (prompt-level first, then embedding-level, then optimization)."""
+
+    mitigations: list[Mitigation]
+
+    @property
+    def name(self) -> str:
+        names = [m.name for m in self.mitigations if m.name != "none"]
+        return "+".join(names) or "none"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name == "none"
+
+    def spec(self) -> str:
+        return "+".join(m.spec() for m in self.mitigations)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "spec": self.spec(), "steps": [m.to_dict() for m in self.mitigations]}
+
+    def effective_prompt(self, prompt: str, gen_seed: int, tokenizer=None) -> str:
+        for m in self.mitigations:
+            prompt = m.apply_prompt(prompt, gen_seed, tokenizer)
+        return prompt
+
+    def apply_embeddings(self, cond, uncond, gen_seed: int):
+        for m in self.mitigations:
+            cond, uncond = m.apply_embeddings(cond, uncond, gen_seed)
+        return cond, uncond
+
+    def optimizer(self) -> Wen | None:
+        return next((m for m in self.mitigations if isinstance(m, Wen)), None)
+
+
+def parse_strategy(spec: str) -> Strategy:
+    """``"rna:k=2,seed=1+gni:lam=0.1"`` -> Strategy. ``"none"`` is the baseline."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise MemlabError("empty mitigation spec (use 'none' for the baseline)")
+    mits = []
+    for part in spec.split("+"):
+        name, _, rest = part.strip().partition(":")
+        params = {}
+        for kv in filter(None, (x.strip() for x in rest.split(","))):
+            k, eq, v = kv.partition("=")
+            if not eq:
+                raise MemlabError(f"mitigation {name}: expected key=value, got {kv!r}")
+            params[k.strip()] = v.strip()
+        mits.append(create_mitigation(name.strip().lower(), **params))
+    return Strategy(mits)

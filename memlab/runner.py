@@ -1,0 +1,106 @@
+"""Generate-and-match runs: for a prompt, each strategy (``none`` and mitigations) on the same seeds,
+every image matched against the world's index, per-seed records and a summary record.
+
+Record shape (scripts depend on it; extend, don't rename). Every line has "type" ("seed" or
+"summary"), "prompt", "mitigation" (name, spec, parameters). Seed records add "seed",
+"effective_prompt", "image", "matches" (as in ``memlab match``), "replicated", "threshold",
+"detection"; summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing".
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import metrics
+from .generate import Generator, Settings, check_prompt, parse_seeds
+from .match import descriptor_summary, match_vectors
+from .mitigations import Strategy, parse_strategy
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)[:24].strip("-") or "x"
+
+
+def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequence[int] | str,
+               strategies: Sequence[Strategy | str] = ("none",), settings: Settings | None = None,
+               out_dir: str | Path | None = None, k: int = 5, prompt_id: int = 0,
+               batch_size: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+               on_seed: Callable[[dict, object], None] | None = None) -> list[dict]:
+    """Run every strategy on the same seeds; return seed records then one summary per strategy.
+
+    ``out_dir``: where images are written (records name them relative to it); ``on_seed(record,
+    image)`` is called as each seed's record is ready (for streaming UIs)."""
+    settings = (settings or Settings()).validate()
+    seeds = parse_seeds(seeds)
+    strategies = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
+    prompt, _ = check_prompt(prompt, generator.tokenizer)
+    thr = index.threshold(descriptor.name)
+    desc = descriptor_summary(index, descriptor.name)
+    records, summaries = [], []
+    baseline = None
+    for strat in strategies:
+        mit = strat.to_dict()
+        timing = {"generate_s": 0.0, "embed_s": 0.0, "search_s": 0.0, "metrics_s": 0.0}
+        seed_records = []
+
+        def handle(batch):
+            t0 = time.perf_counter()
+            vecs = descriptor.embed([r.image for r in batch])
+            t1 = time.perf_counter()
+            matched = match_vectors(index, descriptor, vecs, k)
+            t2 = time.perf_counter()
+            timing["embed_s"] += t1 - t0
+            timing["search_s"] += t2 - t1
+            for r, m in zip(batch, matched):
+                rec = {"type": "seed", "prompt": prompt, "mitigation": mit, "seed": r.seed,
+                       "effective_prompt": r.effective_prompt, "image": None, "matches": m["matches"],
+                       "score": m["score"], "replicated": m["replicated"],
+                       "high_confidence": m["high_confidence"], "threshold": m["threshold"],
+                       "descriptor": desc, "detection": r.detection, "settings": settings.to_dict(),
+                       "model": generator.info()}
+                if out_dir is not None:
+                    rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
+                    (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+                    r.image.save(Path(out_dir) / rel, format="PNG")
+                    rec["image"] = str(rel)
+                seed_records.append(rec)
+                if on_seed:
+                    on_seed(rec, r.image)
+
+        t_start = time.perf_counter()
+        generator.generate(prompt, seeds, strat, settings, batch_size=batch_size,
+                           progress=(lambda d, t, n=strat.name: progress(n, d, t)) if progress else None,
+                           on_batch=handle)
+        timing["generate_s"] = time.perf_counter() - t_start - timing["embed_s"] - timing["search_s"]
+        t0 = time.perf_counter()
+        summary = summarize_records(seed_records, thr)
+        timing["metrics_s"] = time.perf_counter() - t0
+        summary.update({"type": "summary", "prompt": prompt, "mitigation": mit, "descriptor": desc,
+                        "timing": timing, "seeds": list(seeds)})
+        if strat.is_baseline:
+            baseline = summary
+        records += seed_records
+        summaries.append(summary)
+    if baseline is not None:
+        for s in summaries:
+            if s is not baseline:
+                s["change_vs_none"] = {
+                    "replication_rate": s["replication_rate"] - baseline["replication_rate"],
+                    "dataset_similarity": s["dataset_similarity"]["p95"] - baseline["dataset_similarity"]["p95"],
+                    "detection": s["detection_mean"] - baseline["detection_mean"]}
+    return records + summaries
+
+
+def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
+    """Multi-seed replication rate, dataset similarity and mean detection of a strategy's seeds."""
+    scores = np.array([r["score"] for r in seed_records])
+    flags, high = metrics.replication_flags(scores, threshold["value"], threshold.get("high"))
+    det = np.array([r["detection"] for r in seed_records])
+    return {"n_seeds": len(seed_records), "replication_rate": metrics.replication_rate(flags),
+            "high_confidence_rate": metrics.replication_rate(high),
+            "dataset_similarity": metrics.dataset_similarity(scores, threshold["value"]),
+            "detection_mean": float(det.mean()) if det.size else None,
+            "threshold": float(threshold["value"])}
