@@ -79,3 +79,43 @@ def image_folder(tmp_path):
     csv = d / "captions.csv"
     csv.write_text("id,file,caption\n" + "\n".join(f"{a},{b},{c}" for a, b, c in rows) + "\n")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny StableDiffusionPipeline built from configs and saved with save_pretrained, so tests load
+    it through the same code path as a Hub model."""
+    from memlab.pipelines import make_pipeline
+
+    out = tmp_path_factory.mktemp("tiny-pipe") / "pipe"
+    make_pipeline("tiny", seed=0).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, tiny_pipeline_dir):
+    """A world folder: the tiny pipeline + a pixel index of 30 synthetic images."""
+    import shutil
+
+    import pandas as pd
+
+    from memlab.descriptors import create_descriptor
+    from memlab.index import build_index
+    from memlab.world import write_world_json
+
+    w = tmp_path_factory.mktemp("tiny-world")
+    shutil.copytree(tiny_pipeline_dir, w / "model")
+    ims = synthetic_images(30, size=16)
+    items = pd.DataFrame({"id": range(30), "caption": [f"a colour field {i}" for i in range(30)],
+                          "file": [f"{i}.png" for i in range(30)]})
+    build_index(w / "index", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=10)
+    write_world_json(w, name="tiny", model="model", index="index",
+                     defaults={"steps": 3, "guidance": 5.0, "seeds": "0-3"})
+    return w
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_pipeline_dir):
+    from memlab.generate import Generator
+
+    return Generator.from_pretrained(tiny_pipeline_dir, device="cpu")

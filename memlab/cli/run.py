@@ -86,7 +86,7 @@ def run(args) -> int:
     world = World.from_parts(args.model, args.index) if args.model else World.load(args.world)
     d = world.defaults
     seeds = parse_seeds(args.seeds or d["seeds"])
-    settings = Settings(steps=args.steps or d["steps"],
+    settings = Settings(steps=args.steps if args.steps is not None else d["steps"],
                         guidance=args.guidance if args.guidance is not None else d["guidance"],
                         height=args.height, width=args.width, detect_steps=args.detect_steps).validate()
     index = world.index()

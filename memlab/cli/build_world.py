@@ -1,0 +1,38 @@
+"""Build the built-in world from nothing: generate its training set (procedural scenes, lighthouses,
+scikit-image photo crops; planted duplication), train its model with memlab's trainer, index the
+training set (pixel descriptor, calibrated threshold), write probes and a world card with the
+measured memorization. Stages resume when interrupted.
+
+    python -m memlab build-world --out assets/world
+"""
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(p):
+    p.add_argument("--out", required=True, help="world folder to write (e.g. assets/world)")
+    p.add_argument("--seed", type=int, default=0, help="training-set and training seed")
+    p.add_argument("--steps", type=int, default=2500, help="UNet training steps")
+    p.add_argument("--vae-steps", type=int, default=800, help="VAE training steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures")
+    p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
+    p.add_argument("--small", action="store_true", help="a small training set (for tests)")
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..buildworld import build_world
+    from ..worldgen import WorldSpec
+
+    spec = WorldSpec(seed=args.seed)
+    if args.small:
+        spec = WorldSpec(seed=args.seed, n_scenes=24, crops_per_photo=1, n_lighthouses=10, ddf_high=4,
+                         ddf_low=2, per_group=2)
+    build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
+                evaluate=not args.no_eval, eval_seeds=args.eval_seeds,
+                progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,94 @@
+"""memlab run: records, images, reproducibility, clear errors."""
+import json
+
+import pytest
+
+from memlab.cli import main as memlab_main
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _strip_timing(recs):
+    return [{k: v for k, v in r.items() if k != "timing"} for r in recs]
+
+
+def test_run_records_and_bit_for_bit_reproduction(tiny_world, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball on a table\na blue square in the sky\n")
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "results.jsonl"
+        assert memlab_main(["run", "--world", str(tiny_world), "--prompts", str(prompts), "--seeds", "0-7",
+                            "--mitigation", "none", "--mitigation", "rna:k=2", "--mitigation", "gni",
+                            "--steps", "3", "--out", str(out)]) == 0
+        outs.append(out)
+    ra, rb = _records(outs[0]), _records(outs[1])
+    assert _strip_timing(ra) == _strip_timing(rb)
+    seeds = [r for r in ra if r["type"] == "seed"]
+    summaries = [r for r in ra if r["type"] == "summary"]
+    assert len(seeds) == 2 * 3 * 8 and len(summaries) == 2 * 3
+    for r in seeds:
+        a = (outs[0].parent / r["image"]).read_bytes()
+        assert a == (outs[1].parent / r["image"]).read_bytes()
+        assert {"prompt", "mitigation", "seed", "effective_prompt", "image", "matches", "replicated",
+                "threshold", "detection"} <= set(r)
+        assert {"id", "file", "caption", "score", "duplicates"} <= set(r["matches"][0])
+        assert r["descriptor"]["model"] and r["descriptor"]["preset"] and r["settings"]["steps"] == 3
+    for s in summaries:
+        assert 0.0 <= s["replication_rate"] <= 1.0 and s["n_seeds"] == 8
+        assert {"p95", "mean", "std", "p75", "p90", "frac_above"} <= set(s["dataset_similarity"])
+        assert {"load_s", "generate_s", "embed_s", "search_s", "metrics_s"} <= set(s["timing"])
+    # same seeds for each mitigation; the summaries state the change against none
+    by = {(r["prompt"], r["mitigation"]["name"]): r for r in summaries}
+    assert by[("a red ball on a table", "rna")]["seeds"] == by[("a red ball on a table", "none")]["seeds"]
+    assert "change_vs_none" in by[("a red ball on a table", "gni")]
+    assert "change_vs_none" not in by[("a red ball on a table", "none")]
+    rna = [r for r in seeds if r["mitigation"]["name"] == "rna"]
+    assert all(r["effective_prompt"] != r["prompt"] for r in rna)
+    assert rna[0]["mitigation"]["steps"][0]["params"] == {"k": 2, "seed": 0}
+
+
+def test_run_with_model_and_index(tiny_world, tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert memlab_main(["run", "--model", str(tiny_world / "model"), "--index", str(tiny_world / "index"),
+                        "--prompt", "a cat", "--seeds", "1,3", "--steps", "2", "--out", str(out)]) == 0
+    assert [r["seed"] for r in _records(out) if r["type"] == "seed"] == [1, 3]
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--prompt", "  "], "prompt is empty"),
+    (["--prompt", "x", "--seeds", "0-5000"], "at most 1000"),
+    (["--prompt", "x", "--seeds", "-3"], "out of range"),
+    (["--prompt", "x", "--mitigation", "magic"], "unknown mitigation"),
+    (["--prompt", "x", "--mitigation", "rna:kk=1"], "unknown parameter"),
+    (["--prompt", "x", "--descriptor", "sscd"], "has no 'sscd' descriptor"),
+    (["--prompt", "x", "--model", "MODEL_NOT_PIPELINE", "--index", "INDEX"], "not a diffusers pipeline"),
+    (["--prompt", "x", "--steps", "0"], "steps"),
+])
+def test_run_errors_are_clear(extra, msg, tiny_world, tmp_path, capsys):
+    subst = {"MODEL_NOT_PIPELINE": str(tmp_path), "INDEX": str(tiny_world / "index")}
+    args = ["run", "--out", str(tmp_path / "o.jsonl")] + [subst.get(a, a) for a in extra]
+    if "--model" not in extra:
+        args += ["--world", str(tiny_world)]
+    assert memlab_main(args) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_long_prompt_warns_and_runs(tiny_world, tmp_path, capsys):
+    long = " ".join(f"word{i}" for i in range(80))
+    assert memlab_main(["run", "--world", str(tiny_world), "--prompt", long, "--seeds", "0", "--steps", "2",
+                        "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert "truncated after" in capsys.readouterr().err
+
+
+def test_prompts_csv_with_caption_column(tiny_world, tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("Caption;URL\na red ball;http://x\na blue cube;http://y\n")  # NeMo's ;-separated form
+    out = tmp_path / "o.jsonl"
+    assert memlab_main(["run", "--world", str(tiny_world), "--prompts", str(f), "--seeds", "0", "--steps", "2",
+                        "--out", str(out)]) == 0
+    assert {r["prompt"] for r in _records(out)} == {"a red ball", "a blue cube"}
