@@ -116,3 +116,13 @@ def calibrate_threshold(background_scores, copy_scores, fpr: float = 0.01) -> di
             "recall": float((cp > t).mean()) if cp.size else None,
             "n_background": int(bg.size), "n_copies": int(cp.size),
             "background_percentiles": percentiles(bg), "copy_percentiles": percentiles(cp)}
+
+
+def roc_auc(positive_scores, negative_scores) -> float:
+    """ROC AUC as the Mann-Whitney probability that a positive scores above a negative (ties count
+    one half); Wen et al. report it for detection scores of memorized vs non-memorized prompts."""
+    p = np.asarray(positive_scores, np.float64)[:, None]
+    n = np.asarray(negative_scores, np.float64)[None, :]
+    if p.size == 0 or n.size == 0:
+        raise ValueError("roc_auc needs at least one positive and one negative score")
+    return float((p > n).mean() + 0.5 * (p == n).mean())

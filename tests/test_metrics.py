@@ -54,3 +54,12 @@ def test_calibrate_threshold_keeps_fpr_and_reports_recall():
     assert (bg > cal["value"]).mean() == cal["fpr"]
     assert cal["recall"] == pytest.approx(0.75)
     assert cal["copy_percentiles"]["p50"] == pytest.approx(np.percentile(copies, 50))
+
+
+def test_roc_auc_mann_whitney():
+    assert metrics.roc_auc([3, 4], [1, 2]) == 1.0
+    assert metrics.roc_auc([1, 2], [3, 4]) == 0.0
+    assert metrics.roc_auc([1, 3], [2, 2]) == pytest.approx(0.5)
+    assert metrics.roc_auc([2], [2]) == 0.5
+    with pytest.raises(ValueError):
+        metrics.roc_auc([], [1])

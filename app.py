@@ -1,0 +1,41 @@
+"""memlab's web app: `python app.py [--world DIR]` (or MEMLAB_WORLD=DIR). Thin: the UI is memlab.ui."""
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+try:  # ZeroGPU: `spaces` must be imported before anything touches CUDA
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="memlab web app")
+    p.add_argument("--world", default=None, help="world folder (default: $MEMLAB_WORLD or the built-in world)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--device", default=None)
+    p.add_argument("--share", action="store_true")
+    args = p.parse_args(argv)
+
+    from memlab.errors import MemlabError
+    from memlab.service import Lab
+    from memlab.ui import build_app
+    from memlab.world import World
+
+    try:
+        world = World.load(args.world)
+        lab = Lab(world, device=args.device)
+        lab.generator  # load the pipeline now, so the first click does not wait for it
+    except MemlabError as e:
+        sys.exit(f"error: {e}")
+    demo = build_app(lab)
+    demo.queue(default_concurrency_limit=1, max_size=64)  # one generation at a time; others wait
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                allowed_paths=[str(world.path or world.index_path)], footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()

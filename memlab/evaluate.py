@@ -1,0 +1,159 @@
+"""Measure a world's memorization on its probes (the figures of the world card and its benchmark).
+
+Per probe group (unique, full / partial duplication at each ddf, keyword): over ``n_seeds`` seeds, no
+mitigation, the calibrated verdict: multi-seed replication rate, the share of seeds whose top-1 match
+is the probe's own training image ("recall of the original", Memory Triggers), dataset similarity and
+the mean detection score. Then every mitigation at its default strength on the full-duplication probes
+at the higher ddf, same seeds; Wen et al.'s detection ROC AUC (full duplication vs unique probes); the
+time to generate and match 8 seeds; and for the planted keyword, the share of generations whose top-1
+match carries the hidden object, beside the share in the keyword's training images.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .generate import Settings
+from .match import descriptor_for_index
+from .runner import run_prompt
+
+MITIGATIONS = ("rna", "rt", "cwr", "gni", "wen")
+
+
+def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies, settings, progress=None):
+    """Per probe and strategy: replication rate, original recall, detection, top-1 scores."""
+    out = []
+    it = probes.itertuples(index=False)
+    for p in (progress(list(it), desc="probes") if progress else it):
+        recs = run_prompt(gen, index, descriptor, p.prompt, seeds, strategies, settings, out_dir=None, k=1)
+        for strat in {r["mitigation"]["name"] for r in recs}:
+            seed_recs = [r for r in recs if r["type"] == "seed" and r["mitigation"]["name"] == strat]
+            summ = next(r for r in recs if r["type"] == "summary" and r["mitigation"]["name"] == strat)
+            top_items = [int(index.items.iloc[r["matches"][0]["row"]]["item"]) for r in seed_recs]
+            out.append({"prompt": p.prompt, "group": p.group, "item": int(p.item), "strategy": strat,
+                        "replication_rate": summ["replication_rate"],
+                        "original_recall": float(np.mean([t == int(p.item) for t in top_items])),
+                        "detection": summ["detection_mean"],
+                        "scores": [r["score"] for r in seed_recs], "top_items": top_items})
+    return pd.DataFrame(out)
+
+
+def _group_table(df: pd.DataFrame, threshold: float) -> dict:
+    table = {}
+    for (group, strat), g in df.groupby(["group", "strategy"]):
+        scores = np.concatenate(g["scores"].to_list())
+        table.setdefault(group, {})[strat] = {
+            "probes": int(len(g)), "replication_rate": float(g["replication_rate"].mean()),
+            "original_recall": float(g["original_recall"].mean()),
+            "dataset_similarity": metrics.dataset_similarity(scores, threshold)["p95"],
+            "detection_mean": float(g["detection"].mean())}
+    return table
+
+
+def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=None,
+                   log=lambda m: print(m, file=sys.stderr)) -> dict:
+    gen = world.generator()
+    index = world.index()
+    descriptor = descriptor_for_index(index)
+    thr = index.threshold(descriptor.name)
+    settings = Settings(steps=int(world.defaults["steps"]), guidance=float(world.defaults["guidance"]))
+    probes = pd.read_csv(world.file("probes"))
+    seeds = list(range(n_seeds))
+    groups = sorted(set(probes["group"]))
+    full = sorted((g for g in groups if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
+    high = full[-1]
+    kw = probes[probes["group"] == "keyword"].head(keyword_probes)
+    base_probes = pd.concat([probes[probes["group"] != "keyword"], kw])
+
+    log(f"[evaluate] baseline: {len(base_probes)} probes x {n_seeds} seeds")
+    base = _probe_runs(gen, index, descriptor, base_probes, seeds, ["none"], settings, progress)
+    log(f"[evaluate] mitigations {', '.join(MITIGATIONS)} on {high}")
+    mit = _probe_runs(gen, index, descriptor, probes[probes["group"] == high], seeds, list(MITIGATIONS),
+                      settings, progress)
+    table = _group_table(pd.concat([base, mit]), thr["value"])
+
+    det_pos = base[base["group"] == high]["detection"].to_numpy()
+    det_neg = base[base["group"] == "unique"]["detection"].to_numpy()
+    hi_rate = table[high]["none"]["replication_rate"]
+    mitig = {m: {**table[high][m], "change_vs_none": table[high][m]["replication_rate"] - hi_rate,
+                 "relative_cut": (1 - table[high][m]["replication_rate"] / hi_rate) if hi_rate else None}
+             for m in MITIGATIONS}
+
+    # hidden object of the planted keyword: the share of its training items that carry it, and the
+    # share of keyword generations whose top-1 match carries it
+    items = index.items.drop_duplicates("item")
+    kw_name = next(iter(world.manifest.get("keywords", {"": {}})))
+    hidden = world.manifest.get("keywords", {}).get(kw_name, {}).get("hidden_object")
+    obj = {}
+    if hidden:
+        kw_items = items[items["keyword"] == kw_name]
+        has = kw_items["objects"].str.split(",").apply(lambda o: hidden in o)
+        kw_runs = base[base["group"] == "keyword"]
+        item_has = dict(zip(items["item"], items["objects"].str.split(",").apply(lambda o: hidden in o)))
+        gen_has = [item_has[t] for tops in kw_runs["top_items"] for t in tops]
+        obj = {"keyword": kw_name, "object": hidden, "training_share": float(has.mean()),
+               "training_items": int(len(kw_items)),
+               "planted_share": world.manifest["keywords"][kw_name].get("planted_share"),
+               "generation_share_top1": float(np.mean(gen_has)) if gen_has else None,
+               "generations": len(gen_has), "whole_set_share": float(
+                   items["objects"].str.split(",").apply(lambda o: hidden in o).mean())}
+
+    t0 = time.perf_counter()
+    run_prompt(gen, index, descriptor, probes[probes["group"] == high]["prompt"].iloc[0], list(range(8)),
+               ["none"], settings, out_dir=None)
+    t8 = time.perf_counter() - t0
+    partial_high = "partial" + high[4:]
+    result = {
+        "seeds_per_probe": n_seeds, "settings": settings.to_dict(),
+        "descriptor": {"name": descriptor.name, "model": descriptor.model, "preset": descriptor.preset,
+                       "threshold": thr["value"], "threshold_source": thr["source"]},
+        "groups": {g: table[g]["none"] for g in table},
+        "mitigations_on": high, "mitigations": mitig,
+        "detection_auc": metrics.roc_auc(det_pos, det_neg) if len(det_pos) and len(det_neg) else None,
+        "detection_auc_pair": [high, "unique"],
+        "seconds_8_seeds": t8,
+        "checks": {
+            "full_high_at_least_50pct": hi_rate >= 0.5,
+            "unique_at_most_10pct": table["unique"]["none"]["replication_rate"] <= 0.10,
+            "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
+                "replication_rate", 1.0) <= hi_rate / 2,
+            "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
+        },
+        "hidden_object": obj,
+        "per_probe": base.drop(columns=["scores"]).to_dict(orient="records"),
+    }
+    return result
+
+
+def format_report(m: dict) -> str:
+    """The card's figures as a readable table."""
+    d = m["descriptor"]
+    lines = [f"descriptor {d['name']} ({d['model']}, {d['preset']}), threshold {d['threshold']:.3f} "
+             f"({d['threshold_source']}); {m['seeds_per_probe']} seeds per probe; "
+             f"{m['settings']['steps']} steps, guidance {m['settings']['guidance']}",
+             f"{'group':<16}{'probes':>7}{'replicated':>12}{'original@1':>12}{'data sim p95':>14}{'detection':>11}"]
+    for g, r in sorted(m["groups"].items()):
+        lines.append(f"{g:<16}{r['probes']:>7}{r['replication_rate']:>12.1%}{r['original_recall']:>12.1%}"
+                     f"{r['dataset_similarity']:>14.3f}{r['detection_mean']:>11.3f}")
+    lines.append(f"mitigations on {m['mitigations_on']} (same seeds):")
+    base = m["groups"][m["mitigations_on"]]
+    lines.append(f"  {'none':<8} replicated {base['replication_rate']:.1%}  data sim {base['dataset_similarity']:.3f}")
+    for name, r in m["mitigations"].items():
+        cut = r["relative_cut"]
+        lines.append(f"  {name:<8} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
+                     f"{'' if cut is None else f', cut {cut:.0%}'})  data sim {r['dataset_similarity']:.3f}")
+    lines.append(f"detection ROC AUC {m['detection_auc_pair'][0]} vs {m['detection_auc_pair'][1]}: "
+                 f"{m['detection_auc']:.3f}")
+    o = m.get("hidden_object") or {}
+    if o:
+        lines.append(f"keyword '{o['keyword']}': '{o['object']}' in {o['training_share']:.1%} of its "
+                     f"{o['training_items']} training images (planted {o['planted_share']:.0%}; whole set "
+                     f"{o['whole_set_share']:.1%}); top-1 match of its generations carries it: "
+                     f"{o['generation_share_top1']:.1%} of {o['generations']}")
+    lines.append(f"generate + match 8 seeds: {m['seconds_8_seeds']:.2f}s")
+    lines.append("checks: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in m["checks"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""What the app asks of the library, without any UI code: a ``Lab`` over one world that generates and
+matches in streamed batches, compares mitigations on the same seeds, searches the training set and
+exports runs in the ``memlab run`` format. Thread-safe: the generator serializes pipeline calls.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .errors import MemlabError
+from .generate import MAX_SEEDS, Settings, check_prompt, parse_seeds
+from .match import descriptor_for_index
+from .mitigations import parse_strategy
+from .runner import run_prompt, summarize_records
+from .world import World
+
+APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
+
+
+@dataclass
+class RunState:
+    """One finished (or streaming) run: its records and images, ready to show or export."""
+
+    prompt: str
+    records: list = field(default_factory=list)
+    images: list = field(default_factory=list)  # PIL images, aligned with the seed records
+    summaries: list = field(default_factory=list)
+    warning: str | None = None
+
+
+class Lab:
+    def __init__(self, world: World, device: str | None = None):
+        self.world = world
+        self.index = world.index()
+        self.descriptor = descriptor_for_index(self.index)
+        self.device = device
+        self._gen = None
+
+    # ------------------------------------------------------------------------------ basics
+    @property
+    def generator(self):
+        if self._gen is None:
+            self._gen = self.world.generator(device=self.device)
+        return self._gen
+
+    def threshold(self) -> dict:
+        return self.index.threshold(self.descriptor.name)
+
+    def descriptor_label(self) -> str:
+        info = self.index.descriptor_info(self.descriptor.name)
+        thr = info["threshold"]
+        return (f"{info['name']} · {info['model']} · preset {info['preset']} · threshold "
+                f"{thr['value']:.3f} ({thr['source']})")
+
+    def background(self) -> np.ndarray:
+        bg = self.index.background(self.descriptor.name)
+        return bg[np.isfinite(bg)]
+
+    def probes(self) -> pd.DataFrame:
+        f = self.world.file("probes")
+        return pd.read_csv(f) if f else pd.DataFrame(columns=["prompt", "group"])
+
+    def settings(self, steps=None, guidance=None) -> Settings:
+        d = self.world.defaults
+        return Settings(steps=int(steps or d["steps"]),
+                        guidance=float(d["guidance"] if guidance is None else guidance)).validate()
+
+    def seeds(self, n_seeds=None, seed_list: str | None = None) -> list[int]:
+        """An explicit list ("0-3,9") wins over a count; at most APP_MAX_SEEDS per request."""
+        if seed_list and str(seed_list).strip():
+            seeds = parse_seeds(str(seed_list))
+        else:
+            try:
+                n = int(n_seeds if n_seeds is not None else 8)
+            except (TypeError, ValueError):
+                raise MemlabError("the number of seeds must be a whole number") from None
+            if n < 1:
+                raise MemlabError("ask for at least one seed")
+            if n > MAX_SEEDS:
+                raise MemlabError(f"{n} seeds is too many (at most {APP_MAX_SEEDS} here, {MAX_SEEDS} with the CLI)")
+            seeds = list(range(n))
+        if len(seeds) > APP_MAX_SEEDS:
+            raise MemlabError(f"{len(seeds)} seeds is too many for the app (at most {APP_MAX_SEEDS}); "
+                              f"use `python -m memlab run` for larger batches")
+        return seeds
+
+    @staticmethod
+    def strategy_spec(mitigations: Sequence[str], k: int = 4, lam: float = 0.1) -> str:
+        """Checked mitigations with their parameters -> one composed strategy spec."""
+        parts = []
+        for m in mitigations or []:
+            if m in ("rna", "rt", "cwr"):
+                parts.append(f"{m}:k={int(k)}")
+            elif m == "gni":
+                parts.append(f"gni:lam={float(lam)}")
+            else:
+                parts.append(m)
+        spec = "+".join(parts) or "none"
+        parse_strategy(spec)  # validates names and ranges
+        return spec
+
+    # ---------------------------------------------------------------------------- generate
+    def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
+                        settings: Settings | None = None, chunk: int = 2, progress=None) -> Iterator[RunState]:
+        """Generate and match ``chunk`` seeds at a time; yield the growing run after each chunk."""
+        gen = self.generator
+        prompt, warning = check_prompt(prompt, gen.tokenizer)
+        settings = settings or self.settings()
+        state = RunState(prompt=prompt, warning=warning)
+        thr = self.threshold()
+        total = len(seeds)
+        for i in range(0, total, chunk):
+            part = list(seeds[i:i + chunk])
+            imgs = {}
+            recs = run_prompt(gen, self.index, self.descriptor, prompt, part, [strategy], settings,
+                              out_dir=None, k=5, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
+            for r in recs:
+                if r["type"] == "seed":
+                    state.records.append(r)
+                    state.images.append(imgs[r["seed"]])
+            summary = summarize_records(state.records, thr)
+            summary.update({"type": "summary", "prompt": prompt, "mitigation": recs[-1]["mitigation"],
+                            "descriptor": recs[-1]["descriptor"], "seeds": [r["seed"] for r in state.records]})
+            state.summaries = [summary]
+            if progress:
+                progress(min(i + chunk, total), total)
+            yield state
+
+    def compare(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
+                settings: Settings | None = None, progress=None) -> RunState:
+        """``none`` and each strategy on the same seeds (run_prompt states the change vs none)."""
+        gen = self.generator
+        prompt, warning = check_prompt(prompt, gen.tokenizer)
+        strategies = ["none"] + [s for s in strategies if s != "none"]
+        state = RunState(prompt=prompt, warning=warning)
+        imgs = {}
+
+        def on_seed(r, im):
+            imgs[(r["mitigation"]["spec"], r["seed"])] = im
+            if progress:
+                progress(len(imgs), len(seeds) * len(strategies))
+
+        recs = run_prompt(gen, self.index, self.descriptor, prompt, seeds, strategies, settings or self.settings(),
+                          out_dir=None, k=5, on_seed=on_seed)
+        state.records = [r for r in recs if r["type"] == "seed"]
+        state.images = [imgs[(r["mitigation"]["spec"], r["seed"])] for r in state.records]
+        state.summaries = [r for r in recs if r["type"] == "summary"]
+        return state
+
+    # ----------------------------------------------------------------------------- training set
+    def item_image(self, row: int) -> Image.Image | None:
+        p = self.index.image_path(row)
+        if p is None or not p.is_file():
+            return None
+        with Image.open(p) as im:
+            return im.convert("RGB")
+
+    def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:
+        """Training items whose caption contains every word of the query (case-insensitive)."""
+        words = [w for w in re.findall(r"\w+", (query or "").lower())]
+        if not words:
+            raise MemlabError("type a word to search the captions for")
+        items = self.index.items
+        caps = items["caption"].str.lower()
+        mask = np.ones(len(items), bool)
+        for w in words:
+            mask &= caps.str.contains(rf"\b{re.escape(w)}\b", regex=True).to_numpy()
+        hits = items[mask].drop_duplicates(subset=["group", "caption"]).head(limit)
+        return hits.assign(row=hits.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
+
+    def duplicate_groups(self, limit: int = 50) -> pd.DataFrame:
+        items = self.index.items
+        g = items[items["duplicates"] > 0].groupby("group").agg(
+            size=("id", "size"), example=("caption", "first"), first_row=("id", lambda s: int(s.index[0])))
+        return g.sort_values("size", ascending=False).head(limit).reset_index()
+
+    def group_members(self, group: int) -> pd.DataFrame:
+        items = self.index.items
+        m = items[items["group"] == int(group)]
+        return m.assign(row=m.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
+
+    def item_row(self, item_id) -> int:
+        items = self.index.items
+        hits = np.nonzero(items["id"].astype(str).to_numpy() == str(item_id).strip())[0]
+        if not len(hits):
+            raise MemlabError(f"no training item with id {item_id!r}")
+        return int(hits[0])
+
+    # ------------------------------------------------------------------------------ export
+    @staticmethod
+    def export(state: RunState, path: Path) -> Path:
+        """A zip holding results.jsonl (the ``memlab run`` format) and images/ beside it."""
+        if not state or not state.records:
+            raise MemlabError("nothing to export yet: generate first")
+        buf = io.StringIO()
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for r, im in zip(state.records, state.images):
+                name = f"images/{r['mitigation']['name']}-s{r['seed']}.png"
+                b = io.BytesIO()
+                im.save(b, format="PNG")
+                z.writestr(name, b.getvalue())
+                buf.write(json.dumps({**r, "image": name}) + "\n")
+            for s in state.summaries:
+                buf.write(json.dumps(s) + "\n")
+            z.writestr("results.jsonl", buf.getvalue())
+        return path

@@ -1,0 +1,339 @@
+"""The Gradio app (the only UI code in memlab): it wires ``memlab.service.Lab`` to components.
+
+Tabs: Generate & match · Compare mitigations · Training set · Keyword clusters · About this world.
+Every event has an ``api_name`` so ``gradio_client`` can call it. Errors in user input raise
+``gr.Error`` (the page keeps serving).
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import MemlabError
+from .mitigations import MITIGATIONS
+from .service import APP_MAX_SEEDS, Lab, RunState
+
+try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
+    import spaces  # type: ignore
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:  # pragma: no cover - depends on the host
+    def gpu(fn):
+        return fn
+
+CITATIONS = """
+- Somepalli, Singla, Goldblum, Geiping, Goldstein. *Diffusion Art or Digital Forgery? Investigating Data
+  Replication in Diffusion Models.* CVPR 2023. (SSCD > 0.5 replication, split product)
+- Somepalli et al. *Understanding and Mitigating Copying in Diffusion Models.* NeurIPS 2023. (dataset
+  similarity, background, duplication controls, GNI / RNA / RT / CWR mitigations)
+- Pizzi, Roy, Ravindra, Goyal, Douze. *A Self-Supervised Descriptor for Image Copy Detection.* CVPR 2022. (SSCD)
+- Carlini et al. *Extracting Training Data from Diffusion Models.* USENIX Security 2023. (pixel-space, tiled)
+- Wen, Liu, Chen, Lyu. *Detecting, Explaining, and Mitigating Memorization in Diffusion Models.* ICLR 2024.
+- *Memory Triggers: Unveiling Memorization in Text-To-Image Generative Models through Word-Level Duplication.*
+"""
+MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"]
+
+
+def _errors(fn):
+    """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving."""
+    if _is_gen(fn):
+        @functools.wraps(fn)
+        def wrapped_gen(*a, **kw):
+            try:
+                yield from fn(*a, **kw)
+            except MemlabError as e:
+                raise gr.Error(str(e)) from None
+        return wrapped_gen
+
+    @functools.wraps(fn)
+    def wrapped(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except MemlabError as e:
+            raise gr.Error(str(e)) from None
+    return wrapped
+
+
+def _is_gen(fn):
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
+
+
+def pair_image(gen: Image.Image, match: Image.Image | None, replicated: bool, scale: int = 3) -> Image.Image:
+    """The generation beside its top-1 training match, framed red when replicated."""
+    w, h = gen.size
+    W, H = w * scale, h * scale
+    out = Image.new("RGB", (2 * W + 12, H + 8), (200, 30, 30) if replicated else (230, 230, 230))
+    out.paste(gen.resize((W, H), Image.NEAREST), (4, 4))
+    if match is not None:
+        out.paste(match.convert("RGB").resize((W, H), Image.NEAREST), (W + 8, 4))
+    else:
+        ImageDraw.Draw(out).text((W + 12, H // 2), "image not available", fill=(0, 0, 0))
+    return out
+
+
+def _caption(r: dict) -> str:
+    m = r["matches"][0]
+    verdict = "REPLICATED" if r["replicated"] else "novel"
+    return (f"seed {r['seed']} · {verdict} · score {r['score']:.3f} vs threshold {r['threshold']:.3f} · "
+            f"match #{m['id']} ({m['duplicates']} duplicates in training)")
+
+
+def histogram(lab: Lab, scores, title_extra: str = ""):
+    import plotly.graph_objects as go
+
+    thr = lab.threshold()["value"]
+    fig = go.Figure()
+    fig.add_histogram(x=lab.background(), histnorm="probability density", name="background (train vs nearest other)",
+                      opacity=0.55, nbinsx=40, marker_color="#888")
+    fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)", opacity=0.75,
+                      nbinsx=20, marker_color="#d62728")
+    fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
+    fig.update_layout(barmode="overlay", height=320, margin=dict(l=40, r=10, t=50, b=40),
+                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label()}</sup>",
+                                 font=dict(size=13)),
+                      xaxis_title="similarity", yaxis_title="density", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def headline(lab: Lab, state: RunState) -> str:
+    s = state.summaries[-1]
+    ds = s["dataset_similarity"]
+    bg = lab.index.descriptor_info(lab.descriptor.name)["background"]
+    best = max(state.records, key=lambda r: r["score"])
+    lines = [f"### Replication: {s['replication_rate']:.0%} of {s['n_seeds']} seeds",
+             f"- **multi-seed replication** {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
+             f"- **dataset similarity** (95th pct of top-1) {ds['p95']:.3f} · mean {ds['mean']:.3f} · "
+             f"background 95th pct {bg['p95']:.3f}",
+             f"- **detection** (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
+             f"- **closest training caption**: “{best['matches'][0]['caption']}” (score {best['score']:.3f})",
+             f"- scores: {lab.descriptor_label()}"]
+    if state.warning:
+        lines.append(f"- ⚠️ {state.warning}")
+    return "\n".join(lines)
+
+
+def seed_table(state: RunState):
+    import pandas as pd
+
+    return pd.DataFrame([{"seed": r["seed"], "effective prompt": r["effective_prompt"],
+                          "match id": r["matches"][0]["id"], "match caption": r["matches"][0]["caption"],
+                          "score": round(r["score"], 4), "verdict": "replicated" if r["replicated"] else "novel",
+                          "duplicates": r["matches"][0]["duplicates"]} for r in state.records])
+
+
+def build_app(lab: Lab) -> gr.Blocks:
+    world = lab.world
+    probes = lab.probes()
+    examples = [[p] for p in probes.drop_duplicates("group")["prompt"].tolist()] + \
+               [[p] for p in probes["prompt"].head(12).tolist()]
+    examples = list(dict.fromkeys(tuple(e) for e in examples))[:16]
+
+    with gr.Blocks(title=f"memlab · {world.name}") as demo:
+        gr.Markdown(f"# memlab — training-data memorization lab\nWorld: **{world.name}** · "
+                    f"{world.trained_on}\n\nScores: {lab.descriptor_label()}")
+        run_state = gr.State(None)
+
+        with gr.Tab("Generate & match", id="generate"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
+                    if examples:
+                        gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
+                                    cache_examples=False)
+                with gr.Column(scale=1):
+                    n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1, label="Number of seeds")
+                    seed_list = gr.Textbox(label="…or explicit seeds", placeholder="e.g. 0-3,10")
+                    mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
+                    with gr.Row():
+                        k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
+                        lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
+                    with gr.Accordion("Sampling", open=False):
+                        steps = gr.Slider(1, 200, value=int(world.defaults["steps"]), step=1, label="Steps")
+                        guidance = gr.Slider(0.0, 20.0, value=float(world.defaults["guidance"]), step=0.5,
+                                             label="Guidance scale")
+                    go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            headline_md = gr.Markdown(elem_id="headline")
+            gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
+                                 format="png", elem_id="pairs", height="auto")
+            topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
+                              elem_id="topk")
+            table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
+            plot = gr.Plot(label="top-1 scores over the background", elem_id="hist")
+            with gr.Row():
+                export_btn = gr.Button("Export run (JSONL + images)")
+                export_file = gr.File(label="run.zip")
+
+            @_errors
+            def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, progress=gr.Progress()):
+                seeds = lab.seeds(n_seeds, seed_list)
+                spec = lab.strategy_spec(mits, k, lam)
+                settings = lab.settings(steps, guidance)
+                progress(0, desc="starting")
+                state = None
+                for state in run_generation(lab, prompt, seeds, spec, settings,
+                                            lambda d, t: progress((d, t), desc="seeds")):
+                    pairs = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]), _caption(r))
+                             for r, im in zip(state.records, state.images)]
+                    yield (state, headline(lab, state), pairs, seed_table(state),
+                           histogram(lab, [r["score"] for r in state.records]))
+
+            go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance],
+                         [run_state, headline_md, gallery, table, plot], api_name="generate")
+
+            def show_topk(state: RunState, evt: gr.SelectData):
+                if not state or evt.index is None or evt.index >= len(state.records):
+                    return []
+                r = state.records[evt.index]
+                return [(lab.item_image(m["row"]), f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
+                        for m in r["matches"] if lab.item_image(m["row"]) is not None]
+
+            gallery.select(show_topk, [run_state], [topk], api_name=False)
+
+            @_errors
+            def export(state):
+                if state is None:
+                    raise MemlabError("nothing to export yet: generate first")
+                path = Path(tempfile.mkdtemp(prefix="memlab-")) / "run.zip"
+                return str(lab.export(state, path))
+
+            export_btn.click(export, [run_state], [export_file], api_name="export")
+
+        with gr.Tab("Compare mitigations", id="compare"):
+            with gr.Row():
+                c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
+                with gr.Column(scale=1):
+                    c_seeds = gr.Slider(1, 16, value=4, step=1, label="Seeds (the same for every strategy)")
+                    c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
+                    with gr.Row():
+                        c_k = gr.Slider(1, 10, value=4, step=1, label="k")
+                        c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
+                    c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+            c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid")
+            c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
+            c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
+
+            @_errors
+            def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
+                seeds = lab.seeds(n)
+                specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
+                state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
+                grid = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2),
+                         f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
+                return grid, compare_figure(lab, state), compare_table(state)
+
+            c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
+
+        with gr.Tab("Training set", id="train"):
+            with gr.Row():
+                q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
+                q_btn = gr.Button("Search", scale=1)
+            q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
+            q_table = gr.Dataframe(label="items")
+
+            @_errors
+            def search(query):
+                hits = lab.search_captions(query)
+                return ([(lab.item_image(r), f"#{i} · {c[:50]}") for r, i, c in zip(hits["row"], hits["id"], hits["caption"])
+                         if lab.item_image(r) is not None], hits)
+
+            q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
+            q.submit(search, [q], [q_gallery, q_table], api_name=False)
+            gr.Markdown("#### Near-duplicate groups (largest first)")
+            groups = lab.duplicate_groups()
+            g_table = gr.Dataframe(value=groups, label="groups with duplicates")
+            with gr.Row():
+                item_id = gr.Textbox(label="Open an item by id", scale=3)
+                item_btn = gr.Button("Open", scale=1)
+            item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
+            item_table = gr.Dataframe(label="its duplicate group")
+
+            @_errors
+            def open_item(i):
+                row = lab.item_row(i)
+                members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
+                return ([(lab.item_image(r), f"#{j} · {c[:50]}") for r, j, c in
+                         zip(members["row"], members["id"], members["caption"]) if lab.item_image(r) is not None],
+                        members)
+
+            item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
+
+        with gr.Tab("Keyword clusters", id="clusters"):
+            gr.Markdown("Keyword-cluster views (which training images stand behind a word, and the objects that "
+                        "come along unnamed) are not built yet in this version.")
+
+        with gr.Tab("About this world", id="about"):
+            gr.Markdown(world_card_markdown(lab))
+            gr.Markdown("### Papers\n" + CITATIONS)
+    return demo
+
+
+@gpu
+def run_generation(lab: Lab, prompt, seeds, spec, settings, progress):
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, progress=progress)
+
+
+@gpu
+def run_compare(lab: Lab, prompt, seeds, specs, progress):
+    return lab.compare(prompt, seeds, specs, progress=progress)
+
+
+def compare_table(state: RunState):
+    import pandas as pd
+
+    rows = []
+    for s in state.summaries:
+        ch = s.get("change_vs_none") or {}
+        rows.append({"strategy": s["mitigation"]["spec"], "replication %": round(100 * s["replication_rate"], 1),
+                     "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
+                     "dataset similarity p95": round(s["dataset_similarity"]["p95"], 4),
+                     "change vs none": round(ch.get("dataset_similarity", 0.0), 4),
+                     "detection": round(s["detection_mean"], 4)})
+    return pd.DataFrame(rows)
+
+
+def compare_figure(lab: Lab, state: RunState):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = [s["mitigation"]["spec"] for s in state.summaries]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication %", "dataset similarity (p95)"))
+    fig.add_bar(x=names, y=[100 * s["replication_rate"] for s in state.summaries], row=1, col=1,
+                marker_color="#d62728", name="replication %")
+    fig.add_bar(x=names, y=[s["dataset_similarity"]["p95"] for s in state.summaries], row=1, col=2,
+                marker_color="#1f77b4", name="dataset similarity")
+    fig.add_hline(y=lab.threshold()["value"], line_dash="dash", row=1, col=2)
+    fig.update_layout(height=320, showlegend=False, margin=dict(l=40, r=10, t=60, b=40),
+                      title=dict(text=f"<sup>{lab.descriptor_label()}</sup>", font=dict(size=12)))
+    return fig
+
+
+def world_card_markdown(lab: Lab) -> str:
+    import json
+
+    w = lab.world
+    info = lab.index.descriptor_info(lab.descriptor.name)
+    thr = info["threshold"]
+    lines = [f"## {w.name}", f"**Model**: `{Path(str(w.model)).name if w.path else w.model}` · "
+             f"**trained on**: {w.trained_on or 'not stated'}",
+             f"**Index**: {lab.index.manifest['item_count']} training items · built "
+             f"{lab.index.manifest['created']}",
+             f"**Descriptor** {info['name']}: model `{info['model']}`, preset `{info['preset']}`, dim {info['dim']}",
+             f"**Threshold** {thr['value']:.3f} — {thr['source']}: {thr.get('citation', '')}. Measured on "
+             f"this training set: copy recall {thr.get('recall') or 0:.1%}, background false positives "
+             f"{thr.get('fpr') or 0:.1%}."]
+    card = w.file("card")
+    if card:
+        c = json.loads(card.read_text())
+        lines.append(f"**Built with** `{c.get('built_with', '')}` in {c.get('build_seconds_total', 0) / 60:.0f} min")
+        if "measured" in c:
+            from .evaluate import format_report
+
+            lines.append("### Measured memorization\n```\n" + format_report(c["measured"]) + "\n```")
+    return "\n\n".join(lines)

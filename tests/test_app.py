@@ -1,0 +1,119 @@
+"""The app through its API (gradio_client against a locally launched server) and bad input."""
+import socket
+import zipfile
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_world):
+    from memlab.service import Lab
+    from memlab.ui import build_app
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")
+    demo = build_app(lab)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(tiny_world)])
+    yield f"http://127.0.0.1:{port}/", lab
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server[0], verbose=False)
+
+
+def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
+    import json
+
+    from memlab.cli import main as memlab_main
+
+    out = client.predict("a red ball", 4, "", [], 4, 0.1, 3, 5.0, api_name="/generate")
+    headline, gallery, table = out[0], out[1], out[2]  # (the State output is not part of the API)
+    assert "Replication" in headline and "dataset similarity" in headline and "threshold" in headline
+    assert len(gallery) == 4
+    rows = table["data"]
+    assert [r[0] for r in rows] == [0, 1, 2, 3]
+    # the same prompt and seeds through the CLI give the same scores and verdicts
+    lab = server[1]
+    f = tmp_path / "r.jsonl"
+    assert memlab_main(["run", "--world", str(lab.world.path), "--prompt", "a red ball", "--seeds", "0-3",
+                        "--steps", "3", "--guidance", "5", "--out", str(f)]) == 0
+    recs = [json.loads(x) for x in f.read_text().splitlines() if '"type": "seed"' in x]
+    assert [round(r["score"], 4) for r in recs] == [r[4] for r in rows]
+    summary = [json.loads(x) for x in f.read_text().splitlines() if '"type": "summary"' in x][0]
+    assert f"{summary['replication_rate']:.1%}" in headline
+
+
+@pytest.mark.parametrize("args, msg", [
+    (("", 4, "", [], 4, 0.1, 3, 5.0), "prompt is empty"),
+    (("x", 4, "0-5000", [], 4, 0.1, 3, 5.0), "at most"),
+    (("x", 4, "0-99", [], 4, 0.1, 3, 5.0), "too many"),
+    (("x", 4, "", ["gni"], 4, 5.0, 3, 5.0), "greater than maximum"),  # gradio checks slider ranges
+    (("x", 0, "", [], 4, 0.1, 3, 5.0), "less than minimum"),
+])
+def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, args, msg):
+    with pytest.raises(Exception) as e:
+        client.predict(*args, api_name="/generate")
+    assert msg in str(e.value)
+    ok = client.predict("a blue square", 1, "", [], 4, 0.1, 2, 5.0, api_name="/generate")
+    assert len(ok[1]) == 1
+
+
+def test_compare_endpoint(client):
+    grid, fig, table = client.predict("a red ball", 2, ["rna", "gni"], 2, 0.1, api_name="/compare")
+    assert len(grid) == 3 * 2
+    assert [r[0] for r in table["data"]] == ["none", "rna:k=2,seed=0", "gni:lam=0.1,halves=both,seed=0"]
+
+
+def test_search_duplicates_export(client):
+    gallery, table = client.predict("colour field", api_name="/search_captions")
+    assert len(table["data"]) > 0
+    with pytest.raises(Exception, match="type a word"):
+        client.predict("  ", api_name="/search_captions")
+    _, members = client.predict("3", api_name="/duplicates")
+    assert members["data"][0][1] == 3
+    with pytest.raises(Exception, match="no training item"):
+        client.predict("nope", api_name="/duplicates")
+
+
+def test_export_zip(server):
+    from memlab.service import Lab
+
+    lab = server[1]
+    state = None
+    for state in lab.generate_stream("a cat", [0, 1], "none", lab.settings(2, 5.0)):
+        pass
+    import tempfile
+    from pathlib import Path
+
+    p = Lab.export(state, Path(tempfile.mkdtemp()) / "run.zip")
+    with zipfile.ZipFile(p) as z:
+        names = z.namelist()
+        assert "results.jsonl" in names and "images/none-s0.png" in names
+        lines = z.read("results.jsonl").decode().splitlines()
+    assert len(lines) == 3 and '"type": "summary"' in lines[-1]
+
+
+def test_service_validates_what_the_ui_cannot(server):
+    from memlab.errors import MemlabError
+
+    lab = server[1]
+    with pytest.raises(MemlabError, match="out of range"):
+        lab.strategy_spec(["gni"], lam=100)
+    with pytest.raises(MemlabError, match="at least one"):
+        lab.seeds(0)
+    with pytest.raises(MemlabError, match="too many"):
+        lab.seeds(5000)
+    assert lab.strategy_spec(["rna", "gni"], k=2, lam=0.2) == "rna:k=2+gni:lam=0.2"
