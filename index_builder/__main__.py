@@ -1,5 +1,10 @@
 import sys
 
-from index_builder.build import main
+if sys.argv[1:2] == ["clusters"]:
+    from index_builder.clusters import main
+
+    sys.exit(main(sys.argv[2:]))
+
+from index_builder.build import main  # noqa: E402
 
 sys.exit(main())

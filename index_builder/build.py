@@ -2,6 +2,7 @@
 (relative to --images) and captions. Corrupt or unreadable images are skipped, counted and listed.
 
     python -m index_builder --images DIR [--captions FILE.csv|.parquet] --descriptor pixel --out INDEX
+    python -m index_builder clusters --world DIR --keywords "van gogh,astronaut"   (keyword views)
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--copy-images", action="store_true", help="copy the images into the index folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keywords", default=None, help="comma-separated keywords: store their views in OUT/keywords")
+    p.add_argument("--objects", default="", help="objects for the keyword views' co-occurrence")
     p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
     return p
 
@@ -120,6 +123,11 @@ def build(args) -> int:
                                            "listed": n_listed, "skipped": [f for f, _ in skipped],
                                            "command": "python -m index_builder " + " ".join(sys.argv[1:])}},
                 extra_files=(lambda tmp: _copy_images(tmp, images, items)) if args.copy_images else None)
+    if args.keywords:
+        from index_builder.clusters import compute
+
+        compute(argparse.Namespace(world=None, index=str(out), keywords=args.keywords, keywords_file=None,
+                                   descriptor=None, threshold=None, objects=args.objects, label_column="objects"))
     print(f"wrote {out} ({len(items)} items, descriptors {', '.join(names)}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0

@@ -1,0 +1,97 @@
+"""Drive the app in real Chromium (Debian's /usr/bin/chromium through the pip ``playwright`` package;
+never ``playwright install``). Used by the browser test and the browser benchmark."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def chromium_path() -> str | None:
+    for p in (os.environ.get("MEMLAB_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if p and Path(p).is_file():
+            return p
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_app(world: str | Path | None, timeout: float = 180.0):
+    """Start ``python app.py`` in a subprocess; yield its URL; stop it afterwards."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port)] + (["--world", str(world)] if world else [])
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"memlab-app-{port}.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app exited with {proc.returncode}; see {log.name}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() - t0 > timeout:
+                    raise RuntimeError(f"app did not start within {timeout}s; see {log.name}")
+                time.sleep(0.5)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | Path | None = None,
+                        timeout_ms: int = 120_000) -> dict:
+    """Type a prompt, set the seed count, click Generate; time the first pair and the whole batch;
+    wait for the table and the plot; return timings and what the page shows."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#generate-btn").wait_for(timeout=timeout_ms)
+        page.get_by_label("Prompt").first.fill(prompt)
+        seeds_box = page.locator("input[type=number]").first
+        seeds_box.fill(str(n_seeds))
+        seeds_box.press("Enter")
+        t0 = time.perf_counter()
+        page.locator("#generate-btn").click()
+        page.locator("#pairs img").first.wait_for(timeout=timeout_ms)
+        first = time.perf_counter() - t0
+        page.wait_for_function(f"document.querySelectorAll('#pairs .thumbnail-item img, #pairs img').length >= {n_seeds}",
+                               timeout=timeout_ms)
+        page.wait_for_function("!document.querySelector('#generate-btn[disabled]') && "
+                               "!document.querySelector('.progress-text, .eta-bar')", timeout=timeout_ms)
+        whole = time.perf_counter() - t0
+        page.locator("#hist .js-plotly-plot").first.wait_for(timeout=timeout_ms)
+        page.locator("#seed-table table").first.wait_for(timeout=timeout_ms)
+        headline = page.locator("#headline").inner_text()
+        table_text = page.locator("#seed-table").inner_text()
+        pairs = page.locator("#pairs img").count()
+        if screenshot:
+            page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return {"first_s": first, "whole_s": whole, "headline": headline, "table_text": table_text, "pairs": pairs}

@@ -1,0 +1,166 @@
+"""Keyword clusters and object co-occurrence (Memory Triggers paper; REFERENCE.md "Keyword clusters").
+
+For a keyword: the training items whose caption contains it (case-insensitive, whole words, multi-word
+keywords), minus captions longer than 77 CLIP tokens; clusters of nearly identical images among them
+(connected components above a cosine threshold on a descriptor), ordered by size, with the images in no
+cluster gathered as the "miscellaneous" cluster and marked; per cluster its most frequent caption words
+(stop words and the keyword's own words left out, as in the paper's Table 1); the sizes of the 30
+largest clusters; and for named objects, the share of the keyword's items that contain the object
+against the share in the whole training set (from a label column, or CLIP zero-shot when available).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import metrics
+from .errors import MemlabError
+
+STOP_WORDS = set("""a an the and or of on in at by for with to from over under into onto this that these those
+is are was were be been it its as his her their our your my photo image picture painting print art
+poster canvas oil style background""".split())
+MAX_TOKENS = 77
+
+
+def keyword_pattern(keyword: str) -> re.Pattern:
+    """Whole-word, case-insensitive; the words of a multi-word keyword may be split by any whitespace."""
+    words = re.findall(r"\w+", keyword.lower())
+    if not words:
+        raise MemlabError(f"keyword {keyword!r} has no word in it")
+    return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE)
+
+
+def keyword_mask(captions: Sequence[str], keyword: str) -> np.ndarray:
+    pat = keyword_pattern(keyword)
+    return np.array([bool(pat.search(str(c))) for c in captions], bool)
+
+
+def clip_token_lengths(captions: Sequence[str], tokenizer=None) -> np.ndarray:
+    """Token count of each caption under the real CLIP tokenizer, start and end tokens included."""
+    if tokenizer is None:
+        from .pipelines import clip_tokenizer
+
+        tokenizer = clip_tokenizer()
+    ids = tokenizer([str(c) for c in captions], add_special_tokens=True, truncation=False).input_ids
+    return np.array([len(x) for x in ids], np.int64)
+
+
+def filter_keyword(captions: Sequence[str], keyword: str, tokenizer=None) -> dict:
+    """Rows whose caption holds the keyword, before and after dropping captions over 77 tokens."""
+    mask = keyword_mask(captions, keyword)
+    rows = np.nonzero(mask)[0]
+    lengths = clip_token_lengths([captions[i] for i in rows], tokenizer) if len(rows) else np.zeros(0, int)
+    kept = rows[lengths <= MAX_TOKENS]
+    return {"rows": kept, "n_before": int(len(rows)), "n_after": int(len(kept)),
+            "n_too_long": int((lengths > MAX_TOKENS).sum())}
+
+
+def cluster(vectors: np.ndarray, threshold: float, min_size: int = 2):
+    """Clusters of nearly identical items: connected components with cosine >= threshold. Components
+    smaller than ``min_size`` are pooled as the miscellaneous cluster (label -1). Returns labels with
+    clusters numbered by decreasing size (0 = largest)."""
+    if len(vectors) == 0:
+        return np.zeros(0, np.int64)
+    comp, _ = metrics.near_duplicate_groups(vectors, threshold)
+    ids, counts = np.unique(comp, return_counts=True)
+    order = [i for i, c in sorted(zip(ids, counts), key=lambda t: (-t[1], t[0])) if c >= min_size]
+    remap = {c: r for r, c in enumerate(order)}
+    return np.array([remap.get(c, -1) for c in comp], np.int64)
+
+
+def word_table(captions: Sequence[str], keyword: str = "", top: int = 8) -> list[tuple[str, int]]:
+    """Most frequent caption words with counts; stop words and the keyword's own words left out.
+    Each word counts once per caption (how many captions use it)."""
+    own = set(re.findall(r"\w+", keyword.lower()))
+    c = Counter()
+    for cap in captions:
+        c.update({w for w in re.findall(r"[a-z][a-z']+", str(cap).lower()) if w not in STOP_WORDS | own})
+    return c.most_common(top)
+
+
+def object_shares(has_object: np.ndarray, keyword_rows: np.ndarray) -> dict:
+    """The share of the keyword's items that contain the object, against the whole training set."""
+    has = np.asarray(has_object, bool)
+    kw = has[keyword_rows] if len(keyword_rows) else np.zeros(0, bool)
+    return {"keyword_share": float(kw.mean()) if kw.size else None, "keyword_count": int(kw.sum()),
+            "overall_share": float(has.mean()) if has.size else None, "overall_count": int(has.sum())}
+
+
+def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[np.ndarray, str]:
+    """Which items contain ``obj``: from a label column (comma-separated), else CLIP zero-shot
+    (image-text cosine of "a photo of a {obj}" above the items' median by 3 MADs)."""
+    items = index.items
+    if column in items.columns:
+        has = items[column].fillna("").astype(str).str.split(",").apply(lambda xs: obj in [x.strip() for x in xs])
+        return has.to_numpy(bool), f"label column {column!r}"
+    if clip is not None and clip.name in index.descriptor_names:
+        t = clip.embed_text([f"a photo of a {obj}"])[0]
+        s = np.asarray(index.vectors(clip.name)) @ t
+        med = np.median(s)
+        mad = np.median(np.abs(s - med)) or 1e-6
+        return s > med + 3 * mad, f"CLIP zero-shot ({clip.model}), median + 3 MAD"
+    raise MemlabError(f"cannot tell which items contain {obj!r}: no {column!r} column and no CLIP descriptor")
+
+
+def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: float | None = None,
+                 objects: Sequence[str] = (), label_column: str = "objects", tokenizer=None, top_words: int = 8,
+                 representatives: int = 6) -> dict:
+    """Everything the keyword tab shows, as JSON-ready data."""
+    name = descriptor or index.default_descriptor
+    info = index.descriptor_info(name)
+    thr = float(threshold if threshold is not None else info["threshold"]["value"])
+    items = index.items
+    captions = items["caption"].fillna("").astype(str).tolist()
+    f = filter_keyword(captions, keyword, tokenizer)
+    rows = f["rows"]
+    vecs = np.asarray(index.vectors(name))[rows]
+    labels = cluster(vecs, thr)
+    clusters = []
+    for lab in sorted(set(labels.tolist()), key=lambda v: (v == -1, v)):
+        members = rows[labels == lab]
+        clusters.append({"rank": len(clusters) + 1, "size": int(len(members)), "miscellaneous": lab == -1,
+                         "top_words": word_table([captions[i] for i in members], keyword, top_words),
+                         "representatives": [int(r) for r in members[:representatives]],
+                         "rows": [int(r) for r in members],
+                         "distinct_images": int(items.iloc[members]["group"].nunique()) if len(members) else 0})
+    real = [c for c in clusters if not c["miscellaneous"]]
+    sizes = [c["size"] for c in real][:30]
+    n = max(1, f["n_after"])
+    view = {"keyword": keyword, "descriptor": {"name": name, "model": info["model"], "preset": info["preset"]},
+            "cluster_threshold": thr, "n_before": f["n_before"], "n_after": f["n_after"],
+            "n_too_long": f["n_too_long"], "clusters": clusters, "sizes_top30": sizes,
+            "share_in_top": {f"top{k}": float(sum(sizes[:k]) / n) for k in (1, 3, 5)},
+            "miscellaneous_size": next((c["size"] for c in clusters if c["miscellaneous"]), 0), "objects": {}}
+    for obj in objects:
+        has, source = object_labels(index, obj, label_column)
+        view["objects"][obj] = {**object_shares(has, rows), "source": source}
+    return view
+
+
+def slug(keyword: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", keyword.lower()).strip("-") or "keyword"
+
+
+def save_view(folder: Path, view: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f"{slug(view['keyword'])}.json"
+    tmp = p.with_suffix(".json.part")
+    tmp.write_text(json.dumps(view, indent=1))
+    tmp.replace(p)
+    return p
+
+
+def load_views(folder: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            v = json.loads(p.read_text())
+            out[v["keyword"]] = v
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return out

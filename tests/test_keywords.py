@@ -1,0 +1,107 @@
+"""Keyword filter, token-length rule, clustering and word tables; real captions when available."""
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SHARED_DATA, synthetic_images
+from memlab.errors import MemlabError
+from memlab.keywords import (cluster, clip_token_lengths, filter_keyword, keyword_mask, keyword_view,
+                             object_shares, word_table)
+
+LAION = SHARED_DATA / "laion-captions" / "laion_sample_10000.parquet"
+
+
+def test_keyword_mask_whole_words_case_and_multiword():
+    caps = ["Van Gogh starry night", "vangogh print", "a van  gogh", "the van gogh's room", "caravan goghs",
+            "CAT on a mat", "concatenate", "cat-like", ""]
+    assert keyword_mask(caps, "van gogh").tolist() == [True, False, True, True, False, False, False, False, False]
+    assert keyword_mask(caps, "cat").tolist() == [False] * 5 + [True, False, True, False]
+    with pytest.raises(MemlabError):
+        keyword_mask(caps, "  ")
+
+
+def test_token_rule_uses_the_real_clip_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    st = SimpleTokenizer()
+    caps = ["a cat", "sunflowers by vincent van gogh, oil on canvas", " ".join(["word"] * 80)]
+    lengths = clip_token_lengths(caps)
+    assert lengths.tolist() == [len(st.encode(c)) + 2 for c in caps]
+    f = filter_keyword(caps + ["cat " * 90], "cat")
+    assert (f["n_before"], f["n_after"], f["n_too_long"]) == (2, 1, 1)
+
+
+@pytest.mark.skipif(not LAION.is_file(), reason="../shared/data absent")
+def test_laion_counts_equal_an_independent_regex():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    caps = pd.read_parquet(LAION)["TEXT"].fillna("").astype(str).tolist()
+    assert len(caps) == 10000
+    independent = {"painting": r"\bpainting\b", "cat": r"\bcat\b", "van gogh": r"\bvan\s+gogh\b"}
+    st = SimpleTokenizer()
+    for kw, rx in independent.items():
+        expected = [c for c in caps if re.search(rx, c, flags=re.IGNORECASE)]
+        f = filter_keyword(caps, kw)
+        assert f["n_before"] == len(expected) > 0, kw
+        long = sum(len(st.encode(c)) + 2 > 77 for c in expected)
+        assert f["n_too_long"] == long and f["n_after"] == len(expected) - long
+        print(f"{kw}: {f['n_before']} captions, {f['n_too_long']} over 77 tokens")
+
+
+def test_cluster_orders_by_size_and_pools_singletons():
+    e = np.eye(6, dtype=np.float32)
+    v = np.stack([e[0], e[0], e[0], e[1], e[1], e[2], e[3]])
+    labels = cluster(v, 0.9)
+    assert labels.tolist() == [0, 0, 0, 1, 1, -1, -1]
+    assert cluster(np.zeros((0, 3), np.float32), 0.9).size == 0
+
+
+def test_word_table_like_table_1():
+    caps = ["Starry Night by Van Gogh", "the starry night, van gogh painting", "Almond blossom - Van Gogh"]
+    t = dict(word_table(caps, "van gogh"))
+    assert t["starry"] == 2 and t["night"] == 2 and t["almond"] == 1
+    assert "van" not in t and "the" not in t and "painting" not in t
+
+
+def test_object_shares():
+    has = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0], bool)
+    s = object_shares(has, np.array([0, 1, 2, 3]))
+    assert s["keyword_share"] == 0.5 and s["overall_share"] == 0.2 and s["keyword_count"] == 2
+
+
+def test_keyword_view_on_a_small_index(tmp_path):
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+
+    ims = synthetic_images(12)
+    ims = ims + [ims[0].copy(), ims[0].copy(), ims[1].copy()]
+    caps = [f"a lighthouse number {i}" if i < 6 else f"a field {i}" for i in range(12)] + \
+           ["lighthouse at dawn", "lighthouse at dusk", "a lighthouse again"]
+    objs = ["flag" if i in (0, 2) else "" for i in range(12)] + ["flag", "flag", ""]
+    items = pd.DataFrame({"id": range(15), "caption": caps, "file": [f"{i}.png" for i in range(15)], "objects": objs})
+    build_index(tmp_path / "i", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=10)
+    v = keyword_view(TrainingIndex.load(tmp_path / "i"), "lighthouse", objects=["flag"])
+    assert (v["n_before"], v["n_after"]) == (9, 9)
+    first = v["clusters"][0]
+    assert first["size"] == 3 and not first["miscellaneous"] and set(first["rows"]) == {0, 12, 13}
+    assert v["clusters"][1]["size"] == 2 and v["clusters"][-1]["miscellaneous"]
+    assert v["sizes_top30"] == [3, 2] and v["share_in_top"]["top1"] == pytest.approx(3 / 9)
+    assert v["objects"]["flag"]["keyword_share"] == pytest.approx(4 / 9)
+    assert v["objects"]["flag"]["overall_share"] == pytest.approx(4 / 15)
+    assert "label column" in v["objects"]["flag"]["source"]
+
+
+def test_clusters_cli(tmp_path, image_folder, capsys):
+    from index_builder.build import main as build_main
+    from index_builder.clusters import main as clusters_main
+
+    out = tmp_path / "idx"
+    assert build_main(["--images", str(image_folder), "--captions", str(image_folder / "captions.csv"),
+                       "--out", str(out), "--calib-n", "5", "--keywords", "colour field"]) == 0
+    assert (out / "keywords" / "colour-field.json").is_file()
+    assert clusters_main(["--index", str(out), "--keywords", "copy"]) == 0
+    assert (out / "keywords" / "copy.json").is_file()
+    assert clusters_main(["--index", str(out)]) == 2
+    assert "no keywords" in capsys.readouterr().err
