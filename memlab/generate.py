@@ -184,6 +184,23 @@ class Generator:
             cond, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, True, negative_prompt=None)
         return cond, uncond
 
+    def text_embed(self, texts: Sequence[str], batch_size: int = 256):
+        """Normalized pooled text embeddings from the pipeline's own text encoder (for SD v1 this is
+        CLIP ViT-L/14's text tower): prompt-to-caption similarity, the Memory Triggers paper's
+        "Text Similarity"."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                ids = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+                                     max_length=MAX_TOKENS, return_tensors="pt").input_ids.to(self.device)
+                pooled = self.pipe.text_encoder(ids).pooler_output.float()
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+        import numpy as np
+
+        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
     def initial_latents(self, seeds: Sequence[int], height: int, width: int):
         """The starting noise: one CPU generator per seed, so a seed is a seed on every device."""
         import torch

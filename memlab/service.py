@@ -44,6 +44,8 @@ class Lab:
         self.descriptor = descriptor_for_index(self.index)
         self.device = device
         self._gen = None
+        self._caption_vecs = None
+        self.views = self._load_views()
 
     # ------------------------------------------------------------------------------ basics
     @property
@@ -194,6 +196,52 @@ class Lab:
         if not len(hits):
             raise MemlabError(f"no training item with id {item_id!r}")
         return int(hits[0])
+
+    # ---------------------------------------------------------------------------- text side
+    TEXT_SOURCE = "text encoder of the world's pipeline (pooled output, cosine)"
+
+    def closest_captions(self, prompt: str, k: int = 5) -> pd.DataFrame:
+        """The training captions nearest to a prompt by text embedding, with their similarity."""
+        items = self.index.items
+        if self._caption_vecs is None:
+            caps = items["caption"].fillna("").astype(str)
+            uniq = caps.drop_duplicates()
+            self._caption_vecs = (uniq.index.to_numpy(), uniq.tolist(), self.generator.text_embed(uniq.tolist()))
+        rows, caps, vecs = self._caption_vecs
+        q = self.generator.text_embed([prompt])[0]
+        sims = vecs @ q
+        top = np.argsort(-sims)[:k]
+        return pd.DataFrame({"caption": [caps[i] for i in top], "text similarity": np.round(sims[top], 4),
+                             "row": rows[top], "duplicates": items["duplicates"].to_numpy()[rows[top]]})
+
+    # ------------------------------------------------------------------------------ keywords
+    def _view_folders(self) -> list[Path]:
+        return [p for p in ([self.world.path / "keywords"] if self.world.path else []) +
+                [self.index.path / "keywords"] if p.is_dir()]
+
+    def _load_views(self) -> dict:
+        from .keywords import load_views
+
+        views = {}
+        for folder in self._view_folders():
+            views.update(load_views(folder))
+        return views
+
+    def keyword_view(self, keyword: str, threshold: float | None = None, objects: Sequence[str] = ()) -> dict:
+        """A prebuilt view, or computed now (and kept in memory) for a new keyword."""
+        from .keywords import keyword_view
+
+        keyword = (keyword or "").strip()
+        if not keyword:
+            raise MemlabError("type or pick a keyword")
+        if keyword in self.views and threshold is None and not objects:
+            return self.views[keyword]
+        v = keyword_view(self.index, keyword, threshold=threshold, objects=objects,
+                         tokenizer=self.generator.tokenizer if self._gen is not None else None)
+        if v["n_after"] == 0:
+            raise MemlabError(f"no training caption contains {keyword!r}")
+        self.views[keyword] = v
+        return v
 
     # ------------------------------------------------------------------------------ export
     @staticmethod

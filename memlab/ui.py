@@ -140,137 +140,180 @@ def build_app(lab: Lab) -> gr.Blocks:
                     f"{world.trained_on}\n\nScores: {lab.descriptor_label()}")
         run_state = gr.State(None)
 
-        with gr.Tab("Generate & match", id="generate"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
-                    if examples:
-                        gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
-                                    cache_examples=False)
-                with gr.Column(scale=1):
-                    n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1, label="Number of seeds")
-                    seed_list = gr.Textbox(label="…or explicit seeds", placeholder="e.g. 0-3,10")
-                    mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
-                    with gr.Row():
-                        k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
-                        lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
-                    with gr.Accordion("Sampling", open=False):
-                        steps = gr.Slider(1, 200, value=int(world.defaults["steps"]), step=1, label="Steps")
-                        guidance = gr.Slider(0.0, 20.0, value=float(world.defaults["guidance"]), step=0.5,
-                                             label="Guidance scale")
-                    go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-            headline_md = gr.Markdown(elem_id="headline")
-            gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
-                                 format="png", elem_id="pairs", height="auto")
-            topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
-                              elem_id="topk")
-            table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
-            plot = gr.Plot(label="top-1 scores over the background", elem_id="hist")
-            with gr.Row():
-                export_btn = gr.Button("Export run (JSONL + images)")
-                export_file = gr.File(label="run.zip")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate & match", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
+                        if examples:
+                            gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
+                                        cache_examples=False)
+                    with gr.Column(scale=1):
+                        n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1, label="Number of seeds")
+                        seed_list = gr.Textbox(label="…or explicit seeds", placeholder="e.g. 0-3,10")
+                        mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
+                        with gr.Row():
+                            k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
+                            lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
+                        with gr.Accordion("Sampling", open=False):
+                            steps = gr.Slider(1, 200, value=int(world.defaults["steps"]), step=1, label="Steps")
+                            guidance = gr.Slider(0.0, 20.0, value=float(world.defaults["guidance"]), step=0.5,
+                                                 label="Guidance scale")
+                        go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                headline_md = gr.Markdown(elem_id="headline")
+                gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
+                                     format="png", elem_id="pairs", height="auto")
+                topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
+                                  elem_id="topk")
+                table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
+                closest = gr.Dataframe(label=f"closest training captions to the prompt ({Lab.TEXT_SOURCE})",
+                                       elem_id="closest", wrap=True)
+                plot = gr.Plot(label="top-1 scores over the background", elem_id="hist")
+                with gr.Row():
+                    export_btn = gr.Button("Export run (JSONL + images)")
+                    export_file = gr.File(label="run.zip")
 
-            @_errors
-            def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, progress=gr.Progress()):
-                seeds = lab.seeds(n_seeds, seed_list)
-                spec = lab.strategy_spec(mits, k, lam)
-                settings = lab.settings(steps, guidance)
-                progress(0, desc="starting")
-                state = None
-                for state in run_generation(lab, prompt, seeds, spec, settings,
-                                            lambda d, t: progress((d, t), desc="seeds")):
-                    pairs = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]), _caption(r))
-                             for r, im in zip(state.records, state.images)]
-                    yield (state, headline(lab, state), pairs, seed_table(state),
-                           histogram(lab, [r["score"] for r in state.records]))
+                @_errors
+                def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, progress=gr.Progress()):
+                    seeds = lab.seeds(n_seeds, seed_list)
+                    spec = lab.strategy_spec(mits, k, lam)
+                    settings = lab.settings(steps, guidance)
+                    progress(0, desc="starting")
+                    check = prompt if prompt and str(prompt).strip() else None
+                    near = lab.closest_captions(check) if check else None
+                    state = None
+                    for state in run_generation(lab, prompt, seeds, spec, settings,
+                                                lambda d, t: progress((d, t), desc="seeds")):
+                        pairs = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]), _caption(r))
+                                 for r, im in zip(state.records, state.images)]
+                        yield (state, headline(lab, state), pairs, seed_table(state),
+                               histogram(lab, [r["score"] for r in state.records]), near)
 
-            go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance],
-                         [run_state, headline_md, gallery, table, plot], api_name="generate")
+                go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance],
+                             [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
 
-            def show_topk(state: RunState, evt: gr.SelectData):
-                if not state or evt.index is None or evt.index >= len(state.records):
-                    return []
-                r = state.records[evt.index]
-                return [(lab.item_image(m["row"]), f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
-                        for m in r["matches"] if lab.item_image(m["row"]) is not None]
+                def show_topk(state: RunState, evt: gr.SelectData):
+                    if not state or evt.index is None or evt.index >= len(state.records):
+                        return []
+                    r = state.records[evt.index]
+                    return [(lab.item_image(m["row"]), f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
+                            for m in r["matches"] if lab.item_image(m["row"]) is not None]
 
-            gallery.select(show_topk, [run_state], [topk], api_name=False)
+                gallery.select(show_topk, [run_state], [topk], api_name=False)
 
-            @_errors
-            def export(state):
-                if state is None:
-                    raise MemlabError("nothing to export yet: generate first")
-                path = Path(tempfile.mkdtemp(prefix="memlab-")) / "run.zip"
-                return str(lab.export(state, path))
+                @_errors
+                def export(state):
+                    if state is None:
+                        raise MemlabError("nothing to export yet: generate first")
+                    path = Path(tempfile.mkdtemp(prefix="memlab-")) / "run.zip"
+                    return str(lab.export(state, path))
 
-            export_btn.click(export, [run_state], [export_file], api_name="export")
+                export_btn.click(export, [run_state], [export_file], api_name="export")
 
-        with gr.Tab("Compare mitigations", id="compare"):
-            with gr.Row():
-                c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
-                with gr.Column(scale=1):
-                    c_seeds = gr.Slider(1, 16, value=4, step=1, label="Seeds (the same for every strategy)")
-                    c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
-                    with gr.Row():
-                        c_k = gr.Slider(1, 10, value=4, step=1, label="k")
-                        c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
-                    c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-            c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid")
-            c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
-            c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
+            with gr.Tab("Compare mitigations", id="compare"):
+                with gr.Row():
+                    c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
+                    with gr.Column(scale=1):
+                        c_seeds = gr.Slider(1, 16, value=4, step=1, label="Seeds (the same for every strategy)")
+                        c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
+                        with gr.Row():
+                            c_k = gr.Slider(1, 10, value=4, step=1, label="k")
+                            c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
+                        c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid")
+                c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
+                c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
 
-            @_errors
-            def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
-                seeds = lab.seeds(n)
-                specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
-                state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
-                grid = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2),
-                         f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
-                return grid, compare_figure(lab, state), compare_table(state)
+                @_errors
+                def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
+                    seeds = lab.seeds(n)
+                    specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
+                    state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
+                    grid = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2),
+                             f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
+                    return grid, compare_figure(lab, state), compare_table(state)
 
-            c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
+                c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
 
-        with gr.Tab("Training set", id="train"):
-            with gr.Row():
-                q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
-                q_btn = gr.Button("Search", scale=1)
-            q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
-            q_table = gr.Dataframe(label="items")
+            with gr.Tab("Training set", id="train"):
+                with gr.Row():
+                    q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
+                    q_btn = gr.Button("Search", scale=1)
+                q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
+                q_table = gr.Dataframe(label="items")
 
-            @_errors
-            def search(query):
-                hits = lab.search_captions(query)
-                return ([(lab.item_image(r), f"#{i} · {c[:50]}") for r, i, c in zip(hits["row"], hits["id"], hits["caption"])
-                         if lab.item_image(r) is not None], hits)
+                @_errors
+                def search(query):
+                    hits = lab.search_captions(query)
+                    return ([(lab.item_image(r), f"#{i} · {c[:50]}") for r, i, c in zip(hits["row"], hits["id"], hits["caption"])
+                             if lab.item_image(r) is not None], hits)
 
-            q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
-            q.submit(search, [q], [q_gallery, q_table], api_name=False)
-            gr.Markdown("#### Near-duplicate groups (largest first)")
-            groups = lab.duplicate_groups()
-            g_table = gr.Dataframe(value=groups, label="groups with duplicates")
-            with gr.Row():
-                item_id = gr.Textbox(label="Open an item by id", scale=3)
-                item_btn = gr.Button("Open", scale=1)
-            item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
-            item_table = gr.Dataframe(label="its duplicate group")
+                q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
+                q.submit(search, [q], [q_gallery, q_table], api_name=False)
+                gr.Markdown("#### Near-duplicate groups (largest first)")
+                groups = lab.duplicate_groups()
+                g_table = gr.Dataframe(value=groups, label="groups with duplicates")
+                with gr.Row():
+                    item_id = gr.Textbox(label="Open an item by id", scale=3)
+                    item_btn = gr.Button("Open", scale=1)
+                item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
+                item_table = gr.Dataframe(label="its duplicate group")
 
-            @_errors
-            def open_item(i):
-                row = lab.item_row(i)
-                members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
-                return ([(lab.item_image(r), f"#{j} · {c[:50]}") for r, j, c in
-                         zip(members["row"], members["id"], members["caption"]) if lab.item_image(r) is not None],
-                        members)
+                @_errors
+                def open_item(i):
+                    row = lab.item_row(i)
+                    members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
+                    return ([(lab.item_image(r), f"#{j} · {c[:50]}") for r, j, c in
+                             zip(members["row"], members["id"], members["caption"]) if lab.item_image(r) is not None],
+                            members)
 
-            item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
+                item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
 
-        with gr.Tab("Keyword clusters", id="clusters"):
-            gr.Markdown("Keyword-cluster views (which training images stand behind a word, and the objects that "
-                        "come along unnamed) are not built yet in this version.")
+            with gr.Tab("Keyword clusters", id="clusters"):
+                gr.Markdown("Which training images stand behind a word (Memory Triggers paper): the items whose "
+                            "caption holds the keyword (captions over 77 CLIP tokens dropped), their clusters of "
+                            "nearly identical images, each cluster's frequent caption words, and objects that "
+                            "come along unnamed.")
+                with gr.Row():
+                    kw_pick = gr.Dropdown(sorted(lab.views), value=(sorted(lab.views) or [None])[0],
+                                          label="Prebuilt keyword (or type a new one)", allow_custom_value=True,
+                                          scale=3, elem_id="kw-pick")
+                    kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
+                                            value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
+                    kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
+                kw_md = gr.Markdown(elem_id="kw-summary")
+                kw_plot = gr.Plot(label="cluster sizes (30 largest)", elem_id="kw-plot")
+                kw_table = gr.Dataframe(label="clusters", elem_id="kw-table", wrap=True)
+                kw_gallery = gr.Gallery(label="cluster thumbnails", columns=8, format="png", elem_id="kw-gallery")
+                with gr.Row():
+                    kw_rank = gr.Number(value=1, precision=0, label="Cluster rank", scale=1)
+                    kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
 
-        with gr.Tab("About this world", id="about"):
-            gr.Markdown(world_card_markdown(lab))
-            gr.Markdown("### Papers\n" + CITATIONS)
+                @_errors
+                def show_keyword(keyword, objects, progress=gr.Progress()):
+                    progress(0, desc="filtering captions and clustering")
+                    objs = [o.strip() for o in (objects or "").split(",") if o.strip()]
+                    prebuilt = lab.views.get(keyword)
+                    reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
+                    v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
+                    return keyword_outputs(lab, v)
+
+                kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
+                             api_name="keyword_clusters")
+
+                @_errors
+                def cluster_prompt(keyword, rank):
+                    v = lab.keyword_view(keyword)
+                    c = next((c for c in v["clusters"] if c["rank"] == int(rank or 1)), None)
+                    if c is None:
+                        raise MemlabError(f"no cluster of rank {rank} for {keyword!r}")
+                    return gr.Tabs(selected="generate"), lab.index.items.iloc[c["representatives"][0]]["caption"]
+
+                kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name="cluster_prompt")
+
+            with gr.Tab("About this world", id="about"):
+                gr.Markdown(world_card_markdown(lab))
+                gr.Markdown("### Papers\n" + CITATIONS)
     return demo
 
 
@@ -282,6 +325,41 @@ def run_generation(lab: Lab, prompt, seeds, spec, settings, progress):
 @gpu
 def run_compare(lab: Lab, prompt, seeds, specs, progress):
     return lab.compare(prompt, seeds, specs, progress=progress)
+
+
+def keyword_outputs(lab: Lab, v: dict):
+    """Summary, size chart, cluster table and thumbnails of one keyword view."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    real = [c for c in v["clusters"] if not c["miscellaneous"]]
+    d = v["descriptor"]
+    lines = [f"### “{v['keyword']}”: {v['n_before']} captions, {v['n_after']} within 77 CLIP tokens "
+             f"({v['n_too_long']} dropped)",
+             f"- {len(real)} clusters of nearly identical images (cosine ≥ {v['cluster_threshold']:.3f} on "
+             f"{d['name']} · {d['model']} · {d['preset']}); miscellaneous (in no cluster): {v['miscellaneous_size']}",
+             f"- share of the keyword's items in the largest 1 / 3 / 5 clusters: "
+             f"{v['share_in_top']['top1']:.0%} / {v['share_in_top']['top3']:.0%} / {v['share_in_top']['top5']:.0%}"]
+    for o, sh in v.get("objects", {}).items():
+        if sh["keyword_share"] is not None:
+            lines.append(f"- **{o}** (never named in the captions searched?): in {sh['keyword_share']:.1%} of "
+                         f"“{v['keyword']}” items ({sh['keyword_count']}) vs {sh['overall_share']:.1%} of the "
+                         f"whole training set · source: {sh['source']}")
+    fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
+                           marker_color="#1f77b4"))
+    fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40), title="cluster sizes (30 largest)",
+                      xaxis_title="cluster", yaxis_title="items")
+    table = pd.DataFrame([{"rank": c["rank"], "size": c["size"], "miscellaneous": c["miscellaneous"],
+                           "distinct images": c["distinct_images"],
+                           "frequent words": ", ".join(f"{w} ({n})" for w, n in c["top_words"])}
+                          for c in v["clusters"]])
+    thumbs = []
+    for c in v["clusters"][:12]:
+        for r in c["representatives"][:4]:
+            im = lab.item_image(r)
+            if im is not None:
+                thumbs.append((im, f"{'misc' if c['miscellaneous'] else '#' + str(c['rank'])} · {c['size']} items"))
+    return "\n".join(lines), fig, table, thumbs
 
 
 def compare_table(state: RunState):

@@ -117,3 +117,21 @@ def test_service_validates_what_the_ui_cannot(server):
     with pytest.raises(MemlabError, match="too many"):
         lab.seeds(5000)
     assert lab.strategy_spec(["rna", "gni"], k=2, lam=0.2) == "rna:k=2+gni:lam=0.2"
+
+
+def test_keyword_clusters_and_generate_from_a_cluster(client):
+    md, fig, table, gallery = client.predict("colour field", "", api_name="/keyword_clusters")
+    assert "30 captions" in md and "within 77 CLIP tokens" in md
+    assert table["headers"][:2] == ["rank", "size"]
+    out = client.predict("colour field", 1, api_name="/cluster_prompt")
+    assert "colour field" in (out if isinstance(out, str) else out[-1])
+    with pytest.raises(Exception, match="no training caption contains"):
+        client.predict("zebra", "", api_name="/keyword_clusters")
+
+
+def test_closest_captions_by_text_embedding(server):
+    lab = server[1]
+    near = lab.closest_captions("a colour field 7", k=3)
+    assert len(near) == 3 and near["text similarity"].is_monotonic_decreasing
+    assert near["caption"].iloc[0] == "a colour field 7"
+    assert near["text similarity"].iloc[0] == pytest.approx(1.0, abs=1e-4)
