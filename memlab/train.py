@@ -63,6 +63,7 @@ class TrainConfig:
     log_every: int = 25
     save_dtype: str = "fp32"        # fp32 | fp16 (weights as stored)
     threads: int = 0                # torch threads (0: torch's default)
+    stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
 
     def validate(self) -> "TrainConfig":
         if self.dup_mode not in ("full", "partial"):
@@ -191,7 +192,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 # ------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
-    """Train; returns the folder of the final pipeline (``out/pipeline``)."""
+    """Train; returns the folder of the final pipeline (``out/pipeline``), or None when ``stop_at``
+    ended this invocation early (a checkpoint is written there)."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file, save_file
@@ -228,6 +230,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
         images = image_tensor(files, root, size)
         vopt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
         vae.train()
+        loss = torch.tensor(float("nan"))
         for step in bar(range(cfg.vae_steps), desc="train VAE"):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             x = images[torch.randint(0, len(images), (min(cfg.batch_size, len(images)),), generator=g)]
@@ -287,7 +290,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     running = []
 
     # 5. the loop
-    for step in bar(range(start, cfg.steps), desc="train UNet", initial=start, total=cfg.steps):
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    for step in bar(range(start, end), desc="train UNet", initial=start, total=cfg.steps):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 10_000_000 + step)
         rng = random.Random(cfg.seed * 1_000_003 + step)
         idx = torch.multinomial(wt, cfg.batch_size, replacement=True, generator=g)
@@ -318,13 +322,16 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
             with open(log_path, "a") as f:
                 f.write(f"{step + 1},{np.mean(running):.5f},{lr_at(step):.6g},{time.time() - t_start:.1f}\n")
             running = []
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (cfg.steps, end):
             ck = out / "checkpoints" / f"step-{step + 1}"
             ck.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(ck / "unet.safetensors"))
             save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(ck / "text_encoder.safetensors"))
             save_optimizer(opt, ck / "optimizer.safetensors")
             (ck / "state.json").write_text(json.dumps({"step": step + 1}))
+
+    if end < cfg.steps:
+        return None  # stopped early on purpose: resume with the same config
 
     # 6. the pipeline, the loss log, the run card
     unet.eval()

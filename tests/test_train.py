@@ -1,0 +1,125 @@
+"""The trainer on a few steps of the tiny configuration, its controls, and the generated set."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memlab.errors import MemlabError
+from memlab.train import TrainConfig, latest_checkpoint, make_caption, sampling_weights, train
+from memlab.worldgen import HIDDEN_OBJECT, WorldSpec, make_training_set, probes
+
+SMALL = WorldSpec(n_scenes=16, crops_per_photo=1, n_lighthouses=10, ddf_high=4, ddf_low=2, per_group=2)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ds")
+    rows, ims = make_training_set(SMALL)
+    (d / "images").mkdir()
+    for i, im in enumerate(ims):
+        im.save(d / f"images/{i:04d}.png")
+    rows["alt_captions"] = [[c + " (variant a)", c + " (variant b)"] for c in rows["caption"]]
+    rows.to_parquet(d / "train.parquet")
+    return d / "train.parquet"
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), pipeline="tiny", steps=30, batch_size=4, lr=2e-3, warmup=3,
+                vae_steps=0, checkpoint_every=10, log_every=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_goes_down_and_resume_continues(dataset, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(dataset, out, steps=24, log_every=6, checkpoint_every=12))
+    log = pd.read_csv(out / "loss.csv")
+    assert log["loss"].iloc[-1] < log["loss"].iloc[0]
+    card = json.loads((out / "run_card.json").read_text())
+    assert card["steps"] == 24 and len(card["data_hash"]) == 64 and card["seed"] == 0
+    assert (out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert latest_checkpoint(out).name == "step-24"
+
+    # interrupted at step 12, resumed: the weights equal the uninterrupted run's
+    out2 = tmp_path / "resumed"
+    assert train(_cfg(dataset, out2, steps=24, log_every=6, checkpoint_every=12, stop_at=12)) is None
+    assert latest_checkpoint(out2).name == "step-12" and not (out2 / "pipeline").exists()
+    train(_cfg(dataset, out2, steps=24, log_every=6, checkpoint_every=12))
+    assert json.loads((out2 / "run_card.json").read_text())["resumed_from"] == 12
+    from safetensors.torch import load_file
+
+    a = load_file(str(out / "checkpoints" / "step-24" / "unet.safetensors"))
+    b = load_file(str(out2 / "checkpoints" / "step-24" / "unet.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert list(pd.read_csv(out2 / "loss.csv")["step"]) == [6, 12, 18, 24]
+
+
+def test_duplication_controls():
+    cfg = TrainConfig(ddf=5, dup_share=0.1, seed=1)
+    w, dup = sampling_weights(100, cfg)
+    assert dup.sum() == 10 and set(w[dup]) == {5.0} and set(w[~dup]) == {1.0}
+    assert sampling_weights(100, TrainConfig())[1].sum() == 0
+
+
+def test_caption_controls_change_what_they_should():
+    import random
+
+    from memlab.pipelines import clip_tokenizer
+
+    tok = clip_tokenizer()
+    row = pd.Series({"caption": "a red circle on a blue background", "class": "circle",
+                     "alt_captions": ["alt one", "alt two", "alt three"]}, name=3)
+    rng = random.Random(0)
+    full = TrainConfig(uncond_prob=0, dup_mode="full")
+    partial = TrainConfig(uncond_prob=0, dup_mode="partial")
+    assert {make_caption(row, True, full, rng, tok, {}) for _ in range(20)} == {row["caption"]}
+    assert {make_caption(row, True, partial, rng, tok, {}) for _ in range(60)} == set(row["alt_captions"])
+    assert {make_caption(row, False, partial, rng, tok, {}) for _ in range(10)} == {row["caption"]}
+    assert make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="class"), rng, tok, {}) == "circle"
+    assert make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="fixed"), rng, tok, {}) == "an image"
+    cache = {}
+    r1 = make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="random"), rng, tok, cache)
+    assert r1 != row["caption"] and make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="random"),
+                                                 rng, tok, cache) == r1
+    rep = make_caption(row, False, TrainConfig(uncond_prob=0, word_rep=1.0), rng, tok, {})
+    assert len(rep.split()) == len(row["caption"].split()) + 2
+    rt = make_caption(row, False, TrainConfig(uncond_prob=0, rand_tokens=1.0), rng, tok, {})
+    assert rt != row["caption"] and all(w in rt.split() for w in row["caption"].split())
+    assert make_caption(row, False, TrainConfig(uncond_prob=1.0), rng, tok, {}) == ""
+    mc = {make_caption(row, False, TrainConfig(uncond_prob=0, mc=1.0), rng, tok, {}) for _ in range(60)}
+    assert mc == {row["caption"], *row["alt_captions"]}
+
+
+def test_config_validation(dataset, tmp_path):
+    with pytest.raises(MemlabError, match="dup_mode"):
+        TrainConfig(dup_mode="half").validate()
+    with pytest.raises(MemlabError, match="probability"):
+        TrainConfig(gni=2).validate()
+    with pytest.raises(MemlabError, match="does not exist"):
+        train(_cfg(tmp_path / "none.parquet", tmp_path / "o"))
+
+
+def test_generated_set_is_deterministic_and_planted():
+    a, ims_a = make_training_set(SMALL)
+    b, ims_b = make_training_set(SMALL)
+    assert a.equals(b) and all(x.tobytes() == y.tobytes() for x, y in zip(ims_a, ims_b))
+    c, _ = make_training_set(WorldSpec(**{**SMALL.__dict__, "seed": 1}))
+    assert not a["caption"].equals(c["caption"])
+    counts = a.groupby("planted")["item"].agg(["nunique", "size"])
+    assert counts.loc["full_ddf4", "size"] == 2 * 4 and counts.loc["partial_ddf2", "size"] == 2 * 2
+    full = a[a["planted"] == "full_ddf4"].groupby("item")["caption"].nunique()
+    partial = a[a["planted"] == "partial_ddf4"].groupby("item")["caption"].nunique()
+    assert (full == 1).all() and (partial == 4).all()  # partial: a different caption per copy
+    kw = a[a["keyword"] == "lighthouse"]
+    assert kw["objects"].str.contains(HIDDEN_OBJECT).mean() == pytest.approx(SMALL.flag_share)
+    assert not kw["caption"].str.contains(HIDDEN_OBJECT).any()  # never named
+    assert len(ims_a) >= 16 + 10 and ims_a[0].size == (64, 64)
+    p = probes(a)
+    assert set(p["group"]) == {"unique", "full_ddf4", "full_ddf2", "partial_ddf4", "partial_ddf2", "keyword"}
+
+
+def test_full_set_has_500_distinct_images():
+    rows, ims = make_training_set(WorldSpec())
+    assert rows["item"].nunique() == len(ims) >= 500
+    assert rows["source"].str.contains("scikit-image").any()
