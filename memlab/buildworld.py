@@ -16,6 +16,7 @@ from pathlib import Path
 from .worldgen import HIDDEN_OBJECT, KEYWORD, WorldSpec, make_training_set, probes
 
 WORLD_DEFAULTS = {"steps": 30, "guidance": 5.0, "scheduler": "ddim", "seeds": "0-7", "k": 5}
+WORLD_KEYWORDS = (KEYWORD, "astronaut", "coffee", "cat", "star", "Velmora")
 
 
 def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int = 2500, vae_steps: int = 800,
@@ -82,7 +83,18 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                                                "generator": "memlab.worldgen", "spec": asdict(spec)}})
         done("index")
 
-    # 4. probes, world.json
+    # 4. keyword views (Memory Triggers): the planted keyword with its hidden object, and a few more
+    if not (out / "keywords" / f"{KEYWORD}.json").is_file():
+        from .index import TrainingIndex
+        from .keywords import keyword_view, save_view
+
+        stage("keywords")
+        index = TrainingIndex.load(out / "index")
+        for kw in WORLD_KEYWORDS:
+            save_view(out / "keywords", keyword_view(index, kw, objects=[HIDDEN_OBJECT]))
+        done("keywords")
+
+    # 5. probes, world.json
     probes(rows).to_csv(out / "probes.csv", index=False)
     write_world_json(out, name="memlab built-in world", model="model", index="index", probes="probes.csv",
                      card="card.json", descriptors=["pixel"], defaults=WORLD_DEFAULTS,
@@ -91,7 +103,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                                  f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"),
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
-    # 5. measure, and write the card
+    # 6. measure, and write the card
     card = {"name": "memlab built-in world", "built_with": "python -m memlab build-world --out " + str(out),
             "spec": asdict(spec), "train": json.loads((build / "train" / "run_card.json").read_text()),
             "build_seconds": times}

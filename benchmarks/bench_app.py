@@ -1,0 +1,106 @@
+"""The app on the built-in world, measured from outside as users meet it:
+
+1. resident memory of the serving process (after start-up, and after a generation);
+2. a real Chromium session: 8 seeds, no mitigation, a full-duplication probe prompt: time from the
+   click to the first generation with its match, and to the whole batch; the replication % shown
+   against the one `memlab run` prints for the same prompt and seeds;
+3. 8 concurrent gradio_client callers x 3 requests each: answered / failed, p50 / p95 latency.
+
+    python benchmarks/bench_app.py [--world DIR] [--callers 8] [--requests 3] [--skip-browser]
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children, MiB."""
+    total = 0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                     text=True).stdout.split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=None)
+    ap.add_argument("--callers", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--skip-browser", action="store_true")
+    a = ap.parse_args()
+    import numpy as np
+    import pandas as pd
+    from gradio_client import Client
+
+    from memlab.browser import chromium_path, generate_in_browser, serve_app
+    from memlab.world import World
+
+    world = World.load(a.world)
+    probes = pd.read_csv(world.file("probes"))
+    full = sorted((g for g in probes["group"].unique() if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
+    prompt = probes[probes["group"] == full[-1]]["prompt"].iloc[0]
+    t0 = time.perf_counter()
+    with serve_app(world.path) as (url, proc):
+        print(f"app ready in {time.perf_counter() - t0:.1f}s; resident memory after start-up: {rss_mib(proc.pid):.0f} MiB")
+        if not a.skip_browser and chromium_path():
+            res = generate_in_browser(url, prompt, a.seeds, screenshot=Path(tempfile.gettempdir()) / "memlab-app.png")
+            shown = re.search(r"Replication: (\d+)% of (\d+) seeds", res["headline"])
+            print(f"browser, {a.seeds} seeds, prompt {prompt!r}: first generation + match {res['first_s']:.2f}s after "
+                  f"the click, whole batch {res['whole_s']:.2f}s; page shows replication {shown.group(1)}%")
+            out = Path(tempfile.mkdtemp()) / "r.jsonl"
+            subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(world.path), "--prompt", prompt,
+                            "--seeds", f"0-{a.seeds - 1}", "--out", str(out)], cwd=ROOT, check=True,
+                           capture_output=True)
+            summ = [json.loads(x) for x in out.read_text().splitlines() if '"summary"' in x][0]
+            print(f"memlab run, same prompt and seeds: replication {summ['replication_rate']:.0%} -> "
+                  f"{'equal' if round(100 * summ['replication_rate']) == int(shown.group(1)) else 'DIFFERENT'}")
+        print(f"resident memory after generating: {rss_mib(proc.pid):.0f} MiB")
+
+        lat, fails = [], []
+        lock = threading.Lock()
+
+        def caller(i):
+            c = Client(url, verbose=False)
+            for j in range(a.requests):
+                t = time.perf_counter()
+                try:
+                    c.predict(prompt, 4, "", [], 4, 0.1, int(world.defaults["steps"]), float(world.defaults["guidance"]),
+                              api_name="/generate")
+                    with lock:
+                        lat.append(time.perf_counter() - t)
+                except Exception as e:  # count, don't stop
+                    with lock:
+                        fails.append(repr(e)[:120])
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(a.callers)]
+        [th.start() for th in threads]
+        [th.join() for th in threads]
+        wall = time.perf_counter() - t
+        print(f"{a.callers} concurrent callers x {a.requests} requests (4 seeds each): {len(lat)} answered, "
+              f"{len(fails)} failed in {wall:.1f}s; latency p50 {np.percentile(lat, 50):.2f}s, "
+              f"p95 {np.percentile(lat, 95):.2f}s (requests queue: one generation at a time)")
+        for f in fails[:3]:
+            print("  failure:", f)
+        print(f"resident memory at the end: {rss_mib(proc.pid):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
