@@ -69,7 +69,12 @@ class Mitigation:
         return cond, uncond
 
 
-def _insert_words(prompt: str, words: list[str], rng: random.Random) -> str:
+def random_clip_tokens(rng: random.Random, tokenizer, k: int) -> list[str]:
+    """k random CLIP tokens (id < 49400), decoded to text, as DCR's random token addition."""
+    return [tokenizer.decode([rng.randint(0, 49399)]).strip() or "x" for _ in range(k)]
+
+
+def insert_words(prompt: str, words: list[str], rng: random.Random) -> str:
     """Insert each word at a uniformly random word boundary (start and end included), as DCR does."""
     for w in words:
         parts = prompt.split(" ")
@@ -89,7 +94,7 @@ class RNA(Mitigation):
     def apply_prompt(self, prompt, gen_seed, tokenizer=None):
         rng = self.rng(gen_seed)
         k = self.params["k"]
-        return _insert_words(prompt, [str(rng.randint(0, 99999)) for _ in range(k)], rng)
+        return insert_words(prompt, [str(rng.randint(0, 99999)) for _ in range(k)], rng)
 
 
 class RandomTokens(Mitigation):
@@ -102,8 +107,7 @@ class RandomTokens(Mitigation):
 
             tokenizer = clip_tokenizer()
         rng = self.rng(gen_seed)
-        words = [tokenizer.decode([rng.randint(0, 49399)]).strip() or "x" for _ in range(self.params["k"])]
-        return _insert_words(prompt, words, rng)
+        return insert_words(prompt, random_clip_tokens(rng, tokenizer, self.params["k"]), rng)
 
 
 class CWR(Mitigation):
@@ -115,7 +119,7 @@ class CWR(Mitigation):
         original = [w for w in prompt.split(" ") if w]
         if not original:
             return prompt
-        return _insert_words(prompt, [rng.choice(original) for _ in range(self.params["k"])], rng)
+        return insert_words(prompt, [rng.choice(original) for _ in range(self.params["k"])], rng)
 
 
 class GNI(Mitigation):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import MemlabError
+from .mitigations import insert_words, random_clip_tokens
 
 
 @dataclass
@@ -110,18 +111,6 @@ def sampling_weights(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.where(dup, float(cfg.ddf), 1.0), dup
 
 
-def random_tokens(rng: random.Random, tokenizer, k: int) -> list[str]:
-    return [tokenizer.decode([rng.randint(0, 49399)]).strip() or "x" for _ in range(k)]
-
-
-def insert_words(caption: str, words: list[str], rng: random.Random) -> str:
-    for w in words:
-        parts = caption.split(" ")
-        parts.insert(rng.randint(0, len(parts)), w)
-        caption = " ".join(parts)
-    return caption
-
-
 def make_caption(row, dup: bool, cfg: TrainConfig, rng: random.Random, tokenizer, item_tokens: dict) -> str:
     """The caption a sample is trained with, after caption style, duplication mode and mitigations."""
     alts = list(row["alt_captions"]) if "alt_captions" in row and row["alt_captions"] is not None else []
@@ -136,12 +125,12 @@ def make_caption(row, dup: bool, cfg: TrainConfig, rng: random.Random, tokenizer
     elif cfg.caption_style == "fixed":
         cap = cfg.fixed_caption
     elif cfg.caption_style == "random":
-        cap = item_tokens.setdefault(row.name, " ".join(random_tokens(random.Random(cfg.seed * 7 + row.name),
+        cap = item_tokens.setdefault(row.name, " ".join(random_clip_tokens(random.Random(cfg.seed * 7 + row.name),
                                                                       tokenizer, 4)))
     if cfg.rand_caption and rng.random() < cfg.rand_caption:
-        cap = " ".join(random_tokens(rng, tokenizer, 4))
+        cap = " ".join(random_clip_tokens(rng, tokenizer, 4))
     if cfg.rand_tokens and rng.random() < cfg.rand_tokens:
-        cap = insert_words(cap, random_tokens(rng, tokenizer, 2), rng)
+        cap = insert_words(cap, random_clip_tokens(rng, tokenizer, 2), rng)
     if cfg.word_rep and rng.random() < cfg.word_rep:
         words = [w for w in cap.split(" ") if w]
         if words:

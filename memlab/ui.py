@@ -196,8 +196,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                     if not state or evt.index is None or evt.index >= len(state.records):
                         return []
                     r = state.records[evt.index]
-                    return [(lab.item_image(m["row"]), f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
-                            for m in r["matches"] if lab.item_image(m["row"]) is not None]
+                    return [(im, f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
+                            for m in r["matches"] if (im := lab.item_image(m["row"])) is not None]
 
                 gallery.select(show_topk, [run_state], [topk], api_name=False)
 
@@ -242,11 +242,14 @@ def build_app(lab: Lab) -> gr.Blocks:
                 q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
                 q_table = gr.Dataframe(label="items")
 
+                def thumbs(df):
+                    return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
+                            if (im := lab.item_image(r)) is not None]
+
                 @_errors
                 def search(query):
                     hits = lab.search_captions(query)
-                    return ([(lab.item_image(r), f"#{i} · {c[:50]}") for r, i, c in zip(hits["row"], hits["id"], hits["caption"])
-                             if lab.item_image(r) is not None], hits)
+                    return thumbs(hits), hits
 
                 q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
                 q.submit(search, [q], [q_gallery, q_table], api_name=False)
@@ -263,9 +266,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                 def open_item(i):
                     row = lab.item_row(i)
                     members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
-                    return ([(lab.item_image(r), f"#{j} · {c[:50]}") for r, j, c in
-                             zip(members["row"], members["id"], members["caption"]) if lab.item_image(r) is not None],
-                            members)
+                    return thumbs(members), members
 
                 item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
 
