@@ -106,11 +106,13 @@ def headline(lab: Lab, state: RunState) -> str:
     s = state.summaries[-1]
     ds = s["dataset_similarity"]
     bg = lab.index.descriptor_info(lab.descriptor.name)["background"]
+    thr_bg = lab.threshold().get("background_percentiles")
     best = max(state.records, key=lambda r: r["score"])
     lines = [f"### Replication: {s['replication_rate']:.0%} of {s['n_seeds']} seeds",
              f"- **multi-seed replication** {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
              f"- **dataset similarity** (95th pct of top-1) {ds['p95']:.3f} · mean {ds['mean']:.3f} · "
-             f"background 95th pct {bg['p95']:.3f}",
+             f"background 95th pct {bg['p95']:.3f} (train vs nearest other, duplicates included; "
+             f"{(thr_bg or {}).get('p95') or float('nan'):.3f} between distinct items)",
              f"- **detection** (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
              f"- **closest training caption**: “{best['matches'][0]['caption']}” (score {best['score']:.3f})",
              f"- scores: {lab.descriptor_label()}"]
@@ -162,7 +164,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                         go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 headline_md = gr.Markdown(elem_id="headline")
                 gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
-                                     format="png", elem_id="pairs", height="auto")
+                                     format="png", elem_id="pairs", height="auto",
+                                     object_fit="contain")
                 topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
                                   elem_id="topk")
                 table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
@@ -220,7 +223,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                             c_k = gr.Slider(1, 10, value=4, step=1, label="k")
                             c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
                         c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-                c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid")
+                c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid",
+                                    object_fit="contain")
                 c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
                 c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
 
