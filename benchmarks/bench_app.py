@@ -49,7 +49,7 @@ def main():
     import pandas as pd
     from gradio_client import Client
 
-    from memlab.browser import chromium_path, generate_in_browser, serve_app
+    from memlab.browser import chromium_path, generate_in_browser, keyword_tab_in_browser, serve_app
     from memlab.world import World
 
     world = World.load(a.world)
@@ -71,6 +71,11 @@ def main():
             summ = [json.loads(x) for x in out.read_text().splitlines() if '"summary"' in x][0]
             print(f"memlab run, same prompt and seeds: replication {summ['replication_rate']:.0%} -> "
                   f"{'equal' if round(100 * summ['replication_rate']) == int(shown.group(1)) else 'DIFFERENT'}")
+            kw = next(iter(world.manifest.get("keywords", {})), None)
+            if kw:
+                times = [keyword_tab_in_browser(url, kw)["render_s"] for _ in range(3)]
+                print(f"keyword tab, prebuilt {kw!r}: rendered {', '.join(f'{t:.2f}s' for t in times)} after the "
+                      f"click (3 page loads)")
         print(f"resident memory after generating: {rss_mib(proc.pid):.0f} MiB")
 
         lat, fails = [], []

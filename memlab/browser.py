@@ -2,6 +2,7 @@
 never ``playwright install``). Used by the browser test and the browser benchmark."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -95,3 +96,35 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
             page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     return {"first_s": first, "whole_s": whole, "headline": headline, "table_text": table_text, "pairs": pairs}
+
+
+def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str | Path | None = None,
+                           timeout_ms: int = 60_000) -> dict:
+    """Open the Keyword clusters tab, pick a (prebuilt) keyword, click Show; time until the size chart,
+    the cluster table and the summary are on the page."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Keyword clusters").click()
+        page.locator("#kw-btn").wait_for(timeout=timeout_ms)
+        if keyword:
+            box = page.locator("#kw-pick input").first
+            box.fill(keyword)
+            box.press("Enter")
+        t0 = time.perf_counter()
+        page.locator("#kw-btn").click()
+        # the tab may already show another keyword: wait for this one's summary, table and chart
+        kw = json.dumps(keyword or "")
+        page.wait_for_function(f"document.querySelector('#kw-summary').innerText.includes({kw}) && "
+                               f"document.querySelector('#kw-table table') !== null && "
+                               f"[...document.querySelectorAll('#kw-plot .gtitle')].some(t => t.textContent.includes({kw}))",
+                               timeout=timeout_ms)
+        dt = time.perf_counter() - t0
+        summary = page.locator("#kw-summary").inner_text()
+        if screenshot:
+            page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return {"render_s": dt, "summary": summary}

@@ -107,6 +107,9 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     card = {"name": "memlab built-in world", "built_with": "python -m memlab build-world --out " + str(out),
             "spec": asdict(spec), "train": json.loads((build / "train" / "run_card.json").read_text()),
             "build_seconds": times}
+    previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
+    if not evaluate and previous.get("measured") and previous.get("train") == card["train"]:
+        card["measured"] = previous["measured"]  # same trained model: its figures still hold
     if evaluate:
         from .evaluate import evaluate_world
         from .world import World

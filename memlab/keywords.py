@@ -138,7 +138,8 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
             "miscellaneous_size": next((c["size"] for c in clusters if c["miscellaneous"]), 0), "objects": {}}
     for obj in objects:
         has, source = object_labels(index, obj, label_column)
-        view["objects"][obj] = {**object_shares(has, rows), "source": source}
+        named = int(keyword_mask([captions[i] for i in rows], obj).sum()) if len(rows) else 0
+        view["objects"][obj] = {**object_shares(has, rows), "source": source, "named_in_captions": named}
     return view
 
 

@@ -306,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             with open(log_path, "a") as f:
                 f.write(f"{step + 1},{np.mean(running):.5f},{lr_at(step):.6g},{time.time() - t_start:.1f}\n")

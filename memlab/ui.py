@@ -92,8 +92,9 @@ def histogram(lab: Lab, scores, title_extra: str = ""):
     fig = go.Figure()
     fig.add_histogram(x=lab.background(), histnorm="probability density", name="background (train vs nearest other)",
                       opacity=0.55, nbinsx=40, marker_color="#888")
-    fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)", opacity=0.75,
-                      nbinsx=20, marker_color="#d62728")
+    if len(scores):
+        fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)",
+                          opacity=0.75, nbinsx=20, marker_color="#d62728")
     fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
     fig.update_layout(barmode="overlay", height=320, margin=dict(l=40, r=10, t=50, b=40),
                       title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label()}</sup>",
@@ -171,7 +172,10 @@ def build_app(lab: Lab) -> gr.Blocks:
                 table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
                 closest = gr.Dataframe(label=f"closest training captions to the prompt ({Lab.TEXT_SOURCE})",
                                        elem_id="closest", wrap=True)
-                plot = gr.Plot(label="top-1 scores over the background", elem_id="hist")
+                # shown from the start: the world's background (and plotly's library, which a page loads
+                # once, ~1.3 s, before any plot can render: loaded now, later plots render at once)
+                plot = gr.Plot(value=histogram(lab, [], " (no generation yet)"),
+                               label="top-1 scores over the background", elem_id="hist")
                 with gr.Row():
                     export_btn = gr.Button("Export run (JSONL + images)")
                     export_file = gr.File(label="run.zip")
@@ -286,17 +290,18 @@ def build_app(lab: Lab) -> gr.Blocks:
                     kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
                                             value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
                     kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
-                kw_md = gr.Markdown(elem_id="kw-summary")
-                kw_plot = gr.Plot(label="cluster sizes (30 largest)", elem_id="kw-plot")
-                kw_table = gr.Dataframe(label="clusters", elem_id="kw-table", wrap=True)
-                kw_gallery = gr.Gallery(label="cluster thumbnails", columns=8, format="png", elem_id="kw-gallery")
+                first = keyword_outputs(lab, lab.views[sorted(lab.views)[0]]) if lab.views else (None,) * 4
+                kw_md = gr.Markdown(first[0], elem_id="kw-summary")
+                kw_plot = gr.Plot(first[1], label="cluster sizes (30 largest)", elem_id="kw-plot")
+                kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True)
+                kw_gallery = gr.Gallery(first[3], label="cluster thumbnails", columns=8, format="png",
+                                        elem_id="kw-gallery")
                 with gr.Row():
                     kw_rank = gr.Number(value=1, precision=0, label="Cluster rank", scale=1)
                     kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
 
                 @_errors
-                def show_keyword(keyword, objects, progress=gr.Progress()):
-                    progress(0, desc="filtering captions and clustering")
+                def show_keyword(keyword, objects):
                     objs = [o.strip() for o in (objects or "").split(",") if o.strip()]
                     prebuilt = lab.views.get(keyword)
                     reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
@@ -304,7 +309,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                     return keyword_outputs(lab, v)
 
                 kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
-                             api_name="keyword_clusters")
+                             api_name="keyword_clusters", queue=False)
 
                 @_errors
                 def cluster_prompt(keyword, rank):
@@ -347,12 +352,15 @@ def keyword_outputs(lab: Lab, v: dict):
              f"{v['share_in_top']['top1']:.0%} / {v['share_in_top']['top3']:.0%} / {v['share_in_top']['top5']:.0%}"]
     for o, sh in v.get("objects", {}).items():
         if sh["keyword_share"] is not None:
-            lines.append(f"- **{o}** (never named in the captions searched?): in {sh['keyword_share']:.1%} of "
+            named = sh.get("named_in_captions")
+            lines.append(f"- **{o}** (named in {named if named is not None else '?'} of these captions): in "
+                         f"{sh['keyword_share']:.1%} of "
                          f"“{v['keyword']}” items ({sh['keyword_count']}) vs {sh['overall_share']:.1%} of the "
                          f"whole training set · source: {sh['source']}")
     fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
                            marker_color="#1f77b4"))
-    fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40), title="cluster sizes (30 largest)",
+    fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),
+                      title=f"“{v['keyword']}”: cluster sizes (30 largest)",
                       xaxis_title="cluster", yaxis_title="items")
     table = pd.DataFrame([{"rank": c["rank"], "size": c["size"], "miscellaneous": c["miscellaneous"],
                            "distinct images": c["distinct_images"],

@@ -19,3 +19,11 @@ def test_generate_in_chromium(tiny_world, tmp_path):
     assert res["pairs"] >= 4 and res["table_text"].count("a red ball on a table") == 4
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert res["first_s"] <= res["whole_s"]
+
+
+def test_keyword_tab_in_chromium(tiny_world, tmp_path):
+    from memlab.browser import keyword_tab_in_browser
+
+    with serve_app(tiny_world) as (url, _):
+        res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
+    assert "30 captions" in res["summary"] and (tmp_path / "kw.png").is_file() and res["render_s"] < 30

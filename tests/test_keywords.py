@@ -90,7 +90,7 @@ def test_keyword_view_on_a_small_index(tmp_path):
     assert v["sizes_top30"] == [3, 2] and v["share_in_top"]["top1"] == pytest.approx(3 / 9)
     assert v["objects"]["flag"]["keyword_share"] == pytest.approx(4 / 9)
     assert v["objects"]["flag"]["overall_share"] == pytest.approx(4 / 15)
-    assert "label column" in v["objects"]["flag"]["source"]
+    assert "label column" in v["objects"]["flag"]["source"] and v["objects"]["flag"]["named_in_captions"] == 0
 
 
 def test_clusters_cli(tmp_path, image_folder, capsys):
