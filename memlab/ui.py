@@ -301,7 +301,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                     kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
 
                 @_errors
-                def show_keyword(keyword, objects):
+                def show_keyword(keyword, objects, progress=gr.Progress()):
+                    progress(0, desc="filtering captions and clustering")
                     objs = [o.strip() for o in (objects or "").split(",") if o.strip()]
                     prebuilt = lab.views.get(keyword)
                     reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
@@ -309,7 +310,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                     return keyword_outputs(lab, v)
 
                 kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
-                             api_name="keyword_clusters", queue=False)
+                             api_name="keyword_clusters")
 
                 @_errors
                 def cluster_prompt(keyword, rank):
