@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import MemlabError
@@ -263,7 +262,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                 q.submit(search, [q], [q_gallery, q_table], api_name=False)
                 gr.Markdown("#### Near-duplicate groups (largest first)")
                 groups = lab.duplicate_groups()
-                g_table = gr.Dataframe(value=groups, label="groups with duplicates")
+                gr.Dataframe(value=groups, label="groups with duplicates")
                 with gr.Row():
                     item_id = gr.Textbox(label="Open an item by id", scale=3)
                     item_btn = gr.Button("Open", scale=1)
@@ -391,7 +390,6 @@ def compare_table(state: RunState):
 
 
 def compare_figure(lab: Lab, state: RunState):
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     names = [s["mitigation"]["spec"] for s in state.summaries]

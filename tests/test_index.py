@@ -45,7 +45,7 @@ def test_round_trip_and_manifest(tmp_path):
 
 def test_ivf_factory_reranks_exactly(tmp_path):
     ims = _build(tmp_path / "ivf", n=300, factory="IVF4,SQ8")
-    flat = _build(tmp_path / "flat", n=300)
+    _build(tmp_path / "flat", n=300)
     a, b = TrainingIndex.load(tmp_path / "ivf"), TrainingIndex.load(tmp_path / "flat")
     q = create_descriptor("pixel").embed(ims[:10])
     a.nprobe = 4  # every list: the candidates are the whole set, so the re-rank must be exact

@@ -1,7 +1,6 @@
 """The trainer on a few steps of the tiny configuration, its controls, and the generated set."""
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
