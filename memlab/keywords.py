@@ -131,13 +131,20 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
     real = [c for c in clusters if not c["miscellaneous"]]
     sizes = [c["size"] for c in real][:30]
     n = max(1, f["n_after"])
+    clip = None
+    if objects and label_column not in items.columns:  # no labels: CLIP zero-shot, if the index has CLIP
+        clip_name = next((n for n in index.descriptor_names if index.descriptor_info(n)["kind"] == "clip"), None)
+        if clip_name is not None:
+            from .match import descriptor_for_index
+
+            clip = descriptor_for_index(index, clip_name)
     view = {"keyword": keyword, "descriptor": {"name": name, "model": info["model"], "preset": info["preset"]},
             "cluster_threshold": thr, "n_before": f["n_before"], "n_after": f["n_after"],
             "n_too_long": f["n_too_long"], "clusters": clusters, "sizes_top30": sizes,
             "share_in_top": {f"top{k}": float(sum(sizes[:k]) / n) for k in (1, 3, 5)},
             "miscellaneous_size": next((c["size"] for c in clusters if c["miscellaneous"]), 0), "objects": {}}
     for obj in objects:
-        has, source = object_labels(index, obj, label_column)
+        has, source = object_labels(index, obj, label_column, clip)
         named = int(keyword_mask([captions[i] for i in rows], obj).sum()) if len(rows) else 0
         view["objects"][obj] = {**object_shares(has, rows), "source": source, "named_in_captions": named}
     return view

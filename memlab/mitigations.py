@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .errors import MemlabError
 
@@ -49,7 +50,7 @@ class Mitigation:
     name: str = "none"
     params: dict = field(default_factory=dict)
     level = "none"
-    PARAMS: dict = None  # type: ignore[assignment]
+    PARAMS: ClassVar[dict] = {}  # name -> Param, per subclass (a class attribute, not a field)
 
     def rng(self, gen_seed: int) -> random.Random:
         return random.Random(int(self.params.get("seed", 0)) * 1_000_003 + int(gen_seed))

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from .errors import MemlabError
-from .generate import MAX_SEEDS, Settings, check_prompt, parse_seeds
+from .generate import Settings, check_prompt, parse_seeds
 from .match import descriptor_for_index
 from .mitigations import parse_strategy
 from .runner import run_prompt, summarize_records
@@ -45,6 +45,7 @@ class Lab:
         self.device = device
         self._gen = None
         self._caption_vecs = None
+        self._background = None
         self.views = self._load_views()
 
     # ------------------------------------------------------------------------------ basics
@@ -64,8 +65,11 @@ class Lab:
                 f"{thr['value']:.3f} ({thr['source']})")
 
     def background(self) -> np.ndarray:
-        bg = self.index.background(self.descriptor.name)
-        return bg[np.isfinite(bg)]
+        """The world's background scores (read once; every histogram draws them)."""
+        if self._background is None:
+            bg = self.index.background(self.descriptor.name)
+            self._background = bg[np.isfinite(bg)]
+        return self._background
 
     def probes(self) -> pd.DataFrame:
         f = self.world.file("probes")
@@ -87,13 +91,11 @@ class Lab:
                 raise MemlabError("the number of seeds must be a whole number") from None
             if n < 1:
                 raise MemlabError("ask for at least one seed")
-            if n > MAX_SEEDS:
-                raise MemlabError(f"{n} seeds is too many (at most {APP_MAX_SEEDS} here, {MAX_SEEDS} with the CLI)")
-            seeds = list(range(n))
+            seeds = range(n)
         if len(seeds) > APP_MAX_SEEDS:
             raise MemlabError(f"{len(seeds)} seeds is too many for the app (at most {APP_MAX_SEEDS}); "
                               f"use `python -m memlab run` for larger batches")
-        return seeds
+        return list(seeds)
 
     @staticmethod
     def strategy_spec(mitigations: Sequence[str], k: int = 4, lam: float = 0.1) -> str:

@@ -187,11 +187,11 @@ def build_app(lab: Lab) -> gr.Blocks:
                     progress(0, desc="starting")
                     check = prompt if prompt and str(prompt).strip() else None
                     near = lab.closest_captions(check) if check else None
-                    state = None
+                    pairs = []  # built once per seed as seeds stream in
                     for state in run_generation(lab, prompt, seeds, spec, settings,
                                                 lambda d, t: progress((d, t), desc="seeds")):
-                        pairs = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]), _caption(r))
-                                 for r, im in zip(state.records, state.images)]
+                        pairs += [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]),
+                                   _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
                         yield (state, headline(lab, state), pairs, seed_table(state),
                                histogram(lab, [r["score"] for r in state.records]), near)
 

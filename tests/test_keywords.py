@@ -105,3 +105,23 @@ def test_clusters_cli(tmp_path, image_folder, capsys):
     assert (out / "keywords" / "copy.json").is_file()
     assert clusters_main(["--index", str(out)]) == 2
     assert "no keywords" in capsys.readouterr().err
+
+
+def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name):
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+
+    ims = synthetic_images(10)
+    items = pd.DataFrame({"id": range(10), "caption": [f"a lighthouse {i}" if i < 4 else "a field" for i in range(10)],
+                          "file": [f"{i}.png" for i in range(10)]})
+    clip = create_descriptor("clip", model=tiny_clip_name, pretrained=None, device="cpu")
+    build_index(tmp_path / "i", items, lambda i: ims[i], [create_descriptor("pixel"), clip], calib_n=5)
+    idx = TrainingIndex.load(tmp_path / "i")
+    v = keyword_view(idx, "lighthouse", objects=["flag"])
+    o = v["objects"]["flag"]
+    assert o["source"].startswith("CLIP zero-shot") and tiny_clip_name in o["source"]
+    assert 0.0 <= o["keyword_share"] <= 1.0 and o["overall_count"] <= 10
+    # and without CLIP or labels: a clear error
+    build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=5)
+    with pytest.raises(MemlabError, match="no 'objects' column and no CLIP"):
+        keyword_view(TrainingIndex.load(tmp_path / "p"), "lighthouse", objects=["flag"])
