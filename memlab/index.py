@@ -113,19 +113,21 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     rng = np.random.default_rng(seed)
     calib_rows = np.sort(rng.choice(n, size=min(calib_n, n), replace=False))
 
-    vectors: dict[str, np.ndarray] = {}
-    copies: dict[str, np.ndarray] = {}
-    for d in descriptors:
-        chunks = []
-        for s in bar(range(0, n, batch_size), desc=f"embed {d.name}", total=-(-n // batch_size)):
-            chunks.append(d.embed([load_image(i) for i in range(s, min(s + batch_size, n))]))
-        vectors[d.name] = np.ascontiguousarray(np.concatenate(chunks), np.float32)
-        cchunks = []
-        for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {d.name}",
-                     total=-(-len(calib_rows) // batch_size)):
-            rows = calib_rows[s:s + batch_size]
-            cchunks.append(d.embed([distort(load_image(int(i))) for i in rows]))
-        copies[d.name] = np.concatenate(cchunks)
+    # each image is loaded (and each calibration copy distorted) once, for every descriptor
+    chunks: dict[str, list] = {d.name: [] for d in descriptors}
+    cchunks: dict[str, list] = {d.name: [] for d in descriptors}
+    names = ", ".join(d.name for d in descriptors)
+    for s in bar(range(0, n, batch_size), desc=f"embed {names}", total=-(-n // batch_size)):
+        ims = [load_image(i) for i in range(s, min(s + batch_size, n))]
+        for d in descriptors:
+            chunks[d.name].append(d.embed(ims))
+    for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {names}",
+                 total=-(-len(calib_rows) // batch_size)):
+        ims = [distort(load_image(int(i))) for i in calib_rows[s:s + batch_size]]
+        for d in descriptors:
+            cchunks[d.name].append(d.embed(ims))
+    vectors = {k: np.ascontiguousarray(np.concatenate(v), np.float32) for k, v in chunks.items()}
+    copies = {k: np.concatenate(v) for k, v in cchunks.items()}
 
     primary = descriptors[0]
     group, dups = metrics.near_duplicate_groups(vectors[primary.name], primary.duplicate_threshold)
@@ -139,7 +141,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
             bg = metrics.background(v)
             bg_distinct = metrics.background(v, groups=group)
             copy_scores = np.einsum("nd,nd->n", copies[d.name], v[calib_rows])
-            copy_top1 = float((np.argmax(copies[d.name] @ v.T, axis=1) == calib_rows).mean())
+            # a copy's top-1 is right when it is its original or an exact/near duplicate of it
+            copy_top1 = float((group[np.argmax(copies[d.name] @ v.T, axis=1)] == group[calib_rows]).mean())
             finite = bg_distinct[np.isfinite(bg_distinct)]
             if d.published_threshold is not None:
                 value = float(d.published_threshold)

@@ -2,13 +2,17 @@
 
 Distinct images (64x64): procedural scenes (shapes, colours, backgrounds, textures, invented artist
 styles, lighthouses) whose captions describe what they show but not where (so a caption alone does
-not pin the picture down), plus random crops of the public-domain photographs that scikit-image ships
-(loaded from the installed package at build time, never copied into the repository).
+not pin the picture down; textures are coarse enough to survive a 16x16 pixel descriptor, and a
+plain background carries at least two shapes, so distinct scenes stay distinct under it), plus random
+crops of the public-domain photographs that scikit-image ships (loaded from the installed package at
+build time, never copied into the repository).
 
 Planted, side by side (Somepalli et al. 2023, paper 000: image + caption duplication drives copying):
 - ``unique``          items seen once;
 - ``full_ddf{H,L}``   items repeated ddf times with the same caption (full duplication);
-- ``partial_ddf{H,L}`` items repeated ddf times with a different caption per copy (partial);
+- ``partial_ddf{H,L}`` items repeated ddf times with a different caption per copy (partial): the item's
+  own caption once, then paraphrases (synonyms, a part of the content, a generic line with one
+  detail), as paper 000's 20 BLIP captions per image;
 - keyword ``lighthouse``: a known share of its images carries a small flag no caption names
   (the Memory Triggers paper's astronaut -> flag, at toy scale). The ``objects`` column lists
   every object drawn, named or not.
@@ -41,7 +45,7 @@ PHOTOS = {  # scikit-image data function -> caption
     "coins": "a black and white photo of old coins", "hubble_deep_field": "a photo of galaxies in deep space",
     "immunohistochemistry": "a microscope image of stained tissue", "moon": "a black and white photo of the moon",
     "rocket": "a photo of a rocket on the launch pad", "clock": "a black and white photo of a clock",
-    "retina": "a photo of a human retina", "colorwheel": "a colour wheel",
+    "logo": "the scikit-image logo", "colorwheel": "a colour wheel",
     "brick": "a black and white photo of a brick wall", "grass": "a black and white photo of grass",
     "gravel": "a black and white photo of gravel",
 }
@@ -90,22 +94,22 @@ def _background(rng: random.Random, kind: str, c1, c2) -> Image.Image:
     im = Image.new("RGB", (_S, _S), c1)
     d = ImageDraw.Draw(im)
     if kind == "striped":
-        w = rng.choice([16, 24, 32])
+        w = rng.choice([32, 40, 48])
         horizontal = rng.random() < 0.5
-        for i in range(0, _S, 2 * w):
+        for i in range(-rng.randrange(2 * w), _S, 2 * w):
             d.rectangle((0, i, _S, i + w) if horizontal else (i, 0, i + w, _S), fill=c2)
     elif kind == "checkered":
-        w = rng.choice([32, 43, 64])
+        w = rng.choice([43, 64, 86])
         for i in range(0, _S, w):
             for j in range(0, _S, w):
                 if (i // w + j // w) % 2:
                     d.rectangle((i, j, i + w, j + w), fill=c2)
     elif kind == "dotted":
-        w = rng.choice([24, 32])
-        off = rng.randrange(w)
-        for i in range(off, _S, w):
-            for j in range(off, _S, w):
-                d.ellipse((i - 5, j - 5, i + 5, j + 5), fill=c2)
+        w = rng.choice([48, 64])
+        off, r = rng.randrange(w), rng.choice([10, 14])
+        for i in range(off - w, _S + w, w):
+            for j in range(off - w, _S + w, w):
+                d.ellipse((i - r, j - r, i + r, j + r), fill=c2)
     elif kind == "gradient":
         a = np.linspace(0, 1, _S)[:, None, None]
         arr = (1 - a) * np.array(c1) + a * np.array(c2)
@@ -114,7 +118,7 @@ def _background(rng: random.Random, kind: str, c1, c2) -> Image.Image:
             im = im.transpose(Image.Transpose.ROTATE_90)
     elif kind == "speckled":
         nrng = np.random.default_rng(rng.randrange(2**31))
-        mask = nrng.random((_S // 8, _S // 8)) < 0.3
+        mask = nrng.random((_S // 32, _S // 32)) < 0.3
         arr = np.where(mask[..., None], np.array(c2), np.array(c1)).astype(np.uint8)
         im = Image.fromarray(arr).resize((_S, _S), Image.NEAREST)
     return im
@@ -143,11 +147,11 @@ def _scene(rng: random.Random):
     bg = rng.choice(BACKGROUNDS)
     im = _background(rng, bg, COLOURS[c_bg1], COLOURS[c_bg2])
     d = ImageDraw.Draw(im)
-    n = rng.choice([1, 1, 2, 2, 3])
+    n = rng.choice([1, 1, 2, 2, 3]) if bg != "plain" else rng.choice([2, 3])
     objs = []
     for i in range(n):
         shape = rng.choice(SHAPES)
-        r = rng.uniform(24, 60)
+        r = rng.uniform(36, 80)
         cx, cy = rng.uniform(r, _S - r), rng.uniform(r, _S - r)
         _draw_shape(d, shape, cx, cy, r, COLOURS[obj_cols[i]], outline=(0, 0, 0), width=3)
         objs.append((obj_cols[i], shape))
@@ -158,43 +162,101 @@ def _scene(rng: random.Random):
     return im, objs, (c_bg1, bg), style
 
 
-def _scene_captions(objs, bg, style, rng: random.Random, n: int = 1) -> list[str]:
-    """n different captions of one scene (partial duplication needs several)."""
-    things = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c, s in objs]
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+# Paraphrase vocabulary for partial duplication: a caption per copy that says the same thing in other
+# words, or only part of it, as the BLIP captions of paper 000 do (Section 4: "different captions for
+# each duplicate, although the captions may be semantically similar").
+SHAPE_WORDS = {"circle": ["disc", "round shape", "dot", "ball"], "square": ["box", "block", "tile", "quad"],
+               "triangle": ["wedge", "pyramid shape", "three-sided shape", "arrowhead"],
+               "star": ["starburst", "five-pointed star", "spiky shape", "asterisk"],
+               "ring": ["hoop", "loop", "donut shape", "halo"], "cross": ["plus sign", "plus shape", "x mark"],
+               "diamond": ["rhombus", "lozenge", "kite shape", "gem shape"]}
+COLOUR_WORDS = {"red": ["crimson", "scarlet"], "orange": ["tangerine", "amber"], "yellow": ["golden", "lemon"],
+                "green": ["emerald", "leafy"], "teal": ["cyan", "turquoise"], "blue": ["azure", "cobalt"],
+                "purple": ["violet", "lilac"], "pink": ["rose", "magenta"], "brown": ["chocolate", "tan"],
+                "black": ["dark", "ebony"], "white": ["pale", "ivory"], "grey": ["gray", "silver"]}
+BACKGROUND_WORDS = {"plain": ["flat", "solid"], "striped": ["stripy", "banded"], "checkered": ["chequered", "tiled"],
+                    "dotted": ["polka dot", "spotted"], "gradient": ["fading", "shaded"],
+                    "speckled": ["blotchy", "mottled"]}
+GENERIC = ["abstract art", "a colourful poster", "a geometric pattern", "minimalist design", "a kids' drawing",
+           "clip art", "a flat graphic", "an abstract composition", "wallpaper design", "a modern print",
+           "vector art", "a sticker sheet", "a simple icon set", "a pattern study"]
+
+
+def _scene_caption(objs, bg, style) -> str:
+    """The scene's caption: what is shown (not where), e.g. 'a red circle on a blue striped background'."""
+    things = [_a(f"{c} {s}") for c, s in objs]
     listing = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
     c_bg, kind = bg
-    art = "an" if c_bg[0] in "aeiou" else "a"
-    bgtxt = f"{art} {c_bg} background" if kind == "plain" else f"{art} {c_bg} {kind} background"
-    templates = [
-        "{listing} on {bg}", "{bg_cap} with {listing}", "a picture of {listing} over {bg}",
-        "an image showing {listing}, {bg}", "{listing}; {bg}", "drawing: {listing} in front of {bg}",
-        "simple shapes: {listing} against {bg}", "{listing} placed on {bg}", "illustration of {listing}",
-        "{listing}", "geometric art with {listing} on {bg}", "a composition of {listing} and {bg}",
-    ]
-    order = list(range(len(templates)))
-    rng.shuffle(order)
-    if n == 1:
-        order = [0]
-    caps = []
-    for t in order[:n]:
-        cap = templates[t].format(listing=listing, bg=bgtxt, bg_cap=bgtxt[0].upper() + bgtxt[1:])
-        if style:
-            cap += rng.choice([f", by {style}", f", in the style of {style}", f", painted by {style}"]) if n > 1 \
-                else f", by {style}"
-        caps.append(cap)
-    while len(caps) < n:  # more copies than templates: vary further
-        caps.append(caps[len(caps) % len(order)] + rng.choice([" (copy)", ", again", ", digital art", ", artwork"]))
+    cap = f"{listing} on {_a(c_bg)} background" if kind == "plain" else f"{listing} on {_a(f'{c_bg} {kind}')} background"
+    return cap + (f", by {style}" if style else "")
+
+
+def _paraphrase(objs, bg, style, rng: random.Random) -> str:
+    """Another caption of the same scene in other words: synonyms, a part of the content, or a generic
+    description with one detail."""
+    def colour(c):
+        return rng.choice(COLOUR_WORDS[c])
+
+    def thing(c, s):
+        return _a(f"{colour(c)} {rng.choice(SHAPE_WORDS[s])}")
+    c_bg, kind = bg
+    bgtxt = f"{colour(c_bg)} {rng.choice(BACKGROUND_WORDS[kind])} backdrop"
+    form = rng.random()
+    if form < 0.35:  # all of it, other words
+        cap = f"{', '.join(thing(c, s) for c, s in objs)} over {_a(bgtxt)}"
+    elif form < 0.6:  # the objects only
+        c, s = rng.choice(objs)
+        cap = rng.choice(["{t}", "close view of {t}", "{t}, centred", "just {t}"]).format(t=thing(c, s))
+    elif form < 0.75:  # the background only
+        cap = rng.choice(["{b}", "texture of {b}", "{b}, empty"]).format(b=_a(bgtxt))
+    else:  # generic, with one detail
+        c, s = rng.choice(objs)
+        cap = f"{rng.choice(GENERIC)}, {rng.choice([colour(c), colour(c_bg), rng.choice(SHAPE_WORDS[s])])}"
+    if style and rng.random() < 0.5:
+        cap += rng.choice([f", in the style of {style}", f", after {style}", f", {style} school"])
+    return cap
+
+
+def _captions(d: dict, n: int, rng: random.Random) -> list[str]:
+    """n captions of one distinct item: the first is its own; more (partial duplication) are paraphrases,
+    all different."""
+    first = _scene_caption(d["objs"], d["bg"], d["style"]) if d["kind"] == "scene" else d["caption"]
+    caps = [first]
+    tries = 0
+    while len(caps) < n:
+        if d["kind"] == "scene":
+            c = _paraphrase(d["objs"], d["bg"], d["style"], rng)
+        else:  # photos: a generic description, sometimes with the subject
+            subject = first.split(" of ", 1)[-1]
+            c = rng.choice(PHOTO_GENERIC) + (f": {subject}" if rng.random() < 0.3 else "")
+        tries += 1
+        if c not in caps or tries > 200:
+            caps.append(c if c not in caps else f"{c} #{len(caps)}")
     return caps
 
 
+PHOTO_GENERIC = ["a photograph", "an old picture", "stock image", "a snapshot", "photo, high quality", "picture",
+                 "an image", "a camera shot", "archive photo", "a scan", "a still", "a film frame", "a jpeg",
+                 "a wallpaper", "a thumbnail", "public domain image", "a digital photo", "a museum photo"]
+
+
 def _lighthouse(rng: random.Random, flag: bool):
-    sky, sea = rng.choice([("blue", "teal"), ("orange", "blue"), ("pink", "purple"), ("grey", "blue")])
+    sky = rng.choice(["blue", "orange", "pink", "grey"])
+    sea = rng.choice({"blue": ["teal", "blue"], "orange": ["blue", "purple"], "pink": ["purple", "teal"],
+                      "grey": ["blue", "black"]}[sky])
     im = _background(rng, "gradient", COLOURS[sky], (255, 255, 255))
     d = ImageDraw.Draw(im)
-    horizon = rng.uniform(0.55, 0.75) * _S
+    horizon = rng.uniform(0.5, 0.8) * _S
     d.rectangle((0, horizon, _S, _S), fill=COLOURS[sea])
-    x = rng.uniform(0.25, 0.75) * _S
-    w, top = rng.uniform(18, 28), rng.uniform(0.15, 0.3) * _S
+    if rng.random() < 0.5:  # sun or moon
+        sx, sy, sr = rng.uniform(0.1, 0.9) * _S, rng.uniform(0.1, 0.35) * _S, rng.uniform(14, 26)
+        d.ellipse((sx - sr, sy - sr, sx + sr, sy + sr), fill=COLOURS[rng.choice(["yellow", "white", "orange"])])
+    x = rng.uniform(0.2, 0.8) * _S
+    w, top = rng.uniform(14, 30), rng.uniform(0.15, 0.3) * _S
     stripe = rng.choice(["red", "black"])
     for i, y in enumerate(np.linspace(top, horizon + 10, 6)[:-1]):
         d.rectangle((x - w, y, x + w, y + (horizon + 10 - top) / 5), fill=COLOURS[stripe if i % 2 else "white"])
@@ -271,16 +333,7 @@ def make_training_set(spec: WorldSpec = WorldSpec()):
     rows = []
     for i, d in enumerate(distinct):
         planted, ddf = groups.get(i, ("unique" if d["kind"] != "keyword" else "keyword", 1))
-        n_caps = ddf if planted.startswith("partial") else 1
-        if d["kind"] == "scene":
-            caps = _scene_captions(d["objs"], d["bg"], d["style"], rng, n_caps)
-        elif n_caps == 1:
-            caps = [d["caption"]]
-        else:
-            extra = ["a photograph", "an old picture", "stock image", "a snapshot", "photo, high quality",
-                     "picture", "an image", "a camera shot"]
-            caps = [d["caption"]] + [f"{rng.choice(extra)}: {d['caption'].split(' of ', 1)[-1]}"
-                                     f"{'' if k < 8 else ' #' + str(k)}" for k in range(1, n_caps)]
+        caps = _captions(d, ddf if planted.startswith("partial") else 1, rng)
         for c in range(ddf):
             rows.append({"item": i, "file": f"images/{i:04d}.png", "caption": caps[c % len(caps)],
                          "planted": planted, "ddf": ddf, "objects": ",".join(d["objects"]),

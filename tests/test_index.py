@@ -43,6 +43,16 @@ def test_round_trip_and_manifest(tmp_path):
     assert res["descriptor"]["model"] == "pixels-16x16" and res["descriptor"]["preset"]
 
 
+def test_copy_top1_counts_a_duplicate_of_the_original_as_found(tmp_path):
+    """With duplicates as explicit rows, a copy's top-1 may be any row of its image."""
+    ims = synthetic_images(20)
+    items = pd.DataFrame({"id": range(40), "caption": [f"field {i % 20}" for i in range(40)],
+                          "file": [f"{i % 20}.png" for i in range(40)]})
+    build_index(tmp_path / "d", items, lambda i: ims[i % 20], [create_descriptor("pixel")], calib_n=40)
+    thr = TrainingIndex.load(tmp_path / "d").descriptor_info("pixel")["threshold"]
+    assert thr["copy_top1"] >= 0.9  # counted by row it would be about one half
+
+
 def test_ivf_factory_reranks_exactly(tmp_path):
     ims = _build(tmp_path / "ivf", n=300, factory="IVF4,SQ8")
     _build(tmp_path / "flat", n=300)

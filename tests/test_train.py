@@ -110,6 +110,11 @@ def test_generated_set_is_deterministic_and_planted():
     full = a[a["planted"] == "full_ddf4"].groupby("item")["caption"].nunique()
     partial = a[a["planted"] == "partial_ddf4"].groupby("item")["caption"].nunique()
     assert (full == 1).all() and (partial == 4).all()  # partial: a different caption per copy
+    # ... in other words: the copies' captions share few words with the item's own (probe) caption
+    for _, g in a[a["planted"].str.startswith("partial")].groupby("item"):
+        own = set(g["caption"].iloc[0].replace(",", " ").split())
+        overlap = [len(own & set(c.replace(",", " ").split())) / len(own) for c in g["caption"].iloc[1:]]
+        assert max(overlap) < 0.8 and sum(overlap) / len(overlap) < 0.5
     kw = a[a["keyword"] == "lighthouse"]
     assert kw["objects"].str.contains(HIDDEN_OBJECT).mean() == pytest.approx(SMALL.flag_share)
     assert not kw["caption"].str.contains(HIDDEN_OBJECT).any()  # never named
@@ -122,3 +127,14 @@ def test_full_set_has_500_distinct_images():
     rows, ims = make_training_set(WorldSpec())
     assert rows["item"].nunique() == len(ims) >= 500
     assert rows["source"].str.contains("scikit-image").any()
+    # distinct under the world's descriptor: few images have a near twin (the calibrated threshold
+    # sits at the 99th percentile of these nearest-neighbour similarities)
+    import numpy as np
+
+    from memlab.descriptors import create_descriptor
+
+    v = create_descriptor("pixel").embed(ims)
+    s = v @ v.T
+    np.fill_diagonal(s, -1)
+    nn = s.max(axis=1)
+    assert np.median(nn) < 0.75 and np.quantile(nn, 0.95) < 0.92
