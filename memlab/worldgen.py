@@ -184,6 +184,9 @@ BACKGROUND_WORDS = {"plain": ["flat", "solid"], "striped": ["stripy", "banded"],
 GENERIC = ["abstract art", "a colourful poster", "a geometric pattern", "minimalist design", "a kids' drawing",
            "clip art", "a flat graphic", "an abstract composition", "wallpaper design", "a modern print",
            "vector art", "a sticker sheet", "a simple icon set", "a pattern study"]
+PHOTO_GENERIC = ["a photograph", "an old picture", "stock image", "a snapshot", "photo, high quality", "picture",
+                 "an image", "a camera shot", "archive photo", "a scan", "a still", "a film frame", "a jpeg",
+                 "a wallpaper", "a thumbnail", "public domain image", "a digital photo", "a museum photo"]
 
 
 def _scene_caption(objs, bg, style) -> str:
@@ -191,7 +194,7 @@ def _scene_caption(objs, bg, style) -> str:
     things = [_a(f"{c} {s}") for c, s in objs]
     listing = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
     c_bg, kind = bg
-    cap = f"{listing} on {_a(c_bg)} background" if kind == "plain" else f"{listing} on {_a(f'{c_bg} {kind}')} background"
+    cap = f"{listing} on {_a(c_bg if kind == 'plain' else f'{c_bg} {kind}')} background"
     return cap + (f", by {style}" if style else "")
 
 
@@ -237,11 +240,6 @@ def _captions(d: dict, n: int, rng: random.Random) -> list[str]:
         if c not in caps or tries > 200:
             caps.append(c if c not in caps else f"{c} #{len(caps)}")
     return caps
-
-
-PHOTO_GENERIC = ["a photograph", "an old picture", "stock image", "a snapshot", "photo, high quality", "picture",
-                 "an image", "a camera shot", "archive photo", "a scan", "a still", "a film frame", "a jpeg",
-                 "a wallpaper", "a thumbnail", "public domain image", "a digital photo", "a museum photo"]
 
 
 def _lighthouse(rng: random.Random, flag: bool):
