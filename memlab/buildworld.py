@@ -2,7 +2,11 @@
 
 Stages write into ``OUT/build`` and are skipped when their output exists (so an interrupted build
 resumes); the world itself is ``OUT/world.json``, ``OUT/model`` (fp16 safetensors), ``OUT/index``
-(pixel descriptor, calibrated threshold, images inside), ``OUT/probes.csv`` and ``OUT/card.json``.
+(``memlab-copy`` then ``pixel``, thresholds calibrated on distinct items, images inside),
+``OUT/probes.csv`` and ``OUT/card.json``. The index also scores both descriptors on copies the world's
+own model makes of held-out training images (``memlab.modelcopies``). ``reuse_model`` keeps a model
+already in ``OUT/model`` (refused unless the regenerated training set has the hash it was trained on)
+and rebuilds the index, keyword views, probes and card.
 """
 from __future__ import annotations
 
@@ -13,15 +17,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .errors import MemlabError
 from .worldgen import HIDDEN_OBJECT, KEYWORD, WorldSpec, make_training_set, probes
 
 WORLD_DEFAULTS = {"steps": 30, "guidance": 5.0, "scheduler": "ddim", "seeds": "0-7", "k": 5}
 WORLD_KEYWORDS = (KEYWORD, "astronaut", "coffee", "cat", "star", "Velmora")
+WORLD_DESCRIPTORS = ("memlab-copy", "pixel")
+GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used for calibration)
 
 
 def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int = 2500, vae_steps: int = 800,
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
-                log=lambda m: print(m, file=sys.stderr)) -> Path:
+                log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
+                reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS) -> Path:
     from .index import build_index
     from .descriptors import create_descriptor
     from .match import load_image
@@ -59,12 +67,28 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     cfg = TrainConfig(data=str(data / "train.parquet"), out=str(build / "train"), pipeline="world",
                       steps=train_steps, vae_steps=vae_steps, batch_size=batch_size, seed=spec.seed,
                       save_dtype="fp16")
-    if not (build / "train" / "run_card.json").is_file():
-        stage("train")
-        train(cfg, progress=progress)
-        done("train")
-    if not (out / "model" / "model_index.json").is_file():
-        shutil.copytree(build / "train" / "pipeline", out / "model", dirs_exist_ok=True)
+    previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
+    if reuse_model:
+        from .train import data_hash
+
+        trained = previous.get("train", {})
+        if not (out / "model" / "model_index.json").is_file() or not trained:
+            raise MemlabError(f"--reuse-model needs a trained model in {out / 'model'} and its card.json")
+        if trained.get("data_hash") != data_hash(rows, data):
+            raise MemlabError("--reuse-model: the regenerated training set differs from the one the model was "
+                              "trained on (data hash); rebuild without --reuse-model")
+        train_card = trained
+        for sub in ("index", "keywords"):  # everything downstream of the model is rebuilt
+            shutil.rmtree(out / sub, ignore_errors=True)
+        times["train"] = previous.get("build_seconds", {}).get("train")
+    else:
+        if not (build / "train" / "run_card.json").is_file():
+            stage("train")
+            train(cfg, progress=progress)
+            done("train")
+        if not (out / "model" / "model_index.json").is_file():
+            shutil.copytree(build / "train" / "pipeline", out / "model", dirs_exist_ok=True)
+        train_card = json.loads((build / "train" / "run_card.json").read_text())
 
     # 3. the index of the training set (one row per training sample: duplicates are explicit)
     if not (out / "index" / "manifest.json").is_file():
@@ -76,11 +100,35 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 (tmp / "images" / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(data / "images" / Path(f).name, tmp / "images" / f)
 
-        build_index(out / "index", rows, lambda i: load_image(data / "images" / Path(rows["file"].iloc[i]).name),
-                    [create_descriptor("pixel")], image_root="images", progress=progress,
-                    extra_files=copy_images,
+        def image_of(i):
+            return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+
+        truth, n_truth = {}, 0
+        if ground_truth_items:
+            from .generate import Generator
+            from .modelcopies import model_copies
+
+            first = rows.drop_duplicates("item").sample(n=min(ground_truth_items, rows["item"].nunique()),
+                                                        random_state=spec.seed).index.to_numpy()
+            gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+            made = model_copies(gen.pipe, [image_of(int(i)) for i in first],
+                                [rows["caption"].iloc[int(i)] for i in first], steps=WORLD_DEFAULTS["steps"],
+                                guidance=WORLD_DEFAULTS["guidance"], seed=spec.seed, progress=progress)
+            for kind in sorted({k for _, k, _ in made}):
+                sel = [(j, im) for j, k, im in made if k == kind]
+                truth[f"model:{kind}"] = (first[[j for j, _ in sel]], [im for _, im in sel])
+            truth["model:all"] = (first[[j for j, _, _ in made]], [im for _, _, im in made])
+            n_truth = len(first)
+        build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
+                    image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
                     extra_manifest={"source": {"command": "python -m memlab build-world",
-                                               "generator": "memlab.worldgen", "spec": asdict(spec)}})
+                                               "generator": "memlab.worldgen", "spec": asdict(spec)},
+                                    "ground_truth": {
+                                        "what": "copies the world's own model makes of held-out distinct "
+                                                "training items: image-to-image from the item and its caption "
+                                                "at strengths 0.2-0.5, and the VAE round trip",
+                                        "items": n_truth,
+                                        "excluded_from_calibration": True}})
         done("index")
 
     # 4. keyword views (Memory Triggers): the planted keyword with its hidden object, and a few more
@@ -97,18 +145,17 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     # 5. probes, world.json
     probes(rows).to_csv(out / "probes.csv", index=False)
     write_world_json(out, name="memlab built-in world", model="model", index="index", probes="probes.csv",
-                     card="card.json", descriptors=["pixel"], defaults=WORLD_DEFAULTS,
+                     card="card.json", descriptors=list(descriptors), defaults=WORLD_DEFAULTS,
                      trained_on=(f"{rows['item'].nunique()} distinct 64x64 images ({len(rows)} training rows): "
                                  f"procedural scenes, lighthouses and scikit-image photo crops; planted full and "
                                  f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"),
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
     # 6. measure, and write the card
-    card = {"name": "memlab built-in world", "built_with": "python -m memlab build-world --out " + str(out),
-            "spec": asdict(spec), "train": json.loads((build / "train" / "run_card.json").read_text()),
-            "build_seconds": times}
-    previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
-    if not evaluate and previous.get("measured") and previous.get("train") == card["train"]:
+    card = {"name": "memlab built-in world", "built_with": "python -m memlab build-world --out " + str(out)
+            + (" --reuse-model" if reuse_model else ""),
+            "spec": asdict(spec), "train": train_card, "build_seconds": times}
+    if not evaluate and not reuse_model and previous.get("measured") and previous.get("train") == card["train"]:
         card["measured"] = previous["measured"]  # same trained model: its figures still hold
     if evaluate:
         from .evaluate import evaluate_world

@@ -7,6 +7,9 @@ replication threshold. Adding a descriptor is adding a config to ``DESCRIPTORS``
 - ``sscd``: SSCD (Pizzi et al. 2022), the official TorchScript files. Replication: cosine > 0.5
   (Somepalli et al. 2022); high confidence: cosine > 0.75 (~90% precision on DISC, SSCD authors).
 - ``clip``: open_clip image (and text) embeddings, normalized. No published copy threshold.
+- ``memlab-copy``: memlab's own copy-detection network (``memlab.copynet``), trained SSCD's way by
+  ``python -m memlab train-descriptor`` on images memlab makes; weights shipped in
+  ``assets/memlab-copy``. No published threshold: calibrated per index on distinct items.
 - ``pixel``: mean-centred low-resolution pixels (Carlini et al. 2023 use pixel-space L2); weight-free,
   always available. With ``tiles > 1`` each tile is centred and normalized on its own and the
   secondary score ``tile_min`` is the worst tile, so a matching background cannot hide a differing
@@ -35,6 +38,7 @@ DESCRIPTORS: dict[str, dict] = {
     "sscd-membench": {"kind": "sscd", "model": "sscd_disc_large", "preset": "membench"},
     "clip": {"kind": "clip", "model": "ViT-L-14-quickgelu", "pretrained": "openai"},
     "clip-b32": {"kind": "clip", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+    "memlab-copy": {"kind": "learned", "weights": None},
     "pixel": {"kind": "pixel", "size": 16, "tiles": 1},
     "pixel-tiled": {"kind": "pixel", "size": 32, "tiles": 4},
 }
@@ -302,8 +306,60 @@ class CLIPDescriptor(Descriptor):
             return self.net.encode_text(tok, normalize=True).float().cpu().numpy()
 
 
+def default_copynet_weights() -> Path:
+    """The weights memlab trained and ships: $MEMLAB_COPY_WEIGHTS, else ``assets/memlab-copy``."""
+    env = os.environ.get("MEMLAB_COPY_WEIGHTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "assets" / "memlab-copy"
+
+
+class LearnedCopyDescriptor(Descriptor):
+    """memlab's own copy detector (``memlab.copynet``): trunk, GeM, linear, L2 norm, trained SSCD's way.
+
+    ``weights`` is a folder with ``config.json`` + ``model.safetensors`` (default: the shipped
+    ``assets/memlab-copy``); a bigger network trained elsewhere loads the same way. The model string
+    names the weights by their checksum, so an index refuses queries from different weights.
+    """
+
+    kind = "learned"
+    duplicate_threshold = 0.95
+
+    def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64):
+        import hashlib
+
+        from .copynet import load_copynet
+
+        folder = Path(weights) if weights is not None else default_copynet_weights()
+        self.name, self.weights = name, folder
+        self.device = _device(device)
+        self.batch_size = int(batch_size)
+        self.net = load_copynet(folder, device=self.device)
+        cfg = self.net.config
+        digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+        self.model = f"memlab-copynet-{cfg.dim}d-{digest}"
+        self.preset = f"resize-{cfg.input_size}x{cfg.input_size}-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
+        self.dim = int(cfg.dim)
+
+    def config(self):
+        # the shipped weights are named by None, so an index built with them works from any checkout
+        default = self.weights.resolve() == default_copynet_weights().resolve()
+        return {"weights": None if default else str(self.weights)}
+
+    def embed(self, images):
+        import torch
+
+        from .copynet import to_input
+
+        size = self.net.config.input_size
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = to_input(list(images[i:i + self.batch_size]), size).to(self.device)
+                out.append(self.net(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
 _KINDS: dict[str, Callable[..., Descriptor]] = {
-    "pixel": PixelDescriptor, "sscd": SSCDDescriptor, "clip": CLIPDescriptor}
+    "pixel": PixelDescriptor, "sscd": SSCDDescriptor, "clip": CLIPDescriptor, "learned": LearnedCopyDescriptor}
 
 
 # ------------------------------------------------------------------------------ split product

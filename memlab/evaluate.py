@@ -3,7 +3,8 @@
 Per probe group (unique, full / partial duplication at each ddf, keyword): over ``n_seeds`` seeds, no
 mitigation, the calibrated verdict: multi-seed replication rate, the share of seeds whose top-1 match
 is the probe's own training image ("recall of the original", Memory Triggers), dataset similarity and
-the mean detection score. Then every mitigation at its default strength on the full-duplication probes
+the mean detection score; recall on copies made by the world's own model (from the index manifest) and
+the share of non-copies flagged. Then every mitigation at its default strength on the full-duplication probes
 at the higher ddf, same seeds; Wen et al.'s detection ROC AUC (full duplication vs unique probes); the
 time to generate and match 8 seeds; and for the planted keyword, the share of generations whose top-1
 match carries the hidden object, beside the share in the keyword's training images.
@@ -34,9 +35,11 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
             seed_recs = [r for r in recs if r["type"] == "seed" and r["mitigation"]["name"] == strat]
             summ = next(r for r in recs if r["type"] == "summary" and r["mitigation"]["name"] == strat)
             top_items = [int(index.items.iloc[r["matches"][0]["row"]]["item"]) for r in seed_recs]
+            own = [t == int(p.item) for t in top_items]
             out.append({"prompt": p.prompt, "group": p.group, "item": int(p.item), "strategy": strat,
+                        "replicated": [bool(r["replicated"]) for r in seed_recs], "own_top1": own,
                         "replication_rate": summ["replication_rate"],
-                        "original_recall": float(np.mean([t == int(p.item) for t in top_items])),
+                        "original_recall": float(np.mean(own)),
                         "detection": summ["detection_mean"],
                         "scores": [r["score"] for r in seed_recs], "top_items": top_items})
     return pd.DataFrame(out)
@@ -102,6 +105,13 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                "generations": len(gen_has), "whole_set_share": float(
                    items["objects"].str.split(",").apply(lambda o: hidden in o).mean())}
 
+    # non-copies: generations of unique probes whose top-1 is not their own item (flagged = false positive)
+    uq = base[base["group"] == "unique"]
+    non = [rep for reps, owns in zip(uq["replicated"], uq["own_top1"]) for rep, own in zip(reps, owns) if not own]
+    hi_orig = table[high]["none"]["original_recall"]
+    truth = {k: {kk: v[kk] for kk in ("n", "recall", "copy_top1")}
+             for k, v in thr.get("ground_truth", {}).items()}
+
     t0 = time.perf_counter()
     run_prompt(gen, index, descriptor, probes[probes["group"] == high]["prompt"].iloc[0], list(range(8)),
                ["none"], settings, out_dir=None)
@@ -116,15 +126,21 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "detection_auc": metrics.roc_auc(det_pos, det_neg) if len(det_pos) and len(det_neg) else None,
         "detection_auc_pair": [high, "unique"],
         "seconds_8_seeds": t8,
+        "model_copies": truth,
+        "non_copies": {"what": "generations of unique probes whose top-1 is not their own item",
+                       "n": len(non), "flagged": float(np.mean(non)) if non else None},
+        "replicated_over_original": (hi_rate / hi_orig) if hi_orig else None,
         "checks": {
             "full_high_at_least_50pct": hi_rate >= 0.5,
-            "unique_at_most_10pct": table["unique"]["none"]["replication_rate"] <= 0.10,
+            "replicated_at_least_85pct_of_original_top1": bool(hi_orig) and hi_rate >= 0.85 * hi_orig,
+            "unique_at_most_5pct": table["unique"]["none"]["replication_rate"] <= 0.05,
+            "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
             "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
                 "replication_rate", 1.0) <= hi_rate / 2,
             "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
         },
         "hidden_object": obj,
-        "per_probe": base.drop(columns=["scores"]).to_dict(orient="records"),
+        "per_probe": base.drop(columns=["scores", "replicated", "own_top1"]).to_dict(orient="records"),
     }
     return result
 
@@ -154,6 +170,14 @@ def format_report(m: dict) -> str:
                      f"{o['training_items']} training images (planted {o['planted_share']:.0%}; whole set "
                      f"{o['whole_set_share']:.1%}); top-1 match of its generations carries it: "
                      f"{o['generation_share_top1']:.1%} of {o['generations']}")
+    if m.get("model_copies"):
+        lines.append("recall at the threshold on copies made by the world's model (held-out items): " + ", ".join(
+            f"{k.split(':', 1)[1]} {v['recall']:.1%}" for k, v in sorted(m["model_copies"].items())))
+    if m.get("non_copies", {}).get("n"):
+        nc = m["non_copies"]
+        lines.append(f"non-copies ({nc['what']}): {nc['flagged']:.1%} of {nc['n']} flagged")
+    if m.get("replicated_over_original") is not None:
+        lines.append(f"{m['mitigations_on']}: replicated / own item at top-1 = {m['replicated_over_original']:.1%}")
     lines.append(f"generate + match 8 seeds: {m['seconds_8_seeds']:.2f}s")
     lines.append("checks: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in m["checks"].items()))
     return "\n".join(lines)

@@ -93,15 +93,20 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 descriptors: Sequence[Descriptor], *, factory: str = "Flat", fpr: float = 0.01,
                 calib_n: int = 500, seed: int = 0, batch_size: int = 64, image_root: str | None = None,
                 extra_manifest: dict | None = None, progress: Callable | None = None,
-                extra_files: Callable[[Path], None] | None = None) -> Path:
+                extra_files: Callable[[Path], None] | None = None,
+                ground_truth: dict[str, tuple[Sequence[int], Sequence]] | None = None) -> Path:
     """Embed every item with every descriptor and write an index directory atomically.
 
     ``items`` needs columns id, caption, file; ``load_image(i)`` returns row i's PIL image.
-    Thresholds: a descriptor's published threshold when it has one, else calibrated here: synthetic
-    copies (``memlab.distort``) of up to ``calib_n`` items are scored against their originals, and
-    the threshold keeps ``fpr`` of the background of distinct items. Copy recall and background
-    false-positive rate are measured for every descriptor either way. ``extra_files(folder)`` may
-    write more into the index folder before it is sealed (top-level files are checksummed).
+    Near-duplicate groups come from the first descriptor (rows of the same ``file`` are always one
+    group). Thresholds: a descriptor's published threshold when it has one, else calibrated here over
+    *distinct* items, one row per near-duplicate group: synthetic copies (``memlab.distort``) of up to
+    ``calib_n`` of them are scored against their originals, and the threshold keeps ``fpr`` of the
+    background of distinct items (each group's row against the nearest row of another group). The
+    manifest keeps both backgrounds (all rows, and distinct items). ``ground_truth`` maps a name to
+    (original rows, copy images), e.g. the world's own image-to-image copies: each descriptor's recall
+    on them at its threshold is recorded. ``extra_files(folder)`` may write more into the index folder
+    before it is sealed (top-level files are checksummed).
     """
     if len(items) == 0:
         raise MemlabError("no items to index")
@@ -110,39 +115,52 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     items = items.reset_index(drop=True).copy()
     n = len(items)
     bar = progress or (lambda it, **kw: it)
-    rng = np.random.default_rng(seed)
-    calib_rows = np.sort(rng.choice(n, size=min(calib_n, n), replace=False))
 
-    # each image is loaded (and each calibration copy distorted) once, for every descriptor
+    # each image is loaded once, for every descriptor
     chunks: dict[str, list] = {d.name: [] for d in descriptors}
-    cchunks: dict[str, list] = {d.name: [] for d in descriptors}
     names = ", ".join(d.name for d in descriptors)
     for s in bar(range(0, n, batch_size), desc=f"embed {names}", total=-(-n // batch_size)):
         ims = [load_image(i) for i in range(s, min(s + batch_size, n))]
         for d in descriptors:
             chunks[d.name].append(d.embed(ims))
+    vectors = {k: np.ascontiguousarray(np.concatenate(v), np.float32) for k, v in chunks.items()}
+
+    primary = descriptors[0]
+    same_file = pd.factorize(items["file"].astype(str))[0] if "file" in items else None
+    group, dups = metrics.near_duplicate_groups(vectors[primary.name], primary.duplicate_threshold,
+                                                same=same_file)
+    items["group"] = group
+    items["duplicates"] = dups
+    reps = metrics.group_representatives(group)  # one row per near-duplicate group (distinct items)
+    items["representative"] = False
+    items.loc[reps, "representative"] = True
+
+    # calibration copies: of distinct items only (not those held out as ground truth), each distorted
+    # once for every descriptor
+    held = np.unique(group[np.concatenate([np.asarray(r, np.int64) for r, _ in (ground_truth or {}).values()]
+                                          or [np.zeros(0, np.int64)])])
+    pool = reps[~np.isin(group[reps], held)]
+    rng = np.random.default_rng(seed)
+    calib_rows = np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
+    cchunks: dict[str, list] = {d.name: [] for d in descriptors}
     for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {names}",
                  total=-(-len(calib_rows) // batch_size)):
         ims = [distort(load_image(int(i))) for i in calib_rows[s:s + batch_size]]
         for d in descriptors:
             cchunks[d.name].append(d.embed(ims))
-    vectors = {k: np.ascontiguousarray(np.concatenate(v), np.float32) for k, v in chunks.items()}
     copies = {k: np.concatenate(v) for k, v in cchunks.items()}
-
-    primary = descriptors[0]
-    group, dups = metrics.near_duplicate_groups(vectors[primary.name], primary.duplicate_threshold)
-    items["group"] = group
-    items["duplicates"] = dups
+    truth = {}
+    for gname, (rows, ims) in (ground_truth or {}).items():
+        rows = np.asarray(rows, np.int64)
+        truth[gname] = (rows, {d.name: d.embed(list(ims)) for d in descriptors})
 
     with atomic_dir(Path(out)) as tmp:
         desc_entries = {}
         for d in descriptors:
             v = vectors[d.name]
             bg = metrics.background(v)
-            bg_distinct = metrics.background(v, groups=group)
+            bg_distinct = metrics.background(v[reps])
             copy_scores = np.einsum("nd,nd->n", copies[d.name], v[calib_rows])
-            # a copy's top-1 is right when it is its original or an exact/near duplicate of it
-            copy_top1 = float((group[np.argmax(copies[d.name] @ v.T, axis=1)] == group[calib_rows]).mean())
             finite = bg_distinct[np.isfinite(bg_distinct)]
             if d.published_threshold is not None:
                 value = float(d.published_threshold)
@@ -156,19 +174,35 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 cal = metrics.calibrate_threshold(bg_distinct, copy_scores, fpr)
                 thr = {**cal, "high": None, "source": "calibrated",
                        "citation": (f"calibrated at build: {fpr:.1%} false positives on the background "
-                                    f"of distinct items; recall on synthetic copies "
-                                    f"(rescale 75%, JPEG 60, 5% crop, brightness +10%)")}
-            thr["copy_top1"] = copy_top1
+                                    f"of distinct items (one row per near-duplicate group); recall on "
+                                    f"synthetic copies of distinct items (rescale 75%, JPEG 60, 5% crop, "
+                                    f"brightness +10%)")}
+            thr["calibration_rows"] = "one per near-duplicate group"
+            thr["n_groups"] = int(len(reps))
+            # a copy's top-1 is right when it is its original or a near duplicate of it
+            thr["copy_top1"] = _top1_in_group(copies[d.name], v, group, calib_rows)
+            for gname, (rows, emb) in truth.items():
+                sc = np.einsum("nd,nd->n", emb[d.name], v[rows])
+                thr.setdefault("ground_truth", {})[gname] = {
+                    "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
+                    "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
             faiss_index = make_faiss_index(v, factory)
             _faiss().write_index(faiss_index, str(tmp / f"{d.name}.faiss"))
             np.save(tmp / f"{d.name}.npy", v)
             np.save(tmp / f"{d.name}.background.npy", bg)
+            np.save(tmp / f"{d.name}.background_distinct.npy", bg_distinct)
             desc_entries[d.name] = {
                 **d.info(), "factory": factory, "threshold": thr,
                 "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
-                               **metrics.percentiles(bg[np.isfinite(bg)])},
+                               **metrics.percentiles(bg[np.isfinite(bg)]),
+                               "over": "every training row vs its nearest other row (duplicates included)"},
+                "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
+                                        **metrics.percentiles(finite),
+                                        "over": "distinct training images: one row per near-duplicate group "
+                                                "vs the nearest row of another group"},
                 "files": {"index": f"{d.name}.faiss", "vectors": f"{d.name}.npy",
-                          "background": f"{d.name}.background.npy"}}
+                          "background": f"{d.name}.background.npy",
+                          "background_distinct": f"{d.name}.background_distinct.npy"}}
         items.to_parquet(tmp / ITEMS, index=False)
         if extra_files is not None:
             extra_files(tmp)
@@ -185,6 +219,13 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
     return Path(out)
+
+
+def _top1_in_group(queries: np.ndarray, v: np.ndarray, group: np.ndarray, rows: np.ndarray) -> float:
+    """Share of queries whose top-1 item is in the near-duplicate group of their original row."""
+    if len(rows) == 0:
+        return float("nan")
+    return float((group[np.argmax(queries @ v.T, axis=1)] == group[rows]).mean())
 
 
 def _json_default(o):
@@ -272,9 +313,12 @@ class TrainingIndex:
             self._vectors[name] = np.load(self.path / f, mmap_mode="r", allow_pickle=False)
         return self._vectors[name]
 
-    def background(self, name: str | None = None) -> np.ndarray:
-        f = self.descriptor_info(name)["files"]["background"]
-        return np.load(self.path / f, allow_pickle=False)
+    def background(self, name: str | None = None, distinct: bool = False) -> np.ndarray:
+        """Each row's similarity to its nearest other row; ``distinct``: one row per near-duplicate
+        group against the nearest row of another group (indices built before it fall back to all rows)."""
+        files = self.descriptor_info(name)["files"]
+        f = files.get("background_distinct") if distinct else files["background"]
+        return np.load(self.path / (f or files["background"]), allow_pickle=False)
 
     def faiss_index(self, name: str | None = None):
         name = name or self.default_descriptor

@@ -71,14 +71,22 @@ def background(vectors: np.ndarray, groups=None, block: int = 4096) -> np.ndarra
     return out
 
 
-def near_duplicate_groups(vectors: np.ndarray, threshold: float, block: int = 4096):
+def near_duplicate_groups(vectors: np.ndarray, threshold: float, block: int = 4096, same=None):
     """Near-duplicate groups: connected components of the graph with an edge where cosine >=
     ``threshold`` (clip-retrieval's dedup, kept as a signal: Somepalli et al. 2022 compare the
-    duplicate count of matched vs typical images). Returns (group_id [n], duplicates [n]) where
+    duplicate count of matched vs typical images). ``same`` (optional labels, e.g. the file) joins
+    rows with equal labels whatever their score. Returns (group_id [n], duplicates [n]) where
     ``duplicates`` counts the *other* members of the item's group."""
     v = np.asarray(vectors, np.float32)
     n = len(v)
     parent = np.arange(n)
+    if same is not None:
+        _, first = np.unique(np.asarray(same), return_inverse=True)
+        lead = np.full(first.max() + 1, -1)
+        for i, lab in enumerate(first):
+            if lead[lab] < 0:
+                lead[lab] = i
+        parent = lead[first].copy()
 
     def find(x):
         while parent[x] != x:
@@ -97,6 +105,12 @@ def near_duplicate_groups(vectors: np.ndarray, threshold: float, block: int = 40
     roots = np.array([find(x) for x in range(n)], dtype=np.int64)
     _, group, counts = np.unique(roots, return_inverse=True, return_counts=True)
     return group.astype(np.int64), (counts[group] - 1).astype(np.int64)
+
+
+def group_representatives(group) -> np.ndarray:
+    """The first row of each near-duplicate group (sorted rows): the training set's distinct items."""
+    _, first = np.unique(np.asarray(group), return_index=True)
+    return np.sort(first)
 
 
 def calibrate_threshold(background_scores, copy_scores, fpr: float = 0.01) -> dict:

@@ -41,11 +41,12 @@ class Lab:
     def __init__(self, world: World, device: str | None = None):
         self.world = world
         self.index = world.index()
-        self.descriptor = descriptor_for_index(self.index)
+        self.descriptor = descriptor_for_index(self.index)  # the world's verdict (index default)
+        self._descriptors = {self.descriptor.name: self.descriptor}
         self.device = device
         self._gen = None
         self._caption_vecs = None
-        self._background = None
+        self._background: dict = {}
         self.views = self._load_views()
 
     # ------------------------------------------------------------------------------ basics
@@ -55,21 +56,36 @@ class Lab:
             self._gen = self.world.generator(device=self.device)
         return self._gen
 
-    def threshold(self) -> dict:
-        return self.index.threshold(self.descriptor.name)
+    @property
+    def descriptor_names(self) -> list[str]:
+        """The descriptors the world's index holds; the first is the world's default verdict."""
+        names = self.index.descriptor_names
+        return [self.descriptor.name] + [n for n in names if n != self.descriptor.name]
 
-    def descriptor_label(self) -> str:
-        info = self.index.descriptor_info(self.descriptor.name)
+    def get_descriptor(self, name: str | None = None):
+        """A descriptor of the index (built once, with the config the index was built with)."""
+        name = name or self.descriptor.name
+        if name not in self._descriptors:
+            self._descriptors[name] = descriptor_for_index(self.index, name)
+        return self._descriptors[name]
+
+    def threshold(self, name: str | None = None) -> dict:
+        return self.index.threshold(name or self.descriptor.name)
+
+    def descriptor_label(self, name: str | None = None) -> str:
+        info = self.index.descriptor_info(name or self.descriptor.name)
         thr = info["threshold"]
         return (f"{info['name']} · {info['model']} · preset {info['preset']} · threshold "
                 f"{thr['value']:.3f} ({thr['source']})")
 
-    def background(self) -> np.ndarray:
-        """The world's background scores (read once; every histogram draws them)."""
-        if self._background is None:
-            bg = self.index.background(self.descriptor.name)
-            self._background = bg[np.isfinite(bg)]
-        return self._background
+    def background(self, name: str | None = None) -> np.ndarray:
+        """The background of distinct training images (one row per near-duplicate group against the
+        nearest row of another group; read once per descriptor, every histogram draws it)."""
+        name = name or self.descriptor.name
+        if name not in self._background:
+            bg = self.index.background(name, distinct=True)
+            self._background[name] = bg[np.isfinite(bg)]
+        return self._background[name]
 
     def probes(self) -> pd.DataFrame:
         f = self.world.file("probes")
@@ -114,18 +130,20 @@ class Lab:
 
     # ---------------------------------------------------------------------------- generate
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
-                        settings: Settings | None = None, chunk: int = 2, progress=None) -> Iterator[RunState]:
+                        settings: Settings | None = None, chunk: int = 2, progress=None,
+                        descriptor: str | None = None) -> Iterator[RunState]:
         """Generate and match ``chunk`` seeds at a time; yield the growing run after each chunk."""
         gen = self.generator
         prompt, warning = check_prompt(prompt, gen.tokenizer)
         settings = settings or self.settings()
         state = RunState(prompt=prompt, warning=warning)
-        thr = self.threshold()
+        desc = self.get_descriptor(descriptor)
+        thr = self.threshold(desc.name)
         total = len(seeds)
         for i in range(0, total, chunk):
             part = list(seeds[i:i + chunk])
             imgs = {}
-            recs = run_prompt(gen, self.index, self.descriptor, prompt, part, [strategy], settings,
+            recs = run_prompt(gen, self.index, desc, prompt, part, [strategy], settings,
                               out_dir=None, k=5, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
             for r in recs:
                 if r["type"] == "seed":

@@ -84,19 +84,20 @@ def _caption(r: dict) -> str:
             f"match #{m['id']} ({m['duplicates']} duplicates in training)")
 
 
-def histogram(lab: Lab, scores, title_extra: str = ""):
+def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
     import plotly.graph_objects as go
 
-    thr = lab.threshold()["value"]
+    thr = lab.threshold(descriptor)["value"]
     fig = go.Figure()
-    fig.add_histogram(x=lab.background(), histnorm="probability density", name="background (train vs nearest other)",
+    fig.add_histogram(x=lab.background(descriptor), histnorm="probability density",
+                      name="background: distinct training images (each vs its nearest other distinct image)",
                       opacity=0.55, nbinsx=40, marker_color="#888")
     if len(scores):
         fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)",
                           opacity=0.75, nbinsx=20, marker_color="#d62728")
     fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
     fig.update_layout(barmode="overlay", height=320, margin=dict(l=40, r=10, t=50, b=40),
-                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label()}</sup>",
+                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label(descriptor)}</sup>",
                                  font=dict(size=13)),
                       xaxis_title="similarity", yaxis_title="density", legend=dict(orientation="h", y=-0.25))
     return fig
@@ -104,18 +105,19 @@ def histogram(lab: Lab, scores, title_extra: str = ""):
 
 def headline(lab: Lab, state: RunState) -> str:
     s = state.summaries[-1]
+    name = s["descriptor"]["name"]
     ds = s["dataset_similarity"]
-    bg = lab.index.descriptor_info(lab.descriptor.name)["background"]
-    thr_bg = lab.threshold().get("background_percentiles")
+    info = lab.index.descriptor_info(name)
+    bg, bg_all = info.get("background_distinct", info["background"]), info["background"]
     best = max(state.records, key=lambda r: r["score"])
     lines = [f"### Replication: {s['replication_rate']:.0%} of {s['n_seeds']} seeds",
              f"- **multi-seed replication** {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
              f"- **dataset similarity** (95th pct of top-1) {ds['p95']:.3f} · mean {ds['mean']:.3f} · "
-             f"background 95th pct {bg['p95']:.3f} (train vs nearest other, duplicates included; "
-             f"{(thr_bg or {}).get('p95') or float('nan'):.3f} between distinct items)",
+             f"background 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
+             f"{bg_all['p95']:.3f} over all training rows, planted duplicates included)",
              f"- **detection** (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
              f"- **closest training caption**: “{best['matches'][0]['caption']}” (score {best['score']:.3f})",
-             f"- scores: {lab.descriptor_label()}"]
+             f"- scores: {lab.descriptor_label(name)}"]
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
     return "\n".join(lines)
@@ -161,6 +163,9 @@ def build_app(lab: Lab) -> gr.Blocks:
                             steps = gr.Slider(1, 200, value=int(world.defaults["steps"]), step=1, label="Steps")
                             guidance = gr.Slider(0.0, 20.0, value=float(world.defaults["guidance"]), step=0.5,
                                                  label="Guidance scale")
+                        desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
+                                                  label="Copy descriptor (the verdict's score and threshold)",
+                                                  elem_id="descriptor")
                         go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 headline_md = gr.Markdown(elem_id="headline")
                 gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
@@ -180,7 +185,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                     export_file = gr.File(label="run.zip")
 
                 @_errors
-                def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, progress=gr.Progress()):
+                def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
+                             progress=gr.Progress()):
                     seeds = lab.seeds(n_seeds, seed_list)
                     spec = lab.strategy_spec(mits, k, lam)
                     settings = lab.settings(steps, guidance)
@@ -188,14 +194,17 @@ def build_app(lab: Lab) -> gr.Blocks:
                     check = prompt if prompt and str(prompt).strip() else None
                     near = lab.closest_captions(check) if check else None
                     pairs = []  # built once per seed as seeds stream in
+                    if descriptor and descriptor not in lab.descriptor_names:
+                        raise MemlabError(f"unknown descriptor {descriptor!r}; this world has "
+                                          f"{', '.join(lab.descriptor_names)}")
                     for state in run_generation(lab, prompt, seeds, spec, settings,
-                                                lambda d, t: progress((d, t), desc="seeds")):
+                                                lambda d, t: progress((d, t), desc="seeds"), descriptor):
                         pairs += [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]),
                                    _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
                         yield (state, headline(lab, state), pairs, seed_table(state),
-                               histogram(lab, [r["score"] for r in state.records]), near)
+                               histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near)
 
-                go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance],
+                go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, desc_choice],
                              [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
 
                 def show_topk(state: RunState, evt: gr.SelectData):
@@ -328,8 +337,8 @@ def build_app(lab: Lab) -> gr.Blocks:
 
 
 @gpu
-def run_generation(lab: Lab, prompt, seeds, spec, settings, progress):
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, progress=progress)
+def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, progress=progress, descriptor=descriptor)
 
 
 @gpu

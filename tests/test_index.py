@@ -31,7 +31,8 @@ def test_round_trip_and_manifest(tmp_path):
     assert info["model"] == "pixels-16x16" and info["dim"] == 768 and info["factory"] == "Flat"
     thr = info["threshold"]
     assert thr["source"] == "calibrated" and 0 < thr["value"] < 1 and thr["recall"] is not None
-    assert set(m["files"]) == {"items.parquet", "pixel.faiss", "pixel.npy", "pixel.background.npy"}
+    assert set(m["files"]) == {"items.parquet", "pixel.faiss", "pixel.npy", "pixel.background.npy",
+                               "pixel.background_distinct.npy"}
     # the planted duplicate is grouped with its original and counted
     assert idx.items.loc[40, "group"] == idx.items.loc[3, "group"]
     assert idx.items.loc[3, "duplicates"] == 1 and idx.items.loc[5, "duplicates"] == 0
@@ -125,3 +126,40 @@ def test_published_threshold_for_sscd(tmp_path, sscd_cache, monkeypatch):
     assert "Somepalli" in t["citation"] and t["recall"] is not None
     assert idx.threshold("pixel")["source"] == "calibrated"
     assert idx.default_descriptor == "pixel"
+
+
+def test_calibration_and_background_hold_one_row_per_group(tmp_path):
+    """Planted duplicate rows must not weight the calibration sample or the distinct background."""
+    ims = synthetic_images(30)
+    files = [f"{i}.png" for i in range(30)] + ["0.png"] * 20 + ["1.png"] * 10  # item 0 x21, item 1 x11
+    items = pd.DataFrame({"id": range(len(files)), "caption": ["c"] * len(files), "file": files})
+    build_index(tmp_path / "d", items, lambda i: ims[int(files[i].split(".")[0])], [create_descriptor("pixel")],
+                calib_n=500)
+    idx = TrainingIndex.load(tmp_path / "d")
+    info = idx.descriptor_info("pixel")
+    thr = info["threshold"]
+    reps = idx.items[idx.items["representative"]]
+    assert thr["n_groups"] == len(reps) == idx.items["group"].nunique() == 30
+    assert thr["n_copies"] == 30 and thr["n_background"] == 30  # one row per group, not 60 rows
+    assert reps["group"].is_unique
+    bg_all, bg_distinct = idx.background("pixel"), idx.background("pixel", distinct=True)
+    assert len(bg_all) == 60 and len(bg_distinct) == 30
+    # over all rows the planted copies score 1.0 against each other; over distinct items none does
+    assert np.nanpercentile(bg_all, 95) == pytest.approx(1.0, abs=1e-5)
+    assert np.nanmax(bg_distinct) < 0.999 and info["background_distinct"]["p95"] < info["background"]["p95"]
+
+
+def test_ground_truth_copies_are_held_out_and_scored(tmp_path):
+    from memlab.distort import blur
+
+    ims = synthetic_images(40)
+    items = pd.DataFrame({"id": range(40), "caption": ["c"] * 40, "file": [f"{i}.png" for i in range(40)]})
+    rows = np.arange(10)
+    build_index(tmp_path / "g", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=500,
+                ground_truth={"blur": (rows, [blur(ims[i], 1.0) for i in rows]),
+                              "others": (rows, [ims[(i + 20) % 40] for i in rows])})
+    thr = TrainingIndex.load(tmp_path / "g").threshold("pixel")
+    assert thr["n_copies"] == 30  # the 10 ground-truth items are not in the calibration sample
+    gt = thr["ground_truth"]
+    assert gt["blur"]["n"] == 10 and gt["blur"]["copy_top1"] == 1.0 and gt["blur"]["recall"] >= 0.9
+    assert gt["others"]["copy_top1"] == 0.0 and gt["others"]["recall"] <= 0.1

@@ -12,6 +12,7 @@ VERBS = {
     "match": ("memlab.cli.match", "match images against a training index"),
     "run": ("memlab.cli.run", "generate over seeds (with mitigations) and match against a world"),
     "train": ("memlab.cli.train", "train or fine-tune a text-to-image pipeline (duplication controls)"),
+    "train-descriptor": ("memlab.cli.train_descriptor", "train memlab's own copy-detection descriptor"),
     "build-world": ("memlab.cli.build_world", "build the built-in world from nothing"),
 }
 

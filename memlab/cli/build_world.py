@@ -1,6 +1,7 @@
 """Build the built-in world from nothing: generate its training set (procedural scenes, lighthouses,
 scikit-image photo crops; planted duplication), train its model with memlab's trainer, index the
-training set (pixel descriptor, calibrated threshold), write probes and a world card with the
+training set (memlab-copy and pixel descriptors, thresholds calibrated on distinct items, recall on
+the model's own image-to-image and VAE copies), write probes and a world card with the
 measured memorization. Stages resume when interrupted.
 
     python -m memlab build-world --out assets/world
@@ -19,6 +20,13 @@ def add_arguments(p):
     p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures")
     p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
     p.add_argument("--small", action="store_true", help="a small training set (for tests)")
+    p.add_argument("--reuse-model", action="store_true",
+                   help="keep the model already in OUT/model (its training set must regenerate to the same hash) "
+                        "and rebuild the index, keyword views, probes and card")
+    p.add_argument("--descriptor", action="append", default=None,
+                   help="index descriptors, the first is the world's verdict (default: memlab-copy, pixel)")
+    p.add_argument("--ground-truth-items", type=int, default=96,
+                   help="held-out items the world's model copies to measure recall on model copies (0: none)")
 
 
 def run(args) -> int:
@@ -32,7 +40,10 @@ def run(args) -> int:
         spec = WorldSpec(seed=args.seed, n_scenes=24, crops_per_photo=1, n_lighthouses=10, ddf_high=4,
                          ddf_low=2, per_group=2)
     build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
-                evaluate=not args.no_eval, eval_seeds=args.eval_seeds,
+                evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
+                descriptors=[n.strip() for a in (args.descriptor or ["memlab-copy,pixel"]) for n in a.split(",")
+                             if n.strip()],
+                ground_truth_items=args.ground_truth_items,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -1,0 +1,46 @@
+"""Train memlab's own copy-detection descriptor (``memlab-copy``) from nothing, SSCD's way: InfoNCE over
+two strongly augmented views plus the differential-entropy regulariser, on procedural scenes and
+scikit-image photo crops that memlab makes or loads itself. Progress bar, checkpoints (safetensors),
+resume, loss log, a training card; prints the wall time.
+
+    python -m memlab train-descriptor --out assets/memlab-copy
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+
+def add_arguments(p):
+    from ..train_descriptor import DescriptorTrainConfig
+
+    for f in dataclasses.fields(DescriptorTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "widths":
+            p.add_argument(flag, type=lambda s: [int(v) for v in s.split(",")], default=None,
+                           help="channels of the stem and each stage, comma-separated "
+                                f"(default {','.join(map(str, DescriptorTrainConfig().widths))})")
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default!r})")
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..train_descriptor import DescriptorTrainConfig, train_descriptor
+
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DescriptorTrainConfig)
+          if getattr(args, f.name) is not None}
+    cfg = DescriptorTrainConfig(**kw)
+    t0 = time.perf_counter()
+    out = train_descriptor(cfg, resume=not args.no_resume,
+                           progress=lambda it, **k: tqdm(it, file=sys.stderr, disable=None, **k))
+    took = time.perf_counter() - t0
+    if out is None:
+        print(f"stopped at step {cfg.stop_at} after {took / 60:.1f} min; run again to resume", file=sys.stderr)
+    else:
+        print(f"wrote {out} (config.json + model.safetensors) in {took / 60:.1f} min", file=sys.stderr)
+    return 0

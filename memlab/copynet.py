@@ -1,0 +1,151 @@
+"""memlab's own copy-detection network: the architecture of SSCD (Pizzi et al. 2022) at laptop scale.
+
+A convolutional trunk, GeM pooling (p = 3), a linear projection and L2 normalization, so that the
+similarity of two images is the dot product of their descriptors (cosine), as with SSCD. The
+network is trained by ``memlab.train_descriptor`` (InfoNCE over two augmented views + the
+differential-entropy regulariser) on images memlab makes or loads at build time.
+
+A trained network is a folder (diffusers-style ``save_pretrained`` / ``from_pretrained``):
+
+    config.json          CopyNetConfig as plain data (widths, dim, input size, normalization)
+    model.safetensors    the weights (never a pickle)
+
+The same class loads a bigger one (wider trunk, larger input) trained elsewhere: only the config
+changes. ``flip_average`` sums the descriptors of the image and its mirror image before normalizing,
+so a horizontally flipped copy has exactly the descriptor of its original.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MemlabError, ModelFileMissing
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CopyNetConfig:
+    """Plain data that rebuilds the network. ``widths``: channels of the stem and of each stage
+    (each stage halves the resolution, two 3x3 convolutions with a residual connection)."""
+
+    widths: list[int] = field(default_factory=lambda: [24, 32, 64, 128, 192])
+    dim: int = 128
+    input_size: int = 64
+    gem_p: float = 3.0
+    flip_average: bool = True
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CopyNetConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+def _torch_modules():
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        """Two 3x3 convolutions with batch norm, the first strided, and a 1x1 strided shortcut."""
+
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+    class CopyNet(nn.Module):
+        """Trunk -> GeM (p) -> linear -> L2 norm, as SSCD's ``Model`` (trunk, GeM, projection)."""
+
+        def __init__(self, config: CopyNetConfig):
+            super().__init__()
+            self.config = config
+            w = list(config.widths)
+            self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
+            self.stages = nn.Sequential(*[Block(a, b) for a, b in zip(w[:-1], w[1:])])
+            self.proj = nn.Linear(w[-1], config.dim)
+            self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def embed_raw(self, x):
+            """x: [n, 3, H, W] in [0, 1] -> unnormalized projection [n, dim]."""
+            h = self.stages(self.stem((x - self.mean) / self.std))
+            p = self.config.gem_p
+            h = h.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)  # GeM pooling
+            return self.proj(h)
+
+        def forward(self, x):
+            z = self.embed_raw(x)
+            if self.config.flip_average:
+                z = z + self.embed_raw(torch.flip(x, dims=[3]))
+            return torch.nn.functional.normalize(z, dim=1)
+
+        # -- diffusers-style persistence ----------------------------------------------------
+        def save_pretrained(self, folder) -> Path:
+            from safetensors.torch import save_file
+
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                      str(folder / WEIGHTS))
+            (folder / CONFIG).write_text(json.dumps({"architecture": "memlab-copynet", **self.config.to_dict()},
+                                                    indent=2))
+            return folder
+
+        @classmethod
+        def from_pretrained(cls, folder, device: str = "cpu") -> "CopyNet":
+            from safetensors.torch import load_file
+
+            folder = Path(folder)
+            if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+                raise ModelFileMissing(f"{folder} holds no memlab copy descriptor ({CONFIG} + {WEIGHTS}); "
+                                       f"train one with `python -m memlab train-descriptor --out {folder}`")
+            try:
+                cfg = json.loads((folder / CONFIG).read_text())
+            except json.JSONDecodeError as e:
+                raise MemlabError(f"{folder / CONFIG} is not valid JSON: {e}") from e
+            net = cls(CopyNetConfig.from_dict(cfg))
+            try:
+                net.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
+            except (RuntimeError, OSError) as e:
+                raise MemlabError(f"{folder / WEIGHTS} does not fit its {CONFIG}: {e}") from e
+            return net.to(device).eval()
+
+    return CopyNet
+
+
+def CopyNet(config: CopyNetConfig):  # noqa: N802 - a factory that reads like the class
+    """Build a fresh (randomly initialized) network from its config."""
+    return _torch_modules()(config)
+
+
+def load_copynet(folder, device: str = "cpu"):
+    return _torch_modules().from_pretrained(folder, device=device)
+
+
+def to_input(images, size: int):
+    """PIL images -> float tensor [n, 3, size, size] in [0, 1] (square resize, like SSCD's official-320)."""
+    import torch
+    from PIL import Image
+
+    from .preprocess import to_rgb
+
+    arr = np.stack([np.asarray(to_rgb(im).resize((size, size), Image.BILINEAR), np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).div_(255.0)

@@ -1,0 +1,52 @@
+"""Copies made by a world's own model: the ground truth of "the model copies" for a copy detector.
+
+Synthetic distortions (``memlab.distort``) say how a descriptor survives edits; what a diffusion model
+returns when it reproduces a training image is different: blur, colour drift, lost detail. So the index
+of a world with a pipeline can also be scored on copies its model makes of held-out training images:
+
+- ``img2img@s``: image-to-image from the training image and its caption at strength s (0.2 to 0.5:
+  the model redraws the last s of the denoising trajectory);
+- ``vae``: the VAE round trip (encode, decode), the decoder's own loss of detail.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+STRENGTHS = (0.2, 0.3, 0.4, 0.5)
+
+
+def model_copies(pipe, images: Sequence, captions: Sequence[str], strengths=STRENGTHS, steps: int = 30,
+                 guidance: float = 5.0, seed: int = 0, vae: bool = True, batch_size: int = 16,
+                 progress=None) -> list[tuple[int, str, object]]:
+    """(input index, kind, PIL image) for every input image and kind; seeded per image."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    i2i = StableDiffusionImg2ImgPipeline(**{k: v for k, v in pipe.components.items()
+                                            if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler",
+                                                     "safety_checker", "feature_extractor", "image_encoder")},
+                                         requires_safety_checker=False)
+    i2i.set_progress_bar_config(disable=True)
+    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    ims = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images]
+    out = []
+    jobs = [(s, i) for s in strengths for i in range(0, len(ims), batch_size)]
+    bar = progress or (lambda it, **kw: it)
+    for s, i in bar(jobs, desc="model copies (img2img)"):
+        chunk = ims[i:i + batch_size]
+        gens = [torch.Generator("cpu").manual_seed(seed * 100_003 + i + j) for j in range(len(chunk))]
+        res = i2i(prompt=list(captions[i:i + batch_size]), image=chunk, strength=s, num_inference_steps=steps,
+                  guidance_scale=guidance, generator=gens, output_type="pil").images
+        out += [(i + j, f"img2img@{s}", im) for j, im in enumerate(res)]
+    if vae:
+        proc = i2i.image_processor
+        with torch.no_grad():
+            for i in range(0, len(ims), batch_size):
+                x = proc.preprocess(ims[i:i + batch_size]).to(pipe.vae.device, pipe.vae.dtype)
+                rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+                dec = proc.postprocess(rec.float(), output_type="np")
+                out += [(i + j, "vae", Image.fromarray((np.clip(a, 0, 1) * 255).round().astype("uint8")))
+                        for j, a in enumerate(dec)]
+    return out

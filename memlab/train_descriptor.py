@@ -1,0 +1,259 @@
+"""Train memlab's copy-detection descriptor (``memlab-copy``) the way SSCD is trained (Pizzi et al. 2022).
+
+Readable top to bottom: config -> image pool -> network -> loop -> checkpoints -> weights + card.
+
+- **Images**: only what memlab makes or loads at build time: procedural scenes and lighthouses drawn by
+  ``memlab.worldgen`` (seeds other than the built-in world's), and random crops of the public-domain
+  photographs that scikit-image ships (single crops, at most one per photo in a batch, and collages of
+  crops of different photos). Never the shared paintings: they are the held-out test
+  (``benchmarks/bench_copy_robustness.py``).
+- **Objective**: two strongly augmented views of each image in a batch (``memlab.augment``);
+  InfoNCE over the 2B views (temperature 0.05) plus the differential-entropy (KoLeo) regulariser
+  -mean(log of each descriptor's distance to its nearest other descriptor) with weight 30, SSCD's values.
+- **Resumable**: each step draws its images and augmentations from generators seeded by (seed, step);
+  checkpoints (weights, optimizer, step) are safetensors + JSON, so a killed training resumes to the same
+  weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .copynet import CopyNet, CopyNetConfig, to_input
+from .errors import MemlabError
+
+
+@dataclass
+class DescriptorTrainConfig:
+    out: str = "runs/memlab-copy"
+    steps: int = 1500
+    batch_size: int = 64            # images per step (2 views each)
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    temperature: float = 0.05       # InfoNCE (SSCD: 0.05)
+    entropy_weight: float = 30.0    # differential-entropy regulariser (SSCD: 30)
+    seed: int = 0
+    n_scenes: int = 3000            # procedural scenes in the pool
+    n_lighthouses: int = 300
+    photo_share: float = 0.5        # share of each batch made from the scikit-image photos (crops, collages)
+    widths: list[int] = field(default_factory=lambda: list(CopyNetConfig().widths))
+    dim: int = 128
+    input_size: int = 64
+    checkpoint_every: int = 100
+    log_every: int = 25
+    threads: int = 0                # torch threads (0: torch's default)
+    stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
+
+    def validate(self) -> "DescriptorTrainConfig":
+        if self.steps < 1 or self.batch_size < 2:
+            raise MemlabError("steps must be >= 1 and batch_size >= 2")
+        if not 0.0 <= self.photo_share <= 1.0:
+            raise MemlabError("photo_share is a share in [0, 1]")
+        if self.input_size < 16 or len(self.widths) < 2:
+            raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
+        return self
+
+    def net_config(self) -> CopyNetConfig:
+        return CopyNetConfig(widths=list(self.widths), dim=self.dim, input_size=self.input_size)
+
+
+# ------------------------------------------------------------------------------------- images
+EXTRA_PHOTOS = ("retina", "text", "page", "cell", "horse")  # more scikit-image data that loads offline
+
+
+def load_photos() -> dict:
+    """The scikit-image photographs that load without a download (public domain), as RGB images."""
+    import skimage.data
+    from PIL import Image
+
+    from .worldgen import PHOTOS
+
+    out = {}
+    for name in (*PHOTOS, *EXTRA_PHOTOS):
+        try:
+            arr = getattr(skimage.data, name)()
+        except Exception:  # noqa: BLE001 - a photo that needs a download is simply not used
+            continue
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        out[name] = Image.fromarray(arr).convert("RGB")
+    return out
+
+
+def make_pool(cfg: DescriptorTrainConfig):
+    """Procedural scenes and lighthouses (fixed, deterministic from the seed), at 128 px."""
+    from PIL import Image
+
+    from .worldgen import _lighthouse, _scene
+
+    rng = random.Random(10_007 + cfg.seed)  # not the built-in world's seed
+    pool = [_scene(rng)[0].resize((128, 128), Image.LANCZOS) for _ in range(cfg.n_scenes)]
+    pool += [_lighthouse(rng, rng.random() < 0.3)[0].resize((128, 128), Image.LANCZOS)
+             for _ in range(cfg.n_lighthouses)]
+    return pool
+
+
+def photo_crop(im, rng: random.Random, out: int = 128):
+    from PIL import Image
+
+    side = min(im.size) * rng.uniform(0.25, 1.0)
+    x, y = rng.uniform(0, im.size[0] - side), rng.uniform(0, im.size[1] - side)
+    return im.crop((int(x), int(y), int(x + side), int(y + side))).resize((out, out), Image.LANCZOS)
+
+
+def collage(photos: list, rng: random.Random):
+    """2 or 4 crops of different photos side by side: endless distinct images with photo statistics."""
+    from PIL import Image
+
+    grid = rng.choice([(2, 1), (1, 2), (2, 2)])
+    cw, ch = 128 // grid[0], 128 // grid[1]
+    canvas = Image.new("RGB", (128, 128))
+    for k, im in enumerate(rng.sample(photos, grid[0] * grid[1])):
+        canvas.paste(photo_crop(im, rng, 128).resize((cw, ch), Image.LANCZOS), ((k % grid[0]) * cw, (k // grid[0]) * ch))
+    return canvas
+
+
+def batch_images(pool: list, photos: list, n: int, photo_share: float, rng: random.Random) -> list:
+    """n distinct base images: pool items (without replacement), then photo-derived images: at most one
+    crop per photo (two overlapping crops of one photo must not be each other's negatives) and collages."""
+    n_photo = sum(rng.random() < photo_share for _ in range(n)) if len(photos) >= 4 else 0
+    n_crop = min(n_photo // 2, len(photos))
+    return [pool[i] for i in rng.sample(range(len(pool)), n - n_photo)] + \
+           [photo_crop(im, rng) for im in rng.sample(photos, n_crop)] + \
+           [collage(photos, rng) for _ in range(n_photo - n_crop)]
+
+
+# ------------------------------------------------------------------------------------- losses
+def info_nce(z, temperature: float):
+    """InfoNCE over 2B unit descriptors [z1; z2]: view i's positive is the other view of its image."""
+    import torch
+
+    n = z.shape[0] // 2
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return torch.nn.functional.cross_entropy(sim, target)
+
+
+def entropy_regulariser(z, eps: float = 1e-8):
+    """Differential-entropy (KoLeo) regulariser: -mean log distance to the nearest other descriptor."""
+    import torch
+
+    with torch.no_grad():
+        dots = z @ z.T
+        dots.fill_diagonal_(-2.0)
+        nearest = dots.argmax(dim=1)
+    return -torch.log((z - z[nearest]).norm(dim=1) + eps).mean()
+
+
+# -------------------------------------------------------------------------------------- train
+def latest_checkpoint(out: Path) -> Path | None:
+    cks = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return cks[-1] if cks else None
+
+
+def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=None,
+                     log=lambda m: print(m, file=sys.stderr)) -> Path | None:
+    """Train; returns the folder holding ``config.json`` + ``model.safetensors`` (``cfg.out``), or None
+    when ``stop_at`` ended this invocation early (a checkpoint is written)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .augment import augment
+    from .train import load_optimizer, save_optimizer
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    bar = progress or (lambda it, **kw: it)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    # 1. images: a fixed pool of drawn scenes, and the photos to crop from
+    pool, photos = make_pool(cfg), list(load_photos().values())
+
+    # 2. network and optimizer; resume from the latest checkpoint
+    torch.manual_seed(cfg.seed)
+    net = CopyNet(cfg.net_config())
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step):  # linear warm-up, then cosine to 1%
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    start = 0
+    ck = latest_checkpoint(out) if resume else None
+    if ck is not None:
+        net.load_state_dict(load_file(str(ck / "model.safetensors")))
+        load_optimizer(opt, ck / "optimizer.safetensors")
+        start = json.loads((ck / "state.json").read_text())["step"]
+        log(f"[train-descriptor] resuming from {ck.name}")
+    log_path = out / "loss.csv"
+    if start == 0:
+        log_path.write_text("step,loss,info_nce,entropy,lr,elapsed_s\n")
+    running = []
+
+    # 3. the loop
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    net.train()
+    for step in bar(range(start, end), desc="train memlab-copy", initial=start, total=cfg.steps):
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        base = batch_images(pool, photos, cfg.batch_size, cfg.photo_share, rng)
+        views = [augment(im, rng, cfg.input_size) for im in base] + [augment(im, rng, cfg.input_size) for im in base]
+        z = torch.nn.functional.normalize(net.embed_raw(to_input(views, cfg.input_size)), dim=1)
+        l_nce = info_nce(z, cfg.temperature)
+        l_ent = entropy_regulariser(z[:cfg.batch_size])
+        loss = l_nce + cfg.entropy_weight * l_ent
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running.append((float(loss.detach()), float(l_nce.detach()), float(l_ent.detach())))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            m = np.mean(running, axis=0)
+            with open(log_path, "a") as f:
+                f.write(f"{step + 1},{m[0]:.5f},{m[1]:.5f},{m[2]:.5f},{lr_at(step):.6g},{time.time() - t_start:.1f}\n")
+            running = []
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (cfg.steps, end):
+            ck = out / "checkpoints" / f"step-{step + 1}"
+            ck.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ck / "model.safetensors"))
+            save_optimizer(opt, ck / "optimizer.safetensors")
+            (ck / "state.json").write_text(json.dumps({"step": step + 1}))
+            for old in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)  # keep the last two
+
+    if end < cfg.steps:
+        return None  # stopped early on purpose: resume with the same config
+
+    # 4. the weights (config.json + model.safetensors) and the training card
+    net.eval()
+    net.save_pretrained(out)
+    import pandas as pd
+
+    losses = pd.read_csv(log_path)
+    card = {"config": dataclasses.asdict(cfg), "steps": cfg.steps, "resumed_from": start,
+            "train_seconds_this_run": time.time() - t_start,
+            "first_loss": float(losses["loss"].iloc[0]) if len(losses) else None,
+            "final_loss": float(losses["loss"].iloc[-1]) if len(losses) else None,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "images": {"procedural_scenes": cfg.n_scenes, "lighthouses": cfg.n_lighthouses,
+                       "scikit_image_photos": len(photos), "photo_share": cfg.photo_share},
+            "recipe": "SSCD (Pizzi et al. 2022): InfoNCE over two augmented views + differential-entropy "
+                      "regulariser; trunk, GeM (p=3), linear, L2 norm"}
+    (out / "train_card.json").write_text(json.dumps(card, indent=2))
+    return out

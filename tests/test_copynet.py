@@ -1,0 +1,93 @@
+"""memlab's own copy descriptor: the network's persistence, exact flip invariance, the SSCD-style
+losses on hand-made arrays, the trainer's bit-exact resume, and the registered descriptor."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import synthetic_images
+from memlab.copynet import CopyNet, CopyNetConfig, load_copynet, to_input
+from memlab.descriptors import create_descriptor
+from memlab.errors import ModelFileMissing
+from memlab.train_descriptor import DescriptorTrainConfig, entropy_regulariser, info_nce, train_descriptor
+
+TINY = dict(widths=[8, 12, 16], dim=16, input_size=32)
+
+
+def _tiny_train_cfg(out, **kw):
+    return DescriptorTrainConfig(out=str(out), steps=4, batch_size=6, n_scenes=12, n_lighthouses=2, warmup=2,
+                                 checkpoint_every=2, log_every=1, threads=1, **TINY, **kw)
+
+
+def test_save_load_round_trip_and_flip_invariance(tmp_path):
+    torch.manual_seed(0)
+    net = CopyNet(CopyNetConfig(**TINY)).eval()
+    net.save_pretrained(tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["dim"] == 16
+    assert not list((tmp_path / "w").glob("*.bin")) and (tmp_path / "w" / "model.safetensors").is_file()
+    again = load_copynet(tmp_path / "w")
+    ims = synthetic_images(4)
+    x = to_input(ims, 32)
+    with torch.no_grad():
+        a, b = net(x), again(x)
+        flipped = again(torch.flip(x, dims=[3]))
+    assert torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(flipped, a, atol=1e-5)  # a mirrored copy has its original's descriptor
+    with pytest.raises(ModelFileMissing):
+        load_copynet(tmp_path / "nothing-here")
+
+
+def test_info_nce_rewards_matching_views_and_entropy_rewards_spread():
+    torch.manual_seed(0)
+    z1 = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    aligned = torch.cat([z1, z1])                       # each view's positive is identical to it
+    shuffled = torch.cat([z1, z1[torch.randperm(8)]])   # positives are other images
+    assert info_nce(aligned, 0.05) < 0.1 < info_nce(shuffled, 0.05)
+    spread = torch.eye(16)[:8]                           # orthogonal: nearest neighbour at sqrt(2)
+    clumped = torch.nn.functional.normalize(torch.ones(8, 16) + 0.01 * torch.randn(8, 16), dim=1)
+    assert entropy_regulariser(spread) == pytest.approx(-np.log(np.sqrt(2)), abs=1e-4)
+    assert entropy_regulariser(clumped) > entropy_regulariser(spread) + 2
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    whole = train_descriptor(_tiny_train_cfg(tmp_path / "whole"), log=lambda m: None)
+    assert train_descriptor(_tiny_train_cfg(tmp_path / "split", stop_at=2), log=lambda m: None) is None
+    split = train_descriptor(_tiny_train_cfg(tmp_path / "split"), log=lambda m: None)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((split / "train_card.json").read_text())
+    assert card["resumed_from"] == 2 and card["steps"] == 4
+    assert len(pd.read_csv(split / "loss.csv")) == 4
+    # the weights changed from their initialization
+    torch.manual_seed(0)
+    init = CopyNet(CopyNetConfig(**TINY)).state_dict()
+    assert not torch.equal(init["proj.weight"], a["proj.weight"])
+
+
+def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
+    from memlab.cli import main
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import descriptor_for_index
+
+    out = tmp_path / "copy"
+    assert main(["train-descriptor", "--out", str(out), "--steps", "2", "--batch-size", "4", "--n-scenes", "8",
+                 "--n-lighthouses", "1", "--widths", "8,12", "--dim", "16", "--input-size", "32",
+                 "--threads", "1"]) == 0
+    assert "min" in capsys.readouterr().err  # the wall time is printed
+    d = create_descriptor("memlab-copy", weights=str(out))
+    assert d.kind == "learned" and d.dim == 16 and d.model.startswith("memlab-copynet-16d-")
+    ims = synthetic_images(12)
+    v = d.embed(ims)
+    assert v.shape == (12, 16) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    items = pd.DataFrame({"id": range(12), "caption": ["c"] * 12, "file": [f"{i}.png" for i in range(12)]})
+    d.duplicate_threshold = 0.99999  # two training steps do not separate images yet: keep them distinct
+    build_index(tmp_path / "idx", items, lambda i: ims[i], [d], calib_n=12)
+    idx = TrainingIndex.load(tmp_path / "idx")
+    again = descriptor_for_index(idx)  # rebuilt from the manifest's config
+    assert np.allclose(again.embed(ims[:2]), v[:2], atol=1e-6)
+    assert idx.threshold()["source"] == "calibrated"
