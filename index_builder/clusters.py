@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keywords-file", default=None, help="file with one keyword per line")
     p.add_argument("--descriptor", default=None, help="descriptor to cluster on (default: the index's)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="cosine for 'nearly identical' (default: the descriptor's replication threshold)")
+                   help="cosine for 'nearly identical' (default: the descriptor's near-duplicate cut)")
     p.add_argument("--objects", default="", help="comma-separated object names for co-occurrence")
     p.add_argument("--label-column", default="objects", help="item column listing objects (comma-separated)")
     return p
@@ -63,7 +63,8 @@ def compute(args) -> int:
         real = [c for c in v["clusters"] if not c["miscellaneous"]]
         print(f"{kw!r}: {v['n_before']} captions, {v['n_after']} within 77 tokens, {len(real)} clusters "
               f"(largest {real[0]['size'] if real else 0}), miscellaneous {v['miscellaneous_size']}"
-              + "".join(f"; {o}: {d['keyword_share']:.1%} of keyword items vs {d['overall_share']:.1%} overall"
+              + "".join(f"; {o} (not named in the caption): {d['keyword_share']:.1%} of the keyword's distinct images vs "
+                          f"{d['overall_share']:.1%} of all distinct images"
                         for o, d in v["objects"].items() if d["keyword_share"] is not None)
               + f" -> {p} ({time.perf_counter() - t0:.2f}s)", file=sys.stderr)
     return 0

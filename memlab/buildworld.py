@@ -142,10 +142,19 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
             save_view(out / "keywords", keyword_view(index, kw, objects=[HIDDEN_OBJECT]))
         done("keywords")
 
-    # 5. probes, world.json
-    probes(rows).to_csv(out / "probes.csv", index=False)
+    # 5. probes, Wen's absolute target calibrated on the unique probes, world.json
+    probe_table = probes(rows)
+    probe_table.to_csv(out / "probes.csv", index=False)
+    from .evaluate import calibrate_wen_target
+    from .generate import Generator, Settings
+
+    gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+    wen = calibrate_wen_target(gen, probe_table[probe_table["group"] == "unique"]["prompt"].tolist(),
+                               list(range(eval_seeds)), Settings(steps=WORLD_DEFAULTS["steps"],
+                                                                 guidance=WORLD_DEFAULTS["guidance"]))
+    log(f"[build-world] wen target {wen['wen_target']:.4f}")
     write_world_json(out, name="memlab built-in world", model="model", index="index", probes="probes.csv",
-                     card="card.json", descriptors=list(descriptors), defaults=WORLD_DEFAULTS,
+                     card="card.json", descriptors=list(descriptors), defaults={**WORLD_DEFAULTS, **wen},
                      trained_on=(f"{rows['item'].nunique()} distinct 64x64 images ({len(rows)} training rows): "
                                  f"procedural scenes, lighthouses and scikit-image photo crops; planted full and "
                                  f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"),

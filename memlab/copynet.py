@@ -12,7 +12,8 @@ A trained network is a folder (diffusers-style ``save_pretrained`` / ``from_pret
 
 The same class loads a bigger one (wider trunk, larger input) trained elsewhere: only the config
 changes. ``flip_average`` sums the descriptors of the image and its mirror image before normalizing,
-so a horizontally flipped copy has exactly the descriptor of its original.
+so a horizontally flipped copy has exactly the descriptor of its original; ``crop_average`` sums over
+centre crops too (e.g. [1.0, 0.8]), so a border-cropped copy shares a view with its original.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class CopyNetConfig:
     input_size: int = 64
     gem_p: float = 3.0
     flip_average: bool = True
+    crop_average: list = field(default_factory=lambda: [1.0, 0.8])  # centre crops (fractions of the side) summed
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
@@ -92,9 +94,17 @@ def _torch_modules():
             return self.proj(h)
 
         def forward(self, x):
-            z = self.embed_raw(x)
-            if self.config.flip_average:
-                z = z + self.embed_raw(torch.flip(x, dims=[3]))
+            size = x.shape[-1]
+            z = 0
+            for frac in self.config.crop_average:
+                v = x
+                if frac < 1.0:  # centre crop, resized back to the input size
+                    m = int(round(size * (1 - frac) / 2))
+                    v = torch.nn.functional.interpolate(x[..., m:size - m, m:size - m], size=(size, size),
+                                                        mode="bilinear", antialias=True, align_corners=False)
+                z = z + self.embed_raw(v)
+                if self.config.flip_average:
+                    z = z + self.embed_raw(torch.flip(v, dims=[3]))
             return torch.nn.functional.normalize(z, dim=1)
 
         # -- diffusers-style persistence ----------------------------------------------------

@@ -11,9 +11,10 @@ replication threshold. Adding a descriptor is adding a config to ``DESCRIPTORS``
   ``python -m memlab train-descriptor`` on images memlab makes; weights shipped in
   ``assets/memlab-copy``. No published threshold: calibrated per index on distinct items.
 - ``pixel``: mean-centred low-resolution pixels (Carlini et al. 2023 use pixel-space L2); weight-free,
-  always available. With ``tiles > 1`` each tile is centred and normalized on its own and the
-  secondary score ``tile_min`` is the worst tile, so a matching background cannot hide a differing
-  object (Carlini et al.'s tiled distance, as a similarity).
+  always available. With ``tiles > 1`` (``pixel-tiled``) each tile is centred and normalized on its own;
+  the index searches by the mean tile cosine, and the verdict, the calibration and the reported score
+  use the worst tile, ``tile_min`` (Carlini et al.'s tiled distance, as a similarity), so a matching
+  background cannot hide a differing object; the mean is kept as ``tile_mean``.
 """
 from __future__ import annotations
 
@@ -88,14 +89,22 @@ class Descriptor:
     published_threshold: float | None = None
     published_high: float | None = None
     threshold_source: str | None = None
+    threshold_carried_over: bool = False  # a published threshold used outside the setting it was published for
     duplicate_threshold: float = 0.95  # near-duplicate groups (connected components above it)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    verdict = "cosine"  # the score a verdict (and calibration) uses; see ``verdict_scores``
+
     def secondary_scores(self, query: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """Extra per-pair scores computed at re-rank time (query [d], items [k, d])."""
         return {}
+
+    def verdict_scores(self, query: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The verdict's score of a query [d] against items [k, d]: the cosine, unless the descriptor
+        defines another (``pixel-tiled``: the worst tile)."""
+        return np.asarray(items, np.float32) @ np.asarray(query, np.float32)
 
     def config(self) -> dict:
         """The keyword arguments that rebuild this descriptor with ``create_descriptor``."""
@@ -103,6 +112,7 @@ class Descriptor:
 
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "config": self.config(), "model": self.model, "preset": self.preset,
+                "verdict": self.verdict,
                 "dim": self.dim, "published_threshold": self.published_threshold,
                 "published_high": self.published_high, "threshold_source": self.threshold_source,
                 "duplicate_threshold": self.duplicate_threshold}
@@ -132,6 +142,9 @@ class PixelDescriptor(Descriptor):
         self.preset = f"blur-area-resize-{size}-mean-centred"
         self.dim = size * size * 3
         self.duplicate_threshold = 0.97
+        # Carlini et al.'s tiled distance: a pair is as close as its worst tile, so a matching background
+        # cannot hide a differing object
+        self.verdict = "tile_min" if tiles > 1 else "cosine"
 
     def _one(self, img: Image.Image) -> np.ndarray:
         img = to_rgb(img)
@@ -159,10 +172,16 @@ class PixelDescriptor(Descriptor):
     def secondary_scores(self, query, items):
         if self.tiles == 1:
             return {}
+        # the verdict is the worst tile; the mean tile cosine is the secondary number
+        return {"tile_mean": np.asarray(items, np.float32) @ np.asarray(query, np.float32)}
+
+    def verdict_scores(self, query, items):
+        if self.tiles == 1:
+            return super().verdict_scores(query, items)
         n = self.tiles * self.tiles
         q = np.asarray(query, np.float32).reshape(n, -1) * self.tiles
         t = np.asarray(items, np.float32).reshape(len(items), n, -1) * self.tiles
-        return {"tile_min": np.einsum("td,ktd->kt", q, t).min(axis=1)}
+        return np.einsum("td,ktd->kt", q, t).min(axis=1)
 
 
 # ---------------------------------------------------------------------------------------- torch
@@ -230,6 +249,13 @@ class SSCDDescriptor(Descriptor):
     def __init__(self, name="sscd", model="sscd_disc_mixup", preset="official-320", weights=None,
                  device=None, batch_size=32):
         self.name, self.model, self.preset = name, model, preset
+        if (model, preset) != ("sscd_disc_mixup", "official-320"):
+            # 0.5 / 0.75 were published for disc_mixup at its official preprocessing: elsewhere they are
+            # carried over (DCR and MemBench use 0.5 with disc_large), and say so
+            self.threshold_carried_over = True
+            self.threshold_source = (f"carried over: 0.5 / 0.75 were published for sscd_disc_mixup at the official "
+                                     f"preprocessing (Somepalli et al. 2022; Pizzi et al. 2022); {model} with preset "
+                                     f"{preset} uses them as DCR / MemBench did, uncalibrated for this model")
         self._preset = get_preset(preset)
         self.weights = resolve_sscd_weights(model, weights)
         self.device = _device(device)
@@ -336,7 +362,9 @@ class LearnedCopyDescriptor(Descriptor):
         cfg = self.net.config
         digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
         self.model = f"memlab-copynet-{cfg.dim}d-{digest}"
-        self.preset = f"resize-{cfg.input_size}x{cfg.input_size}-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
+        crops = [c for c in cfg.crop_average if c < 1.0]
+        self.preset = (f"resize-{cfg.input_size}x{cfg.input_size}-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
+                       + (f"-crop-avg-{'-'.join(f'{c:g}' for c in crops)}" if crops else ""))
         self.dim = int(cfg.dim)
 
     def config(self):
@@ -364,11 +392,15 @@ _KINDS: dict[str, Callable[..., Descriptor]] = {
 
 # ------------------------------------------------------------------------------ split product
 def split_product_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Split-product similarity (Somepalli et al. 2022) for token features.
+    """Split-product similarity (Somepalli et al. 2022) for token features, library-only (memlab's
+    match results do not use it: its descriptors give one vector per image).
 
     a: [Na, T, D], b: [Nb, T, D]. Each image's token features are flattened and L2-normalized as
-    one vector, then cut back into T chunks; the similarity is the max over chunk index t of the
-    dot product of the two images' t-th chunks. Returns [Na, Nb].
+    one vector, then cut back into T chunks; the similarity is the max over chunk index t of the dot
+    product of the two images' t-th chunks, times T (memlab's scaling, which changes no ranking: a
+    chunk then scores about 1 against an identical chunk, where unscaled it would read about 1/T).
+    An object copied into one token of another image scores high although the global cosine of the
+    two images, averaged over every token, stays low. Returns [Na, Nb].
     """
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
@@ -376,4 +408,4 @@ def split_product_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise MemlabError(f"split product needs [N, T, D] arrays of the same T, D; got {a.shape}, {b.shape}")
     an = l2_normalize(a.reshape(len(a), -1)).reshape(a.shape)
     bn = l2_normalize(b.reshape(len(b), -1)).reshape(b.shape)
-    return np.einsum("itd,jtd->ijt", an, bn).max(axis=-1)
+    return a.shape[1] * np.einsum("itd,jtd->ijt", an, bn).max(axis=-1)

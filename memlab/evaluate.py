@@ -45,6 +45,30 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
     return pd.DataFrame(out)
 
 
+def first_step_detection(gen, prompts, seeds, settings: Settings) -> np.ndarray:
+    """Wen et al.'s score at the first step, clean branches, per (prompt, seed): [n_prompts, n_seeds]."""
+    h = w = gen.default_size()
+    out = np.zeros((len(prompts), len(seeds)), np.float64)
+    gen.pipe.scheduler.set_timesteps(settings.steps, device=gen.device)
+    t0 = gen.pipe.scheduler.timesteps[0]
+    lat = gen.initial_latents(seeds, h, w) * gen.pipe.scheduler.init_noise_sigma
+    for i, p in enumerate(prompts):
+        cond, uncond = gen.encode([p] * len(seeds))
+        out[i] = gen.clean_detection(lat, t0, cond, uncond).cpu().numpy()
+    return out
+
+
+def calibrate_wen_target(gen, prompts, seeds, settings: Settings, fpr: float = 0.01) -> dict:
+    """An absolute target for Wen et al.'s mitigation, calibrated per model as their detection threshold
+    is: the value that keeps ``fpr`` of the first-step scores of non-memorized prompts above it."""
+    scores = first_step_detection(gen, prompts, seeds, settings).ravel()
+    value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
+    return {"wen_target": value,
+            "wen_target_source": (f"{1 - fpr:.0%} quantile of the first-step detection score (clean branches) of "
+                                  f"{len(prompts)} unique probes x {len(seeds)} seeds at {settings.steps} steps, "
+                                  f"guidance {settings.guidance}: prompts below it are left untouched")}
+
+
 def _group_table(df: pd.DataFrame, threshold: float) -> dict:
     table = {}
     for (group, strat), g in df.groupby(["group", "strategy"]):
@@ -112,6 +136,17 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
     truth = {k: {kk: v[kk] for kk in ("n", "recall", "copy_top1")}
              for k, v in thr.get("ground_truth", {}).items()}
 
+    # Wen et al.'s token attribution on the full-duplication probes: do the words that make each caption
+    # distinctive outrank the caption template's words (mean attribution of each set)?
+    from .worldgen import TEMPLATE_WORDS
+
+    att = []
+    for p in probes[probes["group"] == high]["prompt"]:
+        toks = gen.token_attribution(p, seeds=range(4), settings=settings)[1:-1]
+        dist = [t["attribution"] for t in toks if t["token"].strip() not in TEMPLATE_WORDS]
+        tmpl = [t["attribution"] for t in toks if t["token"].strip() in TEMPLATE_WORDS]
+        att.append(bool(dist and tmpl and np.mean(dist) > np.mean(tmpl)))
+
     t0 = time.perf_counter()
     run_prompt(gen, index, descriptor, probes[probes["group"] == high]["prompt"].iloc[0], list(range(8)),
                ["none"], settings, out_dir=None)
@@ -130,6 +165,11 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "non_copies": {"what": "generations of unique probes whose top-1 is not their own item",
                        "n": len(non), "flagged": float(np.mean(non)) if non else None},
         "replicated_over_original": (hi_rate / hi_orig) if hi_orig else None,
+        "token_attribution": {"probes": len(att), "distinctive_above_template": int(sum(att)),
+                              "definition": "mean attribution (input-embedding gradient, first step, seeds 0-3) of "
+                                            "the caption's distinctive words above that of its template words "
+                                            f"({', '.join(sorted(TEMPLATE_WORDS))})"},
+        "wen_target": getattr(gen, "wen_target", None),
         "checks": {
             "full_high_at_least_50pct": hi_rate >= 0.5,
             "replicated_at_least_85pct_of_original_top1": bool(hi_orig) and hi_rate >= 0.85 * hi_orig,
@@ -137,6 +177,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
             "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
             "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
                 "replication_rate", 1.0) <= hi_rate / 2,
+            "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
             "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
         },
         "hidden_object": obj,
@@ -178,6 +219,10 @@ def format_report(m: dict) -> str:
         lines.append(f"non-copies ({nc['what']}): {nc['flagged']:.1%} of {nc['n']} flagged")
     if m.get("replicated_over_original") is not None:
         lines.append(f"{m['mitigations_on']}: replicated / own item at top-1 = {m['replicated_over_original']:.1%}")
+    ta = m.get("token_attribution")
+    if ta:
+        lines.append(f"token attribution on {m['mitigations_on']}: distinctive words above template words for "
+                     f"{ta['distinctive_above_template']} of {ta['probes']} probes")
     lines.append(f"generate + match 8 seeds: {m['seconds_8_seeds']:.2f}s")
     lines.append("checks: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in m["checks"].items()))
     return "\n".join(lines)

@@ -5,9 +5,12 @@ memorization detection computed in the same pass.
   ``torch.Generator`` (REFERENCE.md, diffusers).
 - Prompt-level mitigations change the text, embedding-level ones the 77 x d hidden states (passed back
   through ``prompt_embeds=``), ``wen`` optimizes the embedding at the first step.
-- Detection (Wen et al., ICLR 2024): ||eps(x_t, c) - eps(x_t, empty)||_2 over the full latent, read
-  from the guidance batch the pipeline computes anyway (first step by default, or the mean of the
-  first n steps).
+- Detection (Wen et al., ICLR 2024): ||eps(x_t, c) - eps(x_t, empty)||_2 over the full latent, from
+  the *clean* conditional and unconditional branches of the effective prompt: read from the guidance
+  batch the pipeline computes anyway (first step by default, or the mean of the first n steps) when no
+  embedding mitigation is on; with one (``gni``, ``wen``) or with guidance <= 1 (no unconditional
+  pass in the pipeline) it is computed by one extra batched UNet call at the first step on the clean
+  embeddings, so the score of a seed is the same under ``none``, ``gni`` and ``wen``.
 - One pipeline per process; calls are serialized by a lock (the scheduler holds step state).
 """
 from __future__ import annotations
@@ -124,6 +127,7 @@ class Generator:
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.lock = threading.Lock()
+        self.wen_target: float | None = None  # the model's calibrated absolute target for ``wen``
 
     # ---------------------------------------------------------------------------- loading
     @classmethod
@@ -185,9 +189,10 @@ class Generator:
         return cond, uncond
 
     def text_embed(self, texts: Sequence[str], batch_size: int = 256):
-        """Normalized pooled text embeddings from the pipeline's own text encoder (for SD v1 this is
-        CLIP ViT-L/14's text tower): prompt-to-caption similarity, the Memory Triggers paper's
-        "Text Similarity"."""
+        """Normalized text embeddings from the pipeline's own text encoder: projected when it has a
+        projection layer, else (SD v1's CLIPTextModel: CLIP ViT-L/14's text tower without its
+        projection) the pooled output. Prompt-to-caption similarity, the Memory Triggers paper's
+        "Text Similarity"; ``Lab`` prefers an index's CLIP descriptor, whose embeddings are projected."""
         import torch
 
         out = []
@@ -195,7 +200,9 @@ class Generator:
             for i in range(0, len(texts), batch_size):
                 ids = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
                                      max_length=MAX_TOKENS, return_tensors="pt").input_ids.to(self.device)
-                pooled = self.pipe.text_encoder(ids).pooler_output.float()
+                res = self.pipe.text_encoder(ids)
+                # projected when the encoder has a projection (CLIPTextModelWithProjection), else pooled
+                pooled = (res.text_embeds if hasattr(res, "text_embeds") else res.pooler_output).float()
                 out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
         import numpy as np
 
@@ -222,43 +229,112 @@ class Generator:
             e_u = self.pipe.unet(x, t, encoder_hidden_states=uncond).sample
             return (e_c.float() - e_u.float()).flatten(1).norm(dim=1)
 
-    def token_attribution(self, prompt: str, seed: int = 0, settings: Settings | None = None) -> list[dict]:
-        """Per-token attribution (Wen et al.): the L2 norm, per token, of the gradient of the first-step
-        noise-difference norm with respect to that token's text-encoder hidden state."""
+    def token_attribution(self, prompt: str, seeds: Sequence[int] = (0, 1, 2, 3), settings: Settings | None = None,
+                          steps: int = 1) -> list[dict]:
+        """Per-token attribution (Wen et al.'s token significance): the L2 norm, per token, of the gradient
+        of the noise-difference norm ||eps(x_t, c) - eps(x_t, empty)|| with respect to that token's input
+        embedding (the text encoder's token embedding; the gradient runs through the encoder, so a word is
+        credited for its effect on every hidden state after it), averaged over the first ``steps``
+        sampling steps and over ``seeds`` (the trajectory follows classifier-free guidance, as in
+        generation)."""
+        import torch
+
         settings = (settings or Settings()).validate()
         h = settings.height or self.default_size()
         w = settings.width or self.default_size()
         check_prompt(prompt, self.tokenizer)
+        seeds = parse_seeds(list(seeds))
+        steps = max(1, min(int(steps), settings.steps))
+        te = self.pipe.text_encoder
+        ids = self.tokenizer([prompt] * len(seeds), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
         with self.lock:
-            cond, uncond = self.encode([prompt])
-            self.pipe.scheduler.set_timesteps(settings.steps, device=self.device)
-            t = self.pipe.scheduler.timesteps[0]
-            lat = self.initial_latents([seed], h, w) * self.pipe.scheduler.init_noise_sigma
-            cond = cond.detach().clone().requires_grad_(True)
-            self.noise_difference(lat, t, cond, uncond, grad=True).sum().backward()
-            g = cond.grad[0].float().norm(dim=-1).cpu().numpy()
-        ids = self.tokenizer(prompt, truncation=True, max_length=MAX_TOKENS).input_ids
-        return [{"position": i, "token": self.tokenizer.decode([tid]), "id": int(tid), "attribution": float(g[i])}
-                for i, tid in enumerate(ids)]
+            _, uncond = self.encode([prompt] * len(seeds))
+            sched = self.pipe.scheduler
+            sched.set_timesteps(settings.steps, device=self.device)
+            lat = self.initial_latents(seeds, h, w) * sched.init_noise_sigma
+            total = torch.zeros(ids.shape[1])
+            for t in sched.timesteps[:steps]:
+                seen = {}
+
+                def keep(module, args, out):
+                    out.retain_grad()
+                    seen["emb"] = out
+                handle = te.get_input_embeddings().register_forward_hook(keep)
+                try:
+                    with torch.enable_grad():
+                        cond = te(ids)[0]
+                        self.noise_difference(lat, t, cond, uncond, grad=True).sum().backward()
+                finally:
+                    handle.remove()
+                total += seen["emb"].grad.float().norm(dim=-1).sum(0).cpu()
+                with torch.no_grad():  # one guided sampling step to the next x_t
+                    cond = cond.detach()
+                    x = sched.scale_model_input(torch.cat([lat] * 2), t)
+                    e_u, e_c = self.pipe.unet(x, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+                    lat = sched.step(e_u + settings.guidance * (e_c - e_u), t, lat).prev_sample
+            te.zero_grad(set_to_none=True)
+            g = (total / (steps * len(seeds))).numpy()
+        n = len(self.tokenizer(prompt, truncation=True, max_length=MAX_TOKENS).input_ids)
+        return [{"position": i, "token": self.tokenizer.decode([int(tid)]), "id": int(tid),
+                 "attribution": float(g[i])} for i, tid in enumerate(ids[0][:n].tolist())]
+
+    def clean_detection(self, latents0, t, cond, uncond):
+        """Wen et al.'s score from one batched UNet call on [uncond; cond], laid out as the pipeline's
+        own guidance batch (so it equals the value read from the pipeline's first step)."""
+        import torch
+
+        with torch.no_grad():
+            x = self.pipe.scheduler.scale_model_input(torch.cat([latents0] * 2), t)
+            eps = self.pipe.unet(x, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            e_u, e_c = eps.float().chunk(2)
+            return (e_c - e_u).flatten(1).norm(dim=1)
+
+    def wen_target_for(self, wen) -> tuple[str, float]:
+        """("absolute", value) from ``target=`` or the model's calibrated target, or ("relative", r)."""
+        p = wen.params
+        if p["target_ratio"] > 0:
+            return "relative", float(p["target_ratio"])
+        if p["target"] > 0:
+            return "absolute", float(p["target"])
+        if self.wen_target:
+            return "absolute", float(self.wen_target)
+        raise MemlabError("wen needs a target: this model has no calibrated wen_target; give wen:target=X "
+                          "(Wen et al.'s absolute target_loss) or wen:target_ratio=r (relative to the initial norm)")
 
     def _wen_optimize(self, wen, lat, t, cond, uncond):
-        """Wen et al.'s mitigation: AdamW on the prompt embedding at the first step until the noise
-        norm falls below the target (absolute, or target_ratio x the initial norm)."""
+        """Wen et al.'s mitigation: AdamW on the prompt embedding at the first step, per sample, until its
+        noise norm falls below the target; a sample already below it is left untouched (bit for bit);
+        the start token's gradient is zeroed as in Wen's code."""
         import torch
 
         p = wen.params
+        kind, value = self.wen_target_for(wen)
         emb = cond.detach().clone().float().requires_grad_(True)
+        frozen = emb.detach().clone()
         opt = torch.optim.AdamW([emb], lr=p["lr"])
         target = None
+        done = None
         for _ in range(int(p["iters"])):
             norms = self.noise_difference(lat, t, emb.to(cond.dtype), uncond, grad=True)
             if target is None:
-                target = torch.full_like(norms, p["target"]) if p["target"] > 0 else norms.detach() * p["target_ratio"]
-            if bool((norms <= target).all()):
+                target = torch.full_like(norms, value) if kind == "absolute" else norms.detach() * value
+            below = (norms <= target).detach()
+            if done is None:
+                done = below.clone()
+            else:  # a sample that reached its target keeps the embedding it reached it with
+                newly = below & ~done
+                frozen[newly] = emb.detach()[newly]
+                done |= below
+            if bool(done.all()):
                 break
             opt.zero_grad()
             norms.sum().backward()
+            emb.grad[:, 0] = 0  # the start token's embedding is not optimized
             opt.step()
+            with torch.no_grad():
+                emb[done] = frozen[done]
+                emb[:, 0] = frozen[:, 0]  # nor decayed by AdamW's weight decay
         return emb.detach().to(cond.dtype)
 
     # ---------------------------------------------------------------------------- generate
@@ -306,6 +382,7 @@ class Generator:
         pipe = self.pipe
         eff = [strategy.effective_prompt(prompt, s, self.tokenizer) for s in seeds]
         cond, uncond = self.encode(eff)
+        clean_cond, clean_uncond = cond, uncond
         parts = [strategy.apply_embeddings(cond[i:i + 1], uncond[i:i + 1], s) for i, s in enumerate(seeds)]
         cond = torch.cat([c for c, _ in parts])
         uncond = torch.cat([u for _, u in parts])
@@ -313,16 +390,19 @@ class Generator:
         pipe.scheduler.set_timesteps(settings.steps, device=self.device)
         t0 = pipe.scheduler.timesteps[0]
         wen = strategy.optimizer()
+        lat0 = latents * pipe.scheduler.init_noise_sigma
         if wen is not None:
-            cond = self._wen_optimize(wen, latents * pipe.scheduler.init_noise_sigma, t0, cond, uncond)
+            cond = self._wen_optimize(wen, lat0, t0, cond, uncond)
 
         cfg = settings.guidance > 1.0
+        changed = any(m.level in ("embedding", "optimize") for m in strategy.mitigations)
         norms: list = []
-        if not cfg:  # no guidance batch to read from: one extra pair of UNet calls per detect step
-            norms.append(self.noise_difference(latents * pipe.scheduler.init_noise_sigma, t0, cond, uncond))
+        if changed or not cfg:  # the clean branches at the first step, one extra batched call
+            norms.append(self.clean_detection(lat0, t0, clean_cond, clean_uncond))
+        read_from_pass = cfg and not changed
 
         def hook(module, args, kwargs, output):
-            if cfg and len(norms) < settings.detect_steps:
+            if read_from_pass and len(norms) < settings.detect_steps:
                 eps = output[0] if isinstance(output, tuple) else output.sample
                 e_u, e_c = eps.float().chunk(2)
                 norms.append((e_c - e_u).flatten(1).norm(dim=1))

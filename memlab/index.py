@@ -158,13 +158,17 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
         desc_entries = {}
         for d in descriptors:
             v = vectors[d.name]
-            bg = metrics.background(v)
-            bg_distinct = metrics.background(v[reps])
-            copy_scores = np.einsum("nd,nd->n", copies[d.name], v[calib_rows])
+            if d.verdict == "cosine":
+                bg, bg_distinct = metrics.background(v), metrics.background(v[reps])
+                copy_scores = np.einsum("nd,nd->n", copies[d.name], v[calib_rows])
+            else:  # the verdict's own score (e.g. the worst tile) on cosine candidates
+                bg, bg_distinct = _verdict_background(d, v), _verdict_background(d, v[reps])
+                copy_scores = np.array([d.verdict_scores(c, v[r][None])[0] for c, r in zip(copies[d.name], calib_rows)])
             finite = bg_distinct[np.isfinite(bg_distinct)]
             if d.published_threshold is not None:
                 value = float(d.published_threshold)
-                thr = {"value": value, "high": d.published_high, "source": "published",
+                thr = {"value": value, "high": d.published_high,
+                       "source": "carried-over" if d.threshold_carried_over else "published",
                        "citation": d.threshold_source,
                        "fpr": float((finite > value).mean()) if finite.size else None,
                        "recall": float((copy_scores > value).mean()),
@@ -182,7 +186,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
             # a copy's top-1 is right when it is its original or a near duplicate of it
             thr["copy_top1"] = _top1_in_group(copies[d.name], v, group, calib_rows)
             for gname, (rows, emb) in truth.items():
-                sc = np.einsum("nd,nd->n", emb[d.name], v[rows])
+                sc = np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)])
                 thr.setdefault("ground_truth", {})[gname] = {
                     "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
                     "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
@@ -219,6 +223,23 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
     return Path(out)
+
+
+def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64) -> np.ndarray:
+    """The background under a descriptor's verdict score: each item's best verdict score against the
+    ``candidates`` nearest other items by cosine."""
+    n = len(v)
+    if n < 2:
+        return np.zeros(0, np.float32)
+    k = min(candidates + 1, n)
+    out = np.empty(n, np.float32)
+    for i in range(0, n, 1024):
+        sim = v[i:i + 1024] @ v.T
+        for j, row in enumerate(sim):
+            row[i + j] = -np.inf
+            cand = np.argpartition(-row, k - 2)[:k - 1]
+            out[i + j] = d.verdict_scores(v[i + j], v[cand]).max()
+    return out
 
 
 def _top1_in_group(queries: np.ndarray, v: np.ndarray, group: np.ndarray, rows: np.ndarray) -> float:

@@ -2,11 +2,14 @@
 
 For a keyword: the training items whose caption contains it (case-insensitive, whole words, multi-word
 keywords), minus captions longer than 77 CLIP tokens; clusters of nearly identical images among them
-(connected components above a cosine threshold on a descriptor), ordered by size, with the images in no
-cluster gathered as the "miscellaneous" cluster and marked; per cluster its most frequent caption words
-(stop words and the keyword's own words left out, as in the paper's Table 1); the sizes of the 30
-largest clusters; and for named objects, the share of the keyword's items that contain the object
-against the share in the whole training set (from a label column, or CLIP zero-shot when available).
+(connected components at the descriptor's near-duplicate cut, unless a threshold is given), ordered by
+size, with the images in no cluster gathered as the "miscellaneous" cluster and marked; per cluster its
+most frequent caption words, the keyword's own words included as in the paper's Table 1 ("van 3061,
+gogh 3042, night 2841, starry 2806"; stop words left out, the keyword optionally); the sizes of the 30
+largest clusters; and for named objects, the share of the keyword's distinct images that contain the
+object while their captions do not name it ("even when the terms 'US' or 'flag' were not specified"),
+against the same share over the whole training set; both over distinct images (one per near-duplicate
+group). Object labels come from a label column, or CLIP zero-shot when available.
 """
 from __future__ import annotations
 
@@ -73,22 +76,43 @@ def cluster(vectors: np.ndarray, threshold: float, min_size: int = 2):
     return np.array([remap.get(c, -1) for c in comp], np.int64)
 
 
-def word_table(captions: Sequence[str], keyword: str = "", top: int = 8) -> list[tuple[str, int]]:
-    """Most frequent caption words with counts; stop words and the keyword's own words left out.
-    Each word counts once per caption (how many captions use it)."""
-    own = set(re.findall(r"\w+", keyword.lower()))
+def word_table(captions: Sequence[str], keyword: str = "", top: int = 8,
+               hide_keyword: bool = False) -> list[tuple[str, int]]:
+    """Most frequent caption words with counts, as the paper's Table 1: the keyword's own words are
+    listed too (``hide_keyword`` leaves them out); stop words are left out. Each word counts once per
+    caption (how many captions use it)."""
+    drop = STOP_WORDS | (set(re.findall(r"\w+", keyword.lower())) if hide_keyword else set())
     c = Counter()
     for cap in captions:
-        c.update({w for w in re.findall(r"[a-z][a-z']+", str(cap).lower()) if w not in STOP_WORDS | own})
+        c.update({w for w in re.findall(r"[a-z][a-z']+", str(cap).lower()) if w not in drop})
     return c.most_common(top)
 
 
-def object_shares(has_object: np.ndarray, keyword_rows: np.ndarray) -> dict:
-    """The share of the keyword's items that contain the object, against the whole training set."""
-    has = np.asarray(has_object, bool)
-    kw = has[keyword_rows] if len(keyword_rows) else np.zeros(0, bool)
-    return {"keyword_share": float(kw.mean()) if kw.size else None, "keyword_count": int(kw.sum()),
-            "overall_share": float(has.mean()) if has.size else None, "overall_count": int(has.sum())}
+def object_shares(has_object: np.ndarray, named: np.ndarray, group: np.ndarray, keyword_rows: np.ndarray) -> dict:
+    """The hidden object (Memory Triggers): the share of the keyword's distinct images that contain the
+    object while none of their captions names it, against the same share over the whole training set.
+
+    ``has_object``, ``named`` (the row's caption names the object) and ``group`` (near-duplicate group)
+    are per training row; every share is over distinct images (groups), the one denominator."""
+    has, nm, g = np.asarray(has_object, bool), np.asarray(named, bool), np.asarray(group)
+
+    def share(rows):
+        if len(rows) == 0:
+            return None, 0, 0
+        df_g, inv = np.unique(g[rows], return_inverse=True)
+        h = np.zeros(len(df_g), bool)
+        n = np.zeros(len(df_g), bool)
+        np.logical_or.at(h, inv, has[rows])
+        np.logical_or.at(n, inv, nm[rows])
+        hidden = h & ~n
+        return float(hidden.mean()), int(hidden.sum()), int(len(df_g))
+
+    k_share, k_count, k_images = share(np.asarray(keyword_rows, np.int64))
+    o_share, o_count, o_images = share(np.arange(len(has)))
+    return {"keyword_share": k_share, "keyword_count": k_count, "keyword_images": k_images,
+            "overall_share": o_share, "overall_count": o_count, "overall_images": o_images,
+            "counts": "distinct images (one per near-duplicate group) that contain the object and whose "
+                      "captions do not name it"}
 
 
 def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[np.ndarray, str]:
@@ -109,11 +133,17 @@ def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[
 
 def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: float | None = None,
                  objects: Sequence[str] = (), label_column: str = "objects", tokenizer=None, top_words: int = 8,
-                 representatives: int = 6) -> dict:
-    """Everything the keyword tab shows, as JSON-ready data."""
+                 representatives: int = 6, hide_keyword: bool = False) -> dict:
+    """Everything the keyword tab shows, as JSON-ready data. "Nearly identical" is the descriptor's
+    near-duplicate cut unless ``threshold`` is given."""
     name = descriptor or index.default_descriptor
     info = index.descriptor_info(name)
-    thr = float(threshold if threshold is not None else info["threshold"]["value"])
+    if threshold is not None:
+        thr, thr_source = float(threshold), "given"
+    else:
+        thr = float(info.get("duplicate_threshold") or info["threshold"]["value"])
+        thr_source = "the descriptor's near-duplicate cut" if info.get("duplicate_threshold") else \
+            "the descriptor's replication threshold (no near-duplicate cut recorded)"
     items = index.items
     captions = items["caption"].fillna("").astype(str).tolist()
     f = filter_keyword(captions, keyword, tokenizer)
@@ -124,7 +154,8 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
     for lab in sorted(set(labels.tolist()), key=lambda v: (v == -1, v)):
         members = rows[labels == lab]
         clusters.append({"rank": len(clusters) + 1, "size": int(len(members)), "miscellaneous": lab == -1,
-                         "top_words": word_table([captions[i] for i in members], keyword, top_words),
+                         "top_words": word_table([captions[i] for i in members], keyword, top_words,
+                                                 hide_keyword),
                          "representatives": [int(r) for r in members[:representatives]],
                          "rows": [int(r) for r in members],
                          "distinct_images": int(items.iloc[members]["group"].nunique()) if len(members) else 0})
@@ -139,14 +170,15 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
 
             clip = descriptor_for_index(index, clip_name)
     view = {"keyword": keyword, "descriptor": {"name": name, "model": info["model"], "preset": info["preset"]},
-            "cluster_threshold": thr, "n_before": f["n_before"], "n_after": f["n_after"],
+            "cluster_threshold": thr, "cluster_threshold_source": thr_source, "n_before": f["n_before"], "n_after": f["n_after"],
             "n_too_long": f["n_too_long"], "clusters": clusters, "sizes_top30": sizes,
             "share_in_top": {f"top{k}": float(sum(sizes[:k]) / n) for k in (1, 3, 5)},
             "miscellaneous_size": next((c["size"] for c in clusters if c["miscellaneous"]), 0), "objects": {}}
     for obj in objects:
         has, source = object_labels(index, obj, label_column, clip)
-        named = int(keyword_mask([captions[i] for i in rows], obj).sum()) if len(rows) else 0
-        view["objects"][obj] = {**object_shares(has, rows), "source": source, "named_in_captions": named}
+        named = keyword_mask(captions, obj)
+        view["objects"][obj] = {**object_shares(has, named, items["group"].to_numpy(), rows), "source": source,
+                                "named_in_captions": int(named[rows].sum()) if len(rows) else 0}
     return view
 
 

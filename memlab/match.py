@@ -46,8 +46,15 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
 def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndarray, k: int = 5) -> list[dict]:
     """Per query vector: its top-k matches, verdict and threshold (JSON-ready dicts)."""
     thr = index.threshold(descriptor.name)
-    scores, rows = index.search(vectors, k=k, name=descriptor.name)
+    cosine = descriptor.verdict == "cosine"
+    # another verdict score: candidates by cosine, re-ranked by the verdict score (e.g. the worst tile)
+    scores, rows = index.search(vectors, k=k if cosine else max(k, 64), name=descriptor.name)
     exact = index.vectors(descriptor.name)
+    if not cosine:
+        rescored = [descriptor.verdict_scores(vectors[qi], np.asarray(exact[rows[qi]])) for qi in range(len(vectors))]
+        order = [np.argsort(-r, kind="stable")[:k] for r in rescored]
+        scores = np.stack([r[o] for r, o in zip(rescored, order)])
+        rows = np.stack([rw[o] for rw, o in zip(rows, order)])
     out = []
     for qi in range(len(vectors)):
         extra = descriptor.secondary_scores(vectors[qi], np.asarray(exact[rows[qi]]))

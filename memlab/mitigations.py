@@ -8,7 +8,10 @@ Definitions follow the DCR code (Somepalli et al. 2023), reused by Wen et al. (R
 - ``gni``  Gaussian noise on the text embedding: add lambda * N(0, I) to the 77 x d hidden states,
   on both halves of the guidance batch (as DCR's diffusers version did) or the conditional one only.
 - ``wen``  Wen et al. (ICLR 2024): optimize the prompt embedding at the first step with AdamW
-  (lr 0.05, at most 10 iterations) until the text-conditional noise norm falls below a target.
+  (lr 0.05, at most 10 iterations, the start token's gradient zeroed) until the text-conditional
+  noise norm falls below an absolute target (Wen's ``target_loss``: ``target=``, else the world's
+  calibrated ``wen_target``), so a prompt already below it is left untouched. ``target_ratio=r``
+  is memlab's relative variant (stop below r x the initial norm), used only when asked for.
 
 A strategy is a list of mitigations applied in order, written ``rna:k=2+gni:lam=0.1``. Every
 random choice is drawn from a generator seeded by (mitigation seed, generation seed), so the same
@@ -142,11 +145,13 @@ class GNI(Mitigation):
 
 
 class Wen(Mitigation):
-    """Applied by the generator (it needs the UNet): see ``memlab.generate.Generator``."""
+    """Applied by the generator (it needs the UNet): see ``memlab.generate.Generator``.
+    ``target`` 0 means the model's calibrated target (``Generator.wen_target``); ``target_ratio`` > 0
+    switches to the relative variant."""
 
     level = "optimize"
     PARAMS = {"lr": Param(0.05, 1e-5, 1.0), "iters": Param(10, 1, 100),
-              "target": Param(0.0, 0.0, 1e6), "target_ratio": Param(0.5, 0.0, 1.0),
+              "target": Param(0.0, 0.0, 1e6), "target_ratio": Param(0.0, 0.0, 1.0),
               "seed": Param(0, 0, 2**31 - 1)}
 
 

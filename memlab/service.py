@@ -178,6 +178,12 @@ class Lab:
         state.summaries = [r for r in recs if r["type"] == "summary"]
         return state
 
+    def token_attribution(self, prompt: str, seeds: Sequence[int], settings: Settings | None = None) -> list[dict]:
+        """Wen et al.'s per-token attribution of the prompt (first step, the first 4 seeds)."""
+        gen = self.generator
+        prompt, _ = check_prompt(prompt, gen.tokenizer)
+        return gen.token_attribution(prompt, seeds=list(seeds)[:4], settings=settings or self.settings())
+
     # ----------------------------------------------------------------------------- training set
     def item_image(self, row: int) -> Image.Image | None:
         p = self.index.image_path(row)
@@ -218,17 +224,32 @@ class Lab:
         return int(hits[0])
 
     # ---------------------------------------------------------------------------- text side
-    TEXT_SOURCE = "text encoder of the world's pipeline (pooled output, cosine)"
+    def _text_embedder(self):
+        """CLIP text similarity is the cosine of *projected* text embeddings: the index's CLIP
+        descriptor when it has one, else the pipeline's text encoder (projected when it has a
+        projection; SD v1's CLIPTextModel has none, so then its pooled output, and the label says so)."""
+        clip = next((n for n in self.index.descriptor_names if self.index.descriptor_info(n)["kind"] == "clip"), None)
+        if clip is not None:
+            d = self.get_descriptor(clip)
+            return d.embed_text, f"CLIP text embedding of {d.model}, projected, cosine"
+        gen = self.generator
+        projected = hasattr(gen.pipe.text_encoder, "text_projection")
+        return gen.text_embed, ("text encoder of the world's pipeline, " +
+                                ("projected" if projected else "pooled output: it has no projection layer") + ", cosine")
+
+    def text_source(self) -> str:
+        return self._text_embedder()[1]
 
     def closest_captions(self, prompt: str, k: int = 5) -> pd.DataFrame:
         """The training captions nearest to a prompt by text embedding, with their similarity."""
         items = self.index.items
+        embed, _ = self._text_embedder()
         if self._caption_vecs is None:
             caps = items["caption"].fillna("").astype(str)
             uniq = caps.drop_duplicates()
-            self._caption_vecs = (uniq.index.to_numpy(), uniq.tolist(), self.generator.text_embed(uniq.tolist()))
+            self._caption_vecs = (uniq.index.to_numpy(), uniq.tolist(), np.asarray(embed(uniq.tolist())))
         rows, caps, vecs = self._caption_vecs
-        q = self.generator.text_embed([prompt])[0]
+        q = np.asarray(embed([prompt]))[0]
         sims = vecs @ q
         top = np.argsort(-sims)[:k]
         return pd.DataFrame({"caption": [caps[i] for i in top], "text similarity": np.round(sims[top], 4),

@@ -3,8 +3,8 @@ pipeline on an image+caption table, with the controls of Somepalli et al. 2023 (
 
 - duplication: ``ddf`` (sampling weight of duplicated items) on a ``dup_share`` of the items, ``full``
   (same caption per copy) or ``partial`` (a different caption per draw, from ``alt_captions``);
-- caption style: ``original`` / ``class`` (the ``class`` column) / ``fixed`` (one caption for all) /
-  ``random`` (4 random CLIP tokens per item, fixed);
+- caption style: ``original`` / ``class`` ("An image of <class>", the ``class`` column) / ``fixed`` (one
+  caption for all) / ``random`` (6 random CLIP tokens per distinct image, shared by its duplicate rows);
 - text encoder frozen or trained;
 - training-time mitigations, each with a probability per sample: multiple captions (``mc``), Gaussian
   noise on the text embedding (``gni``), caption replaced by 4 random tokens (``rand_caption``),
@@ -24,6 +24,7 @@ import math
 import random
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,12 +122,14 @@ def make_caption(row, dup: bool, cfg: TrainConfig, rng: random.Random, tokenizer
     else:
         cap = row["caption"]
     if cfg.caption_style == "class":
-        cap = str(row["class"])
+        cap = f"An image of {row['class']}"  # DCR's class-caption template
     elif cfg.caption_style == "fixed":
         cap = cfg.fixed_caption
     elif cfg.caption_style == "random":
-        cap = item_tokens.setdefault(row.name, " ".join(random_clip_tokens(random.Random(cfg.seed * 7 + row.name),
-                                                                      tokenizer, 4)))
+        # DCR: a random sequence of 6 tokens per *image*, shared by every duplicate row of that image
+        key = str(row["file"]) if "file" in row else str(row.name)
+        cap = item_tokens.setdefault(key, " ".join(random_clip_tokens(
+            random.Random(cfg.seed * 1_000_003 + zlib.crc32(key.encode())), tokenizer, 6)))
     if cfg.rand_caption and rng.random() < cfg.rand_caption:
         cap = " ".join(random_clip_tokens(rng, tokenizer, 4))
     if cfg.rand_tokens and rng.random() < cfg.rand_tokens:

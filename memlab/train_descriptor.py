@@ -157,11 +157,6 @@ def entropy_regulariser(z, eps: float = 1e-8):
 
 
 # -------------------------------------------------------------------------------------- train
-def latest_checkpoint(out: Path) -> Path | None:
-    cks = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return cks[-1] if cks else None
-
-
 def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=None,
                      log=lambda m: print(m, file=sys.stderr)) -> Path | None:
     """Train; returns the folder holding ``config.json`` + ``model.safetensors`` (``cfg.out``), or None
@@ -170,7 +165,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     from safetensors.torch import load_file, save_file
 
     from .augment import augment
-    from .train import load_optimizer, save_optimizer
+    from .train import latest_checkpoint, load_optimizer, save_optimizer
 
     cfg.validate()
     if cfg.threads:

@@ -103,6 +103,22 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
     return fig
 
 
+def attribution_chart(tokens: list[dict]):
+    """A bar per prompt token (start and end tokens left out): Wen et al.'s token attribution."""
+    import plotly.graph_objects as go
+
+    toks = tokens[1:-1] or tokens
+    fig = go.Figure(go.Bar(x=[f"{t['token'].strip()}·{t['position']}" for t in toks],
+                           y=[t["attribution"] for t in toks], marker_color="#9467bd",
+                           hovertext=[t["token"] for t in toks]))
+    fig.update_layout(height=260, margin=dict(l=40, r=10, t=50, b=60),
+                      title=dict(text="which words drive the memorization signal<br><sup>gradient of ‖ε(x_t,c) − "
+                                      "ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over the "
+                                      "first 4 seeds (Wen et al. 2024)</sup>", font=dict(size=13)),
+                      yaxis_title="attribution")
+    return fig
+
+
 def headline(lab: Lab, state: RunState) -> str:
     s = state.summaries[-1]
     name = s["descriptor"]["name"]
@@ -112,11 +128,15 @@ def headline(lab: Lab, state: RunState) -> str:
     best = max(state.records, key=lambda r: r["score"])
     lines = [f"### Replication: {s['replication_rate']:.0%} of {s['n_seeds']} seeds",
              f"- **multi-seed replication** {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
-             f"- **dataset similarity** (95th pct of top-1) {ds['p95']:.3f} · mean {ds['mean']:.3f} · "
+             f"- **dataset similarity** (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
+             f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "
+             f"mean {ds['mean']:.3f} · "
              f"background 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
              f"{bg_all['p95']:.3f} over all training rows, planted duplicates included)",
              f"- **detection** (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
-             f"- **closest training caption**: “{best['matches'][0]['caption']}” (score {best['score']:.3f})",
+             f"- **caption of the best image match** (the training image with the highest score, seed "
+             f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
+             f"nearest by text are listed below",
              f"- scores: {lab.descriptor_label(name)}"]
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
@@ -167,6 +187,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                                                   label="Copy descriptor (the verdict's score and threshold)",
                                                   elem_id="descriptor")
                         go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
+                att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
                 headline_md = gr.Markdown(elem_id="headline")
                 gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                                      format="png", elem_id="pairs", height="auto",
@@ -174,7 +196,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                 topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
                                   elem_id="topk")
                 table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
-                closest = gr.Dataframe(label=f"closest training captions to the prompt ({Lab.TEXT_SOURCE})",
+                closest = gr.Dataframe(label=f"closest training captions to the prompt by text ({lab.text_source()})",
                                        elem_id="closest", wrap=True)
                 # shown from the start: the world's background (and plotly's library, which a page loads
                 # once, ~1.3 s, before any plot can render: loaded now, later plots render at once)
@@ -206,6 +228,14 @@ def build_app(lab: Lab) -> gr.Blocks:
 
                 go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, desc_choice],
                              [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
+
+                @_errors
+                def attribution(prompt, n_seeds, seed_list, steps, guidance):
+                    toks = lab.token_attribution(prompt, lab.seeds(n_seeds, seed_list), lab.settings(steps, guidance))
+                    return gr.update(value=attribution_chart(toks), visible=True)
+
+                att_btn.click(attribution, [prompt, n_seeds, seed_list, steps, guidance], [att_plot],
+                              api_name="attribution")
 
                 def show_topk(state: RunState, evt: gr.SelectData):
                     if not state or evt.index is None or evt.index >= len(state.records):
@@ -355,17 +385,19 @@ def keyword_outputs(lab: Lab, v: dict):
     d = v["descriptor"]
     lines = [f"### “{v['keyword']}”: {v['n_before']} captions, {v['n_after']} within 77 CLIP tokens "
              f"({v['n_too_long']} dropped)",
-             f"- {len(real)} clusters of nearly identical images (cosine ≥ {v['cluster_threshold']:.3f} on "
+             f"- {len(real)} clusters of nearly identical images (cosine ≥ {v['cluster_threshold']:.3f}, "
+             f"{v.get('cluster_threshold_source', 'threshold')}, on "
              f"{d['name']} · {d['model']} · {d['preset']}); miscellaneous (in no cluster): {v['miscellaneous_size']}",
              f"- share of the keyword's items in the largest 1 / 3 / 5 clusters: "
              f"{v['share_in_top']['top1']:.0%} / {v['share_in_top']['top3']:.0%} / {v['share_in_top']['top5']:.0%}"]
     for o, sh in v.get("objects", {}).items():
         if sh["keyword_share"] is not None:
             named = sh.get("named_in_captions")
-            lines.append(f"- **{o}** (named in {named if named is not None else '?'} of these captions): in "
-                         f"{sh['keyword_share']:.1%} of "
-                         f"“{v['keyword']}” items ({sh['keyword_count']}) vs {sh['overall_share']:.1%} of the "
-                         f"whole training set · source: {sh['source']}")
+            lines.append(f"- **{o}**, never named in the caption: in {sh['keyword_share']:.1%} of the "
+                         f"“{v['keyword']}” distinct images ({sh['keyword_count']} of {sh.get('keyword_images', '?')}) "
+                         f"vs {sh['overall_share']:.1%} of all distinct training images "
+                         f"({sh['overall_count']} of {sh.get('overall_images', '?')}); named in "
+                         f"{named if named is not None else '?'} of the keyword's captions · source: {sh['source']}")
     fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
                            marker_color="#1f77b4"))
     fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),
@@ -425,8 +457,14 @@ def world_card_markdown(lab: Lab) -> str:
              f"{lab.index.manifest['created']}",
              f"**Descriptor** {info['name']}: model `{info['model']}`, preset `{info['preset']}`, dim {info['dim']}",
              f"**Threshold** {thr['value']:.3f} — {thr['source']}: {thr.get('citation', '')}. Measured on "
-             f"this training set: copy recall {thr.get('recall') or 0:.1%}, background false positives "
+             f"this training set ({thr.get('n_groups', '?')} distinct images, one row per near-duplicate group): "
+             f"synthetic-copy recall {thr.get('recall') or 0:.1%}, background false positives "
              f"{thr.get('fpr') or 0:.1%}."]
+    gt = thr.get("ground_truth", {})
+    if gt:
+        lines.append("**Recall on copies made by the world's own model** (held-out training images, not used "
+                     "for calibration): " + ", ".join(f"{k.split(':', 1)[-1]} {v['recall']:.1%} (n={v['n']})"
+                                                      for k, v in sorted(gt.items())))
     card = w.file("card")
     if card:
         c = json.loads(card.read_text())

@@ -80,6 +80,7 @@ class World:
 
             self._generator = Generator.from_pretrained(self.model, device=device,
                                                         scheduler=scheduler or self.defaults["scheduler"])
+            self._generator.wen_target = self.defaults.get("wen_target")  # calibrated at build, if any
         return self._generator
 
     def file(self, name: str) -> Path | None:

@@ -50,6 +50,9 @@ PHOTOS = {  # scikit-image data function -> caption
     "gravel": "a black and white photo of gravel",
 }
 KEYWORD, HIDDEN_OBJECT = "lighthouse", "flag"
+# the words of the captions' template (what every scene or photo caption shares); the rest make a caption
+# distinctive (colours, shapes, backgrounds, artists, subjects): token attribution must rank those higher
+TEMPLATE_WORDS = frozenset({"a", "an", "and", "on", "background", "by", "of", "the", "photo", ","})
 
 
 @dataclass

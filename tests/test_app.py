@@ -54,6 +54,10 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     assert [round(r["score"], 4) for r in recs] == [r[4] for r in rows]
     summary = [json.loads(x) for x in f.read_text().splitlines() if '"type": "summary"' in x][0]
     assert f"{summary['replication_rate']:.1%}" in headline
+    # the headline says which caption it shows and over how many generations the 95th percentile is
+    best = max(recs, key=lambda r: r["score"])
+    assert "caption of the best image match" in headline and best["matches"][0]["caption"] in headline
+    assert "n = 4 generations" in headline
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -135,3 +139,51 @@ def test_closest_captions_by_text_embedding(server):
     assert len(near) == 3 and near["text similarity"].is_monotonic_decreasing
     assert near["caption"].iloc[0] == "a colour field 7"
     assert near["text similarity"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_closest_captions_use_projected_clip_text_when_the_index_has_clip(tiny_clip_name, tiny_pipeline_dir,
+                                                                           tmp_path):
+    """CLIP text similarity is defined on projected embeddings: with a CLIP descriptor in the index the
+    closest captions are scored by its text tower (projected), else by the pipeline's pooled output."""
+    import numpy as np
+    import pandas as pd
+
+    from conftest import synthetic_images
+    from memlab.descriptors import create_descriptor
+    from memlab.index import build_index
+    from memlab.service import Lab
+    from memlab.world import World
+
+    ims = synthetic_images(6)
+    caps = [f"a field of colour number {i}" for i in range(6)]
+    items = pd.DataFrame({"id": range(6), "caption": caps, "file": [f"{i}.png" for i in range(6)]})
+    clip = create_descriptor("clip", model=tiny_clip_name, pretrained=None, device="cpu")
+    build_index(tmp_path / "idx", items, lambda i: ims[i], [create_descriptor("pixel"), clip], calib_n=6)
+    lab = Lab(World.from_parts(str(tiny_pipeline_dir), tmp_path / "idx"))
+    assert lab.text_source().startswith("CLIP text embedding") and "projected" in lab.text_source()
+    near = lab.closest_captions(caps[2], k=6)
+    t = lab.get_descriptor("clip").embed_text(caps)  # the index's CLIP descriptor (random tiny weights)
+    expect = t @ t[2]
+    assert near["caption"].iloc[0] == caps[2]
+    assert np.allclose(near.set_index("caption").loc[caps, "text similarity"].to_numpy(), np.round(expect, 4),
+                       atol=1e-4)
+    plain = Lab(World.from_parts(str(tiny_pipeline_dir), tmp_path / "idx"))
+    plain.index.manifest["descriptors"].pop("clip")  # the same world without a CLIP descriptor
+    assert "pooled output" in plain.text_source()
+
+
+def test_attribution_endpoint_draws_a_bar_per_prompt_token(client, server):
+    out = client.predict("a red ball", 4, "", 3, 5.0, api_name="/attribution")
+    text = str(out)
+    assert "a·1" in text and "red·2" in text and "ball·3" in text and "startoftext" not in text
+    lab = server[1]
+    toks = lab.token_attribution("a red ball", range(4), lab.settings(3, 5.0))
+    assert [t["token"] for t in toks][1:4] == ["a", "red", "ball"]
+
+
+def test_generate_with_the_second_descriptor_names_it(client, server):
+    lab = server[1]
+    out = client.predict("a red ball", 2, "", [], 4, 0.1, 3, 5.0, lab.descriptor.name, api_name="/generate")
+    assert lab.descriptor_label() in out[0]
+    with pytest.raises(Exception, match="unknown descriptor|not in the list of choices"):
+        client.predict("a red ball", 2, "", [], 4, 0.1, 3, 5.0, "nope", api_name="/generate")

@@ -1,6 +1,7 @@
 """The shipped built-in world: its files against its manifests, its size, and that it is the default."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.skipif(not (ASSETS_WORLD / "world.json").is_file(), rea
 def test_world_files_match_manifest_and_size():
     w = World.load(ASSETS_WORLD)
     idx = TrainingIndex.load(w.index_path)  # verifies every checksum and row count
-    assert idx.default_descriptor == "pixel" and idx.threshold()["source"] == "calibrated"
+    assert idx.default_descriptor == "memlab-copy" and "pixel" in idx.descriptor_names
+    assert all(idx.threshold(n)["source"] == "calibrated" for n in idx.descriptor_names)
     assert (ASSETS_WORLD / "model" / "model_index.json").is_file()
     assert list((ASSETS_WORLD / "model").rglob("*.safetensors"))
     assert not list(ASSETS_WORLD.rglob("*.bin")) and not list(ASSETS_WORLD.rglob("*.pt"))
@@ -45,7 +47,7 @@ def test_memlab_run_defaults_to_the_builtin_world(tmp_path, monkeypatch):
     assert main(["run", "--prompt", "a lighthouse on the coast at sunset", "--seeds", "0-1", "--steps", "4",
                  "--out", str(out)]) == 0
     recs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert recs[0]["model"]["model"].endswith("model") and recs[0]["descriptor"]["name"] == "pixel"
+    assert recs[0]["model"]["model"].endswith("model") and recs[0]["descriptor"]["name"] == "memlab-copy"
 
 
 def test_ships_no_shared_data():
@@ -57,3 +59,80 @@ def test_ships_no_shared_data():
     ours = {hashlib.sha1(p.read_bytes()).hexdigest() for p in ASSETS_WORLD.rglob("*") if p.is_file()}
     theirs = {hashlib.sha1(p.read_bytes()).hexdigest() for p in shared.rglob("*") if p.is_file()}
     assert not ours & theirs
+
+
+def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies():
+    """Issue 10 on the shipped world: one calibration row per near-duplicate group, a distinct-item
+    background whose 95th percentile sits below the threshold, recall >= 90% on the model's own copies."""
+    idx = TrainingIndex.load(ASSETS_WORLD / "index")
+    items = idx.items
+    reps = items[items["representative"]]
+    assert reps["group"].is_unique and len(reps) == items["group"].nunique() == items["item"].nunique()
+    for name in idx.descriptor_names:
+        thr = idx.threshold(name)
+        assert thr["n_groups"] == len(reps) and thr["n_background"] == len(reps)
+    thr = idx.threshold("memlab-copy")
+    bg = idx.background("memlab-copy", distinct=True)
+    assert len(bg) == len(reps) and np.percentile(bg, 95) < thr["value"]
+    assert thr["ground_truth"]["model:all"]["recall"] >= 0.90
+    card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
+    assert card["descriptor"]["name"] == "memlab-copy"
+    assert card["checks"]["replicated_at_least_85pct_of_original_top1"]
+    assert card["checks"]["unique_at_most_5pct"] and card["checks"]["partial_at_most_half_full"]
+
+
+def test_app_histogram_draws_the_distinct_background():
+    from memlab.service import Lab
+    from memlab.ui import histogram
+
+    lab = Lab(World.load(ASSETS_WORLD))
+    fig = histogram(lab, [])
+    bg_trace = fig.data[0]
+    assert "distinct training images" in bg_trace.name
+    assert len(bg_trace.x) == lab.index.items["group"].nunique()
+    assert np.percentile(bg_trace.x, 95) < lab.threshold()["value"]
+
+
+def test_wen_leaves_a_unique_probe_untouched_and_detection_is_the_same_under_mitigations():
+    """Issue 11 on the shipped world: with the world's calibrated absolute target, wen leaves a
+    non-memorized (unique) probe bit for bit as none made it; the detection score of the same seeds is the
+    same under none, gni and wen (first step, clean branches); on a memorized probe wen acts."""
+    from memlab.generate import Settings
+
+    w = World.load(ASSETS_WORLD)
+    assert w.defaults.get("wen_target")
+    gen = w.generator()
+    probes = pd.read_csv(w.file("probes"))
+    st = Settings(steps=int(w.defaults["steps"]), guidance=float(w.defaults["guidance"]))
+    unique = probes[probes["group"] == "unique"]["prompt"].iloc[0]
+    seeds = [0, 1, 2]
+    base = gen.generate(unique, seeds, "none", st)
+    for spec in ("gni", "wen"):
+        out = gen.generate(unique, seeds, spec, st)
+        assert [o.detection for o in out] == [b.detection for b in base], spec
+    wen = gen.generate(unique, seeds, "wen", st)
+    assert all(a.image.tobytes() == b.image.tobytes() for a, b in zip(wen, base))
+    full = probes[probes["group"] == "full_ddf20"]["prompt"].iloc[0]
+    fb, fw = gen.generate(full, [0], "none", st)[0], gen.generate(full, [0], "wen", st)[0]
+    assert fb.detection > w.defaults["wen_target"] and fw.image.tobytes() != fb.image.tobytes()
+    assert fw.detection == fb.detection
+
+
+def test_token_attribution_ranks_distinctive_words_above_the_template():
+    """Issue 11: for at least 7 of the 8 full-duplication ddf-20 probes, the words that make the caption
+    distinctive have a higher mean attribution than the caption template's words."""
+    from memlab.generate import Settings
+    from memlab.worldgen import TEMPLATE_WORDS
+
+    w = World.load(ASSETS_WORLD)
+    gen = w.generator()
+    st = Settings(steps=int(w.defaults["steps"]), guidance=float(w.defaults["guidance"]))
+    probes = pd.read_csv(w.file("probes"))
+    wins = 0
+    full = probes[probes["group"] == "full_ddf20"]["prompt"].tolist()
+    for p in full:
+        toks = gen.token_attribution(p, seeds=range(4), settings=st)[1:-1]
+        dist = [t["attribution"] for t in toks if t["token"].strip() not in TEMPLATE_WORDS]
+        tmpl = [t["attribution"] for t in toks if t["token"].strip() in TEMPLATE_WORDS]
+        wins += np.mean(dist) > np.mean(tmpl)
+    assert len(full) == 8 and wins >= 7

@@ -92,3 +92,20 @@ def test_prompts_csv_with_caption_column(tiny_world, tmp_path):
     assert memlab_main(["run", "--world", str(tiny_world), "--prompts", str(f), "--seeds", "0", "--steps", "2",
                         "--out", str(out)]) == 0
     assert {r["prompt"] for r in _records(out)} == {"a red ball", "a blue cube"}
+
+
+def test_run_records_token_attribution_when_asked(tiny_world, tiny_generator, tmp_path):
+    from memlab.generate import Settings
+
+    out = tmp_path / "att.jsonl"
+    assert memlab_main(["run", "--world", str(tiny_world), "--prompt", "a red ball on a table", "--seeds", "0-5",
+                        "--mitigation", "none", "--mitigation", "gni", "--steps", "3", "--attribution",
+                        "--out", str(out)]) == 0
+    summaries = [r for r in _records(out) if r["type"] == "summary"]
+    att = summaries[0]["token_attribution"]
+    assert att["seeds"] == [0, 1, 2, 3] and att["steps"] == 1 and "input embedding" in att["definition"]
+    assert [t["token"] for t in att["tokens"]][1:4] == ["a", "red", "ball"]
+    expect = tiny_generator.token_attribution("a red ball on a table", seeds=[0, 1, 2, 3],
+                                              settings=Settings(steps=3, guidance=5.0))
+    assert [t["attribution"] for t in att["tokens"]] == pytest.approx([t["attribution"] for t in expect], rel=1e-4)
+    assert summaries[1]["token_attribution"] == att

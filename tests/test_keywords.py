@@ -61,14 +61,27 @@ def test_cluster_orders_by_size_and_pools_singletons():
 def test_word_table_like_table_1():
     caps = ["Starry Night by Van Gogh", "the starry night, van gogh painting", "Almond blossom - Van Gogh"]
     t = dict(word_table(caps, "van gogh"))
-    assert t["starry"] == 2 and t["night"] == 2 and t["almond"] == 1
-    assert "van" not in t and "the" not in t and "painting" not in t
+    # Table 1 lists the keyword's own words with the rest ("van 3061, gogh 3042, night 2841, starry 2806")
+    assert t["van"] == 3 and t["gogh"] == 3 and t["starry"] == 2 and t["night"] == 2 and t["almond"] == 1
+    assert "the" not in t and "painting" not in t
+    hidden = dict(word_table(caps, "van gogh", hide_keyword=True))
+    assert "van" not in hidden and "gogh" not in hidden and hidden["starry"] == 2
 
 
-def test_object_shares():
-    has = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0], bool)
-    s = object_shares(has, np.array([0, 1, 2, 3]))
-    assert s["keyword_share"] == 0.5 and s["overall_share"] == 0.2 and s["keyword_count"] == 2
+def test_object_shares_count_unnamed_objects_over_distinct_images():
+    # rows 0-5 are keyword rows; rows 0 and 1 are one image (a duplicate); row 3's caption names the object
+    has = np.array([1, 1, 0, 1, 1, 0, 0, 1, 0, 0], bool)
+    named = np.array([0, 0, 0, 1, 0, 0, 0, 0, 0, 0], bool)
+    group = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+    s = object_shares(has, named, group, np.array([0, 1, 2, 3, 4, 5]))
+    # keyword images: groups 0-4 (5 distinct); hidden object in groups 0 and 3 (group 2 is named)
+    assert (s["keyword_images"], s["keyword_count"]) == (5, 2) and s["keyword_share"] == pytest.approx(2 / 5)
+    # overall: 9 distinct images, hidden object in groups 0, 3 and 6
+    assert (s["overall_images"], s["overall_count"]) == (9, 3) and s["overall_share"] == pytest.approx(3 / 9)
+    # counted by row and ignoring names it would read 4/6 and 5/10
+    named_dup = named.copy()
+    named_dup[1] = True  # one caption of image 0 names the object: the image no longer counts
+    assert object_shares(has, named_dup, group, np.arange(6))["keyword_count"] == 1
 
 
 def test_keyword_view_on_a_small_index(tmp_path):
@@ -88,8 +101,11 @@ def test_keyword_view_on_a_small_index(tmp_path):
     assert first["size"] == 3 and not first["miscellaneous"] and set(first["rows"]) == {0, 12, 13}
     assert v["clusters"][1]["size"] == 2 and v["clusters"][-1]["miscellaneous"]
     assert v["sizes_top30"] == [3, 2] and v["share_in_top"]["top1"] == pytest.approx(3 / 9)
-    assert v["objects"]["flag"]["keyword_share"] == pytest.approx(4 / 9)
-    assert v["objects"]["flag"]["overall_share"] == pytest.approx(4 / 15)
+    # distinct images: keyword images are groups of rows {0,12,13}, {1,14}, 2, 3, 4, 5 -> 6; flag in 0 and 2
+    assert v["objects"]["flag"]["keyword_images"] == 6
+    assert v["objects"]["flag"]["keyword_share"] == pytest.approx(2 / 6)
+    assert v["objects"]["flag"]["overall_share"] == pytest.approx(2 / 12)
+    assert v["cluster_threshold"] == 0.97 and "near-duplicate cut" in v["cluster_threshold_source"]
     assert "label column" in v["objects"]["flag"]["source"] and v["objects"]["flag"]["named_in_captions"] == 0
 
 
@@ -120,7 +136,7 @@ def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name
     v = keyword_view(idx, "lighthouse", objects=["flag"])
     o = v["objects"]["flag"]
     assert o["source"].startswith("CLIP zero-shot") and tiny_clip_name in o["source"]
-    assert 0.0 <= o["keyword_share"] <= 1.0 and o["overall_count"] <= 10
+    assert o["overall_images"] == 10 and o["keyword_images"] == 4  # one denominator: distinct images
     # and without CLIP or labels: a clear error
     build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=5)
     with pytest.raises(MemlabError, match="no 'objects' column and no CLIP"):

@@ -78,12 +78,20 @@ def test_caption_controls_change_what_they_should():
     assert {make_caption(row, True, full, rng, tok, {}) for _ in range(20)} == {row["caption"]}
     assert {make_caption(row, True, partial, rng, tok, {}) for _ in range(60)} == set(row["alt_captions"])
     assert {make_caption(row, False, partial, rng, tok, {}) for _ in range(10)} == {row["caption"]}
-    assert make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="class"), rng, tok, {}) == "circle"
+    assert make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="class"), rng, tok, {}) == \
+        "An image of circle"
     assert make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="fixed"), rng, tok, {}) == "an image"
+    # random: 6 tokens per image, one key per distinct image shared by its duplicate rows
+    rnd = TrainConfig(uncond_prob=0, caption_style="random")
+    a = pd.Series({"caption": "first row", "file": "images/0007.png"}, name=1)
+    a_dup = pd.Series({"caption": "another caption", "file": "images/0007.png"}, name=9)
+    b = pd.Series({"caption": "first row", "file": "images/0008.png"}, name=2)
     cache = {}
-    r1 = make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="random"), rng, tok, cache)
-    assert r1 != row["caption"] and make_caption(row, False, TrainConfig(uncond_prob=0, caption_style="random"),
-                                                 rng, tok, cache) == r1
+    r1 = make_caption(a, False, rnd, rng, tok, cache)
+    assert len(tok(r1, add_special_tokens=False).input_ids) >= 6 and len(r1.split()) >= 1
+    assert make_caption(a_dup, False, rnd, rng, tok, cache) == r1  # duplicate row: the same key
+    assert make_caption(a_dup, False, rnd, rng, tok, {}) == r1     # and deterministic without the cache
+    assert make_caption(b, False, rnd, rng, tok, cache) != r1
     rep = make_caption(row, False, TrainConfig(uncond_prob=0, word_rep=1.0), rng, tok, {})
     assert len(rep.split()) == len(row["caption"].split()) + 2
     rt = make_caption(row, False, TrainConfig(uncond_prob=0, rand_tokens=1.0), rng, tok, {})

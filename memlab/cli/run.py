@@ -36,6 +36,9 @@ def add_arguments(p):
     p.add_argument("--detect-steps", type=int, default=1, help="average the detection norm over n steps")
     p.add_argument("--descriptor", default=None, help="descriptor of the index (default: its default)")
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--attribution", action="store_true",
+                   help="add Wen et al.'s per-token attribution of each prompt (first --detect-steps steps, "
+                        "the run's first 4 seeds) to its summary records as token_attribution")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="results.jsonl (images are written beside it)")
@@ -117,9 +120,19 @@ def run(args) -> int:
         for i, p in enumerate(prompts):
             recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
                               k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress)
+            att = None
+            if args.attribution:
+                att = {"tokens": gen.token_attribution(p, seeds=seeds[:4], settings=settings,
+                                                       steps=settings.detect_steps),
+                       "seeds": seeds[:4], "steps": settings.detect_steps,
+                       "definition": "Wen et al.: L2 norm of the gradient of ||eps(x_t,c) - eps(x_t,empty)|| "
+                                     "w.r.t. each token's input embedding, mean over steps and seeds; "
+                                     "of the prompt as given (no mitigation)"}
             for r in recs:
                 if r["type"] == "summary":
                     r["timing"]["load_s"] = load_s
+                    if att is not None:
+                        r["token_attribution"] = att
                 f.write(json.dumps(r) + "\n")
             for r in recs:
                 if r["type"] == "summary":
