@@ -32,7 +32,7 @@ def main():
     if card:
         c = json.loads(card.read_text())
         print(f"world build time recorded in its card: {c.get('build_seconds_total', 0) / 60:.1f} min "
-              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in c.get('build_seconds', {}).items())})")
+              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in c.get('build_seconds', {}).items() if v is not None)})")
         if a.write_card:
             c["measured"] = m
             card.write_text(json.dumps(c, indent=2))

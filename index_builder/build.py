@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr", type=float, default=0.01,
                    help="background false-positive rate for calibrated thresholds (default 0.01)")
     p.add_argument("--calib-n", type=int, default=500, help="items copied for calibration (default 500)")
+    p.add_argument("--origin-column", default=None,
+                   help="column whose equal values mark rows cut from one source image (e.g. crops of one "
+                        "photo): calibration counts them as one distinct image")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--weights", default=None, help="model weights file or folder (SSCD TorchScript)")
     p.add_argument("--device", default=None, help="cpu or cuda")
@@ -118,7 +121,7 @@ def build(args) -> int:
     image_root = "images" if args.copy_images else str(images.resolve())
     build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descriptors,
                 factory=args.factory, fpr=args.fpr, calib_n=args.calib_n, seed=args.seed,
-                batch_size=args.batch_size, image_root=image_root, progress=progress,
+                batch_size=args.batch_size, image_root=image_root, progress=progress, origin=args.origin_column,
                 extra_manifest={"source": {"images": str(images.resolve()), "captions": args.captions,
                                            "listed": n_listed, "skipped": [f for f, _ in skipped],
                                            "command": "python -m index_builder " + " ".join(sys.argv[1:])}},

@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
                    help="cosine for 'nearly identical' (default: the descriptor's near-duplicate cut)")
     p.add_argument("--objects", default="", help="comma-separated object names for co-occurrence")
     p.add_argument("--label-column", default="objects", help="item column listing objects (comma-separated)")
+    p.add_argument("--hide-keyword-words", action="store_true",
+                   help="leave the keyword's own words out of the word tables (the paper's Table 1 lists them)")
     return p
 
 
@@ -48,6 +50,8 @@ def compute(args) -> int:
     from memlab.keywords import keyword_view, save_view
     from memlab.world import World
 
+    if args.world and not (Path(args.world) / "world.json").is_file() and (Path(args.world) / "manifest.json").is_file():
+        args.index, args.world = args.world, None  # an index folder given as --world: unambiguous, accept it
     if args.world:
         world = World.load(args.world)
         index, folder = world.index(), Path(args.world) / "keywords"
@@ -58,7 +62,8 @@ def compute(args) -> int:
     objects = [o.strip() for o in args.objects.split(",") if o.strip()]
     for kw in keywords_from(args):
         t0 = time.perf_counter()
-        v = keyword_view(index, kw, args.descriptor, args.threshold, objects, args.label_column)
+        v = keyword_view(index, kw, args.descriptor, args.threshold, objects, args.label_column,
+                         hide_keyword=getattr(args, "hide_keyword_words", False))
         p = save_view(folder, v)
         real = [c for c in v["clusters"] if not c["miscellaneous"]]
         print(f"{kw!r}: {v['n_before']} captions, {v['n_after']} within 77 tokens, {len(real)} clusters "

@@ -4,7 +4,8 @@ Each view of an image gets a random chain: resized crop, flip, rotation, colour 
 blur, JPEG, text / banner / emoji-like overlays, and the blur + colour drift of a diffusion model's
 decoder (a downscale-upscale round trip, a colour cast and a little noise). Everything is drawn from
 the ``random.Random`` passed in, so a training step is a pure function of its seed (a killed training
-resumes to the same weights).
+resumes to the same weights). A real decoder's round trip (``vae_round_trip``) can replace the emulated
+drift for a share of the views (``train-descriptor --decoder``).
 """
 from __future__ import annotations
 
@@ -80,13 +81,17 @@ def jpeg(im: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def decoder_drift(im: Image.Image, rng: random.Random) -> Image.Image:
-    """A diffusion decoder's look: detail lost (down- and up-sampling), a colour cast, grain."""
+    """A diffusion decoder's look: detail lost (down- and up-sampling), a colour cast, low-frequency colour
+    blotches, grain."""
     w, h = im.size
-    f = rng.uniform(0.2, 0.6)
+    f = rng.uniform(0.15, 0.6)
     im = im.resize((max(4, int(w * f)), max(4, int(h * f))), Image.BILINEAR).resize((w, h), Image.BICUBIC)
     a = np.asarray(im, np.float32)
     nrng = np.random.default_rng(rng.randrange(2**31))
-    a = a * nrng.uniform(0.9, 1.1, 3) + nrng.uniform(-15, 15, 3) + nrng.normal(0, rng.uniform(0, 8), a.shape)
+    blotch = np.asarray(Image.fromarray(nrng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC),
+                        np.float32) - 128
+    a = (a * nrng.uniform(0.8, 1.2, 3) + nrng.uniform(-25, 25, 3) + blotch * rng.uniform(0, 0.3)
+         + nrng.normal(0, rng.uniform(0, 8), a.shape))
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
@@ -115,3 +120,16 @@ def augment(im: Image.Image, rng: random.Random, size: int) -> Image.Image:
     if rng.random() < 0.35:
         im = jpeg(im, rng)
     return im.resize((size, size), Image.BILINEAR)
+
+
+def vae_round_trip(vae, images: list, size: int) -> list:
+    """Encode and decode with a diffusers ``AutoencoderKL`` (latent mean, deterministic) at ``size`` px:
+    the blur, colour drift and lost detail of a real diffusion decoder."""
+    import torch
+
+    x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), np.float32)
+                                   for im in images])).permute(0, 3, 1, 2) / 127.5 - 1.0
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mean).sample.float()
+    arr = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a).resize(im.size, Image.BICUBIC) for a, im in zip(arr, images)]

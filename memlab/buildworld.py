@@ -119,8 +119,11 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 truth[f"model:{kind}"] = (first[[j for j, _ in sel]], [im for _, im in sel])
             truth["model:all"] = (first[[j for j, _, _ in made]], [im for _, _, im in made])
             n_truth = len(first)
+        # crops of one scikit-image photo overlap: for calibration they are one source image, not distinct
+        rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
         build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
                     image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
+                    origin="origin",
                     extra_manifest={"source": {"command": "python -m memlab build-world",
                                                "generator": "memlab.worldgen", "spec": asdict(spec)},
                                     "ground_truth": {

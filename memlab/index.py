@@ -94,7 +94,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 calib_n: int = 500, seed: int = 0, batch_size: int = 64, image_root: str | None = None,
                 extra_manifest: dict | None = None, progress: Callable | None = None,
                 extra_files: Callable[[Path], None] | None = None,
-                ground_truth: dict[str, tuple[Sequence[int], Sequence]] | None = None) -> Path:
+                ground_truth: dict[str, tuple[Sequence[int], Sequence]] | None = None,
+                origin: str | None = None) -> Path:
     """Embed every item with every descriptor and write an index directory atomically.
 
     ``items`` needs columns id, caption, file; ``load_image(i)`` returns row i's PIL image.
@@ -105,8 +106,10 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     background of distinct items (each group's row against the nearest row of another group). The
     manifest keeps both backgrounds (all rows, and distinct items). ``ground_truth`` maps a name to
     (original rows, copy images), e.g. the world's own image-to-image copies: each descriptor's recall
-    on them at its threshold is recorded. ``extra_files(folder)`` may write more into the index folder
-    before it is sealed (top-level files are checksummed).
+    on them at its threshold is recorded. ``origin`` names a column whose equal non-empty values mark
+    rows cut from one source image (crops of one photograph): for calibration they count as one distinct
+    image. ``extra_files(folder)`` may write more into the index folder before it is sealed (top-level
+    files are checksummed).
     """
     if len(items) == 0:
         raise MemlabError("no items to index")
@@ -131,15 +134,18 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                                                 same=same_file)
     items["group"] = group
     items["duplicates"] = dups
-    reps = metrics.group_representatives(group)  # one row per near-duplicate group (distinct items)
+    if origin is not None and origin not in items.columns:
+        raise MemlabError(f"origin column {origin!r} is not in the item table")
+    distinct = metrics.merge_groups(group, items[origin].tolist()) if origin else group
+    reps = metrics.group_representatives(distinct)  # one row per distinct image
     items["representative"] = False
     items.loc[reps, "representative"] = True
 
     # calibration copies: of distinct items only (not those held out as ground truth), each distorted
     # once for every descriptor
-    held = np.unique(group[np.concatenate([np.asarray(r, np.int64) for r, _ in (ground_truth or {}).values()]
-                                          or [np.zeros(0, np.int64)])])
-    pool = reps[~np.isin(group[reps], held)]
+    held = np.unique(distinct[np.concatenate([np.asarray(r, np.int64) for r, _ in (ground_truth or {}).values()]
+                                             or [np.zeros(0, np.int64)])])
+    pool = reps[~np.isin(distinct[reps], held)]
     rng = np.random.default_rng(seed)
     calib_rows = np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
     cchunks: dict[str, list] = {d.name: [] for d in descriptors}
@@ -181,7 +187,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                                     f"of distinct items (one row per near-duplicate group); recall on "
                                     f"synthetic copies of distinct items (rescale 75%, JPEG 60, 5% crop, "
                                     f"brightness +10%)")}
-            thr["calibration_rows"] = "one per near-duplicate group"
+            thr["calibration_rows"] = "one per near-duplicate group" + (
+                f", rows sharing a non-empty {origin!r} (one source image) counted once" if origin else "")
             thr["n_groups"] = int(len(reps))
             # a copy's top-1 is right when it is its original or a near duplicate of it
             thr["copy_top1"] = _top1_in_group(copies[d.name], v, group, calib_rows)
@@ -203,7 +210,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
                                         **metrics.percentiles(finite),
                                         "over": "distinct training images: one row per near-duplicate group "
-                                                "vs the nearest row of another group"},
+                                                + (f"(rows of one {origin!r} counted once) " if origin else "")
+                                                + "vs the nearest distinct image"},
                 "files": {"index": f"{d.name}.faiss", "vectors": f"{d.name}.npy",
                           "background": f"{d.name}.background.npy",
                           "background_distinct": f"{d.name}.background_distinct.npy"}}

@@ -107,6 +107,34 @@ def near_duplicate_groups(vectors: np.ndarray, threshold: float, block: int = 40
     return group.astype(np.int64), (counts[group] - 1).astype(np.int64)
 
 
+def merge_groups(group, origin) -> np.ndarray:
+    """Groups joined wherever rows share a non-empty ``origin`` label (e.g. crops of one photograph: not
+    near-duplicates of each other, but overlapping parts of one image, so not distinct images either).
+    Returns new group ids (0..k-1, in order of first row)."""
+    g = np.asarray(group)
+    parent = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first = {}
+    for gi, o in zip(g.tolist(), list(origin)):
+        if o is None or (isinstance(o, float) and np.isnan(o)) or str(o) == "":
+            continue
+        if o in first:
+            a, b = find(first[o]), find(gi)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        else:
+            first[o] = gi
+    roots = np.array([find(x) for x in g.tolist()])
+    _, out = np.unique(roots, return_inverse=True)
+    return out.astype(np.int64)
+
+
 def group_representatives(group) -> np.ndarray:
     """The first row of each near-duplicate group (sorted rows): the training set's distinct items."""
     _, first = np.unique(np.asarray(group), return_index=True)

@@ -212,6 +212,7 @@ def parse_strategy(spec: str) -> Strategy:
     if not spec:
         raise MemlabError("empty mitigation spec (use 'none' for the baseline)")
     mits = []
+    aliases = {"lambda": "lam", "λ": "lam"}  # unambiguous spellings of a parameter, accepted as such
     for part in spec.split("+"):
         name, _, rest = part.strip().partition(":")
         params = {}
@@ -219,6 +220,6 @@ def parse_strategy(spec: str) -> Strategy:
             k, eq, v = kv.partition("=")
             if not eq:
                 raise MemlabError(f"mitigation {name}: expected key=value, got {kv!r}")
-            params[k.strip()] = v.strip()
+            params[aliases.get(k.strip(), k.strip())] = v.strip()
         mits.append(create_mitigation(name.strip().lower(), **params))
     return Strategy(mits)

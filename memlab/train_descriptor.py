@@ -8,6 +8,8 @@ Readable top to bottom: config -> image pool -> network -> loop -> checkpoints -
   crops of different photos). Never the shared paintings: they are the held-out test
   (``benchmarks/bench_copy_robustness.py``).
 - **Objective**: two strongly augmented views of each image in a batch (``memlab.augment``);
+  with ``decoder``, a share of the views also goes through a real diffusion decoder's round trip (the
+  built-in world's VAE: its blur and colour drift are what a copy by that model looks like);
   InfoNCE over the 2B views (temperature 0.05) plus the differential-entropy (KoLeo) regulariser
   -mean(log of each descriptor's distance to its nearest other descriptor) with weight 30, SSCD's values.
 - **Resumable**: each step draws its images and augmentations from generators seeded by (seed, step);
@@ -36,7 +38,7 @@ from .errors import MemlabError
 class DescriptorTrainConfig:
     out: str = "runs/memlab-copy"
     steps: int = 1500
-    batch_size: int = 64            # images per step (2 views each)
+    batch_size: int = 96            # images per step (2 views each)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: int = 50
@@ -46,6 +48,9 @@ class DescriptorTrainConfig:
     n_scenes: int = 3000            # procedural scenes in the pool
     n_lighthouses: int = 300
     photo_share: float = 0.5        # share of each batch made from the scikit-image photos (crops, collages)
+    crops_per_photo: int = 80       # fixed random crops per scikit-image photo
+    decoder: str = ""               # a diffusers VAE (or pipeline folder with vae/): views start from its round trip
+    decoder_share: float = 0.35     # chance that a view starts from the decoder's version of its image
     widths: list[int] = field(default_factory=lambda: list(CopyNetConfig().widths))
     dim: int = 128
     input_size: int = 64
@@ -57,8 +62,8 @@ class DescriptorTrainConfig:
     def validate(self) -> "DescriptorTrainConfig":
         if self.steps < 1 or self.batch_size < 2:
             raise MemlabError("steps must be >= 1 and batch_size >= 2")
-        if not 0.0 <= self.photo_share <= 1.0:
-            raise MemlabError("photo_share is a share in [0, 1]")
+        if not (0.0 <= self.photo_share <= 1.0 and 0.0 <= self.decoder_share <= 1.0):
+            raise MemlabError("photo_share and decoder_share are shares in [0, 1]")
         if self.input_size < 16 or len(self.widths) < 2:
             raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
         return self
@@ -103,6 +108,24 @@ def make_pool(cfg: DescriptorTrainConfig):
     return pool
 
 
+def make_photo_pool(photos: list, per_photo: int, seed: int) -> list[list]:
+    """A fixed set of random crops per photo (so a real decoder's round trip can be computed once)."""
+    rng = random.Random(20_011 + seed)
+    return [[photo_crop(im, rng) for _ in range(per_photo)] for im in photos]
+
+
+def decode_all(vae, images: list, progress=None, chunk: int = 64) -> list:
+    """Each image after the decoder's round trip, at the decoder's resolution and back."""
+    from .augment import vae_round_trip
+
+    size = int(vae.config.sample_size)
+    bar = progress or (lambda it, **kw: it)
+    out = []
+    for i in bar(range(0, len(images), chunk), desc="decoder round trips"):
+        out += vae_round_trip(vae, images[i:i + chunk], size)
+    return out
+
+
 def photo_crop(im, rng: random.Random, out: int = 128):
     from PIL import Image
 
@@ -123,14 +146,27 @@ def collage(photos: list, rng: random.Random):
     return canvas
 
 
-def batch_images(pool: list, photos: list, n: int, photo_share: float, rng: random.Random) -> list:
-    """n distinct base images: pool items (without replacement), then photo-derived images: at most one
-    crop per photo (two overlapping crops of one photo must not be each other's negatives) and collages."""
+def batch_images(pool: list, photo_pool: list, photos: list, n: int, photo_share: float, rng: random.Random) -> list:
+    """n distinct base images as (image, decoded image or None): pool items (without replacement), then
+    photo-derived images: at most one crop per photo (two overlapping crops of one photo must not be each
+    other's negatives) and collages of crops of different photos."""
     n_photo = sum(rng.random() < photo_share for _ in range(n)) if len(photos) >= 4 else 0
     n_crop = min(n_photo // 2, len(photos))
-    return [pool[i] for i in rng.sample(range(len(pool)), n - n_photo)] + \
-           [photo_crop(im, rng) for im in rng.sample(photos, n_crop)] + \
-           [collage(photos, rng) for _ in range(n_photo - n_crop)]
+    crops = [rng.choice(photo_pool[k]) for k in rng.sample(range(len(photos)), n_crop)]
+    return [pool[i] for i in rng.sample(range(len(pool)), n - n_photo)] + crops + \
+           [(collage(photos, rng), None) for _ in range(n_photo - n_crop)]
+
+
+def load_decoder(path: str):
+    """A diffusers AutoencoderKL from a VAE folder or a pipeline folder holding ``vae/`` (fp32, eval)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    p = Path(path)
+    folder = p / "vae" if (p / "vae" / "config.json").is_file() else p
+    if not (folder / "config.json").is_file():
+        raise MemlabError(f"--decoder {path}: no diffusers VAE there (config.json), nor a pipeline with vae/")
+    return AutoencoderKL.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 # ------------------------------------------------------------------------------------- losses
@@ -175,8 +211,19 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    # 1. images: a fixed pool of drawn scenes, and the photos to crop from
+    # 1. images: a fixed pool of drawn scenes, and the photos to crop from; a real decoder, if given
     pool, photos = make_pool(cfg), list(load_photos().values())
+    photo_pool = make_photo_pool(photos, cfg.crops_per_photo, cfg.seed)
+    if cfg.decoder:  # the real decoder's round trip of every fixed image, computed once
+        vae = load_decoder(cfg.decoder)
+        flat = [im for crops in photo_pool for im in crops]
+        dec = decode_all(vae, pool + flat, progress)
+        pool = list(zip(pool, dec[:len(pool)]))
+        dec_flat = iter(dec[len(pool):])
+        photo_pool = [[(im, next(dec_flat)) for im in crops] for crops in photo_pool]
+    else:
+        pool = [(im, None) for im in pool]
+        photo_pool = [[(im, None) for im in crops] for crops in photo_pool]
 
     # 2. network and optimizer; resume from the latest checkpoint
     torch.manual_seed(cfg.seed)
@@ -206,8 +253,11 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     net.train()
     for step in bar(range(start, end), desc="train memlab-copy", initial=start, total=cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        base = batch_images(pool, photos, cfg.batch_size, cfg.photo_share, rng)
-        views = [augment(im, rng, cfg.input_size) for im in base] + [augment(im, rng, cfg.input_size) for im in base]
+        base = batch_images(pool, photo_pool, photos, cfg.batch_size, cfg.photo_share, rng)
+
+        def view(im, dec):  # a view starts, now and then, from the real decoder's version of the image
+            return augment(dec if dec is not None and rng.random() < cfg.decoder_share else im, rng, cfg.input_size)
+        views = [view(*b) for b in base] + [view(*b) for b in base]
         z = torch.nn.functional.normalize(net.embed_raw(to_input(views, cfg.input_size)), dim=1)
         l_nce = info_nce(z, cfg.temperature)
         l_ent = entropy_regulariser(z[:cfg.batch_size])
@@ -246,6 +296,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
             "first_loss": float(losses["loss"].iloc[0]) if len(losses) else None,
             "final_loss": float(losses["loss"].iloc[-1]) if len(losses) else None,
             "parameters": sum(p.numel() for p in net.parameters()),
+            "decoder": cfg.decoder or None,
             "images": {"procedural_scenes": cfg.n_scenes, "lighthouses": cfg.n_lighthouses,
                        "scikit_image_photos": len(photos), "photo_share": cfg.photo_share},
             "recipe": "SSCD (Pizzi et al. 2022): InfoNCE over two augmented views + differential-entropy "

@@ -27,3 +27,25 @@ def test_keyword_tab_in_chromium(tiny_world, tmp_path):
     with serve_app(tiny_world) as (url, _):
         res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
     assert "30 captions" in res["summary"] and (tmp_path / "kw.png").is_file() and res["render_s"] < 30
+
+
+def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, tmp_path):
+    """The prompt's per-token attribution appears as a bar chart; the verdict's descriptor is a choice."""
+    from playwright.sync_api import sync_playwright
+
+    from memlab.browser import CHROMIUM_ARGS
+
+    with serve_app(tiny_world) as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#attribution-btn").wait_for(timeout=120_000)
+        page.get_by_label("Prompt").first.fill("a red ball on a table")
+        page.locator("#attribution-btn").click()
+        page.locator("#attribution .js-plotly-plot").first.wait_for(timeout=120_000)
+        ticks = page.eval_on_selector_all("#attribution .xtick text", "els => els.map(e => e.textContent)")
+        assert any(t.startswith("red") for t in ticks) and any(t.startswith("ball") for t in ticks)
+        assert page.locator("#descriptor input").first.input_value() == "pixel"
+        page.screenshot(path=str(tmp_path / "attribution.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "attribution.png").stat().st_size > 10_000

@@ -18,7 +18,7 @@ TINY = dict(widths=[8, 12, 16], dim=16, input_size=32)
 
 def _tiny_train_cfg(out, **kw):
     return DescriptorTrainConfig(out=str(out), steps=4, batch_size=6, n_scenes=12, n_lighthouses=2, warmup=2,
-                                 checkpoint_every=2, log_every=1, threads=1, **TINY, **kw)
+                                 crops_per_photo=2, checkpoint_every=2, log_every=1, threads=1, **TINY, **kw)
 
 
 def test_save_load_round_trip_and_flip_invariance(tmp_path):
@@ -52,16 +52,19 @@ def test_info_nce_rewards_matching_views_and_entropy_rewards_spread():
     assert entropy_regulariser(clumped) > entropy_regulariser(spread) + 2
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path):
+def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir):
+    """With a real decoder's round trips among the views (the tiny pipeline's VAE), a training stopped
+    half way and resumed ends with the weights of an uninterrupted one."""
     from safetensors.torch import load_file
 
-    whole = train_descriptor(_tiny_train_cfg(tmp_path / "whole"), log=lambda m: None)
-    assert train_descriptor(_tiny_train_cfg(tmp_path / "split", stop_at=2), log=lambda m: None) is None
-    split = train_descriptor(_tiny_train_cfg(tmp_path / "split"), log=lambda m: None)
+    kw = {"decoder": str(tiny_pipeline_dir), "decoder_share": 0.5}
+    whole = train_descriptor(_tiny_train_cfg(tmp_path / "whole", **kw), log=lambda m: None)
+    assert train_descriptor(_tiny_train_cfg(tmp_path / "split", stop_at=2, **kw), log=lambda m: None) is None
+    split = train_descriptor(_tiny_train_cfg(tmp_path / "split", **kw), log=lambda m: None)
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((split / "train_card.json").read_text())
-    assert card["resumed_from"] == 2 and card["steps"] == 4
+    assert card["resumed_from"] == 2 and card["steps"] == 4 and card["decoder"] == str(tiny_pipeline_dir)
     assert len(pd.read_csv(split / "loss.csv")) == 4
     # the weights changed from their initialization
     torch.manual_seed(0)
@@ -76,6 +79,7 @@ def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
 
     out = tmp_path / "copy"
     assert main(["train-descriptor", "--out", str(out), "--steps", "2", "--batch-size", "4", "--n-scenes", "8",
+                 "--crops-per-photo", "2",
                  "--n-lighthouses", "1", "--widths", "8,12", "--dim", "16", "--input-size", "32",
                  "--threads", "1"]) == 0
     assert "min" in capsys.readouterr().err  # the wall time is printed

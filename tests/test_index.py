@@ -163,3 +163,21 @@ def test_ground_truth_copies_are_held_out_and_scored(tmp_path):
     gt = thr["ground_truth"]
     assert gt["blur"]["n"] == 10 and gt["blur"]["copy_top1"] == 1.0 and gt["blur"]["recall"] >= 0.9
     assert gt["others"]["copy_top1"] == 0.0 and gt["others"]["recall"] <= 0.1
+
+
+def test_rows_of_one_origin_count_once_in_calibration(tmp_path):
+    """Crops of one photograph overlap: the distinct background must not pair them with each other."""
+    base = synthetic_images(1, size=128, seed=9)[0]
+    crops = [base.crop((x, x, x + 96, x + 96)).resize((64, 64)) for x in (0, 8, 16, 24)]
+    ims = synthetic_images(30) + crops
+    items = pd.DataFrame({"id": range(34), "caption": ["c"] * 34, "file": [f"{i}.png" for i in range(34)],
+                          "source": [""] * 30 + ["photo"] * 4})
+    build_index(tmp_path / "a", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=500)
+    build_index(tmp_path / "b", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=500, origin="source")
+    a, b = TrainingIndex.load(tmp_path / "a"), TrainingIndex.load(tmp_path / "b")
+    assert a.threshold()["n_groups"] == 34 and b.threshold()["n_groups"] == 31
+    assert b.items["representative"].sum() == 31 and b.items["group"].nunique() == 34  # duplicates unchanged
+    # overlapping crops are each other's nearest items: with them the distinct background's top is higher
+    assert np.max(a.background(distinct=True)) > np.max(b.background(distinct=True))
+    with pytest.raises(MemlabError, match="origin column"):
+        build_index(tmp_path / "c", items, lambda i: ims[i], [create_descriptor("pixel")], origin="nope")

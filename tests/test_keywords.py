@@ -119,6 +119,16 @@ def test_clusters_cli(tmp_path, image_folder, capsys):
     assert (out / "keywords" / "colour-field.json").is_file()
     assert clusters_main(["--index", str(out), "--keywords", "copy"]) == 0
     assert (out / "keywords" / "copy.json").is_file()
+    # an index folder given as --world is accepted (there is no other reading of it)
+    assert clusters_main(["--world", str(out), "--keywords", "field"]) == 0
+    assert (out / "keywords" / "field.json").is_file()
+    import json
+
+    words = lambda: {w for c in json.loads((out / "keywords" / "field.json").read_text())["clusters"]  # noqa: E731
+                     for w, _ in c["top_words"]}
+    assert "field" in words()
+    assert clusters_main(["--index", str(out), "--keywords", "field", "--hide-keyword-words"]) == 0
+    assert "field" not in words()
     assert clusters_main(["--index", str(out)]) == 2
     assert "no keywords" in capsys.readouterr().err
 

@@ -63,3 +63,16 @@ def test_roc_auc_mann_whitney():
     assert metrics.roc_auc([2], [2]) == 0.5
     with pytest.raises(ValueError):
         metrics.roc_auc([], [1])
+
+
+def test_merge_groups_joins_rows_of_one_origin():
+    from memlab.metrics import group_representatives, merge_groups
+
+    group = np.array([0, 0, 1, 2, 3, 4, 5])
+    origin = ["", "", "photoA", "photoA", "photoB", None, "photoA"]
+    merged = merge_groups(group, origin)
+    # rows 2, 3 and 6 are crops of one photo: one distinct image; empty origins change nothing
+    assert merged.tolist() == [0, 0, 1, 1, 2, 3, 1]
+    assert group_representatives(merged).tolist() == [0, 2, 4, 5]
+    # an origin shared across near-duplicate groups joins them transitively
+    assert merge_groups(np.array([0, 1, 2]), ["a", "b", "a"]).tolist() == [0, 1, 0]

@@ -77,3 +77,10 @@ def test_bad_specs(spec, msg):
 def test_registry_names():
     assert set(MITIGATIONS) == {"none", "rna", "rt", "cwr", "gni", "wen"}
     assert create_mitigation("rna").params["k"] == 4  # DCR's mitigation script
+
+
+def test_unambiguous_parameter_spellings_are_accepted():
+    from memlab.mitigations import parse_strategy
+
+    assert parse_strategy("gni:lambda=0.2").mitigations[0].params["lam"] == 0.2
+    assert parse_strategy("gni:lam=0.2").spec() == parse_strategy("gni:lambda=0.2").spec()
