@@ -8,8 +8,10 @@ Readable top to bottom: config -> image pool -> network -> loop -> checkpoints -
   crops of different photos). Never the shared paintings: they are the held-out test
   (``benchmarks/bench_copy_robustness.py``).
 - **Objective**: two strongly augmented views of each image in a batch (``memlab.augment``);
-  with ``decoder``, a share of the views also goes through a real diffusion decoder's round trip (the
-  built-in world's VAE: its blur and colour drift are what a copy by that model looks like);
+  with ``decoder``, a share of the views starts from a real diffusion model's version of the image: its
+  VAE round trip, and for a pipeline folder (the built-in world's model) also image-to-image redraws at
+  strengths 0.2-0.5 of some pool scenes (never the world's training images): blur, colour drift and the
+  UNet's own drift are what a copy by that model looks like;
   InfoNCE over the 2B views (temperature 0.05) plus the differential-entropy (KoLeo) regulariser
   -mean(log of each descriptor's distance to its nearest other descriptor) with weight 30, SSCD's values.
 - **Resumable**: each step draws its images and augmentations from generators seeded by (seed, step);
@@ -51,6 +53,7 @@ class DescriptorTrainConfig:
     crops_per_photo: int = 80       # fixed random crops per scikit-image photo
     decoder: str = ""               # a diffusers VAE (or pipeline folder with vae/): views start from its round trip
     decoder_share: float = 0.35     # chance that a view starts from the decoder's version of its image
+    redraws: int = 1000             # with a pipeline as --decoder: pool images it redraws (img2img 0.2-0.5)
     widths: list[int] = field(default_factory=lambda: list(CopyNetConfig().widths))
     dim: int = 128
     input_size: int = 64
@@ -95,17 +98,24 @@ def load_photos() -> dict:
     return out
 
 
-def make_pool(cfg: DescriptorTrainConfig):
-    """Procedural scenes and lighthouses (fixed, deterministic from the seed), at 128 px."""
+def make_pool(cfg: DescriptorTrainConfig, captions: bool = False):
+    """Procedural scenes and lighthouses (fixed, deterministic from the seed), at 128 px (with their
+    captions when asked)."""
     from PIL import Image
 
-    from .worldgen import _lighthouse, _scene
+    from .worldgen import _lighthouse, _scene, _scene_caption
 
     rng = random.Random(10_007 + cfg.seed)  # not the built-in world's seed
-    pool = [_scene(rng)[0].resize((128, 128), Image.LANCZOS) for _ in range(cfg.n_scenes)]
-    pool += [_lighthouse(rng, rng.random() < 0.3)[0].resize((128, 128), Image.LANCZOS)
-             for _ in range(cfg.n_lighthouses)]
-    return pool
+    pool, caps = [], []
+    for _ in range(cfg.n_scenes):
+        im, objs, bg, style = _scene(rng)
+        pool.append(im.resize((128, 128), Image.LANCZOS))
+        caps.append(_scene_caption(objs, bg, style))
+    for _ in range(cfg.n_lighthouses):
+        im, cap, _objs = _lighthouse(rng, rng.random() < 0.3)
+        pool.append(im.resize((128, 128), Image.LANCZOS))
+        caps.append(cap)
+    return (pool, caps) if captions else pool
 
 
 def make_photo_pool(photos: list, per_photo: int, seed: int) -> list[list]:
@@ -155,6 +165,25 @@ def batch_images(pool: list, photo_pool: list, photos: list, n: int, photo_share
     crops = [rng.choice(photo_pool[k]) for k in rng.sample(range(len(photos)), n_crop)]
     return [pool[i] for i in rng.sample(range(len(pool)), n - n_photo)] + crops + \
            [(collage(photos, rng), None) for _ in range(n_photo - n_crop)]
+
+
+def model_redraws(pipe, images: list, captions: list, n: int, seed: int, progress=None) -> dict[int, object]:
+    """Image-to-image redraws by a text-to-image pipeline (strength 0.2-0.5, its default 30 steps and
+    guidance 5) of ``n`` pool images: {pool index: image at 128 px}. What a copy by that model looks like
+    beyond its decoder's round trip: the UNet's own drift."""
+    from PIL import Image
+
+    from .modelcopies import model_copies
+
+    rng = random.Random(30_029 + seed)
+    chosen = sorted(rng.sample(range(len(images)), min(n, len(images))))
+    by_strength = {s: chosen[k::4] for k, s in enumerate((0.2, 0.3, 0.4, 0.5))}
+    out = {}
+    for s, idx in by_strength.items():
+        made = model_copies(pipe, [images[i] for i in idx], [captions[i] for i in idx], strengths=(s,),
+                            vae=False, seed=seed, progress=progress)
+        out.update({idx[j]: im.resize((128, 128), Image.BICUBIC) for j, _, im in made})
+    return out
 
 
 def load_decoder(path: str):
@@ -212,15 +241,22 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     t_start = time.time()
 
     # 1. images: a fixed pool of drawn scenes, and the photos to crop from; a real decoder, if given
-    pool, photos = make_pool(cfg), list(load_photos().values())
+    (pool, pool_caps), photos = make_pool(cfg, captions=True), list(load_photos().values())
     photo_pool = make_photo_pool(photos, cfg.crops_per_photo, cfg.seed)
     if cfg.decoder:  # the real decoder's round trip of every fixed image, computed once
         vae = load_decoder(cfg.decoder)
         flat = [im for crops in photo_pool for im in crops]
         dec = decode_all(vae, pool + flat, progress)
-        pool = list(zip(pool, dec[:len(pool)]))
+        redraws = {}
+        if cfg.redraws and (Path(cfg.decoder) / "model_index.json").is_file():  # a whole pipeline: its redraws
+            from .generate import Generator
+
+            pipe = Generator.from_pretrained(cfg.decoder, device="cpu").pipe
+            redraws = model_redraws(pipe, pool, pool_caps, cfg.redraws, cfg.seed, progress)
+        # a view's "decoded" version: the redraw where there is one (half the time), else the round trip
+        pool = [(im, (redraws[i], dec[i]) if i in redraws else (dec[i],)) for i, im in enumerate(pool)]
         dec_flat = iter(dec[len(pool):])
-        photo_pool = [[(im, next(dec_flat)) for im in crops] for crops in photo_pool]
+        photo_pool = [[(im, (next(dec_flat),)) for im in crops] for crops in photo_pool]
     else:
         pool = [(im, None) for im in pool]
         photo_pool = [[(im, None) for im in crops] for crops in photo_pool]
@@ -255,8 +291,10 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         rng = random.Random(cfg.seed * 1_000_003 + step)
         base = batch_images(pool, photo_pool, photos, cfg.batch_size, cfg.photo_share, rng)
 
-        def view(im, dec):  # a view starts, now and then, from the real decoder's version of the image
-            return augment(dec if dec is not None and rng.random() < cfg.decoder_share else im, rng, cfg.input_size)
+        def view(im, dec):  # a view starts, now and then, from the model's version of the image
+            if dec is not None and rng.random() < cfg.decoder_share:
+                im = rng.choice(dec)
+            return augment(im, rng, cfg.input_size)
         views = [view(*b) for b in base] + [view(*b) for b in base]
         z = torch.nn.functional.normalize(net.embed_raw(to_input(views, cfg.input_size)), dim=1)
         l_nce = info_nce(z, cfg.temperature)
@@ -296,7 +334,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
             "first_loss": float(losses["loss"].iloc[0]) if len(losses) else None,
             "final_loss": float(losses["loss"].iloc[-1]) if len(losses) else None,
             "parameters": sum(p.numel() for p in net.parameters()),
-            "decoder": cfg.decoder or None,
+            "decoder": cfg.decoder or None, "redraws": cfg.redraws if cfg.decoder else 0,
             "images": {"procedural_scenes": cfg.n_scenes, "lighthouses": cfg.n_lighthouses,
                        "scikit_image_photos": len(photos), "photo_share": cfg.photo_share},
             "recipe": "SSCD (Pizzi et al. 2022): InfoNCE over two augmented views + differential-entropy "
