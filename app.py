@@ -22,7 +22,7 @@ def main(argv=None):
 
     from memlab.errors import MemlabError
     from memlab.service import Lab
-    from memlab.ui import build_app
+    from memlab.ui import build_app, launch
     from memlab.world import World
 
     try:
@@ -31,10 +31,7 @@ def main(argv=None):
         lab.generator  # load the pipeline now, so the first click does not wait for it
     except MemlabError as e:
         sys.exit(f"error: {e}")
-    demo = build_app(lab)
-    demo.queue(default_concurrency_limit=1, max_size=64)  # one generation at a time; others wait
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                allowed_paths=[str(world.path or world.index_path)], footer_links=["api"])
+    launch(build_app(lab), lab, host=args.host, port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from memlab.cli import guarded
+from memlab.cli import Parser, guarded, out_folder
 from memlab.errors import MemlabError
+from memlab.tables import read_table
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m index_builder", description=__doc__,
+    p = Parser(prog="python -m index_builder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder of training images")
     p.add_argument("--captions", default=None, help="CSV or parquet listing images and captions")
@@ -56,12 +57,7 @@ def read_listing(images: Path, captions: str | None, file_col: str, caption_col:
         files = sorted(str(f.relative_to(images)) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
         return pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
     path = Path(captions)
-    if not path.is_file():
-        raise MemlabError(f"captions file {path} does not exist")
-    try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as e:  # pandas raises many types for a malformed file
-        raise MemlabError(f"cannot read captions file {path}: {e}") from e
+    df = read_table(path, "captions file")
     if file_col not in df.columns:
         raise MemlabError(f"{path} has no {file_col!r} column (columns: {', '.join(map(str, df.columns))}); "
                           f"use --file-column")
@@ -107,17 +103,24 @@ def build(args) -> int:
     names = [n.strip() for arg in (args.descriptor or ["pixel"]) for n in arg.split(",") if n.strip()]
     if not 0 < args.fpr < 0.5:
         raise MemlabError("--fpr must be between 0 and 0.5")
+    out = out_folder(args.out)
+    descriptors = [create_descriptor(n, **({"weights": args.weights} if args.weights else {}),
+                                     **({"device": args.device} if args.device else {})) for n in names]
     items = read_listing(images, args.captions, args.file_column, args.caption_column, args.id_column)
     n_listed = len(items)
+    if not n_listed:
+        raise MemlabError(f"no images in {images} (looked for {', '.join(sorted(IMAGE_EXTS))})" if not args.captions
+                          else f"{args.captions} lists no images")
+    exist = items["file"].map(lambda f: (images / f).is_file())
+    if not exist.any():
+        raise MemlabError(f"none of the {n_listed} files {args.captions} lists exist under {images} "
+                          f"(first: {items['file'].iloc[0]})")
     items, skipped = check_images(images, items, progress)
     print(f"images: {n_listed} listed, {len(items)} readable, {len(skipped)} skipped", file=sys.stderr)
     for f, why in skipped:
         print(f"  skipped {f}: {why}", file=sys.stderr)
     if len(items) < 2:
         raise MemlabError("need at least two readable images to build an index")
-    descriptors = [create_descriptor(n, **({"weights": args.weights} if args.weights else {}),
-                                     **({"device": args.device} if args.device else {})) for n in names]
-    out = Path(args.out)
     image_root = "images" if args.copy_images else str(images.resolve())
     build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descriptors,
                 factory=args.factory, fpr=args.fpr, calib_n=args.calib_n, seed=args.seed,

@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from memlab.cli import guarded
+from memlab.cli import Parser, guarded
 from memlab.errors import MemlabError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m index_builder clusters", description=__doc__,
+    p = Parser(prog="python -m index_builder clusters", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--world", help="world folder (views go to WORLD/keywords)")

@@ -99,12 +99,20 @@ def parse_seeds(spec: str | Sequence[int]) -> list[int]:
     return seeds
 
 
+MAX_PROMPT_CHARS = 10_000  # far past what a text encoder reads; refused beyond, so tokenizing stays cheap
+
+
 def check_prompt(prompt: str, tokenizer) -> tuple[str, str | None]:
     """Refuse an empty prompt; for one over 77 CLIP tokens return a warning saying where the text
     encoder stops reading (the pipeline truncates it there)."""
     if prompt is None or not str(prompt).strip():
         raise MemlabError("the prompt is empty")
+    if not isinstance(prompt, (str, int, float)) or isinstance(prompt, bool):
+        raise MemlabError(f"the prompt must be text (got {type(prompt).__name__})")
     prompt = str(prompt).strip()
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise MemlabError(f"the prompt is {len(prompt):,} characters long; at most {MAX_PROMPT_CHARS:,} "
+                          f"(and the text encoder reads only its first {MAX_TOKENS} tokens)")
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     limit = MAX_TOKENS - 2
     if len(ids) <= limit:

@@ -17,13 +17,61 @@ import pandas as pd
 from PIL import Image
 
 from .errors import MemlabError
-from .generate import Settings, check_prompt, parse_seeds
+from .generate import MAX_PROMPT_CHARS, Settings, check_prompt, parse_seeds
 from .match import descriptor_for_index
 from .mitigations import parse_strategy
 from .runner import run_prompt, summarize_records
 from .world import World
 
 APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
+
+# What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
+# silently changed value.
+LIMITS = {
+    "seeds": APP_MAX_SEEDS,           # seeds per request (generate, attribution); compare: COMPARE_MAX_SEEDS
+    "compare_seeds": 16,
+    "steps": 200,                     # denoising steps per image
+    "guidance": 20.0,
+    "prompt_chars": MAX_PROMPT_CHARS,          # longer prompts are refused; over 77 CLIP tokens they are truncated (warned)
+    "query_chars": 200,               # caption search, keyword, item id
+    "k": 10, "lam": 1.0,              # mitigation parameters in the page
+    "queue": 64,                      # requests waiting in the app's queue; past it: "Queue is full"
+}
+
+
+def number(value, name: str, lo: float, hi: float, integer: bool = False):
+    """A finite number in [lo, hi] from whatever a caller sent (str, float, None...), or a MemlabError
+    that names the field and the range. Never clamps: an out-of-range value is refused."""
+    import math
+
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+        raise MemlabError(f"{name}: a number is needed (got {value!r})")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise MemlabError(f"{name}: {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(x):
+        raise MemlabError(f"{name}: {x} is not a finite number")
+    fmt = (lambda v: f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}")
+    if integer and not x.is_integer():
+        raise MemlabError(f"{name}: a whole number is needed (got {x:g})")
+    if not lo <= x <= hi:
+        raise MemlabError(f"{name} must be between {fmt(lo)} and {fmt(hi)} (got {fmt(x)})")
+    return int(x) if integer else x
+
+
+def text(value, name: str, max_chars: int, required: bool = True) -> str:
+    """A caller's text field: a string of at most ``max_chars`` characters (numbers are read as text)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise MemlabError(f"{name} is empty")
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise MemlabError(f"{name}: text is needed (got {type(value).__name__})")
+    value = str(value)
+    if len(value) > max_chars:
+        raise MemlabError(f"{name} is {len(value):,} characters long; at most {max_chars:,}")
+    return value.strip()
 
 
 @dataclass
@@ -92,36 +140,38 @@ class Lab:
         return pd.read_csv(f) if f else pd.DataFrame(columns=["prompt", "group"])
 
     def settings(self, steps=None, guidance=None) -> Settings:
+        """Sampling settings of a request; None means the world's default."""
         d = self.world.defaults
-        return Settings(steps=int(steps or d["steps"]),
-                        guidance=float(d["guidance"] if guidance is None else guidance)).validate()
+        steps = d["steps"] if steps is None else number(steps, "steps", 1, LIMITS["steps"], integer=True)
+        guidance = d["guidance"] if guidance is None else number(guidance, "guidance", 0, LIMITS["guidance"])
+        return Settings(steps=int(steps), guidance=float(guidance)).validate()
 
-    def seeds(self, n_seeds=None, seed_list: str | None = None) -> list[int]:
-        """An explicit list ("0-3,9") wins over a count; at most APP_MAX_SEEDS per request."""
-        if seed_list and str(seed_list).strip():
-            seeds = parse_seeds(str(seed_list))
+    def seeds(self, n_seeds=None, seed_list: str | None = None, limit: int = APP_MAX_SEEDS) -> list[int]:
+        """An explicit list ("0-3,9") wins over a count; at most ``limit`` per request."""
+        seed_list = text(seed_list, "the seed list", 2_000, required=False)
+        if seed_list:
+            seeds = parse_seeds(seed_list)
         else:
-            try:
-                n = int(n_seeds if n_seeds is not None else 8)
-            except (TypeError, ValueError):
-                raise MemlabError("the number of seeds must be a whole number") from None
-            if n < 1:
-                raise MemlabError("ask for at least one seed")
+            n = number(8 if n_seeds is None else n_seeds, "the number of seeds", 1, limit, integer=True)
             seeds = range(n)
-        if len(seeds) > APP_MAX_SEEDS:
-            raise MemlabError(f"{len(seeds)} seeds is too many for the app (at most {APP_MAX_SEEDS}); "
+        if len(seeds) > limit:
+            raise MemlabError(f"{len(seeds)} seeds is too many for the app (at most {limit}); "
                               f"use `python -m memlab run` for larger batches")
         return list(seeds)
 
     @staticmethod
     def strategy_spec(mitigations: Sequence[str], k: int = 4, lam: float = 0.1) -> str:
         """Checked mitigations with their parameters -> one composed strategy spec."""
+        if isinstance(mitigations, str):  # one name, or "rna,gni"
+            mitigations = [m for m in re.split(r"[,+\s]+", mitigations) if m]
         parts = []
         for m in mitigations or []:
+            if not isinstance(m, str):
+                raise MemlabError(f"a mitigation is named by text (got {m!r})")
             if m in ("rna", "rt", "cwr"):
-                parts.append(f"{m}:k={int(k)}")
+                parts.append(f"{m}:k={number(k, 'k', 1, LIMITS['k'], integer=True)}")
             elif m == "gni":
-                parts.append(f"gni:lam={float(lam)}")
+                parts.append(f"gni:lam={number(lam, 'λ (gni)', 0, LIMITS['lam'])}")
             else:
                 parts.append(m)
         spec = "+".join(parts) or "none"
@@ -129,6 +179,10 @@ class Lab:
         return spec
 
     # ---------------------------------------------------------------------------- generate
+    def check_prompt(self, prompt) -> tuple[str, str | None]:
+        """The prompt as the pipeline will read it, and a warning if it is truncated (or a MemlabError)."""
+        return check_prompt(prompt, self.generator.tokenizer)
+
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
                         descriptor: str | None = None) -> Iterator[RunState]:
@@ -194,7 +248,7 @@ class Lab:
 
     def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:
         """Training items whose caption contains every word of the query (case-insensitive)."""
-        words = [w for w in re.findall(r"\w+", (query or "").lower())]
+        words = [w for w in re.findall(r"\w+", text(query, "the search", LIMITS["query_chars"], False).lower())]
         if not words:
             raise MemlabError("type a word to search the captions for")
         items = self.index.items
@@ -217,6 +271,7 @@ class Lab:
         return m.assign(row=m.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
 
     def item_row(self, item_id) -> int:
+        item_id = text(item_id, "the item id", LIMITS["query_chars"])
         items = self.index.items
         hits = np.nonzero(items["id"].astype(str).to_numpy() == str(item_id).strip())[0]
         if not len(hits):
@@ -272,7 +327,7 @@ class Lab:
         """A prebuilt view, or computed now (and kept in memory) for a new keyword."""
         from .keywords import keyword_view
 
-        keyword = (keyword or "").strip()
+        keyword = text(keyword, "the keyword", LIMITS["query_chars"], required=False)
         if not keyword:
             raise MemlabError("type or pick a keyword")
         if keyword in self.views and threshold is None and not objects:

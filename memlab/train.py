@@ -82,18 +82,21 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------------------ data
 def load_table(cfg: TrainConfig) -> tuple[pd.DataFrame, Path]:
+    from .tables import read_table, require_columns
+
     path = Path(cfg.data)
-    if not path.is_file():
-        raise MemlabError(f"training table {path} does not exist")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    for col in ("file", "caption"):
-        if col not in df.columns:
-            raise MemlabError(f"{path} has no {col!r} column")
+    df = read_table(path, "training table")
+    require_columns(df, path, ("file", "caption"))
     if cfg.caption_style == "class" and "class" not in df.columns:
         raise MemlabError("caption_style=class needs a 'class' column")
     if (cfg.dup_mode == "partial" and cfg.dup_share > 0 or cfg.mc > 0) and "alt_captions" not in df.columns:
         raise MemlabError("partial duplication and multiple captions need an 'alt_captions' column (lists)")
-    return df.reset_index(drop=True), Path(cfg.images) if cfg.images else path.parent
+    root = Path(cfg.images) if cfg.images else path.parent
+    missing = [f for f in df["file"].astype(str) if not (root / f).is_file()]
+    if missing:
+        raise MemlabError(f"{len(missing)} of the {len(df)} images {path} lists are missing under {root} "
+                          f"(first: {missing[0]}); use --images for their folder")
+    return df.reset_index(drop=True), root
 
 
 def data_hash(df: pd.DataFrame, root: Path) -> str:

@@ -69,6 +69,8 @@ class DescriptorTrainConfig:
             raise MemlabError("photo_share and decoder_share are shares in [0, 1]")
         if self.input_size < 16 or len(self.widths) < 2:
             raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
+        if self.decoder and not Path(self.decoder).exists():
+            raise MemlabError(f"--decoder {self.decoder}: no diffusers VAE there (the folder does not exist)")
         return self
 
     def net_config(self) -> CopyNetConfig:

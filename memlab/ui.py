@@ -7,6 +7,9 @@ Every event has an ``api_name`` so ``gradio_client`` can call it. Errors in user
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from PIL import Image, ImageDraw
 
 from .errors import MemlabError
 from .mitigations import MITIGATIONS
-from .service import APP_MAX_SEEDS, Lab, RunState
+from .service import APP_MAX_SEEDS, LIMITS, Lab, RunState, number, text
+
+log = logging.getLogger("memlab.app")
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
     import spaces  # type: ignore
@@ -39,22 +44,32 @@ MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"]
 
 
 def _errors(fn):
-    """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving."""
+    """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving. Anything
+    else is a bug: its traceback goes to the server's log, the caller gets one line without it."""
+    def translate(e: BaseException):
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, MemlabError):
+            return gr.Error(str(e))
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"memlab hit an unexpected error ({type(e).__name__}) and logged it; the app keeps "
+                        f"serving: try again, or change the input")
+
     if _is_gen(fn):
         @functools.wraps(fn)
         def wrapped_gen(*a, **kw):
             try:
                 yield from fn(*a, **kw)
-            except MemlabError as e:
-                raise gr.Error(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - see translate
+                raise translate(e) from None
         return wrapped_gen
 
     @functools.wraps(fn)
     def wrapped(*a, **kw):
         try:
             return fn(*a, **kw)
-        except MemlabError as e:
-            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - see translate
+            raise translate(e) from None
     return wrapped
 
 
@@ -212,13 +227,13 @@ def build_app(lab: Lab) -> gr.Blocks:
                     seeds = lab.seeds(n_seeds, seed_list)
                     spec = lab.strategy_spec(mits, k, lam)
                     settings = lab.settings(steps, guidance)
-                    progress(0, desc="starting")
-                    check = prompt if prompt and str(prompt).strip() else None
-                    near = lab.closest_captions(check) if check else None
-                    pairs = []  # built once per seed as seeds stream in
                     if descriptor and descriptor not in lab.descriptor_names:
                         raise MemlabError(f"unknown descriptor {descriptor!r}; this world has "
                                           f"{', '.join(lab.descriptor_names)}")
+                    prompt, _ = lab.check_prompt(prompt)
+                    progress(0, desc="starting")
+                    near = lab.closest_captions(prompt)
+                    pairs = []  # built once per seed as seeds stream in
                     for state in run_generation(lab, prompt, seeds, spec, settings,
                                                 lambda d, t: progress((d, t), desc="seeds"), descriptor):
                         pairs += [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]),
@@ -272,7 +287,7 @@ def build_app(lab: Lab) -> gr.Blocks:
 
                 @_errors
                 def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
-                    seeds = lab.seeds(n)
+                    seeds = lab.seeds(n, limit=LIMITS["compare_seeds"])
                     specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
                     state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
                     grid = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2),
@@ -335,13 +350,13 @@ def build_app(lab: Lab) -> gr.Blocks:
                 kw_gallery = gr.Gallery(first[3], label="cluster thumbnails", columns=8, format="png",
                                         elem_id="kw-gallery")
                 with gr.Row():
-                    kw_rank = gr.Number(value=1, precision=0, label="Cluster rank", scale=1)
+                    kw_rank = gr.Number(value=1, minimum=1, step=1, label="Cluster rank", scale=1)
                     kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
 
                 @_errors
                 def show_keyword(keyword, objects, progress=gr.Progress()):
                     progress(0, desc="filtering captions and clustering")
-                    objs = [o.strip() for o in (objects or "").split(",") if o.strip()]
+                    objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
                     prebuilt = lab.views.get(keyword)
                     reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
                     v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
@@ -353,7 +368,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                 @_errors
                 def cluster_prompt(keyword, rank):
                     v = lab.keyword_view(keyword)
-                    c = next((c for c in v["clusters"] if c["rank"] == int(rank or 1)), None)
+                    rank = 1 if rank is None else number(rank, "the cluster rank", 1, 10**6, integer=True)
+                    c = next((c for c in v["clusters"] if c["rank"] == rank), None)
                     if c is None:
                         raise MemlabError(f"no cluster of rank {rank} for {keyword!r}")
                     return gr.Tabs(selected="generate"), lab.index.items.iloc[c["representatives"][0]]["caption"]
@@ -364,6 +380,77 @@ def build_app(lab: Lab) -> gr.Blocks:
                 gr.Markdown(world_card_markdown(lab))
                 gr.Markdown("### Papers\n" + CITATIONS)
     return demo
+
+
+class CallerMessages:
+    """ASGI middleware saying to callers what Gradio's own answers leave out: a call to an endpoint the
+    app does not have gets 404 with the list of those it has (Gradio answers 500), and a request past
+    the queue's limit gets 503 with the limit, the number waiting, the expected wait and a Retry-After
+    header (Gradio says only that the queue is full)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or "/gradio_api/" not in scope["path"]:
+            return await self.app(scope, receive, send)
+        blocks = scope["app"].get_blocks()
+        m = re.search(r"/gradio_api/call/([^/]+)$", scope["path"])
+        if m:
+            known = {fn.api_name for fn in blocks.fns.values() if fn.api_name}
+            names = sorted(fn.api_name for fn in blocks.fns.values()
+                           if fn.api_name and getattr(fn, "api_visibility", "public") == "public")
+            if m.group(1) not in known:
+                return await _json(send, 404, {"detail": f"this app has no endpoint /{m.group(1)}; it has "
+                                                         + ", ".join(f"/{n}" for n in names)})
+        start = {}
+
+        async def send_(msg):
+            if msg["type"] == "http.response.start" and msg["status"] == 503:
+                start.update(msg)
+                return
+            if start and msg["type"] == "http.response.body":
+                text, wait = queue_full_message(blocks._queue)
+                return await _json(send, 503, {"detail": text}, {"retry-after": str(max(1, round(wait or 5)))})
+            await send(msg)
+
+        return await self.app(scope, receive, send_)
+
+
+async def _json(send, status: int, body: dict, headers: dict | None = None):
+    data = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": data})
+
+
+def queue_full_message(queue) -> tuple[str, float | None]:
+    """What a caller past the queue's limit reads: the limit, how many wait, and how long the queue takes
+    to move at the average time of the requests finished so far."""
+    times = [p.avg_time for p in queue.process_time_per_fn.values() if getattr(p, "count", 0)]
+    waiting = len(queue)
+    text = f"The app's queue is full: {waiting} requests are waiting and the limit is {queue.max_size}."
+    if not times:
+        return text + " Try again in a little while.", None
+    avg = sum(times) / len(times)
+    return (text + f" Requests take about {avg:.1f} s each, one at a time per kind, so a place frees up in about "
+            f"{avg:.0f} s and the queue empties in about {waiting * avg:.0f} s; try again then."), avg
+
+
+def launch(demo: gr.Blocks, lab: Lab, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
+           **kw):
+    """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
+    per event, at most LIMITS["queue"] requests waiting (past it a caller is told the limit and the wait),
+    messages of refused input shown (``show_error``; tracebacks stay in the server log), and files served
+    only from the world's own folders."""
+    from starlette.middleware import Middleware
+
+    world = lab.world
+    folders = [str(p) for p in {world.path or world.index_path, world.index_path} if p is not None]
+    demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
+    return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders,
+                       footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)
 
 
 @gpu

@@ -119,3 +119,33 @@ def tiny_generator(tiny_pipeline_dir):
     from memlab.generate import Generator
 
     return Generator.from_pretrained(tiny_pipeline_dir, device="cpu")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tiny_world):
+    """The app on the tiny world, launched the way app.py launches it: (base URL, Lab)."""
+    from memlab.service import Lab
+    from memlab.ui import build_app, launch
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")
+    demo = build_app(lab)
+    port = free_port()
+    launch(demo, lab, port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", lab
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    import gradio_client
+
+    return gradio_client.Client(server[0], verbose=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import MemlabError
@@ -17,8 +18,16 @@ VERBS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line (exit 2) that points to --help."""
+
+    def error(self, message):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memlab", description="memlab: training-data "
+    parser = Parser(prog="python -m memlab", description="memlab: training-data "
                                      "memorization in text-to-image diffusion models")
     sub = parser.add_subparsers(dest="verb", required=True)
     modules = {}
@@ -31,13 +40,33 @@ def main(argv=None) -> int:
     return guarded(modules[args.verb].run, args)
 
 
+def out_folder(path, flag: str = "--out"):
+    """The folder a verb writes to: refused up front when the path is a file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MemlabError(f"{flag} {p} is a file, not a folder")
+    return p
+
+
 def guarded(fn, args) -> int:
     """Run a verb; user errors print one clear line and exit 2, never a traceback."""
     try:
         return int(fn(args) or 0)
     except MemlabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named cannot be read or written (exists, is a file, no space...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
+        if os.environ.get("MEMLAB_DEBUG"):
+            raise
+        print(f"error: memlab hit an unexpected {type(e).__name__} ({' '.join(str(e).split())[:200]}); "
+              f"this is a bug: MEMLAB_DEBUG=1 shows the traceback", file=sys.stderr)
+        return 1

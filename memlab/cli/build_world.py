@@ -33,7 +33,14 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..buildworld import build_world
+    from ..errors import MemlabError
     from ..worldgen import WorldSpec
+    from . import out_folder
+
+    out_folder(args.out)
+    for flag in ("steps", "vae_steps", "batch_size", "eval_seeds"):
+        if getattr(args, flag) < 1:
+            raise MemlabError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
 
     spec = WorldSpec(seed=args.seed)
     if args.small:

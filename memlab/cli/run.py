@@ -45,16 +45,15 @@ def add_arguments(p):
 
 
 def read_prompts(path: str, column: str | None) -> list[str]:
-    import pandas as pd
+    from ..tables import one_line, read_table
 
     f = Path(path)
-    if not f.is_file():
+    if not f.exists():
         raise MemlabError(f"prompts file {f} does not exist")
+    if not f.is_file():
+        raise MemlabError(f"prompts file {f} is not a file")
     if f.suffix in (".csv", ".tsv", ".parquet"):
-        try:
-            df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f, sep=None, engine="python")
-        except Exception as e:  # malformed files raise many types
-            raise MemlabError(f"cannot read {f}: {e}") from e
+        df = read_table(f, "prompts file", sniff=True)
         cols = [column] if column else [c for c in ("caption", "Caption", "prompt", "Prompt", "text", "TEXT")
                                         if c in df.columns][:1]
         if not cols or cols[0] not in df.columns:
@@ -62,7 +61,10 @@ def read_prompts(path: str, column: str | None) -> list[str]:
                               f"use --prompt-column")
         prompts = [str(x) for x in df[cols[0]].dropna()]
     else:
-        prompts = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+        try:
+            prompts = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise MemlabError(f"cannot read prompts file {f} as UTF-8 text: {one_line(e)}") from None
     if not prompts:
         raise MemlabError(f"{f} holds no prompts")
     return prompts
@@ -83,6 +85,8 @@ def run(args) -> int:
     if not 1 <= args.k <= 100:
         raise MemlabError("--k must be between 1 and 100")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts, args.prompt_column)
+    if any(not p.strip() for p in prompts):
+        raise MemlabError("the prompt is empty")
     strategies = [parse_strategy(s) for s in (args.mitigation or ["none"])]
     if len({s.spec() for s in strategies}) != len(strategies):
         raise MemlabError("the same mitigation is given twice")

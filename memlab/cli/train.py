@@ -28,6 +28,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..train import TrainConfig, train
+    from . import out_folder
+
+    out_folder(args.out)
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     out = train(cfg, resume=not args.no_resume,

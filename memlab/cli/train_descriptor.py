@@ -31,10 +31,14 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..train_descriptor import DescriptorTrainConfig, train_descriptor
+    from . import out_folder
+
+    if args.out is not None:
+        out_folder(args.out)
 
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DescriptorTrainConfig)
           if getattr(args, f.name) is not None}
-    cfg = DescriptorTrainConfig(**kw)
+    cfg = DescriptorTrainConfig(**kw).validate()
     t0 = time.perf_counter()
     out = train_descriptor(cfg, resume=not args.no_resume,
                            progress=lambda it, **k: tqdm(it, file=sys.stderr, disable=None, **k))
