@@ -18,6 +18,8 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--device", default=None)
     p.add_argument("--share", action="store_true")
+    p.add_argument("--queue-size", type=int, default=int(os.environ.get("MEMLAB_QUEUE_SIZE", 0)) or None,
+                   help="requests that may wait in the queue (default 64; $MEMLAB_QUEUE_SIZE)")
     args = p.parse_args(argv)
 
     from memlab.errors import MemlabError
@@ -31,7 +33,7 @@ def main(argv=None):
         lab.generator  # load the pipeline now, so the first click does not wait for it
     except MemlabError as e:
         sys.exit(f"error: {e}")
-    launch(build_app(lab), lab, host=args.host, port=args.port, share=args.share)
+    launch(build_app(lab), lab, host=args.host, port=args.port, share=args.share, queue_size=args.queue_size)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(world: str | Path | None, timeout: float = 180.0):
-    """Start ``python app.py`` in a subprocess; yield its URL; stop it afterwards."""
+def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = ()):
+    """Start ``python app.py [args]`` in a subprocess; yield its URL; stop it afterwards."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port)] + (["--world", str(world)] if world else [])
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args] + (["--world", str(world)] if world else [])
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"memlab-app-{port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
