@@ -72,6 +72,10 @@ def compute(args) -> int:
                           f"{d['overall_share']:.1%} of all distinct images"
                         for o, d in v["objects"].items() if d["keyword_share"] is not None)
               + f" -> {p} ({time.perf_counter() - t0:.2f}s)", file=sys.stderr)
+    if args.world:
+        from memlab.world import seal_world
+
+        seal_world(args.world)  # the new views join the world's checksums
     return 0
 
 

@@ -179,4 +179,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         card["build_seconds"] = times
     card["build_seconds_total"] = sum(v for v in times.values() if isinstance(v, (int, float)))
     (out / "card.json").write_text(json.dumps(card, indent=2))
+    from .world import seal_world
+
+    seal_world(out)  # the card and views are in: checksum the world's files
     return out

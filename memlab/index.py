@@ -50,6 +50,8 @@ def atomic_dir(out: Path):
     """Yield a hidden temporary folder beside ``out``; on success it replaces ``out`` by rename."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a build that was killed: start over
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

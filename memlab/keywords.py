@@ -85,7 +85,7 @@ def word_table(captions: Sequence[str], keyword: str = "", top: int = 8,
     c = Counter()
     for cap in captions:
         c.update({w for w in re.findall(r"[a-z][a-z']+", str(cap).lower()) if w not in drop})
-    return c.most_common(top)
+    return sorted(c.items(), key=lambda t: (-t[1], t[0]))[:top]  # ties alphabetical: the same in every process
 
 
 def object_shares(has_object: np.ndarray, named: np.ndarray, group: np.ndarray, keyword_rows: np.ndarray) -> dict:

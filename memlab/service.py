@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -342,9 +343,21 @@ class Lab:
     # ------------------------------------------------------------------------------ export
     @staticmethod
     def export(state: RunState, path: Path) -> Path:
-        """A zip holding results.jsonl (the ``memlab run`` format) and images/ beside it."""
+        """A zip holding results.jsonl (the ``memlab run`` format) and images/ beside it; written to a
+        temporary name and renamed, so a failed or killed export leaves no half-written zip."""
         if not state or not state.records:
             raise MemlabError("nothing to export yet: generate first")
+        path = Path(path)
+        part = path.with_name(path.name + ".part")
+        try:
+            Lab._write_zip(state, part)
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def _write_zip(state: RunState, path: Path) -> None:
         buf = io.StringIO()
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
             for r, im in zip(state.records, state.images):
@@ -356,4 +369,3 @@ class Lab:
             for s in state.summaries:
                 buf.write(json.dumps(s) + "\n")
             z.writestr("results.jsonl", buf.getvalue())
-        return path

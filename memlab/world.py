@@ -5,6 +5,10 @@
     model/       diffusers folder (save_pretrained)           [optional when "model" is a Hub id]
     index/       memlab index (python -m index_builder)
 
+world.json's ``files`` holds the size and sha256 of every file of the model folder, the keyword views and
+the files world.json names (probes, card); the index checks its own (manifest.json). A world whose files
+are missing, truncated or modified is refused at load with the file named (``seal_world`` writes them).
+
 The unit that ``memlab run`` and the app load, like a diffusers model folder.
 """
 from __future__ import annotations
@@ -40,7 +44,7 @@ class World:
     _generator: object = None
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "World":
+    def load(cls, path: str | Path | None = None, verify: bool = True) -> "World":
         path = Path(path) if path else default_world_path()
         f = path / WORLD_FILE
         if not f.is_file():
@@ -54,6 +58,8 @@ class World:
         for key in ("name", "model", "index"):
             if key not in m:
                 raise MemlabError(f"{f} has no {key!r} entry")
+        if verify:
+            verify_world(path, m)
         model = m["model"]
         if (path / model).exists():
             model = str(path / model)
@@ -91,7 +97,51 @@ class World:
         return None
 
 
+def _sha256(p: Path) -> str:
+    from .index import sha256
+
+    return sha256(p)
+
+
+def sealed_files(path: Path, m: dict) -> list[str]:
+    """The world's own files under checksum: the model folder (when inside the world), the keyword views
+    and the files world.json names; relative paths, sorted."""
+    out = []
+    for folder in ([m.get("model")] if m.get("model") and (path / m["model"]).is_dir() else []) + ["keywords"]:
+        if (path / folder).is_dir():
+            out += [str(f.relative_to(path)) for f in (path / folder).rglob("*") if f.is_file()]
+    out += [m[k] for k in ("probes", "card") if m.get(k) and (path / m[k]).is_file()]
+    return sorted(set(out))
+
+
+def seal_world(path: str | Path) -> Path:
+    """Write the size and sha256 of the world's own files into world.json (atomically)."""
+    path = Path(path)
+    f = path / WORLD_FILE
+    m = json.loads(f.read_text())
+    m["files"] = {r: {"bytes": (path / r).stat().st_size, "sha256": _sha256(path / r)} for r in sealed_files(path, m)}
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(m, indent=2))
+    os.replace(tmp, f)
+    return f
+
+
+def verify_world(path: Path, m: dict) -> None:
+    """Refuse a world whose sealed files are missing, truncated or modified, naming the file."""
+    for rel, rec in (m.get("files") or {}).items():
+        p = path / rel
+        if not p.is_file():
+            raise MemlabError(f"world {path}: {rel} is missing (world.json lists it); rebuild or restore the world")
+        if p.stat().st_size != rec["bytes"]:
+            raise MemlabError(f"world {path}: {rel} is {p.stat().st_size} bytes, world.json says {rec['bytes']} "
+                              f"(truncated or replaced); rebuild or restore the world")
+        if _sha256(p) != rec["sha256"]:
+            raise MemlabError(f"world {path}: {rel} does not match its checksum in world.json (modified); "
+                              f"rebuild or restore the world")
+
+
 def write_world_json(path: Path, **entries) -> Path:
+    """world.json with ``entries``, sealed over the files already in the world."""
     path.mkdir(parents=True, exist_ok=True)
     (path / WORLD_FILE).write_text(json.dumps(entries, indent=2))
-    return path / WORLD_FILE
+    return seal_world(path)
