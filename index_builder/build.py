@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                         "photo): calibration counts them as one distinct image")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--weights", default=None, help="model weights file or folder (SSCD TorchScript)")
+    p.add_argument("--weights-sha256", default=None,
+                   help="confirm the sha256 of a TorchScript file memlab did not download itself")
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--copy-images", action="store_true", help="copy the images into the index folder")
     p.add_argument("--seed", type=int, default=0)
@@ -74,14 +76,20 @@ def read_listing(images: Path, captions: str | None, file_col: str, caption_col:
 
 
 def check_images(images: Path, items: pd.DataFrame, progress) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Keep the rows whose image opens and decodes; return them and the (file, reason) skipped."""
+    """Keep the rows whose image opens and decodes within memlab's caps (bytes, pixels); return them and
+    the (file, reason) skipped."""
+    from memlab.match import check_image_file
+
     ok, skipped = [], []
     for i, f in progress(list(enumerate(items["file"])), desc="check images"):
         try:
+            check_image_file(images / f)
             with Image.open(images / f) as im:
                 im.load()
             ok.append(i)
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as e:
+        except MemlabError as e:
+            skipped.append((f, str(e)[:160]))
+        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             skipped.append((f, type(e).__name__ + ": " + str(e)[:120]))
     return items.iloc[ok].reset_index(drop=True), skipped
 
@@ -105,6 +113,7 @@ def build(args) -> int:
         raise MemlabError("--fpr must be between 0 and 0.5")
     out = out_folder(args.out)
     descriptors = [create_descriptor(n, **({"weights": args.weights} if args.weights else {}),
+                                     **({"weights_sha256": args.weights_sha256} if args.weights_sha256 else {}),
                                      **({"device": args.device} if args.device else {})) for n in names]
     items = read_listing(images, args.captions, args.file_column, args.caption_column, args.id_column)
     n_listed = len(items)

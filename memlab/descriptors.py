@@ -233,7 +233,56 @@ def resolve_sscd_weights(model: str, weights: str | os.PathLike | None = None) -
         tmp.unlink(missing_ok=True)
         raise ModelFileMissing(f"could not download {url} ({e}). Place {fname} at {target} "
                                f"(or pass its path).") from e
+    _record_trusted(target, source=url)
     return target
+
+
+# TorchScript runs code when loaded, so memlab loads a TorchScript file only when it fetched it itself from
+# the official URL (its sha256 is then recorded in the cache's trust list) or when the user confirms the
+# file's sha256 (``weights_sha256=`` / ``--weights-sha256``, or $MEMLAB_TRUST_SHA256, comma-separated). The
+# SSCD authors publish no checksums, so a file copied in by hand is refused until confirmed.
+TRUST_FILE = "trusted-torchscript.json"
+
+
+def _trust_list() -> dict:
+    import json
+
+    f = cache_dir() / TRUST_FILE
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _record_trusted(path: Path, source: str) -> None:
+    import json
+
+    from .index import sha256
+
+    trusted = _trust_list()
+    trusted[sha256(path)] = {"file": Path(path).name, "source": source}
+    f = cache_dir() / TRUST_FILE
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(trusted, indent=2))
+    tmp.replace(f)
+
+
+def check_torchscript_trusted(path: Path, confirmed: str | None = None) -> str:
+    """The file's sha256 if memlab downloaded it from the official URL or the user confirmed it; else a
+    MemlabError that names the file and its checksum and says how to confirm it."""
+    from .index import sha256
+
+    digest = sha256(path)
+    confirms = {c.strip().lower() for c in (confirmed or "").split(",") + os.environ.get(
+        "MEMLAB_TRUST_SHA256", "").split(",") if c.strip()}
+    if digest in confirms or digest in _trust_list():
+        return digest
+    if confirmed:
+        raise MemlabError(f"{path} has sha256 {digest}, not the checksum you confirmed ({confirmed}); not loaded")
+    raise MemlabError(f"refusing to load TorchScript {path}: a TorchScript file runs code, and memlab did not "
+                      f"download this one from the official URL. If you trust it, confirm its sha256 "
+                      f"{digest} (--weights-sha256 {digest}, or MEMLAB_TRUST_SHA256={digest})")
 
 
 class SSCDDescriptor(Descriptor):
@@ -247,7 +296,7 @@ class SSCDDescriptor(Descriptor):
     duplicate_threshold = 0.75
 
     def __init__(self, name="sscd", model="sscd_disc_mixup", preset="official-320", weights=None,
-                 device=None, batch_size=32):
+                 device=None, batch_size=32, weights_sha256=None):
         self.name, self.model, self.preset = name, model, preset
         if (model, preset) != ("sscd_disc_mixup", "official-320"):
             # 0.5 / 0.75 were published for disc_mixup at its official preprocessing: elsewhere they are
@@ -258,6 +307,7 @@ class SSCDDescriptor(Descriptor):
                                      f"{preset} uses them as DCR / MemBench did, uncalibrated for this model")
         self._preset = get_preset(preset)
         self.weights = resolve_sscd_weights(model, weights)
+        check_torchscript_trusted(self.weights, weights_sha256)
         self.device = _device(device)
         self.batch_size = int(batch_size)
         import torch

@@ -25,14 +25,44 @@ def descriptor_for_index(index: TrainingIndex, name: str | None = None, **overri
     return d
 
 
+# Caps on an image memlab is handed (an upload in the app, a query or training image on the command line):
+# past them it is refused with a message before it is decoded, so a decompression bomb (a small file that
+# declares a huge canvas) never reaches memory.
+MAX_IMAGE_BYTES = 20 * 2**20
+MAX_IMAGE_PIXELS = 40_000_000  # e.g. 8000 x 5000
+
+
+def check_image_file(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Refuse (MemlabError) a file over the byte cap or an image whose header declares more pixels than
+    the pixel cap; reads only the header."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise MemlabError(f"image {path.name} is {size / 2**20:.1f} MiB; at most {max_bytes / 2**20:.0f} MiB")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError:
+        w = h = None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise MemlabError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
+    if w is None or w * h > max_pixels:
+        dims = f"{w} x {h} = {w * h:,} pixels" if w is not None else "more pixels than PIL allows"
+        raise MemlabError(f"image {path.name} declares {dims}; at most {max_pixels:,} (a decompression bomb "
+                          f"is refused before it is decoded)")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image fully (so corrupt files fail here, with a clear message)."""
+    """Open an image fully (so corrupt files fail here, with a clear message), within the caps."""
+    if not Path(path).is_file():
+        raise MemlabError(f"image {path} does not exist")
+    check_image_file(path)
     try:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise MemlabError(f"cannot read image {path}: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise MemlabError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
 
 
 def descriptor_summary(index: TrainingIndex, name: str) -> dict:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .errors import MemlabError
 from .generate import MAX_PROMPT_CHARS, Settings, check_prompt, parse_seeds
-from .match import descriptor_for_index
+from .match import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
 from .runner import run_prompt, summarize_records
 from .world import World
@@ -36,6 +36,8 @@ LIMITS = {
     "prompt_chars": MAX_PROMPT_CHARS,          # longer prompts are refused; over 77 CLIP tokens they are truncated (warned)
     "query_chars": 200,               # caption search, keyword, item id
     "k": 10, "lam": 1.0,              # mitigation parameters in the page
+    "upload_bytes": MAX_IMAGE_BYTES,  # an uploaded image (Match an image); Gradio refuses larger files
+    "upload_pixels": MAX_IMAGE_PIXELS,  # declared in the image's header: refused before decoding
     "queue": 64,                      # requests waiting in the app's queue; past it: "Queue is full"
 }
 
@@ -238,6 +240,17 @@ class Lab:
         gen = self.generator
         prompt, _ = check_prompt(prompt, gen.tokenizer)
         return gen.token_attribution(prompt, seeds=list(seeds)[:4], settings=settings or self.settings())
+
+    def match_image(self, path, k: int = 5, descriptor: str | None = None) -> dict:
+        """An uploaded image against the training set (the ``memlab match`` result for one image); the
+        file is checked against the byte and pixel caps before it is decoded."""
+        if not path or not isinstance(path, (str, os.PathLike)):
+            raise MemlabError("upload an image first")
+        k = number(k, "k", 1, 20, integer=True)
+        if descriptor and descriptor not in self.descriptor_names:
+            raise MemlabError(f"unknown descriptor {descriptor!r}; this world has {', '.join(self.descriptor_names)}")
+        im = load_image(path)
+        return match_images(self.index, self.get_descriptor(descriptor), [im], names=[Path(path).name], k=k)
 
     # ----------------------------------------------------------------------------- training set
     def item_image(self, row: int) -> Image.Image | None:

@@ -296,6 +296,42 @@ def build_app(lab: Lab) -> gr.Blocks:
 
                 c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
 
+            with gr.Tab("Match an image", id="match"):
+                gr.Markdown("Upload any image (a generation from elsewhere, a suspected copy) and see its nearest "
+                            f"training images with their scores and the verdict. At most "
+                            f"{LIMITS['upload_bytes'] // 2**20} MiB and {LIMITS['upload_pixels'] / 1e6:.0f} "
+                            f"megapixels.")
+                with gr.Row():
+                    m_image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                       label="image to match", elem_id="match-image", scale=2)
+                    with gr.Column(scale=1):
+                        m_k = gr.Slider(1, 20, value=5, step=1, label="k (nearest training images)")
+                        m_desc = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
+                                             label="Copy descriptor")
+                        m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
+                m_md = gr.Markdown(elem_id="match-verdict")
+                m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
+                m_table = gr.Dataframe(label="matches", elem_id="match-table")
+
+                @_errors
+                def match_upload(path, k, descriptor):
+                    res = lab.match_image(path, k, descriptor)
+                    q, d = res["queries"][0], res["descriptor"]
+                    verdict = "**replicated**" if q["replicated"] else "not replicated"
+                    md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
+                          f"threshold {q['threshold']:.3f} · {lab.descriptor_label(d['name'])} · "
+                          f"top-1 training image id {q['matches'][0]['id']} "
+                          f"({q['matches'][0].get('duplicates', 0)} duplicates in the training set)")
+                    gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
+                               for m in q["matches"] if (im := lab.item_image(m["row"])) is not None]
+                    table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0), m.get("caption", "")]
+                             for m in q["matches"]]
+                    import pandas as pd
+
+                    return md, gallery, pd.DataFrame(table, columns=["id", "score", "duplicates", "caption"])
+
+                m_btn.click(match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api_name="match_image")
+
             with gr.Tab("Training set", id="train"):
                 with gr.Row():
                     q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
@@ -450,6 +486,7 @@ def launch(demo: gr.Blocks, lab: Lab, host: str = "127.0.0.1", port: int = 7860,
     folders = [str(p) for p in {world.path or world.index_path, world.index_path} if p is not None]
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders,
+                       max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_sscd, synthetic_images
+from conftest import make_tiny_sscd, synthetic_images, trust
 from memlab.descriptors import (DESCRIPTORS, create_descriptor, register_descriptor,
                                 split_product_similarity)
 from memlab.distort import brightness
@@ -97,7 +97,7 @@ def test_sscd_from_cache_and_explicit_path(sscd_cache, monkeypatch, tmp_path):
     np.testing.assert_allclose(np.concatenate([d.embed(ims[:2]), d.embed(ims[2:])]), v, atol=1e-5)
     assert d.info()["published_threshold"] == 0.5 and d.info()["published_high"] == 0.75
     # explicit file, variable-size preset (one image at a time)
-    p = make_tiny_sscd(tmp_path / "w" / "sscd_disc_large.torchscript.pt")
+    p = trust(make_tiny_sscd(tmp_path / "w" / "sscd_disc_large.torchscript.pt"))
     d2 = create_descriptor("sscd-large", weights=str(p.parent), preset="official-288", device="cpu")
     assert d2.embed([Image.new("RGB", (80, 50)), Image.new("RGB", (50, 90))]).shape[0] == 2
     # 0.5 / 0.75 belong to disc_mixup at official-320: anywhere else they are marked as carried over

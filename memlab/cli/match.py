@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--descriptor", default=None, help="descriptor name (default: the index's default)")
     p.add_argument("--k", type=int, default=5, help="matches per query (default 5)")
     p.add_argument("--weights", default=None, help="model weights file/folder (e.g. SSCD TorchScript)")
+    p.add_argument("--weights-sha256", default=None,
+                   help="confirm the sha256 of a TorchScript file memlab did not download itself")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -45,7 +47,8 @@ def run(args) -> int:
         raise MemlabError("--k must be between 1 and 1000")
     t0 = time.perf_counter()
     index = TrainingIndex.load(args.index)
-    descriptor = descriptor_for_index(index, args.descriptor, weights=args.weights, device=args.device)
+    extra = {"weights_sha256": args.weights_sha256} if args.weights_sha256 else {}
+    descriptor = descriptor_for_index(index, args.descriptor, weights=args.weights, device=args.device, **extra)
     index.faiss_index(descriptor.name)
     paths = expand_images(args.images)
     images = [load_image(p) for p in paths]

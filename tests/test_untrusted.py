@@ -1,0 +1,145 @@
+"""Untrusted files (issue 15): nothing a user supplies is unpickled, TorchScript is loaded only when
+memlab fetched it from the official URL or the user confirmed its checksum, images are capped in bytes
+and pixels before decoding, and the app serves files only from the world's folders."""
+import http.server
+import re
+import shutil
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_pickle_loading_in_memlab():
+    """Static check over the shipped code: no pickle, no torch.load without weights_only=True, no
+    np.load with allow_pickle=True, TorchScript loaded in one place, after the trust check."""
+    bad = []
+    for f in list((ROOT / "memlab").rglob("*.py")) + list((ROOT / "index_builder").rglob("*.py")) + [ROOT / "app.py"]:
+        text = f.read_text()
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                bad.append((f.name, m.group(0)))
+        bad += [(f.name, x) for x in re.findall(r"^\s*import pickle|allow_pickle=True|pickle\.loads?\(", text, re.M)]
+        if "jit.load(" in text and f.name != "descriptors.py":
+            bad.append((f.name, "jit.load"))
+    assert bad == []
+    src = (ROOT / "memlab" / "descriptors.py").read_text()
+    assert src.index("check_torchscript_trusted(self.weights") < src.index("torch.jit.load(")
+
+
+def test_torchscript_needs_the_official_url_or_a_confirmed_checksum(tmp_path, monkeypatch):
+    from conftest import make_tiny_sscd
+    from memlab.descriptors import create_descriptor
+    from memlab.errors import MemlabError
+    from memlab.index import sha256
+
+    monkeypatch.delenv("MEMLAB_TRUST_SHA256", raising=False)
+    monkeypatch.setenv("MEMLAB_CACHE", str(tmp_path / "cache"))
+    p = make_tiny_sscd(tmp_path / "elsewhere" / "sscd_disc_mixup.torchscript.pt")
+    digest = sha256(p)
+    with pytest.raises(MemlabError) as e:  # copied in by hand: refused, with its checksum to confirm
+        create_descriptor("sscd", weights=str(p), device="cpu")
+    assert "refusing to load TorchScript" in str(e.value) and digest in str(e.value)
+    with pytest.raises(MemlabError, match="not the checksum you confirmed"):
+        create_descriptor("sscd", weights=str(p), weights_sha256="0" * 64, device="cpu")
+    assert create_descriptor("sscd", weights=str(p), weights_sha256=digest, device="cpu").dim == 24
+
+    # fetched by memlab from the (here: local) official URL: recorded, then loaded with no confirmation
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(p, served / "sscd_disc_mixup.torchscript.pt")
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **kw)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MEMLAB_OFFLINE", "0")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr("memlab.descriptors.SSCD_URL", f"http://127.0.0.1:{httpd.server_port}/{{model}}.torchscript.pt")
+        d = create_descriptor("sscd", device="cpu")
+        assert d.weights == tmp_path / "cache" / "sscd" / "sscd_disc_mixup.torchscript.pt"
+    finally:
+        httpd.shutdown()
+    # the downloaded file, modified afterwards, is no longer trusted
+    b = bytearray(d.weights.read_bytes())
+    b[-30] ^= 0x01
+    d.weights.write_bytes(bytes(b))
+    with pytest.raises(MemlabError, match="refusing to load TorchScript"):
+        create_descriptor("sscd", device="cpu")
+
+
+def png_bomb(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few hundred bytes whose header declares width x height (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    comp = zlib.compressobj(9)
+    data = b"".join(comp.compress(row) for _ in range(min(height, 64))) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_over_the_caps_are_refused_before_decoding(tiny_world, tmp_path, capsys):
+    from memlab.cli import main as memlab_main
+    from memlab.errors import MemlabError
+    from memlab.match import MAX_IMAGE_BYTES, load_image
+
+    bomb = png_bomb(tmp_path / "bomb.png", 100_000, 100_000)  # 10 gigapixels declared
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(MemlabError, match="declares .* decompression bomb"):
+        load_image(bomb)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * (MAX_IMAGE_BYTES + 1))
+    with pytest.raises(MemlabError, match="at most 20 MiB"):
+        load_image(big)
+    assert memlab_main(["match", "--index", str(tiny_world / "index"), "--images", str(bomb)]) == 2
+    assert "decompression bomb" in capsys.readouterr().err
+
+
+def test_the_app_refuses_bombs_and_serves_uploads_within_the_caps(client, tmp_path):
+    from gradio_client import handle_file
+
+    from conftest import synthetic_images
+
+    ok = tmp_path / "q.png"
+    synthetic_images(1, size=16)[0].save(ok)
+    md, gallery, table = client.predict(handle_file(str(ok)), 3, None, api_name="/match_image")
+    assert "Top-1 score" in md and "threshold" in md and len(table["data"]) == 3
+    with pytest.raises(Exception, match="decompression bomb"):
+        client.predict(handle_file(str(png_bomb(tmp_path / "bomb.png", 60_000, 60_000))), 3, None,
+                       api_name="/match_image")
+    with pytest.raises(Exception, match="upload an image first"):
+        client.predict(None, 3, None, api_name="/match_image")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\x00" * (21 * 2**20))
+    with pytest.raises(Exception) as e:
+        client.predict(handle_file(str(big)), 3, None, api_name="/match_image")
+    assert "Traceback" not in str(e.value)
+    md, _, _ = client.predict(handle_file(str(ok)), 3, None, api_name="/match_image")  # still serving
+    assert "Top-1 score" in md
+
+
+def test_the_file_route_serves_only_the_worlds_folders(server, tmp_path):
+    import httpx
+
+    base, lab = server
+    inside = lab.world.path / "model" / "model_index.json"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    world = lab.world.path
+    r = httpx.get(f"{base}gradio_api/file={inside}", timeout=10)
+    assert r.status_code == 200 and r.content == Path(inside).read_bytes()
+    refused = [f"{base}gradio_api/file={secret}",
+               f"{base}gradio_api/file=/etc/passwd",
+               f"{base}gradio_api/file={world}/../{secret.parent.name}/secret.txt",
+               f"{base}gradio_api/file={world}/..%2F..%2F..%2Fetc%2Fpasswd",
+               f"{base}gradio_api/file={world}/%2e%2e/%2e%2e/etc/passwd",
+               f"{base}gradio_api/file=../../../../etc/passwd"]
+    for url in refused:
+        r = httpx.get(url, timeout=10)
+        assert r.status_code in (403, 404) and b"root:" not in r.content and b"not for the web" not in r.content, url
