@@ -253,6 +253,13 @@ class Lab:
         return match_images(self.index, self.get_descriptor(descriptor), [im], names=[Path(path).name], k=k)
 
     # ----------------------------------------------------------------------------- training set
+    def item_file(self, row: int) -> str | None:
+        """A training image's file, for galleries: handing Gradio a path (copied into its cache under a
+        temporary name, then renamed) rather than a PIL image (re-encoded and rewritten in place on every
+        request) keeps concurrent requests for the same image from reading a half-written file."""
+        p = self.index.image_path(row)
+        return str(p) if p is not None and p.is_file() else None
+
     def item_image(self, row: int) -> Image.Image | None:
         p = self.index.image_path(row)
         if p is None or not p.is_file():

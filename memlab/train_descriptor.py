@@ -5,7 +5,9 @@ Readable top to bottom: config -> image pool -> network -> loop -> checkpoints -
 - **Images**: only what memlab makes or loads at build time: procedural scenes and lighthouses drawn by
   ``memlab.worldgen`` (seeds other than the built-in world's), and random crops of the public-domain
   photographs that scikit-image ships (single crops, at most one per photo in a batch, and collages of
-  crops of different photos). Never the shared paintings: they are the held-out test
+  crops of different photos), and pairs of distinct scenes drawn on the same background, put into a
+  batch together as each other's negatives (the distinct training images that share a pattern are
+  what sets a world's 1% threshold). Never the shared paintings: they are the held-out test
   (``benchmarks/bench_copy_robustness.py``).
 - **Objective**: two strongly augmented views of each image in a batch (``memlab.augment``);
   with ``decoder``, a share of the views starts from a real diffusion model's version of the image: its
@@ -49,6 +51,8 @@ class DescriptorTrainConfig:
     seed: int = 0
     n_scenes: int = 3000            # procedural scenes in the pool
     n_lighthouses: int = 300
+    sibling_pairs: int = 1000       # pairs of distinct scenes on the same background (hard negatives)
+    sibling_share: float = 0.3      # share of a batch's scene slots filled with such pairs
     photo_share: float = 0.5        # share of each batch made from the scikit-image photos (crops, collages)
     crops_per_photo: int = 80       # fixed random crops per scikit-image photo
     decoder: str = ""               # a diffusers VAE (or pipeline folder with vae/): views start from its round trip
@@ -65,8 +69,8 @@ class DescriptorTrainConfig:
     def validate(self) -> "DescriptorTrainConfig":
         if self.steps < 1 or self.batch_size < 2:
             raise MemlabError("steps must be >= 1 and batch_size >= 2")
-        if not (0.0 <= self.photo_share <= 1.0 and 0.0 <= self.decoder_share <= 1.0):
-            raise MemlabError("photo_share and decoder_share are shares in [0, 1]")
+        if not all(0.0 <= x <= 1.0 for x in (self.photo_share, self.decoder_share, self.sibling_share)):
+            raise MemlabError("photo_share, decoder_share and sibling_share are shares in [0, 1]")
         if self.input_size < 16 or len(self.widths) < 2:
             raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
         if self.decoder and not Path(self.decoder).exists():
@@ -102,7 +106,9 @@ def load_photos() -> dict:
 
 def make_pool(cfg: DescriptorTrainConfig, captions: bool = False):
     """Procedural scenes and lighthouses (fixed, deterministic from the seed), at 128 px (with their
-    captions when asked)."""
+    captions when asked), then ``sibling_pairs`` pairs of scenes that share a background but not their
+    objects (consecutive, from index ``n_scenes + n_lighthouses``): distinct images a copy detector must
+    keep apart, like the distinct training images that share a pattern and set its threshold."""
     from PIL import Image
 
     from .worldgen import _lighthouse, _scene, _scene_caption
@@ -117,6 +123,12 @@ def make_pool(cfg: DescriptorTrainConfig, captions: bool = False):
         im, cap, _objs = _lighthouse(rng, rng.random() < 0.3)
         pool.append(im.resize((128, 128), Image.LANCZOS))
         caps.append(cap)
+    for _ in range(cfg.sibling_pairs):
+        seed = rng.randrange(2**31)
+        for _ in range(2):
+            im, objs, bg, style = _scene(random.Random(seed), objects_rng=random.Random(rng.randrange(2**31)))
+            pool.append(im.resize((128, 128), Image.LANCZOS))
+            caps.append(_scene_caption(objs, bg, style))
     return (pool, caps) if captions else pool
 
 
@@ -158,14 +170,19 @@ def collage(photos: list, rng: random.Random):
     return canvas
 
 
-def batch_images(pool: list, photo_pool: list, photos: list, n: int, photo_share: float, rng: random.Random) -> list:
+def batch_images(pool: list, photo_pool: list, photos: list, n: int, photo_share: float, rng: random.Random,
+                 siblings_from: int | None = None, sibling_share: float = 0.0) -> list:
     """n distinct base images as (image, decoded image or None): pool items (without replacement), then
     photo-derived images: at most one crop per photo (two overlapping crops of one photo must not be each
     other's negatives) and collages of crops of different photos."""
     n_photo = sum(rng.random() < photo_share for _ in range(n)) if len(photos) >= 4 else 0
     n_crop = min(n_photo // 2, len(photos))
     crops = [rng.choice(photo_pool[k]) for k in rng.sample(range(len(photos)), n_crop)]
-    return [pool[i] for i in rng.sample(range(len(pool)), n - n_photo)] + crops + \
+    plain = len(pool) if siblings_from is None else siblings_from
+    n_pairs = min(int((n - n_photo) * sibling_share) // 2, (len(pool) - plain) // 2)
+    pairs = [plain + 2 * k + j for k in rng.sample(range((len(pool) - plain) // 2), n_pairs) for j in (0, 1)]
+    scenes = rng.sample(range(plain), n - n_photo - len(pairs)) + pairs
+    return [pool[i] for i in scenes] + crops + \
            [(collage(photos, rng), None) for _ in range(n_photo - n_crop)]
 
 
@@ -291,7 +308,8 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     net.train()
     for step in bar(range(start, end), desc="train memlab-copy", initial=start, total=cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        base = batch_images(pool, photo_pool, photos, cfg.batch_size, cfg.photo_share, rng)
+        base = batch_images(pool, photo_pool, photos, cfg.batch_size, cfg.photo_share, rng,
+                            siblings_from=cfg.n_scenes + cfg.n_lighthouses, sibling_share=cfg.sibling_share)
 
         def view(im, dec):  # a view starts, now and then, from the model's version of the image
             if dec is not None and rng.random() < cfg.decoder_share:
@@ -338,6 +356,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
             "parameters": sum(p.numel() for p in net.parameters()),
             "decoder": cfg.decoder or None, "redraws": cfg.redraws if cfg.decoder else 0,
             "images": {"procedural_scenes": cfg.n_scenes, "lighthouses": cfg.n_lighthouses,
+                       "same_background_pairs": cfg.sibling_pairs, "pair_share": cfg.sibling_share,
                        "scikit_image_photos": len(photos), "photo_share": cfg.photo_share},
             "recipe": "SSCD (Pizzi et al. 2022): InfoNCE over two augmented views + differential-entropy "
                       "regulariser; trunk, GeM (p=3), linear, L2 norm"}

@@ -79,6 +79,28 @@ def _is_gen(fn):
     return inspect.isgeneratorfunction(fn)
 
 
+def as_file(im: Image.Image) -> str:
+    """A PNG file for a gallery, named by its content and written under a temporary name then renamed.
+    Gradio rewrites a PIL output's cache file in place on every request, so two visitors generating the
+    same prompt and seeds at once could be served a half-written file; a path is copied atomically."""
+    import hashlib
+    import io
+    import os
+    import uuid
+
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    data = buf.getvalue()
+    folder = Path(tempfile.gettempdir()) / "memlab-app"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    if not path.is_file():
+        tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
+
+
 def pair_image(gen: Image.Image, match: Image.Image | None, replicated: bool, scale: int = 3) -> Image.Image:
     """The generation beside its top-1 training match, framed red when replicated."""
     w, h = gen.size
@@ -236,7 +258,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                     pairs = []  # built once per seed as seeds stream in
                     for state in run_generation(lab, prompt, seeds, spec, settings,
                                                 lambda d, t: progress((d, t), desc="seeds"), descriptor):
-                        pairs += [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"]),
+                        pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
                                    _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
                         yield (state, headline(lab, state), pairs, seed_table(state),
                                histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near)
@@ -257,7 +279,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                         return []
                     r = state.records[evt.index]
                     return [(im, f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
-                            for m in r["matches"] if (im := lab.item_image(m["row"])) is not None]
+                            for m in r["matches"] if (im := lab.item_file(m["row"])) is not None]
 
                 gallery.select(show_topk, [run_state], [topk], api_name=False)
 
@@ -290,7 +312,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                     seeds = lab.seeds(n, limit=LIMITS["compare_seeds"])
                     specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
                     state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
-                    grid = [(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2),
+                    grid = [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2)),
                              f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
                     return grid, compare_figure(lab, state), compare_table(state)
 
@@ -323,7 +345,7 @@ def build_app(lab: Lab) -> gr.Blocks:
                           f"top-1 training image id {q['matches'][0]['id']} "
                           f"({q['matches'][0].get('duplicates', 0)} duplicates in the training set)")
                     gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
-                               for m in q["matches"] if (im := lab.item_image(m["row"])) is not None]
+                               for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
                     table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0), m.get("caption", "")]
                              for m in q["matches"]]
                     import pandas as pd
@@ -341,7 +363,7 @@ def build_app(lab: Lab) -> gr.Blocks:
 
                 def thumbs(df):
                     return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
-                            if (im := lab.item_image(r)) is not None]
+                            if (im := lab.item_file(r)) is not None]
 
                 @_errors
                 def search(query):
@@ -534,7 +556,7 @@ def keyword_outputs(lab: Lab, v: dict):
     thumbs = []
     for c in v["clusters"][:12]:
         for r in c["representatives"][:4]:
-            im = lab.item_image(r)
+            im = lab.item_file(r)
             if im is not None:
                 thumbs.append((im, f"{'misc' if c['miscellaneous'] else '#' + str(c['rank'])} · {c['size']} items"))
     return "\n".join(lines), fig, table, thumbs

@@ -144,11 +144,16 @@ def _style(im: Image.Image, style: str, rng: random.Random) -> Image.Image:
     return im
 
 
-def _scene(rng: random.Random):
-    """A procedural scene and its caption (what is shown, not where)."""
+def _scene(rng: random.Random, objects_rng: random.Random | None = None):
+    """A procedural scene and its caption (what is shown, not where). With ``objects_rng`` the background
+    comes from ``rng`` and the objects and style from ``objects_rng``: two calls with equal ``rng`` states
+    and different ``objects_rng`` give two distinct scenes on the same background."""
     c_bg1, c_bg2, *obj_cols = rng.sample(list(COLOURS), 5)
     bg = rng.choice(BACKGROUNDS)
     im = _background(rng, bg, COLOURS[c_bg1], COLOURS[c_bg2])
+    if objects_rng is not None:
+        rng = objects_rng
+        obj_cols = rng.sample([c for c in COLOURS if c not in (c_bg1, c_bg2)], 3)
     d = ImageDraw.Draw(im)
     n = rng.choice([1, 1, 2, 2, 3]) if bg != "plain" else rng.choice([2, 3])
     objs = []
