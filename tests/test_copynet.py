@@ -17,7 +17,7 @@ TINY = dict(widths=[8, 12, 16], dim=16, input_size=32)
 
 
 def _tiny_train_cfg(out, **kw):
-    return DescriptorTrainConfig(out=str(out), steps=4, batch_size=6, n_scenes=12, n_lighthouses=2, warmup=2,
+    return DescriptorTrainConfig(out=str(out), steps=4, batch_size=6, n_scenes=12, n_lighthouses=2, warmup=2, sibling_pairs=3,
                                  crops_per_photo=2, checkpoint_every=2, log_every=1, threads=1, **TINY, **kw)
 
 
@@ -95,3 +95,24 @@ def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
     again = descriptor_for_index(idx)  # rebuilt from the manifest's config
     assert np.allclose(again.embed(ims[:2]), v[:2], atol=1e-6)
     assert idx.threshold()["source"] == "calibrated"
+
+
+def test_batches_hold_same_background_pairs_together_as_negatives():
+    """Sibling scenes (same background, other objects) come in pairs; a batch holds both members."""
+    import random
+
+    import numpy as np
+
+    from memlab.train_descriptor import batch_images, make_pool
+
+    cfg = DescriptorTrainConfig(n_scenes=10, n_lighthouses=0, sibling_pairs=8)
+    pool = make_pool(cfg)
+    assert len(pool) == 10 + 16
+    same = [np.mean(np.asarray(pool[10 + 2 * k]) == np.asarray(pool[11 + 2 * k])) for k in range(8)]
+    other = [np.mean(np.asarray(pool[10 + 2 * k]) == np.asarray(pool[13 + 2 * k])) for k in range(7)]
+    assert max(same) < 1 and np.median(same) > np.median(other)  # distinct images, mostly shared pixels
+    items = [(i, None) for i in range(len(pool))]
+    got = [x for x, _ in batch_images(items, [], [], 12, 0.0, random.Random(0), siblings_from=10, sibling_share=0.5)]
+    assert len(got) == len(set(got)) == 12
+    sib = [i for i in got if i >= 10]
+    assert len(sib) == 6 and all((i ^ 1) in sib for i in sib)  # pairs are (10, 11), (12, 13), ...
