@@ -61,7 +61,7 @@ def main():
         print(f"app ready in {time.perf_counter() - t0:.1f}s; resident memory after start-up: {rss_mib(proc.pid):.0f} MiB")
         if not a.skip_browser and chromium_path():
             res = generate_in_browser(url, prompt, a.seeds, screenshot=Path(tempfile.gettempdir()) / "memlab-app.png")
-            shown = re.search(r"Replication: (\d+)% of (\d+) seeds", res["headline"])
+            shown = re.search(r"Replication: ([\d.]+)% of (\d+) seeds", res["headline"])
             print(f"browser, {a.seeds} seeds, prompt {prompt!r}: first generation + match {res['first_s']:.2f}s after "
                   f"the click, whole batch {res['whole_s']:.2f}s; page shows replication {shown.group(1)}%")
             out = Path(tempfile.mkdtemp()) / "r.jsonl"
@@ -69,8 +69,9 @@ def main():
                             "--seeds", f"0-{a.seeds - 1}", "--out", str(out)], cwd=ROOT, check=True,
                            capture_output=True)
             summ = [json.loads(x) for x in out.read_text().splitlines() if '"summary"' in x][0]
-            print(f"memlab run, same prompt and seeds: replication {summ['replication_rate']:.0%} -> "
-                  f"{'equal' if round(100 * summ['replication_rate']) == int(shown.group(1)) else 'DIFFERENT'}")
+            same = f"{summ['replication_rate']:.1%}" == shown.group(1) + "%"
+            print(f"memlab run, same prompt and seeds: replication {summ['replication_rate']:.1%} -> "
+                  f"{'equal' if same else 'DIFFERENT'}")
             kw = next(iter(world.manifest.get("keywords", {})), None)
             if kw:
                 times = [keyword_tab_in_browser(url, kw)["render_s"] for _ in range(3)]

@@ -163,7 +163,11 @@ def headline(lab: Lab, state: RunState) -> str:
     info = lab.index.descriptor_info(name)
     bg, bg_all = info.get("background_distinct", info["background"]), info["background"]
     best = max(state.records, key=lambda r: r["score"])
-    lines = [f"### Replication: {s['replication_rate']:.0%} of {s['n_seeds']} seeds",
+    st = best["settings"]
+    source = (f"mitigation {s['mitigation']['spec']} · {st['steps']} steps, guidance {st['guidance']:g} · "
+              f"{name} > {s['threshold']:.3f}")
+    lines = [f"### Replication: {s['replication_rate']:.1%} of {s['n_seeds']} seeds",  # one rounding rule: 0.1%
+             f"*{source}*",
              f"- **multi-seed replication** {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
              f"- **dataset similarity** (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
              f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "

@@ -30,6 +30,9 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     best = max(recs, key=lambda r: r["score"])
     assert "caption of the best image match" in headline and best["matches"][0]["caption"] in headline
     assert "n = 4 generations" in headline
+    # the headline names its source: mitigation, settings, descriptor and threshold, one rounding rule
+    assert f"mitigation none · 3 steps, guidance 5 · {lab.descriptor.name} > " in headline
+    assert f"Replication: {summary['replication_rate']:.1%} of 4 seeds" in headline
 
 
 @pytest.mark.parametrize("args, msg", [
