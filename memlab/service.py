@@ -86,6 +86,11 @@ class RunState:
     images: list = field(default_factory=list)  # PIL images, aligned with the seed records
     summaries: list = field(default_factory=list)
     warning: str | None = None
+    requested: int = 0  # seed records the run was asked for (0: not tracked)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.records) >= self.requested
 
 
 class Lab:
@@ -193,7 +198,7 @@ class Lab:
         gen = self.generator
         prompt, warning = check_prompt(prompt, gen.tokenizer)
         settings = settings or self.settings()
-        state = RunState(prompt=prompt, warning=warning)
+        state = RunState(prompt=prompt, warning=warning, requested=len(seeds))
         desc = self.get_descriptor(descriptor)
         thr = self.threshold(desc.name)
         total = len(seeds)
@@ -379,6 +384,8 @@ class Lab:
     @staticmethod
     def _write_zip(state: RunState, path: Path) -> None:
         buf = io.StringIO()
+        partial = {} if state.finished else {"partial": True, "seeds_requested": state.requested,
+                                               "seeds_done": len(state.records)}
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
             for r, im in zip(state.records, state.images):
                 name = f"images/{r['mitigation']['name']}-s{r['seed']}.png"
@@ -387,5 +394,5 @@ class Lab:
                 z.writestr(name, b.getvalue())
                 buf.write(json.dumps({**r, "image": name}) + "\n")
             for s in state.summaries:
-                buf.write(json.dumps(s) + "\n")
+                buf.write(json.dumps({**s, **partial}) + "\n")
             z.writestr("results.jsonl", buf.getvalue())

@@ -179,6 +179,9 @@ def headline(lab: Lab, state: RunState) -> str:
              f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
              f"nearest by text are listed below",
              f"- scores: {lab.descriptor_label(name)}"]
+    if not state.finished:
+        lines.insert(1, f"*{len(state.records)} of {state.requested} seeds so far (running, or stopped: an "
+                        f"export now is labelled partial)*")
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
     return "\n".join(lines)
@@ -227,7 +230,9 @@ def build_app(lab: Lab) -> gr.Blocks:
                         desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
                                                   label="Copy descriptor (the verdict's score and threshold)",
                                                   elem_id="descriptor")
-                        go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        with gr.Row():
+                            go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
                         att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
                 att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
                 headline_md = gr.Markdown(elem_id="headline")
@@ -267,8 +272,11 @@ def build_app(lab: Lab) -> gr.Blocks:
                         yield (state, headline(lab, state), pairs, seed_table(state),
                                histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near)
 
-                go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, desc_choice],
-                             [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
+                gen_event = go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
+                                                    desc_choice],
+                                         [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
+                # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
+                stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
 
                 @_errors
                 def attribution(prompt, n_seeds, seed_list, steps, guidance):
@@ -291,7 +299,8 @@ def build_app(lab: Lab) -> gr.Blocks:
                 def export(state):
                     if state is None:
                         raise MemlabError("nothing to export yet: generate first")
-                    path = Path(tempfile.mkdtemp(prefix="memlab-")) / "run.zip"
+                    name = "run.zip" if state.finished else "run-partial.zip"  # stopped, or still running
+                    path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
                     return str(lab.export(state, path))
 
                 export_btn.click(export, [run_state], [export_file], api_name="export")

@@ -85,6 +85,27 @@ def test_export_zip(server):
     assert len(lines) == 3 and '"type": "summary"' in lines[-1]
 
 
+def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
+    import json
+
+    from memlab.service import Lab
+    from memlab.ui import headline
+
+    lab = server[1]
+    stream = lab.generate_stream("a cat", [0, 1, 2, 3], "none", lab.settings(2, 5.0), chunk=2)
+    state = next(stream)  # stopped after the first two seeds
+    stream.close()
+    assert not state.finished and "2 of 4 seeds so far" in headline(lab, state)
+    with zipfile.ZipFile(Lab.export(state, tmp_path / "run-partial.zip")) as z:
+        summary = json.loads(z.read("results.jsonl").decode().splitlines()[-1])
+    assert summary["partial"] is True and summary["seeds_requested"] == 4 and summary["seeds_done"] == 2
+    for state in lab.generate_stream("a cat", [0, 1], "none", lab.settings(2, 5.0)):
+        pass
+    assert state.finished and "so far" not in headline(lab, state)
+    with zipfile.ZipFile(Lab.export(state, tmp_path / "run.zip")) as z:
+        assert "partial" not in json.loads(z.read("results.jsonl").decode().splitlines()[-1])
+
+
 def test_service_validates_what_the_ui_cannot(server):
     from memlab.errors import MemlabError
 
@@ -164,3 +185,28 @@ def test_generate_with_the_second_descriptor_names_it(client, server):
     assert lab.descriptor_label() in out[0]
     with pytest.raises(Exception, match="unknown descriptor|not in the list of choices"):
         client.predict("a red ball", 2, "", [], 4, 0.1, 3, 5.0, "nope", api_name="/generate")
+
+
+def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
+    """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process:
+    the run ends early and the next caller is served at once."""
+    import time
+
+    from memlab.browser import serve_app
+
+    with serve_app(tiny_world) as (url, proc):
+        job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,
+                                                              api_name="/generate")
+        t0 = time.time()
+        while not job.outputs() and time.time() - t0 < 60:
+            time.sleep(0.2)
+        assert job.outputs(), "no partial result streamed"
+        job.cancel()
+        t1 = time.time()
+        ok = gradio_client.Client(url, verbose=False).predict("a blue square", 1, "", [], 4, 0.1, 2, 5.0,
+                                                              api_name="/generate")
+        assert "of 1 seeds" in ok[0]
+        waited = time.time() - t1
+        assert len(job.outputs()) < 32  # far from all 64 seeds (2 per update)
+        assert proc.poll() is None
+    assert waited < 30, waited
