@@ -105,13 +105,31 @@ def _normal_call_works(client):
     assert table["data"] and all("colour field" in r[2] for r in table["data"])
 
 
-def test_bad_input_sweep_over_every_endpoint(client, server):
+def test_bad_input_sweep_over_every_endpoint(client, server, tmp_path):
     """Every case: a clear message (or, where the meaning is unambiguous, an answer), no traceback,
     and the next normal request answered; finally a generation equals the one before the sweep."""
+    from gradio_client import handle_file
+
+    from conftest import synthetic_images
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image, whatever the name says")
+    img = tmp_path / "q.png"
+    synthetic_images(1, size=16)[0].save(img)
+    upload_cases = [
+        ("/match_image", (None, 3, None), "upload an image first"),
+        ("/match_image", (handle_file(str(text)), 3, None), "cannot identify image file"),
+        ("/match_image", (handle_file(str(img)), 0, None), "less than minimum"),
+        ("/match_image", (handle_file(str(img)), 3, "nope"), "not in the list of choices"),
+        ("/match_image", (handle_file(str(img)), "many", None), "Expected a `float`"),
+    ]
+    fresh = gradio_client.Client(server[0], verbose=False)  # a session that has not generated yet
+    with pytest.raises(Exception, match="nothing to export yet"):
+        fresh.predict(api_name="/export")
     before = client.predict(*G, api_name="/generate")
     tried = clear = 0
     wrong = []
-    for api, args, expect in APP_CASES:
+    for api, args, expect in APP_CASES + upload_cases:
         tried += 1
         try:
             out = client.predict(*args, api_name=api)
@@ -126,7 +144,7 @@ def test_bad_input_sweep_over_every_endpoint(client, server):
                 wrong.append((api, str(args)[:80], "was accepted", str(out)[:200]))
         _normal_call_works(client)
     assert not wrong, "\n".join(map(str, wrong))
-    assert tried >= 55 and clear >= 50
+    assert tried >= 60 and clear >= 60
     after = client.predict(*G, api_name="/generate")
     assert after[0] == before[0] and after[2] == before[2]  # headline and per-seed table unchanged
 
