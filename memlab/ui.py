@@ -209,248 +209,279 @@ def build_app(lab: Lab) -> gr.Blocks:
         run_state = gr.State(None)
 
         with gr.Tabs() as tabs:
-            with gr.Tab("Generate & match", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
-                        if examples:
-                            gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
-                                        cache_examples=False)
-                    with gr.Column(scale=1):
-                        n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1, label="Number of seeds")
-                        seed_list = gr.Textbox(label="…or explicit seeds", placeholder="e.g. 0-3,10")
-                        mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
-                        with gr.Row():
-                            k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
-                            lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
-                        with gr.Accordion("Sampling", open=False):
-                            steps = gr.Slider(1, 200, value=int(world.defaults["steps"]), step=1, label="Steps")
-                            guidance = gr.Slider(0.0, 20.0, value=float(world.defaults["guidance"]), step=0.5,
-                                                 label="Guidance scale")
-                        desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
-                                                  label="Copy descriptor (the verdict's score and threshold)",
-                                                  elem_id="descriptor")
-                        with gr.Row():
-                            go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
-                        att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
-                att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
-                headline_md = gr.Markdown(elem_id="headline")
-                gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
-                                     format="png", elem_id="pairs", height="auto",
-                                     object_fit="contain")
-                topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
-                                  elem_id="topk")
-                table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
-                closest = gr.Dataframe(label=f"closest training captions to the prompt by text ({lab.text_source()})",
-                                       elem_id="closest", wrap=True)
-                # shown from the start: the world's background (and plotly's library, which a page loads
-                # once, ~1.3 s, before any plot can render: loaded now, later plots render at once)
-                plot = gr.Plot(value=histogram(lab, [], " (no generation yet)"),
-                               label="top-1 scores over the background", elem_id="hist")
-                with gr.Row():
-                    export_btn = gr.Button("Export run (JSONL + images)")
-                    export_file = gr.File(label="run.zip")
-
-                @_errors
-                def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
-                             progress=gr.Progress()):
-                    seeds = lab.seeds(n_seeds, seed_list)
-                    spec = lab.strategy_spec(mits, k, lam)
-                    settings = lab.settings(steps, guidance)
-                    if descriptor and descriptor not in lab.descriptor_names:
-                        raise MemlabError(f"unknown descriptor {descriptor!r}; this world has "
-                                          f"{', '.join(lab.descriptor_names)}")
-                    prompt, _ = lab.check_prompt(prompt)
-                    progress(0, desc="starting")
-                    near = lab.closest_captions(prompt)
-                    pairs = []  # built once per seed as seeds stream in
-                    for state in run_generation(lab, prompt, seeds, spec, settings,
-                                                lambda d, t: progress((d, t), desc="seeds"), descriptor):
-                        pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
-                                   _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
-                        yield (state, headline(lab, state), pairs, seed_table(state),
-                               histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near)
-
-                gen_event = go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
-                                                    desc_choice],
-                                         [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
-                # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
-                stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
-
-                @_errors
-                def attribution(prompt, n_seeds, seed_list, steps, guidance):
-                    toks = lab.token_attribution(prompt, lab.seeds(n_seeds, seed_list), lab.settings(steps, guidance))
-                    return gr.update(value=attribution_chart(toks), visible=True)
-
-                att_btn.click(attribution, [prompt, n_seeds, seed_list, steps, guidance], [att_plot],
-                              api_name="attribution")
-
-                def show_topk(state: RunState, evt: gr.SelectData):
-                    if not state or evt.index is None or evt.index >= len(state.records):
-                        return []
-                    r = state.records[evt.index]
-                    return [(im, f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
-                            for m in r["matches"] if (im := lab.item_file(m["row"])) is not None]
-
-                gallery.select(show_topk, [run_state], [topk], api_name=False)
-
-                @_errors
-                def export(state):
-                    if state is None:
-                        raise MemlabError("nothing to export yet: generate first")
-                    name = "run.zip" if state.finished else "run-partial.zip"  # stopped, or still running
-                    path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
-                    return str(lab.export(state, path))
-
-                export_btn.click(export, [run_state], [export_file], api_name="export")
-
-            with gr.Tab("Compare mitigations", id="compare"):
-                with gr.Row():
-                    c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
-                    with gr.Column(scale=1):
-                        c_seeds = gr.Slider(1, 16, value=4, step=1, label="Seeds (the same for every strategy)")
-                        c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
-                        with gr.Row():
-                            c_k = gr.Slider(1, 10, value=4, step=1, label="k")
-                            c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
-                        c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-                c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid",
-                                    object_fit="contain")
-                c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
-                c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
-
-                @_errors
-                def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
-                    seeds = lab.seeds(n, limit=LIMITS["compare_seeds"])
-                    specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
-                    state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
-                    grid = [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2)),
-                             f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
-                    return grid, compare_figure(lab, state), compare_table(state)
-
-                c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
-
-            with gr.Tab("Match an image", id="match"):
-                gr.Markdown("Upload any image (a generation from elsewhere, a suspected copy) and see its nearest "
-                            f"training images with their scores and the verdict. At most "
-                            f"{LIMITS['upload_bytes'] // 2**20} MiB and {LIMITS['upload_pixels'] / 1e6:.0f} "
-                            f"megapixels.")
-                with gr.Row():
-                    m_image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                       label="image to match", elem_id="match-image", scale=2)
-                    with gr.Column(scale=1):
-                        m_k = gr.Slider(1, 20, value=5, step=1, label="k (nearest training images)")
-                        m_desc = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
-                                             label="Copy descriptor")
-                        m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
-                m_md = gr.Markdown(elem_id="match-verdict")
-                m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
-                m_table = gr.Dataframe(label="matches", elem_id="match-table")
-
-                @_errors
-                def match_upload(path, k, descriptor):
-                    res = lab.match_image(path, k, descriptor)
-                    q, d = res["queries"][0], res["descriptor"]
-                    verdict = "**replicated**" if q["replicated"] else "not replicated"
-                    md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
-                          f"threshold {q['threshold']:.3f} · {lab.descriptor_label(d['name'])} · "
-                          f"top-1 training image id {q['matches'][0]['id']} "
-                          f"({q['matches'][0].get('duplicates', 0)} duplicates in the training set)")
-                    gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
-                               for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
-                    table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0), m.get("caption", "")]
-                             for m in q["matches"]]
-                    import pandas as pd
-
-                    return md, gallery, pd.DataFrame(table, columns=["id", "score", "duplicates", "caption"])
-
-                m_btn.click(match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api_name="match_image")
-
-            with gr.Tab("Training set", id="train"):
-                with gr.Row():
-                    q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
-                    q_btn = gr.Button("Search", scale=1)
-                q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
-                q_table = gr.Dataframe(label="items")
-
-                def thumbs(df):
-                    return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
-                            if (im := lab.item_file(r)) is not None]
-
-                @_errors
-                def search(query):
-                    hits = lab.search_captions(query)
-                    return thumbs(hits), hits
-
-                q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
-                q.submit(search, [q], [q_gallery, q_table], api_name=False)
-                gr.Markdown("#### Near-duplicate groups (largest first)")
-                groups = lab.duplicate_groups()
-                gr.Dataframe(value=groups, label="groups with duplicates")
-                with gr.Row():
-                    item_id = gr.Textbox(label="Open an item by id", scale=3)
-                    item_btn = gr.Button("Open", scale=1)
-                item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
-                item_table = gr.Dataframe(label="its duplicate group")
-
-                @_errors
-                def open_item(i):
-                    row = lab.item_row(i)
-                    members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
-                    return thumbs(members), members
-
-                item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
-
-            with gr.Tab("Keyword clusters", id="clusters"):
-                gr.Markdown("Which training images stand behind a word (Memory Triggers paper): the items whose "
-                            "caption holds the keyword (captions over 77 CLIP tokens dropped), their clusters of "
-                            "nearly identical images, each cluster's frequent caption words, and objects that "
-                            "come along unnamed.")
-                with gr.Row():
-                    kw_pick = gr.Dropdown(sorted(lab.views), value=(sorted(lab.views) or [None])[0],
-                                          label="Prebuilt keyword (or type a new one)", allow_custom_value=True,
-                                          scale=3, elem_id="kw-pick")
-                    kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
-                                            value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
-                    kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
-                first = keyword_outputs(lab, lab.views[sorted(lab.views)[0]]) if lab.views else (None,) * 4
-                kw_md = gr.Markdown(first[0], elem_id="kw-summary")
-                kw_plot = gr.Plot(first[1], label="cluster sizes (30 largest)", elem_id="kw-plot")
-                kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True)
-                kw_gallery = gr.Gallery(first[3], label="cluster thumbnails", columns=8, format="png",
-                                        elem_id="kw-gallery")
-                with gr.Row():
-                    kw_rank = gr.Number(value=1, minimum=1, step=1, label="Cluster rank", scale=1)
-                    kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
-
-                @_errors
-                def show_keyword(keyword, objects, progress=gr.Progress()):
-                    progress(0, desc="filtering captions and clustering")
-                    objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
-                    prebuilt = lab.views.get(keyword)
-                    reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
-                    v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
-                    return keyword_outputs(lab, v)
-
-                kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
-                             api_name="keyword_clusters")
-
-                @_errors
-                def cluster_prompt(keyword, rank):
-                    v = lab.keyword_view(keyword)
-                    rank = 1 if rank is None else number(rank, "the cluster rank", 1, 10**6, integer=True)
-                    c = next((c for c in v["clusters"] if c["rank"] == rank), None)
-                    if c is None:
-                        raise MemlabError(f"no cluster of rank {rank} for {keyword!r}")
-                    return gr.Tabs(selected="generate"), lab.index.items.iloc[c["representatives"][0]]["caption"]
-
-                kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name="cluster_prompt")
-
-            with gr.Tab("About this world", id="about"):
-                gr.Markdown(world_card_markdown(lab))
-                gr.Markdown("### Papers\n" + CITATIONS)
+            prompt = generate_tab(lab, examples, run_state)
+            compare_tab(lab)
+            match_tab(lab)
+            training_set_tab(lab)
+            keyword_tab(lab, tabs, prompt)
+            about_tab(lab)
     return demo
+
+
+def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
+    """Generate & match: prompt, seeds, mitigations, descriptor; streamed pairs, headline, table, histogram,
+    token attribution, top-k of a selected seed, export. Returns the prompt box (other tabs fill it)."""
+    defaults = lab.world.defaults
+    with gr.Tab("Generate & match", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
+                if examples:
+                    gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
+                                cache_examples=False)
+            with gr.Column(scale=1):
+                n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1, label="Number of seeds")
+                seed_list = gr.Textbox(label="…or explicit seeds", placeholder="e.g. 0-3,10")
+                mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
+                with gr.Row():
+                    k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
+                    lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
+                with gr.Accordion("Sampling", open=False):
+                    steps = gr.Slider(1, 200, value=int(defaults["steps"]), step=1, label="Steps")
+                    guidance = gr.Slider(0.0, 20.0, value=float(defaults["guidance"]), step=0.5,
+                                         label="Guidance scale")
+                desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
+                                          label="Copy descriptor (the verdict's score and threshold)",
+                                          elem_id="descriptor")
+                with gr.Row():
+                    go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
+                att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
+        att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
+        headline_md = gr.Markdown(elem_id="headline")
+        gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
+                             format="png", elem_id="pairs", height="auto",
+                             object_fit="contain")
+        topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
+                          elem_id="topk")
+        table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
+        closest = gr.Dataframe(label=f"closest training captions to the prompt by text ({lab.text_source()})",
+                               elem_id="closest", wrap=True)
+        # shown from the start: the world's background (and plotly's library, which a page loads
+        # once, ~1.3 s, before any plot can render: loaded now, later plots render at once)
+        plot = gr.Plot(value=histogram(lab, [], " (no generation yet)"),
+                       label="top-1 scores over the background", elem_id="hist")
+        with gr.Row():
+            export_btn = gr.Button("Export run (JSONL + images)")
+            export_file = gr.File(label="run.zip")
+
+        @_errors
+        def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
+                     progress=gr.Progress()):
+            seeds = lab.seeds(n_seeds, seed_list)
+            spec = lab.strategy_spec(mits, k, lam)
+            settings = lab.settings(steps, guidance)
+            if descriptor and descriptor not in lab.descriptor_names:
+                raise MemlabError(f"unknown descriptor {descriptor!r}; this world has "
+                                  f"{', '.join(lab.descriptor_names)}")
+            prompt, _ = lab.check_prompt(prompt)
+            progress(0, desc="starting")
+            near = lab.closest_captions(prompt)
+            pairs = []  # built once per seed as seeds stream in
+            for state in run_generation(lab, prompt, seeds, spec, settings,
+                                        lambda d, t: progress((d, t), desc="seeds"), descriptor):
+                pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
+                           _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
+                yield (state, headline(lab, state), pairs, seed_table(state),
+                       histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near)
+
+        gen_event = go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
+                                            desc_choice],
+                                 [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
+        # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
+        stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
+
+        @_errors
+        def attribution(prompt, n_seeds, seed_list, steps, guidance):
+            toks = lab.token_attribution(prompt, lab.seeds(n_seeds, seed_list), lab.settings(steps, guidance))
+            return gr.update(value=attribution_chart(toks), visible=True)
+
+        att_btn.click(attribution, [prompt, n_seeds, seed_list, steps, guidance], [att_plot],
+                      api_name="attribution")
+
+        def show_topk(state: RunState, evt: gr.SelectData):
+            if not state or evt.index is None or evt.index >= len(state.records):
+                return []
+            r = state.records[evt.index]
+            return [(im, f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
+                    for m in r["matches"] if (im := lab.item_file(m["row"])) is not None]
+
+        gallery.select(show_topk, [run_state], [topk], api_name=False)
+
+        @_errors
+        def export(state):
+            if state is None:
+                raise MemlabError("nothing to export yet: generate first")
+            name = "run.zip" if state.finished else "run-partial.zip"  # stopped, or still running
+            path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
+            return str(lab.export(state, path))
+
+        export_btn.click(export, [run_state], [export_file], api_name="export")
+    return prompt
+
+
+def compare_tab(lab: Lab) -> None:
+    """Compare mitigations: none and each strategy on the same seeds."""
+    with gr.Tab("Compare mitigations", id="compare"):
+        with gr.Row():
+            c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
+            with gr.Column(scale=1):
+                c_seeds = gr.Slider(1, 16, value=4, step=1, label="Seeds (the same for every strategy)")
+                c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
+                with gr.Row():
+                    c_k = gr.Slider(1, 10, value=4, step=1, label="k")
+                    c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
+                c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+        c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid",
+                            object_fit="contain")
+        c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
+        c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
+
+        @_errors
+        def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
+            seeds = lab.seeds(n, limit=LIMITS["compare_seeds"])
+            specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
+            state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
+            grid = [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2)),
+                     f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
+            return grid, compare_figure(lab, state), compare_table(state)
+
+        c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
+
+
+def match_tab(lab: Lab) -> None:
+    """Match an image: an upload against the training set (what `memlab match` does)."""
+    with gr.Tab("Match an image", id="match"):
+        gr.Markdown("Upload any image (a generation from elsewhere, a suspected copy) and see its nearest "
+                    f"training images with their scores and the verdict. At most "
+                    f"{LIMITS['upload_bytes'] // 2**20} MiB and {LIMITS['upload_pixels'] / 1e6:.0f} "
+                    f"megapixels.")
+        with gr.Row():
+            m_image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                               label="image to match", elem_id="match-image", scale=2)
+            with gr.Column(scale=1):
+                m_k = gr.Slider(1, 20, value=5, step=1, label="k (nearest training images)")
+                m_desc = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
+                                     label="Copy descriptor")
+                m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
+        m_md = gr.Markdown(elem_id="match-verdict")
+        m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
+        m_table = gr.Dataframe(label="matches", elem_id="match-table")
+
+        @_errors
+        def match_upload(path, k, descriptor):
+            res = lab.match_image(path, k, descriptor)
+            q, d = res["queries"][0], res["descriptor"]
+            verdict = "**replicated**" if q["replicated"] else "not replicated"
+            md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
+                  f"threshold {q['threshold']:.3f} · {lab.descriptor_label(d['name'])} · "
+                  f"top-1 training image id {q['matches'][0]['id']} "
+                  f"({q['matches'][0].get('duplicates', 0)} duplicates in the training set)")
+            gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
+                       for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
+            table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0), m.get("caption", "")]
+                     for m in q["matches"]]
+            import pandas as pd
+
+            return md, gallery, pd.DataFrame(table, columns=["id", "score", "duplicates", "caption"])
+
+        m_btn.click(match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api_name="match_image")
+
+
+def training_set_tab(lab: Lab) -> None:
+    """Training set: caption search, near-duplicate groups, an item with its duplicates."""
+    with gr.Tab("Training set", id="train"):
+        with gr.Row():
+            q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
+            q_btn = gr.Button("Search", scale=1)
+        q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
+        q_table = gr.Dataframe(label="items")
+
+        def thumbs(df):
+            return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
+                    if (im := lab.item_file(r)) is not None]
+
+        @_errors
+        def search(query):
+            hits = lab.search_captions(query)
+            return thumbs(hits), hits
+
+        q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
+        q.submit(search, [q], [q_gallery, q_table], api_name=False)
+        gr.Markdown("#### Near-duplicate groups (largest first)")
+        groups = lab.duplicate_groups()
+        gr.Dataframe(value=groups, label="groups with duplicates")
+        with gr.Row():
+            item_id = gr.Textbox(label="Open an item by id", scale=3)
+            item_btn = gr.Button("Open", scale=1)
+        item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
+        item_table = gr.Dataframe(label="its duplicate group")
+
+        @_errors
+        def open_item(i):
+            row = lab.item_row(i)
+            members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
+            return thumbs(members), members
+
+        item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
+
+
+def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox) -> None:
+    """Keyword clusters (Memory Triggers): prebuilt or new keyword views; a cluster's caption can be sent
+    to Generate & match (``tabs`` and ``prompt``)."""
+    with gr.Tab("Keyword clusters", id="clusters"):
+        gr.Markdown("Which training images stand behind a word (Memory Triggers paper): the items whose "
+                    "caption holds the keyword (captions over 77 CLIP tokens dropped), their clusters of "
+                    "nearly identical images, each cluster's frequent caption words, and objects that "
+                    "come along unnamed.")
+        with gr.Row():
+            kw_pick = gr.Dropdown(sorted(lab.views), value=(sorted(lab.views) or [None])[0],
+                                  label="Prebuilt keyword (or type a new one)", allow_custom_value=True,
+                                  scale=3, elem_id="kw-pick")
+            kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
+                                    value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
+            kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
+        first = keyword_outputs(lab, lab.views[sorted(lab.views)[0]]) if lab.views else (None,) * 4
+        kw_md = gr.Markdown(first[0], elem_id="kw-summary")
+        kw_plot = gr.Plot(first[1], label="cluster sizes (30 largest)", elem_id="kw-plot")
+        kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True)
+        kw_gallery = gr.Gallery(first[3], label="cluster thumbnails", columns=8, format="png",
+                                elem_id="kw-gallery")
+        with gr.Row():
+            kw_rank = gr.Number(value=1, minimum=1, step=1, label="Cluster rank", scale=1)
+            kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
+
+        @_errors
+        def show_keyword(keyword, objects, progress=gr.Progress()):
+            progress(0, desc="filtering captions and clustering")
+            objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
+            prebuilt = lab.views.get(keyword)
+            reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
+            v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
+            return keyword_outputs(lab, v)
+
+        kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
+                     api_name="keyword_clusters")
+
+        @_errors
+        def cluster_prompt(keyword, rank):
+            v = lab.keyword_view(keyword)
+            rank = 1 if rank is None else number(rank, "the cluster rank", 1, 10**6, integer=True)
+            c = next((c for c in v["clusters"] if c["rank"] == rank), None)
+            if c is None:
+                raise MemlabError(f"no cluster of rank {rank} for {keyword!r}")
+            return gr.Tabs(selected="generate"), lab.index.items.iloc[c["representatives"][0]]["caption"]
+
+        kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name="cluster_prompt")
+
+
+def about_tab(lab: Lab) -> None:
+    """About this world: its card and the papers."""
+    with gr.Tab("About this world", id="about"):
+        gr.Markdown(world_card_markdown(lab))
+        gr.Markdown("### Papers\n" + CITATIONS)
+
+
 
 
 class CallerMessages:
