@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser and app-serving helpers
 
 
 def rss_mib(pid: int) -> float:
@@ -49,7 +50,7 @@ def main():
     import pandas as pd
     from gradio_client import Client
 
-    from memlab.browser import chromium_path, generate_in_browser, keyword_tab_in_browser, serve_app
+    from browser import chromium_path, generate_in_browser, keyword_tab_in_browser, serve_app
     from memlab.world import World
 
     world = World.load(a.world)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser and app-serving helpers
 
 MIX = ("generate", "search_captions", "compare", "keyword_clusters", "generate")
 
@@ -127,7 +128,7 @@ def main():
     a = ap.parse_args()
     from bench_app import rss_mib
 
-    from memlab.browser import serve_app
+    from browser import serve_app
     from memlab.world import World
 
     world = World.load(a.world)

@@ -192,7 +192,7 @@ def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     the run ends early and the next caller is served at once."""
     import time
 
-    from memlab.browser import serve_app
+    from browser import serve_app
 
     with serve_app(tiny_world) as (url, proc):
         job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-from memlab.browser import chromium_path, generate_in_browser, serve_app  # noqa: E402
+from browser import chromium_path, generate_in_browser, serve_app  # noqa: E402
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 
@@ -22,7 +22,7 @@ def test_generate_in_chromium(tiny_world, tmp_path):
 
 
 def test_keyword_tab_in_chromium(tiny_world, tmp_path):
-    from memlab.browser import keyword_tab_in_browser
+    from browser import keyword_tab_in_browser
 
     with serve_app(tiny_world) as (url, _):
         res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
@@ -33,7 +33,7 @@ def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, t
     """The prompt's per-token attribution appears as a bar chart; the verdict's descriptor is a choice."""
     from playwright.sync_api import sync_playwright
 
-    from memlab.browser import CHROMIUM_ARGS
+    from browser import CHROMIUM_ARGS
 
     with serve_app(tiny_world) as (url, _), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)

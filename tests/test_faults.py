@@ -106,7 +106,7 @@ def test_the_app_killed_mid_generation_restarts_and_serves_the_same_answers(worl
     import httpx
     from gradio_client import Client
 
-    from memlab.browser import serve_app
+    from browser import serve_app
     from memlab.world import World
 
     args = ("a colour field 3", 2, "", [], 4, 0.1, 3, 5.0)

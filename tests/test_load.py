@@ -14,7 +14,7 @@ def test_concurrent_callers_over_mixed_endpoints_all_answered(tiny_world):
     from bench_app import rss_mib
     from bench_load import report, run_load
 
-    from memlab.browser import serve_app
+    from browser import serve_app
     from memlab.world import World
 
     world = World.load(tiny_world)
@@ -36,7 +36,7 @@ def test_a_caller_past_the_queue_limit_is_told_the_limit_and_the_wait(tiny_world
     import httpx
     from gradio_client import Client
 
-    from memlab.browser import serve_app
+    from browser import serve_app
 
     with serve_app(tiny_world, args=("--queue-size", "2")) as (url, proc):
         Client(url, verbose=False).predict("a ball", 1, "", [], 4, 0.1, 2, 5.0, api_name="/generate")  # an average

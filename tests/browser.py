@@ -1,5 +1,5 @@
-"""Drive the app in real Chromium (Debian's /usr/bin/chromium through the pip ``playwright`` package;
-never ``playwright install``). Used by the browser test and the browser benchmark."""
+"""Test and benchmark helpers: serve `python app.py` in a subprocess and drive it in real Chromium
+(Debian's /usr/bin/chromium through the pip ``playwright`` package; never ``playwright install``)."""
 from __future__ import annotations
 
 import json
