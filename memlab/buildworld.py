@@ -26,6 +26,26 @@ WORLD_DESCRIPTORS = ("memlab-copy", "pixel")
 GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used for calibration)
 
 
+def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None):
+    """The ground truth of "the model copies": copies the world's model makes (image-to-image at
+    strengths 0.2-0.5 and the VAE round trip, ``memlab.modelcopies``) of ``n_items`` distinct training
+    items drawn with ``seed``; ({"model:<kind>" and "model:all": (rows, images)}, items)."""
+    from .generate import Generator
+    from .modelcopies import model_copies
+
+    first = rows.drop_duplicates("item").sample(n=min(n_items, rows["item"].nunique()), random_state=seed).index.to_numpy()
+    gen = Generator.from_pretrained(model_dir, device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+    made = model_copies(gen.pipe, [image_of(int(i)) for i in first], [rows["caption"].iloc[int(i)] for i in first],
+                        steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"], seed=seed,
+                        progress=progress)
+    truth = {}
+    for kind in sorted({k for _, k, _ in made}):
+        sel = [(j, im) for j, k, im in made if k == kind]
+        truth[f"model:{kind}"] = (first[[j for j, _ in sel]], [im for _, im in sel])
+    truth["model:all"] = (first[[j for j, _, _ in made]], [im for _, _, im in made])
+    return truth, len(first)
+
+
 def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int = 2500, vae_steps: int = 800,
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
@@ -103,22 +123,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         def image_of(i):
             return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
 
-        truth, n_truth = {}, 0
-        if ground_truth_items:
-            from .generate import Generator
-            from .modelcopies import model_copies
-
-            first = rows.drop_duplicates("item").sample(n=min(ground_truth_items, rows["item"].nunique()),
-                                                        random_state=spec.seed).index.to_numpy()
-            gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
-            made = model_copies(gen.pipe, [image_of(int(i)) for i in first],
-                                [rows["caption"].iloc[int(i)] for i in first], steps=WORLD_DEFAULTS["steps"],
-                                guidance=WORLD_DEFAULTS["guidance"], seed=spec.seed, progress=progress)
-            for kind in sorted({k for _, k, _ in made}):
-                sel = [(j, im) for j, k, im in made if k == kind]
-                truth[f"model:{kind}"] = (first[[j for j, _ in sel]], [im for _, im in sel])
-            truth["model:all"] = (first[[j for j, _, _ in made]], [im for _, _, im in made])
-            n_truth = len(first)
+        truth, n_truth = (model_copy_truth(rows, image_of, out / "model", ground_truth_items, spec.seed, progress)
+                          if ground_truth_items else ({}, 0))
         # crops of one scikit-image photo overlap: for calibration they are one source image, not distinct
         rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
         build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],

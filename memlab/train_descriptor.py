@@ -5,9 +5,9 @@ Readable top to bottom: config -> image pool -> network -> loop -> checkpoints -
 - **Images**: only what memlab makes or loads at build time: procedural scenes and lighthouses drawn by
   ``memlab.worldgen`` (seeds other than the built-in world's), and random crops of the public-domain
   photographs that scikit-image ships (single crops, at most one per photo in a batch, and collages of
-  crops of different photos), and pairs of distinct scenes drawn on the same background, put into a
-  batch together as each other's negatives (the distinct training images that share a pattern are
-  what sets a world's 1% threshold). Never the shared paintings: they are the held-out test
+  crops of different photos); optionally (``sibling_pairs``) pairs of distinct scenes drawn on the same
+  background, put into a batch together as each other's negatives (distinct training images that share
+  a pattern are what sets a world's 1% threshold; README: it did not raise recall). Never the shared paintings: they are the held-out test
   (``benchmarks/bench_copy_robustness.py``).
 - **Objective**: two strongly augmented views of each image in a batch (``memlab.augment``);
   with ``decoder``, a share of the views starts from a real diffusion model's version of the image: its
@@ -51,7 +51,7 @@ class DescriptorTrainConfig:
     seed: int = 0
     n_scenes: int = 3000            # procedural scenes in the pool
     n_lighthouses: int = 300
-    sibling_pairs: int = 1000       # pairs of distinct scenes on the same background (hard negatives)
+    sibling_pairs: int = 0          # pairs of distinct scenes on the same background (hard negatives; README)
     sibling_share: float = 0.3      # share of a batch's scene slots filled with such pairs
     photo_share: float = 0.5        # share of each batch made from the scikit-image photos (crops, collages)
     crops_per_photo: int = 80       # fixed random crops per scikit-image photo

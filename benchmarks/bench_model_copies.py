@@ -1,0 +1,61 @@
+"""memlab-copy weights on the built-in world's own model copies, through build-world's code path: the
+ground truth (`buildworld.model_copy_truth`: 96 held-out items, image-to-image at 0.2-0.5 and the VAE
+round trip) is made once, then for each weights folder the world's index is built with that descriptor
+(`index.build_index`: threshold at 1% of the distinct-item background) and the manifest's recall per
+kind is printed, with the share of copies whose own item is the top-1 match.
+
+    python benchmarks/bench_model_copies.py assets/memlab-copy [OTHER_WEIGHTS ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("weights", nargs="+", help="memlab-copy weights folders (config.json + model.safetensors)")
+    ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    ap.add_argument("--items", type=int, default=96)
+    a = ap.parse_args()
+    import pandas as pd
+
+    from memlab.buildworld import model_copy_truth
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import load_image
+
+    world = Path(a.world)
+    data = world / "build" / "data"
+    rows = pd.read_parquet(data / "train.parquet")
+    card = json.loads((world / "card.json").read_text())
+    seed = card["spec"]["seed"]
+
+    def image_of(i):
+        return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+
+    truth, n = model_copy_truth(rows, image_of, world / "model", a.items, seed)
+    rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
+    print(f"{n} held-out items of {world}, {len(truth['model:all'][1])} model copies; threshold: 1% of the "
+          f"distinct-item background")
+    kinds = sorted(k for k in truth if k != "model:all")
+    print(f"{'weights':<28} {'thr':>6} {'all':>6} " + " ".join(f"{k[6:]:>12}" for k in kinds) + "  top-1 own item")
+    for w in a.weights:
+        d = create_descriptor("memlab-copy", weights=w)
+        with tempfile.TemporaryDirectory() as tmp:
+            build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
+            idx = TrainingIndex.load(Path(tmp) / "idx")
+            thr = idx.threshold(d.name)
+            gt = thr["ground_truth"]
+        print(f"{Path(w).name:<28} {thr['value']:6.3f} {gt['model:all']['recall']:6.1%} "
+              + " ".join(f"{gt[k]['recall']:12.1%}" for k in kinds) + f"  {gt['model:all']['copy_top1']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
