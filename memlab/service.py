@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -29,11 +30,11 @@ APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
 # What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
 # silently changed value.
 LIMITS = {
-    "seeds": APP_MAX_SEEDS,           # seeds per request (generate, attribution); compare: COMPARE_MAX_SEEDS
-    "compare_seeds": 16,
+    "seeds": APP_MAX_SEEDS,           # seeds per request (generate, attribution)
+    "compare_seeds": 16,              # seeds per request in Compare (each runs once per strategy)
     "steps": 200,                     # denoising steps per image
     "guidance": 20.0,
-    "prompt_chars": MAX_PROMPT_CHARS,          # longer prompts are refused; over 77 CLIP tokens they are truncated (warned)
+    "prompt_chars": MAX_PROMPT_CHARS,  # refused past it; past 77 CLIP tokens a prompt is truncated (warned)
     "query_chars": 200,               # caption search, keyword, item id
     "k": 10, "lam": 1.0,              # mitigation parameters in the page
     "upload_bytes": MAX_IMAGE_BYTES,  # an uploaded image (Match an image); Gradio refuses larger files
@@ -45,8 +46,6 @@ LIMITS = {
 def number(value, name: str, lo: float, hi: float, integer: bool = False):
     """A finite number in [lo, hi] from whatever a caller sent (str, float, None...), or a MemlabError
     that names the field and the range. Never clamps: an out-of-range value is refused."""
-    import math
-
     if value is None or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
         raise MemlabError(f"{name}: a number is needed (got {value!r})")
     try:
