@@ -76,6 +76,22 @@ def text(value, name: str, max_chars: int, required: bool = True) -> str:
     return value.strip()
 
 
+APP_MATCHES = 50  # matches kept per generation in the app: room for k distinct groups after collapsing
+
+
+def collapse_matches(matches: Sequence[dict], k: int) -> list[dict]:
+    """The top ``k`` near-duplicate groups among ranked matches: each group's best match, with
+    ``copies`` = how many of the matches belong to that group (the rest are its duplicates)."""
+    out: dict = {}
+    for m in matches:
+        g = m.get("group", m.get("row"))
+        if g in out:
+            out[g]["copies"] += 1
+        else:
+            out[g] = {**m, "copies": 1}
+    return list(out.values())[:k]
+
+
 @dataclass
 class RunState:
     """One finished (or streaming) run: its records and images, ready to show or export."""
@@ -205,7 +221,7 @@ class Lab:
             part = list(seeds[i:i + chunk])
             imgs = {}
             recs = run_prompt(gen, self.index, desc, prompt, part, [strategy], settings,
-                              out_dir=None, k=5, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
+                              out_dir=None, k=APP_MATCHES, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
             for r in recs:
                 if r["type"] == "seed":
                     state.records.append(r)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from .errors import MemlabError
 from .mitigations import MITIGATIONS
-from .service import APP_MAX_SEEDS, LIMITS, Lab, RunState, number, text
+from .service import APP_MAX_SEEDS, LIMITS, Lab, RunState, collapse_matches, number, text
 
 log = logging.getLogger("memlab.app")
 
@@ -140,6 +140,24 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
     return fig
 
 
+def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
+    """Each seed's top-1 score as a point, replicated ones in red, with the threshold drawn."""
+    import plotly.graph_objects as go
+
+    thr = lab.threshold(descriptor)["value"]
+    recs = state.records if state else []
+    fig = go.Figure()
+    fig.add_scatter(x=[str(r["seed"]) for r in recs], y=[r["score"] for r in recs], mode="markers",
+                    marker=dict(size=11, color=["#d62728" if r["replicated"] else "#1f77b4" for r in recs]),
+                    hovertext=[f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}"
+                               for r in recs], hoverinfo="text", name="top-1 score")
+    fig.add_hline(y=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
+    fig.update_layout(height=260, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
+                      title=dict(text="top-1 score per seed (red: replicated)", font=dict(size=13)),
+                      xaxis_title="seed", yaxis_title="similarity", xaxis_type="category")
+    return fig
+
+
 def attribution_chart(tokens: list[dict]):
     """A bar per prompt token (start and end tokens left out): Wen et al.'s token attribution."""
     import plotly.graph_objects as go
@@ -252,7 +270,12 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
         gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                              format="png", elem_id="pairs", height="auto",
                              object_fit="contain")
-        topk = gr.Gallery(label="top-k matches of the selected seed", columns=5, format="png", visible=True,
+        with gr.Row():
+            topk_k = gr.Slider(1, 10, value=5, step=1, label="k: distinct training images shown for a selected seed",
+                               scale=1, elem_id="topk-k")
+            seed_plot = gr.Plot(label="top-1 score per seed", elem_id="seed-plot", scale=3)
+        topk = gr.Gallery(label="top-k matches of the selected seed (one per near-duplicate group, with its "
+                                "number of copies in the training set)", columns=5, format="png", visible=True,
                           elem_id="topk")
         table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
         closest = gr.Dataframe(label=f"closest training captions to the prompt by text ({lab.text_source()})",
@@ -283,11 +306,13 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
                 pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
                            _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
                 yield (state, headline(lab, state), pairs, seed_table(state),
-                       histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near)
+                       histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near,
+                       seed_scores_chart(lab, state, descriptor))
 
         gen_event = go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
                                             desc_choice],
-                                 [run_state, headline_md, gallery, table, plot, closest], api_name="generate")
+                                 [run_state, headline_md, gallery, table, plot, closest, seed_plot],
+                                 api_name="generate")
         # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
         stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
 
@@ -299,14 +324,15 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
         att_btn.click(attribution, [prompt, n_seeds, seed_list, steps, guidance], [att_plot],
                       api_name="attribution")
 
-        def show_topk(state: RunState, evt: gr.SelectData):
+        def show_topk(state: RunState, k, evt: gr.SelectData):
             if not state or evt.index is None or evt.index >= len(state.records):
                 return []
             r = state.records[evt.index]
-            return [(im, f"#{m['id']} · {m['score']:.3f} · {m['caption'][:60]}")
-                    for m in r["matches"] if (im := lab.item_file(m["row"])) is not None]
+            return [(im, f"#{m['id']} · {m['score']:.3f} · {m.get('duplicates', 0) + 1} in training · "
+                         f"{m['caption'][:50]}")
+                    for m in collapse_matches(r["matches"], int(k or 5)) if (im := lab.item_file(m["row"])) is not None]
 
-        gallery.select(show_topk, [run_state], [topk], api_name=False)
+        gallery.select(show_topk, [run_state, topk_k], [topk], api_name=False)
 
         @_errors
         def export(state):

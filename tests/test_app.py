@@ -1,4 +1,5 @@
 """The app through its API (gradio_client against a locally launched server) and bad input."""
+import json
 import zipfile
 
 import pytest
@@ -210,3 +211,22 @@ def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
         assert len(job.outputs()) < 32  # far from all 64 seeds (2 per update)
         assert proc.poll() is None
     assert waited < 30, waited
+
+
+def test_top_k_collapses_near_duplicates_into_one_entry_per_group():
+    from memlab.service import collapse_matches
+
+    ms = [{"row": 5, "group": 1, "score": 0.99}, {"row": 6, "group": 1, "score": 0.98},
+          {"row": 9, "group": 2, "score": 0.90}, {"row": 7, "group": 1, "score": 0.89},
+          {"row": 3, "group": 3, "score": 0.80}]
+    got = collapse_matches(ms, 2)
+    assert [(m["row"], m["copies"]) for m in got] == [(5, 3), (9, 1)]  # best of each group, in rank order
+    assert [m["row"] for m in collapse_matches(ms, 10)] == [5, 9, 3]
+
+
+def test_generate_draws_each_seeds_score_against_the_threshold(client, server):
+    out = client.predict("a red ball", 3, "", [], 4, 0.1, 3, 5.0, api_name="/generate")
+    fig = json.loads(out[-1]["plot"]) if isinstance(out[-1], dict) and "plot" in out[-1] else out[-1]
+    text = json.dumps(fig)
+    assert "top-1 score per seed" in text and f"threshold {server[1].threshold()['value']:.3f}" in text
+    assert out[2]["data"] and len(out[2]["data"]) == 3
