@@ -248,8 +248,10 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
                     gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
                                 cache_examples=False)
             with gr.Column(scale=1):
-                n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1, label="Number of seeds")
-                seed_list = gr.Textbox(label="…or explicit seeds", placeholder="e.g. 0-3,10")
+                n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1,
+                                    label=f"Number of seeds (at most {APP_MAX_SEEDS} per run)")
+                seed_list = gr.Textbox(label=f"…or explicit seeds (at most {APP_MAX_SEEDS})",
+                                       placeholder="e.g. 0-3,10")
                 mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
                 with gr.Row():
                     k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
@@ -352,7 +354,8 @@ def compare_tab(lab: Lab) -> None:
         with gr.Row():
             c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
             with gr.Column(scale=1):
-                c_seeds = gr.Slider(1, 16, value=4, step=1, label="Seeds (the same for every strategy)")
+                c_seeds = gr.Slider(1, LIMITS["compare_seeds"], value=4, step=1,
+                                    label=f"Seeds, the same for every strategy (at most {LIMITS['compare_seeds']})")
                 c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
                 with gr.Row():
                     c_k = gr.Slider(1, 10, value=4, step=1, label="k")
