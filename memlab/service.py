@@ -136,6 +136,8 @@ class Lab:
     def get_descriptor(self, name: str | None = None):
         """A descriptor of the index (built once, with the config the index was built with)."""
         name = name or self.descriptor.name
+        if name not in self.index.descriptor_names:
+            raise MemlabError(f"unknown descriptor {name!r}; this world has {', '.join(self.descriptor_names)}")
         if name not in self._descriptors:
             self._descriptors[name] = descriptor_for_index(self.index, name)
         return self._descriptors[name]
@@ -267,10 +269,8 @@ class Lab:
         if not path or not isinstance(path, (str, os.PathLike)):
             raise MemlabError("upload an image first")
         k = number(k, "k", 1, 20, integer=True)
-        if descriptor and descriptor not in self.descriptor_names:
-            raise MemlabError(f"unknown descriptor {descriptor!r}; this world has {', '.join(self.descriptor_names)}")
-        im = load_image(path)
-        return match_images(self.index, self.get_descriptor(descriptor), [im], names=[Path(path).name], k=k)
+        desc = self.get_descriptor(descriptor)
+        return match_images(self.index, desc, [load_image(path)], names=[Path(path).name], k=k)
 
     # ----------------------------------------------------------------------------- training set
     def item_file(self, row: int) -> str | None:

@@ -296,9 +296,7 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
             seeds = lab.seeds(n_seeds, seed_list)
             spec = lab.strategy_spec(mits, k, lam)
             settings = lab.settings(steps, guidance)
-            if descriptor and descriptor not in lab.descriptor_names:
-                raise MemlabError(f"unknown descriptor {descriptor!r}; this world has "
-                                  f"{', '.join(lab.descriptor_names)}")
+            lab.get_descriptor(descriptor)  # an unknown name is refused before any work
             prompt, _ = lab.check_prompt(prompt)
             progress(0, desc="starting")
             near = lab.closest_captions(prompt)

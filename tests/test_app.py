@@ -119,6 +119,8 @@ def test_service_validates_what_the_ui_cannot(server):
         lab.seeds(5000)
     with pytest.raises(MemlabError, match="too many"):
         lab.seeds(None, "0-99")
+    with pytest.raises(MemlabError, match="unknown descriptor 'nope'; this world has"):
+        lab.get_descriptor("nope")
     assert lab.strategy_spec(["rna", "gni"], k=2, lam=0.2) == "rna:k=2+gni:lam=0.2"
 
 

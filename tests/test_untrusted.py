@@ -117,7 +117,7 @@ def test_the_app_refuses_bombs_and_serves_uploads_within_the_caps(client, tmp_pa
         client.predict(None, 3, None, api_name="/match_image")
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + b"\x00" * (21 * 2**20))
-    with pytest.raises(Exception) as e:
+    with pytest.raises(Exception, match="exceeds the maximum file size of 20971520 bytes") as e:
         client.predict(handle_file(str(big)), 3, None, api_name="/match_image")
     assert "Traceback" not in str(e.value)
     md, _, _ = client.predict(handle_file(str(ok)), 3, None, api_name="/match_image")  # still serving
