@@ -11,6 +11,7 @@ and rebuilds the index, keyword views, probes and card.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -106,8 +107,12 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
             stage("train")
             train(cfg, progress=progress)
             done("train")
-        if not (out / "model" / "model_index.json").is_file():
-            shutil.copytree(build / "train" / "pipeline", out / "model", dirs_exist_ok=True)
+        if not (out / "model" / "model_index.json").is_file():  # copied whole, then renamed: never half a model
+            tmp = out / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(out / "model", ignore_errors=True)
+            shutil.copytree(build / "train" / "pipeline", tmp)
+            os.replace(tmp, out / "model")
         train_card = json.loads((build / "train" / "run_card.json").read_text())
 
     # 3. the index of the training set (one row per training sample: duplicates are explicit)
@@ -141,13 +146,16 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         done("index")
 
     # 4. keyword views (Memory Triggers): the planted keyword with its hidden object, and a few more
-    if not (out / "keywords" / f"{KEYWORD}.json").is_file():
+    from .keywords import slug
+
+    missing = [kw for kw in WORLD_KEYWORDS if not (out / "keywords" / f"{slug(kw)}.json").is_file()]
+    if missing:  # each view is written atomically; a killed build resumes with the ones it lacks
         from .index import TrainingIndex
         from .keywords import keyword_view, save_view
 
         stage("keywords")
         index = TrainingIndex.load(out / "index")
-        for kw in WORLD_KEYWORDS:
+        for kw in missing:
             save_view(out / "keywords", keyword_view(index, kw, objects=[HIDDEN_OBJECT]))
         done("keywords")
 
