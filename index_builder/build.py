@@ -1,12 +1,17 @@
-"""Build a training-set index from a folder of images, or from a CSV/parquet listing image paths
-(relative to --images) and captions. Corrupt or unreadable images are skipped, counted and listed.
+"""Build a training-set index from a folder of images, from a CSV/parquet listing image paths
+(relative to --images) and captions, or from webdataset shards (img2dataset's output, or any .tar of
+images with .txt/.json captions; their images are kept in the index). Corrupt or unreadable images are
+skipped, counted and listed.
 
     python -m index_builder --images DIR [--captions FILE.csv|.parquet] --descriptor pixel --out INDEX
+    python -m index_builder --shards SHARDS/ --descriptor sscd,clip --out INDEX
+    python -m index_builder download --urls nemo.csv --out SHARDS/  (fetch with img2dataset)
     python -m index_builder clusters --world DIR --keywords "van gogh,astronaut"   (keyword views)
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -25,7 +30,9 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m index_builder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", required=True, help="folder of training images")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of training images")
+    src.add_argument("--shards", help="webdataset shards: a folder of .tar, a file, a glob or a brace range")
     p.add_argument("--captions", default=None, help="CSV or parquet listing images and captions")
     p.add_argument("--file-column", default="file", help="column with image paths relative to --images")
     p.add_argument("--caption-column", default="caption", help="column with captions")
@@ -105,6 +112,10 @@ def build(args) -> int:
         return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=None)
 
     t0 = time.perf_counter()
+    if args.shards:
+        if args.captions:
+            raise MemlabError("--captions goes with --images; shards carry their own captions")
+        return build_sources([args.shards], args.out, _passthrough(args), progress)
     images = Path(args.images)
     if not images.is_dir():
         raise MemlabError(f"--images {images} is not a folder")
@@ -134,7 +145,8 @@ def build(args) -> int:
     build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descriptors,
                 factory=args.factory, fpr=args.fpr, calib_n=args.calib_n, seed=args.seed,
                 batch_size=args.batch_size, image_root=image_root, progress=progress, origin=args.origin_column,
-                extra_manifest={"source": {"images": str(images.resolve()), "captions": args.captions,
+                extra_manifest={"source": {**(getattr(args, "source_note", None) or
+                                              {"images": str(images.resolve()), "captions": args.captions}),
                                            "listed": n_listed, "skipped": [f for f, _ in skipped],
                                            "command": "python -m index_builder " + " ".join(sys.argv[1:])}},
                 extra_files=(lambda tmp: _copy_images(tmp, images, items)) if args.copy_images else None)
@@ -146,6 +158,79 @@ def build(args) -> int:
     print(f"wrote {out} ({len(items)} items, descriptors {', '.join(names)}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
+
+
+def stage_sources(specs: list[str], staging: Path, progress=None) -> pd.DataFrame:
+    """Gather training sources into one folder and one items table (id, file relative to ``staging``,
+    caption, source, and what each source carries, e.g. url). A source is webdataset shards (a folder of
+    .tar, a .tar, a glob or brace range), a folder of images, or a CSV/parquet listing images relative to
+    its own folder with a caption column. Ids stay as given when they are unique across sources, else
+    they are prefixed with the source's number."""
+    from index_builder.shards import shard_paths, unpack_shards
+
+    frames = []
+    for n, spec in enumerate(specs):
+        p, sub = Path(spec), f"source{n}"
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".parquet"):
+            items = read_listing(p.parent, str(p), "file", "caption", "id")
+            _link_images(p.parent, staging / sub, items["file"])
+        elif p.is_dir() and not any(p.glob("*.tar")):
+            items = read_listing(p, None, "file", "caption", "id")
+            if items.empty:
+                raise MemlabError(f"training source {p}: no images and no .tar shards in it")
+            _link_images(p, staging / sub, items["file"])
+        else:
+            items = unpack_shards(shard_paths(spec), staging / sub, progress)
+        items["file"] = sub + "/" + items["file"].astype(str)
+        items["source"] = str(spec)
+        items["id"] = items["id"].astype(str)
+        frames.append(items)
+    items = pd.concat(frames, ignore_index=True)
+    if len(frames) > 1 and items["id"].duplicated().any():
+        items["id"] = [f"{i}:{x}" for i, f in enumerate(frames) for x in f["id"]]
+    return items
+
+
+def _link_images(src: Path, dst: Path, files) -> None:
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / f, dst / f)
+        except OSError:
+            shutil.copyfile(src / f, dst / f)
+
+
+def build_sources(specs: list[str], out: str | Path, extra_args: list[str] = (), progress=None) -> int:
+    """Index training sources (``stage_sources``) into ``out``, the images kept in the index: staged in a
+    hidden folder beside ``out``, then built as ``--images STAGING --captions ITEMS --copy-images``."""
+    import tempfile
+
+    out = out_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.sources-", dir=out.parent))
+    try:
+        items = stage_sources(list(specs), staging, progress)
+        listing = staging / "items.parquet"
+        items.to_parquet(listing, index=False)
+        args = parser().parse_args(["--images", str(staging), "--captions", str(listing), "--copy-images",
+                                    "--out", str(out), *extra_args])
+        args.source_note = {"sources": [str(s) for s in specs]}
+        return build(args)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _passthrough(args) -> list[str]:
+    """build's options (other than the source and --out) as command-line arguments."""
+    skip = {"images", "shards", "captions", "file_column", "caption_column", "id_column", "copy_images", "out",
+            "source_note"}
+    out = []
+    for k, v in vars(args).items():
+        if k in skip or v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag, ",".join(v) if isinstance(v, list) else str(v)]
+    return out
 
 
 def _copy_images(out: Path, images: Path, items: pd.DataFrame) -> None:

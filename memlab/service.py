@@ -162,7 +162,7 @@ class Lab:
 
     def probes(self) -> pd.DataFrame:
         f = self.world.file("probes")
-        return pd.read_csv(f) if f else pd.DataFrame(columns=["prompt", "group"])
+        return pd.read_csv(f, dtype={"training_id": str}) if f else pd.DataFrame(columns=["prompt", "group"])
 
     def settings(self, steps=None, guidance=None) -> Settings:
         """Sampling settings of a request; None means the world's default."""

@@ -107,7 +107,8 @@ def sealed_files(path: Path, m: dict) -> list[str]:
     """The world's own files under checksum: the model folder (when inside the world), the keyword views
     and the files world.json names; relative paths, sorted."""
     out = []
-    for folder in ([m.get("model")] if m.get("model") and (path / m["model"]).is_dir() else []) + ["keywords"]:
+    inside = m.get("model") and not Path(m["model"]).is_absolute() and (path / m["model"]).is_dir()
+    for folder in ([m["model"]] if inside else []) + ["keywords"]:  # (a model elsewhere is the user's, not sealed)
         if (path / folder).is_dir():
             out += [str(f.relative_to(path)) for f in (path / folder).rglob("*") if f.is_file()]
     out += [m[k] for k in ("probes", "card") if m.get(k) and (path / m[k]).is_file()]

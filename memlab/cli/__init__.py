@@ -15,6 +15,7 @@ VERBS = {
     "train": ("memlab.cli.train", "train or fine-tune a text-to-image pipeline (duplication controls)"),
     "train-descriptor": ("memlab.cli.train_descriptor", "train memlab's own copy-detection descriptor"),
     "build-world": ("memlab.cli.build_world", "build the built-in world from nothing"),
+    "world": ("memlab.cli.world", "create a world from a prompt list (fetch the training images, index them)"),
 }
 
 

@@ -1,0 +1,161 @@
+"""A world from a published list of prompts: the training images the prompts name are fetched
+(img2dataset, webdataset shards), indexed with the given descriptors, and the prompts become the
+world's probes with their labels and published figures.
+
+Stages, each resumed when a run is repeated (``python -m memlab world create ... --out WORLD``):
+1. ``build/shards``: the prompts' training URLs (and the controls'), fetched once
+   (``index_builder.download``; a finished shard is never fetched again);
+2. ``index``: the fetched images and any further ``--training`` source (shards, image folders, listings)
+   indexed (``index_builder``), images kept in the index; rebuilt only when its sources changed;
+3. ``probes.csv``: one row per prompt: label (verbatim / template / memorized / control), its training
+   URL, whether that image was fetched (and why not), the index item it became, the list's published
+   mean and max SSCD (NeMo);
+4. ``keywords/``: keyword-cluster views over the training captions (Memory Triggers);
+5. ``world.json`` with the model's sampling defaults (SD v1.x: 50 DDIM steps, guidance 7.5; the size is
+   the model's own) and ``card.json`` with the fetch report.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from .errors import MemlabError
+from .prompts import LABELS, read_prompt_list
+
+SD_DEFAULTS = {"steps": 50, "guidance": 7.5, "scheduler": "ddim", "seeds": "0-7", "k": 5}
+
+
+def model_size(model: str) -> int | None:
+    """The pixel size a diffusers model generates by default (UNet sample size x the VAE's scale), read
+    from a local folder's configs; None for a Hub id (the pipeline then uses its own)."""
+    p = Path(model)
+    try:
+        unet = json.loads((p / "unet" / "config.json").read_text())
+        vae = json.loads((p / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def check_model(model: str) -> str:
+    """A local diffusers folder (absolute path) or a Hub id, refused up front when it is neither."""
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").is_file():
+            raise MemlabError(f"--model {p} is not a diffusers pipeline folder (no model_index.json)")
+        return str(p.resolve())
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise MemlabError(f"--model {model!r} is neither a folder nor a Hugging Face Hub id (owner/name)")
+    return model
+
+
+def suggest_keywords(captions, n: int = 5, min_items: int = 3) -> list[str]:
+    """The ``n`` content words that occur in the most training captions (at least ``min_items``)."""
+    from .keywords import STOP_WORDS
+
+    df = Counter(w for c in captions for w in set(re.findall(r"[a-z][a-z'-]{2,}", str(c).lower()))
+                 if w not in STOP_WORDS)
+    return [w for w, k in sorted(df.items(), key=lambda t: (-t[1], t[0])) if k >= min_items][:n]
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
+                 training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
+                 keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
+                 timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_args: list[str] = (),
+                 progress=None, log=print) -> Path:
+    """Write the world described in the module docstring to ``out``; returns ``out``."""
+    import pandas as pd
+
+    from index_builder.build import build_sources
+    from index_builder.download import fetch, summary, url_table
+
+    from .index import TrainingIndex
+    from .keywords import keyword_view, save_view
+    from .world import write_world_json
+
+    out = Path(out)
+    model = check_model(model)
+    table = read_prompt_list(prompts)
+    if controls:
+        table = pd.concat([table, read_prompt_list(controls, label="control")], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. fetch the training images the prompts name
+    urls = url_table(table)
+    shards = out / "build" / "shards"
+    rep = None
+    if len(urls):
+        log(f"[world create] fetching {len(urls)} training images named by {len(table)} prompts")
+        rep = fetch(urls, shards, image_size=image_size, processes=processes, threads=threads, timeout=timeout,
+                    retries=retries, shard_size=shard_size)
+        log("[world create] " + summary(rep, shards))
+        if rep["pending"]:
+            raise MemlabError(f"{rep['pending']} URLs are still pending (a shard failed); run the same command "
+                              f"again to resume")
+    sources = ([str(shards)] if rep and rep["fetched"] else []) + [str(s) for s in training]
+    if not sources:
+        raise MemlabError("no training images: none of the prompts' URLs could be fetched and no --training "
+                          "source was given" if rep else "the prompt list names no training URLs; give "
+                          "--training SOURCE (shards, an image folder or a listing)")
+
+    # 2. the index (rebuilt only when its inputs changed)
+    index_dir = out / "index"
+    key = _fingerprint({"sources": sources, "shards": rep and rep["shards"], "fetched": rep and rep["fetched"],
+                        "descriptors": list(descriptors), "args": list(index_args)})
+    stamp = out / "build" / "index.key"
+    if not ((index_dir / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == key):
+        log(f"[world create] indexing {', '.join(sources)} with {', '.join(descriptors)}")
+        build_sources(sources, index_dir, ["--descriptor", ",".join(descriptors), *index_args], progress)
+        stamp.write_text(key)
+    index = TrainingIndex.load(index_dir)
+    items = index.items
+
+    # 3. probes: the prompts with their labels, training image and published figures
+    fetched = {}
+    if rep:
+        failures = pd.read_csv(shards / rep["failures"])
+        fetched.update({u: f"not fetched: {r}" for u, r in zip(failures["url"], failures["reason"])})
+    by_url = {u: i for i, u in zip(items["id"], items["url"])} if "url" in items else {}
+    probes = table.copy()
+    probes["group"] = probes["label"].map(LABELS)
+    probes["training_id"] = [by_url.get(u, "") for u in probes["url"]]
+    probes["training_image"] = ["indexed" if by_url.get(u, "") != "" else fetched.get(u, "no URL" if not u else
+                                "not fetched") for u in probes["url"]]
+    probes.to_csv(out / "probes.csv", index=False)
+
+    # 4. keyword views over the training captions
+    words = keywords if keywords is not None else suggest_keywords(items["caption"])
+    kw_dir = out / "keywords"
+    if kw_dir.is_dir():
+        for f in kw_dir.glob("*.json"):
+            f.unlink()
+    for w in words:
+        save_view(kw_dir, keyword_view(index, w))
+
+    # 5. world.json and card.json
+    size = model_size(model)
+    defaults = {**SD_DEFAULTS, **({"height": size, "width": size} if size else {})}
+    n_lab = probes["label"].value_counts().to_dict()
+    card = {"name": name or out.name, "built_with": "python -m memlab world create", "model": model,
+            "prompts": str(prompts), "controls": controls, "training": sources, "descriptors": list(descriptors),
+            "fetch": rep, "probes": {"total": len(probes), "by_label": n_lab,
+                                     "training_image_indexed": int((probes["training_image"] == "indexed").sum())},
+            "index": {"items": len(items)}, "keywords": words}
+    (out / "card.json").write_text(json.dumps(card, indent=1, default=str))
+    trained_on = (f"{len(items)} training images ({', '.join(sources)})"
+                  + (f": {rep['fetched']} of the {rep['listed']} URLs that {Path(prompts).name}"
+                     + (f" and {Path(controls).name}" if controls else "") + " name" if rep else ""))
+    write_world_json(out, name=name or out.name, model=model, index="index", probes="probes.csv", card="card.json",
+                     descriptors=list(descriptors), defaults=defaults, trained_on=trained_on,
+                     probe_labels={k: int(v) for k, v in n_lab.items()})
+    log(f"[world create] wrote {out}: {len(items)} items, {len(probes)} probes "
+        f"({', '.join(f'{v} {k}' for k, v in n_lab.items())}), keywords {', '.join(words) or 'none'}")
+    return out

@@ -1,0 +1,191 @@
+"""From a prompt list to a world (issue 12): img2dataset fetches the training images from a local HTTP
+server this test starts on 127.0.0.1 (60 shared paintings, 5 dead URLs, 2 files that are not images),
+`memlab world create` indexes them and writes the probes; `memlab run` and the app work on the result."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAINTINGS = ROOT.parent / "shared" / "data" / "aic-public-domain" / "images"
+ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+pytestmark = pytest.mark.skipif(not (PAINTINGS / "captions.csv").is_file(), reason="../shared/data is absent")
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    """The paintings folder; /slow/* answers after 4 s (longer than the fetch timeout); GETs counted."""
+    hits: Counter = Counter()
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, directory=str(Files.root), **kw)
+
+    def do_GET(self):
+        Files.hits[self.path] += 1
+        if self.path.startswith("/slow/"):
+            time.sleep(4)
+        return super().do_GET()
+
+    def log_message(self, *a):
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # the fetch gave up on /slow/ (its timeout)
+            pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Serves the paintings plus two files that are not images; returns (base URL, a refused port)."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "slow").mkdir()
+    for f in PAINTINGS.glob("*.jpg"):
+        os.symlink(f, root / f.name)
+        os.symlink(f, root / "slow" / f.name)
+    (root / "notes.jpg").write_text("this is text, not a JPEG")
+    (root / "page.html").write_text("<html><body>an HTML page</body></html>")
+    Files.root = root
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()[1]
+    yield f"http://127.0.0.1:{srv.server_address[1]}", refused
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def lists(site, tmp_path_factory):
+    """A NeMo-format memorized list (55 paintings + 7 bad URLs) and a NeMo-format control list (5)."""
+    base, refused = site
+    cap = pd.read_csv(PAINTINGS / "captions.csv").sort_values("file").head(60).reset_index(drop=True)
+    urls = [f"{base}/{f}" for f in cap["file"]]
+    bad = {f"{base}/missing-1.jpg": "http 404", f"{base}/missing-2.jpg": "http 404",
+           f"http://127.0.0.1:{refused}/a.jpg": "unreachable host",
+           f"http://127.0.0.1:{refused}/b.jpg": "unreachable host",
+           f"{base}/slow/{cap['file'][0]}": "timeout",
+           f"{base}/notes.jpg": "not an image", f"{base}/page.html": "not an image"}
+    rng = np.random.default_rng(0)
+    mem = pd.DataFrame({"Caption": list(cap["caption"][:55]) + [f"a lost image {i}" for i in range(7)],
+                        "URL": urls[:55] + list(bad), "type": ["VM"] * 20 + ["TM"] * 42,
+                        "mean_sscd": rng.uniform(0.2, 0.9, 62).round(4), "max_sscd": rng.uniform(0.3, 1, 62).round(4),
+                        "Index": range(62)})
+    ctrl = pd.DataFrame({"Caption": cap["caption"][55:], "URL": urls[55:], "Index": range(1000, 1005)})
+    d = tmp_path_factory.mktemp("lists")
+    mem.to_csv(d / "nemo.csv", sep=";")  # NeMo's files carry an unnamed index column first
+    ctrl.to_csv(d / "nemo_controls.csv", sep=";")
+    return d / "nemo.csv", d / "nemo_controls.csv", dict(zip(urls, cap["file"])), bad
+
+
+def _create(tiny_pipeline_dir, lists, out):
+    cmd = [sys.executable, "-m", "memlab", "world", "create", "--model", str(tiny_pipeline_dir),
+           "--prompts", str(lists[0]), "--controls", str(lists[1]), "--descriptor", "pixel", "--processes", "1",
+           "--threads", "8", "--timeout", "2", "--retries", "0", "--calib-n", "10", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def created(tiny_pipeline_dir, lists, tmp_path_factory):
+    out = tmp_path_factory.mktemp("worlds") / "nemo-world"
+    t0 = time.perf_counter()
+    r = _create(tiny_pipeline_dir, lists, out)
+    return out, r, time.perf_counter() - t0
+
+
+def test_world_create_fetches_indexes_and_labels_the_probes(created, lists):
+    from memlab.world import World
+
+    out, r, took = created
+    _, _, url_file, bad = lists
+    rep = json.loads((out / "build" / "shards" / "_fetch" / "report.json").read_text())
+    assert (rep["listed"], rep["fetched"], rep["failed"], rep["pending"]) == (67, 60, 7, 0)
+    assert rep["by_reason"] == dict(Counter(bad.values()))
+    failures = pd.read_csv(out / "build" / "shards" / "_fetch" / "failures.csv")
+    assert dict(zip(failures["url"], failures["reason"])) == bad  # each failed URL with its reason
+    assert "fetched 60 of 67 URLs" in r.stderr and "7 failed" in r.stderr
+
+    world = World.load(out)
+    items = world.index().items
+    assert len(items) == 60 and set(items["url"]) == set(url_file)
+    probes = pd.read_csv(out / "probes.csv", dtype={"training_id": str})
+    assert Counter(probes["label"]) == {"verbatim": 20, "template": 42, "control": 5}
+    assert set(probes["group"]) == {"known memorized, verbatim", "known memorized, template",
+                                    "control (not memorized)"}
+    indexed = probes[probes["training_image"] == "indexed"]
+    assert len(indexed) == 60 and set(indexed["url"]) == set(url_file)
+    lost = probes.set_index("url").loc[list(bad), "training_image"]
+    assert [f"not fetched: {bad[u]}" for u in bad] == lost.tolist()
+    # the published figures travel with the prompt
+    nemo = pd.read_csv(lists[0], sep=";")
+    got = probes.set_index("prompt").loc[nemo["Caption"], "published_mean_sscd"].to_numpy()
+    assert np.allclose(got, nemo["mean_sscd"])
+    # the model's defaults: SD's sampling, the tiny model's own size; the index's descriptor and items
+    assert world.defaults["steps"] == 50 and world.defaults["guidance"] == 7.5 and world.defaults["height"] == 16
+    assert world.index().default_descriptor == "pixel"
+    assert list((out / "keywords").glob("*.json")), "keyword views over the training captions"
+    # an indexed probe points at the item that holds its image
+    row = indexed.iloc[0]
+    item = items[items["id"].astype(str) == str(row["training_id"])].iloc[0]
+    assert item["url"] == row["url"]
+    assert (world.index().image_path(item.name)).is_file()
+
+
+def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_dir, lists):
+    out = created[0]
+    before = sum(Files.hits.values())
+    index_before = (out / "index" / "manifest.json").read_bytes()
+    t0 = time.perf_counter()
+    r = _create(tiny_pipeline_dir, lists, out)
+    assert sum(Files.hits.values()) == before, "nothing is fetched again"
+    assert (out / "index" / "manifest.json").read_bytes() == index_before, "an unchanged index is not rebuilt"
+    print(f"first run {created[2]:.1f}s, second {time.perf_counter() - t0:.1f}s")
+    assert "fetched 60 of 67 URLs" in r.stderr
+
+
+def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path):
+    out = created[0]
+    prompt = pd.read_csv(out / "probes.csv")["prompt"][0]
+    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", prompt,
+                        "--seeds", "0-1", "--steps", "2", "--out", str(tmp_path / "run.jsonl")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
+    seeds = [x for x in recs if x.get("type", "seed") == "seed" and "matches" in x]
+    assert len(seeds) == 2 and all(x["matches"] and x["descriptor"] for x in seeds)
+
+
+def test_img2dataset_shards_index_to_the_same_vectors_as_the_same_images_in_a_folder(created, lists, tmp_path):
+    from index_builder.build import main as build_main
+    from memlab.index import TrainingIndex
+
+    out = created[0]
+    _, _, url_file, _ = lists
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for f in url_file.values():
+        os.symlink(PAINTINGS / f, folder / f)
+    assert build_main(["--shards", str(out / "build" / "shards"), "--descriptor", "pixel,pixel-tiled",
+                       "--calib-n", "5", "--out", str(tmp_path / "from-shards")]) == 0
+    assert build_main(["--images", str(folder), "--descriptor", "pixel,pixel-tiled", "--calib-n", "5",
+                       "--out", str(tmp_path / "from-folder")]) == 0
+    a, b = TrainingIndex.load(tmp_path / "from-shards"), TrainingIndex.load(tmp_path / "from-folder")
+    row_of = {f: i for i, f in enumerate(b.items["file"])}
+    order = [row_of[url_file[u]] for u in a.items["url"]]
+    for name in ("pixel", "pixel-tiled"):
+        assert np.array_equal(a.vectors(name), b.vectors(name)[order])
