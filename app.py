@@ -1,4 +1,4 @@
-"""memlab's web app: `python app.py [--world DIR]` (or MEMLAB_WORLD=DIR). Thin: the UI is memlab.ui."""
+"""memlab's web app: `python app.py [--world DIR ...]` (or MEMLAB_WORLD=DIR). Thin: the UI is memlab.ui."""
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -13,7 +13,9 @@ import sys  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="memlab web app")
-    p.add_argument("--world", default=None, help="world folder (default: $MEMLAB_WORLD or the built-in world)")
+    p.add_argument("--world", action="append", default=None,
+                   help="world folder, repeatable: the first is the main page, each further one gets its own page "
+                        "(default: $MEMLAB_WORLD or the built-in world)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--device", default=None)
@@ -28,12 +30,12 @@ def main(argv=None):
     from memlab.world import World
 
     try:
-        world = World.load(args.world)
-        lab = Lab(world, device=args.device)
-        lab.generator  # load the pipeline now, so the first click does not wait for it
+        labs = [Lab(World.load(w), device=args.device) for w in (args.world or [None])]
+        for lab in labs:
+            lab.generator  # load the pipelines now, so the first click does not wait for them
     except MemlabError as e:
         sys.exit(f"error: {e}")
-    launch(build_app(lab), lab, host=args.host, port=args.port, share=args.share, queue_size=args.queue_size)
+    launch(build_app(labs), labs, host=args.host, port=args.port, share=args.share, queue_size=args.queue_size)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,15 @@ from .mitigations import parse_strategy
 from .runner import run_prompt, summarize_records
 from .world import World
 
+def probe_group_name(group: str) -> str:
+    """How the app names a group of the built-in world's probes (``memlab.worldgen``)."""
+    m = re.fullmatch(r"(full|partial)_ddf(\d+)", group)
+    if m:
+        how = "the same image and caption" if m[1] == "full" else "the same image, paraphrased captions"
+        return f"planted: {m[1]} duplication x{m[2]} ({how})"
+    return {"unique": "seen once in training", "keyword": "keyword images (a hidden object)"}.get(group, group)
+
+
 APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
 
 # What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
@@ -161,8 +170,13 @@ class Lab:
         return self._background[name]
 
     def probes(self) -> pd.DataFrame:
-        f = self.world.file("probes")
-        return pd.read_csv(f, dtype={"training_id": str}) if f else pd.DataFrame(columns=["prompt", "group"])
+        """The world's probe prompts (read once): prompt, group (how the app names the set), and for a
+        world made by ``memlab world create`` label, url, training_image, training_id, published figures."""
+        if getattr(self, "_probes", None) is None:
+            f = self.world.file("probes")
+            self._probes = (pd.read_csv(f, dtype={"training_id": str}) if f
+                            else pd.DataFrame(columns=["prompt", "group"]))
+        return self._probes
 
     def settings(self, steps=None, guidance=None) -> Settings:
         """Sampling settings of a request; None means the world's default."""
@@ -210,8 +224,10 @@ class Lab:
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
-                        descriptor: str | None = None) -> Iterator[RunState]:
-        """Generate and match ``chunk`` seeds at a time; yield the growing run after each chunk."""
+                        descriptor: str | None = None, chunk_fn=None) -> Iterator[RunState]:
+        """Generate and match ``chunk`` seeds at a time; yield the growing run after each chunk.
+        ``chunk_fn(prompt, seeds, strategy, settings, descriptor)`` does one chunk (default
+        ``generate_chunk``; the app passes the GPU host's, ``memlab.gpu``)."""
         gen = self.generator
         prompt, warning = check_prompt(prompt, gen.tokenizer)
         settings = settings or self.settings()
@@ -219,22 +235,36 @@ class Lab:
         desc = self.get_descriptor(descriptor)
         thr = self.threshold(desc.name)
         total = len(seeds)
+        run_chunk = chunk_fn or (lambda p, part, st, se, d: self.generate_chunk(p, part, st, se, d))
         for i in range(0, total, chunk):
             part = list(seeds[i:i + chunk])
-            imgs = {}
-            recs = run_prompt(gen, self.index, desc, prompt, part, [strategy], settings,
-                              out_dir=None, k=APP_MATCHES, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
-            for r in recs:
-                if r["type"] == "seed":
-                    state.records.append(r)
-                    state.images.append(imgs[r["seed"]])
+            for r, im in run_chunk(prompt, part, strategy, settings, desc.name):
+                state.records.append(r)
+                state.images.append(im)
+            last = state.records[-1]
             summary = summarize_records(state.records, thr)
-            summary.update({"type": "summary", "prompt": prompt, "mitigation": recs[-1]["mitigation"],
-                            "descriptor": recs[-1]["descriptor"], "seeds": [r["seed"] for r in state.records]})
+            summary.update({"type": "summary", "prompt": prompt, "mitigation": last["mitigation"],
+                            "descriptor": last["descriptor"], "seeds": [r["seed"] for r in state.records]})
             state.summaries = [summary]
             if progress:
                 progress(min(i + chunk, total), total)
             yield state
+
+    def generate_chunk(self, prompt: str, seeds: Sequence[int], strategy: str, settings: Settings,
+                       descriptor: str | None = None) -> list:
+        """Generate and match ``seeds``: [(seed record, PIL image)] in seed order."""
+        imgs = {}
+        recs = run_prompt(self.generator, self.index, self.get_descriptor(descriptor), prompt, list(seeds), [strategy],
+                          settings, out_dir=None, k=APP_MATCHES, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
+        return [(r, imgs[r["seed"]]) for r in recs if r["type"] == "seed"]
+
+    def probe(self, prompt: str) -> dict | None:
+        """The world's probe row for ``prompt`` (its label, training image, published figures), if any."""
+        p = self.probes()
+        if "prompt" not in p or p.empty:
+            return None
+        hit = p[p["prompt"].astype(str).str.strip() == str(prompt).strip()]
+        return None if hit.empty else {k: (None if pd.isna(v) else v) for k, v in hit.iloc[0].to_dict().items()}
 
     def compare(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
                 settings: Settings | None = None, progress=None) -> RunState:

@@ -16,19 +16,19 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageDraw
 
+from . import gpu
 from .errors import MemlabError
 from .mitigations import MITIGATIONS
-from .service import APP_MAX_SEEDS, LIMITS, Lab, RunState, collapse_matches, number, text
+from .service import APP_MAX_SEEDS, LIMITS, Lab, RunState, collapse_matches, number, probe_group_name, text
 
 log = logging.getLogger("memlab.app")
 
-try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
-    import spaces  # type: ignore
+_API_SUFFIX = ""  # set while a further world's page is built: its events are named generate_<world>, ...
 
-    gpu = spaces.GPU(duration=120)
-except ImportError:  # pragma: no cover - depends on the host
-    def gpu(fn):
-        return fn
+
+def _api(name: str) -> str:
+    return name + _API_SUFFIX
+
 
 CITATIONS = """
 - Somepalli, Singla, Goldblum, Geiping, Goldstein. *Diffusion Art or Digital Forgery? Investigating Data
@@ -200,9 +200,43 @@ def headline(lab: Lab, state: RunState) -> str:
     if not state.finished:
         lines.insert(1, f"*{len(state.records)} of {state.requested} seeds so far (running, or stopped: an "
                         f"export now is labelled partial)*")
+    lines += probe_lines(lab, state, name)
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
     return "\n".join(lines)
+
+
+def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
+    """For a probe of the world: its group, where its training image is, and the list's published
+    figures beside the ones measured in this run."""
+    import numpy as np
+
+    p = lab.probe(state.prompt)
+    if not p:
+        return []
+    lines = [f"- **a probe of this world**: {p.get('group')}" + (f" (from {p['list']})" if p.get("list") else "")]
+    status, tid = p.get("training_image"), p.get("training_id")
+    own = []
+    if status and status != "indexed":
+        lines.append(f"- ⚠️ **its training image could not be fetched** ({status.removeprefix('not fetched: ')}: "
+                     f"{p.get('url')}): the matches are against the rest of the training set")
+    elif tid:
+        top1 = sum(str(r["matches"][0]["id"]) == str(tid) for r in state.records)
+        own = [next((m["score"] for m in r["matches"] if str(m["id"]) == str(tid)), None) for r in state.records]
+        lines.append(f"- its training image (#{tid}) is the top-1 match in {top1} of {len(state.records)} seeds")
+    pub_mean, pub_max = p.get("published_mean_sscd"), p.get("published_max_sscd")
+    if pub_mean is not None or pub_max is not None:
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        line = f"- **published** ({p.get('list')}, SSCD to the training image): mean {fmt(pub_mean)} · max {fmt(pub_max)}"
+        if own:
+            found = np.array([v for v in own if v is not None], float)
+            what = f"{descriptor} to its training image" + ("" if descriptor == "sscd" else
+                                                           ", another descriptor than the list's SSCD")
+            line += (f" — **measured here** ({what}, {len(found)} of {len(own)} seeds with it among the top "
+                     f"{len(state.records[0]['matches'])}): mean {found.mean():.3f} · max {found.max():.3f}"
+                     if len(found) else " — **measured here**: its training image is not among any seed's matches")
+        lines.append(line)
+    return lines
 
 
 def seed_table(state: RunState):
@@ -214,29 +248,69 @@ def seed_table(state: RunState):
                           "duplicates": r["matches"][0]["duplicates"]} for r in state.records])
 
 
-def build_app(lab: Lab) -> gr.Blocks:
-    world = lab.world
-    probes = lab.probes()
-    examples = [[p] for p in probes.drop_duplicates("group")["prompt"].tolist()] + \
-               [[p] for p in probes["prompt"].head(12).tolist()]
-    examples = list(dict.fromkeys(tuple(e) for e in examples))[:16]
-
-    with gr.Blocks(title=f"memlab · {world.name}") as demo:
-        gr.Markdown(f"# memlab — training-data memorization lab\nWorld: **{world.name}** · "
-                    f"{world.trained_on}\n\nScores: {lab.descriptor_label()}")
-        run_state = gr.State(None)
-
-        with gr.Tabs() as tabs:
-            prompt = generate_tab(lab, examples, run_state)
-            compare_tab(lab)
-            match_tab(lab)
-            training_set_tab(lab)
-            keyword_tab(lab, tabs, prompt)
-            about_tab(lab)
+def build_app(labs) -> gr.Blocks:
+    """The app for one world (a ``Lab``) or several: the first on the main page, each further world on its
+    own page (``/<world>``, named in the navigation bar), its events named ``generate_<world>``, ..."""
+    global _API_SUFFIX
+    labs = [labs] if isinstance(labs, Lab) else list(labs)
+    first = labs[0]
+    with gr.Blocks(title=f"memlab · {first.world.name}") as demo:
+        if len(labs) > 1:
+            gr.Navbar(main_page_name=first.world.name)
+        world_page(first)
+    for lab in labs[1:]:
+        slug = page_slug(lab.world.name, [page_slug(x.world.name) for x in labs[:labs.index(lab)]])
+        with demo.route(lab.world.name, "/" + slug):
+            gr.Navbar(main_page_name=first.world.name)  # (each page carries the bar's settings)
+            _API_SUFFIX = "_" + slug.replace("-", "_")
+            try:
+                world_page(lab)
+            finally:
+                _API_SUFFIX = ""
     return demo
 
 
-def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
+def page_slug(name: str, taken=()) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "world"
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def probe_examples(probes) -> list[tuple[str, list[str]]]:
+    """The world's probe prompts by group, in the order the groups matter (memorized first), with the
+    app's name for each group and its prompts."""
+    if probes.empty or "prompt" not in probes:
+        return []
+    order = ["verbatim", "template", "memorized", "control"]
+    key = probes["label"] if "label" in probes else probes["group"]
+    ranks = {g: (order.index(g) if g in order else len(order) + i) for i, g in enumerate(dict.fromkeys(key))}
+    groups = []
+    for g in sorted(ranks, key=ranks.get):
+        sub = probes[key == g]
+        name = str(sub["group"].iloc[0]) if "label" in probes else probe_group_name(str(g))
+        groups.append((name, list(dict.fromkeys(sub["prompt"].astype(str)))))
+    return groups
+
+
+def world_page(lab: Lab) -> None:
+    """One world's page: its tabs, wired to its Lab."""
+    world = lab.world
+    gpu.register(lab)
+    gr.Markdown(f"# memlab — training-data memorization lab\nWorld: **{world.name}** · "
+                f"{world.trained_on}\n\nScores: {lab.descriptor_label()}")
+    run_state = gr.State(None)
+    with gr.Tabs() as tabs:
+        prompt = generate_tab(lab, probe_examples(lab.probes()), run_state)
+        compare_tab(lab)
+        match_tab(lab)
+        training_set_tab(lab)
+        keyword_tab(lab, tabs, prompt)
+        about_tab(lab)
+
+
+def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.State) -> gr.Textbox:
     """Generate & match: prompt, seeds, mitigations, descriptor; streamed pairs, headline, table, histogram,
     token attribution, top-k of a selected seed, export. Returns the prompt box (other tabs fill it)."""
     defaults = lab.world.defaults
@@ -244,9 +318,9 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
         with gr.Row():
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
-                if examples:
-                    gr.Examples([list(e) for e in examples], inputs=[prompt], label="Probe prompts of this world",
-                                cache_examples=False)
+                for name, prompts in examples:  # the world's probes, one set per group (memorized first)
+                    gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"{name} · {len(prompts)} prompts",
+                                examples_per_page=4, cache_examples=False)
             with gr.Column(scale=1):
                 n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1,
                                     label=f"Number of seeds (at most {APP_MAX_SEEDS} per run)")
@@ -312,7 +386,7 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
         gen_event = go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
                                             desc_choice],
                                  [run_state, headline_md, gallery, table, plot, closest, seed_plot],
-                                 api_name="generate")
+                                 api_name=_api("generate"))
         # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
         stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
 
@@ -322,7 +396,7 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
             return gr.update(value=attribution_chart(toks), visible=True)
 
         att_btn.click(attribution, [prompt, n_seeds, seed_list, steps, guidance], [att_plot],
-                      api_name="attribution")
+                      api_name=_api("attribution"))
 
         def show_topk(state: RunState, k, evt: gr.SelectData):
             if not state or evt.index is None or evt.index >= len(state.records):
@@ -342,7 +416,7 @@ def generate_tab(lab: Lab, examples: list, run_state: gr.State) -> gr.Textbox:
             path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
             return str(lab.export(state, path))
 
-        export_btn.click(export, [run_state], [export_file], api_name="export")
+        export_btn.click(export, [run_state], [export_file], api_name=_api("export"))
     return prompt
 
 
@@ -373,7 +447,7 @@ def compare_tab(lab: Lab) -> None:
                      f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
             return grid, compare_figure(lab, state), compare_table(state)
 
-        c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name="compare")
+        c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name=_api("compare"))
 
 
 def match_tab(lab: Lab) -> None:
@@ -412,7 +486,7 @@ def match_tab(lab: Lab) -> None:
 
             return md, gallery, pd.DataFrame(table, columns=["id", "score", "duplicates", "caption"])
 
-        m_btn.click(match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api_name="match_image")
+        m_btn.click(match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api_name=_api("match_image"))
 
 
 def training_set_tab(lab: Lab) -> None:
@@ -433,7 +507,7 @@ def training_set_tab(lab: Lab) -> None:
             hits = lab.search_captions(query)
             return thumbs(hits), hits
 
-        q_btn.click(search, [q], [q_gallery, q_table], api_name="search_captions")
+        q_btn.click(search, [q], [q_gallery, q_table], api_name=_api("search_captions"))
         q.submit(search, [q], [q_gallery, q_table], api_name=False)
         gr.Markdown("#### Near-duplicate groups (largest first)")
         groups = lab.duplicate_groups()
@@ -450,7 +524,7 @@ def training_set_tab(lab: Lab) -> None:
             members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
             return thumbs(members), members
 
-        item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name="duplicates")
+        item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name=_api("duplicates"))
 
 
 def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox) -> None:
@@ -488,7 +562,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox) -> None:
             return keyword_outputs(lab, v)
 
         kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
-                     api_name="keyword_clusters")
+                     api_name=_api("keyword_clusters"))
 
         @_errors
         def cluster_prompt(keyword, rank):
@@ -499,7 +573,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox) -> None:
                 raise MemlabError(f"no cluster of rank {rank} for {keyword!r}")
             return gr.Tabs(selected="generate"), lab.index.items.iloc[c["representatives"][0]]["caption"]
 
-        kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name="cluster_prompt")
+        kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name=_api("cluster_prompt"))
 
 
 def about_tab(lab: Lab) -> None:
@@ -567,29 +641,39 @@ def queue_full_message(queue) -> tuple[str, float | None]:
             f"{avg:.0f} s and the queue empties in about {waiting * avg:.0f} s; try again then."), avg
 
 
-def launch(demo: gr.Blocks, lab: Lab, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
+def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
            **kw):
     """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
     per event, at most LIMITS["queue"] requests waiting (past it a caller is told the limit and the wait),
     messages of refused input shown (``show_error``; tracebacks stay in the server log), and files served
-    only from the world's own folders."""
+    only from the worlds' own folders."""
     from starlette.middleware import Middleware
 
-    world = lab.world
-    folders = [str(p) for p in {world.path or world.index_path, world.index_path} if p is not None]
+    labs = [labs] if isinstance(labs, Lab) else list(labs)
+    folders = sorted({str(p) for lab in labs for p in (lab.world.path or lab.world.index_path, lab.world.index_path)
+                      if p is not None})
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders,
                        max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)
 
 
-@gpu
 def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, progress=progress, descriptor=descriptor)
+    """Seeds two at a time; on a GPU host (ZeroGPU) each chunk is one call with plain arguments and a
+    duration for its work (``memlab.gpu``)."""
+    key = gpu.register(lab)
+
+    def on_host(p, part, strategy, st, d):
+        return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
+    chunk_fn = on_host if gpu.ON_HOST else None
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, progress=progress, descriptor=descriptor,
+                                   chunk_fn=chunk_fn)
 
 
-@gpu
 def run_compare(lab: Lab, prompt, seeds, specs, progress):
+    if gpu.ON_HOST:
+        st = lab.settings()
+        return gpu.compare_on_host(gpu.register(lab), prompt, list(seeds), list(specs), st.steps, st.guidance)
     return lab.compare(prompt, seeds, specs, progress=progress)
 
 

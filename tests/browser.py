@@ -33,10 +33,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = ()):
-    """Start ``python app.py [args]`` in a subprocess; yield its URL; stop it afterwards."""
+def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = (), env: dict | None = None):
+    """Start ``python app.py [args]`` in a subprocess (``env`` added to its environment); yield its URL;
+    stop it afterwards."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           **(env or {})}
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args] + (["--world", str(world)] if world else [])
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"memlab-app-{port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -189,3 +189,100 @@ def test_img2dataset_shards_index_to_the_same_vectors_as_the_same_images_in_a_fo
     order = [row_of[url_file[u]] for u in a.items["url"]]
     for name in ("pixel", "pixel-tiled"):
         assert np.array_equal(a.vectors(name), b.vectors(name)[order])
+
+
+STAND_IN = Path(__file__).parent / "stand_in"
+
+
+def test_a_space_style_start_serves_the_created_world_through_the_zerogpu_wrapper(created, tmp_path):
+    """`python app.py` with MEMLAB_WORLD set, as a Space starts it, with a stand-in `spaces` module that
+    pickles each GPU call's arguments and enforces its duration."""
+    import gradio_client
+    from browser import serve_app
+
+    from memlab import gpu
+
+    out, log = created[0], tmp_path / "spaces.jsonl"
+    probes = pd.read_csv(out / "probes.csv")
+    verbatim = probes[probes["label"] == "verbatim"]["prompt"].iloc[0]
+    lost = probes[probes["training_image"].str.startswith("not fetched")].iloc[0]
+    env = {"MEMLAB_WORLD": str(out), "PYTHONPATH": str(STAND_IN), "SPACES_LOG": str(log)}
+    with serve_app(None, env=env) as (url, _):
+        c = gradio_client.Client(url, verbose=False)
+        head = c.predict(verbatim, 3, "", [], 4, 0.1, 3, 5.0, "pixel", api_name="/generate")[0]
+        assert "a probe of this world**: known memorized, verbatim (from nemo.csv)" in head
+        assert "**published** (nemo.csv" in head and "**measured here**" in head
+        head = c.predict(lost["prompt"], 2, "", [], 4, 0.1, 3, 5.0, "pixel", api_name="/generate")[0]
+        assert f"its training image could not be fetched** ({lost['training_image'][len('not fetched: '):]}: " \
+               f"{lost['url']})" in head
+        c.predict(verbatim, 2, ["rna"], 4, 0.1, api_name="/compare")
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["fn"] for x in calls] == ["generate_chunk"] * 3 + ["compare"]
+    # each call asked for the time its work needs (images x steps), and ran within it
+    assert [x["duration"] for x in calls[:3]] == [gpu.duration(2, 3), gpu.duration(1, 3), gpu.duration(2, 3)]
+    assert all(x["took"] <= x["duration"] for x in calls)
+
+
+def test_zerogpu_wrapper_pickles_its_arguments_and_refuses_work_over_the_cap(monkeypatch, created):
+    import importlib
+
+    from memlab import gpu
+    from memlab.errors import MemlabError
+    from memlab.service import Lab
+    from memlab.world import World
+
+    monkeypatch.syspath_prepend(str(STAND_IN))
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    host = importlib.reload(gpu)
+    try:
+        assert host.ON_HOST
+        key = host.register(Lab(World.load(created[0]), device="cpu"))
+        out = host.generate_chunk_on_host(key, "Soaring", [0, 1], "none", 2, 5.0, "pixel")
+        assert [r["seed"] for r, _ in out] == [0, 1] and all(im.size == (16, 16) for _, im in out)
+        assert host.duration(8, 50) > host.duration(2, 50) > host.duration(2, 10)  # grows with the work
+        with pytest.raises(MemlabError, match=r"over the host's 300 s limit per call: use fewer steps, or at most"):
+            host.generate_chunk_on_host(key, "Soaring", list(range(64)), "none", 200, 5.0, "pixel")
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces", raising=False)
+        monkeypatch.undo()
+        importlib.reload(gpu)
+
+
+def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(created, tiny_world, tmp_path):
+    """Two worlds in one app: the created one on its own page, reached from the navigation bar; its probe
+    prompts are grouped by label; a probe's run shows the published figure beside the measured one."""
+    pytest.importorskip("playwright")
+    from browser import CHROMIUM_ARGS, chromium_path, serve_app
+    from playwright.sync_api import sync_playwright
+
+    if chromium_path() is None:
+        pytest.skip("no chromium (apt-get install chromium)")
+    out = created[0]
+    verbatim = pd.read_csv(out / "probes.csv").query("label == 'verbatim'")["prompt"].iloc[0]
+    shot = Path(os.environ.get("MEMLAB_SCREENSHOT_DIR", tmp_path)) / "created-world.png"
+    with serve_app(None, args=("--world", str(tiny_world), "--world", str(out))) as (url, _), \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#generate-btn").wait_for(timeout=60_000)
+        assert "World: tiny" in page.inner_text("body")
+        page.get_by_role("link", name="nemo-world").first.click()
+        page.wait_for_url("**/nemo-world**", timeout=30_000)
+        page.get_by_role("link", name="tiny").first.wait_for(timeout=30_000)  # the way back, by its world's name
+        page.get_by_text("known memorized, verbatim · 20 prompts").first.wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        assert "World: nemo-world" in body
+        for group in ("known memorized, template · 42 prompts", "control (not memorized) · 5 prompts"):
+            assert group in body
+        page.get_by_text(verbatim[:40]).first.click()  # an example (shown shortened) fills the prompt box
+        page.wait_for_function(f"[...document.querySelectorAll('textarea')].some(t => t.value === {json.dumps(verbatim)})",
+                               timeout=30_000)
+        page.locator("#generate-btn").click()
+        page.wait_for_function("document.querySelector('#headline').innerText.includes('measured here')",
+                               timeout=120_000)
+        headline = page.locator("#headline").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert "a probe of this world: known memorized, verbatim" in headline and "published (nemo.csv" in headline
+    assert shot.is_file()
