@@ -192,7 +192,10 @@ def _cli_cases(root, world, images):
     bad_world.mkdir(exist_ok=True)
     (bad_world / "world.json").write_text("{not json")
     w, img = str(world), str(images / "img01.png")
-    m, ib, cl = "memlab", "index_builder", "clusters"
+    (root / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")  # (never fetched: each case fails first)
+    (root / "prompts.txt").write_text("a prompt\nanother prompt\n")
+    (root / "binary.tar").write_bytes(bytes(range(256)) * 64)
+    m, ib, cl, dl = "memlab", "index_builder", "clusters", "download"
     r = str(root)
     o = ["--out", f"{root}/r.jsonl"]
     return [
@@ -239,6 +242,32 @@ def _cli_cases(root, world, images):
         (ib, ["--images", str(images), "--descriptor", "nosuch", "--out", f"{r}/o"], "unknown descriptor"),
         (ib, ["--images", str(images), "--fpr", "2", "--out", f"{r}/o"], "--fpr"),
         (ib, ["--images", str(images)], "the following arguments are required: --out"),
+        (m, ["world", "create", "--model", w + "/model", "--prompts", f"{r}/nonexistent.csv", "--out", f"{r}/w"],
+         "does not exist"),
+        (m, ["world", "create", "--model", "not a model", "--prompts", f"{r}/urls.txt", "--out", f"{r}/w"],
+         "neither a folder nor a Hugging Face Hub id"),
+        (m, ["world", "create", "--model", f"{r}/empty", "--prompts", f"{r}/urls.txt", "--out", f"{r}/w"],
+         "not a diffusers pipeline folder"),
+        (m, ["world", "create", "--model", w + "/model", "--prompts", f"{r}/prompts_wrongcol.csv", "--out", f"{r}/w"],
+         "neither a caption/prompt/text column nor a url column"),
+        (m, ["world", "create", "--model", w + "/model", "--prompts", f"{r}/prompts.txt", "--out", f"{r}/w"],
+         "names no training URLs; give --training"),
+        (m, ["world", "create", "--model", w + "/model", "--prompts", f"{r}/urls.txt", "--descriptor", "nosuch",
+             "--out", f"{r}/w"], "unknown descriptor 'nosuch'"),
+        (m, ["world", "create", "--model", w + "/model", "--prompts", f"{r}/urls.txt", "--out", f"{r}/afile"],
+         "is a file, not a folder"),
+        (m, ["world", "create", "--model", w + "/model", "--prompts", f"{r}/urls.txt", "--threads", "0",
+             "--out", f"{r}/w"], "--threads must be at least 1"),
+        (m, ["world"], "required: action"),
+        (dl, ["--urls", f"{r}/nonexistent.csv", "--out", f"{r}/s"], "does not exist"),
+        (dl, ["--urls", f"{r}/binary.csv", "--out", f"{r}/s"], "cannot read"),
+        (dl, ["--urls", f"{r}/prompts.txt", "--out", f"{r}/s"], "names no http(s) URL"),
+        (dl, ["--urls", f"{r}/urls.txt", "--out", f"{r}/afile"], "is a file, not a folder"),
+        (dl, ["--urls", f"{r}/urls.txt", "--out", f"{r}/s", "--timeout", "0"], "--timeout must be positive"),
+        (ib, ["--shards", f"{r}/nonexistent/{{00000..00003}}.tar", "--out", f"{r}/o"], "does not exist"),
+        (ib, ["--shards", f"{r}/empty", "--out", f"{r}/o"], "no .tar shards"),
+        (ib, ["--shards", f"{r}/binary.tar", "--out", f"{r}/o"], "cannot read shard"),
+        (ib, ["--shards", f"{r}/empty", "--images", f"{r}/empty", "--out", f"{r}/o"], "not allowed with"),
         (cl, ["--world", "/nonexistent", "--keywords", "a"], "not a memlab world"),
         (cl, ["--index", f"{r}/empty", "--keywords", "a"], "not a memlab index"),
         (cl, ["--world", w, "--keywords", " , "], "no keywords"),
@@ -253,11 +282,13 @@ def test_cli_sweep_every_verb(tiny_world, image_folder, tmp_path, capsys):
 
     from index_builder.build import main as build_main
     from index_builder.clusters import main as clusters_main
+    from index_builder.download import main as download_main
     from memlab.cli import main as memlab_main
 
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world)
-    progs = {"memlab": memlab_main, "index_builder": build_main, "clusters": clusters_main}
+    progs = {"memlab": memlab_main, "index_builder": build_main, "clusters": clusters_main,
+             "download": download_main}
     wrong = []
     cases = _cli_cases(tmp_path / "bad", world, image_folder)
     for prog, argv, expect in cases:
