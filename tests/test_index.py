@@ -181,3 +181,36 @@ def test_rows_of_one_origin_count_once_in_calibration(tmp_path):
     assert np.max(a.background(distinct=True)) > np.max(b.background(distinct=True))
     with pytest.raises(MemlabError, match="origin column"):
         build_index(tmp_path / "c", items, lambda i: ims[i], [create_descriptor("pixel")], origin="nope")
+
+
+def test_any_tar_of_images_with_txt_or_json_captions_is_a_source(tmp_path):
+    """Not only img2dataset's shards: a hand-made .tar (png + txt, jpg + json) indexes with its captions."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from index_builder.build import main as build_main
+    from memlab.index import TrainingIndex
+
+    def add(tar, name, data: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    def image(colour, fmt):
+        buf = io.BytesIO()
+        Image.new("RGB", (24, 24), colour).save(buf, fmt)
+        return buf.getvalue()
+
+    with tarfile.open(tmp_path / "mine.tar", "w") as tar:
+        add(tar, "a.png", image("red", "PNG"))
+        add(tar, "a.txt", "a red square".encode())
+        add(tar, "b.jpg", image("blue", "JPEG"))
+        add(tar, "b.json", json.dumps({"caption": "a blue square", "url": "http://example.org/b.jpg"}).encode())
+        add(tar, "c.txt", b"a caption without an image")
+    assert build_main(["--shards", str(tmp_path / "mine.tar"), "--descriptor", "pixel", "--calib-n", "2",
+                       "--out", str(tmp_path / "idx")]) == 0
+    items = TrainingIndex.load(tmp_path / "idx").items
+    assert items["caption"].tolist() == ["a red square", "a blue square"]
+    assert items["url"].tolist() == ["", "http://example.org/b.jpg"]
