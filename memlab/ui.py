@@ -270,6 +270,14 @@ def build_app(labs) -> gr.Blocks:
     return demo
 
 
+def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api: str, cleared: tuple):
+    """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
+    refused, its message never stands over the previous request's results. The API event (``api``) is
+    ``fn`` alone. Returns that event (Stop cancels it)."""
+    clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
+    return clear.then(fn, inputs, outputs, api_name=_api(api))
+
+
 def page_slug(name: str, taken=()) -> str:
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "world"
     slug, n = base, 2
@@ -358,8 +366,8 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
                                elem_id="closest", wrap=True)
         # shown from the start: the world's background (and plotly's library, which a page loads
         # once, ~1.3 s, before any plot can render: loaded now, later plots render at once)
-        plot = gr.Plot(value=histogram(lab, [], " (no generation yet)"),
-                       label="top-1 scores over the background", elem_id="hist")
+        empty_hist = histogram(lab, [], " (no generation yet)")
+        plot = gr.Plot(value=empty_hist, label="top-1 scores over the background", elem_id="hist")
         with gr.Row():
             export_btn = gr.Button("Export run (JSONL + images)")
             export_file = gr.File(label="run.zip")
@@ -383,10 +391,10 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
                        histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near,
                        seed_scores_chart(lab, state, descriptor))
 
-        gen_event = go_btn.click(generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
-                                            desc_choice],
-                                 [run_state, headline_md, gallery, table, plot, closest, seed_plot],
-                                 api_name=_api("generate"))
+        gen_event = run_button(go_btn, generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
+                                                  desc_choice],
+                               [run_state, headline_md, gallery, table, plot, closest, seed_plot], "generate",
+                               cleared=(None, "", [], None, empty_hist, None, None))
         # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
         stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
 
@@ -447,7 +455,8 @@ def compare_tab(lab: Lab) -> None:
                      f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
             return grid, compare_figure(lab, state), compare_table(state)
 
-        c_btn.click(compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], api_name=_api("compare"))
+        run_button(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], "compare",
+                   cleared=([], None, None))
 
 
 def match_tab(lab: Lab) -> None:
@@ -486,7 +495,8 @@ def match_tab(lab: Lab) -> None:
 
             return md, gallery, pd.DataFrame(table, columns=["id", "score", "duplicates", "caption"])
 
-        m_btn.click(match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api_name=_api("match_image"))
+        run_button(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], "match_image",
+                   cleared=("", [], None))
 
 
 def training_set_tab(lab: Lab) -> None:
