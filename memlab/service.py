@@ -333,7 +333,7 @@ class Lab:
     def duplicate_groups(self, limit: int = 50) -> pd.DataFrame:
         items = self.index.items
         g = items[items["duplicates"] > 0].groupby("group").agg(
-            size=("id", "size"), example=("caption", "first"), first_row=("id", lambda s: int(s.index[0])))
+            id=("id", "first"), size=("id", "size"), example=("caption", "first"))
         return g.sort_values("size", ascending=False).head(limit).reset_index()
 
     def group_members(self, group: int) -> pd.DataFrame:
@@ -379,7 +379,8 @@ class Lab:
         sims = vecs @ q
         top = np.argsort(-sims)[:k]
         return pd.DataFrame({"caption": [caps[i] for i in top], "text similarity": np.round(sims[top], 4),
-                             "row": rows[top], "duplicates": items["duplicates"].to_numpy()[rows[top]]})
+                             "row": rows[top], "id": items["id"].to_numpy()[rows[top]],
+                             "duplicates": items["duplicates"].to_numpy()[rows[top]]})
 
     # ------------------------------------------------------------------------------ keywords
     def _view_folders(self) -> list[Path]:

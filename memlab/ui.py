@@ -118,7 +118,22 @@ def _caption(r: dict) -> str:
     m = r["matches"][0]
     verdict = "REPLICATED" if r["replicated"] else "novel"
     return (f"seed {r['seed']} · {verdict} · score {r['score']:.3f} vs threshold {r['threshold']:.3f} · "
-            f"match #{m['id']} ({m['duplicates']} duplicates in training)")
+            f"match #{m['id']} · {copies(m['duplicates'])}")
+
+
+def copies(duplicates: int) -> str:
+    """A training image's duplication as the app states it everywhere: the image and its near-duplicates."""
+    n = int(duplicates) + 1
+    return f"{n} {'copy' if n == 1 else 'copies'} in training"
+
+
+def id_table(df, *extra: str):
+    """Training items as a visitor sees them: the id (the app's one identifier for a training image), its
+    copies in training, the caption, and ``extra`` columns."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": df["id"], "copies in training": df["duplicates"].astype(int) + 1,
+                         "caption": df["caption"], **{c: df[c] for c in extra}})
 
 
 def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
@@ -245,7 +260,7 @@ def seed_table(state: RunState):
     return pd.DataFrame([{"seed": r["seed"], "effective prompt": r["effective_prompt"],
                           "match id": r["matches"][0]["id"], "match caption": r["matches"][0]["caption"],
                           "score": round(r["score"], 4), "verdict": "replicated" if r["replicated"] else "novel",
-                          "duplicates": r["matches"][0]["duplicates"]} for r in state.records])
+                          "copies in training": r["matches"][0]["duplicates"] + 1} for r in state.records])
 
 
 def build_app(labs) -> gr.Blocks:
@@ -382,6 +397,7 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
             prompt, _ = lab.check_prompt(prompt)
             progress(0, desc="starting")
             near = lab.closest_captions(prompt)
+            near = id_table(near, "text similarity")
             pairs = []  # built once per seed as seeds stream in
             for state in run_generation(lab, prompt, seeds, spec, settings,
                                         lambda d, t: progress((d, t), desc="seeds"), descriptor):
@@ -410,7 +426,7 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
             if not state or evt.index is None or evt.index >= len(state.records):
                 return []
             r = state.records[evt.index]
-            return [(im, f"#{m['id']} · {m['score']:.3f} · {m.get('duplicates', 0) + 1} in training · "
+            return [(im, f"#{m['id']} · {m['score']:.3f} · {copies(m.get('duplicates', 0))} · "
                          f"{m['caption'][:50]}")
                     for m in collapse_matches(r["matches"], int(k or 5)) if (im := lab.item_file(m["row"])) is not None]
 
@@ -485,15 +501,14 @@ def match_tab(lab: Lab) -> None:
             verdict = "**replicated**" if q["replicated"] else "not replicated"
             md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
                   f"threshold {q['threshold']:.3f} · {lab.descriptor_label(d['name'])} · "
-                  f"top-1 training image id {q['matches'][0]['id']} "
-                  f"({q['matches'][0].get('duplicates', 0)} duplicates in the training set)")
+                  f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}")
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
-            table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0), m.get("caption", "")]
+            table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0) + 1, m.get("caption", "")]
                      for m in q["matches"]]
             import pandas as pd
 
-            return md, gallery, pd.DataFrame(table, columns=["id", "score", "duplicates", "caption"])
+            return md, gallery, pd.DataFrame(table, columns=["id", "score", "copies in training", "caption"])
 
         run_button(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], "match_image",
                    cleared=("", [], None))
@@ -515,13 +530,14 @@ def training_set_tab(lab: Lab) -> None:
         @_errors
         def search(query):
             hits = lab.search_captions(query)
-            return thumbs(hits), hits
+            return thumbs(hits), id_table(hits)
 
         q_btn.click(search, [q], [q_gallery, q_table], api_name=_api("search_captions"))
         q.submit(search, [q], [q_gallery, q_table], api_name=False)
         gr.Markdown("#### Near-duplicate groups (largest first)")
         groups = lab.duplicate_groups()
-        gr.Dataframe(value=groups, label="groups with duplicates")
+        gr.Dataframe(value=groups.rename(columns={"size": "copies in training", "example": "caption"})
+                     [["id", "copies in training", "caption"]], label="duplicated images (open one by its id)")
         with gr.Row():
             item_id = gr.Textbox(label="Open an item by id", scale=3)
             item_btn = gr.Button("Open", scale=1)
@@ -532,7 +548,7 @@ def training_set_tab(lab: Lab) -> None:
         def open_item(i):
             row = lab.item_row(i)
             members = lab.group_members(int(lab.index.items.iloc[row]["group"]))
-            return thumbs(members), members
+            return thumbs(members), id_table(members)
 
         item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name=_api("duplicates"))
 

@@ -63,7 +63,8 @@ def test_search_duplicates_export(client):
     with pytest.raises(Exception, match="type a word"):
         client.predict("  ", api_name="/search_captions")
     _, members = client.predict("3", api_name="/duplicates")
-    assert members["data"][0][1] == 3
+    assert members["headers"][:2] == ["id", "copies in training"] and members["data"][0][0] == 3
+    assert "row" not in members["headers"] and "group" not in members["headers"]  # one identifier: the id
     with pytest.raises(Exception, match="no training item"):
         client.predict("nope", api_name="/duplicates")
 

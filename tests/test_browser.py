@@ -17,6 +17,7 @@ def test_generate_in_chromium(tiny_world, tmp_path):
         res = generate_in_browser(url, "a red ball on a table", 4, screenshot=shot)
     assert "Replication" in res["headline"] and "of 4 seeds" in res["headline"]
     assert res["pairs"] >= 4 and res["table_text"].count("a red ball on a table") == 4
+    assert "match id" in res["table_text"] and "copies in training" in res["table_text"]  # one identifier
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert res["first_s"] <= res["whole_s"]
 
