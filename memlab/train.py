@@ -21,7 +21,9 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import sys
 import time
 import zlib
@@ -181,7 +183,8 @@ def load_optimizer(opt, path: Path) -> None:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    cks = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    cks = sorted((p for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".part")),
+                 key=lambda p: int(p.name.split("-")[1]))
     return cks[-1] if cks else None
 
 
@@ -190,7 +193,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     """Train; returns the folder of the final pipeline (``out/pipeline``), or None when ``stop_at``
     ended this invocation early (a checkpoint is written there)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file, save_file
 
     from .pipelines import PIPELINE_CONFIGS, make_pipeline
@@ -220,7 +223,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     # 2. a VAE of its own when training from scratch (L1 reconstruction + a small KL term)
     vae_dir = out / "vae"
     if scratch and (vae_dir / "config.json").is_file() and resume:
-        vae = AutoencoderKL.from_pretrained(vae_dir)
+        # the trained weights into the VAE built from the same config (from_pretrained would record its
+        # folder in the config, and a resumed run would save a different pipeline from an uninterrupted one)
+        vae.load_state_dict(load_file(vae_dir / "diffusion_pytorch_model.safetensors"))
+        vae.register_to_config(scaling_factor=json.loads((vae_dir / "config.json").read_text())["scaling_factor"])
     elif scratch:
         images = image_tensor(files, root, size)
         vopt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
@@ -241,7 +247,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
         with torch.no_grad():
             std = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)]).std()
         vae.register_to_config(scaling_factor=float(1.0 / std))
-        vae.save_pretrained(vae_dir)
+        tmp = vae_dir.with_name(vae_dir.name + ".tmp")  # saved whole, then renamed: never half a VAE
+        shutil.rmtree(tmp, ignore_errors=True)
+        vae.save_pretrained(tmp)
+        shutil.rmtree(vae_dir, ignore_errors=True)
+        os.replace(tmp, vae_dir)
         (out / "vae_loss.txt").write_text(f"final VAE loss (L1 + KL) {rec_l1:.4f}\n")
     pipe.vae = vae
     vae.requires_grad_(False)
@@ -319,11 +329,15 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
             running = []
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (cfg.steps, end):
             ck = out / "checkpoints" / f"step-{step + 1}"
-            ck.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(ck / "unet.safetensors"))
-            save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(ck / "text_encoder.safetensors"))
-            save_optimizer(opt, ck / "optimizer.safetensors")
-            (ck / "state.json").write_text(json.dumps({"step": step + 1}))
+            part = ck.with_name(ck.name + ".part")  # written whole, then renamed: a kill leaves no half checkpoint
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(part / "unet.safetensors"))
+            save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(part / "text_encoder.safetensors"))
+            save_optimizer(opt, part / "optimizer.safetensors")
+            (part / "state.json").write_text(json.dumps({"step": step + 1}))
+            shutil.rmtree(ck, ignore_errors=True)
+            os.replace(part, ck)
 
     if end < cfg.steps:
         return None  # stopped early on purpose: resume with the same config
