@@ -4,6 +4,10 @@ if sys.argv[1:2] == ["clusters"]:
     from index_builder.clusters import main
 
     sys.exit(main(sys.argv[2:]))
+if sys.argv[1:2] == ["embed"]:
+    from index_builder.embed import main
+
+    sys.exit(main(sys.argv[2:]))
 if sys.argv[1:2] == ["download"]:
     from index_builder.download import main
 

@@ -6,6 +6,8 @@ skipped, counted and listed.
     python -m index_builder --images DIR [--captions FILE.csv|.parquet] --descriptor pixel --out INDEX
     python -m index_builder --shards SHARDS/ --descriptor sscd,clip --out INDEX
     python -m index_builder download --urls nemo.csv --out SHARDS/  (fetch with img2dataset)
+    python -m index_builder --embeddings laion_emb/ --descriptor clip --max-memory 2GB --out INDEX
+        (precomputed embeddings in the clip-retrieval / LAION layout: an on-disk index, memlab.ondisk)
     python -m index_builder clusters --world DIR --keywords "van gogh,astronaut"   (keyword views)
 """
 from __future__ import annotations
@@ -33,6 +35,19 @@ def parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="folder of training images")
     src.add_argument("--shards", help="webdataset shards: a folder of .tar, a file, a glob or a brace range")
+    src.add_argument("--embeddings", help="precomputed embeddings in the clip-retrieval / LAION layout "
+                                          "(img_emb/img_emb_{i}.npy + metadata/metadata_{i}.parquet); with one "
+                                          "--descriptor naming what they are (e.g. clip)")
+    p.add_argument("--max-memory", default="2GB",
+                   help="with --embeddings: the build's memory budget, which picks the index type (default 2GB)")
+    p.add_argument("--knn-k", type=int, default=10, help="with --embeddings: neighbours per item for the "
+                                                        "background and near-duplicate groups")
+    p.add_argument("--knn-sample", type=int, default=None,
+                   help="with --embeddings: compute neighbours for a random sample of this many items (default all)")
+    p.add_argument("--block-rows", type=int, default=100_000,
+                   help="with --embeddings: rows per add and neighbour block (each block is a resume point)")
+    p.add_argument("--write-embeddings", default=None,
+                   help="also write the index's vectors and items in the clip-retrieval layout to this folder")
     p.add_argument("--captions", default=None, help="CSV or parquet listing images and captions")
     p.add_argument("--file-column", default="file", help="column with image paths relative to --images")
     p.add_argument("--caption-column", default="caption", help="column with captions")
@@ -40,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor", action="append", default=None,
                    help="descriptor name, repeatable or comma-separated (default: pixel); the first is "
                         "the index's default and defines near-duplicate groups")
-    p.add_argument("--factory", default="Flat", help="FAISS index factory string (default Flat = exact)")
+    p.add_argument("--factory", default=None, help="FAISS index factory string (default: Flat = exact; with "
+                                                   "--embeddings chosen by --max-memory)")
     p.add_argument("--fpr", type=float, default=0.01,
                    help="background false-positive rate for calibrated thresholds (default 0.01)")
     p.add_argument("--calib-n", type=int, default=500, help="items copied for calibration (default 500)")
@@ -112,6 +128,8 @@ def build(args) -> int:
         return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=None)
 
     t0 = time.perf_counter()
+    if args.embeddings:
+        return build_from_embeddings(args, progress)
     if args.shards:
         if args.captions:
             raise MemlabError("--captions goes with --images; shards carry their own captions")
@@ -143,13 +161,15 @@ def build(args) -> int:
         raise MemlabError("need at least two readable images to build an index")
     image_root = "images" if args.copy_images else str(images.resolve())
     build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descriptors,
-                factory=args.factory, fpr=args.fpr, calib_n=args.calib_n, seed=args.seed,
+                factory=args.factory or "Flat", fpr=args.fpr, calib_n=args.calib_n, seed=args.seed,
                 batch_size=args.batch_size, image_root=image_root, progress=progress, origin=args.origin_column,
                 extra_manifest={"source": {**(getattr(args, "source_note", None) or
                                               {"images": str(images.resolve()), "captions": args.captions}),
                                            "listed": n_listed, "skipped": [f for f, _ in skipped],
                                            "command": "python -m index_builder " + " ".join(sys.argv[1:])}},
                 extra_files=(lambda tmp: _copy_images(tmp, images, items)) if args.copy_images else None)
+    if args.write_embeddings:
+        export_embeddings(out, args.write_embeddings)
     if args.keywords:
         from index_builder.clusters import compute
 
@@ -220,10 +240,48 @@ def build_sources(specs: list[str], out: str | Path, extra_args: list[str] = (),
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def build_from_embeddings(args, progress) -> int:
+    """An on-disk index from precomputed embeddings (``memlab.ondisk``): streamed, resumable, its type
+    chosen by --max-memory, background and groups from each item's nearest neighbours."""
+    from memlab.ondisk import OnDiskBuild, parse_memory
+
+    names = [n.strip() for arg in (args.descriptor or []) for n in arg.split(",") if n.strip()]
+    if len(names) != 1:
+        raise MemlabError("--embeddings needs exactly one --descriptor: the one the embeddings were made with "
+                          "(e.g. clip for open_clip ViT-L-14 / openai), so queries are embedded the same way")
+    if args.captions or args.copy_images:
+        raise MemlabError("--captions and --copy-images go with --images; embeddings carry their metadata")
+    if args.knn_k < 1 or (args.knn_sample is not None and args.knn_sample < 2):
+        raise MemlabError("--knn-k must be at least 1 and --knn-sample at least 2")
+    t0 = time.perf_counter()
+    out = out_folder(args.out)
+    b = OnDiskBuild(args.embeddings, out, names[0], parse_memory(args.max_memory), k=args.knn_k,
+                    sample=args.knn_sample, seed=args.seed, fpr=args.fpr,
+                    factory=args.factory, block=args.block_rows,
+                    progress=progress, log=lambda m: print(m, file=sys.stderr))
+    b.run(extra_manifest={"command": "python -m index_builder " + " ".join(sys.argv[1:])})
+    if args.write_embeddings:
+        export_embeddings(out, args.write_embeddings)
+    print(f"wrote {out} ({b.n} items, {b.d}-d {names[0]} vectors, {b.factory}) in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr)
+    return 0
+
+
+def export_embeddings(index_dir: Path, folder: str) -> None:
+    """The index's vectors (float16) and items in the clip-retrieval layout, for other tools (and for
+    ``--embeddings``)."""
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import write_embeddings
+
+    idx = TrainingIndex.load(index_dir)
+    cols = [c for c in ("id", "caption", "url", "file") if c in idx.items]
+    write_embeddings(out_folder(folder, "--write-embeddings"), idx.vectors(), idx.items[cols])
+
+
 def _passthrough(args) -> list[str]:
     """build's options (other than the source and --out) as command-line arguments."""
     skip = {"images", "shards", "captions", "file_column", "caption_column", "id_column", "copy_images", "out",
-            "source_note"}
+            "source_note", "embeddings", "max_memory", "block_rows", "knn_k", "knn_sample", "write_embeddings"}
     out = []
     for k, v in vars(args).items():
         if k in skip or v is None or v is False:

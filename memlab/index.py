@@ -355,7 +355,8 @@ class TrainingIndex:
         name = name or self.default_descriptor
         if name not in self._faiss:
             f = self.descriptor_info(name)["files"]["index"]
-            index = _faiss().read_index(str(self.path / f))
+            mmap = self.manifest.get("serve", {}).get("mmap")  # large on-disk indices: pages read on demand
+            index = _faiss().read_index(str(self.path / f), _faiss().IO_FLAG_MMAP if mmap else 0)
             if "IVF" in self.descriptor_info(name)["factory"]:
                 _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
             self._faiss[name] = index
@@ -366,9 +367,10 @@ class TrainingIndex:
         for ``max(k, rerank)`` candidates which are re-scored with the exact vectors."""
         name = name or self.default_descriptor
         q = np.ascontiguousarray(queries, np.float32)
-        k = max(1, min(int(k), len(self.items)))
+        n = int(self.manifest["item_count"])
+        k = max(1, min(int(k), n))
         exact = self.descriptor_info(name)["factory"] == "Flat"
-        kk = k if exact else min(max(k, rerank), len(self.items))
+        kk = k if exact else min(max(k, rerank), n)
         scores, rows = self.faiss_index(name).search(q, kk)
         if not exact:
             v = self.vectors(name)

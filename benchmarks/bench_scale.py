@@ -1,0 +1,213 @@
+"""Training sets at scale (issue 13): an on-disk index from precomputed embeddings, on a synthetic set
+shaped like real embeddings (clustered: 2,000 topics x 20 sub-topics at cosine 0.8 to their topic, each
+point at cosine 0.85 to its sub-topic; not uniform noise) with planted near-copies, in the clip-retrieval layout.
+
+Prints, each phase in its own process (peak resident memory is that process's):
+- the build under a memory budget (vectors, FAISS index, k-nearest-neighbour background and groups):
+  seconds per stage and peak RSS;
+- serving: recall@1 of fresh copies of the planted originals against the exact answer, median
+  latency of a single query (approximate + exact re-rank) against exact search over the same vectors
+  measured in the same run, and RSS after loading and querying;
+- on a 50,000-item set: the kNN background and groups against today's exact n x n computation.
+
+    python benchmarks/bench_scale.py --n 2000000 --d 512 --planted 1000 --max-memory 2GB
+    python benchmarks/bench_scale.py --n 200000 --agree-n 20000        # a quick look
+Resumable: the synthetic set and the build's stages are kept in --work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def synthetic(n: int, d: int, planted: int, seed: int = 0, part: int = 200_000):
+    """Yield (start, float32 rows) of a clustered set; the last ``planted`` rows are near-copies (cosine
+    about 0.98) of ``planted`` earlier rows, returned by ``planted_sources``."""
+    rng = np.random.default_rng(seed)
+    topics = _unit(rng.standard_normal((2000, d)).astype(np.float32))
+    subs = _unit(np.repeat(topics, 20, 0) + 0.75 * rng.standard_normal((40000, d)).astype(np.float32) / np.sqrt(d))
+    for s in range(0, n - planted, part):
+        m = min(part, n - planted - s)
+        r = np.random.default_rng(seed + 1 + s // part)
+        lab = r.integers(0, len(subs), m)
+        yield s, _unit(subs[lab] + 0.62 * r.standard_normal((m, d)).astype(np.float32) / np.sqrt(d))
+    yield n - planted, None  # the copies are written by the caller from the sources
+
+
+def planted_sources(n: int, planted: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed + 99).choice(n - planted, planted, replace=False))
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def noisy(x, amount, seed):
+    r = np.random.default_rng(seed)
+    return _unit(x + amount * r.standard_normal(x.shape).astype(np.float32) / np.sqrt(x.shape[1]))
+
+
+def make_set(work: Path, n: int, d: int, planted: int) -> Path:
+    import pandas as pd
+
+    emb = work / f"emb-{n}x{d}"
+    if (emb / "done").is_file():
+        return emb
+    (emb / "img_emb").mkdir(parents=True, exist_ok=True)
+    (emb / "metadata").mkdir(parents=True, exist_ok=True)
+    src = planted_sources(n, planted)
+    keep = {}
+    i = 0
+    for s, x in synthetic(n, d, planted):
+        if x is None:  # the planted copies, from their sources' rows
+            x = noisy(np.stack([keep[r] for r in src]), 0.15, 7)
+        else:
+            for r in src[(src >= s) & (src < s + len(x))]:
+                keep[int(r)] = x[r - s]
+        np.save(emb / "img_emb" / f"img_emb_{i}.npy", x.astype(np.float16))
+        rows = np.arange(s, s + len(x))
+        pd.DataFrame({"id": rows, "caption": [f"synthetic item {r}" for r in rows],
+                      "url": [f"https://example.org/{r}.jpg" for r in rows]}).to_parquet(
+            emb / "metadata" / f"metadata_{i}.parquet", index=False)
+        i += 1
+    np.save(emb / "originals.npy", np.stack([keep[r] for r in src]))
+    np.save(emb / "sources.npy", src)
+    (emb / "done").write_text("ok")
+    return emb
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def phase_build(a) -> dict:
+    from memlab.ondisk import OnDiskBuild, parse_memory
+
+    emb = make_set(Path(a.work), a.n, a.d, a.planted)
+    out = Path(a.work) / f"index-{a.n}x{a.d}"
+    t0 = time.perf_counter()
+    b = OnDiskBuild(emb, out, "clip", parse_memory(a.max_memory), log=lambda m: print(m, file=sys.stderr))
+    b.run()
+    m = json.loads((out / "manifest.json").read_text())
+    return {"build_s": time.perf_counter() - t0, "stages_s": m.get("build_seconds"), "peak_rss_mb": peak_mb(),
+            "factory": m["descriptors"]["clip"]["factory"], "groups": m["duplicates"]}
+
+
+def phase_serve(a) -> dict:
+    from memlab.index import TrainingIndex
+
+    emb, out = Path(a.work) / f"emb-{a.n}x{a.d}", Path(a.work) / f"index-{a.n}x{a.d}"
+    t0 = time.perf_counter()
+    idx = TrainingIndex.load(out, verify=False)
+    load_s = time.perf_counter() - t0
+    originals, src = np.load(emb / "originals.npy"), np.load(emb / "sources.npy")
+    q = noisy(originals, 0.2, 11)  # a generation that copies a training image: a fresh near-copy of it
+    v = idx.vectors()
+    lat, approx = [], []
+    for i in range(len(q)):
+        t = time.perf_counter()
+        _, rows = idx.search(q[i:i + 1], k=1)
+        lat.append(time.perf_counter() - t)
+        approx.append(int(rows[0, 0]))
+    rss_after = rss_mb()
+    # exact answers for all queries, over the same float16 vectors (chunked), and single-query latency
+    best, arg = np.full(len(q), -np.inf, np.float32), np.zeros(len(q), np.int64)
+    for s in range(0, len(v), 200_000):
+        sim = np.asarray(v[s:s + 200_000], np.float32) @ q.T
+        j = sim.argmax(0)
+        better = sim[j, np.arange(len(q))] > best
+        best[better], arg[better] = sim[j, np.arange(len(q))][better], j[better] + s
+    exact_lat = []
+    for i in range(5):
+        t = time.perf_counter()
+        top = -np.inf
+        for s in range(0, len(v), 200_000):
+            top = max(top, float((np.asarray(v[s:s + 200_000], np.float32) @ q[i]).max()))
+        exact_lat.append(time.perf_counter() - t)
+    recall = float(np.mean(np.array(approx) == arg))
+    own = float(np.mean(np.isin(arg, np.concatenate([src, np.arange(a.n - a.planted, a.n)]))))
+    return {"load_s": load_s, "recall_at_1_vs_exact": recall, "exact_top1_is_planted_pair": own,
+            "median_query_ms": 1000 * float(np.median(lat)), "median_exact_query_ms": 1000 * float(np.median(exact_lat)),
+            "speedup": float(np.median(exact_lat) / np.median(lat)), "rss_after_queries_mb": rss_after,
+            "peak_rss_mb": peak_mb(), "queries": len(q)}
+
+
+def phase_agree(a) -> dict:
+    import pandas as pd
+
+    from memlab import metrics
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import OnDiskBuild
+
+    n = a.agree_n
+    emb = make_set(Path(a.work), n, a.d, max(10, a.planted * n // a.n))
+    out = Path(a.work) / f"index-{n}x{a.d}"
+    t = time.perf_counter()
+    # the index type the large build uses (IVF with SQ8 codes), its lists scaled to this set
+    factory = json.loads((Path(a.work) / f"index-{a.n}x{a.d}" / "manifest.json").read_text())["descriptors"]["clip"]["factory"]
+    from memlab.ondisk import choose_factory
+
+    factory = choose_factory(n, a.d, 2 * n * a.d) if "IVF" in factory else factory
+    OnDiskBuild(emb, out, "clip", 2 * n * a.d, factory=factory, log=lambda m: None).run()
+    knn_s = time.perf_counter() - t
+    idx = TrainingIndex.load(out)
+    v = np.asarray(idx.vectors(), np.float32)
+    info = idx.descriptor_info()
+    t = time.perf_counter()
+    bg = metrics.background(v)
+    g, _ = metrics.near_duplicate_groups(v, info["duplicate_threshold"])
+    exact_s = time.perf_counter() - t
+    ours = idx.background()
+    gi = idx.items["group"].to_numpy()
+    same = bool(pd.Series(g).groupby(gi).nunique().max() == 1 and pd.Series(gi).groupby(g).nunique().max() == 1)
+    return {"n": n, "factory": info["factory"], "knn_build_s": knn_s, "exact_background_and_groups_s": exact_s,
+            "background_within_0.01": float(np.mean(np.abs(ours - bg) <= 0.01)),
+            "max_background_diff": float(np.nanmax(np.abs(ours - bg))), "same_groups": same,
+            "groups_with_duplicates": int((np.bincount(g) > 1).sum())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2_000_000)
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--planted", type=int, default=1000)
+    ap.add_argument("--max-memory", default="2GB")
+    ap.add_argument("--agree-n", type=int, default=50_000)
+    ap.add_argument("--work", default="/tmp/memlab-scale")
+    ap.add_argument("--phase", default=None, choices=["build", "serve", "agree"])
+    a = ap.parse_args()
+    if a.phase:
+        print(json.dumps({"build": phase_build, "serve": phase_serve, "agree": phase_agree}[a.phase](a)))
+        return 0
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, __file__, "--n", str(a.n), "--d", str(a.d), "--planted", str(a.planted),
+            "--max-memory", a.max_memory, "--agree-n", str(a.agree_n), "--work", a.work]
+    for phase in ("build", "serve", "agree"):
+        r = subprocess.run(base + ["--phase", phase], capture_output=True, text=True)
+        if r.returncode:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return r.returncode
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"[{phase}] " + json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

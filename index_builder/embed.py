@@ -1,0 +1,141 @@
+"""Embed webdataset shards on Ray Data, one shard per task, into the clip-retrieval layout.
+
+    python -m index_builder embed --shards SHARDS/ --descriptor sscd --out EMB/ [--ray-address auto] [--gpus 1]
+    python -m index_builder --embeddings EMB/ --descriptor sscd --max-memory 2GB --out INDEX/
+
+Shard i (in the order ``shard_paths`` lists them) becomes ``EMB/img_emb/img_emb_{i}.npy`` (float16,
+L2-normalized) and ``EMB/metadata/metadata_{i}.parquet`` (id, caption, url, shard, key, in sample order),
+written under temporary names and renamed, the metadata last. A shard whose pair exists is never redone,
+so a killed or failed job resumes with the shards it lacks. Ray runs locally on all cores by default
+(``ray.init()``), joins a cluster with ``--ray-address``, and gives each task a GPU with ``--gpus``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from memlab.cli import Parser, guarded, out_folder
+from memlab.errors import MemlabError
+
+
+def parser():
+    p = Parser(prog="python -m index_builder embed", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="webdataset shards: a folder of .tar, a file, a glob or a range")
+    p.add_argument("--descriptor", required=True, help="descriptor name (e.g. sscd, clip, pixel)")
+    p.add_argument("--weights", default=None, help="the descriptor's weights (file or folder)")
+    p.add_argument("--weights-sha256", default=None, help="confirm a TorchScript file memlab did not download")
+    p.add_argument("--out", required=True, help="folder for img_emb/ and metadata/")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster (default: a local one on this machine)")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--gpus", type=float, default=0, help="GPUs per task (e.g. 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    return p
+
+
+def pair(out: Path, i: int) -> tuple[Path, Path]:
+    return out / "img_emb" / f"img_emb_{i}.npy", out / "metadata" / f"metadata_{i}.parquet"
+
+
+def embed_shard(shard: str, i: int, out: str, descriptor: str, options: dict, batch_size: int = 64) -> dict:
+    """Embed one shard's images and write its (npy, parquet) pair; returns what it wrote."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from index_builder.shards import IMAGE_KEYS, samples
+    from memlab.descriptors import create_descriptor
+
+    t0 = time.perf_counter()
+    emb_f, meta_f = pair(Path(out), i)
+    d = create_descriptor(descriptor, **options)
+    rows, vecs, batch = [], [], []
+    for s in samples([Path(shard)]):
+        ext = next((k for k in IMAGE_KEYS if k in s), None)
+        if ext is None:
+            continue
+        meta = json.loads(s["json"]) if "json" in s else {}
+        caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
+        with Image.open(io.BytesIO(s[ext])) as im:
+            batch.append(im.convert("RGB"))
+        rows.append({"id": str(meta.get("key") or s["__key__"]), "caption": caption.strip(),
+                     "url": str(meta.get("url") or ""), "shard": Path(shard).stem, "key": s["__key__"]})
+        if len(batch) == batch_size:
+            vecs.append(d.embed(batch))
+            batch = []
+    if batch:
+        vecs.append(d.embed(batch))
+    v = np.concatenate(vecs) if vecs else np.zeros((0, d.dim), np.float32)
+    emb_f.parent.mkdir(parents=True, exist_ok=True)
+    meta_f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = emb_f.with_name(emb_f.name + ".part")
+    with open(tmp, "wb") as fh:
+        np.save(fh, v.astype(np.float16))
+    os.replace(tmp, emb_f)
+    tmp = meta_f.with_name(meta_f.name + ".part")
+    pd.DataFrame(rows, columns=["id", "caption", "url", "shard", "key"]).to_parquet(tmp, index=False)
+    os.replace(tmp, meta_f)  # the pair is complete once its metadata exists
+    return {"shard": shard, "index": i, "rows": len(rows), "seconds": time.perf_counter() - t0}
+
+
+def _embed_batch(batch, out, descriptor, options, batch_size):
+    """A Ray Data task: each batch holds one shard."""
+    done = [embed_shard(str(sh), int(i), out, descriptor, options, batch_size)
+            for sh, i in zip(batch["shard"], batch["index"])]
+    return {k: np.array([r[k] for r in done]) for k in ("shard", "index", "rows", "seconds")}
+
+
+def embed(shards: list[Path], out: Path, descriptor: str, options: dict | None = None, ray_address=None,
+          cpus: int | None = None, gpus: float = 0, batch_size: int = 64, log=print) -> dict:
+    """Embed every shard that lacks its pair on Ray Data; returns counts (done before, done now)."""
+    import ray
+
+    options = options or {}
+    todo = [(str(p), i) for i, p in enumerate(shards) if not pair(out, i)[1].is_file()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shards.json").write_text(json.dumps([str(p) for p in shards], indent=1))
+    if not todo:
+        return {"shards": len(shards), "skipped": len(shards), "embedded": 0}
+    log(f"[embed] {len(todo)} of {len(shards)} shards to embed with {descriptor} on Ray "
+        f"({ray_address or 'local'})")
+    if not ray.is_initialized():
+        ray.init(address=ray_address, num_cpus=cpus if not ray_address else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    ds = ray.data.from_items([{"shard": s, "index": i} for s, i in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(_embed_batch, fn_kwargs={"out": str(out), "descriptor": descriptor, "options": options,
+                                                 "batch_size": batch_size},
+                        batch_size=1, num_cpus=1, num_gpus=gpus or None)  # (Ray retries a task whose worker died)
+    rows = sum(int(r["rows"]) for r in ds.iter_rows())
+    return {"shards": len(shards), "skipped": len(shards) - len(todo), "embedded": len(todo), "rows": rows}
+
+
+def run(args) -> int:
+    from index_builder.shards import shard_paths
+
+    out = out_folder(args.out)
+    shards = shard_paths(args.shards)
+    from memlab.descriptors import DESCRIPTORS
+
+    if args.descriptor not in DESCRIPTORS:
+        raise MemlabError(f"unknown descriptor {args.descriptor!r}; known: {', '.join(DESCRIPTORS)}")
+    options = {k: v for k, v in (("weights", args.weights), ("weights_sha256", args.weights_sha256)) if v}
+    t0 = time.perf_counter()
+    res = embed(shards, out, args.descriptor, options, args.ray_address, args.cpus, args.gpus, args.batch_size,
+                log=lambda m: print(m, file=sys.stderr))
+    print(f"embedded {res['embedded']} shards ({res['skipped']} already done) into {out} in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    return guarded(run, parser().parse_args(argv))

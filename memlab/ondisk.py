@@ -1,0 +1,425 @@
+"""Training sets at scale: a memlab index built from precomputed embeddings without holding them in
+memory, with approximate neighbours re-ranked exactly, and the background and near-duplicate groups
+computed from each item's k nearest neighbours instead of the n x n product.
+
+Input: the layout clip-retrieval and LAION publish (``img_emb/img_emb_{i}.npy``, float16 or float32
+rows, with ``metadata/metadata_{i}.parquet`` in the same row order), the same layout memlab writes
+(``write_embeddings``). Only the descriptor's name and dimension are needed to build; queries need its
+weights.
+
+Stages (``python -m index_builder --embeddings DIR --descriptor clip --max-memory 2GB --out INDEX``), each
+written to a work folder beside the output and skipped when done, so a killed build resumes and ends in
+the same files as an uninterrupted one:
+1. ``vectors.f16.npy``: every row, L2-normalized, as float16 (memory-mapped; part by part);
+2. ``trained.faiss``: the index chosen for the memory budget (``choose_factory``: Flat when the float32
+   vectors fit in half the budget, else IVF with SQ8 codes, else IVF-PQ), trained on a seeded sample;
+3. ``blocks/{b}.faiss``: the vectors added block by block to copies of the trained index, then merged;
+4. ``knn/{b}.npz``: each item's k nearest neighbours (approximate search for ``rerank`` candidates,
+   re-scored exactly from the float16 vectors), for all items or a stated random sample;
+5. the index folder (atomic): the FAISS file (memory-mapped when served), float16 vectors, backgrounds,
+   items with near-duplicate groups (connected components of the kNN graph at the descriptor's duplicate
+   cut), manifest with every file's checksum and how the neighbours were computed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import MemlabError
+
+BLOCK = 100_000  # rows per add / kNN block
+EXACT_MAX = 100_000  # up to here an exact (Flat) index: its kNN pass (n queries over n) stays short
+
+
+def parse_memory(text: str | int) -> int:
+    """'2GB', '512MB', '1.5G' or a byte count -> bytes."""
+    if isinstance(text, (int, np.integer)):
+        return int(text)
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not m:
+        raise MemlabError(f"cannot read memory size {text!r} (e.g. 2GB, 512MB)")
+    return int(float(m[1]) * 1024 ** "bkmgt".index(m[2] or "b"))
+
+
+def embedding_parts(src: str | Path) -> list[tuple[Path, Path | None, int, int]]:
+    """(img_emb file, metadata file or None, rows, dim) per part, in part order."""
+    src = Path(src)
+    emb = sorted((src / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    if not emb:
+        raise MemlabError(f"{src} holds no img_emb/img_emb_*.npy (the clip-retrieval / LAION embedding layout)")
+    parts = []
+    for p in emb:
+        i = re.findall(r"\d+", p.stem)[-1]
+        try:
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise MemlabError(f"cannot read {p} as a .npy array: {e}") from None
+        if a.ndim != 2 or a.dtype.kind != "f":
+            raise MemlabError(f"{p} is {a.dtype} with shape {a.shape}: expected float rows")
+        meta = src / "metadata" / f"metadata_{i}.parquet"
+        parts.append((p, meta if meta.is_file() else None, int(a.shape[0]), int(a.shape[1])))
+    dims = {d for *_, d in parts}
+    if len(dims) != 1:
+        raise MemlabError(f"{src}: embedding parts have different dimensions {sorted(dims)}")
+    return parts
+
+
+def choose_factory(n: int, d: int, max_memory: int) -> str:
+    """The FAISS index for n x d vectors under a memory budget: exact Flat for small sets (at most
+    ``EXACT_MAX`` items whose float32 vectors fit in half the budget), else IVF (about 4 sqrt(n) lists under 1M, 16k-65k above) with SQ8 codes (d bytes
+    a vector) when they fit in 60% of it, else PQ codes."""
+    if n <= EXACT_MAX and 4 * n * d <= max_memory // 2:
+        return "Flat"
+    nlist = 2 ** int(round(math.log2(max(16, 4 * math.sqrt(n))))) if n <= 10_000_000 else 65536
+    if n * (d + 8) <= 0.6 * max_memory:
+        return f"IVF{nlist},SQ8"
+    m = max(x for x in (8, 16, 32, 48, 64) if d % x == 0 and n * (x + 8) <= 0.6 * max_memory) \
+        if any(d % x == 0 and n * (x + 8) <= 0.6 * max_memory for x in (8, 16, 32, 48, 64)) else None
+    if m is None:
+        raise MemlabError(f"{n} x {d} vectors do not fit a {max_memory / 2**30:.1f} GB budget even as PQ8 codes")
+    return f"IVF{nlist},PQ{m}"
+
+
+def _atomic_save(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".part")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _faiss():
+    from .index import _faiss as f
+
+    return f()
+
+
+class OnDiskBuild:
+    """The resumable build of one descriptor's on-disk index from embedding parts."""
+
+    def __init__(self, src, out, descriptor: str, max_memory: int, k: int = 10, rerank: int = 16, nprobe: int = 8,
+                 sample: int | None = None, seed: int = 0, duplicate_threshold: float | None = None,
+                 fpr: float = 0.01, threshold: float | None = None, factory: str | None = None,
+                 block: int = BLOCK, progress=None, log=print):
+        self.src, self.out = Path(src), Path(out)
+        self.work = self.out.parent / f".{self.out.name}.build"
+        self.name, self.max_memory, self.k, self.rerank, self.nprobe = descriptor, max_memory, k, rerank, nprobe
+        self.sample, self.seed, self.fpr, self.threshold = sample, seed, fpr, threshold
+        self.parts = embedding_parts(src)
+        self.n, self.d = sum(p[2] for p in self.parts), self.parts[0][3]
+        self.factory = factory or choose_factory(self.n, self.d, max_memory)
+        self.dup = duplicate_threshold
+        self.block = int(block)
+        self.bar = progress or (lambda it, **kw: it)
+        self.log = log
+
+    # 1. vectors ------------------------------------------------------------------------------
+    def vectors(self) -> np.ndarray:
+        self.work.mkdir(parents=True, exist_ok=True)
+        f, state = self.work / "vectors.f16.npy", self.work / "vectors.json"
+        done = json.loads(state.read_text()) if state.is_file() else {"parts": 0}
+        if done.get("n") not in (None, self.n):
+            raise MemlabError(f"{self.work} holds a build of other embeddings; remove it")
+        if not f.is_file():
+            np.lib.format.open_memmap(f, mode="w+", dtype=np.float16, shape=(self.n, self.d)).flush()
+        v = np.lib.format.open_memmap(f, mode="r+")
+        start = sum(p[2] for p in self.parts[:done["parts"]])
+        for i, (p, _, rows, _) in enumerate(self.bar(self.parts, desc="vectors"), 0):
+            if i < done["parts"]:
+                continue
+            a = np.load(p, mmap_mode="r")
+            for s in range(0, rows, self.block):
+                x = np.asarray(a[s:s + self.block], np.float32)
+                x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                v[start + s:start + s + len(x)] = x.astype(np.float16)
+            v.flush()
+            start += rows
+            _atomic_save(state, lambda t, i=i: t.write_text(json.dumps({"parts": i + 1, "n": self.n})))
+        return np.load(f, mmap_mode="r")
+
+    # 2-3. the FAISS index -------------------------------------------------------------------
+    def index(self, v: np.ndarray):
+        faiss = _faiss()
+        final = self.work / "index.faiss"
+        if final.is_file():
+            return faiss.read_index(str(final), faiss.IO_FLAG_MMAP)
+        trained = self.work / "trained.faiss"
+        if not trained.is_file():
+            idx = faiss.index_factory(self.d, self.factory, faiss.METRIC_INNER_PRODUCT)
+            if not idx.is_trained:
+                ivf = faiss.extract_index_ivf(idx)
+                m = min(self.n, 40 * ivf.nlist)  # 30-256 a list is FAISS's advice; 40 keeps k-means short
+                rows = np.sort(np.random.default_rng(self.seed).choice(self.n, size=m, replace=False))
+                self.log(f"[ondisk] training {self.factory} on {m} of {self.n} vectors")
+                ivf.cp.seed, ivf.cp.niter = self.seed, 10
+                idx.train(np.asarray(v[rows], np.float32))
+            _atomic_save(trained, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+        blocks = self.work / "blocks"
+        blocks.mkdir(exist_ok=True)
+        nb = -(-self.n // self.block)
+        for b in self.bar(range(nb), desc=f"add {self.factory}"):
+            f = blocks / f"{b:05d}.faiss"
+            if f.is_file():
+                continue
+            idx = faiss.read_index(str(trained))
+            idx.add(np.asarray(v[b * self.block:(b + 1) * self.block], np.float32))
+            _atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+        idx = faiss.read_index(str(trained))
+        for b in range(nb):
+            part = faiss.read_index(str(blocks / f"{b:05d}.faiss"))
+            if self.factory == "Flat":
+                idx.add(part.reconstruct_n(0, part.ntotal))
+            else:
+                idx.merge_from(part, idx.ntotal)
+            del part
+        _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+        del idx
+        shutil.rmtree(blocks, ignore_errors=True)
+        return faiss.read_index(str(final), faiss.IO_FLAG_MMAP)
+
+    # 4. neighbours ------------------------------------------------------------------------------
+    def neighbours(self, v: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows queried, their k nearest other rows, exact scores), sorted by score."""
+        rows = np.arange(self.n) if not self.sample or self.sample >= self.n else \
+            np.sort(np.random.default_rng(self.seed + 1).choice(self.n, size=self.sample, replace=False))
+        if "IVF" in self.factory:
+            _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
+        knn = self.work / "knn"
+        knn.mkdir(exist_ok=True)
+        kk = min(self.n, max(self.k, self.rerank) + 1)
+        nb = -(-len(rows) // self.block)
+        for b in self.bar(range(nb), desc="neighbours"):
+            f = knn / f"{b:05d}.npz"
+            if f.is_file():
+                continue
+            r = rows[b * self.block:(b + 1) * self.block]
+            q = np.asarray(v[r], np.float32)
+            _, cand = index.search(q, kk)
+            ids, sc = rerank_exact(v, q, cand, r, self.k)
+            _atomic_save(f, lambda t, ids=ids, sc=sc: _savez(t, ids=ids, scores=sc))
+        ids = np.concatenate([np.load(knn / f"{b:05d}.npz")["ids"] for b in range(nb)])
+        scores = np.concatenate([np.load(knn / f"{b:05d}.npz")["scores"] for b in range(nb)])
+        return rows, ids, scores
+
+    # 5. the index folder -----------------------------------------------------------------------
+    def run(self, extra_manifest: dict | None = None) -> Path:
+        from . import metrics
+        from .index import FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, sha256
+
+        import time
+
+        t = [time.perf_counter()]
+        v = self.vectors()
+        t.append(time.perf_counter())
+        index = self.index(v)
+        t.append(time.perf_counter())
+        rows, ids, scores = self.neighbours(v, index)
+        t.append(time.perf_counter())
+        dup = self.dup if self.dup is not None else default_duplicate_cut(self.name)
+        group, dups = groups_from_neighbours(self.n, rows, ids, scores, dup)
+        bg = np.full(self.n, np.nan, np.float32)
+        bg[rows] = scores[:, 0]
+        bgd = np.full(self.n, np.nan, np.float32)
+        bgd[rows] = distinct_background(group, rows, ids, scores)
+        reps = metrics.group_representatives(group)
+        sampled = bg[np.isfinite(bg)]
+        finite = bgd[np.isin(np.arange(self.n), reps) & np.isfinite(bgd)]
+        thr = threshold_from_background(self.name, finite, self.fpr, self.threshold)
+        items = read_metadata(self.parts)
+        items["group"], items["duplicates"] = group, dups
+        items["representative"] = False
+        items.loc[reps, "representative"] = True
+        with atomic_dir(self.out) as tmp:
+            shutil.copyfile(self.work / "index.faiss", tmp / f"{self.name}.faiss")
+            shutil.copyfile(self.work / "vectors.f16.npy", tmp / f"{self.name}.f16.npy")
+            np.save(tmp / f"{self.name}.background.npy", bg)
+            np.save(tmp / f"{self.name}.background_distinct.npy", bgd)
+            items.to_parquet(tmp / ITEMS, index=False, row_group_size=65536)
+            neighbours = {"k": self.k, "rerank": self.rerank, "nprobe": self.nprobe,
+                          "queried": "all items" if len(rows) == self.n else f"a random sample of {len(rows)} items "
+                          f"(seed {self.seed + 1}); the others' backgrounds are NaN",
+                          "how": f"approximate top-{max(self.k, self.rerank)} from the index, re-scored exactly with "
+                                 f"the float16 vectors"}
+            entry = {**descriptor_identity(self.name), "dim": self.d,
+                     "factory": self.factory, "threshold": thr, "duplicate_threshold": dup,
+                     "background": {**metrics.dataset_similarity(sampled, thr["value"]), **metrics.percentiles(sampled),
+                                    "over": "every queried item vs its nearest other item", "neighbours": neighbours},
+                     "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
+                                             **metrics.percentiles(finite),
+                                             "over": "one item per near-duplicate group vs the nearest item of "
+                                                     "another group among its k neighbours"},
+                     "files": {"index": f"{self.name}.faiss", "vectors": f"{self.name}.f16.npy",
+                               "background": f"{self.name}.background.npy",
+                               "background_distinct": f"{self.name}.background_distinct.npy"}}
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            manifest = {"format": FORMAT, "version": VERSION, "created": _created(self.work),
+                        "item_count": self.n, "default_descriptor": self.name, "descriptors": {self.name: entry},
+                        "metadata": ITEMS, "image_root": None, "serve": {"mmap": True},
+                        "duplicates": {"descriptor": self.name, "threshold": dup,
+                                       "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
+                                       "from": f"the kNN graph (k={self.k}), not the n x n product"},
+                        "source": {"embeddings": str(self.src), "parts": len(self.parts)},
+                        "build_seconds": {"vectors": t[1] - t[0], "index": t[2] - t[1],
+                                          "neighbours_and_groups": t[3] - t[2] + time.perf_counter() - t[3],
+                                          "note": "this run's stages (a resumed build skips those already done)"},
+                        "files": {f: sha256(tmp / f) for f in files}, **(extra_manifest or {})}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
+        shutil.rmtree(self.work, ignore_errors=True)
+        return self.out
+
+
+def descriptor_identity(name: str) -> dict:
+    """What a query descriptor must match (name, kind, model, preset, verdict), known without weights:
+    from the registered config, or from the descriptor itself when it needs none (pixel, memlab-copy)."""
+    from .descriptors import DESCRIPTORS, create_descriptor
+
+    cfg = DESCRIPTORS.get(name)
+    if cfg is None:
+        return {"name": name, "kind": "embeddings", "model": name, "preset": "precomputed", "verdict": "cosine"}
+    if cfg["kind"] in ("pixel", "learned"):
+        d = create_descriptor(name)
+        return {k: v for k, v in d.info().items() if k != "dim"} | {"verdict": d.verdict}
+    preset = cfg.get("preset") or f"open_clip:{cfg['model']}"
+    return {"name": name, "kind": cfg["kind"], "config": {k: v for k, v in cfg.items() if k != "kind"},
+            "model": cfg["model"], "preset": preset, "verdict": "cosine"}
+
+
+def _savez(path: Path, **arrays) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _npsave(path: Path, a: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, a)
+
+
+def _created(work: Path) -> str:
+    """The build's start time (kept in the work folder, so a resumed build writes the same manifest)."""
+    import datetime as dt
+
+    f = work / "created.txt"
+    if not f.is_file():
+        _atomic_save(f, lambda t: t.write_text(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+    return f.read_text()
+
+
+def rerank_exact(v: np.ndarray, q: np.ndarray, cand: np.ndarray, self_rows: np.ndarray | None, k: int,
+                 batch: int = 2048):
+    """Re-score approximate candidates exactly from the (float16) vectors; drop each query's own row;
+    return the top-k (ids, scores) sorted by score (-1 / -inf where fewer)."""
+    n, kk = cand.shape
+    ids, sc = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    for s in range(0, n, batch):
+        c = cand[s:s + batch]
+        x = np.asarray(v[np.where(c >= 0, c, 0).ravel()], np.float32).reshape(len(c), kk, -1)
+        score = np.einsum("nkd,nd->nk", x, q[s:s + batch])
+        bad = c < 0
+        if self_rows is not None:
+            bad |= c == np.asarray(self_rows[s:s + batch])[:, None]
+        score[bad] = -np.inf
+        order = np.argsort(-score, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(score, order, 1)
+        ids[s:s + batch, :order.shape[1]] = np.where(np.isfinite(top), np.take_along_axis(c, order, 1), -1)
+        sc[s:s + batch, :order.shape[1]] = top
+    return ids, sc
+
+
+def groups_from_neighbours(n: int, rows, ids, scores, threshold: float):
+    """Connected components of the graph with an edge from each queried row to each neighbour scoring
+    >= threshold (``metrics.near_duplicate_groups`` on the kNN graph); (group [n], duplicates [n])."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    r = np.repeat(rows, ids.shape[1])
+    c, s = ids.ravel(), scores.ravel()
+    keep = (c >= 0) & (s >= threshold)
+    g = coo_matrix((np.ones(keep.sum(), np.int8), (r[keep], c[keep])), shape=(n, n))
+    _, labels = connected_components(g, directed=False)
+    # number groups by their first row, as metrics.near_duplicate_groups does
+    _, first = np.unique(labels, return_index=True)
+    remap = np.empty(labels.max() + 1, np.int64)
+    remap[labels[np.sort(first)]] = np.arange(len(first))
+    group = remap[labels]
+    sizes = np.bincount(group)
+    return group, sizes[group] - 1
+
+
+def distinct_background(group, rows, ids, scores) -> np.ndarray:
+    """Each queried row's best score to a neighbour of another group (NaN when all k are its group)."""
+    other = (ids >= 0) & (group[np.maximum(ids, 0)] != group[rows][:, None])
+    s = np.where(other, scores, -np.inf).max(axis=1)
+    return np.where(np.isfinite(s), s, np.nan).astype(np.float32)
+
+
+def default_duplicate_cut(name: str) -> float:
+    from .descriptors import DESCRIPTORS, _KINDS
+
+    kind = DESCRIPTORS.get(name, {}).get("kind")
+    cls = _KINDS.get(kind)
+    return float(getattr(cls, "duplicate_threshold", None) or 0.95)
+
+
+def threshold_from_background(name: str, background: np.ndarray, fpr: float, given: float | None) -> dict:
+    """The verdict's threshold without images to copy: the descriptor's published one, a given one, or
+    the (1 - fpr) quantile of the distinct background (no recall: there are no copies to measure it)."""
+    from .descriptors import DESCRIPTORS, _KINDS
+
+    cls = _KINDS.get(DESCRIPTORS.get(name, {}).get("kind"))
+    published = getattr(cls, "published_threshold", None)
+    pct = {k: float(np.nanpercentile(background, q)) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))} \
+        if background.size else {}
+    if given is not None:
+        return {"value": float(given), "high": None, "source": "given", "citation": "--threshold",
+                "fpr": float((background > given).mean()) if background.size else None,
+                "background_percentiles": pct}
+    if published is not None:
+        return {"value": float(published), "high": getattr(cls, "published_high", None), "source": "published",
+                "citation": getattr(cls, "threshold_source", ""), "fpr": float((background > published).mean())
+                if background.size else None, "background_percentiles": pct}
+    value = float(np.quantile(background, 1 - fpr)) if background.size else 1.0
+    return {"value": value, "high": None, "source": "calibrated", "fpr": fpr, "recall": None,
+            "citation": f"the {1 - fpr:.0%} quantile of the background of distinct items (built from embeddings: "
+                        f"no images to copy, so no recall was measured)", "background_percentiles": pct}
+
+
+def read_metadata(parts) -> pd.DataFrame:
+    """The parts' metadata in row order (id, caption, url, ...); rows without metadata get ids only."""
+    frames, start = [], 0
+    for _, meta, rows, _ in parts:
+        if meta is not None:
+            df = pd.read_parquet(meta)
+            if len(df) != rows:
+                raise MemlabError(f"{meta} has {len(df)} rows, its embeddings {rows}")
+        else:
+            df = pd.DataFrame(index=range(rows))
+        frames.append(df.reset_index(drop=True))
+        start += rows
+    items = pd.concat(frames, ignore_index=True)
+    if "id" not in items:
+        items.insert(0, "id", np.arange(len(items)))
+    for col, alt in (("caption", ("TEXT", "text")), ("url", ("URL",)), ("file", ("image_path",))):
+        if col not in items:
+            src = next((a for a in alt if a in items), None)
+            items[col] = items[src].fillna("").astype(str) if src else ""
+    return items
+
+
+def write_embeddings(out: str | Path, vectors: np.ndarray, metadata: pd.DataFrame, part_rows: int = 1_000_000,
+                     dtype=np.float16) -> Path:
+    """Write vectors and metadata in the clip-retrieval layout (img_emb/img_emb_{i}.npy +
+    metadata/metadata_{i}.parquet), so memlab's embeddings are theirs and theirs are memlab's input."""
+    out = Path(out)
+    (out / "img_emb").mkdir(parents=True, exist_ok=True)
+    (out / "metadata").mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(range(0, len(vectors), part_rows)):
+        _atomic_save(out / "img_emb" / f"img_emb_{i}.npy",
+                     lambda t, s=s: _npsave(t, np.asarray(vectors[s:s + part_rows], dtype)))
+        _atomic_save(out / "metadata" / f"metadata_{i}.parquet",
+                     lambda t, s=s: metadata.iloc[s:s + part_rows].to_parquet(t, index=False))
+    return out

@@ -1,0 +1,241 @@
+"""On-disk indices from precomputed embeddings (issue 13): the clip-retrieval layout in and out, the
+kNN background and groups against the exact n x n computation, killed builds resuming to the same
+files, and `memlab match` answering as it does from an image index."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def clustered(n: int, d: int, planted: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors in 40 clusters (not uniform noise); the last ``planted`` rows are near-copies (cosine
+    about 0.99) of as many earlier rows."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((40, d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x = centers[rng.integers(0, 40, n)] + 0.8 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    src = rng.choice(n - planted, planted, replace=False)
+    x[n - planted:] = x[src] + 0.1 * rng.standard_normal((planted, d)).astype(np.float32) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def emb(tmp_path_factory):
+    from memlab.ondisk import write_embeddings
+
+    x = clustered(6000, 32, 60)
+    meta = pd.DataFrame({"id": np.arange(6000), "caption": [f"item {i}" for i in range(6000)],
+                         "url": [f"https://example.org/{i}.jpg" for i in range(6000)]})
+    return write_embeddings(tmp_path_factory.mktemp("emb") / "emb", x, meta, part_rows=1500), x
+
+
+def _build(src, out, *extra) -> None:
+    from index_builder.build import main
+
+    assert main(["--embeddings", str(src), "--descriptor", "clip", "--out", str(out), *extra]) == 0
+
+
+def test_knn_background_and_groups_agree_with_the_exact_computation(emb, tmp_path):
+    from memlab import metrics
+    from memlab.index import TrainingIndex
+
+    src, x = emb
+    _build(src, tmp_path / "idx", "--factory", "IVF64,SQ8", "--block-rows", "1000")
+    idx = TrainingIndex.load(tmp_path / "idx")
+    info = idx.descriptor_info()
+    assert info["factory"] == "IVF64,SQ8" and idx.vectors().dtype == np.float16
+    assert "kNN graph" in idx.manifest["duplicates"]["from"]
+    v = np.asarray(idx.vectors(), np.float32)
+    exact_bg = metrics.background(v)
+    exact_g, exact_d = metrics.near_duplicate_groups(v, info["duplicate_threshold"])
+    ours = idx.background()
+    assert np.mean(np.abs(ours - exact_bg) <= 0.01) >= 0.99
+    g = idx.items["group"].to_numpy()
+    assert (exact_g == g).all() and (exact_d == idx.items["duplicates"].to_numpy()).all()
+    assert int((exact_d > 0).sum()) >= 100  # the 60 planted pairs (and a few close neighbours) are groups
+    # metadata by row, in order
+    assert idx.items["url"].iloc[4321] == "https://example.org/4321.jpg"
+
+
+def test_queries_find_the_exact_top1_through_the_approximate_index(emb, tmp_path):
+    from memlab.index import TrainingIndex
+
+    src, x = emb
+    _build(src, tmp_path / "idx", "--factory", "IVF64,SQ8")
+    idx = TrainingIndex.load(tmp_path / "idx")
+    rng = np.random.default_rng(5)
+    q = x[:200] + 0.2 * rng.standard_normal((200, 32)).astype(np.float32) / np.sqrt(32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    v = np.asarray(idx.vectors(), np.float32)
+    exact = (q @ v.T).argmax(1)
+    _, rows = idx.search(q, k=1)
+    assert np.mean(rows[:, 0] == exact) >= 0.99
+
+
+def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import write_embeddings
+
+    x = clustered(60_000, 32, 200, seed=3)
+    src = write_embeddings(tmp_path / "emb", x, pd.DataFrame({"id": np.arange(60_000)}), part_rows=10_000)
+    cmd = [sys.executable, "-m", "index_builder", "--embeddings", str(src), "--descriptor", "clip",
+           "--max-memory", "3MB", "--block-rows", "4000"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    took = time.perf_counter() - t0
+    rng = random.Random(0)
+    landed = 0
+    for delay in sorted(rng.uniform(0.15, 0.9) * took for _ in range(5)) + [None]:
+        p = subprocess.Popen(cmd + ["--out", str(tmp_path / "idx")], cwd=ROOT, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            p.wait(600 if delay is None else delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            landed += 1
+            continue
+        assert p.returncode == 0 or delay is not None
+    assert landed >= 3
+    ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    got = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert ref["descriptors"]["clip"]["factory"].startswith("IVF")
+    assert got["files"] == ref["files"]  # every file's checksum
+    TrainingIndex.load(tmp_path / "idx")
+    assert not list(tmp_path.glob(".idx.*"))  # the work folder is gone
+
+
+def test_memlab_writes_the_clip_retrieval_layout_and_serves_it_with_the_same_answers(image_folder, tmp_path,
+                                                                                      capsys):
+    """An image index exported with --write-embeddings and rebuilt from those embeddings answers
+    `memlab match` with the same training images and scores (float16 storage aside)."""
+    from index_builder.build import main as build_main
+    from memlab.cli import main as memlab_main
+
+    assert build_main(["--images", str(image_folder), "--descriptor", "pixel", "--calib-n", "5",
+                       "--out", str(tmp_path / "img"), "--write-embeddings", str(tmp_path / "emb")]) == 0
+    assert (tmp_path / "emb" / "img_emb" / "img_emb_0.npy").is_file()
+    assert (tmp_path / "emb" / "metadata" / "metadata_0.parquet").is_file()
+    assert build_main(["--embeddings", str(tmp_path / "emb"), "--descriptor", "pixel",
+                       "--out", str(tmp_path / "fromemb")]) == 0
+    queries = sorted(str(p) for p in image_folder.glob("img*.png"))[:6]
+    answers = []
+    for index in ("img", "fromemb"):
+        capsys.readouterr()
+        assert memlab_main(["match", "--index", str(tmp_path / index), "--images", *queries, "--k", "3",
+                            "--json"]) == 0
+        answers.append(json.loads(capsys.readouterr().out))
+    a, b = answers
+    for qa, qb in zip(a["queries"], b["queries"]):
+        assert [m["id"] for m in qa["matches"]] == [m["id"] for m in qb["matches"]]
+        assert np.allclose([m["score"] for m in qa["matches"]], [m["score"] for m in qb["matches"]], atol=2e-3)
+
+
+def test_bad_embeddings_are_refused_with_one_line(tmp_path, capsys):
+    from index_builder.build import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad" / "img_emb").mkdir(parents=True)
+    (tmp_path / "bad" / "img_emb" / "img_emb_0.npy").write_bytes(b"not numpy")
+    cases = [(["--embeddings", str(tmp_path / "empty"), "--descriptor", "clip"], "holds no img_emb"),
+             (["--embeddings", str(tmp_path / "bad"), "--descriptor", "clip"], "cannot read"),
+             (["--embeddings", str(tmp_path / "empty")], "exactly one --descriptor"),
+             (["--embeddings", str(tmp_path / "empty"), "--descriptor", "clip", "--max-memory", "lots"],
+              "cannot read memory size")]
+    for argv, expect in cases:
+        capsys.readouterr()
+        assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], err
+
+
+def _shards(folder: Path, n_shards: int = 4, per: int = 50) -> Path:
+    """webdataset shards of random images, each with a .txt caption and a .json (url, key)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for s in range(n_shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for j in range(per):
+                k = f"{s:05d}{j:04d}"
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(buf, "PNG")
+                for name, data in ((f"{k}.png", buf.getvalue()), (f"{k}.txt", f"image {k}".encode()),
+                                   (f"{k}.json", json.dumps({"url": f"http://x/{k}.png", "key": k}).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
+def _ray_workers() -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::MapBatches"):  # a worker running a shard
+                out.append(int(p.name))
+    return out
+
+
+def test_embedding_shards_on_local_ray_equals_one_process_and_resumes_shard_by_shard(tmp_path):
+    """200 images in 4 shards embedded on local Ray (one task per shard) equal the single-process
+    vectors; a worker killed mid-job has its shard redone and the job completes; a shard whose output is
+    missing is redone alone on the next run."""
+    pytest.importorskip("ray")
+    from index_builder.build import main as build_main
+    from memlab.index import TrainingIndex
+
+    shards = _shards(tmp_path / "shards")
+    cmd = [sys.executable, "-m", "index_builder", "embed", "--shards", str(shards), "--descriptor", "pixel",
+           "--cpus", "2", "--out", str(tmp_path / "emb")]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = []
+    t0 = time.time()
+    while p.poll() is None and not killed and time.time() - t0 < 120:
+        busy = _ray_workers()
+        if busy:
+            os.kill(busy[0], signal.SIGKILL)
+            killed.append(busy[0])
+        time.sleep(0.2)
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode == 0, err[-2000:]
+    assert killed, "a busy Ray worker was killed mid-job"
+
+    # the single-process vectors: the same shards indexed by one process (--shards)
+    assert build_main(["--shards", str(shards), "--descriptor", "pixel", "--calib-n", "5",
+                       "--out", str(tmp_path / "one")]) == 0
+    one = TrainingIndex.load(tmp_path / "one")
+    ray_v = np.concatenate([np.load(tmp_path / "emb" / "img_emb" / f"img_emb_{i}.npy") for i in range(4)])
+    meta = pd.concat([pd.read_parquet(tmp_path / "emb" / "metadata" / f"metadata_{i}.parquet") for i in range(4)])
+    assert len(ray_v) == 200 and meta["id"].tolist() == one.items["id"].astype(str).tolist()
+    assert np.allclose(ray_v.astype(np.float32), np.asarray(one.vectors()), atol=1e-3)
+
+    # a shard without its output is redone alone
+    (tmp_path / "emb" / "metadata" / "metadata_2.parquet").unlink()
+    before = {i: (tmp_path / "emb" / "img_emb" / f"img_emb_{i}.npy").stat().st_mtime_ns for i in (0, 1, 3)}
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "embedded 1 shards (3 already done)" in r.stderr, r.stderr[-2000:]
+    assert before == {i: (tmp_path / "emb" / "img_emb" / f"img_emb_{i}.npy").stat().st_mtime_ns for i in (0, 1, 3)}
+    assert np.array_equal(np.load(tmp_path / "emb" / "img_emb" / "img_emb_2.npy"), ray_v[100:150].astype(np.float16))
