@@ -239,3 +239,27 @@ def test_embedding_shards_on_local_ray_equals_one_process_and_resumes_shard_by_s
     assert r.returncode == 0 and "embedded 1 shards (3 already done)" in r.stderr, r.stderr[-2000:]
     assert before == {i: (tmp_path / "emb" / "img_emb" / f"img_emb_{i}.npy").stat().st_mtime_ns for i in (0, 1, 3)}
     assert np.array_equal(np.load(tmp_path / "emb" / "img_emb" / "img_emb_2.npy"), ray_v[100:150].astype(np.float16))
+
+
+def test_the_app_service_serves_an_embeddings_index_with_the_same_answers(tiny_world, tmp_path):
+    """The tiny world's index exported as embeddings and rebuilt on disk: the app's service (Lab) gives the
+    same matches for the same generation."""
+    import shutil
+
+    from index_builder.build import export_embeddings
+    from index_builder.build import main as build_main
+    from memlab.generate import Settings
+    from memlab.service import Lab
+    from memlab.world import World
+
+    export_embeddings(tiny_world / "index", str(tmp_path / "emb"))
+    w = tmp_path / "world"
+    shutil.copytree(tiny_world, w)
+    shutil.rmtree(w / "index")
+    assert build_main(["--embeddings", str(tmp_path / "emb"), "--descriptor", "pixel", "--out", str(w / "index")]) == 0
+    results = []
+    for world in (tiny_world, w):
+        lab = Lab(World.load(world), device="cpu")
+        chunk = lab.generate_chunk("a colour field 3", [0, 1], "none", Settings(steps=2, guidance=5.0))
+        results.append([[(m["id"], round(m["score"], 2)) for m in r["matches"][:3]] for r, _ in chunk])
+    assert results[0] == results[1]
