@@ -73,7 +73,7 @@ def make_set(work: Path, n: int, d: int, planted: int) -> Path:
             x = noisy(np.stack([keep[r] for r in src]), 0.15, 7)
         else:
             for r in src[(src >= s) & (src < s + len(x))]:
-                keep[int(r)] = x[r - s]
+                keep[int(r)] = x[r - s].copy()  # (a view would keep the whole part alive)
         np.save(emb / "img_emb" / f"img_emb_{i}.npy", x.astype(np.float16))
         rows = np.arange(s, s + len(x))
         pd.DataFrame({"id": rows, "caption": [f"synthetic item {r}" for r in rows],
@@ -97,10 +97,17 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def phase_gen(a) -> dict:
+    t = time.perf_counter()
+    emb = make_set(Path(a.work), a.n, a.d, a.planted)
+    return {"set": str(emb), "seconds": time.perf_counter() - t,
+            "bytes": sum(p.stat().st_size for p in (emb / "img_emb").glob("*.npy"))}
+
+
 def phase_build(a) -> dict:
     from memlab.ondisk import OnDiskBuild, parse_memory
 
-    emb = make_set(Path(a.work), a.n, a.d, a.planted)
+    emb = Path(a.work) / f"emb-{a.n}x{a.d}"  # made by the gen phase, in its own process
     out = Path(a.work) / f"index-{a.n}x{a.d}"
     t0 = time.perf_counter()
     b = OnDiskBuild(emb, out, "clip", parse_memory(a.max_memory), log=lambda m: print(m, file=sys.stderr))
@@ -191,15 +198,15 @@ def main() -> int:
     ap.add_argument("--max-memory", default="2GB")
     ap.add_argument("--agree-n", type=int, default=50_000)
     ap.add_argument("--work", default="/tmp/memlab-scale")
-    ap.add_argument("--phase", default=None, choices=["build", "serve", "agree"])
+    ap.add_argument("--phase", default=None, choices=["gen", "build", "serve", "agree"])
     a = ap.parse_args()
     if a.phase:
-        print(json.dumps({"build": phase_build, "serve": phase_serve, "agree": phase_agree}[a.phase](a)))
+        print(json.dumps({"gen": phase_gen, "build": phase_build, "serve": phase_serve, "agree": phase_agree}[a.phase](a)))
         return 0
     Path(a.work).mkdir(parents=True, exist_ok=True)
     base = [sys.executable, __file__, "--n", str(a.n), "--d", str(a.d), "--planted", str(a.planted),
             "--max-memory", a.max_memory, "--agree-n", str(a.agree_n), "--work", a.work]
-    for phase in ("build", "serve", "agree"):
+    for phase in ("gen", "build", "serve", "agree"):
         r = subprocess.run(base + ["--phase", phase], capture_output=True, text=True)
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)

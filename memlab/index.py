@@ -274,10 +274,18 @@ class TrainingIndex:
 
     nprobe = 16  # IVF lists visited per query (candidates are re-ranked exactly)
 
-    def __init__(self, path: Path, manifest: dict, items: pd.DataFrame):
-        self.path, self.manifest, self.items = path, manifest, items
+    def __init__(self, path: Path, manifest: dict, items: pd.DataFrame | None = None):
+        self.path, self.manifest, self._items = path, manifest, items
         self._faiss: dict = {}
         self._vectors: dict = {}
+        self._rowgroups = None
+
+    @property
+    def items(self) -> pd.DataFrame:
+        """The item table (read whole on first use; ``item(row)`` alone reads only the row's row group)."""
+        if self._items is None:
+            self._items = pd.read_parquet(self.path / self.manifest["metadata"])
+        return self._items
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "TrainingIndex":
@@ -299,11 +307,13 @@ class TrainingIndex:
             if verify and sha256(p) != digest:
                 raise IndexMismatchError(f"index {path}: {f} does not match its manifest checksum "
                                          f"(modified or corrupt); rebuild the index")
-        items = pd.read_parquet(path / manifest["metadata"])
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path / manifest["metadata"]).metadata.num_rows
         n = manifest["item_count"]
-        if len(items) != n:
-            raise IndexMismatchError(f"index {path}: metadata has {len(items)} rows, manifest says {n}")
-        self = cls(path, manifest, items)
+        if rows != n:
+            raise IndexMismatchError(f"index {path}: metadata has {rows} rows, manifest says {n}")
+        self = cls(path, manifest)
         for name in manifest["descriptors"]:
             if verify and self.vectors(name).shape[0] != n:
                 raise IndexMismatchError(f"index {path}: {name} vectors do not have {n} rows")
@@ -391,10 +401,22 @@ class TrainingIndex:
         root = Path(root)
         if not root.is_absolute():
             root = self.path / root
-        return root / str(self.items.iloc[int(row)]["file"])
+        return root / str(self._row(row)["file"])
+
+    def _row(self, row: int) -> pd.Series:
+        """One item's metadata: from the loaded table, else from the parquet row group that holds it."""
+        if self._items is not None:
+            return self._items.iloc[int(row)]
+        import pyarrow.parquet as pq
+
+        f = pq.ParquetFile(self.path / self.manifest["metadata"])
+        if self._rowgroups is None:
+            self._rowgroups = np.cumsum([0] + [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)])
+        g = int(np.searchsorted(self._rowgroups, int(row), side="right") - 1)
+        return f.read_row_group(g).slice(int(row) - int(self._rowgroups[g]), 1).to_pandas().iloc[0]
 
     def item(self, row: int) -> dict:
-        r = self.items.iloc[int(row)]
+        r = self._row(row)
         return {"id": _py(r["id"]), "file": str(r["file"]), "caption": str(r.get("caption", "")),
                 "duplicates": int(r["duplicates"]), "group": int(r["group"])}
 

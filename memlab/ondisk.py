@@ -93,6 +93,16 @@ def _atomic_save(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _drop(v) -> None:
+    """Let go of the pages of a memory-mapped array already read (they stay in the page cache, leave this
+    process's resident memory)."""
+    import mmap
+
+    mm = getattr(v, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def _faiss():
     from .index import _faiss as f
 
@@ -126,20 +136,26 @@ class OnDiskBuild:
         if done.get("n") not in (None, self.n):
             raise MemlabError(f"{self.work} holds a build of other embeddings; remove it")
         if not f.is_file():
-            np.lib.format.open_memmap(f, mode="w+", dtype=np.float16, shape=(self.n, self.d)).flush()
-        v = np.lib.format.open_memmap(f, mode="r+")
+            m = np.lib.format.open_memmap(f, mode="w+", dtype=np.float16, shape=(self.n, self.d))
+            m.flush()
+            del m
+        offset = np.load(f, mmap_mode="r").offset  # the .npy header's size
         start = sum(p[2] for p in self.parts[:done["parts"]])
-        for i, (p, _, rows, _) in enumerate(self.bar(self.parts, desc="vectors"), 0):
-            if i < done["parts"]:
-                continue
-            a = np.load(p, mmap_mode="r")
-            for s in range(0, rows, self.block):
-                x = np.asarray(a[s:s + self.block], np.float32)
-                x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-                v[start + s:start + s + len(x)] = x.astype(np.float16)
-            v.flush()
-            start += rows
-            _atomic_save(state, lambda t, i=i: t.write_text(json.dumps({"parts": i + 1, "n": self.n})))
+        with open(f, "r+b") as fh:  # written with plain writes: no writable mapping grows resident memory
+            for i, (p, _, rows, _) in enumerate(self.bar(self.parts, desc="vectors"), 0):
+                if i < done["parts"]:
+                    continue
+                a = np.load(p, mmap_mode="r")
+                for s in range(0, rows, self.block):
+                    x = np.asarray(a[s:s + self.block], np.float32)
+                    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                    fh.seek(offset + (start + s) * self.d * 2)
+                    fh.write(x.astype(np.float16).tobytes())
+                    _drop(a)
+                fh.flush()
+                os.fsync(fh.fileno())
+                start += rows
+                _atomic_save(state, lambda t, i=i: t.write_text(json.dumps({"parts": i + 1, "n": self.n})))
         return np.load(f, mmap_mode="r")
 
     # 2-3. the FAISS index -------------------------------------------------------------------
@@ -158,6 +174,7 @@ class OnDiskBuild:
                 self.log(f"[ondisk] training {self.factory} on {m} of {self.n} vectors")
                 ivf.cp.seed, ivf.cp.niter = self.seed, 10
                 idx.train(np.asarray(v[rows], np.float32))
+                _drop(v)
             _atomic_save(trained, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         blocks = self.work / "blocks"
         blocks.mkdir(exist_ok=True)
@@ -168,6 +185,7 @@ class OnDiskBuild:
                 continue
             idx = faiss.read_index(str(trained))
             idx.add(np.asarray(v[b * self.block:(b + 1) * self.block], np.float32))
+            _drop(v)
             _atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         idx = faiss.read_index(str(trained))
         for b in range(nb):
@@ -323,6 +341,7 @@ def rerank_exact(v: np.ndarray, q: np.ndarray, cand: np.ndarray, self_rows: np.n
         if self_rows is not None:
             bad |= c == np.asarray(self_rows[s:s + batch])[:, None]
         score[bad] = -np.inf
+        _drop(v)
         order = np.argsort(-score, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(score, order, 1)
         ids[s:s + batch, :order.shape[1]] = np.where(np.isfinite(top), np.take_along_axis(c, order, 1), -1)

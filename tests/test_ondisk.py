@@ -156,9 +156,15 @@ def test_bad_embeddings_are_refused_with_one_line(tmp_path, capsys):
              (["--embeddings", str(tmp_path / "empty")], "exactly one --descriptor"),
              (["--embeddings", str(tmp_path / "empty"), "--descriptor", "clip", "--max-memory", "lots"],
               "cannot read memory size")]
+    from index_builder.embed import main as embed_main
+
+    cases += [(["embed", "--shards", str(tmp_path / "nope.tar"), "--descriptor", "pixel"], "does not exist"),
+              (["embed", "--shards", str(tmp_path / "empty"), "--descriptor", "pixel"], "no .tar shards"),
+              (["embed", "--shards", str(tmp_path / "bad"), "--descriptor", "nosuch"], "no .tar shards")]
     for argv, expect in cases:
         capsys.readouterr()
-        assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+        prog = embed_main if argv[0] == "embed" else main
+        assert prog((argv[1:] if argv[0] == "embed" else argv) + ["--out", str(tmp_path / "o")]) == 2
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], err
 
