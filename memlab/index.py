@@ -18,6 +18,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -279,6 +280,7 @@ class TrainingIndex:
         self._faiss: dict = {}
         self._vectors: dict = {}
         self._rowgroups = None
+        self._fds: dict = {}
 
     @property
     def items(self) -> pd.DataFrame:
@@ -354,6 +356,21 @@ class TrainingIndex:
             self._vectors[name] = np.load(self.path / f, mmap_mode="r", allow_pickle=False)
         return self._vectors[name]
 
+    def rows(self, ids: np.ndarray, name: str | None = None) -> np.ndarray:
+        """Some rows of the vectors. An on-disk index reads them with ``pread``: through a mapping, each
+        random row would map its neighbours' pages too (the kernel's fault-around), and a few thousand
+        queries would hold the whole file in this process's resident memory."""
+        v = self.vectors(name)
+        if not self.manifest.get("serve", {}).get("mmap"):
+            return np.asarray(v[ids])
+        width = v.shape[1] * v.dtype.itemsize
+        key = name or self.default_descriptor
+        if key not in self._fds:
+            self._fds[key] = os.open(self.path / self.descriptor_info(key)["files"]["vectors"], os.O_RDONLY)
+        fd = self._fds[key]
+        buf = b"".join(os.pread(fd, width, v.offset + int(r) * width) for r in ids)
+        return np.frombuffer(buf, v.dtype).reshape(len(ids), v.shape[1])
+
     def background(self, name: str | None = None, distinct: bool = False) -> np.ndarray:
         """Each row's similarity to its nearest other row; ``distinct``: one row per near-duplicate
         group against the nearest row of another group (indices built before it fall back to all rows)."""
@@ -365,8 +382,12 @@ class TrainingIndex:
         name = name or self.default_descriptor
         if name not in self._faiss:
             f = self.descriptor_info(name)["files"]["index"]
-            mmap = self.manifest.get("serve", {}).get("mmap")  # large on-disk indices: pages read on demand
-            index = _faiss().read_index(str(self.path / f), _faiss().IO_FLAG_MMAP if mmap else 0)
+            if self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
+                from .ondisk import read_faiss
+
+                index = read_faiss(self.path / f)
+            else:
+                index = _faiss().read_index(str(self.path / f))
             if "IVF" in self.descriptor_info(name)["factory"]:
                 _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
             self._faiss[name] = index
@@ -383,11 +404,10 @@ class TrainingIndex:
         kk = k if exact else min(max(k, rerank), n)
         scores, rows = self.faiss_index(name).search(q, kk)
         if not exact:
-            v = self.vectors(name)
             new_s, new_r = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
             for i in range(len(q)):
                 cand = rows[i][rows[i] >= 0]
-                s = np.asarray(v[cand]) @ q[i]
+                s = self.rows(cand, name).astype(np.float32) @ q[i]
                 order = np.argsort(-s)[:k]
                 new_s[i, :len(order)], new_r[i, :len(order)] = s[order], cand[order]
             scores, rows = new_s, new_r

@@ -93,6 +93,39 @@ def _atomic_save(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def read_faiss(path: Path):
+    """A FAISS index for serving without loading it: inverted lists on disk (``.ivfdata`` beside it, from
+    ``merge_ondisk``) or the whole file memory-mapped."""
+    faiss = _faiss()
+    path = Path(path)
+    if path.with_suffix(".ivfdata").is_file():
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+
+
+class _cwd:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.old = os.getcwd()
+        os.chdir(self.path)
+
+    def __exit__(self, *exc):
+        os.chdir(self.old)
+
+
+def _peak_mb() -> float | None:
+    """This process's peak resident memory so far (Linux), in MiB."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _drop(v) -> None:
     """Let go of the pages of a memory-mapped array already read (they stay in the page cache, leave this
     process's resident memory)."""
@@ -117,7 +150,7 @@ class OnDiskBuild:
                  fpr: float = 0.01, threshold: float | None = None, factory: str | None = None,
                  block: int = BLOCK, progress=None, log=print):
         self.src, self.out = Path(src), Path(out)
-        self.work = self.out.parent / f".{self.out.name}.build"
+        self.work = self.out.parent.resolve() / f".{self.out.name}.build"
         self.name, self.max_memory, self.k, self.rerank, self.nprobe = descriptor, max_memory, k, rerank, nprobe
         self.sample, self.seed, self.fpr, self.threshold = sample, seed, fpr, threshold
         self.parts = embedding_parts(src)
@@ -161,9 +194,9 @@ class OnDiskBuild:
     # 2-3. the FAISS index -------------------------------------------------------------------
     def index(self, v: np.ndarray):
         faiss = _faiss()
-        final = self.work / "index.faiss"
+        final = self.work / f"{self.name}.faiss"
         if final.is_file():
-            return faiss.read_index(str(final), faiss.IO_FLAG_MMAP)
+            return read_faiss(final)
         trained = self.work / "trained.faiss"
         if not trained.is_file():
             idx = faiss.index_factory(self.d, self.factory, faiss.METRIC_INNER_PRODUCT)
@@ -173,8 +206,12 @@ class OnDiskBuild:
                 rows = np.sort(np.random.default_rng(self.seed).choice(self.n, size=m, replace=False))
                 self.log(f"[ondisk] training {self.factory} on {m} of {self.n} vectors")
                 ivf.cp.seed, ivf.cp.niter = self.seed, 10
-                idx.train(np.asarray(v[rows], np.float32))
-                _drop(v)
+                sample = np.empty((m, self.d), np.float32)
+                for s in range(0, m, 8192):  # sorted rows, read in chunks, their pages let go
+                    sample[s:s + 8192] = v[rows[s:s + 8192]]
+                    _drop(v)
+                idx.train(sample)
+                del sample
             _atomic_save(trained, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         blocks = self.work / "blocks"
         blocks.mkdir(exist_ok=True)
@@ -188,17 +225,21 @@ class OnDiskBuild:
             _drop(v)
             _atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         idx = faiss.read_index(str(trained))
-        for b in range(nb):
-            part = faiss.read_index(str(blocks / f"{b:05d}.faiss"))
-            if self.factory == "Flat":
+        if self.factory == "Flat":  # small by construction: merged in memory
+            for b in range(nb):
+                part = faiss.read_index(str(blocks / f"{b:05d}.faiss"))
                 idx.add(part.reconstruct_n(0, part.ntotal))
-            else:
-                idx.merge_from(part, idx.ntotal)
-            del part
+                del part
+        else:  # FAISS's on-disk merge: the inverted lists go to a memory-mapped .ivfdata file beside the index
+            from faiss.contrib.ondisk import merge_ondisk
+
+            with _cwd(self.work):  # the index records the .ivfdata file by this (relative) name
+                merge_ondisk(idx, [str(blocks / f"{b:05d}.faiss") for b in range(nb)], f"{self.name}.ivfdata",
+                             shift_ids=True)
         _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         del idx
         shutil.rmtree(blocks, ignore_errors=True)
-        return faiss.read_index(str(final), faiss.IO_FLAG_MMAP)
+        return read_faiss(final)
 
     # 4. neighbours ------------------------------------------------------------------------------
     def neighbours(self, v: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,13 +272,16 @@ class OnDiskBuild:
 
         import time
 
-        t = [time.perf_counter()]
+        t, peak = [time.perf_counter()], {}
         v = self.vectors()
         t.append(time.perf_counter())
+        peak["after_vectors"] = _peak_mb()
         index = self.index(v)
         t.append(time.perf_counter())
+        peak["after_index"] = _peak_mb()
         rows, ids, scores = self.neighbours(v, index)
         t.append(time.perf_counter())
+        peak["after_neighbours"] = _peak_mb()
         dup = self.dup if self.dup is not None else default_duplicate_cut(self.name)
         group, dups = groups_from_neighbours(self.n, rows, ids, scores, dup)
         bg = np.full(self.n, np.nan, np.float32)
@@ -253,7 +297,9 @@ class OnDiskBuild:
         items["representative"] = False
         items.loc[reps, "representative"] = True
         with atomic_dir(self.out) as tmp:
-            shutil.copyfile(self.work / "index.faiss", tmp / f"{self.name}.faiss")
+            shutil.copyfile(self.work / f"{self.name}.faiss", tmp / f"{self.name}.faiss")
+            if (self.work / f"{self.name}.ivfdata").is_file():
+                shutil.copyfile(self.work / f"{self.name}.ivfdata", tmp / f"{self.name}.ivfdata")
             shutil.copyfile(self.work / "vectors.f16.npy", tmp / f"{self.name}.f16.npy")
             np.save(tmp / f"{self.name}.background.npy", bg)
             np.save(tmp / f"{self.name}.background_distinct.npy", bgd)
@@ -284,6 +330,7 @@ class OnDiskBuild:
                         "source": {"embeddings": str(self.src), "parts": len(self.parts)},
                         "build_seconds": {"vectors": t[1] - t[0], "index": t[2] - t[1],
                                           "neighbours_and_groups": t[3] - t[2] + time.perf_counter() - t[3],
+                                          "peak_rss_mb": peak,
                                           "note": "this run's stages (a resumed build skips those already done)"},
                         "files": {f: sha256(tmp / f) for f in files}, **(extra_manifest or {})}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
@@ -328,7 +375,7 @@ def _created(work: Path) -> str:
 
 
 def rerank_exact(v: np.ndarray, q: np.ndarray, cand: np.ndarray, self_rows: np.ndarray | None, k: int,
-                 batch: int = 2048):
+                 batch: int = 256):
     """Re-score approximate candidates exactly from the (float16) vectors; drop each query's own row;
     return the top-k (ids, scores) sorted by score (-1 / -inf where fewer)."""
     n, kk = cand.shape
