@@ -230,12 +230,23 @@ class OnDiskBuild:
                 part = faiss.read_index(str(blocks / f"{b:05d}.faiss"))
                 idx.add(part.reconstruct_n(0, part.ntotal))
                 del part
-        else:  # FAISS's on-disk merge: the inverted lists go to a memory-mapped .ivfdata file beside the index
-            from faiss.contrib.ondisk import merge_ondisk
-
+        else:  # merged on disk: the inverted lists go to a memory-mapped .ivfdata file beside the index
+            parts = [faiss.read_index(str(blocks / f"{b:05d}.faiss"), faiss.IO_FLAG_MMAP) for b in range(nb)]
+            lists = faiss.InvertedListsPtrVector()
+            for part in parts:
+                lists.push_back(faiss.extract_index_ivf(part).invlists)
+            ivf = faiss.extract_index_ivf(idx)
             with _cwd(self.work):  # the index records the .ivfdata file by this (relative) name
-                merge_ondisk(idx, [str(blocks / f"{b:05d}.faiss") for b in range(nb)], f"{self.name}.ivfdata",
-                             shift_ids=True)
+                ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, f"{self.name}.ivfdata")
+                # as faiss.contrib.ondisk.merge_ondisk, but the blocks are released after (it keeps them mapped)
+                idx.ntotal = ivf.ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), True)
+                ivf.replace_invlists(ondisk, True)
+                ondisk.this.disown()
+                del lists, parts
+                _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+                del idx, ivf
+            shutil.rmtree(blocks, ignore_errors=True)
+            return read_faiss(final)
         _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         del idx
         shutil.rmtree(blocks, ignore_errors=True)

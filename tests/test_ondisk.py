@@ -99,7 +99,7 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     took = time.perf_counter() - t0
     rng = random.Random(0)
     landed = 0
-    for delay in sorted(rng.uniform(0.15, 0.9) * took for _ in range(5)) + [None]:
+    for delay in [rng.uniform(0.1, 0.2) * took for _ in range(5)] + [None]:  # 5 kills, each mid-build
         p = subprocess.Popen(cmd + ["--out", str(tmp_path / "idx")], cwd=ROOT, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -110,7 +110,7 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
             landed += 1
             continue
         assert p.returncode == 0 or delay is not None
-    assert landed >= 3
+    assert landed == 5
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert ref["descriptors"]["clip"]["factory"].startswith("IVF")
