@@ -65,6 +65,23 @@ def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = ()
         log.close()
 
 
+@contextmanager
+def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict | None = None,
+             ready: str = "#generate-btn", timeout_ms: int = 120_000):
+    """The app served on ``world`` (``serve_app``) and a Chromium page on it, once ``ready`` is shown."""
+    from playwright.sync_api import sync_playwright
+
+    with serve_app(world, args=args, env=env) as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator(ready).wait_for(timeout=timeout_ms)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | Path | None = None,
                         timeout_ms: int = 120_000) -> dict:
     """Type a prompt, set the seed count, click Generate; time the first pair and the whole batch;

@@ -32,15 +32,9 @@ def test_keyword_tab_in_chromium(tiny_world, tmp_path):
 
 def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, tmp_path):
     """The prompt's per-token attribution appears as a bar chart; the verdict's descriptor is a choice."""
-    from playwright.sync_api import sync_playwright
+    from browser import app_page
 
-    from browser import CHROMIUM_ARGS
-
-    with serve_app(tiny_world) as (url, _), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(url, wait_until="domcontentloaded")
-        page.locator("#attribution-btn").wait_for(timeout=120_000)
+    with app_page(tiny_world, ready="#attribution-btn") as page:
         page.get_by_label("Prompt").first.fill("a red ball on a table")
         page.locator("#attribution-btn").click()
         page.locator("#attribution .js-plotly-plot").first.wait_for(timeout=120_000)
@@ -48,22 +42,15 @@ def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, t
         assert any(t.startswith("red") for t in ticks) and any(t.startswith("ball") for t in ticks)
         assert page.locator("#descriptor input").first.input_value() == "pixel"
         page.screenshot(path=str(tmp_path / "attribution.png"), full_page=True)
-        browser.close()
     assert (tmp_path / "attribution.png").stat().st_size > 10_000
 
 
 def test_a_refused_request_clears_the_results_it_invalidates_in_chromium(tiny_world, tmp_path):
     """After a good run, a bad seed list is answered with its message and the previous run's headline,
     pairs and table are gone, so the message never stands over results of another query."""
-    from playwright.sync_api import sync_playwright
+    from browser import app_page
 
-    from browser import CHROMIUM_ARGS
-
-    with serve_app(tiny_world) as (url, _), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(url, wait_until="domcontentloaded")
-        page.locator("#generate-btn").wait_for(timeout=60_000)
+    with app_page(tiny_world) as page:
         page.get_by_label("Prompt").first.fill("a red ball on a table")
         page.get_by_label("…or explicit seeds (at most 64)").fill("0-1")
         page.locator("#generate-btn").click()
@@ -76,5 +63,4 @@ def test_a_refused_request_clears_the_results_it_invalidates_in_chromium(tiny_wo
         headline = page.locator("#headline").inner_text()
         pairs = page.locator("#pairs img").count()
         table = page.locator("#seed-table").inner_text()
-        browser.close()
     assert "Replication" not in headline and pairs == 0 and "a red ball" not in table

@@ -252,20 +252,14 @@ def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(cre
     """Two worlds in one app: the created one on its own page, reached from the navigation bar; its probe
     prompts are grouped by label; a probe's run shows the published figure beside the measured one."""
     pytest.importorskip("playwright")
-    from browser import CHROMIUM_ARGS, chromium_path, serve_app
-    from playwright.sync_api import sync_playwright
+    from browser import app_page, chromium_path
 
     if chromium_path() is None:
         pytest.skip("no chromium (apt-get install chromium)")
     out = created[0]
     verbatim = pd.read_csv(out / "probes.csv").query("label == 'verbatim'")["prompt"].iloc[0]
     shot = Path(os.environ.get("MEMLAB_SCREENSHOT_DIR", tmp_path)) / "created-world.png"
-    with serve_app(None, args=("--world", str(tiny_world), "--world", str(out))) as (url, _), \
-            sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(url, wait_until="domcontentloaded")
-        page.locator("#generate-btn").wait_for(timeout=60_000)
+    with app_page(None, viewport=(1400, 1800), args=("--world", str(tiny_world), "--world", str(out))) as page:
         assert "World: tiny" in page.inner_text("body")
         page.get_by_role("link", name="nemo-world").first.click()
         page.wait_for_url("**/nemo-world**", timeout=30_000)
@@ -283,6 +277,5 @@ def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(cre
                                timeout=120_000)
         headline = page.locator("#headline").inner_text()
         page.screenshot(path=str(shot), full_page=True)
-        browser.close()
     assert "a probe of this world: known memorized, verbatim" in headline and "published (nemo.csv" in headline
     assert shot.is_file()
