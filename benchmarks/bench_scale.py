@@ -12,6 +12,7 @@ Prints, each phase in its own process (peak resident memory is that process's):
 
     python benchmarks/bench_scale.py --n 2000000 --d 512 --planted 1000 --max-memory 2GB
     python benchmarks/bench_scale.py --n 200000 --agree-n 20000        # a quick look
+    python benchmarks/bench_scale.py ... --phase add --add-parts 2       # adding parts to an index of the others
 Resumable: the synthetic set and the build's stages are kept in --work.
 """
 from __future__ import annotations
@@ -190,6 +191,64 @@ def phase_agree(a) -> dict:
             "groups_with_duplicates": int((np.bincount(g) > 1).sum())}
 
 
+def phase_add(a) -> dict:
+    """The last ``--add-parts`` parts added to an index of the others, against the index built from all parts (the build
+    phase's): time and peak memory of the addition, groups, background and recall of the planted copies
+    (all in the last part) through the index that was added to."""
+    import pandas as pd
+
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import OnDiskAddition, OnDiskBuild, parse_memory
+
+    work = Path(a.work)
+    emb, full = work / f"emb-{a.n}x{a.d}", work / f"index-{a.n}x{a.d}"
+    parts = sorted((emb / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.split("_")[-1]))
+    base_emb, new_emb = work / f"emb-{a.n}x{a.d}-base", work / f"emb-{a.n}x{a.d}-new"
+    for folder, chosen in ((base_emb, parts[:-a.add_parts]), (new_emb, parts[-a.add_parts:])):
+        for sub in ("img_emb", "metadata"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for i, p in enumerate(chosen):
+            j = p.stem.split("_")[-1]
+            for sub, src in (("img_emb", p), ("metadata", emb / "metadata" / f"metadata_{j}.parquet")):
+                dst = folder / sub / (f"img_emb_{i}.npy" if sub == "img_emb" else f"metadata_{i}.parquet")
+                if not dst.exists():
+                    dst.symlink_to(src)
+    factory = json.loads((full / "manifest.json").read_text())["descriptors"]["clip"]["factory"]
+    base, out = work / f"index-{a.n}x{a.d}-base", work / f"index-{a.n}x{a.d}-added"
+    t = time.perf_counter()
+    if not (base / "manifest.json").is_file():  # the base index, built in its own process (its peak memory apart)
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                        "from memlab.ondisk import OnDiskBuild; "
+                        "OnDiskBuild(sys.argv[2], sys.argv[3], 'clip', int(sys.argv[4]), factory=sys.argv[5], "
+                        "log=lambda m: None).run()", str(ROOT), str(base_emb), str(base),
+                        str(parse_memory(a.max_memory)), factory], check=True)
+    base_s = time.perf_counter() - t
+    if not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text()).get("additions"):
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(base, out)  # the addition replaces its index: add to a copy, keep the base for reruns
+    t = time.perf_counter()
+    add = OnDiskAddition(out, new_emb, log=lambda m: None)
+    if add.done is None:
+        add.run()
+    add_s = time.perf_counter() - t
+    ref, got = TrainingIndex.load(full, verify=False), TrainingIndex.load(out, verify=False)
+    bg_r, bg_g = ref.background(), got.background()
+    gr, gg = ref.items["group"].to_numpy(), got.items["group"].to_numpy()
+    same = bool(pd.Series(gr).groupby(gg).nunique().max() == 1 and pd.Series(gg).groupby(gr).nunique().max() == 1)
+    src = np.load(emb / "sources.npy")
+    top = got.search(np.asarray(got.vectors()[a.n - a.planted:], np.float32), k=2)[1]  # the copies' rows
+    added = sum(int(np.load(p, mmap_mode="r").shape[0]) for p in parts[-a.add_parts:])
+    return {"base_rows": a.n - added, "added_rows": added, "factory": factory,
+            "base_build_s": base_s, "add_s": add_s, "add_stages_s": json.loads((out / "manifest.json").read_text())
+            ["additions"][-1]["seconds"], "peak_rss_mb": peak_mb(),
+            "same_groups_as_full_build": same,
+            "background_within_0.01_of_full_build": float(np.mean(np.abs(bg_r - bg_g) <= 0.01)),
+            "planted_copies_find_their_source_at_top2": float(np.mean((top == src[:, None]).any(1))),
+            "items": int(got.manifest["item_count"])}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2_000_000)
@@ -198,15 +257,20 @@ def main() -> int:
     ap.add_argument("--max-memory", default="2GB")
     ap.add_argument("--agree-n", type=int, default=50_000)
     ap.add_argument("--work", default="/tmp/memlab-scale")
-    ap.add_argument("--phase", default=None, choices=["gen", "build", "serve", "agree"])
+    ap.add_argument("--phase", default=None, choices=["gen", "build", "serve", "agree", "add"])
+    ap.add_argument("--add", action="store_true", help="also the add phase: the last parts added to an index of "
+                                                        "the others, against the full build")
+    ap.add_argument("--add-parts", type=int, default=2, help="parts the add phase adds (the last part holds the "
+                                                              "planted copies; the others 200,000 rows each)")
     a = ap.parse_args()
     if a.phase:
-        print(json.dumps({"gen": phase_gen, "build": phase_build, "serve": phase_serve, "agree": phase_agree}[a.phase](a)))
+        print(json.dumps({"gen": phase_gen, "build": phase_build, "serve": phase_serve, "agree": phase_agree,
+                          "add": phase_add}[a.phase](a)))
         return 0
     Path(a.work).mkdir(parents=True, exist_ok=True)
     base = [sys.executable, __file__, "--n", str(a.n), "--d", str(a.d), "--planted", str(a.planted),
-            "--max-memory", a.max_memory, "--agree-n", str(a.agree_n), "--work", a.work]
-    for phase in ("gen", "build", "serve", "agree"):
+            "--max-memory", a.max_memory, "--agree-n", str(a.agree_n), "--work", a.work, "--add-parts", str(a.add_parts)]
+    for phase in ("gen", "build", "serve", "agree") + (("add",) if a.add else ()):
         r = subprocess.run(base + ["--phase", phase], capture_output=True, text=True)
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)

@@ -8,6 +8,10 @@ if sys.argv[1:2] == ["embed"]:
     from index_builder.embed import main
 
     sys.exit(main(sys.argv[2:]))
+if sys.argv[1:2] == ["add"]:
+    from index_builder.add import main
+
+    sys.exit(main(sys.argv[2:]))
 if sys.argv[1:2] == ["download"]:
     from index_builder.download import main
 

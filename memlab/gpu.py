@@ -67,17 +67,6 @@ def _generate_duration(key, prompt, seeds, strategy, steps, guidance, descriptor
     return check_duration(len(seeds) * (2 if strategy and strategy != "none" else 1), steps)
 
 
-def compare(key: str, prompt: str, seeds: list, strategies: list, steps: int, guidance: float):
-    """``none`` and each strategy on the same seeds in the world ``key`` (a ``RunState``)."""
-    from .generate import Settings
-
-    return _lab(key).compare(prompt, list(seeds), list(strategies), Settings(steps=int(steps), guidance=float(guidance)))
-
-
-def _compare_duration(key, prompt, seeds, strategies, steps, guidance) -> int:
-    return check_duration(len(seeds) * (1 + len([s for s in strategies if s != "none"])), steps)
-
-
 def _on_zero_gpu() -> bool:
     try:
         import spaces  # type: ignore  # noqa: F401
@@ -99,4 +88,3 @@ def on_host(fn, duration_fn):
 
 
 generate_chunk_on_host = on_host(generate_chunk, _generate_duration)
-compare_on_host = on_host(compare, _compare_duration)

@@ -160,6 +160,8 @@ class OnDiskBuild:
         self.block = int(block)
         self.bar = progress or (lambda it, **kw: it)
         self.log = log
+        self.first = 0  # the first row this run adds to the index (an addition starts after the base's rows)
+        self.normalized: set[int] = set()  # parts already L2-normalized float16 (a base index's vectors)
 
     # 1. vectors ------------------------------------------------------------------------------
     def vectors(self) -> np.ndarray:
@@ -180,8 +182,11 @@ class OnDiskBuild:
                     continue
                 a = np.load(p, mmap_mode="r")
                 for s in range(0, rows, self.block):
-                    x = np.asarray(a[s:s + self.block], np.float32)
-                    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                    if i in self.normalized:  # copied as they are (renormalizing would change their bits)
+                        x = np.asarray(a[s:s + self.block], np.float16)
+                    else:
+                        x = np.asarray(a[s:s + self.block], np.float32)
+                        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
                     fh.seek(offset + (start + s) * self.d * 2)
                     fh.write(x.astype(np.float16).tobytes())
                     _drop(a)
@@ -198,6 +203,8 @@ class OnDiskBuild:
         if final.is_file():
             return read_faiss(final)
         trained = self.work / "trained.faiss"
+        if not trained.is_file() and self.first:
+            _atomic_save(trained, lambda t: faiss.write_index(self.base_trained(), str(t)))
         if not trained.is_file():
             idx = faiss.index_factory(self.d, self.factory, faiss.METRIC_INNER_PRODUCT)
             if not idx.is_trained:
@@ -215,17 +222,26 @@ class OnDiskBuild:
             _atomic_save(trained, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         blocks = self.work / "blocks"
         blocks.mkdir(exist_ok=True)
-        nb = -(-self.n // self.block)
+        nb = -(-(self.n - self.first) // self.block)
         for b in self.bar(range(nb), desc=f"add {self.factory}"):
             f = blocks / f"{b:05d}.faiss"
             if f.is_file():
                 continue
             idx = faiss.read_index(str(trained))
-            idx.add(np.asarray(v[b * self.block:(b + 1) * self.block], np.float32))
+            s, e = self.first + b * self.block, min(self.first + (b + 1) * self.block, self.n)
+            x = np.asarray(v[s:e], np.float32)
+            if self.factory == "Flat":
+                idx.add(x)
+            else:  # each vector under its row number (the merge keeps the ids it is given)
+                idx.add_with_ids(x, np.arange(s, e, dtype=np.int64))
             _drop(v)
             _atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         idx = faiss.read_index(str(trained))
+        base = self.base_index() if self.first else None
         if self.factory == "Flat":  # small by construction: merged in memory
+            if base is not None:
+                idx.add(base.reconstruct_n(0, base.ntotal))
+                del base
             for b in range(nb):
                 part = faiss.read_index(str(blocks / f"{b:05d}.faiss"))
                 idx.add(part.reconstruct_n(0, part.ntotal))
@@ -233,16 +249,16 @@ class OnDiskBuild:
         else:  # merged on disk: the inverted lists go to a memory-mapped .ivfdata file beside the index
             parts = [faiss.read_index(str(blocks / f"{b:05d}.faiss"), faiss.IO_FLAG_MMAP) for b in range(nb)]
             lists = faiss.InvertedListsPtrVector()
-            for part in parts:
+            for part in ([base] if base is not None else []) + parts:  # the base's rows keep their ids
                 lists.push_back(faiss.extract_index_ivf(part).invlists)
             ivf = faiss.extract_index_ivf(idx)
             with _cwd(self.work):  # the index records the .ivfdata file by this (relative) name
                 ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, f"{self.name}.ivfdata")
                 # as faiss.contrib.ondisk.merge_ondisk, but the blocks are released after (it keeps them mapped)
-                idx.ntotal = ivf.ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), True)
+                idx.ntotal = ivf.ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
                 ivf.replace_invlists(ondisk, True)
                 ondisk.this.disown()
-                del lists, parts
+                del lists, parts, base
                 _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
                 del idx, ivf
             shutil.rmtree(blocks, ignore_errors=True)
@@ -253,30 +269,52 @@ class OnDiskBuild:
         return read_faiss(final)
 
     # 4. neighbours ------------------------------------------------------------------------------
-    def neighbours(self, v: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows queried, their k nearest other rows, exact scores), sorted by score."""
-        rows = np.arange(self.n) if not self.sample or self.sample >= self.n else \
-            np.sort(np.random.default_rng(self.seed + 1).choice(self.n, size=self.sample, replace=False))
+    def query_rows(self) -> np.ndarray:
+        """The rows whose neighbours are computed: every row, or a seeded random sample (``sample``)."""
+        if not self.sample or self.sample >= self.n:
+            return np.arange(self.n)
+        return np.sort(np.random.default_rng(self.seed + 1).choice(self.n, size=self.sample, replace=False))
+
+    def knn_pass(self, v: np.ndarray, index, rows: np.ndarray, name: str, offset: int = 0):
+        """Each of ``rows``' k nearest rows of ``index`` (ids shifted by ``offset``), approximate candidates
+        re-scored exactly from the float16 vectors; written block by block under ``knn/{name}``, so a
+        killed pass resumes at its first missing block."""
         if "IVF" in self.factory:
             _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
         knn = self.work / "knn"
         knn.mkdir(exist_ok=True)
-        kk = min(self.n, max(self.k, self.rerank) + 1)
+        kk = min(index.ntotal, max(self.k, self.rerank) + 1)
         nb = -(-len(rows) // self.block)
-        for b in self.bar(range(nb), desc="neighbours"):
-            f = knn / f"{b:05d}.npz"
+        for b in self.bar(range(nb), desc=f"neighbours ({name})" if name else "neighbours"):
+            f = knn / f"{name}{b:05d}.npz"
             if f.is_file():
                 continue
             r = rows[b * self.block:(b + 1) * self.block]
             q = np.asarray(v[r], np.float32)
             _, cand = index.search(q, kk)
+            cand = np.where(cand >= 0, cand + offset, -1)
             ids, sc = rerank_exact(v, q, cand, r, self.k)
             _atomic_save(f, lambda t, ids=ids, sc=sc: _savez(t, ids=ids, scores=sc))
-        ids = np.concatenate([np.load(knn / f"{b:05d}.npz")["ids"] for b in range(nb)])
-        scores = np.concatenate([np.load(knn / f"{b:05d}.npz")["scores"] for b in range(nb)])
-        return rows, ids, scores
+        if not nb:
+            return np.zeros((0, self.k), np.int64), np.zeros((0, self.k), np.float32)
+        ids = np.concatenate([np.load(knn / f"{name}{b:05d}.npz")["ids"] for b in range(nb)])
+        scores = np.concatenate([np.load(knn / f"{name}{b:05d}.npz")["scores"] for b in range(nb)])
+        return ids, scores
+
+    def neighbours(self, v: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows queried, their k nearest other rows, exact scores), sorted by score."""
+        rows = self.query_rows()
+        return (rows, *self.knn_pass(v, index, rows, ""))
 
     # 5. the index folder -----------------------------------------------------------------------
+    def metadata(self) -> pd.DataFrame:
+        return read_metadata(self.parts)
+
+    def provenance(self, seconds: dict) -> dict:
+        """The manifest's record of where the items came from and what this run took."""
+        return {"created": _created(self.work), "source": {"embeddings": str(self.src), "parts": len(self.parts)},
+                "build_seconds": {**seconds, "note": "this run's stages (a resumed build skips those already done)"}}
+
     def run(self, extra_manifest: dict | None = None) -> Path:
         from . import metrics
         from .index import FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, sha256
@@ -303,7 +341,7 @@ class OnDiskBuild:
         sampled = bg[np.isfinite(bg)]
         finite = bgd[np.isin(np.arange(self.n), reps) & np.isfinite(bgd)]
         thr = threshold_from_background(self.name, finite, self.fpr, self.threshold)
-        items = read_metadata(self.parts)
+        items = self.metadata()
         items["group"], items["duplicates"] = group, dups
         items["representative"] = False
         items.loc[reps, "representative"] = True
@@ -314,8 +352,9 @@ class OnDiskBuild:
             shutil.copyfile(self.work / "vectors.f16.npy", tmp / f"{self.name}.f16.npy")
             np.save(tmp / f"{self.name}.background.npy", bg)
             np.save(tmp / f"{self.name}.background_distinct.npy", bgd)
+            _savez(tmp / f"{self.name}.knn.npz", rows=rows, ids=ids, scores=scores)  # what an addition updates
             items.to_parquet(tmp / ITEMS, index=False, row_group_size=65536)
-            neighbours = {"k": self.k, "rerank": self.rerank, "nprobe": self.nprobe,
+            neighbours = {"k": self.k, "rerank": self.rerank, "nprobe": self.nprobe, "seed": self.seed,
                           "queried": "all items" if len(rows) == self.n else f"a random sample of {len(rows)} items "
                           f"(seed {self.seed + 1}); the others' backgrounds are NaN",
                           "how": f"approximate top-{max(self.k, self.rerank)} from the index, re-scored exactly with "
@@ -330,23 +369,147 @@ class OnDiskBuild:
                                                      "another group among its k neighbours"},
                      "files": {"index": f"{self.name}.faiss", "vectors": f"{self.name}.f16.npy",
                                "background": f"{self.name}.background.npy",
-                               "background_distinct": f"{self.name}.background_distinct.npy"}}
+                               "background_distinct": f"{self.name}.background_distinct.npy",
+                               "knn": f"{self.name}.knn.npz"}}
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-            manifest = {"format": FORMAT, "version": VERSION, "created": _created(self.work),
+            seconds = {"vectors": t[1] - t[0], "index": t[2] - t[1],
+                       "neighbours_and_groups": t[3] - t[2] + time.perf_counter() - t[3], "peak_rss_mb": peak}
+            manifest = {"format": FORMAT, "version": VERSION, **self.provenance(seconds),
                         "item_count": self.n, "default_descriptor": self.name, "descriptors": {self.name: entry},
                         "metadata": ITEMS, "image_root": None, "serve": {"mmap": True},
                         "duplicates": {"descriptor": self.name, "threshold": dup,
                                        "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
                                        "from": f"the kNN graph (k={self.k}), not the n x n product"},
-                        "source": {"embeddings": str(self.src), "parts": len(self.parts)},
-                        "build_seconds": {"vectors": t[1] - t[0], "index": t[2] - t[1],
-                                          "neighbours_and_groups": t[3] - t[2] + time.perf_counter() - t[3],
-                                          "peak_rss_mb": peak,
-                                          "note": "this run's stages (a resumed build skips those already done)"},
                         "files": {f: sha256(tmp / f) for f in files}, **(extra_manifest or {})}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
         shutil.rmtree(self.work, ignore_errors=True)
         return self.out
+
+
+class OnDiskAddition(OnDiskBuild):
+    """New embedding parts added to an index built by ``OnDiskBuild`` (or added to before), without
+    retraining it or re-adding its rows: the base's float16 vectors are copied and the new ones appended,
+    the new vectors are encoded with the base's trained index and its inverted lists merged with the new
+    ones on disk, the new rows' neighbours are searched over all rows, and the base rows' stored neighbours
+    are updated with their nearest new rows (searched in an index of the new rows alone). Groups, the
+    background and the threshold are then recomputed over every item. The result replaces the index
+    (atomically); the work folder ``.INDEX.add`` makes a killed addition resume to the same files."""
+
+    def __init__(self, index, src, progress=None, log=print, block: int = BLOCK):
+        from .index import TrainingIndex
+
+        self.base = TrainingIndex.load(index)
+        m = self.base.manifest
+        name = m["default_descriptor"]
+        entry = m["descriptors"][name]
+        if entry.get("files", {}).get("knn") is None:
+            raise MemlabError(f"{index} was not built from embeddings by this version of memlab (it keeps no "
+                              f"neighbour lists to update); rebuild it with `python -m index_builder --embeddings`")
+        nb = entry["background"]["neighbours"]
+        new = embedding_parts(src)
+        if new[0][3] != entry["dim"]:
+            raise MemlabError(f"{src} holds {new[0][3]}-d vectors; {index} holds {entry['dim']}-d {name} vectors")
+        base_f16 = self.base.path / entry["files"]["vectors"]
+        self.n_base = int(m["item_count"])
+        super().__init__(src, index, name, max_memory=1 << 62, k=nb["k"], rerank=nb["rerank"], nprobe=nb["nprobe"],
+                         seed=nb.get("seed", 0), duplicate_threshold=entry["duplicate_threshold"],
+                         factory=entry["factory"], block=block, progress=progress, log=log)
+        self.threshold = entry["threshold"]["value"] if entry["threshold"]["source"] == "given" else None
+        self.fpr = entry["threshold"].get("fpr") if entry["threshold"]["source"] == "calibrated" else 0.01
+        self.new_parts = new
+        self.parts = [(base_f16, None, self.n_base, entry["dim"])] + new
+        self.normalized = {0}
+        self.n = sum(p[2] for p in self.parts)
+        self.first = self.n_base
+        self.work = self.out.parent.resolve() / f".{self.out.name}.add"
+        self.signature = _parts_signature(src, new)
+        self.done = next((a for a in m.get("additions", []) if a.get("signature") == self.signature), None)
+        if self.done is not None:  # finished before (a rerun, or killed after the swap): nothing left to do
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def base_trained(self):
+        """The base's index with its lists emptied: the trained quantizer and codec, no vectors."""
+        faiss = _faiss()
+        if self.factory == "Flat":
+            return faiss.IndexFlatIP(self.d)
+        idx = faiss.read_index(str(self.base.path / f"{self.name}.faiss"), faiss.IO_FLAG_MMAP)
+        ivf = faiss.extract_index_ivf(idx)
+        empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        ivf.replace_invlists(empty, True)
+        empty.this.disown()
+        idx.ntotal = ivf.ntotal = 0
+        return idx
+
+    def base_index(self):
+        """The base's index as it is served (its lists read from disk)."""
+        if self.factory == "Flat":
+            return _faiss().read_index(str(self.base.path / f"{self.name}.faiss"))
+        return read_faiss(self.base.path / f"{self.name}.faiss")
+
+    def query_rows(self) -> np.ndarray:
+        """The base's queried rows, and the new rows (all of them, or the same fraction, seeded)."""
+        with np.load(self.base.path / f"{self.name}.knn.npz") as z:
+            base_rows = z["rows"]
+        new = np.arange(self.n_base, self.n)
+        if len(base_rows) < self.n_base:
+            m = round(len(new) * len(base_rows) / self.n_base)
+            new = np.sort(np.random.default_rng(self.seed + 2 + self.n_base).choice(new, size=m, replace=False))
+        return np.concatenate([base_rows, new])
+
+    def neighbours(self, v: np.ndarray, index):
+        faiss = _faiss()
+        rows = self.query_rows()
+        with np.load(self.base.path / f"{self.name}.knn.npz") as z:
+            base_rows, base_ids, base_sc = z["rows"], z["ids"], z["scores"]
+        new_rows = rows[len(base_rows):]
+        ids_new, sc_new = self.knn_pass(v, index, new_rows, "new")
+        # the base rows' nearest new rows, searched in an index of the new rows alone (same codec)
+        only = faiss.read_index(str(self.work / "trained.faiss"))
+        for s in range(self.first, self.n, self.block):  # ids 0.. (shifted by ``first`` in the pass)
+            only.add(np.asarray(v[s:min(s + self.block, self.n)], np.float32))
+            _drop(v)
+        ids_up, sc_up = self.knn_pass(v, only, base_rows, "base", offset=self.first)
+        del only
+        for s in range(0, len(base_rows), self.block):  # each base row keeps its best k of old and new, in place
+            ids_all = np.concatenate([base_ids[s:s + self.block], ids_up[s:s + self.block]], axis=1)
+            sc_all = np.concatenate([base_sc[s:s + self.block], sc_up[s:s + self.block]], axis=1)
+            order = np.argsort(-sc_all, axis=1, kind="stable")[:, :self.k]
+            base_ids[s:s + self.block] = np.take_along_axis(ids_all, order, 1)
+            base_sc[s:s + self.block] = np.take_along_axis(sc_all, order, 1)
+        del ids_up, sc_up
+        return rows, np.concatenate([base_ids, ids_new]), np.concatenate([base_sc, sc_new])
+
+    def metadata(self) -> pd.DataFrame:
+        base = self.base.items.drop(columns=["group", "duplicates", "representative"], errors="ignore")
+        import pyarrow.parquet as pq
+
+        new = read_metadata(self.new_parts)
+        if not any("id" in pq.read_schema(m).names for _, m, _, _ in self.new_parts if m is not None):
+            new["id"] = np.arange(self.n_base, self.n)  # row numbers, continuing the base's
+        clash = set(base["id"].astype(str)) & set(new["id"].astype(str))
+        if clash:
+            raise MemlabError(f"{len(clash)} ids of {self.src} are already in the index (e.g. {sorted(clash)[:3]}); "
+                              f"ids must stay unique")
+        if base["id"].dtype != new["id"].dtype:
+            base["id"], new["id"] = base["id"].astype(str), new["id"].astype(str)
+        return pd.concat([base, new], ignore_index=True)
+
+    def provenance(self, seconds: dict) -> dict:
+        m = self.base.manifest
+        add = {"embeddings": str(self.src), "parts": len(self.new_parts), "rows": self.n - self.n_base,
+               "signature": self.signature, "at": _created(self.work), "seconds": seconds}
+        return {"created": m["created"], "source": m["source"], "additions": m.get("additions", []) + [add],
+                "build_seconds": m["build_seconds"]}
+
+
+def _parts_signature(src, parts) -> str:
+    """What identifies a set of embedding parts: their names, sizes and metadata sizes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for emb, meta, rows, d in parts:
+        h.update(f"{emb.name}:{emb.stat().st_size}:{rows}:{d}:{meta.stat().st_size if meta else 0};".encode())
+    return h.hexdigest()[:16]
 
 
 def descriptor_identity(name: str) -> dict:

@@ -87,11 +87,16 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     if baseline is not None:
         for s in summaries:
             if s is not baseline:
-                s["change_vs_none"] = {
-                    "replication_rate": s["replication_rate"] - baseline["replication_rate"],
-                    "dataset_similarity": s["dataset_similarity"]["p95"] - baseline["dataset_similarity"]["p95"],
-                    "detection": s["detection_mean"] - baseline["detection_mean"]}
+                s["change_vs_none"] = change_vs_none(s, baseline)
     return records + summaries
+
+
+def change_vs_none(summary: dict, baseline: dict) -> dict:
+    """A strategy's summary minus the unmitigated one's, on the same seeds (DCR's comparison of a
+    mitigation: replication rate, dataset similarity (p95) and Wen et al.'s detection score)."""
+    return {"replication_rate": summary["replication_rate"] - baseline["replication_rate"],
+            "dataset_similarity": summary["dataset_similarity"]["p95"] - baseline["dataset_similarity"]["p95"],
+            "detection": summary["detection_mean"] - baseline["detection_mean"]}
 
 
 def summarize_records(seed_records: list[dict], threshold: dict) -> dict:

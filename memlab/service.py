@@ -191,7 +191,7 @@ class Lab:
         if seed_list:
             seeds = parse_seeds(seed_list)
         else:
-            n = number(8 if n_seeds is None else n_seeds, "the number of seeds", 1, limit, integer=True)
+            n = number(n_seeds, "the number of seeds", 1, limit, integer=True)
             seeds = range(n)
         if len(seeds) > limit:
             raise MemlabError(f"{len(seeds)} seeds is too many for the app (at most {limit}); "
@@ -258,6 +258,26 @@ class Lab:
                           settings, out_dir=None, k=APP_MATCHES, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
         return [(r, imgs[r["seed"]]) for r in recs if r["type"] == "seed"]
 
+    def lesson_prompts(self) -> dict | None:
+        """The guided lesson's two prompts, from the world's probes: a heavily duplicated one (a verbatim
+        memorized prompt whose training image was fetched, or the built-in world's full duplication at its
+        highest ddf) and one seen once in training (a control, or the built-in world's unique set); None
+        when the world has no such probes."""
+        p = self.probes()
+        if p.empty or "prompt" not in p:
+            return None
+        if "training_image" in p:  # a created world: prefer prompts whose training image is in the index
+            p = p.sort_values("training_image", key=lambda c: c.astype(str) != "indexed", kind="stable")
+        key = (p["label"] if "label" in p else p["group"]).astype(str)
+        full = sorted((g for g in key.unique() if re.fullmatch(r"full_ddf\d+", g)), key=lambda g: -int(g[8:]))
+        dup = next((g for g in ["verbatim", "memorized", "template", *full] if (key == g).any()), None)
+        uni = next((g for g in ["control", "unique"] if (key == g).any()), None)
+        if dup is None or uni is None:
+            return None
+        name = lambda g: str(p[key == g]["group"].iloc[0]) if "label" in p else probe_group_name(g)  # noqa: E731
+        return {"duplicated": str(p[key == dup]["prompt"].iloc[0]), "duplicated_group": name(dup),
+                "unique": str(p[key == uni]["prompt"].iloc[0]), "unique_group": name(uni)}
+
     def probe(self, prompt: str) -> dict | None:
         """The world's probe row for ``prompt`` (its label, training image, published figures), if any."""
         p = self.probes()
@@ -267,25 +287,43 @@ class Lab:
         return None if hit.empty else {k: (None if pd.isna(v) else v) for k, v in hit.iloc[0].to_dict().items()}
 
     def compare(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
-                settings: Settings | None = None, progress=None) -> RunState:
-        """``none`` and each strategy on the same seeds (run_prompt states the change vs none)."""
+                settings: Settings | None = None, progress=None, descriptor: str | None = None) -> RunState:
+        """``none`` and each strategy on the same seeds (the finished ``compare_stream``)."""
+        state = None
+        for state in self.compare_stream(prompt, seeds, strategies, settings, progress, descriptor):
+            pass
+        return state
+
+    def compare_stream(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
+                       settings: Settings | None = None, progress=None, descriptor: str | None = None,
+                       chunk_fn=None) -> Iterator[RunState]:
+        """``none`` and each strategy on the same seeds, one strategy (a row of the A/B grid) at a time;
+        yields the growing comparison after each row. Each strategy's summary is ``run_prompt``'s, with
+        its change vs none. ``chunk_fn`` as in ``generate_stream`` (the GPU host's, one call a row)."""
+        from .runner import change_vs_none
+
         gen = self.generator
         prompt, warning = check_prompt(prompt, gen.tokenizer)
-        strategies = ["none"] + [s for s in strategies if s != "none"]
-        state = RunState(prompt=prompt, warning=warning)
-        imgs = {}
-
-        def on_seed(r, im):
-            imgs[(r["mitigation"]["spec"], r["seed"])] = im
+        strategies = ["none"] + list(dict.fromkeys(s for s in strategies if s != "none"))
+        settings = settings or self.settings()
+        desc = self.get_descriptor(descriptor)
+        thr = self.threshold(desc.name)
+        state = RunState(prompt=prompt, warning=warning, requested=len(seeds) * len(strategies))
+        run_row = chunk_fn or (lambda p, part, st, se, d: self.generate_chunk(p, part, st, se, d))
+        for j, strategy in enumerate(strategies):
+            rows = run_row(prompt, list(seeds), strategy, settings, desc.name)
+            recs = [r for r, _ in rows]
+            state.records += recs
+            state.images += [im for _, im in rows]
+            summary = summarize_records(recs, thr)
+            summary.update({"type": "summary", "prompt": prompt, "mitigation": recs[0]["mitigation"],
+                            "descriptor": recs[0]["descriptor"], "seeds": list(seeds)})
+            if state.summaries:
+                summary["change_vs_none"] = change_vs_none(summary, state.summaries[0])
+            state.summaries.append(summary)
             if progress:
-                progress(len(imgs), len(seeds) * len(strategies))
-
-        recs = run_prompt(gen, self.index, self.descriptor, prompt, seeds, strategies, settings or self.settings(),
-                          out_dir=None, k=5, on_seed=on_seed)
-        state.records = [r for r in recs if r["type"] == "seed"]
-        state.images = [imgs[(r["mitigation"]["spec"], r["seed"])] for r in state.records]
-        state.summaries = [r for r in recs if r["type"] == "summary"]
-        return state
+                progress((j + 1) * len(seeds), len(strategies) * len(seeds))
+            yield state
 
     def token_attribution(self, prompt: str, seeds: Sequence[int], settings: Settings | None = None) -> list[dict]:
         """Wen et al.'s per-token attribution of the prompt (first step, the first 4 seeds)."""

@@ -42,6 +42,71 @@ CITATIONS = """
 """
 MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"]
 
+# The words a first-time visitor meets, defined as the papers define them; every number links here.
+GLOSSARY = [
+    ("replicated", "replicated, replication %",
+     "A generation is **replicated** when its top-1 score (its similarity to the closest training image) is "
+     "above the threshold. The **multi-seed replication %** is the share of seeds whose generation is "
+     "replicated (Somepalli et al. 2023 count SSCD > 0.5; MemBench uses 10 seeds)."),
+    ("threshold", "threshold",
+     "The score above which a match counts as a copy. SSCD's is published: 0.5 for replication, and 0.75 "
+     "for about 90% precision (Pizzi et al. 2022). Descriptors without a published one (memlab-copy, pixel, "
+     "CLIP) are calibrated on the training set: by default the score that 1% of distinct training images "
+     "exceed against their nearest other image. The app names the source beside the value."),
+    ("score", "score, top-1 match, top-k",
+     "The similarity of a generation's descriptor to a training image's (cosine; 1 = identical). The "
+     "**top-1 match** is the training image with the highest score; **top-k** lists the k best, one per "
+     "near-duplicate group."),
+    ("descriptor", "descriptor",
+     "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
+     "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "
+     "**pixel** (Carlini et al. 2023: distance of downscaled pixels, no weights) and **memlab-copy** (SSCD's "
+     "recipe, trained by memlab on its own images). Scores from different descriptors or presets are not "
+     "comparable; each is named with its model and preprocessing preset."),
+    ("dataset-similarity", "dataset similarity",
+     "The 95th percentile of the generations' top-1 scores (Somepalli et al. 2023, DCR). Over a few seeds "
+     "it is close to the maximum."),
+    ("background", "background",
+     "The same statistic for the training set itself: each training image against its nearest *other* "
+     "training image. **Distinct** background: one image per near-duplicate group against the nearest image "
+     "of another group. A model copies more than the data copies itself when its generations sit to the "
+     "right of the background."),
+    ("copies", "copies in training (duplication)",
+     "How many times an image occurs in the training set: itself and its near-duplicates (images whose "
+     "descriptor similarity is above the duplicate cut, joined into groups). Heavily duplicated images are "
+     "the ones models memorize (Carlini et al. 2023; Somepalli et al. 2023)."),
+    ("ddf", "ddf (duplication factor)",
+     "How many times a planted image was repeated in the built-in world's training set (DCR duplicates a "
+     "share of images with a sampling weight ddf). **Full** duplication repeats image and caption; "
+     "**partial** repeats the image with other captions."),
+    ("detection", "detection (Wen et al.)",
+     "‖ε(x_t, prompt) − ε(x_t, empty)‖: how strongly the prompt steers the first denoising step, averaged "
+     "over generations (Wen et al. 2024). Memorized prompts give large values before any image exists. "
+     "There is no universal threshold; compare prompts on the same model."),
+    ("mitigation", "mitigation (none, rna, rt, cwr, gni, wen)",
+     "A change at generation time that reduces copying (Somepalli et al. 2023): **rna** inserts k random "
+     "numbers into the prompt, **rt** k random tokens, **cwr** repeats k words of the prompt, **gni** adds "
+     "Gaussian noise (λ) to the text embedding; **wen** optimizes the prompt embedding to lower the detection "
+     "score (Wen et al. 2024). Compared on the same seeds, a row differs from `none` only by the mitigation."),
+    ("seed", "seed",
+     "The number that fixes a generation's starting noise: the same prompt, seed and settings give the same "
+     "image, so strategies compared on the same seeds are compared fairly."),
+    ("partial", "partial run",
+     "A run stopped (or still running) before all its seeds finished: what finished is shown, and an export "
+     "of it is named and marked partial."),
+]
+
+
+def glossary_markdown() -> str:
+    """The glossary, one anchor per term (``#g-<key>``), under the ``#glossary`` anchor."""
+    items = "\n".join(f'- <a id="g-{key}"></a>**{term}**: {text}' for key, term, text in GLOSSARY)
+    return f'<a id="glossary"></a>\n\n## Glossary\n\n{items}'
+
+
+def g(key: str, label: str = "?") -> str:
+    """A link to a glossary term, for numbers and the words they carry."""
+    return f"[{label}](#g-{key})"
+
 
 def _errors(fn):
     """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving. Anything
@@ -197,21 +262,21 @@ def headline(lab: Lab, state: RunState) -> str:
     bg, bg_all = info.get("background_distinct", info["background"]), info["background"]
     best = max(state.records, key=lambda r: r["score"])
     st = best["settings"]
-    source = (f"mitigation {s['mitigation']['spec']} · {st['steps']} steps, guidance {st['guidance']:g} · "
-              f"{name} > {s['threshold']:.3f}")
-    lines = [f"### Replication: {s['replication_rate']:.1%} of {s['n_seeds']} seeds",  # one rounding rule: 0.1%
+    source = (f"{g('mitigation', 'mitigation')} {s['mitigation']['spec']} · {st['steps']} steps, guidance "
+              f"{st['guidance']:g} · {name} > {s['threshold']:.3f} ({g('threshold', 'threshold')})")
+    lines = [f"### Replication: {s['replication_rate']:.1%} of {s['n_seeds']} seeds {g('replicated')}",  # one rounding rule: 0.1%
              f"*{source}*",
-             f"- **multi-seed replication** {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
-             f"- **dataset similarity** (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
+             f"- **multi-seed replication** {g('replicated')} {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
+             f"- **dataset similarity** {g('dataset-similarity')} (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
              f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "
              f"mean {ds['mean']:.3f} · "
-             f"background 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
+             f"background {g('background')} 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
              f"{bg_all['p95']:.3f} over all training rows, planted duplicates included)",
-             f"- **detection** (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
+             f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
              f"- **caption of the best image match** (the training image with the highest score, seed "
              f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
              f"nearest by text are listed below",
-             f"- scores: {lab.descriptor_label(name)}"]
+             f"- scores {g('descriptor')}: {lab.descriptor_label(name)}"]
     if not state.finished:
         lines.insert(1, f"*{len(state.records)} of {state.requested} seeds so far (running, or stopped: an "
                         f"export now is labelled partial)*")
@@ -229,7 +294,7 @@ def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
     p = lab.probe(state.prompt)
     if not p:
         return []
-    lines = [f"- **a probe of this world**: {p.get('group')}" + (f" (from {p['list']})" if p.get("list") else "")]
+    lines = [f"- **a probe of this world**: {probe_group_name(str(p.get('group')))}" + (f" (from {p['list']})" if p.get("list") else "")]
     status, tid = p.get("training_image"), p.get("training_id")
     own = []
     if status and status != "indexed":
@@ -326,11 +391,14 @@ def world_page(lab: Lab) -> None:
     run_state = gr.State(None)
     with gr.Tabs() as tabs:
         prompt = generate_tab(lab, probe_examples(lab.probes()), run_state)
+        lesson_tab(lab)
         compare_tab(lab)
         match_tab(lab)
         training_set_tab(lab)
         keyword_tab(lab, tabs, prompt)
         about_tab(lab)
+    with gr.Accordion("Glossary: the words and numbers on this page", open=True, elem_id="glossary-box"):
+        gr.Markdown(glossary_markdown(), elem_id="glossary-text")
 
 
 def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.State) -> gr.Textbox:
@@ -345,8 +413,10 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
                     gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"{name} · {len(prompts)} prompts",
                                 examples_per_page=4, cache_examples=False)
             with gr.Column(scale=1):
-                n_seeds = gr.Slider(1, APP_MAX_SEEDS, value=8, step=1,
-                                    label=f"Number of seeds (at most {APP_MAX_SEEDS} per run)")
+                # a number box, not a slider: a slider's box silently clamps 0 to 1 and 100000 to the
+                # maximum in the browser; here the server answers an out-of-range count with a message
+                n_seeds = gr.Number(value=8, label=f"Number of seeds (1 to {APP_MAX_SEEDS} per run)",
+                                    elem_id="n-seeds")
                 seed_list = gr.Textbox(label=f"…or explicit seeds (at most {APP_MAX_SEEDS})",
                                        placeholder="e.g. 0-3,10")
                 mits = gr.CheckboxGroup(MITIGATION_CHOICES, label="Mitigations (applied together)")
@@ -444,35 +514,276 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
     return prompt
 
 
-def compare_tab(lab: Lab) -> None:
-    """Compare mitigations: none and each strategy on the same seeds."""
-    with gr.Tab("Compare mitigations", id="compare"):
-        with gr.Row():
-            c_prompt = gr.Textbox(label="Prompt", lines=2, scale=2)
-            with gr.Column(scale=1):
-                c_seeds = gr.Slider(1, LIMITS["compare_seeds"], value=4, step=1,
-                                    label=f"Seeds, the same for every strategy (at most {LIMITS['compare_seeds']})")
-                c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
-                with gr.Row():
-                    c_k = gr.Slider(1, 10, value=4, step=1, label="k")
-                    c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ")
-                c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-        c_grid = gr.Gallery(label="rows: strategy · columns: seeds", format="png", columns=4, elem_id="grid",
-                            object_fit="contain")
-        c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
-        c_table = gr.Dataframe(label="per strategy", elem_id="compare-table")
+LESSON_SEEDS = list(range(8))
+LESSON_MITIGATION = "rna:k=4"
+
+
+def lesson_tab(lab: Lab) -> None:
+    """A guided lesson for a class, four steps a teacher clicks through: a heavily duplicated prompt, its
+    training image and that image's copies, the same prompt with a mitigation on the same seeds, and a
+    prompt seen once for contrast. Each step is a sentence and its evidence; words link to the glossary."""
+    plan = lab.lesson_prompts()
+    if plan is None:
+        return
+    seeds, n = LESSON_SEEDS, len(LESSON_SEEDS)
+    with gr.Tab("Lesson", id="lesson"):
+        gr.Markdown(f"### Does a diffusion model copy its training images? A four-step demonstration\n"
+                    f"Click the steps in order; each takes a few seconds on this world. All steps use the same "
+                    f"{n} {g('seed', 'seeds')} ({seeds[0]}-{seeds[-1]}) and the world's default settings. "
+                    f"Every word in bold is in the [glossary](#glossary) below.")
+        steps = [
+            ("1 · A heavily duplicated prompt", f"“{plan['duplicated']}” ({plan['duplicated_group']}). The model "
+             f"draws it {n} times, from {n} seeds; each picture is shown beside its closest training image, framed "
+             f"red when it is a copy ({g('replicated', 'replicated')})."),
+            ("2 · The training image it copies", "The training image most seeds matched, and how often it occurs "
+             f"in the training set ({g('copies', 'copies in training')}): models memorize what they saw many "
+             f"times."),
+            ("3 · The same prompt with a mitigation", f"The same prompt on the same {n} seeds, once as is and once "
+             f"with random numbers inserted into the prompt (RNA, k=4; a {g('mitigation', 'mitigation')} from "
+             f"Somepalli et al. 2023)."),
+            ("4 · A prompt seen once, for contrast", f"“{plan['unique']}” ({plan['unique_group']}): a prompt whose "
+             f"image occurs once in training, on the same {n} seeds."),
+        ]
+        outs = []
+        for i, (title, sentence) in enumerate(steps, 1):
+            with gr.Group():
+                gr.Markdown(f"#### {title}\n{sentence}")
+                btn = gr.Button(f"Show step {i}", elem_id=f"lesson-{i}")
+                md = gr.Markdown(elem_id=f"lesson-{i}-text")
+                if i == 2:  # the training image's copies
+                    copies_gallery = gr.Gallery(visible=False, columns=10, height="auto", elem_id="lesson-copies",
+                                                label="the training image and its near-duplicates in the training set")
+                html_out = gr.HTML(elem_id=f"lesson-{i}-grid")
+            outs.append((btn, md, html_out))
+        runs = gr.State(None)  # step 1's run, reused by step 2
+
+        def verdict_line(summ) -> str:
+            k = round(summ["replication_rate"] * summ["n_seeds"])
+            return (f"**{k} of {summ['n_seeds']} seeds replicated** ({summ['replication_rate']:.1%}; "
+                    f"{summ['descriptor']['name']} > {summ['threshold']:.3f}, {g('threshold', 'threshold')})")
+
+        def one_row(prompt, progress):
+            state = None
+            for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds")):
+                pass
+            return state
 
         @_errors
-        def compare(prompt, n, mits, k, lam, progress=gr.Progress()):
-            seeds = lab.seeds(n, limit=LIMITS["compare_seeds"])
-            specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
-            state = run_compare(lab, prompt, seeds, specs, lambda d, t: progress((d, t), desc="images"))
-            grid = [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"], 2)),
-                     f"{r['mitigation']['name']} · {_caption(r)}") for r, im in zip(state.records, state.images)]
-            return grid, compare_figure(lab, state), compare_table(state)
+        def step1(progress=gr.Progress()):
+            state = one_row(plan["duplicated"], progress)
+            s0 = state.summaries[0]
+            said = (": the model reproduces a training image." if s0["replication_rate"] > 0 else
+                    ": none crossed the threshold on these seeds; look at the pairs, and at step 2.")
+            return state, verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
 
-        run_button(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam], [c_grid, c_plot, c_table], "compare",
-                   cleared=([], None, None))
+        @_errors
+        def step2(state, progress=gr.Progress()):
+            if state is None:
+                state = one_row(plan["duplicated"], progress)
+            tops = [r["matches"][0] for r in state.records]
+            best = max({m["row"]: m for m in tops}.values(), key=lambda m: sum(t["row"] == m["row"] for t in tops))
+            hits = sum(t["row"] == best["row"] for t in tops)
+            group = int(lab.index.items["group"].iloc[best["row"]])
+            members = lab.group_members(group)
+            files = [(f, f"#{i}") for r, i in zip(members["row"], members["id"]) if (f := lab.item_file(int(r)))]
+            text = (f"Training image **#{best['id']}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
+                    f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
+                    f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
+            return state, text, "", gr.update(value=files[:48], visible=True)
+
+        @_errors
+        def step3(progress=gr.Progress()):
+            for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION],
+                                            progress=lambda d, t: progress((d, t), desc="images")):
+                text = ""
+                if len(state.summaries) == 2:
+                    a, b = state.summaries
+                    text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%}"
+                            f" with RNA** on the same seeds ({g('replicated', 'replication %')}); "
+                            f"{g('dataset-similarity', 'dataset similarity')} {a['dataset_similarity']['p95']:.3f} → "
+                            f"{b['dataset_similarity']['p95']:.3f}.")
+                yield text, compare_grid(lab, state, seeds, 2)
+
+        @_errors
+        def step4(progress=gr.Progress()):
+            state = one_row(plan["unique"], progress)
+            s0 = state.summaries[0]
+            said = (": without duplication, the model makes new images." if s0["replication_rate"] == 0 else
+                    ": even a prompt seen once can come close to a training image (or the verdict errs: compare "
+                    "the pairs).")
+            return verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+
+        (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs
+        b1.click(step1, None, [runs, m1, h1], api_name=False)
+        b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False)
+        b3.click(step3, None, [m3, h3], api_name=False)
+        b4.click(step4, None, [m4, h4], api_name=False)
+
+
+def compare_tab(lab: Lab) -> None:
+    """Compare mitigations as an A/B grid: rows are strategies (none first), columns the same seeds;
+    rows stream in as each strategy finishes; charts, table and export of the whole comparison."""
+    defaults, limit = lab.world.defaults, LIMITS["compare_seeds"]
+    with gr.Tab("Compare mitigations", id="compare"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                c_prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to compare mitigations on",
+                                      elem_id="compare-prompt")
+                gr.Markdown("Each strategy runs on **the same seeds** as `none`, so a row differs from the first "
+                            "only by the mitigation. Rows appear as each strategy finishes. "
+                            "Words in the results: [glossary](#glossary).")
+            with gr.Column(scale=1):
+                c_seeds = gr.Number(value=4, label=f"Number of seeds, the same for every strategy (1 to {limit})",
+                                    elem_id="compare-n")
+                c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
+                with gr.Row():
+                    c_k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
+                    c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
+                c_list = gr.Textbox("", label=f"…or explicit seeds (at most {limit})", placeholder="e.g. 0-7 or 3,17,42",
+                                    elem_id="compare-seeds")
+                with gr.Accordion("Sampling", open=False):
+                    c_steps = gr.Slider(1, LIMITS["steps"], value=int(defaults["steps"]), step=1, label="Steps",
+                                        elem_id="compare-steps")
+                    c_guidance = gr.Slider(0.0, LIMITS["guidance"], value=float(defaults["guidance"]), step=0.5,
+                                           label="Guidance scale")
+                with gr.Row():
+                    c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn", scale=3)
+                    c_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
+        c_head = gr.Markdown(elem_id="compare-headline")
+        c_grid = gr.HTML(elem_id="grid")
+        c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
+        c_table = gr.Dataframe(label="per strategy (full specs)", elem_id="compare-table", wrap=True)
+        with gr.Row():
+            c_export_btn = gr.Button("Export comparison (JSONL + images)", elem_id="compare-export")
+            c_export_file = gr.File(label="comparison.zip", elem_id="compare-export-file")
+        c_state = gr.State(None)
+
+        @_errors
+        def compare(prompt, n, mits, k, lam, seed_list="", steps=None, guidance=None, progress=gr.Progress()):
+            seeds = lab.seeds(n, seed_list, limit=limit)
+            specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
+            settings = lab.settings(steps, guidance)
+            prompt, _ = lab.check_prompt(prompt)
+            n_rows = 1 + len(dict.fromkeys(x for x in specs if x != "none"))
+            progress(0, desc="none")
+            for state in run_compare(lab, prompt, seeds, specs, settings,
+                                     lambda d, t: progress((d, t), desc="images")):
+                yield (state, compare_headline(lab, state, seeds, n_rows), compare_grid(lab, state, seeds, n_rows),
+                       compare_figure(lab, state), compare_table(state))
+
+        event = run_button(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam, c_list, c_steps, c_guidance],
+                           [c_state, c_head, c_grid, c_plot, c_table], "compare",
+                           cleared=(None, "", "", None, None))
+        c_stop.click(None, None, None, cancels=[event], api_name=False)
+
+        @_errors
+        def export_comparison(state):
+            if state is None:
+                raise MemlabError("nothing to export yet: compare first")
+            name = "comparison.zip" if state.finished else "comparison-partial.zip"
+            return str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name))
+
+        c_export_btn.click(export_comparison, [c_state], [c_export_file], api_name=_api("export_comparison"))
+
+
+def short_label(mitigation: dict) -> str:
+    """A strategy as a chart or grid names it: each step's name and its main parameter (the full spec is
+    shown on hover and in the table)."""
+    main = {"rna": "k", "rt": "k", "cwr": "k", "gni": "lam"}
+    parts = []
+    for st in mitigation.get("steps") or [{"name": mitigation["name"], "params": {}}]:
+        key = main.get(st["name"])
+        val = st.get("params", {}).get(key)
+        parts.append(st["name"] + (f" {'λ' if key == 'lam' else key}={val:g}" if val is not None else ""))
+    return " + ".join(parts)
+
+
+def thumb_uri(im: Image.Image, width: int = 320) -> str:
+    """A small JPEG of an image as a data URI (the A/B grid's cells: no file route, nothing on disk)."""
+    import base64
+    import io
+
+    im = im.convert("RGB")
+    if im.width > width:
+        im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
+    """The A/B grid as HTML: a header row of seeds, then one row per strategy whose cells are the
+    generation beside its top-1 training image, the verdict and score, and the image's id and copies.
+    Every row is on the page (no inner scroll box); on a narrow screen each row wraps to two cells a line."""
+    import html
+
+    n = len(seeds)
+    out = [GRID_CSS, f'<div class="ab" style="--n:{n}">',
+           '<div class="ab-row ab-head"><div class="ab-label">strategy</div><div class="ab-cells">'
+           + "".join(f'<div class="ab-seed">seed {s}</div>' for s in seeds) + "</div></div>"]
+    by_row: dict[str, list] = {}
+    for r, im in zip(state.records, state.images):
+        by_row.setdefault(r["mitigation"]["spec"], []).append((r, im))
+    for summ in state.summaries:
+        mit = summ["mitigation"]
+        cells = []
+        for r, im in by_row.get(mit["spec"], []):
+            m = r["matches"][0]
+            verdict = "REPLICATED" if r["replicated"] else "novel"
+            cells.append(
+                f'<figure class="ab-cell {"rep" if r["replicated"] else "nov"}">'
+                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), r["replicated"], 2))}" '
+                f'alt="seed {r["seed"]}, {html.escape(short_label(mit))}: generation | training image #{html.escape(str(m["id"]))}">'
+                f'<figcaption><b class="v">{verdict} {r["score"]:.3f}</b><br>'
+                f'<span class="ab-seedtag">seed {r["seed"]} · </span>#{html.escape(str(m["id"]))} · {copies(m["duplicates"])}'
+                f'</figcaption></figure>')
+        rate = summ["replication_rate"]
+        out.append(f'<div class="ab-row"><div class="ab-label" title="{html.escape(mit["spec"])}">'
+                   f'<b>{html.escape(short_label(mit))}</b><br><small>replication {rate:.1%} '
+                   f'({round(rate * summ["n_seeds"])}/{summ["n_seeds"]}) · p95 {summ["dataset_similarity"]["p95"]:.3f}'
+                   f'</small></div><div class="ab-cells">{"".join(cells)}</div></div>')
+    for _ in range(n_rows - len(state.summaries)):
+        out.append('<div class="ab-row ab-pending"><div class="ab-label">…</div>'
+                   '<div class="ab-cells"><div class="ab-wait">running</div></div></div>')
+    out.append("</div>")
+    return "".join(out)
+
+
+GRID_CSS = """<style>
+.ab{display:flex;flex-direction:column;gap:10px}
+.ab-row{display:grid;grid-template-columns:9em 1fr;gap:8px;align-items:start}
+.ab-cells{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px}
+.ab-cell{margin:0;text-align:center;font-size:.78em;line-height:1.25}
+.ab-cell img{width:100%;height:auto;image-rendering:pixelated;display:block}
+.ab-cell.rep .v{color:#c62828}.ab-cell.nov .v{color:#1565c0}
+.ab-head .ab-seed{text-align:center;font-weight:600;font-size:.85em}
+.ab-seedtag{display:none}
+.ab-label{font-size:.9em;overflow-wrap:anywhere}
+.ab-wait{color:#888;font-style:italic}
+@media (max-width:700px){
+ .ab-row{grid-template-columns:1fr}
+ .ab-cells{grid-template-columns:repeat(2,minmax(0,1fr))}
+ .ab-head{display:none}.ab-seedtag{display:inline}
+ .ab-cell{font-size:.9em}
+}
+</style>"""
+
+
+def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
+    """What the comparison is of: prompt, seeds, settings, descriptor and threshold; rows done so far."""
+    st = state.records[0]["settings"]
+    s0 = state.summaries[0]
+    seeds_txt = ", ".join(map(str, seeds)) if len(seeds) <= 12 else f"{seeds[0]} … {seeds[-1]} ({len(seeds)} seeds)"
+    lines = [f"### {len(state.summaries)} of {n_rows} strategies on the same {len(seeds)} seeds",
+             f"*seeds {seeds_txt} · {st['steps']} steps, guidance {st['guidance']:g} · "
+             f"{s0['descriptor']['name']} > {s0['threshold']:.3f} ([replicated](#glossary)) · "
+             f"{lab.descriptor_label(s0['descriptor']['name'])}*"]
+    if not state.finished:
+        lines.append(f"*{len(state.records)} of {state.requested} images so far (running, or stopped: an export "
+                     f"now is labelled partial)*")
+    if state.warning:
+        lines.append(f"- ⚠️ {state.warning}")
+    return "\n".join(lines)
 
 
 def match_tab(lab: Lab) -> None:
@@ -667,6 +978,21 @@ def queue_full_message(queue) -> tuple[str, float | None]:
             f"{avg:.0f} s and the queue empties in about {waiting * avg:.0f} s; try again then."), avg
 
 
+# The page's own CSS: on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
+# full width and their captions (seed, verdict, score, training image) wrap instead of being cut.
+APP_CSS = """
+#pairs .caption-label{white-space:normal;max-width:100%}
+@media (max-width:700px){
+ #pairs .grid-container{grid-template-columns:minmax(0,1fr)!important;grid-template-rows:none!important;
+   grid-auto-rows:auto!important}
+ #pairs .thumbnail-item{aspect-ratio:auto!important;height:auto!important;display:flex;flex-direction:column}
+ #pairs .thumbnail-item img{height:auto!important}
+ #pairs .grid-wrap{height:auto!important;max-height:none!important;overflow:visible!important}
+ #pairs .caption-label{position:static!important;font-size:14px;border:0;text-align:center}
+}
+"""
+
+
 def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
            **kw):
     """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
@@ -679,7 +1005,7 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
     folders = sorted({str(p) for lab in labs for p in (lab.world.path or lab.world.index_path, lab.world.index_path)
                       if p is not None})
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
-    return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders,
+    return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
                        max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)
 
@@ -696,11 +1022,14 @@ def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor
                                    chunk_fn=chunk_fn)
 
 
-def run_compare(lab: Lab, prompt, seeds, specs, progress):
-    if gpu.ON_HOST:
-        st = lab.settings()
-        return gpu.compare_on_host(gpu.register(lab), prompt, list(seeds), list(specs), st.steps, st.guidance)
-    return lab.compare(prompt, seeds, specs, progress=progress)
+def run_compare(lab: Lab, prompt, seeds, specs, settings, progress):
+    """The comparison streamed row by row; on a GPU host (ZeroGPU) each row is one call (``memlab.gpu``)."""
+    key = gpu.register(lab)
+
+    def on_host(p, part, strategy, st, d):
+        return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
+    yield from lab.compare_stream(prompt, seeds, specs, settings, progress=progress,
+                                  chunk_fn=on_host if gpu.ON_HOST else None)
 
 
 def keyword_outputs(lab: Lab, v: dict):
@@ -749,26 +1078,44 @@ def compare_table(state: RunState):
     rows = []
     for s in state.summaries:
         ch = s.get("change_vs_none") or {}
-        rows.append({"strategy": s["mitigation"]["spec"], "replication %": round(100 * s["replication_rate"], 1),
+        n = s["n_seeds"]
+        rows.append({"strategy": short_label(s["mitigation"]), "spec": s["mitigation"]["spec"],
+                     "replication %": f"{s['replication_rate']:.1%} ({round(s['replication_rate'] * n)}/{n})",
                      "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
-                     "dataset similarity p95": round(s["dataset_similarity"]["p95"], 4),
-                     "change vs none": round(ch.get("dataset_similarity", 0.0), 4),
-                     "detection": round(s["detection_mean"], 4)})
+                     "dataset similarity p95": round(s["dataset_similarity"]["p95"], 3),
+                     "change vs none": round(ch.get("dataset_similarity", 0.0), 3),
+                     "detection": round(s["detection_mean"], 3)})
     return pd.DataFrame(rows)
 
 
 def compare_figure(lab: Lab, state: RunState):
+    """Replication % and dataset similarity per strategy, short labels (full spec on hover); the
+    similarity axis spans the values shown (and the threshold when near), so differences are visible."""
     from plotly.subplots import make_subplots
 
-    names = [s["mitigation"]["spec"] for s in state.summaries]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication %", "dataset similarity (p95)"))
-    fig.add_bar(x=names, y=[100 * s["replication_rate"] for s in state.summaries], row=1, col=1,
-                marker_color="#d62728", name="replication %")
-    fig.add_bar(x=names, y=[s["dataset_similarity"]["p95"] for s in state.summaries], row=1, col=2,
-                marker_color="#1f77b4", name="dataset similarity")
-    fig.add_hline(y=lab.threshold()["value"], line_dash="dash", row=1, col=2)
-    fig.update_layout(height=320, showlegend=False, margin=dict(l=40, r=10, t=60, b=40),
-                      title=dict(text=f"<sup>{lab.descriptor_label()}</sup>", font=dict(size=12)))
+    summ = state.summaries
+    names = [short_label(s["mitigation"]) for s in summ]
+    specs = [s["mitigation"]["spec"] for s in summ]
+    name = summ[0]["descriptor"]["name"]
+    thr = lab.threshold(name)["value"]
+    rates = [100 * s["replication_rate"] for s in summ]
+    p95 = [s["dataset_similarity"]["p95"] for s in summ]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication % (same seeds)",
+                                                        "dataset similarity (p95 of top-1)"))
+    fig.add_bar(x=names, y=rates, row=1, col=1, marker_color="#d62728", hovertext=specs,
+                text=[f"{r:.1f}%" for r in rates], textposition="outside")
+    fig.add_scatter(x=names, y=p95, row=1, col=2, mode="markers+text", marker=dict(size=14, color="#1f77b4"),
+                    hovertext=specs, text=[f"{v:.3f}" for v in p95], textposition="top center")
+    lo, hi = min(p95), max(p95)
+    pad = max(0.02, 0.25 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    if lo - 0.1 <= thr <= hi + 0.1:  # the threshold, when it is near enough to read against
+        lo, hi = min(lo, thr - 0.01), max(hi, thr + 0.01)
+        fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
+    fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
+    fig.update_yaxes(range=[lo, hi], row=1, col=2)
+    fig.update_layout(height=340, showlegend=False, margin=dict(l=40, r=10, t=70, b=40),
+                      title=dict(text=f"<sup>{lab.descriptor_label(name)}</sup>", font=dict(size=12)))
     return fig
 
 

@@ -32,7 +32,7 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     assert "caption of the best image match" in headline and best["matches"][0]["caption"] in headline
     assert "n = 4 generations" in headline
     # the headline names its source: mitigation, settings, descriptor and threshold, one rounding rule
-    assert f"mitigation none · 3 steps, guidance 5 · {lab.descriptor.name} > " in headline
+    assert f"[mitigation](#g-mitigation) none · 3 steps, guidance 5 · {lab.descriptor.name} > " in headline
     assert f"Replication: {summary['replication_rate']:.1%} of 4 seeds" in headline
 
 
@@ -41,7 +41,7 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     (("x", 4, "0-5000", [], 4, 0.1, 3, 5.0), "at most"),
     (("x", 4, "0-99", [], 4, 0.1, 3, 5.0), "too many"),
     (("x", 4, "", ["gni"], 4, 5.0, 3, 5.0), "greater than maximum"),  # gradio checks slider ranges
-    (("x", 0, "", [], 4, 0.1, 3, 5.0), "less than minimum"),
+    (("x", 0, "", [], 4, 0.1, 3, 5.0), "the number of seeds must be between 1 and 64 (got 0)"),  # never clamped
 ])
 def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, args, msg):
     with pytest.raises(Exception) as e:
@@ -52,9 +52,38 @@ def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, args, m
 
 
 def test_compare_endpoint(client):
-    grid, fig, table = client.predict("a red ball", 2, ["rna", "gni"], 2, 0.1, api_name="/compare")
-    assert len(grid) == 3 * 2
-    assert [r[0] for r in table["data"]] == ["none", "rna:k=2,seed=0", "gni:lam=0.1,halves=both,seed=0"]
+    import json
+    import zipfile
+
+    head, grid, fig, table = client.predict("a red ball", 2, ["rna", "gni"], 2, 0.1, api_name="/compare")
+    assert grid.count('<figure class="ab-cell') == 3 * 2 and "3 of 3 strategies on the same 2 seeds" in head
+    assert [r[0] for r in table["data"]] == ["none", "rna k=2", "gni λ=0.1"]  # short labels, full specs beside
+    assert [r[1] for r in table["data"]] == ["none", "rna:k=2,seed=0", "gni:lam=0.1,halves=both,seed=0"]
+    # explicit seeds, steps and guidance; the whole comparison exported in `memlab run`'s JSONL format
+    head, grid, _, table = client.predict("a red ball", 2, ["rna"], 2, 0.1, "5,9", 2, 3.0, api_name="/compare")
+    assert "seeds 5, 9 · 2 steps, guidance 3" in head and "seed 9" in grid
+    with zipfile.ZipFile(client.predict(api_name="/export_comparison")) as z:
+        lines = [json.loads(x) for x in z.read("results.jsonl").splitlines()]
+        assert len([n for n in z.namelist() if n.startswith("images/")]) == 4
+    assert [x["type"] for x in lines] == ["seed"] * 4 + ["summary"] * 2
+    assert sorted(x["seed"] for x in lines[:4]) == [5, 5, 9, 9] and {x["settings"]["steps"] for x in lines[:4]} == {2}
+    assert "change_vs_none" in lines[-1] and "partial" not in lines[-1]
+
+
+def test_compare_streams_one_row_a_strategy_equal_to_run_prompt(server):
+    from memlab.runner import run_prompt
+
+    lab = server[1]
+    seen = [(len(s.summaries), len(s.records)) for s in lab.compare_stream("a red ball", [0, 1, 2], ["rna:k=2"])]
+    assert seen == [(1, 3), (2, 6)]
+    state = lab.compare("a red ball", [0, 1, 2], ["rna:k=2"])
+    ref = [r for r in run_prompt(lab.generator, lab.index, lab.descriptor, "a red ball", [0, 1, 2], ["none", "rna:k=2"],
+                                 lab.settings()) if r["type"] == "summary"]
+    for a, b in zip(state.summaries, ref):
+        assert a["mitigation"]["spec"] == b["mitigation"]["spec"]
+        assert a["replication_rate"] == b["replication_rate"]
+        assert abs(a["dataset_similarity"]["p95"] - b["dataset_similarity"]["p95"]) < 1e-6
+    assert state.summaries[1]["change_vs_none"] == pytest.approx(ref[1]["change_vs_none"])
 
 
 def test_search_duplicates_export(client):

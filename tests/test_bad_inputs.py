@@ -25,11 +25,11 @@ APP_CASES = [
     ("/generate", gen(prompt=""), "prompt is empty"),
     ("/generate", gen(prompt=" \n\t "), "prompt is empty"),
     ("/generate", gen(prompt=BIG), "at most 10,000"),
-    ("/generate", gen(n="abc"), "Expected a `float"),
-    ("/generate", gen(n=None), "Expected a `float`"),
-    ("/generate", gen(n=-3), "less than minimum"),
-    ("/generate", gen(n=10**12), "greater than maximum"),
-    ("/generate", gen(n=0), "less than minimum"),
+    ("/generate", gen(n="abc"), "'abc' is not a number"),
+    ("/generate", gen(n=None), "the number of seeds: a number is needed"),
+    ("/generate", gen(n=-3), "must be between 1 and 64 (got -3)"),
+    ("/generate", gen(n=10**12), "must be between 1 and 64 (got 1,000,000,000,000)"),
+    ("/generate", gen(n=0), "must be between 1 and 64 (got 0)"),
     ("/generate", gen(n=2.5), "whole number"),
     ("/generate", gen(seeds="a-b"), "cannot read seeds"),
     ("/generate", gen(seeds="9-2"), "runs backwards"),
@@ -54,8 +54,11 @@ APP_CASES = [
     ("/attribution", ("", 2, "", 3, 5.0), "prompt is empty"),
     ("/attribution", ("a ball", 2, "x", 3, 5.0), "cannot read seeds"),
     ("/attribution", ("a ball", 2, "", 0, 5.0), "less than minimum"),
-    ("/compare", ("a ball", 0, [], 4, 0.1), "less than minimum"),
-    ("/compare", ("a ball", 17, [], 4, 0.1), "greater than maximum"),
+    ("/compare", ("a ball", 0, [], 4, 0.1), "must be between 1 and 16 (got 0)"),
+    ("/compare", ("a ball", 17, [], 4, 0.1), "must be between 1 and 16 (got 17)"),
+    ("/compare", ("a ball", 2, [], 4, 0.1, "x-y"), "cannot read seeds"),
+    ("/compare", ("a ball", 2, [], 4, 0.1, "0-20"), "too many"),
+    ("/compare", ("a ball", 2, [], 4, 0.1, "", 0), "less than minimum"),
     ("/compare", ("a ball", 2, ["bogus"], 4, 0.1), "not in the list of choices"),
     ("/compare", (None, 2, [], 4, 0.1), "prompt is empty"),
     ("/compare", ("a ball", 2, ["rna"], "abc", 0.1), "Expected a `float"),
@@ -123,6 +126,8 @@ def test_bad_input_sweep_over_every_endpoint(client, server, tmp_path):
     fresh = gradio_client.Client(server[0], verbose=False)  # a session that has not generated yet
     with pytest.raises(Exception, match="nothing to export yet"):
         fresh.predict(api_name="/export")
+    with pytest.raises(Exception, match="nothing to export yet: compare first"):
+        fresh.predict(api_name="/export_comparison")
     before = client.predict(*G, api_name="/generate")
     tried = clear = 0
     wrong = []

@@ -119,6 +119,78 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     assert not list(tmp_path.glob(".idx.*"))  # the work folder is gone
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,SQ8"])
+def test_parts_added_to_an_index_equal_an_index_built_from_all_of_them(emb, tmp_path, factory):
+    """An index of the first 4,500 rows plus the last 1,500 added equals one built from all 6,000: the
+    same vectors, items, groups, background and search answers (the planted copies among the added rows
+    are found); the manifest records the addition, and adding the same parts again does nothing."""
+    from index_builder.add import main as add
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import write_embeddings
+
+    src, x = emb
+    meta = pd.read_parquet(src / "metadata")  # the 4 parts in order
+    a = write_embeddings(tmp_path / "a", x[:4500], meta[:4500], part_rows=1500)
+    b = write_embeddings(tmp_path / "b", x[4500:], meta[4500:], part_rows=1500)
+    opts = ["--factory", factory, "--block-rows", "1000"]
+    _build(src, tmp_path / "full", *opts)
+    _build(a, tmp_path / "inc", *opts)
+    assert add(["--index", str(tmp_path / "inc"), "--embeddings", str(b), "--block-rows", "700"]) == 0
+    full, inc = TrainingIndex.load(tmp_path / "full"), TrainingIndex.load(tmp_path / "inc")
+    assert inc.manifest["item_count"] == 6000 and inc.faiss_index().ntotal == 6000
+    assert [(d["rows"], d["parts"]) for d in inc.manifest["additions"]] == [(1500, 1)]
+    assert np.array_equal(np.asarray(full.vectors()), np.asarray(inc.vectors()))
+    pd.testing.assert_frame_equal(full.items, inc.items)  # ids, captions, groups, duplicate counts
+    assert int((inc.items["duplicates"] > 0).sum()) >= 100  # the planted pairs, half of them added
+    assert np.mean(np.abs(full.background() - inc.background()) <= 1e-6) >= 0.99
+    q = x[-60:]  # the planted copies, all among the added rows: each finds itself
+    top = inc.search(q, k=1)[1][:, 0]
+    assert (top == np.arange(5940, 6000)).all()
+    before = (tmp_path / "inc" / "manifest.json").read_text()
+    assert add(["--index", str(tmp_path / "inc"), "--embeddings", str(b)]) == 0  # already added: nothing done
+    assert (tmp_path / "inc" / "manifest.json").read_text() == before
+    assert not list(tmp_path.glob(".inc.*"))
+
+
+def test_a_killed_addition_resumes_to_the_same_index(tmp_path):
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import write_embeddings
+
+    x = clustered(50_000, 32, 200, seed=4)
+    ids = pd.DataFrame({"id": np.arange(50_000)})
+    a = write_embeddings(tmp_path / "a", x[:30_000], ids[:30_000], part_rows=10_000)
+    b = write_embeddings(tmp_path / "b", x[30_000:], ids[30_000:], part_rows=5_000)
+    _build(a, tmp_path / "base", "--max-memory", "3MB", "--block-rows", "4000")
+    import shutil
+
+    shutil.copytree(tmp_path / "base", tmp_path / "ref")
+    cmd = [sys.executable, "-m", "index_builder", "add", "--embeddings", str(b), "--block-rows", "2000", "--index"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd + [str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    took = time.perf_counter() - t0
+    rng = random.Random(1)
+    landed = 0
+    for delay in [rng.uniform(0.15, 0.3) * took for _ in range(3)] + [None]:  # 3 kills, each mid-addition
+        p = subprocess.Popen(cmd + [str(tmp_path / "base")], cwd=ROOT, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            p.wait(600 if delay is None else delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            landed += 1
+            continue
+        assert p.returncode == 0 or delay is not None
+    assert landed == 3
+    ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    got = json.loads((tmp_path / "base" / "manifest.json").read_text())
+    assert ref["descriptors"]["clip"]["factory"].startswith("IVF") and got["item_count"] == 50_000
+    assert got["files"] == ref["files"]  # every file's checksum
+    TrainingIndex.load(tmp_path / "base")
+    assert not list(tmp_path.glob(".base.*"))
+
+
 def test_memlab_writes_the_clip_retrieval_layout_and_serves_it_with_the_same_answers(image_folder, tmp_path,
                                                                                       capsys):
     """An image index exported with --write-embeddings and rebuilt from those embeddings answers
@@ -269,3 +341,36 @@ def test_the_app_service_serves_an_embeddings_index_with_the_same_answers(tiny_w
         chunk = lab.generate_chunk("a colour field 3", [0, 1], "none", Settings(steps=2, guidance=5.0))
         results.append([[(m["id"], round(m["score"], 2)) for m in r["matches"][:3]] for r, _ in chunk])
     assert results[0] == results[1]
+
+
+def test_new_shards_are_embedded_on_ray_and_added_to_an_index(tmp_path):
+    """`index_builder add --shards`: a new webdataset shard, embedded with the index's descriptor on local
+    Ray, is added; the result equals the index built from all four shards' embeddings."""
+    pytest.importorskip("ray")
+    import shutil
+
+    from index_builder.embed import embed_shard
+    from memlab.index import TrainingIndex
+
+    shards = _shards(tmp_path / "shards")
+    for i in range(4):  # the reference embeddings, in this process
+        embed_shard(str(shards / f"{i:05d}.tar"), i, str(tmp_path / "all"), "pixel", {})
+    base = tmp_path / "base"
+    for sub in ("img_emb", "metadata"):
+        (base / sub).mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(tmp_path / "all" / "img_emb" / f"img_emb_{i}.npy", base / "img_emb")
+        shutil.copy(tmp_path / "all" / "metadata" / f"metadata_{i}.parquet", base / "metadata")
+    from index_builder.build import main as build
+
+    for src, out in ((tmp_path / "all", "ref"), (base, "idx")):
+        assert build(["--embeddings", str(src), "--descriptor", "pixel", "--out", str(tmp_path / out)]) == 0
+    r = subprocess.run([sys.executable, "-m", "index_builder", "add", "--index", str(tmp_path / "idx"),
+                        "--shards", str(shards / "00003.tar"), "--cpus", "1"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "added 50 items" in r.stderr, r.stderr[-2000:]
+    ref, idx = TrainingIndex.load(tmp_path / "ref"), TrainingIndex.load(tmp_path / "idx")
+    assert np.array_equal(np.asarray(ref.vectors()), np.asarray(idx.vectors()))
+    pd.testing.assert_frame_equal(ref.items, idx.items)
+    assert idx.items["id"].iloc[-1] == "000030049"
+    assert not list(tmp_path.glob(".idx.*"))  # the work folders (embeddings and addition) are gone

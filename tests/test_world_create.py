@@ -217,7 +217,7 @@ def test_a_space_style_start_serves_the_created_world_through_the_zerogpu_wrappe
                f"{lost['url']})" in head
         c.predict(verbatim, 2, ["rna"], 4, 0.1, api_name="/compare")
     calls = [json.loads(x) for x in log.read_text().splitlines()]
-    assert [x["fn"] for x in calls] == ["generate_chunk"] * 3 + ["compare"]
+    assert [x["fn"] for x in calls] == ["generate_chunk"] * 5  # 3 for the runs; Compare: a call a row (none, rna)
     # each call asked for the time its work needs (images x steps), and ran within it
     assert [x["duration"] for x in calls[:3]] == [gpu.duration(2, 3), gpu.duration(1, 3), gpu.duration(2, 3)]
     assert all(x["took"] <= x["duration"] for x in calls)

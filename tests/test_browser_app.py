@@ -1,0 +1,195 @@
+"""The app as an educator and a researcher use it (issue 14), in real Chromium: the headline's source,
+the Compare A/B grid (every row on the page, streamed, exported), seed counts out of range, export
+during a run, Match an image, verdicts at a phone's 420 px, and the guided lesson with its glossary.
+Screenshots go to MEMLAB_SCREENSHOT_DIR when it is set."""
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("playwright")
+from browser import app_page, chromium_path  # noqa: E402
+
+pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = ROOT / "assets" / "world"
+
+
+def _shot(tmp_path, name: str) -> Path:
+    return Path(os.environ.get("MEMLAB_SCREENSHOT_DIR", tmp_path)) / name
+
+
+def _wait_text(page, selector: str, text: str, timeout: int = 120_000):
+    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+                           arg=[selector, text], timeout=timeout)
+
+
+def _open_tab(page, name: str):
+    """Click a tab, through the "More tabs" menu when a narrow screen has moved it there."""
+    tab = page.get_by_role("tab", name=name)
+    if not tab.count():
+        page.get_by_role("button", name="More tabs").click()
+        tab = page.locator(".overflow-dropdown button", has_text=name)
+    tab.click()
+
+
+def _toast(page, text: str, timeout: int = 30_000):
+    page.wait_for_function("t => Array.from(document.querySelectorAll('.toast-body')).some(e => e.innerText.includes(t))",
+                           arg=text, timeout=timeout)
+
+
+def test_headline_names_its_source_and_seed_counts_out_of_range_get_a_message(tiny_world, tmp_path):
+    with app_page(tiny_world) as page:
+        page.get_by_label("Prompt").first.fill("a red ball on a table")
+        for bad in ("0", "100000"):  # never silently changed to 1 or 64
+            page.locator("#n-seeds input").fill(bad)
+            page.locator("#n-seeds input").press("Tab")
+            assert page.locator("#n-seeds input").input_value() == bad
+            page.locator("#generate-btn").click()
+            _toast(page, f"the number of seeds must be between 1 and 64 (got {int(bad):,})")
+            assert "Replication" not in page.locator("#headline").inner_text()
+        page.locator("#n-seeds input").fill("2")
+        page.locator("label:has-text('rna') input").first.check()
+        page.locator("#generate-btn").click()
+        _wait_text(page, "#headline", "of 2 seeds")
+        head = page.locator("#headline").inner_text()
+    assert "mitigation rna:k=4,seed=0 · 3 steps, guidance 5 · pixel > " in head and "threshold" in head
+
+
+def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_world, tmp_path):
+    """4 strategies x 8 seeds: the first row shows while the others are still pending (so before the last
+    strategy starts), all 32 pairs end on the page with no scrolling box around them, and the export holds
+    the whole comparison in `memlab run`'s JSONL format."""
+    with app_page(tiny_world, viewport=(1400, 1000)) as page:
+        _open_tab(page, "Compare mitigations")
+        page.locator("#compare-prompt textarea").fill("a red ball on a table")
+        page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-7")
+        page.get_by_text("Sampling").nth(1).click()  # (the tiny world is fast: more steps, so rows take a while)
+        page.locator("#compare-steps input[type=number]").fill("60")
+        page.locator("#compare-steps input[type=number]").press("Tab")
+        page.evaluate("""() => { window.firstRowPending = null;
+            new MutationObserver(() => {
+              const done = document.querySelectorAll('#grid .ab-row:not(.ab-head):not(.ab-pending)').length;
+              if (done && window.firstRowPending === null)
+                window.firstRowPending = document.querySelectorAll('#grid .ab-pending').length;
+            }).observe(document.body, {subtree: true, childList: true}); }""")
+        page.locator("#compare-btn").locator("xpath=ancestor::div[contains(@class,'column')][1]") \
+            .locator("label:has-text('cwr') input").check()
+        page.locator("#compare-btn").click()
+        page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 32", timeout=180_000)
+        _wait_text(page, "#compare-headline", "4 of 4 strategies on the same 8 seeds")
+        pending_at_first_row = page.evaluate("window.firstRowPending")
+        rows = page.locator("#grid .ab-row:not(.ab-head) .ab-label b").all_inner_texts()
+        boxed = page.evaluate("""() => Array.from(document.querySelectorAll('#grid figure.ab-cell img')).filter(img => {
+            for (let e = img.parentElement; e && e !== document.body; e = e.parentElement) {
+              const o = getComputedStyle(e).overflowY;
+              if ((o === 'auto' || o === 'scroll') && e.scrollHeight > e.clientHeight + 2) return true; }
+            return img.getBoundingClientRect().width < 60; }).length""")
+        titles = page.eval_on_selector_all("#grid .ab-label[title]", "els => els.map(e => e.title)")
+        page.screenshot(path=str(_shot(tmp_path, "compare-desktop.png")), full_page=True)
+        page.locator("#compare-export").click()
+        link = page.locator("#compare-export-file a[download='comparison.zip']")
+        link.wait_for(timeout=60_000)
+        with page.expect_download() as dl:
+            link.click()
+        path = tmp_path / "comparison.zip"
+        dl.value.save_as(path)
+    assert pending_at_first_row == 3, pending_at_first_row
+    assert rows == ["none", "rna k=4", "gni λ=0.1", "cwr k=4"] and boxed == 0
+    assert titles[1:] == ["rna:k=4,seed=0", "gni:lam=0.1,halves=both,seed=0", "cwr:k=4,seed=0"]  # full spec on hover
+    with zipfile.ZipFile(path) as z:
+        lines = [json.loads(x) for x in z.read("results.jsonl").splitlines()]
+    assert [x["type"] for x in lines].count("seed") == 32 and [x["type"] for x in lines].count("summary") == 4
+
+
+def test_an_export_during_a_run_is_labelled_partial(tiny_world, tmp_path):
+    with app_page(tiny_world) as page:
+        page.get_by_label("Prompt").first.fill("a red ball on a table")
+        page.locator("#n-seeds input").fill("64")
+        page.get_by_text("Sampling").first.click()
+        steps = page.get_by_label("number input for Steps")
+        steps.fill("40")
+        steps.press("Tab")
+        page.locator("#generate-btn").click()
+        page.locator("#pairs img").first.wait_for(timeout=120_000)
+        page.get_by_role("button", name="Export run (JSONL + images)").click()
+        page.locator("a[download='run-partial.zip']").wait_for(timeout=60_000)  # labelled partial
+        page.locator("#stop-btn").click()
+        _wait_text(page, "#headline", "seeds so far")
+
+
+def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_path):
+    from conftest import synthetic_images
+
+    img = tmp_path / "upload.png"
+    synthetic_images(30, size=16)[7].save(img)  # training item 7 of the tiny world
+    with app_page(tiny_world) as page:
+        _open_tab(page, "Match an image")
+        page.locator("#match-image input[type=file]").set_input_files(str(img))
+        page.locator("#match-image img").first.wait_for(timeout=30_000)
+        page.locator("#match-btn").click()
+        _wait_text(page, "#match-verdict", "top-1 training image #7", timeout=60_000)
+        assert "replicated" in page.locator("#match-verdict").inner_text()
+
+
+def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
+    """A phone: each pair spans the width and its caption (seed, verdict, score, training image) wraps
+    instead of being cut; the Compare grid wraps to two pairs a line."""
+    with app_page(tiny_world, viewport=(420, 900)) as page:
+        page.get_by_label("Prompt").first.fill("a red ball on a table")
+        page.locator("#n-seeds input").fill("4")
+        page.locator("#generate-btn").click()
+        page.wait_for_function("document.querySelectorAll('#pairs .caption-label').length >= 4", timeout=120_000)
+        page.wait_for_timeout(500)
+        caps = page.evaluate("""() => Array.from(document.querySelectorAll('#pairs .caption-label')).map(e => ({
+            text: e.innerText, cut: e.scrollWidth > e.clientWidth + 1, size: parseFloat(getComputedStyle(e).fontSize),
+            visible: e.getBoundingClientRect().height > 0}))""")
+        widths = page.eval_on_selector_all("#pairs .thumbnail-item img", "els => els.map(e => e.getBoundingClientRect().width)")
+        shot = _shot(tmp_path, "generate-phone.png")
+        page.screenshot(path=str(shot), full_page=True)
+        _open_tab(page, "Compare mitigations")
+        page.locator("#compare-prompt textarea").fill("a red ball on a table")
+        page.locator("#compare-btn").click()
+        page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 12", timeout=120_000)
+        cell_w = page.eval_on_selector_all("#grid figure.ab-cell", "els => els.map(e => e.getBoundingClientRect().width)")
+        page.screenshot(path=str(_shot(tmp_path, "compare-phone.png")), full_page=True)
+    assert len(caps) == 4 and all(("REPLICATED" in c["text"] or "novel" in c["text"]) and "seed" in c["text"]
+                                  for c in caps)
+    assert not any(c["cut"] for c in caps) and min(c["size"] for c in caps) >= 12 and all(c["visible"] for c in caps)
+    assert min(widths) >= 300  # a pair spans the phone's width
+    assert min(cell_w) >= 150  # two grid cells a line, not 4 thumbnails
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not (BUILTIN / "world.json").is_file(), reason="the built-in world is not built")
+def test_the_guided_lesson_and_its_glossary(tmp_path):
+    """The four steps on the built-in world: its most duplicated probe copies its training image, that
+    image's copies are shown, RNA lowers the replication on the same seeds, and a prompt seen once is
+    not copied; a word's glossary link lands on its definition."""
+    with app_page(BUILTIN, viewport=(1400, 1000)) as page:
+        _open_tab(page, "Lesson")
+        texts = []
+        for i in (1, 2, 3, 4):
+            page.locator(f"#lesson-{i}").click()
+            _wait_text(page, f"#lesson-{i}-text", "seeds")
+            if i == 3:
+                _wait_text(page, f"#lesson-{i}-text", "with RNA")
+            texts.append(page.locator(f"#lesson-{i}-text").inner_text())
+        copies_shown = page.locator("#lesson-copies img").count()
+        page.screenshot(path=str(_shot(tmp_path, "lesson-desktop.png")), full_page=True)
+        page.locator("#lesson-1-text a", has_text="threshold").click()
+        page.wait_for_timeout(500)
+        hash_, top = page.evaluate("location.hash"), page.locator("#g-threshold").bounding_box()["y"]
+        definition = page.locator("#glossary-text li", has_text="The score above which").inner_text()
+    import re
+
+    k1 = int(re.match(r"(\d+) of 8 seeds replicated", texts[0])[1])
+    m2 = re.search(r"top-1 match of (\d+) of 8 seeds. It has (\d+) copies in training", texts[1])
+    none_rate, rna_rate = map(float, re.search(r"Replication ([\d.]+)% without mitigation, ([\d.]+)% with RNA",
+                                                texts[2]).groups())
+    assert k1 >= 1 and int(m2[1]) >= 6 and int(m2[2]) >= 10 and copies_shown == int(m2[2])
+    assert rna_rate < none_rate
+    assert texts[3].startswith("0 of 8 seeds replicated")
+    assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
