@@ -46,11 +46,26 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def recover_swap(out: Path) -> None:
+    """Finish a replacement (``atomic_dir``) killed between its two renames: ``out`` is missing, the old
+    version was moved aside (``.out.old-*``), so the new one beside it (``.out.tmp-*``) is complete."""
+    out = Path(out)
+    olds = list(out.parent.glob(f".{out.name}.old-*"))
+    if out.exists() or not olds:
+        return
+    new = sorted(out.parent.glob(f".{out.name}.tmp-*"), key=lambda p: p.stat().st_mtime)
+    if new:
+        new[-1].rename(out)
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path):
     """Yield a hidden temporary folder beside ``out``; on success it replaces ``out`` by rename."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_swap(out)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a build that was killed: start over
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -292,6 +307,7 @@ class TrainingIndex:
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "TrainingIndex":
         path = Path(path)
+        recover_swap(path)
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise MemlabError(f"{path} is not a memlab index (no {MANIFEST}); build one with "

@@ -275,6 +275,9 @@ class OnDiskBuild:
             return np.arange(self.n)
         return np.sort(np.random.default_rng(self.seed + 1).choice(self.n, size=self.sample, replace=False))
 
+    def sample_note(self) -> str:
+        return f"seed {self.seed + 1}"
+
     def knn_pass(self, v: np.ndarray, index, rows: np.ndarray, name: str, offset: int = 0):
         """Each of ``rows``' k nearest rows of ``index`` (ids shifted by ``offset``), approximate candidates
         re-scored exactly from the float16 vectors; written block by block under ``knn/{name}``, so a
@@ -356,7 +359,7 @@ class OnDiskBuild:
             items.to_parquet(tmp / ITEMS, index=False, row_group_size=65536)
             neighbours = {"k": self.k, "rerank": self.rerank, "nprobe": self.nprobe, "seed": self.seed,
                           "queried": "all items" if len(rows) == self.n else f"a random sample of {len(rows)} items "
-                          f"(seed {self.seed + 1}); the others' backgrounds are NaN",
+                          f"({self.sample_note()}); the others' backgrounds are NaN",
                           "how": f"approximate top-{max(self.k, self.rerank)} from the index, re-scored exactly with "
                                  f"the float16 vectors"}
             entry = {**descriptor_identity(self.name), "dim": self.d,
@@ -455,6 +458,9 @@ class OnDiskAddition(OnDiskBuild):
             m = round(len(new) * len(base_rows) / self.n_base)
             new = np.sort(np.random.default_rng(self.seed + 2 + self.n_base).choice(new, size=m, replace=False))
         return np.concatenate([base_rows, new])
+
+    def sample_note(self) -> str:
+        return f"the base's sample, and the added rows at its fraction (seed {self.seed + 2 + self.n_base})"
 
     def neighbours(self, v: np.ndarray, index):
         faiss = _faiss()

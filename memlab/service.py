@@ -35,6 +35,7 @@ def probe_group_name(group: str) -> str:
 
 
 APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
+MAX_CHUNK = 16  # seeds per streamed chunk at most (one ZeroGPU call each: keeps a call under its time cap)
 
 # What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
 # silently changed value.
@@ -224,10 +225,12 @@ class Lab:
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
-                        descriptor: str | None = None, chunk_fn=None) -> Iterator[RunState]:
-        """Generate and match ``chunk`` seeds at a time; yield the growing run after each chunk.
-        ``chunk_fn(prompt, seeds, strategy, settings, descriptor)`` does one chunk (default
-        ``generate_chunk``; the app passes the GPU host's, ``memlab.gpu``)."""
+                        descriptor: str | None = None, chunk_fn=None, grow: int = 1) -> Iterator[RunState]:
+        """Generate and match the seeds in chunks, yielding the growing run after each: the first ``chunk``
+        seeds, then chunks ``grow`` times larger each time, up to ``MAX_CHUNK`` (``grow=2``: the first
+        pair early, then few large batches, so streaming costs little over one batch). ``chunk_fn(prompt,
+        seeds, strategy, settings, descriptor)`` does one chunk (default ``generate_chunk``; the app passes
+        the GPU host's, ``memlab.gpu``)."""
         gen = self.generator
         prompt, warning = check_prompt(prompt, gen.tokenizer)
         settings = settings or self.settings()
@@ -236,8 +239,10 @@ class Lab:
         thr = self.threshold(desc.name)
         total = len(seeds)
         run_chunk = chunk_fn or (lambda p, part, st, se, d: self.generate_chunk(p, part, st, se, d))
-        for i in range(0, total, chunk):
-            part = list(seeds[i:i + chunk])
+        i, size = 0, chunk
+        while i < total:
+            part = list(seeds[i:i + size])
+            i, size = i + len(part), min(size * grow, MAX_CHUNK)
             for r, im in run_chunk(prompt, part, strategy, settings, desc.name):
                 state.records.append(r)
                 state.images.append(im)
@@ -247,7 +252,7 @@ class Lab:
                             "descriptor": last["descriptor"], "seeds": [r["seed"] for r in state.records]})
             state.summaries = [summary]
             if progress:
-                progress(min(i + chunk, total), total)
+                progress(i, total)
             yield state
 
     def generate_chunk(self, prompt: str, seeds: Sequence[int], strategy: str, settings: Settings,

@@ -1011,15 +1011,16 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
 
 
 def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
-    """Seeds two at a time; on a GPU host (ZeroGPU) each chunk is one call with plain arguments and a
-    duration for its work (``memlab.gpu``)."""
+    """The first two seeds, then chunks twice as large (2, 4, 8, 16, 16, ...): the first pair early, few
+    updates after it; on a GPU host (ZeroGPU) each chunk is one call with plain arguments and a duration
+    for its work (``memlab.gpu``)."""
     key = gpu.register(lab)
 
     def on_host(p, part, strategy, st, d):
         return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
     chunk_fn = on_host if gpu.ON_HOST else None
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, progress=progress, descriptor=descriptor,
-                                   chunk_fn=chunk_fn)
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, grow=2, progress=progress,
+                                   descriptor=descriptor, chunk_fn=chunk_fn)
 
 
 def run_compare(lab: Lab, prompt, seeds, specs, settings, progress):

@@ -133,6 +133,9 @@ def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
     for state in lab.generate_stream("a cat", [0, 1], "none", lab.settings(2, 5.0)):
         pass
     assert state.finished and "so far" not in headline(lab, state)
+    sizes = [len(s.records) for s in lab.generate_stream("a cat", list(range(11)), "none", lab.settings(2, 5.0),
+                                                          chunk=2, grow=2)]
+    assert sizes == [2, 6, 11]  # the first pair, then chunks twice as large (4, then the last 3)
     with zipfile.ZipFile(Lab.export(state, tmp_path / "run.zip")) as z:
         assert "partial" not in json.loads(z.read("results.jsonl").decode().splitlines()[-1])
 

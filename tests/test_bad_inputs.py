@@ -200,7 +200,7 @@ def _cli_cases(root, world, images):
     (root / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")  # (never fetched: each case fails first)
     (root / "prompts.txt").write_text("a prompt\nanother prompt\n")
     (root / "binary.tar").write_bytes(bytes(range(256)) * 64)
-    m, ib, cl, dl = "memlab", "index_builder", "clusters", "download"
+    m, ib, cl, dl, ad, em = "memlab", "index_builder", "clusters", "download", "add", "embed"
     r = str(root)
     o = ["--out", f"{root}/r.jsonl"]
     return [
@@ -278,6 +278,15 @@ def _cli_cases(root, world, images):
         (cl, ["--world", w, "--keywords", " , "], "no keywords"),
         (cl, ["--world", w, "--keywords-file", f"{r}/nonexistent.txt"], "does not exist"),
         (cl, ["--world", w, "--keywords", "a", "--threshold", "nan"], "--threshold"),
+        (ad, ["--index", f"{r}/empty", "--embeddings", f"{r}/empty"], "not a memlab index"),
+        (ad, ["--index", w + "/index", "--embeddings", f"{r}/empty"], "was not built from embeddings"),
+        (ad, ["--index", w + "/index"], "one of the arguments --embeddings --shards is required"),
+        (ad, ["--index", w + "/index", "--embeddings", f"{r}/empty", "--block-rows", "0"],
+         "--block-rows must be at least 1"),
+        (em, ["--shards", f"{r}/empty", "--descriptor", "pixel", "--out", f"{r}/e"], "no .tar shards"),
+        (em, ["--shards", f"{r}/nonexistent.tar", "--descriptor", "pixel", "--out", f"{r}/e"], "does not exist"),
+        (em, ["--shards", f"{r}/binary.tar", "--descriptor", "nosuch", "--out", f"{r}/e"],
+         "unknown descriptor 'nosuch'"),
     ]
 
 
@@ -292,8 +301,11 @@ def test_cli_sweep_every_verb(tiny_world, image_folder, tmp_path, capsys):
 
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world)
+    from index_builder.add import main as add_main
+    from index_builder.embed import main as embed_main
+
     progs = {"memlab": memlab_main, "index_builder": build_main, "clusters": clusters_main,
-             "download": download_main}
+             "download": download_main, "add": add_main, "embed": embed_main}
     wrong = []
     cases = _cli_cases(tmp_path / "bad", world, image_folder)
     for prog, argv, expect in cases:

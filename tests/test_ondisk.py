@@ -374,3 +374,19 @@ def test_new_shards_are_embedded_on_ray_and_added_to_an_index(tmp_path):
     pd.testing.assert_frame_equal(ref.items, idx.items)
     assert idx.items["id"].iloc[-1] == "000030049"
     assert not list(tmp_path.glob(".idx.*"))  # the work folders (embeddings and addition) are gone
+
+
+def test_a_replacement_killed_between_its_renames_is_finished_on_the_next_load(emb, tmp_path):
+    """atomic_dir moves the old index aside, then the new one in: a kill between the two leaves no index
+    at the path; the next load (or build) finishes the swap instead of failing."""
+    import shutil
+
+    from memlab.index import TrainingIndex
+
+    src, _ = emb
+    _build(src, tmp_path / "idx")
+    want = (tmp_path / "idx" / "manifest.json").read_text()
+    shutil.copytree(tmp_path / "idx", tmp_path / ".idx.tmp-0000aaaa")  # the complete new version
+    (tmp_path / "idx").rename(tmp_path / ".idx.old-0000bbbb")  # ... killed here
+    assert TrainingIndex.load(tmp_path / "idx").manifest["item_count"] == 6000
+    assert (tmp_path / "idx" / "manifest.json").read_text() == want and not list(tmp_path.glob(".idx.*"))
