@@ -285,6 +285,9 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
+SMALL_ITEMS = 200_000  # up to here the item table is read whole on first lookup; above, row group by row group
+
+
 class TrainingIndex:
     """A loaded index directory. ``search`` returns exact scores (re-ranked when approximate)."""
 
@@ -452,6 +455,17 @@ class TrainingIndex:
         return f.read_row_group(g).slice(int(row) - int(self._rowgroups[g]), 1).to_pandas().iloc[0]
 
     def item(self, row: int) -> dict:
+        if self._items is None and self.manifest["item_count"] <= SMALL_ITEMS:
+            self.items  # a small table is read whole once: a row-group read per match costs ~2.5 ms
+        if self._items is not None:  # the loaded table, read through its columns as arrays (a pandas row
+            if getattr(self, "_cols_of", None) is not self._items:  # lookup a match costs ~1 ms; the app makes
+                n = len(self._items)                                  # 50 a seed)
+                self._cols_of = self._items
+                self._cols = {k: (self._items[k].to_numpy() if k in self._items else np.array([""] * n, object))
+                              for k in ("id", "file", "caption", "duplicates", "group")}
+            c, i = self._cols, int(row)
+            return {"id": _py(c["id"][i]), "file": str(c["file"][i]), "caption": str(c["caption"][i]),
+                    "duplicates": int(c["duplicates"][i]), "group": int(c["group"][i])}
         r = self._row(row)
         return {"id": _py(r["id"]), "file": str(r["file"]), "caption": str(r.get("caption", "")),
                 "duplicates": int(r["duplicates"]), "group": int(r["group"])}

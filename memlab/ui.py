@@ -466,13 +466,19 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
             lab.get_descriptor(descriptor)  # an unknown name is refused before any work
             prompt, _ = lab.check_prompt(prompt)
             progress(0, desc="starting")
-            near = lab.closest_captions(prompt)
-            near = id_table(near, "text similarity")
+            near = None
             pairs = []  # built once per seed as seeds stream in
             for state in run_generation(lab, prompt, seeds, spec, settings,
                                         lambda d, t: progress((d, t), desc="seeds"), descriptor):
                 pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
                            _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
+                first = near is None and not state.finished  # the first pair as early as it can be: the
+                if first:  # plots and the caption search come with the next update (each redraw costs the page)
+                    yield state, headline(lab, state), pairs, seed_table(state), gr.skip(), gr.skip(), gr.skip()
+                    near = id_table(lab.closest_captions(prompt), "text similarity")
+                    continue
+                if near is None:
+                    near = id_table(lab.closest_captions(prompt), "text similarity")
                 yield (state, headline(lab, state), pairs, seed_table(state),
                        histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near,
                        seed_scores_chart(lab, state, descriptor))
@@ -1011,15 +1017,15 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
 
 
 def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
-    """The first two seeds, then chunks twice as large (2, 4, 8, 16, 16, ...): the first pair early, few
-    updates after it; on a GPU host (ZeroGPU) each chunk is one call with plain arguments and a duration
-    for its work (``memlab.gpu``)."""
+    """The first two seeds, then chunks of 16 (2, 16, 16, ...): the first pair early, then as few batches
+    as the GPU host's time cap allows (a small batch costs more per image); on a GPU host (ZeroGPU) each
+    chunk is one call with plain arguments and a duration for its work (``memlab.gpu``)."""
     key = gpu.register(lab)
 
     def on_host(p, part, strategy, st, d):
         return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
     chunk_fn = on_host if gpu.ON_HOST else None
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, grow=2, progress=progress,
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, grow=8, progress=progress,
                                    descriptor=descriptor, chunk_fn=chunk_fn)
 
 
