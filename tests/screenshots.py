@@ -47,12 +47,11 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
     shot("generate", f"8 seeds of “{prompt}”: headline with its source, pairs with verdicts, top-k of seed 0, "
                      f"score per seed, table, histogram over the background")
     _tab(page, "Lesson")
+    done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated"}
     for i in (1, 2, 3, 4):
         page.locator(f"#lesson-{i}").click()
-        page.wait_for_function(f"(document.querySelector('#lesson-{i}-text').innerText || '').includes('seeds')",
+        page.wait_for_function(f"(document.querySelector('#lesson-{i}-text').innerText || '').includes('{done[i]}')",
                                timeout=300_000)
-    page.wait_for_function("(document.querySelector('#lesson-3-text').innerText || '').includes('with RNA')",
-                           timeout=300_000)
     shot("lesson", "the four steps run: copies, the copied image's duplicates, RNA on the same seeds, a unique prompt")
     _tab(page, "Compare mitigations")
     page.locator("#compare-prompt textarea").fill(prompt)
