@@ -298,10 +298,10 @@ class OnDiskBuild:
             cand = np.where(cand >= 0, cand + offset, -1)
             ids, sc = rerank_exact(v, q, cand, r, self.k)
             _atomic_save(f, lambda t, ids=ids, sc=sc: _savez(t, ids=ids, scores=sc))
-        if not nb:
-            return np.zeros((0, self.k), np.int64), np.zeros((0, self.k), np.float32)
-        ids = np.concatenate([np.load(knn / f"{name}{b:05d}.npz")["ids"] for b in range(nb)])
-        scores = np.concatenate([np.load(knn / f"{name}{b:05d}.npz")["scores"] for b in range(nb)])
+        ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
+        for b in range(nb):  # filled block by block (no list of blocks beside the whole)
+            with np.load(knn / f"{name}{b:05d}.npz") as z:
+                ids[b * self.block:(b + 1) * self.block], scores[b * self.block:(b + 1) * self.block] = z["ids"], z["scores"]
         return ids, scores
 
     def neighbours(self, v: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -466,7 +466,7 @@ class OnDiskAddition(OnDiskBuild):
         faiss = _faiss()
         rows = self.query_rows()
         with np.load(self.base.path / f"{self.name}.knn.npz") as z:
-            base_rows, base_ids, base_sc = z["rows"], z["ids"], z["scores"]
+            base_rows = z["rows"]
         new_rows = rows[len(base_rows):]
         ids_new, sc_new = self.knn_pass(v, index, new_rows, "new")
         # the base rows' nearest new rows, searched in an index of the new rows alone (same codec)
@@ -476,14 +476,19 @@ class OnDiskAddition(OnDiskBuild):
             _drop(v)
         ids_up, sc_up = self.knn_pass(v, only, base_rows, "base", offset=self.first)
         del only
-        for s in range(0, len(base_rows), self.block):  # each base row keeps its best k of old and new, in place
-            ids_all = np.concatenate([base_ids[s:s + self.block], ids_up[s:s + self.block]], axis=1)
-            sc_all = np.concatenate([base_sc[s:s + self.block], sc_up[s:s + self.block]], axis=1)
-            order = np.argsort(-sc_all, axis=1, kind="stable")[:, :self.k]
-            base_ids[s:s + self.block] = np.take_along_axis(ids_all, order, 1)
-            base_sc[s:s + self.block] = np.take_along_axis(sc_all, order, 1)
-        del ids_up, sc_up
-        return rows, np.concatenate([base_ids, ids_new]), np.concatenate([base_sc, sc_new])
+        ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
+        ids[len(base_rows):], scores[len(base_rows):] = ids_new, sc_new
+        del ids_new, sc_new
+        with np.load(self.base.path / f"{self.name}.knn.npz") as z:
+            base_ids, base_sc = z["ids"], z["scores"]
+            for s in range(0, len(base_rows), self.block):  # each base row keeps its best k of old and new
+                e = min(s + self.block, len(base_rows))
+                ids_all = np.concatenate([base_ids[s:e], ids_up[s:e]], axis=1)
+                sc_all = np.concatenate([base_sc[s:e], sc_up[s:e]], axis=1)
+                order = np.argsort(-sc_all, axis=1, kind="stable")[:, :self.k]
+                ids[s:e] = np.take_along_axis(ids_all, order, 1)
+                scores[s:e] = np.take_along_axis(sc_all, order, 1)
+        return rows, ids, scores
 
     def metadata(self) -> pd.DataFrame:
         base = self.base.items.drop(columns=["group", "duplicates", "representative"], errors="ignore")

@@ -817,7 +817,7 @@ def match_tab(lab: Lab) -> None:
             q, d = res["queries"][0], res["descriptor"]
             verdict = "**replicated**" if q["replicated"] else "not replicated"
             md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
-                  f"threshold {q['threshold']:.3f} · {lab.descriptor_label(d['name'])} · "
+                  f"{lab.descriptor_label(d['name'])} · "
                   f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}")
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
