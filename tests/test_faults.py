@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import killed_until_done
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -138,26 +139,6 @@ def _timed(cmd) -> float:
     return time.perf_counter() - t0
 
 
-def _killed_until_done(cmd, kill_after: list[float], timeout: float = 600) -> int:
-    """Run ``cmd``; SIGKILL it after each delay in turn (restarting it), then let it finish. Returns
-    how many kills landed while it was running."""
-    landed = 0
-    for delay in kill_after + [None]:
-        p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            p.wait(timeout if delay is None else delay)
-        except subprocess.TimeoutExpired:
-            if delay is None:
-                p.kill()
-                raise
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            landed += 1
-            continue
-        assert p.returncode == 0 or delay is not None, cmd
-    return landed
-
-
 def test_an_index_build_killed_at_random_points_resumes_to_the_same_index(image_folder, tmp_path):
     from memlab.index import TrainingIndex
 
@@ -165,8 +146,8 @@ def test_an_index_build_killed_at_random_points_resumes_to_the_same_index(image_
            "--descriptor", "pixel,pixel-tiled"]
     took = _timed(cmd + ["--out", str(tmp_path / "ref")])
     rng = random.Random(0)
-    landed = _killed_until_done(cmd + ["--out", str(tmp_path / "idx")],
-                                [rng.uniform(0.3, 0.95) * took for _ in range(3)])
+    landed = killed_until_done(cmd + ["--out", str(tmp_path / "idx")],
+                                [rng.uniform(0.3, 0.95) * took for _ in range(3)], ENV)
     assert landed >= 1
     assert _files(tmp_path / "ref", ["."]) == _files(tmp_path / "idx", ["."])
     TrainingIndex.load(tmp_path / "idx")  # checksums hold
@@ -180,8 +161,8 @@ def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_pat
            "--batch-size", "4", "--no-eval", "--ground-truth-items", "0", "--eval-seeds", "1"]
     took = _timed(cmd + ["--out", str(tmp_path / "ref")])
     rng = random.Random(1)
-    landed = _killed_until_done(cmd + ["--out", str(tmp_path / "w")],
-                                [rng.uniform(0.2, 0.9) * took for _ in range(3)])
+    landed = killed_until_done(cmd + ["--out", str(tmp_path / "w")],
+                                [rng.uniform(0.2, 0.9) * took for _ in range(3)], ENV)
     assert landed >= 1
     ref, got = _files(tmp_path / "ref"), _files(tmp_path / "w")
     assert sorted(ref) == sorted(got)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from procs import killed_until_done
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -97,19 +98,9 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     r = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     took = time.perf_counter() - t0
-    rng = random.Random(0)
-    landed = 0
-    for delay in [rng.uniform(0.1, 0.2) * took for _ in range(5)] + [None]:  # 5 kills, each mid-build
-        p = subprocess.Popen(cmd + ["--out", str(tmp_path / "idx")], cwd=ROOT, env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            p.wait(600 if delay is None else delay)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            landed += 1
-            continue
-        assert p.returncode == 0 or delay is not None
+    rng = random.Random(0)  # 5 kills, each mid-build
+    landed = killed_until_done(cmd + ["--out", str(tmp_path / "idx")],
+                               [rng.uniform(0.1, 0.2) * took for _ in range(5)], ENV)
     assert landed == 5
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "idx" / "manifest.json").read_text())
@@ -169,19 +160,8 @@ def test_a_killed_addition_resumes_to_the_same_index(tmp_path):
     r = subprocess.run(cmd + [str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     took = time.perf_counter() - t0
-    rng = random.Random(1)
-    landed = 0
-    for delay in [rng.uniform(0.15, 0.3) * took for _ in range(3)] + [None]:  # 3 kills, each mid-addition
-        p = subprocess.Popen(cmd + [str(tmp_path / "base")], cwd=ROOT, env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            p.wait(600 if delay is None else delay)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            landed += 1
-            continue
-        assert p.returncode == 0 or delay is not None
+    rng = random.Random(1)  # 3 kills, each mid-addition
+    landed = killed_until_done(cmd + [str(tmp_path / "base")], [rng.uniform(0.15, 0.3) * took for _ in range(3)], ENV)
     assert landed == 3
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "base" / "manifest.json").read_text())
