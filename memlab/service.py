@@ -35,7 +35,7 @@ def probe_group_name(group: str) -> str:
 
 
 APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
-MAX_CHUNK = 16  # seeds per streamed chunk at most (one ZeroGPU call each: keeps a call under its time cap)
+MAX_CHUNK = 8  # seeds per streamed chunk at most (Stop waits for the chunk in flight; on ZeroGPU, one call each)
 
 # What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
 # silently changed value.

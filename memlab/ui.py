@@ -1017,15 +1017,16 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
 
 
 def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
-    """The first two seeds, then chunks of 16 (2, 16, 16, ...): the first pair early, then as few batches
-    as the GPU host's time cap allows (a small batch costs more per image); on a GPU host (ZeroGPU) each
-    chunk is one call with plain arguments and a duration for its work (``memlab.gpu``)."""
+    """The first two seeds, then chunks twice as large up to 8 (2, 4, 8, 8, ...): the first pair early,
+    fewer batches after it (a small batch costs more per image), and Stop, which ends a run after the
+    chunk in flight, still prompt; on a GPU host (ZeroGPU) each chunk is one call with plain arguments
+    and a duration for its work (``memlab.gpu``)."""
     key = gpu.register(lab)
 
     def on_host(p, part, strategy, st, d):
         return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
     chunk_fn = on_host if gpu.ON_HOST else None
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, grow=8, progress=progress,
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, grow=2, progress=progress,
                                    descriptor=descriptor, chunk_fn=chunk_fn)
 
 
