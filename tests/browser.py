@@ -65,6 +65,15 @@ def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = ()
         log.close()
 
 
+def open_tab(page, name: str) -> None:
+    """Click a tab of the app, through the "More tabs" menu when a narrow screen has moved it there."""
+    tab = page.get_by_role("tab", name=name)
+    if not tab.count():
+        page.get_by_role("button", name="More tabs").click()
+        tab = page.locator(".overflow-dropdown button", has_text=name)
+    tab.click()
+
+
 @contextmanager
 def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict | None = None,
              ready: str = "#generate-btn", timeout_ms: int = 120_000):

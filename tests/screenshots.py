@@ -16,17 +16,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def _tab(page, name: str):
-    tab = page.get_by_role("tab", name=name)
-    if not tab.count():  # a narrow screen moves later tabs into the "More tabs" menu
-        page.get_by_role("button", name="More tabs").click()
-        tab = page.locator(".overflow-dropdown button", has_text=name)
-    tab.click()
-
-
 def tour(page, world, out: Path, suffix: str) -> list[str]:
     """Visit each tab, act, screenshot; returns a line per screenshot."""
     import pandas as pd
+
+    from browser import open_tab
 
     probes = pd.read_csv(world.file("probes")) if world.file("probes") else pd.DataFrame({"prompt": ["a red ball"]})
     prompt = probes["prompt"].iloc[0]
@@ -47,20 +41,20 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
     page.locator("#topk img").first.wait_for(timeout=60_000)
     shot("generate", f"8 seeds of “{prompt}”: headline with its source, pairs with verdicts, top-k of seed 0, "
                      f"score per seed, table, histogram over the background")
-    _tab(page, "Lesson")
+    open_tab(page, "Lesson")
     done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated"}
     for i in (1, 2, 3, 4):
         page.locator(f"#lesson-{i}").click()
         page.wait_for_function(f"(document.querySelector('#lesson-{i}-text').innerText || '').includes('{done[i]}')",
                                timeout=300_000)
     shot("lesson", "the four steps run: copies, the copied image's duplicates, RNA on the same seeds, a unique prompt")
-    _tab(page, "Compare mitigations")
+    open_tab(page, "Compare mitigations")
     page.locator("#compare-prompt textarea").fill(prompt)
     page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-7")
     page.locator("#compare-btn").click()
     page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 24", timeout=300_000)
     shot("compare", "A/B grid: none, rna k=4, gni λ=0.1 on seeds 0-7; charts and table")
-    _tab(page, "Match an image")
+    open_tab(page, "Match an image")
     first = world.index().image_path(0)
     if first is not None:
         page.locator("#match-image input[type=file]").set_input_files(str(first))
@@ -69,17 +63,17 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
         page.wait_for_function("(document.querySelector('#match-verdict').innerText || '').includes('Top-1')",
                                timeout=60_000)
     shot("match", "training image 0 uploaded: its nearest training images, scores, verdict")
-    _tab(page, "Training set")
+    open_tab(page, "Training set")
     page.get_by_label("Search captions").fill(prompt.split()[1] if len(prompt.split()) > 1 else prompt)
     page.get_by_role("button", name="Search", exact=True).click()
     page.wait_for_timeout(2000)
     shot("training-set", "a caption search and the near-duplicate groups")
-    _tab(page, "Keyword clusters")
+    open_tab(page, "Keyword clusters")
     if page.locator("#kw-btn").count():
         page.locator("#kw-btn").click()
         page.wait_for_timeout(3000)
     shot("keywords", "the first prebuilt keyword view: summary, cluster sizes, table, thumbnails")
-    _tab(page, "About this world")
+    open_tab(page, "About this world")
     shot("about", "the world's card and the papers")
     return said
 

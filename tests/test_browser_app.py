@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-from browser import app_page, chromium_path  # noqa: E402
+from browser import app_page, chromium_path, open_tab  # noqa: E402
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,15 +24,6 @@ def _shot(tmp_path, name: str) -> Path:
 def _wait_text(page, selector: str, text: str, timeout: int = 120_000):
     page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
                            arg=[selector, text], timeout=timeout)
-
-
-def _open_tab(page, name: str):
-    """Click a tab, through the "More tabs" menu when a narrow screen has moved it there."""
-    tab = page.get_by_role("tab", name=name)
-    if not tab.count():
-        page.get_by_role("button", name="More tabs").click()
-        tab = page.locator(".overflow-dropdown button", has_text=name)
-    tab.click()
 
 
 def _toast(page, text: str, timeout: int = 30_000):
@@ -63,7 +54,7 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
     strategy starts), all 32 pairs end on the page with no scrolling box around them, and the export holds
     the whole comparison in `memlab run`'s JSONL format."""
     with app_page(tiny_world, viewport=(1400, 1000)) as page:
-        _open_tab(page, "Compare mitigations")
+        open_tab(page, "Compare mitigations")
         page.locator("#compare-prompt textarea").fill("a red ball on a table")
         page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-7")
         page.get_by_text("Sampling").nth(1).click()  # (the tiny world is fast: more steps, so rows take a while)
@@ -126,7 +117,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
     img = tmp_path / "upload.png"
     synthetic_images(30, size=16)[7].save(img)  # training item 7 of the tiny world
     with app_page(tiny_world) as page:
-        _open_tab(page, "Match an image")
+        open_tab(page, "Match an image")
         page.locator("#match-image input[type=file]").set_input_files(str(img))
         page.locator("#match-image img").first.wait_for(timeout=30_000)
         page.locator("#match-btn").click()
@@ -149,7 +140,7 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
         widths = page.eval_on_selector_all("#pairs .thumbnail-item img", "els => els.map(e => e.getBoundingClientRect().width)")
         shot = _shot(tmp_path, "generate-phone.png")
         page.screenshot(path=str(shot), full_page=True)
-        _open_tab(page, "Compare mitigations")
+        open_tab(page, "Compare mitigations")
         page.locator("#compare-prompt textarea").fill("a red ball on a table")
         page.locator("#compare-btn").click()
         page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 12", timeout=120_000)
@@ -169,7 +160,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     image's copies are shown, RNA lowers the replication on the same seeds, and a prompt seen once is
     not copied; a word's glossary link lands on its definition."""
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
-        _open_tab(page, "Lesson")
+        open_tab(page, "Lesson")
         texts = []
         done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated"}
         for i in (1, 2, 3, 4):  # (while a step runs, its text box shows the progress bar's text)
