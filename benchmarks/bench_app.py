@@ -41,19 +41,25 @@ def rss_mib(pid: int) -> float:
 
 
 def time_run_prompt(world, prompt: str, n: int) -> float:
-    """Median wall time of ``run_prompt`` for seeds 0..n-1 on the world (model loaded and warmed first)."""
+    """Median wall time of ``run_prompt`` for seeds 0..n-1 on the world, loaded as ``memlab run`` loads it
+    (every model call on this one thread; no ``Lab``, whose calls run on a thread of their own), with
+    the app's number of matches per seed; model loaded and warmed first."""
     import numpy as np
 
+    from memlab.generate import Settings
+    from memlab.match import descriptor_for_index
     from memlab.runner import run_prompt
-    from memlab.service import Lab
+    from memlab.service import APP_MATCHES
 
-    lab = Lab(world)
-    st = lab.settings()
-    run_prompt(lab.generator, lab.index, lab.descriptor, prompt, [0, 1], ["none"], st)  # warm-up
+    index = world.index()
+    descriptor = descriptor_for_index(index)
+    gen = world.generator()
+    st = Settings(steps=int(world.defaults["steps"]), guidance=float(world.defaults["guidance"]))
+    run_prompt(gen, index, descriptor, prompt, [0, 1], ["none"], st, k=APP_MATCHES)  # warm-up
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        run_prompt(lab.generator, lab.index, lab.descriptor, prompt, list(range(n)), ["none"], st)
+        run_prompt(gen, index, descriptor, prompt, list(range(n)), ["none"], st, k=APP_MATCHES)
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 

@@ -1,6 +1,7 @@
 """What the app asks of the library, without any UI code: a ``Lab`` over one world that generates and
 matches in streamed batches, compares mitigations on the same seeds, searches the training set and
-exports runs in the ``memlab run`` format. Thread-safe: the generator serializes pipeline calls.
+exports runs in the ``memlab run`` format. Thread-safe: model calls run one at a time on one thread
+(``memlab.compute``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import MAX_PROMPT_CHARS, Settings, check_prompt, parse_seeds
 from .match import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, descriptor_for_index, load_image, match_images
@@ -119,6 +121,10 @@ class RunState:
 
 
 class Lab:
+    """The app's service over one world. Every method that runs a model (loading included) runs on one
+    thread (``memlab.compute``): a server's many threads would each start their own OpenMP team."""
+
+    @on_compute_thread
     def __init__(self, world: World, device: str | None = None):
         self.world = world
         self.index = world.index()
@@ -132,6 +138,7 @@ class Lab:
 
     # ------------------------------------------------------------------------------ basics
     @property
+    @on_compute_thread
     def generator(self):
         if self._gen is None:
             self._gen = self.world.generator(device=self.device)
@@ -143,6 +150,7 @@ class Lab:
         names = self.index.descriptor_names
         return [self.descriptor.name] + [n for n in names if n != self.descriptor.name]
 
+    @on_compute_thread
     def get_descriptor(self, name: str | None = None):
         """A descriptor of the index (built once, with the config the index was built with)."""
         name = name or self.descriptor.name
@@ -225,10 +233,10 @@ class Lab:
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
-                        descriptor: str | None = None, chunk_fn=None, grow: int = 1) -> Iterator[RunState]:
+                        descriptor: str | None = None, chunk_fn=None, then: int | None = None) -> Iterator[RunState]:
         """Generate and match the seeds in chunks, yielding the growing run after each: the first ``chunk``
-        seeds, then chunks ``grow`` times larger each time, up to ``MAX_CHUNK`` (``grow=2``: the first
-        pair early, then few large batches, so streaming costs little over one batch). ``chunk_fn(prompt,
+        seeds, then chunks of ``then`` (default ``chunk``; the app: the first pair early, then chunks of
+        ``MAX_CHUNK``, as few batches as Stop allows, since each batch has a fixed cost). ``chunk_fn(prompt,
         seeds, strategy, settings, descriptor)`` does one chunk (default ``generate_chunk``; the app passes
         the GPU host's, ``memlab.gpu``)."""
         gen = self.generator
@@ -242,7 +250,7 @@ class Lab:
         i, size = 0, chunk
         while i < total:
             part = list(seeds[i:i + size])
-            i, size = i + len(part), min(size * grow, MAX_CHUNK)
+            i, size = i + len(part), then or chunk
             for r, im in run_chunk(prompt, part, strategy, settings, desc.name):
                 state.records.append(r)
                 state.images.append(im)
@@ -255,6 +263,7 @@ class Lab:
                 progress(i, total)
             yield state
 
+    @on_compute_thread
     def generate_chunk(self, prompt: str, seeds: Sequence[int], strategy: str, settings: Settings,
                        descriptor: str | None = None) -> list:
         """Generate and match ``seeds``: [(seed record, PIL image)] in seed order."""
@@ -330,12 +339,14 @@ class Lab:
                 progress((j + 1) * len(seeds), len(strategies) * len(seeds))
             yield state
 
+    @on_compute_thread
     def token_attribution(self, prompt: str, seeds: Sequence[int], settings: Settings | None = None) -> list[dict]:
         """Wen et al.'s per-token attribution of the prompt (first step, the first 4 seeds)."""
         gen = self.generator
         prompt, _ = check_prompt(prompt, gen.tokenizer)
         return gen.token_attribution(prompt, seeds=list(seeds)[:4], settings=settings or self.settings())
 
+    @on_compute_thread
     def match_image(self, path, k: int = 5, descriptor: str | None = None) -> dict:
         """An uploaded image against the training set (the ``memlab match`` result for one image); the
         file is checked against the byte and pixel caps before it is decoded."""
@@ -409,6 +420,7 @@ class Lab:
     def text_source(self) -> str:
         return self._text_embedder()[1]
 
+    @on_compute_thread
     def closest_captions(self, prompt: str, k: int = 5) -> pd.DataFrame:
         """The training captions nearest to a prompt by text embedding, with their similarity."""
         items = self.index.items
@@ -438,6 +450,7 @@ class Lab:
             views.update(load_views(folder))
         return views
 
+    @on_compute_thread
     def keyword_view(self, keyword: str, threshold: float | None = None, objects: Sequence[str] = ()) -> dict:
         """A prebuilt view, or computed now (and kept in memory) for a new keyword."""
         from .keywords import keyword_view

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from . import gpu
 from .errors import MemlabError
 from .mitigations import MITIGATIONS
-from .service import APP_MAX_SEEDS, LIMITS, Lab, RunState, collapse_matches, number, probe_group_name, text
+from .service import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, Lab, RunState, collapse_matches, number, probe_group_name, text
 
 log = logging.getLogger("memlab.app")
 
@@ -350,12 +350,13 @@ def build_app(labs) -> gr.Blocks:
     return demo
 
 
-def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api: str, cleared: tuple):
+def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api: str, cleared: tuple, progress_on=None):
     """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
     refused, its message never stands over the previous request's results. The API event (``api``) is
-    ``fn`` alone. Returns that event (Stop cancels it)."""
+    ``fn`` alone. Returns that event (Stop cancels it). ``progress_on``: the one output that shows the
+    progress bar (default all of them)."""
     clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
-    return clear.then(fn, inputs, outputs, api_name=_api(api))
+    return clear.then(fn, inputs, outputs, api_name=_api(api), show_progress_on=progress_on)
 
 
 def page_slug(name: str, taken=()) -> str:
@@ -486,7 +487,7 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
         gen_event = run_button(go_btn, generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
                                                   desc_choice],
                                [run_state, headline_md, gallery, table, plot, closest, seed_plot], "generate",
-                               cleared=(None, "", [], None, empty_hist, None, None))
+                               cleared=(None, "", [], None, empty_hist, None, None), progress_on=[gallery])
         # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
         stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
 
@@ -986,8 +987,12 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 
 # The page's own CSS: on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
 # full width and their captions (seed, verdict, score, training image) wrap instead of being cut.
+# Gradio pulses the border of every output while a run is in flight: on a machine that serves and shows
+# the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
+# taken from the model; the progress bar shows on the pairs alone (``progress_on``)
 APP_CSS = """
 #pairs .caption-label{white-space:normal;max-width:100%}
+.wrap.generating{animation:none!important}
 @media (max-width:700px){
  #pairs .grid-container{grid-template-columns:minmax(0,1fr)!important;grid-template-rows:none!important;
    grid-auto-rows:auto!important}
@@ -1017,16 +1022,16 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
 
 
 def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
-    """The first two seeds, then chunks twice as large up to 8 (2, 4, 8, 8, ...): the first pair early,
-    fewer batches after it (a small batch costs more per image), and Stop, which ends a run after the
-    chunk in flight, still prompt; on a GPU host (ZeroGPU) each chunk is one call with plain arguments
-    and a duration for its work (``memlab.gpu``)."""
+    """The first two seeds, then chunks of ``MAX_CHUNK`` (2, 8, 8, ...): the first pair early, then as
+    few batches as Stop allows (each batch has a fixed cost; Stop ends a run after the chunk in flight);
+    on a GPU host (ZeroGPU) each chunk is one call with plain arguments and a duration for its work
+    (``memlab.gpu``)."""
     key = gpu.register(lab)
 
     def on_host(p, part, strategy, st, d):
         return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
     chunk_fn = on_host if gpu.ON_HOST else None
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, grow=2, progress=progress,
+    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, then=MAX_CHUNK, progress=progress,
                                    descriptor=descriptor, chunk_fn=chunk_fn)
 
 

@@ -119,7 +119,7 @@ def test_export_zip(server):
 def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
     import json
 
-    from memlab.service import Lab
+    from memlab.service import MAX_CHUNK, Lab
     from memlab.ui import headline
 
     lab = server[1]
@@ -134,10 +134,10 @@ def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
         pass
     assert state.finished and "so far" not in headline(lab, state)
     sizes = [len(s.records) for s in lab.generate_stream("a cat", list(range(11)), "none", lab.settings(2, 5.0),
-                                                          chunk=2, grow=2)]
-    assert sizes == [2, 6, 11]  # the first pair, then chunks twice as large (4, then the last 3)
+                                                          chunk=2, then=4)]
+    assert sizes == [2, 6, 10, 11]  # the first pair, then chunks of 4 (the last one what is left)
     assert [len(s.records) for s in lab.generate_stream("a cat", list(range(40)), "none", lab.settings(1, 5.0),
-                                                        chunk=2, grow=2)] == [2, 6, 14, 22, 30, 38, 40]  # the app's
+                                                        chunk=2, then=MAX_CHUNK)] == [2, 10, 18, 26, 34, 40]  # the app's
     with zipfile.ZipFile(Lab.export(state, tmp_path / "run.zip")) as z:
         assert "partial" not in json.loads(z.read("results.jsonl").decode().splitlines()[-1])
 

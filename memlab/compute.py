@@ -1,0 +1,60 @@
+"""One thread for every model call of a long-lived server (the app's ``Lab``).
+
+PyTorch's CPU kernels run on an OpenMP team that belongs to the thread that calls them. A web server
+calls from whichever pool thread is free (Gradio runs each step of a streaming handler on the next
+free one), so a process soon holds several teams; once they hold more threads than there are cores,
+libgomp stops spin-waiting between parallel regions and every region pays a sleep and a wake-up. On
+the 2-core machine, 8 seeds of the built-in world took 2.4-2.5 s from one thread and 3.0-3.6 s from a
+second thread of the same process (``benchmarks/bench_app.py`` measures the page against
+``run_prompt``). ``on_compute_thread`` runs a function on one long-lived thread instead; a call made
+on that thread runs directly, so decorated methods may call each other.
+"""
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from concurrent.futures import Future
+
+_jobs: queue.SimpleQueue = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_start = threading.Lock()
+
+
+def _work() -> None:
+    while True:
+        fut, fn, args, kwargs = _jobs.get()
+        if not fut.set_running_or_notify_cancel():
+            continue
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # handed to the caller, raised there
+            fut.set_exception(e)
+
+
+def on_thread() -> bool:
+    """True on the compute thread."""
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def run(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the compute thread (started on first use, a daemon); its result, or
+    its exception raised here. Calls queue in order, one at a time."""
+    global _thread
+    if on_thread():
+        return fn(*args, **kwargs)
+    with _start:
+        if _thread is None:
+            _thread = threading.Thread(target=_work, name="memlab-compute", daemon=True)
+            _thread.start()
+    fut: Future = Future()
+    _jobs.put((fut, fn, args, kwargs))
+    return fut.result()
+
+
+def on_compute_thread(fn):
+    """Decorator: every call of ``fn`` runs on the compute thread (see ``run``)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return run(fn, *args, **kwargs)
+    return wrapper
