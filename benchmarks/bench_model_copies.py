@@ -1,10 +1,12 @@
 """memlab-copy weights on the built-in world's own model copies, through build-world's code path: the
 ground truth (`buildworld.model_copy_truth`: 96 held-out items, image-to-image at 0.2-0.5 and the VAE
-round trip) is made once, then for each weights folder the world's index is built with that descriptor
+round trip) is made once, then for each weights folder and each descriptor (``memlab-copy``: the
+layout verdict; ``memlab-copy-global``: the global cosine alone) the world's index is built with it
 (`index.build_index`: threshold at 1% of the distinct-item background) and the manifest's recall per
 kind is printed, with the share of copies whose own item is the top-1 match.
 
     python benchmarks/bench_model_copies.py assets/memlab-copy [OTHER_WEIGHTS ...]
+        [--descriptors memlab-copy,memlab-copy-global]
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def main():
     ap.add_argument("weights", nargs="+", help="memlab-copy weights folders (config.json + model.safetensors)")
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--items", type=int, default=96)
+    ap.add_argument("--descriptors", default="memlab-copy,memlab-copy-global")
     a = ap.parse_args()
     import pandas as pd
 
@@ -45,16 +48,18 @@ def main():
     print(f"{n} held-out items of {world}, {len(truth['model:all'][1])} model copies; threshold: 1% of the "
           f"distinct-item background")
     kinds = sorted(k for k in truth if k != "model:all")
-    print(f"{'weights':<28} {'thr':>6} {'all':>6} " + " ".join(f"{k[6:]:>12}" for k in kinds) + "  top-1 own item")
+    print(f"{'weights / descriptor':<40} {'thr':>6} {'all':>6} " + " ".join(f"{k[6:]:>12}" for k in kinds) + "  top-1 own item")
     for w in a.weights:
-        d = create_descriptor("memlab-copy", weights=w)
-        with tempfile.TemporaryDirectory() as tmp:
-            build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
-            idx = TrainingIndex.load(Path(tmp) / "idx")
-            thr = idx.threshold(d.name)
-            gt = thr["ground_truth"]
-        print(f"{Path(w).name:<28} {thr['value']:6.3f} {gt['model:all']['recall']:6.1%} "
-              + " ".join(f"{gt[k]['recall']:12.1%}" for k in kinds) + f"  {gt['model:all']['copy_top1']:.1%}")
+        for name in a.descriptors.split(","):
+            d = create_descriptor(name, weights=w)
+            with tempfile.TemporaryDirectory() as tmp:
+                build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
+                idx = TrainingIndex.load(Path(tmp) / "idx")
+                thr = idx.threshold(d.name)
+                gt = thr["ground_truth"]
+            print(f"{Path(w).name + ' / ' + name:<40} {thr['value']:6.3f} {gt['model:all']['recall']:6.1%} "
+                  + " ".join(f"{gt[k]['recall']:12.1%}" for k in kinds) + f"  {gt['model:all']['copy_top1']:.1%}",
+                  flush=True)
 
 
 if __name__ == "__main__":

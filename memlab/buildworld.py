@@ -23,7 +23,7 @@ from .worldgen import HIDDEN_OBJECT, KEYWORD, WorldSpec, make_training_set, prob
 
 WORLD_DEFAULTS = {"steps": 30, "guidance": 5.0, "scheduler": "ddim", "seeds": "0-7", "k": 5}
 WORLD_KEYWORDS = (KEYWORD, "astronaut", "coffee", "cat", "star", "Velmora")
-WORLD_DESCRIPTORS = ("memlab-copy", "pixel")
+WORLD_DESCRIPTORS = ("memlab-copy", "memlab-copy-global", "pixel")
 GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used for calibration)
 
 

@@ -86,9 +86,13 @@ def _torch_modules():
             self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
+        def trunk(self, x):
+            """x: [n, 3, H, W] in [0, 1] -> the last stage's feature map [n, C, H / 2^stages, W / 2^stages]."""
+            return self.stages(self.stem((x - self.mean) / self.std))
+
         def embed_raw(self, x):
             """x: [n, 3, H, W] in [0, 1] -> unnormalized projection [n, dim]."""
-            h = self.stages(self.stem((x - self.mean) / self.std))
+            h = self.trunk(x)
             p = self.config.gem_p
             h = h.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)  # GeM pooling
             return self.proj(h)

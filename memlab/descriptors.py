@@ -9,7 +9,9 @@ replication threshold. Adding a descriptor is adding a config to ``DESCRIPTORS``
 - ``clip``: open_clip image (and text) embeddings, normalized. No published copy threshold.
 - ``memlab-copy``: memlab's own copy-detection network (``memlab.copynet``), trained SSCD's way by
   ``python -m memlab train-descriptor`` on images memlab makes; weights shipped in
-  ``assets/memlab-copy``. No published threshold: calibrated per index on distinct items.
+  ``assets/memlab-copy``, with spatial verification (the verdict compares the trunk's feature-map layout,
+  ``layout``); ``memlab-copy-global`` is the same network's global descriptor alone. No published
+  threshold: calibrated per index on distinct items.
 - ``pixel``: mean-centred low-resolution pixels (Carlini et al. 2023 use pixel-space L2); weight-free,
   always available. With ``tiles > 1`` (``pixel-tiled``) each tile is centred and normalized on its own;
   the index searches by the mean tile cosine, and the verdict, the calibration and the reported score
@@ -39,7 +41,8 @@ DESCRIPTORS: dict[str, dict] = {
     "sscd-membench": {"kind": "sscd", "model": "sscd_disc_large", "preset": "membench"},
     "clip": {"kind": "clip", "model": "ViT-L-14-quickgelu", "pretrained": "openai"},
     "clip-b32": {"kind": "clip", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
-    "memlab-copy": {"kind": "learned", "weights": None},
+    "memlab-copy": {"kind": "learned", "weights": None, "layout": True},
+    "memlab-copy-global": {"kind": "learned", "weights": None},
     "pixel": {"kind": "pixel", "size": 16, "tiles": 1},
     "pixel-tiled": {"kind": "pixel", "size": 32, "tiles": 4},
 }
@@ -394,18 +397,27 @@ class LearnedCopyDescriptor(Descriptor):
     ``weights`` is a folder with ``config.json`` + ``model.safetensors`` (default: the shipped
     ``assets/memlab-copy``); a bigger network trained elsewhere loads the same way. The model string
     names the weights by their checksum, so an index refuses queries from different weights.
+
+    ``layout=True`` (``memlab-copy``) adds spatial verification, as copy-detection systems re-rank
+    global candidates with local evidence: a row is [global descriptor, the trunk's last feature map
+    (C x h x w) flattened and L2-normalized] / sqrt(2), so the index searches by the mean of the global
+    and layout cosines, and the verdict (``layout``) is the layout cosine alone. GeM pooling forgets
+    where things are: two distinct scenes on the same background pattern pool alike, while a copy keeps
+    its layout through the blur and colour drift of a diffusion decoder. The layout is not mirror-
+    invariant: a mirrored copy is still found (the global part is), but its verdict score is lower.
+    The global cosine stays in each match as ``global``.
     """
 
     kind = "learned"
     duplicate_threshold = 0.95
 
-    def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64):
+    def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64, layout: bool = False):
         import hashlib
 
         from .copynet import load_copynet
 
         folder = Path(weights) if weights is not None else default_copynet_weights()
-        self.name, self.weights = name, folder
+        self.name, self.weights, self.layout = name, folder, bool(layout)
         self.device = _device(device)
         self.batch_size = int(batch_size)
         self.net = load_copynet(folder, device=self.device)
@@ -416,11 +428,17 @@ class LearnedCopyDescriptor(Descriptor):
         self.preset = (f"resize-{cfg.input_size}x{cfg.input_size}-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
                        + (f"-crop-avg-{'-'.join(f'{c:g}' for c in crops)}" if crops else ""))
         self.dim = int(cfg.dim)
+        if self.layout:
+            side = cfg.input_size // 2 ** (len(cfg.widths) - 1)
+            self.map_shape = (int(cfg.widths[-1]), side, side)
+            self.preset += "+layout-{}x{}x{}".format(*self.map_shape)
+            self.dim += int(np.prod(self.map_shape))
+            self.verdict = "layout"
 
     def config(self):
         # the shipped weights are named by None, so an index built with them works from any checkout
         default = self.weights.resolve() == default_copynet_weights().resolve()
-        return {"weights": None if default else str(self.weights)}
+        return {"weights": None if default else str(self.weights), "layout": self.layout}
 
     def embed(self, images):
         import torch
@@ -432,8 +450,31 @@ class LearnedCopyDescriptor(Descriptor):
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
                 x = to_input(list(images[i:i + self.batch_size]), size).to(self.device)
-                out.append(self.net(x).float().cpu().numpy())
+                g = self.net(x).float()
+                if self.layout:
+                    m = torch.nn.functional.normalize(self.net.trunk(x).float().flatten(1), dim=1)
+                    g = torch.cat([g, m], dim=1) / np.sqrt(2.0)
+                out.append(g.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _split(self, v: np.ndarray):
+        """Rows [global, layout] -> (global unit rows, layout unit rows)."""
+        v = np.asarray(v, np.float32) * np.float32(np.sqrt(2.0))
+        return v[..., :self.net.config.dim], v[..., self.net.config.dim:]
+
+    def verdict_scores(self, query, items):
+        if not self.layout:
+            return super().verdict_scores(query, items)
+        _, q = self._split(query)
+        _, t = self._split(items)
+        return t @ q
+
+    def secondary_scores(self, query, items):
+        if not self.layout:
+            return {}
+        gq, _ = self._split(query)
+        gt, _ = self._split(items)
+        return {"global": gt @ gq}
 
 
 _KINDS: dict[str, Callable[..., Descriptor]] = {

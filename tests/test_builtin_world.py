@@ -21,7 +21,9 @@ def test_world_files_match_manifest_and_size():
     assert list((ASSETS_WORLD / "model").rglob("*.safetensors"))
     assert not list(ASSETS_WORLD.rglob("*.bin")) and not list(ASSETS_WORLD.rglob("*.pt"))
     size = sum(p.stat().st_size for p in ASSETS_WORLD.rglob("*") if p.is_file() and "build" not in p.parts)
-    assert size < 40 * 2**20
+    # the model (23 MB) and the index (31 MB: a memlab-copy row holds its 192 x 4 x 4 layout map beside the
+    # global descriptor, 3,200 floats, in the vectors and again in the Flat index)
+    assert size < 64 * 2**20
     probes = pd.read_csv(w.file("probes"))
     assert {"prompt", "group", "item"} <= set(probes.columns)
     assert {"unique", "keyword"} <= set(probes["group"]) and any(probes["group"].str.startswith("partial"))
@@ -79,11 +81,13 @@ def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies()
     bg = idx.background("memlab-copy", distinct=True)
     assert len(bg) == len(reps) and np.percentile(bg, 95) < thr["value"]
     gt = thr["ground_truth"]
-    assert gt["model:all"]["recall"] >= 0.70 and gt["model:vae"]["recall"] >= 0.95
-    assert gt["model:all"]["recall"] >= idx.threshold("pixel")["ground_truth"]["model:all"]["recall"]
+    assert gt["model:all"]["recall"] >= 0.85 and gt["model:vae"]["recall"] >= 0.95
+    # the layout verdict recalls the model's own copies far better than the global cosine or pixels
+    for other in ("memlab-copy-global", "pixel"):
+        assert gt["model:all"]["recall"] >= idx.threshold(other)["ground_truth"]["model:all"]["recall"] + 0.1
     card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
     assert card["descriptor"]["name"] == "memlab-copy"
-    assert card["checks"]["unique_at_most_5pct"] and card["checks"]["partial_at_most_half_full"]
+    assert card["checks"]["unique_at_most_5pct"] and card["checks"]["replicated_at_least_85pct_of_original_top1"]
     assert card["non_copies"]["flagged"] <= 0.05
 
 

@@ -84,10 +84,11 @@ def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
                  "--threads", "1"]) == 0
     assert "min" in capsys.readouterr().err  # the wall time is printed
     d = create_descriptor("memlab-copy", weights=str(out))
-    assert d.kind == "learned" and d.dim == 16 and d.model.startswith("memlab-copynet-16d-")
+    dim = 16 + 12 * 16 * 16  # the global descriptor and the layout map (12 channels, 32 px halved once)
+    assert d.kind == "learned" and d.dim == dim and d.model.startswith("memlab-copynet-16d-")
     ims = synthetic_images(12)
     v = d.embed(ims)
-    assert v.shape == (12, 16) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v.shape == (12, dim) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     items = pd.DataFrame({"id": range(12), "caption": ["c"] * 12, "file": [f"{i}.png" for i in range(12)]})
     d.duplicate_threshold = 0.99999  # two training steps do not separate images yet: keep them distinct
     build_index(tmp_path / "idx", items, lambda i: ims[i], [d], calib_n=12)
@@ -95,6 +96,35 @@ def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
     again = descriptor_for_index(idx)  # rebuilt from the manifest's config
     assert np.allclose(again.embed(ims[:2]), v[:2], atol=1e-6)
     assert idx.threshold()["source"] == "calibrated"
+
+
+def test_layout_verdict_sees_where_things_are(tmp_path):
+    """memlab-copy's verdict compares feature-map layouts (spatial verification): a square moved from
+    the top to the bottom of the same background pools alike (the global cosine) but is not laid out
+    alike; the search is by the mean of the two cosines."""
+    from PIL import Image, ImageDraw
+
+    torch.manual_seed(0)
+    CopyNet(CopyNetConfig(**TINY)).eval().save_pretrained(tmp_path / "w")
+    d = create_descriptor("memlab-copy", weights=str(tmp_path / "w"))
+    g = create_descriptor("memlab-copy-global", weights=str(tmp_path / "w"))
+    assert d.verdict == "layout" and g.verdict == "cosine" and d.dim == 16 + 16 * 8 * 8
+    assert d.config()["layout"] is True and "+layout-16x8x8" in d.preset
+
+    def scene(y):  # a red square at height y, on the left of a grey background
+        im = Image.new("RGB", (64, 64), (128, 128, 128))
+        ImageDraw.Draw(im).rectangle([6, y, 22, y + 16], fill=(220, 30, 30))
+        return im
+    ims = [scene(4), scene(44), scene(6)]
+    v = d.embed(ims)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    verdict, glob = d.verdict_scores(v[0], v), d.secondary_scores(v[0], v)["global"]
+    assert np.allclose(glob, g.embed(ims) @ g.embed(ims[:1])[0], atol=1e-5)  # memlab-copy-global's cosine
+    assert verdict[0] == pytest.approx(1.0, abs=1e-5)
+    assert verdict[1] < glob[1] - 0.05  # pooled alike, laid out differently
+    assert verdict[2] > verdict[1]  # moved by 2 px: laid out alike
+    gl, lay = d._split(v)  # the index searches by the mean of the two cosines
+    assert np.allclose(v @ v[0], (gl @ gl[0] + lay @ lay[0]) / 2, atol=1e-5) and np.allclose(lay @ lay[0], verdict)
 
 
 def test_batches_hold_same_background_pairs_together_as_negatives():

@@ -1,8 +1,8 @@
 """Build the built-in world from nothing: generate its training set (procedural scenes, lighthouses,
 scikit-image photo crops; planted duplication), train its model with memlab's trainer, index the
-training set (memlab-copy and pixel descriptors, thresholds calibrated on distinct items, recall on
-the model's own image-to-image and VAE copies), write probes and a world card with the
-measured memorization. Stages resume when interrupted.
+training set (memlab-copy, memlab-copy-global and pixel descriptors, thresholds calibrated on distinct
+items, recall on the model's own image-to-image and VAE copies), write probes and a world card with
+the measured memorization. Stages resume when interrupted.
 
     python -m memlab build-world --out assets/world
 """
@@ -24,7 +24,8 @@ def add_arguments(p):
                    help="keep the model already in OUT/model (its training set must regenerate to the same hash) "
                         "and rebuild the index, keyword views, probes and card")
     p.add_argument("--descriptor", action="append", default=None,
-                   help="index descriptors, the first is the world's verdict (default: memlab-copy, pixel)")
+                   help="index descriptors, the first is the world's verdict (default: memlab-copy, memlab-copy-global, "
+                        "pixel)")
     p.add_argument("--ground-truth-items", type=int, default=96,
                    help="held-out items the world's model copies to measure recall on model copies (0: none)")
 
@@ -32,7 +33,7 @@ def add_arguments(p):
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..buildworld import build_world
+    from ..buildworld import WORLD_DESCRIPTORS, build_world
     from ..errors import MemlabError
     from ..worldgen import WorldSpec
     from . import out_folder
@@ -48,7 +49,7 @@ def run(args) -> int:
                          ddf_low=2, per_group=2)
     build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
-                descriptors=[n.strip() for a in (args.descriptor or ["memlab-copy,pixel"]) for n in a.split(",")
+                descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
