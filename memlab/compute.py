@@ -12,6 +12,7 @@ on that thread runs directly, so decorated methods may call each other.
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -19,6 +20,15 @@ from concurrent.futures import Future
 _jobs: queue.SimpleQueue = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _start = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (ZeroGPU forks a worker per GPU call) has no compute thread: start afresh."""
+    global _jobs, _thread, _start
+    _jobs, _thread, _start = queue.SimpleQueue(), None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _work() -> None:

@@ -32,6 +32,16 @@ def test_calls_from_many_threads_run_on_one_thread_in_order_and_raise_where_call
     assert outer() is True and compute.on_thread() is False
 
 
+def test_a_forked_child_gets_its_own_compute_thread():
+    """ZeroGPU forks a worker per GPU call: there the parent's compute thread does not exist."""
+    import multiprocessing as mp
+
+    assert compute.run(lambda: 1) == 1  # the parent's thread is running
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(compute.run, (pow, 2, 5)).get(timeout=30) == 32
+
+
 def test_the_labs_model_calls_run_on_the_compute_thread(server):
     lab = server[1]
     where = []
