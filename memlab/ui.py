@@ -1004,6 +1004,20 @@ APP_CSS = """
 """
 
 
+QUEUE_POLL_S = 0.05  # how often an idle queue looks for work (Gradio's default on Windows; on Linux 0.001)
+PROGRESS_POLL_S = 0.1  # how often progress is sent (Gradio's default on Windows; on Linux 0.01)
+
+
+def calm_queue(demo: gr.Blocks) -> None:
+    """Let the queue's event loop poll at Gradio's Windows rates. On Linux it wakes 1,000 times a second
+    to look for work, and each wake takes the GIL from the thread generating, whose small CPU ops each
+    need it (tests/test_app.py measures the idle loop; benchmarks/bench_app.py the page). A request now
+    starts at most 50 ms after it is queued."""
+    q = demo._queue  # Gradio's Queue; its poll intervals are plain attributes, not launch options
+    if hasattr(q, "sleep_when_free") and hasattr(q, "progress_update_sleep_when_free"):
+        q.sleep_when_free, q.progress_update_sleep_when_free = QUEUE_POLL_S, PROGRESS_POLL_S
+
+
 def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
            **kw):
     """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
@@ -1016,6 +1030,7 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
     folders = sorted({str(p) for lab in labs for p in (lab.world.path or lab.world.index_path, lab.world.index_path)
                       if p is not None})
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
+    calm_queue(demo)
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
                        max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)

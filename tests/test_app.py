@@ -267,3 +267,30 @@ def test_generate_draws_each_seeds_score_against_the_threshold(client, server):
     text = json.dumps(fig)
     assert "top-1 score per seed" in text and f"threshold {server[1].threshold()['value']:.3f}" in text
     assert out[2]["data"] and len(out[2]["data"]) == 3
+
+
+def test_an_idle_server_leaves_the_cpu_to_generation(server):
+    """Gradio's queue polls 1,000 times a second on Linux; the app slows it (ui.calm_queue), since each
+    wake takes the GIL from the generating thread. Measured: the event loop's CPU time while idle."""
+    import os
+    import threading
+    import time
+
+    import uvicorn
+
+    from memlab.ui import QUEUE_POLL_S
+
+    loops = [t for t in threading.enumerate()
+             if isinstance(getattr(getattr(t, "_target", None), "__self__", None), uvicorn.Server)]
+    assert loops, "the server's event-loop thread was not found"
+
+    def cpu_s(tid):
+        fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    time.sleep(0.5)
+    before = {t.native_id: cpu_s(t.native_id) for t in loops}
+    time.sleep(2.0)
+    share = max(cpu_s(tid) - c for tid, c in before.items()) / 2.0
+    assert QUEUE_POLL_S >= 0.05
+    assert share < 0.03, f"the idle event loop took {share:.1%} of a core"
