@@ -1011,8 +1011,8 @@ PROGRESS_POLL_S = 0.1  # how often progress is sent (Gradio's default on Windows
 def calm_queue(demo: gr.Blocks) -> None:
     """Let the queue's event loop poll at Gradio's Windows rates. On Linux it wakes 1,000 times a second
     to look for work, and each wake takes the GIL from the thread generating, whose small CPU ops each
-    need it (tests/test_app.py measures the idle loop; benchmarks/bench_app.py the page). A request now
-    starts at most 50 ms after it is queued."""
+    need it (tests/test_app.py checks the idle loop; benchmarks/bench_streaming.py measures both ways).
+    A request now starts at most 50 ms after it is queued."""
     q = demo._queue  # Gradio's Queue; its poll intervals are plain attributes, not launch options
     if hasattr(q, "sleep_when_free") and hasattr(q, "progress_update_sleep_when_free"):
         q.sleep_when_free, q.progress_update_sleep_when_free = QUEUE_POLL_S, PROGRESS_POLL_S

@@ -92,10 +92,11 @@ def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict 
 
 
 def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | Path | None = None,
-                        timeout_ms: int = 120_000) -> dict:
+                        timeout_ms: int = 120_000, on_click=None, on_done=None) -> dict:
     """Open the page and wait until it is ready (its first plot drawn: a visitor reads the page before
     typing, and a click during loading would time the page's own start-up); type a prompt, set the seed
-    count, click Generate; time the first pair and the whole batch; wait for the table and the plot;
+    count, click Generate (``on_click()`` just before, ``on_done()`` once the batch is in: a benchmark
+    reads CPU counters); time the first pair and the whole batch; wait for the table and the plot;
     return timings and what the page shows."""
     from playwright.sync_api import sync_playwright
 
@@ -111,6 +112,8 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
         seeds_box = page.locator("input[type=number]").first
         seeds_box.fill(str(n_seeds))
         seeds_box.press("Enter")
+        if on_click:
+            on_click()
         t0 = time.perf_counter()
         page.locator("#generate-btn").click()
         page.locator("#pairs img").first.wait_for(timeout=timeout_ms)
@@ -120,6 +123,8 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
         page.wait_for_function("!document.querySelector('#generate-btn[disabled]') && "
                                "!document.querySelector('.progress-text, .eta-bar')", timeout=timeout_ms)
         whole = time.perf_counter() - t0
+        if on_done:
+            on_done()
         page.locator("#hist .js-plotly-plot").first.wait_for(timeout=timeout_ms)
         page.locator("#seed-table table").first.wait_for(timeout=timeout_ms)
         headline = page.locator("#headline").inner_text()

@@ -1,0 +1,165 @@
+"""Where streaming a batch to the page costs time, on the built-in world (issue 14), part by part:
+
+1. chunking, in this process: one batch of 8 seeds against the app's chunks (2, then 6), through the
+   same ``Lab`` the app uses (medians, alternating);
+2. the server: ``python app.py`` with memlab's queue polling (``ui.calm_queue``) against Gradio's own
+   rates (every 1 ms when idle, progress every 10 ms), alternating servers: the event loop's CPU while
+   idle (% of a core, from /proc) and the app's /generate for 8 seeds through the API with no browser;
+3. the browser: CPU time Chromium (every process of it, from /proc) spends while the page runs the
+   same 8 seeds, beside the server's, and the page's whole-batch time.
+
+    python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the app-serving and browser helpers
+
+GRADIO_RATES = ("import sys; import memlab.ui as ui; ui.calm_queue = lambda demo: None; "
+                "sys.argv = ['app.py'] + sys.argv[1:]; import runpy; runpy.run_path('app.py', run_name='__main__')")
+
+
+def cpu_s(pids) -> float:
+    """User + system CPU seconds of these processes (all their threads)."""
+    tot = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            tot += int(f[11]) + int(f[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return tot / os.sysconf("SC_CLK_TCK")
+
+
+def chromium_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "chromium"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def serve(world, gradio_rates: bool, port: int):
+    """``python app.py`` on the world; with ``gradio_rates`` the app's queue keeps Gradio's polling."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["--port", str(port)] + (["--world", str(world)] if world else [])
+    cmd = [sys.executable, "-c", GRADIO_RATES, *args] if gradio_rates else [sys.executable, "app.py", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_up(url: str, proc, timeout: float = 180):
+    import urllib.request
+
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("app exited")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.time() - t0 > timeout:
+                raise
+            time.sleep(0.5)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=None)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--skip-browser", action="store_true")
+    a = ap.parse_args()
+    import numpy as np
+    import pandas as pd
+    from gradio_client import Client
+
+    from browser import chromium_path, free_port, generate_in_browser
+    from memlab.world import World
+
+    world = World.load(a.world)
+    probes = pd.read_csv(world.file("probes"))
+    full = sorted((g for g in probes["group"].unique() if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
+    prompt = probes[probes["group"] == full[-1]]["prompt"].iloc[0]
+    steps, guidance = int(world.defaults["steps"]), float(world.defaults["guidance"])
+    seeds = list(range(8))
+    print(f"built-in world, prompt {prompt!r}, seeds 0-7, {steps} steps, guidance {guidance}")
+
+    # 2. the server, first (this process must not start an OpenMP team before the servers run)
+    res = {False: {"idle": [], "api": []}, True: {"idle": [], "api": []}}
+    for rnd in range(2):
+        for gradio_rates in (True, False):
+            port = free_port()
+            proc = serve(a.world, gradio_rates, port)
+            url = f"http://127.0.0.1:{port}/"
+            try:
+                wait_up(url, proc)
+                c = Client(url, verbose=False, download_files=False)
+                args = (prompt, 8, "", [], 4, 0.1, steps, guidance)
+                c.predict(prompt, 2, "", [], 4, 0.1, steps, guidance, api_name="/generate")  # warm
+                time.sleep(1)
+                c0 = cpu_s([proc.pid])
+                time.sleep(3)
+                res[gradio_rates]["idle"].append((cpu_s([proc.pid]) - c0) / 3)
+                for _ in range(a.reps):
+                    t = time.perf_counter()
+                    c.predict(*args, api_name="/generate")
+                    res[gradio_rates]["api"].append(time.perf_counter() - t)
+            finally:
+                proc.terminate()
+                proc.wait(20)
+    for gradio_rates, label in ((True, "Gradio's polling (1 ms idle, 10 ms progress)"),
+                                (False, "memlab's (ui.calm_queue: 50 ms, 100 ms)")):
+        r = res[gradio_rates]
+        print(f"server with {label}: idle process CPU {100 * np.mean(r['idle']):.1f}% of a core; /generate for "
+              f"8 seeds through the API {np.median(r['api']):.2f}s (median of {len(r['api'])})")
+    ratio = np.median(res[True]["api"]) / np.median(res[False]["api"])
+    print(f"-> Gradio's polling makes the same request {ratio:.2f}x as long")
+
+    # 3. the browser
+    if not a.skip_browser and chromium_path():
+        port = free_port()
+        proc = serve(a.world, False, port)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            wait_up(url, proc)
+            runs = []
+            for _ in range(3):
+                cpu = []
+
+                def read():  # before the click and once the batch is in (Chromium's processes still alive)
+                    cpu.append((cpu_s(chromium_pids()), cpu_s([proc.pid])))
+
+                r = generate_in_browser(url, prompt, 8, on_click=read, on_done=read)
+                runs.append((r["whole_s"], cpu[1][0] - cpu[0][0], cpu[1][1] - cpu[0][1]))
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        whole, chrome, server = (float(np.median([x[i] for x in runs])) for i in range(3))
+        print(f"page, 8 seeds: whole batch {whole:.2f}s; CPU during the run: Chromium {chrome:.2f}s, server "
+              f"{server:.2f}s (medians of 3; the machine has {os.cpu_count()} cores)")
+
+    # 1. chunking, in this process
+    from memlab.generate import Settings
+    from memlab.service import Lab
+
+    lab = Lab(world)
+    st = Settings(steps=steps, guidance=guidance)
+    lab.generate_chunk(prompt, [0, 1], "none", st)  # warm
+    one, two = [], []
+    for _ in range(a.reps):
+        t = time.perf_counter()
+        lab.generate_chunk(prompt, seeds, "none", st)
+        one.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        lab.generate_chunk(prompt, seeds[:2], "none", st)
+        lab.generate_chunk(prompt, seeds[2:], "none", st)
+        two.append(time.perf_counter() - t)
+    print(f"in process (Lab): one batch of 8 {np.median(one):.2f}s; the app's chunks 2 + 6 {np.median(two):.2f}s "
+          f"(medians of {a.reps}) -> chunking costs {np.median(two) / np.median(one):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
