@@ -144,22 +144,56 @@ def _is_gen(fn):
     return inspect.isgeneratorfunction(fn)
 
 
+FILE_MAX_AGE_S = 86_400  # the app's image files (here and in Gradio's cache) are deleted after a day
+_last_prune = [0.0]
+
+
+def app_files() -> Path:
+    """The folder of the PNGs ``as_file`` writes."""
+    folder = Path(tempfile.gettempdir()) / "memlab-app"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def prune_app_files(max_age_s: float = FILE_MAX_AGE_S, now: float | None = None) -> int:
+    """Delete the app's PNGs not written or reused for ``max_age_s`` (a hosted app would otherwise fill
+    its disk); returns how many. Gradio serves its own copies, so a page still showing one loses nothing."""
+    import time
+
+    now = time.time() if now is None else now
+    gone = 0
+    for p in app_files().iterdir():
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                gone += 1
+        except FileNotFoundError:  # another request pruned it first
+            pass
+    return gone
+
+
 def as_file(im: Image.Image) -> str:
     """A PNG file for a gallery, named by its content and written under a temporary name then renamed.
     Gradio rewrites a PIL output's cache file in place on every request, so two visitors generating the
-    same prompt and seeds at once could be served a half-written file; a path is copied atomically."""
+    same prompt and seeds at once could be served a half-written file; a path is copied atomically.
+    A reused file is touched, and files older than ``FILE_MAX_AGE_S`` are pruned once an hour."""
     import hashlib
     import io
     import os
+    import time
     import uuid
 
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     data = buf.getvalue()
-    folder = Path(tempfile.gettempdir()) / "memlab-app"
-    folder.mkdir(exist_ok=True)
+    folder = app_files()
+    if time.time() - _last_prune[0] > 3600:
+        _last_prune[0] = time.time()
+        prune_app_files()
     path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    if not path.is_file():
+    try:
+        os.utime(path)  # reused: fresh again, so a prune does not take it from under this request
+    except FileNotFoundError:
         tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -334,7 +368,8 @@ def build_app(labs) -> gr.Blocks:
     global _API_SUFFIX
     labs = [labs] if isinstance(labs, Lab) else list(labs)
     first = labs[0]
-    with gr.Blocks(title=f"memlab · {first.world.name}") as demo:
+    # Gradio's copies of every output are deleted hourly once a day old (and all of them at a restart)
+    with gr.Blocks(title=f"memlab · {first.world.name}", delete_cache=(3600, FILE_MAX_AGE_S)) as demo:
         if len(labs) > 1:
             gr.Navbar(main_page_name=first.world.name)
         world_page(first)

@@ -294,3 +294,28 @@ def test_an_idle_server_leaves_the_cpu_to_generation(server):
     share = max(cpu_s(tid) - c for tid, c in before.items()) / 2.0
     assert QUEUE_POLL_S >= 0.05
     assert share < 0.03, f"the idle event loop took {share:.1%} of a core"
+
+
+def test_the_apps_image_files_are_pruned_after_a_day_and_reuse_keeps_them(tmp_path, monkeypatch):
+    """A hosted app writes a PNG per pair it shows; ui.prune_app_files deletes those a day old, and a
+    file reused by a request is fresh again (never pruned from under it)."""
+    import os
+    import tempfile
+    import time
+
+    from PIL import Image
+
+    from memlab import ui
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    a = ui.as_file(Image.new("RGB", (8, 8), (255, 0, 0)))
+    b = ui.as_file(Image.new("RGB", (8, 8), (0, 0, 255)))
+    assert a != b and os.path.dirname(a) == str(tmp_path / "memlab-app")
+    day_ago = time.time() - ui.FILE_MAX_AGE_S - 60
+    for p in (a, b):
+        os.utime(p, (day_ago, day_ago))
+    assert ui.as_file(Image.new("RGB", (8, 8), (255, 0, 0))) == a  # reused: touched
+    assert time.time() - os.path.getmtime(a) < 60
+    assert ui.prune_app_files() == 1
+    assert os.path.exists(a) and not os.path.exists(b)
+    assert ui.prune_app_files(now=time.time() + ui.FILE_MAX_AGE_S + 60) == 1 and not os.path.exists(a)
