@@ -92,12 +92,13 @@ def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict 
 
 
 def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | Path | None = None,
-                        timeout_ms: int = 120_000, on_click=None, on_done=None) -> dict:
+                        timeout_ms: int = 120_000, on_click=None, on_done=None, read_s: float = 0.0) -> dict:
     """Open the page and wait until it is ready (its first plot drawn: a visitor reads the page before
     typing, and a click during loading would time the page's own start-up); type a prompt, set the seed
-    count, click Generate (``on_click()`` just before, ``on_done()`` once the batch is in: a benchmark
-    reads CPU counters); time the first pair and the whole batch; wait for the table and the plot;
-    return timings and what the page shows."""
+    count, wait ``read_s`` more (a visitor's reading and typing: the page's last requests and drawing
+    after load are then over, as they are before a person's click), click Generate (``on_click()`` just
+    before, ``on_done()`` once the batch is in: a benchmark reads CPU counters); time the first pair and
+    the whole batch; wait for the table and the plot; return timings and what the page shows."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -112,6 +113,7 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
         seeds_box = page.locator("input[type=number]").first
         seeds_box.fill(str(n_seeds))
         seeds_box.press("Enter")
+        time.sleep(read_s)
         if on_click:
             on_click()
         t0 = time.perf_counter()
