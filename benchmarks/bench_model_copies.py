@@ -5,8 +5,12 @@ layout verdict; ``memlab-copy-global``: the global cosine alone) the world's ind
 (`index.build_index`: threshold at 1% of the distinct-item background) and the manifest's recall per
 kind is printed, with the share of copies whose own item is the top-1 match.
 
+``--seed`` draws other items (and img2img seeds) than the card's (``spec.seed``): a validation set for
+choosing a descriptor's settings, e.g. memlab-copy's input blur (``--blurs 0,0.5,1,1.4``), apart from the
+items whose recall the card reports.
+
     python benchmarks/bench_model_copies.py assets/memlab-copy [OTHER_WEIGHTS ...]
-        [--descriptors memlab-copy,memlab-copy-global]
+        [--descriptors memlab-copy,memlab-copy-global] [--seed N] [--blurs 0,1]
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ def main():
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--items", type=int, default=96)
     ap.add_argument("--descriptors", default="memlab-copy,memlab-copy-global")
+    ap.add_argument("--seed", type=int, default=None, help="draw the items with this seed (default: the card's)")
+    ap.add_argument("--blurs", default=None, help="comma-separated input blurs (px) to try on each descriptor "
+                                                   "(default: each descriptor's own)")
     a = ap.parse_args()
     import pandas as pd
 
@@ -38,26 +45,28 @@ def main():
     data = world / "build" / "data"
     rows = pd.read_parquet(data / "train.parquet")
     card = json.loads((world / "card.json").read_text())
-    seed = card["spec"]["seed"]
+    seed = card["spec"]["seed"] if a.seed is None else a.seed
 
     def image_of(i):
         return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
 
     truth, n = model_copy_truth(rows, image_of, world / "model", a.items, seed)
     rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
-    print(f"{n} held-out items of {world}, {len(truth['model:all'][1])} model copies; threshold: 1% of the "
-          f"distinct-item background")
+    print(f"{n} held-out items of {world} drawn with seed {seed} (the card's: {card['spec']['seed']}), "
+          f"{len(truth['model:all'][1])} model copies; threshold: 1% of the distinct-item background")
     kinds = sorted(k for k in truth if k != "model:all")
     print(f"{'weights / descriptor':<40} {'thr':>6} {'all':>6} " + " ".join(f"{k[6:]:>12}" for k in kinds) + "  top-1 own item")
     for w in a.weights:
-        for name in a.descriptors.split(","):
-            d = create_descriptor(name, weights=w)
+        for name, blur in [(n, b) for n in a.descriptors.split(",")
+                           for b in ([None] if a.blurs is None else [float(x) for x in a.blurs.split(",")])]:
+            d = create_descriptor(name, weights=w, **({} if blur is None else {"blur": blur}))
             with tempfile.TemporaryDirectory() as tmp:
                 build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
                 idx = TrainingIndex.load(Path(tmp) / "idx")
                 thr = idx.threshold(d.name)
                 gt = thr["ground_truth"]
-            print(f"{Path(w).name + ' / ' + name:<40} {thr['value']:6.3f} {gt['model:all']['recall']:6.1%} "
+            label = f"{Path(w).name} / {name}" + ("" if blur is None else f" blur {blur:g}")
+            print(f"{label:<40} {thr['value']:6.3f} {gt['model:all']['recall']:6.1%} "
                   + " ".join(f"{gt[k]['recall']:12.1%}" for k in kinds) + f"  {gt['model:all']['copy_top1']:.1%}",
                   flush=True)
 

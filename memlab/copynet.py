@@ -90,6 +90,14 @@ def _torch_modules():
             """x: [n, 3, H, W] in [0, 1] -> the last stage's feature map [n, C, H / 2^stages, W / 2^stages]."""
             return self.stages(self.stem((x - self.mean) / self.std))
 
+        def feature_maps(self, x) -> list:
+            """x: [n, 3, H, W] in [0, 1] -> every stage's feature map, coarsest last."""
+            h, maps = self.stem((x - self.mean) / self.std), []
+            for stage in self.stages:
+                h = stage(h)
+                maps.append(h)
+            return maps
+
         def embed_raw(self, x):
             """x: [n, 3, H, W] in [0, 1] -> unnormalized projection [n, dim]."""
             h = self.trunk(x)
@@ -163,3 +171,15 @@ def to_input(images, size: int):
 
     arr = np.stack([np.asarray(to_rgb(im).resize((size, size), Image.BILINEAR), np.float32) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).div_(255.0)
+
+
+def low_pass(x, sigma: float):
+    """A Gaussian blur of standard deviation ``sigma`` pixels (separable, reflected edges) on [n, c, h, w]."""
+    import torch
+
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (r, r, 0, 0), mode="reflect"), k, groups=x.shape[1])
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, r, r), mode="reflect"),
+                                      k.transpose(2, 3), groups=x.shape[1])

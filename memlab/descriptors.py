@@ -9,9 +9,10 @@ replication threshold. Adding a descriptor is adding a config to ``DESCRIPTORS``
 - ``clip``: open_clip image (and text) embeddings, normalized. No published copy threshold.
 - ``memlab-copy``: memlab's own copy-detection network (``memlab.copynet``), trained SSCD's way by
   ``python -m memlab train-descriptor`` on images memlab makes; weights shipped in
-  ``assets/memlab-copy``, with spatial verification (the verdict compares the trunk's feature-map layout,
-  ``layout``); ``memlab-copy-global`` is the same network's global descriptor alone. No published
-  threshold: calibrated per index on distinct items.
+  ``assets/memlab-copy``, low-passed inputs and spatial verification (a row holds the trunk's last two
+  feature maps beside the global descriptor, so the cosine compares layouts too); ``memlab-copy-global``
+  is the same network's global descriptor alone. No published threshold: calibrated per index on
+  distinct items.
 - ``pixel``: mean-centred low-resolution pixels (Carlini et al. 2023 use pixel-space L2); weight-free,
   always available. With ``tiles > 1`` (``pixel-tiled``) each tile is centred and normalized on its own;
   the index searches by the mean tile cosine, and the verdict, the calibration and the reported score
@@ -41,7 +42,7 @@ DESCRIPTORS: dict[str, dict] = {
     "sscd-membench": {"kind": "sscd", "model": "sscd_disc_large", "preset": "membench"},
     "clip": {"kind": "clip", "model": "ViT-L-14-quickgelu", "pretrained": "openai"},
     "clip-b32": {"kind": "clip", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
-    "memlab-copy": {"kind": "learned", "weights": None, "layout": True},
+    "memlab-copy": {"kind": "learned", "weights": None, "layout": True, "blur": 1.0},
     "memlab-copy-global": {"kind": "learned", "weights": None},
     "pixel": {"kind": "pixel", "size": 16, "tiles": 1},
     "pixel-tiled": {"kind": "pixel", "size": 32, "tiles": 4},
@@ -398,26 +399,35 @@ class LearnedCopyDescriptor(Descriptor):
     ``assets/memlab-copy``); a bigger network trained elsewhere loads the same way. The model string
     names the weights by their checksum, so an index refuses queries from different weights.
 
-    ``layout=True`` (``memlab-copy``) adds spatial verification, as copy-detection systems re-rank
-    global candidates with local evidence: a row is [global descriptor, the trunk's last feature map
-    (C x h x w) flattened and L2-normalized] / sqrt(2), so the index searches by the mean of the global
-    and layout cosines, and the verdict (``layout``) is the layout cosine alone. GeM pooling forgets
-    where things are: two distinct scenes on the same background pattern pool alike, while a copy keeps
-    its layout through the blur and colour drift of a diffusion decoder. The layout is not mirror-
-    invariant: a mirrored copy is still found (the global part is), but its verdict score is lower.
-    The global cosine stays in each match as ``global``.
+    ``layout=True`` (``memlab-copy``) adds spatial verification, as copy-detection systems check global
+    candidates with local evidence: a row is [global descriptor, the trunk's last two feature maps (the
+    finer one average-pooled to the coarser one's grid), each flattened and L2-normalized] / sqrt(3), so
+    its cosine, the search's score and the verdict, is the mean of the global and the two layout
+    cosines (a one-stage trunk has one map). GeM pooling forgets where things are: two distinct scenes
+    on the same background pattern pool alike, while a copy keeps its layout through the blur and colour
+    drift of a diffusion decoder.
+    The layout is not mirror-invariant: a mirrored copy keeps its global third. The global and layout
+    cosines stay in each match as ``global`` and ``layout``.
+
+    ``blur`` (pixels, at the network's input size) low-passes every image before the network, query and
+    training image alike: a diffusion model's copy loses fine detail the training image has, so the
+    comparison is made without it (memlab-copy: 1 px at 64 x 64, chosen on the model copies of items
+    other than those the world's card reports: ``benchmarks/bench_model_copies.py --seed``).
     """
 
     kind = "learned"
     duplicate_threshold = 0.95
 
-    def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64, layout: bool = False):
+    def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64, layout: bool = False,
+                 blur: float = 0.0):
         import hashlib
 
         from .copynet import load_copynet
 
         folder = Path(weights) if weights is not None else default_copynet_weights()
-        self.name, self.weights, self.layout = name, folder, bool(layout)
+        self.name, self.weights, self.layout, self.blur = name, folder, bool(layout), float(blur)
+        if self.blur < 0:
+            raise MemlabError(f"blur must be >= 0 pixels, got {blur}")
         self.device = _device(device)
         self.batch_size = int(batch_size)
         self.net = load_copynet(folder, device=self.device)
@@ -425,56 +435,55 @@ class LearnedCopyDescriptor(Descriptor):
         digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
         self.model = f"memlab-copynet-{cfg.dim}d-{digest}"
         crops = [c for c in cfg.crop_average if c < 1.0]
-        self.preset = (f"resize-{cfg.input_size}x{cfg.input_size}-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
+        self.preset = (f"resize-{cfg.input_size}x{cfg.input_size}" + (f"-blur-{self.blur:g}" if self.blur else "")
+                       + "-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
                        + (f"-crop-avg-{'-'.join(f'{c:g}' for c in crops)}" if crops else ""))
         self.dim = int(cfg.dim)
-        if self.layout:
+        if self.layout:  # the last two stages' maps (one, for a one-stage trunk), on the last one's grid
             side = cfg.input_size // 2 ** (len(cfg.widths) - 1)
-            self.map_shape = (int(cfg.widths[-1]), side, side)
-            self.preset += "+layout-{}x{}x{}".format(*self.map_shape)
-            self.dim += int(np.prod(self.map_shape))
-            self.verdict = "layout"
+            self.map_shapes = [(int(c), side, side) for c in cfg.widths[1:][-2:]]
+            self.preset += "+layout-" + "+".join("{}x{}x{}".format(*m) for m in self.map_shapes)
+            self.dim += sum(int(np.prod(m)) for m in self.map_shapes)
 
     def config(self):
         # the shipped weights are named by None, so an index built with them works from any checkout
         default = self.weights.resolve() == default_copynet_weights().resolve()
-        return {"weights": None if default else str(self.weights), "layout": self.layout}
+        return {"weights": None if default else str(self.weights), "layout": self.layout, "blur": self.blur}
 
     def embed(self, images):
         import torch
 
-        from .copynet import to_input
+        from .copynet import low_pass, to_input
 
         size = self.net.config.input_size
+        unit = torch.nn.functional.normalize
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
                 x = to_input(list(images[i:i + self.batch_size]), size).to(self.device)
+                if self.blur:
+                    x = low_pass(x, self.blur)
                 g = self.net(x).float()
                 if self.layout:
-                    m = torch.nn.functional.normalize(self.net.trunk(x).float().flatten(1), dim=1)
-                    g = torch.cat([g, m], dim=1) / np.sqrt(2.0)
+                    maps = self.net.feature_maps(x)[-len(self.map_shapes):]
+                    side = maps[-1].shape[-1]  # the finer map average-pooled to the last one's grid
+                    parts = [unit(torch.nn.functional.adaptive_avg_pool2d(m.float(), side).flatten(1), dim=1)
+                             for m in maps]
+                    g = torch.cat([g, *parts], dim=1) / np.sqrt(1.0 + len(parts))
                 out.append(g.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def _split(self, v: np.ndarray):
-        """Rows [global, layout] -> (global unit rows, layout unit rows)."""
-        v = np.asarray(v, np.float32) * np.float32(np.sqrt(2.0))
-        return v[..., :self.net.config.dim], v[..., self.net.config.dim:]
-
-    def verdict_scores(self, query, items):
-        if not self.layout:
-            return super().verdict_scores(query, items)
-        _, q = self._split(query)
-        _, t = self._split(items)
-        return t @ q
+    def _split(self, v: np.ndarray) -> list[np.ndarray]:
+        """Rows [global, layout maps...] -> their unit parts."""
+        v = np.asarray(v, np.float32) * np.float32(np.sqrt(1.0 + len(self.map_shapes)))
+        cuts = np.cumsum([self.net.config.dim] + [int(np.prod(m)) for m in self.map_shapes])[:-1]
+        return np.split(v, cuts, axis=-1)
 
     def secondary_scores(self, query, items):
         if not self.layout:
             return {}
-        gq, _ = self._split(query)
-        gt, _ = self._split(items)
-        return {"global": gt @ gq}
+        q, t = self._split(query), self._split(items)
+        return {"global": t[0] @ q[0], "layout": np.mean([b @ a for a, b in zip(q[1:], t[1:])], axis=0)}
 
 
 _KINDS: dict[str, Callable[..., Descriptor]] = {

@@ -21,9 +21,9 @@ def test_world_files_match_manifest_and_size():
     assert list((ASSETS_WORLD / "model").rglob("*.safetensors"))
     assert not list(ASSETS_WORLD.rglob("*.bin")) and not list(ASSETS_WORLD.rglob("*.pt"))
     size = sum(p.stat().st_size for p in ASSETS_WORLD.rglob("*") if p.is_file() and "build" not in p.parts)
-    # the model (23 MB) and the index (31 MB: a memlab-copy row holds its 192 x 4 x 4 layout map beside the
-    # global descriptor, 3,200 floats, in the vectors and again in the Flat index)
-    assert size < 64 * 2**20
+    # the model (23 MB) and the index (46 MB: a memlab-copy row holds its two layout maps, 128 x 4 x 4 and
+    # 192 x 4 x 4, beside the global descriptor, 5,248 floats, in the vectors and again in the Flat index)
+    assert size < 72 * 2**20
     probes = pd.read_csv(w.file("probes"))
     assert {"prompt", "group", "item"} <= set(probes.columns)
     assert {"unique", "keyword"} <= set(probes["group"]) and any(probes["group"].str.startswith("partial"))
@@ -65,14 +65,16 @@ def test_ships_no_shared_data():
 
 def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies():
     """Issue 10 on the shipped world: one calibration row per distinct image, a distinct-image background
-    whose 95th percentile sits below the threshold, recall on the model's own copies measured (75% for the
-    shipped weights; the issue's 90% target is not met yet, so this guards against regression only)."""
+    whose 95th percentile sits below the threshold, recall on the model's own copies at least 90%."""
     idx = TrainingIndex.load(ASSETS_WORLD / "index")
     items = idx.items
     reps = items[items["representative"]]
     # one row per distinct image: near-duplicate groups, with the crops of one scikit-image photo as one
     photos = items[items["origin"] != ""]
-    assert reps["group"].is_unique and items["group"].nunique() == items["item"].nunique()
+    assert reps["group"].is_unique
+    # a near-duplicate group holds one training item, or overlapping crops of one photo, never two scenes
+    for _, grp in items.groupby("group"):
+        assert grp["item"].nunique() == 1 or (grp["origin"].nunique() == 1 and grp["origin"].iloc[0] != "")
     assert len(reps) == items["item"].nunique() - photos["item"].nunique() + photos["origin"].nunique()
     for name in idx.descriptor_names:
         thr = idx.threshold(name)
@@ -81,8 +83,8 @@ def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies()
     bg = idx.background("memlab-copy", distinct=True)
     assert len(bg) == len(reps) and np.percentile(bg, 95) < thr["value"]
     gt = thr["ground_truth"]
-    assert gt["model:all"]["recall"] >= 0.85 and gt["model:vae"]["recall"] >= 0.95
-    # the layout verdict recalls the model's own copies far better than the global cosine or pixels
+    assert gt["model:all"]["recall"] >= 0.90 and gt["model:vae"]["recall"] >= 0.95
+    # memlab-copy (layout and low-pass) recalls the model's own copies far better than the global cosine or pixels
     for other in ("memlab-copy-global", "pixel"):
         assert gt["model:all"]["recall"] >= idx.threshold(other)["ground_truth"]["model:all"]["recall"] + 0.1
     card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]

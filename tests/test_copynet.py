@@ -99,17 +99,18 @@ def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
 
 
 def test_layout_verdict_sees_where_things_are(tmp_path):
-    """memlab-copy's verdict compares feature-map layouts (spatial verification): a square moved from
-    the top to the bottom of the same background pools alike (the global cosine) but is not laid out
-    alike; the search is by the mean of the two cosines."""
+    """memlab-copy's rows hold the trunk's last two feature maps beside the global descriptor (spatial
+    verification): a square moved from the top to the bottom of the same background pools alike (the
+    global cosine) but is not laid out alike; the row's cosine, search score and verdict, is the mean
+    of the global and the two layout cosines."""
     from PIL import Image, ImageDraw
 
     torch.manual_seed(0)
     CopyNet(CopyNetConfig(**TINY)).eval().save_pretrained(tmp_path / "w")
-    d = create_descriptor("memlab-copy", weights=str(tmp_path / "w"))
+    d = create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0)
     g = create_descriptor("memlab-copy-global", weights=str(tmp_path / "w"))
-    assert d.verdict == "layout" and g.verdict == "cosine" and d.dim == 16 + 16 * 8 * 8
-    assert d.config()["layout"] is True and "+layout-16x8x8" in d.preset
+    assert d.verdict == g.verdict == "cosine" and d.dim == 16 + 12 * 8 * 8 + 16 * 8 * 8
+    assert d.config()["layout"] is True and "+layout-12x8x8+16x8x8" in d.preset
 
     def scene(y):  # a red square at height y, on the left of a grey background
         im = Image.new("RGB", (64, 64), (128, 128, 128))
@@ -118,13 +119,41 @@ def test_layout_verdict_sees_where_things_are(tmp_path):
     ims = [scene(4), scene(44), scene(6)]
     v = d.embed(ims)
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    verdict, glob = d.verdict_scores(v[0], v), d.secondary_scores(v[0], v)["global"]
+    extra = d.secondary_scores(v[0], v)
+    glob, lay = extra["global"], extra["layout"]
     assert np.allclose(glob, g.embed(ims) @ g.embed(ims[:1])[0], atol=1e-5)  # memlab-copy-global's cosine
-    assert verdict[0] == pytest.approx(1.0, abs=1e-5)
-    assert verdict[1] < glob[1] - 0.05  # pooled alike, laid out differently
-    assert verdict[2] > verdict[1]  # moved by 2 px: laid out alike
-    gl, lay = d._split(v)  # the index searches by the mean of the two cosines
-    assert np.allclose(v @ v[0], (gl @ gl[0] + lay @ lay[0]) / 2, atol=1e-5) and np.allclose(lay @ lay[0], verdict)
+    assert lay[0] == pytest.approx(1.0, abs=1e-5)
+    assert lay[1] < glob[1] - 0.05  # pooled alike, laid out differently
+    assert lay[2] > lay[1]  # moved by 2 px: laid out alike
+    gl, fine, last = d._split(v)
+    assert np.allclose(lay, (fine @ fine[0] + last @ last[0]) / 2, atol=1e-5)
+    assert np.allclose(v @ v[0], (glob + 2 * lay) / 3, atol=1e-5)  # the cosine: the mean of the three
+
+
+def test_input_blur_is_a_gaussian_low_pass_named_in_the_preset(tmp_path):
+    """memlab-copy low-passes its input (1 px at the network's input size, query and training image
+    alike): ``copynet.low_pass`` keeps a flat image, keeps the mean, spreads a point as a Gaussian of
+    the given standard deviation; the preset names the blur and a negative one is refused."""
+    from memlab.copynet import low_pass
+    from memlab.errors import MemlabError
+
+    flat = torch.full((1, 3, 9, 9), 0.3)
+    assert torch.allclose(low_pass(flat, 1.0), flat, atol=1e-6)
+    point = torch.zeros(1, 1, 21, 21)
+    point[0, 0, 10, 10] = 1.0
+    out = low_pass(point, 1.5)[0, 0]
+    assert out.sum() == pytest.approx(1.0, abs=1e-5)
+    ys, xs = torch.meshgrid(torch.arange(21.0) - 10, torch.arange(21.0) - 10, indexing="ij")
+    assert float((out * xs ** 2).sum()) == pytest.approx(1.5 ** 2, rel=0.02)  # its variance: sigma^2
+    assert float((out * ys ** 2).sum()) == pytest.approx(1.5 ** 2, rel=0.02)
+    torch.manual_seed(0)
+    CopyNet(CopyNetConfig(**TINY)).eval().save_pretrained(tmp_path / "w")
+    assert create_descriptor("memlab-copy").blur == 1.0
+    d = create_descriptor("memlab-copy", weights=str(tmp_path / "w"))
+    assert "-blur-1-" in d.preset and d.config()["blur"] == 1.0
+    assert "blur" not in create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0).preset
+    with pytest.raises(MemlabError):
+        create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=-1)
 
 
 def test_batches_hold_same_background_pairs_together_as_negatives():
