@@ -5,7 +5,9 @@ Layout of an index directory (it describes itself):
     manifest.json            descriptors (model, preset, dim, threshold and how it was obtained,
                              background statistics), item count, sha256 of every file, creation time
     items.parquet            id, caption, file, group (near-duplicate group), duplicates, extra columns
-    <descriptor>.faiss       the FAISS index (inner product; "Flat" = exact by default)
+    <descriptor>.faiss       the FAISS index (inner product), for approximate factories ("IVF256,SQ8", ...);
+                             "Flat" (exact, the default) stores none: its index is the vectors, added to
+                             a FAISS IndexFlatIP at load (the file would repeat every vector)
     <descriptor>.npy         the exact vectors (re-ranking, background statistics)
     <descriptor>.background.npy   each item's similarity to its nearest other item (DCR background)
 
@@ -215,8 +217,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 thr.setdefault("ground_truth", {})[gname] = {
                     "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
                     "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
-            faiss_index = make_faiss_index(v, factory)
-            _faiss().write_index(faiss_index, str(tmp / f"{d.name}.faiss"))
+            if factory != "Flat":  # an exact index is the vectors themselves: built from them at load
+                _faiss().write_index(make_faiss_index(v, factory), str(tmp / f"{d.name}.faiss"))
             np.save(tmp / f"{d.name}.npy", v)
             np.save(tmp / f"{d.name}.background.npy", bg)
             np.save(tmp / f"{d.name}.background_distinct.npy", bg_distinct)
@@ -230,7 +232,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                                         "over": "distinct training images: one row per near-duplicate group "
                                                 + (f"(rows of one {origin!r} counted once) " if origin else "")
                                                 + "vs the nearest distinct image"},
-                "files": {"index": f"{d.name}.faiss", "vectors": f"{d.name}.npy",
+                "files": {"index": f"{d.name}.faiss" if factory != "Flat" else None, "vectors": f"{d.name}.npy",
                           "background": f"{d.name}.background.npy",
                           "background_distinct": f"{d.name}.background_distinct.npy"}}
         items.to_parquet(tmp / ITEMS, index=False)
@@ -401,7 +403,9 @@ class TrainingIndex:
         name = name or self.default_descriptor
         if name not in self._faiss:
             f = self.descriptor_info(name)["files"]["index"]
-            if self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
+            if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
+                index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
+            elif self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
                 from .ondisk import read_faiss
 
                 index = read_faiss(self.path / f)

@@ -31,8 +31,10 @@ def test_round_trip_and_manifest(tmp_path):
     assert info["model"] == "pixels-16x16" and info["dim"] == 768 and info["factory"] == "Flat"
     thr = info["threshold"]
     assert thr["source"] == "calibrated" and 0 < thr["value"] < 1 and thr["recall"] is not None
-    assert set(m["files"]) == {"items.parquet", "pixel.faiss", "pixel.npy", "pixel.background.npy",
+    # an exact (Flat) index stores its vectors once: its FAISS index is built from them at load
+    assert set(m["files"]) == {"items.parquet", "pixel.npy", "pixel.background.npy",
                                "pixel.background_distinct.npy"}
+    assert info["files"]["index"] is None and idx.faiss_index("pixel").ntotal == 41
     # the planted duplicate is grouped with its original and counted
     assert idx.items.loc[40, "group"] == idx.items.loc[3, "group"]
     assert idx.items.loc[3, "duplicates"] == 1 and idx.items.loc[5, "duplicates"] == 0
