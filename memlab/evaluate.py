@@ -69,12 +69,21 @@ def calibrate_wen_target(gen, prompts, seeds, settings: Settings, fpr: float = 0
                                   f"guidance {settings.guidance}: prompts below it are left untouched")}
 
 
-def _group_table(df: pd.DataFrame, threshold: float) -> dict:
+def _group_table(df: pd.DataFrame, threshold: float, planted_of: dict | None = None) -> dict:
+    """Per probe group and strategy. The replication rate splits into seeds whose replicated top-1 is the
+    probe's own item (``replicated_own``) and another training item (``replicated_other``: the model
+    copied a different image, or a false positive); ``replicated_other_by_group`` counts those seeds by
+    the other item's planted group (``planted_of``: item -> group)."""
     table = {}
     for (group, strat), g in df.groupby(["group", "strategy"]):
         scores = np.concatenate(g["scores"].to_list())
+        rep, own = np.concatenate(g["replicated"].to_list()), np.concatenate(g["own_top1"].to_list())
+        other = [planted_of.get(t, "?") if planted_of else "?" for reps, owns, tops in
+                 zip(g["replicated"], g["own_top1"], g["top_items"]) for r, o, t in zip(reps, owns, tops) if r and not o]
         table.setdefault(group, {})[strat] = {
             "probes": int(len(g)), "replication_rate": float(g["replication_rate"].mean()),
+            "replicated_own": float(np.mean(rep & own)), "replicated_other": float(np.mean(rep & ~own)),
+            "replicated_other_by_group": {k: other.count(k) for k in sorted(set(other))},
             "original_recall": float(g["original_recall"].mean()),
             "dataset_similarity": metrics.dataset_similarity(scores, threshold)["p95"],
             "detection_mean": float(g["detection"].mean())}
@@ -101,7 +110,9 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
     log(f"[evaluate] mitigations {', '.join(MITIGATIONS)} on {high}")
     mit = _probe_runs(gen, index, descriptor, probes[probes["group"] == high], seeds, list(MITIGATIONS),
                       settings, progress)
-    table = _group_table(pd.concat([base, mit]), thr["value"])
+    items = index.items.drop_duplicates("item")
+    planted_of = dict(zip(items["item"].astype(int), items["planted"].astype(str))) if "planted" in items else None
+    table = _group_table(pd.concat([base, mit]), thr["value"], planted_of)
 
     det_pos = base[base["group"] == high]["detection"].to_numpy()
     det_neg = base[base["group"] == "unique"]["detection"].to_numpy()
@@ -112,7 +123,6 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
 
     # hidden object of the planted keyword: the share of its training items that carry it, and the
     # share of keyword generations whose top-1 match carries it
-    items = index.items.drop_duplicates("item")
     kw_name = next(iter(world.manifest.get("keywords", {"": {}})))
     hidden = world.manifest.get("keywords", {}).get(kw_name, {}).get("hidden_object")
     obj = {}
@@ -192,10 +202,18 @@ def format_report(m: dict) -> str:
     lines = [f"descriptor {d['name']} ({d['model']}, {d['preset']}), threshold {d['threshold']:.3f} "
              f"({d['threshold_source']}); {m['seeds_per_probe']} seeds per probe; "
              f"{m['settings']['steps']} steps, guidance {m['settings']['guidance']}",
-             f"{'group':<16}{'probes':>7}{'replicated':>12}{'original@1':>12}{'data sim p95':>14}{'detection':>11}"]
+             f"{'group':<16}{'probes':>7}{'replicated':>12}{'= own':>8}{'+ other':>9}{'original@1':>12}"
+             f"{'data sim p95':>14}{'detection':>11}"]
     for g, r in sorted(m["groups"].items()):
-        lines.append(f"{g:<16}{r['probes']:>7}{r['replication_rate']:>12.1%}{r['original_recall']:>12.1%}"
+        split = (f"{r['replicated_own']:>8.1%}{r['replicated_other']:>9.1%}" if "replicated_own" in r
+                 else f"{'':>8}{'':>9}")  # cards before the split
+        lines.append(f"{g:<16}{r['probes']:>7}{r['replication_rate']:>12.1%}{split}{r['original_recall']:>12.1%}"
                      f"{r['dataset_similarity']:>14.3f}{r['detection_mean']:>11.3f}")
+    others = {g: r["replicated_other_by_group"] for g, r in sorted(m["groups"].items())
+              if r.get("replicated_other_by_group")}
+    if others:
+        lines.append("replicated with another item at top-1, seeds by that item's group: " + "; ".join(
+            f"{g}: " + ", ".join(f"{k} {v}" for k, v in o.items()) for g, o in others.items()))
     lines.append(f"mitigations on {m['mitigations_on']} (same seeds):")
     base = m["groups"][m["mitigations_on"]]
     lines.append(f"  {'none':<8} replicated {base['replication_rate']:.1%}  data sim {base['dataset_similarity']:.3f}")

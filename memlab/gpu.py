@@ -80,10 +80,10 @@ ON_HOST = _on_zero_gpu()  # the app sends its GPU work through the functions bel
 
 def on_host(fn, duration_fn):
     """``fn`` as the host runs GPU work: ``spaces.GPU(duration=duration_fn)`` on ZeroGPU, else ``fn``."""
-    try:
-        import spaces  # type: ignore
-    except ImportError:
+    if not ON_HOST:
         return fn
+    import spaces  # type: ignore
+
     return spaces.GPU(duration=duration_fn)(fn)
 
 

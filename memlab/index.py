@@ -302,6 +302,27 @@ class TrainingIndex:
         self._rowgroups = None
         self._fds: dict = {}
 
+    def close(self) -> None:
+        """Release the open files (row reads, memory-mapped vectors and lists); the index reopens them on
+        the next use. Also on leaving ``with TrainingIndex.load(...) as idx:``."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._faiss.clear()
+        self._vectors.clear()
+
+    def __enter__(self) -> "TrainingIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: os may be gone
+            pass
+
     @property
     def items(self) -> pd.DataFrame:
         """The item table (read whole on first use; ``item(row)`` alone reads only the row's row group)."""

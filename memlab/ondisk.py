@@ -449,10 +449,16 @@ class OnDiskAddition(OnDiskBuild):
             return _faiss().read_index(str(self.base.path / f"{self.name}.faiss"))
         return read_faiss(self.base.path / f"{self.name}.faiss")
 
+    def base_rows(self) -> np.ndarray:
+        """The base rows whose neighbour lists the base keeps (read once)."""
+        if getattr(self, "_base_rows", None) is None:
+            with np.load(self.base.path / f"{self.name}.knn.npz") as z:
+                self._base_rows = z["rows"]
+        return self._base_rows
+
     def query_rows(self) -> np.ndarray:
         """The base's queried rows, and the new rows (all of them, or the same fraction, seeded)."""
-        with np.load(self.base.path / f"{self.name}.knn.npz") as z:
-            base_rows = z["rows"]
+        base_rows = self.base_rows()
         new = np.arange(self.n_base, self.n)
         if len(base_rows) < self.n_base:
             m = round(len(new) * len(base_rows) / self.n_base)
@@ -465,8 +471,7 @@ class OnDiskAddition(OnDiskBuild):
     def neighbours(self, v: np.ndarray, index):
         faiss = _faiss()
         rows = self.query_rows()
-        with np.load(self.base.path / f"{self.name}.knn.npz") as z:
-            base_rows = z["rows"]
+        base_rows = self.base_rows()
         new_rows = rows[len(base_rows):]
         ids_new, sc_new = self.knn_pass(v, index, new_rows, "new")
         # the base rows' nearest new rows, searched in an index of the new rows alone (same codec)

@@ -85,6 +85,18 @@ def test_queries_find_the_exact_top1_through_the_approximate_index(emb, tmp_path
     _, rows = idx.search(q, k=1)
     assert np.mean(rows[:, 0] == exact) >= 0.99
 
+    # served from disk, it holds files open; close() releases them and the next search reopens them
+    def open_files():
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")}
+
+    assert any(f.startswith(str((tmp_path / "idx").resolve())) for f in open_files())
+    idx.close()
+    assert not any(f.startswith(str((tmp_path / "idx").resolve())) for f in open_files())
+    with TrainingIndex.load(tmp_path / "idx") as again:
+        assert np.array_equal(again.search(q, k=1)[1], rows)
+    assert np.array_equal(idx.search(q, k=1)[1], rows)
+
 
 def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     from memlab.index import TrainingIndex
