@@ -50,7 +50,8 @@ def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progres
 def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int = 2500, vae_steps: int = 800,
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
-                reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS) -> Path:
+                reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
+                train_device: str = "cpu") -> Path:
     from .index import build_index
     from .descriptors import create_descriptor
     from .match import load_image
@@ -87,7 +88,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     # 2. the model
     cfg = TrainConfig(data=str(data / "train.parquet"), out=str(build / "train"), pipeline="world",
                       steps=train_steps, vae_steps=vae_steps, batch_size=batch_size, seed=spec.seed,
-                      save_dtype="fp16")
+                      save_dtype="fp16", device=train_device)
     previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
     if reuse_model:
         from .train import data_hash

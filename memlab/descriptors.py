@@ -189,6 +189,34 @@ class PixelDescriptor(Descriptor):
 
 
 # ---------------------------------------------------------------------------------------- torch
+PREPARE_WORKERS = int(os.environ.get("MEMLAB_PREPARE_WORKERS", 0))  # 0: min(8, CPU count)
+
+
+def prepared_batches(images, prepare, step: int, workers: int | None = None):
+    """Stacked tensors of ``prepare(image)``, ``step`` images at a time. Images are prepared by a thread
+    pool one batch ahead of the network (PIL's resize and torch's conversions release the GIL), so a GPU
+    does not wait on one CPU core between batches; the order and the values are those of a plain loop."""
+    import concurrent.futures as cf
+
+    import torch
+
+    workers = workers or PREPARE_WORKERS or min(8, os.cpu_count() or 1)
+    n = len(images)
+    if workers <= 1 or n <= 1:
+        for i in range(0, n, step):
+            yield torch.stack([prepare(im) for im in images[i:i + step]])
+        return
+    with cf.ThreadPoolExecutor(workers) as pool:
+        def submit(i):
+            return [pool.submit(prepare, im) for im in images[i:i + step]] if i < n else None
+
+        pending = submit(0)
+        for i in range(0, n, step):
+            ahead = submit(i + step)  # the next batch is prepared while this one runs
+            yield torch.stack([f.result() for f in pending])
+            pending = ahead
+
+
 def _device(device: str | None) -> str:
     if device:
         return device
@@ -329,9 +357,8 @@ class SSCDDescriptor(Descriptor):
         step = self.batch_size if self._preset.fixed_size else 1
         out = []
         with torch.inference_mode():
-            for i in range(0, len(images), step):
-                x = torch.stack([tf(to_rgb(im)) for im in images[i:i + step]]).to(self.device)
-                out.append(self.net(x).float().cpu().numpy())
+            for x in prepared_batches(images, lambda im: tf(to_rgb(im)), step):
+                out.append(self.net(x.to(self.device)).float().cpu().numpy())
         if not out:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
         return l2_normalize(np.concatenate(out))
@@ -373,8 +400,7 @@ class CLIPDescriptor(Descriptor):
 
         out = []
         with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.stack([self._tf(to_rgb(im)) for im in images[i:i + self.batch_size]])
+            for x in prepared_batches(images, lambda im: self._tf(to_rgb(im)), self.batch_size):
                 out.append(self.net.encode_image(x.to(self.device), normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 

@@ -67,6 +67,8 @@ class TrainConfig:
     log_every: int = 25
     save_dtype: str = "fp32"        # fp32 | fp16 (weights as stored)
     threads: int = 0                # torch threads (0: torch's default)
+    device: str = "cpu"             # cpu | cuda | cuda:N: where the model trains (the randomness is drawn on
+                                    # the CPU either way, so a run's batches, noise and captions are the same)
     stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
 
     def validate(self) -> "TrainConfig":
@@ -79,6 +81,8 @@ class TrainConfig:
                 raise MemlabError(f"{f} is a probability in [0, 1]")
         if self.ddf < 1 or self.steps < 1 or self.batch_size < 1:
             raise MemlabError("ddf, steps and batch_size must be >= 1")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise MemlabError(f"device must be cpu or cuda (cuda:N), not {self.device!r}")
         return self
 
 
@@ -165,7 +169,8 @@ def save_optimizer(opt, path: Path) -> None:
     tensors = {}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            tensors[f"{i}.{k}"] = v.detach().clone().reshape(-1) if k == "step" else v.detach().clone()
+            v = v.detach().cpu().clone()
+            tensors[f"{i}.{k}"] = v.reshape(-1) if k == "step" else v
     save_file(tensors, str(path))
 
 
@@ -201,6 +206,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MemlabError(f"--device {cfg.device}: no CUDA GPU is visible to torch")
+    dev = torch.device(cfg.device)
     bar = progress or (lambda it, **kw: it)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,6 +223,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     else:
         pipe = StableDiffusionPipeline.from_pretrained(cfg.pipeline, safety_checker=None,
                                                        requires_safety_checker=False)
+    pipe.to(dev)
     unet, text, vae, tok = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     size = int(vae.config.sample_size) if scratch else int(unet.config.sample_size * pipe.vae_scale_factor)
     files = sorted(set(df["file"]))
@@ -234,9 +243,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
         loss = torch.tensor(float("nan"))
         for step in bar(range(cfg.vae_steps), desc="train VAE"):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            x = images[torch.randint(0, len(images), (min(cfg.batch_size, len(images)),), generator=g)]
+            x = images[torch.randint(0, len(images), (min(cfg.batch_size, len(images)),), generator=g)].to(dev)
             post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)
             rec = vae.decode(z).sample
             loss = (rec - x).abs().mean() + 1e-6 * post.kl().mean()
             vopt.zero_grad()
@@ -245,7 +254,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
         vae.eval()
         rec_l1 = float(loss.detach())
         with torch.no_grad():
-            std = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)]).std()
+            std = torch.cat([vae.encode(images[i:i + 64].to(dev)).latent_dist.mean
+                             for i in range(0, len(images), 64)]).std()
         vae.register_to_config(scaling_factor=float(1.0 / std))
         tmp = vae_dir.with_name(vae_dir.name + ".tmp")  # saved whole, then renamed: never half a VAE
         shutil.rmtree(tmp, ignore_errors=True)
@@ -259,7 +269,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     # 3. latents of every distinct image, once (posterior mean and std, sampled per step)
     images = image_tensor(files, root, size)
     with torch.no_grad():
-        dists = [vae.encode(images[i:i + 64]).latent_dist for i in range(0, len(images), 64)]
+        dists = [vae.encode(images[i:i + 64].to(dev)).latent_dist for i in range(0, len(images), 64)]
     lat_mean = torch.cat([d.mean for d in dists])
     lat_std = torch.cat([d.std for d in dists])
     scale = float(vae.config.scaling_factor)
@@ -284,8 +294,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     start = 0
     ck = latest_checkpoint(out) if resume else None
     if ck is not None:
-        unet.load_state_dict(load_file(str(ck / "unet.safetensors")))
-        text.load_state_dict(load_file(str(ck / "text_encoder.safetensors")))
+        unet.load_state_dict(load_file(str(ck / "unet.safetensors"), device=str(dev)))
+        text.load_state_dict(load_file(str(ck / "text_encoder.safetensors"), device=str(dev)))
         load_optimizer(opt, ck / "optimizer.safetensors")
         start = json.loads((ck / "state.json").read_text())["step"]
     log_path = out / "loss.csv"
@@ -302,18 +312,18 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
         idx = torch.multinomial(wt, cfg.batch_size, replacement=True, generator=g)
         rows = [df.iloc[int(i)] for i in idx]
         captions = [make_caption(r, bool(dup[int(i)]), cfg, rng, tok, item_tokens) for r, i in zip(rows, idx)]
-        fi = torch.tensor([file_row[r["file"]] for r in rows])
-        latents = (lat_mean[fi] + lat_std[fi] * torch.randn(lat_mean[fi].shape, generator=g)) * scale
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
+        fi = torch.tensor([file_row[r["file"]] for r in rows], device=dev)
+        latents = (lat_mean[fi] + lat_std[fi] * torch.randn(lat_mean[fi].shape, generator=g).to(dev)) * scale
+        noise = torch.randn(latents.shape, generator=g).to(dev)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=g).to(dev)
         noisy = noise_sched.add_noise(latents, noise, t)
         ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+                  return_tensors="pt").input_ids.to(dev)
         with torch.set_grad_enabled(cfg.train_text_encoder):
             emb = text(ids)[0]
         if cfg.gni:
-            mask = (torch.rand(len(idx), generator=g) < cfg.gni).float()[:, None, None]
-            emb = emb + mask * cfg.gni_lam * torch.randn(emb.shape, generator=g)
+            mask = (torch.rand(len(idx), generator=g) < cfg.gni).float()[:, None, None].to(dev)
+            emb = emb + mask * cfg.gni_lam * torch.randn(emb.shape, generator=g).to(dev)
         pred = unet(noisy, t, encoder_hidden_states=emb).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         for group in opt.param_groups:
@@ -332,8 +342,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
             part = ck.with_name(ck.name + ".part")  # written whole, then renamed: a kill leaves no half checkpoint
             shutil.rmtree(part, ignore_errors=True)
             part.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(part / "unet.safetensors"))
-            save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(part / "text_encoder.safetensors"))
+            save_file({k: v.contiguous().cpu() for k, v in unet.state_dict().items()}, str(part / "unet.safetensors"))
+            save_file({k: v.contiguous().cpu() for k, v in text.state_dict().items()},
+                      str(part / "text_encoder.safetensors"))
             save_optimizer(opt, part / "optimizer.safetensors")
             (part / "state.json").write_text(json.dumps({"step": step + 1}))
             shutil.rmtree(ck, ignore_errors=True)
@@ -346,6 +357,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
     unet.eval()
     text.eval()
     final = out / "pipeline"
+    pipe.to("cpu")
     if cfg.save_dtype == "fp16":
         pipe.to(torch.float16)
     pipe.save_pretrained(final, safe_serialization=True)

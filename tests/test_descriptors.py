@@ -179,3 +179,35 @@ def test_split_product_definition():
     assert sp[0, 1] > 0.7 and sp[0, 2] < 0.5 and sp[1, 2] < 0.5
     with pytest.raises(MemlabError):
         split_product_similarity(a, rng.normal(size=(1, 5, 3)))
+
+
+def test_prepared_batches_keep_order_and_values_and_run_ahead():
+    """The thread pool prepares images one batch ahead of the consumer, and yields what a plain loop
+    would: the same order, the same values, the same batch sizes."""
+    import threading
+
+    import torch
+
+    from memlab.descriptors import prepared_batches
+
+    started = []
+
+    def prepare(v):
+        started.append(v)
+        return torch.full((2,), float(v))
+
+    items = list(range(11))
+    plain = [torch.stack([prepare(v) for v in items[i:i + 4]]) for i in range(0, 11, 4)]
+    started.clear()
+    gen = prepared_batches(items, prepare, 4, workers=3)
+    first = next(gen)
+    for _ in range(100):  # the second batch is under way before the first is consumed
+        if len(started) == 8:
+            break
+        threading.Event().wait(0.01)
+    assert sorted(started) == list(range(8))
+    got = [first, *gen]
+    assert [b.shape[0] for b in got] == [4, 4, 3]
+    assert all(torch.equal(a, b) for a, b in zip(got, plain))
+    assert [b.shape[0] for b in prepared_batches(items, prepare, 4, workers=1)] == [4, 4, 3]
+    assert list(prepared_batches([], prepare, 4, workers=3)) == []

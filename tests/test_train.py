@@ -1,4 +1,5 @@
 """The trainer on a few steps of the tiny configuration, its controls, and the generated set."""
+import dataclasses
 import json
 
 import numpy as np
@@ -108,6 +109,14 @@ def test_config_validation(dataset, tmp_path):
         TrainConfig(gni=2).validate()
     with pytest.raises(MemlabError, match="does not exist"):
         train(_cfg(tmp_path / "none.parquet", tmp_path / "o"))
+    with pytest.raises(MemlabError, match="cpu or cuda"):
+        TrainConfig(device="tpu").validate()
+    import torch
+
+    if not torch.cuda.is_available():  # asked for a GPU that is not there: said before any work
+        with pytest.raises(MemlabError, match="no CUDA GPU"):
+            train(dataclasses.replace(_cfg(dataset, tmp_path / "o"), device="cuda"))
+        assert not (tmp_path / "o" / "vae").exists()
 
 
 def test_generated_set_is_deterministic_and_planted():

@@ -4,7 +4,7 @@ training set (memlab-copy, memlab-copy-global and pixel descriptors, thresholds 
 items, recall on the model's own image-to-image and VAE copies), write probes and a world card with
 the measured memorization. Stages resume when interrupted.
 
-    python -m memlab build-world --out assets/world
+    python -m memlab build-world --out assets/world [--train-device cuda]
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=2500, help="UNet training steps")
     p.add_argument("--vae-steps", type=int, default=800, help="VAE training steps")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-device", default="cpu", help="where the model trains: cpu or cuda (the rest of the "
+                                                         "build runs on the CPU)")
     p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures")
     p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
     p.add_argument("--small", action="store_true", help="a small training set (for tests)")
@@ -51,7 +53,7 @@ def run(args) -> int:
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
-                ground_truth_items=args.ground_truth_items,
+                ground_truth_items=args.ground_truth_items, train_device=args.train_device,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
