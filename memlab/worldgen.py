@@ -102,10 +102,15 @@ def _background(rng: random.Random, kind: str, c1, c2) -> Image.Image:
         for i in range(-rng.randrange(2 * w), _S, 2 * w):
             d.rectangle((0, i, _S, i + w) if horizontal else (i, 0, i + w, _S), fill=c2)
     elif kind == "checkered":
-        w = rng.choice([43, 64, 86])
-        for i in range(0, _S, w):
-            for j in range(0, _S, w):
-                if (i // w + j // w) % 2:
+        # every checkered scene has its own grid: cell size jittered and both phases drawn from a child
+        # generator seeded by this one's state (so every other image of the world stays as it was). With
+        # one shared grid, a bare grid in a scene's colours looked like a copy of that scene.
+        sub = random.Random(repr(rng.getstate()))
+        w = round(rng.choice([43, 64, 86]) * sub.uniform(0.8, 1.25))
+        ox, oy = sub.randrange(2 * w), sub.randrange(2 * w)
+        for i in range(-ox, _S, w):
+            for j in range(-oy, _S, w):
+                if ((i + ox) // w + (j + oy) // w) % 2:
                     d.rectangle((i, j, i + w, j + w), fill=c2)
     elif kind == "dotted":
         w = rng.choice([48, 64])

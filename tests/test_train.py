@@ -119,6 +119,25 @@ def test_config_validation(dataset, tmp_path):
         assert not (tmp_path / "o" / "vae").exists()
 
 
+def test_checkered_backgrounds_each_have_their_own_grid():
+    """Cell size and phase vary per scene (a shared grid made a bare grid look like a copy of any
+    checkered scene), drawn without changing what the rest of the world draws."""
+    import random
+
+    from memlab.worldgen import _background
+
+    grids = set()
+    for seed in range(12):
+        a = np.asarray(_background(random.Random(seed), "checkered", (0, 0, 0), (255, 255, 255)))[..., 0] > 0
+        rows, cols = np.flatnonzero(np.diff(a[:, 0].astype(int))), np.flatnonzero(np.diff(a[0].astype(int)))
+        grids.add((int(rows[0]), int(cols[0]), int(np.diff(rows).min()) if len(rows) > 1 else 0))
+    assert len(grids) >= 10
+    r1, r2 = random.Random(5), random.Random(5)
+    _background(r1, "checkered", (0, 0, 0), (255, 255, 255))
+    r2.choice([43, 64, 86])
+    assert r1.random() == r2.random()  # one draw from the world's generator, as before
+
+
 def test_generated_set_is_deterministic_and_planted():
     a, ims_a = make_training_set(SMALL)
     b, ims_b = make_training_set(SMALL)
