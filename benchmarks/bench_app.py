@@ -7,11 +7,10 @@
    is timed too), against the same request through the API with no browser, and against
    ``run_prompt`` for the same prompt and seeds in this process (median of 3, measured in the same run:
    the ratio is what streaming to a page costs); the replication % shown against the one `memlab run`
-   prints for the same prompt and seeds; the page timed with the app's frame cap (``memlab.ui.FRAME_RATE``)
-   and without it, each on a server of its own, in the same run;
+   prints for the same prompt and seeds;
 3. 8 concurrent gradio_client callers x 3 requests each: answered / failed, p50 / p95 latency.
 
-    python benchmarks/bench_app.py [--world DIR] [--callers 8] [--requests 3] [--skip-browser] [--frame-rates 20,0]
+    python benchmarks/bench_app.py [--world DIR] [--callers 8] [--requests 3] [--skip-browser]
 """
 import argparse
 import json
@@ -86,32 +85,6 @@ def time_api(url: str, prompt: str, n: int, world) -> float:
     return float(np.median(times))
 
 
-def warm(url: str, prompt: str, world) -> None:
-    """The server warmed by one request, as run_prompt is warmed before it is timed."""
-    from gradio_client import Client
-
-    Client(url, verbose=False, download_files=False).predict(
-        prompt, 2, "", [], 4, 0.1, int(world.defaults["steps"]), float(world.defaults["guidance"]),
-        api_name="/generate")
-
-
-def time_page(url: str, prompt: str, n: int):
-    """A visitor's click READ_S after the page is ready, and one the instant it is ready, alternating, 3 each,
-    one fresh browser per run: (medians by read time of ready_s / first_s / whole_s, the last run's result)."""
-    import numpy as np
-
-    from browser import generate_in_browser
-
-    runs = {0.0: [], READ_S: []}
-    for _ in range(3):
-        for read in runs:
-            runs[read].append(generate_in_browser(url, prompt, n, read_s=read,
-                                                  screenshot=Path(tempfile.gettempdir()) / "memlab-app.png"))
-    med = {read: {k: float(np.median([r[k] for r in rs])) for k in ("ready_s", "first_s", "whole_s")}
-           for read, rs in runs.items()}
-    return med, runs[READ_S][-1]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default=None)
@@ -119,56 +92,49 @@ def main():
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--skip-browser", action="store_true")
-    ap.add_argument("--frame-rates", default="20,0", help="the page's frame caps to time (memlab.ui.FRAME_RATE; 0: "
-                                                          "none); the first one also serves the rest of the benchmark")
     a = ap.parse_args()
     import numpy as np
     import pandas as pd
     from gradio_client import Client
 
-    from browser import chromium_path, keyword_tab_in_browser, serve_app
+    from browser import chromium_path, generate_in_browser, keyword_tab_in_browser, serve_app
     from memlab.world import World
 
     world = World.load(a.world)
     probes = pd.read_csv(world.file("probes"))
     full = sorted((g for g in probes["group"].unique() if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
     prompt = probes[probes["group"] == full[-1]]["prompt"].iloc[0]
-    others = {}
-    frame_rates = [int(x) for x in a.frame_rates.split(",")]
-    browser = not a.skip_browser and chromium_path()
-    if browser:
-        for fr in frame_rates[1:]:  # the other caps first, each on a server of its own
-            with serve_app(world.path, env={"MEMLAB_FRAME_RATE": str(fr)}) as (url, proc):
-                warm(url, prompt, world)
-                med, _ = time_page(url, prompt, a.seeds)
-                print(f"page with the frame cap at {fr or 'none'}{' fps' if fr else ''}: first generation + match "
-                      f"{med[READ_S]['first_s']:.2f}s, whole batch {med[READ_S]['whole_s']:.2f}s after a click "
-                      f"{READ_S:g}s after the page is ready; clicked at once: whole {med[0.0]['whole_s']:.2f}s")
-                others[fr] = med
     t0 = time.perf_counter()
-    with serve_app(world.path, env={"MEMLAB_FRAME_RATE": str(frame_rates[0])}) as (url, proc):
+    with serve_app(world.path) as (url, proc):
         print(f"app ready in {time.perf_counter() - t0:.1f}s; resident memory after start-up: {rss_mib(proc.pid):.0f} MiB")
-        if browser:
-            warm(url, prompt, world)
-            med, res = time_page(url, prompt, a.seeds)
+        if not a.skip_browser and chromium_path():
+            # a visitor's click comes after reading the page and typing a prompt (READ_S), when the page's
+            # last requests and drawing after load are over; a click the instant the page is ready is
+            # timed too (alternating, 3 each, one fresh browser per run)
+            # the server warmed by one request first, as run_prompt is warmed before it is timed
+            Client(url, verbose=False, download_files=False).predict(
+                prompt, 2, "", [], 4, 0.1, int(world.defaults["steps"]), float(world.defaults["guidance"]),
+                api_name="/generate")
+            runs = {0.0: [], READ_S: []}
+            for _ in range(3):
+                for read in runs:
+                    runs[read].append(generate_in_browser(url, prompt, a.seeds, read_s=read,
+                                                          screenshot=Path(tempfile.gettempdir()) / "memlab-app.png"))
+            res = runs[READ_S][-1]
+            med = {read: {k: float(np.median([r[k] for r in rs])) for k in ("ready_s", "first_s", "whole_s")}
+                   for read, rs in runs.items()}
             ready, first, whole = (med[READ_S][k] for k in ("ready_s", "first_s", "whole_s"))
             shown = re.search(r"Replication: ([\d.]+)% of (\d+) seeds", res["headline"])
-            fr = frame_rates[0]
-            print(f"browser (frame cap {fr or 'none'}{' fps' if fr else ''}), {a.seeds} seeds, prompt {prompt!r}: page "
-                  f"ready (first plot drawn) {ready:.2f}s after opening; clicked {READ_S:g}s later: first generation + "
-                  f"match {first:.2f}s after the click, whole batch {whole:.2f}s; clicked the instant the page is "
-                  f"ready: first {med[0.0]['first_s']:.2f}s, whole {med[0.0]['whole_s']:.2f}s (medians of 3); page "
-                  f"shows replication {shown.group(1)}%")
+            print(f"browser, {a.seeds} seeds, prompt {prompt!r}: page ready (first plot drawn) {ready:.2f}s after "
+                  f"opening; clicked {READ_S:g}s later: first generation + match {first:.2f}s after the click, whole "
+                  f"batch {whole:.2f}s; clicked the instant the page is ready: first {med[0.0]['first_s']:.2f}s, "
+                  f"whole {med[0.0]['whole_s']:.2f}s (medians of 3); page shows replication {shown.group(1)}%")
             api = time_api(url, prompt, a.seeds, world)
             print(f"the same request through the API, no browser (gradio_client, same chunks): {api:.2f}s (median of 3)")
             rp = time_run_prompt(world, prompt, a.seeds)
             print(f"run_prompt, same prompt and seeds, in this process: {rp:.2f}s (median of 3) -> the page's whole "
                   f"batch is {whole / rp:.2f}x run_prompt (clicked at once {med[0.0]['whole_s'] / rp:.2f}x; the API "
                   f"alone {api / rp:.2f}x), its first pair {first / rp:.2f}x")
-            for fr, m in others.items():
-                print(f"  frame cap {fr or 'none'}{' fps' if fr else ''}: whole batch {m[READ_S]['whole_s'] / rp:.2f}x "
-                      f"run_prompt (clicked at once {m[0.0]['whole_s'] / rp:.2f}x), first pair "
-                      f"{m[READ_S]['first_s'] / rp:.2f}x")
             out = Path(tempfile.mkdtemp()) / "r.jsonl"
             subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(world.path), "--prompt", prompt,
                             "--seeds", f"0-{a.seeds - 1}", "--out", str(out)], cwd=ROOT, check=True,

@@ -5,10 +5,10 @@
 2. the server: ``python app.py`` with memlab's queue polling (``ui.calm_queue``) against Gradio's own
    rates (every 1 ms when idle, progress every 10 ms), alternating servers: the event loop's CPU while
    idle (% of a core, from /proc) and the app's /generate for 8 seeds through the API with no browser;
-3. the browser: CPU time Chromium (every process of it, from /proc) spends while the page runs the
-   same 8 seeds, beside the server's, and the page's whole-batch time.
+3. the browser: CPU time Chromium (every process of it, from /proc) spends while the page sits idle and
+   while it runs the same 8 seeds, beside the server's, and the page's whole-batch time.
 
-    python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser]
+    python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser] [--browser-only]
 """
 import argparse
 import os
@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--world", default=None)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-browser", action="store_true")
+    ap.add_argument("--browser-only", action="store_true", help="only part 3")
     a = ap.parse_args()
     import numpy as np
     import pandas as pd
@@ -89,7 +90,7 @@ def main():
 
     # 2. the server, first (this process must not start an OpenMP team before the servers run)
     res = {False: {"idle": [], "api": []}, True: {"idle": [], "api": []}}
-    for rnd in range(2):
+    for rnd in range(0 if a.browser_only else 2):
         for gradio_rates in (True, False):
             port = free_port()
             proc = serve(a.world, gradio_rates, port)
@@ -111,35 +112,42 @@ def main():
                 proc.terminate()
                 proc.wait(20)
     for gradio_rates, label in ((True, "Gradio's polling (1 ms idle, 10 ms progress)"),
-                                (False, "memlab's (ui.calm_queue: 50 ms, 100 ms)")):
+                                (False, "memlab's (ui.calm_queue: 50 ms, 100 ms)")) if not a.browser_only else ():
         r = res[gradio_rates]
         print(f"server with {label}: idle process CPU {100 * np.mean(r['idle']):.1f}% of a core; /generate for "
               f"8 seeds through the API {np.median(r['api']):.2f}s (median of {len(r['api'])})")
-    ratio = np.median(res[True]["api"]) / np.median(res[False]["api"])
-    print(f"-> Gradio's polling makes the same request {ratio:.2f}x as long")
+    if not a.browser_only:
+        ratio = np.median(res[True]["api"]) / np.median(res[False]["api"])
+        print(f"-> Gradio's polling makes the same request {ratio:.2f}x as long")
 
-    # 3. the browser
+    # 3. the browser: Chromium's CPU while the page sits idle (ready -> click, a visitor's 3 s of reading)
+    # and while it runs the batch, beside the server's; 3 runs, a server each
     if not a.skip_browser and chromium_path():
-        port = free_port()
-        proc = serve(a.world, False, port)
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            wait_up(url, proc)
-            runs = []
-            for _ in range(3):
-                cpu = []
+        runs = []
+        for _ in range(3):
+            port = free_port()
+            proc = serve(a.world, False, port)
+            url = f"http://127.0.0.1:{port}/"
+            try:
+                wait_up(url, proc)
+                cpu, clock = [], []
 
-                def read():  # before the click and once the batch is in (Chromium's processes still alive)
+                def read():  # Chromium's processes and the server, with the wall clock
                     cpu.append((cpu_s(chromium_pids()), cpu_s([proc.pid])))
+                    clock.append(time.perf_counter())
 
-                r = generate_in_browser(url, prompt, 8, on_click=read, on_done=read)
-                runs.append((r["whole_s"], cpu[1][0] - cpu[0][0], cpu[1][1] - cpu[0][1]))
-        finally:
-            proc.terminate()
-            proc.wait(20)
-        whole, chrome, server = (float(np.median([x[i] for x in runs])) for i in range(3))
-        print(f"page, 8 seeds: whole batch {whole:.2f}s; CPU during the run: Chromium {chrome:.2f}s, server "
-              f"{server:.2f}s (medians of 3; the machine has {os.cpu_count()} cores)")
+                r = generate_in_browser(url, prompt, 8, on_ready=read, on_click=read, on_done=read, read_s=3.0)
+                runs.append((r["whole_s"], (cpu[1][0] - cpu[0][0]) / (clock[1] - clock[0]),
+                             cpu[2][0] - cpu[1][0], cpu[2][1] - cpu[1][1]))
+            finally:
+                proc.terminate()
+                proc.wait(20)
+        whole, idle, chrome, server = (float(np.median([x[i] for x in runs])) for i in range(4))
+        print(f"page, 8 seeds: whole batch {whole:.2f}s; Chromium idle {100 * idle:.0f}% of a core (ready -> click); "
+              f"CPU during the run: Chromium {chrome:.2f}s, server {server:.2f}s (medians of 3; the machine has "
+              f"{os.cpu_count()} cores)")
+    if a.browser_only:
+        return
 
     # 1. chunking, in this process
     from memlab.generate import Settings

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -1026,40 +1025,6 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 # Gradio pulses the border of every output while a run is in flight: on a machine that serves and shows
 # the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
 # taken from the model; the progress bar shows on the pairs alone (``progress_on``)
-FRAME_RATE = int(os.environ.get("MEMLAB_FRAME_RATE", 20))  # frames per second the page may draw (0: no cap)
-# Gradio's status trackers ask for a frame on every animation frame, even on an idle page, and each
-# output of a running event adds one: at 60 Hz the browser's redraws take CPU that a generation on the
-# same machine needs (a classroom laptop serving itself). Capped at FRAME_RATE, progress and timers still
-# move smoothly. benchmarks/bench_app.py measures the page both ways (MEMLAB_FRAME_RATE=0: no cap).
-FRAME_CAP_HEAD = """<script>
-(() => {
-  const fps = %d;
-  if (!fps || !window.requestAnimationFrame) return;
-  const native = window.requestAnimationFrame.bind(window), interval = 1000 / fps;
-  let next = 1, waiting = new Map(), scheduled = false, last = 0;
-  const flush = (ts) => {
-    scheduled = false; last = performance.now();
-    const run = waiting; waiting = new Map();
-    run.forEach((cb) => { try { cb(ts); } catch (e) { setTimeout(() => { throw e; }); } });
-  };
-  window.requestAnimationFrame = (cb) => {
-    const id = next++; waiting.set(id, cb);
-    if (!scheduled) {
-      scheduled = true;
-      setTimeout(() => native(flush), Math.max(0, last + interval - performance.now()));
-    }
-    return id;
-  };
-  window.cancelAnimationFrame = (id) => { waiting.delete(id); };
-})();
-</script>"""
-
-
-def frame_cap_head(fps: int = FRAME_RATE) -> str:
-    """The ``<head>`` script that caps the page's animation frames at ``fps`` (0: no cap)."""
-    return FRAME_CAP_HEAD % int(fps)
-
-
 APP_CSS = """
 #pairs .caption-label{white-space:normal;max-width:100%}
 .wrap.generating{animation:none!important}
@@ -1089,11 +1054,11 @@ def calm_queue(demo: gr.Blocks) -> None:
 
 
 def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
-           frame_rate: int = FRAME_RATE, **kw):
+           **kw):
     """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
     per event, at most LIMITS["queue"] requests waiting (past it a caller is told the limit and the wait),
     messages of refused input shown (``show_error``; tracebacks stay in the server log), and files served
-    only from the worlds' own folders, and the page's animation frames capped at ``frame_rate`` a second."""
+    only from the worlds' own folders."""
     from starlette.middleware import Middleware
 
     labs = [labs] if isinstance(labs, Lab) else list(labs)
@@ -1102,7 +1067,7 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
     calm_queue(demo)
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
-                       head=frame_cap_head(frame_rate), max_file_size=LIMITS["upload_bytes"],
+                       max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)
 
 

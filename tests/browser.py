@@ -92,12 +92,14 @@ def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict 
 
 
 def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | Path | None = None,
-                        timeout_ms: int = 120_000, on_click=None, on_done=None, read_s: float = 0.0) -> dict:
+                        timeout_ms: int = 120_000, on_click=None, on_done=None, read_s: float = 0.0,
+                        on_ready=None) -> dict:
     """Open the page and wait until it is ready (its first plot drawn: a visitor reads the page before
     typing, and a click during loading would time the page's own start-up); type a prompt, set the seed
     count, wait ``read_s`` more (a visitor's reading and typing: the page's last requests and drawing
     after load are then over, as they are before a person's click), click Generate (``on_click()`` just
-    before, ``on_done()`` once the batch is in: a benchmark reads CPU counters); time the first pair and
+    before, ``on_done()`` once the batch is in, ``on_ready()`` once the page is ready: a benchmark reads CPU
+    counters); time the first pair and
     the whole batch; wait for the table and the plot; return timings and what the page shows."""
     from playwright.sync_api import sync_playwright
 
@@ -109,6 +111,8 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
         page.locator("#generate-btn").wait_for(timeout=timeout_ms)
         page.locator("#hist .js-plotly-plot").first.wait_for(timeout=timeout_ms)
         ready = time.perf_counter() - t_load
+        if on_ready:
+            on_ready()
         page.get_by_label("Prompt").first.fill(prompt)
         seeds_box = page.locator("input[type=number]").first
         seeds_box.fill(str(n_seeds))

@@ -46,13 +46,7 @@ def test_headline_names_its_source_and_seed_counts_out_of_range_get_a_message(ti
         page.locator("#generate-btn").click()
         _wait_text(page, "#headline", "of 2 seeds")
         head = page.locator("#headline").inner_text()
-        # the page draws at most FRAME_RATE (20) animation frames a second, where Chromium draws 60
-        frames = page.evaluate("""() => new Promise(done => {
-            let n = 0; const t0 = performance.now();
-            const tick = () => { n++; if (performance.now() - t0 < 1000) requestAnimationFrame(tick); else done(n); };
-            requestAnimationFrame(tick); })""")
     assert "mitigation rna:k=4,seed=0 · 3 steps, guidance 5 · pixel > " in head and "threshold" in head
-    assert 10 <= frames <= 22, frames
 
 
 def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_world, tmp_path):
