@@ -6,7 +6,10 @@
    rates (every 1 ms when idle, progress every 10 ms), alternating servers: the event loop's CPU while
    idle (% of a core, from /proc) and the app's /generate for 8 seeds through the API with no browser;
 3. the browser: CPU time Chromium (every process of it, from /proc) spends while the page sits idle and
-   while it runs the same 8 seeds, beside the server's, and the page's whole-batch time.
+   while it runs the same 8 seeds, beside the server's, and the page's whole-batch time; and what that
+   costs the generation itself: each chunk's time inside the server (``Lab.generate_chunk``, logged by a
+   wrapper this script starts the app with) while the page draws, against the same chunks through the API
+   on the same server, and the time from the click to the first chunk's start.
 
     python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser] [--browser-only]
 """
@@ -14,6 +17,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +27,21 @@ sys.path.insert(0, str(ROOT / "tests"))  # the app-serving and browser helpers
 
 GRADIO_RATES = ("import sys; import memlab.ui as ui; ui.calm_queue = lambda demo: None; "
                 "sys.argv = ['app.py'] + sys.argv[1:]; import runpy; runpy.run_path('app.py', run_name='__main__')")
+
+
+CHUNK_TIMES = ("import os, sys, time, runpy; import memlab.service as s; f = s.Lab.generate_chunk\n"
+               "def timed(self, prompt, seeds, *a, **k):\n"
+               "    t = time.time(); r = f(self, prompt, seeds, *a, **k)\n"
+               "    with open(os.environ['MEMLAB_CHUNK_LOG'], 'a') as log: log.write(f'{len(seeds)} {t} {time.time()}\\n')\n"
+               "    return r\n"
+               "s.Lab.generate_chunk = timed; sys.argv = ['app.py'] + sys.argv[1:]; "
+               "runpy.run_path('app.py', run_name='__main__')")
+
+
+def chunks_since(log: Path, t0: float) -> list[tuple[int, float, float]]:
+    """(seeds, start, seconds) of each chunk the server logged since the epoch time ``t0``."""
+    rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return [(int(n), float(a), float(b) - float(a)) for n, a, b in rows if float(a) >= t0]
 
 
 def cpu_s(pids) -> float:
@@ -42,11 +61,15 @@ def chromium_pids() -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def serve(world, gradio_rates: bool, port: int):
-    """``python app.py`` on the world; with ``gradio_rates`` the app's queue keeps Gradio's polling."""
+def serve(world, gradio_rates: bool, port: int, chunk_log: Path | None = None):
+    """``python app.py`` on the world; with ``gradio_rates`` the app's queue keeps Gradio's polling; with
+    ``chunk_log`` each chunk's seeds, start and end are appended to that file."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     args = ["--port", str(port)] + (["--world", str(world)] if world else [])
     cmd = [sys.executable, "-c", GRADIO_RATES, *args] if gradio_rates else [sys.executable, "app.py", *args]
+    if chunk_log:
+        env["MEMLAB_CHUNK_LOG"] = str(chunk_log)
+        cmd = [sys.executable, "-c", CHUNK_TIMES, *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -123,10 +146,11 @@ def main():
     # 3. the browser: Chromium's CPU while the page sits idle (ready -> click, a visitor's 3 s of reading)
     # and while it runs the batch, beside the server's; 3 runs, a server each
     if not a.skip_browser and chromium_path():
-        runs = []
+        runs, page_chunks, api_chunks, starts, tails = [], [], [], [], []
+        log = Path(tempfile.mkdtemp()) / "chunks.txt"
         for _ in range(3):
             port = free_port()
-            proc = serve(a.world, False, port)
+            proc = serve(a.world, False, port, chunk_log=log)
             url = f"http://127.0.0.1:{port}/"
             try:
                 wait_up(url, proc)
@@ -134,11 +158,19 @@ def main():
 
                 def read():  # Chromium's processes and the server, with the wall clock
                     cpu.append((cpu_s(chromium_pids()), cpu_s([proc.pid])))
-                    clock.append(time.perf_counter())
+                    clock.append((time.perf_counter(), time.time()))
 
                 r = generate_in_browser(url, prompt, 8, on_ready=read, on_click=read, on_done=read, read_s=3.0)
-                runs.append((r["whole_s"], (cpu[1][0] - cpu[0][0]) / (clock[1] - clock[0]),
+                runs.append((r["whole_s"], (cpu[1][0] - cpu[0][0]) / (clock[1][0] - clock[0][0]),
                              cpu[2][0] - cpu[1][0], cpu[2][1] - cpu[1][1]))
+                page = chunks_since(log, clock[1][1])
+                page_chunks.append([sec for _, _, sec in page])
+                starts.append(page[0][1] - clock[1][1])
+                tails.append(r["whole_s"] - (page[-1][1] + page[-1][2] - clock[1][1]))  # last chunk -> page shows it
+                t0 = time.time()  # the same chunks, no browser, on the same (warm) server
+                Client(url, verbose=False, download_files=False).predict(
+                    prompt, 8, "", [], 4, 0.1, steps, guidance, api_name="/generate")
+                api_chunks.append([sec for _, _, sec in chunks_since(log, t0)])
             finally:
                 proc.terminate()
                 proc.wait(20)
@@ -146,6 +178,12 @@ def main():
         print(f"page, 8 seeds: whole batch {whole:.2f}s; Chromium idle {100 * idle:.0f}% of a core (ready -> click); "
               f"CPU during the run: Chromium {chrome:.2f}s, server {server:.2f}s (medians of 3; the machine has "
               f"{os.cpu_count()} cores)")
+        pc, ac = np.median(page_chunks, axis=0), np.median(api_chunks, axis=0)
+        print(f"the chunks (2 + 6 seeds) inside the server: {pc[0]:.2f} + {pc[1]:.2f}s while the page draws, "
+              f"{ac[0]:.2f} + {ac[1]:.2f}s through the API on the same server -> the page's drawing makes the "
+              f"generation itself {pc.sum() / ac.sum():.2f}x as long; the first chunk starts "
+              f"{np.median(starts):.2f}s after the click, and the page shows the whole batch {np.median(tails):.2f}s "
+              f"after the last chunk ends (medians of 3)")
     if a.browser_only:
         return
 

@@ -387,9 +387,18 @@ def build_app(labs) -> gr.Blocks:
 
 def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api: str, cleared: tuple, progress_on=None):
     """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
-    refused, its message never stands over the previous request's results. The API event (``api``) is
-    ``fn`` alone. Returns that event (Stop cancels it). ``progress_on``: the one output that shows the
+    refused, its message never stands over the previous request's results. A streaming ``fn`` (a
+    generator) clears them in its own first update, the moment its request starts; any other ``fn`` after
+    a clearing event of its own (a second round trip before the work starts: 0.1 s on the 2-core machine,
+    ``benchmarks/bench_streaming.py``). The API event (``api``) is ``fn`` (a generator's first update is
+    then ``cleared``). Returns that event (Stop cancels it). ``progress_on``: the one output that shows the
     progress bar (default all of them)."""
+    if _is_gen(fn):
+        @functools.wraps(fn)
+        def cleared_first(*a, **kw):
+            yield cleared
+            yield from fn(*a, **kw)
+        return btn.click(cleared_first, inputs, outputs, api_name=_api(api), show_progress_on=progress_on)
     clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
     return clear.then(fn, inputs, outputs, api_name=_api(api), show_progress_on=progress_on)
 

@@ -225,6 +225,17 @@ def test_generate_with_the_second_descriptor_names_it(client, server):
         client.predict("a red ball", 2, "", [], 4, 0.1, 3, 5.0, "nope", api_name="/generate")
 
 
+def test_a_generation_clears_the_previous_results_in_its_own_first_update(client):
+    """Generate clears what a new request invalidates in the request itself (no clearing round trip
+    before the work starts): its first streamed update is empty, then the seeds come."""
+    job = client.submit("a red ball", 4, "", [], 4, 0.1, 3, 5.0, api_name="/generate")
+    job.result()
+    outs = job.outputs()
+    headline, gallery = outs[0][0], outs[0][1]
+    assert headline == "" and not gallery
+    assert "of 4 seeds" in outs[-1][0] and len(outs[-1][1]) == 4
+
+
 def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process:
     the run ends early and the next caller is served at once."""
@@ -236,9 +247,9 @@ def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
         job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,
                                                               api_name="/generate")
         t0 = time.time()
-        while not job.outputs() and time.time() - t0 < 60:
+        while not any(o[0] for o in job.outputs()) and time.time() - t0 < 60:  # (the first update clears)
             time.sleep(0.2)
-        assert job.outputs(), "no partial result streamed"
+        assert any(o[0] for o in job.outputs()), "no partial result streamed"
         job.cancel()
         t1 = time.time()
         ok = gradio_client.Client(url, verbose=False).predict("a blue square", 1, "", [], 4, 0.1, 2, 5.0,
