@@ -1,7 +1,8 @@
 """Where streaming a batch to the page costs time, on the built-in world (issue 14), part by part:
 
 1. chunking, in this process: one batch of 8 seeds against the app's chunks (2, then 6), through the
-   same ``Lab`` the app uses (medians, alternating);
+   same ``Lab`` the app uses (medians, alternating), and one UNet step (a guided batch: 2 inputs a seed)
+   for 1, 2, 6 and 8 seeds: the fixed part of a step is what each extra batch pays again;
 2. the server: ``python app.py`` with memlab's queue polling (``ui.calm_queue``) against Gradio's own
    rates (every 1 ms when idle, progress every 10 ms), alternating servers: the event loop's CPU while
    idle (% of a core, from /proc) and the app's /generate for 8 seeds through the API with no browser;
@@ -11,7 +12,7 @@
    wrapper this script starts the app with) while the page draws, against the same chunks through the API
    on the same server, and the time from the click to the first chunk's start.
 
-    python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser] [--browser-only]
+    python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser] [--browser-only | --in-process-only]
 """
 import argparse
 import os
@@ -95,6 +96,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-browser", action="store_true")
     ap.add_argument("--browser-only", action="store_true", help="only part 3")
+    ap.add_argument("--in-process-only", action="store_true", help="only part 1")
     a = ap.parse_args()
     import numpy as np
     import pandas as pd
@@ -113,7 +115,7 @@ def main():
 
     # 2. the server, first (this process must not start an OpenMP team before the servers run)
     res = {False: {"idle": [], "api": []}, True: {"idle": [], "api": []}}
-    for rnd in range(0 if a.browser_only else 2):
+    for rnd in range(0 if a.browser_only or a.in_process_only else 2):
         for gradio_rates in (True, False):
             port = free_port()
             proc = serve(a.world, gradio_rates, port)
@@ -135,17 +137,17 @@ def main():
                 proc.terminate()
                 proc.wait(20)
     for gradio_rates, label in ((True, "Gradio's polling (1 ms idle, 10 ms progress)"),
-                                (False, "memlab's (ui.calm_queue: 50 ms, 100 ms)")) if not a.browser_only else ():
+                                (False, "memlab's (ui.calm_queue: 50 ms, 100 ms)")) if res[False]["api"] else ():
         r = res[gradio_rates]
         print(f"server with {label}: idle process CPU {100 * np.mean(r['idle']):.1f}% of a core; /generate for "
               f"8 seeds through the API {np.median(r['api']):.2f}s (median of {len(r['api'])})")
-    if not a.browser_only:
+    if res[False]["api"]:
         ratio = np.median(res[True]["api"]) / np.median(res[False]["api"])
         print(f"-> Gradio's polling makes the same request {ratio:.2f}x as long")
 
     # 3. the browser: Chromium's CPU while the page sits idle (ready -> click, a visitor's 3 s of reading)
     # and while it runs the batch, beside the server's; 3 runs, a server each
-    if not a.skip_browser and chromium_path():
+    if not (a.skip_browser or a.in_process_only) and chromium_path():
         runs, page_chunks, api_chunks, starts, tails = [], [], [], [], []
         log = Path(tempfile.mkdtemp()) / "chunks.txt"
         for _ in range(3):
@@ -205,6 +207,29 @@ def main():
         two.append(time.perf_counter() - t)
     print(f"in process (Lab): one batch of 8 {np.median(one):.2f}s; the app's chunks 2 + 6 {np.median(two):.2f}s "
           f"(medians of {a.reps}) -> chunking costs {np.median(two) / np.median(one):.2f}x")
+    import torch
+
+    from memlab import compute
+
+    def step_ms(n: int) -> float:  # on the Lab's compute thread, as its chunks run (memlab.compute)
+        unet = lab.generator.pipe.unet
+        cond, _ = lab.generator.encode([prompt])
+        x = torch.randn(2 * n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        e = cond.repeat(2 * n, 1, 1)
+        with torch.no_grad():
+            for _ in range(3):
+                unet(x, 500, encoder_hidden_states=e)
+            t = time.perf_counter()
+            for _ in range(20):
+                unet(x, 500, encoder_hidden_states=e)
+        return (time.perf_counter() - t) / 20 * 1000
+
+    ms = {n: compute.run(step_ms, n) for n in (1, 2, 6, 8)}
+    per = (ms[8] - ms[1]) / 7  # least squares would do as well: the four points lie near a line
+    print(f"one UNet step, {torch.get_num_threads()} threads (guided: 2 inputs a seed): "
+          + ", ".join(f"{n} seed{'s' if n > 1 else ''} {v:.1f} ms" for n, v in ms.items())
+          + f" -> about {ms[1] - per:.0f} ms a step whatever the batch, plus {per:.1f} ms a seed: a second batch "
+            f"pays the fixed part again on each of the {steps} steps")
 
 
 if __name__ == "__main__":
