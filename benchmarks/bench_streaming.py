@@ -1,14 +1,16 @@
 """Where streaming a batch to the page costs time, on the built-in world (issue 14), part by part:
 
-1. chunking, in this process: one batch of 8 seeds against the app's chunks (2, then 6), through the
-   same ``Lab`` the app uses (medians, alternating), and one UNet step (a guided batch: 2 inputs a seed)
-   for 1, 2, 6 and 8 seeds: the fixed part of a step is what each extra batch pays again;
+1. chunking, in this process, through the same ``Lab`` the app uses (medians, alternating): one batch of 8
+   seeds; the chunks of 2 then 6 the app streamed before; one chunk of 8 whose first seed gets a head start
+   (``Generator.generate``: a batch of its own on a second thread beside the rest), what the app streams
+   on a CPU now, with the time to its first yield; and one UNet step (a guided batch: 2 inputs a seed)
+   for 1, 2, 6 and 8 seeds: the fixed part of a step is what each extra batch after the first pays again;
 2. the server: ``python app.py`` with memlab's queue polling (``ui.calm_queue``) against Gradio's own
    rates (every 1 ms when idle, progress every 10 ms), alternating servers: the event loop's CPU while
    idle (% of a core, from /proc) and the app's /generate for 8 seeds through the API with no browser;
 3. the browser: CPU time Chromium (every process of it, from /proc) spends while the page sits idle and
    while it runs the same 8 seeds, beside the server's, and the page's whole-batch time; and what that
-   costs the generation itself: each chunk's time inside the server (``Lab.generate_chunk``, logged by a
+   costs the generation itself: each chunk's time inside the server (``Lab._chunk``, logged by a
    wrapper this script starts the app with) while the page draws, against the same chunks through the API
    on the same server, and the time from the click to the first chunk's start.
 
@@ -30,12 +32,12 @@ GRADIO_RATES = ("import sys; import memlab.ui as ui; ui.calm_queue = lambda demo
                 "sys.argv = ['app.py'] + sys.argv[1:]; import runpy; runpy.run_path('app.py', run_name='__main__')")
 
 
-CHUNK_TIMES = ("import os, sys, time, runpy; import memlab.service as s; f = s.Lab.generate_chunk\n"
+CHUNK_TIMES = ("import os, sys, time, runpy; import memlab.service as s; f = s.Lab._chunk\n"
                "def timed(self, prompt, seeds, *a, **k):\n"
                "    t = time.time(); r = f(self, prompt, seeds, *a, **k)\n"
                "    with open(os.environ['MEMLAB_CHUNK_LOG'], 'a') as log: log.write(f'{len(seeds)} {t} {time.time()}\\n')\n"
                "    return r\n"
-               "s.Lab.generate_chunk = timed; sys.argv = ['app.py'] + sys.argv[1:]; "
+               "s.Lab._chunk = timed; sys.argv = ['app.py'] + sys.argv[1:]; "
                "runpy.run_path('app.py', run_name='__main__')")
 
 
@@ -181,9 +183,10 @@ def main():
               f"CPU during the run: Chromium {chrome:.2f}s, server {server:.2f}s (medians of 3; the machine has "
               f"{os.cpu_count()} cores)")
         pc, ac = np.median(page_chunks, axis=0), np.median(api_chunks, axis=0)
-        print(f"the chunks (2 + 6 seeds) inside the server: {pc[0]:.2f} + {pc[1]:.2f}s while the page draws, "
-              f"{ac[0]:.2f} + {ac[1]:.2f}s through the API on the same server -> the page's drawing makes the "
-              f"generation itself {pc.sum() / ac.sum():.2f}x as long; the first chunk starts "
+        sizes = " + ".join(str(n) for n, _, _ in page)
+        print(f"the chunks ({sizes} seeds) inside the server: {' + '.join(f'{x:.2f}' for x in pc)}s while the page "
+              f"draws, {' + '.join(f'{x:.2f}' for x in ac)}s through the API on the same server -> the page's drawing "
+              f"makes the generation itself {pc.sum() / ac.sum():.2f}x as long; the first chunk starts "
               f"{np.median(starts):.2f}s after the click, and the page shows the whole batch {np.median(tails):.2f}s "
               f"after the last chunk ends (medians of 3)")
     if a.browser_only:
@@ -196,17 +199,24 @@ def main():
     lab = Lab(world)
     st = Settings(steps=steps, guidance=guidance)
     lab.generate_chunk(prompt, [0, 1], "none", st)  # warm
-    one, two = [], []
+
+    def streamed(**plan):  # (first yield, whole) of the app's stream of the 8 seeds
+        t, first = time.perf_counter(), None
+        for _ in lab.generate_stream(prompt, seeds, "none", st, **plan):
+            first = first or time.perf_counter() - t
+        return first, time.perf_counter() - t
+    one, two, head = [], [], []
     for _ in range(a.reps):
         t = time.perf_counter()
         lab.generate_chunk(prompt, seeds, "none", st)
         one.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        lab.generate_chunk(prompt, seeds[:2], "none", st)
-        lab.generate_chunk(prompt, seeds[2:], "none", st)
-        two.append(time.perf_counter() - t)
-    print(f"in process (Lab): one batch of 8 {np.median(one):.2f}s; the app's chunks 2 + 6 {np.median(two):.2f}s "
-          f"(medians of {a.reps}) -> chunking costs {np.median(two) / np.median(one):.2f}x")
+        two.append(streamed(chunk=2, then=8))
+        head.append(streamed(chunk=8, head=1))
+    o = np.median(one)
+    (f2, w2), (fh, wh) = (np.median(two, axis=0), np.median(head, axis=0))
+    print(f"in process (Lab): one batch of 8 {o:.2f}s; chunks of 2 then 6: first {f2:.2f}s, whole {w2:.2f}s "
+          f"({w2 / o:.2f}x); one chunk of 8 with a head start for its first seed: first {fh:.2f}s, whole {wh:.2f}s "
+          f"({wh / o:.2f}x) (medians of {a.reps}, alternating)")
     import torch
 
     from memlab import compute

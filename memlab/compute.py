@@ -8,6 +8,10 @@ the 2-core machine, 8 seeds of the built-in world took 2.4-2.5 s from one thread
 second thread of the same process (``benchmarks/bench_app.py`` measures the page against
 ``run_prompt``). ``on_compute_thread`` runs a function on one long-lived thread instead; a call made
 on that thread runs directly, so decorated methods may call each other.
+
+``beside`` runs a function on a second long-lived thread: ``Generator.generate``'s head start, where the
+first seeds of a batch run on one core while the rest run on the other (each thread then has a team of
+one, so the process still holds no more threads than cores).
 """
 from __future__ import annotations
 
@@ -20,20 +24,23 @@ from concurrent.futures import Future
 _jobs: queue.SimpleQueue = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _start = threading.Lock()
+_side_jobs: queue.SimpleQueue = queue.SimpleQueue()
+_side: threading.Thread | None = None
 
 
 def _after_fork_in_child() -> None:
-    """A forked child (ZeroGPU forks a worker per GPU call) has no compute thread: start afresh."""
-    global _jobs, _thread, _start
+    """A forked child (ZeroGPU forks a worker per GPU call) has no compute threads: start afresh."""
+    global _jobs, _thread, _start, _side_jobs, _side
     _jobs, _thread, _start = queue.SimpleQueue(), None, threading.Lock()
+    _side_jobs, _side = queue.SimpleQueue(), None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _work() -> None:
+def _work(jobs: queue.SimpleQueue) -> None:
     while True:
-        fut, fn, args, kwargs = _jobs.get()
+        fut, fn, args, kwargs = jobs.get()
         if not fut.set_running_or_notify_cancel():
             continue
         try:
@@ -47,19 +54,38 @@ def on_thread() -> bool:
     return _thread is not None and threading.current_thread() is _thread
 
 
-def run(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on the compute thread (started on first use, a daemon); its result, or
-    its exception raised here. Calls queue in order, one at a time."""
+def submit(fn, *args, **kwargs) -> Future:
+    """Queue ``fn(*args, **kwargs)`` on the compute thread (started on first use, a daemon); its Future.
+    Calls run in order, one at a time."""
     global _thread
-    if on_thread():
-        return fn(*args, **kwargs)
     with _start:
         if _thread is None:
-            _thread = threading.Thread(target=_work, name="memlab-compute", daemon=True)
+            _thread = threading.Thread(target=_work, args=(_jobs,), name="memlab-compute", daemon=True)
             _thread.start()
     fut: Future = Future()
     _jobs.put((fut, fn, args, kwargs))
-    return fut.result()
+    return fut
+
+
+def run(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the compute thread; its result, or its exception raised here (on that
+    thread already: called directly)."""
+    if on_thread():
+        return fn(*args, **kwargs)
+    return submit(fn, *args, **kwargs).result()
+
+
+def beside(fn, *args, **kwargs) -> Future:
+    """Queue ``fn(*args, **kwargs)`` on the second long-lived thread (a daemon, started on first use);
+    its Future."""
+    global _side
+    with _start:
+        if _side is None:
+            _side = threading.Thread(target=_work, args=(_side_jobs,), name="memlab-beside", daemon=True)
+            _side.start()
+    fut: Future = Future()
+    _side_jobs.put((fut, fn, args, kwargs))
+    return fut
 
 
 def on_compute_thread(fn):

@@ -11,7 +11,8 @@ memorization detection computed in the same pass.
   embedding mitigation is on; with one (``gni``, ``wen``) or with guidance <= 1 (no unconditional
   pass in the pipeline) it is computed by one extra batched UNet call at the first step on the clean
   embeddings, so the score of a seed is the same under ``none``, ``gni`` and ``wen``.
-- One pipeline per process; calls are serialized by a lock (the scheduler holds step state).
+- One pipeline per process; calls are serialized by a lock (the scheduler holds step state); a head
+  start's second batch runs beside the first with a scheduler of its own.
 """
 from __future__ import annotations
 
@@ -135,6 +136,7 @@ class Generator:
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.lock = threading.Lock()
+        self._text_lock = threading.Lock()  # a head start's two threads share the tokenizer
         self.wen_target: float | None = None  # the model's calibrated absolute target for ``wen``
 
     # ---------------------------------------------------------------------------- loading
@@ -349,9 +351,10 @@ class Generator:
     def generate(self, prompt: str, seeds: Sequence[int], strategy: Strategy | str = "none",
                  settings: Settings | None = None, batch_size: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 on_batch: Callable[[list[SeedImage]], None] | None = None) -> list[SeedImage]:
+                 on_batch: Callable[[list[SeedImage]], None] | None = None, head: int = 0) -> list[SeedImage]:
         """One image per seed. ``progress(done_steps, total_steps)`` is called after every step;
-        ``on_batch`` gets each finished batch (for streaming)."""
+        ``on_batch`` gets each finished batch (for streaming). ``head``: the first batch's first ``head``
+        seeds are a batch of their own, started beside the rest where that is free (``head_start``)."""
         strategy = parse_strategy(strategy) if isinstance(strategy, str) else strategy
         settings = (settings or Settings()).validate()
         seeds = parse_seeds(seeds)
@@ -365,15 +368,80 @@ class Generator:
             for b in range(0, len(seeds), bs):
                 chunk = seeds[b:b + bs]
 
-                def step_cb(i, before=len(results) * settings.steps, n=len(chunk)):
+                def done_steps(k, before=len(results) * settings.steps):
                     if progress:
-                        progress(before + i * n, total)
+                        progress(before + k, total)
 
-                out = self._batch(prompt, chunk, strategy, settings, h, w, step_cb)
+                if b == 0 and self.head_start_ok(len(chunk), head):
+                    out = self._head_start(prompt, chunk, head, strategy, settings, h, w, done_steps, on_batch)
+                else:
+                    out = self._batch(prompt, chunk, strategy, settings, h, w, lambda i, n=len(chunk): done_steps(i * n))
+                    if on_batch:
+                        on_batch(out)
                 results += out
+        return results
+
+    def head_start_ok(self, n: int, head: int) -> bool:
+        """Whether a head start of ``head`` seeds in a batch of ``n`` runs beside the rest: on a CPU with
+        more than one thread (a GPU runs a batch at once; one core has nothing to share)."""
+        import torch
+
+        return 0 < head < n and not self.device.startswith("cuda") and torch.get_num_threads() > 1
+
+    def _head_start(self, prompt, seeds, head, strategy, settings, h, w, done_steps, on_batch):
+        """The first ``head`` seeds as a batch of their own on a second thread with one core
+        (``compute.beside``; a pipeline of their own: a scheduler holds step state), the rest on this thread
+        with one core until the head batch is done and handed to ``on_batch``, then with every core.
+
+        On a CPU a UNet step costs a fixed part whatever the batch, which a second batch after the first
+        pays again (the app's chunks of 2 then 6 seeds took 1.17-1.22x one batch of 8 on 2 cores); two
+        batches side by side with one core each waste less than one batch split across both, so the head
+        batch comes early and the whole batch takes about the time of one (``bench_streaming.py``)."""
+        import torch
+
+        from . import compute
+
+        threads = torch.get_num_threads()
+        head_done = threading.Event()
+        head_steps = [0]
+        side = self._side_pipe()
+
+        def run_head():
+            torch.set_num_threads(1)
+            try:
+                out = self._batch(prompt, seeds[:head], strategy, settings, h, w,
+                                  lambda i: head_steps.__setitem__(0, i), pipe=side)
                 if on_batch:
                     on_batch(out)
-        return results
+                return out
+            finally:
+                head_done.set()
+
+        def rest_step(i):
+            if head_done.is_set() and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            done_steps(head_steps[0] * head + i * (len(seeds) - head))
+
+        fut = compute.beside(run_head)
+        torch.set_num_threads(1)
+        try:
+            rest = self._batch(prompt, seeds[head:], strategy, settings, h, w, rest_step)
+        finally:
+            torch.set_num_threads(threads)
+        first = fut.result()
+        if on_batch:
+            on_batch(rest)
+        return first + rest
+
+    def _side_pipe(self):
+        """The pipeline's models with a scheduler of their own (made once per scheduler)."""
+        import copy
+
+        if getattr(self, "_side", None) is None or self._side[0] is not self.pipe.scheduler:
+            side = copy.copy(self.pipe)
+            side.scheduler = copy.deepcopy(self.pipe.scheduler)
+            self._side = (self.pipe.scheduler, side)
+        return self._side[1]
 
     def auto_batch_size(self, h: int, w: int) -> int:
         import torch
@@ -384,12 +452,16 @@ class Generator:
         per_image = 1.5e9 * (h * w) / (512 * 512)  # SD v1 fp16 at 512x512, with headroom
         return int(max(1, min(32, free // per_image)))
 
-    def _batch(self, prompt, seeds, strategy, settings, h, w, step_cb):
+    def _batch(self, prompt, seeds, strategy, settings, h, w, step_cb, pipe=None):
+        """One batch through ``pipe`` (default the generator's); ``step_cb(i)`` after step i (from 1).
+        (``scale_model_input`` of the first step, below, is the same for every registered scheduler.)"""
         import torch
 
-        pipe = self.pipe
-        eff = [strategy.effective_prompt(prompt, s, self.tokenizer) for s in seeds]
-        cond, uncond = self.encode(eff)
+        pipe = pipe or self.pipe
+        me = threading.get_ident()  # the UNet is shared with a head start's thread (its hook sees both)
+        with self._text_lock:
+            eff = [strategy.effective_prompt(prompt, s, self.tokenizer) for s in seeds]
+            cond, uncond = self.encode(eff)
         clean_cond, clean_uncond = cond, uncond
         parts = [strategy.apply_embeddings(cond[i:i + 1], uncond[i:i + 1], s) for i, s in enumerate(seeds)]
         cond = torch.cat([c for c, _ in parts])
@@ -410,7 +482,7 @@ class Generator:
         read_from_pass = cfg and not changed
 
         def hook(module, args, kwargs, output):
-            if read_from_pass and len(norms) < settings.detect_steps:
+            if read_from_pass and len(norms) < settings.detect_steps and threading.get_ident() == me:
                 eps = output[0] if isinstance(output, tuple) else output.sample
                 e_u, e_c = eps.float().chunk(2)
                 norms.append((e_c - e_u).flatten(1).norm(dim=1))

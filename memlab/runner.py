@@ -28,11 +28,12 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                strategies: Sequence[Strategy | str] = ("none",), settings: Settings | None = None,
                out_dir: str | Path | None = None, k: int = 5, prompt_id: int = 0,
                batch_size: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-               on_seed: Callable[[dict, object], None] | None = None) -> list[dict]:
+               on_seed: Callable[[dict, object], None] | None = None, head: int = 0) -> list[dict]:
     """Run every strategy on the same seeds; return seed records then one summary per strategy.
 
     ``out_dir``: where images are written (records name them relative to it); ``on_seed(record,
-    image)`` is called as each seed's record is ready (for streaming UIs)."""
+    image)`` is called as each seed's record is ready (for streaming UIs; a head start's first seeds
+    come from a second thread, before the rest); ``head``: ``Generator.generate``'s head start."""
     settings = (settings or Settings()).validate()
     seeds = parse_seeds(seeds)
     strategies = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
@@ -73,7 +74,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
         t_start = time.perf_counter()
         generator.generate(prompt, seeds, strat, settings, batch_size=batch_size,
                            progress=(lambda d, t, n=strat.name: progress(n, d, t)) if progress else None,
-                           on_batch=handle)
+                           on_batch=handle, head=head)
         timing["generate_s"] = time.perf_counter() - t_start - timing["embed_s"] - timing["search_s"]
         t0 = time.perf_counter()
         summary = summarize_records(seed_records, thr)

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import queue
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from . import compute
 from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import MAX_PROMPT_CHARS, Settings, check_prompt, parse_seeds
@@ -233,12 +235,14 @@ class Lab:
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
-                        descriptor: str | None = None, chunk_fn=None, then: int | None = None) -> Iterator[RunState]:
+                        descriptor: str | None = None, chunk_fn=None, then: int | None = None,
+                        head: int = 0) -> Iterator[RunState]:
         """Generate and match the seeds in chunks, yielding the growing run after each: the first ``chunk``
-        seeds, then chunks of ``then`` (default ``chunk``; the app: the first pair early, then chunks of
-        ``MAX_CHUNK``, as few batches as Stop allows, since each batch has a fixed cost). ``chunk_fn(prompt,
-        seeds, strategy, settings, descriptor)`` does one chunk (default ``generate_chunk``; the app passes
-        the GPU host's, ``memlab.gpu``)."""
+        seeds, then chunks of ``then`` (default ``chunk``). ``head``: the first chunk's first ``head`` seeds
+        get a head start (``Generator.generate``) and are yielded as soon as they are matched, before the
+        rest of that chunk (the app on a CPU: the first pair early at no cost to the whole batch).
+        ``chunk_fn(prompt, seeds, strategy, settings, descriptor)`` does one chunk (default
+        ``generate_chunk``; the app passes the GPU host's, ``memlab.gpu``, whose chunks have no head)."""
         gen = self.generator
         prompt, warning = check_prompt(prompt, gen.tokenizer)
         settings = settings or self.settings()
@@ -250,27 +254,58 @@ class Lab:
         i, size = 0, chunk
         while i < total:
             part = list(seeds[i:i + size])
+            if i == 0 and head and chunk_fn is None:
+                pieces = self._head_first(prompt, part, strategy, settings, desc.name, head)
+            else:
+                pieces = iter([run_chunk(prompt, part, strategy, settings, desc.name)])
             i, size = i + len(part), then or chunk
-            for r, im in run_chunk(prompt, part, strategy, settings, desc.name):
-                state.records.append(r)
-                state.images.append(im)
-            last = state.records[-1]
-            summary = summarize_records(state.records, thr)
-            summary.update({"type": "summary", "prompt": prompt, "mitigation": last["mitigation"],
-                            "descriptor": last["descriptor"], "seeds": [r["seed"] for r in state.records]})
-            state.summaries = [summary]
-            if progress:
-                progress(i, total)
-            yield state
+            for piece in pieces:
+                for r, im in piece:
+                    state.records.append(r)
+                    state.images.append(im)
+                last = state.records[-1]
+                summary = summarize_records(state.records, thr)
+                summary.update({"type": "summary", "prompt": prompt, "mitigation": last["mitigation"],
+                                "descriptor": last["descriptor"], "seeds": [r["seed"] for r in state.records]})
+                state.summaries = [summary]
+                if progress:
+                    progress(len(state.records), total)
+                yield state
 
     @on_compute_thread
     def generate_chunk(self, prompt: str, seeds: Sequence[int], strategy: str, settings: Settings,
                        descriptor: str | None = None) -> list:
         """Generate and match ``seeds``: [(seed record, PIL image)] in seed order."""
-        imgs = {}
-        recs = run_prompt(self.generator, self.index, self.get_descriptor(descriptor), prompt, list(seeds), [strategy],
-                          settings, out_dir=None, k=APP_MATCHES, on_seed=lambda r, im: imgs.__setitem__(r["seed"], im))
-        return [(r, imgs[r["seed"]]) for r in recs if r["type"] == "seed"]
+        return self._chunk(prompt, seeds, strategy, settings, descriptor)
+
+    def _chunk(self, prompt, seeds, strategy, settings, descriptor=None, on_seed=None, head: int = 0) -> list:
+        pairs = []
+
+        def keep(r, im):
+            pairs.append((r, im))
+            if on_seed:
+                on_seed(r, im)
+        run_prompt(self.generator, self.index, self.get_descriptor(descriptor), prompt, list(seeds), [strategy],
+                   settings, out_dir=None, k=APP_MATCHES, on_seed=keep, head=head)
+        return pairs
+
+    def _head_first(self, prompt, seeds, strategy, settings, descriptor, head: int) -> Iterator[list]:
+        """One chunk on the compute thread with a head start: yields the first ``head`` [(seed record, PIL
+        image)] as soon as they are matched, then the rest (the chunk's error is raised here)."""
+        got: queue.SimpleQueue = queue.SimpleQueue()
+        pairs: list = []
+
+        def on_seed(r, im):
+            pairs.append((r, im))
+            if len(pairs) == head:
+                got.put(list(pairs))
+        fut = compute.submit(self._chunk, prompt, seeds, strategy, settings, descriptor, on_seed, head)
+        fut.add_done_callback(lambda f: got.put(None))
+        first = got.get() or []
+        if first:
+            yield first
+        fut.result()
+        yield pairs[len(first):]
 
     def lesson_prompts(self) -> dict | None:
         """The guided lesson's two prompts, from the world's probes: a heavily duplicated one (a verbatim

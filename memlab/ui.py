@@ -1049,6 +1049,7 @@ APP_CSS = """
 
 
 QUEUE_POLL_S = 0.05  # how often an idle queue looks for work (Gradio's default on Windows; on Linux 0.001)
+HEAD_START = 1  # seeds the first update shows on a CPU (run_generation)
 PROGRESS_POLL_S = 0.1  # how often progress is sent (Gradio's default on Windows; on Linux 0.01)
 
 
@@ -1081,17 +1082,20 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
 
 
 def run_generation(lab: Lab, prompt, seeds, spec, settings, progress, descriptor=None):
-    """The first two seeds, then chunks of ``MAX_CHUNK`` (2, 8, 8, ...): the first pair early, then as
-    few batches as Stop allows (each batch has a fixed cost; Stop ends a run after the chunk in flight);
-    on a GPU host (ZeroGPU) each chunk is one call with plain arguments and a duration for its work
-    (``memlab.gpu``)."""
+    """The first pair early, then as few batches as Stop allows (each batch has a fixed cost; Stop ends a
+    run after the chunk in flight): on a CPU, chunks of ``MAX_CHUNK`` whose first ``HEAD_START`` seeds run
+    beside the rest (``Generator.generate``'s head start); elsewhere the first two seeds, then chunks of
+    ``MAX_CHUNK`` (2, 8, 8, ...). On a GPU host (ZeroGPU) each chunk is one call with plain arguments and a
+    duration for its work (``memlab.gpu``)."""
     key = gpu.register(lab)
 
     def on_host(p, part, strategy, st, d):
         return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
-    chunk_fn = on_host if gpu.ON_HOST else None
-    yield from lab.generate_stream(prompt, seeds, spec, settings, chunk=2, then=MAX_CHUNK, progress=progress,
-                                   descriptor=descriptor, chunk_fn=chunk_fn)
+    if not gpu.ON_HOST and lab.generator.head_start_ok(MAX_CHUNK, HEAD_START):
+        plan = {"chunk": MAX_CHUNK, "head": HEAD_START}
+    else:
+        plan = {"chunk": 2, "then": MAX_CHUNK, "chunk_fn": on_host if gpu.ON_HOST else None}
+    yield from lab.generate_stream(prompt, seeds, spec, settings, progress=progress, descriptor=descriptor, **plan)
 
 
 def run_compare(lab: Lab, prompt, seeds, specs, settings, progress):

@@ -2,6 +2,8 @@
 import json
 import zipfile
 
+import numpy as np
+
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -114,6 +116,29 @@ def test_export_zip(server):
         assert "results.jsonl" in names and "images/none-s0.png" in names
         lines = z.read("results.jsonl").decode().splitlines()
     assert len(lines) == 3 and '"type": "summary"' in lines[-1]
+
+
+def test_the_first_seed_streams_ahead_of_the_rest_of_its_chunk(server):
+    """``generate_stream(head=1)``: the first seed's pair is yielded as soon as it is matched, before the
+    rest of its chunk; the run equals ``run_prompt``'s for the same seeds."""
+    import torch
+
+    from memlab.runner import run_prompt
+    from memlab.service import APP_MATCHES
+
+    lab = server[1]
+    if not lab.generator.head_start_ok(4, 1):
+        assert torch.get_num_threads() == 1
+        pytest.skip("one torch thread: no head start")
+    st = lab.settings(2, 5.0)
+    sizes = [len(s.records) for s in lab.generate_stream("a cat", [0, 1, 2, 3], "none", st, chunk=4, head=1)]
+    assert sizes == [1, 4]
+    state = list(lab.generate_stream("a cat", [0, 1, 2, 3], "none", st, chunk=4, head=1))[-1]
+    ref = [r for r in run_prompt(lab.generator, lab.index, lab.descriptor, "a cat", [0, 1, 2, 3], ["none"], st,
+                                 k=APP_MATCHES) if r["type"] == "seed"]
+    assert [r["seed"] for r in state.records] == [0, 1, 2, 3]
+    assert [r["matches"][0]["id"] for r in state.records] == [r["matches"][0]["id"] for r in ref]
+    assert np.allclose([r["score"] for r in state.records], [r["score"] for r in ref], atol=1e-4)
 
 
 def test_a_stopped_run_exports_labelled_partial(server, tmp_path):

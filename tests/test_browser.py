@@ -54,7 +54,7 @@ def test_a_refused_request_clears_the_results_it_invalidates_in_chromium(tiny_wo
         page.get_by_label("Prompt").first.fill("a red ball on a table")
         page.get_by_label("…or explicit seeds (at most 64)").fill("0-1")
         page.locator("#generate-btn").click()
-        page.wait_for_function("document.querySelector('#headline').innerText.includes('of 2 seeds')", timeout=60_000)
+        page.wait_for_function("document.querySelector('#headline').innerText.includes('% of 2 seeds')", timeout=60_000)
         assert page.locator("#pairs img").count() >= 2
         page.get_by_label("…or explicit seeds (at most 64)").fill("a-b")
         page.locator("#generate-btn").click()

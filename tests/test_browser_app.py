@@ -44,7 +44,7 @@ def test_headline_names_its_source_and_seed_counts_out_of_range_get_a_message(ti
         page.locator("#n-seeds input").fill("2")
         page.locator("label:has-text('rna') input").first.check()
         page.locator("#generate-btn").click()
-        _wait_text(page, "#headline", "of 2 seeds")
+        _wait_text(page, "#headline", "% of 2 seeds")  # the whole run (its first pair comes first)
         head = page.locator("#headline").inner_text()
     assert "mitigation rna:k=4,seed=0 · 3 steps, guidance 5 · pixel > " in head and "threshold" in head
 

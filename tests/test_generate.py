@@ -21,6 +21,37 @@ def test_seed_gives_same_image_whatever_the_batch(tiny_generator):
     assert b[0].detection == pytest.approx(a[3].detection, rel=1e-4)
 
 
+def test_a_head_start_gives_the_images_and_detection_of_one_batch(tiny_generator):
+    """``head=1``: the first seed runs as a batch of its own on a second thread beside the rest (its own
+    scheduler: the multistep one keeps step state; the detection hook counts only its own thread's UNet
+    calls): the images and scores of one batch, the head handed over first, from the other thread, and
+    this thread's torch threads as they were."""
+    import threading
+
+    import torch
+
+    g, threads = tiny_generator, torch.get_num_threads()
+    torch.set_num_threads(2)  # a head start needs a second core's thread
+    try:
+        for sched, strategy in (("ddim", "none"), ("dpm", "none"), ("ddim", "gni:lam=1")):
+            g.set_scheduler(sched)
+            ref = g.generate("a red ball", [0, 1, 2, 3], strategy, ST)
+            got = []
+            out = g.generate("a red ball", [0, 1, 2, 3], strategy, ST, head=1,
+                             on_batch=lambda b: got.append(([r.seed for r in b], threading.get_ident())))
+            assert [seeds for seeds, _ in got] == [[0], [1, 2, 3]] and [r.seed for r in out] == [0, 1, 2, 3]
+            assert got[0][1] != threading.get_ident() == got[1][1]
+            for x, y in zip(out, ref):
+                assert np.abs(_arr(x.image) - _arr(y.image)).max() <= 1, (sched, strategy, x.seed)
+                assert x.detection == pytest.approx(y.detection, rel=1e-4)
+            assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # one core: nothing to share, one batch
+        assert not g.head_start_ok(4, 1)
+    finally:
+        g.set_scheduler("ddim")
+        torch.set_num_threads(threads)
+
+
 def test_gni_lambda_zero_is_the_baseline_bit_for_bit(tiny_generator):
     base = tiny_generator.generate("a red ball", [5, 6], "none", ST)
     gni0 = tiny_generator.generate("a red ball", [5, 6], "gni:lam=0", ST)
