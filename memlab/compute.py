@@ -10,8 +10,8 @@ second thread of the same process (``benchmarks/bench_app.py`` measures the page
 on that thread runs directly, so decorated methods may call each other.
 
 ``beside`` runs a function on a second long-lived thread: ``Generator.generate``'s head start, where the
-first seeds of a batch run on one core while the rest run on the other (each thread then has a team of
-one, so the process still holds no more threads than cores).
+first seeds of a batch run on their share of the cores while the rest run on the others (the two teams
+together hold no more threads than there are cores).
 """
 from __future__ import annotations
 

@@ -389,25 +389,27 @@ class Generator:
         return 0 < head < n and not self.device.startswith("cuda") and torch.get_num_threads() > 1
 
     def _head_start(self, prompt, seeds, head, strategy, settings, h, w, done_steps, on_batch):
-        """The first ``head`` seeds as a batch of their own on a second thread with one core
-        (``compute.beside``; a pipeline of their own: a scheduler holds step state), the rest on this thread
-        with one core until the head batch is done and handed to ``on_batch``, then with every core.
+        """The first ``head`` seeds as a batch of their own on a second thread (``compute.beside``; a pipeline
+        of their own: a scheduler holds step state) with their share of the cores (one of two), the rest on
+        this thread with the other cores until the head batch is done and handed to ``on_batch``, then with
+        every core (the process's threads never outnumber its cores).
 
         On a CPU a UNet step costs a fixed part whatever the batch, which a second batch after the first
-        pays again (the app's chunks of 2 then 6 seeds took 1.17-1.22x one batch of 8 on 2 cores); two
-        batches side by side with one core each waste less than one batch split across both, so the head
-        batch comes early and the whole batch takes about the time of one (``bench_streaming.py``)."""
+        pays again; two batches side by side, each on its own cores, waste less than one batch across all
+        of them. For the app's 8 seeds on 2 cores (``bench_streaming.py --in-process-only``): chunks of 2
+        then 6 took 1.21x one batch of 8, this head start 1.06x, its first seed ready as early."""
         import torch
 
         from . import compute
 
         threads = torch.get_num_threads()
+        mine = max(1, min(threads - 1, round(threads * head / len(seeds))))  # the head batch's threads
         head_done = threading.Event()
         head_steps = [0]
         side = self._side_pipe()
 
         def run_head():
-            torch.set_num_threads(1)
+            torch.set_num_threads(mine)
             try:
                 out = self._batch(prompt, seeds[:head], strategy, settings, h, w,
                                   lambda i: head_steps.__setitem__(0, i), pipe=side)
@@ -423,7 +425,7 @@ class Generator:
             done_steps(head_steps[0] * head + i * (len(seeds) - head))
 
         fut = compute.beside(run_head)
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads - mine)
         try:
             rest = self._batch(prompt, seeds[head:], strategy, settings, h, w, rest_step)
         finally:

@@ -391,16 +391,17 @@ def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api: str, cleare
     generator) clears them in its own first update, the moment its request starts; any other ``fn`` after
     a clearing event of its own (a second round trip before the work starts: 0.1 s on the 2-core machine,
     ``benchmarks/bench_streaming.py``). The API event (``api``) is ``fn`` (a generator's first update is
-    then ``cleared``). Returns that event (Stop cancels it). ``progress_on``: the one output that shows the
-    progress bar (default all of them)."""
+    then ``cleared``; ``api`` None: none). Returns that event (Stop cancels it). ``progress_on``: the one
+    output that shows the progress bar (default all of them)."""
     if _is_gen(fn):
         @functools.wraps(fn)
         def cleared_first(*a, **kw):
             yield cleared
             yield from fn(*a, **kw)
-        return btn.click(cleared_first, inputs, outputs, api_name=_api(api), show_progress_on=progress_on)
+        return btn.click(cleared_first, inputs, outputs, api_name=_api(api) if api else False,
+                         show_progress_on=progress_on)
     clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
-    return clear.then(fn, inputs, outputs, api_name=_api(api), show_progress_on=progress_on)
+    return clear.then(fn, inputs, outputs, api_name=_api(api) if api else False, show_progress_on=progress_on)
 
 
 def page_slug(name: str, taken=()) -> str:
@@ -502,9 +503,7 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
             export_btn = gr.Button("Export run (JSONL + images)")
             export_file = gr.File(label="run.zip")
 
-        @_errors
-        def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
-                     progress=gr.Progress()):
+        def run(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress, with_charts):
             seeds = lab.seeds(n_seeds, seed_list)
             spec = lab.strategy_spec(mits, k, lam)
             settings = lab.settings(steps, guidance)
@@ -518,22 +517,54 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
                 pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
                            _caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
                 first = near is None and not state.finished  # the first pair as early as it can be: the
-                if first:  # plots and the caption search come with the next update (each redraw costs the page)
-                    yield state, headline(lab, state), pairs, seed_table(state), gr.skip(), gr.skip(), gr.skip()
+                if first:  # caption search comes with the next update (each redraw costs the page)
+                    yield (state, headline(lab, state), pairs, seed_table(state), gr.skip()) + \
+                        ((gr.skip(), gr.skip()) if with_charts else ())
                     near = id_table(lab.closest_captions(prompt), "text similarity")
                     continue
                 if near is None:
                     near = id_table(lab.closest_captions(prompt), "text similarity")
-                yield (state, headline(lab, state), pairs, seed_table(state),
-                       histogram(lab, [r["score"] for r in state.records], descriptor=descriptor), near,
-                       seed_scores_chart(lab, state, descriptor))
+                yield (state, headline(lab, state), pairs, seed_table(state), near) + \
+                    (run_charts(state) if with_charts else ())
 
-        gen_event = run_button(go_btn, generate, [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance,
-                                                  desc_choice],
-                               [run_state, headline_md, gallery, table, plot, closest, seed_plot], "generate",
-                               cleared=(None, "", [], None, empty_hist, None, None), progress_on=[gallery])
-        # Stop ends the run after the seeds in flight; what finished stays, and exports as partial
-        stop_btn.click(None, None, None, cancels=[gen_event], api_name=False)
+        def run_charts(state):
+            """The run's score histogram over the background and its per-seed chart (or the world's
+            background alone when there is no run)."""
+            if not state or not state.records:
+                return empty_hist, None
+            name = state.records[0]["descriptor"]["name"]
+            return (histogram(lab, [r["score"] for r in state.records], descriptor=name),
+                    seed_scores_chart(lab, state, name))
+
+        @_errors
+        def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
+                     progress=gr.Progress()):
+            """The page's run: its charts are drawn after the batch is on the page (``run_charts``, chained)."""
+            yield from run(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress, False)
+
+        @_errors
+        def generate_api(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
+                         progress=gr.Progress()):
+            """``/generate``: the same run, its charts in its last update."""
+            yield from run(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress, True)
+
+        # Each plotly chart costs the page a full redraw (~0.15 s of a core each on the 2-core machine; the
+        # page's whole batch came 0.5 s sooner without them, bench_app.py): the page gets the batch, pairs,
+        # headline and tables first, and its two charts right after, from a chained event; the API's
+        # /generate (a hidden button's event: the same run) returns them in its last update.
+        inputs = [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, desc_choice]
+        gen_event = run_button(go_btn, generate, inputs, [run_state, headline_md, gallery, table, closest], None,
+                               cleared=(None, "", [], None, None), progress_on=[gallery])
+        go_btn.click(lambda: (None, None), None, [plot, seed_plot], queue=False, api_name=False,
+                     show_progress="hidden")  # the previous run's charts go with its results
+        gen_event.then(run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden")
+        api_btn = gr.Button(visible=False, elem_id="generate-api")
+        run_button(api_btn, generate_api, inputs, [run_state, headline_md, gallery, table, closest, plot, seed_plot],
+                   "generate", cleared=(None, "", [], None, None, empty_hist, None))
+        # Stop ends the run after the seeds in flight; what finished stays (with its charts), and exports as
+        # partial
+        stop_btn.click(None, None, None, cancels=[gen_event], api_name=False).then(
+            run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden")
 
         @_errors
         def attribution(prompt, n_seeds, seed_list, steps, guidance):

@@ -92,7 +92,8 @@ def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict 
 
 
 # Times a run in the page itself: the click event, the first pair shown, the whole batch shown (every
-# seed's pair, no progress bar, Generate enabled), each stamped by a MutationObserver when the DOM changes.
+# seed's pair, no progress bar, Generate enabled), its two charts drawn after it, each stamped by a
+# MutationObserver when the DOM changes.
 # Playwright's wait_for_function polls every animation frame instead, which keeps a 2-core machine's
 # browser drawing 60 frames a second beside the server (bench_app.py measures both ways).
 _STAMPS = """(n) => { const t = window.__memlab_t = {};
@@ -104,7 +105,9 @@ _STAMPS = """(n) => { const t = window.__memlab_t = {};
     const imgs = pairs();
     if (!t.first && imgs.length && imgs[0].getBoundingClientRect().width > 0) t.first = performance.now();
     if (t.first && !t.whole && imgs.length >= n && !document.querySelector('#generate-btn[disabled]') &&
-        !document.querySelector('.progress-text, .eta-bar')) { t.whole = performance.now(); obs.disconnect(); }
+        !document.querySelector('.progress-text, .eta-bar')) t.whole = performance.now();
+    if (t.whole && !t.charts && document.querySelector('#seed-plot .js-plotly-plot') &&
+        document.querySelector('#hist .js-plotly-plot')) { t.charts = performance.now(); obs.disconnect(); }
   };
   const obs = new MutationObserver(check);
   obs.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true}); }"""
@@ -118,7 +121,7 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
     count, wait ``read_s`` more (a visitor's reading and typing: the page's last requests and drawing
     after load are then over, as they are before a person's click), click Generate (``on_click()`` just
     before, ``on_done()`` once the batch is in, ``on_ready()`` once the page is ready: a benchmark reads CPU
-    counters); time the first pair and the whole batch from the click event, stamped in the page
+    counters); time the first pair, the whole batch and its charts from the click event, stamped in the page
     (``_STAMPS``; ``frame_polling``: timed from before Playwright's click by its waits, which poll every
     animation frame); wait for the table and the plot; return timings and what the page shows."""
     from playwright.sync_api import sync_playwright
@@ -152,10 +155,12 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
             page.wait_for_function("!document.querySelector('#generate-btn[disabled]') && "
                                    "!document.querySelector('.progress-text, .eta-bar')", timeout=timeout_ms)
             whole = time.perf_counter() - t0
+            page.locator("#seed-plot .js-plotly-plot").first.wait_for(timeout=timeout_ms)
+            charts = time.perf_counter() - t0
         else:
-            page.wait_for_function("window.__memlab_t.whole", polling=250, timeout=timeout_ms)
+            page.wait_for_function("window.__memlab_t.charts", polling=250, timeout=timeout_ms)
             t = page.evaluate("window.__memlab_t")
-            first, whole = (t["first"] - t["click"]) / 1000, (t["whole"] - t["click"]) / 1000
+            first, whole, charts = ((t[k] - t["click"]) / 1000 for k in ("first", "whole", "charts"))
         if on_done:
             on_done()
         page.locator("#hist .js-plotly-plot").first.wait_for(timeout=timeout_ms)
@@ -163,11 +168,12 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
         headline = page.locator("#headline").inner_text()
         table_text = page.locator("#seed-table").inner_text()
         pairs = page.locator("#pairs img").count()
+        seed_chart = page.locator("#seed-plot").inner_text()
         if screenshot:
             page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
-    return {"ready_s": ready, "first_s": first, "whole_s": whole, "headline": headline, "table_text": table_text,
-            "pairs": pairs}
+    return {"ready_s": ready, "first_s": first, "whole_s": whole, "charts_s": charts, "headline": headline,
+            "table_text": table_text, "pairs": pairs, "seed_chart": seed_chart}
 
 
 def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str | Path | None = None,

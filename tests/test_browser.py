@@ -19,7 +19,9 @@ def test_generate_in_chromium(tiny_world, tmp_path):
     assert res["pairs"] >= 4 and res["table_text"].count("a red ball on a table") == 4
     assert "match id" in res["table_text"] and "copies in training" in res["table_text"]  # one identifier
     assert shot.is_file() and shot.stat().st_size > 10_000
-    assert res["first_s"] <= res["whole_s"]
+    # the charts follow the batch (a chained event): the per-seed chart is drawn, with the threshold
+    assert res["first_s"] <= res["whole_s"] <= res["charts_s"]
+    assert "top-1 score per seed" in res["seed_chart"] and "threshold" in res["seed_chart"]
 
 
 def test_keyword_tab_in_chromium(tiny_world, tmp_path):
