@@ -14,7 +14,12 @@
    wrapper this script starts the app with) while the page draws, against the same chunks through the API
    on the same server, and the time from the click to the first chunk's start.
 
+4. with ``--against DIR`` (another checkout of memlab, e.g. ``git worktree add DIR <commit>``), only: the
+   page served by this checkout and by that one, alternating, a fresh server and browser each run: the first
+   pair, the whole batch and its charts, as ``browser.generate_in_browser`` stamps them in the page.
+
     python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser] [--browser-only | --in-process-only]
+    python benchmarks/bench_streaming.py --against DIR [--reps 6]
 """
 import argparse
 import os
@@ -99,6 +104,7 @@ def main():
     ap.add_argument("--skip-browser", action="store_true")
     ap.add_argument("--browser-only", action="store_true", help="only part 3")
     ap.add_argument("--in-process-only", action="store_true", help="only part 1")
+    ap.add_argument("--against", default=None, help="only part 4: this checkout's page against that checkout's")
     a = ap.parse_args()
     import numpy as np
     import pandas as pd
@@ -114,6 +120,8 @@ def main():
     steps, guidance = int(world.defaults["steps"]), float(world.defaults["guidance"])
     seeds = list(range(8))
     print(f"built-in world, prompt {prompt!r}, seeds 0-7, {steps} steps, guidance {guidance}")
+    if a.against:
+        return against(Path(a.against), a.world, prompt, steps, guidance, a.reps)
 
     # 2. the server, first (this process must not start an OpenMP team before the servers run)
     res = {False: {"idle": [], "api": []}, True: {"idle": [], "api": []}}
@@ -240,6 +248,39 @@ def main():
           + ", ".join(f"{n} seed{'s' if n > 1 else ''} {v:.1f} ms" for n, v in ms.items())
           + f" -> about {ms[1] - per:.0f} ms a step whatever the batch, plus {per:.1f} ms a seed: a second batch "
             f"pays the fixed part again on each of the {steps} steps")
+
+
+def against(other: Path, world, prompt: str, steps: int, guidance: float, reps: int):
+    """Part 4: the page of this checkout and of ``other``, alternating (each ``python app.py`` of its own
+    checkout, warmed by one request; a fresh browser each run)."""
+    import numpy as np
+    from gradio_client import Client
+
+    from browser import free_port, generate_in_browser
+
+    roots = {"this checkout": ROOT, str(other): other.resolve()}
+    res = {k: [] for k in roots}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    for _ in range(reps):
+        for name, root in roots.items():
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)] + (["--world", str(world)] if world else []),
+                                    cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            url = f"http://127.0.0.1:{port}/"
+            try:
+                wait_up(url, proc)
+                Client(url, verbose=False, download_files=False).predict(
+                    prompt, 2, "", [], 4, 0.1, steps, guidance, api_name="/generate")
+                r = generate_in_browser(url, prompt, 8, read_s=3.0)
+                res[name].append((r["first_s"], r["whole_s"], r["charts_s"]))
+            finally:
+                proc.terminate()
+                proc.wait(20)
+    for name, rows in res.items():
+        first, whole, charts = np.median(rows, axis=0)
+        print(f"page served by {name}: first pair {first:.2f}s, whole batch {whole:.2f}s, its charts {charts:.2f}s "
+              f"after the click (medians of {len(rows)}, alternating)")
 
 
 if __name__ == "__main__":
