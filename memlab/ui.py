@@ -226,13 +226,30 @@ def copies(duplicates: int) -> str:
     return f"{n} {'copy' if n == 1 else 'copies'} in training"
 
 
+def score(x: float) -> str:
+    """A score as the page shows it everywhere (captions, headline, tables): 3 decimals, trailing zeros kept
+    (the one rounding rule: scores to 0.001, percentages to 0.1%)."""
+    return f"{float(x):.3f}"
+
+
+# Each table's columns, named once: the empty table shows them before a run (not Gradio's "1 2 3"), and
+# the filled one has them in this order. Short columns first and at a fixed width, so a header never
+# breaks inside a word and the verdict and score are in view without scrolling the table sideways.
+ID_COLUMNS = ["id", "copies in training", "caption"]
+SEED_COLUMNS = ["seed", "verdict", "score", "match id", "copies in training", "match caption", "effective prompt"]
+SEED_WIDTHS = ["64px", "104px", "80px", "96px", "168px"]
+MATCH_COLUMNS = ["id", "score", "copies in training", "caption"]
+COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
+                   "change vs none", "detection"]
+
+
 def id_table(df, *extra: str):
     """Training items as a visitor sees them: the id (the app's one identifier for a training image), its
-    copies in training, the caption, and ``extra`` columns."""
+    copies in training, the caption, and ``extra`` score columns (3 decimals)."""
     import pandas as pd
 
     return pd.DataFrame({"id": df["id"], "copies in training": df["duplicates"].astype(int) + 1,
-                         "caption": df["caption"], **{c: df[c] for c in extra}})
+                         "caption": df["caption"], **{c: df[c].map(score) for c in extra}})
 
 
 def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
@@ -354,12 +371,14 @@ def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
 
 
 def seed_table(state: RunState):
+    """One row per seed (``SEED_COLUMNS``): its verdict, top-1 score and training image."""
     import pandas as pd
 
-    return pd.DataFrame([{"seed": r["seed"], "effective prompt": r["effective_prompt"],
-                          "match id": r["matches"][0]["id"], "match caption": r["matches"][0]["caption"],
-                          "score": round(r["score"], 4), "verdict": "replicated" if r["replicated"] else "novel",
-                          "copies in training": r["matches"][0]["duplicates"] + 1} for r in state.records])
+    return pd.DataFrame([{"seed": r["seed"], "verdict": "replicated" if r["replicated"] else "novel",
+                          "score": score(r["score"]), "match id": r["matches"][0]["id"],
+                          "copies in training": r["matches"][0]["duplicates"] + 1,
+                          "match caption": r["matches"][0]["caption"], "effective prompt": r["effective_prompt"]}
+                         for r in state.records], columns=SEED_COLUMNS)
 
 
 def build_app(labs) -> gr.Blocks:
@@ -492,8 +511,10 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
         topk = gr.Gallery(label="top-k matches of the selected seed (one per near-duplicate group, with its "
                                 "number of copies in the training set)", columns=5, format="png", visible=True,
                           elem_id="topk")
-        table = gr.Dataframe(label="per seed", elem_id="seed-table", wrap=True)
-        closest = gr.Dataframe(label=f"closest training captions to the prompt by text ({lab.text_source()})",
+        table = gr.Dataframe(headers=SEED_COLUMNS, column_widths=SEED_WIDTHS, label="per seed",
+                             elem_id="seed-table", wrap=True)
+        closest = gr.Dataframe(headers=ID_COLUMNS + ["text similarity"],
+                               label=f"closest training captions to the prompt by text ({lab.text_source()})",
                                elem_id="closest", wrap=True)
         # shown from the start: the world's background (and plotly's library, which a page loads
         # once, ~1.3 s, before any plot can render: loaded now, later plots render at once)
@@ -734,7 +755,8 @@ def compare_tab(lab: Lab) -> None:
         c_head = gr.Markdown(elem_id="compare-headline")
         c_grid = gr.HTML(elem_id="grid")
         c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
-        c_table = gr.Dataframe(label="per strategy (full specs)", elem_id="compare-table", wrap=True)
+        c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="per strategy (full specs)", elem_id="compare-table",
+                               wrap=True)
         with gr.Row():
             c_export_btn = gr.Button("Export comparison (JSONL + images)", elem_id="compare-export")
             c_export_file = gr.File(label="comparison.zip", elem_id="compare-export-file")
@@ -885,7 +907,7 @@ def match_tab(lab: Lab) -> None:
                 m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
         m_md = gr.Markdown(elem_id="match-verdict")
         m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
-        m_table = gr.Dataframe(label="matches", elem_id="match-table")
+        m_table = gr.Dataframe(headers=MATCH_COLUMNS, label="matches", elem_id="match-table")
 
         @_errors
         def match_upload(path, k, descriptor):
@@ -897,11 +919,11 @@ def match_tab(lab: Lab) -> None:
                   f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}")
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
-            table = [[m["id"], round(m["score"], 4), m.get("duplicates", 0) + 1, m.get("caption", "")]
+            table = [[m["id"], score(m["score"]), m.get("duplicates", 0) + 1, m.get("caption", "")]
                      for m in q["matches"]]
             import pandas as pd
 
-            return md, gallery, pd.DataFrame(table, columns=["id", "score", "copies in training", "caption"])
+            return md, gallery, pd.DataFrame(table, columns=MATCH_COLUMNS)
 
         run_button(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], "match_image",
                    cleared=("", [], None))
@@ -914,7 +936,7 @@ def training_set_tab(lab: Lab) -> None:
             q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
             q_btn = gr.Button("Search", scale=1)
         q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
-        q_table = gr.Dataframe(label="items")
+        q_table = gr.Dataframe(headers=ID_COLUMNS, label="items", elem_id="search-table")
 
         def thumbs(df):
             return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
@@ -935,7 +957,7 @@ def training_set_tab(lab: Lab) -> None:
             item_id = gr.Textbox(label="Open an item by id", scale=3)
             item_btn = gr.Button("Open", scale=1)
         item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
-        item_table = gr.Dataframe(label="its duplicate group")
+        item_table = gr.Dataframe(headers=ID_COLUMNS, label="its duplicate group", elem_id="group-table")
 
         @_errors
         def open_item(i):
@@ -1189,10 +1211,10 @@ def compare_table(state: RunState):
         rows.append({"strategy": short_label(s["mitigation"]), "spec": s["mitigation"]["spec"],
                      "replication %": f"{s['replication_rate']:.1%} ({round(s['replication_rate'] * n)}/{n})",
                      "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
-                     "dataset similarity p95": round(s["dataset_similarity"]["p95"], 3),
-                     "change vs none": round(ch.get("dataset_similarity", 0.0), 3),
-                     "detection": round(s["detection_mean"], 3)})
-    return pd.DataFrame(rows)
+                     "dataset similarity p95": score(s["dataset_similarity"]["p95"]),
+                     "change vs none": f"{ch.get('dataset_similarity', 0.0):+.3f}",
+                     "detection": score(s["detection_mean"])})
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
 def compare_figure(lab: Lab, state: RunState):

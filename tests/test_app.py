@@ -26,7 +26,13 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     assert memlab_main(["run", "--world", str(lab.world.path), "--prompt", "a red ball", "--seeds", "0-3",
                         "--steps", "3", "--guidance", "5", "--out", str(f)]) == 0
     recs = [json.loads(x) for x in f.read_text().splitlines() if '"type": "seed"' in x]
-    assert [round(r["score"], 4) for r in recs] == [r[4] for r in rows]
+    from memlab.ui import SEED_COLUMNS
+
+    assert table["headers"] == SEED_COLUMNS
+    col = {c: [r[i] for r in rows] for i, c in enumerate(SEED_COLUMNS)}
+    assert [f"{r['score']:.3f}" for r in recs] == col["score"]  # 3 decimals, as in the pairs' captions
+    assert [("replicated" if r["replicated"] else "novel") for r in recs] == col["verdict"]
+    assert [r["matches"][0]["id"] for r in recs] == col["match id"]
     summary = [json.loads(x) for x in f.read_text().splitlines() if '"type": "summary"' in x][0]
     assert f"{summary['replication_rate']:.1%}" in headline
     # the headline says which caption it shows and over how many generations the 95th percentile is

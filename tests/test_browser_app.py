@@ -1,6 +1,6 @@
 """The app as an educator and a researcher use it (issue 14), in real Chromium: the headline's source,
-the Compare A/B grid (every row on the page, streamed, exported), seed counts out of range, export
-during a run, Match an image, verdicts at a phone's 420 px, and the guided lesson with its glossary.
+the Compare A/B grid (every row on the page, streamed, exported), seed counts out of range, tables that
+read whole, export during a run, Match an image, verdicts at a phone's 420 px, and the guided lesson with its glossary.
 Screenshots go to MEMLAB_SCREENSHOT_DIR when it is set."""
 import json
 import os
@@ -47,6 +47,48 @@ def test_headline_names_its_source_and_seed_counts_out_of_range_get_a_message(ti
         _wait_text(page, "#headline", "% of 2 seeds")  # the whole run (its first pair comes first)
         head = page.locator("#headline").inner_text()
     assert "mitigation rna:k=4,seed=0 · 3 steps, guidance 5 · pixel > " in head and "threshold" in head
+
+
+# Each header cell of a table: its text, how many lines its words take, and whether it ends inside the
+# table's visible box (not scrolled out of view to the right).
+_HEADERS = """s => { const t = document.querySelector(s), box = t.getBoundingClientRect();
+  return Array.from(t.querySelectorAll('th')).map(th => {
+    const w = document.createTreeWalker(th, NodeFilter.SHOW_TEXT), lines = []; let n;
+    while ((n = w.nextNode())) { if (!n.textContent.trim()) continue;
+      const r = document.createRange(); r.selectNodeContents(n); lines.push(r.getClientRects().length); }
+    return {text: th.innerText.trim(), lines: Math.max(0, ...lines), in_view: th.getBoundingClientRect().right <= box.right + 1};
+  }); }"""
+
+
+def test_tables_name_their_columns_before_a_run_and_read_whole_after_it(tiny_world, tmp_path):
+    """Empty tables show their own column names (not Gradio's "1 2 3"); after a run no header breaks
+    inside a word ("se ed"), the verdict and score are in view without scrolling the table sideways,
+    and scores have the pairs' 3 decimals."""
+    from memlab.ui import ID_COLUMNS, SEED_COLUMNS
+
+    with app_page(tiny_world) as page:
+        before = {s: [h["text"] for h in page.evaluate(_HEADERS, s)] for s in ("#seed-table", "#closest")}
+        open_tab(page, "Training set")
+        page.locator("#group-table th").first.wait_for(timeout=30_000)
+        before.update({s: [h["text"] for h in page.evaluate(_HEADERS, s)] for s in ("#search-table", "#group-table")})
+        open_tab(page, "Generate & match")
+        page.get_by_label("Prompt").first.fill("a red ball on a long wooden table beside a tall window, "
+                                               "in a quiet room at the end of a long and rainy day")
+        page.locator("#n-seeds input").fill("4")
+        page.locator("#generate-btn").click()
+        _wait_text(page, "#headline", "% of 4 seeds")
+        col = SEED_COLUMNS.index("score")
+        page.wait_for_function(f"document.querySelectorAll('#seed-table [role=gridcell][data-col=\"{col}\"]').length >= 4",
+                               timeout=30_000)
+        after = page.evaluate(_HEADERS, "#seed-table")
+        scores = page.eval_on_selector_all(f'#seed-table [role=gridcell][data-col="{col}"]',
+                                           "cells => cells.map(c => c.innerText.trim())")
+        page.locator("#seed-table").screenshot(path=str(_shot(tmp_path, "seed-table.png")))
+    assert before == {"#seed-table": SEED_COLUMNS, "#closest": ID_COLUMNS + ["text similarity"],
+                      "#search-table": ID_COLUMNS, "#group-table": ID_COLUMNS}
+    assert [h["text"] for h in after] == SEED_COLUMNS and all(h["lines"] == 1 for h in after), after
+    assert all(h["in_view"] for h in after if h["text"] in ("seed", "verdict", "score", "match id")), after
+    assert len(scores) == 4 and all(len(x) == 5 and x[1] == "." for x in scores), scores
 
 
 def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_world, tmp_path):
