@@ -238,7 +238,9 @@ def score(x: float) -> str:
 ID_COLUMNS = ["id", "copies in training", "caption"]
 SEED_COLUMNS = ["seed", "verdict", "score", "match id", "copies in training", "match caption", "effective prompt"]
 SEED_WIDTHS = ["64px", "104px", "80px", "96px", "168px"]
+ID_WIDTHS = ["72px", "168px"]  # the caption (and a score after it) take the rest
 MATCH_COLUMNS = ["id", "score", "copies in training", "caption"]
+MATCH_WIDTHS = ["72px", "80px", "168px"]
 COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
                    "change vs none", "detection"]
 
@@ -507,13 +509,14 @@ def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.
         with gr.Row():
             topk_k = gr.Slider(1, 10, value=5, step=1, label="k: distinct training images shown for a selected seed",
                                scale=1, elem_id="topk-k")
-            seed_plot = gr.Plot(label="top-1 score per seed", elem_id="seed-plot", scale=3)
+            # a line of its own on a phone (below min_width), beside k on a wider screen
+            seed_plot = gr.Plot(label="top-1 score per seed", elem_id="seed-plot", scale=3, min_width=360)
         topk = gr.Gallery(label="top-k matches of the selected seed (one per near-duplicate group, with its "
                                 "number of copies in the training set)", columns=5, format="png", visible=True,
                           elem_id="topk")
         table = gr.Dataframe(headers=SEED_COLUMNS, column_widths=SEED_WIDTHS, label="per seed",
                              elem_id="seed-table", wrap=True)
-        closest = gr.Dataframe(headers=ID_COLUMNS + ["text similarity"],
+        closest = gr.Dataframe(headers=ID_COLUMNS + ["text similarity"], column_widths=ID_WIDTHS,
                                label=f"closest training captions to the prompt by text ({lab.text_source()})",
                                elem_id="closest", wrap=True)
         # shown from the start: the world's background (and plotly's library, which a page loads
@@ -907,7 +910,7 @@ def match_tab(lab: Lab) -> None:
                 m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
         m_md = gr.Markdown(elem_id="match-verdict")
         m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
-        m_table = gr.Dataframe(headers=MATCH_COLUMNS, label="matches", elem_id="match-table")
+        m_table = gr.Dataframe(headers=MATCH_COLUMNS, column_widths=MATCH_WIDTHS, label="matches", elem_id="match-table")
 
         @_errors
         def match_upload(path, k, descriptor):
@@ -936,7 +939,7 @@ def training_set_tab(lab: Lab) -> None:
             q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
             q_btn = gr.Button("Search", scale=1)
         q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
-        q_table = gr.Dataframe(headers=ID_COLUMNS, label="items", elem_id="search-table")
+        q_table = gr.Dataframe(headers=ID_COLUMNS, column_widths=ID_WIDTHS, label="items", elem_id="search-table")
 
         def thumbs(df):
             return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
@@ -952,12 +955,13 @@ def training_set_tab(lab: Lab) -> None:
         gr.Markdown("#### Near-duplicate groups (largest first)")
         groups = lab.duplicate_groups()
         gr.Dataframe(value=groups.rename(columns={"size": "copies in training", "example": "caption"})
-                     [["id", "copies in training", "caption"]], label="duplicated images (open one by its id)")
+                     [ID_COLUMNS], column_widths=ID_WIDTHS, label="duplicated images (open one by its id)")
         with gr.Row():
             item_id = gr.Textbox(label="Open an item by id", scale=3)
             item_btn = gr.Button("Open", scale=1)
         item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
-        item_table = gr.Dataframe(headers=ID_COLUMNS, label="its duplicate group", elem_id="group-table")
+        item_table = gr.Dataframe(headers=ID_COLUMNS, column_widths=ID_WIDTHS, label="its duplicate group",
+                                  elem_id="group-table")
 
         @_errors
         def open_item(i):
@@ -1083,7 +1087,9 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 
 
 # The page's own CSS: on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
-# full width and their captions (seed, verdict, score, training image) wrap instead of being cut.
+# full width and their captions (seed, verdict, score, training image) wrap instead of being cut; a tapped
+# pair opens alone at full width with its caption wrapped (Gradio's preview otherwise lies over the whole
+# stacked grid, its caption on one cut line).
 # Gradio pulses the border of every output while a run is in flight: on a machine that serves and shows
 # the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
 # taken from the model; the progress bar shows on the pairs alone (``progress_on``)
@@ -1097,6 +1103,12 @@ APP_CSS = """
  #pairs .thumbnail-item img{height:auto!important}
  #pairs .grid-wrap{height:auto!important;max-height:none!important;overflow:visible!important}
  #pairs .caption-label{position:static!important;font-size:14px;border:0;text-align:center}
+ #pairs .gallery-container:has(> .preview) > .grid-wrap{display:none!important}
+ #pairs .preview{position:relative!important;height:auto!important;display:flex;flex-direction:column}
+ #pairs .preview .media-button{height:auto!important}
+ #pairs .preview .media-button img{height:auto!important;width:100%}
+ #pairs .preview .caption{white-space:normal!important;font-size:14px;text-align:center;padding:4px 8px}
+ #pairs .preview .thumbnails{position:static!important}
 }
 """
 

@@ -169,7 +169,8 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
 
 def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
     """A phone: each pair spans the width and its caption (seed, verdict, score, training image) wraps
-    instead of being cut; the Compare grid wraps to two pairs a line."""
+    instead of being cut, in the grid and when the pair is tapped open; the per-seed chart takes the width;
+    the Compare grid wraps to two pairs a line."""
     with app_page(tiny_world, viewport=(420, 900)) as page:
         page.get_by_label("Prompt").first.fill("a red ball on a table")
         page.locator("#n-seeds input").fill("4")
@@ -180,8 +181,20 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
             text: e.innerText, cut: e.scrollWidth > e.clientWidth + 1, size: parseFloat(getComputedStyle(e).fontSize),
             visible: e.getBoundingClientRect().height > 0}))""")
         widths = page.eval_on_selector_all("#pairs .thumbnail-item img", "els => els.map(e => e.getBoundingClientRect().width)")
+        page.locator("#seed-plot .js-plotly-plot").first.wait_for(timeout=30_000)
+        plot_w = page.locator("#seed-plot").bounding_box()["width"]
         shot = _shot(tmp_path, "generate-phone.png")
         page.screenshot(path=str(shot), full_page=True)
+        page.locator("#pairs .thumbnail-item").nth(1).click()  # a tapped pair opens alone, its caption whole
+        page.locator("#pairs .preview .caption").wait_for(timeout=10_000)
+        page.wait_for_timeout(300)
+        opened = page.evaluate("""() => { const p = document.querySelector('#pairs .preview'), c = p.querySelector('.caption');
+            const box = c.getBoundingClientRect(), pairs = document.querySelector('#pairs').getBoundingClientRect();
+            return {text: c.innerText, size: parseFloat(getComputedStyle(c).fontSize),
+                    cut: c.scrollWidth > c.clientWidth + 1 || box.left < pairs.left - 1 || box.right > pairs.right + 1,
+                    img: p.querySelector('.media-button img').getBoundingClientRect().width,
+                    grid: document.querySelector('#pairs .grid-wrap')?.getBoundingClientRect().height || 0}; }""")
+        page.screenshot(path=str(_shot(tmp_path, "generate-phone-pair.png")))
         open_tab(page, "Compare mitigations")
         page.locator("#compare-prompt textarea").fill("a red ball on a table")
         page.locator("#compare-btn").click()
@@ -192,6 +205,9 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
                                   for c in caps)
     assert not any(c["cut"] for c in caps) and min(c["size"] for c in caps) >= 12 and all(c["visible"] for c in caps)
     assert min(widths) >= 300  # a pair spans the phone's width
+    assert plot_w >= 300  # the per-seed chart on a line of its own, not squeezed beside k
+    assert opened["text"].startswith("seed 1 ·") and not opened["cut"] and opened["size"] >= 12, opened
+    assert opened["img"] >= 300 and opened["grid"] == 0, opened  # alone, not over the stacked grid
     assert min(cell_w) >= 150  # two grid cells a line, not 4 thumbnails
     assert shot.stat().st_size > 10_000
 
