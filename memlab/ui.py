@@ -990,7 +990,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox) -> None:
         first = keyword_outputs(lab, lab.views[sorted(lab.views)[0]]) if lab.views else (None,) * 4
         kw_md = gr.Markdown(first[0], elem_id="kw-summary")
         kw_plot = gr.Plot(first[1], label="cluster sizes (30 largest)", elem_id="kw-plot")
-        kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True)
+        kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True,
+                                column_widths=["64px", "64px", "128px", "144px"])  # the words take the rest
         kw_gallery = gr.Gallery(first[3], label="cluster thumbnails", columns=8, format="png",
                                 elem_id="kw-gallery")
         with gr.Row():
@@ -1089,7 +1090,8 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 # The page's own CSS: on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
 # full width and their captions (seed, verdict, score, training image) wrap instead of being cut; a tapped
 # pair opens alone at full width with its caption wrapped (Gradio's preview otherwise lies over the whole
-# stacked grid, its caption on one cut line).
+# stacked grid, its caption on one cut line); every other gallery shows 3 thumbnails a line (a gallery's
+# columns are otherwise fixed, 8 of them 100 px wide each, scrolled sideways in a 340 px box).
 # Gradio pulses the border of every output while a run is in flight: on a machine that serves and shows
 # the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
 # taken from the model; the progress bar shows on the pairs alone (``progress_on``)
@@ -1109,6 +1111,7 @@ APP_CSS = """
  #pairs .preview .media-button img{height:auto!important;width:100%}
  #pairs .preview .caption{white-space:normal!important;font-size:14px;text-align:center;padding:4px 8px}
  #pairs .preview .thumbnails{position:static!important}
+ .gallery-container .grid-container{grid-template-columns:repeat(3,minmax(0,1fr))!important}
 }
 """
 
@@ -1241,8 +1244,8 @@ def compare_figure(lab: Lab, state: RunState):
     thr = lab.threshold(name)["value"]
     rates = [100 * s["replication_rate"] for s in summ]
     p95 = [s["dataset_similarity"]["p95"] for s in summ]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication % (same seeds)",
-                                                        "dataset similarity (p95 of top-1)"))
+    # short titles: side by side they share a phone's 350 px
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication %", "dataset similarity p95"))
     fig.add_bar(x=names, y=rates, row=1, col=1, marker_color="#d62728", hovertext=specs,
                 text=[f"{r:.1f}%" for r in rates], textposition="outside")
     fig.add_scatter(x=names, y=p95, row=1, col=2, mode="markers+text", marker=dict(size=14, color="#1f77b4"),

@@ -213,6 +213,23 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
 
 
 @pytest.mark.skipif(not (BUILTIN / "world.json").is_file(), reason="the built-in world is not built")
+def test_a_gallery_of_training_images_wraps_to_a_phones_width(tmp_path):
+    """At 420 px a caption search's 8-column gallery shows 3 thumbnails a line, none scrolled out of view
+    sideways (the built-in world: the tiny test world has no thumbnails)."""
+    with app_page(BUILTIN, viewport=(420, 900)) as page:
+        open_tab(page, "Training set")
+        page.get_by_label("Search captions").fill("red")
+        page.get_by_role("button", name="Search").click()
+        page.wait_for_function("Array.from(document.querySelectorAll('.grid-container')).some(g => g.offsetParent && "
+                               "g.querySelectorAll('.thumbnail-item').length >= 8)", timeout=60_000)
+        grids = page.evaluate("""() => Array.from(document.querySelectorAll('.grid-container')).filter(g => g.offsetParent)
+            .map(g => ({items: g.querySelectorAll('.thumbnail-item').length, over: g.scrollWidth - g.clientWidth,
+                        width: g.querySelector('.thumbnail-item').getBoundingClientRect().width}))""")
+        page.screenshot(path=str(_shot(tmp_path, "training-set-phone.png")))
+    assert grids and all(g["over"] <= 1 and g["width"] >= 90 for g in grids), grids
+
+
+@pytest.mark.skipif(not (BUILTIN / "world.json").is_file(), reason="the built-in world is not built")
 def test_the_guided_lesson_and_its_glossary(tmp_path):
     """The four steps on the built-in world: its most duplicated probe copies its training image, that
     image's copies are shown, RNA lowers the replication on the same seeds, and a prompt seen once is
