@@ -1087,7 +1087,8 @@ def queue_full_message(queue) -> tuple[str, float | None]:
             f"{avg:.0f} s and the queue empties in about {waiting * avg:.0f} s; try again then."), avg
 
 
-# The page's own CSS: on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
+# The page's own CSS: a gallery of a few thumbnails (top-k, a match, the lesson's copies) is as tall as
+# its rows (Gradio's galleries keep a fixed height, leaving ~220 px blank under one row); on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
 # full width and their captions (seed, verdict, score, training image) wrap instead of being cut; a tapped
 # pair opens alone at full width with its caption wrapped (Gradio's preview otherwise lies over the whole
 # stacked grid, its caption on one cut line); every other gallery shows 3 thumbnails a line (a gallery's
@@ -1097,6 +1098,8 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 # taken from the model; the progress bar shows on the pairs alone (``progress_on``)
 APP_CSS = """
 #pairs .caption-label{white-space:normal;max-width:100%}
+#topk .grid-wrap,#match-gallery .grid-wrap,#lesson-copies .grid-wrap{height:auto!important;min-height:0!important;
+  max-height:none!important}
 .wrap.generating{animation:none!important}
 @media (max-width:700px){
  #pairs .grid-container{grid-template-columns:minmax(0,1fr)!important;grid-template-rows:none!important;

@@ -243,6 +243,8 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
             _wait_text(page, f"#lesson-{i}-text", done[i])
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
         copies_shown = page.locator("#lesson-copies img").count()
+        blank = page.evaluate("""() => { const g = document.querySelector('#lesson-copies');
+            return g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom; }""")
         page.screenshot(path=str(_shot(tmp_path, "lesson-desktop.png")), full_page=True)
         page.locator("#lesson-1-text a", has_text="threshold").click()
         page.wait_for_timeout(500)
@@ -255,6 +257,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     none_rate, rna_rate = map(float, re.search(r"Replication ([\d.]+)% without mitigation, ([\d.]+)% with RNA",
                                                 texts[2]).groups())
     assert k1 >= 1 and int(m2[1]) >= 6 and int(m2[2]) >= 10 and copies_shown == int(m2[2])
+    assert blank <= 40  # the copies' gallery ends under its last row, no blank band
     assert rna_rate < none_rate
     assert texts[3].startswith("0 of 8 seeds replicated")
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
