@@ -21,50 +21,54 @@ import queue
 import threading
 from concurrent.futures import Future
 
-_jobs: queue.SimpleQueue = queue.SimpleQueue()
-_thread: threading.Thread | None = None
-_start = threading.Lock()
-_side_jobs: queue.SimpleQueue = queue.SimpleQueue()
-_side: threading.Thread | None = None
+class _Worker:
+    """One long-lived daemon thread (started on first use) that runs queued calls in order, one at a
+    time, each handing its result or exception to a Future."""
+
+    def __init__(self, name: str):
+        self.name, self.jobs, self.thread, self.lock = name, queue.SimpleQueue(), None, threading.Lock()
+
+    def _work(self) -> None:
+        while True:
+            fut, fn, args, kwargs = self.jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # handed to the caller, raised there
+                fut.set_exception(e)
+
+    def submit(self, fn, args, kwargs) -> Future:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self.thread.start()
+        fut: Future = Future()
+        self.jobs.put((fut, fn, args, kwargs))
+        return fut
+
+
+_compute, _side = _Worker("memlab-compute"), _Worker("memlab-beside")
 
 
 def _after_fork_in_child() -> None:
     """A forked child (ZeroGPU forks a worker per GPU call) has no compute threads: start afresh."""
-    global _jobs, _thread, _start, _side_jobs, _side
-    _jobs, _thread, _start = queue.SimpleQueue(), None, threading.Lock()
-    _side_jobs, _side = queue.SimpleQueue(), None
+    global _compute, _side
+    _compute, _side = _Worker("memlab-compute"), _Worker("memlab-beside")
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _work(jobs: queue.SimpleQueue) -> None:
-    while True:
-        fut, fn, args, kwargs = jobs.get()
-        if not fut.set_running_or_notify_cancel():
-            continue
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # handed to the caller, raised there
-            fut.set_exception(e)
-
-
 def on_thread() -> bool:
     """True on the compute thread."""
-    return _thread is not None and threading.current_thread() is _thread
+    return _compute.thread is not None and threading.current_thread() is _compute.thread
 
 
 def submit(fn, *args, **kwargs) -> Future:
     """Queue ``fn(*args, **kwargs)`` on the compute thread (started on first use, a daemon); its Future.
     Calls run in order, one at a time."""
-    global _thread
-    with _start:
-        if _thread is None:
-            _thread = threading.Thread(target=_work, args=(_jobs,), name="memlab-compute", daemon=True)
-            _thread.start()
-    fut: Future = Future()
-    _jobs.put((fut, fn, args, kwargs))
-    return fut
+    return _compute.submit(fn, args, kwargs)
 
 
 def run(fn, *args, **kwargs):
@@ -78,14 +82,7 @@ def run(fn, *args, **kwargs):
 def beside(fn, *args, **kwargs) -> Future:
     """Queue ``fn(*args, **kwargs)`` on the second long-lived thread (a daemon, started on first use);
     its Future."""
-    global _side
-    with _start:
-        if _side is None:
-            _side = threading.Thread(target=_work, args=(_side_jobs,), name="memlab-beside", daemon=True)
-            _side.start()
-    fut: Future = Future()
-    _side_jobs.put((fut, fn, args, kwargs))
-    return fut
+    return _side.submit(fn, args, kwargs)
 
 
 def on_compute_thread(fn):
