@@ -227,8 +227,8 @@ def copies(duplicates: int) -> str:
 
 
 def score(x: float) -> str:
-    """A score as the page shows it everywhere (captions, headline, tables): 3 decimals, trailing zeros kept
-    (the one rounding rule: scores to 0.001, percentages to 0.1%)."""
+    """A score in a table cell: 3 decimals, trailing zeros kept, as every caption and headline writes it
+    (``:.3f``; the one rounding rule: scores to 0.001, percentages to 0.1%)."""
     return f"{float(x):.3f}"
 
 
@@ -414,15 +414,15 @@ def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api: str, cleare
     ``benchmarks/bench_streaming.py``). The API event (``api``) is ``fn`` (a generator's first update is
     then ``cleared``; ``api`` None: none). Returns that event (Stop cancels it). ``progress_on``: the one
     output that shows the progress bar (default all of them)."""
+    api_name = _api(api) if api else False
     if _is_gen(fn):
         @functools.wraps(fn)
         def cleared_first(*a, **kw):
             yield cleared
             yield from fn(*a, **kw)
-        return btn.click(cleared_first, inputs, outputs, api_name=_api(api) if api else False,
-                         show_progress_on=progress_on)
+        return btn.click(cleared_first, inputs, outputs, api_name=api_name, show_progress_on=progress_on)
     clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
-    return clear.then(fn, inputs, outputs, api_name=_api(api) if api else False, show_progress_on=progress_on)
+    return clear.then(fn, inputs, outputs, api_name=api_name, show_progress_on=progress_on)
 
 
 def page_slug(name: str, taken=()) -> str:
