@@ -1,22 +1,23 @@
+"""``python -m index_builder [VERB] ...``: one module per verb, registered as ``memlab.cli`` registers its
+own; without a verb, the build (``index_builder.build``)."""
+import importlib
 import sys
 
-if sys.argv[1:2] == ["clusters"]:
-    from index_builder.clusters import main
+VERBS = {
+    "build": "index_builder.build",        # the default: index images, shards or embeddings
+    "download": "index_builder.download",  # fetch a URL listing into webdataset shards (img2dataset)
+    "embed": "index_builder.embed",        # embed shards on one machine or a Ray cluster
+    "add": "index_builder.add",            # add embeddings or shards to an on-disk index
+    "clusters": "index_builder.clusters",  # keyword views of an index or world
+}
 
-    sys.exit(main(sys.argv[2:]))
-if sys.argv[1:2] == ["embed"]:
-    from index_builder.embed import main
 
-    sys.exit(main(sys.argv[2:]))
-if sys.argv[1:2] == ["add"]:
-    from index_builder.add import main
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = argv[0] if argv and argv[0] in VERBS else "build"
+    rest = argv[1:] if argv and argv[0] in VERBS else argv
+    return importlib.import_module(VERBS[verb]).main(rest)
 
-    sys.exit(main(sys.argv[2:]))
-if sys.argv[1:2] == ["download"]:
-    from index_builder.download import main
 
-    sys.exit(main(sys.argv[2:]))
-
-from index_builder.build import main  # noqa: E402
-
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

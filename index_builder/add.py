@@ -49,7 +49,7 @@ def run(args) -> int:
     src, emb_work = args.embeddings, None
     if args.shards:
         from index_builder.embed import embed
-        from index_builder.shards import shard_paths
+        from memlab.shards import shard_paths
         from memlab.index import TrainingIndex
 
         name = TrainingIndex.load(index, verify=False).default_descriptor

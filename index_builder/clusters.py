@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from memlab.cli import Parser, guarded
@@ -47,7 +46,7 @@ def keywords_from(args) -> list[str]:
 
 def compute(args) -> int:
     from memlab.index import TrainingIndex
-    from memlab.keywords import keyword_view, save_view
+    from memlab.keywords import write_views
     from memlab.world import World
 
     if args.world and not (Path(args.world) / "world.json").is_file() and (Path(args.world) / "manifest.json").is_file():
@@ -60,18 +59,8 @@ def compute(args) -> int:
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise MemlabError("--threshold must be in (0, 1]")
     objects = [o.strip() for o in args.objects.split(",") if o.strip()]
-    for kw in keywords_from(args):
-        t0 = time.perf_counter()
-        v = keyword_view(index, kw, args.descriptor, args.threshold, objects, args.label_column,
-                         hide_keyword=getattr(args, "hide_keyword_words", False))
-        p = save_view(folder, v)
-        real = [c for c in v["clusters"] if not c["miscellaneous"]]
-        print(f"{kw!r}: {v['n_before']} captions, {v['n_after']} within 77 tokens, {len(real)} clusters "
-              f"(largest {real[0]['size'] if real else 0}), miscellaneous {v['miscellaneous_size']}"
-              + "".join(f"; {o} (not named in the caption): {d['keyword_share']:.1%} of the keyword's distinct images vs "
-                          f"{d['overall_share']:.1%} of all distinct images"
-                        for o, d in v["objects"].items() if d["keyword_share"] is not None)
-              + f" -> {p} ({time.perf_counter() - t0:.2f}s)", file=sys.stderr)
+    write_views(index, folder, keywords_from(args), args.descriptor, args.threshold, objects, args.label_column,
+                hide_keyword=getattr(args, "hide_keyword_words", False), log=lambda m: print(m, file=sys.stderr))
     if args.world:
         from memlab.world import seal_world
 

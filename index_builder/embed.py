@@ -50,7 +50,7 @@ def embed_shard(shard: str, i: int, out: str, descriptor: str, options: dict, ba
     import pandas as pd
     from PIL import Image
 
-    from index_builder.shards import IMAGE_KEYS, samples
+    from memlab.shards import IMAGE_KEYS, samples
     from memlab.descriptors import create_descriptor
 
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def embed(shards: list[Path], out: Path, descriptor: str, options: dict | None =
 
 
 def run(args) -> int:
-    from index_builder.shards import shard_paths
+    from memlab.shards import shard_paths
 
     out = out_folder(args.out)
     shards = shard_paths(args.shards)

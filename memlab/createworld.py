@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import MemlabError
+from .sources import build_sources
 from .prompts import LABELS, read_prompt_list
 
 SD_DEFAULTS = {"steps": 50, "guidance": 7.5, "scheduler": "ddim", "seeds": "0-7", "k": 5}
@@ -65,17 +66,21 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _option_args(options: dict | None) -> list[str]:
+    """The index options as the command-line flags they were before (the index's rebuild key keeps them)."""
+    return [x for k, v in (options or {}).items() if v is not None and k != "command"
+            for x in ("--" + k.replace("_", "-"), str(v))]
+
+
 def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
                  training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
-                 timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_args: list[str] = (),
+                 timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
                  progress=None, log=print) -> Path:
     """Write the world described in the module docstring to ``out``; returns ``out``."""
     import pandas as pd
 
-    from index_builder.build import build_sources
-    from index_builder.download import fetch, summary, url_table
-
+    from .fetch import fetch, summary, url_table
     from .index import TrainingIndex
     from .keywords import keyword_view, save_view
     from .world import write_world_json
@@ -108,11 +113,11 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     # 2. the index (rebuilt only when its inputs changed)
     index_dir = out / "index"
     key = _fingerprint({"sources": sources, "shards": rep and rep["shards"], "fetched": rep and rep["fetched"],
-                        "descriptors": list(descriptors), "args": list(index_args)})
+                        "descriptors": list(descriptors), "args": _option_args(index_options)})
     stamp = out / "build" / "index.key"
     if not ((index_dir / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == key):
         log(f"[world create] indexing {', '.join(sources)} with {', '.join(descriptors)}")
-        build_sources(sources, index_dir, ["--descriptor", ",".join(descriptors), *index_args], progress)
+        build_sources(sources, index_dir, progress, descriptors=[",".join(descriptors)], **(index_options or {}))
         stamp.write_text(key)
     index = TrainingIndex.load(index_dir)
     items = index.items

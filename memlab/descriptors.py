@@ -60,6 +60,12 @@ def list_descriptors() -> list[str]:
     return sorted(DESCRIPTORS)
 
 
+def descriptor_class(name: str) -> type | None:
+    """The class a registered descriptor is built with (its class-level published threshold, duplicate cut,
+    ...), without building it; None for a name that is not registered."""
+    return _KINDS.get(DESCRIPTORS.get(name, {}).get("kind"))
+
+
 def create_descriptor(name: str, **overrides) -> "Descriptor":
     """Build a descriptor from its registered config; keyword overrides replace config values
     (an override of None is ignored unless the config itself names that key)."""
@@ -289,7 +295,7 @@ def _trust_list() -> dict:
 def _record_trusted(path: Path, source: str) -> None:
     import json
 
-    from .index import sha256
+    from .indexfiles import sha256
 
     trusted = _trust_list()
     trusted[sha256(path)] = {"file": Path(path).name, "source": source}
@@ -303,7 +309,7 @@ def _record_trusted(path: Path, source: str) -> None:
 def check_torchscript_trusted(path: Path, confirmed: str | None = None) -> str:
     """The file's sha256 if memlab downloaded it from the official URL or the user confirmed it; else a
     MemlabError that names the file and its checksum and says how to confirm it."""
-    from .index import sha256
+    from .indexfiles import sha256
 
     digest = sha256(path)
     confirms = {c.strip().lower() for c in (confirmed or "").split(",") + os.environ.get(

@@ -16,13 +16,9 @@ file against the manifest and refuses an index that does not match it.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,81 +29,10 @@ from . import metrics
 from .descriptors import Descriptor
 from .distort import distort
 from .errors import IndexMismatchError, MemlabError
+from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, faiss_module, json_default, make_faiss_index,
+                         read_faiss, recover_swap, sha256)
 
-FORMAT = "memlab-index"
-VERSION = 1
-MANIFEST = "manifest.json"
-ITEMS = "items.parquet"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def recover_swap(out: Path) -> None:
-    """Finish a replacement (``atomic_dir``) killed between its two renames: ``out`` is missing, the old
-    version was moved aside (``.out.old-*``), so the new one beside it (``.out.tmp-*``) is complete."""
-    out = Path(out)
-    olds = list(out.parent.glob(f".{out.name}.old-*"))
-    if out.exists() or not olds:
-        return
-    new = sorted(out.parent.glob(f".{out.name}.tmp-*"), key=lambda p: p.stat().st_mtime)
-    if new:
-        new[-1].rename(out)
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path):
-    """Yield a hidden temporary folder beside ``out``; on success it replaces ``out`` by rename."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover_swap(out)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a build that was killed: start over
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
-def _faiss():
-    import faiss
-
-    # faiss uses its BLAS kernel only from 20 queries on; below that its scalar loop was 3.9x
-    # slower on 1M x 512 (benchmarks/bench_search.py), so use BLAS always.
-    faiss.cvar.distance_compute_blas_threshold = 1
-    return faiss
-
-
-def make_faiss_index(vectors: np.ndarray, factory: str = "Flat"):
-    """Inner-product FAISS index from a factory string ("Flat", "IVF64,Flat", "IVF256,SQ8", ...)."""
-    faiss = _faiss()
-    d = vectors.shape[1]
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise MemlabError(f"bad FAISS index factory string {factory!r}: {e}") from e
-    if not index.is_trained:
-        index.train(np.ascontiguousarray(vectors, np.float32))
-    index.add(np.ascontiguousarray(vectors, np.float32))
-    return index
-
+__all__ = ["FORMAT", "ITEMS", "MANIFEST", "VERSION", "TrainingIndex", "build_index", "sha256"]
 
 def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int], object],
                 descriptors: Sequence[Descriptor], *, factory: str = "Flat", fpr: float = 0.01,
@@ -120,38 +45,71 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
 
     ``items`` needs columns id, caption, file; ``load_image(i)`` returns row i's PIL image.
     Near-duplicate groups come from the first descriptor (rows of the same ``file`` are always one
-    group). Thresholds: a descriptor's published threshold when it has one, else calibrated here over
-    *distinct* items, one row per near-duplicate group: synthetic copies (``memlab.distort``) of up to
-    ``calib_n`` of them are scored against their originals, and the threshold keeps ``fpr`` of the
-    background of distinct items (each group's row against the nearest row of another group). The
-    manifest keeps both backgrounds (all rows, and distinct items). ``ground_truth`` maps a name to
-    (original rows, copy images), e.g. the world's own image-to-image copies: each descriptor's recall
-    on them at its threshold is recorded. ``origin`` names a column whose equal non-empty values mark
-    rows cut from one source image (crops of one photograph): for calibration they count as one distinct
-    image. ``extra_files(folder)`` may write more into the index folder before it is sealed (top-level
-    files are checksummed).
+    group). Thresholds (``metrics.threshold_rule``): a descriptor's published threshold when it has one,
+    else calibrated here over *distinct* items, one row per near-duplicate group: synthetic copies
+    (``memlab.distort``) of up to ``calib_n`` of them are scored against their originals, and the threshold
+    keeps ``fpr`` of the background of distinct items (each group's row against the nearest row of another
+    group). The manifest keeps both backgrounds (all rows, and distinct items). ``ground_truth`` maps a
+    name to (original rows, copy images), e.g. the world's own image-to-image copies: each descriptor's
+    recall on them at its threshold is recorded. ``origin`` names a column whose equal non-empty values
+    mark rows cut from one source image (crops of one photograph): for calibration they count as one
+    distinct image. ``extra_files(folder)`` may write more into the index folder before it is sealed
+    (top-level files are checksummed).
     """
     if len(items) == 0:
         raise MemlabError("no items to index")
     if not descriptors:
         raise MemlabError("no descriptor given")
     items = items.reset_index(drop=True).copy()
-    n = len(items)
     bar = progress or (lambda it, **kw: it)
+    vectors = _embed_items(len(items), load_image, descriptors, batch_size, bar)
+    primary = descriptors[0]
+    group, distinct, reps = _group_items(items, vectors[primary.name], primary, origin)
+    calib_rows = _calibration_rows(distinct, reps, ground_truth, calib_n, seed)
+    copies = _embed_copies(calib_rows, load_image, descriptors, batch_size, bar)
+    truth = {gname: (np.asarray(rows, np.int64), {d.name: d.embed(list(ims)) for d in descriptors})
+             for gname, (rows, ims) in (ground_truth or {}).items()}
+    with atomic_dir(Path(out)) as tmp:
+        entries = {}
+        for d in descriptors:
+            entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, copies[d.name], calib_rows, truth,
+                                                fpr, origin, factory)
+            _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
+        items.to_parquet(tmp / ITEMS, index=False)
+        if extra_files is not None:
+            extra_files(tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        dups = items["duplicates"].to_numpy()
+        manifest = {
+            "format": FORMAT, "version": VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "item_count": len(items), "default_descriptor": primary.name, "descriptors": entries,
+            "metadata": ITEMS, "image_root": image_root,
+            "duplicates": {"descriptor": primary.name, "threshold": primary.duplicate_threshold,
+                           "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1)},
+            "files": {f: sha256(tmp / f) for f in files},
+            **(extra_manifest or {}),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default))
+    return Path(out)
 
-    # each image is loaded once, for every descriptor
+
+def _embed_items(n: int, load_image, descriptors, batch_size: int, bar) -> dict[str, np.ndarray]:
+    """Every item's vector under every descriptor; each image is loaded once, for all of them."""
     chunks: dict[str, list] = {d.name: [] for d in descriptors}
     names = ", ".join(d.name for d in descriptors)
     for s in bar(range(0, n, batch_size), desc=f"embed {names}", total=-(-n // batch_size)):
         ims = [load_image(i) for i in range(s, min(s + batch_size, n))]
         for d in descriptors:
             chunks[d.name].append(d.embed(ims))
-    vectors = {k: np.ascontiguousarray(np.concatenate(v), np.float32) for k, v in chunks.items()}
+    return {k: np.ascontiguousarray(np.concatenate(v), np.float32) for k, v in chunks.items()}
 
-    primary = descriptors[0]
+
+def _group_items(items: pd.DataFrame, v: np.ndarray, primary: Descriptor, origin: str | None):
+    """Near-duplicate groups (written into ``items``: group, duplicates, representative); returns (group,
+    distinct images' groups (``origin``'s rows merged), one representative row per distinct image)."""
     same_file = pd.factorize(items["file"].astype(str))[0] if "file" in items else None
-    group, dups = metrics.near_duplicate_groups(vectors[primary.name], primary.duplicate_threshold,
-                                                same=same_file)
+    group, dups = metrics.near_duplicate_groups(v, primary.duplicate_threshold, same=same_file)
     items["group"] = group
     items["duplicates"] = dups
     if origin is not None and origin not in items.columns:
@@ -160,97 +118,81 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     reps = metrics.group_representatives(distinct)  # one row per distinct image
     items["representative"] = False
     items.loc[reps, "representative"] = True
+    return group, distinct, reps
 
-    # calibration copies: of distinct items only (not those held out as ground truth), each distorted
-    # once for every descriptor
+
+def _calibration_rows(distinct, reps, ground_truth, calib_n: int, seed: int) -> np.ndarray:
+    """Up to ``calib_n`` distinct items to copy for calibration, none of those held out as ground truth."""
     held = np.unique(distinct[np.concatenate([np.asarray(r, np.int64) for r, _ in (ground_truth or {}).values()]
                                              or [np.zeros(0, np.int64)])])
     pool = reps[~np.isin(distinct[reps], held)]
     rng = np.random.default_rng(seed)
-    calib_rows = np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
+    return np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
+
+
+def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> dict[str, np.ndarray]:
+    """Each calibration row distorted once (``memlab.distort``), embedded by every descriptor."""
+    names = ", ".join(d.name for d in descriptors)
     cchunks: dict[str, list] = {d.name: [] for d in descriptors}
     for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {names}",
                  total=-(-len(calib_rows) // batch_size)):
         ims = [distort(load_image(int(i))) for i in calib_rows[s:s + batch_size]]
         for d in descriptors:
             cchunks[d.name].append(d.embed(ims))
-    copies = {k: np.concatenate(v) for k, v in cchunks.items()}
-    truth = {}
-    for gname, (rows, ims) in (ground_truth or {}).items():
-        rows = np.asarray(rows, np.int64)
-        truth[gname] = (rows, {d.name: d.embed(list(ims)) for d in descriptors})
+    return {k: np.concatenate(v) for k, v in cchunks.items()}
 
-    with atomic_dir(Path(out)) as tmp:
-        desc_entries = {}
-        for d in descriptors:
-            v = vectors[d.name]
-            if d.verdict == "cosine":
-                bg, bg_distinct = metrics.background(v), metrics.background(v[reps])
-                copy_scores = np.einsum("nd,nd->n", copies[d.name], v[calib_rows])
-            else:  # the verdict's own score (e.g. the worst tile) on cosine candidates
-                bg, bg_distinct = _verdict_background(d, v), _verdict_background(d, v[reps])
-                copy_scores = np.array([d.verdict_scores(c, v[r][None])[0] for c, r in zip(copies[d.name], calib_rows)])
-            finite = bg_distinct[np.isfinite(bg_distinct)]
-            if d.published_threshold is not None:
-                value = float(d.published_threshold)
-                thr = {"value": value, "high": d.published_high,
-                       "source": "carried-over" if d.threshold_carried_over else "published",
-                       "citation": d.threshold_source,
-                       "fpr": float((finite > value).mean()) if finite.size else None,
-                       "recall": float((copy_scores > value).mean()),
-                       "background_percentiles": metrics.percentiles(finite),
-                       "copy_percentiles": metrics.percentiles(copy_scores)}
-            else:
-                cal = metrics.calibrate_threshold(bg_distinct, copy_scores, fpr)
-                thr = {**cal, "high": None, "source": "calibrated",
-                       "citation": (f"calibrated at build: {fpr:.1%} false positives on the background "
-                                    f"of distinct items (one row per near-duplicate group); recall on "
-                                    f"synthetic copies of distinct items (rescale 75%, JPEG 60, 5% crop, "
-                                    f"brightness +10%)")}
-            thr["calibration_rows"] = "one per near-duplicate group" + (
-                f", rows sharing a non-empty {origin!r} (one source image) counted once" if origin else "")
-            thr["n_groups"] = int(len(reps))
-            # a copy's top-1 is right when it is its original or a near duplicate of it
-            thr["copy_top1"] = _top1_in_group(copies[d.name], v, group, calib_rows)
-            for gname, (rows, emb) in truth.items():
-                sc = np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)])
-                thr.setdefault("ground_truth", {})[gname] = {
-                    "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
-                    "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
-            if factory != "Flat":  # an exact index is the vectors themselves: built from them at load
-                _faiss().write_index(make_faiss_index(v, factory), str(tmp / f"{d.name}.faiss"))
-            np.save(tmp / f"{d.name}.npy", v)
-            np.save(tmp / f"{d.name}.background.npy", bg)
-            np.save(tmp / f"{d.name}.background_distinct.npy", bg_distinct)
-            desc_entries[d.name] = {
-                **d.info(), "factory": factory, "threshold": thr,
-                "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
-                               **metrics.percentiles(bg[np.isfinite(bg)]),
-                               "over": "every training row vs its nearest other row (duplicates included)"},
-                "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
-                                        **metrics.percentiles(finite),
-                                        "over": "distinct training images: one row per near-duplicate group "
-                                                + (f"(rows of one {origin!r} counted once) " if origin else "")
-                                                + "vs the nearest distinct image"},
-                "files": {"index": f"{d.name}.faiss" if factory != "Flat" else None, "vectors": f"{d.name}.npy",
-                          "background": f"{d.name}.background.npy",
-                          "background_distinct": f"{d.name}.background_distinct.npy"}}
-        items.to_parquet(tmp / ITEMS, index=False)
-        if extra_files is not None:
-            extra_files(tmp)
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest = {
-            "format": FORMAT, "version": VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "item_count": n, "default_descriptor": primary.name, "descriptors": desc_entries,
-            "metadata": ITEMS, "image_root": image_root,
-            "duplicates": {"descriptor": primary.name, "threshold": primary.duplicate_threshold,
-                           "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1)},
-            "files": {f: sha256(tmp / f) for f in files},
-            **(extra_manifest or {}),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
-    return Path(out)
+
+def _descriptor_entry(d: Descriptor, v, reps, group, copies, calib_rows, truth, fpr, origin, factory) -> dict:
+    """One descriptor's manifest entry: its identity, threshold (with recall on the calibration copies and
+    on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``."""
+    if d.verdict == "cosine":
+        bg, bg_distinct = metrics.background(v), metrics.background(v[reps])
+        copy_scores = np.einsum("nd,nd->n", copies, v[calib_rows])
+    else:  # the verdict's own score (e.g. the worst tile) on cosine candidates
+        bg, bg_distinct = _verdict_background(d, v), _verdict_background(d, v[reps])
+        copy_scores = np.array([d.verdict_scores(c, v[r][None])[0] for c, r in zip(copies, calib_rows)])
+    finite = bg_distinct[np.isfinite(bg_distinct)]
+    thr = metrics.threshold_rule(
+        finite, copy_scores, fpr, published=d.published_threshold, published_high=d.published_high,
+        citation=d.threshold_source if d.published_threshold is not None else (
+            f"calibrated at build: {fpr:.1%} false positives on the background of distinct items (one row per "
+            f"near-duplicate group); recall on synthetic copies of distinct items (rescale 75%, JPEG 60, 5% "
+            f"crop, brightness +10%)"),
+        carried_over=d.threshold_carried_over)
+    thr["calibration_rows"] = "one per near-duplicate group" + (
+        f", rows sharing a non-empty {origin!r} (one source image) counted once" if origin else "")
+    thr["n_groups"] = int(len(reps))
+    # a copy's top-1 is right when it is its original or a near duplicate of it
+    thr["copy_top1"] = _top1_in_group(copies, v, group, calib_rows)
+    for gname, (rows, emb) in truth.items():
+        sc = np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)])
+        thr.setdefault("ground_truth", {})[gname] = {
+            "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
+            "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
+    return {
+        **d.info(), "factory": factory, "threshold": thr,
+        "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
+                       **metrics.percentiles(bg[np.isfinite(bg)]),
+                       "over": "every training row vs its nearest other row (duplicates included)"},
+        "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
+                                **metrics.percentiles(finite),
+                                "over": "distinct training images: one row per near-duplicate group "
+                                        + (f"(rows of one {origin!r} counted once) " if origin else "")
+                                        + "vs the nearest distinct image"},
+        "files": {"index": f"{d.name}.faiss" if factory != "Flat" else None, "vectors": f"{d.name}.npy",
+                  "background": f"{d.name}.background.npy",
+                  "background_distinct": f"{d.name}.background_distinct.npy"},
+        "_arrays": (bg, bg_distinct)}
+
+
+def _write_descriptor_files(tmp: Path, name: str, v: np.ndarray, entry: dict, factory: str) -> None:
+    """A descriptor's vectors, backgrounds and (for an approximate factory) FAISS file."""
+    bg, bg_distinct = entry.pop("_arrays")
+    if factory != "Flat":  # an exact index is the vectors themselves: built from them at load
+        faiss_module().write_index(make_faiss_index(v, factory), str(tmp / f"{name}.faiss"))
+    np.save(tmp / f"{name}.npy", v)
+    np.save(tmp / f"{name}.background.npy", bg)
+    np.save(tmp / f"{name}.background_distinct.npy", bg_distinct)
 
 
 def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64) -> np.ndarray:
@@ -275,16 +217,6 @@ def _top1_in_group(queries: np.ndarray, v: np.ndarray, group: np.ndarray, rows: 
     if len(rows) == 0:
         return float("nan")
     return float((group[np.argmax(queries @ v.T, axis=1)] == group[rows]).mean())
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
 
 
 SMALL_ITEMS = 200_000  # up to here the item table is read whole on first lookup; above, row group by row group
@@ -427,13 +359,11 @@ class TrainingIndex:
             if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
                 index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
             elif self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
-                from .ondisk import read_faiss
-
                 index = read_faiss(self.path / f)
             else:
-                index = _faiss().read_index(str(self.path / f))
+                index = faiss_module().read_index(str(self.path / f))
             if "IVF" in self.descriptor_info(name)["factory"]:
-                _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
+                faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
             self._faiss[name] = index
         return self._faiss[name]
 

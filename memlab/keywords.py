@@ -204,3 +204,25 @@ def load_views(folder: Path) -> dict[str, dict]:
         except (json.JSONDecodeError, KeyError):
             continue
     return out
+
+
+def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | None = None,
+                threshold: float | None = None, objects: Sequence[str] = (), label_column: str = "objects",
+                hide_keyword: bool = False, log=print) -> list[Path]:
+    """Compute and save each keyword's view (``keyword_view``) into ``folder``, one summary line each."""
+    import time
+
+    saved = []
+    for kw in keywords:
+        t0 = time.perf_counter()
+        v = keyword_view(index, kw, descriptor, threshold, list(objects), label_column, hide_keyword=hide_keyword)
+        p = save_view(folder, v)
+        saved.append(p)
+        real = [c for c in v["clusters"] if not c["miscellaneous"]]
+        log(f"{kw!r}: {v['n_before']} captions, {v['n_after']} within 77 tokens, {len(real)} clusters "
+            f"(largest {real[0]['size'] if real else 0}), miscellaneous {v['miscellaneous_size']}"
+            + "".join(f"; {o} (not named in the caption): {d['keyword_share']:.1%} of the keyword's distinct images "
+                      f"vs {d['overall_share']:.1%} of all distinct images"
+                      for o, d in v["objects"].items() if d["keyword_share"] is not None)
+            + f" -> {p} ({time.perf_counter() - t0:.2f}s)")
+    return saved

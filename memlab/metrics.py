@@ -168,3 +168,32 @@ def roc_auc(positive_scores, negative_scores) -> float:
     if p.size == 0 or n.size == 0:
         raise ValueError("roc_auc needs at least one positive and one negative score")
     return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+def threshold_rule(background_distinct, copy_scores=None, fpr: float = 0.01, *, published: float | None = None,
+                   published_high: float | None = None, citation: str | None = None, carried_over: bool = False,
+                   given: float | None = None) -> dict:
+    """The verdict's threshold, the one rule every index builder uses: a ``given`` value, else the
+    descriptor's ``published`` one (SSCD's 0.5, Pizzi et al. 2022), else calibrated to flag ``fpr`` of the
+    background of distinct training images (``calibrate_threshold``). With ``copy_scores`` (synthetic
+    copies scored against their originals) the recall at the threshold is recorded; without (a build from
+    embeddings: no images to copy) it is None. ``fpr`` is the share of the background above the value."""
+    bg = np.asarray(background_distinct, np.float64)
+    bg = bg[np.isfinite(bg)]
+    cp = None if copy_scores is None else np.asarray(copy_scores, np.float64)
+    fp = (lambda v: float((bg > v).mean()) if bg.size else None)
+    recall = (lambda v: float((cp > v).mean()) if cp is not None and cp.size else None)
+    if given is not None:
+        return {"value": float(given), "high": None, "source": "given", "citation": "--threshold",
+                "fpr": fp(given), "recall": recall(given), "background_percentiles": percentiles(bg)}
+    if published is not None:
+        thr = {"value": float(published), "high": published_high,
+               "source": "carried-over" if carried_over else "published", "citation": citation,
+               "fpr": fp(published), "recall": recall(published), "background_percentiles": percentiles(bg)}
+        if cp is not None:
+            thr["copy_percentiles"] = percentiles(cp)
+        return thr
+    cal = calibrate_threshold(bg, cp if cp is not None else np.zeros(0), fpr)
+    return {**cal, "high": None, "source": "calibrated", "citation": citation or (
+        f"the {1 - fpr:.0%} quantile of the background of distinct items (built from embeddings: no images to "
+        f"copy, so no recall was measured)")}

@@ -32,43 +32,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import metrics
+from .descriptors import DESCRIPTORS, create_descriptor, descriptor_class
+from .embeddings import embedding_parts, parse_memory, read_metadata, write_embeddings
 from .errors import MemlabError
+from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, read_faiss, savez,
+                         sha256)
+
+__all__ = ["OnDiskBuild", "OnDiskAddition", "choose_factory", "embedding_parts", "parse_memory", "read_metadata",
+           "write_embeddings", "rerank_exact", "groups_from_neighbours", "distinct_background", "read_faiss"]
 
 BLOCK = 100_000  # rows per add / kNN block
 EXACT_MAX = 100_000  # up to here an exact (Flat) index: its kNN pass (n queries over n) stays short
-
-
-def parse_memory(text: str | int) -> int:
-    """'2GB', '512MB', '1.5G' or a byte count -> bytes."""
-    if isinstance(text, (int, np.integer)):
-        return int(text)
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
-    if not m:
-        raise MemlabError(f"cannot read memory size {text!r} (e.g. 2GB, 512MB)")
-    return int(float(m[1]) * 1024 ** "bkmgt".index(m[2] or "b"))
-
-
-def embedding_parts(src: str | Path) -> list[tuple[Path, Path | None, int, int]]:
-    """(img_emb file, metadata file or None, rows, dim) per part, in part order."""
-    src = Path(src)
-    emb = sorted((src / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
-    if not emb:
-        raise MemlabError(f"{src} holds no img_emb/img_emb_*.npy (the clip-retrieval / LAION embedding layout)")
-    parts = []
-    for p in emb:
-        i = re.findall(r"\d+", p.stem)[-1]
-        try:
-            a = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise MemlabError(f"cannot read {p} as a .npy array: {e}") from None
-        if a.ndim != 2 or a.dtype.kind != "f":
-            raise MemlabError(f"{p} is {a.dtype} with shape {a.shape}: expected float rows")
-        meta = src / "metadata" / f"metadata_{i}.parquet"
-        parts.append((p, meta if meta.is_file() else None, int(a.shape[0]), int(a.shape[1])))
-    dims = {d for *_, d in parts}
-    if len(dims) != 1:
-        raise MemlabError(f"{src}: embedding parts have different dimensions {sorted(dims)}")
-    return parts
 
 
 def choose_factory(n: int, d: int, max_memory: int) -> str:
@@ -85,34 +60,6 @@ def choose_factory(n: int, d: int, max_memory: int) -> str:
     if m is None:
         raise MemlabError(f"{n} x {d} vectors do not fit a {max_memory / 2**30:.1f} GB budget even as PQ8 codes")
     return f"IVF{nlist},PQ{m}"
-
-
-def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".part")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def read_faiss(path: Path):
-    """A FAISS index for serving without loading it: inverted lists on disk (``.ivfdata`` beside it, from
-    ``merge_ondisk``) or the whole file memory-mapped."""
-    faiss = _faiss()
-    path = Path(path)
-    if path.with_suffix(".ivfdata").is_file():
-        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-
-
-class _cwd:
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.old = os.getcwd()
-        os.chdir(self.path)
-
-    def __exit__(self, *exc):
-        os.chdir(self.old)
 
 
 def _peak_mb() -> float | None:
@@ -134,12 +81,6 @@ def _drop(v) -> None:
     mm = getattr(v, "_mmap", None)
     if mm is not None and hasattr(mm, "madvise"):
         mm.madvise(mmap.MADV_DONTNEED)
-
-
-def _faiss():
-    from .index import _faiss as f
-
-    return f()
 
 
 class OnDiskBuild:
@@ -193,18 +134,18 @@ class OnDiskBuild:
                 fh.flush()
                 os.fsync(fh.fileno())
                 start += rows
-                _atomic_save(state, lambda t, i=i: t.write_text(json.dumps({"parts": i + 1, "n": self.n})))
+                atomic_save(state, lambda t, i=i: t.write_text(json.dumps({"parts": i + 1, "n": self.n})))
         return np.load(f, mmap_mode="r")
 
     # 2-3. the FAISS index -------------------------------------------------------------------
     def index(self, v: np.ndarray):
-        faiss = _faiss()
+        faiss = faiss_module()
         final = self.work / f"{self.name}.faiss"
         if final.is_file():
             return read_faiss(final)
         trained = self.work / "trained.faiss"
         if not trained.is_file() and self.first:
-            _atomic_save(trained, lambda t: faiss.write_index(self.base_trained(), str(t)))
+            atomic_save(trained, lambda t: faiss.write_index(self.base_trained(), str(t)))
         if not trained.is_file():
             idx = faiss.index_factory(self.d, self.factory, faiss.METRIC_INNER_PRODUCT)
             if not idx.is_trained:
@@ -219,7 +160,7 @@ class OnDiskBuild:
                     _drop(v)
                 idx.train(sample)
                 del sample
-            _atomic_save(trained, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+            atomic_save(trained, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         blocks = self.work / "blocks"
         blocks.mkdir(exist_ok=True)
         nb = -(-(self.n - self.first) // self.block)
@@ -235,7 +176,7 @@ class OnDiskBuild:
             else:  # each vector under its row number (the merge keeps the ids it is given)
                 idx.add_with_ids(x, np.arange(s, e, dtype=np.int64))
             _drop(v)
-            _atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+            atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         idx = faiss.read_index(str(trained))
         base = self.base_index() if self.first else None
         if self.factory == "Flat":  # small by construction: merged in memory
@@ -252,18 +193,20 @@ class OnDiskBuild:
             for part in ([base] if base is not None else []) + parts:  # the base's rows keep their ids
                 lists.push_back(faiss.extract_index_ivf(part).invlists)
             ivf = faiss.extract_index_ivf(idx)
-            with _cwd(self.work):  # the index records the .ivfdata file by this (relative) name
-                ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, f"{self.name}.ivfdata")
-                # as faiss.contrib.ondisk.merge_ondisk, but the blocks are released after (it keeps them mapped)
-                idx.ntotal = ivf.ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
-                ivf.replace_invlists(ondisk, True)
-                ondisk.this.disown()
-                del lists, parts, base
-                _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
-                del idx, ivf
+            ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(self.work / f"{self.name}.ivfdata"))
+            # as faiss.contrib.ondisk.merge_ondisk, but the blocks are released after (it keeps them mapped)
+            idx.ntotal = ivf.ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
+            # the index records the lists' file by its bare name (read_faiss finds it beside the index,
+            # wherever the index folder is): no path of this machine in the file, no change of folder
+            ondisk.filename = f"{self.name}.ivfdata"
+            ivf.replace_invlists(ondisk, True)
+            ondisk.this.disown()
+            del lists, parts, base
+            atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+            del idx, ivf
             shutil.rmtree(blocks, ignore_errors=True)
             return read_faiss(final)
-        _atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+        atomic_save(final, lambda t, idx=idx: faiss.write_index(idx, str(t)))
         del idx
         shutil.rmtree(blocks, ignore_errors=True)
         return read_faiss(final)
@@ -283,7 +226,7 @@ class OnDiskBuild:
         re-scored exactly from the float16 vectors; written block by block under ``knn/{name}``, so a
         killed pass resumes at its first missing block."""
         if "IVF" in self.factory:
-            _faiss().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
+            faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
         knn = self.work / "knn"
         knn.mkdir(exist_ok=True)
         kk = min(index.ntotal, max(self.k, self.rerank) + 1)
@@ -297,7 +240,7 @@ class OnDiskBuild:
             _, cand = index.search(q, kk)
             cand = np.where(cand >= 0, cand + offset, -1)
             ids, sc = rerank_exact(v, q, cand, r, self.k)
-            _atomic_save(f, lambda t, ids=ids, sc=sc: _savez(t, ids=ids, scores=sc))
+            atomic_save(f, lambda t, ids=ids, sc=sc: savez(t, ids=ids, scores=sc))
         ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
         for b in range(nb):  # filled block by block (no list of blocks beside the whole)
             with np.load(knn / f"{name}{b:05d}.npz") as z:
@@ -319,9 +262,6 @@ class OnDiskBuild:
                 "build_seconds": {**seconds, "note": "this run's stages (a resumed build skips those already done)"}}
 
     def run(self, extra_manifest: dict | None = None) -> Path:
-        from . import metrics
-        from .index import FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, sha256
-
         import time
 
         t, peak = [time.perf_counter()], {}
@@ -334,7 +274,8 @@ class OnDiskBuild:
         rows, ids, scores = self.neighbours(v, index)
         t.append(time.perf_counter())
         peak["after_neighbours"] = _peak_mb()
-        dup = self.dup if self.dup is not None else default_duplicate_cut(self.name)
+        dup = self.dup if self.dup is not None else float(
+            getattr(descriptor_class(self.name), "duplicate_threshold", None) or 0.95)
         group, dups = groups_from_neighbours(self.n, rows, ids, scores, dup)
         bg = np.full(self.n, np.nan, np.float32)
         bg[rows] = scores[:, 0]
@@ -343,7 +284,11 @@ class OnDiskBuild:
         reps = metrics.group_representatives(group)
         sampled = bg[np.isfinite(bg)]
         finite = bgd[np.isin(np.arange(self.n), reps) & np.isfinite(bgd)]
-        thr = threshold_from_background(self.name, finite, self.fpr, self.threshold)
+        cls = descriptor_class(self.name)
+        thr = metrics.threshold_rule(finite, None, self.fpr, given=self.threshold,
+                                     published=getattr(cls, "published_threshold", None),
+                                     published_high=getattr(cls, "published_high", None),
+                                     citation=getattr(cls, "threshold_source", None))
         items = self.metadata()
         items["group"], items["duplicates"] = group, dups
         items["representative"] = False
@@ -355,7 +300,7 @@ class OnDiskBuild:
             shutil.copyfile(self.work / "vectors.f16.npy", tmp / f"{self.name}.f16.npy")
             np.save(tmp / f"{self.name}.background.npy", bg)
             np.save(tmp / f"{self.name}.background_distinct.npy", bgd)
-            _savez(tmp / f"{self.name}.knn.npz", rows=rows, ids=ids, scores=scores)  # what an addition updates
+            savez(tmp / f"{self.name}.knn.npz", rows=rows, ids=ids, scores=scores)  # what an addition updates
             items.to_parquet(tmp / ITEMS, index=False, row_group_size=65536)
             neighbours = {"k": self.k, "rerank": self.rerank, "nprobe": self.nprobe, "seed": self.seed,
                           "queried": "all items" if len(rows) == self.n else f"a random sample of {len(rows)} items "
@@ -432,7 +377,7 @@ class OnDiskAddition(OnDiskBuild):
 
     def base_trained(self):
         """The base's index with its lists emptied: the trained quantizer and codec, no vectors."""
-        faiss = _faiss()
+        faiss = faiss_module()
         if self.factory == "Flat":
             return faiss.IndexFlatIP(self.d)
         idx = faiss.read_index(str(self.base.path / f"{self.name}.faiss"), faiss.IO_FLAG_MMAP)
@@ -446,7 +391,7 @@ class OnDiskAddition(OnDiskBuild):
     def base_index(self):
         """The base's index as it is served (its lists read from disk)."""
         if self.factory == "Flat":
-            return _faiss().read_index(str(self.base.path / f"{self.name}.faiss"))
+            return faiss_module().read_index(str(self.base.path / f"{self.name}.faiss"))
         return read_faiss(self.base.path / f"{self.name}.faiss")
 
     def base_rows(self) -> np.ndarray:
@@ -469,7 +414,7 @@ class OnDiskAddition(OnDiskBuild):
         return f"the base's sample, and the added rows at its fraction (seed {self.seed + 2 + self.n_base})"
 
     def neighbours(self, v: np.ndarray, index):
-        faiss = _faiss()
+        faiss = faiss_module()
         rows = self.query_rows()
         base_rows = self.base_rows()
         new_rows = rows[len(base_rows):]
@@ -528,39 +473,13 @@ def _parts_signature(src, parts) -> str:
     return h.hexdigest()[:16]
 
 
-def descriptor_identity(name: str) -> dict:
-    """What a query descriptor must match (name, kind, model, preset, verdict), known without weights:
-    from the registered config, or from the descriptor itself when it needs none (pixel, memlab-copy)."""
-    from .descriptors import DESCRIPTORS, create_descriptor
-
-    cfg = DESCRIPTORS.get(name)
-    if cfg is None:
-        return {"name": name, "kind": "embeddings", "model": name, "preset": "precomputed", "verdict": "cosine"}
-    if cfg["kind"] in ("pixel", "learned"):
-        d = create_descriptor(name)
-        return {k: v for k, v in d.info().items() if k != "dim"} | {"verdict": d.verdict}
-    preset = cfg.get("preset") or f"open_clip:{cfg['model']}"
-    return {"name": name, "kind": cfg["kind"], "config": {k: v for k, v in cfg.items() if k != "kind"},
-            "model": cfg["model"], "preset": preset, "verdict": "cosine"}
-
-
-def _savez(path: Path, **arrays) -> None:
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def _npsave(path: Path, a: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, a)
-
-
 def _created(work: Path) -> str:
     """The build's start time (kept in the work folder, so a resumed build writes the same manifest)."""
     import datetime as dt
 
     f = work / "created.txt"
     if not f.is_file():
-        _atomic_save(f, lambda t: t.write_text(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+        atomic_save(f, lambda t: t.write_text(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
     return f.read_text()
 
 
@@ -613,69 +532,15 @@ def distinct_background(group, rows, ids, scores) -> np.ndarray:
     return np.where(np.isfinite(s), s, np.nan).astype(np.float32)
 
 
-def default_duplicate_cut(name: str) -> float:
-    from .descriptors import DESCRIPTORS, _KINDS
-
-    kind = DESCRIPTORS.get(name, {}).get("kind")
-    cls = _KINDS.get(kind)
-    return float(getattr(cls, "duplicate_threshold", None) or 0.95)
-
-
-def threshold_from_background(name: str, background: np.ndarray, fpr: float, given: float | None) -> dict:
-    """The verdict's threshold without images to copy: the descriptor's published one, a given one, or
-    the (1 - fpr) quantile of the distinct background (no recall: there are no copies to measure it)."""
-    from .descriptors import DESCRIPTORS, _KINDS
-
-    cls = _KINDS.get(DESCRIPTORS.get(name, {}).get("kind"))
-    published = getattr(cls, "published_threshold", None)
-    pct = {k: float(np.nanpercentile(background, q)) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))} \
-        if background.size else {}
-    if given is not None:
-        return {"value": float(given), "high": None, "source": "given", "citation": "--threshold",
-                "fpr": float((background > given).mean()) if background.size else None,
-                "background_percentiles": pct}
-    if published is not None:
-        return {"value": float(published), "high": getattr(cls, "published_high", None), "source": "published",
-                "citation": getattr(cls, "threshold_source", ""), "fpr": float((background > published).mean())
-                if background.size else None, "background_percentiles": pct}
-    value = float(np.quantile(background, 1 - fpr)) if background.size else 1.0
-    return {"value": value, "high": None, "source": "calibrated", "fpr": fpr, "recall": None,
-            "citation": f"the {1 - fpr:.0%} quantile of the background of distinct items (built from embeddings: "
-                        f"no images to copy, so no recall was measured)", "background_percentiles": pct}
-
-
-def read_metadata(parts) -> pd.DataFrame:
-    """The parts' metadata in row order (id, caption, url, ...); rows without metadata get ids only."""
-    frames, start = [], 0
-    for _, meta, rows, _ in parts:
-        if meta is not None:
-            df = pd.read_parquet(meta)
-            if len(df) != rows:
-                raise MemlabError(f"{meta} has {len(df)} rows, its embeddings {rows}")
-        else:
-            df = pd.DataFrame(index=range(rows))
-        frames.append(df.reset_index(drop=True))
-        start += rows
-    items = pd.concat(frames, ignore_index=True)
-    if "id" not in items:
-        items.insert(0, "id", np.arange(len(items)))
-    for col, alt in (("caption", ("TEXT", "text")), ("url", ("URL",)), ("file", ("image_path",))):
-        if col not in items:
-            src = next((a for a in alt if a in items), None)
-            items[col] = items[src].fillna("").astype(str) if src else ""
-    return items
-
-
-def write_embeddings(out: str | Path, vectors: np.ndarray, metadata: pd.DataFrame, part_rows: int = 1_000_000,
-                     dtype=np.float16) -> Path:
-    """Write vectors and metadata in the clip-retrieval layout (img_emb/img_emb_{i}.npy +
-    metadata/metadata_{i}.parquet), so memlab's embeddings are theirs and theirs are memlab's input."""
-    out = Path(out)
-    (out / "img_emb").mkdir(parents=True, exist_ok=True)
-    (out / "metadata").mkdir(parents=True, exist_ok=True)
-    for i, s in enumerate(range(0, len(vectors), part_rows)):
-        _atomic_save(out / "img_emb" / f"img_emb_{i}.npy",
-                     lambda t, s=s: _npsave(t, np.asarray(vectors[s:s + part_rows], dtype)))
-        _atomic_save(out / "metadata" / f"metadata_{i}.parquet",
-                     lambda t, s=s: metadata.iloc[s:s + part_rows].to_parquet(t, index=False))
-    return out
+def descriptor_identity(name: str) -> dict:
+    """What a query descriptor must match (name, kind, model, preset, verdict), known without weights:
+    from the registered config, or from the descriptor itself when it needs none (pixel, memlab-copy)."""
+    cfg = DESCRIPTORS.get(name)
+    if cfg is None:
+        return {"name": name, "kind": "embeddings", "model": name, "preset": "precomputed", "verdict": "cosine"}
+    if cfg["kind"] in ("pixel", "learned"):
+        d = create_descriptor(name)
+        return {k: v for k, v in d.info().items() if k != "dim"} | {"verdict": d.verdict}
+    preset = cfg.get("preset") or f"open_clip:{cfg['model']}"
+    return {"name": name, "kind": cfg["kind"], "config": {k: v for k, v in cfg.items() if k != "kind"},
+            "model": cfg["model"], "preset": preset, "verdict": "cosine"}

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .indexfiles import sha256
 from .errors import MemlabError
 
 WORLD_FILE = "world.json"
@@ -97,12 +98,6 @@ class World:
         return None
 
 
-def _sha256(p: Path) -> str:
-    from .index import sha256
-
-    return sha256(p)
-
-
 def sealed_files(path: Path, m: dict) -> list[str]:
     """The world's own files under checksum: the model folder (when inside the world), the keyword views
     and the files world.json names; relative paths, sorted."""
@@ -120,7 +115,7 @@ def seal_world(path: str | Path) -> Path:
     path = Path(path)
     f = path / WORLD_FILE
     m = json.loads(f.read_text())
-    m["files"] = {r: {"bytes": (path / r).stat().st_size, "sha256": _sha256(path / r)} for r in sealed_files(path, m)}
+    m["files"] = {r: {"bytes": (path / r).stat().st_size, "sha256": sha256(path / r)} for r in sealed_files(path, m)}
     tmp = f.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(m, indent=2))
     os.replace(tmp, f)
@@ -136,7 +131,7 @@ def verify_world(path: Path, m: dict) -> None:
         if p.stat().st_size != rec["bytes"]:
             raise MemlabError(f"world {path}: {rel} is {p.stat().st_size} bytes, world.json says {rec['bytes']} "
                               f"(truncated or replaced); rebuild or restore the world")
-        if _sha256(p) != rec["sha256"]:
+        if sha256(p) != rec["sha256"]:
             raise MemlabError(f"world {path}: {rel} does not match its checksum in world.json (modified); "
                               f"rebuild or restore the world")
 

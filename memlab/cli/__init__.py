@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..errors import MemlabError
+from ..paths import out_folder  # noqa: F401 - the verbs' (and index_builder's) check of --out
 
 VERBS = {
     "match": ("memlab.cli.match", "match images against a training index"),
@@ -39,16 +40,6 @@ def main(argv=None) -> int:
         modules[verb] = mod
     args = parser.parse_args(argv)
     return guarded(modules[args.verb].run, args)
-
-
-def out_folder(path, flag: str = "--out"):
-    """The folder a verb writes to: refused up front when the path is a file."""
-    from pathlib import Path
-
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise MemlabError(f"{flag} {p} is a file, not a folder")
-    return p
 
 
 def guarded(fn, args) -> int:

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemlabError
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from ..sources import IMAGE_EXTS
 
 
 def add_arguments(p):

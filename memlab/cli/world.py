@@ -61,8 +61,8 @@ def run(args) -> int:
     unknown = [d for d in descriptors if d not in DESCRIPTORS]
     if unknown:
         raise MemlabError(f"unknown descriptor {unknown[0]!r}; known: {', '.join(DESCRIPTORS)}")
-    index_args = ["--calib-n", str(args.calib_n)] + (["--weights", args.weights] if args.weights else []) + \
-                 (["--device", args.device] if args.device else [])
+    index_options = {"calib_n": args.calib_n, "weights": args.weights, "device": args.device,
+                     "command": "python -m memlab " + " ".join(sys.argv[1:])}
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords is not None else None
 
     def progress(it, desc="", total=None):
@@ -71,5 +71,5 @@ def run(args) -> int:
     create_world(args.model, args.prompts, out, controls=args.controls, training=args.training,
                  descriptors=descriptors, name=args.name, keywords=keywords, image_size=args.image_size,
                  processes=args.processes, threads=args.threads, timeout=args.timeout, retries=args.retries,
-                 index_args=index_args, progress=progress, log=lambda m: print(m, file=sys.stderr))
+                 index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr))
     return 0

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from memlab.errors import MemlabError
+from .errors import MemlabError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 JSON_FIELDS = ("url", "key", "status", "width", "height", "original_width", "original_height", "sha256")

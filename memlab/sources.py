@@ -1,0 +1,226 @@
+"""Building a training set's index from its sources (the library behind ``python -m index_builder`` and
+``memlab world create``): a folder of images, a CSV/parquet listing image paths and captions, webdataset
+shards (img2dataset's output, or any .tar of images with .txt/.json captions; their images are kept in the
+index), or precomputed embeddings (``memlab.ondisk``). Corrupt or unreadable images are skipped, counted
+and listed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from .errors import MemlabError
+from .paths import out_folder
+from .tables import read_table
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _log(m: str) -> None:
+    print(m, file=sys.stderr)
+
+
+def read_listing(images: Path, captions: str | None, file_col: str, caption_col: str, id_col: str) -> pd.DataFrame:
+    """Items as a DataFrame with id, caption, file (+ the listing's other columns)."""
+    if captions is None:
+        files = sorted(str(f.relative_to(images)) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        return pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
+    path = Path(captions)
+    df = read_table(path, "captions file")
+    if file_col not in df.columns:
+        raise MemlabError(f"{path} has no {file_col!r} column (columns: {', '.join(map(str, df.columns))}); "
+                          f"use --file-column")
+    if caption_col not in df.columns:
+        raise MemlabError(f"{path} has no {caption_col!r} column; use --caption-column")
+    out = df.rename(columns={file_col: "file", caption_col: "caption"})
+    if id_col in df.columns and id_col not in ("file", "caption"):
+        out = out.rename(columns={id_col: "id"})
+    else:
+        out.insert(0, "id", range(len(out)))
+    out["file"] = out["file"].astype(str)
+    out["caption"] = out["caption"].fillna("").astype(str)
+    return out
+
+
+def check_images(images: Path, items: pd.DataFrame, progress) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep the rows whose image opens and decodes within memlab's caps (bytes, pixels); return them and
+    the (file, reason) skipped."""
+    from .match import check_image_file
+
+    ok, skipped = [], []
+    for i, f in progress(list(enumerate(items["file"])), desc="check images"):
+        try:
+            check_image_file(images / f)
+            with Image.open(images / f) as im:
+                im.load()
+            ok.append(i)
+        except MemlabError as e:
+            skipped.append((f, str(e)[:160]))
+        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            skipped.append((f, type(e).__name__ + ": " + str(e)[:120]))
+    return items.iloc[ok].reset_index(drop=True), skipped
+
+
+def _no_bar(it, desc="", total=None):
+    return it
+
+
+def build_images(images, out, descriptors=("pixel",), *, captions: str | None = None, file_column: str = "file",
+                 caption_column: str = "caption", id_column: str = "id", copy_images: bool = False,
+                 factory: str | None = None, fpr: float = 0.01, calib_n: int = 500, origin_column: str | None = None,
+                 batch_size: int = 64, weights: str | None = None, weights_sha256: str | None = None,
+                 device: str | None = None, seed: int = 0, keywords: str | None = None, objects: str = "",
+                 write_embeddings: str | None = None, source_note: dict | None = None, command: str | None = None,
+                 progress=None, log=_log) -> Path:
+    """Index a folder of images (``captions``: a CSV/parquet listing them relative to it) with
+    ``descriptors`` (``memlab.index.build_index``); returns the index folder."""
+    from .descriptors import create_descriptor
+    from .index import build_index
+    from .match import load_image
+
+    progress = progress or _no_bar
+    t0 = time.perf_counter()
+    images = Path(images)
+    if not images.is_dir():
+        raise MemlabError(f"--images {images} is not a folder")
+    names = [n.strip() for arg in (descriptors or ["pixel"]) for n in arg.split(",") if n.strip()]
+    if not 0 < fpr < 0.5:
+        raise MemlabError("--fpr must be between 0 and 0.5")
+    out = out_folder(out)
+    options = {k: v for k, v in (("weights", weights), ("weights_sha256", weights_sha256), ("device", device)) if v}
+    descs = [create_descriptor(n, **options) for n in names]
+    items = read_listing(images, captions, file_column, caption_column, id_column)
+    n_listed = len(items)
+    if not n_listed:
+        raise MemlabError(f"no images in {images} (looked for {', '.join(sorted(IMAGE_EXTS))})" if not captions
+                          else f"{captions} lists no images")
+    if not items["file"].map(lambda f: (images / f).is_file()).any():
+        raise MemlabError(f"none of the {n_listed} files {captions} lists exist under {images} "
+                          f"(first: {items['file'].iloc[0]})")
+    items, skipped = check_images(images, items, progress)
+    log(f"images: {n_listed} listed, {len(items)} readable, {len(skipped)} skipped")
+    for f, why in skipped:
+        log(f"  skipped {f}: {why}")
+    if len(items) < 2:
+        raise MemlabError("need at least two readable images to build an index")
+    image_root = "images" if copy_images else str(images.resolve())
+    source = {**(source_note or {"images": str(images.resolve()), "captions": captions}),
+              "listed": n_listed, "skipped": [f for f, _ in skipped], "command": command}
+    build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descs,
+                factory=factory or "Flat", fpr=fpr, calib_n=calib_n, seed=seed, batch_size=batch_size,
+                image_root=image_root, progress=progress, origin=origin_column, extra_manifest={"source": source},
+                extra_files=(lambda tmp: _copy_images(tmp, images, items)) if copy_images else None)
+    if write_embeddings:
+        export_embeddings(out, write_embeddings)
+    if keywords:
+        from .index import TrainingIndex
+        from .keywords import write_views
+
+        write_views(TrainingIndex.load(out), out / "keywords", [k.strip() for k in keywords.split(",") if k.strip()],
+                    objects=[o.strip() for o in objects.split(",") if o.strip()], log=log)
+    log(f"wrote {out} ({len(items)} items, descriptors {', '.join(names)}) in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def stage_sources(specs: list[str], staging: Path, progress=None) -> pd.DataFrame:
+    """Gather training sources into one folder and one items table (id, file relative to ``staging``,
+    caption, source, and what each source carries, e.g. url). A source is webdataset shards (a folder of
+    .tar, a .tar, a glob or brace range), a folder of images, or a CSV/parquet listing images relative to
+    its own folder with a caption column. Ids stay as given when they are unique across sources, else
+    they are prefixed with the source's number."""
+    from .shards import shard_paths, unpack_shards
+
+    frames = []
+    for n, spec in enumerate(specs):
+        p, sub = Path(spec), f"source{n}"
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".parquet"):
+            items = read_listing(p.parent, str(p), "file", "caption", "id")
+            _link_images(p.parent, staging / sub, items["file"])
+        elif p.is_dir() and not any(p.glob("*.tar")):
+            items = read_listing(p, None, "file", "caption", "id")
+            if items.empty:
+                raise MemlabError(f"training source {p}: no images and no .tar shards in it")
+            _link_images(p, staging / sub, items["file"])
+        else:
+            items = unpack_shards(shard_paths(spec), staging / sub, progress)
+        items["file"] = sub + "/" + items["file"].astype(str)
+        items["source"] = str(spec)
+        items["id"] = items["id"].astype(str)
+        frames.append(items)
+    items = pd.concat(frames, ignore_index=True)
+    if len(frames) > 1 and items["id"].duplicated().any():
+        items["id"] = [f"{i}:{x}" for i, f in enumerate(frames) for x in f["id"]]
+    return items
+
+
+def _link_images(src: Path, dst: Path, files) -> None:
+    for f in files:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / f, dst / f)
+        except OSError:
+            shutil.copyfile(src / f, dst / f)
+
+
+def _copy_images(out: Path, images: Path, items: pd.DataFrame) -> None:
+    for f in items["file"]:
+        dst = out / "images" / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images / f, dst)
+
+
+def build_sources(specs: list[str], out: str | Path, progress=None, **options) -> Path:
+    """Index training sources (``stage_sources``) into ``out``, the images kept in the index: staged in a
+    hidden folder beside ``out``, then built as ``build_images`` with the staged listing and
+    ``copy_images``; ``options`` are ``build_images``'s (descriptors, calib_n, weights, ...)."""
+    import tempfile
+
+    out = out_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.sources-", dir=out.parent))
+    try:
+        items = stage_sources(list(specs), staging, progress)
+        listing = staging / "items.parquet"
+        items.to_parquet(listing, index=False)
+        return build_images(staging, out, captions=str(listing), copy_images=True, progress=progress,
+                            source_note={"sources": [str(s) for s in specs]}, **options)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_k: int = 10,
+                     knn_sample: int | None = None, seed: int = 0, fpr: float = 0.01, factory: str | None = None,
+                     block_rows: int = 100_000, write_embeddings: str | None = None, command: str | None = None,
+                     progress=None, log=_log):
+    """An on-disk index from precomputed embeddings (``memlab.ondisk``): streamed, resumable, its type
+    chosen by ``max_memory``, background and groups from each item's nearest neighbours. Returns the build."""
+    from .ondisk import OnDiskBuild, parse_memory
+
+    if knn_k < 1 or (knn_sample is not None and knn_sample < 2):
+        raise MemlabError("--knn-k must be at least 1 and --knn-sample at least 2")
+    t0 = time.perf_counter()
+    out = out_folder(out)
+    b = OnDiskBuild(embeddings, out, descriptor, parse_memory(max_memory), k=knn_k, sample=knn_sample, seed=seed,
+                    fpr=fpr, factory=factory, block=block_rows, progress=progress, log=log)
+    b.run(extra_manifest={"command": command})
+    if write_embeddings:
+        export_embeddings(out, write_embeddings)
+    log(f"wrote {out} ({b.n} items, {b.d}-d {descriptor} vectors, {b.factory}) in {time.perf_counter() - t0:.1f}s")
+    return b
+
+
+def export_embeddings(index_dir: Path, folder: str) -> None:
+    """The index's vectors (float16) and items in the clip-retrieval layout, for other tools (and for
+    ``--embeddings``)."""
+    from .embeddings import write_embeddings
+    from .index import TrainingIndex
+
+    idx = TrainingIndex.load(index_dir)
+    cols = [c for c in ("id", "caption", "url", "file") if c in idx.items]
+    write_embeddings(out_folder(folder, "--write-embeddings"), idx.vectors(), idx.items[cols])
