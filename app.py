@@ -1,4 +1,4 @@
-"""memlab's web app: `python app.py [--world DIR ...]` (or MEMLAB_WORLD=DIR). Thin: the UI is memlab.ui."""
+"""memlab's web app: `python app.py [--world DIR ...]` (or MEMLAB_WORLD=DIR). Thin: the UI is memlab.app."""
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -26,7 +26,7 @@ def main(argv=None):
 
     from memlab.errors import MemlabError
     from memlab.service import Lab
-    from memlab.ui import build_app, launch
+    from memlab.app import build_app, launch
     from memlab.world import World
 
     try:

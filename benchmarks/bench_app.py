@@ -11,7 +11,7 @@
    prints for the same prompt and seeds;
 3. 8 concurrent gradio_client callers x 3 requests each: answered / failed, p50 / p95 latency.
 
-    python benchmarks/bench_app.py [--world DIR] [--callers 8] [--requests 3] [--skip-browser]
+    python -m benchmarks.bench_app [--world DIR] [--callers 8] [--requests 3] [--skip-browser]
 """
 import argparse
 import json
@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the browser and app-serving helpers
 
 
 READ_S = 3.0  # a visitor's reading and typing between the page being ready and the click
@@ -98,7 +96,7 @@ def main():
     import pandas as pd
     from gradio_client import Client
 
-    from browser import chromium_path, generate_in_browser, keyword_tab_in_browser, serve_app
+    from tests.browser import chromium_path, generate_in_browser, keyword_tab_in_browser, serve_app
     from memlab.world import World
 
     world = World.load(a.world)

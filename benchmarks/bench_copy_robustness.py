@@ -5,14 +5,13 @@ perceptual hash (``imagehash.phash``, 64 bits, Hamming distance) as the referenc
 ablation: ``memlab-copy`` without its centre-crop view.
 Ties count as the expected accuracy under random tie-breaking (1 / number of tied items).
 
-    python benchmarks/bench_copy_robustness.py [--data ../shared/data/aic-public-domain/images]
+    python -m benchmarks.bench_copy_robustness [--data ../shared/data/aic-public-domain/images]
         [--weights assets/memlab-copy] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from memlab.descriptors import create_descriptor  # noqa: E402
 from memlab.distort import ROBUSTNESS  # noqa: E402

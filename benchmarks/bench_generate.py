@@ -2,19 +2,17 @@
 guidance, batch), measured in one run, plus the split of a whole ``run_prompt`` (load / generate /
 embed / search / metrics).
 
-    python benchmarks/bench_generate.py                      # the built-in world (CPU)
-    python benchmarks/bench_generate.py --arch tiny           # a tiny pipeline built from configs
-    python benchmarks/bench_generate.py --arch sd-v1-4 --device cuda --dtype fp16 --size 512 --steps 50
+    python -m benchmarks.bench_generate                      # the built-in world (CPU)
+    python -m benchmarks.bench_generate --arch tiny           # a tiny pipeline built from configs
+    python -m benchmarks.bench_generate --arch sd-v1-4 --device cuda --dtype fp16 --size 512 --steps 50
         # Stable Diffusion v1.4's published architecture with random weights (its compute; no download)
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main():
@@ -66,9 +64,16 @@ def main():
 
     bare(), ours()  # warm-up
     tb, tm = [], []
+    def timed(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
     for _ in range(a.repeat):  # interleaved, so drift hits both alike
-        sync(); t = time.perf_counter(); bare(); sync(); tb.append(time.perf_counter() - t)
-        sync(); t = time.perf_counter(); ours(); sync(); tm.append(time.perf_counter() - t)
+        tb.append(timed(bare))
+        tm.append(timed(ours))
     b, m = min(tb), min(tm)
     print(f"device {gen.device} dtype {gen.info()['dtype']} | {a.arch or gen.source} | {size}x{size}, "
           f"{steps} steps, guidance {guidance}, {len(seeds)} seeds in one batch; best of {a.repeat}")

@@ -10,7 +10,7 @@
    descriptor on PIL images (its official preprocessing included) against the bare network on a ready
    batch. The official TorchScript when memlab's cache holds it, else the architecture with random weights.
 
-    python benchmarks/bench_gpu.py [--model CompVis/stable-diffusion-v1-4] [--seeds 4] [--repeat 3]
+    python -m benchmarks.bench_gpu [--model CompVis/stable-diffusion-v1-4] [--seeds 4] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SD14 = "CompVis/stable-diffusion-v1-4"
 
 
@@ -65,9 +64,16 @@ def bench_sd(a) -> None:
 
     bare(), ours()
     tb, tm = [], []
+    def timed(fn) -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
     for _ in range(a.repeat):
-        torch.cuda.synchronize(); t = time.perf_counter(); bare(); torch.cuda.synchronize(); tb.append(time.perf_counter() - t)
-        torch.cuda.synchronize(); t = time.perf_counter(); ours(); torch.cuda.synchronize(); tm.append(time.perf_counter() - t)
+        tb.append(timed(bare))
+        tm.append(timed(ours))
     b, m = min(tb), min(tm)
     per = m / (len(seeds) * steps)
     print(f"[SD] {torch.cuda.get_device_name()} | {model} ({how}) | fp16, {size}x{size}, {steps} DDIM steps, "
@@ -118,12 +124,15 @@ def bench_sscd(a) -> None:
     d.embed(ims[:a.batch])
     with torch.inference_mode():
         d.net(x)
-        torch.cuda.synchronize(); t = time.perf_counter()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
         for _ in range(max(1, a.images // a.batch)):
             d.net(x)
         torch.cuda.synchronize()
         bare = max(1, a.images // a.batch) * a.batch / (time.perf_counter() - t)
-    t = time.perf_counter(); d.embed(ims); torch.cuda.synchronize()
+    t = time.perf_counter()
+    d.embed(ims)
+    torch.cuda.synchronize()
     ours = len(ims) / (time.perf_counter() - t)
     print(f"[SSCD] {torch.cuda.get_device_name()} | sscd_disc_mixup, {how} | batch {a.batch}, 320 px")
     print(f"[SSCD] bare network {bare:.0f} images/s   memlab embed (PIL, official preprocessing) {ours:.0f} images/s"

@@ -3,21 +3,18 @@
 requests answered / failed, latency p50 / p95 per endpoint and overall, the serving process's resident
 memory before and after, and what a caller past the queue's limit is told.
 
-    python benchmarks/bench_load.py [--world DIR] [--callers 16] [--requests 5]
+    python -m benchmarks.bench_load [--world DIR] [--callers 16] [--requests 5]
 
 The CI-sized run is tests/test_load.py (the same ``run_load``).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the browser and app-serving helpers
 
 MIX = ("generate", "search_captions", "compare", "keyword_clusters", "generate")
 
@@ -126,9 +123,9 @@ def main():
     ap.add_argument("--requests", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=2, help="seeds per generate request")
     a = ap.parse_args()
-    from bench_app import rss_mib
+    from benchmarks.bench_app import rss_mib
 
-    from browser import serve_app
+    from tests.browser import serve_app
     from memlab.world import World
 
     world = World.load(a.world)

@@ -1,7 +1,7 @@
 """Time ``python -m memlab match`` on 20 distorted queries against the 267-painting pixel index
 (../shared/data), as a user runs it: the whole command's wall time and its load/embed/search split.
 
-    python benchmarks/bench_match.py [--runs 3]
+    python -m benchmarks.bench_match [--runs 3]
 """
 import argparse
 import json
@@ -24,7 +24,6 @@ def main():
     import pandas as pd
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT))
     from memlab.distort import distort
 
     tmp = Path(tempfile.mkdtemp())

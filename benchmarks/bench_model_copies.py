@@ -9,19 +9,17 @@ kind is printed, with the share of copies whose own item is the top-1 match.
 choosing a descriptor's settings, e.g. memlab-copy's input blur (``--blurs 0,0.5,1,1.4``), apart from the
 items whose recall the card reports.
 
-    python benchmarks/bench_model_copies.py assets/memlab-copy [OTHER_WEIGHTS ...]
+    python -m benchmarks.bench_model_copies assets/memlab-copy [OTHER_WEIGHTS ...]
         [--descriptors memlab-copy,memlab-copy-global] [--seed N] [--blurs 0,1]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main():

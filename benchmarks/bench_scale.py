@@ -10,9 +10,9 @@ Prints, each phase in its own process (peak resident memory is that process's):
   measured in the same run, and RSS after loading and querying;
 - on a 50,000-item set: the kNN background and groups against today's exact n x n computation.
 
-    python benchmarks/bench_scale.py --n 2000000 --d 512 --planted 1000 --max-memory 2GB
-    python benchmarks/bench_scale.py --n 200000 --agree-n 20000        # a quick look
-    python benchmarks/bench_scale.py ... --phase add --add-parts 2       # adding parts to an index of the others
+    python -m benchmarks.bench_scale --n 2000000 --d 512 --planted 1000 --max-memory 2GB
+    python -m benchmarks.bench_scale --n 200000 --agree-n 20000        # a quick look
+    python -m benchmarks.bench_scale ... --phase add --add-parts 2       # adding parts to an index of the others
 Resumable: the synthetic set and the build's stages are kept in --work.
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def synthetic(n: int, d: int, planted: int, seed: int = 0, part: int = 200_000):

@@ -1,6 +1,6 @@
 """FAISS flat inner-product search vs a plain numpy matmul top-k, on random unit vectors.
 
-    python benchmarks/bench_search.py [--n 1000000] [--d 512] [--queries 16] [--k 10] [--repeat 3]
+    python -m benchmarks.bench_search [--n 1000000] [--d 512] [--queries 16] [--k 10] [--repeat 3]
 
 Prints both times (best of --repeat) and their ratio; checks that both return the same top-k.
 """

@@ -5,7 +5,7 @@
    (``Generator.generate``: a batch of its own on a second thread beside the rest), what the app streams
    on a CPU now, with the time to its first yield; and one UNet step (a guided batch: 2 inputs a seed)
    for 1, 2, 6 and 8 seeds: the fixed part of a step is what each extra batch after the first pays again;
-2. the server: ``python app.py`` with memlab's queue polling (``ui.calm_queue``) against Gradio's own
+2. the server: ``python app.py`` with memlab's queue polling (``memlab.app.serve.calm_queue``) against Gradio's own
    rates (every 1 ms when idle, progress every 10 ms), alternating servers: the event loop's CPU while
    idle (% of a core, from /proc) and the app's /generate for 8 seeds through the API with no browser;
 3. the browser: CPU time Chromium (every process of it, from /proc) spends while the page sits idle and
@@ -18,8 +18,8 @@
    page served by this checkout and by that one, alternating, a fresh server and browser each run: the first
    pair, the whole batch and its charts, as ``browser.generate_in_browser`` stamps them in the page.
 
-    python benchmarks/bench_streaming.py [--world DIR] [--reps 5] [--skip-browser] [--browser-only | --in-process-only]
-    python benchmarks/bench_streaming.py --against DIR [--reps 6]
+    python -m benchmarks.bench_streaming [--world DIR] [--reps 5] [--skip-browser] [--browser-only | --in-process-only]
+    python -m benchmarks.bench_streaming --against DIR [--reps 6]
 """
 import argparse
 import os
@@ -30,10 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the app-serving and browser helpers
 
-GRADIO_RATES = ("import sys; import memlab.ui as ui; ui.calm_queue = lambda demo: None; "
+GRADIO_RATES = ("import sys; import memlab.app.serve as serve; serve.calm_queue = lambda demo: None; "
                 "sys.argv = ['app.py'] + sys.argv[1:]; import runpy; runpy.run_path('app.py', run_name='__main__')")
 
 
@@ -110,7 +108,7 @@ def main():
     import pandas as pd
     from gradio_client import Client
 
-    from browser import chromium_path, free_port, generate_in_browser
+    from tests.browser import chromium_path, free_port, generate_in_browser
     from memlab.world import World
 
     world = World.load(a.world)
@@ -147,7 +145,7 @@ def main():
                 proc.terminate()
                 proc.wait(20)
     for gradio_rates, label in ((True, "Gradio's polling (1 ms idle, 10 ms progress)"),
-                                (False, "memlab's (ui.calm_queue: 50 ms, 100 ms)")) if res[False]["api"] else ():
+                                (False, "memlab's (serve.calm_queue: 50 ms, 100 ms)")) if res[False]["api"] else ():
         r = res[gradio_rates]
         print(f"server with {label}: idle process CPU {100 * np.mean(r['idle']):.1f}% of a core; /generate for "
               f"8 seeds through the API {np.median(r['api']):.2f}s (median of {len(r['api'])})")
@@ -256,7 +254,7 @@ def against(other: Path, world, prompt: str, steps: int, guidance: float, reps: 
     import numpy as np
     from gradio_client import Client
 
-    from browser import free_port, generate_in_browser
+    from tests.browser import free_port, generate_in_browser
 
     roots = {"this checkout": ROOT, str(other): other.resolve()}
     res = {k: [] for k in roots}

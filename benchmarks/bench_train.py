@@ -3,18 +3,16 @@
 log, and the 2500-step training that ``build-world`` runs, extrapolated from it. A device that is not
 there is reported and skipped.
 
-    python benchmarks/bench_train.py [--devices cpu,cuda] [--steps 60]
+    python -m benchmarks.bench_train [--devices cpu,cuda] [--steps 60]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:

@@ -3,15 +3,12 @@ per probe group the multi-seed replication rate with the calibrated verdict, eve
 full-duplication probes at the higher ddf, Wen et al.'s detection ROC AUC, the hidden-object share for
 the planted keyword, and the time to generate and match 8 seeds.
 
-    python benchmarks/bench_world.py [--world DIR] [--seeds 10] [--write-card]
+    python -m benchmarks.bench_world [--world DIR] [--seeds 10] [--write-card]
 """
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():

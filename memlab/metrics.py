@@ -181,8 +181,11 @@ def threshold_rule(background_distinct, copy_scores=None, fpr: float = 0.01, *, 
     bg = np.asarray(background_distinct, np.float64)
     bg = bg[np.isfinite(bg)]
     cp = None if copy_scores is None else np.asarray(copy_scores, np.float64)
-    fp = (lambda v: float((bg > v).mean()) if bg.size else None)
-    recall = (lambda v: float((cp > v).mean()) if cp is not None and cp.size else None)
+    def fp(v):
+        return float((bg > v).mean()) if bg.size else None
+
+    def recall(v):
+        return float((cp > v).mean()) if cp is not None and cp.size else None
     if given is not None:
         return {"value": float(given), "high": None, "source": "given", "citation": "--threshold",
                 "fpr": fp(given), "recall": recall(given), "background_percentiles": percentiles(bg)}

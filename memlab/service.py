@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import queue
 import re
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,107 +18,21 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import compute
+from . import compute, gpu
 from .compute import on_compute_thread
 from .errors import MemlabError
-from .generate import MAX_PROMPT_CHARS, Settings, check_prompt, parse_seeds
-from .match import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, descriptor_for_index, load_image, match_images
+from .generate import Settings, check_prompt, parse_seeds
+from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
+from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
+from .records import APP_MATCHES, RunState, collapse_matches, probe_group_name
 from .runner import run_prompt, summarize_records
 from .world import World
 
-def probe_group_name(group: str) -> str:
-    """How the app names a group of the built-in world's probes (``memlab.worldgen``)."""
-    m = re.fullmatch(r"(full|partial)_ddf(\d+)", group)
-    if m:
-        how = "the same image and caption" if m[1] == "full" else "the same image, paraphrased captions"
-        return f"planted: {m[1]} duplication x{m[2]} ({how})"
-    return {"unique": "seen once in training", "keyword": "keyword images (a hidden object)"}.get(group, group)
+__all__ = ["Lab", "RunState", "LIMITS", "APP_MAX_SEEDS", "MAX_CHUNK", "APP_MATCHES", "collapse_matches",
+           "number", "text", "probe_group_name", "HEAD_START"]
 
-
-APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
-MAX_CHUNK = 8  # seeds per streamed chunk at most (Stop waits for the chunk in flight; on ZeroGPU, one call each)
-
-# What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
-# silently changed value.
-LIMITS = {
-    "seeds": APP_MAX_SEEDS,           # seeds per request (generate, attribution)
-    "compare_seeds": 16,              # seeds per request in Compare (each runs once per strategy)
-    "steps": 200,                     # denoising steps per image
-    "guidance": 20.0,
-    "prompt_chars": MAX_PROMPT_CHARS,  # refused past it; past 77 CLIP tokens a prompt is truncated (warned)
-    "query_chars": 200,               # caption search, keyword, item id
-    "k": 10, "lam": 1.0,              # mitigation parameters in the page
-    "upload_bytes": MAX_IMAGE_BYTES,  # an uploaded image (Match an image); Gradio refuses larger files
-    "upload_pixels": MAX_IMAGE_PIXELS,  # declared in the image's header: refused before decoding
-    "queue": 64,                      # requests waiting in the app's queue; past it: "Queue is full"
-}
-
-
-def number(value, name: str, lo: float, hi: float, integer: bool = False):
-    """A finite number in [lo, hi] from whatever a caller sent (str, float, None...), or a MemlabError
-    that names the field and the range. Never clamps: an out-of-range value is refused."""
-    if value is None or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
-        raise MemlabError(f"{name}: a number is needed (got {value!r})")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise MemlabError(f"{name}: {str(value)[:40]!r} is not a number") from None
-    if not math.isfinite(x):
-        raise MemlabError(f"{name}: {x} is not a finite number")
-    fmt = (lambda v: f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}")
-    if integer and not x.is_integer():
-        raise MemlabError(f"{name}: a whole number is needed (got {x:g})")
-    if not lo <= x <= hi:
-        raise MemlabError(f"{name} must be between {fmt(lo)} and {fmt(hi)} (got {fmt(x)})")
-    return int(x) if integer else x
-
-
-def text(value, name: str, max_chars: int, required: bool = True) -> str:
-    """A caller's text field: a string of at most ``max_chars`` characters (numbers are read as text)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise MemlabError(f"{name} is empty")
-        return ""
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise MemlabError(f"{name}: text is needed (got {type(value).__name__})")
-    value = str(value)
-    if len(value) > max_chars:
-        raise MemlabError(f"{name} is {len(value):,} characters long; at most {max_chars:,}")
-    return value.strip()
-
-
-APP_MATCHES = 50  # matches kept per generation in the app: room for k distinct groups after collapsing
-
-
-def collapse_matches(matches: Sequence[dict], k: int) -> list[dict]:
-    """The top ``k`` near-duplicate groups among ranked matches: each group's best match, with
-    ``copies`` = how many of the matches belong to that group (the rest are its duplicates)."""
-    out: dict = {}
-    for m in matches:
-        g = m.get("group", m.get("row"))
-        if g in out:
-            out[g]["copies"] += 1
-        else:
-            out[g] = {**m, "copies": 1}
-    return list(out.values())[:k]
-
-
-@dataclass
-class RunState:
-    """One finished (or streaming) run: its records and images, ready to show or export."""
-
-    prompt: str
-    records: list = field(default_factory=list)
-    images: list = field(default_factory=list)  # PIL images, aligned with the seed records
-    summaries: list = field(default_factory=list)
-    warning: str | None = None
-    requested: int = 0  # seed records the run was asked for (0: not tracked)
-
-    @property
-    def finished(self) -> bool:
-        return len(self.records) >= self.requested
-
+HEAD_START = 1  # seeds the first update shows on a CPU (``Lab.stream_generation``)
 
 class Lab:
     """The app's service over one world. Every method that runs a model (loading included) runs on one
@@ -227,6 +139,80 @@ class Lab:
         spec = "+".join(parts) or "none"
         parse_strategy(spec)  # validates names and ranges
         return spec
+
+    # ------------------------------------------------------------------- the world, for the page
+    @property
+    def name(self) -> str:
+        return self.world.name
+
+    @property
+    def trained_on(self) -> str:
+        return self.world.trained_on
+
+    @property
+    def defaults(self) -> dict:
+        """The world's sampling defaults (steps, guidance, ...)."""
+        return self.world.defaults
+
+    def model_name(self) -> str:
+        """The model as the page names it: the folder's name for a world's own model, else its Hub id."""
+        return Path(str(self.world.model)).name if self.world.path else str(self.world.model)
+
+    def served_folders(self) -> list[str]:
+        """The folders whose files the app may serve (the world's, and its index's)."""
+        w = self.world
+        return sorted({str(p) for p in (w.path or w.index_path, w.index_path) if p is not None})
+
+    def card(self) -> dict | None:
+        """The world's card (``card.json``: how it was built, what was measured), if it has one."""
+        f = self.world.file("card")
+        return json.loads(f.read_text()) if f else None
+
+    def index_summary(self) -> dict:
+        """How many training items the index holds and when it was built."""
+        return {"items": int(self.index.manifest["item_count"]), "created": self.index.manifest["created"]}
+
+    def descriptor_info(self, name: str | None = None) -> dict:
+        """A descriptor's entry in the index (model, preset, dim, threshold, backgrounds)."""
+        return self.index.descriptor_info(name or self.descriptor.name)
+
+    def item_group(self, row: int) -> int:
+        """The near-duplicate group of a training row."""
+        return int(self.index.item(int(row))["group"])
+
+    def item_caption(self, row: int) -> str:
+        return str(self.index.item(int(row))["caption"])
+
+    def register_gpu(self) -> str:
+        """Make this world reachable by the GPU host's functions (``memlab.gpu``); returns its key."""
+        return gpu.register(self)
+
+    # ------------------------------------------------------------------- the page's streams
+    def stream_generation(self, prompt, seeds, spec, settings, progress=None, descriptor=None) -> Iterator[RunState]:
+        """How the app streams a batch: the first pair early, then as few batches as Stop allows (each batch
+        has a fixed cost; Stop ends a run after the chunk in flight). On a CPU, chunks of ``MAX_CHUNK`` whose
+        first ``HEAD_START`` seeds run beside the rest (``Generator.generate``'s head start); elsewhere the
+        first two seeds, then chunks of ``MAX_CHUNK`` (2, 8, 8, ...). On a GPU host (ZeroGPU) each chunk is
+        one call with plain arguments and a duration for its work (``memlab.gpu``)."""
+        key = self.register_gpu()
+
+        def on_host(p, part, strategy, st, d):
+            return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
+        if not gpu.ON_HOST and self.generator.head_start_ok(MAX_CHUNK, HEAD_START):
+            plan = {"chunk": MAX_CHUNK, "head": HEAD_START}
+        else:
+            plan = {"chunk": 2, "then": MAX_CHUNK, "chunk_fn": on_host if gpu.ON_HOST else None}
+        yield from self.generate_stream(prompt, seeds, spec, settings, progress=progress, descriptor=descriptor,
+                                        **plan)
+
+    def stream_compare(self, prompt, seeds, specs, settings, progress=None) -> Iterator[RunState]:
+        """The comparison streamed row by row; on a GPU host (ZeroGPU) each row is one call (``memlab.gpu``)."""
+        key = self.register_gpu()
+
+        def on_host(p, part, strategy, st, d):
+            return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
+        yield from self.compare_stream(prompt, seeds, specs, settings, progress=progress,
+                                       chunk_fn=on_host if gpu.ON_HOST else None)
 
     # ---------------------------------------------------------------------------- generate
     def check_prompt(self, prompt) -> tuple[str, str | None]:

@@ -1,48 +1,15 @@
 """Shared fixtures. Everything is offline: tiny models built here, never the Hub."""
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("MEMLAB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED_DATA = ROOT.parent / "shared" / "data"
-AIC = SHARED_DATA / "aic-public-domain" / "images"
+from tests.helpers import (AIC, FIXTURES, ROOT, SHARED_DATA, make_tiny_sscd,  # noqa: E402, F401 - for the fixtures
+                           synthetic_images, trust)
 
-
-def make_tiny_sscd(path: Path) -> Path:
-    """A scripted stand-in for SSCD with its architecture's shape: trunk, GeM (p=3), linear, L2 norm."""
-    import torch
-
-    class TinySSCD(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(),
-                                             torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU())
-            self.fc = torch.nn.Linear(16, 24)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            f = self.trunk(x).clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
-            return torch.nn.functional.normalize(self.fc(f), dim=1)
-
-    torch.manual_seed(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(TinySSCD().eval()).save(str(path))
-    return path
-
-
-def trust(path: Path) -> Path:
-    """Confirm a stand-in's checksum, as a user confirms a TorchScript file they trust."""
-    from memlab.index import sha256
-
-    os.environ["MEMLAB_TRUST_SHA256"] = ",".join(filter(None, [os.environ.get("MEMLAB_TRUST_SHA256"), sha256(path)]))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -59,16 +26,6 @@ def tiny_clip_name():
 
     open_clip.add_model_config(FIXTURES / "memlab-tiny-clip.json")
     return "memlab-tiny-clip"
-
-
-def synthetic_images(n: int, size: int = 64, seed: int = 0) -> list:
-    """Distinct images: random low-frequency colour fields (upsampled noise)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
-        out.append(Image.fromarray(small).resize((size, size), Image.BICUBIC))
-    return out
 
 
 @pytest.fixture
@@ -141,7 +98,7 @@ def free_port() -> int:
 def server(tiny_world):
     """The app on the tiny world, launched the way app.py launches it: (base URL, Lab)."""
     from memlab.service import Lab
-    from memlab.ui import build_app, launch
+    from memlab.app import build_app, launch
     from memlab.world import World
 
     lab = Lab(World.load(tiny_world), device="cpu")

@@ -1,7 +1,7 @@
 """Screenshots of every tab of the app, on a desktop (1400 px) and a phone (420 px), each after the
 action a visitor takes there, for the README and the closing notes (a helper, not a test):
 
-    python tests/screenshots.py OUT_DIR [--world DIR]
+    python -m tests.screenshots OUT_DIR [--world DIR]
 
 Writes OUT_DIR/{tab}-{desktop,phone}.png and prints what each shows.
 """
@@ -12,15 +12,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def tour(page, world, out: Path, suffix: str) -> list[str]:
     """Visit each tab, act, screenshot; returns a line per screenshot."""
     import pandas as pd
 
-    from browser import open_tab
+    from tests.browser import open_tab
 
     probes = pd.read_csv(world.file("probes")) if world.file("probes") else pd.DataFrame({"prompt": ["a red ball"]})
     prompt = probes["prompt"].iloc[0]
@@ -79,7 +77,7 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
 
 
 def main() -> int:
-    from browser import app_page
+    from tests.browser import app_page
 
     from memlab.world import World
 

@@ -26,7 +26,7 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     assert memlab_main(["run", "--world", str(lab.world.path), "--prompt", "a red ball", "--seeds", "0-3",
                         "--steps", "3", "--guidance", "5", "--out", str(f)]) == 0
     recs = [json.loads(x) for x in f.read_text().splitlines() if '"type": "seed"' in x]
-    from memlab.ui import SEED_COLUMNS
+    from memlab.app.views import SEED_COLUMNS
 
     assert table["headers"] == SEED_COLUMNS
     col = {c: [r[i] for r in rows] for i, c in enumerate(SEED_COLUMNS)}
@@ -151,7 +151,7 @@ def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
     import json
 
     from memlab.service import MAX_CHUNK, Lab
-    from memlab.ui import headline
+    from memlab.app.views import headline
 
     lab = server[1]
     stream = lab.generate_stream("a cat", [0, 1, 2, 3], "none", lab.settings(2, 5.0), chunk=2)
@@ -215,7 +215,7 @@ def test_closest_captions_use_projected_clip_text_when_the_index_has_clip(tiny_c
     import numpy as np
     import pandas as pd
 
-    from conftest import synthetic_images
+    from tests.helpers import synthetic_images
     from memlab.descriptors import create_descriptor
     from memlab.index import build_index
     from memlab.service import Lab
@@ -272,7 +272,7 @@ def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     the run ends early and the next caller is served at once."""
     import time
 
-    from browser import serve_app
+    from tests.browser import serve_app
 
     with serve_app(tiny_world) as (url, proc):
         job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,
@@ -312,7 +312,7 @@ def test_generate_draws_each_seeds_score_against_the_threshold(client, server):
 
 
 def test_an_idle_server_leaves_the_cpu_to_generation(server):
-    """Gradio's queue polls 1,000 times a second on Linux; the app slows it (ui.calm_queue), since each
+    """Gradio's queue polls 1,000 times a second on Linux; the app slows it (memlab.app.serve.calm_queue), since each
     wake takes the GIL from the generating thread. Measured: the event loop's CPU time while idle."""
     import os
     import threading
@@ -320,7 +320,7 @@ def test_an_idle_server_leaves_the_cpu_to_generation(server):
 
     import uvicorn
 
-    from memlab.ui import QUEUE_POLL_S
+    from memlab.app.serve import QUEUE_POLL_S
 
     loops = [t for t in threading.enumerate()
              if isinstance(getattr(getattr(t, "_target", None), "__self__", None), uvicorn.Server)]
@@ -339,7 +339,7 @@ def test_an_idle_server_leaves_the_cpu_to_generation(server):
 
 
 def test_the_apps_image_files_are_pruned_after_a_day_and_reuse_keeps_them(tmp_path, monkeypatch):
-    """A hosted app writes a PNG per pair it shows; ui.prune_app_files deletes those a day old, and a
+    """A hosted app writes a PNG per pair it shows; memlab.app.serve.prune_app_files deletes those a day old, and a
     file reused by a request is fresh again (never pruned from under it)."""
     import os
     import tempfile
@@ -347,7 +347,7 @@ def test_the_apps_image_files_are_pruned_after_a_day_and_reuse_keeps_them(tmp_pa
 
     from PIL import Image
 
-    from memlab import ui
+    from memlab.app import serve as ui
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     a = ui.as_file(Image.new("RGB", (8, 8), (255, 0, 0)))

@@ -110,7 +110,7 @@ def test_bad_input_sweep_over_every_endpoint(client, server, tmp_path):
     and the next normal request answered; finally a generation equals the one before the sweep."""
     from gradio_client import handle_file
 
-    from conftest import synthetic_images
+    from tests.helpers import synthetic_images
 
     text = tmp_path / "notes.png"
     text.write_text("not an image, whatever the name says")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-from browser import chromium_path, generate_in_browser, serve_app  # noqa: E402
+from tests.browser import chromium_path, generate_in_browser, serve_app  # noqa: E402
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 
@@ -25,7 +25,7 @@ def test_generate_in_chromium(tiny_world, tmp_path):
 
 
 def test_keyword_tab_in_chromium(tiny_world, tmp_path):
-    from browser import keyword_tab_in_browser
+    from tests.browser import keyword_tab_in_browser
 
     with serve_app(tiny_world) as (url, _):
         res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
@@ -34,7 +34,7 @@ def test_keyword_tab_in_chromium(tiny_world, tmp_path):
 
 def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, tmp_path):
     """The prompt's per-token attribution appears as a bar chart; the verdict's descriptor is a choice."""
-    from browser import app_page
+    from tests.browser import app_page
 
     with app_page(tiny_world, ready="#attribution-btn") as page:
         page.get_by_label("Prompt").first.fill("a red ball on a table")
@@ -50,7 +50,7 @@ def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, t
 def test_a_refused_request_clears_the_results_it_invalidates_in_chromium(tiny_world, tmp_path):
     """After a good run, a bad seed list is answered with its message and the previous run's headline,
     pairs and table are gone, so the message never stands over results of another query."""
-    from browser import app_page
+    from tests.browser import app_page
 
     with app_page(tiny_world) as page:
         page.get_by_label("Prompt").first.fill("a red ball on a table")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-from browser import app_page, chromium_path, open_tab  # noqa: E402
+from tests.browser import app_page, chromium_path, open_tab  # noqa: E402
 
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_tables_name_their_columns_before_a_run_and_read_whole_after_it(tiny_wor
     """Empty tables show their own column names (not Gradio's "1 2 3"); after a run no header breaks
     inside a word ("se ed"), the verdict and score are in view without scrolling the table sideways,
     and scores have the pairs' 3 decimals."""
-    from memlab.ui import ID_COLUMNS, SEED_COLUMNS
+    from memlab.app.views import ID_COLUMNS, SEED_COLUMNS
 
     with app_page(tiny_world) as page:
         before = {s: [h["text"] for h in page.evaluate(_HEADERS, s)] for s in ("#seed-table", "#closest")}
@@ -154,7 +154,7 @@ def test_an_export_during_a_run_is_labelled_partial(tiny_world, tmp_path):
 
 
 def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_path):
-    from conftest import synthetic_images
+    from tests.helpers import synthetic_images
 
     img = tmp_path / "upload.png"
     synthetic_images(30, size=16)[7].save(img)  # training item 7 of the tiny world

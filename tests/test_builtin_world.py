@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from memlab.index import TrainingIndex
 from memlab.world import ASSETS_WORLD, World, default_world_path
 
@@ -95,7 +95,7 @@ def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies()
 
 def test_app_histogram_draws_the_distinct_background():
     from memlab.service import Lab
-    from memlab.ui import histogram
+    from memlab.app.charts import histogram
 
     lab = Lab(World.load(ASSETS_WORLD))
     fig = histogram(lab, [])

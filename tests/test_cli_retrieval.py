@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, synthetic_images
+from tests.helpers import ROOT, synthetic_images
 from index_builder.build import main as build_main
 from memlab.cli import main as memlab_main
 

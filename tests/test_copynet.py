@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import synthetic_images
+from tests.helpers import synthetic_images
 from memlab.copynet import CopyNet, CopyNetConfig, load_copynet, to_input
 from memlab.descriptors import create_descriptor
 from memlab.errors import ModelFileMissing

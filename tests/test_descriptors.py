@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_sscd, synthetic_images, trust
+from tests.helpers import make_tiny_sscd, synthetic_images, trust
 from memlab.descriptors import (DESCRIPTORS, create_descriptor, register_descriptor,
                                 split_product_similarity)
 from memlab.distort import brightness

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import killed_until_done
+from tests.procs import killed_until_done
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -107,7 +107,7 @@ def test_the_app_killed_mid_generation_restarts_and_serves_the_same_answers(worl
     import httpx
     from gradio_client import Client
 
-    from browser import serve_app
+    from tests.browser import serve_app
     from memlab.world import World
 
     args = ("a colour field 3", 2, "", [], 4, 0.1, 3, 5.0)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import synthetic_images
+from tests.helpers import synthetic_images
 from memlab.descriptors import create_descriptor
 from memlab.errors import IndexMismatchError, MemlabError
 from memlab.index import TrainingIndex, build_index

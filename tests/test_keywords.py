@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, synthetic_images
+from tests.helpers import SHARED_DATA, synthetic_images
 from memlab.errors import MemlabError
 from memlab.keywords import (cluster, clip_token_lengths, filter_keyword, keyword_mask, keyword_view,
                              object_shares, word_table)

@@ -1,20 +1,17 @@
 """Load at CI size (issue 15; the full 16 x 5 is benchmarks/bench_load.py with the same code): the app
 in its own process (`python app.py`) on the tiny world, concurrent callers over mixed endpoints, no
 failures, memory reported and bounded; past the queue's limit a caller is told the limit and the wait."""
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gradio_client")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def test_concurrent_callers_over_mixed_endpoints_all_answered(tiny_world):
-    from bench_app import rss_mib
-    from bench_load import report, run_load
+    from benchmarks.bench_app import rss_mib
+    from benchmarks.bench_load import report, run_load
 
-    from browser import serve_app
+    from tests.browser import serve_app
     from memlab.world import World
 
     world = World.load(tiny_world)
@@ -36,7 +33,7 @@ def test_a_caller_past_the_queue_limit_is_told_the_limit_and_the_wait(tiny_world
     import httpx
     from gradio_client import Client
 
-    from browser import serve_app
+    from tests.browser import serve_app
 
     with serve_app(tiny_world, args=("--queue-size", "2")) as (url, proc):
         Client(url, verbose=False).predict("a ball", 1, "", [], 4, 0.1, 2, 5.0, api_name="/generate")  # an average

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import AIC, ROOT
+from tests.helpers import AIC, ROOT
 from index_builder.build import main as build_main
 from memlab.cli import main as memlab_main
 from memlab.descriptors import create_descriptor

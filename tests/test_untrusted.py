@@ -32,7 +32,7 @@ def test_no_pickle_loading_in_memlab():
 
 
 def test_torchscript_needs_the_official_url_or_a_confirmed_checksum(tmp_path, monkeypatch):
-    from conftest import make_tiny_sscd
+    from tests.helpers import make_tiny_sscd
     from memlab.descriptors import create_descriptor
     from memlab.errors import MemlabError
     from memlab.index import sha256
@@ -104,7 +104,7 @@ def test_images_over_the_caps_are_refused_before_decoding(tiny_world, tmp_path, 
 def test_the_app_refuses_bombs_and_serves_uploads_within_the_caps(client, tmp_path):
     from gradio_client import handle_file
 
-    from conftest import synthetic_images
+    from tests.helpers import synthetic_images
 
     ok = tmp_path / "q.png"
     synthetic_images(1, size=16)[0].save(ok)

@@ -198,7 +198,7 @@ def test_a_space_style_start_serves_the_created_world_through_the_zerogpu_wrappe
     """`python app.py` with MEMLAB_WORLD set, as a Space starts it, with a stand-in `spaces` module that
     pickles each GPU call's arguments and enforces its duration."""
     import gradio_client
-    from browser import serve_app
+    from tests.browser import serve_app
 
     from memlab import gpu
 
@@ -252,7 +252,7 @@ def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(cre
     """Two worlds in one app: the created one on its own page, reached from the navigation bar; its probe
     prompts are grouped by label; a probe's run shows the published figure beside the measured one."""
     pytest.importorskip("playwright")
-    from browser import app_page, chromium_path
+    from tests.browser import app_page, chromium_path
 
     if chromium_path() is None:
         pytest.skip("no chromium (apt-get install chromium)")

@@ -1,0 +1,65 @@
+"""memlab's web app (the only UI code in memlab): one page per world, its tabs wired to a ``Lab``
+(``memlab.service``), which is the whole boundary between the page and the library.
+
+Modules: one per tab (``generate``, ``lesson``, ``compare``, ``match``, ``training``, ``keywords``,
+``about``); ``views`` and ``charts`` (what the page shows, pure functions of a run); ``glossary`` (terms and
+papers, as data); ``wiring`` (errors as messages, clearing, API names); ``serve`` (launch, files, queue).
+Every event has an ``api_name`` so ``gradio_client`` can call it; errors in user input raise ``gr.Error``
+(the page keeps serving).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+
+from ..service import Lab
+from .about import about_tab
+from .compare import compare_tab
+from .generate import generate_tab
+from .glossary import glossary_markdown
+from .keywords import keyword_tab
+from .lesson import lesson_tab
+from .match import match_tab
+from .serve import FILE_MAX_AGE_S, launch
+from .training import training_set_tab
+from .views import page_slug, probe_examples
+
+__all__ = ["build_app", "launch", "world_page"]
+
+
+def build_app(labs) -> gr.Blocks:
+    """The app for one world (a ``Lab``) or several: the first on the main page, each further world on its
+    own page (``/<world>``, named in the navigation bar), its events named ``generate_<world>``, ..."""
+    labs = [labs] if isinstance(labs, Lab) else list(labs)
+    first = labs[0]
+    # Gradio's copies of every output are deleted hourly once a day old (and all of them at a restart)
+    with gr.Blocks(title=f"memlab · {first.name}", delete_cache=(3600, FILE_MAX_AGE_S)) as demo:
+        if len(labs) > 1:
+            gr.Navbar(main_page_name=first.name)
+        world_page(first)
+    for i, lab in enumerate(labs[1:], 1):
+        slug = page_slug(lab.name, [page_slug(x.name) for x in labs[:i]])
+        with demo.route(lab.name, "/" + slug):
+            gr.Navbar(main_page_name=first.name)  # (each page carries the bar's settings)
+            world_page(lab, api_suffix="_" + slug.replace("-", "_"))
+    return demo
+
+
+def world_page(lab: Lab, api_suffix: str = "") -> None:
+    """One world's page: its tabs, wired to its Lab; each event's API name ends with ``api_suffix``."""
+    api: Callable[[str], str] = lambda name: name + api_suffix  # noqa: E731
+    lab.register_gpu()
+    gr.Markdown(f"# memlab — training-data memorization lab\nWorld: **{lab.name}** · "
+                f"{lab.trained_on}\n\nScores: {lab.descriptor_label()}")
+    run_state = gr.State(None)
+    with gr.Tabs() as tabs:
+        prompt = generate_tab(lab, probe_examples(lab.probes()), run_state, api)
+        lesson_tab(lab)
+        compare_tab(lab, api)
+        match_tab(lab, api)
+        training_set_tab(lab, api)
+        keyword_tab(lab, tabs, prompt, api)
+        about_tab(lab)
+    with gr.Accordion("Glossary: the words and numbers on this page", open=True, elem_id="glossary-box"):
+        gr.Markdown(glossary_markdown(), elem_id="glossary-text")

@@ -1,0 +1,130 @@
+"""The page's plotly charts, as pure functions of a run and its ``Lab``: the top-1 scores over the training
+set's background, the per-seed scores, token attribution, a comparison's bars and a keyword view's sizes."""
+from __future__ import annotations
+
+from ..records import RunState
+from ..service import Lab
+from .views import short_label
+
+def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
+    import plotly.graph_objects as go
+
+    thr = lab.threshold(descriptor)["value"]
+    fig = go.Figure()
+    fig.add_histogram(x=lab.background(descriptor), histnorm="probability density",
+                      name="background: distinct training images (each vs its nearest other distinct image)",
+                      opacity=0.55, nbinsx=40, marker_color="#888")
+    if len(scores):
+        fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)",
+                          opacity=0.75, nbinsx=20, marker_color="#d62728")
+    fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
+    fig.update_layout(barmode="overlay", height=320, margin=dict(l=40, r=10, t=50, b=40),
+                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label(descriptor)}</sup>",
+                                 font=dict(size=13)),
+                      xaxis_title="similarity", yaxis_title="density", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
+    """Each seed's top-1 score as a point, replicated ones in red, with the threshold drawn."""
+    import plotly.graph_objects as go
+
+    thr = lab.threshold(descriptor)["value"]
+    recs = state.records if state else []
+    fig = go.Figure()
+    fig.add_scatter(x=[str(r["seed"]) for r in recs], y=[r["score"] for r in recs], mode="markers",
+                    marker=dict(size=11, color=["#d62728" if r["replicated"] else "#1f77b4" for r in recs]),
+                    hovertext=[f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}"
+                               for r in recs], hoverinfo="text", name="top-1 score")
+    fig.add_hline(y=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
+    fig.update_layout(height=260, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
+                      title=dict(text="top-1 score per seed (red: replicated)", font=dict(size=13)),
+                      xaxis_title="seed", yaxis_title="similarity", xaxis_type="category")
+    return fig
+
+
+def attribution_chart(tokens: list[dict]):
+    """A bar per prompt token (start and end tokens left out): Wen et al.'s token attribution."""
+    import plotly.graph_objects as go
+
+    toks = tokens[1:-1] or tokens
+    fig = go.Figure(go.Bar(x=[f"{t['token'].strip()}·{t['position']}" for t in toks],
+                           y=[t["attribution"] for t in toks], marker_color="#9467bd",
+                           hovertext=[t["token"] for t in toks]))
+    fig.update_layout(height=260, margin=dict(l=40, r=10, t=50, b=60),
+                      title=dict(text="which words drive the memorization signal<br><sup>gradient of ‖ε(x_t,c) − "
+                                      "ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over the "
+                                      "first 4 seeds (Wen et al. 2024)</sup>", font=dict(size=13)),
+                      yaxis_title="attribution")
+    return fig
+
+
+def compare_figure(lab: Lab, state: RunState):
+    """Replication % and dataset similarity per strategy, short labels (full spec on hover); the
+    similarity axis spans the values shown (and the threshold when near), so differences are visible."""
+    from plotly.subplots import make_subplots
+
+    summ = state.summaries
+    names = [short_label(s["mitigation"]) for s in summ]
+    specs = [s["mitigation"]["spec"] for s in summ]
+    name = summ[0]["descriptor"]["name"]
+    thr = lab.threshold(name)["value"]
+    rates = [100 * s["replication_rate"] for s in summ]
+    p95 = [s["dataset_similarity"]["p95"] for s in summ]
+    # short titles: side by side they share a phone's 350 px
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication %", "dataset similarity p95"))
+    fig.add_bar(x=names, y=rates, row=1, col=1, marker_color="#d62728", hovertext=specs,
+                text=[f"{r:.1f}%" for r in rates], textposition="outside")
+    fig.add_scatter(x=names, y=p95, row=1, col=2, mode="markers+text", marker=dict(size=14, color="#1f77b4"),
+                    hovertext=specs, text=[f"{v:.3f}" for v in p95], textposition="top center")
+    lo, hi = min(p95), max(p95)
+    pad = max(0.02, 0.25 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    if lo - 0.1 <= thr <= hi + 0.1:  # the threshold, when it is near enough to read against
+        lo, hi = min(lo, thr - 0.01), max(hi, thr + 0.01)
+        fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
+    fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
+    fig.update_yaxes(range=[lo, hi], row=1, col=2)
+    fig.update_layout(height=340, showlegend=False, margin=dict(l=40, r=10, t=70, b=40),
+                      title=dict(text=f"<sup>{lab.descriptor_label(name)}</sup>", font=dict(size=12)))
+    return fig
+
+
+def keyword_outputs(lab: Lab, v: dict):
+    """Summary, size chart, cluster table and thumbnails of one keyword view."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    real = [c for c in v["clusters"] if not c["miscellaneous"]]
+    d = v["descriptor"]
+    lines = [f"### “{v['keyword']}”: {v['n_before']} captions, {v['n_after']} within 77 CLIP tokens "
+             f"({v['n_too_long']} dropped)",
+             f"- {len(real)} clusters of nearly identical images (cosine ≥ {v['cluster_threshold']:.3f}, "
+             f"{v.get('cluster_threshold_source', 'threshold')}, on "
+             f"{d['name']} · {d['model']} · {d['preset']}); miscellaneous (in no cluster): {v['miscellaneous_size']}",
+             f"- share of the keyword's items in the largest 1 / 3 / 5 clusters: "
+             f"{v['share_in_top']['top1']:.0%} / {v['share_in_top']['top3']:.0%} / {v['share_in_top']['top5']:.0%}"]
+    for o, sh in v.get("objects", {}).items():
+        if sh["keyword_share"] is not None:
+            named = sh.get("named_in_captions")
+            lines.append(f"- **{o}**, never named in the caption: in {sh['keyword_share']:.1%} of the "
+                         f"“{v['keyword']}” distinct images ({sh['keyword_count']} of {sh.get('keyword_images', '?')}) "
+                         f"vs {sh['overall_share']:.1%} of all distinct training images "
+                         f"({sh['overall_count']} of {sh.get('overall_images', '?')}); named in "
+                         f"{named if named is not None else '?'} of the keyword's captions · source: {sh['source']}")
+    fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
+                           marker_color="#1f77b4"))
+    fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),
+                      title=f"“{v['keyword']}”: cluster sizes (30 largest)",
+                      xaxis_title="cluster", yaxis_title="items")
+    table = pd.DataFrame([{"rank": c["rank"], "size": c["size"], "miscellaneous": c["miscellaneous"],
+                           "distinct images": c["distinct_images"],
+                           "frequent words": ", ".join(f"{w} ({n})" for w, n in c["top_words"])}
+                          for c in v["clusters"]])
+    thumbs = []
+    for c in v["clusters"][:12]:
+        for r in c["representatives"][:4]:
+            im = lab.item_file(r)
+            if im is not None:
+                thumbs.append((im, f"{'misc' if c['miscellaneous'] else '#' + str(c['rank'])} · {c['size']} items"))
+    return "\n".join(lines), fig, table, thumbs

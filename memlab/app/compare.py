@@ -1,0 +1,82 @@
+"""Compare mitigations: an A/B grid whose rows are strategies (none first) on the same seeds, streamed row by
+row, with its charts, table and export."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import MemlabError
+from ..limits import LIMITS
+from ..service import Lab
+from .charts import compare_figure
+from .views import COMPARE_COLUMNS, compare_grid, compare_headline, compare_table
+from .wiring import MITIGATION_CHOICES, errors, run_button
+
+
+def compare_tab(lab: Lab, api) -> None:
+    """Compare mitigations as an A/B grid: rows are strategies (none first), columns the same seeds;
+    rows stream in as each strategy finishes; charts, table and export of the whole comparison."""
+    defaults, limit = lab.defaults, LIMITS["compare_seeds"]
+    with gr.Tab("Compare mitigations", id="compare"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                c_prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to compare mitigations on",
+                                      elem_id="compare-prompt")
+                gr.Markdown("Each strategy runs on **the same seeds** as `none`, so a row differs from the first "
+                            "only by the mitigation. Rows appear as each strategy finishes. "
+                            "Words in the results: [glossary](#glossary).")
+            with gr.Column(scale=1):
+                c_seeds = gr.Number(value=4, label=f"Number of seeds, the same for every strategy (1 to {limit})",
+                                    elem_id="compare-n")
+                c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
+                with gr.Row():
+                    c_k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
+                    c_lam = gr.Slider(0.0, 1.0, value=0.1, step=0.01, label="λ (gni)")
+                c_list = gr.Textbox("", label=f"…or explicit seeds (at most {limit})", placeholder="e.g. 0-7 or 3,17,42",
+                                    elem_id="compare-seeds")
+                with gr.Accordion("Sampling", open=False):
+                    c_steps = gr.Slider(1, LIMITS["steps"], value=int(defaults["steps"]), step=1, label="Steps",
+                                        elem_id="compare-steps")
+                    c_guidance = gr.Slider(0.0, LIMITS["guidance"], value=float(defaults["guidance"]), step=0.5,
+                                           label="Guidance scale")
+                with gr.Row():
+                    c_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn", scale=3)
+                    c_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
+        c_head = gr.Markdown(elem_id="compare-headline")
+        c_grid = gr.HTML(elem_id="grid")
+        c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
+        c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="per strategy (full specs)", elem_id="compare-table",
+                               wrap=True)
+        with gr.Row():
+            c_export_btn = gr.Button("Export comparison (JSONL + images)", elem_id="compare-export")
+            c_export_file = gr.File(label="comparison.zip", elem_id="compare-export-file")
+        c_state = gr.State(None)
+
+        @errors
+        def compare(prompt, n, mits, k, lam, seed_list="", steps=None, guidance=None, progress=gr.Progress()):
+            seeds = lab.seeds(n, seed_list, limit=limit)
+            specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
+            settings = lab.settings(steps, guidance)
+            prompt, _ = lab.check_prompt(prompt)
+            n_rows = 1 + len(dict.fromkeys(x for x in specs if x != "none"))
+            progress(0, desc="none")
+            for state in lab.stream_compare(prompt, seeds, specs, settings,
+                                     lambda d, t: progress((d, t), desc="images")):
+                yield (state, compare_headline(lab, state, seeds, n_rows), compare_grid(lab, state, seeds, n_rows),
+                       compare_figure(lab, state), compare_table(state))
+
+        event = run_button(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam, c_list, c_steps, c_guidance],
+                           [c_state, c_head, c_grid, c_plot, c_table], api("compare"),
+                           cleared=(None, "", "", None, None))
+        c_stop.click(None, None, None, cancels=[event], api_name=False)
+
+        @errors
+        def export_comparison(state):
+            if state is None:
+                raise MemlabError("nothing to export yet: compare first")
+            name = "comparison.zip" if state.finished else "comparison-partial.zip"
+            return str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name))
+
+        c_export_btn.click(export_comparison, [c_state], [c_export_file], api_name=api("export_comparison"))

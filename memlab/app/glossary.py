@@ -1,0 +1,80 @@
+"""The words a first-time visitor meets, defined as the papers define them, and the papers themselves:
+data the page shows (every number links to its term)."""
+
+
+CITATIONS = """
+- Somepalli, Singla, Goldblum, Geiping, Goldstein. *Diffusion Art or Digital Forgery? Investigating Data
+  Replication in Diffusion Models.* CVPR 2023. (SSCD > 0.5 replication, split product)
+- Somepalli et al. *Understanding and Mitigating Copying in Diffusion Models.* NeurIPS 2023. (dataset
+  similarity, background, duplication controls, GNI / RNA / RT / CWR mitigations)
+- Pizzi, Roy, Ravindra, Goyal, Douze. *A Self-Supervised Descriptor for Image Copy Detection.* CVPR 2022. (SSCD)
+- Carlini et al. *Extracting Training Data from Diffusion Models.* USENIX Security 2023. (pixel-space, tiled)
+- Wen, Liu, Chen, Lyu. *Detecting, Explaining, and Mitigating Memorization in Diffusion Models.* ICLR 2024.
+- *Memory Triggers: Unveiling Memorization in Text-To-Image Generative Models through Word-Level Duplication.*
+"""
+
+
+# The words a first-time visitor meets, defined as the papers define them; every number links here.
+GLOSSARY = [
+    ("replicated", "replicated, replication %",
+     "A generation is **replicated** when its top-1 score (its similarity to the closest training image) is "
+     "above the threshold. The **multi-seed replication %** is the share of seeds whose generation is "
+     "replicated (Somepalli et al. 2023 count SSCD > 0.5; MemBench uses 10 seeds)."),
+    ("threshold", "threshold",
+     "The score above which a match counts as a copy. SSCD's is published: 0.5 for replication, and 0.75 "
+     "for about 90% precision (Pizzi et al. 2022). Descriptors without a published one (memlab-copy, pixel, "
+     "CLIP) are calibrated on the training set: by default the score that 1% of distinct training images "
+     "exceed against their nearest other image. The app names the source beside the value."),
+    ("score", "score, top-1 match, top-k",
+     "The similarity of a generation's descriptor to a training image's (cosine; 1 = identical). The "
+     "**top-1 match** is the training image with the highest score; **top-k** lists the k best, one per "
+     "near-duplicate group."),
+    ("descriptor", "descriptor",
+     "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
+     "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "
+     "**pixel** (Carlini et al. 2023: distance of downscaled pixels, no weights) and **memlab-copy** (SSCD's "
+     "recipe, trained by memlab on its own images). Scores from different descriptors or presets are not "
+     "comparable; each is named with its model and preprocessing preset."),
+    ("dataset-similarity", "dataset similarity",
+     "The 95th percentile of the generations' top-1 scores (Somepalli et al. 2023, DCR). Over a few seeds "
+     "it is close to the maximum."),
+    ("background", "background",
+     "The same statistic for the training set itself: each training image against its nearest *other* "
+     "training image. **Distinct** background: one image per near-duplicate group against the nearest image "
+     "of another group. A model copies more than the data copies itself when its generations sit to the "
+     "right of the background."),
+    ("copies", "copies in training (duplication)",
+     "How many times an image occurs in the training set: itself and its near-duplicates (images whose "
+     "descriptor similarity is above the duplicate cut, joined into groups). Heavily duplicated images are "
+     "the ones models memorize (Carlini et al. 2023; Somepalli et al. 2023)."),
+    ("ddf", "ddf (duplication factor)",
+     "How many times a planted image was repeated in the built-in world's training set (DCR duplicates a "
+     "share of images with a sampling weight ddf). **Full** duplication repeats image and caption; "
+     "**partial** repeats the image with other captions."),
+    ("detection", "detection (Wen et al.)",
+     "‖ε(x_t, prompt) − ε(x_t, empty)‖: how strongly the prompt steers the first denoising step, averaged "
+     "over generations (Wen et al. 2024). Memorized prompts give large values before any image exists. "
+     "There is no universal threshold; compare prompts on the same model."),
+    ("mitigation", "mitigation (none, rna, rt, cwr, gni, wen)",
+     "A change at generation time that reduces copying (Somepalli et al. 2023): **rna** inserts k random "
+     "numbers into the prompt, **rt** k random tokens, **cwr** repeats k words of the prompt, **gni** adds "
+     "Gaussian noise (λ) to the text embedding; **wen** optimizes the prompt embedding to lower the detection "
+     "score (Wen et al. 2024). Compared on the same seeds, a row differs from `none` only by the mitigation."),
+    ("seed", "seed",
+     "The number that fixes a generation's starting noise: the same prompt, seed and settings give the same "
+     "image, so strategies compared on the same seeds are compared fairly."),
+    ("partial", "partial run",
+     "A run stopped (or still running) before all its seeds finished: what finished is shown, and an export "
+     "of it is named and marked partial."),
+]
+
+
+def glossary_markdown() -> str:
+    """The glossary, one anchor per term (``#g-<key>``), under the ``#glossary`` anchor."""
+    items = "\n".join(f'- <a id="g-{key}"></a>**{term}**: {text}' for key, term, text in GLOSSARY)
+    return f'<a id="glossary"></a>\n\n## Glossary\n\n{items}'
+
+
+def g(key: str, label: str = "?") -> str:
+    """A link to a glossary term, for numbers and the words they carry."""
+    return f"[{label}](#g-{key})"

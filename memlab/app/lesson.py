@@ -1,0 +1,117 @@
+"""The lesson: four steps a teacher clicks through, each a sentence and its evidence."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..service import Lab
+from .glossary import g
+from .views import compare_grid, copies
+from .wiring import errors
+
+
+LESSON_SEEDS = list(range(8))
+
+
+LESSON_MITIGATION = "rna:k=4"
+
+
+def lesson_tab(lab: Lab) -> None:
+    """A guided lesson for a class, four steps a teacher clicks through: a heavily duplicated prompt, its
+    training image and that image's copies, the same prompt with a mitigation on the same seeds, and a
+    prompt seen once for contrast. Each step is a sentence and its evidence; words link to the glossary."""
+    plan = lab.lesson_prompts()
+    if plan is None:
+        return
+    seeds, n = LESSON_SEEDS, len(LESSON_SEEDS)
+    with gr.Tab("Lesson", id="lesson"):
+        gr.Markdown(f"### Does a diffusion model copy its training images? A four-step demonstration\n"
+                    f"Click the steps in order; each takes a few seconds on this world. All steps use the same "
+                    f"{n} {g('seed', 'seeds')} ({seeds[0]}-{seeds[-1]}) and the world's default settings. "
+                    f"Every word in bold is in the [glossary](#glossary) below.")
+        steps = [
+            ("1 · A heavily duplicated prompt", f"“{plan['duplicated']}” ({plan['duplicated_group']}). The model "
+             f"draws it {n} times, from {n} seeds; each picture is shown beside its closest training image, framed "
+             f"red when it is a copy ({g('replicated', 'replicated')})."),
+            ("2 · The training image it copies", "The training image most seeds matched, and how often it occurs "
+             f"in the training set ({g('copies', 'copies in training')}): models memorize what they saw many "
+             f"times."),
+            ("3 · The same prompt with a mitigation", f"The same prompt on the same {n} seeds, once as is and once "
+             f"with random numbers inserted into the prompt (RNA, k=4; a {g('mitigation', 'mitigation')} from "
+             f"Somepalli et al. 2023)."),
+            ("4 · A prompt seen once, for contrast", f"“{plan['unique']}” ({plan['unique_group']}): a prompt whose "
+             f"image occurs once in training, on the same {n} seeds."),
+        ]
+        outs = []
+        for i, (title, sentence) in enumerate(steps, 1):
+            with gr.Group():
+                gr.Markdown(f"#### {title}\n{sentence}")
+                btn = gr.Button(f"Show step {i}", elem_id=f"lesson-{i}")
+                md = gr.Markdown(elem_id=f"lesson-{i}-text")
+                if i == 2:  # the training image's copies
+                    copies_gallery = gr.Gallery(visible=False, columns=10, height="auto", elem_id="lesson-copies",
+                                                label="the training image and its near-duplicates in the training set")
+                html_out = gr.HTML(elem_id=f"lesson-{i}-grid")
+            outs.append((btn, md, html_out))
+        runs = gr.State(None)  # step 1's run, reused by step 2
+
+        def verdict_line(summ) -> str:
+            k = round(summ["replication_rate"] * summ["n_seeds"])
+            return (f"**{k} of {summ['n_seeds']} seeds replicated** ({summ['replication_rate']:.1%}; "
+                    f"{summ['descriptor']['name']} > {summ['threshold']:.3f}, {g('threshold', 'threshold')})")
+
+        def one_row(prompt, progress):
+            state = None
+            for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds")):
+                pass
+            return state
+
+        @errors
+        def step1(progress=gr.Progress()):
+            state = one_row(plan["duplicated"], progress)
+            s0 = state.summaries[0]
+            said = (": the model reproduces a training image." if s0["replication_rate"] > 0 else
+                    ": none crossed the threshold on these seeds; look at the pairs, and at step 2.")
+            return state, verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+
+        @errors
+        def step2(state, progress=gr.Progress()):
+            if state is None:
+                state = one_row(plan["duplicated"], progress)
+            tops = [r["matches"][0] for r in state.records]
+            best = max({m["row"]: m for m in tops}.values(), key=lambda m: sum(t["row"] == m["row"] for t in tops))
+            hits = sum(t["row"] == best["row"] for t in tops)
+            group = lab.item_group(best["row"])
+            members = lab.group_members(group)
+            files = [(f, f"#{i}") for r, i in zip(members["row"], members["id"]) if (f := lab.item_file(int(r)))]
+            text = (f"Training image **#{best['id']}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
+                    f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
+                    f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
+            return state, text, "", gr.update(value=files[:48], visible=True)
+
+        @errors
+        def step3(progress=gr.Progress()):
+            for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION],
+                                            progress=lambda d, t: progress((d, t), desc="images")):
+                text = ""
+                if len(state.summaries) == 2:
+                    a, b = state.summaries
+                    text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%}"
+                            f" with RNA** on the same seeds ({g('replicated', 'replication %')}); "
+                            f"{g('dataset-similarity', 'dataset similarity')} {a['dataset_similarity']['p95']:.3f} → "
+                            f"{b['dataset_similarity']['p95']:.3f}.")
+                yield text, compare_grid(lab, state, seeds, 2)
+
+        @errors
+        def step4(progress=gr.Progress()):
+            state = one_row(plan["unique"], progress)
+            s0 = state.summaries[0]
+            said = (": without duplication, the model makes new images." if s0["replication_rate"] == 0 else
+                    ": even a prompt seen once can come close to a training image (or the verdict errs: compare "
+                    "the pairs).")
+            return verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+
+        (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs
+        b1.click(step1, None, [runs, m1, h1], api_name=False)
+        b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False)
+        b3.click(step3, None, [m3, h3], api_name=False)
+        b4.click(step4, None, [m4, h4], api_name=False)

@@ -1,0 +1,47 @@
+"""Match an image: an upload against the training set (what ``memlab match`` does)."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ..limits import LIMITS
+from ..service import Lab
+from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, score
+from .wiring import errors, run_button
+
+
+def match_tab(lab: Lab, api) -> None:
+    """Match an image: an upload against the training set (what `memlab match` does)."""
+    with gr.Tab("Match an image", id="match"):
+        gr.Markdown("Upload any image (a generation from elsewhere, a suspected copy) and see its nearest "
+                    f"training images with their scores and the verdict. At most "
+                    f"{LIMITS['upload_bytes'] // 2**20} MiB and {LIMITS['upload_pixels'] / 1e6:.0f} "
+                    f"megapixels.")
+        with gr.Row():
+            m_image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                               label="image to match", elem_id="match-image", scale=2)
+            with gr.Column(scale=1):
+                m_k = gr.Slider(1, 20, value=5, step=1, label="k (nearest training images)")
+                m_desc = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
+                                     label="Copy descriptor")
+                m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
+        m_md = gr.Markdown(elem_id="match-verdict")
+        m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
+        m_table = gr.Dataframe(headers=MATCH_COLUMNS, column_widths=MATCH_WIDTHS, label="matches", elem_id="match-table")
+
+        @errors
+        def match_upload(path, k, descriptor):
+            res = lab.match_image(path, k, descriptor)
+            q, d = res["queries"][0], res["descriptor"]
+            verdict = "**replicated**" if q["replicated"] else "not replicated"
+            md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
+                  f"{lab.descriptor_label(d['name'])} · "
+                  f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}")
+            gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
+                       for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
+            table = [[m["id"], score(m["score"]), m.get("duplicates", 0) + 1, m.get("caption", "")]
+                     for m in q["matches"]]
+            return md, gallery, pd.DataFrame(table, columns=MATCH_COLUMNS)
+
+        run_button(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api("match_image"),
+                   cleared=("", [], None))

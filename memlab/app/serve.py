@@ -1,0 +1,192 @@
+"""Serving the page: launch (queue, limits, files, middleware), the app's image files and their pruning, the
+caller-facing messages Gradio leaves out, the queue's polling rate and the page's CSS."""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from ..limits import LIMITS
+from ..service import Lab
+
+FILE_MAX_AGE_S = 86_400  # the app's image files (here and in Gradio's cache) are deleted after a day
+
+
+_last_prune = [0.0]
+
+
+def app_files() -> Path:
+    """The folder of the PNGs ``as_file`` writes."""
+    folder = Path(tempfile.gettempdir()) / "memlab-app"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def prune_app_files(max_age_s: float = FILE_MAX_AGE_S, now: float | None = None) -> int:
+    """Delete the app's PNGs not written or reused for ``max_age_s`` (a hosted app would otherwise fill
+    its disk); returns how many. Gradio serves its own copies, so a page still showing one loses nothing."""
+    import time
+
+    now = time.time() if now is None else now
+    gone = 0
+    for p in app_files().iterdir():
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                gone += 1
+        except FileNotFoundError:  # another request pruned it first
+            pass
+    return gone
+
+
+def as_file(im: Image.Image) -> str:
+    """A PNG file for a gallery, named by its content and written under a temporary name then renamed.
+    Gradio rewrites a PIL output's cache file in place on every request, so two visitors generating the
+    same prompt and seeds at once could be served a half-written file; a path is copied atomically.
+    A reused file is touched, and files older than ``FILE_MAX_AGE_S`` are pruned once an hour."""
+    import hashlib
+    import io
+    import os
+    import time
+    import uuid
+
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    data = buf.getvalue()
+    folder = app_files()
+    if time.time() - _last_prune[0] > 3600:
+        _last_prune[0] = time.time()
+        prune_app_files()
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    try:
+        os.utime(path)  # reused: fresh again, so a prune does not take it from under this request
+    except FileNotFoundError:
+        tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
+
+
+class CallerMessages:
+    """ASGI middleware saying to callers what Gradio's own answers leave out: a call to an endpoint the
+    app does not have gets 404 with the list of those it has (Gradio answers 500), and a request past
+    the queue's limit gets 503 with the limit, the number waiting, the expected wait and a Retry-After
+    header (Gradio says only that the queue is full)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or "/gradio_api/" not in scope["path"]:
+            return await self.app(scope, receive, send)
+        blocks = scope["app"].get_blocks()
+        m = re.search(r"/gradio_api/call/([^/]+)$", scope["path"])
+        if m:
+            known = {fn.api_name for fn in blocks.fns.values() if fn.api_name}
+            names = sorted(fn.api_name for fn in blocks.fns.values()
+                           if fn.api_name and getattr(fn, "api_visibility", "public") == "public")
+            if m.group(1) not in known:
+                return await _json(send, 404, {"detail": f"this app has no endpoint /{m.group(1)}; it has "
+                                                         + ", ".join(f"/{n}" for n in names)})
+        start = {}
+
+        async def send_(msg):
+            if msg["type"] == "http.response.start" and msg["status"] == 503:
+                start.update(msg)
+                return
+            if start and msg["type"] == "http.response.body":
+                text, wait = queue_full_message(blocks._queue)
+                return await _json(send, 503, {"detail": text}, {"retry-after": str(max(1, round(wait or 5)))})
+            await send(msg)
+
+        return await self.app(scope, receive, send_)
+
+
+async def _json(send, status: int, body: dict, headers: dict | None = None):
+    data = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": data})
+
+
+def queue_full_message(queue) -> tuple[str, float | None]:
+    """What a caller past the queue's limit reads: the limit, how many wait, and how long the queue takes
+    to move at the average time of the requests finished so far."""
+    times = [p.avg_time for p in queue.process_time_per_fn.values() if getattr(p, "count", 0)]
+    waiting = len(queue)
+    text = f"The app's queue is full: {waiting} requests are waiting and the limit is {queue.max_size}."
+    if not times:
+        return text + " Try again in a little while.", None
+    avg = sum(times) / len(times)
+    return (text + f" Requests take about {avg:.1f} s each, one at a time per kind, so a place frees up in about "
+            f"{avg:.0f} s and the queue empties in about {waiting * avg:.0f} s; try again then."), avg
+
+
+# The page's own CSS: a gallery of a few thumbnails (top-k, a match, the lesson's copies) is as tall as
+# its rows (Gradio's galleries keep a fixed height, leaving ~220 px blank under one row); on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
+# full width and their captions (seed, verdict, score, training image) wrap instead of being cut; a tapped
+# pair opens alone at full width with its caption wrapped (Gradio's preview otherwise lies over the whole
+# stacked grid, its caption on one cut line); every other gallery shows 3 thumbnails a line (a gallery's
+# columns are otherwise fixed, 8 of them 100 px wide each, scrolled sideways in a 340 px box).
+# Gradio pulses the border of every output while a run is in flight: on a machine that serves and shows
+# the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
+# taken from the model; the progress bar shows on the pairs alone (``progress_on``)
+APP_CSS = """
+#pairs .caption-label{white-space:normal;max-width:100%}
+#topk .grid-wrap,#match-gallery .grid-wrap,#lesson-copies .grid-wrap{height:auto!important;min-height:0!important;
+  max-height:none!important}
+.wrap.generating{animation:none!important}
+@media (max-width:700px){
+ #pairs .grid-container{grid-template-columns:minmax(0,1fr)!important;grid-template-rows:none!important;
+   grid-auto-rows:auto!important}
+ #pairs .thumbnail-item{aspect-ratio:auto!important;height:auto!important;display:flex;flex-direction:column}
+ #pairs .thumbnail-item img{height:auto!important}
+ #pairs .grid-wrap{height:auto!important;max-height:none!important;overflow:visible!important}
+ #pairs .caption-label{position:static!important;font-size:14px;border:0;text-align:center}
+ #pairs .gallery-container:has(> .preview) > .grid-wrap{display:none!important}
+ #pairs .preview{position:relative!important;height:auto!important;display:flex;flex-direction:column}
+ #pairs .preview .media-button{height:auto!important}
+ #pairs .preview .media-button img{height:auto!important;width:100%}
+ #pairs .preview .caption{white-space:normal!important;font-size:14px;text-align:center;padding:4px 8px}
+ #pairs .preview .thumbnails{position:static!important}
+ .gallery-container .grid-container{grid-template-columns:repeat(3,minmax(0,1fr))!important}
+}
+"""
+
+
+QUEUE_POLL_S = 0.05  # how often an idle queue looks for work (Gradio's default on Windows; on Linux 0.001)
+
+
+PROGRESS_POLL_S = 0.1  # how often progress is sent (Gradio's default on Windows; on Linux 0.01)
+
+
+def calm_queue(demo: gr.Blocks) -> None:
+    """Let the queue's event loop poll at Gradio's Windows rates. On Linux it wakes 1,000 times a second
+    to look for work, and each wake takes the GIL from the thread generating, whose small CPU ops each
+    need it (tests/test_app.py checks the idle loop; benchmarks/bench_streaming.py measures both ways).
+    A request now starts at most 50 ms after it is queued."""
+    q = demo._queue  # Gradio's Queue; its poll intervals are plain attributes, not launch options
+    if hasattr(q, "sleep_when_free") and hasattr(q, "progress_update_sleep_when_free"):
+        q.sleep_when_free, q.progress_update_sleep_when_free = QUEUE_POLL_S, PROGRESS_POLL_S
+
+
+def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, queue_size: int | None = None,
+           **kw):
+    """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
+    per event, at most LIMITS["queue"] requests waiting (past it a caller is told the limit and the wait),
+    messages of refused input shown (``show_error``; tracebacks stay in the server log), and files served
+    only from the worlds' own folders."""
+    from starlette.middleware import Middleware
+
+    labs = [labs] if isinstance(labs, Lab) else list(labs)
+    folders = sorted({f for lab in labs for f in lab.served_folders()})
+    demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
+    calm_queue(demo)
+    return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
+                       max_file_size=LIMITS["upload_bytes"],
+                       footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)

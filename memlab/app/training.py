@@ -1,0 +1,48 @@
+"""Training set: caption search, near-duplicate groups, an item with its duplicates."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..service import Lab
+from .views import ID_COLUMNS, ID_WIDTHS, id_table
+from .wiring import errors
+
+
+def training_set_tab(lab: Lab, api) -> None:
+    """Training set: caption search, near-duplicate groups, an item with its duplicates."""
+    with gr.Tab("Training set", id="train"):
+        with gr.Row():
+            q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
+            q_btn = gr.Button("Search", scale=1)
+        q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
+        q_table = gr.Dataframe(headers=ID_COLUMNS, column_widths=ID_WIDTHS, label="items", elem_id="search-table")
+
+        def thumbs(df):
+            return [(im, f"#{i} · {c[:50]}") for r, i, c in zip(df["row"], df["id"], df["caption"])
+                    if (im := lab.item_file(r)) is not None]
+
+        @errors
+        def search(query):
+            hits = lab.search_captions(query)
+            return thumbs(hits), id_table(hits)
+
+        q_btn.click(search, [q], [q_gallery, q_table], api_name=api("search_captions"))
+        q.submit(search, [q], [q_gallery, q_table], api_name=False)
+        gr.Markdown("#### Near-duplicate groups (largest first)")
+        groups = lab.duplicate_groups()
+        gr.Dataframe(value=groups.rename(columns={"size": "copies in training", "example": "caption"})
+                     [ID_COLUMNS], column_widths=ID_WIDTHS, label="duplicated images (open one by its id)")
+        with gr.Row():
+            item_id = gr.Textbox(label="Open an item by id", scale=3)
+            item_btn = gr.Button("Open", scale=1)
+        item_gallery = gr.Gallery(label="the item and its duplicates", columns=8, format="png")
+        item_table = gr.Dataframe(headers=ID_COLUMNS, column_widths=ID_WIDTHS, label="its duplicate group",
+                                  elem_id="group-table")
+
+        @errors
+        def open_item(i):
+            row = lab.item_row(i)
+            members = lab.group_members(lab.item_group(row))
+            return thumbs(members), id_table(members)
+
+        item_btn.click(open_item, [item_id], [item_gallery, item_table], api_name=api("duplicates"))

@@ -1,0 +1,320 @@
+"""What the page shows, as pure functions of a run (``RunState``) and its ``Lab``: headlines, captions,
+tables and the A/B grid's HTML. No Gradio here: each is tested on hand-made runs."""
+from __future__ import annotations
+
+import html
+import re
+
+from PIL import Image, ImageDraw
+
+from ..records import RunState, probe_group_name
+from ..service import Lab
+from .glossary import g
+
+def copies(duplicates: int) -> str:
+    """A training image's duplication as the app states it everywhere: the image and its near-duplicates."""
+    n = int(duplicates) + 1
+    return f"{n} {'copy' if n == 1 else 'copies'} in training"
+
+
+def score(x: float) -> str:
+    """A score in a table cell: 3 decimals, trailing zeros kept, as every caption and headline writes it
+    (``:.3f``; the one rounding rule: scores to 0.001, percentages to 0.1%)."""
+    return f"{float(x):.3f}"
+
+
+# Each table's columns, named once: the empty table shows them before a run (not Gradio's "1 2 3"), and
+# the filled one has them in this order. Short columns first and at a fixed width, so a header never
+# breaks inside a word and the verdict and score are in view without scrolling the table sideways.
+ID_COLUMNS = ["id", "copies in training", "caption"]
+
+
+SEED_COLUMNS = ["seed", "verdict", "score", "match id", "copies in training", "match caption", "effective prompt"]
+
+
+SEED_WIDTHS = ["64px", "104px", "80px", "96px", "168px"]
+
+
+ID_WIDTHS = ["72px", "168px"]  # the caption (and a score after it) take the rest
+
+
+MATCH_COLUMNS = ["id", "score", "copies in training", "caption"]
+
+
+MATCH_WIDTHS = ["72px", "80px", "168px"]
+
+
+COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
+                   "change vs none", "detection"]
+
+
+def pair_image(gen: Image.Image, match: Image.Image | None, replicated: bool, scale: int = 3) -> Image.Image:
+    """The generation beside its top-1 training match, framed red when replicated."""
+    w, h = gen.size
+    W, H = w * scale, h * scale
+    out = Image.new("RGB", (2 * W + 12, H + 8), (200, 30, 30) if replicated else (230, 230, 230))
+    out.paste(gen.resize((W, H), Image.NEAREST), (4, 4))
+    if match is not None:
+        out.paste(match.convert("RGB").resize((W, H), Image.NEAREST), (W + 8, 4))
+    else:
+        ImageDraw.Draw(out).text((W + 12, H // 2), "image not available", fill=(0, 0, 0))
+    return out
+
+
+def caption(r: dict) -> str:
+    m = r["matches"][0]
+    verdict = "REPLICATED" if r["replicated"] else "novel"
+    return (f"seed {r['seed']} · {verdict} · score {r['score']:.3f} vs threshold {r['threshold']:.3f} · "
+            f"match #{m['id']} · {copies(m['duplicates'])}")
+
+
+def id_table(df, *extra: str):
+    """Training items as a visitor sees them: the id (the app's one identifier for a training image), its
+    copies in training, the caption, and ``extra`` score columns (3 decimals)."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": df["id"], "copies in training": df["duplicates"].astype(int) + 1,
+                         "caption": df["caption"], **{c: df[c].map(score) for c in extra}})
+
+
+def headline(lab: Lab, state: RunState) -> str:
+    s = state.summaries[-1]
+    name = s["descriptor"]["name"]
+    ds = s["dataset_similarity"]
+    info = lab.descriptor_info(name)
+    bg, bg_all = info.get("background_distinct", info["background"]), info["background"]
+    best = max(state.records, key=lambda r: r["score"])
+    st = best["settings"]
+    source = (f"{g('mitigation', 'mitigation')} {s['mitigation']['spec']} · {st['steps']} steps, guidance "
+              f"{st['guidance']:g} · {name} > {s['threshold']:.3f} ({g('threshold', 'threshold')})")
+    lines = [f"### Replication: {s['replication_rate']:.1%} of {s['n_seeds']} seeds {g('replicated')}",  # one rounding rule: 0.1%
+             f"*{source}*",
+             f"- **multi-seed replication** {g('replicated')} {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
+             f"- **dataset similarity** {g('dataset-similarity')} (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
+             f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "
+             f"mean {ds['mean']:.3f} · "
+             f"background {g('background')} 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
+             f"{bg_all['p95']:.3f} over all training rows, planted duplicates included)",
+             f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
+             f"- **caption of the best image match** (the training image with the highest score, seed "
+             f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
+             f"nearest by text are listed below",
+             f"- scores {g('descriptor')}: {lab.descriptor_label(name)}"]
+    if not state.finished:
+        lines.insert(1, f"*{len(state.records)} of {state.requested} seeds so far (running, or stopped: an "
+                        f"export now is labelled partial)*")
+    lines += probe_lines(lab, state, name)
+    if state.warning:
+        lines.append(f"- ⚠️ {state.warning}")
+    return "\n".join(lines)
+
+
+def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
+    """For a probe of the world: its group, where its training image is, and the list's published
+    figures beside the ones measured in this run."""
+    import numpy as np
+
+    p = lab.probe(state.prompt)
+    if not p:
+        return []
+    lines = [f"- **a probe of this world**: {probe_group_name(str(p.get('group')))}" + (f" (from {p['list']})" if p.get("list") else "")]
+    status, tid = p.get("training_image"), p.get("training_id")
+    own = []
+    if status and status != "indexed":
+        lines.append(f"- ⚠️ **its training image could not be fetched** ({status.removeprefix('not fetched: ')}: "
+                     f"{p.get('url')}): the matches are against the rest of the training set")
+    elif tid:
+        top1 = sum(str(r["matches"][0]["id"]) == str(tid) for r in state.records)
+        own = [next((m["score"] for m in r["matches"] if str(m["id"]) == str(tid)), None) for r in state.records]
+        lines.append(f"- its training image (#{tid}) is the top-1 match in {top1} of {len(state.records)} seeds")
+    pub_mean, pub_max = p.get("published_mean_sscd"), p.get("published_max_sscd")
+    if pub_mean is not None or pub_max is not None:
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        line = f"- **published** ({p.get('list')}, SSCD to the training image): mean {fmt(pub_mean)} · max {fmt(pub_max)}"
+        if own:
+            found = np.array([v for v in own if v is not None], float)
+            what = f"{descriptor} to its training image" + ("" if descriptor == "sscd" else
+                                                           ", another descriptor than the list's SSCD")
+            line += (f" — **measured here** ({what}, {len(found)} of {len(own)} seeds with it among the top "
+                     f"{len(state.records[0]['matches'])}): mean {found.mean():.3f} · max {found.max():.3f}"
+                     if len(found) else " — **measured here**: its training image is not among any seed's matches")
+        lines.append(line)
+    return lines
+
+
+def seed_table(state: RunState):
+    """One row per seed (``SEED_COLUMNS``): its verdict, top-1 score and training image."""
+    import pandas as pd
+
+    return pd.DataFrame([{"seed": r["seed"], "verdict": "replicated" if r["replicated"] else "novel",
+                          "score": score(r["score"]), "match id": r["matches"][0]["id"],
+                          "copies in training": r["matches"][0]["duplicates"] + 1,
+                          "match caption": r["matches"][0]["caption"], "effective prompt": r["effective_prompt"]}
+                         for r in state.records], columns=SEED_COLUMNS)
+
+
+def short_label(mitigation: dict) -> str:
+    """A strategy as a chart or grid names it: each step's name and its main parameter (the full spec is
+    shown on hover and in the table)."""
+    main = {"rna": "k", "rt": "k", "cwr": "k", "gni": "lam"}
+    parts = []
+    for st in mitigation.get("steps") or [{"name": mitigation["name"], "params": {}}]:
+        key = main.get(st["name"])
+        val = st.get("params", {}).get(key)
+        parts.append(st["name"] + (f" {'λ' if key == 'lam' else key}={val:g}" if val is not None else ""))
+    return " + ".join(parts)
+
+
+def thumb_uri(im: Image.Image, width: int = 320) -> str:
+    """A small JPEG of an image as a data URI (the A/B grid's cells: no file route, nothing on disk)."""
+    import base64
+    import io
+
+    im = im.convert("RGB")
+    if im.width > width:
+        im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
+    """The A/B grid as HTML: a header row of seeds, then one row per strategy whose cells are the
+    generation beside its top-1 training image, the verdict and score, and the image's id and copies.
+    Every row is on the page (no inner scroll box); on a narrow screen each row wraps to two cells a line."""
+
+    n = len(seeds)
+    out = [GRID_CSS, f'<div class="ab" style="--n:{n}">',
+           '<div class="ab-row ab-head"><div class="ab-label">strategy</div><div class="ab-cells">'
+           + "".join(f'<div class="ab-seed">seed {s}</div>' for s in seeds) + "</div></div>"]
+    by_row: dict[str, list] = {}
+    for r, im in zip(state.records, state.images):
+        by_row.setdefault(r["mitigation"]["spec"], []).append((r, im))
+    for summ in state.summaries:
+        mit = summ["mitigation"]
+        cells = []
+        for r, im in by_row.get(mit["spec"], []):
+            m = r["matches"][0]
+            verdict = "REPLICATED" if r["replicated"] else "novel"
+            cells.append(
+                f'<figure class="ab-cell {"rep" if r["replicated"] else "nov"}">'
+                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), r["replicated"], 2))}" '
+                f'alt="seed {r["seed"]}, {html.escape(short_label(mit))}: generation | training image #{html.escape(str(m["id"]))}">'
+                f'<figcaption><b class="v">{verdict} {r["score"]:.3f}</b><br>'
+                f'<span class="ab-seedtag">seed {r["seed"]} · </span>#{html.escape(str(m["id"]))} · {copies(m["duplicates"])}'
+                f'</figcaption></figure>')
+        rate = summ["replication_rate"]
+        out.append(f'<div class="ab-row"><div class="ab-label" title="{html.escape(mit["spec"])}">'
+                   f'<b>{html.escape(short_label(mit))}</b><br><small>replication {rate:.1%} '
+                   f'({round(rate * summ["n_seeds"])}/{summ["n_seeds"]}) · p95 {summ["dataset_similarity"]["p95"]:.3f}'
+                   f'</small></div><div class="ab-cells">{"".join(cells)}</div></div>')
+    for _ in range(n_rows - len(state.summaries)):
+        out.append('<div class="ab-row ab-pending"><div class="ab-label">…</div>'
+                   '<div class="ab-cells"><div class="ab-wait">running</div></div></div>')
+    out.append("</div>")
+    return "".join(out)
+
+
+GRID_CSS = """<style>
+.ab{display:flex;flex-direction:column;gap:10px}
+.ab-row{display:grid;grid-template-columns:9em 1fr;gap:8px;align-items:start}
+.ab-cells{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px}
+.ab-cell{margin:0;text-align:center;font-size:.78em;line-height:1.25}
+.ab-cell img{width:100%;height:auto;image-rendering:pixelated;display:block}
+.ab-cell.rep .v{color:#c62828}.ab-cell.nov .v{color:#1565c0}
+.ab-head .ab-seed{text-align:center;font-weight:600;font-size:.85em}
+.ab-seedtag{display:none}
+.ab-label{font-size:.9em;overflow-wrap:anywhere}
+.ab-wait{color:#888;font-style:italic}
+@media (max-width:700px){
+ .ab-row{grid-template-columns:1fr}
+ .ab-cells{grid-template-columns:repeat(2,minmax(0,1fr))}
+ .ab-head{display:none}.ab-seedtag{display:inline}
+ .ab-cell{font-size:.9em}
+}
+</style>"""
+
+
+def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
+    """What the comparison is of: prompt, seeds, settings, descriptor and threshold; rows done so far."""
+    st = state.records[0]["settings"]
+    s0 = state.summaries[0]
+    seeds_txt = ", ".join(map(str, seeds)) if len(seeds) <= 12 else f"{seeds[0]} … {seeds[-1]} ({len(seeds)} seeds)"
+    lines = [f"### {len(state.summaries)} of {n_rows} strategies on the same {len(seeds)} seeds",
+             f"*seeds {seeds_txt} · {st['steps']} steps, guidance {st['guidance']:g} · "
+             f"{s0['descriptor']['name']} > {s0['threshold']:.3f} ([replicated](#glossary)) · "
+             f"{lab.descriptor_label(s0['descriptor']['name'])}*"]
+    if not state.finished:
+        lines.append(f"*{len(state.records)} of {state.requested} images so far (running, or stopped: an export "
+                     f"now is labelled partial)*")
+    if state.warning:
+        lines.append(f"- ⚠️ {state.warning}")
+    return "\n".join(lines)
+
+
+def compare_table(state: RunState):
+    import pandas as pd
+
+    rows = []
+    for s in state.summaries:
+        ch = s.get("change_vs_none") or {}
+        n = s["n_seeds"]
+        rows.append({"strategy": short_label(s["mitigation"]), "spec": s["mitigation"]["spec"],
+                     "replication %": f"{s['replication_rate']:.1%} ({round(s['replication_rate'] * n)}/{n})",
+                     "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
+                     "dataset similarity p95": score(s["dataset_similarity"]["p95"]),
+                     "change vs none": f"{ch.get('dataset_similarity', 0.0):+.3f}",
+                     "detection": score(s["detection_mean"])})
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def world_card_markdown(lab: Lab) -> str:
+    """About this world: its model, index, descriptor and threshold with how each was measured, and the card."""
+    info = lab.descriptor_info()
+    built = lab.index_summary()
+    thr = info["threshold"]
+    lines = [f"## {lab.name}", f"**Model**: `{lab.model_name()}` · "
+             f"**trained on**: {lab.trained_on or 'not stated'}",
+             f"**Index**: {built['items']} training items · built {built['created']}",
+             f"**Descriptor** {info['name']}: model `{info['model']}`, preset `{info['preset']}`, dim {info['dim']}",
+             f"**Threshold** {thr['value']:.3f} — {thr['source']}: {thr.get('citation', '')}. Measured on "
+             f"this training set ({thr.get('n_groups', '?')} distinct images, one row per near-duplicate group): "
+             f"synthetic-copy recall {thr.get('recall') or 0:.1%}, background false positives "
+             f"{thr.get('fpr') or 0:.1%}."]
+    gt = thr.get("ground_truth", {})
+    if gt:
+        lines.append("**Recall on copies made by the world's own model** (held-out training images, not used "
+                     "for calibration): " + ", ".join(f"{k.split(':', 1)[-1]} {v['recall']:.1%} (n={v['n']})"
+                                                      for k, v in sorted(gt.items())))
+    c = lab.card()
+    if c:
+        lines.append(f"**Built with** `{c.get('built_with', '')}` in {c.get('build_seconds_total', 0) / 60:.0f} min")
+        if "measured" in c:
+            from ..evaluate import format_report
+
+            lines.append("### Measured memorization\n```\n" + format_report(c["measured"]) + "\n```")
+    return "\n\n".join(lines)
+
+
+def probe_examples(probes) -> list[tuple[str, list[str]]]:
+    """The world's probe prompts by group, in the order the groups matter (memorized first), with the
+    app's name for each group and its prompts."""
+    if probes.empty or "prompt" not in probes:
+        return []
+    order = ["verbatim", "template", "memorized", "control"]
+    key = probes["label"] if "label" in probes else probes["group"]
+    ranks = {k: (order.index(k) if k in order else len(order) + i) for i, k in enumerate(dict.fromkeys(key))}
+    groups = []
+    for k in sorted(ranks, key=ranks.get):
+        sub = probes[key == k]
+        name = str(sub["group"].iloc[0]) if "label" in probes else probe_group_name(str(k))
+        groups.append((name, list(dict.fromkeys(sub["prompt"].astype(str)))))
+    return groups
+
+
+def page_slug(name: str, taken=()) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "world"
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug

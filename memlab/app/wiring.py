@@ -1,0 +1,71 @@
+"""How the page wires an event: errors a visitor can act on shown as messages (the server keeps serving),
+results cleared before a new request, and each event's API name."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import gradio as gr
+
+from ..errors import MemlabError
+from ..mitigations import MITIGATIONS
+
+log = logging.getLogger("memlab.app")
+
+
+MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"]
+
+
+def errors(fn):
+    """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving. Anything
+    else is a bug: its traceback goes to the server's log, the caller gets one line without it."""
+    def translate(e: BaseException):
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, MemlabError):
+            return gr.Error(str(e))
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"memlab hit an unexpected error ({type(e).__name__}) and logged it; the app keeps "
+                        f"serving: try again, or change the input")
+
+    if _is_gen(fn):
+        @functools.wraps(fn)
+        def wrapped_gen(*a, **kw):
+            try:
+                yield from fn(*a, **kw)
+            except Exception as e:  # noqa: BLE001 - see translate
+                raise translate(e) from None
+        return wrapped_gen
+
+    @functools.wraps(fn)
+    def wrapped(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except Exception as e:  # noqa: BLE001 - see translate
+            raise translate(e) from None
+    return wrapped
+
+
+def _is_gen(fn):
+    return inspect.isgeneratorfunction(fn)
+
+
+def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, cleared: tuple,
+               progress_on=None):
+    """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
+    refused, its message never stands over the previous request's results. A streaming ``fn`` (a
+    generator) clears them in its own first update, the moment its request starts; any other ``fn`` after
+    a clearing event of its own (a second round trip before the work starts: 0.1 s on the 2-core machine,
+    ``benchmarks/bench_streaming.py``). The API event (``api``) is ``fn`` (a generator's first update is
+    then ``cleared``; ``api_name`` None: none). Returns that event (Stop cancels it). ``progress_on``: the one
+    output that shows the progress bar (default all of them)."""
+    api_name = api_name or False
+    if _is_gen(fn):
+        @functools.wraps(fn)
+        def cleared_first(*a, **kw):
+            yield cleared
+            yield from fn(*a, **kw)
+        return btn.click(cleared_first, inputs, outputs, api_name=api_name, show_progress_on=progress_on)
+    clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
+    return clear.then(fn, inputs, outputs, api_name=api_name, show_progress_on=progress_on)

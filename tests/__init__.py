@@ -1,0 +1,1 @@
+"""memlab's tests; ``tests.helpers``, ``tests.browser`` and ``tests.procs`` are shared with benchmarks/."""

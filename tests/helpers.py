@@ -1,0 +1,51 @@
+"""Helpers the tests and benchmarks share (``from tests.helpers import ...``): where things are, tiny
+stand-ins for real models, synthetic images."""
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+AIC = SHARED_DATA / "aic-public-domain" / "images"
+
+
+def make_tiny_sscd(path: Path) -> Path:
+    """A scripted stand-in for SSCD with its architecture's shape: trunk, GeM (p=3), linear, L2 norm."""
+    import torch
+
+    class TinySSCD(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(),
+                                             torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU())
+            self.fc = torch.nn.Linear(16, 24)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.trunk(x).clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
+            return torch.nn.functional.normalize(self.fc(f), dim=1)
+
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(TinySSCD().eval()).save(str(path))
+    return path
+
+
+def trust(path: Path) -> Path:
+    """Confirm a stand-in's checksum, as a user confirms a TorchScript file they trust."""
+    from memlab.index import sha256
+
+    os.environ["MEMLAB_TRUST_SHA256"] = ",".join(filter(None, [os.environ.get("MEMLAB_TRUST_SHA256"), sha256(path)]))
+    return path
+
+
+def synthetic_images(n: int, size: int = 64, seed: int = 0) -> list:
+    """Distinct images: random low-frequency colour fields (upsampled noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
+        out.append(Image.fromarray(small).resize((size, size), Image.BICUBIC))
+    return out
