@@ -47,125 +47,161 @@ def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progres
     return truth, len(first)
 
 
+class _Stages:
+    """The build's stage timer: each stage's seconds in ``build/times.json`` (kept across a resumed build)."""
+
+    def __init__(self, build: Path, log):
+        self.build, self.log = build, log
+        f = build / "times.json"
+        self.times = json.loads(f.read_text()) if f.is_file() else {}
+
+    def start(self, name):
+        self.times[name] = time.time()
+
+    def done(self, name):
+        self.times[name] = time.time() - self.times[name]
+        self.build.mkdir(parents=True, exist_ok=True)
+        (self.build / "times.json").write_text(json.dumps(self.times, indent=2))
+        self.log(f"[build-world] {name}: {self.times[name]:.1f}s")
+
+
 def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int = 2500, vae_steps: int = 800,
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
                 train_device: str = "cpu") -> Path:
-    from .index import build_index
-    from .descriptors import create_descriptor
-    from .match import load_image
-    from .train import TrainConfig, train
-    from .world import write_world_json
+    """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
+    its output exists, so a killed build resumes."""
+    from .train import TrainConfig
 
     out = Path(out)
-    build = out / "build"
-    times = json.loads((build / "times.json").read_text()) if (build / "times.json").is_file() else {}
+    st = _Stages(out / "build", log)
+    data = out / "build" / "data"
+    rows = _training_set(spec, data, st)
+    cfg = TrainConfig(data=str(data / "train.parquet"), out=str(out / "build" / "train"), pipeline="world",
+                      steps=train_steps, vae_steps=vae_steps, batch_size=batch_size, seed=spec.seed,
+                      save_dtype="fp16", device=train_device)
+    previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
+    train_card = _model(out, cfg, rows, data, previous, reuse_model, st, progress)
+    if not (out / "index" / "manifest.json").is_file():
+        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress)
+    _keyword_views(out, st)
+    _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
+    _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log)
+    from .world import seal_world
 
-    def stage(name):
-        times[name] = time.time()
+    seal_world(out)  # the card and views are in: checksum the world's files
+    return out
 
-    def done(name):
-        times[name] = time.time() - times[name]
-        build.mkdir(parents=True, exist_ok=True)
-        (build / "times.json").write_text(json.dumps(times, indent=2))
-        log(f"[build-world] {name}: {times[name]:.1f}s")
 
-    # 1. the training set
-    data = build / "data"
+def _training_set(spec: WorldSpec, data: Path, st: _Stages):
+    """1. The training set (images and their rows), generated once."""
+    import pandas as pd
+
     if not (data / "train.parquet").is_file():
-        stage("dataset")
+        st.start("dataset")
         rows, images = make_training_set(spec)
         (data / "images").mkdir(parents=True, exist_ok=True)
         for i, im in enumerate(images):
             im.save(data / "images" / f"{i:04d}.png")
         rows.to_parquet(data / "train.parquet", index=False)
-        done("dataset")
-    import pandas as pd
+        st.done("dataset")
+    return pd.read_parquet(data / "train.parquet")
 
-    rows = pd.read_parquet(data / "train.parquet")
 
-    # 2. the model
-    cfg = TrainConfig(data=str(data / "train.parquet"), out=str(build / "train"), pipeline="world",
-                      steps=train_steps, vae_steps=vae_steps, batch_size=batch_size, seed=spec.seed,
-                      save_dtype="fp16", device=train_device)
-    previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
+def _model(out: Path, cfg, rows, data: Path, previous: dict, reuse_model: bool, st: _Stages, progress) -> dict:
+    """2. The model: trained (or, with ``reuse_model``, the one already there, checked against the data it
+    was trained on), copied whole into ``out/model``; returns its training card."""
+    from .train import data_hash, train
+
+    build = out / "build"
     if reuse_model:
-        from .train import data_hash
-
         trained = previous.get("train", {})
         if not (out / "model" / "model_index.json").is_file() or not trained:
             raise MemlabError(f"--reuse-model needs a trained model in {out / 'model'} and its card.json")
         if trained.get("data_hash") != data_hash(rows, data):
             raise MemlabError("--reuse-model: the regenerated training set differs from the one the model was "
                               "trained on (data hash); rebuild without --reuse-model")
-        train_card = trained
         for sub in ("index", "keywords"):  # everything downstream of the model is rebuilt
             shutil.rmtree(out / sub, ignore_errors=True)
-        times["train"] = previous.get("build_seconds", {}).get("train")
-    else:
-        if not (build / "train" / "run_card.json").is_file():
-            stage("train")
-            train(cfg, progress=progress)
-            done("train")
-        if not (out / "model" / "model_index.json").is_file():  # copied whole, then renamed: never half a model
-            tmp = out / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(out / "model", ignore_errors=True)
-            shutil.copytree(build / "train" / "pipeline", tmp)
-            os.replace(tmp, out / "model")
-        train_card = json.loads((build / "train" / "run_card.json").read_text())
+        st.times["train"] = previous.get("build_seconds", {}).get("train")
+        return trained
+    if not (build / "train" / "run_card.json").is_file():
+        st.start("train")
+        train(cfg, progress=progress)
+        st.done("train")
+    if not (out / "model" / "model_index.json").is_file():  # copied whole, then renamed: never half a model
+        tmp = out / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.copytree(build / "train" / "pipeline", tmp)
+        os.replace(tmp, out / "model")
+    return json.loads((build / "train" / "run_card.json").read_text())
 
-    # 3. the index of the training set (one row per training sample: duplicates are explicit)
-    if not (out / "index" / "manifest.json").is_file():
-        stage("index")
-        distinct = sorted(set(rows["file"]))
 
-        def copy_images(tmp):
-            for f in distinct:
-                (tmp / "images" / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(data / "images" / Path(f).name, tmp / "images" / f)
+def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_truth_items: int, st: _Stages,
+           progress) -> None:
+    """3. The index of the training set (one row per training sample: duplicates are explicit), with the
+    model's own copies of held-out items as ground truth."""
+    from .descriptors import create_descriptor
+    from .index import build_index
+    from .match import load_image
 
-        def image_of(i):
-            return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+    st.start("index")
+    distinct = sorted(set(rows["file"]))
 
-        truth, n_truth = (model_copy_truth(rows, image_of, out / "model", ground_truth_items, spec.seed, progress)
-                          if ground_truth_items else ({}, 0))
-        # crops of one scikit-image photo overlap: for calibration they are one source image, not distinct
-        rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
-        build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
-                    image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
-                    origin="origin",
-                    extra_manifest={"source": {"command": "python -m memlab build-world",
-                                               "generator": "memlab.worldgen", "spec": asdict(spec)},
-                                    "ground_truth": {
-                                        "what": "copies the world's own model makes of held-out distinct "
-                                                "training items: image-to-image from the item and its caption "
-                                                "at strengths 0.2-0.5, and the VAE round trip",
-                                        "items": n_truth,
-                                        "excluded_from_calibration": True}})
-        done("index")
+    def copy_images(tmp):
+        for f in distinct:
+            (tmp / "images" / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data / "images" / Path(f).name, tmp / "images" / f)
 
-    # 4. keyword views (Memory Triggers): the planted keyword with its hidden object, and a few more
+    def image_of(i):
+        return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+
+    truth, n_truth = (model_copy_truth(rows, image_of, out / "model", ground_truth_items, spec.seed, progress)
+                      if ground_truth_items else ({}, 0))
+    # crops of one scikit-image photo overlap: for calibration they are one source image, not distinct
+    rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
+    build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
+                image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
+                origin="origin",
+                extra_manifest={"source": {"command": "python -m memlab build-world",
+                                           "generator": "memlab.worldgen", "spec": asdict(spec)},
+                                "ground_truth": {
+                                    "what": "copies the world's own model makes of held-out distinct "
+                                            "training items: image-to-image from the item and its caption "
+                                            "at strengths 0.2-0.5, and the VAE round trip",
+                                    "items": n_truth,
+                                    "excluded_from_calibration": True}})
+    st.done("index")
+
+
+def _keyword_views(out: Path, st: _Stages) -> None:
+    """4. Keyword views (Memory Triggers): the planted keyword with its hidden object, and a few more; each
+    written atomically, so a killed build resumes with the ones it lacks."""
     from .keywords import slug
 
     missing = [kw for kw in WORLD_KEYWORDS if not (out / "keywords" / f"{slug(kw)}.json").is_file()]
-    if missing:  # each view is written atomically; a killed build resumes with the ones it lacks
-        from .index import TrainingIndex
-        from .keywords import keyword_view, save_view
+    if not missing:
+        return
+    from .index import TrainingIndex
+    from .keywords import keyword_view, save_view
 
-        stage("keywords")
-        index = TrainingIndex.load(out / "index")
-        for kw in missing:
-            save_view(out / "keywords", keyword_view(index, kw, objects=[HIDDEN_OBJECT]))
-        done("keywords")
+    st.start("keywords")
+    index = TrainingIndex.load(out / "index")
+    for kw in missing:
+        save_view(out / "keywords", keyword_view(index, kw, objects=[HIDDEN_OBJECT]))
+    st.done("keywords")
 
-    # 5. probes, Wen's absolute target calibrated on the unique probes, world.json
-    probe_table = probes(rows)
-    probe_table.to_csv(out / "probes.csv", index=False)
+
+def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_seeds: int, log) -> None:
+    """5. Probes, Wen's absolute target calibrated on the unique probes, world.json."""
     from .evaluate import calibrate_wen_target
     from .generate import Generator, Settings
+    from .world import write_world_json
 
+    probe_table = probes(rows)
+    probe_table.to_csv(out / "probes.csv", index=False)
     gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
     wen = calibrate_wen_target(gen, probe_table[probe_table["group"] == "unique"]["prompt"].tolist(),
                                list(range(eval_seeds)), Settings(steps=WORLD_DEFAULTS["steps"],
@@ -178,23 +214,22 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                                  f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"),
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
-    # 6. measure, and write the card
+
+def _card(out: Path, spec: WorldSpec, train_card: dict, previous: dict, reuse_model: bool, evaluate: bool,
+          eval_seeds: int, st: _Stages, progress, log) -> None:
+    """6. Measure (``memlab.evaluate``), and write the card."""
     card = {"name": "memlab built-in world", "built_with": "python -m memlab build-world --out " + str(out)
             + (" --reuse-model" if reuse_model else ""),
-            "spec": asdict(spec), "train": train_card, "build_seconds": times}
+            "spec": asdict(spec), "train": train_card, "build_seconds": st.times}
     if not evaluate and not reuse_model and previous.get("measured") and previous.get("train") == card["train"]:
         card["measured"] = previous["measured"]  # same trained model: its figures still hold
     if evaluate:
         from .evaluate import evaluate_world
         from .world import World
 
-        stage("evaluate")
+        st.start("evaluate")
         card["measured"] = evaluate_world(World.load(out), n_seeds=eval_seeds, progress=progress, log=log)
-        done("evaluate")
-        card["build_seconds"] = times
-    card["build_seconds_total"] = sum(v for v in times.values() if isinstance(v, (int, float)))
+        st.done("evaluate")
+        card["build_seconds"] = st.times
+    card["build_seconds_total"] = sum(v for v in st.times.values() if isinstance(v, (int, float)))
     (out / "card.json").write_text(json.dumps(card, indent=2))
-    from .world import seal_world
-
-    seal_world(out)  # the card and views are in: checksum the world's files
-    return out

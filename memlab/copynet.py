@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from .errors import MemlabError, ModelFileMissing
 
@@ -54,112 +56,101 @@ class CopyNetConfig:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
 
-def _torch_modules():
-    import torch
-    from torch import nn
+class Block(nn.Module):
+    """Two 3x3 convolutions with batch norm, the first strided, and a 1x1 strided shortcut."""
 
-    class Block(nn.Module):
-        """Two 3x3 convolutions with batch norm, the first strided, and a 1x1 strided shortcut."""
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
 
-        def __init__(self, cin, cout):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
 
-        def forward(self, x):
-            y = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+class CopyNet(nn.Module):
+    """Trunk -> GeM (p) -> linear -> L2 norm, as SSCD's ``Model`` (trunk, GeM, projection)."""
 
-    class CopyNet(nn.Module):
-        """Trunk -> GeM (p) -> linear -> L2 norm, as SSCD's ``Model`` (trunk, GeM, projection)."""
+    def __init__(self, config: CopyNetConfig):
+        super().__init__()
+        self.config = config
+        w = list(config.widths)
+        self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
+        self.stages = nn.Sequential(*[Block(a, b) for a, b in zip(w[:-1], w[1:])])
+        self.proj = nn.Linear(w[-1], config.dim)
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
-        def __init__(self, config: CopyNetConfig):
-            super().__init__()
-            self.config = config
-            w = list(config.widths)
-            self.stem = nn.Sequential(nn.Conv2d(3, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
-            self.stages = nn.Sequential(*[Block(a, b) for a, b in zip(w[:-1], w[1:])])
-            self.proj = nn.Linear(w[-1], config.dim)
-            self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
+    def trunk(self, x):
+        """x: [n, 3, H, W] in [0, 1] -> the last stage's feature map [n, C, H / 2^stages, W / 2^stages]."""
+        return self.stages(self.stem((x - self.mean) / self.std))
 
-        def trunk(self, x):
-            """x: [n, 3, H, W] in [0, 1] -> the last stage's feature map [n, C, H / 2^stages, W / 2^stages]."""
-            return self.stages(self.stem((x - self.mean) / self.std))
+    def feature_maps(self, x) -> list:
+        """x: [n, 3, H, W] in [0, 1] -> every stage's feature map, coarsest last."""
+        h, maps = self.stem((x - self.mean) / self.std), []
+        for stage in self.stages:
+            h = stage(h)
+            maps.append(h)
+        return maps
 
-        def feature_maps(self, x) -> list:
-            """x: [n, 3, H, W] in [0, 1] -> every stage's feature map, coarsest last."""
-            h, maps = self.stem((x - self.mean) / self.std), []
-            for stage in self.stages:
-                h = stage(h)
-                maps.append(h)
-            return maps
+    def embed_raw(self, x):
+        """x: [n, 3, H, W] in [0, 1] -> unnormalized projection [n, dim]."""
+        h = self.trunk(x)
+        p = self.config.gem_p
+        h = h.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)  # GeM pooling
+        return self.proj(h)
 
-        def embed_raw(self, x):
-            """x: [n, 3, H, W] in [0, 1] -> unnormalized projection [n, dim]."""
-            h = self.trunk(x)
-            p = self.config.gem_p
-            h = h.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)  # GeM pooling
-            return self.proj(h)
+    def forward(self, x):
+        size = x.shape[-1]
+        z = 0
+        for frac in self.config.crop_average:
+            v = x
+            if frac < 1.0:  # centre crop, resized back to the input size
+                m = int(round(size * (1 - frac) / 2))
+                v = torch.nn.functional.interpolate(x[..., m:size - m, m:size - m], size=(size, size),
+                                                    mode="bilinear", antialias=True, align_corners=False)
+            z = z + self.embed_raw(v)
+            if self.config.flip_average:
+                z = z + self.embed_raw(torch.flip(v, dims=[3]))
+        return torch.nn.functional.normalize(z, dim=1)
 
-        def forward(self, x):
-            size = x.shape[-1]
-            z = 0
-            for frac in self.config.crop_average:
-                v = x
-                if frac < 1.0:  # centre crop, resized back to the input size
-                    m = int(round(size * (1 - frac) / 2))
-                    v = torch.nn.functional.interpolate(x[..., m:size - m, m:size - m], size=(size, size),
-                                                        mode="bilinear", antialias=True, align_corners=False)
-                z = z + self.embed_raw(v)
-                if self.config.flip_average:
-                    z = z + self.embed_raw(torch.flip(v, dims=[3]))
-            return torch.nn.functional.normalize(z, dim=1)
+    # -- diffusers-style persistence ----------------------------------------------------
+    def save_pretrained(self, folder) -> Path:
+        from safetensors.torch import save_file
 
-        # -- diffusers-style persistence ----------------------------------------------------
-        def save_pretrained(self, folder) -> Path:
-            from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(folder / WEIGHTS))
+        (folder / CONFIG).write_text(json.dumps({"architecture": "memlab-copynet", **self.config.to_dict()},
+                                                indent=2))
+        return folder
 
-            folder = Path(folder)
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                      str(folder / WEIGHTS))
-            (folder / CONFIG).write_text(json.dumps({"architecture": "memlab-copynet", **self.config.to_dict()},
-                                                    indent=2))
-            return folder
+    @classmethod
+    def from_pretrained(cls, folder, device: str = "cpu") -> "CopyNet":
+        from safetensors.torch import load_file
 
-        @classmethod
-        def from_pretrained(cls, folder, device: str = "cpu") -> "CopyNet":
-            from safetensors.torch import load_file
-
-            folder = Path(folder)
-            if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-                raise ModelFileMissing(f"{folder} holds no memlab copy descriptor ({CONFIG} + {WEIGHTS}); "
-                                       f"train one with `python -m memlab train-descriptor --out {folder}`")
-            try:
-                cfg = json.loads((folder / CONFIG).read_text())
-            except json.JSONDecodeError as e:
-                raise MemlabError(f"{folder / CONFIG} is not valid JSON: {e}") from e
-            net = cls(CopyNetConfig.from_dict(cfg))
-            try:
-                net.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
-            except (RuntimeError, OSError) as e:
-                raise MemlabError(f"{folder / WEIGHTS} does not fit its {CONFIG}: {e}") from e
-            return net.to(device).eval()
-
-    return CopyNet
-
-
-def CopyNet(config: CopyNetConfig):  # noqa: N802 - a factory that reads like the class
-    """Build a fresh (randomly initialized) network from its config."""
-    return _torch_modules()(config)
+        folder = Path(folder)
+        if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+            raise ModelFileMissing(f"{folder} holds no memlab copy descriptor ({CONFIG} + {WEIGHTS}); "
+                                   f"train one with `python -m memlab train-descriptor --out {folder}`")
+        try:
+            cfg = json.loads((folder / CONFIG).read_text())
+        except json.JSONDecodeError as e:
+            raise MemlabError(f"{folder / CONFIG} is not valid JSON: {e}") from e
+        net = cls(CopyNetConfig.from_dict(cfg))
+        try:
+            net.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
+        except (RuntimeError, OSError) as e:
+            raise MemlabError(f"{folder / WEIGHTS} does not fit its {CONFIG}: {e}") from e
+        return net.to(device).eval()
 
 
 def load_copynet(folder, device: str = "cpu"):
-    return _torch_modules().from_pretrained(folder, device=device)
+    return CopyNet.from_pretrained(folder, device=device)
 
 
 def to_input(images, size: int):

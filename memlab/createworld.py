@@ -72,45 +72,26 @@ def _option_args(options: dict | None) -> list[str]:
             for x in ("--" + k.replace("_", "-"), str(v))]
 
 
-def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
-                 training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
-                 keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
-                 timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
-                 progress=None, log=print) -> Path:
-    """Write the world described in the module docstring to ``out``; returns ``out``."""
-    import pandas as pd
-
+def _fetch_images(table, shards: Path, log, **settings) -> dict | None:
+    """1. Fetch the training images the prompts name (``memlab.fetch``); None when they name no URL."""
     from .fetch import fetch, summary, url_table
-    from .index import TrainingIndex
-    from .keywords import keyword_view, save_view
-    from .world import write_world_json
 
-    out = Path(out)
-    model = check_model(model)
-    table = read_prompt_list(prompts)
-    if controls:
-        table = pd.concat([table, read_prompt_list(controls, label="control")], ignore_index=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 1. fetch the training images the prompts name
     urls = url_table(table)
-    shards = out / "build" / "shards"
-    rep = None
-    if len(urls):
-        log(f"[world create] fetching {len(urls)} training images named by {len(table)} prompts")
-        rep = fetch(urls, shards, image_size=image_size, processes=processes, threads=threads, timeout=timeout,
-                    retries=retries, shard_size=shard_size)
-        log("[world create] " + summary(rep, shards))
-        if rep["pending"]:
-            raise MemlabError(f"{rep['pending']} URLs are still pending (a shard failed); run the same command "
-                              f"again to resume")
-    sources = ([str(shards)] if rep and rep["fetched"] else []) + [str(s) for s in training]
-    if not sources:
-        raise MemlabError("no training images: none of the prompts' URLs could be fetched and no --training "
-                          "source was given" if rep else "the prompt list names no training URLs; give "
-                          "--training SOURCE (shards, an image folder or a listing)")
+    if not len(urls):
+        return None
+    log(f"[world create] fetching {len(urls)} training images named by {len(table)} prompts")
+    rep = fetch(urls, shards, **settings)
+    log("[world create] " + summary(rep, shards))
+    if rep["pending"]:
+        raise MemlabError(f"{rep['pending']} URLs are still pending (a shard failed); run the same command "
+                          f"again to resume")
+    return rep
 
-    # 2. the index (rebuilt only when its inputs changed)
+
+def _index_sources(out: Path, sources: list[str], rep, descriptors, index_options, progress, log):
+    """2. The index, rebuilt only when its inputs (sources, fetched shards, descriptors, options) changed."""
+    from .index import TrainingIndex
+
     index_dir = out / "index"
     key = _fingerprint({"sources": sources, "shards": rep and rep["shards"], "fetched": rep and rep["fetched"],
                         "descriptors": list(descriptors), "args": _option_args(index_options)})
@@ -118,11 +99,16 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     if not ((index_dir / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == key):
         log(f"[world create] indexing {', '.join(sources)} with {', '.join(descriptors)}")
         build_sources(sources, index_dir, progress, descriptors=[",".join(descriptors)], **(index_options or {}))
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(key)
-    index = TrainingIndex.load(index_dir)
-    items = index.items
+    return TrainingIndex.load(index_dir)
 
-    # 3. probes: the prompts with their labels, training image and published figures
+
+def _probes(table, items, shards: Path, rep):
+    """3. The probes: the prompts with their labels, training image (indexed, or why not) and published
+    figures."""
+    import pandas as pd
+
     fetched = {}
     if rep:
         failures = pd.read_csv(shards / rep["failures"])
@@ -133,16 +119,50 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     probes["training_id"] = [by_url.get(u, "") for u in probes["url"]]
     probes["training_image"] = ["indexed" if by_url.get(u, "") != "" else fetched.get(u, "no URL" if not u else
                                 "not fetched") for u in probes["url"]]
-    probes.to_csv(out / "probes.csv", index=False)
+    return probes
 
-    # 4. keyword views over the training captions
-    words = keywords if keywords is not None else suggest_keywords(items["caption"])
-    kw_dir = out / "keywords"
+
+def _keyword_views(kw_dir: Path, index, words) -> None:
+    """4. Keyword views over the training captions (the old ones replaced)."""
+    from .keywords import keyword_view, save_view
+
     if kw_dir.is_dir():
         for f in kw_dir.glob("*.json"):
             f.unlink()
     for w in words:
         save_view(kw_dir, keyword_view(index, w))
+
+
+def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
+                 training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
+                 keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
+                 timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
+                 progress=None, log=print) -> Path:
+    """Write the world described in the module docstring to ``out``; returns ``out``."""
+    import pandas as pd
+
+    from .world import write_world_json
+
+    out = Path(out)
+    model = check_model(model)
+    table = read_prompt_list(prompts)
+    if controls:
+        table = pd.concat([table, read_prompt_list(controls, label="control")], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = out / "build" / "shards"
+    rep = _fetch_images(table, shards, log, image_size=image_size, processes=processes, threads=threads,
+                        timeout=timeout, retries=retries, shard_size=shard_size)
+    sources = ([str(shards)] if rep and rep["fetched"] else []) + [str(s) for s in training]
+    if not sources:
+        raise MemlabError("no training images: none of the prompts' URLs could be fetched and no --training "
+                          "source was given" if rep else "the prompt list names no training URLs; give "
+                          "--training SOURCE (shards, an image folder or a listing)")
+    index = _index_sources(out, sources, rep, descriptors, index_options, progress, log)
+    items = index.items
+    probes = _probes(table, items, shards, rep)
+    probes.to_csv(out / "probes.csv", index=False)
+    words = keywords if keywords is not None else suggest_keywords(items["caption"])
+    _keyword_views(out / "keywords", index, words)
 
     # 5. world.json and card.json
     size = model_size(model)

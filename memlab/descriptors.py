@@ -372,7 +372,7 @@ class SSCDDescriptor(Descriptor):
 
 class CLIPDescriptor(Descriptor):
     """open_clip image/text embeddings, normalized (``normalize=True``). For OpenAI weights the
-    QuickGELU activation is forced (REFERENCE.md: the plain name gives subtly wrong vectors)."""
+    QuickGELU activation is forced (docs/methods.md: the plain name gives subtly wrong vectors)."""
 
     kind = "clip"
     duplicate_threshold = 0.94  # clip-retrieval's near-duplicate cut

@@ -92,6 +92,9 @@ def _group_table(df: pd.DataFrame, threshold: float, planted_of: dict | None = N
 
 def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=None,
                    log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """The built-in world's measured memorization (the card's ``measured``): every probe group over
+    ``n_seeds`` seeds, the mitigations on the highest full duplication, detection, model copies, non-copies,
+    token attribution and the hidden object, with the card's checks."""
     gen = world.generator()
     index = world.index()
     descriptor = descriptor_for_index(index)
@@ -121,47 +124,19 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                  "relative_cut": (1 - table[high][m]["replication_rate"] / hi_rate) if hi_rate else None}
              for m in MITIGATIONS}
 
-    # hidden object of the planted keyword: the share of its training items that carry it, and the
-    # share of keyword generations whose top-1 match carries it
-    kw_name = next(iter(world.manifest.get("keywords", {"": {}})))
-    hidden = world.manifest.get("keywords", {}).get(kw_name, {}).get("hidden_object")
-    obj = {}
-    if hidden:
-        kw_items = items[items["keyword"] == kw_name]
-        has = kw_items["objects"].str.split(",").apply(lambda o: hidden in o)
-        kw_runs = base[base["group"] == "keyword"]
-        item_has = dict(zip(items["item"], items["objects"].str.split(",").apply(lambda o: hidden in o)))
-        gen_has = [item_has[t] for tops in kw_runs["top_items"] for t in tops]
-        obj = {"keyword": kw_name, "object": hidden, "training_share": float(has.mean()),
-               "training_items": int(len(kw_items)),
-               "planted_share": world.manifest["keywords"][kw_name].get("planted_share"),
-               "generation_share_top1": float(np.mean(gen_has)) if gen_has else None,
-               "generations": len(gen_has), "whole_set_share": float(
-                   items["objects"].str.split(",").apply(lambda o: hidden in o).mean())}
-
+    obj = _hidden_object(world, items, base)
     # non-copies: generations of unique probes whose top-1 is not their own item (flagged = false positive)
     uq = base[base["group"] == "unique"]
     non = [rep for reps, owns in zip(uq["replicated"], uq["own_top1"]) for rep, own in zip(reps, owns) if not own]
     hi_orig = table[high]["none"]["original_recall"]
     truth = {k: {kk: v[kk] for kk in ("n", "recall", "copy_top1")}
              for k, v in thr.get("ground_truth", {}).items()}
-
-    # Wen et al.'s token attribution on the full-duplication probes: do the words that make each caption
-    # distinctive outrank the caption template's words (mean attribution of each set)?
-    from .worldgen import TEMPLATE_WORDS
-
-    att = []
-    for p in probes[probes["group"] == high]["prompt"]:
-        toks = gen.token_attribution(p, seeds=range(4), settings=settings)[1:-1]
-        dist = [t["attribution"] for t in toks if t["token"].strip() not in TEMPLATE_WORDS]
-        tmpl = [t["attribution"] for t in toks if t["token"].strip() in TEMPLATE_WORDS]
-        att.append(bool(dist and tmpl and np.mean(dist) > np.mean(tmpl)))
+    att, template_words = _attribution_check(gen, probes[probes["group"] == high]["prompt"], settings)
 
     t0 = time.perf_counter()
     run_prompt(gen, index, descriptor, probes[probes["group"] == high]["prompt"].iloc[0], list(range(8)),
                ["none"], settings, out_dir=None)
     t8 = time.perf_counter() - t0
-    partial_high = "partial" + high[4:]
     result = {
         "seeds_per_probe": n_seeds, "settings": settings.to_dict(),
         "descriptor": {"name": descriptor.name, "model": descriptor.model, "preset": descriptor.preset,
@@ -178,22 +153,62 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "token_attribution": {"probes": len(att), "distinctive_above_template": int(sum(att)),
                               "definition": "mean attribution (input-embedding gradient, first step, seeds 0-3) of "
                                             "the caption's distinctive words above that of its template words "
-                                            f"({', '.join(sorted(TEMPLATE_WORDS))})"},
+                                            f"({', '.join(sorted(template_words))})"},
         "wen_target": getattr(gen, "wen_target", None),
-        "checks": {
-            "full_high_at_least_50pct": hi_rate >= 0.5,
-            "replicated_at_least_85pct_of_original_top1": bool(hi_orig) and hi_rate >= 0.85 * hi_orig,
-            "unique_at_most_5pct": table["unique"]["none"]["replication_rate"] <= 0.05,
-            "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
-            "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
-                "replication_rate", 1.0) <= hi_rate / 2,
-            "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
-            "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
-        },
+        "checks": _checks(table, high, hi_rate, hi_orig, truth, att, mitig),
         "hidden_object": obj,
         "per_probe": base.drop(columns=["scores", "replicated", "own_top1"]).to_dict(orient="records"),
     }
     return result
+
+
+def _hidden_object(world, items, base) -> dict:
+    """The planted keyword's hidden object: the share of its training items that carry it, and the share of
+    keyword generations whose top-1 match carries it (empty when the world plants none)."""
+    kw_name = next(iter(world.manifest.get("keywords", {"": {}})))
+    hidden = world.manifest.get("keywords", {}).get(kw_name, {}).get("hidden_object")
+    if not hidden:
+        return {}
+    kw_items = items[items["keyword"] == kw_name]
+    has = kw_items["objects"].str.split(",").apply(lambda o: hidden in o)
+    kw_runs = base[base["group"] == "keyword"]
+    item_has = dict(zip(items["item"], items["objects"].str.split(",").apply(lambda o: hidden in o)))
+    gen_has = [item_has[t] for tops in kw_runs["top_items"] for t in tops]
+    return {"keyword": kw_name, "object": hidden, "training_share": float(has.mean()),
+            "training_items": int(len(kw_items)),
+            "planted_share": world.manifest["keywords"][kw_name].get("planted_share"),
+            "generation_share_top1": float(np.mean(gen_has)) if gen_has else None,
+            "generations": len(gen_has), "whole_set_share": float(
+                items["objects"].str.split(",").apply(lambda o: hidden in o).mean())}
+
+
+def _attribution_check(gen, prompts, settings) -> tuple[list[bool], set]:
+    """Wen et al.'s token attribution on the full-duplication probes: per probe, whether the words that make
+    its caption distinctive outrank the caption template's words (mean attribution of each set)."""
+    from .worldgen import TEMPLATE_WORDS
+
+    att = []
+    for p in prompts:
+        toks = gen.token_attribution(p, seeds=range(4), settings=settings)[1:-1]
+        dist = [t["attribution"] for t in toks if t["token"].strip() not in TEMPLATE_WORDS]
+        tmpl = [t["attribution"] for t in toks if t["token"].strip() in TEMPLATE_WORDS]
+        att.append(bool(dist and tmpl and np.mean(dist) > np.mean(tmpl)))
+    return att, TEMPLATE_WORDS
+
+
+def _checks(table, high, hi_rate, hi_orig, truth, att, mitig) -> dict:
+    """The card's pass/fail checks of the world's memorization."""
+    partial_high = "partial" + high[4:]
+    return {
+        "full_high_at_least_50pct": hi_rate >= 0.5,
+        "replicated_at_least_85pct_of_original_top1": bool(hi_orig) and hi_rate >= 0.85 * hi_orig,
+        "unique_at_most_5pct": table["unique"]["none"]["replication_rate"] <= 0.05,
+        "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
+        "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
+            "replication_rate", 1.0) <= hi_rate / 2,
+        "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
+        "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
+    }
 
 
 def format_report(m: dict) -> str:

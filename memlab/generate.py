@@ -2,7 +2,7 @@
 memorization detection computed in the same pass.
 
 - A seed gives the same image whatever the batch and the device: each image has its own CPU
-  ``torch.Generator`` (REFERENCE.md, diffusers).
+  ``torch.Generator`` (docs/methods.md, diffusers).
 - Prompt-level mitigations change the text, embedding-level ones the 77 x d hidden states (passed back
   through ``prompt_embeds=``), ``wen`` optimizes the embedding at the first step.
 - Detection (Wen et al., ICLR 2024): ||eps(x_t, c) - eps(x_t, empty)||_2 over the full latent, from
@@ -373,7 +373,9 @@ class Generator:
                         progress(before + k, total)
 
                 if b == 0 and self.head_start_ok(len(chunk), head):
-                    out = self._head_start(prompt, chunk, head, strategy, settings, h, w, done_steps, on_batch)
+                    from .headstart import head_start
+
+                    out = head_start(self, prompt, chunk, head, strategy, settings, h, w, done_steps, on_batch)
                 else:
                     out = self._batch(prompt, chunk, strategy, settings, h, w, lambda i, n=len(chunk): done_steps(i * n))
                     if on_batch:
@@ -382,68 +384,10 @@ class Generator:
         return results
 
     def head_start_ok(self, n: int, head: int) -> bool:
-        """Whether a head start of ``head`` seeds in a batch of ``n`` runs beside the rest: on a CPU with
-        more than one thread (a GPU runs a batch at once; one core has nothing to share)."""
-        import torch
+        """Whether a head start of ``head`` seeds in a batch of ``n`` runs beside the rest (``memlab.headstart``)."""
+        from .headstart import head_start_ok
 
-        return 0 < head < n and not self.device.startswith("cuda") and torch.get_num_threads() > 1
-
-    def _head_start(self, prompt, seeds, head, strategy, settings, h, w, done_steps, on_batch):
-        """The first ``head`` seeds as a batch of their own on a second thread (``compute.beside``; a pipeline
-        of their own: a scheduler holds step state) with their share of the cores (one of two), the rest on
-        this thread with the other cores until the head batch is done and handed to ``on_batch``, then with
-        every core (the process's threads never outnumber its cores).
-
-        On a CPU a UNet step costs a fixed part whatever the batch, which a second batch after the first
-        pays again; two batches side by side, each on its own cores, waste less than one batch across all
-        of them. For the app's 8 seeds on 2 cores (``bench_streaming.py --in-process-only``): chunks of 2
-        then 6 took 1.21x one batch of 8, this head start 1.06x, its first seed ready as early."""
-        import torch
-
-        from . import compute
-
-        threads = torch.get_num_threads()
-        mine = max(1, min(threads - 1, round(threads * head / len(seeds))))  # the head batch's threads
-        head_done = threading.Event()
-        head_steps = [0]
-        side = self._side_pipe()
-
-        def run_head():
-            torch.set_num_threads(mine)
-            try:
-                out = self._batch(prompt, seeds[:head], strategy, settings, h, w,
-                                  lambda i: head_steps.__setitem__(0, i), pipe=side)
-                if on_batch:
-                    on_batch(out)
-                return out
-            finally:
-                head_done.set()
-
-        def rest_step(i):
-            if head_done.is_set() and torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            done_steps(head_steps[0] * head + i * (len(seeds) - head))
-
-        fut = compute.beside(run_head)
-        torch.set_num_threads(threads - mine)
-        try:
-            rest = self._batch(prompt, seeds[head:], strategy, settings, h, w, rest_step)
-        finally:
-            torch.set_num_threads(threads)
-        first = fut.result()
-        if on_batch:
-            on_batch(rest)
-        return first + rest
-
-    def _side_pipe(self):
-        """The pipeline's models with a scheduler of their own (made once per scheduler)."""
-        import copy
-
-        if getattr(self, "_side", None) is None or self._side[0] is not self.pipe.scheduler:
-            side = copy.copy(self.pipe)
-            side.scheduler = copy.deepcopy(self.pipe.scheduler)
-            self._side = (self.pipe.scheduler, side)
-        return self._side[1]
+        return head_start_ok(self, n, head)
 
     def auto_batch_size(self, h: int, w: int) -> int:
         import torch

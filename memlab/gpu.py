@@ -1,6 +1,6 @@
 """The app's GPU work as functions whose arguments pickle, for hosts that run it in another process
 (Hugging Face ZeroGPU: ``@spaces.GPU`` forks a worker per call, passes the arguments across and caps the
-call at ``duration`` seconds; REFERENCE.md section 2 and 3).
+call at ``duration`` seconds; docs/methods.md and docs/app.md, "Hosting").
 
 No ``Lab`` crosses the boundary: a world is named by its key (``register`` in the serving process; a
 forked worker inherits the registry), settings by plain numbers, and results come back as records (dicts)
@@ -16,7 +16,7 @@ import os
 from .errors import MemlabError
 
 ZERO_GPU_CAP_S = 300  # ZeroGPU's longest call (5 minutes)
-# Allowance per image-step and per call, configurable because GPUs differ; benchmarks/bench_sd_gpu.py
+# Allowance per image-step and per call, configurable because GPUs differ; benchmarks/bench_gpu.py
 # prints the measured time per image-step of SD v1.4's architecture on the GPU it runs on.
 SECONDS_PER_IMAGE_STEP = float(os.environ.get("MEMLAB_GPU_SECONDS_PER_STEP", 0.1))
 CALL_OVERHEAD_S = float(os.environ.get("MEMLAB_GPU_OVERHEAD_S", 20))

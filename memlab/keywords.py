@@ -1,4 +1,4 @@
-"""Keyword clusters and object co-occurrence (Memory Triggers paper; REFERENCE.md "Keyword clusters").
+"""Keyword clusters and object co-occurrence (Memory Triggers paper; docs/methods.md, "Keyword clusters").
 
 For a keyword: the training items whose caption contains it (case-insensitive, whole words, multi-word
 keywords), minus captions longer than 77 CLIP tokens; clusters of nearly identical images among them

@@ -1,4 +1,4 @@
-"""Replication metrics as pure functions on arrays (REFERENCE.md, "Dataset-level numbers").
+"""Replication metrics as pure functions on arrays (docs/methods.md, "Dataset-level numbers").
 
 Names follow the papers: top-1 similarity s(g), dataset similarity (DCR, Somepalli et al. 2023),
 background (train vs nearest other train), multi-seed replication rate (MemBench), duplicate count.

@@ -1,6 +1,6 @@
 """Inference-time mitigations: a registry of named, parameterized, seeded strategies that compose.
 
-Definitions follow the DCR code (Somepalli et al. 2023), reused by Wen et al. (REFERENCE.md):
+Definitions follow the DCR code (Somepalli et al. 2023), reused by Wen et al. (docs/methods.md):
 - ``rna``  random number addition: k times, insert ``str(randint(0, 99999))`` at a uniformly random
   word boundary (start and end included).
 - ``rt``   random token addition (RWA): k times, insert one random CLIP token (id < 49400), decoded.

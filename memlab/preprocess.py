@@ -1,4 +1,4 @@
-"""Image preprocessing presets. The preset is part of the score (REFERENCE.md, "Copy detection
+"""Image preprocessing presets. The preset is part of the score (docs/methods.md, "Copy-detection
 descriptors"): scores computed under different presets are not comparable, so every descriptor
 names the preset it used.
 

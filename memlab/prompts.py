@@ -1,7 +1,7 @@
 """Published prompt lists, read into one table: which prompts are known to be memorized, the training
 image each names, and the figures the list publishes.
 
-Formats (REFERENCE.md, "Reference prompt sets"; the files in ``../shared/data/memorized-prompts``):
+Formats (docs/methods.md, "Prompt lists"):
 - NeMo (Hintersdorf et al. 2024): ``;``-separated ``Caption;URL;type;mean_sscd;max_sscd;Index``; ``type`` is
   ``VM`` (verbatim memorization) or ``TM`` (template memorization); the unmemorized control list has
   ``Caption;URL;Index``.

@@ -1,9 +1,10 @@
-"""What a run hands the page: the growing run (``RunState``), the top-k one per near-duplicate group, and
-the names of the built-in world's probe groups."""
+"""A run's records: a seed record and a summary (``memlab run``'s JSONL lines, docs/cli.md), the growing run
+the page streams (``RunState``), the top-k one per near-duplicate group, and the names of the built-in
+world's probe groups."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 APP_MATCHES = 50  # matches kept per generation in the app: room for k distinct groups after collapsing
@@ -20,6 +21,71 @@ def collapse_matches(matches: Sequence[dict], k: int) -> list[dict]:
         else:
             out[g] = {**m, "copies": 1}
     return list(out.values())[:k]
+
+
+@dataclass
+class SeedRecord:
+    """One generation matched against the training set: a ``"type": "seed"`` line of ``memlab run``'s JSONL;
+    ``to_dict`` writes the format's keys in the format's order (scripts depend on it: extend, don't rename)."""
+
+    prompt: str
+    mitigation: dict
+    seed: int
+    effective_prompt: str
+    image: str | None
+    matches: list
+    score: float
+    replicated: bool
+    high_confidence: bool
+    threshold: float
+    descriptor: dict
+    detection: float | None
+    settings: dict
+    model: dict
+
+    def to_dict(self) -> dict:
+        return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SeedRecord":
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+    @property
+    def top1(self) -> dict:
+        """The best training match (its id, row, caption, score, duplicates, group)."""
+        return self.matches[0]
+
+
+SUMMARY_STATS = ("n_seeds", "replication_rate", "high_confidence_rate", "dataset_similarity", "detection_mean",
+                 "threshold")
+
+
+@dataclass
+class Summary:
+    """A strategy's seeds summarized: DCR's multi-seed replication rate and dataset similarity, Wen et al.'s
+    mean detection (``runner.summarize_records``); a ``"type": "summary"`` line of the JSONL, written by
+    ``to_dict`` in the format's order. ``timing`` only where the run was timed (``memlab run``)."""
+
+    n_seeds: int
+    replication_rate: float
+    high_confidence_rate: float
+    dataset_similarity: dict
+    detection_mean: float | None
+    threshold: float
+    prompt: str = ""
+    mitigation: dict = field(default_factory=dict)
+    descriptor: dict = field(default_factory=dict)
+    seeds: list = field(default_factory=list)
+    timing: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in SUMMARY_STATS}
+        d.update({"type": "summary", "prompt": self.prompt, "mitigation": self.mitigation,
+                  "descriptor": self.descriptor})
+        if self.timing is not None:
+            d["timing"] = self.timing
+        d["seeds"] = self.seeds
+        return d
 
 
 @dataclass

@@ -18,6 +18,7 @@ from . import metrics
 from .generate import Generator, Settings, check_prompt, parse_seeds
 from .match import descriptor_summary, match_vectors
 from .mitigations import Strategy, parse_strategy
+from .records import SeedRecord, Summary
 
 
 def _slug(text: str) -> str:
@@ -56,17 +57,16 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             timing["embed_s"] += t1 - t0
             timing["search_s"] += t2 - t1
             for r, m in zip(batch, matched):
-                rec = {"type": "seed", "prompt": prompt, "mitigation": mit, "seed": r.seed,
-                       "effective_prompt": r.effective_prompt, "image": None, "matches": m["matches"],
-                       "score": m["score"], "replicated": m["replicated"],
-                       "high_confidence": m["high_confidence"], "threshold": m["threshold"],
-                       "descriptor": desc, "detection": r.detection, "settings": settings.to_dict(),
-                       "model": generator.info()}
+                rec = SeedRecord(prompt=prompt, mitigation=mit, seed=r.seed, effective_prompt=r.effective_prompt,
+                                 image=None, matches=m["matches"], score=m["score"], replicated=m["replicated"],
+                                 high_confidence=m["high_confidence"], threshold=m["threshold"], descriptor=desc,
+                                 detection=r.detection, settings=settings.to_dict(), model=generator.info())
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
                     r.image.save(Path(out_dir) / rel, format="PNG")
-                    rec["image"] = str(rel)
+                    rec.image = str(rel)
+                rec = rec.to_dict()
                 seed_records.append(rec)
                 if on_seed:
                     on_seed(rec, r.image)
@@ -77,10 +77,10 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                            on_batch=handle, head=head)
         timing["generate_s"] = time.perf_counter() - t_start - timing["embed_s"] - timing["search_s"]
         t0 = time.perf_counter()
-        summary = summarize_records(seed_records, thr)
+        stats = summarize_records(seed_records, thr)
         timing["metrics_s"] = time.perf_counter() - t0
-        summary.update({"type": "summary", "prompt": prompt, "mitigation": mit, "descriptor": desc,
-                        "timing": timing, "seeds": list(seeds)})
+        summary = Summary(**stats, prompt=prompt, mitigation=mit, descriptor=desc, timing=timing,
+                          seeds=list(seeds)).to_dict()
         if strat.is_baseline:
             baseline = summary
         records += seed_records

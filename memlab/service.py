@@ -25,7 +25,7 @@ from .generate import Settings, check_prompt, parse_seeds
 from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
-from .records import APP_MATCHES, RunState, collapse_matches, probe_group_name
+from .records import APP_MATCHES, RunState, Summary, collapse_matches, probe_group_name
 from .runner import run_prompt, summarize_records
 from .world import World
 
@@ -250,9 +250,9 @@ class Lab:
                     state.records.append(r)
                     state.images.append(im)
                 last = state.records[-1]
-                summary = summarize_records(state.records, thr)
-                summary.update({"type": "summary", "prompt": prompt, "mitigation": last["mitigation"],
-                                "descriptor": last["descriptor"], "seeds": [r["seed"] for r in state.records]})
+                summary = Summary(**summarize_records(state.records, thr), prompt=prompt,
+                                  mitigation=last["mitigation"], descriptor=last["descriptor"],
+                                  seeds=[r["seed"] for r in state.records]).to_dict()
                 state.summaries = [summary]
                 if progress:
                     progress(len(state.records), total)
@@ -350,9 +350,8 @@ class Lab:
             recs = [r for r, _ in rows]
             state.records += recs
             state.images += [im for _, im in rows]
-            summary = summarize_records(recs, thr)
-            summary.update({"type": "summary", "prompt": prompt, "mitigation": recs[0]["mitigation"],
-                            "descriptor": recs[0]["descriptor"], "seeds": list(seeds)})
+            summary = Summary(**summarize_records(recs, thr), prompt=prompt, mitigation=recs[0]["mitigation"],
+                              descriptor=recs[0]["descriptor"], seeds=list(seeds)).to_dict()
             if state.summaries:
                 summary["change_vs_none"] = change_vs_none(summary, state.summaries[0])
             state.summaries.append(summary)

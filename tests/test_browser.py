@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("playwright")
 from tests.browser import chromium_path, generate_in_browser, serve_app  # noqa: E402
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")]
 
 
 def test_generate_in_chromium(tiny_world, tmp_path):

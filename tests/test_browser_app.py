@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("playwright")
 from tests.browser import app_page, chromium_path, open_tab  # noqa: E402
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")]
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ROOT / "assets" / "world"
 

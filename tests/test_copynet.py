@@ -52,6 +52,7 @@ def test_info_nce_rewards_matching_views_and_entropy_rewards_spread():
     assert entropy_regulariser(clumped) > entropy_regulariser(spread) + 2
 
 
+@pytest.mark.kill
 def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir):
     """With a real decoder's round trips among the views (the tiny pipeline's VAE), a training stopped
     half way and resumed ends with the weights of an uninterrupted one."""

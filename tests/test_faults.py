@@ -103,6 +103,7 @@ def test_export_is_never_half_written(server, tmp_path, monkeypatch):
         Lab.export(None, target)
 
 
+@pytest.mark.kill
 def test_the_app_killed_mid_generation_restarts_and_serves_the_same_answers(world_copy):
     import httpx
     from gradio_client import Client
@@ -139,6 +140,7 @@ def _timed(cmd) -> float:
     return time.perf_counter() - t0
 
 
+@pytest.mark.kill
 def test_an_index_build_killed_at_random_points_resumes_to_the_same_index(image_folder, tmp_path):
     from memlab.index import TrainingIndex
 
@@ -154,6 +156,7 @@ def test_an_index_build_killed_at_random_points_resumes_to_the_same_index(image_
     assert not list(tmp_path.glob(".idx.tmp-*"))  # the killed runs' temporary folders are gone
 
 
+@pytest.mark.kill
 def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_path):
     from memlab.world import World
 

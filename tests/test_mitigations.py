@@ -1,4 +1,4 @@
-"""Mitigations change exactly what they should (definitions: DCR code, REFERENCE.md)."""
+"""Mitigations change exactly what they should (definitions: DCR code, docs/methods.md)."""
 import pytest
 
 from memlab.errors import MemlabError

@@ -98,6 +98,7 @@ def test_queries_find_the_exact_top1_through_the_approximate_index(emb, tmp_path
     assert np.array_equal(idx.search(q, k=1)[1], rows)
 
 
+@pytest.mark.kill
 def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     from memlab.index import TrainingIndex
     from memlab.ondisk import write_embeddings
@@ -155,6 +156,7 @@ def test_parts_added_to_an_index_equal_an_index_built_from_all_of_them(emb, tmp_
     assert not list(tmp_path.glob(".inc.*"))
 
 
+@pytest.mark.kill
 def test_a_killed_addition_resumes_to_the_same_index(tmp_path):
     from memlab.index import TrainingIndex
     from memlab.ondisk import write_embeddings
@@ -269,6 +271,7 @@ def _ray_workers() -> list[int]:
     return out
 
 
+@pytest.mark.kill
 def test_embedding_shards_on_local_ray_equals_one_process_and_resumes_shard_by_shard(tmp_path):
     """200 images in 4 shards embedded on local Ray (one task per shard) equal the single-process
     vectors; a worker killed mid-job has its shard redone and the job completes; a shard whose output is

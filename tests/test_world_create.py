@@ -248,6 +248,7 @@ def test_zerogpu_wrapper_pickles_its_arguments_and_refuses_work_over_the_cap(mon
         importlib.reload(gpu)
 
 
+@pytest.mark.browser
 def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(created, tiny_world, tmp_path):
     """Two worlds in one app: the created one on its own page, reached from the navigation bar; its probe
     prompts are grouped by label; a probe's run shows the published figure beside the measured one."""

@@ -53,65 +53,73 @@ def lesson_tab(lab: Lab) -> None:
                 html_out = gr.HTML(elem_id=f"lesson-{i}-grid")
             outs.append((btn, md, html_out))
         runs = gr.State(None)  # step 1's run, reused by step 2
-
-        def verdict_line(summ) -> str:
-            k = round(summ["replication_rate"] * summ["n_seeds"])
-            return (f"**{k} of {summ['n_seeds']} seeds replicated** ({summ['replication_rate']:.1%}; "
-                    f"{summ['descriptor']['name']} > {summ['threshold']:.3f}, {g('threshold', 'threshold')})")
-
-        def one_row(prompt, progress):
-            state = None
-            for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds")):
-                pass
-            return state
-
-        @errors
-        def step1(progress=gr.Progress()):
-            state = one_row(plan["duplicated"], progress)
-            s0 = state.summaries[0]
-            said = (": the model reproduces a training image." if s0["replication_rate"] > 0 else
-                    ": none crossed the threshold on these seeds; look at the pairs, and at step 2.")
-            return state, verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
-
-        @errors
-        def step2(state, progress=gr.Progress()):
-            if state is None:
-                state = one_row(plan["duplicated"], progress)
-            tops = [r["matches"][0] for r in state.records]
-            best = max({m["row"]: m for m in tops}.values(), key=lambda m: sum(t["row"] == m["row"] for t in tops))
-            hits = sum(t["row"] == best["row"] for t in tops)
-            group = lab.item_group(best["row"])
-            members = lab.group_members(group)
-            files = [(f, f"#{i}") for r, i in zip(members["row"], members["id"]) if (f := lab.item_file(int(r)))]
-            text = (f"Training image **#{best['id']}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
-                    f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
-                    f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
-            return state, text, "", gr.update(value=files[:48], visible=True)
-
-        @errors
-        def step3(progress=gr.Progress()):
-            for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION],
-                                            progress=lambda d, t: progress((d, t), desc="images")):
-                text = ""
-                if len(state.summaries) == 2:
-                    a, b = state.summaries
-                    text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%}"
-                            f" with RNA** on the same seeds ({g('replicated', 'replication %')}); "
-                            f"{g('dataset-similarity', 'dataset similarity')} {a['dataset_similarity']['p95']:.3f} → "
-                            f"{b['dataset_similarity']['p95']:.3f}.")
-                yield text, compare_grid(lab, state, seeds, 2)
-
-        @errors
-        def step4(progress=gr.Progress()):
-            state = one_row(plan["unique"], progress)
-            s0 = state.summaries[0]
-            said = (": without duplication, the model makes new images." if s0["replication_rate"] == 0 else
-                    ": even a prompt seen once can come close to a training image (or the verdict errs: compare "
-                    "the pairs).")
-            return verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
-
+        step1, step2, step3, step4 = _steps(lab, plan, seeds)
         (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs
         b1.click(step1, None, [runs, m1, h1], api_name=False)
         b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False)
         b3.click(step3, None, [m3, h3], api_name=False)
         b4.click(step4, None, [m4, h4], api_name=False)
+
+
+def verdict_line(summ) -> str:
+    k = round(summ["replication_rate"] * summ["n_seeds"])
+    return (f"**{k} of {summ['n_seeds']} seeds replicated** ({summ['replication_rate']:.1%}; "
+            f"{summ['descriptor']['name']} > {summ['threshold']:.3f}, {g('threshold', 'threshold')})")
+
+
+def _one_row(lab: Lab, prompt: str, seeds, progress):
+    """The prompt on the lesson's seeds, no mitigation (one row of the A/B grid)."""
+    state = None
+    for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds")):
+        pass
+    return state
+
+
+def _steps(lab: Lab, plan: dict, seeds: list[int]):
+    """The four steps' handlers: each runs its evidence and says what it shows."""
+    @errors
+    def step1(progress=gr.Progress()):
+        state = _one_row(lab, plan["duplicated"], seeds, progress)
+        s0 = state.summaries[0]
+        said = (": the model reproduces a training image." if s0["replication_rate"] > 0 else
+                ": none crossed the threshold on these seeds; look at the pairs, and at step 2.")
+        return state, verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+
+    @errors
+    def step2(state, progress=gr.Progress()):
+        if state is None:
+            state = _one_row(lab, plan["duplicated"], seeds, progress)
+        tops = [r["matches"][0] for r in state.records]
+        best = max({m["row"]: m for m in tops}.values(), key=lambda m: sum(t["row"] == m["row"] for t in tops))
+        hits = sum(t["row"] == best["row"] for t in tops)
+        group = lab.item_group(best["row"])
+        members = lab.group_members(group)
+        files = [(f, f"#{i}") for r, i in zip(members["row"], members["id"]) if (f := lab.item_file(int(r)))]
+        text = (f"Training image **#{best['id']}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
+                f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
+                f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
+        return state, text, "", gr.update(value=files[:48], visible=True)
+
+    @errors
+    def step3(progress=gr.Progress()):
+        for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION],
+                                        progress=lambda d, t: progress((d, t), desc="images")):
+            text = ""
+            if len(state.summaries) == 2:
+                a, b = state.summaries
+                text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%}"
+                        f" with RNA** on the same seeds ({g('replicated', 'replication %')}); "
+                        f"{g('dataset-similarity', 'dataset similarity')} {a['dataset_similarity']['p95']:.3f} → "
+                        f"{b['dataset_similarity']['p95']:.3f}.")
+            yield text, compare_grid(lab, state, seeds, 2)
+
+    @errors
+    def step4(progress=gr.Progress()):
+        state = _one_row(lab, plan["unique"], seeds, progress)
+        s0 = state.summaries[0]
+        said = (": without duplication, the model makes new images." if s0["replication_rate"] == 0 else
+                ": even a prompt seen once can come close to a training image (or the verdict errs: compare "
+                "the pairs).")
+        return verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+
+    return step1, step2, step3, step4

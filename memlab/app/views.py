@@ -7,7 +7,7 @@ import re
 
 from PIL import Image, ImageDraw
 
-from ..records import RunState, probe_group_name
+from ..records import RunState, SeedRecord, probe_group_name
 from ..service import Lab
 from .glossary import g
 
@@ -61,11 +61,12 @@ def pair_image(gen: Image.Image, match: Image.Image | None, replicated: bool, sc
     return out
 
 
-def caption(r: dict) -> str:
-    m = r["matches"][0]
-    verdict = "REPLICATED" if r["replicated"] else "novel"
-    return (f"seed {r['seed']} · {verdict} · score {r['score']:.3f} vs threshold {r['threshold']:.3f} · "
-            f"match #{m['id']} · {copies(m['duplicates'])}")
+def caption(record: dict) -> str:
+    """A pair's caption: seed, verdict, score against the threshold, the training image and its copies."""
+    r = SeedRecord.from_dict(record)
+    verdict = "REPLICATED" if r.replicated else "novel"
+    return (f"seed {r.seed} · {verdict} · score {r.score:.3f} vs threshold {r.threshold:.3f} · "
+            f"match #{r.top1['id']} · {copies(r.top1['duplicates'])}")
 
 
 def id_table(df, *extra: str):
@@ -146,11 +147,12 @@ def seed_table(state: RunState):
     """One row per seed (``SEED_COLUMNS``): its verdict, top-1 score and training image."""
     import pandas as pd
 
-    return pd.DataFrame([{"seed": r["seed"], "verdict": "replicated" if r["replicated"] else "novel",
-                          "score": score(r["score"]), "match id": r["matches"][0]["id"],
-                          "copies in training": r["matches"][0]["duplicates"] + 1,
-                          "match caption": r["matches"][0]["caption"], "effective prompt": r["effective_prompt"]}
-                         for r in state.records], columns=SEED_COLUMNS)
+    recs = [SeedRecord.from_dict(r) for r in state.records]
+    return pd.DataFrame([{"seed": r.seed, "verdict": "replicated" if r.replicated else "novel",
+                          "score": score(r.score), "match id": r.top1["id"],
+                          "copies in training": r.top1["duplicates"] + 1,
+                          "match caption": r.top1["caption"], "effective prompt": r.effective_prompt}
+                         for r in recs], columns=SEED_COLUMNS)
 
 
 def short_label(mitigation: dict) -> str:

@@ -1,0 +1,169 @@
+"""The house rules (issue 29): imports run one way, no process-wide folder changes, files of a readable
+size, a README a newcomer reads, and a refactor that changed no result."""
+import ast
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("memlab", "index_builder")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every module of memlab and index_builder -> the project modules it imports, at the top or inside a
+    function (an import inside a function still makes a cycle, it only hides it from the first import)."""
+    files = {}
+    for pkg in PACKAGES:
+        for f in (ROOT / pkg).rglob("*.py"):
+            parts = list(f.relative_to(ROOT).with_suffix("").parts)
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {m: set() for m in files}
+    for mod, f in files.items():
+        base = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                src = ".".join(base[:len(base) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module or ""
+                names = [src] + [f"{src}.{a.name}" for a in node.names]
+            else:
+                continue
+            for n in names:
+                while n and n not in files:
+                    n = n.rpartition(".")[0]
+                if n and n != mod:
+                    graph[mod].add(n)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_run_one_way():
+    g = import_graph()
+    assert "memlab.index" in g["memlab.ondisk"] and "memlab.indexfiles" in g["memlab.index"]  # the graph is read
+    assert cycles(g) == []
+    up = sorted(m for m, deps in g.items() if m.startswith("memlab") and any(d.startswith("index_builder") for d in deps))
+    assert up == [], f"library modules importing the tool above them: {up}"
+
+
+def test_no_change_of_the_process_folder_and_files_of_a_readable_size():
+    for pkg in PACKAGES + ("app.py",):
+        for f in ([ROOT / pkg] if pkg.endswith(".py") else (ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(f.read_text())
+            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "chdir"]
+            assert not calls, f"{f} changes the process's working folder"
+    long = {str(f.relative_to(ROOT)): n for f in (ROOT / "memlab").rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > 600}
+    assert long == {}
+
+
+def test_the_readme_is_short_and_links_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    linked = {p.split(")")[0] for p in readme.split("](docs/")[1:]}
+    assert linked and all((ROOT / "docs" / p.split("#")[0]).is_file() for p in linked)
+    assert "REFERENCE.md" not in "".join(f.read_text() for f in (ROOT / "memlab").rglob("*.py"))
+
+
+def _normalized(path: Path) -> list[str]:
+    """A run's records as ``tests/fixtures/run_4f4de28.jsonl`` keeps them: each line as written, less the
+    timings and the model's absolute folder, each image as the sha256 of its pixels."""
+    out = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        r.pop("timing", None)
+        if r["type"] == "seed":
+            r["model"]["model"] = "<world>/model"
+            with Image.open(path.parent / r["image"]) as im:
+                r["pixels_sha256"] = hashlib.sha256(np.asarray(im.convert("RGB")).tobytes()).hexdigest()
+        out.append(json.dumps(r))
+    return out
+
+
+def test_memlab_run_writes_the_records_and_images_it_wrote_before_the_house_was_rebuilt(tmp_path):
+    """The fixture was written by ``memlab run`` at commit 4f4de28 (before the app package, the one-way
+    imports and the split builders), with this test's command; the same command now must write the same
+    lines (JSON key order included) and the same pixels."""
+    import pandas as pd
+
+    prompt = str(pd.read_csv(ROOT / "assets" / "world" / "probes.csv")["prompt"].iloc[0])
+    env = {**os.environ, "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--prompt", prompt, "--seeds", "0-2",
+                        "--mitigation", "none", "--mitigation", "rna:k=4", "--steps", "10",
+                        "--out", str(tmp_path / "results.jsonl")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = (Path(__file__).parent / "fixtures" / "run_4f4de28.jsonl").read_text().splitlines()
+    assert _normalized(tmp_path / "results.jsonl") == before
+
+
+@pytest.mark.slow
+def test_an_on_disk_build_leaves_the_working_folder_as_it_found_it(tmp_path):
+    """The build records its lists' file by name without changing folder (it once did, for every thread of
+    the process): the working folder is the same after, nothing is written to it, and the index serves."""
+    import pandas as pd
+
+    from index_builder.build import main
+    from memlab.embeddings import write_embeddings
+    from memlab.index import TrainingIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    src = write_embeddings(tmp_path / "emb", x, pd.DataFrame({"id": np.arange(3000)}))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    old = os.getcwd()
+    os.chdir(cwd)  # the test's own folder, so anything written to the working folder shows
+    try:
+        assert main(["--embeddings", str(src), "--descriptor", "clip", "--factory", "IVF16,Flat",
+                     "--block-rows", "1000", "--out", str(tmp_path / "idx")]) == 0
+        assert os.getcwd() == str(cwd) and list(cwd.iterdir()) == []
+    finally:
+        os.chdir(old)
+    data = (tmp_path / "idx" / "clip.faiss").read_bytes()
+    assert str(tmp_path).encode() not in data  # the lists are named by their file's name alone
+    moved = tmp_path / "moved"
+    (tmp_path / "idx").rename(moved)
+    idx = TrainingIndex.load(moved)
+    scores, rows = idx.search(x[:5] / np.linalg.norm(x[:5], axis=1, keepdims=True), k=1)
+    assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
