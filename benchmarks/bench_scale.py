@@ -30,6 +30,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
+def name_for(d: int) -> str:
+    """The descriptor the synthetic embeddings stand in for: CLIP ViT-B/32 (512-d, LAION-400M's) or ViT-L/14
+    (768-d, LAION-2B's); another width is named by no registered descriptor (the build checks the width)."""
+    return {512: "clip-b32", 768: "clip"}.get(d, f"emb{d}")
+
 def synthetic(n: int, d: int, planted: int, seed: int = 0, part: int = 200_000):
     """Yield (start, float32 rows) of a clustered set; the last ``planted`` rows are near-copies (cosine
     about 0.98) of ``planted`` earlier rows, returned by ``planted_sources``."""
@@ -110,11 +116,11 @@ def phase_build(a) -> dict:
     emb = Path(a.work) / f"emb-{a.n}x{a.d}"  # made by the gen phase, in its own process
     out = Path(a.work) / f"index-{a.n}x{a.d}"
     t0 = time.perf_counter()
-    b = OnDiskBuild(emb, out, "clip", parse_memory(a.max_memory), log=lambda m: print(m, file=sys.stderr))
+    b = OnDiskBuild(emb, out, name_for(a.d), parse_memory(a.max_memory), log=lambda m: print(m, file=sys.stderr))
     b.run()
     m = json.loads((out / "manifest.json").read_text())
     return {"build_s": time.perf_counter() - t0, "stages_s": m.get("build_seconds"), "peak_rss_mb": peak_mb(),
-            "factory": m["descriptors"]["clip"]["factory"], "groups": m["duplicates"]}
+            "factory": m["descriptors"][name_for(a.d)]["factory"], "groups": m["duplicates"]}
 
 
 def phase_serve(a) -> dict:
@@ -168,11 +174,11 @@ def phase_agree(a) -> dict:
     out = Path(a.work) / f"index-{n}x{a.d}"
     t = time.perf_counter()
     # the index type the large build uses (IVF with SQ8 codes), its lists scaled to this set
-    factory = json.loads((Path(a.work) / f"index-{a.n}x{a.d}" / "manifest.json").read_text())["descriptors"]["clip"]["factory"]
+    factory = json.loads((Path(a.work) / f"index-{a.n}x{a.d}" / "manifest.json").read_text())["descriptors"][name_for(a.d)]["factory"]
     from memlab.ondisk import choose_factory
 
     factory = choose_factory(n, a.d, 2 * n * a.d) if "IVF" in factory else factory
-    OnDiskBuild(emb, out, "clip", 2 * n * a.d, factory=factory, log=lambda m: None).run()
+    OnDiskBuild(emb, out, name_for(a.d), 2 * n * a.d, factory=factory, log=lambda m: None).run()
     knn_s = time.perf_counter() - t
     idx = TrainingIndex.load(out)
     v = np.asarray(idx.vectors(), np.float32)
@@ -212,15 +218,15 @@ def phase_add(a) -> dict:
                 dst = folder / sub / (f"img_emb_{i}.npy" if sub == "img_emb" else f"metadata_{i}.parquet")
                 if not dst.exists():
                     dst.symlink_to(src)
-    factory = json.loads((full / "manifest.json").read_text())["descriptors"]["clip"]["factory"]
+    factory = json.loads((full / "manifest.json").read_text())["descriptors"][name_for(a.d)]["factory"]
     base, out = work / f"index-{a.n}x{a.d}-base", work / f"index-{a.n}x{a.d}-added"
     t = time.perf_counter()
     if not (base / "manifest.json").is_file():  # the base index, built in its own process (its peak memory apart)
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
                         "from memlab.ondisk import OnDiskBuild; "
-                        "OnDiskBuild(sys.argv[2], sys.argv[3], 'clip', int(sys.argv[4]), factory=sys.argv[5], "
+                        "OnDiskBuild(sys.argv[2], sys.argv[3], sys.argv[6], int(sys.argv[4]), factory=sys.argv[5], "
                         "log=lambda m: None).run()", str(ROOT), str(base_emb), str(base),
-                        str(parse_memory(a.max_memory)), factory], check=True)
+                        str(parse_memory(a.max_memory)), factory, name_for(a.d)], check=True)
     base_s = time.perf_counter() - t
     if not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text()).get("additions"):
         import shutil

@@ -59,8 +59,13 @@ def compute(args) -> int:
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise MemlabError("--threshold must be in (0, 1]")
     objects = [o.strip() for o in args.objects.split(",") if o.strip()]
-    write_views(index, folder, keywords_from(args), args.descriptor, args.threshold, objects, args.label_column,
-                hide_keyword=getattr(args, "hide_keyword_words", False), log=lambda m: print(m, file=sys.stderr))
+    saved = write_views(index, folder, keywords_from(args), args.descriptor, args.threshold, objects,
+                        args.label_column, hide_keyword=getattr(args, "hide_keyword_words", False),
+                        log=lambda m: print(m, file=sys.stderr))
+    if not args.world:
+        from memlab.indexfiles import seal_files
+
+        seal_files(args.index, [p.relative_to(Path(args.index)) for p in saved])  # the views join its checksums
     if args.world:
         from memlab.world import seal_world
 

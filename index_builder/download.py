@@ -10,8 +10,16 @@ Resumable: img2dataset writes a ``_stats.json`` per finished shard and skips tho
 outcome is recorded: ``SHARDS/_fetch/report.json`` counts them by reason (http 404, unreachable host,
 timeout, not an image, ...) and ``SHARDS/_fetch/failures.csv`` lists each failed URL with its reason; a
 failure is never fatal.
-Images no larger than ``--image-size`` keep their original bytes (img2dataset's ``skip_reencode`` with
-``resize_only_if_bigger``); larger ones are resized to that side keeping their aspect ratio.
+
+What is kept: a JPEG no larger than ``--image-size`` keeps its original bytes (img2dataset's
+``skip_reencode`` with ``resize_only_if_bigger``); every other image (a PNG, a WebP, ...) is re-encoded as JPEG
+by img2dataset even when it is not resized (tests/test_hostile.py checks both), and a larger one is resized
+to that side keeping its aspect ratio.
+
+What is reached (``memlab.safefetch``): http(s) URLs only, after every redirect; loopback, private,
+link-local and multicast addresses are refused (``--allow-private-addresses`` for a local mirror); each URL
+has ``--deadline`` seconds in all (``--timeout`` bounds each socket read) and a body of at most
+``--max-bytes``; each refusal is recorded with its reason.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import sys
 from memlab.cli import Parser, guarded, out_folder
 from memlab.errors import MemlabError
 from memlab.fetch import FETCH, fetch, reason, report, summary, url_table  # noqa: F401 - this verb's library
+from memlab.safefetch import add_policy_arguments
 
 
 def parser():
@@ -36,6 +45,7 @@ def parser():
     p.add_argument("--timeout", type=float, default=10, help="seconds per URL")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    add_policy_arguments(p)
     return p
 
 
@@ -48,9 +58,12 @@ def run(args) -> int:
             raise MemlabError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.timeout > 0 or args.retries < 0:
         raise MemlabError("--timeout must be positive and --retries at least 0")
+    if not args.deadline > 0 or args.max_bytes < 1:
+        raise MemlabError("--deadline must be positive and --max-bytes at least 1")
     urls = url_table(read_prompt_list(args.urls))
     rep = fetch(urls, out, image_size=args.image_size, processes=args.processes, threads=args.threads,
-                timeout=args.timeout, retries=args.retries, shard_size=args.shard_size)
+                timeout=args.timeout, retries=args.retries, shard_size=args.shard_size,
+                allow_private_addresses=args.allow_private_addresses, deadline=args.deadline, max_bytes=args.max_bytes)
     print(summary(rep, out), file=sys.stderr)
     return 0
 

@@ -12,16 +12,18 @@ so a killed or failed job resumes with the shards it lacks. Ray runs locally on 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from memlab.cli import Parser, guarded, out_folder
 from memlab.errors import MemlabError
+from memlab.indexfiles import atomic_save, npsave
 
 
 def parser():
@@ -44,27 +46,25 @@ def pair(out: Path, i: int) -> tuple[Path, Path]:
 
 
 def embed_shard(shard: str, i: int, out: str, descriptor: str, options: dict, batch_size: int = 64) -> dict:
-    """Embed one shard's images and write its (npy, parquet) pair; returns what it wrote."""
-    import io
-
-    import pandas as pd
-    from PIL import Image
-
-    from memlab.shards import IMAGE_KEYS, samples
+    """Embed one shard's images and write its (npy, parquet) pair; returns what it wrote. A sample that cannot
+    be decoded, or whose image declares more pixels than memlab's cap, is skipped and counted by reason
+    (``skipped/skipped_{i}.json`` beside the pair): one bad sample never fails the task, so a rerun does not
+    fail on it again."""
     from memlab.descriptors import create_descriptor
+    from memlab.paths import Skipped
+    from memlab.shards import samples
 
     t0 = time.perf_counter()
     emb_f, meta_f = pair(Path(out), i)
     d = create_descriptor(descriptor, **options)
+    skipped = Skipped()
     rows, vecs, batch = [], [], []
-    for s in samples([Path(shard)]):
-        ext = next((k for k in IMAGE_KEYS if k in s), None)
-        if ext is None:
+    for s in samples([Path(shard)], skipped):
+        got = _decoded(s, skipped)
+        if got is None:
             continue
-        meta = json.loads(s["json"]) if "json" in s else {}
-        caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
-        with Image.open(io.BytesIO(s[ext])) as im:
-            batch.append(im.convert("RGB"))
+        im, meta, caption = got
+        batch.append(im)
         rows.append({"id": str(meta.get("key") or s["__key__"]), "caption": caption.strip(),
                      "url": str(meta.get("url") or ""), "shard": Path(shard).stem, "key": s["__key__"]})
         if len(batch) == batch_size:
@@ -75,21 +75,55 @@ def embed_shard(shard: str, i: int, out: str, descriptor: str, options: dict, ba
     v = np.concatenate(vecs) if vecs else np.zeros((0, d.dim), np.float32)
     emb_f.parent.mkdir(parents=True, exist_ok=True)
     meta_f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = emb_f.with_name(emb_f.name + ".part")
-    with open(tmp, "wb") as fh:
-        np.save(fh, v.astype(np.float16))
-    os.replace(tmp, emb_f)
-    tmp = meta_f.with_name(meta_f.name + ".part")
-    pd.DataFrame(rows, columns=["id", "caption", "url", "shard", "key"]).to_parquet(tmp, index=False)
-    os.replace(tmp, meta_f)  # the pair is complete once its metadata exists
-    return {"shard": shard, "index": i, "rows": len(rows), "seconds": time.perf_counter() - t0}
+    rep = Path(out) / "skipped" / f"skipped_{i}.json"
+    rep.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(rep, lambda t: t.write_text(json.dumps({"shard": shard, **skipped.to_dict()}, indent=1)))
+    atomic_save(emb_f, lambda t: npsave(t, v.astype(np.float16)))
+    # the pair is complete once its metadata exists
+    atomic_save(meta_f, lambda t: pd.DataFrame(rows, columns=["id", "caption", "url", "shard", "key"])
+                .to_parquet(t, index=False))
+    return {"shard": shard, "index": i, "rows": len(rows), "seconds": time.perf_counter() - t0,
+            "samples_skipped": skipped.total}
+
+
+def _decoded(s: dict, skipped):
+    """A sample's image (RGB, within memlab's pixel cap), metadata and caption; None (counted) when it has no
+    image or the image cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    from memlab.match import MAX_IMAGE_PIXELS
+    from memlab.shards import IMAGE_KEYS
+
+    where = f"{Path(s['__url__']).name}:{s['__key__']}"[:160]
+    ext = next((k for k in IMAGE_KEYS if k in s), None)
+    if ext is None:
+        skipped.add("no image in the sample", where)
+        return None
+    try:
+        meta = json.loads(s["json"]) if "json" in s else {}
+    except (ValueError, UnicodeDecodeError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
+    over = f"image over {MAX_IMAGE_PIXELS // 10**6} MP"
+    try:
+        with Image.open(io.BytesIO(s[ext])) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                skipped.add(over, where)
+                return None
+            return im.convert("RGB"), meta, caption
+    except Image.DecompressionBombError:  # PIL's own, larger cap: refused at open
+        skipped.add(over, where)
+    except (UnidentifiedImageError, OSError, ValueError):
+        skipped.add("unreadable image", where)
+    return None
 
 
 def _embed_batch(batch, out, descriptor, options, batch_size):
     """A Ray Data task: each batch holds one shard."""
     done = [embed_shard(str(sh), int(i), out, descriptor, options, batch_size)
             for sh, i in zip(batch["shard"], batch["index"])]
-    return {k: np.array([r[k] for r in done]) for k in ("shard", "index", "rows", "seconds")}
+    return {k: np.array([r[k] for r in done]) for k in ("shard", "index", "rows", "seconds", "samples_skipped")}
 
 
 def embed(shards: list[Path], out: Path, descriptor: str, options: dict | None = None, ray_address=None,
@@ -116,7 +150,17 @@ def embed(shards: list[Path], out: Path, descriptor: str, options: dict | None =
                                                  "batch_size": batch_size},
                         batch_size=1, num_cpus=1, num_gpus=gpus or None)  # (Ray retries a task whose worker died)
     rows = sum(int(r["rows"]) for r in ds.iter_rows())
-    return {"shards": len(shards), "skipped": len(shards) - len(todo), "embedded": len(todo), "rows": rows}
+    return {"shards": len(shards), "skipped": len(shards) - len(todo), "embedded": len(todo), "rows": rows,
+            "samples_skipped": skipped_report(out)}
+
+
+def skipped_report(out: Path) -> dict:
+    """The samples every shard's task skipped, counted by reason (from the shards' reports)."""
+    by_reason: dict = {}
+    for f in sorted((Path(out) / "skipped").glob("skipped_*.json")):
+        for r, n in json.loads(f.read_text()).get("by_reason", {}).items():
+            by_reason[r] = by_reason.get(r, 0) + n
+    return {"total": sum(by_reason.values()), "by_reason": by_reason}
 
 
 def run(args) -> int:
@@ -132,8 +176,11 @@ def run(args) -> int:
     t0 = time.perf_counter()
     res = embed(shards, out, args.descriptor, options, args.ray_address, args.cpus, args.gpus, args.batch_size,
                 log=lambda m: print(m, file=sys.stderr))
+    bad = skipped_report(out)
     print(f"embedded {res['embedded']} shards ({res['skipped']} already done) into {out} in "
-          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+          f"{time.perf_counter() - t0:.1f}s; samples skipped: {bad['total']}"
+          + (" (" + ", ".join(f"{n} {r}" for r, n in bad["by_reason"].items()) + ")" if bad["total"] else ""),
+          file=sys.stderr)
     return 0
 
 

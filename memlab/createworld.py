@@ -137,7 +137,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
                  training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
                  timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
-                 progress=None, log=print) -> Path:
+                 fetch_policy: dict | None = None, progress=None, log=print) -> Path:
     """Write the world described in the module docstring to ``out``; returns ``out``."""
     import pandas as pd
 
@@ -151,7 +151,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     out.mkdir(parents=True, exist_ok=True)
     shards = out / "build" / "shards"
     rep = _fetch_images(table, shards, log, image_size=image_size, processes=processes, threads=threads,
-                        timeout=timeout, retries=retries, shard_size=shard_size)
+                        timeout=timeout, retries=retries, shard_size=shard_size, **(fetch_policy or {}))
     sources = ([str(shards)] if rep and rep["fetched"] else []) + [str(s) for s in training]
     if not sources:
         raise MemlabError("no training images: none of the prompts' URLs could be fetched and no --training "

@@ -14,7 +14,10 @@ import os
 import re
 from pathlib import Path
 
+from dataclasses import asdict
+
 from .errors import MemlabError
+from .safefetch import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES
 
 FETCH = "_fetch"  # memlab's files beside the shards (img2dataset reads every top-level *.json as a done shard)
 
@@ -28,9 +31,12 @@ def url_table(listing):
 
 
 def fetch(urls, out: str | Path, image_size: int = 512, processes: int = 1, threads: int = 32,
-          timeout: float = 10, retries: int = 1, shard_size: int = 1000) -> dict:
+          timeout: float = 10, retries: int = 1, shard_size: int = 1000, allow_private_addresses: bool | tuple = False,
+          deadline: float = DEFAULT_DEADLINE_S, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Download ``urls`` (a DataFrame with url and caption) into webdataset shards in ``out`` with
-    img2dataset; resume what a previous run left; return (and write) the report."""
+    img2dataset, under ``memlab.safefetch``'s policy (http(s) only, no private addresses unless allowed, a
+    ``deadline`` in seconds per URL and a body of at most ``max_bytes``; ``timeout`` bounds each socket
+    read); resume what a previous run left; return (and write) the report."""
     import pandas as pd
 
     out = Path(out)
@@ -57,6 +63,25 @@ def fetch(urls, out: str | Path, image_size: int = 512, processes: int = 1, thre
         saved.write_text(json.dumps(settings, indent=1))
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations: no network check
+    import importlib
+
+    from . import safefetch
+
+    i2d = importlib.import_module("img2dataset.main")  # (the package's `main` attribute is a function)
+    allow = tuple(allow_private_addresses) if isinstance(allow_private_addresses, (list, tuple)) \
+        else bool(allow_private_addresses)
+    policy = safefetch.FetchPolicy(allow, float(deadline), int(max_bytes))
+    cls = safefetch.SafeDownloader
+    cls.policy = asdict(policy)
+    original, i2d.Downloader = i2d.Downloader, cls  # its workers fetch under the policy
+    try:
+        _download(listing, out, processes, threads, image_size, shard_size, timeout, retries)
+    finally:
+        i2d.Downloader = original
+    return report(out)
+
+
+def _download(listing, out, processes, threads, image_size, shard_size, timeout, retries) -> None:
     from img2dataset import download
 
     download(url_list=str(listing), input_format="parquet", url_col="url", caption_col="caption",
@@ -65,7 +90,6 @@ def fetch(urls, out: str | Path, image_size: int = 512, processes: int = 1, thre
              resize_mode="keep_ratio", resize_only_if_bigger=True, skip_reencode=True,
              number_sample_per_shard=int(shard_size), timeout=timeout, retries=int(retries),
              enable_wandb=False, incremental_mode="incremental", compute_hash="sha256")
-    return report(out)
 
 
 def reason(status: str, message: str | None) -> str:
@@ -73,6 +97,14 @@ def reason(status: str, message: str | None) -> str:
     m = (message or "").lower()
     if status == "success":
         return "ok"
+    if "refused: private address" in m:
+        return "refused: private address"
+    if "refused: redirect to another scheme" in m:
+        return "refused: redirect to another scheme"
+    if "refused: deadline" in m:
+        return "deadline passed"
+    if "refused: body too large" in m:
+        return "body too large"
     if status == "failed_to_resize":
         return "not an image" if "decod" in m or "identify" in m else "could not resize"
     if (code := re.search(r"http error (\d{3})", m)):

@@ -31,6 +31,8 @@ from .distort import distort
 from .errors import IndexMismatchError, MemlabError
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, faiss_module, json_default, make_faiss_index,
                          read_faiss, recover_swap, sha256)
+from .paths import inside
+from .validate import check_manifest
 
 __all__ = ["FORMAT", "ITEMS", "MANIFEST", "VERSION", "TrainingIndex", "build_index", "sha256"]
 
@@ -274,8 +276,10 @@ class TrainingIndex:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
             raise IndexMismatchError(f"{mpath} is not valid JSON: {e}") from e
-        if manifest.get("format") != FORMAT:
-            raise IndexMismatchError(f"{mpath}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise IndexMismatchError(f"{mpath}: format is {got!r}, expected {FORMAT!r}")
+        check_manifest(manifest, path)
         for f, digest in manifest.get("files", {}).items():
             p = path / f
             if not p.is_file():
@@ -285,14 +289,28 @@ class TrainingIndex:
                                          f"(modified or corrupt); rebuild the index")
         import pyarrow.parquet as pq
 
-        rows = pq.ParquetFile(path / manifest["metadata"]).metadata.num_rows
+        try:
+            meta = pq.ParquetFile(path / manifest["metadata"])
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise IndexMismatchError(f"index {path}: {manifest['metadata']} is not a readable parquet file "
+                                     f"({' '.join(str(e).split())[:120]})") from None
+        rows = meta.metadata.num_rows
         n = manifest["item_count"]
         if rows != n:
             raise IndexMismatchError(f"index {path}: metadata has {rows} rows, manifest says {n}")
+        _check_item_columns(meta.schema_arrow, path / manifest["metadata"])
         self = cls(path, manifest)
-        for name in manifest["descriptors"]:
-            if verify and self.vectors(name).shape[0] != n:
+        for name, info in manifest["descriptors"].items():
+            f = path / info["files"]["vectors"]
+            try:
+                shape = self.vectors(name).shape
+            except (ValueError, OSError) as e:
+                raise IndexMismatchError(f"index {path}: {f.name} is not a readable .npy array ({e})") from None
+            if len(shape) != 2 or (verify and shape[0] != n):
                 raise IndexMismatchError(f"index {path}: {name} vectors do not have {n} rows")
+            if info.get("dim") is not None and shape[1] != info["dim"]:
+                raise IndexMismatchError(f"index {path}: {f.name} holds {shape[1]}-d vectors, the manifest's "
+                                         f"descriptors.{name}.dim says {info['dim']}")
         return self
 
     # -- descriptors ------------------------------------------------------------------------
@@ -356,12 +374,16 @@ class TrainingIndex:
         name = name or self.default_descriptor
         if name not in self._faiss:
             f = self.descriptor_info(name)["files"]["index"]
-            if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
-                index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
-            elif self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
-                index = read_faiss(self.path / f)
-            else:
-                index = faiss_module().read_index(str(self.path / f))
+            try:
+                if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
+                    index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
+                elif self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
+                    index = read_faiss(self.path / f)
+                else:
+                    index = faiss_module().read_index(str(self.path / f))
+            except RuntimeError as e:  # FAISS's own error for a damaged or foreign file
+                raise IndexMismatchError(f"index {self.path}: {f} is not a FAISS index FAISS can read "
+                                         f"({' '.join(str(e).split())[-120:]})") from None
             if "IVF" in self.descriptor_info(name)["factory"]:
                 faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
             self._faiss[name] = index
@@ -369,7 +391,9 @@ class TrainingIndex:
 
     def search(self, queries: np.ndarray, k: int = 5, name: str | None = None, rerank: int = 64):
         """Top-k items per query: (scores [n, k], rows [n, k]). Approximate indices are searched
-        for ``max(k, rerank)`` candidates which are re-scored with the exact vectors."""
+        for ``max(k, rerank)`` candidates which are re-scored with the exact vectors. Where fewer than k
+        items are found (an IVF index's probed lists can hold fewer), the row is -1 and the score -inf:
+        callers drop them (``match.match_vectors``)."""
         name = name or self.default_descriptor
         q = np.ascontiguousarray(queries, np.float32)
         n = int(self.manifest["item_count"])
@@ -377,8 +401,8 @@ class TrainingIndex:
         exact = self.descriptor_info(name)["factory"] == "Flat"
         kk = k if exact else min(max(k, rerank), n)
         scores, rows = self.faiss_index(name).search(q, kk)
-        if not exact:
-            new_s, new_r = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+        if not exact:  # unfilled places stay -1 / -inf: FAISS's "no result" is never an item
+            new_s, new_r = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
             for i in range(len(q)):
                 cand = rows[i][rows[i] >= 0]
                 s = self.rows(cand, name).astype(np.float32) @ q[i]
@@ -388,14 +412,22 @@ class TrainingIndex:
         return scores, rows
 
     # -- items -------------------------------------------------------------------------------
-    def image_path(self, row: int) -> Path | None:
+    def image_root(self) -> Path | None:
+        """The folder of the training images (None when the index keeps none)."""
         root = self.manifest.get("image_root")
         if root is None:
             return None
         root = Path(root)
-        if not root.is_absolute():
-            root = self.path / root
-        return root / str(self._row(row)["file"])
+        return root if root.is_absolute() else self.path / root
+
+    def image_path(self, row: int) -> Path | None:
+        """A training image's file; None when the index keeps no images or the item's file would lie outside
+        the image folder (an item table naming ``../`` paths is not followed)."""
+        root = self.image_root()
+        if root is None:
+            return None
+        p = root / str(self._row(row)["file"])
+        return p if inside(root, p) else None
 
     def _row(self, row: int) -> pd.Series:
         """One item's metadata: from the loaded table, else from the parquet row group that holds it."""
@@ -428,3 +460,17 @@ class TrainingIndex:
 
 def _py(x):
     return x.item() if hasattr(x, "item") else x
+
+
+def _check_item_columns(schema, file: Path) -> None:
+    """The item table's columns memlab reads, of types it can use (group and duplicates whole numbers, file
+    and caption text)."""
+    import pyarrow as pa
+
+    kinds = {"group": pa.types.is_integer, "duplicates": pa.types.is_integer,
+             "file": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t),
+             "caption": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)}
+    for col, ok in kinds.items():
+        i = schema.get_field_index(col)
+        if i >= 0 and not ok(schema.field(i).type):
+            raise IndexMismatchError(f"{file}: column {col!r} is {schema.field(i).type}, which memlab cannot use")

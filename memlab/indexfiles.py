@@ -130,3 +130,15 @@ def read_faiss(path: Path):
     if path.with_suffix(".ivfdata").is_file():
         return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+
+
+def seal_files(index_dir: Path, rels) -> None:
+    """Add the checksums of files written into an index folder after its build (its keyword views) to its
+    manifest (rewritten atomically), so a load checks them like the rest."""
+    import json
+
+    index_dir = Path(index_dir)
+    mpath = index_dir / MANIFEST
+    m = json.loads(mpath.read_text())
+    m.setdefault("files", {}).update({str(r): sha256(index_dir / r) for r in rels})
+    atomic_save(mpath, lambda t: t.write_text(json.dumps(m, indent=2)))

@@ -195,14 +195,23 @@ def save_view(folder: Path, view: dict) -> Path:
     return p
 
 
-def load_views(folder: Path) -> dict[str, dict]:
+def load_views(folder: Path, sealed: set[str] | None = None, n_items: int | None = None) -> dict[str, dict]:
+    """The keyword views in ``folder``, each checked (``memlab.validate.check_view``). ``sealed``: the
+    checksummed files of the world or index that holds the folder, relative to ``folder.parent``: a view
+    outside them is refused (a view dropped into the folder by hand is not shown as the world's)."""
+    from .validate import check_view
+
     out = {}
     for p in sorted(Path(folder).glob("*.json")):
+        if sealed is not None and f"{Path(folder).name}/{p.name}" not in sealed:
+            raise MemlabError(f"{p} is not among the checksummed files of {Path(folder).parent}; write views with "
+                              f"`python -m index_builder clusters` (it records their checksums)")
         try:
             v = json.loads(p.read_text())
-            out[v["keyword"]] = v
-        except (json.JSONDecodeError, KeyError):
-            continue
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MemlabError(f"{p} is not valid JSON: {' '.join(str(e).split())}") from None
+        v = check_view(v, p, n_items)
+        out[v["keyword"]] = v
     return out
 
 

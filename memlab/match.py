@@ -53,14 +53,17 @@ def check_image_file(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES, max_pix
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image fully (so corrupt files fail here, with a clear message), within the caps."""
+    """Open an image fully (so corrupt files fail here, with a clear message), within the caps, turned as its
+    EXIF orientation says (as a viewer shows it: a phone's photo is matched upright)."""
+    from PIL import ImageOps
+
     if not Path(path).is_file():
         raise MemlabError(f"image {path} does not exist")
     check_image_file(path)
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return ImageOps.exif_transpose(im).convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise MemlabError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
 
@@ -79,14 +82,19 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     cosine = descriptor.verdict == "cosine"
     # another verdict score: candidates by cosine, re-ranked by the verdict score (e.g. the worst tile)
     scores, rows = index.search(vectors, k=k if cosine else max(k, 64), name=descriptor.name)
+    found = [rows[qi] >= 0 for qi in range(len(vectors))]  # FAISS's -1 ("no result") is never a match
+    scores, rows = [scores[qi][f] for qi, f in enumerate(found)], [rows[qi][f] for qi, f in enumerate(found)]
     exact = index.vectors(descriptor.name)
     if not cosine:
         rescored = [descriptor.verdict_scores(vectors[qi], np.asarray(exact[rows[qi]])) for qi in range(len(vectors))]
         order = [np.argsort(-r, kind="stable")[:k] for r in rescored]
-        scores = np.stack([r[o] for r, o in zip(rescored, order)])
-        rows = np.stack([rw[o] for rw, o in zip(rows, order)])
+        scores = [r[o] for r, o in zip(rescored, order)]
+        rows = [rw[o] for rw, o in zip(rows, order)]
     out = []
     for qi in range(len(vectors)):
+        if not len(rows[qi]):
+            raise MemlabError("the index found no item for a query (an approximate index with too few lists "
+                              "probed); rebuild it with more items or an exact factory")
         extra = descriptor.secondary_scores(vectors[qi], np.asarray(exact[rows[qi]]))
         matches = []
         for j, (s, r) in enumerate(zip(scores[qi], rows[qi])):

@@ -95,6 +95,10 @@ class OnDiskBuild:
         self.sample, self.seed, self.fpr, self.threshold = sample, seed, fpr, threshold
         self.parts = embedding_parts(src)
         self.n, self.d = sum(p[2] for p in self.parts), self.parts[0][3]
+        want = descriptor_dim(descriptor)
+        if want is not None and want != self.d:
+            raise MemlabError(f"{self.parts[0][0]} holds {self.d}-d vectors, but {descriptor} makes {want}-d ones: "
+                              f"these are not {descriptor} embeddings (name the descriptor that made them)")
         self.factory = factory or choose_factory(self.n, self.d, max_memory)
         self.dup = duplicate_threshold
         self.block = int(block)
@@ -126,7 +130,9 @@ class OnDiskBuild:
                         x = np.asarray(a[s:s + self.block], np.float16)
                     else:
                         x = np.asarray(a[s:s + self.block], np.float32)
-                        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                        norms = np.linalg.norm(x, axis=1, keepdims=True)
+                        check_rows(x, norms, p, s)
+                        x /= norms
                     fh.seek(offset + (start + s) * self.d * 2)
                     fh.write(x.astype(np.float16).tobytes())
                     _drop(a)
@@ -543,3 +549,32 @@ def descriptor_identity(name: str) -> dict:
     preset = cfg.get("preset") or f"open_clip:{cfg['model']}"
     return {"name": name, "kind": cfg["kind"], "config": {k: v for k, v in cfg.items() if k != "kind"},
             "model": cfg["model"], "preset": preset, "verdict": "cosine"}
+
+
+def check_rows(x: np.ndarray, norms: np.ndarray, part: Path, start: int) -> None:
+    """Refuse a block of embeddings holding a row that is not finite or is all zeros, naming its file and row
+    (such a row has no direction: it would match nothing, or everything, and a zero background sets the
+    threshold to 0)."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise MemlabError(f"{part}, row {start + int(np.argmax(bad))}: not a finite vector (NaN or infinity)")
+    zero = norms[:, 0] == 0
+    if zero.any():
+        raise MemlabError(f"{part}, row {start + int(np.argmax(zero))}: an all-zero vector")
+
+
+def descriptor_dim(name: str) -> int | None:
+    """The width of a registered descriptor's vectors, known without its weights; None when unknown."""
+    cfg = DESCRIPTORS.get(name)
+    if cfg is None:
+        return None
+    if cfg["kind"] in ("pixel", "learned"):
+        return int(create_descriptor(name).dim)
+    if cfg["kind"] == "sscd":
+        return {"sscd_disc_mixup": 512, "sscd_disc_large": 1024}.get(cfg["model"])
+    try:
+        import open_clip
+
+        return int(open_clip.get_model_config(cfg["model"])["embed_dim"])
+    except Exception:  # noqa: BLE001 - an unknown config: no check
+        return None

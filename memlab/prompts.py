@@ -67,8 +67,12 @@ def read_prompt_list(path: str | Path, label: str | None = None):
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         except UnicodeDecodeError as e:
             raise MemlabError(f"cannot read {path} as UTF-8 text: {one_line(e)}") from None
-        urls = [ln for ln in lines if ln.startswith(("http://", "https://"))]
-        df = (pd.DataFrame({"url": urls, "caption": [""] * len(urls)}) if urls and len(urls) == len(lines)
+        is_url = [ln.lower().startswith(("http://", "https://")) for ln in lines]
+        if sum(is_url) * 2 >= len(lines) and not all(is_url):  # a list of URLs with odd lines: never prompts
+            n = next(i for i, u in enumerate(is_url) if not u)
+            raise MemlabError(f"{path}: {sum(is_url)} of {len(lines)} lines are URLs, but line {n + 1} is not "
+                              f"({lines[n][:60]!r}); a URL list holds one http(s) URL a line")
+        df = (pd.DataFrame({"url": lines, "caption": [""] * len(lines)}) if lines and all(is_url)
               else pd.DataFrame({"caption": lines}))
     prompt_col, url_col = _column(df, _PROMPT_COLS), _column(df, _URL_COLS)
     if prompt_col is None and url_col is None:

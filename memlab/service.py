@@ -163,6 +163,11 @@ class Lab:
         w = self.world
         return sorted({str(p) for p in (w.path or w.index_path, w.index_path) if p is not None})
 
+    def image_folders(self) -> list[str]:
+        """The folders of the training images the app may serve (the index's image folder)."""
+        root = self.index.image_root()
+        return [str(root)] if root is not None and root.is_dir() else []
+
     def card(self) -> dict | None:
         """The world's card (``card.json``: how it was built, what was measured), if it has one."""
         f = self.world.file("card")
@@ -458,16 +463,17 @@ class Lab:
                              "duplicates": items["duplicates"].to_numpy()[rows[top]]})
 
     # ------------------------------------------------------------------------------ keywords
-    def _view_folders(self) -> list[Path]:
-        return [p for p in ([self.world.path / "keywords"] if self.world.path else []) +
-                [self.index.path / "keywords"] if p.is_dir()]
-
     def _load_views(self) -> dict:
+        """The prebuilt keyword views of the world and of its index, each under its holder's checksums."""
         from .keywords import load_views
 
         views = {}
-        for folder in self._view_folders():
-            views.update(load_views(folder))
+        n = int(self.index.manifest["item_count"])
+        holders = ([(self.world.path, set((self.world.manifest.get("files") or {})))] if self.world.path else []) \
+            + [(self.index.path, set(self.index.manifest.get("files", {})))]
+        for root, sealed in holders:
+            if (root / "keywords").is_dir():
+                views.update(load_views(root / "keywords", sealed, n))
         return views
 
     @on_compute_thread

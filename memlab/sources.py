@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MemlabError
-from .paths import out_folder
+from .paths import Skipped, inside, member_name, out_folder
 from .tables import read_table
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -26,11 +26,16 @@ def _log(m: str) -> None:
     print(m, file=sys.stderr)
 
 
-def read_listing(images: Path, captions: str | None, file_col: str, caption_col: str, id_col: str) -> pd.DataFrame:
-    """Items as a DataFrame with id, caption, file (+ the listing's other columns)."""
+def read_listing(images: Path, captions: str | None, file_col: str, caption_col: str, id_col: str,
+                 skipped: Skipped | None = None) -> pd.DataFrame:
+    """Items as a DataFrame with id, caption, file (+ the listing's other columns). A listed file that is
+    absolute, has ``..`` or resolves outside ``images`` (a link out of it, too) is skipped and counted in
+    ``skipped`` (``memlab.paths``): a listing never reads a file outside its folder."""
+    skipped = skipped if skipped is not None else Skipped()
     if captions is None:
         files = sorted(str(f.relative_to(images)) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
-        return pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
+        out = pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
+        return _inside_only(out, images, skipped)
     path = Path(captions)
     df = read_table(path, "captions file")
     if file_col not in df.columns:
@@ -45,12 +50,23 @@ def read_listing(images: Path, captions: str | None, file_col: str, caption_col:
         out.insert(0, "id", range(len(out)))
     out["file"] = out["file"].astype(str)
     out["caption"] = out["caption"].fillna("").astype(str)
-    return out
+    return _inside_only(out, images, skipped)
 
+
+def _inside_only(items: pd.DataFrame, folder: Path, skipped: Skipped) -> pd.DataFrame:
+    """The rows whose file lies inside ``folder``; the others counted in ``skipped``."""
+    ok = []
+    for f in items["file"]:
+        name = str(f).replace("\\", "/")
+        safe = member_name(name) is not None and inside(folder, folder / name)
+        if not safe:
+            skipped.add("path outside its folder (absolute, .. or a link out)", name[:160])
+        ok.append(safe)
+    return items[ok].reset_index(drop=True)
 
 def check_images(images: Path, items: pd.DataFrame, progress) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Keep the rows whose image opens and decodes within memlab's caps (bytes, pixels); return them and
-    the (file, reason) skipped."""
+    """Keep the rows whose image opens and decodes within memlab's caps (bytes, pixels: the 40 MP cap on every
+    path that decodes an image); return them and the (file, reason) skipped."""
     from .match import check_image_file
 
     ok, skipped = [], []
@@ -77,9 +93,10 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
                  batch_size: int = 64, weights: str | None = None, weights_sha256: str | None = None,
                  device: str | None = None, seed: int = 0, keywords: str | None = None, objects: str = "",
                  write_embeddings: str | None = None, source_note: dict | None = None, command: str | None = None,
-                 progress=None, log=_log) -> Path:
+                 skipped: Skipped | None = None, progress=None, log=_log) -> Path:
     """Index a folder of images (``captions``: a CSV/parquet listing them relative to it) with
-    ``descriptors`` (``memlab.index.build_index``); returns the index folder."""
+    ``descriptors`` (``memlab.index.build_index``); returns the index folder. Every sample skipped on the way
+    (``skipped``: the staging's, then this build's own) is counted by reason in the manifest's ``source``."""
     from .descriptors import create_descriptor
     from .index import build_index
     from .match import load_image
@@ -95,23 +112,27 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
     out = out_folder(out)
     options = {k: v for k, v in (("weights", weights), ("weights_sha256", weights_sha256), ("device", device)) if v}
     descs = [create_descriptor(n, **options) for n in names]
-    items = read_listing(images, captions, file_column, caption_column, id_column)
-    n_listed = len(items)
+    skipped = skipped if skipped is not None else Skipped()
+    before = skipped.total
+    items = read_listing(images, captions, file_column, caption_column, id_column, skipped)
+    n_listed = len(items) + skipped.total - before
     if not n_listed:
         raise MemlabError(f"no images in {images} (looked for {', '.join(sorted(IMAGE_EXTS))})" if not captions
                           else f"{captions} lists no images")
-    if not items["file"].map(lambda f: (images / f).is_file()).any():
+    if items.empty or not items["file"].map(lambda f: (images / f).is_file()).any():
         raise MemlabError(f"none of the {n_listed} files {captions} lists exist under {images} "
-                          f"(first: {items['file'].iloc[0]})")
-    items, skipped = check_images(images, items, progress)
-    log(f"images: {n_listed} listed, {len(items)} readable, {len(skipped)} skipped")
-    for f, why in skipped:
+                          f"(first: {items['file'].iloc[0] if len(items) else 'none inside it'})")
+    items, unreadable = check_images(images, items, progress)
+    for f, why in unreadable:
+        skipped.add("unreadable image or over the caps", f"{f}: {why}"[:200])
         log(f"  skipped {f}: {why}")
+    log(f"images: {n_listed} listed, {len(items)} readable, {skipped.total} skipped ({skipped.summary()})")
     if len(items) < 2:
         raise MemlabError("need at least two readable images to build an index")
     image_root = "images" if copy_images else str(images.resolve())
     source = {**(source_note or {"images": str(images.resolve()), "captions": captions}),
-              "listed": n_listed, "skipped": [f for f, _ in skipped], "command": command}
+              "listed": n_listed, "skipped": [f for f, _ in unreadable], "skipped_samples": skipped.to_dict(),
+              "command": command}
     build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descs,
                 factory=factory or "Flat", fpr=fpr, calib_n=calib_n, seed=seed, batch_size=batch_size,
                 image_root=image_root, progress=progress, origin=origin_column, extra_manifest={"source": source},
@@ -122,33 +143,39 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
         from .index import TrainingIndex
         from .keywords import write_views
 
-        write_views(TrainingIndex.load(out), out / "keywords", [k.strip() for k in keywords.split(",") if k.strip()],
-                    objects=[o.strip() for o in objects.split(",") if o.strip()], log=log)
+        from .indexfiles import seal_files
+
+        saved = write_views(TrainingIndex.load(out), out / "keywords",
+                            [k.strip() for k in keywords.split(",") if k.strip()],
+                            objects=[o.strip() for o in objects.split(",") if o.strip()], log=log)
+        seal_files(out, [p.relative_to(out) for p in saved])  # the views join the index's checksums
     log(f"wrote {out} ({len(items)} items, descriptors {', '.join(names)}) in {time.perf_counter() - t0:.1f}s")
     return out
 
 
-def stage_sources(specs: list[str], staging: Path, progress=None) -> pd.DataFrame:
+def stage_sources(specs: list[str], staging: Path, progress=None, skipped: Skipped | None = None) -> pd.DataFrame:
     """Gather training sources into one folder and one items table (id, file relative to ``staging``,
     caption, source, and what each source carries, e.g. url). A source is webdataset shards (a folder of
     .tar, a .tar, a glob or brace range), a folder of images, or a CSV/parquet listing images relative to
     its own folder with a caption column. Ids stay as given when they are unique across sources, else
-    they are prefixed with the source's number."""
+    they are prefixed with the source's number. Samples skipped (unsafe names, damaged shards, ...) are counted
+    in ``skipped``."""
     from .shards import shard_paths, unpack_shards
 
+    skipped = skipped if skipped is not None else Skipped()
     frames = []
     for n, spec in enumerate(specs):
         p, sub = Path(spec), f"source{n}"
         if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".parquet"):
-            items = read_listing(p.parent, str(p), "file", "caption", "id")
+            items = read_listing(p.parent, str(p), "file", "caption", "id", skipped)
             _link_images(p.parent, staging / sub, items["file"])
         elif p.is_dir() and not any(p.glob("*.tar")):
-            items = read_listing(p, None, "file", "caption", "id")
+            items = read_listing(p, None, "file", "caption", "id", skipped)
             if items.empty:
                 raise MemlabError(f"training source {p}: no images and no .tar shards in it")
             _link_images(p, staging / sub, items["file"])
         else:
-            items = unpack_shards(shard_paths(spec), staging / sub, progress)
+            items = unpack_shards(shard_paths(spec), staging / sub, progress, skipped)
         items["file"] = sub + "/" + items["file"].astype(str)
         items["source"] = str(spec)
         items["id"] = items["id"].astype(str)
@@ -160,7 +187,11 @@ def stage_sources(specs: list[str], staging: Path, progress=None) -> pd.DataFram
 
 
 def _link_images(src: Path, dst: Path, files) -> None:
+    """Hard-link (else copy) each listed file into the staging folder (``read_listing`` kept only those inside
+    ``src``; checked again here, so nothing is read or written outside the two folders)."""
     for f in files:
+        if not (inside(src, src / f) and inside(dst, dst / f)):
+            raise MemlabError(f"{f}: a path outside its folder reached the staging step")
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src / f, dst / f)
@@ -185,11 +216,12 @@ def build_sources(specs: list[str], out: str | Path, progress=None, **options) -
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.sources-", dir=out.parent))
     try:
-        items = stage_sources(list(specs), staging, progress)
+        skipped = Skipped()
+        items = stage_sources(list(specs), staging, progress, skipped)
         listing = staging / "items.parquet"
         items.to_parquet(listing, index=False)
         return build_images(staging, out, captions=str(listing), copy_images=True, progress=progress,
-                            source_note={"sources": [str(s) for s in specs]}, **options)
+                            source_note={"sources": [str(s) for s in specs]}, skipped=skipped, **options)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -14,7 +14,9 @@ def one_line(e: BaseException, limit: int = 200) -> str:
 
 
 def read_table(path: str | Path, what: str = "table", sniff: bool = False):
-    """A DataFrame from ``path`` (.parquet, else CSV; ``sniff`` guesses the CSV separator)."""
+    """A DataFrame from ``path`` (.parquet, else CSV/TSV; ``sniff`` guesses the CSV separator). A byte-order
+    mark is read as one; a row whose field count differs from the header's is refused, naming its line (pandas
+    would shift its columns, or fill the row with empties)."""
     import pandas as pd
 
     path = Path(path)
@@ -25,11 +27,36 @@ def read_table(path: str | Path, what: str = "table", sniff: bool = False):
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        if sniff:
-            return pd.read_csv(path, sep=None, engine="python")
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        sep = _check_fields(path, what, sniff)
+        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", engine="python" if sniff else "c")
+    except MemlabError:
+        raise
     except Exception as e:  # noqa: BLE001 - a malformed file raises many types (ParserError, ArrowInvalid, ...)
         raise MemlabError(f"cannot read {what} {path}: {one_line(e)}") from None
+
+
+def _check_fields(path: Path, what: str, sniff: bool) -> str:
+    """The file's separator, after checking that every row has as many fields as the header."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        head = f.read(64 * 1024)
+        sep = "\t" if path.suffix == ".tsv" else ","
+        if sniff:
+            try:
+                sep = csv.Sniffer().sniff(head.splitlines()[0] if head else "", delimiters=",;\t|").delimiter
+            except csv.Error:
+                pass
+        f.seek(0)
+        reader = csv.reader(f, delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            raise MemlabError(f"{what} {path} is empty")
+        for row in reader:
+            if row and len(row) != len(header):
+                raise MemlabError(f"{what} {path}, line {reader.line_num}: {len(row)} fields where the header has "
+                                  f"{len(header)} ({sep!r}-separated); quote fields that hold the separator")
+    return sep
 
 
 def require_columns(df, path, columns, hint: str = "") -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .indexfiles import sha256
 from .errors import MemlabError
+from .validate import check_world
 
 WORLD_FILE = "world.json"
 ASSETS_WORLD = Path(__file__).resolve().parents[1] / "assets" / "world"
@@ -57,8 +58,9 @@ class World:
         except json.JSONDecodeError as e:
             raise MemlabError(f"{f} is not valid JSON: {e}") from e
         for key in ("name", "model", "index"):
-            if key not in m:
+            if not isinstance(m, dict) or key not in m:
                 raise MemlabError(f"{f} has no {key!r} entry")
+        check_world(m, path)
         if verify:
             verify_world(path, m)
         model = m["model"]

@@ -59,7 +59,7 @@ def tiny_pipeline_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory, tiny_pipeline_dir):
-    """A world folder: the tiny pipeline + a pixel index of 30 synthetic images."""
+    """A world folder: the tiny pipeline + a pixel index of 30 synthetic images (kept in the index)."""
     import shutil
 
     import pandas as pd
@@ -73,7 +73,13 @@ def tiny_world(tmp_path_factory, tiny_pipeline_dir):
     ims = synthetic_images(30, size=16)
     items = pd.DataFrame({"id": range(30), "caption": [f"a colour field {i}" for i in range(30)],
                           "file": [f"{i}.png" for i in range(30)]})
-    build_index(w / "index", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=10)
+    def keep_images(folder):  # the index keeps its images, as a world's does (the app shows and serves them)
+        (folder / "images").mkdir()
+        for i, im in enumerate(ims):
+            im.save(folder / "images" / f"{i}.png")
+
+    build_index(w / "index", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=10, image_root="images",
+                extra_files=keep_images)
     write_world_json(w, name="tiny", model="model", index="index",
                      defaults={"steps": 3, "guidance": 5.0, "seeds": "0-3"})
     return w

@@ -267,6 +267,7 @@ def test_a_generation_clears_the_previous_results_in_its_own_first_update(client
     assert "of 4 seeds" in outs[-1][0] and len(outs[-1][1]) == 4
 
 
+@pytest.mark.slow
 def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process:
     the run ends early and the next caller is served at once."""

@@ -105,6 +105,7 @@ def _normal_call_works(client):
     assert table["data"] and all("colour field" in r[2] for r in table["data"])
 
 
+@pytest.mark.slow
 def test_bad_input_sweep_over_every_endpoint(client, server, tmp_path):
     """Every case: a clear message (or, where the meaning is unambiguous, an answer), no traceback,
     and the next normal request answered; finally a generation equals the one before the sweep."""

@@ -105,6 +105,7 @@ def test_app_histogram_draws_the_distinct_background():
     assert np.percentile(bg_trace.x, 95) < lab.threshold()["value"]
 
 
+@pytest.mark.slow
 def test_wen_leaves_a_unique_probe_untouched_and_detection_is_the_same_under_mitigations():
     """Issue 11 on the shipped world: with the world's calibrated absolute target, wen leaves a
     non-memorized (unique) probe bit for bit as none made it; the detection score of the same seeds is the

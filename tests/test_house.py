@@ -121,6 +121,7 @@ def _normalized(path: Path) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_memlab_run_writes_the_records_and_images_it_wrote_before_the_house_was_rebuilt(tmp_path):
     """The fixture was written by ``memlab run`` at commit 4f4de28 (before the app package, the one-way
     imports and the split builders), with this test's command; the same command now must write the same
@@ -155,12 +156,12 @@ def test_an_on_disk_build_leaves_the_working_folder_as_it_found_it(tmp_path):
     old = os.getcwd()
     os.chdir(cwd)  # the test's own folder, so anything written to the working folder shows
     try:
-        assert main(["--embeddings", str(src), "--descriptor", "clip", "--factory", "IVF16,Flat",
+        assert main(["--embeddings", str(src), "--descriptor", "emb16", "--factory", "IVF16,Flat",
                      "--block-rows", "1000", "--out", str(tmp_path / "idx")]) == 0
         assert os.getcwd() == str(cwd) and list(cwd.iterdir()) == []
     finally:
         os.chdir(old)
-    data = (tmp_path / "idx" / "clip.faiss").read_bytes()
+    data = (tmp_path / "idx" / "emb16.faiss").read_bytes()
     assert str(tmp_path).encode() not in data  # the lists are named by their file's name alone
     moved = tmp_path / "moved"
     (tmp_path / "idx").rename(moved)

@@ -5,6 +5,7 @@ failures, memory reported and bounded; past the queue's limit a caller is told t
 import pytest
 
 pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow
 
 
 def test_concurrent_callers_over_mixed_endpoints_all_answered(tiny_world):

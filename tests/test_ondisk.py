@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+NAME = "emb32"  # 32-d test embeddings, named by no registered descriptor (so no width is checked against them)
+
+
 def clustered(n: int, d: int, planted: int, seed: int = 0) -> np.ndarray:
     """Unit vectors in 40 clusters (not uniform noise); the last ``planted`` rows are near-copies (cosine
     about 0.99) of as many earlier rows."""
@@ -46,7 +49,7 @@ def emb(tmp_path_factory):
 def _build(src, out, *extra) -> None:
     from index_builder.build import main
 
-    assert main(["--embeddings", str(src), "--descriptor", "clip", "--out", str(out), *extra]) == 0
+    assert main(["--embeddings", str(src), "--descriptor", NAME, "--out", str(out), *extra]) == 0
 
 
 def test_knn_background_and_groups_agree_with_the_exact_computation(emb, tmp_path):
@@ -105,7 +108,7 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
 
     x = clustered(60_000, 32, 200, seed=3)
     src = write_embeddings(tmp_path / "emb", x, pd.DataFrame({"id": np.arange(60_000)}), part_rows=10_000)
-    cmd = [sys.executable, "-m", "index_builder", "--embeddings", str(src), "--descriptor", "clip",
+    cmd = [sys.executable, "-m", "index_builder", "--embeddings", str(src), "--descriptor", NAME,
            "--max-memory", "3MB", "--block-rows", "4000"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
@@ -117,7 +120,7 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     assert landed == 5
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert ref["descriptors"]["clip"]["factory"].startswith("IVF")
+    assert ref["descriptors"][NAME]["factory"].startswith("IVF")
     assert got["files"] == ref["files"]  # every file's checksum
     TrainingIndex.load(tmp_path / "idx")
     assert not list(tmp_path.glob(".idx.*"))  # the work folder is gone
@@ -179,7 +182,7 @@ def test_a_killed_addition_resumes_to_the_same_index(tmp_path):
     assert landed == 3
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "base" / "manifest.json").read_text())
-    assert ref["descriptors"]["clip"]["factory"].startswith("IVF") and got["item_count"] == 50_000
+    assert ref["descriptors"][NAME]["factory"].startswith("IVF") and got["item_count"] == 50_000
     assert got["files"] == ref["files"]  # every file's checksum
     TrainingIndex.load(tmp_path / "base")
     assert not list(tmp_path.glob(".base.*"))
@@ -338,6 +341,7 @@ def test_the_app_service_serves_an_embeddings_index_with_the_same_answers(tiny_w
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_new_shards_are_embedded_on_ray_and_added_to_an_index(tmp_path):
     """`index_builder add --shards`: a new webdataset shard, embedded with the index's descriptor on local
     Ray, is added; the result equals the index built from all four shards' embeddings."""

@@ -17,7 +17,7 @@ from memlab.descriptors import create_descriptor
 from memlab.distort import distort
 from memlab.index import TrainingIndex
 
-pytestmark = pytest.mark.skipif(not (AIC / "captions.csv").is_file(), reason="../shared/data absent")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (AIC / "captions.csv").is_file(), reason="../shared/data absent")]
 
 
 @pytest.fixture(scope="module")

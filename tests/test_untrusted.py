@@ -1,6 +1,6 @@
 """Untrusted files (issue 15): nothing a user supplies is unpickled, TorchScript is loaded only when
 memlab fetched it from the official URL or the user confirmed its checksum, images are capped in bytes
-and pixels before decoding, and the app serves files only from the world's folders."""
+and pixels before decoding, and the app serves files only from the world's image folders."""
 import http.server
 import re
 import shutil
@@ -124,11 +124,11 @@ def test_the_app_refuses_bombs_and_serves_uploads_within_the_caps(client, tmp_pa
     assert "Top-1 score" in md
 
 
-def test_the_file_route_serves_only_the_worlds_folders(server, tmp_path):
+def test_the_file_route_serves_only_the_worlds_images(server, tmp_path):
     import httpx
 
     base, lab = server
-    inside = lab.world.path / "model" / "model_index.json"
+    inside = lab.world.path / "index" / "images" / "3.png"
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the web")
     world = lab.world.path

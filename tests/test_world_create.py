@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAINTINGS = ROOT.parent / "shared" / "data" / "aic-public-domain" / "images"
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_ALBUMENTATIONS_UPDATE": "1"}
 
-pytestmark = pytest.mark.skipif(not (PAINTINGS / "captions.csv").is_file(), reason="../shared/data is absent")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (PAINTINGS / "captions.csv").is_file(), reason="../shared/data is absent")]
 
 
 class Files(http.server.SimpleHTTPRequestHandler):
@@ -94,7 +94,8 @@ def lists(site, tmp_path_factory):
 def _create(tiny_pipeline_dir, lists, out):
     cmd = [sys.executable, "-m", "memlab", "world", "create", "--model", str(tiny_pipeline_dir),
            "--prompts", str(lists[0]), "--controls", str(lists[1]), "--descriptor", "pixel", "--processes", "1",
-           "--threads", "8", "--timeout", "2", "--retries", "0", "--calib-n", "10", "--out", str(out)]
+           "--threads", "8", "--timeout", "2", "--retries", "0", "--calib-n", "10", "--allow-private-addresses",
+           "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r

@@ -72,15 +72,26 @@ def as_file(im: Image.Image) -> str:
 
 
 class CallerMessages:
-    """ASGI middleware saying to callers what Gradio's own answers leave out: a call to an endpoint the
-    app does not have gets 404 with the list of those it has (Gradio answers 500), and a request past
-    the queue's limit gets 503 with the limit, the number waiting, the expected wait and a Retry-After
-    header (Gradio says only that the queue is full)."""
+    """ASGI middleware saying to callers what Gradio's own answers leave out, and holding every request to
+    memlab's caps before Gradio reads it:
 
-    def __init__(self, app):
+    - a call to an endpoint the app does not have gets 404 with the list of those it has (Gradio answers
+      500); a request past the queue's limit gets 503 with the limit, the number waiting, the expected wait
+      and a Retry-After header (Gradio says only that the queue is full);
+    - a request body over the upload cap (a file, or an image inlined as a ``data:`` URL) gets 413 naming the
+      cap, before Gradio saves or decodes it; a file named by an http(s) URL (which Gradio would fetch) gets
+      400: the app matches images it is sent, it fetches none;
+    - the file route serves images alone: a file under a world's folders that is not an image gets 403."""
+
+    def __init__(self, app, image_folders=(), world_folders=()):
         self.app = app
+        self.images = [Path(f).resolve() for f in image_folders]
+        self.worlds = [Path(f).resolve() for f in world_folders]
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and "/file=" in scope["path"]:
+            if not self._serves(scope["path"].split("/file=", 1)[1]):
+                return await _json(send, 403, {"detail": "this app serves the training images, no other file"})
         if scope["type"] != "http" or scope["method"] != "POST" or "/gradio_api/" not in scope["path"]:
             return await self.app(scope, receive, send)
         blocks = scope["app"].get_blocks()
@@ -92,6 +103,15 @@ class CallerMessages:
             if m.group(1) not in known:
                 return await _json(send, 404, {"detail": f"this app has no endpoint /{m.group(1)}; it has "
                                                          + ", ".join(f"/{n}" for n in names)})
+        upload = "/upload" in scope["path"]
+        body, refused = await _read_capped(receive, UPLOAD_CAP if upload else BODY_CAP)
+        if refused:
+            return await _json(send, 413, {"detail": f"the request is over the app's upload limit: an image of at "
+                                                     f"most {LIMITS['upload_bytes'] // 2**20} MiB "
+                                                     f"and {LIMITS['upload_pixels'] / 1e6:.0f} megapixels"})
+        if not upload and _names_a_remote_file(body):
+            return await _json(send, 400, {"detail": "upload the image: this app does not fetch a file named by "
+                                                     "an http(s) URL"})
         start = {}
 
         async def send_(msg):
@@ -103,7 +123,78 @@ class CallerMessages:
                 return await _json(send, 503, {"detail": text}, {"retry-after": str(max(1, round(wait or 5)))})
             await send(msg)
 
-        return await self.app(scope, receive, send_)
+        return await self.app(scope, replay(body, receive), send_)
+
+    def _serves(self, raw: str) -> bool:
+        """Whether the file route may serve ``raw`` (as it came in the URL): anything outside the worlds' and
+        the image folders is Gradio's to judge (its cache, the app's PNGs); inside them, images under an image
+        folder alone."""
+        import urllib.parse
+
+        try:
+            p = Path(urllib.parse.unquote(raw)).resolve()
+        except (OSError, ValueError):
+            return False
+        if not any(p.is_relative_to(w) for w in self.worlds + self.images):
+            return True
+        return p.suffix.lower() in IMAGE_SUFFIXES and any(p.is_relative_to(f) for f in self.images)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+BODY_CAP = LIMITS["upload_bytes"] * 4 // 3 + 2**20  # an upload's bytes as base64 in JSON, and the request around it
+UPLOAD_CAP = LIMITS["upload_bytes"] + 2**16  # a file upload and its multipart headers
+
+
+async def _read_capped(receive, cap: int) -> tuple[bytes, bool]:
+    """The request's body, or (what was read, True) once it is over ``cap`` bytes."""
+    chunks, n = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            break
+        chunks.append(msg.get("body", b""))
+        n += len(chunks[-1])
+        if n > cap:
+            return b"", True
+        if not msg.get("more_body"):
+            break
+    return b"".join(chunks), False
+
+
+def replay(body: bytes, receive):
+    """An ASGI ``receive`` that hands over a body already read, then the connection's own messages (its
+    disconnect)."""
+    sent = [False]
+
+    async def again():
+        if not sent[0]:
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return again
+
+
+def _names_a_remote_file(body: bytes) -> bool:
+    """Whether a JSON request names a file (Gradio's FileData) by an http(s) URL."""
+    if b"FileData" not in body or b"http" not in body:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            if (x.get("meta") or {}).get("_type") == "gradio.FileData":
+                for key in ("path", "url"):
+                    v = x.get(key)
+                    if isinstance(v, str) and v.lower().startswith(("http://", "https://")):
+                        return True
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 async def _json(send, status: int, body: dict, headers: dict | None = None):
@@ -180,13 +271,21 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
     """Queue and serve the app the one way memlab does (app.py and the tests): one generation at a time
     per event, at most LIMITS["queue"] requests waiting (past it a caller is told the limit and the wait),
     messages of refused input shown (``show_error``; tracebacks stay in the server log), and files served
-    only from the worlds' own folders."""
+    only from the worlds' image folders (``CallerMessages``: images alone, uploads within the caps)."""
     from starlette.middleware import Middleware
 
+    import PIL.Image
+
     labs = [labs] if isinstance(labs, Lab) else list(labs)
-    folders = sorted({f for lab in labs for f in lab.served_folders()})
+    folders = sorted({f for lab in labs for f in lab.image_folders()})
+    worlds = sorted({f for lab in labs for f in lab.served_folders()})
+    # Gradio opens an uploaded image (and decodes one sent as a data: URL) before memlab sees it: PIL refuses
+    # at open an image over twice this, so nothing over the app's pixel cap is decoded
+    PIL.Image.MAX_IMAGE_PIXELS = LIMITS["upload_pixels"] // 2
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
     calm_queue(demo)
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
                        max_file_size=LIMITS["upload_bytes"],
-                       footer_links=["api"], app_kwargs={"middleware": [Middleware(CallerMessages)]}, **kw)
+                       footer_links=["api"],
+                       app_kwargs={"middleware": [Middleware(CallerMessages, image_folders=folders,
+                                                             world_folders=worlds)]}, **kw)

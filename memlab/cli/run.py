@@ -45,28 +45,21 @@ def add_arguments(p):
 
 
 def read_prompts(path: str, column: str | None) -> list[str]:
-    from ..tables import one_line, read_table
+    """The prompts of a file: one reader of prompt lists everywhere (``memlab.prompts.read_prompt_list``: text,
+    CSV/TSV/parquet, NeMo's lists, Wen et al.'s JSONL), or a table's ``column``."""
+    from ..prompts import read_prompt_list
+    from ..tables import read_table
 
     f = Path(path)
-    if not f.exists():
-        raise MemlabError(f"prompts file {f} does not exist")
-    if not f.is_file():
-        raise MemlabError(f"prompts file {f} is not a file")
-    if f.suffix in (".csv", ".tsv", ".parquet"):
-        df = read_table(f, "prompts file", sniff=True)
-        cols = [column] if column else [c for c in ("caption", "Caption", "prompt", "Prompt", "text", "TEXT")
-                                        if c in df.columns][:1]
-        if not cols or cols[0] not in df.columns:
-            raise MemlabError(f"{f} has no prompt column (columns: {', '.join(map(str, df.columns))}); "
-                              f"use --prompt-column")
-        prompts = [str(x) for x in df[cols[0]].dropna()]
+    if column:
+        df = read_table(f, "prompts file", sniff=f.suffix == ".csv")
+        if column not in df.columns:
+            raise MemlabError(f"{f} has no {column!r} column (columns: {', '.join(map(str, df.columns))})")
+        prompts = [str(x).strip() for x in df[column].dropna() if str(x).strip()]
     else:
-        try:
-            prompts = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise MemlabError(f"cannot read prompts file {f} as UTF-8 text: {one_line(e)}") from None
+        prompts = [p for p in read_prompt_list(f)["prompt"] if p]
     if not prompts:
-        raise MemlabError(f"{f} holds no prompts")
+        raise MemlabError(f"{f} holds no prompts (a list of URLs alone names no prompt)")
     return prompts
 
 

@@ -17,6 +17,8 @@ import sys
 
 
 def add_arguments(p):
+    from ..safefetch import add_policy_arguments
+
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("create", help="a world from a prompt list (fetch, index, probes, keyword views)",
                        description=__doc__.strip())
@@ -37,6 +39,7 @@ def add_arguments(p):
     c.add_argument("--threads", type=int, default=32)
     c.add_argument("--timeout", type=float, default=10, help="seconds per URL")
     c.add_argument("--retries", type=int, default=1)
+    add_policy_arguments(c)
     c.add_argument("--calib-n", type=int, default=500, help="items copied to calibrate a descriptor's threshold")
     c.add_argument("--device", default=None)
     c.add_argument("--out", required=True, help="world folder to write")
@@ -71,5 +74,7 @@ def run(args) -> int:
     create_world(args.model, args.prompts, out, controls=args.controls, training=args.training,
                  descriptors=descriptors, name=args.name, keywords=keywords, image_size=args.image_size,
                  processes=args.processes, threads=args.threads, timeout=args.timeout, retries=args.retries,
+                 fetch_policy={"allow_private_addresses": args.allow_private_addresses, "deadline": args.deadline,
+                               "max_bytes": args.max_bytes},
                  index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr))
     return 0

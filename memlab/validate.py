@@ -1,0 +1,154 @@
+"""Files memlab loads from a folder someone else may have made (an index's manifest, a world's world.json,
+keyword views), checked at load: types, shapes, finite numbers and paths that stay inside their folder.
+Each problem is one ``MemlabError`` naming the file and the field, so a command says ``error:`` and exits 2
+and the app refuses to start with the same line; nothing reaches a traceback."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from .errors import MemlabError
+
+
+class Checker:
+    """Field checks against one file, each failure naming ``file: field``."""
+
+    def __init__(self, file: Path):
+        self.file = file
+
+    def fail(self, field: str, what: str):
+        raise MemlabError(f"{self.file}: {field} {what}")
+
+    def obj(self, value, field: str) -> dict:
+        if not isinstance(value, dict):
+            self.fail(field, f"must be an object (got {type(value).__name__})")
+        return value
+
+    def get(self, d: dict, key: str, kind, field: str, optional: bool = False):
+        if key not in d:
+            if optional:
+                return None
+            self.fail(field, "is missing")
+        v = d[key]
+        if optional and v is None:
+            return None
+        if kind is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                self.fail(field, f"must be a finite number (got {v!r:.40})")
+        elif kind is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                self.fail(field, f"must be a whole number (got {v!r:.40})")
+        elif not isinstance(v, kind):
+            self.fail(field, f"must be {getattr(kind, '__name__', kind)} (got {type(v).__name__})")
+        return v
+
+    def relative(self, folder: Path, rel: str, field: str, must_exist: bool = False) -> Path:
+        """A path the file names relative to its folder: no absolute path, no ``..``, inside ``folder``."""
+        from .paths import inside
+
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts \
+                or not inside(folder, folder / rel):
+            self.fail(field, f"points outside {folder} ({rel!r:.80})")
+        if must_exist and not (folder / rel).exists():
+            self.fail(field, f"names {rel!r}, which is not in {folder}")
+        return folder / rel
+
+
+def check_manifest(m, path: Path) -> dict:
+    """An index's manifest.json (``memlab.index``)."""
+    c = Checker(path / "manifest.json")
+    m = c.obj(m, "the manifest")
+    n = c.get(m, "item_count", int, "item_count")
+    if n < 0:
+        c.fail("item_count", "must not be negative")
+    descs = c.obj(c.get(m, "descriptors", dict, "descriptors"), "descriptors")
+    if not descs:
+        c.fail("descriptors", "names no descriptor")
+    default = c.get(m, "default_descriptor", str, "default_descriptor")
+    if default not in descs:
+        c.fail("default_descriptor", f"{default!r} is not among the descriptors ({', '.join(descs)})")
+    c.relative(path, c.get(m, "metadata", str, "metadata"), "metadata")
+    for f in c.obj(m.get("files", {}), "files"):
+        c.relative(path, f, f"files[{f!r}]")
+    c.get(m, "image_root", str, "image_root", optional=True)
+    for name, info in descs.items():
+        where = f"descriptors.{name}"
+        info = c.obj(info, where)
+        c.get(info, "dim", int, f"{where}.dim", optional=True)
+        thr = c.obj(c.get(info, "threshold", dict, f"{where}.threshold"), f"{where}.threshold")
+        c.get(thr, "value", float, f"{where}.threshold.value")
+        c.get(thr, "high", float, f"{where}.threshold.high", optional=True)
+        files = c.obj(c.get(info, "files", dict, f"{where}.files"), f"{where}.files")
+        for key in ("vectors", "background"):
+            c.relative(path, c.get(files, key, str, f"{where}.files.{key}"), f"{where}.files.{key}")
+        for key in ("index", "background_distinct", "knn"):
+            if files.get(key) is not None:
+                c.relative(path, c.get(files, key, str, f"{where}.files.{key}"), f"{where}.files.{key}")
+        c.get(info, "factory", str, f"{where}.factory")
+    return m
+
+
+SCHEDULERS = ("ddim", "dpm")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def check_world(m, path: Path) -> dict:
+    """A world's world.json (``memlab.world``): its model a folder inside the world, a local diffusers folder
+    named by an absolute path (``world create --model FOLDER``) or a Hub id; index, probes and card inside the
+    world; defaults of the right types."""
+    c = Checker(path / "world.json")
+    m = c.obj(m, "world.json")
+    c.get(m, "name", str, "name")
+    model = c.get(m, "model", str, "model")
+    if Path(model).is_absolute():
+        if not (Path(model) / "model_index.json").is_file():
+            c.fail("model", f"names {model!r}, which is not a diffusers pipeline folder")
+    elif (path / model).exists() or ".." in Path(model).parts or not HUB_ID.fullmatch(model):
+        c.relative(path, model, "model", must_exist=True)
+    c.relative(path, c.get(m, "index", str, "index"), "index")
+    for key in ("probes", "card"):
+        if m.get(key) is not None:
+            c.relative(path, c.get(m, key, str, key), key)
+    d = c.obj(m.get("defaults", {}), "defaults")
+    if "steps" in d and (c.get(d, "steps", int, "defaults.steps") < 1):
+        c.fail("defaults.steps", "must be at least 1")
+    for key in ("guidance", "wen_target"):
+        c.get(d, key, float, f"defaults.{key}", optional=True)
+    if "scheduler" in d and d["scheduler"] not in SCHEDULERS:
+        c.fail("defaults.scheduler", f"must be one of {', '.join(SCHEDULERS)} (got {d['scheduler']!r:.40})")
+    for key in ("seeds",):
+        c.get(d, key, str, f"defaults.{key}", optional=True)
+    c.get(d, "k", int, "defaults.k", optional=True)
+    for rel, rec in c.obj(m.get("files") or {}, "files").items():
+        c.relative(path, rel, f"files[{rel!r}]")
+        rec = c.obj(rec, f"files[{rel!r}]")
+        c.get(rec, "bytes", int, f"files[{rel!r}].bytes")
+        c.get(rec, "sha256", str, f"files[{rel!r}].sha256")
+    return m
+
+
+def check_view(v, file: Path, n_items: int | None = None) -> dict:
+    """A keyword view (``memlab.keywords``): the fields the app reads, of the right types, rows in the index."""
+    c = Checker(file)
+    v = c.obj(v, "the view")
+    c.get(v, "keyword", str, "keyword")
+    for key in ("n_before", "n_after", "n_too_long", "miscellaneous_size"):
+        c.get(v, key, int, key)
+    c.get(v, "cluster_threshold", float, "cluster_threshold")
+    c.obj(c.get(v, "descriptor", dict, "descriptor"), "descriptor")
+    share = c.obj(c.get(v, "share_in_top", dict, "share_in_top"), "share_in_top")
+    for key in ("top1", "top3", "top5"):
+        c.get(share, key, float, f"share_in_top.{key}")
+    for i, cl in enumerate(c.get(v, "clusters", list, "clusters")):
+        where = f"clusters[{i}]"
+        cl = c.obj(cl, where)
+        for key in ("rank", "size", "distinct_images"):
+            c.get(cl, key, int, f"{where}.{key}")
+        c.get(cl, "miscellaneous", bool, f"{where}.miscellaneous")
+        c.get(cl, "top_words", list, f"{where}.top_words")
+        for r in c.get(cl, "representatives", list, f"{where}.representatives"):
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0 or (n_items is not None and r >= n_items):
+                c.fail(f"{where}.representatives", f"holds {r!r:.20}, not a row of the index")
+    c.obj(v.get("objects", {}), "objects")
+    return v

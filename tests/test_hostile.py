@@ -1,0 +1,450 @@
+"""Hostile input (issue 28), tried as an attacker would: shards and listings that name paths outside their
+folder, links, damaged tars, fetches that redirect or drip, world and index folders with wrong types or
+paths, uploads past the caps. After each: nothing written or read outside the work folders, the good
+samples indexed, each bad one reported by its reason, whole-input problems one ``error:`` line with exit 2,
+the app still serving."""
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.helpers import ROOT, synthetic_images
+
+ENV = {**os.environ, "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def png(i: int, size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    synthetic_images(i + 1, size=size, seed=i)[i].save(buf, "PNG")
+    return buf.getvalue()
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def tree(folder: Path) -> set:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+# ------------------------------------------------------------------------------------------------ shards
+def hostile_shard(path: Path) -> None:
+    """Good samples, one in a subfolder and one with a 300-character name, beside members that climb out
+    (``../``), an absolute member, a symlink and a hard link, a duplicate key and a sample without image."""
+    with tarfile.open(path, "w") as tar:
+        for k, i in (("good0", 0), ("imgs/good1", 1), ("x" * 300, 2)):
+            add(tar, f"{k}.png", png(i))
+            add(tar, f"{k}.txt", f"caption {i}".encode())
+        add(tar, "../escaped.png", png(3))
+        add(tar, "/tmp/absolute-memlab-test.png", png(4))
+        link = tarfile.TarInfo("linked.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        hard = tarfile.TarInfo("hard.png")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "good0.png"
+        tar.addfile(hard)
+        add(tar, "good0.png", png(5))  # the same key again, later in the tar: a second sample "good0"
+        add(tar, "notes.txt", b"no image here")
+
+
+def test_shard_members_never_leave_the_staging_folder_and_each_bad_one_is_reported(tmp_path):
+    from index_builder.build import main
+    from memlab.index import TrainingIndex
+
+    work = tmp_path / "work"
+    (work / "shards").mkdir(parents=True)
+    hostile_shard(work / "shards" / "00000.tar")
+    before = tree(tmp_path)
+    abs_target = Path("/tmp/absolute-memlab-test.png")
+    abs_target.unlink(missing_ok=True)
+    assert main(["--shards", str(work / "shards"), "--descriptor", "pixel", "--calib-n", "2",
+                 "--out", str(work / "idx")]) == 0
+    assert not abs_target.exists() and not (work / "escaped.png").exists() and not (tmp_path / "escaped.png").exists()
+    new = {p for p in tree(tmp_path) - before if not p.startswith("work/idx")}
+    assert new == set(), new  # nothing beside the index (the staging folder is gone too)
+    idx = TrainingIndex.load(work / "idx")
+    files = set(idx.items["file"])
+    assert len(files) == 3 and any("imgs__good1" in f for f in files)  # the subfolder kept in the name
+    assert all(len(Path(f).name) <= 124 for f in files)  # the long name cut, with a hash of the whole
+    rep = idx.manifest["source"]["skipped_samples"]["by_reason"]
+    assert rep == {"unsafe member name (absolute or ..)": 2, "link or special member": 2, "duplicate key": 1,
+                   "no image in the sample": 1}, rep
+    assert all(p.resolve().is_relative_to((work / "idx").resolve()) for p in (work / "idx").rglob("*"))
+
+
+def test_a_truncated_shard_keeps_what_it_could_read_among_good_ones(tmp_path):
+    from index_builder.build import main
+    from memlab.index import TrainingIndex
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "00000.tar", "w") as tar:
+        for i in range(4):
+            add(tar, f"a{i}.png", png(i))
+    with tarfile.open(tmp_path / "whole.tar", "w") as tar:
+        for i in range(4):
+            add(tar, f"b{i}.png", png(i + 4, size=64))
+    data = (tmp_path / "whole.tar").read_bytes()
+    cut = 512 + len(png(4, 64)) + 512 + 512 + 100  # two members whole (header + padded data), the third cut
+    (shards / "00001.tar").write_bytes(data[:cut])
+    assert main(["--shards", str(shards), "--descriptor", "pixel", "--calib-n", "2", "--out", str(tmp_path / "idx")]) == 0
+    idx = TrainingIndex.load(tmp_path / "idx")
+    ids = sorted(idx.items["id"])
+    assert ids[:4] == ["a0", "a1", "a2", "a3"] and "b0" in ids and "b3" not in ids
+    by = idx.manifest["source"]["skipped_samples"]["by_reason"]
+    assert by.get("truncated tar (the sample it cut, lost)") == 1, by
+
+
+def test_embedding_a_shard_skips_bad_samples_and_counts_them(tmp_path):
+    from index_builder.embed import embed_shard
+    from tests.test_untrusted import png_bomb
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for i in range(3):
+            add(tar, f"k{i}.png", png(i))
+        add(tar, "broken.png", b"\x89PNG not really")
+        add(tar, "bomb.png", png_bomb(tmp_path / "bomb.png", 20_000, 20_000).read_bytes())
+    res = embed_shard(str(tmp_path / "s.tar"), 0, str(tmp_path / "emb"), "pixel", {})
+    assert res["rows"] == 3 and res["samples_skipped"] == 2
+    rep = json.loads((tmp_path / "emb" / "skipped" / "skipped_0.json").read_text())
+    assert rep["by_reason"] == {"unreadable image": 1, "image over 40 MP": 1}
+    assert np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy").shape[0] == 3
+
+
+# ---------------------------------------------------------------------------------------------- listings
+def test_a_listing_never_reads_a_file_outside_its_folder(tmp_path):
+    from index_builder.build import main
+    from memlab.index import TrainingIndex
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(7))
+    folder = tmp_path / "listing"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"ok{i}.png").write_bytes(png(i))
+    (folder / "link.png").symlink_to(secret)
+    rows = [(0, "ok0.png"), (1, "ok1.png"), (2, "ok2.png"), (3, "../secret.png"), (4, str(secret)), (5, "link.png")]
+    pd.DataFrame({"id": [r[0] for r in rows], "file": [r[1] for r in rows],
+                  "caption": [f"c{r[0]}" for r in rows]}).to_csv(folder / "items.csv", index=False)
+    for argv in (["--images", str(folder), "--captions", str(folder / "items.csv")],
+                 ["--shards", str(folder / "items.csv")]):  # (a listing as a world's training source)
+        out = tmp_path / f"idx{len(argv)}"
+        assert main(argv + ["--descriptor", "pixel", "--calib-n", "2", "--copy-images", "--out", str(out)]) == 0
+        idx = TrainingIndex.load(out)
+        assert sorted(idx.items["id"].astype(str)) == ["0", "1", "2"]
+        assert idx.manifest["source"]["skipped_samples"]["by_reason"] == {
+            "path outside its folder (absolute, .. or a link out)": 3}
+        copied = [p.read_bytes() for p in out.rglob("*.png")]
+        assert png(7) not in copied
+
+
+# ------------------------------------------------------------------------------------------------- fetch
+class Hostile(http.server.BaseHTTPRequestHandler):
+    """A server that redirects to other schemes and addresses, sends too much, drips, or serves images."""
+
+    def log_message(self, *a):
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionError, BrokenPipeError):
+            pass  # the client hung up on a refused body
+
+    def do_GET(self):
+        port = self.server.server_port
+        routes = {"/to-ftp": "ftp://127.0.0.1/a.png", "/to-loopback2": f"http://127.0.0.2:{port}/ok.png",
+                  "/to-file": "file:///etc/passwd"}
+        if self.path in routes:
+            self.send_response(302)
+            self.send_header("Location", routes[self.path])
+            self.end_headers()
+        elif self.path in ("/ok.png", "/photo.jpg"):
+            body = self.server.files[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png" if self.path.endswith("png") else "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/huge":
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(8):
+                self.wfile.write(b"\0" * 2**20)
+        elif self.path == "/drip":
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(30):
+                self.wfile.write(b"\xff")
+                self.wfile.flush()
+                time.sleep(0.5)
+        else:
+            self.send_response(404)
+            self.end_headers()
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    srv.daemon_threads = True
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(buf, "JPEG", quality=90)
+    srv.files = {"/ok.png": png(1, 48), "/photo.jpg": buf.getvalue()}
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+
+
+def test_a_fetch_reaches_only_public_http_and_stops_at_its_deadline_and_size(hostile_server, tmp_path):
+    from memlab.fetch import fetch
+
+    base = f"http://127.0.0.1:{hostile_server.server_port}"
+    names = ["ok.png", "photo.jpg", "to-ftp", "to-file", "to-loopback2", "huge", "drip"]
+    urls = pd.DataFrame({"url": [f"{base}/{n}" for n in names], "caption": names})
+    t0 = time.perf_counter()
+    rep = fetch(urls, tmp_path / "shards", processes=1, threads=8, timeout=3, retries=0,
+                allow_private_addresses=("127.0.0.1",), deadline=3, max_bytes=2**20)
+    took = time.perf_counter() - t0
+    reasons = dict(pd.read_csv(tmp_path / "shards" / "_fetch" / "failures.csv")[["url", "reason"]].values)
+    assert {u.rsplit("/", 1)[1]: r for u, r in reasons.items()} == {
+        "to-ftp": "refused: redirect to another scheme", "to-file": "refused: redirect to another scheme",
+        "to-loopback2": "refused: private address", "huge": "body too large", "drip": "deadline passed"}
+    assert rep["fetched"] == 2 and took < 60  # the 15 s drip was cut at 3 s
+    with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
+        kept = {json.loads(tar.extractfile(m.name[:-4] + ".json").read())["url"].rsplit("/", 1)[1]:
+                tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")}
+    assert kept["photo.jpg"] == hostile_server.files["/photo.jpg"]  # a small JPEG keeps its bytes
+    assert kept["ok.png"][:2] == b"\xff\xd8"  # a PNG is re-encoded as JPEG by img2dataset (as docs say)
+    # by default loopback is refused: nothing is fetched from this machine
+    rep = fetch(urls[:2], tmp_path / "default", processes=1, threads=4, timeout=3, retries=0)
+    assert rep["fetched"] == 0 and rep["by_reason"] == {"refused: private address": 2}
+
+
+# ------------------------------------------------------------------------------------------------ readers
+def test_readers_say_what_is_wrong_and_lose_nothing(tmp_path):
+    from memlab.cli.run import read_prompts
+    from memlab.errors import MemlabError
+    from memlab.prompts import read_prompt_list
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffcaption,url\na red ball,http://x/1.png\na blue cube,http://x/2.png\n".encode())
+    assert list(read_prompt_list(bom)["prompt"]) == ["a red ball", "a blue cube"]
+    extra = tmp_path / "extra.csv"
+    extra.write_text("caption,url\na red ball,http://x/1.png\na blue, cube,http://x/2.png\nthird,http://x/3.png\n")
+    with pytest.raises(MemlabError, match="line 3: 3 fields where the header has 2"):
+        read_prompt_list(extra)
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://x/1.png\nhttp://x/2.png\nnot a url\nhttp://x/3.png\n")
+    with pytest.raises(MemlabError, match="line 3 is not"):
+        read_prompt_list(urls)
+    wen = tmp_path / "sdv1_500_memorized.jsonl"
+    wen.write_text('{"caption": "a red ball", "url": "http://x/1.png", "index": 3}\n'
+                   '{"caption": "a blue cube", "url": "http://x/2.png", "index": 4}\n')
+    assert read_prompts(str(wen), None) == ["a red ball", "a blue cube"]  # not the JSON lines themselves
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from memlab.match import load_image
+
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = im.getexif()
+    exif[274] = 6  # rotated 90 degrees: shown 20 x 40
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert load_image(tmp_path / "r.jpg").size == (20, 40)
+
+
+# -------------------------------------------------------------------------------------- index and world
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def one_error(r: subprocess.CompletedProcess, *words) -> None:
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def _reseal(index: Path, manifest: dict) -> None:
+    """Write a manifest whose checksums match its (altered) files: the damage a checksum cannot see."""
+    from memlab.indexfiles import sha256
+
+    manifest["files"] = {f: sha256(index / f) for f in manifest["files"]}
+    (index / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_malformed_index_and_world_files_are_one_error_line(tiny_world, tmp_path):
+    q = tmp_path / "q.png"
+    synthetic_images(1)[0].save(q)
+    cases = []
+
+    def damaged(name, edit):
+        w = tmp_path / name
+        shutil.copytree(tiny_world, w)
+        edit(w)
+        cases.append((name, w))
+
+    def as_list(w):
+        (w / "index" / "manifest.json").write_text("[1, 2, 3]")
+
+    def threshold_text(w):
+        m = json.loads((w / "index" / "manifest.json").read_text())
+        m["descriptors"]["pixel"]["threshold"]["value"] = "0.9"
+        _reseal(w / "index", m)
+
+    def wrong_width(w):
+        m = json.loads((w / "index" / "manifest.json").read_text())
+        np.save(w / "index" / "pixel.npy", np.ones((m["item_count"], 7), np.float32))
+        _reseal(w / "index", m)
+
+    def wrong_types(w):
+        items = pd.read_parquet(w / "index" / "items.parquet")
+        items["group"] = items["group"].astype(str)
+        items.to_parquet(w / "index" / "items.parquet", index=False)
+        _reseal(w / "index", json.loads((w / "index" / "manifest.json").read_text()))
+
+    def outside(w):
+        m = json.loads((w / "world.json").read_text())
+        m["index"] = "../../etc"
+        (w / "world.json").write_text(json.dumps(m))
+
+    def steps(w):
+        m = json.loads((w / "world.json").read_text())
+        m["defaults"]["steps"] = "abc"
+        (w / "world.json").write_text(json.dumps(m))
+
+    expect = {"as_list": ("manifest.json", "format"), "threshold_text": ("threshold.value", "finite number"),
+              "wrong_width": ("pixel.npy", "7-d"), "wrong_types": ("group",),
+              "outside": ("world.json", "index", "points outside"), "steps": ("defaults.steps", "whole number")}
+    for name, fn in (("as_list", as_list), ("threshold_text", threshold_text), ("wrong_width", wrong_width),
+                     ("wrong_types", wrong_types), ("outside", outside), ("steps", steps)):
+        damaged(name, fn)
+    for name, w in cases:
+        r = run_cli("memlab", "match", "--index", str(w / "index"), "--images", str(q)) if name in (
+            "as_list", "threshold_text", "wrong_width", "wrong_types") else \
+            run_cli("memlab", "run", "--world", str(w), "--prompt", "a colour field", "--seeds", "0", "--steps", "1",
+                    "--out", str(tmp_path / f"{name}.jsonl"))
+        one_error(r, *expect[name])
+    # the app refuses to start on a keyword view of the wrong shape, naming the file and field
+    w = tmp_path / "badview"
+    shutil.copytree(tiny_world, w)
+    (w / "keywords").mkdir(exist_ok=True)
+    (w / "keywords" / "field.json").write_text(json.dumps({"keyword": "field", "clusters": "many"}))
+    from memlab.world import seal_world
+
+    seal_world(w)
+    r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--world", str(w), "--port", "1"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "field.json" in r.stderr and "n_before" in r.stderr and "Traceback" not in r.stderr
+    # a view dropped in without the world's checksum is refused too
+    (w / "keywords" / "field.json").unlink()
+    seal_world(w)
+    (w / "keywords" / "dropped.json").write_text("{}")
+    r = run_cli("memlab", "run", "--world", str(w), "--prompt", "a colour field", "--seeds", "0", "--steps", "1",
+                "--out", str(tmp_path / "v.jsonl"))
+    assert r.returncode == 0  # (runs load no views)
+    from memlab.errors import MemlabError
+    from memlab.service import Lab
+    from memlab.world import World
+
+    with pytest.raises(MemlabError, match="dropped.json is not among the checksummed files"):
+        Lab(World.load(w), device="cpu")
+
+
+def test_embeddings_with_nan_zero_or_foreign_rows_are_refused_naming_the_row(tmp_path):
+    from memlab.embeddings import write_embeddings
+
+    x = np.random.default_rng(0).standard_normal((300, 768)).astype(np.float32)
+    for name, edit, words in (("nan", lambda v: v.__setitem__((123, 5), np.nan), ("row 123", "finite")),
+                              ("zero", lambda v: v.__setitem__(77, 0), ("row 77", "all-zero")),
+                              ("width", None, ("64-d", "768-d", "clip"))):
+        v = x.copy() if edit else x[:, :64].copy()
+        if edit:
+            edit(v)
+        src = write_embeddings(tmp_path / name, v, pd.DataFrame({"id": np.arange(300)}), dtype=np.float32)
+        r = run_cli("index_builder", "--embeddings", str(src), "--descriptor", "clip", "--out", str(tmp_path / f"i{name}"))
+        one_error(r, *words)
+        if name != "width":
+            assert "img_emb_0.npy" in r.stderr
+
+
+def test_faiss_no_result_is_never_a_match(tmp_path):
+    """An IVF index whose probed lists hold fewer items than k: the missing places are not matches (FAISS's
+    -1 once read as the last item, at score -3.4e38)."""
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import match_vectors
+
+    ims = synthetic_images(6)
+    items = pd.DataFrame({"id": range(6), "caption": [f"c{i}" for i in range(6)], "file": [f"{i}.png" for i in range(6)]})
+    d = create_descriptor("pixel")
+    build_index(tmp_path / "idx", items, lambda i: ims[i], [d], factory="IVF2,Flat", calib_n=2)
+    idx = TrainingIndex.load(tmp_path / "idx")
+    idx.nprobe = 1
+    v = d.embed(ims)
+    scores, rows = idx.search(v, k=6)
+    got = match_vectors(idx, d, v, k=6)
+    for r, s, m in zip(rows, scores, got):
+        found = r >= 0
+        assert np.isfinite(s[found]).all() and np.isneginf(s[~found]).all()
+        assert len(m["matches"]) == int(found.sum()) and all(np.isfinite(x["score"]) for x in m["matches"])
+        assert len({x["row"] for x in m["matches"]}) == len(m["matches"])
+
+
+# ----------------------------------------------------------------------------------------------------- app
+def test_the_app_serves_images_alone_and_holds_every_upload_path_to_the_caps(server, client, tmp_path):
+    import base64
+
+    import httpx
+    from gradio_client import handle_file
+
+    base, lab = server
+    index = lab.index.path
+    image = next((index / "images").rglob("*.png"))
+    assert httpx.get(f"{base}gradio_api/file={image}", timeout=10).status_code == 200
+    for f in (lab.world.path / "model" / "model_index.json", index / "items.parquet", index / "manifest.json",
+              index / "pixel.npy", lab.world.path / "world.json"):
+        r = httpx.get(f"{base}gradio_api/file={f}", timeout=10)
+        assert r.status_code in (403, 404) and r.content != f.read_bytes(), f
+    # a file over the byte cap, as an upload and as a data: URL: refused by the cap's name, no server path
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * (21 * 2**20))
+    r = httpx.post(f"{base}gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")}, timeout=60)
+    assert r.status_code == 413 and "20 MiB" in r.text and "/tmp" not in r.text
+    data_url = "data:image/png;base64," + base64.b64encode(big.read_bytes()).decode()
+    payload = {"data": [{"path": None, "url": data_url, "meta": {"_type": "gradio.FileData"}}, 3, None]}
+    r = httpx.post(f"{base}gradio_api/call/match_image", json=payload, timeout=60)
+    assert r.status_code == 413 and "20 MiB" in r.text
+    # named by URL: not fetched by the app
+    payload["data"][0] = {"path": "https://example.org/a.png", "url": "https://example.org/a.png",
+                          "meta": {"_type": "gradio.FileData"}}
+    r = httpx.post(f"{base}gradio_api/call/match_image", json=payload, timeout=60)
+    assert r.status_code == 400 and "does not fetch" in r.text
+    # a pixel bomb inlined as a data: URL (small in bytes) is refused at open, not decoded
+    from tests.test_untrusted import png_bomb
+
+    bomb = png_bomb(tmp_path / "bomb.png", 30_000, 30_000).read_bytes()
+    payload["data"][0] = {"path": None, "url": "data:image/png;base64," + base64.b64encode(bomb).decode(),
+                          "meta": {"_type": "gradio.FileData"}}
+    with pytest.raises(Exception) as e:
+        client.predict(*payload["data"], api_name="/match_image")
+    assert "Traceback" not in str(e.value)
+    ok = tmp_path / "q.png"
+    synthetic_images(1, size=16)[0].save(ok)
+    md, _, _ = client.predict(handle_file(str(ok)), 3, None, api_name="/match_image")  # still serving
+    assert "Top-1 score" in md
