@@ -311,6 +311,8 @@ class TrainingIndex:
             if info.get("dim") is not None and shape[1] != info["dim"]:
                 raise IndexMismatchError(f"index {path}: {f.name} holds {shape[1]}-d vectors, the manifest's "
                                          f"descriptors.{name}.dim says {info['dim']}")
+            if verify and info["files"].get("index") is not None:
+                self.faiss_index(name)  # a damaged FAISS file is refused here, not at the first search
         return self
 
     # -- descriptors ------------------------------------------------------------------------

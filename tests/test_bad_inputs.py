@@ -272,7 +272,7 @@ def _cli_cases(root, world, images):
         (dl, ["--urls", f"{r}/urls.txt", "--out", f"{r}/s", "--timeout", "0"], "--timeout must be positive"),
         (ib, ["--shards", f"{r}/nonexistent/{{00000..00003}}.tar", "--out", f"{r}/o"], "does not exist"),
         (ib, ["--shards", f"{r}/empty", "--out", f"{r}/o"], "no .tar shards"),
-        (ib, ["--shards", f"{r}/binary.tar", "--out", f"{r}/o"], "cannot read shard"),
+        (ib, ["--shards", f"{r}/binary.tar", "--out", f"{r}/o"], "unreadable tar"),
         (ib, ["--shards", f"{r}/empty", "--images", f"{r}/empty", "--out", f"{r}/o"], "not allowed with"),
         (cl, ["--world", "/nonexistent", "--keywords", "a"], "not a memlab world"),
         (cl, ["--index", f"{r}/empty", "--keywords", "a"], "not a memlab index"),
