@@ -88,7 +88,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
             "item_count": len(items), "default_descriptor": primary.name, "descriptors": entries,
             "metadata": ITEMS, "image_root": image_root,
             "duplicates": {"descriptor": primary.name, "threshold": primary.duplicate_threshold,
-                           "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1)},
+                           "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
+                           "largest": int(dups.max() + 1)},
             "files": {f: sha256(tmp / f) for f in files},
             **(extra_manifest or {}),
         }

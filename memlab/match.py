@@ -76,20 +76,34 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
             "threshold_source": thr["source"], "threshold_citation": thr.get("citation")}
 
 
-def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndarray, k: int = 5) -> list[dict]:
-    """Per query vector: its top-k matches, verdict and threshold (JSON-ready dicts)."""
+MAX_CANDIDATES = 1024  # rows searched to find k distinct near-duplicate groups
+
+
+def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndarray, k: int = 5,
+                  one_per_group: bool = True) -> list[dict]:
+    """Per query vector: its top-k matches, verdict and threshold (JSON-ready dicts). ``one_per_group``: the
+    matches are the k best near-duplicate groups, each its best row (``duplicates`` says how many copies of
+    it the training set holds), not k rows of one duplicated image."""
     thr = index.threshold(descriptor.name)
     cosine = descriptor.verdict == "cosine"
+    n = int(index.manifest["item_count"])
+    per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
+    kk = min(n, MAX_CANDIDATES, k * per_group) if one_per_group else k
     # another verdict score: candidates by cosine, re-ranked by the verdict score (e.g. the worst tile)
-    scores, rows = index.search(vectors, k=k if cosine else max(k, 64), name=descriptor.name)
+    scores, rows = index.search(vectors, k=max(k, kk) if cosine else max(kk, 64), name=descriptor.name)
     found = [rows[qi] >= 0 for qi in range(len(vectors))]  # FAISS's -1 ("no result") is never a match
     scores, rows = [scores[qi][f] for qi, f in enumerate(found)], [rows[qi][f] for qi, f in enumerate(found)]
     exact = index.vectors(descriptor.name)
     if not cosine:
         rescored = [descriptor.verdict_scores(vectors[qi], np.asarray(exact[rows[qi]])) for qi in range(len(vectors))]
-        order = [np.argsort(-r, kind="stable")[:k] for r in rescored]
+        order = [np.argsort(-r, kind="stable") for r in rescored]
         scores = [r[o] for r, o in zip(rescored, order)]
         rows = [rw[o] for rw, o in zip(rows, order)]
+    if one_per_group:
+        kept = [_first_per_group(index, r, k) for r in rows]
+        scores, rows = [s[i] for s, i in zip(scores, kept)], [r[i] for r, i in zip(rows, kept)]
+    else:
+        scores, rows = [s[:k] for s in scores], [r[:k] for r in rows]
     out = []
     for qi in range(len(vectors)):
         if not len(rows[qi]):
@@ -107,6 +121,19 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
                     "high_confidence": bool(thr.get("high") is not None and top > thr["high"]),
                     "threshold": float(thr["value"])})
     return out
+
+
+def _first_per_group(index: TrainingIndex, rows, k: int) -> np.ndarray:
+    """Positions of the first row of each near-duplicate group among ranked rows, at most k."""
+    seen, keep = set(), []
+    for i, r in enumerate(rows):
+        g = index.item(int(r))["group"]
+        if g not in seen:
+            seen.add(g)
+            keep.append(i)
+            if len(keep) == k:
+                break
+    return np.asarray(keep, np.int64)
 
 
 def summarize(index: TrainingIndex, name: str, top1_scores: Sequence[float]) -> dict:

@@ -332,6 +332,7 @@ class OnDiskBuild:
                         "metadata": ITEMS, "image_root": None, "serve": {"mmap": True},
                         "duplicates": {"descriptor": self.name, "threshold": dup,
                                        "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
+                                       "largest": int(dups.max() + 1),
                                        "from": f"the kNN graph (k={self.k}), not the n x n product"},
                         "files": {f: sha256(tmp / f) for f in files}, **(extra_manifest or {})}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import time
 import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -48,6 +49,7 @@ class Lab:
         self._gen = None
         self._caption_vecs = None
         self._background: dict = {}
+        self._per_image_step = None  # seconds a generated image-step took here (estimate_seconds)
         self.views = self._load_views()
 
     # ------------------------------------------------------------------------------ basics
@@ -158,6 +160,15 @@ class Lab:
         """The model as the page names it: the folder's name for a world's own model, else its Hub id."""
         return Path(str(self.world.model)).name if self.world.path else str(self.world.model)
 
+    def model_description(self) -> str:
+        """The model in words: a Hub id, or where its folder is."""
+        w = self.world
+        if not w.path:
+            return str(w.model)
+        if Path(str(w.model)).resolve().is_relative_to(Path(w.path).resolve()):
+            return f"its own model, in the world's folder `{Path(str(w.model)).relative_to(w.path)}/`"
+        return f"the local pipeline `{Path(str(w.model)).name}`" if Path(str(w.model)).exists() else str(w.model)
+
     def served_folders(self) -> list[str]:
         """The folders whose files the app may serve (the world's, and its index's)."""
         w = self.world
@@ -181,12 +192,42 @@ class Lab:
         """A descriptor's entry in the index (model, preset, dim, threshold, backgrounds)."""
         return self.index.descriptor_info(name or self.descriptor.name)
 
+    def item(self, row: int) -> dict:
+        """A training row's id, file, caption, duplicates and group."""
+        return self.index.item(int(row))
+
     def item_group(self, row: int) -> int:
         """The near-duplicate group of a training row."""
         return int(self.index.item(int(row))["group"])
 
     def item_caption(self, row: int) -> str:
         return str(self.index.item(int(row))["caption"])
+
+    def probe_row(self, prompt: str) -> int | None:
+        """The row of a probe's own training image (its ``training_id``, or the built-in world's ``id``), if the
+        prompt is a probe of this world and its image is in the index."""
+        p = self.probe(prompt) or {}
+        tid = p.get("training_id") if p.get("training_id") not in (None, "") else p.get("id")
+        if tid in (None, ""):
+            return None
+        try:
+            return self.item_row(str(int(tid)) if isinstance(tid, float) and float(tid).is_integer() else str(tid))
+        except MemlabError:
+            return None
+
+    def estimate_seconds(self, images: int, steps: int) -> float | None:
+        """How long ``images`` at ``steps`` steps take here: from the runs this server timed (the last ones
+        weigh most), else from the world's card (its 8 seeds timed at build); None when neither is known."""
+        per = self._per_image_step
+        if per is None:
+            m = (self.card() or {}).get("measured") or {}
+            if m.get("seconds_8_seeds") and (m.get("settings") or {}).get("steps"):
+                per = m["seconds_8_seeds"] / (8 * m["settings"]["steps"])
+        return None if per is None else per * images * steps
+
+    def _timed(self, seconds: float, images: int, steps: int) -> None:
+        per = seconds / max(1, images * steps)
+        self._per_image_step = per if self._per_image_step is None else 0.5 * self._per_image_step + 0.5 * per
 
     def register_gpu(self) -> str:
         """Make this world reachable by the GPU host's functions (``memlab.gpu``); returns its key."""
@@ -351,7 +392,9 @@ class Lab:
         state = RunState(prompt=prompt, warning=warning, requested=len(seeds) * len(strategies))
         run_row = chunk_fn or (lambda p, part, st, se, d: self.generate_chunk(p, part, st, se, d))
         for j, strategy in enumerate(strategies):
+            t0 = time.perf_counter()
             rows = run_row(prompt, list(seeds), strategy, settings, desc.name)
+            self._timed(time.perf_counter() - t0, len(seeds), settings.steps)
             recs = [r for r, _ in rows]
             state.records += recs
             state.images += [im for _, im in rows]
@@ -494,33 +537,66 @@ class Lab:
         return v
 
     # ------------------------------------------------------------------------------ export
-    @staticmethod
-    def export(state: RunState, path: Path) -> Path:
-        """A zip holding results.jsonl (the ``memlab run`` format) and images/ beside it; written to a
-        temporary name and renamed, so a failed or killed export leaves no half-written zip."""
+    EXPORT_MATCHES = 5  # near-duplicate groups kept per seed in an export, each with its training image
+
+    def export(self, state: RunState, path: Path) -> Path:
+        """A zip a researcher can open offline: ``results.jsonl`` (the ``memlab run`` format; each seed's top
+        ``EXPORT_MATCHES`` matches one per near-duplicate group, each pointing at its training image inside the
+        zip), ``summary.csv`` (a row per seed), the generations under ``generations/`` and the matched training
+        images under ``training/``; no path of the server. Written to a temporary name and renamed, so a failed
+        or killed export leaves no half-written zip."""
         if not state or not state.records:
             raise MemlabError("nothing to export yet: generate first")
         path = Path(path)
         part = path.with_name(path.name + ".part")
         try:
-            Lab._write_zip(state, part)
+            self._write_zip(state, part)
             os.replace(part, path)
         finally:
             part.unlink(missing_ok=True)
         return path
 
-    @staticmethod
-    def _write_zip(state: RunState, path: Path) -> None:
-        buf = io.StringIO()
+    def _write_zip(self, state: RunState, path: Path) -> None:
+        import csv
+
+        buf, table = io.StringIO(), io.StringIO()
+        rows = csv.writer(table)
+        rows.writerow(["strategy", "seed", "verdict", "score", "threshold", "match id", "copies in training",
+                       "match image", "generation"])
         partial = {} if state.finished else {"partial": True, "seeds_requested": state.requested,
                                                "seeds_done": len(state.records)}
+        written: set = set()
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
             for r, im in zip(state.records, state.images):
-                name = f"images/{r['mitigation']['name']}-s{r['seed']}.png"
-                b = io.BytesIO()
-                im.save(b, format="PNG")
-                z.writestr(name, b.getvalue())
-                buf.write(json.dumps({**r, "image": name}) + "\n")
+                name = f"generations/{r['mitigation']['name']}-s{r['seed']}.png"
+                z.writestr(name, _png(im))
+                matches = []
+                for m in collapse_matches(r["matches"], self.EXPORT_MATCHES):
+                    m = {k: v for k, v in m.items() if k != "copies"}
+                    m["file"] = f"training/{_safe_id(m['id'])}.png"
+                    m["copies_in_training"] = int(m.get("duplicates", 0)) + 1
+                    if m["file"] not in written and (im_t := self.item_image(m["row"])) is not None:
+                        z.writestr(m["file"], _png(im_t))
+                        written.add(m["file"])
+                    matches.append(m)
+                model = {**r.get("model", {}), "model": self.model_name()}
+                buf.write(json.dumps({**r, "image": name, "matches": matches, "model": model}) + "\n")
+                top = matches[0]
+                rows.writerow([r["mitigation"]["spec"], r["seed"], "replicated" if r["replicated"] else "novel",
+                               f"{r['score']:.3f}", f"{r['threshold']:.3f}", top["id"], top["copies_in_training"],
+                               top["file"], name])
             for s in state.summaries:
                 buf.write(json.dumps({**s, **partial}) + "\n")
             z.writestr("results.jsonl", buf.getvalue())
+            z.writestr("summary.csv", table.getvalue())
+
+
+def _png(im: Image.Image) -> bytes:
+    b = io.BytesIO()
+    im.save(b, format="PNG")
+    return b.getvalue()
+
+
+def _safe_id(item_id) -> str:
+    """A training id as a file name inside an export."""
+    return re.sub(r"[^\w.-]+", "_", str(item_id))[:80] or "item"

@@ -28,14 +28,14 @@ def _log(m: str) -> None:
 
 def read_listing(images: Path, captions: str | None, file_col: str, caption_col: str, id_col: str,
                  skipped: Skipped | None = None) -> pd.DataFrame:
-    """Items as a DataFrame with id, caption, file (+ the listing's other columns). A listed file that is
-    absolute, has ``..`` or resolves outside ``images`` (a link out of it, too) is skipped and counted in
-    ``skipped`` (``memlab.paths``): a listing never reads a file outside its folder."""
+    """Items as a DataFrame with id, caption, file (+ the listing's other columns). A file a listing names
+    that is absolute, has ``..`` or resolves outside ``images`` (a link out of it, too) is skipped and counted
+    in ``skipped`` (``memlab.paths``): a listing never reads a file outside its folder. Without a listing,
+    the folder's own image files, links included."""
     skipped = skipped if skipped is not None else Skipped()
-    if captions is None:
+    if captions is None:  # the folder's own files (a link in it is the folder owner's choice: followed)
         files = sorted(str(f.relative_to(images)) for f in images.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
-        out = pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
-        return _inside_only(out, images, skipped)
+        return pd.DataFrame({"id": range(len(files)), "caption": [""] * len(files), "file": files})
     path = Path(captions)
     df = read_table(path, "captions file")
     if file_col not in df.columns:

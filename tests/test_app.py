@@ -72,7 +72,7 @@ def test_compare_endpoint(client):
     assert "seeds 5, 9 · 2 steps, guidance 3" in head and "seed 9" in grid
     with zipfile.ZipFile(client.predict(api_name="/export_comparison")) as z:
         lines = [json.loads(x) for x in z.read("results.jsonl").splitlines()]
-        assert len([n for n in z.namelist() if n.startswith("images/")]) == 4
+        assert len([n for n in z.namelist() if n.startswith("generations/")]) == 4
     assert [x["type"] for x in lines] == ["seed"] * 4 + ["summary"] * 2
     assert sorted(x["seed"] for x in lines[:4]) == [5, 5, 9, 9] and {x["settings"]["steps"] for x in lines[:4]} == {2}
     assert "change_vs_none" in lines[-1] and "partial" not in lines[-1]
@@ -106,22 +106,33 @@ def test_search_duplicates_export(client):
         client.predict("nope", api_name="/duplicates")
 
 
-def test_export_zip(server):
-    from memlab.service import Lab
+def test_an_export_opens_offline_with_every_image_it_names(server, tmp_path):
+    """Unzipped into an empty folder, an export holds every image its records name (the generations and each
+    seed's matched training images, one per near-duplicate group) and no path of the server."""
+    import csv
+    import json
 
     lab = server[1]
     state = None
-    for state in lab.generate_stream("a cat", [0, 1], "none", lab.settings(2, 5.0)):
+    for state in lab.generate_stream("a colour field 3", [0, 1], "none", lab.settings(2, 5.0)):
         pass
-    import tempfile
-    from pathlib import Path
-
-    p = Lab.export(state, Path(tempfile.mkdtemp()) / "run.zip")
-    with zipfile.ZipFile(p) as z:
-        names = z.namelist()
-        assert "results.jsonl" in names and "images/none-s0.png" in names
-        lines = z.read("results.jsonl").decode().splitlines()
-    assert len(lines) == 3 and '"type": "summary"' in lines[-1]
+    with zipfile.ZipFile(lab.export(state, tmp_path / "run.zip")) as z:
+        z.extractall(tmp_path / "out")
+    out = tmp_path / "out"
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    seeds = [r for r in lines if r["type"] == "seed"]
+    assert len(lines) == 3 and lines[-1]["type"] == "summary" and len(seeds) == 2
+    for r in seeds:
+        assert (out / r["image"]).is_file()
+        assert 1 <= len(r["matches"]) <= lab.EXPORT_MATCHES
+        assert len({m["group"] for m in r["matches"]}) == len(r["matches"])  # one per near-duplicate group
+        for m in r["matches"]:
+            assert (out / m["file"]).is_file() and m["copies_in_training"] == m["duplicates"] + 1
+    text = (out / "results.jsonl").read_text()
+    server_paths = [str(p) for p in (lab.world.path, lab.index.path, tmp_path.parent) if p is not None]
+    assert not any(p in text for p in server_paths) and '"/' not in text
+    table = list(csv.DictReader((out / "summary.csv").open()))
+    assert [int(t["seed"]) for t in table] == [0, 1] and all((out / t["match image"]).is_file() for t in table)
 
 
 def test_the_first_seed_streams_ahead_of_the_rest_of_its_chunk(server):
@@ -150,15 +161,15 @@ def test_the_first_seed_streams_ahead_of_the_rest_of_its_chunk(server):
 def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
     import json
 
-    from memlab.service import MAX_CHUNK, Lab
     from memlab.app.views import headline
+    from memlab.service import MAX_CHUNK
 
     lab = server[1]
     stream = lab.generate_stream("a cat", [0, 1, 2, 3], "none", lab.settings(2, 5.0), chunk=2)
     state = next(stream)  # stopped after the first two seeds
     stream.close()
     assert not state.finished and "2 of 4 seeds so far" in headline(lab, state)
-    with zipfile.ZipFile(Lab.export(state, tmp_path / "run-partial.zip")) as z:
+    with zipfile.ZipFile(lab.export(state, tmp_path / "run-partial.zip")) as z:
         summary = json.loads(z.read("results.jsonl").decode().splitlines()[-1])
     assert summary["partial"] is True and summary["seeds_requested"] == 4 and summary["seeds_done"] == 2
     for state in lab.generate_stream("a cat", [0, 1], "none", lab.settings(2, 5.0)):
@@ -169,7 +180,7 @@ def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
     assert sizes == [2, 6, 10, 11]  # the first pair, then chunks of 4 (the last one what is left)
     assert [len(s.records) for s in lab.generate_stream("a cat", list(range(40)), "none", lab.settings(1, 5.0),
                                                         chunk=2, then=MAX_CHUNK)] == [2, 10, 18, 26, 34, 40]  # the app's
-    with zipfile.ZipFile(Lab.export(state, tmp_path / "run.zip")) as z:
+    with zipfile.ZipFile(lab.export(state, tmp_path / "run.zip")) as z:
         assert "partial" not in json.loads(z.read("results.jsonl").decode().splitlines()[-1])
 
 

@@ -198,6 +198,7 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
         page.screenshot(path=str(_shot(tmp_path, "generate-phone-pair.png")))
         open_tab(page, "Compare mitigations")
         page.locator("#compare-prompt textarea").fill("a red ball on a table")
+        page.locator("#compare-n input").fill("4")
         page.locator("#compare-btn").click()
         page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 12", timeout=120_000)
         cell_w = page.eval_on_selector_all("#grid figure.ab-cell", "els => els.map(e => e.getBoundingClientRect().width)")

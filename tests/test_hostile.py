@@ -430,7 +430,7 @@ def test_the_app_serves_images_alone_and_holds_every_upload_path_to_the_caps(ser
     payload = {"data": [{"path": None, "url": data_url, "meta": {"_type": "gradio.FileData"}}, 3, None]}
     r = httpx.post(f"{base}gradio_api/call/match_image", json=payload, timeout=60)
     assert r.status_code == 413 and "20 MiB" in r.text
-    # named by URL: not fetched by the app
+    # named by URL: not fetched by the app (a file the app serves itself is named by its own URL: fine)
     payload["data"][0] = {"path": "https://example.org/a.png", "url": "https://example.org/a.png",
                           "meta": {"_type": "gradio.FileData"}}
     r = httpx.post(f"{base}gradio_api/call/match_image", json=payload, timeout=60)

@@ -50,13 +50,16 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
     """One world's page: its tabs, wired to its Lab; each event's API name ends with ``api_suffix``."""
     api: Callable[[str], str] = lambda name: name + api_suffix  # noqa: E731
     lab.register_gpu()
-    gr.Markdown(f"# memlab — training-data memorization lab\nWorld: **{lab.name}** · "
-                f"{lab.trained_on}\n\nScores: {lab.descriptor_label()}")
+    gr.Markdown(f"# memlab — does a diffusion model copy its training images?\n"
+                f"Generate images from a prompt and see each one beside the closest image the model was "
+                f"trained on. **New here? Start with the Lesson tab**, or pick an example prompt and press "
+                f"Generate. World: **{lab.name}** (details in *About this world*).", elem_id="intro")
     run_state = gr.State(None)
     with gr.Tabs() as tabs:
-        prompt = generate_tab(lab, probe_examples(lab.probes()), run_state, api)
+        examples = probe_examples(lab.probes())
+        prompt = generate_tab(lab, examples, run_state, api)
         lesson_tab(lab)
-        compare_tab(lab, api)
+        compare_tab(lab, api, examples, prompt)
         match_tab(lab, api)
         training_set_tab(lab, api)
         keyword_tab(lab, tabs, prompt, api)

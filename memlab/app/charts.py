@@ -52,9 +52,10 @@ def attribution_chart(tokens: list[dict]):
                            y=[t["attribution"] for t in toks], marker_color="#9467bd",
                            hovertext=[t["token"] for t in toks]))
     fig.update_layout(height=260, margin=dict(l=40, r=10, t=50, b=60),
-                      title=dict(text="which words drive the memorization signal<br><sup>gradient of ‖ε(x_t,c) − "
-                                      "ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over the "
-                                      "first 4 seeds (Wen et al. 2024)</sup>", font=dict(size=13)),
+                      title=dict(text="which words drive the memorization signal (the prompt as typed, no mitigation)"
+                                      "<br><sup>gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input "
+                                      "embedding, first step, mean over the first 4 seeds (Wen et al. 2024)</sup>",
+                                 font=dict(size=13)),
                       yaxis_title="attribution")
     return fig
 

@@ -12,12 +12,14 @@ from ..limits import LIMITS
 from ..service import Lab
 from .charts import compare_figure
 from .views import COMPARE_COLUMNS, compare_grid, compare_headline, compare_table
-from .wiring import MITIGATION_CHOICES, errors, run_button
+from .generate import examples_block
+from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
 
 
-def compare_tab(lab: Lab, api) -> None:
+def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) -> None:
     """Compare mitigations as an A/B grid: rows are strategies (none first), columns the same seeds;
-    rows stream in as each strategy finishes; charts, table and export of the whole comparison."""
+    rows stream in as each strategy finishes; charts, table and export of the whole comparison. Generate's
+    examples and seed default; its ``prompt`` carried over (a prompt typed there is here too)."""
     defaults, limit = lab.defaults, LIMITS["compare_seeds"]
     with gr.Tab("Compare mitigations", id="compare"):
         with gr.Row():
@@ -27,9 +29,11 @@ def compare_tab(lab: Lab, api) -> None:
                 gr.Markdown("Each strategy runs on **the same seeds** as `none`, so a row differs from the first "
                             "only by the mitigation. Rows appear as each strategy finishes. "
                             "Words in the results: [glossary](#glossary).")
+                examples_block(c_prompt, list(examples), "compare-more-examples")
             with gr.Column(scale=1):
-                c_seeds = gr.Number(value=4, label=f"Number of seeds, the same for every strategy (1 to {limit})",
-                                    elem_id="compare-n")
+                # Generate's default count; a lower limit, since every strategy runs every seed
+                c_seeds = gr.Number(value=8, label=f"Number of seeds, the same for every strategy (1 to {limit}: "
+                                                   f"each strategy runs them all)", elem_id="compare-n")
                 c_mits = gr.CheckboxGroup(MITIGATION_CHOICES, value=["rna", "gni"], label="Strategies besides none")
                 with gr.Row():
                     c_k = gr.Slider(1, 10, value=4, step=1, label="k (rna, rt, cwr)")
@@ -51,8 +55,10 @@ def compare_tab(lab: Lab, api) -> None:
                                wrap=True)
         with gr.Row():
             c_export_btn = gr.Button("Export comparison (JSONL + images)", elem_id="compare-export")
-            c_export_file = gr.File(label="comparison.zip", elem_id="compare-export-file")
+            c_export_file = gr.File(label="comparison.zip", elem_id="compare-export-file", visible=False)
         c_state = gr.State(None)
+        if prompt is not None:  # the prompt typed on Generate is here when the visitor comes to compare
+            prompt.change(lambda p: p, prompt, c_prompt, queue=False, api_name=False, show_progress="hidden")
 
         @errors
         def compare(prompt, n, mits, k, lam, seed_list="", steps=None, guidance=None, progress=gr.Progress()):
@@ -69,7 +75,7 @@ def compare_tab(lab: Lab, api) -> None:
 
         event = run_button(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam, c_list, c_steps, c_guidance],
                            [c_state, c_head, c_grid, c_plot, c_table], api("compare"),
-                           cleared=(None, "", "", None, None))
+                           cleared=(None, "", "", None, None), js=scroll_first("#compare-headline"))
         c_stop.click(None, None, None, cancels=[event], api_name=False)
 
         @errors
@@ -77,6 +83,7 @@ def compare_tab(lab: Lab, api) -> None:
             if state is None:
                 raise MemlabError("nothing to export yet: compare first")
             name = "comparison.zip" if state.finished else "comparison-partial.zip"
-            return str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name))
+            return gr.update(value=str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name)),
+                             visible=True)
 
         c_export_btn.click(export_comparison, [c_state], [c_export_file], api_name=api("export_comparison"))

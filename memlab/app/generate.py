@@ -15,7 +15,7 @@ from ..service import Lab
 from .charts import attribution_chart, histogram, seed_scores_chart
 from .serve import as_file
 from .views import ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, caption, copies, headline, id_table, pair_image, seed_table
-from .wiring import MITIGATION_CHOICES, errors, run_button
+from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
 
 
 def generate_tab(lab: Lab, examples: list[tuple[str, list[str]]], run_state: gr.State, api) -> gr.Textbox:
@@ -34,10 +34,12 @@ def _controls(lab: Lab, examples) -> SimpleNamespace:
     defaults = lab.defaults
     with gr.Row():
         with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization")
-            for name, prompts in examples:  # the world's probes, one set per group (memorized first)
-                gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"{name} · {len(prompts)} prompts",
-                            examples_per_page=4, cache_examples=False)
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization",
+                                elem_id="prompt")
+            with gr.Row():  # under the prompt: on a phone both are on the first screen
+                go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
+            examples_block(prompt, examples)
         with gr.Column(scale=1):
             # a number box, not a slider: a slider's box silently clamps 0 to 1 and 100000 to the
             # maximum in the browser; here the server answers an out-of-range count with a message
@@ -56,19 +58,36 @@ def _controls(lab: Lab, examples) -> SimpleNamespace:
             desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
                                       label="Copy descriptor (the verdict's score and threshold)",
                                       elem_id="descriptor")
-            with gr.Row():
-                go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
             att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
+            # next to its button (it once appeared far from it, between the examples and the results)
+            att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
     return SimpleNamespace(prompt=prompt, n_seeds=n_seeds, seed_list=seed_list, mits=mits, k=k, lam=lam, steps=steps,
                            guidance=guidance, desc_choice=desc_choice, go_btn=go_btn, stop_btn=stop_btn,
-                           att_btn=att_btn)
+                           att_btn=att_btn, att_plot=att_plot)
+
+
+FIRST_EXAMPLES = 4  # example prompts in view; the rest folded under "More examples"
+
+
+def examples_block(prompt: gr.Textbox, examples: list[tuple[str, list[str]]], elem_id: str = "more-examples") -> None:
+    """The world's probe prompts as examples, memorized first: the first few in view, every group under a
+    folded "More examples" (24 buttons once pushed the results a screen down)."""
+    if not examples:
+        return
+    name, prompts = examples[0]
+    gr.Examples([[p] for p in prompts[:FIRST_EXAMPLES]], inputs=[prompt], label=f"examples · {name}",
+                examples_per_page=FIRST_EXAMPLES, cache_examples=False)
+    total = sum(len(p) for _, p in examples)
+    with gr.Accordion(f"More examples: {total} probe prompts in {len(examples)} groups", open=False,
+                      elem_id=elem_id):
+        for name, prompts in examples:  # one set per group (memorized first)
+            gr.Examples([[p] for p in prompts], inputs=[prompt], label=f"{name} · {len(prompts)} prompts",
+                        examples_per_page=4, cache_examples=False)
 
 
 def _results(lab: Lab) -> SimpleNamespace:
     """Where a run shows: attribution, headline, pairs, top-k, per-seed chart and table, captions, the
     histogram (the world's background from the start) and the export."""
-    att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
     headline_md = gr.Markdown(elem_id="headline")
     gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                          format="png", elem_id="pairs", height="auto",
@@ -92,9 +111,9 @@ def _results(lab: Lab) -> SimpleNamespace:
     plot = gr.Plot(value=empty_hist, label="top-1 scores over the background", elem_id="hist")
     with gr.Row():
         export_btn = gr.Button("Export run (JSONL + images)")
-        export_file = gr.File(label="run.zip")
+        export_file = gr.File(label="run.zip", visible=False)  # shown with its file, not empty before a run
 
-    return SimpleNamespace(att_plot=att_plot, headline_md=headline_md, gallery=gallery, topk_k=topk_k,
+    return SimpleNamespace(headline_md=headline_md, gallery=gallery, topk_k=topk_k,
                            seed_plot=seed_plot, topk=topk, table=table, closest=closest, empty_hist=empty_hist,
                            plot=plot, export_btn=export_btn, export_file=export_file)
 
@@ -150,8 +169,12 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
     @errors
     def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
                  progress=gr.Progress()):
-        """The page's run: its charts are drawn after the batch is on the page (``run_charts``, chained)."""
-        yield from _run(lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress)
+        """The page's run: its charts are drawn after the batch is on the page (``run_charts``, chained). Bad
+        input is answered by a message where the results go (``/generate`` raises it, for callers)."""
+        try:
+            yield from _run(lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress)
+        except MemlabError as e:
+            yield None, f"⚠️ **{e}**", [], None, None
 
     @errors
     def generate_api(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
@@ -166,7 +189,7 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
     # /generate (a hidden button's event: the same run) returns them in its last update.
     inputs = [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, desc_choice]
     gen_event = run_button(go_btn, generate, inputs, [run_state, headline_md, gallery, table, closest], None,
-                           cleared=(None, "", [], None, None), progress_on=[gallery])
+                           cleared=(None, "", [], None, None), progress_on=[gallery], js=scroll_first("#headline"))
     go_btn.click(lambda: (None, None), None, [plot, seed_plot], queue=False, api_name=False,
                  show_progress="hidden")  # the previous run's charts go with its results
     gen_event.then(run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden")
@@ -176,13 +199,15 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
     # Stop ends the run after the seeds in flight; what finished stays (with its charts), and exports as
     # partial
     stop_btn.click(None, None, None, cancels=[gen_event], api_name=False).then(
-        run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden")
+        run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden").then(
+        lambda st: headline(lab, st, stopped=True) if st and st.records else gr.skip(), [run_state],
+        [headline_md], api_name=False, show_progress="hidden")
 
 
 def _wire_details(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state: gr.State, api) -> None:
     """Token attribution, a selected seed's top-k, and the export."""
     prompt, n_seeds, seed_list, steps, guidance = c.prompt, c.n_seeds, c.seed_list, c.steps, c.guidance
-    att_btn, att_plot, gallery, topk_k, topk = c.att_btn, o.att_plot, o.gallery, o.topk_k, o.topk
+    att_btn, att_plot, gallery, topk_k, topk = c.att_btn, c.att_plot, o.gallery, o.topk_k, o.topk
     export_btn, export_file = o.export_btn, o.export_file
 
     @errors
@@ -209,6 +234,6 @@ def _wire_details(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state: g
             raise MemlabError("nothing to export yet: generate first")
         name = "run.zip" if state.finished else "run-partial.zip"  # stopped, or still running
         path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
-        return str(lab.export(state, path))
+        return gr.update(value=str(lab.export(state, path)), visible=True)
 
     export_btn.click(export, [run_state], [export_file], api_name=api("export"))

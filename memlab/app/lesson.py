@@ -5,8 +5,8 @@ import gradio as gr
 
 from ..service import Lab
 from .glossary import g
-from .views import compare_grid, copies
-from .wiring import errors
+from .views import compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other
+from .wiring import errors, scroll_first
 
 
 LESSON_SEEDS = list(range(8))
@@ -25,7 +25,7 @@ def lesson_tab(lab: Lab) -> None:
     seeds, n = LESSON_SEEDS, len(LESSON_SEEDS)
     with gr.Tab("Lesson", id="lesson"):
         gr.Markdown(f"### Does a diffusion model copy its training images? A four-step demonstration\n"
-                    f"Click the steps in order; each takes a few seconds on this world. All steps use the same "
+                    f"Click the steps in order; {_duration(lab, n)}. All steps use the same "
                     f"{n} {g('seed', 'seeds')} ({seeds[0]}-{seeds[-1]}) and the world's default settings. "
                     f"Every word in bold is in the [glossary](#glossary) below.")
         steps = [
@@ -55,16 +55,12 @@ def lesson_tab(lab: Lab) -> None:
         runs = gr.State(None)  # step 1's run, reused by step 2
         step1, step2, step3, step4 = _steps(lab, plan, seeds)
         (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs
-        b1.click(step1, None, [runs, m1, h1], api_name=False)
-        b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False)
-        b3.click(step3, None, [m3, h3], api_name=False)
-        b4.click(step4, None, [m4, h4], api_name=False)
-
-
-def verdict_line(summ) -> str:
-    k = round(summ["replication_rate"] * summ["n_seeds"])
-    return (f"**{k} of {summ['n_seeds']} seeds replicated** ({summ['replication_rate']:.1%}; "
-            f"{summ['descriptor']['name']} > {summ['threshold']:.3f}, {g('threshold', 'threshold')})")
+        # each step brings its text, its progress and its pictures into view as it starts
+        b1.click(step1, None, [runs, m1, h1], api_name=False, show_progress_on=[m1], js=scroll_first("#lesson-1"))
+        b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False, show_progress_on=[m2],
+                 js=scroll_first("#lesson-2"))
+        b3.click(step3, None, [m3, h3], api_name=False, show_progress_on=[m3], js=scroll_first("#lesson-3"))
+        b4.click(step4, None, [m4, h4], api_name=False, show_progress_on=[m4], js=scroll_first("#lesson-4"))
 
 
 def _one_row(lab: Lab, prompt: str, seeds, progress):
@@ -75,19 +71,47 @@ def _one_row(lab: Lab, prompt: str, seeds, progress):
     return state
 
 
+def _duration(lab: Lab, n: int) -> str:
+    """How long a step takes here, as the page says it before any is run."""
+    est = lab.estimate_seconds(n, int(lab.defaults["steps"]))
+    return ("each runs the model on the seeds below" if est is None else
+            f"a step runs {n} images, about {est:.0f} s on this machine (step 3 twice that)")
+
+
+def _running(lab: Lab, images: int) -> str:
+    """The honest estimate a step shows while it runs (measured on this server, or at the world's build)."""
+    steps = int(lab.defaults["steps"])
+    est = lab.estimate_seconds(images, steps)
+    return (f"⏳ running {images} images × {steps} steps" + (f": about {est:.0f} s on this machine" if est else "")
+            + " …")
+
+
 def _steps(lab: Lab, plan: dict, seeds: list[int]):
-    """The four steps' handlers: each runs its evidence and says what it shows."""
+    """The four steps' handlers: each shows an estimate while it runs, then its evidence and a sentence made
+    from what its records show (whose image each seed copies, and the copies the verdict misses)."""
+    own = {k: lab.probe_row(plan[k]) for k in ("duplicated", "unique")}
+    group_of = lab.item_group
+
+    def said(state, which: str) -> str:
+        row = own[which]
+        split = own_or_other(state.records, None if row is None else group_of(row), group_of)
+        return lesson_run_sentence(split, None if row is None else lab.item(row)["id"])
+
+    def evidence(state, which: str, n_rows: int) -> str:
+        return (own_image_html(lab, own[which], "the prompt's own training image") +
+                compare_grid(lab, state, seeds, n_rows))
+
     @errors
     def step1(progress=gr.Progress()):
+        yield None, _running(lab, len(seeds)), ""
         state = _one_row(lab, plan["duplicated"], seeds, progress)
         s0 = state.summaries[0]
-        said = (": the model reproduces a training image." if s0["replication_rate"] > 0 else
-                ": none crossed the threshold on these seeds; look at the pairs, and at step 2.")
-        return state, verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+        yield state, said(state, "duplicated") + " " + verdict_source(s0), evidence(state, "duplicated", 1)
 
     @errors
     def step2(state, progress=gr.Progress()):
         if state is None:
+            yield None, _running(lab, len(seeds)), "", gr.update()
             state = _one_row(lab, plan["duplicated"], seeds, progress)
         tops = [r["matches"][0] for r in state.records]
         best = max({m["row"]: m for m in tops}.values(), key=lambda m: sum(t["row"] == m["row"] for t in tops))
@@ -98,28 +122,47 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         text = (f"Training image **#{best['id']}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
                 f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
                 f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
-        return state, text, "", gr.update(value=files[:48], visible=True)
+        yield state, text, "", gr.update(value=files[:48], visible=True)
 
     @errors
     def step3(progress=gr.Progress()):
+        yield _running(lab, 2 * len(seeds)), ""
         for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION],
                                         progress=lambda d, t: progress((d, t), desc="images")):
-            text = ""
+            text = _running(lab, len(seeds))
             if len(state.summaries) == 2:
-                a, b = state.summaries
-                text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%}"
-                        f" with RNA** on the same seeds ({g('replicated', 'replication %')}); "
-                        f"{g('dataset-similarity', 'dataset similarity')} {a['dataset_similarity']['p95']:.3f} → "
-                        f"{b['dataset_similarity']['p95']:.3f}.")
-            yield text, compare_grid(lab, state, seeds, 2)
+                text = mitigation_sentence(state, *[own_or_other(
+                    [r for r in state.records if r["mitigation"]["spec"] == s["mitigation"]["spec"]],
+                    None if own["duplicated"] is None else group_of(own["duplicated"]), group_of)
+                    for s in state.summaries], lab.item(own["duplicated"])["id"] if own["duplicated"] is not None
+                    else None)
+            yield text, own_image_html(lab, own["duplicated"], "the prompt's own training image") + \
+                compare_grid(lab, state, seeds, 2)
 
     @errors
     def step4(progress=gr.Progress()):
+        yield _running(lab, len(seeds)), ""
         state = _one_row(lab, plan["unique"], seeds, progress)
         s0 = state.summaries[0]
-        said = (": without duplication, the model makes new images." if s0["replication_rate"] == 0 else
-                ": even a prompt seen once can come close to a training image (or the verdict errs: compare "
-                "the pairs).")
-        return verdict_line(s0) + said, compare_grid(lab, state, seeds, 1)
+        yield said(state, "unique") + " " + verdict_source(s0), evidence(state, "unique", 1)
 
     return step1, step2, step3, step4
+
+
+def verdict_source(summ) -> str:
+    """The verdict's descriptor and threshold, linked to the glossary."""
+    return f"({summ['descriptor']['name']} > {summ['threshold']:.3f}, {g('threshold', 'threshold')})"
+
+
+def mitigation_sentence(state, base: dict, mitigated: dict, own_id) -> str:
+    """Step 3: the replication with and without RNA on the same seeds, with whose image each row copies, so
+    that a mitigation which only changes what is copied does not read as one that stops copying."""
+    a, b = state.summaries
+    text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%} with RNA** "
+            f"on the same seeds ({g('replicated', 'replication %')}); {g('dataset-similarity', 'dataset similarity')} "
+            f"{a['dataset_similarity']['p95']:.3f} → {b['dataset_similarity']['p95']:.3f}. ")
+    text += "Without: " + lesson_run_sentence(base, own_id) + " With RNA: " + lesson_run_sentence(mitigated, own_id)
+    if mitigated["replicated_other"]:
+        text += (" Some RNA seeds copy another training image: the mitigation changed what is copied, not "
+                 "whether.")
+    return text

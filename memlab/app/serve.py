@@ -175,7 +175,8 @@ def replay(body: bytes, receive):
 
 
 def _names_a_remote_file(body: bytes) -> bool:
-    """Whether a JSON request names a file (Gradio's FileData) by an http(s) URL."""
+    """Whether a JSON request names a file (Gradio's FileData) by an http(s) URL for its path, which Gradio
+    would fetch before the handler runs."""
     if b"FileData" not in body or b"http" not in body:
         return False
     try:
@@ -186,11 +187,10 @@ def _names_a_remote_file(body: bytes) -> bool:
     while stack:
         x = stack.pop()
         if isinstance(x, dict):
-            if (x.get("meta") or {}).get("_type") == "gradio.FileData":
-                for key in ("path", "url"):
-                    v = x.get(key)
-                    if isinstance(v, str) and v.lower().startswith(("http://", "https://")):
-                        return True
+            if (x.get("meta") or {}).get("_type") == "gradio.FileData":  # (its ``url`` is where the app serves
+                v = x.get("path")                                           # an upload; a ``path`` URL is fetched)
+                if isinstance(v, str) and v.lower().startswith(("http://", "https://")):
+                    return True
             stack.extend(x.values())
         elif isinstance(x, list):
             stack.extend(x)
@@ -218,7 +218,9 @@ def queue_full_message(queue) -> tuple[str, float | None]:
             f"{avg:.0f} s and the queue empties in about {waiting * avg:.0f} s; try again then."), avg
 
 
-# The page's own CSS: a gallery of a few thumbnails (top-k, a match, the lesson's copies) is as tall as
+# The page's own CSS: no scroll anchoring (a click scrolls the results' top into view; as the headline grows
+# above the pairs, the browser would otherwise scroll on to keep the pairs still, and the headline would
+# leave the screen); a gallery of a few thumbnails (top-k, a match, the lesson's copies) is as tall as
 # its rows (Gradio's galleries keep a fixed height, leaving ~220 px blank under one row); on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
 # full width and their captions (seed, verdict, score, training image) wrap instead of being cut; a tapped
 # pair opens alone at full width with its caption wrapped (Gradio's preview otherwise lies over the whole
@@ -228,6 +230,7 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 # the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
 # taken from the model; the progress bar shows on the pairs alone (``progress_on``)
 APP_CSS = """
+html,body,.gradio-container{overflow-anchor:none}
 #pairs .caption-label{white-space:normal;max-width:100%}
 #topk .grid-wrap,#match-gallery .grid-wrap,#lesson-copies .grid-wrap{height:auto!important;min-height:0!important;
   max-height:none!important}

@@ -78,7 +78,9 @@ def id_table(df, *extra: str):
                          "caption": df["caption"], **{c: df[c].map(score) for c in extra}})
 
 
-def headline(lab: Lab, state: RunState) -> str:
+def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
+    """The run's figures, each with its source; a run still streaming says how far it is, a ``stopped`` one
+    says where it stopped and is marked partial."""
     s = state.summaries[-1]
     name = s["descriptor"]["name"]
     ds = s["dataset_similarity"]
@@ -96,14 +98,19 @@ def headline(lab: Lab, state: RunState) -> str:
              f"mean {ds['mean']:.3f} · "
              f"background {g('background')} 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
              f"{bg_all['p95']:.3f} over all training rows, planted duplicates included)",
-             f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}",
+             f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}: "
+             f"the prompt's, as typed, before any mitigation (the same for every strategy on this prompt)",
              f"- **caption of the best image match** (the training image with the highest score, seed "
              f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
              f"nearest by text are listed below",
              f"- scores {g('descriptor')}: {lab.descriptor_label(name)}"]
-    if not state.finished:
-        lines.insert(1, f"*{len(state.records)} of {state.requested} seeds so far (running, or stopped: an "
-                        f"export now is labelled partial)*")
+    if stopped and not state.finished:
+        lines[0] = (f"### Stopped after {len(state.records)} of {state.requested} seeds · replication "
+                    f"{s['replication_rate']:.1%} of those {s['n_seeds']} {g('replicated')} (partial: an export is "
+                    f"labelled so)")
+    elif not state.finished:
+        lines.insert(1, f"*{len(state.records)} of {state.requested} seeds so far (running; an export now is "
+                        f"labelled partial)*")
     lines += probe_lines(lab, state, name)
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
@@ -271,18 +278,27 @@ def compare_table(state: RunState):
 
 
 def world_card_markdown(lab: Lab) -> str:
-    """About this world: its model, index, descriptor and threshold with how each was measured, and the card."""
+    """About this world, as prose and a table: its model, training set and index, the descriptor that scores
+    each generation and how its threshold was set, then the card's measured figures."""
     info = lab.descriptor_info()
     built = lab.index_summary()
     thr = info["threshold"]
-    lines = [f"## {lab.name}", f"**Model**: `{lab.model_name()}` · "
-             f"**trained on**: {lab.trained_on or 'not stated'}",
-             f"**Index**: {built['items']} training items · built {built['created']}",
-             f"**Descriptor** {info['name']}: model `{info['model']}`, preset `{info['preset']}`, dim {info['dim']}",
-             f"**Threshold** {thr['value']:.3f} — {thr['source']}: {thr.get('citation', '')}. Measured on "
-             f"this training set ({thr.get('n_groups', '?')} distinct images, one row per near-duplicate group): "
-             f"synthetic-copy recall {thr.get('recall') or 0:.1%}, background false positives "
-             f"{thr.get('fpr') or 0:.1%}."]
+    lines = [f"## {lab.name}",
+             f"This world pairs a text-to-image model ({lab.model_description()}) with the index of the images it "
+             f"was trained on ({lab.trained_on or 'its training set is not described'}). Each picture it "
+             f"generates is compared with every training image by the copy {g('descriptor', 'descriptor')} "
+             f"**{info['name']}**; a score above the {g('threshold', 'threshold')} {thr['value']:.3f} calls the "
+             f"picture a copy.",
+             "| | |\n|---|---|\n"
+             f"| model | {lab.model_description()} |\n"
+             f"| training images indexed | {built['items']} (index built {built['created']}) |\n"
+             f"| descriptor | {info['name']}: model `{info['model']}`, preset `{info['preset']}`, {info['dim']} "
+             f"dimensions |\n"
+             f"| threshold | {thr['value']:.3f}, {thr['source']}: {thr.get('citation', '')} |\n"
+             f"| measured on this training set | {thr.get('n_groups', '?')} distinct images (one per near-duplicate "
+             f"group): synthetic-copy recall {thr.get('recall') or 0:.1%}, background false positives "
+             f"{thr.get('fpr') or 0:.1%} |",
+             f"Scores: {lab.descriptor_label()}"]
     gt = thr.get("ground_truth", {})
     if gt:
         lines.append("**Recall on copies made by the world's own model** (held-out training images, not used "
@@ -320,3 +336,48 @@ def page_slug(name: str, taken=()) -> str:
     while slug in taken:
         slug, n = f"{base}-{n}", n + 1
     return slug
+
+
+def own_or_other(records, own_group: int | None, group_of) -> dict:
+    """Each seed's verdict split by its top-1 match: the prompt's own training image (any row of its
+    near-duplicate group) or another training image; (seed, match id) lists under replicated_own,
+    replicated_other, novel_own, novel_other, and n."""
+    out: dict = {"n": len(records), "replicated_own": [], "replicated_other": [], "novel_own": [], "novel_other": []}
+    for r in records:
+        m = r["matches"][0]
+        own = own_group is not None and group_of(m["row"]) == own_group
+        out[("replicated" if r["replicated"] else "novel") + ("_own" if own else "_other")].append((r["seed"], m["id"]))
+    return out
+
+
+def _ids(pairs) -> str:
+    return ", ".join(f"#{i}" for i in dict.fromkeys(str(m) for _, m in pairs))
+
+
+def lesson_run_sentence(split: dict, own_id) -> str:
+    """What a lesson step's pictures show, from its records (``own_or_other``): how many seeds replicated,
+    whose image they copy, and the seeds called novel whose closest match is still the prompt's own image."""
+    ro, rx, no = split["replicated_own"], split["replicated_other"], split["novel_own"]
+    text = f"**{len(ro) + len(rx)} of {split['n']} seeds replicated**"
+    if own_id is None:
+        return text + (f" (their closest training images: {_ids(ro + rx)})" if ro or rx else "")
+    said = [f"{len(ro)} copy the prompt's own training image #{own_id}"] if ro or not rx else []
+    if rx:
+        said.append(f"{len(rx)} another training image ({_ids(rx)})")
+    text += ": " + ", ".join(said) if (ro or rx) else ""
+    if no:
+        text += (f"; {len(no)} called novel still have #{own_id} as their closest training image (look at "
+                 f"those pairs: a copy with a colour cast can score under the threshold)")
+    return text + "."
+
+
+def own_image_html(lab, row: int | None, label: str) -> str:
+    """The prompt's own training image as a small figure, to check the pairs against by eye."""
+    if row is None:
+        return ""
+    im, item = lab.item_image(row), lab.item(row)
+    if im is None:
+        return ""
+    return (f'<figure class="own"><img src="{thumb_uri(im, 160)}" alt="{html.escape(label)}" '
+            f'style="width:128px;image-rendering:pixelated"><figcaption>{html.escape(label)} #'
+            f'{html.escape(str(item.get("id", row)))} · {copies(item.get("duplicates", 0))}</figcaption></figure>')

@@ -52,7 +52,7 @@ def _is_gen(fn):
 
 
 def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, cleared: tuple,
-               progress_on=None):
+               progress_on=None, js: str | None = None):
     """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
     refused, its message never stands over the previous request's results. A streaming ``fn`` (a
     generator) clears them in its own first update, the moment its request starts; any other ``fn`` after
@@ -66,6 +66,15 @@ def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | 
         def cleared_first(*a, **kw):
             yield cleared
             yield from fn(*a, **kw)
-        return btn.click(cleared_first, inputs, outputs, api_name=api_name, show_progress_on=progress_on)
-    clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False)
+        return btn.click(cleared_first, inputs, outputs, api_name=api_name, show_progress_on=progress_on, js=js)
+    clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False, js=js)
     return clear.then(fn, inputs, outputs, api_name=api_name, show_progress_on=progress_on)
+
+
+def scroll_first(selector: str) -> str:
+    """A click's browser-side first step: bring ``selector`` (where the results and their progress appear) to
+    the top of the screen, so a visitor sees a run start without scrolling (the results once began a screen
+    below the button, and nothing seemed to happen). It hands the event's inputs on unchanged, and runs in the
+    same event, so the page moves before the first result can arrive."""
+    return (f"(...args) => {{ const el = document.querySelector({selector!r}); "
+            f"if (el) el.scrollIntoView({{block: 'start', behavior: 'instant'}}); return args; }}")

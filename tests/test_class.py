@@ -1,0 +1,145 @@
+"""The app in front of a class and in a lab (issue 33): results in view after a click, on a desktop and a
+phone; a lesson whose sentences say what its records show; Compare beside Generate; one match per
+near-duplicate group wherever matches are listed."""
+import re
+
+import pytest
+
+from tests.browser import app_page, chromium_path, open_tab
+from tests.helpers import ROOT, synthetic_images
+
+BUILTIN = ROOT / "assets" / "world"
+needs_builtin = pytest.mark.skipif(not (BUILTIN / "world.json").is_file(), reason="the built-in world is not built")
+
+
+def test_a_lessons_sentence_counts_its_records():
+    """``own_or_other`` and ``lesson_run_sentence`` on hand-made records: the numbers and ids said are the
+    records' own."""
+    from memlab.app.views import lesson_run_sentence, own_or_other
+
+    group = {1: 7, 2: 7, 3: 9, 4: 11}.get
+    recs = [{"seed": s, "replicated": rep, "matches": [{"row": row, "id": f"x{row}"}]}
+            for s, rep, row in ((0, True, 1), (1, True, 2), (2, True, 3), (3, False, 1), (4, False, 4))]
+    split = own_or_other(recs, 7, group)
+    assert [len(split[k]) for k in ("replicated_own", "replicated_other", "novel_own", "novel_other")] == [2, 1, 1, 1]
+    text = lesson_run_sentence(split, "x1")
+    assert text.startswith("**3 of 5 seeds replicated**: 2 copy the prompt's own training image #x1, 1 another "
+                           "training image (#x3); 1 called novel still have #x1")
+    assert lesson_run_sentence(own_or_other(recs[3:], 7, group), "x1").startswith("**0 of 2 seeds replicated**")
+
+
+@needs_builtin
+@pytest.mark.slow
+def test_the_lessons_sentences_agree_with_its_records():
+    """Each step of the lesson on the built-in world: every count and training id its sentence states is
+    recomputed from the step's own records (the prompt's own image is its near-duplicate group)."""
+    from memlab.app.lesson import LESSON_SEEDS, _steps
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(BUILTIN), device="cpu")
+    plan = lab.lesson_prompts()
+    step1, _, step3, step4 = _steps(lab, plan, LESSON_SEEDS)
+    quiet = lambda *a, **k: None  # noqa: E731
+    state, text, _ = list(step1(progress=quiet))[-1]
+    own = lab.probe_row(plan["duplicated"])
+    assert own is not None
+
+    def expected(records, own_row):
+        g = lab.item_group(own_row)
+        tops = [(r["replicated"], lab.item_group(r["matches"][0]["row"]) == g, r["matches"][0]["id"]) for r in records]
+        return (sum(r for r, _, _ in tops), sum(r and o for r, o, _ in tops),
+                {str(i) for r, o, i in tops if r and not o}, sum((not r) and o for r, o, _ in tops))
+
+    def said(sentence):
+        k = int(re.search(r"(\d+) of 8 seeds replicated", sentence)[1])
+        own_n = re.search(r"(\d+) copy the prompt's own", sentence)
+        other = re.search(r"(\d+) another training image \(([^)]*)\)", sentence)
+        missed = re.search(r"(\d+) called novel", sentence)
+        return (k, int(own_n[1]) if own_n else 0, set(re.findall(r"#(\w+)", other[2])) if other else set(),
+                int(missed[1]) if missed else 0)
+
+    assert said(text) == expected(state.records, own)
+    assert f"#{lab.item(own)['id']}" in text
+    text3, _ = list(step3(progress=quiet))[-1]
+    without, with_rna = text3.split("Without: ", 1)[1].split(" With RNA: ")
+    none_recs = [r for r in state.records]  # step 3's first row is the same prompt and seeds as step 1
+    assert said(without) == expected(none_recs, own)
+    rates = re.search(r"Replication ([\d.]+)% without mitigation, \*\*([\d.]+)% with RNA", text3)
+    assert float(rates[1]) == pytest.approx(100 * said(without)[0] / 8, abs=0.05)
+    assert float(rates[2]) == pytest.approx(100 * said(with_rna)[0] / 8, abs=0.05)
+    text4, _ = list(step4(progress=quiet))[-1]
+    assert text4.startswith(f"**{said(text4)[0]} of 8 seeds replicated**")
+
+
+def test_match_lists_one_match_per_near_duplicate_group(tiny_world, tmp_path):
+    """An image whose training original has copies answers with the original once, then other images (the
+    app's Match and ``memlab match --json`` alike)."""
+    import shutil
+
+    import pandas as pd
+
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import match_images
+
+    ims = synthetic_images(8, size=16)
+    rows = [0] * 5 + list(range(1, 8))  # image 0 five times
+    items = pd.DataFrame({"id": range(len(rows)), "caption": [f"c{i}" for i in rows],
+                          "file": [f"{i}-{j}.png" for j, i in enumerate(rows)]})
+    build_index(tmp_path / "idx", items, lambda j: ims[rows[j]], [create_descriptor("pixel")], calib_n=3)
+    idx = TrainingIndex.load(tmp_path / "idx")
+    res = match_images(idx, create_descriptor("pixel"), [ims[0]], k=4)
+    ms = res["queries"][0]["matches"]
+    assert len(ms) == 4 and len({m["group"] for m in ms}) == 4
+    assert ms[0]["duplicates"] == 4 and ms[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    shutil.rmtree(tmp_path / "idx")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
+@pytest.mark.parametrize("viewport", [(1400, 1000), (420, 900)])
+def test_after_generate_the_progress_and_first_pair_are_in_view(tiny_world, viewport):
+    """At 420 x 900 the prompt and Generate are on the first screen; after the click, the progress and then
+    the first pair are inside the viewport without scrolling (desktop and phone); Compare has the examples
+    and the prompt typed on Generate."""
+    def inside(page, selector):
+        box = page.locator(selector).first.bounding_box()
+        assert box is not None and box["y"] >= -1 and box["y"] < viewport[1] and box["height"] > 0, (selector, box)
+        return True
+
+    with app_page(tiny_world, viewport=viewport) as page:
+        for sel in ("#prompt textarea", "#generate-btn"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["y"] + box["height"] <= viewport[1], (sel, box)
+        page.locator("#prompt textarea").fill("a colour field 3")
+        page.locator("#n-seeds input").fill("8")
+        page.locator("#generate-btn").click()
+        page.locator("#pairs .progress-text, #pairs .eta-bar, #pairs .meta-text").first.wait_for(timeout=30_000)
+        assert inside(page, "#pairs")
+        page.locator("#pairs img").first.wait_for(timeout=60_000)
+        assert inside(page, "#pairs img")
+        assert page.evaluate("window.scrollY") > 0 or viewport[0] > 1000  # (the page moved, not the visitor)
+        open_tab(page, "Compare mitigations")
+        assert page.locator("#compare-prompt textarea").input_value() == "a colour field 3"
+        assert page.locator("#compare-n input").input_value() == "8"
+
+
+@needs_builtin
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
+def test_a_lesson_steps_progress_and_pictures_come_into_view_on_a_phone():
+    with app_page(BUILTIN, viewport=(420, 900)) as page:
+        open_tab(page, "Lesson")
+        page.locator("#lesson-1").click()
+        page.wait_for_function("(document.querySelector('#lesson-1-text').innerText || '').length > 0",
+                               timeout=30_000)
+        box = page.locator("#lesson-1-text").bounding_box()
+        assert 0 <= box["y"] < 900
+        page.wait_for_function("(document.querySelector('#lesson-1-text').innerText || '').includes('seeds "
+                               "replicated')", timeout=120_000)
+        assert "own training image" in page.locator("#lesson-1-grid").inner_html()
+        fig = page.locator("#lesson-1-grid figure").first.bounding_box()
+        assert fig is not None and fig["y"] < 900 * 2  # the pictures start within the next screen
+        open_tab(page, "Compare mitigations")
+        assert page.locator("#compare-more-examples").count() == 1  # Generate's examples are here too
