@@ -233,6 +233,7 @@ class TrainingIndex:
     def __init__(self, path: Path, manifest: dict, items: pd.DataFrame | None = None):
         self.path, self.manifest, self._items = path, manifest, items
         self._faiss: dict = {}
+        self._possible: dict = {}
         self._vectors: dict = {}
         self._rowgroups = None
         self._fds: dict = {}
@@ -334,6 +335,20 @@ class TrainingIndex:
 
     def threshold(self, name: str | None = None) -> dict:
         return self.descriptor_info(name)["threshold"]
+
+    def possible(self, name: str | None = None) -> dict:
+        """The "possible copy" band's lower edge (``metrics.possible_threshold``) with its source: stored at
+        build, else computed from the stored background of distinct images (indices built before it)."""
+        name = name or self.default_descriptor
+        thr = self.threshold(name)
+        if isinstance(thr.get("possible"), dict):
+            return thr["possible"]
+        if name not in self._possible:
+            value = metrics.possible_threshold(self.background(name, distinct=True), thr["value"])
+            self._possible[name] = {"value": value, "fpr": metrics.POSSIBLE_FPR,
+                                    "source": f"{metrics.POSSIBLE_FPR:.0%} of distinct training images score above "
+                                              f"it against their nearest other distinct image"}
+        return self._possible[name]
 
     def check_descriptor(self, descriptor: Descriptor) -> None:
         """Refuse a query descriptor whose model, preset or dim differs from the one indexed."""

@@ -85,6 +85,7 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     matches are the k best near-duplicate groups, each its best row (``duplicates`` says how many copies of
     it the training set holds), not k rows of one duplicated image."""
     thr = index.threshold(descriptor.name)
+    possible = index.possible(descriptor.name)["value"]
     cosine = descriptor.verdict == "cosine"
     n = int(index.manifest["item_count"])
     per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
@@ -119,7 +120,8 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
         top = float(scores[qi][0])
         out.append({"matches": matches, "score": top, "replicated": bool(top > thr["value"]),
                     "high_confidence": bool(thr.get("high") is not None and top > thr["high"]),
-                    "threshold": float(thr["value"])})
+                    "threshold": float(thr["value"]),
+                    "verdict": metrics.verdict(top, thr["value"], possible), "possible_threshold": possible})
     return out
 
 

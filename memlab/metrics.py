@@ -25,6 +25,26 @@ def replication_flags(scores, threshold: float, high: float | None = None):
     return s > threshold, (s > high if high is not None else np.zeros_like(s, bool))
 
 
+POSSIBLE_FPR = 0.05  # the "possible copy" band's false-positive rate on the background of distinct images
+
+
+def possible_threshold(background_distinct, threshold: float, fpr: float = POSSIBLE_FPR) -> float:
+    """The lower edge of the "possible copy" band: the score that ``fpr`` of distinct training images exceed
+    against their nearest other distinct image (a 5% false-positive rate where the verdict's threshold allows
+    about 1%), never above the verdict's threshold (then there is no band)."""
+    bg = np.asarray(background_distinct, np.float64)
+    bg = bg[np.isfinite(bg)]
+    if not bg.size:
+        return float(threshold)
+    return float(min(threshold, np.quantile(bg, 1.0 - fpr, method="higher")))
+
+
+def verdict(score: float, threshold: float, possible: float) -> str:
+    """Three levels: ``replicated`` above the threshold, ``possible copy`` above the band's lower edge (at
+    most the threshold), ``novel`` below it."""
+    return "replicated" if score > threshold else "possible copy" if score > possible else "novel"
+
+
 def replication_rate(flags) -> float:
     """Multi-seed replication %: the share of seeds whose top-1 similarity exceeds the threshold
     (MemBench: 10 seeds, > 0.5). Returned as a fraction in [0, 1]."""

@@ -42,6 +42,8 @@ class SeedRecord:
     detection: float | None
     settings: dict
     model: dict
+    verdict: str | None = None  # replicated, possible copy or novel (since issue 33; after the older keys)
+    possible_threshold: float | None = None
 
     def to_dict(self) -> dict:
         return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}
@@ -72,6 +74,7 @@ class Summary:
     dataset_similarity: dict
     detection_mean: float | None
     threshold: float
+    possible_copy_rate: float = 0.0  # seeds in the "possible copy" band (``metrics.verdict``)
     prompt: str = ""
     mitigation: dict = field(default_factory=dict)
     descriptor: dict = field(default_factory=dict)
@@ -85,6 +88,7 @@ class Summary:
         if self.timing is not None:
             d["timing"] = self.timing
         d["seeds"] = self.seeds
+        d["possible_copy_rate"] = self.possible_copy_rate  # (added by issue 33: after the older keys)
         return d
 
 

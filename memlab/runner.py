@@ -60,7 +60,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                 rec = SeedRecord(prompt=prompt, mitigation=mit, seed=r.seed, effective_prompt=r.effective_prompt,
                                  image=None, matches=m["matches"], score=m["score"], replicated=m["replicated"],
                                  high_confidence=m["high_confidence"], threshold=m["threshold"], descriptor=desc,
-                                 detection=r.detection, settings=settings.to_dict(), model=generator.info())
+                                 detection=r.detection, settings=settings.to_dict(), model=generator.info(),
+                                 verdict=m["verdict"], possible_threshold=m["possible_threshold"])
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -109,4 +110,6 @@ def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
             "high_confidence_rate": metrics.replication_rate(high),
             "dataset_similarity": metrics.dataset_similarity(scores, threshold["value"]),
             "detection_mean": float(det.mean()) if det.size else None,
-            "threshold": float(threshold["value"])}
+            "threshold": float(threshold["value"]),
+            "possible_copy_rate": float(np.mean([r.get("verdict") == "possible copy" for r in seed_records]))
+            if seed_records else 0.0}

@@ -31,7 +31,7 @@ def test_generate_endpoint_matches_memlab_run(client, server, tmp_path):
     assert table["headers"] == SEED_COLUMNS
     col = {c: [r[i] for r in rows] for i, c in enumerate(SEED_COLUMNS)}
     assert [f"{r['score']:.3f}" for r in recs] == col["score"]  # 3 decimals, as in the pairs' captions
-    assert [("replicated" if r["replicated"] else "novel") for r in recs] == col["verdict"]
+    assert [r["verdict"] for r in recs] == col["verdict"]  # three levels: replicated, possible copy, novel
     assert [r["matches"][0]["id"] for r in recs] == col["match id"]
     summary = [json.loads(x) for x in f.read_text().splitlines() if '"type": "summary"' in x][0]
     assert f"{summary['replication_rate']:.1%}" in headline

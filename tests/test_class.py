@@ -143,3 +143,20 @@ def test_a_lesson_steps_progress_and_pictures_come_into_view_on_a_phone():
         assert fig is not None and fig["y"] < 900 * 2  # the pictures start within the next screen
         open_tab(page, "Compare mitigations")
         assert page.locator("#compare-more-examples").count() == 1  # Generate's examples are here too
+
+
+def test_three_verdict_levels_on_hand_made_scores():
+    """The "possible copy" band: its lower edge flags 5% of a hand-made background (the threshold 1%), is never
+    above the threshold, and splits scores into three levels."""
+    import numpy as np
+
+    from memlab import metrics
+
+    bg = np.arange(1, 1001) / 1000.0  # distinct images' scores against their nearest other image
+    thr = metrics.calibrate_threshold(bg, [], 0.01)["value"]
+    low = metrics.possible_threshold(bg, thr)
+    # at most 5% (and 1%) of the background above, one item short at most
+    assert 0.049 <= (bg > low).mean() <= 0.05 and 0.009 <= (bg > thr).mean() <= 0.01
+    assert metrics.possible_threshold(bg, 0.5) == 0.5  # never above the verdict's threshold: then no band
+    assert [metrics.verdict(s, thr, low) for s in (thr + 0.001, (thr + low) / 2, low - 0.001)] == \
+        ["replicated", "possible copy", "novel"]

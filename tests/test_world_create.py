@@ -266,6 +266,7 @@ def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(cre
         page.get_by_role("link", name="nemo-world").first.click()
         page.wait_for_url("**/nemo-world**", timeout=30_000)
         page.get_by_role("link", name="tiny").first.wait_for(timeout=30_000)  # the way back, by its world's name
+        page.locator("#more-examples").get_by_text("More examples").first.click()  # every group, folded
         page.get_by_text("known memorized, verbatim · 20 prompts").first.wait_for(timeout=60_000)
         body = page.inner_text("body")
         assert "World: nemo-world" in body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..records import RunState
 from ..service import Lab
-from .views import short_label
+from .views import level, short_label
 
 def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
     import plotly.graph_objects as go
@@ -33,12 +33,13 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     recs = state.records if state else []
     fig = go.Figure()
     fig.add_scatter(x=[str(r["seed"]) for r in recs], y=[r["score"] for r in recs], mode="markers",
-                    marker=dict(size=11, color=["#d62728" if r["replicated"] else "#1f77b4" for r in recs]),
+                    marker=dict(size=11, color=[{"replicated": "#d62728", "possible copy": "#ef6c00"}.get(
+                        level(r), "#1f77b4") for r in recs]),
                     hovertext=[f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}"
                                for r in recs], hoverinfo="text", name="top-1 score")
     fig.add_hline(y=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
     fig.update_layout(height=260, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
-                      title=dict(text="top-1 score per seed (red: replicated)", font=dict(size=13)),
+                      title=dict(text="top-1 score per seed (red: replicated, orange: possible copy)", font=dict(size=13)),
                       xaxis_title="seed", yaxis_title="similarity", xaxis_type="category")
     return fig
 

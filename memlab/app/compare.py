@@ -83,7 +83,9 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
             if state is None:
                 raise MemlabError("nothing to export yet: compare first")
             name = "comparison.zip" if state.finished else "comparison-partial.zip"
-            return gr.update(value=str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name)),
-                             visible=True)
+            return str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name))
 
-        c_export_btn.click(export_comparison, [c_state], [c_export_file], api_name=api("export_comparison"))
+        exported = c_export_btn.click(export_comparison, [c_state], [c_export_file],
+                                      api_name=api("export_comparison"))
+        exported.success(lambda: gr.update(visible=True), None, [c_export_file], api_name=False,
+                         show_progress="hidden")

@@ -14,7 +14,8 @@ from ..records import RunState, collapse_matches
 from ..service import Lab
 from .charts import attribution_chart, histogram, seed_scores_chart
 from .serve import as_file
-from .views import ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, caption, copies, headline, id_table, pair_image, seed_table
+from .views import (ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, caption, copies, headline, id_table, level,
+                    pair_image, seed_table)
 from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
 
 
@@ -131,7 +132,7 @@ def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, de
     pairs = []  # built once per seed as seeds stream in
     for state in lab.stream_generation(prompt, seeds, spec, settings, lambda d, t: progress((d, t), desc="seeds"),
                                        descriptor):
-        pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), r["replicated"])),
+        pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), level(r))),
                    caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
         first = near is None and not state.finished  # the first pair as early as it can be: the
         if first:  # caption search comes with the next update (each redraw costs the page)
@@ -234,6 +235,8 @@ def _wire_details(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state: g
             raise MemlabError("nothing to export yet: generate first")
         name = "run.zip" if state.finished else "run-partial.zip"  # stopped, or still running
         path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
-        return gr.update(value=str(lab.export(state, path)), visible=True)
+        return str(lab.export(state, path))
 
-    export_btn.click(export, [run_state], [export_file], api_name=api("export"))
+    # /export returns the zip's path; the page then shows the file box (hidden until there is a file)
+    export_btn.click(export, [run_state], [export_file], api_name=api("export")).success(
+        lambda: gr.update(visible=True), None, [export_file], api_name=False, show_progress="hidden")

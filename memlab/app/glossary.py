@@ -20,6 +20,11 @@ GLOSSARY = [
      "A generation is **replicated** when its top-1 score (its similarity to the closest training image) is "
      "above the threshold. The **multi-seed replication %** is the share of seeds whose generation is "
      "replicated (Somepalli et al. 2023 count SSCD > 0.5; MemBench uses 10 seeds)."),
+    ("possible", "possible copy",
+     "A generation whose top-1 score is under the threshold but above a second, lower one: the score that 5% of "
+     "distinct training images reach against their nearest other image (the threshold allows about 1%). Look at "
+     "the pair: a copy with a colour cast or darkened often lands here. Framed orange; the verdict has three "
+     "levels, **replicated**, **possible copy**, **novel**."),
     ("threshold", "threshold",
      "The score above which a match counts as a copy. SSCD's is published: 0.5 for replication, and 0.75 "
      "for about 90% precision (Pizzi et al. 2022). Descriptors without a published one (memlab-copy, pixel, "

@@ -48,11 +48,23 @@ COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", 
                    "change vs none", "detection"]
 
 
-def pair_image(gen: Image.Image, match: Image.Image | None, replicated: bool, scale: int = 3) -> Image.Image:
-    """The generation beside its top-1 training match, framed red when replicated."""
+FRAME = {"replicated": (200, 30, 30), "possible copy": (240, 140, 0), "novel": (230, 230, 230)}
+WORD = {"replicated": "REPLICATED", "possible copy": "POSSIBLE COPY", "novel": "novel"}
+CELL = {"replicated": "rep", "possible copy": "pos", "novel": "nov"}
+
+
+def level(record: dict) -> str:
+    """A seed's verdict in three levels (records before them: replicated or novel)."""
+    return record.get("verdict") or ("replicated" if record["replicated"] else "novel")
+
+
+def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool, scale: int = 3) -> Image.Image:
+    """The generation beside its top-1 training match, framed red when replicated, orange when a possible
+    copy."""
     w, h = gen.size
     W, H = w * scale, h * scale
-    out = Image.new("RGB", (2 * W + 12, H + 8), (200, 30, 30) if replicated else (230, 230, 230))
+    verdict = verdict if isinstance(verdict, str) else ("replicated" if verdict else "novel")
+    out = Image.new("RGB", (2 * W + 12, H + 8), FRAME[verdict])
     out.paste(gen.resize((W, H), Image.NEAREST), (4, 4))
     if match is not None:
         out.paste(match.convert("RGB").resize((W, H), Image.NEAREST), (W + 8, 4))
@@ -64,7 +76,7 @@ def pair_image(gen: Image.Image, match: Image.Image | None, replicated: bool, sc
 def caption(record: dict) -> str:
     """A pair's caption: seed, verdict, score against the threshold, the training image and its copies."""
     r = SeedRecord.from_dict(record)
-    verdict = "REPLICATED" if r.replicated else "novel"
+    verdict = WORD[level(record)]
     return (f"seed {r.seed} · {verdict} · score {r.score:.3f} vs threshold {r.threshold:.3f} · "
             f"match #{r.top1['id']} · {copies(r.top1['duplicates'])}")
 
@@ -93,6 +105,9 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
     lines = [f"### Replication: {s['replication_rate']:.1%} of {s['n_seeds']} seeds {g('replicated')}",  # one rounding rule: 0.1%
              f"*{source}*",
              f"- **multi-seed replication** {g('replicated')} {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
+             f"- **possible copies** {g('possible')} {s.get('possible_copy_rate', 0.0):.1%} (score between "
+             f"{lab.possible(name)['value']:.3f}, which {lab.possible(name)['fpr']:.0%} of distinct training images "
+             f"pass, and the threshold; framed orange)",
              f"- **dataset similarity** {g('dataset-similarity')} (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
              f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "
              f"mean {ds['mean']:.3f} · "
@@ -155,7 +170,7 @@ def seed_table(state: RunState):
     import pandas as pd
 
     recs = [SeedRecord.from_dict(r) for r in state.records]
-    return pd.DataFrame([{"seed": r.seed, "verdict": "replicated" if r.replicated else "novel",
+    return pd.DataFrame([{"seed": r.seed, "verdict": level(r.to_dict()),
                           "score": score(r.score), "match id": r.top1["id"],
                           "copies in training": r.top1["duplicates"] + 1,
                           "match caption": r.top1["caption"], "effective prompt": r.effective_prompt}
@@ -204,10 +219,10 @@ def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
         cells = []
         for r, im in by_row.get(mit["spec"], []):
             m = r["matches"][0]
-            verdict = "REPLICATED" if r["replicated"] else "novel"
+            verdict = WORD[level(r)]
             cells.append(
-                f'<figure class="ab-cell {"rep" if r["replicated"] else "nov"}">'
-                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), r["replicated"], 2))}" '
+                f'<figure class="ab-cell {CELL[level(r)]}">'
+                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2))}" '
                 f'alt="seed {r["seed"]}, {html.escape(short_label(mit))}: generation | training image #{html.escape(str(m["id"]))}">'
                 f'<figcaption><b class="v">{verdict} {r["score"]:.3f}</b><br>'
                 f'<span class="ab-seedtag">seed {r["seed"]} · </span>#{html.escape(str(m["id"]))} · {copies(m["duplicates"])}'
@@ -230,7 +245,7 @@ GRID_CSS = """<style>
 .ab-cells{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px}
 .ab-cell{margin:0;text-align:center;font-size:.78em;line-height:1.25}
 .ab-cell img{width:100%;height:auto;image-rendering:pixelated;display:block}
-.ab-cell.rep .v{color:#c62828}.ab-cell.nov .v{color:#1565c0}
+.ab-cell.rep .v{color:#c62828}.ab-cell.pos .v{color:#e65100}.ab-cell.nov .v{color:#1565c0}
 .ab-head .ab-seed{text-align:center;font-weight:600;font-size:.85em}
 .ab-seedtag{display:none}
 .ab-label{font-size:.9em;overflow-wrap:anywhere}
@@ -347,6 +362,8 @@ def own_or_other(records, own_group: int | None, group_of) -> dict:
         m = r["matches"][0]
         own = own_group is not None and group_of(m["row"]) == own_group
         out[("replicated" if r["replicated"] else "novel") + ("_own" if own else "_other")].append((r["seed"], m["id"]))
+        if level(r) == "possible copy":
+            out.setdefault("possible", []).append((r["seed"], m["id"]))
     return out
 
 
@@ -368,6 +385,8 @@ def lesson_run_sentence(split: dict, own_id) -> str:
     if no:
         text += (f"; {len(no)} called novel still have #{own_id} as their closest training image (look at "
                  f"those pairs: a copy with a colour cast can score under the threshold)")
+    if split.get("possible"):
+        text += f"; {len(split['possible'])} of the novel ones are possible copies (framed orange)"
     return text + "."
 
 

@@ -1,0 +1,77 @@
+"""A run or comparison as a zip a researcher can open offline: ``results.jsonl`` (the ``memlab run`` format;
+each seed's top matches one per near-duplicate group, each pointing at its training image inside the zip),
+``summary.csv`` (a row per seed), the generations under ``generations/`` and the matched training images
+under ``training/``; no path of the server (docs/cli.md, "The app's exports")."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import MemlabError
+from .records import RunState, collapse_matches
+
+
+def write_export(lab, state: RunState, path: Path, k: int = 5) -> Path:
+    """The zip at ``path`` (``lab``: the ``Lab`` whose training images and model name it holds); written to a
+    temporary name and renamed, so a failed or killed export leaves no half-written zip."""
+    if not state or not state.records:
+        raise MemlabError("nothing to export yet: generate first")
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    try:
+        _write_zip(lab, state, part, k)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return path
+
+
+def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
+    buf, table = io.StringIO(), io.StringIO()
+    rows = csv.writer(table)
+    rows.writerow(["strategy", "seed", "verdict", "score", "threshold", "match id", "copies in training",
+                   "match image", "generation"])
+    partial = {} if state.finished else {"partial": True, "seeds_requested": state.requested,
+                                           "seeds_done": len(state.records)}
+    written: set = set()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for r, im in zip(state.records, state.images):
+            name = f"generations/{r['mitigation']['name']}-s{r['seed']}.png"
+            z.writestr(name, _png(im))
+            matches = []
+            for m in collapse_matches(r["matches"], k):
+                m = {k: v for k, v in m.items() if k != "copies"}
+                m["file"] = f"training/{_safe_id(m['id'])}.png"
+                m["copies_in_training"] = int(m.get("duplicates", 0)) + 1
+                if m["file"] not in written and (im_t := lab.item_image(m["row"])) is not None:
+                    z.writestr(m["file"], _png(im_t))
+                    written.add(m["file"])
+                matches.append(m)
+            model = {**r.get("model", {}), "model": lab.model_name()}
+            buf.write(json.dumps({**r, "image": name, "matches": matches, "model": model}) + "\n")
+            top = matches[0]
+            rows.writerow([r["mitigation"]["spec"], r["seed"], "replicated" if r["replicated"] else "novel",
+                           f"{r['score']:.3f}", f"{r['threshold']:.3f}", top["id"], top["copies_in_training"],
+                           top["file"], name])
+        for s in state.summaries:
+            buf.write(json.dumps({**s, **partial}) + "\n")
+        z.writestr("results.jsonl", buf.getvalue())
+        z.writestr("summary.csv", table.getvalue())
+
+
+def _png(im: Image.Image) -> bytes:
+    b = io.BytesIO()
+    im.save(b, format="PNG")
+    return b.getvalue()
+
+
+def _safe_id(item_id) -> str:
+    """A training id as a file name inside an export."""
+    return re.sub(r"[^\w.-]+", "_", str(item_id))[:80] or "item"
