@@ -448,3 +448,20 @@ def test_the_app_serves_images_alone_and_holds_every_upload_path_to_the_caps(ser
     synthetic_images(1, size=16)[0].save(ok)
     md, _, _ = client.predict(handle_file(str(ok)), 3, None, api_name="/match_image")  # still serving
     assert "Top-1 score" in md
+
+
+def test_a_damaged_faiss_file_is_one_error_line_even_under_a_matching_checksum(tmp_path):
+    import pandas as pd
+
+    from memlab.descriptors import create_descriptor
+    from memlab.index import build_index
+
+    ims = synthetic_images(40, size=16)
+    items = pd.DataFrame({"id": range(40), "caption": [f"c{i}" for i in range(40)], "file": [f"{i}.png" for i in range(40)]})
+    build_index(tmp_path / "idx", items, lambda i: ims[i], [create_descriptor("pixel")], factory="IVF4,Flat", calib_n=4)
+    f = tmp_path / "idx" / "pixel.faiss"
+    f.write_bytes(f.read_bytes()[:64] + b"\x00" * 200)
+    _reseal(tmp_path / "idx", json.loads((tmp_path / "idx" / "manifest.json").read_text()))
+    ims[3].save(tmp_path / "q.png")
+    one_error(run_cli("memlab", "match", "--index", str(tmp_path / "idx"), "--images", str(tmp_path / "q.png")),
+              "pixel.faiss", "FAISS")
