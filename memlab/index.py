@@ -459,6 +459,16 @@ class TrainingIndex:
         g = int(np.searchsorted(self._rowgroups, int(row), side="right") - 1)
         return f.read_row_group(g).slice(int(row) - int(self._rowgroups[g]), 1).to_pandas().iloc[0]
 
+    def groups_of(self, rows) -> list[int]:
+        """The near-duplicate group of each row (from the loaded table's column when it is loaded)."""
+        if self._items is None and self.manifest["item_count"] <= SMALL_ITEMS:
+            self.items
+        if self._items is not None:
+            if getattr(self, "_group_col", None) is None or self._group_of is not self._items:
+                self._group_of, self._group_col = self._items, self._items["group"].to_numpy()
+            return self._group_col[np.asarray(rows, np.int64)].tolist()
+        return [self.item(int(r))["group"] for r in rows]
+
     def item(self, row: int) -> dict:
         if self._items is None and self.manifest["item_count"] <= SMALL_ITEMS:
             self.items  # a small table is read whole once: a row-group read per match costs ~2.5 ms

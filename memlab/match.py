@@ -95,16 +95,15 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     found = [rows[qi] >= 0 for qi in range(len(vectors))]  # FAISS's -1 ("no result") is never a match
     scores, rows = [scores[qi][f] for qi, f in enumerate(found)], [rows[qi][f] for qi, f in enumerate(found)]
     exact = index.vectors(descriptor.name)
+    if one_per_group:  # each group's best row by cosine: as many groups as the verdict re-ranks (or k)
+        kept = [_first_per_group(index, r, k if cosine else max(k, 64)) for r in rows]
+        scores, rows = [s[i] for s, i in zip(scores, kept)], [r[i] for r, i in zip(rows, kept)]
     if not cosine:
         rescored = [descriptor.verdict_scores(vectors[qi], np.asarray(exact[rows[qi]])) for qi in range(len(vectors))]
         order = [np.argsort(-r, kind="stable") for r in rescored]
         scores = [r[o] for r, o in zip(rescored, order)]
         rows = [rw[o] for rw, o in zip(rows, order)]
-    if one_per_group:
-        kept = [_first_per_group(index, r, k) for r in rows]
-        scores, rows = [s[i] for s, i in zip(scores, kept)], [r[i] for r, i in zip(rows, kept)]
-    else:
-        scores, rows = [s[:k] for s in scores], [r[:k] for r in rows]
+    scores, rows = [s[:k] for s in scores], [r[:k] for r in rows]
     out = []
     for qi in range(len(vectors)):
         if not len(rows[qi]):
@@ -127,9 +126,9 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
 
 def _first_per_group(index: TrainingIndex, rows, k: int) -> np.ndarray:
     """Positions of the first row of each near-duplicate group among ranked rows, at most k."""
+    groups = index.groups_of(rows)
     seen, keep = set(), []
-    for i, r in enumerate(rows):
-        g = index.item(int(r))["group"]
+    for i, g in enumerate(groups):
         if g not in seen:
             seen.add(g)
             keep.append(i)
