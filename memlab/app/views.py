@@ -383,10 +383,11 @@ def lesson_run_sentence(split: dict, own_id) -> str:
         said.append(f"{len(rx)} another training image ({_ids(rx)})")
     text += ": " + ", ".join(said) if (ro or rx) else ""
     if no:
-        text += (f"; {len(no)} called novel still have #{own_id} as their closest training image (look at "
-                 f"those pairs: a copy with a colour cast can score under the threshold)")
+        text += (f"; {len(no)} called novel still {'has' if len(no) == 1 else 'have'} #{own_id} as the closest "
+                 f"training image (look at those pairs: a copy with a colour cast can score under the threshold)")
     if split.get("possible"):
-        text += f"; {len(split['possible'])} of the novel ones are possible copies (framed orange)"
+        n = len(split["possible"])
+        text += f"; {n} of the novel ones {'is a possible copy' if n == 1 else 'are possible copies'} (framed orange)"
     return text + "."
 
 
