@@ -92,19 +92,14 @@ def _decoded(s: dict, skipped):
     from PIL import Image, UnidentifiedImageError
 
     from memlab.match import MAX_IMAGE_PIXELS
-    from memlab.shards import IMAGE_KEYS
+    from memlab.shards import IMAGE_KEYS, sample_text
 
     where = f"{Path(s['__url__']).name}:{s['__key__']}"[:160]
     ext = next((k for k in IMAGE_KEYS if k in s), None)
     if ext is None:
         skipped.add("no image in the sample", where)
         return None
-    try:
-        meta = json.loads(s["json"]) if "json" in s else {}
-    except (ValueError, UnicodeDecodeError):
-        meta = {}
-    meta = meta if isinstance(meta, dict) else {}
-    caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
+    meta, caption = sample_text(s)
     over = f"image over {MAX_IMAGE_PIXELS // 10**6} MP"
     try:
         with Image.open(io.BytesIO(s[ext])) as im:

@@ -8,13 +8,13 @@ import csv
 import io
 import json
 import os
-import re
 import zipfile
 from pathlib import Path
 
 from PIL import Image
 
 from .errors import MemlabError
+from .paths import member_name
 from .records import RunState, collapse_matches
 
 
@@ -73,5 +73,5 @@ def _png(im: Image.Image) -> bytes:
 
 
 def _safe_id(item_id) -> str:
-    """A training id as a file name inside an export."""
-    return re.sub(r"[^\w.-]+", "_", str(item_id))[:80] or "item"
+    """A training id as a file name inside an export (``memlab.paths.member_name``)."""
+    return member_name(str(item_id)) or f"item-{abs(hash(str(item_id)))}"

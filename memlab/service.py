@@ -183,8 +183,10 @@ class Lab:
 
     def card(self) -> dict | None:
         """The world's card (``card.json``: how it was built, what was measured), if it has one."""
-        f = self.world.file("card")
-        return json.loads(f.read_text()) if f else None
+        if not hasattr(self, "_card"):  # read once: estimates and About read it
+            f = self.world.file("card")
+            self._card = json.loads(f.read_text()) if f else None
+        return self._card
 
     def index_summary(self) -> dict:
         """How many training items the index holds and when it was built."""

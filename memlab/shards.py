@@ -87,6 +87,20 @@ def samples(paths: list[Path], skipped: Skipped | None = None, max_member_bytes:
         yield from group_by_keys(_members(Path(p), skipped, max_member_bytes), handler=duplicate)
 
 
+def sample_text(s: dict) -> tuple[dict, str]:
+    """A sample's metadata (its ``.json``, or {} when missing or malformed) and caption (``.txt``, else the
+    metadata's)."""
+    meta = {}
+    if "json" in s:
+        try:
+            meta = json.loads(s["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
+    return meta, caption
+
+
 def unpack_shards(paths: list[Path], folder: Path, progress=None, skipped: Skipped | None = None):
     """Write each sample's image to ``folder/<shard>/<name>.<ext>`` (``memlab.paths.member_name``: a key with
     ``..`` or an absolute key is refused, folders are kept in the name); return the items table (id, file,
@@ -117,14 +131,7 @@ def unpack_shards(paths: list[Path], folder: Path, progress=None, skipped: Skipp
             skipped.add("unsafe member name (absolute or ..)", where[:160])
             continue
         seen.add(rel)
-        meta = {}
-        if "json" in s:
-            try:
-                meta = json.loads(s["json"])
-            except (ValueError, UnicodeDecodeError):
-                meta = {}
-            meta = meta if isinstance(meta, dict) else {}
-        caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
+        meta, caption = sample_text(s)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
         tmp.write_bytes(s[ext])

@@ -117,8 +117,7 @@ def check_world(m, path: Path) -> dict:
         c.get(d, key, float, f"defaults.{key}", optional=True)
     if "scheduler" in d and d["scheduler"] not in SCHEDULERS:
         c.fail("defaults.scheduler", f"must be one of {', '.join(SCHEDULERS)} (got {d['scheduler']!r:.40})")
-    for key in ("seeds",):
-        c.get(d, key, str, f"defaults.{key}", optional=True)
+    c.get(d, "seeds", str, "defaults.seeds", optional=True)
     c.get(d, "k", int, "defaults.k", optional=True)
     for rel, rec in c.obj(m.get("files") or {}, "files").items():
         c.relative(path, rel, f"files[{rel!r}]")

@@ -119,7 +119,7 @@ def test_after_generate_the_progress_and_first_pair_are_in_view(tiny_world, view
         assert inside(page, "#pairs")
         page.locator("#pairs img").first.wait_for(timeout=60_000)
         assert inside(page, "#pairs img")
-        assert page.evaluate("window.scrollY") > 0 or viewport[0] > 1000  # (the page moved, not the visitor)
+        assert page.evaluate("window.scrollY") > 0  # the page moved to the results, not the visitor
         open_tab(page, "Compare mitigations")
         assert page.locator("#compare-prompt textarea").input_value() == "a colour field 3"
         assert page.locator("#compare-n input").input_value() == "8"

@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from ..limits import LIMITS
+from ..sources import IMAGE_EXTS
 from ..service import Lab
 
 FILE_MAX_AGE_S = 86_400  # the app's image files (here and in Gradio's cache) are deleted after a day
@@ -137,10 +138,9 @@ class CallerMessages:
             return False
         if not any(p.is_relative_to(w) for w in self.worlds + self.images):
             return True
-        return p.suffix.lower() in IMAGE_SUFFIXES and any(p.is_relative_to(f) for f in self.images)
+        return p.suffix.lower() in IMAGE_EXTS and any(p.is_relative_to(f) for f in self.images)
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 BODY_CAP = LIMITS["upload_bytes"] * 4 // 3 + 2**20  # an upload's bytes as base64 in JSON, and the request around it
 UPLOAD_CAP = LIMITS["upload_bytes"] + 2**16  # a file upload and its multipart headers
 
