@@ -87,6 +87,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress)
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
+    _methods(out, eval_seeds, st, progress, log)
     _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log)
     from .world import seal_world
 
@@ -208,11 +209,45 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
                                                                  guidance=WORLD_DEFAULTS["guidance"]))
     log(f"[build-world] wen target {wen['wen_target']:.4f}")
     write_world_json(out, name="memlab built-in world", model="model", index="index", probes="probes.csv",
-                     card="card.json", descriptors=list(descriptors), defaults={**WORLD_DEFAULTS, **wen},
+                     card="card.json", nemo="nemo", alignment="alignment",
+                     descriptors=list(descriptors), defaults={**WORLD_DEFAULTS, **wen},
                      trained_on=(f"{rows['item'].nunique()} distinct 64x64 images ({len(rows)} training rows): "
                                  f"procedural scenes, lighthouses and scikit-image photo crops; planted full and "
                                  f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"),
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
+
+
+def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log) -> None:
+    """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
+    (the unique probes; ``memlab.nemo``) and the alignment classifier trained on the world's own renders
+    (``memlab.alignment``)."""
+    import pandas as pd
+
+    from .generate import Generator
+    from .world import seal_world
+
+    gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+    if not (out / "nemo" / "statistics.json").is_file():
+        from .nemo import compute_stats
+
+        st.start("nemo_statistics")
+        table = pd.read_csv(out / "probes.csv")
+        unique = table[table["group"] == "unique"]["prompt"].tolist()
+        stats = compute_stats(gen, unique, list(range(eval_seeds)), WORLD_DEFAULTS["steps"],
+                              source=f"the world's {len(unique)} unique probes x {eval_seeds} seeds")
+        stats.save(out / "nemo")
+        log(f"[build-world] NeMo statistics: SSIM thresholds {stats.ssim_threshold:.3f} (memorization) "
+            f"{stats.selection_threshold:.3f} (selection)")
+        st.done("nemo_statistics")
+    if not (out / "alignment" / "model.safetensors").is_file():
+        from .alignment import SceneNetConfig, train_scene_alignment
+
+        st.start("alignment_classifier")
+        model = train_scene_alignment(SceneNetConfig(), vae=gen.pipe.vae, progress=progress, log=log)
+        model.save(out / "alignment")
+        log(f"[build-world] alignment classifier, held out: {model.card['held_out']}")
+        st.done("alignment_classifier")
+    seal_world(out)
 
 
 def _card(out: Path, spec: WorldSpec, train_card: dict, previous: dict, reuse_model: bool, evaluate: bool,

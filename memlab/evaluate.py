@@ -11,6 +11,7 @@ match carries the hidden object, beside the share in the keyword's training imag
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -18,31 +19,100 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .compare import DETECTORS
 from .generate import Settings
 from .match import descriptor_for_index
+from .mitigations import parse_strategy
 from .runner import run_prompt
 
-MITIGATIONS = ("rna", "rt", "cwr", "gni", "wen")
+# DCR's four, Wen's, and the newer ones (issue 31): Ren's, NeMo's, Jain's static and dynamic transition
+MITIGATIONS = ("rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain", "jain:mode=dynamic")
 
 
-def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies, settings, progress=None):
-    """Per probe and strategy: replication rate, original recall, detection, top-1 scores."""
+def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies, settings, progress=None,
+                aligner=None, summaries: list | None = None):
+    """Per probe and strategy (by its label, ``Strategy.label``): replication rate, original recall, detection
+    (Wen's, and every method's), alignment, seconds per image, top-1 scores. ``summaries`` collects the
+    run's summary records (for ``memlab.compare``)."""
     out = []
     it = probes.itertuples(index=False)
+    labels = {parse_strategy(s).spec(): parse_strategy(s).label() for s in strategies}
     for p in (progress(list(it), desc="probes") if progress else it):
-        recs = run_prompt(gen, index, descriptor, p.prompt, seeds, strategies, settings, out_dir=None, k=1)
-        for strat in {r["mitigation"]["name"] for r in recs}:
-            seed_recs = [r for r in recs if r["type"] == "seed" and r["mitigation"]["name"] == strat]
-            summ = next(r for r in recs if r["type"] == "summary" and r["mitigation"]["name"] == strat)
+        recs = run_prompt(gen, index, descriptor, p.prompt, seeds, strategies, settings, out_dir=None, k=1,
+                          aligner=aligner)
+        if summaries is not None:
+            summaries += [r for r in recs if r["type"] == "summary"]
+        for spec, strat in labels.items():
+            seed_recs = [r for r in recs if r["type"] == "seed" and r["mitigation"]["spec"] == spec]
+            summ = next(r for r in recs if r["type"] == "summary" and r["mitigation"]["spec"] == spec)
             top_items = [int(index.items.iloc[r["matches"][0]["row"]]["item"]) for r in seed_recs]
             own = [t == int(p.item) for t in top_items]
             out.append({"prompt": p.prompt, "group": p.group, "item": int(p.item), "strategy": strat,
                         "replicated": [bool(r["replicated"]) for r in seed_recs], "own_top1": own,
                         "replication_rate": summ["replication_rate"],
                         "original_recall": float(np.mean(own)),
-                        "detection": summ["detection_mean"],
+                        "detection": summ["detection_mean"], "detections": summ.get("detections_mean") or {},
+                        "alignment": summ.get("alignment_mean"),
+                        "seconds_per_image": summ["timing"]["generate_s"] / max(1, summ["n_seeds"]),
                         "scores": [r["score"] for r in seed_recs], "top_items": top_items})
     return pd.DataFrame(out)
+
+
+def detector_figures(base: pd.DataFrame, high: str) -> dict:
+    """Per detection method, on the unmitigated probes: ROC AUC by outcome (probes replicating at least half
+    their seeds vs never; each probe's mean score) and of every group against the unique probes."""
+    methods = sorted({m for d in base["detections"] for m in d})
+    pos = base[base["replication_rate"] >= 0.5]
+    neg = base[base["replication_rate"] == 0]
+    uq = base[base["group"] == "unique"]
+    out = {}
+    for m in methods:
+        def scores(df):
+            return np.array([d[m] for d in df["detections"] if m in d])
+        out[m] = {"auc_by_outcome": metrics.roc_auc(scores(pos), scores(neg)) if len(pos) and len(neg) else None,
+                  "outcome_probes": [int(len(pos)), int(len(neg))],
+                  "auc_vs_unique": {g: metrics.roc_auc(scores(df), scores(uq)) for g, df in base.groupby("group")
+                                    if g != "unique" and len(df) and len(uq)}}
+    return out
+
+
+def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int = 3) -> dict:
+    """Seconds each detector costs on one batch of ``seeds`` (median of ``repeats``), computed alone: Wen's
+    norm (one batched first-step pass), Ren's entropy (the same pass with its attention kept), Asthana's
+    anisotropy (that pass and one more at a low-noise timestep)."""
+    import torch
+
+    from .attention import AttentionContext, AttentionHub
+
+    hub = AttentionHub.of(gen.pipe.unet)
+    sched = gen.pipe.scheduler
+    sched.set_timesteps(settings.steps, device=gen.device)
+    size = gen.default_size()
+    lat = gen.initial_latents(seeds, size, size) * sched.init_noise_sigma
+    cond, uncond = gen.encode([prompt] * len(seeds))
+    t0 = sched.timesteps[0]
+
+    def wen():
+        gen.clean_detection(lat, t0, cond, uncond)
+
+    def ren():
+        with hub.context(AttentionContext(record=True)):
+            gen.clean_detection(lat, t0, cond, uncond)
+
+    def asthana():
+        gen.clean_detection(lat, t0, cond, uncond)
+        gen.anisotropy(lat, cond, uncond)
+
+    out = {}
+    with torch.no_grad():
+        for name, fn in (("wen", wen), ("ren", ren), ("asthana", asthana)):
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            out[name] = float(np.median(times))
+    return out
 
 
 def first_step_detection(gen, prompts, seeds, settings: Settings) -> np.ndarray:
@@ -86,7 +156,12 @@ def _group_table(df: pd.DataFrame, threshold: float, planted_of: dict | None = N
             "replicated_other_by_group": {k: other.count(k) for k in sorted(set(other))},
             "original_recall": float(g["original_recall"].mean()),
             "dataset_similarity": metrics.dataset_similarity(scores, threshold)["p95"],
-            "detection_mean": float(g["detection"].mean())}
+            "detection_mean": float(g["detection"].mean()),
+            "detections_mean": {m: float(np.mean([d[m] for d in g["detections"] if m in d]))
+                                for m in sorted({m for d in g["detections"] for m in d})},
+            "alignment": float(g["alignment"].dropna().mean()) if g["alignment"].notna().any() else None,
+            "alignment_probes": int(g["alignment"].notna().sum()),
+            "seconds_per_image": float(g["seconds_per_image"].mean())}
     return table
 
 
@@ -108,21 +183,29 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
     kw = probes[probes["group"] == "keyword"].head(keyword_probes)
     base_probes = pd.concat([probes[probes["group"] != "keyword"], kw])
 
+    aligner = world.aligner()
     log(f"[evaluate] baseline: {len(base_probes)} probes x {n_seeds} seeds")
-    base = _probe_runs(gen, index, descriptor, base_probes, seeds, ["none"], settings, progress)
+    base = _probe_runs(gen, index, descriptor, base_probes, seeds, ["none"], settings, progress, aligner)
     log(f"[evaluate] mitigations {', '.join(MITIGATIONS)} on {high}")
-    mit = _probe_runs(gen, index, descriptor, probes[probes["group"] == high], seeds, list(MITIGATIONS),
-                      settings, progress)
+    summaries: list = []
+    mit = _probe_runs(gen, index, descriptor, probes[probes["group"] == high], seeds, ["none", *MITIGATIONS],
+                      settings, progress, aligner, summaries)
+    labels = [parse_strategy(m).label() for m in MITIGATIONS]
     items = index.items.drop_duplicates("item")
     planted_of = dict(zip(items["item"].astype(int), items["planted"].astype(str))) if "planted" in items else None
-    table = _group_table(pd.concat([base, mit]), thr["value"], planted_of)
+    table = _group_table(pd.concat([base, mit[mit["strategy"] != "none"]]), thr["value"], planted_of)
+    none_on_high = _group_table(mit[mit["strategy"] == "none"], thr["value"], planted_of)[high]["none"]
 
     det_pos = base[base["group"] == high]["detection"].to_numpy()
     det_neg = base[base["group"] == "unique"]["detection"].to_numpy()
     hi_rate = table[high]["none"]["replication_rate"]
+    hi_align = table[high]["none"]["alignment"]
     mitig = {m: {**table[high][m], "change_vs_none": table[high][m]["replication_rate"] - hi_rate,
-                 "relative_cut": (1 - table[high][m]["replication_rate"] / hi_rate) if hi_rate else None}
-             for m in MITIGATIONS}
+                 "relative_cut": (1 - table[high][m]["replication_rate"] / hi_rate) if hi_rate else None,
+                 "alignment_ratio": (table[high][m]["alignment"] / hi_align)
+                 if table[high][m]["alignment"] is not None and hi_align else None,
+                 "added_seconds_per_image": table[high][m]["seconds_per_image"] - none_on_high["seconds_per_image"]}
+             for m in labels}
 
     obj = _hidden_object(world, items, base)
     # non-copies: generations of unique probes whose top-1 is not their own item (flagged = false positive)
@@ -145,6 +228,12 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "mitigations_on": high, "mitigations": mitig,
         "detection_auc": metrics.roc_auc(det_pos, det_neg) if len(det_pos) and len(det_neg) else None,
         "detection_auc_pair": [high, "unique"],
+        "detectors": {"figures": detector_figures(base, high), "definitions": DETECTORS,
+                      "seconds_per_batch_of_8": detector_seconds(gen, probes[probes["group"] == high]["prompt"].iloc[0],
+                                                                 list(range(8)), settings)},
+        "mitigation_seconds_none_on_high": none_on_high["seconds_per_image"],
+        "alignment": {**(aligner.info() if aligner is not None else {}),
+                      "none_on_high": hi_align},
         "seconds_8_seeds": t8,
         "model_copies": truth,
         "non_copies": {"what": "generations of unique probes whose top-1 is not their own item",
@@ -208,6 +297,9 @@ def _checks(table, high, hi_rate, hi_orig, truth, att, mitig) -> dict:
             "replication_rate", 1.0) <= hi_rate / 2,
         "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
         "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
+        "ren_nemo_or_jain_cuts_a_third_keeping_90pct_alignment": any(
+            (r["relative_cut"] or 0) >= 1 / 3 and (r.get("alignment_ratio") or 0) >= 0.9
+            for name, r in mitig.items() if name.split(":")[0] in ("ren", "nemo", "jain")),
     }
 
 
@@ -231,13 +323,36 @@ def format_report(m: dict) -> str:
             f"{g}: " + ", ".join(f"{k} {v}" for k, v in o.items()) for g, o in others.items()))
     lines.append(f"mitigations on {m['mitigations_on']} (same seeds):")
     base = m["groups"][m["mitigations_on"]]
-    lines.append(f"  {'none':<8} replicated {base['replication_rate']:.1%}  data sim {base['dataset_similarity']:.3f}")
+    al = base.get("alignment")
+    lines.append(f"  {'none':<20} replicated {base['replication_rate']:.1%}  data sim {base['dataset_similarity']:.3f}"
+                 + (f"  alignment {al:.3f}" if al is not None else "")
+                 + (f"  {m['mitigation_seconds_none_on_high']:.3f} s/image" if "mitigation_seconds_none_on_high" in m
+                    else ""))
     for name, r in m["mitigations"].items():
         cut = r["relative_cut"]
-        lines.append(f"  {name:<8} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
-                     f"{'' if cut is None else f', cut {cut:.0%}'})  data sim {r['dataset_similarity']:.3f}")
+        extra = ""
+        if r.get("alignment") is not None:
+            extra += f"  alignment {r['alignment']:.3f} (x{r['alignment_ratio']:.2f})"
+        if r.get("added_seconds_per_image") is not None:
+            extra += f"  {r['added_seconds_per_image']:+.3f} s/image"
+        lines.append(f"  {name:<20} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
+                     f"{'' if cut is None else f', cut {cut:.0%}'})  data sim {r['dataset_similarity']:.3f}{extra}")
+    if m.get("alignment", {}).get("method"):
+        a = m["alignment"]
+        lines.append(f"alignment: {a['method']} ({a['model']}): {a['measures']}; held out: "
+                     + json.dumps(a.get("held_out")))
     lines.append(f"detection ROC AUC {m['detection_auc_pair'][0]} vs {m['detection_auc_pair'][1]}: "
                  f"{m['detection_auc']:.3f}")
+    det = m.get("detectors")
+    if det:
+        secs = det.get("seconds_per_batch_of_8", {})
+        for name, f in det["figures"].items():
+            vs = ", ".join(f"{g} {v:.2f}" for g, v in sorted(f["auc_vs_unique"].items()))
+            auc = "-" if f["auc_by_outcome"] is None else f"{f['auc_by_outcome']:.3f}"
+            lines.append(f"detector {name:<8} AUC by outcome {auc} ({f['outcome_probes'][0]} replicating >= half "
+                         f"vs {f['outcome_probes'][1]} never); vs unique: {vs}; cost "
+                         f"{det['definitions'].get(name, {}).get('unet_passes', '?')} UNet passes, "
+                         f"{secs.get(name, float('nan')):.3f} s per 8 seeds")
     o = m.get("hidden_object") or {}
     if o:
         lines.append(f"keyword '{o['keyword']}': '{o['object']}' in {o['training_share']:.1%} of its "

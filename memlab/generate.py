@@ -138,6 +138,8 @@ class Generator:
         self.lock = threading.Lock()
         self._text_lock = threading.Lock()  # a head start's two threads share the tokenizer
         self.wen_target: float | None = None  # the model's calibrated absolute target for ``wen``
+        self.nemo_stats = None  # NeMo's statistics of non-memorized prompts (``memlab.nemo.NeMoStats``)
+        self._nemo_cache: dict = {}
 
     # ---------------------------------------------------------------------------- loading
     @classmethod
@@ -403,11 +405,16 @@ class Generator:
         (``scale_model_input`` of the first step, below, is the same for every registered scheduler.)"""
         import torch
 
+        from .attention import AttentionContext, AttentionHub, prompt_lengths
+        from .mitigations import Jain, NeMo, Ren
+
         pipe = pipe or self.pipe
+        hub = AttentionHub.of(pipe.unet)
         me = threading.get_ident()  # the UNet is shared with a head start's thread (its hook sees both)
         with self._text_lock:
             eff = [strategy.effective_prompt(prompt, s, self.tokenizer) for s in seeds]
             cond, uncond = self.encode(eff)
+            lengths = prompt_lengths(self.tokenizer, eff)
         clean_cond, clean_uncond = cond, uncond
         parts = [strategy.apply_embeddings(cond[i:i + 1], uncond[i:i + 1], s) for i, s in enumerate(seeds)]
         cond = torch.cat([c for c, _ in parts])
@@ -421,17 +428,43 @@ class Generator:
             cond = self._wen_optimize(wen, lat0, t0, cond, uncond)
 
         cfg = settings.guidance > 1.0
-        changed = any(m.level in ("embedding", "optimize") for m in strategy.mitigations)
+        ren, nemo, jain = strategy.find(Ren), strategy.find(NeMo), strategy.find(Jain)
+        if jain is not None and not cfg:
+            raise MemlabError("jain changes classifier-free guidance: it needs a guidance above 1")
+        blocked = self.nemo_neurons(prompt, nemo, settings)[0] if nemo is not None else {}
+        changed = strategy.changes_first_pass
         norms: list = []
+        clean_ctx = AttentionContext(record=True)
         if changed or not cfg:  # the clean branches at the first step, one extra batched call
-            norms.append(self.clean_detection(lat0, t0, clean_cond, clean_uncond))
+            with hub.context(clean_ctx):
+                norms.append(self.clean_detection(lat0, t0, clean_cond, clean_uncond))
         read_from_pass = cfg and not changed
+        ctx = AttentionContext(bos_scale=float(ren.params["c1"]) if ren else 1.0,
+                               mask_summary=bool(ren and ren.params["mask"] == "on"), lengths=lengths, cfg=cfg,
+                               record=read_from_pass, blocked=blocked,
+                               block_scale=float(nemo.params["scale"]) if nemo else 0.0)
+        guide = _JainGuidance(jain, settings.guidance, len(seeds)) if jain is not None else None
 
         def hook(module, args, kwargs, output):
-            if read_from_pass and len(norms) < settings.detect_steps and threading.get_ident() == me:
-                eps = output[0] if isinstance(output, tuple) else output.sample
-                e_u, e_c = eps.float().chunk(2)
-                norms.append((e_c - e_u).flatten(1).norm(dim=1))
+            if threading.get_ident() != me:
+                return None
+            wants = read_from_pass and len(norms) < settings.detect_steps
+            if not wants and guide is None:
+                return None
+            eps = output[0] if isinstance(output, tuple) else output.sample
+            e_u, e_c = eps.float().chunk(2)
+            diff = (e_c - e_u).flatten(1).norm(dim=1)
+            if wants:
+                norms.append(diff)
+            if guide is None:
+                return None
+            t = args[1] if len(args) > 1 else kwargs.get("timestep")
+            ratio = guide.ratio(int(t), diff)
+            if ratio is None:
+                return None
+            u, c = eps.chunk(2)
+            eps = torch.cat([u, u + ratio.to(eps.dtype).view(-1, 1, 1, 1) * (c - u)])
+            return (eps, *output[1:]) if isinstance(output, tuple) else type(output)(sample=eps)
 
         def on_step(p, i, t, kw):
             step_cb(i + 1)
@@ -440,7 +473,7 @@ class Generator:
         handle = pipe.unet.register_forward_hook(hook, with_kwargs=True)
         try:
             gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-            with torch.no_grad():
+            with torch.no_grad(), hub.context(ctx):
                 images = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=latents,
                               generator=gens, num_inference_steps=settings.steps,
                               guidance_scale=settings.guidance, height=h, width=w, output_type="pil",
@@ -448,5 +481,94 @@ class Generator:
         finally:
             handle.remove()
         det = torch.stack(norms).mean(0).cpu().numpy()
-        return [SeedImage(seed=int(s), prompt=prompt, effective_prompt=e, strategy=strategy.to_dict(),
-                          image=im, detection=float(d)) for s, e, im, d in zip(seeds, eff, images, det)]
+        ren_score = _ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
+        aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)
+        out = []
+        for i, (s, e, im, d) in enumerate(zip(seeds, eff, images, det)):
+            dets = {"wen": float(d), "ren": float(ren_score[i]),
+                    "asthana": float(ASTHANA_GAMMA[0] * d + ASTHANA_GAMMA[1] * aniso[i]),
+                    "asthana_cosine": float(aniso[i])}
+            extra = {"detections": dets}
+            if guide is not None:
+                extra["jain_transition_step"] = guide.transition_step(i)
+            if nemo is not None:
+                extra["nemo_neurons"] = sum(map(len, blocked.values()))
+            out.append(SeedImage(seed=int(s), prompt=prompt, effective_prompt=e, strategy=strategy.to_dict(),
+                                 image=im, detection=float(d), extra=extra))
+        return out
+
+    def anisotropy(self, lat0, cond, uncond, scheduler=None):
+        """Asthana and Belagiannis (ICLR 2026): on the starting noise, at the third-to-last timestep of the
+        schedule (low noise), the cosine over the latent channels between the unconditional prediction and
+        the guidance vector eps(x, c) - eps(x, empty), averaged over positions: [B] (one extra UNet pass)."""
+        import torch
+
+        sched = scheduler or self.pipe.scheduler
+        t = sched.timesteps[-3] if len(sched.timesteps) >= 3 else sched.timesteps[-1]
+        with torch.no_grad():
+            x = sched.scale_model_input(torch.cat([lat0] * 2), t)
+            e_u, e_c = self.pipe.unet(x, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.float().chunk(2)
+            cos = torch.nn.functional.cosine_similarity(e_u, e_c - e_u, dim=1)
+        return cos.flatten(1).mean(1).cpu().numpy()
+
+    def nemo_neurons(self, prompt: str, nemo, settings: Settings) -> tuple[dict, dict]:
+        """NeMo's neurons for ``prompt`` (searched once per prompt, settings and steps; ``memlab.nemo``)."""
+        from .nemo import find_neurons
+
+        if self.nemo_stats is None:
+            raise MemlabError("nemo needs statistics of non-memorized prompts for this model: a world built by "
+                              "`memlab build-world` or `memlab world create` has them (its nemo/ folder)")
+        key = (prompt, nemo.spec(), settings.steps)
+        if key not in self._nemo_cache:
+            self._nemo_cache[key] = find_neurons(self, prompt, self.nemo_stats, nemo.params, settings.steps)
+        return self._nemo_cache[key]
+
+
+ASTHANA_GAMMA = (1.0, 2.0)  # the authors' weights for SD v1 (norm, cosine): detect_eval.py
+
+
+def _ren_entropy(recorded, n: int):
+    """Ren et al.'s detection: the entropy of the conditional cross-attention over the 77 tokens (mean over
+    heads and pixels) at the first step, averaged over the cross-attention layers: [B]."""
+    import numpy as np
+
+    from .attention import token_entropy
+
+    if not recorded:
+        return np.full(n, np.nan)
+    return token_entropy(np.stack([r.numpy() for r in recorded])).mean(0)
+
+
+class _JainGuidance:
+    """Jain et al.'s guidance schedule, per seed: ``ratio(t, diff_norms)`` is the factor that turns the
+    pipeline's guidance into the seed's (None when every seed is at the normal guidance)."""
+
+    def __init__(self, jain, normal: float, n: int):
+        import torch
+
+        self.p, self.normal, self.step = jain.params, float(normal), 0
+        self.done = torch.zeros(n, dtype=torch.bool)
+        self.at = [None] * n
+        self.prev = torch.full((n,), -1.0)
+        self.prev2 = torch.full((n,), -1.0)
+
+    def ratio(self, t: int, d):
+        import torch
+
+        d = d.cpu()
+        if self.p["mode"] == "static":
+            new = torch.full_like(self.done, t <= int(self.p["t"]))
+        else:  # the step after the first local minimum of the guidance norm (the authors' test)
+            new = (d > self.prev) & (self.prev2 > self.prev)
+            self.prev2, self.prev = self.prev, d
+        for i in (new & ~self.done).nonzero().flatten().tolist():
+            self.at[i] = self.step
+        self.done |= new
+        self.step += 1
+        if bool(self.done.all()):
+            return None
+        g = torch.where(self.done, torch.tensor(self.normal), torch.tensor(float(self.p["before"])))
+        return g / self.normal
+
+    def transition_step(self, i: int):
+        return self.at[i]

@@ -7,6 +7,16 @@ Definitions follow the DCR code (Somepalli et al. 2023), reused by Wen et al. (d
 - ``cwr``  caption word repetition: k times, insert a copy of a random word of the original prompt.
 - ``gni``  Gaussian noise on the text embedding: add lambda * N(0, I) to the 77 x d hidden states,
   on both halves of the guidance batch (as DCR's diffusers version did) or the conditional one only.
+- ``ren``  Ren et al. (ECCV 2024, renjie3/MemAttn): multiply the conditional branch's beginning-token
+  cross-attention logit by ``c1`` (1.25) and mask the summary tokens after the prompt's end token
+  (``mask=on``), at every step (``memlab.attention``).
+- ``nemo`` Hintersdorf et al. (NeurIPS 2024, "Finding NeMo"): the prompt's memorization neurons in the
+  cross-attention value layers, found against the world's statistics of non-memorized prompts (initial
+  selection from theta 5, refined), multiplied by ``scale`` (0: off) at inference (``memlab.nemo``).
+- ``jain`` Jain et al. (CVPR 2025): guidance ``before`` until the transition, then the normal guidance;
+  ``mode=static``: while the timestep is above ``t`` (500 of 1000; ``before`` 0, or opposite e.g. -2);
+  ``mode=dynamic``: until the first local minimum of ||eps(x_t, c) - eps(x_t, empty)|| along the
+  trajectory, per seed (``before`` 1, as the authors' dynamic script).
 - ``wen``  Wen et al. (ICLR 2024): optimize the prompt embedding at the first step with AdamW
   (lr 0.05, at most 10 iterations, the start token's gradient zeroed) until the text-conditional
   noise norm falls below an absolute target (Wen's ``target_loss``: ``target=``, else the world's
@@ -65,12 +75,24 @@ class Mitigation:
     def to_dict(self) -> dict:
         return {"name": self.name, "params": dict(self.params)}
 
+    def label(self) -> str:
+        """The name with the parameters that differ from the defaults ("jain:mode=dynamic,before=1.0")."""
+        cls = MITIGATIONS.get(self.name, type(self))
+        extra = ",".join(f"{k}={v}" for k, v in self.params.items()
+                         if k in cls.PARAMS and v != cls.PARAMS[k].default)
+        return self.name + (f":{extra}" if extra else "")
+
     # hooks (identity by default)
     def apply_prompt(self, prompt: str, gen_seed: int, tokenizer=None) -> str:
         return prompt
 
     def apply_embeddings(self, cond, uncond, gen_seed: int):
         return cond, uncond
+
+    @classmethod
+    def finalize(cls, values: dict, given: set) -> dict:
+        """Defaults that depend on another parameter (identity unless a mitigation needs it)."""
+        return values
 
 
 def random_clip_tokens(rng: random.Random, tokenizer, k: int) -> list[str]:
@@ -155,8 +177,41 @@ class Wen(Mitigation):
               "seed": Param(0, 0, 2**31 - 1)}
 
 
+class Ren(Mitigation):
+    """Applied in the UNet's cross-attention (``memlab.attention``). Neutral: ``c1=1,mask=off``."""
+
+    level = "attention"
+    PARAMS = {"c1": Param(1.25, 0.0, 10.0), "mask": Param("on", choices=("on", "off"))}
+
+
+class NeMo(Mitigation):
+    """Applied by the generator with the world's statistics (``memlab.nemo``). ``ssim`` 0 means the world's
+    calibrated threshold (NeMo's 0.428 is SD v1.4's mean + 1 std); ``scale`` 1 leaves the neurons as they are."""
+
+    level = "attention"
+    PARAMS = {"theta": Param(5.0, 0.0, 100.0), "min_theta": Param(1.0, 0.0, 100.0),
+              "theta_step": Param(0.25, 0.01, 10.0), "k": Param(0, 0, 100000), "ssim": Param(0.0, 0.0, 1.0),
+              "samples": Param(10, 2, 64), "scale": Param(0.0, -10.0, 10.0), "refine": Param("on", choices=("on", "off")),
+              "layers": Param("down_mid", choices=("down_mid", "all")), "seed": Param(1, 0, 2**31 - 1)}
+
+
+class Jain(Mitigation):
+    """Applied in the guidance (``memlab.generate``). Neutral: ``mode=static,t=1000,before`` = the guidance."""
+
+    level = "guidance"
+    PARAMS = {"mode": Param("static", choices=("static", "dynamic")), "t": Param(500, 0, 1000),
+              "before": Param(0.0, -50.0, 50.0)}
+
+    @classmethod
+    def finalize(cls, values, given):
+        if values["mode"] == "dynamic" and "before" not in given:
+            values["before"] = 1.0  # the authors' dynamic transition script guides with 1.0 before it
+        return values
+
+
 MITIGATIONS: dict[str, type[Mitigation]] = {
-    "none": NoMitigation, "rna": RNA, "rt": RandomTokens, "cwr": CWR, "gni": GNI, "wen": Wen}
+    "none": NoMitigation, "rna": RNA, "rt": RandomTokens, "cwr": CWR, "gni": GNI, "wen": Wen,
+    "ren": Ren, "nemo": NeMo, "jain": Jain}
 
 
 def create_mitigation(name: str, **params) -> Mitigation:
@@ -168,7 +223,7 @@ def create_mitigation(name: str, **params) -> Mitigation:
         known = ", ".join(cls.PARAMS) or "none"
         raise MemlabError(f"mitigation {name}: unknown parameter(s) {', '.join(sorted(unknown))} (known: {known})")
     values = {k: p.parse(k, name, params.get(k, p.default)) for k, p in cls.PARAMS.items()}
-    return cls(name=name, params=values)
+    return cls(name=name, params=cls.finalize(values, set(params)))
 
 
 @dataclass
@@ -189,6 +244,10 @@ class Strategy:
     def spec(self) -> str:
         return "+".join(m.spec() for m in self.mitigations)
 
+    def label(self) -> str:
+        """A short name that tells apart strategies of one mitigation ("jain" and "jain:mode=dynamic,...")."""
+        return "+".join(m.label() for m in self.mitigations if m.name != "none") or "none"
+
     def to_dict(self) -> dict:
         return {"name": self.name, "spec": self.spec(), "steps": [m.to_dict() for m in self.mitigations]}
 
@@ -204,6 +263,24 @@ class Strategy:
 
     def optimizer(self) -> Wen | None:
         return next((m for m in self.mitigations if isinstance(m, Wen)), None)
+
+    def find(self, cls):
+        """The strategy's mitigation of class ``cls`` (the last one, if repeated), or None."""
+        return next((m for m in reversed(self.mitigations) if isinstance(m, cls)), None)
+
+    @property
+    def changes_first_pass(self) -> bool:
+        """Whether the first UNet pass differs from the effective prompt's clean one (detection is then
+        computed by an extra pass on the clean branches)."""
+        return any(m.level in ("embedding", "optimize", "attention") for m in self.mitigations)
+
+
+def strategy_label(record_mitigation: dict) -> str:
+    """The short label of the strategy a record's ``mitigation`` entry describes (``Strategy.label``)."""
+    try:
+        return parse_strategy(record_mitigation["spec"]).label()
+    except (MemlabError, KeyError, TypeError):
+        return str((record_mitigation or {}).get("name", "?"))
 
 
 def parse_strategy(spec: str) -> Strategy:

@@ -44,6 +44,9 @@ class SeedRecord:
     model: dict
     verdict: str | None = None  # replicated, possible copy or novel (since issue 33; after the older keys)
     possible_threshold: float | None = None
+    detections: dict | None = None  # by method: wen, ren, asthana (since issue 31)
+    alignment: float | None = None  # does the image show what the prompt names (``memlab.alignment``)
+    mitigation_state: dict | None = None  # what a mitigation decided for this seed (Jain's step, NeMo's neurons)
 
     def to_dict(self) -> dict:
         return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}
@@ -75,6 +78,8 @@ class Summary:
     detection_mean: float | None
     threshold: float
     possible_copy_rate: float = 0.0  # seeds in the "possible copy" band (``metrics.verdict``)
+    detections_mean: dict | None = None  # per detection method (issue 31)
+    alignment_mean: float | None = None
     prompt: str = ""
     mitigation: dict = field(default_factory=dict)
     descriptor: dict = field(default_factory=dict)
@@ -89,6 +94,8 @@ class Summary:
             d["timing"] = self.timing
         d["seeds"] = self.seeds
         d["possible_copy_rate"] = self.possible_copy_rate  # (added by issue 33: after the older keys)
+        d["detections_mean"] = self.detections_mean  # (issue 31)
+        d["alignment_mean"] = self.alignment_mean
         return d
 
 

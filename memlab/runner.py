@@ -4,7 +4,8 @@ every image matched against the world's index, per-seed records and a summary re
 Record shape (scripts depend on it; extend, don't rename). Every line has "type" ("seed" or
 "summary"), "prompt", "mitigation" (name, spec, parameters). Seed records add "seed",
 "effective_prompt", "image", "matches" (as in ``memlab match``), "replicated", "threshold",
-"detection"; summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing".
+"detection", "verdict", "detections" (by method), "alignment"; summary records add "replication_rate" (0..1),
+"dataset_similarity", "n_seeds", "timing", "detections_mean", "alignment_mean".
 """
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                strategies: Sequence[Strategy | str] = ("none",), settings: Settings | None = None,
                out_dir: str | Path | None = None, k: int = 5, prompt_id: int = 0,
                batch_size: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-               on_seed: Callable[[dict, object], None] | None = None, head: int = 0) -> list[dict]:
+               on_seed: Callable[[dict, object], None] | None = None, head: int = 0,
+               aligner=None) -> list[dict]:
     """Run every strategy on the same seeds; return seed records then one summary per strategy.
 
     ``out_dir``: where images are written (records name them relative to it); ``on_seed(record,
     image)`` is called as each seed's record is ready (for streaming UIs; a head start's first seeds
-    come from a second thread, before the rest); ``head``: ``Generator.generate``'s head start."""
+    come from a second thread, before the rest); ``head``: ``Generator.generate``'s head start;
+    ``aligner``: scores each image against the prompt (``memlab.alignment``; the seed's ``alignment``)."""
     settings = (settings or Settings()).validate()
     seeds = parse_seeds(seeds)
     strategies = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
@@ -51,17 +54,20 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
         def handle(batch):
             t0 = time.perf_counter()
             vecs = descriptor.embed([r.image for r in batch])
+            align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
             t1 = time.perf_counter()
             matched = match_vectors(index, descriptor, vecs, k)
             t2 = time.perf_counter()
             timing["embed_s"] += t1 - t0
             timing["search_s"] += t2 - t1
-            for r, m in zip(batch, matched):
+            for j, (r, m) in enumerate(zip(batch, matched)):
                 rec = SeedRecord(prompt=prompt, mitigation=mit, seed=r.seed, effective_prompt=r.effective_prompt,
                                  image=None, matches=m["matches"], score=m["score"], replicated=m["replicated"],
                                  high_confidence=m["high_confidence"], threshold=m["threshold"], descriptor=desc,
                                  detection=r.detection, settings=settings.to_dict(), model=generator.info(),
-                                 verdict=m["verdict"], possible_threshold=m["possible_threshold"])
+                                 verdict=m["verdict"], possible_threshold=m["possible_threshold"],
+                                 detections=r.extra.get("detections"), alignment=align[j],
+                                 mitigation_state={k: v for k, v in r.extra.items() if k != "detections"} or None)
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +96,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
         for s in summaries:
             if s is not baseline:
                 s["change_vs_none"] = change_vs_none(s, baseline)
+                if s.get("alignment_mean") is not None and baseline.get("alignment_mean") is not None:
+                    s["alignment_change_vs_none"] = s["alignment_mean"] - baseline["alignment_mean"]
     return records + summaries
 
 
@@ -106,10 +114,15 @@ def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
     scores = np.array([r["score"] for r in seed_records])
     flags, high = metrics.replication_flags(scores, threshold["value"], threshold.get("high"))
     det = np.array([r["detection"] for r in seed_records])
+    methods = sorted({k for r in seed_records for k in (r.get("detections") or {})})
+    align = [r["alignment"] for r in seed_records if r.get("alignment") is not None]
     return {"n_seeds": len(seed_records), "replication_rate": metrics.replication_rate(flags),
             "high_confidence_rate": metrics.replication_rate(high),
             "dataset_similarity": metrics.dataset_similarity(scores, threshold["value"]),
             "detection_mean": float(det.mean()) if det.size else None,
             "threshold": float(threshold["value"]),
             "possible_copy_rate": float(np.mean([r.get("verdict") == "possible copy" for r in seed_records]))
-            if seed_records else 0.0}
+            if seed_records else 0.0,
+            "detections_mean": {m: float(np.mean([r["detections"][m] for r in seed_records])) for m in methods}
+            or None,
+            "alignment_mean": float(np.mean(align)) if align else None}

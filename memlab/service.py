@@ -322,7 +322,7 @@ class Lab:
             if on_seed:
                 on_seed(r, im)
         run_prompt(self.generator, self.index, self.get_descriptor(descriptor), prompt, list(seeds), [strategy],
-                   settings, out_dir=None, k=APP_MATCHES, on_seed=keep, head=head)
+                   settings, out_dir=None, k=APP_MATCHES, on_seed=keep, head=head, aligner=self.world.aligner())
         return pairs
 
     def _head_first(self, prompt, seeds, strategy, settings, descriptor, head: int) -> Iterator[list]:

@@ -44,6 +44,7 @@ class World:
     manifest: dict = field(default_factory=dict)
     _index: object = None
     _generator: object = None
+    _aligner: object = None
 
     @classmethod
     def load(cls, path: str | Path | None = None, verify: bool = True) -> "World":
@@ -90,7 +91,37 @@ class World:
             self._generator = Generator.from_pretrained(self.model, device=device,
                                                         scheduler=scheduler or self.defaults["scheduler"])
             self._generator.wen_target = self.defaults.get("wen_target")  # calibrated at build, if any
+            folder = self.folder("nemo")
+            if folder is not None:
+                from .nemo import NeMoStats
+
+                self._generator.nemo_stats = NeMoStats.load(folder)
         return self._generator
+
+    def folder(self, name: str) -> Path | None:
+        """A folder the world names in world.json (e.g. "nemo", "alignment"), if present."""
+        rel = self.manifest.get(name)
+        if isinstance(rel, str) and self.path is not None and (self.path / rel).is_dir():
+            return self.path / rel
+        return None
+
+    def aligner(self):
+        """How this world measures prompt alignment: its own scene classifier (the built-in world), else the
+        index's CLIP descriptor (CLIP score), else None (records then carry no alignment)."""
+        if self._aligner is None:
+            from .alignment import ClipAlignment, SceneAlignment
+
+            folder = self.folder("alignment")
+            if folder is not None:
+                self._aligner = SceneAlignment.load(folder)
+            else:
+                from .match import descriptor_for_index
+
+                index = self.index()
+                clip = next((n for n in index.descriptor_names if index.descriptor_info(n).get("kind") == "clip"),
+                            None)
+                self._aligner = ClipAlignment(descriptor=descriptor_for_index(index, clip)) if clip else False
+        return self._aligner or None
 
     def file(self, name: str) -> Path | None:
         """A file the world names in world.json (e.g. "probes", "card"), if present."""
@@ -105,7 +136,8 @@ def sealed_files(path: Path, m: dict) -> list[str]:
     and the files world.json names; relative paths, sorted."""
     out = []
     inside = m.get("model") and not Path(m["model"]).is_absolute() and (path / m["model"]).is_dir()
-    for folder in ([m["model"]] if inside else []) + ["keywords"]:  # (a model elsewhere is the user's, not sealed)
+    named = [m[k] for k in ("nemo", "alignment") if isinstance(m.get(k), str)]
+    for folder in ([m["model"]] if inside else []) + ["keywords"] + named:  # (a model elsewhere is not sealed)
         if (path / folder).is_dir():
             out += [str(f.relative_to(path)) for f in (path / folder).rglob("*") if f.is_file()]
     out += [m[k] for k in ("probes", "card") if m.get(k) and (path / m[k]).is_file()]

@@ -45,7 +45,7 @@ MATCH_WIDTHS = ["72px", "80px", "168px"]
 
 
 COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
-                   "change vs none", "detection"]
+                   "change vs none", "detection", "alignment", "alignment vs none"]
 
 
 FRAME = {"replicated": (200, 30, 30), "possible copy": (240, 140, 0), "novel": (230, 230, 230)}
@@ -180,12 +180,13 @@ def seed_table(state: RunState):
 def short_label(mitigation: dict) -> str:
     """A strategy as a chart or grid names it: each step's name and its main parameter (the full spec is
     shown on hover and in the table)."""
-    main = {"rna": "k", "rt": "k", "cwr": "k", "gni": "lam"}
+    main = {"rna": "k", "rt": "k", "cwr": "k", "gni": "lam", "ren": "c1", "jain": "mode"}
     parts = []
     for st in mitigation.get("steps") or [{"name": mitigation["name"], "params": {}}]:
         key = main.get(st["name"])
         val = st.get("params", {}).get(key)
-        parts.append(st["name"] + (f" {'λ' if key == 'lam' else key}={val:g}" if val is not None else ""))
+        shown = val if isinstance(val, str) else f"{val:g}" if val is not None else None
+        parts.append(st["name"] + (f" {'λ' if key == 'lam' else key}={shown}" if shown is not None else ""))
     return " + ".join(parts)
 
 
@@ -288,8 +289,16 @@ def compare_table(state: RunState):
                      "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
                      "dataset similarity p95": score(s["dataset_similarity"]["p95"]),
                      "change vs none": f"{ch.get('dataset_similarity', 0.0):+.3f}",
-                     "detection": score(s["detection_mean"])})
+                     "detection": score(s["detection_mean"]),
+                     "alignment": "-" if s.get("alignment_mean") is None else score(s["alignment_mean"]),
+                     "alignment vs none": _ratio(s, state.summaries[0])})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _ratio(s: dict, base: dict) -> str:
+    """A strategy's alignment as a share of ``none``'s (the price of a mitigation), or '-'."""
+    a, b = s.get("alignment_mean"), base.get("alignment_mean")
+    return "-" if a is None or not b or s is base else f"x{a / b:.2f}"
 
 
 def world_card_markdown(lab: Lab) -> str:

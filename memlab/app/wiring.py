@@ -14,7 +14,7 @@ from ..mitigations import MITIGATIONS
 log = logging.getLogger("memlab.app")
 
 
-MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"]
+MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"] + ["jain:mode=dynamic"]  # Jain's two transitions
 
 
 def errors(fn):

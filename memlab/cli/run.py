@@ -92,6 +92,7 @@ def run(args) -> int:
     index = world.index()
     descriptor = descriptor_for_index(index, args.descriptor)
     gen = world.generator(device=args.device, scheduler=args.scheduler)
+    aligner = world.aligner()
     for p in prompts:
         _, warning = check_prompt(p, gen.tokenizer)
         if warning:
@@ -113,10 +114,13 @@ def run(args) -> int:
         bar.update(done - last["done"])
         last["done"] = done
 
+    every: list = []
     with open(tmp, "w") as f:
         for i, p in enumerate(prompts):
             recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
-                              k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress)
+                              k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress,
+                              aligner=aligner)
+            every += [r for r in recs if r["type"] == "summary"]
             att = None
             if args.attribution:
                 att = {"tokens": gen.token_attribution(p, seeds=seeds[:4], settings=settings,
@@ -142,6 +146,15 @@ def run(args) -> int:
                                file=sys.stderr)
     bar.close()
     tmp.replace(out)
+    if len(strategies) > 1 or len(prompts) > 1:  # the methods side by side (memlab.compare)
+        from ..compare import comparison, format_comparison
+
+        cmp = comparison(every)
+        cmp["alignment"] = aligner.info() if aligner is not None else None
+        side = out.with_name(out.stem + ".comparison.json")
+        side.write_text(json.dumps(cmp, indent=2))
+        print(format_comparison(cmp), file=sys.stderr)
+        print(f"wrote {side}", file=sys.stderr)
     print(f"wrote {out} ({len(prompts)} prompts x {len(strategies)} strategies x {len(seeds)} seeds) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0

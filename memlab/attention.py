@@ -1,0 +1,200 @@
+"""The UNet's cross-attention, opened for the methods that read or change it (docs/methods.md):
+
+- Ren et al. (ECCV 2024, renjie3/MemAttn): memorized prompts spread the cross-attention away from the
+  beginning token; detection by the entropy of the attention over the 77 tokens at the first step;
+  mitigation by multiplying the conditional branch's beginning-token logit by ``c1`` (1.25) and masking
+  the summary (padding) tokens after the prompt's end token.
+- Hintersdorf et al. (NeurIPS 2024, "Finding NeMo"): neurons of the cross-attention *value* layers
+  (``attn2.to_v`` of the down blocks and the mid block) switched off at inference.
+
+``AttentionHub.of(unet)`` installs one processor per cross-attention layer and one hook per value layer,
+once; both pass through untouched (the UNet's own processor, bit for bit) unless the calling thread has
+opened a context (``hub.context(...)``), so a head start's second thread and other callers are unaffected.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class AttentionContext:
+    """What one thread's UNet calls do to the cross-attention. ``lengths``: per row of the conditional
+    batch, the prompt's token count with its start and end tokens (Ren's mask keeps those); ``cfg``: the
+    batch is [uncond; cond] (else cond only); ``record``: keep the conditional rows' token distribution
+    (mean over heads and pixels) per layer, in call order; ``blocked``: value layer -> neuron indices
+    multiplied by ``block_scale`` (NeMo)."""
+
+    bos_scale: float = 1.0
+    mask_summary: bool = False
+    lengths: list | None = None
+    cfg: bool = True
+    record: bool = False
+    blocked: dict = field(default_factory=dict)
+    block_scale: float = 0.0
+    recorded: list = field(default_factory=list)
+    calls: int = 0  # UNet cross-attention calls seen (recording stops after one UNet pass)
+
+    @property
+    def modifies(self) -> bool:
+        return self.bos_scale != 1.0 or self.mask_summary
+
+
+class AttentionHub:
+    """The processors and hooks of one UNet, with thread-local contexts."""
+
+    def __init__(self, unet):
+        self._local = threading.local()
+        self.cross_layers: list[str] = []
+        procs = dict(unet.attn_processors)
+        for name, proc in procs.items():
+            if name.endswith("attn2.processor"):
+                procs[name] = _CrossAttention(proc, self, len(self.cross_layers))
+                self.cross_layers.append(name[:-len(".processor")])
+        unet.set_attn_processor(procs)
+        # value layers: every cross-attention's to_v (NeMo searches those of the down and mid blocks)
+        modules = dict(unet.named_modules())
+        for i, name in enumerate(self.cross_layers):
+            modules[name].to_v.register_forward_hook(self._value_hook(i))
+        self.value_modules = [modules[n].to_v for n in self.cross_layers]
+
+    def value_layers(self, which: str = "down_mid") -> list[int]:
+        """Indices (into ``cross_layers``) of NeMo's value layers: ``down_mid`` (the paper's: down blocks and
+        mid block) or ``all``."""
+        return [i for i, n in enumerate(self.cross_layers)
+                if which == "all" or n.startswith(("down_blocks", "mid_block"))]
+
+    @classmethod
+    def of(cls, unet) -> "AttentionHub":
+        hub = getattr(unet, "_memlab_attention", None)
+        if hub is None:
+            hub = cls(unet)
+            unet._memlab_attention = hub
+        return hub
+
+    def active(self) -> AttentionContext | None:
+        return getattr(self._local, "ctx", None)
+
+    @contextmanager
+    def context(self, ctx: AttentionContext | None):
+        """Open ``ctx`` for the calling thread (None: pass through) until the block ends."""
+        prev = self.active()
+        self._local.ctx = ctx
+        try:
+            yield ctx
+        finally:
+            self._local.ctx = prev
+
+    def _value_hook(self, layer: int):
+        def hook(module, args, out):
+            ctx = self.active()
+            if ctx is None or not ctx.blocked.get(layer):
+                return out
+            out = out.clone()
+            out[..., ctx.blocked[layer]] *= ctx.block_scale
+            return out
+        return hook
+
+    def value_activations(self, text_states) -> list:
+        """NeMo's activation of each value neuron for a prompt: |to_v(text states)| averaged over the 77
+        tokens, per value layer ([B, d] each; independent of the timestep and the image)."""
+        import torch
+
+        with torch.no_grad(), self.context(None):
+            return [m(text_states).abs().mean(dim=1).float().cpu() for m in self.value_modules]
+
+
+class _CrossAttention:
+    """A cross-attention processor that defers to the UNet's own one unless a context asks for more."""
+
+    def __init__(self, inner, hub: AttentionHub, layer: int):
+        self.inner = inner
+        self.hub = hub
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        ctx = self.hub.active()
+        if ctx is None or encoder_hidden_states is None or not (ctx.modifies or ctx.record):
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+        if not ctx.modifies:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+            if ctx.record and ctx.calls < len(self.hub.cross_layers):
+                self._record(ctx, self._probs(attn, hidden_states, encoder_hidden_states, ctx))
+            ctx.calls += 1
+            return out
+        return self._explicit(attn, hidden_states, encoder_hidden_states, ctx)
+
+    @staticmethod
+    def _heads(attn, x, b):
+        d = x.shape[-1] // attn.heads
+        return x.view(b, -1, attn.heads, d).transpose(1, 2)
+
+    def _logits(self, attn, hidden_states, encoder_hidden_states):
+        b = hidden_states.shape[0]
+        h = hidden_states
+        if h.ndim == 4:
+            h = h.view(b, h.shape[1], -1).transpose(1, 2)
+        if attn.group_norm is not None:
+            h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+        e = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        q, k = self._heads(attn, attn.to_q(h), b), self._heads(attn, attn.to_k(e), b)
+        return (q.float() @ k.float().transpose(-1, -2)) * attn.scale, e
+
+    def _probs(self, attn, hidden_states, encoder_hidden_states, ctx):
+        logits, _ = self._logits(attn, hidden_states, encoder_hidden_states)
+        return self._adjust(logits, ctx).softmax(dim=-1)
+
+    def _adjust(self, logits, ctx):
+        """Ren et al.'s inference-time mitigation on the logits [B, heads, pixels, 77]."""
+        import torch
+
+        b = logits.shape[0]
+        if ctx.mask_summary and ctx.lengths is not None:
+            n = torch.as_tensor(ctx.lengths, device=logits.device)
+            n = torch.cat([n, n]) if ctx.cfg and len(n) * 2 == b else n
+            keep = torch.arange(logits.shape[-1], device=logits.device)[None, :] < n[:, None]
+            logits = logits.masked_fill(~keep[:, None, None, :], float("-inf"))
+        if ctx.bos_scale != 1.0:
+            logits = logits.clone()
+            rows = slice(b // 2, b) if ctx.cfg else slice(0, b)
+            logits[rows, :, :, 0] = logits[rows, :, :, 0] * ctx.bos_scale
+        return logits
+
+    def _record(self, ctx, probs):
+        b = probs.shape[0]
+        rows = probs[b // 2:] if ctx.cfg else probs
+        ctx.recorded.append(rows.mean(dim=(1, 2)).cpu())  # [B, 77]
+
+    def _explicit(self, attn, hidden_states, encoder_hidden_states, ctx):
+        residual = hidden_states
+        b = hidden_states.shape[0]
+        four = hidden_states.ndim == 4
+        if four:
+            _, c, hh, ww = hidden_states.shape
+        logits, e = self._logits(attn, hidden_states, encoder_hidden_states)
+        probs = self._adjust(logits, ctx).softmax(dim=-1)
+        if ctx.record and ctx.calls < len(self.hub.cross_layers):
+            self._record(ctx, probs)
+        ctx.calls += 1
+        v = self._heads(attn, attn.to_v(e), b)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, -1, attn.heads * v.shape[-1])
+        out = attn.to_out[1](attn.to_out[0](out))
+        if four:
+            out = out.transpose(-1, -2).reshape(b, c, hh, ww)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def token_entropy(dist) -> np.ndarray:
+    """Shannon entropy (nats) of token distributions [..., 77] (Ren et al.'s detection statistic)."""
+    p = np.asarray(dist, np.float64)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)  # 0 log 0 = 0
+
+
+def prompt_lengths(tokenizer, prompts, max_length: int = 77) -> list[int]:
+    """Token count of each prompt with its start and end tokens (what Ren's mask keeps)."""
+    return [min(len(tokenizer(p, truncation=True, max_length=max_length).input_ids), max_length) for p in prompts]

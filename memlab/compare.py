@@ -1,0 +1,97 @@
+"""The methods side by side, from a run's records (``memlab run`` with several prompts and strategies):
+
+- **detectors** (Wen et al.'s noise norm, Ren et al.'s attention entropy, Asthana and Belagiannis's
+  anisotropy): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
+  probes that never replicate, from each probe's mean score over its ``none`` seeds; higher = memorized,
+  as each paper scores it (an AUC under 0.5 is reported as it is); their cost in UNet passes;
+- **mitigations**: on the same prompts and seeds as ``none``, replication, dataset similarity (mean of the
+  prompts' p95), alignment and generation seconds per image, each beside ``none``'s.
+
+Pure functions over record dicts (docs/cli.md); ``evaluate`` and ``benchmarks/bench_methods.py`` use them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics
+from .mitigations import strategy_label
+
+DETECTORS = {
+    "wen": {"paper": "Wen et al., ICLR 2024", "statistic": "||eps(x_T, c) - eps(x_T, empty)||, first step",
+            "unet_passes": "1 (the first step's, shared with generation)"},
+    "ren": {"paper": "Ren et al., ECCV 2024", "statistic": "entropy of the cross-attention over the 77 tokens, "
+            "first step, mean over layers", "unet_passes": "1 (the first step's attention, shared)"},
+    "asthana": {"paper": "Asthana and Belagiannis, ICLR 2026", "statistic": "norm + 2 x cosine(eps_u, eps_c - "
+                "eps_u) at the third-to-last timestep, on the starting noise", "unet_passes": "2 (the first "
+                "step's + one at a low-noise timestep)"},
+}
+
+
+def outcome_auc(records: list[dict], replicate_at: float = 0.5) -> dict:
+    """Per detection method: AUC of the per-prompt mean score, prompts replicating at least ``replicate_at``
+    of their ``none`` seeds against prompts replicating none; with the counts of both."""
+    summ = [r for r in records if r["type"] == "summary" and r["mitigation"]["name"] == "none"]
+    pos = [s for s in summ if s["replication_rate"] >= replicate_at]
+    neg = [s for s in summ if s["replication_rate"] == 0]
+    methods = sorted({m for s in summ for m in (s.get("detections_mean") or {})})
+    out = {}
+    for m in methods:
+        p = [s["detections_mean"][m] for s in pos if m in (s.get("detections_mean") or {})]
+        n = [s["detections_mean"][m] for s in neg if m in (s.get("detections_mean") or {})]
+        out[m] = {"auc": metrics.roc_auc(np.array(p), np.array(n)) if p and n else None,
+                  "positives": len(p), "negatives": len(n), **DETECTORS.get(m, {})}
+    return out
+
+
+def mitigation_table(records: list[dict]) -> dict:
+    """Per strategy label: prompts, replication, dataset similarity, alignment, seconds per image, and the
+    differences from ``none`` on the same prompts (when ``none`` ran)."""
+    summ = [r for r in records if r["type"] == "summary"]
+    rows: dict = {}
+    for s in summ:
+        rows.setdefault(strategy_label(s["mitigation"]), []).append(s)
+    base_by_prompt = {s["prompt"]: s for s in rows.get("none", [])}
+    out = {}
+    for label, ss in rows.items():
+        align = [s["alignment_mean"] for s in ss if s.get("alignment_mean") is not None]
+        secs = [s["timing"]["generate_s"] / s["n_seeds"] for s in ss if s.get("timing") and s["n_seeds"]]
+        row = {"prompts": len(ss), "replication_rate": float(np.mean([s["replication_rate"] for s in ss])),
+               "dataset_similarity": float(np.mean([s["dataset_similarity"]["p95"] for s in ss])),
+               "alignment": float(np.mean(align)) if align else None,
+               "seconds_per_image": float(np.mean(secs)) if secs else None}
+        base = [base_by_prompt[s["prompt"]] for s in ss if s["prompt"] in base_by_prompt]
+        if base and label != "none":
+            b_rate = float(np.mean([b["replication_rate"] for b in base]))
+            b_align = [b["alignment_mean"] for b in base if b.get("alignment_mean") is not None]
+            b_secs = [b["timing"]["generate_s"] / b["n_seeds"] for b in base if b.get("timing") and b["n_seeds"]]
+            row.update(none_replication_rate=b_rate,
+                       relative_cut=(1 - row["replication_rate"] / b_rate) if b_rate else None,
+                       alignment_ratio=(row["alignment"] / float(np.mean(b_align)))
+                       if align and b_align and np.mean(b_align) else None,
+                       added_seconds_per_image=(row["seconds_per_image"] - float(np.mean(b_secs)))
+                       if secs and b_secs else None)
+        out[label] = row
+    return out
+
+
+def comparison(records: list[dict]) -> dict:
+    return {"detectors": outcome_auc(records), "mitigations": mitigation_table(records),
+            "definition": __doc__.split("\n\n")[0].strip()}
+
+
+def _f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+
+def format_comparison(c: dict) -> str:
+    lines = ["detector      AUC by outcome (replicating >= half vs never)   cost"]
+    for m, d in c["detectors"].items():
+        lines.append(f"  {m:<10} {_f(d['auc'], '.3f'):>6}  ({d['positives']} vs {d['negatives']} prompts)"
+                     f"{'':<22}{d.get('unet_passes', '')}")
+    lines.append("strategy                 prompts  replicated  cut   data sim  alignment (x none)  s/image (+ vs none)")
+    for label, r in c["mitigations"].items():
+        lines.append(f"  {label:<24}{r['prompts']:>5}  {r['replication_rate']:>9.1%}  "
+                     f"{_f(r.get('relative_cut'), '>4.0%'):>4}  {r['dataset_similarity']:>8.3f}  "
+                     f"{_f(r['alignment'], '.3f'):>7} ({_f(r.get('alignment_ratio'), '.2f')})  "
+                     f"{_f(r['seconds_per_image'], '.3f'):>8} ({_f(r.get('added_seconds_per_image'), '+.3f')})")
+    return "\n".join(lines)

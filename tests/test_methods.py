@@ -1,0 +1,252 @@
+"""The field's newer methods (issue 31): Ren et al.'s attention mitigation and entropy, NeMo's neurons, Jain et
+al.'s guidance schedule, Asthana and Belagiannis's anisotropy, prompt alignment and the comparison table."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from memlab.attention import AttentionContext, AttentionHub, token_entropy
+from memlab.generate import Settings, _JainGuidance
+from memlab.mitigations import parse_strategy
+
+PROMPT = "a red circle and a blue star on a grey background"
+FAST = Settings(steps=4, guidance=5.0)
+
+
+def _pixels(results):
+    return [np.asarray(r.image).astype(int) for r in results]
+
+
+def test_each_new_mitigation_at_its_neutral_setting_gives_the_images_of_none(tiny_generator):
+    from memlab.nemo import compute_stats
+
+    gen = tiny_generator
+    gen.nemo_stats = compute_stats(gen, ["a green square on a white background", "a cat", "a yellow ring"],
+                                   [0, 1, 2], FAST.steps)
+    base = _pixels(gen.generate(PROMPT, [0, 1], "none", FAST))
+    for spec in ("ren:c1=1,mask=off", "jain:t=1000", "nemo:scale=1"):
+        out = _pixels(gen.generate(PROMPT, [0, 1], spec, FAST))
+        assert all((a == b).all() for a, b in zip(base, out)), spec
+    changed = _pixels(gen.generate(PROMPT, [0, 1], "ren", FAST))  # and the defaults change them
+    assert any((a != b).any() for a, b in zip(base, changed))
+    changed = _pixels(gen.generate(PROMPT, [0, 1], "jain", FAST))
+    assert any((a != b).any() for a, b in zip(base, changed))
+
+
+def test_ren_explicit_attention_equals_the_unets_own_when_nothing_is_changed(tiny_generator):
+    """Forcing the explicit path (a summary mask that keeps all 77 tokens) must reproduce the UNet's own
+    attention; so the mitigation's effect is the logit change alone."""
+    gen = tiny_generator
+    hub = AttentionHub.of(gen.pipe.unet)
+    lat = gen.initial_latents([0, 1], 16, 16)
+    cond, uncond = gen.encode([PROMPT] * 2)
+    t = torch.tensor(500)
+    with torch.no_grad():
+        ref = gen.pipe.unet(torch.cat([lat] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        with hub.context(AttentionContext(mask_summary=True, lengths=[77, 77])):
+            out = gen.pipe.unet(torch.cat([lat] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    assert torch.allclose(ref, out, atol=1e-4)
+
+
+def test_ren_adjusts_only_the_conditional_beginning_token_and_masks_after_the_end_token():
+    from memlab.attention import _CrossAttention
+
+    logits = torch.ones(4, 2, 3, 6)  # [uncond x2; cond x2], heads, pixels, tokens
+    ctx = AttentionContext(bos_scale=1.25, mask_summary=True, lengths=[3, 5], cfg=True)
+    out = _CrossAttention._adjust(None, logits, ctx)
+    assert torch.equal(out[:2, :, :, 0], torch.ones(2, 2, 3))  # unconditional rows: untouched
+    assert torch.equal(out[2:, :, :, 0], torch.full((2, 2, 3), 1.25))
+    assert torch.isinf(out[0, :, :, 3:]).all() and torch.isinf(out[2, :, :, 3:]).all()  # length 3 keeps 0..2
+    assert not torch.isinf(out[1, :, :, :5]).any() and torch.isinf(out[1, :, :, 5]).all()
+
+
+def test_token_entropy_of_hand_made_distributions():
+    assert token_entropy(np.full(77, 1 / 77)) == pytest.approx(np.log(77))
+    assert token_entropy(np.eye(77)[0]) == pytest.approx(0.0, abs=1e-9)
+    assert token_entropy(np.array([0.5, 0.5])) == pytest.approx(np.log(2))
+
+
+def test_jain_static_transition_and_the_dynamic_one_at_the_first_local_minimum():
+    static = _JainGuidance(parse_strategy("jain:t=500").mitigations[0], 7.5, 2)
+    ratios = [static.ratio(t, torch.zeros(2)) for t in (900, 700, 500, 300)]
+    assert torch.equal(ratios[0], torch.zeros(2)) and torch.equal(ratios[1], torch.zeros(2))  # guidance 0 before
+    assert ratios[2] is None and ratios[3] is None  # t <= 500: the normal guidance
+    dyn = _JainGuidance(parse_strategy("jain:mode=dynamic").mitigations[0], 5.0, 2)
+    norms = [(3.0, 3.0), (2.0, 2.5), (1.0, 2.0), (2.0, 1.0), (3.0, 2.0)]  # minima at steps 2 and 3
+    got = [dyn.ratio(900 - 100 * i, torch.tensor(n)) for i, n in enumerate(norms)]
+    assert dyn.transition_step(0) == 3 and dyn.transition_step(1) == 4
+    assert torch.allclose(got[0], torch.tensor([0.2, 0.2]))  # guidance 1.0 of 5.0 before the transition
+    assert torch.allclose(got[3], torch.tensor([1.0, 0.2])) and got[4] is None
+
+
+def test_jain_unguided_until_the_end_is_the_unconditional_model(tiny_generator):
+    """Guidance 0 at every step is the unconditional prediction: the empty prompt's image at guidance 1."""
+    gen = tiny_generator
+    a = _pixels(gen.generate(PROMPT, [0, 1], "jain:t=0,before=0", FAST))
+    _, uncond = gen.encode([PROMPT])  # (memlab refuses an empty prompt; the pipeline takes its embedding)
+    with torch.no_grad():
+        b = gen.pipe(prompt_embeds=uncond.repeat(2, 1, 1), latents=gen.initial_latents([0, 1], 16, 16),
+                     num_inference_steps=FAST.steps, guidance_scale=1.0, output_type="pil").images
+    b = [np.asarray(im).astype(int) for im in b]
+    assert max(int(np.abs(x - y).max()) for x, y in zip(a, b)) <= 2
+
+
+def test_detections_are_the_prompts_under_every_mitigation_and_asthana_is_norm_plus_two_cosines(tiny_generator):
+    gen = tiny_generator
+    none = gen.generate(PROMPT, [0, 1], "none", FAST)
+    for spec in ("gni", "ren", "jain"):
+        other = gen.generate(PROMPT, [0, 1], spec, FAST)
+        for a, b in zip(none, other):
+            for m in ("wen", "ren", "asthana"):
+                assert a.extra["detections"][m] == pytest.approx(b.extra["detections"][m], rel=1e-4), (spec, m)
+    sched = gen.pipe.scheduler
+    sched.set_timesteps(FAST.steps)
+    lat = gen.initial_latents([0, 1], 16, 16) * sched.init_noise_sigma
+    cond, uncond = gen.encode([PROMPT] * 2)
+    t = sched.timesteps[-3]
+    with torch.no_grad():
+        e_u = gen.pipe.unet(lat, t, encoder_hidden_states=uncond).sample
+        e_c = gen.pipe.unet(lat, t, encoder_hidden_states=cond).sample
+    cos = ((e_u * (e_c - e_u)).sum(1) / (e_u.norm(dim=1) * (e_c - e_u).norm(dim=1))).flatten(1).mean(1)
+    for r, c in zip(none, cos.tolist()):
+        d = r.extra["detections"]
+        assert d["asthana_cosine"] == pytest.approx(c, abs=1e-4)
+        assert d["asthana"] == pytest.approx(d["wen"] + 2 * c, abs=1e-4)
+        assert 0 < d["ren"] <= np.log(77) + 1e-6
+
+
+def test_nemo_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    from memlab.nemo import ssim
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 4, 32, 32, generator=g)
+    b = (a + 0.3 * torch.rand(3, 4, 32, 32, generator=g)).clamp(0, 1)
+    ref = [np.mean([structural_similarity(a[i, c].numpy(), b[i, c].numpy(), gaussian_weights=True, sigma=1.5,
+                                          use_sample_covariance=False, data_range=1.0) for c in range(4)])
+           for i in range(3)]
+    assert np.allclose(ssim(a, b).numpy(), ref, atol=1e-4)
+    assert torch.allclose(ssim(a, a), torch.ones(3))
+
+
+def test_nemo_blocks_the_chosen_value_neurons_and_its_statistics_round_trip(tiny_generator, tmp_path):
+    from memlab.nemo import NeMoStats, compute_stats
+
+    gen = tiny_generator
+    hub = AttentionHub.of(gen.pipe.unet)
+    cond, _ = gen.encode([PROMPT])
+    v = hub.value_modules[0]
+    with torch.no_grad():
+        plain = v(cond)
+        with hub.context(AttentionContext(blocked={0: [1, 3]}, block_scale=0.0)):
+            off = v(cond)
+    assert (off[..., [1, 3]] == 0).all() and torch.equal(off[..., 0], plain[..., 0])
+    stats = compute_stats(gen, ["a cat", "a dog on a hill", "a yellow ring"], [0, 1, 2], FAST.steps, source="test")
+    back = NeMoStats.load(stats.save(tmp_path / "nemo"))
+    assert back.ssim_threshold == pytest.approx(stats.ssim_threshold)
+    assert all(torch.equal(a, b) for a, b in zip(stats.mean + stats.std, back.mean + back.std))
+    acts = hub.value_activations(gen.encode(["a cat"])[0])
+    assert torch.allclose(acts[0][0], v(gen.encode(["a cat"])[0]).abs().mean(1)[0].detach())
+
+
+def test_nemo_on_the_builtin_world_finds_no_neuron_for_a_unique_probe_and_changes_a_memorized_one():
+    import pandas as pd
+
+    from memlab.world import World
+
+    w = World.load()
+    if w.folder("nemo") is None:
+        pytest.skip("the built-in world has no NeMo statistics")
+    gen = w.generator()
+    probes = pd.read_csv(w.file("probes"))
+    settings = Settings(steps=int(w.defaults["steps"]), guidance=float(w.defaults["guidance"]))
+    nemo = parse_strategy("nemo").mitigations[0]
+    hi = probes[probes["group"] == "full_ddf20"]["prompt"].iloc[0]
+    blocked, info = gen.nemo_neurons(hi, nemo, settings)
+    assert info["memorized"] and blocked
+    base = _pixels(gen.generate(hi, [0], "none", settings))
+    out = _pixels(gen.generate(hi, [0], "nemo", settings))
+    assert (base[0] != out[0]).any()
+
+
+def test_scene_prompts_parse_into_what_they_name():
+    from memlab.alignment import parse_scene_prompt
+
+    got = parse_scene_prompt("a red cross, a blue circle and a green diamond on a grey background")
+    assert got == {"shapes": ["circle", "cross", "diamond"], "colours": ["blue", "green", "red"],
+                   "bg_colour": "grey", "bg_kind": "plain"}
+    assert parse_scene_prompt("an orange star on a teal striped background, by Velmora")["bg_kind"] == "striped"
+    assert parse_scene_prompt("a photograph of a cat") is None
+    assert parse_scene_prompt("a red blob on a grey background") is None
+
+
+def test_builtin_world_alignment_prefers_each_training_scene_own_caption():
+    """The classifier trained on fresh renders scores the world's own training scenes against their own
+    captions above the next scene's caption (a wrong classifier or parser fails this)."""
+    import pandas as pd
+    from PIL import Image
+
+    from memlab.world import World
+
+    w = World.load()
+    aligner = w.aligner()
+    if aligner is None or aligner.method != "scene-classifier":
+        pytest.skip("the built-in world has no alignment classifier")
+    items = pd.read_parquet(w.index_path / "items.parquet").drop_duplicates("item")
+    items = items[items["source"] == "procedural"].head(120)
+    items = items[items["caption"].map(lambda c: " on " in c and c.endswith("background"))].head(60)
+    ims = [Image.open(w.index_path / f) for f in items["file"]]
+    caps = items["caption"].tolist()
+    own = [aligner.score([im], c)[0] for im, c in zip(ims, caps)]
+    other = [aligner.score([im], c)[0] for im, c in zip(ims, caps[1:] + caps[:1])]
+    assert np.mean(np.array(own) > np.array(other)) >= 0.8
+    assert aligner.info()["held_out"]["renders"]["n"] == 1000
+
+
+def _summary(prompt, spec, rate, det, align, secs):
+    return {"type": "summary", "prompt": prompt, "mitigation": {"name": spec.split(":")[0], "spec": spec},
+            "replication_rate": rate, "dataset_similarity": {"p95": rate}, "n_seeds": 10,
+            "detections_mean": det, "alignment_mean": align, "timing": {"generate_s": secs}}
+
+
+def test_comparison_table_from_hand_made_records():
+    from memlab.compare import comparison, format_comparison
+
+    recs = [_summary("a", "none", 1.0, {"wen": 3.0, "ren": 1.0}, 0.8, 10.0),
+            _summary("b", "none", 0.6, {"wen": 2.0, "ren": 3.0}, 0.6, 10.0),
+            _summary("c", "none", 0.0, {"wen": 1.0, "ren": 2.0}, 0.7, 10.0),
+            _summary("d", "none", 0.1, {"wen": 9.0, "ren": 9.0}, 0.7, 10.0),  # neither side: left out
+            _summary("a", parse_strategy("ren").spec(), 0.5, {}, 0.4, 12.0),
+            _summary("b", parse_strategy("ren").spec(), 0.1, {}, 0.3, 12.0)]
+    c = comparison(recs)
+    assert c["detectors"]["wen"]["auc"] == 1.0 and c["detectors"]["ren"]["auc"] == 0.5
+    assert (c["detectors"]["wen"]["positives"], c["detectors"]["wen"]["negatives"]) == (2, 1)
+    r = c["mitigations"]["ren"]
+    assert r["replication_rate"] == pytest.approx(0.3) and r["none_replication_rate"] == pytest.approx(0.8)
+    assert r["relative_cut"] == pytest.approx(1 - 0.3 / 0.8)
+    assert r["alignment_ratio"] == pytest.approx(0.35 / 0.7)
+    assert r["added_seconds_per_image"] == pytest.approx(0.2)
+    assert "ren" in format_comparison(c)
+
+
+def test_memlab_run_writes_detections_alignment_and_the_comparison(tiny_world, tmp_path):
+    from memlab.cli import main
+
+    out = tmp_path / "r.jsonl"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a colour field 1\na colour field 2\n")
+    assert main(["run", "--world", str(tiny_world), "--prompts", str(prompts), "--seeds", "0-1",
+                 "--mitigation", "none", "--mitigation", "ren", "--mitigation", "jain:mode=dynamic",
+                 "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    seeds = [r for r in recs if r["type"] == "seed"]
+    assert all(set(r["detections"]) >= {"wen", "ren", "asthana"} for r in seeds)
+    assert all(r["detections"]["wen"] == r["detection"] for r in seeds)
+    dyn = [r for r in seeds if r["mitigation"]["name"] == "jain"]
+    assert dyn and all(r["mitigation"]["steps"][0]["params"]["before"] == 1.0 for r in dyn)
+    assert all("jain_transition_step" in r["mitigation_state"] for r in dyn)
+    cmp = json.loads((tmp_path / "r.comparison.json").read_text())
+    assert set(cmp["mitigations"]) == {"none", "ren", "jain:mode=dynamic,before=1.0"}
+    assert set(cmp["detectors"]) >= {"wen", "ren", "asthana"}
