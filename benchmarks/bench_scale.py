@@ -13,6 +13,7 @@ Prints, each phase in its own process (peak resident memory is that process's):
     python -m benchmarks.bench_scale --n 2000000 --d 512 --planted 1000 --max-memory 2GB
     python -m benchmarks.bench_scale --n 200000 --agree-n 20000        # a quick look
     python -m benchmarks.bench_scale ... --phase add --add-parts 2       # adding parts to an index of the others
+    python -m benchmarks.bench_scale --sizes 250000,1000000,2000000     # the cost model: fits and extrapolation
 Resumable: the synthetic set and the build's stages are kept in --work.
 """
 from __future__ import annotations
@@ -154,11 +155,23 @@ def phase_serve(a) -> dict:
         for s in range(0, len(v), 200_000):
             top = max(top, float((np.asarray(v[s:s + 200_000], np.float32) @ q[i]).max()))
         exact_lat.append(time.perf_counter() - t)
+    # the stronger baseline: exact search over float32 vectors held in memory (one BLAS matrix-vector product)
+    vf = np.empty(v.shape, np.float32)
+    for s in range(0, len(v), 200_000):
+        vf[s:s + 200_000] = v[s:s + 200_000]
+    f32_lat = []
+    for i in range(20):
+        t = time.perf_counter()
+        int((vf @ q[i]).argmax())
+        f32_lat.append(time.perf_counter() - t)
+    del vf
     recall = float(np.mean(np.array(approx) == arg))
     own = float(np.mean(np.isin(arg, np.concatenate([src, np.arange(a.n - a.planted, a.n)]))))
     return {"load_s": load_s, "recall_at_1_vs_exact": recall, "exact_top1_is_planted_pair": own,
             "median_query_ms": 1000 * float(np.median(lat)), "median_exact_query_ms": 1000 * float(np.median(exact_lat)),
-            "speedup": float(np.median(exact_lat) / np.median(lat)), "rss_after_queries_mb": rss_after,
+            "speedup": float(np.median(exact_lat) / np.median(lat)),
+            "median_exact_f32_in_memory_ms": 1000 * float(np.median(f32_lat)),
+            "speedup_vs_exact_f32": float(np.median(f32_lat) / np.median(lat)), "rss_after_queries_mb": rss_after,
             "peak_rss_mb": peak_mb(), "queries": len(q)}
 
 
@@ -254,6 +267,64 @@ def phase_add(a) -> dict:
             "items": int(got.manifest["item_count"])}
 
 
+STAGES = ("vectors", "index", "neighbours_and_groups")
+PARALLEL = ("index", "neighbours_and_groups")  # the add and neighbour blocks Ray runs (--ray-address)
+
+
+def fit_costs(rows: list[dict]) -> dict:
+    """Per stage, seconds = fixed + per_item x n, least squares over the measured sizes."""
+    n = np.array([r["n"] for r in rows], np.float64)
+    out = {}
+    for st in STAGES:
+        y = np.array([r["stages_s"][st] for r in rows], np.float64)
+        per, fixed = np.polyfit(n, y, 1) if len(n) > 1 else (y[0] / n[0], 0.0)
+        out[st] = {"per_item_us": 1e6 * float(per), "fixed_s": float(fixed)}
+    return out
+
+
+def extrapolate(fit: dict, n: int, machines: int) -> float:
+    """Hours for ``n`` items on ``machines`` machines from the fits: the vectors stage (one pass over the
+    parts) on one machine, the add and neighbour stages divided among the machines."""
+    s = 0.0
+    for st, f in fit.items():
+        t = f["fixed_s"] + f["per_item_us"] * 1e-6 * n
+        s += t / machines if st in PARALLEL else t
+    return s / 3600
+
+
+def sizes(a, base) -> int:
+    """``--sizes``: gen, build and serve at each size; per stage the seconds and peak memory, the fitted per-item
+    cost, and the extrapolation to 12M and 2B on 1, 8 and 64 machines."""
+    rows = []
+    for n in [int(x) for x in a.sizes.split(",")]:
+        cmd = base[:base.index("--n") + 1] + [str(n)] + base[base.index("--n") + 2:]
+        res = {"n": n}
+        for phase in ("gen", "build", "serve"):
+            r = subprocess.run(cmd + ["--phase", phase], capture_output=True, text=True)
+            if r.returncode:
+                print(r.stderr[-3000:], file=sys.stderr)
+                return r.returncode
+            res[phase] = json.loads(r.stdout.strip().splitlines()[-1])
+        st = res["build"]["stages_s"]
+        res["stages_s"] = {k: st[k] for k in STAGES}
+        rows.append(res)
+        sv = res["serve"]
+        print(f"n={n:>9,}  " + "  ".join(f"{k} {st[k]:7.1f}s" for k in STAGES)
+              + f"  peak RSS {json.dumps(st.get('peak_rss_mb'))} MB  factory {res['build']['factory']}", flush=True)
+        print(f"             query {sv['median_query_ms']:.2f} ms (recall@1 {sv['recall_at_1_vs_exact']:.3f}) vs exact "
+              f"float32 in memory {sv['median_exact_f32_in_memory_ms']:.2f} ms = x{sv['speedup_vs_exact_f32']:.1f}; "
+              f"vs exact over the float16 file {sv['median_exact_query_ms']:.1f} ms = x{sv['speedup']:.0f}", flush=True)
+    fit = fit_costs(rows)
+    print("fitted cost per stage: " + "; ".join(f"{k} {v['per_item_us']:.1f} us/item + {v['fixed_s']:.1f} s"
+                                                for k, v in fit.items()))
+    for n in (12_000_000, 2_000_000_000):
+        print(f"extrapolated build of {n:,} items: " + ", ".join(
+            f"{m} machine{'s' if m > 1 else ''} {extrapolate(fit, n, m):.1f} h" for m in (1, 8, 64))
+            + " (the vectors stage on one machine; add and neighbour blocks divided among them)")
+    print(json.dumps({"sizes": rows, "fit": fit}, default=float))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2_000_000)
@@ -267,6 +338,8 @@ def main() -> int:
                                                         "the others, against the full build")
     ap.add_argument("--add-parts", type=int, default=2, help="parts the add phase adds (the last part holds the "
                                                               "planted copies; the others 200,000 rows each)")
+    ap.add_argument("--sizes", default=None, help="comma-separated sizes: build and serve each, fit the per-item "
+                                                  "cost of each stage and extrapolate (e.g. 250000,1000000,2000000)")
     a = ap.parse_args()
     if a.phase:
         print(json.dumps({"gen": phase_gen, "build": phase_build, "serve": phase_serve, "agree": phase_agree,
@@ -275,6 +348,8 @@ def main() -> int:
     Path(a.work).mkdir(parents=True, exist_ok=True)
     base = [sys.executable, __file__, "--n", str(a.n), "--d", str(a.d), "--planted", str(a.planted),
             "--max-memory", a.max_memory, "--agree-n", str(a.agree_n), "--work", a.work, "--add-parts", str(a.add_parts)]
+    if a.sizes:
+        return sizes(a, base)
     for phase in ("gen", "build", "serve", "agree") + (("add",) if a.add else ()):
         r = subprocess.run(base + ["--phase", phase], capture_output=True, text=True)
         if r.returncode:

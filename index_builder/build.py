@@ -29,6 +29,12 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--embeddings", help="precomputed embeddings in the clip-retrieval / LAION layout "
                                           "(img_emb/img_emb_{i}.npy + metadata/metadata_{i}.parquet); with one "
                                           "--descriptor naming what they are (e.g. clip)")
+    p.add_argument("--faiss-index", default=None,
+                   help="with --embeddings: adopt this FAISS index built over them elsewhere (clip-retrieval / "
+                        "autofaiss IVF-PQ, ids = row order) instead of building one; its lists are not rebuilt")
+    p.add_argument("--ray-address", default=None,
+                   help="with --embeddings: run the add and neighbour blocks as Ray tasks: local (a Ray on this "
+                        "machine), auto or a cluster address (the output's folder on storage every node reads)")
     p.add_argument("--max-memory", default="2GB",
                    help="with --embeddings: the build's memory budget, which picks the index type (default 2GB)")
     p.add_argument("--knn-k", type=int, default=10, help="with --embeddings: neighbours per item for the "
@@ -79,6 +85,8 @@ def build(args) -> int:
         return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=None)
 
     command = "python -m index_builder " + " ".join(sys.argv[1:])
+    if (args.faiss_index or args.ray_address) and not args.embeddings:
+        raise MemlabError("--faiss-index and --ray-address go with --embeddings")
     if args.embeddings:
         names = [n.strip() for arg in (args.descriptor or []) for n in arg.split(",") if n.strip()]
         if len(names) != 1:
@@ -89,7 +97,7 @@ def build(args) -> int:
         build_embeddings(args.embeddings, args.out, names[0], max_memory=args.max_memory, knn_k=args.knn_k,
                          knn_sample=args.knn_sample, seed=args.seed, fpr=args.fpr, factory=args.factory,
                          block_rows=args.block_rows, write_embeddings=args.write_embeddings, command=command,
-                         progress=progress)
+                         progress=progress, faiss_index=args.faiss_index, ray_address=args.ray_address)
         return 0
     options = {k: getattr(args, k) for k in IMAGE_OPTIONS}
     if args.shards:

@@ -69,13 +69,28 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
-                train_device: str = "cpu") -> Path:
+                train_device: str = "cpu", refresh: bool = False) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
-    its output exists, so a killed build resumes."""
+    its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
+    probes, adds what newer stages make (``_methods``) and measures the card again."""
     from .train import TrainConfig
 
     out = Path(out)
     st = _Stages(out / "build", log)
+    if refresh:
+        previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
+        if not previous.get("train") or not (out / "index" / "manifest.json").is_file():
+            raise MemlabError(f"--refresh needs a built world in {out} (its card, model and index)")
+        from .world import write_world_json
+
+        write_world_json(out, **{**json.loads((out / "world.json").read_text()), "nemo": "nemo",
+                                 "alignment": "alignment"})
+        _methods(out, eval_seeds, st, progress, log)
+        _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log)
+        from .world import seal_world
+
+        seal_world(out)
+        return out
     data = out / "build" / "data"
     rows = _training_set(spec, data, st)
     cfg = TrainConfig(data=str(data / "train.parquet"), out=str(out / "build" / "train"), pipeline="world",

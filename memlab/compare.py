@@ -33,7 +33,7 @@ def outcome_auc(records: list[dict], replicate_at: float = 0.5) -> dict:
     summ = [r for r in records if r["type"] == "summary" and r["mitigation"]["name"] == "none"]
     pos = [s for s in summ if s["replication_rate"] >= replicate_at]
     neg = [s for s in summ if s["replication_rate"] == 0]
-    methods = sorted({m for s in summ for m in (s.get("detections_mean") or {})})
+    methods = sorted({m for s in summ for m in (s.get("detections_mean") or {}) if m in DETECTORS})
     out = {}
     for m in methods:
         p = [s["detections_mean"][m] for s in pos if m in (s.get("detections_mean") or {})]

@@ -133,11 +133,33 @@ def _keyword_views(kw_dir: Path, index, words) -> None:
         save_view(kw_dir, keyword_view(index, w))
 
 
+def _nemo_statistics(out: Path, model: str, table, seeds: int, device, log) -> bool:
+    """4b. NeMo's statistics of non-memorized prompts (``memlab.nemo``) from the control list, with the world's
+    model, once (skipped when present); none without controls or with ``seeds`` 0."""
+    if (out / "nemo" / "statistics.json").is_file():
+        return True
+    controls = table[table["label"] == "control"]["prompt"]
+    controls = [p for p in controls if p]
+    if not controls or seeds < 2:
+        return False
+    from .generate import Generator
+    from .nemo import compute_stats
+
+    gen = Generator.from_pretrained(model, device=device)
+    stats = compute_stats(gen, controls, list(range(seeds)), SD_DEFAULTS["steps"],
+                          source=f"the world's {len(controls)} control prompts x {seeds} seeds")
+    stats.save(out / "nemo")
+    log(f"[world create] NeMo statistics from {len(controls)} controls: SSIM thresholds "
+        f"{stats.ssim_threshold:.3f} (memorization), {stats.selection_threshold:.3f} (selection)")
+    return True
+
+
 def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
                  training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
                  timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
-                 fetch_policy: dict | None = None, progress=None, log=print) -> Path:
+                 fetch_policy: dict | None = None, progress=None, log=print, nemo_seeds: int = 10,
+                 device: str | None = None) -> Path:
     """Write the world described in the module docstring to ``out``; returns ``out``."""
     import pandas as pd
 
@@ -164,6 +186,8 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     words = keywords if keywords is not None else suggest_keywords(items["caption"])
     _keyword_views(out / "keywords", index, words)
 
+    nemo = _nemo_statistics(out, model, table, nemo_seeds, device, log)
+
     # 5. world.json and card.json
     size = model_size(model)
     defaults = {**SD_DEFAULTS, **({"height": size, "width": size} if size else {})}
@@ -179,7 +203,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
                      + (f" and {Path(controls).name}" if controls else "") + " name" if rep else ""))
     write_world_json(out, name=name or out.name, model=model, index="index", probes="probes.csv", card="card.json",
                      descriptors=list(descriptors), defaults=defaults, trained_on=trained_on,
-                     probe_labels={k: int(v) for k, v in n_lab.items()})
+                     probe_labels={k: int(v) for k, v in n_lab.items()}, **({"nemo": "nemo"} if nemo else {}))
     log(f"[world create] wrote {out}: {len(items)} items, {len(probes)} probes "
         f"({', '.join(f'{v} {k}' for k, v in n_lab.items())}), keywords {', '.join(words) or 'none'}")
     return out

@@ -54,14 +54,27 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
                         "detection": summ["detection_mean"], "detections": summ.get("detections_mean") or {},
                         "alignment": summ.get("alignment_mean"),
                         "seconds_per_image": summ["timing"]["generate_s"] / max(1, summ["n_seeds"]),
-                        "scores": [r["score"] for r in seed_recs], "top_items": top_items})
+                        "scores": [r["score"] for r in seed_recs], "top_items": top_items,
+                        "states": [r.get("mitigation_state") or {} for r in seed_recs]})
     return pd.DataFrame(out)
+
+
+def wen_reach(runs: pd.DataFrame, label: str = "wen") -> dict | None:
+    """Wen et al.'s mitigation, per seed: whether its first-step score reached the target, and the score after
+    the optimization (from the records' ``mitigation_state``)."""
+    st = [s for states in runs[runs["strategy"] == label]["states"] for s in states if "wen_reached" in s]
+    if not st:
+        return None
+    return {"seeds": len(st), "reached_share": float(np.mean([s["wen_reached"] for s in st])),
+            "final_norm_mean": float(np.mean([s["wen_final_norm"] for s in st])),
+            "final_norm_max": float(np.max([s["wen_final_norm"] for s in st])),
+            "target": float(np.mean([s["wen_target"] for s in st]))}
 
 
 def detector_figures(base: pd.DataFrame, high: str) -> dict:
     """Per detection method, on the unmitigated probes: ROC AUC by outcome (probes replicating at least half
     their seeds vs never; each probe's mean score) and of every group against the unique probes."""
-    methods = sorted({m for d in base["detections"] for m in d})
+    methods = sorted({m for d in base["detections"] for m in d if m in DETECTORS})  # (not a score's parts)
     pos = base[base["replication_rate"] >= 0.5]
     neg = base[base["replication_rate"] == 0]
     uq = base[base["group"] == "unique"]
@@ -157,12 +170,23 @@ def _group_table(df: pd.DataFrame, threshold: float, planted_of: dict | None = N
             "original_recall": float(g["original_recall"].mean()),
             "dataset_similarity": metrics.dataset_similarity(scores, threshold)["p95"],
             "detection_mean": float(g["detection"].mean()),
-            "detections_mean": {m: float(np.mean([d[m] for d in g["detections"] if m in d]))
-                                for m in sorted({m for d in g["detections"] for m in d})},
-            "alignment": float(g["alignment"].dropna().mean()) if g["alignment"].notna().any() else None,
-            "alignment_probes": int(g["alignment"].notna().sum()),
-            "seconds_per_image": float(g["seconds_per_image"].mean())}
+            **_method_columns(g)}
     return table
+
+
+def _method_columns(g: pd.DataFrame) -> dict:
+    """The newer methods' columns of a group's runs (runs recorded before them have none)."""
+    out = {}
+    if "detections" in g:
+        out["detections_mean"] = {m: float(np.mean([d[m] for d in g["detections"] if m in d]))
+                                  for m in sorted({m for d in g["detections"] for m in d})}
+    if "alignment" in g:
+        a = pd.to_numeric(g["alignment"], errors="coerce")
+        out.update(alignment=float(a.dropna().mean()) if a.notna().any() else None,
+                   alignment_probes=int(a.notna().sum()))
+    if "seconds_per_image" in g:
+        out["seconds_per_image"] = float(g["seconds_per_image"].mean())
+    return out
 
 
 def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=None,
@@ -232,6 +256,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                       "seconds_per_batch_of_8": detector_seconds(gen, probes[probes["group"] == high]["prompt"].iloc[0],
                                                                  list(range(8)), settings)},
         "mitigation_seconds_none_on_high": none_on_high["seconds_per_image"],
+        "wen_reach": wen_reach(mit),
         "alignment": {**(aligner.info() if aligner is not None else {}),
                       "none_on_high": hi_align},
         "seconds_8_seeds": t8,
@@ -246,7 +271,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "wen_target": getattr(gen, "wen_target", None),
         "checks": _checks(table, high, hi_rate, hi_orig, truth, att, mitig),
         "hidden_object": obj,
-        "per_probe": base.drop(columns=["scores", "replicated", "own_top1"]).to_dict(orient="records"),
+        "per_probe": base.drop(columns=["scores", "replicated", "own_top1", "states"]).to_dict(orient="records"),
     }
     return result
 
@@ -337,6 +362,11 @@ def format_report(m: dict) -> str:
             extra += f"  {r['added_seconds_per_image']:+.3f} s/image"
         lines.append(f"  {name:<20} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
                      f"{'' if cut is None else f', cut {cut:.0%}'})  data sim {r['dataset_similarity']:.3f}{extra}")
+    if m.get("wen_reach"):
+        w = m["wen_reach"]
+        lines.append(f"wen on {m['mitigations_on']}: {w['reached_share']:.1%} of {w['seeds']} seeds reached the target "
+                     f"{w['target']:.3f}; score after the optimization mean {w['final_norm_mean']:.3f}, "
+                     f"max {w['final_norm_max']:.3f}")
     if m.get("alignment", {}).get("method"):
         a = m["alignment"]
         lines.append(f"alignment: {a['method']} ({a['model']}): {a['measures']}; held out: "

@@ -314,10 +314,11 @@ class Generator:
         raise MemlabError("wen needs a target: this model has no calibrated wen_target; give wen:target=X "
                           "(Wen et al.'s absolute target_loss) or wen:target_ratio=r (relative to the initial norm)")
 
-    def _wen_optimize(self, wen, lat, t, cond, uncond):
+    def _wen_optimize(self, wen, lat, t, cond, uncond, state: dict | None = None):
         """Wen et al.'s mitigation: AdamW on the prompt embedding at the first step, per sample, until its
         noise norm falls below the target; a sample already below it is left untouched (bit for bit);
-        the start token's gradient is zeroed as in Wen's code."""
+        the start token's gradient is zeroed as in Wen's code. ``state`` receives, per sample, the target,
+        the norm the optimized embedding gives and whether it reached the target."""
         import torch
 
         p = wen.params
@@ -347,7 +348,12 @@ class Generator:
             with torch.no_grad():
                 emb[done] = frozen[done]
                 emb[:, 0] = frozen[:, 0]  # nor decayed by AdamW's weight decay
-        return emb.detach().to(cond.dtype)
+        out = emb.detach().to(cond.dtype)
+        if state is not None:
+            final = self.noise_difference(lat, t, out, uncond).float().cpu()
+            state.update(target=target.cpu().tolist(), final_norm=final.tolist(),
+                         reached=(final <= target.cpu() + 1e-6).tolist())
+        return out
 
     # ---------------------------------------------------------------------------- generate
     def generate(self, prompt: str, seeds: Sequence[int], strategy: Strategy | str = "none",
@@ -367,6 +373,10 @@ class Generator:
         total = len(seeds) * settings.steps
         results: list[SeedImage] = []
         with self.lock:
+            from .mitigations import NeMo
+
+            if strategy.find(NeMo) is not None:  # NeMo's search, once, before a head start's two threads
+                self.nemo_neurons(prompt, strategy.find(NeMo), settings)
             for b in range(0, len(seeds), bs):
                 chunk = seeds[b:b + bs]
 
@@ -424,8 +434,9 @@ class Generator:
         t0 = pipe.scheduler.timesteps[0]
         wen = strategy.optimizer()
         lat0 = latents * pipe.scheduler.init_noise_sigma
+        wen_state: dict = {}
         if wen is not None:
-            cond = self._wen_optimize(wen, lat0, t0, cond, uncond)
+            cond = self._wen_optimize(wen, lat0, t0, cond, uncond, wen_state)
 
         cfg = settings.guidance > 1.0
         ren, nemo, jain = strategy.find(Ren), strategy.find(NeMo), strategy.find(Jain)
@@ -493,6 +504,9 @@ class Generator:
                 extra["jain_transition_step"] = guide.transition_step(i)
             if nemo is not None:
                 extra["nemo_neurons"] = sum(map(len, blocked.values()))
+            if wen_state:  # Wen's score after the optimization, and whether the seed reached its target
+                extra.update(wen_target=wen_state["target"][i], wen_final_norm=wen_state["final_norm"][i],
+                             wen_reached=bool(wen_state["reached"][i]))
             out.append(SeedImage(seed=int(s), prompt=prompt, effective_prompt=e, strategy=strategy.to_dict(),
                                  image=im, detection=float(d), extra=extra))
         return out

@@ -88,8 +88,9 @@ class OnDiskBuild:
     def __init__(self, src, out, descriptor: str, max_memory: int, k: int = 10, rerank: int = 16, nprobe: int = 8,
                  sample: int | None = None, seed: int = 0, duplicate_threshold: float | None = None,
                  fpr: float = 0.01, threshold: float | None = None, factory: str | None = None,
-                 block: int = BLOCK, progress=None, log=print):
+                 block: int = BLOCK, progress=None, log=print, ray_address: str | None = None):
         self.src, self.out = Path(src), Path(out)
+        self.ray_address = ray_address  # the add and neighbour blocks as Ray tasks (``run_blocks``)
         self.work = self.out.parent.resolve() / f".{self.out.name}.build"
         self.name, self.max_memory, self.k, self.rerank, self.nprobe = descriptor, max_memory, k, rerank, nprobe
         self.sample, self.seed, self.fpr, self.threshold = sample, seed, fpr, threshold
@@ -169,19 +170,10 @@ class OnDiskBuild:
         blocks = self.work / "blocks"
         blocks.mkdir(exist_ok=True)
         nb = -(-(self.n - self.first) // self.block)
-        for b in self.bar(range(nb), desc=f"add {self.factory}"):
-            f = blocks / f"{b:05d}.faiss"
-            if f.is_file():
-                continue
-            idx = faiss.read_index(str(trained))
-            s, e = self.first + b * self.block, min(self.first + (b + 1) * self.block, self.n)
-            x = np.asarray(v[s:e], np.float32)
-            if self.factory == "Flat":
-                idx.add(x)
-            else:  # each vector under its row number (the merge keeps the ids it is given)
-                idx.add_with_ids(x, np.arange(s, e, dtype=np.int64))
-            _drop(v)
-            atomic_save(f, lambda t, idx=idx: faiss.write_index(idx, str(t)))
+        todo = [(str(trained), str(self.work / "vectors.f16.npy"), self.first + b * self.block,
+                 min(self.first + (b + 1) * self.block, self.n), self.factory != "Flat", str(blocks / f"{b:05d}.faiss"))
+                for b in range(nb) if not (blocks / f"{b:05d}.faiss").is_file()]
+        run_blocks(add_block, todo, self.ray_address, self.bar, f"add {self.factory}", self.log)
         idx = faiss.read_index(str(trained))
         base = self.base_index() if self.first else None
         if self.factory == "Flat":  # small by construction: merged in memory
@@ -236,21 +228,21 @@ class OnDiskBuild:
         knn.mkdir(exist_ok=True)
         kk = min(index.ntotal, max(self.k, self.rerank) + 1)
         nb = -(-len(rows) // self.block)
-        for b in self.bar(range(nb), desc=f"neighbours ({name})" if name else "neighbours"):
-            f = knn / f"{name}{b:05d}.npz"
-            if f.is_file():
-                continue
-            r = rows[b * self.block:(b + 1) * self.block]
-            q = np.asarray(v[r], np.float32)
-            _, cand = index.search(q, kk)
-            cand = np.where(cand >= 0, cand + offset, -1)
-            ids, sc = rerank_exact(v, q, cand, r, self.k)
-            atomic_save(f, lambda t, ids=ids, sc=sc: savez(t, ids=ids, scores=sc))
+        source = index if self.ray_address is None else str(self._index_file(index))
+        todo = [(source, str(self.work / "vectors.f16.npy"), rows[b * self.block:(b + 1) * self.block], kk, self.k,
+                 offset, self.nprobe if "IVF" in self.factory else None, str(knn / f"{name}{b:05d}.npz"))
+                for b in range(nb) if not (knn / f"{name}{b:05d}.npz").is_file()]
+        run_blocks(knn_block, todo, self.ray_address, self.bar,
+                   f"neighbours ({name})" if name else "neighbours", self.log)
         ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
         for b in range(nb):  # filled block by block (no list of blocks beside the whole)
             with np.load(knn / f"{name}{b:05d}.npz") as z:
                 ids[b * self.block:(b + 1) * self.block], scores[b * self.block:(b + 1) * self.block] = z["ids"], z["scores"]
         return ids, scores
+
+    def _index_file(self, index) -> Path:
+        """The file a Ray task opens for ``index`` (the built one; an addition's base has its own)."""
+        return self.work / f"{self.name}.faiss"
 
     def neighbours(self, v: np.ndarray, index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows queried, their k nearest other rows, exact scores), sorted by score."""
@@ -579,3 +571,121 @@ def descriptor_dim(name: str) -> int | None:
         return int(open_clip.get_model_config(cfg["model"])["embed_dim"])
     except Exception:  # noqa: BLE001 - an unknown config: no check
         return None
+
+
+def add_block(trained: str, vectors: str, s: int, e: int, with_ids: bool, out: str) -> str:
+    """One add block: rows ``s:e`` of the float16 vectors added to a copy of the trained index (under their
+    row numbers when ``with_ids``), written atomically to ``out``. A Ray task or a plain call."""
+    faiss = faiss_module()
+    v = np.load(vectors, mmap_mode="r")
+    idx = faiss.read_index(trained)
+    x = np.asarray(v[s:e], np.float32)
+    if with_ids:  # each vector under its row number (the merge keeps the ids it is given)
+        idx.add_with_ids(x, np.arange(s, e, dtype=np.int64))
+    else:
+        idx.add(x)
+    atomic_save(Path(out), lambda t: faiss.write_index(idx, str(t)))
+    return out
+
+
+def knn_block(index, vectors: str, rows: np.ndarray, kk: int, k: int, offset: int, nprobe: int | None,
+              out: str) -> str:
+    """One neighbour block: ``rows``' approximate top-``kk`` from ``index`` (an open index, or its file, which a
+    Ray task opens from disk), ids shifted by ``offset``, re-scored exactly to the top ``k``; written to ``out``."""
+    if isinstance(index, str):
+        index = read_faiss(Path(index))
+    if nprobe is not None:
+        faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    v = np.load(vectors, mmap_mode="r")
+    q = np.asarray(v[rows], np.float32)
+    _, cand = index.search(q, kk)
+    cand = np.where(cand >= 0, cand + offset, -1)
+    ids, sc = rerank_exact(v, q, cand, rows, k)
+    atomic_save(Path(out), lambda t: savez(t, ids=ids, scores=sc))
+    return out
+
+
+def run_blocks(fn, todo: list, ray_address: str | None, bar, desc: str, log=print) -> None:
+    """Run ``fn(*args)`` for each block of ``todo``: in this process, or as Ray tasks (``ray_address``:
+    ``local`` starts a Ray on this machine, ``auto`` or an address joins a cluster; the work folder must be
+    on storage every node reads). Each block writes its own file atomically, so a task whose worker dies is
+    retried (Ray's ``max_retries``) and a killed build resumes at the blocks still missing."""
+    if not todo:
+        return
+    if ray_address is None:
+        for args in bar(todo, desc=desc):
+            fn(*args)
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=None if ray_address == "local" else ray_address, include_dashboard=False,
+                 log_to_driver=False)
+    task = ray.remote(num_cpus=1, max_retries=5, retry_exceptions=False)(fn)
+    pending = [task.remote(*args) for args in todo]
+    log(f"[ondisk] {desc}: {len(pending)} blocks as Ray tasks on {len(ray.nodes())} node(s)")
+    for _ in bar(range(len(pending)), desc=f"{desc} (ray)"):
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)
+
+
+class OnDiskAdoption(OnDiskBuild):
+    """An index built elsewhere (clip-retrieval / autofaiss: an IVF-PQ ``.index`` over the embeddings in their
+    row order) served as it is: its lists are not rebuilt. Checked against the embeddings first (count,
+    dimension, and for a seeded sample of rows that the index finds each row's own vector among its nearest
+    ones, as it does when the ids are the embeddings' row numbers); then memlab's float16 vectors, the
+    neighbours (through the adopted index, re-scored exactly), background, groups and manifest as a build."""
+
+    SAMPLE = 64  # rows whose own id must come back from a search with their vector
+
+    def __init__(self, faiss_index, src, out, descriptor: str, nprobe: int | None = None, **kw):
+        super().__init__(src, out, descriptor, max_memory=2**62, **kw)
+        self.adopted = Path(faiss_index)
+        if not self.adopted.is_file():
+            raise MemlabError(f"{self.adopted}: no such FAISS index file")
+        faiss = faiss_module()
+        try:
+            idx = faiss.read_index(str(self.adopted), faiss.IO_FLAG_MMAP)
+        except RuntimeError as e:
+            raise MemlabError(f"{self.adopted} is not a FAISS index file: {str(e).splitlines()[0][:200]}") from None
+        if idx.d != self.d or idx.ntotal != self.n:
+            raise MemlabError(f"{self.adopted} holds {idx.ntotal} vectors of {idx.d} dimensions; the embeddings "
+                              f"hold {self.n} of {self.d}: not an index of these embeddings")
+        if idx.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise MemlabError(f"{self.adopted} ranks by L2 distance; memlab's scores are inner products of "
+                              f"normalized vectors (build the index with metric IP, as autofaiss does for CLIP)")
+        try:
+            ivf = faiss.extract_index_ivf(idx)
+            self.factory = f"IVF{ivf.nlist},{type(idx).__name__} (adopted)"
+            self.nprobe = nprobe or max(self.nprobe, min(ivf.nlist, 64))
+        except RuntimeError:
+            self.factory = f"{type(idx).__name__} (adopted)"
+        self.checks: dict = {}
+        del idx
+
+    def index(self, v: np.ndarray):
+        faiss = faiss_module()
+        final = self.work / f"{self.name}.faiss"
+        if not final.is_file():
+            idx = faiss.read_index(str(self.adopted), faiss.IO_FLAG_MMAP)
+            if "IVF" in self.factory:
+                faiss.ParameterSpace().set_index_parameter(idx, "nprobe", self.nprobe)
+            rows = np.sort(np.random.default_rng(self.seed + 2).choice(self.n, size=min(self.SAMPLE, self.n),
+                                                                        replace=False))
+            _, got = idx.search(np.asarray(v[rows], np.float32), min(10, self.n))
+            found = float(np.mean([r in g for r, g in zip(rows, got)]))
+            self.checks = {"rows_sampled": len(rows), "own_id_in_top10": found, "seed": self.seed + 2,
+                           "nprobe": self.nprobe}
+            if found < 0.9:
+                raise MemlabError(f"{self.adopted} does not index these embeddings in their row order: a search "
+                                  f"with {len(rows)} of their rows finds the row itself in the top 10 for "
+                                  f"{found:.0%} (ids must be the embeddings' row numbers)")
+            del idx
+            shutil.copyfile(self.adopted, self.work / ".adopted.tmp")
+            os.replace(self.work / ".adopted.tmp", final)
+        return read_faiss(final)
+
+    def provenance(self, seconds: dict) -> dict:
+        return {**super().provenance(seconds),
+                "adopted": {"file": self.adopted.name, "sha256": sha256(self.adopted), "checks": self.checks,
+                            "lists": "as built elsewhere (not rebuilt)"}}

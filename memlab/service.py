@@ -153,6 +153,11 @@ class Lab:
     def trained_on(self) -> str:
         return self.world.trained_on
 
+    def alignment_info(self) -> dict | None:
+        """How this world measures prompt alignment (``World.aligner``), or None."""
+        a = self.world.aligner()
+        return a.info() if a is not None else None
+
     @property
     def defaults(self) -> dict:
         """The world's sampling defaults (steps, guidance, ...)."""

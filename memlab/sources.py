@@ -229,17 +229,25 @@ def build_sources(specs: list[str], out: str | Path, progress=None, **options) -
 def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_k: int = 10,
                      knn_sample: int | None = None, seed: int = 0, fpr: float = 0.01, factory: str | None = None,
                      block_rows: int = 100_000, write_embeddings: str | None = None, command: str | None = None,
-                     progress=None, log=_log):
+                     progress=None, log=_log, faiss_index: str | None = None, ray_address: str | None = None):
     """An on-disk index from precomputed embeddings (``memlab.ondisk``): streamed, resumable, its type
-    chosen by ``max_memory``, background and groups from each item's nearest neighbours. Returns the build."""
-    from .ondisk import OnDiskBuild, parse_memory
+    chosen by ``max_memory``, background and groups from each item's nearest neighbours; with ``faiss_index``
+    an index built elsewhere over them is adopted as it is (``OnDiskAdoption``). Returns the build."""
+    from .ondisk import OnDiskAdoption, OnDiskBuild, parse_memory
 
     if knn_k < 1 or (knn_sample is not None and knn_sample < 2):
         raise MemlabError("--knn-k must be at least 1 and --knn-sample at least 2")
     t0 = time.perf_counter()
     out = out_folder(out)
-    b = OnDiskBuild(embeddings, out, descriptor, parse_memory(max_memory), k=knn_k, sample=knn_sample, seed=seed,
-                    fpr=fpr, factory=factory, block=block_rows, progress=progress, log=log)
+    if faiss_index:
+        if factory:
+            raise MemlabError("--factory builds an index; --faiss-index adopts one: give one of them")
+        b = OnDiskAdoption(faiss_index, embeddings, out, descriptor, k=knn_k, sample=knn_sample, seed=seed,
+                           fpr=fpr, block=block_rows, progress=progress, log=log, ray_address=ray_address)
+    else:
+        b = OnDiskBuild(embeddings, out, descriptor, parse_memory(max_memory), k=knn_k, sample=knn_sample,
+                        seed=seed, fpr=fpr, factory=factory, block=block_rows, progress=progress, log=log,
+                        ray_address=ray_address)
     b.run(extra_manifest={"command": command})
     if write_embeddings:
         export_embeddings(out, write_embeddings)

@@ -175,3 +175,16 @@ def test_not_a_pipeline(tmp_path):
         Generator.from_pretrained(tmp_path)
     with pytest.raises(ModelFileMissing, match="cannot load"):
         Generator.from_pretrained("nobody/no-such-model-offline")
+
+
+def test_wen_records_each_seeds_target_final_norm_and_whether_it_reached_it(tiny_generator):
+    """Issue 33/30: Wen's score after the optimization is in the seed's record, recomputed here."""
+    g = tiny_generator
+    base = g.generate("a green star", [4, 5], "none", ST)
+    easy = g.generate("a green star", [4, 5], "wen:target=1000", ST)
+    assert all(r.extra["wen_reached"] and r.extra["wen_final_norm"] == pytest.approx(b.detection, rel=1e-4)
+               for r, b in zip(easy, base))  # untouched: the final norm is the prompt's own
+    hard = g.generate("a green star", [4, 5], "wen:target=0.0001,iters=3", ST)
+    assert not any(r.extra["wen_reached"] for r in hard)
+    assert all(r.extra["wen_final_norm"] < b.detection for r, b in zip(hard, base))
+    assert all(r.extra["wen_target"] == pytest.approx(1e-4) for r in hard)

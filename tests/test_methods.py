@@ -250,3 +250,18 @@ def test_memlab_run_writes_detections_alignment_and_the_comparison(tiny_world, t
     cmp = json.loads((tmp_path / "r.comparison.json").read_text())
     assert set(cmp["mitigations"]) == {"none", "ren", "jain:mode=dynamic,before=1.0"}
     assert set(cmp["detectors"]) >= {"wen", "ren", "asthana"}
+
+
+def test_compare_offers_every_strategy_and_the_api_runs_the_new_ones(client):
+    """Issue 31: Ren's, NeMo's and Jain's mitigations (both transitions) are Compare's choices; the API runs
+    them beside none on the same seeds; a world without NeMo statistics says what it lacks."""
+    from memlab.app.wiring import MITIGATION_CHOICES
+
+    assert {"ren", "nemo", "jain", "jain:mode=dynamic"} <= set(MITIGATION_CHOICES)
+    head, grid, _, table = client.predict("a red ball", 2, ["ren", "jain", "jain:mode=dynamic"], 2, 0.1,
+                                          api_name="/compare")
+    assert "4 of 4 strategies on the same 2 seeds" in head
+    assert [r[0] for r in table["data"]] == ["none", "ren c1=1.25", "jain mode=static", "jain mode=dynamic"]
+    assert table["headers"][-2:] == ["alignment", "alignment vs none"]
+    with pytest.raises(Exception, match="nemo needs statistics of non-memorized prompts"):
+        client.predict("a red ball", 2, ["nemo"], 2, 0.1, api_name="/compare")

@@ -261,7 +261,8 @@ def _shards(folder: Path, n_shards: int = 4, per: int = 50) -> Path:
     return folder
 
 
-def _ray_workers() -> list[int]:
+def _ray_workers(titles=("ray::MapBatches",)) -> list[int]:
+    """Ray workers running a task whose process title starts with one of ``titles`` (a shard by default)."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -269,7 +270,7 @@ def _ray_workers() -> list[int]:
                 cmd = (p / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if cmd.startswith("ray::MapBatches"):  # a worker running a shard
+            if cmd.startswith(tuple(titles)):
                 out.append(int(p.name))
     return out
 
@@ -389,3 +390,111 @@ def test_a_replacement_killed_between_its_renames_is_finished_on_the_next_load(e
     (tmp_path / "idx").rename(tmp_path / ".idx.old-0000bbbb")  # ... killed here
     assert TrainingIndex.load(tmp_path / "idx").manifest["item_count"] == 6000
     assert (tmp_path / "idx" / "manifest.json").read_text() == want and not list(tmp_path.glob(".idx.*"))
+
+
+def _autofaiss_style(x: np.ndarray, path: Path, factory: str = "IVF256,PQ8", ids=None) -> Path:
+    """An index as clip-retrieval / autofaiss write one: faiss's own factory, inner product, trained on a
+    sample, the vectors added in row order (or under ``ids``)."""
+    import faiss
+
+    idx = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    idx.train(x[np.random.default_rng(0).choice(len(x), min(len(x), 20_000), replace=False)])
+    if ids is None:
+        idx.add(x)
+    else:
+        idx.add_with_ids(x, ids)
+    faiss.write_index(idx, str(path))
+    return path
+
+
+def test_an_autofaiss_index_is_adopted_unrebuilt_and_answers_as_memlabs_own_build(tmp_path):
+    """Issue 34: an IVF-PQ index built by faiss's factory over 200k embeddings is served as it is (the same
+    file, its lists untouched) and answers queries as the index memlab builds with the same factory: the
+    same top-1 rows and, re-scored exactly, the same scores."""
+    from memlab.index import TrainingIndex
+    from memlab.indexfiles import sha256
+    from memlab.ondisk import write_embeddings
+
+    n = 200_000
+    x = clustered(n, 32, 2000, seed=3)
+    src = write_embeddings(tmp_path / "emb", x, pd.DataFrame({"id": np.arange(n)}), part_rows=50_000)
+    given = _autofaiss_style(x, tmp_path / "knn.index")
+    _build(src, tmp_path / "adopted", "--faiss-index", str(given), "--knn-sample", "4000")
+    _build(src, tmp_path / "own", "--factory", "IVF256,PQ8", "--knn-sample", "4000")
+    a, b = TrainingIndex.load(tmp_path / "adopted"), TrainingIndex.load(tmp_path / "own")
+    info = a.descriptor_info()
+    assert sha256(tmp_path / "adopted" / info["files"]["index"]) == sha256(given)  # served as built elsewhere
+    assert a.manifest["adopted"]["checks"]["own_id_in_top10"] >= 0.9
+    rng = np.random.default_rng(7)
+    q = x[rng.choice(n, 300, replace=False)] + 0.1 * rng.standard_normal((300, 32)).astype(np.float32) / np.sqrt(32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    sa, ra = a.search(q, k=1)
+    sb, rb = b.search(q, k=1)
+    same = ra[:, 0] == rb[:, 0]
+    assert same.mean() >= 0.99
+    assert np.allclose(sa[same, 0], sb[same, 0], atol=1e-6)
+    exact = (q @ x.T).argmax(1)
+    assert np.mean(ra[:, 0] == exact) >= 0.99
+
+
+def test_an_index_of_other_embeddings_is_refused_with_one_line(emb, tmp_path, capsys):
+    from index_builder.build import main
+
+    src, x = emb
+    shuffled = _autofaiss_style(np.concatenate([x] * 4), tmp_path / "four.index", "IVF16,PQ8")
+    assert main(["--embeddings", str(src), "--descriptor", NAME, "--faiss-index", str(shuffled),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "holds 24000 vectors" in capsys.readouterr().err
+    rolled = _autofaiss_style(np.concatenate([x] * 4)[:6000], tmp_path / "ids.index", "IVF16,PQ8",
+                              ids=np.roll(np.arange(6000), 3000))  # ids that are not the row numbers
+    assert main(["--embeddings", str(src), "--descriptor", NAME, "--faiss-index", str(rolled),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "does not index these embeddings in their row order" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.kill
+def test_the_index_build_on_a_multi_node_ray_cluster_equals_one_process_and_survives_a_killed_worker(tmp_path):
+    """Issue 34: the add and neighbour blocks of a 200k-row build run as Ray tasks on a local cluster of three
+    nodes (Ray's own ``cluster_utils.Cluster``); a worker killed in the middle of a block has its task retried;
+    the index, its lists, the neighbours, background and groups equal the single-process build's."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from memlab.indexfiles import sha256
+    from memlab.ondisk import write_embeddings
+
+    n = 200_000
+    x = clustered(n, 32, 2000, seed=4)
+    src = write_embeddings(tmp_path / "emb", x, pd.DataFrame({"id": np.arange(n)}), part_rows=50_000)
+    _build(src, tmp_path / "one", "--block-rows", "20000")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    killed = []
+    try:
+        cmd = [sys.executable, "-m", "index_builder", "--embeddings", str(src), "--descriptor", NAME,
+               "--block-rows", "20000", "--ray-address", cluster.address, "--out", str(tmp_path / "ray")]
+        p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while p.poll() is None and not killed and time.time() - t0 < 300:
+            busy = _ray_workers(("ray::knn_block",))
+            if busy:
+                time.sleep(0.3)  # in the middle of its block
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.1)
+        err = p.communicate(timeout=600)[1]
+    finally:
+        cluster.shutdown()
+    assert p.returncode == 0, err[-3000:]
+    assert killed, "a Ray worker was killed in the middle of a neighbour block"
+    assert "as Ray tasks on 3 node(s)" in err
+    one, ray = json.loads((tmp_path / "one" / "manifest.json").read_text()), \
+        json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    for f in (f"{NAME}.faiss", f"{NAME}.ivfdata", f"{NAME}.knn.npz", f"{NAME}.background.npy",
+              f"{NAME}.background_distinct.npy", "items.parquet"):
+        assert sha256(tmp_path / "one" / f) == sha256(tmp_path / "ray" / f), f
+    assert one["descriptors"][NAME]["threshold"] == ray["descriptors"][NAME]["threshold"]
+    assert one["duplicates"] == ray["duplicates"]

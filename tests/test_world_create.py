@@ -169,6 +169,16 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     recs = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
     seeds = [x for x in recs if x.get("type", "seed") == "seed" and "matches" in x]
     assert len(seeds) == 2 and all(x["matches"] and x["descriptor"] for x in seeds)
+    # NeMo's statistics come from the control list, sealed with the world: the mitigation runs on it
+    from memlab.world import World
+
+    w = World.load(out)
+    assert w.folder("nemo") is not None and "nemo/statistics.safetensors" in w.manifest["files"]
+    assert w.generator().nemo_stats.info["prompts"] == int((pd.read_csv(out / "probes.csv")["label"] == "control").sum())
+    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", prompt, "--seeds", "0-1",
+                        "--steps", "2", "--mitigation", "none", "--mitigation", "nemo", "--out", str(tmp_path / "n.jsonl")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_img2dataset_shards_index_to_the_same_vectors_as_the_same_images_in_a_folder(created, lists, tmp_path):

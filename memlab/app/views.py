@@ -114,7 +114,9 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              f"background {g('background')} 95th pct {bg['p95']:.3f} (distinct training images, each vs its nearest other; "
              f"{bg_all['p95']:.3f} over all training rows, planted duplicates included)",
              f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}: "
-             f"the prompt's, as typed, before any mitigation (the same for every strategy on this prompt)",
+             f"the prompt's, as typed, before any mitigation (the same for every strategy on this prompt)"
+             + _other_detections(s),
+             *_alignment_line(s, lab),
              f"- **caption of the best image match** (the training image with the highest score, seed "
              f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
              f"nearest by text are listed below",
@@ -293,6 +295,24 @@ def compare_table(state: RunState):
                      "alignment": "-" if s.get("alignment_mean") is None else score(s["alignment_mean"]),
                      "alignment vs none": _ratio(s, state.summaries[0])})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _other_detections(s: dict) -> str:
+    """The newer detectors' means beside Wen's (``memlab.compare.DETECTORS``), if the run recorded them."""
+    d = s.get("detections_mean") or {}
+    parts = [f"Ren et al.'s attention entropy {d['ren']:.3f}" if "ren" in d else "",
+             f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else ""]
+    parts = [p for p in parts if p]
+    return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
+
+
+def _alignment_line(s: dict, lab) -> list[str]:
+    """The prompt alignment of the seeds, named by how the world measures it (``memlab.alignment``)."""
+    if s.get("alignment_mean") is None:
+        return []
+    a = lab.alignment_info() or {}
+    return [f"- **alignment** {g('alignment')} {s['alignment_mean']:.3f}: {a.get('measures', '')} "
+            f"({a.get('method', '')}, {a.get('model', '')})"]
 
 
 def _ratio(s: dict, base: dict) -> str:

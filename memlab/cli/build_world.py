@@ -25,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--reuse-model", action="store_true",
                    help="keep the model already in OUT/model (its training set must regenerate to the same hash) "
                         "and rebuild the index, keyword views, probes and card")
+    p.add_argument("--refresh", action="store_true",
+                   help="keep the model, index and keyword views already in OUT; add what is missing (NeMo's "
+                        "statistics, the alignment classifier) and measure the card again")
     p.add_argument("--descriptor", action="append", default=None,
                    help="index descriptors, the first is the world's verdict (default: memlab-copy, memlab-copy-global, "
                         "pixel)")
@@ -53,7 +56,7 @@ def run(args) -> int:
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
-                ground_truth_items=args.ground_truth_items, train_device=args.train_device,
+                ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

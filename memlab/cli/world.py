@@ -42,6 +42,8 @@ def add_arguments(p):
     add_policy_arguments(c)
     c.add_argument("--calib-n", type=int, default=500, help="items copied to calibrate a descriptor's threshold")
     c.add_argument("--device", default=None)
+    c.add_argument("--nemo-seeds", type=int, default=10,
+                   help="seeds per control prompt for NeMo's statistics (0: none; they need --controls)")
     c.add_argument("--out", required=True, help="world folder to write")
 
 
@@ -76,5 +78,6 @@ def run(args) -> int:
                  processes=args.processes, threads=args.threads, timeout=args.timeout, retries=args.retries,
                  fetch_policy={"allow_private_addresses": args.allow_private_addresses, "deadline": args.deadline,
                                "max_bytes": args.max_bytes},
-                 index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr))
+                 index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr),
+                 nemo_seeds=args.nemo_seeds, device=args.device)
     return 0
