@@ -56,6 +56,10 @@ def main():
     print(format_comparison(c))
     print("detector seconds per batch of 8 seeds (alone; ratio to wen): " + ", ".join(
         f"{m} {s:.4f} (x{s / secs['wen']:.2f})" for m, s in secs.items()))
+    for (prompt, spec, steps), (blocked, info) in getattr(gen, "_nemo_cache", {}).items():
+        print(f"nemo search {prompt[:48]!r}: memorized {info['memorized']}, {info['neurons']} neurons"
+              + (f" (initial {info['initial_neurons']}), SSIM blocked vs unblocked {info['refined_ssim']:.3f} "
+                 f"(selection threshold {info['selection_threshold']:.3f})" if info["neurons"] else ""))
     print(f"(measured in {time.perf_counter() - t0:.0f}s)")
 
 

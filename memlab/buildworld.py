@@ -69,10 +69,11 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
-                train_device: str = "cpu", refresh: bool = False) -> Path:
+                train_device: str = "cpu", refresh: bool = False, alignment=None) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
-    probes, adds what newer stages make (``_methods``) and measures the card again."""
+    probes, adds what newer stages make (``_methods``) and measures the card again. ``alignment``: the
+    alignment classifier's ``SceneNetConfig`` (default: the shipped world's)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -85,7 +86,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
 
         write_world_json(out, **{**json.loads((out / "world.json").read_text()), "nemo": "nemo",
                                  "alignment": "alignment"})
-        _methods(out, eval_seeds, st, progress, log)
+        _methods(out, eval_seeds, st, progress, log, alignment)
         _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log)
         from .world import seal_world
 
@@ -102,7 +103,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress)
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
-    _methods(out, eval_seeds, st, progress, log)
+    _methods(out, eval_seeds, st, progress, log, alignment)
     _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log)
     from .world import seal_world
 
@@ -232,13 +233,14 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
 
-def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log) -> None:
+def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None) -> None:
     """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
     (the unique probes; ``memlab.nemo``) and the alignment classifier trained on the world's own renders
     (``memlab.alignment``)."""
     import pandas as pd
 
     from .generate import Generator
+    from .indexfiles import atomic_dir
     from .world import seal_world
 
     gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
@@ -250,7 +252,8 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log) -> None:
         unique = table[table["group"] == "unique"]["prompt"].tolist()
         stats = compute_stats(gen, unique, list(range(eval_seeds)), WORLD_DEFAULTS["steps"],
                               source=f"the world's {len(unique)} unique probes x {eval_seeds} seeds")
-        stats.save(out / "nemo")
+        with atomic_dir(out / "nemo") as tmp:  # a killed build never leaves half a folder to skip
+            stats.save(tmp)
         log(f"[build-world] NeMo statistics: SSIM thresholds {stats.ssim_threshold:.3f} (memorization) "
             f"{stats.selection_threshold:.3f} (selection)")
         st.done("nemo_statistics")
@@ -258,8 +261,9 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log) -> None:
         from .alignment import SceneNetConfig, train_scene_alignment
 
         st.start("alignment_classifier")
-        model = train_scene_alignment(SceneNetConfig(), vae=gen.pipe.vae, progress=progress, log=log)
-        model.save(out / "alignment")
+        model = train_scene_alignment(alignment or SceneNetConfig(), vae=gen.pipe.vae, progress=progress, log=log)
+        with atomic_dir(out / "alignment") as tmp:
+            model.save(tmp)
         log(f"[build-world] alignment classifier, held out: {model.card['held_out']}")
         st.done("alignment_classifier")
     seal_world(out)

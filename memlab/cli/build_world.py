@@ -21,7 +21,7 @@ def add_arguments(p):
                                                          "build runs on the CPU)")
     p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures")
     p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
-    p.add_argument("--small", action="store_true", help="a small training set (for tests)")
+    p.add_argument("--small", action="store_true", help="a small training set and alignment classifier (for tests)")
     p.add_argument("--reuse-model", action="store_true",
                    help="keep the model already in OUT/model (its training set must regenerate to the same hash) "
                         "and rebuild the index, keyword views, probes and card")
@@ -49,14 +49,19 @@ def run(args) -> int:
             raise MemlabError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
 
     spec = WorldSpec(seed=args.seed)
+    alignment = None
     if args.small:
+        from ..alignment import SceneNetConfig
+
         spec = WorldSpec(seed=args.seed, n_scenes=24, crops_per_photo=1, n_lighthouses=10, ddf_high=4,
                          ddf_low=2, per_group=2)
+        alignment = SceneNetConfig(width=8, renders=200, epochs=1)
     build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
+                alignment=alignment,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
