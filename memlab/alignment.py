@@ -70,6 +70,7 @@ class SceneNetConfig:
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 1_000_003  # far from the world's scene seed
+    held_out: int = 1000  # fresh renders the held-out accuracy is measured on
 
 
 def _net(cfg: SceneNetConfig):
@@ -248,7 +249,7 @@ def train_scene_alignment(cfg: SceneNetConfig = SceneNetConfig(), vae=None, prog
             total += loss.item() * len(i)
         log(f"[alignment] epoch {epoch + 1}/{cfg.epochs} loss {total / len(x):.4f}")
     model = SceneAlignment(net, cfg)
-    h_ims, h_labs = renders(1000, cfg.seed + cfg.renders)
+    h_ims, h_labs = renders(cfg.held_out, cfg.seed + cfg.renders)
     card = {"held_out": {"renders": head_accuracy(model, h_ims, h_labs)}}
     if vae is not None:
         from .train_descriptor import decode_all

@@ -67,12 +67,17 @@ class AttentionHub:
         return [i for i, n in enumerate(self.cross_layers)
                 if which == "all" or n.startswith(("down_blocks", "mid_block"))]
 
+    _creating = threading.Lock()
+
     @classmethod
     def of(cls, unet) -> "AttentionHub":
-        hub = getattr(unet, "_memlab_attention", None)
-        if hub is None:
-            hub = cls(unet)
-            unet._memlab_attention = hub
+        """The UNet's hub, made once: under a lock, since a head start's two threads ask at the same time (two
+        hubs made side by side would each install processors, and one thread's context would go unseen)."""
+        with cls._creating:
+            hub = getattr(unet, "_memlab_attention", None)
+            if hub is None:
+                hub = cls(unet)
+                unet._memlab_attention = hub
         return hub
 
     def active(self) -> AttentionContext | None:

@@ -35,6 +35,9 @@ from . import metrics
 from .descriptors import DESCRIPTORS, create_descriptor, descriptor_class
 from .embeddings import embedding_parts, parse_memory, read_metadata, write_embeddings
 from .errors import MemlabError
+from .blocks import drop_pages as _drop
+from .blocks import rerank_exact, run_blocks
+from .blocks import add_block, knn_block  # noqa: F401 - the block tasks, importable from here as before
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, read_faiss, savez,
                          sha256)
 
@@ -70,16 +73,6 @@ def _peak_mb() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _drop(v) -> None:
-    """Let go of the pages of a memory-mapped array already read (they stay in the page cache, leave this
-    process's resident memory)."""
-    import mmap
-
-    mm = getattr(v, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
 
 
 class OnDiskBuild:
@@ -481,28 +474,6 @@ def _created(work: Path) -> str:
     return f.read_text()
 
 
-def rerank_exact(v: np.ndarray, q: np.ndarray, cand: np.ndarray, self_rows: np.ndarray | None, k: int,
-                 batch: int = 256):
-    """Re-score approximate candidates exactly from the (float16) vectors; drop each query's own row;
-    return the top-k (ids, scores) sorted by score (-1 / -inf where fewer)."""
-    n, kk = cand.shape
-    ids, sc = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
-    for s in range(0, n, batch):
-        c = cand[s:s + batch]
-        x = np.asarray(v[np.where(c >= 0, c, 0).ravel()], np.float32).reshape(len(c), kk, -1)
-        score = np.einsum("nkd,nd->nk", x, q[s:s + batch])
-        bad = c < 0
-        if self_rows is not None:
-            bad |= c == np.asarray(self_rows[s:s + batch])[:, None]
-        score[bad] = -np.inf
-        _drop(v)
-        order = np.argsort(-score, axis=1, kind="stable")[:, :k]
-        top = np.take_along_axis(score, order, 1)
-        ids[s:s + batch, :order.shape[1]] = np.where(np.isfinite(top), np.take_along_axis(c, order, 1), -1)
-        sc[s:s + batch, :order.shape[1]] = top
-    return ids, sc
-
-
 def groups_from_neighbours(n: int, rows, ids, scores, threshold: float):
     """Connected components of the graph with an edge from each queried row to each neighbour scoring
     >= threshold (``metrics.near_duplicate_groups`` on the kNN graph); (group [n], duplicates [n])."""
@@ -571,121 +542,3 @@ def descriptor_dim(name: str) -> int | None:
         return int(open_clip.get_model_config(cfg["model"])["embed_dim"])
     except Exception:  # noqa: BLE001 - an unknown config: no check
         return None
-
-
-def add_block(trained: str, vectors: str, s: int, e: int, with_ids: bool, out: str) -> str:
-    """One add block: rows ``s:e`` of the float16 vectors added to a copy of the trained index (under their
-    row numbers when ``with_ids``), written atomically to ``out``. A Ray task or a plain call."""
-    faiss = faiss_module()
-    v = np.load(vectors, mmap_mode="r")
-    idx = faiss.read_index(trained)
-    x = np.asarray(v[s:e], np.float32)
-    if with_ids:  # each vector under its row number (the merge keeps the ids it is given)
-        idx.add_with_ids(x, np.arange(s, e, dtype=np.int64))
-    else:
-        idx.add(x)
-    atomic_save(Path(out), lambda t: faiss.write_index(idx, str(t)))
-    return out
-
-
-def knn_block(index, vectors: str, rows: np.ndarray, kk: int, k: int, offset: int, nprobe: int | None,
-              out: str) -> str:
-    """One neighbour block: ``rows``' approximate top-``kk`` from ``index`` (an open index, or its file, which a
-    Ray task opens from disk), ids shifted by ``offset``, re-scored exactly to the top ``k``; written to ``out``."""
-    if isinstance(index, str):
-        index = read_faiss(Path(index))
-    if nprobe is not None:
-        faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-    v = np.load(vectors, mmap_mode="r")
-    q = np.asarray(v[rows], np.float32)
-    _, cand = index.search(q, kk)
-    cand = np.where(cand >= 0, cand + offset, -1)
-    ids, sc = rerank_exact(v, q, cand, rows, k)
-    atomic_save(Path(out), lambda t: savez(t, ids=ids, scores=sc))
-    return out
-
-
-def run_blocks(fn, todo: list, ray_address: str | None, bar, desc: str, log=print) -> None:
-    """Run ``fn(*args)`` for each block of ``todo``: in this process, or as Ray tasks (``ray_address``:
-    ``local`` starts a Ray on this machine, ``auto`` or an address joins a cluster; the work folder must be
-    on storage every node reads). Each block writes its own file atomically, so a task whose worker dies is
-    retried (Ray's ``max_retries``) and a killed build resumes at the blocks still missing."""
-    if not todo:
-        return
-    if ray_address is None:
-        for args in bar(todo, desc=desc):
-            fn(*args)
-        return
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=None if ray_address == "local" else ray_address, include_dashboard=False,
-                 log_to_driver=False)
-    task = ray.remote(num_cpus=1, max_retries=5, retry_exceptions=False)(fn)
-    pending = [task.remote(*args) for args in todo]
-    log(f"[ondisk] {desc}: {len(pending)} blocks as Ray tasks on {len(ray.nodes())} node(s)")
-    for _ in bar(range(len(pending)), desc=f"{desc} (ray)"):
-        done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done)
-
-
-class OnDiskAdoption(OnDiskBuild):
-    """An index built elsewhere (clip-retrieval / autofaiss: an IVF-PQ ``.index`` over the embeddings in their
-    row order) served as it is: its lists are not rebuilt. Checked against the embeddings first (count,
-    dimension, and for a seeded sample of rows that the index finds each row's own vector among its nearest
-    ones, as it does when the ids are the embeddings' row numbers); then memlab's float16 vectors, the
-    neighbours (through the adopted index, re-scored exactly), background, groups and manifest as a build."""
-
-    SAMPLE = 64  # rows whose own id must come back from a search with their vector
-
-    def __init__(self, faiss_index, src, out, descriptor: str, nprobe: int | None = None, **kw):
-        super().__init__(src, out, descriptor, max_memory=2**62, **kw)
-        self.adopted = Path(faiss_index)
-        if not self.adopted.is_file():
-            raise MemlabError(f"{self.adopted}: no such FAISS index file")
-        faiss = faiss_module()
-        try:
-            idx = faiss.read_index(str(self.adopted), faiss.IO_FLAG_MMAP)
-        except RuntimeError as e:
-            raise MemlabError(f"{self.adopted} is not a FAISS index file: {str(e).splitlines()[0][:200]}") from None
-        if idx.d != self.d or idx.ntotal != self.n:
-            raise MemlabError(f"{self.adopted} holds {idx.ntotal} vectors of {idx.d} dimensions; the embeddings "
-                              f"hold {self.n} of {self.d}: not an index of these embeddings")
-        if idx.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise MemlabError(f"{self.adopted} ranks by L2 distance; memlab's scores are inner products of "
-                              f"normalized vectors (build the index with metric IP, as autofaiss does for CLIP)")
-        try:
-            ivf = faiss.extract_index_ivf(idx)
-            self.factory = f"IVF{ivf.nlist},{type(idx).__name__} (adopted)"
-            self.nprobe = nprobe or max(self.nprobe, min(ivf.nlist, 64))
-        except RuntimeError:
-            self.factory = f"{type(idx).__name__} (adopted)"
-        self.checks: dict = {}
-        del idx
-
-    def index(self, v: np.ndarray):
-        faiss = faiss_module()
-        final = self.work / f"{self.name}.faiss"
-        if not final.is_file():
-            idx = faiss.read_index(str(self.adopted), faiss.IO_FLAG_MMAP)
-            if "IVF" in self.factory:
-                faiss.ParameterSpace().set_index_parameter(idx, "nprobe", self.nprobe)
-            rows = np.sort(np.random.default_rng(self.seed + 2).choice(self.n, size=min(self.SAMPLE, self.n),
-                                                                        replace=False))
-            _, got = idx.search(np.asarray(v[rows], np.float32), min(10, self.n))
-            found = float(np.mean([r in g for r, g in zip(rows, got)]))
-            self.checks = {"rows_sampled": len(rows), "own_id_in_top10": found, "seed": self.seed + 2,
-                           "nprobe": self.nprobe}
-            if found < 0.9:
-                raise MemlabError(f"{self.adopted} does not index these embeddings in their row order: a search "
-                                  f"with {len(rows)} of their rows finds the row itself in the top 10 for "
-                                  f"{found:.0%} (ids must be the embeddings' row numbers)")
-            del idx
-            shutil.copyfile(self.adopted, self.work / ".adopted.tmp")
-            os.replace(self.work / ".adopted.tmp", final)
-        return read_faiss(final)
-
-    def provenance(self, seconds: dict) -> dict:
-        return {**super().provenance(seconds),
-                "adopted": {"file": self.adopted.name, "sha256": sha256(self.adopted), "checks": self.checks,
-                            "lists": "as built elsewhere (not rebuilt)"}}

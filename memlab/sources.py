@@ -233,7 +233,8 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
     """An on-disk index from precomputed embeddings (``memlab.ondisk``): streamed, resumable, its type
     chosen by ``max_memory``, background and groups from each item's nearest neighbours; with ``faiss_index``
     an index built elsewhere over them is adopted as it is (``OnDiskAdoption``). Returns the build."""
-    from .ondisk import OnDiskAdoption, OnDiskBuild, parse_memory
+    from .adopt import OnDiskAdoption
+    from .ondisk import OnDiskBuild, parse_memory
 
     if knn_k < 1 or (knn_sample is not None and knn_sample < 2):
         raise MemlabError("--knn-k must be at least 1 and --knn-sample at least 2")

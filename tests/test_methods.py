@@ -185,7 +185,6 @@ def test_scene_prompts_parse_into_what_they_name():
 def test_builtin_world_alignment_prefers_each_training_scene_own_caption():
     """The classifier trained on fresh renders scores the world's own training scenes against their own
     captions above the next scene's caption (a wrong classifier or parser fails this)."""
-    import pandas as pd
     from PIL import Image
 
     from memlab.world import World
@@ -194,10 +193,11 @@ def test_builtin_world_alignment_prefers_each_training_scene_own_caption():
     aligner = w.aligner()
     if aligner is None or aligner.method != "scene-classifier":
         pytest.skip("the built-in world has no alignment classifier")
-    items = pd.read_parquet(w.index_path / "items.parquet").drop_duplicates("item")
+    index = w.index()
+    items = index.items.reset_index().drop_duplicates("item")
     items = items[items["source"] == "procedural"].head(120)
     items = items[items["caption"].map(lambda c: " on " in c and c.endswith("background"))].head(60)
-    ims = [Image.open(w.index_path / f) for f in items["file"]]
+    ims = [Image.open(index.image_path(int(r))) for r in items["index"]]
     caps = items["caption"].tolist()
     own = [aligner.score([im], c)[0] for im, c in zip(ims, caps)]
     other = [aligner.score([im], c)[0] for im, c in zip(ims, caps[1:] + caps[:1])]
@@ -265,3 +265,26 @@ def test_compare_offers_every_strategy_and_the_api_runs_the_new_ones(client):
     assert table["headers"][-2:] == ["alignment", "alignment vs none"]
     with pytest.raises(Exception, match="nemo needs statistics of non-memorized prompts"):
         client.predict("a red ball", 2, ["nemo"], 2, 0.1, api_name="/compare")
+
+
+def test_two_threads_asking_for_a_unets_hub_get_one(tiny_pipeline_dir):
+    """A head start's two threads ask for the hub at once; one hub must come of it (two would each install
+    processors, and the first's contexts would go unseen: a detection of NaN)."""
+    import threading
+
+    from memlab.generate import Generator
+
+    gen = Generator.from_pretrained(tiny_pipeline_dir, device="cpu")
+    got, start = [], threading.Barrier(4)
+
+    def ask():
+        start.wait()
+        got.append(AttentionHub.of(gen.pipe.unet))
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(h) for h in got}) == 1
+    procs = [p for n, p in gen.pipe.unet.attn_processors.items() if n.endswith("attn2.processor")]
+    assert all(p.hub is got[0] and not hasattr(p.inner, "hub") for p in procs)

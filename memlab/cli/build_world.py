@@ -55,7 +55,7 @@ def run(args) -> int:
 
         spec = WorldSpec(seed=args.seed, n_scenes=24, crops_per_photo=1, n_lighthouses=10, ddf_high=4,
                          ddf_low=2, per_group=2)
-        alignment = SceneNetConfig(width=8, renders=200, epochs=1)
+        alignment = SceneNetConfig(width=8, renders=100, epochs=1, held_out=50)
     build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
