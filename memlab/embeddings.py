@@ -47,26 +47,107 @@ def embedding_parts(src: str | Path) -> list[tuple[Path, Path | None, int, int]]
     return parts
 
 
-def read_metadata(parts) -> pd.DataFrame:
-    """The parts' metadata in row order (id, caption, url, ...); rows without metadata get ids only."""
-    frames, start = [], 0
-    for _, meta, rows, _ in parts:
-        if meta is not None:
-            df = pd.read_parquet(meta)
-            if len(df) != rows:
-                raise MemlabError(f"{meta} has {len(df)} rows, its embeddings {rows}")
+ALIASES = (("caption", ("TEXT", "text")), ("url", ("URL",)), ("file", ("image_path",)))
+ROW_GROUP = 65536  # rows per row group of the items table memlab writes
+
+
+def metadata_schema(files):
+    """The union of the metadata files' columns (read from their footers only): ``id`` first (row numbers,
+    int64, where no file has one), then caption, url and file (strings, filled from their clip-retrieval
+    aliases), then every other column; a column whose type differs between files is read as strings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types: dict = {}
+    for f in files:
+        if f is None:
+            continue
+        for fld in pq.read_schema(f):
+            if fld.name.startswith("__index_level"):
+                continue
+            prev = types.setdefault(fld.name, fld.type)
+            if prev != fld.type:
+                types[fld.name] = pa.float64() if pa.types.is_integer(prev) and pa.types.is_floating(fld.type) or \
+                    pa.types.is_floating(prev) and pa.types.is_integer(fld.type) else pa.string()
+    head = [("id", types.pop("id", pa.int64()))] + [(c, types.pop(c, pa.string())) for c, _ in ALIASES]
+    return pa.schema(head + list(types.items()))
+
+
+def _conform(t, schema, start: int):
+    """One row group's table in ``schema``'s columns (``start``: its first row's number in the whole)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n, cols = t.num_rows, []
+    alias = dict(ALIASES)
+    for f in schema:
+        if f.name in t.column_names:
+            c = t[f.name]
+        elif f.name == "id":
+            c = pa.array(np.arange(start, start + n, dtype=np.int64))
+        elif f.name in alias:
+            src = next((a for a in alias[f.name] if a in t.column_names), None)
+            c = pc.fill_null(pc.cast(t[src], pa.string()), "") if src else pa.array([""] * n, pa.string())
         else:
-            df = pd.DataFrame(index=range(rows))
-        frames.append(df.reset_index(drop=True))
+            c = pa.nulls(n, f.type)
+        cols.append(c if c.type == f.type else pc.cast(c, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def metadata_batches(sources, schema, drop=()):
+    """The metadata of ``sources`` ((parquet file or None, rows), in row order) one row group at a time, in
+    ``schema``; a file whose row count is not its embeddings' is refused before anything is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = []
+    for f, rows in sources:
+        pf = pq.ParquetFile(f) if f is not None else None
+        if pf is not None and pf.metadata.num_rows != rows:
+            raise MemlabError(f"{f} has {pf.metadata.num_rows} rows, its embeddings {rows}")
+        files.append((pf, rows))
+    start = 0
+    for pf, rows in files:
+        if pf is None:
+            for s in range(0, rows, ROW_GROUP):
+                m = min(ROW_GROUP, rows - s)
+                yield _conform(pa.table({"__rows": pa.nulls(m)}), schema, start + s)
+        else:
+            s = 0
+            for g in range(pf.num_row_groups):
+                t = pf.read_row_group(g)
+                t = t.drop_columns([c for c in drop if c in t.column_names])
+                yield _conform(t, schema, start + s)
+                s += t.num_rows
         start += rows
-    items = pd.concat(frames, ignore_index=True)
-    if "id" not in items:
-        items.insert(0, "id", np.arange(len(items)))
-    for col, alt in (("caption", ("TEXT", "text")), ("url", ("URL",)), ("file", ("image_path",))):
-        if col not in items:
-            src = next((a for a in alt if a in items), None)
-            items[col] = items[src].fillna("").astype(str) if src else ""
-    return items
+
+
+def write_items(path, batches, schema, columns: dict) -> int:
+    """The items table written row group by row group: each batch of metadata with its slice of ``columns``
+    (whole-index arrays: group, duplicates, representative) appended; never the whole table in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {k: np.asarray(v) for k, v in columns.items()}
+    full = pa.schema(list(schema) + [pa.field(k, pa.from_numpy_dtype(v.dtype)) for k, v in arrays.items()])
+    s = 0
+    with pq.ParquetWriter(str(path), full) as w:
+        for t in batches:
+            m = t.num_rows
+            for k, v in arrays.items():
+                t = t.append_column(k, pa.array(v[s:s + m]))
+            w.write_table(t, row_group_size=ROW_GROUP)
+            s += m
+    return s
+
+
+def read_metadata(parts) -> pd.DataFrame:
+    """The parts' metadata in row order (id, caption, url, ...), whole, as a DataFrame (small sets; the
+    build streams it with ``metadata_batches``); rows without metadata get row numbers as ids."""
+    import pyarrow as pa
+
+    schema = metadata_schema([m for _, m, _, _ in parts])
+    return pa.concat_tables(list(metadata_batches([(m, r) for _, m, r, _ in parts], schema))).to_pandas()
 
 
 def write_embeddings(out: str | Path, vectors: np.ndarray, metadata: pd.DataFrame, part_rows: int = 1_000_000,

@@ -228,7 +228,7 @@ SMALL_ITEMS = 200_000  # up to here the item table is read whole on first lookup
 class TrainingIndex:
     """A loaded index directory. ``search`` returns exact scores (re-ranked when approximate)."""
 
-    nprobe = 16  # IVF lists visited per query (candidates are re-ranked exactly)
+    nprobe = 16  # IVF lists visited per query (candidates are re-ranked exactly) where the build chose none
 
     def __init__(self, path: Path, manifest: dict, items: pd.DataFrame | None = None):
         self.path, self.manifest, self._items = path, manifest, items
@@ -403,9 +403,16 @@ class TrainingIndex:
                 raise IndexMismatchError(f"index {self.path}: {f} is not a FAISS index FAISS can read "
                                          f"({' '.join(str(e).split())[-120:]})") from None
             if "IVF" in self.descriptor_info(name)["factory"]:
-                faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
+                faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.served_nprobe(name))
             self._faiss[name] = index
         return self._faiss[name]
+
+    def served_nprobe(self, name: str | None = None) -> int:
+        """The IVF lists a query visits: set on this object (``idx.nprobe = 4``), else the build's calibrated
+        choice (``serve_nprobe`` in the manifest: the smallest meeting its recall target), else 16."""
+        if "nprobe" in self.__dict__:
+            return int(self.nprobe)
+        return int(self.descriptor_info(name).get("serve_nprobe", {}).get("nprobe", TrainingIndex.nprobe))
 
     def search(self, queries: np.ndarray, k: int = 5, name: str | None = None, rerank: int = 64):
         """Top-k items per query: (scores [n, k], rows [n, k]). Approximate indices are searched

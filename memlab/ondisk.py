@@ -29,11 +29,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import metrics
 from .descriptors import DESCRIPTORS, create_descriptor, descriptor_class
-from .embeddings import embedding_parts, parse_memory, read_metadata, write_embeddings
+from .embeddings import (embedding_parts, metadata_batches, metadata_schema, parse_memory, read_metadata,
+                         write_embeddings, write_items)
 from .errors import MemlabError
 from .blocks import drop_pages as _drop
 from .blocks import rerank_exact, run_blocks
@@ -242,9 +242,50 @@ class OnDiskBuild:
         rows = self.query_rows()
         return (rows, *self.knn_pass(v, index, rows, ""))
 
+    def calibrate_nprobe(self, v, index, rows, ids, scores, threshold: float, sample: int = 1000,
+                         target: float = 0.99, rerank: int = 64) -> dict | None:
+        """The IVF lists a served query visits: the smallest nprobe (1, 2, 4, ... up to the default 16) at
+        which a search with an item's vector, its candidates re-scored exactly as ``TrainingIndex.search``
+        does, finds an item as close as its nearest other item, for ``target`` of a seeded sample of the
+        items whose nearest other item scores above the verdict threshold (copies in the descriptor's sense;
+        the pairs come from the kNN pass). Tuning an index to a recall target, as autofaiss does."""
+        if "IVF" not in self.factory:
+            return None
+        from .index import TrainingIndex
+
+        default = max(TrainingIndex.nprobe, self.nprobe)  # an adopted index's own probing, if larger
+        pairs = np.flatnonzero((ids[:, 0] >= 0) & (scores[:, 0] >= threshold))
+        note = {"target_recall": target, "default": default, "rerank": rerank,
+                "over": "items whose nearest other item scores above the verdict threshold, queried with their "
+                        "own vector: an item at least as close as that nearest other item among the re-scored "
+                        "candidates"}
+        if len(pairs) < 20:
+            return {**note, "nprobe": default, "pairs": int(len(pairs)), "why": "too few pairs above the threshold "
+                    "to measure: the default"}
+        pick = np.sort(np.random.default_rng(self.seed + 3).choice(pairs, size=min(sample, len(pairs)),
+                                                                   replace=False))
+        q = np.asarray(v[rows[pick]], np.float32)
+        _drop(v)
+        faiss = faiss_module()
+        recall = {}
+        p = 1
+        while True:
+            faiss.ParameterSpace().set_index_parameter(index, "nprobe", p)
+            cand = index.search(q, min(rerank, index.ntotal))[1]
+            _, sc = rerank_exact(v, q, cand, rows[pick], 1)
+            recall[p] = float(np.mean(sc[:, 0] >= scores[pick, 0] - 1e-4))
+            if recall[p] >= target or p >= default:
+                break
+            p *= 2
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
+        return {**note, "nprobe": p, "pairs": int(len(pairs)), "sampled": int(len(pick)), "seed": self.seed + 3,
+                "recall_by_nprobe": recall}
+
     # 5. the index folder -----------------------------------------------------------------------
-    def metadata(self) -> pd.DataFrame:
-        return read_metadata(self.parts)
+    def metadata(self):
+        """(schema, row-group batches) of the items' metadata, streamed (``embeddings.metadata_batches``)."""
+        schema = metadata_schema([m for _, m, _, _ in self.parts])
+        return schema, metadata_batches([(m, r) for _, m, r, _ in self.parts], schema)
 
     def provenance(self, seconds: dict) -> dict:
         """The manifest's record of where the items came from and what this run took."""
@@ -279,10 +320,9 @@ class OnDiskBuild:
                                      published=getattr(cls, "published_threshold", None),
                                      published_high=getattr(cls, "published_high", None),
                                      citation=getattr(cls, "threshold_source", None))
-        items = self.metadata()
-        items["group"], items["duplicates"] = group, dups
-        items["representative"] = False
-        items.loc[reps, "representative"] = True
+        representative = np.zeros(self.n, bool)
+        representative[reps] = True
+        served = self.calibrate_nprobe(v, index, rows, ids, scores, thr["value"])
         with atomic_dir(self.out) as tmp:
             shutil.copyfile(self.work / f"{self.name}.faiss", tmp / f"{self.name}.faiss")
             if (self.work / f"{self.name}.ivfdata").is_file():
@@ -291,7 +331,9 @@ class OnDiskBuild:
             np.save(tmp / f"{self.name}.background.npy", bg)
             np.save(tmp / f"{self.name}.background_distinct.npy", bgd)
             savez(tmp / f"{self.name}.knn.npz", rows=rows, ids=ids, scores=scores)  # what an addition updates
-            items.to_parquet(tmp / ITEMS, index=False, row_group_size=65536)
+            schema, batches = self.metadata()
+            write_items(tmp / ITEMS, batches, schema, {"group": group, "duplicates": dups,
+                                                       "representative": representative})
             neighbours = {"k": self.k, "rerank": self.rerank, "nprobe": self.nprobe, "seed": self.seed,
                           "queried": "all items" if len(rows) == self.n else f"a random sample of {len(rows)} items "
                           f"({self.sample_note()}); the others' backgrounds are NaN",
@@ -299,6 +341,7 @@ class OnDiskBuild:
                                  f"the float16 vectors"}
             entry = {**descriptor_identity(self.name), "dim": self.d,
                      "factory": self.factory, "threshold": thr, "duplicate_threshold": dup,
+                     **({"serve_nprobe": served} if served else {}),
                      "background": {**metrics.dataset_similarity(sampled, thr["value"]), **metrics.percentiles(sampled),
                                     "over": "every queried item vs its nearest other item", "neighbours": neighbours},
                      "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
@@ -431,20 +474,30 @@ class OnDiskAddition(OnDiskBuild):
                 scores[s:e] = np.take_along_axis(sc_all, order, 1)
         return rows, ids, scores
 
-    def metadata(self) -> pd.DataFrame:
-        base = self.base.items.drop(columns=["group", "duplicates", "representative"], errors="ignore")
+    def metadata(self):
+        """The base's items (row group by row group, without their group columns) and then the new parts'
+        metadata; new ids must not repeat the base's (only the id columns are read to check)."""
         import pyarrow.parquet as pq
 
-        new = read_metadata(self.new_parts)
-        if not any("id" in pq.read_schema(m).names for _, m, _, _ in self.new_parts if m is not None):
-            new["id"] = np.arange(self.n_base, self.n)  # row numbers, continuing the base's
-        clash = set(base["id"].astype(str)) & set(new["id"].astype(str))
-        if clash:
-            raise MemlabError(f"{len(clash)} ids of {self.src} are already in the index (e.g. {sorted(clash)[:3]}); "
-                              f"ids must stay unique")
-        if base["id"].dtype != new["id"].dtype:
-            base["id"], new["id"] = base["id"].astype(str), new["id"].astype(str)
-        return pd.concat([base, new], ignore_index=True)
+        base_items = self.base.path / self.base.manifest["metadata"]
+        derived = ("group", "duplicates", "representative")
+        schema = metadata_schema([base_items] + [m for _, m, _, _ in self.new_parts])
+        for c in derived:
+            if c in schema.names:
+                schema = schema.remove(schema.get_field_index(c))
+        base_ids = pq.read_table(base_items, columns=["id"])["id"].to_numpy(zero_copy_only=False)
+        new_ids = [pq.read_table(m, columns=["id"])["id"].to_numpy(zero_copy_only=False)
+                   for _, m, _, _ in self.new_parts if m is not None and "id" in pq.read_schema(m).names]
+        new_ids = np.concatenate(new_ids) if new_ids else np.arange(self.n_base, self.n)
+        if base_ids.dtype != new_ids.dtype:
+            base_ids, new_ids = base_ids.astype(str), new_ids.astype(str)
+        clash = np.intersect1d(base_ids, new_ids)
+        if len(clash):
+            raise MemlabError(f"{len(clash)} ids of {self.src} are already in the index (e.g. "
+                              f"{sorted(map(str, clash))[:3]}); ids must stay unique")
+        del base_ids, new_ids
+        sources = [(base_items, self.n_base)] + [(m, r) for _, m, r, _ in self.new_parts]
+        return schema, metadata_batches(sources, schema, drop=derived)
 
     def provenance(self, seconds: dict) -> dict:
         m = self.base.manifest

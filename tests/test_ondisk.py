@@ -101,6 +101,91 @@ def test_queries_find_the_exact_top1_through_the_approximate_index(emb, tmp_path
     assert np.array_equal(idx.search(q, k=1)[1], rows)
 
 
+def test_the_served_nprobe_is_the_smallest_that_finds_copies_nearest_other_items(emb, tmp_path):
+    """The build chooses the IVF lists a query visits (issue 34): at the chosen nprobe, items whose nearest
+    other item scores above the verdict threshold find an item as close among the re-scored candidates, for
+    at least 99% of them (recomputed here with exact search over every such item); at half of it, fewer."""
+    from memlab.index import TrainingIndex
+
+    src, x = emb
+    _build(src, tmp_path / "idx", "--factory", "IVF64,SQ8")
+    idx = TrainingIndex.load(tmp_path / "idx")
+    info = idx.descriptor_info()
+    chosen = info["serve_nprobe"]["nprobe"]
+    assert 1 <= chosen <= 16 and idx.served_nprobe() == chosen
+    v = np.asarray(idx.vectors(), np.float32)
+    sim = v @ v.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = sim.max(1)
+    pairs = np.flatnonzero(nearest >= info["threshold"]["value"])
+    assert len(pairs) >= 60  # the planted copies and their sources at least
+
+    def recall(nprobe):
+        idx.nprobe = nprobe
+        idx._faiss.clear()
+        sc, rows = idx.search(v[pairs], k=2)
+        other = np.where(rows[:, 0] == pairs, sc[:, 1], sc[:, 0])  # the best item that is not the query
+        return float(np.mean(other >= nearest[pairs] - 1e-3))
+
+    assert recall(chosen) >= 0.99
+    if chosen > 1:
+        assert recall(chosen // 2) < 0.99
+
+
+def test_the_items_table_is_streamed_row_group_by_row_group(tmp_path, monkeypatch):
+    """The build and an addition never read a metadata file whole (issue 34: 100M+ rows): every table read
+    is refused here; parts with several row groups, a part without metadata and a part with an extra column
+    give the same items as the whole tables would, written in row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from memlab import embeddings
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import OnDiskAddition, OnDiskBuild
+
+    x = clustered(5000, 32, 50, seed=3)
+    src, more = tmp_path / "emb", tmp_path / "more"
+    for folder in (src, more):
+        (folder / "img_emb").mkdir(parents=True)
+        (folder / "metadata").mkdir()
+    frames = []
+    for i, (s, e) in enumerate([(0, 1500), (1500, 3000), (3000, 4000)]):
+        np.save(src / "img_emb" / f"img_emb_{i}.npy", x[s:e].astype(np.float16))
+        df = pd.DataFrame({"id": np.arange(s, e), "TEXT": [f"item {r}" for r in range(s, e)]})
+        if i == 1:
+            df["aesthetic"] = np.linspace(0, 1, e - s)
+        if i != 2:  # part 2 has no metadata: its ids are its row numbers
+            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), src / "metadata" / f"metadata_{i}.parquet",
+                           row_group_size=400)
+        frames.append(df if i != 2 else pd.DataFrame({"id": np.arange(s, e), "TEXT": [""] * (e - s)}))
+    np.save(more / "img_emb" / "img_emb_0.npy", x[4000:].astype(np.float16))
+    df = pd.DataFrame({"id": np.arange(4000, 5000), "TEXT": [f"item {r}" for r in range(4000, 5000)]})
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), more / "metadata" / "metadata_0.parquet",
+                   row_group_size=300)
+    frames.append(df)
+
+    def whole(*a, **k):
+        if k.get("columns") == ["id"]:  # an addition reads the id column alone, to check ids stay unique
+            return real_read_table(*a, **k)
+        raise AssertionError("a metadata table read whole")
+
+    real_read_table = pq.read_table
+    monkeypatch.setattr(pq, "read_table", whole)
+    monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: whole())
+    monkeypatch.setattr(embeddings, "ROW_GROUP", 700)
+    OnDiskBuild(src, tmp_path / "idx", NAME, 1 << 30, factory="IVF32,SQ8", block=900, log=lambda m: None).run()
+    OnDiskAddition(tmp_path / "idx", more, log=lambda m: None, block=900).run()
+    monkeypatch.undo()
+    items = pq.ParquetFile(tmp_path / "idx" / "items.parquet")
+    assert items.num_row_groups >= 5000 // 700 and items.metadata.row_group(0).num_rows <= 700
+    got = TrainingIndex.load(tmp_path / "idx").items
+    want = pd.concat(frames, ignore_index=True)
+    assert got["id"].tolist() == want["id"].tolist() and got["caption"].tolist() == want["TEXT"].tolist()
+    assert got["aesthetic"].iloc[1500:3000].tolist() == frames[1]["aesthetic"].tolist()
+    assert got["aesthetic"].iloc[:1500].isna().all() and got["aesthetic"].iloc[3000:].isna().all()
+    assert int((got["duplicates"] > 0).sum()) >= 100 and got["representative"].sum() == got["group"].nunique()
+
+
 @pytest.mark.kill
 def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     from memlab.index import TrainingIndex
