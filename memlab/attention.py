@@ -6,6 +6,10 @@
   the summary (padding) tokens after the prompt's end token.
 - Hintersdorf et al. (NeurIPS 2024, "Finding NeMo"): neurons of the cross-attention *value* layers
   (``attn2.to_v`` of the down blocks and the mid block) switched off at inference.
+- Chen et al. (ICLR 2025, "Exploring Local Memorization in Diffusion Models via Bright Ending Attention"):
+  at the last denoising step, memorized regions attend to the prompt's end token far more than the rest of
+  the image (the "bright ending"); the end token's attention map, mean over heads and layers, locates the
+  copied region.
 
 ``AttentionHub.of(unet)`` installs one processor per cross-attention layer and one hook per value layer,
 once; both pass through untouched (the UNet's own processor, bit for bit) unless the calling thread has
@@ -37,6 +41,9 @@ class AttentionContext:
     block_scale: float = 0.0
     recorded: list = field(default_factory=list)
     calls: int = 0  # UNet cross-attention calls seen (recording stops after one UNet pass)
+    end_map: bool = False  # keep the end token's attention map (switched on for the last step: Chen et al.)
+    latent_hw: tuple | None = None  # the latents' height and width (each layer's map is resized to them)
+    end_maps: list = field(default_factory=list)  # per layer call [B, h, w], conditional rows
 
     @property
     def modifies(self) -> bool:
@@ -122,12 +129,17 @@ class _CrossAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         ctx = self.hub.active()
-        if ctx is None or encoder_hidden_states is None or not (ctx.modifies or ctx.record):
+        if ctx is None or encoder_hidden_states is None or not (ctx.modifies or ctx.record or ctx.end_map):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
         if not ctx.modifies:
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
-            if ctx.record and ctx.calls < len(self.hub.cross_layers):
-                self._record(ctx, self._probs(attn, hidden_states, encoder_hidden_states, ctx))
+            rec = ctx.record and ctx.calls < len(self.hub.cross_layers)
+            if rec or ctx.end_map:
+                probs = self._probs(attn, hidden_states, encoder_hidden_states, ctx)
+                if rec:
+                    self._record(ctx, probs)
+                if ctx.end_map:
+                    self._end(ctx, probs)
             ctx.calls += 1
             return out
         return self._explicit(attn, hidden_states, encoder_hidden_states, ctx)
@@ -173,6 +185,22 @@ class _CrossAttention:
         rows = probs[b // 2:] if ctx.cfg else probs
         ctx.recorded.append(rows.mean(dim=(1, 2)).cpu())  # [B, 77]
 
+    def _end(self, ctx, probs):
+        """The end token's attention (mean over heads) of the conditional rows, as a map resized to the
+        latents: [B, h, w] (Chen et al.'s bright ending, read at the last step). The end token of a row is the
+        one after its prompt (``lengths``: the prompt's tokens with its start and end tokens)."""
+        import torch
+        import torch.nn.functional as F
+
+        b = probs.shape[0]
+        rows = (probs[b // 2:] if ctx.cfg else probs).float().mean(dim=1)  # [B, pixels, 77]
+        end = torch.as_tensor([n - 1 for n in ctx.lengths], device=rows.device)
+        m = rows[torch.arange(len(end), device=rows.device), :, end]  # [B, pixels]
+        lh, lw = ctx.latent_hw
+        f = round((lh * lw / m.shape[1]) ** 0.5)
+        m = m.view(len(end), 1, lh // f, lw // f)
+        ctx.end_maps.append(F.interpolate(m, size=(lh, lw), mode="bilinear", align_corners=False)[:, 0].cpu())
+
     def _explicit(self, attn, hidden_states, encoder_hidden_states, ctx):
         residual = hidden_states
         b = hidden_states.shape[0]
@@ -183,6 +211,8 @@ class _CrossAttention:
         probs = self._adjust(logits, ctx).softmax(dim=-1)
         if ctx.record and ctx.calls < len(self.hub.cross_layers):
             self._record(ctx, probs)
+        if ctx.end_map:
+            self._end(ctx, probs)
         ctx.calls += 1
         v = self._heads(attn, attn.to_v(e), b)
         out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, -1, attn.heads * v.shape[-1])
@@ -203,3 +233,20 @@ def token_entropy(dist) -> np.ndarray:
 def prompt_lengths(tokenizer, prompts, max_length: int = 77) -> list[int]:
     """Token count of each prompt with its start and end tokens (what Ren's mask keeps)."""
     return [min(len(tokenizer(p, truncation=True, max_length=max_length).input_ids), max_length) for p in prompts]
+
+
+def bright_ending(end_maps) -> np.ndarray:
+    """Chen et al.'s bright-ending map per seed from the last step's end-token maps (one per cross-attention
+    layer, [B, h, w] each): their mean over layers, scaled so each seed's brightest position is 1: [B, h, w]."""
+    m = np.stack([np.asarray(x, np.float64) for x in end_maps]).mean(0)
+    top = m.reshape(len(m), -1).max(1)
+    return m / np.where(top > 0, top, 1.0)[:, None, None]
+
+
+def local_detection(diff_sq, mask) -> np.ndarray:
+    """A localized Wen score (after Chen et al.'s localized detection): the first step's noise difference
+    eps(x, c) - eps(x, empty) over the mask's region, sqrt(P sum(m d^2) / sum(m)) with d^2 the squared difference
+    summed over latent channels at each of the P positions. A mask of ones gives Wen's ||eps_c - eps_u||."""
+    d = np.asarray(diff_sq, np.float64).reshape(len(diff_sq), -1)
+    m = np.asarray(mask, np.float64).reshape(len(mask), -1)
+    return np.sqrt(d.shape[1] * (m * d).sum(1) / np.maximum(m.sum(1), 1e-12))

@@ -291,16 +291,18 @@ class Generator:
         return [{"position": i, "token": self.tokenizer.decode([int(tid)]), "id": int(tid),
                  "attribution": float(g[i])} for i, tid in enumerate(ids[0][:n].tolist())]
 
-    def clean_detection(self, latents0, t, cond, uncond):
+    def clean_detection(self, latents0, t, cond, uncond, spatial: bool = False):
         """Wen et al.'s score from one batched UNet call on [uncond; cond], laid out as the pipeline's
-        own guidance batch (so it equals the value read from the pipeline's first step)."""
+        own guidance batch (so it equals the value read from the pipeline's first step). ``spatial``: also
+        the squared difference summed over channels at each latent position ([B, h, w])."""
         import torch
 
         with torch.no_grad():
             x = self.pipe.scheduler.scale_model_input(torch.cat([latents0] * 2), t)
             eps = self.pipe.unet(x, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
             e_u, e_c = eps.float().chunk(2)
-            return (e_c - e_u).flatten(1).norm(dim=1)
+            norms = (e_c - e_u).flatten(1).norm(dim=1)
+            return (norms, (e_c - e_u).pow(2).sum(1).cpu()) if spatial else norms
 
     def wen_target_for(self, wen) -> tuple[str, float]:
         """("absolute", value) from ``target=`` or the model's calibrated target, or ("relative", r)."""
@@ -415,7 +417,7 @@ class Generator:
         (``scale_model_input`` of the first step, below, is the same for every registered scheduler.)"""
         import torch
 
-        from .attention import AttentionContext, AttentionHub, prompt_lengths
+        from .attention import AttentionContext, AttentionHub, bright_ending, local_detection, prompt_lengths
         from .mitigations import Jain, NeMo, Ren
 
         pipe = pipe or self.pipe
@@ -445,15 +447,19 @@ class Generator:
         blocked = self.nemo_neurons(prompt, nemo, settings)[0] if nemo is not None else {}
         changed = strategy.changes_first_pass
         norms: list = []
+        diff_map: list = []  # the first step's squared noise difference per latent position (localized detection)
         clean_ctx = AttentionContext(record=True)
         if changed or not cfg:  # the clean branches at the first step, one extra batched call
             with hub.context(clean_ctx):
-                norms.append(self.clean_detection(lat0, t0, clean_cond, clean_uncond))
+                n0, m0 = self.clean_detection(lat0, t0, clean_cond, clean_uncond, spatial=True)
+                norms.append(n0)
+                diff_map.append(m0)
         read_from_pass = cfg and not changed
         ctx = AttentionContext(bos_scale=float(ren.params["c1"]) if ren else 1.0,
                                mask_summary=bool(ren and ren.params["mask"] == "on"), lengths=lengths, cfg=cfg,
                                record=read_from_pass, blocked=blocked,
-                               block_scale=float(nemo.params["scale"]) if nemo else 0.0)
+                               block_scale=float(nemo.params["scale"]) if nemo else 0.0,
+                               end_map=settings.steps == 1, latent_hw=tuple(latents.shape[-2:]))
         guide = _JainGuidance(jain, settings.guidance, len(seeds)) if jain is not None else None
 
         def hook(module, args, kwargs, output):
@@ -466,6 +472,8 @@ class Generator:
             e_u, e_c = eps.float().chunk(2)
             diff = (e_c - e_u).flatten(1).norm(dim=1)
             if wants:
+                if not norms:
+                    diff_map.append((e_c - e_u).pow(2).sum(1).cpu())
                 norms.append(diff)
             if guide is None:
                 return None
@@ -478,6 +486,7 @@ class Generator:
             return (eps, *output[1:]) if isinstance(output, tuple) else type(output)(sample=eps)
 
         def on_step(p, i, t, kw):
+            ctx.end_map = i + 2 == settings.steps  # the next step is the last: keep its end-token maps
             step_cb(i + 1)
             return kw
 
@@ -494,12 +503,18 @@ class Generator:
         det = torch.stack(norms).mean(0).cpu().numpy()
         ren_score = _ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
         aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)
+        be = bright_ending(ctx.end_maps) if ctx.end_maps else None
+        local = local_detection(diff_map[0].numpy(), be) if be is not None and diff_map else None
         out = []
         for i, (s, e, im, d) in enumerate(zip(seeds, eff, images, det)):
             dets = {"wen": float(d), "ren": float(ren_score[i]),
                     "asthana": float(ASTHANA_GAMMA[0] * d + ASTHANA_GAMMA[1] * aniso[i]),
                     "asthana_cosine": float(aniso[i])}
+            if local is not None:
+                dets["bright_ending"] = float(local[i])
             extra = {"detections": dets}
+            if be is not None:  # the bright-ending map, at most 16 x 16, for records and the overlay
+                extra["bright_ending_map"] = small_map(be[i])
             if guide is not None:
                 extra["jain_transition_step"] = guide.transition_step(i)
             if nemo is not None:
@@ -536,6 +551,18 @@ class Generator:
         if key not in self._nemo_cache:
             self._nemo_cache[key] = find_neurons(self, prompt, self.nemo_stats, nemo.params, settings.steps)
         return self._nemo_cache[key]
+
+
+def small_map(m, side: int = 16) -> list:
+    """A map [h, w] averaged down to at most ``side`` x ``side`` (area means), as rows of 3-decimal floats."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.asarray(m, np.float32))[None, None]
+    if max(x.shape[-2:]) > side:
+        x = F.adaptive_avg_pool2d(x, (min(side, x.shape[-2]), min(side, x.shape[-1])))
+    return [[round(float(v), 3) for v in row] for row in x[0, 0].numpy()]
 
 
 ASTHANA_GAMMA = (1.0, 2.0)  # the authors' weights for SD v1 (norm, cosine): detect_eval.py

@@ -124,6 +124,19 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     return out
 
 
+def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask) -> float | None:
+    """The generation's similarity to training row ``row`` inside its mask (``metrics.masked_similarity``, both
+    images at 64 x 64): None where the index keeps no image for the row or there is no mask."""
+    path = index.image_path(int(row)) if mask is not None else None
+    if path is None or not Path(path).is_file():
+        return None
+    side = metrics.MASK_SIDE
+    with Image.open(path) as im:
+        train = np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
+    gen = np.asarray(image.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
+    return metrics.masked_similarity(gen, train, metrics.mask_to_image(mask, side))
+
+
 def _first_per_group(index: TrainingIndex, rows, k: int) -> np.ndarray:
     """Positions of the first row of each near-duplicate group among ranked rows, at most k."""
     groups = index.groups_of(rows)

@@ -39,10 +39,57 @@ def possible_threshold(background_distinct, threshold: float, fpr: float = POSSI
     return float(min(threshold, np.quantile(bg, 1.0 - fpr, method="higher")))
 
 
-def verdict(score: float, threshold: float, possible: float) -> str:
+def verdict(score: float, threshold: float, possible: float, masked: float | None = None,
+            masked_threshold: float | None = None) -> str:
     """Three levels: ``replicated`` above the threshold, ``possible copy`` above the band's lower edge (at
-    most the threshold), ``novel`` below it."""
-    return "replicated" if score > threshold else "possible copy" if score > possible else "novel"
+    most the threshold), ``novel`` below it. With a masked score and its calibrated threshold, a seed that is
+    not a whole copy but copies the region its mask marks is a ``template copy`` (a partial copy: Webster's
+    template verbatims; Chen et al.'s local memorization)."""
+    if score > threshold:
+        return "replicated"
+    if masked is not None and masked_threshold is not None and masked > masked_threshold:
+        return "template copy"
+    return "possible copy" if score > possible else "novel"
+
+
+MASK_SIDE = 64  # masked similarity is measured at 64 x 64 pixels
+
+
+def mask_to_image(mask, side: int = MASK_SIDE) -> np.ndarray:
+    """A coarse map [h, w] in [0, 1] resized (bilinear) to ``side`` x ``side``."""
+    from PIL import Image
+
+    m = np.asarray(mask, np.float32)
+    return np.asarray(Image.fromarray(m, mode="F").resize((side, side), Image.BILINEAR), np.float64).clip(0, 1)
+
+
+def masked_similarity(a, b, mask) -> float:
+    """The similarity of two images inside a region (Chen et al.'s localized similarity, as memlab measures it):
+    the mask-weighted correlation of their pixels in each colour channel, averaged over the channels (a flat
+    channel is left out). A colour cast or a change of brightness (any gain and offset per channel) leaves it
+    unchanged; outside the mask nothing counts; an
+    image against itself scores 1. ``a``, ``b``: [H, W, 3] arrays (same size); ``mask``: [H, W] weights >= 0."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = np.asarray(mask, np.float64)[..., None]
+    if x.shape != y.shape or w.shape[:2] != x.shape[:2]:
+        raise ValueError(f"images {x.shape} and {y.shape} and mask {w.shape[:2]} must share a size")
+    total = w.sum()
+    if total <= 0:
+        return float("nan")
+    x = x - (w * x).sum((0, 1)) / total
+    y = y - (w * y).sum((0, 1)) / total
+    den = np.sqrt((w * x * x).sum((0, 1)) * (w * y * y).sum((0, 1)))  # per channel
+    ok = den > 1e-9 * total
+    return float(np.mean((w * x * y).sum((0, 1))[ok] / den[ok])) if ok.any() else 0.0
+
+
+def mask_coverage(mask, region) -> float:
+    """How much more a mask lights a known region than the rest of the image: the mean of the mask inside
+    ``region`` (boolean, same shape) over its mean outside (1: no preference; above 1: the region)."""
+    m = np.asarray(mask, np.float64)
+    r = np.asarray(region, bool)
+    inside, outside = m[r].mean() if r.any() else np.nan, m[~r].mean() if (~r).any() else np.nan
+    return float(inside / outside) if outside > 0 else float("inf")
 
 
 def replication_rate(flags) -> float:

@@ -47,6 +47,9 @@ class SeedRecord:
     detections: dict | None = None  # by method: wen, ren, asthana (since issue 31)
     alignment: float | None = None  # does the image show what the prompt names (``memlab.alignment``)
     mitigation_state: dict | None = None  # what a mitigation decided for this seed (Jain's step, NeMo's neurons)
+    bright_ending: list | None = None  # Chen et al.'s end-token map at the last step, at most 16 x 16 (issue 32)
+    masked_score: float | None = None  # similarity to the top-1 match inside that map (``metrics.masked_similarity``)
+    masked_threshold: float | None = None  # the world's calibrated threshold for it ("template copy"), if any
 
     def to_dict(self) -> dict:
         return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}
@@ -80,6 +83,7 @@ class Summary:
     possible_copy_rate: float = 0.0  # seeds in the "possible copy" band (``metrics.verdict``)
     detections_mean: dict | None = None  # per detection method (issue 31)
     alignment_mean: float | None = None
+    template_copy_rate: float = 0.0  # seeds called "template copy" (a partial copy: issue 32)
     prompt: str = ""
     mitigation: dict = field(default_factory=dict)
     descriptor: dict = field(default_factory=dict)
@@ -96,6 +100,7 @@ class Summary:
         d["possible_copy_rate"] = self.possible_copy_rate  # (added by issue 33: after the older keys)
         d["detections_mean"] = self.detections_mean  # (issue 31)
         d["alignment_mean"] = self.alignment_mean
+        d["template_copy_rate"] = self.template_copy_rate  # (issue 32)
         return d
 
 
@@ -121,6 +126,7 @@ def probe_group_name(group: str) -> str:
     if m:
         how = "the same image and caption" if m[1] == "full" else "the same image, paraphrased captions"
         return f"planted: {m[1]} duplication x{m[2]} ({how})"
-    return {"unique": "seen once in training", "keyword": "keyword images (a hidden object)"}.get(group, group)
+    return {"unique": "seen once in training", "keyword": "keyword images (a hidden object)",
+            "template": "planted: a shared template, other content inside (template copies)"}.get(group, group)
 
 

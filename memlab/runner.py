@@ -4,8 +4,9 @@ every image matched against the world's index, per-seed records and a summary re
 Record shape (scripts depend on it; extend, don't rename). Every line has "type" ("seed" or
 "summary"), "prompt", "mitigation" (name, spec, parameters). Seed records add "seed",
 "effective_prompt", "image", "matches" (as in ``memlab match``), "replicated", "threshold",
-"detection", "verdict", "detections" (by method), "alignment"; summary records add "replication_rate" (0..1),
-"dataset_similarity", "n_seeds", "timing", "detections_mean", "alignment_mean".
+"detection", "verdict", "detections" (by method), "alignment", "bright_ending" (the map), "masked_score",
+"masked_threshold"; summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing",
+"detections_mean", "alignment_mean", "template_copy_rate".
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import metrics
 from .generate import Generator, Settings, check_prompt, parse_seeds
-from .match import descriptor_summary, match_vectors
+from .match import descriptor_summary, masked_score, match_vectors
 from .mitigations import Strategy, parse_strategy
 from .records import SeedRecord, Summary
 
@@ -44,6 +45,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     prompt, _ = check_prompt(prompt, generator.tokenizer)
     thr = index.threshold(descriptor.name)
     desc = descriptor_summary(index, descriptor.name)
+    masked_thr = (getattr(generator, "template_threshold", None) or {}).get("value")  # the world's, if calibrated
     records, summaries = [], []
     baseline = None
     for strat in strategies:
@@ -61,13 +63,21 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             timing["embed_s"] += t1 - t0
             timing["search_s"] += t2 - t1
             for j, (r, m) in enumerate(zip(batch, matched)):
+                be = r.extra.get("bright_ending_map")
+                masked = masked_score(index, m["matches"][0]["row"], r.image, be) if be is not None else None
+                if masked is not None and masked_thr is not None:
+                    m["verdict"] = metrics.verdict(m["score"], m["threshold"], m["possible_threshold"], masked,
+                                                   masked_thr)
                 rec = SeedRecord(prompt=prompt, mitigation=mit, seed=r.seed, effective_prompt=r.effective_prompt,
                                  image=None, matches=m["matches"], score=m["score"], replicated=m["replicated"],
                                  high_confidence=m["high_confidence"], threshold=m["threshold"], descriptor=desc,
                                  detection=r.detection, settings=settings.to_dict(), model=generator.info(),
                                  verdict=m["verdict"], possible_threshold=m["possible_threshold"],
                                  detections=r.extra.get("detections"), alignment=align[j],
-                                 mitigation_state={k: v for k, v in r.extra.items() if k != "detections"} or None)
+                                 mitigation_state={k: v for k, v in r.extra.items()
+                                                   if k not in ("detections", "bright_ending_map")} or None,
+                                 bright_ending=be, masked_score=masked,
+                                 masked_threshold=masked_thr if masked is not None else None)
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -125,4 +135,6 @@ def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
             if seed_records else 0.0,
             "detections_mean": {m: float(np.mean([r["detections"][m] for r in seed_records])) for m in methods}
             or None,
-            "alignment_mean": float(np.mean(align)) if align else None}
+            "alignment_mean": float(np.mean(align)) if align else None,
+            "template_copy_rate": float(np.mean([r.get("verdict") == "template copy" for r in seed_records]))
+            if seed_records else 0.0}

@@ -160,3 +160,15 @@ def test_three_verdict_levels_on_hand_made_scores():
     assert metrics.possible_threshold(bg, 0.5) == 0.5  # never above the verdict's threshold: then no band
     assert [metrics.verdict(s, thr, low) for s in (thr + 0.001, (thr + low) / 2, low - 0.001)] == \
         ["replicated", "possible copy", "novel"]
+
+
+def test_wens_score_after_optimization_is_shown_beside_its_target():
+    """Issue 33 item 6: with Wen's mitigation the summary gives the score after the optimization beside the
+    target and how many seeds reached it, from each seed's mitigation_state (hand-made records)."""
+    from memlab.app.views import _wen_line
+
+    recs = [{"mitigation_state": {"wen_target": 1.12, "wen_final_norm": f, "wen_reached": f <= 1.12}}
+            for f in (1.0, 1.1, 1.3)]
+    line = _wen_line(recs)[0]
+    assert "1.133" in line and "max 1.300" in line and "1.120" in line and "2 of 3 seeds" in line
+    assert _wen_line([{"mitigation_state": None}, {}]) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from ..records import RunState, SeedRecord, probe_group_name
@@ -116,6 +117,7 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}: "
              f"the prompt's, as typed, before any mitigation (the same for every strategy on this prompt)"
              + _other_detections(s),
+             *_wen_line(state.records),
              *_alignment_line(s, lab),
              f"- **caption of the best image match** (the training image with the highest score, seed "
              f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
@@ -304,6 +306,19 @@ def _other_detections(s: dict) -> str:
              f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else ""]
     parts = [p for p in parts if p]
     return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
+
+
+def _wen_line(records) -> list[str]:
+    """Wen et al.'s mitigation as it ran: the score after its optimization beside the target, per seed
+    (``mitigation_state``), so a prompt that was left untouched reads as such."""
+    st = [r["mitigation_state"] for r in records if (r.get("mitigation_state") or {}).get("wen_target") is not None]
+    if not st:
+        return []
+    final = [x["wen_final_norm"] for x in st]
+    reached = sum(bool(x["wen_reached"]) for x in st)
+    return [f"- **Wen's mitigation**: detection after its optimization {np.mean(final):.3f} (max {max(final):.3f}) "
+            f"against its target {st[0]['wen_target']:.3f}; reached on {reached} of {len(st)} seeds (a prompt already "
+            f"below the target is left as it was)"]
 
 
 def _alignment_line(s: dict, lab) -> list[str]:

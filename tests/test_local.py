@@ -1,0 +1,124 @@
+"""Local memorization (issue 32): Chen et al.'s bright-ending map and localized detection, the masked
+similarity, the "template copy" verdict, and their place in the run records."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_masked_similarity_counts_only_the_mask_and_ignores_colour_casts():
+    from memlab.metrics import masked_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 255, (32, 32, 3))
+    mask = np.zeros((32, 32))
+    mask[8:24, 8:24] = 1.0
+    assert masked_similarity(a, a, np.ones((32, 32))) == pytest.approx(1.0)  # an image with itself: 1
+    tinted = a * np.array([0.6, 0.8, 0.5]) + np.array([40.0, -10.0, 25.0])  # a cast and darkening per channel
+    assert masked_similarity(a, tinted, mask) == pytest.approx(1.0)
+    other = a.copy()
+    other[mask == 0] = rng.uniform(0, 255, ((mask == 0).sum(), 3))  # outside the mask: anything
+    assert masked_similarity(a, other, mask) == pytest.approx(1.0)
+    assert masked_similarity(a, other, np.ones((32, 32))) < 0.5  # the whole image: not a copy
+    assert abs(masked_similarity(a, rng.uniform(0, 255, (32, 32, 3)), mask)) < 0.15  # unrelated
+    assert np.isnan(masked_similarity(a, a, np.zeros((32, 32))))
+    with pytest.raises(ValueError):
+        masked_similarity(a, a[:16], mask)
+
+
+def test_mask_coverage_and_the_verdict_with_a_template_level():
+    from memlab.metrics import mask_coverage, verdict
+
+    m = np.full((8, 8), 0.2)
+    m[2:4, 2:4] = 0.8
+    region = np.zeros((8, 8), bool)
+    region[2:4, 2:4] = True
+    assert mask_coverage(m, region) == pytest.approx(4.0)
+    assert mask_coverage(np.ones((8, 8)), region) == pytest.approx(1.0)
+    assert verdict(0.8, 0.76, 0.7) == "replicated"
+    assert verdict(0.8, 0.76, 0.7, masked=0.1, masked_threshold=0.5) == "replicated"  # whole copies stay whole
+    assert verdict(0.5, 0.76, 0.7, masked=0.9, masked_threshold=0.5) == "template copy"
+    assert verdict(0.72, 0.76, 0.7, masked=0.3, masked_threshold=0.5) == "possible copy"
+    assert verdict(0.5, 0.76, 0.7, masked=0.9, masked_threshold=None) == "novel"  # no calibrated threshold
+
+
+def test_local_detection_with_a_full_mask_is_wens_norm_and_follows_the_mask():
+    from memlab.attention import bright_ending, local_detection
+
+    rng = np.random.default_rng(1)
+    diff = rng.normal(size=(3, 4, 8, 8))  # [B, channels, h, w]
+    d2 = (diff ** 2).sum(1)
+    wen = np.linalg.norm(diff.reshape(3, -1), axis=1)
+    assert np.allclose(local_detection(d2, np.ones((3, 8, 8))), wen)
+    m = np.zeros((3, 8, 8))
+    m[:, :4] = 1.0
+    want = np.sqrt(64 * d2[:, :4].sum((1, 2)) / 32)  # the masked half's mean, scaled to the whole latent
+    assert np.allclose(local_detection(d2, m), want)
+    maps = [rng.uniform(0, 2, (3, 8, 8)) for _ in range(4)]
+    be = bright_ending(maps)
+    assert np.allclose(be.max(axis=(1, 2)), 1.0) and np.allclose(be, np.mean(maps, 0) / np.mean(maps, 0).max(
+        axis=(1, 2), keepdims=True))
+
+
+def test_the_end_tokens_map_is_read_from_the_conditional_rows_at_the_prompts_end():
+    """``_CrossAttention._end`` on a hand-made attention tensor: the conditional half of a guidance batch,
+    the token after each prompt, mean over heads, laid out row-major and resized to the latents."""
+    import torch
+
+    from memlab.attention import AttentionContext, _CrossAttention
+
+    b, heads, h, w = 2, 2, 4, 4
+    probs = torch.zeros(2 * b, heads, h * w, 77)
+    probs[b:, :, :, 3] = torch.arange(h * w, dtype=torch.float32)  # row 0 of cond: its end token is 3
+    probs[b + 1, :, :, 5] = 1.0  # row 1: its end token is 5
+    probs[:b, :, :, 3] = 99.0  # the unconditional rows are never read
+    ctx = AttentionContext(cfg=True, lengths=[4, 6], latent_hw=(8, 8))
+    _CrossAttention._end(None, ctx, probs)
+    m = ctx.end_maps[0]
+    assert m.shape == (2, 8, 8)
+    assert torch.allclose(m[1], torch.ones(8, 8))
+    assert float(m[0].min()) >= 0 and float(m[0].max()) <= 15  # values of the 4 x 4 grid, upsampled
+    assert float(m[0][0, 0]) < float(m[0][0, -1]) < float(m[0][-1, 0])  # row-major: x grows slower than y
+
+
+def test_runs_record_the_map_its_localized_detection_and_the_masked_score(tiny_world, tmp_path):
+    """On the tiny world: every seed carries its bright-ending map (at most 16 x 16, brightest 1), the
+    localized detection beside Wen's, and the masked similarity to its top-1 training image (recomputed
+    here); with a template threshold the world calibrates, a seed that is not replicated but scores above it
+    inside its mask is a "template copy"."""
+    from PIL import Image
+
+    from memlab import metrics
+    from memlab.generate import Settings
+    from memlab.runner import run_prompt
+    from memlab.world import World
+
+    world = World.load(tiny_world)
+    gen, index = world.generator(), world.index()
+    from memlab.match import descriptor_for_index
+
+    desc = descriptor_for_index(index)
+    recs = run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3),
+                      out_dir=tmp_path)
+    seeds = [r for r in recs if r["type"] == "seed"]
+    for r in seeds:
+        m = np.asarray(r["bright_ending"])
+        assert m.ndim == 2 and max(m.shape) <= 16 and m.max() == pytest.approx(1.0, abs=1e-3)
+        assert np.isfinite(r["detections"]["bright_ending"])
+        train = np.asarray(Image.open(index.image_path(r["matches"][0]["row"])).convert("RGB").resize((64, 64),
+                                                                                                     Image.LANCZOS))
+        im = np.asarray(Image.open(tmp_path / r["image"]).convert("RGB").resize((64, 64), Image.LANCZOS))
+        want = metrics.masked_similarity(im, train, metrics.mask_to_image(r["bright_ending"]))
+        assert r["masked_score"] == pytest.approx(want, abs=1e-6)
+        assert r["masked_threshold"] is None and r["verdict"] != "template copy"
+        assert "bright_ending_map" not in (r["mitigation_state"] or {})
+    gen.template_threshold = {"value": min(r["masked_score"] for r in seeds) - 1e-3}
+    try:
+        again = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3))
+                 if r["type"] == "seed"]
+    finally:
+        del gen.template_threshold
+    for r in again:
+        assert r["verdict"] == ("replicated" if r["replicated"] else "template copy")
+    summ = [r for r in recs if r["type"] == "summary"][0]
+    assert summ["template_copy_rate"] == 0.0
