@@ -229,7 +229,9 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
                      descriptors=list(descriptors), defaults={**WORLD_DEFAULTS, **wen},
                      trained_on=(f"{rows['item'].nunique()} distinct 64x64 images ({len(rows)} training rows): "
                                  f"procedural scenes, lighthouses and scikit-image photo crops; planted full and "
-                                 f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"),
+                                 f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"
+                                 + (f"; {spec.n_templates} templates of {spec.template_ddf} pictures each"
+                                    if "template" in set(rows.get("planted", [])) else "")),
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
 
@@ -266,7 +268,40 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
             model.save(tmp)
         log(f"[build-world] alignment classifier, held out: {model.card['held_out']}")
         st.done("alignment_classifier")
+    _template_threshold(out, gen, st, progress, log)
     seal_world(out)
+
+
+TEMPLATE_CALIBRATION = (32, 4)  # prompts of items seen once (not probes) x seeds, for the masked threshold
+
+
+def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
+    """5c. The "template copy" threshold (issue 32): the masked similarity's, calibrated at 1% false positives
+    on generations of items seen once in training that are not probes (``evaluate.calibrate_template_threshold``);
+    stored in world.json, which the generator reads."""
+    import pandas as pd
+
+    from .evaluate import calibrate_template_threshold
+    from .generate import Settings
+    from .match import descriptor_for_index
+    from .world import World, write_world_json
+
+    manifest = json.loads((out / "world.json").read_text())
+    if "template_threshold" in manifest:
+        return
+    st.start("template_threshold")
+    index = World.load(out, verify=False).index()
+    items = index.items.drop_duplicates("item")
+    taken = set(pd.read_csv(out / "probes.csv")["item"])
+    pool = items[(items["planted"] == "unique") & ~items["item"].isin(taken)]
+    n, n_seeds = TEMPLATE_CALIBRATION
+    prompts = pool.sample(n=min(n, len(pool)), random_state=1)["caption"].tolist()
+    thr = calibrate_template_threshold(gen, index, descriptor_for_index(index), prompts, list(range(n_seeds)),
+                                       Settings(steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"]),
+                                       progress=progress)
+    write_world_json(out, **{**manifest, "template_threshold": thr})
+    log(f"[build-world] template threshold {thr['value']:.3f} ({thr['n']} generations)")
+    st.done("template_threshold")
 
 
 def _card(out: Path, spec: WorldSpec, train_card: dict, previous: dict, reuse_model: bool, evaluate: bool,

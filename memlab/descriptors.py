@@ -527,17 +527,18 @@ def split_product_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Split-product similarity (Somepalli et al. 2022) for token features, library-only (memlab's
     match results do not use it: its descriptors give one vector per image).
 
-    a: [Na, T, D], b: [Nb, T, D]. Each image's token features are flattened and L2-normalized as
-    one vector, then cut back into T chunks; the similarity is the max over chunk index t of the dot
-    product of the two images' t-th chunks, times T (memlab's scaling, which changes no ranking: a
-    chunk then scores about 1 against an identical chunk, where unscaled it would read about 1/T).
-    An object copied into one token of another image scores high although the global cosine of the
-    two images, averaged over every token, stays low. Returns [Na, Nb].
+    a: [Na, T, D], b: [Nb, T, D]. Each image's features are cut into its T chunks (tokens), each chunk
+    L2-normalized on its own; the similarity is the max over chunk index t of the cosine of the two images'
+    t-th chunks: an image against itself scores exactly 1, and an object copied into one token of another
+    image scores high although the global cosine of the two images, averaged over every token, stays low.
+    A chunk of zeros scores 0. Returns [Na, Nb].
     """
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:]:
         raise MemlabError(f"split product needs [N, T, D] arrays of the same T, D; got {a.shape}, {b.shape}")
-    an = l2_normalize(a.reshape(len(a), -1)).reshape(a.shape)
-    bn = l2_normalize(b.reshape(len(b), -1)).reshape(b.shape)
-    return a.shape[1] * np.einsum("itd,jtd->ijt", an, bn).max(axis=-1)
+
+    def unit(x):
+        n = np.linalg.norm(x, axis=-1, keepdims=True)
+        return x / np.where(n > 0, n, 1.0)
+    return np.einsum("itd,jtd->ijt", unit(a), unit(b)).max(axis=-1)

@@ -23,6 +23,7 @@ from .compare import DETECTORS
 from .generate import Settings
 from .match import descriptor_for_index
 from .mitigations import parse_strategy
+from .local import bright_ending_coverage, format_local, local_checks, template_figures, templates_of
 from .runner import run_prompt
 
 # DCR's four, Wen's, and the newer ones (issue 31): Ren's, NeMo's, Jain's static and dynamic transition
@@ -37,6 +38,7 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
     out = []
     it = probes.itertuples(index=False)
     labels = {parse_strategy(s).spec(): parse_strategy(s).label() for s in strategies}
+    template_of = templates_of(index)
     for p in (progress(list(it), desc="probes") if progress else it):
         recs = run_prompt(gen, index, descriptor, p.prompt, seeds, strategies, settings, out_dir=None, k=1,
                           aligner=aligner)
@@ -46,7 +48,9 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
             seed_recs = [r for r in recs if r["type"] == "seed" and r["mitigation"]["spec"] == spec]
             summ = next(r for r in recs if r["type"] == "summary" and r["mitigation"]["spec"] == spec)
             top_items = [int(index.items.iloc[r["matches"][0]["row"]]["item"]) for r in seed_recs]
-            own = [t == int(p.item) for t in top_items]
+            tmpl = int(getattr(p, "template", -1)) if pd.notna(getattr(p, "template", -1)) else -1
+            # a template probe's own image is any picture of its template (the template is what repeats)
+            own = [template_of.get(t, -1) == tmpl if tmpl >= 0 else t == int(p.item) for t in top_items]
             out.append({"prompt": p.prompt, "group": p.group, "item": int(p.item), "strategy": strat,
                         "replicated": [bool(r["replicated"]) for r in seed_recs], "own_top1": own,
                         "replication_rate": summ["replication_rate"],
@@ -55,7 +59,10 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
                         "alignment": summ.get("alignment_mean"),
                         "seconds_per_image": summ["timing"]["generate_s"] / max(1, summ["n_seeds"]),
                         "scores": [r["score"] for r in seed_recs], "top_items": top_items,
-                        "states": [r.get("mitigation_state") or {} for r in seed_recs]})
+                        "states": [r.get("mitigation_state") or {} for r in seed_recs],
+                        "verdicts": [r.get("verdict") for r in seed_recs],
+                        "masked": [r.get("masked_score") for r in seed_recs],
+                        "maps": [r.get("bright_ending") for r in seed_recs]})
     return pd.DataFrame(out)
 
 
@@ -82,8 +89,11 @@ def detector_figures(base: pd.DataFrame, high: str) -> dict:
     for m in methods:
         def scores(df):
             return np.array([d[m] for d in df["detections"] if m in d])
+        has = base[[m in d for d in base["detections"]]]
         out[m] = {"auc_by_outcome": metrics.roc_auc(scores(pos), scores(neg)) if len(pos) and len(neg) else None,
                   "outcome_probes": [int(len(pos)), int(len(neg))],
+                  "spearman_vs_replication": metrics.spearman(scores(has), has["replication_rate"]) if len(has) > 2
+                  else None,
                   "auc_vs_unique": {g: metrics.roc_auc(scores(df), scores(uq)) for g, df in base.groupby("group")
                                     if g != "unique" and len(df) and len(uq)}}
     return out
@@ -239,7 +249,10 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
     truth = {k: {kk: v[kk] for kk in ("n", "recall", "copy_top1")}
              for k, v in thr.get("ground_truth", {}).items()}
     att, template_words = _attribution_check(gen, probes[probes["group"] == high]["prompt"], settings)
+    att_unique, _ = _attribution_check(gen, probes[probes["group"] == "unique"]["prompt"], settings)  # the control
 
+    tmpl = template_figures(base, (gen.template_threshold or {}).get("value"))  # issue 32
+    coverage = bright_ending_coverage(base, index, high)
     t0 = time.perf_counter()
     run_prompt(gen, index, descriptor, probes[probes["group"] == high]["prompt"].iloc[0], list(range(8)),
                ["none"], settings, out_dir=None)
@@ -262,16 +275,24 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "seconds_8_seeds": t8,
         "model_copies": truth,
         "non_copies": {"what": "generations of unique probes whose top-1 is not their own item",
-                       "n": len(non), "flagged": float(np.mean(non)) if non else None},
+                       "n": len(non), "flagged": float(np.mean(non)) if non else None,
+                       "nominal_fpr": thr.get("fpr"),
+                       "nominal_what": "the threshold's false-positive rate on the background of distinct training "
+                                       "images (training vs training)"},
         "replicated_over_original": (hi_rate / hi_orig) if hi_orig else None,
         "token_attribution": {"probes": len(att), "distinctive_above_template": int(sum(att)),
+                              "control_unique_probes": len(att_unique),
+                              "control_distinctive_above_template": int(sum(att_unique)),
                               "definition": "mean attribution (input-embedding gradient, first step, seeds 0-3) of "
                                             "the caption's distinctive words above that of its template words "
                                             f"({', '.join(sorted(template_words))})"},
         "wen_target": getattr(gen, "wen_target", None),
-        "checks": _checks(table, high, hi_rate, hi_orig, truth, att, mitig),
+        "checks": {**_checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique),
+                   **local_checks(tmpl, coverage)},
         "hidden_object": obj,
-        "per_probe": base.drop(columns=["scores", "replicated", "own_top1", "states"]).to_dict(orient="records"),
+        "template": tmpl, "template_threshold": gen.template_threshold, "bright_ending_coverage": coverage,
+        "per_probe": base.drop(columns=["scores", "replicated", "own_top1", "states", "verdicts", "masked",
+                                        "maps"]).to_dict(orient="records"),
     }
     return result
 
@@ -310,9 +331,14 @@ def _attribution_check(gen, prompts, settings) -> tuple[list[bool], set]:
     return att, TEMPLATE_WORDS
 
 
-def _checks(table, high, hi_rate, hi_orig, truth, att, mitig) -> dict:
-    """The card's pass/fail checks of the world's memorization."""
+def _checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique=()) -> dict:
+    """The card's pass/fail checks of the world's memorization: each on its own figure (one per mitigation,
+    the worst kind of model copy, attribution against the same measure on unique probes), none pooled."""
     partial_high = "partial" + high[4:]
+    kinds = {k: v["recall"] for k, v in (truth or {}).items() if k != "model:all"}
+    worst = min(kinds, key=kinds.get) if kinds else None
+    per_mitigation = {f"{name.replace(':', '_').replace('=', '_')}_cuts_a_third": (r["relative_cut"] or 0) >= 1 / 3
+                      for name, r in mitig.items()}
     return {
         "full_high_at_least_50pct": hi_rate >= 0.5,
         "replicated_at_least_85pct_of_original_top1": bool(hi_orig) and hi_rate >= 0.85 * hi_orig,
@@ -320,8 +346,10 @@ def _checks(table, high, hi_rate, hi_orig, truth, att, mitig) -> dict:
         "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
         "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
             "replication_rate", 1.0) <= hi_rate / 2,
+        **({f"model_copy_recall_worst_kind_at_least_90pct ({worst})": kinds[worst] >= 0.9} if worst else {}),
         "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
-        "a_mitigation_cuts_a_third": any((m["relative_cut"] or 0) >= 1 / 3 for m in mitig.values()),
+        **({"attribution_above_its_unique_control": np.mean(att) > np.mean(att_unique)} if len(att_unique) else {}),
+        **per_mitigation,
         "ren_nemo_or_jain_cuts_a_third_keeping_90pct_alignment": any(
             (r["relative_cut"] or 0) >= 1 / 3 and (r.get("alignment_ratio") or 0) >= 0.9
             for name, r in mitig.items() if name.split(":")[0] in ("ren", "nemo", "jain")),
@@ -379,8 +407,10 @@ def format_report(m: dict) -> str:
         for name, f in det["figures"].items():
             vs = ", ".join(f"{g} {v:.2f}" for g, v in sorted(f["auc_vs_unique"].items()))
             auc = "-" if f["auc_by_outcome"] is None else f"{f['auc_by_outcome']:.3f}"
+            rho = f.get("spearman_vs_replication")
             lines.append(f"detector {name:<8} AUC by outcome {auc} ({f['outcome_probes'][0]} replicating >= half "
-                         f"vs {f['outcome_probes'][1]} never); vs unique: {vs}; cost "
+                         f"vs {f['outcome_probes'][1]} never); Spearman vs replication "
+                         f"{'-' if rho is None else f'{rho:.2f}'}; vs unique: {vs}; cost "
                          f"{det['definitions'].get(name, {}).get('unet_passes', '?')} UNet passes, "
                          f"{secs.get(name, float('nan')):.3f} s per 8 seeds")
     o = m.get("hidden_object") or {}
@@ -394,13 +424,18 @@ def format_report(m: dict) -> str:
             f"{k.split(':', 1)[1]} {v['recall']:.1%}" for k, v in sorted(m["model_copies"].items())))
     if m.get("non_copies", {}).get("n"):
         nc = m["non_copies"]
-        lines.append(f"non-copies ({nc['what']}): {nc['flagged']:.1%} of {nc['n']} flagged")
+        lines.append(f"non-copies ({nc['what']}): {nc['flagged']:.1%} of {nc['n']} flagged"
+                     + (f" (nominal: {nc['nominal_fpr']:.1%} of training-vs-training pairs)"
+                        if nc.get("nominal_fpr") is not None else ""))
     if m.get("replicated_over_original") is not None:
         lines.append(f"{m['mitigations_on']}: replicated / own item at top-1 = {m['replicated_over_original']:.1%}")
     ta = m.get("token_attribution")
     if ta:
         lines.append(f"token attribution on {m['mitigations_on']}: distinctive words above template words for "
-                     f"{ta['distinctive_above_template']} of {ta['probes']} probes")
+                     f"{ta['distinctive_above_template']} of {ta['probes']} probes"
+                     + (f"; on unique probes (the control) {ta['control_distinctive_above_template']} of "
+                        f"{ta['control_unique_probes']}" if "control_unique_probes" in ta else ""))
+    lines += format_local(m)
     lines.append(f"generate + match 8 seeds: {m['seconds_8_seeds']:.2f}s")
     lines.append("checks: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in m["checks"].items()))
     return "\n".join(lines)

@@ -139,6 +139,7 @@ class Generator:
         self._text_lock = threading.Lock()  # a head start's two threads share the tokenizer
         self.wen_target: float | None = None  # the model's calibrated absolute target for ``wen``
         self.nemo_stats = None  # NeMo's statistics of non-memorized prompts (``memlab.nemo.NeMoStats``)
+        self.template_threshold: dict | None = None  # the world's masked-similarity threshold ("template copy")
         self._nemo_cache: dict = {}
 
     # ---------------------------------------------------------------------------- loading

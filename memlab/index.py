@@ -74,8 +74,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     with atomic_dir(Path(out)) as tmp:
         entries = {}
         for d in descriptors:
-            entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, copies[d.name], calib_rows, truth,
-                                                fpr, origin, factory)
+            entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
+                                                truth, fpr, origin, factory)
             _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
         items.to_parquet(tmp / ITEMS, index=False)
         if extra_files is not None:
@@ -145,14 +145,17 @@ def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> 
     return {k: np.concatenate(v) for k, v in cchunks.items()}
 
 
-def _descriptor_entry(d: Descriptor, v, reps, group, copies, calib_rows, truth, fpr, origin, factory) -> dict:
+def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_rows, truth, fpr, origin,
+                      factory) -> dict:
     """One descriptor's manifest entry: its identity, threshold (with recall on the calibration copies and
     on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``."""
+    # the background of distinct images: each group's representative against the nearest row of *another* group
+    # (any of its rows, not only the other representatives)
     if d.verdict == "cosine":
-        bg, bg_distinct = metrics.background(v), metrics.background(v[reps])
+        bg, bg_distinct = metrics.background(v), metrics.background(v, groups=distinct)[reps]
         copy_scores = np.einsum("nd,nd->n", copies, v[calib_rows])
     else:  # the verdict's own score (e.g. the worst tile) on cosine candidates
-        bg, bg_distinct = _verdict_background(d, v), _verdict_background(d, v[reps])
+        bg, bg_distinct = _verdict_background(d, v), _verdict_background(d, v, rows=reps, groups=distinct)
         copy_scores = np.array([d.verdict_scores(c, v[r][None])[0] for c, r in zip(copies, calib_rows)])
     finite = bg_distinct[np.isfinite(bg_distinct)]
     thr = metrics.threshold_rule(
@@ -198,20 +201,27 @@ def _write_descriptor_files(tmp: Path, name: str, v: np.ndarray, entry: dict, fa
     np.save(tmp / f"{name}.background_distinct.npy", bg_distinct)
 
 
-def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64) -> np.ndarray:
-    """The background under a descriptor's verdict score: each item's best verdict score against the
-    ``candidates`` nearest other items by cosine."""
+def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64, rows=None, groups=None) -> np.ndarray:
+    """The background under a descriptor's verdict score: each item's (``rows``: those items') best verdict
+    score against the ``candidates`` nearest other items by cosine; with ``groups``, items of its own group
+    are not candidates (NaN where every other item is of its group)."""
     n = len(v)
+    rows = np.arange(n) if rows is None else np.asarray(rows)
     if n < 2:
         return np.zeros(0, np.float32)
     k = min(candidates + 1, n)
-    out = np.empty(n, np.float32)
-    for i in range(0, n, 1024):
-        sim = v[i:i + 1024] @ v.T
+    g = None if groups is None else np.asarray(groups)
+    out = np.empty(len(rows), np.float32)
+    for i in range(0, len(rows), 1024):
+        q = rows[i:i + 1024]
+        sim = v[q] @ v.T
         for j, row in enumerate(sim):
-            row[i + j] = -np.inf
+            row[q[j]] = -np.inf
+            if g is not None:
+                row[g == g[q[j]]] = -np.inf
             cand = np.argpartition(-row, k - 2)[:k - 1]
-            out[i + j] = d.verdict_scores(v[i + j], v[cand]).max()
+            cand = cand[np.isfinite(row[cand])]
+            out[i + j] = d.verdict_scores(v[q[j]], v[cand]).max() if len(cand) else np.nan
     return out
 
 

@@ -267,3 +267,13 @@ def threshold_rule(background_distinct, copy_scores=None, fpr: float = 0.01, *, 
     return {**cal, "high": None, "source": "calibrated", "citation": citation or (
         f"the {1 - fpr:.0%} quantile of the background of distinct items (built from embeddings: no images to "
         f"copy, so no recall was measured)")}
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks, ties shared); NaN when either side is constant."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(np.asarray(x, np.float64)), rankdata(np.asarray(y, np.float64))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

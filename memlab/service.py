@@ -360,13 +360,31 @@ class Lab:
             p = p.sort_values("training_image", key=lambda c: c.astype(str) != "indexed", kind="stable")
         key = (p["label"] if "label" in p else p["group"]).astype(str)
         full = sorted((g for g in key.unique() if re.fullmatch(r"full_ddf\d+", g)), key=lambda g: -int(g[8:]))
-        dup = next((g for g in ["verbatim", "memorized", "template", *full] if (key == g).any()), None)
+        dup = next((g for g in ["verbatim", "memorized", *full, "template"] if (key == g).any()), None)
         uni = next((g for g in ["control", "unique"] if (key == g).any()), None)
         if dup is None or uni is None:
             return None
         name = lambda g: str(p[key == g]["group"].iloc[0]) if "label" in p else probe_group_name(g)  # noqa: E731
-        return {"duplicated": str(p[key == dup]["prompt"].iloc[0]), "duplicated_group": name(dup),
+        plan = {"duplicated": str(p[key == dup]["prompt"].iloc[0]), "duplicated_group": name(dup),
                 "unique": str(p[key == uni]["prompt"].iloc[0]), "unique_group": name(uni)}
+        if "template" in p and (key == "template").any() and self.template_threshold() is not None:
+            plan.update(template=str(p[key == "template"]["prompt"].iloc[0]), template_group=name("template"))
+        return plan
+
+    def template_threshold(self) -> dict | None:
+        """The world's threshold for the masked score (a "template copy"), if it calibrated one (issue 32)."""
+        return self.world.manifest.get("template_threshold")
+
+    def probe_template(self, prompt: str) -> int | None:
+        """The template a probe of the built-in world's template group names (None elsewhere)."""
+        row = self.probe(prompt)
+        t = None if row is None else row.get("template")
+        return int(t) if t is not None and t == t and int(t) >= 0 else None
+
+    def item_template(self, row: int) -> int | None:
+        """The template of training row ``row`` (worlds with planted templates; None elsewhere)."""
+        t = self.index.item(int(row)).get("template")
+        return int(t) if t is not None and t == t and int(t) >= 0 else None
 
     def probe(self, prompt: str) -> dict | None:
         """The world's probe row for ``prompt`` (its label, training image, published figures), if any."""

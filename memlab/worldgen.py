@@ -16,6 +16,13 @@ Planted, side by side (Somepalli et al. 2023, paper 000: image + caption duplica
 - keyword ``lighthouse``: a known share of its images carries a small flag no caption names
   (the Memory Triggers paper's astronaut -> flag, at toy scale). The ``objects`` column lists
   every object drawn, named or not.
+- ``template``: a few templates (a frame, a corner badge and a text band, the same on every image of the
+  template) each around ``template_ddf`` different pictures under one caption, as the "template verbatim"
+  prompts of Webster's and NeMo's lists (a phone case, a poster: the layout repeats, the content changes).
+  They are drawn last, from their own generator, so every other image and caption stays as it was.
+
+``regions`` names where things are, in 64 x 64 pixels: ``obj:x0,y0,x1,y1`` per drawn shape of a scene and
+``window:x0,y0,x1,y1`` for a template's inner picture (its template is everything outside the window).
 
 ``make_training_set`` returns the training rows (duplicates as explicit rows) and the images.
 """
@@ -65,6 +72,8 @@ class WorldSpec:
     ddf_high: int = 20
     ddf_low: int = 5
     per_group: int = 8           # items per planted duplication group
+    n_templates: int = 4         # planted templates (layout repeated, content changing)
+    template_ddf: int = 20       # pictures per template, all under the template's one caption
 
 
 def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, outline=None, width=0):
@@ -149,10 +158,11 @@ def _style(im: Image.Image, style: str, rng: random.Random) -> Image.Image:
     return im
 
 
-def _scene(rng: random.Random, objects_rng: random.Random | None = None):
+def _scene(rng: random.Random, objects_rng: random.Random | None = None, boxes: list | None = None):
     """A procedural scene and its caption (what is shown, not where). With ``objects_rng`` the background
     comes from ``rng`` and the objects and style from ``objects_rng``: two calls with equal ``rng`` states
-    and different ``objects_rng`` give two distinct scenes on the same background."""
+    and different ``objects_rng`` give two distinct scenes on the same background. ``boxes`` (a list) receives
+    each shape's box at the drawing scale (4x the image's)."""
     c_bg1, c_bg2, *obj_cols = rng.sample(list(COLOURS), 5)
     bg = rng.choice(BACKGROUNDS)
     im = _background(rng, bg, COLOURS[c_bg1], COLOURS[c_bg2])
@@ -168,6 +178,8 @@ def _scene(rng: random.Random, objects_rng: random.Random | None = None):
         cx, cy = rng.uniform(r, _S - r), rng.uniform(r, _S - r)
         _draw_shape(d, shape, cx, cy, r, COLOURS[obj_cols[i]], outline=(0, 0, 0), width=3)
         objs.append((obj_cols[i], shape))
+        if boxes is not None:
+            boxes.append((cx - r, cy - r, cx + r, cy + r))
     style = None
     if rng.random() < 0.25:
         style = rng.choice(list(ARTISTS))
@@ -288,6 +300,42 @@ def _lighthouse(rng: random.Random, flag: bool):
     return im, cap, objects
 
 
+PRODUCTS = ["phone case", "poster", "book cover", "greeting card", "tote bag", "calendar page"]
+WINDOW = (32, 36, 224, 188)  # a template's inner picture, at the drawing scale (4x): left, top, right, bottom
+
+
+def _template(rng: random.Random):
+    """A template: what every picture of it shares (frame colour and pattern, a corner badge, a text band
+    with its marks) and its caption."""
+    frame, band, badge = rng.sample([c for c in COLOURS if c not in ("grey",)], 3)
+    marks = [(rng.uniform(0, 1), rng.uniform(0.3, 0.9)) for _ in range(rng.randint(4, 7))]
+    product = rng.choice(PRODUCTS)
+    return {"frame": frame, "band": band, "badge": badge, "badge_shape": rng.choice(SHAPES), "marks": marks,
+            "stripes": rng.choice([True, False]), "product": product,
+            "caption": f"{_a(product)} template with {_a(frame)} frame and {_a(band)} label"}
+
+
+def _template_image(t: dict, rng: random.Random):
+    """One picture of template ``t``: the template drawn around a new scene (from ``rng``) in its window."""
+    im = Image.new("RGB", (_S, _S), COLOURS[t["frame"]])
+    d = ImageDraw.Draw(im)
+    if t["stripes"]:
+        for i in range(-_S, _S, 24):
+            d.line((i, 0, i + _S, _S), fill=COLOURS["white"], width=6)
+    x0, y0, x1, y1 = WINDOW
+    d.rectangle((x0 - 6, y0 - 6, x1 + 6, y1 + 6), fill=COLOURS["black"])
+    band = (12, 196, _S - 12, 244)
+    d.rectangle(band, fill=COLOURS[t["band"]])
+    for k, (u, h) in enumerate(t["marks"]):  # the band's "text": dark marks at the template's places
+        w = (band[2] - band[0] - 16) / len(t["marks"])
+        mx = band[0] + 8 + k * w
+        d.rectangle((mx + 2, band[1] + 10, mx + w * (0.4 + 0.5 * u), band[1] + 10 + 28 * h), fill=COLOURS["black"])
+    _draw_shape(d, t["badge_shape"], 16, 16, 12, COLOURS[t["badge"]], outline=(0, 0, 0), width=2)
+    inner, objs, bg, style = _scene(rng)
+    im.paste(inner.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
+    return im, objs, bg, style
+
+
 def _photo_crops(name: str, caption: str, n: int, rng: random.Random):
     import skimage.data
 
@@ -311,13 +359,16 @@ def _small(im: Image.Image) -> Image.Image:
 
 def make_training_set(spec: WorldSpec = WorldSpec()):
     """Return (rows DataFrame, images list). ``rows``: one per training sample, duplicates explicit;
-    columns id, item (distinct image index), file, caption, group, planted, ddf, objects, source."""
+    columns id, item (distinct image index), file, caption, group, planted, ddf, objects, source, regions,
+    template (the template's number, -1 elsewhere)."""
     rng = random.Random(spec.seed)
     distinct = []  # (image, caption, objects, source, kind)
     for _ in range(spec.n_scenes):
-        im, objs, bg, style = _scene(rng)
+        boxes: list = []
+        im, objs, bg, style = _scene(rng, boxes=boxes)
         distinct.append({"image": _small(im), "objs": objs, "bg": bg, "style": style, "kind": "scene",
-                         "objects": [s for _, s in objs], "source": "procedural"})
+                         "objects": [s for _, s in objs], "source": "procedural",
+                         "regions": ";".join("obj:" + ",".join(str(round(v / 4)) for v in b) for b in boxes)})
     n_flag = int(round(spec.flag_share * spec.n_lighthouses))
     flags = [True] * n_flag + [False] * (spec.n_lighthouses - n_flag)
     rng.shuffle(flags)
@@ -348,7 +399,20 @@ def make_training_set(spec: WorldSpec = WorldSpec()):
         for c in range(ddf):
             rows.append({"item": i, "file": f"images/{i:04d}.png", "caption": caps[c % len(caps)],
                          "planted": planted, "ddf": ddf, "objects": ",".join(d["objects"]),
-                         "keyword": KEYWORD if d["kind"] == "keyword" else "", "source": d["source"]})
+                         "keyword": KEYWORD if d["kind"] == "keyword" else "", "source": d["source"],
+                         "regions": d.get("regions", ""), "template": -1})
+    # template memorization, drawn last from its own generator (every image and caption above unchanged)
+    trng = random.Random(f"templates-{spec.seed}")
+    window = "window:" + ",".join(str(v // 4) for v in WINDOW)
+    for t_id in range(spec.n_templates):
+        t = _template(trng)
+        for _ in range(spec.template_ddf):
+            im, objs, bg, style = _template_image(t, trng)
+            i = len(distinct)
+            distinct.append({"image": _small(im)})
+            rows.append({"item": i, "file": f"images/{i:04d}.png", "caption": t["caption"], "planted": "template",
+                         "ddf": spec.template_ddf, "objects": ",".join(["frame", "label"] + [s for _, s in objs]),
+                         "keyword": "", "source": "procedural", "regions": window, "template": t_id})
     df = pd.DataFrame(rows)
     df.insert(0, "id", range(len(df)))
     return df, [d["image"] for d in distinct]
@@ -356,12 +420,15 @@ def make_training_set(spec: WorldSpec = WorldSpec()):
 
 def probes(rows: pd.DataFrame) -> pd.DataFrame:
     """Probe prompts: per planted item its (first) training caption, the group, the item to recall.
-    Unique probes are drawn from unique scenes and photos; keyword probes from the keyword images."""
+    Unique probes are drawn from unique scenes and photos; keyword probes from the keyword images; one
+    probe per template (its caption; ``template`` names it, -1 for the others)."""
     first = rows.drop_duplicates("item")
+    if "template" in first:  # a template's probe is its one caption (its item: the template's first picture)
+        first = pd.concat([first[first["template"] < 0], first[first["template"] >= 0].drop_duplicates("template")])
     out = []
     for planted, g in first.groupby("planted", sort=True):
         take = g if planted != "unique" else g.sample(n=min(24, len(g)), random_state=0)
         for _, r in take.iterrows():
             out.append({"prompt": r["caption"], "group": planted, "item": int(r["item"]), "id": int(r["id"]),
-                        "file": r["file"]})
+                        "file": r["file"], "template": int(r.get("template", -1))})
     return pd.DataFrame(out).sort_values(["group", "item"]).reset_index(drop=True)

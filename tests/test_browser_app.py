@@ -7,6 +7,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("playwright")
@@ -265,3 +266,33 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     assert rna_rate < none_rate
     assert texts[3].startswith("0 of 8 seeds replicated")
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
+
+
+def test_the_copied_region_is_tinted_over_the_pairs_when_asked(tiny_world, tmp_path):
+    """Issue 32 item 4: ticking "Show the copied region" draws every pair again with its seed's bright-ending
+    map tinted over the generation and its match (other pictures), and unticking gives the plain pairs back."""
+    import io
+
+    from PIL import Image
+
+    with app_page(tiny_world) as page:
+        page.get_by_label("Prompt").first.fill("a colour field 3")
+        page.locator("#n-seeds input").fill("2")
+        page.locator("#generate-btn").click()
+        _wait_text(page, "#headline", "% of 2 seeds")
+        page.wait_for_function("document.querySelectorAll('#pairs img').length >= 2", timeout=60_000)
+        srcs = "() => Array.from(document.querySelectorAll('#pairs img')).map(i => i.src)"
+        changed = "b => { const s = Array.from(document.querySelectorAll('#pairs img')).map(i => i.src); " \
+                  "return s.length >= 2 && s[0] !== b[0] && s[1] !== b[1]; }"
+        plain = page.evaluate(srcs)
+        page.locator("#show-mask input").check()
+        page.wait_for_function(changed, arg=plain, timeout=30_000)
+        tinted = page.evaluate(srcs)
+        page.locator("#pairs").screenshot(path=str(_shot(tmp_path, "pairs-copied-region.png")))
+        a, b = (np.asarray(Image.open(io.BytesIO(page.request.get(u).body())).convert("RGB"), np.int16)
+                for u in (plain[0], tinted[0]))
+        page.locator("#show-mask input").uncheck()
+        page.wait_for_function(changed, arg=tinted, timeout=30_000)
+        again = page.evaluate(srcs)
+    assert a.shape == b.shape and np.abs(a - b).max() > 20  # the tint is visible
+    assert again[:2] == plain[:2]  # the plain pairs, the same pictures

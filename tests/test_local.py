@@ -117,8 +117,49 @@ def test_runs_record_the_map_its_localized_detection_and_the_masked_score(tiny_w
         again = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3))
                  if r["type"] == "seed"]
     finally:
-        del gen.template_threshold
+        gen.template_threshold = None
     for r in again:
         assert r["verdict"] == ("replicated" if r["replicated"] else "template copy")
     summ = [r for r in recs if r["type"] == "summary"][0]
     assert summ["template_copy_rate"] == 0.0
+
+
+def test_the_pair_tints_the_copied_region_on_both_images_and_the_caption_gives_the_masked_score():
+    from PIL import Image
+
+    from memlab.app.views import FRAME, MASK_TINT, _template_line, caption, pair_image
+
+    gen = Image.new("RGB", (8, 8), (0, 0, 200))
+    match = Image.new("RGB", (8, 8), (0, 200, 0))
+    mask = np.zeros((4, 4))
+    mask[:2, :2] = 1.0  # the top-left quarter is "copied"
+    plain = np.asarray(pair_image(gen, match, "template copy", scale=4))
+    tinted = np.asarray(pair_image(gen, match, "template copy", scale=4, mask=mask))
+    assert tuple(plain[0, 0]) == FRAME["template copy"]
+    for x0 in (4, 32 + 8):  # the generation, then the match
+        corner, far = tinted[4 + 2, x0 + 2].astype(int), tinted[4 + 30, x0 + 30].astype(int)
+        assert np.array_equal(far, plain[4 + 30, x0 + 30])  # outside the mask: unchanged
+        assert np.abs(corner - np.array(MASK_TINT)).sum() < np.abs(plain[4 + 2, x0 + 2].astype(int)
+                                                                   - np.array(MASK_TINT)).sum()
+    rec = {"seed": 3, "prompt": "p", "mitigation": {}, "effective_prompt": "p", "image": None,
+           "matches": [{"id": 7, "duplicates": 0}], "score": 0.5, "replicated": False, "high_confidence": False,
+           "threshold": 0.76, "descriptor": {}, "detection": 1.0, "settings": {}, "model": {},
+           "verdict": "template copy", "masked_score": 0.91, "masked_threshold": 0.62}
+    assert "TEMPLATE COPY" in caption(rec) and "0.910 vs 0.620" in caption(rec)
+    assert "62" not in caption({**rec, "masked_threshold": None, "verdict": "novel"}).split("·")[2]
+    assert "25.0%" in _template_line({"template_copy_rate": 0.25}, [rec])[0]
+    assert _template_line({}, [{**rec, "masked_threshold": None}]) == []
+
+
+def test_the_template_steps_sentence_counts_its_records():
+    from memlab.app.views import template_sentence
+
+    def rec(row, verdict, masked):
+        return {"matches": [{"row": row}], "verdict": verdict, "masked_score": masked}
+
+    recs = [rec(1, "template copy", 0.91), rec(2, "template copy", 0.84), rec(3, "replicated", 0.97),
+            rec(9, "novel", 0.10)]
+    text = template_sentence(recs, lambda row: 0 if row < 5 else None)
+    assert text.startswith("3 of 4 seeds have a picture of this template")
+    assert "2 are called a **template copy**" in text and "1 replicated as a whole" in text
+    assert "0.840-0.970" in text  # the masked scores of the template's seeds only

@@ -76,3 +76,34 @@ def test_merge_groups_joins_rows_of_one_origin():
     assert group_representatives(merged).tolist() == [0, 2, 4, 5]
     # an origin shared across near-duplicate groups joins them transitively
     assert merge_groups(np.array([0, 1, 2]), ["a", "b", "a"]).tolist() == [0, 1, 0]
+
+
+def test_the_distinct_background_is_against_the_nearest_row_of_another_group():
+    """Issue 30 item 5: a group's representative is compared with every row of the other groups (a
+    non-representative row closer than its group's representative counts), never with its own group."""
+    from memlab.index import _verdict_background
+
+    v = np.array([[1, 0, 0], [0.99, 0.14, 0], [0.6, 0.8, 0], [0.8, 0.6, 0], [0, 0, 1]], np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    groups = np.array([0, 0, 1, 1, 2])  # rows 0-1 one image, 2-3 another (row 3 not its representative)
+    reps = np.array([0, 2, 4])
+    bg = metrics.background(v, groups=groups)[reps]
+    assert bg[0] == pytest.approx(float(v[0] @ v[3]))  # row 3, not the representative row 2
+    assert bg[0] > float(v[0] @ v[2])
+    assert bg[1] == pytest.approx(float(v[2] @ v[1]))  # never its own group's row 3
+
+    class Cosine:  # a verdict score equal to the cosine: the verdict path must agree with the cosine one
+        def verdict_scores(self, q, rows):
+            return rows @ q
+
+    got = _verdict_background(Cosine(), v, candidates=2, rows=reps, groups=groups)
+    assert np.allclose(got, bg)
+
+
+def test_spearman_on_hand_made_ranks():
+    assert metrics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties share their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4)
+    r = np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
+    assert metrics.spearman([0, 5, 5, 9], [1, 2, 3, 100]) == pytest.approx(r)
+    assert np.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))

@@ -33,13 +33,14 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     recs = state.records if state else []
     fig = go.Figure()
     fig.add_scatter(x=[str(r["seed"]) for r in recs], y=[r["score"] for r in recs], mode="markers",
-                    marker=dict(size=11, color=[{"replicated": "#d62728", "possible copy": "#ef6c00"}.get(
+                    marker=dict(size=11, color=[{"replicated": "#d62728", "template copy": "#8e24aa", "possible copy": "#ef6c00"}.get(
                         level(r), "#1f77b4") for r in recs]),
                     hovertext=[f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}"
                                for r in recs], hoverinfo="text", name="top-1 score")
     fig.add_hline(y=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
     fig.update_layout(height=260, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
-                      title=dict(text="top-1 score per seed (red: replicated, orange: possible copy)", font=dict(size=13)),
+                      title=dict(text="top-1 score per seed (red: replicated, purple: template copy, orange: possible copy)",
+                                 font=dict(size=13)),
                       xaxis_title="seed", yaxis_title="similarity", xaxis_type="category")
     return fig
 

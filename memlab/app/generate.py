@@ -90,6 +90,9 @@ def _results(lab: Lab) -> SimpleNamespace:
     """Where a run shows: attribution, headline, pairs, top-k, per-seed chart and table, captions, the
     histogram (the world's background from the start) and the export."""
     headline_md = gr.Markdown(elem_id="headline")
+    show_mask = gr.Checkbox(False, label="Show the copied region: the bright-ending map (where the generation attends "
+                                         "to the prompt's end at the last step) tinted yellow on both images",
+                            elem_id="show-mask")
     gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                          format="png", elem_id="pairs", height="auto",
                          object_fit="contain")
@@ -114,7 +117,7 @@ def _results(lab: Lab) -> SimpleNamespace:
         export_btn = gr.Button("Export run (JSONL + images)")
         export_file = gr.File(label="run.zip", visible=False)  # shown with its file, not empty before a run
 
-    return SimpleNamespace(headline_md=headline_md, gallery=gallery, topk_k=topk_k,
+    return SimpleNamespace(headline_md=headline_md, show_mask=show_mask, gallery=gallery, topk_k=topk_k,
                            seed_plot=seed_plot, topk=topk, table=table, closest=closest, empty_hist=empty_hist,
                            plot=plot, export_btn=export_btn, export_file=export_file)
 
@@ -144,6 +147,16 @@ def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, de
             near = id_table(lab.closest_captions(prompt), "text similarity")
         yield (state, headline(lab, state), pairs, seed_table(state), near) + \
             (charts(state) if charts else ())
+
+
+def pairs_of(lab: Lab, state: RunState, show_mask: bool) -> list:
+    """The run's pairs (generation | top-1 match) with their captions; ``show_mask``: each seed's bright-ending
+    map tinted over both images."""
+    if not state or not state.records:
+        return []
+    return [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), level(r),
+                                mask=r.get("bright_ending") if show_mask else None)), caption(r))
+            for r, im in zip(state.records, state.images)]
 
 
 def _charts(lab: Lab, empty_hist):
@@ -194,6 +207,11 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
     go_btn.click(lambda: (None, None), None, [plot, seed_plot], queue=False, api_name=False,
                  show_progress="hidden")  # the previous run's charts go with its results
     gen_event.then(run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden")
+    # the copied region: the pairs drawn again with (or without) each seed's map; after a run, if ticked
+    o.show_mask.change(lambda st, on: pairs_of(lab, st, on), [run_state, o.show_mask], [gallery], api_name=False,
+                       show_progress="hidden")
+    gen_event.then(lambda st, on: pairs_of(lab, st, True) if on else gr.skip(), [run_state, o.show_mask], [gallery],
+                   api_name=False, show_progress="hidden")
     api_btn = gr.Button(visible=False, elem_id="generate-api")
     run_button(api_btn, generate_api, inputs, [run_state, headline_md, gallery, table, closest, plot, seed_plot],
                api("generate"), cleared=(None, "", [], None, None, empty_hist, None))

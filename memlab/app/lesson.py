@@ -5,7 +5,8 @@ import gradio as gr
 
 from ..service import Lab
 from .glossary import g
-from .views import compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other
+from .views import (compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other,
+                    template_sentence)
 from .wiring import errors, scroll_first
 
 
@@ -18,7 +19,7 @@ LESSON_MITIGATION = "rna:k=4"
 def lesson_tab(lab: Lab) -> None:
     """A guided lesson for a class, four steps a teacher clicks through: a heavily duplicated prompt, its
     training image and that image's copies, the same prompt with a mitigation on the same seeds, and a
-    prompt seen once for contrast. Each step is a sentence and its evidence; words link to the glossary."""
+    prompt seen once for contrast; a fifth on a template copy where the world plants templates. Each step is a sentence and its evidence; words link to the glossary."""
     plan = lab.lesson_prompts()
     if plan is None:
         return
@@ -41,6 +42,11 @@ def lesson_tab(lab: Lab) -> None:
             ("4 · A prompt seen once, for contrast", f"“{plan['unique']}” ({plan['unique_group']}): a prompt whose "
              f"image occurs once in training, on the same {n} seeds."),
         ]
+        if plan.get("template"):  # worlds with template copies (issue 32): a fifth step
+            steps.append(("5 · A template copy", f"“{plan['template']}” ({plan['template_group']}): many training "
+                          f"images share one layout and this caption, with other pictures inside. The model copies "
+                          f"the layout, not one whole image: a {g('template', 'template copy')}. The region the "
+                          f"model copied is tinted yellow."))
         outs = []
         for i, (title, sentence) in enumerate(steps, 1):
             with gr.Group():
@@ -53,8 +59,11 @@ def lesson_tab(lab: Lab) -> None:
                 html_out = gr.HTML(elem_id=f"lesson-{i}-grid")
             outs.append((btn, md, html_out))
         runs = gr.State(None)  # step 1's run, reused by step 2
-        step1, step2, step3, step4 = _steps(lab, plan, seeds)
-        (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs
+        step1, step2, step3, step4, step5 = _steps(lab, plan, seeds)
+        (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs[:4]
+        if len(outs) > 4:
+            b5, m5, h5 = outs[4]
+            b5.click(step5, None, [m5, h5], api_name=False, show_progress_on=[m5], js=scroll_first("#lesson-5"))
         # each step brings its text, its progress and its pictures into view as it starts
         b1.click(step1, None, [runs, m1, h1], api_name=False, show_progress_on=[m1], js=scroll_first("#lesson-1"))
         b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False, show_progress_on=[m2],
@@ -146,7 +155,15 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         s0 = state.summaries[0]
         yield said(state, "unique") + " " + verdict_source(s0), evidence(state, "unique", 1)
 
-    return step1, step2, step3, step4
+    @errors
+    def step5(progress=gr.Progress()):
+        yield _running(lab, len(seeds)), ""
+        state = _one_row(lab, plan["template"], seeds, progress)
+        tmpl = lab.probe_template(plan["template"])
+        text = template_sentence(state.records, lambda row: tmpl if lab.item_template(row) == tmpl else None)
+        yield text + " " + verdict_source(state.summaries[0]), compare_grid(lab, state, seeds, 1, masks=True)
+
+    return step1, step2, step3, step4, step5
 
 
 def verdict_source(summ) -> str:

@@ -33,7 +33,8 @@ def match_tab(lab: Lab, api) -> None:
         def match_upload(path, k, descriptor):
             res = lab.match_image(path, k, descriptor)
             q, d = res["queries"][0], res["descriptor"]
-            verdict = {"replicated": "**replicated**", "possible copy": "a **possible copy**"}.get(
+            verdict = {"replicated": "**replicated**", "template copy": "a **template copy**",
+                       "possible copy": "a **possible copy**"}.get(
                 q.get("verdict"), "not replicated")
             md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
                   f"{lab.descriptor_label(d['name'])} · "

@@ -49,9 +49,12 @@ COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", 
                    "change vs none", "detection", "alignment", "alignment vs none"]
 
 
-FRAME = {"replicated": (200, 30, 30), "possible copy": (240, 140, 0), "novel": (230, 230, 230)}
-WORD = {"replicated": "REPLICATED", "possible copy": "POSSIBLE COPY", "novel": "novel"}
-CELL = {"replicated": "rep", "possible copy": "pos", "novel": "nov"}
+FRAME = {"replicated": (200, 30, 30), "template copy": (150, 50, 190), "possible copy": (240, 140, 0),
+         "novel": (230, 230, 230)}
+WORD = {"replicated": "REPLICATED", "template copy": "TEMPLATE COPY", "possible copy": "POSSIBLE COPY",
+        "novel": "novel"}
+CELL = {"replicated": "rep", "template copy": "tmpl", "possible copy": "pos", "novel": "nov"}
+MASK_TINT = (255, 210, 0)  # the copied region's overlay colour (yellow: visible on the frames' red and purple)
 
 
 def level(record: dict) -> str:
@@ -59,26 +62,43 @@ def level(record: dict) -> str:
     return record.get("verdict") or ("replicated" if record["replicated"] else "novel")
 
 
-def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool, scale: int = 3) -> Image.Image:
-    """The generation beside its top-1 training match, framed red when replicated, orange when a possible
-    copy."""
+def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool, scale: int = 3,
+               mask=None) -> Image.Image:
+    """The generation beside its top-1 training match, framed red when replicated, purple when a template
+    copy, orange when a possible copy; with ``mask`` (the seed's bright-ending map) the region it marks as
+    copied is tinted on both images (``overlay``)."""
     w, h = gen.size
     W, H = w * scale, h * scale
     verdict = verdict if isinstance(verdict, str) else ("replicated" if verdict else "novel")
     out = Image.new("RGB", (2 * W + 12, H + 8), FRAME[verdict])
-    out.paste(gen.resize((W, H), Image.NEAREST), (4, 4))
+    out.paste(overlay(gen.resize((W, H), Image.NEAREST), mask), (4, 4))
     if match is not None:
-        out.paste(match.convert("RGB").resize((W, H), Image.NEAREST), (W + 8, 4))
+        out.paste(overlay(match.convert("RGB").resize((W, H), Image.NEAREST), mask), (W + 8, 4))
     else:
         ImageDraw.Draw(out).text((W + 12, H // 2), "image not available", fill=(0, 0, 0))
     return out
 
 
+def overlay(im: Image.Image, mask, strength: float = 0.6) -> Image.Image:
+    """``im`` with ``mask`` ([h, w] in [0, 1], any size: resized) tinted over it, ``strength`` at the mask's
+    brightest (the region the bright-ending map calls copied); unchanged without a mask."""
+    if mask is None:
+        return im.convert("RGB")
+    m = np.asarray(mask, np.float32)
+    m = np.asarray(Image.fromarray(m, mode="F").resize(im.size, Image.BILINEAR), np.float32).clip(0, 1)
+    a = np.asarray(im.convert("RGB"), np.float32)
+    out = a * (1 - strength * m[..., None]) + np.array(MASK_TINT, np.float32) * strength * m[..., None]
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
 def caption(record: dict) -> str:
-    """A pair's caption: seed, verdict, score against the threshold, the training image and its copies."""
+    """A pair's caption: seed, verdict, score against the threshold, the masked score where the world has a
+    threshold for it, the training image and its copies."""
     r = SeedRecord.from_dict(record)
     verdict = WORD[level(record)]
-    return (f"seed {r.seed} · {verdict} · score {r.score:.3f} vs threshold {r.threshold:.3f} · "
+    masked = (f" · in its copied region {r.masked_score:.3f} vs {r.masked_threshold:.3f}"
+              if r.masked_score is not None and r.masked_threshold is not None else "")
+    return (f"seed {r.seed} · {verdict} · score {r.score:.3f} vs threshold {r.threshold:.3f}{masked} · "
             f"match #{r.top1['id']} · {copies(r.top1['duplicates'])}")
 
 
@@ -109,6 +129,7 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              f"- **possible copies** {g('possible')} {s.get('possible_copy_rate', 0.0):.1%} (score between "
              f"{lab.possible(name)['value']:.3f}, which {lab.possible(name)['fpr']:.0%} of distinct training images "
              f"pass, and the threshold; framed orange)",
+             *_template_line(s, state.records),
              f"- **dataset similarity** {g('dataset-similarity')} (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
              f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "
              f"mean {ds['mean']:.3f} · "
@@ -207,10 +228,11 @@ def thumb_uri(im: Image.Image, width: int = 320) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
+def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int, masks: bool = False) -> str:
     """The A/B grid as HTML: a header row of seeds, then one row per strategy whose cells are the
     generation beside its top-1 training image, the verdict and score, and the image's id and copies.
-    Every row is on the page (no inner scroll box); on a narrow screen each row wraps to two cells a line."""
+    Every row is on the page (no inner scroll box); on a narrow screen each row wraps to two cells a line.
+    ``masks``: each pair with its seed's bright-ending map tinted over both images (the copied region)."""
 
     n = len(seeds)
     out = [GRID_CSS, f'<div class="ab" style="--n:{n}">',
@@ -227,7 +249,7 @@ def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
             verdict = WORD[level(r)]
             cells.append(
                 f'<figure class="ab-cell {CELL[level(r)]}">'
-                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2))}" '
+                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2, mask=r.get("bright_ending") if masks else None))}" '
                 f'alt="seed {r["seed"]}, {html.escape(short_label(mit))}: generation | training image #{html.escape(str(m["id"]))}">'
                 f'<figcaption><b class="v">{verdict} {r["score"]:.3f}</b><br>'
                 f'<span class="ab-seedtag">seed {r["seed"]} · </span>#{html.escape(str(m["id"]))} · {copies(m["duplicates"])}'
@@ -250,7 +272,7 @@ GRID_CSS = """<style>
 .ab-cells{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px}
 .ab-cell{margin:0;text-align:center;font-size:.78em;line-height:1.25}
 .ab-cell img{width:100%;height:auto;image-rendering:pixelated;display:block}
-.ab-cell.rep .v{color:#c62828}.ab-cell.pos .v{color:#e65100}.ab-cell.nov .v{color:#1565c0}
+.ab-cell.rep .v{color:#c62828}.ab-cell.tmpl .v{color:#8e24aa}.ab-cell.pos .v{color:#e65100}.ab-cell.nov .v{color:#1565c0}
 .ab-head .ab-seed{text-align:center;font-weight:600;font-size:.85em}
 .ab-seedtag{display:none}
 .ab-label{font-size:.9em;overflow-wrap:anywhere}
@@ -306,6 +328,34 @@ def _other_detections(s: dict) -> str:
              f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else ""]
     parts = [p for p in parts if p]
     return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
+
+
+def template_sentence(records, template_of) -> str:
+    """The lesson's template step, from its records: how many seeds copy a picture of the prompt's template
+    (``template_of``: row -> template number, None elsewhere) and how the verdict calls them."""
+    n = len(records)
+    tops = [template_of(r["matches"][0]["row"]) for r in records]
+    mine = [r for r, t in zip(records, tops) if t is not None]
+    whole = sum(r.get("verdict") == "replicated" for r in mine)
+    tmpl = sum(r.get("verdict") == "template copy" for r in mine)
+    scores = [r["masked_score"] for r in mine if r.get("masked_score") is not None]
+    text = (f"{len(mine)} of {n} seed{'s' if n != 1 else ''} have a picture of this template as their closest "
+            f"training image: the frame and label repeat while the picture inside changes. Of those, {tmpl} "
+            f"{'are' if tmpl != 1 else 'is'} called a **template copy** (framed purple) and {whole} replicated as a "
+            f"whole")
+    if scores:
+        text += f"; inside the copied region (tinted yellow) they score {min(scores):.3f}-{max(scores):.3f}"
+    return text + "."
+
+
+def _template_line(s: dict, records) -> list[str]:
+    """Template copies, where the world calibrates the masked score's threshold (issue 32)."""
+    thr = next((r["masked_threshold"] for r in records if r.get("masked_threshold") is not None), None)
+    if thr is None:
+        return []
+    return [f"- **template copies** {g('template')} {s.get('template_copy_rate', 0.0):.1%} (not replicated as a "
+            f"whole, but scoring above {thr:.3f} against the same training image inside the copied region; framed "
+            f"purple)"]
 
 
 def _wen_line(records) -> list[str]:

@@ -54,7 +54,7 @@ def run(args) -> int:
         from ..alignment import SceneNetConfig
 
         spec = WorldSpec(seed=args.seed, n_scenes=24, crops_per_photo=1, n_lighthouses=10, ddf_high=4,
-                         ddf_low=2, per_group=2)
+                         ddf_low=2, per_group=2, n_templates=2, template_ddf=4)
         alignment = SceneNetConfig(width=8, renders=100, epochs=1, held_out=50)
     build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,

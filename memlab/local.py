@@ -1,0 +1,134 @@
+"""Local memorization (issue 32): template copies and where in the image a copy is.
+
+- Chen et al. (ICLR 2025, "Exploring Local Memorization in Diffusion Models via Bright Ending Attention"): the
+  end token's cross-attention at the last step lights the memorized region (``memlab.attention``); memlab
+  records it per seed, weighs Wen's first-step noise difference by it (localized detection) and measures the
+  similarity to the top-1 training image inside it (``metrics.masked_similarity``).
+- Webster (2023) and NeMo's list call the copies of a layout with other content inside "template verbatims";
+  the built-in world plants them (``worldgen``: the ``template`` group) and calls them ``template copy`` where
+  the masked score passes its own calibrated threshold and the global one does not.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .generate import Settings
+from .runner import run_prompt
+
+
+def templates_of(index) -> dict:
+    """item -> its template's number (worlds with planted templates; empty otherwise)."""
+    items = index.items
+    if "template" not in items:
+        return {}
+    t = items.drop_duplicates("item")
+    return {int(i): int(k) for i, k in zip(t["item"], t["template"]) if k >= 0}
+
+
+def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, settings: Settings,
+                                 fpr: float = 0.01, progress=None) -> dict:
+    """The "template copy" threshold, calibrated as the global one is, at ``fpr`` false positives: the masked
+    similarity (inside each generation's bright-ending map) between generations of items seen once in training
+    and their top-1 training match, over prompts that are not probes (so the card's figures are measured on
+    other generations than the threshold's)."""
+    scores = []
+    for p in (progress(list(prompts), desc="template threshold") if progress else prompts):
+        recs = run_prompt(gen, index, descriptor, p, seeds, ["none"], settings, out_dir=None, k=1)
+        scores += [r["masked_score"] for r in recs if r["type"] == "seed" and r.get("masked_score") is not None]
+    if not scores:
+        raise ValueError("no masked scores: the index keeps no images, or the model records no bright-ending map")
+    value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
+    return {"value": value, "fpr": fpr, "n": len(scores),
+            "source": (f"{1 - fpr:.0%} quantile of the masked similarity (inside each generation's bright-ending "
+                       f"map, Chen et al.) of {len(prompts)} prompts of items seen once in training, not probes, "
+                       f"x {len(seeds)} seeds, to their top-1 training match; {settings.steps} steps, guidance "
+                       f"{settings.guidance}")}
+
+
+def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict | None:
+    """Issue 32's figures on the unmitigated probes: for the template group, among seeds whose top-1 is a
+    picture of their own template, the share the masked verdict calls a copy (masked score above its
+    threshold) and the share the global verdict does; unique probes' masked false positives; full
+    duplication's share still called ``replicated``."""
+    if masked_threshold is None or "template" not in set(base["group"]):
+        return None
+
+    def seeds(group):
+        g = base[base["group"] == group]
+        return [(m, rep, own, v) for ms, reps, owns, vs in zip(g["masked"], g["replicated"], g["own_top1"], g["verdicts"])
+                for m, rep, own, v in zip(ms, reps, owns, vs)]
+    tm = [s for s in seeds("template") if s[2]]
+    uq = [s for s in seeds("unique") if s[0] is not None]
+    full = sorted((g for g in set(base["group"]) if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
+    hi = seeds(full[-1]) if full else []
+    return {"masked_threshold": masked_threshold,
+            "template_seeds_own_template": len(tm),
+            "template_seeds": int(sum(len(v) for v in base[base["group"] == "template"]["verdicts"])),
+            "masked_calls_copy": float(np.mean([m is not None and m > masked_threshold for m, *_ in tm])) if tm else None,
+            "global_calls_copy": float(np.mean([rep for _, rep, _, _ in tm])) if tm else None,
+            "verdict_template_copy": float(np.mean([v == "template copy" for *_, v in tm])) if tm else None,
+            "unique_masked_false_positives": float(np.mean([m > masked_threshold for m, *_ in uq])) if uq else None,
+            "unique_seeds": len(uq),
+            "full_high_still_replicated": float(np.mean([v == "replicated" for *_, v in hi])) if hi else None}
+
+
+def bright_ending_coverage(base: pd.DataFrame, index, group: str) -> dict | None:
+    """How much more the bright-ending map of a full-duplication generation lights its copied objects than the
+    rest (``metrics.mask_coverage`` against the objects' boxes the world drew, ``regions``), over the seeds
+    whose top-1 is the probe's own image; per seed, then the median and the share above 1."""
+    items = index.items.drop_duplicates("item")
+    if "regions" not in items:
+        return None
+    regions = dict(zip(items["item"].astype(int), items["regions"].astype(str)))
+    g = base[base["group"] == group]
+    ratios = []
+    for item, maps, owns in zip(g["item"], g["maps"], g["own_top1"]):
+        boxes = [b for b in regions.get(int(item), "").split(";") if b.startswith("obj:")]
+        if not boxes:
+            continue
+        region = np.zeros((metrics.MASK_SIDE, metrics.MASK_SIDE), bool)
+        for b in boxes:
+            x0, y0, x1, y1 = (int(v) for v in b[4:].split(","))
+            region[max(0, y0):y1, max(0, x0):x1] = True
+        ratios += [metrics.mask_coverage(metrics.mask_to_image(m), region) for m, own in zip(maps, owns)
+                   if own and m is not None]
+    if not ratios:
+        return None
+    return {"group": group, "seeds": len(ratios), "median_inside_over_outside": float(np.median(ratios)),
+            "share_above_1": float(np.mean(np.asarray(ratios) > 1)),
+            "definition": "mean of the bright-ending map (64 x 64) over the drawn objects' boxes / its mean elsewhere"}
+
+
+def local_checks(fig: dict | None, coverage: dict | None) -> dict:
+    """Issue 32's checks, where the world has templates: the masked verdict calls at least 80% of the seeds
+    whose top-1 is their own template, the global one fewer; unique probes' masked false positives at most 3%;
+    the bright-ending map lights the copied objects more than the rest (median ratio above 1)."""
+    if not fig:
+        return {}
+    out = {"template_masked_calls_at_least_80pct": (fig["masked_calls_copy"] or 0) >= 0.8,
+           "template_global_calls_fewer": (fig["global_calls_copy"] or 0) < (fig["masked_calls_copy"] or 0),
+           "unique_masked_false_positives_at_most_3pct": (fig["unique_masked_false_positives"] or 0) <= 0.03}
+    if coverage:
+        out["bright_ending_lights_the_copied_objects"] = coverage["median_inside_over_outside"] > 1
+    return out
+
+
+def format_local(m: dict) -> list[str]:
+    """The card's lines for template copies and the bright-ending map."""
+    lines = []
+    t = m.get("template")
+    if t:
+        lines.append(f"template copies (masked threshold {t['masked_threshold']:.3f}): of {t['template_seeds']} "
+                     f"template seeds, {t['template_seeds_own_template']} have a picture of their own template at "
+                     f"top-1; the masked verdict calls {t['masked_calls_copy']:.1%} of those, the global one "
+                     f"{t['global_calls_copy']:.1%}; unique probes' masked false positives "
+                     f"{t['unique_masked_false_positives']:.1%} of {t['unique_seeds']}; full duplication still "
+                     f"replicated {t['full_high_still_replicated']:.1%}")
+    c = m.get("bright_ending_coverage")
+    if c:
+        lines.append(f"bright-ending map on {c['group']} (own image at top-1, {c['seeds']} seeds): median "
+                     f"{c['median_inside_over_outside']:.2f}x brighter on the drawn objects than elsewhere; above 1 "
+                     f"for {c['share_above_1']:.1%}")
+    return lines
