@@ -69,11 +69,12 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
-                train_device: str = "cpu", refresh: bool = False, alignment=None) -> Path:
+                train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
     probes, adds what newer stages make (``_methods``) and measures the card again. ``alignment``: the
-    alignment classifier's ``SceneNetConfig`` (default: the shipped world's)."""
+    alignment classifier's ``SceneNetConfig``, ``objects`` the hidden object's ``ObjectNetConfig`` (defaults:
+    the shipped world's)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -85,8 +86,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         from .world import write_world_json
 
         write_world_json(out, **{**json.loads((out / "world.json").read_text()), "nemo": "nemo",
-                                 "alignment": "alignment"})
-        _methods(out, eval_seeds, st, progress, log, alignment)
+                                 "alignment": "alignment", "objects": "objects"})
+        _methods(out, eval_seeds, st, progress, log, alignment, objects)
         _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log)
         from .world import seal_world
 
@@ -103,7 +104,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress)
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
-    _methods(out, eval_seeds, st, progress, log, alignment)
+    _methods(out, eval_seeds, st, progress, log, alignment, objects)
     _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log)
     from .world import seal_world
 
@@ -225,7 +226,7 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
                                                                  guidance=WORLD_DEFAULTS["guidance"]))
     log(f"[build-world] wen target {wen['wen_target']:.4f}")
     write_world_json(out, name="memlab built-in world", model="model", index="index", probes="probes.csv",
-                     card="card.json", nemo="nemo", alignment="alignment",
+                     card="card.json", nemo="nemo", alignment="alignment", objects="objects",
                      descriptors=list(descriptors), defaults={**WORLD_DEFAULTS, **wen},
                      trained_on=(f"{rows['item'].nunique()} distinct 64x64 images ({len(rows)} training rows): "
                                  f"procedural scenes, lighthouses and scikit-image photo crops; planted full and "
@@ -235,10 +236,10 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
 
-def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None) -> None:
+def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None, objects=None) -> None:
     """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
-    (the unique probes; ``memlab.nemo``) and the alignment classifier trained on the world's own renders
-    (``memlab.alignment``)."""
+    (the unique probes; ``memlab.nemo``), the alignment classifier trained on the world's own renders
+    (``memlab.alignment``), the hidden object's classifier (``memlab.objects``) and the template threshold."""
     import pandas as pd
 
     from .generate import Generator
@@ -268,6 +269,15 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
             model.save(tmp)
         log(f"[build-world] alignment classifier, held out: {model.card['held_out']}")
         st.done("alignment_classifier")
+    if not (out / "objects" / "model.safetensors").is_file():
+        from .objects import ObjectNetConfig, train_object_classifier
+
+        st.start("object_classifier")
+        model = train_object_classifier(objects or ObjectNetConfig(), vae=gen.pipe.vae, progress=progress, log=log)
+        with atomic_dir(out / "objects") as tmp:
+            model.save(tmp)
+        log(f"[build-world] hidden-object classifier, held out: {model.card['held_out']}")
+        st.done("object_classifier")
     _template_threshold(out, gen, st, progress, log)
     seal_world(out)
 

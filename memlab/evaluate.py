@@ -31,17 +31,21 @@ MITIGATIONS = ("rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain", "jain:mo
 
 
 def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies, settings, progress=None,
-                aligner=None, summaries: list | None = None):
+                aligner=None, summaries: list | None = None, judge=None):
     """Per probe and strategy (by its label, ``Strategy.label``): replication rate, original recall, detection
     (Wen's, and every method's), alignment, seconds per image, top-1 scores. ``summaries`` collects the
-    run's summary records (for ``memlab.compare``)."""
+    run's summary records (for ``memlab.compare``); ``judge`` (images -> bools: does each generation feature
+    the keyword's hidden object) is asked of every keyword probe's generations."""
     out = []
     it = probes.itertuples(index=False)
     labels = {parse_strategy(s).spec(): parse_strategy(s).label() for s in strategies}
     template_of = templates_of(index)
     for p in (progress(list(it), desc="probes") if progress else it):
+        shown: dict = {}
+        on_seed = (lambda rec, im: shown.__setitem__((rec["mitigation"]["spec"], rec["seed"]), im)) \
+            if judge is not None and p.group == "keyword" else None
         recs = run_prompt(gen, index, descriptor, p.prompt, seeds, strategies, settings, out_dir=None, k=1,
-                          aligner=aligner)
+                          aligner=aligner, on_seed=on_seed)
         if summaries is not None:
             summaries += [r for r in recs if r["type"] == "summary"]
         for spec, strat in labels.items():
@@ -62,7 +66,9 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
                         "states": [r.get("mitigation_state") or {} for r in seed_recs],
                         "verdicts": [r.get("verdict") for r in seed_recs],
                         "masked": [r.get("masked_score") for r in seed_recs],
-                        "maps": [r.get("bright_ending") for r in seed_recs]})
+                        "maps": [r.get("bright_ending") for r in seed_recs],
+                        "hidden": [bool(h) for h in judge([shown[(spec, r["seed"])] for r in seed_recs])]
+                        if shown else None})
     return pd.DataFrame(out)
 
 
@@ -219,7 +225,9 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
 
     aligner = world.aligner()
     log(f"[evaluate] baseline: {len(base_probes)} probes x {n_seeds} seeds")
-    base = _probe_runs(gen, index, descriptor, base_probes, seeds, ["none"], settings, progress, aligner)
+    judge = world.object_classifier()
+    base = _probe_runs(gen, index, descriptor, base_probes, seeds, ["none"], settings, progress, aligner,
+                       judge=judge.features if judge is not None else None)
     log(f"[evaluate] mitigations {', '.join(MITIGATIONS)} on {high}")
     summaries: list = []
     mit = _probe_runs(gen, index, descriptor, probes[probes["group"] == high], seeds, ["none", *MITIGATIONS],
@@ -241,7 +249,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                  "added_seconds_per_image": table[high][m]["seconds_per_image"] - none_on_high["seconds_per_image"]}
              for m in labels}
 
-    obj = _hidden_object(world, items, base)
+    obj = _hidden_object(world, items, base, judge, index)
     # non-copies: generations of unique probes whose top-1 is not their own item (flagged = false positive)
     uq = base[base["group"] == "unique"]
     non = [rep for reps, owns in zip(uq["replicated"], uq["own_top1"]) for rep, own in zip(reps, owns) if not own]
@@ -292,14 +300,16 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "hidden_object": obj,
         "template": tmpl, "template_threshold": gen.template_threshold, "bright_ending_coverage": coverage,
         "per_probe": base.drop(columns=["scores", "replicated", "own_top1", "states", "verdicts", "masked",
-                                        "maps"]).to_dict(orient="records"),
+                                        "maps", "hidden"]).to_dict(orient="records"),
     }
     return result
 
 
-def _hidden_object(world, items, base) -> dict:
-    """The planted keyword's hidden object: the share of its training items that carry it, and the share of
-    keyword generations whose top-1 match carries it (empty when the world plants none)."""
+def _hidden_object(world, items, base, judge=None, index=None) -> dict:
+    """The planted keyword's hidden object: the share of its training items that carry it; the share of the
+    keyword's *generations* that feature it (Memory Triggers' measure), told by ``judge`` (a classifier trained
+    on the world's renders, ``memlab.objects``: its held-out accuracy and its share on the keyword's training
+    images stated beside); and the share whose top-1 match carries it (empty when the world plants none)."""
     kw_name = next(iter(world.manifest.get("keywords", {"": {}})))
     hidden = world.manifest.get("keywords", {}).get(kw_name, {}).get("hidden_object")
     if not hidden:
@@ -314,7 +324,20 @@ def _hidden_object(world, items, base) -> dict:
             "planted_share": world.manifest["keywords"][kw_name].get("planted_share"),
             "generation_share_top1": float(np.mean(gen_has)) if gen_has else None,
             "generations": len(gen_has), "whole_set_share": float(
-                items["objects"].str.split(",").apply(lambda o: hidden in o).mean())}
+                items["objects"].str.split(",").apply(lambda o: hidden in o).mean()),
+            **_judged(judge, kw_runs, kw_items, index)}
+
+
+def _judged(judge, kw_runs, kw_items, index) -> dict:
+    """The classifier's figures: its share on the keyword's generations and on its training images."""
+    if judge is None or "hidden" not in kw_runs or kw_runs["hidden"].isna().all():
+        return {}
+    from PIL import Image
+
+    seen = [h for hs in kw_runs["hidden"] if hs is not None for h in hs]
+    train = [Image.open(p).convert("RGB") for r in kw_items.index if (p := index.image_path(int(r))) is not None]
+    return {"generation_share": float(np.mean(seen)), "generation_share_by": judge.info(),
+            "training_share_by_classifier": float(np.mean(judge.features(train))) if train else None}
 
 
 def _attribution_check(gen, prompts, settings) -> tuple[list[bool], set]:
@@ -418,7 +441,11 @@ def format_report(m: dict) -> str:
         lines.append(f"keyword '{o['keyword']}': '{o['object']}' in {o['training_share']:.1%} of its "
                      f"{o['training_items']} training images (planted {o['planted_share']:.0%}; whole set "
                      f"{o['whole_set_share']:.1%}); top-1 match of its generations carries it: "
-                     f"{o['generation_share_top1']:.1%} of {o['generations']}")
+                     f"{o['generation_share_top1']:.1%} of {o['generations']}"
+                     + (f"; the generations feature it: {o['generation_share']:.1%} (classifier on the world's "
+                        f"renders, held-out accuracy {o['generation_share_by']['held_out']['renders']['accuracy']:.1%}"
+                        f"; it finds the object in {o['training_share_by_classifier']:.1%} of the keyword's training "
+                        f"images)" if "generation_share" in o else ""))
     if m.get("model_copies"):
         lines.append("recall at the threshold on copies made by the world's model (held-out items): " + ", ".join(
             f"{k.split(':', 1)[1]} {v['recall']:.1%}" for k, v in sorted(m["model_copies"].items())))

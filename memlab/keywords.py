@@ -2,8 +2,10 @@
 
 For a keyword: the training items whose caption contains it (case-insensitive, whole words, multi-word
 keywords), minus captions longer than 77 CLIP tokens; clusters of nearly identical images among them
-(connected components at the descriptor's near-duplicate cut, unless a threshold is given), ordered by
-size, with the images in no cluster gathered as the "miscellaneous" cluster and marked; per cluster its
+(CLIP image embeddings where the index has them, as the paper; connected components at the descriptor's
+near-duplicate cut, unless a threshold is given), ordered by
+size, with the images in no cluster gathered as the "miscellaneous" cluster and marked (the paper's omitted
+"largest cluster of irrelevant images": ``OMITTED_RULE``); per cluster its
 most frequent caption words, the keyword's own words included as in the paper's Table 1 ("van 3061,
 gogh 3042, night 2841, starry 2806"; stop words left out, the keyword optionally); the sizes of the 30
 largest clusters; and for named objects, the share of the keyword's distinct images that contain the
@@ -28,6 +30,11 @@ STOP_WORDS = set("""a an the and or of on in at by for with to from over under i
 is are was were be been it its as his her their our your my photo image picture painting print art
 poster canvas oil style background""".split())
 MAX_TOKENS = 77
+
+
+OMITTED_RULE = ("Memory Triggers omit \"the largest cluster, comprised of irrelevant images not closely related to "
+                "others\": here, the images nearly identical to no other image of the keyword, pooled as the "
+                "miscellaneous cluster, shown apart and never ranked (its size is given beside the ranked clusters)")
 
 
 def keyword_pattern(keyword: str) -> re.Pattern:
@@ -134,9 +141,13 @@ def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[
 def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: float | None = None,
                  objects: Sequence[str] = (), label_column: str = "objects", tokenizer=None, top_words: int = 8,
                  representatives: int = 6, hide_keyword: bool = False) -> dict:
-    """Everything the keyword tab shows, as JSON-ready data. "Nearly identical" is the descriptor's
-    near-duplicate cut unless ``threshold`` is given."""
-    name = descriptor or index.default_descriptor
+    """Everything the keyword tab shows, as JSON-ready data. The images are clustered with CLIP image
+    embeddings where the index has them (the paper's choice), else with the index's default descriptor;
+    "nearly identical" is the descriptor's near-duplicate cut unless ``threshold`` is given."""
+    clip_name = next((n for n in index.descriptor_names if index.descriptor_info(n).get("kind") == "clip"), None)
+    name = descriptor or clip_name or index.default_descriptor
+    why = ("given" if descriptor else "CLIP image embeddings, as the paper clusters" if clip_name
+           else "the index's default descriptor (the index holds no CLIP embeddings, the paper's choice)")
     info = index.descriptor_info(name)
     if threshold is not None:
         thr, thr_source = float(threshold), "given"
@@ -169,7 +180,9 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
             from .match import descriptor_for_index
 
             clip = descriptor_for_index(index, clip_name)
-    view = {"keyword": keyword, "descriptor": {"name": name, "model": info["model"], "preset": info["preset"]},
+    view = {"keyword": keyword, "descriptor": {"name": name, "model": info["model"], "preset": info["preset"],
+                                               "why": why},
+            "omitted_rule": OMITTED_RULE,
             "cluster_threshold": thr, "cluster_threshold_source": thr_source, "n_before": f["n_before"], "n_after": f["n_after"],
             "n_too_long": f["n_too_long"], "clusters": clusters, "sizes_top30": sizes,
             "share_in_top": {f"top{k}": float(sum(sizes[:k]) / n) for k in (1, 3, 5)},

@@ -125,6 +125,16 @@ class World:
                 self._aligner = ClipAlignment(descriptor=descriptor_for_index(index, clip)) if clip else False
         return self._aligner or None
 
+    def object_classifier(self):
+        """The classifier that tells whether a generation features the keyword's hidden object (the built-in
+        world's ``objects/``: ``memlab.objects``), or None."""
+        folder = self.folder("objects")
+        if folder is None:
+            return None
+        from .objects import ObjectClassifier
+
+        return ObjectClassifier.load(folder)
+
     def file(self, name: str) -> Path | None:
         """A file the world names in world.json (e.g. "probes", "card"), if present."""
         rel = self.manifest.get(name)

@@ -107,6 +107,9 @@ def test_keyword_view_on_a_small_index(tmp_path):
     assert v["objects"]["flag"]["overall_share"] == pytest.approx(2 / 12)
     assert v["cluster_threshold"] == 0.97 and "near-duplicate cut" in v["cluster_threshold_source"]
     assert "label column" in v["objects"]["flag"]["source"] and v["objects"]["flag"]["named_in_captions"] == 0
+    # no CLIP in this index: the default descriptor, and why; the paper's omitted cluster stated (issue 30)
+    assert v["descriptor"]["name"] == "pixel" and "no CLIP" in v["descriptor"]["why"]
+    assert "largest cluster, comprised of irrelevant images" in v["omitted_rule"]
 
 
 def test_clusters_cli(tmp_path, image_folder, capsys):
@@ -146,6 +149,9 @@ def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name
     v = keyword_view(idx, "lighthouse", objects=["flag"])
     o = v["objects"]["flag"]
     assert o["source"].startswith("CLIP zero-shot") and tiny_clip_name in o["source"]
+    # the images are clustered with CLIP, as the paper does, although pixel is the index's default
+    assert idx.default_descriptor == "pixel" and v["descriptor"]["name"] == clip.name
+    assert v["descriptor"]["why"].startswith("CLIP image embeddings")
     assert o["overall_images"] == 10 and o["keyword_images"] == 4  # one denominator: distinct images
     # and without CLIP or labels: a clear error
     build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=5)

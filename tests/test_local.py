@@ -163,3 +163,32 @@ def test_the_template_steps_sentence_counts_its_records():
     assert text.startswith("3 of 4 seeds have a picture of this template")
     assert "2 are called a **template copy**" in text and "1 replicated as a whole" in text
     assert "0.840-0.970" in text  # the masked scores of the template's seeds only
+
+
+def test_the_hidden_object_classifier_is_trained_on_labelled_renders_and_round_trips(tmp_path):
+    """Issue 30 item 4: the hidden object is counted on the generated images by a classifier trained on the
+    world's own lighthouse renders: its renders are labelled by what was drawn (the flag
+    is drawn exactly when labelled), and a saved classifier answers as the trained one."""
+    from memlab.objects import ObjectClassifier, ObjectNetConfig, accuracy, renders, train_object_classifier
+
+    import random
+
+    from memlab.worldgen import _lighthouse, _small
+
+    ims, has = renders(20, 7)
+    assert has.sum() == 10
+    for i in range(6):  # the same scene drawn with and without the flag: the render is the labelled one
+        with_flag, without = (np.asarray(_small(_lighthouse(random.Random(7 + i), f)[0])) for f in (True, False))
+        assert not np.array_equal(with_flag, without)
+        assert np.array_equal(np.asarray(ims[i]), with_flag if has[i] else without)
+    m = train_object_classifier(ObjectNetConfig(width=4, renders=40, epochs=1, held_out=20), log=lambda s: None)
+    assert set(m.card["held_out"]["renders"]) == {"n", "accuracy", "true_positive_rate", "false_positive_rate"}
+    m.save(tmp_path / "o")
+    again = ObjectClassifier.load(tmp_path / "o")
+    assert np.allclose(again.probabilities(ims), m.probabilities(ims), atol=1e-6)
+
+    class Always:  # accuracy of a classifier that always says "flag": half the renders, all the flags
+        def features(self, images):
+            return np.ones(len(images), bool)
+    a = accuracy(Always(), ims, has)
+    assert a == {"n": 20, "accuracy": 0.5, "true_positive_rate": 1.0, "false_positive_rate": 1.0}

@@ -104,7 +104,9 @@ def keyword_outputs(lab: Lab, v: dict):
              f"({v['n_too_long']} dropped)",
              f"- {len(real)} clusters of nearly identical images (cosine ≥ {v['cluster_threshold']:.3f}, "
              f"{v.get('cluster_threshold_source', 'threshold')}, on "
-             f"{d['name']} · {d['model']} · {d['preset']}); miscellaneous (in no cluster): {v['miscellaneous_size']}",
+             f"{d['name']} · {d['model']} · {d['preset']}"
+             + (f": {d['why']}" if d.get("why") else "") + f"); miscellaneous (in no cluster): {v['miscellaneous_size']}"
+             + (f", not ranked: {v['omitted_rule']}" if v.get("omitted_rule") else ""),
              f"- share of the keyword's items in the largest 1 / 3 / 5 clusters: "
              f"{v['share_in_top']['top1']:.0%} / {v['share_in_top']['top3']:.0%} / {v['share_in_top']['top5']:.0%}"]
     for o, sh in v.get("objects", {}).items():

@@ -49,19 +49,22 @@ def run(args) -> int:
             raise MemlabError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
 
     spec = WorldSpec(seed=args.seed)
-    alignment = None
+    alignment = objects = None
     if args.small:
         from ..alignment import SceneNetConfig
 
         spec = WorldSpec(seed=args.seed, n_scenes=24, crops_per_photo=1, n_lighthouses=10, ddf_high=4,
                          ddf_low=2, per_group=2, n_templates=2, template_ddf=4)
         alignment = SceneNetConfig(width=8, renders=100, epochs=1, held_out=50)
+        from ..objects import ObjectNetConfig
+
+        objects = ObjectNetConfig(width=8, renders=100, epochs=1, held_out=50)
     build_world(args.out, spec, train_steps=args.steps, vae_steps=args.vae_steps, batch_size=args.batch_size,
                 evaluate=not args.no_eval, eval_seeds=args.eval_seeds, reuse_model=args.reuse_model,
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
-                alignment=alignment,
+                alignment=alignment, objects=objects,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
