@@ -159,7 +159,7 @@ def test_generated_set_is_deterministic_and_planted():
     assert not kw["caption"].str.contains(HIDDEN_OBJECT).any()  # never named
     assert len(ims_a) >= 16 + 10 and ims_a[0].size == (64, 64)
     p = probes(a)
-    assert set(p["group"]) == {"unique", "full_ddf4", "full_ddf2", "partial_ddf4", "partial_ddf2", "keyword"}
+    assert set(p["group"]) == {"unique", "full_ddf4", "full_ddf2", "partial_ddf4", "partial_ddf2", "keyword", "template"}
 
 
 def test_full_set_has_500_distinct_images():
@@ -170,3 +170,24 @@ def test_full_set_has_500_distinct_images():
     # sits at the 99th percentile of this background)
     nn = background(create_descriptor("pixel").embed(ims))
     assert np.median(nn) < 0.75 and np.quantile(nn, 0.95) < 0.92
+
+
+def test_templates_are_planted_last_and_change_nothing_else():
+    """Issue 32 item 1: the template group's rows share one caption per template and a frame outside their
+    window, with a different picture inside each; the world without templates is the same image for image."""
+    plain, ims_plain = make_training_set(dataclasses.replace(SMALL, n_templates=0))
+    rows, ims = make_training_set(dataclasses.replace(SMALL, n_templates=2, template_ddf=4))
+    rest = rows[rows["template"] < 0].reset_index(drop=True)
+    assert rest[list(plain.columns)].equals(plain)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ims_plain, ims)) and len(ims) == len(ims_plain) + 8
+    t = rows[rows["template"] >= 0]
+    assert (t["planted"] == "template").all() and t.groupby("template")["caption"].nunique().eq(1).all()
+    assert t["caption"].nunique() == 2 and t["item"].nunique() == 8
+    x0, y0, x1, y1 = (int(v) for v in t["regions"].iloc[0][len("window:"):].split(","))
+    pics = [np.asarray(ims[i], np.int16) for i in t[t["template"] == 0]["item"]]
+    outside = np.ones((64, 64), bool)
+    outside[y0 - 2:y1 + 2, x0 - 2:x1 + 2] = False  # (the window's edge is resampled with its picture)
+    assert all(np.abs(p[outside] - pics[0][outside]).max() <= 2 for p in pics[1:])  # the template repeats
+    assert all(np.abs(p[y0:y1, x0:x1] - pics[0][y0:y1, x0:x1]).mean() > 10 for p in pics[1:])  # its content not
+    p = probes(rows)
+    assert (p["group"] == "template").sum() == 2 and set(p[p["group"] == "template"]["template"]) == {0, 1}
