@@ -250,3 +250,22 @@ def local_detection(diff_sq, mask) -> np.ndarray:
     d = np.asarray(diff_sq, np.float64).reshape(len(diff_sq), -1)
     m = np.asarray(mask, np.float64).reshape(len(mask), -1)
     return np.sqrt(d.shape[1] * (m * d).sum(1) / np.maximum(m.sum(1), 1e-12))
+
+
+def ren_entropy(recorded, n: int):
+    """Ren et al.'s detection: the entropy of the conditional cross-attention over the 77 tokens (mean over
+    heads and pixels) at the first step, averaged over the cross-attention layers: [B]."""
+    if not recorded:
+        return np.full(n, np.nan)
+    return token_entropy(np.stack([r.numpy() for r in recorded])).mean(0)
+
+
+def small_map(m, side: int = 16) -> list:
+    """A map [h, w] averaged down to at most ``side`` x ``side`` (area means), as rows of 3-decimal floats."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.asarray(m, np.float32))[None, None]
+    if max(x.shape[-2:]) > side:
+        x = F.adaptive_avg_pool2d(x, (min(side, x.shape[-2]), min(side, x.shape[-1])))
+    return [[round(float(v), 3) for v in row] for row in x[0, 0].numpy()]

@@ -418,7 +418,8 @@ class Generator:
         (``scale_model_input`` of the first step, below, is the same for every registered scheduler.)"""
         import torch
 
-        from .attention import AttentionContext, AttentionHub, bright_ending, local_detection, prompt_lengths
+        from .attention import (AttentionContext, AttentionHub, bright_ending, local_detection, prompt_lengths,
+                                ren_entropy, small_map)
         from .mitigations import Jain, NeMo, Ren
 
         pipe = pipe or self.pipe
@@ -502,7 +503,7 @@ class Generator:
         finally:
             handle.remove()
         det = torch.stack(norms).mean(0).cpu().numpy()
-        ren_score = _ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
+        ren_score = ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
         aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)
         be = bright_ending(ctx.end_maps) if ctx.end_maps else None
         local = local_detection(diff_map[0].numpy(), be) if be is not None and diff_map else None
@@ -554,31 +555,7 @@ class Generator:
         return self._nemo_cache[key]
 
 
-def small_map(m, side: int = 16) -> list:
-    """A map [h, w] averaged down to at most ``side`` x ``side`` (area means), as rows of 3-decimal floats."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.as_tensor(np.asarray(m, np.float32))[None, None]
-    if max(x.shape[-2:]) > side:
-        x = F.adaptive_avg_pool2d(x, (min(side, x.shape[-2]), min(side, x.shape[-1])))
-    return [[round(float(v), 3) for v in row] for row in x[0, 0].numpy()]
-
-
 ASTHANA_GAMMA = (1.0, 2.0)  # the authors' weights for SD v1 (norm, cosine): detect_eval.py
-
-
-def _ren_entropy(recorded, n: int):
-    """Ren et al.'s detection: the entropy of the conditional cross-attention over the 77 tokens (mean over
-    heads and pixels) at the first step, averaged over the cross-attention layers: [B]."""
-    import numpy as np
-
-    from .attention import token_entropy
-
-    if not recorded:
-        return np.full(n, np.nan)
-    return token_entropy(np.stack([r.numpy() for r in recorded])).mean(0)
 
 
 class _JainGuidance:
