@@ -291,7 +291,7 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
     stored in world.json, which the generator reads."""
     import pandas as pd
 
-    from .evaluate import calibrate_template_threshold
+    from .local import calibrate_template_threshold
     from .generate import Settings
     from .match import descriptor_for_index
     from .world import World, write_world_json
