@@ -287,7 +287,7 @@ TEMPLATE_CALIBRATION = (32, 4)  # prompts of items seen once (not probes) x seed
 
 def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
     """5c. The "template copy" threshold (issue 32): the masked similarity's, calibrated at 1% false positives
-    on generations of items seen once in training that are not probes (``evaluate.calibrate_template_threshold``);
+    on generations of items seen once in training that are not probes (``local.calibrate_template_threshold``);
     stored in world.json, which the generator reads."""
     import pandas as pd
 
