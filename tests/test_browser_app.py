@@ -296,3 +296,22 @@ def test_the_copied_region_is_tinted_over_the_pairs_when_asked(tiny_world, tmp_p
         again = page.evaluate(srcs)
     assert a.shape == b.shape and np.abs(a - b).max() > 20  # the tint is visible
     assert again[:2] == plain[:2]  # the plain pairs, the same pictures
+
+
+def test_bad_input_on_match_compare_and_keywords_is_a_message_where_the_results_go(tiny_world, tmp_path):
+    """Issue 33 item 8: a refused request on Match, Compare and Keyword clusters reads as a message in place
+    of its results, with no error toast or red badge (the API still answers with an error: test_bad_inputs)."""
+    with app_page(tiny_world) as page:
+        open_tab(page, "Match an image")
+        page.locator("#match-btn").click()
+        _wait_text(page, "#match-verdict", "upload an image first", timeout=30_000)
+        open_tab(page, "Compare mitigations")
+        page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-99")
+        page.locator("#compare-btn").click()
+        _wait_text(page, "#compare-headline", "seeds", timeout=30_000)
+        compare_text = page.locator("#compare-headline").inner_text()
+        page.wait_for_timeout(500)
+        toasts = page.locator(".toast-body").count()
+        page.screenshot(path=str(_shot(tmp_path, "bad-input-message.png")))
+    assert "⚠️" in compare_text and "at most 16" in compare_text
+    assert toasts == 0

@@ -13,7 +13,7 @@ from ..service import Lab
 from .charts import compare_figure
 from .views import COMPARE_COLUMNS, compare_grid, compare_headline, compare_table
 from .generate import examples_block
-from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
+from .wiring import MITIGATION_CHOICES, errors, page_and_api, scroll_first
 
 
 def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) -> None:
@@ -60,7 +60,6 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
         if prompt is not None:  # the prompt typed on Generate is here when the visitor comes to compare
             prompt.change(lambda p: p, prompt, c_prompt, queue=False, api_name=False, show_progress="hidden")
 
-        @errors
         def compare(prompt, n, mits, k, lam, seed_list="", steps=None, guidance=None, progress=gr.Progress()):
             seeds = lab.seeds(n, seed_list, limit=limit)
             specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
@@ -73,9 +72,10 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
                 yield (state, compare_headline(lab, state, seeds, n_rows), compare_grid(lab, state, seeds, n_rows),
                        compare_figure(lab, state), compare_table(state))
 
-        event = run_button(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam, c_list, c_steps, c_guidance],
-                           [c_state, c_head, c_grid, c_plot, c_table], api("compare"),
-                           cleared=(None, "", "", None, None), js=scroll_first("#compare-headline"))
+        event = page_and_api(c_btn, compare, [c_prompt, c_seeds, c_mits, c_k, c_lam, c_list, c_steps, c_guidance],
+                             [c_state, c_head, c_grid, c_plot, c_table], api("compare"),
+                             message=lambda text: (None, text, "", None, None), cleared=(None, "", "", None, None),
+                             js=scroll_first("#compare-headline"))
         c_stop.click(None, None, None, cancels=[event], api_name=False)
 
         @errors

@@ -8,7 +8,7 @@ from ..errors import MemlabError
 from ..limits import number, text
 from ..service import Lab
 from .charts import keyword_outputs
-from .wiring import errors
+from .wiring import errors, page_and_api
 
 
 def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
@@ -37,7 +37,6 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             kw_rank = gr.Number(value=1, minimum=1, step=1, label="Cluster rank", scale=1)
             kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
 
-        @errors
         def show_keyword(keyword, objects, progress=gr.Progress()):
             progress(0, desc="filtering captions and clustering")
             objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
@@ -46,8 +45,9 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
             return keyword_outputs(lab, v)
 
-        kw_btn.click(show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
-                     api_name=api("keyword_clusters"))
+        page_and_api(kw_btn, show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
+                     api("keyword_clusters"), message=lambda text: (text, None, None, []),
+                     cleared=(gr.skip(), gr.skip(), gr.skip(), gr.skip()))
 
         @errors
         def cluster_prompt(keyword, rank):

@@ -7,7 +7,7 @@ import pandas as pd
 from ..limits import LIMITS
 from ..service import Lab
 from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, score
-from .wiring import errors, run_button
+from .wiring import page_and_api
 
 
 def match_tab(lab: Lab, api) -> None:
@@ -29,7 +29,6 @@ def match_tab(lab: Lab, api) -> None:
         m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
         m_table = gr.Dataframe(headers=MATCH_COLUMNS, column_widths=MATCH_WIDTHS, label="matches", elem_id="match-table")
 
-        @errors
         def match_upload(path, k, descriptor):
             res = lab.match_image(path, k, descriptor)
             q, d = res["queries"][0], res["descriptor"]
@@ -45,5 +44,5 @@ def match_tab(lab: Lab, api) -> None:
                      for m in q["matches"]]
             return md, gallery, pd.DataFrame(table, columns=MATCH_COLUMNS)
 
-        run_button(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api("match_image"),
-                   cleared=("", [], None))
+        page_and_api(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api("match_image"),
+                     message=lambda text: (text, [], None), cleared=("", [], None))

@@ -17,9 +17,11 @@ log = logging.getLogger("memlab.app")
 MITIGATION_CHOICES = [m for m in MITIGATIONS if m != "none"] + ["jain:mode=dynamic"]  # Jain's two transitions
 
 
-def errors(fn):
-    """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving. Anything
-    else is a bug: its traceback goes to the server's log, the caller gets one line without it."""
+def errors(fn, message=None):
+    """MemlabError -> gr.Error, so the message shows in the page and the server keeps serving; with
+    ``message`` (text -> the event's outputs) the refusal is shown where the results go instead (no red
+    badge over them). Anything else is a bug: its traceback goes to the server's log, the caller gets one
+    line without it."""
     def translate(e: BaseException):
         if isinstance(e, gr.Error):
             return e
@@ -34,6 +36,10 @@ def errors(fn):
         def wrapped_gen(*a, **kw):
             try:
                 yield from fn(*a, **kw)
+            except MemlabError as e:
+                if message is None:
+                    raise translate(e) from None
+                yield message(f"⚠️ **{e}**")
             except Exception as e:  # noqa: BLE001 - see translate
                 raise translate(e) from None
         return wrapped_gen
@@ -42,9 +48,24 @@ def errors(fn):
     def wrapped(*a, **kw):
         try:
             return fn(*a, **kw)
+        except MemlabError as e:
+            if message is None:
+                raise translate(e) from None
+            return message(f"⚠️ **{e}**")
         except Exception as e:  # noqa: BLE001 - see translate
             raise translate(e) from None
     return wrapped
+
+
+def page_and_api(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, message, cleared: tuple,
+                 progress_on=None, js: str | None = None):
+    """``btn``'s event for the page, where a refused request reads as a message in place of its results
+    (``message``: the text -> the outputs), and, under ``api_name``, the same handler on a hidden button for
+    API callers, who get the refusal as an error. Returns the page's event (Stop cancels it)."""
+    page = run_button(btn, errors(fn, message), inputs, outputs, None, cleared, progress_on, js)
+    if api_name:
+        run_button(gr.Button(visible=False), errors(fn), inputs, outputs, api_name, cleared)
+    return page
 
 
 def _is_gen(fn):
