@@ -154,6 +154,32 @@ def _nemo_statistics(out: Path, model: str, table, seeds: int, device, log) -> b
     return True
 
 
+TEMPLATE_SEEDS = 4  # seeds per control prompt for the template threshold
+
+
+def _template_threshold(out: Path, model: str, table, index, device, log) -> dict | None:
+    """4c. The "template copy" threshold (issue 32): the masked similarity of the control prompts'
+    generations to their top-1 training image, at 1% (``local.calibrate_template_threshold``), kept in
+    ``template_threshold.json`` (skipped when present); none without controls or training images."""
+    f = out / "template_threshold.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    controls = [p for p in table[table["label"] == "control"]["prompt"] if p]
+    if not controls or index.image_path(0) is None:
+        return None
+    from .generate import Generator, Settings
+    from .local import calibrate_template_threshold
+    from .match import descriptor_for_index
+
+    gen = Generator.from_pretrained(model, device=device)
+    thr = calibrate_template_threshold(gen, index, descriptor_for_index(index), controls,
+                                       list(range(TEMPLATE_SEEDS)),
+                                       Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
+    f.write_text(json.dumps(thr, indent=1))
+    log(f"[world create] template threshold {thr['value']:.3f} from {thr['n']} control generations")
+    return thr
+
+
 def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
                  training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
@@ -187,6 +213,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     _keyword_views(out / "keywords", index, words)
 
     nemo = _nemo_statistics(out, model, table, nemo_seeds, device, log)
+    template = _template_threshold(out, model, table, index, device, log)
 
     # 5. world.json and card.json
     size = model_size(model)
@@ -203,7 +230,8 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
                      + (f" and {Path(controls).name}" if controls else "") + " name" if rep else ""))
     write_world_json(out, name=name or out.name, model=model, index="index", probes="probes.csv", card="card.json",
                      descriptors=list(descriptors), defaults=defaults, trained_on=trained_on,
-                     probe_labels={k: int(v) for k, v in n_lab.items()}, **({"nemo": "nemo"} if nemo else {}))
+                     probe_labels={k: int(v) for k, v in n_lab.items()}, **({"nemo": "nemo"} if nemo else {}),
+                     **({"template_threshold": template} if template else {}))
     log(f"[world create] wrote {out}: {len(items)} items, {len(probes)} probes "
         f"({', '.join(f'{v} {k}' for k, v in n_lab.items())}), keywords {', '.join(words) or 'none'}")
     return out

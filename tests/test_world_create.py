@@ -175,6 +175,11 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     w = World.load(out)
     assert w.folder("nemo") is not None and "nemo/statistics.safetensors" in w.manifest["files"]
     assert w.generator().nemo_stats.info["prompts"] == int((pd.read_csv(out / "probes.csv")["label"] == "control").sum())
+    # the template threshold (issue 32): from the controls' generations against their top-1 training images
+    n_controls = int((pd.read_csv(out / "probes.csv")["label"] == "control").sum())
+    thr = w.manifest["template_threshold"]
+    assert thr["n"] == n_controls * 4 and thr["fpr"] == 0.01 and -1 <= thr["value"] <= 1
+    assert w.generator().template_threshold == thr
     r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", prompt, "--seeds", "0-1",
                         "--steps", "2", "--mitigation", "none", "--mitigation", "nemo", "--out", str(tmp_path / "n.jsonl")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
