@@ -172,3 +172,18 @@ def test_wens_score_after_optimization_is_shown_beside_its_target():
     line = _wen_line(recs)[0]
     assert "1.133" in line and "max 1.300" in line and "1.120" in line and "2 of 3 seeds" in line
     assert _wen_line([{"mitigation_state": None}, {}]) == []
+
+
+def test_every_tab_is_one_tap_away_on_a_phone_and_the_row_stays_off_a_desktop():
+    """Issue 33 item 9: on a phone (420 px) Gradio folds most tabs into its "…" menu; the "Go to" row above
+    them reaches each in one tap. On a desktop the tab bar shows them all and the row is not shown."""
+    with app_page(BUILTIN, viewport=(420, 900)) as page:
+        row = page.locator("#phone-tabs")
+        assert row.is_visible() and row.bounding_box()["y"] < 900
+        row.locator("label", has_text="Match").click()
+        page.locator("#match-btn").wait_for(state="visible", timeout=10_000)
+        row.locator("label", has_text="Keywords").click()
+        page.locator("#kw-btn").wait_for(state="visible", timeout=10_000)
+        assert page.locator("#generate-btn").is_hidden()
+    with app_page(BUILTIN, viewport=(1400, 1000)) as page:
+        assert page.locator("#phone-tabs").is_hidden()

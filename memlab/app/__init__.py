@@ -46,6 +46,10 @@ def build_app(labs) -> gr.Blocks:
     return demo
 
 
+PHONE_TABS = [("Generate", "generate"), ("Lesson", "lesson"), ("Compare", "compare"), ("Match", "match"),
+              ("Training set", "train"), ("Keywords", "clusters"), ("About", "about")]
+
+
 def world_page(lab: Lab, api_suffix: str = "") -> None:
     """One world's page: its tabs, wired to its Lab; each event's API name ends with ``api_suffix``."""
     api: Callable[[str], str] = lambda name: name + api_suffix  # noqa: E731
@@ -55,6 +59,9 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
                 f"trained on. **New here? Start with the Lesson tab**, or pick an example prompt and press "
                 f"Generate. World: **{lab.name}** (details in *About this world*).", elem_id="intro")
     run_state = gr.State(None)
+    # on a phone Gradio folds most tabs into its "…" menu: every tab is also one tap away here (shown on
+    # narrow screens only, APP_CSS)
+    jump = gr.Radio(PHONE_TABS, value="generate", label="Go to", elem_id="phone-tabs", container=False)
     with gr.Tabs() as tabs:
         examples = probe_examples(lab.probes())
         prompt = generate_tab(lab, examples, run_state, api)
@@ -64,5 +71,6 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
         training_set_tab(lab, api)
         keyword_tab(lab, tabs, prompt, api)
         about_tab(lab)
+    jump.change(lambda t: gr.Tabs(selected=t), jump, tabs, api_name=False, queue=False, show_progress="hidden")
     with gr.Accordion("Glossary: the words and numbers on this page", open=True, elem_id="glossary-box"):
         gr.Markdown(glossary_markdown(), elem_id="glossary-text")

@@ -235,7 +235,10 @@ html,body,.gradio-container{overflow-anchor:none}
 #topk .grid-wrap,#match-gallery .grid-wrap,#lesson-copies .grid-wrap{height:auto!important;min-height:0!important;
   max-height:none!important}
 .wrap.generating{animation:none!important}
+#phone-tabs{display:none!important}
 @media (max-width:700px){
+ #phone-tabs{display:block!important;margin-bottom:4px}
+ #phone-tabs label{padding:2px 8px!important;font-size:13px!important;min-height:0!important}
  #pairs .grid-container{grid-template-columns:minmax(0,1fr)!important;grid-template-rows:none!important;
    grid-auto-rows:auto!important}
  #pairs .thumbnail-item{aspect-ratio:auto!important;height:auto!important;display:flex;flex-direction:column}
