@@ -208,6 +208,58 @@ def head_accuracy(model: SceneAlignment, images, labels) -> dict:
     return out
 
 
+def training_renders(make, cfg, vae=None, progress=None):
+    """``cfg.renders`` fresh renders from ``make(n, seed)`` (images, labels), the first ``cfg.vae_share`` of them
+    through ``vae``'s round trip (what the model's decoder makes); torch seeded with ``cfg.seed``."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    ims, labels = make(cfg.renders, cfg.seed)
+    if vae is not None and cfg.vae_share > 0:
+        from .train_descriptor import decode_all
+
+        k = int(len(ims) * cfg.vae_share)
+        ims[:k] = decode_all(vae, ims[:k], progress=progress)
+    return ims, labels
+
+
+def held_out_card(model, make, measure, cfg, vae=None) -> dict:
+    """``measure(model, images, labels)`` on ``cfg.held_out`` renders the training never saw, as drawn and
+    (with ``vae``) through the decoder: the classifier's card."""
+    ims, labels = make(cfg.held_out, cfg.seed + cfg.renders)
+    card = {"held_out": {"renders": measure(model, ims, labels)}}
+    if vae is not None:
+        from .train_descriptor import decode_all
+
+        card["held_out"]["renders_through_vae"] = measure(model, decode_all(vae, ims), labels)
+    return card
+
+
+def fit(net, n: int, batch_loss, cfg, log) -> None:
+    """A small classifier's training loop, read top to bottom: AdamW with a one-cycle schedule over ``cfg.epochs``
+    epochs of ``n`` examples in seeded random batches; ``batch_loss(rows, generator)`` augments and scores a
+    batch (its random draws from the same generator, so a run is repeatable); ``log(epoch, mean loss)``."""
+    import torch
+
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.epochs):
+        net.train()
+        order = torch.randperm(n, generator=g)
+        total = 0.0
+        for b in range(0, n, cfg.batch_size):
+            i = order[b:b + cfg.batch_size]
+            loss = batch_loss(i, g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(i)
+        log(epoch + 1, total / n)
+
+
 def train_scene_alignment(cfg: SceneNetConfig = SceneNetConfig(), vae=None, progress=None,
                           log=print) -> SceneAlignment:
     """Train the classifier on ``cfg.renders`` fresh renders (a ``vae_share`` of them through ``vae``'s round
@@ -215,47 +267,23 @@ def train_scene_alignment(cfg: SceneNetConfig = SceneNetConfig(), vae=None, prog
     import torch
     import torch.nn.functional as F
 
-    torch.manual_seed(cfg.seed)
-    ims, labs = renders(cfg.renders, cfg.seed)
-    if vae is not None and cfg.vae_share > 0:
-        from .train_descriptor import decode_all
-
-        k = int(len(ims) * cfg.vae_share)
-        ims[:k] = decode_all(vae, ims[:k], progress=progress)
+    ims, labs = training_renders(renders, cfg, vae, progress)
     x, (ts, tc, tbc, tbk) = _tensor(ims), _targets(labs)
     net = _net(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.epochs * ((len(x) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps)
-    g = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(cfg.epochs):
-        net.train()
-        order = torch.randperm(len(x), generator=g)
-        total = 0.0
-        for b in range(0, len(x), cfg.batch_size):
-            i = order[b:b + cfg.batch_size]
-            xb = x[i]
-            if torch.rand(1, generator=g).item() < 0.5:
-                xb = xb.flip(-1)  # the labels do not depend on left and right, nor on up and down
-            if torch.rand(1, generator=g).item() < 0.5:
-                xb = xb.flip(-2)
-            s, c, bc, bk = _split(net(xb))
-            loss = (F.binary_cross_entropy_with_logits(s, ts[i]) + F.binary_cross_entropy_with_logits(c, tc[i])
-                    + F.cross_entropy(bc, tbc[i]) + F.cross_entropy(bk, tbk[i]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(i)
-        log(f"[alignment] epoch {epoch + 1}/{cfg.epochs} loss {total / len(x):.4f}")
-    model = SceneAlignment(net, cfg)
-    h_ims, h_labs = renders(cfg.held_out, cfg.seed + cfg.renders)
-    card = {"held_out": {"renders": head_accuracy(model, h_ims, h_labs)}}
-    if vae is not None:
-        from .train_descriptor import decode_all
 
-        card["held_out"]["renders_through_vae"] = head_accuracy(model, decode_all(vae, h_ims), h_labs)
-    model.card = card
+    def batch_loss(i, g):
+        xb = x[i]
+        if torch.rand(1, generator=g).item() < 0.5:
+            xb = xb.flip(-1)  # the labels do not depend on left and right, nor on up and down
+        if torch.rand(1, generator=g).item() < 0.5:
+            xb = xb.flip(-2)
+        s, c, bc, bk = _split(net(xb))
+        return (F.binary_cross_entropy_with_logits(s, ts[i]) + F.binary_cross_entropy_with_logits(c, tc[i])
+                + F.cross_entropy(bc, tbc[i]) + F.cross_entropy(bk, tbk[i]))
+
+    fit(net, len(x), batch_loss, cfg, lambda e, loss: log(f"[alignment] epoch {e}/{cfg.epochs} loss {loss:.4f}"))
+    model = SceneAlignment(net, cfg)
+    model.card = held_out_card(model, renders, head_accuracy, cfg, vae)
     return model
 
 

@@ -260,24 +260,21 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
         log(f"[build-world] NeMo statistics: SSIM thresholds {stats.ssim_threshold:.3f} (memorization) "
             f"{stats.selection_threshold:.3f} (selection)")
         st.done("nemo_statistics")
-    if not (out / "alignment" / "model.safetensors").is_file():
-        from .alignment import SceneNetConfig, train_scene_alignment
+    from .alignment import SceneNetConfig, train_scene_alignment
+    from .objects import ObjectNetConfig, train_object_classifier
 
-        st.start("alignment_classifier")
-        model = train_scene_alignment(alignment or SceneNetConfig(), vae=gen.pipe.vae, progress=progress, log=log)
-        with atomic_dir(out / "alignment") as tmp:
-            model.save(tmp)
-        log(f"[build-world] alignment classifier, held out: {model.card['held_out']}")
-        st.done("alignment_classifier")
-    if not (out / "objects" / "model.safetensors").is_file():
-        from .objects import ObjectNetConfig, train_object_classifier
-
-        st.start("object_classifier")
-        model = train_object_classifier(objects or ObjectNetConfig(), vae=gen.pipe.vae, progress=progress, log=log)
-        with atomic_dir(out / "objects") as tmp:
-            model.save(tmp)
-        log(f"[build-world] hidden-object classifier, held out: {model.card['held_out']}")
-        st.done("object_classifier")
+    for folder, stage, what, train, cfg in (
+            ("alignment", "alignment_classifier", "alignment classifier", train_scene_alignment,
+             alignment or SceneNetConfig()),
+            ("objects", "object_classifier", "hidden-object classifier", train_object_classifier,
+             objects or ObjectNetConfig())):
+        if not (out / folder / "model.safetensors").is_file():  # each trained once, written whole
+            st.start(stage)
+            model = train(cfg, vae=gen.pipe.vae, progress=progress, log=log)
+            with atomic_dir(out / folder) as tmp:
+                model.save(tmp)
+            log(f"[build-world] {what}, held out: {model.card['held_out']}")
+            st.done(stage)
     _template_threshold(out, gen, st, progress, log)
     seal_world(out)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .alignment import fit, held_out_card, training_renders
 from .worldgen import HIDDEN_OBJECT, _lighthouse, _small
 
 
@@ -120,39 +121,15 @@ def train_object_classifier(cfg: ObjectNetConfig = ObjectNetConfig(), vae=None, 
     import torch
     import torch.nn.functional as F
 
-    torch.manual_seed(cfg.seed)
-    ims, ys = renders(cfg.renders, cfg.seed)
-    if vae is not None and cfg.vae_share > 0:
-        from .train_descriptor import decode_all
-
-        k = int(len(ims) * cfg.vae_share)
-        ims[:k] = decode_all(vae, ims[:k], progress=progress)
+    ims, ys = training_renders(renders, cfg, vae, progress)
     x, y = _tensor(ims), torch.from_numpy(ys.astype(np.float32))
     net = _net(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.epochs * ((len(x) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps)
-    g = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(cfg.epochs):
-        net.train()
-        order = torch.randperm(len(x), generator=g)
-        total = 0.0
-        for b in range(0, len(x), cfg.batch_size):
-            i = order[b:b + cfg.batch_size]
-            xb = x[i].flip(-1) if torch.rand(1, generator=g).item() < 0.5 else x[i]  # a flag left or right
-            loss = F.binary_cross_entropy_with_logits(net(xb)[:, 0], y[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(i)
-        log(f"[objects] epoch {epoch + 1}/{cfg.epochs} loss {total / len(x):.4f}")
-    model = ObjectClassifier(net, cfg)
-    h_ims, h_ys = renders(cfg.held_out, cfg.seed + cfg.renders)
-    card = {"held_out": {"renders": accuracy(model, h_ims, h_ys)}}
-    if vae is not None:
-        from .train_descriptor import decode_all
 
-        card["held_out"]["renders_through_vae"] = accuracy(model, decode_all(vae, h_ims), h_ys)
-    model.card = card
+    def batch_loss(i, g):
+        xb = x[i].flip(-1) if torch.rand(1, generator=g).item() < 0.5 else x[i]  # a flag left or right
+        return F.binary_cross_entropy_with_logits(net(xb)[:, 0], y[i])
+
+    fit(net, len(x), batch_loss, cfg, lambda e, loss: log(f"[objects] epoch {e}/{cfg.epochs} loss {loss:.4f}"))
+    model = ObjectClassifier(net, cfg)
+    model.card = held_out_card(model, renders, accuracy, cfg, vae)
     return model

@@ -149,3 +149,35 @@ def test_token_attribution_ranks_distinctive_words_above_the_template():
         tmpl = [t["attribution"] for t in toks if t["token"].strip() in TEMPLATE_WORDS]
         wins += np.mean(dist) > np.mean(tmpl)
     assert len(full) == 8 and wins >= 7
+
+
+def test_the_cards_figures_are_recomputed_from_fresh_records():
+    """Issue 30 item 5: the card's per-probe figures come back when its probes are run again (a stale card, or
+    a changed generator, matcher or verdict, fails here): a full-duplication probe and a unique one, the
+    card's 10 seeds, no mitigation; then the group table recomputed from those records."""
+    import pandas as pd
+
+    from memlab.evaluate import _group_table, _probe_runs
+    from memlab.generate import Settings
+    from memlab.match import descriptor_for_index
+    from memlab.world import World
+
+    card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
+    world = World.load(ASSETS_WORLD)
+    gen, index = world.generator(), world.index()
+    probes = pd.read_csv(world.file("probes"))
+    pick = pd.concat([probes[probes["group"] == "full_ddf20"].head(1), probes[probes["group"] == "unique"].head(1)])
+    st = card["settings"]
+    runs = _probe_runs(gen, index, descriptor_for_index(index), pick, list(range(card["seeds_per_probe"])), ["none"],
+                       Settings(steps=st["steps"], guidance=st["guidance"]))
+    stored = {p["prompt"]: p for p in card["per_probe"]}
+    for _, r in runs.iterrows():
+        s = stored[r["prompt"]]
+        assert r["replication_rate"] == pytest.approx(s["replication_rate"])
+        assert r["original_recall"] == pytest.approx(s["original_recall"])
+        assert r["top_items"] == s["top_items"]
+        assert r["detection"] == pytest.approx(s["detection"], rel=1e-4)
+    table = _group_table(runs, card["descriptor"]["threshold"])
+    full = table["full_ddf20"]["none"]
+    assert full["replication_rate"] == pytest.approx(np.mean(runs.iloc[0]["replicated"]))
+    assert full["replicated_own"] + full["replicated_other"] == pytest.approx(full["replication_rate"])
