@@ -97,6 +97,34 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class MemorySampler:
+    """Peaks of this process's resident memory split as the kernel counts it, sampled every ``every`` s on a
+    thread: anonymous memory (what the process needs) and file pages of its mappings (the memory-mapped
+    vectors, index lists and blocks: the page cache's, dropped under memory pressure). ``peak_rss_mb`` (VmHWM)
+    counts both."""
+
+    def __init__(self, every: float = 0.02):
+        import threading
+
+        self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._t.start()
+
+    def _run(self, every):
+        while not self._stop.is_set():
+            for line in open("/proc/self/status"):
+                key = line.split(":")[0]
+                if key in self.peak:
+                    self.peak[key] = max(self.peak[key], int(line.split()[1]) / 1024)
+            self._stop.wait(every)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        return {"peak_anon_mb": self.peak["RssAnon"], "peak_file_mb": self.peak["RssFile"]}
+
+
 def rss_mb() -> float:
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -117,10 +145,12 @@ def phase_build(a) -> dict:
     emb = Path(a.work) / f"emb-{a.n}x{a.d}"  # made by the gen phase, in its own process
     out = Path(a.work) / f"index-{a.n}x{a.d}"
     t0 = time.perf_counter()
+    mem = MemorySampler()
     b = OnDiskBuild(emb, out, name_for(a.d), parse_memory(a.max_memory), log=lambda m: print(m, file=sys.stderr))
     b.run()
     m = json.loads((out / "manifest.json").read_text())
     return {"build_s": time.perf_counter() - t0, "stages_s": m.get("build_seconds"), "peak_rss_mb": peak_mb(),
+            **mem.stop(),
             "factory": m["descriptors"][name_for(a.d)]["factory"], "groups": m["duplicates"]}
 
 
@@ -266,10 +296,12 @@ def phase_add(a) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(base, out)  # the addition replaces its index: add to a copy, keep the base for reruns
     t = time.perf_counter()
+    mem = MemorySampler()
     add = OnDiskAddition(out, new_emb, log=lambda m: None)
     if add.done is None:
         add.run()
     add_s = time.perf_counter() - t
+    add_mem = mem.stop()
     ref, got = TrainingIndex.load(full, verify=False), TrainingIndex.load(out, verify=False)
     bg_r, bg_g = ref.background(), got.background()
     gr, gg = ref.items["group"].to_numpy(), got.items["group"].to_numpy()
@@ -279,7 +311,7 @@ def phase_add(a) -> dict:
     added = sum(int(np.load(p, mmap_mode="r").shape[0]) for p in parts[-a.add_parts:])
     return {"base_rows": a.n - added, "added_rows": added, "factory": factory,
             "base_build_s": base_s, "add_s": add_s, "add_stages_s": json.loads((out / "manifest.json").read_text())
-            ["additions"][-1]["seconds"], "peak_rss_mb": peak_mb(),
+            ["additions"][-1]["seconds"], "peak_rss_mb": peak_mb(), **add_mem,
             "same_groups_as_full_build": same,
             "background_within_0.01_of_full_build": float(np.mean(np.abs(bg_r - bg_g) <= 0.01)),
             "planted_copies_find_their_source_at_top2": float(np.mean((top == src[:, None]).any(1))),
@@ -328,8 +360,10 @@ def sizes(a, base) -> int:
         res["stages_s"] = {k: st[k] for k in STAGES}
         rows.append(res)
         sv = res["serve"]
+        b = res["build"]
         print(f"n={n:>9,}  " + "  ".join(f"{k} {st[k]:7.1f}s" for k in STAGES)
-              + f"  peak RSS {json.dumps(st.get('peak_rss_mb'))} MB  factory {res['build']['factory']}", flush=True)
+              + f"  peak RSS {b['peak_rss_mb']:.0f} MB (anonymous {b.get('peak_anon_mb', float('nan')):.0f} MB, "
+                f"file pages {b.get('peak_file_mb', float('nan')):.0f} MB)  factory {b['factory']}", flush=True)
         print(f"             query (served nprobe {sv['served_nprobe']}) {sv['median_query_ms']:.2f} ms (recall@1 {sv['recall_at_1_vs_exact']:.3f}) vs exact "
               f"float32 in memory {sv['median_exact_f32_in_memory_ms']:.2f} ms = x{sv['speedup_vs_exact_f32']:.1f}; "
               f"vs exact over the float16 file {sv['median_exact_query_ms']:.1f} ms = x{sv['speedup']:.0f}", flush=True)
