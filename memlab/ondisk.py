@@ -211,10 +211,11 @@ class OnDiskBuild:
     def sample_note(self) -> str:
         return f"seed {self.seed + 1}"
 
-    def knn_pass(self, v: np.ndarray, index, rows: np.ndarray, name: str, offset: int = 0):
+    def knn_pass(self, v: np.ndarray, index, rows: np.ndarray, name: str, offset: int = 0, assemble: bool = True):
         """Each of ``rows``' k nearest rows of ``index`` (ids shifted by ``offset``), approximate candidates
         re-scored exactly from the float16 vectors; written block by block under ``knn/{name}``, so a
-        killed pass resumes at its first missing block."""
+        killed pass resumes at its first missing block. ``assemble``: return them whole (else the caller reads
+        the block files, ``knn/{name}{b:05d}.npz``, one at a time)."""
         if "IVF" in self.factory:
             faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
         knn = self.work / "knn"
@@ -227,6 +228,8 @@ class OnDiskBuild:
                 for b in range(nb) if not (knn / f"{name}{b:05d}.npz").is_file()]
         run_blocks(knn_block, todo, self.ray_address, self.bar,
                    f"neighbours ({name})" if name else "neighbours", self.log)
+        if not assemble:
+            return None
         ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
         for b in range(nb):  # filled block by block (no list of blocks beside the whole)
             with np.load(knn / f"{name}{b:05d}.npz") as z:
@@ -458,20 +461,22 @@ class OnDiskAddition(OnDiskBuild):
         for s in range(self.first, self.n, self.block):  # ids 0.. (shifted by ``first`` in the pass)
             only.add(np.asarray(v[s:min(s + self.block, self.n)], np.float32))
             _drop(v)
-        ids_up, sc_up = self.knn_pass(v, only, base_rows, "base", offset=self.first)
+        self.knn_pass(v, only, base_rows, "base", offset=self.first, assemble=False)
         del only
         ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
         ids[len(base_rows):], scores[len(base_rows):] = ids_new, sc_new
         del ids_new, sc_new
-        with np.load(self.base.path / f"{self.name}.knn.npz") as z:
-            base_ids, base_sc = z["ids"], z["scores"]
-            for s in range(0, len(base_rows), self.block):  # each base row keeps its best k of old and new
-                e = min(s + self.block, len(base_rows))
-                ids_all = np.concatenate([base_ids[s:e], ids_up[s:e]], axis=1)
-                sc_all = np.concatenate([base_sc[s:e], sc_up[s:e]], axis=1)
-                order = np.argsort(-sc_all, axis=1, kind="stable")[:, :self.k]
-                ids[s:e] = np.take_along_axis(ids_all, order, 1)
-                scores[s:e] = np.take_along_axis(sc_all, order, 1)
+        with np.load(self.base.path / f"{self.name}.knn.npz") as z:  # read into place, one array at a time
+            ids[:len(base_rows)] = z["ids"]
+            scores[:len(base_rows)] = z["scores"]
+        for b, s in enumerate(range(0, len(base_rows), self.block)):  # each base row: its best k of old and new,
+            e = min(s + self.block, len(base_rows))                    # one block of new neighbours at a time
+            with np.load(self.work / "knn" / f"base{b:05d}.npz") as z:
+                ids_all = np.concatenate([ids[s:e], z["ids"]], axis=1)
+                sc_all = np.concatenate([scores[s:e], z["scores"]], axis=1)
+            order = np.argsort(-sc_all, axis=1, kind="stable")[:, :self.k]
+            ids[s:e] = np.take_along_axis(ids_all, order, 1)
+            scores[s:e] = np.take_along_axis(sc_all, order, 1)
         return rows, ids, scores
 
     def metadata(self):
