@@ -198,10 +198,21 @@ class PixelDescriptor(Descriptor):
 PREPARE_WORKERS = int(os.environ.get("MEMLAB_PREPARE_WORKERS", 0))  # 0: min(8, CPU count)
 
 
+def prepare_workers(device: str) -> int:
+    """Threads preparing images ahead of the network: on a GPU up to 8 (the CPU's cores are free for it); on the
+    CPU none (1: each batch is prepared in turn, since the network's own threads hold the cores and a pool only
+    takes turns with them: on the 2-core machine clip-b32 embedded at 0.86x the bare network's rate with a pool
+    of two, 0.98x without, ``benchmarks/bench_embed.py``). ``MEMLAB_PREPARE_WORKERS`` overrides both."""
+    if PREPARE_WORKERS:
+        return PREPARE_WORKERS
+    return 1 if str(device).startswith("cpu") else min(8, os.cpu_count() or 1)
+
+
 def prepared_batches(images, prepare, step: int, workers: int | None = None):
     """Stacked tensors of ``prepare(image)``, ``step`` images at a time. Images are prepared by a thread
     pool one batch ahead of the network (PIL's resize and torch's conversions release the GIL), so a GPU
-    does not wait on one CPU core between batches; the order and the values are those of a plain loop."""
+    does not wait on one CPU core between batches; the order and the values are those of a plain loop.
+    ``workers``: the pool's threads (``prepare_workers``; 1: no pool, each batch prepared in turn)."""
     import concurrent.futures as cf
 
     import torch
@@ -363,7 +374,7 @@ class SSCDDescriptor(Descriptor):
         step = self.batch_size if self._preset.fixed_size else 1
         out = []
         with torch.inference_mode():
-            for x in prepared_batches(images, lambda im: tf(to_rgb(im)), step):
+            for x in prepared_batches(images, lambda im: tf(to_rgb(im)), step, prepare_workers(self.device)):
                 out.append(self.net(x.to(self.device)).float().cpu().numpy())
         if not out:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
@@ -406,7 +417,8 @@ class CLIPDescriptor(Descriptor):
 
         out = []
         with torch.inference_mode():
-            for x in prepared_batches(images, lambda im: self._tf(to_rgb(im)), self.batch_size):
+            for x in prepared_batches(images, lambda im: self._tf(to_rgb(im)), self.batch_size,
+                                      prepare_workers(self.device)):
                 out.append(self.net.encode_image(x.to(self.device), normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
