@@ -455,14 +455,15 @@ class OnDiskAddition(OnDiskBuild):
         rows = self.query_rows()
         base_rows = self.base_rows()
         new_rows = rows[len(base_rows):]
-        ids_new, sc_new = self.knn_pass(v, index, new_rows, "new")
-        # the base rows' nearest new rows, searched in an index of the new rows alone (same codec)
+        # the base rows' nearest new rows, searched in an index of the new rows alone (same codec); first, so
+        # the whole index's lists are not yet read in while this pass reads the vectors
         only = faiss.read_index(str(self.work / "trained.faiss"))
         for s in range(self.first, self.n, self.block):  # ids 0.. (shifted by ``first`` in the pass)
             only.add(np.asarray(v[s:min(s + self.block, self.n)], np.float32))
             _drop(v)
         self.knn_pass(v, only, base_rows, "base", offset=self.first, assemble=False)
         del only
+        ids_new, sc_new = self.knn_pass(v, index, new_rows, "new")
         ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
         ids[len(base_rows):], scores[len(base_rows):] = ids_new, sc_new
         del ids_new, sc_new
