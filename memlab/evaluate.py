@@ -284,7 +284,8 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "model_copies": truth,
         "non_copies": {"what": "generations of unique probes whose top-1 is not their own item",
                        "n": len(non), "flagged": float(np.mean(non)) if non else None,
-                       "nominal_fpr": thr.get("fpr"),
+                       "nominal_fpr": thr.get("fpr_target", thr.get("fpr")),
+                       "background_fpr": thr.get("fpr"),
                        "nominal_what": "the threshold's false-positive rate on the background of distinct training "
                                        "images (training vs training)"},
         "replicated_over_original": (hi_rate / hi_orig) if hi_orig else None,
@@ -371,7 +372,7 @@ def _checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique=()) -> 
             "replication_rate", 1.0) <= hi_rate / 2,
         **({f"model_copy_recall_worst_kind_at_least_90pct ({worst})": kinds[worst] >= 0.9} if worst else {}),
         "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
-        **({"attribution_above_its_unique_control": np.mean(att) > np.mean(att_unique)} if len(att_unique) else {}),
+        **({"attribution_above_its_unique_control": bool(np.mean(att) > np.mean(att_unique))} if len(att_unique) else {}),
         **per_mitigation,
         "ren_nemo_or_jain_cuts_a_third_keeping_90pct_alignment": any(
             (r["relative_cut"] or 0) >= 1 / 3 and (r.get("alignment_ratio") or 0) >= 0.9

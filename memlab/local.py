@@ -117,15 +117,18 @@ def local_checks(fig: dict | None, coverage: dict | None) -> dict:
 
 def format_local(m: dict) -> list[str]:
     """The card's lines for template copies and the bright-ending map."""
+    def pct(x):
+        return "-" if x is None else f"{x:.1%}"
+
     lines = []
     t = m.get("template")
     if t:
         lines.append(f"template copies (masked threshold {t['masked_threshold']:.3f}): of {t['template_seeds']} "
                      f"template seeds, {t['template_seeds_own_template']} have a picture of their own template at "
-                     f"top-1; the masked verdict calls {t['masked_calls_copy']:.1%} of those, the global one "
-                     f"{t['global_calls_copy']:.1%}; unique probes' masked false positives "
-                     f"{t['unique_masked_false_positives']:.1%} of {t['unique_seeds']}; full duplication still "
-                     f"replicated {t['full_high_still_replicated']:.1%}")
+                     f"top-1; the masked verdict calls {pct(t['masked_calls_copy'])} of those, the global one "
+                     f"{pct(t['global_calls_copy'])}; unique probes' masked false positives "
+                     f"{pct(t['unique_masked_false_positives'])} of {t['unique_seeds']}; full duplication still "
+                     f"replicated {pct(t['full_high_still_replicated'])}")
     c = m.get("bright_ending_coverage")
     if c:
         lines.append(f"bright-ending map on {c['group']} (own image at top-1, {c['seeds']} seeds): median "
