@@ -258,20 +258,15 @@ class OnDiskBuild:
 
         default = max(TrainingIndex.nprobe, self.nprobe)  # an adopted index's own probing, if larger
         pairs = np.flatnonzero((ids[:, 0] >= 0) & (scores[:, 0] >= threshold))
-        note = {"target_recall": target, "default": default, "rerank": rerank,
-                "over": "items whose nearest other item scores above the verdict threshold, queried with their "
-                        "own vector: an item at least as close as that nearest other item among the re-scored "
-                        "candidates"}
+        note = {"target_recall": target, "default": default, "rerank": rerank, "over": "items whose nearest other "
+                "item scores above the verdict threshold, queried with their own vector: one as close re-scored"}
         if len(pairs) < 20:
-            return {**note, "nprobe": default, "pairs": int(len(pairs)), "why": "too few pairs above the threshold "
-                    "to measure: the default"}
+            return {**note, "nprobe": default, "pairs": int(len(pairs)), "why": "too few pairs: the default"}
         pick = np.sort(np.random.default_rng(self.seed + 3).choice(pairs, size=min(sample, len(pairs)),
                                                                    replace=False))
         q = np.asarray(v[rows[pick]], np.float32)
         _drop(v)
-        faiss = faiss_module()
-        recall = {}
-        p = 1
+        faiss, recall, p = faiss_module(), {}, 1
         while True:
             faiss.ParameterSpace().set_index_parameter(index, "nprobe", p)
             cand = index.search(q, min(rerank, index.ntotal))[1]

@@ -39,7 +39,7 @@ def test_the_lessons_sentences_agree_with_its_records():
 
     lab = Lab(World.load(BUILTIN), device="cpu")
     plan = lab.lesson_prompts()
-    step1, _, step3, step4 = _steps(lab, plan, LESSON_SEEDS)
+    step1, _, step3, step4, _ = _steps(lab, plan, LESSON_SEEDS)
     quiet = lambda *a, **k: None  # noqa: E731
     state, text, _ = list(step1(progress=quiet))[-1]
     own = lab.probe_row(plan["duplicated"])
