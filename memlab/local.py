@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .errors import MemlabError
 from .generate import Settings
 from .runner import run_prompt
 
@@ -38,7 +39,8 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
         recs = run_prompt(gen, index, descriptor, p, seeds, ["none"], settings, out_dir=None, k=1)
         scores += [r["masked_score"] for r in recs if r["type"] == "seed" and r.get("masked_score") is not None]
     if not scores:
-        raise ValueError("no masked scores: the index keeps no images, or the model records no bright-ending map")
+        raise MemlabError("no masked scores to calibrate the template threshold on: the index keeps no training "
+                          "images, or the model records no bright-ending map")
     value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
     return {"value": value, "fpr": fpr, "n": len(scores),
             "source": (f"{1 - fpr:.0%} quantile of the masked similarity (inside each generation's bright-ending "

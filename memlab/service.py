@@ -378,13 +378,11 @@ class Lab:
     def probe_template(self, prompt: str) -> int | None:
         """The template a probe of the built-in world's template group names (None elsewhere)."""
         row = self.probe(prompt)
-        t = None if row is None else row.get("template")
-        return int(t) if t is not None and t == t and int(t) >= 0 else None
+        return _template_number(None if row is None else row.get("template"))
 
     def item_template(self, row: int) -> int | None:
         """The template of training row ``row`` (worlds with planted templates; None elsewhere)."""
-        t = self.index.item(int(row)).get("template")
-        return int(t) if t is not None and t == t and int(t) >= 0 else None
+        return _template_number(self.index.item(int(row)).get("template"))
 
     def probe(self, prompt: str) -> dict | None:
         """The world's probe row for ``prompt`` (its label, training image, published figures), if any."""
@@ -571,3 +569,8 @@ class Lab:
         from .export import write_export
 
         return write_export(self, state, path, self.EXPORT_MATCHES)
+
+
+def _template_number(t) -> int | None:
+    """A ``template`` cell as the template's number: None where it is missing, NaN or -1 (no template)."""
+    return int(t) if t is not None and t == t and int(t) >= 0 else None

@@ -135,8 +135,7 @@ def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, de
     pairs = []  # built once per seed as seeds stream in
     for state in lab.stream_generation(prompt, seeds, spec, settings, lambda d, t: progress((d, t), desc="seeds"),
                                        descriptor):
-        pairs += [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), level(r))),
-                   caption(r)) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
+        pairs += [pair_of(lab, r, im) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
         first = near is None and not state.finished  # the first pair as early as it can be: the
         if first:  # caption search comes with the next update (each redraw costs the page)
             yield (state, headline(lab, state), pairs, seed_table(state), gr.skip()) + \
@@ -154,9 +153,14 @@ def pairs_of(lab: Lab, state: RunState, show_mask: bool) -> list:
     map tinted over both images."""
     if not state or not state.records:
         return []
-    return [(as_file(pair_image(im, lab.item_image(r["matches"][0]["row"]), level(r),
-                                mask=r.get("bright_ending") if show_mask else None)), caption(r))
-            for r, im in zip(state.records, state.images)]
+    return [pair_of(lab, r, im, show_mask) for r, im in zip(state.records, state.images)]
+
+
+def pair_of(lab: Lab, record: dict, image, show_mask: bool = False):
+    """One seed's gallery entry: its pair image (framed by the verdict; ``show_mask``: the map tinted) and
+    caption."""
+    return (as_file(pair_image(image, lab.item_image(record["matches"][0]["row"]), level(record),
+                               mask=record.get("bright_ending") if show_mask else None)), caption(record))
 
 
 def _charts(lab: Lab, empty_hist):
