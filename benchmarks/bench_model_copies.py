@@ -34,7 +34,7 @@ def main():
     a = ap.parse_args()
     import pandas as pd
 
-    from memlab.buildworld import model_copy_truth
+    from memlab.buildworld import calibration_origin, model_copy_truth
     from memlab.descriptors import create_descriptor
     from memlab.index import TrainingIndex, build_index
     from memlab.match import load_image
@@ -49,7 +49,7 @@ def main():
         return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
 
     truth, n = model_copy_truth(rows, image_of, world / "model", a.items, seed)
-    rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
+    rows["origin"] = calibration_origin(rows)
     print(f"{n} held-out items of {world} drawn with seed {seed} (the card's: {card['spec']['seed']}), "
           f"{len(truth['model:all'][1])} model copies; threshold: 1% of the distinct-item background")
     kinds = sorted(k for k in truth if k != "model:all")

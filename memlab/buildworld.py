@@ -27,24 +27,57 @@ WORLD_DESCRIPTORS = ("memlab-copy", "memlab-copy-global", "pixel")
 GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used for calibration)
 
 
-def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None):
+def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None, prefix: str = "model",
+                     cache=None):
     """The ground truth of "the model copies": copies the world's model makes (image-to-image at
     strengths 0.2-0.5 and the VAE round trip, ``memlab.modelcopies``) of ``n_items`` distinct training
-    items drawn with ``seed``; ({"model:<kind>" and "model:all": (rows, images)}, items)."""
-    from .generate import Generator
-    from .modelcopies import model_copies
+    items drawn with ``seed``; ({"<prefix>:<kind>" and "<prefix>:all": (rows, images)}, items). With ``cache`` (a
+    folder) the copies are written there once and read back by a resumed or repeated build."""
+    from .match import load_image
+    from .modelcopies import model_copies, photometric
 
     first = rows.drop_duplicates("item").sample(n=min(n_items, rows["item"].nunique()), random_state=seed).index.to_numpy()
-    gen = Generator.from_pretrained(model_dir, device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
-    made = model_copies(gen.pipe, [image_of(int(i)) for i in first], [rows["caption"].iloc[int(i)] for i in first],
-                        steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"], seed=seed,
-                        progress=progress)
+    key = {"model": _model_id(model_dir), "rows": [int(i) for i in first], "seed": seed}
+    done = Path(cache) / "done.json" if cache else None
+    if done is not None and done.is_file() and json.loads(done.read_text()).get("key") == key:
+        made = [(int(j), k, load_image(Path(cache) / f)) for j, k, f in json.loads(done.read_text())["files"]]
+    else:
+        from .generate import Generator
+
+        gen = Generator.from_pretrained(model_dir, device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+        made = model_copies(gen.pipe, [image_of(int(i)) for i in first], [rows["caption"].iloc[int(i)] for i in first],
+                            steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"], seed=seed,
+                            progress=progress)
+        if done is not None:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            files = [(j, k, f"{n:05d}.png") for n, (j, k, _) in enumerate(made)]
+            for (_, _, f), (_, _, im) in zip(files, made):
+                im.save(Path(cache) / f)
+            done.write_text(json.dumps({"key": key, "files": files}))  # last: a half-written cache is never read
     truth = {}
     for kind in sorted({k for _, k, _ in made}):
         sel = [(j, im) for j, k, im in made if k == kind]
-        truth[f"model:{kind}"] = (first[[j for j, _ in sel]], [im for _, im in sel])
-    truth["model:all"] = (first[[j for j, _, _ in made]], [im for _, _, im in made])
+        truth[f"{prefix}:{kind}"] = (first[[j for j, _ in sel]], [im for _, im in sel])
+    truth[f"{prefix}:all"] = (first[[j for j, _, _ in made]], [im for _, _, im in made])
+    # items that share no photo with memlab-copy's training pool (it crops the scikit-image photos too)
+    drawn = [j for j, _, _ in made if not str(rows["source"].iloc[int(first[j])]).startswith("scikit-image")]
+    keep = set(drawn)
+    truth[f"{prefix}:all-not-photo"] = (first[drawn], [im for j, _, im in made if j in keep])
+    if f"{prefix}:img2img@0.3" in truth:  # the same copies tinted, darkened, mirrored (not in "all")
+        rows03, ims03 = truth[f"{prefix}:img2img@0.3"]
+        for kind, ims in photometric(ims03, seed).items():
+            truth[f"{prefix}:{kind}@0.3"] = (rows03, ims)
     return truth, len(first)
+
+
+def calibration_origin(rows):
+    """The world's ``origin`` column for calibration (``index.build_index``): the crops of one scikit-image photo
+    overlap, so they count as one source image, not distinct ones; so do the pictures of one planted template
+    (each a template copy of the others: issue 32); "" for every other row."""
+    origin = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
+    if "template" in rows:
+        origin = origin.where(rows["template"] < 0, "template " + rows["template"].astype(str))
+    return origin
 
 
 class _Stages:
@@ -69,12 +102,15 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 batch_size: int = 32, evaluate: bool = True, eval_seeds: int = 10, progress=None,
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
-                train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None) -> Path:
+                train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None,
+                views_model=None) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
     probes, adds what newer stages make (``_methods``) and measures the card again. ``alignment``: the
     alignment classifier's ``SceneNetConfig``, ``objects`` the hidden object's ``ObjectNetConfig`` (defaults:
-    the shipped world's)."""
+    the shipped world's). ``views_model``: the pipeline folder ``memlab-copy`` took its decoder views from;
+    its copies of the same held-out items are scored too (``views:<kind>``), against the world's model
+    that gave it none (issue 30's held-out check)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -101,7 +137,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
     train_card = _model(out, cfg, rows, data, previous, reuse_model, st, progress)
     if not (out / "index" / "manifest.json").is_file():
-        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress)
+        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model)
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
     _methods(out, eval_seeds, st, progress, log, alignment, objects)
@@ -157,8 +193,16 @@ def _model(out: Path, cfg, rows, data: Path, previous: dict, reuse_model: bool, 
     return json.loads((build / "train" / "run_card.json").read_text())
 
 
+def _model_id(folder) -> str:
+    """A pipeline folder named by its UNet weights' checksum (not by a path on the machine that built it)."""
+    import hashlib
+
+    f = next(iter(sorted(Path(folder).glob("unet/*.safetensors"))), None)
+    return "unet sha256 " + (hashlib.sha256(f.read_bytes()).hexdigest()[:12] if f else "?")
+
+
 def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_truth_items: int, st: _Stages,
-           progress) -> None:
+           progress, views_model=None) -> None:
     """3. The index of the training set (one row per training sample: duplicates are explicit), with the
     model's own copies of held-out items as ground truth."""
     from .descriptors import create_descriptor
@@ -176,10 +220,13 @@ def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_tru
     def image_of(i):
         return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
 
-    truth, n_truth = (model_copy_truth(rows, image_of, out / "model", ground_truth_items, spec.seed, progress)
-                      if ground_truth_items else ({}, 0))
-    # crops of one scikit-image photo overlap: for calibration they are one source image, not distinct
-    rows["origin"] = rows["source"].where(rows["source"].str.startswith("scikit-image"), "")
+    cache = out / "build" / "model_copies"
+    truth, n_truth = (model_copy_truth(rows, image_of, out / "model", ground_truth_items, spec.seed, progress,
+                                       cache=cache / "model") if ground_truth_items else ({}, 0))
+    if ground_truth_items and views_model:  # the held-out comparison (issue 30): the same items, the other model
+        truth.update(model_copy_truth(rows, image_of, views_model, ground_truth_items, spec.seed, progress,
+                                      prefix="views", cache=cache / "views")[0])
+    rows["origin"] = calibration_origin(rows)
     build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
                 image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
                 origin="origin",
@@ -188,7 +235,13 @@ def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_tru
                                 "ground_truth": {
                                     "what": "copies the world's own model makes of held-out distinct "
                                             "training items: image-to-image from the item and its caption "
-                                            "at strengths 0.2-0.5, and the VAE round trip",
+                                            "at strengths 0.2-0.5, and the VAE round trip (model:<kind>); "
+                                            "the strength-0.3 copies tinted, darkened and mirrored "
+                                            "(model:tint@0.3, ...); the copies of items cut from no "
+                                            "scikit-image photo (model:all-not-photo: memlab-copy's pool "
+                                            "crops those photos); with views:<kind>, the same copies made "
+                                            "by the model memlab-copy took its decoder views from",
+                                    "views_model": _model_id(views_model) if views_model else None,
                                     "items": n_truth,
                                     "excluded_from_calibration": True}})
     st.done("index")

@@ -46,6 +46,7 @@ class CopyNetConfig:
     crop_average: list = field(default_factory=lambda: [1.0, 0.8])  # centre crops (fractions of the side) summed
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    colour_norm: str = ""  # the input's colours normalized first (``normalize_colour``: one of COLOUR_NORMS)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CopyNetConfig":
@@ -84,13 +85,20 @@ class CopyNet(nn.Module):
         self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
+    def normalize(self, x):
+        """x: [n, 3, H, W] in [0, 1] -> the network's input: colours normalized (``config.colour_norm``), then
+        the per-channel mean and standard deviation."""
+        if self.config.colour_norm:
+            x = normalize_colour(x, self.config.colour_norm, self.config.mean, self.config.std)
+        return (x - self.mean) / self.std
+
     def trunk(self, x):
         """x: [n, 3, H, W] in [0, 1] -> the last stage's feature map [n, C, H / 2^stages, W / 2^stages]."""
-        return self.stages(self.stem((x - self.mean) / self.std))
+        return self.stages(self.stem(self.normalize(x)))
 
     def feature_maps(self, x) -> list:
         """x: [n, 3, H, W] in [0, 1] -> every stage's feature map, coarsest last."""
-        h, maps = self.stem((x - self.mean) / self.std), []
+        h, maps = self.stem(self.normalize(x)), []
         for stage in self.stages:
             h = stage(h)
             maps.append(h)
@@ -162,6 +170,32 @@ def to_input(images, size: int):
 
     arr = np.stack([np.asarray(to_rgb(im).resize((size, size), Image.BILINEAR), np.float32) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).div_(255.0)
+
+
+COLOUR_NORMS = ("standardize", "grey-world", "brightness")
+
+
+def normalize_colour(x, mode: str, mean, std, eps: float = 0.02):
+    """Colour normalization of each image ([n, 3, h, w] in [0, 1]) before a descriptor sees it:
+
+    - ``standardize``: each channel moved to ``mean`` and ``std`` (per channel): invariant to any gain and
+      offset per channel;
+    - ``grey-world``: each channel scaled so its mean is ``mean`` (grey-world white balance): invariant to a
+      gain per channel (a colour cast, darkening);
+    - ``brightness``: the whole image scaled so its mean is the mean of ``mean``: invariant to darkening.
+
+    ``eps`` keeps a flat or black channel from being blown up into noise."""
+    import torch
+
+    ref_m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    if mode == "standardize":
+        ref_s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + eps) * ref_s + ref_m
+    if mode == "grey-world":
+        return x * ref_m / (x.mean(dim=(2, 3), keepdim=True) + eps)
+    if mode == "brightness":
+        return x * ref_m.mean() / (x.mean(dim=(1, 2, 3), keepdim=True) + eps)
+    raise ValueError(f"colour normalization {mode!r}: not one of {COLOUR_NORMS}")
 
 
 def low_pass(x, sigma: float):

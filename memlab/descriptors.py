@@ -463,36 +463,48 @@ class LearnedCopyDescriptor(Descriptor):
     duplicate_threshold = 0.95
 
     def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64, layout: bool = False,
-                 blur: float = 0.0):
+                 blur: float = 0.0, colour_norm: str | None = None, mirror: bool = False):
         import hashlib
 
         from .copynet import load_copynet
 
         folder = Path(weights) if weights is not None else default_copynet_weights()
         self.name, self.weights, self.layout, self.blur = name, folder, bool(layout), float(blur)
+        from .copynet import COLOUR_NORMS
+
+        self.mirror = bool(mirror)
+        if colour_norm and colour_norm not in COLOUR_NORMS:
+            raise MemlabError(f"colour_norm must be one of {', '.join(COLOUR_NORMS)} (got {colour_norm!r})")
         if self.blur < 0:
             raise MemlabError(f"blur must be >= 0 pixels, got {blur}")
         self.device = _device(device)
         self.batch_size = int(batch_size)
         self.net = load_copynet(folder, device=self.device)
         cfg = self.net.config
+        if colour_norm is not None:  # None: as the weights were trained (their config.json)
+            cfg.colour_norm = str(colour_norm)
+        self.colour_norm = cfg.colour_norm
         digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
         self.model = f"memlab-copynet-{cfg.dim}d-{digest}"
         crops = [c for c in cfg.crop_average if c < 1.0]
         self.preset = (f"resize-{cfg.input_size}x{cfg.input_size}" + (f"-blur-{self.blur:g}" if self.blur else "")
-                       + "-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
+                       + (f"-colour-{self.colour_norm}" if self.colour_norm else "") + "-imagenet-norm" + ("-flip-avg" if cfg.flip_average else "")
                        + (f"-crop-avg-{'-'.join(f'{c:g}' for c in crops)}" if crops else ""))
         self.dim = int(cfg.dim)
         if self.layout:  # the last two stages' maps (one, for a one-stage trunk), on the last one's grid
             side = cfg.input_size // 2 ** (len(cfg.widths) - 1)
             self.map_shapes = [(int(c), side, side) for c in cfg.widths[1:][-2:]]
-            self.preset += "+layout-" + "+".join("{}x{}x{}".format(*m) for m in self.map_shapes)
-            self.dim += sum(int(np.prod(m)) for m in self.map_shapes)
+            self.preset += ("+layout-" + "+".join("{}x{}x{}".format(*m) for m in self.map_shapes)
+                            + ("-and-mirrored" if self.mirror else ""))
+            self.dim += sum(int(np.prod(m)) for m in self.map_shapes) * (2 if self.mirror else 1)
+            if self.mirror:
+                self.verdict = "layout-or-mirrored"
 
     def config(self):
         # the shipped weights are named by None, so an index built with them works from any checkout
         default = self.weights.resolve() == default_copynet_weights().resolve()
-        return {"weights": None if default else str(self.weights), "layout": self.layout, "blur": self.blur}
+        return {"weights": None if default else str(self.weights), "layout": self.layout, "blur": self.blur,
+                "colour_norm": self.colour_norm, "mirror": self.mirror}
 
     def embed(self, images):
         import torch
@@ -509,25 +521,48 @@ class LearnedCopyDescriptor(Descriptor):
                     x = low_pass(x, self.blur)
                 g = self.net(x).float()
                 if self.layout:
-                    maps = self.net.feature_maps(x)[-len(self.map_shapes):]
-                    side = maps[-1].shape[-1]  # the finer map average-pooled to the last one's grid
-                    parts = [unit(torch.nn.functional.adaptive_avg_pool2d(m.float(), side).flatten(1), dim=1)
-                             for m in maps]
+                    side = self.map_shapes[-1][-1]  # the finer map average-pooled to the last one's grid
+                    maps = [torch.nn.functional.adaptive_avg_pool2d(m.float(), side)
+                            for m in self.net.feature_maps(x)[-len(self.map_shapes):]]
+                    if self.mirror:  # the mirror image's layout beside the image's own
+                        maps += [torch.nn.functional.adaptive_avg_pool2d(f.float(), side) for f in
+                                 self.net.feature_maps(torch.flip(x, dims=[3]))[-len(self.map_shapes):]]
+                    parts = [unit(m.flatten(1), dim=1) for m in maps]
                     g = torch.cat([g, *parts], dim=1) / np.sqrt(1.0 + len(parts))
                 out.append(g.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def _split(self, v: np.ndarray) -> list[np.ndarray]:
-        """Rows [global, layout maps...] -> their unit parts."""
-        v = np.asarray(v, np.float32) * np.float32(np.sqrt(1.0 + len(self.map_shapes)))
-        cuts = np.cumsum([self.net.config.dim] + [int(np.prod(m)) for m in self.map_shapes])[:-1]
+        """Rows [global, layout maps..., (mirrored layout maps...)] -> their unit parts."""
+        shapes = list(self.map_shapes) * (2 if self.mirror else 1)
+        v = np.asarray(v, np.float32) * np.float32(np.sqrt(1.0 + len(shapes)))
+        cuts = np.cumsum([self.net.config.dim] + [int(np.prod(m)) for m in shapes])[:-1]
         return np.split(v, cuts, axis=-1)
+
+    def _parts(self, query, items) -> tuple[np.ndarray, np.ndarray]:
+        """(global cosine, layout cosine) of a query [d] against items [k, d]; with ``mirror`` the layout
+        cosine is the better of the query's layout against the item's and against the item's mirror image's."""
+        q, t = self._split(query), self._split(items)
+        m = len(self.map_shapes)
+        same = np.mean([t[1 + j] @ q[1 + j] for j in range(m)], axis=0)
+        if not self.mirror:
+            return t[0] @ q[0], same
+        return t[0] @ q[0], np.maximum(same, np.mean([t[1 + m + j] @ q[1 + j] for j in range(m)], axis=0))
 
     def secondary_scores(self, query, items):
         if not self.layout:
             return {}
-        q, t = self._split(query), self._split(items)
-        return {"global": t[0] @ q[0], "layout": np.mean([b @ a for a, b in zip(q[1:], t[1:])], axis=0)}
+        g, lay = self._parts(query, items)
+        return {"global": g, "layout": lay}
+
+    def verdict_scores(self, query, items):
+        """The cosine; with ``mirror``, the mean of the global and the two layout cosines where each layout is
+        compared with the item's own or, if better, its mirror image's (a mirrored copy is a copy)."""
+        if not (self.layout and self.mirror):
+            return super().verdict_scores(query, items)
+        g, lay = self._parts(query, items)
+        m = len(self.map_shapes)
+        return ((g + m * lay) / (1.0 + m)).astype(np.float32)
 
 
 _KINDS: dict[str, Callable[..., Descriptor]] = {

@@ -182,6 +182,7 @@ def _group_table(df: pd.DataFrame, threshold: float, planted_of: dict | None = N
         table.setdefault(group, {})[strat] = {
             "probes": int(len(g)), "replication_rate": float(g["replication_rate"].mean()),
             "replicated_own": float(np.mean(rep & own)), "replicated_other": float(np.mean(rep & ~own)),
+            "replicated_given_own_top1": float(np.mean(rep[own])) if own.any() else None,
             "replicated_other_by_group": {k: other.count(k) for k in sorted(set(other))},
             "original_recall": float(g["original_recall"].mean()),
             "dataset_similarity": metrics.dataset_similarity(scores, threshold)["p95"],
@@ -254,6 +255,9 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
     uq = base[base["group"] == "unique"]
     non = [rep for reps, owns in zip(uq["replicated"], uq["own_top1"]) for rep, own in zip(reps, owns) if not own]
     hi_orig = table[high]["none"]["original_recall"]
+    first = base[base["group"] == high].iloc[0]  # the lesson's first probe (``Lab.lesson_prompts``), seeds 0-7
+    lesson = {"prompt": first["prompt"], "seeds": min(8, len(first["replicated"])),
+              "replicated": int(sum(first["replicated"][:8]))}
     truth = {k: {kk: v[kk] for kk in ("n", "recall", "copy_top1")}
              for k, v in thr.get("ground_truth", {}).items()}
     att, template_words = _attribution_check(gen, probes[probes["group"] == high]["prompt"], settings)
@@ -289,6 +293,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                        "nominal_what": "the threshold's false-positive rate on the background of distinct training "
                                        "images (training vs training)"},
         "replicated_over_original": (hi_rate / hi_orig) if hi_orig else None,
+        "lesson_first_probe": lesson,
         "token_attribution": {"probes": len(att), "distinctive_above_template": int(sum(att)),
                               "control_unique_probes": len(att_unique),
                               "control_distinctive_above_template": int(sum(att_unique)),
@@ -296,7 +301,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                                             "the caption's distinctive words above that of its template words "
                                             f"({', '.join(sorted(template_words))})"},
         "wen_target": getattr(gen, "wen_target", None),
-        "checks": {**_checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique),
+        "checks": {**_checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique, non, lesson),
                    **local_checks(tmpl, coverage)},
         "hidden_object": obj,
         "template": tmpl, "template_threshold": gen.template_threshold, "bright_ending_coverage": coverage,
@@ -355,22 +360,36 @@ def _attribution_check(gen, prompts, settings) -> tuple[list[bool], set]:
     return att, TEMPLATE_WORDS
 
 
-def _checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique=()) -> dict:
+def _checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique=(), non=(), lesson=None) -> dict:
     """The card's pass/fail checks of the world's memorization: each on its own figure (one per mitigation,
-    the worst kind of model copy, attribution against the same measure on unique probes), none pooled."""
+    the worst kind of model copy, attribution against the same measure on unique probes), none pooled; the
+    bounds are issue 30's. ``truth`` keys ``model:<kind>`` are copies by the world's model, ``views:<kind>``
+    copies by the model the verdict descriptor took training views from (the held-out comparison)."""
     partial_high = "partial" + high[4:]
-    kinds = {k: v["recall"] for k, v in (truth or {}).items() if k != "model:all"}
+    made = {k: v["recall"] for k, v in (truth or {}).items() if k.startswith("model:") and k != "model:all"
+            and not k.startswith("model:all-")}
+    kinds = {k: r for k, r in made.items() if k.startswith(("model:img2img", "model:vae"))}  # the model's own
+    edited = {k: r for k, r in made.items() if k not in kinds}  # its copies tinted, darkened, mirrored
     worst = min(kinds, key=kinds.get) if kinds else None
+    worst_edit = min(edited, key=edited.get) if edited else None
+    given_own = table[high]["none"].get("replicated_given_own_top1")
+    views = (truth or {}).get("views:all", {}).get("recall")
     per_mitigation = {f"{name.replace(':', '_').replace('=', '_')}_cuts_a_third": (r["relative_cut"] or 0) >= 1 / 3
                       for name, r in mitig.items()}
     return {
         "full_high_at_least_50pct": hi_rate >= 0.5,
-        "replicated_at_least_85pct_of_original_top1": bool(hi_orig) and hi_rate >= 0.85 * hi_orig,
-        "unique_at_most_5pct": table["unique"]["none"]["replication_rate"] <= 0.05,
+        "replicated_at_least_95pct_of_own_top1_seeds": given_own is not None and given_own >= 0.95,
+        **({"lesson_first_probe_at_least_7_of_8": lesson["replicated"] >= 7} if lesson else {}),
+        "unique_at_most_3pct": table["unique"]["none"]["replication_rate"] <= 0.03,
+        **({"non_copies_flagged_at_most_2pct": float(np.mean(non)) <= 0.02} if len(non) else {}),
+        **({"held_out_model_within_5_points_of_views_model": abs(truth["model:all"]["recall"] - views) <= 0.05}
+           if views is not None and "model:all" in truth else {}),
         "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
         "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
             "replication_rate", 1.0) <= hi_rate / 2,
         **({f"model_copy_recall_worst_kind_at_least_90pct ({worst})": kinds[worst] >= 0.9} if worst else {}),
+        **({f"tinted_darkened_mirrored_copies_at_least_90pct ({worst_edit})": edited[worst_edit] >= 0.9}
+           if worst_edit else {}),
         "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
         **({"attribution_above_its_unique_control": bool(np.mean(att) > np.mean(att_unique))} if len(att_unique) else {}),
         **per_mitigation,
@@ -447,16 +466,25 @@ def format_report(m: dict) -> str:
                         f"renders, held-out accuracy {o['generation_share_by']['held_out']['renders']['accuracy']:.1%}"
                         f"; it finds the object in {o['training_share_by_classifier']:.1%} of the keyword's training "
                         f"images)" if "generation_share" in o else ""))
-    if m.get("model_copies"):
-        lines.append("recall at the threshold on copies made by the world's model (held-out items): " + ", ".join(
-            f"{k.split(':', 1)[1]} {v['recall']:.1%}" for k, v in sorted(m["model_copies"].items())))
+    for who, what in (("model", "the world's model (held-out items)"),
+                      ("views", "the model the descriptor took training views from (the same items)")):
+        got = {k.split(":", 1)[1]: v for k, v in (m.get("model_copies") or {}).items() if k.startswith(who + ":")}
+        if got:
+            lines.append(f"recall at the threshold on copies made by {what}: " + ", ".join(
+                f"{k} {v['recall']:.1%}" for k, v in sorted(got.items())))
     if m.get("non_copies", {}).get("n"):
         nc = m["non_copies"]
         lines.append(f"non-copies ({nc['what']}): {nc['flagged']:.1%} of {nc['n']} flagged"
                      + (f" (nominal: {nc['nominal_fpr']:.1%} of training-vs-training pairs)"
                         if nc.get("nominal_fpr") is not None else ""))
     if m.get("replicated_over_original") is not None:
-        lines.append(f"{m['mitigations_on']}: replicated / own item at top-1 = {m['replicated_over_original']:.1%}")
+        lines.append(f"{m['mitigations_on']}: replicated / own item at top-1 = {m['replicated_over_original']:.1%}"
+                     + (f"; replicated among the seeds whose top-1 is their own item "
+                        f"{m['groups'][m['mitigations_on']]['replicated_given_own_top1']:.1%}"
+                        if m["groups"][m["mitigations_on"]].get("replicated_given_own_top1") is not None else ""))
+    if m.get("lesson_first_probe"):
+        ls = m["lesson_first_probe"]
+        lines.append(f"the lesson's first probe ({ls['prompt']!r}): {ls['replicated']} of {ls['seeds']} seeds replicated")
     ta = m.get("token_attribution")
     if ta:
         lines.append(f"token attribution on {m['mitigations_on']}: distinctive words above template words for "

@@ -6,7 +6,10 @@ of a world with a pipeline can also be scored on copies its model makes of held-
 
 - ``img2img@s``: image-to-image from the training image and its caption at strength s (0.2 to 0.5:
   the model redraws the last s of the denoising trajectory);
-- ``vae``: the VAE round trip (encode, decode), the decoder's own loss of detail.
+- ``vae``: the VAE round trip (encode, decode), the decoder's own loss of detail;
+- ``tint@s``, ``dark@s``, ``mirror@s`` (``photometric``): the strength-s copies with a random per-channel
+  gain of 0.7-1.3, darkened to 50-70%, mirrored: the colour casts and darkening of the world's own copies
+  seen in its generations (issue 30), and a mirror image, are copies too.
 """
 from __future__ import annotations
 
@@ -49,4 +52,25 @@ def model_copies(pipe, images: Sequence, captions: Sequence[str], strengths=STRE
                 dec = proc.postprocess(rec.float(), output_type="np")
                 out += [(i + j, "vae", Image.fromarray((np.clip(a, 0, 1) * 255).round().astype("uint8")))
                         for j, a in enumerate(dec)]
+    return out
+
+
+def photometric(images: Sequence, seed: int) -> dict[str, list]:
+    """{"tint", "dark", "mirror": the images with a random per-channel gain of 0.7-1.3, darkened by a factor of
+    0.5-0.7, mirrored left to right}, drawn from ``seed``."""
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    rng = random.Random(seed)
+    out: dict[str, list] = {"tint": [], "dark": [], "mirror": []}
+
+    def img(a):
+        return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8))
+    for im in images:
+        a = np.asarray(im.convert("RGB"), np.float32)
+        out["tint"].append(img(a * np.array([rng.uniform(0.7, 1.3) for _ in range(3)], np.float32)))
+        out["dark"].append(img(a * rng.uniform(0.5, 0.7)))
+        out["mirror"].append(ImageOps.mirror(im))
     return out

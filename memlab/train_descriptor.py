@@ -63,6 +63,8 @@ class DescriptorTrainConfig:
     input_size: int = 64
     checkpoint_every: int = 100
     log_every: int = 25
+    colour_norm: str = ""           # the network normalizes its input's colours first (copynet.COLOUR_NORMS)
+    init: str = ""                  # start from these weights (a memlab-copy folder of the same widths and dim)
     threads: int = 0                # torch threads (0: torch's default)
     stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
 
@@ -73,12 +75,19 @@ class DescriptorTrainConfig:
             raise MemlabError("photo_share, decoder_share and sibling_share are shares in [0, 1]")
         if self.input_size < 16 or len(self.widths) < 2:
             raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
+        from .copynet import COLOUR_NORMS
+
+        if self.colour_norm and self.colour_norm not in COLOUR_NORMS:
+            raise MemlabError(f"colour_norm must be one of {', '.join(COLOUR_NORMS)} (got {self.colour_norm!r})")
+        if self.init and not (Path(self.init) / "model.safetensors").is_file():
+            raise MemlabError(f"--init {self.init}: no memlab-copy weights there (model.safetensors)")
         if self.decoder and not Path(self.decoder).exists():
             raise MemlabError(f"--decoder {self.decoder}: no diffusers VAE there (the folder does not exist)")
         return self
 
     def net_config(self) -> CopyNetConfig:
-        return CopyNetConfig(widths=list(self.widths), dim=self.dim, input_size=self.input_size)
+        return CopyNetConfig(widths=list(self.widths), dim=self.dim, input_size=self.input_size,
+                             colour_norm=self.colour_norm)
 
 
 # ------------------------------------------------------------------------------------- images
@@ -291,6 +300,8 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
 
+    if cfg.init:  # fine-tuning: the network starts from trained weights (the optimizer starts afresh)
+        net.load_state_dict(load_file(str(Path(cfg.init) / "model.safetensors")))
     start = 0
     ck = latest_checkpoint(out) if resume else None
     if ck is not None:

@@ -131,6 +131,57 @@ def test_layout_verdict_sees_where_things_are(tmp_path):
     assert np.allclose(v @ v[0], (glob + 2 * lay) / 3, atol=1e-5)  # the cosine: the mean of the three
 
 
+def test_mirrored_layout_verdict_takes_the_better_orientation(tmp_path):
+    """memlab-copy with ``mirror``: a row also holds its mirror image's layout, and the verdict compares the
+    query's layout with the item's own or, if better, its mirror image's: a mirrored scene scores as the scene
+    itself, an unmirrored comparison keeps the plain verdict (the mean of global and layout cosines), and a
+    scene laid out otherwise stays below both."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    torch.manual_seed(0)
+    CopyNet(CopyNetConfig(**TINY)).eval().save_pretrained(tmp_path / "w")
+    plain = create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0)
+    d = create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0, mirror=True)
+    assert d.verdict == "layout-or-mirrored" and "-and-mirrored" in d.preset and d.config()["mirror"] is True
+    assert d.dim == 16 + 2 * (12 * 8 * 8 + 16 * 8 * 8)
+
+    def scene(x, y):
+        im = Image.new("RGB", (64, 64), (128, 128, 128))
+        ImageDraw.Draw(im).rectangle([x, y, x + 16, y + 16], fill=(220, 30, 30))
+        ImageDraw.Draw(im).ellipse([40, 40, 60, 60], fill=(20, 30, 200))
+        return im
+    ims = [scene(6, 4), ImageOps.mirror(scene(6, 4)), scene(6, 44)]
+    v, p = d.embed(ims), plain.embed(ims)
+    s = d.verdict_scores(v[0], v)
+    assert s[0] == pytest.approx(1.0, abs=1e-5)
+    assert s[1] == pytest.approx(1.0, abs=1e-4)  # the mirror image: layout compared with the mirrored layout
+    assert p[1] @ p[0] < 0.999  # the plain verdict does not see it
+    assert s[2] >= p[2] @ p[0] - 1e-5  # never below the plain verdict
+    assert s[2] < s[1] - 0.01
+    g, lay = d._parts(v[0], v)
+    assert np.allclose(s, (g + 2 * lay) / 3, atol=1e-5)
+
+
+def test_colour_normalizations_remove_what_they_name():
+    """``copynet.normalize_colour``: ``standardize`` removes any gain and offset per channel, ``grey-world`` a
+    gain per channel, ``brightness`` one gain for the whole image; each leaves the image otherwise alone."""
+    from memlab.copynet import normalize_colour
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 0.6 + 0.2
+    gain, offset = torch.tensor([0.6, 1.1, 0.8]).view(1, 3, 1, 1), torch.tensor([0.05, -0.02, 0.1]).view(1, 3, 1, 1)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    n = lambda t, m: normalize_colour(t, m, mean, std, eps=0.0)  # noqa: E731
+    assert torch.allclose(n(x * gain + offset, "standardize"), n(x, "standardize"), atol=1e-5)
+    assert torch.allclose(n(x * gain, "grey-world"), n(x, "grey-world"), atol=1e-5)
+    assert torch.allclose(n(x * 0.55, "brightness"), n(x, "brightness"), atol=1e-5)
+    assert not torch.allclose(n(x * gain, "brightness"), n(x, "brightness"), atol=1e-3)  # a tint is not removed
+    out = n(x, "standardize")
+    assert torch.allclose(out.mean(dim=(2, 3)).flatten(), torch.tensor(mean * 2), atol=1e-5)
+    with pytest.raises(ValueError):
+        normalize_colour(x, "sepia", mean, std)
+
+
 def test_input_blur_is_a_gaussian_low_pass_named_in_the_preset(tmp_path):
     """memlab-copy low-passes its input (1 px at the network's input size, query and training image
     alike): ``copynet.low_pass`` keeps a flat image, keeps the mean, spreads a point as a Gaussian of

@@ -24,6 +24,57 @@ def test_group_table_splits_replication_into_own_and_other_items():
     assert row["replicated_own"] + row["replicated_other"] == pytest.approx(row["replication_rate"])
     assert row["replicated_other_by_group"] == {"full_ddf20": 1, "unique": 1}
     assert row["original_recall"] == pytest.approx(0.375)
+    # of the 3 seeds whose top-1 is their own item, 2 are replicated (probe 9's own top-1 is not)
+    assert row["replicated_given_own_top1"] == pytest.approx(2 / 3)
+
+
+def test_checks_hold_issue_30s_bounds_each_on_its_own_figure():
+    """The card's checks (issue 30): replicated among own-top-1 seeds >= 95%, the lesson's first probe >= 7 of 8,
+    unique <= 3%, non-copies <= 2%, every kind of model copy >= 90% (the views model's kinds not among them),
+    the held-out model within 5 points of the views model; a figure just past each bound fails its check."""
+    from memlab.evaluate import _checks
+
+    def table(given_own, unique):
+        return {"full_ddf20": {"none": {"replication_rate": 0.9, "replicated_given_own_top1": given_own}},
+                "partial_ddf20": {"none": {"replication_rate": 0.3}},
+                "unique": {"none": {"replication_rate": unique}}}
+    truth = {"model:all": {"recall": 0.93}, "model:img2img@0.5": {"recall": 0.91}, "model:vae": {"recall": 1.0},
+             "model:all-not-photo": {"recall": 0.5}, "model:mirror@0.3": {"recall": 0.6},
+             "views:all": {"recall": 0.97}, "views:img2img@0.5": {"recall": 0.5}}
+    ok = _checks(table(0.95, 0.03), "full_ddf20", 0.9, 0.95, truth, [True] * 8, {}, (), [False] * 49 + [True],
+                 {"replicated": 7})
+    assert ok["replicated_at_least_95pct_of_own_top1_seeds"] and ok["lesson_first_probe_at_least_7_of_8"]
+    assert ok["unique_at_most_3pct"] and ok["non_copies_flagged_at_most_2pct"]
+    assert ok["model_copy_recall_worst_kind_at_least_90pct (model:img2img@0.5)"]  # views:* is not the world's
+    assert ok["held_out_model_within_5_points_of_views_model"]
+    assert not ok["tinted_darkened_mirrored_copies_at_least_90pct (model:mirror@0.3)"]  # checked on its own
+    truth["views:all"]["recall"] = 0.99
+    bad = _checks(table(0.94, 0.031), "full_ddf20", 0.9, 0.95, truth, [True] * 8, {}, (), [False] * 48 + [True] * 2,
+                  {"replicated": 6})
+    assert not any(bad[k] for k in ("replicated_at_least_95pct_of_own_top1_seeds", "lesson_first_probe_at_least_7_of_8",
+                                    "unique_at_most_3pct", "non_copies_flagged_at_most_2pct",
+                                    "held_out_model_within_5_points_of_views_model"))
+
+
+def test_photometric_copies_are_what_they_name():
+    """``modelcopies.photometric``: a tint is a gain per channel in 0.7-1.3, darkening one gain in 0.5-0.7, the
+    mirror image flipped left to right; the same seed gives the same images."""
+    import numpy as np
+    from PIL import Image
+
+    from memlab.modelcopies import photometric
+
+    a = np.random.default_rng(0).integers(60, 180, (8, 8, 3)).astype(np.uint8)
+    im = Image.fromarray(a)
+    out = photometric([im, im], seed=3)
+    t, d, m = (np.asarray(out[k][0], np.float64) for k in ("tint", "dark", "mirror"))
+    gains = (t / a).reshape(-1, 3)
+    assert np.all(gains.std(axis=0) < 0.02) and np.all((gains.mean(axis=0) > 0.69) & (gains.mean(axis=0) < 1.31))
+    ratio = d / a
+    assert ratio.std() < 0.02 and 0.49 < ratio.mean() < 0.71
+    assert np.array_equal(m, a[:, ::-1])
+    again = photometric([im], seed=3)
+    assert np.array_equal(np.asarray(again["tint"][0]), np.asarray(out["tint"][0]))
 
 
 def test_the_built_in_world_card_splits_replication_and_prints_it():
@@ -39,3 +90,36 @@ def test_the_built_in_world_card_splits_replication_and_prints_it():
                                                                       * m["seeds_per_probe"]), g
     report = format_report(m)
     assert "= own" in report and "+ other" in report and "seeds by that item's group" in report
+
+
+def test_model_copy_truth_names_its_model_and_splits_what_the_descriptor_never_saw(tiny_pipeline_dir, tmp_path):
+    """``buildworld.model_copy_truth`` (the card's model copies): each kind under the given prefix (``views``
+    for the model memlab-copy took its views from); ``all-not-photo`` holds exactly the items cut from no
+    scikit-image photo; the strength-0.3 copies tinted, darkened and mirrored beside them, not in ``all``."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from memlab.buildworld import model_copy_truth
+
+    rows = pd.DataFrame({"item": [0, 1, 2, 3], "caption": ["a red square", "a blue disc", "a cat", "coffee"],
+                         "source": ["procedural", "procedural", "scikit-image data.chelsea() (public domain)",
+                                    "scikit-image data.coffee() (public domain)"]})
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)) for _ in range(4)]
+    truth, n = model_copy_truth(rows, lambda i: ims[i], tiny_pipeline_dir, 4, seed=0, prefix="views",
+                                cache=tmp_path / "copies")
+    assert n == 4 and all(k.startswith("views:") for k in truth)
+    kinds = {k.split(":", 1)[1] for k in truth}
+    assert {"img2img@0.2", "img2img@0.5", "vae", "all", "all-not-photo", "tint@0.3", "dark@0.3", "mirror@0.3"} <= kinds
+    assert sorted(set(truth["views:all-not-photo"][0])) == [0, 1] and len(truth["views:all-not-photo"][1]) == 2 * 5
+    assert len(truth["views:all"][0]) == 4 * 5  # four strengths and the VAE round trip, no edited copies
+    rows03, ims03 = truth["views:img2img@0.3"]
+    assert list(truth["views:mirror@0.3"][0]) == list(rows03)
+    assert np.array_equal(np.asarray(truth["views:mirror@0.3"][1][0]), np.asarray(ImageOps.mirror(ims03[0])))
+    # a repeated build reads the copies back from its cache, image for image, without the model
+    again, _ = model_copy_truth(rows, lambda i: ims[i], tiny_pipeline_dir, 4, seed=0, prefix="views",
+                                cache=tmp_path / "copies")
+    assert list(again) == list(truth)
+    for k in truth:
+        assert list(again[k][0]) == list(truth[k][0])
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again[k][1], truth[k][1]))

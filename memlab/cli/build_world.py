@@ -33,6 +33,9 @@ def add_arguments(p):
                         "pixel)")
     p.add_argument("--ground-truth-items", type=int, default=96,
                    help="held-out items the world's model copies to measure recall on model copies (0: none)")
+    p.add_argument("--views-model", default=None,
+                   help="the pipeline folder memlab-copy took its decoder views from: its copies of the same items "
+                        "are scored too, against the world's model that gave the descriptor none")
 
 
 def run(args) -> int:
@@ -64,7 +67,7 @@ def run(args) -> int:
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
-                alignment=alignment, objects=objects,
+                alignment=alignment, objects=objects, views_model=args.views_model,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

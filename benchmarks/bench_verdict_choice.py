@@ -1,0 +1,175 @@
+"""Choose the verdict descriptor's settings on validation copies, never on the card's (issue 30).
+
+The validation model is the world's previous model (``--world``, the shipped one until the world is
+rebuilt: the model memlab-copy took its decoder views from); the card measures the rebuilt world's model.
+Validation items are drawn with ``--seed`` (the card draws with the world's own seed). For each variant
+of ``memlab-copy`` (input colour standardization, mirror-folded layout, blur) the world's training set is
+indexed through build-world's code path (``index.build_index``: threshold at 1% of the distinct-item
+background) and the script prints:
+
+- recall at the threshold on the previous model's copies of held-out items (image-to-image at 0.2-0.5,
+  the VAE round trip) and on the strength-0.3 copies tinted, darkened and mirrored (a copy's colour
+  drift and a mirror image are still copies);
+- on that model's generations (seeds 0-3) of the full ddf 20 probes: replicated among the seeds whose
+  top-1 is their own item; of the unique probes: replicated, and flagged among those whose top-1 is
+  another item (non-copies).
+
+    python -m benchmarks.bench_verdict_choice [--world assets/world] [--seed 1] [--items 48] [--work DIR]
+        [--variants 0,2] [--weights FOLDER,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VARIANTS = {  # name -> (registered descriptor, overrides)
+    "shipped (blur 1, layout)": ("memlab-copy", {}),
+    "+ colour standardized": ("memlab-copy", {"colour_norm": "standardize"}),
+    "+ mirrored layout": ("memlab-copy", {"mirror": True}),
+    "+ brightness + mirrored layout": ("memlab-copy", {"colour_norm": "brightness", "mirror": True}),
+    "+ grey-world": ("memlab-copy", {"colour_norm": "grey-world"}),
+    "+ brightness": ("memlab-copy", {"colour_norm": "brightness"}),
+    "global, grey-world": ("memlab-copy-global", {"colour_norm": "grey-world"}),
+    "global": ("memlab-copy-global", {}),
+}
+
+
+def photometric(images, seed: int):
+    """Tinted (a random per-channel gain of 0.7-1.3), darkened (x0.5-0.7) and mirrored versions."""
+    import numpy as np
+    from PIL import ImageOps
+
+    rng = random.Random(seed)
+    out = {"tint": [], "dark": [], "mirror": []}
+    for im in images:
+        a = np.asarray(im.convert("RGB"), np.float32)
+        gains = np.array([rng.uniform(0.7, 1.3) for _ in range(3)], np.float32)
+        out["tint"].append(_img(a * gains))
+        out["dark"].append(_img(a * rng.uniform(0.5, 0.7)))
+        out["mirror"].append(ImageOps.mirror(im))
+    return out
+
+
+def _img(a):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--items", type=int, default=48)
+    ap.add_argument("--seeds", type=int, default=4, help="generation seeds per probe")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    ap.add_argument("--variants", default=None, help="comma-separated variant numbers (default: all)")
+    ap.add_argument("--weights", default=None, help="comma-separated memlab-copy weights folders to try as well "
+                                                    "(e.g. a fine-tuned one; each as memlab-copy, and with mirror)")
+    a = ap.parse_args()
+    import numpy as np
+    import pandas as pd
+
+    from memlab.buildworld import WORLD_DEFAULTS, calibration_origin, model_copy_truth
+    from memlab.descriptors import create_descriptor
+    from memlab.generate import Generator, Settings
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import load_image
+    from memlab.worldgen import WorldSpec, make_training_set
+
+    world, work = Path(a.world), Path(a.work)
+    card = json.loads((world / "card.json").read_text())
+    spec = WorldSpec(**{"n_templates": 0, **card["spec"]})  # the previous world had no templates
+    if spec.seed == a.seed:
+        raise SystemExit("--seed must differ from the card's seed (validation items are not the card's)")
+    data = work / "data"
+    if not (data / "train.parquet").is_file():
+        rows, images = make_training_set(spec)
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(images):
+            im.save(data / "images" / f"{i:04d}.png")
+        rows.to_parquet(data / "train.parquet", index=False)
+    rows = pd.read_parquet(data / "train.parquet")
+    rows["origin"] = calibration_origin(rows)
+
+    def image_of(i):
+        return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+
+    cache = work / f"copies-seed{a.seed}-{a.items}"
+    if not (cache / "done.json").is_file():
+        truth, _ = model_copy_truth(rows, image_of, world / "model", a.items, a.seed)
+        for kind, (orig, ims) in truth.items():
+            if kind == "model:all":
+                continue
+            (cache / kind[6:]).mkdir(parents=True, exist_ok=True)
+            for j, (r, im) in enumerate(zip(orig, ims)):
+                im.save(cache / kind[6:] / f"{j:03d}_{int(r)}.png")
+        (cache / "done.json").write_text("{}")
+    truth = {}
+    for d in sorted(p for p in cache.iterdir() if p.is_dir()):
+        files = sorted(d.glob("*.png"))
+        truth["model:" + d.name] = (np.array([int(f.stem.split("_")[1]) for f in files]),
+                                    [load_image(f) for f in files])
+    base = truth["model:img2img@0.3"]
+    for kind, ims in photometric(base[1], a.seed).items():
+        truth[f"model:{kind}@0.3"] = (base[0], ims)
+    truth["model:all"] = (np.concatenate([t[0] for t in truth.values()]),
+                          [im for t in truth.values() for im in t[1]])
+
+    probes = pd.read_csv(world / "probes.csv")
+    probes = probes[probes["group"].isin(["full_ddf20", "unique"])]
+    gens = work / f"generations-{a.seeds}"
+    if not (gens / "done.json").is_file():
+        gen = Generator.from_pretrained(world / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+        st = Settings(steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"])
+        gens.mkdir(parents=True, exist_ok=True)
+        for p, r in enumerate(probes.itertuples()):
+            for s in gen.generate(r.prompt, list(range(a.seeds)), settings=st):
+                s.image.save(gens / f"{p:03d}_{s.seed}.png")
+        (gens / "done.json").write_text("{}")
+    gen_files = sorted(gens.glob("*.png"))
+    gen_probe = [probes.iloc[int(f.stem.split("_")[0])] for f in gen_files]
+    gen_images = [load_image(f) for f in gen_files]
+
+    kinds = [k for k in truth if k != "model:all"]
+    print(f"validation: {len(base[0])} held-out items of {world} drawn with seed {a.seed} (the card's: "
+          f"{spec.seed}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
+          f"probes (seeds 0-{a.seeds - 1}); threshold: 1% of the distinct-item background", flush=True)
+    print(f"{'variant':<32} {'thr':>6} " + " ".join(f"{k[6:]:>10}" for k in kinds)
+          + "  full20 own-top1 repl  unique repl  non-copies flagged", flush=True)
+    chosen = list(VARIANTS.items())
+    if a.variants is not None:
+        chosen = [chosen[int(i)] for i in a.variants.split(",") if i]
+    for w in (a.weights or "").split(","):
+        if w:
+            chosen += [(f"{Path(w).name}", ("memlab-copy", {"weights": w})),
+                       (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True}))]
+    for label, (name, over) in chosen:
+        d = create_descriptor(name, **over)
+        with tempfile.TemporaryDirectory() as tmp:
+            build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
+            idx = TrainingIndex.load(Path(tmp) / "idx")
+            thr = idx.threshold(d.name)
+            gt = thr["ground_truth"]
+            scores, top = idx.search(d.embed(gen_images), k=1, name=d.name)
+            items = idx.items["item"].to_numpy()[top[:, 0]]
+            idx.close()
+        hit = scores[:, 0] >= thr["value"]
+        group = np.array([p["group"] for p in gen_probe])
+        own = items == np.array([int(p["item"]) for p in gen_probe])
+        full, uniq = group == "full_ddf20", group == "unique"
+        line = (f"{label:<32} {thr['value']:6.3f} " + " ".join(f"{gt[k]['recall']:10.1%}" for k in kinds)
+                + f"  {hit[full & own].mean():10.1%} ({(full & own).sum()})"
+                + f"  {hit[uniq].mean():8.1%} ({uniq.sum()})"
+                + f"  {hit[uniq & ~own].mean():8.1%} ({(uniq & ~own).sum()})")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
