@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 from pathlib import Path
 
@@ -37,29 +36,6 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     "global, grey-world": ("memlab-copy-global", {"colour_norm": "grey-world"}),
     "global": ("memlab-copy-global", {}),
 }
-
-
-def photometric(images, seed: int):
-    """Tinted (a random per-channel gain of 0.7-1.3), darkened (x0.5-0.7) and mirrored versions."""
-    import numpy as np
-    from PIL import ImageOps
-
-    rng = random.Random(seed)
-    out = {"tint": [], "dark": [], "mirror": []}
-    for im in images:
-        a = np.asarray(im.convert("RGB"), np.float32)
-        gains = np.array([rng.uniform(0.7, 1.3) for _ in range(3)], np.float32)
-        out["tint"].append(_img(a * gains))
-        out["dark"].append(_img(a * rng.uniform(0.5, 0.7)))
-        out["mirror"].append(ImageOps.mirror(im))
-    return out
-
-
-def _img(a):
-    import numpy as np
-    from PIL import Image
-
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
 def main():
@@ -81,6 +57,7 @@ def main():
     from memlab.generate import Generator, Settings
     from memlab.index import TrainingIndex, build_index
     from memlab.match import load_image
+    from memlab.modelcopies import photometric
     from memlab.worldgen import WorldSpec, make_training_set
 
     world, work = Path(a.world), Path(a.work)

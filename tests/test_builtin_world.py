@@ -83,14 +83,21 @@ def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies()
     bg = idx.background("memlab-copy", distinct=True)
     assert len(bg) == len(reps) and np.percentile(bg, 95) < thr["value"]
     gt = thr["ground_truth"]
-    assert gt["model:all"]["recall"] >= 0.90 and gt["model:vae"]["recall"] >= 0.95
+    assert gt["model:vae"]["recall"] >= 0.95
     # memlab-copy (layout and low-pass) recalls the model's own copies far better than the global cosine or pixels
     for other in ("memlab-copy-global", "pixel"):
         assert gt["model:all"]["recall"] >= idx.threshold(other)["ground_truth"]["model:all"]["recall"] + 0.1
+    # the world's model gave memlab-copy no training views (issue 30): the copies of the model that did are
+    # scored beside its own, on the same items; issue 30's 90% bound per kind is a card check, reported as is
+    assert idx.manifest["ground_truth"]["views_model"] and "views:all" in gt
+    assert set(gt["views:all"]) == set(gt["model:all"]) and gt["views:all"]["n"] == gt["model:all"]["n"]
     card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
     assert card["descriptor"]["name"] == "memlab-copy"
-    assert card["checks"]["unique_at_most_5pct"] and card["checks"]["replicated_at_least_85pct_of_original_top1"]
-    assert card["non_copies"]["flagged"] <= 0.05
+    kinds = {k: v["recall"] for k, v in gt.items() if k.startswith(("model:img2img", "model:vae"))}
+    worst = min(kinds, key=kinds.get)
+    assert card["checks"][f"model_copy_recall_worst_kind_at_least_90pct ({worst})"] == (kinds[worst] >= 0.9)
+    assert card["checks"]["unique_at_most_3pct"] == (card["groups"]["unique"]["replication_rate"] <= 0.03)
+    assert card["checks"]["non_copies_flagged_at_most_2pct"] == (card["non_copies"]["flagged"] <= 0.02)
 
 
 def test_app_histogram_draws_the_distinct_background():
