@@ -1,7 +1,8 @@
 """Choose the verdict descriptor's settings on validation copies, never on the card's (issue 30).
 
-The validation model is the world's previous model (``--world``, the shipped one until the world is
-rebuilt: the model memlab-copy took its decoder views from); the card measures the rebuilt world's model.
+The validation model is the world's previous model (``--world``: the built-in world as it was before the
+rebuild of issue 30, e.g. ``git worktree add /tmp/prev d8ba51a`` then ``--world /tmp/prev/assets/world``;
+its model is the one memlab-copy took its decoder views from); the card measures the rebuilt world's model.
 Validation items are drawn with ``--seed`` (the card draws with the world's own seed). For each variant
 of ``memlab-copy`` (input colour standardization, mirror-folded layout, blur) the world's training set is
 indexed through build-world's code path (``index.build_index``: threshold at 1% of the distinct-item
@@ -14,7 +15,7 @@ background) and the script prints:
   top-1 is their own item; of the unique probes: replicated, and flagged among those whose top-1 is
   another item (non-copies).
 
-    python -m benchmarks.bench_verdict_choice [--world assets/world] [--seed 1] [--items 48] [--work DIR]
+    python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
         [--variants 0,2] [--weights FOLDER,...]
 """
 from __future__ import annotations
@@ -23,8 +24,6 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {  # name -> (registered descriptor, overrides)
     "shipped (blur 1, layout)": ("memlab-copy", {}),
@@ -40,7 +39,7 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    ap.add_argument("--world", required=True, help="the previous built-in world (see above)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--items", type=int, default=48)
     ap.add_argument("--seeds", type=int, default=4, help="generation seeds per probe")

@@ -174,6 +174,8 @@ def test_wens_score_after_optimization_is_shown_beside_its_target():
     assert _wen_line([{"mitigation_state": None}, {}]) == []
 
 
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 def test_every_tab_is_one_tap_away_on_a_phone_and_the_row_stays_off_a_desktop():
     """Issue 33 item 9: on a phone (420 px) Gradio folds most tabs into its "…" menu; the "Go to" row above
     them reaches each in one tap. On a desktop the tab bar shows them all and the row is not shown."""
