@@ -45,7 +45,8 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
         page.locator(f"#lesson-{i}").click()
         page.wait_for_function(f"(document.querySelector('#lesson-{i}-text').innerText || '').includes('{done[i]}')",
                                timeout=300_000)
-    shot("lesson", "the four steps run: copies, the copied image's duplicates, RNA on the same seeds, a unique prompt")
+    shot("lesson", "the first four steps run: copies, the copied image's duplicates, RNA on the same seeds, a unique "
+                   "prompt (a world with template copies has a fifth, not run here)")
     open_tab(page, "Compare mitigations")
     page.locator("#compare-prompt textarea").fill(prompt)
     page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-7")

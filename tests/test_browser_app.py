@@ -70,10 +70,12 @@ def test_tables_name_their_columns_before_a_run_and_read_whole_after_it(tiny_wor
     from memlab.app.views import ID_COLUMNS, SEED_COLUMNS
 
     with app_page(tiny_world) as page:
-        before = {s: [h["text"] for h in page.evaluate(_HEADERS, s)] for s in ("#seed-table", "#closest")}
+        def headers(sel):  # each table is waited for: on a loaded machine it renders after the page is ready
+            page.locator(f"{sel} th").first.wait_for(timeout=30_000)
+            return [h["text"] for h in page.evaluate(_HEADERS, sel)]
+        before = {s: headers(s) for s in ("#seed-table", "#closest")}
         open_tab(page, "Training set")
-        page.locator("#group-table th").first.wait_for(timeout=30_000)
-        before.update({s: [h["text"] for h in page.evaluate(_HEADERS, s)] for s in ("#search-table", "#group-table")})
+        before.update({s: headers(s) for s in ("#search-table", "#group-table")})
         open_tab(page, "Generate & match")
         page.get_by_label("Prompt").first.fill("a red ball on a long wooden table beside a tall window, "
                                                "in a quiet room at the end of a long and rainy day")

@@ -1,4 +1,5 @@
-"""The lesson: four steps a teacher clicks through, each a sentence and its evidence."""
+"""The lesson: four steps a teacher clicks through (five on a world with template copies), each a sentence
+and its evidence."""
 from __future__ import annotations
 
 import gradio as gr
@@ -25,7 +26,8 @@ def lesson_tab(lab: Lab) -> None:
         return
     seeds, n = LESSON_SEEDS, len(LESSON_SEEDS)
     with gr.Tab("Lesson", id="lesson"):
-        gr.Markdown(f"### Does a diffusion model copy its training images? A four-step demonstration\n"
+        count = "five" if plan.get("template") else "four"  # a fifth step where the world plants templates
+        gr.Markdown(f"### Does a diffusion model copy its training images? A {count}-step demonstration\n"
                     f"Click the steps in order; {_duration(lab, n)}. All steps use the same "
                     f"{n} {g('seed', 'seeds')} ({seeds[0]}-{seeds[-1]}) and the world's default settings. "
                     f"Every word in bold is in the [glossary](#glossary) below.")
