@@ -342,12 +342,17 @@ def test_an_idle_server_leaves_the_cpu_to_generation(server):
         fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    time.sleep(0.5)
-    before = {t.native_id: cpu_s(t.native_id) for t in loops}
-    time.sleep(2.0)
-    share = max(cpu_s(tid) - c for tid, c in before.items()) / 2.0
+    # idle: the quietest of up to eight 2-second windows (a stream an earlier test left finishing, or the machine's
+    # load, can keep one window busy; an event loop polling every millisecond is busy in all of them)
+    shares = []
+    for _ in range(8):
+        before = {t.native_id: cpu_s(t.native_id) for t in loops}
+        time.sleep(2.0)
+        shares.append(max(cpu_s(tid) - c for tid, c in before.items()) / 2.0)
+        if shares[-1] < 0.03:
+            break
     assert QUEUE_POLL_S >= 0.05
-    assert share < 0.03, f"the idle event loop took {share:.1%} of a core"
+    assert min(shares) < 0.03, f"the idle event loop took {min(shares):.1%} of a core at least ({shares})"
 
 
 def test_the_apps_image_files_are_pruned_after_a_day_and_reuse_keeps_them(tmp_path, monkeypatch):
