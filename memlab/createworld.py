@@ -10,7 +10,10 @@ Stages, each resumed when a run is repeated (``python -m memlab world create ...
 3. ``probes.csv``: one row per prompt: label (verbatim / template / memorized / control), its training
    URL, whether that image was fetched (and why not), the index item it became, the list's published
    mean and max SSCD (NeMo);
-4. ``keywords/``: keyword-cluster views over the training captions (Memory Triggers);
+4. ``keywords/``: keyword-cluster views over the training captions (Memory Triggers); NeMo's statistics and
+   the template threshold from the controls' generations; ``probe_scores.csv``: the verbatim and template
+   probes generated on a few seeds and scored both ways, the global verdict and the masked one (issue 32),
+   summarized by label in the card;
 5. ``world.json`` with the model's sampling defaults (SD v1.x: 50 DDIM steps, guidance 7.5; the size is
    the model's own) and ``card.json`` with the fetch report.
 """
@@ -180,12 +183,52 @@ def _template_threshold(out: Path, model: str, table, index, device, log) -> dic
     return thr
 
 
+PROBE_SEEDS = 4  # seeds per probe in the probe table (``--probe-seeds``)
+
+
+def _probe_table(out: Path, model: str, probes, index, template, seeds: int, device, log) -> dict | None:
+    """4d. The list's verbatim and template probes scored both ways (``local.probe_table``): the global
+    verdict and the masked one, per probe, in ``probe_scores.csv`` (kept when present for the same seeds and
+    threshold); none without a template threshold or with ``seeds`` 0. Returns the summary by label."""
+    import pandas as pd
+
+    from .local import PROBE_LABELS, probe_table, probe_table_summary
+
+    f = out / "probe_scores.csv"
+    if not template or seeds < 1 or not probes["label"].isin(PROBE_LABELS).any():
+        return None
+    stamp = out / "build" / "probe_scores.json"
+    key = {"seeds": seeds, "template_threshold": template["value"], "steps": SD_DEFAULTS["steps"],
+           "guidance": SD_DEFAULTS["guidance"]}
+    if f.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+        table = pd.read_csv(f)
+    else:
+        from .generate import Generator, Settings
+        from .match import descriptor_for_index
+
+        gen = Generator.from_pretrained(model, device=device)
+        gen.template_threshold = template
+        table = probe_table(gen, index, descriptor_for_index(index), probes, list(range(seeds)),
+                            Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
+        table.to_csv(f, index=False)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(key))
+    summary = probe_table_summary(table)
+    for label, s in summary.items():
+        log(f"[world create] {label} probes ({s['probes']} x {seeds} seeds): the masked verdict calls "
+            f"{s['masked_calls_copy']} copies, the global one {s['global_calls_copy']} (at least half their seeds)")
+    return {"seeds": seeds, "file": f.name, "by_label": summary,
+            "definition": "a probe counts as called when at least half its seeds are: the global verdict "
+                          "(top-1 score above the threshold) or the masked score (inside the bright-ending map) "
+                          "above the template threshold"}
+
+
 def create_world(model: str, prompts: str, out: str | Path, *, controls: str | None = None,
                  training: list[str] = (), descriptors: list[str] = ("sscd", "clip"), name: str | None = None,
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
                  timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
                  fetch_policy: dict | None = None, progress=None, log=print, nemo_seeds: int = 10,
-                 device: str | None = None) -> Path:
+                 probe_seeds: int = PROBE_SEEDS, device: str | None = None) -> Path:
     """Write the world described in the module docstring to ``out``; returns ``out``."""
     import pandas as pd
 
@@ -214,6 +257,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
 
     nemo = _nemo_statistics(out, model, table, nemo_seeds, device, log)
     template = _template_threshold(out, model, table, index, device, log)
+    scored = _probe_table(out, model, probes, index, template, probe_seeds, device, log)
 
     # 5. world.json and card.json
     size = model_size(model)
@@ -223,7 +267,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
             "prompts": str(prompts), "controls": controls, "training": sources, "descriptors": list(descriptors),
             "fetch": rep, "probes": {"total": len(probes), "by_label": n_lab,
                                      "training_image_indexed": int((probes["training_image"] == "indexed").sum())},
-            "index": {"items": len(items)}, "keywords": words}
+            "index": {"items": len(items)}, "keywords": words, **({"probe_scores": scored} if scored else {})}
     (out / "card.json").write_text(json.dumps(card, indent=1, default=str))
     trained_on = (f"{len(items)} training images ({', '.join(sources)})"
                   + (f": {rep['fetched']} of the {rep['listed']} URLs that {Path(prompts).name}"

@@ -76,6 +76,55 @@ def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict
             "full_high_still_replicated": float(np.mean([v == "replicated" for *_, v in hi])) if hi else None}
 
 
+PROBE_LABELS = ("verbatim", "template")  # a list's probes scored both ways (NeMo's MV and TV; issue 32)
+
+
+def probe_table(gen, index, descriptor, probes: pd.DataFrame, seeds, settings: Settings,
+                labels=PROBE_LABELS, progress=None) -> pd.DataFrame:
+    """A listed world's probes scored both ways (issue 32): each probe of ``labels`` generated on ``seeds``
+    and matched, with per probe the seeds the global verdict calls ``replicated`` (whole-image copies), the
+    seeds whose masked score (inside the bright-ending map) passes the world's template threshold, the seeds
+    called ``template copy`` (masked, and not whole), the seeds whose top-1 is the prompt's own training image,
+    and the mean global and masked scores."""
+    todo = probes[probes["label"].isin(labels)]
+    own_ids = todo["training_id"].astype(str).where(todo["training_id"].notna(), "") if "training_id" in todo \
+        else pd.Series([""] * len(todo), index=todo.index)
+    rows = []
+    pairs = list(zip(todo["prompt"].astype(str), todo["label"].astype(str), own_ids))
+    for prompt, label, own in (progress(pairs, desc="probes, both ways") if progress else pairs):
+        recs = [r for r in run_prompt(gen, index, descriptor, prompt, seeds, ["none"], settings, out_dir=None, k=1)
+                if r["type"] == "seed"]
+        thr = recs[0]["masked_threshold"] if recs else None
+        masked = [r.get("masked_score") for r in recs]
+        rows.append({"prompt": prompt, "label": label, "seeds": len(recs),
+                     "replicated": sum(r["verdict"] == "replicated" for r in recs),
+                     "masked_above": sum(m is not None and thr is not None and m > thr for m in masked),
+                     "template_copy": sum(r["verdict"] == "template copy" for r in recs),
+                     "own_top1": sum(own != "" and str(r["matches"][0]["id"]) == own for r in recs),
+                     "mean_score": float(np.mean([r["score"] for r in recs])) if recs else None,
+                     "mean_masked_score": (float(np.mean([m for m in masked if m is not None]))
+                                           if any(m is not None for m in masked) else None)})
+    return pd.DataFrame(rows, columns=["prompt", "label", "seeds", "replicated", "masked_above", "template_copy",
+                                       "own_top1", "mean_score", "mean_masked_score"])
+
+
+def probe_table_summary(table: pd.DataFrame) -> dict:
+    """Per label, how many probes each verdict calls copies: a probe counts when at least half its seeds are
+    called (as the card's detectors count a probe that replicates), by the global verdict (``replicated``)
+    and by the masked one (masked score above the template threshold, whole copies included)."""
+    out = {}
+    for label, g in table.groupby("label", sort=False):
+        half = g["seeds"] / 2
+        out[str(label)] = {"probes": len(g), "seeds": int(g["seeds"].sum()),
+                           "global_calls_copy": int((g["replicated"] >= half).sum()),
+                           "masked_calls_copy": int((g["masked_above"] >= half).sum()),
+                           "seeds_replicated": int(g["replicated"].sum()),
+                           "seeds_masked_above": int(g["masked_above"].sum()),
+                           "seeds_template_copy": int(g["template_copy"].sum()),
+                           "seeds_own_top1": int(g["own_top1"].sum())}
+    return out
+
+
 def bright_ending_coverage(base: pd.DataFrame, index, group: str) -> dict | None:
     """How much more the bright-ending map of a full-duplication generation lights its copied objects than the
     rest (``metrics.mask_coverage`` against the objects' boxes the world drew, ``regions``), over the seeds

@@ -50,7 +50,7 @@ def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, t
 
 def test_a_refused_request_clears_the_results_it_invalidates_in_chromium(tiny_world, tmp_path):
     """After a good run, a bad seed list is answered with its message and the previous run's headline,
-    pairs and table are gone, so the message never stands over results of another query."""
+    pairs, table and selected seed's top-k are gone, so the message never stands over results of another query."""
     from tests.browser import app_page
 
     with app_page(tiny_world) as page:
@@ -59,9 +59,14 @@ def test_a_refused_request_clears_the_results_it_invalidates_in_chromium(tiny_wo
         page.locator("#generate-btn").click()
         page.wait_for_function("document.querySelector('#headline').innerText.includes('% of 2 seeds')", timeout=60_000)
         assert page.locator("#pairs img").count() >= 2
+        # a seed's top-k shows once the seed is selected (no empty box before), and goes with its run
+        assert not page.locator("#topk").is_visible()
+        page.locator("#pairs .thumbnail-item").first.click()
+        page.locator("#topk img").first.wait_for(timeout=30_000)
         page.get_by_label("…or explicit seeds (at most 64)").fill("a-b")
         page.locator("#generate-btn").click()
         page.get_by_text("cannot read seeds").first.wait_for(timeout=30_000)
+        page.locator("#topk").wait_for(state="hidden", timeout=10_000)
         page.screenshot(path=str(tmp_path / "refused.png"), full_page=True)
         headline = page.locator("#headline").inner_text()
         pairs = page.locator("#pairs img").count()

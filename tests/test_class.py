@@ -189,3 +189,46 @@ def test_every_tab_is_one_tap_away_on_a_phone_and_the_row_stays_off_a_desktop():
         assert page.locator("#generate-btn").is_hidden()
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
         assert page.locator("#phone-tabs").is_hidden()
+
+
+def test_the_first_examples_are_the_lessons_first_prompt_group():
+    """The examples in view are the group the lesson starts with (a verbatim list, or the built-in world's
+    highest full duplication), not the template group: a visitor's first click shows what the lesson does."""
+    import pandas as pd
+
+    from memlab.app.views import probe_examples
+
+    built_in = pd.DataFrame({"prompt": ["t1", "p5", "u1", "f20", "k1"],
+                             "group": ["template", "full_ddf5", "unique", "full_ddf20", "keyword"]})
+    names = [n for n, _ in probe_examples(built_in)]
+    assert names[0].startswith("planted: full duplication x20") and "x5" in names[1] and "template" in names[2]
+    assert probe_examples(built_in)[0][1] == ["f20"]
+    listed = pd.DataFrame({"prompt": ["c", "t", "v", "o"], "group": ["nemo"] * 4,
+                           "label": ["control", "template", "verbatim", "other"]})
+    assert [ps for _, ps in probe_examples(listed)] == [["v"], ["t"], ["c"], ["o"]]
+
+
+def test_a_listed_template_probe_is_shown_scored_both_ways():
+    """A probe of a world made from a list (a template verbatim) shows this run's seeds counted by the global
+    verdict and by the masked score against the template threshold, as the world's probe table counts them."""
+
+    from memlab.app.views import both_ways, probe_lines
+    from memlab.records import RunState
+
+    def rec(verdict, masked, top1):
+        return {"verdict": verdict, "masked_score": masked, "masked_threshold": 0.6, "score": 0.5,
+                "matches": [{"id": top1, "score": 0.5}]}
+
+    records = [rec("replicated", 0.9, 7), rec("template copy", 0.7, 7), rec("novel", 0.5, 3), rec("novel", None, 3)]
+    assert both_ways(records) == {"seeds": 4, "threshold": 0.6, "replicated": 1, "masked_above": 2,
+                                  "template_copy": 1}
+    assert both_ways([{**r, "masked_threshold": None} for r in records]) is None
+
+    class Lab:
+        def probe(self, prompt):
+            return {"group": "known memorized, template", "label": "template", "training_image": "indexed",
+                    "training_id": "7", "list": "nemo.csv"}
+
+    text = "\n".join(probe_lines(Lab(), RunState("p", records, [None] * 4), "pixel"))
+    assert "top-1 match in 2 of 4 seeds" in text
+    assert "calls 1 of 4 seeds whole copies" in text and "template threshold 0.600 in 2 (1 of them" in text

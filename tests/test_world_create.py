@@ -180,6 +180,28 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     thr = w.manifest["template_threshold"]
     assert thr["n"] == n_controls * 4 and thr["fpr"] == 0.01 and -1 <= thr["value"] <= 1
     assert w.generator().template_threshold == thr
+    # the list's verbatim and template probes scored both ways (issue 32), recomputed from the table's seeds
+    table = pd.read_csv(out / "probe_scores.csv")
+    probes = pd.read_csv(out / "probes.csv")
+    assert sorted(table["prompt"]) == sorted(probes[probes["label"].isin(["verbatim", "template"])]["prompt"])
+    assert (table["seeds"] == 4).all()
+    assert ((table["template_copy"] <= table["masked_above"]) & (table["replicated"] <= table["seeds"])).all()
+    summary = json.loads((out / "card.json").read_text())["probe_scores"]["by_label"]
+    for label, g in table.groupby("label"):
+        s = summary[label]
+        assert s["probes"] == len(g) and s["seeds_replicated"] == g["replicated"].sum()
+        assert s["masked_calls_copy"] == int((g["masked_above"] >= g["seeds"] / 2).sum())
+        assert s["global_calls_copy"] == int((g["replicated"] >= g["seeds"] / 2).sum())
+    # one probe's row against its own run: the same seeds, the same verdicts
+    row = table.iloc[0]
+    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", row["prompt"],
+                        "--seeds", "0-3", "--out", str(tmp_path / "probe.jsonl")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seeds = [json.loads(x) for x in (tmp_path / "probe.jsonl").read_text().splitlines()]
+    seeds = [x for x in seeds if x.get("type") == "seed"]
+    assert sum(x["verdict"] == "replicated" for x in seeds) == row["replicated"]
+    assert sum(x["masked_score"] > thr["value"] for x in seeds) == row["masked_above"]
     r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", prompt, "--seeds", "0-1",
                         "--steps", "2", "--mitigation", "none", "--mitigation", "nemo", "--out", str(tmp_path / "n.jsonl")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)

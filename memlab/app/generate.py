@@ -101,8 +101,9 @@ def _results(lab: Lab) -> SimpleNamespace:
                            scale=1, elem_id="topk-k")
         # a line of its own on a phone (below min_width), beside k on a wider screen
         seed_plot = gr.Plot(label="top-1 score per seed", elem_id="seed-plot", scale=3, min_width=360)
+    # shown once a seed is selected (an empty gallery's placeholder box once sat in the middle of the results)
     topk = gr.Gallery(label="top-k matches of the selected seed (one per near-duplicate group, with its "
-                            "number of copies in the training set)", columns=5, format="png", visible=True,
+                            "number of copies in the training set)", columns=5, format="png", visible=False,
                       elem_id="topk")
     table = gr.Dataframe(headers=SEED_COLUMNS, column_widths=SEED_WIDTHS, label="per seed",
                          elem_id="seed-table", wrap=True)
@@ -208,8 +209,9 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
     inputs = [prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, desc_choice]
     gen_event = run_button(go_btn, generate, inputs, [run_state, headline_md, gallery, table, closest], None,
                            cleared=(None, "", [], None, None), progress_on=[gallery], js=scroll_first("#headline"))
-    go_btn.click(lambda: (None, None), None, [plot, seed_plot], queue=False, api_name=False,
-                 show_progress="hidden")  # the previous run's charts go with its results
+    go_btn.click(lambda: (None, None, gr.update(value=[], visible=False)), None, [plot, seed_plot, o.topk],
+                 queue=False, api_name=False, show_progress="hidden")  # the previous run's charts and top-k go
+    # with its results
     gen_event.then(run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden")
     # the copied region: the pairs drawn again with (or without) each seed's map; after a run, if ticked
     o.show_mask.change(lambda st, on: pairs_of(lab, st, on), [run_state, o.show_mask], [gallery], api_name=False,
@@ -243,11 +245,12 @@ def _wire_details(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state: g
 
     def show_topk(state: RunState, k, evt: gr.SelectData):
         if not state or evt.index is None or evt.index >= len(state.records):
-            return []
+            return gr.update(value=[], visible=False)
         r = state.records[evt.index]
-        return [(im, f"#{m['id']} · {m['score']:.3f} · {copies(m.get('duplicates', 0))} · "
-                     f"{m['caption'][:50]}")
-                for m in collapse_matches(r["matches"], int(k or 5)) if (im := lab.item_file(m["row"])) is not None]
+        return gr.update(value=[(im, f"#{m['id']} · {m['score']:.3f} · {copies(m.get('duplicates', 0))} · "
+                                     f"{m['caption'][:50]}")
+                                for m in collapse_matches(r["matches"], int(k or 5))
+                                if (im := lab.item_file(m["row"])) is not None], visible=True)
 
     gallery.select(show_topk, [run_state, topk_k], [topk], api_name=False)
 

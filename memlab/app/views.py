@@ -157,6 +157,18 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
     return "\n".join(lines)
 
 
+def both_ways(records) -> dict | None:
+    """A run's seeds counted by the global verdict and by the masked score against the template threshold (the
+    same counts as a listed world's ``probe_scores.csv``, ``local.probe_table``); None without that threshold."""
+    thr = next((r.get("masked_threshold") for r in records if r.get("masked_threshold") is not None), None)
+    if thr is None:
+        return None
+    return {"seeds": len(records), "threshold": float(thr),
+            "replicated": sum(r["verdict"] == "replicated" for r in records),
+            "masked_above": sum(r.get("masked_score") is not None and r["masked_score"] > thr for r in records),
+            "template_copy": sum(r["verdict"] == "template copy" for r in records)}
+
+
 def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
     """For a probe of the world: its group, where its training image is, and the list's published
     figures beside the ones measured in this run."""
@@ -175,6 +187,12 @@ def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
         top1 = sum(str(r["matches"][0]["id"]) == str(tid) for r in state.records)
         own = [next((m["score"] for m in r["matches"] if str(m["id"]) == str(tid)), None) for r in state.records]
         lines.append(f"- its training image (#{tid}) is the top-1 match in {top1} of {len(state.records)} seeds")
+    both = both_ways(state.records)
+    if both and str(p.get("label")) in ("template", "verbatim"):  # a listed probe, scored both ways (issue 32)
+        lines.append(f"- **scored both ways**: the global verdict calls {both['replicated']} of {both['seeds']} seeds "
+                     f"whole copies; the masked score (inside the bright-ending map) passes the template threshold "
+                     f"{both['threshold']:.3f} in {both['masked_above']} ({both['template_copy']} of them called template "
+                     f"copies {g('template')})")
     pub_mean, pub_max = p.get("published_mean_sscd"), p.get("published_max_sscd")
     if pub_mean is not None or pub_max is not None:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -424,13 +442,23 @@ def world_card_markdown(lab: Lab) -> str:
 
 
 def probe_examples(probes) -> list[tuple[str, list[str]]]:
-    """The world's probe prompts by group, in the order the groups matter (memorized first), with the
-    app's name for each group and its prompts."""
+    """The world's probe prompts by group, in the order the groups matter, the lesson's first group first
+    (``Lab.lesson_prompts``: verbatim or memorized, else the built-in world's highest full duplication), then
+    template copies, the controls, then the rest as listed, with the app's name for each group and its prompts."""
     if probes.empty or "prompt" not in probes:
         return []
-    order = ["verbatim", "template", "memorized", "control"]
-    key = probes["label"] if "label" in probes else probes["group"]
-    ranks = {k: (order.index(k) if k in order else len(order) + i) for i, k in enumerate(dict.fromkeys(key))}
+    key = (probes["label"] if "label" in probes else probes["group"]).astype(str)
+
+    def rank(k: str, i: int) -> tuple:
+        if k in ("verbatim", "memorized"):
+            return (0, ("verbatim", "memorized").index(k))
+        if re.fullmatch(r"full_ddf\d+", k):
+            return (1, -int(k[8:]))
+        if k == "template":
+            return (2, 0)
+        return (3, 0) if k == "control" else (4, i)
+
+    ranks = {k: rank(k, i) for i, k in enumerate(dict.fromkeys(key))}
     groups = []
     for k in sorted(ranks, key=ranks.get):
         sub = probes[key == k]

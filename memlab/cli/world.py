@@ -44,6 +44,9 @@ def add_arguments(p):
     c.add_argument("--device", default=None)
     c.add_argument("--nemo-seeds", type=int, default=10,
                    help="seeds per control prompt for NeMo's statistics (0: none; they need --controls)")
+    c.add_argument("--probe-seeds", type=int, default=4,  # createworld.PROBE_SEEDS
+                   help="seeds per verbatim and template probe, each scored by the global and the masked verdict "
+                        "(probe_scores.csv; 0: none; it needs --controls for the template threshold)")
     c.add_argument("--out", required=True, help="world folder to write")
 
 
@@ -58,6 +61,9 @@ def run(args) -> int:
     for name in ("image_size", "processes", "threads", "calib_n"):
         if getattr(args, name) < 1:
             raise MemlabError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("nemo_seeds", "probe_seeds"):
+        if getattr(args, name) < 0:
+            raise MemlabError(f"--{name.replace('_', '-')} must be at least 0")
     descriptors = [d.strip() for d in args.descriptor.split(",") if d.strip()]
     if not descriptors:
         raise MemlabError("--descriptor names no descriptor")
@@ -79,5 +85,5 @@ def run(args) -> int:
                  fetch_policy={"allow_private_addresses": args.allow_private_addresses, "deadline": args.deadline,
                                "max_bytes": args.max_bytes},
                  index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr),
-                 nemo_seeds=args.nemo_seeds, device=args.device)
+                 nemo_seeds=args.nemo_seeds, probe_seeds=args.probe_seeds, device=args.device)
     return 0
