@@ -262,7 +262,8 @@ def phase_agree(a) -> dict:
 def phase_add(a) -> dict:
     """The last ``--add-parts`` parts added to an index of the others, against the index built from all parts (the build
     phase's): time and peak memory of the addition, groups, background and recall of the planted copies
-    (all in the last part) through the index that was added to."""
+    (all in the last part) through the index that was added to. Its peak memory is read when the addition ends,
+    as the build phase reads the build's (the checks, which load both indices, are reported apart)."""
     import pandas as pd
 
     from memlab.index import TrainingIndex
@@ -303,6 +304,7 @@ def phase_add(a) -> dict:
         add.run()
     add_s = time.perf_counter() - t
     add_mem = mem.stop()
+    add_peak = peak_mb()  # the addition's own peak, read as the build phase reads its own: before the checks below
     ref, got = TrainingIndex.load(full, verify=False), TrainingIndex.load(out, verify=False)
     bg_r, bg_g = ref.background(), got.background()
     gr, gg = ref.items["group"].to_numpy(), got.items["group"].to_numpy()
@@ -312,7 +314,7 @@ def phase_add(a) -> dict:
     added = sum(int(np.load(p, mmap_mode="r").shape[0]) for p in parts[-a.add_parts:])
     return {"base_rows": a.n - added, "added_rows": added, "factory": factory,
             "base_build_s": base_s, "add_s": add_s, "add_stages_s": json.loads((out / "manifest.json").read_text())
-            ["additions"][-1]["seconds"], "peak_rss_mb": peak_mb(), **add_mem,
+            ["additions"][-1]["seconds"], "peak_rss_mb": add_peak, "peak_rss_with_checks_mb": peak_mb(), **add_mem,
             "same_groups_as_full_build": same,
             "background_within_0.01_of_full_build": float(np.mean(np.abs(bg_r - bg_g) <= 0.01)),
             "planted_copies_find_their_source_at_top2": float(np.mean((top == src[:, None]).any(1))),

@@ -100,7 +100,8 @@ def test_match_lists_one_match_per_near_duplicate_group(tiny_world, tmp_path):
 @pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 @pytest.mark.parametrize("viewport", [(1400, 1000), (420, 900)])
 def test_after_generate_the_progress_and_first_pair_are_in_view(tiny_world, viewport):
-    """At 420 x 900 the prompt and Generate are on the first screen; after the click, the progress and then
+    """At 420 x 900 the prompt and Generate are on the first screen; at 1400 the controls' two columns end
+    within 200 px of each other (the settings once ran 340 px below the prompt's column); after the click, the progress and then
     the first pair are inside the viewport without scrolling (desktop and phone); Compare has the examples
     and the prompt typed on Generate."""
     def inside(page, selector):
@@ -112,6 +113,10 @@ def test_after_generate_the_progress_and_first_pair_are_in_view(tiny_world, view
         for sel in ("#prompt textarea", "#generate-btn"):
             box = page.locator(sel).bounding_box()
             assert box and box["y"] + box["height"] <= viewport[1], (sel, box)
+        if viewport[0] > 1000:  # side by side, the two columns of controls end near each other (no tall empty block)
+            ends = [page.evaluate(f"Math.max(...[...document.querySelectorAll('#{c} > *')].map(e => "
+                                  f"e.getBoundingClientRect().bottom))") for c in ("controls-main", "controls-settings")]
+            assert abs(ends[0] - ends[1]) < 200, ends
         page.locator("#prompt textarea").fill("a colour field 3")
         page.locator("#n-seeds input").fill("8")
         page.locator("#generate-btn").click()

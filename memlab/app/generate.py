@@ -34,14 +34,21 @@ def _controls(lab: Lab, examples) -> SimpleNamespace:
     """The prompt with the world's probes as examples, and the run's settings and buttons."""
     defaults = lab.defaults
     with gr.Row():
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, elem_id="controls-main"):
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt to test for memorization",
                                 elem_id="prompt")
             with gr.Row():  # under the prompt: on a phone both are on the first screen
                 go_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
             examples_block(prompt, examples)
-        with gr.Column(scale=1):
+            # under the examples (beside the settings, which once left this column a tall empty block)
+            desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
+                                      label="Copy descriptor (the verdict's score and threshold)",
+                                      elem_id="descriptor")
+            att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
+            # next to its button (it once appeared far from it, between the examples and the results)
+            att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
+        with gr.Column(scale=1, elem_id="controls-settings"):
             # a number box, not a slider: a slider's box silently clamps 0 to 1 and 100000 to the
             # maximum in the browser; here the server answers an out-of-range count with a message
             n_seeds = gr.Number(value=8, label=f"Number of seeds (1 to {APP_MAX_SEEDS} per run)",
@@ -56,12 +63,6 @@ def _controls(lab: Lab, examples) -> SimpleNamespace:
                 steps = gr.Slider(1, 200, value=int(defaults["steps"]), step=1, label="Steps")
                 guidance = gr.Slider(0.0, 20.0, value=float(defaults["guidance"]), step=0.5,
                                      label="Guidance scale")
-            desc_choice = gr.Dropdown(lab.descriptor_names, value=lab.descriptor.name,
-                                      label="Copy descriptor (the verdict's score and threshold)",
-                                      elem_id="descriptor")
-            att_btn = gr.Button("Which words drive it? (token attribution)", elem_id="attribution-btn")
-            # next to its button (it once appeared far from it, between the examples and the results)
-            att_plot = gr.Plot(label="token attribution (Wen et al.)", elem_id="attribution", visible=False)
     return SimpleNamespace(prompt=prompt, n_seeds=n_seeds, seed_list=seed_list, mits=mits, k=k, lam=lam, steps=steps,
                            guidance=guidance, desc_choice=desc_choice, go_btn=go_btn, stop_btn=stop_btn,
                            att_btn=att_btn, att_plot=att_plot)
