@@ -34,6 +34,8 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     "+ brightness": ("memlab-copy", {"colour_norm": "brightness"}),
     "global, grey-world": ("memlab-copy-global", {"colour_norm": "grey-world"}),
     "global": ("memlab-copy-global", {}),
+    "+ mirror-folded layout": ("memlab-copy", {"fold": True}),
+    "+ brightness + mirror-folded layout": ("memlab-copy", {"colour_norm": "brightness", "fold": True}),
 }
 
 

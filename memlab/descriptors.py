@@ -451,7 +451,11 @@ class LearnedCopyDescriptor(Descriptor):
     on the same background pattern pool alike, while a copy keeps its layout through the blur and colour
     drift of a diffusion decoder.
     The layout is not mirror-invariant: a mirrored copy keeps its global third. The global and layout
-    cosines stay in each match as ``global`` and ``layout``.
+    cosines stay in each match as ``global`` and ``layout``. Two options answer a mirrored copy: ``mirror``
+    (a row also holds its mirror image's layout; the verdict takes the better orientation) and ``fold`` (each
+    layout map is the sum of the image's maps, its mirror image's and both mirrored, which is the same for an
+    image and its mirror image: the row stays one vector, its cosine still the verdict; what it gives up is
+    the left-right order of the layout).
 
     ``blur`` (pixels, at the network's input size) low-passes every image before the network, query and
     training image alike: a diffusion model's copy loses fine detail the training image has, so the
@@ -463,7 +467,7 @@ class LearnedCopyDescriptor(Descriptor):
     duplicate_threshold = 0.95
 
     def __init__(self, name="memlab-copy", weights=None, device=None, batch_size=64, layout: bool = False,
-                 blur: float = 0.0, colour_norm: str | None = None, mirror: bool = False):
+                 blur: float = 0.0, colour_norm: str | None = None, mirror: bool = False, fold: bool = False):
         import hashlib
 
         from .copynet import load_copynet
@@ -472,7 +476,9 @@ class LearnedCopyDescriptor(Descriptor):
         self.name, self.weights, self.layout, self.blur = name, folder, bool(layout), float(blur)
         from .copynet import COLOUR_NORMS
 
-        self.mirror = bool(mirror)
+        self.mirror, self.fold = bool(mirror), bool(fold)
+        if self.mirror and self.fold:
+            raise MemlabError("mirror and fold are two answers to a mirrored copy: choose one")
         if colour_norm and colour_norm not in COLOUR_NORMS:
             raise MemlabError(f"colour_norm must be one of {', '.join(COLOUR_NORMS)} (got {colour_norm!r})")
         if self.blur < 0:
@@ -495,7 +501,7 @@ class LearnedCopyDescriptor(Descriptor):
             side = cfg.input_size // 2 ** (len(cfg.widths) - 1)
             self.map_shapes = [(int(c), side, side) for c in cfg.widths[1:][-2:]]
             self.preset += ("+layout-" + "+".join("{}x{}x{}".format(*m) for m in self.map_shapes)
-                            + ("-and-mirrored" if self.mirror else ""))
+                            + ("-and-mirrored" if self.mirror else "") + ("-mirror-folded" if self.fold else ""))
             self.dim += sum(int(np.prod(m)) for m in self.map_shapes) * (2 if self.mirror else 1)
             if self.mirror:
                 self.verdict = "layout-or-mirrored"
@@ -504,7 +510,7 @@ class LearnedCopyDescriptor(Descriptor):
         # the shipped weights are named by None, so an index built with them works from any checkout
         default = self.weights.resolve() == default_copynet_weights().resolve()
         return {"weights": None if default else str(self.weights), "layout": self.layout, "blur": self.blur,
-                "colour_norm": self.colour_norm, "mirror": self.mirror}
+                "colour_norm": self.colour_norm, "mirror": self.mirror, "fold": self.fold}
 
     def embed(self, images):
         import torch
@@ -524,9 +530,13 @@ class LearnedCopyDescriptor(Descriptor):
                     side = self.map_shapes[-1][-1]  # the finer map average-pooled to the last one's grid
                     maps = [torch.nn.functional.adaptive_avg_pool2d(m.float(), side)
                             for m in self.net.feature_maps(x)[-len(self.map_shapes):]]
+                    if self.mirror or self.fold:
+                        flipped = [torch.nn.functional.adaptive_avg_pool2d(f.float(), side) for f in
+                                   self.net.feature_maps(torch.flip(x, dims=[3]))[-len(self.map_shapes):]]
                     if self.mirror:  # the mirror image's layout beside the image's own
-                        maps += [torch.nn.functional.adaptive_avg_pool2d(f.float(), side) for f in
-                                 self.net.feature_maps(torch.flip(x, dims=[3]))[-len(self.map_shapes):]]
+                        maps += flipped
+                    elif self.fold:  # the layout folded about the vertical axis: the same for the mirror image
+                        maps = [m + f + torch.flip(m + f, dims=[3]) for m, f in zip(maps, flipped)]
                     parts = [unit(m.flatten(1), dim=1) for m in maps]
                     g = torch.cat([g, *parts], dim=1) / np.sqrt(1.0 + len(parts))
                 out.append(g.cpu().numpy())

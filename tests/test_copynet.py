@@ -162,6 +162,34 @@ def test_mirrored_layout_verdict_takes_the_better_orientation(tmp_path):
     assert np.allclose(s, (g + 2 * lay) / 3, atol=1e-5)
 
 
+def test_a_folded_layout_embeds_an_image_and_its_mirror_image_alike(tmp_path):
+    """memlab-copy with ``fold``: one vector a row (the verdict is its cosine), the same for a scene and its mirror
+    image, while a scene laid out otherwise (moved down) still scores below it; ``mirror`` and ``fold`` exclude
+    each other."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    from memlab.errors import MemlabError
+
+    torch.manual_seed(0)
+    CopyNet(CopyNetConfig(**TINY)).eval().save_pretrained(tmp_path / "w")
+    d = create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0, fold=True)
+    plain = create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0)
+    assert "-mirror-folded" in d.preset and d.config()["fold"] is True and d.dim == plain.dim
+
+    def scene(x, y):
+        im = Image.new("RGB", (64, 64), (128, 128, 128))
+        ImageDraw.Draw(im).rectangle([x, y, x + 16, y + 16], fill=(220, 30, 30))
+        ImageDraw.Draw(im).ellipse([40, 40, 60, 60], fill=(20, 30, 200))
+        return im
+    ims = [scene(6, 4), ImageOps.mirror(scene(6, 4)), scene(6, 44)]
+    v, p = d.embed(ims), plain.embed(ims)
+    assert np.allclose(v[0], v[1], atol=1e-5) and p[1] @ p[0] < 0.999
+    assert v[2] @ v[0] < v[1] @ v[0] - 0.01
+    assert np.allclose(d.verdict_scores(v[0], v), v @ v[0], atol=1e-6)
+    with pytest.raises(MemlabError, match="choose one"):
+        create_descriptor("memlab-copy", weights=str(tmp_path / "w"), mirror=True, fold=True)
+
+
 def test_colour_normalizations_remove_what_they_name():
     """``copynet.normalize_colour``: ``standardize`` removes any gain and offset per channel, ``grey-world`` a
     gain per channel, ``brightness`` one gain for the whole image; each leaves the image otherwise alone."""
