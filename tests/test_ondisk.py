@@ -583,3 +583,41 @@ def test_the_index_build_on_a_multi_node_ray_cluster_equals_one_process_and_surv
         assert sha256(tmp_path / "one" / f) == sha256(tmp_path / "ray" / f), f
     assert one["descriptors"][NAME]["threshold"] == ray["descriptors"][NAME]["threshold"]
     assert one["duplicates"] == ray["duplicates"]
+
+
+def test_exact_rescoring_reads_a_bounded_number_of_candidate_rows_between_page_drops():
+    """``blocks.rerank_exact`` lets go of the vectors' pages after every ``batch_rows`` candidate rows it reads
+    (a random row of a mapped file maps its neighbours' pages too: 256 queries x 64 candidates once held ~0.9 GB
+    for a moment), whatever the number of candidates a query has, and its answer does not depend on the batch."""
+    from memlab.blocks import rerank_exact
+
+    class Mapped:  # a memory-mapped array's reads and page drops, counted
+        def __init__(self, a):
+            self.a, self.read, self.most = a, 0, 0
+            self._mmap = self
+
+        def __getitem__(self, i):
+            self.read += np.size(i)
+            self.most = max(self.most, self.read)
+            return self.a[i]
+
+        def madvise(self, advice):
+            self.read = 0
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:40]
+    cand = rng.integers(-1, 500, (40, 64))
+    ref = None
+    for rows in (4096, 640, 64):
+        v = Mapped(x.astype(np.float16))
+        ids, sc = rerank_exact(v, q, cand, np.arange(40), 5, batch_rows=rows)
+        assert v.most <= max(rows, 64), (rows, v.most)
+        if ref is None:
+            ref = (ids, sc)
+        assert np.array_equal(ids, ref[0]) and np.array_equal(sc, ref[1])
+    best = np.where(cand >= 0, (x.astype(np.float16).astype(np.float32)[np.maximum(cand, 0)] @ q[:, :, None])[..., 0],
+                    -np.inf)
+    best[cand == np.arange(40)[:, None]] = -np.inf
+    assert np.allclose(ref[1][:, 0], best.max(1), atol=1e-6)
