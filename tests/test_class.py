@@ -23,7 +23,7 @@ def test_a_lessons_sentence_counts_its_records():
     split = own_or_other(recs, 7, group)
     assert [len(split[k]) for k in ("replicated_own", "replicated_other", "novel_own", "novel_other")] == [2, 1, 1, 1]
     text = lesson_run_sentence(split, "x1")
-    assert text.startswith("**3 of 5 seeds replicated**: 2 copy the prompt's own training image #x1, 1 another "
+    assert text.startswith("**3 of 5 seeds replicated**: 2 copy the prompt's own training image #x1, 1 copy another "
                            "training image (#x3); 1 called novel still has #x1 as the closest training image")
     assert lesson_run_sentence(own_or_other(recs[3:], 7, group), "x1").startswith("**0 of 2 seeds replicated**")
 
@@ -54,7 +54,7 @@ def test_the_lessons_sentences_agree_with_its_records():
     def said(sentence):
         k = int(re.search(r"(\d+) of 8 seeds replicated", sentence)[1])
         own_n = re.search(r"(\d+) copy the prompt's own", sentence)
-        other = re.search(r"(\d+) another training image \(([^)]*)\)", sentence)
+        other = re.search(r"(\d+) copy another training image \(([^)]*)\)", sentence)
         missed = re.search(r"(\d+) called novel", sentence)
         return (k, int(own_n[1]) if own_n else 0, set(re.findall(r"#(\w+)", other[2])) if other else set(),
                 int(missed[1]) if missed else 0)

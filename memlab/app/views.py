@@ -502,7 +502,7 @@ def lesson_run_sentence(split: dict, own_id) -> str:
         return text + (f" (their closest training images: {_ids(ro + rx)})" if ro or rx else "")
     said = [f"{len(ro)} copy the prompt's own training image #{own_id}"] if ro or not rx else []
     if rx:
-        said.append(f"{len(rx)} another training image ({_ids(rx)})")
+        said.append(f"{len(rx)} copy another training image ({_ids(rx)})")
     text += ": " + ", ".join(said) if (ro or rx) else ""
     if no:
         text += (f"; {len(no)} called novel still {'has' if len(no) == 1 else 'have'} #{own_id} as the closest "
