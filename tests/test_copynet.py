@@ -131,12 +131,22 @@ def test_layout_verdict_sees_where_things_are(tmp_path):
     assert np.allclose(v @ v[0], (glob + 2 * lay) / 3, atol=1e-5)  # the cosine: the mean of the three
 
 
+def _scene(x, y):
+    """A red square at (x, y) and a blue disc at the lower right, on grey: moved or mirrored, laid out otherwise."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (64, 64), (128, 128, 128))
+    ImageDraw.Draw(im).rectangle([x, y, x + 16, y + 16], fill=(220, 30, 30))
+    ImageDraw.Draw(im).ellipse([40, 40, 60, 60], fill=(20, 30, 200))
+    return im
+
+
 def test_mirrored_layout_verdict_takes_the_better_orientation(tmp_path):
     """memlab-copy with ``mirror``: a row also holds its mirror image's layout, and the verdict compares the
     query's layout with the item's own or, if better, its mirror image's: a mirrored scene scores as the scene
     itself, an unmirrored comparison keeps the plain verdict (the mean of global and layout cosines), and a
     scene laid out otherwise stays below both."""
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import ImageOps
 
     torch.manual_seed(0)
     CopyNet(CopyNetConfig(**TINY)).eval().save_pretrained(tmp_path / "w")
@@ -145,12 +155,7 @@ def test_mirrored_layout_verdict_takes_the_better_orientation(tmp_path):
     assert d.verdict == "layout-or-mirrored" and "-and-mirrored" in d.preset and d.config()["mirror"] is True
     assert d.dim == 16 + 2 * (12 * 8 * 8 + 16 * 8 * 8)
 
-    def scene(x, y):
-        im = Image.new("RGB", (64, 64), (128, 128, 128))
-        ImageDraw.Draw(im).rectangle([x, y, x + 16, y + 16], fill=(220, 30, 30))
-        ImageDraw.Draw(im).ellipse([40, 40, 60, 60], fill=(20, 30, 200))
-        return im
-    ims = [scene(6, 4), ImageOps.mirror(scene(6, 4)), scene(6, 44)]
+    ims = [_scene(6, 4), ImageOps.mirror(_scene(6, 4)), _scene(6, 44)]
     v, p = d.embed(ims), plain.embed(ims)
     s = d.verdict_scores(v[0], v)
     assert s[0] == pytest.approx(1.0, abs=1e-5)
@@ -166,7 +171,7 @@ def test_a_folded_layout_embeds_an_image_and_its_mirror_image_alike(tmp_path):
     """memlab-copy with ``fold``: one vector a row (the verdict is its cosine), the same for a scene and its mirror
     image, while a scene laid out otherwise (moved down) still scores below it; ``mirror`` and ``fold`` exclude
     each other."""
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import ImageOps
 
     from memlab.errors import MemlabError
 
@@ -176,12 +181,7 @@ def test_a_folded_layout_embeds_an_image_and_its_mirror_image_alike(tmp_path):
     plain = create_descriptor("memlab-copy", weights=str(tmp_path / "w"), blur=0.0)
     assert "-mirror-folded" in d.preset and d.config()["fold"] is True and d.dim == plain.dim
 
-    def scene(x, y):
-        im = Image.new("RGB", (64, 64), (128, 128, 128))
-        ImageDraw.Draw(im).rectangle([x, y, x + 16, y + 16], fill=(220, 30, 30))
-        ImageDraw.Draw(im).ellipse([40, 40, 60, 60], fill=(20, 30, 200))
-        return im
-    ims = [scene(6, 4), ImageOps.mirror(scene(6, 4)), scene(6, 44)]
+    ims = [_scene(6, 4), ImageOps.mirror(_scene(6, 4)), _scene(6, 44)]
     v, p = d.embed(ims), plain.embed(ims)
     assert np.allclose(v[0], v[1], atol=1e-5) and p[1] @ p[0] < 0.999
     assert v[2] @ v[0] < v[1] @ v[0] - 0.01
