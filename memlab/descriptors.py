@@ -451,11 +451,9 @@ class LearnedCopyDescriptor(Descriptor):
     on the same background pattern pool alike, while a copy keeps its layout through the blur and colour
     drift of a diffusion decoder.
     The layout is not mirror-invariant: a mirrored copy keeps its global third. The global and layout
-    cosines stay in each match as ``global`` and ``layout``. Two options answer a mirrored copy: ``mirror``
-    (a row also holds its mirror image's layout; the verdict takes the better orientation) and ``fold`` (each
-    layout map is the sum of the image's maps, its mirror image's and both mirrored, which is the same for an
-    image and its mirror image: the row stays one vector, its cosine still the verdict; what it gives up is
-    the left-right order of the layout).
+    cosines stay in each match as ``global`` and ``layout``. Options for a mirrored copy: ``mirror`` (a row
+    also holds its mirror image's layout; the verdict takes the better orientation) or ``fold`` (each map summed
+    with its mirror image's and both mirrored: one vector, the same for an image and its mirror image).
 
     ``blur`` (pixels, at the network's input size) low-passes every image before the network, query and
     training image alike: a diffusion model's copy loses fine detail the training image has, so the

@@ -301,9 +301,7 @@ class OnDiskBuild:
         t.append(time.perf_counter())
         peak["after_index"] = _peak_mb()
         rows, ids, scores = self.neighbours(v, index)
-        # the lists' pages the searches mapped in leave this process before the groups' work (they stayed
-        # resident to the end: an addition's peak was 1.4-2.3% above its build's); reopened to tune nprobe
-        del index
+        del index  # the lists' pages the searches mapped in leave before the groups' work (reopened for nprobe)
         t.append(time.perf_counter())
         peak["after_neighbours"] = _peak_mb()
         dup = self.dup if self.dup is not None else float(
@@ -323,9 +321,7 @@ class OnDiskBuild:
                                      citation=getattr(cls, "threshold_source", None))
         representative = np.zeros(self.n, bool)
         representative[reps] = True
-        index = read_faiss(self.work / f"{self.name}.faiss")
-        served = self.calibrate_nprobe(v, index, rows, ids, scores, thr["value"])
-        del index
+        served = self.calibrate_nprobe(v, read_faiss(self.work / f"{self.name}.faiss"), rows, ids, scores, thr["value"])
         with atomic_dir(self.out) as tmp:
             shutil.copyfile(self.work / f"{self.name}.faiss", tmp / f"{self.name}.faiss")
             if (self.work / f"{self.name}.ivfdata").is_file():

@@ -1,0 +1,127 @@
+"""Where is the copy: the masked verdict's region from the bright-ending map (Chen et al., what memlab ships)
+against the region where a generation and its training match agree (Webster's masked matching), on the
+built-in world (issue 32).
+
+Each seed of the template probes, the unique probes and the full ddf 20 probes (seeds 0-9), and of the
+template threshold's calibration prompts (build-world's: 32 captions of items seen once, not probes, seeds
+0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1 training image (both at
+64 x 64):
+
+- the shipped masked score: the per-channel correlation inside the seed's bright-ending map
+  (``metrics.masked_similarity``), against the world's template threshold;
+- the agreement share: the image cut into windows (8 or 16 px); a window agrees when the per-channel
+  correlation of its pixels (channels with a standard deviation above 4 in both images) passes a cutoff
+  (0.6 or 0.8); the share of windows that agree. Its threshold: the 99% quantile over the calibration seeds
+  that the global verdict does not call ``replicated`` (the masked verdict only speaks for those).
+
+Printed: for each, the template seeds whose top-1 is their own template called (issue 32's target: 80%),
+the unique probes' seeds called (target at most 3%), and the full ddf 20 seeds.
+
+    python -m benchmarks.bench_template_mask [--world assets/world]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def agreement_share(a, b, window: int, cutoff: float, min_std: float = 4.0) -> float:
+    """The share of ``window`` x ``window`` windows where the two images' pixels correlate above ``cutoff``
+    (mean over the channels with structure in both; a window with none does not agree)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n = a.shape[0] // window
+    agree = 0
+    for i in range(n):
+        for j in range(n):
+            x = a[i * window:(i + 1) * window, j * window:(j + 1) * window].reshape(-1, 3)
+            y = b[i * window:(i + 1) * window, j * window:(j + 1) * window].reshape(-1, 3)
+            sx, sy = x.std(0), y.std(0)
+            ok = (sx > min_std) & (sy > min_std)
+            if ok.any():
+                c = ((x - x.mean(0)) * (y - y.mean(0))).mean(0)[ok] / (sx * sy)[ok]
+                agree += float(c.mean()) > cutoff
+    return agree / (n * n)
+
+
+def seeds_of(world) -> list[dict]:
+    """Every seed the comparison needs: group, whether its top-1 is its own image (or template), the global
+    verdict, the shipped masked score, and both images at 64 x 64."""
+    import pandas as pd
+    from PIL import Image
+
+    from memlab import buildworld
+    from memlab.generate import Settings
+    from memlab.local import templates_of
+    from memlab.match import descriptor_for_index
+    from memlab.runner import run_prompt
+
+    gen, index = world.generator(), world.index()
+    desc = descriptor_for_index(index)
+    st = Settings(steps=int(world.defaults["steps"]), guidance=float(world.defaults["guidance"]))
+    probes = pd.read_csv(world.file("probes"))
+    items = index.items.drop_duplicates("item")
+    pool = items[(items["planted"] == "unique") & ~items["item"].isin(set(probes["item"]))]
+    n, n_seeds = buildworld.TEMPLATE_CALIBRATION
+    jobs = [("calibration", p, -1, -1, range(n_seeds))
+            for p in pool.sample(n=min(n, len(pool)), random_state=1)["caption"]]
+    for g in ("template", "unique", "full_ddf20"):
+        jobs += [(g, p.prompt, int(p.item), int(p.template) if g == "template" else -1, range(10))
+                 for p in probes[probes["group"] == g].itertuples()]
+    template_of, side, out = templates_of(index), 64, []
+    for g, prompt, item, tmpl, seeds in jobs:
+        got = []
+        run_prompt(gen, index, desc, prompt, list(seeds), ["none"], st, k=1, on_seed=lambda r, im: got.append((r, im)))
+        for r, im in got:
+            row = r["matches"][0]["row"]
+            top = int(index.items.iloc[row]["item"])
+            with Image.open(index.image_path(row)) as t:
+                train = np.asarray(t.convert("RGB").resize((side, side), Image.LANCZOS))
+            out.append({"group": g, "own": (template_of.get(top, -1) == tmpl) if tmpl >= 0 else top == item,
+                        "verdict": r["verdict"], "masked": r.get("masked_score"),
+                        "gen": np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS)), "train": train})
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    a = ap.parse_args()
+    from memlab.world import World
+
+    world = World.load(a.world)
+    masked_thr = (world.manifest.get("template_threshold") or {}).get("value")
+    if masked_thr is None:
+        print(f"skip: {a.world} calibrates no template threshold")
+        return 0
+    seeds = seeds_of(world)
+    tm = [s for s in seeds if s["group"] == "template" and s["own"]]
+    uq = [s for s in seeds if s["group"] == "unique"]
+    full = [s for s in seeds if s["group"] == "full_ddf20"]
+    calib = [s for s in seeds if s["group"] == "calibration" and s["verdict"] != "replicated"]
+    print(f"built-in world {a.world}: {len(tm)} template seeds with their own template at top-1, {len(uq)} unique "
+          f"seeds, {len(full)} full ddf 20 seeds; {len(calib)} calibration seeds not replicated")
+    print(f"{'region':<44}{'threshold':>10}{'template':>10}{'unique':>9}{'full20':>9}")
+
+    def share(group, fn, thr):
+        return np.mean([fn(s) is not None and fn(s) > thr for s in group])
+    masked = lambda s: s["masked"]  # noqa: E731
+    print(f"{'bright-ending map (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
+          f"{share(uq, masked, masked_thr):>9.1%}{share(full, masked, masked_thr):>9.1%}")
+    for window in (8, 16):
+        for cutoff in (0.6, 0.8):
+            fn = lambda s, w=window, c=cutoff: agreement_share(s["gen"], s["train"], w, c)  # noqa: E731
+            for s in seeds:
+                s[(window, cutoff)] = fn(s)
+            get = lambda s, k=(window, cutoff): s[k]  # noqa: E731
+            thr = float(np.quantile([get(s) for s in calib], 0.99, method="higher"))
+            print(f"{f'agreement, {window}-px windows, correlation > {cutoff}':<44}{thr:>10.3f}"
+                  f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
