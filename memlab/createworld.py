@@ -136,7 +136,7 @@ def _keyword_views(kw_dir: Path, index, words) -> None:
         save_view(kw_dir, keyword_view(index, w))
 
 
-def _nemo_statistics(out: Path, model: str, table, seeds: int, device, log) -> bool:
+def _nemo_statistics(out: Path, generator, table, seeds: int, log) -> bool:
     """4b. NeMo's statistics of non-memorized prompts (``memlab.nemo``) from the control list, with the world's
     model, once (skipped when present); none without controls or with ``seeds`` 0."""
     if (out / "nemo" / "statistics.json").is_file():
@@ -145,10 +145,9 @@ def _nemo_statistics(out: Path, model: str, table, seeds: int, device, log) -> b
     controls = [p for p in controls if p]
     if not controls or seeds < 2:
         return False
-    from .generate import Generator
     from .nemo import compute_stats
 
-    gen = Generator.from_pretrained(model, device=device)
+    gen = generator()
     stats = compute_stats(gen, controls, list(range(seeds)), SD_DEFAULTS["steps"],
                           source=f"the world's {len(controls)} control prompts x {seeds} seeds")
     stats.save(out / "nemo")
@@ -160,7 +159,7 @@ def _nemo_statistics(out: Path, model: str, table, seeds: int, device, log) -> b
 TEMPLATE_SEEDS = 4  # seeds per control prompt for the template threshold
 
 
-def _template_threshold(out: Path, model: str, table, index, device, log) -> dict | None:
+def _template_threshold(out: Path, generator, table, index, log) -> dict | None:
     """4c. The "template copy" threshold (issue 32): the masked similarity of the control prompts'
     generations to their top-1 training image, at 1% (``local.calibrate_template_threshold``), kept in
     ``template_threshold.json`` (skipped when present); none without controls or training images."""
@@ -170,11 +169,11 @@ def _template_threshold(out: Path, model: str, table, index, device, log) -> dic
     controls = [p for p in table[table["label"] == "control"]["prompt"] if p]
     if not controls or index.image_path(0) is None:
         return None
-    from .generate import Generator, Settings
+    from .generate import Settings
     from .local import calibrate_template_threshold
     from .match import descriptor_for_index
 
-    gen = Generator.from_pretrained(model, device=device)
+    gen = generator()
     thr = calibrate_template_threshold(gen, index, descriptor_for_index(index), controls,
                                        list(range(TEMPLATE_SEEDS)),
                                        Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
@@ -186,7 +185,7 @@ def _template_threshold(out: Path, model: str, table, index, device, log) -> dic
 PROBE_SEEDS = 4  # seeds per probe in the probe table (``--probe-seeds``)
 
 
-def _probe_table(out: Path, model: str, probes, index, template, seeds: int, device, log) -> dict | None:
+def _probe_table(out: Path, generator, probes, index, template, seeds: int, log) -> dict | None:
     """4d. The list's verbatim and template probes scored both ways (``local.probe_table``): the global
     verdict and the masked one, per probe, in ``probe_scores.csv`` (kept when present for the same seeds and
     threshold); none without a template threshold or with ``seeds`` 0. Returns the summary by label."""
@@ -203,10 +202,10 @@ def _probe_table(out: Path, model: str, probes, index, template, seeds: int, dev
     if f.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         table = pd.read_csv(f)
     else:
-        from .generate import Generator, Settings
+        from .generate import Settings
         from .match import descriptor_for_index
 
-        gen = Generator.from_pretrained(model, device=device)
+        gen = generator()
         gen.template_threshold = template
         table = probe_table(gen, index, descriptor_for_index(index), probes, list(range(seeds)),
                             Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
@@ -255,9 +254,18 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     words = keywords if keywords is not None else suggest_keywords(items["caption"])
     _keyword_views(out / "keywords", index, words)
 
-    nemo = _nemo_statistics(out, model, table, nemo_seeds, device, log)
-    template = _template_threshold(out, model, table, index, device, log)
-    scored = _probe_table(out, model, probes, index, template, probe_seeds, device, log)
+    loaded = {}
+
+    def generator():  # the world's pipeline, loaded once for the stages that generate (each may be skipped)
+        if "gen" not in loaded:
+            from .generate import Generator
+
+            loaded["gen"] = Generator.from_pretrained(model, device=device)
+        return loaded["gen"]
+
+    nemo = _nemo_statistics(out, generator, table, nemo_seeds, log)
+    template = _template_threshold(out, generator, table, index, log)
+    scored = _probe_table(out, generator, probes, index, template, probe_seeds, log)
 
     # 5. world.json and card.json
     size = model_size(model)

@@ -399,6 +399,21 @@ def _checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique=(), non
     }
 
 
+def _held_out_text(h) -> str:
+    """The scene classifier's held-out accuracy as a line reads it (per split: each label's accuracy, AUC for
+    the multi-label ones); anything else as JSON."""
+    def split(d):
+        def part(name, key):
+            x = d[key]
+            return f"{name} {x['per_label']:.1%} (AUC {x['mean_auc']:.3f})" if isinstance(x, dict) else f"{name} {x:.1%}"
+        return ", ".join(part(n, k) for n, k in (("shapes", "shapes"), ("object colours", "colours"),
+                                                  ("background colour", "bg_colour"), ("background kind", "bg_kind")))
+    try:
+        return "; ".join(f"{name.replace('_', ' ')} (n={d['n']}): {split(d)}" for name, d in h.items())
+    except (AttributeError, KeyError, TypeError):
+        return json.dumps(h)
+
+
 def format_report(m: dict) -> str:
     """The card's figures as a readable table."""
     d = m["descriptor"]
@@ -441,7 +456,7 @@ def format_report(m: dict) -> str:
     if m.get("alignment", {}).get("method"):
         a = m["alignment"]
         lines.append(f"alignment: {a['method']} ({a['model']}): {a['measures']}; held out: "
-                     + json.dumps(a.get("held_out")))
+                     + _held_out_text(a.get("held_out")))
     lines.append(f"detection ROC AUC {m['detection_auc_pair'][0]} vs {m['detection_auc_pair'][1]}: "
                  f"{m['detection_auc']:.3f}")
     det = m.get("detectors")

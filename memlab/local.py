@@ -79,6 +79,19 @@ def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict
 PROBE_LABELS = ("verbatim", "template")  # a list's probes scored both ways (NeMo's MV and TV; issue 32)
 
 
+def both_ways(records) -> dict | None:
+    """A run's seed records counted by the global verdict and by the masked score against the template
+    threshold (issue 32): seeds, the threshold, ``replicated``, ``masked_above`` (masked score above it, whole
+    copies included) and ``template_copy``; None without that threshold."""
+    thr = next((r.get("masked_threshold") for r in records if r.get("masked_threshold") is not None), None)
+    if thr is None:
+        return None
+    return {"seeds": len(records), "threshold": float(thr),
+            "replicated": sum(r["verdict"] == "replicated" for r in records),
+            "masked_above": sum(r.get("masked_score") is not None and r["masked_score"] > thr for r in records),
+            "template_copy": sum(r["verdict"] == "template copy" for r in records)}
+
+
 def probe_table(gen, index, descriptor, probes: pd.DataFrame, seeds, settings: Settings,
                 labels=PROBE_LABELS, progress=None) -> pd.DataFrame:
     """A listed world's probes scored both ways (issue 32): each probe of ``labels`` generated on ``seeds``
@@ -94,12 +107,11 @@ def probe_table(gen, index, descriptor, probes: pd.DataFrame, seeds, settings: S
     for prompt, label, own in (progress(pairs, desc="probes, both ways") if progress else pairs):
         recs = [r for r in run_prompt(gen, index, descriptor, prompt, seeds, ["none"], settings, out_dir=None, k=1)
                 if r["type"] == "seed"]
-        thr = recs[0]["masked_threshold"] if recs else None
         masked = [r.get("masked_score") for r in recs]
-        rows.append({"prompt": prompt, "label": label, "seeds": len(recs),
-                     "replicated": sum(r["verdict"] == "replicated" for r in recs),
-                     "masked_above": sum(m is not None and thr is not None and m > thr for m in masked),
-                     "template_copy": sum(r["verdict"] == "template copy" for r in recs),
+        counts = both_ways(recs) or {"replicated": sum(r["verdict"] == "replicated" for r in recs),
+                                     "masked_above": 0, "template_copy": 0}
+        rows.append({"prompt": prompt, "label": label, "seeds": len(recs), "replicated": counts["replicated"],
+                     "masked_above": counts["masked_above"], "template_copy": counts["template_copy"],
                      "own_top1": sum(own != "" and str(r["matches"][0]["id"]) == own for r in recs),
                      "mean_score": float(np.mean([r["score"] for r in recs])) if recs else None,
                      "mean_masked_score": (float(np.mean([m for m in masked if m is not None]))

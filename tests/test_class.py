@@ -217,7 +217,8 @@ def test_a_listed_template_probe_is_shown_scored_both_ways():
     """A probe of a world made from a list (a template verbatim) shows this run's seeds counted by the global
     verdict and by the masked score against the template threshold, as the world's probe table counts them."""
 
-    from memlab.app.views import both_ways, probe_lines
+    from memlab.app.views import probe_lines
+    from memlab.local import both_ways
     from memlab.records import RunState
 
     def rec(verdict, masked, top1):

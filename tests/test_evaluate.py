@@ -123,3 +123,17 @@ def test_model_copy_truth_names_its_model_and_splits_what_the_descriptor_never_s
     for k in truth:
         assert list(again[k][0]) == list(truth[k][0])
         assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again[k][1], truth[k][1]))
+
+
+def test_the_alignment_classifiers_held_out_accuracy_reads_as_a_sentence():
+    """The card's alignment line states each held-out split's accuracies (it once printed raw JSON); anything
+    of another shape still prints, as JSON."""
+    from memlab.evaluate import _held_out_text
+
+    split = {"n": 10, "shapes": {"exact_set": 0.1, "per_label": 0.7974, "mean_auc": 0.7407},
+             "colours": {"exact_set": 0.3, "per_label": 0.9307, "mean_auc": 0.9346}, "bg_colour": 0.744, "bg_kind": 0.985}
+    text = _held_out_text({"renders": split, "renders_through_vae": {**split, "n": 12}})
+    assert text == ("renders (n=10): shapes 79.7% (AUC 0.741), object colours 93.1% (AUC 0.935), background colour "
+                    "74.4%, background kind 98.5%; renders through vae (n=12): shapes 79.7% (AUC 0.741), object "
+                    "colours 93.1% (AUC 0.935), background colour 74.4%, background kind 98.5%")
+    assert _held_out_text({"auc": 0.9}) == '{"auc": 0.9}' and _held_out_text(None) == "null"

@@ -8,6 +8,7 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..local import both_ways
 from ..records import RunState, SeedRecord, probe_group_name
 from ..service import Lab
 from .glossary import g
@@ -155,18 +156,6 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
     return "\n".join(lines)
-
-
-def both_ways(records) -> dict | None:
-    """A run's seeds counted by the global verdict and by the masked score against the template threshold (the
-    same counts as a listed world's ``probe_scores.csv``, ``local.probe_table``); None without that threshold."""
-    thr = next((r.get("masked_threshold") for r in records if r.get("masked_threshold") is not None), None)
-    if thr is None:
-        return None
-    return {"seeds": len(records), "threshold": float(thr),
-            "replicated": sum(r["verdict"] == "replicated" for r in records),
-            "masked_above": sum(r.get("masked_score") is not None and r["masked_score"] > thr for r in records),
-            "template_copy": sum(r["verdict"] == "template copy" for r in records)}
 
 
 def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
