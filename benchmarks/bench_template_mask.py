@@ -29,22 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def agreement_share(a, b, window: int, cutoff: float, min_std: float = 4.0) -> float:
+def agreement_share(a, b, window: int, cutoff: float) -> float:
     """The share of ``window`` x ``window`` windows where the two images' pixels correlate above ``cutoff``
-    (mean over the channels with structure in both; a window with none does not agree)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    n = a.shape[0] // window
-    agree = 0
-    for i in range(n):
-        for j in range(n):
-            x = a[i * window:(i + 1) * window, j * window:(j + 1) * window].reshape(-1, 3)
-            y = b[i * window:(i + 1) * window, j * window:(j + 1) * window].reshape(-1, 3)
-            sx, sy = x.std(0), y.std(0)
-            ok = (sx > min_std) & (sy > min_std)
-            if ok.any():
-                c = ((x - x.mean(0)) * (y - y.mean(0))).mean(0)[ok] / (sx * sy)[ok]
-                agree += float(c.mean()) > cutoff
-    return agree / (n * n)
+    (``metrics.agreement_mask``)."""
+    from memlab.metrics import agreement_mask
+
+    return float(agreement_mask(a, b, window, cutoff).mean())
 
 
 def seeds_of(world) -> list[dict]:
@@ -111,6 +101,11 @@ def main() -> int:
     masked = lambda s: s["masked"]  # noqa: E731
     print(f"{'bright-ending map (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
           f"{share(uq, masked, masked_thr):>9.1%}{share(full, masked, masked_thr):>9.1%}")
+    cal = world.index().manifest.get("agreement")
+    if cal:  # what ``memlab match`` uses for uploads: the index's threshold, calibrated on distinct training pairs
+        get = lambda s: agreement_share(s["gen"], s["train"], cal["window"], cal["cutoff"])  # noqa: E731
+        print(f"{'agreement, the index threshold (uploads)':<44}{cal['threshold']:>10.3f}{share(tm, get, cal['threshold']):>10.1%}"
+              f"{share(uq, get, cal['threshold']):>9.1%}{share(full, get, cal['threshold']):>9.1%}")
     for window in (8, 16):
         for cutoff in (0.6, 0.8):
             fn = lambda s, w=window, c=cutoff: agreement_share(s["gen"], s["train"], w, c)  # noqa: E731

@@ -49,6 +49,47 @@ def colour_jitter(im: Image.Image, rng: random.Random, s: float = 0.4) -> Image.
     return im
 
 
+def colour_cast(im: Image.Image, rng: random.Random) -> Image.Image:
+    """A diffusion model's colour drift at its strongest: a gain per channel (0.65-1.35, a tint) and an
+    overall brightness (0.4-1.15, darkening), as the copies issue 30 found missed (tinted, darkened)."""
+    a = np.asarray(im, np.float32) * np.array([rng.uniform(0.65, 1.35) for _ in range(3)], np.float32)
+    return Image.fromarray(np.clip(a * rng.uniform(0.4, 1.15), 0, 255).astype(np.uint8))
+
+
+def aligned_pair(im: Image.Image, other: Image.Image, rng: random.Random, size: int) -> tuple:
+    """Two views that keep the same geometry (one crop box and one mirror for both; ``other`` is ``im`` or
+    a model's version of it) and differ only where a diffusion model's copy differs from its training image:
+    colour casts and darkening, jitter, its decoder's blur, noise, JPEG. What the layout of a copy should be
+    invariant to (``train-descriptor --layout-weight``)."""
+    im, other = to_rgb(im), to_rgb(other).resize(im.size, Image.BILINEAR)
+    if rng.random() < 0.5:
+        w, h = im.size
+        f = rng.uniform(0.7, 1.0)
+        x, y = rng.uniform(0, w * (1 - f)), rng.uniform(0, h * (1 - f))
+        box = (int(x), int(y), int(x + w * f), int(y + h * f))
+        im, other = im.crop(box), other.crop(box)
+    if rng.random() < 0.5:
+        im, other = ImageOps.mirror(im), ImageOps.mirror(other)
+    work = max(size * 2, 96)
+
+    def photometric(v):
+        v = v.resize((work, work), Image.BILINEAR)
+        if rng.random() < 0.7:
+            v = colour_cast(v, rng)
+        if rng.random() < 0.5:
+            v = colour_jitter(v, rng, 0.3)
+        if rng.random() < 0.05:
+            v = v.convert("L").convert("RGB")
+        if rng.random() < 0.3:
+            v = decoder_drift(v, rng)
+        if rng.random() < 0.3:
+            v = v.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+        if rng.random() < 0.3:
+            v = jpeg(v, rng)
+        return v.resize((size, size), Image.BILINEAR)
+    return photometric(im), photometric(other)
+
+
 def overlay(im: Image.Image, rng: random.Random) -> Image.Image:
     """A banner with text (top or bottom, up to a quarter of the image), loose text, or shapes."""
     im = im.copy()

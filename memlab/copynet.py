@@ -104,6 +104,14 @@ class CopyNet(nn.Module):
             maps.append(h)
         return maps
 
+    def layout_maps(self, x, n: int = 2) -> list:
+        """x: [n, 3, H, W] in [0, 1] -> the last ``n`` stages' maps, each average-pooled to the last one's grid:
+        the layout ``memlab-copy`` checks beside its global descriptor (and ``train-descriptor --layout-weight``
+        trains)."""
+        maps = self.feature_maps(x)[-n:]
+        side = maps[-1].shape[-1]
+        return [torch.nn.functional.adaptive_avg_pool2d(m.float(), side) for m in maps]
+
     def embed_raw(self, x):
         """x: [n, 3, H, W] in [0, 1] -> unnormalized projection [n, dim]."""
         h = self.trunk(x)

@@ -525,12 +525,9 @@ class LearnedCopyDescriptor(Descriptor):
                     x = low_pass(x, self.blur)
                 g = self.net(x).float()
                 if self.layout:
-                    side = self.map_shapes[-1][-1]  # the finer map average-pooled to the last one's grid
-                    maps = [torch.nn.functional.adaptive_avg_pool2d(m.float(), side)
-                            for m in self.net.feature_maps(x)[-len(self.map_shapes):]]
+                    maps = self.net.layout_maps(x, len(self.map_shapes))  # the finer map pooled to the last grid
                     if self.mirror or self.fold:
-                        flipped = [torch.nn.functional.adaptive_avg_pool2d(f.float(), side) for f in
-                                   self.net.feature_maps(torch.flip(x, dims=[3]))[-len(self.map_shapes):]]
+                        flipped = self.net.layout_maps(torch.flip(x, dims=[3]), len(self.map_shapes))
                     if self.mirror:  # the mirror image's layout beside the image's own
                         maps += flipped
                     elif self.fold:  # the layout folded about the vertical axis: the same for the mirror image

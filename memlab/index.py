@@ -77,6 +77,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
             entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
                                                 truth, fpr, origin, factory)
             _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
+        agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
+            vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
         items.to_parquet(tmp / ITEMS, index=False)
         if extra_files is not None:
             extra_files(tmp)
@@ -91,6 +93,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                            "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
                            "largest": int(dups.max() + 1)},
             "files": {f: sha256(tmp / f) for f in files},
+            "agreement": agreement,
             **(extra_manifest or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default))
@@ -131,6 +134,36 @@ def _calibration_rows(distinct, reps, ground_truth, calib_n: int, seed: int) -> 
     pool = reps[~np.isin(distinct[reps], held)]
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
+
+
+def _agreement_calibration(v, distinct, reps, load_image, n: int, seed: int, fpr: float, name: str) -> dict | None:
+    """The partial-copy ("template copy") threshold for matched images: the agreement share
+    (``metrics.agreement_mask``, Webster's masked matching) of up to ``n`` distinct items with their nearest
+    item of another distinct image (by ``name``'s cosine), at ``fpr`` false positives, as the global threshold
+    is calibrated. None for an index of a single distinct image."""
+    rng = np.random.default_rng(seed + 1)
+    rows = np.sort(rng.choice(reps, size=min(n, len(reps)), replace=False))
+    other = metrics.nearest_distinct(v, distinct, rows)
+    shares = [agreement_of(load_image(int(a)), load_image(int(b)))["share"] for a, b in zip(rows, other) if b >= 0]
+    if not shares:
+        return None
+    w, c = metrics.AGREEMENT_WINDOW, metrics.AGREEMENT_CUTOFF
+    return {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
+            "window": w, "cutoff": c, "side": metrics.MASK_SIDE,
+            "source": (f"{1 - fpr:.0%} quantile of the agreement share ({w}-px windows at {metrics.MASK_SIDE} px whose "
+                       f"pixels correlate above {c}; Webster's masked matching) of {len(shares)} distinct training "
+                       f"items with their nearest item of another distinct image by {name}")}
+
+
+def agreement_of(image, other) -> dict:
+    """Where ``image`` agrees with ``other`` (``metrics.agreement_mask``, both at ``metrics.MASK_SIDE``): the
+    mask as lists of booleans and its share."""
+    from PIL import Image
+
+    side = metrics.MASK_SIDE
+    a, b = (np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS), np.float64) for im in (image, other))
+    mask = metrics.agreement_mask(a, b)
+    return {"mask": mask.tolist(), "share": float(mask.mean())}
 
 
 def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> dict[str, np.ndarray]:

@@ -137,6 +137,25 @@ def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask) -> fl
     return metrics.masked_similarity(gen, train, metrics.mask_to_image(mask, side))
 
 
+def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict:
+    """Where a matched image agrees with its top-1 training image (``result["agreement"]``: the mask of 16-px
+    windows, its share, and the index's calibrated threshold, Webster's masked matching): a result that is not
+    replicated as a whole but whose share passes that threshold becomes a ``template copy``. Left as it is
+    where the index keeps no image for the row or calibrated no threshold (indices built before it)."""
+    cal = index.manifest.get("agreement")
+    path = index.image_path(int(result["matches"][0]["row"])) if cal else None
+    if path is None or not Path(path).is_file():
+        return result
+    from .index import agreement_of
+
+    with Image.open(path) as train:
+        got = agreement_of(image, train)
+    result["agreement"] = {**got, "threshold": cal["threshold"], "source": cal["source"]}
+    if result["verdict"] != "replicated" and got["share"] > cal["threshold"]:
+        result["verdict"] = "template copy"
+    return result
+
+
 def _first_per_group(index: TrainingIndex, rows, k: int) -> np.ndarray:
     """Positions of the first row of each near-duplicate group among ranked rows, at most k."""
     groups = index.groups_of(rows)
@@ -177,6 +196,8 @@ def match_images(index: TrainingIndex, descriptor: Descriptor, images: Sequence[
     vecs = descriptor.embed(list(images))
     t1 = time.perf_counter()
     results = match_vectors(index, descriptor, vecs, k)
+    for r, im in zip(results, images):
+        partial_copy(index, r, im)
     t2 = time.perf_counter()
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
     queries = [{"image": n, **r} for n, r in zip(names, results)]

@@ -83,6 +83,33 @@ def masked_similarity(a, b, mask) -> float:
     return float(np.mean((w * x * y).sum((0, 1))[ok] / den[ok])) if ok.any() else 0.0
 
 
+AGREEMENT_WINDOW, AGREEMENT_CUTOFF = 16, 0.8  # pixels at MASK_SIDE, pixel correlation (bench_template_mask)
+
+
+def agreement_mask(a, b, window: int = AGREEMENT_WINDOW, cutoff: float = AGREEMENT_CUTOFF,
+                   min_std: float = 4.0) -> np.ndarray:
+    """Where two images agree (Webster's masked matching, as memlab measures it): the images ([H, W, 3], same
+    size, 0-255) cut into ``window`` x ``window`` windows; a window agrees when the correlation of its pixels,
+    averaged over the colour channels with structure in both (standard deviation above ``min_std``), passes
+    ``cutoff``. A colour cast leaves it unchanged; a window flat in either image never agrees. Returns
+    [H // window, W // window] booleans; its mean is the agreement share."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape or x.ndim != 3:
+        raise ValueError(f"images {x.shape} and {y.shape} must be [H, W, 3] of one size")
+    n, m = x.shape[0] // window, x.shape[1] // window
+
+    def cells(v):  # [n, m, window * window, 3]
+        v = v[:n * window, :m * window].reshape(n, window, m, window, -1).transpose(0, 2, 1, 3, 4)
+        return v.reshape(n, m, window * window, -1)
+    x, y = cells(x), cells(y)
+    x, y = x - x.mean(2, keepdims=True), y - y.mean(2, keepdims=True)
+    sx, sy = np.sqrt((x * x).mean(2)), np.sqrt((y * y).mean(2))
+    ok = (sx > min_std) & (sy > min_std)
+    corr = np.where(ok, (x * y).mean(2) / np.where(ok, sx * sy, 1.0), 0.0)
+    mean = corr.sum(-1) / np.maximum(ok.sum(-1), 1)
+    return ok.any(-1) & (mean > cutoff)
+
+
 def mask_coverage(mask, region) -> float:
     """How much more a mask lights a known region than the rest of the image: the mean of the mask inside
     ``region`` (boolean, same shape) over its mean outside (1: no preference; above 1: the region)."""
@@ -135,6 +162,20 @@ def background(vectors: np.ndarray, groups=None, block: int = 4096) -> np.ndarra
             sim[g[rows][:, None] == g[None, :]] = -np.inf
         out[i:i + block] = sim.max(axis=1)
     out[~np.isfinite(out)] = np.nan  # an item whose every other item is its duplicate
+    return out
+
+
+def nearest_distinct(vectors: np.ndarray, groups, rows, block: int = 4096) -> np.ndarray:
+    """For each of ``rows``, the row of its most similar item (cosine) in *another* group: the pair the
+    background of distinct images scores (``background(..., groups=...)``); -1 where there is none."""
+    v, g, rows = np.asarray(vectors, np.float32), np.asarray(groups), np.asarray(rows, np.int64)
+    out = np.full(len(rows), -1, np.int64)
+    for i in range(0, len(rows), block):
+        r = rows[i:i + block]
+        sim = v[r] @ v.T
+        sim[g[r][:, None] == g[None, :]] = -np.inf
+        best = sim.argmax(axis=1)
+        out[i:i + block] = np.where(np.isfinite(sim[np.arange(len(r)), best]), best, -1)
     return out
 
 

@@ -64,6 +64,11 @@ class DescriptorTrainConfig:
     checkpoint_every: int = 100
     log_every: int = 25
     colour_norm: str = ""           # the network normalizes its input's colours first (copynet.COLOUR_NORMS)
+    colour_cast: float = 0.0        # chance that a view also gets a strong tint / darkening (augment.colour_cast)
+    layout_weight: float = 0.0      # weight of the layout term: InfoNCE over the layout maps of aligned views
+    layout_images: int = 64         # images per step in the layout term (two aligned views each)
+    layout_temperature: float = 0.1
+    layout_blur: float = 1.0        # the low-pass memlab-copy applies at query time, applied to the layout views
     init: str = ""                  # start from these weights (a memlab-copy folder of the same widths and dim)
     threads: int = 0                # torch threads (0: torch's default)
     stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
@@ -71,8 +76,11 @@ class DescriptorTrainConfig:
     def validate(self) -> "DescriptorTrainConfig":
         if self.steps < 1 or self.batch_size < 2:
             raise MemlabError("steps must be >= 1 and batch_size >= 2")
-        if not all(0.0 <= x <= 1.0 for x in (self.photo_share, self.decoder_share, self.sibling_share)):
-            raise MemlabError("photo_share, decoder_share and sibling_share are shares in [0, 1]")
+        if not all(0.0 <= x <= 1.0 for x in (self.photo_share, self.decoder_share, self.sibling_share,
+                                              self.colour_cast)):
+            raise MemlabError("photo_share, decoder_share, sibling_share and colour_cast are shares in [0, 1]")
+        if self.layout_weight < 0 or self.layout_images < 2 or self.layout_temperature <= 0:
+            raise MemlabError("layout_weight must be >= 0, layout_images >= 2 and layout_temperature > 0")
         if self.input_size < 16 or len(self.widths) < 2:
             raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
         from .copynet import COLOUR_NORMS
@@ -238,6 +246,21 @@ def info_nce(z, temperature: float):
     return torch.nn.functional.cross_entropy(sim, target)
 
 
+def layout_nce(net, first, second, temperature: float, blur: float):
+    """The layout term: InfoNCE over each layout map (``CopyNet.layout_maps``, flattened and L2-normalized,
+    as ``memlab-copy`` compares them) of two aligned views per image ([n, 3, h, w] each), averaged over the
+    maps. A copy keeps its layout through colour drift; another image on the same background does not."""
+    import torch
+
+    from .copynet import low_pass
+
+    x = torch.cat([first, second])
+    if blur:
+        x = low_pass(x, blur)
+    maps = net.layout_maps(x)
+    return sum(info_nce(torch.nn.functional.normalize(m.flatten(1), dim=1), temperature) for m in maps) / len(maps)
+
+
 def entropy_regulariser(z, eps: float = 1e-8):
     """Differential-entropy (KoLeo) regulariser: -mean log distance to the nearest other descriptor."""
     import torch
@@ -257,7 +280,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .augment import augment
+    from .augment import aligned_pair, augment, colour_cast
     from .train import latest_checkpoint, load_optimizer, save_optimizer
 
     cfg.validate()
@@ -311,7 +334,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         log(f"[train-descriptor] resuming from {ck.name}")
     log_path = out / "loss.csv"
     if start == 0:
-        log_path.write_text("step,loss,info_nce,entropy,lr,elapsed_s\n")
+        log_path.write_text("step,loss,info_nce,entropy,layout,lr,elapsed_s\n")
     running = []
 
     # 3. the loop
@@ -325,22 +348,32 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         def view(im, dec):  # a view starts, now and then, from the model's version of the image
             if dec is not None and rng.random() < cfg.decoder_share:
                 im = rng.choice(dec)
-            return augment(im, rng, cfg.input_size)
+            v = augment(im, rng, cfg.input_size)
+            return colour_cast(v, rng) if cfg.colour_cast and rng.random() < cfg.colour_cast else v
         views = [view(*b) for b in base] + [view(*b) for b in base]
         z = torch.nn.functional.normalize(net.embed_raw(to_input(views, cfg.input_size)), dim=1)
         l_nce = info_nce(z, cfg.temperature)
         l_ent = entropy_regulariser(z[:cfg.batch_size])
         loss = l_nce + cfg.entropy_weight * l_ent
+        l_lay = torch.zeros(())
+        if cfg.layout_weight:  # aligned views of a subset: the model's version against the image, half the time
+            pairs = [aligned_pair(im, rng.choice(dec) if dec is not None and rng.random() < 0.5 else im, rng,
+                                  cfg.input_size)
+                     for im, dec in (base[i] for i in rng.sample(range(len(base)), min(cfg.layout_images, len(base))))]
+            l_lay = layout_nce(net, to_input([a for a, _ in pairs], cfg.input_size),
+                               to_input([b for _, b in pairs], cfg.input_size), cfg.layout_temperature, cfg.layout_blur)
+            loss = loss + cfg.layout_weight * l_lay
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        running.append((float(loss.detach()), float(l_nce.detach()), float(l_ent.detach())))
+        running.append((float(loss.detach()), float(l_nce.detach()), float(l_ent.detach()), float(l_lay.detach())))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             m = np.mean(running, axis=0)
             with open(log_path, "a") as f:
-                f.write(f"{step + 1},{m[0]:.5f},{m[1]:.5f},{m[2]:.5f},{lr_at(step):.6g},{time.time() - t_start:.1f}\n")
+                f.write(f"{step + 1},{m[0]:.5f},{m[1]:.5f},{m[2]:.5f},{m[3]:.5f},{lr_at(step):.6g},"
+                        f"{time.time() - t_start:.1f}\n")
             running = []
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 in (cfg.steps, end):
             ck = out / "checkpoints" / f"step-{step + 1}"

@@ -23,8 +23,10 @@ def test_a_lessons_sentence_counts_its_records():
     split = own_or_other(recs, 7, group)
     assert [len(split[k]) for k in ("replicated_own", "replicated_other", "novel_own", "novel_other")] == [2, 1, 1, 1]
     text = lesson_run_sentence(split, "x1")
-    assert text.startswith("**3 of 5 seeds replicated**: 2 copy the prompt's own training image #x1, 1 copy another "
-                           "training image (#x3); 1 called novel still has #x1 as the closest training image")
+    # seed 1's pair shows x2, a duplicate of the own image x1: the sentence names it
+    assert text.startswith("**3 of 5 seeds replicated**: 2 copy the prompt's own training image #x1 (shown as its "
+                           "duplicate #x2), 1 copy another training image (#x3); 1 called novel still has #x1 as the "
+                           "closest training image")
     assert lesson_run_sentence(own_or_other(recs[3:], 7, group), "x1").startswith("**0 of 2 seeds replicated**")
 
 

@@ -52,13 +52,45 @@ def test_info_nce_rewards_matching_views_and_entropy_rewards_spread():
     assert entropy_regulariser(clumped) > entropy_regulariser(spread) + 2
 
 
+def test_aligned_views_keep_their_geometry_and_the_layout_term_tells_images_apart():
+    """``augment.aligned_pair``: one crop and mirror for both views, so a bright square lands in the same
+    place in both whatever the colour cast; ``layout_nce`` scores aligned views of the same image below the
+    same views paired with other images'."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    from memlab.augment import aligned_pair
+    from memlab.train_descriptor import layout_nce
+
+    rng = random.Random(0)
+    im = Image.new("RGB", (128, 128), (10, 10, 10))
+    ImageDraw.Draw(im).rectangle((16, 72, 48, 104), fill=(250, 250, 250))
+
+    def centre(v):
+        lum = np.asarray(v, np.float32).mean(axis=2)
+        ys, xs = np.nonzero(lum >= (np.median(lum) + lum.max()) / 2)
+        return np.array([ys.mean(), xs.mean()])
+    gaps = [np.abs(centre(a) - centre(b)).max() for a, b in (aligned_pair(im, im, rng, 64) for _ in range(30))]
+    assert np.median(gaps) < 2.0 and max(gaps) < 6.0
+    torch.manual_seed(0)
+    net = CopyNet(CopyNetConfig(**TINY)).eval()
+    pairs = [aligned_pair(x, x, rng, 32) for x in synthetic_images(8)]
+    first, second = to_input([a for a, _ in pairs], 32), to_input([b for _, b in pairs], 32)
+    with torch.no_grad():
+        same = layout_nce(net, first, second, 0.1, 1.0)
+        others = layout_nce(net, first, second[torch.roll(torch.arange(8), 1)], 0.1, 1.0)
+    assert same < others
+
+
 @pytest.mark.kill
 def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir):
     """With a real decoder's round trips among the views (the tiny pipeline's VAE), a training stopped
     half way and resumed ends with the weights of an uninterrupted one."""
     from safetensors.torch import load_file
 
-    kw = {"decoder": str(tiny_pipeline_dir), "decoder_share": 0.5}
+    kw = {"decoder": str(tiny_pipeline_dir), "decoder_share": 0.5, "colour_cast": 0.5, "layout_weight": 1.0,
+          "layout_images": 4}
     whole = train_descriptor(_tiny_train_cfg(tmp_path / "whole", **kw), log=lambda m: None)
     assert train_descriptor(_tiny_train_cfg(tmp_path / "split", stop_at=2, **kw), log=lambda m: None) is None
     split = train_descriptor(_tiny_train_cfg(tmp_path / "split", **kw), log=lambda m: None)
@@ -66,7 +98,8 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((split / "train_card.json").read_text())
     assert card["resumed_from"] == 2 and card["steps"] == 4 and card["decoder"] == str(tiny_pipeline_dir)
-    assert len(pd.read_csv(split / "loss.csv")) == 4
+    log = pd.read_csv(split / "loss.csv")
+    assert len(log) == 4 and (log["layout"] > 0).all()  # the layout term ran
     # the weights changed from their initialization
     torch.manual_seed(0)
     init = CopyNet(CopyNetConfig(**TINY)).state_dict()

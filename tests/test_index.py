@@ -216,3 +216,56 @@ def test_any_tar_of_images_with_txt_or_json_captions_is_a_source(tmp_path):
     items = TrainingIndex.load(tmp_path / "idx").items
     assert items["caption"].tolist() == ["a red square", "a blue square"]
     assert items["url"].tolist() == ["", "http://example.org/b.jpg"]
+
+
+def test_a_template_copy_is_told_by_where_it_agrees_with_its_match(tmp_path):
+    """Partial copies (issue 32): pictures of one template (a patterned frame around changing content) count
+    as one source; the index calibrates the agreement share's threshold on distinct items, and an upload with
+    the template's frame around new content is a ``template copy`` with its mask on the frame, while a
+    distinct image is not."""
+    from PIL import Image
+
+    from memlab.metrics import agreement_mask
+
+    rng = np.random.default_rng(3)
+    frame = np.kron((rng.random((8, 8, 3)) * 255).astype(np.uint8), np.ones((8, 8, 1), np.uint8))  # 8-px blocks
+
+    def template_picture(inner):
+        a = frame.copy()
+        a[16:48, 16:48] = np.asarray(inner.resize((32, 32)))
+        return Image.fromarray(a)
+    inners = synthetic_images(8, seed=5)
+    ims = synthetic_images(30) + [template_picture(im) for im in inners[:6]]
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, im in enumerate(ims):
+        im.save(root / f"{i}.png")
+    items = pd.DataFrame({"id": range(36), "caption": ["c"] * 36, "file": [f"{i}.png" for i in range(36)],
+                          "source": [""] * 30 + ["template"] * 6})
+    build_index(tmp_path / "t", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=500,
+                origin="source", image_root=str(root))
+    index = TrainingIndex.load(tmp_path / "t")
+    cal = index.manifest["agreement"]
+    assert cal["n"] == 31 and 0 <= cal["threshold"] < 0.75  # 30 distinct images + the template, counted once
+    copy, other = template_picture(inners[7]), synthetic_images(1, seed=11)[0]
+    res = match_images(index, descriptor_for_index(index), [copy, other], k=3)
+    got, miss = res["queries"]
+    assert int(got["matches"][0]["id"]) >= 30 and got["verdict"] in ("template copy", "replicated")
+    mask = np.asarray(got["agreement"]["mask"])
+    assert mask.shape == (4, 4) and mask[0].all() and mask[3].all() and not mask[1:3, 1:3].any()
+    assert got["agreement"]["share"] == 0.75 > got["agreement"]["threshold"]
+    assert miss["verdict"] != "template copy" and miss["agreement"]["share"] <= cal["threshold"]
+    # the app's Match shows the pair with the agreeing windows tinted: the frame, not the content inside
+    from memlab.app.views import MASK_TINT, agreement_pair
+
+    pair = np.asarray(agreement_pair(copy, index.image_path(got["matches"][0]["row"]), got), np.float64)
+    plain = np.asarray(copy.resize((64, 64)).resize((192, 192), Image.NEAREST), np.float64)
+    shown = pair[4:196, 4:196]  # the upload's half, 3x
+    toward = lambda part, ref: np.abs(part - MASK_TINT).mean() < np.abs(ref - MASK_TINT).mean()  # noqa: E731
+    assert toward(shown[:48], plain[:48]) and np.allclose(shown[64:128, 64:128], plain[64:128, 64:128])
+    # the metric itself: a colour cast leaves agreement whole; a flat window never agrees
+    a = np.asarray(ims[0], np.float64)
+    assert agreement_mask(a, a * [0.6, 1.2, 0.9] + 20).all()
+    flat = a.copy()
+    flat[:16, :16] = 128
+    assert not agreement_mask(flat, flat)[0, 0] and agreement_mask(flat, flat).sum() == 15

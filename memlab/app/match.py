@@ -6,7 +6,8 @@ import pandas as pd
 
 from ..limits import LIMITS
 from ..service import Lab
-from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, score
+from ..match import load_image
+from .views import MATCH_COLUMNS, MATCH_WIDTHS, agreement_pair, copies, score
 from .wiring import page_and_api
 
 
@@ -40,6 +41,12 @@ def match_tab(lab: Lab, api) -> None:
                   f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}")
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
+            if (ag := q.get("agreement")) is not None:  # where the upload agrees with its top-1 (Webster)
+                md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (tinted, 16-px windows whose pixels "
+                       f"correlate above 0.8): {ag['share']:.0%} of the image, template-copy threshold "
+                       f"{ag['threshold']:.0%}")
+                gallery.insert(0, (agreement_pair(load_image(path), lab.item_file(q["matches"][0]["row"]), q),
+                                   f"upload · #{q['matches'][0]['id']} · agree in {ag['share']:.0%}"))
             table = [[m["id"], score(m["score"]), m.get("duplicates", 0) + 1, m.get("caption", "")]
                      for m in q["matches"]]
             return md, gallery, pd.DataFrame(table, columns=MATCH_COLUMNS)

@@ -80,6 +80,16 @@ def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool,
     return out
 
 
+def agreement_pair(upload: Image.Image, top_file, result: dict, side: int = 64) -> Image.Image:
+    """An upload beside its top-1 training image (``top_file``) with the windows where they agree
+    (``result["agreement"]["mask"]``, ``match.partial_copy``) tinted on both, framed by the verdict."""
+    mask = np.asarray(result["agreement"]["mask"], np.float32)
+    mask = np.kron(mask, np.ones((side // mask.shape[0], side // mask.shape[1]), np.float32))  # hard-edged windows
+    with Image.open(top_file) as top:
+        return pair_image(upload.convert("RGB").resize((side, side)), top.convert("RGB").resize((side, side)),
+                          result["verdict"], 3, mask=mask)
+
+
 def overlay(im: Image.Image, mask, strength: float = 0.6) -> Image.Image:
     """``im`` with ``mask`` ([h, w] in [0, 1], any size: resized) tinted over it, ``strength`` at the mask's
     brightest (the region the bright-ending map calls copied); unchanged without a mask."""
@@ -489,12 +499,15 @@ def lesson_run_sentence(split: dict, own_id) -> str:
     text = f"**{len(ro) + len(rx)} of {split['n']} seeds replicated**"
     if own_id is None:
         return text + (f" (their closest training images: {_ids(ro + rx)})" if ro or rx else "")
-    said = [f"{len(ro)} copy the prompt's own training image #{own_id}"] if ro or not rx else []
+    def via(pairs) -> str:  # the duplicates of the own image that the pairs show in its place
+        shown = [m for m in dict.fromkeys(str(m) for _, m in pairs) if m != str(own_id)]
+        return f" (shown as its duplicate{'s' if len(shown) > 1 else ''} {_ids((0, m) for m in shown)})" if shown else ""
+    said = [f"{len(ro)} copy the prompt's own training image #{own_id}{via(ro)}"] if ro or not rx else []
     if rx:
         said.append(f"{len(rx)} copy another training image ({_ids(rx)})")
     text += ": " + ", ".join(said) if (ro or rx) else ""
     if no:
-        text += (f"; {len(no)} called novel still {'has' if len(no) == 1 else 'have'} #{own_id} as the closest "
+        text += (f"; {len(no)} called novel still {'has' if len(no) == 1 else 'have'} #{own_id}{via(no)} as the closest "
                  f"training image (look at those pairs: a copy with a colour cast can score under the threshold)")
     if split.get("possible"):
         n = len(split["possible"])
