@@ -14,6 +14,10 @@ template threshold's calibration prompts (build-world's: 32 captions of items se
   (0.6 or 0.8); the share of windows that agree. Its threshold: the 99% quantile over the calibration seeds
   that the global verdict does not call ``replicated`` (the masked verdict only speaks for those).
 
+- the same agreement share (16-px windows, 0.8) against the index's own threshold where it has one (what
+  ``memlab match`` uses for uploads: 1% of distinct training items against their nearest other distinct
+  image, ``index.calibrate_agreement``).
+
 Printed: for each, the template seeds whose top-1 is their own template called (issue 32's target: 80%),
 the unique probes' seeds called (target at most 3%), and the full ddf 20 seeds.
 

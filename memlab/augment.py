@@ -56,11 +56,11 @@ def colour_cast(im: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(a * rng.uniform(0.4, 1.15), 0, 255).astype(np.uint8))
 
 
-def aligned_pair(im: Image.Image, other: Image.Image, rng: random.Random, size: int) -> tuple:
+def aligned_pair(im: Image.Image, other: Image.Image, rng: random.Random, size: int, cast: float = 0.7) -> tuple:
     """Two views that keep the same geometry (one crop box and one mirror for both; ``other`` is ``im`` or
     a model's version of it) and differ only where a diffusion model's copy differs from its training image:
     colour casts and darkening, jitter, its decoder's blur, noise, JPEG. What the layout of a copy should be
-    invariant to (``train-descriptor --layout-weight``)."""
+    invariant to (``train-descriptor --layout-weight``); ``cast``: each view's chance of a strong colour cast."""
     im, other = to_rgb(im), to_rgb(other).resize(im.size, Image.BILINEAR)
     if rng.random() < 0.5:
         w, h = im.size
@@ -74,7 +74,7 @@ def aligned_pair(im: Image.Image, other: Image.Image, rng: random.Random, size: 
 
     def photometric(v):
         v = v.resize((work, work), Image.BILINEAR)
-        if rng.random() < 0.7:
+        if rng.random() < cast:
             v = colour_cast(v, rng)
         if rng.random() < 0.5:
             v = colour_jitter(v, rng, 0.3)

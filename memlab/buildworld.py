@@ -336,18 +336,21 @@ TEMPLATE_CALIBRATION = (32, 4)  # prompts of items seen once (not probes) x seed
 
 
 def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
-    """5c. The "template copy" threshold (issue 32): the masked similarity's, calibrated at 1% false positives
-    on generations of items seen once in training that are not probes (``local.calibrate_template_threshold``);
-    stored in world.json, which the generator reads."""
+    """5c. The "template copy" thresholds (issue 32), calibrated at 1% false positives on generations of items
+    seen once in training that are not probes (``local.calibrate_template_threshold``): the masked similarity's,
+    stored in world.json, which the generator reads, and the agreement share's, stored in the index's manifest
+    for matched images (in place of the one ``build_index`` calibrated on training pairs)."""
     import pandas as pd
 
-    from .local import calibrate_template_threshold
     from .generate import Settings
+    from .index import set_agreement
+    from .local import calibrate_template_threshold
     from .match import descriptor_for_index
     from .world import World, write_world_json
 
     manifest = json.loads((out / "world.json").read_text())
-    if "template_threshold" in manifest:
+    agreement = json.loads((out / "index" / "manifest.json").read_text()).get("agreement") or {}
+    if "template_threshold" in manifest and agreement.get("on") == "generations":
         return
     st.start("template_threshold")
     index = World.load(out, verify=False).index()
@@ -356,11 +359,15 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
     pool = items[(items["planted"] == "unique") & ~items["item"].isin(taken)]
     n, n_seeds = TEMPLATE_CALIBRATION
     prompts = pool.sample(n=min(n, len(pool)), random_state=1)["caption"].tolist()
-    thr = calibrate_template_threshold(gen, index, descriptor_for_index(index), prompts, list(range(n_seeds)),
-                                       Settings(steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"]),
-                                       progress=progress)
-    write_world_json(out, **{**manifest, "template_threshold": thr})
-    log(f"[build-world] template threshold {thr['value']:.3f} ({thr['n']} generations)")
+    thr, agree = calibrate_template_threshold(gen, index, descriptor_for_index(index), prompts,
+                                              list(range(n_seeds)), Settings(steps=WORLD_DEFAULTS["steps"],
+                                                                             guidance=WORLD_DEFAULTS["guidance"]),
+                                              progress=progress)
+    index.close()
+    set_agreement(out / "index", agree)
+    write_world_json(out, **{**manifest, "template_threshold": manifest.get("template_threshold", thr)})
+    log(f"[build-world] template threshold {thr['value']:.3f} ({thr['n']} generations); agreement threshold "
+        f"{agree['threshold']:.3f} ({agree['n']} generations)")
     st.done("template_threshold")
 
 

@@ -170,15 +170,18 @@ def _template_threshold(out: Path, generator, table, index, log) -> dict | None:
     if not controls or index.image_path(0) is None:
         return None
     from .generate import Settings
+    from .index import set_agreement
     from .local import calibrate_template_threshold
     from .match import descriptor_for_index
 
     gen = generator()
-    thr = calibrate_template_threshold(gen, index, descriptor_for_index(index), controls,
-                                       list(range(TEMPLATE_SEEDS)),
-                                       Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
+    thr, agree = calibrate_template_threshold(gen, index, descriptor_for_index(index), controls,
+                                              list(range(TEMPLATE_SEEDS)),
+                                              Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
+    set_agreement(index.path, agree)  # uploads' partial-copy threshold, on the same generations
     f.write_text(json.dumps(thr, indent=1))
-    log(f"[world create] template threshold {thr['value']:.3f} from {thr['n']} control generations")
+    log(f"[world create] template threshold {thr['value']:.3f} from {thr['n']} control generations; agreement "
+        f"threshold {agree['threshold']:.3f}")
     return thr
 
 

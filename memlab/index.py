@@ -149,10 +149,44 @@ def _agreement_calibration(v, distinct, reps, load_image, n: int, seed: int, fpr
         return None
     w, c = metrics.AGREEMENT_WINDOW, metrics.AGREEMENT_CUTOFF
     return {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
-            "window": w, "cutoff": c, "side": metrics.MASK_SIDE,
+            "window": w, "cutoff": c, "side": metrics.MASK_SIDE, "on": "training pairs",
             "source": (f"{1 - fpr:.0%} quantile of the agreement share ({w}-px windows at {metrics.MASK_SIDE} px whose "
                        f"pixels correlate above {c}; Webster's masked matching) of {len(shares)} distinct training "
                        f"items with their nearest item of another distinct image by {name}")}
+
+
+def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.01,
+                        origin: str = "origin") -> dict | None:
+    """Add the agreement threshold (``_agreement_calibration``) to an index built before it, from its stored
+    vectors, groups (merged by the ``origin`` column where the items have one) and images; the manifest is
+    rewritten atomically (its files are unchanged). Returns the calibration (None: the index keeps no images)."""
+    from PIL import Image
+
+    idx = TrainingIndex.load(path)
+    if idx.image_root is None:
+        return None
+    items, name = idx.items, idx.default_descriptor
+    group = items["group"].to_numpy()
+    distinct = metrics.merge_groups(group, items[origin].fillna("").tolist()) if origin in items else group
+    reps = np.flatnonzero(items["representative"].to_numpy())
+
+    def load(row):
+        with Image.open(idx.image_path(row)) as im:
+            return im.convert("RGB")
+    cal = _agreement_calibration(np.asarray(idx.vectors(name), np.float32), distinct, reps, load, calib_n, seed,
+                                 fpr, name)
+    idx.close()
+    return set_agreement(path, cal)
+
+
+def set_agreement(path, cal: dict | None) -> dict | None:
+    """Write an agreement calibration into an index's manifest (atomically; the files it lists are unchanged):
+    ``calibrate_agreement``'s, or one made on generations (``local.calibrate_template_threshold``)."""
+    from .indexfiles import atomic_save
+
+    manifest = {**json.loads((Path(path) / MANIFEST).read_text()), "agreement": cal}
+    atomic_save(Path(path) / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=json_default)))
+    return cal
 
 
 def agreement_of(image, other) -> dict:

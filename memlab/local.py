@@ -29,24 +29,47 @@ def templates_of(index) -> dict:
 
 
 def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, settings: Settings,
-                                 fpr: float = 0.01, progress=None) -> dict:
-    """The "template copy" threshold, calibrated as the global one is, at ``fpr`` false positives: the masked
-    similarity (inside each generation's bright-ending map) between generations of items seen once in training
-    and their top-1 training match, over prompts that are not probes (so the card's figures are measured on
-    other generations than the threshold's)."""
-    scores = []
+                                 fpr: float = 0.01, progress=None) -> tuple[dict, dict]:
+    """The "template copy" thresholds, calibrated as the global one is, at ``fpr`` false positives, on
+    generations of items seen once in training, over prompts that are not probes (so the card's figures are
+    measured on other generations than the thresholds'), against each generation's top-1 training match:
+
+    - the masked similarity inside each generation's bright-ending map (Chen et al.; the run verdict's);
+    - the agreement share (``metrics.agreement_mask``, Webster's masked matching) of the generations the global
+      verdict does not call replicated (the partial verdict only speaks for those): the index's ``agreement``
+      for matched images (uploads), which are more often generations than training images.
+
+    Returns (template threshold, agreement calibration)."""
+    from PIL import Image
+
+    from .index import agreement_of
+
+    scores, shares = [], []
     for p in (progress(list(prompts), desc="template threshold") if progress else prompts):
-        recs = run_prompt(gen, index, descriptor, p, seeds, ["none"], settings, out_dir=None, k=1)
+        got = []
+        recs = run_prompt(gen, index, descriptor, p, seeds, ["none"], settings, out_dir=None, k=1,
+                          on_seed=lambda r, im: got.append((r, im)))
         scores += [r["masked_score"] for r in recs if r["type"] == "seed" and r.get("masked_score") is not None]
-    if not scores:
+        for r, im in got:
+            path = index.image_path(int(r["matches"][0]["row"]))
+            if r["verdict"] != "replicated" and path is not None and path.is_file():
+                with Image.open(path) as train:
+                    shares.append(agreement_of(im, train)["share"])
+    if not scores or not shares:
         raise MemlabError("no masked scores to calibrate the template threshold on: the index keeps no training "
                           "images, or the model records no bright-ending map")
     value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
-    return {"value": value, "fpr": fpr, "n": len(scores),
-            "source": (f"{1 - fpr:.0%} quantile of the masked similarity (inside each generation's bright-ending "
-                       f"map, Chen et al.) of {len(prompts)} prompts of items seen once in training, not probes, "
-                       f"x {len(seeds)} seeds, to their top-1 training match; {settings.steps} steps, guidance "
-                       f"{settings.guidance}")}
+    how = (f"{len(prompts)} prompts of items seen once in training, not probes, x {len(seeds)} seeds, to their "
+           f"top-1 training match; {settings.steps} steps, guidance {settings.guidance}")
+    w, c = metrics.AGREEMENT_WINDOW, metrics.AGREEMENT_CUTOFF
+    return ({"value": value, "fpr": fpr, "n": len(scores),
+             "source": f"{1 - fpr:.0%} quantile of the masked similarity (inside each generation's bright-ending "
+                       f"map, Chen et al.) of {how}"},
+            {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
+             "window": w, "cutoff": c, "side": metrics.MASK_SIDE, "on": "generations",
+             "source": f"{1 - fpr:.0%} quantile of the agreement share ({w}-px windows at {metrics.MASK_SIDE} px whose "
+                       f"pixels correlate above {c}; Webster's masked matching) of the {len(shares)} generations "
+                       f"not replicated as a whole of {how}"})
 
 
 def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict | None:

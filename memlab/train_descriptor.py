@@ -69,6 +69,8 @@ class DescriptorTrainConfig:
     layout_images: int = 64         # images per step in the layout term (two aligned views each)
     layout_temperature: float = 0.1
     layout_blur: float = 1.0        # the low-pass memlab-copy applies at query time, applied to the layout views
+    layout_cast: float = 0.7        # each aligned view's chance of a strong colour cast
+    layout_model_share: float = 0.5  # chance that the second aligned view is the model's version of the image
     init: str = ""                  # start from these weights (a memlab-copy folder of the same widths and dim)
     threads: int = 0                # torch threads (0: torch's default)
     stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
@@ -79,6 +81,8 @@ class DescriptorTrainConfig:
         if not all(0.0 <= x <= 1.0 for x in (self.photo_share, self.decoder_share, self.sibling_share,
                                               self.colour_cast)):
             raise MemlabError("photo_share, decoder_share, sibling_share and colour_cast are shares in [0, 1]")
+        if not (0.0 <= self.layout_cast <= 1.0 and 0.0 <= self.layout_model_share <= 1.0):
+            raise MemlabError("layout_cast and layout_model_share are shares in [0, 1]")
         if self.layout_weight < 0 or self.layout_images < 2 or self.layout_temperature <= 0:
             raise MemlabError("layout_weight must be >= 0, layout_images >= 2 and layout_temperature > 0")
         if self.input_size < 16 or len(self.widths) < 2:
@@ -357,8 +361,8 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         loss = l_nce + cfg.entropy_weight * l_ent
         l_lay = torch.zeros(())
         if cfg.layout_weight:  # aligned views of a subset: the model's version against the image, half the time
-            pairs = [aligned_pair(im, rng.choice(dec) if dec is not None and rng.random() < 0.5 else im, rng,
-                                  cfg.input_size)
+            pairs = [aligned_pair(im, rng.choice(dec) if dec is not None and rng.random() < cfg.layout_model_share
+                                  else im, rng, cfg.input_size, cfg.layout_cast)
                      for im, dec in (base[i] for i in rng.sample(range(len(base)), min(cfg.layout_images, len(base))))]
             l_lay = layout_nce(net, to_input([a for a, _ in pairs], cfg.input_size),
                                to_input([b for _, b in pairs], cfg.input_size), cfg.layout_temperature, cfg.layout_blur)

@@ -159,6 +159,11 @@ def test_an_export_during_a_run_is_labelled_partial(tiny_world, tmp_path):
 
 
 def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from memlab.app.views import MASK_TINT
     from tests.helpers import synthetic_images
 
     img = tmp_path / "upload.png"
@@ -169,7 +174,18 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
         page.locator("#match-image img").first.wait_for(timeout=30_000)
         page.locator("#match-btn").click()
         _wait_text(page, "#match-verdict", "top-1 training image #7", timeout=60_000)
-        assert "replicated" in page.locator("#match-verdict").inner_text()
+        text = page.locator("#match-verdict").inner_text()
+        # issue 32: the upload beside its match, the windows where they agree tinted (all of them: it is #7)
+        first = page.locator("#match-gallery img").first
+        first.wait_for(timeout=30_000)
+        pair = np.asarray(Image.open(io.BytesIO(page.request.get(first.get_attribute("src")).body())).convert("RGB"),
+                          np.int16)
+    assert "replicated" in text and "Where it agrees with #7" in text and "100% of the image" in text
+    h, w, _ = pair.shape
+    assert w > 1.8 * h  # the upload and its match side by side
+    upload = np.asarray(Image.open(img).convert("RGB").resize((64, 64)).resize((h - 8, h - 8), Image.NEAREST), np.int16)
+    tint = np.array(MASK_TINT, np.int16)
+    assert np.abs(pair[4:h - 4, 4:h - 4] - tint).mean() < np.abs(upload - tint).mean() - 20
 
 
 def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):

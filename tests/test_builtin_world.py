@@ -188,3 +188,29 @@ def test_the_cards_figures_are_recomputed_from_fresh_records():
     full = table["full_ddf20"]["none"]
     assert full["replication_rate"] == pytest.approx(np.mean(runs.iloc[0]["replicated"]))
     assert full["replicated_own"] + full["replicated_other"] == pytest.approx(full["replication_rate"])
+
+
+def test_an_uploaded_template_copy_is_called_by_where_it_agrees():
+    """Issue 32 for uploads: the world's index carries the agreement threshold calibrated on generations of
+    items seen once (build-world's stage 5c); a new picture of a planted template (its frame, badge and label
+    band around a scene the world never drew) is a ``template copy`` whose agreeing windows include the label
+    band (the bottom row), while a new scene without a template is not."""
+    import random
+
+    from PIL import Image
+
+    from memlab import worldgen
+    from memlab.match import descriptor_for_index, match_images
+
+    idx = World.load(ASSETS_WORLD).index()
+    cal = idx.manifest["agreement"]
+    assert cal["on"] == "generations" and cal["n"] > 100 and 0 < cal["threshold"] < 1
+    trng = random.Random("templates-0")  # the world's first template, drawn as worldgen draws it
+    template = worldgen._template(trng)
+    new = worldgen._template_image(template, random.Random(1000))[0].resize((64, 64), Image.LANCZOS)
+    scene = worldgen._scene(random.Random(1000))[0].resize((64, 64), Image.LANCZOS)
+    got, other = match_images(idx, descriptor_for_index(idx), [new, scene], k=1)["queries"]
+    assert int(idx.items.iloc[got["matches"][0]["row"]]["template"]) == 0
+    assert got["verdict"] == "template copy" and got["agreement"]["share"] > cal["threshold"]
+    assert all(got["agreement"]["mask"][3])
+    assert other["verdict"] != "template copy"

@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import synthetic_images
 from memlab.descriptors import create_descriptor
 from memlab.errors import IndexMismatchError, MemlabError
-from memlab.index import TrainingIndex, build_index
+from memlab.index import TrainingIndex, build_index, calibrate_agreement
 from memlab.match import descriptor_for_index, match_images
 
 
@@ -241,12 +241,17 @@ def test_a_template_copy_is_told_by_where_it_agrees_with_its_match(tmp_path):
     for i, im in enumerate(ims):
         im.save(root / f"{i}.png")
     items = pd.DataFrame({"id": range(36), "caption": ["c"] * 36, "file": [f"{i}.png" for i in range(36)],
-                          "source": [""] * 30 + ["template"] * 6})
+                          "origin": [""] * 30 + ["template"] * 6})
     build_index(tmp_path / "t", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=500,
-                origin="source", image_root=str(root))
-    index = TrainingIndex.load(tmp_path / "t")
-    cal = index.manifest["agreement"]
+                origin="origin", image_root=str(root))
+    cal = TrainingIndex.load(tmp_path / "t").manifest["agreement"]
     assert cal["n"] == 31 and 0 <= cal["threshold"] < 0.75  # 30 distinct images + the template, counted once
+    # an index built before it gets the same calibration from its stored vectors, groups and images
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "agreement"}))
+    assert calibrate_agreement(tmp_path / "t") == cal
+    index = TrainingIndex.load(tmp_path / "t")
+    assert index.manifest["agreement"] == cal
     copy, other = template_picture(inners[7]), synthetic_images(1, seed=11)[0]
     res = match_images(index, descriptor_for_index(index), [copy, other], k=3)
     got, miss = res["queries"]

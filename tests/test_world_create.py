@@ -180,6 +180,9 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     thr = w.manifest["template_threshold"]
     assert thr["n"] == n_controls * 4 and thr["fpr"] == 0.01 and -1 <= thr["value"] <= 1
     assert w.generator().template_threshold == thr
+    # uploads' partial-copy threshold: the agreement share, calibrated on the same control generations
+    agree = w.index().manifest["agreement"]
+    assert agree["on"] == "generations" and 0 < agree["n"] <= n_controls * 4 and 0 <= agree["threshold"] <= 1
     # the list's verbatim and template probes scored both ways (issue 32), recomputed from the table's seeds
     table = pd.read_csv(out / "probe_scores.csv")
     probes = pd.read_csv(out / "probes.csv")
