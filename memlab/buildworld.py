@@ -328,14 +328,14 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
                 model.save(tmp)
             log(f"[build-world] {what}, held out: {model.card['held_out']}")
             st.done(stage)
-    _template_threshold(out, gen, st, progress, log)
+    _template_threshold(out, gen, st, progress, log, eval_seeds)
     seal_world(out)
 
 
-TEMPLATE_CALIBRATION = (32, 4)  # prompts of items seen once (not probes) x seeds, for the masked threshold
+TEMPLATE_CALIBRATION = (32, 4)  # prompts of items seen once (not probes) x seeds (at most --eval-seeds)
 
 
-def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
+def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: int) -> None:
     """5c. The "template copy" thresholds (issue 32), calibrated at 1% false positives on generations of items
     seen once in training that are not probes (``local.calibrate_template_threshold``): the masked similarity's,
     stored in world.json, which the generator reads, and the agreement share's, stored in the index's manifest
@@ -357,7 +357,7 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log) -> None:
     items = index.items.drop_duplicates("item")
     taken = set(pd.read_csv(out / "probes.csv")["item"])
     pool = items[(items["planted"] == "unique") & ~items["item"].isin(taken)]
-    n, n_seeds = TEMPLATE_CALIBRATION
+    n, n_seeds = TEMPLATE_CALIBRATION[0], min(TEMPLATE_CALIBRATION[1], eval_seeds)
     prompts = pool.sample(n=min(n, len(pool)), random_state=1)["caption"].tolist()
     thr, agree = calibrate_template_threshold(gen, index, descriptor_for_index(index), prompts,
                                               list(range(n_seeds)), Settings(steps=WORLD_DEFAULTS["steps"],

@@ -4,8 +4,7 @@ computed from each item's k nearest neighbours instead of the n x n product.
 
 Input: the layout clip-retrieval and LAION publish (``img_emb/img_emb_{i}.npy``, float16 or float32
 rows, with ``metadata/metadata_{i}.parquet`` in the same row order), the same layout memlab writes
-(``write_embeddings``). Only the descriptor's name and dimension are needed to build; queries need its
-weights.
+(``write_embeddings``). Only the descriptor's name and dimension are needed to build; queries need weights.
 
 Stages (``python -m index_builder --embeddings DIR --descriptor clip --max-memory 2GB --out INDEX``), each
 written to a work folder beside the output and skipped when done, so a killed build resumes and ends in
@@ -26,6 +25,7 @@ import json
 import math
 import os
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,7 @@ from .descriptors import DESCRIPTORS, create_descriptor, descriptor_class
 from .embeddings import (embedding_parts, metadata_batches, metadata_schema, parse_memory, read_metadata,
                          write_embeddings, write_items)
 from .errors import MemlabError
-from .blocks import drop_pages as _drop
-from .blocks import rerank_exact, run_blocks
+from .blocks import drop_pages as _drop, rerank_exact, run_blocks
 from .blocks import add_block, knn_block  # noqa: F401 - the block tasks, importable from here as before
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, read_faiss, savez,
                          sha256)
@@ -591,9 +590,11 @@ def descriptor_dim(name: str) -> int | None:
         return int(create_descriptor(name).dim)
     if cfg["kind"] == "sscd":
         return {"sscd_disc_mixup": 512, "sscd_disc_large": 1024}.get(cfg["model"])
-    try:
-        import open_clip
-
-        return int(open_clip.get_model_config(cfg["model"])["embed_dim"])
+    try:  # open_clip's packaged config, read without importing open_clip (seconds of torch and torchvision)
+        f = Path(find_spec("open_clip").origin).parent / "model_configs" / f"{cfg['model']}.json"
+        if not f.is_file():
+            import open_clip
+            return int(open_clip.get_model_config(cfg["model"])["embed_dim"])
+        return int(json.loads(f.read_text())["embed_dim"])
     except Exception:  # noqa: BLE001 - an unknown config: no check
         return None

@@ -32,11 +32,16 @@ def main(argv=None) -> int:
     parser = Parser(prog="python -m memlab", description="memlab: training-data "
                                      "memorization in text-to-image diffusion models")
     sub = parser.add_subparsers(dest="verb", required=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # only the verb asked for adds its arguments: some read a config class whose module imports torch,
+    # which `--help` and a refused argument need not wait for
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     modules = {}
     for verb, (modname, help_) in VERBS.items():
         mod = importlib.import_module(modname)
         p = sub.add_parser(verb, help=help_, description=(mod.__doc__ or help_).strip())
-        mod.add_arguments(p)
+        if verb == chosen:
+            mod.add_arguments(p)
         modules[verb] = mod
     args = parser.parse_args(argv)
     return guarded(modules[args.verb].run, args)

@@ -19,7 +19,9 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--train-device", default="cpu", help="where the model trains: cpu or cuda (the rest of the "
                                                          "build runs on the CPU)")
-    p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures")
+    p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures and NeMo's "
+                                                               "statistics; per prompt for the template threshold "
+                                                               "(at most 4)")
     p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
     p.add_argument("--small", action="store_true", help="a small training set and alignment classifier (for tests)")
     p.add_argument("--reuse-model", action="store_true",
