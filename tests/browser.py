@@ -2,6 +2,7 @@
 (Debian's /usr/bin/chromium through the pip ``playwright`` package; never ``playwright install``)."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -74,13 +75,38 @@ def open_tab(page, name: str) -> None:
     tab.click()
 
 
+_SHARED: dict = {}  # (world, args, env) -> (the serve_app context, (url, process))
+
+
+def shared_app(world, args: tuple = (), env: dict | None = None) -> tuple:
+    """(url, process) of ``python app.py`` on ``world`` started once for the test session and kept for the
+    tests that ask for the same world, arguments and environment (each drives its own page: Gradio keeps a
+    visitor's state per page), as a hosted app serves one visitor after another; started again if it died.
+    ``stop_shared`` ends them."""
+    key = (str(world), tuple(args), tuple(sorted((env or {}).items())))
+    if key in _SHARED and _SHARED[key][1][1].poll() is not None:
+        _SHARED.pop(key)[0].__exit__(None, None, None)
+    if key not in _SHARED:
+        if not _SHARED:
+            atexit.register(stop_shared)  # (registered again after each stop: atexit calls each once)
+        cm = serve_app(world, args=args, env=env)
+        _SHARED[key] = (cm, cm.__enter__())
+    return _SHARED[key][1]
+
+
+def stop_shared() -> None:
+    while _SHARED:
+        _SHARED.popitem()[1][0].__exit__(None, None, None)
+
+
 @contextmanager
 def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict | None = None,
              ready: str = "#generate-btn", timeout_ms: int = 120_000):
-    """The app served on ``world`` (``serve_app``) and a Chromium page on it, once ``ready`` is shown."""
+    """The app served on ``world`` (``shared_app``) and a Chromium page on it, once ``ready`` is shown."""
     from playwright.sync_api import sync_playwright
 
-    with serve_app(world, args=args, env=env) as (url, _), sync_playwright() as p:
+    url, _ = shared_app(world, args=args, env=env)
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         page.goto(url, wait_until="domcontentloaded")

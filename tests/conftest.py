@@ -120,3 +120,13 @@ def client(server):
     import gradio_client
 
     return gradio_client.Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _app_servers_end_with_their_module():
+    """The browser tests of a module share one app server per world (``tests.browser.shared_app``); it stops
+    when the module ends, so no idle server runs beside later tests."""
+    yield
+    from tests.browser import stop_shared
+
+    stop_shared()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-from tests.browser import chromium_path, generate_in_browser, serve_app  # noqa: E402
+from tests.browser import chromium_path, generate_in_browser, shared_app  # noqa: E402
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")]
@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.browser,
 
 def test_generate_in_chromium(tiny_world, tmp_path):
     shot = Path(os.environ.get("MEMLAB_SCREENSHOT_DIR", tmp_path)) / "generate.png"
-    with serve_app(tiny_world) as (url, _):
-        res = generate_in_browser(url, "a red ball on a table", 4, screenshot=shot)
+    url, _ = shared_app(tiny_world)
+    res = generate_in_browser(url, "a red ball on a table", 4, screenshot=shot)
     assert "Replication" in res["headline"] and "of 4 seeds" in res["headline"]
     assert res["pairs"] >= 4 and res["table_text"].count("a red ball on a table") == 4
     assert "match id" in res["table_text"] and "copies in training" in res["table_text"]  # one identifier
@@ -28,8 +28,8 @@ def test_generate_in_chromium(tiny_world, tmp_path):
 def test_keyword_tab_in_chromium(tiny_world, tmp_path):
     from tests.browser import keyword_tab_in_browser
 
-    with serve_app(tiny_world) as (url, _):
-        res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
+    url, _ = shared_app(tiny_world)
+    res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
     assert "30 captions" in res["summary"] and (tmp_path / "kw.png").is_file() and res["render_s"] < 30
 
 
