@@ -4,14 +4,15 @@
 2. a real Chromium session: 8 seeds, no mitigation, a full-duplication probe prompt: once the page is
    ready (its first plot drawn) and a visitor's 3 s of reading and typing, time from the click to the first
    generation with its match, to the whole batch, and to its two charts (drawn after it), stamped in the
-   page (median of 3; a click the instant the page is ready is timed too, and the same run timed by
+   page (median of 3 rounds; a click the instant the page is ready is timed too, and the same run timed by
    Playwright's polling waits), against the same request through the API with no browser, and against
-   ``run_prompt`` for the same prompt and seeds in this process (median of 3, measured in the same run:
-   the ratio is what streaming to a page costs); the replication % shown against the one `memlab run`
-   prints for the same prompt and seeds;
+   ``run_prompt`` for the same prompt and seeds in this process, once after each round's page runs (the
+   ratio is what streaming to a page costs: the ratio of the medians, and the median of each round's
+   page over its own run_prompt, which a machine that slows or speeds up between rounds moves less); the
+   replication % shown against the one `memlab run` prints for the same prompt and seeds;
 3. 8 concurrent gradio_client callers x 3 requests each: answered / failed, p50 / p95 latency.
 
-    python -m benchmarks.bench_app [--world DIR] [--callers 8] [--requests 3] [--skip-browser]
+    python -m benchmarks.bench_app [--world DIR] [--rounds 3] [--callers 8] [--requests 3] [--skip-browser]
 """
 import argparse
 import json
@@ -44,12 +45,11 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def time_run_prompt(world, prompt: str, n: int) -> float:
-    """Median wall time of ``run_prompt`` for seeds 0..n-1 on the world, loaded as ``memlab run`` loads it
-    (every model call on this one thread; no ``Lab``, whose calls run on a thread of their own), with
-    the app's number of matches per seed; model loaded and warmed first."""
-    import numpy as np
-
+def run_prompt_timer(world, prompt: str, n: int):
+    """A function timing one ``run_prompt`` for seeds 0..n-1 on the world, loaded as ``memlab run`` loads it
+    (every model call on this one thread; no ``Lab``, whose calls run on a thread of their own), with the
+    app's number of matches per seed; model loaded and warmed first. Called between the page's runs, so a
+    machine that slows or speeds up meanwhile moves both sides of the ratio."""
     from memlab.generate import Settings
     from memlab.match import descriptor_for_index
     from memlab.runner import run_prompt
@@ -60,12 +60,12 @@ def time_run_prompt(world, prompt: str, n: int) -> float:
     gen = world.generator()
     st = Settings(steps=int(world.defaults["steps"]), guidance=float(world.defaults["guidance"]))
     run_prompt(gen, index, descriptor, prompt, [0, 1], ["none"], st, k=APP_MATCHES)  # warm-up
-    times = []
-    for _ in range(3):
+
+    def once() -> float:
         t = time.perf_counter()
         run_prompt(gen, index, descriptor, prompt, list(range(n)), ["none"], st, k=APP_MATCHES)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        return time.perf_counter() - t
+    return once
 
 
 def time_api(url: str, prompt: str, n: int, world) -> float:
@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the page's runs, each followed by run_prompt")
     ap.add_argument("--skip-browser", action="store_true")
     a = ap.parse_args()
     import numpy as np
@@ -118,10 +119,12 @@ def main():
             # every animation frame (the harness's own cost on a machine the browser shares with the server)
             variants = {"page": (READ_S, False), "at once": (0.0, False), "polled": (READ_S, True)}
             runs = {v: [] for v in variants}
-            for _ in range(3):
+            run_prompt_once, rp_times = run_prompt_timer(world, prompt, a.seeds), []
+            for _ in range(a.rounds):  # each round: the three page runs, then run_prompt in this process
                 for v, (read, polled) in variants.items():
                     runs[v].append(generate_in_browser(url, prompt, a.seeds, read_s=read, frame_polling=polled,
                                                        screenshot=Path(tempfile.gettempdir()) / "memlab-app.png"))
+                rp_times.append(run_prompt_once())
             res = runs["page"][-1]
             med = {v: {k: float(np.median([r[k] for r in rs])) for k in ("ready_s", "first_s", "whole_s", "charts_s")}
                    for v, rs in runs.items()}
@@ -131,12 +134,16 @@ def main():
                   f"opening; clicked {READ_S:g}s later: first generation + match {first:.2f}s after the click, whole "
                   f"batch {whole:.2f}s, its two charts drawn after it by {med['page']['charts_s']:.2f}s; clicked the instant the page is ready: first {med['at once']['first_s']:.2f}s, "
                   f"whole {med['at once']['whole_s']:.2f}s; timed by Playwright's polling waits instead: first "
-                  f"{med['polled']['first_s']:.2f}s, whole {med['polled']['whole_s']:.2f}s (medians of 3, alternating); "
+                  f"{med['polled']['first_s']:.2f}s, whole {med['polled']['whole_s']:.2f}s (medians of {a.rounds}, alternating); "
                   f"page shows replication {shown.group(1)}%")
             api = time_api(url, prompt, a.seeds, world)
             print(f"the same request through the API, no browser (gradio_client, same chunks): {api:.2f}s (median of 3)")
-            rp = time_run_prompt(world, prompt, a.seeds)
-            print(f"run_prompt, same prompt and seeds, in this process: {rp:.2f}s (median of 3) -> the page's whole "
+            rp = float(np.median(rp_times))
+            paired = [r["whole_s"] / t for r, t in zip(runs["page"], rp_times)]
+            print(f"run_prompt, same prompt and seeds, in this process, once a round: "
+                  f"{', '.join(f'{t:.2f}s' for t in rp_times)}; the page's whole batch over the same round's "
+                  f"run_prompt: {', '.join(f'{x:.2f}x' for x in paired)} (median {np.median(paired):.2f}x)")
+            print(f"run_prompt {rp:.2f}s (median of {a.rounds}) -> the page's whole "
                   f"batch is {whole / rp:.2f}x run_prompt (clicked at once {med['at once']['whole_s'] / rp:.2f}x; timed by "
                   f"Playwright's polling {med['polled']['whole_s'] / rp:.2f}x; the API "
                   f"alone {api / rp:.2f}x), its first pair {first / rp:.2f}x")

@@ -79,22 +79,22 @@ _SHARED: dict = {}  # (world, args, env) -> (the serve_app context, (url, proces
 
 
 def shared_app(world, args: tuple = (), env: dict | None = None) -> tuple:
-    """(url, process) of ``python app.py`` on ``world`` started once for the test session and kept for the
-    tests that ask for the same world, arguments and environment (each drives its own page: Gradio keeps a
-    visitor's state per page), as a hosted app serves one visitor after another; started again if it died.
-    ``stop_shared`` ends them."""
+    """(url, process) of ``python app.py`` on ``world``, started on first use and kept for the callers that
+    ask for the same world, arguments and environment (each drives its own page: Gradio keeps a visitor's
+    state per page), as a hosted app serves one visitor after another; started again if it died. Kept until
+    ``stop_shared`` (the test suite calls it after each module) or the interpreter's exit."""
     key = (str(world), tuple(args), tuple(sorted((env or {}).items())))
     if key in _SHARED and _SHARED[key][1][1].poll() is not None:
         _SHARED.pop(key)[0].__exit__(None, None, None)
     if key not in _SHARED:
-        if not _SHARED:
-            atexit.register(stop_shared)  # (registered again after each stop: atexit calls each once)
         cm = serve_app(world, args=args, env=env)
         _SHARED[key] = (cm, cm.__enter__())
     return _SHARED[key][1]
 
 
+@atexit.register
 def stop_shared() -> None:
+    """Stop the servers ``shared_app`` started."""
     while _SHARED:
         _SHARED.popitem()[1][0].__exit__(None, None, None)
 
