@@ -109,34 +109,33 @@ def main() -> int:
     print(f"{'bright-ending map (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
           f"{share(uq, masked, masked_thr):>9.1%}{share(full, masked, masked_thr):>9.1%}")
     cal = world.index().manifest.get("agreement")
-    if cal:  # what ``memlab match`` uses for uploads: the index's threshold, calibrated on distinct training pairs
-        get = lambda s: agreement_share(s["gen"], s["train"], cal["window"], cal["cutoff"])  # noqa: E731
+    shipped = (cal["window"], cal["cutoff"]) if cal else None
+    for key in {(8, 0.6), (8, 0.8), (16, 0.6), (16, 0.8)} | ({shipped} if cal else set()):
+        for s in seeds:  # each seed's agreement share, once per (window, cutoff)
+            s[key] = agreement_share(s["gen"], s["train"], *key)
+    if cal:  # what ``memlab match`` uses for uploads: the index's own threshold
+        get = lambda s: s[shipped]  # noqa: E731
         print(f"{'agreement, the index threshold (uploads)':<44}{cal['threshold']:>10.3f}{share(tm, get, cal['threshold']):>10.1%}"
               f"{share(uq, get, cal['threshold']):>9.1%}{share(full, get, cal['threshold']):>9.1%}")
-    for window in (8, 16):
-        for cutoff in (0.6, 0.8):
-            fn = lambda s, w=window, c=cutoff: agreement_share(s["gen"], s["train"], w, c)  # noqa: E731
-            for s in seeds:
-                s[(window, cutoff)] = fn(s)
-            get = lambda s, k=(window, cutoff): s[k]  # noqa: E731
-            thr = float(np.quantile([get(s) for s in calib], 0.99, method="higher"))
-            print(f"{f'agreement, {window}-px windows, correlation > {cutoff}':<44}{thr:>10.3f}"
-                  f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
-    # either region: the bright-ending map's masked score or the agreement share (16 px, 0.8) passes its own
-    # threshold; at the two shipped thresholds (each 1%, so up to 2% together), and with both raised to one
-    # quantile q, the highest q whose union keeps the calibration seeds' false positives at 1%
-    from memlab.metrics import AGREEMENT_CUTOFF, AGREEMENT_WINDOW
-    agree = lambda s: s[(AGREEMENT_WINDOW, AGREEMENT_CUTOFF)]  # noqa: E731 (computed above)
+    for key in ((8, 0.6), (8, 0.8), (16, 0.6), (16, 0.8)):
+        get = lambda s, k=key: s[k]  # noqa: E731
+        thr = float(np.quantile([get(s) for s in calib], 0.99, method="higher"))
+        print(f"{f'agreement, {key[0]}-px windows, correlation > {key[1]}':<44}{thr:>10.3f}"
+              f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
+    if not cal:
+        return 0
+    # either region: the masked score inside the bright-ending map or the agreement share (the index's window
+    # and cutoff) passes its own threshold; at the two shipped thresholds (each 1%, so up to 2% together),
+    # and with both at one quantile q of the calibration seeds not replicated
 
     def union(group, tm_thr, ag_thr):
-        return np.mean([(s["masked"] is not None and s["masked"] > tm_thr) or agree(s) > ag_thr for s in group])
-    if cal:
-        print(f"{'either: bright-ending or agreement (shipped)':<44}{'both':>10}{union(tm, masked_thr, cal['threshold']):>10.1%}"
-              f"{union(uq, masked_thr, cal['threshold']):>9.1%}{union(full, masked_thr, cal['threshold']):>9.1%}"
-              f"   calibration seeds called {union(calib, masked_thr, cal['threshold']):.1%}")
+        return np.mean([(s["masked"] is not None and s["masked"] > tm_thr) or s[shipped] > ag_thr for s in group])
+    print(f"{'either: bright-ending or agreement (shipped)':<44}{'both':>10}{union(tm, masked_thr, cal['threshold']):>10.1%}"
+          f"{union(uq, masked_thr, cal['threshold']):>9.1%}{union(full, masked_thr, cal['threshold']):>9.1%}"
+          f"   calibration seeds called {union(calib, masked_thr, cal['threshold']):.1%}")
     m_cal = [s["masked"] for s in calib if s["masked"] is not None]
-    a_cal = [agree(s) for s in calib]
-    for q in (0.99, 0.995, 0.999, 1.0):
+    a_cal = [s[shipped] for s in calib]
+    for q in (0.99, 0.995):
         tm_thr, ag_thr = (float(np.quantile(v, q, method="higher")) for v in (m_cal, a_cal))
         print(f"{f'either, both at the {q:.1%} quantile':<44}{f'{tm_thr:.3f}/{ag_thr:.3f}':>10}"
               f"{union(tm, tm_thr, ag_thr):>10.1%}{union(uq, tm_thr, ag_thr):>9.1%}{union(full, tm_thr, ag_thr):>9.1%}"
