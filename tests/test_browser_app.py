@@ -148,14 +148,17 @@ def test_an_export_during_a_run_is_labelled_partial(tiny_world, tmp_path):
         page.locator("#n-seeds input").fill("64")
         page.get_by_text("Sampling").first.click()
         steps = page.get_by_label("number input for Steps")
-        steps.fill("40")
+        steps.fill("200")  # 64 seeds take the tiny model about 50 s on a warm 2-core server: Stop comes first
         steps.press("Tab")
         page.locator("#generate-btn").click()
         page.locator("#pairs img").first.wait_for(timeout=120_000)
+        _wait_text(page, "#headline", "of 64 seeds so far (running")
         page.get_by_role("button", name="Export run (JSONL + images)").click()
         page.locator("a[download='run-partial.zip']").wait_for(timeout=60_000)  # labelled partial
         page.locator("#stop-btn").click()
-        _wait_text(page, "#headline", "seeds so far")
+        _wait_text(page, "#headline", "of 64 seeds · replication")  # "Stopped after n of 64 seeds": partial
+        head = page.locator("#headline").inner_text()
+    assert head.startswith("Stopped after ") and "partial" in head, head
 
 
 def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_path):
