@@ -107,14 +107,27 @@ def faiss_module():
     return faiss
 
 
-def make_faiss_index(vectors: np.ndarray, factory: str = "Flat"):
-    """Inner-product FAISS index from a factory string ("Flat", "IVF64,Flat", "IVF256,SQ8", ...)."""
+def new_faiss_index(d: int, factory: str):
+    """An empty inner-product index from faiss's factory. An IVF-PQ index skips faiss's polysemous training:
+    it only renumbers the PQ centroids so that Hamming distances between codes can pre-filter a search
+    (``polysemous_ht``), which memlab never sets, and is most of IVF-PQ's training time; the centroids (in
+    another order), distances and answers are the same."""
     faiss = faiss_module()
-    d = vectors.shape[1]
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise MemlabError(f"bad FAISS index factory string {factory!r}: {e}") from e
+    if not index.is_trained:
+        try:
+            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        except (RuntimeError, AttributeError):  # not IVF, or IVF without PQ codes
+            pass
+    return index
+
+
+def make_faiss_index(vectors: np.ndarray, factory: str = "Flat"):
+    """Inner-product FAISS index from a factory string ("Flat", "IVF64,Flat", "IVF256,SQ8", ...)."""
+    index = new_faiss_index(vectors.shape[1], factory)
     if not index.is_trained:
         index.train(np.ascontiguousarray(vectors, np.float32))
     index.add(np.ascontiguousarray(vectors, np.float32))

@@ -38,7 +38,7 @@ from .errors import MemlabError
 from .blocks import drop_pages as _drop, rerank_exact, run_blocks
 from .blocks import add_block, knn_block  # noqa: F401 - the block tasks, importable from here as before
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, read_faiss, savez,
-                         sha256)
+                         new_faiss_index, sha256)
 
 __all__ = ["OnDiskBuild", "OnDiskAddition", "choose_factory", "embedding_parts", "parse_memory", "read_metadata",
            "write_embeddings", "rerank_exact", "groups_from_neighbours", "distinct_background", "read_faiss"]
@@ -145,7 +145,7 @@ class OnDiskBuild:
         if not trained.is_file() and self.first:
             atomic_save(trained, lambda t: faiss.write_index(self.base_trained(), str(t)))
         if not trained.is_file():
-            idx = faiss.index_factory(self.d, self.factory, faiss.METRIC_INNER_PRODUCT)
+            idx = new_faiss_index(self.d, self.factory)
             if not idx.is_trained:
                 ivf = faiss.extract_index_ivf(idx)
                 m = min(self.n, 40 * ivf.nlist)  # 30-256 a list is FAISS's advice; 40 keeps k-means short

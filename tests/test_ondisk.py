@@ -522,6 +522,29 @@ def test_an_autofaiss_index_is_adopted_unrebuilt_and_answers_as_memlabs_own_buil
     assert np.mean(ra[:, 0] == exact) >= 0.99
 
 
+def test_ivf_pq_skips_polysemous_training_and_answers_as_faiss_default_training():
+    """memlab's IVF-PQ indices skip faiss's polysemous training (a renumbering of the PQ centroids for Hamming
+    pre-filtering memlab never uses): the same centroids in another order, the same answers and distances."""
+    import faiss
+
+    from memlab.indexfiles import new_faiss_index
+
+    rng = np.random.default_rng(0)
+    x = clustered(3000, 16, 30)
+    ours, default = new_faiss_index(16, "IVF8,PQ2"), faiss.index_factory(16, "IVF8,PQ2", faiss.METRIC_INNER_PRODUCT)
+    pq = [faiss.downcast_index(faiss.extract_index_ivf(i)) for i in (ours, default)]
+    assert (pq[0].do_polysemous_training, pq[1].do_polysemous_training) == (False, True)
+    for i, p in zip((ours, default), pq):
+        i.train(x)
+        i.add(x)
+        p.nprobe = 2
+    a, b = (faiss.vector_to_array(p.pq.centroids).reshape(-1, 8) for p in pq)
+    assert not np.array_equal(a, b) and np.array_equal(np.unique(a, axis=0), np.unique(b, axis=0))
+    q = x[:200] + 0.05 * rng.standard_normal((200, 16)).astype(np.float32)
+    (da, ia), (db, ib) = ours.search(q, 5), default.search(q, 5)
+    assert np.array_equal(ia, ib) and np.array_equal(da, db)
+
+
 def test_an_index_of_other_embeddings_is_refused_with_one_line(emb, tmp_path, capsys):
     from index_builder.build import main
 
