@@ -1,5 +1,5 @@
 """From a prompt list to a world (issue 12): img2dataset fetches the training images from a local HTTP
-server this test starts on 127.0.0.1 (60 shared paintings, 5 dead URLs, 2 files that are not images),
+server this test starts on 127.0.0.1 (30 shared paintings, 5 dead URLs, 2 files that are not images),
 `memlab world create` indexes them and writes the probes; `memlab run` and the app work on the result."""
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lists(site, tmp_path_factory):
-    """A NeMo-format memorized list (55 paintings + 7 bad URLs) and a NeMo-format control list (5)."""
+    """A NeMo-format memorized list (25 paintings + 7 bad URLs) and a NeMo-format control list (5)."""
     base, refused = site
-    cap = pd.read_csv(PAINTINGS / "captions.csv").sort_values("file").head(60).reset_index(drop=True)
+    cap = pd.read_csv(PAINTINGS / "captions.csv").sort_values("file").head(30).reset_index(drop=True)
     urls = [f"{base}/{f}" for f in cap["file"]]
     bad = {f"{base}/missing-1.jpg": "http 404", f"{base}/missing-2.jpg": "http 404",
            f"http://127.0.0.1:{refused}/a.jpg": "unreachable host",
@@ -80,11 +80,11 @@ def lists(site, tmp_path_factory):
            f"{base}/slow/{cap['file'][0]}": "timeout",
            f"{base}/notes.jpg": "not an image", f"{base}/page.html": "not an image"}
     rng = np.random.default_rng(0)
-    mem = pd.DataFrame({"Caption": list(cap["caption"][:55]) + [f"a lost image {i}" for i in range(7)],
-                        "URL": urls[:55] + list(bad), "type": ["VM"] * 20 + ["TM"] * 42,
-                        "mean_sscd": rng.uniform(0.2, 0.9, 62).round(4), "max_sscd": rng.uniform(0.3, 1, 62).round(4),
-                        "Index": range(62)})
-    ctrl = pd.DataFrame({"Caption": cap["caption"][55:], "URL": urls[55:], "Index": range(1000, 1005)})
+    mem = pd.DataFrame({"Caption": list(cap["caption"][:25]) + [f"a lost image {i}" for i in range(7)],
+                        "URL": urls[:25] + list(bad), "type": ["VM"] * 10 + ["TM"] * 22,
+                        "mean_sscd": rng.uniform(0.2, 0.9, 32).round(4), "max_sscd": rng.uniform(0.3, 1, 32).round(4),
+                        "Index": range(32)})
+    ctrl = pd.DataFrame({"Caption": cap["caption"][25:], "URL": urls[25:], "Index": range(1000, 1005)})
     d = tmp_path_factory.mktemp("lists")
     mem.to_csv(d / "nemo.csv", sep=";")  # NeMo's files carry an unnamed index column first
     ctrl.to_csv(d / "nemo_controls.csv", sep=";")
@@ -116,21 +116,21 @@ def test_world_create_fetches_indexes_and_labels_the_probes(created, lists):
     out, r, took = created
     _, _, url_file, bad = lists
     rep = json.loads((out / "build" / "shards" / "_fetch" / "report.json").read_text())
-    assert (rep["listed"], rep["fetched"], rep["failed"], rep["pending"]) == (67, 60, 7, 0)
+    assert (rep["listed"], rep["fetched"], rep["failed"], rep["pending"]) == (37, 30, 7, 0)
     assert rep["by_reason"] == dict(Counter(bad.values()))
     failures = pd.read_csv(out / "build" / "shards" / "_fetch" / "failures.csv")
     assert dict(zip(failures["url"], failures["reason"])) == bad  # each failed URL with its reason
-    assert "fetched 60 of 67 URLs" in r.stderr and "7 failed" in r.stderr
+    assert "fetched 30 of 37 URLs" in r.stderr and "7 failed" in r.stderr
 
     world = World.load(out)
     items = world.index().items
-    assert len(items) == 60 and set(items["url"]) == set(url_file)
+    assert len(items) == 30 and set(items["url"]) == set(url_file)
     probes = pd.read_csv(out / "probes.csv", dtype={"training_id": str})
-    assert Counter(probes["label"]) == {"verbatim": 20, "template": 42, "control": 5}
+    assert Counter(probes["label"]) == {"verbatim": 10, "template": 22, "control": 5}
     assert set(probes["group"]) == {"known memorized, verbatim", "known memorized, template",
                                     "control (not memorized)"}
     indexed = probes[probes["training_image"] == "indexed"]
-    assert len(indexed) == 60 and set(indexed["url"]) == set(url_file)
+    assert len(indexed) == 30 and set(indexed["url"]) == set(url_file)
     lost = probes.set_index("url").loc[list(bad), "training_image"]
     assert [f"not fetched: {bad[u]}" for u in bad] == lost.tolist()
     # the published figures travel with the prompt
@@ -157,7 +157,7 @@ def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_d
     assert sum(Files.hits.values()) == before, "nothing is fetched again"
     assert (out / "index" / "manifest.json").read_bytes() == index_before, "an unchanged index is not rebuilt"
     print(f"first run {created[2]:.1f}s, second {time.perf_counter() - t0:.1f}s")
-    assert "fetched 60 of 67 URLs" in r.stderr
+    assert "fetched 30 of 37 URLs" in r.stderr
 
 
 def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path):
@@ -308,10 +308,10 @@ def test_the_app_serves_two_worlds_and_shows_the_probes_by_label_in_chromium(cre
         page.wait_for_url("**/nemo-world**", timeout=30_000)
         page.get_by_role("link", name="tiny").first.wait_for(timeout=30_000)  # the way back, by its world's name
         page.locator("#more-examples").get_by_text("More examples").first.click()  # every group, folded
-        page.get_by_text("known memorized, verbatim · 20 prompts").first.wait_for(timeout=60_000)
+        page.get_by_text("known memorized, verbatim · 10 prompts").first.wait_for(timeout=60_000)
         body = page.inner_text("body")
         assert "World: nemo-world" in body
-        for group in ("known memorized, template · 42 prompts", "control (not memorized) · 5 prompts"):
+        for group in ("known memorized, template · 22 prompts", "control (not memorized) · 5 prompts"):
             assert group in body
         page.get_by_text(verbatim[:40]).first.click()  # an example (shown shortened) fills the prompt box
         page.wait_for_function(f"[...document.querySelectorAll('textarea')].some(t => t.value === {json.dumps(verbatim)})",
