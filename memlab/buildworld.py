@@ -103,14 +103,15 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
                 train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None,
-                views_model=None) -> Path:
+                views_model=None, command: str | None = None) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
     probes, adds what newer stages make (``_methods``) and measures the card again. ``alignment``: the
     alignment classifier's ``SceneNetConfig``, ``objects`` the hidden object's ``ObjectNetConfig`` (defaults:
     the shipped world's). ``views_model``: the pipeline folder ``memlab-copy`` took its decoder views from;
     its copies of the same held-out items are scored too (``views:<kind>``), against the world's model
-    that gave it none (issue 30's held-out check)."""
+    that gave it none (issue 30's held-out check). ``command``: the command line that asked for it (the card's
+    ``built_with``; by default the call's folder and ``--reuse-model``)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -124,7 +125,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         write_world_json(out, **{**json.loads((out / "world.json").read_text()), "nemo": "nemo",
                                  "alignment": "alignment", "objects": "objects"})
         _methods(out, eval_seeds, st, progress, log, alignment, objects)
-        _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log)
+        _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log, command)
         from .world import seal_world
 
         seal_world(out)
@@ -141,7 +142,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
     _methods(out, eval_seeds, st, progress, log, alignment, objects)
-    _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log)
+    _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log, command)
     from .world import seal_world
 
     seal_world(out)  # the card and views are in: checksum the world's files
@@ -372,10 +373,11 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: 
 
 
 def _card(out: Path, spec: WorldSpec, train_card: dict, previous: dict, reuse_model: bool, evaluate: bool,
-          eval_seeds: int, st: _Stages, progress, log) -> None:
+          eval_seeds: int, st: _Stages, progress, log, command: str | None = None) -> None:
     """6. Measure (``memlab.evaluate``), and write the card."""
-    card = {"name": "memlab built-in world", "built_with": "python -m memlab build-world --out " + str(out)
-            + (" --reuse-model" if reuse_model else ""),
+    card = {"name": "memlab built-in world",
+            "built_with": command or ("python -m memlab build-world --out " + str(out)
+                                      + (" --reuse-model" if reuse_model else "")),
             "spec": asdict(spec), "train": train_card, "build_seconds": st.times}
     if not evaluate and not reuse_model and previous.get("measured") and previous.get("train") == card["train"]:
         card["measured"] = previous["measured"]  # same trained model: its figures still hold

@@ -230,8 +230,9 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
                  timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
                  fetch_policy: dict | None = None, progress=None, log=print, nemo_seeds: int = 10,
-                 probe_seeds: int = PROBE_SEEDS, device: str | None = None) -> Path:
-    """Write the world described in the module docstring to ``out``; returns ``out``."""
+                 probe_seeds: int = PROBE_SEEDS, device: str | None = None, command: str | None = None) -> Path:
+    """Write the world described in the module docstring to ``out``; returns ``out``. ``command``: the command
+    line that asked for it (the card's ``built_with``)."""
     import pandas as pd
 
     from .world import write_world_json
@@ -274,7 +275,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     size = model_size(model)
     defaults = {**SD_DEFAULTS, **({"height": size, "width": size} if size else {})}
     n_lab = probes["label"].value_counts().to_dict()
-    card = {"name": name or out.name, "built_with": "python -m memlab world create", "model": model,
+    card = {"name": name or out.name, "built_with": command or "python -m memlab world create", "model": model,
             "prompts": str(prompts), "controls": controls, "training": sources, "descriptors": list(descriptors),
             "fetch": rep, "probes": {"total": len(probes), "by_label": n_lab,
                                      "training_image_indexed": int((probes["training_image"] == "indexed").sum())},

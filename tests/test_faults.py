@@ -171,3 +171,5 @@ def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_pat
     assert sorted(ref) == sorted(got) and any(f.startswith("nemo/") for f in ref)
     assert [f for f in ref if ref[f] != got[f]] == []
     World.load(tmp_path / "w")  # sealed and intact
+    card = json.loads((tmp_path / "w" / "card.json").read_text())
+    assert card["built_with"] == "python -m memlab " + " ".join(cmd[3:] + ["--out", str(tmp_path / "w")])  # every option

@@ -141,6 +141,8 @@ def test_world_create_fetches_indexes_and_labels_the_probes(created, lists):
     assert world.defaults["steps"] == 50 and world.defaults["guidance"] == 7.5 and world.defaults["height"] == 16
     assert world.index().default_descriptor == "pixel"
     assert list((out / "keywords").glob("*.json")), "keyword views over the training captions"
+    built_with = json.loads((out / "card.json").read_text())["built_with"]  # every option given
+    assert built_with.startswith("python -m memlab world create --model ") and "--probe-seeds 2 --nemo-seeds 4" in built_with
     # an indexed probe points at the item that holds its image
     row = indexed.iloc[0]
     item = items[items["id"].astype(str) == str(row["training_id"])].iloc[0]

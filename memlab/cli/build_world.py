@@ -8,6 +8,7 @@ the measured memorization. Stages resume when interrupted.
 """
 from __future__ import annotations
 
+import shlex
 import sys
 
 
@@ -70,6 +71,7 @@ def run(args) -> int:
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
                 alignment=alignment, objects=objects, views_model=args.views_model,
+                command="python -m memlab " + shlex.join(sys.argv[1:]),  # every option, as the card's built_with
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ again to resume: fetched shards are not fetched again and an unchanged index is 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 
@@ -85,5 +86,6 @@ def run(args) -> int:
                  fetch_policy={"allow_private_addresses": args.allow_private_addresses, "deadline": args.deadline,
                                "max_bytes": args.max_bytes},
                  index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr),
-                 nemo_seeds=args.nemo_seeds, probe_seeds=args.probe_seeds, device=args.device)
+                 nemo_seeds=args.nemo_seeds, probe_seeds=args.probe_seeds, device=args.device,
+                 command="python -m memlab " + shlex.join(sys.argv[1:]))  # every option, as the card's built_with
     return 0
