@@ -122,10 +122,11 @@ def client(server):
     return gradio_client.Client(server[0], verbose=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _app_servers_end_with_their_module():
-    """The browser tests of a module share one app server per world (``tests.browser.shared_app``); it stops
-    when the module ends, so no idle server runs beside later tests."""
+@pytest.fixture(scope="session", autouse=True)
+def _app_servers_end_with_the_session():
+    """The browser tests share one app server per world and arguments (``tests.browser.shared_app``), across
+    modules, as a hosted app serves one visitor after another; they stop when the session ends (an idle server
+    leaves the CPU alone: ``test_app.test_an_idle_server_leaves_the_cpu_to_generation``)."""
     yield
     from tests.browser import stop_shared
 
