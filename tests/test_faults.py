@@ -164,8 +164,8 @@ def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_pat
     took = _timed(cmd + ["--out", str(tmp_path / "ref")])
     rng = random.Random(1)
     landed = killed_until_done(cmd + ["--out", str(tmp_path / "w")],
-                                [rng.uniform(0.2, 0.9) * took for _ in range(2)], ENV)
-    assert landed >= 1
+                                [rng.uniform(0.15, 0.5) * took, rng.uniform(0.2, 0.9) * took], ENV)
+    assert landed >= 1, f"no kill landed within the build ({took:.0f} s unkilled)"  # (the first one lands early)
     parts = ("model", "index", "keywords", "probes.csv", "nemo")
     ref, got = _files(tmp_path / "ref", parts), _files(tmp_path / "w", parts)
     assert sorted(ref) == sorted(got) and any(f.startswith("nemo/") for f in ref)
