@@ -12,15 +12,15 @@ def test_concurrent_callers_over_mixed_endpoints_all_answered(tiny_world):
     from benchmarks.bench_app import rss_mib
     from benchmarks.bench_load import report, run_load
 
-    from tests.browser import serve_app
+    from tests.browser import shared_app
     from memlab.world import World
 
     world = World.load(tiny_world)
-    with serve_app(tiny_world) as (url, proc):
-        run_load(url, world, 2, 1)  # warm-up
-        before = rss_mib(proc.pid)
-        res = run_load(url, world, callers=8, requests=5)
-        after = rss_mib(proc.pid)
+    url, proc = shared_app(tiny_world)  # the browser tests' server on this world, if it is up
+    run_load(url, world, 2, 1)  # warm-up
+    before = rss_mib(proc.pid)
+    res = run_load(url, world, callers=8, requests=5)
+    after = rss_mib(proc.pid)
     print(report(res, 8, 5, before, after))
     assert res["failures"] == []
     assert sum(len(v) for v in res["latency"].values()) == 40
