@@ -148,7 +148,7 @@ def test_an_export_during_a_run_is_labelled_partial(tiny_world, tmp_path):
         page.locator("#n-seeds input").fill("64")
         page.get_by_text("Sampling").first.click()
         steps = page.get_by_label("number input for Steps")
-        steps.fill("200")  # 64 seeds take the tiny model about 50 s on a warm 2-core server: Stop comes first
+        steps.fill("200")  # 5x the steps that a warm shared server once finished before Stop came
         steps.press("Tab")
         page.locator("#generate-btn").click()
         page.locator("#pairs img").first.wait_for(timeout=120_000)
