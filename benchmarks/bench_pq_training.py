@@ -13,13 +13,6 @@ import time
 import numpy as np
 
 
-def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((40, d)).astype(np.float32)
-    x = centers[rng.integers(0, 40, n)] + 0.8 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=60_000, help="vectors added (the sample trained on: 40 a list)")
@@ -30,11 +23,12 @@ def main():
     import faiss
 
     from memlab.indexfiles import new_faiss_index
+    from tests.helpers import clustered
 
     for spec in a.factories:
         d, factory = spec.split(":", 1)
         d = int(d)
-        x = clustered(a.n, d)
+        x = clustered(a.n, d, planted=0)
         probe = faiss.index_factory(d, factory)
         m = min(a.n, 40 * faiss.extract_index_ivf(probe).nlist)  # as memlab.ondisk samples
         sample = x[np.random.default_rng(1).choice(a.n, m, replace=False)]

@@ -82,7 +82,8 @@ def shared_app(world, args: tuple = (), env: dict | None = None) -> tuple:
     """(url, process) of ``python app.py`` on ``world``, started on first use and kept for the callers that
     ask for the same world, arguments and environment (each drives its own page: Gradio keeps a visitor's
     state per page), as a hosted app serves one visitor after another; started again if it died. Kept until
-    ``stop_shared`` (the test suite calls it when the session ends) or the interpreter's exit."""
+    ``stop_shared``, which runs at the interpreter's exit (an idle server leaves the CPU alone:
+    ``test_app.test_an_idle_server_leaves_the_cpu_to_generation``)."""
     key = (str(world), tuple(args), tuple(sorted((env or {}).items())))
     if key in _SHARED and _SHARED[key][1][1].poll() is not None:
         _SHARED.pop(key)[0].__exit__(None, None, None)

@@ -120,14 +120,3 @@ def client(server):
     import gradio_client
 
     return gradio_client.Client(server[0], verbose=False)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _app_servers_end_with_the_session():
-    """The browser tests share one app server per world and arguments (``tests.browser.shared_app``), across
-    modules, as a hosted app serves one visitor after another; they stop when the session ends (an idle server
-    leaves the CPU alone: ``test_app.test_an_idle_server_leaves_the_cpu_to_generation``)."""
-    yield
-    from tests.browser import stop_shared
-
-    stop_shared()

@@ -49,3 +49,15 @@ def synthetic_images(n: int, size: int = 64, seed: int = 0) -> list:
         small = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
         out.append(Image.fromarray(small).resize((size, size), Image.BICUBIC))
     return out
+
+
+def clustered(n: int, d: int, planted: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors in 40 clusters (not uniform noise); the last ``planted`` rows are near-copies (cosine
+    about 0.99) of as many earlier rows."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((40, d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x = centers[rng.integers(0, 40, n)] + 0.8 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    src = rng.choice(n - planted, planted, replace=False)
+    x[n - planted:] = x[src] + 0.1 * rng.standard_normal((planted, d)).astype(np.float32) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -24,7 +24,11 @@ def _shot(tmp_path, name: str) -> Path:
 
 
 def _wait_text(page, selector: str, text: str, timeout: int = 120_000):
-    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+    """Until ``selector`` shows ``text`` with no progress bar drawn inside it (on a busy machine a finished
+    event's progress text lingers in front of its result)."""
+    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return !!e && "
+                           "(e.innerText || '').includes(t) && "
+                           "!e.querySelector('.progress-text, .eta-bar, .progress-level, .meta-text'); }",
                            arg=[selector, text], timeout=timeout)
 
 
@@ -266,10 +270,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
         done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated"}
         for i in (1, 2, 3, 4):  # (while a step runs, its text box shows the progress bar's text)
             page.locator(f"#lesson-{i}").click()
-            page.wait_for_function(  # the step's text, and its progress bar gone (on a busy machine it lingers)
-                "([s, t]) => { const e = document.querySelector(s); return e && (e.innerText || '').includes(t) && "
-                "!e.querySelector('.progress-text, .eta-bar, .progress-level, .meta-text'); }",
-                arg=[f"#lesson-{i}-text", done[i]], timeout=120_000)
+            _wait_text(page, f"#lesson-{i}-text", done[i])
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
         copies_shown = page.locator("#lesson-copies img").count()
         blank = page.evaluate("""() => { const g = document.querySelector('#lesson-copies');

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tests.helpers import clustered
 from tests.procs import killed_until_done
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,18 +23,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 NAME = "emb32"  # 32-d test embeddings, named by no registered descriptor (so no width is checked against them)
-
-
-def clustered(n: int, d: int, planted: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors in 40 clusters (not uniform noise); the last ``planted`` rows are near-copies (cosine
-    about 0.99) of as many earlier rows."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((40, d)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    x = centers[rng.integers(0, 40, n)] + 0.8 * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
-    src = rng.choice(n - planted, planted, replace=False)
-    x[n - planted:] = x[src] + 0.1 * rng.standard_normal((planted, d)).astype(np.float32) / np.sqrt(d)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
