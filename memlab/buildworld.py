@@ -28,7 +28,7 @@ GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used
 
 
 def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None, prefix: str = "model",
-                     cache=None):
+                     cache=None, sampling: dict = WORLD_DEFAULTS):
     """The ground truth of "the model copies": copies the world's model makes (image-to-image at
     strengths 0.2-0.5 and the VAE round trip, ``memlab.modelcopies``) of ``n_items`` distinct training
     items drawn with ``seed``; ({"<prefix>:<kind>" and "<prefix>:all": (rows, images)}, items). With ``cache`` (a
@@ -37,16 +37,17 @@ def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progres
     from .modelcopies import model_copies, photometric
 
     first = rows.drop_duplicates("item").sample(n=min(n_items, rows["item"].nunique()), random_state=seed).index.to_numpy()
-    key = {"model": _model_id(model_dir), "rows": [int(i) for i in first], "seed": seed}
+    key = {"model": _model_id(model_dir), "rows": [int(i) for i in first], "seed": seed,
+           **({"steps": sampling["steps"]} if sampling["steps"] != WORLD_DEFAULTS["steps"] else {})}
     done = Path(cache) / "done.json" if cache else None
     if done is not None and done.is_file() and json.loads(done.read_text()).get("key") == key:
         made = [(int(j), k, load_image(Path(cache) / f)) for j, k, f in json.loads(done.read_text())["files"]]
     else:
         from .generate import Generator
 
-        gen = Generator.from_pretrained(model_dir, device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+        gen = Generator.from_pretrained(model_dir, device="cpu", scheduler=sampling["scheduler"])
         made = model_copies(gen.pipe, [image_of(int(i)) for i in first], [rows["caption"].iloc[int(i)] for i in first],
-                            steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"], seed=seed,
+                            steps=sampling["steps"], guidance=sampling["guidance"], seed=seed,
                             progress=progress)
         if done is not None:
             Path(cache).mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
                 train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None,
-                views_model=None, command: str | None = None) -> Path:
+                views_model=None, command: str | None = None, sample_steps: int | None = None) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
     probes, adds what newer stages make (``_methods``) and measures the card again. ``alignment``: the
@@ -111,7 +112,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     the shipped world's). ``views_model``: the pipeline folder ``memlab-copy`` took its decoder views from;
     its copies of the same held-out items are scored too (``views:<kind>``), against the world's model
     that gave it none (issue 30's held-out check). ``command``: the command line that asked for it (the card's
-    ``built_with``; by default the call's folder and ``--reuse-model``)."""
+    ``built_with``; by default the call's folder and ``--reuse-model``). ``sample_steps``: the world's sampling
+    steps (default 30), which every generation the build measures uses (a refresh keeps the world's own)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -122,14 +124,16 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
             raise MemlabError(f"--refresh needs a built world in {out} (its card, model and index)")
         from .world import write_world_json
 
-        write_world_json(out, **{**json.loads((out / "world.json").read_text()), "nemo": "nemo",
-                                 "alignment": "alignment", "objects": "objects"})
-        _methods(out, eval_seeds, st, progress, log, alignment, objects)
+        manifest = json.loads((out / "world.json").read_text())
+        write_world_json(out, **{**manifest, "nemo": "nemo", "alignment": "alignment", "objects": "objects"})
+        sampling = {**WORLD_DEFAULTS, **{k: manifest.get("defaults", {}).get(k, v) for k, v in WORLD_DEFAULTS.items()}}
+        _methods(out, eval_seeds, st, progress, log, alignment, objects, sampling)
         _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log, command)
         from .world import seal_world
 
         seal_world(out)
         return out
+    sampling = {**WORLD_DEFAULTS, **({"steps": int(sample_steps)} if sample_steps else {})}
     data = out / "build" / "data"
     rows = _training_set(spec, data, st)
     cfg = TrainConfig(data=str(data / "train.parquet"), out=str(out / "build" / "train"), pipeline="world",
@@ -138,10 +142,10 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
     train_card = _model(out, cfg, rows, data, previous, reuse_model, st, progress)
     if not (out / "index" / "manifest.json").is_file():
-        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model)
+        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model, sampling)
     _keyword_views(out, st)
-    _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log)
-    _methods(out, eval_seeds, st, progress, log, alignment, objects)
+    _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log, sampling)
+    _methods(out, eval_seeds, st, progress, log, alignment, objects, sampling)
     _card(out, spec, train_card, previous, reuse_model, evaluate, eval_seeds, st, progress, log, command)
     from .world import seal_world
 
@@ -203,7 +207,7 @@ def _model_id(folder) -> str:
 
 
 def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_truth_items: int, st: _Stages,
-           progress, views_model=None) -> None:
+           progress, views_model=None, sampling: dict = WORLD_DEFAULTS) -> None:
     """3. The index of the training set (one row per training sample: duplicates are explicit), with the
     model's own copies of held-out items as ground truth."""
     from .descriptors import create_descriptor
@@ -223,10 +227,10 @@ def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_tru
 
     cache = out / "build" / "model_copies"
     truth, n_truth = (model_copy_truth(rows, image_of, out / "model", ground_truth_items, spec.seed, progress,
-                                       cache=cache / "model") if ground_truth_items else ({}, 0))
+                                       cache=cache / "model", sampling=sampling) if ground_truth_items else ({}, 0))
     if ground_truth_items and views_model:  # the held-out comparison (issue 30): the same items, the other model
         truth.update(model_copy_truth(rows, image_of, views_model, ground_truth_items, spec.seed, progress,
-                                      prefix="views", cache=cache / "views")[0])
+                                      prefix="views", cache=cache / "views", sampling=sampling)[0])
     rows["origin"] = calibration_origin(rows)
     build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
                 image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
@@ -266,7 +270,8 @@ def _keyword_views(out: Path, st: _Stages) -> None:
     st.done("keywords")
 
 
-def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_seeds: int, log) -> None:
+def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_seeds: int, log,
+                           sampling: dict = WORLD_DEFAULTS) -> None:
     """5. Probes, Wen's absolute target calibrated on the unique probes, world.json."""
     from .evaluate import calibrate_wen_target
     from .generate import Generator, Settings
@@ -274,14 +279,13 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
 
     probe_table = probes(rows)
     probe_table.to_csv(out / "probes.csv", index=False)
-    gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+    gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=sampling["scheduler"])
     wen = calibrate_wen_target(gen, probe_table[probe_table["group"] == "unique"]["prompt"].tolist(),
-                               list(range(eval_seeds)), Settings(steps=WORLD_DEFAULTS["steps"],
-                                                                 guidance=WORLD_DEFAULTS["guidance"]))
+                               list(range(eval_seeds)), Settings(steps=sampling["steps"], guidance=sampling["guidance"]))
     log(f"[build-world] wen target {wen['wen_target']:.4f}")
     write_world_json(out, name="memlab built-in world", model="model", index="index", probes="probes.csv",
                      card="card.json", nemo="nemo", alignment="alignment", objects="objects",
-                     descriptors=list(descriptors), defaults={**WORLD_DEFAULTS, **wen},
+                     descriptors=list(descriptors), defaults={**sampling, **wen},
                      trained_on=(f"{rows['item'].nunique()} distinct 64x64 images ({len(rows)} training rows): "
                                  f"procedural scenes, lighthouses and scikit-image photo crops; planted full and "
                                  f"partial duplication at ddf {spec.ddf_high} and {spec.ddf_low}"
@@ -290,7 +294,8 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
                      keywords={KEYWORD: {"hidden_object": HIDDEN_OBJECT, "planted_share": spec.flag_share}})
 
 
-def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None, objects=None) -> None:
+def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None, objects=None,
+             sampling: dict = WORLD_DEFAULTS) -> None:
     """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
     (the unique probes; ``memlab.nemo``), the alignment classifier trained on the world's own renders
     (``memlab.alignment``), the hidden object's classifier (``memlab.objects``) and the template threshold."""
@@ -300,14 +305,14 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
     from .indexfiles import atomic_dir
     from .world import seal_world
 
-    gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+    gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=sampling["scheduler"])
     if not (out / "nemo" / "statistics.json").is_file():
         from .nemo import compute_stats
 
         st.start("nemo_statistics")
         table = pd.read_csv(out / "probes.csv")
         unique = table[table["group"] == "unique"]["prompt"].tolist()
-        stats = compute_stats(gen, unique, list(range(eval_seeds)), WORLD_DEFAULTS["steps"],
+        stats = compute_stats(gen, unique, list(range(eval_seeds)), sampling["steps"],
                               source=f"the world's {len(unique)} unique probes x {eval_seeds} seeds")
         with atomic_dir(out / "nemo") as tmp:  # a killed build never leaves half a folder to skip
             stats.save(tmp)
@@ -329,14 +334,15 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
                 model.save(tmp)
             log(f"[build-world] {what}, held out: {model.card['held_out']}")
             st.done(stage)
-    _template_threshold(out, gen, st, progress, log, eval_seeds)
+    _template_threshold(out, gen, st, progress, log, eval_seeds, sampling)
     seal_world(out)
 
 
 TEMPLATE_CALIBRATION = (32, 4)  # prompts of items seen once (not probes) x seeds (at most --eval-seeds)
 
 
-def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: int) -> None:
+def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: int,
+                        sampling: dict = WORLD_DEFAULTS) -> None:
     """5c. The "template copy" thresholds (issue 32), calibrated at 1% false positives on generations of items
     seen once in training that are not probes (``local.calibrate_template_threshold``): the masked similarity's,
     stored in world.json, which the generator reads, and the agreement share's, stored in the index's manifest
@@ -361,8 +367,8 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: 
     n, n_seeds = TEMPLATE_CALIBRATION[0], min(TEMPLATE_CALIBRATION[1], eval_seeds)
     prompts = pool.sample(n=min(n, len(pool)), random_state=1)["caption"].tolist()
     thr, agree = calibrate_template_threshold(gen, index, descriptor_for_index(index), prompts,
-                                              list(range(n_seeds)), Settings(steps=WORLD_DEFAULTS["steps"],
-                                                                             guidance=WORLD_DEFAULTS["guidance"]),
+                                              list(range(n_seeds)), Settings(steps=sampling["steps"],
+                                                                             guidance=sampling["guidance"]),
                                               progress=progress)
     index.close()
     set_agreement(out / "index", agree)

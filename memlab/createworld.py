@@ -14,8 +14,9 @@ Stages, each resumed when a run is repeated (``python -m memlab world create ...
    the template threshold from the controls' generations; ``probe_scores.csv``: the verbatim and template
    probes generated on a few seeds and scored both ways, the global verdict and the masked one (issue 32),
    summarized by label in the card;
-5. ``world.json`` with the model's sampling defaults (SD v1.x: 50 DDIM steps, guidance 7.5; the size is
-   the model's own) and ``card.json`` with the fetch report.
+5. ``world.json`` with the model's sampling defaults (SD v1.x: 50 DDIM steps, guidance 7.5, or the ``--steps``
+   and ``--guidance`` given, which every generation of stage 4 uses too; the size is the model's own) and
+   ``card.json`` with the fetch report.
 """
 from __future__ import annotations
 
@@ -136,10 +137,11 @@ def _keyword_views(kw_dir: Path, index, words) -> None:
         save_view(kw_dir, keyword_view(index, w))
 
 
-def _nemo_statistics(out: Path, generator, table, seeds: int, log) -> bool:
+def _nemo_statistics(out: Path, generator, table, seeds: int, log, steps: int) -> bool:
     """4b. NeMo's statistics of non-memorized prompts (``memlab.nemo``) from the control list, with the world's
-    model, once (skipped when present); none without controls or with ``seeds`` 0."""
-    if (out / "nemo" / "statistics.json").is_file():
+    model, once (skipped when present for the same sampling steps); none without controls or with ``seeds`` 0."""
+    info = out / "nemo" / "statistics.json"
+    if info.is_file() and json.loads(info.read_text()).get("steps") == steps:
         return True
     controls = table[table["label"] == "control"]["prompt"]
     controls = [p for p in controls if p]
@@ -148,7 +150,7 @@ def _nemo_statistics(out: Path, generator, table, seeds: int, log) -> bool:
     from .nemo import compute_stats
 
     gen = generator()
-    stats = compute_stats(gen, controls, list(range(seeds)), SD_DEFAULTS["steps"],
+    stats = compute_stats(gen, controls, list(range(seeds)), steps,
                           source=f"the world's {len(controls)} control prompts x {seeds} seeds")
     stats.save(out / "nemo")
     log(f"[world create] NeMo statistics from {len(controls)} controls: SSIM thresholds "
@@ -159,12 +161,13 @@ def _nemo_statistics(out: Path, generator, table, seeds: int, log) -> bool:
 TEMPLATE_SEEDS = 4  # seeds per control prompt for the template threshold
 
 
-def _template_threshold(out: Path, generator, table, index, log) -> dict | None:
+def _template_threshold(out: Path, generator, table, index, log, sampling: dict) -> dict | None:
     """4c. The "template copy" threshold (issue 32): the masked similarity of the control prompts'
     generations to their top-1 training image, at 1% (``local.calibrate_template_threshold``), kept in
-    ``template_threshold.json`` (skipped when present); none without controls or training images."""
+    ``template_threshold.json`` (skipped when present for the same ``sampling``: steps and guidance); none
+    without controls or training images."""
     f = out / "template_threshold.json"
-    if f.is_file():
+    if f.is_file() and json.loads(f.read_text()).get("sampling") == sampling:
         return json.loads(f.read_text())
     controls = [p for p in table[table["label"] == "control"]["prompt"] if p]
     if not controls or index.image_path(0) is None:
@@ -176,8 +179,8 @@ def _template_threshold(out: Path, generator, table, index, log) -> dict | None:
 
     gen = generator()
     thr, agree = calibrate_template_threshold(gen, index, descriptor_for_index(index), controls,
-                                              list(range(TEMPLATE_SEEDS)),
-                                              Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
+                                              list(range(TEMPLATE_SEEDS)), Settings(**sampling))
+    thr["sampling"] = sampling
     set_agreement(index.path, agree)  # uploads' partial-copy threshold, on the same generations
     f.write_text(json.dumps(thr, indent=1))
     log(f"[world create] template threshold {thr['value']:.3f} from {thr['n']} control generations; agreement "
@@ -188,7 +191,7 @@ def _template_threshold(out: Path, generator, table, index, log) -> dict | None:
 PROBE_SEEDS = 4  # seeds per probe in the probe table (``--probe-seeds``)
 
 
-def _probe_table(out: Path, generator, probes, index, template, seeds: int, log) -> dict | None:
+def _probe_table(out: Path, generator, probes, index, template, seeds: int, log, sampling: dict) -> dict | None:
     """4d. The list's verbatim and template probes scored both ways (``local.probe_table``): the global
     verdict and the masked one, per probe, in ``probe_scores.csv`` (kept when present for the same seeds and
     threshold); none without a template threshold or with ``seeds`` 0. Returns the summary by label."""
@@ -200,8 +203,7 @@ def _probe_table(out: Path, generator, probes, index, template, seeds: int, log)
     if not template or seeds < 1 or not probes["label"].isin(PROBE_LABELS).any():
         return None
     stamp = out / "build" / "probe_scores.json"
-    key = {"seeds": seeds, "template_threshold": template["value"], "steps": SD_DEFAULTS["steps"],
-           "guidance": SD_DEFAULTS["guidance"]}
+    key = {"seeds": seeds, "template_threshold": template["value"], **sampling}
     if f.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         table = pd.read_csv(f)
     else:
@@ -210,8 +212,7 @@ def _probe_table(out: Path, generator, probes, index, template, seeds: int, log)
 
         gen = generator()
         gen.template_threshold = template
-        table = probe_table(gen, index, descriptor_for_index(index), probes, list(range(seeds)),
-                            Settings(steps=SD_DEFAULTS["steps"], guidance=SD_DEFAULTS["guidance"]))
+        table = probe_table(gen, index, descriptor_for_index(index), probes, list(range(seeds)), Settings(**sampling))
         table.to_csv(f, index=False)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(key))
@@ -230,9 +231,11 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
                  keywords: list[str] | None = None, image_size: int = 512, processes: int = 1, threads: int = 32,
                  timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
                  fetch_policy: dict | None = None, progress=None, log=print, nemo_seeds: int = 10,
-                 probe_seeds: int = PROBE_SEEDS, device: str | None = None, command: str | None = None) -> Path:
+                 probe_seeds: int = PROBE_SEEDS, device: str | None = None, command: str | None = None,
+                 steps: int = SD_DEFAULTS["steps"], guidance: float = SD_DEFAULTS["guidance"]) -> Path:
     """Write the world described in the module docstring to ``out``; returns ``out``. ``command``: the command
-    line that asked for it (the card's ``built_with``)."""
+    line that asked for it (the card's ``built_with``). ``steps`` and ``guidance``: the world's sampling
+    defaults, which NeMo's statistics, the template threshold and the probe table are measured at."""
     import pandas as pd
 
     from .world import write_world_json
@@ -267,13 +270,14 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
             loaded["gen"] = Generator.from_pretrained(model, device=device)
         return loaded["gen"]
 
-    nemo = _nemo_statistics(out, generator, table, nemo_seeds, log)
-    template = _template_threshold(out, generator, table, index, log)
-    scored = _probe_table(out, generator, probes, index, template, probe_seeds, log)
+    sampling = {"steps": int(steps), "guidance": float(guidance)}
+    nemo = _nemo_statistics(out, generator, table, nemo_seeds, log, sampling["steps"])
+    template = _template_threshold(out, generator, table, index, log, sampling)
+    scored = _probe_table(out, generator, probes, index, template, probe_seeds, log, sampling)
 
     # 5. world.json and card.json
     size = model_size(model)
-    defaults = {**SD_DEFAULTS, **({"height": size, "width": size} if size else {})}
+    defaults = {**SD_DEFAULTS, **sampling, **({"height": size, "width": size} if size else {})}
     n_lab = probes["label"].value_counts().to_dict()
     card = {"name": name or out.name, "built_with": command or "python -m memlab world create", "model": model,
             "prompts": str(prompts), "controls": controls, "training": sources, "descriptors": list(descriptors),

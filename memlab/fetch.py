@@ -62,6 +62,10 @@ def fetch(urls, out: str | Path, image_size: int = 512, processes: int = 1, thre
         os.replace(tmp, listing)
         saved.write_text(json.dumps(settings, indent=1))
 
+    n_shards = -(-len(urls) // int(shard_size))
+    if all((out / f"{i:05d}_stats.json").is_file() for i in range(n_shards)):
+        return report(out)  # every shard finished before: nothing for img2dataset (or its imports) to do
+
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations: no network check
     import importlib
 

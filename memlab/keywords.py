@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -50,12 +51,17 @@ def keyword_mask(captions: Sequence[str], keyword: str) -> np.ndarray:
     return np.array([bool(pat.search(str(c))) for c in captions], bool)
 
 
+@lru_cache(maxsize=1)
+def _clip_tokenizer():
+    from .pipelines import clip_tokenizer
+
+    return clip_tokenizer()  # (built once a process: a view per keyword built it again, ~1 s each)
+
+
 def clip_token_lengths(captions: Sequence[str], tokenizer=None) -> np.ndarray:
     """Token count of each caption under the real CLIP tokenizer, start and end tokens included."""
     if tokenizer is None:
-        from .pipelines import clip_tokenizer
-
-        tokenizer = clip_tokenizer()
+        tokenizer = _clip_tokenizer()
     ids = tokenizer([str(c) for c in captions], add_special_tokens=True, truncation=False).input_ids
     return np.array([len(x) for x in ids], np.int64)
 

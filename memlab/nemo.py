@@ -113,9 +113,10 @@ class NeMoStats:
                    float(info["ssim_threshold"]), info, None if sel is None else float(sel))
 
 
-def noise_diffs(gen, prompt: str, seeds, steps: int, blocked: dict | None = None, scale: float = 0.0):
+def noise_diffs(gen, prompt: str, seeds, steps: int, blocked: dict | None = None, scale: float = 0.0, cond=None):
     """NeMo's noise difference per seed: no guidance, eps(x_t1, c) - x_t1 at the second step of a
-    ``steps``-step schedule, min-max scaled per channel: [n_seeds, C, h, w] in [0, 1]."""
+    ``steps``-step schedule, min-max scaled per channel: [n_seeds, C, h, w] in [0, 1]. ``cond``: the prompt's
+    text embedding for each seed, when the caller has it (blocking acts in the UNet, not the text encoder)."""
     import torch
 
     hub = AttentionHub.of(gen.pipe.unet)
@@ -123,7 +124,8 @@ def noise_diffs(gen, prompt: str, seeds, steps: int, blocked: dict | None = None
     sched.set_timesteps(steps, device=gen.device)
     size = gen.default_size()
     lat = gen.initial_latents(seeds, size, size) * sched.init_noise_sigma
-    cond, _ = gen.encode([prompt] * len(seeds))
+    if cond is None:
+        cond, _ = gen.encode([prompt] * len(seeds))
     ctx = AttentionContext(blocked=blocked or {}, block_scale=scale, cfg=False) if blocked else None
     with torch.no_grad(), hub.context(ctx):
         for i, t in enumerate(sched.timesteps[:2]):
@@ -195,10 +197,12 @@ def find_neurons(gen, prompt: str, stats: NeMoStats, params: dict, steps: int) -
     vanilla = vanilla[look]
     seeds = [s for s, keep in zip(seeds, look.tolist()) if keep]
 
-    def sim(blocked):
-        return float(ssim(vanilla, noise_diffs(gen, prompt, seeds, steps, blocked, scale)).max())
-
+    per_seed, _ = gen.encode([prompt] * len(seeds))  # encoded once: every trial below blocks other neurons
     cond, _ = gen.encode([prompt])
+
+    def sim(blocked):
+        return float(ssim(vanilla, noise_diffs(gen, prompt, seeds, steps, blocked, scale, per_seed)).max())
+
     acts = [a[0] for a in hub.value_activations(cond)]
     theta, k, s, rounds = float(params["theta"]), int(params["k"]), 1.0, 0
     refine_thr = sel_thr

@@ -160,7 +160,7 @@ def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_pat
     from memlab.world import World
 
     cmd = [sys.executable, "-m", "memlab", "build-world", "--small", "--steps", "6", "--vae-steps", "4",
-           "--batch-size", "4", "--no-eval", "--ground-truth-items", "0", "--eval-seeds", "1"]
+           "--batch-size", "4", "--no-eval", "--ground-truth-items", "0", "--eval-seeds", "1", "--sample-steps", "8"]
     took = _timed(cmd + ["--out", str(tmp_path / "ref")])
     rng = random.Random(1)
     landed = killed_until_done(cmd + ["--out", str(tmp_path / "w")],
@@ -170,6 +170,8 @@ def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_pat
     ref, got = _files(tmp_path / "ref", parts), _files(tmp_path / "w", parts)
     assert sorted(ref) == sorted(got) and any(f.startswith("nemo/") for f in ref)
     assert [f for f in ref if ref[f] != got[f]] == []
-    World.load(tmp_path / "w")  # sealed and intact
+    w = World.load(tmp_path / "w")  # sealed and intact
+    assert w.defaults["steps"] == 8 and w.generator().nemo_stats.info["steps"] == 8  # --sample-steps throughout
+    assert "8 steps" in w.manifest["template_threshold"]["source"]
     card = json.loads((tmp_path / "w" / "card.json").read_text())
     assert card["built_with"] == "python -m memlab " + " ".join(cmd[3:] + ["--out", str(tmp_path / "w")])  # every option

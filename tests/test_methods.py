@@ -163,9 +163,12 @@ def test_nemo_on_the_builtin_world_finds_no_neuron_for_a_unique_probe_and_change
     probes = pd.read_csv(w.file("probes"))
     settings = Settings(steps=int(w.defaults["steps"]), guidance=float(w.defaults["guidance"]))
     nemo = parse_strategy("nemo").mitigations[0]
+    lo = probes[probes["group"] == "unique"]["prompt"].iloc[0]
+    blocked, info = gen.nemo_neurons(lo, nemo, settings)
+    assert not info["memorized"] and blocked == {} and info["neurons"] == 0
     hi = probes[probes["group"] == "full_ddf20"]["prompt"].iloc[0]
     blocked, info = gen.nemo_neurons(hi, nemo, settings)
-    assert info["memorized"] and blocked
+    assert info["memorized"] and blocked and info["neurons"] == sum(map(len, blocked.values()))
     base = _pixels(gen.generate(hi, [0], "none", settings))
     out = _pixels(gen.generate(hi, [0], "nemo", settings))
     assert (base[0] != out[0]).any()

@@ -95,7 +95,7 @@ def _create(tiny_pipeline_dir, lists, out):
     cmd = [sys.executable, "-m", "memlab", "world", "create", "--model", str(tiny_pipeline_dir),
            "--prompts", str(lists[0]), "--controls", str(lists[1]), "--descriptor", "pixel", "--processes", "1",
            "--threads", "8", "--timeout", "2", "--retries", "0", "--calib-n", "10", "--allow-private-addresses",
-           "--probe-seeds", "2", "--nemo-seeds", "4",
+           "--probe-seeds", "2", "--nemo-seeds", "4", "--steps", "12",
            "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -137,8 +137,9 @@ def test_world_create_fetches_indexes_and_labels_the_probes(created, lists):
     nemo = pd.read_csv(lists[0], sep=";")
     got = probes.set_index("prompt").loc[nemo["Caption"], "published_mean_sscd"].to_numpy()
     assert np.allclose(got, nemo["mean_sscd"])
-    # the model's defaults: SD's sampling, the tiny model's own size; the index's descriptor and items
-    assert world.defaults["steps"] == 50 and world.defaults["guidance"] == 7.5 and world.defaults["height"] == 16
+    # the model's defaults: the --steps given, SD's guidance, the tiny model's own size; the index's descriptor
+    assert world.defaults["steps"] == 12 and world.defaults["guidance"] == 7.5 and world.defaults["height"] == 16
+    assert world.defaults["scheduler"] == "ddim"
     assert world.index().default_descriptor == "pixel"
     assert list((out / "keywords").glob("*.json")), "keyword views over the training captions"
     built_with = json.loads((out / "card.json").read_text())["built_with"]  # every option given
@@ -164,11 +165,13 @@ def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_d
 
 def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path):
     out = created[0]
-    prompt = pd.read_csv(out / "probes.csv")["prompt"][0]
+    table = pd.read_csv(out / "probe_scores.csv")
+    row = table.iloc[0]  # a listed probe, run at the world's defaults: its row in the probe table comes back
     # (one run, with and without NeMo's mitigation: each `memlab run` pays the imports again)
-    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", prompt, "--seeds", "0-1",
-                        "--steps", "2", "--mitigation", "none", "--mitigation", "nemo", "--out", str(tmp_path / "run.jsonl")],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", row["prompt"],
+                        "--seeds", "0-1", "--mitigation", "none", "--mitigation", "nemo",
+                        "--out", str(tmp_path / "run.jsonl")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
     seeds = [x for x in recs if x.get("type", "seed") == "seed" and "matches" in x]
@@ -184,12 +187,13 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     n_controls = int((pd.read_csv(out / "probes.csv")["label"] == "control").sum())
     thr = w.manifest["template_threshold"]
     assert thr["n"] == n_controls * 4 and thr["fpr"] == 0.01 and -1 <= thr["value"] <= 1
+    assert thr["sampling"] == {"steps": 12, "guidance": 7.5} and "12 steps, guidance 7.5" in thr["source"]
+    assert w.generator().nemo_stats.info["steps"] == 12  # every stage at the world's sampling
     assert w.generator().template_threshold == thr
     # uploads' partial-copy threshold: the agreement share, calibrated on the same control generations
     agree = w.index().manifest["agreement"]
     assert agree["on"] == "generations" and 0 < agree["n"] <= n_controls * 4 and 0 <= agree["threshold"] <= 1
     # the list's verbatim and template probes scored both ways (issue 32), recomputed from the table's seeds
-    table = pd.read_csv(out / "probe_scores.csv")
     probes = pd.read_csv(out / "probes.csv")
     assert sorted(table["prompt"]) == sorted(probes[probes["label"].isin(["verbatim", "template"])]["prompt"])
     assert (table["seeds"] == 2).all()  # --probe-seeds
@@ -200,16 +204,10 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
         assert s["probes"] == len(g) and s["seeds_replicated"] == g["replicated"].sum()
         assert s["masked_calls_copy"] == int((g["masked_above"] >= g["seeds"] / 2).sum())
         assert s["global_calls_copy"] == int((g["replicated"] >= g["seeds"] / 2).sum())
-    # one probe's row against its own run: the same seeds, the same verdicts
-    row = table.iloc[0]
-    r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", row["prompt"],
-                        "--seeds", "0-1", "--out", str(tmp_path / "probe.jsonl")],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    seeds = [json.loads(x) for x in (tmp_path / "probe.jsonl").read_text().splitlines()]
-    seeds = [x for x in seeds if x.get("type") == "seed"]
-    assert sum(x["verdict"] == "replicated" for x in seeds) == row["replicated"]
-    assert sum(x["masked_score"] > thr["value"] for x in seeds) == row["masked_above"]
+    # the probe's row against the run's unmitigated seeds: the same seeds, the same verdicts
+    plain = [x for x in seeds if x["mitigation"]["name"] == "none"]
+    assert sum(x["verdict"] == "replicated" for x in plain) == row["replicated"]
+    assert sum(x["masked_score"] > thr["value"] for x in plain) == row["masked_above"]
 
 
 def test_img2dataset_shards_index_to_the_same_vectors_as_the_same_images_in_a_folder(created, lists, tmp_path):

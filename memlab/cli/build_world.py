@@ -23,6 +23,8 @@ def add_arguments(p):
     p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures and NeMo's "
                                                                "statistics; per prompt for the template threshold "
                                                                "(at most 4)")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="the world's sampling steps (default 30), which every generation the build measures uses")
     p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
     p.add_argument("--small", action="store_true", help="a small training set and alignment classifier (for tests)")
     p.add_argument("--reuse-model", action="store_true",
@@ -50,8 +52,8 @@ def run(args) -> int:
     from . import out_folder
 
     out_folder(args.out)
-    for flag in ("steps", "vae_steps", "batch_size", "eval_seeds"):
-        if getattr(args, flag) < 1:
+    for flag in ("steps", "vae_steps", "batch_size", "eval_seeds", "sample_steps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise MemlabError(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(args, flag)})")
 
     spec = WorldSpec(seed=args.seed)
@@ -70,7 +72,7 @@ def run(args) -> int:
                 descriptors=[n.strip() for a in (args.descriptor or [",".join(WORLD_DESCRIPTORS)]) for n in a.split(",")
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
-                alignment=alignment, objects=objects, views_model=args.views_model,
+                alignment=alignment, objects=objects, views_model=args.views_model, sample_steps=args.sample_steps,
                 command="python -m memlab " + shlex.join(sys.argv[1:]),  # every option, as the card's built_with
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)

@@ -48,6 +48,10 @@ def add_arguments(p):
     c.add_argument("--probe-seeds", type=int, default=4,  # createworld.PROBE_SEEDS
                    help="seeds per verbatim and template probe, each scored by the global and the masked verdict "
                         "(probe_scores.csv; 0: none; it needs --controls for the template threshold)")
+    c.add_argument("--steps", type=int, default=50, help="the world's sampling steps (SD v1.x's 50 DDIM steps), which "
+                                                       "NeMo's statistics, the template threshold and the probe "
+                                                       "table are measured at")
+    c.add_argument("--guidance", type=float, default=7.5, help="the world's guidance scale (SD v1.x's 7.5)")
     c.add_argument("--out", required=True, help="world folder to write")
 
 
@@ -59,7 +63,7 @@ def run(args) -> int:
     from . import out_folder
 
     out = out_folder(args.out)
-    for name in ("image_size", "processes", "threads", "calib_n"):
+    for name in ("image_size", "processes", "threads", "calib_n", "steps"):
         if getattr(args, name) < 1:
             raise MemlabError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("nemo_seeds", "probe_seeds"):
@@ -87,5 +91,6 @@ def run(args) -> int:
                                "max_bytes": args.max_bytes},
                  index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr),
                  nemo_seeds=args.nemo_seeds, probe_seeds=args.probe_seeds, device=args.device,
+                 steps=args.steps, guidance=args.guidance,
                  command="python -m memlab " + shlex.join(sys.argv[1:]))  # every option, as the card's built_with
     return 0
