@@ -402,10 +402,12 @@ class Lab:
 
     def compare_stream(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
                        settings: Settings | None = None, progress=None, descriptor: str | None = None,
-                       chunk_fn=None) -> Iterator[RunState]:
+                       chunk_fn=None, done: dict | None = None) -> Iterator[RunState]:
         """``none`` and each strategy on the same seeds, one strategy (a row of the A/B grid) at a time;
         yields the growing comparison after each row. Each strategy's summary is ``run_prompt``'s, with
-        its change vs none. ``chunk_fn`` as in ``generate_stream`` (the GPU host's, one call a row)."""
+        its change vs none. ``chunk_fn`` as in ``generate_stream`` (the GPU host's, one call a row).
+        ``done``: {strategy: [(record, image), ...]} rows already made for this prompt, seeds, settings and
+        descriptor (the lesson's step 1 is step 3's first row), used instead of generating them again."""
         from .runner import change_vs_none
 
         gen = self.generator
@@ -417,9 +419,11 @@ class Lab:
         state = RunState(prompt=prompt, warning=warning, requested=len(seeds) * len(strategies))
         run_row = chunk_fn or (lambda p, part, st, se, d: self.generate_chunk(p, part, st, se, d))
         for j, strategy in enumerate(strategies):
-            t0 = time.perf_counter()
-            rows = run_row(prompt, list(seeds), strategy, settings, desc.name)
-            self._timed(time.perf_counter() - t0, len(seeds), settings.steps)
+            rows = (done or {}).get(strategy)
+            if rows is None:
+                t0 = time.perf_counter()
+                rows = run_row(prompt, list(seeds), strategy, settings, desc.name)
+                self._timed(time.perf_counter() - t0, len(seeds), settings.steps)
             recs = [r for r, _ in rows]
             state.records += recs
             state.images += [im for _, im in rows]

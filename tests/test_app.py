@@ -92,6 +92,18 @@ def test_compare_streams_one_row_a_strategy_equal_to_run_prompt(server):
         assert a["replication_rate"] == b["replication_rate"]
         assert abs(a["dataset_similarity"]["p95"] - b["dataset_similarity"]["p95"]) < 1e-6
     assert state.summaries[1]["change_vs_none"] == pytest.approx(ref[1]["change_vs_none"])
+    # a row already made (the lesson's step 1 is its step 3's first row) is used, not generated again
+    first = list(lab.compare_stream("a red ball", [0, 1, 2], []))[-1]
+    calls = []
+    gen_chunk = lab.generate_chunk
+    lab.generate_chunk = lambda *a, **k: calls.append(a[2]) or gen_chunk(*a, **k)
+    try:
+        again = list(lab.compare_stream("a red ball", [0, 1, 2], ["rna:k=2"],
+                                        done={"none": list(zip(first.records, first.images))}))[-1]
+    finally:
+        del lab.generate_chunk
+    assert calls == ["rna:k=2"] and again.records[:3] == first.records and again.images[:3] == first.images
+    assert again.summaries == state.summaries
 
 
 def test_search_duplicates_export(client):

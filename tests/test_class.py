@@ -63,7 +63,7 @@ def test_the_lessons_sentences_agree_with_its_records():
 
     assert said(text) == expected(state.records, own)
     assert f"#{lab.item(own)['id']}" in text
-    text3, _ = list(step3(progress=quiet))[-1]
+    text3, _ = list(step3(state, progress=quiet))[-1]  # as the page calls it: step 1's run is its first row
     without, with_rna = text3.split("Without: ", 1)[1].split(" With RNA: ")
     none_recs = [r for r in state.records]  # step 3's first row is the same prompt and seeds as step 1
     assert said(without) == expected(none_recs, own)

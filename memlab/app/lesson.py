@@ -60,7 +60,7 @@ def lesson_tab(lab: Lab) -> None:
                                                 label="the training image and its near-duplicates in the training set")
                 html_out = gr.HTML(elem_id=f"lesson-{i}-grid")
             outs.append((btn, md, html_out))
-        runs = gr.State(None)  # step 1's run, reused by step 2
+        runs = gr.State(None)  # step 1's run, reused by steps 2 and 3
         step1, step2, step3, step4, step5 = _steps(lab, plan, seeds)
         (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs[:4]
         if len(outs) > 4:
@@ -70,7 +70,7 @@ def lesson_tab(lab: Lab) -> None:
         b1.click(step1, None, [runs, m1, h1], api_name=False, show_progress_on=[m1], js=scroll_first("#lesson-1"))
         b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False, show_progress_on=[m2],
                  js=scroll_first("#lesson-2"))
-        b3.click(step3, None, [m3, h3], api_name=False, show_progress_on=[m3], js=scroll_first("#lesson-3"))
+        b3.click(step3, [runs], [m3, h3], api_name=False, show_progress_on=[m3], js=scroll_first("#lesson-3"))
         b4.click(step4, None, [m4, h4], api_name=False, show_progress_on=[m4], js=scroll_first("#lesson-4"))
 
 
@@ -86,7 +86,8 @@ def _duration(lab: Lab, n: int) -> str:
     """How long a step takes here, as the page says it before any is run."""
     est = lab.estimate_seconds(n, int(lab.defaults["steps"]))
     return ("each runs the model on the seeds below" if est is None else
-            f"a step runs {n} images, about {est:.0f} s on this machine (step 3 twice that)")
+            f"a step runs {n} images, about {est:.0f} s on this machine (step 3 twice that, unless step 1 "
+            f"was shown)")
 
 
 def _running(lab: Lab, images: int) -> str:
@@ -136,9 +137,12 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         yield state, text, "", gr.update(value=files[:48], visible=True)
 
     @errors
-    def step3(progress=gr.Progress()):
-        yield _running(lab, 2 * len(seeds)), ""
-        for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION],
+    def step3(first=None, progress=gr.Progress()):
+        # step 1's run (when it was shown) is this step's first row: the same prompt, seeds and settings
+        done = ({"none": list(zip(first.records, first.images))} if first is not None
+                and first.prompt == plan["duplicated"] and [r["seed"] for r in first.records] == list(seeds) else None)
+        yield _running(lab, len(seeds) if done else 2 * len(seeds)), ""
+        for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION], done=done,
                                         progress=lambda d, t: progress((d, t), desc="images")):
             text = _running(lab, len(seeds))
             if len(state.summaries) == 2:
