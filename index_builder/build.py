@@ -13,6 +13,7 @@ skipped, counted and listed.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from memlab.cli import Parser, guarded
@@ -84,7 +85,7 @@ def build(args) -> int:
     def progress(it, desc="", total=None):
         return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=None)
 
-    command = "python -m index_builder " + " ".join(sys.argv[1:])
+    command = args.command
     if (args.faiss_index or args.ray_address) and not args.embeddings:
         raise MemlabError("--faiss-index and --ray-address go with --embeddings")
     if args.embeddings:
@@ -112,5 +113,7 @@ def build(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.command = "python -m index_builder " + shlex.join(argv)  # the arguments given, also when called from Python
     return guarded(build, args)

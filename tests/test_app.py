@@ -1,5 +1,6 @@
 """The app through its API (gradio_client against a locally launched server) and bad input."""
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -292,28 +293,42 @@ def test_a_generation_clears_the_previous_results_in_its_own_first_update(client
 
 @pytest.mark.slow
 def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
-    """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process:
-    the run ends early and the next caller is served at once."""
+    """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process (the
+    browser tests' shared server on this world): the run ends early and the next caller is served at once."""
     import time
 
-    from tests.browser import serve_app
+    from tests.browser import shared_app
 
-    with serve_app(tiny_world) as (url, proc):
-        job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,
-                                                              api_name="/generate")
-        t0 = time.time()
-        while not any(o[0] for o in job.outputs()) and time.time() - t0 < 60:  # (the first update clears)
-            time.sleep(0.2)
-        assert any(o[0] for o in job.outputs()), "no partial result streamed"
-        job.cancel()
-        t1 = time.time()
-        ok = gradio_client.Client(url, verbose=False).predict("a blue square", 1, "", [], 4, 0.1, 2, 5.0,
-                                                              api_name="/generate")
-        assert "of 1 seeds" in ok[0]
-        waited = time.time() - t1
-        assert len(job.outputs()) < 32  # far from all 64 seeds (2 per update)
-        assert proc.poll() is None
+    url, proc = shared_app(tiny_world)
+    job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,
+                                                          api_name="/generate")
+    t0 = time.time()
+    while not any(o[0] for o in job.outputs()) and time.time() - t0 < 60:  # (the first update clears)
+        time.sleep(0.2)
+    assert any(o[0] for o in job.outputs()), "no partial result streamed"
+    job.cancel()
+    t1 = time.time()
+    ok = gradio_client.Client(url, verbose=False).predict("a blue square", 1, "", [], 4, 0.1, 2, 5.0,
+                                                          api_name="/generate")
+    assert "of 1 seeds" in ok[0]
+    waited = time.time() - t1
+    assert len(job.outputs()) < 32  # far from all 64 seeds (2 per update)
+    assert proc.poll() is None
     assert waited < 30, waited
+
+    def cpu_s():  # the server process's CPU time
+        fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    # the stopped run is not still generating behind the answer: the server goes quiet (within a few windows)
+    shares = []
+    for _ in range(5):
+        c = cpu_s()
+        time.sleep(1.0)
+        shares.append(cpu_s() - c)
+        if shares[-1] < 0.2:
+            break
+    assert min(shares) < 0.2, f"the server kept {min(shares):.0%} of a core busy after the run was stopped ({shares})"
 
 
 def test_top_k_collapses_near_duplicates_into_one_entry_per_group():

@@ -472,6 +472,11 @@ def _autofaiss_style(x: np.ndarray, path: Path, factory: str = "IVF256,PQ8", ids
     import faiss
 
     idx = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(idx))
+    anneal = faiss.PolysemousTraining()  # faiss's default training, polysemous codes included (memlab skips
+    anneal.n_iter = 20_000  # them), with a shorter annealing than its 500,000 steps: ~13 s less, codes renumbered all the same
+    if getattr(ivf, "do_polysemous_training", False):
+        ivf.polysemous_training = anneal
     idx.train(x[np.random.default_rng(0).choice(len(x), min(len(x), 20_000), replace=False)])
     if ids is None:
         idx.add(x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -91,13 +92,21 @@ def lists(site, tmp_path_factory):
     return d / "nemo.csv", d / "nemo_controls.csv", dict(zip(urls, cap["file"])), bad
 
 
-def _create(tiny_pipeline_dir, lists, out):
+def _create(tiny_pipeline_dir, lists, out, capfd=None):
+    """``python -m memlab world create ...`` for the test's lists; with ``capfd``, its ``main`` in this process."""
     cmd = [sys.executable, "-m", "memlab", "world", "create", "--model", str(tiny_pipeline_dir),
            "--prompts", str(lists[0]), "--controls", str(lists[1]), "--descriptor", "pixel", "--processes", "1",
            "--threads", "8", "--timeout", "2", "--retries", "0", "--calib-n", "10", "--allow-private-addresses",
            "--probe-seeds", "2", "--nemo-seeds", "4", "--steps", "12",
            "--out", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    if capfd is not None:
+        from memlab.cli import main
+
+        capfd.readouterr()
+        code = main(cmd[3:])
+        r = subprocess.CompletedProcess(cmd, code, *capfd.readouterr())
+    else:
+        r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -151,16 +160,18 @@ def test_world_create_fetches_indexes_and_labels_the_probes(created, lists):
     assert (world.index().image_path(item.name)).is_file()
 
 
-def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_dir, lists):
+def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_dir, lists, capfd):
     out = created[0]
     before = sum(Files.hits.values())
     index_before = (out / "index" / "manifest.json").read_bytes()
     t0 = time.perf_counter()
-    r = _create(tiny_pipeline_dir, lists, out)
+    r = _create(tiny_pipeline_dir, lists, out, capfd)  # (in this process: the first run was a process of its own)
     assert sum(Files.hits.values()) == before, "nothing is fetched again"
     assert (out / "index" / "manifest.json").read_bytes() == index_before, "an unchanged index is not rebuilt"
     print(f"first run {created[2]:.1f}s, second {time.perf_counter() - t0:.1f}s")
     assert "fetched 30 of 37 URLs" in r.stderr
+    # called from Python, the card names the arguments given to ``main``, not this process's command line
+    assert json.loads((out / "card.json").read_text())["built_with"] == "python -m memlab " + shlex.join(r.args[3:])
 
 
 def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 
 from ..errors import MemlabError
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
             mod.add_arguments(p)
         modules[verb] = mod
     args = parser.parse_args(argv)
+    args.command = "python -m memlab " + shlex.join(argv)  # as records and cards name it (argv, not sys.argv)
     return guarded(modules[args.verb].run, args)
 
 

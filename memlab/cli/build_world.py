@@ -8,7 +8,6 @@ the measured memorization. Stages resume when interrupted.
 """
 from __future__ import annotations
 
-import shlex
 import sys
 
 
@@ -73,7 +72,7 @@ def run(args) -> int:
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
                 alignment=alignment, objects=objects, views_model=args.views_model, sample_steps=args.sample_steps,
-                command="python -m memlab " + shlex.join(sys.argv[1:]),  # every option, as the card's built_with
+                command=args.command,  # every option, as the card's built_with
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

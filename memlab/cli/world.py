@@ -13,7 +13,6 @@ again to resume: fetched shards are not fetched again and an unchanged index is 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 
 
@@ -78,7 +77,7 @@ def run(args) -> int:
     if unknown:
         raise MemlabError(f"unknown descriptor {unknown[0]!r}; known: {', '.join(DESCRIPTORS)}")
     index_options = {"calib_n": args.calib_n, "weights": args.weights, "device": args.device,
-                     "command": "python -m memlab " + " ".join(sys.argv[1:])}
+                     "command": args.command}
     keywords = [k.strip() for k in args.keywords.split(",") if k.strip()] if args.keywords is not None else None
 
     def progress(it, desc="", total=None):
@@ -92,5 +91,5 @@ def run(args) -> int:
                  index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr),
                  nemo_seeds=args.nemo_seeds, probe_seeds=args.probe_seeds, device=args.device,
                  steps=args.steps, guidance=args.guidance,
-                 command="python -m memlab " + shlex.join(sys.argv[1:]))  # every option, as the card's built_with
+                 command=args.command)  # every option, as the card's built_with
     return 0
