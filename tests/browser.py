@@ -100,22 +100,54 @@ def stop_shared() -> None:
         _SHARED.popitem()[1][0].__exit__(None, None, None)
 
 
+_BROWSER: dict = {}  # the Chromium that pages share ("playwright", "browser"), started on first use
+
+
+@atexit.register
+def stop_browser() -> None:
+    if _BROWSER:
+        _BROWSER.pop("browser").close()
+        _BROWSER.pop("playwright").stop()
+
+
+@contextmanager
+def browser_page(viewport: tuple = (1400, 1400), fresh: bool = False):
+    """A Chromium page in a context of its own (cookies, storage and cache apart) of the browser the tests
+    share, started once (Playwright's sync API runs one instance a thread); with ``fresh`` and no shared
+    browser running, a browser process of its own (the benchmarks time a page in a cold browser)."""
+    from playwright.sync_api import sync_playwright
+
+    size = {"width": viewport[0], "height": viewport[1]}
+    if fresh and not _BROWSER:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+            try:
+                yield browser.new_page(viewport=size)
+            finally:
+                browser.close()
+        return
+    if _BROWSER and not _BROWSER["browser"].is_connected():  # it died: start another
+        _BROWSER.clear()
+    if not _BROWSER:
+        _BROWSER["playwright"] = sync_playwright().start()
+        _BROWSER["browser"] = _BROWSER["playwright"].chromium.launch(executable_path=chromium_path(),
+                                                                     args=CHROMIUM_ARGS, headless=True)
+    context = _BROWSER["browser"].new_context(viewport=size)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
 @contextmanager
 def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict | None = None,
              ready: str = "#generate-btn", timeout_ms: int = 120_000):
     """The app served on ``world`` (``shared_app``) and a Chromium page on it, once ``ready`` is shown."""
-    from playwright.sync_api import sync_playwright
-
     url, _ = shared_app(world, args=args, env=env)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    with browser_page(viewport) as page:
         page.goto(url, wait_until="domcontentloaded")
         page.locator(ready).wait_for(timeout=timeout_ms)
-        try:
-            yield page
-        finally:
-            browser.close()
+        yield page
 
 
 # Times a run in the page itself: the click event, the first pair shown, the whole batch shown (every
@@ -150,12 +182,9 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
     before, ``on_done()`` once the batch is in, ``on_ready()`` once the page is ready: a benchmark reads CPU
     counters); time the first pair, the whole batch and its charts from the click event, stamped in the page
     (``_STAMPS``; ``frame_polling``: timed from before Playwright's click by its waits, which poll every
-    animation frame); wait for the table and the plot; return timings and what the page shows."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    animation frame); wait for the table and the plot; return timings and what the page shows (a browser of
+    its own unless the tests' shared one is running: ``browser_page``)."""
+    with browser_page((1400, 1800), fresh=True) as page:
         t_load = time.perf_counter()
         page.goto(url, wait_until="load")
         page.locator("#generate-btn").wait_for(timeout=timeout_ms)
@@ -198,7 +227,6 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
         seed_chart = page.locator("#seed-plot").inner_text()
         if screenshot:
             page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
     return {"ready_s": ready, "first_s": first, "whole_s": whole, "charts_s": charts, "headline": headline,
             "table_text": table_text, "pairs": pairs, "seed_chart": seed_chart}
 
@@ -207,11 +235,7 @@ def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str
                            timeout_ms: int = 60_000) -> dict:
     """Open the Keyword clusters tab, pick a (prebuilt) keyword, click Show; time until the size chart,
     the cluster table and the summary are on the page."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    with browser_page((1400, 1600), fresh=True) as page:
         page.goto(url, wait_until="domcontentloaded")
         page.get_by_role("tab", name="Keyword clusters").click()
         page.locator("#kw-btn").wait_for(timeout=timeout_ms)
@@ -231,5 +255,4 @@ def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str
         summary = page.locator("#kw-summary").inner_text()
         if screenshot:
             page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
     return {"render_s": dt, "summary": summary}
