@@ -11,6 +11,18 @@ from tests.helpers import (AIC, FIXTURES, ROOT, SHARED_DATA, make_tiny_sscd,  # 
                            synthetic_images, trust)
 
 
+def pytest_configure(config):
+    """One torch thread in the test process (its subprocesses, the apps and CLIs under test, keep their own).
+    The suite calls models from two threads of this process: its own and the in-process app's compute thread
+    (``memlab.compute``). Each thread that calls torch keeps an OpenMP team; once the teams hold more threads
+    than there are cores, libgomp stops spin-waiting between parallel regions, and every model call of either
+    thread ran about twice as slow for the rest of the session (3 seeds of the built-in world: 2.7 s before the
+    app's first generation, 5.6-7.7 s after it, 3.5 s with one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 
 @pytest.fixture(scope="session")
 def sscd_cache(tmp_path_factory):
