@@ -12,15 +12,18 @@ from tests.helpers import (AIC, FIXTURES, ROOT, SHARED_DATA, make_tiny_sscd,  # 
 
 
 def pytest_configure(config):
-    """One torch thread in the test process (its subprocesses, the apps and CLIs under test, keep their own).
-    The suite calls models from two threads of this process: its own and the in-process app's compute thread
-    (``memlab.compute``). Each thread that calls torch keeps an OpenMP team; once the teams hold more threads
-    than there are cores, libgomp stops spin-waiting between parallel regions, and every model call of either
-    thread ran about twice as slow for the rest of the session (3 seeds of the built-in world: 2.7 s before the
-    app's first generation, 5.6-7.7 s after it, 3.5 s with one thread)."""
+    """One torch thread for the test process's own thread; the in-process app's compute thread
+    (``memlab.compute``) keeps the cores (the subprocesses, the apps and CLIs under test, keep their own). Each
+    thread that calls torch keeps an OpenMP team; once the teams hold more threads than there are cores, libgomp
+    stops spin-waiting between parallel regions, and every model call of either thread ran slower for the rest of
+    the session (``benchmarks/bench_omp_teams.py`` measures the cases)."""
     import torch
 
+    from memlab import compute
+
+    cores = torch.get_num_threads()
     torch.set_num_threads(1)
+    compute.run(torch.set_num_threads, cores)
 
 
 
