@@ -61,3 +61,14 @@ def clustered(n: int, d: int, planted: int, seed: int = 0) -> np.ndarray:
     src = rng.choice(n - planted, planted, replace=False)
     x[n - planted:] = x[src] + 0.1 * rng.standard_normal((planted, d)).astype(np.float32) / np.sqrt(d)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def run_in_process(capfd, argv):
+    """``python -m memlab ARGV`` called in the test process (``memlab.cli.main``), as a finished process."""
+    import subprocess
+
+    from memlab.cli import main
+
+    capfd.readouterr()
+    code = main(list(argv))
+    return subprocess.CompletedProcess(list(argv), code, *capfd.readouterr())

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, synthetic_images
+from tests.helpers import ROOT, run_in_process, synthetic_images
 
 ENV = {**os.environ, "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -273,16 +273,6 @@ def run_cli(*argv) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def in_process(capfd, argv) -> subprocess.CompletedProcess:
-    """``python -m memlab ARGV`` called in this process (its ``main``), as a finished process."""
-    from memlab.cli import main
-
-    capfd.readouterr()
-    code = main(argv)
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
-
-
 def one_error(r: subprocess.CompletedProcess, *words) -> None:
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
@@ -350,7 +340,7 @@ def test_malformed_index_and_world_files_are_one_error_line(tiny_world, tmp_path
             ["run", "--world", str(w), "--prompt", "a colour field", "--seeds", "0", "--steps", "1",
              "--out", str(tmp_path / f"{name}.jsonl")]
         # the first of each verb in a process of its own (nothing else reaches stderr), the rest in this one
-        one_error(run_cli("memlab", *argv) if name in ("as_list", "outside") else in_process(capfd, argv),
+        one_error(run_cli("memlab", *argv) if name in ("as_list", "outside") else run_in_process(capfd, argv),
                   *expect[name])
     # the app refuses to start on a keyword view of the wrong shape, naming the file and field
     w = tmp_path / "badview"
@@ -367,7 +357,7 @@ def test_malformed_index_and_world_files_are_one_error_line(tiny_world, tmp_path
     (w / "keywords" / "field.json").unlink()
     seal_world(w)
     (w / "keywords" / "dropped.json").write_text("{}")
-    r = in_process(capfd, ["run", "--world", str(w), "--prompt", "a colour field", "--seeds", "0", "--steps", "1",
+    r = run_in_process(capfd, ["run", "--world", str(w), "--prompt", "a colour field", "--seeds", "0", "--steps", "1",
                            "--out", str(tmp_path / "v.jsonl")])
     assert r.returncode == 0, r.stderr[-2000:]  # (runs load no views)
     from memlab.errors import MemlabError

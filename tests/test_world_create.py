@@ -100,11 +100,9 @@ def _create(tiny_pipeline_dir, lists, out, capfd=None):
            "--probe-seeds", "2", "--nemo-seeds", "4", "--steps", "12",
            "--out", str(out)]
     if capfd is not None:
-        from memlab.cli import main
+        from tests.helpers import run_in_process
 
-        capfd.readouterr()
-        code = main(cmd[3:])
-        r = subprocess.CompletedProcess(cmd, code, *capfd.readouterr())
+        r = run_in_process(capfd, cmd[3:])
     else:
         r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -171,7 +169,7 @@ def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_d
     print(f"first run {created[2]:.1f}s, second {time.perf_counter() - t0:.1f}s")
     assert "fetched 30 of 37 URLs" in r.stderr
     # called from Python, the card names the arguments given to ``main``, not this process's command line
-    assert json.loads((out / "card.json").read_text())["built_with"] == "python -m memlab " + shlex.join(r.args[3:])
+    assert json.loads((out / "card.json").read_text())["built_with"] == "python -m memlab " + shlex.join(r.args)
 
 
 def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path):
