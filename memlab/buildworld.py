@@ -297,7 +297,7 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
 def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None, objects=None,
              sampling: dict = WORLD_DEFAULTS) -> None:
     """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
-    (the unique probes; ``memlab.nemo``), the alignment classifier trained on the world's own renders
+    (the unique probes; ``memlab.nemo``; again when they were computed at other sampling steps), the alignment classifier trained on the world's own renders
     (``memlab.alignment``), the hidden object's classifier (``memlab.objects``) and the template threshold."""
     import pandas as pd
 
@@ -306,9 +306,9 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
     from .world import seal_world
 
     gen = Generator.from_pretrained(out / "model", device="cpu", scheduler=sampling["scheduler"])
-    if not (out / "nemo" / "statistics.json").is_file():
-        from .nemo import compute_stats
+    from .nemo import compute_stats, stats_current
 
+    if not stats_current(out / "nemo", sampling["steps"]):  # computed again when resumed with other steps
         st.start("nemo_statistics")
         table = pd.read_csv(out / "probes.csv")
         unique = table[table["group"] == "unique"]["prompt"].tolist()

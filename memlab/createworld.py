@@ -140,15 +140,14 @@ def _keyword_views(kw_dir: Path, index, words) -> None:
 def _nemo_statistics(out: Path, generator, table, seeds: int, log, steps: int) -> bool:
     """4b. NeMo's statistics of non-memorized prompts (``memlab.nemo``) from the control list, with the world's
     model, once (skipped when present for the same sampling steps); none without controls or with ``seeds`` 0."""
-    info = out / "nemo" / "statistics.json"
-    if info.is_file() and json.loads(info.read_text()).get("steps") == steps:
+    from .nemo import compute_stats, stats_current
+
+    if stats_current(out / "nemo", steps):
         return True
     controls = table[table["label"] == "control"]["prompt"]
     controls = [p for p in controls if p]
     if not controls or seeds < 2:
         return False
-    from .nemo import compute_stats
-
     gen = generator()
     stats = compute_stats(gen, controls, list(range(seeds)), steps,
                           source=f"the world's {len(controls)} control prompts x {seeds} seeds")

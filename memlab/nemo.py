@@ -113,6 +113,18 @@ class NeMoStats:
                    float(info["ssim_threshold"]), info, None if sel is None else float(sel))
 
 
+def stats_current(folder: str | Path, steps: int) -> bool:
+    """Whether ``folder`` holds NeMo statistics computed at ``steps`` sampling steps (a builder resumed with
+    other steps computes them again: the noise differences are read on that schedule)."""
+    folder = Path(folder)
+    if not (folder / STATS_FILE).is_file() or not (folder / INFO_FILE).is_file():
+        return False
+    try:
+        return json.loads((folder / INFO_FILE).read_text()).get("steps") == steps
+    except ValueError:  # a torn file: compute again
+        return False
+
+
 def noise_diffs(gen, prompt: str, seeds, steps: int, blocked: dict | None = None, scale: float = 0.0, cond=None):
     """NeMo's noise difference per seed: no guidance, eps(x_t1, c) - x_t1 at the second step of a
     ``steps``-step schedule, min-max scaled per channel: [n_seeds, C, h, w] in [0, 1]. ``cond``: the prompt's

@@ -132,7 +132,7 @@ def test_nemo_ssim_matches_scikit_image():
 
 
 def test_nemo_blocks_the_chosen_value_neurons_and_its_statistics_round_trip(tiny_generator, tmp_path):
-    from memlab.nemo import NeMoStats, compute_stats
+    from memlab.nemo import NeMoStats, compute_stats, stats_current
 
     gen = tiny_generator
     hub = AttentionHub.of(gen.pipe.unet)
@@ -147,6 +147,11 @@ def test_nemo_blocks_the_chosen_value_neurons_and_its_statistics_round_trip(tiny
     back = NeMoStats.load(stats.save(tmp_path / "nemo"))
     assert back.ssim_threshold == pytest.approx(stats.ssim_threshold)
     assert all(torch.equal(a, b) for a, b in zip(stats.mean + stats.std, back.mean + back.std))
+    # a builder resumed at other sampling steps computes them again (the noise differences are read on the
+    # schedule); a torn or missing file counts as absent
+    assert stats_current(tmp_path / "nemo", FAST.steps) and not stats_current(tmp_path / "nemo", FAST.steps + 1)
+    (tmp_path / "nemo" / "statistics.json").write_text("{")
+    assert not stats_current(tmp_path / "nemo", FAST.steps) and not stats_current(tmp_path / "none", FAST.steps)
     acts = hub.value_activations(gen.encode(["a cat"])[0])
     assert torch.allclose(acts[0][0], v(gen.encode(["a cat"])[0]).abs().mean(1)[0].detach())
 
