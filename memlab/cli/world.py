@@ -68,6 +68,9 @@ def run(args) -> int:
     for name in ("nemo_seeds", "probe_seeds"):
         if getattr(args, name) < 0:
             raise MemlabError(f"--{name.replace('_', '-')} must be at least 0")
+    from ..generate import Settings
+
+    Settings(steps=args.steps, guidance=args.guidance).validate()  # before any fetch: the run's own ranges
     descriptors = [d.strip() for d in args.descriptor.split(",") if d.strip()]
     if not descriptors:
         raise MemlabError("--descriptor names no descriptor")
