@@ -24,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -197,18 +196,19 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------ train
-def train(cfg: TrainConfig, resume: bool = True, progress=None) -> Path:
+def train(cfg: TrainConfig, resume: bool = True, progress=None, command: str | None = None) -> Path:
     """Train; returns the folder of the final pipeline (``out/pipeline``), or None when ``stop_at``
-    ended this invocation early (a checkpoint is written there). With ``cfg.deterministic`` on a CPU, oneDNN
+    ended this invocation early (a checkpoint is written there). ``command``: the command line that asked for
+    it (the run card's; ``memlab train`` passes its own arguments). With ``cfg.deterministic`` on a CPU, oneDNN
     is off for the run (its kernels gave a resumed run other low bits than an uninterrupted one)."""
     import torch
 
     exact = cfg.deterministic and not cfg.device.startswith("cuda")
     with torch.backends.mkldnn.flags(enabled=not exact):
-        return _train(cfg, resume, progress)
+        return _train(cfg, resume, progress, command)
 
 
-def _train(cfg: TrainConfig, resume: bool, progress) -> Path:
+def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None) -> Path:
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from safetensors.torch import load_file, save_file
@@ -381,7 +381,7 @@ def _train(cfg: TrainConfig, resume: bool, progress) -> Path:
             "first_loss": float(losses["loss"].iloc[0]) if len(losses) else None,
             "train_seconds": time.time() - t_start,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python -m memlab train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None,
+            "command": command,
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
             "text_encoder_parameters": sum(p.numel() for p in text.parameters())}
     (out / "run_card.json").write_text(json.dumps(card, indent=2))

@@ -59,6 +59,18 @@ def test_loss_goes_down_and_resume_continues(dataset, tmp_path):
     assert list(pd.read_csv(out2 / "loss.csv")["step"]) == [6, 12, 18, 24]
 
 
+def test_memlab_train_records_its_own_command_line(dataset, tmp_path, capfd):
+    """The run card names the arguments ``memlab train`` was given, not the caller's (it read sys.argv)."""
+    from tests.helpers import run_in_process
+
+    argv = ["train", "--data", str(dataset), "--pipeline", "tiny", "--steps", "4", "--batch-size", "2",
+            "--vae-steps", "0", "--checkpoint-every", "4", "--log-every", "2", "--out", str(tmp_path / "cli")]
+    assert run_in_process(capfd, argv).returncode == 0
+    card = json.loads((tmp_path / "cli" / "run_card.json").read_text())
+    assert card["command"].startswith("python -m memlab train --data ") and card["command"].endswith(
+        f"--out {tmp_path / 'cli'}") and card["steps"] == 4
+
+
 def test_duplication_controls():
     cfg = TrainConfig(ddf=5, dup_share=0.1, seed=1)
     w, dup = sampling_weights(100, cfg)

@@ -33,7 +33,7 @@ def run(args) -> int:
     out_folder(args.out)
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    out = train(cfg, resume=not args.no_resume,
+    out = train(cfg, resume=not args.no_resume, command=args.command,
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {out}", file=sys.stderr)
     return 0
