@@ -3,8 +3,8 @@ against the region where a generation and its training match agree (Webster's ma
 built-in world (issue 32).
 
 Each seed of the template probes, the unique probes and the full ddf 20 probes (seeds 0-9), and of the
-template threshold's calibration prompts (build-world's: 32 captions of items seen once, not probes, seeds
-0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1 training image (both at
+template threshold's calibration prompts (build-world's ``TEMPLATE_CALIBRATION``: captions of items seen once,
+not probes, seeds 0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1 training image (both at
 64 x 64):
 
 - the shipped masked score: the per-channel correlation inside the seed's bright-ending map
@@ -22,9 +22,11 @@ template threshold's calibration prompts (build-world's: 32 captions of items se
   threshold; at the shipped pair, and with both raised to one quantile of the calibration seeds.
 
 Printed: for each, the template seeds whose top-1 is their own template called (issue 32's target: 80%),
-the unique probes' seeds called (target at most 3%), and the full ddf 20 seeds.
+the unique probes' seeds called (target at most 3%), and the full ddf 20 seeds. ``--compare M,A``: other
+thresholds (a previous calibration's masked and agreement thresholds) against the same generations: the share
+of the calibration generations above each (what a 1% threshold should leave) and the seeds they call.
 
-    python -m benchmarks.bench_template_mask [--world assets/world]
+    python -m benchmarks.bench_template_mask [--world assets/world] [--compare 0.756,0.375]
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ def seeds_of(world) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    ap.add_argument("--compare", default=None, help="MASKED,AGREEMENT thresholds to measure on the same generations")
     a = ap.parse_args()
     from memlab.world import World
 
@@ -101,6 +104,10 @@ def main() -> int:
     calib = [s for s in seeds if s["group"] == "calibration" and s["verdict"] != "replicated"]
     print(f"built-in world {a.world}: {len(tm)} template seeds with their own template at top-1, {len(uq)} unique "
           f"seeds, {len(full)} full ddf 20 seeds; {len(calib)} calibration seeds not replicated")
+    n_cal = sum(s["group"] == "calibration" for s in seeds)
+    world_cal = world.manifest["template_threshold"]
+    print(f"the world's masked threshold {masked_thr:.3f} was calibrated on {world_cal['n']} generations; "
+          f"{n_cal} calibration generations here")
     print(f"{'region':<44}{'threshold':>10}{'template':>10}{'unique':>9}{'full20':>9}")
 
     def share(group, fn, thr):
@@ -124,6 +131,14 @@ def main() -> int:
               f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     if not cal:
         return 0
+    if a.compare:  # other thresholds on these generations: above a 1% threshold, about 1% of them should pass
+        m_thr, a_thr = (float(x) for x in a.compare.split(","))
+        everyone = [s for s in seeds if s["group"] == "calibration"]
+        print(f"compared: masked {m_thr:.3f} is passed by {share(everyone, masked, m_thr):.1%} of the {len(everyone)} "
+              f"calibration generations (template {share(tm, masked, m_thr):.1%}, unique {share(uq, masked, m_thr):.1%}); "
+              f"agreement {a_thr:.3f} by {share(calib, lambda s: s[shipped], a_thr):.1%} of the {len(calib)} not "
+              f"replicated (template {share(tm, lambda s: s[shipped], a_thr):.1%}, unique "
+              f"{share(uq, lambda s: s[shipped], a_thr):.1%})")
     # either region: the masked score inside the bright-ending map or the agreement share (the index's window
     # and cutoff) passes its own threshold; at the two shipped thresholds (each 1%, so up to 2% together),
     # and with both at one quantile q of the calibration seeds not replicated

@@ -62,11 +62,12 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     how = (f"{len(prompts)} prompts of items seen once in training, not probes, x {len(seeds)} seeds, to their "
            f"top-1 training match; {settings.steps} steps, guidance {settings.guidance}")
     w, c = metrics.AGREEMENT_WINDOW, metrics.AGREEMENT_CUTOFF
-    return ({"value": value, "fpr": fpr, "n": len(scores),
+    plan = {"prompts": len(prompts), "seeds": len(seeds)}  # a builder redoes the stage when its plan changes
+    return ({"value": value, "fpr": fpr, "n": len(scores), **plan,
              "source": f"{1 - fpr:.0%} quantile of the masked similarity (inside each generation's bright-ending "
                        f"map, Chen et al.) of {how}"},
             {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
-             "window": w, "cutoff": c, "side": metrics.MASK_SIDE, "on": "generations",
+             "window": w, "cutoff": c, "side": metrics.MASK_SIDE, "on": "generations", **plan,
              "source": f"{1 - fpr:.0%} quantile of the agreement share ({w}-px windows at {metrics.MASK_SIDE} px whose "
                        f"pixels correlate above {c}; Webster's masked matching) of the {len(shares)} generations "
                        f"not replicated as a whole of {how}"})
