@@ -3,9 +3,9 @@ against the region where a generation and its training match agree (Webster's ma
 built-in world (issue 32).
 
 Each seed of the template probes, the unique probes and the full ddf 20 probes (seeds 0-9), and of the
-template threshold's calibration prompts (build-world's ``TEMPLATE_CALIBRATION``: captions of items seen once,
-not probes, seeds 0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1 training image (both at
-64 x 64):
+template threshold's calibration prompts (build-world's ``TEMPLATE_CALIBRATION``: captions of items seen
+once, not probes, seeds 0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1
+training image (both at 64 x 64):
 
 - the shipped masked score: the per-channel correlation inside the seed's bright-ending map
   (``metrics.masked_similarity``), against the world's template threshold;

@@ -297,8 +297,9 @@ def _probes_and_world_json(out: Path, rows, spec: WorldSpec, descriptors, eval_s
 def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=None, objects=None,
              sampling: dict = WORLD_DEFAULTS) -> None:
     """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
-    (the unique probes; ``memlab.nemo``; again when they were computed at other sampling steps), the alignment classifier trained on the world's own renders
-    (``memlab.alignment``), the hidden object's classifier (``memlab.objects``) and the template threshold."""
+    (the unique probes; ``memlab.nemo``; again when computed at other sampling steps), the alignment
+    classifier trained on the world's own renders (``memlab.alignment``), the hidden object's classifier
+    (``memlab.objects``) and the template thresholds (again when calibrated on another plan)."""
     import pandas as pd
 
     from .generate import Generator
