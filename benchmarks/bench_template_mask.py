@@ -90,6 +90,12 @@ def main() -> int:
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--compare", default=None, help="MASKED,AGREEMENT thresholds to measure on the same generations")
     a = ap.parse_args()
+    try:
+        compare = tuple(float(x) for x in a.compare.split(",")) if a.compare else None
+    except ValueError:
+        compare = ()
+    if compare is not None and len(compare) != 2:
+        ap.error(f"--compare takes two numbers, MASKED,AGREEMENT (got {a.compare!r})")
     from memlab.world import World
 
     world = World.load(a.world)
@@ -131,8 +137,8 @@ def main() -> int:
               f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     if not cal:
         return 0
-    if a.compare:  # other thresholds on these generations: above a 1% threshold, about 1% of them should pass
-        m_thr, a_thr = (float(x) for x in a.compare.split(","))
+    if compare:  # other thresholds on these generations: above a 1% threshold, about 1% of them should pass
+        m_thr, a_thr = compare
         everyone = [s for s in seeds if s["group"] == "calibration"]
         print(f"compared: masked {m_thr:.3f} is passed by {share(everyone, masked, m_thr):.1%} of the {len(everyone)} "
               f"calibration generations (template {share(tm, masked, m_thr):.1%}, unique {share(uq, masked, m_thr):.1%}); "
