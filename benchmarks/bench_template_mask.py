@@ -7,26 +7,32 @@ template threshold's calibration prompts (build-world's ``TEMPLATE_CALIBRATION``
 once, not probes, seeds 0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1
 training image (both at 64 x 64):
 
-- the shipped masked score: the per-channel correlation inside the seed's bright-ending map
-  (``metrics.masked_similarity``), against the world's template threshold;
+- the shipped masked score: the per-channel correlation of the images' detail (each minus its Gaussian blur
+  of ``metrics.DETAIL_SIGMA`` px) inside the seed's bright-ending map (``metrics.masked_similarity``),
+  against the world's template threshold;
+- the same inside the same map on raw pixels (what memlab shipped before) and at other detail scales (the
+  scales tried), each at the 99% quantile of its own scores over the calibration seeds not replicated;
 - the agreement share: the image cut into windows (8 or 16 px); a window agrees when the per-channel
-  correlation of its pixels (channels with a standard deviation above 4 in both images) passes a cutoff
-  (0.6 or 0.8); the share of windows that agree. Its threshold: the 99% quantile over the calibration seeds
-  that the global verdict does not call ``replicated`` (the masked verdict only speaks for those).
+  correlation of its values passes a cutoff (0.5 to 0.8), over the channels with structure in both: the
+  images' detail (``metrics.detail`` at 1 px; a standard deviation above 1), and raw pixels as memlab measured
+  it before (above 4); the share of windows that agree. Its threshold: the 99% quantile over the calibration
+  seeds that the global verdict does not call ``replicated`` (the masked verdict only speaks for those).
 
-- the same agreement share (16-px windows, 0.8) against the index's own threshold where it has one (what
-  ``memlab match`` uses for uploads: 1% of distinct training items against their nearest other distinct
-  image, ``index.calibrate_agreement``).
+- the shipped agreement share (``metrics.AGREEMENT``) against the index's own threshold (what ``memlab match``
+  uses for uploads: on the built-in world, 1% of the same calibration generations, build-world's stage 5c).
 
 - either region: a seed called where the bright-ending masked score or the agreement share passes its own
   threshold; at the shipped pair, and with both raised to one quantile of the calibration seeds.
 
+``--validate``: the probes' seeds 10-19 in place of the card's 0-9 (the seeds the detail scale was chosen on).
+
 Printed: for each, the template seeds whose top-1 is their own template called (issue 32's target: 80%),
 the unique probes' seeds called (target at most 3%), and the full ddf 20 seeds. ``--compare M,A``: other
-thresholds (a previous calibration's masked and agreement thresholds) against the same generations: the share
-of the calibration generations above each (what a 1% threshold should leave) and the seeds they call.
+thresholds for the shipped scores (another calibration's masked and agreement thresholds) against the same
+generations: the share of the calibration generations not replicated above each (what a 1% threshold should
+leave) and the seeds they call.
 
-    python -m benchmarks.bench_template_mask [--world assets/world] [--compare 0.756,0.375]
+    python -m benchmarks.bench_template_mask [--world assets/world] [--compare 0.756,0.375] [--validate]
 """
 from __future__ import annotations
 
@@ -38,17 +44,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def agreement_share(a, b, window: int, cutoff: float) -> float:
-    """The share of ``window`` x ``window`` windows where the two images' pixels correlate above ``cutoff``
-    (``metrics.agreement_mask``)."""
+# agreement variants: (window, cutoff, detail sigma, min std); sigma 0 with min std 4: raw pixels (before)
+AGREEMENTS = ((8, 0.5, 1.0, 1.0), (8, 0.6, 1.0, 1.0), (8, 0.8, 1.0, 1.0), (16, 0.6, 1.0, 1.0),
+              (8, 0.6, 0.0, 4.0), (8, 0.8, 0.0, 4.0), (16, 0.6, 0.0, 4.0), (16, 0.8, 0.0, 4.0))
+
+
+def agreement_share(a, b, window: int, cutoff: float, sigma: float, min_std: float) -> float:
+    """The share of ``window`` x ``window`` windows where the two images' detail at ``sigma`` (0: pixels)
+    correlates above ``cutoff`` (``metrics.agreement_mask``)."""
     from memlab.metrics import agreement_mask
 
-    return float(agreement_mask(a, b, window, cutoff).mean())
+    return float(agreement_mask(a, b, window, cutoff, min_std, sigma).mean())
 
 
-def seeds_of(world) -> list[dict]:
+def seeds_of(world, probe_seeds=range(10)) -> list[dict]:
     """Every seed the comparison needs: group, whether its top-1 is its own image (or template), the global
-    verdict, the shipped masked score, and both images at 64 x 64."""
+    verdict, the shipped masked score, the bright-ending map, and both images at 64 x 64."""
     import pandas as pd
     from PIL import Image
 
@@ -68,7 +79,7 @@ def seeds_of(world) -> list[dict]:
     jobs = [("calibration", p, -1, -1, range(n_seeds))
             for p in pool.sample(n=min(n, len(pool)), random_state=1)["caption"]]
     for g in ("template", "unique", "full_ddf20"):
-        jobs += [(g, p.prompt, int(p.item), int(p.template) if g == "template" else -1, range(10))
+        jobs += [(g, p.prompt, int(p.item), int(p.template) if g == "template" else -1, probe_seeds)
                  for p in probes[probes["group"] == g].itertuples()]
     template_of, side, out = templates_of(index), 64, []
     for g, prompt, item, tmpl, seeds in jobs:
@@ -80,7 +91,7 @@ def seeds_of(world) -> list[dict]:
             with Image.open(index.image_path(row)) as t:
                 train = np.asarray(t.convert("RGB").resize((side, side), Image.LANCZOS))
             out.append({"group": g, "own": (template_of.get(top, -1) == tmpl) if tmpl >= 0 else top == item,
-                        "verdict": r["verdict"], "masked": r.get("masked_score"),
+                        "verdict": r["verdict"], "masked": r.get("masked_score"), "map": r.get("bright_ending"),
                         "gen": np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS)), "train": train})
     return out
 
@@ -89,6 +100,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--compare", default=None, help="MASKED,AGREEMENT thresholds to measure on the same generations")
+    ap.add_argument("--validate", action="store_true", help="the probes' seeds 10-19 (not the card's 0-9)")
     a = ap.parse_args()
     try:
         compare = tuple(float(x) for x in a.compare.split(",")) if a.compare else None
@@ -96,6 +108,7 @@ def main() -> int:
         compare = ()
     if compare is not None and len(compare) != 2:
         ap.error(f"--compare takes two numbers, MASKED,AGREEMENT (got {a.compare!r})")
+    from memlab.metrics import AGREEMENT, DETAIL_SIGMA, mask_to_image, masked_similarity
     from memlab.world import World
 
     world = World.load(a.world)
@@ -103,7 +116,7 @@ def main() -> int:
     if masked_thr is None:
         print(f"skip: {a.world} calibrates no template threshold")
         return 0
-    seeds = seeds_of(world)
+    seeds = seeds_of(world, range(10, 20) if a.validate else range(10))
     tm = [s for s in seeds if s["group"] == "template" and s["own"]]
     uq = [s for s in seeds if s["group"] == "unique"]
     full = [s for s in seeds if s["group"] == "full_ddf20"]
@@ -119,29 +132,38 @@ def main() -> int:
     def share(group, fn, thr):
         return np.mean([fn(s) is not None and fn(s) > thr for s in group])
     masked = lambda s: s["masked"]  # noqa: E731
-    print(f"{'bright-ending map (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
+    print(f"{f'bright-ending map, detail at {DETAIL_SIGMA:g} px (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
           f"{share(uq, masked, masked_thr):>9.1%}{share(full, masked, masked_thr):>9.1%}")
+    for sigma in sorted({0.0, 1.0, 2.0, 4.0} - {DETAIL_SIGMA}):  # raw pixels (before) and the other scales tried
+        for s in seeds:
+            s[sigma] = (None if s["map"] is None else
+                        masked_similarity(s["gen"], s["train"], mask_to_image(s["map"]), sigma=sigma))
+        get = lambda s, k=sigma: s[k]  # noqa: E731
+        thr = float(np.quantile([get(s) for s in calib if get(s) is not None], 0.99, method="higher"))
+        name = "raw pixels (before)" if sigma == 0 else f"detail at {sigma:g} px"
+        print(f"{f'bright-ending map, {name}':<44}{thr:>10.3f}{share(tm, get, thr):>10.1%}"
+              f"{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     cal = world.index().manifest.get("agreement")
-    shipped = (cal["window"], cal["cutoff"]) if cal else None
-    for key in {(8, 0.6), (8, 0.8), (16, 0.6), (16, 0.8)} | ({shipped} if cal else set()):
-        for s in seeds:  # each seed's agreement share, once per (window, cutoff)
+    shipped = (AGREEMENT["window"], AGREEMENT["cutoff"], AGREEMENT["detail_sigma"], AGREEMENT["min_std"])
+    for key in set(AGREEMENTS) | {shipped}:
+        for s in seeds:  # each seed's agreement share, once per variant
             s[key] = agreement_share(s["gen"], s["train"], *key)
     if cal:  # what ``memlab match`` uses for uploads: the index's own threshold
         get = lambda s: s[shipped]  # noqa: E731
         print(f"{'agreement, the index threshold (uploads)':<44}{cal['threshold']:>10.3f}{share(tm, get, cal['threshold']):>10.1%}"
               f"{share(uq, get, cal['threshold']):>9.1%}{share(full, get, cal['threshold']):>9.1%}")
-    for key in ((8, 0.6), (8, 0.8), (16, 0.6), (16, 0.8)):
+    for key in AGREEMENTS:
         get = lambda s, k=key: s[k]  # noqa: E731
         thr = float(np.quantile([get(s) for s in calib], 0.99, method="higher"))
-        print(f"{f'agreement, {key[0]}-px windows, correlation > {key[1]}':<44}{thr:>10.3f}"
+        what = f"detail at {key[2]:g} px" if key[2] else "raw pixels"
+        print(f"{f'agreement, {what}, {key[0]}-px, > {key[1]}':<44}{thr:>10.3f}"
               f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     if not cal:
         return 0
     if compare:  # other thresholds on these generations: above a 1% threshold, about 1% of them should pass
         m_thr, a_thr = compare
-        everyone = [s for s in seeds if s["group"] == "calibration"]
-        print(f"compared: masked {m_thr:.3f} is passed by {share(everyone, masked, m_thr):.1%} of the {len(everyone)} "
-              f"calibration generations (template {share(tm, masked, m_thr):.1%}, unique {share(uq, masked, m_thr):.1%}); "
+        print(f"compared: masked {m_thr:.3f} is passed by {share(calib, masked, m_thr):.1%} of the {len(calib)} "
+              f"calibration generations not replicated (template {share(tm, masked, m_thr):.1%}, unique {share(uq, masked, m_thr):.1%}); "
               f"agreement {a_thr:.3f} by {share(calib, lambda s: s[shipped], a_thr):.1%} of the {len(calib)} not "
               f"replicated (template {share(tm, lambda s: s[shipped], a_thr):.1%}, unique "
               f"{share(uq, lambda s: s[shipped], a_thr):.1%})")

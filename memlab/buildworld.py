@@ -107,7 +107,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 views_model=None, command: str | None = None, sample_steps: int | None = None) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
-    probes, adds what newer stages make (``_methods``) and measures the card again. ``alignment``: the
+    probes, adds what newer stages make (``_methods``) and measures the card again (with ``evaluate`` False it
+    keeps the card). ``alignment``: the
     alignment classifier's ``SceneNetConfig``, ``objects`` the hidden object's ``ObjectNetConfig`` (defaults:
     the shipped world's). ``views_model``: the pipeline folder ``memlab-copy`` took its decoder views from;
     its copies of the same held-out items are scored too (``views:<kind>``), against the world's model
@@ -128,7 +129,9 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         write_world_json(out, **{**manifest, "nemo": "nemo", "alignment": "alignment", "objects": "objects"})
         sampling = {**WORLD_DEFAULTS, **{k: manifest.get("defaults", {}).get(k, v) for k, v in WORLD_DEFAULTS.items()}}
         _methods(out, eval_seeds, st, progress, log, alignment, objects, sampling)
-        _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log, command, refresh=True)
+        if evaluate:  # (--no-eval: the stages made again, the card kept: for changes none of its figures read)
+            _card(out, spec, previous["train"], previous, True, True, eval_seeds, st, progress, log, command,
+                  refresh=True)
         from .world import seal_world
 
         seal_world(out)
@@ -355,7 +358,8 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: 
 
     from .generate import Settings
     from .index import set_agreement
-    from .local import calibrate_template_threshold
+    from . import metrics
+    from .local import calibrate_template_threshold, current_threshold
     from .match import descriptor_for_index
     from .world import World, write_world_json
 
@@ -367,8 +371,10 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: 
     pool = items[(items["planted"] == "unique") & ~items["item"].isin(taken)]
     n, n_seeds = min(TEMPLATE_CALIBRATION[0], len(pool)), min(TEMPLATE_CALIBRATION[1], eval_seeds)
     plan = {"prompts": n, "seeds": n_seeds}
-    if (agreement.get("on") == "generations" and all((manifest.get("template_threshold") or {}).get(k) == v
-                                                     and agreement.get(k) == v for k, v in plan.items())):
+    if (agreement.get("on") == "generations" and current_threshold(manifest.get("template_threshold"))
+            and metrics.agreement_current(agreement)
+            and all((manifest.get("template_threshold") or {}).get(k) == v and agreement.get(k) == v
+                    for k, v in plan.items())):
         index.close()
         return  # calibrated on this plan already (a world calibrated on another is calibrated again)
     st.start("template_threshold")

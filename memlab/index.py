@@ -147,12 +147,17 @@ def _agreement_calibration(v, distinct, reps, load_image, n: int, seed: int, fpr
     shares = [agreement_of(load_image(int(a)), load_image(int(b)))["share"] for a, b in zip(rows, other) if b >= 0]
     if not shares:
         return None
-    w, c = metrics.AGREEMENT_WINDOW, metrics.AGREEMENT_CUTOFF
     return {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
-            "window": w, "cutoff": c, "side": metrics.MASK_SIDE, "on": "training pairs",
-            "source": (f"{1 - fpr:.0%} quantile of the agreement share ({w}-px windows at {metrics.MASK_SIDE} px whose "
-                       f"pixels correlate above {c}; Webster's masked matching) of {len(shares)} distinct training "
-                       f"items with their nearest item of another distinct image by {name}")}
+            **metrics.AGREEMENT, "on": "training pairs",
+            "source": (f"{1 - fpr:.0%} quantile of the agreement share ({agreement_words()}) of {len(shares)} distinct "
+                       f"training items with their nearest item of another distinct image by {name}")}
+
+
+def agreement_words() -> str:
+    """How the agreement share is measured, in words (its calibrations' ``source``)."""
+    a = metrics.AGREEMENT
+    return (f"{a['window']}-px windows at {a['side']} px whose detail at {a['detail_sigma']:g} px correlates above "
+            f"{a['cutoff']}; Webster's masked matching")
 
 
 def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.01,

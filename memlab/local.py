@@ -19,6 +19,18 @@ from .generate import Settings
 from .runner import run_prompt
 
 
+# what a template threshold was calibrated on: the score memlab computes now (the images' detail at DETAIL_SIGMA) over
+# seeds not replicated. A world's threshold made on another (raw pixels, every seed) is not used until it is
+# calibrated again (``build-world --refresh``, ``world create``)
+MASKED_SCORE = {"detail_sigma": metrics.DETAIL_SIGMA, "on": "not replicated"}
+
+
+def current_threshold(thr: dict | None) -> dict | None:
+    """A world's template threshold if it was calibrated on the masked score memlab computes now
+    (``MASKED_SCORE``), else None (no ``template copy`` verdict rather than one on another scale)."""
+    return thr if thr and all(thr.get(k) == v for k, v in MASKED_SCORE.items()) else None
+
+
 def templates_of(index) -> dict:
     """item -> its template's number (worlds with planted templates; empty otherwise)."""
     items = index.items
@@ -34,7 +46,10 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     generations of items seen once in training, over prompts that are not probes (so the card's figures are
     measured on other generations than the thresholds'), against each generation's top-1 training match:
 
-    - the masked similarity inside each generation's bright-ending map (Chen et al.; the run verdict's);
+    - the masked similarity inside each generation's bright-ending map (Chen et al.; the run verdict's: the
+      images' detail, ``metrics.masked_similarity``) of the generations the global verdict does not call
+      replicated (the partial verdict only speaks for those; whole copies once set it at 0.861 where 0.791
+      was the 1% of these, bench_template_mask.py);
     - the agreement share (``metrics.agreement_mask``, Webster's masked matching) of the generations the global
       verdict does not call replicated (the partial verdict only speaks for those): the index's ``agreement``
       for matched images (uploads), which are more often generations than training images.
@@ -42,14 +57,15 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     Returns (template threshold, agreement calibration)."""
     from PIL import Image
 
-    from .index import agreement_of
+    from .index import agreement_of, agreement_words
 
     scores, shares = [], []
     for p in (progress(list(prompts), desc="template threshold") if progress else prompts):
         got = []
         recs = run_prompt(gen, index, descriptor, p, seeds, ["none"], settings, out_dir=None, k=1,
                           on_seed=lambda r, im: got.append((r, im)))
-        scores += [r["masked_score"] for r in recs if r["type"] == "seed" and r.get("masked_score") is not None]
+        scores += [r["masked_score"] for r in recs if r["type"] == "seed" and r.get("masked_score") is not None
+                   and r["verdict"] != "replicated"]
         for r, im in got:
             path = index.image_path(int(r["matches"][0]["row"]))
             if r["verdict"] != "replicated" and path is not None and path.is_file():
@@ -61,16 +77,15 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
     how = (f"{len(prompts)} prompts of items seen once in training, not probes, x {len(seeds)} seeds, to their "
            f"top-1 training match; {settings.steps} steps, guidance {settings.guidance}")
-    w, c = metrics.AGREEMENT_WINDOW, metrics.AGREEMENT_CUTOFF
     plan = {"prompts": len(prompts), "seeds": len(seeds)}  # a builder redoes the stage when its plan changes
-    return ({"value": value, "fpr": fpr, "n": len(scores), **plan,
-             "source": f"{1 - fpr:.0%} quantile of the masked similarity (inside each generation's bright-ending "
-                       f"map, Chen et al.) of {how}"},
+    return ({"value": value, "fpr": fpr, "n": len(scores), **plan, **MASKED_SCORE,
+             "source": f"{1 - fpr:.0%} quantile of the masked similarity (the images' detail at "
+                       f"{metrics.DETAIL_SIGMA:g} px, inside each generation's bright-ending map, Chen et al.) of the "
+                       f"{len(scores)} generations not replicated as a whole of {how}"},
             {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
-             "window": w, "cutoff": c, "side": metrics.MASK_SIDE, "on": "generations", **plan,
-             "source": f"{1 - fpr:.0%} quantile of the agreement share ({w}-px windows at {metrics.MASK_SIDE} px whose "
-                       f"pixels correlate above {c}; Webster's masked matching) of the {len(shares)} generations "
-                       f"not replicated as a whole of {how}"})
+             **metrics.AGREEMENT, "on": "generations", **plan,
+             "source": f"{1 - fpr:.0%} quantile of the agreement share ({agreement_words()}) of the {len(shares)} "
+                       f"generations not replicated as a whole of {how}"})
 
 
 def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict | None:

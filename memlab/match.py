@@ -138,11 +138,12 @@ def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask) -> fl
 
 
 def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict:
-    """Where a matched image agrees with its top-1 training image (``result["agreement"]``: the mask of 16-px
+    """Where a matched image agrees with its top-1 training image (``result["agreement"]``: the mask of 8-px
     windows, its share, and the index's calibrated threshold, Webster's masked matching): a result that is not
     replicated as a whole but whose share passes that threshold becomes a ``template copy``. Left as it is
-    where the index keeps no image for the row or calibrated no threshold (indices built before it)."""
-    cal = index.manifest.get("agreement")
+    where the index keeps no image for the row or calibrated no threshold on the agreement measured now (indices
+    built before it: ``calibrate_agreement`` calibrates one again)."""
+    cal = metrics.agreement_current(index.manifest.get("agreement"))
     path = index.image_path(int(result["matches"][0]["row"])) if cal else None
     if path is None or not Path(path).is_file():
         return result

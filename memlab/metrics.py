@@ -53,6 +53,10 @@ def verdict(score: float, threshold: float, possible: float, masked: float | Non
 
 
 MASK_SIDE = 64  # masked similarity is measured at 64 x 64 pixels
+# the masked similarity compares the images' detail at this scale (px at MASK_SIDE): each image minus its Gaussian
+# blur. Chosen on validation seeds (bench_template_mask.py --validate: template probes' seeds 10-19, the card
+# reports seeds 0-9): on raw pixels, smooth colour fields of unrelated images correlate as much as a copied frame
+DETAIL_SIGMA = 1.0
 
 
 def mask_to_image(mask, side: int = MASK_SIDE) -> np.ndarray:
@@ -63,12 +67,24 @@ def mask_to_image(mask, side: int = MASK_SIDE) -> np.ndarray:
     return np.asarray(Image.fromarray(m, mode="F").resize((side, side), Image.BILINEAR), np.float64).clip(0, 1)
 
 
-def masked_similarity(a, b, mask) -> float:
+def detail(image, sigma: float = DETAIL_SIGMA) -> np.ndarray:
+    """An image's detail: the image ([H, W, C]) minus its Gaussian blur of ``sigma`` pixels in each channel
+    (edges, marks, texture; what is left of a smooth colour field is near 0). ``sigma`` 0: the image itself."""
+    x = np.asarray(image, np.float64)
+    if not sigma:
+        return x
+    from scipy.ndimage import gaussian_filter
+
+    return x - gaussian_filter(x, (sigma, sigma, 0), mode="reflect")
+
+
+def masked_similarity(a, b, mask, sigma: float = DETAIL_SIGMA) -> float:
     """The similarity of two images inside a region (Chen et al.'s localized similarity, as memlab measures it):
-    the mask-weighted correlation of their pixels in each colour channel, averaged over the channels (a flat
-    channel is left out). A colour cast or a change of brightness (any gain and offset per channel) leaves it
-    unchanged; outside the mask nothing counts; an
-    image against itself scores 1. ``a``, ``b``: [H, W, 3] arrays (same size); ``mask``: [H, W] weights >= 0."""
+    the mask-weighted correlation of their detail (``detail``: each image minus its blur of ``sigma`` px) in
+    each colour channel, averaged over the channels (a flat channel is left out). A colour cast or a change of
+    brightness (any gain and offset per channel) leaves it unchanged, and so does a smooth shading; outside the
+    mask (and its ``sigma``-wide rim) nothing counts; an image against itself scores 1. ``a``, ``b``: [H, W, 3]
+    arrays (same size); ``mask``: [H, W] weights >= 0."""
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
     w = np.asarray(mask, np.float64)[..., None]
     if x.shape != y.shape or w.shape[:2] != x.shape[:2]:
@@ -76,6 +92,7 @@ def masked_similarity(a, b, mask) -> float:
     total = w.sum()
     if total <= 0:
         return float("nan")
+    x, y = detail(x, sigma), detail(y, sigma)
     x = x - (w * x).sum((0, 1)) / total
     y = y - (w * y).sum((0, 1)) / total
     den = np.sqrt((w * x * x).sum((0, 1)) * (w * y * y).sum((0, 1)))  # per channel
@@ -83,19 +100,24 @@ def masked_similarity(a, b, mask) -> float:
     return float(np.mean((w * x * y).sum((0, 1))[ok] / den[ok])) if ok.any() else 0.0
 
 
-AGREEMENT_WINDOW, AGREEMENT_CUTOFF = 16, 0.8  # pixels at MASK_SIDE, pixel correlation (bench_template_mask)
+# Webster's masked matching as memlab measures it: windows (px at MASK_SIDE) whose detail (at DETAIL_SIGMA)
+# correlates above the cutoff. Chosen on validation seeds (bench_template_mask.py --validate), as DETAIL_SIGMA:
+# raw pixels in 16-px windows above 0.8 shipped before
+AGREEMENT_WINDOW, AGREEMENT_CUTOFF, AGREEMENT_MIN_STD = 8, 0.6, 1.0
 
 
 def agreement_mask(a, b, window: int = AGREEMENT_WINDOW, cutoff: float = AGREEMENT_CUTOFF,
-                   min_std: float = 4.0) -> np.ndarray:
-    """Where two images agree (Webster's masked matching, as memlab measures it): the images ([H, W, 3], same
-    size, 0-255) cut into ``window`` x ``window`` windows; a window agrees when the correlation of its pixels,
-    averaged over the colour channels with structure in both (standard deviation above ``min_std``), passes
-    ``cutoff``. A colour cast leaves it unchanged; a window flat in either image never agrees. Returns
-    [H // window, W // window] booleans; its mean is the agreement share."""
+                   min_std: float = AGREEMENT_MIN_STD, sigma: float = DETAIL_SIGMA) -> np.ndarray:
+    """Where two images agree (Webster's masked matching, as memlab measures it): the images' detail
+    (``detail``, ``sigma`` px; 0: raw pixels), both [H, W, 3] of one size, 0-255, cut into ``window`` x
+    ``window`` windows; a window agrees when the correlation of its values, averaged over the colour channels
+    with structure in both (standard deviation above ``min_std``), passes ``cutoff``. A colour cast leaves it
+    unchanged; a window without detail in either image never agrees. Returns [H // window, W // window]
+    booleans; its mean is the agreement share."""
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if x.shape != y.shape or x.ndim != 3:
         raise ValueError(f"images {x.shape} and {y.shape} must be [H, W, 3] of one size")
+    x, y = detail(x, sigma), detail(y, sigma)
     n, m = x.shape[0] // window, x.shape[1] // window
 
     def cells(v):  # [n, m, window * window, 3]
@@ -108,6 +130,16 @@ def agreement_mask(a, b, window: int = AGREEMENT_WINDOW, cutoff: float = AGREEME
     corr = np.where(ok, (x * y).mean(2) / np.where(ok, sx * sy, 1.0), 0.0)
     mean = corr.sum(-1) / np.maximum(ok.sum(-1), 1)
     return ok.any(-1) & (mean > cutoff)
+
+
+AGREEMENT = {"window": AGREEMENT_WINDOW, "cutoff": AGREEMENT_CUTOFF, "min_std": AGREEMENT_MIN_STD,
+             "detail_sigma": DETAIL_SIGMA, "side": MASK_SIDE}  # what an agreement threshold was calibrated on
+
+
+def agreement_current(cal: dict | None) -> dict | None:
+    """An index's agreement calibration if it was made on the agreement memlab computes now (``AGREEMENT``),
+    else None (no partial-copy verdict for uploads rather than one on another scale)."""
+    return cal if cal and all(cal.get(k) == v for k, v in AGREEMENT.items()) else None
 
 
 def mask_coverage(mask, region) -> float:

@@ -373,7 +373,9 @@ class Lab:
 
     def template_threshold(self) -> dict | None:
         """The world's threshold for the masked score (a "template copy"), if it calibrated one (issue 32)."""
-        return self.world.manifest.get("template_threshold")
+        from .local import current_threshold
+
+        return current_threshold(self.world.manifest.get("template_threshold"))
 
     def probe_template(self, prompt: str) -> int | None:
         """The template a probe of the built-in world's template group names (None elsewhere)."""

@@ -87,12 +87,13 @@ class World:
     def generator(self, device: str | None = None, scheduler: str | None = None):
         if self._generator is None:
             from .generate import Generator
+            from .local import current_threshold
 
             self._generator = Generator.from_pretrained(self.model, device=device,
                                                         scheduler=scheduler or self.defaults["scheduler"])
             self._generator.wen_target = self.defaults.get("wen_target")  # calibrated at build, if any
             # the masked ("template copy") threshold, calibrated at build where the world has one (issue 32)
-            self._generator.template_threshold = self.manifest.get("template_threshold")
+            self._generator.template_threshold = current_threshold(self.manifest.get("template_threshold"))
             folder = self.folder("nemo")
             if folder is not None:
                 from .nemo import NeMoStats

@@ -194,7 +194,7 @@ def test_an_uploaded_template_copy_is_called_by_where_it_agrees():
     """Issue 32 for uploads: the world's index carries the agreement threshold calibrated on generations of
     items seen once (build-world's stage 5c); a new picture of a planted template (its frame, badge and label
     band around a scene the world never drew) is a ``template copy`` whose agreeing windows include the label
-    band (the bottom row), while a new scene without a template is not."""
+    band (the bottom rows) and not the scene inside, while a new scene without a template is not."""
     import random
 
     from PIL import Image
@@ -212,5 +212,6 @@ def test_an_uploaded_template_copy_is_called_by_where_it_agrees():
     got, other = match_images(idx, descriptor_for_index(idx), [new, scene], k=1)["queries"]
     assert int(idx.items.iloc[got["matches"][0]["row"]]["template"]) == 0
     assert got["verdict"] == "template copy" and got["agreement"]["share"] > cal["threshold"]
-    assert all(got["agreement"]["mask"][3])
+    mask = np.asarray(got["agreement"]["mask"])  # 8 x 8 windows: the label band agrees, the new scene does not
+    assert mask.shape == (8, 8) and mask[6:].all() and not mask[3:5, 3:5].any()
     assert other["verdict"] != "template copy"

@@ -144,8 +144,9 @@ def _same(a, b, where="") -> None:
 def test_memlab_run_writes_the_records_and_images_it_wrote_on_the_rebuilt_world(tmp_path):
     """The fixture was written by ``memlab run`` on the built-in world as rebuilt for issue 30, with this test's
     command (an earlier one, from commit 4f4de28, held the house's refactoring to the records and pixels it
-    wrote before, until the world itself changed; its masked threshold follows the world's refresh, which
-    calibrated the template thresholds again); the same command must write the same records, key order
+    wrote before, until the world itself changed; its masked scores and threshold follow the world's refreshes,
+    which calibrated the template thresholds again and, the second, scored the images' detail); the same
+    command must write the same records, key order
     included, and the same pictures, up to the rounding of another CPU's vector units: a change to the
     generator, the matcher or the records shows here."""
     import pandas as pd

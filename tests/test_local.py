@@ -13,17 +13,55 @@ def test_masked_similarity_counts_only_the_mask_and_ignores_colour_casts():
     a = rng.uniform(0, 255, (32, 32, 3))
     mask = np.zeros((32, 32))
     mask[8:24, 8:24] = 1.0
-    assert masked_similarity(a, a, np.ones((32, 32))) == pytest.approx(1.0)  # an image with itself: 1
-    tinted = a * np.array([0.6, 0.8, 0.5]) + np.array([40.0, -10.0, 25.0])  # a cast and darkening per channel
-    assert masked_similarity(a, tinted, mask) == pytest.approx(1.0)
-    other = a.copy()
-    other[mask == 0] = rng.uniform(0, 255, ((mask == 0).sum(), 3))  # outside the mask: anything
-    assert masked_similarity(a, other, mask) == pytest.approx(1.0)
-    assert masked_similarity(a, other, np.ones((32, 32))) < 0.5  # the whole image: not a copy
-    assert abs(masked_similarity(a, rng.uniform(0, 255, (32, 32, 3)), mask)) < 0.15  # unrelated
-    assert np.isnan(masked_similarity(a, a, np.zeros((32, 32))))
+    for sigma in (0.0, 1.0):  # raw pixels and their detail
+        assert masked_similarity(a, a, np.ones((32, 32)), sigma) == pytest.approx(1.0)  # an image with itself: 1
+        tinted = a * np.array([0.6, 0.8, 0.5]) + np.array([40.0, -10.0, 25.0])  # a cast and darkening per channel
+        assert masked_similarity(a, tinted, mask, sigma) == pytest.approx(1.0)
+        other = a.copy()
+        other[mask == 0] = rng.uniform(0, 255, ((mask == 0).sum(), 3))  # outside the mask: anything
+        inner = np.zeros((32, 32))
+        inner[11:21, 11:21] = 1.0  # (the detail of a pixel reads its neighbours: 3 sigma in from the edge)
+        assert masked_similarity(a, other, mask if sigma == 0 else inner, sigma) == pytest.approx(1.0, abs=1e-3)
+        assert masked_similarity(a, other, np.ones((32, 32)), sigma) < 0.5  # the whole image: not a copy
+        assert abs(masked_similarity(a, rng.uniform(0, 255, (32, 32, 3)), mask, sigma)) < 0.15  # unrelated
+        assert np.isnan(masked_similarity(a, a, np.zeros((32, 32)), sigma))
     with pytest.raises(ValueError):
         masked_similarity(a, a[:16], mask)
+
+
+def test_masked_similarity_compares_detail_not_smooth_colour_fields():
+    """Two unrelated images that share only a smooth colour field (a bright blob in the middle) correlate on raw
+    pixels as a copy would; their detail does not. A copied frame of marks under another smooth shading keeps
+    its score (the calibration generations that once set the template threshold: bench_template_mask.py)."""
+    from memlab.metrics import detail, masked_similarity
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    blob = 200.0 * np.exp(-((xx - 32.0) ** 2 + (yy - 32.0) ** 2) / (2 * 12.0 ** 2))
+    a = blob[..., None] + rng.normal(0, 6, (64, 64, 3))  # the same blob, different fine texture
+    b = blob[..., None] * np.array([0.8, 1.0, 0.6]) + rng.normal(0, 6, (64, 64, 3))
+    ones = np.ones((64, 64))
+    assert masked_similarity(a, b, ones, sigma=0) > 0.9  # raw pixels: "a copy"
+    assert abs(masked_similarity(a, b, ones)) < 0.1  # detail: unrelated
+    marks = np.zeros((64, 64, 3))
+    marks[4:60:6, 4:60:3] = 120.0  # a band of dark marks and a frame, copied
+    marks[:2], marks[-2:], marks[:, :2], marks[:, -2:] = 90.0, 90.0, 90.0, 90.0
+    ramp = np.linspace(0, 150, 64)[None, :, None] * np.ones((64, 64, 3))
+    assert masked_similarity(marks + blob[..., None], marks + ramp, ones) > 0.8  # other shading, same marks
+    assert masked_similarity(marks + blob[..., None], marks + ramp, ones, sigma=0) < 0.5
+    assert np.allclose(detail(a, 0), a) and abs(detail(blob[..., None] * np.ones(3)).mean()) < 1.0
+
+
+def test_a_template_threshold_on_another_masked_score_is_not_used():
+    """A world calibrated before the masked score compared the images' detail (raw pixels, every seed) keeps its
+    threshold in world.json, on another scale: memlab gives no ``template copy`` verdict from it."""
+    from memlab.local import MASKED_SCORE, current_threshold
+
+    assert current_threshold({"value": 0.861, "fpr": 0.01, "n": 640}) is None
+    assert current_threshold({"value": 0.3, **MASKED_SCORE, "detail_sigma": 2.0}) is None
+    assert current_threshold(None) is None
+    now = {"value": 0.26, "fpr": 0.01, **MASKED_SCORE}
+    assert current_threshold(now) is now
 
 
 def test_mask_coverage_and_the_verdict_with_a_template_level():

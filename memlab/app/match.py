@@ -7,6 +7,7 @@ import pandas as pd
 from ..limits import LIMITS
 from ..service import Lab
 from ..match import load_image
+from ..metrics import AGREEMENT
 from .views import MATCH_COLUMNS, MATCH_WIDTHS, agreement_pair, copies, score
 from .wiring import page_and_api
 
@@ -42,8 +43,9 @@ def match_tab(lab: Lab, api) -> None:
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
             if (ag := q.get("agreement")) is not None:  # where the upload agrees with its top-1 (Webster)
-                md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (tinted, 16-px windows whose pixels "
-                       f"correlate above 0.8): {ag['share']:.0%} of the image, template-copy threshold "
+                md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (tinted, {AGREEMENT['window']}-px windows "
+                       f"whose detail correlates above {AGREEMENT['cutoff']}): {ag['share']:.0%} of the image, "
+                       f"template-copy threshold "
                        f"{ag['threshold']:.0%}")
                 gallery.insert(0, (agreement_pair(load_image(path), lab.item_file(q["matches"][0]["row"]), q),
                                    f"upload · #{q['matches'][0]['id']} · agree in {ag['share']:.0%}"))

@@ -24,14 +24,16 @@ def add_arguments(p):
                                                                "(at most 4)")
     p.add_argument("--sample-steps", type=int, default=None,
                    help="the world's sampling steps (default 30), which every generation the build measures uses")
-    p.add_argument("--no-eval", action="store_true", help="skip measuring (the card then has no figures)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip measuring (the card then has no figures; with --refresh: the card is kept as it is)")
     p.add_argument("--small", action="store_true", help="a small training set and alignment classifier (for tests)")
     p.add_argument("--reuse-model", action="store_true",
                    help="keep the model already in OUT/model (its training set must regenerate to the same hash) "
                         "and rebuild the index, keyword views, probes and card")
     p.add_argument("--refresh", action="store_true",
                    help="keep the model, index and keyword views already in OUT; add what is missing (NeMo's "
-                        "statistics, the alignment classifier) and measure the card again")
+                        "statistics, the alignment classifier), calibrate again the thresholds whose definition "
+                        "changed, and measure the card again")
     p.add_argument("--descriptor", action="append", default=None,
                    help="index descriptors, the first is the world's verdict (default: memlab-copy, memlab-copy-global, "
                         "pixel)")
