@@ -9,6 +9,7 @@ VERBS = {
     "embed": "index_builder.embed",        # embed shards on one machine or a Ray cluster
     "add": "index_builder.add",            # add embeddings or shards to an on-disk index
     "clusters": "index_builder.clusters",  # keyword views of an index or world
+    "agreement": "index_builder.agreement",  # calibrate an older index's partial-copy threshold again
 }
 
 

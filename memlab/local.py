@@ -48,8 +48,8 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
 
     - the masked similarity inside each generation's bright-ending map (Chen et al.; the run verdict's: the
       images' detail, ``metrics.masked_similarity``) of the generations the global verdict does not call
-      replicated (the partial verdict only speaks for those; whole copies once set it at 0.861 where 0.791
-      was the 1% of these, bench_template_mask.py);
+      replicated (the partial verdict only speaks for those; on raw pixels, whole copies once set it at 0.861
+      where 0.791 was the 1% of these, bench_template_mask.py);
     - the agreement share (``metrics.agreement_mask``, Webster's masked matching) of the generations the global
       verdict does not call replicated (the partial verdict only speaks for those): the index's ``agreement``
       for matched images (uploads), which are more often generations than training images.

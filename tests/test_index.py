@@ -250,6 +250,17 @@ def test_a_template_copy_is_told_by_where_it_agrees_with_its_match(tmp_path):
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     (tmp_path / "t" / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "agreement"}))
     assert calibrate_agreement(tmp_path / "t") == cal
+    # one calibrated on another agreement (raw pixels in 16-px windows, before issue 32's detail) is not used:
+    # uploads get no partial-copy verdict from it until `python -m index_builder agreement` calibrates again
+    old = {**cal, "window": 16, "cutoff": 0.8, "min_std": 4.0, "detail_sigma": 0.0, "threshold": 0.0}
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps({**manifest, "agreement": old}))
+    stale = TrainingIndex.load(tmp_path / "t")
+    first = match_images(stale, descriptor_for_index(stale), [template_picture(inners[7])], k=3)["queries"][0]
+    assert "agreement" not in first and first["verdict"] != "template copy"
+    from index_builder.__main__ import main as index_builder
+
+    assert index_builder(["agreement", "--index", str(tmp_path / "t")]) == 0
+    assert index_builder(["agreement", "--index", str(tmp_path / "nowhere")]) == 2
     index = TrainingIndex.load(tmp_path / "t")
     assert index.manifest["agreement"] == cal
     copy, other = template_picture(inners[7]), synthetic_images(1, seed=11)[0]
