@@ -292,6 +292,8 @@ def _cli_cases(root, world, images):
         (em, ["--shards", f"{r}/nonexistent.tar", "--descriptor", "pixel", "--out", f"{r}/e"], "does not exist"),
         (em, ["--shards", f"{r}/binary.tar", "--descriptor", "nosuch", "--out", f"{r}/e"],
          "unknown descriptor 'nosuch'"),
+        ("agreement", ["--index", f"{r}/nonexistent"], "holds no index"),
+        ("agreement", ["--index", f"{w}/index", "--fpr", "2"], "--fpr must be in (0, 1)"),
     ]
 
 
@@ -309,8 +311,10 @@ def test_cli_sweep_every_verb(tiny_world, image_folder, tmp_path, capsys):
     from index_builder.add import main as add_main
     from index_builder.embed import main as embed_main
 
+    from index_builder.agreement import main as agreement_main
+
     progs = {"memlab": memlab_main, "index_builder": build_main, "clusters": clusters_main,
-             "download": download_main, "add": add_main, "embed": embed_main}
+             "download": download_main, "add": add_main, "embed": embed_main, "agreement": agreement_main}
     wrong = []
     cases = _cli_cases(tmp_path / "bad", world, image_folder)
     for prog, argv, expect in cases:
