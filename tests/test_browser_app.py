@@ -182,17 +182,28 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
         page.locator("#match-btn").click()
         _wait_text(page, "#match-verdict", "top-1 training image #7", timeout=60_000)
         text = page.locator("#match-verdict").inner_text()
-        # issue 32: the upload beside its match, the windows where they agree tinted (all of them: it is #7)
+        # issue 32: the upload beside its match, the windows where their detail agrees tinted
         first = page.locator("#match-gallery img").first
         first.wait_for(timeout=30_000)
         pair = np.asarray(Image.open(io.BytesIO(page.request.get(first.get_attribute("src")).body())).convert("RGB"),
                           np.int16)
-    assert "replicated" in text and "Where it agrees with #7" in text and "100% of the image" in text
+    from memlab.index import agreement_of
+    from memlab.world import World
+
+    with Image.open(World.load(tiny_world).index().image_path(7)) as train:  # recomputed: what the page says
+        want = agreement_of(Image.open(img), train)
+    assert "replicated" in text and "Where it agrees with #7" in text and f"{want['share']:.0%} of the image" in text
     h, w, _ = pair.shape
     assert w > 1.8 * h  # the upload and its match side by side
     upload = np.asarray(Image.open(img).convert("RGB").resize((64, 64)).resize((h - 8, h - 8), Image.NEAREST), np.int16)
-    tint = np.array(MASK_TINT, np.int16)
-    assert np.abs(pair[4:h - 4, 4:h - 4] - tint).mean() < np.abs(upload - tint).mean() - 20
+    mask = np.kron(np.asarray(want["mask"], bool), np.ones(((h - 8) // 8, (h - 8) // 8), bool))
+    shown, tint = pair[4:h - 4, 4:h - 4], np.array(MASK_TINT, np.int16)
+    # the tiny world's pictures are smooth colour fields (upsampled 4 x 4 noise): little or no detail to agree
+    # in, so an exact copy may light few windows; those it lights are tinted, the rest are the upload itself
+    if mask.any():
+        assert np.abs(shown[mask] - tint).mean() < np.abs(upload[mask] - tint).mean() - 20
+    if (~mask).any():
+        assert np.abs(shown[~mask] - upload[~mask]).mean() < 12
 
 
 def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
