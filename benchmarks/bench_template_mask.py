@@ -134,6 +134,11 @@ def main() -> int:
     masked = lambda s: s["masked"]  # noqa: E731
     print(f"{f'bright-ending map, detail at {DETAIL_SIGMA:g} px (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
           f"{share(uq, masked, masked_thr):>9.1%}{share(full, masked, masked_thr):>9.1%}")
+    above = [s for s in uq if s["masked"] is not None and s["masked"] > masked_thr]
+    print(f"  the unique seeds above it: {len(above)} of {len(uq)}, {sum(s['verdict'] == 'replicated' for s in above)} "
+          f"of them replicated as a whole (the global verdict first), {sum(s['verdict'] == 'template copy' for s in above)} "
+          f"called template copy ({np.mean([s['verdict'] == 'template copy' for s in uq]):.1%} of the unique seeds); "
+          f"{sum(s['own'] for s in above)} with their own once-seen image at top-1")
     for sigma in sorted({0.0, 1.0, 2.0, 4.0} - {DETAIL_SIGMA}):  # raw pixels (before) and the other scales tried
         for s in seeds:
             s[sigma] = (None if s["map"] is None else
