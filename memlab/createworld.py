@@ -164,14 +164,13 @@ def _template_threshold(out: Path, generator, table, index, log, sampling: dict)
     """4c. The "template copy" threshold (issue 32): the masked similarity of the control prompts'
     generations to their top-1 training image, at 1% (``local.calibrate_template_threshold``), kept in
     ``template_threshold.json`` (skipped when present for the same ``sampling``, steps and guidance, and masked
-    score); none
-    without controls or training images."""
-    f = out / "template_threshold.json"
+    score); none without controls or training images."""
     from .local import current_threshold
 
-    if f.is_file() and json.loads(f.read_text()).get("sampling") == sampling and \
-            current_threshold(json.loads(f.read_text())):  # (one on an older masked score is made again)
-        return json.loads(f.read_text())
+    f = out / "template_threshold.json"
+    kept = json.loads(f.read_text()) if f.is_file() else None
+    if kept and kept.get("sampling") == sampling and current_threshold(kept):  # (an older score's: made again)
+        return kept
     controls = [p for p in table[table["label"] == "control"]["prompt"] if p]
     if not controls or index.image_path(0) is None:
         return None

@@ -28,7 +28,7 @@ MASKED_SCORE = {"detail_sigma": metrics.DETAIL_SIGMA, "on": "not replicated"}
 def current_threshold(thr: dict | None) -> dict | None:
     """A world's template threshold if it was calibrated on the masked score memlab computes now
     (``MASKED_SCORE``), else None (no ``template copy`` verdict rather than one on another scale)."""
-    return thr if thr and all(thr.get(k) == v for k, v in MASKED_SCORE.items()) else None
+    return metrics.calibrated_as(thr, MASKED_SCORE)
 
 
 def templates_of(index) -> dict:

@@ -136,10 +136,16 @@ AGREEMENT = {"window": AGREEMENT_WINDOW, "cutoff": AGREEMENT_CUTOFF, "min_std": 
              "detail_sigma": DETAIL_SIGMA, "side": MASK_SIDE}  # what an agreement threshold was calibrated on
 
 
+def calibrated_as(cal: dict | None, how: dict) -> dict | None:
+    """A calibration (a threshold's record) if it was made on the score as ``how`` describes it (each key equal),
+    else None: a verdict from a threshold on another scale is worse than none."""
+    return cal if cal and all(cal.get(k) == v for k, v in how.items()) else None
+
+
 def agreement_current(cal: dict | None) -> dict | None:
     """An index's agreement calibration if it was made on the agreement memlab computes now (``AGREEMENT``),
     else None (no partial-copy verdict for uploads rather than one on another scale)."""
-    return cal if cal and all(cal.get(k) == v for k, v in AGREEMENT.items()) else None
+    return calibrated_as(cal, AGREEMENT)
 
 
 def mask_coverage(mask, region) -> float:
