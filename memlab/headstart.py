@@ -1,11 +1,30 @@
 """The CPU head start beside ``Generator.generate``: the first seeds of a batch run as a batch of their own on
-a second thread, with their share of the cores, so the app shows its first pair early at almost no cost
-to the whole batch (``benchmarks/bench_streaming.py``)."""
+a second thread, with their share of the cores, so the app shows its first pair early, at some cost to the
+whole batch (``benchmarks/bench_streaming.py``); ``stream_plan`` says when the app pays it."""
 from __future__ import annotations
 
 import threading
 
 from . import compute
+
+HEAD_START = 1  # seeds the first update shows on a CPU when it has a head start (``stream_plan``)
+# A head start costs the whole batch time on a CPU: the head batch pays a UNet step's fixed part again (8 seeds on
+# the 2-core machine: 1.12x one batch, ``benchmarks/bench_streaming.py``). The app pays it only when the first
+# chunk would keep a visitor waiting longer than this without a picture (``stream_plan``).
+HEAD_START_AFTER_S = 5.0
+
+
+def stream_plan(head_start_ok: bool, on_host: bool, first_chunk_s: float | None, chunk: int) -> dict:
+    """How ``Lab.stream_generation`` splits a batch (``generate_stream``'s arguments): on a CPU with cores to
+    share (``head_start_ok``), chunks of ``chunk`` seeds, the first with a head start for ``HEAD_START``
+    seeds when that chunk is expected to take over ``HEAD_START_AFTER_S`` (``first_chunk_s``; None: not
+    known yet, so a head start); elsewhere (a GPU, one core, a GPU host) the first two seeds, then chunks
+    of ``chunk``."""
+    if head_start_ok and not on_host:
+        if first_chunk_s is None or first_chunk_s > HEAD_START_AFTER_S:
+            return {"chunk": chunk, "head": HEAD_START}
+        return {"chunk": chunk}
+    return {"chunk": 2, "then": chunk, "on_host": on_host}
 
 
 def head_start_ok(gen, n: int, head: int) -> bool:
@@ -25,7 +44,8 @@ def head_start(gen, prompt, seeds, head, strategy, settings, h, w, done_steps, o
     On a CPU a UNet step costs a fixed part whatever the batch, which a second batch after the first
     pays again; two batches side by side, each on its own cores, waste less than one batch across all
     of them. For the app's 8 seeds on 2 cores (``bench_streaming.py --in-process-only``): chunks of 2
-    then 6 took 1.21x one batch of 8, this head start 1.06x, its first seed ready as early."""
+    then 6 took 1.21x-1.28x one batch of 8, this head start 1.06x-1.12x (measured in different sessions),
+    its first seed ready as early."""
     import torch
 
     threads = torch.get_num_threads()

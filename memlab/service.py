@@ -21,6 +21,7 @@ from . import compute, gpu
 from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import Settings, check_prompt, parse_seeds
+from .headstart import HEAD_START, stream_plan
 from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
@@ -30,8 +31,6 @@ from .world import World
 
 __all__ = ["Lab", "RunState", "LIMITS", "APP_MAX_SEEDS", "MAX_CHUNK", "APP_MATCHES", "collapse_matches",
            "number", "text", "probe_group_name", "HEAD_START"]
-
-HEAD_START = 1  # seeds the first update shows on a CPU (``Lab.stream_generation``)
 
 class Lab:
     """The app's service over one world. Every method that runs a model (loading included) runs on one
@@ -244,19 +243,21 @@ class Lab:
 
     # ------------------------------------------------------------------- the page's streams
     def stream_generation(self, prompt, seeds, spec, settings, progress=None, descriptor=None) -> Iterator[RunState]:
-        """How the app streams a batch: the first pair early, then as few batches as Stop allows (each batch
-        has a fixed cost; Stop ends a run after the chunk in flight). On a CPU, chunks of ``MAX_CHUNK`` whose
-        first ``HEAD_START`` seeds run beside the rest (``Generator.generate``'s head start); elsewhere the
-        first two seeds, then chunks of ``MAX_CHUNK`` (2, 8, 8, ...). On a GPU host (ZeroGPU) each chunk is
-        one call with plain arguments and a duration for its work (``memlab.gpu``)."""
+        """How the app streams a batch: as few batches as Stop allows (each batch has a fixed cost; Stop ends
+        a run after the chunk in flight), the first pair early where waiting for a whole chunk would be long
+        (``stream_plan``: on a CPU, chunks of ``MAX_CHUNK``, the first one's first ``HEAD_START`` seeds
+        beside the rest when it is expected to take over ``HEAD_START_AFTER_S``; elsewhere the first two
+        seeds, then chunks of ``MAX_CHUNK``). On a GPU host (ZeroGPU) each chunk is one call with plain
+        arguments and a duration for its work (``memlab.gpu``)."""
         key = self.register_gpu()
 
         def on_host(p, part, strategy, st, d):
             return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
-        if not gpu.ON_HOST and self.generator.head_start_ok(MAX_CHUNK, HEAD_START):
-            plan = {"chunk": MAX_CHUNK, "head": HEAD_START}
-        else:
-            plan = {"chunk": 2, "then": MAX_CHUNK, "chunk_fn": on_host if gpu.ON_HOST else None}
+        first = self.estimate_seconds(min(len(seeds), MAX_CHUNK), settings.steps)
+        cores = not gpu.ON_HOST and compute.run(self.generator.head_start_ok, MAX_CHUNK, HEAD_START)  # where it runs
+        plan = stream_plan(cores, gpu.ON_HOST, first, MAX_CHUNK)
+        if plan.pop("on_host", False):
+            plan["chunk_fn"] = on_host
         yield from self.generate_stream(prompt, seeds, spec, settings, progress=progress, descriptor=descriptor,
                                         **plan)
 
@@ -281,7 +282,8 @@ class Lab:
         """Generate and match the seeds in chunks, yielding the growing run after each: the first ``chunk``
         seeds, then chunks of ``then`` (default ``chunk``). ``head``: the first chunk's first ``head`` seeds
         get a head start (``Generator.generate``) and are yielded as soon as they are matched, before the
-        rest of that chunk (the app on a CPU: the first pair early at no cost to the whole batch).
+        rest of that chunk (the app on a CPU, for a long chunk: the first pair early, at a cost to the whole
+        batch, ``HEAD_START_AFTER_S``).
         ``chunk_fn(prompt, seeds, strategy, settings, descriptor)`` does one chunk (default
         ``generate_chunk``; the app passes the GPU host's, ``memlab.gpu``, whose chunks have no head)."""
         gen = self.generator
@@ -295,6 +297,7 @@ class Lab:
         i, size = 0, chunk
         while i < total:
             part = list(seeds[i:i + size])
+            t0 = time.perf_counter()
             if i == 0 and head and chunk_fn is None:
                 pieces = self._head_first(prompt, part, strategy, settings, desc.name, head)
             else:
@@ -304,6 +307,8 @@ class Lab:
                 for r, im in piece:
                     state.records.append(r)
                     state.images.append(im)
+                if len(state.records) == i:  # the chunk is done: how long a chunk takes here (estimate_seconds)
+                    self._timed(time.perf_counter() - t0, len(part), settings.steps)
                 last = state.records[-1]
                 summary = Summary(**summarize_records(state.records, thr), prompt=prompt,
                                   mitigation=last["mitigation"], descriptor=last["descriptor"],

@@ -173,6 +173,37 @@ def test_the_first_seed_streams_ahead_of_the_rest_of_its_chunk(server):
     assert np.allclose([r["score"] for r in state.records], [r["score"] for r in ref], atol=1e-4)
 
 
+def test_the_stream_plan_pays_for_a_head_start_only_when_the_first_chunk_is_long():
+    """``stream_plan``: on a CPU with cores to share, a head start only when the first chunk is expected to take
+    over ``HEAD_START_AFTER_S`` (or its time is not known yet); one batch per chunk otherwise; elsewhere the
+    first two seeds, then ``MAX_CHUNK``."""
+    from memlab.headstart import HEAD_START, HEAD_START_AFTER_S, stream_plan
+    from memlab.limits import MAX_CHUNK
+
+    assert stream_plan(True, False, None, MAX_CHUNK) == {"chunk": MAX_CHUNK, "head": HEAD_START}
+    assert stream_plan(True, False, HEAD_START_AFTER_S * 2, MAX_CHUNK) == {"chunk": MAX_CHUNK, "head": HEAD_START}
+    assert stream_plan(True, False, HEAD_START_AFTER_S / 2, MAX_CHUNK) == {"chunk": MAX_CHUNK}
+    for first in (None, 0.1, 100.0):
+        assert stream_plan(False, False, first, MAX_CHUNK) == {"chunk": 2, "then": MAX_CHUNK, "on_host": False}
+        assert stream_plan(True, True, first, MAX_CHUNK)["on_host"] is True
+
+
+def test_the_app_streams_a_quick_batch_in_one_update(server):
+    """``Lab.stream_generation`` times each chunk it runs (``estimate_seconds``) and plans by it
+    (``stream_plan``): a batch expected to be quick comes in one update on a CPU with cores to share."""
+    from memlab import compute
+    from memlab.headstart import HEAD_START_AFTER_S
+
+    lab = server[1]
+    st, spec = lab.settings(2, 5.0), lab.strategy_spec([], 4, 0.1)
+    head_ok = compute.run(lab.generator.head_start_ok, 4, 1)
+    list(lab.stream_generation("a cat", [0, 1, 2, 3], spec, st))  # timed here
+    est = lab.estimate_seconds(4, st.steps)
+    assert est is not None and est < HEAD_START_AFTER_S  # the tiny model, 2 steps
+    assert [len(s.records) for s in lab.stream_generation("a cat", [0, 1, 2, 3], spec, st)] == \
+        ([4] if head_ok else [2, 4])
+
+
 def test_a_stopped_run_exports_labelled_partial(server, tmp_path):
     import json
 
