@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from . import compute
 
 HEAD_START = 1  # seeds the first update shows on a CPU when it has a head start (``stream_plan``)
@@ -25,6 +27,22 @@ def stream_plan(head_start_ok: bool, on_host: bool, first_chunk_s: float | None,
             return {"chunk": chunk, "head": HEAD_START}
         return {"chunk": chunk}
     return {"chunk": 2, "then": chunk, "on_host": on_host}
+
+
+def step_seconds(step_times: dict, images: int) -> float:
+    """Seconds a step of a batch of ``images`` takes, from the steps timed here ({images: seconds}): the line
+    through them (a fixed part per step plus a part per image) where two batch sizes were timed, else the
+    one timed, in proportion to its images. The fixed part is why a proportional estimate from a small batch
+    overstates a larger one."""
+    n = np.array(sorted(step_times), float)
+    t = np.array([step_times[k] for k in sorted(step_times)], float)
+    if len(n) < 2:
+        return float(t[0] / n[0] * images)
+    slope, fixed = np.polyfit(n, t, 1)
+    if slope <= 0 or fixed < 0:  # noise: fall back on the nearest batch timed, in proportion
+        k = int(np.argmin(abs(n - images)))
+        return float(t[k] / n[k] * images)
+    return float(fixed + slope * images)
 
 
 def head_start_ok(gen, n: int, head: int) -> bool:

@@ -21,7 +21,7 @@ from . import compute, gpu
 from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import Settings, check_prompt, parse_seeds
-from .headstart import HEAD_START, stream_plan
+from .headstart import HEAD_START, step_seconds, stream_plan
 from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
@@ -31,6 +31,7 @@ from .world import World
 
 __all__ = ["Lab", "RunState", "LIMITS", "APP_MAX_SEEDS", "MAX_CHUNK", "APP_MATCHES", "collapse_matches",
            "number", "text", "probe_group_name", "HEAD_START"]
+
 
 class Lab:
     """The app's service over one world. Every method that runs a model (loading included) runs on one
@@ -46,7 +47,7 @@ class Lab:
         self._gen = None
         self._caption_vecs = None
         self._background: dict = {}
-        self._per_image_step = None  # seconds a generated image-step took here (estimate_seconds)
+        self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
         self.views = self._load_views()
 
     # ------------------------------------------------------------------------------ basics
@@ -224,18 +225,19 @@ class Lab:
             return None
 
     def estimate_seconds(self, images: int, steps: int) -> float | None:
-        """How long ``images`` at ``steps`` steps take here: from the runs this server timed (the last ones
-        weigh most), else from the world's card (its 8 seeds timed at build); None when neither is known."""
-        per = self._per_image_step
-        if per is None:
-            m = (self.card() or {}).get("measured") or {}
-            if m.get("seconds_8_seeds") and (m.get("settings") or {}).get("steps"):
-                per = m["seconds_8_seeds"] / (8 * m["settings"]["steps"])
-        return None if per is None else per * images * steps
+        """How long ``images`` at ``steps`` steps take here: from the batches this server timed (a step's
+        fixed part and its part per image, ``headstart.step_seconds``; the last runs weigh most), else from
+        the world's card (its 8 seeds timed at build); None when neither is known."""
+        if self._step_times:
+            return step_seconds(self._step_times, images) * steps
+        m = (self.card() or {}).get("measured") or {}
+        if m.get("seconds_8_seeds") and (m.get("settings") or {}).get("steps"):
+            return m["seconds_8_seeds"] / (8 * m["settings"]["steps"]) * images * steps
+        return None
 
     def _timed(self, seconds: float, images: int, steps: int) -> None:
-        per = seconds / max(1, images * steps)
-        self._per_image_step = per if self._per_image_step is None else 0.5 * self._per_image_step + 0.5 * per
+        per, old = seconds / max(1, steps), self._step_times.get(images)
+        self._step_times[images] = per if old is None else 0.5 * old + 0.5 * per
 
     def register_gpu(self) -> str:
         """Make this world reachable by the GPU host's functions (``memlab.gpu``); returns its key."""

@@ -188,6 +188,19 @@ def test_the_stream_plan_pays_for_a_head_start_only_when_the_first_chunk_is_long
         assert stream_plan(True, True, first, MAX_CHUNK)["on_host"] is True
 
 
+def test_a_steps_time_is_a_fixed_part_plus_a_part_per_image():
+    """``step_seconds`` on hand-made timings: a step of 20 ms plus 10 ms an image, timed at 2 and 8 images,
+    gives 60 ms at 4 and 180 ms at 16; one size timed scales in proportion; timings that fall with the batch
+    (noise) fall back on the nearest size timed."""
+    from memlab.headstart import step_seconds
+
+    timed = {2: 0.02 + 2 * 0.01, 8: 0.02 + 8 * 0.01}
+    assert step_seconds(timed, 4) == pytest.approx(0.06) and step_seconds(timed, 16) == pytest.approx(0.18)
+    assert step_seconds({2: 0.04}, 8) == pytest.approx(0.16)
+    assert step_seconds({2: 0.05, 8: 0.04}, 8) == pytest.approx(0.04)
+    assert step_seconds({2: 0.05, 8: 0.04}, 1) == pytest.approx(0.025)
+
+
 def test_the_app_streams_a_quick_batch_in_one_update(server):
     """``Lab.stream_generation`` times each chunk it runs (``estimate_seconds``) and plans by it
     (``stream_plan``): a batch expected to be quick comes in one update on a CPU with cores to share."""
