@@ -16,17 +16,17 @@ HEAD_START = 1  # seeds the first update shows on a CPU when it has a head start
 HEAD_START_AFTER_S = 5.0
 
 
-def stream_plan(head_start_ok: bool, on_host: bool, first_chunk_s: float | None, chunk: int) -> dict:
-    """How ``Lab.stream_generation`` splits a batch (``generate_stream``'s arguments): on a CPU with cores to
-    share (``head_start_ok``), chunks of ``chunk`` seeds, the first with a head start for ``HEAD_START``
-    seeds when that chunk is expected to take over ``HEAD_START_AFTER_S`` (``first_chunk_s``; None: not
-    known yet, so a head start); elsewhere (a GPU, one core, a GPU host) the first two seeds, then chunks
-    of ``chunk``."""
-    if head_start_ok and not on_host:
-        if first_chunk_s is None or first_chunk_s > HEAD_START_AFTER_S:
-            return {"chunk": chunk, "head": HEAD_START}
-        return {"chunk": chunk}
-    return {"chunk": 2, "then": chunk, "on_host": on_host}
+def stream_plan(head_start_ok: bool, first_chunk_s: float | None, chunk: int) -> dict:
+    """How ``Lab.stream_generation`` splits a batch (``generate_stream``'s arguments): where a head start can
+    run (``head_start_ok``: a CPU with cores to share, not a GPU host), chunks of ``chunk`` seeds, the first
+    with a head start for ``HEAD_START`` seeds when that chunk is expected to take over ``HEAD_START_AFTER_S``
+    (``first_chunk_s``; None: not known yet, so a head start); elsewhere the first two seeds, then chunks of
+    ``chunk``."""
+    if not head_start_ok:
+        return {"chunk": 2, "then": chunk}
+    if first_chunk_s is None or first_chunk_s > HEAD_START_AFTER_S:
+        return {"chunk": chunk, "head": HEAD_START}
+    return {"chunk": chunk}
 
 
 def step_seconds(step_times: dict, images: int) -> float:

@@ -257,9 +257,7 @@ class Lab:
             return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
         first = self.estimate_seconds(min(len(seeds), MAX_CHUNK), settings.steps)
         cores = not gpu.ON_HOST and compute.run(self.generator.head_start_ok, MAX_CHUNK, HEAD_START)  # where it runs
-        plan = stream_plan(cores, gpu.ON_HOST, first, MAX_CHUNK)
-        if plan.pop("on_host", False):
-            plan["chunk_fn"] = on_host
+        plan = stream_plan(cores, first, MAX_CHUNK) | ({"chunk_fn": on_host} if gpu.ON_HOST else {})
         yield from self.generate_stream(prompt, seeds, spec, settings, progress=progress, descriptor=descriptor,
                                         **plan)
 

@@ -180,12 +180,11 @@ def test_the_stream_plan_pays_for_a_head_start_only_when_the_first_chunk_is_long
     from memlab.headstart import HEAD_START, HEAD_START_AFTER_S, stream_plan
     from memlab.limits import MAX_CHUNK
 
-    assert stream_plan(True, False, None, MAX_CHUNK) == {"chunk": MAX_CHUNK, "head": HEAD_START}
-    assert stream_plan(True, False, HEAD_START_AFTER_S * 2, MAX_CHUNK) == {"chunk": MAX_CHUNK, "head": HEAD_START}
-    assert stream_plan(True, False, HEAD_START_AFTER_S / 2, MAX_CHUNK) == {"chunk": MAX_CHUNK}
-    for first in (None, 0.1, 100.0):
-        assert stream_plan(False, False, first, MAX_CHUNK) == {"chunk": 2, "then": MAX_CHUNK, "on_host": False}
-        assert stream_plan(True, True, first, MAX_CHUNK)["on_host"] is True
+    assert stream_plan(True, None, MAX_CHUNK) == {"chunk": MAX_CHUNK, "head": HEAD_START}
+    assert stream_plan(True, HEAD_START_AFTER_S * 2, MAX_CHUNK) == {"chunk": MAX_CHUNK, "head": HEAD_START}
+    assert stream_plan(True, HEAD_START_AFTER_S / 2, MAX_CHUNK) == {"chunk": MAX_CHUNK}
+    for first in (None, 0.1, 100.0):  # a GPU, one core or a GPU host
+        assert stream_plan(False, first, MAX_CHUNK) == {"chunk": 2, "then": MAX_CHUNK}
 
 
 def test_a_steps_time_is_a_fixed_part_plus_a_part_per_image():
