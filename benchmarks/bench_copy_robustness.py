@@ -88,9 +88,12 @@ def main(argv=None) -> int:
           f"(target >= -2 points); model {descs['memlab-copy'].model}")
     print(f"embedding {len(originals)} originals with the three descriptors: {timing['embed_originals_s']:.2f}s")
     at = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights))
+    print("the same without score normalization (plain cosine, the verdict before issue 30's normalization):")
+    plain = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights, score_norm=None))
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table, "lowest": lowest, "worst_gap": worst_gap,
-                                               "model": descs["memlab-copy"].model, "at_threshold": at}, indent=2))
+                                               "model": descs["memlab-copy"].model, "at_threshold": at,
+                                               "at_threshold_plain_cosine": plain}, indent=2))
     return 0
 
 
@@ -100,6 +103,7 @@ def at_threshold(files, originals, d) -> dict:
     import tempfile
 
     from memlab.index import TrainingIndex, build_index
+    from memlab.match import match_vectors, query_vectors
 
     rng = np.random.default_rng(0)
     order = rng.permutation(len(files))
@@ -111,9 +115,10 @@ def at_threshold(files, originals, d) -> dict:
         idx = TrainingIndex.load(Path(tmp) / "idx")
         thr = idx.threshold(d.name)["value"]
 
-        def top1(images):
-            scores, rows = idx.search(d.embed(images), k=1, name=d.name)
-            return scores[:, 0], rows[:, 0]
+        def top1(images):  # the verdict's score (normalized where the index says so), as `memlab match` gives it
+            vecs, mirrored = query_vectors(idx, d, images)
+            found = match_vectors(idx, d, vecs, k=1, mirrored=mirrored)
+            return np.array([r["score"] for r in found]), np.array([r["matches"][0]["row"] for r in found])
         fp_scores, _ = top1([originals[i] for i in outside])
         out = {"threshold": float(thr), "indexed": len(inside), "held_out": len(outside),
                "false_positives": float((fp_scores > thr).mean()), "recall": {}, "top1": {}}

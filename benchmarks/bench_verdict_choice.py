@@ -26,16 +26,18 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = {  # name -> (registered descriptor, overrides)
-    "shipped (blur 1, layout)": ("memlab-copy", {}),
-    "+ colour standardized": ("memlab-copy", {"colour_norm": "standardize"}),
-    "+ mirrored layout": ("memlab-copy", {"mirror": True}),
-    "+ brightness + mirrored layout": ("memlab-copy", {"colour_norm": "brightness", "mirror": True}),
-    "+ grey-world": ("memlab-copy", {"colour_norm": "grey-world"}),
-    "+ brightness": ("memlab-copy", {"colour_norm": "brightness"}),
-    "global, grey-world": ("memlab-copy-global", {"colour_norm": "grey-world"}),
-    "global": ("memlab-copy-global", {}),
-    "+ mirror-folded layout": ("memlab-copy", {"fold": True}),
-    "+ brightness + mirror-folded layout": ("memlab-copy", {"colour_norm": "brightness", "fold": True}),
+    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror)": ("memlab-copy", {}),
+    "plain cosine (no score normalization)": ("memlab-copy", {"score_norm": None}),
+    "score normalization, no mirror": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": False}}),
+    "+ colour standardized": ("memlab-copy", {"colour_norm": "standardize", "score_norm": None}),
+    "+ mirrored layout": ("memlab-copy", {"mirror": True, "score_norm": None}),
+    "+ brightness + mirrored layout": ("memlab-copy", {"colour_norm": "brightness", "mirror": True, "score_norm": None}),
+    "+ grey-world": ("memlab-copy", {"colour_norm": "grey-world", "score_norm": None}),
+    "+ brightness": ("memlab-copy", {"colour_norm": "brightness", "score_norm": None}),
+    "global, grey-world": ("memlab-copy-global", {"colour_norm": "grey-world", "score_norm": None}),
+    "global": ("memlab-copy-global", {"score_norm": None}),
+    "+ mirror-folded layout": ("memlab-copy", {"fold": True, "score_norm": None}),
+    "+ brightness + mirror-folded layout": ("memlab-copy", {"colour_norm": "brightness", "fold": True, "score_norm": None}),
 }
 
 
@@ -57,7 +59,7 @@ def main():
     from memlab.descriptors import create_descriptor
     from memlab.generate import Generator, Settings
     from memlab.index import TrainingIndex, build_index
-    from memlab.match import load_image
+    from memlab.match import load_image, match_vectors, query_vectors
     from memlab.modelcopies import photometric
     from memlab.worldgen import WorldSpec, make_training_set
 
@@ -127,7 +129,7 @@ def main():
     for w in (a.weights or "").split(","):
         if w:
             chosen += [(f"{Path(w).name}", ("memlab-copy", {"weights": w})),
-                       (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True}))]
+                       (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True, "score_norm": None}))]
     for label, (name, over) in chosen:
         d = create_descriptor(name, **over)
         with tempfile.TemporaryDirectory() as tmp:
@@ -135,8 +137,10 @@ def main():
             idx = TrainingIndex.load(Path(tmp) / "idx")
             thr = idx.threshold(d.name)
             gt = thr["ground_truth"]
-            scores, top = idx.search(d.embed(gen_images), k=1, name=d.name)
-            items = idx.items["item"].to_numpy()[top[:, 0]]
+            vecs, mirrored = query_vectors(idx, d, gen_images)
+            found = match_vectors(idx, d, vecs, k=1, mirrored=mirrored)
+            scores = np.array([[r["score"]] for r in found])
+            items = idx.items["item"].to_numpy()[[r["matches"][0]["row"] for r in found]]
             idx.close()
         hit = scores[:, 0] >= thr["value"]
         group = np.array([p["group"] for p in gen_probe])

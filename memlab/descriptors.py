@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
+from . import scorenorm
 from .errors import MemlabError, ModelFileMissing
 from .preprocess import get_preset, to_rgb
 
@@ -42,7 +43,7 @@ DESCRIPTORS: dict[str, dict] = {
     "sscd-membench": {"kind": "sscd", "model": "sscd_disc_large", "preset": "membench"},
     "clip": {"kind": "clip", "model": "ViT-L-14-quickgelu", "pretrained": "openai"},
     "clip-b32": {"kind": "clip", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
-    "memlab-copy": {"kind": "learned", "weights": None, "layout": True, "blur": 1.0},
+    "memlab-copy": {"kind": "learned", "weights": None, "layout": True, "blur": 1.0, "score_norm": scorenorm.DEFAULT},
     "memlab-copy-global": {"kind": "learned", "weights": None},
     "pixel": {"kind": "pixel", "size": 16, "tiles": 1},
     "pixel-tiled": {"kind": "pixel", "size": 32, "tiles": 4},
@@ -73,14 +74,16 @@ def create_descriptor(name: str, **overrides) -> "Descriptor":
         raise MemlabError(f"unknown descriptor {name!r}; known: {', '.join(list_descriptors())}")
     base = DESCRIPTORS[name]
     cfg = {**base, **{k: v for k, v in overrides.items() if v is not None or k in base}}
-    kind = cfg.pop("kind")
+    kind, norm = cfg.pop("kind"), scorenorm.check(cfg.pop("score_norm", None))
     import inspect
 
     accepted = inspect.signature(_KINDS[kind]).parameters
     unknown = [k for k in cfg if k not in accepted]
     if unknown:
         raise MemlabError(f"descriptor {name!r} ({kind}) takes no option(s) {', '.join(unknown)}")
-    return _KINDS[kind](name=name, **cfg)
+    d = _KINDS[kind](name=name, **cfg)
+    d.score_norm = norm  # how the index scores its verdict (``memlab.scorenorm``): at build and at query time
+    return d
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -106,6 +109,7 @@ class Descriptor:
         raise NotImplementedError
 
     verdict = "cosine"  # the score a verdict (and calibration) uses; see ``verdict_scores``
+    score_norm: dict | None = None  # ``memlab.scorenorm``'s rule, where the verdict's score is normalized
 
     def secondary_scores(self, query: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """Extra per-pair scores computed at re-rank time (query [d], items [k, d])."""

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import metrics, scorenorm
+from .agreement import _agreement_calibration, agreement_of, agreement_words, set_agreement  # noqa: F401
 from .descriptors import Descriptor
 from .distort import distort
 from .errors import IndexMismatchError, MemlabError
@@ -71,11 +72,15 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     copies = _embed_copies(calib_rows, load_image, descriptors, batch_size, bar)
     truth = {gname: (np.asarray(rows, np.int64), {d.name: d.embed(list(ims)) for d in descriptors})
              for gname, (rows, ims) in (ground_truth or {}).items()}
+    items["distinct"] = distinct  # the image a row shows (origin-merged): what score normalization leaves out
+    sides = {d.name: scorenorm.calibration_sides(d, d.score_norm, reps, calib_rows, load_image, distort,
+                                                 {g: ims for g, (_, ims) in (ground_truth or {}).items()})
+             for d in descriptors if d.score_norm}
     with atomic_dir(Path(out)) as tmp:
         entries = {}
         for d in descriptors:
             entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
-                                                truth, fpr, origin, factory)
+                                                truth, fpr, origin, factory, sides.get(d.name))
             _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
         agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
             vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
@@ -136,30 +141,6 @@ def _calibration_rows(distinct, reps, ground_truth, calib_n: int, seed: int) -> 
     return np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
 
 
-def _agreement_calibration(v, distinct, reps, load_image, n: int, seed: int, fpr: float, name: str) -> dict | None:
-    """The partial-copy ("template copy") threshold for matched images: the agreement share
-    (``metrics.agreement_mask``, Webster's masked matching) of up to ``n`` distinct items with their nearest
-    item of another distinct image (by ``name``'s cosine), at ``fpr`` false positives, as the global threshold
-    is calibrated. None for an index of a single distinct image."""
-    rng = np.random.default_rng(seed + 1)
-    rows = np.sort(rng.choice(reps, size=min(n, len(reps)), replace=False))
-    other = metrics.nearest_distinct(v, distinct, rows)
-    shares = [agreement_of(load_image(int(a)), load_image(int(b)))["share"] for a, b in zip(rows, other) if b >= 0]
-    if not shares:
-        return None
-    return {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
-            **metrics.AGREEMENT, "on": "training pairs",
-            "source": (f"{1 - fpr:.0%} quantile of the agreement share ({agreement_words()}) of {len(shares)} distinct "
-                       f"training items with their nearest item of another distinct image by {name}")}
-
-
-def agreement_words() -> str:
-    """How the agreement share is measured, in words (its calibrations' ``source``)."""
-    a = metrics.AGREEMENT
-    return (f"{a['window']}-px windows at {a['side']} px whose detail at {a['detail_sigma']:g} px correlates above "
-            f"{a['cutoff']}; Webster's masked matching")
-
-
 def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.01,
                         origin: str = "origin") -> dict | None:
     """Add the agreement threshold (``_agreement_calibration``) to an index built before it, from its stored
@@ -184,27 +165,6 @@ def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.
     return set_agreement(path, cal)
 
 
-def set_agreement(path, cal: dict | None) -> dict | None:
-    """Write an agreement calibration into an index's manifest (atomically; the files it lists are unchanged):
-    ``calibrate_agreement``'s, or one made on generations (``local.calibrate_template_threshold``)."""
-    from .indexfiles import atomic_save
-
-    manifest = {**json.loads((Path(path) / MANIFEST).read_text()), "agreement": cal}
-    atomic_save(Path(path) / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=json_default)))
-    return cal
-
-
-def agreement_of(image, other) -> dict:
-    """Where ``image`` agrees with ``other`` (``metrics.agreement_mask``, both at ``metrics.MASK_SIDE``): the
-    mask as lists of booleans and its share."""
-    from PIL import Image
-
-    side = metrics.MASK_SIDE
-    a, b = (np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS), np.float64) for im in (image, other))
-    mask = metrics.agreement_mask(a, b)
-    return {"mask": mask.tolist(), "share": float(mask.mean())}
-
-
 def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> dict[str, np.ndarray]:
     """Each calibration row distorted once (``memlab.distort``), embedded by every descriptor."""
     names = ", ".join(d.name for d in descriptors)
@@ -218,12 +178,20 @@ def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> 
 
 
 def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_rows, truth, fpr, origin,
-                      factory) -> dict:
+                      factory, sides=None) -> dict:
     """One descriptor's manifest entry: its identity, threshold (with recall on the calibration copies and
-    on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``."""
+    on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``.
+    With the descriptor's ``score_norm`` (``memlab.scorenorm``) every score here is the normalized one."""
     # the background of distinct images: each group's representative against the nearest row of *another* group
     # (any of its rows, not only the other representatives)
-    if d.verdict == "cosine":
+    spec = d.score_norm
+    if spec:
+        if d.verdict != "cosine":
+            raise MemlabError(f"{d.name}: score normalization works on the cosine verdict, not {d.verdict!r}")
+        bg = scorenorm.background(v, distinct, np.arange(len(v)), {**spec, "mirror": False})
+        bg_distinct = scorenorm.background(v, distinct, reps, spec, sides["reps"])
+        copy_scores = scorenorm.against(v, distinct, copies, calib_rows, spec, sides["copies"])
+    elif d.verdict == "cosine":
         bg, bg_distinct = metrics.background(v), metrics.background(v, groups=distinct)[reps]
         copy_scores = np.einsum("nd,nd->n", copies, v[calib_rows])
     else:  # the verdict's own score (e.g. the worst tile) on cosine candidates
@@ -243,15 +211,18 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     # a copy's top-1 is right when it is its original or a near duplicate of it
     thr["copy_top1"] = _top1_in_group(copies, v, group, calib_rows)
     for gname, (rows, emb) in truth.items():
-        sc = np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)])
+        sc = (scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(gname)) if spec else
+              np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)]))
         thr.setdefault("ground_truth", {})[gname] = {
             "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
             "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
     return {
         **d.info(), "factory": factory, "threshold": thr,
+        **({"score_norm": {**spec, "words": scorenorm.words(spec)}} if spec else {}),
         "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
                        **metrics.percentiles(bg[np.isfinite(bg)]),
-                       "over": "every training row vs its nearest other row (duplicates included)"},
+                       "over": ("every training row vs its nearest row of another distinct image" if spec else
+                                "every training row vs its nearest other row (duplicates included)")},
         "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
                                 **metrics.percentiles(finite),
                                 "over": "distinct training images: one row per near-duplicate group "
@@ -547,6 +518,13 @@ class TrainingIndex:
             self._rowgroups = np.cumsum([0] + [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)])
         g = int(np.searchsorted(self._rowgroups, int(row), side="right") - 1)
         return f.read_row_group(g).slice(int(row) - int(self._rowgroups[g]), 1).to_pandas().iloc[0]
+
+    def distinct_of(self, rows) -> np.ndarray:
+        """The distinct image of each row (near-duplicate groups, rows of one source merged, as calibrated;
+        an index built before the ``distinct`` column: its groups)."""
+        items = self.items
+        col = "distinct" if "distinct" in items.columns else "group"
+        return items[col].to_numpy()[np.asarray(rows, np.int64)]
 
     def groups_of(self, rows) -> list[int]:
         """The near-duplicate group of each row (from the loaded table's column when it is loaded)."""

@@ -57,7 +57,7 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     Returns (template threshold, agreement calibration)."""
     from PIL import Image
 
-    from .index import agreement_of, agreement_words
+    from .agreement import agreement_of, agreement_words
 
     scores, shares = [], []
     for p in (progress(list(prompts), desc="template threshold") if progress else prompts):

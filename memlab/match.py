@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import metrics
+from . import metrics, scorenorm
 from .descriptors import Descriptor, create_descriptor
 from .errors import MemlabError
 from .index import TrainingIndex
@@ -73,19 +73,58 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
     thr = info["threshold"]
     return {"name": info["name"], "kind": info["kind"], "model": info["model"], "preset": info["preset"],
             "dim": info["dim"], "threshold": thr["value"], "high_threshold": thr.get("high"),
-            "threshold_source": thr["source"], "threshold_citation": thr.get("citation")}
+            "threshold_source": thr["source"], "threshold_citation": thr.get("citation"),
+            **({"score": info["score_norm"]["words"]} if info.get("score_norm") else {})}
 
 
 MAX_CANDIDATES = 1024  # rows searched to find k distinct near-duplicate groups
 
 
+def query_vectors(index: TrainingIndex, descriptor: Descriptor, images) -> tuple[np.ndarray, np.ndarray | None]:
+    """The query images' vectors, and their mirror images' where the index's verdict takes the better
+    orientation (its ``score_norm`` says ``mirror``; else None)."""
+    vecs = descriptor.embed(list(images))
+    spec = index.descriptor_info(descriptor.name).get("score_norm")
+    return vecs, (scorenorm.mirrored_vectors(descriptor, list(images)) if spec and spec["mirror"] else None)
+
+
+def _normalized(index: TrainingIndex, name: str, vectors, mirrored, k: int, spec: dict):
+    """Per query: its k best near-duplicate groups by normalized score (``memlab.scorenorm``), in the better
+    orientation: (scores, rows, cosines, orientations)."""
+    n = int(index.manifest["item_count"])
+    per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
+    kk = min(n, MAX_CANDIDATES, (k + spec["k"] + 1) * per_group)  # enough images to normalize the k kept
+    sides = [("as given", vectors)] + ([("mirrored", mirrored)] if mirrored is not None else [])
+    best = [None] * len(vectors)
+    for side, vecs in sides:
+        cos, rows = index.search(vecs, k=kk, name=name)
+        for qi in range(len(vecs)):
+            f = rows[qi] >= 0  # FAISS's -1 ("no result") is never a match
+            c, r = cos[qi][f], rows[qi][f]
+            s = scorenorm.normalize_candidates(c, index.distinct_of(r), spec["k"], spec["beta"])
+            order = np.argsort(-s, kind="stable")
+            keep = order[_first_per_group(index, r[order], k)]
+            if len(keep) and (best[qi] is None or s[keep[0]] > best[qi][0][0]):
+                best[qi] = (s[keep], r[keep], c[keep], side)
+    empty = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0), "as given")
+    best = [b or empty for b in best]
+    return [b[0] for b in best], [b[1] for b in best], [b[2] for b in best], [b[3] for b in best]
+
+
 def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndarray, k: int = 5,
-                  one_per_group: bool = True) -> list[dict]:
+                  one_per_group: bool = True, mirrored: np.ndarray | None = None) -> list[dict]:
     """Per query vector: its top-k matches, verdict and threshold (JSON-ready dicts). ``one_per_group``: the
     matches are the k best near-duplicate groups, each its best row (``duplicates`` says how many copies of
-    it the training set holds), not k rows of one duplicated image."""
+    it the training set holds), not k rows of one duplicated image. Where the index normalizes the verdict's
+    score (``score_norm``), ``score`` is the normalized score and ``cosine`` the plain one; ``mirrored``: the
+    queries' mirror images' vectors (``query_vectors``), the better orientation kept."""
     thr = index.threshold(descriptor.name)
     possible = index.possible(descriptor.name)["value"]
+    spec = index.descriptor_info(descriptor.name).get("score_norm")
+    if spec:
+        scores, rows, cosines, sides = _normalized(index, descriptor.name, vectors, mirrored, k, spec)
+        chosen = [mirrored[qi] if side == "mirrored" else vectors[qi] for qi, side in enumerate(sides)]
+        return _results(index, descriptor, chosen, scores, rows, thr, possible, cosines, sides)
     cosine = descriptor.verdict == "cosine"
     n = int(index.manifest["item_count"])
     per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
@@ -104,6 +143,13 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
         scores = [r[o] for r, o in zip(rescored, order)]
         rows = [rw[o] for rw, o in zip(rows, order)]
     scores, rows = [s[:k] for s in scores], [r[:k] for r in rows]
+    return _results(index, descriptor, vectors, scores, rows, thr, possible)
+
+
+def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=None, sides=None) -> list[dict]:
+    """The JSON-ready result of each query from its ranked matches (scores, rows; with score normalization
+    also the plain cosines and the orientation kept)."""
+    exact = index.vectors(descriptor.name)
     out = []
     for qi in range(len(vectors)):
         if not len(rows[qi]):
@@ -113,6 +159,8 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
         matches = []
         for j, (s, r) in enumerate(zip(scores[qi], rows[qi])):
             m = {**index.item(r), "row": int(r), "score": float(s)}
+            if cosines is not None:
+                m["cosine"] = float(cosines[qi][j])
             for key, arr in extra.items():
                 m[key] = float(arr[j])
             matches.append(m)
@@ -120,7 +168,8 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
         out.append({"matches": matches, "score": top, "replicated": bool(top > thr["value"]),
                     "high_confidence": bool(thr.get("high") is not None and top > thr["high"]),
                     "threshold": float(thr["value"]),
-                    "verdict": metrics.verdict(top, thr["value"], possible), "possible_threshold": possible})
+                    "verdict": metrics.verdict(top, thr["value"], possible), "possible_threshold": possible,
+                    **({"orientation": sides[qi]} if sides is not None else {})})
     return out
 
 
@@ -147,7 +196,7 @@ def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict
     path = index.image_path(int(result["matches"][0]["row"])) if cal else None
     if path is None or not Path(path).is_file():
         return result
-    from .index import agreement_of
+    from .agreement import agreement_of
 
     with Image.open(path) as train:
         got = agreement_of(image, train)
@@ -194,9 +243,9 @@ def match_images(index: TrainingIndex, descriptor: Descriptor, images: Sequence[
                  names: Sequence[str] | None = None, k: int = 5) -> dict:
     """The ``memlab match`` result: {"descriptor", "queries", "summary"} (see README)."""
     t0 = time.perf_counter()
-    vecs = descriptor.embed(list(images))
+    vecs, mirrored = query_vectors(index, descriptor, images)
     t1 = time.perf_counter()
-    results = match_vectors(index, descriptor, vecs, k)
+    results = match_vectors(index, descriptor, vecs, k, mirrored=mirrored)
     for r, im in zip(results, images):
         partial_copy(index, r, im)
     t2 = time.perf_counter()

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import metrics
 from .generate import Generator, Settings, check_prompt, parse_seeds
-from .match import descriptor_summary, masked_score, match_vectors
+from .match import descriptor_summary, masked_score, match_vectors, query_vectors
 from .mitigations import Strategy, parse_strategy
 from .records import SeedRecord, Summary
 
@@ -55,10 +55,10 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
 
         def handle(batch):
             t0 = time.perf_counter()
-            vecs = descriptor.embed([r.image for r in batch])
+            vecs, mirrored = query_vectors(index, descriptor, [r.image for r in batch])
             align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
             t1 = time.perf_counter()
-            matched = match_vectors(index, descriptor, vecs, k)
+            matched = match_vectors(index, descriptor, vecs, k, mirrored=mirrored)
             t2 = time.perf_counter()
             timing["embed_s"] += t1 - t0
             timing["search_s"] += t2 - t1

@@ -84,8 +84,9 @@ class Lab:
     def descriptor_label(self, name: str | None = None) -> str:
         info = self.index.descriptor_info(name or self.descriptor.name)
         thr = info["threshold"]
+        norm = info.get("score_norm")
         return (f"{info['name']} · {info['model']} · preset {info['preset']} · threshold "
-                f"{thr['value']:.3f} ({thr['source']})")
+                f"{thr['value']:.3f} ({thr['source']})" + (f" · score: {norm['words']}" if norm else ""))
 
     def background(self, name: str | None = None) -> np.ndarray:
         """The background of distinct training images (one row per near-duplicate group against the

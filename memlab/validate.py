@@ -86,6 +86,12 @@ def check_manifest(m, path: Path) -> dict:
             if files.get(key) is not None:
                 c.relative(path, c.get(files, key, str, f"{where}.files.{key}"), f"{where}.files.{key}")
         c.get(info, "factory", str, f"{where}.factory")
+        norm = c.get(info, "score_norm", dict, f"{where}.score_norm", optional=True)
+        if norm is not None:  # memlab.scorenorm's rule: k >= 1, 0 <= beta <= 2, mirror
+            c.get(norm, "k", int, f"{where}.score_norm.k")
+            c.get(norm, "beta", float, f"{where}.score_norm.beta")
+            if not isinstance(norm.get("mirror"), bool) or norm["k"] < 1 or not 0 <= norm["beta"] <= 2:
+                c.fail(f"{where}.score_norm", "needs k >= 1, 0 <= beta <= 2 and mirror true or false")
     return m
 
 

@@ -1,0 +1,136 @@
+"""Score normalization (Pizzi et al. 2022, SSCD, "score normalization"; the DISC 2021 descriptor track): a
+match's similarity minus beta times the query's similarity to a background set, so that a query resembling
+many images alike (a shared background, a common texture) scores low and a copy, which resembles one image
+far more than any other, stands out.
+
+Here the background set is the training set itself without the matched image: the normalizer is the mean
+cosine of the query's ``k`` nearest *other distinct images* (rows of the matched image's near-duplicate group,
+and of one source image where the index merges them, are left out), so the score of a match is
+
+    s(q, r) - beta * mean_k max_{t in distinct image j != image(r)} s(q, t)
+
+With ``mirror`` the query is also scored as its mirror image and the better of the two orientations is
+kept: a mirrored copy is a copy (the training side stays as it is, so the index keeps one row per image).
+
+The threshold is calibrated on the same score over the background of distinct images (``index.build_index``):
+each distinct image's normalized score against its nearest other distinct image, 1% above it. The index
+records the rule (``score_norm`` in its descriptor entry) and every score names it (``words``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True}
+
+
+def check(spec: dict | None) -> dict | None:
+    """A score-normalization rule as plain data ({"k", "beta", "mirror"}), validated; None stays None."""
+    if spec is None:
+        return None
+    from .errors import MemlabError
+
+    out = {**DEFAULT, **spec}
+    if set(out) != set(DEFAULT):
+        raise MemlabError(f"score_norm takes {', '.join(DEFAULT)}; got {', '.join(sorted(spec))}")
+    if int(out["k"]) < 1 or not 0 <= float(out["beta"]) <= 2:
+        raise MemlabError(f"score_norm needs k >= 1 and 0 <= beta <= 2, got k={out['k']}, beta={out['beta']}")
+    return {"k": int(out["k"]), "beta": float(out["beta"]), "mirror": bool(out["mirror"])}
+
+
+def words(spec: dict) -> str:
+    """The rule in words, for every place a normalized score is shown."""
+    return (f"cosine minus {spec['beta']:g} x the mean cosine of the query's {spec['k']} nearest other distinct "
+            f"training images (SSCD's score normalization)"
+            + ("; the better of the query and its mirror image" if spec["mirror"] else ""))
+
+
+def normalizer(group_best: np.ndarray, exclude, k: int) -> float:
+    """The mean of the ``k`` highest per-image scores ``group_best`` [n_images] other than those of the images
+    in ``exclude``; over as many as there are when fewer (0.0 when there are none)."""
+    g = np.array(group_best, np.float64)
+    g[np.asarray(list(exclude), np.int64)] = -np.inf
+    top = np.sort(g[np.isfinite(g)])[::-1][:k]
+    return float(top.mean()) if top.size else 0.0
+
+
+def normalize_candidates(scores, groups, k: int, beta: float) -> np.ndarray:
+    """Each candidate's normalized score from one query's candidate list (``scores`` [m], the distinct image of
+    each candidate ``groups`` [m]): its score minus ``beta`` x the mean of the ``k`` best other images' best
+    scores in the list."""
+    s = np.asarray(scores, np.float64)
+    g = np.asarray(groups, np.int64)
+    if not s.size:
+        return s
+    ids, inv = np.unique(g, return_inverse=True)
+    best = np.full(len(ids), -np.inf)
+    np.maximum.at(best, inv, s)
+    return np.array([s[j] - beta * normalizer(best, [inv[j]], k) for j in range(len(s))])
+
+
+def _group_best(sim: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """[n_queries, n_rows] similarities -> each query's best row per distinct image [n_queries, n_groups]."""
+    out = np.full((len(sim), n_groups), -np.inf)
+    order = np.argsort(groups, kind="stable")
+    gs = groups[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(gs)) + 1]
+    out[:, gs[starts]] = np.maximum.reduceat(np.asarray(sim)[:, order], starts, axis=1)
+    return out
+
+
+def background(v: np.ndarray, groups, rows, spec: dict, flipped: np.ndarray | None = None,
+               block: int = 1024) -> np.ndarray:
+    """The normalized background of distinct images: each of ``rows`` (one per distinct image) against its
+    nearest row of another distinct image, normalized by the next ``k`` other images (and, with ``mirror``,
+    the better of the row's two orientations: ``flipped`` holds the mirror images' vectors of ``rows``)."""
+    groups = np.asarray(groups, np.int64)
+    rows = np.asarray(rows, np.int64)
+    n_groups = int(groups.max()) + 1
+    out = np.full(len(rows), -np.inf)
+    sides = [v[rows]] + ([flipped] if spec["mirror"] and flipped is not None else [])
+    for q in sides:
+        for s in range(0, len(rows), block):
+            best = _group_best(np.asarray(q[s:s + block], np.float32) @ v.T, groups, n_groups)
+            for j, r in enumerate(rows[s:s + block]):
+                b = best[j].copy()
+                b[groups[r]] = -np.inf  # its own image is not a match
+                if not np.isfinite(b).any():
+                    continue
+                t = int(np.argmax(b))
+                out[s + j] = max(out[s + j], b[t] - spec["beta"] * normalizer(b, [t], spec["k"]))
+    return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
+
+
+def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict,
+            flipped: np.ndarray | None = None) -> np.ndarray:
+    """Normalized scores of ``queries`` [n, d] against their ``targets`` (training rows, [n]): a copy's score
+    against its original, normalized by the query's ``k`` nearest other distinct images; with ``mirror`` the
+    better of the query and its mirror image (``flipped`` [n, d])."""
+    groups = np.asarray(groups, np.int64)
+    targets = np.asarray(targets, np.int64)
+    n_groups = int(groups.max()) + 1
+    out = np.full(len(targets), -np.inf)
+    for q in [queries] + ([flipped] if spec["mirror"] and flipped is not None else []):
+        q = np.asarray(q, np.float32)
+        best = _group_best(q @ v.T, groups, n_groups)
+        own = np.einsum("nd,nd->n", q, v[targets])
+        for j, t in enumerate(targets):
+            out[j] = max(out[j], own[j] - spec["beta"] * normalizer(best[j], [groups[t]], spec["k"]))
+    return out.astype(np.float32)
+
+
+def mirrored_vectors(d, images) -> np.ndarray:
+    """The descriptor's vectors of the images' mirror images."""
+    from PIL import ImageOps
+
+    return d.embed([ImageOps.mirror(im.convert("RGB")) for im in images])
+
+
+def calibration_sides(d, spec: dict, reps, calib_rows, load_image, distort, truth_images: dict) -> dict:
+    """What a normalized calibration needs beside the rows' vectors: with ``mirror``, the mirror images'
+    vectors of the distinct images' representatives, of the calibration copies and of each ground truth's
+    copies (None each without it)."""
+    if not spec["mirror"]:
+        return {"reps": None, "copies": None, "truth": {}}
+    return {"reps": mirrored_vectors(d, [load_image(int(r)) for r in reps]),
+            "copies": mirrored_vectors(d, [distort(load_image(int(r))) for r in calib_rows]),
+            "truth": {g: mirrored_vectors(d, list(ims)) for g, ims in truth_images.items()}}

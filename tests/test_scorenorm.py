@@ -1,0 +1,123 @@
+"""Score normalization (SSCD's, ``memlab.scorenorm``) on hand-made arrays, and through an index built with it."""
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import ImageEnhance, ImageOps
+
+from memlab import scorenorm
+from memlab.descriptors import create_descriptor
+from memlab.errors import MemlabError
+from memlab.index import TrainingIndex, build_index
+from memlab.match import match_images
+from tests.helpers import synthetic_images
+
+SPEC = {"k": 2, "beta": 1.0, "mirror": False}
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_normalizer_is_the_mean_of_the_k_best_other_images():
+    best = np.array([0.9, 0.5, 0.7, 0.1])
+    assert scorenorm.normalizer(best, [0], 2) == pytest.approx((0.7 + 0.5) / 2)
+    assert scorenorm.normalizer(best, [0, 2], 2) == pytest.approx((0.5 + 0.1) / 2)
+    assert scorenorm.normalizer(best, [0, 1, 2], 2) == pytest.approx(0.1)  # fewer than k: those there are
+    assert scorenorm.normalizer(best, [0, 1, 2, 3], 2) == 0.0
+
+
+def test_candidates_are_normalized_by_the_other_images_not_their_own_duplicates():
+    # two rows of image 0 (a duplicate), then images 1, 2, 3
+    s = scorenorm.normalize_candidates([0.9, 0.85, 0.5, 0.4, 0.1], [0, 0, 1, 2, 3], k=2, beta=1.0)
+    assert s[0] == pytest.approx(0.9 - (0.5 + 0.4) / 2)  # its duplicate 0.85 is not "another image"
+    assert s[1] == pytest.approx(0.85 - (0.5 + 0.4) / 2)
+    assert s[2] == pytest.approx(0.5 - (0.9 + 0.4) / 2)
+    half = scorenorm.normalize_candidates([0.9, 0.5, 0.4], [0, 1, 2], k=2, beta=0.5)
+    assert half[0] == pytest.approx(0.9 - 0.5 * 0.45)
+
+
+def test_background_and_copies_recomputed_by_brute_force():
+    rng = np.random.default_rng(0)
+    v = unit(rng.standard_normal((12, 8)))
+    v[5] = v[4]  # rows 4 and 5: one image
+    groups = np.array([0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10])
+    reps = np.array([0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11])
+    got = scorenorm.background(v, groups, reps, SPEC)
+    for j, r in enumerate(reps):
+        sim = v @ v[r]
+        per = {g: sim[groups == g].max() for g in set(groups) if g != groups[r]}
+        ranked = sorted(per.values(), reverse=True)
+        assert got[j] == pytest.approx(ranked[0] - np.mean(ranked[1:3]), abs=1e-5)
+    q = unit(v[[4, 7]] + 0.1 * rng.standard_normal((2, 8)))
+    copy = scorenorm.against(v, groups, q, [5, 7], SPEC)
+    for j, (t, qv) in enumerate(zip([5, 7], q)):
+        sim = v @ qv
+        others = sorted((sim[groups == g].max() for g in set(groups) if g != groups[t]), reverse=True)
+        assert copy[j] == pytest.approx(float(qv @ v[t]) - np.mean(others[:2]), abs=1e-5)
+
+
+def test_the_better_orientation_is_kept():
+    rng = np.random.default_rng(1)
+    v = unit(rng.standard_normal((6, 8)))
+    groups = np.arange(6)
+    far, near = unit(rng.standard_normal((1, 8))), v[[2]]
+    plain = scorenorm.against(v, groups, far, [2], SPEC)
+    both = scorenorm.against(v, groups, far, [2], {**SPEC, "mirror": True}, flipped=near)
+    assert both[0] > plain[0] and both[0] == pytest.approx(
+        1.0 - np.mean(sorted(np.delete(v @ v[2], 2), reverse=True)[:2]), abs=1e-5)
+
+
+def test_a_rule_is_checked():
+    assert scorenorm.check(None) is None
+    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True}
+    for bad in ({"k": 0}, {"beta": -1}, {"kk": 2}):
+        with pytest.raises(MemlabError):
+            scorenorm.check(bad)
+
+
+def test_an_index_calls_mirrored_and_darkened_copies_and_names_its_score(tmp_path):
+    ims = synthetic_images(60, seed=3)
+    items = pd.DataFrame({"id": range(60), "caption": [f"field {i}" for i in range(60)],
+                          "file": [f"{i}.png" for i in range(60)]})
+    d = create_descriptor("memlab-copy")
+    assert d.score_norm == scorenorm.DEFAULT
+    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=30)
+    idx = TrainingIndex.load(tmp_path / "i")
+    info = idx.descriptor_info("memlab-copy")
+    assert info["score_norm"]["k"] == 2 and "score normalization" in info["score_norm"]["words"]
+    # the threshold is the 99% point of the normalized background, recomputed here from the stored vectors
+    v = np.asarray(idx.vectors("memlab-copy"), np.float32)
+    reps = np.flatnonzero(idx.items["representative"].to_numpy())
+    flipped = scorenorm.mirrored_vectors(d, [ims[r] for r in reps])
+    bg = scorenorm.background(v, idx.items["distinct"].to_numpy(), reps, d.score_norm, flipped)
+    assert info["threshold"]["value"] == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-6)
+    queries = [ImageOps.mirror(ims[7]), ImageEnhance.Brightness(ims[11]).enhance(0.6), ims[20]]
+    res = match_images(idx, d, queries, ["mirror", "dark", "same"], k=3)
+    (m, dark, same) = res["queries"]
+    assert m["matches"][0]["id"] == 7 and m["orientation"] == "mirrored" and m["verdict"] == "replicated"
+    assert dark["matches"][0]["id"] == 11 and dark["verdict"] == "replicated"
+    assert same["orientation"] == "as given" and same["matches"][0]["cosine"] == pytest.approx(1.0, abs=1e-4)
+    # the score is the cosine less the mean of the next two images' cosines
+    top = same["matches"]
+    assert top[0]["score"] == pytest.approx(top[0]["cosine"] - (top[1]["cosine"] + top[2]["cosine"]) / 2, abs=1e-5)
+    assert "score normalization" in res["descriptor"]["score"]
+    # without the rule, the same index built again scores plain cosines
+    build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("memlab-copy", score_norm=None)],
+                calib_n=30)
+    plain = match_images(TrainingIndex.load(tmp_path / "p"), d, [ims[20]], ["same"], k=3)["queries"][0]
+    assert "orientation" not in plain and plain["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_manifest_with_a_bad_rule_is_refused(tmp_path):
+    import json
+
+    ims = synthetic_images(12, seed=4)
+    items = pd.DataFrame({"id": range(12), "caption": [""] * 12, "file": [f"{i}.png" for i in range(12)]})
+    build_index(tmp_path / "i", items, lambda i: ims[i], [create_descriptor("memlab-copy")], calib_n=6)
+    path = tmp_path / "i" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["descriptors"]["memlab-copy"]["score_norm"]["k"] = 0
+    path.write_text(json.dumps(m))
+    with pytest.raises(MemlabError, match="score_norm"):
+        TrainingIndex.load(tmp_path / "i")
