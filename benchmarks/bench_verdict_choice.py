@@ -129,6 +129,7 @@ def main():
     for w in (a.weights or "").split(","):
         if w:
             chosen += [(f"{Path(w).name}", ("memlab-copy", {"weights": w})),
+                       (f"{Path(w).name}, plain cosine", ("memlab-copy", {"weights": w, "score_norm": None})),
                        (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True, "score_norm": None}))]
     for label, (name, over) in chosen:
         d = create_descriptor(name, **over)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import metrics, scorenorm
 from .descriptors import Descriptor, create_descriptor
@@ -55,8 +55,6 @@ def check_image_file(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES, max_pix
 def load_image(path: str | Path) -> Image.Image:
     """Open an image fully (so corrupt files fail here, with a clear message), within the caps, turned as its
     EXIF orientation says (as a viewer shows it: a phone's photo is matched upright)."""
-    from PIL import ImageOps
-
     if not Path(path).is_file():
         raise MemlabError(f"image {path} does not exist")
     check_image_file(path)
@@ -173,9 +171,10 @@ def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=No
     return out
 
 
-def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask) -> float | None:
+def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask, mirrored: bool = False) -> float | None:
     """The generation's similarity to training row ``row`` inside its mask (``metrics.masked_similarity``, both
-    images at 64 x 64): None where the index keeps no image for the row or there is no mask."""
+    images at 64 x 64): None where the index keeps no image for the row or there is no mask. ``mirrored``: the
+    row matched the generation's mirror image, so the generation and its mask are compared mirrored."""
     path = index.image_path(int(row)) if mask is not None else None
     if path is None or not Path(path).is_file():
         return None
@@ -183,7 +182,10 @@ def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask) -> fl
     with Image.open(path) as im:
         train = np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
     gen = np.asarray(image.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
-    return metrics.masked_similarity(gen, train, metrics.mask_to_image(mask, side))
+    m = metrics.mask_to_image(mask, side)
+    if mirrored:
+        gen, m = gen[:, ::-1], m[:, ::-1]
+    return metrics.masked_similarity(gen, train, m)
 
 
 def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict:
@@ -198,6 +200,8 @@ def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict
         return result
     from .agreement import agreement_of
 
+    if result.get("orientation") == "mirrored":  # its top-1 matched the image's mirror image: compare that
+        image = ImageOps.mirror(image.convert("RGB"))
     with Image.open(path) as train:
         got = agreement_of(image, train)
     result["agreement"] = {**got, "threshold": cal["threshold"], "source": cal["source"]}

@@ -64,7 +64,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             timing["search_s"] += t2 - t1
             for j, (r, m) in enumerate(zip(batch, matched)):
                 be = r.extra.get("bright_ending_map")
-                masked = masked_score(index, m["matches"][0]["row"], r.image, be) if be is not None else None
+                masked = (masked_score(index, m["matches"][0]["row"], r.image, be, m.get("orientation") == "mirrored")
+                          if be is not None else None)
                 if masked is not None and masked_thr is not None:
                     m["verdict"] = metrics.verdict(m["score"], m["threshold"], m["possible_threshold"], masked,
                                                    masked_thr)
@@ -77,7 +78,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                                  mitigation_state={k: v for k, v in r.extra.items()
                                                    if k not in ("detections", "bright_ending_map")} or None,
                                  bright_ending=be, masked_score=masked,
-                                 masked_threshold=masked_thr if masked is not None else None)
+                                 masked_threshold=masked_thr if masked is not None else None,
+                                 orientation=m.get("orientation"))
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)

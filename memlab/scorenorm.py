@@ -64,7 +64,9 @@ def normalize_candidates(scores, groups, k: int, beta: float) -> np.ndarray:
     ids, inv = np.unique(g, return_inverse=True)
     best = np.full(len(ids), -np.inf)
     np.maximum.at(best, inv, s)
-    return np.array([s[j] - beta * normalizer(best, [inv[j]], k) for j in range(len(s))])
+    order = np.argsort(-best, kind="stable")[:k + 1]  # an image's k others are among the k + 1 best images
+    per_image = np.array([normalizer(best[order], np.flatnonzero(order == i), k) for i in range(len(ids))])
+    return s - beta * per_image[inv]
 
 
 def _group_best(sim: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:

@@ -88,6 +88,11 @@ class Lab:
         return (f"{info['name']} · {info['model']} · preset {info['preset']} · threshold "
                 f"{thr['value']:.3f} ({thr['source']})" + (f" · score: {norm['words']}" if norm else ""))
 
+    def score_axis(self, name: str | None = None) -> str:
+        """What a chart's score axis shows: the cosine, or the normalized score (``memlab.scorenorm``)."""
+        norm = self.index.descriptor_info(name or self.descriptor.name).get("score_norm")
+        return f"normalized score (cosine less the mean of the {norm['k']} nearest other images')" if norm else "similarity"
+
     def background(self, name: str | None = None) -> np.ndarray:
         """The background of distinct training images (one row per near-duplicate group against the
         nearest row of another group; read once per descriptor, every histogram draws it)."""

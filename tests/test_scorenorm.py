@@ -121,3 +121,31 @@ def test_a_manifest_with_a_bad_rule_is_refused(tmp_path):
     path.write_text(json.dumps(m))
     with pytest.raises(MemlabError, match="score_norm"):
         TrainingIndex.load(tmp_path / "i")
+
+
+def test_a_mirrored_match_is_compared_locally_as_it_matched(tmp_path):
+    """A generation whose mirror image matched: its masked score and its agreement with the training image are
+    measured on the mirror image (and its mask mirrored), where they agree; as given they do not."""
+    from PIL import Image
+
+    from memlab.match import masked_score, partial_copy
+
+    rng = np.random.default_rng(7)
+    ims = [Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)) for _ in range(10)]
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, im in enumerate(ims):
+        im.save(root / f"{i}.png")
+    items = pd.DataFrame({"id": range(10), "caption": [""] * 10, "file": [f"{i}.png" for i in range(10)]})
+    build_index(tmp_path / "i", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=5,
+                image_root=str(root))
+    idx = TrainingIndex.load(tmp_path / "i")
+    gen = ImageOps.mirror(ims[3])
+    mask = np.zeros((16, 16))
+    mask[:, :6] = 1.0  # the left of the generation: the right of the training image
+    assert masked_score(idx, 3, gen, mask, mirrored=True) == pytest.approx(1.0, abs=1e-6)
+    assert masked_score(idx, 3, gen, mask) < 0.5
+    base = {"matches": [{"row": 3}], "verdict": "novel"}
+    mirrored = partial_copy(idx, {**base, "orientation": "mirrored"}, gen)["agreement"]["share"]
+    as_given = partial_copy(idx, dict(base), gen)["agreement"]["share"]
+    assert mirrored == 1.0 and as_given < 0.5

@@ -21,7 +21,8 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
     fig.update_layout(barmode="overlay", height=320, margin=dict(l=40, r=10, t=50, b=40),
                       title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label(descriptor)}</sup>",
                                  font=dict(size=13)),
-                      xaxis_title="similarity", yaxis_title="density", legend=dict(orientation="h", y=-0.25))
+                      xaxis_title=lab.score_axis(descriptor), yaxis_title="density",
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 

@@ -162,7 +162,8 @@ def pair_of(lab: Lab, record: dict, image, show_mask: bool = False):
     """One seed's gallery entry: its pair image (framed by the verdict; ``show_mask``: the map tinted) and
     caption."""
     return (as_file(pair_image(image, lab.item_image(record["matches"][0]["row"]), level(record),
-                               mask=record.get("bright_ending") if show_mask else None)), caption(record))
+                               mask=record.get("bright_ending") if show_mask else None,
+                               mirrored=record.get("orientation") == "mirrored")), caption(record))
 
 
 def _charts(lab: Lab, empty_hist):

@@ -40,7 +40,11 @@ GLOSSARY = [
     ("score", "score, top-1 match, top-k",
      "The similarity of a generation's descriptor to a training image's (cosine; 1 = identical). The "
      "**top-1 match** is the training image with the highest score; **top-k** lists the k best, one per "
-     "near-duplicate group."),
+     "near-duplicate group. memlab-copy's verdict normalizes it (SSCD's score normalization, Pizzi et al. "
+     "2022): the cosine less the mean cosine of the generation's 2 nearest *other* training images, so a "
+     "copy, close to one image and no other, stands out where a shared background or texture, close to many "
+     "alike, does not; the generation is also compared as its mirror image and the better side is kept (a "
+     "mirrored copy is a copy). The plain cosine is shown beside it."),
     ("descriptor", "descriptor",
      "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
      "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "

@@ -6,7 +6,7 @@ import html
 import re
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from ..local import both_ways
 from ..records import RunState, SeedRecord, probe_group_name
@@ -64,17 +64,20 @@ def level(record: dict) -> str:
 
 
 def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool, scale: int = 3,
-               mask=None) -> Image.Image:
+               mask=None, mirrored: bool = False) -> Image.Image:
     """The generation beside its top-1 training match, framed red when replicated, purple when a template
     copy, orange when a possible copy; with ``mask`` (the seed's bright-ending map) the region it marks as
-    copied is tinted on both images (``overlay``)."""
+    copied is tinted on both images (``overlay``; mirrored on the match where it matched the generation's
+    mirror image)."""
     w, h = gen.size
     W, H = w * scale, h * scale
     verdict = verdict if isinstance(verdict, str) else ("replicated" if verdict else "novel")
     out = Image.new("RGB", (2 * W + 12, H + 8), FRAME[verdict])
     out.paste(overlay(gen.resize((W, H), Image.NEAREST), mask), (4, 4))
     if match is not None:
-        out.paste(overlay(match.convert("RGB").resize((W, H), Image.NEAREST), mask), (W + 8, 4))
+        flip = mask is not None and mirrored
+        out.paste(overlay(match.convert("RGB").resize((W, H), Image.NEAREST),
+                          np.asarray(mask)[:, ::-1] if flip else mask), (W + 8, 4))
     else:
         ImageDraw.Draw(out).text((W + 12, H // 2), "image not available", fill=(0, 0, 0))
     return out
@@ -86,7 +89,9 @@ def agreement_pair(upload: Image.Image, top_file, result: dict, side: int = 64) 
     mask = np.asarray(result["agreement"]["mask"], np.float32)
     mask = np.kron(mask, np.ones((side // mask.shape[0], side // mask.shape[1]), np.float32))  # hard-edged windows
     with Image.open(top_file) as top:
-        return pair_image(upload.convert("RGB").resize((side, side)), top.convert("RGB").resize((side, side)),
+        up = upload.convert("RGB")  # as it was compared: mirrored where its mirror image matched
+        up = ImageOps.mirror(up) if result.get("orientation") == "mirrored" else up
+        return pair_image(up.resize((side, side)), top.convert("RGB").resize((side, side)),
                           result["verdict"], 3, mask=mask)
 
 
@@ -266,7 +271,7 @@ def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int, masks: bool = Fa
             verdict = WORD[level(r)]
             cells.append(
                 f'<figure class="ab-cell {CELL[level(r)]}">'
-                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2, mask=r.get("bright_ending") if masks else None))}" '
+                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2, mask=r.get("bright_ending") if masks else None, mirrored=r.get("orientation") == "mirrored"))}" '
                 f'alt="seed {r["seed"]}, {html.escape(short_label(mit))}: generation | training image #{html.escape(str(m["id"]))}">'
                 f'<figcaption><b class="v">{verdict} {r["score"]:.3f}</b><br>'
                 f'<span class="ab-seedtag">seed {r["seed"]} · </span>#{html.escape(str(m["id"]))} · {copies(m["duplicates"])}'
