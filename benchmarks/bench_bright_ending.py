@@ -1,0 +1,111 @@
+"""Does the end token's last-step attention light the copied objects, layer by layer (issue 32)?
+
+The built-in world's card measures Chen et al.'s bright-ending map (the end token's cross-attention at the last
+denoising step, mean over heads and over every cross-attention layer: ``attention.bright_ending``) against the
+drawn objects' boxes of full-duplication generations, and finds it about as bright on them as elsewhere. This
+script splits that map by layer, on other seeds than the card's (default 10-13), for every seed of the group's
+probes: per layer (named by its UNet block, in the order the UNet calls them), per resolution (the mean of the
+layers at one map size; Prompt-to-Prompt's aggregation, which Chen et al.'s code builds on, averages one
+resolution) and over all of them (what memlab records), the median over seeds of the map's mean on the
+objects' boxes over its mean elsewhere (``metrics.mask_coverage``) and the share of seeds above 1; and the end
+token's mean attention against a uniform share over the 77 positions (a bright ending is well above it).
+
+    python -m benchmarks.bench_bright_ending [--world assets/world] [--group full_ddf20] [--seeds 10-13]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def map_side(name: str, latent: int, n_down: int) -> int:
+    """A cross-attention layer's map side from its block: down block i at latent / 2^i, the mid block at the
+    lowest resolution, up block i at latent / 2^(n_down - 1 - i) (diffusers' UNet2DConditionModel)."""
+    part, _, rest = name.partition(".")
+    if part == "mid_block":
+        return latent // 2 ** (n_down - 1)
+    i = int(rest.split(".")[0])
+    return latent // 2 ** (i if part == "down_blocks" else n_down - 1 - i)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    ap.add_argument("--group", default="full_ddf20")
+    ap.add_argument("--seeds", default="10-13")
+    a = ap.parse_args(argv)
+    import pandas as pd
+
+    import memlab.attention as attention
+    from memlab import metrics
+    from memlab.generate import Settings
+    from memlab.runner import parse_seeds
+    from memlab.world import World
+
+    world = World.load(a.world, verify=False)
+    gen, index = world.generator(device="cpu"), world.index()
+    items = index.items.drop_duplicates("item")
+    regions = dict(zip(items["item"].astype(int), items["regions"].astype(str)))
+    probes = pd.read_csv(Path(a.world) / "probes.csv")
+    probes = probes[probes["group"] == a.group]
+    defaults = world.manifest.get("defaults", {})
+    settings = Settings(steps=int(defaults.get("steps", 30)), guidance=float(defaults.get("guidance", 5.0)))
+    seeds = parse_seeds(a.seeds)
+
+    hub = attention.AttentionHub.of(gen.pipe.unet)
+    modules = dict(gen.pipe.unet.named_modules())
+    calls: list[str] = []  # the cross-attention layers in the order the UNet calls them
+    for name in hub.cross_layers:
+        modules[name].register_forward_pre_hook(lambda m, args, name=name: calls.append(name))
+    captured = []
+    shipped = attention.bright_ending
+
+    def spy(end_maps):  # the last step's per-layer maps, as the generator hands them to bright_ending
+        captured.append([np.asarray(m, np.float64) for m in end_maps])
+        return shipped(end_maps)
+    attention.bright_ending = spy
+
+    ratios, share = {}, {}
+    try:
+        for r in probes.itertuples():
+            boxes = [b for b in regions.get(int(r.item), "").split(";") if b.startswith("obj:")]
+            if not boxes:
+                continue
+            region = np.zeros((metrics.MASK_SIDE, metrics.MASK_SIDE), bool)
+            for b in boxes:
+                x0, y0, x1, y1 = (int(v) for v in b[4:].split(","))
+                region[max(0, y0):y1, max(0, x0):x1] = True
+            calls.clear()
+            captured.clear()
+            list(gen.generate(r.prompt, seeds, settings=settings))
+            layers = captured[-1]
+            names = calls[:len(layers)]  # the first UNet pass calls every layer once, in order
+            sizes = {}
+            for n, m in zip(names, layers):
+                sizes.setdefault(map_side(n, m.shape[-1], len(gen.pipe.unet.down_blocks)), []).append(m)
+            maps = {**{n: m for n, m in zip(names, layers)},
+                    **{f"mean of the {w} x {w} layers ({len(v)})": np.mean(v, 0) for w, v in sorted(sizes.items())},
+                    "mean of every layer (what memlab records)": np.mean(layers, 0)}
+            for key, m in maps.items():
+                for s in range(len(m)):
+                    top = max(float(m[s].max()), 1e-12)
+                    ratios.setdefault(key, []).append(metrics.mask_coverage(metrics.mask_to_image(m[s] / top), region))
+                    share.setdefault(key, []).append(float(m[s].mean()))
+    finally:
+        attention.bright_ending = shipped
+    print(f"{a.group}: {len(probes)} probes x seeds {a.seeds}, {len(next(iter(ratios.values())))} seeds with drawn "
+          f"objects; the end token's last-step map on the objects' boxes over elsewhere (median over seeds, share "
+          f"above 1) and its mean attention (uniform over 77 positions: {1 / 77:.4f})")
+    for key, v in ratios.items():
+        v = np.asarray(v, np.float64)
+        print(f"  {key:<52} {np.nanmedian(v):6.3f}x  above 1: {np.nanmean(v > 1):6.1%}  "
+              f"attention {np.mean(share[key]):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
