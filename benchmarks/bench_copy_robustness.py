@@ -116,8 +116,8 @@ def at_threshold(files, originals, d) -> dict:
         thr = idx.threshold(d.name)["value"]
 
         def top1(images):  # the verdict's score (normalized where the index says so), as `memlab match` gives it
-            vecs, mirrored = query_vectors(idx, d, images)
-            found = match_vectors(idx, d, vecs, k=1, mirrored=mirrored)
+            vecs, views = query_vectors(idx, d, images)
+            found = match_vectors(idx, d, vecs, k=1, views=views)
             return np.array([r["score"] for r in found]), np.array([r["matches"][0]["row"] for r in found])
         fp_scores, _ = top1([originals[i] for i in outside])
         out = {"threshold": float(thr), "indexed": len(inside), "held_out": len(outside),

@@ -26,9 +26,10 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = {  # name -> (registered descriptor, overrides)
-    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror)": ("memlab-copy", {}),
+    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror, brightness x1.5)": ("memlab-copy", {}),
     "plain cosine (no score normalization)": ("memlab-copy", {"score_norm": None}),
-    "score normalization, no mirror": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": False}}),
+    "score normalization, no other view": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": False}}),
+    "score normalization, mirror only": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": True}}),
     "+ colour standardized": ("memlab-copy", {"colour_norm": "standardize", "score_norm": None}),
     "+ mirrored layout": ("memlab-copy", {"mirror": True, "score_norm": None}),
     "+ brightness + mirrored layout": ("memlab-copy", {"colour_norm": "brightness", "mirror": True, "score_norm": None}),
@@ -138,8 +139,8 @@ def main():
             idx = TrainingIndex.load(Path(tmp) / "idx")
             thr = idx.threshold(d.name)
             gt = thr["ground_truth"]
-            vecs, mirrored = query_vectors(idx, d, gen_images)
-            found = match_vectors(idx, d, vecs, k=1, mirrored=mirrored)
+            vecs, views = query_vectors(idx, d, gen_images)
+            found = match_vectors(idx, d, vecs, k=1, views=views)
             scores = np.array([[r["score"]] for r in found])
             items = idx.items["item"].to_numpy()[[r["matches"][0]["row"] for r in found]]
             idx.close()

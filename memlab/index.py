@@ -188,7 +188,7 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     if spec:
         if d.verdict != "cosine":
             raise MemlabError(f"{d.name}: score normalization works on the cosine verdict, not {d.verdict!r}")
-        bg = scorenorm.background(v, distinct, np.arange(len(v)), {**spec, "mirror": False})
+        bg = scorenorm.background(v, distinct, np.arange(len(v)), spec)  # as given: every row, no other view
         bg_distinct = scorenorm.background(v, distinct, reps, spec, sides["reps"])
         copy_scores = scorenorm.against(v, distinct, copies, calib_rows, spec, sides["copies"])
     elif d.verdict == "cosine":
@@ -211,7 +211,7 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     # a copy's top-1 is right when it is its original or a near duplicate of it
     thr["copy_top1"] = _top1_in_group(copies, v, group, calib_rows)
     for gname, (rows, emb) in truth.items():
-        sc = (scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(gname)) if spec else
+        sc = (scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(gname, [])) if spec else
               np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)]))
         thr.setdefault("ground_truth", {})[gname] = {
             "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),

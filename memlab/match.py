@@ -78,21 +78,21 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
 MAX_CANDIDATES = 1024  # rows searched to find k distinct near-duplicate groups
 
 
-def query_vectors(index: TrainingIndex, descriptor: Descriptor, images) -> tuple[np.ndarray, np.ndarray | None]:
-    """The query images' vectors, and their mirror images' where the index's verdict takes the better
-    orientation (its ``score_norm`` says ``mirror``; else None)."""
+def query_vectors(index: TrainingIndex, descriptor: Descriptor, images) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The query images' vectors, and those of their other views where the index's normalized verdict scores
+    them too (its ``score_norm``: the mirror image, brightened; ``scorenorm.view_vectors``; else none)."""
     vecs = descriptor.embed(list(images))
     spec = index.descriptor_info(descriptor.name).get("score_norm")
-    return vecs, (scorenorm.mirrored_vectors(descriptor, list(images)) if spec and spec["mirror"] else None)
+    return vecs, (scorenorm.view_vectors(descriptor, list(images), spec) if spec else [])
 
 
-def _normalized(index: TrainingIndex, name: str, vectors, mirrored, k: int, spec: dict):
-    """Per query: its k best near-duplicate groups by normalized score (``memlab.scorenorm``), in the better
-    orientation: (scores, rows, cosines, orientations)."""
+def _normalized(index: TrainingIndex, name: str, vectors, views, k: int, spec: dict):
+    """Per query: its k best near-duplicate groups by normalized score (``memlab.scorenorm``), in its best
+    view: (scores, rows, cosines, view names, the kept view's vectors)."""
     n = int(index.manifest["item_count"])
     per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
     kk = min(n, MAX_CANDIDATES, (k + spec["k"] + 1) * per_group)  # enough images to normalize the k kept
-    sides = [("as given", vectors)] + ([("mirrored", mirrored)] if mirrored is not None else [])
+    sides = list(zip(["as given", *scorenorm.view_names(spec)], [vectors, *(views or [])]))
     best = [None] * len(vectors)
     for side, vecs in sides:
         cos, rows = index.search(vecs, k=kk, name=name)
@@ -103,25 +103,24 @@ def _normalized(index: TrainingIndex, name: str, vectors, mirrored, k: int, spec
             order = np.argsort(-s, kind="stable")
             keep = order[_first_per_group(index, r[order], k)]
             if len(keep) and (best[qi] is None or s[keep[0]] > best[qi][0][0]):
-                best[qi] = (s[keep], r[keep], c[keep], side)
-    empty = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0), "as given")
+                best[qi] = (s[keep], r[keep], c[keep], side, vecs[qi])
+    empty = (np.zeros(0), np.zeros(0, np.int64), np.zeros(0), "as given", None)
     best = [b or empty for b in best]
-    return [b[0] for b in best], [b[1] for b in best], [b[2] for b in best], [b[3] for b in best]
+    return tuple([b[i] for b in best] for i in range(5))
 
 
 def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndarray, k: int = 5,
-                  one_per_group: bool = True, mirrored: np.ndarray | None = None) -> list[dict]:
+                  one_per_group: bool = True, views: list[np.ndarray] | None = None) -> list[dict]:
     """Per query vector: its top-k matches, verdict and threshold (JSON-ready dicts). ``one_per_group``: the
     matches are the k best near-duplicate groups, each its best row (``duplicates`` says how many copies of
     it the training set holds), not k rows of one duplicated image. Where the index normalizes the verdict's
-    score (``score_norm``), ``score`` is the normalized score and ``cosine`` the plain one; ``mirrored``: the
-    queries' mirror images' vectors (``query_vectors``), the better orientation kept."""
+    score (``score_norm``), ``score`` is the normalized score and ``cosine`` the plain one; ``views``: the
+    queries' other views' vectors (``query_vectors``), the best kept (``view`` in each result)."""
     thr = index.threshold(descriptor.name)
     possible = index.possible(descriptor.name)["value"]
     spec = index.descriptor_info(descriptor.name).get("score_norm")
     if spec:
-        scores, rows, cosines, sides = _normalized(index, descriptor.name, vectors, mirrored, k, spec)
-        chosen = [mirrored[qi] if side == "mirrored" else vectors[qi] for qi, side in enumerate(sides)]
+        scores, rows, cosines, sides, chosen = _normalized(index, descriptor.name, vectors, views, k, spec)
         return _results(index, descriptor, chosen, scores, rows, thr, possible, cosines, sides)
     cosine = descriptor.verdict == "cosine"
     n = int(index.manifest["item_count"])
@@ -146,7 +145,7 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
 
 def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=None, sides=None) -> list[dict]:
     """The JSON-ready result of each query from its ranked matches (scores, rows; with score normalization
-    also the plain cosines and the orientation kept)."""
+    also the plain cosines and the view kept)."""
     exact = index.vectors(descriptor.name)
     out = []
     for qi in range(len(vectors)):
@@ -167,7 +166,7 @@ def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=No
                     "high_confidence": bool(thr.get("high") is not None and top > thr["high"]),
                     "threshold": float(thr["value"]),
                     "verdict": metrics.verdict(top, thr["value"], possible), "possible_threshold": possible,
-                    **({"orientation": sides[qi]} if sides is not None else {})})
+                    **({"view": sides[qi]} if sides is not None else {})})
     return out
 
 
@@ -200,7 +199,7 @@ def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict
         return result
     from .agreement import agreement_of
 
-    if result.get("orientation") == "mirrored":  # its top-1 matched the image's mirror image: compare that
+    if scorenorm.is_mirrored(result.get("view")):  # its top-1 matched the image's mirror image: compare that
         image = ImageOps.mirror(image.convert("RGB"))
     with Image.open(path) as train:
         got = agreement_of(image, train)
@@ -247,9 +246,9 @@ def match_images(index: TrainingIndex, descriptor: Descriptor, images: Sequence[
                  names: Sequence[str] | None = None, k: int = 5) -> dict:
     """The ``memlab match`` result: {"descriptor", "queries", "summary"} (see README)."""
     t0 = time.perf_counter()
-    vecs, mirrored = query_vectors(index, descriptor, images)
+    vecs, views = query_vectors(index, descriptor, images)
     t1 = time.perf_counter()
-    results = match_vectors(index, descriptor, vecs, k, mirrored=mirrored)
+    results = match_vectors(index, descriptor, vecs, k, views=views)
     for r, im in zip(results, images):
         partial_copy(index, r, im)
     t2 = time.perf_counter()

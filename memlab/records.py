@@ -50,7 +50,7 @@ class SeedRecord:
     bright_ending: list | None = None  # Chen et al.'s end-token map at the last step, at most 16 x 16 (issue 32)
     masked_score: float | None = None  # similarity to the top-1 match inside that map (``metrics.masked_similarity``)
     masked_threshold: float | None = None  # the world's calibrated threshold for it ("template copy"), if any
-    orientation: str | None = None  # the query's side the normalized verdict kept (``memlab.scorenorm``), if any
+    view: str | None = None  # the view of the image the normalized verdict kept (``memlab.scorenorm``), if any
 
     def to_dict(self) -> dict:
         return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}

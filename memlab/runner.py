@@ -19,6 +19,7 @@ import numpy as np
 from . import metrics
 from .generate import Generator, Settings, check_prompt, parse_seeds
 from .match import descriptor_summary, masked_score, match_vectors, query_vectors
+from .scorenorm import is_mirrored
 from .mitigations import Strategy, parse_strategy
 from .records import SeedRecord, Summary
 
@@ -55,16 +56,16 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
 
         def handle(batch):
             t0 = time.perf_counter()
-            vecs, mirrored = query_vectors(index, descriptor, [r.image for r in batch])
+            vecs, views = query_vectors(index, descriptor, [r.image for r in batch])
             align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
             t1 = time.perf_counter()
-            matched = match_vectors(index, descriptor, vecs, k, mirrored=mirrored)
+            matched = match_vectors(index, descriptor, vecs, k, views=views)
             t2 = time.perf_counter()
             timing["embed_s"] += t1 - t0
             timing["search_s"] += t2 - t1
             for j, (r, m) in enumerate(zip(batch, matched)):
                 be = r.extra.get("bright_ending_map")
-                masked = (masked_score(index, m["matches"][0]["row"], r.image, be, m.get("orientation") == "mirrored")
+                masked = (masked_score(index, m["matches"][0]["row"], r.image, be, is_mirrored(m.get("view")))
                           if be is not None else None)
                 if masked is not None and masked_thr is not None:
                     m["verdict"] = metrics.verdict(m["score"], m["threshold"], m["possible_threshold"], masked,
@@ -79,7 +80,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                                                    if k not in ("detections", "bright_ending_map")} or None,
                                  bright_ending=be, masked_score=masked,
                                  masked_threshold=masked_thr if masked is not None else None,
-                                 orientation=m.get("orientation"))
+                                 view=m.get("view"))
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)

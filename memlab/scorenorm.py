@@ -9,8 +9,9 @@ and of one source image where the index merges them, are left out), so the score
 
     s(q, r) - beta * mean_k max_{t in distinct image j != image(r)} s(q, t)
 
-With ``mirror`` the query is also scored as its mirror image and the better of the two orientations is
-kept: a mirrored copy is a copy (the training side stays as it is, so the index keeps one row per image).
+The query is also scored in other views and the best is kept (``view`` in each result): with ``mirror`` its
+mirror image (a mirrored copy is a copy), with ``gains`` its brightness raised by each gain (a darkened copy is
+a copy; each also mirrored). The training side stays as it is, so the index keeps one row per image.
 
 The threshold is calibrated on the same score over the background of distinct images (``index.build_index``):
 each distinct image's normalized score against its nearest other distinct image, 1% above it. The index
@@ -20,28 +21,46 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT = {"k": 2, "beta": 1.0, "mirror": True}
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5]}
 
 
 def check(spec: dict | None) -> dict | None:
-    """A score-normalization rule as plain data ({"k", "beta", "mirror"}), validated; None stays None."""
+    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains"}), validated; None stays None."""
     if spec is None:
         return None
     from .errors import MemlabError
 
-    out = {**DEFAULT, **spec}
+    out = {**DEFAULT, "gains": [], **spec}  # a rule written without gains has none
     if set(out) != set(DEFAULT):
         raise MemlabError(f"score_norm takes {', '.join(DEFAULT)}; got {', '.join(sorted(spec))}")
-    if int(out["k"]) < 1 or not 0 <= float(out["beta"]) <= 2:
-        raise MemlabError(f"score_norm needs k >= 1 and 0 <= beta <= 2, got k={out['k']}, beta={out['beta']}")
-    return {"k": int(out["k"]), "beta": float(out["beta"]), "mirror": bool(out["mirror"])}
+    gains = out["gains"]
+    if int(out["k"]) < 1 or not 0 <= float(out["beta"]) <= 2 or not isinstance(gains, (list, tuple)) \
+            or not all(isinstance(g, (int, float)) and 0 < g <= 4 for g in gains):
+        raise MemlabError(f"score_norm needs k >= 1, 0 <= beta <= 2 and gains in (0, 4], got k={out['k']}, "
+                          f"beta={out['beta']}, gains={gains!r:.60}")
+    return {"k": int(out["k"]), "beta": float(out["beta"]), "mirror": bool(out["mirror"]),
+            "gains": [float(g) for g in gains]}
+
+
+def view_names(spec: dict) -> list[str]:
+    """The query's views besides itself ("as given"), in order: mirrored, brightened by each gain (and mirrored)."""
+    out = ["mirrored"] if spec["mirror"] else []
+    for g in spec.get("gains", []):
+        out += [f"brightness x{g:g}"] + ([f"brightness x{g:g}, mirrored"] if spec["mirror"] else [])
+    return out
 
 
 def words(spec: dict) -> str:
     """The rule in words, for every place a normalized score is shown."""
+    extra = view_names(spec)
     return (f"cosine minus {spec['beta']:g} x the mean cosine of the query's {spec['k']} nearest other distinct "
             f"training images (SSCD's score normalization)"
-            + ("; the better of the query and its mirror image" if spec["mirror"] else ""))
+            + (f"; the best of the query as given and {', '.join(extra)}" if extra else ""))
+
+
+def is_mirrored(view: str | None) -> bool:
+    """Whether a result's ``view`` compared the query's mirror image (local comparisons then mirror it too)."""
+    return bool(view) and view.endswith("mirrored")
 
 
 def normalizer(group_best: np.ndarray, exclude, k: int) -> float:
@@ -79,17 +98,15 @@ def _group_best(sim: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarra
     return out
 
 
-def background(v: np.ndarray, groups, rows, spec: dict, flipped: np.ndarray | None = None,
-               block: int = 1024) -> np.ndarray:
+def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1024) -> np.ndarray:
     """The normalized background of distinct images: each of ``rows`` (one per distinct image) against its
-    nearest row of another distinct image, normalized by the next ``k`` other images (and, with ``mirror``,
-    the better of the row's two orientations: ``flipped`` holds the mirror images' vectors of ``rows``)."""
+    nearest row of another distinct image, normalized by the next ``k`` other images; the best of the row and
+    its other ``views`` (``view_vectors`` of the rows' images), as a query is scored."""
     groups = np.asarray(groups, np.int64)
     rows = np.asarray(rows, np.int64)
     n_groups = int(groups.max()) + 1
     out = np.full(len(rows), -np.inf)
-    sides = [v[rows]] + ([flipped] if spec["mirror"] and flipped is not None else [])
-    for q in sides:
+    for q in [v[rows], *views]:
         for s in range(0, len(rows), block):
             best = _group_best(np.asarray(q[s:s + block], np.float32) @ v.T, groups, n_groups)
             for j, r in enumerate(rows[s:s + block]):
@@ -102,16 +119,15 @@ def background(v: np.ndarray, groups, rows, spec: dict, flipped: np.ndarray | No
     return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
 
 
-def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict,
-            flipped: np.ndarray | None = None) -> np.ndarray:
+def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, views=()) -> np.ndarray:
     """Normalized scores of ``queries`` [n, d] against their ``targets`` (training rows, [n]): a copy's score
-    against its original, normalized by the query's ``k`` nearest other distinct images; with ``mirror`` the
-    better of the query and its mirror image (``flipped`` [n, d])."""
+    against its original, normalized by the query's ``k`` nearest other distinct images; the best of the query
+    and its other ``views`` ([n, d] each)."""
     groups = np.asarray(groups, np.int64)
     targets = np.asarray(targets, np.int64)
     n_groups = int(groups.max()) + 1
     out = np.full(len(targets), -np.inf)
-    for q in [queries] + ([flipped] if spec["mirror"] and flipped is not None else []):
+    for q in [queries, *views]:
         q = np.asarray(q, np.float32)
         best = _group_best(q @ v.T, groups, n_groups)
         own = np.einsum("nd,nd->n", q, v[targets])
@@ -120,19 +136,25 @@ def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict,
     return out.astype(np.float32)
 
 
-def mirrored_vectors(d, images) -> np.ndarray:
-    """The descriptor's vectors of the images' mirror images."""
-    from PIL import ImageOps
+def view_vectors(d, images, spec: dict) -> list[np.ndarray]:
+    """The descriptor's vectors of the images' other views (``view_names``' order)."""
+    from PIL import ImageEnhance, ImageOps
 
-    return d.embed([ImageOps.mirror(im.convert("RGB")) for im in images])
+    rgb = [im.convert("RGB") for im in images]
+    out = []
+    if spec["mirror"]:
+        out.append(d.embed([ImageOps.mirror(im) for im in rgb]))
+    for g in spec.get("gains", []):
+        bright = [ImageEnhance.Brightness(im).enhance(g) for im in rgb]
+        out.append(d.embed(bright))
+        if spec["mirror"]:
+            out.append(d.embed([ImageOps.mirror(im) for im in bright]))
+    return out
 
 
 def calibration_sides(d, spec: dict, reps, calib_rows, load_image, distort, truth_images: dict) -> dict:
-    """What a normalized calibration needs beside the rows' vectors: with ``mirror``, the mirror images'
-    vectors of the distinct images' representatives, of the calibration copies and of each ground truth's
-    copies (None each without it)."""
-    if not spec["mirror"]:
-        return {"reps": None, "copies": None, "truth": {}}
-    return {"reps": mirrored_vectors(d, [load_image(int(r)) for r in reps]),
-            "copies": mirrored_vectors(d, [distort(load_image(int(r))) for r in calib_rows]),
-            "truth": {g: mirrored_vectors(d, list(ims)) for g, ims in truth_images.items()}}
+    """What a normalized calibration needs beside the rows' vectors: the other views' vectors of the distinct
+    images' representatives, of the calibration copies and of each ground truth's copies."""
+    return {"reps": view_vectors(d, [load_image(int(r)) for r in reps], spec),
+            "copies": view_vectors(d, [distort(load_image(int(r))) for r in calib_rows], spec),
+            "truth": {g: view_vectors(d, list(ims), spec) for g, ims in truth_images.items()}}

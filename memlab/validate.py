@@ -90,8 +90,11 @@ def check_manifest(m, path: Path) -> dict:
         if norm is not None:  # memlab.scorenorm's rule: k >= 1, 0 <= beta <= 2, mirror
             c.get(norm, "k", int, f"{where}.score_norm.k")
             c.get(norm, "beta", float, f"{where}.score_norm.beta")
-            if not isinstance(norm.get("mirror"), bool) or norm["k"] < 1 or not 0 <= norm["beta"] <= 2:
-                c.fail(f"{where}.score_norm", "needs k >= 1, 0 <= beta <= 2 and mirror true or false")
+            gains = norm.get("gains", [])
+            if not isinstance(norm.get("mirror"), bool) or norm["k"] < 1 or not 0 <= norm["beta"] <= 2 \
+                    or not isinstance(gains, list) or not all(isinstance(g, (int, float)) and not isinstance(g, bool)
+                                                              and 0 < g <= 4 for g in gains):
+                c.fail(f"{where}.score_norm", "needs k >= 1, 0 <= beta <= 2, mirror true or false and gains in (0, 4]")
     return m
 
 

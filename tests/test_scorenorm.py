@@ -63,15 +63,16 @@ def test_the_better_orientation_is_kept():
     groups = np.arange(6)
     far, near = unit(rng.standard_normal((1, 8))), v[[2]]
     plain = scorenorm.against(v, groups, far, [2], SPEC)
-    both = scorenorm.against(v, groups, far, [2], {**SPEC, "mirror": True}, flipped=near)
+    both = scorenorm.against(v, groups, far, [2], SPEC, views=[near])
     assert both[0] > plain[0] and both[0] == pytest.approx(
         1.0 - np.mean(sorted(np.delete(v @ v[2], 2), reverse=True)[:2]), abs=1e-5)
 
 
 def test_a_rule_is_checked():
     assert scorenorm.check(None) is None
-    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True}
-    for bad in ({"k": 0}, {"beta": -1}, {"kk": 2}):
+    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True, "gains": []}
+    assert scorenorm.view_names(scorenorm.DEFAULT) == ["mirrored", "brightness x1.5", "brightness x1.5, mirrored"]
+    for bad in ({"k": 0}, {"beta": -1}, {"kk": 2}, {"gains": [0]}, {"gains": "1.5"}):
         with pytest.raises(MemlabError):
             scorenorm.check(bad)
 
@@ -89,15 +90,15 @@ def test_an_index_calls_mirrored_and_darkened_copies_and_names_its_score(tmp_pat
     # the threshold is the 99% point of the normalized background, recomputed here from the stored vectors
     v = np.asarray(idx.vectors("memlab-copy"), np.float32)
     reps = np.flatnonzero(idx.items["representative"].to_numpy())
-    flipped = scorenorm.mirrored_vectors(d, [ims[r] for r in reps])
-    bg = scorenorm.background(v, idx.items["distinct"].to_numpy(), reps, d.score_norm, flipped)
+    views = scorenorm.view_vectors(d, [ims[r] for r in reps], d.score_norm)
+    bg = scorenorm.background(v, idx.items["distinct"].to_numpy(), reps, d.score_norm, views)
     assert info["threshold"]["value"] == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-6)
     queries = [ImageOps.mirror(ims[7]), ImageEnhance.Brightness(ims[11]).enhance(0.6), ims[20]]
     res = match_images(idx, d, queries, ["mirror", "dark", "same"], k=3)
     (m, dark, same) = res["queries"]
-    assert m["matches"][0]["id"] == 7 and m["orientation"] == "mirrored" and m["verdict"] == "replicated"
+    assert m["matches"][0]["id"] == 7 and scorenorm.is_mirrored(m["view"]) and m["verdict"] == "replicated"
     assert dark["matches"][0]["id"] == 11 and dark["verdict"] == "replicated"
-    assert same["orientation"] == "as given" and same["matches"][0]["cosine"] == pytest.approx(1.0, abs=1e-4)
+    assert same["view"] == "as given" and same["matches"][0]["cosine"] == pytest.approx(1.0, abs=1e-4)
     # the score is the cosine less the mean of the next two images' cosines
     top = same["matches"]
     assert top[0]["score"] == pytest.approx(top[0]["cosine"] - (top[1]["cosine"] + top[2]["cosine"]) / 2, abs=1e-5)
@@ -106,7 +107,7 @@ def test_an_index_calls_mirrored_and_darkened_copies_and_names_its_score(tmp_pat
     build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("memlab-copy", score_norm=None)],
                 calib_n=30)
     plain = match_images(TrainingIndex.load(tmp_path / "p"), d, [ims[20]], ["same"], k=3)["queries"][0]
-    assert "orientation" not in plain and plain["score"] == pytest.approx(1.0, abs=1e-4)
+    assert "view" not in plain and plain["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_a_manifest_with_a_bad_rule_is_refused(tmp_path):
@@ -146,6 +147,6 @@ def test_a_mirrored_match_is_compared_locally_as_it_matched(tmp_path):
     assert masked_score(idx, 3, gen, mask, mirrored=True) == pytest.approx(1.0, abs=1e-6)
     assert masked_score(idx, 3, gen, mask) < 0.5
     base = {"matches": [{"row": 3}], "verdict": "novel"}
-    mirrored = partial_copy(idx, {**base, "orientation": "mirrored"}, gen)["agreement"]["share"]
+    mirrored = partial_copy(idx, {**base, "view": "mirrored"}, gen)["agreement"]["share"]
     as_given = partial_copy(idx, dict(base), gen)["agreement"]["share"]
     assert mirrored == 1.0 and as_given < 0.5

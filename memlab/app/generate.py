@@ -11,6 +11,7 @@ import gradio as gr
 from ..errors import MemlabError
 from ..limits import APP_MAX_SEEDS
 from ..records import RunState, collapse_matches
+from ..scorenorm import is_mirrored
 from ..service import Lab
 from .charts import attribution_chart, histogram, seed_scores_chart
 from .serve import as_file
@@ -163,7 +164,7 @@ def pair_of(lab: Lab, record: dict, image, show_mask: bool = False):
     caption."""
     return (as_file(pair_image(image, lab.item_image(record["matches"][0]["row"]), level(record),
                                mask=record.get("bright_ending") if show_mask else None,
-                               mirrored=record.get("orientation") == "mirrored")), caption(record))
+                               mirrored=is_mirrored(record.get("view")))), caption(record))
 
 
 def _charts(lab: Lab, empty_hist):

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from ..local import both_ways
+from ..scorenorm import is_mirrored
 from ..records import RunState, SeedRecord, probe_group_name
 from ..service import Lab
 from .glossary import g
@@ -90,7 +91,7 @@ def agreement_pair(upload: Image.Image, top_file, result: dict, side: int = 64) 
     mask = np.kron(mask, np.ones((side // mask.shape[0], side // mask.shape[1]), np.float32))  # hard-edged windows
     with Image.open(top_file) as top:
         up = upload.convert("RGB")  # as it was compared: mirrored where its mirror image matched
-        up = ImageOps.mirror(up) if result.get("orientation") == "mirrored" else up
+        up = ImageOps.mirror(up) if is_mirrored(result.get("view")) else up
         return pair_image(up.resize((side, side)), top.convert("RGB").resize((side, side)),
                           result["verdict"], 3, mask=mask)
 
@@ -271,7 +272,7 @@ def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int, masks: bool = Fa
             verdict = WORD[level(r)]
             cells.append(
                 f'<figure class="ab-cell {CELL[level(r)]}">'
-                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2, mask=r.get("bright_ending") if masks else None, mirrored=r.get("orientation") == "mirrored"))}" '
+                f'<img src="{thumb_uri(pair_image(im, lab.item_image(m["row"]), level(r), 2, mask=r.get("bright_ending") if masks else None, mirrored=is_mirrored(r.get("view"))))}" '
                 f'alt="seed {r["seed"]}, {html.escape(short_label(mit))}: generation | training image #{html.escape(str(m["id"]))}">'
                 f'<figcaption><b class="v">{verdict} {r["score"]:.3f}</b><br>'
                 f'<span class="ab-seedtag">seed {r["seed"]} · </span>#{html.escape(str(m["id"]))} · {copies(m["duplicates"])}'
