@@ -43,8 +43,8 @@ GLOSSARY = [
      "near-duplicate group. memlab-copy's verdict normalizes it (SSCD's score normalization, Pizzi et al. "
      "2022): the cosine less the mean cosine of the generation's 2 nearest *other* training images, so a "
      "copy, close to one image and no other, stands out where a shared background or texture, close to many "
-     "alike, does not; the generation is also compared as its mirror image and the better side is kept (a "
-     "mirrored copy is a copy). The plain cosine is shown beside it."),
+     "alike, does not; the generation is also compared as its mirror image and brightened, and the best "
+     "is kept (a mirrored or darkened copy is a copy). The plain cosine is shown beside it."),
     ("descriptor", "descriptor",
      "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
      "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "
