@@ -51,8 +51,8 @@ def match_tab(lab: Lab, api) -> None:
                        f"{ag['threshold']:.0%}")
                 gallery.insert(0, (agreement_pair(load_image(path), lab.item_file(q["matches"][0]["row"]), q),
                                    f"upload · #{q['matches'][0]['id']} · agree in {ag['share']:.0%}"))
-            table = [[m["id"], score(m["score"]), m.get("duplicates", 0) + 1, m.get("caption", "")]
-                     for m in q["matches"]]
+            table = [[m["id"], score(m["score"]), score(m["cosine"]) if "cosine" in m else "",
+                      m.get("duplicates", 0) + 1, m.get("caption", "")] for m in q["matches"]]
             return md, gallery, pd.DataFrame(table, columns=MATCH_COLUMNS)
 
         page_and_api(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api("match_image"),

@@ -41,10 +41,10 @@ SEED_WIDTHS = ["64px", "104px", "80px", "96px", "168px"]
 ID_WIDTHS = ["72px", "168px"]  # the caption (and a score after it) take the rest
 
 
-MATCH_COLUMNS = ["id", "score", "copies in training", "caption"]
+MATCH_COLUMNS = ["id", "score", "cosine", "copies in training", "caption"]  # cosine: where the score is normalized
 
 
-MATCH_WIDTHS = ["72px", "80px", "168px"]
+MATCH_WIDTHS = ["72px", "80px", "80px", "168px"]
 
 
 COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
