@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     import memlab.attention as attention
     from memlab import metrics
     from memlab.generate import Settings
+    from memlab.local import object_region
     from memlab.runner import parse_seeds
     from memlab.world import World
 
@@ -72,13 +73,9 @@ def main(argv=None) -> int:
     ratios, share = {}, {}
     try:
         for r in probes.itertuples():
-            boxes = [b for b in regions.get(int(r.item), "").split(";") if b.startswith("obj:")]
-            if not boxes:
+            region = object_region(regions.get(int(r.item), ""))
+            if region is None:
                 continue
-            region = np.zeros((metrics.MASK_SIDE, metrics.MASK_SIDE), bool)
-            for b in boxes:
-                x0, y0, x1, y1 = (int(v) for v in b[4:].split(","))
-                region[max(0, y0):y1, max(0, x0):x1] = True
             calls.clear()
             captured.clear()
             list(gen.generate(r.prompt, seeds, settings=settings))

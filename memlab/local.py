@@ -176,6 +176,19 @@ def probe_table_summary(table: pd.DataFrame) -> dict:
     return out
 
 
+def object_region(regions: str) -> np.ndarray | None:
+    """The drawn objects' boxes of an item (its ``regions``: ``obj:x0,y0,x1,y1`` entries, ``;``-separated) as a
+    mask at ``metrics.MASK_SIDE``; None when it names no object."""
+    boxes = [b for b in str(regions).split(";") if b.startswith("obj:")]
+    if not boxes:
+        return None
+    region = np.zeros((metrics.MASK_SIDE, metrics.MASK_SIDE), bool)
+    for b in boxes:
+        x0, y0, x1, y1 = (int(v) for v in b[4:].split(","))
+        region[max(0, y0):y1, max(0, x0):x1] = True
+    return region
+
+
 def bright_ending_coverage(base: pd.DataFrame, index, group: str) -> dict | None:
     """How much more the bright-ending map of a full-duplication generation lights its copied objects than the
     rest (``metrics.mask_coverage`` against the objects' boxes the world drew, ``regions``), over the seeds
@@ -187,13 +200,9 @@ def bright_ending_coverage(base: pd.DataFrame, index, group: str) -> dict | None
     g = base[base["group"] == group]
     ratios = []
     for item, maps, owns in zip(g["item"], g["maps"], g["own_top1"]):
-        boxes = [b for b in regions.get(int(item), "").split(";") if b.startswith("obj:")]
-        if not boxes:
+        region = object_region(regions.get(int(item), ""))
+        if region is None:
             continue
-        region = np.zeros((metrics.MASK_SIDE, metrics.MASK_SIDE), bool)
-        for b in boxes:
-            x0, y0, x1, y1 = (int(v) for v in b[4:].split(","))
-            region[max(0, y0):y1, max(0, x0):x1] = True
         ratios += [metrics.mask_coverage(metrics.mask_to_image(m), region) for m, own in zip(maps, owns)
                    if own and m is not None]
     if not ratios:
