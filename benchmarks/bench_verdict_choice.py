@@ -39,6 +39,19 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     "global": ("memlab-copy-global", {"score_norm": None}),
     "+ mirror-folded layout": ("memlab-copy", {"fold": True, "score_norm": None}),
     "+ brightness + mirror-folded layout": ("memlab-copy", {"colour_norm": "brightness", "fold": True, "score_norm": None}),
+    # score normalization's settings around the shipped ones (k, beta, gains), and with the input colour normalized
+    "normalized, k 1": ("memlab-copy", {"score_norm": {"k": 1, "gains": [1.5]}}),
+    "normalized, k 3": ("memlab-copy", {"score_norm": {"k": 3, "gains": [1.5]}}),
+    "normalized, k 5": ("memlab-copy", {"score_norm": {"k": 5, "gains": [1.5]}}),
+    "normalized, beta 0.75": ("memlab-copy", {"score_norm": {"beta": 0.75, "gains": [1.5]}}),
+    "normalized, beta 1.25": ("memlab-copy", {"score_norm": {"beta": 1.25, "gains": [1.5]}}),
+    "normalized, gains 1.3 and 1.7": ("memlab-copy", {"score_norm": {"gains": [1.3, 1.7]}}),
+    "normalized, mirror only, brightness input": ("memlab-copy", {"colour_norm": "brightness",
+                                                                  "score_norm": {"mirror": True}}),
+    "normalized, mirror only, grey-world input": ("memlab-copy", {"colour_norm": "grey-world",
+                                                                  "score_norm": {"mirror": True}}),
+    "normalized, mirror only, standardized input": ("memlab-copy", {"colour_norm": "standardize",
+                                                                    "score_norm": {"mirror": True}}),
 }
 
 
