@@ -523,8 +523,9 @@ class TrainingIndex:
         """The distinct image of each row (near-duplicate groups, rows of one source merged, as calibrated;
         an index built before the ``distinct`` column: its groups)."""
         items = self.items
-        col = "distinct" if "distinct" in items.columns else "group"
-        return items[col].to_numpy()[np.asarray(rows, np.int64)]
+        if getattr(self, "_distinct_of", None) is None or self._distinct_of[0] is not items:  # one column read
+            self._distinct_of = (items, items["distinct" if "distinct" in items.columns else "group"].to_numpy())
+        return self._distinct_of[1][np.asarray(rows, np.int64)]
 
     def groups_of(self, rows) -> list[int]:
         """The near-duplicate group of each row (from the loaded table's column when it is loaded)."""

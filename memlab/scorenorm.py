@@ -25,21 +25,25 @@ DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5]}
 
 
 def check(spec: dict | None) -> dict | None:
-    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains"}), validated; None stays None."""
+    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains"}), validated (a rule read from
+    an index's manifest too, its ``words`` aside); None stays None."""
     if spec is None:
         return None
     from .errors import MemlabError
 
-    out = {**DEFAULT, "gains": [], **spec}  # a rule written without gains has none
-    if set(out) != set(DEFAULT):
+    out = {**DEFAULT, "gains": [], **{key: v for key, v in dict(spec).items() if key != "words"}}
+    if set(out) != set(DEFAULT):  # a rule written without gains has none
         raise MemlabError(f"score_norm takes {', '.join(DEFAULT)}; got {', '.join(sorted(spec))}")
-    gains = out["gains"]
-    if int(out["k"]) < 1 or not 0 <= float(out["beta"]) <= 2 or not isinstance(gains, (list, tuple)) \
-            or not all(isinstance(g, (int, float)) and 0 < g <= 4 for g in gains):
-        raise MemlabError(f"score_norm needs k >= 1, 0 <= beta <= 2 and gains in (0, 4], got k={out['k']}, "
-                          f"beta={out['beta']}, gains={gains!r:.60}")
-    return {"k": int(out["k"]), "beta": float(out["beta"]), "mirror": bool(out["mirror"]),
-            "gains": [float(g) for g in gains]}
+
+    def number(x, kind):
+        return isinstance(x, kind) and not isinstance(x, bool) and np.isfinite(x)
+    k, beta, gains = out["k"], out["beta"], out["gains"]
+    if not (number(k, int) and k >= 1 and number(beta, (int, float)) and 0 <= beta <= 2
+            and isinstance(out["mirror"], bool) and isinstance(gains, (list, tuple))
+            and all(number(g, (int, float)) and 0 < g <= 4 for g in gains)):
+        raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, mirror true or false and gains in "
+                          f"(0, 4]; got {dict(spec)!r:.120}")
+    return {"k": int(k), "beta": float(beta), "mirror": out["mirror"], "gains": [float(g) for g in gains]}
 
 
 def view_names(spec: dict) -> list[str]:
@@ -98,10 +102,23 @@ def _group_best(sim: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarra
     return out
 
 
+def _best_others(best: np.ndarray, n: int) -> np.ndarray:
+    """Each row's ``n`` highest values (-inf where fewer images remain), highest first: [rows, n]."""
+    n = min(n, best.shape[1])
+    return -np.sort(-np.partition(best, best.shape[1] - n, axis=1)[:, -n:], axis=1)
+
+
+def _mean_finite(x: np.ndarray) -> np.ndarray:
+    """Each row's mean over its finite values (``normalizer``'s: over as many as there are; 0.0 for none)."""
+    ok = np.isfinite(x)
+    return np.where(ok, x, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
+
+
 def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1024) -> np.ndarray:
     """The normalized background of distinct images: each of ``rows`` (one per distinct image) against its
     nearest row of another distinct image, normalized by the next ``k`` other images; the best of the row and
-    its other ``views`` (``view_vectors`` of the rows' images), as a query is scored."""
+    its other ``views`` (``view_vectors`` of the rows' images), as a query is scored. NaN where no other image
+    is left."""
     groups = np.asarray(groups, np.int64)
     rows = np.asarray(rows, np.int64)
     n_groups = int(groups.max()) + 1
@@ -109,17 +126,15 @@ def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1
     for q in [v[rows], *views]:
         for s in range(0, len(rows), block):
             best = _group_best(np.asarray(q[s:s + block], np.float32) @ v.T, groups, n_groups)
-            for j, r in enumerate(rows[s:s + block]):
-                b = best[j].copy()
-                b[groups[r]] = -np.inf  # its own image is not a match
-                if not np.isfinite(b).any():
-                    continue
-                t = int(np.argmax(b))
-                out[s + j] = max(out[s + j], b[t] - spec["beta"] * normalizer(b, [t], spec["k"]))
+            r = rows[s:s + block]
+            best[np.arange(len(r)), groups[r]] = -np.inf  # its own image is not a match
+            top = _best_others(best, spec["k"] + 1)
+            score = top[:, 0] - spec["beta"] * _mean_finite(top[:, 1:])
+            out[s:s + block] = np.maximum(out[s:s + block], np.where(np.isfinite(top[:, 0]), score, -np.inf))
     return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
 
 
-def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, views=()) -> np.ndarray:
+def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, views=(), block: int = 1024) -> np.ndarray:
     """Normalized scores of ``queries`` [n, d] against their ``targets`` (training rows, [n]): a copy's score
     against its original, normalized by the query's ``k`` nearest other distinct images; the best of the query
     and its other ``views`` ([n, d] each)."""
@@ -128,11 +143,13 @@ def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, vie
     n_groups = int(groups.max()) + 1
     out = np.full(len(targets), -np.inf)
     for q in [queries, *views]:
-        q = np.asarray(q, np.float32)
-        best = _group_best(q @ v.T, groups, n_groups)
-        own = np.einsum("nd,nd->n", q, v[targets])
-        for j, t in enumerate(targets):
-            out[j] = max(out[j], own[j] - spec["beta"] * normalizer(best[j], [groups[t]], spec["k"]))
+        for s in range(0, len(targets), block):
+            qq, t = np.asarray(q[s:s + block], np.float32), targets[s:s + block]
+            best = _group_best(qq @ v.T, groups, n_groups)
+            best[np.arange(len(t)), groups[t]] = -np.inf  # the original's image is the match, not a neighbour
+            own = np.einsum("nd,nd->n", qq, v[t])
+            out[s:s + block] = np.maximum(out[s:s + block],
+                                          own - spec["beta"] * _mean_finite(_best_others(best, spec["k"])))
     return out.astype(np.float32)
 
 

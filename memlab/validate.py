@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from .errors import MemlabError
+from .scorenorm import check as check_score_norm
 
 
 class Checker:
@@ -87,14 +88,11 @@ def check_manifest(m, path: Path) -> dict:
                 c.relative(path, c.get(files, key, str, f"{where}.files.{key}"), f"{where}.files.{key}")
         c.get(info, "factory", str, f"{where}.factory")
         norm = c.get(info, "score_norm", dict, f"{where}.score_norm", optional=True)
-        if norm is not None:  # memlab.scorenorm's rule: k >= 1, 0 <= beta <= 2, mirror
-            c.get(norm, "k", int, f"{where}.score_norm.k")
-            c.get(norm, "beta", float, f"{where}.score_norm.beta")
-            gains = norm.get("gains", [])
-            if not isinstance(norm.get("mirror"), bool) or norm["k"] < 1 or not 0 <= norm["beta"] <= 2 \
-                    or not isinstance(gains, list) or not all(isinstance(g, (int, float)) and not isinstance(g, bool)
-                                                              and 0 < g <= 4 for g in gains):
-                c.fail(f"{where}.score_norm", "needs k >= 1, 0 <= beta <= 2, mirror true or false and gains in (0, 4]")
+        if norm is not None:  # the rule as memlab.scorenorm checks it
+            try:
+                check_score_norm(norm)
+            except MemlabError as e:
+                c.fail(f"{where}.score_norm", str(e))
     return m
 
 
