@@ -7,9 +7,11 @@ template threshold's calibration prompts (build-world's ``TEMPLATE_CALIBRATION``
 once, not probes, seeds 0-3), is generated and matched as ``memlab run`` does. For each seed and its top-1
 training image (both at 64 x 64):
 
-- the shipped masked score: the per-channel correlation of the images' detail (each minus its Gaussian blur
+- the masked score: the per-channel correlation of the images' detail (each minus its Gaussian blur
   of ``metrics.DETAIL_SIGMA`` px) inside the seed's bright-ending map (``metrics.masked_similarity``),
-  against the world's template threshold;
+  against the world's template threshold (alone: the verdict before the agreement check);
+- the same, less the mean of the same score against the seed's next 1-3 other distinct training images (score
+  normalization, ``memlab.scorenorm``, applied to the masked score; tried, not chosen);
 - the same inside the same map on raw pixels (what memlab shipped before) and at other detail scales (the
   scales tried), each at the 99% quantile of its own scores over the calibration seeds not replicated;
 - the agreement share: the image cut into windows (8 or 16 px); a window agrees when the per-channel
@@ -22,7 +24,9 @@ training image (both at 64 x 64):
   uses for uploads: on the built-in world, 1% of the same calibration generations, build-world's stage 5c).
 
 - either region: a seed called where the bright-ending masked score or the agreement share passes its own
-  threshold; at the shipped pair, and with both raised to one quantile of the calibration seeds.
+  threshold; at the shipped pair, and with both raised to one quantile of the calibration seeds;
+- both regions (the run verdict since issue 32's second pass, ``metrics.verdict``): the masked score and the
+  agreement share each pass their own threshold; at the shipped pair, and with both lowered to one quantile.
 
 ``--validate``: the probes' seeds 10-19 in place of the card's 0-9 (the seeds the detail scale was chosen on).
 
@@ -68,6 +72,7 @@ def seeds_of(world, probe_seeds=range(10)) -> list[dict]:
     from memlab.local import templates_of
     from memlab.match import descriptor_for_index
     from memlab.runner import run_prompt
+    from memlab.scorenorm import is_mirrored
 
     gen, index = world.generator(), world.index()
     desc = descriptor_for_index(index)
@@ -82,18 +87,53 @@ def seeds_of(world, probe_seeds=range(10)) -> list[dict]:
         jobs += [(g, p.prompt, int(p.item), int(p.template) if g == "template" else -1, probe_seeds)
                  for p in probes[probes["group"] == g].itertuples()]
     template_of, side, out = templates_of(index), 64, []
+
+    def load(row):
+        with Image.open(index.image_path(row)) as t:
+            return np.asarray(t.convert("RGB").resize((side, side), Image.LANCZOS))
     for g, prompt, item, tmpl, seeds in jobs:
         got = []
-        run_prompt(gen, index, desc, prompt, list(seeds), ["none"], st, k=1, on_seed=lambda r, im: got.append((r, im)))
+        run_prompt(gen, index, desc, prompt, list(seeds), ["none"], st, k=K_OTHERS * 4 + 4,
+                   on_seed=lambda r, im: got.append((r, im)))
         for r, im in got:
             row = r["matches"][0]["row"]
             top = int(index.items.iloc[row]["item"])
-            with Image.open(index.image_path(row)) as t:
-                train = np.asarray(t.convert("RGB").resize((side, side), Image.LANCZOS))
             out.append({"group": g, "own": (template_of.get(top, -1) == tmpl) if tmpl >= 0 else top == item,
                         "verdict": r["verdict"], "masked": r.get("masked_score"), "map": r.get("bright_ending"),
-                        "gen": np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS)), "train": train})
+                        "gen": np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS)), "train": load(row),
+                        "mirrored": is_mirrored(r.get("view")),
+                        "others": [load(o) for o in other_images(index, r["matches"], K_OTHERS)]})
     return out
+
+
+K_OTHERS = 3  # the masked score normalized by the next k other distinct images' (k = 1 .. K_OTHERS)
+
+
+def other_images(index, matches, k: int) -> list[int]:
+    """The rows of the first ``k`` matches after the top-1 that show other distinct images than it and than
+    each other (score normalization's background set, ``memlab.scorenorm``), in the matches' order."""
+    distinct = index.items["distinct"].to_numpy() if "distinct" in index.items else index.items["item"].to_numpy()
+    seen, rows = {int(distinct[matches[0]["row"]])}, []
+    for m in matches[1:]:
+        d = int(distinct[m["row"]])
+        if d not in seen and len(rows) < k:
+            seen.add(d)
+            rows.append(int(m["row"]))
+    return rows
+
+
+def normalized_masked(s: dict, k: int, sigma: float) -> float | None:
+    """The seed's masked score less the mean masked score against its next ``k`` other distinct images
+    (score normalization applied to the masked similarity: a shared texture's detail matches them alike)."""
+    from memlab.metrics import mask_to_image, masked_similarity
+
+    if s["map"] is None or len(s["others"]) < k:
+        return None
+    gen, m = s["gen"].astype(np.float64), mask_to_image(s["map"])
+    if s["mirrored"]:
+        gen, m = gen[:, ::-1], m[:, ::-1]
+    own = masked_similarity(gen, s["train"], m, sigma=sigma)
+    return own - float(np.mean([masked_similarity(gen, o, m, sigma=sigma) for o in s["others"][:k]]))
 
 
 def main() -> int:
@@ -132,7 +172,7 @@ def main() -> int:
     def share(group, fn, thr):
         return np.mean([fn(s) is not None and fn(s) > thr for s in group])
     masked = lambda s: s["masked"]  # noqa: E731
-    print(f"{f'bright-ending map, detail at {DETAIL_SIGMA:g} px (shipped)':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
+    print(f"{f'bright-ending map, detail at {DETAIL_SIGMA:g} px, alone':<44}{masked_thr:>10.3f}{share(tm, masked, masked_thr):>10.1%}"
           f"{share(uq, masked, masked_thr):>9.1%}{share(full, masked, masked_thr):>9.1%}")
     above = [s for s in uq if s["masked"] is not None and s["masked"] > masked_thr]
     print(f"  the unique seeds above it: {len(above)} of {len(uq)}, {sum(s['verdict'] == 'replicated' for s in above)} "
@@ -147,6 +187,11 @@ def main() -> int:
         thr = float(np.quantile([get(s) for s in calib if get(s) is not None], 0.99, method="higher"))
         name = "raw pixels (before)" if sigma == 0 else f"detail at {sigma:g} px"
         print(f"{f'bright-ending map, {name}':<44}{thr:>10.3f}{share(tm, get, thr):>10.1%}"
+              f"{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
+    for k in range(1, K_OTHERS + 1):  # the masked score normalized as the global one is (memlab.scorenorm)
+        get = lambda s, k=k: s.setdefault(("norm", k), normalized_masked(s, k, DETAIL_SIGMA))  # noqa: E731
+        thr = float(np.quantile([get(s) for s in calib if get(s) is not None], 0.99, method="higher"))
+        print(f"{f'... less the mean of the next {k} other images':<44}{thr:>10.3f}{share(tm, get, thr):>10.1%}"
               f"{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     cal = world.index().manifest.get("agreement")
     shipped = (AGREEMENT["window"], AGREEMENT["cutoff"], AGREEMENT["detail_sigma"], AGREEMENT["min_std"])
@@ -181,6 +226,11 @@ def main() -> int:
     print(f"{'either: bright-ending or agreement (shipped)':<44}{'both':>10}{union(tm, masked_thr, cal['threshold']):>10.1%}"
           f"{union(uq, masked_thr, cal['threshold']):>9.1%}{union(full, masked_thr, cal['threshold']):>9.1%}"
           f"   calibration seeds called {union(calib, masked_thr, cal['threshold']):.1%}")
+    def both(group, tm_thr, ag_thr):  # a verification: the two regions agree that a copy is there
+        return np.mean([s["masked"] is not None and s["masked"] > tm_thr and s[shipped] > ag_thr for s in group])
+    print(f"{'both: bright-ending and agreement (the verdict)':<44}{'both':>10}{both(tm, masked_thr, cal['threshold']):>10.1%}"
+          f"{both(uq, masked_thr, cal['threshold']):>9.1%}{both(full, masked_thr, cal['threshold']):>9.1%}"
+          f"   calibration seeds called {both(calib, masked_thr, cal['threshold']):.1%}")
     m_cal = [s["masked"] for s in calib if s["masked"] is not None]
     a_cal = [s[shipped] for s in calib]
     for q in (0.99, 0.995):
@@ -188,6 +238,11 @@ def main() -> int:
         print(f"{f'either, both at the {q:.1%} quantile':<44}{f'{tm_thr:.3f}/{ag_thr:.3f}':>10}"
               f"{union(tm, tm_thr, ag_thr):>10.1%}{union(uq, tm_thr, ag_thr):>9.1%}{union(full, tm_thr, ag_thr):>9.1%}"
               f"   calibration seeds called {union(calib, tm_thr, ag_thr):.1%}")
+    for q in (0.98, 0.95):  # both regions, each looser: how much of the calibration the pair leaves
+        tm_thr, ag_thr = (float(np.quantile(v, q, method="higher")) for v in (m_cal, a_cal))
+        print(f"{f'both regions, each at the {q:.0%} quantile':<44}{f'{tm_thr:.3f}/{ag_thr:.3f}':>10}"
+              f"{both(tm, tm_thr, ag_thr):>10.1%}{both(uq, tm_thr, ag_thr):>9.1%}{both(full, tm_thr, ag_thr):>9.1%}"
+              f"   calibration seeds called {both(calib, tm_thr, ag_thr):.1%}")
     return 0
 
 

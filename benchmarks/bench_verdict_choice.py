@@ -52,7 +52,32 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
                                                                   "score_norm": {"mirror": True}}),
     "normalized, mirror only, standardized input": ("memlab-copy", {"colour_norm": "standardize",
                                                                     "score_norm": {"mirror": True}}),
+    # a share of the cosine given to mean-centred 16 x 16 pixels (the colour layout; ``pixel``) beside the network's
+    "normalized, pixels 0.25 of the cosine": ("memlab-copy", {"pixels": 0.25}),
+    "normalized, pixels 0.4 of the cosine": ("memlab-copy", {"pixels": 0.4}),
+    "plain cosine, pixels 0.25 of the cosine": ("memlab-copy", {"pixels": 0.25, "score_norm": None}),
+    # more of the query's views: darkened (a brightened copy), contrast raised (a washed-out copy)
+    "normalized, gains 1.5 and 0.67": ("memlab-copy", {"score_norm": {"gains": [1.5, 0.67]}}),
+    "normalized, gain 1.5, contrast 1.5": ("memlab-copy", {"score_norm": {"gains": [1.5], "contrast": [1.5]}}),
+    "normalized, gain 1.5, contrast 2": ("memlab-copy", {"score_norm": {"gains": [1.5], "contrast": [2.0]}}),
 }
+
+
+def with_pixels(d, share: float, size: int = 16):
+    """``d`` (a memlab-copy) whose rows also hold the image's mean-centred pixels (``pixel``), weighted so that
+    ``share`` of the cosine is theirs and the rest the network's."""
+    import numpy as np
+
+    from memlab.descriptors import PixelDescriptor
+
+    pix, inner = PixelDescriptor(size=size), d.embed
+
+    def embed(images):
+        return np.concatenate([inner(images) * np.sqrt(1 - share), pix.embed(images) * np.sqrt(share)], 1)
+    d.embed, d.dim = embed, d.dim + pix.dim
+    d.preset += f"+pixels-{size}x{size}-share-{share:g}"
+    d.secondary_scores = lambda q, items: {}
+    return d
 
 
 def main():
@@ -146,7 +171,11 @@ def main():
                        (f"{Path(w).name}, plain cosine", ("memlab-copy", {"weights": w, "score_norm": None})),
                        (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True, "score_norm": None}))]
     for label, (name, over) in chosen:
+        over = dict(over)
+        share = over.pop("pixels", 0.0)
         d = create_descriptor(name, **over)
+        if share:
+            d = with_pixels(d, share)
         with tempfile.TemporaryDirectory() as tmp:
             build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
             idx = TrainingIndex.load(Path(tmp) / "idx")

@@ -66,6 +66,7 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
                         "states": [r.get("mitigation_state") or {} for r in seed_recs],
                         "verdicts": [r.get("verdict") for r in seed_recs],
                         "masked": [r.get("masked_score") for r in seed_recs],
+                        "agreement": [(r.get("agreement_share"), r.get("agreement_threshold")) for r in seed_recs],
                         "maps": [r.get("bright_ending") for r in seed_recs],
                         "hidden": [bool(h) for h in judge([shown[(spec, r["seed"])] for r in seed_recs])]
                         if shown else None})

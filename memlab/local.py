@@ -91,28 +91,43 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
 def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict | None:
     """Issue 32's figures on the unmitigated probes: for the template group, among seeds whose top-1 is a
     picture of their own template, the share the masked verdict calls a copy (masked score above its
-    threshold) and the share the global verdict does; unique probes' masked false positives; full
-    duplication's share still called ``replicated``."""
+    threshold, and the agreement share above its own where the index calibrated one: ``metrics.verdict``) and
+    the share the global verdict does; unique probes' masked false positives; full duplication's share still
+    called ``replicated``. The masked score alone is reported beside (``..._masked_alone``)."""
     if masked_threshold is None or "template" not in set(base["group"]):
         return None
 
     def seeds(group):
         g = base[base["group"] == group]
-        return [(m, rep, own, v) for ms, reps, owns, vs in zip(g["masked"], g["replicated"], g["own_top1"], g["verdicts"])
-                for m, rep, own, v in zip(ms, reps, owns, vs)]
+        agree = g["agreement"] if "agreement" in g else [[(None, None)] * len(v) for v in g["verdicts"]]
+        return [(m, rep, own, v, a) for ms, reps, owns, vs, ags in zip(g["masked"], g["replicated"], g["own_top1"],
+                                                                      g["verdicts"], agree)
+                for m, rep, own, v, a in zip(ms, reps, owns, vs, ags)]
+
+    def masked(s):  # the masked verdict's test, whole copies included
+        m, a = s[0], s[4]
+        return (m is not None and m > masked_threshold
+                and (a[0] is None or a[1] is None or a[0] > a[1]))
+
+    def alone(s):
+        return s[0] is not None and s[0] > masked_threshold
     tm = [s for s in seeds("template") if s[2]]
     uq = [s for s in seeds("unique") if s[0] is not None]
     full = sorted((g for g in set(base["group"]) if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
     hi = seeds(full[-1]) if full else []
+
+    def share(group, test):
+        return float(np.mean([test(s) for s in group])) if group else None
     return {"masked_threshold": masked_threshold,
+            "agreement_threshold": next((s[4][1] for s in tm + uq if s[4][1] is not None), None),
             "template_seeds_own_template": len(tm),
             "template_seeds": int(sum(len(v) for v in base[base["group"] == "template"]["verdicts"])),
-            "masked_calls_copy": float(np.mean([m is not None and m > masked_threshold for m, *_ in tm])) if tm else None,
-            "global_calls_copy": float(np.mean([rep for _, rep, _, _ in tm])) if tm else None,
-            "verdict_template_copy": float(np.mean([v == "template copy" for *_, v in tm])) if tm else None,
-            "unique_masked_false_positives": float(np.mean([m > masked_threshold for m, *_ in uq])) if uq else None,
+            "masked_calls_copy": share(tm, masked), "masked_alone_calls_copy": share(tm, alone),
+            "global_calls_copy": share(tm, lambda s: s[1]),
+            "verdict_template_copy": share(tm, lambda s: s[3] == "template copy"),
+            "unique_masked_false_positives": share(uq, masked), "unique_masked_alone_false_positives": share(uq, alone),
             "unique_seeds": len(uq),
-            "full_high_still_replicated": float(np.mean([v == "replicated" for *_, v in hi])) if hi else None}
+            "full_high_still_replicated": share(hi, lambda s: s[3] == "replicated")}
 
 
 PROBE_LABELS = ("verbatim", "template")  # a list's probes scored both ways (NeMo's MV and TV; issue 32)
@@ -234,12 +249,17 @@ def format_local(m: dict) -> list[str]:
     lines = []
     t = m.get("template")
     if t:
-        lines.append(f"template copies (masked threshold {t['masked_threshold']:.3f}): of {t['template_seeds']} "
+        agree = t.get("agreement_threshold")
+        both = f" and agreement share above {agree:.3f}" if agree is not None else ""
+        lines.append(f"template copies (masked threshold {t['masked_threshold']:.3f}{both}): of {t['template_seeds']} "
                      f"template seeds, {t['template_seeds_own_template']} have a picture of their own template at "
                      f"top-1; the masked verdict calls {pct(t['masked_calls_copy'])} of those, the global one "
                      f"{pct(t['global_calls_copy'])}; unique probes' masked false positives "
                      f"{pct(t['unique_masked_false_positives'])} of {t['unique_seeds']}; full duplication still "
                      f"replicated {pct(t['full_high_still_replicated'])}")
+        if agree is not None and t.get("masked_alone_calls_copy") is not None:
+            lines.append(f"  the masked score alone (no agreement check): {pct(t['masked_alone_calls_copy'])} of the "
+                         f"template seeds, unique probes' false positives {pct(t['unique_masked_alone_false_positives'])}")
     c = m.get("bright_ending_coverage")
     if c:
         lines.append(f"bright-ending map on {c['group']} (own image at top-1, {c['seeds']} seeds): median "

@@ -193,20 +193,31 @@ def partial_copy(index: TrainingIndex, result: dict, image: Image.Image) -> dict
     replicated as a whole but whose share passes that threshold becomes a ``template copy``. Left as it is
     where the index keeps no image for the row or calibrated no threshold on the agreement measured now (indices
     built before it: ``calibrate_agreement`` calibrates one again)."""
-    cal = metrics.agreement_current(index.manifest.get("agreement"))
-    path = index.image_path(int(result["matches"][0]["row"])) if cal else None
-    if path is None or not Path(path).is_file():
+    got = agreement(index, int(result["matches"][0]["row"]), image, scorenorm.is_mirrored(result.get("view")))
+    if got is None:
         return result
+    result["agreement"] = got
+    if result["verdict"] != "replicated" and got["share"] > got["threshold"]:
+        result["verdict"] = "template copy"
+    return result
+
+
+def agreement(index: TrainingIndex, row: int, image: Image.Image, mirrored: bool = False) -> dict | None:
+    """Where ``image`` agrees with training row ``row`` (``agreement.agreement_of``: the mask of 8-px windows and
+    its share) with the index's calibrated threshold and its source; None where the index keeps no image for the
+    row or calibrated no threshold on the agreement measured now. ``mirrored``: the row matched the image's
+    mirror image, so that is compared."""
+    cal = metrics.agreement_current(index.manifest.get("agreement"))
+    path = index.image_path(int(row)) if cal else None
+    if path is None or not Path(path).is_file():
+        return None
     from .agreement import agreement_of
 
-    if scorenorm.is_mirrored(result.get("view")):  # its top-1 matched the image's mirror image: compare that
+    if mirrored:
         image = ImageOps.mirror(image.convert("RGB"))
     with Image.open(path) as train:
         got = agreement_of(image, train)
-    result["agreement"] = {**got, "threshold": cal["threshold"], "source": cal["source"]}
-    if result["verdict"] != "replicated" and got["share"] > cal["threshold"]:
-        result["verdict"] = "template copy"
-    return result
+    return {**got, "threshold": cal["threshold"], "source": cal["source"]}
 
 
 def _first_per_group(index: TrainingIndex, rows, k: int) -> np.ndarray:

@@ -40,14 +40,17 @@ def possible_threshold(background_distinct, threshold: float, fpr: float = POSSI
 
 
 def verdict(score: float, threshold: float, possible: float, masked: float | None = None,
-            masked_threshold: float | None = None) -> str:
+            masked_threshold: float | None = None, agreement: float | None = None,
+            agreement_threshold: float | None = None) -> str:
     """Three levels: ``replicated`` above the threshold, ``possible copy`` above the band's lower edge (at
     most the threshold), ``novel`` below it. With a masked score and its calibrated threshold, a seed that is
     not a whole copy but copies the region its mask marks is a ``template copy`` (a partial copy: Webster's
-    template verbatims; Chen et al.'s local memorization)."""
+    template verbatims; Chen et al.'s local memorization). With an agreement share and its threshold too
+    (Webster's masked matching), both must pass: the two regions verify each other."""
     if score > threshold:
         return "replicated"
-    if masked is not None and masked_threshold is not None and masked > masked_threshold:
+    if (masked is not None and masked_threshold is not None and masked > masked_threshold
+            and (agreement is None or agreement_threshold is None or agreement > agreement_threshold)):
         return "template copy"
     return "possible copy" if score > possible else "novel"
 

@@ -51,6 +51,8 @@ class SeedRecord:
     masked_score: float | None = None  # similarity to the top-1 match inside that map (``metrics.masked_similarity``)
     masked_threshold: float | None = None  # the world's calibrated threshold for it ("template copy"), if any
     view: str | None = None  # the view of the image the normalized verdict kept (``memlab.scorenorm``), if any
+    agreement_share: float | None = None  # where it agrees with its top-1 match (Webster's masked matching) ...
+    agreement_threshold: float | None = None  # ... and the index's threshold: a template copy passes both
 
     def to_dict(self) -> dict:
         return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}

@@ -5,7 +5,8 @@ Record shape (scripts depend on it; extend, don't rename). Every line has "type"
 "summary"), "prompt", "mitigation" (name, spec, parameters). Seed records add "seed",
 "effective_prompt", "image", "matches" (as in ``memlab match``), "replicated", "threshold",
 "detection", "verdict", "detections" (by method), "alignment", "bright_ending" (the map), "masked_score",
-"masked_threshold"; summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing",
+"masked_threshold", "agreement_share", "agreement_threshold" (a ``template copy`` passes both thresholds);
+summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing",
 "detections_mean", "alignment_mean", "template_copy_rate".
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import metrics
 from .generate import Generator, Settings, check_prompt, parse_seeds
-from .match import descriptor_summary, masked_score, match_vectors, query_vectors
+from .match import agreement, descriptor_summary, masked_score, match_vectors, query_vectors
 from .scorenorm import is_mirrored
 from .mitigations import Strategy, parse_strategy
 from .records import SeedRecord, Summary
@@ -65,11 +66,13 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             timing["search_s"] += t2 - t1
             for j, (r, m) in enumerate(zip(batch, matched)):
                 be = r.extra.get("bright_ending_map")
-                masked = (masked_score(index, m["matches"][0]["row"], r.image, be, is_mirrored(m.get("view")))
-                          if be is not None else None)
-                if masked is not None and masked_thr is not None:
+                top, mirrored = m["matches"][0]["row"], is_mirrored(m.get("view"))
+                masked = masked_score(index, top, r.image, be, mirrored) if be is not None else None
+                agree = None
+                if masked is not None and masked_thr is not None:  # a template copy: both regions must agree
+                    agree = agreement(index, top, r.image, mirrored)
                     m["verdict"] = metrics.verdict(m["score"], m["threshold"], m["possible_threshold"], masked,
-                                                   masked_thr)
+                                                   masked_thr, *((agree["share"], agree["threshold"]) if agree else ()))
                 rec = SeedRecord(prompt=prompt, mitigation=mit, seed=r.seed, effective_prompt=r.effective_prompt,
                                  image=None, matches=m["matches"], score=m["score"], replicated=m["replicated"],
                                  high_confidence=m["high_confidence"], threshold=m["threshold"], descriptor=desc,
@@ -80,7 +83,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                                                    if k not in ("detections", "bright_ending_map")} or None,
                                  bright_ending=be, masked_score=masked,
                                  masked_threshold=masked_thr if masked is not None else None,
-                                 view=m.get("view"))
+                                 view=m.get("view"), agreement_share=agree["share"] if agree else None,
+                                 agreement_threshold=agree["threshold"] if agree else None)
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ and of one source image where the index merges them, are left out), so the score
 
 The query is also scored in other views and the best is kept (``view`` in each result): with ``mirror`` its
 mirror image (a mirrored copy is a copy), with ``gains`` its brightness raised by each gain (a darkened copy is
-a copy; each also mirrored). The training side stays as it is, so the index keeps one row per image.
+a copy; each also mirrored), with ``contrast`` its contrast raised by each factor (a washed-out copy is a copy;
+each also mirrored). The training side stays as it is, so the index keeps one row per image.
 
 The threshold is calibrated on the same score over the background of distinct images (``index.build_index``):
 each distinct image's normalized score against its nearest other distinct image, 1% above it. The index
@@ -21,36 +22,40 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5]}
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": []}
 
 
 def check(spec: dict | None) -> dict | None:
-    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains"}), validated (a rule read from
-    an index's manifest too, its ``words`` aside); None stays None."""
+    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains", "contrast"}), validated (a rule
+    read from an index's manifest too, its ``words`` aside); None stays None."""
     if spec is None:
         return None
     from .errors import MemlabError
 
-    out = {**DEFAULT, "gains": [], **{key: v for key, v in dict(spec).items() if key != "words"}}
-    if set(out) != set(DEFAULT):  # a rule written without gains has none
+    out = {**DEFAULT, "gains": [], "contrast": [], **{key: v for key, v in dict(spec).items() if key != "words"}}
+    if set(out) != set(DEFAULT):  # a rule written without gains (or contrast) has none
         raise MemlabError(f"score_norm takes {', '.join(DEFAULT)}; got {', '.join(sorted(spec))}")
 
     def number(x, kind):
         return isinstance(x, kind) and not isinstance(x, bool) and np.isfinite(x)
-    k, beta, gains = out["k"], out["beta"], out["gains"]
+    k, beta = out["k"], out["beta"]
     if not (number(k, int) and k >= 1 and number(beta, (int, float)) and 0 <= beta <= 2
-            and isinstance(out["mirror"], bool) and isinstance(gains, (list, tuple))
-            and all(number(g, (int, float)) and 0 < g <= 4 for g in gains)):
-        raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, mirror true or false and gains in "
-                          f"(0, 4]; got {dict(spec)!r:.120}")
-    return {"k": int(k), "beta": float(beta), "mirror": out["mirror"], "gains": [float(g) for g in gains]}
+            and isinstance(out["mirror"], bool)
+            and all(isinstance(out[key], (list, tuple)) and all(number(g, (int, float)) and 0 < g <= 4 for g in out[key])
+                    for key in ("gains", "contrast"))):
+        raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, mirror true or false, and gains and "
+                          f"contrast factors in (0, 4]; got {dict(spec)!r:.120}")
+    return {"k": int(k), "beta": float(beta), "mirror": out["mirror"], "gains": [float(g) for g in out["gains"]],
+            "contrast": [float(c) for c in out["contrast"]]}
 
 
 def view_names(spec: dict) -> list[str]:
-    """The query's views besides itself ("as given"), in order: mirrored, brightened by each gain (and mirrored)."""
+    """The query's views besides itself ("as given"), in order: mirrored, brightened by each gain, its contrast
+    raised by each factor (each also mirrored)."""
     out = ["mirrored"] if spec["mirror"] else []
-    for g in spec.get("gains", []):
-        out += [f"brightness x{g:g}"] + ([f"brightness x{g:g}, mirrored"] if spec["mirror"] else [])
+    for what, key in (("brightness", "gains"), ("contrast", "contrast")):
+        for g in spec.get(key, []):
+            out += [f"{what} x{g:g}"] + ([f"{what} x{g:g}, mirrored"] if spec["mirror"] else [])
     return out
 
 
@@ -161,11 +166,12 @@ def view_vectors(d, images, spec: dict) -> list[np.ndarray]:
     out = []
     if spec["mirror"]:
         out.append(d.embed([ImageOps.mirror(im) for im in rgb]))
-    for g in spec.get("gains", []):
-        bright = [ImageEnhance.Brightness(im).enhance(g) for im in rgb]
-        out.append(d.embed(bright))
-        if spec["mirror"]:
-            out.append(d.embed([ImageOps.mirror(im) for im in bright]))
+    for enhance, key in ((ImageEnhance.Brightness, "gains"), (ImageEnhance.Contrast, "contrast")):
+        for g in spec.get(key, []):
+            changed = [enhance(im).enhance(g) for im in rgb]
+            out.append(d.embed(changed))
+            if spec["mirror"]:
+                out.append(d.embed([ImageOps.mirror(im) for im in changed]))
     return out
 
 

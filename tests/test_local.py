@@ -78,6 +78,12 @@ def test_mask_coverage_and_the_verdict_with_a_template_level():
     assert verdict(0.5, 0.76, 0.7, masked=0.9, masked_threshold=0.5) == "template copy"
     assert verdict(0.72, 0.76, 0.7, masked=0.3, masked_threshold=0.5) == "possible copy"
     assert verdict(0.5, 0.76, 0.7, masked=0.9, masked_threshold=None) == "novel"  # no calibrated threshold
+    # with Webster's agreement share and its threshold, both regions must pass
+    assert verdict(0.5, 0.76, 0.7, 0.9, 0.5, agreement=0.4, agreement_threshold=0.2) == "template copy"
+    assert verdict(0.5, 0.76, 0.7, 0.9, 0.5, agreement=0.1, agreement_threshold=0.2) == "novel"
+    assert verdict(0.72, 0.76, 0.7, 0.9, 0.5, agreement=0.1, agreement_threshold=0.2) == "possible copy"
+    assert verdict(0.5, 0.76, 0.7, 0.3, 0.5, agreement=0.9, agreement_threshold=0.2) == "novel"  # the mask's fails
+    assert verdict(0.8, 0.76, 0.7, 0.0, 0.5, agreement=0.0, agreement_threshold=0.2) == "replicated"
 
 
 def test_local_detection_with_a_full_mask_is_wens_norm_and_follows_the_mask():
@@ -150,14 +156,30 @@ def test_runs_record_the_map_its_localized_detection_and_the_masked_score(tiny_w
         assert r["masked_score"] == pytest.approx(want, abs=1e-6)
         assert r["masked_threshold"] is None and r["verdict"] != "template copy"
         assert "bright_ending_map" not in (r["mitigation_state"] or {})
+    from memlab.agreement import agreement_of
+
     gen.template_threshold = {"value": min(r["masked_score"] for r in seeds) - 1e-3}
+    cal = index.manifest["agreement"]
+    assert cal is not None and metrics.agreement_current(cal)
     try:
-        again = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3))
-                 if r["type"] == "seed"]
+        again = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3),
+                                       out_dir=tmp_path / "again") if r["type"] == "seed"]
+        index.manifest["agreement"] = {**cal, "threshold": 1.0}  # no share passes it: no template copy
+        strict = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3))
+                  if r["type"] == "seed"]
     finally:
         gen.template_threshold = None
-    for r in again:
-        assert r["verdict"] == ("replicated" if r["replicated"] else "template copy")
+        index.manifest["agreement"] = cal
+    for r in again:  # the agreement share recomputed: a template copy passes both thresholds
+        im = Image.open(tmp_path / "again" / r["image"])
+        with Image.open(index.image_path(r["matches"][0]["row"])) as train:
+            share = agreement_of(im if r["view"] in (None, "as given") else im.transpose(Image.FLIP_LEFT_RIGHT),
+                                 train)["share"]
+        assert r["agreement_share"] == pytest.approx(share) and r["agreement_threshold"] == cal["threshold"]
+        assert (r["verdict"] == "replicated") == r["replicated"]
+        assert (r["verdict"] == "template copy") == (not r["replicated"] and share > cal["threshold"])
+    assert [r["verdict"] == "replicated" for r in strict] == [r["replicated"] for r in strict]
+    assert not any(r["verdict"] == "template copy" for r in strict)
     summ = [r for r in recs if r["type"] == "summary"][0]
     assert summ["template_copy_rate"] == 0.0
 
@@ -186,6 +208,9 @@ def test_the_pair_tints_the_copied_region_on_both_images_and_the_caption_gives_t
     assert "TEMPLATE COPY" in caption(rec) and "0.910 vs 0.620" in caption(rec)
     assert "62" not in caption({**rec, "masked_threshold": None, "verdict": "novel"}).split("·")[2]
     assert "25.0%" in _template_line({"template_copy_rate": 0.25}, [rec])[0]
+    both = {**rec, "agreement_share": 0.42, "agreement_threshold": 0.19}
+    assert "agrees in 42% of windows vs 19%" in caption(both) and "agrees" not in caption(rec)
+    assert "more than 19% of its windows" in _template_line({"template_copy_rate": 0.25}, [both])[0]
     assert _template_line({}, [{**rec, "masked_threshold": None}]) == []
 
 
@@ -230,3 +255,32 @@ def test_the_hidden_object_classifier_is_trained_on_labelled_renders_and_round_t
             return np.ones(len(images), bool)
     a = accuracy(Always(), ims, has)
     assert a == {"n": 20, "accuracy": 0.5, "true_positive_rate": 1.0, "false_positive_rate": 1.0}
+
+
+def test_the_cards_template_figures_need_both_regions_where_the_index_calibrated_the_agreement():
+    """issue 32's card figures recomputed from hand-made seeds: the masked verdict counts a seed when its masked
+    score and its agreement share both pass their thresholds (the masked score alone is reported beside)."""
+    import pandas as pd
+
+    from memlab.local import template_figures
+
+    thr, agree = 0.25, 0.19
+    base = pd.DataFrame([
+        {"group": "template", "masked": [0.5, 0.5, 0.5, 0.1], "replicated": [False, False, True, False],
+         "own_top1": [True, True, True, False], "verdicts": ["template copy", "novel", "replicated", "novel"],
+         "agreement": [(0.4, agree), (0.1, agree), (0.5, agree), (0.9, agree)]},
+        {"group": "unique", "masked": [0.6, 0.6, 0.1, None], "replicated": [False] * 4, "own_top1": [True] * 4,
+         "verdicts": ["template copy", "novel", "novel", "novel"],
+         "agreement": [(0.3, agree), (0.05, agree), (0.9, agree), (None, None)]},
+        {"group": "full_ddf20", "masked": [0.9, 0.9], "replicated": [True, False], "own_top1": [True, True],
+         "verdicts": ["replicated", "possible copy"], "agreement": [(0.9, agree), (0.9, agree)]}])
+    f = template_figures(base, thr)
+    assert f["template_seeds_own_template"] == 3 and f["template_seeds"] == 4 and f["unique_seeds"] == 3
+    assert f["masked_calls_copy"] == pytest.approx(2 / 3)  # the second seed's windows do not agree
+    assert f["masked_alone_calls_copy"] == pytest.approx(1.0)
+    assert f["global_calls_copy"] == pytest.approx(1 / 3) and f["verdict_template_copy"] == pytest.approx(1 / 3)
+    assert f["unique_masked_false_positives"] == pytest.approx(1 / 3)
+    assert f["unique_masked_alone_false_positives"] == pytest.approx(2 / 3)
+    assert f["agreement_threshold"] == agree and f["full_high_still_replicated"] == 0.5
+    old = base.drop(columns="agreement")  # records from before the agreement check: the masked score alone
+    assert template_figures(old, thr)["masked_calls_copy"] == pytest.approx(1.0)

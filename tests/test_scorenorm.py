@@ -70,11 +70,14 @@ def test_the_better_orientation_is_kept():
 
 def test_a_rule_is_checked():
     assert scorenorm.check(None) is None
-    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True, "gains": []}
+    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True, "gains": [], "contrast": []}
     assert scorenorm.view_names(scorenorm.DEFAULT) == ["mirrored", "brightness x1.5", "brightness x1.5, mirrored"]
+    assert scorenorm.view_names(scorenorm.check({"mirror": False, "gains": [1.5], "contrast": [2]})) == [
+        "brightness x1.5", "contrast x2"]
     assert scorenorm.check({**scorenorm.DEFAULT, "words": "as an index writes it"}) == scorenorm.DEFAULT
     for bad in ({"k": 0}, {"beta": -1}, {"kk": 2}, {"gains": [0]}, {"gains": "1.5"}, {"k": "x"}, {"k": None},
-                {"k": 1.5}, {"mirror": "yes"}, {"beta": float("nan")}, {"gains": [None]}):
+                {"k": 1.5}, {"mirror": "yes"}, {"beta": float("nan")}, {"gains": [None]}, {"contrast": [0]},
+                {"contrast": "2"}):
         with pytest.raises(MemlabError):
             scorenorm.check(bad)
 

@@ -30,7 +30,8 @@ GLOSSARY = [
      "other content inside, as Stable Diffusion's \"template verbatim\" prompts do. At the last denoising step "
      "the copied region attends to the prompt's end token far more than the rest (the \"bright ending\", Chen et "
      "al., ICLR 2025); memlab records that map per seed and compares the detail (edges, marks, texture; not smooth "
-     "colour) of the generation and its top-1 training image inside it. Above that masked score's own calibrated threshold (and not replicated as a whole), a seed is a "
+     "colour) of the generation and its top-1 training image inside it. Above that masked score's own calibrated threshold, where the two images' detail also agrees in "
+     "more of their small windows than its own threshold allows (Webster's masked matching; both calibrated at 1%), and not replicated as a whole, a seed is a "
      "**template copy** (framed purple). \"Show the copied region\" tints the map over both images."),
     ("threshold", "threshold",
      "The score above which a match counts as a copy. SSCD's is published: 0.5 for replication, and 0.75 "

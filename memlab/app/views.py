@@ -115,6 +115,8 @@ def caption(record: dict) -> str:
     verdict = WORD[level(record)]
     masked = (f" · in its copied region {r.masked_score:.3f} vs {r.masked_threshold:.3f}"
               if r.masked_score is not None and r.masked_threshold is not None else "")
+    if masked and r.agreement_share is not None and r.agreement_threshold is not None:
+        masked += f", agrees in {r.agreement_share:.0%} of windows vs {r.agreement_threshold:.0%}"
     return (f"seed {r.seed} · {verdict} · score {r.score:.3f} vs threshold {r.threshold:.3f}{masked} · "
             f"match #{r.top1['id']} · {copies(r.top1['duplicates'])}")
 
@@ -376,9 +378,11 @@ def _template_line(s: dict, records) -> list[str]:
     thr = next((r["masked_threshold"] for r in records if r.get("masked_threshold") is not None), None)
     if thr is None:
         return []
+    agree = next((r["agreement_threshold"] for r in records if r.get("agreement_threshold") is not None), None)
+    both = f", and agreeing with it in more than {agree:.0%} of its windows" if agree is not None else ""
     return [f"- **template copies** {g('template')} {s.get('template_copy_rate', 0.0):.1%} (not replicated as a "
-            f"whole, but scoring above {thr:.3f} against the same training image inside the copied region; framed "
-            f"purple)"]
+            f"whole, but scoring above {thr:.3f} against the same training image inside the copied region{both}; "
+            f"framed purple)"]
 
 
 def _wen_line(records) -> list[str]:
