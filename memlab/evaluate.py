@@ -308,7 +308,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "hidden_object": obj,
         "template": tmpl, "template_threshold": gen.template_threshold, "bright_ending_coverage": coverage,
         "per_probe": base.drop(columns=["scores", "replicated", "own_top1", "states", "verdicts", "masked",
-                                        "maps", "hidden"]).to_dict(orient="records"),
+                                        "agreement", "maps", "hidden"]).to_dict(orient="records"),
     }
     return result
 
