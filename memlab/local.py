@@ -88,6 +88,14 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
                        f"generations not replicated as a whole of {how}"})
 
 
+def masked_passes(masked: float | None, threshold: float, share: float | None = None,
+                  share_threshold: float | None = None) -> bool:
+    """The masked verdict's test (``metrics.verdict``'s, whole copies included): the masked score above its
+    threshold and, where the seed records one, the agreement share above its own."""
+    return (masked is not None and masked > threshold
+            and (share is None or share_threshold is None or share > share_threshold))
+
+
 def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict | None:
     """Issue 32's figures on the unmitigated probes: for the template group, among seeds whose top-1 is a
     picture of their own template, the share the masked verdict calls a copy (masked score above its
@@ -104,10 +112,8 @@ def template_figures(base: pd.DataFrame, masked_threshold: float | None) -> dict
                                                                       g["verdicts"], agree)
                 for m, rep, own, v, a in zip(ms, reps, owns, vs, ags)]
 
-    def masked(s):  # the masked verdict's test, whole copies included
-        m, a = s[0], s[4]
-        return (m is not None and m > masked_threshold
-                and (a[0] is None or a[1] is None or a[0] > a[1]))
+    def masked(s):
+        return masked_passes(s[0], masked_threshold, *s[4])
 
     def alone(s):
         return s[0] is not None and s[0] > masked_threshold
@@ -134,15 +140,17 @@ PROBE_LABELS = ("verbatim", "template")  # a list's probes scored both ways (NeM
 
 
 def both_ways(records) -> dict | None:
-    """A run's seed records counted by the global verdict and by the masked score against the template
-    threshold (issue 32): seeds, the threshold, ``replicated``, ``masked_above`` (masked score above it, whole
-    copies included) and ``template_copy``; None without that threshold."""
+    """A run's seed records counted by the global verdict and by the masked verdict (issue 32): seeds, the
+    template threshold, ``replicated``, ``masked_above`` (the masked score above it and the agreement share
+    above its own where recorded: ``masked_passes``, whole copies included) and ``template_copy``; None without
+    that threshold."""
     thr = next((r.get("masked_threshold") for r in records if r.get("masked_threshold") is not None), None)
     if thr is None:
         return None
     return {"seeds": len(records), "threshold": float(thr),
             "replicated": sum(r["verdict"] == "replicated" for r in records),
-            "masked_above": sum(r.get("masked_score") is not None and r["masked_score"] > thr for r in records),
+            "masked_above": sum(masked_passes(r.get("masked_score"), thr, r.get("agreement_share"),
+                                              r.get("agreement_threshold")) for r in records),
             "template_copy": sum(r["verdict"] == "template copy" for r in records)}
 
 
@@ -150,8 +158,9 @@ def probe_table(gen, index, descriptor, probes: pd.DataFrame, seeds, settings: S
                 labels=PROBE_LABELS, progress=None) -> pd.DataFrame:
     """A listed world's probes scored both ways (issue 32): each probe of ``labels`` generated on ``seeds``
     and matched, with per probe the seeds the global verdict calls ``replicated`` (whole-image copies), the
-    seeds whose masked score (inside the bright-ending map) passes the world's template threshold, the seeds
-    called ``template copy`` (masked, and not whole), the seeds whose top-1 is the prompt's own training image,
+    seeds that pass the masked verdict's test (``masked_passes``: the masked score inside the bright-ending map
+    above the world's template threshold, and the agreement share above its own), the seeds called ``template
+    copy`` (masked, and not whole), the seeds whose top-1 is the prompt's own training image,
     and the mean global and masked scores."""
     todo = probes[probes["label"].isin(labels)]
     own_ids = todo["training_id"].astype(str).where(todo["training_id"].notna(), "") if "training_id" in todo \
@@ -177,7 +186,7 @@ def probe_table(gen, index, descriptor, probes: pd.DataFrame, seeds, settings: S
 def probe_table_summary(table: pd.DataFrame) -> dict:
     """Per label, how many probes each verdict calls copies: a probe counts when at least half its seeds are
     called (as the card's detectors count a probe that replicates), by the global verdict (``replicated``)
-    and by the masked one (masked score above the template threshold, whole copies included)."""
+    and by the masked one (``masked_passes``, whole copies included)."""
     out = {}
     for label, g in table.groupby("label", sort=False):
         half = g["seeds"] / 2

@@ -231,6 +231,10 @@ def test_a_listed_template_probe_is_shown_scored_both_ways():
     assert both_ways(records) == {"seeds": 4, "threshold": 0.6, "replicated": 1, "masked_above": 2,
                                   "template_copy": 1}
     assert both_ways([{**r, "masked_threshold": None} for r in records]) is None
+    # where the seeds record the agreement share, the masked verdict needs it past its threshold too
+    shares = [(0.5, 0.2), (0.1, 0.2), (0.9, 0.2), (None, None)]
+    checked = [{**r, "agreement_share": a, "agreement_threshold": t} for r, (a, t) in zip(records, shares)]
+    assert both_ways(checked)["masked_above"] == 1
 
     class Lab:
         def probe(self, prompt):
@@ -239,4 +243,4 @@ def test_a_listed_template_probe_is_shown_scored_both_ways():
 
     text = "\n".join(probe_lines(Lab(), RunState("p", records, [None] * 4), "pixel"))
     assert "top-1 match in 2 of 4 seeds" in text
-    assert "calls 1 of 4 seeds whole copies" in text and "template threshold 0.600 in 2 (1 of them" in text
+    assert "calls 1 of 4 seeds whole copies" in text and "template threshold 0.600, with the agreement share past its own, in 2 (1 of them" in text

@@ -217,7 +217,9 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     # the probe's row against the run's unmitigated seeds: the same seeds, the same verdicts
     plain = [x for x in seeds if x["mitigation"]["name"] == "none"]
     assert sum(x["verdict"] == "replicated" for x in plain) == row["replicated"]
-    assert sum(x["masked_score"] > thr["value"] for x in plain) == row["masked_above"]
+    assert sum(x["masked_score"] > thr["value"] and (x["agreement_share"] is None
+                                                    or x["agreement_share"] > x["agreement_threshold"])
+               for x in plain) == row["masked_above"]
 
 
 def test_img2dataset_shards_index_to_the_same_vectors_as_the_same_images_in_a_folder(created, lists, tmp_path):

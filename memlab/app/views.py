@@ -198,8 +198,8 @@ def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
     if both and str(p.get("label")) in ("template", "verbatim"):  # a listed probe, scored both ways (issue 32)
         lines.append(f"- **scored both ways**: the global verdict calls {both['replicated']} of {both['seeds']} seeds "
                      f"whole copies; the masked score (inside the bright-ending map) passes the template threshold "
-                     f"{both['threshold']:.3f} in {both['masked_above']} ({both['template_copy']} of them called template "
-                     f"copies {g('template')})")
+                     f"{both['threshold']:.3f}, with the agreement share past its own, in {both['masked_above']} "
+                     f"({both['template_copy']} of them called template copies {g('template')})")
     pub_mean, pub_max = p.get("published_mean_sscd"), p.get("published_max_sscd")
     if pub_mean is not None or pub_max is not None:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
