@@ -167,6 +167,9 @@ def test_runs_record_the_map_its_localized_detection_and_the_masked_score(tiny_w
         index.manifest["agreement"] = {**cal, "threshold": 1.0}  # no share passes it: no template copy
         strict = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3))
                   if r["type"] == "seed"]
+        index.manifest["agreement"] = {**cal, "threshold": -1.0}  # every share passes: the masked score decides
+        loose = [r for r in run_prompt(gen, index, desc, "a colour field 3", [0, 1, 2], ["none"], Settings(steps=3))
+                 if r["type"] == "seed"]
     finally:
         gen.template_threshold = None
         index.manifest["agreement"] = cal
@@ -180,6 +183,8 @@ def test_runs_record_the_map_its_localized_detection_and_the_masked_score(tiny_w
         assert (r["verdict"] == "template copy") == (not r["replicated"] and share > cal["threshold"])
     assert [r["verdict"] == "replicated" for r in strict] == [r["replicated"] for r in strict]
     assert not any(r["verdict"] == "template copy" for r in strict)
+    assert any(not r["replicated"] for r in loose)
+    assert [r["verdict"] for r in loose] == ["replicated" if r["replicated"] else "template copy" for r in loose]
     summ = [r for r in recs if r["type"] == "summary"][0]
     assert summ["template_copy_rate"] == 0.0
 
