@@ -24,6 +24,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from memlab import scorenorm  # noqa: E402
 from memlab.descriptors import create_descriptor  # noqa: E402
 from memlab.distort import ROBUSTNESS  # noqa: E402
 from memlab.match import load_image  # noqa: E402
@@ -87,19 +88,25 @@ def main(argv=None) -> int:
     print(f"memlab-copy: lowest top-1 {lowest:.1%} (target >= 95%), worst gap to pHash {worst_gap:+.1%} "
           f"(target >= -2 points); model {descs['memlab-copy'].model}")
     print(f"embedding {len(originals)} originals with the three descriptors: {timing['embed_originals_s']:.2f}s")
-    at = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights))
+    at = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights), data)
+    print("the same without the verification stage (the normalized score alone):")
+    unverified = at_threshold(files, originals, create_descriptor(
+        "memlab-copy", weights=args.weights, score_norm={**scorenorm.DEFAULT, "verify": None}), data)
     print("the same without score normalization (plain cosine, the verdict before issue 30's normalization):")
-    plain = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights, score_norm=None))
+    plain = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights, score_norm=None),
+                         data)
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table, "lowest": lowest, "worst_gap": worst_gap,
                                                "model": descs["memlab-copy"].model, "at_threshold": at,
+                                               "at_threshold_unverified": unverified,
                                                "at_threshold_plain_cosine": plain}, indent=2))
     return 0
 
 
-def at_threshold(files, originals, d) -> dict:
+def at_threshold(files, originals, d, root) -> dict:
     """Half the paintings indexed (threshold at 1% of their distinct background), the other half held out:
-    false positives among the held-out paintings, recall at the threshold per transformation."""
+    false positives among the held-out paintings, recall at the threshold per transformation. The index keeps
+    the paintings' files (under ``root``), so a verifying rule (``memlab.verify``) verifies."""
     import tempfile
 
     from memlab.index import TrainingIndex, build_index
@@ -111,13 +118,13 @@ def at_threshold(files, originals, d) -> dict:
     items = pd.DataFrame({"id": np.arange(len(inside)), "caption": [""] * len(inside),
                           "file": [files[i] for i in inside]})
     with tempfile.TemporaryDirectory() as tmp:
-        build_index(Path(tmp) / "idx", items, lambda i: originals[inside[i]], [d])
+        build_index(Path(tmp) / "idx", items, lambda i: originals[inside[i]], [d], image_root=str(Path(root).resolve()))
         idx = TrainingIndex.load(Path(tmp) / "idx")
         thr = idx.threshold(d.name)["value"]
 
         def top1(images):  # the verdict's score (normalized where the index says so), as `memlab match` gives it
             vecs, views = query_vectors(idx, d, images)
-            found = match_vectors(idx, d, vecs, k=1, views=views)
+            found = match_vectors(idx, d, vecs, k=1, views=views, images=images)
             return np.array([r["score"] for r in found]), np.array([r["matches"][0]["row"] for r in found])
         fp_scores, _ = top1([originals[i] for i in outside])
         out = {"threshold": float(thr), "indexed": len(inside), "held_out": len(outside),

@@ -60,6 +60,19 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     "normalized, gains 1.5 and 0.67": ("memlab-copy", {"score_norm": {"gains": [1.5, 0.67]}}),
     "normalized, gain 1.5, contrast 1.5": ("memlab-copy", {"score_norm": {"gains": [1.5], "contrast": [1.5]}}),
     "normalized, gain 1.5, contrast 2": ("memlab-copy", {"score_norm": {"gains": [1.5], "contrast": [2.0]}}),
+    # a verification stage on the images (``memlab.verify``): the best 5 candidates re-scored with a share of the
+    # correlation of the two images' detail (gain and offset per channel left out, the better of the mirror image)
+    "normalized (shipped before verification)": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": None}}),
+    "verified, detail 2 px, weight 0.2": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {"weight": 0.2}}}),
+    "verified, detail 2 px, weight 0.3": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {"weight": 0.3}}}),
+    "verified, detail 2 px, weight 0.5": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {"weight": 0.5}}}),
+    "verified, detail 1 px, weight 0.3": ("memlab-copy", {"score_norm": {"gains": [1.5],
+                                                                       "verify": {"weight": 0.3, "sigma": 1.0}}}),
+    "verified, detail 3 px, weight 0.2": ("memlab-copy", {"score_norm": {"gains": [1.5],
+                                                                       "verify": {"weight": 0.2, "sigma": 3.0}}}),
+    "verified, detail 2 px, weight 0.15": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {"weight": 0.15}}}),
+    "verified, detail 2 px, weight 0.2, top-1 only": ("memlab-copy", {"score_norm": {
+        "gains": [1.5], "verify": {"weight": 0.2, "candidates": 1}}}),
 }
 
 
@@ -177,12 +190,13 @@ def main():
         if share:
             d = with_pixels(d, share)
         with tempfile.TemporaryDirectory() as tmp:
-            build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin")
+            build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin",
+                        image_root=str(data.resolve()))
             idx = TrainingIndex.load(Path(tmp) / "idx")
             thr = idx.threshold(d.name)
             gt = thr["ground_truth"]
             vecs, views = query_vectors(idx, d, gen_images)
-            found = match_vectors(idx, d, vecs, k=1, views=views)
+            found = match_vectors(idx, d, vecs, k=1, views=views, images=gen_images)
             scores = np.array([[r["score"]] for r in found])
             items = idx.items["item"].to_numpy()[[r["matches"][0]["row"] for r in found]]
             idx.close()

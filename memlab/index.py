@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import metrics, scorenorm
+from . import metrics, scorenorm, verify
 from .agreement import _agreement_calibration, agreement_of, agreement_words, set_agreement  # noqa: F401
 from .descriptors import Descriptor
 from .distort import distort
@@ -73,14 +73,17 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     truth = {gname: (np.asarray(rows, np.int64), {d.name: d.embed(list(ims)) for d in descriptors})
              for gname, (rows, ims) in (ground_truth or {}).items()}
     items["distinct"] = distinct  # the image a row shows (origin-merged): what score normalization leaves out
-    sides = {d.name: scorenorm.calibration_sides(d, d.score_norm, reps, calib_rows, load_image, distort,
-                                                 {g: ims for g, (_, ims) in (ground_truth or {}).items()})
-             for d in descriptors if d.score_norm}
+    specs = {d.name: d.score_norm and {**d.score_norm, "verify": d.score_norm.get("verify") if image_root else None}
+             for d in descriptors}  # verification reads the training images at query time: only where they are kept
+    truth_images = {g: ims for g, (_, ims) in (ground_truth or {}).items()}
+    sides = {d.name: scorenorm.calibration_sides(d, specs[d.name], reps, calib_rows, load_image, distort, truth_images)
+             for d in descriptors if specs[d.name]}
     with atomic_dir(Path(out)) as tmp:
         entries = {}
         for d in descriptors:
             entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
-                                                truth, fpr, origin, factory, sides.get(d.name))
+                                                truth, fpr, origin, factory, sides.get(d.name), specs[d.name],
+                                                (load_image, truth_images))
             _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
         agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
             vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
@@ -178,19 +181,29 @@ def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> 
 
 
 def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_rows, truth, fpr, origin,
-                      factory, sides=None) -> dict:
+                      factory, sides=None, spec=None, images=None) -> dict:
     """One descriptor's manifest entry: its identity, threshold (with recall on the calibration copies and
     on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``.
-    With the descriptor's ``score_norm`` (``memlab.scorenorm``) every score here is the normalized one."""
+    With the descriptor's ``score_norm`` (``memlab.scorenorm``; ``spec``: as the index keeps it) every score here is
+    the normalized one, and with its ``verify`` the verified one (``memlab.verify``; ``images``: (load_image,
+    each ground truth's images))."""
     # the background of distinct images: each group's representative against the nearest row of *another* group
     # (any of its rows, not only the other representatives)
-    spec = d.score_norm
+    truth_scores = {}
     if spec:
         if d.verdict != "cosine":
             raise MemlabError(f"{d.name}: score normalization works on the cosine verdict, not {d.verdict!r}")
         bg = scorenorm.background(v, distinct, np.arange(len(v)), spec)  # as given: every row, no other view
         bg_distinct = scorenorm.background(v, distinct, reps, spec, sides["reps"])
         copy_scores = scorenorm.against(v, distinct, copies, calib_rows, spec, sides["copies"])
+        truth_scores = {g: scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(g, []))
+                        for g, (rows, emb) in truth.items()}
+        if spec.get("verify"):
+            got = verify.calibrate(v, distinct, reps, spec, sides, images[0], calib_rows,
+                                   [distort(images[0](int(r))) for r in calib_rows], copy_scores, images[1],
+                                   {g: rows for g, (rows, _) in truth.items()}, truth_scores)
+            bg, bg_distinct, copy_scores, truth_scores = (got["background"], got["background_distinct"],
+                                                          got["copies"], got["truth"])
     elif d.verdict == "cosine":
         bg, bg_distinct = metrics.background(v), metrics.background(v, groups=distinct)[reps]
         copy_scores = np.einsum("nd,nd->n", copies, v[calib_rows])
@@ -211,7 +224,7 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     # a copy's top-1 is right when it is its original or a near duplicate of it
     thr["copy_top1"] = _top1_in_group(copies, v, group, calib_rows)
     for gname, (rows, emb) in truth.items():
-        sc = (scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(gname, [])) if spec else
+        sc = (truth_scores[gname] if spec else
               np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)]))
         thr.setdefault("ground_truth", {})[gname] = {
             "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import metrics, scorenorm
+from . import metrics, scorenorm, verify
 from .descriptors import Descriptor, create_descriptor
 from .errors import MemlabError
 from .index import TrainingIndex
@@ -110,18 +110,29 @@ def _normalized(index: TrainingIndex, name: str, vectors, views, k: int, spec: d
 
 
 def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndarray, k: int = 5,
-                  one_per_group: bool = True, views: list[np.ndarray] | None = None) -> list[dict]:
+                  one_per_group: bool = True, views: list[np.ndarray] | None = None,
+                  images: Sequence[Image.Image] | None = None) -> list[dict]:
     """Per query vector: its top-k matches, verdict and threshold (JSON-ready dicts). ``one_per_group``: the
     matches are the k best near-duplicate groups, each its best row (``duplicates`` says how many copies of
     it the training set holds), not k rows of one duplicated image. Where the index normalizes the verdict's
     score (``score_norm``), ``score`` is the normalized score and ``cosine`` the plain one; ``views``: the
-    queries' other views' vectors (``query_vectors``), the best kept (``view`` in each result)."""
+    queries' other views' vectors (``query_vectors``), the best kept (``view`` in each result). Where the rule
+    also verifies (``score_norm.verify``, ``memlab.verify``), the query ``images`` are needed: the best
+    candidates are re-scored on the images, ``score`` is the verified score and each match keeps its
+    ``normalized`` score and the images' ``detail`` correlation."""
     thr = index.threshold(descriptor.name)
     possible = index.possible(descriptor.name)["value"]
     spec = index.descriptor_info(descriptor.name).get("score_norm")
     if spec:
-        scores, rows, cosines, sides, chosen = _normalized(index, descriptor.name, vectors, views, k, spec)
-        return _results(index, descriptor, chosen, scores, rows, thr, possible, cosines, sides)
+        ver = spec.get("verify")
+        kk = max(k, ver["candidates"]) if ver else k
+        scores, rows, cosines, sides, chosen = _normalized(index, descriptor.name, vectors, views, kk, spec)
+        more = None
+        if ver:
+            if images is None or len(images) != len(vectors):
+                raise MemlabError("this index verifies each match on the images: pass the query images")
+            scores, rows, cosines, more = _verified(index, images, scores, rows, cosines, ver, k)
+        return _results(index, descriptor, chosen, scores, rows, thr, possible, cosines, sides, more)
     cosine = descriptor.verdict == "cosine"
     n = int(index.manifest["item_count"])
     per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
@@ -143,9 +154,30 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     return _results(index, descriptor, vectors, scores, rows, thr, possible)
 
 
-def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=None, sides=None) -> list[dict]:
+def _verified(index: TrainingIndex, images, scores, rows, cosines, ver: dict, k: int):
+    """Each query's candidates re-scored on the images (``verify.rescore``); its best ``candidates`` re-ranked (the
+    top-1 is the best of them, as calibrated), any further ones after them; the first k kept: (scores, rows,
+    cosines, per query {"normalized": [...], "detail": [...]})."""
+    def train_of(row):
+        path = index.image_path(row)
+        if path is None or not Path(path).is_file():
+            raise MemlabError(f"training image of row {row} is missing; the index's verification needs it")
+        return verify.train_detail(path, ver["sigma"])
+    out = ([], [], [], [])
+    for qi, im in enumerate(images):
+        got, corr = verify.rescore(scores[qi], rows[qi], verify.query_details(im, ver["sigma"]), train_of, ver)
+        m = ver["candidates"]
+        order = np.r_[np.argsort(-got[:m], kind="stable"), m + np.argsort(-got[m:], kind="stable")][:k]
+        for lst, val in zip(out, (got[order], np.asarray(rows[qi])[order], np.asarray(cosines[qi])[order],
+                                  {"normalized": np.asarray(scores[qi])[order], "detail": corr[order]})):
+            lst.append(val)
+    return out
+
+
+def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=None, sides=None, more=None) -> list[dict]:
     """The JSON-ready result of each query from its ranked matches (scores, rows; with score normalization
-    also the plain cosines and the view kept)."""
+    also the plain cosines and the view kept; with verification each match's normalized score and detail
+    correlation)."""
     exact = index.vectors(descriptor.name)
     out = []
     for qi in range(len(vectors)):
@@ -158,6 +190,8 @@ def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=No
             m = {**index.item(r), "row": int(r), "score": float(s)}
             if cosines is not None:
                 m["cosine"] = float(cosines[qi][j])
+            for key, arr in (more[qi] if more is not None else {}).items():
+                m[key] = float(arr[j])
             for key, arr in extra.items():
                 m[key] = float(arr[j])
             matches.append(m)
@@ -259,7 +293,7 @@ def match_images(index: TrainingIndex, descriptor: Descriptor, images: Sequence[
     t0 = time.perf_counter()
     vecs, views = query_vectors(index, descriptor, images)
     t1 = time.perf_counter()
-    results = match_vectors(index, descriptor, vecs, k, views=views)
+    results = match_vectors(index, descriptor, vecs, k, views=views, images=images)
     for r, im in zip(results, images):
         partial_copy(index, r, im)
     t2 = time.perf_counter()

@@ -60,7 +60,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             vecs, views = query_vectors(index, descriptor, [r.image for r in batch])
             align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
             t1 = time.perf_counter()
-            matched = match_vectors(index, descriptor, vecs, k, views=views)
+            matched = match_vectors(index, descriptor, vecs, k, views=views, images=[r.image for r in batch])
             t2 = time.perf_counter()
             timing["embed_s"] += t1 - t0
             timing["search_s"] += t2 - t1

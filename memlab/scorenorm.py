@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": []}
+from . import verify
+
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": verify.DEFAULT}
 
 
 def check(spec: dict | None) -> dict | None:
-    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains", "contrast"}), validated (a rule
-    read from an index's manifest too, its ``words`` aside); None stays None."""
+    """A score-normalization rule as plain data ({"k", "beta", "mirror", "gains", "contrast", "verify"}), validated
+    (a rule read from an index's manifest too, its ``words`` aside); None stays None. ``verify``: the
+    verification stage's rule (``memlab.verify``) or None (a rule written without it has none)."""
     if spec is None:
         return None
     from .errors import MemlabError
 
-    out = {**DEFAULT, "gains": [], "contrast": [], **{key: v for key, v in dict(spec).items() if key != "words"}}
-    if set(out) != set(DEFAULT):  # a rule written without gains (or contrast) has none
+    out = {**DEFAULT, "gains": [], "contrast": [], "verify": None,
+           **{key: v for key, v in dict(spec).items() if key != "words"}}
+    if set(out) != set(DEFAULT):  # a rule written without gains (or contrast, or verify) has none
         raise MemlabError(f"score_norm takes {', '.join(DEFAULT)}; got {', '.join(sorted(spec))}")
 
     def number(x, kind):
@@ -46,7 +50,7 @@ def check(spec: dict | None) -> dict | None:
         raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, mirror true or false, and gains and "
                           f"contrast factors in (0, 4]; got {dict(spec)!r:.120}")
     return {"k": int(k), "beta": float(beta), "mirror": out["mirror"], "gains": [float(g) for g in out["gains"]],
-            "contrast": [float(c) for c in out["contrast"]]}
+            "contrast": [float(c) for c in out["contrast"]], "verify": verify.check(out["verify"])}
 
 
 def view_names(spec: dict) -> list[str]:
@@ -64,7 +68,8 @@ def words(spec: dict) -> str:
     extra = view_names(spec)
     return (f"cosine minus {spec['beta']:g} x the mean cosine of the query's {spec['k']} nearest other distinct "
             f"training images (SSCD's score normalization)"
-            + (f"; the best of the query as given and {', '.join(extra)}" if extra else ""))
+            + (f"; the best of the query as given and {', '.join(extra)}" if extra else "")
+            + (f"; {verify.words(spec['verify'])}" if spec.get("verify") else ""))
 
 
 def is_mirrored(view: str | None) -> bool:

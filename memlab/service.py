@@ -91,7 +91,11 @@ class Lab:
     def score_axis(self, name: str | None = None) -> str:
         """What a chart's score axis shows: the cosine, or the normalized score (``memlab.scorenorm``)."""
         norm = self.index.descriptor_info(name or self.descriptor.name).get("score_norm")
-        return f"normalized score (cosine less the mean of the {norm['k']} nearest other images')" if norm else "similarity"
+        if not norm:
+            return "similarity"
+        return ("verified " if norm.get("verify") else "") + (
+            f"normalized score (cosine less the mean of the {norm['k']} nearest other images'"
+            + (f", plus {norm['verify']['weight']:g} x the images' detail correlation)" if norm.get("verify") else ")"))
 
     def background(self, name: str | None = None) -> np.ndarray:
         """The background of distinct training images (one row per near-duplicate group against the

@@ -70,7 +70,8 @@ def test_the_better_orientation_is_kept():
 
 def test_a_rule_is_checked():
     assert scorenorm.check(None) is None
-    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True, "gains": [], "contrast": []}
+    assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True, "gains": [], "contrast": [],
+                                         "verify": None}
     assert scorenorm.view_names(scorenorm.DEFAULT) == ["mirrored", "brightness x1.5", "brightness x1.5, mirrored"]
     assert scorenorm.view_names(scorenorm.check({"mirror": False, "gains": [1.5], "contrast": [2]})) == [
         "brightness x1.5", "contrast x2"]

@@ -45,7 +45,10 @@ GLOSSARY = [
      "2022): the cosine less the mean cosine of the generation's 2 nearest *other* training images, so a "
      "copy, close to one image and no other, stands out where a shared background or texture, close to many "
      "alike, does not; the generation is also compared as its mirror image and brightened, and the best "
-     "is kept (a mirrored or darkened copy is a copy). The plain cosine is shown beside it."),
+     "is kept (a mirrored or darkened copy is a copy). Where the index keeps its training images, the best "
+     "5 matches are then verified on the images: the score gains 0.2 x the correlation of the two images' "
+     "fine detail (edges and marks, whatever their colour), so a tinted or darkened copy keeps its score and "
+     "two pictures on the same background do not. The plain cosine is shown beside it."),
     ("descriptor", "descriptor",
      "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
      "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "

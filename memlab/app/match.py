@@ -41,6 +41,8 @@ def match_tab(lab: Lab, api) -> None:
                   f"{lab.descriptor_label(d['name'])} · "
                   f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}"
                   + (f" · cosine {q['matches'][0]['cosine']:.3f}" if "cosine" in q["matches"][0] else "")
+                  + (f" · normalized {q['matches'][0]['normalized']:.3f}, detail correlation "
+                     f"{q['matches'][0]['detail']:.3f}" if "detail" in q["matches"][0] else "")
                   + (f" · matched as: {q['view']}" if q.get("view", "as given") != "as given" else ""))
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]

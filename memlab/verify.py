@@ -1,0 +1,181 @@
+"""Verification of a match by the two images themselves (issue 30; the verification stage of copy detection
+systems, e.g. the DISC 2021 entries that re-score a descriptor's candidates on the images): a candidate's
+normalized score (``memlab.scorenorm``) plus ``weight`` x the correlation of the two images' *detail*
+
+    verified(q, r) = normalized(q, r) + weight * corr(detail(q), detail(r))
+
+where detail is an image at 64 x 64 minus its Gaussian blur of ``sigma`` px (``metrics.detail``) and corr is
+the correlation of the two details in each colour channel, averaged over the channels with structure in both,
+the better of the query and its mirror image. Any gain and offset per channel (a tint, a darkening, a
+washed-out copy) leaves the correlation unchanged, and a mirrored copy is compared mirrored, so it adds to the
+score of a copy that a diffusion model's colour drift has pushed down, and adds little to two distinct images
+on the same background, whose edges lie elsewhere.
+
+The query's ``candidates`` best matches by normalized score are re-scored and re-ranked. The threshold is
+calibrated on the same score (``index.build_index``): each distinct training image against its ``candidates``
+nearest other distinct images, 1% above the best. Only an index that keeps its training images verifies; its
+manifest records the rule (``score_norm.verify``) and every score names it.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+SIDE = 64  # the images are compared at 64 x 64 pixels, as the masked similarity is
+DEFAULT = {"weight": 0.2, "sigma": 3.0, "candidates": 5}  # chosen on validation copies: docs/methods.md
+
+
+def check(spec: dict | None) -> dict | None:
+    """A verification rule as plain data ({"weight", "sigma", "candidates"}), validated; None stays None."""
+    if spec is None:
+        return None
+    from .errors import MemlabError
+
+    out = {**DEFAULT, **dict(spec)}
+    w, s, c = out["weight"], out["sigma"], out["candidates"]
+    if (set(out) != set(DEFAULT) or isinstance(w, bool) or isinstance(s, bool) or isinstance(c, bool)
+            or not isinstance(w, (int, float)) or not isinstance(s, (int, float)) or not isinstance(c, int)
+            or not (0 < w <= 2 and 0 < s <= 8 and 1 <= c <= 64)):
+        raise MemlabError(f"verify takes weight in (0, 2], sigma in (0, 8] px and a whole number of candidates "
+                          f"in [1, 64]; got {dict(spec)!r:.120}")
+    return {"weight": float(w), "sigma": float(s), "candidates": int(c)}
+
+
+def words(spec: dict) -> str:
+    """The rule in words, appended to the score normalization's."""
+    return (f"plus {spec['weight']:g} x the correlation of the two images' detail ({spec['sigma']:g} px at "
+            f"{SIDE} x {SIDE}, per colour channel, the better of the query and its mirror image), over the "
+            f"query's {spec['candidates']} best matches")
+
+
+def detail_vectors(image: Image.Image, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image's detail at ``SIDE`` x ``SIDE`` (``metrics.detail``), each colour channel centred and scaled to
+    unit norm: ([3, SIDE * SIDE] float32, [3] whether the channel has structure)."""
+    from .metrics import detail
+
+    x = np.asarray(image.convert("RGB").resize((SIDE, SIDE), Image.LANCZOS), np.float64)
+    d = detail(x, sigma).reshape(-1, 3).T
+    d = d - d.mean(1, keepdims=True)
+    norm = np.sqrt((d * d).sum(1))
+    ok = norm > 1e-6 * np.sqrt(d.shape[1])
+    return (d / np.where(ok, norm, 1.0)[:, None]).astype(np.float32), ok
+
+
+def correlation(query: Image.Image, train: Image.Image, sigma: float) -> float:
+    """corr(detail(q), detail(r)) of the module's rule: per channel, averaged over the channels with structure in
+    both, the better of ``query`` and its mirror image (1.0 for an image against itself or its mirror image;
+    0.0 where no channel has structure in both)."""
+    return best_correlation(query_details(query, sigma), detail_vectors(train.convert("RGB"), sigma))
+
+
+def _corr(a, b) -> float:
+    (x, okx), (y, oky) = a, b
+    ok = okx & oky
+    return float(np.mean((x * y).sum(1)[ok])) if ok.any() else 0.0
+
+
+@lru_cache(maxsize=4096)
+def _train_detail(path: str, mtime: float, sigma: float):
+    with Image.open(path) as im:
+        return detail_vectors(im.convert("RGB"), sigma)
+
+
+def train_detail(path, sigma: float):
+    """A training image's detail vectors, cached by file (and its modification time)."""
+    from pathlib import Path
+
+    p = Path(path)
+    return _train_detail(str(p), p.stat().st_mtime, float(sigma))
+
+
+def query_details(image: Image.Image, sigma: float) -> list:
+    """The query's and its mirror image's detail vectors (``correlation``'s two orientations)."""
+    own = detail_vectors(image.convert("RGB"), sigma)
+    return [own, detail_mirror(own)]
+
+
+def best_correlation(query_sides: list, train) -> float:
+    """``correlation`` from precomputed detail vectors (``query_details``, ``detail_vectors``)."""
+    return max(_corr(q, train) for q in query_sides)
+
+
+def rescore(normalized, rows, query_sides: list, train_of, spec: dict) -> np.ndarray:
+    """Verified scores of one query's candidates: ``normalized`` [m] plus weight x the best correlation with each
+    candidate row's image (``train_of(row)``: its detail vectors)."""
+    corr = np.array([best_correlation(query_sides, train_of(int(r))) for r in rows])
+    return np.asarray(normalized, np.float64) + spec["weight"] * corr, corr
+
+
+def candidates(sim, groups, own, spec: dict, m: int):
+    """A training image's ``m`` best other distinct images by normalized score, from its similarities ``sim``
+    [n_rows] (one view) and the rows' distinct images ``groups``; ``own``: its own image (left out): (rows [m],
+    normalized scores [m]), each image's best row."""
+    from .scorenorm import normalize_candidates
+
+    g = np.asarray(groups, np.int64)
+    keep = g != own
+    idx = np.flatnonzero(keep)
+    s = np.asarray(sim, np.float64)[idx]
+    order = np.argsort(-s, kind="stable")
+    idx, s = idx[order], s[order]
+    _, first = np.unique(g[idx], return_index=True)
+    first = np.sort(first)[:m + spec["k"] + 1]  # each image's best row, the best images first
+    top_rows, top = idx[first], s[first]
+    norm = normalize_candidates(top, g[top_rows], spec["k"], spec["beta"])
+    pick = np.argsort(-norm, kind="stable")[:m]
+    return top_rows[pick], norm[pick]
+
+
+def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> tuple[np.ndarray, np.ndarray]:
+    """The verified background of distinct images (``scorenorm.background``'s, re-scored): each of ``rows`` in
+    its best view (the view whose best other image scores highest, as a query keeps one view), its
+    ``candidates`` best other distinct images re-scored; returns (the best verified score, its normalized
+    score before verification) per row. ``train_of(row)``: a row's detail vectors."""
+    ver = spec["verify"]
+    groups = np.asarray(groups, np.int64)
+    out, before = np.full(len(rows), np.nan, np.float32), np.full(len(rows), np.nan, np.float32)
+    for i, r in enumerate(np.asarray(rows, np.int64)):
+        best = None
+        for q in [v[r:r + 1], *[w[i:i + 1] for w in views]]:
+            got = candidates((q @ v.T)[0], groups, groups[r], spec, ver["candidates"])
+            if len(got[1]) and (best is None or got[1][0] > best[1][0]):
+                best = got
+        if best is None:
+            continue
+        own = train_of(int(r))
+        verified, _ = rescore(best[1], best[0], [own, detail_mirror(own)], train_of, ver)
+        out[i], before[i] = verified.max(), best[1][0]
+    return out, before
+
+
+def detail_mirror(sides):
+    """Detail vectors of the mirror image from an image's own (the blur is symmetric, so mirroring commutes)."""
+    x, ok = sides
+    return x.reshape(3, SIDE, SIDE)[:, :, ::-1].reshape(3, -1).copy(), ok
+
+
+def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, copy_images, copy_scores,
+              truth_images: dict, truth_rows: dict, truth_scores: dict) -> dict:
+    """What ``index.build_index`` calibrates on, verified (``background``, ``rescore``): the background of every
+    row (as given) and of the distinct images (``sides["reps"]``: their other views), the calibration copies'
+    and each ground truth's scores against their originals (their normalized scores plus weight x the
+    correlation with the original). ``load_image(row)``: a training row's image."""
+    ver = spec["verify"]
+    cache: dict = {}
+
+    def train_of(row):
+        if row not in cache:
+            cache[row] = detail_vectors(load_image(int(row)).convert("RGB"), ver["sigma"])
+        return cache[row]
+
+    def against(images, rows, scores):
+        corr = [best_correlation(query_details(im, ver["sigma"]), train_of(int(r))) for im, r in zip(images, rows)]
+        return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(corr)).astype(np.float32)
+
+    every, _ = background(v, groups, np.arange(len(v)), spec, [], train_of)
+    distinct, before = background(v, groups, reps, spec, sides["reps"], train_of)
+    return {"background": every, "background_distinct": distinct, "background_distinct_before": before,
+            "copies": against(copy_images, calib_rows, copy_scores),
+            "truth": {g: against(truth_images[g], truth_rows[g], truth_scores[g]) for g in truth_scores}}

@@ -1,0 +1,118 @@
+"""The verification stage (``memlab.verify``) on hand-made images, and through an index that keeps its images."""
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from memlab import metrics, scorenorm, verify
+from memlab.descriptors import create_descriptor
+from memlab.errors import MemlabError
+from memlab.index import TrainingIndex, build_index
+from memlab.match import match_images
+
+W, SIGMA = verify.DEFAULT["weight"], verify.DEFAULT["sigma"]
+
+
+def scene(seed: int, side: int = 64) -> Image.Image:
+    """Mid-grey blocks and bars with edges (no channel clipped by a moderate gain)."""
+    rng = np.random.default_rng(seed)
+    x = np.full((side, side, 3), 110.0)
+    for _ in range(6):
+        r, c, h, w = rng.integers(0, side - 12, 2).tolist() + rng.integers(6, 20, 2).tolist()
+        x[r:r + h, c:c + w] = rng.uniform(40, 200, 3)
+    return Image.fromarray(x.clip(0, 255).astype(np.uint8))
+
+
+def reference(a: Image.Image, b: Image.Image, sigma: float) -> float:
+    """The correlation as the masked similarity computes it with a mask of ones, the better orientation."""
+    def arr(im):
+        return np.asarray(im.convert("RGB").resize((verify.SIDE, verify.SIDE), Image.LANCZOS), np.float64)
+    ones = np.ones((verify.SIDE, verify.SIDE))
+    return max(metrics.masked_similarity(arr(q), arr(b), ones, sigma) for q in (a, ImageOps.mirror(a)))
+
+
+def test_the_correlation_is_the_masked_similarity_over_the_whole_image_and_ignores_colour_and_mirroring():
+    a, b = scene(1), scene(2)
+    for sigma in (1.0, 2.0):
+        assert verify.correlation(a, b, sigma) == pytest.approx(reference(a, b, sigma), abs=1e-5)
+        assert verify.correlation(a, a, sigma) == pytest.approx(1.0, abs=1e-5)
+    x = np.asarray(a, np.float64)
+    tinted = Image.fromarray((x * [0.7, 1.0, 1.2] + [20, 0, -15]).clip(0, 255).round().astype(np.uint8))
+    assert verify.correlation(tinted, a, 2.0) > 0.99  # a gain and an offset per channel (rounding aside)
+    assert verify.correlation(ImageOps.mirror(a), a, 2.0) == pytest.approx(1.0, abs=1e-3)
+    assert verify.correlation(a, b, 2.0) < 0.5
+    flat = Image.new("RGB", (64, 64), (90, 90, 90))
+    assert verify.correlation(flat, a, 2.0) == 0.0  # no channel with structure in both
+
+
+def test_a_rule_is_checked():
+    assert verify.check(None) is None
+    assert verify.check({"weight": 0.5}) == {**verify.DEFAULT, "weight": 0.5}
+    for bad in ({"weight": 0}, {"weight": True}, {"sigma": -1}, {"candidates": 0}, {"candidates": 2.5},
+                {"extra": 1}, {"weight": "0.3"}):
+        with pytest.raises(MemlabError):
+            verify.check(bad)
+    # a score-normalization rule written before verification has none; the registered one verifies
+    assert scorenorm.check({"k": 2})["verify"] is None
+    assert scorenorm.check(scorenorm.DEFAULT)["verify"] == verify.DEFAULT
+    assert "detail" in scorenorm.words(scorenorm.DEFAULT) and "detail" not in scorenorm.words(scorenorm.check({}))
+
+
+def test_candidates_leave_out_the_own_image_and_are_normalized_by_the_next():
+    spec = {"k": 2, "beta": 1.0}
+    sim = np.array([0.99, 0.98, 0.9, 0.85, 0.5, 0.4, 0.3])
+    groups = np.array([0, 0, 1, 1, 2, 3, 4])  # rows 0, 1: the query's own image
+    rows, norm = verify.candidates(sim, groups, 0, spec, 2)
+    assert rows.tolist() == [2, 4]  # each image's best row, its own image left out
+    assert norm == pytest.approx([0.9 - (0.5 + 0.4) / 2, 0.5 - (0.9 + 0.4) / 2])
+
+
+def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_path):
+    ims = [scene(i) for i in range(40)]
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, im in enumerate(ims):
+        im.save(root / f"{i}.png")
+    items = pd.DataFrame({"id": range(40), "caption": [""] * 40, "file": [f"{i}.png" for i in range(40)]})
+    d = create_descriptor("memlab-copy")
+    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=20, image_root=str(root))
+    idx = TrainingIndex.load(tmp_path / "i")
+    spec = idx.descriptor_info("memlab-copy")["score_norm"]
+    assert spec["verify"] == verify.DEFAULT and "detail" in spec["words"]
+    # the threshold is the 99% point of the verified background, recomputed here by brute force
+    v = np.asarray(idx.vectors("memlab-copy"), np.float32)
+    distinct = idx.items["distinct"].to_numpy()
+    reps = np.flatnonzero(idx.items["representative"].to_numpy())
+    views = scorenorm.view_vectors(d, [ims[r] for r in reps], spec)
+    bg = []
+    for i, r in enumerate(reps):
+        best = None
+        for q in [v[r], *[w[i] for w in views]]:
+            got = verify.candidates(q @ v.T, distinct, distinct[r], spec, spec["verify"]["candidates"])
+            best = got if best is None or got[1][0] > best[1][0] else best
+        bg.append(max(s + W * reference(ims[r], ims[int(row)], SIGMA) for row, s in zip(*best)))
+    thr = idx.threshold("memlab-copy")["value"]
+    assert thr == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-4)
+    # a tinted copy: its score is its normalized score plus the weight x the correlation, recomputed
+    x = np.asarray(ims[5], np.float64)
+    tinted = Image.fromarray((x * [0.8, 1.0, 1.15]).clip(0, 255).astype(np.uint8))
+    res = match_images(idx, d, [tinted, ImageOps.mirror(ims[9])], ["tinted", "mirrored"], k=3)["queries"]
+    for q, own in zip(res, (5, 9)):
+        top = q["matches"][0]
+        assert top["id"] == own and q["verdict"] == "replicated"
+        assert top["score"] == pytest.approx(top["normalized"] + W * top["detail"], abs=1e-5)
+        assert top["detail"] == pytest.approx(reference(tinted if own == 5 else ImageOps.mirror(ims[9]), ims[own],
+                                                        SIGMA), abs=1e-4)
+        assert [m["score"] for m in q["matches"]] == sorted((m["score"] for m in q["matches"]), reverse=True)
+    # an index without its images scores the normalized score alone, and says so
+    build_index(tmp_path / "n", items, lambda i: ims[i], [d], calib_n=20)
+    plain = TrainingIndex.load(tmp_path / "n")
+    assert plain.descriptor_info("memlab-copy")["score_norm"]["verify"] is None
+    got = match_images(plain, d, [tinted], ["tinted"], k=3)["queries"][0]["matches"][0]
+    assert "detail" not in got and got["score"] == pytest.approx(res[0]["matches"][0]["normalized"], abs=1e-5)
+    # verification needs the query images
+    from memlab.match import match_vectors, query_vectors
+
+    vecs, vws = query_vectors(idx, d, [tinted])
+    with pytest.raises(MemlabError, match="images"):
+        match_vectors(idx, d, vecs, k=3, views=vws)
