@@ -101,9 +101,9 @@ def best_correlation(query_sides: list, train) -> float:
     return max(_corr(q, train) for q in query_sides)
 
 
-def rescore(normalized, rows, query_sides: list, train_of, spec: dict) -> np.ndarray:
+def rescore(normalized, rows, query_sides: list, train_of, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     """Verified scores of one query's candidates: ``normalized`` [m] plus weight x the best correlation with each
-    candidate row's image (``train_of(row)``: its detail vectors)."""
+    candidate row's image (``train_of(row)``: its detail vectors); returns (verified scores, correlations)."""
     corr = np.array([best_correlation(query_sides, train_of(int(r))) for r in rows])
     return np.asarray(normalized, np.float64) + spec["weight"] * corr, corr
 
@@ -128,14 +128,14 @@ def candidates(sim, groups, own, spec: dict, m: int):
     return top_rows[pick], norm[pick]
 
 
-def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> tuple[np.ndarray, np.ndarray]:
+def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> np.ndarray:
     """The verified background of distinct images (``scorenorm.background``'s, re-scored): each of ``rows`` in
     its best view (the view whose best other image scores highest, as a query keeps one view), its
-    ``candidates`` best other distinct images re-scored; returns (the best verified score, its normalized
-    score before verification) per row. ``train_of(row)``: a row's detail vectors."""
+    ``candidates`` best other distinct images re-scored; returns the best verified score per row (NaN where no
+    other image is left). ``train_of(row)``: a row's detail vectors."""
     ver = spec["verify"]
     groups = np.asarray(groups, np.int64)
-    out, before = np.full(len(rows), np.nan, np.float32), np.full(len(rows), np.nan, np.float32)
+    out = np.full(len(rows), np.nan, np.float32)
     for i, r in enumerate(np.asarray(rows, np.int64)):
         best = None
         for q in [v[r:r + 1], *[w[i:i + 1] for w in views]]:
@@ -146,8 +146,8 @@ def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> tupl
             continue
         own = train_of(int(r))
         verified, _ = rescore(best[1], best[0], [own, detail_mirror(own)], train_of, ver)
-        out[i], before[i] = verified.max(), best[1][0]
-    return out, before
+        out[i] = verified.max()
+    return out
 
 
 def detail_mirror(sides):
@@ -174,8 +174,7 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
         corr = [best_correlation(query_details(im, ver["sigma"]), train_of(int(r))) for im, r in zip(images, rows)]
         return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(corr)).astype(np.float32)
 
-    every, _ = background(v, groups, np.arange(len(v)), spec, [], train_of)
-    distinct, before = background(v, groups, reps, spec, sides["reps"], train_of)
-    return {"background": every, "background_distinct": distinct, "background_distinct_before": before,
+    return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of),
+            "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of),
             "copies": against(copy_images, calib_rows, copy_scores),
             "truth": {g: against(truth_images[g], truth_rows[g], truth_scores[g]) for g in truth_scores}}
