@@ -162,10 +162,11 @@ def _verified(index: TrainingIndex, images, scores, rows, cosines, ver: dict, k:
         path = index.image_path(row)
         if path is None or not Path(path).is_file():
             raise MemlabError(f"training image of row {row} is missing; the index's verification needs it")
-        return verify.train_detail(path, ver["sigma"])
+        return verify.train_detail(path, ver)
     out = ([], [], [], [])
     for qi, im in enumerate(images):
-        got, corr = verify.rescore(scores[qi], rows[qi], verify.query_details(im, ver["sigma"]), train_of, ver)
+        got, corr = verify.rescore(scores[qi], rows[qi], verify.query_details(im, ver["sigma"], ver["region"]),
+                                   train_of, ver)
         m = ver["candidates"]
         order = np.r_[np.argsort(-got[:m], kind="stable"), m + np.argsort(-got[m:], kind="stable")][:k]
         for lst, val in zip(out, (got[order], np.asarray(rows[qi])[order], np.asarray(cosines[qi])[order],

@@ -4,12 +4,13 @@ normalized score (``memlab.scorenorm``) plus ``weight`` x the correlation of the
 
     verified(q, r) = normalized(q, r) + weight * corr(detail(q), detail(r))
 
-where detail is an image at 64 x 64 minus its Gaussian blur of ``sigma`` px (``metrics.detail``) and corr is
-the correlation of the two details in each colour channel, averaged over the channels with structure in both,
-the better of the query and its mirror image. Any gain and offset per channel (a tint, a darkening, a
+where detail is an image at 64 x 64 minus its Gaussian blur of ``sigma`` px (``metrics.detail``), kept inside
+the image's central ``region`` of each side, and corr is the correlation of the two details in each colour
+channel, averaged over the channels with structure in both, the better of the query and its mirror image. Any gain and offset per channel (a tint, a darkening, a
 washed-out copy) leaves the correlation unchanged, and a mirrored copy is compared mirrored, so it adds to the
 score of a copy that a diffusion model's colour drift has pushed down, and adds little to two distinct images
-on the same background, whose edges lie elsewhere.
+on the same background, whose edges lie elsewhere. The central region leaves out a frame, border or band that
+many pictures share (a template copy, whose content inside differs, is for the masked verdict to call).
 
 The query's ``candidates`` best matches by normalized score are re-scored and re-ranked. The threshold is
 calibrated on the same score (``index.build_index``): each distinct training image against its ``candidates``
@@ -24,50 +25,63 @@ import numpy as np
 from PIL import Image
 
 SIDE = 64  # the images are compared at 64 x 64 pixels, as the masked similarity is
-DEFAULT = {"weight": 0.2, "sigma": 3.0, "candidates": 5}  # chosen on validation copies: docs/methods.md
+DEFAULT = {"weight": 0.2, "sigma": 3.0, "candidates": 5, "region": 0.75}  # chosen on validation copies: docs/methods.md
 
 
 def check(spec: dict | None) -> dict | None:
-    """A verification rule as plain data ({"weight", "sigma", "candidates"}), validated; None stays None."""
+    """A verification rule as plain data ({"weight", "sigma", "candidates", "region"}), validated; None stays None. A
+    rule written before ``region`` compares the whole image (1.0)."""
     if spec is None:
         return None
     from .errors import MemlabError
 
-    out = {**DEFAULT, **dict(spec)}
-    w, s, c = out["weight"], out["sigma"], out["candidates"]
-    if (set(out) != set(DEFAULT) or isinstance(w, bool) or isinstance(s, bool) or isinstance(c, bool)
-            or not isinstance(w, (int, float)) or not isinstance(s, (int, float)) or not isinstance(c, int)
-            or not (0 < w <= 2 and 0 < s <= 8 and 1 <= c <= 64)):
-        raise MemlabError(f"verify takes weight in (0, 2], sigma in (0, 8] px and a whole number of candidates "
-                          f"in [1, 64]; got {dict(spec)!r:.120}")
-    return {"weight": float(w), "sigma": float(s), "candidates": int(c)}
+    out = {**DEFAULT, "region": 1.0, **dict(spec)}
+    w, s, c, r = out["weight"], out["sigma"], out["candidates"], out["region"]
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+    if (set(out) != set(DEFAULT) or not (number(w) and number(s) and number(r)) or isinstance(c, bool)
+            or not isinstance(c, int) or not (0 < w <= 2 and 0 < s <= 8 and 1 <= c <= 64 and 0.25 <= r <= 1)):
+        raise MemlabError(f"verify takes weight in (0, 2], sigma in (0, 8] px, a whole number of candidates in "
+                          f"[1, 64] and a central region in [0.25, 1]; got {dict(spec)!r:.120}")
+    return {"weight": float(w), "sigma": float(s), "candidates": int(c), "region": float(r)}
 
 
 def words(spec: dict) -> str:
     """The rule in words, appended to the score normalization's."""
+    region = spec.get("region", 1.0)
     return (f"plus {spec['weight']:g} x the correlation of the two images' detail ({spec['sigma']:g} px at "
-            f"{SIDE} x {SIDE}, per colour channel, the better of the query and its mirror image), over the "
-            f"query's {spec['candidates']} best matches")
+            f"{SIDE} x {SIDE}, " + (f"inside the central {region:.0%} of each side, " if region < 1 else "")
+            + f"per colour channel, the better of the query and its mirror image), over the query's "
+            f"{spec['candidates']} best matches")
 
 
-def detail_vectors(image: Image.Image, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """An image's detail at ``SIDE`` x ``SIDE`` (``metrics.detail``), each colour channel centred and scaled to
-    unit norm: ([3, SIDE * SIDE] float32, [3] whether the channel has structure)."""
+def central(side: int, region: float) -> slice:
+    """The central ``region`` of a side of ``side`` pixels (a frame or border around it is left out)."""
+    margin = (side - int(round(side * region))) // 2  # the same on both sides, so a mirror image keeps the region
+    return slice(margin, side - margin)
+
+
+def detail_vectors(image: Image.Image, sigma: float, region: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """An image's detail at ``SIDE`` x ``SIDE`` (``metrics.detail``) inside its central ``region`` of each side,
+    each colour channel centred and scaled to unit norm: ([3, n * n] float32, [3] whether the channel has
+    structure)."""
     from .metrics import detail
 
     x = np.asarray(image.convert("RGB").resize((SIDE, SIDE), Image.LANCZOS), np.float64)
-    d = detail(x, sigma).reshape(-1, 3).T
+    c = central(SIDE, region)
+    d = detail(x, sigma)[c, c].reshape(-1, 3).T
     d = d - d.mean(1, keepdims=True)
     norm = np.sqrt((d * d).sum(1))
     ok = norm > 1e-6 * np.sqrt(d.shape[1])
     return (d / np.where(ok, norm, 1.0)[:, None]).astype(np.float32), ok
 
 
-def correlation(query: Image.Image, train: Image.Image, sigma: float) -> float:
+def correlation(query: Image.Image, train: Image.Image, sigma: float, region: float = 1.0) -> float:
     """corr(detail(q), detail(r)) of the module's rule: per channel, averaged over the channels with structure in
     both, the better of ``query`` and its mirror image (1.0 for an image against itself or its mirror image;
-    0.0 where no channel has structure in both)."""
-    return best_correlation(query_details(query, sigma), detail_vectors(train.convert("RGB"), sigma))
+    0.0 where no channel has structure in both), inside the central ``region``."""
+    return best_correlation(query_details(query, sigma, region), detail_vectors(train.convert("RGB"), sigma, region))
 
 
 def _corr(a, b) -> float:
@@ -77,22 +91,23 @@ def _corr(a, b) -> float:
 
 
 @lru_cache(maxsize=4096)
-def _train_detail(path: str, mtime: float, sigma: float):
+def _train_detail(path: str, mtime: float, sigma: float, region: float):
     with Image.open(path) as im:
-        return detail_vectors(im.convert("RGB"), sigma)
+        return detail_vectors(im.convert("RGB"), sigma, region)
 
 
-def train_detail(path, sigma: float):
-    """A training image's detail vectors, cached by file (and its modification time)."""
+def train_detail(path, spec: dict):
+    """A training image's detail vectors under a rule, cached by file (and its modification time)."""
     from pathlib import Path
 
     p = Path(path)
-    return _train_detail(str(p), p.stat().st_mtime, float(sigma))
+    return _train_detail(str(p), p.stat().st_mtime, float(spec["sigma"]), float(spec.get("region", 1.0)))
 
 
-def query_details(image: Image.Image, sigma: float) -> list:
-    """The query's and its mirror image's detail vectors (``correlation``'s two orientations)."""
-    own = detail_vectors(image.convert("RGB"), sigma)
+def query_details(image: Image.Image, sigma: float, region: float = 1.0) -> list:
+    """The query's and its mirror image's detail vectors (``correlation``'s two orientations; the central region
+    is symmetric, so the mirror image's is the region's mirror)."""
+    own = detail_vectors(image.convert("RGB"), sigma, region)
     return [own, detail_mirror(own)]
 
 
@@ -153,7 +168,8 @@ def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> np.n
 def detail_mirror(sides):
     """Detail vectors of the mirror image from an image's own (the blur is symmetric, so mirroring commutes)."""
     x, ok = sides
-    return x.reshape(3, SIDE, SIDE)[:, :, ::-1].reshape(3, -1).copy(), ok
+    n = int(round(np.sqrt(x.shape[1])))
+    return x.reshape(3, n, n)[:, :, ::-1].reshape(3, -1).copy(), ok
 
 
 def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, copy_images, copy_scores,
@@ -167,11 +183,12 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
 
     def train_of(row):
         if row not in cache:
-            cache[row] = detail_vectors(load_image(int(row)).convert("RGB"), ver["sigma"])
+            cache[row] = detail_vectors(load_image(int(row)).convert("RGB"), ver["sigma"], ver["region"])
         return cache[row]
 
     def against(images, rows, scores):
-        corr = [best_correlation(query_details(im, ver["sigma"]), train_of(int(r))) for im, r in zip(images, rows)]
+        corr = [best_correlation(query_details(im, ver["sigma"], ver["region"]), train_of(int(r)))
+                for im, r in zip(images, rows)]
         return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(corr)).astype(np.float32)
 
     return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of),

@@ -10,7 +10,7 @@ from memlab.errors import MemlabError
 from memlab.index import TrainingIndex, build_index
 from memlab.match import match_images
 
-W, SIGMA = verify.DEFAULT["weight"], verify.DEFAULT["sigma"]
+W, SIGMA, REGION = verify.DEFAULT["weight"], verify.DEFAULT["sigma"], verify.DEFAULT["region"]
 
 
 def scene(seed: int, side: int = 64) -> Image.Image:
@@ -23,19 +23,23 @@ def scene(seed: int, side: int = 64) -> Image.Image:
     return Image.fromarray(x.clip(0, 255).astype(np.uint8))
 
 
-def reference(a: Image.Image, b: Image.Image, sigma: float) -> float:
-    """The correlation as the masked similarity computes it with a mask of ones, the better orientation."""
+def reference(a: Image.Image, b: Image.Image, sigma: float, region: float = 1.0) -> float:
+    """The correlation as the masked similarity computes it with a mask of ones on the central region (a square
+    of ``region`` x 64 px, as many pixels left on each side), the better orientation."""
     def arr(im):
         return np.asarray(im.convert("RGB").resize((verify.SIDE, verify.SIDE), Image.LANCZOS), np.float64)
-    ones = np.ones((verify.SIDE, verify.SIDE))
-    return max(metrics.masked_similarity(arr(q), arr(b), ones, sigma) for q in (a, ImageOps.mirror(a)))
+    mask = np.zeros((verify.SIDE, verify.SIDE))
+    m = (verify.SIDE - round(verify.SIDE * region)) // 2
+    mask[m:verify.SIDE - m, m:verify.SIDE - m] = 1.0
+    return max(metrics.masked_similarity(arr(q), arr(b), mask, sigma) for q in (a, ImageOps.mirror(a)))
 
 
 def test_the_correlation_is_the_masked_similarity_over_the_whole_image_and_ignores_colour_and_mirroring():
     a, b = scene(1), scene(2)
-    for sigma in (1.0, 2.0):
-        assert verify.correlation(a, b, sigma) == pytest.approx(reference(a, b, sigma), abs=1e-5)
-        assert verify.correlation(a, a, sigma) == pytest.approx(1.0, abs=1e-5)
+    for sigma, region in ((1.0, 1.0), (2.0, 1.0), (3.0, 0.75), (2.0, 0.5)):
+        assert verify.correlation(a, b, sigma, region) == pytest.approx(reference(a, b, sigma, region), abs=1e-5)
+        assert verify.correlation(a, a, sigma, region) == pytest.approx(1.0, abs=1e-5)
+        assert verify.correlation(ImageOps.mirror(a), a, sigma, region) == pytest.approx(1.0, abs=1e-3)
     x = np.asarray(a, np.float64)
     tinted = Image.fromarray((x * [0.7, 1.0, 1.2] + [20, 0, -15]).clip(0, 255).round().astype(np.uint8))
     assert verify.correlation(tinted, a, 2.0) > 0.99  # a gain and an offset per channel (rounding aside)
@@ -43,13 +47,21 @@ def test_the_correlation_is_the_masked_similarity_over_the_whole_image_and_ignor
     assert verify.correlation(a, b, 2.0) < 0.5
     flat = Image.new("RGB", (64, 64), (90, 90, 90))
     assert verify.correlation(flat, a, 2.0) == 0.0  # no channel with structure in both
+    # a frame the two pictures share, different inside: the central region leaves the frame out
+    framed = [np.asarray(scene(s), np.float64).copy() for s in (3, 4)]
+    for f in framed:
+        f[:6], f[-6:], f[:, :6], f[:, -6:] = 20.0, 20.0, 230.0, 230.0
+        f[2:4, 10:54] = 240.0  # a mark on the frame
+    fa, fb = (Image.fromarray(f.astype(np.uint8)) for f in framed)
+    assert verify.correlation(fa, fb, 3.0, 0.75) < verify.correlation(fa, fb, 3.0, 1.0) - 0.2
 
 
 def test_a_rule_is_checked():
     assert verify.check(None) is None
-    assert verify.check({"weight": 0.5}) == {**verify.DEFAULT, "weight": 0.5}
+    assert verify.check({"weight": 0.5, "region": 0.75}) == {**verify.DEFAULT, "weight": 0.5}
+    assert verify.check({"weight": 0.2})["region"] == 1.0  # a rule written before the region: the whole image
     for bad in ({"weight": 0}, {"weight": True}, {"sigma": -1}, {"candidates": 0}, {"candidates": 2.5},
-                {"extra": 1}, {"weight": "0.3"}):
+                {"extra": 1}, {"weight": "0.3"}, {"region": 0.1}, {"region": 1.5}, {"region": float("nan")}):
         with pytest.raises(MemlabError):
             verify.check(bad)
     # a score-normalization rule written before verification has none; the registered one verifies
@@ -90,7 +102,7 @@ def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_
         for q in [v[r], *[w[i] for w in views]]:
             got = verify.candidates(q @ v.T, distinct, distinct[r], spec, spec["verify"]["candidates"])
             best = got if best is None or got[1][0] > best[1][0] else best
-        bg.append(max(s + W * reference(ims[r], ims[int(row)], SIGMA) for row, s in zip(*best)))
+        bg.append(max(s + W * reference(ims[r], ims[int(row)], SIGMA, REGION) for row, s in zip(*best)))
     thr = idx.threshold("memlab-copy")["value"]
     assert thr == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-4)
     # a tinted copy: its score is its normalized score plus the weight x the correlation, recomputed
@@ -102,7 +114,7 @@ def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_
         assert top["id"] == own and q["verdict"] == "replicated"
         assert top["score"] == pytest.approx(top["normalized"] + W * top["detail"], abs=1e-5)
         assert top["detail"] == pytest.approx(reference(tinted if own == 5 else ImageOps.mirror(ims[9]), ims[own],
-                                                        SIGMA), abs=1e-4)
+                                                        SIGMA, REGION), abs=1e-4)
         assert [m["score"] for m in q["matches"]] == sorted((m["score"] for m in q["matches"]), reverse=True)
     # an index without its images scores the normalized score alone, and says so
     build_index(tmp_path / "n", items, lambda i: ims[i], [d], calib_n=20)
