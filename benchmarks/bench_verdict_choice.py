@@ -73,6 +73,11 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     "verified, detail 2 px, weight 0.15": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {"weight": 0.15}}}),
     "verified, detail 2 px, weight 0.2, top-1 only": ("memlab-copy", {"score_norm": {
         "gains": [1.5], "verify": {"weight": 0.2, "candidates": 1}}}),
+    # the detail compared inside the central part of each side only (a frame or band many pictures share left out)
+    "verified, detail 3 px, weight 0.2, central 75%": ("memlab-copy", {"score_norm": {
+        "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.75}}}),
+    "verified, detail 3 px, weight 0.2, central 50%": ("memlab-copy", {"score_norm": {
+        "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}}}),
 }
 
 
