@@ -124,7 +124,7 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     possible = index.possible(descriptor.name)["value"]
     spec = index.descriptor_info(descriptor.name).get("score_norm")
     if spec:
-        ver = spec.get("verify")
+        ver = verify.check(spec.get("verify"))  # a rule written before a setting had one takes its old value
         kk = max(k, ver["candidates"]) if ver else k
         scores, rows, cosines, sides, chosen = _normalized(index, descriptor.name, vectors, views, kk, spec)
         more = None

@@ -22,9 +22,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import verify
+VERIFY_SIDE = 64  # the verification compares the images at 64 x 64 pixels, as the masked similarity does
+VERIFY = {"weight": 0.2, "sigma": 3.0, "candidates": 5, "region": 0.5}  # chosen on validation copies: docs/methods.md
 
-DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": verify.DEFAULT}
+
+def check_verify(spec: dict | None) -> dict | None:
+    """The verification stage's rule (``memlab.verify``) as plain data ({"weight", "sigma", "candidates",
+    "region"}), validated; None stays None. A rule written before ``region`` compares the whole image (1.0)."""
+    if spec is None:
+        return None
+    from .errors import MemlabError
+
+    out = {**VERIFY, "region": 1.0, **dict(spec)}
+    w, s, c, r = out["weight"], out["sigma"], out["candidates"], out["region"]
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+    if (set(out) != set(VERIFY) or not (number(w) and number(s) and number(r)) or isinstance(c, bool)
+            or not isinstance(c, int) or not (0 < w <= 2 and 0 < s <= 8 and 1 <= c <= 64 and 0.25 <= r <= 1)):
+        raise MemlabError(f"verify takes weight in (0, 2], sigma in (0, 8] px, a whole number of candidates in "
+                          f"[1, 64] and a central region in [0.25, 1]; got {dict(spec)!r:.120}")
+    return {"weight": float(w), "sigma": float(s), "candidates": int(c), "region": float(r)}
+
+
+def verify_words(spec: dict) -> str:
+    """The verification rule in words, appended to the score normalization's."""
+    region = spec.get("region", 1.0)
+    return (f"plus {spec['weight']:g} x the correlation of the two images' detail ({spec['sigma']:g} px at "
+            f"{VERIFY_SIDE} x {VERIFY_SIDE}, "
+            + (f"inside the central {region:.0%} of each side, " if region < 1 else "")
+            + f"per colour channel, the better of the query and its mirror image), over the query's "
+            f"{spec['candidates']} best matches")
+
+
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY}
 
 
 def check(spec: dict | None) -> dict | None:
@@ -50,7 +81,7 @@ def check(spec: dict | None) -> dict | None:
         raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, mirror true or false, and gains and "
                           f"contrast factors in (0, 4]; got {dict(spec)!r:.120}")
     return {"k": int(k), "beta": float(beta), "mirror": out["mirror"], "gains": [float(g) for g in out["gains"]],
-            "contrast": [float(c) for c in out["contrast"]], "verify": verify.check(out["verify"])}
+            "contrast": [float(c) for c in out["contrast"]], "verify": check_verify(out["verify"])}
 
 
 def view_names(spec: dict) -> list[str]:
@@ -69,7 +100,7 @@ def words(spec: dict) -> str:
     return (f"cosine minus {spec['beta']:g} x the mean cosine of the query's {spec['k']} nearest other distinct "
             f"training images (SSCD's score normalization)"
             + (f"; the best of the query as given and {', '.join(extra)}" if extra else "")
-            + (f"; {verify.words(spec['verify'])}" if spec.get("verify") else ""))
+            + (f"; {verify_words(spec['verify'])}" if spec.get("verify") else ""))
 
 
 def is_mirrored(view: str | None) -> bool:

@@ -6,11 +6,13 @@ normalized score (``memlab.scorenorm``) plus ``weight`` x the correlation of the
 
 where detail is an image at 64 x 64 minus its Gaussian blur of ``sigma`` px (``metrics.detail``), kept inside
 the image's central ``region`` of each side, and corr is the correlation of the two details in each colour
-channel, averaged over the channels with structure in both, the better of the query and its mirror image. Any gain and offset per channel (a tint, a darkening, a
-washed-out copy) leaves the correlation unchanged, and a mirrored copy is compared mirrored, so it adds to the
-score of a copy that a diffusion model's colour drift has pushed down, and adds little to two distinct images
-on the same background, whose edges lie elsewhere. The central region leaves out a frame, border or band that
-many pictures share (a template copy, whose content inside differs, is for the masked verdict to call).
+channel, averaged over the channels with structure in both, the better of the query and its mirror image. Any
+gain and offset per channel (a tint, a darkening, a washed-out copy) leaves the correlation unchanged, and a
+mirrored copy is compared mirrored, so it adds to the score of a copy that a diffusion model's colour drift has
+pushed down, and adds little to two distinct images on the same background, whose edges lie elsewhere. The
+central region leaves out the frame, badge and band that many pictures share (a template copy, whose content
+inside differs, is for the masked verdict to call). The rule as plain data (``DEFAULT``, ``check``, ``words``)
+lives with score normalization's (``scorenorm.VERIFY``).
 
 The query's ``candidates`` best matches by normalized score are re-scored and re-ranked. The threshold is
 calibrated on the same score (``index.build_index``): each distinct training image against its ``candidates``
@@ -24,36 +26,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-SIDE = 64  # the images are compared at 64 x 64 pixels, as the masked similarity is
-DEFAULT = {"weight": 0.2, "sigma": 3.0, "candidates": 5, "region": 0.75}  # chosen on validation copies: docs/methods.md
-
-
-def check(spec: dict | None) -> dict | None:
-    """A verification rule as plain data ({"weight", "sigma", "candidates", "region"}), validated; None stays None. A
-    rule written before ``region`` compares the whole image (1.0)."""
-    if spec is None:
-        return None
-    from .errors import MemlabError
-
-    out = {**DEFAULT, "region": 1.0, **dict(spec)}
-    w, s, c, r = out["weight"], out["sigma"], out["candidates"], out["region"]
-
-    def number(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-    if (set(out) != set(DEFAULT) or not (number(w) and number(s) and number(r)) or isinstance(c, bool)
-            or not isinstance(c, int) or not (0 < w <= 2 and 0 < s <= 8 and 1 <= c <= 64 and 0.25 <= r <= 1)):
-        raise MemlabError(f"verify takes weight in (0, 2], sigma in (0, 8] px, a whole number of candidates in "
-                          f"[1, 64] and a central region in [0.25, 1]; got {dict(spec)!r:.120}")
-    return {"weight": float(w), "sigma": float(s), "candidates": int(c), "region": float(r)}
-
-
-def words(spec: dict) -> str:
-    """The rule in words, appended to the score normalization's."""
-    region = spec.get("region", 1.0)
-    return (f"plus {spec['weight']:g} x the correlation of the two images' detail ({spec['sigma']:g} px at "
-            f"{SIDE} x {SIDE}, " + (f"inside the central {region:.0%} of each side, " if region < 1 else "")
-            + f"per colour channel, the better of the query and its mirror image), over the query's "
-            f"{spec['candidates']} best matches")
+from .scorenorm import VERIFY as DEFAULT, VERIFY_SIDE as SIDE, check_verify as check, normalize_candidates  # noqa: F401
+from .scorenorm import verify_words as words  # noqa: F401
 
 
 def central(side: int, region: float) -> slice:
@@ -127,8 +101,6 @@ def candidates(sim, groups, own, spec: dict, m: int):
     """A training image's ``m`` best other distinct images by normalized score, from its similarities ``sim``
     [n_rows] (one view) and the rows' distinct images ``groups``; ``own``: its own image (left out): (rows [m],
     normalized scores [m]), each image's best row."""
-    from .scorenorm import normalize_candidates
-
     g = np.asarray(groups, np.int64)
     keep = g != own
     idx = np.flatnonzero(keep)

@@ -58,7 +58,7 @@ def test_the_correlation_is_the_masked_similarity_over_the_whole_image_and_ignor
 
 def test_a_rule_is_checked():
     assert verify.check(None) is None
-    assert verify.check({"weight": 0.5, "region": 0.75}) == {**verify.DEFAULT, "weight": 0.5}
+    assert verify.check({"weight": 0.5, "region": verify.DEFAULT["region"]}) == {**verify.DEFAULT, "weight": 0.5}
     assert verify.check({"weight": 0.2})["region"] == 1.0  # a rule written before the region: the whole image
     for bad in ({"weight": 0}, {"weight": True}, {"sigma": -1}, {"candidates": 0}, {"candidates": 2.5},
                 {"extra": 1}, {"weight": "0.3"}, {"region": 0.1}, {"region": 1.5}, {"region": float("nan")}):
