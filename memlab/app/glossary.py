@@ -47,8 +47,9 @@ GLOSSARY = [
      "alike, does not; the generation is also compared as its mirror image and brightened, and the best "
      "is kept (a mirrored or darkened copy is a copy). Where the index keeps its training images, the best "
      "5 matches are then verified on the images: the score gains 0.2 x the correlation of the two images' "
-     "fine detail (edges and marks, whatever their colour), so a tinted or darkened copy keeps its score and "
-     "two pictures on the same background do not. The plain cosine is shown beside it."),
+     "fine detail (edges and marks, whatever their colour) in the middle half of the picture, so a tinted or "
+     "darkened copy keeps its score, while two pictures on the same background, or in the same frame, do not. "
+     "The plain cosine is shown beside it."),
     ("descriptor", "descriptor",
      "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
      "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "
