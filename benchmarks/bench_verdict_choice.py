@@ -4,9 +4,10 @@ The validation model is the world's previous model (``--world``: the built-in wo
 rebuild of issue 30, e.g. ``git worktree add /tmp/prev d8ba51a`` then ``--world /tmp/prev/assets/world``;
 its model is the one memlab-copy took its decoder views from); the card measures the rebuilt world's model.
 Validation items are drawn with ``--seed`` (the card draws with the world's own seed). For each variant
-of ``memlab-copy`` (input colour standardization, mirror-folded layout, blur) the world's training set is
-indexed through build-world's code path (``index.build_index``: threshold at 1% of the distinct-item
-background) and the script prints:
+of ``memlab-copy`` (input colour standardization, mirror-folded layout, blur, score normalization, the
+verification stage on the images) the world's training set is indexed through build-world's code path
+(``index.build_index``, keeping the images: threshold at 1% of the distinct-item background) and the script
+prints:
 
 - recall at the threshold on the previous model's copies of held-out items (image-to-image at 0.2-0.5,
   the VAE round trip) and on the strength-0.3 copies tinted, darkened and mirrored (a copy's colour
