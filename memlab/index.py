@@ -69,21 +69,23 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     primary = descriptors[0]
     group, distinct, reps = _group_items(items, vectors[primary.name], primary, origin)
     calib_rows = _calibration_rows(distinct, reps, ground_truth, calib_n, seed)
-    copies = _embed_copies(calib_rows, load_image, descriptors, batch_size, bar)
+    specs = {d.name: d.score_norm and {**d.score_norm, "verify": d.score_norm.get("verify") if image_root else None}
+             for d in descriptors}  # verification reads the training images at query time: only where they are kept
+    # score normalization and verification look at the calibration copies again: distort them once, keep them
+    copy_images = [distort(load_image(int(r))) for r in calib_rows] if any(specs.values()) else None
+    copies = _embed_copies(calib_rows, load_image, descriptors, batch_size, bar, copy_images)
     truth = {gname: (np.asarray(rows, np.int64), {d.name: d.embed(list(ims)) for d in descriptors})
              for gname, (rows, ims) in (ground_truth or {}).items()}
     items["distinct"] = distinct  # the image a row shows (origin-merged): what score normalization leaves out
-    specs = {d.name: d.score_norm and {**d.score_norm, "verify": d.score_norm.get("verify") if image_root else None}
-             for d in descriptors}  # verification reads the training images at query time: only where they are kept
     truth_images = {g: ims for g, (_, ims) in (ground_truth or {}).items()}
-    sides = {d.name: scorenorm.calibration_sides(d, specs[d.name], reps, calib_rows, load_image, distort, truth_images)
+    sides = {d.name: scorenorm.calibration_sides(d, specs[d.name], reps, load_image, copy_images, truth_images)
              for d in descriptors if specs[d.name]}
     with atomic_dir(Path(out)) as tmp:
         entries = {}
         for d in descriptors:
             entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
                                                 truth, fpr, origin, factory, sides.get(d.name), specs[d.name],
-                                                (load_image, truth_images))
+                                                (load_image, truth_images, copy_images))
             _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
         agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
             vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
@@ -168,13 +170,15 @@ def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.
     return set_agreement(path, cal)
 
 
-def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar) -> dict[str, np.ndarray]:
-    """Each calibration row distorted once (``memlab.distort``), embedded by every descriptor."""
+def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar, images=None) -> dict[str, np.ndarray]:
+    """Each calibration row distorted once (``memlab.distort``; ``images``: those copies, already made), embedded
+    by every descriptor."""
     names = ", ".join(d.name for d in descriptors)
     cchunks: dict[str, list] = {d.name: [] for d in descriptors}
     for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {names}",
                  total=-(-len(calib_rows) // batch_size)):
-        ims = [distort(load_image(int(i))) for i in calib_rows[s:s + batch_size]]
+        ims = (images[s:s + batch_size] if images is not None
+               else [distort(load_image(int(i))) for i in calib_rows[s:s + batch_size]])
         for d in descriptors:
             cchunks[d.name].append(d.embed(ims))
     return {k: np.concatenate(v) for k, v in cchunks.items()}
@@ -186,7 +190,7 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``.
     With the descriptor's ``score_norm`` (``memlab.scorenorm``; ``spec``: as the index keeps it) every score here is
     the normalized one, and with its ``verify`` the verified one (``memlab.verify``; ``images``: (load_image,
-    each ground truth's images))."""
+    each ground truth's images, the calibration copies))."""
     # the background of distinct images: each group's representative against the nearest row of *another* group
     # (any of its rows, not only the other representatives)
     truth_scores = {}
@@ -199,9 +203,9 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
         truth_scores = {g: scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(g, []))
                         for g, (rows, emb) in truth.items()}
         if spec.get("verify"):
-            got = verify.calibrate(v, distinct, reps, spec, sides, images[0], calib_rows,
-                                   [distort(images[0](int(r))) for r in calib_rows], copy_scores, images[1],
-                                   {g: rows for g, (rows, _) in truth.items()}, truth_scores)
+            load, truth_images, copy_images = images
+            got = verify.calibrate(v, distinct, reps, spec, sides, load, calib_rows, copy_images, copy_scores,
+                                   truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores)
             bg, bg_distinct, copy_scores, truth_scores = (got["background"], got["background_distinct"],
                                                           got["copies"], got["truth"])
     elif d.verdict == "cosine":

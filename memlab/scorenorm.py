@@ -211,9 +211,10 @@ def view_vectors(d, images, spec: dict) -> list[np.ndarray]:
     return out
 
 
-def calibration_sides(d, spec: dict, reps, calib_rows, load_image, distort, truth_images: dict) -> dict:
+def calibration_sides(d, spec: dict, reps, load_image, copy_images, truth_images: dict) -> dict:
     """What a normalized calibration needs beside the rows' vectors: the other views' vectors of the distinct
-    images' representatives, of the calibration copies and of each ground truth's copies."""
+    images' representatives (``load_image(row)``), of the calibration copies (``copy_images``) and of each ground
+    truth's copies."""
     return {"reps": view_vectors(d, [load_image(int(r)) for r in reps], spec),
-            "copies": view_vectors(d, [distort(load_image(int(r))) for r in calib_rows], spec),
+            "copies": view_vectors(d, list(copy_images), spec),
             "truth": {g: view_vectors(d, list(ims), spec) for g, ims in truth_images.items()}}
