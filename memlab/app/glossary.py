@@ -1,6 +1,6 @@
 """The words a first-time visitor meets, defined as the papers define them, and the papers themselves:
 data the page shows (every number links to its term)."""
-
+from ..scorenorm import VERIFY  # the verification stage's settings, as the built-in world's index records them
 
 CITATIONS = """
 - Somepalli, Singla, Goldblum, Geiping, Goldstein. *Diffusion Art or Digital Forgery? Investigating Data
@@ -46,8 +46,9 @@ GLOSSARY = [
      "copy, close to one image and no other, stands out where a shared background or texture, close to many "
      "alike, does not; the generation is also compared as its mirror image and brightened, and the best "
      "is kept (a mirrored or darkened copy is a copy). Where the index keeps its training images, the best "
-     "5 matches are then verified on the images: the score gains 0.2 x the correlation of the two images' "
-     "fine detail (edges and marks, whatever their colour) in the middle half of the picture, so a tinted or "
+     f"{VERIFY['candidates']} matches are then verified on the images: the score gains {VERIFY['weight']:g} x the "
+     "correlation of the two images' fine detail (edges and marks, whatever their colour) in the central "
+     f"{VERIFY['region']:.0%} of each side, so a tinted or "
      "darkened copy keeps its score, while two pictures on the same background, or in the same frame, do not. "
      "The plain cosine is shown beside it."),
     ("descriptor", "descriptor",
