@@ -99,32 +99,20 @@ def with_pixels(d, share: float, size: int = 16):
     return d
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", required=True, help="the previous built-in world (see above)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--items", type=int, default=48)
-    ap.add_argument("--seeds", type=int, default=4, help="generation seeds per probe")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
-    ap.add_argument("--variants", default=None, help="comma-separated variant numbers (default: all)")
-    ap.add_argument("--weights", default=None, help="comma-separated memlab-copy weights folders to try as well "
-                                                    "(e.g. a fine-tuned one; each as memlab-copy, and with mirror)")
-    a = ap.parse_args()
+def validation_set(world: Path, work: Path, seed: int, items: int):
+    """The validation training set (the previous world's spec drawn with ``seed``, cached under ``work``) and
+    its held-out items' copies by the previous model (cached): (rows, image_of, {kind: (rows, images)})."""
     import numpy as np
     import pandas as pd
 
-    from memlab.buildworld import WORLD_DEFAULTS, calibration_origin, model_copy_truth
-    from memlab.descriptors import create_descriptor
-    from memlab.generate import Generator, Settings
-    from memlab.index import TrainingIndex, build_index
-    from memlab.match import load_image, match_vectors, query_vectors
+    from memlab.buildworld import calibration_origin, model_copy_truth
+    from memlab.match import load_image
     from memlab.modelcopies import photometric
     from memlab.worldgen import WorldSpec, make_training_set
 
-    world, work = Path(a.world), Path(a.work)
     card = json.loads((world / "card.json").read_text())
     spec = WorldSpec(**{"n_templates": 0, **card["spec"]})  # the previous world had no templates
-    if spec.seed == a.seed:
+    if spec.seed == seed:
         raise SystemExit("--seed must differ from the card's seed (validation items are not the card's)")
     data = work / "data"
     if not (data / "train.parquet").is_file():
@@ -139,9 +127,9 @@ def main():
     def image_of(i):
         return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
 
-    cache = work / f"copies-seed{a.seed}-{a.items}"
+    cache = work / f"copies-seed{seed}-{items}"
     if not (cache / "done.json").is_file():
-        truth, _ = model_copy_truth(rows, image_of, world / "model", a.items, a.seed)
+        truth, _ = model_copy_truth(rows, image_of, world / "model", items, seed)
         for kind, (orig, ims) in truth.items():
             if kind == "model:all":
                 continue
@@ -155,8 +143,35 @@ def main():
         truth["model:" + d.name] = (np.array([int(f.stem.split("_")[1]) for f in files]),
                                     [load_image(f) for f in files])
     base = truth["model:img2img@0.3"]
-    for kind, ims in photometric(base[1], a.seed).items():
+    for kind, ims in photometric(base[1], seed).items():
         truth[f"model:{kind}@0.3"] = (base[0], ims)
+    return rows, image_of, truth
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", required=True, help="the previous built-in world (see above)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--items", type=int, default=48)
+    ap.add_argument("--seeds", type=int, default=4, help="generation seeds per probe")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    ap.add_argument("--variants", default=None, help="comma-separated variant numbers (default: all)")
+    ap.add_argument("--weights", default=None, help="comma-separated memlab-copy weights folders to try as well "
+                                                    "(e.g. a fine-tuned one; each as memlab-copy, and with mirror)")
+    a = ap.parse_args()
+    import numpy as np
+    import pandas as pd
+
+    from memlab.buildworld import WORLD_DEFAULTS
+    from memlab.descriptors import create_descriptor
+    from memlab.generate import Generator, Settings
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import load_image, match_vectors, query_vectors
+
+    world, work = Path(a.world), Path(a.work)
+    rows, image_of, truth = validation_set(world, work, a.seed, a.items)
+    data = work / "data"
+    base = truth["model:img2img@0.3"]
     truth["model:all"] = (np.concatenate([t[0] for t in truth.values()]),
                           [im for t in truth.values() for im in t[1]])
 
@@ -177,7 +192,7 @@ def main():
 
     kinds = [k for k in truth if k != "model:all"]
     print(f"validation: {len(base[0])} held-out items of {world} drawn with seed {a.seed} (the card's: "
-          f"{spec.seed}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
+          f"{json.loads((world / 'card.json').read_text())['spec']['seed']}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
           f"probes (seeds 0-{a.seeds - 1}); threshold: 1% of the distinct-item background", flush=True)
     print(f"{'variant':<32} {'thr':>6} " + " ".join(f"{k[6:]:>10}" for k in kinds)
           + "  full20 own-top1 repl  unique repl  non-copies flagged", flush=True)

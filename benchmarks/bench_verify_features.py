@@ -1,0 +1,153 @@
+"""How far a verification on the images can take the model's strongest copies (issue 30): an upper bound.
+
+On the validation set of ``bench_verdict_choice`` (the previous world's model, its copies of 48 held-out items),
+the training set is indexed with the shipped ``memlab-copy`` (``index.build_index``). Each copy's 5 best
+candidates by normalized score, and each distinct training image's 5 best other distinct images (the background;
+the image as given, no other view), are compared on the images by correlations that a gain and an offset per
+colour channel leave unchanged (per channel, averaged over the channels with structure in both, the better of
+the mirror image):
+
+- ``detail3 c50``: the image at 64 x 64 less its 3-px blur, central 50% of each side (the shipped verification);
+- ``detail3``: the same over the whole image; ``detail1.5 @32 c50``: at 32 x 32 less its 1.5-px blur;
+- ``band2-8`` (and ``c50``): the 2-px blur less the 8-px blur (a coarser scale than the detail);
+- ``layout16``: the image at 16 x 16 (its colour layout); ``layout32 c50``: at 32 x 32, central 50%.
+
+A pair's score is its normalized score plus the weighted features; the threshold keeps 1% of the background
+(``metrics.calibrated_quantile``: the rank by the maximum over each image's candidates); a copy is recalled
+when its score against its own original passes it. Every feature alone and every pair of features is tried
+over a grid of weights, and the weights that recall the most image-to-image copies at strength 0.5 are kept:
+chosen on the same copies they are scored on, each line is an upper bound for its features (an oracle), not a
+rule to ship.
+
+    python -m benchmarks.bench_verify_features --world PREVIOUS_WORLD [--work DIR] [--seed 1] [--items 48]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("img2img@0.2", "img2img@0.3", "img2img@0.4", "img2img@0.5")
+WEIGHTS = (0.1, 0.2, 0.3, 0.5, 1.0)
+PAIR_WEIGHTS = (0.1, 0.2, 0.4)
+
+
+def features(image) -> dict[str, np.ndarray]:
+    """The compared views of an image ([h, w, 3] arrays), by name."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    def at(side):
+        return np.asarray(image.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
+
+    def blur(x, s):
+        return gaussian_filter(x, (s, s, 0), mode="reflect")
+    x64, x32 = at(64), at(32)
+    c64, c32 = slice(16, 48), slice(8, 24)
+    band = blur(x64, 2) - blur(x64, 8)
+    return {"detail3 c50": (x64 - blur(x64, 3))[c64, c64], "detail3": x64 - blur(x64, 3),
+            "detail1.5 @32 c50": (x32 - blur(x32, 1.5))[c32, c32], "band2-8": band, "band2-8 c50": band[c64, c64],
+            "layout16": at(16), "layout32 c50": x32[c32, c32]}
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Per colour channel correlation of two [h, w, 3] arrays, averaged over the channels with structure in both."""
+    a, b = a.reshape(-1, 3).T, b.reshape(-1, 3).T
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    na, nb = np.sqrt((a * a).sum(1)), np.sqrt((b * b).sum(1))
+    ok = (na > 1e-3) & (nb > 1e-3)
+    return float(np.mean((a * b).sum(1)[ok] / (na * nb)[ok])) if ok.any() else 0.0
+
+
+def compare(fq: dict, ft: dict) -> dict[str, float]:
+    """Every feature's correlation, the better of the query and its mirror image."""
+    return {k: max(correlation(fq[k], ft[k]), correlation(fq[k][:, ::-1], ft[k])) for k in fq}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", required=True, help="the previous built-in world (bench_verdict_choice)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--items", type=int, default=48)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    a = ap.parse_args()
+    import pandas as pd
+
+    from benchmarks.bench_verdict_choice import validation_set
+    from memlab import metrics, verify
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+
+    rows, image_of, truth = validation_set(Path(a.world), Path(a.work), a.seed, a.items)
+    d = create_descriptor("memlab-copy")
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")  # no images: normalized scores only
+        idx = TrainingIndex.load(Path(tmp) / "idx")
+        spec = idx.descriptor_info(d.name)["score_norm"]
+        v = np.asarray(idx.vectors(d.name), np.float32)
+        distinct = idx.items["distinct"].to_numpy().astype(np.int64)
+        reps = np.flatnonzero(idx.items["representative"].to_numpy())
+        idx.close()
+    cache: dict = {}
+
+    def train(r):
+        if r not in cache:
+            cache[r] = features(image_of(r))
+        return cache[r]
+    recs = []
+    for r in reps:  # the background: each distinct image against its 5 best other distinct images
+        got = verify.candidates((v[r:r + 1] @ v.T)[0], distinct, distinct[r], spec, 5)
+        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **compare(train(int(r)), train(int(t))))
+                 for t, n in zip(*got)]
+    for kind in KINDS:
+        src, ims = truth[f"model:{kind}"]
+        vecs = d.embed(ims)
+        for j, (s, im) in enumerate(zip(src, ims)):
+            got = verify.candidates((vecs[j:j + 1] @ v.T)[0], distinct, -1, spec, 5)
+            fq = features(im)
+            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **compare(fq, train(int(t))))
+                     for t, n in zip(*got)]
+    df = pd.DataFrame(recs)
+    names = list(features(image_of(0)))
+    bg, cp = df[df.kind == "background"], df[df.kind != "background"]
+    own = cp[cp.own]
+
+    def evaluate(w: dict) -> tuple[float, list[float]]:
+        def score(t):
+            return t.n.to_numpy() + sum(x * t[k].to_numpy() for k, x in w.items())
+        thr = metrics.calibrated_quantile(pd.Series(score(bg)).groupby(bg.q.to_numpy()).max().to_numpy(), 0.01)
+        best = pd.Series(score(own), index=pd.MultiIndex.from_arrays([own.kind, own.q])).groupby(level=[0, 1]).max()
+        n = {k: len(truth[f"model:{k}"][0]) for k in KINDS}
+        return thr, [float((best.loc[k] > thr).sum() / n[k]) if k in best.index.get_level_values(0) else 0.0
+                     for k in KINDS]
+
+    print(f"validation: {len(reps)} distinct training images (background, as given), {a.items} held-out items' "
+          f"copies by {a.world}'s model; recall at 1% of the background; weights chosen on these copies (upper "
+          "bounds)")
+    print(f"{'comparison':<44} {'weights':>12} {'thr':>6} " + " ".join(f"{k:>12}" for k in KINDS))
+
+    def line(label, w):
+        thr, rec = evaluate(w)
+        print(f"{label:<44} {'/'.join(f'{x:g}' for x in w.values()) or '-':>12} {thr:6.3f} "
+              + " ".join(f"{r:12.1%}" for r in rec), flush=True)
+        return rec
+    line("normalized alone", {})
+    line("shipped: + 0.2 x detail3 c50", {"detail3 c50": 0.2})
+    tried = []
+    for k in names:
+        best = max(((evaluate({k: w})[1], w) for w in WEIGHTS), key=lambda t: (t[0][3], sum(t[0])))
+        line(f"+ {k} (best weight)", {k: best[1]})
+    for x, y in itertools.combinations(names, 2):
+        for wx, wy in itertools.product(PAIR_WEIGHTS, PAIR_WEIGHTS):
+            tried.append((evaluate({x: wx, y: wy})[1], f"+ {x} + {y}", {x: wx, y: wy}))
+    tried.sort(key=lambda t: (-t[0][3], -sum(t[0])))
+    print(f"the 5 best of {len(tried)} pairs of features and weights:")
+    for _, label, w in tried[:5]:
+        line(label, w)
+
+
+if __name__ == "__main__":
+    main()
