@@ -13,12 +13,11 @@ training image (both at 64 x 64):
 - the same, less the mean of the same score against the seed's next 1-3 other distinct training images (score
   normalization, ``memlab.scorenorm``, applied to the masked score; tried, not chosen);
 - the same inside the same map on raw pixels (what memlab shipped before) and at other detail scales (the
-  scales tried), each at 1% false positives (``metrics.calibrated_quantile``) of its own scores over the
-  calibration seeds not replicated;
+  scales tried), each at the 99% quantile of its own scores over the calibration seeds not replicated;
 - the agreement share: the image cut into windows (8 or 16 px); a window agrees when the per-channel
   correlation of its values passes a cutoff (0.5 to 0.8), over the channels with structure in both: the
   images' detail (``metrics.detail`` at 1 px; a standard deviation above 1), and raw pixels as memlab measured
-  it before (above 4); the share of windows that agree. Its threshold: 1% of the calibration
+  it before (above 4); the share of windows that agree. Its threshold: the 99% quantile over the calibration
   seeds that the global verdict does not call ``replicated`` (the masked verdict only speaks for those).
 
 - the shipped agreement share (``metrics.AGREEMENT``) against the index's own threshold (what ``memlab match``
@@ -149,7 +148,7 @@ def main() -> int:
         compare = ()
     if compare is not None and len(compare) != 2:
         ap.error(f"--compare takes two numbers, MASKED,AGREEMENT (got {a.compare!r})")
-    from memlab.metrics import AGREEMENT, DETAIL_SIGMA, calibrated_quantile, mask_to_image, masked_similarity
+    from memlab.metrics import AGREEMENT, DETAIL_SIGMA, mask_to_image, masked_similarity
     from memlab.world import World
 
     world = World.load(a.world)
@@ -185,13 +184,13 @@ def main() -> int:
             s[sigma] = (None if s["map"] is None else
                         masked_similarity(s["gen"], s["train"], mask_to_image(s["map"]), sigma=sigma))
         get = lambda s, k=sigma: s[k]  # noqa: E731
-        thr = calibrated_quantile([get(s) for s in calib if get(s) is not None], 0.01)
+        thr = float(np.quantile([get(s) for s in calib if get(s) is not None], 0.99, method="higher"))
         name = "raw pixels (before)" if sigma == 0 else f"detail at {sigma:g} px"
         print(f"{f'bright-ending map, {name}':<44}{thr:>10.3f}{share(tm, get, thr):>10.1%}"
               f"{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     for k in range(1, K_OTHERS + 1):  # the masked score normalized as the global one is (memlab.scorenorm)
         get = lambda s, k=k: s.setdefault(("norm", k), normalized_masked(s, k, DETAIL_SIGMA))  # noqa: E731
-        thr = calibrated_quantile([get(s) for s in calib if get(s) is not None], 0.01)
+        thr = float(np.quantile([get(s) for s in calib if get(s) is not None], 0.99, method="higher"))
         print(f"{f'... less the mean of the next {k} other images':<44}{thr:>10.3f}{share(tm, get, thr):>10.1%}"
               f"{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
     cal = world.index().manifest.get("agreement")
@@ -205,7 +204,7 @@ def main() -> int:
               f"{share(uq, get, cal['threshold']):>9.1%}{share(full, get, cal['threshold']):>9.1%}")
     for key in AGREEMENTS:
         get = lambda s, k=key: s[k]  # noqa: E731
-        thr = calibrated_quantile([get(s) for s in calib], 0.01)
+        thr = float(np.quantile([get(s) for s in calib], 0.99, method="higher"))
         what = f"detail at {key[2]:g} px" if key[2] else "raw pixels"
         print(f"{f'agreement, {what}, {key[0]}-px, > {key[1]}':<44}{thr:>10.3f}"
               f"{share(tm, get, thr):>10.1%}{share(uq, get, thr):>9.1%}{share(full, get, thr):>9.1%}")
@@ -235,12 +234,12 @@ def main() -> int:
     m_cal = [s["masked"] for s in calib if s["masked"] is not None]
     a_cal = [s[shipped] for s in calib]
     for q in (0.99, 0.995):
-        tm_thr, ag_thr = (calibrated_quantile(v, 1 - q) for v in (m_cal, a_cal))
+        tm_thr, ag_thr = (float(np.quantile(v, q, method="higher")) for v in (m_cal, a_cal))
         print(f"{f'either, both at the {q:.1%} quantile':<44}{f'{tm_thr:.3f}/{ag_thr:.3f}':>10}"
               f"{union(tm, tm_thr, ag_thr):>10.1%}{union(uq, tm_thr, ag_thr):>9.1%}{union(full, tm_thr, ag_thr):>9.1%}"
               f"   calibration seeds called {union(calib, tm_thr, ag_thr):.1%}")
     for q in (0.98, 0.95):  # both regions, each looser: how much of the calibration the pair leaves
-        tm_thr, ag_thr = (calibrated_quantile(v, 1 - q) for v in (m_cal, a_cal))
+        tm_thr, ag_thr = (float(np.quantile(v, q, method="higher")) for v in (m_cal, a_cal))
         print(f"{f'both regions, each at the {q:.0%} quantile':<44}{f'{tm_thr:.3f}/{ag_thr:.3f}':>10}"
               f"{both(tm, tm_thr, ag_thr):>10.1%}{both(uq, tm_thr, ag_thr):>9.1%}{both(full, tm_thr, ag_thr):>9.1%}"
               f"   calibration seeds called {both(calib, tm_thr, ag_thr):.1%}")

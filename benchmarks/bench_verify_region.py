@@ -29,7 +29,7 @@ def main() -> int:
     import pandas as pd
     from PIL import Image
 
-    from memlab import metrics, scorenorm, verify
+    from memlab import scorenorm, verify
     from memlab.generate import Settings
     from memlab.local import templates_of
     from memlab.match import descriptor_for_index
@@ -70,7 +70,7 @@ def main() -> int:
                 cache[row] = verify.detail_vectors(image(row), ver["sigma"], ver["region"])
             return cache[row]
         bg = verify.background(v, distinct, reps, {**spec, "verify": ver}, rep_views, train_of)
-        thr = metrics.calibrated_quantile(bg[np.isfinite(bg)], 0.01)
+        thr = float(np.quantile(bg[np.isfinite(bg)], 1 - 0.01, method="higher"))
         called: dict = {}
         for g, item, tmpl, r, im in seeds:
             ms = r["matches"][:ver["candidates"]]

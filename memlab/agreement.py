@@ -23,10 +23,9 @@ def _agreement_calibration(v, distinct, reps, load_image, n: int, seed: int, fpr
     shares = [agreement_of(load_image(int(a)), load_image(int(b)))["share"] for a, b in zip(rows, other) if b >= 0]
     if not shares:
         return None
-    return {"threshold": metrics.calibrated_quantile(shares, fpr), "fpr": fpr, "n": len(shares),
-            "rank": metrics.CALIBRATION_RANK,
+    return {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
             **metrics.AGREEMENT, "on": "training pairs",
-            "source": (f"{fpr:.0%} false positives (conformal rank) of the agreement share ({agreement_words()}) of {len(shares)} distinct "
+            "source": (f"{1 - fpr:.0%} quantile of the agreement share ({agreement_words()}) of {len(shares)} distinct "
                        f"training items with their nearest item of another distinct image by {name}")}
 
 

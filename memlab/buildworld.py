@@ -370,7 +370,7 @@ def _template_threshold(out: Path, gen, st: _Stages, progress, log, eval_seeds: 
     taken = set(pd.read_csv(out / "probes.csv")["item"])
     pool = items[(items["planted"] == "unique") & ~items["item"].isin(taken)]
     n, n_seeds = min(TEMPLATE_CALIBRATION[0], len(pool)), min(TEMPLATE_CALIBRATION[1], eval_seeds)
-    plan = {"prompts": n, "seeds": n_seeds, "rank": metrics.CALIBRATION_RANK}
+    plan = {"prompts": n, "seeds": n_seeds}
     if (agreement.get("on") == "generations" and current_threshold(manifest.get("template_threshold"))
             and metrics.agreement_current(agreement)
             and all((manifest.get("template_threshold") or {}).get(k) == v and agreement.get(k) == v

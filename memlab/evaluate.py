@@ -162,9 +162,9 @@ def calibrate_wen_target(gen, prompts, seeds, settings: Settings, fpr: float = 0
     """An absolute target for Wen et al.'s mitigation, calibrated per model as their detection threshold
     is: the value that keeps ``fpr`` of the first-step scores of non-memorized prompts above it."""
     scores = first_step_detection(gen, prompts, seeds, settings).ravel()
-    value = metrics.calibrated_quantile(scores, fpr)
+    value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
     return {"wen_target": value,
-            "wen_target_source": (f"{fpr:.0%} above it (conformal rank) of the first-step detection score (clean branches) of "
+            "wen_target_source": (f"{1 - fpr:.0%} quantile of the first-step detection score (clean branches) of "
                                   f"{len(prompts)} unique probes x {len(seeds)} seeds at {settings.steps} steps, "
                                   f"guidance {settings.guidance}: prompts below it are left untouched")}
 

@@ -74,17 +74,17 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     if not scores or not shares:
         raise MemlabError("no masked scores to calibrate the template threshold on: the index keeps no training "
                           "images, or the model records no bright-ending map")
-    value = metrics.calibrated_quantile(scores, fpr)
+    value = float(np.quantile(scores, 1.0 - fpr, method="higher"))
     how = (f"{len(prompts)} prompts of items seen once in training, not probes, x {len(seeds)} seeds, to their "
            f"top-1 training match; {settings.steps} steps, guidance {settings.guidance}")
-    plan = {"prompts": len(prompts), "seeds": len(seeds), "rank": metrics.CALIBRATION_RANK}  # redone when it changes
+    plan = {"prompts": len(prompts), "seeds": len(seeds)}  # a builder redoes the stage when its plan changes
     return ({"value": value, "fpr": fpr, "n": len(scores), **plan, **MASKED_SCORE,
-             "source": f"{fpr:.0%} false positives (conformal rank) of the masked similarity (the images' detail at "
+             "source": f"{1 - fpr:.0%} quantile of the masked similarity (the images' detail at "
                        f"{metrics.DETAIL_SIGMA:g} px, inside each generation's bright-ending map, Chen et al.) of the "
                        f"{len(scores)} generations not replicated as a whole of {how}"},
-            {"threshold": metrics.calibrated_quantile(shares, fpr), "fpr": fpr, "n": len(shares),
+            {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
              **metrics.AGREEMENT, "on": "generations", **plan,
-             "source": f"{fpr:.0%} false positives (conformal rank) of the agreement share ({agreement_words()}) of the {len(shares)} "
+             "source": f"{1 - fpr:.0%} quantile of the agreement share ({agreement_words()}) of the {len(shares)} "
                        f"generations not replicated as a whole of {how}"})
 
 

@@ -26,21 +26,6 @@ def replication_flags(scores, threshold: float, high: float | None = None):
 
 
 POSSIBLE_FPR = 0.05  # the "possible copy" band's false-positive rate on the background of distinct images
-CALIBRATION_RANK = "conformal"  # how a calibrated threshold is read off its scores (``calibrated_quantile``)
-
-
-def calibrated_quantile(scores, fpr: float) -> float:
-    """The threshold that a new score, exchangeable with the ``n`` given ones (another distinct pair, another
-    generation), exceeds with probability at most ``fpr``: the k-th largest score, k = floor(fpr (n + 1)), the
-    split-conformal rank (Vovk et al. 2005; Angelopoulos & Bates 2021, "A Gentle Introduction to Conformal
-    Prediction", section 1). The largest score where n + 1 < 1 / fpr (the bound is then 1 / (n + 1)). The plain
-    (1 - fpr) quantile flags ``fpr`` of the scores it is read from, but a new score exceeds it more often: the
-    ``method="higher"`` quantile of 133 scores at 1% is their second largest, exceeded with probability 2/134."""
-    s = np.sort(np.asarray(scores, np.float64))
-    if not s.size:
-        raise ValueError("calibrated_quantile needs at least one score")
-    k = int(np.floor(fpr * (s.size + 1) + 1e-9))
-    return float(s[s.size - min(max(k, 1), s.size)])
 
 
 def possible_threshold(background_distinct, threshold: float, fpr: float = POSSIBLE_FPR) -> float:
@@ -51,7 +36,7 @@ def possible_threshold(background_distinct, threshold: float, fpr: float = POSSI
     bg = bg[np.isfinite(bg)]
     if not bg.size:
         return float(threshold)
-    return float(min(threshold, calibrated_quantile(bg, fpr)))
+    return float(min(threshold, np.quantile(bg, 1.0 - fpr, method="higher")))
 
 
 def verdict(score: float, threshold: float, possible: float, masked: float | None = None,
@@ -306,9 +291,9 @@ def group_representatives(group) -> np.ndarray:
 
 
 def calibrate_threshold(background_scores, copy_scores, fpr: float = 0.01) -> dict:
-    """Threshold for a descriptor with no published one: the value another distinct pair exceeds with
-    probability at most ``fpr`` (``calibrated_quantile`` of the background of distinct training pairs), with
-    the recall it achieves on synthetic copies of training items scored against their originals."""
+    """Threshold for a descriptor with no published one: the smallest value that flags at most
+    ``fpr`` of the background (distinct training pairs), with the recall it achieves on synthetic
+    copies of training items scored against their originals."""
     bg = np.asarray(background_scores, np.float64)
     bg = bg[np.isfinite(bg)]
     cp = np.asarray(copy_scores, np.float64)
@@ -317,8 +302,8 @@ def calibrate_threshold(background_scores, copy_scores, fpr: float = 0.01) -> di
 
         raise MemlabError("cannot calibrate a threshold: the training set has fewer than two distinct "
                           "items (every item is a near-duplicate of the others)")
-    t = calibrated_quantile(bg, fpr)
-    return {"value": t, "fpr_target": float(fpr), "fpr": float((bg > t).mean()), "rank": CALIBRATION_RANK,
+    t = float(np.quantile(bg, 1.0 - fpr, method="higher"))
+    return {"value": t, "fpr_target": float(fpr), "fpr": float((bg > t).mean()),
             "recall": float((cp > t).mean()) if cp.size else None,
             "n_background": int(bg.size), "n_copies": int(cp.size),
             "background_percentiles": percentiles(bg), "copy_percentiles": percentiles(cp)}
@@ -362,7 +347,7 @@ def threshold_rule(background_distinct, copy_scores=None, fpr: float = 0.01, *, 
         return thr
     cal = calibrate_threshold(bg, cp if cp is not None else np.zeros(0), fpr)
     return {**cal, "high": None, "source": "calibrated", "citation": citation or (
-        f"{fpr:.0%} false positives (conformal rank) on the background of distinct items (built from embeddings: no images to "
+        f"the {1 - fpr:.0%} quantile of the background of distinct items (built from embeddings: no images to "
         f"copy, so no recall was measured)")}
 
 

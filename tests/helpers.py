@@ -72,8 +72,3 @@ def run_in_process(capfd, argv):
     capfd.readouterr()
     code = main(list(argv))
     return subprocess.CompletedProcess(list(argv), code, *capfd.readouterr())
-
-
-def conformal_1pct(bg):
-    """The k-th largest of n scores, k = floor(0.01 (n + 1)) (at least 1): the calibrated threshold's rank."""
-    return float(np.sort(bg)[len(bg) - max(1, int(0.01 * (len(bg) + 1)))])

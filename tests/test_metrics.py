@@ -56,26 +56,6 @@ def test_calibrate_threshold_keeps_fpr_and_reports_recall():
     assert cal["copy_percentiles"]["p50"] == pytest.approx(np.percentile(copies, 50))
 
 
-def test_calibrated_quantile_is_the_conformal_rank():
-    # k-th largest of n, k = floor(fpr (n + 1)): 99 scores at 1% -> the largest, 199 -> the second largest
-    assert metrics.calibrated_quantile(np.arange(1, 100), 0.01) == 99
-    assert metrics.calibrated_quantile(np.arange(1, 200), 0.01) == 198
-    assert metrics.calibrated_quantile(np.arange(1, 6), 0.01) == 5  # too few scores for 1%: the largest
-    assert metrics.calibrated_quantile(np.arange(1, 21)[::-1], 0.05) == 20  # order of the input does not matter
-    # a new exchangeable score exceeds the k-th largest of n with probability k / (n + 1): at most fpr for every
-    # n with n + 1 >= 1 / fpr (the plain quantile, e.g. the 2nd largest of 133 at 1%, gives 2 / 134)
-    for fpr in (0.01, 0.05):
-        for n in range(int(1 / fpr) - 1, 1200):
-            t = metrics.calibrated_quantile(np.arange(n, dtype=float), fpr)
-            assert ((np.arange(n) > t).sum() + 1) / (n + 1) <= fpr + 1e-12, (fpr, n)
-    # ... measured: the held-out score of 40,000 exchangeable draws of 134 (133 to calibrate on, 1 new)
-    x = np.random.default_rng(0).random((40_000, 134))
-    t = np.array([metrics.calibrated_quantile(r[:133], 0.01) for r in x])
-    assert (x[:, 133] > t).mean() <= 0.01  # expected 1 / 134 = 0.75%; the plain quantile's 2 / 134 = 1.5%
-    plain = np.quantile(x[:, :133], 0.99, axis=1, method="higher")
-    assert (x[:, 133] > plain).mean() > 0.0125
-
-
 def test_roc_auc_mann_whitney():
     assert metrics.roc_auc([3, 4], [1, 2]) == 1.0
     assert metrics.roc_auc([1, 2], [3, 4]) == 0.0
