@@ -56,6 +56,27 @@ def test_calibrate_threshold_keeps_fpr_and_reports_recall():
     assert cal["copy_percentiles"]["p50"] == pytest.approx(np.percentile(copies, 50))
 
 
+def test_conformal_threshold_is_the_k_th_largest():
+    # k-th largest of n, k = floor(fpr (n + 1)): 99 scores at 1% -> the largest, 199 -> the second largest
+    assert metrics.conformal_threshold(np.arange(1, 100), 0.01) == 99
+    assert metrics.conformal_threshold(np.arange(1, 200), 0.01) == 198
+    assert metrics.conformal_threshold(np.arange(1, 6), 0.01) == 5  # too few scores for 1%: the largest
+    assert metrics.conformal_threshold(np.r_[np.arange(1, 21)[::-1], np.nan], 0.05) == 20  # order, NaN ignored
+    # a new exchangeable score exceeds the k-th largest of n with probability k / (n + 1): at most fpr for every
+    # n with n + 1 >= 1 / fpr
+    for fpr in (0.01, 0.05):
+        for n in range(int(1 / fpr) - 1, 1200):
+            t = metrics.conformal_threshold(np.arange(n, dtype=float), fpr)
+            assert ((np.arange(n) > t).sum() + 1) / (n + 1) <= fpr + 1e-12, (fpr, n)
+    # ... measured: the new score of 40,000 exchangeable draws of 134 (133 to calibrate on, 1 new); the plain
+    # quantile (what calibrate_threshold keeps: the 2nd largest of 133) is exceeded about 2 / 134 of the time
+    x = np.random.default_rng(0).random((40_000, 134))
+    t = np.array([metrics.conformal_threshold(r[:133], 0.01) for r in x])
+    assert (x[:, 133] > t).mean() <= 0.01
+    plain = np.array([metrics.calibrate_threshold(r[:133], [], 0.01)["value"] for r in x[:10_000]])
+    assert (x[:10_000, 133] > plain).mean() > 0.0125
+
+
 def test_roc_auc_mann_whitney():
     assert metrics.roc_auc([3, 4], [1, 2]) == 1.0
     assert metrics.roc_auc([1, 2], [3, 4]) == 0.0
