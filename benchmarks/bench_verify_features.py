@@ -13,7 +13,7 @@ the mirror image):
 - ``layout16``: the image at 16 x 16 (its colour layout); ``layout32 c50``: at 32 x 32, central 50%.
 
 A pair's score is its normalized score plus the weighted features; the threshold keeps 1% of the background
-(``metrics.calibrated_quantile``: the rank by the maximum over each image's candidates); a copy is recalled
+(``metrics.calibrate_threshold``, as an index calibrates, on each image's best candidate); a copy is recalled
 when its score against its own original passes it. Every feature alone and every pair of features is tried
 over a grid of weights, and the weights that recall the most image-to-image copies at strength 0.5 are kept:
 chosen on the same copies they are scored on, each line is an upper bound for its features (an oracle), not a
@@ -118,7 +118,8 @@ def main():
     def evaluate(w: dict) -> tuple[float, list[float]]:
         def score(t):
             return t.n.to_numpy() + sum(x * t[k].to_numpy() for k, x in w.items())
-        thr = metrics.calibrated_quantile(pd.Series(score(bg)).groupby(bg.q.to_numpy()).max().to_numpy(), 0.01)
+        best_bg = pd.Series(score(bg)).groupby(bg.q.to_numpy()).max().to_numpy()
+        thr = metrics.calibrate_threshold(best_bg, [], 0.01)["value"]
         best = pd.Series(score(own), index=pd.MultiIndex.from_arrays([own.kind, own.q])).groupby(level=[0, 1]).max()
         n = {k: len(truth[f"model:{k}"][0]) for k in KINDS}
         return thr, [float((best.loc[k] > thr).sum() / n[k]) if k in best.index.get_level_values(0) else 0.0
