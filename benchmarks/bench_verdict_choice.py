@@ -191,8 +191,9 @@ def main():
     gen_images = [load_image(f) for f in gen_files]
 
     kinds = [k for k in truth if k != "model:all"]
+    card_seed = json.loads((world / "card.json").read_text())["spec"]["seed"]
     print(f"validation: {len(base[0])} held-out items of {world} drawn with seed {a.seed} (the card's: "
-          f"{json.loads((world / 'card.json').read_text())['spec']['seed']}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
+          f"{card_seed}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
           f"probes (seeds 0-{a.seeds - 1}); threshold: 1% of the distinct-item background", flush=True)
     print(f"{'variant':<32} {'thr':>6} " + " ".join(f"{k[6:]:>10}" for k in kinds)
           + "  full20 own-top1 repl  unique repl  non-copies flagged", flush=True)
