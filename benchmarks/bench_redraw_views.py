@@ -7,8 +7,10 @@ caption at ``--strengths``, another seed than the copies'), and embedded with th
 query's score against a distinct image is then the best of its cosine with the image and with its redraws;
 score normalization as shipped (minus the mean of the query's 2 next best other distinct images, on the same
 best-of scores). The threshold keeps 1% of the background of distinct images (each against the other distinct
-images and their redraws; ``metrics.calibrate_threshold``, as an index calibrates). Both ways in one run, the query as given (no other
-view, no verification on the images), so the two lines compare with each other and not with the card:
+images and their redraws; ``metrics.calibrate_threshold``, as an index calibrates). Each way in one run, the
+query as given (no other view), so the lines compare with each other and not with the card; then the same with
+the shipped verification on the images (``memlab.verify``: each image's 5 best other images by normalized score
+plus 0.2 x the detail correlation with the image, the copies against their original):
 
 - recall of the copies at the threshold per kind (image-to-image 0.2-0.5, VAE), and the background's 1% point.
 
@@ -68,7 +70,7 @@ def main():
                                                          "--world's model, the one that made the copies)")
     a = ap.parse_args()
     from benchmarks.bench_verdict_choice import validation_set
-    from memlab import metrics
+    from memlab import metrics, scorenorm, verify
     from memlab.buildworld import WORLD_DEFAULTS, _model_id
     from memlab.descriptors import create_descriptor
     from memlab.generate import Generator
@@ -108,15 +110,44 @@ def main():
             print(f"redrew {n_groups} distinct images at {s:g} in {time.perf_counter() - t0:.0f}s", flush=True)
         redraws[s] = d.embed([load_image(folder / f"{g:04d}.png") for g in range(n_groups)])
 
-    def measure(label, extra_of):
-        """extra_of(q): [n, n_groups] redraw cosines for query vectors q (empty list: none)."""
-        bg = normalized_best_other(best_of(v[reps] @ v.T, groups, n_groups, extra_of(v[reps])), groups[reps])
+    ver = scorenorm.VERIFY
+    details: dict = {}
+
+    def detail_of(g):  # a distinct image's detail vectors (its representative's image), as the verification keeps
+        if g not in details:
+            details[g] = verify.detail_vectors(image_of(int(rep_of[g])), ver["sigma"], ver["region"])
+        return details[g]
+
+    def verified_best_other(best, own):
+        """The background verified: each image's ``candidates`` best other images by normalized score, each plus
+        weight x the detail correlation (``memlab.verify``), the best kept."""
+        out = np.empty(len(best))
+        for i, (b, g0) in enumerate(zip(best, own)):
+            b = b.copy()
+            b[g0] = -np.inf
+            top = np.argsort(-b)[:ver["candidates"] + 3]
+            norm = np.array([b[g] - np.mean([b[h] for h in top if h != g][:2]) for g in top])
+            pick = top[np.argsort(-norm)[:ver["candidates"]]]
+            sides = [detail_of(g0), verify.detail_mirror(detail_of(g0))]
+            out[i] = max(n + ver["weight"] * verify.best_correlation(sides, detail_of(g))
+                         for g, n in zip(top, norm) if g in pick)
+        return out
+
+    def measure(label, extra_of, verified=False):
+        """extra_of(q): [n, n_groups] redraw cosines for query vectors q (empty list: none); ``verified``: plus the
+        shipped verification on the images (``scorenorm.VERIFY``)."""
+        best = best_of(v[reps] @ v.T, groups, n_groups, extra_of(v[reps]))
+        bg = verified_best_other(best, groups[reps]) if verified else normalized_best_other(best, groups[reps])
         thr = metrics.calibrate_threshold(bg, [], 0.01)["value"]
         rec = []
         for kind in KINDS:
             src, ims = truth[f"model:{kind}"]
             q = d.embed(ims)
             sc = normalized_own(best_of(q @ v.T, groups, n_groups, extra_of(q)), groups[src])
+            if verified:
+                sc = sc + ver["weight"] * np.array([
+                    verify.best_correlation(verify.query_details(im, ver["sigma"], ver["region"]), detail_of(g))
+                    for im, g in zip(ims, groups[src])])
             rec.append(float((sc > thr).mean()))
         print(f"{label:<52} {thr:6.3f} " + " ".join(f"{r:12.1%}" for r in rec), flush=True)
 
@@ -124,11 +155,13 @@ def main():
           f"its model; redraws by {a.redraw_model or 'the same model'}; the query as given; threshold at 1% of the "
           f"background")
     print(f"{'index holds':<52} {'thr':>6} " + " ".join(f"{k:>12}" for k in KINDS))
-    measure("the training images (as shipped, no other view)", lambda q: [])
-    for s, r in redraws.items():
-        measure(f"+ each image's redraw at {s:g}", lambda q, r=r: [q @ r.T])
-    if len(redraws) > 1:
-        measure("+ every redraw", lambda q: [q @ r.T for r in redraws.values()])
+    for verified in (False, True):
+        tag = ", verified on the images" if verified else ""
+        measure(f"the training images{tag}", lambda q: [], verified)
+        for s, r in redraws.items():
+            measure(f"+ each image's redraw at {s:g}{tag}", lambda q, r=r: [q @ r.T], verified)
+        if len(redraws) > 1:
+            measure(f"+ every redraw{tag}", lambda q: [q @ r.T for r in redraws.values()], verified)
 
 
 if __name__ == "__main__":
