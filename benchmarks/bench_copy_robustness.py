@@ -6,11 +6,13 @@ ablation: ``memlab-copy`` without its centre-crop view.
 Then **at the threshold** (issue 30): half of the paintings are indexed (``index.build_index``, threshold
 at 1% of their distinct background, as a world calibrates); the other half, paintings the threshold never
 saw, give the false-positive rate (their top-1 score above it), and each transformation of the indexed
-half gives the recall at the threshold.
+half gives the recall at the threshold; each also at the conformal rank of the same background
+(``metrics.conformal_threshold``, tried, not shipped). With ``--splits N`` the held-out false positives of each
+score are measured over N random halves (one half's rate rests on one or two paintings).
 Ties count as the expected accuracy under random tie-breaking (1 / number of tied items).
 
     python -m benchmarks.bench_copy_robustness [--data ../shared/data/aic-public-domain/images]
-        [--weights assets/memlab-copy] [--json out.json]
+        [--weights assets/memlab-copy] [--json out.json] [--splits 10]
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "aic-public-domain" / "images"))
     p.add_argument("--weights", default=None, help="memlab-copy weights folder (default: the shipped ones)")
     p.add_argument("--json", default=None, help="also write the table as JSON")
+    p.add_argument("--splits", type=int, default=1, help="also the held-out false positives of each score over "
+                                                         "this many random halves (the first is the one above)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "captions.csv").is_file():
@@ -95,6 +99,22 @@ def main(argv=None) -> int:
     print("the same without score normalization (plain cosine, the verdict before issue 30's normalization):")
     plain = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights, score_norm=None),
                          data)
+    if args.splits > 1:  # one split's 1% rests on one or two paintings: the rate over many halves
+        variants = {"verified": ({}, at), "normalized alone": ({"score_norm": {**scorenorm.DEFAULT, "verify": None}},
+                                                               unverified),
+                    "plain cosine": ({"score_norm": None}, plain)}
+        held = len(files) - len(files) // 2
+        for label, (over, first) in variants.items():
+            fp = [(first["false_positives"], first["conformal"]["false_positives"])]
+            for seed in range(1, args.splits):
+                o = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights, **over),
+                                 data, seed, distortions=False)
+                fp.append((o["false_positives"], o["conformal"]["false_positives"]))
+            for j, name in enumerate(("the shipped threshold", "the conformal rank")):
+                counts = [round(f[j] * held) for f in fp]
+                print(f"held-out false positives over {len(fp)} random halves, {label}, {name}: mean "
+                      f"{np.mean([f[j] for f in fp]):.2%} of {held} (per half: {', '.join(map(str, counts))})",
+                      flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table, "lowest": lowest, "worst_gap": worst_gap,
                                                "model": descs["memlab-copy"].model, "at_threshold": at,
@@ -103,16 +123,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def at_threshold(files, originals, d, root) -> dict:
-    """Half the paintings indexed (threshold at 1% of their distinct background), the other half held out:
-    false positives among the held-out paintings, recall at the threshold per transformation. The index keeps
-    the paintings' files (under ``root``), so a verifying rule (``memlab.verify``) verifies."""
+def at_threshold(files, originals, d, root, seed: int = 0, distortions: bool = True) -> dict:
+    """Half the paintings indexed (threshold at 1% of their distinct background), the other half held out (the
+    halves drawn with ``seed``): false positives among the held-out paintings, recall at the threshold per
+    transformation (``distortions``). The index keeps the paintings' files (under ``root``), so a verifying rule
+    (``memlab.verify``) verifies."""
     import tempfile
 
     from memlab.index import TrainingIndex, build_index
     from memlab.match import match_vectors, query_vectors
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     order = rng.permutation(len(files))
     inside, outside = order[: len(files) // 2], order[len(files) // 2:]
     items = pd.DataFrame({"id": np.arange(len(inside)), "caption": [""] * len(inside),
@@ -130,7 +151,7 @@ def at_threshold(files, originals, d, root) -> dict:
         out = {"threshold": float(thr), "indexed": len(inside), "held_out": len(outside),
                "false_positives": float((fp_scores > thr).mean()), "recall": {}, "top1": {}}
         scores = {}
-        for tname, tf in ROBUSTNESS.items():
+        for tname, tf in (ROBUSTNESS.items() if distortions else []):
             scores[tname], r = top1([tf(originals[i]) for i in inside])
             out["recall"][tname] = float((scores[tname] > thr).mean())
             out["top1"][tname] = float((r == np.arange(len(inside))).mean())
@@ -139,6 +160,8 @@ def at_threshold(files, originals, d, root) -> dict:
         out["conformal"] = {"threshold": conf, "false_positives": float((fp_scores > conf).mean()),
                             "recall": {t: float((sc > conf).mean()) for t, sc in scores.items()}}
         idx.close()
+    if not distortions:
+        return out
     print(f"at the threshold ({d.name} {thr:.3f}, 1% of the background of {len(inside)} indexed paintings): "
           f"false positives among {len(outside)} held-out paintings {out['false_positives']:.1%} (target <= 1%)")
     for tname in ROBUSTNESS:
