@@ -136,8 +136,9 @@ def decoder_drift(im: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
-def augment(im: Image.Image, rng: random.Random, size: int) -> Image.Image:
-    """One strongly augmented view of ``im``, ``size`` x ``size``."""
+def augment(im: Image.Image, rng: random.Random, size: int, grayscale: float = 0.2) -> Image.Image:
+    """One strongly augmented view of ``im``, ``size`` x ``size``; ``grayscale``: the chance of a grey view (SSCD's
+    0.2)."""
     im = to_rgb(im)
     if rng.random() < 0.85:
         im = resized_crop(im, rng)
@@ -150,7 +151,7 @@ def augment(im: Image.Image, rng: random.Random, size: int) -> Image.Image:
         im = im.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, fillcolor=fill)
     if rng.random() < 0.8:
         im = colour_jitter(im, rng)
-    if rng.random() < 0.2:
+    if rng.random() < grayscale:
         im = im.convert("L").convert("RGB")
     if rng.random() < 0.3:
         im = overlay(im, rng)

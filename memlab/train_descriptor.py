@@ -65,6 +65,7 @@ class DescriptorTrainConfig:
     log_every: int = 25
     colour_norm: str = ""           # the network normalizes its input's colours first (copynet.COLOUR_NORMS)
     colour_cast: float = 0.0        # chance that a view also gets a strong tint / darkening (augment.colour_cast)
+    grayscale: float = 0.2          # chance that a view is grey (SSCD's 0.2; it teaches the network to drop colour)
     layout_weight: float = 0.0      # weight of the layout term: InfoNCE over the layout maps of aligned views
     layout_images: int = 64         # images per step in the layout term (two aligned views each)
     layout_temperature: float = 0.1
@@ -79,8 +80,8 @@ class DescriptorTrainConfig:
         if self.steps < 1 or self.batch_size < 2:
             raise MemlabError("steps must be >= 1 and batch_size >= 2")
         if not all(0.0 <= x <= 1.0 for x in (self.photo_share, self.decoder_share, self.sibling_share,
-                                              self.colour_cast)):
-            raise MemlabError("photo_share, decoder_share, sibling_share and colour_cast are shares in [0, 1]")
+                                              self.colour_cast, self.grayscale)):
+            raise MemlabError("photo_share, decoder_share, sibling_share, colour_cast and grayscale are shares in [0, 1]")
         if not (0.0 <= self.layout_cast <= 1.0 and 0.0 <= self.layout_model_share <= 1.0):
             raise MemlabError("layout_cast and layout_model_share are shares in [0, 1]")
         if self.layout_weight < 0 or self.layout_images < 2 or self.layout_temperature <= 0:
@@ -352,7 +353,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         def view(im, dec):  # a view starts, now and then, from the model's version of the image
             if dec is not None and rng.random() < cfg.decoder_share:
                 im = rng.choice(dec)
-            v = augment(im, rng, cfg.input_size)
+            v = augment(im, rng, cfg.input_size, cfg.grayscale)
             return colour_cast(v, rng) if cfg.colour_cast and rng.random() < cfg.colour_cast else v
         views = [view(*b) for b in base] + [view(*b) for b in base]
         z = torch.nn.functional.normalize(net.embed_raw(to_input(views, cfg.input_size)), dim=1)

@@ -288,3 +288,25 @@ def test_batches_hold_same_background_pairs_together_as_negatives():
     assert len(got) == len(set(got)) == 12
     sib = [i for i in got if i >= 10]
     assert len(sib) == 6 and all((i ^ 1) in sib for i in sib)  # pairs are (10, 11), (12, 13), ...
+
+
+def test_grayscale_share_sets_how_often_a_view_loses_its_colour():
+    """``grayscale`` (SSCD's 0.2) is the chance that a training view is grey: none at 0, most at 1 (a later
+    overlay or colour drift may tint a grey view again); a share outside [0, 1] is refused."""
+    import random
+
+    from PIL import Image
+
+    from memlab.augment import augment
+    from memlab.errors import MemlabError
+
+    im = Image.new("RGB", (64, 64), (200, 40, 90))
+
+    def grey_share(p):
+        views = [np.asarray(augment(im, random.Random(s), 32, p), np.int16) for s in range(120)]
+        return np.mean([np.abs(v[..., 0] - v[..., 1]).max() <= 2 and np.abs(v[..., 1] - v[..., 2]).max() <= 2
+                        for v in views])
+    # a grey view stays grey unless the overlay (0.3) or the decoder drift (0.25) comes after: about p x 0.5
+    assert grey_share(0.0) == 0.0 and 0.35 < grey_share(1.0) < 0.7 and 0.03 < grey_share(0.2) < 0.2
+    with pytest.raises(MemlabError, match="grayscale"):
+        DescriptorTrainConfig(grayscale=1.5).validate()
