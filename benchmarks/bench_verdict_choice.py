@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = {  # name -> (registered descriptor, overrides)
-    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror, brightness x1.5)": ("memlab-copy", {}),
+    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror, brightness x1.5; verified; two-sided 0.5)": (
+        "memlab-copy", {}),
     "plain cosine (no score normalization)": ("memlab-copy", {"score_norm": None}),
     "score normalization, no other view": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": False}}),
     "score normalization, mirror only": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": True}}),
@@ -79,6 +80,13 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
         "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.75}}}),
     "verified, detail 3 px, weight 0.2, central 50%": ("memlab-copy", {"score_norm": {
         "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}}}),
+    # two-sided (CSLS): a share of the normalizer from the matched image's own nearest other images (the one above is
+    # the one-sided rule shipped before it)
+    "verified, two-sided 0.25": ("memlab-copy", {"score_norm": {
+        "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}, "train_side": 0.25}}),
+    "verified, two-sided 0.75": ("memlab-copy", {"score_norm": {
+        "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}, "train_side": 0.75}}),
+    "normalized, two-sided 0.5, no verification": ("memlab-copy", {"score_norm": {"gains": [1.5], "train_side": 0.5}}),
 }
 
 

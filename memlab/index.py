@@ -197,15 +197,16 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     if spec:
         if d.verdict != "cosine":
             raise MemlabError(f"{d.name}: score normalization works on the cosine verdict, not {d.verdict!r}")
-        bg = scorenorm.background(v, distinct, np.arange(len(v)), spec)  # as given: every row, no other view
-        bg_distinct = scorenorm.background(v, distinct, reps, spec, sides["reps"])
-        copy_scores = scorenorm.against(v, distinct, copies, calib_rows, spec, sides["copies"])
-        truth_scores = {g: scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(g, []))
+        nb = scorenorm.neighbours(v, distinct, reps, spec["k"]) if spec.get("train_side") else None
+        bg = scorenorm.background(v, distinct, np.arange(len(v)), spec, nb=nb)  # as given: every row, no other view
+        bg_distinct = scorenorm.background(v, distinct, reps, spec, sides["reps"], nb=nb)
+        copy_scores = scorenorm.against(v, distinct, copies, calib_rows, spec, sides["copies"], nb=nb)
+        truth_scores = {g: scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(g, []), nb=nb)
                         for g, (rows, emb) in truth.items()}
         if spec.get("verify"):
             load, truth_images, copy_images = images
             got = verify.calibrate(v, distinct, reps, spec, sides, load, calib_rows, copy_images, copy_scores,
-                                   truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores)
+                                   truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores, nb)
             bg, bg_distinct, copy_scores, truth_scores = (got["background"], got["background_distinct"],
                                                           got["copies"], got["truth"])
     elif d.verdict == "cosine":
@@ -247,18 +248,22 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
                                         + "vs the nearest distinct image"},
         "files": {"index": f"{d.name}.faiss" if factory != "Flat" else None, "vectors": f"{d.name}.npy",
                   "background": f"{d.name}.background.npy",
-                  "background_distinct": f"{d.name}.background_distinct.npy"},
-        "_arrays": (bg, bg_distinct)}
+                  "background_distinct": f"{d.name}.background_distinct.npy",
+                  **({"neighbours": f"{d.name}.neighbours.npy", "neighbour_ids": f"{d.name}.neighbour_ids.npy"}
+                     if spec and nb else {})},
+        "_arrays": (bg, bg_distinct, *(nb if spec and nb else ()))}
 
 
 def _write_descriptor_files(tmp: Path, name: str, v: np.ndarray, entry: dict, factory: str) -> None:
     """A descriptor's vectors, backgrounds and (for an approximate factory) FAISS file."""
-    bg, bg_distinct = entry.pop("_arrays")
+    bg, bg_distinct, *nb = entry.pop("_arrays")
     if factory != "Flat":  # an exact index is the vectors themselves: built from them at load
         faiss_module().write_index(make_faiss_index(v, factory), str(tmp / f"{name}.faiss"))
     np.save(tmp / f"{name}.npy", v)
     np.save(tmp / f"{name}.background.npy", bg)
     np.save(tmp / f"{name}.background_distinct.npy", bg_distinct)
+    for f, a in zip(("neighbours", "neighbour_ids"), nb):  # a two-sided score normalization's (scorenorm.neighbours)
+        np.save(tmp / f"{name}.{f}.npy", a)
 
 
 def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64, rows=None, groups=None) -> np.ndarray:
@@ -435,6 +440,12 @@ class TrainingIndex:
             f = self.descriptor_info(name)["files"]["vectors"]
             self._vectors[name] = np.load(self.path / f, mmap_mode="r", allow_pickle=False)
         return self._vectors[name]
+
+    def neighbours(self, name: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """A two-sided score normalization's distinct images' nearest others (``scorenorm.neighbours``), or None."""
+        files = self.descriptor_info(name)["files"]
+        return tuple(np.load(self.path / files[f], allow_pickle=False) for f in ("neighbours", "neighbour_ids")
+                     ) if "neighbours" in files else None
 
     def rows(self, ids: np.ndarray, name: str | None = None) -> np.ndarray:
         """Some rows of the vectors. An on-disk index reads them with ``pread``: through a mapping, each

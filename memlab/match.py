@@ -93,13 +93,18 @@ def _normalized(index: TrainingIndex, name: str, vectors, views, k: int, spec: d
     per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
     kk = min(n, MAX_CANDIDATES, (k + spec["k"] + 1) * per_group)  # enough images to normalize the k kept
     sides = list(zip(["as given", *scorenorm.view_names(spec)], [vectors, *(views or [])]))
+    t, nb = spec.get("train_side", 0.0), index.neighbours(name)
+    if t and nb is None:
+        raise MemlabError(f"{name}: the index's two-sided score normalization has no neighbours file; build it again")
     best = [None] * len(vectors)
     for side, vecs in sides:
         cos, rows = index.search(vecs, k=kk, name=name)
         for qi in range(len(vecs)):
             f = rows[qi] >= 0  # FAISS's -1 ("no result") is never a match
             c, r = cos[qi][f], rows[qi][f]
-            s = scorenorm.normalize_candidates(c, index.distinct_of(r), spec["k"], spec["beta"])
+            g = index.distinct_of(r)
+            s = scorenorm.normalize_candidates(c, g, spec["k"], spec["beta"],
+                                               scorenorm.train_term(nb, g, None, spec["k"]) if t else None, t)
             order = np.argsort(-s, kind="stable")
             keep = order[_first_per_group(index, r[order], k)]
             if len(keep) and (best[qi] is None or s[keep[0]] > best[qi][0][0]):

@@ -9,6 +9,17 @@ and of one source image where the index merges them, are left out), so the score
 
     s(q, r) - beta * mean_k max_{t in distinct image j != image(r)} s(q, t)
 
+With ``train_side`` t > 0 the normalizer also takes the matched image's own neighbourhood, as CSLS does
+(Conneau et al. 2018, cross-domain similarity local scaling, against hubness): a share t of it is the mean
+cosine of the matched image x to its ``k`` nearest other distinct images (computed once, at build:
+``neighbours``), so a training image that resembles many others (a common texture, a shared background: a
+"hub") needs a closer match, and one unlike the rest a less close one:
+
+    s(q, r) - beta * ((1 - t) * mean_k[q's other images] + t * mean_k[x's other images])
+
+(t = 0.5: half of CSLS's 2 s(q, r) - r(q) - r(x)). In the background of distinct images, x's neighbours
+leave out the query's own image, as a generation is not among them.
+
 The query is also scored in other views and the best is kept (``view`` in each result): with ``mirror`` its
 mirror image (a mirrored copy is a copy), with ``gains`` its brightness raised by each gain (a darkened copy is
 a copy; each also mirrored), with ``contrast`` its contrast raised by each factor (a washed-out copy is a copy;
@@ -55,7 +66,7 @@ def verify_words(spec: dict) -> str:
             f"{spec['candidates']} best matches")
 
 
-DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY}
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY, "train_side": 0.5}
 
 
 def check(spec: dict | None) -> dict | None:
@@ -66,22 +77,23 @@ def check(spec: dict | None) -> dict | None:
         return None
     from .errors import MemlabError
 
-    out = {**DEFAULT, "gains": [], "contrast": [], "verify": None,
+    out = {**DEFAULT, "gains": [], "contrast": [], "verify": None, "train_side": 0.0,
            **{key: v for key, v in dict(spec).items() if key != "words"}}
     if set(out) != set(DEFAULT):  # a rule written without gains (or contrast, or verify) has none
         raise MemlabError(f"score_norm takes {', '.join(DEFAULT)}; got {', '.join(sorted(spec))}")
 
     def number(x, kind):
         return isinstance(x, kind) and not isinstance(x, bool) and np.isfinite(x)
-    k, beta = out["k"], out["beta"]
+    k, beta, t = out["k"], out["beta"], out["train_side"]
     if not (number(k, int) and k >= 1 and number(beta, (int, float)) and 0 <= beta <= 2
-            and isinstance(out["mirror"], bool)
+            and number(t, (int, float)) and 0 <= t <= 1 and isinstance(out["mirror"], bool)
             and all(isinstance(out[key], (list, tuple)) and all(number(g, (int, float)) and 0 < g <= 4 for g in out[key])
                     for key in ("gains", "contrast"))):
-        raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, mirror true or false, and gains and "
-                          f"contrast factors in (0, 4]; got {dict(spec)!r:.120}")
+        raise MemlabError(f"score_norm needs a whole k >= 1, 0 <= beta <= 2, 0 <= train_side <= 1, mirror true or "
+                          f"false, and gains and contrast factors in (0, 4]; got {dict(spec)!r:.120}")
     return {"k": int(k), "beta": float(beta), "mirror": out["mirror"], "gains": [float(g) for g in out["gains"]],
-            "contrast": [float(c) for c in out["contrast"]], "verify": check_verify(out["verify"])}
+            "contrast": [float(c) for c in out["contrast"]], "verify": check_verify(out["verify"]),
+            "train_side": float(t)}
 
 
 def view_names(spec: dict) -> list[str]:
@@ -97,8 +109,12 @@ def view_names(spec: dict) -> list[str]:
 def words(spec: dict) -> str:
     """The rule in words, for every place a normalized score is shown."""
     extra = view_names(spec)
-    return (f"cosine minus {spec['beta']:g} x the mean cosine of the query's {spec['k']} nearest other distinct "
-            f"training images (SSCD's score normalization)"
+    t = spec.get("train_side", 0.0)
+    near = (f"the mean cosine of the query's {spec['k']} nearest other distinct training images" if not t else
+            f"({1 - t:g} x the mean cosine of the query's {spec['k']} nearest other distinct training images + {t:g} x "
+            f"the matched image's to its {spec['k']} nearest others)")
+    return (f"cosine minus {spec['beta']:g} x {near} (SSCD's score normalization"
+            + (", two-sided as CSLS" if t else "") + ")"
             + (f"; the best of the query as given and {', '.join(extra)}" if extra else "")
             + (f"; {verify_words(spec['verify'])}" if spec.get("verify") else ""))
 
@@ -117,10 +133,42 @@ def normalizer(group_best: np.ndarray, exclude, k: int) -> float:
     return float(top.mean()) if top.size else 0.0
 
 
-def normalize_candidates(scores, groups, k: int, beta: float) -> np.ndarray:
+def neighbours(v: np.ndarray, groups, reps, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct image's ``k`` + 1 nearest other distinct images (its representative row ``reps`` as given
+    against every row of the others): (their best cosines [n_images, k + 1], highest first, and their ids,
+    -1 where fewer), indexed by distinct image."""
+    groups, reps = np.asarray(groups, np.int64), np.asarray(reps, np.int64)
+    n_groups = int(groups.max()) + 1
+    cos, ids = np.full((n_groups, k + 1), -np.inf, np.float32), np.full((n_groups, k + 1), -1, np.int64)
+    for s in range(0, len(reps), block):
+        r = reps[s:s + block]
+        best = _group_best(np.asarray(v[r], np.float32) @ v.T, groups, n_groups)
+        best[np.arange(len(r)), groups[r]] = -np.inf
+        n = min(k + 1, n_groups)
+        top = np.argsort(-best, axis=1, kind="stable")[:, :n]
+        c = np.take_along_axis(best, top, axis=1)
+        cos[groups[r], :n], ids[groups[r], :n] = c, np.where(np.isfinite(c), top, -1)
+    return cos, ids
+
+
+def train_term(nb: tuple, images, exclude=None, k: int = 2) -> np.ndarray:
+    """The matched images' own neighbourhood (``neighbours``' (cos, ids)): for each of ``images``, the mean cosine
+    of its ``k`` nearest other distinct images other than ``exclude`` (one image id per entry, or None), over as
+    many as there are (0.0 when none)."""
+    images = np.asarray(images, np.int64)
+    cos, ids = nb[0][images].astype(np.float64), nb[1][images]
+    ok = ids >= 0
+    if exclude is not None:
+        ok &= ids != np.asarray(exclude, np.int64).reshape(-1, 1)
+    ok &= np.cumsum(ok, axis=1) <= k
+    return np.where(ok, cos, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
+
+
+def normalize_candidates(scores, groups, k: int, beta: float, train=None, train_side: float = 0.0) -> np.ndarray:
     """Each candidate's normalized score from one query's candidate list (``scores`` [m], the distinct image of
     each candidate ``groups`` [m]): its score minus ``beta`` x the mean of the ``k`` best other images' best
-    scores in the list."""
+    scores in the list; with ``train_side`` t, minus beta x ((1 - t) x that + t x ``train`` [m], each
+    candidate's own neighbourhood: ``train_term``)."""
     s = np.asarray(scores, np.float64)
     g = np.asarray(groups, np.int64)
     if not s.size:
@@ -130,7 +178,9 @@ def normalize_candidates(scores, groups, k: int, beta: float) -> np.ndarray:
     np.maximum.at(best, inv, s)
     order = np.argsort(-best, kind="stable")[:k + 1]  # an image's k others are among the k + 1 best images
     per_image = np.array([normalizer(best[order], np.flatnonzero(order == i), k) for i in range(len(ids))])
-    return s - beta * per_image[inv]
+    if not train_side:
+        return s - beta * per_image[inv]
+    return s - beta * ((1 - train_side) * per_image[inv] + train_side * np.asarray(train, np.float64))
 
 
 def _group_best(sim: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -155,11 +205,19 @@ def _mean_finite(x: np.ndarray) -> np.ndarray:
     return np.where(ok, x, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
 
 
-def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1024) -> np.ndarray:
+def _side(spec: dict, nb) -> float:
+    t = spec.get("train_side", 0.0)
+    if t and nb is None:
+        raise ValueError("a two-sided rule (train_side > 0) needs the images' neighbours (scorenorm.neighbours)")
+    return t
+
+
+def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1024, nb=None) -> np.ndarray:
     """The normalized background of distinct images: each of ``rows`` (one per distinct image) against its
-    nearest row of another distinct image, normalized by the next ``k`` other images; the best of the row and
-    its other ``views`` (``view_vectors`` of the rows' images), as a query is scored. NaN where no other image
-    is left."""
+    nearest row of another distinct image, normalized by the next ``k`` other images (and, two-sided, by that
+    image's ``nb`` other than the row's own image); the best of the row and its other ``views``
+    (``view_vectors`` of the rows' images), as a query is scored. NaN where no other image is left."""
+    t = _side(spec, nb)
     groups = np.asarray(groups, np.int64)
     rows = np.asarray(rows, np.int64)
     n_groups = int(groups.max()) + 1
@@ -170,27 +228,34 @@ def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1
             r = rows[s:s + block]
             best[np.arange(len(r)), groups[r]] = -np.inf  # its own image is not a match
             top = _best_others(best, spec["k"] + 1)
-            score = top[:, 0] - spec["beta"] * _mean_finite(top[:, 1:])
+            near = _mean_finite(top[:, 1:])
+            if t:
+                near = (1 - t) * near + t * train_term(nb, best.argmax(1), groups[r], spec["k"])
+            score = top[:, 0] - spec["beta"] * near
             out[s:s + block] = np.maximum(out[s:s + block], np.where(np.isfinite(top[:, 0]), score, -np.inf))
     return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
 
 
-def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, views=(), block: int = 1024) -> np.ndarray:
+def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, views=(), block: int = 1024,
+            nb=None) -> np.ndarray:
     """Normalized scores of ``queries`` [n, d] against their ``targets`` (training rows, [n]): a copy's score
-    against its original, normalized by the query's ``k`` nearest other distinct images; the best of the query
-    and its other ``views`` ([n, d] each)."""
+    against its original, normalized by the query's ``k`` nearest other distinct images (two-sided: and by the
+    original's ``nb``); the best of the query and its other ``views`` ([n, d] each)."""
     groups = np.asarray(groups, np.int64)
     targets = np.asarray(targets, np.int64)
     n_groups = int(groups.max()) + 1
+    t = _side(spec, nb)
+    own_side = train_term(nb, groups[targets], None, spec["k"]) if t else 0.0
     out = np.full(len(targets), -np.inf)
     for q in [queries, *views]:
         for s in range(0, len(targets), block):
-            qq, t = np.asarray(q[s:s + block], np.float32), targets[s:s + block]
+            qq, tg = np.asarray(q[s:s + block], np.float32), targets[s:s + block]
             best = _group_best(qq @ v.T, groups, n_groups)
-            best[np.arange(len(t)), groups[t]] = -np.inf  # the original's image is the match, not a neighbour
-            own = np.einsum("nd,nd->n", qq, v[t])
-            out[s:s + block] = np.maximum(out[s:s + block],
-                                          own - spec["beta"] * _mean_finite(_best_others(best, spec["k"])))
+            best[np.arange(len(tg)), groups[tg]] = -np.inf  # the original's image is the match, not a neighbour
+            own = np.einsum("nd,nd->n", qq, v[tg])
+            near = (1 - t) * _mean_finite(_best_others(best, spec["k"])) + t * own_side[s:s + block] if t else \
+                _mean_finite(_best_others(best, spec["k"]))
+            out[s:s + block] = np.maximum(out[s:s + block], own - spec["beta"] * near)
     return out.astype(np.float32)
 
 

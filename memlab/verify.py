@@ -28,6 +28,7 @@ from PIL import Image
 
 from .scorenorm import VERIFY as DEFAULT, VERIFY_SIDE as SIDE, check_verify as check, normalize_candidates  # noqa: F401
 from .scorenorm import verify_words as words  # noqa: F401
+from .scorenorm import train_term
 
 
 def central(side: int, region: float) -> slice:
@@ -97,10 +98,11 @@ def rescore(normalized, rows, query_sides: list, train_of, spec: dict) -> tuple[
     return np.asarray(normalized, np.float64) + spec["weight"] * corr, corr
 
 
-def candidates(sim, groups, own, spec: dict, m: int):
+def candidates(sim, groups, own, spec: dict, m: int, nb=None):
     """A training image's ``m`` best other distinct images by normalized score, from its similarities ``sim``
-    [n_rows] (one view) and the rows' distinct images ``groups``; ``own``: its own image (left out): (rows [m],
-    normalized scores [m]), each image's best row."""
+    [n_rows] (one view) and the rows' distinct images ``groups``; ``own``: its own image (left out, also from
+    the candidates' neighbours ``nb`` of a two-sided rule): (rows [m], normalized scores [m]), each image's
+    best row."""
     g = np.asarray(groups, np.int64)
     keep = g != own
     idx = np.flatnonzero(keep)
@@ -110,12 +112,14 @@ def candidates(sim, groups, own, spec: dict, m: int):
     _, first = np.unique(g[idx], return_index=True)
     first = np.sort(first)[:m + spec["k"] + 1]  # each image's best row, the best images first
     top_rows, top = idx[first], s[first]
-    norm = normalize_candidates(top, g[top_rows], spec["k"], spec["beta"])
+    t = spec.get("train_side", 0.0)
+    train = train_term(nb, g[top_rows], np.full(len(top_rows), own), spec["k"]) if t else None
+    norm = normalize_candidates(top, g[top_rows], spec["k"], spec["beta"], train, t)
     pick = np.argsort(-norm, kind="stable")[:m]
     return top_rows[pick], norm[pick]
 
 
-def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> np.ndarray:
+def background(v: np.ndarray, groups, rows, spec: dict, views, train_of, nb=None) -> np.ndarray:
     """The verified background of distinct images (``scorenorm.background``'s, re-scored): each of ``rows`` in
     its best view (the view whose best other image scores highest, as a query keeps one view), its
     ``candidates`` best other distinct images re-scored; returns the best verified score per row (NaN where no
@@ -126,7 +130,7 @@ def background(v: np.ndarray, groups, rows, spec: dict, views, train_of) -> np.n
     for i, r in enumerate(np.asarray(rows, np.int64)):
         best = None
         for q in [v[r:r + 1], *[w[i:i + 1] for w in views]]:
-            got = candidates((q @ v.T)[0], groups, groups[r], spec, ver["candidates"])
+            got = candidates((q @ v.T)[0], groups, groups[r], spec, ver["candidates"], nb)
             if len(got[1]) and (best is None or got[1][0] > best[1][0]):
                 best = got
         if best is None:
@@ -145,7 +149,7 @@ def detail_mirror(sides):
 
 
 def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, copy_images, copy_scores,
-              truth_images: dict, truth_rows: dict, truth_scores: dict) -> dict:
+              truth_images: dict, truth_rows: dict, truth_scores: dict, nb=None) -> dict:
     """What ``index.build_index`` calibrates on, verified (``background``, ``rescore``): the background of every
     row (as given) and of the distinct images (``sides["reps"]``: their other views), the calibration copies'
     and each ground truth's scores against their originals (their normalized scores plus weight x the
@@ -163,7 +167,7 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
                 for im, r in zip(images, rows)]
         return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(corr)).astype(np.float32)
 
-    return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of),
-            "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of),
+    return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of, nb),
+            "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of, nb),
             "copies": against(copy_images, calib_rows, copy_scores),
             "truth": {g: against(truth_images[g], truth_rows[g], truth_scores[g]) for g in truth_scores}}

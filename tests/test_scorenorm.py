@@ -57,6 +57,55 @@ def test_background_and_copies_recomputed_by_brute_force():
         assert copy[j] == pytest.approx(float(qv @ v[t]) - np.mean(others[:2]), abs=1e-5)
 
 
+def test_two_sided_normalization_recomputed_by_brute_force():
+    """CSLS's second side: a match is also normalized by the matched image's own k nearest other images; in the
+    background, those leave out the query's own image (it is not a generation's neighbour)."""
+    rng = np.random.default_rng(2)
+    v = unit(rng.standard_normal((10, 8)))
+    v[3] = v[2]  # rows 2 and 3: one image
+    groups = np.array([0, 1, 2, 2, 3, 4, 5, 6, 7, 8])
+    reps = np.array([0, 1, 2, 4, 5, 6, 7, 8, 9])
+    spec = {**SPEC, "train_side": 0.5}
+
+    def others(x, exclude=()):  # image x's representative against every other image's best row
+        sim = v @ v[reps[x]]
+        return sorted(((sim[groups == g].max(), g) for g in set(groups) if g != x and g not in exclude), reverse=True)
+    cos, ids = scorenorm.neighbours(v, groups, reps, 2)
+    for x in range(9):
+        want = others(x)[:3]
+        assert list(ids[x]) == [g for _, g in want] and cos[x] == pytest.approx([c for c, _ in want], abs=1e-6)
+    got = scorenorm.background(v, groups, reps, spec, nb=(cos, ids))
+    for j, r in enumerate(reps):
+        ranked = others(groups[r])
+        c, x = ranked[0]
+        own = np.mean([cc for cc, _ in others(x, exclude=(groups[r],))[:2]])
+        assert got[j] == pytest.approx(c - 0.5 * np.mean([cc for cc, _ in ranked[1:3]]) - 0.5 * own, abs=1e-5)
+    q = unit(v[[2, 7]] + 0.1 * rng.standard_normal((2, 8)))
+    copy = scorenorm.against(v, groups, q, [3, 7], spec, nb=(cos, ids))
+    for j, (t, qv) in enumerate(zip([3, 7], q)):
+        sim = v @ qv
+        near = sorted((sim[groups == g].max() for g in set(groups) if g != groups[t]), reverse=True)
+        own = np.mean([cc for cc, _ in others(groups[t])[:2]])
+        assert copy[j] == pytest.approx(float(qv @ v[t]) - 0.5 * np.mean(near[:2]) - 0.5 * own, abs=1e-5)
+    with pytest.raises(ValueError, match="neighbours"):
+        scorenorm.background(v, groups, reps, spec)
+
+
+def test_a_hub_needs_a_closer_match_two_sided():
+    """A training image that resembles many others (a shared texture) loses more of a match than one unlike the
+    rest: with the query's side alone both matches score alike."""
+    hub, lone = unit([1, 0, 0, 0]), unit([0, 0, 0, 1])
+    v = np.stack([hub, lone, unit([1, 0.3, 0, 0]), unit([1, -0.3, 0, 0]), unit([1, 0, 0.3, 0])])
+    groups, reps = np.arange(5), np.arange(5)
+    nb = scorenorm.neighbours(v, groups, reps, 2)
+    q = np.stack([unit([1, 0, 0, 0.9]), unit([0.9, 0, 0, 1])])  # as close to the hub as to the lone image
+    one = scorenorm.against(v, groups, q, [0, 1], SPEC)
+    two = scorenorm.against(v, groups, q, [0, 1], {**SPEC, "train_side": 0.5}, nb=nb)
+    assert two[0] < two[1] and abs(one[0] - one[1]) < abs(two[0] - two[1])
+    cand = scorenorm.normalize_candidates([0.7, 0.7], [0, 1], 2, 1.0, scorenorm.train_term(nb, [0, 1], None, 2), 0.5)
+    assert cand[0] < cand[1]
+
+
 def test_the_better_orientation_is_kept():
     rng = np.random.default_rng(1)
     v = unit(rng.standard_normal((6, 8)))
@@ -71,14 +120,14 @@ def test_the_better_orientation_is_kept():
 def test_a_rule_is_checked():
     assert scorenorm.check(None) is None
     assert scorenorm.check({"k": 3}) == {"k": 3, "beta": 1.0, "mirror": True, "gains": [], "contrast": [],
-                                         "verify": None}
+                                         "verify": None, "train_side": 0.0}  # a rule written before it: one-sided
     assert scorenorm.view_names(scorenorm.DEFAULT) == ["mirrored", "brightness x1.5", "brightness x1.5, mirrored"]
     assert scorenorm.view_names(scorenorm.check({"mirror": False, "gains": [1.5], "contrast": [2]})) == [
         "brightness x1.5", "contrast x2"]
     assert scorenorm.check({**scorenorm.DEFAULT, "words": "as an index writes it"}) == scorenorm.DEFAULT
     for bad in ({"k": 0}, {"beta": -1}, {"kk": 2}, {"gains": [0]}, {"gains": "1.5"}, {"k": "x"}, {"k": None},
                 {"k": 1.5}, {"mirror": "yes"}, {"beta": float("nan")}, {"gains": [None]}, {"contrast": [0]},
-                {"contrast": "2"}):
+                {"contrast": "2"}, {"train_side": 1.5}, {"train_side": -0.1}, {"train_side": "half"}):
         with pytest.raises(MemlabError):
             scorenorm.check(bad)
 
@@ -97,17 +146,26 @@ def test_an_index_calls_mirrored_and_darkened_copies_and_names_its_score(tmp_pat
     v = np.asarray(idx.vectors("memlab-copy"), np.float32)
     reps = np.flatnonzero(idx.items["representative"].to_numpy())
     views = scorenorm.view_vectors(d, [ims[r] for r in reps], d.score_norm)
-    bg = scorenorm.background(v, idx.items["distinct"].to_numpy(), reps, d.score_norm, views)
+    distinct = idx.items["distinct"].to_numpy()
+    nb = scorenorm.neighbours(v, distinct, reps, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(nb, idx.neighbours("memlab-copy")))
+    bg = scorenorm.background(v, distinct, reps, d.score_norm, views, nb=nb)
     assert info["threshold"]["value"] == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-6)
+    assert "two-sided as CSLS" in info["score_norm"]["words"]
     queries = [ImageOps.mirror(ims[7]), ImageEnhance.Brightness(ims[11]).enhance(0.6), ims[20]]
     res = match_images(idx, d, queries, ["mirror", "dark", "same"], k=3)
     (m, dark, same) = res["queries"]
     assert m["matches"][0]["id"] == 7 and scorenorm.is_mirrored(m["view"]) and m["verdict"] == "replicated"
     assert dark["matches"][0]["id"] == 11 and dark["verdict"] == "replicated"
     assert same["view"] == "as given" and same["matches"][0]["cosine"] == pytest.approx(1.0, abs=1e-4)
-    # the score is the cosine less the mean of the next two images' cosines
-    top = same["matches"]
-    assert top[0]["score"] == pytest.approx(top[0]["cosine"] - (top[1]["cosine"] + top[2]["cosine"]) / 2, abs=1e-5)
+    # the score is the cosine less half the mean of the next two images' cosines and half the matched image's own
+    # neighbourhood (its two nearest other images: the query is not in the training set)
+    top, t = same["matches"], d.score_norm["train_side"]
+    x = distinct[top[0]["row"]]
+    sim = v @ d.embed([ims[20]])[0]
+    near = sorted((sim[distinct == g].max() for g in set(distinct) if g != x), reverse=True)[:2]
+    own = scorenorm.train_term(nb, [x], None, 2)[0]
+    assert t == 0.5 and top[0]["score"] == pytest.approx(top[0]["cosine"] - (1 - t) * np.mean(near) - t * own, abs=1e-5)
     assert "score normalization" in res["descriptor"]["score"]
     # without the rule, the same index built again scores plain cosines
     build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("memlab-copy", score_norm=None)],

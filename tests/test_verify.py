@@ -96,11 +96,12 @@ def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_
     distinct = idx.items["distinct"].to_numpy()
     reps = np.flatnonzero(idx.items["representative"].to_numpy())
     views = scorenorm.view_vectors(d, [ims[r] for r in reps], spec)
+    nb = scorenorm.neighbours(v, distinct, reps, spec["k"])  # two-sided (CSLS): the candidates' own neighbours
     bg = []
     for i, r in enumerate(reps):
         best = None
         for q in [v[r], *[w[i] for w in views]]:
-            got = verify.candidates(q @ v.T, distinct, distinct[r], spec, spec["verify"]["candidates"])
+            got = verify.candidates(q @ v.T, distinct, distinct[r], spec, spec["verify"]["candidates"], nb)
             best = got if best is None or got[1][0] > best[1][0] else best
         bg.append(max(s + W * reference(ims[r], ims[int(row)], SIGMA, REGION) for row, s in zip(*best)))
     thr = idx.threshold("memlab-copy")["value"]
