@@ -81,7 +81,7 @@ def main():
         redraws[s] = d.embed([load_image(folder / f"{g:04d}.png") for g in range(n_groups)])
 
     # the redraws ride along as extra rows of their distinct image, so the shipped scoring runs on them unchanged
-    spec = {**scorenorm.DEFAULT, "verify": scorenorm.VERIFY, "train_side": 0.0}  # k, beta as shipped, one-sided; query as given
+    spec = {**scorenorm.DEFAULT, "verify": scorenorm.VERIFY}  # k and beta as shipped; the query as given
     ver = spec["verify"]
     cache: dict = {}
 

@@ -17,7 +17,7 @@ prints:
   another item (non-copies).
 
     python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
-        [--variants 0,2] [--weights FOLDER,...]
+        [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10]
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = {  # name -> (registered descriptor, overrides)
-    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror, brightness x1.5; verified; two-sided 0.5)": (
-        "memlab-copy", {}),
+    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror, brightness x1.5)": ("memlab-copy", {}),
     "plain cosine (no score normalization)": ("memlab-copy", {"score_norm": None}),
     "score normalization, no other view": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": False}}),
     "score normalization, mirror only": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": True}}),
@@ -80,8 +79,9 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
         "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.75}}}),
     "verified, detail 3 px, weight 0.2, central 50%": ("memlab-copy", {"score_norm": {
         "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}}}),
-    # two-sided (CSLS): a share of the normalizer from the matched image's own nearest other images (the one above is
-    # the one-sided rule shipped before it)
+    # two-sided (CSLS): a share of the normalizer from the matched image's own nearest other images (tried, not shipped)
+    "verified, two-sided 0.5": ("memlab-copy", {"score_norm": {
+        "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}, "train_side": 0.5}}),
     "verified, two-sided 0.25": ("memlab-copy", {"score_norm": {
         "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}, "train_side": 0.25}}),
     "verified, two-sided 0.75": ("memlab-copy", {"score_norm": {
@@ -164,6 +164,9 @@ def main():
     ap.add_argument("--seeds", type=int, default=4, help="generation seeds per probe")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
     ap.add_argument("--variants", default=None, help="comma-separated variant numbers (default: all)")
+    ap.add_argument("--matched", default=None, help="comma-separated counts N: also recall with each variant's "
+                                                    "threshold set to flag N unique seeds (rules compared at equal "
+                                                    "false alarms on the generations)")
     ap.add_argument("--weights", default=None, help="comma-separated memlab-copy weights folders to try as well "
                                                     "(e.g. a fine-tuned one; each as memlab-copy, and with mirror)")
     a = ap.parse_args()
@@ -229,6 +232,8 @@ def main():
             found = match_vectors(idx, d, vecs, k=1, views=views, images=gen_images)
             scores = np.array([[r["score"]] for r in found])
             items = idx.items["item"].to_numpy()[[r["matches"][0]["row"] for r in found]]
+            copy_scores = {k: own_scores(idx, d, *truth[k]) for k in kinds} if a.matched else {}
+            bg = idx.background(d.name, distinct=True)
             idx.close()
         hit = scores[:, 0] >= thr["value"]
         group = np.array([p["group"] for p in gen_probe])
@@ -239,6 +244,24 @@ def main():
                 + f"  {hit[uniq].mean():8.1%} ({uniq.sum()})"
                 + f"  {hit[uniq & ~own].mean():8.1%} ({(uniq & ~own).sum()})")
         print(line, flush=True)
+        for n in [int(x) for x in (a.matched or "").split(",") if x]:
+            t = np.sort(scores[uniq, 0])[::-1][n]  # above the (n+1)-th unique seed's score: the most that flags n
+            print(f"  flagging {n} of {uniq.sum()} unique seeds (scores above {t:.3f}; "
+                  f"{(bg > t).mean():.2%} of the distinct background): "
+                  + " ".join(f"{k[6:]} {(copy_scores[k] > t).mean():.1%}" for k in kinds)
+                  + f"; full20 own-top1 {(scores[full & own, 0] > t).mean():.1%}", flush=True)
+
+
+def own_scores(idx, d, originals, images):
+    """The verdict's top-1 score of each copy where its top-1 is its original's image (-inf elsewhere)."""
+    import numpy as np
+
+    from memlab.match import match_vectors, query_vectors
+
+    vecs, views = query_vectors(idx, d, images)
+    found = match_vectors(idx, d, vecs, k=1, views=views, images=images)
+    got = idx.distinct_of([r["matches"][0]["row"] for r in found])
+    return np.where(got == idx.distinct_of(originals), [r["score"] for r in found], -np.inf)
 
 
 if __name__ == "__main__":

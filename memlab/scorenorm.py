@@ -18,7 +18,8 @@ cosine of the matched image x to its ``k`` nearest other distinct images (comput
     s(q, r) - beta * ((1 - t) * mean_k[q's other images] + t * mean_k[x's other images])
 
 (t = 0.5: half of CSLS's 2 s(q, r) - r(q) - r(x)). In the background of distinct images, x's neighbours
-leave out the query's own image, as a generation is not among them.
+leave out the query's own image, as a generation is not among them. Measured and not shipped (t = 0: the
+verdict is one-sided; docs/methods.md, "Two-sided normalization").
 
 The query is also scored in other views and the best is kept (``view`` in each result): with ``mirror`` its
 mirror image (a mirrored copy is a copy), with ``gains`` its brightness raised by each gain (a darkened copy is
@@ -66,7 +67,7 @@ def verify_words(spec: dict) -> str:
             f"{spec['candidates']} best matches")
 
 
-DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY, "train_side": 0.5}
+DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY, "train_side": 0.0}
 
 
 def check(spec: dict | None) -> dict | None:

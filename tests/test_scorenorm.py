@@ -146,32 +146,50 @@ def test_an_index_calls_mirrored_and_darkened_copies_and_names_its_score(tmp_pat
     v = np.asarray(idx.vectors("memlab-copy"), np.float32)
     reps = np.flatnonzero(idx.items["representative"].to_numpy())
     views = scorenorm.view_vectors(d, [ims[r] for r in reps], d.score_norm)
-    distinct = idx.items["distinct"].to_numpy()
-    nb = scorenorm.neighbours(v, distinct, reps, 2)
-    assert all(np.array_equal(a, b) for a, b in zip(nb, idx.neighbours("memlab-copy")))
-    bg = scorenorm.background(v, distinct, reps, d.score_norm, views, nb=nb)
+    bg = scorenorm.background(v, idx.items["distinct"].to_numpy(), reps, d.score_norm, views)
     assert info["threshold"]["value"] == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-6)
-    assert "two-sided as CSLS" in info["score_norm"]["words"]
+    assert idx.neighbours("memlab-copy") is None and "CSLS" not in info["score_norm"]["words"]  # one-sided
     queries = [ImageOps.mirror(ims[7]), ImageEnhance.Brightness(ims[11]).enhance(0.6), ims[20]]
     res = match_images(idx, d, queries, ["mirror", "dark", "same"], k=3)
     (m, dark, same) = res["queries"]
     assert m["matches"][0]["id"] == 7 and scorenorm.is_mirrored(m["view"]) and m["verdict"] == "replicated"
     assert dark["matches"][0]["id"] == 11 and dark["verdict"] == "replicated"
     assert same["view"] == "as given" and same["matches"][0]["cosine"] == pytest.approx(1.0, abs=1e-4)
-    # the score is the cosine less half the mean of the next two images' cosines and half the matched image's own
-    # neighbourhood (its two nearest other images: the query is not in the training set)
-    top, t = same["matches"], d.score_norm["train_side"]
-    x = distinct[top[0]["row"]]
-    sim = v @ d.embed([ims[20]])[0]
-    near = sorted((sim[distinct == g].max() for g in set(distinct) if g != x), reverse=True)[:2]
-    own = scorenorm.train_term(nb, [x], None, 2)[0]
-    assert t == 0.5 and top[0]["score"] == pytest.approx(top[0]["cosine"] - (1 - t) * np.mean(near) - t * own, abs=1e-5)
+    # the score is the cosine less the mean of the next two images' cosines
+    top = same["matches"]
+    assert top[0]["score"] == pytest.approx(top[0]["cosine"] - (top[1]["cosine"] + top[2]["cosine"]) / 2, abs=1e-5)
     assert "score normalization" in res["descriptor"]["score"]
     # without the rule, the same index built again scores plain cosines
     build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("memlab-copy", score_norm=None)],
                 calib_n=30)
     plain = match_images(TrainingIndex.load(tmp_path / "p"), d, [ims[20]], ["same"], k=3)["queries"][0]
     assert "view" not in plain and plain["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_index_built_two_sided_keeps_the_neighbours_and_scores_with_them(tmp_path):
+    ims = synthetic_images(40, seed=4)
+    items = pd.DataFrame({"id": range(40), "caption": [""] * 40, "file": [f"{i}.png" for i in range(40)]})
+    d = create_descriptor("memlab-copy", score_norm={**scorenorm.DEFAULT, "train_side": 0.5})
+    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=20)
+    idx = TrainingIndex.load(tmp_path / "i")
+    info = idx.descriptor_info("memlab-copy")
+    assert info["score_norm"]["train_side"] == 0.5 and "two-sided as CSLS" in info["score_norm"]["words"]
+    v = np.asarray(idx.vectors("memlab-copy"), np.float32)
+    distinct = idx.items["distinct"].to_numpy()
+    reps = np.flatnonzero(idx.items["representative"].to_numpy())
+    nb = scorenorm.neighbours(v, distinct, reps, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(nb, idx.neighbours("memlab-copy")))
+    views = scorenorm.view_vectors(d, [ims[r] for r in reps], d.score_norm)
+    bg = scorenorm.background(v, distinct, reps, d.score_norm, views, nb=nb)
+    assert info["threshold"]["value"] == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-6)
+    # a query's score: the cosine less half the mean of its two nearest other images and half the matched image's
+    # own two nearest others (the query is not in the training set: nothing left out)
+    top = match_images(idx, d, [ims[20]], ["same"], k=3)["queries"][0]["matches"][0]
+    x = distinct[top["row"]]
+    sim = v @ d.embed([ims[20]])[0]
+    near = sorted((sim[distinct == g].max() for g in set(distinct) if g != x), reverse=True)[:2]
+    own = scorenorm.train_term(nb, [x], None, 2)[0]
+    assert top["id"] == 20 and top["score"] == pytest.approx(top["cosine"] - 0.5 * np.mean(near) - 0.5 * own, abs=1e-5)
 
 
 def test_a_manifest_with_a_bad_rule_is_refused(tmp_path):

@@ -77,6 +77,12 @@ def test_candidates_leave_out_the_own_image_and_are_normalized_by_the_next():
     rows, norm = verify.candidates(sim, groups, 0, spec, 2)
     assert rows.tolist() == [2, 4]  # each image's best row, its own image left out
     assert norm == pytest.approx([0.9 - (0.5 + 0.4) / 2, 0.5 - (0.9 + 0.4) / 2])
+    # two-sided: half from each candidate's own two nearest others, the query's image (0) left out of them
+    nb = (np.array([[0.9, 0.5, 0.1], [0.9, 0.7, 0.6], [0.8, 0.5, 0.2], [0.6, 0.3, 0.1], [0.4, 0.3, 0.2]]),
+          np.array([[1, 2, 3], [0, 4, 3], [0, 4, 1], [4, 1, 2], [3, 2, 1]]))
+    rows, two = verify.candidates(sim, groups, 0, {**spec, "train_side": 0.5}, 2, nb)
+    assert rows.tolist() == [2, 4] and two == pytest.approx([0.9 - 0.5 * (0.5 + 0.4) / 2 - 0.5 * (0.7 + 0.6) / 2,
+                                                             0.5 - 0.5 * (0.9 + 0.4) / 2 - 0.5 * (0.5 + 0.2) / 2])
 
 
 def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_path):
@@ -96,12 +102,11 @@ def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_
     distinct = idx.items["distinct"].to_numpy()
     reps = np.flatnonzero(idx.items["representative"].to_numpy())
     views = scorenorm.view_vectors(d, [ims[r] for r in reps], spec)
-    nb = scorenorm.neighbours(v, distinct, reps, spec["k"])  # two-sided (CSLS): the candidates' own neighbours
     bg = []
     for i, r in enumerate(reps):
         best = None
         for q in [v[r], *[w[i] for w in views]]:
-            got = verify.candidates(q @ v.T, distinct, distinct[r], spec, spec["verify"]["candidates"], nb)
+            got = verify.candidates(q @ v.T, distinct, distinct[r], spec, spec["verify"]["candidates"])
             best = got if best is None or got[1][0] > best[1][0] else best
         bg.append(max(s + W * reference(ims[r], ims[int(row)], SIGMA, REGION) for row, s in zip(*best)))
     thr = idx.threshold("memlab-copy")["value"]
