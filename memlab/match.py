@@ -96,6 +96,8 @@ def _normalized(index: TrainingIndex, name: str, vectors, views, k: int, spec: d
     t, nb = spec.get("train_side", 0.0), index.neighbours(name)
     if t and nb is None:
         raise MemlabError(f"{name}: the index's two-sided score normalization has no neighbours file; build it again")
+    if t:
+        nb = scorenorm.check_neighbours(nb, int(index.distinct_of(np.arange(n)).max()) + 1, spec["k"])
     best = [None] * len(vectors)
     for side, vecs in sides:
         cos, rows = index.search(vecs, k=kk, name=name)

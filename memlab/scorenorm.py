@@ -152,6 +152,19 @@ def neighbours(v: np.ndarray, groups, reps, k: int, block: int = 1024) -> tuple[
     return cos, ids
 
 
+def check_neighbours(nb: tuple, n_images: int, k: int) -> tuple:
+    """An index's stored neighbours (``neighbours``' (cos, ids)) checked against its distinct images: the same
+    shape [n_images, k + 1] for both, ids in [-1, n_images), finite cosines where an id is given."""
+    from .errors import MemlabError
+
+    cos, ids = (np.asarray(a) for a in nb)
+    if (cos.shape != (n_images, k + 1) or ids.shape != cos.shape or ids.dtype.kind not in "iu"
+            or cos.dtype.kind != "f" or ids.min(initial=-1) < -1 or ids.max(initial=-1) >= n_images
+            or not np.isfinite(cos[ids >= 0]).all()):
+        raise MemlabError(f"the index's neighbours files do not fit its {n_images} distinct images and k = {k}")
+    return cos, ids
+
+
 def train_term(nb: tuple, images, exclude=None, k: int = 2) -> np.ndarray:
     """The matched images' own neighbourhood (``neighbours``' (cos, ids)): for each of ``images``, the mean cosine
     of its ``k`` nearest other distinct images other than ``exclude`` (one image id per entry, or None), over as

@@ -190,6 +190,12 @@ def test_an_index_built_two_sided_keeps_the_neighbours_and_scores_with_them(tmp_
     near = sorted((sim[distinct == g].max() for g in set(distinct) if g != x), reverse=True)[:2]
     own = scorenorm.train_term(nb, [x], None, 2)[0]
     assert top["id"] == 20 and top["score"] == pytest.approx(top["cosine"] - 0.5 * np.mean(near) - 0.5 * own, abs=1e-5)
+    # neighbours that do not fit the index (an id past its images, a wrong shape) are refused, not indexed with
+    cos, ids = nb
+    for bad in ((cos, np.where(ids == ids.max(), len(cos) + 5, ids)), (cos[:, :2], ids[:, :2]), (cos[:-1], ids[:-1])):
+        with pytest.raises(MemlabError, match="neighbours"):
+            scorenorm.check_neighbours(bad, len(cos), 2)
+    assert scorenorm.check_neighbours(nb, len(cos), 2) is not None
 
 
 def test_a_manifest_with_a_bad_rule_is_refused(tmp_path):
