@@ -177,7 +177,7 @@ def main():
     from memlab.descriptors import create_descriptor
     from memlab.generate import Generator, Settings
     from memlab.index import TrainingIndex, build_index
-    from memlab.match import load_image, match_vectors, query_vectors
+    from memlab.match import load_image
 
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
@@ -228,10 +228,8 @@ def main():
             idx = TrainingIndex.load(Path(tmp) / "idx")
             thr = idx.threshold(d.name)
             gt = thr["ground_truth"]
-            vecs, views = query_vectors(idx, d, gen_images)
-            found = match_vectors(idx, d, vecs, k=1, views=views, images=gen_images)
-            scores = np.array([[r["score"]] for r in found])
-            items = idx.items["item"].to_numpy()[[r["matches"][0]["row"] for r in found]]
+            top, top_rows = top1(idx, d, gen_images)
+            scores, items = top[:, None], idx.items["item"].to_numpy()[top_rows]
             copy_scores = {k: own_scores(idx, d, *truth[k]) for k in kinds} if a.matched else {}
             bg = idx.background(d.name, distinct=True)
             idx.close()
@@ -252,16 +250,23 @@ def main():
                   + f"; full20 own-top1 {(scores[full & own, 0] > t).mean():.1%}", flush=True)
 
 
-def own_scores(idx, d, originals, images):
-    """The verdict's top-1 score of each copy where its top-1 is its original's image (-inf elsewhere)."""
+def top1(idx, d, images):
+    """Each image's top-1 match as ``memlab match`` gives it: (verdict scores, rows)."""
     import numpy as np
 
     from memlab.match import match_vectors, query_vectors
 
     vecs, views = query_vectors(idx, d, images)
     found = match_vectors(idx, d, vecs, k=1, views=views, images=images)
-    got = idx.distinct_of([r["matches"][0]["row"] for r in found])
-    return np.where(got == idx.distinct_of(originals), [r["score"] for r in found], -np.inf)
+    return np.array([r["score"] for r in found]), np.array([r["matches"][0]["row"] for r in found])
+
+
+def own_scores(idx, d, originals, images):
+    """The verdict's top-1 score of each copy where its top-1 is its original's image (-inf elsewhere)."""
+    import numpy as np
+
+    scores, rows = top1(idx, d, images)
+    return np.where(idx.distinct_of(rows) == idx.distinct_of(originals), scores, -np.inf)
 
 
 if __name__ == "__main__":

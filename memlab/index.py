@@ -193,7 +193,7 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
     each ground truth's images, the calibration copies))."""
     # the background of distinct images: each group's representative against the nearest row of *another* group
     # (any of its rows, not only the other representatives)
-    truth_scores = {}
+    truth_scores, nb = {}, None
     if spec:
         if d.verdict != "cosine":
             raise MemlabError(f"{d.name}: score normalization works on the cosine verdict, not {d.verdict!r}")
@@ -249,9 +249,8 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
         "files": {"index": f"{d.name}.faiss" if factory != "Flat" else None, "vectors": f"{d.name}.npy",
                   "background": f"{d.name}.background.npy",
                   "background_distinct": f"{d.name}.background_distinct.npy",
-                  **({"neighbours": f"{d.name}.neighbours.npy", "neighbour_ids": f"{d.name}.neighbour_ids.npy"}
-                     if spec and nb else {})},
-        "_arrays": (bg, bg_distinct, *(nb if spec and nb else ()))}
+                  **({f: f"{d.name}.{f}.npy" for f in ("neighbours", "neighbour_ids")} if nb else {})},
+        "_arrays": (bg, bg_distinct, *(nb or ()))}
 
 
 def _write_descriptor_files(tmp: Path, name: str, v: np.ndarray, entry: dict, factory: str) -> None:
@@ -442,10 +441,11 @@ class TrainingIndex:
         return self._vectors[name]
 
     def neighbours(self, name: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-        """A two-sided score normalization's distinct images' nearest others (``scorenorm.neighbours``), or None."""
-        files = self.descriptor_info(name)["files"]
-        return tuple(np.load(self.path / files[f], allow_pickle=False) for f in ("neighbours", "neighbour_ids")
-                     ) if "neighbours" in files else None
+        """A two-sided rule's distinct images' nearest others, read and checked once (or None where none kept)."""
+        info, key = self.descriptor_info(name), ("neighbours", name or self.default_descriptor)
+        if key not in self._vectors and "neighbours" in info["files"]:  # cached beside the vectors, closed with them
+            self._vectors[key] = scorenorm.load_neighbours(self.path, info, self.distinct_of(np.arange(len(self.items))))
+        return self._vectors.get(key)
 
     def rows(self, ids: np.ndarray, name: str | None = None) -> np.ndarray:
         """Some rows of the vectors. An on-disk index reads them with ``pread``: through a mapping, each

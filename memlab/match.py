@@ -93,11 +93,10 @@ def _normalized(index: TrainingIndex, name: str, vectors, views, k: int, spec: d
     per_group = int(index.manifest.get("duplicates", {}).get("largest", 0) or 0) or 20
     kk = min(n, MAX_CANDIDATES, (k + spec["k"] + 1) * per_group)  # enough images to normalize the k kept
     sides = list(zip(["as given", *scorenorm.view_names(spec)], [vectors, *(views or [])]))
-    t, nb = spec.get("train_side", 0.0), index.neighbours(name)
+    t = spec.get("train_side", 0.0)
+    nb = index.neighbours(name) if t else None
     if t and nb is None:
         raise MemlabError(f"{name}: the index's two-sided score normalization has no neighbours file; build it again")
-    if t:
-        nb = scorenorm.check_neighbours(nb, int(index.distinct_of(np.arange(n)).max()) + 1, spec["k"])
     best = [None] * len(vectors)
     for side, vecs in sides:
         cos, rows = index.search(vecs, k=kk, name=name)

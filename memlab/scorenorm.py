@@ -32,6 +32,8 @@ records the rule (``score_norm`` in its descriptor entry) and every score names 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 VERIFY_SIDE = 64  # the verification compares the images at 64 x 64 pixels, as the masked similarity does
@@ -152,6 +154,13 @@ def neighbours(v: np.ndarray, groups, reps, k: int, block: int = 1024) -> tuple[
     return cos, ids
 
 
+def load_neighbours(path, info: dict, distinct) -> tuple[np.ndarray, np.ndarray]:
+    """An index's stored neighbours (its descriptor entry ``info``'s files under ``path``), checked against its
+    distinct images (``distinct``: each row's) and its rule's k."""
+    nb = [np.load(Path(path) / info["files"][f], allow_pickle=False) for f in ("neighbours", "neighbour_ids")]
+    return check_neighbours(nb, int(np.max(distinct, initial=-1)) + 1, info["score_norm"]["k"])
+
+
 def check_neighbours(nb: tuple, n_images: int, k: int) -> tuple:
     """An index's stored neighbours (``neighbours``' (cos, ids)) checked against its distinct images: the same
     shape [n_images, k + 1] for both, ids in [-1, n_images), finite cosines where an id is given."""
@@ -178,6 +187,11 @@ def train_term(nb: tuple, images, exclude=None, k: int = 2) -> np.ndarray:
     return np.where(ok, cos, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
 
 
+def _two_sided(query_side, train, t: float):
+    """The normalizer: the query's side, or with ``train_side`` t, (1 - t) x it + t x the matched image's own."""
+    return query_side if not t else (1 - t) * query_side + t * np.asarray(train, np.float64)
+
+
 def normalize_candidates(scores, groups, k: int, beta: float, train=None, train_side: float = 0.0) -> np.ndarray:
     """Each candidate's normalized score from one query's candidate list (``scores`` [m], the distinct image of
     each candidate ``groups`` [m]): its score minus ``beta`` x the mean of the ``k`` best other images' best
@@ -192,9 +206,7 @@ def normalize_candidates(scores, groups, k: int, beta: float, train=None, train_
     np.maximum.at(best, inv, s)
     order = np.argsort(-best, kind="stable")[:k + 1]  # an image's k others are among the k + 1 best images
     per_image = np.array([normalizer(best[order], np.flatnonzero(order == i), k) for i in range(len(ids))])
-    if not train_side:
-        return s - beta * per_image[inv]
-    return s - beta * ((1 - train_side) * per_image[inv] + train_side * np.asarray(train, np.float64))
+    return s - beta * _two_sided(per_image[inv], train, train_side)
 
 
 def _group_best(sim: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -242,10 +254,8 @@ def background(v: np.ndarray, groups, rows, spec: dict, views=(), block: int = 1
             r = rows[s:s + block]
             best[np.arange(len(r)), groups[r]] = -np.inf  # its own image is not a match
             top = _best_others(best, spec["k"] + 1)
-            near = _mean_finite(top[:, 1:])
-            if t:
-                near = (1 - t) * near + t * train_term(nb, best.argmax(1), groups[r], spec["k"])
-            score = top[:, 0] - spec["beta"] * near
+            own = train_term(nb, best.argmax(1), groups[r], spec["k"]) if t else None
+            score = top[:, 0] - spec["beta"] * _two_sided(_mean_finite(top[:, 1:]), own, t)
             out[s:s + block] = np.maximum(out[s:s + block], np.where(np.isfinite(top[:, 0]), score, -np.inf))
     return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
 
@@ -259,7 +269,7 @@ def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, vie
     targets = np.asarray(targets, np.int64)
     n_groups = int(groups.max()) + 1
     t = _side(spec, nb)
-    own_side = train_term(nb, groups[targets], None, spec["k"]) if t else 0.0
+    own_side = train_term(nb, groups[targets], None, spec["k"]) if t else np.zeros(len(targets))
     out = np.full(len(targets), -np.inf)
     for q in [queries, *views]:
         for s in range(0, len(targets), block):
@@ -267,8 +277,7 @@ def against(v: np.ndarray, groups, queries: np.ndarray, targets, spec: dict, vie
             best = _group_best(qq @ v.T, groups, n_groups)
             best[np.arange(len(tg)), groups[tg]] = -np.inf  # the original's image is the match, not a neighbour
             own = np.einsum("nd,nd->n", qq, v[tg])
-            near = (1 - t) * _mean_finite(_best_others(best, spec["k"])) + t * own_side[s:s + block] if t else \
-                _mean_finite(_best_others(best, spec["k"]))
+            near = _two_sided(_mean_finite(_best_others(best, spec["k"])), own_side[s:s + block], t)
             out[s:s + block] = np.maximum(out[s:s + block], own - spec["beta"] * near)
     return out.astype(np.float32)
 
