@@ -195,7 +195,8 @@ def test_an_index_built_two_sided_keeps_the_neighbours_and_scores_with_them(tmp_
     for bad in ((cos, np.where(ids == ids.max(), len(cos) + 5, ids)), (cos[:, :2], ids[:, :2]), (cos[:-1], ids[:-1])):
         with pytest.raises(MemlabError, match="neighbours"):
             scorenorm.check_neighbours(bad, len(cos), 2)
-    assert scorenorm.check_neighbours(nb, len(cos), 2) is not None
+    kept = scorenorm.check_neighbours(nb, len(cos), 2)
+    assert np.array_equal(kept[0], cos) and np.array_equal(kept[1], ids)
 
 
 def test_a_manifest_with_a_bad_rule_is_refused(tmp_path):
