@@ -1,0 +1,153 @@
+"""Local centring against SSCD's score normalization, on the validation copies and generations (issue 30; tried,
+not shipped).
+
+SSCD's score normalization (the verdict's, ``memlab.scorenorm``) subtracts a scalar from a match's cosine: the
+query's similarity to its k nearest other distinct images. Local centring, a remedy for hubs in nearest-neighbour
+retrieval, subtracts vectors instead, on both sides: the query less the mean of its k nearest other distinct images
+(the matched one left out), the training image less the mean of its own k nearest others, and the score is their
+inner product (``dot``) or cosine (``cos``). Two distinct scenes on one background share the background's part of
+their vectors, which both centres hold, so centring should remove what they share and keep what differs.
+
+Every rule here scores the query *as given* (no mirror or brightened view, no verification on the images), so the
+baseline is SSCD's normalization as given, k 2, beta 1, measured in the same run; the shipped verdict's figures
+on the same copies and seeds come from ``bench_verdict_choice.py --variants 37``. Each rule re-ranks the query's 5
+best images by cosine; its threshold keeps 1% of the distinct images' background (each distinct image against
+the others, its own left out), and it is also read at the score that flags N unique seeds (``--matched``: rules
+compared at equal false alarms on the generations).
+
+    python -m benchmarks.bench_local_centring --world PREVIOUS_WORLD [--seeds 10] [--matched 6,8]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+RULES = [  # (name, form, k, beta): "norm" is SSCD's score normalization
+    ("SSCD normalization, k 2, beta 1 (baseline)", "norm", 2, 1.0),
+    ("centred, dot, k 2, beta 1", "dot", 2, 1.0),
+    ("centred, dot, k 5, beta 1", "dot", 5, 1.0),
+    ("centred, dot, k 5, beta 0.7", "dot", 5, 0.7),
+    ("centred, cos, k 5, beta 1", "cos", 5, 1.0),
+]
+KINDS = ("img2img@0.2", "img2img@0.3", "img2img@0.4", "img2img@0.5", "tint@0.3", "dark@0.3", "mirror@0.3", "vae")
+
+
+def best_per_image(sim: np.ndarray, images: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A query's best similarity [n] to each distinct image and the row holding it (-inf, -1 for none)."""
+    best, row = np.full(n, -np.inf), np.full(n, -1)
+    order = np.argsort(sim, kind="stable")  # ascending: each image's last write is its best row
+    best[images[order]], row[images[order]] = sim[order], order
+    return best, row
+
+
+def centres(v: np.ndarray, images: np.ndarray, k: int) -> np.ndarray:
+    """Each distinct image's centre: the mean vector of its ``k`` nearest other distinct images (each its best row
+    against the image's first row)."""
+    n = int(images.max()) + 1
+    first = np.unique(images, return_index=True)[1]
+    out = np.zeros((n, v.shape[1]))
+    for i, r in zip(range(n), first):
+        best, row = best_per_image(v @ v[r], images, n)
+        best[i] = -np.inf
+        out[i] = v[row[np.argsort(-best, kind="stable")[:k]]].mean(0)
+    return out
+
+
+def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, cent: np.ndarray, form: str, k: int, beta: float,
+          leave_out: int | None = None, m: int = 5) -> tuple[float, int]:
+    """A query's best (score, distinct image) among its ``m`` best images by cosine under one rule;
+    ``leave_out``: an image that is not a candidate nor a neighbour (the query's own, in the background)."""
+    best, row = best_per_image(v @ q, images, len(cent))
+    if leave_out is not None:
+        best[leave_out] = -np.inf
+    order = np.argsort(-best, kind="stable")[:m + k]
+    out = []
+    for c in order[:m]:
+        others = [o for o in order if o != c and np.isfinite(best[o])][:k]
+        if form == "norm":
+            out.append((best[c] - beta * best[others].mean(), int(c)))
+            continue
+        a, r = q - beta * v[row[others]].mean(0), v[row[c]] - beta * cent[c]
+        s = a @ r if form == "dot" else a @ r / max(np.linalg.norm(a) * np.linalg.norm(r), 1e-12)
+        out.append((float(s), int(c)))
+    return max(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", required=True, help="the previous built-in world (bench_verdict_choice.py)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--items", type=int, default=48)
+    ap.add_argument("--seeds", type=int, default=10, help="generation seeds per probe (made by bench_verdict_choice)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    ap.add_argument("--matched", default="6,8")
+    a = ap.parse_args()
+    import pandas as pd
+
+    from benchmarks.bench_verdict_choice import VARIANTS, validation_set
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import load_image
+
+    world, work = Path(a.world), Path(a.work)
+    rows, image_of, truth = validation_set(world, work, a.seed, a.items)
+    gens = work / f"generations-{a.seeds}"
+    if not (gens / "done.json").is_file():
+        raise SystemExit(f"no generations in {gens}: run bench_verdict_choice.py --seeds {a.seeds} first")
+    name, _ = next(iter(VARIANTS.values()))  # the shipped memlab-copy's vectors (the rules here score them)
+    d = create_descriptor(name, score_norm=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")
+        idx = TrainingIndex.load(Path(tmp) / "idx")
+        v = np.asarray(idx.vectors(d.name), np.float64)
+        images = idx.distinct_of(np.arange(len(v)))
+        reps = np.flatnonzero(idx.items["representative"].to_numpy())
+        item_image = dict(zip(idx.items["item"], images))
+        copies = {k: (idx.distinct_of(truth["model:" + k][0]), d.embed(truth["model:" + k][1])) for k in KINDS}
+        idx.close()
+    probes = pd.read_csv(world / "probes.csv")
+    probes = probes[probes["group"].isin(["full_ddf20", "unique"])]
+    files = sorted(gens.glob("*.png"))
+    probe_of = [probes.iloc[int(f.stem.split("_")[0])] for f in files]
+    gen_vec = d.embed([load_image(f) for f in files])
+    group = np.array([p["group"] for p in probe_of])
+    gen_own = np.array([item_image[int(p["item"])] for p in probe_of])
+    full, uniq = group == "full_ddf20", group == "unique"
+    print(f"validation: {len(copies['vae'][0])} held-out items of {world} (seed {a.seed}); {len(files)} generations "
+          f"of its full_ddf20 and unique probes (seeds 0-{a.seeds - 1}); {len(reps)} distinct images; every rule "
+          f"scores the query as given", flush=True)
+    cent_of = {}
+    for label, form, k, beta in RULES:
+        if form != "norm" and k not in cent_of:
+            cent_of[k] = centres(v, images, k)
+        cent = cent_of.get(k, np.zeros((int(images.max()) + 1, v.shape[1])))
+        bg = np.array([score(v[r], v, images, cent, form, k, beta, leave_out=images[r])[0] for r in reps])
+        thr = float(np.quantile(bg, 0.99, method="higher"))
+        got = {kind: [score(q, v, images, cent, form, k, beta) for q in e] for kind, (_, e) in copies.items()}
+        gen = [score(q, v, images, cent, form, k, beta) for q in gen_vec]
+        gs, gi = np.array([s for s, _ in gen]), np.array([i for _, i in gen])
+
+        def recall(t):
+            return {kind: np.mean([s >= t and i == o for (s, i), o in zip(got[kind], copies[kind][0])])
+                    for kind in KINDS}
+        own = gi == gen_own
+        r = recall(thr)
+        print(f"{label}: threshold {thr:.3f}; " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS)
+              + f"; full ddf 20 own top-1 replicated {(gs[full & own] >= thr).mean():.1%} of {(full & own).sum()}"
+              + f"; unique replicated {(gs[uniq] >= thr).mean():.1%} of {uniq.sum()}"
+              + f", non-copies flagged {(gs[uniq & ~own] >= thr).mean():.1%} of {(uniq & ~own).sum()}", flush=True)
+        first = recall(-np.inf)  # the original scored first, at any threshold
+        print("  the original scored first: " + ", ".join(f"{kind} {first[kind]:.1%}" for kind in KINDS[3:7]), flush=True)
+        for n in [int(x) for x in a.matched.split(",") if x]:
+            t = np.sort(gs[uniq])[::-1][n]  # above the (n+1)-th unique seed's score: the most that flags n
+            r = recall(np.nextafter(t, np.inf))
+            print(f"  flagging {n} of {uniq.sum()} unique seeds (above {t:.3f}; {(bg > t).mean():.1%} of the "
+                  "background): " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS[3:7])
+                  + f"; full ddf 20 own top-1 {(gs[full & own] > t).mean():.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
