@@ -124,8 +124,14 @@ def main():
         if form != "norm" and k not in cent_of:
             cent_of[k] = centres(v, images, k)
         cent = cent_of.get(k, np.zeros((int(images.max()) + 1, v.shape[1])))
-        bg = np.array([score(v[r], v, images, cent, form, k, beta, leave_out=images[r])[0] for r in reps])
+        bgp = [score(v[r], v, images, cent, form, k, beta, leave_out=images[r]) for r in reps]
+        bg = np.array([s for s, _ in bgp])
         thr = float(np.quantile(bg, 0.99, method="higher"))
+        if form == "norm":  # the pairs that set the threshold: each distinct image and the one it scores best
+            first_row = {int(g): int(np.flatnonzero(images == g)[0]) for g in {i for _, i in bgp}}
+            for j in np.argsort(-bg, kind="stable")[:int(np.ceil(0.01 * len(bg)))]:
+                print(f"  background {bg[j]:.3f}: {rows['caption'].iloc[reps[j]]!r} against "
+                      f"{rows['caption'].iloc[first_row[bgp[j][1]]]!r}", flush=True)
         got = {kind: [score(q, v, images, cent, form, k, beta) for q in e] for kind, (_, e) in copies.items()}
         gen = [score(q, v, images, cent, form, k, beta) for q in gen_vec]
         gs, gi = np.array([s for s, _ in gen]), np.array([i for _, i in gen])
