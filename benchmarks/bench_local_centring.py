@@ -19,7 +19,6 @@ compared at equal false alarms on the generations).
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -77,17 +76,13 @@ def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, cent: np.ndarray, fo
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", required=True, help="the previous built-in world (bench_verdict_choice.py)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--items", type=int, default=48)
-    ap.add_argument("--seeds", type=int, default=10, help="generation seeds per probe (made by bench_verdict_choice)")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    from benchmarks.bench_verdict_choice import VARIANTS, validation_parser, validation_set
+
+    ap = validation_parser(__doc__, 10)
     ap.add_argument("--matched", default="6,8")
     a = ap.parse_args()
     import pandas as pd
 
-    from benchmarks.bench_verdict_choice import VARIANTS, validation_set
     from memlab.descriptors import create_descriptor
     from memlab.index import TrainingIndex, build_index
     from memlab.match import load_image

@@ -156,13 +156,20 @@ def validation_set(world: Path, work: Path, seed: int, items: int):
     return rows, image_of, truth
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", required=True, help="the previous built-in world (see above)")
+def validation_parser(doc: str, seeds: int) -> argparse.ArgumentParser:
+    """The options that name the validation set (the previous world, its items' seed and count, the generations'
+    seeds per probe, the cache folder), shared with the other benchmarks that read it."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", required=True, help="the previous built-in world (bench_verdict_choice.py)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--items", type=int, default=48)
-    ap.add_argument("--seeds", type=int, default=4, help="generation seeds per probe")
+    ap.add_argument("--seeds", type=int, default=seeds, help="generation seeds per probe")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    return ap
+
+
+def main():
+    ap = validation_parser(__doc__, 4)
     ap.add_argument("--variants", default=None, help="comma-separated variant numbers (default: all)")
     ap.add_argument("--matched", default=None, help="comma-separated counts N: also recall with each variant's "
                                                     "threshold set to flag N unique seeds (rules compared at equal "
