@@ -10,7 +10,13 @@ resolution) and over all of them (what memlab records), the median over seeds of
 objects' boxes over its mean elsewhere (``metrics.mask_coverage``) and the share of seeds above 1; and the end
 token's mean attention against a uniform share over the 77 positions (a bright ending is well above it).
 
+``--region template`` measures the map on the part of a template copy that is copied instead: outside the
+template's window (``regions``' ``window:`` box, where each picture of a template draws its own content) over inside
+it. For a group without windows (a control: ``--group unique``) the world's template window is used, so the same
+border is compared on generations that copy no template.
+
     python -m benchmarks.bench_bright_ending [--world assets/world] [--group full_ddf20] [--seeds 10-13]
+        [--region objects|template]
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--group", default="full_ddf20")
     ap.add_argument("--seeds", default="10-13")
+    ap.add_argument("--region", choices=("objects", "template"), default="objects",
+                    help="the drawn objects' boxes, or the template outside its window (above)")
     a = ap.parse_args(argv)
     import pandas as pd
 
@@ -51,6 +59,9 @@ def main(argv=None) -> int:
     gen, index = world.generator(device="cpu"), world.index()
     items = index.items.drop_duplicates("item")
     regions = dict(zip(items["item"].astype(int), items["regions"].astype(str)))
+    windows = sorted({w for r in regions.values() for w in r.split(";") if w.startswith("window:")})
+    if a.region == "template" and not windows:
+        raise SystemExit(f"{a.world} has no template windows")
     probes = pd.read_csv(Path(a.world) / "probes.csv")
     probes = probes[probes["group"] == a.group]
     defaults = world.manifest.get("defaults", {})
@@ -73,7 +84,8 @@ def main(argv=None) -> int:
     ratios, share = {}, {}
     try:
         for r in probes.itertuples():
-            region = object_region(regions.get(int(r.item), ""))
+            region = (object_region(regions.get(int(r.item), "")) if a.region == "objects"
+                      else outside_window(regions.get(int(r.item), ""), windows[0]))
             if region is None:
                 continue
             calls.clear()
@@ -94,14 +106,27 @@ def main(argv=None) -> int:
                     share.setdefault(key, []).append(float(m[s].mean()))
     finally:
         attention.bright_ending = shipped
-    print(f"{a.group}: {len(probes)} probes x seeds {a.seeds}, {len(next(iter(ratios.values())))} seeds with drawn "
-          f"objects; the end token's last-step map on the objects' boxes over elsewhere (median over seeds, share "
-          f"above 1) and its mean attention (uniform over 77 positions: {1 / 77:.4f})")
+    where = ("drawn objects; the end token's last-step map on the objects' boxes over elsewhere" if a.region == "objects"
+             else f"a template window (its own, else {windows[0]}); the end token's last-step map outside it over inside")
+    print(f"{a.group}: {len(probes)} probes x seeds {a.seeds}, {len(next(iter(ratios.values())))} seeds with {where} "
+          f"(median over seeds, share above 1) and its mean attention (uniform over 77 positions: {1 / 77:.4f})")
     for key, v in ratios.items():
         v = np.asarray(v, np.float64)
         print(f"  {key:<52} {np.nanmedian(v):6.3f}x  above 1: {np.nanmean(v > 1):6.1%}  "
               f"attention {np.mean(share[key]):.4f}")
     return 0
+
+
+def outside_window(regions: str, default: str):
+    """The part of an image outside its template window (``regions``' ``window:x0,y0,x1,y1``, else ``default``'s) as
+    a mask at ``metrics.MASK_SIDE``: what the pictures of a template share."""
+    from memlab import metrics
+
+    box = next((w for w in str(regions).split(";") if w.startswith("window:")), default)
+    x0, y0, x1, y1 = (int(v) for v in box[len("window:"):].split(","))
+    region = np.ones((metrics.MASK_SIDE, metrics.MASK_SIDE), bool)
+    region[max(0, y0):y1, max(0, x0):x1] = False
+    return region
 
 
 if __name__ == "__main__":
