@@ -42,24 +42,27 @@ def best_per_image(sim: np.ndarray, images: np.ndarray, n: int) -> tuple[np.ndar
     return best, row
 
 
-def centres(v: np.ndarray, images: np.ndarray, k: int) -> np.ndarray:
-    """Each distinct image's centre: the mean vector of its ``k`` nearest other distinct images (each its best row
-    against the image's first row)."""
+def neighbour_rows(v: np.ndarray, images: np.ndarray, k: int) -> np.ndarray:
+    """Each distinct image's ``k`` + 1 nearest other distinct images as (image, best row) pairs against the image's
+    first row: [n_images, k + 1, 2], nearest first (one spare, for when the query's own image is among them)."""
     n = int(images.max()) + 1
     first = np.unique(images, return_index=True)[1]
-    out = np.zeros((n, v.shape[1]))
+    out = np.zeros((n, k + 1, 2), np.int64)
     for i, r in zip(range(n), first):
         best, row = best_per_image(v @ v[r], images, n)
         best[i] = -np.inf
-        out[i] = v[row[np.argsort(-best, kind="stable")[:k]]].mean(0)
+        top = np.argsort(-best, kind="stable")[:k + 1]
+        out[i] = np.stack([top, row[top]], 1)
     return out
 
 
-def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, cent: np.ndarray, form: str, k: int, beta: float,
+def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray, form: str, k: int, beta: float,
           leave_out: int | None = None, m: int = 5) -> tuple[float, int]:
-    """A query's best (score, distinct image) among its ``m`` best images by cosine under one rule;
-    ``leave_out``: an image that is not a candidate nor a neighbour (the query's own, in the background)."""
-    best, row = best_per_image(v @ q, images, len(cent))
+    """A query's best (score, distinct image) among its ``m`` best images by cosine under one rule; ``nb``: the
+    images' neighbours (``neighbour_rows``), whose first ``k`` other than ``leave_out`` make a training image's
+    centre; ``leave_out``: an image that is neither a candidate nor in a centre (the query's own, in the
+    background: a generation is nobody's neighbour either)."""
+    best, row = best_per_image(v @ q, images, len(nb))
     if leave_out is not None:
         best[leave_out] = -np.inf
     order = np.argsort(-best, kind="stable")[:m + k]
@@ -69,7 +72,8 @@ def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, cent: np.ndarray, fo
         if form == "norm":
             out.append((best[c] - beta * best[others].mean(), int(c)))
             continue
-        a, r = q - beta * v[row[others]].mean(0), v[row[c]] - beta * cent[c]
+        own = [r for i, r in nb[c] if i != leave_out][:k]
+        a, r = q - beta * v[row[others]].mean(0), v[row[c]] - beta * v[own].mean(0)
         s = a @ r if form == "dot" else a @ r / max(np.linalg.norm(a) * np.linalg.norm(r), 1e-12)
         out.append((float(s), int(c)))
     return max(out)
@@ -114,12 +118,12 @@ def main():
     print(f"validation: {len(copies['vae'][0])} held-out items of {world} (seed {a.seed}); {len(files)} generations "
           f"of its full_ddf20 and unique probes (seeds 0-{a.seeds - 1}); {len(reps)} distinct images; every rule "
           f"scores the query as given", flush=True)
-    cent_of = {}
+    nb_of = {}
     for label, form, k, beta in RULES:
-        if form != "norm" and k not in cent_of:
-            cent_of[k] = centres(v, images, k)
-        cent = cent_of.get(k, np.zeros((int(images.max()) + 1, v.shape[1])))
-        bgp = [score(v[r], v, images, cent, form, k, beta, leave_out=images[r]) for r in reps]
+        if k not in nb_of:
+            nb_of[k] = neighbour_rows(v, images, k)
+        nb = nb_of[k]
+        bgp = [score(v[r], v, images, nb, form, k, beta, leave_out=images[r]) for r in reps]
         bg = np.array([s for s, _ in bgp])
         thr = float(np.quantile(bg, 0.99, method="higher"))
         if form == "norm":  # the pairs that set the threshold: each distinct image and the one it scores best
@@ -127,8 +131,8 @@ def main():
             for j in np.argsort(-bg, kind="stable")[:int(np.ceil(0.01 * len(bg)))]:
                 print(f"  background {bg[j]:.3f}: {rows['caption'].iloc[reps[j]]!r} against "
                       f"{rows['caption'].iloc[first_row[bgp[j][1]]]!r}", flush=True)
-        got = {kind: [score(q, v, images, cent, form, k, beta) for q in e] for kind, (_, e) in copies.items()}
-        gen = [score(q, v, images, cent, form, k, beta) for q in gen_vec]
+        got = {kind: [score(q, v, images, nb, form, k, beta) for q in e] for kind, (_, e) in copies.items()}
+        gen = [score(q, v, images, nb, form, k, beta) for q in gen_vec]
         gs, gi = np.array([s for s, _ in gen]), np.array([i for _, i in gen])
 
         def recall(t):
