@@ -11,3 +11,7 @@ class IndexMismatchError(MemlabError):
 
 class ModelFileMissing(MemlabError):
     """A model file (SSCD TorchScript, pipeline folder) is not where it should be."""
+
+
+class Stopped(Exception):
+    """A run asked to stop (Stop in the app) ended early; what finished before it stands."""

@@ -66,17 +66,23 @@ def head_start(gen, prompt, seeds, head, strategy, settings, h, w, done_steps, o
     its first seed ready as early."""
     import torch
 
+    from .errors import Stopped
+
     threads = torch.get_num_threads()
     mine = max(1, min(threads - 1, round(threads * head / len(seeds))))  # the head batch's threads
-    head_done = threading.Event()
+    head_done, rest_failed = threading.Event(), threading.Event()
     head_steps = [0]
     side = side_pipe(gen)
+
+    def head_step(i):
+        head_steps[0] = i
+        if rest_failed.is_set():  # the rest stopped (or failed): the head goes no further than its step
+            raise Stopped("the rest of the batch ended")
 
     def run_head():
         torch.set_num_threads(mine)
         try:
-            out = gen._batch(prompt, seeds[:head], strategy, settings, h, w,
-                             lambda i: head_steps.__setitem__(0, i), pipe=side)
+            out = gen._batch(prompt, seeds[:head], strategy, settings, h, w, head_step, pipe=side)
             if on_batch:
                 on_batch(out)
             return out
@@ -92,6 +98,10 @@ def head_start(gen, prompt, seeds, head, strategy, settings, h, w, done_steps, o
     torch.set_num_threads(threads - mine)
     try:
         rest = gen._batch(prompt, seeds[head:], strategy, settings, h, w, rest_step)
+    except BaseException:  # a run stopped mid-batch (or a failure): the head stops too, before the next work starts
+        rest_failed.set()
+        head_done.wait()
+        raise
     finally:
         torch.set_num_threads(threads)
     first = fut.result()

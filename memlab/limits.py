@@ -9,7 +9,7 @@ from .generate import MAX_PROMPT_CHARS
 from .match import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
 APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
-MAX_CHUNK = 8  # seeds per streamed chunk at most (Stop waits for the chunk in flight; on ZeroGPU, one call each)
+MAX_CHUNK = 8  # seeds per streamed chunk at most (on ZeroGPU one call each, which Stop waits for)
 
 # What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
 # silently changed value.

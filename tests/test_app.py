@@ -336,6 +336,82 @@ def test_a_generation_clears_the_previous_results_in_its_own_first_update(client
     assert "of 4 seeds" in outs[-1][0] and len(outs[-1][1]) == 4
 
 
+class Countdown:
+    """A stand-in for a ``threading.Event`` that reads set from its ``n + 1``-th look on: a run given it as
+    ``stop`` is asked to stop after ``n`` looks (the stream's own before each chunk, then one after every
+    denoising step); ``looks`` counts them."""
+
+    def __init__(self, n: int):
+        self.n, self.looks = n, 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > self.n
+
+
+def test_stop_ends_the_chunk_in_flight_within_a_denoising_step(server):
+    """``stop`` (Stop on the page, ``wiring.stoppable``): the chunk in flight ends at the first step that sees it
+    set, not at the chunk's end; the seeds already yielded stand; a head start's second batch stops with it;
+    the next run is served in full."""
+    lab = server[1]
+    st = lab.settings(20, 5.0)
+    # the first chunk (2 seeds): 1 look before it and 20 after its steps; the second's look before it, then 5
+    stop = Countdown(1 + 20 + 1 + 5)
+    sizes = [len(s.records) for s in lab.generate_stream("a cat", list(range(8)), "none", st, chunk=2, then=6,
+                                                          stop=stop)]
+    assert sizes == [2]  # the second chunk yielded nothing
+    assert stop.looks == 1 + 20 + 1 + 6  # it stopped at the 6th of its 20 steps
+    stop = Countdown(0)  # set from the start: nothing runs
+    assert list(lab.generate_stream("a cat", [0, 1], "none", st, stop=stop)) == [] and stop.looks == 1
+    stop = Countdown(1 + 3)  # a head start (on a CPU with 2 threads): the rest stops, and its head
+    assert [len(s.records) for s in lab.generate_stream("a cat", [0, 1, 2, 3], "none", st, chunk=4, head=1,
+                                                         stop=stop)] in ([], [1])
+    assert stop.looks == 1 + 4
+    stop = Countdown(1 + 3)  # the comparison: its first row stops at its 4th step, and no other row starts
+    assert list(lab.compare_stream("a cat", [0, 1], ["rna:k=2"], st, stop=stop)) == [] and stop.looks == 1 + 4
+    assert [len(s.records) for s in lab.generate_stream("a cat", [0, 1, 2], "none", st, chunk=2)] == [2, 3]
+
+
+def test_stoppable_lets_go_of_the_update_in_flight_and_sets_stop():
+    """``wiring.stoppable``: cancelling the event (Stop) ends the wait for the update in flight at once and sets
+    the handler's ``stop``; Gradio's own driver of a synchronous generator would wait for that update (10 s
+    here). Gradio sees the handler's parameters without ``stop``."""
+    import asyncio
+    import inspect
+    import threading
+    import time
+
+    from memlab.app.wiring import stoppable
+
+    noticed = threading.Event()
+
+    def handler(x, progress=None, stop=None):
+        yield x
+        t0 = time.perf_counter()
+        while not stop.is_set() and time.perf_counter() - t0 < 10:  # a chunk that looks after every step
+            time.sleep(0.01)
+        if stop.is_set():
+            noticed.set()
+        yield "the rest of the chunk"
+
+    driven = stoppable(handler)
+    assert list(inspect.signature(driven).parameters) == ["x", "progress"]
+
+    async def stop_in_flight():
+        updates = driven(1)
+        assert await updates.__anext__() == 1
+        pending = asyncio.ensure_future(updates.__anext__())
+        await asyncio.sleep(0.3)
+        t0 = time.perf_counter()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        return time.perf_counter() - t0
+
+    assert asyncio.run(stop_in_flight()) < 1.0
+    assert noticed.wait(2.0)
+
+
 @pytest.mark.slow
 def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process (the

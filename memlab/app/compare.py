@@ -60,7 +60,8 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
         if prompt is not None:  # the prompt typed on Generate is here when the visitor comes to compare
             prompt.change(lambda p: p, prompt, c_prompt, queue=False, api_name=False, show_progress="hidden")
 
-        def compare(prompt, n, mits, k, lam, seed_list="", steps=None, guidance=None, progress=gr.Progress()):
+        def compare(prompt, n, mits, k, lam, seed_list="", steps=None, guidance=None, progress=gr.Progress(),
+                    stop=None):
             seeds = lab.seeds(n, seed_list, limit=limit)
             specs = [lab.strategy_spec([m], k, lam) for m in (mits or [])]
             settings = lab.settings(steps, guidance)
@@ -68,7 +69,7 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
             n_rows = 1 + len(dict.fromkeys(x for x in specs if x != "none"))
             progress(0, desc="none")
             for state in lab.stream_compare(prompt, seeds, specs, settings,
-                                     lambda d, t: progress((d, t), desc="images")):
+                                            lambda d, t: progress((d, t), desc="images"), stop=stop):
                 yield (state, compare_headline(lab, state, seeds, n_rows), compare_grid(lab, state, seeds, n_rows),
                        compare_figure(lab, state), compare_table(state))
 

@@ -125,9 +125,10 @@ def _results(lab: Lab) -> SimpleNamespace:
                            plot=plot, export_btn=export_btn, export_file=export_file)
 
 
-def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress, charts=None):
+def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress, charts=None,
+         stop=None):
     """A run streamed to the page: (state, headline, pairs, table, closest captions) after each chunk, and
-    with ``charts`` (the API's) its two charts."""
+    with ``charts`` (the API's) its two charts; ``stop``: Stop's (``wiring.stoppable``)."""
     seeds = lab.seeds(n_seeds, seed_list)
     spec = lab.strategy_spec(mits, k, lam)
     settings = lab.settings(steps, guidance)
@@ -137,7 +138,7 @@ def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, de
     near = None
     pairs = []  # built once per seed as seeds stream in
     for state in lab.stream_generation(prompt, seeds, spec, settings, lambda d, t: progress((d, t), desc="seeds"),
-                                       descriptor):
+                                       descriptor, stop=stop):
         pairs += [pair_of(lab, r, im) for r, im in zip(state.records[len(pairs):], state.images[len(pairs):])]
         first = near is None and not state.finished  # the first pair as early as it can be: the
         if first:  # caption search comes with the next update (each redraw costs the page)
@@ -190,20 +191,21 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
 
     @errors
     def generate(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
-                 progress=gr.Progress()):
+                 progress=gr.Progress(), stop=None):
         """The page's run: its charts are drawn after the batch is on the page (``run_charts``, chained). Bad
         input is answered by a message where the results go (``/generate`` raises it, for callers)."""
         try:
-            yield from _run(lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress)
+            yield from _run(lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress,
+                            stop=stop)
         except MemlabError as e:
             yield None, f"⚠️ **{e}**", [], None, None
 
     @errors
     def generate_api(prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor=None,
-                     progress=gr.Progress()):
+                     progress=gr.Progress(), stop=None):
         """``/generate``: the same run, its charts in its last update."""
         yield from _run(lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, descriptor, progress,
-                        run_charts)
+                        run_charts, stop)
 
     # Each plotly chart costs the page a full redraw (~0.15 s of a core each on the 2-core machine; the
     # page's whole batch came 0.5 s sooner without them, bench_app.py): the page gets the batch, pairs,
@@ -224,8 +226,8 @@ def _wire_generation(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state
     api_btn = gr.Button(visible=False, elem_id="generate-api")
     run_button(api_btn, generate_api, inputs, [run_state, headline_md, gallery, table, closest, plot, seed_plot],
                api("generate"), cleared=(None, "", [], None, None, empty_hist, None))
-    # Stop ends the run after the seeds in flight; what finished stays (with its charts), and exports as
-    # partial
+    # Stop ends the run within a denoising step (``wiring.stoppable``); what finished stays (with its charts),
+    # and exports as partial
     stop_btn.click(None, None, None, cancels=[gen_event], api_name=False).then(
         run_charts, [run_state], [plot, seed_plot], api_name=False, show_progress="hidden").then(
         lambda st: headline(lab, st, stopped=True) if st and st.records else gr.skip(), [run_state],

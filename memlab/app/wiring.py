@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 
+import anyio
 import gradio as gr
 
 from ..errors import MemlabError
@@ -72,13 +74,40 @@ def _is_gen(fn):
     return inspect.isgeneratorfunction(fn)
 
 
+_DONE = object()
+
+
+def stoppable(fn):
+    """A streaming handler ``fn(*inputs, stop=...)`` (a generator) as Gradio runs it: each update is taken from
+    ``fn`` on a worker thread by an async generator that lets go of it when the event is cancelled (Stop's
+    ``cancels``, an API caller's cancel, a closed page) and sets ``stop`` (a ``threading.Event``), which the
+    run checks after every denoising step (``memlab.streams``). Gradio alone waits for a synchronous
+    generator's update in flight, a whole chunk of seeds, before it lets the next request in. Gradio sees
+    ``fn``'s parameters without ``stop``."""
+    sig = inspect.signature(fn)
+
+    async def driven(*a, **kw):
+        stop = threading.Event()
+        updates = fn(*a, stop=stop, **kw)
+        try:
+            while (update := await anyio.to_thread.run_sync(next, updates, _DONE, abandon_on_cancel=True)) \
+                    is not _DONE:
+                yield update
+        finally:
+            stop.set()  # cancelled, closed or done: a chunk in flight ends at its next step
+
+    driven.__name__, driven.__qualname__, driven.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    driven.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "stop"])
+    return driven
+
+
 def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, cleared: tuple,
                progress_on=None, js: str | None = None):
     """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
     refused, its message never stands over the previous request's results. A streaming ``fn`` (a
     generator) clears them in its own first update, the moment its request starts; any other ``fn`` after
     a clearing event of its own (a second round trip before the work starts: 0.1 s on the 2-core machine,
-    ``benchmarks/bench_streaming.py``). The API event (``api``) is ``fn`` (a generator's first update is
+    ``benchmarks/bench_streaming.py``); one that takes ``stop`` is ``stoppable``. The API event (``api``) is ``fn`` (a generator's first update is
     then ``cleared``; ``api_name`` None: none). Returns that event (Stop cancels it). ``progress_on``: the one
     output that shows the progress bar (default all of them)."""
     api_name = api_name or False
@@ -87,7 +116,8 @@ def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | 
         def cleared_first(*a, **kw):
             yield cleared
             yield from fn(*a, **kw)
-        return btn.click(cleared_first, inputs, outputs, api_name=api_name, show_progress_on=progress_on, js=js)
+        handler = stoppable(cleared_first) if "stop" in inspect.signature(fn).parameters else cleared_first
+        return btn.click(handler, inputs, outputs, api_name=api_name, show_progress_on=progress_on, js=js)
     clear = btn.click(lambda: cleared, None, outputs, api_name=False, queue=False, js=js)
     return clear.then(fn, inputs, outputs, api_name=api_name, show_progress_on=progress_on)
 
