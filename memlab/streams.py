@@ -62,11 +62,11 @@ class Streams:
 
     def stream_generation(self, prompt, seeds, spec, settings, progress=None, descriptor=None,
                           stop=None) -> Iterator[RunState]:
-        """How the app streams a batch: in few batches (each batch has a fixed cost), the first pair early where waiting for a whole chunk would be long
-        (``stream_plan``: on a CPU, chunks of ``MAX_CHUNK``, the first one's first ``HEAD_START`` seeds
-        beside the rest when it is expected to take over ``HEAD_START_AFTER_S``; elsewhere the first two
-        seeds, then chunks of ``MAX_CHUNK``). On a GPU host (ZeroGPU) each chunk is one call with plain
-        arguments and a duration for its work (``memlab.gpu``). ``stop``: ``generate_stream``'s."""
+        """How the app streams a batch: in few batches (each batch has a fixed cost), the first pair early where
+        waiting for a whole chunk would be long (``stream_plan``: on a CPU, chunks of ``MAX_CHUNK``, the first one's
+        first ``HEAD_START`` seeds beside the rest when it is expected to take over ``HEAD_START_AFTER_S``;
+        elsewhere the first two seeds, then chunks of ``MAX_CHUNK``). On a GPU host (ZeroGPU) each chunk is one call
+        with plain arguments and a duration for its work (``memlab.gpu``). ``stop``: ``generate_stream``'s."""
         key = self.register_gpu()
 
         def on_host(p, part, strategy, st, d):
