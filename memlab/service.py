@@ -31,8 +31,9 @@ __all__ = ["Lab", "RunState", "LIMITS", "APP_MAX_SEEDS", "MAX_CHUNK", "APP_MATCH
 
 
 class Lab(Streams):
-    """The app's service over one world (its streams: ``memlab.streams``). Every method that runs a model (loading included) runs on one
-    thread (``memlab.compute``): a server's many threads would each start their own OpenMP team."""
+    """The app's service over one world (its streams: ``memlab.streams``). Every method that runs a model (loading
+    included) runs on one thread (``memlab.compute``): a server's many threads would each start their own OpenMP
+    team."""
 
     @on_compute_thread
     def __init__(self, world: World, device: str | None = None):

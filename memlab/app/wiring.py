@@ -103,13 +103,13 @@ def stoppable(fn):
 
 def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, cleared: tuple,
                progress_on=None, js: str | None = None):
-    """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is
-    refused, its message never stands over the previous request's results. A streaming ``fn`` (a
-    generator) clears them in its own first update, the moment its request starts; any other ``fn`` after
-    a clearing event of its own (a second round trip before the work starts: 0.1 s on the 2-core machine,
-    ``benchmarks/bench_streaming.py``); one that takes ``stop`` is ``stoppable``. The API event (``api``) is ``fn`` (a generator's first update is
-    then ``cleared``; ``api_name`` None: none). Returns that event (Stop cancels it). ``progress_on``: the one
-    output that shows the progress bar (default all of them)."""
+    """``btn`` runs ``fn``, after clearing the results a new request invalidates: if the request is refused, its
+    message never stands over the previous request's results. A streaming ``fn`` (a generator) clears them in its
+    own first update, the moment its request starts; any other ``fn`` after a clearing event of its own (a second
+    round trip before the work starts: 0.1 s on the 2-core machine, ``benchmarks/bench_streaming.py``); one that
+    takes ``stop`` is ``stoppable``. The API event (``api``) is ``fn`` (a generator's first update is then
+    ``cleared``; ``api_name`` None: none). Returns that event (Stop cancels it). ``progress_on``: the one output
+    that shows the progress bar (default all of them)."""
     api_name = api_name or False
     if _is_gen(fn):
         @functools.wraps(fn)
