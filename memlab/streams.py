@@ -148,6 +148,9 @@ class Streams:
 
     def _chunk(self, prompt, seeds, strategy, settings, descriptor=None, on_seed=None, head: int = 0,
                stop=None) -> list:
+        check = steps_until(stop)
+        if check:  # a chunk that waited on the compute thread while its run was stopped does not start
+            check(strategy, 0, settings.steps)
         pairs = []
 
         def keep(r, im):
@@ -156,7 +159,7 @@ class Streams:
                 on_seed(r, im)
         run_prompt(self.generator, self.index, self.get_descriptor(descriptor), prompt, list(seeds), [strategy],
                    settings, out_dir=None, k=APP_MATCHES, on_seed=keep, head=head, aligner=self.world.aligner(),
-                   progress=steps_until(stop))
+                   progress=check)
         return pairs
 
     def _head_first(self, prompt, seeds, strategy, settings, descriptor, head: int, stop=None) -> Iterator[list]:

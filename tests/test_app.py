@@ -338,8 +338,8 @@ def test_a_generation_clears_the_previous_results_in_its_own_first_update(client
 
 class Countdown:
     """A stand-in for a ``threading.Event`` that reads set from its ``n + 1``-th look on: a run given it as
-    ``stop`` is asked to stop after ``n`` looks (the stream's own before each chunk, then one after every
-    denoising step); ``looks`` counts them."""
+    ``stop`` is asked to stop after ``n`` looks (the stream's own before each chunk, the chunk's as it starts on
+    the compute thread, then one after every denoising step); ``looks`` counts them."""
 
     def __init__(self, n: int):
         self.n, self.looks = n, 0
@@ -355,20 +355,22 @@ def test_stop_ends_the_chunk_in_flight_within_a_denoising_step(server):
     the next run is served in full."""
     lab = server[1]
     st = lab.settings(20, 5.0)
-    # the first chunk (2 seeds): 1 look before it and 20 after its steps; the second's look before it, then 5
-    stop = Countdown(1 + 20 + 1 + 5)
+    # the first chunk (2 seeds): 2 looks before it and 20 after its steps; the second's 2 before it, then 5
+    stop = Countdown(2 + 20 + 2 + 5)
     sizes = [len(s.records) for s in lab.generate_stream("a cat", list(range(8)), "none", st, chunk=2, then=6,
                                                           stop=stop)]
     assert sizes == [2]  # the second chunk yielded nothing
-    assert stop.looks == 1 + 20 + 1 + 6  # it stopped at the 6th of its 20 steps
+    assert stop.looks == 2 + 20 + 2 + 6  # it stopped at the 6th of its 20 steps
     stop = Countdown(0)  # set from the start: nothing runs
     assert list(lab.generate_stream("a cat", [0, 1], "none", st, stop=stop)) == [] and stop.looks == 1
-    stop = Countdown(1 + 3)  # a head start (on a CPU with 2 threads): the rest stops, and its head
+    stop = Countdown(1)  # set while the chunk waited for the compute thread: it does not start
+    assert list(lab.generate_stream("a cat", [0, 1], "none", st, stop=stop)) == [] and stop.looks == 2
+    stop = Countdown(2 + 3)  # a head start (on a CPU with 2 threads): the rest stops, and its head
     assert [len(s.records) for s in lab.generate_stream("a cat", [0, 1, 2, 3], "none", st, chunk=4, head=1,
                                                          stop=stop)] in ([], [1])
-    assert stop.looks == 1 + 4
-    stop = Countdown(1 + 3)  # the comparison: its first row stops at its 4th step, and no other row starts
-    assert list(lab.compare_stream("a cat", [0, 1], ["rna:k=2"], st, stop=stop)) == [] and stop.looks == 1 + 4
+    assert stop.looks == 2 + 4
+    stop = Countdown(2 + 3)  # the comparison: its first row stops at its 4th step, and no other row starts
+    assert list(lab.compare_stream("a cat", [0, 1], ["rna:k=2"], st, stop=stop)) == [] and stop.looks == 2 + 4
     assert [len(s.records) for s in lab.generate_stream("a cat", [0, 1, 2], "none", st, chunk=2)] == [2, 3]
 
 
