@@ -87,7 +87,6 @@ class Streams:
         yield from self.compare_stream(prompt, seeds, specs, settings, progress=progress,
                                        chunk_fn=on_host if gpu.ON_HOST else None, stop=stop)
 
-
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
                         descriptor: str | None = None, chunk_fn=None, then: int | None = None,
@@ -179,7 +178,6 @@ class Streams:
             yield first
         fut.result()
         yield pairs[len(first):]
-
 
     def compare(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
                 settings: Settings | None = None, progress=None, descriptor: str | None = None) -> RunState:
