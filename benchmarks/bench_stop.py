@@ -7,7 +7,11 @@ generation, which a one-seed request on the idle server (timed first, each round
 what Stop costs the next visitor; the gap between streamed updates (a chunk's time) is printed beside it, and so
 is how long the cancel call itself took to return.
 
-    python -m benchmarks.bench_stop [--world assets/world] [--rounds 3] [--steps 30]
+With ``--closed-page`` the run is started in a Chromium page instead, which is closed once its first pair shows
+(a visitor leaving mid-run); the one-seed request is timed from the close, and so is how long the server's CPU
+stays busy (until a quiet quarter second).
+
+    python -m benchmarks.bench_stop [--world assets/world] [--rounds 3] [--steps 30] [--closed-page]
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--closed-page", action="store_true", help="a page closed mid-run instead of Stop")
     a = ap.parse_args(argv)
+    if a.closed_page:
+        return closed_page(a)
     import gradio_client
 
     from tests.browser import serve_app
@@ -65,6 +72,64 @@ def main(argv=None) -> int:
           f"{med[0]:.2f} s idle ({med[2] - med[0]:.2f} s of waiting for the stopped run)")
     return 0
 
+
+def busy_for(proc, quiet: float = 0.05, window: float = 0.25, limit: float = 120.0) -> float:
+    """Seconds until ``proc`` uses under ``quiet`` CPU seconds in a ``window``."""
+    from tests.browser import cpu_seconds
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        c = cpu_seconds(proc)
+        time.sleep(window)
+        if cpu_seconds(proc) - c < quiet:
+            break
+    return time.perf_counter() - t0 - window
+
+
+def leave_mid_run(url: str, prompt: str, steps: int) -> None:
+    """A 64-seed run started in a Chromium page, which is closed once its first pair shows."""
+    from tests.browser import browser_page
+
+    with browser_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_label("Prompt").first.fill(prompt)
+        page.locator("#n-seeds input").fill("64")
+        page.get_by_text("Sampling").first.click()
+        field = page.get_by_label("number input for Steps")
+        field.fill(str(steps))
+        field.press("Tab")
+        page.locator("#generate-btn").click()
+        page.locator("#pairs img").first.wait_for(timeout=300_000)
+
+
+def closed_page(a) -> int:
+    import gradio_client
+
+    from tests.browser import serve_app
+
+    rows = []
+    with serve_app(a.world) as (url, proc):
+        client = gradio_client.Client(url, verbose=False)
+        one_seed = lambda p: client.predict(p, 1, "", [], 4, 0.1, a.steps, 5.0, api_name="/generate")  # noqa: E731
+        one_seed("a warm-up")
+        for r in range(a.rounds):
+            t0 = time.perf_counter()
+            one_seed(f"an idle request {r}")
+            idle = time.perf_counter() - t0
+            leave_mid_run(url, f"a long run {r}", a.steps)
+            busy = busy_for(proc)  # from the close
+            leave_mid_run(url, f"another long run {r}", a.steps)
+            t1 = time.perf_counter()
+            one_seed(f"the next visitor {r}")  # sent at the close
+            nxt = time.perf_counter() - t1
+            busy_for(proc)
+            rows.append((idle, busy, nxt))
+            print(f"round {r + 1}: the server stayed busy {busy:.2f} s after the page closed; a one-seed request "
+                  f"sent at the close answered in {nxt:.2f} s, against {idle:.2f} s on the idle server", flush=True)
+    med = [statistics.median(x) for x in zip(*rows)]
+    print(f"median of {a.rounds} rounds: busy {med[1]:.2f} s after the close; the next request {med[2]:.2f} s "
+          f"against {med[0]:.2f} s idle ({med[2] - med[0]:.2f} s of waiting for the closed page's run)")
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

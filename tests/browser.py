@@ -75,6 +75,18 @@ def open_tab(page, name: str) -> None:
     tab.click()
 
 
+def fill_kept(page, locator, text: str, tries: int = 5) -> None:
+    """``locator.fill(text)`` on a tab just opened, until the field still holds it a moment later: Gradio mounts a
+    tab's fields when it is first shown and may set a field's value from its state just after the fill (then
+    the request went out with the default; seen once in CI)."""
+    for _ in range(tries):
+        locator.fill(text)
+        page.wait_for_timeout(250)
+        if locator.input_value() == text:
+            return
+    raise AssertionError(f"the field kept losing {text!r}")
+
+
 _SHARED: dict = {}  # (world, args, env) -> (the serve_app context, (url, process))
 
 
@@ -98,6 +110,27 @@ def stop_shared() -> None:
     """Stop the servers ``shared_app`` started."""
     while _SHARED:
         _SHARED.popitem()[1][0].__exit__(None, None, None)
+
+
+def cpu_seconds(proc) -> float:
+    """The CPU time (user + system) a process has used: ``proc`` a Popen, or the path of a ``/proc/.../stat``
+    (a thread's: ``/proc/self/task/TID/stat``)."""
+    path = proc if isinstance(proc, str) else f"/proc/{proc.pid}/stat"
+    fields = open(path).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds(proc, windows: int = 5, quiet: float = 0.2) -> list:
+    """The CPU seconds ``proc`` used in each of up to ``windows`` 1-second windows, ending at the first quiet one
+    (under ``quiet`` s): a server with no run going uses next to none."""
+    shares = []
+    for _ in range(windows):
+        c = cpu_seconds(proc)
+        time.sleep(1.0)
+        shares.append(cpu_seconds(proc) - c)
+        if shares[-1] < quiet:
+            break
+    return shares
 
 
 _BROWSER: dict = {}  # the Chromium that pages share ("playwright", "browser"), started on first use

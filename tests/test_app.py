@@ -1,6 +1,5 @@
 """The app through its API (gradio_client against a locally launched server) and bad input."""
 import json
-import os
 import zipfile
 
 import numpy as np
@@ -377,7 +376,7 @@ def test_stop_ends_the_chunk_in_flight_within_a_denoising_step(server):
 def test_stoppable_lets_go_of_the_update_in_flight_and_sets_stop():
     """``wiring.stoppable``: cancelling the event (Stop) ends the wait for the update in flight at once and sets
     the handler's ``stop``; Gradio's own driver of a synchronous generator would wait for that update (10 s
-    here). Gradio sees the handler's parameters without ``stop``."""
+    here). Gradio sees the handler's parameters without ``stop``, with ``request``."""
     import asyncio
     import inspect
     import threading
@@ -397,7 +396,7 @@ def test_stoppable_lets_go_of_the_update_in_flight_and_sets_stop():
         yield "the rest of the chunk"
 
     driven = stoppable(handler)
-    assert list(inspect.signature(driven).parameters) == ["x", "progress"]
+    assert list(inspect.signature(driven).parameters) == ["x", "progress", "request"]  # Gradio fills `request`
 
     async def stop_in_flight():
         updates = driven(1)
@@ -414,13 +413,60 @@ def test_stoppable_lets_go_of_the_update_in_flight_and_sets_stop():
     assert noticed.wait(2.0)
 
 
+def test_a_closed_page_stops_its_own_runs_and_no_other():
+    """Gradio neither cancels a closed page's event nor closes its handler: ``wiring.stop_session`` (the page's
+    ``unload``) sets ``stop`` for the runs of that page's session in flight, and for no other page's; a run
+    that ended is no longer filed."""
+    import asyncio
+    import inspect
+    import time
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from memlab.app import wiring
+
+    def handler(x, progress=None, stop=None):
+        yield x
+        t0 = time.perf_counter()
+        while not stop.is_set() and time.perf_counter() - t0 < 10:  # a chunk that looks after every step
+            time.sleep(0.01)
+        yield f"{x} stopped" if stop.is_set() else f"{x} ran on"
+
+    driven = wiring.stoppable(handler)
+    assert inspect.signature(driven).parameters["request"].annotation is gr.Request  # Gradio fills it
+
+    async def close_page_a():
+        pages = {name: driven(name, None, SimpleNamespace(session_hash=f"page-{name}")) for name in "ab"}
+        assert [await u.__anext__() for u in pages.values()] == ["a", "b"]
+        rest = {name: asyncio.ensure_future(u.__anext__()) for name, u in pages.items()}
+        await asyncio.sleep(0.3)
+        t0 = time.perf_counter()
+        wiring.stop_session(SimpleNamespace(session_hash="page-a"))
+        a = await asyncio.wait_for(rest["a"], 2.0)
+        waited = time.perf_counter() - t0
+        await asyncio.sleep(0.5)
+        b_running = not rest["b"].done()
+        filed = set(wiring._RUNS)
+        wiring.stop_session(SimpleNamespace(session_hash="page-b"))
+        b = await asyncio.wait_for(rest["b"], 2.0)
+        for u in pages.values():
+            await u.aclose()
+        return a, waited, b_running, b, filed
+
+    a, waited, b_running, b, filed = asyncio.run(close_page_a())
+    assert a == "a stopped" and waited < 1.0
+    assert b_running and b == "b stopped" and filed == {"page-b"}
+    assert "page-a" not in wiring._RUNS and "page-b" not in wiring._RUNS
+
+
 @pytest.mark.slow
 def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     """What the Stop button does (Gradio's ``cancels``), through the API, on the app in its own process (the
     browser tests' shared server on this world): the run ends early and the next caller is served at once."""
     import time
 
-    from tests.browser import shared_app
+    from tests.browser import busy_seconds, shared_app
 
     url, proc = shared_app(tiny_world)
     job = gradio_client.Client(url, verbose=False).submit("a red ball", 64, "", [], 4, 0.1, 30, 5.0,
@@ -439,18 +485,8 @@ def test_a_long_run_can_be_stopped_and_the_app_keeps_serving(tiny_world):
     assert proc.poll() is None
     assert waited < 30, waited
 
-    def cpu_s():  # the server process's CPU time
-        fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     # the stopped run is not still generating behind the answer: the server goes quiet (within a few windows)
-    shares = []
-    for _ in range(5):
-        c = cpu_s()
-        time.sleep(1.0)
-        shares.append(cpu_s() - c)
-        if shares[-1] < 0.2:
-            break
+    shares = busy_seconds(proc)
     assert min(shares) < 0.2, f"the server kept {min(shares):.0%} of a core busy after the run was stopped ({shares})"
 
 
@@ -476,21 +512,20 @@ def test_generate_draws_each_seeds_score_against_the_threshold(client, server):
 def test_an_idle_server_leaves_the_cpu_to_generation(server):
     """Gradio's queue polls 1,000 times a second on Linux; the app slows it (memlab.app.serve.calm_queue), since each
     wake takes the GIL from the generating thread. Measured: the event loop's CPU time while idle."""
-    import os
     import threading
     import time
 
     import uvicorn
 
     from memlab.app.serve import QUEUE_POLL_S
+    from tests.browser import cpu_seconds
 
     loops = [t for t in threading.enumerate()
              if isinstance(getattr(getattr(t, "_target", None), "__self__", None), uvicorn.Server)]
     assert loops, "the server's event-loop thread was not found"
 
     def cpu_s(tid):
-        fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(f"/proc/self/task/{tid}/stat")
 
     # idle: the quietest of up to eight 2-second windows (a stream an earlier test left finishing, or the machine's
     # load, can keep one window busy; an event loop polling every millisecond is busy in all of them)

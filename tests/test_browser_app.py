@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("playwright")
-from tests.browser import app_page, chromium_path, open_tab  # noqa: E402
+from tests.browser import app_page, chromium_path, fill_kept, open_tab  # noqa: E402
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")]
@@ -26,10 +26,19 @@ def _shot(tmp_path, name: str) -> Path:
 def _wait_text(page, selector: str, text: str, timeout: int = 120_000):
     """Until ``selector`` shows ``text`` with no progress bar drawn inside it (on a busy machine a finished
     event's progress text lingers in front of its result)."""
-    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return !!e && "
-                           "(e.innerText || '').includes(t) && "
-                           "!e.querySelector('.progress-text, .eta-bar, .progress-level, .meta-text'); }",
-                           arg=[selector, text], timeout=timeout)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return !!e && "
+                               "(e.innerText || '').includes(t) && "
+                               "!e.querySelector('.progress-text, .eta-bar, .progress-level, .meta-text'); }",
+                               arg=[selector, text], timeout=timeout)
+    except PlaywrightTimeout:  # what the page showed instead, for the failure's report
+        shown, toasts = page.evaluate("s => { const e = document.querySelector(s); return [e ? e.outerHTML : null, "
+                                      "Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)]; }",
+                                      selector)
+        raise AssertionError(f"{selector} never showed {text!r} without a progress bar; it holds {shown!r:.1500}; "
+                             f"toasts: {toasts}") from None
 
 
 def _toast(page, text: str, timeout: int = 30_000):
@@ -304,6 +313,25 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
 
 
+def test_a_closed_page_stops_its_run_within_a_step():
+    """A visitor who closes the page mid-run frees the server for the next: the run ends at its next denoising
+    step (``wiring.stop_session``, on Gradio's unload), where Gradio alone let the chunk in flight (up to 8 seeds;
+    here 7 seeds at 200 steps on the built-in world) run on for nobody."""
+    from tests.browser import busy_seconds, shared_app
+
+    with app_page(BUILTIN) as page:
+        page.get_by_label("Prompt").first.fill("a red ball on a table")
+        page.locator("#n-seeds input").fill("64")
+        page.get_by_text("Sampling").first.click()
+        steps = page.get_by_label("number input for Steps")
+        steps.fill("200")
+        steps.press("Tab")
+        page.locator("#generate-btn").click()
+        page.locator("#pairs img").first.wait_for(timeout=120_000)  # the head start's seed: the rest is running
+    shares = busy_seconds(shared_app(BUILTIN)[1])  # the page is closed
+    assert min(shares) < 0.2 and len(shares) <= 3, f"the server kept working for a closed page ({shares})"
+
+
 def test_the_copied_region_is_tinted_over_the_pairs_when_asked(tiny_world, tmp_path):
     """Issue 32 item 4: ticking "Show the copied region" draws every pair again with its seed's bright-ending
     map tinted over the generation and its match (other pictures), and unticking gives the plain pairs back."""
@@ -342,7 +370,7 @@ def test_bad_input_on_match_compare_and_keywords_is_a_message_where_the_results_
         page.locator("#match-btn").click()
         _wait_text(page, "#match-verdict", "upload an image first", timeout=30_000)
         open_tab(page, "Compare mitigations")
-        page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-99")
+        fill_kept(page, page.locator("#compare-seeds textarea, #compare-seeds input").first, "0-99")
         page.locator("#compare-btn").click()
         _wait_text(page, "#compare-headline", "seeds", timeout=30_000)
         compare_text = page.locator("#compare-headline").inner_text()

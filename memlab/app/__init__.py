@@ -24,6 +24,7 @@ from .match import match_tab
 from .serve import FILE_MAX_AGE_S, launch
 from .training import training_set_tab
 from .views import page_slug, probe_examples
+from .wiring import stop_session
 
 __all__ = ["build_app", "launch", "world_page"]
 
@@ -38,6 +39,7 @@ def build_app(labs) -> gr.Blocks:
         if len(labs) > 1:
             gr.Navbar(main_page_name=first.name)
         world_page(first)
+        demo.unload(stop_session)  # a closed page's runs stop at their next denoising step
     for i, lab in enumerate(labs[1:], 1):
         slug = page_slug(lab.name, [page_slug(x.name) for x in labs[:i]])
         with demo.route(lab.name, "/" + slug):

@@ -75,30 +75,59 @@ def _is_gen(fn):
 
 
 _DONE = object()
+_RUNS: dict[str, set[threading.Event]] = {}  # a page's session -> the stop events of its runs in flight
+_RUNS_LOCK = threading.Lock()
 
 
 def stoppable(fn):
     """A streaming handler ``fn(*inputs, stop=...)`` (a generator) as Gradio runs it: each update is taken from
     ``fn`` on a worker thread by an async generator that lets go of it when the event is cancelled (Stop's
-    ``cancels``, an API caller's cancel, a closed page) and sets ``stop`` (a ``threading.Event``), which the
-    run checks after every denoising step (``memlab.streams``). Gradio alone waits for a synchronous
-    generator's update in flight, a whole chunk of seeds, before it lets the next request in. Gradio sees
-    ``fn``'s parameters without ``stop``."""
+    ``cancels``, an API caller's cancel) and sets ``stop`` (a ``threading.Event``), which the run checks after
+    every denoising step (``memlab.streams``). Gradio alone waits for a synchronous generator's update in
+    flight, a whole chunk of seeds, before it lets the next request in. The run is also filed under its page's
+    session, whose closing stops it (``stop_session``). Gradio sees ``fn``'s parameters without ``stop`` and
+    with a last one, ``request`` (``gr.Request``), which Gradio fills."""
     sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.name != "stop"]
+    if "request" in sig.parameters or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+        raise TypeError(f"{fn.__name__}: stoppable takes positional parameters and adds `request` itself")
+    exposed = sig.replace(parameters=params + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                 default=None, annotation=gr.Request)])
 
     async def driven(*a, **kw):
+        bound = exposed.bind(*a, **kw)
+        session = getattr(bound.arguments.pop("request", None), "session_hash", None)
         stop = threading.Event()
-        updates = fn(*a, stop=stop, **kw)
+        updates = fn(*bound.args, stop=stop, **bound.kwargs)
+        if session:
+            with _RUNS_LOCK:
+                _RUNS.setdefault(session, set()).add(stop)
         try:
             while (update := await anyio.to_thread.run_sync(next, updates, _DONE, abandon_on_cancel=True)) \
                     is not _DONE:
                 yield update
         finally:
             stop.set()  # cancelled, closed or done: a chunk in flight ends at its next step
+            with _RUNS_LOCK:
+                runs = _RUNS.get(session, set())
+                runs.discard(stop)
+                if not runs:
+                    _RUNS.pop(session, None)
 
     driven.__name__, driven.__qualname__, driven.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
-    driven.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "stop"])
+    driven.__signature__, driven.__annotations__ = exposed, {"request": gr.Request}
     return driven
+
+
+def stop_session(request: gr.Request) -> None:
+    """When a page is closed or reloaded (``Blocks.unload``), its runs end at their next denoising step. Gradio
+    stops sending a closed page's updates but neither cancels its event nor closes the handler, so the chunk
+    in flight (up to 8 seeds; minutes for Stable Diffusion on a CPU) would run on for nobody."""
+    session = getattr(request, "session_hash", None)
+    with _RUNS_LOCK:
+        runs = _RUNS.pop(session, set()) if session else set()
+    for stop in runs:
+        stop.set()
 
 
 def run_button(btn: gr.Button, fn, inputs: list, outputs: list, api_name: str | None, cleared: tuple,
