@@ -115,7 +115,7 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
     the whole comparison in `memlab run`'s JSONL format."""
     with app_page(tiny_world, viewport=(1400, 1000)) as page:
         open_tab(page, "Compare mitigations")
-        page.locator("#compare-prompt textarea").fill("a red ball on a table")
+        fill_kept(page, page.locator("#compare-prompt textarea"), "a red ball on a table")
         page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-7")
         page.get_by_text("Sampling").nth(1).click()  # (the tiny world is fast: more steps, so rows take a while)
         page.locator("#compare-steps input[type=number]").fill("60")
@@ -244,7 +244,7 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
                     grid: document.querySelector('#pairs .grid-wrap')?.getBoundingClientRect().height || 0}; }""")
         page.screenshot(path=str(_shot(tmp_path, "generate-phone-pair.png")))
         open_tab(page, "Compare mitigations")
-        page.locator("#compare-prompt textarea").fill("a red ball on a table")
+        fill_kept(page, page.locator("#compare-prompt textarea"), "a red ball on a table")
         page.locator("#compare-n input").fill("4")
         page.locator("#compare-btn").click()
         page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 12", timeout=120_000)
@@ -268,7 +268,7 @@ def test_a_gallery_of_training_images_wraps_to_a_phones_width(tmp_path):
     sideways (the built-in world: the tiny test world has no thumbnails)."""
     with app_page(BUILTIN, viewport=(420, 900)) as page:
         open_tab(page, "Training set")
-        page.get_by_label("Search captions").fill("red")
+        fill_kept(page, page.get_by_label("Search captions"), "red")
         page.get_by_role("button", name="Search").click()
         page.wait_for_function("Array.from(document.querySelectorAll('.grid-container')).some(g => g.offsetParent && "
                                "g.querySelectorAll('.thumbnail-item').length >= 8)", timeout=60_000)
