@@ -8,7 +8,7 @@ from ..service import Lab
 from .glossary import g
 from .views import (compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other,
                     template_sentence)
-from .wiring import errors, scroll_first
+from .wiring import errors, scroll_first, stoppable
 
 
 LESSON_SEEDS = list(range(8))
@@ -65,19 +65,20 @@ def lesson_tab(lab: Lab) -> None:
         (b1, m1, h1), (b2, m2, h2), (b3, m3, h3), (b4, m4, h4) = outs[:4]
         if len(outs) > 4:
             b5, m5, h5 = outs[4]
-            b5.click(step5, None, [m5, h5], api_name=False, show_progress_on=[m5], js=scroll_first("#lesson-5"))
+            b5.click(stoppable(step5), None, [m5, h5], api_name=False, show_progress_on=[m5], js=scroll_first("#lesson-5"))
         # each step brings its text, its progress and its pictures into view as it starts
-        b1.click(step1, None, [runs, m1, h1], api_name=False, show_progress_on=[m1], js=scroll_first("#lesson-1"))
-        b2.click(step2, [runs], [runs, m2, h2, copies_gallery], api_name=False, show_progress_on=[m2],
+        b1.click(stoppable(step1), None, [runs, m1, h1], api_name=False, show_progress_on=[m1], js=scroll_first("#lesson-1"))
+        b2.click(stoppable(step2), [runs], [runs, m2, h2, copies_gallery], api_name=False, show_progress_on=[m2],
                  js=scroll_first("#lesson-2"))
-        b3.click(step3, [runs], [m3, h3], api_name=False, show_progress_on=[m3], js=scroll_first("#lesson-3"))
-        b4.click(step4, None, [m4, h4], api_name=False, show_progress_on=[m4], js=scroll_first("#lesson-4"))
+        b3.click(stoppable(step3), [runs], [m3, h3], api_name=False, show_progress_on=[m3], js=scroll_first("#lesson-3"))
+        b4.click(stoppable(step4), None, [m4, h4], api_name=False, show_progress_on=[m4], js=scroll_first("#lesson-4"))
 
 
-def _one_row(lab: Lab, prompt: str, seeds, progress):
-    """The prompt on the lesson's seeds, no mitigation (one row of the A/B grid)."""
+def _one_row(lab: Lab, prompt: str, seeds, progress, stop=None):
+    """The prompt on the lesson's seeds, no mitigation (one row of the A/B grid); None if ``stop`` ended it."""
     state = None
-    for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds")):
+    for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds"),
+                                    stop=stop):
         pass
     return state
 
@@ -100,7 +101,8 @@ def _running(lab: Lab, images: int) -> str:
 
 def _steps(lab: Lab, plan: dict, seeds: list[int]):
     """The four steps' handlers: each shows an estimate while it runs, then its evidence and a sentence made
-    from what its records show (whose image each seed copies, and the copies the verdict misses)."""
+    from what its records show (whose image each seed copies, and the copies the verdict misses). Each takes
+    ``stop`` (``wiring.stoppable``: a closed page ends its run)."""
     own = {k: lab.probe_row(plan[k]) for k in ("duplicated", "unique")}
     group_of = lab.item_group
 
@@ -114,17 +116,19 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
                 compare_grid(lab, state, seeds, n_rows))
 
     @errors
-    def step1(progress=gr.Progress()):
+    def step1(progress=gr.Progress(), stop=None):
         yield None, _running(lab, len(seeds)), ""
-        state = _one_row(lab, plan["duplicated"], seeds, progress)
+        if (state := _one_row(lab, plan["duplicated"], seeds, progress, stop)) is None:
+            return
         s0 = state.summaries[0]
         yield state, said(state, "duplicated") + " " + verdict_source(s0), evidence(state, "duplicated", 1)
 
     @errors
-    def step2(state, progress=gr.Progress()):
+    def step2(state, progress=gr.Progress(), stop=None):
         if state is None:
             yield None, _running(lab, len(seeds)), "", gr.update()
-            state = _one_row(lab, plan["duplicated"], seeds, progress)
+            if (state := _one_row(lab, plan["duplicated"], seeds, progress, stop)) is None:
+                return
         tops = [r["matches"][0] for r in state.records]
         best = max({m["row"]: m for m in tops}.values(), key=lambda m: sum(t["row"] == m["row"] for t in tops))
         hits = sum(t["row"] == best["row"] for t in tops)
@@ -137,13 +141,13 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         yield state, text, "", gr.update(value=files[:48], visible=True)
 
     @errors
-    def step3(first=None, progress=gr.Progress()):
+    def step3(first=None, progress=gr.Progress(), stop=None):
         # step 1's run (when it was shown) is this step's first row: the same prompt, seeds and settings
         done = ({"none": list(zip(first.records, first.images))} if first is not None
                 and first.prompt == plan["duplicated"] and [r["seed"] for r in first.records] == list(seeds) else None)
         yield _running(lab, len(seeds) if done else 2 * len(seeds)), ""
         for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION], done=done,
-                                        progress=lambda d, t: progress((d, t), desc="images")):
+                                        progress=lambda d, t: progress((d, t), desc="images"), stop=stop):
             text = _running(lab, len(seeds))
             if len(state.summaries) == 2:
                 text = mitigation_sentence(state, *[own_or_other(
@@ -155,16 +159,18 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
                 compare_grid(lab, state, seeds, 2)
 
     @errors
-    def step4(progress=gr.Progress()):
+    def step4(progress=gr.Progress(), stop=None):
         yield _running(lab, len(seeds)), ""
-        state = _one_row(lab, plan["unique"], seeds, progress)
+        if (state := _one_row(lab, plan["unique"], seeds, progress, stop)) is None:
+            return
         s0 = state.summaries[0]
         yield said(state, "unique") + " " + verdict_source(s0), evidence(state, "unique", 1)
 
     @errors
-    def step5(progress=gr.Progress()):
+    def step5(progress=gr.Progress(), stop=None):
         yield _running(lab, len(seeds)), ""
-        state = _one_row(lab, plan["template"], seeds, progress)
+        if (state := _one_row(lab, plan["template"], seeds, progress, stop)) is None:
+            return
         tmpl = lab.probe_template(plan["template"])
         text = template_sentence(state.records, lambda row: tmpl if lab.item_template(row) == tmpl else None)
         yield text + " " + verdict_source(state.summaries[0]), compare_grid(lab, state, seeds, 1, masks=True)
