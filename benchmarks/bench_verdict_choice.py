@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = {  # name -> (registered descriptor, overrides)
-    "shipped (blur 1, layout, score normalization k 2, beta 1, mirror, brightness x1.5)": ("memlab-copy", {}),
+    "registered default = shipped (as 37: normalized, mirror, brightness x1.5, verified central 50%)": ("memlab-copy", {}),
     "plain cosine (no score normalization)": ("memlab-copy", {"score_norm": None}),
     "score normalization, no other view": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": False}}),
     "score normalization, mirror only": ("memlab-copy", {"score_norm": {"k": 2, "beta": 1.0, "mirror": True}}),
