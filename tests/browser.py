@@ -78,8 +78,8 @@ def open_tab(page, name: str) -> None:
 def fill_kept(page, locator, text: str, tries: int = 5) -> None:
     """``locator.fill(text)`` on a tab just opened, until the field still holds it a moment later: Gradio mounts a
     tab's fields when it is first shown and may set a field's value from its state just after the fill, and the
-    request then goes out with the default (CI once; on the 2-core machine 5 of 30 fills made 100-120 ms after the
-    tab's click were gone when the fill returned; a person types later)."""
+    request then goes out with the default (CI once; ``python -m tests.tab_fill_race``: on the 2-core machine 12 of
+    30 fills made 95-125 ms after the tab's click were gone when the fill returned; a person types later)."""
     for _ in range(tries):
         locator.fill(text)
         page.wait_for_timeout(250)
