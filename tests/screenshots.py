@@ -18,7 +18,7 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
     """Visit each tab, act, screenshot; returns a line per screenshot."""
     import pandas as pd
 
-    from tests.browser import open_tab
+    from tests.browser import fill_kept, open_tab
 
     probes = pd.read_csv(world.file("probes")) if world.file("probes") else pd.DataFrame({"prompt": ["a red ball"]})
     prompt = probes["prompt"].iloc[0]
@@ -48,7 +48,7 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
     shot("lesson", "the first four steps run: copies, the copied image's duplicates, RNA on the same seeds, a unique "
                    "prompt (a world with template copies has a fifth, not run here)")
     open_tab(page, "Compare mitigations")
-    page.locator("#compare-prompt textarea").fill(prompt)
+    fill_kept(page, page.locator("#compare-prompt textarea"), prompt)
     page.locator("#compare-seeds textarea, #compare-seeds input").first.fill("0-7")
     page.locator("#compare-btn").click()
     page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 24", timeout=300_000)
@@ -63,7 +63,7 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
                                timeout=60_000)
     shot("match", "training image 0 uploaded: its nearest training images, scores, verdict")
     open_tab(page, "Training set")
-    page.get_by_label("Search captions").fill(prompt.split()[1] if len(prompt.split()) > 1 else prompt)
+    fill_kept(page, page.get_by_label("Search captions"), prompt.split()[1] if len(prompt.split()) > 1 else prompt)
     page.get_by_role("button", name="Search", exact=True).click()
     page.wait_for_timeout(2000)
     shot("training-set", "a caption search and the near-duplicate groups")
