@@ -73,17 +73,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def busy_for(proc, quiet: float = 0.05, window: float = 0.25, limit: float = 120.0) -> float:
-    """Seconds until ``proc`` uses under ``quiet`` CPU seconds in a ``window``."""
-    from tests.browser import cpu_seconds
+def busy_for(proc, window: float = 0.25) -> float:
+    """Seconds until ``proc`` uses under a fifth of a core in a ``window`` (at most 2 minutes)."""
+    from tests.browser import busy_seconds
 
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < limit:
-        c = cpu_seconds(proc)
-        time.sleep(window)
-        if cpu_seconds(proc) - c < quiet:
-            break
-    return time.perf_counter() - t0 - window
+    return window * (len(busy_seconds(proc, windows=int(120 / window), window=window)) - 1)
 
 
 def leave_mid_run(url: str, prompt: str, steps: int) -> None:
@@ -130,6 +124,7 @@ def closed_page(a) -> int:
     print(f"median of {a.rounds} rounds: busy {med[1]:.2f} s after the close; the next request {med[2]:.2f} s "
           f"against {med[0]:.2f} s idle ({med[2] - med[0]:.2f} s of waiting for the closed page's run)")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

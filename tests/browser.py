@@ -121,15 +121,15 @@ def cpu_seconds(proc) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def busy_seconds(proc, windows: int = 5, quiet: float = 0.2) -> list:
-    """The CPU seconds ``proc`` used in each of up to ``windows`` 1-second windows, ending at the first quiet one
-    (under ``quiet`` s): a server with no run going uses next to none."""
+def busy_seconds(proc, windows: int = 5, quiet: float = 0.2, window: float = 1.0) -> list:
+    """The CPU seconds ``proc`` used in each of up to ``windows`` windows of ``window`` s, ending at the first quiet
+    one (under ``quiet`` of a core): a server with no run going uses next to none."""
     shares = []
     for _ in range(windows):
         c = cpu_seconds(proc)
-        time.sleep(1.0)
+        time.sleep(window)
         shares.append(cpu_seconds(proc) - c)
-        if shares[-1] < quiet:
+        if shares[-1] < quiet * window:
             break
     return shares
 
