@@ -31,7 +31,7 @@ from PIL import Image, ImageFilter
 
 from . import scorenorm
 from .errors import MemlabError, ModelFileMissing
-from .preprocess import get_preset, to_rgb
+from .preprocess import get_preset, network_batches, to_rgb
 
 SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/{model}.torchscript.pt"
 
@@ -199,45 +199,6 @@ class PixelDescriptor(Descriptor):
 
 
 # ---------------------------------------------------------------------------------------- torch
-PREPARE_WORKERS = int(os.environ.get("MEMLAB_PREPARE_WORKERS", 0))  # 0: min(8, CPU count)
-
-
-def prepare_workers(device: str) -> int:
-    """Threads preparing images ahead of the network: on a GPU up to 8 (the CPU's cores are free for it); on the
-    CPU none (1: each batch is prepared in turn, since the network's own threads hold the cores and a pool only
-    takes turns with them: on the 2-core machine clip-b32 embedded at 0.86x the bare network's rate with a pool
-    of two, 0.98x without, ``benchmarks/bench_embed.py``). ``MEMLAB_PREPARE_WORKERS`` overrides both."""
-    if PREPARE_WORKERS:
-        return PREPARE_WORKERS
-    return 1 if str(device).startswith("cpu") else min(8, os.cpu_count() or 1)
-
-
-def prepared_batches(images, prepare, step: int, workers: int | None = None):
-    """Stacked tensors of ``prepare(image)``, ``step`` images at a time. Images are prepared by a thread
-    pool one batch ahead of the network (PIL's resize and torch's conversions release the GIL), so a GPU
-    does not wait on one CPU core between batches; the order and the values are those of a plain loop.
-    ``workers``: the pool's threads (``prepare_workers``; 1: no pool, each batch prepared in turn)."""
-    import concurrent.futures as cf
-
-    import torch
-
-    workers = workers or PREPARE_WORKERS or min(8, os.cpu_count() or 1)
-    n = len(images)
-    if workers <= 1 or n <= 1:
-        for i in range(0, n, step):
-            yield torch.stack([prepare(im) for im in images[i:i + step]])
-        return
-    with cf.ThreadPoolExecutor(workers) as pool:
-        def submit(i):
-            return [pool.submit(prepare, im) for im in images[i:i + step]] if i < n else None
-
-        pending = submit(0)
-        for i in range(0, n, step):
-            ahead = submit(i + step)  # the next batch is prepared while this one runs
-            yield torch.stack([f.result() for f in pending])
-            pending = ahead
-
-
 def _device(device: str | None) -> str:
     if device:
         return device
@@ -374,15 +335,14 @@ class SSCDDescriptor(Descriptor):
     def embed(self, images):
         import torch
 
-        tf = self._preset.transform()
         step = self.batch_size if self._preset.fixed_size else 1
         out = []
-        with torch.inference_mode():
-            for x in prepared_batches(images, lambda im: tf(to_rgb(im)), step, prepare_workers(self.device)):
-                out.append(self.net(x.to(self.device)).float().cpu().numpy())
+        with torch.inference_mode():  # outputs stay on the device until the end: no wait between batches
+            for x in network_batches(images, self._preset.transform(), step, self.device):
+                out.append(self.net(x).float())
         if not out:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalize(np.concatenate(out))
+        return l2_normalize(torch.cat(out).cpu().numpy())
 
 
 class CLIPDescriptor(Descriptor):
@@ -421,10 +381,9 @@ class CLIPDescriptor(Descriptor):
 
         out = []
         with torch.inference_mode():
-            for x in prepared_batches(images, lambda im: self._tf(to_rgb(im)), self.batch_size,
-                                      prepare_workers(self.device)):
-                out.append(self.net.encode_image(x.to(self.device), normalize=True).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            for x in network_batches(images, self._tf, self.batch_size, self.device):
+                out.append(self.net.encode_image(x, normalize=True).float())
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         import torch

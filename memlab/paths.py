@@ -66,6 +66,13 @@ class Skipped:
         if len(ex) < self._n:
             ex.append(where)
 
+    def merge(self, other: "Skipped") -> None:
+        """Count ``other``'s skips here too (a worker's, in the order the samples came)."""
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+            ex = self.examples.setdefault(reason, [])
+            ex.extend(other.examples.get(reason, [])[:max(0, self._n - len(ex))])
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

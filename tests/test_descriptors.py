@@ -186,7 +186,7 @@ def test_prepared_batches_keep_order_and_values_and_run_ahead():
 
     import torch
 
-    from memlab.descriptors import prepared_batches
+    from memlab.preprocess import prepared_batches
 
     started = []
 

@@ -109,20 +109,35 @@ def test_a_truncated_shard_keeps_what_it_could_read_among_good_ones(tmp_path):
     assert by.get("truncated tar (the sample it cut, lost)") == 1, by
 
 
-def test_embedding_a_shard_skips_bad_samples_and_counts_them(tmp_path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_embedding_a_shard_skips_bad_samples_and_counts_them(tmp_path, monkeypatch, workers):
+    """One thread (a CPU's) or a pool decoding ahead (a GPU machine's): the same rows in the shard's order, the
+    same vectors and the same skips."""
+    import pandas as pd
+
+    import memlab.preprocess as pre
     from index_builder.embed import embed_shard
     from tests.test_untrusted import png_bomb
 
+    monkeypatch.setattr(pre, "PREPARE_WORKERS", workers)
     with tarfile.open(tmp_path / "s.tar", "w") as tar:
         for i in range(3):
             add(tar, f"k{i}.png", png(i))
         add(tar, "broken.png", b"\x89PNG not really")
         add(tar, "bomb.png", png_bomb(tmp_path / "bomb.png", 20_000, 20_000).read_bytes())
-    res = embed_shard(str(tmp_path / "s.tar"), 0, str(tmp_path / "emb"), "pixel", {})
-    assert res["rows"] == 3 and res["samples_skipped"] == 2
+        for i in range(3, 30):
+            add(tar, f"k{i}.png", png(i))
+        add(tar, "broken2.png", b"\x89PNG not really either")
+    res = embed_shard(str(tmp_path / "s.tar"), 0, str(tmp_path / "emb"), "pixel", {}, batch_size=8)
+    assert res["rows"] == 30 and res["samples_skipped"] == 3
     rep = json.loads((tmp_path / "emb" / "skipped" / "skipped_0.json").read_text())
-    assert rep["by_reason"] == {"unreadable image": 1, "image over 40 MP": 1}
-    assert np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy").shape[0] == 3
+    assert rep["by_reason"] == {"unreadable image": 2, "image over 40 MP": 1}
+    assert rep["examples"] == {"unreadable image": ["s.tar:broken", "s.tar:broken2"], "image over 40 MP": ["s.tar:bomb"]}
+    ids = pd.read_parquet(tmp_path / "emb" / "metadata" / "metadata_0.parquet")["id"].tolist()
+    assert ids == [f"k{i}" for i in range(30)]
+    v = np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy")
+    one = embed_shard(str(tmp_path / "s.tar"), 1, str(tmp_path / "one"), "pixel", {}, batch_size=30)
+    assert one["rows"] == 30 and np.array_equal(v, np.load(tmp_path / "one" / "img_emb" / "img_emb_1.npy"))
 
 
 # ---------------------------------------------------------------------------------------------- listings
