@@ -392,6 +392,57 @@ def test_embedding_shards_on_local_ray_equals_one_process_and_resumes_shard_by_s
     assert np.array_equal(np.load(tmp_path / "emb" / "img_emb" / "img_emb_2.npy"), ray_v[100:150].astype(np.float16))
 
 
+GPU_EMBED = """
+import sys
+import ray
+from pathlib import Path
+from index_builder.embed import embed
+from memlab.errors import MemlabError
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+shards = sorted(Path(sys.argv[1]).glob("*.tar"))
+try:
+    embed(shards, Path(sys.argv[2]), "pixel", {}, gpus=2)
+except MemlabError as e:
+    print("refused:", e)
+res = embed(shards, Path(sys.argv[2]), "pixel", {}, gpus=1)
+print("devices:", res["devices"], "rows:", res["rows"])
+"""
+
+
+@pytest.mark.kill
+def test_embedding_with_gpus_runs_on_actors_that_survive_a_kill(tmp_path):
+    """``--gpus``: shards run on Ray Data actors, one per GPU share (here a local Ray that declares one GPU; the
+    pixel descriptor runs on its CPU): the actor is killed mid-job, Ray restarts it and retries its shard, and
+    the vectors equal the task path's. Asking for more GPUs a task than the cluster has is refused."""
+    pytest.importorskip("ray")
+    shards = _shards(tmp_path / "shards", n_shards=6)
+    p = subprocess.Popen([sys.executable, "-c", GPU_EMBED, str(shards), str(tmp_path / "gpu")], cwd=ROOT,
+                         env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    killed = []
+    t0 = time.time()
+    while p.poll() is None and not killed and time.time() - t0 < 120:
+        busy = _ray_workers(("ray::MapWorker(MapBatches(_ShardEmbedder))",))
+        if busy and (tmp_path / "gpu" / "metadata").is_dir():  # killed once a shard is done and others are not
+            os.kill(busy[0], signal.SIGKILL)
+            killed.append(busy[0])
+        time.sleep(0.05)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    assert killed, "the actor was killed mid-job"
+    assert "refused: --gpus 2 asks each task for a GPU and the Ray cluster has 1 GPUs" in out, out
+    assert "rows: 300" in out, out
+    r = subprocess.run([sys.executable, "-m", "index_builder", "embed", "--shards", str(shards), "--descriptor",
+                        "pixel", "--cpus", "2", "--out", str(tmp_path / "tasks")], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for i in range(6):
+        a, b = (np.load(tmp_path / f / "img_emb" / f"img_emb_{i}.npy") for f in ("gpu", "tasks"))
+        assert np.array_equal(a, b)
+        assert pd.read_parquet(tmp_path / "gpu" / "metadata" / f"metadata_{i}.parquet").equals(
+            pd.read_parquet(tmp_path / "tasks" / "metadata" / f"metadata_{i}.parquet"))
+
+
 def test_the_app_service_serves_an_embeddings_index_with_the_same_answers(tiny_world, tmp_path):
     """The tiny world's index exported as embeddings and rebuilt on disk: the app's service (Lab) gives the
     same matches for the same generation."""

@@ -109,7 +109,6 @@ def test_device_transform_is_the_pil_transform_within_two_grey_levels(tiny_clip_
 def test_device_transform_needs_its_per_pass_rounding_and_refuses_unknown_steps():
     """What the two-level bound above rules out: one float pass without PIL's 8-bit storage between its two
     passes (bicubic overshoot that PIL clamps after the first pass), and a wrong filter."""
-    import torch
     from torchvision import transforms as T
     from torchvision.transforms import functional as F
 
