@@ -121,6 +121,7 @@ def _decoded_in_order(stream, skipped, workers: int):
 
 
 def _counted(done, skipped):
+    """A decoded sample, its skips added to the shard's in the shard's order."""
     s, got, notes = done
     skipped.merge(notes)
     return s, got
@@ -208,7 +209,7 @@ def embed(shards: list[Path], out: Path, descriptor: str, options: dict | None =
     done = list(ds.iter_rows())
     return {"shards": len(shards), "skipped": len(shards) - len(todo), "embedded": len(todo),
             "rows": sum(int(r["rows"]) for r in done), "devices": sorted({str(r["device"]) for r in done}),
-            "shard_seconds": [float(r["seconds"]) for r in done], "samples_skipped": skipped_report(out)}
+            "samples_skipped": skipped_report(out)}
 
 
 def skipped_report(out: Path) -> dict:
