@@ -7,7 +7,8 @@ Shard i (in the order ``shard_paths`` lists them) becomes ``EMB/img_emb/img_emb_
 L2-normalized) and ``EMB/metadata/metadata_{i}.parquet`` (id, caption, url, shard, key, in sample order),
 written under temporary names and renamed, the metadata last. A shard whose pair exists is never redone,
 so a killed or failed job resumes with the shards it lacks. Ray runs locally on all cores by default
-(``ray.init()``), joins a cluster with ``--ray-address``, and gives each task a GPU with ``--gpus``.
+(``ray.init()``), joins a cluster with ``--ray-address``; with ``--gpus N`` the shards run on Ray Data actors, one
+per N GPUs of the cluster, each loading the network once, resizing on its GPU and decoding on threads ahead.
 """
 from __future__ import annotations
 
