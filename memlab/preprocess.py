@@ -8,6 +8,8 @@ names the preset it used.
 | official-288  | SSCD DISC evaluation             | short edge 288 (aspect kept), ImageNet mean/std          |
 | dcr           | Somepalli et al. (DCR), Wen et al.| Resize(256) short edge, CenterCrop(224), Normalize(0.5)  |
 | membench      | MemBench                         | Resize((288, 288)), ImageNet mean/std                    |
+
+Below them, feeding a network (``network_batches``): PIL's transform on the CPU, the same steps on a GPU.
 """
 from __future__ import annotations
 
