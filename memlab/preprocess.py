@@ -212,7 +212,11 @@ def pixels(images, pin: bool = False):
     arrays = [_pixels_of(im) for im in images]
     if len({a.shape[:2] for a in arrays}) == 1:
         c = min(a.shape[2] for a in arrays)
-        out = torch.empty((len(arrays), *arrays[0].shape[:2], c), dtype=torch.uint8, pin_memory=pin)
+        shape = (len(arrays), *arrays[0].shape[:2], c)
+        try:
+            out = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        except RuntimeError:  # no pinned memory here (a CUDA that is not this process's to pin with): pageable
+            out = torch.empty(shape, dtype=torch.uint8)
         # one copy for the batch, without the GIL throughout: a copy per image hands the GIL back and forth
         # with the thread that runs the network in Python (open_clip), which then waits for it
         return torch.stack([torch.from_numpy(a[..., :c]) for a in arrays], out=out)

@@ -138,6 +138,10 @@ def test_pixels_are_the_images_rgb_values_whichever_way_pillow_gives_them():
         got = pixels([im, im])
         assert got.shape[0] == 2 and got.shape[3] in (3, 4)
         assert np.array_equal(got[1, ..., :3].numpy(), np.asarray(to_rgb(im)))
+    import torch
+
+    # pinned memory asked for (a GPU's path) where none can be had (no CUDA here): pageable, the same pixels
+    assert torch.equal(pixels([ims[0]] * 2, pin=True), pixels([ims[0]] * 2))
     mixed = pixels(ims[:3])
     assert isinstance(mixed, list) and [tuple(t.shape) for t in mixed] == [(512, 512, 3), (300, 451, 3), (400, 600, 3)]
 
