@@ -32,6 +32,27 @@ def _rate(fn, n: int, repeats: int) -> float:
     return n / best
 
 
+def sscd_architecture(path: Path) -> Path:
+    """sscd_disc_mixup's architecture (torchvision ResNet-50 trunk, GeM p=3, 2048->512 linear, L2 norm) with
+    random weights, scripted like the official file."""
+    import torch
+    import torchvision
+
+    class SSCDArch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            r = torchvision.models.resnet50(weights=None)
+            self.trunk = torch.nn.Sequential(*list(r.children())[:-2])
+            self.fc = torch.nn.Linear(2048, 512)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.trunk(x).clamp(min=1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)
+            return torch.nn.functional.normalize(self.fc(f), dim=1)
+
+    torch.jit.script(SSCDArch().eval()).save(str(path))
+    return path
+
+
 def _descriptor(name: str, a):
     """(descriptor, its PIL transform, the bare network: batch on the device -> vectors, what it runs)."""
     from memlab.descriptors import create_descriptor
@@ -43,8 +64,6 @@ def _descriptor(name: str, a):
         return d, d._tf, lambda x: d.net.encode_image(x, normalize=True), f"open_clip {model}, random weights"
     if name == "sscd":
         from memlab.index import sha256
-
-        from benchmarks.bench_gpu import sscd_architecture
 
         if a.weights:
             weights, how, sha = a.weights, "weights given", None

@@ -58,7 +58,7 @@ def main() -> int:
     from index_builder.embed import embed_shard
     from memlab.index import sha256
 
-    from benchmarks.bench_gpu import sscd_architecture
+    from benchmarks.bench_embed import sscd_architecture
 
     tmp = Path(tempfile.mkdtemp())
     weights = Path(a.weights) if a.weights else sscd_architecture(tmp / "sscd_arch.torchscript.pt")
