@@ -275,7 +275,7 @@ def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str
         page.locator("#kw-btn").wait_for(timeout=timeout_ms)
         if keyword:
             box = page.locator("#kw-pick input").first
-            box.fill(keyword)
+            fill_kept(page, box, keyword)  # the tab was just opened (fill_kept says why)
             box.press("Enter")
         t0 = time.perf_counter()
         page.locator("#kw-btn").click()
