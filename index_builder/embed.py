@@ -182,6 +182,8 @@ def embed(shards: list[Path], out: Path, descriptor: str, options: dict | None =
     import ray
 
     options = options or {}
+    if gpus < 0:
+        raise MemlabError(f"--gpus is the GPUs each task holds: 0 (none), a share such as 0.5, or more; not {gpus:g}")
     todo = [(str(p), i) for i, p in enumerate(shards) if not pair(out, i)[1].is_file()]
     out.mkdir(parents=True, exist_ok=True)
     (out / "shards.json").write_text(json.dumps([str(p) for p in shards], indent=1))

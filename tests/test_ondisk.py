@@ -409,6 +409,16 @@ print("devices:", res["devices"], "rows:", res["rows"])
 """
 
 
+def test_embedding_refuses_a_negative_gpu_count_before_ray_starts(tmp_path):
+    shards = _shards(tmp_path / "shards", n_shards=1, per=2)
+    r = subprocess.run([sys.executable, "-m", "index_builder", "embed", "--shards", str(shards), "--descriptor",
+                        "pixel", "--gpus", "-1", "--out", str(tmp_path / "e")], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--gpus is the GPUs each task holds" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-1500:]
+    assert not (tmp_path / "e" / "img_emb").exists()
+
+
 @pytest.mark.kill
 def test_embedding_with_gpus_runs_on_actors_that_survive_a_kill(tmp_path):
     """``--gpus``: shards run on Ray Data actors, one per GPU share (here a local Ray that declares one GPU; the
