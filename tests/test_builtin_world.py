@@ -1,4 +1,6 @@
 """The shipped built-in world: its files against its manifests, its size, and that it is the default."""
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -200,6 +202,7 @@ def test_an_uploaded_template_copy_is_called_by_where_it_agrees():
     from PIL import Image
 
     from memlab import worldgen
+    from memlab.cli.match import print_table
     from memlab.match import descriptor_for_index, match_images
 
     idx = World.load(ASSETS_WORLD).index()
@@ -209,9 +212,14 @@ def test_an_uploaded_template_copy_is_called_by_where_it_agrees():
     template = worldgen._template(trng)
     new = worldgen._template_image(template, random.Random(1000))[0].resize((64, 64), Image.LANCZOS)
     scene = worldgen._scene(random.Random(1000))[0].resize((64, 64), Image.LANCZOS)
-    got, other = match_images(idx, descriptor_for_index(idx), [new, scene], k=1)["queries"]
+    match = match_images(idx, descriptor_for_index(idx), [new, scene], k=1)
+    got, other = match["queries"]
     assert int(idx.items.iloc[got["matches"][0]["row"]]["template"]) == 0
     assert got["verdict"] == "template copy" and got["agreement"]["share"] > cal["threshold"]
     mask = np.asarray(got["agreement"]["mask"])  # 8 x 8 windows: the label band agrees, the new scene does not
     assert mask.shape == (8, 8) and mask[6:].all() and not mask[3:5, 3:5].any()
     assert other["verdict"] != "template copy"
+    out = io.StringIO()  # `memlab match`'s table names the windows the mask was cut in (64 px / 8 = 8-px windows)
+    with contextlib.redirect_stdout(out):
+        print_table({**match, "summary": {**match["summary"], "timing": {**match["summary"]["timing"], "load_s": 0.0}}})
+    assert f" of its windows ({64 // mask.shape[0]}-px windows at 64 px " in out.getvalue()

@@ -67,6 +67,8 @@ def _f(x, fmt=".3f"):
 
 
 def print_table(result: dict) -> None:
+    from ..agreement import agreement_words
+
     d = result["descriptor"]
     print(f"descriptor {d['name']} | model {d['model']} | preset {d['preset']} | "
           f"threshold {d['threshold']:.3f} ({d['threshold_source']})")
@@ -74,8 +76,8 @@ def print_table(result: dict) -> None:
         verdict = "REPLICATED" if q["replicated"] else q.get("verdict", "novel")
         print(f"\n{q['image']}  ->  {verdict} (top-1 {q['score']:.3f} vs threshold {q['threshold']:.3f})")
         if (ag := q.get("agreement")) is not None:
-            print(f"  agrees with its top-1 in {ag['share']:.0%} of 16-px windows (template copy above "
-                  f"{ag['threshold']:.0%})")
+            print(f"  agrees with its top-1 in {ag['share']:.0%} of its windows ({agreement_words()}); "
+                  f"template copy above {ag['threshold']:.0%}")
         print(f"  {'rank':>4}  {'score':>6}  {'dups':>4}  {'id':<12} caption")
         for r, m in enumerate(q["matches"], 1):
             print(f"  {r:>4}  {m['score']:6.3f}  {m['duplicates']:>4}  {str(m['id']):<12} {m['caption'][:60]}")
