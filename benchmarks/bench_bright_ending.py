@@ -1,14 +1,19 @@
 """Does the end token's last-step attention light the copied objects, layer by layer (issue 32)?
 
 The built-in world's card measures Chen et al.'s bright-ending map (the end token's cross-attention at the last
-denoising step, mean over heads and over every cross-attention layer: ``attention.bright_ending``) against the
-drawn objects' boxes of full-duplication generations, and finds it about as bright on them as elsewhere. This
-script splits that map by layer, on other seeds than the card's (default 10-13), for every seed of the group's
-probes: per layer (named by its UNet block, in the order the UNet calls them), per resolution (the mean of the
-layers at one map size; Prompt-to-Prompt's aggregation, which Chen et al.'s code builds on, averages one
-resolution) and over all of them (what memlab records), the median over seeds of the map's mean on the
-objects' boxes over its mean elsewhere (``metrics.mask_coverage``) and the share of seeds above 1; and the end
-token's mean attention against a uniform share over the 77 positions (a bright ending is well above it).
+denoising step, mean over heads and over the layers their code reads: ``attention.bright_ending``) against the
+drawn objects' boxes of full-duplication generations, and finds it no brighter on them than elsewhere. This
+script splits the end token's map by layer, on other seeds than the card's (default 10-13), for every seed of the
+group's probes. It prints, as the median over seeds of the map's mean on the objects' boxes over its mean
+elsewhere (``metrics.mask_coverage``) and the share of seeds above 1:
+- each layer (named by its UNet block, in the order the UNet calls them);
+- the mean of the layers at one map size (Prompt-to-Prompt's aggregation, which Chen et al.'s code builds on,
+  averages one resolution);
+- the mean of every layer (what memlab recorded before);
+- the mean of the layers Chen et al.'s code reads (the down path's finest cross-attention,
+  ``attention.end_token_layers``: what memlab records now).
+With each, the end token's mean attention against a uniform share over the 77 positions (a bright ending is well
+above it).
 
 ``--region template`` measures the map on the part of a template copy that is copied instead: outside the
 template's window (``regions``' ``window:`` box, where each picture of a template draws its own content) over inside
@@ -69,6 +74,8 @@ def main(argv=None) -> int:
     seeds = parse_seeds(a.seeds)
 
     hub = attention.AttentionHub.of(gen.pipe.unet)
+    chen = [hub.cross_layers[i] for i in attention.end_token_layers(hub.cross_layers)]  # what memlab records
+    hub.end_layers = frozenset(range(len(hub.cross_layers)))  # here every layer's map is kept, to split them
     modules = dict(gen.pipe.unet.named_modules())
     calls: list[str] = []  # the cross-attention layers in the order the UNet calls them
     for name in hub.cross_layers:
@@ -98,7 +105,9 @@ def main(argv=None) -> int:
                 sizes.setdefault(map_side(n, m.shape[-1], len(gen.pipe.unet.down_blocks)), []).append(m)
             maps = {**{n: m for n, m in zip(names, layers)},
                     **{f"mean of the {w} x {w} layers ({len(v)})": np.mean(v, 0) for w, v in sorted(sizes.items())},
-                    "mean of every layer (what memlab records)": np.mean(layers, 0)}
+                    "mean of every layer (what memlab recorded before)": np.mean(layers, 0),
+                    f"Chen et al.'s layers ({len(chen)}; what memlab records)":
+                        np.mean([m for n, m in zip(names, layers) if n in chen], 0)}
             for key, m in maps.items():
                 for s in range(len(m)):
                     top = max(float(m[s].max()), 1e-12)

@@ -8,8 +8,8 @@
   (``attn2.to_v`` of the down blocks and the mid block) switched off at inference.
 - Chen et al. (ICLR 2025, "Exploring Local Memorization in Diffusion Models via Bright Ending Attention"):
   at the last denoising step, memorized regions attend to the prompt's end token far more than the rest of
-  the image (the "bright ending"); the end token's attention map, mean over heads and layers, locates the
-  copied region.
+  the image (the "bright ending"); the end token's attention map, mean over heads and over the layers the
+  authors' code reads (``end_token_layers``), locates the copied region.
 
 ``AttentionHub.of(unet)`` installs one processor per cross-attention layer and one hook per value layer,
 once; both pass through untouched (the UNet's own processor, bit for bit) unless the calling thread has
@@ -62,6 +62,7 @@ class AttentionHub:
                 procs[name] = _CrossAttention(proc, self, len(self.cross_layers))
                 self.cross_layers.append(name[:-len(".processor")])
         unet.set_attn_processor(procs)
+        self.end_layers = frozenset(end_token_layers(self.cross_layers))  # the bright ending's layers
         # value layers: every cross-attention's to_v (NeMo searches those of the down and mid blocks)
         modules = dict(unet.named_modules())
         for i, name in enumerate(self.cross_layers):
@@ -129,20 +130,21 @@ class _CrossAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         ctx = self.hub.active()
-        if ctx is None or encoder_hidden_states is None or not (ctx.modifies or ctx.record or ctx.end_map):
+        end = ctx is not None and ctx.end_map and self.layer in self.hub.end_layers
+        if ctx is None or encoder_hidden_states is None or not (ctx.modifies or ctx.record or end):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
         if not ctx.modifies:
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
             rec = ctx.record and ctx.calls < len(self.hub.cross_layers)
-            if rec or ctx.end_map:
+            if rec or end:
                 probs = self._probs(attn, hidden_states, encoder_hidden_states, ctx)
                 if rec:
                     self._record(ctx, probs)
-                if ctx.end_map:
+                if end:
                     self._end(ctx, probs)
             ctx.calls += 1
             return out
-        return self._explicit(attn, hidden_states, encoder_hidden_states, ctx)
+        return self._explicit(attn, hidden_states, encoder_hidden_states, ctx, end)
 
     @staticmethod
     def _heads(attn, x, b):
@@ -201,7 +203,7 @@ class _CrossAttention:
         m = m.view(len(end), 1, lh // f, lw // f)
         ctx.end_maps.append(F.interpolate(m, size=(lh, lw), mode="bilinear", align_corners=False)[:, 0].cpu())
 
-    def _explicit(self, attn, hidden_states, encoder_hidden_states, ctx):
+    def _explicit(self, attn, hidden_states, encoder_hidden_states, ctx, end: bool):
         residual = hidden_states
         b = hidden_states.shape[0]
         four = hidden_states.ndim == 4
@@ -211,7 +213,7 @@ class _CrossAttention:
         probs = self._adjust(logits, ctx).softmax(dim=-1)
         if ctx.record and ctx.calls < len(self.hub.cross_layers):
             self._record(ctx, probs)
-        if ctx.end_map:
+        if end:
             self._end(ctx, probs)
         ctx.calls += 1
         v = self._heads(attn, attn.to_v(e), b)
@@ -235,21 +237,39 @@ def prompt_lengths(tokenizer, prompts, max_length: int = 77) -> list[int]:
     return [min(len(tokenizer(p, truncation=True, max_length=max_length).input_ids), max_length) for p in prompts]
 
 
+def end_token_layers(cross_layers: list[str]) -> list[int]:
+    """The cross-attention layers whose end-token maps make the bright ending, as Chen et al.'s code reads them
+    (chenchen-usyd/BE-PRSS, ``AttentionStore``: the down path's cross-attention at the latents' resolution, SD
+    v1's down block 0 and its two layers at 64 x 64): the layers of the first down block that has cross-attention,
+    the finest map on the down path (SDXL's down block 1; the built-in world's down block 1 at 8 x 8). Every
+    layer where the down path has none. Indices into ``cross_layers`` (diffusers' layer names)."""
+    down = [(int(n.split(".")[1]), i) for i, n in enumerate(cross_layers) if n.startswith("down_blocks.")]
+    if not down:
+        return list(range(len(cross_layers)))
+    first = min(b for b, _ in down)
+    return [i for b, i in down if b == first]
+
+
+BRIGHT_ENDING_LAYERS = "the down path's finest cross-attention (Chen et al.'s code)"  # what a map is read from
+
+
 def bright_ending(end_maps) -> np.ndarray:
-    """Chen et al.'s bright-ending map per seed from the last step's end-token maps (one per cross-attention
-    layer, [B, h, w] each): their mean over layers, scaled so each seed's brightest position is 1: [B, h, w]."""
+    """Chen et al.'s bright-ending map per seed from the last step's end-token maps (one per layer of
+    ``end_token_layers``, [B, h, w] each): their mean over layers, scaled so each seed's brightest position is 1:
+    [B, h, w]."""
     m = np.stack([np.asarray(x, np.float64) for x in end_maps]).mean(0)
     top = m.reshape(len(m), -1).max(1)
     return m / np.where(top > 0, top, 1.0)[:, None, None]
 
 
 def local_detection(diff_sq, mask) -> np.ndarray:
-    """A localized Wen score (after Chen et al.'s localized detection): the first step's noise difference
-    eps(x, c) - eps(x, empty) over the mask's region, sqrt(P sum(m d^2) / sum(m)) with d^2 the squared difference
-    summed over latent channels at each of the P positions. A mask of ones gives Wen's ||eps_c - eps_u||."""
+    """Chen et al.'s localized detection (their code's masked magnitude): the first step's noise difference
+    d = eps(x, c) - eps(x, empty) times the bright-ending map m at each latent position, ||m d||_2 / mean(m),
+    from d^2 summed over latent channels at each position (``diff_sq``, [B, h, w]) and m at the latents' size.
+    The map's scale cancels; a map of ones gives Wen's ||d||; a region of share f alone, its part of ||d|| / f."""
     d = np.asarray(diff_sq, np.float64).reshape(len(diff_sq), -1)
     m = np.asarray(mask, np.float64).reshape(len(mask), -1)
-    return np.sqrt(d.shape[1] * (m * d).sum(1) / np.maximum(m.sum(1), 1e-12))
+    return np.sqrt((m * m * d).sum(1)) / np.maximum(m.mean(1), 1e-12)
 
 
 def ren_entropy(recorded, n: int):

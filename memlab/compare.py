@@ -24,6 +24,9 @@ DETECTORS = {
     "asthana": {"paper": "Asthana and Belagiannis, ICLR 2026", "statistic": "norm + 2 x cosine(eps_u, eps_c - "
                 "eps_u) at the third-to-last timestep, on the starting noise", "unet_passes": "2 (the first "
                 "step's + one at a low-noise timestep)"},
+    "bright_ending": {"paper": "Chen et al., ICLR 2025", "statistic": "||m (eps(x_T, c) - eps(x_T, empty))|| / "
+                      "mean(m), first step, m the end token's attention at the last step (the bright ending)",
+                      "unet_passes": "2 (the first step's and the last step's, both shared with generation)"},
 }
 
 

@@ -109,10 +109,12 @@ def detector_figures(base: pd.DataFrame, high: str) -> dict:
 def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int = 3) -> dict:
     """Seconds each detector costs on one batch of ``seeds`` (median of ``repeats``), computed alone: Wen's
     norm (one batched first-step pass), Ren's entropy (the same pass with its attention kept), Asthana's
-    anisotropy (that pass and one more at a low-noise timestep)."""
+    anisotropy (that pass and one more at a low-noise timestep), Chen et al.'s localized score (the first-step
+    pass and one at the last timestep with the end token's maps kept)."""
     import torch
 
-    from .attention import AttentionContext, AttentionHub
+    from .attention import (AttentionContext, AttentionHub, bright_ending as end_map, local_detection,
+                            prompt_lengths)
 
     hub = AttentionHub.of(gen.pipe.unet)
     sched = gen.pipe.scheduler
@@ -133,9 +135,18 @@ def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int =
         gen.clean_detection(lat, t0, cond, uncond)
         gen.anisotropy(lat, cond, uncond)
 
+    lengths = prompt_lengths(gen.tokenizer, [prompt] * len(seeds))
+
+    def bright_ending():
+        _, diff = gen.clean_detection(lat, t0, cond, uncond, spatial=True)
+        ctx = AttentionContext(end_map=True, lengths=lengths, latent_hw=tuple(lat.shape[-2:]))
+        with hub.context(ctx):
+            gen.clean_detection(lat, sched.timesteps[-1], cond, uncond)
+        local_detection(diff.numpy(), end_map(ctx.end_maps))
+
     out = {}
     with torch.no_grad():
-        for name, fn in (("wen", wen), ("ren", ren), ("asthana", asthana)):
+        for name, fn in (("wen", wen), ("ren", ren), ("asthana", asthana), ("bright_ending", bright_ending)):
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()

@@ -14,15 +14,17 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .attention import BRIGHT_ENDING_LAYERS
 from .errors import MemlabError
 from .generate import Settings
 from .runner import run_prompt
 
 
-# what a template threshold was calibrated on: the score memlab computes now (the images' detail at DETAIL_SIGMA) over
-# seeds not replicated. A world's threshold made on another (raw pixels, every seed) is not used until it is
-# calibrated again (``build-world --refresh``, ``world create``)
-MASKED_SCORE = {"detail_sigma": metrics.DETAIL_SIGMA, "on": "not replicated"}
+# what a template threshold was calibrated on: the score memlab computes now (the images' detail at DETAIL_SIGMA,
+# inside the bright-ending map read from BRIGHT_ENDING_LAYERS) over seeds not replicated. A world's threshold made on
+# another (raw pixels, every seed, a map of every layer) is not used until it is calibrated again
+# (``build-world --refresh``, ``world create``)
+MASKED_SCORE = {"detail_sigma": metrics.DETAIL_SIGMA, "on": "not replicated", "map": BRIGHT_ENDING_LAYERS}
 
 
 def current_threshold(thr: dict | None) -> dict | None:
@@ -80,7 +82,8 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
     plan = {"prompts": len(prompts), "seeds": len(seeds)}  # a builder redoes the stage when its plan changes
     return ({"value": value, "fpr": fpr, "n": len(scores), **plan, **MASKED_SCORE,
              "source": f"{1 - fpr:.0%} quantile of the masked similarity (the images' detail at "
-                       f"{metrics.DETAIL_SIGMA:g} px, inside each generation's bright-ending map, Chen et al.) of the "
+                       f"{metrics.DETAIL_SIGMA:g} px, inside each generation's bright-ending map from "
+                       f"{BRIGHT_ENDING_LAYERS}) of the "
                        f"{len(scores)} generations not replicated as a whole of {how}"},
             {"threshold": float(np.quantile(shares, 1.0 - fpr, method="higher")), "fpr": fpr, "n": len(shares),
              **metrics.AGREEMENT, "on": "generations", **plan,

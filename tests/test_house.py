@@ -145,7 +145,9 @@ def test_memlab_run_writes_the_records_and_images_it_wrote_on_the_rebuilt_world(
     """The fixture was written by ``memlab run`` on the built-in world as rebuilt for issue 30, with this test's
     command (an earlier one, from commit 4f4de28, held the house's refactoring to the records and pixels it
     wrote before, until the world itself changed; its masked scores and threshold follow the world's refreshes,
-    which calibrated the template thresholds again and, the second, scored the images' detail); the same
+    which calibrated the template thresholds again and, the second, scored the images' detail; its bright-ending
+    maps, localized detections and masked scores follow issue 32's third pass, which reads the map from the layers
+    Chen et al.'s code reads); the same
     command must write the same records, key order
     included, and the same pictures, up to the rounding of another CPU's vector units: a change to the
     generator, the matcher or the records shows here."""

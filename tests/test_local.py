@@ -96,12 +96,50 @@ def test_local_detection_with_a_full_mask_is_wens_norm_and_follows_the_mask():
     assert np.allclose(local_detection(d2, np.ones((3, 8, 8))), wen)
     m = np.zeros((3, 8, 8))
     m[:, :4] = 1.0
-    want = np.sqrt(64 * d2[:, :4].sum((1, 2)) / 32)  # the masked half's mean, scaled to the whole latent
+    want = np.linalg.norm(diff[:, :, :4].reshape(3, -1), axis=1) / 0.5  # Chen et al.: ||m d|| / mean(m)
     assert np.allclose(local_detection(d2, m), want)
+    soft = rng.uniform(0, 1, (3, 8, 8))  # a soft map weighs the difference itself (m d), at any scale
+    want = np.linalg.norm((diff * soft[:, None]).reshape(3, -1), axis=1) / soft.mean((1, 2))
+    assert np.allclose(local_detection(d2, soft), want) and np.allclose(local_detection(d2, 0.01 * soft), want)
     maps = [rng.uniform(0, 2, (3, 8, 8)) for _ in range(4)]
     be = bright_ending(maps)
     assert np.allclose(be.max(axis=(1, 2)), 1.0) and np.allclose(be, np.mean(maps, 0) / np.mean(maps, 0).max(
         axis=(1, 2), keepdims=True))
+
+
+def test_the_bright_ending_is_read_from_the_down_paths_finest_cross_attention_as_chen_et_al_read_it():
+    """The authors' code (BE-PRSS ``AttentionStore``) keeps the down path's cross-attention at SD v1's 64 x 64
+    latents: down block 0's two layers. memlab takes the first down block with cross-attention (SDXL has none in
+    block 0), every layer where the down path has none; a generation keeps those layers' maps alone."""
+    from memlab.attention import end_token_layers
+
+    def names(blocks):
+        return [f"{b}.attentions.{a}.transformer_blocks.0.attn2" for b, n in blocks for a in range(n)]
+    sd1 = names([("down_blocks.0", 2), ("down_blocks.1", 2), ("down_blocks.2", 2), ("mid_block", 1),
+                 ("up_blocks.1", 3), ("up_blocks.2", 3), ("up_blocks.3", 3)])
+    assert [sd1[i] for i in end_token_layers(sd1)] == sd1[:2]
+    sdxl = [n.replace(".attn2", "") + f".{t}.attn2" for n in names([("down_blocks.1", 2), ("down_blocks.2", 2)])
+            for t in range(2)] + names([("mid_block", 1), ("up_blocks.0", 3)])
+    assert end_token_layers(sdxl) == [0, 1, 2, 3]
+    assert end_token_layers(names([("mid_block", 1), ("up_blocks.0", 2)])) == [0, 1, 2]
+
+
+def test_a_generation_keeps_the_end_token_maps_of_those_layers_alone(tiny_world):
+    import memlab.attention as attention
+    from memlab.generate import Settings
+    from memlab.world import World
+
+    gen = World.load(tiny_world).generator()
+    hub = attention.AttentionHub.of(gen.pipe.unet)
+    want = attention.end_token_layers(hub.cross_layers)
+    assert len(hub.cross_layers) > len(want) and hub.end_layers == set(want)
+    got, shipped = [], attention.bright_ending
+    attention.bright_ending = lambda maps: (got.append(len(maps)), shipped(maps))[1]
+    try:
+        list(gen.generate("a colour field 3", [0, 1], settings=Settings(steps=3)))
+    finally:
+        attention.bright_ending = shipped
+    assert got == [len(want)]
 
 
 def test_the_end_tokens_map_is_read_from_the_conditional_rows_at_the_prompts_end():

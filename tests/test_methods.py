@@ -250,14 +250,15 @@ def test_memlab_run_writes_detections_alignment_and_the_comparison(tiny_world, t
                  "--out", str(out)]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     seeds = [r for r in recs if r["type"] == "seed"]
-    assert all(set(r["detections"]) >= {"wen", "ren", "asthana"} for r in seeds)
+    assert all(set(r["detections"]) >= {"wen", "ren", "asthana", "bright_ending"} for r in seeds)
     assert all(r["detections"]["wen"] == r["detection"] for r in seeds)
     dyn = [r for r in seeds if r["mitigation"]["name"] == "jain"]
     assert dyn and all(r["mitigation"]["steps"][0]["params"]["before"] == 1.0 for r in dyn)
     assert all("jain_transition_step" in r["mitigation_state"] for r in dyn)
     cmp = json.loads((tmp_path / "r.comparison.json").read_text())
     assert set(cmp["mitigations"]) == {"none", "ren", "jain:mode=dynamic,before=1.0"}
-    assert set(cmp["detectors"]) >= {"wen", "ren", "asthana"}
+    assert set(cmp["detectors"]) >= {"wen", "ren", "asthana", "bright_ending"}
+    assert cmp["detectors"]["bright_ending"]["paper"] == "Chen et al., ICLR 2025"
 
 
 def test_compare_offers_every_strategy_and_the_api_runs_the_new_ones(client):

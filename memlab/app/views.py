@@ -350,7 +350,8 @@ def _other_detections(s: dict) -> str:
     """The newer detectors' means beside Wen's (``memlab.compare.DETECTORS``), if the run recorded them."""
     d = s.get("detections_mean") or {}
     parts = [f"Ren et al.'s attention entropy {d['ren']:.3f}" if "ren" in d else "",
-             f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else ""]
+             f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else "",
+             f"Chen et al.'s localized score {d['bright_ending']:.3f}" if "bright_ending" in d else ""]
     parts = [p for p in parts if p]
     return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
 
