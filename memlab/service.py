@@ -161,6 +161,10 @@ class Lab(Streams):
     def trained_on(self) -> str:
         return self.world.trained_on
 
+    def template_threshold_note(self) -> str | None:
+        """Why the world calls no template copy although it has a template threshold (``World``), or None."""
+        return self.world.template_threshold_note()
+
     def alignment_info(self) -> dict | None:
         """How this world measures prompt alignment (``World.aligner``), or None."""
         a = self.world.aligner()

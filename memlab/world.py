@@ -101,6 +101,20 @@ class World:
                 self._generator.nemo_stats = NeMoStats.load(folder)
         return self._generator
 
+    def template_threshold_note(self) -> str | None:
+        """Why this world calls no seed a ``template copy`` although it has a template threshold: the threshold
+        was calibrated on another masked score or bright-ending map than memlab measures now (``local.MASKED_SCORE``,
+        issue 32). None where the threshold is current or the world has none."""
+        from .local import current_threshold
+
+        thr = self.manifest.get("template_threshold")
+        if not thr or current_threshold(thr) is not None:
+            return None
+        return ("this world's template threshold was calibrated on another masked score or bright-ending map than "
+                "memlab measures now, so no seed is called a template copy until it is calibrated again: "
+                "`python -m memlab build-world --out WORLD --refresh` for a world memlab built, `python -m memlab "
+                "world create` run again for a world made from a list")
+
     def folder(self, name: str) -> Path | None:
         """A folder the world names in world.json (e.g. "nemo", "alignment"), if present."""
         rel = self.manifest.get(name)

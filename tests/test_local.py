@@ -327,3 +327,36 @@ def test_the_cards_template_figures_need_both_regions_where_the_index_calibrated
     assert f["agreement_threshold"] == agree and f["full_high_still_replicated"] == 0.5
     old = base.drop(columns="agreement")  # records from before the agreement check: the masked score alone
     assert template_figures(old, thr)["masked_calls_copy"] == pytest.approx(1.0)
+
+
+def test_a_world_whose_template_threshold_is_out_of_date_says_so_where_it_runs(tiny_world, tmp_path, capsys):
+    """A template threshold calibrated on another masked score or map (before issue 32's third pass: no ``map``)
+    is not used, and ``memlab run`` and the app's summary say why no seed is a template copy; a current one, or
+    none, says nothing."""
+    import json
+    import shutil
+
+    from memlab.app.views import _template_line
+    from memlab.cli import main
+    from memlab.local import MASKED_SCORE
+    from memlab.world import World, write_world_json
+
+    w = tmp_path / "world"
+    shutil.copytree(tiny_world, w)
+    manifest = json.loads((w / "world.json").read_text())
+    old = {k: v for k, v in MASKED_SCORE.items() if k != "map"}
+    write_world_json(w, **{**manifest, "template_threshold": {"value": 0.2, "fpr": 0.01, **old}})
+    note = World.load(w).template_threshold_note()
+    assert note and "--refresh" in note and World.load(w).generator().template_threshold is None
+    assert main(["run", "--world", str(w), "--prompt", "a colour field 3", "--seeds", "0", "--steps", "2",
+                 "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert f"warning: {note}" in capsys.readouterr().err
+
+    class Lab:
+        def template_threshold_note(self):
+            return note
+    assert _template_line({}, [{"masked_threshold": None}], Lab()) == [f"- **template copies**: none called: {note}"]
+    write_world_json(w, **{**manifest, "template_threshold": {"value": 0.2, "fpr": 0.01, **MASKED_SCORE}})
+    assert World.load(w).template_threshold_note() is None and World.load(w).generator().template_threshold
+    write_world_json(w, **{k: v for k, v in manifest.items() if k != "template_threshold"})
+    assert World.load(w).template_threshold_note() is None

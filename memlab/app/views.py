@@ -148,7 +148,7 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              f"- **possible copies** {g('possible')} {s.get('possible_copy_rate', 0.0):.1%} (score between "
              f"{lab.possible(name)['value']:.3f}, which {lab.possible(name)['fpr']:.0%} of distinct training images "
              f"pass, and the threshold; framed orange)",
-             *_template_line(s, state.records),
+             *_template_line(s, state.records, lab),
              f"- **dataset similarity** {g('dataset-similarity')} (95th pct of top-1 over n = {ds['n']} generations; DCR's figure is over "
              f"thousands, and over a few seeds the 95th percentile is nearly the maximum) {ds['p95']:.3f} · "
              f"mean {ds['mean']:.3f} · "
@@ -374,11 +374,13 @@ def template_sentence(records, template_of) -> str:
     return text + "."
 
 
-def _template_line(s: dict, records) -> list[str]:
-    """Template copies, where the world calibrates the masked score's threshold (issue 32)."""
+def _template_line(s: dict, records, lab) -> list[str]:
+    """Template copies, where the world calibrates the masked score's threshold (issue 32); where its threshold
+    is out of date, why no seed is called one."""
     thr = next((r["masked_threshold"] for r in records if r.get("masked_threshold") is not None), None)
     if thr is None:
-        return []
+        note = lab.template_threshold_note()
+        return [f"- **template copies**: none called: {note}"] if note else []
     agree = next((r["agreement_threshold"] for r in records if r.get("agreement_threshold") is not None), None)
     both = f", and agreeing with it in more than {agree:.0%} of its windows" if agree is not None else ""
     return [f"- **template copies** {g('template')} {s.get('template_copy_rate', 0.0):.1%} (not replicated as a "

@@ -92,6 +92,8 @@ def run(args) -> int:
     index = world.index()
     descriptor = descriptor_for_index(index, args.descriptor)
     gen = world.generator(device=args.device, scheduler=args.scheduler)
+    if note := world.template_threshold_note():
+        print(f"warning: {note}", file=sys.stderr)
     aligner = world.aligner()
     for p in prompts:
         _, warning = check_prompt(p, gen.tokenizer)
