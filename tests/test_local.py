@@ -250,11 +250,12 @@ def test_the_pair_tints_the_copied_region_on_both_images_and_the_caption_gives_t
            "verdict": "template copy", "masked_score": 0.91, "masked_threshold": 0.62}
     assert "TEMPLATE COPY" in caption(rec) and "0.910 vs 0.620" in caption(rec)
     assert "62" not in caption({**rec, "masked_threshold": None, "verdict": "novel"}).split("·")[2]
-    assert "25.0%" in _template_line({"template_copy_rate": 0.25}, [rec])[0]
+    current = type("Lab", (), {"template_threshold_note": lambda self: None})()  # a world with a current threshold
+    assert "25.0%" in _template_line({"template_copy_rate": 0.25}, [rec], current)[0]
     both = {**rec, "agreement_share": 0.42, "agreement_threshold": 0.19}
     assert "agrees in 42% of windows vs 19%" in caption(both) and "agrees" not in caption(rec)
-    assert "more than 19% of its windows" in _template_line({"template_copy_rate": 0.25}, [both])[0]
-    assert _template_line({}, [{**rec, "masked_threshold": None}]) == []
+    assert "more than 19% of its windows" in _template_line({"template_copy_rate": 0.25}, [both], current)[0]
+    assert _template_line({}, [{**rec, "masked_threshold": None}], current) == []
 
 
 def test_the_template_steps_sentence_counts_its_records():
