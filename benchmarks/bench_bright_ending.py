@@ -20,8 +20,12 @@ template's window (``regions``' ``window:`` box, where each picture of a templat
 it. For a group without windows (a control: ``--group unique``) the world's template window is used, so the same
 border is compared on generations that copy no template.
 
+``--model DIR`` measures another model trained on the same world (its probes and the objects' boxes are the
+world's): the ``world-attn16`` config (``memlab.pipelines``), which reads the prompt at the latents' resolution as
+SD v1's down block 0 does, trained as the world's model was (``docs/methods.md``, "Local memorization").
+
     python -m benchmarks.bench_bright_ending [--world assets/world] [--group full_ddf20] [--seeds 10-13]
-        [--region objects|template]
+        [--region objects|template] [--model DIR]
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="10-13")
     ap.add_argument("--region", choices=("objects", "template"), default="objects",
                     help="the drawn objects' boxes, or the template outside its window (above)")
+    ap.add_argument("--model", default=None, help="another pipeline folder trained on the world's training set")
     a = ap.parse_args(argv)
     import pandas as pd
 
@@ -61,6 +66,8 @@ def main(argv=None) -> int:
     from memlab.world import World
 
     world = World.load(a.world, verify=False)
+    if a.model:
+        world.model = a.model
     gen, index = world.generator(device="cpu"), world.index()
     items = index.items.drop_duplicates("item")
     regions = dict(zip(items["item"].astype(int), items["regions"].astype(str)))

@@ -2,10 +2,11 @@
 real CLIP tokenizer rebuilt offline from open_clip's bundled BPE vocabulary.
 
 ``make_pipeline(name)`` builds a ``StableDiffusionPipeline`` with freshly initialised components
-from a named config: ``tiny`` (tests), ``world`` (the built-in world: 64x64 pixels, factor-4 VAE)
-and ``sd-v1-4`` (Stable Diffusion v1.4's published architecture, random weights: the compute of the
-real model for benchmarks). Save it with ``save_pretrained`` and load it with the same code as a Hub
-model (``memlab.generate.Generator.from_pretrained``).
+from a named config: ``tiny`` (tests), ``world`` (the built-in world: 64x64 pixels, factor-4 VAE),
+``world-attn16`` (the same with cross-attention at the latents' resolution too) and ``sd-v1-4`` (Stable
+Diffusion v1.4's published architecture, random weights: the compute of the real model for benchmarks).
+Save it with ``save_pretrained`` and load it with the same code as a Hub model
+(``memlab.generate.Generator.from_pretrained``).
 """
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ PIPELINE_CONFIGS: dict[str, dict] = {
                      max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
     },
 }
+# The world's model with cross-attention in every block, the latents' 16 x 16 included, where SD v1's down block 0
+# reads the prompt at its latents' resolution (issue 32: whether a bright ending needs a map that fine)
+PIPELINE_CONFIGS["world-attn16"] = {
+    **PIPELINE_CONFIGS["world"],
+    "unet": dict(PIPELINE_CONFIGS["world"]["unet"], down_block_types=("CrossAttnDownBlock2D",) * 3,
+                 up_block_types=("CrossAttnUpBlock2D",) * 3)}
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 

@@ -124,6 +124,35 @@ def test_the_bright_ending_is_read_from_the_down_paths_finest_cross_attention_as
     assert end_token_layers(names([("mid_block", 1), ("up_blocks.0", 2)])) == [0, 1, 2]
 
 
+def test_the_world_attn16_config_reads_the_bright_ending_at_the_latents_resolution():
+    """``world-attn16`` (issue 32's architecture check) is the world's model with cross-attention in down block 0
+    too: the bright ending is read there, at the 16 x 16 latents, where ``world`` reads down block 1 at 8 x 8."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from memlab.attention import AttentionHub, end_token_layers
+    from memlab.pipelines import pipeline_config
+
+    sides = {}
+    for name in ("world", "attn16"):
+        cfg = pipeline_config("world" if name == "world" else "world-attn16")
+        assert {k: v for k, v in cfg.items() if k != "unet"} == {k: v for k, v in pipeline_config("world").items()
+                                                                  if k != "unet"}
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**cfg["unet"])
+        hub = AttentionHub.of(unet)
+        modules = dict(unet.named_modules())
+        seen = {}
+        hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: seen.setdefault(n, a[0].shape[1]))
+                 for n in hub.cross_layers]
+        with torch.no_grad():
+            unet(torch.zeros(1, 4, 16, 16), 10, encoder_hidden_states=torch.zeros(1, 77, 64))
+        for h in hooks:
+            h.remove()
+        sides[name] = {int(round(seen[hub.cross_layers[i]] ** 0.5)) for i in end_token_layers(hub.cross_layers)}
+    assert sides == {"world": {8}, "attn16": {16}}
+
+
 def test_a_generation_keeps_the_end_token_maps_of_those_layers_alone(tiny_world):
     import memlab.attention as attention
     from memlab.generate import Settings
