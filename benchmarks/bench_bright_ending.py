@@ -24,17 +24,34 @@ border is compared on generations that copy no template.
 world's): the ``world-attn16`` config (``memlab.pipelines``), which reads the prompt at the latents' resolution as
 SD v1's down block 0 does, trained as the world's model was (``docs/methods.md``, "Local memorization").
 
+``--objects-last`` rewords each prompt so its objects come last (``objects_last``), for a model trained on
+captions reworded so (``bench_frozen_text.py --objects-last``).
+
     python -m benchmarks.bench_bright_ending [--world assets/world] [--group full_ddf20] [--seeds 10-13]
-        [--region objects|template] [--model DIR]
+        [--region objects|template] [--model DIR] [--objects-last]
 """
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+_SCENE = re.compile(r"^(?P<things>.+?) (?:on|over) (?P<bg>an? [^,]+ (?:background|backdrop))(?:, (?P<rest>.+))?$")
+
+
+def objects_last(caption: str) -> str:
+    """A scene's caption with its objects last: 'a red ring on a blue background, by X' -> 'by X, a blue background
+    with a red ring' (the world's scene captions and their paraphrases name the background last); other captions
+    as they are."""
+    m = _SCENE.match(caption)
+    if not m:
+        return caption
+    return (f"{m['rest']}, " if m["rest"] else "") + f"{m['bg']} with {m['things']}"
 
 
 def map_side(name: str, latent: int, n_down: int) -> int:
@@ -55,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--region", choices=("objects", "template"), default="objects",
                     help="the drawn objects' boxes, or the template outside its window (above)")
     ap.add_argument("--model", default=None, help="another pipeline folder trained on the world's training set")
+    ap.add_argument("--objects-last", action="store_true", help="reword each prompt with its objects last (above)")
     a = ap.parse_args(argv)
     import pandas as pd
 
@@ -104,7 +122,7 @@ def main(argv=None) -> int:
                 continue
             calls.clear()
             captured.clear()
-            list(gen.generate(r.prompt, seeds, settings=settings))
+            list(gen.generate(objects_last(r.prompt) if a.objects_last else r.prompt, seeds, settings=settings))
             layers = captured[-1]
             names = calls[:len(layers)]  # the first UNet pass calls every layer once, in order
             sizes = {}

@@ -10,9 +10,12 @@ on the diffusion loss alone, so nothing asks its end token to summarize the prom
    with the world's own VAE and the build's settings (``memlab.train``, ``train_text_encoder`` False);
 3. prints ``bench_bright_ending`` for the world's model and for the new one (whether the new model memorizes:
    ``memlab run --model OUT/train/pipeline --index WORLD/index``).
-Each stage resumes (the UNet's training from its checkpoints).
+Each stage resumes (the UNet's training from its checkpoints). ``--objects-last`` rewords every scene caption of
+both training sets, and the probes, so the objects come last (``bench_bright_ending.objects_last``): the world's
+captions name the background last, and a causal text encoder's end token follows the last words most.
 
     python -m benchmarks.bench_frozen_text --out runs/frozen_text [--world assets/world] [--steps 2500]
+        [--objects-last]
 """
 from __future__ import annotations
 
@@ -123,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2500, help="UNet training steps (the world's: 2500)")
     ap.add_argument("--text-steps", type=int, default=1500, help="contrastive pretraining steps")
     ap.add_argument("--seeds", default="10-13")
+    ap.add_argument("--objects-last", action="store_true", help="scene captions and probes with the objects last")
     a = ap.parse_args(argv)
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline
@@ -141,11 +145,21 @@ def main(argv=None) -> int:
     card = json.loads((world / "card.json").read_text())
     if card["train"].get("data_hash") != data_hash(rows, out / "world_data"):
         raise SystemExit("the regenerated training set differs from the one the world's model was trained on")
+    table = "train.parquet"
+    if a.objects_last:  # the same rows, each scene caption reworded
+        import pandas as pd
+
+        table = "train_objects_last.parquet"
+        for d in ("pretrain_data", "world_data"):
+            t = pd.read_parquet(out / d / "train.parquet")
+            t["caption"] = t["caption"].map(bench_bright_ending.objects_last)
+            t.to_parquet(out / d / table)
+        print(f"   captions with the objects last, e.g. {bench_bright_ending.objects_last(rows['caption'].iloc[0])!r}")
     if not (out / "text" / "pretrain.json").is_file():
         print(f"1. the text encoder, CLIP's way, on another world's {other['file'].nunique()} images")
-        pretrain_text_encoder(out / "pretrain_data" / "train.parquet", out / "text", a.text_steps)
+        pretrain_text_encoder(out / "pretrain_data" / table, out / "text", a.text_steps)
     print(f"   text-to-image top-1 on the world's {rows['file'].nunique()} distinct images (never seen): "
-          f"{retrieval(out / 'text', out / 'world_data' / 'train.parquet'):.1%} (chance "
+          f"{retrieval(out / 'text', out / 'world_data' / table):.1%} (chance "
           f"{1 / rows['file'].nunique():.2%})")
     init = out / "init"
     if not (init / "model_index.json").is_file():
@@ -162,14 +176,15 @@ def main(argv=None) -> int:
         pipe.save_pretrained(init)
     print("2. a fresh UNet with that text encoder frozen, on the world's training set")
     t0 = time.time()
-    cfg = TrainConfig(data=str(out / "world_data" / "train.parquet"), out=str(out / "train"), pipeline=str(init),
+    cfg = TrainConfig(data=str(out / "world_data" / table), out=str(out / "train"), pipeline=str(init),
                       steps=a.steps, batch_size=32, seed=0, save_dtype="fp16", deterministic=False,
                       train_text_encoder=False)
     model = train(cfg, progress=lambda it, **kw: tqdm(it, mininterval=30, **kw))
     print(f"   trained in {time.time() - t0:.0f}s (0 if it was there)")
     print("3. the bright ending, the world's model then the new one")
     bench_bright_ending.main(["--world", str(world), "--seeds", a.seeds])
-    bench_bright_ending.main(["--world", str(world), "--seeds", a.seeds, "--model", str(model)])
+    bench_bright_ending.main(["--world", str(world), "--seeds", a.seeds, "--model", str(model)]
+                             + (["--objects-last"] if a.objects_last else []))
     return 0
 
 
