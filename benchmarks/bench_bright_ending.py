@@ -22,7 +22,7 @@ border is compared on generations that copy no template.
 
 ``--model DIR`` measures another model trained on the same world (its probes and the objects' boxes are the
 world's): the ``world-attn16`` config (``memlab.pipelines``), which reads the prompt at the latents' resolution as
-SD v1's down block 0 does, trained as the world's model was (``docs/methods.md``, "Local memorization").
+SD v1's down block 0 does, trained as the world's model was (``docs/builtin-world.md``).
 
 ``--objects-last`` rewords each prompt so its objects come last (``objects_last``), for a model trained on
 captions reworded so (``bench_frozen_text.py --objects-last``).
