@@ -172,6 +172,6 @@ def vae_round_trip(vae, images: list, size: int) -> list:
     x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), np.float32)
                                    for im in images])).permute(0, 3, 1, 2) / 127.5 - 1.0
     with torch.no_grad():
-        rec = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mean).sample.float()
+        rec = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().cpu()
     arr = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a).resize(im.size, Image.BICUBIC) for a, im in zip(arr, images)]

@@ -74,6 +74,8 @@ class DescriptorTrainConfig:
     layout_model_share: float = 0.5  # chance that the second aligned view is the model's version of the image
     init: str = ""                  # start from these weights (a memlab-copy folder of the same widths and dim)
     threads: int = 0                # torch threads (0: torch's default)
+    device: str = "cpu"             # where the network trains and the decoder redraws ("cuda" on a GPU)
+    workers: int = 0                # processes that draw each step's views ahead of the network (0: in line)
     stop_at: int = 0                # end this invocation after this step (0: run to the end); resume later
 
     def validate(self) -> "DescriptorTrainConfig":
@@ -208,7 +210,8 @@ def batch_images(pool: list, photo_pool: list, photos: list, n: int, photo_share
            [(collage(photos, rng), None) for _ in range(n_photo - n_crop)]
 
 
-def model_redraws(pipe, images: list, captions: list, n: int, seed: int, progress=None) -> dict[int, object]:
+def model_redraws(pipe, images: list, captions: list, n: int, seed: int, progress=None,
+                  batch_size: int = 16) -> dict[int, object]:
     """Image-to-image redraws by a text-to-image pipeline (strength 0.2-0.5, its default 30 steps and
     guidance 5) of ``n`` pool images: {pool index: image at 128 px}. What a copy by that model looks like
     beyond its decoder's round trip: the UNet's own drift."""
@@ -222,7 +225,7 @@ def model_redraws(pipe, images: list, captions: list, n: int, seed: int, progres
     out = {}
     for s, idx in by_strength.items():
         made = model_copies(pipe, [images[i] for i in idx], [captions[i] for i in idx], strengths=(s,),
-                            vae=False, seed=seed, progress=progress)
+                            vae=False, seed=seed, batch_size=batch_size, progress=progress)
         out.update({idx[j]: im.resize((128, 128), Image.BICUBIC) for j, _, im in made})
     return out
 
@@ -247,7 +250,7 @@ def info_nce(z, temperature: float):
     n = z.shape[0] // 2
     sim = z @ z.T / temperature
     sim.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return torch.nn.functional.cross_entropy(sim, target)
 
 
@@ -277,6 +280,65 @@ def entropy_regulariser(z, eps: float = 1e-8):
     return -torch.log((z - z[nearest]).norm(dim=1) + eps).mean()
 
 
+# ------------------------------------------------------------------------------------- a step's views
+_STEP_DATA: dict = {}  # what each step's views are drawn from; set before worker processes fork
+
+
+def step_inputs(step: int):
+    """A step's network inputs as uint8 tensors, drawn from a generator seeded by (seed, step) alone, so a
+    worker process makes exactly what the loop would in line: (views [2B, 3, s, s], the layout term's aligned
+    pairs (first, second) or None)."""
+    from .augment import aligned_pair, augment, colour_cast
+
+    cfg, pool, photo_pool, photos = (_STEP_DATA[k] for k in ("cfg", "pool", "photo_pool", "photos"))
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    base = batch_images(pool, photo_pool, photos, cfg.batch_size, cfg.photo_share, rng,
+                        siblings_from=cfg.n_scenes + cfg.n_lighthouses, sibling_share=cfg.sibling_share)
+
+    def view(im, dec):  # a view starts, now and then, from the model's version of the image
+        if dec is not None and rng.random() < cfg.decoder_share:
+            im = rng.choice(dec)
+        v = augment(im, rng, cfg.input_size, cfg.grayscale)
+        return colour_cast(v, rng) if cfg.colour_cast and rng.random() < cfg.colour_cast else v
+
+    def u8(images):  # exact: every value is k / 255
+        return to_input(images, cfg.input_size).mul_(255).round_().byte()
+    views = u8([view(*b) for b in base] + [view(*b) for b in base])
+    pairs = None
+    if cfg.layout_weight:  # aligned views of a subset: the model's version against the image, half the time
+        made = [aligned_pair(im, rng.choice(dec) if dec is not None and rng.random() < cfg.layout_model_share
+                             else im, rng, cfg.input_size, cfg.layout_cast)
+                for im, dec in (base[i] for i in rng.sample(range(len(base)), min(cfg.layout_images, len(base))))]
+        pairs = (u8([a for a, _ in made]), u8([b for _, b in made]))
+    return views, pairs
+
+
+def _worker_init():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def prefetched(steps: range, workers: int):
+    """``step_inputs`` of each step in order; with ``workers``, made by that many forked processes, at most
+    two per worker ahead of the loop."""
+    if workers <= 0:
+        yield from (step_inputs(s) for s in steps)
+        return
+    import collections
+    import multiprocessing
+
+    todo = iter(steps)
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as procs:
+        ahead = collections.deque(procs.apply_async(step_inputs, (s,)) for s, _ in zip(todo, range(2 * workers)))
+        while ahead:
+            made = ahead.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:
+                ahead.append(procs.apply_async(step_inputs, (nxt,)))
+            yield made
+
+
 # -------------------------------------------------------------------------------------- train
 def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=None,
                      log=lambda m: print(m, file=sys.stderr)) -> Path | None:
@@ -285,7 +347,6 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .augment import aligned_pair, augment, colour_cast
     from .train import latest_checkpoint, load_optimizer, save_optimizer
 
     cfg.validate()
@@ -300,15 +361,16 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     (pool, pool_caps), photos = make_pool(cfg, captions=True), list(load_photos().values())
     photo_pool = make_photo_pool(photos, cfg.crops_per_photo, cfg.seed)
     if cfg.decoder:  # the real decoder's round trip of every fixed image, computed once
-        vae = load_decoder(cfg.decoder)
+        vae = load_decoder(cfg.decoder).to(cfg.device)
         flat = [im for crops in photo_pool for im in crops]
         dec = decode_all(vae, pool + flat, progress)
         redraws = {}
         if cfg.redraws and (Path(cfg.decoder) / "model_index.json").is_file():  # a whole pipeline: its redraws
             from .generate import Generator
 
-            pipe = Generator.from_pretrained(cfg.decoder, device="cpu").pipe
-            redraws = model_redraws(pipe, pool, pool_caps, cfg.redraws, cfg.seed, progress)
+            pipe = Generator.from_pretrained(cfg.decoder, device=cfg.device).pipe
+            redraws = model_redraws(pipe, pool, pool_caps, cfg.redraws, cfg.seed, progress,
+                                    batch_size=16 if cfg.device == "cpu" else 256)
         # a view's "decoded" version: the redraw where there is one (half the time), else the round trip
         pool = [(im, (redraws[i], dec[i]) if i in redraws else (dec[i],)) for i, im in enumerate(pool)]
         dec_flat = iter(dec[len(pool):])
@@ -319,7 +381,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
 
     # 2. network and optimizer; resume from the latest checkpoint
     torch.manual_seed(cfg.seed)
-    net = CopyNet(cfg.net_config())
+    net = CopyNet(cfg.net_config()).to(cfg.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step):  # linear warm-up, then cosine to 1%
@@ -345,28 +407,18 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     # 3. the loop
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     net.train()
-    for step in bar(range(start, end), desc="train memlab-copy", initial=start, total=cfg.steps):
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        base = batch_images(pool, photo_pool, photos, cfg.batch_size, cfg.photo_share, rng,
-                            siblings_from=cfg.n_scenes + cfg.n_lighthouses, sibling_share=cfg.sibling_share)
-
-        def view(im, dec):  # a view starts, now and then, from the model's version of the image
-            if dec is not None and rng.random() < cfg.decoder_share:
-                im = rng.choice(dec)
-            v = augment(im, rng, cfg.input_size, cfg.grayscale)
-            return colour_cast(v, rng) if cfg.colour_cast and rng.random() < cfg.colour_cast else v
-        views = [view(*b) for b in base] + [view(*b) for b in base]
-        z = torch.nn.functional.normalize(net.embed_raw(to_input(views, cfg.input_size)), dim=1)
+    _STEP_DATA.update(cfg=cfg, pool=pool, photo_pool=photo_pool, photos=photos)
+    steps = range(start, end)
+    for step, (views, pairs) in zip(bar(steps, desc="train memlab-copy", initial=start, total=cfg.steps),
+                                    prefetched(steps, cfg.workers)):
+        z = torch.nn.functional.normalize(net.embed_raw(views.to(cfg.device).float().div_(255)), dim=1)
         l_nce = info_nce(z, cfg.temperature)
         l_ent = entropy_regulariser(z[:cfg.batch_size])
         loss = l_nce + cfg.entropy_weight * l_ent
         l_lay = torch.zeros(())
-        if cfg.layout_weight:  # aligned views of a subset: the model's version against the image, half the time
-            pairs = [aligned_pair(im, rng.choice(dec) if dec is not None and rng.random() < cfg.layout_model_share
-                                  else im, rng, cfg.input_size, cfg.layout_cast)
-                     for im, dec in (base[i] for i in rng.sample(range(len(base)), min(cfg.layout_images, len(base))))]
-            l_lay = layout_nce(net, to_input([a for a, _ in pairs], cfg.input_size),
-                               to_input([b for _, b in pairs], cfg.input_size), cfg.layout_temperature, cfg.layout_blur)
+        if pairs is not None:
+            first, second = (t.to(cfg.device).float().div_(255) for t in pairs)
+            l_lay = layout_nce(net, first, second, cfg.layout_temperature, cfg.layout_blur)
             loss = loss + cfg.layout_weight * l_lay
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -393,7 +445,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
         return None  # stopped early on purpose: resume with the same config
 
     # 4. the weights (config.json + model.safetensors) and the training card
-    net.eval()
+    net.cpu().eval()
     net.save_pretrained(out)
     import pandas as pd
 

@@ -86,14 +86,15 @@ def test_aligned_views_keep_their_geometry_and_the_layout_term_tells_images_apar
 @pytest.mark.kill
 def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir):
     """With a real decoder's round trips among the views (the tiny pipeline's VAE), a training stopped
-    half way and resumed ends with the weights of an uninterrupted one."""
+    half way and resumed ends with the weights of an uninterrupted one, also when the resumed half draws its
+    views in two worker processes (``workers``) and the uninterrupted one in line."""
     from safetensors.torch import load_file
 
     kw = {"decoder": str(tiny_pipeline_dir), "decoder_share": 0.5, "colour_cast": 0.5, "layout_weight": 1.0,
           "layout_images": 4}
     whole = train_descriptor(_tiny_train_cfg(tmp_path / "whole", **kw), log=lambda m: None)
     assert train_descriptor(_tiny_train_cfg(tmp_path / "split", stop_at=2, **kw), log=lambda m: None) is None
-    split = train_descriptor(_tiny_train_cfg(tmp_path / "split", **kw), log=lambda m: None)
+    split = train_descriptor(_tiny_train_cfg(tmp_path / "split", workers=2, **kw), log=lambda m: None)
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = json.loads((split / "train_card.json").read_text())
