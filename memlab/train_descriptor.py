@@ -447,19 +447,50 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     # 4. the weights (config.json + model.safetensors) and the training card
     net.cpu().eval()
     net.save_pretrained(out)
+    _write_card(cfg, net, out, cfg.steps, start, time.time() - t_start, len(photos))
+    return out
+
+
+def _write_card(cfg: DescriptorTrainConfig, net, out: Path, steps: int, start: int, seconds: float,
+                n_photos: int, **extra) -> None:
+    """``train_card.json``: the config, the losses of the log's first and last row up to ``steps``, the pool."""
     import pandas as pd
 
-    losses = pd.read_csv(log_path)
-    card = {"config": dataclasses.asdict(cfg), "steps": cfg.steps, "resumed_from": start,
-            "train_seconds_this_run": time.time() - t_start,
+    losses = pd.read_csv(out / "loss.csv")
+    losses = losses[losses["step"] <= steps]
+    card = {"config": dataclasses.asdict(cfg), "steps": steps, "resumed_from": start,
+            "train_seconds_this_run": seconds,
             "first_loss": float(losses["loss"].iloc[0]) if len(losses) else None,
             "final_loss": float(losses["loss"].iloc[-1]) if len(losses) else None,
             "parameters": sum(p.numel() for p in net.parameters()),
             "decoder": cfg.decoder or None, "redraws": cfg.redraws if cfg.decoder else 0,
             "images": {"procedural_scenes": cfg.n_scenes, "lighthouses": cfg.n_lighthouses,
                        "same_background_pairs": cfg.sibling_pairs, "pair_share": cfg.sibling_share,
-                       "scikit_image_photos": len(photos), "photo_share": cfg.photo_share},
+                       "scikit_image_photos": n_photos, "photo_share": cfg.photo_share},
             "recipe": "SSCD (Pizzi et al. 2022): InfoNCE over two augmented views + differential-entropy "
-                      "regulariser; trunk, GeM (p=3), linear, L2 norm"}
+                      "regulariser; trunk, GeM (p=3), linear, L2 norm", **extra}
     (out / "train_card.json").write_text(json.dumps(card, indent=2))
+
+
+def export_checkpoint(cfg: DescriptorTrainConfig, step: int = 0) -> Path:
+    """The weights and training card of a checkpoint in ``cfg.out`` (``step``, default the latest): a run
+    cut short, or a checkpoint chosen on validation copies. The card's ``steps`` is the checkpoint's, with
+    ``planned_steps`` (the config's) and its seconds read from the loss log."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from .train import latest_checkpoint
+
+    out = Path(cfg.out)
+    ck = out / "checkpoints" / f"step-{step}" if step else latest_checkpoint(out)
+    if ck is None or not (ck / "model.safetensors").is_file():
+        raise MemlabError(f"no checkpoint {'step-' + str(step) if step else ''} in {out / 'checkpoints'}")
+    done = json.loads((ck / "state.json").read_text())["step"]
+    net = CopyNet(cfg.net_config())
+    net.load_state_dict(load_file(str(ck / "model.safetensors")))
+    net.eval().save_pretrained(out)
+    log = pd.read_csv(out / "loss.csv")
+    seconds = float(log.loc[log["step"] <= done, "elapsed_s"].max()) if (log["step"] <= done).any() else 0.0
+    _write_card(cfg, net, out, done, 0, seconds, len(load_photos()), planned_steps=cfg.steps,
+                exported_from=f"checkpoints/step-{done}")
     return out

@@ -107,6 +107,30 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir
     assert not torch.equal(init["proj.weight"], a["proj.weight"])
 
 
+def test_a_checkpoint_exports_as_weights_with_its_own_step(tmp_path, capsys):
+    """``--export-checkpoint``: a run cut short (or a checkpoint chosen on validation copies) gives weights
+    equal to that checkpoint's, and a card that names its step beside the planned ones."""
+    from safetensors.torch import load_file
+
+    from memlab.cli import main
+
+    out = tmp_path / "cut"
+    assert train_descriptor(_tiny_train_cfg(out, stop_at=2), log=lambda m: None) is None
+    args = ["train-descriptor", "--out", str(out), "--steps", "4", "--batch-size", "6", "--n-scenes", "12",
+            "--n-lighthouses", "2", "--warmup", "2", "--sibling-pairs", "3", "--crops-per-photo", "2",
+            "--checkpoint-every", "2", "--log-every", "1", "--threads", "1", "--widths",
+            ",".join(map(str, TINY["widths"])), "--dim", str(TINY["dim"]), "--input-size", str(TINY["input_size"])]
+    assert main(args + ["--export-checkpoint", "0"]) == 0
+    ck, w = load_file(str(out / "checkpoints" / "step-2" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert ck.keys() == w.keys() and all(torch.equal(ck[k], w[k]) for k in ck)
+    card = json.loads((out / "train_card.json").read_text())
+    assert card["steps"] == 2 and card["planned_steps"] == 4 and card["exported_from"] == "checkpoints/step-2"
+    log = pd.read_csv(out / "loss.csv")
+    assert card["final_loss"] == pytest.approx(float(log.loc[log["step"] == 2, "loss"].iloc[0]))
+    assert main(args + ["--export-checkpoint", "3"]) == 2  # no such checkpoint: a one-line error (exit 2)
+    assert "no checkpoint step-3" in capsys.readouterr().err
+
+
 def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
     from memlab.cli import main
     from memlab.index import TrainingIndex, build_index

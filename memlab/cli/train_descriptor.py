@@ -25,6 +25,9 @@ def add_arguments(p):
             typ = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default!r})")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--export-checkpoint", type=int, default=None, metavar="STEP",
+                   help="do not train: write the weights and card of checkpoint STEP in --out (0: the latest), "
+                        "for a run cut short or a checkpoint chosen on validation copies")
 
 
 def run(args) -> int:
@@ -39,6 +42,12 @@ def run(args) -> int:
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DescriptorTrainConfig)
           if getattr(args, f.name) is not None}
     cfg = DescriptorTrainConfig(**kw).validate()
+    if args.export_checkpoint is not None:
+        from ..train_descriptor import export_checkpoint
+
+        print(f"wrote {export_checkpoint(cfg, args.export_checkpoint)} (config.json + model.safetensors)",
+              file=sys.stderr)
+        return 0
     t0 = time.perf_counter()
     out = train_descriptor(cfg, resume=not args.no_resume,
                            progress=lambda it, **k: tqdm(it, file=sys.stderr, disable=None, **k))
