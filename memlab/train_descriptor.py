@@ -326,11 +326,12 @@ def prefetched(steps: range, workers: int):
         yield from (step_inputs(s) for s in steps)
         return
     import collections
+    import itertools
     import multiprocessing
 
     todo = iter(steps)
     with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as procs:
-        ahead = collections.deque(procs.apply_async(step_inputs, (s,)) for s, _ in zip(todo, range(2 * workers)))
+        ahead = collections.deque(procs.apply_async(step_inputs, (s,)) for s in itertools.islice(todo, 2 * workers))
         while ahead:
             made = ahead.popleft().get()
             nxt = next(todo, None)

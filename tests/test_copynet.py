@@ -83,6 +83,24 @@ def test_aligned_views_keep_their_geometry_and_the_layout_term_tells_images_apar
     assert same < others
 
 
+def test_worker_processes_draw_every_step_in_order_with_the_same_views(tmp_path):
+    """``prefetched`` with workers yields one entry per step, in order, equal to the views drawn in line, also
+    when there are more steps than it keeps ahead (a step lost there once shifted every later one)."""
+    from memlab import train_descriptor as td
+
+    cfg = _tiny_train_cfg(tmp_path, layout_weight=1.0, layout_images=2)
+    pool, photos = td.make_pool(cfg), list(td.load_photos().values())
+    photo_pool = [[(im, None) for im in crops] for crops in td.make_photo_pool(photos, cfg.crops_per_photo, 0)]
+    td._STEP_DATA.update(cfg=cfg, pool=[(im, None) for im in pool], photo_pool=photo_pool, photos=photos)
+    inline = list(td.prefetched(range(3, 10), 0))
+    assert len(inline) == 7 and not torch.equal(inline[0][0], inline[1][0])
+    for workers in (1, 2):
+        made = list(td.prefetched(range(3, 10), workers))
+        assert len(made) == 7
+        for (v, (a, b)), (v2, (a2, b2)) in zip(inline, made):
+            assert torch.equal(v, v2) and torch.equal(a, a2) and torch.equal(b, b2)
+
+
 @pytest.mark.kill
 def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_pipeline_dir):
     """With a real decoder's round trips among the views (the tiny pipeline's VAE), a training stopped
