@@ -31,7 +31,7 @@ def main() -> int:
     cfg = td.DescriptorTrainConfig(batch_size=a.batch_size, n_scenes=a.scenes, n_lighthouses=max(1, a.scenes // 10))
     pool, photos = td.make_pool(cfg), list(td.load_photos().values())
     photo_pool = [[(im, None) for im in crops] for crops in td.make_photo_pool(photos, cfg.crops_per_photo, cfg.seed)]
-    td._STEP_DATA.update(cfg=cfg, pool=[(im, None) for im in pool], photo_pool=photo_pool, photos=photos)
+    td.use_pool(cfg, [(im, None) for im in pool], photo_pool, photos)
     print(f"{os.cpu_count()} CPUs; {a.steps} steps of {a.batch_size} images x 2 views at {cfg.input_size} px")
 
     def timed(workers: int):

@@ -313,6 +313,12 @@ def step_inputs(step: int):
     return views, pairs
 
 
+def use_pool(cfg: DescriptorTrainConfig, pool: list, photo_pool: list, photos: list) -> None:
+    """What ``step_inputs`` draws from (worker processes forked after this see it): the pool and the photo
+    crops as (image, the decoder's versions of it or None) pairs, and the photos for collages."""
+    _STEP_DATA.update(cfg=cfg, pool=pool, photo_pool=photo_pool, photos=photos)
+
+
 def _worker_init():
     import torch
 
@@ -408,7 +414,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     # 3. the loop
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     net.train()
-    _STEP_DATA.update(cfg=cfg, pool=pool, photo_pool=photo_pool, photos=photos)
+    use_pool(cfg, pool, photo_pool, photos)
     steps = range(start, end)
     for step, (views, pairs) in zip(bar(steps, desc="train memlab-copy", initial=start, total=cfg.steps),
                                     prefetched(steps, cfg.workers)):

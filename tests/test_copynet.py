@@ -91,7 +91,7 @@ def test_worker_processes_draw_every_step_in_order_with_the_same_views(tmp_path)
     cfg = _tiny_train_cfg(tmp_path, layout_weight=1.0, layout_images=2)
     pool, photos = td.make_pool(cfg), list(td.load_photos().values())
     photo_pool = [[(im, None) for im in crops] for crops in td.make_photo_pool(photos, cfg.crops_per_photo, 0)]
-    td._STEP_DATA.update(cfg=cfg, pool=[(im, None) for im in pool], photo_pool=photo_pool, photos=photos)
+    td.use_pool(cfg, [(im, None) for im in pool], photo_pool, photos)
     inline = list(td.prefetched(range(3, 10), 0))
     assert len(inline) == 7 and not torch.equal(inline[0][0], inline[1][0])
     for workers in (1, 2):
