@@ -27,16 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class ImageTower:
+def image_tower(dim: int):
     """A small conv net, 64 x 64 RGB to ``dim`` (CLIP's image side, at the world's scale)."""
+    import torch.nn as nn
 
-    def __new__(cls, dim: int):
-        import torch.nn as nn
-
-        def block(i, o):
-            return [nn.Conv2d(i, o, 3, stride=2, padding=1), nn.GroupNorm(8, o), nn.SiLU()]
-        return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), *block(128, 128),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, dim))
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, stride=2, padding=1), nn.GroupNorm(8, o), nn.SiLU()]
+    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), *block(128, 128),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, dim))
 
 
 def pretrain_text_encoder(data: Path, out: Path, steps: int, batch: int = 128, seed: int = 0, log=print):
@@ -52,14 +50,14 @@ def pretrain_text_encoder(data: Path, out: Path, steps: int, batch: int = 128, s
     from memlab.train import image_tensor
 
     rows = pd.read_parquet(data)
-    files = sorted(set(rows["file"]))
-    captions = {f: rows.loc[rows["file"] == f, "caption"].tolist() for f in files}
+    captions = rows.groupby("file")["caption"].agg(list).to_dict()
+    files = sorted(captions)
     images = image_tensor(files, data.parent, 64)
     pipe = make_pipeline("world", seed=seed)
     text, tok = pipe.text_encoder, pipe.tokenizer
     dim = text.config.hidden_size
     torch.manual_seed(seed)
-    tower, proj = ImageTower(dim), torch.nn.Linear(dim, dim, bias=False)
+    tower, proj = image_tower(dim), torch.nn.Linear(dim, dim, bias=False)
     logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
     params = list(text.parameters()) + list(tower.parameters()) + list(proj.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
@@ -104,7 +102,7 @@ def retrieval(out: Path, data: Path) -> float:
     rows = pd.read_parquet(data).drop_duplicates("file")
     text = CLIPTextModel.from_pretrained(out / "text_encoder").eval()
     dim = text.config.hidden_size
-    tower, proj = ImageTower(dim), torch.nn.Linear(dim, dim, bias=False)
+    tower, proj = image_tower(dim), torch.nn.Linear(dim, dim, bias=False)
     from safetensors.torch import load_file
 
     state = load_file(out / "towers.safetensors")

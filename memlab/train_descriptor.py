@@ -88,6 +88,10 @@ class DescriptorTrainConfig:
             raise MemlabError("layout_cast and layout_model_share are shares in [0, 1]")
         if self.layout_weight < 0 or self.layout_images < 2 or self.layout_temperature <= 0:
             raise MemlabError("layout_weight must be >= 0, layout_images >= 2 and layout_temperature > 0")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise MemlabError(f"device must be cpu or cuda (cuda:N), not {self.device!r}")
+        if self.workers < 0:
+            raise MemlabError("workers must be >= 0 (0: the views are drawn in line)")
         if self.input_size < 16 or len(self.widths) < 2:
             raise MemlabError("input_size must be >= 16 and widths must list at least two layers")
         from .copynet import COLOUR_NORMS
@@ -357,6 +361,8 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     from .train import latest_checkpoint, load_optimizer, save_optimizer
 
     cfg.validate()
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MemlabError(f"--device {cfg.device}: no CUDA GPU is visible to torch")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bar = progress or (lambda it, **kw: it)
@@ -492,6 +498,8 @@ def export_checkpoint(cfg: DescriptorTrainConfig, step: int = 0) -> Path:
     ck = out / "checkpoints" / f"step-{step}" if step else latest_checkpoint(out)
     if ck is None or not (ck / "model.safetensors").is_file():
         raise MemlabError(f"no checkpoint {'step-' + str(step) if step else ''} in {out / 'checkpoints'}")
+    if not (out / "loss.csv").is_file():
+        raise MemlabError(f"no loss log in {out} (loss.csv): not a train-descriptor run folder")
     done = json.loads((ck / "state.json").read_text())["step"]
     net = CopyNet(cfg.net_config())
     net.load_state_dict(load_file(str(ck / "model.safetensors")))

@@ -149,6 +149,20 @@ def test_a_checkpoint_exports_as_weights_with_its_own_step(tmp_path, capsys):
     assert "no checkpoint step-3" in capsys.readouterr().err
 
 
+def test_bad_device_or_workers_is_a_one_line_error(tmp_path):
+    """A device that is not cpu / cuda, negative workers, or cuda where torch sees no GPU: a MemlabError before
+    any work (the CLI prints it as one line), not a traceback from torch."""
+    from memlab.errors import MemlabError
+
+    for kw in ({"device": "tpu"}, {"workers": -1}):
+        with pytest.raises(MemlabError):
+            _tiny_train_cfg(tmp_path / "bad", **kw).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(MemlabError, match="no CUDA GPU"):
+            train_descriptor(_tiny_train_cfg(tmp_path / "cuda", device="cuda"), log=lambda m: None)
+        assert not (tmp_path / "cuda").exists()
+
+
 def test_cli_trains_and_the_registered_descriptor_loads_it(tmp_path, capsys):
     from memlab.cli import main
     from memlab.index import TrainingIndex, build_index

@@ -134,8 +134,8 @@ def test_the_world_attn16_config_reads_the_bright_ending_at_the_latents_resoluti
     from memlab.pipelines import pipeline_config
 
     sides = {}
-    for name in ("world", "attn16"):
-        cfg = pipeline_config("world" if name == "world" else "world-attn16")
+    for name in ("world", "world-attn16"):
+        cfg = pipeline_config(name)
         assert {k: v for k, v in cfg.items() if k != "unet"} == {k: v for k, v in pipeline_config("world").items()
                                                                   if k != "unet"}
         torch.manual_seed(0)
@@ -150,7 +150,7 @@ def test_the_world_attn16_config_reads_the_bright_ending_at_the_latents_resoluti
         for h in hooks:
             h.remove()
         sides[name] = {int(round(seen[hub.cross_layers[i]] ** 0.5)) for i in end_token_layers(hub.cross_layers)}
-    assert sides == {"world": {8}, "attn16": {16}}
+    assert sides == {"world": {8}, "world-attn16": {16}}
 
 
 def test_a_generation_keeps_the_end_token_maps_of_those_layers_alone(tiny_world):
