@@ -16,8 +16,11 @@ prints:
   top-1 is their own item; of the unique probes: replicated, and flagged among those whose top-1 is
   another item (non-copies).
 
+``--decoded`` indexes each training image as the validation model's VAE returns it (``build-world
+--decoded-index``), ``--fpr`` sets the threshold's share of the background.
+
     python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
-        [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10]
+        [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005]
 """
 from __future__ import annotations
 
@@ -176,6 +179,9 @@ def main():
                                                     "false alarms on the generations)")
     ap.add_argument("--weights", default=None, help="comma-separated memlab-copy weights folders to try as well "
                                                     "(e.g. a fine-tuned one; each as memlab-copy, and with mirror)")
+    ap.add_argument("--decoded", action="store_true", help="index each training image as the validation model's VAE "
+                                                           "returns it (as build-world indexes a world with a model)")
+    ap.add_argument("--fpr", type=float, default=0.01, help="the threshold's share of the distinct-item background")
     a = ap.parse_args()
     import numpy as np
     import pandas as pd
@@ -189,6 +195,7 @@ def main():
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
     data = work / "data"
+    indexed = decoded_training_set(world / "model", rows, image_of, work) if a.decoded else None
     base = truth["model:img2img@0.3"]
     truth["model:all"] = (np.concatenate([t[0] for t in truth.values()]),
                           [im for t in truth.values() for im in t[1]])
@@ -212,7 +219,8 @@ def main():
     card_seed = json.loads((world / "card.json").read_text())["spec"]["seed"]
     print(f"validation: {len(base[0])} held-out items of {world} drawn with seed {a.seed} (the card's: "
           f"{card_seed}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
-          f"probes (seeds 0-{a.seeds - 1}); threshold: 1% of the distinct-item background", flush=True)
+          f"probes (seeds 0-{a.seeds - 1}); threshold: {a.fpr:.1%} of the distinct-item background"
+          + (f"; indexed: {indexed[1]}" if indexed else ""), flush=True)
     print(f"{'variant':<32} {'thr':>6} " + " ".join(f"{k[6:]:>10}" for k in kinds)
           + "  full20 own-top1 repl  unique repl  non-copies flagged", flush=True)
     chosen = list(VARIANTS.items())
@@ -231,7 +239,7 @@ def main():
             d = with_pixels(d, share)
         with tempfile.TemporaryDirectory() as tmp:
             build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin",
-                        image_root=str(data.resolve()))
+                        image_root=str(data.resolve()), indexed=indexed, fpr=a.fpr)
             idx = TrainingIndex.load(Path(tmp) / "idx")
             thr = idx.threshold(d.name)
             gt = thr["ground_truth"]
@@ -255,6 +263,15 @@ def main():
                   f"{(bg > t).mean():.2%} of the distinct background): "
                   + " ".join(f"{k[6:]} {(copy_scores[k] > t).mean():.1%}" for k in kinds)
                   + f"; full20 own-top1 {(scores[full & own, 0] > t).mean():.1%}", flush=True)
+
+
+def decoded_training_set(model, rows, image_of, work: Path):
+    """``build_index``'s ``indexed`` for the validation set: each training image as ``model``'s VAE returns it
+    (``buildworld.decoded_images``, cached under ``work``)."""
+    from memlab.buildworld import decoded_images
+
+    images, words = decoded_images(model, [image_of(i) for i in range(len(rows))], work / "decoded")
+    return (lambda i: images[i]), words
 
 
 def top1(idx, d, images):

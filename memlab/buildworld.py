@@ -25,6 +25,9 @@ WORLD_DEFAULTS = {"steps": 30, "guidance": 5.0, "scheduler": "ddim", "seeds": "0
 WORLD_KEYWORDS = (KEYWORD, "astronaut", "coffee", "cat", "star", "Velmora")
 WORLD_DESCRIPTORS = ("memlab-copy", "memlab-copy-global", "pixel")
 GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used for calibration)
+# ``decoded_index``: the threshold at this share of the background of distinct images as the world's VAE returns
+# them (at 1% that background flags more generations than the originals'; chosen on validation copies, issue 30)
+DECODED_FPR = 0.005
 
 
 def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None, prefix: str = "model",
@@ -104,7 +107,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 log=lambda m: print(m, file=sys.stderr), descriptors=WORLD_DESCRIPTORS,
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
                 train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None,
-                views_model=None, command: str | None = None, sample_steps: int | None = None) -> Path:
+                views_model=None, command: str | None = None, sample_steps: int | None = None,
+                decoded_index: bool = False) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
     probes, adds what newer stages make (``_methods``) and measures the card again (with ``evaluate`` False it
@@ -114,7 +118,9 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     its copies of the same held-out items are scored too (``views:<kind>``), against the world's model
     that gave it none (issue 30's held-out check). ``command``: the command line that asked for it (the card's
     ``built_with``; by default the call's folder and ``--reuse-model``). ``sample_steps``: the world's sampling
-    steps (default 30), which every generation the build measures uses (a refresh keeps the world's own)."""
+    steps (default 30), which every generation the build measures uses (a refresh keeps the world's own).
+    ``decoded_index``: the index embeds each training image as the world's VAE returns it (``decoded_images``),
+    threshold at ``DECODED_FPR`` (tried for issue 30, not the shipped world's)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -145,7 +151,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
     train_card = _model(out, cfg, rows, data, previous, reuse_model, st, progress)
     if not (out / "index" / "manifest.json").is_file():
-        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model, sampling)
+        _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model, sampling,
+               decoded_index)
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log, sampling)
     _methods(out, eval_seeds, st, progress, log, alignment, objects, sampling)
@@ -209,8 +216,40 @@ def _model_id(folder) -> str:
     return "unet sha256 " + (hashlib.sha256(f.read_bytes()).hexdigest()[:12] if f else "?")
 
 
+def decoded_images(model_dir, images, cache=None) -> tuple[list, str]:
+    """Each image as the world's VAE returns it (``modelcopies.vae_round_trip``), with its words: what the index
+    computes its vectors from (``index.build_index``'s ``indexed``), since every generation passes through that
+    decoder. With ``cache`` (a folder) written once and read back while the VAE and the images are the same."""
+    import hashlib
+
+    import numpy as np
+
+    from .match import load_image
+
+    vae = next(iter(sorted(Path(model_dir).glob("vae/*.safetensors"))), None)
+    vae_id = hashlib.sha256(vae.read_bytes()).hexdigest()[:12] if vae else "?"
+    digest = hashlib.sha256()
+    for im in images:
+        digest.update(np.asarray(im.convert("RGB")).tobytes())
+    key = {"vae": vae_id, "images": digest.hexdigest()[:16], "n": len(images)}
+    words = f"each training image as the world's VAE returns it (encode, decode; vae sha256 {vae_id})"
+    done = Path(cache) / "done.json" if cache else None
+    if done is not None and done.is_file() and json.loads(done.read_text()).get("key") == key:
+        return [load_image(Path(cache) / f"{i:05d}.png") for i in range(len(images))], words
+    from .generate import Generator
+    from .modelcopies import vae_round_trip
+
+    out = vae_round_trip(Generator.from_pretrained(model_dir, device="cpu").pipe, list(images))
+    if done is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(out):
+            im.save(Path(cache) / f"{i:05d}.png")
+        done.write_text(json.dumps({"key": key}))  # last: a half-written cache is never read
+    return out, words
+
+
 def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_truth_items: int, st: _Stages,
-           progress, views_model=None, sampling: dict = WORLD_DEFAULTS) -> None:
+           progress, views_model=None, sampling: dict = WORLD_DEFAULTS, decoded: bool = False) -> None:
     """3. The index of the training set (one row per training sample: duplicates are explicit), with the
     model's own copies of held-out items as ground truth."""
     from .descriptors import create_descriptor
@@ -235,9 +274,13 @@ def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_tru
         truth.update(model_copy_truth(rows, image_of, views_model, ground_truth_items, spec.seed, progress,
                                       prefix="views", cache=cache / "views", sampling=sampling)[0])
     rows["origin"] = calibration_origin(rows)
+    indexed, fpr = None, 0.01
+    if decoded:
+        ims, words = decoded_images(out / "model", [image_of(i) for i in range(len(rows))], out / "build" / "decoded")
+        indexed, fpr = (lambda i: ims[i], words), DECODED_FPR
     build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
                 image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
-                origin="origin",
+                origin="origin", indexed=indexed, fpr=fpr,
                 extra_manifest={"source": {"command": "python -m memlab build-world",
                                            "generator": "memlab.worldgen", "spec": asdict(spec)},
                                 "ground_truth": {

@@ -285,7 +285,8 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
         "seeds_per_probe": n_seeds, "settings": settings.to_dict(),
         "descriptor": {"name": descriptor.name, "model": descriptor.model, "preset": descriptor.preset,
                        "threshold": thr["value"], "threshold_source": thr["source"],
-                       "score": (index.descriptor_info(descriptor.name).get("score_norm") or {}).get("words")},
+                       "score": (index.descriptor_info(descriptor.name).get("score_norm") or {}).get("words"),
+                       "indexed": index.descriptor_info(descriptor.name).get("indexed")},
         "groups": {g: table[g]["none"] for g in table},
         "mitigations_on": high, "mitigations": mitig,
         "detection_auc": metrics.roc_auc(det_pos, det_neg) if len(det_pos) and len(det_neg) else None,
@@ -431,7 +432,8 @@ def format_report(m: dict) -> str:
     """The card's figures as a readable table."""
     d = m["descriptor"]
     lines = [f"descriptor {d['name']} ({d['model']}, {d['preset']}), threshold {d['threshold']:.3f} "
-             f"({d['threshold_source']}{'; score: ' + d['score'] if d.get('score') else ''}); "
+             f"({d['threshold_source']}{'; score: ' + d['score'] if d.get('score') else ''}"
+             f"{'; indexed: ' + d['indexed'] if d.get('indexed') else ''}); "
              f"{m['seeds_per_probe']} seeds per probe; "
              f"{m['settings']['steps']} steps, guidance {m['settings']['guidance']}",
              f"{'group':<16}{'probes':>7}{'replicated':>12}{'= own':>8}{'+ other':>9}{'original@1':>12}"

@@ -43,7 +43,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 extra_manifest: dict | None = None, progress: Callable | None = None,
                 extra_files: Callable[[Path], None] | None = None,
                 ground_truth: dict[str, tuple[Sequence[int], Sequence]] | None = None,
-                origin: str | None = None) -> Path:
+                origin: str | None = None, indexed: tuple[Callable[[int], object], str] | None = None) -> Path:
     """Embed every item with every descriptor and write an index directory atomically.
 
     ``items`` needs columns id, caption, file; ``load_image(i)`` returns row i's PIL image.
@@ -57,7 +57,9 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     recall on them at its threshold is recorded. ``origin`` names a column whose equal non-empty values
     mark rows cut from one source image (crops of one photograph): for calibration they count as one
     distinct image. ``extra_files(folder)`` may write more into the index folder before it is sealed
-    (top-level files are checksummed).
+    (top-level files are checksummed). ``indexed``: (``image(i)``, its words): the vectors (and the distinct images
+    as queries in the background) come from that rendering, e.g. a world's VAE round trip, which its generations
+    pass through (``modelcopies.vae_round_trip``); the images kept stay the originals; each entry names it.
     """
     if len(items) == 0:
         raise MemlabError("no items to index")
@@ -65,7 +67,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
         raise MemlabError("no descriptor given")
     items = items.reset_index(drop=True).copy()
     bar = progress or (lambda it, **kw: it)
-    vectors = _embed_items(len(items), load_image, descriptors, batch_size, bar)
+    as_indexed = indexed[0] if indexed else load_image
+    vectors = _embed_items(len(items), as_indexed, descriptors, batch_size, bar)
     primary = descriptors[0]
     group, distinct, reps = _group_items(items, vectors[primary.name], primary, origin)
     calib_rows = _calibration_rows(distinct, reps, ground_truth, calib_n, seed)
@@ -78,14 +81,15 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
              for gname, (rows, ims) in (ground_truth or {}).items()}
     items["distinct"] = distinct  # the image a row shows (origin-merged): what score normalization leaves out
     truth_images = {g: ims for g, (_, ims) in (ground_truth or {}).items()}
-    sides = {d.name: scorenorm.calibration_sides(d, specs[d.name], reps, load_image, copy_images, truth_images)
+    sides = {d.name: scorenorm.calibration_sides(d, specs[d.name], reps, as_indexed, copy_images, truth_images)
              for d in descriptors if specs[d.name]}
     with atomic_dir(Path(out)) as tmp:
         entries = {}
         for d in descriptors:
             entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
                                                 truth, fpr, origin, factory, sides.get(d.name), specs[d.name],
-                                                (load_image, truth_images, copy_images))
+                                                (load_image, truth_images, copy_images, indexed and indexed[0]),
+                                                indexed[1] if indexed else None)
             _write_descriptor_files(tmp, d.name, vectors[d.name], entries[d.name], factory)
         agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
             vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
@@ -185,12 +189,12 @@ def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar, ima
 
 
 def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_rows, truth, fpr, origin,
-                      factory, sides=None, spec=None, images=None) -> dict:
+                      factory, sides=None, spec=None, images=None, indexed=None) -> dict:
     """One descriptor's manifest entry: its identity, threshold (with recall on the calibration copies and
     on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``.
     With the descriptor's ``score_norm`` (``memlab.scorenorm``; ``spec``: as the index keeps it) every score here is
     the normalized one, and with its ``verify`` the verified one (``memlab.verify``; ``images``: (load_image,
-    each ground truth's images, the calibration copies))."""
+    each ground truth's images, the calibration copies, a distinct image as a query)); ``indexed``: the words."""
     # the background of distinct images: each group's representative against the nearest row of *another* group
     # (any of its rows, not only the other representatives)
     truth_scores, nb = {}, None
@@ -204,9 +208,10 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
         truth_scores = {g: scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(g, []), nb=nb)
                         for g, (rows, emb) in truth.items()}
         if spec.get("verify"):
-            load, truth_images, copy_images = images
+            load, truth_images, copy_images, as_query = images
             got = verify.calibrate(v, distinct, reps, spec, sides, load, calib_rows, copy_images, copy_scores,
-                                   truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores, nb)
+                                   truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores, nb,
+                                   query_image=as_query)
             bg, bg_distinct, copy_scores, truth_scores = (got["background"], got["background_distinct"],
                                                           got["copies"], got["truth"])
     elif d.verdict == "cosine":
@@ -227,16 +232,17 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
         f", rows sharing a non-empty {origin!r} (one source image) counted once" if origin else "")
     thr["n_groups"] = int(len(reps))
     # a copy's top-1 is right when it is its original or a near duplicate of it
-    thr["copy_top1"] = _top1_in_group(copies, v, group, calib_rows)
+    thr["copy_top1"] = metrics.top1_in_group(copies, v, group, calib_rows)
     for gname, (rows, emb) in truth.items():
         sc = (truth_scores[gname] if spec else
               np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)]))
         thr.setdefault("ground_truth", {})[gname] = {
             "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
-            "copy_top1": _top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
+            "copy_top1": metrics.top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
     return {
         **d.info(), "factory": factory, "threshold": thr,
         **({"score_norm": {**spec, "words": scorenorm.words(spec)}} if spec else {}),
+        **({"indexed": indexed} if indexed else {}),
         "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
                        **metrics.percentiles(bg[np.isfinite(bg)]),
                        "over": ("every training row vs its nearest row of another distinct image" if spec else
@@ -287,13 +293,6 @@ def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64, rows
             cand = cand[np.isfinite(row[cand])]
             out[i + j] = d.verdict_scores(v[q[j]], v[cand]).max() if len(cand) else np.nan
     return out
-
-
-def _top1_in_group(queries: np.ndarray, v: np.ndarray, group: np.ndarray, rows: np.ndarray) -> float:
-    """Share of queries whose top-1 item is in the near-duplicate group of their original row."""
-    if len(rows) == 0:
-        return float("nan")
-    return float((group[np.argmax(queries @ v.T, axis=1)] == group[rows]).mean())
 
 
 SMALL_ITEMS = 200_000  # up to here the item table is read whole on first lookup; above, row group by row group

@@ -72,7 +72,8 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
     return {"name": info["name"], "kind": info["kind"], "model": info["model"], "preset": info["preset"],
             "dim": info["dim"], "threshold": thr["value"], "high_threshold": thr.get("high"),
             "threshold_source": thr["source"], "threshold_citation": thr.get("citation"),
-            **({"score": info["score_norm"]["words"]} if info.get("score_norm") else {})}
+            **({"score": info["score_norm"]["words"]} if info.get("score_norm") else {}),
+            **({"indexed": info["indexed"]} if info.get("indexed") else {})}
 
 
 MAX_CANDIDATES = 1024  # rows searched to find k distinct near-duplicate groups

@@ -363,7 +363,7 @@ def threshold_rule(background_distinct, copy_scores=None, fpr: float = 0.01, *, 
         return thr
     cal = calibrate_threshold(bg, cp if cp is not None else np.zeros(0), fpr)
     return {**cal, "high": None, "source": "calibrated", "citation": citation or (
-        f"the {1 - fpr:.0%} quantile of the background of distinct items (built from embeddings: no images to "
+        f"the {1 - fpr:.1%} quantile of the background of distinct items (built from embeddings: no images to "
         f"copy, so no recall was measured)")}
 
 
@@ -375,3 +375,11 @@ def spearman(x, y) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def top1_in_group(queries: np.ndarray, v: np.ndarray, group: np.ndarray, rows: np.ndarray) -> float:
+    """Share of queries (vectors) whose top-1 row of ``v`` (cosine) is in the near-duplicate group of their
+    original row (``rows``); NaN with no query."""
+    if len(rows) == 0:
+        return float("nan")
+    return float((group[np.argmax(queries @ v.T, axis=1)] == group[rows]).mean())

@@ -22,7 +22,6 @@ def model_copies(pipe, images: Sequence, captions: Sequence[str], strengths=STRE
                  guidance: float = 5.0, seed: int = 0, vae: bool = True, batch_size: int = 16,
                  progress=None) -> list[tuple[int, str, object]]:
     """(input index, kind, PIL image) for every input image and kind; seeded per image."""
-    import numpy as np
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
@@ -44,14 +43,29 @@ def model_copies(pipe, images: Sequence, captions: Sequence[str], strengths=STRE
                   guidance_scale=guidance, generator=gens, output_type="pil").images
         out += [(i + j, f"img2img@{s}", im) for j, im in enumerate(res)]
     if vae:
-        proc = i2i.image_processor
-        with torch.no_grad():
-            for i in range(0, len(ims), batch_size):
-                x = proc.preprocess(ims[i:i + batch_size]).to(pipe.vae.device, pipe.vae.dtype)
-                rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
-                dec = proc.postprocess(rec.float(), output_type="np")
-                out += [(i + j, "vae", Image.fromarray((np.clip(a, 0, 1) * 255).round().astype("uint8")))
-                        for j, a in enumerate(dec)]
+        out += [(i, "vae", im) for i, im in enumerate(vae_round_trip(pipe, ims, batch_size))]
+    return out
+
+
+def vae_round_trip(pipe, images: Sequence, batch_size: int = 16) -> list:
+    """Each image as the pipeline's VAE returns it (encode to the latent mean, decode): the decoder's own loss of
+    detail and colour, which every generation of the pipeline passes through. Images are resized to the pipeline's
+    resolution first."""
+    import numpy as np
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+
+    size = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    proc = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            chunk = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images[i:i + batch_size]]
+            x = proc.preprocess(chunk).to(pipe.vae.device, pipe.vae.dtype)
+            rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+            dec = proc.postprocess(rec.float(), output_type="np")
+            out += [Image.fromarray((np.clip(a, 0, 1) * 255).round().astype("uint8")) for a in dec]
     return out
 
 

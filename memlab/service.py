@@ -84,7 +84,8 @@ class Lab(Streams):
         thr = info["threshold"]
         norm = info.get("score_norm")
         return (f"{info['name']} · {info['model']} · preset {info['preset']} · threshold "
-                f"{thr['value']:.3f} ({thr['source']})" + (f" · score: {norm['words']}" if norm else ""))
+                f"{thr['value']:.3f} ({thr['source']})" + (f" · score: {norm['words']}" if norm else "")
+                + (f" · indexed: {info['indexed']}" if info.get("indexed") else ""))
 
     def score_axis(self, name: str | None = None) -> str:
         """What a chart's score axis shows: the cosine, or the normalized score (``memlab.scorenorm``)."""

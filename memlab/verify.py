@@ -119,11 +119,12 @@ def candidates(sim, groups, own, spec: dict, m: int, nb=None):
     return top_rows[pick], norm[pick]
 
 
-def background(v: np.ndarray, groups, rows, spec: dict, views, train_of, nb=None) -> np.ndarray:
+def background(v: np.ndarray, groups, rows, spec: dict, views, train_of, nb=None, query_of=None) -> np.ndarray:
     """The verified background of distinct images (``scorenorm.background``'s, re-scored): each of ``rows`` in
     its best view (the view whose best other image scores highest, as a query keeps one view), its
     ``candidates`` best other distinct images re-scored; returns the best verified score per row (NaN where no
-    other image is left). ``train_of(row)``: a row's detail vectors."""
+    other image is left). ``train_of(row)``: a row's detail vectors; ``query_of(row)``: those of the row as a query
+    (default the same; an index of another rendering of its images, ``index.build_index``'s ``indexed``)."""
     ver = spec["verify"]
     groups = np.asarray(groups, np.int64)
     out = np.full(len(rows), np.nan, np.float32)
@@ -135,7 +136,7 @@ def background(v: np.ndarray, groups, rows, spec: dict, views, train_of, nb=None
                 best = got
         if best is None:
             continue
-        own = train_of(int(r))
+        own = (query_of or train_of)(int(r))
         verified, _ = rescore(best[1], best[0], [own, detail_mirror(own)], train_of, ver)
         out[i] = verified.max()
     return out
@@ -149,11 +150,12 @@ def detail_mirror(sides):
 
 
 def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, copy_images, copy_scores,
-              truth_images: dict, truth_rows: dict, truth_scores: dict, nb=None) -> dict:
+              truth_images: dict, truth_rows: dict, truth_scores: dict, nb=None, query_image=None) -> dict:
     """What ``index.build_index`` calibrates on, verified (``background``, ``rescore``): the background of every
     row (as given) and of the distinct images (``sides["reps"]``: their other views), the calibration copies'
     and each ground truth's scores against their originals (their normalized scores plus weight x the
-    correlation with the original). ``load_image(row)``: a training row's image."""
+    correlation with the original). ``load_image(row)``: a training row's image; ``query_image(row)``: the image a
+    distinct image is a query as in the background (default the same)."""
     ver = spec["verify"]
     cache: dict = {}
 
@@ -162,12 +164,21 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
             cache[row] = detail_vectors(load_image(int(row)).convert("RGB"), ver["sigma"], ver["region"])
         return cache[row]
 
+    queries: dict = {}
+
+    def query_of(row):
+        if query_image is None:
+            return train_of(row)
+        if row not in queries:
+            queries[row] = detail_vectors(query_image(int(row)).convert("RGB"), ver["sigma"], ver["region"])
+        return queries[row]
+
     def against(images, rows, scores):
         corr = [best_correlation(query_details(im, ver["sigma"], ver["region"]), train_of(int(r)))
                 for im, r in zip(images, rows)]
         return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(corr)).astype(np.float32)
 
-    return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of, nb),
-            "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of, nb),
+    return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of, nb, query_of),
+            "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of, nb, query_of),
             "copies": against(copy_images, calib_rows, copy_scores),
             "truth": {g: against(truth_images[g], truth_rows[g], truth_scores[g]) for g in truth_scores}}

@@ -137,3 +137,73 @@ def test_the_alignment_classifiers_held_out_accuracy_reads_as_a_sentence():
                     "74.4%, background kind 98.5%; renders through vae (n=12): shapes 79.7% (AUC 0.741), object "
                     "colours 93.1% (AUC 0.935), background colour 74.4%, background kind 98.5%")
     assert _held_out_text({"auc": 0.9}) == '{"auc": 0.9}' and _held_out_text(None) == "null"
+
+
+def test_the_decoded_images_are_the_vaes_round_trip_and_come_back_from_their_cache(tiny_pipeline_dir, tmp_path):
+    """``buildworld.decoded_images`` (what the built-in world's index embeds): each image as the pipeline's VAE
+    returns it (``modelcopies.vae_round_trip``, the ``vae`` model copies too), at the pipeline's resolution, named
+    by the VAE's checksum; a second call reads them back from the cache, and other images are decoded anew."""
+    import numpy as np
+    from PIL import Image
+
+    from memlab.buildworld import decoded_images
+    from memlab.generate import Generator
+    from memlab.modelcopies import model_copies, vae_round_trip
+
+    rng = np.random.default_rng(1)
+    ims = [Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)) for _ in range(3)]
+    pipe = Generator.from_pretrained(tiny_pipeline_dir, device="cpu").pipe
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    out, words = decoded_images(tiny_pipeline_dir, ims, tmp_path / "dec")
+    assert len(out) == 3 and all(im.size == (side, side) for im in out) and "vae sha256" in words
+    direct = vae_round_trip(pipe, ims)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, direct))
+    assert not np.array_equal(np.asarray(out[0]), np.asarray(ims[0].resize((side, side))))  # the decoder changed it
+    vae = [im for _, k, im in model_copies(pipe, ims, ["a"] * 3, strengths=(), steps=2) if k == "vae"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(vae, direct))
+    (tmp_path / "dec" / "00000.png").unlink()
+    Image.new("RGB", (side, side), "red").save(tmp_path / "dec" / "00000.png")  # what the cache holds is read back
+    again, _ = decoded_images(tiny_pipeline_dir, ims, tmp_path / "dec")
+    assert np.asarray(again[0]).tolist() == np.asarray(Image.new("RGB", (side, side), "red")).tolist()
+    other, _ = decoded_images(tiny_pipeline_dir, ims[::-1], tmp_path / "dec")  # other images: decoded anew
+    assert np.array_equal(np.asarray(other[0]), np.asarray(direct[2]))
+
+
+def test_build_worlds_decoded_index_embeds_the_vaes_renderings_and_says_so(tiny_pipeline_dir, tmp_path):
+    """``build-world --decoded-index`` (issue 30, tried): the index's vectors are those of each training image as
+    the world's VAE returns it, its threshold at ``DECODED_FPR`` of that background, the entry naming the VAE; the
+    default index embeds the images as they are, at 1%."""
+    import shutil
+
+    import numpy as np
+
+    from memlab.buildworld import DECODED_FPR, _index, _Stages, decoded_images
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex
+    from memlab.worldgen import WorldSpec
+    from tests.helpers import synthetic_images
+
+    ims = synthetic_images(12, size=32)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for i, im in enumerate(ims):
+        im.save(data / "images" / f"{i:04d}.png")
+    rows = pd.DataFrame({"id": range(12), "item": range(12), "caption": ["a red square"] * 12,
+                         "file": [f"images/{i:04d}.png" for i in range(12)], "source": ["procedural"] * 12,
+                         "template": [-1] * 12})
+    for decoded in (True, False):
+        out = tmp_path / ("dec" if decoded else "plain")
+        shutil.copytree(tiny_pipeline_dir, out / "model")
+        _index(out, rows.copy(), data, WorldSpec(), ["pixel"], 0, _Stages(out / "build", lambda m: None), None,
+               decoded=decoded)
+        idx = TrainingIndex.load(out / "index")
+        info = idx.descriptor_info("pixel")
+        assert info["threshold"]["fpr_target"] == (DECODED_FPR if decoded else 0.01)
+        if decoded:
+            rendered, words = decoded_images(out / "model", ims)
+            assert info["indexed"] == words and "vae sha256" in words
+            assert np.allclose(idx.vectors("pixel"), create_descriptor("pixel").embed(rendered), atol=1e-6)
+            assert (out / "build" / "decoded" / "done.json").is_file()
+        else:
+            assert "indexed" not in info
+            assert np.allclose(idx.vectors("pixel"), create_descriptor("pixel").embed(ims), atol=1e-6)

@@ -294,3 +294,33 @@ def test_a_template_copy_is_told_by_where_it_agrees_with_its_match(tmp_path):
     blob = 200.0 * np.exp(-((xx - 32.0) ** 2 + (yy - 32.0) ** 2) / (2 * 12.0 ** 2))[..., None]
     b1, b2 = (blob + np.random.default_rng(s).normal(0, 6, (64, 64, 3)) for s in (1, 2))
     assert agreement_mask(b1, b2, sigma=0).mean() >= 0.25 and agreement_mask(b1, b2).mean() < 0.05
+
+
+def test_an_index_of_another_rendering_embeds_it_compares_it_and_names_it(tmp_path):
+    """``build_index(indexed=...)`` (the built-in world indexes each image as its VAE returns it): the vectors are
+    the rendering's, the distinct background compares the renderings with each other, the images kept stay the
+    originals, and the descriptor's entry, a match's descriptor summary and the app's label name it."""
+    from memlab.distort import blur
+    from memlab.match import descriptor_summary
+    from memlab.metrics import background
+
+    ims = synthetic_images(30)
+    rendered = [blur(im, 2.0) for im in ims]
+    items = pd.DataFrame({"id": range(30), "caption": ["c"] * 30, "file": [f"{i}.png" for i in range(30)]})
+    d = create_descriptor("pixel")
+    build_index(tmp_path / "r", items, lambda i: ims[i], [d], calib_n=500,
+                indexed=(lambda i: rendered[i], "each image blurred by 2 px"))
+    build_index(tmp_path / "o", items, lambda i: ims[i], [d], calib_n=500)
+    idx, plain = TrainingIndex.load(tmp_path / "r"), TrainingIndex.load(tmp_path / "o")
+    v = d.embed(rendered)
+    assert np.allclose(idx.vectors("pixel"), v, atol=1e-6)
+    assert not np.allclose(plain.vectors("pixel"), v, atol=1e-3)
+    reps = idx.items["representative"].to_numpy()
+    assert np.allclose(idx.background("pixel", distinct=True), background(v, groups=idx.items["group"].to_numpy())[reps],
+                       atol=1e-6)
+    assert idx.descriptor_info("pixel")["indexed"] == "each image blurred by 2 px"
+    assert "indexed" not in plain.descriptor_info("pixel")
+    assert descriptor_summary(idx, "pixel")["indexed"] == "each image blurred by 2 px"
+    # a blurred copy of a training image scores higher against the blurred rendering than against the original
+    q = d.embed([blur(ims[5], 2.0)])[0]
+    assert float(q @ idx.vectors("pixel")[5]) > float(q @ plain.vectors("pixel")[5])

@@ -42,6 +42,9 @@ def add_arguments(p):
     p.add_argument("--views-model", default=None,
                    help="the pipeline folder memlab-copy took its decoder views from: its copies of the same items "
                         "are scored too, against the world's model that gave the descriptor none")
+    p.add_argument("--decoded-index", action="store_true",
+                   help="index each training image as the world's VAE returns it, threshold at 0.5%% of that "
+                        "background (tried for issue 30, not the shipped world's: docs/methods.md)")
 
 
 def run(args) -> int:
@@ -74,6 +77,7 @@ def run(args) -> int:
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
                 alignment=alignment, objects=objects, views_model=args.views_model, sample_steps=args.sample_steps,
+                decoded_index=args.decoded_index,
                 command=args.command,  # every option, as the card's built_with
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
