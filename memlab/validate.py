@@ -87,6 +87,7 @@ def check_manifest(m, path: Path) -> dict:
             if files.get(key) is not None:
                 c.relative(path, c.get(files, key, str, f"{where}.files.{key}"), f"{where}.files.{key}")
         c.get(info, "factory", str, f"{where}.factory")
+        c.get(info, "indexed", str, f"{where}.indexed", optional=True)  # words: what the vectors were computed from
         norm = c.get(info, "score_norm", dict, f"{where}.score_norm", optional=True)
         if norm is not None:  # the rule as memlab.scorenorm checks it
             try:
