@@ -186,7 +186,7 @@ def main():
     import numpy as np
     import pandas as pd
 
-    from memlab.buildworld import WORLD_DEFAULTS
+    from memlab.buildworld import WORLD_DEFAULTS, decoded_rows
     from memlab.descriptors import create_descriptor
     from memlab.generate import Generator, Settings
     from memlab.index import TrainingIndex, build_index
@@ -195,7 +195,7 @@ def main():
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
     data = work / "data"
-    indexed = decoded_training_set(world / "model", rows, image_of, work) if a.decoded else None
+    indexed = decoded_rows(world / "model", rows, image_of, work / "decoded") if a.decoded else None
     base = truth["model:img2img@0.3"]
     truth["model:all"] = (np.concatenate([t[0] for t in truth.values()]),
                           [im for t in truth.values() for im in t[1]])
@@ -263,15 +263,6 @@ def main():
                   f"{(bg > t).mean():.2%} of the distinct background): "
                   + " ".join(f"{k[6:]} {(copy_scores[k] > t).mean():.1%}" for k in kinds)
                   + f"; full20 own-top1 {(scores[full & own, 0] > t).mean():.1%}", flush=True)
-
-
-def decoded_training_set(model, rows, image_of, work: Path):
-    """``build_index``'s ``indexed`` for the validation set: each training image as ``model``'s VAE returns it
-    (``buildworld.decoded_images``, cached under ``work``)."""
-    from memlab.buildworld import decoded_images
-
-    images, words = decoded_images(model, [image_of(i) for i in range(len(rows))], work / "decoded")
-    return (lambda i: images[i]), words
 
 
 def top1(idx, d, images):

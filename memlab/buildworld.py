@@ -125,6 +125,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
 
     out = Path(out)
     st = _Stages(out / "build", log)
+    if refresh and decoded_index:
+        raise MemlabError("--refresh keeps the world's index; --decoded-index builds it: use --reuse-model")
     if refresh:
         previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
         if not previous.get("train") or not (out / "index" / "manifest.json").is_file():
@@ -150,7 +152,9 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                       save_dtype="fp16", device=train_device)
     previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
     train_card = _model(out, cfg, rows, data, previous, reuse_model, st, progress)
-    if not (out / "index" / "manifest.json").is_file():
+    if (out / "index" / "manifest.json").is_file():
+        _check_resumed_index(out / "index", descriptors[0], decoded_index)
+    else:
         _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model, sampling,
                decoded_index)
     _keyword_views(out, st)
@@ -248,6 +252,26 @@ def decoded_images(model_dir, images, cache=None) -> tuple[list, str]:
     return out, words
 
 
+def _check_resumed_index(index: Path, primary: str, decoded: bool) -> None:
+    """A resumed build keeps the index it made: refused where it was made with the other ``decoded_index``."""
+    entry = json.loads((index / "manifest.json").read_text()).get("descriptors", {}).get(primary, {})
+    if bool(entry.get("indexed")) != decoded:
+        raise MemlabError(f"the index in {index} was built {'without' if decoded else 'with'} --decoded-index; "
+                          f"build again with --reuse-model to index it anew")
+
+
+def decoded_rows(model_dir, rows, image_of, cache=None) -> tuple:
+    """``index.build_index``'s ``indexed`` for a training table: (row -> its image as the world's VAE returns it,
+    the words), each file decoded once (``decoded_images``; a planted duplicate's rows share their file)."""
+    files = rows["file"].astype(str).tolist()
+    first: dict = {}
+    for i, f in enumerate(files):
+        first.setdefault(f, i)
+    ims, words = decoded_images(model_dir, [image_of(i) for i in first.values()], cache)
+    at = {f: k for k, f in enumerate(first)}
+    return (lambda i: ims[at[files[i]]]), words
+
+
 def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_truth_items: int, st: _Stages,
            progress, views_model=None, sampling: dict = WORLD_DEFAULTS, decoded: bool = False) -> None:
     """3. The index of the training set (one row per training sample: duplicates are explicit), with the
@@ -274,13 +298,10 @@ def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_tru
         truth.update(model_copy_truth(rows, image_of, views_model, ground_truth_items, spec.seed, progress,
                                       prefix="views", cache=cache / "views", sampling=sampling)[0])
     rows["origin"] = calibration_origin(rows)
-    indexed, fpr = None, 0.01
-    if decoded:
-        ims, words = decoded_images(out / "model", [image_of(i) for i in range(len(rows))], out / "build" / "decoded")
-        indexed, fpr = (lambda i: ims[i], words), DECODED_FPR
+    indexed = decoded_rows(out / "model", rows, image_of, out / "build" / "decoded") if decoded else None
     build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
                 image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
-                origin="origin", indexed=indexed, fpr=fpr,
+                origin="origin", indexed=indexed, fpr=DECODED_FPR if decoded else 0.01,
                 extra_manifest={"source": {"command": "python -m memlab build-world",
                                            "generator": "memlab.worldgen", "spec": asdict(spec)},
                                 "ground_truth": {

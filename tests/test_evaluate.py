@@ -177,7 +177,8 @@ def test_build_worlds_decoded_index_embeds_the_vaes_renderings_and_says_so(tiny_
 
     import numpy as np
 
-    from memlab.buildworld import DECODED_FPR, _index, _Stages, decoded_images
+    from memlab.buildworld import DECODED_FPR, _check_resumed_index, _index, _Stages, build_world, decoded_images
+    from memlab.errors import MemlabError
     from memlab.descriptors import create_descriptor
     from memlab.index import TrainingIndex
     from memlab.worldgen import WorldSpec
@@ -188,9 +189,9 @@ def test_build_worlds_decoded_index_embeds_the_vaes_renderings_and_says_so(tiny_
     (data / "images").mkdir(parents=True)
     for i, im in enumerate(ims):
         im.save(data / "images" / f"{i:04d}.png")
-    rows = pd.DataFrame({"id": range(12), "item": range(12), "caption": ["a red square"] * 12,
-                         "file": [f"images/{i:04d}.png" for i in range(12)], "source": ["procedural"] * 12,
-                         "template": [-1] * 12})
+    files = [f"images/{i:04d}.png" for i in range(12)] + ["images/0003.png"]  # a planted duplicate of item 3
+    rows = pd.DataFrame({"id": range(13), "item": list(range(12)) + [3], "caption": ["a red square"] * 13,
+                         "file": files, "source": ["procedural"] * 13, "template": [-1] * 13})
     for decoded in (True, False):
         out = tmp_path / ("dec" if decoded else "plain")
         shutil.copytree(tiny_pipeline_dir, out / "model")
@@ -202,8 +203,15 @@ def test_build_worlds_decoded_index_embeds_the_vaes_renderings_and_says_so(tiny_
         if decoded:
             rendered, words = decoded_images(out / "model", ims)
             assert info["indexed"] == words and "vae sha256" in words
-            assert np.allclose(idx.vectors("pixel"), create_descriptor("pixel").embed(rendered), atol=1e-6)
-            assert (out / "build" / "decoded" / "done.json").is_file()
+            assert np.allclose(idx.vectors("pixel"), create_descriptor("pixel").embed(rendered + [rendered[3]]),
+                               atol=1e-6)
+            assert len(list((out / "build" / "decoded").glob("*.png"))) == 12  # each file decoded once
         else:
             assert "indexed" not in info
-            assert np.allclose(idx.vectors("pixel"), create_descriptor("pixel").embed(ims), atol=1e-6)
+            assert np.allclose(idx.vectors("pixel"), create_descriptor("pixel").embed(ims + [ims[3]]), atol=1e-6)
+        # a resumed build keeps its index only when asked for the same kind
+        _check_resumed_index(out / "index", "pixel", decoded)
+        with pytest.raises(MemlabError, match="--decoded-index"):
+            _check_resumed_index(out / "index", "pixel", not decoded)
+    with pytest.raises(MemlabError, match="--reuse-model"):  # a refresh keeps the index: it cannot decode it
+        build_world(tmp_path / "dec", refresh=True, decoded_index=True)
