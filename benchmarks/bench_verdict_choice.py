@@ -90,6 +90,16 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     "verified, two-sided 0.75": ("memlab-copy", {"score_norm": {
         "gains": [1.5], "verify": {"weight": 0.2, "sigma": 3.0, "region": 0.5}, "train_side": 0.75}}),
     "normalized, two-sided 0.5, no verification": ("memlab-copy", {"score_norm": {"gains": [1.5], "train_side": 0.5}}),
+    # the detail correlation normalized as the cosine is: less the mean of its k highest with the query's other best
+    # matches (a shared striped or checkered background matches several images' detail alike)
+    "verified, detail normalized k 2": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {
+        "weight": 0.2, "sigma": 3.0, "region": 0.5, "detail_k": 2}}}),
+    "verified, detail normalized k 2, weight 0.4": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {
+        "weight": 0.4, "sigma": 3.0, "region": 0.5, "detail_k": 2}}}),
+    "verified, detail normalized k 1, weight 0.4": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {
+        "weight": 0.4, "sigma": 3.0, "region": 0.5, "detail_k": 1}}}),
+    "verified, detail normalized k 2, weight 0.4, whole image": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {
+        "weight": 0.4, "sigma": 3.0, "region": 1.0, "detail_k": 2}}}),
 }
 
 

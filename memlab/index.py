@@ -211,7 +211,8 @@ def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_row
             load, truth_images, copy_images, as_query = images
             got = verify.calibrate(v, distinct, reps, spec, sides, load, calib_rows, copy_images, copy_scores,
                                    truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores, nb,
-                                   query_image=as_query)
+                                   query_image=as_query, copy_vectors=copies,
+                                   truth_vectors={g: emb[d.name] for g, (_, emb) in truth.items()})
             bg, bg_distinct, copy_scores, truth_scores = (got["background"], got["background_distinct"],
                                                           got["copies"], got["truth"])
     elif d.verdict == "cosine":

@@ -48,6 +48,7 @@ def check_verify(spec: dict | None) -> dict | None:
     from .errors import MemlabError
 
     out = {**VERIFY, "region": 1.0, **dict(spec)}
+    dk = out.pop("detail_k", 0)
     w, s, c, r = out["weight"], out["sigma"], out["candidates"], out["region"]
 
     def number(x):
@@ -56,7 +57,10 @@ def check_verify(spec: dict | None) -> dict | None:
             or not isinstance(c, int) or not (0 < w <= 2 and 0 < s <= 8 and 1 <= c <= 64 and 0.25 <= r <= 1)):
         raise MemlabError(f"verify takes weight in (0, 2], sigma in (0, 8] px, a whole number of candidates in "
                           f"[1, 64] and a central region in [0.25, 1]; got {dict(spec)!r:.120}")
-    return {"weight": float(w), "sigma": float(s), "candidates": int(c), "region": float(r)}
+    if isinstance(dk, bool) or not isinstance(dk, int) or not 0 <= dk < c:
+        raise MemlabError(f"verify's detail_k is a whole number below its candidates; got {dk!r:.40}")
+    return {"weight": float(w), "sigma": float(s), "candidates": int(c), "region": float(r),
+            **({"detail_k": dk} if dk else {})}
 
 
 def verify_words(spec: dict) -> str:
@@ -65,8 +69,10 @@ def verify_words(spec: dict) -> str:
     return (f"plus {spec['weight']:g} x the correlation of the two images' detail ({spec['sigma']:g} px at "
             f"{VERIFY_SIDE} x {VERIFY_SIDE}, "
             + (f"inside the central {region:.0%} of each side, " if region < 1 else "")
-            + f"per colour channel, the better of the query and its mirror image), over the query's "
-            f"{spec['candidates']} best matches")
+            + "per colour channel, the better of the query and its mirror image"
+            + (f", less the mean of its {spec['detail_k']} highest with the query's other best matches"
+               if spec.get("detail_k") else "")
+            + f"), over the query's {spec['candidates']} best matches")
 
 
 DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY, "train_side": 0.0}

@@ -95,7 +95,23 @@ def rescore(normalized, rows, query_sides: list, train_of, spec: dict) -> tuple[
     """Verified scores of one query's candidates: ``normalized`` [m] plus weight x the best correlation with each
     candidate row's image (``train_of(row)``: its detail vectors); returns (verified scores, correlations)."""
     corr = np.array([best_correlation(query_sides, train_of(int(r))) for r in rows])
-    return np.asarray(normalized, np.float64) + spec["weight"] * corr, corr
+    used = corr - detail_normalizer(corr[:spec["candidates"]], len(corr), spec.get("detail_k", 0))
+    return np.asarray(normalized, np.float64) + spec["weight"] * used, corr
+
+
+def detail_normalizer(first, n: int, k: int) -> np.ndarray:
+    """The detail correlation's own score normalization (``detail_k`` = k > 0; 0 leaves it out): for each of n
+    candidates, the mean of the k highest correlations of the query with the *other* candidates among the
+    ``first`` (the best ``candidates``), so a query whose detail matches several images alike (a shared striped
+    or checkered background) gains little from it."""
+    out = np.zeros(n)
+    first = np.asarray(first, np.float64)
+    if not k or len(first) < 2:
+        return out
+    for i in range(n):
+        others = np.delete(first, i) if i < len(first) else first
+        out[i] = np.sort(others)[::-1][:k].mean()
+    return out
 
 
 def candidates(sim, groups, own, spec: dict, m: int, nb=None):
@@ -150,12 +166,14 @@ def detail_mirror(sides):
 
 
 def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, copy_images, copy_scores,
-              truth_images: dict, truth_rows: dict, truth_scores: dict, nb=None, query_image=None) -> dict:
+              truth_images: dict, truth_rows: dict, truth_scores: dict, nb=None, query_image=None,
+              copy_vectors=None, truth_vectors=None) -> dict:
     """What ``index.build_index`` calibrates on, verified (``background``, ``rescore``): the background of every
     row (as given) and of the distinct images (``sides["reps"]``: their other views), the calibration copies'
     and each ground truth's scores against their originals (their normalized scores plus weight x the
     correlation with the original). ``load_image(row)``: a training row's image; ``query_image(row)``: the image a
-    distinct image is a query as in the background (default the same)."""
+    distinct image is a query as in the background (default the same). With ``detail_k``, ``copy_vectors`` and
+    ``truth_vectors`` (each group's) find each copy's other best matches, whose correlations normalize its own."""
     ver = spec["verify"]
     cache: dict = {}
 
@@ -173,12 +191,22 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
             queries[row] = detail_vectors(query_image(int(row)).convert("RGB"), ver["sigma"], ver["region"])
         return queries[row]
 
-    def against(images, rows, scores):
-        corr = [best_correlation(query_details(im, ver["sigma"], ver["region"]), train_of(int(r)))
-                for im, r in zip(images, rows)]
-        return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(corr)).astype(np.float32)
+    g = np.asarray(groups, np.int64)
+
+    def against(images, rows, scores, vectors=None):
+        out = []
+        for i, (im, r) in enumerate(zip(images, rows)):
+            sides_q = query_details(im, ver["sigma"], ver["region"])
+            corr = best_correlation(sides_q, train_of(int(r)))
+            if ver.get("detail_k") and vectors is not None:  # the copy's other best matches, its own image left out
+                others, _ = candidates((vectors[i:i + 1] @ v.T)[0], g, g[int(r)], spec, ver["candidates"] - 1, nb)
+                oc = np.sort([best_correlation(sides_q, train_of(int(o))) for o in others])[::-1]
+                corr -= float(oc[:ver["detail_k"]].mean()) if len(oc) else 0.0
+            out.append(corr)
+        return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(out)).astype(np.float32)
 
     return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of, nb, query_of),
             "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of, nb, query_of),
-            "copies": against(copy_images, calib_rows, copy_scores),
-            "truth": {g: against(truth_images[g], truth_rows[g], truth_scores[g]) for g in truth_scores}}
+            "copies": against(copy_images, calib_rows, copy_scores, copy_vectors),
+            "truth": {k: against(truth_images[k], truth_rows[k], truth_scores[k], (truth_vectors or {}).get(k))
+                      for k in truth_scores}}

@@ -134,3 +134,44 @@ def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_
     vecs, vws = query_vectors(idx, d, [tinted])
     with pytest.raises(MemlabError, match="images"):
         match_vectors(idx, d, vecs, k=3, views=vws)
+
+
+def test_the_detail_normalized_as_the_cosine_is():
+    """``detail_k`` (tried, not shipped: docs/methods.md): each candidate's detail correlation less the mean of the
+    query's k highest with its other candidates, in matching and in the calibration's copies alike."""
+    got = verify.detail_normalizer([0.9, 0.5, 0.3, 0.1], 5, 2)
+    assert got == pytest.approx([0.4, 0.6, 0.7, 0.7, 0.7])  # the fifth, past the candidates, against all four
+    assert not verify.detail_normalizer([0.9, 0.5], 2, 0).any() and not verify.detail_normalizer([0.9], 1, 1).any()
+    rule = verify.check({**verify.DEFAULT, "detail_k": 2})
+    assert rule["detail_k"] == 2 and "detail_k" not in verify.check({**verify.DEFAULT, "detail_k": 0})
+    assert "less the mean of its 2 highest" in verify.words(rule) and "less" not in verify.words(verify.DEFAULT)
+    for bad in (True, 2.5, -1, verify.DEFAULT["candidates"]):
+        with pytest.raises(MemlabError):
+            verify.check({**verify.DEFAULT, "detail_k": bad})
+    # rescore: the normalized score plus the weight x (the correlation less the others' two highest)
+    ims = [scene(i) for i in range(6)]
+    query = ims[0]
+    details = {r: verify.detail_vectors(im, SIGMA, REGION) for r, im in enumerate(ims)}
+    norm = np.array([0.3, 0.2, 0.1, 0.05, 0.0, -0.1])
+    sides = verify.query_details(query, SIGMA, REGION)
+    got, corr = verify.rescore(norm, np.arange(6), sides, details.__getitem__, rule)
+    ref = np.array([reference(query, im, SIGMA, REGION) for im in ims])
+    assert corr == pytest.approx(ref, abs=1e-5)
+    m = rule["candidates"]
+    expect = [norm[i] + W * (ref[i] - np.sort(np.delete(ref[:m], i) if i < m else ref[:m])[::-1][:2].mean())
+              for i in range(6)]
+    assert got == pytest.approx(expect, abs=1e-5)
+    # the calibration's copies: normalized by their own other best matches, their own image left out
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    groups = np.arange(6)
+    spec = {"k": 2, "beta": 1.0, "verify": rule}
+    q = (v[2] + 0.3 * v[4])[None]
+    out = verify.calibrate(v, groups, np.arange(6), spec, {"reps": []}, lambda r: ims[r], [], [], [],
+                           {"t": [query]}, {"t": np.array([2])}, {"t": np.array([0.1])},
+                           truth_vectors={"t": q})["truth"]["t"][0]
+    others, _ = verify.candidates((q @ v.T)[0], groups, 2, spec, m - 1)
+    assert 2 not in others.tolist() and len(others) == m - 1
+    oc = np.sort([reference(query, ims[int(o)], SIGMA, REGION) for o in others])[::-1]
+    assert out == pytest.approx(0.1 + W * (ref[2] - oc[:2].mean()), abs=1e-5)

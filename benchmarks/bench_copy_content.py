@@ -1,0 +1,210 @@
+"""Do the model's copies still show their original? The verdict's recall on them, split by that (issue 30).
+
+The card's model-copy recall counts every copy the world's model makes of a held-out training item as a copy,
+the strongest image-to-image redraws (strength 0.5) included; some of those no longer show the item's drawn
+objects. This script asks that of each copy with what the world knows and no copy descriptor: the objects it
+drew (``regions``, ``objects``: each shape redrawn in its box as the world drew it). For each object, the
+**contrast kept** is the share of the object's contrast with the background around it (mean colour inside the
+shape less mean colour around it, in the original) that the copy keeps at the same pixels (1 for the original,
+about 0 where the object has blurred into its background; a darkened copy keeps its gain; a mirrored copy is
+mirrored back first). The bar is what unrelated images give: the same object's pixels in another scene item's
+copy of the same kind (a fixed derangement of the items); an object is **kept** when its share is above that
+null's 95th percentile. Then per kind: recall at the index's threshold (the item's own distinct image among
+the verdict's ``--k`` best matches, above the threshold: the card's recall, read through ``memlab match``), for
+the scene items that keep every object and for those that lose one, and for the items the objects cannot
+judge (photo crops, lighthouses, templates, objects of the background's colour).
+
+The copies are the card's (``model_copy_truth`` with the world's seed and item count, read from the build's
+cache under ``WORLD/build/model_copies/model`` when it is there, made again under ``--work`` otherwise: a few
+minutes on a CPU).
+
+    python -m benchmarks.bench_copy_content [--world assets/world] [--work DIR] [--k 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDE = 64  # the built-in world's images and their ``regions``
+
+
+def object_masks(regions: str, objects: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each drawn object of a scene item as (its pixels, the background around it), boolean masks at 64 x 64,
+    redrawn from the item's ``regions`` (boxes) and ``objects`` (shapes, in drawing order) as the world drew them:
+    an object's pixels are those it covers fully and no later object covers; the background around it is its box
+    widened by 2 px, less every object's pixels (partly covered ones too)."""
+    from PIL import Image, ImageDraw
+
+    from memlab.worldgen import _draw_shape
+
+    boxes = [b for b in str(regions).split(";") if b.startswith("obj:")]
+    shapes = [s for s in str(objects).split(",") if s]
+    if not boxes or len(boxes) != len(shapes):
+        return []
+    cover = []
+    for b, shape in zip(boxes, shapes):
+        x0, y0, x1, y1 = (4 * int(v) for v in b[4:].split(","))
+        im = Image.new("L", (4 * SIDE, 4 * SIDE), 0)
+        _draw_shape(ImageDraw.Draw(im), shape, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, 255, outline=255,
+                    width=3)
+        cover.append((np.asarray(im.resize((SIDE, SIDE), Image.BOX), np.float64) / 255, (x0, y0, x1, y1)))
+    anything = np.any([c > 0.1 for c, _ in cover], axis=0)
+    out = []
+    for i, (c, (x0, y0, x1, y1)) in enumerate(cover):
+        later = np.any([cc > 0.1 for cc, _ in cover[i + 1:]], axis=0) if i + 1 < len(cover) else np.zeros_like(c, bool)
+        inside = (c > 0.9) & ~later
+        box = np.zeros_like(inside)
+        box[max(0, y0 // 4 - 2):min(SIDE, y1 // 4 + 2), max(0, x0 // 4 - 2):min(SIDE, x1 // 4 + 2)] = True
+        out.append((inside, box & ~anything))
+    return out
+
+
+def contrast_kept(copy: np.ndarray, original: np.ndarray, inside: np.ndarray, around: np.ndarray) -> float | None:
+    """The share of an object's contrast with the background around it that a copy keeps: the copy's (mean colour
+    inside - mean colour around) projected on the original's, over the original's squared length (1.0 for the
+    original itself, about 0 where the object has gone; None where the original's contrast is under 20 of 255 or
+    a mask is empty)."""
+    if not inside.any() or not around.any():
+        return None
+    c0 = original[inside].mean(0) - original[around].mean(0)
+    n = float(c0 @ c0)
+    if n < 20.0 ** 2:
+        return None
+    return float((copy[inside].mean(0) - copy[around].mean(0)) @ c0 / n)
+
+
+def pixels(image) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(image.convert("RGB").resize((SIDE, SIDE), Image.LANCZOS), np.float64)
+
+
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A fixed permutation of range(n) that moves every element (n >= 2)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        p = rng.permutation(n)
+        if not (p == np.arange(n)).any():
+            return p
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-copy-content"))
+    ap.add_argument("--k", type=int, default=10, help="matches per copy among which its own image is looked for")
+    ap.add_argument("--quantile", type=float, default=0.95, help="the null's quantile an object must pass")
+    args = ap.parse_args()
+
+    import pandas as pd
+
+    from memlab.buildworld import model_copy_truth
+    from memlab.index import TrainingIndex
+    from memlab.match import descriptor_for_index, load_image, match_vectors, query_vectors
+
+    world = Path(args.world)
+    idx = TrainingIndex.load(world / "index")
+    d = descriptor_for_index(idx)
+    manifest = json.loads((world / "index" / "manifest.json").read_text())
+    entry = manifest["descriptors"][d.name]
+    thr = float(entry["threshold"]["value"])
+    truth_n = {k: v["n"] for k, v in entry["threshold"].get("ground_truth", {}).items()}
+    n_items = truth_n.get("model:vae") or 96
+    seed = int(manifest["source"]["spec"]["seed"])
+    rows = pd.read_parquet(world / "index" / "items.parquet")
+
+    def image_of(i):
+        return load_image(idx.image_path(int(i)))
+
+    built = world / "build" / "model_copies" / "model"
+    cache = built if (built / "done.json").is_file() else Path(args.work) / "model"
+    truth, _ = model_copy_truth(rows, image_of, world / "model", n_items, seed, cache=cache)
+    print(f"world {world} (seed {seed}), {n_items} held-out items; copies from {cache}")
+    print(f"verdict: {d.name} ({entry['model']}), threshold {thr:.3f}; a copy is recalled when its own image is "
+          f"among its {args.k} best matches above the threshold")
+    print(f"an object is kept when the share of its contrast with its surroundings the copy keeps is above the "
+          f"{args.quantile:.0%} quantile of that share in another item's copy of the same kind (bar)")
+    print(f"{'kind':<14}{'n':>4}{'recall':>9}{'  scene':>7}{'keep all':>10}{'recall':>9}{'lose one':>10}{'recall':>9}"
+          f"{'  other':>8}{'recall':>9}{'kept (median)':>15}{'bar':>7}")
+    kinds = [k for k in truth if k.startswith("model:") and not k.endswith((":all", "all-not-photo"))]
+    for kind in sorted(kinds, key=lambda k: (k.split("@")[-1], k)):
+        own_rows, ims = truth[kind]
+        own_rows = np.asarray(own_rows)
+        vecs, views = query_vectors(idx, d, ims)
+        found = match_vectors(idx, d, vecs, k=args.k, views=views, images=ims)
+        mine = idx.distinct_of(own_rows)
+        score = np.array([max((m["score"] for m in r["matches"] if idx.distinct_of([m["row"]])[0] == o),
+                              default=-np.inf) for r, o in zip(found, mine)])
+        hit = score > thr
+        mirrored = kind.startswith("model:mirror")
+        copies = [pixels(im)[:, ::-1] if mirrored else pixels(im) for im in ims]
+        originals = [pixels(image_of(r)) for r in own_rows]
+        masks = [[m for m in object_masks(rows["regions"].iloc[int(r)], rows["objects"].iloc[int(r)])
+                  if contrast_kept(originals[i], originals[i], *m) is not None] for i, r in enumerate(own_rows)]
+        scene = np.array([bool(m) for m in masks])
+        sidx = np.flatnonzero(scene)
+        other = sidx[derangement(len(sidx))]
+        own = [[contrast_kept(copies[i], originals[i], *m) for m in masks[i]] for i in sidx]
+        null = np.array([contrast_kept(copies[j], originals[i], *m) for i, j in zip(sidx, other) for m in masks[i]])
+        bar = float(np.quantile(null, args.quantile))
+        keep = np.zeros(len(ims), bool)
+        keep[sidx] = [all(c > bar for c in cs) for cs in own]
+        lose = scene & ~keep
+
+        def rate(mask):
+            return f"{hit[mask].mean():>9.1%}" if mask.any() else f"{'-':>9}"
+        print(f"{kind[6:]:<14}{len(ims):>4}{hit.mean():>9.1%}{scene.sum():>7}{keep.sum():>10}{rate(keep)}"
+              f"{lose.sum():>10}{rate(lose)}{(~scene).sum():>8}{rate(~scene)}"
+              f"{np.median([c for cs in own for c in cs]):>15.2f}{bar:>7.2f}", flush=True)
+    threshold_pairs(idx, d, thr, args.k)
+    return 0
+
+
+def scene_of(caption: str) -> str:
+    """What an item's picture shares with others of its kind: a scene's background (colour and kind), a
+    lighthouse, a template's caption, or the caption itself."""
+    from memlab.alignment import parse_scene_prompt
+
+    p = parse_scene_prompt(caption)
+    if p:
+        return f"{p['bg_colour']} {p['bg_kind']} background"
+    return "lighthouse" if "lighthouse" in caption else caption
+
+
+def threshold_pairs(idx, d, thr: float, k: int):
+    """The distinct images whose score against their nearest other distinct image is at or above the threshold
+    (the background's top 1%, which sets it), each with that image (the verdict's best match of another distinct
+    image, the image itself left out of the normalizer's neighbours as in the calibration)."""
+    from memlab.match import load_image, match_vectors, query_vectors
+
+    items = idx.items
+    reps = np.flatnonzero(items["representative"].to_numpy())
+    bg = idx.background(d.name, distinct=True)
+    order = np.argsort(-bg)
+    rows = reps[order]
+    ims = [load_image(idx.image_path(int(r))) for r in rows]
+    vecs, views = query_vectors(idx, d, ims)
+    found = match_vectors(idx, d, vecs, k=k, views=views, images=ims)
+    above = int(np.sum(bg >= thr))
+    print(f"the distinct images at or above the threshold against their nearest other distinct image ({above} of "
+          f"{len(reps)}), each with that image:")
+    shared = []
+    for n, (r, s, res) in enumerate(zip(rows, bg[order], found)):
+        own = idx.distinct_of([r])[0]
+        m = next((m for m in res["matches"] if idx.distinct_of([m["row"]])[0] != own), None)
+        a, b = items["caption"].iloc[int(r)], (items["caption"].iloc[int(m["row"])] if m else "")
+        shared.append(bool(m) and scene_of(a) == scene_of(b))
+        if n < above:
+            print(f"  {s:.3f}  {a!r} ~ {b!r}" + (f"  (both: {scene_of(a)})" if shared[-1] else ""))
+    same = sum(shared[:above])
+    print(f"  {same} of {above} share their background (scenes) or are both lighthouses; of all {len(rows)} distinct "
+          f"images and their nearest, {np.mean(shared):.1%}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""The object judge of ``benchmarks/bench_copy_content.py`` (issue 30): does a model's copy still show the
+training item's drawn objects? Checked on hand-made images drawn the world's way."""
+import numpy as np
+from PIL import Image, ImageDraw
+
+from benchmarks.bench_copy_content import contrast_kept, derangement, object_masks
+from memlab.worldgen import _draw_shape
+
+GREY, RED, BLUE = (128, 128, 128), (220, 30, 30), (30, 30, 220)
+
+
+def _scene(objects):
+    """A 64 x 64 grey image with ``objects`` [(shape, colour, (x0, y0, x1, y1) at 64 px)] drawn at 4x as the world
+    draws them, and its regions / objects columns."""
+    im = Image.new("RGB", (256, 256), GREY)
+    d = ImageDraw.Draw(im)
+    for shape, colour, (x0, y0, x1, y1) in objects:
+        _draw_shape(d, shape, 2 * (x0 + x1), 2 * (y0 + y1), 2 * (x1 - x0), colour, outline=(0, 0, 0), width=3)
+    regions = ";".join("obj:" + ",".join(map(str, b)) for _, _, b in objects)
+    return (np.asarray(im.resize((64, 64), Image.LANCZOS), np.float64), regions,
+            ",".join(s for s, _, _ in objects))
+
+
+def test_masks_follow_the_drawn_shapes_and_the_later_object_on_top():
+    img, regions, objects = _scene([("square", RED, (10, 10, 34, 34)), ("circle", BLUE, (24, 24, 48, 48))])
+    (sq_in, sq_around), (ci_in, ci_around) = object_masks(regions, objects)
+    def share(mask, colour):  # of the mask's pixels in that colour (the black outline and its antialiasing aside)
+        return (np.abs(img[mask] - np.array(colour)).max(1) < 40).mean()
+    assert share(sq_in, RED) > 0.8 and share(sq_in, BLUE) == 0  # the square's own pixels, not the circle over it
+    assert share(ci_in, BLUE) > 0.8 and share(ci_in, RED) == 0
+    assert not (sq_in & ci_in).any() and not (sq_in & sq_around).any() and not (ci_in & sq_around).any()
+    assert share(sq_around, GREY) > 0.9  # the background around it
+    assert object_masks("", "") == [] and object_masks(regions, "square") == []  # no objects, or a mismatch
+
+
+def test_contrast_kept_one_for_the_original_gain_for_a_darkened_copy_zero_when_gone():
+    img, regions, objects = _scene([("diamond", RED, (12, 14, 40, 42))])
+    (inside, around), = object_masks(regions, objects)
+    assert abs(contrast_kept(img, img, inside, around) - 1.0) < 1e-9
+    assert abs(contrast_kept(0.6 * img, img, inside, around) - 0.6) < 1e-9     # a darkened copy keeps 60%
+    gone = np.broadcast_to(np.array(GREY, np.float64), img.shape).copy()      # the object painted over
+    assert abs(contrast_kept(gone, img, inside, around)) < 1e-9
+    other, _, _ = _scene([("diamond", BLUE, (12, 14, 40, 42))])
+    assert contrast_kept(other, img, inside, around) < 0.5  # another colour in its place keeps little of it
+    flat = np.full_like(img, 128.0)
+    assert contrast_kept(img, flat, inside, around) is None  # nothing to keep: not judged
+
+
+def test_derangement_moves_every_item():
+    for n in (2, 3, 17):
+        p = derangement(n)
+        assert sorted(p) == list(range(n)) and (p != np.arange(n)).all()
