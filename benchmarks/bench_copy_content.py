@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-copy-content"))
     ap.add_argument("--k", type=int, default=10, help="matches per copy among which its own image is looked for")
     ap.add_argument("--quantile", type=float, default=0.95, help="the null's quantile an object must pass")
+    ap.add_argument("--views-model", default=None, help="also the copies made by this model (build-world's "
+                    "--views-model, the held-out model: read from WORLD/build/model_copies/views when there)")
     args = ap.parse_args()
 
     import pandas as pd
@@ -124,15 +126,20 @@ def main():
     built = world / "build" / "model_copies" / "model"
     cache = built if (built / "done.json").is_file() else Path(args.work) / "model"
     truth, _ = model_copy_truth(rows, image_of, world / "model", n_items, seed, cache=cache)
+    if args.views_model:
+        built = world / "build" / "model_copies" / "views"
+        truth.update(model_copy_truth(rows, image_of, Path(args.views_model), n_items, seed, prefix="views",
+                                      cache=built if (built / "done.json").is_file() else Path(args.work) / "views")[0])
     print(f"world {world} (seed {seed}), {n_items} held-out items; copies from {cache}")
     print(f"verdict: {d.name} ({entry['model']}), threshold {thr:.3f}; a copy is recalled when its own image is "
           f"among its {args.k} best matches above the threshold")
     print(f"an object is kept when the share of its contrast with its surroundings the copy keeps is above the "
           f"{args.quantile:.0%} quantile of that share in another item's copy of the same kind (bar)")
-    print(f"{'kind':<14}{'n':>4}{'recall':>9}{'  scene':>7}{'keep all':>10}{'recall':>9}{'lose one':>10}{'recall':>9}"
+    print(f"{'kind':<20}{'n':>4}{'recall':>9}{'  scene':>7}{'keep all':>10}{'recall':>9}{'lose one':>10}{'recall':>9}"
           f"{'  other':>8}{'recall':>9}{'kept (median)':>15}{'bar':>7}")
-    kinds = [k for k in truth if k.startswith("model:") and not k.endswith((":all", "all-not-photo"))]
-    for kind in sorted(kinds, key=lambda k: (k.split("@")[-1], k)):
+    families = []
+    kinds = [k for k in truth if not k.endswith((":all", "all-not-photo"))]
+    for kind in sorted(kinds, key=lambda k: (k.split(":")[0], k.split("@")[-1], k)):
         own_rows, ims = truth[kind]
         own_rows = np.asarray(own_rows)
         vecs, views = query_vectors(idx, d, ims)
@@ -141,7 +148,7 @@ def main():
         score = np.array([max((m["score"] for m in r["matches"] if idx.distinct_of([m["row"]])[0] == o),
                               default=-np.inf) for r, o in zip(found, mine)])
         hit = score > thr
-        mirrored = kind.startswith("model:mirror")
+        mirrored = kind.split(":")[1].startswith("mirror")
         copies = [pixels(im)[:, ::-1] if mirrored else pixels(im) for im in ims]
         originals = [pixels(image_of(r)) for r in own_rows]
         masks = [[m for m in object_masks(rows["regions"].iloc[int(r)], rows["objects"].iloc[int(r)])
@@ -156,13 +163,29 @@ def main():
         keep[sidx] = [all(c > bar for c in cs) for cs in own]
         lose = scene & ~keep
 
+        fam = np.array([family(rows.iloc[int(r)]) for r in own_rows])
+        families.append((kind, {f: (int(((fam == f) & ~scene).sum()), hit[(fam == f) & ~scene])
+                                for f in ("photo crop", "lighthouse", "template", "scene")}))
+
         def rate(mask):
             return f"{hit[mask].mean():>9.1%}" if mask.any() else f"{'-':>9}"
-        print(f"{kind[6:]:<14}{len(ims):>4}{hit.mean():>9.1%}{scene.sum():>7}{keep.sum():>10}{rate(keep)}"
+        print(f"{kind:<20}{len(ims):>4}{hit.mean():>9.1%}{scene.sum():>7}{keep.sum():>10}{rate(keep)}"
               f"{lose.sum():>10}{rate(lose)}{(~scene).sum():>8}{rate(~scene)}"
               f"{np.median([c for cs in own for c in cs]):>15.2f}{bar:>7.2f}", flush=True)
+    print("the items the objects cannot judge, by family (n, recall): "
+          + "; ".join(f"{k}: " + ", ".join(f"{f} {n} {h.mean():.0%}" for f, (n, h) in got.items() if n)
+                      for k, got in families))
     threshold_pairs(idx, d, thr, args.k)
     return 0
+
+
+def family(item) -> str:
+    """An item's family: a crop of a scikit-image photo, a lighthouse, a template's picture, or a scene."""
+    if str(item["source"]).startswith("scikit-image"):
+        return "photo crop"
+    if int(item["template"]) >= 0:
+        return "template"
+    return "lighthouse" if "lighthouse" in str(item["caption"]) else "scene"
 
 
 def scene_of(caption: str) -> str:
