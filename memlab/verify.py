@@ -109,9 +109,13 @@ def detail_normalizer(first, n: int, k: int) -> np.ndarray:
     if not k or len(first) < 2:
         return out
     for i in range(n):
-        others = np.delete(first, i) if i < len(first) else first
-        out[i] = np.sort(others)[::-1][:k].mean()
+        out[i] = top_mean(np.delete(first, i) if i < len(first) else first, k)
     return out
+
+
+def top_mean(values, k: int) -> float:
+    """The mean of the k highest of ``values`` (0.0 for none)."""
+    return float(np.sort(np.asarray(values, np.float64))[::-1][:k].mean()) if len(values) else 0.0
 
 
 def candidates(sim, groups, own, spec: dict, m: int, nb=None):
@@ -200,8 +204,7 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
             corr = best_correlation(sides_q, train_of(int(r)))
             if ver.get("detail_k") and vectors is not None:  # the copy's other best matches, its own image left out
                 others, _ = candidates((vectors[i:i + 1] @ v.T)[0], g, g[int(r)], spec, ver["candidates"] - 1, nb)
-                oc = np.sort([best_correlation(sides_q, train_of(int(o))) for o in others])[::-1]
-                corr -= float(oc[:ver["detail_k"]].mean()) if len(oc) else 0.0
+                corr -= top_mean([best_correlation(sides_q, train_of(int(o))) for o in others], ver["detail_k"])
             out.append(corr)
         return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(out)).astype(np.float32)
 
