@@ -15,7 +15,7 @@ the scene items that keep every object and for those that lose one, and for the 
 judge (photo crops, lighthouses, templates, objects of the background's colour).
 
 The copies are the card's (``model_copy_truth`` with the world's seed and item count, read from the build's
-cache under ``WORLD/build/model_copies/model`` when it is there, made again under ``--work`` otherwise: a few
+cache under ``WORLD/build/model_copies/model`` when it holds this model's, made under ``--work`` otherwise: a few
 minutes on a CPU).
 
     python -m benchmarks.bench_copy_content [--world assets/world] [--work DIR] [--k 10]
@@ -105,7 +105,7 @@ def main():
 
     import pandas as pd
 
-    from memlab.buildworld import model_copy_truth
+    from memlab.buildworld import _model_id, model_copy_truth
     from memlab.index import TrainingIndex
     from memlab.match import descriptor_for_index, load_image, match_vectors, query_vectors
 
@@ -123,13 +123,18 @@ def main():
     def image_of(i):
         return load_image(idx.image_path(int(i)))
 
-    built = world / "build" / "model_copies" / "model"
-    cache = built if (built / "done.json").is_file() else Path(args.work) / "model"
+    def cache_for(what: str, model: Path) -> Path:  # the build's copies when they are this model's, never rewritten
+        built = world / "build" / "model_copies" / what
+        done = built / "done.json"
+        same = done.is_file() and json.loads(done.read_text()).get("key", {}).get("model") == _model_id(model)
+        return built if same else Path(args.work) / what
+
+    cache = cache_for("model", world / "model")
     truth, _ = model_copy_truth(rows, image_of, world / "model", n_items, seed, cache=cache)
     if args.views_model:
-        built = world / "build" / "model_copies" / "views"
-        truth.update(model_copy_truth(rows, image_of, Path(args.views_model), n_items, seed, prefix="views",
-                                      cache=built if (built / "done.json").is_file() else Path(args.work) / "views")[0])
+        views = Path(args.views_model)
+        truth.update(model_copy_truth(rows, image_of, views, n_items, seed, prefix="views",
+                                      cache=cache_for("views", views))[0])
     print(f"world {world} (seed {seed}), {n_items} held-out items; copies from {cache}")
     print(f"verdict: {d.name} ({entry['model']}), threshold {thr:.3f}; a copy is recalled when its own image is "
           f"among its {args.k} best matches above the threshold")
