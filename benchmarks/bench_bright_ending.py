@@ -15,6 +15,9 @@ elsewhere (``metrics.mask_coverage``) and the share of seeds above 1:
 With each, the end token's mean attention against a uniform share over the 77 positions (a bright ending is well
 above it).
 
+``--region shapes`` measures it on the objects' own pixels (each shape redrawn in its box as the world drew it)
+instead of their boxes, which also hold background (a ring's hole, a star's or a triangle's corners).
+
 ``--region template`` measures the map on the part of a template copy that is copied instead: outside the
 template's window (``regions``' ``window:`` box, where each picture of a template draws its own content) over inside
 it. For a group without windows (a control: ``--group unique``) the world's template window is used, so the same
@@ -28,7 +31,7 @@ SD v1's down block 0 does, trained as the world's model was (``docs/builtin-worl
 captions reworded so (``bench_frozen_text.py --objects-last``).
 
     python -m benchmarks.bench_bright_ending [--world assets/world] [--group full_ddf20] [--seeds 10-13]
-        [--region objects|template] [--model DIR] [--objects-last]
+        [--region objects|shapes|template] [--model DIR] [--objects-last]
 """
 from __future__ import annotations
 
@@ -69,8 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--group", default="full_ddf20")
     ap.add_argument("--seeds", default="10-13")
-    ap.add_argument("--region", choices=("objects", "template"), default="objects",
-                    help="the drawn objects' boxes, or the template outside its window (above)")
+    ap.add_argument("--region", choices=("objects", "shapes", "template"), default="objects",
+                    help="the drawn objects' boxes, their own pixels, or the template outside its window (above)")
     ap.add_argument("--model", default=None, help="another pipeline folder trained on the world's training set")
     ap.add_argument("--objects-last", action="store_true", help="reword each prompt with its objects last (above)")
     a = ap.parse_args(argv)
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
     gen, index = world.generator(device="cpu"), world.index()
     items = index.items.drop_duplicates("item")
     regions = dict(zip(items["item"].astype(int), items["regions"].astype(str)))
+    objects = dict(zip(items["item"].astype(int), items["objects"].astype(str)))
     windows = sorted({w for r in regions.values() for w in r.split(";") if w.startswith("window:")})
     if a.region == "template" and not windows:
         raise SystemExit(f"{a.world} has no template windows")
@@ -117,6 +121,7 @@ def main(argv=None) -> int:
     try:
         for r in probes.itertuples():
             region = (object_region(regions.get(int(r.item), "")) if a.region == "objects"
+                      else drawn_pixels(regions.get(int(r.item), ""), objects.get(int(r.item), "")) if a.region == "shapes"
                       else outside_window(regions.get(int(r.item), ""), windows[0]))
             if region is None:
                 continue
@@ -141,7 +146,7 @@ def main(argv=None) -> int:
     finally:
         attention.bright_ending = shipped
     where = ("drawn objects; the end token's last-step map on the objects' boxes over elsewhere" if a.region == "objects"
-             else f"a template window (its own, else {windows[0]}); the end token's last-step map outside it over inside")
+             else "drawn objects; the map on the objects' own pixels over the rest" if a.region == "shapes" else f"a template window (its own, else {windows[0]}); the end token's last-step map outside it over inside")
     print(f"{a.group}: {len(probes)} probes x seeds {a.seeds}, {len(next(iter(ratios.values())))} seeds with {where} "
           f"(median over seeds, share above 1) and its mean attention (uniform over 77 positions: {1 / 77:.4f})")
     for key, v in ratios.items():
@@ -149,6 +154,18 @@ def main(argv=None) -> int:
         print(f"  {key:<52} {np.nanmedian(v):6.3f}x  above 1: {np.nanmean(v > 1):6.1%}  "
               f"attention {np.mean(share[key]):.4f}")
     return 0
+
+
+def drawn_pixels(regions: str, objects: str):
+    """The pixels the world drew its objects on (each shape redrawn in its box, ``bench_copy_content.object_masks``;
+    a shape's outline and the parts a later shape covers included) as a mask at 64 x 64, or None."""
+    from benchmarks.bench_copy_content import object_masks
+
+    masks = object_masks(regions, objects)
+    if not masks:
+        return None
+    inside = np.any([m for m, _ in masks], axis=0)
+    return inside if inside.any() else None
 
 
 def outside_window(regions: str, default: str):

@@ -50,3 +50,12 @@ def test_derangement_moves_every_item():
     for n in (2, 3, 17):
         p = derangement(n)
         assert sorted(p) == list(range(n)) and (p != np.arange(n)).all()
+
+
+def test_the_drawn_pixels_are_the_shapes_not_their_boxes():
+    from benchmarks.bench_bright_ending import drawn_pixels
+
+    img, regions, objects = _scene([("ring", RED, (8, 8, 40, 40))])
+    mask = drawn_pixels(regions, objects)
+    assert mask.shape == (64, 64) and mask[8, 24] and not mask[24, 24]  # the ring, not its hole
+    assert not mask[:, 44:].any() and drawn_pixels("", "") is None
