@@ -103,8 +103,6 @@ def main():
                     "--views-model, the held-out model: read from WORLD/build/model_copies/views when there)")
     args = ap.parse_args()
 
-    import pandas as pd
-
     from memlab.buildworld import _model_id, model_copy_truth
     from memlab.index import TrainingIndex
     from memlab.match import descriptor_for_index, load_image, match_vectors, query_vectors
@@ -118,7 +116,7 @@ def main():
     truth_n = {k: v["n"] for k, v in entry["threshold"].get("ground_truth", {}).items()}
     n_items = truth_n.get("model:vae") or 96
     seed = int(manifest["source"]["spec"]["seed"])
-    rows = pd.read_parquet(world / "index" / "items.parquet")
+    rows = idx.items
 
     def image_of(i):
         return load_image(idx.image_path(int(i)))
@@ -205,9 +203,10 @@ def scene_of(caption: str) -> str:
 
 
 def threshold_pairs(idx, d, thr: float, k: int):
-    """The distinct images whose score against their nearest other distinct image is at or above the threshold
-    (the background's top 1%, which sets it), each with that image (the verdict's best match of another distinct
-    image, the image itself left out of the normalizer's neighbours as in the calibration)."""
+    """The distinct images whose background score (against their nearest other distinct image, as calibrated) is at
+    or above the threshold (the top 1%, which sets it), each with its best match among the other distinct images as
+    ``memlab match`` ranks them (the image is in the index itself, which can reorder its neighbours in rare cases),
+    and whether the two share a background; the same share over every distinct image."""
     from memlab.match import load_image, match_vectors, query_vectors
 
     items = idx.items
