@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import metrics, scorenorm, verify
+from . import metrics, scorenorm
 from .agreement import _agreement_calibration, agreement_of, agreement_words, set_agreement  # noqa: F401
+from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
 from .errors import IndexMismatchError, MemlabError
@@ -71,12 +72,12 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     vectors = _embed_items(len(items), as_indexed, descriptors, batch_size, bar)
     primary = descriptors[0]
     group, distinct, reps = _group_items(items, vectors[primary.name], primary, origin)
-    calib_rows = _calibration_rows(distinct, reps, ground_truth, calib_n, seed)
+    calib_rows = calibration_rows(distinct, reps, ground_truth, calib_n, seed)
     specs = {d.name: d.score_norm and {**d.score_norm, "verify": d.score_norm.get("verify") if image_root else None}
              for d in descriptors}  # verification reads the training images at query time: only where they are kept
     # score normalization and verification look at the calibration copies again: distort them once, keep them
     copy_images = [distort(load_image(int(r))) for r in calib_rows] if any(specs.values()) else None
-    copies = _embed_copies(calib_rows, load_image, descriptors, batch_size, bar, copy_images)
+    copies = embed_copies(calib_rows, load_image, descriptors, batch_size, bar, copy_images)
     truth = {gname: (np.asarray(rows, np.int64), {d.name: d.embed(list(ims)) for d in descriptors})
              for gname, (rows, ims) in (ground_truth or {}).items()}
     items["distinct"] = distinct  # the image a row shows (origin-merged): what score normalization leaves out
@@ -86,7 +87,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     with atomic_dir(Path(out)) as tmp:
         entries = {}
         for d in descriptors:
-            entries[d.name] = _descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
+            entries[d.name] = descriptor_entry(d, vectors[d.name], reps, group, distinct, copies[d.name], calib_rows,
                                                 truth, fpr, origin, factory, sides.get(d.name), specs[d.name],
                                                 (load_image, truth_images, copy_images, indexed and indexed[0]),
                                                 indexed[1] if indexed else None)
@@ -141,15 +142,6 @@ def _group_items(items: pd.DataFrame, v: np.ndarray, primary: Descriptor, origin
     return group, distinct, reps
 
 
-def _calibration_rows(distinct, reps, ground_truth, calib_n: int, seed: int) -> np.ndarray:
-    """Up to ``calib_n`` distinct items to copy for calibration, none of those held out as ground truth."""
-    held = np.unique(distinct[np.concatenate([np.asarray(r, np.int64) for r, _ in (ground_truth or {}).values()]
-                                             or [np.zeros(0, np.int64)])])
-    pool = reps[~np.isin(distinct[reps], held)]
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(pool, size=min(calib_n, len(pool)), replace=False))
-
-
 def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.01,
                         origin: str = "origin") -> dict | None:
     """Add the agreement threshold (``_agreement_calibration``) to an index built before it, from its stored
@@ -174,92 +166,6 @@ def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.
     return set_agreement(path, cal)
 
 
-def _embed_copies(calib_rows, load_image, descriptors, batch_size: int, bar, images=None) -> dict[str, np.ndarray]:
-    """Each calibration row distorted once (``memlab.distort``; ``images``: those copies, already made), embedded
-    by every descriptor."""
-    names = ", ".join(d.name for d in descriptors)
-    cchunks: dict[str, list] = {d.name: [] for d in descriptors}
-    for s in bar(range(0, len(calib_rows), batch_size), desc=f"copies {names}",
-                 total=-(-len(calib_rows) // batch_size)):
-        ims = (images[s:s + batch_size] if images is not None
-               else [distort(load_image(int(i))) for i in calib_rows[s:s + batch_size]])
-        for d in descriptors:
-            cchunks[d.name].append(d.embed(ims))
-    return {k: np.concatenate(v) for k, v in cchunks.items()}
-
-
-def _descriptor_entry(d: Descriptor, v, reps, group, distinct, copies, calib_rows, truth, fpr, origin,
-                      factory, sides=None, spec=None, images=None, indexed=None) -> dict:
-    """One descriptor's manifest entry: its identity, threshold (with recall on the calibration copies and
-    on each ground truth set), both backgrounds and its files; the backgrounds ride along as ``_arrays``.
-    With the descriptor's ``score_norm`` (``memlab.scorenorm``; ``spec``: as the index keeps it) every score here is
-    the normalized one, and with its ``verify`` the verified one (``memlab.verify``; ``images``: (load_image,
-    each ground truth's images, the calibration copies, a distinct image as a query)); ``indexed``: the words."""
-    # the background of distinct images: each group's representative against the nearest row of *another* group
-    # (any of its rows, not only the other representatives)
-    truth_scores, nb = {}, None
-    if spec:
-        if d.verdict != "cosine":
-            raise MemlabError(f"{d.name}: score normalization works on the cosine verdict, not {d.verdict!r}")
-        nb = scorenorm.neighbours(v, distinct, reps, spec["k"]) if spec.get("train_side") else None
-        bg = scorenorm.background(v, distinct, np.arange(len(v)), spec, nb=nb)  # as given: every row, no other view
-        bg_distinct = scorenorm.background(v, distinct, reps, spec, sides["reps"], nb=nb)
-        copy_scores = scorenorm.against(v, distinct, copies, calib_rows, spec, sides["copies"], nb=nb)
-        truth_scores = {g: scorenorm.against(v, distinct, emb[d.name], rows, spec, sides["truth"].get(g, []), nb=nb)
-                        for g, (rows, emb) in truth.items()}
-        if spec.get("verify"):
-            load, truth_images, copy_images, as_query = images
-            got = verify.calibrate(v, distinct, reps, spec, sides, load, calib_rows, copy_images, copy_scores,
-                                   truth_images, {g: rows for g, (rows, _) in truth.items()}, truth_scores, nb,
-                                   query_image=as_query, copy_vectors=copies,
-                                   truth_vectors={g: emb[d.name] for g, (_, emb) in truth.items()})
-            bg, bg_distinct, copy_scores, truth_scores = (got["background"], got["background_distinct"],
-                                                          got["copies"], got["truth"])
-    elif d.verdict == "cosine":
-        bg, bg_distinct = metrics.background(v), metrics.background(v, groups=distinct)[reps]
-        copy_scores = np.einsum("nd,nd->n", copies, v[calib_rows])
-    else:  # the verdict's own score (e.g. the worst tile) on cosine candidates
-        bg, bg_distinct = _verdict_background(d, v), _verdict_background(d, v, rows=reps, groups=distinct)
-        copy_scores = np.array([d.verdict_scores(c, v[r][None])[0] for c, r in zip(copies, calib_rows)])
-    finite = bg_distinct[np.isfinite(bg_distinct)]
-    thr = metrics.threshold_rule(
-        finite, copy_scores, fpr, published=d.published_threshold, published_high=d.published_high,
-        citation=d.threshold_source if d.published_threshold is not None else (
-            f"calibrated at build: {fpr:.1%} false positives on the background of distinct items (one row per "
-            f"near-duplicate group); recall on synthetic copies of distinct items (rescale 75%, JPEG 60, 5% "
-            f"crop, brightness +10%)"),
-        carried_over=d.threshold_carried_over)
-    thr["calibration_rows"] = "one per near-duplicate group" + (
-        f", rows sharing a non-empty {origin!r} (one source image) counted once" if origin else "")
-    thr["n_groups"] = int(len(reps))
-    # a copy's top-1 is right when it is its original or a near duplicate of it
-    thr["copy_top1"] = metrics.top1_in_group(copies, v, group, calib_rows)
-    for gname, (rows, emb) in truth.items():
-        sc = (truth_scores[gname] if spec else
-              np.array([d.verdict_scores(e, v[r][None])[0] for e, r in zip(emb[d.name], rows)]))
-        thr.setdefault("ground_truth", {})[gname] = {
-            "n": int(len(rows)), "recall": float((sc > thr["value"]).mean()),
-            "copy_top1": metrics.top1_in_group(emb[d.name], v, group, rows), **metrics.percentiles(sc)}
-    return {
-        **d.info(), "factory": factory, "threshold": thr,
-        **({"score_norm": {**spec, "words": scorenorm.words(spec)}} if spec else {}),
-        **({"indexed": indexed} if indexed else {}),
-        "background": {**metrics.dataset_similarity(bg[np.isfinite(bg)], thr["value"]),
-                       **metrics.percentiles(bg[np.isfinite(bg)]),
-                       "over": ("every training row vs its nearest row of another distinct image" if spec else
-                                "every training row vs its nearest other row (duplicates included)")},
-        "background_distinct": {**metrics.dataset_similarity(finite, thr["value"]),
-                                **metrics.percentiles(finite),
-                                "over": "distinct training images: one row per near-duplicate group "
-                                        + (f"(rows of one {origin!r} counted once) " if origin else "")
-                                        + "vs the nearest distinct image"},
-        "files": {"index": f"{d.name}.faiss" if factory != "Flat" else None, "vectors": f"{d.name}.npy",
-                  "background": f"{d.name}.background.npy",
-                  "background_distinct": f"{d.name}.background_distinct.npy",
-                  **({f: f"{d.name}.{f}.npy" for f in ("neighbours", "neighbour_ids")} if nb else {})},
-        "_arrays": (bg, bg_distinct, *(nb or ()))}
-
-
 def _write_descriptor_files(tmp: Path, name: str, v: np.ndarray, entry: dict, factory: str) -> None:
     """A descriptor's vectors, backgrounds and (for an approximate factory) FAISS file."""
     bg, bg_distinct, *nb = entry.pop("_arrays")
@@ -270,30 +176,6 @@ def _write_descriptor_files(tmp: Path, name: str, v: np.ndarray, entry: dict, fa
     np.save(tmp / f"{name}.background_distinct.npy", bg_distinct)
     for f, a in zip(("neighbours", "neighbour_ids"), nb):  # a two-sided score normalization's (scorenorm.neighbours)
         np.save(tmp / f"{name}.{f}.npy", a)
-
-
-def _verdict_background(d: Descriptor, v: np.ndarray, candidates: int = 64, rows=None, groups=None) -> np.ndarray:
-    """The background under a descriptor's verdict score: each item's (``rows``: those items') best verdict
-    score against the ``candidates`` nearest other items by cosine; with ``groups``, items of its own group
-    are not candidates (NaN where every other item is of its group)."""
-    n = len(v)
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    if n < 2:
-        return np.zeros(0, np.float32)
-    k = min(candidates + 1, n)
-    g = None if groups is None else np.asarray(groups)
-    out = np.empty(len(rows), np.float32)
-    for i in range(0, len(rows), 1024):
-        q = rows[i:i + 1024]
-        sim = v[q] @ v.T
-        for j, row in enumerate(sim):
-            row[q[j]] = -np.inf
-            if g is not None:
-                row[g == g[q[j]]] = -np.inf
-            cand = np.argpartition(-row, k - 2)[:k - 1]
-            cand = cand[np.isfinite(row[cand])]
-            out[i + j] = d.verdict_scores(v[q[j]], v[cand]).max() if len(cand) else np.nan
-    return out
 
 
 SMALL_ITEMS = 200_000  # up to here the item table is read whole on first lookup; above, row group by row group

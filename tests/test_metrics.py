@@ -102,7 +102,7 @@ def test_merge_groups_joins_rows_of_one_origin():
 def test_the_distinct_background_is_against_the_nearest_row_of_another_group():
     """Issue 30 item 5: a group's representative is compared with every row of the other groups (a
     non-representative row closer than its group's representative counts), never with its own group."""
-    from memlab.index import _verdict_background
+    from memlab.calibration import verdict_background
 
     v = np.array([[1, 0, 0], [0.99, 0.14, 0], [0.6, 0.8, 0], [0.8, 0.6, 0], [0, 0, 1]], np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -117,7 +117,7 @@ def test_the_distinct_background_is_against_the_nearest_row_of_another_group():
         def verdict_scores(self, q, rows):
             return rows @ q
 
-    got = _verdict_background(Cosine(), v, candidates=2, rows=reps, groups=groups)
+    got = verdict_background(Cosine(), v, candidates=2, rows=reps, groups=groups)
     assert np.allclose(got, bg)
 
 
