@@ -267,7 +267,8 @@ def phase_add(a) -> dict:
     import pandas as pd
 
     from memlab.index import TrainingIndex
-    from memlab.ondisk import OnDiskAddition, parse_memory
+    from memlab.ondisk import parse_memory
+    from memlab.ondisk_add import OnDiskAddition
 
     work = Path(a.work)
     emb, full = work / f"emb-{a.n}x{a.d}", work / f"index-{a.n}x{a.d}"

@@ -8,7 +8,7 @@ with the index's descriptor. ``--shards``: webdataset shards, first embedded wit
 Ray Data (as ``index_builder embed``) into ``.INDEX.add-embeddings/`` beside the index, then added.
 The index keeps its trained FAISS quantizer and codes and its rows; the new rows are appended, the
 neighbours of old and new rows updated, and the groups, background and threshold recomputed over every
-item (``memlab.ondisk.OnDiskAddition``). The index is replaced atomically, with a new manifest recording
+item (``memlab.ondisk_add.OnDiskAddition``). The index is replaced atomically, with a new manifest recording
 the addition. A killed addition resumes where it stopped; a finished one is not done twice.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def parser():
 
 
 def run(args) -> int:
-    from memlab.ondisk import OnDiskAddition
+    from memlab.ondisk_add import OnDiskAddition
 
     index = Path(args.index)
     if args.block_rows < 1:

@@ -130,7 +130,8 @@ def test_the_items_table_is_streamed_row_group_by_row_group(tmp_path, monkeypatc
 
     from memlab import embeddings
     from memlab.index import TrainingIndex
-    from memlab.ondisk import OnDiskAddition, OnDiskBuild
+    from memlab.ondisk import OnDiskBuild
+    from memlab.ondisk_add import OnDiskAddition
 
     x = clustered(5000, 32, 50, seed=3)
     src, more = tmp_path / "emb", tmp_path / "more"

@@ -1,0 +1,158 @@
+"""Adding new embedding parts to an on-disk index (``python -m index_builder add``): the base's trained
+quantizer and codes are kept, the new rows encoded with it and appended, and the groups, background and
+threshold recomputed over every item; resumable like ``memlab.ondisk.OnDiskBuild``, whose stages it reuses."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from .blocks import drop_pages as _drop
+from .embeddings import embedding_parts, metadata_batches, metadata_schema
+from .errors import MemlabError
+from .indexfiles import faiss_module, read_faiss
+from .ondisk import BLOCK, OnDiskBuild, _created, _parts_signature
+
+__all__ = ["OnDiskAddition"]
+
+
+class OnDiskAddition(OnDiskBuild):
+    """New embedding parts added to an index built by ``OnDiskBuild`` (or added to before), without
+    retraining it or re-adding its rows: the base's float16 vectors are copied and the new ones appended,
+    the new vectors are encoded with the base's trained index and its inverted lists merged with the new
+    ones on disk, the new rows' neighbours are searched over all rows, and the base rows' stored neighbours
+    are updated with their nearest new rows (searched in an index of the new rows alone). Groups, the
+    background and the threshold are then recomputed over every item. The result replaces the index
+    (atomically); the work folder ``.INDEX.add`` makes a killed addition resume to the same files."""
+
+    def __init__(self, index, src, progress=None, log=print, block: int = BLOCK):
+        from .index import TrainingIndex
+
+        self.base = TrainingIndex.load(index)
+        m = self.base.manifest
+        name = m["default_descriptor"]
+        entry = m["descriptors"][name]
+        if entry.get("files", {}).get("knn") is None:
+            raise MemlabError(f"{index} was not built from embeddings by this version of memlab (it keeps no "
+                              f"neighbour lists to update); rebuild it with `python -m index_builder --embeddings`")
+        nb = entry["background"]["neighbours"]
+        new = embedding_parts(src)
+        if new[0][3] != entry["dim"]:
+            raise MemlabError(f"{src} holds {new[0][3]}-d vectors; {index} holds {entry['dim']}-d {name} vectors")
+        base_f16 = self.base.path / entry["files"]["vectors"]
+        self.n_base = int(m["item_count"])
+        super().__init__(src, index, name, max_memory=1 << 62, k=nb["k"], rerank=nb["rerank"], nprobe=nb["nprobe"],
+                         seed=nb.get("seed", 0), duplicate_threshold=entry["duplicate_threshold"],
+                         factory=entry["factory"], block=block, progress=progress, log=log)
+        self.threshold = entry["threshold"]["value"] if entry["threshold"]["source"] == "given" else None
+        self.fpr = entry["threshold"].get("fpr") if entry["threshold"]["source"] == "calibrated" else 0.01
+        self.new_parts = new
+        self.parts = [(base_f16, None, self.n_base, entry["dim"])] + new
+        self.normalized = {0}
+        self.n = sum(p[2] for p in self.parts)
+        self.first = self.n_base
+        self.work = self.out.parent.resolve() / f".{self.out.name}.add"
+        self.signature = _parts_signature(src, new)
+        self.done = next((a for a in m.get("additions", []) if a.get("signature") == self.signature), None)
+        if self.done is not None:  # finished before (a rerun, or killed after the swap): nothing left to do
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def base_trained(self):
+        """The base's index with its lists emptied: the trained quantizer and codec, no vectors."""
+        faiss = faiss_module()
+        if self.factory == "Flat":
+            return faiss.IndexFlatIP(self.d)
+        idx = faiss.read_index(str(self.base.path / f"{self.name}.faiss"), faiss.IO_FLAG_MMAP)
+        ivf = faiss.extract_index_ivf(idx)
+        empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        ivf.replace_invlists(empty, True)
+        empty.this.disown()
+        idx.ntotal = ivf.ntotal = 0
+        return idx
+
+    def base_index(self):
+        """The base's index as it is served (its lists read from disk)."""
+        if self.factory == "Flat":
+            return faiss_module().read_index(str(self.base.path / f"{self.name}.faiss"))
+        return read_faiss(self.base.path / f"{self.name}.faiss")
+
+    def base_rows(self) -> np.ndarray:
+        """The base rows whose neighbour lists the base keeps (read once)."""
+        if getattr(self, "_base_rows", None) is None:
+            with np.load(self.base.path / f"{self.name}.knn.npz") as z:
+                self._base_rows = z["rows"]
+        return self._base_rows
+
+    def query_rows(self) -> np.ndarray:
+        """The base's queried rows, and the new rows (all of them, or the same fraction, seeded)."""
+        base_rows = self.base_rows()
+        new = np.arange(self.n_base, self.n)
+        if len(base_rows) < self.n_base:
+            m = round(len(new) * len(base_rows) / self.n_base)
+            new = np.sort(np.random.default_rng(self.seed + 2 + self.n_base).choice(new, size=m, replace=False))
+        return np.concatenate([base_rows, new])
+
+    def sample_note(self) -> str:
+        return f"the base's sample, and the added rows at its fraction (seed {self.seed + 2 + self.n_base})"
+
+    def neighbours(self, v: np.ndarray, index):
+        faiss = faiss_module()
+        rows = self.query_rows()
+        base_rows = self.base_rows()
+        new_rows = rows[len(base_rows):]
+        # the base rows' nearest new rows, searched in an index of the new rows alone (same codec); first, so
+        # the whole index's lists are not yet read in while this pass reads the vectors
+        only = faiss.read_index(str(self.work / "trained.faiss"))
+        for s in range(self.first, self.n, self.block):  # ids 0.. (shifted by ``first`` in the pass)
+            only.add(np.asarray(v[s:min(s + self.block, self.n)], np.float32))
+            _drop(v)
+        self.knn_pass(v, only, base_rows, "base", offset=self.first, assemble=False)
+        del only
+        ids_new, sc_new = self.knn_pass(v, index, new_rows, "new")
+        ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
+        ids[len(base_rows):], scores[len(base_rows):] = ids_new, sc_new
+        del ids_new, sc_new
+        with np.load(self.base.path / f"{self.name}.knn.npz") as z:  # read into place, one array at a time
+            ids[:len(base_rows)] = z["ids"]
+            scores[:len(base_rows)] = z["scores"]
+        for b, s in enumerate(range(0, len(base_rows), self.block)):  # each base row: its best k of old and new,
+            e = min(s + self.block, len(base_rows))                    # one block of new neighbours at a time
+            with np.load(self.work / "knn" / f"base{b:05d}.npz") as z:
+                ids_all = np.concatenate([ids[s:e], z["ids"]], axis=1)
+                sc_all = np.concatenate([scores[s:e], z["scores"]], axis=1)
+            order = np.argsort(-sc_all, axis=1, kind="stable")[:, :self.k]
+            ids[s:e] = np.take_along_axis(ids_all, order, 1)
+            scores[s:e] = np.take_along_axis(sc_all, order, 1)
+        return rows, ids, scores
+
+    def metadata(self):
+        """The base's items (row group by row group, without their group columns) and then the new parts'
+        metadata; new ids must not repeat the base's (only the id columns are read to check)."""
+        import pyarrow.parquet as pq
+
+        base_items = self.base.path / self.base.manifest["metadata"]
+        derived = ("group", "duplicates", "representative")
+        schema = metadata_schema([base_items] + [m for _, m, _, _ in self.new_parts])
+        for c in derived:
+            if c in schema.names:
+                schema = schema.remove(schema.get_field_index(c))
+        base_ids = pq.read_table(base_items, columns=["id"])["id"].to_numpy(zero_copy_only=False)
+        new_ids = [pq.read_table(m, columns=["id"])["id"].to_numpy(zero_copy_only=False)
+                   for _, m, _, _ in self.new_parts if m is not None and "id" in pq.read_schema(m).names]
+        new_ids = np.concatenate(new_ids) if new_ids else np.arange(self.n_base, self.n)
+        if base_ids.dtype != new_ids.dtype:
+            base_ids, new_ids = base_ids.astype(str), new_ids.astype(str)
+        clash = np.intersect1d(base_ids, new_ids)
+        if len(clash):
+            raise MemlabError(f"{len(clash)} ids of {self.src} are already in the index (e.g. "
+                              f"{sorted(map(str, clash))[:3]}); ids must stay unique")
+        del base_ids, new_ids
+        sources = [(base_items, self.n_base)] + [(m, r) for _, m, r, _ in self.new_parts]
+        return schema, metadata_batches(sources, schema, drop=derived)
+
+    def provenance(self, seconds: dict) -> dict:
+        m = self.base.manifest
+        add = {"embeddings": str(self.src), "parts": len(self.new_parts), "rows": self.n - self.n_base,
+               "signature": self.signature, "at": _created(self.work), "seconds": seconds}
+        return {"created": m["created"], "source": m["source"], "additions": m.get("additions", []) + [add],
+                "build_seconds": m["build_seconds"]}
