@@ -84,6 +84,27 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((SIDE, SIDE), Image.LANCZOS), np.float64)
 
 
+def kept_objects(copies, originals, items, mirrored: bool = False, quantile: float = 0.95):
+    """Which copies keep every drawn object of their original (``items``: the originals' rows, with ``regions`` and
+    ``objects``): (scene [n] bool: copies with an object to judge, keep [n] bool, each judged copy's contrast
+    kept per object, the bar: the null's ``quantile``, the same objects in another item's copy)."""
+    copies = [pixels(im)[:, ::-1] if mirrored else pixels(im) for im in copies]
+    originals = [pixels(im) for im in originals]
+    masks = [[m for m in object_masks(reg, obj) if contrast_kept(originals[i], originals[i], *m) is not None]
+             for i, (reg, obj) in enumerate(zip(items["regions"], items["objects"]))]
+    scene = np.array([bool(m) for m in masks])
+    sidx = np.flatnonzero(scene)
+    keep = np.zeros(len(copies), bool)
+    if len(sidx) < 2:
+        return scene, keep, [], float("nan")
+    other = sidx[derangement(len(sidx))]
+    own = [[contrast_kept(copies[i], originals[i], *m) for m in masks[i]] for i in sidx]
+    null = np.array([contrast_kept(copies[j], originals[i], *m) for i, j in zip(sidx, other) for m in masks[i]])
+    bar = float(np.quantile(null, quantile))
+    keep[sidx] = [all(c > bar for c in cs) for cs in own]
+    return scene, keep, own, bar
+
+
 def derangement(n: int, seed: int = 0) -> np.ndarray:
     """A fixed permutation of range(n) that moves every element (n >= 2)."""
     rng = np.random.default_rng(seed)
@@ -152,18 +173,8 @@ def main():
                               default=-np.inf) for r, o in zip(found, mine)])
         hit = score > thr
         mirrored = kind.split(":")[1].startswith("mirror")
-        copies = [pixels(im)[:, ::-1] if mirrored else pixels(im) for im in ims]
-        originals = [pixels(image_of(r)) for r in own_rows]
-        masks = [[m for m in object_masks(rows["regions"].iloc[int(r)], rows["objects"].iloc[int(r)])
-                  if contrast_kept(originals[i], originals[i], *m) is not None] for i, r in enumerate(own_rows)]
-        scene = np.array([bool(m) for m in masks])
-        sidx = np.flatnonzero(scene)
-        other = sidx[derangement(len(sidx))]
-        own = [[contrast_kept(copies[i], originals[i], *m) for m in masks[i]] for i in sidx]
-        null = np.array([contrast_kept(copies[j], originals[i], *m) for i, j in zip(sidx, other) for m in masks[i]])
-        bar = float(np.quantile(null, args.quantile))
-        keep = np.zeros(len(ims), bool)
-        keep[sidx] = [all(c > bar for c in cs) for cs in own]
+        scene, keep, own, bar = kept_objects(ims, [image_of(r) for r in own_rows], rows.iloc[own_rows], mirrored,
+                                             args.quantile)
         lose = scene & ~keep
 
         fam = np.array([family(rows.iloc[int(r)]) for r in own_rows])

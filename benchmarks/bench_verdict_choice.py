@@ -17,10 +17,12 @@ prints:
   another item (non-copies).
 
 ``--decoded`` indexes each training image as the validation model's VAE returns it (``build-world
---decoded-index``), ``--fpr`` sets the threshold's share of the background.
+--decoded-index``), ``--fpr`` sets the threshold's share of the background. ``--judge`` also prints recall (top-1
+their own item, above the threshold) on the copies that keep every drawn object of their original and on those
+that lose one (``bench_copy_content.kept_objects``: no copy descriptor decides it).
 
     python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
-        [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005]
+        [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005] [--judge]
 """
 from __future__ import annotations
 
@@ -100,22 +102,38 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
         "weight": 0.4, "sigma": 3.0, "region": 0.5, "detail_k": 1}}}),
     "verified, detail normalized k 2, weight 0.4, whole image": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {
         "weight": 0.4, "sigma": 3.0, "region": 1.0, "detail_k": 2}}}),
+    # the colour layout's share again, each channel centred and scaled on its own (a tint or darkening leaves it)
+    "normalized, per-channel pixels 0.25 of the cosine": ("memlab-copy", {"pixels": 0.25, "per_channel": True}),
+    "normalized, per-channel pixels 0.15 of the cosine": ("memlab-copy", {"pixels": 0.15, "per_channel": True}),
 }
 
 
-def with_pixels(d, share: float, size: int = 16):
+def with_pixels(d, share: float, size: int = 16, per_channel: bool = False):
     """``d`` (a memlab-copy) whose rows also hold the image's mean-centred pixels (``pixel``), weighted so that
-    ``share`` of the cosine is theirs and the rest the network's."""
+    ``share`` of the cosine is theirs and the rest the network's. ``per_channel``: each colour channel centred and
+    scaled to unit norm on its own (a channel without structure left at zero), so a gain and offset per channel (a
+    tint, a darkening) leave them unchanged."""
     import numpy as np
 
     from memlab.descriptors import PixelDescriptor
 
     pix, inner = PixelDescriptor(size=size), d.embed
 
+    def channels(images):
+        out = []
+        for im in images:
+            x = pix._one(im).reshape(size * size, 3)  # the pixel descriptor's blurred, resized image, mean-centred
+            x = x - x.mean(0)
+            n = np.linalg.norm(x, axis=0)
+            x = np.where(n > 1e-3, x / np.maximum(n, 1e-12), 0.0)
+            out.append(x.reshape(-1) / np.sqrt(3))
+        return np.asarray(out, np.float32)
+    part = channels if per_channel else pix.embed
+
     def embed(images):
-        return np.concatenate([inner(images) * np.sqrt(1 - share), pix.embed(images) * np.sqrt(share)], 1)
+        return np.concatenate([inner(images) * np.sqrt(1 - share), part(images) * np.sqrt(share)], 1)
     d.embed, d.dim = embed, d.dim + pix.dim
-    d.preset += f"+pixels-{size}x{size}-share-{share:g}"
+    d.preset += f"+pixels-{size}x{size}-share-{share:g}" + ("-per-channel" if per_channel else "")
     d.secondary_scores = lambda q, items: {}
     return d
 
@@ -192,6 +210,8 @@ def main():
     ap.add_argument("--decoded", action="store_true", help="index each training image as the validation model's VAE "
                                                            "returns it (as build-world indexes a world with a model)")
     ap.add_argument("--fpr", type=float, default=0.01, help="the threshold's share of the distinct-item background")
+    ap.add_argument("--judge", action="store_true", help="also recall on the copies that keep every drawn object, "
+                    "and on those that lose one (bench_copy_content.kept_objects), read as with --matched")
     a = ap.parse_args()
     import numpy as np
     import pandas as pd
@@ -226,6 +246,15 @@ def main():
     gen_images = [load_image(f) for f in gen_files]
 
     kinds = [k for k in truth if k != "model:all"]
+    kept = {}
+    if a.judge:  # the same judge for every variant: which copies still show their original's drawn objects
+        from benchmarks.bench_copy_content import kept_objects
+
+        for k in kinds:
+            r, ims = truth[k]
+            scene, keep, _, _ = kept_objects(ims, [image_of(int(i)) for i in r], rows.iloc[np.asarray(r, np.int64)],
+                                             k.split(":")[1].startswith("mirror"))
+            kept[k] = (keep, scene & ~keep)
     card_seed = json.loads((world / "card.json").read_text())["spec"]["seed"]
     print(f"validation: {len(base[0])} held-out items of {world} drawn with seed {a.seed} (the card's: "
           f"{card_seed}), made by that world's model; {len(gen_files)} generations of its full_ddf20 and unique "
@@ -243,10 +272,10 @@ def main():
                        (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True, "score_norm": None}))]
     for label, (name, over) in chosen:
         over = dict(over)
-        share = over.pop("pixels", 0.0)
+        share, per_channel = over.pop("pixels", 0.0), over.pop("per_channel", False)
         d = create_descriptor(name, **over)
         if share:
-            d = with_pixels(d, share)
+            d = with_pixels(d, share, per_channel=per_channel)
         with tempfile.TemporaryDirectory() as tmp:
             build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin",
                         image_root=str(data.resolve()), indexed=indexed, fpr=a.fpr)
@@ -255,7 +284,7 @@ def main():
             gt = thr["ground_truth"]
             top, top_rows = top1(idx, d, gen_images)
             scores, items = top[:, None], idx.items["item"].to_numpy()[top_rows]
-            copy_scores = {k: own_scores(idx, d, *truth[k]) for k in kinds} if a.matched else {}
+            copy_scores = {k: own_scores(idx, d, *truth[k]) for k in kinds} if a.matched or a.judge else {}
             bg = idx.background(d.name, distinct=True)
             idx.close()
         hit = scores[:, 0] >= thr["value"]
@@ -267,6 +296,11 @@ def main():
                 + f"  {hit[uniq].mean():8.1%} ({uniq.sum()})"
                 + f"  {hit[uniq & ~own].mean():8.1%} ({(uniq & ~own).sum()})")
         print(line, flush=True)
+        if kept:
+            print("  top-1 own and above the threshold, copies keeping every object / losing one: " + " ".join(
+                f"{k[6:]} {(copy_scores[k][kp] > thr['value']).mean():.1%} ({kp.sum()}) / "
+                f"{(copy_scores[k][ls] > thr['value']).mean():.1%} ({ls.sum()})"
+                for k, (kp, ls) in kept.items() if kp.any() and ls.any()), flush=True)
         for n in [int(x) for x in (a.matched or "").split(",") if x]:
             t = np.sort(scores[uniq, 0])[::-1][n]  # above the (n+1)-th unique seed's score: the most that flags n
             print(f"  flagging {n} of {uniq.sum()} unique seeds (scores above {t:.3f}; "
