@@ -59,3 +59,22 @@ def test_the_drawn_pixels_are_the_shapes_not_their_boxes():
     mask = drawn_pixels(regions, objects)
     assert mask.shape == (64, 64) and mask[8, 24] and not mask[24, 24]  # the ring, not its hole
     assert not mask[:, 44:].any() and drawn_pixels("", "") is None
+
+
+def test_kept_objects_tells_a_copy_from_one_whose_object_has_gone():
+    import pandas as pd
+
+    from benchmarks.bench_copy_content import kept_objects
+
+    colours = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 200, 20), (200, 40, 200), (20, 200, 200)]
+    scenes = [_scene([("square", c, (6 + 4 * i, 8, 30 + 4 * i, 32)), ("circle", colours[-1 - i], (34, 34, 58, 58))])
+              for i, c in enumerate(colours)]
+    items = pd.DataFrame({"regions": [r for _, r, _ in scenes], "objects": [o for _, _, o in scenes]})
+    originals = [Image.fromarray(img.astype(np.uint8)) for img, _, _ in scenes]
+    copies = list(originals)
+    copies[2] = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))  # both objects gone
+    scene, keep, own, bar = kept_objects(copies, originals, items)
+    assert scene.all() and keep.tolist() == [True, True, False, True, True, True]
+    assert all(abs(c - 1) < 1e-9 for i, cs in enumerate(own) if i != 2 for c in cs) and bar < 1
+    mirrored = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in originals]  # a mirrored copy is mirrored back
+    assert kept_objects(mirrored, originals, items, mirrored=True)[1].all()
