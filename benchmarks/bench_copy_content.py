@@ -120,6 +120,8 @@ def main():
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-copy-content"))
     ap.add_argument("--k", type=int, default=10, help="matches per copy among which its own image is looked for")
     ap.add_argument("--quantile", type=float, default=0.95, help="the null's quantile an object must pass")
+    ap.add_argument("--items", type=int, default=None, help="held-out items to copy (default: as many as the "
+                    "index's ground truth, the card's)")
     ap.add_argument("--views-model", default=None, help="also the copies made by this model (build-world's "
                     "--views-model, the held-out model: read from WORLD/build/model_copies/views when there)")
     args = ap.parse_args()
@@ -134,10 +136,14 @@ def main():
     manifest = json.loads((world / "index" / "manifest.json").read_text())
     entry = manifest["descriptors"][d.name]
     thr = float(entry["threshold"]["value"])
-    truth_n = {k: v["n"] for k, v in entry["threshold"].get("ground_truth", {}).items()}
-    n_items = truth_n.get("model:vae") or 96
+    n_items = args.items or entry["threshold"].get("ground_truth", {}).get("model:vae", {}).get("n")
+    if not n_items:
+        raise SystemExit(f"{world}'s index records no model copies: name how many items to copy with --items")
     seed = int(manifest["source"]["spec"]["seed"])
     rows = idx.items
+    if not {"regions", "objects", "template", "source"} <= set(rows.columns):
+        raise SystemExit(f"{world}'s items do not record the objects the world drew (regions, objects): the judge "
+                         "needs a built-in world")
 
     def image_of(i):
         return load_image(idx.image_path(int(i)))
