@@ -233,8 +233,10 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     if scratch:
         pipe = make_pipeline(cfg.pipeline, seed=cfg.seed)
     else:
+        # trained in fp32 whatever the folder stores (a pipeline saved in fp16, as the built-in world's, would
+        # otherwise load its text encoder in fp16 beside an fp32 UNet)
         pipe = StableDiffusionPipeline.from_pretrained(cfg.pipeline, safety_checker=None,
-                                                       requires_safety_checker=False)
+                                                       requires_safety_checker=False, dtype=torch.float32)
     pipe.to(dev)
     unet, text, vae, tok = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     size = int(vae.config.sample_size) if scratch else int(unet.config.sample_size * pipe.vae_scale_factor)

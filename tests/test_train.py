@@ -71,6 +71,20 @@ def test_memlab_train_records_its_own_command_line(dataset, tmp_path, capfd):
         f"--out {tmp_path / 'cli'}") and card["steps"] == 4
 
 
+def test_fine_tunes_a_pipeline_saved_in_fp16(dataset, tmp_path):
+    """A folder stored in fp16 (as the built-in world's model, ``--save-dtype fp16``) is fine-tuned in fp32: it
+    loaded its text encoder in fp16 beside an fp32 UNet and the first step failed on the mismatch."""
+    from safetensors import safe_open
+
+    train(_cfg(dataset, tmp_path / "base", steps=2, save_dtype="fp16"))
+    with safe_open(str(tmp_path / "base" / "pipeline" / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert str(f.get_tensor(next(iter(f.keys()))).dtype) == "torch.float16"  # stored as the world's is
+    out = train(_cfg(dataset, tmp_path / "tuned", pipeline=str(tmp_path / "base" / "pipeline"), steps=4,
+                     log_every=2))
+    log = pd.read_csv(tmp_path / "tuned" / "loss.csv")
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file() and np.isfinite(log["loss"]).all()
+
+
 def test_duplication_controls():
     cfg = TrainConfig(ddf=5, dup_share=0.1, seed=1)
     w, dup = sampling_weights(100, cfg)
