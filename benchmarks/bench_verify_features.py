@@ -12,6 +12,14 @@ the mirror image):
 - ``band2-8`` (and ``c50``): the 2-px blur less the 8-px blur (a coarser scale than the detail);
 - ``layout16``: the image at 16 x 16 (its colour layout); ``layout32 c50``: at 32 x 32, central 50%.
 
+Two more compare a pair through the matched image's own objects (``--foreground``): what sets a training image
+apart from its nearest distinct look-alikes, which share its background (``the issue: weigh the objects over the
+background``). Its look-alikes' mean at 32 x 32 (its 2 nearest other distinct images by cosine, never the query's
+own), ``m``, is taken from both images:
+
+- ``res32``: the correlation of the query less ``m`` with the training image less ``m``;
+- ``fg32``: the correlation of the two images weighted by where the training image departs from ``m``.
+
 A pair's score is its normalized score plus the weighted features; the threshold keeps 1% of the background
 (``metrics.calibrate_threshold``, as an index calibrates, on each image's best candidate); a copy is recalled
 when its score against its own original passes it. Every feature alone and every pair of features is tried
@@ -50,7 +58,7 @@ def features(image) -> dict[str, np.ndarray]:
     band = blur(x64, 2) - blur(x64, 8)
     return {"detail3 c50": (x64 - blur(x64, 3))[c64, c64], "detail3": x64 - blur(x64, 3),
             "detail1.5 @32 c50": (x32 - blur(x32, 1.5))[c32, c32], "band2-8": band, "band2-8 c50": band[c64, c64],
-            "layout16": at(16), "layout32 c50": x32[c32, c32]}
+            "layout16": at(16), "layout32 c50": x32[c32, c32], "x32": blur(x32, 0.5)}
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,7 +72,28 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare(fq: dict, ft: dict) -> dict[str, float]:
     """Every feature's correlation, the better of the query and its mirror image."""
-    return {k: max(correlation(fq[k], ft[k]), correlation(fq[k][:, ::-1], ft[k])) for k in fq}
+    return {k: max(correlation(fq[k], ft[k]), correlation(fq[k][:, ::-1], ft[k])) for k in fq if k in ft and k != "x32"}
+
+
+def weighted_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
+    """``correlation`` with each pixel weighted by ``w`` ([h, w]): weighted means, covariance and variances."""
+    w = (w / max(w.sum(), 1e-12)).reshape(-1, 1)
+    a, b = a.reshape(-1, 3), b.reshape(-1, 3)
+    a, b = a - (w * a).sum(0), b - (w * b).sum(0)
+    va, vb, cov = (w * a * a).sum(0), (w * b * b).sum(0), (w * a * b).sum(0)
+    ok = (va > 1e-6) & (vb > 1e-6)
+    return float(np.mean(cov[ok] / np.sqrt(va * vb)[ok])) if ok.any() else 0.0
+
+
+def foreground(q32: np.ndarray, t32: np.ndarray, m32: np.ndarray) -> dict[str, float]:
+    """The pair compared through the training image's own objects: ``m32`` is its look-alikes' mean (all three
+    [32, 32, 3]); the better of the query and its mirror image."""
+    w = np.linalg.norm(t32 - m32, axis=2)
+
+    def both(f):
+        return max(f(q32), f(q32[:, ::-1]))
+    return {"res32": both(lambda q: correlation(q - m32, t32 - m32)),
+            "fg32": both(lambda q: weighted_correlation(q, t32, w))}
 
 
 def main():
@@ -73,6 +102,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--items", type=int, default=48)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
+    ap.add_argument("--foreground", action="store_true", help="also res32 and fg32 (the training image's objects)")
     a = ap.parse_args()
     import pandas as pd
 
@@ -92,15 +122,28 @@ def main():
         reps = np.flatnonzero(idx.items["representative"].to_numpy())
         idx.close()
     cache: dict = {}
+    rep_of = {int(distinct[r]): int(r) for r in reps}
+    sims = v[reps] @ v[reps].T
+    np.fill_diagonal(sims, -np.inf)
+    look_alikes = {int(r): [int(reps[j]) for j in np.argsort(-sims[i])[:3]] for i, r in enumerate(reps)}
 
     def train(r):
         if r not in cache:
             cache[r] = features(image_of(r))
         return cache[r]
+
+    def pair(fq, t, own_group):
+        out = compare(fq, train(int(t)))
+        if a.foreground:  # the matched image's 2 nearest other distinct images, never the query's own
+            t = rep_of[int(distinct[t])]
+            others = [o for o in look_alikes[t] if distinct[o] != own_group][:2]
+            m32 = np.mean([train(o)["x32"] for o in others], 0)
+            out.update(foreground(fq["x32"], train(t)["x32"], m32))
+        return out
     recs = []
     for r in reps:  # the background: each distinct image against its 5 best other distinct images
         got = verify.candidates((v[r:r + 1] @ v.T)[0], distinct, distinct[r], spec, 5)
-        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **compare(train(int(r)), train(int(t))))
+        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **pair(train(int(r)), t, distinct[r]))
                  for t, n in zip(*got)]
     for kind in KINDS:
         src, ims = truth[f"model:{kind}"]
@@ -108,10 +151,10 @@ def main():
         for j, (s, im) in enumerate(zip(src, ims)):
             got = verify.candidates((vecs[j:j + 1] @ v.T)[0], distinct, -1, spec, 5)
             fq = features(im)
-            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **compare(fq, train(int(t))))
+            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1))
                      for t, n in zip(*got)]
     df = pd.DataFrame(recs)
-    names = list(features(image_of(0)))
+    names = [k for k in df.columns if k not in ("kind", "q", "own", "n")]
     bg, cp = df[df.kind == "background"], df[df.kind != "background"]
     own = cp[cp.own]
 
