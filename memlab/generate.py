@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import MemlabError, ModelFileMissing
-from .mitigations import Strategy, parse_strategy
+from .mitigations import JainGuidance, Strategy, parse_strategy
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 SCHEDULERS = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
@@ -462,7 +462,7 @@ class Generator:
                                record=read_from_pass, blocked=blocked,
                                block_scale=float(nemo.params["scale"]) if nemo else 0.0,
                                end_map=settings.steps == 1, latent_hw=tuple(latents.shape[-2:]))
-        guide = _JainGuidance(jain, settings.guidance, len(seeds)) if jain is not None else None
+        guide = JainGuidance(jain, settings.guidance, len(seeds)) if jain is not None else None
 
         def hook(module, args, kwargs, output):
             if threading.get_ident() != me:
@@ -556,38 +556,3 @@ class Generator:
 
 
 ASTHANA_GAMMA = (1.0, 2.0)  # the authors' weights for SD v1 (norm, cosine): detect_eval.py
-
-
-class _JainGuidance:
-    """Jain et al.'s guidance schedule, per seed: ``ratio(t, diff_norms)`` is the factor that turns the
-    pipeline's guidance into the seed's (None when every seed is at the normal guidance)."""
-
-    def __init__(self, jain, normal: float, n: int):
-        import torch
-
-        self.p, self.normal, self.step = jain.params, float(normal), 0
-        self.done = torch.zeros(n, dtype=torch.bool)
-        self.at = [None] * n
-        self.prev = torch.full((n,), -1.0)
-        self.prev2 = torch.full((n,), -1.0)
-
-    def ratio(self, t: int, d):
-        import torch
-
-        d = d.cpu()
-        if self.p["mode"] == "static":
-            new = torch.full_like(self.done, t <= int(self.p["t"]))
-        else:  # the step after the first local minimum of the guidance norm (the authors' test)
-            new = (d > self.prev) & (self.prev2 > self.prev)
-            self.prev2, self.prev = self.prev, d
-        for i in (new & ~self.done).nonzero().flatten().tolist():
-            self.at[i] = self.step
-        self.done |= new
-        self.step += 1
-        if bool(self.done.all()):
-            return None
-        g = torch.where(self.done, torch.tensor(self.normal), torch.tensor(float(self.p["before"])))
-        return g / self.normal
-
-    def transition_step(self, i: int):
-        return self.at[i]

@@ -209,6 +209,41 @@ class Jain(Mitigation):
         return values
 
 
+class JainGuidance:
+    """Jain et al.'s guidance schedule (``Jain``), per seed, for ``memlab.generate``: ``ratio(t, diff_norms)`` is the factor that turns the
+    pipeline's guidance into the seed's (None when every seed is at the normal guidance)."""
+
+    def __init__(self, jain, normal: float, n: int):
+        import torch
+
+        self.p, self.normal, self.step = jain.params, float(normal), 0
+        self.done = torch.zeros(n, dtype=torch.bool)
+        self.at = [None] * n
+        self.prev = torch.full((n,), -1.0)
+        self.prev2 = torch.full((n,), -1.0)
+
+    def ratio(self, t: int, d):
+        import torch
+
+        d = d.cpu()
+        if self.p["mode"] == "static":
+            new = torch.full_like(self.done, t <= int(self.p["t"]))
+        else:  # the step after the first local minimum of the guidance norm (the authors' test)
+            new = (d > self.prev) & (self.prev2 > self.prev)
+            self.prev2, self.prev = self.prev, d
+        for i in (new & ~self.done).nonzero().flatten().tolist():
+            self.at[i] = self.step
+        self.done |= new
+        self.step += 1
+        if bool(self.done.all()):
+            return None
+        g = torch.where(self.done, torch.tensor(self.normal), torch.tensor(float(self.p["before"])))
+        return g / self.normal
+
+    def transition_step(self, i: int):
+        return self.at[i]
+
+
 MITIGATIONS: dict[str, type[Mitigation]] = {
     "none": NoMitigation, "rna": RNA, "rt": RandomTokens, "cwr": CWR, "gni": GNI, "wen": Wen,
     "ren": Ren, "nemo": NeMo, "jain": Jain}

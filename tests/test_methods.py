@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from memlab.attention import AttentionContext, AttentionHub, token_entropy
-from memlab.generate import Settings, _JainGuidance
-from memlab.mitigations import parse_strategy
+from memlab.generate import Settings
+from memlab.mitigations import JainGuidance, parse_strategy
 
 PROMPT = "a red circle and a blue star on a grey background"
 FAST = Settings(steps=4, guidance=5.0)
@@ -68,11 +68,11 @@ def test_token_entropy_of_hand_made_distributions():
 
 
 def test_jain_static_transition_and_the_dynamic_one_at_the_first_local_minimum():
-    static = _JainGuidance(parse_strategy("jain:t=500").mitigations[0], 7.5, 2)
+    static = JainGuidance(parse_strategy("jain:t=500").mitigations[0], 7.5, 2)
     ratios = [static.ratio(t, torch.zeros(2)) for t in (900, 700, 500, 300)]
     assert torch.equal(ratios[0], torch.zeros(2)) and torch.equal(ratios[1], torch.zeros(2))  # guidance 0 before
     assert ratios[2] is None and ratios[3] is None  # t <= 500: the normal guidance
-    dyn = _JainGuidance(parse_strategy("jain:mode=dynamic").mitigations[0], 5.0, 2)
+    dyn = JainGuidance(parse_strategy("jain:mode=dynamic").mitigations[0], 5.0, 2)
     norms = [(3.0, 3.0), (2.0, 2.5), (1.0, 2.0), (2.0, 1.0), (3.0, 2.0)]  # minima at steps 2 and 3
     got = [dyn.ratio(900 - 100 * i, torch.tensor(n)) for i, n in enumerate(norms)]
     assert dyn.transition_step(0) == 3 and dyn.transition_step(1) == 4
