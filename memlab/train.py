@@ -216,6 +216,10 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     from .pipelines import PIPELINE_CONFIGS, make_pipeline
 
     cfg.validate()
+    scratch = cfg.pipeline in PIPELINE_CONFIGS
+    if not scratch and "/" not in cfg.pipeline and not Path(cfg.pipeline).exists():  # said before any work
+        raise MemlabError(f"--pipeline {cfg.pipeline!r} is neither a config ({', '.join(sorted(PIPELINE_CONFIGS))}), "
+                          "a diffusers folder, nor a Hub id (owner/name)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -229,7 +233,6 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     dhash = data_hash(df, root)
 
     # 1. the pipeline: a fresh one from a named config, or a pretrained one to fine-tune
-    scratch = cfg.pipeline in PIPELINE_CONFIGS
     if scratch:
         pipe = make_pipeline(cfg.pipeline, seed=cfg.seed)
     else:

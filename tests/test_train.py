@@ -138,6 +138,9 @@ def test_config_validation(dataset, tmp_path):
         train(_cfg(tmp_path / "none.parquet", tmp_path / "o"))
     with pytest.raises(MemlabError, match="cpu or cuda"):
         TrainConfig(device="tpu").validate()
+    with pytest.raises(MemlabError, match="neither a config .*tiny.*world"):  # a mistyped config, not a Hub lookup
+        train(_cfg(dataset, tmp_path / "typo", pipeline="wrold"))
+    assert not (tmp_path / "typo").exists()
     import torch
 
     if not torch.cuda.is_available():  # asked for a GPU that is not there: said before any work
