@@ -12,7 +12,9 @@ copy of the same kind (a fixed derangement of the items); an object is **kept** 
 null's 95th percentile. Then per kind: recall at the index's threshold (the item's own distinct image among
 the verdict's ``--k`` best matches, above the threshold: the card's recall, read through ``memlab match``), for
 the scene items that keep every object and for those that lose one, and for the items the objects cannot
-judge (photo crops, lighthouses, templates, objects of the background's colour).
+judge (photo crops, lighthouses, templates, objects of the background's colour). ``if kept`` is the recall a
+verdict would reach that recalled every copy keeping its objects and every item the objects cannot judge, and
+missed on the copies that lose an object what this one misses: how far a better comparison could take the kind.
 
 The copies are the card's (``model_copy_truth`` with the world's seed and item count, read from the build's
 cache under ``WORLD/build/model_copies/model`` when it holds this model's, made under ``--work`` otherwise: a few
@@ -166,7 +168,7 @@ def main():
     print(f"an object is kept when the share of its contrast with its surroundings the copy keeps is above the "
           f"{args.quantile:.0%} quantile of that share in another item's copy of the same kind (bar)")
     print(f"{'kind':<20}{'n':>4}{'recall':>9}{'  scene':>7}{'keep all':>10}{'recall':>9}{'lose one':>10}{'recall':>9}"
-          f"{'  other':>8}{'recall':>9}{'kept (median)':>15}{'bar':>7}")
+          f"{'  other':>8}{'recall':>9}{'kept (median)':>15}{'bar':>7}{'if kept':>9}")
     families = []
     kinds = [k for k in truth if not k.endswith((":all", "all-not-photo"))]
     for kind in sorted(kinds, key=lambda k: (k.split(":")[0], k.split("@")[-1], k)):
@@ -191,7 +193,8 @@ def main():
             return f"{hit[mask].mean():>9.1%}" if mask.any() else f"{'-':>9}"
         print(f"{kind:<20}{len(ims):>4}{hit.mean():>9.1%}{scene.sum():>7}{keep.sum():>10}{rate(keep)}"
               f"{lose.sum():>10}{rate(lose)}{(~scene).sum():>8}{rate(~scene)}"
-              f"{np.median([c for cs in own for c in cs]):>15.2f}{bar:>7.2f}", flush=True)
+              f"{np.median([c for cs in own for c in cs]):>15.2f}{bar:>7.2f}"
+              f"{(keep.sum() + (~scene).sum() + hit[lose].sum()) / len(ims):>9.1%}", flush=True)
     print("the items the objects cannot judge, by family (n, recall): "
           + "; ".join(f"{k}: " + ", ".join(f"{f} {n} {h.mean():.0%}" for f, (n, h) in got.items() if n)
                       for k, got in families))
