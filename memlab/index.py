@@ -463,6 +463,17 @@ class TrainingIndex:
         return {"id": _py(r["id"]), "file": str(r["file"]), "caption": str(r.get("caption", "")),
                 "duplicates": int(r["duplicates"]), "group": int(r["group"])}
 
+    def value(self, row: int, column: str, default=None):
+        """One cell of the items table, ``column`` of ``row`` (``item`` returns only the fields every match
+        shows): from the loaded table, else the parquet row group that holds it; ``default`` where the table
+        has no such column."""
+        if self._items is None and self.manifest["item_count"] <= SMALL_ITEMS:
+            self.items
+        if self._items is not None:
+            return _py(self._items[column].iat[int(row)]) if column in self._items.columns else default
+        r = self._row(row)
+        return _py(r[column]) if column in r.index else default
+
 
 def _py(x):
     return x.item() if hasattr(x, "item") else x

@@ -278,7 +278,7 @@ class Lab(Streams):
 
     def item_template(self, row: int) -> int | None:
         """The template of training row ``row`` (worlds with planted templates; None elsewhere)."""
-        return _template_number(self.index.item(int(row)).get("template"))
+        return _template_number(self.index.value(int(row), "template"))
 
     def probe(self, prompt: str) -> dict | None:
         """The world's probe row for ``prompt`` (its label, training image, published figures), if any."""

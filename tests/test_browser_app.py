@@ -281,17 +281,20 @@ def test_a_gallery_of_training_images_wraps_to_a_phones_width(tmp_path):
 
 @pytest.mark.skipif(not (BUILTIN / "world.json").is_file(), reason="the built-in world is not built")
 def test_the_guided_lesson_and_its_glossary(tmp_path):
-    """The four steps on the built-in world: its most duplicated probe copies its training image, that
-    image's copies are shown, RNA lowers the replication on the same seeds, and a prompt seen once is
-    not copied; a word's glossary link lands on its definition."""
+    """The five steps on the built-in world: its most duplicated probe copies its training image, that
+    image's copies are shown, RNA lowers the replication on the same seeds, a prompt seen once is not
+    copied, and the template probe's seeds copy pictures of its template (the step once read no row's template
+    and said "0 of 8" beside 8 pairs framed as template copies); a word's glossary link lands on its definition."""
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
         open_tab(page, "Lesson")
         texts = []
-        done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated"}
-        for i in (1, 2, 3, 4):  # (while a step runs, its text box shows the progress bar's text)
+        done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated",
+                5: "picture of this template"}
+        for i in (1, 2, 3, 4, 5):  # (while a step runs, its text box shows the progress bar's text)
             page.locator(f"#lesson-{i}").click()
             _wait_text(page, f"#lesson-{i}-text", done[i])
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
+        tint = page.get_by_text("Tinted yellow: the bright-ending map").inner_text()
         copies_shown = page.locator("#lesson-copies img").count()
         blank = page.evaluate("""() => { const g = document.querySelector('#lesson-copies');
             return g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom; }""")
@@ -310,6 +313,13 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     assert blank <= 40  # the copies' gallery ends under its last row, no blank band
     assert rna_rate < none_rate
     assert texts[3].startswith("0 of 8 seeds replicated")
+    m5 = re.match(r"(\d+) of 8 seeds have a picture of this template.* Of those, (\d+) (?:are|is) called a "
+                  r"template copy \(framed purple\) and (\d+) replicated as a whole", texts[4])
+    assert m5 and int(m5[1]) >= 1 and int(m5[2]) + int(m5[3]) <= int(m5[1]), texts[4]
+    ratio = json.loads((BUILTIN / "card.json").read_text())["measured"]["bright_ending_coverage"][
+        "median_inside_over_outside"]  # what the step says of the tint is the world's own measure of it
+    assert f"{ratio:.2f}x as bright on the copied objects" in tint
+    assert ("does not single the copied part out" in tint) == (ratio <= 1)
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
 
 

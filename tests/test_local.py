@@ -299,6 +299,58 @@ def test_the_template_steps_sentence_counts_its_records():
     assert text.startswith("3 of 4 seeds have a picture of this template")
     assert "2 are called a **template copy**" in text and "1 replicated as a whole" in text
     assert "0.840-0.970" in text  # the masked scores of the template's seeds only
+    assert "more" not in text
+    other = template_sentence([*recs, rec(7, "template copy", 0.88), rec(8, "template copy", 0.86)],
+                              lambda row: 0 if row < 5 else None)  # matched to another template's pictures
+    assert other.startswith("3 of 6 seeds") and "0.840-0.970" in other
+    assert other.endswith(". 2 more are called a template copy with a picture of another template as the closest "
+                          "training image.")
+
+
+def test_the_lesson_says_whether_the_tint_marks_the_copied_part_on_this_world():
+    """The template step told a class "the region the model copied is tinted yellow" on a world whose card
+    measures the bright-ending map no brighter on the copied objects than elsewhere: the tint is named for what it
+    is, and the world's own measure decides what is said of it."""
+    from memlab.app.views import bright_ending_note
+
+    def card(ratio):
+        return {"measured": {"bright_ending_coverage": {"group": "full_ddf20", "median_inside_over_outside": ratio}}}
+    plain = bright_ending_note(None)
+    assert plain.startswith("Tinted yellow: the bright-ending map") and "Chen et al." in plain
+    assert "card" not in plain and bright_ending_note({"measured": {}}) == plain
+    dim = bright_ending_note(card(0.9289))
+    assert "does not single the copied part out (0.93x as bright on the copied objects of its full_ddf20" in dim
+    bright = bright_ending_note(card(1.31))
+    assert "on this world it does (1.31x" in bright and "not" not in bright
+
+
+def test_the_lesson_reads_each_training_rows_template_from_the_worlds_index(monkeypatch):
+    """The lesson's template step counts the seeds whose top-1 is a picture of its template (``Lab.item_template``);
+    it read the row through ``TrainingIndex.item``, which keeps only the fields a match shows, so every row had no
+    template and the step said "0 of 8" beside 8 pairs framed as template copies. Read from the loaded table and
+    from the row group that holds the row (a large index)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    import memlab.index
+    from memlab.service import Lab
+    from memlab.world import World
+
+    world = Path(__file__).resolve().parents[1] / "assets" / "world"
+    table = pd.read_parquet(world / "index" / "items.parquet")
+    planted = table.index[table["template"] >= 0]
+    rows = [int(planted[0]), int(planted[-1]), int(table.index[table["template"] < 0][0])]
+    want = [int(table["template"].iat[r]) if table["template"].iat[r] >= 0 else None for r in rows]
+    assert want[0] is not None and want[2] is None
+    lab = Lab(World.load(world), device="cpu")
+    assert [lab.item_template(r) for r in rows] == want
+    probe = pd.read_csv(world / "probes.csv").query("group == 'template'").iloc[0]
+    assert lab.probe_template(probe["prompt"]) == int(probe["template"])
+    monkeypatch.setattr(memlab.index, "SMALL_ITEMS", 0)  # as an index too large to read whole
+    idx = memlab.index.TrainingIndex.load(world / "index")
+    assert [idx.value(r, "template") for r in rows] == [w if w is not None else -1 for w in want]
+    assert idx._items is None and idx.value(rows[0], "no such column", "none") == "none"
 
 
 def test_the_hidden_object_classifier_is_trained_on_labelled_renders_and_round_trips(tmp_path):

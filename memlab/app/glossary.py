@@ -27,9 +27,10 @@ GLOSSARY = [
      "levels, **replicated**, **possible copy**, **novel**."),
     ("template", "template copy, copied region",
      "A partial copy: the generation repeats a training image's layout (a frame, a label, a background) with "
-     "other content inside, as Stable Diffusion's \"template verbatim\" prompts do. At the last denoising step "
-     "the copied region attends to the prompt's end token far more than the rest (the \"bright ending\", Chen et "
-     "al., ICLR 2025); memlab records that map per seed and compares the detail (edges, marks, texture; not smooth "
+     "other content inside, as Stable Diffusion's \"template verbatim\" prompts do. In Stable Diffusion, at the "
+     "last denoising step the copied region attends to the prompt's end token far more than the rest (the "
+     "\"bright ending\", Chen et al., ICLR 2025; a small model may not show it: its world's card measures it); "
+     "memlab records that map per seed and compares the detail (edges, marks, texture; not smooth "
      "colour) of the generation and its top-1 training image inside it. Above that masked score's own calibrated threshold, where the two images' detail also agrees in "
      "more of their small windows than its own threshold allows (Webster's masked matching; both calibrated at 1%), and not replicated as a whole, a seed is a "
      "**template copy** (framed purple). \"Show the copied region\" tints the map over both images."),

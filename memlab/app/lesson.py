@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..service import Lab
 from .glossary import g
-from .views import (compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other,
+from .views import (bright_ending_note, compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other,
                     template_sentence)
 from .wiring import errors, scroll_first, stoppable
 
@@ -47,8 +47,8 @@ def lesson_tab(lab: Lab) -> None:
         if plan.get("template"):  # worlds with template copies (issue 32): a fifth step
             steps.append(("5 · A template copy", f"“{plan['template']}” ({plan['template_group']}): many training "
                           f"images share one layout and this caption, with other pictures inside. The model copies "
-                          f"the layout, not one whole image: a {g('template', 'template copy')}. The region the "
-                          f"model copied is tinted yellow."))
+                          f"the layout, not one whole image: a {g('template', 'template copy')}. "
+                          + bright_ending_note(lab.card())))
         outs = []
         for i, (title, sentence) in enumerate(steps, 1):
             with gr.Group():

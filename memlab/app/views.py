@@ -356,6 +356,24 @@ def _other_detections(s: dict) -> str:
     return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
 
 
+def bright_ending_note(card: dict | None) -> str:
+    """What the yellow tint is, and whether it marks the copied region on this world: the bright-ending map
+    (Chen et al., ICLR 2025), with the world's own measure of it where its card has one (``measured``'s
+    ``bright_ending_coverage``: the map's median brightness on the drawn objects of its most duplicated
+    prompts' copies over elsewhere)."""
+    text = ("Tinted yellow: the bright-ending map, where the generation attends to the prompt's end at the last "
+            "step; in Stable Diffusion it lights the copied region (Chen et al. 2025)")
+    cov = ((card or {}).get("measured") or {}).get("bright_ending_coverage") or {}
+    ratio = cov.get("median_inside_over_outside")
+    if ratio is None:
+        return text + "."
+    said = f"{ratio:.2f}x as bright on the copied objects of its {cov.get('group', 'most duplicated')} seeds as elsewhere"
+    if ratio <= 1:
+        return (f"{text}. On this world's small model it does not single the copied part out ({said}, its card), "
+                "so a template copy is also checked where the two images' detail agrees.")
+    return f"{text}; on this world it does ({said}, its card)."
+
+
 def template_sentence(records, template_of) -> str:
     """The lesson's template step, from its records: how many seeds copy a picture of the prompt's template
     (``template_of``: row -> template number, None elsewhere) and how the verdict calls them."""
@@ -370,7 +388,11 @@ def template_sentence(records, template_of) -> str:
             f"{'are' if tmpl != 1 else 'is'} called a **template copy** (framed purple) and {whole} replicated as a "
             f"whole")
     if scores:
-        text += f"; inside the copied region (tinted yellow) they score {min(scores):.3f}-{max(scores):.3f}"
+        text += f"; inside the bright-ending map (tinted yellow) they score {min(scores):.3f}-{max(scores):.3f}"
+    others = sum(r.get("verdict") == "template copy" for r, t in zip(records, tops) if t is None)
+    if others:  # framed purple too: the pair shows which picture they matched
+        text += (f". {others} more {'are' if others != 1 else 'is'} called a template copy with a picture of "
+                 f"another template as the closest training image")
     return text + "."
 
 
