@@ -297,3 +297,23 @@ def test_two_threads_asking_for_a_unets_hub_get_one(tiny_pipeline_dir):
     assert len({id(h) for h in got}) == 1
     procs = [p for n, p in gen.pipe.unet.attn_processors.items() if n.endswith("attn2.processor")]
     assert all(p.hub is got[0] and not hasattr(p.inner, "hub") for p in procs)
+
+
+def test_every_detector_and_mitigation_names_a_paper_the_about_tab_lists():
+    """The About tab's papers cite every method a world's card and the app score with: each detector's paper
+    (``compare.DETECTORS``: first author and venue) and each registered mitigation's. It listed six papers while
+    the card reported Ren's, Asthana's and Chen's detectors and NeMo's and Jain's mitigations."""
+    import re
+
+    from memlab.app.glossary import CITATIONS
+    from memlab.compare import DETECTORS
+    from memlab.mitigations import MITIGATIONS
+
+    entries = [e for e in re.split(r"\n- ", CITATIONS) if e.strip()]
+    for name, d in DETECTORS.items():
+        author, venue = re.match(r"(\w+)[^,]*, (.+)$", d["paper"]).groups()
+        assert any(author in e and venue.replace(" ", "") in e.replace("\n", " ").replace(" ", "") for e in entries), name
+    papers = {"rna": "Somepalli et al.", "rt": "Somepalli et al.", "cwr": "Somepalli et al.", "gni": "Somepalli et al.",
+              "wen": "Wen, Liu", "ren": "Ren et al.", "nemo": "Hintersdorf et al.", "jain": "Jain et al."}
+    assert set(MITIGATIONS) - {"none"} == set(papers)  # a new mitigation names its paper here and in the tab
+    assert all(p in CITATIONS for p in papers.values())

@@ -11,6 +11,18 @@ CITATIONS = """
 - Carlini et al. *Extracting Training Data from Diffusion Models.* USENIX Security 2023. (pixel-space, tiled)
 - Wen, Liu, Chen, Lyu. *Detecting, Explaining, and Mitigating Memorization in Diffusion Models.* ICLR 2024.
 - *Memory Triggers: Unveiling Memorization in Text-To-Image Generative Models through Word-Level Duplication.*
+  (keyword clusters, the hidden object)
+- Webster. *A Reproducible Extraction of Training Images from Diffusion Models.* arXiv 2023. (template verbatim
+  copies, masked matching: the agreement share)
+- Ren et al. *Unveiling and Mitigating Memorization in Text-to-image Diffusion Models through Cross Attention.*
+  ECCV 2024. (`ren`: attention entropy, the beginning token's logit)
+- Hintersdorf et al. *Finding NeMo: Localizing Neurons Responsible for Memorization in Diffusion Models.* NeurIPS
+  2024. (`nemo`: memorization neurons)
+- Chen et al. *Exploring Local Memorization in Diffusion Models via Bright Ending Attention.* ICLR 2025. (the
+  bright-ending map, localized detection, the masked score)
+- Jain et al. *Classifier-Free Guidance inside the Attraction Basin May Cause Memorization.* CVPR 2025. (`jain`)
+- Asthana, Belagiannis. *Detecting and Mitigating Memorization in Diffusion Models through Anisotropy of the
+  Log-Probability.* ICLR 2026. (`asthana`: norm and angular alignment on pure noise)
 """
 
 
