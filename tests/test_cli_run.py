@@ -50,11 +50,22 @@ def test_run_records_and_bit_for_bit_reproduction(tiny_world, tmp_path):
     assert rna[0]["mitigation"]["steps"][0]["params"] == {"k": 2, "seed": 0}
 
 
-def test_run_with_model_and_index(tiny_world, tmp_path):
+def test_run_with_model_and_index(tiny_world, tmp_path, capsys):
+    """A model and an index run with the generic settings; an index that is a world's says so, since its card
+    was measured with the world's own settings and calibrations (``--world``)."""
     out = tmp_path / "r.jsonl"
     assert memlab_main(["run", "--model", str(tiny_world / "model"), "--index", str(tiny_world / "index"),
                         "--prompt", "a cat", "--seeds", "1,3", "--steps", "2", "--out", str(out)]) == 0
     assert [r["seed"] for r in _records(out) if r["type"] == "seed"] == [1, 3]
+    recs = [r for r in _records(out) if r["type"] == "seed"]
+    assert recs[0]["settings"]["guidance"] == 7.5  # the generic default, not the world's 5.0
+    err = capsys.readouterr().err
+    assert f"is the index of the world {tiny_world.resolve()}" in err and "guidance 7.5" in err
+    assert f"--world {tiny_world.resolve()} runs it as its card does" in err
+    assert memlab_main(["run", "--model", str(tiny_world / "model"), "--index", str(tiny_world / "index"),
+                        "--prompt", "a cat", "--seeds", "1", "--steps", "2", "--guidance", "5",
+                        "--out", str(out)]) == 0
+    assert "is the index of the world" not in capsys.readouterr().err  # both settings given: nothing to say
 
 
 @pytest.mark.parametrize("extra, msg", [

@@ -85,6 +85,12 @@ def run(args) -> int:
         raise MemlabError("the same mitigation is given twice")
     world = World.from_parts(args.model, args.index) if args.model else World.load(args.world)
     d = world.defaults
+    home = Path(args.index).resolve().parent if args.model else None
+    if home is not None and (home / "world.json").is_file() and (args.steps is None or args.guidance is None):
+        print(f"note: {args.index} is the index of the world {home}; --model/--index sample with the generic "
+              f"settings ({d['steps']} steps, guidance {d['guidance']:g}, where not given) and none of the world's "
+              f"calibrations (its template threshold, Wen's target): --world {home} runs it as its card does",
+              file=sys.stderr)
     seeds = parse_seeds(args.seeds or d["seeds"])
     settings = Settings(steps=args.steps if args.steps is not None else d["steps"],
                         guidance=args.guidance if args.guidance is not None else d["guidance"],
