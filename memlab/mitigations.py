@@ -210,8 +210,9 @@ class Jain(Mitigation):
 
 
 class JainGuidance:
-    """Jain et al.'s guidance schedule (``Jain``), per seed, for ``memlab.generate``: ``ratio(t, diff_norms)`` is the factor that turns the
-    pipeline's guidance into the seed's (None when every seed is at the normal guidance)."""
+    """Jain et al.'s guidance schedule (``Jain``), per seed, for ``memlab.generate``: ``ratio(t, diff_norms)`` is
+    the factor that turns the pipeline's guidance into the seed's (None when every seed is at the normal
+    guidance)."""
 
     def __init__(self, jain, normal: float, n: int):
         import torch
