@@ -317,3 +317,28 @@ def test_every_detector_and_mitigation_names_a_paper_the_about_tab_lists():
               "wen": "Wen, Liu", "ren": "Ren et al.", "nemo": "Hintersdorf et al.", "jain": "Jain et al."}
     assert set(MITIGATIONS) - {"none"} == set(papers)  # a new mitigation names its paper here and in the tab
     assert all(p in CITATIONS for p in papers.values())
+
+
+def test_the_attribution_chart_says_when_its_control_leads_as_much():
+    """Token attribution's chart was titled "which words drive the memorization signal" on a world whose card
+    finds the distinctive words leading as often on prompts seen once (the control) as on memorized ones: the
+    chart then says so, from the card's figures; where the control lags, it says nothing more."""
+    import json
+    from pathlib import Path
+
+    from memlab.app.charts import attribution_chart, attribution_control
+
+    def card(k, n=24):
+        return {"measured": {"token_attribution": {"probes": 8, "distinctive_above_template": 8,
+                                                   "control_unique_probes": n, "control_distinctive_above_template": k}}}
+    assert "8 of 8 memorized prompts and 24 of 24 prompts seen once" in attribution_control(card(24))
+    assert attribution_control(card(6)) is None and attribution_control(None) is None
+    assert attribution_control({"measured": {"token_attribution": {"probes": 8}}}) is None
+    toks = [{"token": t, "position": i, "attribution": float(i)} for i, t in enumerate(["<s>", "red", "ball", "</s>"])]
+    assert "seen once" in attribution_chart(toks, card(24)).layout.title.text
+    assert "seen once" not in attribution_chart(toks).layout.title.text
+    world = json.loads((Path(__file__).resolve().parents[1] / "assets" / "world" / "card.json").read_text())
+    t = world["measured"]["token_attribution"]
+    said = attribution_control(world)
+    assert (said is not None) == (t["control_distinctive_above_template"] / t["control_unique_probes"]
+                                  >= t["distinctive_above_template"] / t["probes"])

@@ -46,18 +46,36 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     return fig
 
 
-def attribution_chart(tokens: list[dict]):
-    """A bar per prompt token (start and end tokens left out): Wen et al.'s token attribution."""
+def attribution_control(card: dict | None) -> str | None:
+    """What the world's card measured of token attribution against its control (``measured``'s
+    ``token_attribution``: distinctive words above template words on the memorized probes, and on the unique
+    probes, which are not copied): a caveat where the control shows the same, else None."""
+    t = ((card or {}).get("measured") or {}).get("token_attribution") or {}
+    n, k = t.get("control_unique_probes"), t.get("control_distinctive_above_template")
+    if not n or k is None or t.get("probes") is None:
+        return None
+    mem = t["distinctive_above_template"] / t["probes"]
+    if k / n < mem:
+        return None
+    return (f"on this world the distinctive words lead for {t['distinctive_above_template']} of {t['probes']} "
+            f"memorized prompts and {k} of {n} prompts seen once (its card): they steer the model, copied or not")
+
+
+def attribution_chart(tokens: list[dict], card: dict | None = None):
+    """A bar per prompt token (start and end tokens left out): Wen et al.'s token attribution; with the world's
+    ``card``, what its control says of it (``attribution_control``)."""
     import plotly.graph_objects as go
 
     toks = tokens[1:-1] or tokens
     fig = go.Figure(go.Bar(x=[f"{t['token'].strip()}·{t['position']}" for t in toks],
                            y=[t["attribution"] for t in toks], marker_color="#9467bd",
                            hovertext=[t["token"] for t in toks]))
-    fig.update_layout(height=260, margin=dict(l=40, r=10, t=50, b=60),
+    caveat = attribution_control(card)
+    fig.update_layout(height=260 + (20 if caveat else 0), margin=dict(l=40, r=10, t=50 + (20 if caveat else 0), b=60),
                       title=dict(text="which words drive the memorization signal (the prompt as typed, no mitigation)"
                                       "<br><sup>gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input "
-                                      "embedding, first step, mean over the first 4 seeds (Wen et al. 2024)</sup>",
+                                      "embedding, first step, mean over the first 4 seeds (Wen et al. 2024)</sup>"
+                                      + (f"<br><sup>{caveat}</sup>" if caveat else ""),
                                  font=dict(size=13)),
                       yaxis_title="attribution")
     return fig

@@ -243,7 +243,7 @@ def _wire_details(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state: g
     @errors
     def attribution(prompt, n_seeds, seed_list, steps, guidance):
         toks = lab.token_attribution(prompt, lab.seeds(n_seeds, seed_list), lab.settings(steps, guidance))
-        return gr.update(value=attribution_chart(toks), visible=True)
+        return gr.update(value=attribution_chart(toks, lab.card()), visible=True)
 
     att_btn.click(attribution, [prompt, n_seeds, seed_list, steps, guidance], [att_plot],
                   api_name=api("attribution"))
