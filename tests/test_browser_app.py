@@ -286,6 +286,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     copied, and the template probe's seeds copy pictures of its template (the step once read no row's template
     and said "0 of 8" beside 8 pairs framed as template copies); a word's glossary link lands on its definition."""
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
+        mask_info = page.locator("#show-mask").inner_text()  # Generate's "Show the copied region"
         open_tab(page, "Lesson")
         texts = []
         done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated",
@@ -294,7 +295,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
             page.locator(f"#lesson-{i}").click()
             _wait_text(page, f"#lesson-{i}-text", done[i])
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
-        tint = page.get_by_text("Tinted yellow: the bright-ending map").inner_text()
+        tint = page.locator("p", has_text="Tinted yellow: the bright-ending map").inner_text()  # the step's own
         copies_shown = page.locator("#lesson-copies img").count()
         blank = page.evaluate("""() => { const g = document.querySelector('#lesson-copies');
             return g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom; }""")
@@ -319,6 +320,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     ratio = json.loads((BUILTIN / "card.json").read_text())["measured"]["bright_ending_coverage"][
         "median_inside_over_outside"]  # what the step says of the tint is the world's own measure of it
     assert f"{ratio:.2f}x as bright on the copied objects" in tint
+    assert f"{ratio:.2f}x as bright on the copied objects" in mask_info  # and beside the box that shows it
     assert ("does not single the copied part out" in tint) == (ratio <= 1)
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
 

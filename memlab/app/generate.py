@@ -15,8 +15,8 @@ from ..scorenorm import is_mirrored
 from ..service import Lab
 from .charts import attribution_chart, histogram, seed_scores_chart
 from .serve import as_file
-from .views import (ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, caption, copies, headline, id_table, level,
-                    pair_image, seed_table)
+from .views import (ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, bright_ending_note, caption, copies, headline,
+                    id_table, level, pair_image, seed_table)
 from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
 
 
@@ -94,7 +94,7 @@ def _results(lab: Lab) -> SimpleNamespace:
     headline_md = gr.Markdown(elem_id="headline")
     show_mask = gr.Checkbox(False, label="Show the copied region: the bright-ending map (where the generation attends "
                                          "to the prompt's end at the last step) tinted yellow on both images",
-                            elem_id="show-mask")
+                            info=bright_ending_note(lab.card()), elem_id="show-mask")
     gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                          format="png", elem_id="pairs", height="auto",
                          object_fit="contain")
