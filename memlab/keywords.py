@@ -93,12 +93,19 @@ def word_table(captions: Sequence[str], keyword: str = "", top: int = 8,
                hide_keyword: bool = False) -> list[tuple[str, int]]:
     """Most frequent caption words with counts, as the paper's Table 1: the keyword's own words are
     listed too (``hide_keyword`` leaves them out); stop words are left out. Each word counts once per
-    caption (how many captions use it)."""
+    caption (how many captions use it). The ``top`` most frequent, and every word as frequent as the last of
+    them: a cut through a tie would drop words at random (alphabetically), the keyword itself among them. Of
+    several captions, a word only one of them uses is not a frequent one and is left out."""
     drop = STOP_WORDS | (set(re.findall(r"\w+", keyword.lower())) if hide_keyword else set())
     c = Counter()
     for cap in captions:
         c.update({w for w in re.findall(r"[a-z][a-z']+", str(cap).lower()) if w not in drop})
-    return sorted(c.items(), key=lambda t: (-t[1], t[0]))[:top]  # ties alphabetical: the same in every process
+    ranked = sorted(((w, n) for w, n in c.items() if n > 1 or len(captions) == 1),
+                    key=lambda t: (-t[1], t[0]))  # ties alphabetical: the same in every process
+    if len(ranked) <= top or top <= 0:
+        return ranked[:max(top, 0)]
+    last = ranked[top - 1][1]
+    return [t for t in ranked if t[1] >= last]
 
 
 def object_shares(has_object: np.ndarray, named: np.ndarray, group: np.ndarray, keyword_rows: np.ndarray) -> dict:

@@ -62,10 +62,24 @@ def test_word_table_like_table_1():
     caps = ["Starry Night by Van Gogh", "the starry night, van gogh painting", "Almond blossom - Van Gogh"]
     t = dict(word_table(caps, "van gogh"))
     # Table 1 lists the keyword's own words with the rest ("van 3061, gogh 3042, night 2841, starry 2806")
-    assert t["van"] == 3 and t["gogh"] == 3 and t["starry"] == 2 and t["night"] == 2 and t["almond"] == 1
+    assert t["van"] == 3 and t["gogh"] == 3 and t["starry"] == 2 and t["night"] == 2
+    assert "almond" not in t and "blossom" not in t  # one caption of three: not a frequent word
+    assert dict(word_table(caps[2:], "van gogh"))["almond"] == 1  # (a single caption: each of its words)
     assert "the" not in t and "painting" not in t
     hidden = dict(word_table(caps, "van gogh", hide_keyword=True))
     assert "van" not in hidden and "gogh" not in hidden and hidden["starry"] == 2
+
+
+def test_word_table_keeps_every_word_tied_at_the_cut():
+    """Nine words in every caption and a top of 8: the cut went through the tie alphabetically and dropped the
+    keyword ("velmora"), which then headed no cluster of its own view (the built-in world's, cluster 1)."""
+    words = "teal circle blue cross red star brown gradient velmora".split()
+    caps = [" ".join(words)] * 3 + ["teal once"]
+    t = word_table(caps, "velmora")
+    assert [w for w, _ in t] == sorted(words, key=lambda w: (w != "teal", w)) and len(t) == 9
+    assert dict(t)["velmora"] == 3 and dict(t)["teal"] == 4
+    assert len(word_table(caps, "velmora", top=1)) == 1  # no tie at the cut: the top alone
+    assert word_table(caps, "velmora", top=0) == []
 
 
 def test_object_shares_count_unnamed_objects_over_distinct_images():
