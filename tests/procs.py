@@ -27,3 +27,32 @@ def killed_until_done(cmd, kill_after: list[float], env: dict, timeout: float = 
             continue
         assert p.returncode == 0 or delay is not None, cmd
     return landed
+
+
+def killed_on_progress(cmd, new_files: list[int], work: Path, env: dict, timeout: float = 600) -> int:
+    """Run ``cmd``; SIGKILL it once it has written ``new_files[i]`` files under ``work`` that were not
+    there when that run began (restarting it), then let it finish. Returns how many kills landed while
+    it was running. Unlike delays, which a resumed run (shorter: it skips what is done) may outlast,
+    each kill comes after new progress and so lands mid-build while the build has more to do."""
+    import time
+
+    def names() -> set:
+        return {f for f in work.rglob("*") if f.is_file()} if work.exists() else set()
+
+    landed = 0
+    for k in list(new_files) + [None]:
+        before = names()
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen, t0 = set(), time.monotonic()
+        while p.poll() is None and k is not None and len(seen) < k:
+            seen |= names() - before
+            time.sleep(0.005)
+            assert time.monotonic() - t0 < timeout, cmd
+        if p.poll() is None and k is not None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            landed += 1
+            continue
+        p.wait(timeout)
+        assert p.returncode == 0 or k is not None, cmd
+    return landed

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.helpers import clustered
-from tests.procs import killed_until_done
+from tests.procs import killed_on_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -185,14 +185,12 @@ def test_a_killed_embeddings_build_resumes_to_the_same_index(tmp_path):
     src = write_embeddings(tmp_path / "emb", x, pd.DataFrame({"id": np.arange(60_000)}), part_rows=10_000)
     cmd = [sys.executable, "-m", "index_builder", "--embeddings", str(src), "--descriptor", NAME,
            "--max-memory", "6MB", "--block-rows", "2000"]  # IVF with SQ8 codes in 30 blocks
-    t0 = time.perf_counter()
     r = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    took = time.perf_counter() - t0
-    rng = random.Random(0)  # 5 kills spread over the build (a resumed run is shorter: the last may come too late)
-    landed = killed_until_done(cmd + ["--out", str(tmp_path / "idx")],
-                               [rng.uniform(0.3, 0.9) * took for _ in range(5)], ENV)
-    assert landed >= 3
+    rng = random.Random(0)  # 5 kills: at the first file written, then after 2-12 more blocks each (of ~66)
+    landed = killed_on_progress(cmd + ["--out", str(tmp_path / "idx")], [1] + [rng.randint(2, 12) for _ in range(4)],
+                                tmp_path / ".idx.build", ENV)
+    assert landed == 5
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert ref["descriptors"][NAME]["factory"].startswith("IVF")
@@ -248,12 +246,11 @@ def test_a_killed_addition_resumes_to_the_same_index(tmp_path):
 
     shutil.copytree(tmp_path / "base", tmp_path / "ref")
     cmd = [sys.executable, "-m", "index_builder", "add", "--embeddings", str(b), "--block-rows", "2000", "--index"]
-    t0 = time.perf_counter()
     r = subprocess.run(cmd + [str(tmp_path / "ref")], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    took = time.perf_counter() - t0
-    rng = random.Random(1)  # 3 kills, each mid-addition
-    landed = killed_until_done(cmd + [str(tmp_path / "base")], [rng.uniform(0.15, 0.3) * took for _ in range(3)], ENV)
+    rng = random.Random(1)  # 3 kills, each mid-addition: at the first file written, then after 2-5 more
+    landed = killed_on_progress(cmd + [str(tmp_path / "base")], [1] + [rng.randint(2, 5) for _ in range(2)],
+                                tmp_path / ".base.add", ENV)
     assert landed == 3
     ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
     got = json.loads((tmp_path / "base" / "manifest.json").read_text())
