@@ -134,6 +134,7 @@ def _decoded(s: dict, skipped):
     from PIL import Image, UnidentifiedImageError
 
     from memlab.match import MAX_IMAGE_PIXELS
+    from memlab.preprocess import as_viewed
     from memlab.shards import IMAGE_KEYS, sample_text
 
     where = f"{Path(s['__url__']).name}:{s['__key__']}"[:160]
@@ -148,7 +149,7 @@ def _decoded(s: dict, skipped):
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 skipped.add(over, where)
                 return None
-            return im.convert("RGB"), meta, caption
+            return as_viewed(im), meta, caption
     except Image.DecompressionBombError:  # PIL's own, larger cap: refused at open
         skipped.add(over, where)
     except (UnidentifiedImageError, OSError, ValueError):

@@ -352,10 +352,10 @@ def _judged(judge, kw_runs, kw_items, index) -> dict:
     """The classifier's figures: its share on the keyword's generations and on its training images."""
     if judge is None or "hidden" not in kw_runs or kw_runs["hidden"].isna().all():
         return {}
-    from PIL import Image
+    from .preprocess import open_rgb
 
     seen = [h for hs in kw_runs["hidden"] if hs is not None for h in hs]
-    train = [Image.open(p).convert("RGB") for r in kw_items.index if (p := index.image_path(int(r))) is not None]
+    train = [open_rgb(p) for r in kw_items.index if (p := index.image_path(int(r))) is not None]
     return {"generation_share": float(np.mean(seen)), "generation_share_by": judge.info(),
             "training_share_by_classifier": float(np.mean(judge.features(train))) if train else None}
 

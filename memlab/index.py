@@ -34,6 +34,7 @@ from .errors import IndexMismatchError, MemlabError
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, faiss_module, json_default, make_faiss_index,
                          read_faiss, recover_swap, sha256)
 from .paths import inside
+from .preprocess import open_rgb
 from .validate import check_manifest
 
 __all__ = ["FORMAT", "ITEMS", "MANIFEST", "VERSION", "TrainingIndex", "build_index", "sha256"]
@@ -147,7 +148,6 @@ def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.
     """Add the agreement threshold (``_agreement_calibration``) to an index built before it, from its stored
     vectors, groups (merged by the ``origin`` column where the items have one) and images; the manifest is
     rewritten atomically (its files are unchanged). Returns the calibration (None: the index keeps no images)."""
-    from PIL import Image
 
     idx = TrainingIndex.load(path)
     if idx.image_root is None:
@@ -158,8 +158,7 @@ def calibrate_agreement(path, calib_n: int = 500, seed: int = 0, fpr: float = 0.
     reps = np.flatnonzero(items["representative"].to_numpy())
 
     def load(row):
-        with Image.open(idx.image_path(row)) as im:
-            return im.convert("RGB")
+        return open_rgb(idx.image_path(row))
     cal = _agreement_calibration(np.asarray(idx.vectors(name), np.float32), distinct, reps, load, calib_n, seed,
                                  fpr, name)
     idx.close()

@@ -17,6 +17,7 @@ from . import metrics
 from .attention import BRIGHT_ENDING_LAYERS
 from .errors import MemlabError
 from .generate import Settings
+from .preprocess import open_rgb
 from .runner import run_prompt
 
 
@@ -57,7 +58,6 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
       for matched images (uploads), which are more often generations than training images.
 
     Returns (template threshold, agreement calibration)."""
-    from PIL import Image
 
     from .agreement import agreement_of, agreement_words
 
@@ -71,8 +71,7 @@ def calibrate_template_threshold(gen, index, descriptor, prompts, seeds, setting
         for r, im in got:
             path = index.image_path(int(r["matches"][0]["row"]))
             if r["verdict"] != "replicated" and path is not None and path.is_file():
-                with Image.open(path) as train:
-                    shares.append(agreement_of(im, train)["share"])
+                shares.append(agreement_of(im, open_rgb(path))["share"])
     if not scores or not shares:
         raise MemlabError("no masked scores to calibrate the template threshold on: the index keeps no training "
                           "images, or the model records no bright-ending map")

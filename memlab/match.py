@@ -15,6 +15,7 @@ from . import metrics, scorenorm, verify
 from .descriptors import Descriptor, create_descriptor
 from .errors import MemlabError
 from .index import TrainingIndex
+from .preprocess import as_viewed, open_rgb
 
 
 def descriptor_for_index(index: TrainingIndex, name: str | None = None, **overrides) -> Descriptor:
@@ -61,7 +62,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return as_viewed(im)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise MemlabError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
 
@@ -220,8 +221,7 @@ def masked_score(index: TrainingIndex, row: int, image: Image.Image, mask, mirro
     if path is None or not Path(path).is_file():
         return None
     side = metrics.MASK_SIDE
-    with Image.open(path) as im:
-        train = np.asarray(im.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
+    train = np.asarray(open_rgb(path).resize((side, side), Image.LANCZOS), np.float64)
     gen = np.asarray(image.convert("RGB").resize((side, side), Image.LANCZOS), np.float64)
     m = metrics.mask_to_image(mask, side)
     if mirrored:
@@ -257,8 +257,7 @@ def agreement(index: TrainingIndex, row: int, image: Image.Image, mirrored: bool
 
     if mirrored:
         image = ImageOps.mirror(image.convert("RGB"))
-    with Image.open(path) as train:
-        got = agreement_of(image, train)
+    got = agreement_of(image, open_rgb(path))
     return {**got, "threshold": cal["threshold"], "source": cal["source"]}
 
 

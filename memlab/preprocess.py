@@ -70,14 +70,41 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # Pillow's grey modes deeper than 8 bits
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Flatten alpha onto white and convert any mode to RGB."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    """Any mode as 8-bit RGB, as a viewer shows it: alpha flattened onto white (as img2dataset mattes it), and
+    greys deeper than 8 bits (a 16-bit PNG or TIFF scan) scaled to 8 bits, where Pillow's own ``convert``
+    clips them (a 16-bit ramp would read almost white)."""
+    if img.mode in HIGH_DEPTH:
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0  # 65535 -> 255
+        elif img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0  # floats in [0, 1]
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGB", img.size, (255, 255, 255))
         bg.paste(img, mask=img.split()[-1])
         return bg
     return img.convert("RGB")
+
+
+def open_rgb(path) -> Image.Image:
+    """An image file as a viewer shows it: turned as its EXIF orientation says, then ``to_rgb``. Every path
+    that embeds, verifies or shows an image reads it this way, so a training image is compared as it was
+    indexed."""
+    with Image.open(path) as im:
+        return as_viewed(im)
+
+
+def as_viewed(im: Image.Image) -> Image.Image:
+    """An opened image turned as its EXIF orientation says, then ``to_rgb``."""
+    from PIL import ImageOps
+
+    return to_rgb(ImageOps.exif_transpose(im))
 
 
 # ---------------------------------------------------------------------------------- feeding a network

@@ -22,6 +22,7 @@ from .headstart import HEAD_START
 from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
+from .preprocess import open_rgb
 from .records import APP_MATCHES, RunState, collapse_matches, probe_group_name
 from .streams import Streams
 from .world import World
@@ -317,8 +318,7 @@ class Lab(Streams):
         p = self.index.image_path(row)
         if p is None or not p.is_file():
             return None
-        with Image.open(p) as im:
-            return im.convert("RGB")
+        return open_rgb(p)
 
     def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:
         """Training items whose caption contains every word of the query (case-insensitive)."""

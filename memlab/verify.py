@@ -28,6 +28,7 @@ from PIL import Image
 
 from .scorenorm import VERIFY as DEFAULT, VERIFY_SIDE as SIDE, check_verify as check, normalize_candidates  # noqa: F401
 from .scorenorm import verify_words as words  # noqa: F401
+from .preprocess import open_rgb
 from .scorenorm import train_term
 
 
@@ -67,8 +68,7 @@ def _corr(a, b) -> float:
 
 @lru_cache(maxsize=4096)
 def _train_detail(path: str, mtime: float, sigma: float, region: float):
-    with Image.open(path) as im:
-        return detail_vectors(im.convert("RGB"), sigma, region)
+    return detail_vectors(open_rgb(path), sigma, region)
 
 
 def train_detail(path, spec: dict):

@@ -282,6 +282,41 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(tmp_path / "r.jpg").size == (20, 40)
 
 
+def test_an_image_is_read_as_a_viewer_shows_it_whatever_its_mode(tmp_path):
+    """A 16-bit grey PNG, a float TIFF and a transparent PNG read as the 8-bit picture they show (Pillow's own
+    ``convert("RGB")`` clips 16-bit greys to near white and keeps whatever colour sits under transparency): the
+    same pixels as an upload, as a shard member and as an indexed training image, so a copy saved at another
+    depth or with an alpha channel matches its original."""
+    from index_builder.embed import embed_shard
+    from memlab.match import load_image
+    from memlab.preprocess import open_rgb
+
+    ramp = np.tile(np.arange(256, dtype=np.uint16)[None, :], (16, 1))  # 8-bit greys 0..255
+    Image.fromarray(ramp.astype(np.uint8), "L").save(tmp_path / "g8.png")
+    Image.fromarray((ramp * 257).astype(np.uint16)).save(tmp_path / "g16.png")  # the same greys at 16 bits
+    Image.fromarray(ramp.astype(np.float32) / 255).save(tmp_path / "gf.tiff")
+    rgba = np.zeros((16, 256, 4), np.uint8)  # black under full transparency, a red band shown in the middle
+    rgba[4:12, :, 0], rgba[4:12, :, 3] = 255, 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    want = np.asarray(load_image(tmp_path / "g8.png"))
+    assert want[0, :, 0].tolist() == list(range(256))
+    for f in ("g16.png", "gf.tiff"):
+        assert np.abs(np.asarray(load_image(tmp_path / f)).astype(int) - want).max() <= 1, f
+        assert np.array_equal(np.asarray(open_rgb(tmp_path / f)), np.asarray(load_image(tmp_path / f))), f
+    t = np.asarray(load_image(tmp_path / "t.png"))
+    assert (t[:4] == 255).all() and (t[12:] == 255).all() and t[4:12].reshape(-1, 3).tolist().count([255, 0, 0]) == 8 * 256
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for name in ("g8.png", "g16.png", "t.png"):
+            add(tar, name.replace(".", "_") + ".png", (tmp_path / name).read_bytes())
+    assert embed_shard(str(tmp_path / "s.tar"), 0, str(tmp_path / "emb"), "pixel", {}, batch_size=8)["rows"] == 3
+    v = np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy")
+    assert float(v[0] @ v[1]) > 0.999  # the 16-bit member embeds as the 8-bit one
+    from memlab.descriptors import create_descriptor
+
+    assert np.allclose(v[2], create_descriptor("pixel").embed([load_image(tmp_path / "t.png")])[0], atol=1e-3)
+
+
 # -------------------------------------------------------------------------------------- index and world
 def run_cli(*argv) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from ..local import both_ways
+from ..preprocess import open_rgb
 from ..scorenorm import is_mirrored
 from ..records import RunState, SeedRecord, probe_group_name
 from ..service import Lab
@@ -89,11 +90,10 @@ def agreement_pair(upload: Image.Image, top_file, result: dict, side: int = 64) 
     (``result["agreement"]["mask"]``, ``match.partial_copy``) tinted on both, framed by the verdict."""
     mask = np.asarray(result["agreement"]["mask"], np.float32)
     mask = np.kron(mask, np.ones((side // mask.shape[0], side // mask.shape[1]), np.float32))  # hard-edged windows
-    with Image.open(top_file) as top:
-        up = upload.convert("RGB")  # as it was compared: mirrored where its mirror image matched
-        up = ImageOps.mirror(up) if is_mirrored(result.get("view")) else up
-        return pair_image(up.resize((side, side)), top.convert("RGB").resize((side, side)),
-                          result["verdict"], 3, mask=mask)
+    up = upload.convert("RGB")  # as it was compared: mirrored where its mirror image matched
+    up = ImageOps.mirror(up) if is_mirrored(result.get("view")) else up
+    return pair_image(up.resize((side, side)), open_rgb(top_file).resize((side, side)), result["verdict"], 3,
+                      mask=mask)
 
 
 def overlay(im: Image.Image, mask, strength: float = 0.6) -> Image.Image:
