@@ -317,6 +317,9 @@ def test_every_detector_and_mitigation_names_a_paper_the_about_tab_lists():
               "wen": "Wen, Liu", "ren": "Ren et al.", "nemo": "Hintersdorf et al.", "jain": "Jain et al."}
     assert set(MITIGATIONS) - {"none"} == set(papers)  # a new mitigation names its paper here and in the tab
     assert all(p in CITATIONS for p in papers.values())
+    # one list item each: no wrapped line that a Markdown renderer starts a new item with ("  2024. (nemo" did,
+    # and the About tab showed a paper's year as an item of its own)
+    assert not [ln for ln in CITATIONS.splitlines() if re.match(r"\s+(\d+[.)]|[-*+])\s", ln)]
 
 
 def test_the_attribution_chart_says_when_its_control_leads_as_much():

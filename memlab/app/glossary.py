@@ -16,8 +16,8 @@ CITATIONS = """
   copies, masked matching: the agreement share)
 - Ren et al. *Unveiling and Mitigating Memorization in Text-to-image Diffusion Models through Cross Attention.*
   ECCV 2024. (`ren`: attention entropy, the beginning token's logit)
-- Hintersdorf et al. *Finding NeMo: Localizing Neurons Responsible for Memorization in Diffusion Models.* NeurIPS
-  2024. (`nemo`: memorization neurons)
+- Hintersdorf et al. *Finding NeMo: Localizing Neurons Responsible for Memorization in Diffusion
+  Models.* NeurIPS 2024. (`nemo`: memorization neurons)
 - Chen et al. *Exploring Local Memorization in Diffusion Models via Bright Ending Attention.* ICLR 2025. (the
   bright-ending map, localized detection, the masked score)
 - Jain et al. *Classifier-Free Guidance inside the Attraction Basin May Cause Memorization.* CVPR 2025. (`jain`)
