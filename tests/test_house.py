@@ -102,6 +102,14 @@ def test_the_readme_is_short_and_links_the_docs():
     linked = {p.split(")")[0] for p in readme.split("](docs/")[1:]}
     assert linked and all((ROOT / "docs" / p.split("#")[0]).is_file() for p in linked)
     assert "REFERENCE.md" not in "".join(f.read_text() for f in (ROOT / "memlab").rglob("*.py"))
+    # the Space's front matter runs what the README says is tested, with the Gradio the requirements ask for
+    import re
+
+    front = dict(re.findall(r'^(\w+): "?([^"\n]*)"?$', readme.split("---")[1], re.M))
+    assert f"Python {front['python_version']} " in readme, front["python_version"]
+    low, high = re.search(r"^gradio>=([\d.]+),<(\d+)", (ROOT / "requirements.txt").read_text(), re.M).groups()
+    got = tuple(int(x) for x in front["sdk_version"].split("."))
+    assert tuple(int(x) for x in low.split(".")) <= got < (int(high),) and front["app_file"] == "app.py"
 
 
 def _normalized(path: Path) -> list[dict]:
