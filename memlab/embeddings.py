@@ -69,7 +69,9 @@ def metadata_schema(files):
             if prev != fld.type:
                 types[fld.name] = pa.float64() if pa.types.is_integer(prev) and pa.types.is_floating(fld.type) or \
                     pa.types.is_floating(prev) and pa.types.is_integer(fld.type) else pa.string()
-    head = [("id", types.pop("id", pa.int64()))] + [(c, types.pop(c, pa.string())) for c, _ in ALIASES]
+    for c, _ in ALIASES:  # always strings (a part whose captions are all missing has a null-typed column)
+        types.pop(c, None)
+    head = [("id", types.pop("id", pa.int64()))] + [(c, pa.string()) for c, _ in ALIASES]
     return pa.schema(head + list(types.items()))
 
 
@@ -81,13 +83,13 @@ def _conform(t, schema, start: int):
     n, cols = t.num_rows, []
     alias = dict(ALIASES)
     for f in schema:
-        if f.name in t.column_names:
+        if f.name in alias:  # caption, url, file: strings, a missing value "" (LAION has rows without a caption)
+            src = next((a for a in (f.name, *alias[f.name]) if a in t.column_names), None)
+            c = pc.fill_null(pc.cast(t[src], pa.string()), "") if src else pa.array([""] * n, pa.string())
+        elif f.name in t.column_names:
             c = t[f.name]
         elif f.name == "id":
             c = pa.array(np.arange(start, start + n, dtype=np.int64))
-        elif f.name in alias:
-            src = next((a for a in alias[f.name] if a in t.column_names), None)
-            c = pc.fill_null(pc.cast(t[src], pa.string()), "") if src else pa.array([""] * n, pa.string())
         else:
             c = pa.nulls(n, f.type)
         cols.append(c if c.type == f.type else pc.cast(c, f.type))

@@ -326,7 +326,7 @@ class Lab(Streams):
         if not words:
             raise MemlabError("type a word to search the captions for")
         items = self.index.items
-        caps = items["caption"].str.lower()
+        caps = items["caption"].fillna("").astype(str).str.lower()  # (an older index may keep a null caption)
         mask = np.ones(len(items), bool)
         for w in words:
             mask &= caps.str.contains(rf"\b{re.escape(w)}\b", regex=True).to_numpy()

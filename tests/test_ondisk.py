@@ -698,3 +698,31 @@ def test_exact_rescoring_reads_a_bounded_number_of_candidate_rows_between_page_d
                     -np.inf)
     best[cand == np.arange(40)[:, None]] = -np.inf
     assert np.allclose(ref[1][:, 0], best.max(1), atol=1e-6)
+
+
+def test_missing_captions_and_urls_are_empty_strings_and_search_skips_them(tmp_path):
+    """LAION's metadata has rows without a caption or URL (nulls, or a part whose column is all null): the items
+    table keeps them as "" like every other source, and a caption search over a table that still holds a null
+    (an index built before) finds the captions it has instead of failing."""
+    from types import SimpleNamespace
+
+    from memlab.index import TrainingIndex
+    from memlab.ondisk import write_embeddings
+    from memlab.service import Lab
+
+    x = clustered(600, 32, 20, seed=5)
+    a = pd.DataFrame({"caption": ["a red ball" if i % 3 else None for i in range(300)],
+                      "url": [None] * 300})
+    b = pd.DataFrame({"caption": pd.Series([None] * 300, dtype=object), "url": ["http://x/%d" % i for i in range(300)]})
+    src = write_embeddings(tmp_path / "emb", x, pd.concat([a, b], ignore_index=True), part_rows=300)
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(src / "metadata" / "metadata_1.parquet").field("caption").type) == "null"
+    _build(src, tmp_path / "idx")
+    items = TrainingIndex.load(tmp_path / "idx").items
+    assert items["caption"].tolist() == [c or "" for c in a["caption"]] + [""] * 300
+    assert items["url"].tolist() == [""] * 300 + b["url"].tolist()
+    old = pd.DataFrame({"caption": ["a red ball", None, "a blue cube"], "duplicates": 0, "group": [0, 1, 2],
+                        "id": [0, 1, 2]})
+    hits = Lab.search_captions(SimpleNamespace(index=SimpleNamespace(items=old)), "red ball")
+    assert hits["id"].tolist() == [0]
