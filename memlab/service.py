@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import Settings, check_prompt, parse_seeds
 from .headstart import HEAD_START
-from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
+from .limits import APP_MAX_SEEDS, KEPT_VIEWS, LIMITS, MAX_CHUNK, number, text
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
 from .preprocess import open_rgb
@@ -47,7 +48,8 @@ class Lab(Streams):
         self._caption_vecs = None
         self._background: dict = {}
         self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
-        self.views = self._load_views()
+        self.views = self._load_views()  # prebuilt keyword views, kept for the app's life
+        self._asked: OrderedDict = OrderedDict()  # views computed on request, the KEPT_VIEWS latest used
 
     # ------------------------------------------------------------------------------ basics
     @property
@@ -402,19 +404,27 @@ class Lab(Streams):
 
     @on_compute_thread
     def keyword_view(self, keyword: str, threshold: float | None = None, objects: Sequence[str] = ()) -> dict:
-        """A prebuilt view, or computed now (and kept in memory) for a new keyword."""
+        """A prebuilt view, or computed now for a new keyword and kept in memory among the ``KEPT_VIEWS`` latest
+        used (a hosted app's visitors may type any number of words)."""
         from .keywords import keyword_view
 
         keyword = text(keyword, "the keyword", LIMITS["query_chars"], required=False)
         if not keyword:
             raise MemlabError("type or pick a keyword")
-        if keyword in self.views and threshold is None and not objects:
-            return self.views[keyword]
+        if threshold is None and not objects:
+            if keyword in self.views:
+                return self.views[keyword]
+            if keyword in self._asked:
+                self._asked.move_to_end(keyword)
+                return self._asked[keyword]
         v = keyword_view(self.index, keyword, threshold=threshold, objects=objects,
                          tokenizer=self.generator.tokenizer if self._gen is not None else None)
         if v["n_after"] == 0:
             raise MemlabError(f"no training caption contains {keyword!r}")
-        self.views[keyword] = v
+        self._asked[keyword] = v
+        self._asked.move_to_end(keyword)
+        while len(self._asked) > KEPT_VIEWS:
+            self._asked.popitem(last=False)
         return v
 
     # ------------------------------------------------------------------------------ export

@@ -171,3 +171,24 @@ def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name
     build_index(tmp_path / "p", items, lambda i: ims[i], [create_descriptor("pixel")], calib_n=5)
     with pytest.raises(MemlabError, match="no 'objects' column and no CLIP"):
         keyword_view(TrainingIndex.load(tmp_path / "p"), "lighthouse", objects=["flag"])
+
+
+def test_the_app_keeps_only_the_latest_keyword_views_it_computed(tiny_world, monkeypatch):
+    """A hosted app's visitors may type any number of keywords: views computed on request are kept for the
+    ``KEPT_VIEWS`` latest used (a view asked again is reused, not recomputed), and the world's prebuilt ones
+    always; the cache grew without bound."""
+    import memlab.keywords as kw
+    import memlab.service as service
+    from memlab.service import Lab
+    from memlab.world import World
+
+    monkeypatch.setattr(service, "KEPT_VIEWS", 3)
+    computed = []
+    real = kw.keyword_view
+    monkeypatch.setattr(kw, "keyword_view", lambda index, keyword, **k: computed.append(keyword) or real(index, keyword, **k))
+    lab = Lab(World.load(tiny_world), device="cpu")
+    prebuilt = dict(lab.views)
+    for word in ["1", "2", "3", "1", "4", "5", "1", "2"]:
+        assert lab.keyword_view(word)["keyword"] == word
+    assert computed == ["1", "2", "3", "4", "5", "2"]  # "1" was used again each time before it could be dropped
+    assert list(lab._asked) == ["5", "1", "2"] and lab.views == prebuilt
