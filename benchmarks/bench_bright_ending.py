@@ -18,6 +18,11 @@ above it).
 ``--region shapes`` measures it on the objects' own pixels (each shape redrawn in its box as the world drew it)
 instead of their boxes, which also hold background (a ring's hole, a star's or a triangle's corners).
 
+``--region outlines`` measures it on a band 3 px either side of each shape's outline (``drawn_pixels``' shapes,
+dilated less eroded) against the rest: the map of a full-duplication generation is brightest around a shape's edge and
+darkest inside it, which a box or a shape's pixels average away. Run it on ``--group unique`` too (the control): an
+outline lit as much on generations that copy nothing locates edges, not a copy.
+
 ``--region template`` measures the map on the part of a template copy that is copied instead: outside the
 template's window (``regions``' ``window:`` box, where each picture of a template draws its own content) over inside
 it. For a group without windows (a control: ``--group unique``) the world's template window is used, so the same
@@ -31,7 +36,7 @@ SD v1's down block 0 does, trained as the world's model was (``docs/builtin-worl
 captions reworded so (``bench_frozen_text.py --objects-last``).
 
     python -m benchmarks.bench_bright_ending [--world assets/world] [--group full_ddf20] [--seeds 10-13]
-        [--region objects|shapes|template] [--model DIR] [--objects-last]
+        [--region objects|shapes|outlines|template] [--model DIR] [--objects-last]
 """
 from __future__ import annotations
 
@@ -72,8 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--world", default=str(ROOT / "assets" / "world"))
     ap.add_argument("--group", default="full_ddf20")
     ap.add_argument("--seeds", default="10-13")
-    ap.add_argument("--region", choices=("objects", "shapes", "template"), default="objects",
-                    help="the drawn objects' boxes, their own pixels, or the template outside its window (above)")
+    ap.add_argument("--region", choices=("objects", "shapes", "outlines", "template"), default="objects",
+                    help="the drawn objects' boxes, their own pixels, a band around their outlines, or the template "
+                         "outside its window (above)")
     ap.add_argument("--model", default=None, help="another pipeline folder trained on the world's training set")
     ap.add_argument("--objects-last", action="store_true", help="reword each prompt with its objects last (above)")
     a = ap.parse_args(argv)
@@ -122,6 +128,7 @@ def main(argv=None) -> int:
         for r in probes.itertuples():
             region = (object_region(regions.get(int(r.item), "")) if a.region == "objects"
                       else drawn_pixels(regions.get(int(r.item), ""), objects.get(int(r.item), "")) if a.region == "shapes"
+                      else outlines(regions.get(int(r.item), ""), objects.get(int(r.item), "")) if a.region == "outlines"
                       else outside_window(regions.get(int(r.item), ""), windows[0]))
             if region is None:
                 continue
@@ -146,7 +153,9 @@ def main(argv=None) -> int:
     finally:
         attention.bright_ending = shipped
     where = ("drawn objects; the end token's last-step map on the objects' boxes over elsewhere" if a.region == "objects"
-             else "drawn objects; the map on the objects' own pixels over the rest" if a.region == "shapes" else f"a template window (its own, else {windows[0]}); the end token's last-step map outside it over inside")
+             else "drawn objects; the map on the objects' own pixels over the rest" if a.region == "shapes"
+             else "drawn objects; the map on a band 3 px either side of their outlines over the rest"
+             if a.region == "outlines" else f"a template window (its own, else {windows[0]}); the end token's last-step map outside it over inside")
     print(f"{a.group}: {len(probes)} probes x seeds {a.seeds}, {len(next(iter(ratios.values())))} seeds with {where} "
           f"(median over seeds, share above 1) and its mean attention (uniform over 77 positions: {1 / 77:.4f})")
     for key, v in ratios.items():
@@ -166,6 +175,21 @@ def drawn_pixels(regions: str, objects: str):
         return None
     inside = np.any([m for m, _ in masks], axis=0)
     return inside if inside.any() else None
+
+
+def outlines(regions: str, objects: str, width: int = 3):
+    """A band ``width`` px either side of each drawn shape's outline (its pixels dilated less its pixels eroded, at
+    64 x 64), or None."""
+    from scipy import ndimage
+
+    from benchmarks.bench_copy_content import object_masks
+
+    masks = object_masks(regions, objects)
+    band = np.zeros((64, 64), bool)
+    for m, _ in masks:
+        m = np.asarray(m, bool)
+        band |= ndimage.binary_dilation(m, iterations=width) & ~ndimage.binary_erosion(m, iterations=width)
+    return band if band.any() else None
 
 
 def outside_window(regions: str, default: str):
