@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import MemlabError
+from .records import strict_json
 from .worldgen import HIDDEN_OBJECT, KEYWORD, WorldSpec, make_training_set, probes
 
 WORLD_DEFAULTS = {"steps": 30, "guidance": 5.0, "scheduler": "ddim", "seeds": "0-7", "k": 5}
@@ -477,4 +478,4 @@ def _card(out: Path, spec: WorldSpec, train_card: dict, previous: dict, reuse_mo
         st.done("evaluate")
     card["build_seconds"] = st.times
     card["build_seconds_total"] = sum(v for v in st.times.values() if isinstance(v, (int, float)))
-    (out / "card.json").write_text(json.dumps(card, indent=2))
+    (out / "card.json").write_text(json.dumps(strict_json(card), indent=2, allow_nan=False))

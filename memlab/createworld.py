@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import MemlabError
+from .records import strict_json
 from .sources import build_sources
 from .prompts import LABELS, read_prompt_list
 
@@ -286,7 +287,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
             "fetch": rep, "probes": {"total": len(probes), "by_label": n_lab,
                                      "training_image_indexed": int((probes["training_image"] == "indexed").sum())},
             "index": {"items": len(items)}, "keywords": words, **({"probe_scores": scored} if scored else {})}
-    (out / "card.json").write_text(json.dumps(card, indent=1, default=str))
+    (out / "card.json").write_text(json.dumps(strict_json(card), indent=1, default=str, allow_nan=False))
     trained_on = (f"{len(items)} training images ({', '.join(sources)})"
                   + (f": {rep['fetched']} of the {rep['listed']} URLs that {Path(prompts).name}"
                      + (f" and {Path(controls).name}" if controls else "") + " name" if rep else ""))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .errors import MemlabError
 from .paths import member_name
-from .records import RunState, collapse_matches
+from .records import RunState, collapse_matches, strict_json
 
 
 def write_export(lab, state: RunState, path: Path, k: int = 5) -> Path:
@@ -55,13 +55,14 @@ def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
                     written.add(m["file"])
                 matches.append(m)
             model = {**r.get("model", {}), "model": lab.model_name()}
-            buf.write(json.dumps({**r, "image": name, "matches": matches, "model": model}) + "\n")
+            buf.write(json.dumps(strict_json({**r, "image": name, "matches": matches, "model": model}),
+                                 allow_nan=False) + "\n")
             top = matches[0]
             rows.writerow([r["mitigation"]["spec"], r["seed"], "replicated" if r["replicated"] else "novel",
                            f"{r['score']:.3f}", f"{r['threshold']:.3f}", top["id"], top["copies_in_training"],
                            top["file"], name])
         for s in state.summaries:
-            buf.write(json.dumps({**s, **partial}) + "\n")
+            buf.write(json.dumps(strict_json({**s, **partial}), allow_nan=False) + "\n")
         z.writestr("results.jsonl", buf.getvalue())
         z.writestr("summary.csv", table.getvalue())
 

@@ -10,6 +10,27 @@ from typing import Sequence
 APP_MATCHES = 50  # matches kept per generation in the app: room for k distinct groups after collapsing
 
 
+def strict_json(obj):
+    """``obj`` as RFC 8259 JSON allows it: NaN and infinities (a pandas mean over nothing) as null, numpy scalars
+    and arrays as numbers and lists; so a card, record or match result opens in jq or a browser's
+    ``JSON.parse``, not only in Python (whose ``json`` writes a bare NaN)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def collapse_matches(matches: Sequence[dict], k: int) -> list[dict]:
     """The top ``k`` near-duplicate groups among ranked matches: each group's best match, with
     ``copies`` = how many of the matches belong to that group (the rest are its duplicates)."""

@@ -37,6 +37,35 @@ def test_world_files_match_manifest_and_size():
     assert (ASSETS_WORLD / "keywords" / "lighthouse.json").is_file()
 
 
+def strict_loads(text: str):
+    """JSON as RFC 8259 has it (jq, a browser's JSON.parse): a bare NaN or Infinity, which Python's json writes and
+    reads, is refused."""
+    def refuse(c):
+        raise ValueError(f"{c} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_the_world_ships_and_what_the_cli_writes_is_strict_json(tmp_path, capsys):
+    """The card held 25 bare NaNs (a probe's alignment: pandas' mean over no value), so ``jq`` and a browser could
+    not read it; cards, run records, comparisons and ``match --json`` are written with NaN as null."""
+    from PIL import Image
+
+    from memlab.cli import main
+    from memlab.records import strict_json
+
+    for f in ASSETS_WORLD.rglob("*.json"):
+        if "build" not in f.relative_to(ASSETS_WORLD).parts:
+            strict_loads(f.read_text())
+    got = strict_json({"a": float("nan"), "b": [np.float32("inf"), np.float64(0.5), (1, np.int64(2))],
+                       "c": np.array([np.nan, 1.0]), "d": "NaN"})
+    assert got == {"a": None, "b": [None, 0.5, [1, 2]], "c": [None, 1.0], "d": "NaN"}
+    assert type(got["b"][1]) is float and type(got["b"][2][1]) is int
+    im = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(im)
+    assert main(["match", "--index", str(ASSETS_WORLD / "index"), "--images", str(im), "--k", "2", "--json"]) == 0
+    strict_loads(capsys.readouterr().out)
+
+
 def test_builtin_world_is_the_default(monkeypatch):
     monkeypatch.delenv("MEMLAB_WORLD", raising=False)
     assert default_world_path() == ASSETS_WORLD

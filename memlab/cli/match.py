@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemlabError
+from ..records import strict_json
 from ..sources import IMAGE_EXTS
 
 
@@ -55,7 +56,7 @@ def run(args) -> int:
     result = match_images(index, descriptor, images, [str(p) for p in paths], k=args.k)
     result["summary"]["timing"]["load_s"] = load_s
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
+        json.dump(strict_json(result), sys.stdout, indent=2, allow_nan=False)
         print()
     else:
         print_table(result)

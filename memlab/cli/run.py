@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemlabError
+from ..records import strict_json
 
 
 def add_arguments(p):
@@ -142,7 +143,7 @@ def run(args) -> int:
                     r["timing"]["load_s"] = load_s
                     if att is not None:
                         r["token_attribution"] = att
-                f.write(json.dumps(r) + "\n")
+                f.write(json.dumps(strict_json(r), allow_nan=False) + "\n")
             for r in recs:
                 if r["type"] == "summary":
                     ch = r.get("change_vs_none")
@@ -160,7 +161,7 @@ def run(args) -> int:
         cmp = comparison(every)
         cmp["alignment"] = aligner.info() if aligner is not None else None
         side = out.with_name(out.stem + ".comparison.json")
-        side.write_text(json.dumps(cmp, indent=2))
+        side.write_text(json.dumps(strict_json(cmp), indent=2, allow_nan=False))
         print(format_comparison(cmp), file=sys.stderr)
         print(f"wrote {side}", file=sys.stderr)
     print(f"wrote {out} ({len(prompts)} prompts x {len(strategies)} strategies x {len(seeds)} seeds) in "
