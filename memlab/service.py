@@ -20,7 +20,7 @@ from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import Settings, check_prompt, parse_seeds
 from .headstart import HEAD_START
-from .limits import APP_MAX_SEEDS, KEPT_VIEWS, LIMITS, MAX_CHUNK, number, text
+from .limits import APP_MAX_SEEDS, CAPTION_SEARCH_MAX, KEPT_VIEWS, LIMITS, MAX_CHUNK, number, text
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
 from .preprocess import open_rgb
@@ -46,6 +46,7 @@ class Lab(Streams):
         self.device = device
         self._gen = None
         self._caption_vecs = None
+        self._n_captions = None  # distinct captions (distinct_captions)
         self._background: dict = {}
         self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
         self.views = self._load_views()  # prebuilt keyword views, kept for the app's life
@@ -369,12 +370,25 @@ class Lab(Streams):
                                 ("projected" if projected else "pooled output: it has no projection layer") + ", cosine")
 
     def text_source(self) -> str:
+        n = self.distinct_captions()
+        if n > CAPTION_SEARCH_MAX:
+            return (f"not searched: the training set has {n:,} distinct captions, over the {CAPTION_SEARCH_MAX:,} "
+                    f"the app embeds")
         return self._text_embedder()[1]
+
+    def distinct_captions(self) -> int:
+        if self._n_captions is None:
+            self._n_captions = int(self.index.items["caption"].fillna("").astype(str).nunique())
+        return self._n_captions
 
     @on_compute_thread
     def closest_captions(self, prompt: str, k: int = 5) -> pd.DataFrame:
-        """The training captions nearest to a prompt by text embedding, with their similarity."""
+        """The training captions nearest to a prompt by text embedding, with their similarity; none (an empty
+        table, ``text_source`` says why) where the training set has more than ``CAPTION_SEARCH_MAX`` distinct
+        captions."""
         items = self.index.items
+        if self.distinct_captions() > CAPTION_SEARCH_MAX:
+            return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
         embed, _ = self._text_embedder()
         if self._caption_vecs is None:
             caps = items["caption"].fillna("").astype(str)

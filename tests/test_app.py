@@ -276,6 +276,24 @@ def test_closest_captions_by_text_embedding(server):
     assert near["text similarity"].iloc[0] == pytest.approx(1.0, abs=1e-4)
 
 
+def test_closest_captions_are_not_searched_past_the_bound_and_the_label_says_so(tiny_world, monkeypatch):
+    """The text search embeds every distinct caption once, on the compute thread every request waits on: on a
+    LAION-scale index that held the app for hours. Past ``CAPTION_SEARCH_MAX`` the table is empty and its label
+    says why; nothing is embedded."""
+    import memlab.service as service
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")
+    assert lab.distinct_captions() == 30
+    monkeypatch.setattr(service, "CAPTION_SEARCH_MAX", 29)
+    monkeypatch.setattr(Lab, "_text_embedder", lambda self: pytest.fail("embedded the captions"))
+    assert lab.closest_captions("a colour field 7").empty
+    assert lab.text_source() == "not searched: the training set has 30 distinct captions, over the 29 the app embeds"
+    monkeypatch.undo()
+    assert lab.closest_captions("a colour field 7", k=2)["caption"].iloc[0] == "a colour field 7"
+
+
 def test_closest_captions_use_projected_clip_text_when_the_index_has_clip(tiny_clip_name, tiny_pipeline_dir,
                                                                            tmp_path):
     """CLIP text similarity is defined on projected embeddings: with a CLIP descriptor in the index the
