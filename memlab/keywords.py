@@ -153,10 +153,11 @@ def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[
 
 def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: float | None = None,
                  objects: Sequence[str] = (), label_column: str = "objects", tokenizer=None, top_words: int = 8,
-                 representatives: int = 6, hide_keyword: bool = False) -> dict:
+                 representatives: int = 6, hide_keyword: bool = False, max_items: int | None = None) -> dict:
     """Everything the keyword tab shows, as JSON-ready data. The images are clustered with CLIP image
     embeddings where the index has them (the paper's choice), else with the index's default descriptor;
-    "nearly identical" is the descriptor's near-duplicate cut unless ``threshold`` is given."""
+    "nearly identical" is the descriptor's near-duplicate cut unless ``threshold`` is given. ``max_items``: a keyword
+    in more captions is refused before any clustering (the clusters compare all pairs)."""
     clip_name = next((n for n in index.descriptor_names if index.descriptor_info(n).get("kind") == "clip"), None)
     name = descriptor or clip_name or index.default_descriptor
     why = ("given" if descriptor else "CLIP image embeddings, as the paper clusters" if clip_name
@@ -171,6 +172,10 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
     items = index.items
     captions = items["caption"].fillna("").astype(str).tolist()
     f = filter_keyword(captions, keyword, tokenizer)
+    if max_items is not None and f["n_after"] > max_items:
+        raise MemlabError(f"{keyword!r} is in {f['n_after']:,} training captions; here at most {max_items:,} are "
+                          f"clustered (all pairs are compared): try a rarer word, or prebuild the view "
+                          f"(`memlab world create --keywords`)")
     rows = f["rows"]
     vecs = np.asarray(index.vectors(name))[rows]
     labels = cluster(vecs, thr)

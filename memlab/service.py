@@ -20,7 +20,8 @@ from .compute import on_compute_thread
 from .errors import MemlabError
 from .generate import Settings, check_prompt, parse_seeds
 from .headstart import HEAD_START
-from .limits import APP_MAX_SEEDS, CAPTION_SEARCH_MAX, KEPT_VIEWS, LIMITS, MAX_CHUNK, number, text
+from .limits import (APP_MAX_SEEDS, CAPTION_SEARCH_MAX, KEPT_VIEWS, KEYWORD_MAX_ITEMS, LIMITS, MAX_CHUNK, number,
+                     text)
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
 from .preprocess import open_rgb
@@ -432,7 +433,8 @@ class Lab(Streams):
                 self._asked.move_to_end(keyword)
                 return self._asked[keyword]
         v = keyword_view(self.index, keyword, threshold=threshold, objects=objects,
-                         tokenizer=self.generator.tokenizer if self._gen is not None else None)
+                         tokenizer=self.generator.tokenizer if self._gen is not None else None,
+                         max_items=KEYWORD_MAX_ITEMS)
         if v["n_after"] == 0:
             raise MemlabError(f"no training caption contains {keyword!r}")
         self._asked[keyword] = v

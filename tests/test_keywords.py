@@ -192,3 +192,23 @@ def test_the_app_keeps_only_the_latest_keyword_views_it_computed(tiny_world, mon
         assert lab.keyword_view(word)["keyword"] == word
     assert computed == ["1", "2", "3", "4", "5", "2"]  # "1" was used again each time before it could be dropped
     assert list(lab._asked) == ["5", "1", "2"] and lab.views == prebuilt
+
+
+def test_a_keyword_in_too_many_captions_is_refused_before_any_clustering(tiny_world, monkeypatch):
+    """The clusters compare every pair of the keyword's images: a common word on a LAION-scale index would hold
+    the app for hours. Past ``KEYWORD_MAX_ITEMS`` captions the app refuses, saying how many and what to do; at the
+    bound it clusters."""
+    import memlab.keywords as kw
+    import memlab.service as service
+    from memlab.errors import MemlabError
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")  # 30 captions "a colour field N"
+    monkeypatch.setattr(service, "KEYWORD_MAX_ITEMS", 29)
+    monkeypatch.setattr(kw, "cluster", lambda *a, **k: pytest.fail("clustered"))
+    with pytest.raises(MemlabError, match="'colour' is in 30 training captions; here at most 29"):
+        lab.keyword_view("colour")
+    monkeypatch.undo()
+    monkeypatch.setattr(service, "KEYWORD_MAX_ITEMS", 30)
+    assert lab.keyword_view("colour")["n_after"] == 30
