@@ -120,3 +120,18 @@ def test_run_records_token_attribution_when_asked(tiny_world, tiny_generator, tm
                                               settings=Settings(steps=3, guidance=5.0))
     assert [t["attribution"] for t in att["tokens"]] == pytest.approx([t["attribution"] for t in expect], rel=1e-4)
     assert summaries[1]["token_attribution"] == att
+
+
+def test_run_help_names_every_registered_mitigation(capsys):
+    """`run --help` listed six mitigations while nine are registered (ren, nemo and jain were missing): the list
+    is the registry's."""
+    import re
+
+    from memlab.cli import main
+    from memlab.mitigations import MITIGATIONS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    known = re.search(r"\(known: ([^)]*)\)", text).group(1)
+    assert known.split(", ") == list(MITIGATIONS)

@@ -26,9 +26,11 @@ def add_arguments(p):
     g.add_argument("--prompts", help="file: one prompt per line, or CSV/parquet with a caption column")
     p.add_argument("--prompt-column", default=None, help="column of --prompts (default: caption/prompt)")
     p.add_argument("--seeds", default=None, help="'0-9' or '1,2,3' (default: the world's, else 0-7)")
+    from ..mitigations import MITIGATIONS
+
     p.add_argument("--mitigation", action="append", default=None,
                    help="NAME[:k=v,...], repeatable; 'none' is the baseline; compose with '+' "
-                        "(known: none, rna, rt, cwr, gni, wen)")
+                        f"(known: {', '.join(MITIGATIONS)})")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--height", type=int, default=None)
