@@ -41,9 +41,10 @@ def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
     partial = {} if state.finished else {"partial": True, "seeds_requested": state.requested,
                                            "seeds_done": len(state.records)}
     written: set = set()
+    names = _strategy_names([r["mitigation"] for r in state.records])
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         for r, im in zip(state.records, state.images):
-            name = f"generations/{r['mitigation']['name']}-s{r['seed']}.png"
+            name = f"generations/{names[r['mitigation']['spec']]}-s{r['seed']}.png"
             z.writestr(name, _png(im))
             matches = []
             for m in collapse_matches(r["matches"], k):
@@ -58,13 +59,30 @@ def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
             buf.write(json.dumps(strict_json({**r, "image": name, "matches": matches, "model": model}),
                                  allow_nan=False) + "\n")
             top = matches[0]
-            rows.writerow([r["mitigation"]["spec"], r["seed"], "replicated" if r["replicated"] else "novel",
+            rows.writerow([r["mitigation"]["spec"], r["seed"],
+                           r.get("verdict") or ("replicated" if r["replicated"] else "novel"),
                            f"{r['score']:.3f}", f"{r['threshold']:.3f}", top["id"], top["copies_in_training"],
                            top["file"], name])
         for s in state.summaries:
             buf.write(json.dumps(strict_json({**s, **partial}), allow_nan=False) + "\n")
         z.writestr("results.jsonl", buf.getvalue())
         z.writestr("summary.csv", table.getvalue())
+
+
+def _strategy_names(mitigations) -> dict:
+    """spec -> the file-name stem of its generations: the mitigation's name, or where two strategies share it
+    (``jain`` and ``jain:mode=dynamic``, both offered in Compare) its spec made safe, so no image overwrites
+    another's."""
+    specs = list(dict.fromkeys(m["spec"] for m in mitigations))
+    by_name = {}
+    for m in mitigations:
+        by_name.setdefault(m["name"], set()).add(m["spec"])
+    out = {}
+    for m in mitigations:
+        plain = member_name(m["name"]) or "strategy"
+        out[m["spec"]] = plain if len(by_name[m["name"]]) == 1 else \
+            f"{plain}-{specs.index(m['spec']) + 1}-{member_name(m['spec']) or ''}"[:100]
+    return out
 
 
 def _png(im: Image.Image) -> bytes:

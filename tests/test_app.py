@@ -147,6 +147,32 @@ def test_an_export_opens_offline_with_every_image_it_names(server, tmp_path):
     assert [int(t["seed"]) for t in table] == [0, 1] and all((out / t["match image"]).is_file() for t in table)
 
 
+def test_a_comparison_export_keeps_every_strategys_images_and_the_three_level_verdict(server, tmp_path):
+    """Compare offers ``jain`` and ``jain:mode=dynamic``, both named ``jain``: their generations were written under
+    one file name, the second over the first (the zip holding two members of one name). And summary.csv wrote
+    "novel" for a possible or template copy. Each strategy's images now have names of their own, and the table
+    the records' verdict."""
+    import csv
+
+    from PIL import Image
+
+    lab = server[1]
+    state = lab.compare("a colour field 3", [0, 1], ["jain", "jain:mode=dynamic"], lab.settings(2, 5.0))
+    state.records[1]["verdict"] = "possible copy"  # (a hand-set verdict: the table must carry the record's)
+    with zipfile.ZipFile(lab.export(state, tmp_path / "comparison.zip")) as z:
+        names = z.namelist()
+        assert len(names) == len(set(names))
+        z.extractall(tmp_path / "out")
+    seeds = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    seeds = [r for r in seeds if r["type"] == "seed"]
+    assert len(seeds) == 6 and len({r["image"] for r in seeds}) == 6
+    for r, im in zip(seeds, state.images):  # each record points at its own generation
+        got = Image.open(tmp_path / "out" / r["image"]).convert("RGB")
+        assert np.array_equal(np.asarray(got), np.asarray(im.convert("RGB")))
+    table = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert [t["verdict"] for t in table] == [r["verdict"] for r in seeds] and table[1]["verdict"] == "possible copy"
+
+
 def test_the_first_seed_streams_ahead_of_the_rest_of_its_chunk(server):
     """``generate_stream(head=1)``: the first seed's pair is yielded as soon as it is matched, before the
     rest of its chunk; the run equals ``run_prompt``'s for the same seeds."""
