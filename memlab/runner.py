@@ -50,7 +50,9 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     masked_thr = (getattr(generator, "template_threshold", None) or {}).get("value")  # the world's, if calibrated
     records, summaries = [], []
     baseline = None
-    for strat in strategies:
+    names = [s.name for s in strategies]  # a sweep (rna:k=2, rna:k=4) shares a name: its images are numbered
+    stems = [_slug(n) + (f"{i}" if names.count(n) > 1 else "") for i, n in enumerate(names)]
+    for strat, stem in zip(strategies, stems):
         mit = strat.to_dict()
         timing = {"generate_s": 0.0, "embed_s": 0.0, "search_s": 0.0, "metrics_s": 0.0}
         seed_records = []
@@ -86,7 +88,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                                  view=m.get("view"), agreement_share=agree["share"] if agree else None,
                                  agreement_threshold=agree["threshold"] if agree else None)
                 if out_dir is not None:
-                    rel = Path("images") / f"p{prompt_id:03d}-{_slug(strat.name)}-s{r.seed}.png"
+                    rel = Path("images") / f"p{prompt_id:03d}-{stem}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
                     r.image.save(Path(out_dir) / rel, format="PNG")
                     rec.image = str(rel)

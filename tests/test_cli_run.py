@@ -135,3 +135,22 @@ def test_run_help_names_every_registered_mitigation(capsys):
     text = " ".join(capsys.readouterr().out.split())
     known = re.search(r"\(known: ([^)]*)\)", text).group(1)
     assert known.split(", ") == list(MITIGATIONS)
+
+
+def test_a_sweep_of_one_mitigation_keeps_each_strategys_images(tiny_world, tmp_path):
+    """`--mitigation rna:k=1 --mitigation rna:k=3` (a sweep, the natural experiment) wrote both strategies' images
+    under one name, the second over the first, so the first's records pointed at the other's generations. Each
+    strategy's images now have a name of their own, and each record's image is its own generation."""
+    import hashlib
+
+    out = tmp_path / "r.jsonl"
+    assert memlab_main(["run", "--world", str(tiny_world), "--prompt", "a red ball on a table", "--seeds", "0-1",
+                        "--mitigation", "none", "--mitigation", "rna:k=1", "--mitigation", "rna:k=3",
+                        "--steps", "2", "--out", str(out)]) == 0
+    seeds = [r for r in _records(out) if r["type"] == "seed"]
+    assert len(seeds) == 6 and len({r["image"] for r in seeds}) == 6
+    assert len(list((tmp_path / "images").glob("*.png"))) == 6
+    digest = {r["image"]: hashlib.sha256((tmp_path / r["image"]).read_bytes()).hexdigest() for r in seeds}
+    k1 = [digest[r["image"]] for r in seeds if r["mitigation"]["spec"].startswith("rna:k=1")]
+    k3 = [digest[r["image"]] for r in seeds if r["mitigation"]["spec"].startswith("rna:k=3")]
+    assert len(k1) == len(k3) == 2 and set(k1).isdisjoint(k3)  # k=1 and k=3 insert other numbers: other images
