@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemlabError
+from ..mitigations import MITIGATIONS, strategy_label
 from ..records import strict_json
 
 
@@ -26,8 +27,6 @@ def add_arguments(p):
     g.add_argument("--prompts", help="file: one prompt per line, or CSV/parquet with a caption column")
     p.add_argument("--prompt-column", default=None, help="column of --prompts (default: caption/prompt)")
     p.add_argument("--seeds", default=None, help="'0-9' or '1,2,3' (default: the world's, else 0-7)")
-    from ..mitigations import MITIGATIONS
-
     p.add_argument("--mitigation", action="append", default=None,
                    help="NAME[:k=v,...], repeatable; 'none' is the baseline; compose with '+' "
                         f"(known: {', '.join(MITIGATIONS)})")
@@ -151,7 +150,7 @@ def run(args) -> int:
                     ch = r.get("change_vs_none")
                     chs = (f" (change vs none: {ch['replication_rate']:+.0%}, "
                            f"{ch['dataset_similarity']:+.3f})") if ch else ""
-                    tqdm.write(f"[{r['mitigation']['name']}] {p[:50]!r}: replication "
+                    tqdm.write(f"[{strategy_label(r['mitigation'])}] {p[:50]!r}: replication "
                                f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds, dataset similarity "
                                f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
                                file=sys.stderr)
