@@ -15,7 +15,7 @@ from PIL import Image
 
 from .errors import MemlabError
 from .paths import member_name
-from .records import RunState, collapse_matches, strict_json
+from .records import RunState, collapse_matches, image_stems, strict_json
 
 
 def write_export(lab, state: RunState, path: Path, k: int = 5) -> Path:
@@ -41,7 +41,8 @@ def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
     partial = {} if state.finished else {"partial": True, "seeds_requested": state.requested,
                                            "seeds_done": len(state.records)}
     written: set = set()
-    names = _strategy_names([r["mitigation"] for r in state.records])
+    strategies = {r["mitigation"]["spec"]: r["mitigation"]["name"] for r in state.records}  # in run order
+    names = dict(zip(strategies, image_stems(list(strategies.values()))))
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         for r, im in zip(state.records, state.images):
             name = f"generations/{names[r['mitigation']['spec']]}-s{r['seed']}.png"
@@ -67,22 +68,6 @@ def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
             buf.write(json.dumps(strict_json({**s, **partial}), allow_nan=False) + "\n")
         z.writestr("results.jsonl", buf.getvalue())
         z.writestr("summary.csv", table.getvalue())
-
-
-def _strategy_names(mitigations) -> dict:
-    """spec -> the file-name stem of its generations: the mitigation's name, or where two strategies share it
-    (``jain`` and ``jain:mode=dynamic``, both offered in Compare) its spec made safe, so no image overwrites
-    another's."""
-    specs = list(dict.fromkeys(m["spec"] for m in mitigations))
-    by_name = {}
-    for m in mitigations:
-        by_name.setdefault(m["name"], set()).add(m["spec"])
-    out = {}
-    for m in mitigations:
-        plain = member_name(m["name"]) or "strategy"
-        out[m["spec"]] = plain if len(by_name[m["name"]]) == 1 else \
-            f"{plain}-{specs.index(m['spec']) + 1}-{member_name(m['spec']) or ''}"[:100]
-    return out
 
 
 def _png(im: Image.Image) -> bytes:

@@ -10,6 +10,15 @@ from typing import Sequence
 APP_MATCHES = 50  # matches kept per generation in the app: room for k distinct groups after collapsing
 
 
+def image_stems(names: Sequence[str]) -> list[str]:
+    """The file-name stems of strategies' images, in order, from their mitigations' names: the name made safe, and
+    where strategies share a name (a sweep, rna:k=1 and rna:k=3; jain and jain:mode=dynamic) its position added, so
+    no strategy's image overwrites another's (``memlab run``'s images, the app's exports)."""
+    names = list(names)
+    slug = ["".join(c if c.isalnum() else "-" for c in n)[:24].strip("-") or "x" for n in names]
+    return [s + (f"{i}" if names.count(n) > 1 else "") for i, (s, n) in enumerate(zip(slug, names))]
+
+
 def strict_json(obj):
     """``obj`` as RFC 8259 JSON allows it: NaN and infinities (a pandas mean over nothing) as null, numpy scalars
     and arrays as numbers and lists; so a card, record or match result opens in jq or a browser's

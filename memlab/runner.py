@@ -22,11 +22,7 @@ from .generate import Generator, Settings, check_prompt, parse_seeds
 from .match import agreement, descriptor_summary, masked_score, match_vectors, query_vectors
 from .scorenorm import is_mirrored
 from .mitigations import Strategy, parse_strategy
-from .records import SeedRecord, Summary
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text)[:24].strip("-") or "x"
+from .records import SeedRecord, Summary, image_stems
 
 
 def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequence[int] | str,
@@ -50,8 +46,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     masked_thr = (getattr(generator, "template_threshold", None) or {}).get("value")  # the world's, if calibrated
     records, summaries = [], []
     baseline = None
-    names = [s.name for s in strategies]  # a sweep (rna:k=2, rna:k=4) shares a name: its images are numbered
-    stems = [_slug(n) + (f"{i}" if names.count(n) > 1 else "") for i, n in enumerate(names)]
+    stems = image_stems([s.name for s in strategies])
     for strat, stem in zip(strategies, stems):
         mit = strat.to_dict()
         timing = {"generate_s": 0.0, "embed_s": 0.0, "search_s": 0.0, "metrics_s": 0.0}
