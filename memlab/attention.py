@@ -68,6 +68,10 @@ class AttentionHub:
         for i, name in enumerate(self.cross_layers):
             modules[name].to_v.register_forward_hook(self._value_hook(i))
         self.value_modules = [modules[n].to_v for n in self.cross_layers]
+        # the UNet's output, read or changed per thread (``on_output``): one hook for the UNet's life, since a hook
+        # added or removed while a head start's other thread runs the UNet races torch's hook tables (a hook seen
+        # before its with_kwargs flag was called without its output)
+        unet.register_forward_hook(self._output_hook, with_kwargs=True)
 
     def value_layers(self, which: str = "down_mid") -> list[int]:
         """Indices (into ``cross_layers``) of NeMo's value layers: ``down_mid`` (the paper's: down blocks and
@@ -100,6 +104,21 @@ class AttentionHub:
             yield ctx
         finally:
             self._local.ctx = prev
+
+    @contextmanager
+    def on_output(self, fn):
+        """Until the block ends, the calling thread's UNet calls hand their output to ``fn(module, args, kwargs,
+        output)``, which returns None (unchanged) or the output to use."""
+        prev = getattr(self._local, "on_output", None)
+        self._local.on_output = fn
+        try:
+            yield
+        finally:
+            self._local.on_output = prev
+
+    def _output_hook(self, module, args, kwargs, output):
+        fn = getattr(self._local, "on_output", None)
+        return None if fn is None else fn(module, args, kwargs, output)
 
     def _value_hook(self, layer: int):
         def hook(module, args, out):

@@ -423,8 +423,7 @@ class Generator:
         from .mitigations import Jain, NeMo, Ren
 
         pipe = pipe or self.pipe
-        hub = AttentionHub.of(pipe.unet)
-        me = threading.get_ident()  # the UNet is shared with a head start's thread (its hook sees both)
+        hub = AttentionHub.of(pipe.unet)  # (the UNet is shared with a head start's thread: its hooks are per thread)
         with self._text_lock:
             eff = [strategy.effective_prompt(prompt, s, self.tokenizer) for s in seeds]
             cond, uncond = self.encode(eff)
@@ -465,8 +464,6 @@ class Generator:
         guide = JainGuidance(jain, settings.guidance, len(seeds)) if jain is not None else None
 
         def hook(module, args, kwargs, output):
-            if threading.get_ident() != me:
-                return None
             wants = read_from_pass and len(norms) < settings.detect_steps
             if not wants and guide is None:
                 return None
@@ -492,16 +489,12 @@ class Generator:
             step_cb(i + 1)
             return kw
 
-        handle = pipe.unet.register_forward_hook(hook, with_kwargs=True)
-        try:
-            gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-            with torch.no_grad(), hub.context(ctx):
-                images = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=latents,
-                              generator=gens, num_inference_steps=settings.steps,
-                              guidance_scale=settings.guidance, height=h, width=w, output_type="pil",
-                              callback_on_step_end=on_step).images
-        finally:
-            handle.remove()
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        with torch.no_grad(), hub.context(ctx), hub.on_output(hook):
+            images = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=latents,
+                          generator=gens, num_inference_steps=settings.steps,
+                          guidance_scale=settings.guidance, height=h, width=w, output_type="pil",
+                          callback_on_step_end=on_step).images
         det = torch.stack(norms).mean(0).cpu().numpy()
         ren_score = ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
         aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)

@@ -52,6 +52,31 @@ def test_a_head_start_gives_the_images_and_detection_of_one_batch(tiny_generator
         torch.set_num_threads(threads)
 
 
+def test_a_generation_adds_and_removes_no_hook_on_the_shared_unet(tiny_generator, monkeypatch):
+    """A head start's two threads run one UNet. A hook added or removed by one thread while the other runs it races
+    torch's hook tables: CI saw a hook that was registered with kwargs called without them ("hook() missing 1
+    required positional argument: 'output'"). The UNet's hooks are installed once, with its attention hub; a
+    generation, head start included, only opens its thread's own context. Jain's guidance (it changes the UNet's
+    output through that hook) still changes the images."""
+    import torch
+
+    g, threads = tiny_generator, torch.get_num_threads()
+    g.generate("a red ball", [0], "none", ST)  # the hub (and its hooks) made
+    added = []
+    real = torch.nn.Module.register_forward_hook
+    monkeypatch.setattr(torch.nn.Module, "register_forward_hook",
+                        lambda self, *a, **k: added.append(type(self).__name__) or real(self, *a, **k))
+    hooks = dict(g.pipe.unet._forward_hooks)
+    torch.set_num_threads(2)
+    try:
+        plain = g.generate("a red ball", [0, 1, 2, 3], "none", ST, head=1)
+        jain = g.generate("a red ball", [0, 1, 2, 3], "jain", ST, head=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert added == [] and dict(g.pipe.unet._forward_hooks) == hooks
+    assert any(np.abs(_arr(a.image) - _arr(b.image)).max() > 1 for a, b in zip(plain, jain))
+
+
 def test_gni_lambda_zero_is_the_baseline_bit_for_bit(tiny_generator):
     base = tiny_generator.generate("a red ball", [5, 6], "none", ST)
     gni0 = tiny_generator.generate("a red ball", [5, 6], "gni:lam=0", ST)
