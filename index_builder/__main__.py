@@ -10,6 +10,7 @@ VERBS = {
     "add": "index_builder.add",            # add embeddings or shards to an on-disk index
     "clusters": "index_builder.clusters",  # keyword views of an index or world
     "agreement": "index_builder.agreement",  # calibrate an older index's partial-copy threshold again
+    "captions": "index_builder.captions",  # keep the captions' CLIP text vectors in an index (caption search)
 }
 
 

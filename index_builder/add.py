@@ -67,6 +67,10 @@ def run(args) -> int:
         add.run(extra_manifest={"command": add.base.manifest.get("command")})
         print(f"added {add.n - add.n_base} items to {index} ({add.n} in all, {add.factory}) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        if add.base.manifest.get("captions"):
+            print(f"{index} kept its captions' text vectors before the addition, which cover the old items only: "
+                  f"`python -m index_builder captions --index {index}` keeps them again (with --text-emb for each "
+                  f"embeddings folder, in order, where they came with text_emb)", file=sys.stderr)
     if emb_work is not None:
         shutil.rmtree(emb_work, ignore_errors=True)
     return 0

@@ -14,7 +14,8 @@ KEPT_VIEWS = 32  # keyword views computed on a visitor's request and kept in mem
 KEYWORD_MAX_ITEMS = 10_000  # captions a keyword view clusters on a visitor's request (all pairs compared: a common
 # word on a LAION-scale index, hundreds of thousands of captions, would hold the app for hours; prebuilt views have none)
 CAPTION_SEARCH_MAX = 20_000  # distinct captions the app embeds (once, on the compute thread) for its text search:
-# minutes for SD's text encoder on a CPU; a LAION-scale index (millions) would hold every request for hours
+# minutes for SD's text encoder on a CPU; a LAION-scale index (millions) would hold every request for hours. An
+# index that keeps its caption vectors (memlab.captions, built offline) is searched at any size instead.
 
 # What one web request may ask for (README: "Limits"). Past each, the caller gets a message, never a
 # silently changed value.

@@ -47,6 +47,7 @@ class Lab(Streams):
         self.device = device
         self._gen = None
         self._caption_vecs = None
+        self._captions = None  # the index's caption vectors (memlab.captions), False where it has none
         self._n_captions = None  # distinct captions (distinct_captions)
         self._background: dict = {}
         self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
@@ -357,11 +358,22 @@ class Lab(Streams):
         return int(hits[0])
 
     # ---------------------------------------------------------------------------- text side
+    def caption_vectors(self):
+        """The index's caption vectors (``memlab.captions``: built offline, searched at any size), or None."""
+        if self._captions is None:
+            from .captions import CaptionVectors
+
+            self._captions = CaptionVectors.load(self.index) or False
+        return self._captions or None
+
     def _text_embedder(self):
         """CLIP text similarity is the cosine of *projected* text embeddings: the index's CLIP
-        descriptor when it has one, else the pipeline's text encoder (projected when it has a
-        projection; SD v1's CLIPTextModel has none, so then its pooled output, and the label says so)."""
-        clip = next((n for n in self.index.descriptor_names if self.index.descriptor_info(n)["kind"] == "clip"), None)
+        descriptor when it has one (the one its caption vectors were made with, where it keeps them), else the
+        pipeline's text encoder (projected when it has a projection; SD v1's CLIPTextModel has none, so then its
+        pooled output, and the label says so)."""
+        kept = self.caption_vectors()
+        clip = kept.entry["descriptor"] if kept else next(
+            (n for n in self.index.descriptor_names if self.index.descriptor_info(n)["kind"] == "clip"), None)
         if clip is not None:
             d = self.get_descriptor(clip)
             return d.embed_text, f"CLIP text embedding of {d.model}, projected, cosine"
@@ -371,10 +383,14 @@ class Lab(Streams):
                                 ("projected" if projected else "pooled output: it has no projection layer") + ", cosine")
 
     def text_source(self) -> str:
+        kept = self.caption_vectors()
+        if kept:
+            return f"{self._text_embedder()[1]}; {kept.words()}"
         n = self.distinct_captions()
         if n > CAPTION_SEARCH_MAX:
             return (f"not searched: the training set has {n:,} distinct captions, over the {CAPTION_SEARCH_MAX:,} "
-                    f"the app embeds")
+                    f"the app embeds (`python -m index_builder captions --index ...` keeps their vectors in the "
+                    f"index, searched at any size)")
         return self._text_embedder()[1]
 
     def distinct_captions(self) -> int:
@@ -384,24 +400,32 @@ class Lab(Streams):
 
     @on_compute_thread
     def closest_captions(self, prompt: str, k: int = 5) -> pd.DataFrame:
-        """The training captions nearest to a prompt by text embedding, with their similarity; none (an empty
-        table, ``text_source`` says why) where the training set has more than ``CAPTION_SEARCH_MAX`` distinct
-        captions."""
+        """The training captions nearest to a prompt by text embedding, with their similarity: from the index's
+        caption vectors where it keeps them, else embedded here once; none (an empty table, ``text_source``
+        says why) where neither holds, past ``CAPTION_SEARCH_MAX`` distinct captions."""
         items = self.index.items
-        if self.distinct_captions() > CAPTION_SEARCH_MAX:
-            return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
         embed, _ = self._text_embedder()
-        if self._caption_vecs is None:
-            caps = items["caption"].fillna("").astype(str)
-            uniq = caps.drop_duplicates()
-            self._caption_vecs = (uniq.index.to_numpy(), uniq.tolist(), np.asarray(embed(uniq.tolist())))
-        rows, caps, vecs = self._caption_vecs
-        q = np.asarray(embed([prompt]))[0]
-        sims = vecs @ q
-        top = np.argsort(-sims)[:k]
-        return pd.DataFrame({"caption": [caps[i] for i in top], "text similarity": np.round(sims[top], 4),
-                             "row": rows[top], "id": items["id"].to_numpy()[rows[top]],
-                             "duplicates": items["duplicates"].to_numpy()[rows[top]]})
+        kept = self.caption_vectors()
+        if kept:
+            rows, sims = kept.search(np.asarray(embed([prompt]))[0], k)
+            caps = items["caption"].to_numpy()[rows]
+        elif self.distinct_captions() > CAPTION_SEARCH_MAX:
+            return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
+        else:
+            if self._caption_vecs is None:
+                from .captions import distinct_rows
+
+                first = distinct_rows(items["caption"])
+                if not len(first):
+                    return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
+                uniq = items["caption"].fillna("").astype(str).to_numpy()[first].tolist()
+                self._caption_vecs = (first, uniq, np.asarray(embed(uniq)))
+            all_rows, all_caps, vecs = self._caption_vecs
+            sims = vecs @ np.asarray(embed([prompt]))[0]
+            top = np.argsort(-sims)[:k]
+            rows, sims, caps = all_rows[top], sims[top], [all_caps[i] for i in top]
+        return pd.DataFrame({"caption": list(caps), "text similarity": np.round(sims, 4), "row": rows,
+                             "id": items["id"].to_numpy()[rows], "duplicates": items["duplicates"].to_numpy()[rows]})
 
     # ------------------------------------------------------------------------------ keywords
     def _load_views(self) -> dict:

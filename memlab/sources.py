@@ -250,6 +250,14 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
                         seed=seed, fpr=fpr, factory=factory, block=block_rows, progress=progress, log=log,
                         ray_address=ray_address)
     b.run(extra_manifest={"command": command})
+    if (Path(embeddings) / "text_emb").is_dir():  # clip-retrieval's text vectors, row for row: kept for caption search
+        from .captions import build as build_captions
+        from .descriptors import descriptor_class
+
+        if getattr(descriptor_class(descriptor), "kind", None) == "clip":
+            build_captions(out, text_emb=[embeddings], progress=progress, log=log)
+        else:
+            log(f"{embeddings}/text_emb left out: caption vectors go with a CLIP descriptor, not {descriptor}")
     if write_embeddings:
         export_embeddings(out, write_embeddings)
     log(f"wrote {out} ({b.n} items, {b.d}-d {descriptor} vectors, {b.factory}) in {time.perf_counter() - t0:.1f}s")

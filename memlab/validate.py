@@ -94,6 +94,19 @@ def check_manifest(m, path: Path) -> dict:
                 check_score_norm(norm)
             except MemlabError as e:
                 c.fail(f"{where}.score_norm", str(e))
+    caps = c.get(m, "captions", dict, "captions", optional=True)
+    if caps is not None:  # memlab.captions: the caption vectors' entry
+        if c.get(caps, "descriptor", str, "captions.descriptor") not in descs:
+            c.fail("captions.descriptor", "is not among the descriptors")
+        for key in ("count", "items", "dim"):
+            c.get(caps, key, int, f"captions.{key}")
+        c.get(caps, "factory", str, "captions.factory")
+        files = c.obj(c.get(caps, "files", dict, "captions.files"), "captions.files")
+        for key in ("vectors", "rows", "index"):
+            rel = c.get(files, key, str, f"captions.files.{key}")
+            c.relative(path, rel, f"captions.files.{key}")
+            if rel not in m.get("files", {}):
+                c.fail(f"captions.files.{key}", "is not among the checksummed files")
     return m
 
 

@@ -1,0 +1,141 @@
+"""The captions' text vectors kept in an index (memlab.captions, ``index_builder captions``): the same nearest
+captions as the app's in-memory embedding, at any size, resumable, from clip-retrieval's text_emb parts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.helpers import clustered, synthetic_images
+
+CAPS = ["a field of colour number 3", "a red square", "", "a red square", "a blue circle on grey", "a green star",
+        "a photo of a lighthouse", "a lighthouse at night", "a red square", "an orange ring", "a teal diamond",
+        "a field of colour number 3", "a purple cross", "two yellow triangles"]
+
+
+@pytest.fixture
+def clip_index(tiny_clip_name, tmp_path):
+    from memlab.descriptors import create_descriptor
+    from memlab.index import build_index
+
+    ims = synthetic_images(len(CAPS))
+    items = pd.DataFrame({"id": range(len(CAPS)), "caption": CAPS, "file": [f"{i}.png" for i in range(len(CAPS))]})
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "tiny-clip.safetensors"  # one set of random weights that every load reads
+    save_file(create_descriptor("clip", model=tiny_clip_name, pretrained=None, device="cpu").net.state_dict(),
+              str(weights))
+    clip = create_descriptor("clip", model=tiny_clip_name, pretrained=str(weights), device="cpu")
+    build_index(tmp_path / "idx", items, lambda i: ims[i], [create_descriptor("pixel"), clip], calib_n=len(CAPS))
+    return tmp_path / "idx", clip
+
+
+def test_kept_caption_vectors_give_the_in_memory_answer_past_the_cap(clip_index, tiny_pipeline_dir, monkeypatch):
+    from index_builder.__main__ import main
+    from memlab import service
+    from memlab.service import Lab
+    from memlab.world import World
+
+    idx, clip = clip_index
+    prompt = "a red square on a lighthouse"
+    before = Lab(World.from_parts(str(tiny_pipeline_dir), idx))
+    assert before.caption_vectors() is None
+    memory = before.closest_captions(prompt, k=5)
+    assert main(["captions", "--index", str(idx), "--block", "4"]) == 0
+    monkeypatch.setattr(service, "CAPTION_SEARCH_MAX", 1)  # the in-memory embedding would now refuse
+    lab = Lab(World.from_parts(str(tiny_pipeline_dir), idx))
+    assert lab.caption_vectors().entry["count"] == 10  # distinct, non-empty captions
+    assert "caption vectors: 10 distinct captions (exact" in lab.text_source()
+    kept = lab.closest_captions(prompt, k=5)
+    assert kept["caption"].tolist() == memory["caption"].tolist()
+    assert np.allclose(kept["text similarity"], memory["text similarity"], atol=2e-3)  # float16 vectors
+    # recomputed: the cosine of the tiny CLIP's projected text embeddings, each caption at its first row
+    t = clip.embed_text(CAPS + [prompt])
+    sims = t[:-1] @ t[-1]
+    first = {c: CAPS.index(c) for c in CAPS if c}
+    expect = sorted(first, key=lambda c: -sims[first[c]])[:5]
+    assert kept["caption"].tolist() == expect
+    assert kept["row"].tolist() == [first[c] for c in expect] and "" not in kept["caption"].tolist()
+    # without them, past the cap, nothing is searched and the label says how to keep them
+    bare = Lab(World.from_parts(str(tiny_pipeline_dir), idx))
+    bare.index.manifest.pop("captions")
+    assert bare.closest_captions(prompt).empty and "index_builder captions" in bare.text_source()
+
+
+def test_a_stopped_caption_build_resumes_with_the_captions_it_lacks(clip_index):
+    from memlab.captions import CaptionVectors, build
+    from memlab.index import TrainingIndex
+
+    idx, clip = clip_index
+    seen = []
+
+    def stops(texts):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(list(texts))
+        return clip.embed_text(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        build(idx, block=3, embed=stops)
+    assert "captions" not in json.loads((idx / "manifest.json").read_text())
+    again = []
+    build(idx, block=3, embed=lambda texts: again.append(list(texts)) or clip.embed_text(texts))
+    firsts = [c for i, c in enumerate(CAPS) if c and c not in CAPS[:i]]
+    assert sum(seen, []) == firsts[:6] and sum(again, []) == firsts[6:]  # the two finished blocks were kept
+    kept = CaptionVectors.load(TrainingIndex.load(idx))  # checked against its checksums on load
+    assert np.allclose(np.asarray(kept.vectors, np.float32), clip.embed_text(firsts), atol=2e-3)
+    assert not (idx.parent / f".{idx.name}.captions").exists()
+
+
+def test_text_emb_parts_are_kept_at_build_and_searched_through_ivf(tmp_path, monkeypatch):
+    """clip-retrieval's text_emb parts beside img_emb (LAION's layout): the build keeps one vector per distinct
+    caption; past the exact size an IVF index finds each caption's own vector first."""
+    from memlab import ondisk
+    from memlab.captions import CaptionVectors, build
+    from memlab.embeddings import write_embeddings
+    from memlab.errors import IndexMismatchError, MemlabError
+    from memlab.index import TrainingIndex
+    from index_builder.build import main
+
+    n = 1200
+    caps = [f"caption {i % 1000}" for i in range(n)]  # rows 1000-1199 repeat earlier captions
+    text = clustered(n, 768, 0, seed=1)
+    text[1000:] = text[:200]  # a caption's text vector is the same wherever it repeats
+    src = write_embeddings(tmp_path / "emb", clustered(n, 768, 30), pd.DataFrame({"caption": caps}), part_rows=500)
+    (src / "text_emb").mkdir()
+    for i, s in enumerate(range(0, n, 500)):
+        np.save(src / "text_emb" / f"text_emb_{i}.npy", text[s:s + 500].astype(np.float16))
+    assert main(["--embeddings", str(src), "--descriptor", "clip", "--out", str(tmp_path / "idx")]) == 0
+    kept = CaptionVectors.load(TrainingIndex.load(tmp_path / "idx"))
+    assert kept.entry["count"] == 1000 and kept.entry["factory"] == "Flat" and "text_emb" in kept.entry["source"]
+    rows, sims = kept.search(text[1100], k=2)
+    assert rows[0] == 100 and sims[0] > 0.999  # a repeated caption is found at its first row
+    monkeypatch.setattr(ondisk, "EXACT_MAX", 100)
+    entry = build(tmp_path / "idx", text_emb=[src])
+    assert entry["factory"].startswith("IVF")
+    ivf = CaptionVectors.load(TrainingIndex.load(tmp_path / "idx"))
+    assert all(ivf.search(text[r], k=1)[0][0] == r for r in range(0, 1000, 37))
+    # parts that do not cover the items, and a caption file that no longer matches its checksum, are refused
+    with pytest.raises(MemlabError, match="hold 500 rows, the index 1,200"):
+        part = tmp_path / "half"
+        write_embeddings(part, text[:500], pd.DataFrame({"caption": caps[:500]}))
+        (part / "text_emb").mkdir()
+        np.save(part / "text_emb" / "text_emb_0.npy", text[:500])
+        build(tmp_path / "idx", text_emb=[part])
+    np.save(tmp_path / "idx" / "captions" / "rows.npy", np.arange(1000)[::-1])
+    with pytest.raises(IndexMismatchError, match="captions/rows.npy"):
+        TrainingIndex.load(tmp_path / "idx")
+
+
+def test_a_caption_entry_pointing_outside_the_index_is_refused(tmp_path):
+    from memlab.errors import MemlabError
+    from memlab.validate import check_manifest
+
+    m = {"item_count": 1, "descriptors": {"clip": {"threshold": {"value": 0.5}, "factory": "Flat",
+                                                   "files": {"vectors": "v.npy", "background": "b.npy"}}},
+         "default_descriptor": "clip", "metadata": "items.parquet", "files": {"x.npy": "0"},
+         "captions": {"descriptor": "clip", "count": 1, "items": 1, "dim": 4, "factory": "Flat",
+                      "files": {"vectors": "../x.npy", "rows": "r.npy", "index": "i.faiss"}}}
+    with pytest.raises(MemlabError, match="outside"):
+        check_manifest(m, tmp_path)
