@@ -294,18 +294,58 @@ def summarize(index: TrainingIndex, name: str, top1_scores: Sequence[float]) -> 
     }
 
 
-def match_images(index: TrainingIndex, descriptor: Descriptor, images: Sequence[Image.Image],
-                 names: Sequence[str] | None = None, k: int = 5) -> dict:
-    """The ``memlab match`` result: {"descriptor", "queries", "summary"} (see README)."""
+def _match_chunk(index: TrainingIndex, descriptor: Descriptor, images, k: int) -> tuple[list, float, float]:
+    """Match a list of images: (their results, seconds embedding, seconds searching and verifying)."""
     t0 = time.perf_counter()
     vecs, views = query_vectors(index, descriptor, images)
     t1 = time.perf_counter()
     results = match_vectors(index, descriptor, vecs, k, views=views, images=images)
     for r, im in zip(results, images):
         partial_copy(index, r, im)
-    t2 = time.perf_counter()
+    return results, t1 - t0, time.perf_counter() - t1
+
+
+def _result(index: TrainingIndex, name: str, queries: list, embed_s: float, search_s: float) -> dict:
+    summary = summarize(index, name, [q["score"] for q in queries])
+    summary["timing"] = {"embed_s": embed_s, "search_s": search_s}
+    return {"descriptor": descriptor_summary(index, name), "queries": queries, "summary": summary}
+
+
+def match_images(index: TrainingIndex, descriptor: Descriptor, images: Sequence[Image.Image],
+                 names: Sequence[str] | None = None, k: int = 5) -> dict:
+    """The ``memlab match`` result: {"descriptor", "queries", "summary"} (see README)."""
+    results, embed_s, search_s = _match_chunk(index, descriptor, list(images), k)
     names = list(names) if names is not None else [str(i) for i in range(len(images))]
-    queries = [{"image": n, **r} for n, r in zip(names, results)]
-    summary = summarize(index, descriptor.name, [q["score"] for q in queries])
-    summary["timing"] = {"embed_s": t1 - t0, "search_s": t2 - t1}
-    return {"descriptor": descriptor_summary(index, descriptor.name), "queries": queries, "summary": summary}
+    return _result(index, descriptor.name, [{"image": n, **r} for n, r in zip(names, results)], embed_s, search_s)
+
+
+MATCH_CHUNK = 256  # query images decoded and matched at a time (a folder of any size holds this many in memory)
+
+
+def match_paths(index: TrainingIndex, descriptor: Descriptor, paths: Sequence[str | Path], k: int = 5,
+                chunk: int = MATCH_CHUNK, progress=None) -> dict:
+    """``match_images`` over image files, the same result: every file is first checked (it exists, its header
+    reads and is within the caps, its data is whole where the format can tell: ``Image.verify``), so a bad file
+    is refused before any work; then they are decoded and matched ``chunk`` at a time."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise MemlabError(f"image {p} does not exist")
+        check_image_file(p)
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise MemlabError(f"cannot read image {p}: {' '.join(str(e).split())}") from None
+    queries, embed_s, search_s, decode_s = [], 0.0, 0.0, 0.0
+    starts = range(0, len(paths), chunk)
+    for s in progress(starts, total=len(starts)) if progress else starts:
+        part = list(paths[s:s + chunk])
+        t = time.perf_counter()
+        images = [load_image(p) for p in part]
+        decode_s += time.perf_counter() - t
+        results, e, f = _match_chunk(index, descriptor, images, k)
+        queries += [{"image": str(n), **r} for n, r in zip(part, results)]
+        embed_s, search_s = embed_s + e, search_s + f
+    out = _result(index, descriptor.name, queries, embed_s, search_s)
+    out["summary"]["timing"]["decode_s"] = decode_s
+    return out

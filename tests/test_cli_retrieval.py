@@ -84,3 +84,30 @@ def test_builder_errors(tmp_path, capsys):
     assert build_main(["--images", str(tmp_path), "--captions", str(tmp_path / "c.csv"),
                        "--out", str(tmp_path / "o")]) == 2
     assert "no 'file' column" in capsys.readouterr().err
+
+
+def test_a_folder_is_matched_a_chunk_at_a_time_with_the_whole_answer(image_folder, tmp_path, monkeypatch):
+    """``memlab match`` over files holds one chunk of decoded images, not the folder, and answers as matching them
+    all at once; a bad file anywhere is refused before any image is embedded."""
+    from memlab import match
+    from memlab.index import TrainingIndex
+
+    assert build_main(["--images", str(image_folder), "--out", str(tmp_path / "idx"), "--calib-n", "10"]) == 0
+    idx = TrainingIndex.load(tmp_path / "idx")
+    d = match.descriptor_for_index(idx)
+    files = sorted(image_folder.glob("img*.png"))[:7]
+    whole = match.match_images(idx, d, [match.load_image(f) for f in files], [str(f) for f in files], k=3)
+    seen = []
+    real = match.query_vectors
+    monkeypatch.setattr(match, "query_vectors", lambda i, de, ims: seen.append(len(ims)) or real(i, de, ims))
+    chunked = match.match_paths(idx, d, files, k=3, chunk=3)
+    assert seen == [3, 3, 1]
+    for key in ("queries", "descriptor"):
+        assert json.dumps(chunked[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True)
+    assert chunked["summary"]["replication_rate"] == whole["summary"]["replication_rate"]
+    cut = tmp_path / "cut.png"  # a PNG whose header reads but whose data stops
+    cut.write_bytes(files[0].read_bytes()[:-40])
+    seen.clear()
+    with pytest.raises(match.MemlabError, match="cut.png"):
+        match.match_paths(idx, d, files + [cut], k=3, chunk=3)
+    assert seen == []

@@ -41,7 +41,7 @@ def expand_images(paths) -> list[Path]:
 
 def run(args) -> int:
     from ..index import TrainingIndex
-    from ..match import descriptor_for_index, load_image, match_images
+    from ..match import MATCH_CHUNK, descriptor_for_index, match_paths
 
     if args.k < 1 or args.k > 1000:
         raise MemlabError("--k must be between 1 and 1000")
@@ -51,9 +51,14 @@ def run(args) -> int:
     descriptor = descriptor_for_index(index, args.descriptor, weights=args.weights, device=args.device, **extra)
     index.faiss_index(descriptor.name)
     paths = expand_images(args.images)
-    images = [load_image(p) for p in paths]
     load_s = time.perf_counter() - t0
-    result = match_images(index, descriptor, images, [str(p) for p in paths], k=args.k)
+    bar = None
+    if len(paths) > MATCH_CHUNK:
+        from tqdm.auto import tqdm
+
+        bar = lambda it, total: tqdm(it, total=total, desc=f"matching in chunks of {MATCH_CHUNK}",  # noqa: E731
+                                     file=sys.stderr, disable=None)
+    result = match_paths(index, descriptor, paths, k=args.k, progress=bar)
     result["summary"]["timing"]["load_s"] = load_s
     if args.json:
         json.dump(strict_json(result), sys.stdout, indent=2, allow_nan=False)
@@ -90,4 +95,5 @@ def print_table(result: dict) -> None:
     print(f"calibration: copies p5/p50/p95 {_f(cp.get('p5'))}/{_f(cp.get('p50'))}/{_f(cp.get('p95'))} | "
           f"background p5/p50/p95 {_f(bp.get('p5'))}/{_f(bp.get('p50'))}/{_f(bp.get('p95'))} | "
           f"recall {_f(cal.get('recall'))} fpr {_f(cal.get('fpr'))}")
-    print(f"time: load {t['load_s']:.3f}s, embed {t['embed_s']:.3f}s, search {t['search_s']:.3f}s")
+    print(f"time: load {t['load_s']:.3f}s, " + (f"decode {t['decode_s']:.3f}s, " if "decode_s" in t else "")
+          + f"embed {t['embed_s']:.3f}s, search {t['search_s']:.3f}s")
