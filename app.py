@@ -7,19 +7,23 @@ try:  # ZeroGPU: `spaces` must be imported before anything touches CUDA
 except ImportError:
     pass
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="memlab web app")
+    from memlab.cli import Parser, device
+
+    p = Parser(prog="python app.py", description="memlab web app")
     p.add_argument("--world", action="append", default=None,
                    help="world folder, repeatable: the first is the main page, each further one gets its own page "
                         "(default: $MEMLAB_WORLD or the built-in world)")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--device", default=None)
-    p.add_argument("--share", action="store_true")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to serve on (default $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for a class's network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                   help="port (default $GRADIO_SERVER_PORT or 7860)")
+    p.add_argument("--device", default=None, type=device, help="torch device for the models: cpu, cuda, cuda:1 (default: a GPU "
+                                                  "where there is one, else the CPU)")
+    p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     p.add_argument("--queue-size", type=int, default=int(os.environ.get("MEMLAB_QUEUE_SIZE", 0)) or None,
                    help="requests that may wait in the queue (default 64; $MEMLAB_QUEUE_SIZE)")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ import argparse
 import shlex
 import sys
 
-from memlab.cli import Parser, guarded
+from memlab.cli import Parser, device, guarded
 from memlab.errors import MemlabError
 from memlab.sources import build_embeddings, build_images, build_sources, export_embeddings  # noqa: F401
 
@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="model weights file or folder (SSCD TorchScript)")
     p.add_argument("--weights-sha256", default=None,
                    help="confirm the sha256 of a TorchScript file memlab did not download itself")
-    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N")
     p.add_argument("--copy-images", action="store_true", help="copy the images into the index folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keywords", default=None, help="comma-separated keywords: store their views in OUT/keywords")

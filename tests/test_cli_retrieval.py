@@ -111,3 +111,17 @@ def test_a_folder_is_matched_a_chunk_at_a_time_with_the_whole_answer(image_folde
     with pytest.raises(match.MemlabError, match="cut.png"):
         match.match_paths(idx, d, files + [cut], k=3, chunk=3)
     assert seen == []
+
+
+def test_a_device_the_machine_lacks_is_one_error_line_before_any_model_loads():
+    import torch
+
+    cases = [["app.py", "--device", "nonsense"], ["-m", "memlab", "run", "--prompt", "a red ball", "--device", "gpu0"],
+             ["-m", "index_builder", "--images", ".", "--out", "x", "--device", "cuda:64"]]
+    if not torch.cuda.is_available():
+        cases.append(["-m", "memlab", "match", "--index", "x", "--images", "y", "--device", "cuda"])
+    for args in cases:
+        r = _cli(*args)
+        assert r.returncode == 2, args
+        assert "argument --device" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) <= 2  # argparse's usage line at most, then the error

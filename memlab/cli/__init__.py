@@ -21,6 +21,23 @@ VERBS = {
 }
 
 
+def device(text: str) -> str:
+    """An argparse type for ``--device``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``),
+    else one ``error:`` line, before any model loads."""
+    import torch
+
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {have} CUDA device{'s' * (have != 1)}")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no MPS device")
+    return text
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``error:`` line (exit 2) that points to --help."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from . import device
+
 
 def add_arguments(p):
     p.add_argument("--out", required=True, help="world folder to write (e.g. assets/world)")
@@ -17,7 +19,7 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=2500, help="UNet training steps")
     p.add_argument("--vae-steps", type=int, default=800, help="VAE training steps")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--train-device", default="cpu", help="where the model trains: cpu or cuda (the rest of the "
+    p.add_argument("--train-device", default="cpu", type=device, help="where the model trains: cpu or cuda (the rest of the "
                                                          "build runs on the CPU)")
     p.add_argument("--eval-seeds", type=int, default=10, help="seeds per probe for the card's figures and NeMo's "
                                                                "statistics; per prompt for the template threshold "

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemlabError
+from . import device
 from ..records import strict_json
 from ..sources import IMAGE_EXTS
 
@@ -21,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--weights", default=None, help="model weights file/folder (e.g. SSCD TorchScript)")
     p.add_argument("--weights-sha256", default=None,
                    help="confirm the sha256 of a TorchScript file memlab did not download itself")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemlabError
+from . import device
 from ..mitigations import MITIGATIONS, strategy_label
 from ..records import strict_json
 
@@ -42,7 +43,7 @@ def add_arguments(p):
                    help="add Wen et al.'s per-token attribution of each prompt (first --detect-steps steps, "
                         "the run's first 4 seeds) to its summary records as token_attribution")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", required=True, help="results.jsonl (images are written beside it)")
 
 

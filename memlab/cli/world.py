@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import device
+
 
 def add_arguments(p):
     from ..safefetch import add_policy_arguments
@@ -41,7 +43,7 @@ def add_arguments(p):
     c.add_argument("--retries", type=int, default=1)
     add_policy_arguments(c)
     c.add_argument("--calib-n", type=int, default=500, help="items copied to calibrate a descriptor's threshold")
-    c.add_argument("--device", default=None)
+    c.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N (default: cuda when available)")
     c.add_argument("--nemo-seeds", type=int, default=10,
                    help="seeds per control prompt for NeMo's statistics (0: none; they need --controls)")
     c.add_argument("--probe-seeds", type=int, default=4,  # createworld.PROBE_SEEDS
