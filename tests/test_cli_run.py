@@ -154,3 +154,48 @@ def test_a_sweep_of_one_mitigation_keeps_each_strategys_images(tiny_world, tmp_p
     k1 = [digest[r["image"]] for r in seeds if r["mitigation"]["spec"].startswith("rna:k=1")]
     k3 = [digest[r["image"]] for r in seeds if r["mitigation"]["spec"].startswith("rna:k=3")]
     assert len(k1) == len(k3) == 2 and set(k1).isdisjoint(k3)  # k=1 and k=3 insert other numbers: other images
+
+
+def test_a_stopped_run_over_a_prompt_list_resumes_after_its_finished_prompts(tiny_world, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A run over a list stopped in its third prompt keeps the two it finished (and not a line the stop cut),
+    generates only the rest when started again, and ends in the records an unstopped run writes."""
+    from memlab import runner
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball on a table\na blue square in the sky\na green star at night\n")
+    args = ["run", "--world", str(tiny_world), "--prompts", str(prompts), "--seeds", "0-2", "--mitigation", "none",
+            "--mitigation", "rna:k=2", "--steps", "2"]
+    whole = tmp_path / "whole" / "r.jsonl"
+    assert memlab_main(args + ["--out", str(whole)]) == 0
+    real, ran = runner.run_prompt, []
+
+    def stops_in_the_third(gen, index, d, prompt, *a, **kw):
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        ran.append(prompt)
+        return real(gen, index, d, prompt, *a, **kw)
+
+    monkeypatch.setattr(runner, "run_prompt", stops_in_the_third)
+    out = tmp_path / "stopped" / "r.jsonl"
+    assert memlab_main(args + ["--out", str(out)]) == 130
+    part = out.with_name("r.jsonl.part")
+    assert not out.exists() and len(part.read_text().splitlines()) == 2 * 2 * (3 + 1)
+    left = {f: f.read_bytes() for f in (part, part.with_name("r.jsonl.part.json"))}
+    with open(part, "a") as f:
+        f.write('{"type": "seed", "prompt": "a green st')  # a line cut by a stop
+    ran.clear()
+    monkeypatch.setattr(runner, "run_prompt", lambda gen, index, d, prompt, *a, **kw:
+                        ran.append(prompt) or real(gen, index, d, prompt, *a, **kw))
+    capsys.readouterr()
+    assert memlab_main(args + ["--out", str(out)]) == 0
+    assert ran == ["a green star at night"] and "2 of 3 prompts were finished" in capsys.readouterr().err
+    assert _strip_timing(_records(out)) == _strip_timing(_records(whole))
+    assert not part.exists() and not part.with_name("r.jsonl.part.json").exists()
+    assert (out.parent / "r.comparison.json").exists()
+    # a run of other arguments, or --no-resume, starts over
+    for other in (args[:-1] + ["3"], args + ["--no-resume"]):
+        for f, b in left.items():
+            f.write_bytes(b)
+        ran.clear()
+        assert memlab_main(other + ["--out", str(out)]) == 0 and len(ran) == 3

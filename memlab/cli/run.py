@@ -9,6 +9,7 @@ summaries state the change against `none`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,9 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", required=True, help="results.jsonl (images are written beside it)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even where a stopped run of the same arguments left results.jsonl.part "
+                        "(by default it resumes after the prompts it finished)")
 
 
 def read_prompts(path: str, column: str | None) -> list[str]:
@@ -113,9 +117,22 @@ def run(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
+    job = {"prompts": prompts, "seeds": list(seeds), "strategies": [s.spec() for s in strategies],
+           "settings": settings.to_dict(), "world": args.world, "model": args.model, "index": args.index,
+           "descriptor": descriptor.name, "k": args.k, "attribution": args.attribution, "device": args.device,
+           "scheduler": args.scheduler, "batch_size": args.batch_size}
+    job = json.loads(json.dumps(job))  # as the sidecar reads back
+    kept = [] if args.no_resume else finished(tmp, job, len(strategies) * (len(seeds) + 1))
+    done = len(kept) // (len(strategies) * (len(seeds) + 1))
+    if done:
+        print(f"resuming {tmp}: {done} of {len(prompts)} prompts were finished by a stopped run of these arguments "
+              f"(--no-resume starts over)", file=sys.stderr)
+    from ..indexfiles import atomic_save
+
+    atomic_save(tmp.with_name(tmp.name + ".json"), lambda t: t.write_text(json.dumps(job)))
     from tqdm import tqdm
 
-    bar = tqdm(total=len(prompts) * len(strategies) * len(seeds) * settings.steps, desc="generate",
+    bar = tqdm(total=(len(prompts) - done) * len(strategies) * len(seeds) * settings.steps, desc="generate",
                unit="step", file=sys.stderr, disable=None)
     last = {"key": None, "done": 0}
 
@@ -125,9 +142,12 @@ def run(args) -> int:
         bar.update(done - last["done"])
         last["done"] = done
 
-    every: list = []
+    every = [r for r in map(json.loads, kept) if r["type"] == "summary"]
     with open(tmp, "w") as f:
+        f.writelines(kept)
         for i, p in enumerate(prompts):
+            if i < done:
+                continue
             recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
                               k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress,
                               aligner=aligner)
@@ -146,6 +166,8 @@ def run(args) -> int:
                     if att is not None:
                         r["token_attribution"] = att
                 f.write(json.dumps(strict_json(r), allow_nan=False) + "\n")
+            f.flush()  # a prompt's records are whole on disk before the next begins: a stop resumes after it
+            os.fsync(f.fileno())
             for r in recs:
                 if r["type"] == "summary":
                     ch = r.get("change_vs_none")
@@ -157,6 +179,7 @@ def run(args) -> int:
                                file=sys.stderr)
     bar.close()
     tmp.replace(out)
+    tmp.with_name(tmp.name + ".json").unlink(missing_ok=True)
     if len(strategies) > 1 or len(prompts) > 1:  # the methods side by side (memlab.compare)
         from ..compare import comparison, format_comparison
 
@@ -169,3 +192,27 @@ def run(args) -> int:
     print(f"wrote {out} ({len(prompts)} prompts x {len(strategies)} strategies x {len(seeds)} seeds) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
+
+
+def finished(part: Path, job: dict, block: int) -> list[str]:
+    """The lines of the prompts a stopped run finished (each prompt's ``block`` of seed and summary records,
+    written whole), where ``part`` was left by a run of the same ``job`` (its arguments, in ``part``.json);
+    else none. A line cut by the stop, and a prompt's records cut short, are left out."""
+    sidecar = part.with_name(part.name + ".json")
+    try:
+        if not part.is_file() or json.loads(sidecar.read_text()) != job:
+            return []
+    except (OSError, json.JSONDecodeError):
+        return []
+    lines = []
+    with open(part) as f:
+        for line in f:
+            try:
+                rec = json.loads(line) if line.endswith("\n") else None
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict) or rec.get("type") not in ("seed", "summary"):
+                break
+            lines.append(line)
+    return lines[:len(lines) // block * block]
+
