@@ -9,6 +9,8 @@ skipped, counted and listed.
     python -m index_builder --embeddings laion_emb/ --descriptor clip --max-memory 2GB --out INDEX
         (precomputed embeddings in the clip-retrieval / LAION layout: an on-disk index, memlab.ondisk)
     python -m index_builder clusters --world DIR --keywords "van gogh,astronaut"   (keyword views)
+    python -m index_builder captions --index INDEX   (the captions' CLIP text vectors, for caption search)
+    (also: embed, add, agreement; `python -m index_builder VERB --help`)
 """
 from __future__ import annotations
 
