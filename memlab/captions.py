@@ -184,6 +184,12 @@ class CaptionVectors:
         self.index = read_faiss(self.path / entry["files"]["index"])
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = int(entry.get("nprobe", NPROBE))
+        n = int(entry.get("items", 0))
+        if self.rows.ndim != 1 or self.rows.dtype.kind not in "iu" or (len(self.rows) and (
+                self.rows.min() < 0 or self.rows.max() >= n)):
+            raise MemlabError(f"index {self.path}: its caption rows are not item rows (0 to {n - 1})")
+        if self.vectors.ndim != 2 or self.vectors.shape[1] != entry.get("dim") or self.index.d != entry.get("dim"):
+            raise MemlabError(f"index {self.path}: its caption vectors are not {entry.get('dim')}-d")
         if len(self.rows) != len(self.vectors) or self.index.ntotal != len(self.rows):
             raise MemlabError(f"index {self.path}: its caption vectors, rows and FAISS index disagree in length")
 

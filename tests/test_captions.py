@@ -126,6 +126,9 @@ def test_text_emb_parts_are_kept_at_build_and_searched_through_ivf(tmp_path, mon
     np.save(tmp_path / "idx" / "captions" / "rows.npy", np.arange(1000)[::-1])
     with pytest.raises(IndexMismatchError, match="captions/rows.npy"):
         TrainingIndex.load(tmp_path / "idx")
+    np.save(tmp_path / "idx" / "captions" / "rows.npy", np.arange(1000) * 5)  # past the items, even if resealed
+    with pytest.raises(MemlabError, match="not item rows"):
+        CaptionVectors.load(TrainingIndex.load(tmp_path / "idx", verify=False))
 
 
 def test_a_caption_entry_pointing_outside_the_index_is_refused(tmp_path):
