@@ -53,18 +53,25 @@ def check_image_file(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES, max_pix
                           f"is refused before it is decoded)")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image fully (so corrupt files fail here, with a clear message), within the caps, turned as its
-    EXIF orientation says (as a viewer shows it: a phone's photo is matched upright)."""
+def _opened(path: str | Path, use):
+    """``use(image)`` on the file opened within the caps; a missing or unreadable file is one clear error."""
     if not Path(path).is_file():
         raise MemlabError(f"image {path} does not exist")
     check_image_file(path)
     try:
         with Image.open(path) as im:
-            im.load()
-            return as_viewed(im)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            return use(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise MemlabError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image fully (so corrupt files fail here, with a clear message), within the caps, turned as its
+    EXIF orientation says (as a viewer shows it: a phone's photo is matched upright)."""
+    def decoded(im):
+        im.load()
+        return as_viewed(im)
+    return _opened(path, decoded)
 
 
 def descriptor_summary(index: TrainingIndex, name: str) -> dict:
@@ -328,14 +335,7 @@ def match_paths(index: TrainingIndex, descriptor: Descriptor, paths: Sequence[st
     reads and is within the caps, its data is whole where the format can tell: ``Image.verify``), so a bad file
     is refused before any work; then they are decoded and matched ``chunk`` at a time."""
     for p in paths:
-        if not Path(p).is_file():
-            raise MemlabError(f"image {p} does not exist")
-        check_image_file(p)
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise MemlabError(f"cannot read image {p}: {' '.join(str(e).split())}") from None
+        _opened(p, lambda im: im.verify())
     queries, embed_s, search_s, decode_s = [], 0.0, 0.0, 0.0
     starts = range(0, len(paths), chunk)
     for s in progress(starts, total=len(starts)) if progress else starts:
