@@ -77,9 +77,10 @@ def test_run_with_model_and_index(tiny_world, tmp_path, capsys):
     (["--prompt", "x", "--descriptor", "sscd"], "has no 'sscd' descriptor"),
     (["--prompt", "x", "--model", "MODEL_NOT_PIPELINE", "--index", "INDEX"], "not a diffusers pipeline"),
     (["--prompt", "x", "--steps", "0"], "steps"),
+    (["--prompt", "x", "--out", "FOLDER"], "is a folder: name the results file"),
 ])
 def test_run_errors_are_clear(extra, msg, tiny_world, tmp_path, capsys):
-    subst = {"MODEL_NOT_PIPELINE": str(tmp_path), "INDEX": str(tiny_world / "index")}
+    subst = {"MODEL_NOT_PIPELINE": str(tmp_path), "INDEX": str(tiny_world / "index"), "FOLDER": str(tmp_path)}
     args = ["run", "--out", str(tmp_path / "o.jsonl")] + [subst.get(a, a) for a in extra]
     if "--model" not in extra:
         args += ["--world", str(tiny_world)]

@@ -84,6 +84,8 @@ def run(args) -> int:
         raise MemlabError("use either --world or --model/--index")
     if not 1 <= args.k <= 100:
         raise MemlabError("--k must be between 1 and 100")
+    if Path(args.out).is_dir():
+        raise MemlabError(f"--out {args.out} is a folder: name the results file, e.g. {Path(args.out) / 'results.jsonl'}")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts, args.prompt_column)
     if any(not p.strip() for p in prompts):
         raise MemlabError("the prompt is empty")
