@@ -404,14 +404,14 @@ class Lab(Streams):
         caption vectors where it keeps them, else embedded here once; none (an empty table, ``text_source``
         says why) where neither holds, past ``CAPTION_SEARCH_MAX`` distinct captions."""
         items = self.index.items
-        embed, _ = self._text_embedder()
         kept = self.caption_vectors()
         if kept:
-            rows, sims = kept.search(np.asarray(embed([prompt]))[0], k)
+            rows, sims = kept.search(np.asarray(self._text_embedder()[0]([prompt]))[0], k)
             caps = items["caption"].to_numpy()[rows]
         elif self.distinct_captions() > CAPTION_SEARCH_MAX:
             return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
         else:
+            embed, _ = self._text_embedder()
             if self._caption_vecs is None:
                 from .captions import distinct_rows
 
