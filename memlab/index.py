@@ -17,8 +17,10 @@ file against the manifest and refuses an index that does not match it.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,8 +33,8 @@ from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
 from .errors import IndexMismatchError, MemlabError
-from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, faiss_module, json_default, make_faiss_index,
-                         read_faiss, recover_swap, sha256)
+from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, json_default,
+                         make_faiss_index, read_faiss, recover_swap, savez, sha256)
 from .paths import inside
 from .preprocess import open_rgb
 from .validate import check_manifest
@@ -70,7 +72,10 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     items = items.reset_index(drop=True).copy()
     bar = progress or (lambda it, **kw: it)
     as_indexed = indexed[0] if indexed else load_image
-    vectors = _embed_items(len(items), as_indexed, descriptors, batch_size, bar)
+    work = Path(out).parent / f".{Path(out).name}.embed"  # each batch's vectors until the index is written
+    job = {"items": _items_digest(items), "batch_size": batch_size, "indexed": indexed[1] if indexed else None,
+           "descriptors": [d.info() for d in descriptors]}
+    vectors = _embed_items(len(items), as_indexed, descriptors, batch_size, bar, work, job)
     primary = descriptors[0]
     group, distinct, reps = _group_items(items, vectors[primary.name], primary, origin)
     calib_rows = calibration_rows(distinct, reps, ground_truth, calib_n, seed)
@@ -113,17 +118,41 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
             **(extra_manifest or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default))
+    shutil.rmtree(work, ignore_errors=True)
     return Path(out)
 
 
-def _embed_items(n: int, load_image, descriptors, batch_size: int, bar) -> dict[str, np.ndarray]:
-    """Every item's vector under every descriptor; each image is loaded once, for all of them."""
+def _items_digest(items: pd.DataFrame) -> str:
+    """What identifies an item table's rows (their values, in order)."""
+    rows = pd.util.hash_pandas_object(items.astype(str), index=False).to_numpy()
+    return hashlib.sha256(rows.tobytes() + ",".join(map(str, items.columns)).encode()).hexdigest()
+
+
+def _embed_items(n: int, load_image, descriptors, batch_size: int, bar, work: Path | None = None,
+                 job: dict | None = None) -> dict[str, np.ndarray]:
+    """Every item's vector under every descriptor; each image is loaded once, for all of them. With ``work``,
+    each batch's vectors are kept there as a file (``job``: what they are made of), so a stopped build resumes
+    at the batches it lacks."""
+    sig = json.dumps(job, sort_keys=True, default=str)
+    if work is not None and work.is_dir() and (
+            not (work / "job.json").is_file() or (work / "job.json").read_text() != sig):
+        shutil.rmtree(work)  # another build's batches
     chunks: dict[str, list] = {d.name: [] for d in descriptors}
     names = ", ".join(d.name for d in descriptors)
     for s in bar(range(0, n, batch_size), desc=f"embed {names}", total=-(-n // batch_size)):
-        ims = [load_image(i) for i in range(s, min(s + batch_size, n))]
+        kept = work / f"{s:010d}.npz" if work is not None else None
+        if kept is not None and kept.is_file():
+            with np.load(kept, allow_pickle=False) as z:
+                out = {d.name: z[d.name] for d in descriptors}
+        else:
+            ims = [load_image(i) for i in range(s, min(s + batch_size, n))]
+            out = {d.name: d.embed(ims) for d in descriptors}
+            if kept is not None:
+                work.mkdir(parents=True, exist_ok=True)
+                (work / "job.json").write_text(sig)
+                atomic_save(kept, lambda t, out=out: savez(t, **out))
         for d in descriptors:
-            chunks[d.name].append(d.embed(ims))
+            chunks[d.name].append(out[d.name])
     return {k: np.ascontiguousarray(np.concatenate(v), np.float32) for k, v in chunks.items()}
 
 

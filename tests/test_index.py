@@ -324,3 +324,38 @@ def test_an_index_of_another_rendering_embeds_it_compares_it_and_names_it(tmp_pa
     # a blurred copy of a training image scores higher against the blurred rendering than against the original
     q = d.embed([blur(ims[5], 2.0)])[0]
     assert float(q @ idx.vectors("pixel")[5]) > float(q @ plain.vectors("pixel")[5])
+
+
+def test_a_stopped_build_resumes_at_the_batches_it_lacks_and_ends_in_the_same_index(tmp_path):
+    """A folder of images takes hours to embed on a CPU: each batch's vectors are kept beside the output until
+    the index is written, so a build stopped in its third batch loads only the rest when started again."""
+    ims = synthetic_images(14)
+    items = pd.DataFrame({"id": range(14), "caption": [f"field {i}" for i in range(14)],
+                          "file": [f"{i}.png" for i in range(14)]})
+    d = [create_descriptor("pixel")]
+    build_index(tmp_path / "whole", items, lambda i: ims[i], d, batch_size=4, calib_n=14)
+    calls = []
+
+    def stops(i):
+        if i == 9:
+            raise KeyboardInterrupt
+        calls.append(i)
+        return ims[i]
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tmp_path / "idx", items, stops, d, batch_size=4, calib_n=14)
+    assert sorted(p.name for p in (tmp_path / ".idx.embed").iterdir()) == ["0000000000.npz", "0000000004.npz",
+                                                                           "job.json"]
+    calls.clear()
+    build_index(tmp_path / "idx", items, lambda i: calls.append(i) or ims[i], d, batch_size=4, calib_n=14)
+    assert calls[:6] == [8, 9, 10, 11, 12, 13]  # the embedding pass, then calibration's own reads
+    assert not (tmp_path / ".idx.embed").exists()
+    a, b = TrainingIndex.load(tmp_path / "whole"), TrainingIndex.load(tmp_path / "idx")
+    assert np.array_equal(a.vectors(), b.vectors()) and a.threshold() == b.threshold()
+    # other items (or descriptors) do not reuse a stopped build's batches
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tmp_path / "idx2", items, stops, d, batch_size=4, calib_n=14)
+    calls.clear()
+    build_index(tmp_path / "idx2", items.assign(caption="other"), lambda i: calls.append(i) or ims[i], d,
+                batch_size=4, calib_n=14)
+    assert calls[:4] == [0, 1, 2, 3]
