@@ -403,29 +403,32 @@ class Lab(Streams):
         """The training captions nearest to a prompt by text embedding, with their similarity: from the index's
         caption vectors where it keeps them, else embedded here once; none (an empty table, ``text_source``
         says why) where neither holds, past ``CAPTION_SEARCH_MAX`` distinct captions."""
-        items = self.index.items
+        columns = ["caption", "text similarity", "row", "id", "duplicates"]
         kept = self.caption_vectors()
-        if kept:
+        if kept:  # the k rows alone are read (a large index's item table is never loaded whole for this)
             rows, sims = kept.search(np.asarray(self._text_embedder()[0]([prompt]))[0], k)
-            caps = items["caption"].to_numpy()[rows]
-        elif self.distinct_captions() > CAPTION_SEARCH_MAX:
-            return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
-        else:
-            embed, _ = self._text_embedder()
-            if self._caption_vecs is None:
-                from .captions import distinct_rows
+            found = [self.index.item(int(r)) for r in rows]
+            return pd.DataFrame({"caption": [f["caption"] for f in found], "text similarity": np.round(sims, 4),
+                                 "row": rows, "id": [f["id"] for f in found],
+                                 "duplicates": [f["duplicates"] for f in found]}, columns=columns)
+        if self.distinct_captions() > CAPTION_SEARCH_MAX:
+            return pd.DataFrame(columns=columns)
+        items = self.index.items
+        embed, _ = self._text_embedder()
+        if self._caption_vecs is None:
+            from .captions import distinct_rows
 
-                first = distinct_rows(items["caption"])
-                if not len(first):
-                    return pd.DataFrame(columns=["caption", "text similarity", "row", "id", "duplicates"])
-                uniq = items["caption"].fillna("").astype(str).to_numpy()[first].tolist()
-                self._caption_vecs = (first, uniq, np.asarray(embed(uniq)))
-            all_rows, all_caps, vecs = self._caption_vecs
-            sims = vecs @ np.asarray(embed([prompt]))[0]
-            top = np.argsort(-sims)[:k]
-            rows, sims, caps = all_rows[top], sims[top], [all_caps[i] for i in top]
-        return pd.DataFrame({"caption": list(caps), "text similarity": np.round(sims, 4), "row": rows,
-                             "id": items["id"].to_numpy()[rows], "duplicates": items["duplicates"].to_numpy()[rows]})
+            first = distinct_rows(items["caption"])
+            uniq = items["caption"].fillna("").astype(str).to_numpy()[first].tolist()
+            self._caption_vecs = (first, uniq, np.asarray(embed(uniq)) if uniq else None)
+        rows, caps, vecs = self._caption_vecs
+        if vecs is None:
+            return pd.DataFrame(columns=columns)
+        sims = vecs @ np.asarray(embed([prompt]))[0]
+        top = np.argsort(-sims)[:k]
+        return pd.DataFrame({"caption": [caps[i] for i in top], "text similarity": np.round(sims[top], 4),
+                             "row": rows[top], "id": items["id"].to_numpy()[rows[top]],
+                             "duplicates": items["duplicates"].to_numpy()[rows[top]]}, columns=columns)
 
     # ------------------------------------------------------------------------------ keywords
     def _load_views(self) -> dict:

@@ -33,7 +33,7 @@ def clip_index(tiny_clip_name, tmp_path):
 
 def test_kept_caption_vectors_give_the_in_memory_answer_past_the_cap(clip_index, tiny_pipeline_dir, monkeypatch):
     from index_builder.__main__ import main
-    from memlab import service
+    from memlab import index, service
     from memlab.service import Lab
     from memlab.world import World
 
@@ -47,7 +47,9 @@ def test_kept_caption_vectors_give_the_in_memory_answer_past_the_cap(clip_index,
     lab = Lab(World.from_parts(str(tiny_pipeline_dir), idx))
     assert lab.caption_vectors().entry["count"] == 10  # distinct, non-empty captions
     assert "caption vectors: 10 distinct captions (exact" in lab.text_source()
+    monkeypatch.setattr(index, "SMALL_ITEMS", 1)  # as a large index: its item table is read row group by row group
     kept = lab.closest_captions(prompt, k=5)
+    assert lab.index._items is None  # the matched rows alone were read
     assert kept["caption"].tolist() == memory["caption"].tolist()
     assert np.allclose(kept["text similarity"], memory["text similarity"], atol=2e-3)  # float16 vectors
     # recomputed: the cosine of the tiny CLIP's projected text embeddings, each caption at its first row
