@@ -180,6 +180,7 @@ def test_a_stopped_run_over_a_prompt_list_resumes_after_its_finished_prompts(tin
     monkeypatch.setattr(runner, "run_prompt", stops_in_the_third)
     out = tmp_path / "stopped" / "r.jsonl"
     assert memlab_main(args + ["--out", str(out)]) == 130
+    assert "stopped: 2 of 3 prompts finished" in capsys.readouterr().err
     part = out.with_name("r.jsonl.part")
     assert not out.exists() and len(part.read_text().splitlines()) == 2 * 2 * (3 + 1)
     left = {f: f.read_bytes() for f in (part, part.with_name("r.jsonl.part.json"))}

@@ -145,40 +145,47 @@ def run(args) -> int:
         last["done"] = done
 
     every = [r for r in map(json.loads, kept) if r["type"] == "summary"]
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-        for i, p in enumerate(prompts):
-            if i < done:
-                continue
-            recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
-                              k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress,
-                              aligner=aligner)
-            every += [r for r in recs if r["type"] == "summary"]
-            att = None
-            if args.attribution:
-                att = {"tokens": gen.token_attribution(p, seeds=seeds[:4], settings=settings,
-                                                       steps=settings.detect_steps),
-                       "seeds": seeds[:4], "steps": settings.detect_steps,
-                       "definition": "Wen et al.: L2 norm of the gradient of ||eps(x_t,c) - eps(x_t,empty)|| "
-                                     "w.r.t. each token's input embedding, mean over steps and seeds; "
-                                     "of the prompt as given (no mitigation)"}
-            for r in recs:
-                if r["type"] == "summary":
-                    r["timing"]["load_s"] = load_s
-                    if att is not None:
-                        r["token_attribution"] = att
-                f.write(json.dumps(strict_json(r), allow_nan=False) + "\n")
-            f.flush()  # a prompt's records are whole on disk before the next begins: a stop resumes after it
-            os.fsync(f.fileno())
-            for r in recs:
-                if r["type"] == "summary":
-                    ch = r.get("change_vs_none")
-                    chs = (f" (change vs none: {ch['replication_rate']:+.0%}, "
-                           f"{ch['dataset_similarity']:+.3f})") if ch else ""
-                    tqdm.write(f"[{strategy_label(r['mitigation'])}] {p[:50]!r}: replication "
-                               f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds, dataset similarity "
-                               f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
-                               file=sys.stderr)
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            for i, p in enumerate(prompts):
+                if i < done:
+                    continue
+                recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
+                                  k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress,
+                                  aligner=aligner)
+                every += [r for r in recs if r["type"] == "summary"]
+                att = None
+                if args.attribution:
+                    att = {"tokens": gen.token_attribution(p, seeds=seeds[:4], settings=settings,
+                                                           steps=settings.detect_steps),
+                           "seeds": seeds[:4], "steps": settings.detect_steps,
+                           "definition": "Wen et al.: L2 norm of the gradient of ||eps(x_t,c) - eps(x_t,empty)|| "
+                                         "w.r.t. each token's input embedding, mean over steps and seeds; "
+                                         "of the prompt as given (no mitigation)"}
+                for r in recs:
+                    if r["type"] == "summary":
+                        r["timing"]["load_s"] = load_s
+                        if att is not None:
+                            r["token_attribution"] = att
+                    f.write(json.dumps(strict_json(r), allow_nan=False) + "\n")
+                f.flush()  # a prompt's records are whole on disk before the next begins: a stop resumes after it
+                os.fsync(f.fileno())
+                done = i + 1
+                for r in recs:
+                    if r["type"] == "summary":
+                        ch = r.get("change_vs_none")
+                        chs = (f" (change vs none: {ch['replication_rate']:+.0%}, "
+                               f"{ch['dataset_similarity']:+.3f})") if ch else ""
+                        tqdm.write(f"[{strategy_label(r['mitigation'])}] {p[:50]!r}: replication "
+                                   f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds, dataset similarity "
+                                   f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
+                                   file=sys.stderr)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped: {done} of {len(prompts)} prompts finished, kept in {tmp}; the same command resumes after them",
+              file=sys.stderr)
+        raise
     bar.close()
     tmp.replace(out)
     tmp.with_name(tmp.name + ".json").unlink(missing_ok=True)
