@@ -47,7 +47,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                 extra_manifest: dict | None = None, progress: Callable | None = None,
                 extra_files: Callable[[Path], None] | None = None,
                 ground_truth: dict[str, tuple[Sequence[int], Sequence]] | None = None,
-                origin: str | None = None, indexed: tuple[Callable[[int], object], str] | None = None) -> Path:
+                origin: str | None = None, indexed: tuple[Callable[[int], object], str] | None = None,
+                resume: dict | None = None) -> Path:
     """Embed every item with every descriptor and write an index directory atomically.
 
     ``items`` needs columns id, caption, file; ``load_image(i)`` returns row i's PIL image.
@@ -72,9 +73,11 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     items = items.reset_index(drop=True).copy()
     bar = progress or (lambda it, **kw: it)
     as_indexed = indexed[0] if indexed else load_image
-    work = Path(out).parent / f".{Path(out).name}.embed"  # each batch's vectors until the index is written
+    # with ``resume`` (what identifies the images beyond the items table: their files' sizes and times), each
+    # batch's vectors wait beside the output until the index is written, so a stopped build resumes
+    work = Path(out).parent / f".{Path(out).name}.embed" if resume is not None else None
     job = {"items": _items_digest(items), "batch_size": batch_size, "indexed": indexed[1] if indexed else None,
-           "descriptors": [d.info() for d in descriptors]}
+           "descriptors": [d.info() for d in descriptors], "images": resume} if work is not None else None
     vectors = _embed_items(len(items), as_indexed, descriptors, batch_size, bar, work, job)
     primary = descriptors[0]
     group, distinct, reps = _group_items(items, vectors[primary.name], primary, origin)
@@ -118,7 +121,8 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
             **(extra_manifest or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default))
-    shutil.rmtree(work, ignore_errors=True)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     return Path(out)
 
 

@@ -136,7 +136,8 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
     build_index(out, items, lambda i: load_image(images / items["file"].iloc[i]), descs,
                 factory=factory or "Flat", fpr=fpr, calib_n=calib_n, seed=seed, batch_size=batch_size,
                 image_root=image_root, progress=progress, origin=origin_column, extra_manifest={"source": source},
-                extra_files=(lambda tmp: _copy_images(tmp, images, items)) if copy_images else None)
+                extra_files=(lambda tmp: _copy_images(tmp, images, items)) if copy_images else None,
+                resume={"folder": str(images.resolve()), "files": files_digest(images, items["file"])})
     if write_embeddings:
         export_embeddings(out, write_embeddings)
     if keywords:
@@ -262,6 +263,18 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
         export_embeddings(out, write_embeddings)
     log(f"wrote {out} ({b.n} items, {b.d}-d {descriptor} vectors, {b.factory}) in {time.perf_counter() - t0:.1f}s")
     return b
+
+
+def files_digest(folder: Path, files) -> str:
+    """What identifies a folder's listed files as they are now (each one's size and modification time): a build
+    stopped and started again reuses its embedded batches only for files unchanged since."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        st = (folder / f).stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def export_embeddings(index_dir: Path, folder: str) -> None:

@@ -1,5 +1,7 @@
 """The on-disk index: round trip, exact re-rank, manifest checks, atomic writes."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -342,20 +344,58 @@ def test_a_stopped_build_resumes_at_the_batches_it_lacks_and_ends_in_the_same_in
         calls.append(i)
         return ims[i]
 
+    def build(out, rows=items, load=stops, files="as first seen"):
+        build_index(tmp_path / out, rows, load, d, batch_size=4, calib_n=14, resume={"files": files})
+
     with pytest.raises(KeyboardInterrupt):
-        build_index(tmp_path / "idx", items, stops, d, batch_size=4, calib_n=14)
+        build("idx")
     assert sorted(p.name for p in (tmp_path / ".idx.embed").iterdir()) == ["0000000000.npz", "0000000004.npz",
                                                                            "job.json"]
     calls.clear()
-    build_index(tmp_path / "idx", items, lambda i: calls.append(i) or ims[i], d, batch_size=4, calib_n=14)
+    build("idx", load=lambda i: calls.append(i) or ims[i])
     assert calls[:6] == [8, 9, 10, 11, 12, 13]  # the embedding pass, then calibration's own reads
     assert not (tmp_path / ".idx.embed").exists()
     a, b = TrainingIndex.load(tmp_path / "whole"), TrainingIndex.load(tmp_path / "idx")
     assert np.array_equal(a.vectors(), b.vectors()) and a.threshold() == b.threshold()
-    # other items (or descriptors) do not reuse a stopped build's batches
-    with pytest.raises(KeyboardInterrupt):
-        build_index(tmp_path / "idx2", items, stops, d, batch_size=4, calib_n=14)
-    calls.clear()
-    build_index(tmp_path / "idx2", items.assign(caption="other"), lambda i: calls.append(i) or ims[i], d,
-                batch_size=4, calib_n=14)
-    assert calls[:4] == [0, 1, 2, 3]
+    # other items, or the same files changed since (the caller's ``resume``), start over
+    for changed in ({"rows": items.assign(caption="other")}, {"files": "changed since"}):
+        with pytest.raises(KeyboardInterrupt):
+            build("idx2")
+        calls.clear()
+        build("idx2", **{"load": lambda i: calls.append(i) or ims[i], **changed})
+        assert calls[:4] == [0, 1, 2, 3]
+    with pytest.raises(KeyboardInterrupt):  # without ``resume`` nothing is kept
+        build_index(tmp_path / "idx3", items, stops, d, batch_size=4, calib_n=14)
+    assert not (tmp_path / ".idx3.embed").exists()
+
+
+def test_a_folder_build_resumes_only_over_unchanged_files(image_folder, tmp_path, monkeypatch):
+    """index_builder's folder build resumes a stopped embedding where the listed files are as they were; a file
+    changed since (its size or time) starts it over."""
+    from memlab import match, sources
+
+    real, seen = match.load_image, []
+
+    def stops(path):
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        seen.append(Path(path).name)
+        return real(path)
+
+    def stopped_then_resumed(change=None):
+        seen.clear()
+        monkeypatch.setattr(match, "load_image", stops)
+        with pytest.raises(KeyboardInterrupt):
+            sources.build_images(image_folder, tmp_path / "idx", ["pixel"], batch_size=2, calib_n=5)
+        first, seen[:] = list(seen), []
+        if change:
+            change()
+        monkeypatch.setattr(match, "load_image", lambda path: seen.append(Path(path).name) or real(path))
+        sources.build_images(image_folder, tmp_path / "idx", ["pixel"], batch_size=2, calib_n=5)
+        assert not (tmp_path / ".idx.embed").exists()
+        return first, seen
+
+    first, again = stopped_then_resumed()
+    assert again[0] == first[2]  # the finished batch (2 images) was not read again
+    first, again = stopped_then_resumed(lambda: os.utime(image_folder / first[0], ns=(1, 1)))
+    assert again[:2] == first[:2]  # a listed file changed since the stop: from the start
