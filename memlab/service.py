@@ -49,6 +49,7 @@ class Lab(Streams):
         self._caption_vecs = None
         self._captions = None  # the index's caption vectors (memlab.captions), False where it has none
         self._n_captions = None  # distinct captions (distinct_captions)
+        self._lean = None  # a large index's item columns the training-set views read (_table)
         self._background: dict = {}
         self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
         self.views = self._load_views()  # prebuilt keyword views, kept for the app's life
@@ -325,12 +326,28 @@ class Lab(Streams):
             return None
         return open_rgb(p)
 
+    def _table(self) -> pd.DataFrame:
+        """The item table the training-set views read: a small index's whole table (shared with its row lookups),
+        else only the columns they show, so a LAION-scale index's other metadata (URLs, sizes, scores) stays on
+        disk."""
+        from .index import SMALL_ITEMS
+
+        if self.index.manifest["item_count"] <= SMALL_ITEMS:
+            return self.index.items
+        if self._lean is None:
+            import pyarrow.parquet as pq
+
+            f = self.index.path / self.index.manifest["metadata"]
+            have = set(pq.read_schema(f).names)
+            self._lean = pd.read_parquet(f, columns=[c for c in ("id", "caption", "duplicates", "group") if c in have])
+        return self._lean
+
     def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:
         """Training items whose caption contains every word of the query (case-insensitive)."""
         words = [w for w in re.findall(r"\w+", text(query, "the search", LIMITS["query_chars"], False).lower())]
         if not words:
             raise MemlabError("type a word to search the captions for")
-        items = self.index.items
+        items = self._table()
         caps = items["caption"].fillna("").astype(str).str.lower()  # (an older index may keep a null caption)
         mask = np.ones(len(items), bool)
         for w in words:
@@ -339,19 +356,19 @@ class Lab(Streams):
         return hits.assign(row=hits.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
 
     def duplicate_groups(self, limit: int = 50) -> pd.DataFrame:
-        items = self.index.items
+        items = self._table()
         g = items[items["duplicates"] > 0].groupby("group").agg(
             id=("id", "first"), size=("id", "size"), example=("caption", "first"))
         return g.sort_values("size", ascending=False).head(limit).reset_index()
 
     def group_members(self, group: int) -> pd.DataFrame:
-        items = self.index.items
+        items = self._table()
         m = items[items["group"] == int(group)]
         return m.assign(row=m.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
 
     def item_row(self, item_id) -> int:
         item_id = text(item_id, "the item id", LIMITS["query_chars"])
-        items = self.index.items
+        items = self._table()
         hits = np.nonzero(items["id"].astype(str).to_numpy() == str(item_id).strip())[0]
         if not len(hits):
             raise MemlabError(f"no training item with id {item_id!r}")
@@ -395,7 +412,7 @@ class Lab(Streams):
 
     def distinct_captions(self) -> int:
         if self._n_captions is None:
-            self._n_captions = int(self.index.items["caption"].fillna("").astype(str).nunique())
+            self._n_captions = int(self._table()["caption"].fillna("").astype(str).nunique())
         return self._n_captions
 
     @on_compute_thread
@@ -413,7 +430,7 @@ class Lab(Streams):
                                  "duplicates": [f["duplicates"] for f in found]}, columns=columns)
         if self.distinct_captions() > CAPTION_SEARCH_MAX:
             return pd.DataFrame(columns=columns)
-        items = self.index.items
+        items = self._table()
         embed, _ = self._text_embedder()
         if self._caption_vecs is None:
             from .captions import distinct_rows

@@ -608,3 +608,21 @@ def test_the_apps_image_files_are_pruned_after_a_day_and_reuse_keeps_them(tmp_pa
     assert ui.prune_app_files() == 1
     assert os.path.exists(a) and not os.path.exists(b)
     assert ui.prune_app_files(now=time.time() + ui.FILE_MAX_AGE_S + 60) == 1 and not os.path.exists(a)
+
+
+def test_a_large_index_training_set_views_read_only_the_columns_they_show(tiny_world, monkeypatch):
+    """On a LAION-scale index the training-set views read id, caption, duplicates and group alone (its URLs and
+    other metadata stay on disk), with the answers a small index gives from its whole table."""
+    from memlab import index
+    from memlab.service import Lab
+    from memlab.world import World
+
+    small = Lab(World.load(tiny_world), device="cpu")
+    monkeypatch.setattr(index, "SMALL_ITEMS", 1)
+    large = Lab(World.load(tiny_world), device="cpu")
+    for lab in (small, large):
+        lab.answers = (lab.search_captions("colour field"), lab.duplicate_groups(), lab.distinct_captions(),
+                       lab.item_row(str(lab.search_captions("colour field")["id"].iloc[2])))
+    assert large.index._items is None and list(large._table().columns) == ["id", "caption", "duplicates", "group"]
+    for a, b in zip(small.answers, large.answers):
+        assert (a.equals(b) if hasattr(a, "equals") else a == b)
