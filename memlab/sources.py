@@ -93,7 +93,7 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
                  batch_size: int = 64, weights: str | None = None, weights_sha256: str | None = None,
                  device: str | None = None, seed: int = 0, keywords: str | None = None, objects: str = "",
                  write_embeddings: str | None = None, source_note: dict | None = None, command: str | None = None,
-                 skipped: Skipped | None = None, progress=None, log=_log) -> Path:
+                 skipped: Skipped | None = None, progress=None, log=_log, resume: dict | None = None) -> Path:
     """Index a folder of images (``captions``: a CSV/parquet listing them relative to it) with
     ``descriptors`` (``memlab.index.build_index``); returns the index folder. Every sample skipped on the way
     (``skipped``: the staging's, then this build's own) is counted by reason in the manifest's ``source``."""
@@ -137,7 +137,7 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
                 factory=factory or "Flat", fpr=fpr, calib_n=calib_n, seed=seed, batch_size=batch_size,
                 image_root=image_root, progress=progress, origin=origin_column, extra_manifest={"source": source},
                 extra_files=(lambda tmp: _copy_images(tmp, images, items)) if copy_images else None,
-                resume={"folder": str(images.resolve()), "files": files_digest(images, items["file"])})
+                resume=resume or {"folder": str(images.resolve()), "files": files_digest(images, items["file"])})
     if write_embeddings:
         export_embeddings(out, write_embeddings)
     if keywords:
@@ -221,8 +221,13 @@ def build_sources(specs: list[str], out: str | Path, progress=None, **options) -
         items = stage_sources(list(specs), staging, progress, skipped)
         listing = staging / "items.parquet"
         items.to_parquet(listing, index=False)
+        given = [f for s in map(Path, specs) if s.exists() for f in ([s] if s.is_file() else sorted(s.rglob("*")))
+                 if f.is_file()]
+        resume = {"sources": [str(s) for s in specs], "given": files_digest("/", [f.resolve() for f in given]),
+                  "staged": files_digest(staging, items["file"], times=False)}  # staged anew: names and sizes
         return build_images(staging, out, captions=str(listing), copy_images=True, progress=progress,
-                            source_note={"sources": [str(s) for s in specs]}, skipped=skipped, **options)
+                            source_note={"sources": [str(s) for s in specs]}, skipped=skipped, resume=resume,
+                            **options)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -265,15 +270,16 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
     return b
 
 
-def files_digest(folder: Path, files) -> str:
-    """What identifies a folder's listed files as they are now (each one's size and modification time): a build
-    stopped and started again reuses its embedded batches only for files unchanged since."""
+def files_digest(root: Path, files, times: bool = True) -> str:
+    """What identifies ``files`` (names under ``root``) as they are now: each one's name, size and, with ``times``,
+    modification time. A build stopped and started again reuses its embedded batches only for files unchanged
+    since."""
     import hashlib
 
     h = hashlib.sha256()
     for f in files:
-        st = (folder / f).stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = (Path(root) / f).stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns if times else ''}\n".encode())
     return h.hexdigest()
 
 

@@ -369,10 +369,10 @@ def test_a_stopped_build_resumes_at_the_batches_it_lacks_and_ends_in_the_same_in
     assert not (tmp_path / ".idx3.embed").exists()
 
 
-def test_a_folder_build_resumes_only_over_unchanged_files(image_folder, tmp_path, monkeypatch):
-    """index_builder's folder build resumes a stopped embedding where the listed files are as they were; a file
-    changed since (its size or time) starts it over."""
-    from memlab import match, sources
+def _stopped_then_resumed(build, monkeypatch, change=None):
+    """Stop ``build()`` at its fourth image read, apply ``change``, build again: (the names read before the stop,
+    the names read after)."""
+    from memlab import match
 
     real, seen = match.load_image, []
 
@@ -382,20 +382,42 @@ def test_a_folder_build_resumes_only_over_unchanged_files(image_folder, tmp_path
         seen.append(Path(path).name)
         return real(path)
 
-    def stopped_then_resumed(change=None):
-        seen.clear()
-        monkeypatch.setattr(match, "load_image", stops)
-        with pytest.raises(KeyboardInterrupt):
-            sources.build_images(image_folder, tmp_path / "idx", ["pixel"], batch_size=2, calib_n=5)
-        first, seen[:] = list(seen), []
-        if change:
-            change()
-        monkeypatch.setattr(match, "load_image", lambda path: seen.append(Path(path).name) or real(path))
-        sources.build_images(image_folder, tmp_path / "idx", ["pixel"], batch_size=2, calib_n=5)
-        assert not (tmp_path / ".idx.embed").exists()
-        return first, seen
+    monkeypatch.setattr(match, "load_image", stops)
+    with pytest.raises(KeyboardInterrupt):
+        build()
+    first, seen[:] = list(seen), []
+    if change:
+        change(first)
+    monkeypatch.setattr(match, "load_image", lambda path: seen.append(Path(path).name) or real(path))
+    build()
+    return first, seen
 
-    first, again = stopped_then_resumed()
+
+def test_a_folder_build_resumes_only_over_unchanged_files(image_folder, tmp_path, monkeypatch):
+    """index_builder's folder build resumes a stopped embedding where the listed files are as they were; a file
+    changed since (its size or time) starts it over."""
+    from memlab import sources
+
+    def build():
+        sources.build_images(image_folder, tmp_path / "idx", ["pixel"], batch_size=2, calib_n=5)
+
+    first, again = _stopped_then_resumed(build, monkeypatch)
     assert again[0] == first[2]  # the finished batch (2 images) was not read again
-    first, again = stopped_then_resumed(lambda: os.utime(image_folder / first[0], ns=(1, 1)))
+    assert not (tmp_path / ".idx.embed").exists()
+    first, again = _stopped_then_resumed(build, monkeypatch, lambda first: os.utime(image_folder / first[0], ns=(1, 1)))
     assert again[:2] == first[:2]  # a listed file changed since the stop: from the start
+
+
+def test_a_shards_build_resumes_though_its_samples_are_staged_anew(tmp_path, monkeypatch):
+    from memlab import sources
+    from tests.test_ondisk import _shards
+
+    shards = _shards(tmp_path / "shards", n_shards=2, per=5)
+
+    def build():
+        sources.build_sources([str(shards)], tmp_path / "idx", descriptors=["pixel"], batch_size=2, calib_n=5)
+
+    first, again = _stopped_then_resumed(build, monkeypatch)
+    assert again[0] == first[2]
+    first, again = _stopped_then_resumed(build, monkeypatch, lambda first: os.utime(shards / "00001.tar", ns=(1, 1)))
+    assert again[:2] == first[:2]  # a shard changed since the stop: from the start
