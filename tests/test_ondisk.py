@@ -724,5 +724,5 @@ def test_missing_captions_and_urls_are_empty_strings_and_search_skips_them(tmp_p
     assert items["url"].tolist() == [""] * 300 + b["url"].tolist()
     old = pd.DataFrame({"caption": ["a red ball", None, "a blue cube"], "duplicates": 0, "group": [0, 1, 2],
                         "id": [0, 1, 2]})
-    hits = Lab.search_captions(SimpleNamespace(index=SimpleNamespace(items=old)), "red ball")
+    hits = Lab.search_captions(SimpleNamespace(_table=lambda: old), "red ball")
     assert hits["id"].tolist() == [0]
