@@ -5,6 +5,8 @@
 
 Shard i (in the order ``shard_paths`` lists them) becomes ``EMB/img_emb/img_emb_{i}.npy`` (float16,
 L2-normalized) and ``EMB/metadata/metadata_{i}.parquet`` (id, caption, url, shard, key, in sample order),
+with a CLIP descriptor also ``EMB/text_emb/text_emb_{i}.npy`` (its text tower's vectors of the captions, as
+clip-retrieval writes them; an index built from the folder keeps them for caption search, ``memlab.captions``),
 written under temporary names and renamed, the metadata last. A shard whose pair exists is never redone,
 so a killed or failed job resumes with the shards it lacks. Ray runs locally on all cores by default
 (``ray.init()``), joins a cluster with ``--ray-address``; with ``--gpus N`` the shards run on Ray Data actors, one
@@ -89,6 +91,13 @@ def embed_shard(shard: str, i: int, out: str, descriptor: str, options: dict, ba
     rep.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(rep, lambda t: t.write_text(json.dumps({"shard": shard, **skipped.to_dict()}, indent=1)))
     atomic_save(emb_f, lambda t: npsave(t, v.astype(np.float16)))
+    if callable(getattr(d, "embed_text", None)):  # a CLIP: its text tower's vectors of the captions, as
+        caps = [r["caption"] for r in rows]         # clip-retrieval writes them (kept by the index for caption search)
+        t = np.concatenate([d.embed_text(caps[j:j + batch_size]) for j in range(0, len(caps), batch_size)]) \
+            if caps else np.zeros((0, v.shape[1]), np.float32)
+        text_f = Path(out) / "text_emb" / f"text_emb_{i}.npy"
+        text_f.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(text_f, lambda f: npsave(f, t.astype(np.float16)))
     # the pair is complete once its metadata exists
     atomic_save(meta_f, lambda t: pd.DataFrame(rows, columns=["id", "caption", "url", "shard", "key"])
                 .to_parquet(t, index=False))

@@ -261,7 +261,10 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
         from .descriptors import descriptor_class
 
         if getattr(descriptor_class(descriptor), "kind", None) == "clip":
-            build_captions(out, text_emb=[embeddings], progress=progress, log=log)
+            try:
+                build_captions(out, text_emb=[embeddings], progress=progress, log=log)
+            except MemlabError as e:  # the index stands; its caption search falls back to embedding or refusing
+                log(f"warning: caption vectors not kept: {e}")
         else:
             log(f"{embeddings}/text_emb left out: caption vectors go with a CLIP descriptor, not {descriptor}")
     if write_embeddings:

@@ -168,3 +168,27 @@ def test_an_addition_drops_the_caption_vectors_and_they_are_kept_again_from_ever
                  "--text-emb", str(tmp_path / "new")]) == 0
     kept = CaptionVectors.load(TrainingIndex.load(tmp_path / "idx"))
     assert kept.entry["count"] == 900 and kept.search(text[750], k=1)[0][0] == 750
+
+
+def test_embedding_shards_with_a_clip_writes_the_captions_text_vectors_beside_the_images(tiny_clip_name, tmp_path):
+    """``index_builder embed`` with a CLIP writes text_emb/text_emb_{i}.npy as clip-retrieval does: row for row with
+    img_emb and the metadata, the text tower's vectors of each sample's caption."""
+    from safetensors.torch import save_file
+
+    from index_builder.embed import embed_shard
+    from memlab.descriptors import create_descriptor
+    from tests.test_ondisk import _shards
+
+    weights = tmp_path / "tiny-clip.safetensors"
+    save_file(create_descriptor("clip", model=tiny_clip_name, pretrained=None, device="cpu").net.state_dict(),
+              str(weights))
+    options = {"model": tiny_clip_name, "pretrained": str(weights), "device": "cpu"}
+    shards = _shards(tmp_path / "shards", n_shards=1, per=7)
+    embed_shard(str(shards / "00000.tar"), 0, str(tmp_path / "emb"), "clip", options, batch_size=3)
+    meta = pd.read_parquet(tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    text = np.load(tmp_path / "emb" / "text_emb" / "text_emb_0.npy")
+    assert text.shape[0] == len(meta) == len(np.load(tmp_path / "emb" / "img_emb" / "img_emb_0.npy")) == 7
+    want = create_descriptor("clip", **options).embed_text(meta["caption"].tolist())
+    assert np.allclose(text.astype(np.float32), want, atol=2e-3)
+    embed_shard(str(shards / "00000.tar"), 1, str(tmp_path / "emb"), "pixel", {}, batch_size=3)
+    assert not (tmp_path / "emb" / "text_emb" / "text_emb_1.npy").exists()  # no text tower, no text vectors
