@@ -67,13 +67,28 @@ def run(args) -> int:
         add.run(extra_manifest={"command": add.base.manifest.get("command")})
         print(f"added {add.n - add.n_base} items to {index} ({add.n} in all, {add.factory}) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        if add.base.manifest.get("captions"):
-            print(f"{index} kept its captions' text vectors before the addition, which cover the old items only: "
-                  f"`python -m index_builder captions --index {index}` keeps them again (with --text-emb for each "
-                  f"embeddings folder, in order, where they came with text_emb)", file=sys.stderr)
+        kept = add.base.manifest.get("captions")
+        if kept:
+            _captions_again(index, kept, Path(src))
+
     if emb_work is not None:
         shutil.rmtree(emb_work, ignore_errors=True)
     return 0
+
+
+def _captions_again(index: Path, kept: dict, src: Path) -> None:
+    """The index kept its captions' text vectors before the addition: kept again from every folder's text_emb
+    parts where the old ones came from such folders, all still there, and the new embeddings have them too;
+    else the command that keeps them is named."""
+    from memlab.captions import build
+
+    folders = [Path(f) for f in kept.get("text_emb", [])]
+    if folders and all((f / "text_emb").is_dir() for f in folders + [src]):
+        build(index, text_emb=folders + [src], progress=_progress(), log=lambda m: print(m, file=sys.stderr))
+        return
+    print(f"{index} kept its captions' text vectors before the addition, which cover the old items only: "
+          f"`python -m index_builder captions --index {index}` keeps them again (with --text-emb for each "
+          f"embeddings folder, in order, where they came with text_emb)", file=sys.stderr)
 
 
 def _progress():

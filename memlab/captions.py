@@ -157,7 +157,8 @@ def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progr
     tmp.rename(index_dir / FOLDER)
     entry = {"descriptor": name, "model": info.get("model"), "count": n, "items": int(idx.manifest["item_count"]),
              "dim": d, "factory": factory, "nprobe": NPROBE, "source": source,
-             "distinct": "one vector per distinct non-empty caption, at its first row", "files": dict(FILES)}
+             "distinct": "one vector per distinct non-empty caption, at its first row", "files": dict(FILES),
+             **({"text_emb": [str(Path(f).resolve()) for f in text_emb]} if text_emb else {})}
     m = json.loads((index_dir / MANIFEST).read_text())
     m["captions"] = entry
     m.setdefault("files", {}).update({f: sha256(index_dir / f) for f in FILES.values()})

@@ -146,28 +146,33 @@ def test_a_caption_entry_pointing_outside_the_index_is_refused(tmp_path):
         check_manifest(m, tmp_path)
 
 
-def test_an_addition_drops_the_caption_vectors_and_they_are_kept_again_from_every_part(tmp_path, capsys):
+def test_an_addition_keeps_the_caption_vectors_from_every_folders_parts_or_says_how(tmp_path, capsys):
     from index_builder.__main__ import main
     from memlab.captions import CaptionVectors
     from memlab.embeddings import write_embeddings
     from memlab.index import TrainingIndex
 
-    text = clustered(900, 768, 0, seed=2)
-    for name, rows in (("emb", range(0, 600)), ("new", range(600, 900))):
+    text = clustered(1000, 768, 0, seed=2)
+    for name, rows in (("emb", range(0, 600)), ("new", range(600, 900)), ("bare", range(900, 1000))):
         src = write_embeddings(tmp_path / name, clustered(len(rows), 768, 0, seed=len(rows)),
                                pd.DataFrame({"caption": [f"caption {i}" for i in rows]}))
-        (src / "text_emb").mkdir()
-        np.save(src / "text_emb" / "text_emb_0.npy", text[rows.start:rows.stop])
+        if name != "bare":
+            (src / "text_emb").mkdir()
+            np.save(src / "text_emb" / "text_emb_0.npy", text[rows.start:rows.stop])
     assert main(["--embeddings", str(tmp_path / "emb"), "--descriptor", "clip", "--out", str(tmp_path / "idx")]) == 0
     assert CaptionVectors.load(TrainingIndex.load(tmp_path / "idx")).entry["count"] == 600
-    capsys.readouterr()
+    # the new embeddings came with text_emb: kept again from both folders
     assert main(["add", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "new")]) == 0
-    assert "cover the old items only" in capsys.readouterr().err
-    assert CaptionVectors.load(TrainingIndex.load(tmp_path / "idx")) is None  # the app embeds or refuses instead
-    assert main(["captions", "--index", str(tmp_path / "idx"), "--text-emb", str(tmp_path / "emb"),
-                 "--text-emb", str(tmp_path / "new")]) == 0
     kept = CaptionVectors.load(TrainingIndex.load(tmp_path / "idx"))
     assert kept.entry["count"] == 900 and kept.search(text[750], k=1)[0][0] == 750
+    # these came without: dropped (they would cover the old items only), and the command named
+    capsys.readouterr()
+    assert main(["add", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "bare")]) == 0
+    assert "cover the old items only" in capsys.readouterr().err
+    assert CaptionVectors.load(TrainingIndex.load(tmp_path / "idx")) is None  # the app embeds or refuses instead
+    with pytest.raises(Exception, match="hold 900 rows, the index 1,000"):
+        from memlab.captions import build
+        build(tmp_path / "idx", text_emb=[tmp_path / "emb", tmp_path / "new"])
 
 
 def test_embedding_shards_with_a_clip_writes_the_captions_text_vectors_beside_the_images(tiny_clip_name, tmp_path):
