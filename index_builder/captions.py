@@ -3,7 +3,8 @@ the caption of a prompt's nearest training caption work at any size (``memlab.ca
 distinct caption, from the text tower of the index's CLIP descriptor, or from clip-retrieval's ``text_emb``
 parts where the embeddings came with them (LAION publishes them beside ``img_emb``). Resumable: a stopped run
 keeps its finished blocks. An index built with ``--embeddings`` from a folder that holds ``text_emb`` keeps
-them already; an addition drops them (run this again, naming every embeddings folder in order).
+them already; an addition keeps them again where every folder's parts are there, else drops them (run this
+again, naming every embeddings folder in order).
 
     python -m index_builder captions --index DIR
     python -m index_builder captions --index DIR --text-emb laion_emb/ [--text-emb new_emb/ ...]
