@@ -221,10 +221,17 @@ def build_sources(specs: list[str], out: str | Path, progress=None, **options) -
         items = stage_sources(list(specs), staging, progress, skipped)
         listing = staging / "items.parquet"
         items.to_parquet(listing, index=False)
-        given = [f for s in map(Path, specs) if s.exists() for f in ([s] if s.is_file() else sorted(s.rglob("*")))
-                 if f.is_file()]
+        given = []  # the files the specs name (a folder's, a shard range's or glob's), as they are now
+        for spec in map(str, specs):
+            p = Path(spec)
+            if p.exists():
+                given += [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+            else:
+                from .shards import shard_paths
+
+                given += shard_paths(spec)  # it names files that exist: it was staged from them just now
         resume = {"sources": [str(s) for s in specs], "given": files_digest("/", [f.resolve() for f in given]),
-                  "staged": files_digest(staging, items["file"], times=False)}  # staged anew: names and sizes
+                  "staged": files_digest(staging, items["file"], times="linked")}  # staged anew each run
         return build_images(staging, out, captions=str(listing), copy_images=True, progress=progress,
                             source_note={"sources": [str(s) for s in specs]}, skipped=skipped, resume=resume,
                             **options)
@@ -273,16 +280,18 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
     return b
 
 
-def files_digest(root: Path, files, times: bool = True) -> str:
-    """What identifies ``files`` (names under ``root``) as they are now: each one's name, size and, with ``times``,
-    modification time. A build stopped and started again reuses its embedded batches only for files unchanged
-    since."""
+def files_digest(root: Path, files, times: bool | str = True) -> str:
+    """What identifies ``files`` (names under ``root``) as they are now: each one's name, size and modification
+    time (``times="linked"``: only for a file hard-linked from elsewhere, whose time is its original's; a file
+    unpacked anew has a new one). A build stopped and started again reuses its embedded batches only for files
+    unchanged since."""
     import hashlib
 
     h = hashlib.sha256()
     for f in files:
         st = (Path(root) / f).stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns if times else ''}\n".encode())
+        when = st.st_mtime_ns if times is True or (times == "linked" and st.st_nlink > 1) else ""
+        h.update(f"{f}\0{st.st_size}\0{when}\n".encode())
     return h.hexdigest()
 
 

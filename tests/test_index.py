@@ -421,3 +421,19 @@ def test_a_shards_build_resumes_though_its_samples_are_staged_anew(tmp_path, mon
     assert again[0] == first[2]
     first, again = _stopped_then_resumed(build, monkeypatch, lambda first: os.utime(shards / "00001.tar", ns=(1, 1)))
     assert again[:2] == first[:2]  # a shard changed since the stop: from the start
+
+
+def test_a_listing_source_resumes_only_over_unchanged_images(image_folder, tmp_path, monkeypatch):
+    """A CSV listing as a training source: its images are staged as hard links, which keep their originals'
+    times, so an image changed since a stop starts the embedding over though the listing itself did not change."""
+    from memlab import sources
+
+    def build():
+        sources.build_sources([str(image_folder / "captions.csv")], tmp_path / "idx", descriptors=["pixel"],
+                              batch_size=2, calib_n=5)
+
+    first, again = _stopped_then_resumed(build, monkeypatch)
+    assert again[0] == first[2]
+    first, again = _stopped_then_resumed(build, monkeypatch, lambda first: os.utime(image_folder / "img00.png",
+                                                                                    ns=(1, 1)))
+    assert again[:2] == first[:2]
