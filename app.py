@@ -37,6 +37,7 @@ def main(argv=None):
         labs = [Lab(World.load(w), device=args.device) for w in (args.world or [None])]
         for lab in labs:
             lab.generator  # load the pipelines now, so the first click does not wait for them
+            lab.caption_vectors()  # an index's caption vectors are checked now: a bad one is one line, not a traceback
     except MemlabError as e:
         sys.exit(f"error: {e}")
     launch(build_app(labs), labs, host=args.host, port=args.port, share=args.share, queue_size=args.queue_size)

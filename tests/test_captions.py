@@ -197,3 +197,31 @@ def test_embedding_shards_with_a_clip_writes_the_captions_text_vectors_beside_th
     assert np.allclose(text.astype(np.float32), want, atol=2e-3)
     embed_shard(str(shards / "00000.tar"), 1, str(tmp_path / "emb"), "pixel", {}, batch_size=3)
     assert not (tmp_path / "emb" / "text_emb" / "text_emb_1.npy").exists()  # no text tower, no text vectors
+
+
+def test_the_app_refuses_bad_caption_vectors_with_one_line(tiny_world, tmp_path):
+    """An index whose caption vectors name rows past its items (resealed, so its checksums hold) stops the app at
+    start with one error line, as every other bad index does."""
+    import shutil
+
+    import app
+    from memlab.indexfiles import seal_files
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    idx = world / "index"
+    (idx / "captions").mkdir()
+    np.save(idx / "captions" / "text.f16.npy", np.ones((2, 4), np.float16))
+    np.save(idx / "captions" / "rows.npy", np.array([0, 10_000]))
+    from memlab.indexfiles import faiss_module
+    flat = faiss_module().IndexFlatIP(4)
+    flat.add(np.ones((2, 4), np.float32))
+    faiss_module().write_index(flat, str(idx / "captions" / "text.faiss"))
+    m = json.loads((idx / "manifest.json").read_text())
+    m["captions"] = {"descriptor": m["default_descriptor"], "count": 2, "items": m["item_count"], "dim": 4,
+                     "factory": "Flat", "files": {"vectors": "captions/text.f16.npy", "rows": "captions/rows.npy",
+                                                  "index": "captions/text.faiss"}}
+    (idx / "manifest.json").write_text(json.dumps(m))
+    seal_files(idx, ["captions/text.f16.npy", "captions/rows.npy", "captions/text.faiss"])
+    with pytest.raises(SystemExit, match="error: .*caption rows are not item rows"):
+        app.main(["--world", str(world), "--device", "cpu"])
