@@ -134,8 +134,11 @@ def _keyword_views(kw_dir: Path, index, words) -> None:
     if kw_dir.is_dir():
         for f in kw_dir.glob("*.json"):
             f.unlink()
+    from .words import CaptionWords
+
+    postings = CaptionWords(index.items["caption"]) if len(words) else None  # (read once for every keyword)
     for w in words:
-        save_view(kw_dir, keyword_view(index, w))
+        save_view(kw_dir, keyword_view(index, w, words=postings))
 
 
 def _nemo_statistics(out: Path, generator, table, seeds: int, log, steps: int) -> bool:

@@ -39,16 +39,23 @@ OMITTED_RULE = ("Memory Triggers omit \"the largest cluster, comprised of irrele
 
 
 def keyword_pattern(keyword: str) -> re.Pattern:
-    """Whole-word, case-insensitive; the words of a multi-word keyword may be split by any whitespace."""
+    """Whole-word, in a lower-cased caption; the words of a multi-word keyword may be split by any whitespace."""
     words = re.findall(r"\w+", keyword.lower())
     if not words:
         raise MemlabError(f"keyword {keyword!r} has no word in it")
-    return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", re.IGNORECASE)
+    return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)")
 
 
-def keyword_mask(captions: Sequence[str], keyword: str) -> np.ndarray:
+def keyword_mask(captions: Sequence[str], keyword: str, words=None) -> np.ndarray:
+    """Which captions hold the keyword (``keyword_pattern`` in the lower-cased caption). ``words``: the captions'
+    posting lists (``memlab.words.CaptionWords``), so that only the captions holding each of its words are read."""
     pat = keyword_pattern(keyword)
-    return np.array([bool(pat.search(str(c))) for c in captions], bool)
+    if words is None:
+        return np.array([bool(pat.search(str(c).lower())) for c in captions], bool)
+    mask = np.zeros(len(captions), bool)
+    rows = words.rows_with_all(re.findall(r"\w+", keyword.lower()))
+    mask[rows] = [bool(pat.search(str(captions[i]).lower())) for i in rows]
+    return mask
 
 
 @lru_cache(maxsize=1)
@@ -66,14 +73,26 @@ def clip_token_lengths(captions: Sequence[str], tokenizer=None) -> np.ndarray:
     return np.array([len(x) for x in ids], np.int64)
 
 
-def filter_keyword(captions: Sequence[str], keyword: str, tokenizer=None) -> dict:
-    """Rows whose caption holds the keyword, before and after dropping captions over 77 tokens."""
-    mask = keyword_mask(captions, keyword)
-    rows = np.nonzero(mask)[0]
-    lengths = clip_token_lengths([captions[i] for i in rows], tokenizer) if len(rows) else np.zeros(0, int)
-    kept = rows[lengths <= MAX_TOKENS]
-    return {"rows": kept, "n_before": int(len(rows)), "n_after": int(len(kept)),
-            "n_too_long": int((lengths > MAX_TOKENS).sum())}
+def filter_keyword(captions: Sequence[str], keyword: str, tokenizer=None, words=None,
+                   max_items: int | None = None) -> dict:
+    """Rows whose caption holds the keyword, before and after dropping captions over 77 tokens. With
+    ``max_items``, captions are tokenized in blocks only until more than that many are kept (``over``: True, and
+    ``n_after``, ``n_too_long`` count the captions tokenized so far), so a common word costs no more than a rare
+    one."""
+    rows = np.nonzero(keyword_mask(captions, keyword, words))[0]
+    block = len(rows) if max_items is None else max(1024, 2 * max_items)
+    kept, too_long, over = [], 0, False
+    for s in range(0, len(rows), max(block, 1)):
+        r = rows[s:s + block]
+        lengths = clip_token_lengths([captions[i] for i in r], tokenizer)
+        kept.append(r[lengths <= MAX_TOKENS])
+        too_long += int((lengths > MAX_TOKENS).sum())
+        if max_items is not None and sum(map(len, kept)) > max_items:
+            over = s + block < len(rows)
+            break
+    kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    return {"rows": kept, "n_before": int(len(rows)), "n_after": int(len(kept)), "n_too_long": too_long,
+            "over": over}
 
 
 def cluster(vectors: np.ndarray, threshold: float, min_size: int = 2):
@@ -153,11 +172,14 @@ def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[
 
 def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: float | None = None,
                  objects: Sequence[str] = (), label_column: str = "objects", tokenizer=None, top_words: int = 8,
-                 representatives: int = 6, hide_keyword: bool = False, max_items: int | None = None) -> dict:
+                 representatives: int = 6, hide_keyword: bool = False, max_items: int | None = None,
+                 table=None, words=None) -> dict:
     """Everything the keyword tab shows, as JSON-ready data. The images are clustered with CLIP image
     embeddings where the index has them (the paper's choice), else with the index's default descriptor;
     "nearly identical" is the descriptor's near-duplicate cut unless ``threshold`` is given. ``max_items``: a keyword
-    in more captions is refused before any clustering (the clusters compare all pairs)."""
+    in more captions is refused before any clustering (the clusters compare all pairs). ``table``: the item
+    columns to read (caption and group; the index's whole item table unless given), ``words``: their posting
+    lists (``memlab.words.CaptionWords``; else every caption is matched)."""
     clip_name = next((n for n in index.descriptor_names if index.descriptor_info(n).get("kind") == "clip"), None)
     name = descriptor or clip_name or index.default_descriptor
     why = ("given" if descriptor else "CLIP image embeddings, as the paper clusters" if clip_name
@@ -169,11 +191,13 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
         thr = float(info.get("duplicate_threshold") or info["threshold"]["value"])
         thr_source = "the descriptor's near-duplicate cut" if info.get("duplicate_threshold") else \
             "the descriptor's replication threshold (no near-duplicate cut recorded)"
-    items = index.items
-    captions = items["caption"].fillna("").astype(str).tolist()
-    f = filter_keyword(captions, keyword, tokenizer)
+    items = index.items if table is None or objects else table
+    captions = items["caption"].fillna("").astype(str).to_numpy()
+    f = filter_keyword(captions, keyword, tokenizer, words, max_items)
     if max_items is not None and f["n_after"] > max_items:
-        raise MemlabError(f"{keyword!r} is in {f['n_after']:,} training captions; here at most {max_items:,} are "
+        many = f"{f['n_before']:,} training captions (over {max_items:,} of them within 77 tokens)" if f["over"] \
+            else f"{f['n_after']:,} training captions"
+        raise MemlabError(f"{keyword!r} is in {many}; here at most {max_items:,} are "
                           f"clustered (all pairs are compared): try a rarer word, or prebuild the view "
                           f"(`memlab world create --keywords`)")
     rows = f["rows"]
@@ -207,7 +231,7 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
             "miscellaneous_size": next((c["size"] for c in clusters if c["miscellaneous"]), 0), "objects": {}}
     for obj in objects:
         has, source = object_labels(index, obj, label_column, clip)
-        named = keyword_mask(captions, obj)
+        named = keyword_mask(captions, obj, words)
         view["objects"][obj] = {**object_shares(has, named, items["group"].to_numpy(), rows), "source": source,
                                 "named_in_captions": int(named[rows].sum()) if len(rows) else 0}
     return view
@@ -252,10 +276,13 @@ def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | 
     """Compute and save each keyword's view (``keyword_view``) into ``folder``, one summary line each."""
     import time
 
-    saved = []
+    from .words import CaptionWords
+
+    saved, words = [], CaptionWords(index.items["caption"]) if len(keywords) else None
     for kw in keywords:
         t0 = time.perf_counter()
-        v = keyword_view(index, kw, descriptor, threshold, list(objects), label_column, hide_keyword=hide_keyword)
+        v = keyword_view(index, kw, descriptor, threshold, list(objects), label_column, hide_keyword=hide_keyword,
+                         words=words)
         p = save_view(folder, v)
         saved.append(p)
         real = [c for c in v["clusters"] if not c["miscellaneous"]]

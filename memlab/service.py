@@ -50,6 +50,9 @@ class Lab(Streams):
         self._captions = None  # the index's caption vectors (memlab.captions), False where it has none
         self._n_captions = None  # distinct captions (distinct_captions)
         self._lean = None  # a large index's item columns the training-set views read (_table)
+        self._words = None  # the captions' posting lists (memlab.words), built on the first search
+        self._ids = None  # item id -> row (item_row), built on the first lookup
+        self._groups = None  # the near-duplicate groups table (duplicate_groups), computed once
         self._background: dict = {}
         self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
         self.views = self._load_views()  # prebuilt keyword views, kept for the app's life
@@ -342,24 +345,39 @@ class Lab(Streams):
             self._lean = pd.read_parquet(f, columns=[c for c in ("id", "caption", "duplicates", "group") if c in have])
         return self._lean
 
+    def caption_words(self):
+        """The captions' posting lists (``memlab.words``), built once: a search reads a few lists, not every caption."""
+        if self._words is None:
+            from .words import CaptionWords
+
+            self._words = CaptionWords(self._table()["caption"])
+        return self._words
+
     def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:
-        """Training items whose caption contains every word of the query (case-insensitive)."""
-        words = [w for w in re.findall(r"\w+", text(query, "the search", LIMITS["query_chars"], False).lower())]
+        """Training items whose caption contains every word of the query (case-insensitive, whole words), in row
+        order, one per near-duplicate group and caption."""
+        from .words import caption_words
+
+        words = caption_words(text(query, "the search", LIMITS["query_chars"], False))
         if not words:
             raise MemlabError("type a word to search the captions for")
-        items = self._table()
-        caps = items["caption"].fillna("").astype(str).str.lower()  # (an older index may keep a null caption)
-        mask = np.ones(len(items), bool)
-        for w in words:
-            mask &= caps.str.contains(rf"\b{re.escape(w)}\b", regex=True).to_numpy()
-        hits = items[mask].drop_duplicates(subset=["group", "caption"]).head(limit)
+        items, rows = self._table(), self.caption_words().rows_with_all(words)
+        take = 4 * limit
+        while True:  # the first `limit` distinct (group, caption) lie in a prefix of the rows: read only that
+            hits = items.iloc[rows[:take]].drop_duplicates(subset=["group", "caption"])
+            if len(hits) >= limit or take >= len(rows):
+                break
+            take *= 4
+        hits = hits.head(limit)
         return hits.assign(row=hits.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
 
     def duplicate_groups(self, limit: int = 50) -> pd.DataFrame:
-        items = self._table()
-        g = items[items["duplicates"] > 0].groupby("group").agg(
-            id=("id", "first"), size=("id", "size"), example=("caption", "first"))
-        return g.sort_values("size", ascending=False).head(limit).reset_index()
+        if self._groups is None:  # (the item table does not change while the app serves it)
+            items = self._table()
+            g = items[items["duplicates"] > 0].groupby("group").agg(
+                id=("id", "first"), size=("id", "size"), example=("caption", "first"))
+            self._groups = g.sort_values("size", ascending=False, kind="stable").reset_index()
+        return self._groups.head(limit).reset_index(drop=True)
 
     def group_members(self, group: int) -> pd.DataFrame:
         items = self._table()
@@ -368,11 +386,14 @@ class Lab(Streams):
 
     def item_row(self, item_id) -> int:
         item_id = text(item_id, "the item id", LIMITS["query_chars"])
-        items = self._table()
-        hits = np.nonzero(items["id"].astype(str).to_numpy() == str(item_id).strip())[0]
-        if not len(hits):
+        if self._ids is None:  # a hash of the ids, once: a LAION-scale table compared whole per lookup costs ~0.5 s
+            ids = self._table()["id"].astype(str).to_numpy()
+            self._ids = pd.Series(np.arange(len(ids)), index=ids)
+            self._ids = self._ids[~self._ids.index.duplicated()]  # (the first row of a repeated id, as before)
+        row = self._ids.get(str(item_id).strip())
+        if row is None:
             raise MemlabError(f"no training item with id {item_id!r}")
-        return int(hits[0])
+        return int(row)
 
     # ---------------------------------------------------------------------------- text side
     def caption_vectors(self):
@@ -478,7 +499,7 @@ class Lab(Streams):
                 return self._asked[keyword]
         v = keyword_view(self.index, keyword, threshold=threshold, objects=objects,
                          tokenizer=self.generator.tokenizer if self._gen is not None else None,
-                         max_items=KEYWORD_MAX_ITEMS)
+                         max_items=KEYWORD_MAX_ITEMS, table=self._table(), words=self.caption_words())
         if v["n_after"] == 0:
             raise MemlabError(f"no training caption contains {keyword!r}")
         self._asked[keyword] = v

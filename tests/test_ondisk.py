@@ -724,5 +724,8 @@ def test_missing_captions_and_urls_are_empty_strings_and_search_skips_them(tmp_p
     assert items["url"].tolist() == [""] * 300 + b["url"].tolist()
     old = pd.DataFrame({"caption": ["a red ball", None, "a blue cube"], "duplicates": 0, "group": [0, 1, 2],
                         "id": [0, 1, 2]})
-    hits = Lab.search_captions(SimpleNamespace(_table=lambda: old), "red ball")
+    from memlab.words import CaptionWords
+
+    hits = Lab.search_captions(SimpleNamespace(_table=lambda: old, caption_words=lambda: CaptionWords(old["caption"])),
+                               "red ball")
     assert hits["id"].tolist() == [0]

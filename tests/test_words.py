@@ -1,0 +1,112 @@
+"""Caption posting lists (``memlab.words``) against a scan of every caption with a pattern, and the views that read
+them: the caption search, keyword rows, item lookups."""
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import SHARED_DATA
+from memlab import words as words_module
+from memlab.keywords import filter_keyword, keyword_mask
+from memlab.words import CaptionWords
+
+LAION = SHARED_DATA / "laion-captions" / "laion_sample_10000.parquet"
+EDGES = ["Van Gogh starry night", "vangogh print", "a van  gogh", "the van gogh's room", "caravan goghs",
+         "CAT on a mat", "concatenate", "cat-like", "", None, "snake_case words_2", "Café au lait, CAFÉ", "cat cat CAT",
+         "100% cotton t-shirt", "new\nyork", "New York, new-york", "ΑΘΗΝΑ athens αθηνα", "van, gogh"]
+
+
+def scan(captions, words):
+    """Every caption matched with a pattern per word, as the caption search did before posting lists."""
+    caps = pd.Series(captions).fillna("").astype(str).str.lower()
+    return [i for i, c in enumerate(caps) if all(re.search(rf"\b{re.escape(w)}\b", c) for w in words)]
+
+
+def queries(captions, rng, n=200):
+    """Word sets drawn from the captions themselves (one to three words), and words in no caption."""
+    toks = [re.findall(r"\w+", str(c or "").lower()) for c in captions]
+    out = [["nosuchword"], ["cat", "nosuchword"]]
+    for i in rng.integers(0, len(captions), n):
+        if toks[i]:
+            out.append(list(rng.choice(toks[i], min(len(toks[i]), int(rng.integers(1, 4))), replace=False)))
+    return out
+
+
+def test_posting_lists_find_the_rows_a_scan_finds(monkeypatch):
+    """Single words and several at once, over chunk boundaries (7 captions a chunk), with case, punctuation,
+    underscores, digits, accents, Greek and null captions."""
+    monkeypatch.setattr(words_module, "CHUNK", 7)
+    caps = EDGES * 3
+    w = CaptionWords(caps)
+    assert w.n == len(caps)
+    for q in [["cat"], ["van", "gogh"], ["café"], ["snake_case"], ["words_2"], ["t", "shirt"], ["100"], ["york"],
+              ["αθηνα"], ["gogh", "s"], ["mat", "cat"]] + queries(caps, np.random.default_rng(0)):
+        assert w.rows_with_all(q).tolist() == scan(caps, q), q
+    assert len(scan(caps, ["cat"])) == 9 and len(scan(caps, ["αθηνα"])) == 3  # (the scan itself finds them)
+    assert w.rows_with_all([]).tolist() == list(range(len(caps)))
+
+
+@pytest.mark.skipif(not LAION.is_file(), reason="../shared/data absent")
+def test_posting_lists_on_laion_captions_equal_the_scan(monkeypatch):
+    monkeypatch.setattr(words_module, "CHUNK", 3000)
+    caps = pd.read_parquet(LAION)["TEXT"].tolist()
+    w = CaptionWords(caps)
+    qs = queries(caps, np.random.default_rng(1), 150) + [["the"], ["painting"], ["van", "gogh"], ["t", "shirt"]]
+    found = 0
+    for q in qs:
+        rows = w.rows_with_all(q).tolist()
+        assert rows == scan(caps, q), q
+        found += len(rows)
+    assert found > len(qs)
+
+
+def test_keyword_rows_from_posting_lists_equal_the_scan():
+    """A multi-word keyword's words may be anywhere in a caption: the posting lists give candidates, the keyword's
+    pattern decides (words split by whitespace alone: not "van, gogh")."""
+    caps = np.array([str(c or "") for c in EDGES * 2], object)
+    w = CaptionWords(caps)
+    for kw in ["van gogh", "cat", "CAT", "new york", "café", "t shirt", "snake_case", "gogh van", "athens"]:
+        assert keyword_mask(caps, kw, w).tolist() == keyword_mask(caps, kw).tolist(), kw
+    assert keyword_mask(caps, "van gogh", w).sum() == 6 and keyword_mask(caps, "new york", w).sum() == 4
+
+
+def test_a_common_keyword_tokenizes_only_what_decides_the_refusal():
+    """Past ``max_items`` the keyword is refused whatever the rest: its captions are tokenized in blocks only until
+    more than ``max_items`` are kept, so a word in half a LAION-scale index costs what a rare one does."""
+    seen = []
+
+    class Counting:
+        def __call__(self, caps, **kw):
+            seen.extend(caps)
+            return type("T", (), {"input_ids": [[0] * (len(c.split()) + 2) for c in caps]})()
+
+    caps = np.array([f"a cat number {i}" + (" long" * 80 if i % 5 == 0 else "") for i in range(20_000)], object)
+    f = filter_keyword(caps, "cat", Counting(), CaptionWords(caps), max_items=100)
+    assert f["over"] and f["n_before"] == 20_000 and f["n_after"] > 100
+    assert len(seen) == 1024 and f["n_after"] + f["n_too_long"] == 1024
+    seen.clear()
+    whole = filter_keyword(caps, "cat", Counting())
+    assert len(seen) == 20_000 and not whole["over"]
+    assert (whole["n_after"], whole["n_too_long"]) == (16_000, 4_000)
+    assert whole["rows"][:f["n_after"]].tolist() == f["rows"].tolist()
+
+
+def test_the_lab_answers_as_a_scan_of_its_item_table(tiny_world):
+    """The caption search (the first 48 distinct group and caption pairs in row order, a prefix read at a time),
+    the near-duplicate groups and an id's row, against the same answers computed from the whole table."""
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")
+    items = lab._table()
+    for query, limit in [("colour field", 48), ("colour", 3), ("field 7", 48), ("FIELD", 1), ("nosuch", 48)]:
+        rows = scan(items["caption"], re.findall(r"\w+", query.lower()))
+        expected = items.iloc[rows].drop_duplicates(subset=["group", "caption"]).head(limit)
+        got = lab.search_captions(query, limit)
+        assert got["row"].tolist() == expected.index.tolist() and got["caption"].tolist() == \
+            expected["caption"].tolist(), query
+    g = items[items["duplicates"] > 0].groupby("group").size().sort_values(ascending=False, kind="stable")
+    assert lab.duplicate_groups()["size"].tolist() == g.tolist()[:50]
+    for row in [0, 7, len(items) - 1]:
+        assert lab.item_row(str(items["id"].iloc[row])) == row
