@@ -77,18 +77,20 @@ def run(args) -> int:
 
 
 def _captions_again(index: Path, kept: dict, src: Path) -> None:
-    """The index kept its captions' text vectors before the addition: kept again from every folder's text_emb
-    parts where the old ones came from such folders, all still there, and the new embeddings have them too;
-    else the command that keeps them is named."""
+    """The index kept its captions' text vectors through the addition (for its old items): extended to the added
+    items from the new embeddings' text_emb parts where they have them; else the command that extends them is
+    named (it embeds the added captions alone)."""
     from memlab.captions import build
 
-    folders = [Path(f) for f in kept.get("text_emb", [])]
-    if folders and all((f / "text_emb").is_dir() for f in folders + [src]):
-        build(index, text_emb=folders + [src], progress=_progress(), log=lambda m: print(m, file=sys.stderr))
+    how = (f"`python -m index_builder captions --index {index}` embeds the added captions alone with the index's "
+           f"CLIP text tower, or reads them with --text-emb FOLDER (text_emb parts of the added rows)")
+    if not (src / "text_emb").is_dir():
+        print(f"{index} kept its captions' text vectors, which cover the old items only: {how}", file=sys.stderr)
         return
-    print(f"{index} kept its captions' text vectors before the addition, which cover the old items only: "
-          f"`python -m index_builder captions --index {index}` keeps them again (with --text-emb for each "
-          f"embeddings folder, in order, where they came with text_emb)", file=sys.stderr)
+    try:
+        build(index, text_emb=[src], progress=_progress(), log=lambda m: print(m, file=sys.stderr))
+    except MemlabError as e:  # the addition stands; its captions wait for the command
+        print(f"{index}: the caption vectors were not extended ({e}): {how}", file=sys.stderr)
 
 
 def _progress():

@@ -3,8 +3,9 @@ the caption of a prompt's nearest training caption work at any size (``memlab.ca
 distinct caption, from the text tower of the index's CLIP descriptor, or from clip-retrieval's ``text_emb``
 parts where the embeddings came with them (LAION publishes them beside ``img_emb``). Resumable: a stopped run
 keeps its finished blocks. An index built with ``--embeddings`` from a folder that holds ``text_emb`` keeps
-them already; an addition keeps them again where every folder's parts are there, else drops them (run this
-again, naming every embeddings folder in order).
+them already. An addition (``index_builder add``) keeps them for the old items and extends them from the new
+embeddings' ``text_emb`` parts where it has them; else run this after it: it embeds (or reads, from ``--text-emb``
+parts of the added rows alone) only the captions the addition brought.
 
     python -m index_builder captions --index DIR
     python -m index_builder captions --index DIR --text-emb laion_emb/ [--text-emb new_emb/ ...]
@@ -26,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text-emb", action="append", default=[],
                    help="an embeddings folder whose text_emb/text_emb_{i}.npy parts hold the items' text vectors "
                         "(clip-retrieval's layout); repeat it for every folder the index was built and added from, "
-                        "in order (default: embed each distinct caption)")
+                        "in order, or name only the added rows' folders after an addition (default: embed each "
+                        "distinct caption the kept vectors lack)")
     p.add_argument("--block", type=int, default=8192, help="captions per block, each a resume point (default 8192)")
     p.add_argument("--max-memory", default="2GB",
                    help="memory budget that picks the FAISS index over more than 100,000 captions (default 2GB)")

@@ -90,11 +90,34 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / norms
 
 
+def _parts_rows(folders) -> int:
+    from .embeddings import embedding_parts
+
+    return sum(int(r) for f in folders for _, _, r, _ in embedding_parts(Path(f)))
+
+
+def _extends(idx, name: str, rows: np.ndarray, text_emb) -> int:
+    """The item count the index's caption vectors cover, where they were kept before an addition
+    (``ondisk_add.OnDiskAddition.carry``) and can be extended to the added items: the same descriptor, the same first
+    rows of the captions they cover, and ``text_emb`` parts (if given) holding the added rows alone; else 0."""
+    prev, n = idx.manifest.get("captions"), int(idx.manifest["item_count"])
+    if not isinstance(prev, dict) or prev.get("descriptor") != name or not 0 < int(prev.get("items", 0)) < n:
+        return 0
+    base = int(prev["items"])
+    if text_emb and _parts_rows(text_emb) != n - base:
+        return 0  # parts of every item: built anew from them
+    old = np.load(idx.path / prev["files"]["rows"], allow_pickle=False)
+    return base if np.array_equal(old, rows[rows < base]) else 0
+
+
 def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progress=None, log=print,
           embed=None) -> dict:
     """Write the index's caption vectors (``captions/``) and their manifest entry; returns the entry.
     ``text_emb``: embeddings folders whose ``text_emb`` parts hold the items' text vectors (else each distinct
-    caption is embedded with the index's CLIP descriptor, or ``embed``, a function of a list of captions)."""
+    caption is embedded with the index's CLIP descriptor, or ``embed``, a function of a list of captions).
+    Where the index kept its vectors through an addition (``index_builder add``), only the captions new to it are
+    embedded (or read from ``text_emb`` parts of the added rows alone) and appended: the vectors and rows a build
+    anew gives, with the FAISS index's trained lists kept."""
     from .index import TrainingIndex
     from .ondisk import EXACT_MAX, choose_factory, parse_memory
 
@@ -109,30 +132,35 @@ def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progr
     if not len(rows):
         raise MemlabError(f"index {index_dir} has no caption to embed")
     n, d = len(rows), int(info.get("dim") or idx.vectors(name).shape[1])
+    base = _extends(idx, name, rows, text_emb)
+    prev = idx.manifest["captions"] if base else None
+    new = rows[rows >= base]  # the rows embedded here (every distinct caption's, unless extending)
     if text_emb:
-        read = text_emb_rows(text_emb, int(idx.manifest["item_count"]), d)
+        read = text_emb_rows(text_emb, int(idx.manifest["item_count"]) - base, d)
         source = "the text_emb parts of " + ", ".join(Path(f).name for f in text_emb) + " (clip-retrieval's layout)"
     else:
-        if embed is None:
+        if embed is None and len(new):
             from .match import descriptor_for_index
 
             embed = descriptor_for_index(idx, name).embed_text
         source = f"embedded by memlab with the text tower of {info.get('model')}"
+    if prev:
+        source = f"{prev['source']}; from row {base:,}, {source}"
     work = index_dir.parent / f".{index_dir.name}.captions"
     job = {"items": idx.manifest["files"].get(idx.manifest["metadata"]), "rows": n, "d": d, "source": source,
-           "block": int(block)}
+           "block": int(block), "base": base}
     if work.is_dir() and (not (work / "job.json").is_file() or json.loads((work / "job.json").read_text()) != job):
         shutil.rmtree(work)  # another job's blocks
     work.mkdir(exist_ok=True)
     (work / "job.json").write_text(json.dumps(job))
-    starts = range(0, n, block)
+    starts = range(0, len(new), block)
     bar = progress(starts, desc="caption vectors", total=len(starts)) if progress else starts
     for s in bar:
         f = work / f"block_{s // block:06d}.npy"
         if f.is_file():
             continue  # done before a stop
-        r = rows[s:s + block]
-        v = read(r) if text_emb else np.asarray(embed(caps.iloc[r].astype(str).tolist()), np.float32)
+        r = new[s:s + block]
+        v = read(r - base) if text_emb else np.asarray(embed(caps.iloc[r].astype(str).tolist()), np.float32)
         if v.shape != (len(r), d):
             raise MemlabError(f"caption vectors came out {v.shape}, expected {(len(r), d)}")
         atomic_save(f, lambda t, v=_unit(v): npsave(t, v.astype(np.float16)))
@@ -141,16 +169,27 @@ def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progr
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     vec = np.lib.format.open_memmap(tmp / "text.f16.npy", mode="w+", dtype=np.float16, shape=(n, d))
+    kept = n - len(new)
+    if kept:
+        old = np.load(index_dir / prev["files"]["vectors"], mmap_mode="r", allow_pickle=False)
+        if old.shape != (kept, d):
+            raise MemlabError(f"index {index_dir}: its kept caption vectors are {old.shape}, expected {(kept, d)}")
+        for s in range(0, kept, block):
+            vec[s:min(s + block, kept)] = old[s:s + block]
     for s in starts:
-        vec[s:s + block] = np.load(work / f"block_{s // block:06d}.npy")
+        vec[kept + s:kept + s + block] = np.load(work / f"block_{s // block:06d}.npy")
     vec.flush()
     np.save(tmp / "rows.npy", rows.astype(np.int64))
-    index = new_faiss_index(d, factory)
-    if not index.is_trained:
-        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * _lists(factory)), replace=False))
-        index.train(np.ascontiguousarray(vec[sample], np.float32))
-    for s in starts:
-        index.add(np.ascontiguousarray(vec[s:s + block], np.float32))
+    if kept and prev["factory"] == factory:  # the trained lists kept, as an addition keeps the image index's
+        index = faiss_module().read_index(str(index_dir / prev["files"]["index"]))
+        added = range(kept, n, block)
+    else:
+        index, added = new_faiss_index(d, factory), range(0, n, block)
+        if not index.is_trained:
+            sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * _lists(factory)), replace=False))
+            index.train(np.ascontiguousarray(vec[sample], np.float32))
+    for s in added:
+        index.add(np.ascontiguousarray(vec[s:min(s + block, n)], np.float32))
     faiss_module().write_index(index, str(tmp / "text.faiss"))
     del vec, index
     shutil.rmtree(index_dir / FOLDER, ignore_errors=True)
@@ -158,13 +197,15 @@ def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progr
     entry = {"descriptor": name, "model": info.get("model"), "count": n, "items": int(idx.manifest["item_count"]),
              "dim": d, "factory": factory, "nprobe": NPROBE, "source": source,
              "distinct": "one vector per distinct non-empty caption, at its first row", "files": dict(FILES),
-             **({"text_emb": [str(Path(f).resolve()) for f in text_emb]} if text_emb else {})}
+             **({"text_emb": (prev or {}).get("text_emb", []) + [str(Path(f).resolve()) for f in text_emb]}
+                if text_emb else {})}
     m = json.loads((index_dir / MANIFEST).read_text())
     m["captions"] = entry
     m.setdefault("files", {}).update({f: sha256(index_dir / f) for f in FILES.values()})
     atomic_save(index_dir / MANIFEST, lambda t: t.write_text(json.dumps(m, indent=2)))
     shutil.rmtree(work, ignore_errors=True)
-    log(f"wrote {index_dir / FOLDER}: {n:,} distinct captions, {d}-d, {factory} ({source})")
+    log(f"wrote {index_dir / FOLDER}: {n:,} distinct captions, {d}-d, {factory} ({source}"
+        + (f"; the {kept:,} kept, {len(new):,} added" if kept else "") + ")")
     return entry
 
 

@@ -361,9 +361,17 @@ class OnDiskBuild:
                                        "largest": int(dups.max() + 1),
                                        "from": f"the kNN graph (k={self.k}), not the n x n product"},
                         "files": {f: sha256(tmp / f) for f in files}, **(extra_manifest or {})}
+            kept = self.carry(tmp)
+            manifest["files"].update(kept.pop("files", {}))
+            manifest.update(kept)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
         shutil.rmtree(self.work, ignore_errors=True)
         return self.out
+
+    def carry(self, tmp: Path) -> dict:
+        """Files an addition keeps from its base into the new index folder ``tmp``, as manifest entries (with their
+        checksums under ``files``); a build keeps none."""
+        return {}
 
 
 def _parts_signature(src, parts) -> str:

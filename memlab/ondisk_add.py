@@ -3,7 +3,9 @@ quantizer and codes are kept, the new rows encoded with it and appended, and the
 threshold recomputed over every item; resumable like ``memlab.ondisk.OnDiskBuild``, whose stages it reuses."""
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -149,6 +151,22 @@ class OnDiskAddition(OnDiskBuild):
         del base_ids, new_ids
         sources = [(base_items, self.n_base)] + [(m, r) for _, m, r, _ in self.new_parts]
         return schema, metadata_batches(sources, schema, drop=derived)
+
+    def carry(self, tmp: Path) -> dict:
+        """The base's caption vectors (``memlab.captions``), hard-linked into the new folder with their entry, which
+        still names the base's item count: ``captions.build`` then embeds only the added captions."""
+        entry = self.base.manifest.get("captions")
+        if not isinstance(entry, dict):
+            return {}
+        files = {}
+        for rel in entry["files"].values():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.base.path / rel, tmp / rel)
+            except OSError:  # (another file system)
+                shutil.copyfile(self.base.path / rel, tmp / rel)
+            files[rel] = self.base.manifest["files"][rel]
+        return {"captions": entry, "files": files}
 
     def provenance(self, seconds: dict) -> dict:
         m = self.base.manifest

@@ -146,33 +146,69 @@ def test_a_caption_entry_pointing_outside_the_index_is_refused(tmp_path):
         check_manifest(m, tmp_path)
 
 
-def test_an_addition_keeps_the_caption_vectors_from_every_folders_parts_or_says_how(tmp_path, capsys):
+def test_an_addition_extends_the_caption_vectors_as_a_build_anew_would(tmp_path, capsys):
+    """An addition keeps the old items' caption vectors and appends those of the captions it brings (repeated
+    captions keep their first row): from the new embeddings' text_emb parts at once; without parts, the command it
+    names embeds those captions alone. Either way: the rows, vectors and answers of a build anew."""
+    import shutil
+
     from index_builder.__main__ import main
-    from memlab.captions import CaptionVectors
+    from memlab.captions import CaptionVectors, build
     from memlab.embeddings import write_embeddings
     from memlab.index import TrainingIndex
 
+    def caption_of(i):  # the added rows repeat some earlier captions
+        return i - 300 if 600 <= i < 900 and i % 2 == 0 else i - 500 if i >= 900 and i % 3 == 0 else i
+
     text = clustered(1000, 768, 0, seed=2)
+    of = np.array([caption_of(i) for i in range(1000)])
     for name, rows in (("emb", range(0, 600)), ("new", range(600, 900)), ("bare", range(900, 1000))):
         src = write_embeddings(tmp_path / name, clustered(len(rows), 768, 0, seed=len(rows)),
-                               pd.DataFrame({"caption": [f"caption {i}" for i in rows]}))
+                               pd.DataFrame({"caption": [f"caption {of[i]}" for i in rows]}))
         if name != "bare":
             (src / "text_emb").mkdir()
-            np.save(src / "text_emb" / "text_emb_0.npy", text[rows.start:rows.stop])
-    assert main(["--embeddings", str(tmp_path / "emb"), "--descriptor", "clip", "--out", str(tmp_path / "idx")]) == 0
-    assert CaptionVectors.load(TrainingIndex.load(tmp_path / "idx")).entry["count"] == 600
-    # the new embeddings came with text_emb: kept again from both folders
-    assert main(["add", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "new")]) == 0
-    kept = CaptionVectors.load(TrainingIndex.load(tmp_path / "idx"))
-    assert kept.entry["count"] == 900 and kept.search(text[750], k=1)[0][0] == 750
-    # these came without: dropped (they would cover the old items only), and the command named
+            np.save(src / "text_emb" / "text_emb_0.npy", text[of[rows.start:rows.stop]])
+    idx = tmp_path / "idx"
+    assert main(["--embeddings", str(tmp_path / "emb"), "--descriptor", "clip", "--out", str(idx)]) == 0
+    assert CaptionVectors.load(TrainingIndex.load(idx)).entry["count"] == 600
+    # the new embeddings came with text_emb: extended at once, 150 captions new to the index
     capsys.readouterr()
-    assert main(["add", "--index", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "bare")]) == 0
-    assert "cover the old items only" in capsys.readouterr().err
-    assert CaptionVectors.load(TrainingIndex.load(tmp_path / "idx")) is None  # the app embeds or refuses instead
+    assert main(["add", "--index", str(idx), "--embeddings", str(tmp_path / "new")]) == 0
+    assert "the 600 kept, 150 added" in capsys.readouterr().err
+    kept = CaptionVectors.load(TrainingIndex.load(idx))
+    anew = tmp_path / "anew"
+    shutil.copytree(idx, anew)
+    build(anew, text_emb=[tmp_path / "emb", tmp_path / "new"])  # every row's parts: built anew
+    fresh = CaptionVectors.load(TrainingIndex.load(anew))
+    assert kept.entry["count"] == fresh.entry["count"] == 750 and kept.entry["items"] == 900
+    assert np.array_equal(kept.rows, fresh.rows) and np.array_equal(kept.vectors, fresh.vectors)
+    for i in (5, 601, 602, 750, 899):
+        assert kept.search(text[of[i]], k=3)[0].tolist() == fresh.search(text[of[i]], k=3)[0].tolist()
+        assert kept.search(text[of[i]], k=1)[0][0] == min(i, of[i])  # a caption's first row
+    # these came without: the old vectors stay (not searched: they miss the new items), the command named
+    capsys.readouterr()
+    assert main(["add", "--index", str(idx), "--embeddings", str(tmp_path / "bare")]) == 0
+    assert "embeds the added captions alone" in capsys.readouterr().err
+    assert CaptionVectors.load(TrainingIndex.load(idx)) is None
+    asked = []
+
+    def embed(caps):
+        asked.extend(caps)
+        return text[[int(c.split()[1]) for c in caps]]
+
+    build(idx, embed=embed)
+    assert len(asked) == 66 and set(asked) == {f"caption {i}" for i in range(900, 1000) if i % 3}
+    shutil.rmtree(anew)
+    shutil.copytree(idx, anew)
+    m = json.loads((anew / "manifest.json").read_text())
+    m.pop("captions")
+    (anew / "manifest.json").write_text(json.dumps(m))
+    build(anew, embed=lambda caps: text[[int(c.split()[1]) for c in caps]])
+    kept, fresh = (CaptionVectors.load(TrainingIndex.load(p)) for p in (idx, anew))
+    assert kept.entry["count"] == 816 and np.array_equal(kept.rows, fresh.rows)
+    assert np.array_equal(kept.vectors, fresh.vectors)
     with pytest.raises(Exception, match="hold 900 rows, the index 1,000"):
-        from memlab.captions import build
-        build(tmp_path / "idx", text_emb=[tmp_path / "emb", tmp_path / "new"])
+        build(idx, text_emb=[tmp_path / "emb", tmp_path / "new"])
 
 
 def test_embedding_shards_with_a_clip_writes_the_captions_text_vectors_beside_the_images(tiny_clip_name, tmp_path):
