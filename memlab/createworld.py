@@ -134,9 +134,9 @@ def _keyword_views(kw_dir: Path, index, words) -> None:
     if kw_dir.is_dir():
         for f in kw_dir.glob("*.json"):
             f.unlink()
-    from .words import CaptionWords
+    from .words import for_index
 
-    postings = CaptionWords(index.items["caption"]) if len(words) else None  # (read once for every keyword)
+    postings = for_index(index) if len(words) else None  # (read once for every keyword)
     for w in words:
         save_view(kw_dir, keyword_view(index, w, words=postings))
 

@@ -38,6 +38,7 @@ from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_sa
 from .paths import inside
 from .preprocess import open_rgb
 from .validate import check_manifest
+from .words import write as write_words
 
 __all__ = ["FORMAT", "ITEMS", "MANIFEST", "VERSION", "TrainingIndex", "build_index", "sha256"]
 
@@ -104,6 +105,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
         agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
             vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
         items.to_parquet(tmp / ITEMS, index=False)
+        words = write_words(tmp, items["caption"] if "caption" in items else [""] * len(items), len(items), print)
         if extra_files is not None:
             extra_files(tmp)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
@@ -117,7 +119,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
                            "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
                            "largest": int(dups.max() + 1)},
             "files": {f: sha256(tmp / f) for f in files},
-            "agreement": agreement,
+            "agreement": agreement, "words": words,
             **(extra_manifest or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=json_default))

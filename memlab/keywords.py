@@ -276,9 +276,9 @@ def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | 
     """Compute and save each keyword's view (``keyword_view``) into ``folder``, one summary line each."""
     import time
 
-    from .words import CaptionWords
+    from .words import for_index
 
-    saved, words = [], CaptionWords(index.items["caption"]) if len(keywords) else None
+    saved, words = [], for_index(index) if len(keywords) else None
     for kw in keywords:
         t0 = time.perf_counter()
         v = keyword_view(index, kw, descriptor, threshold, list(objects), label_column, hide_keyword=hide_keyword,

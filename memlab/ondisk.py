@@ -35,6 +35,7 @@ from .descriptors import DESCRIPTORS, create_descriptor, descriptor_class
 from .embeddings import (embedding_parts, metadata_batches, metadata_schema, parse_memory, read_metadata,
                          write_embeddings, write_items)
 from .errors import MemlabError
+from .words import caption_blocks, write as write_words
 from .blocks import drop_pages as _drop, rerank_exact, run_blocks
 from .blocks import add_block, knn_block  # noqa: F401 - the block tasks, importable from here as before
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, read_faiss, savez,
@@ -350,12 +351,13 @@ class OnDiskBuild:
                                "background": f"{self.name}.background.npy",
                                "background_distinct": f"{self.name}.background_distinct.npy",
                                "knn": f"{self.name}.knn.npz"}}
+            words = write_words(tmp, caption_blocks(tmp / ITEMS), self.n, self.log)
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
             seconds = {"vectors": t[1] - t[0], "index": t[2] - t[1],
                        "neighbours_and_groups": t[3] - t[2] + time.perf_counter() - t[3], "peak_rss_mb": peak}
             manifest = {"format": FORMAT, "version": VERSION, **self.provenance(seconds),
                         "item_count": self.n, "default_descriptor": self.name, "descriptors": {self.name: entry},
-                        "metadata": ITEMS, "image_root": None, "serve": {"mmap": True},
+                        "metadata": ITEMS, "image_root": None, "serve": {"mmap": True}, "words": words,
                         "duplicates": {"descriptor": self.name, "threshold": dup,
                                        "items_with_duplicates": int((dups > 0).sum()), "groups": int(group.max() + 1),
                                        "largest": int(dups.max() + 1),

@@ -346,11 +346,16 @@ class Lab(Streams):
         return self._lean
 
     def caption_words(self):
-        """The captions' posting lists (``memlab.words``), built once: a search reads a few lists, not every caption."""
+        """The captions' posting lists (``memlab.words``: the index's, else built here once): a search reads a few
+        lists, not every caption. An error past ``words.MAX_ITEMS`` items where the index has none."""
         if self._words is None:
-            from .words import CaptionWords
+            from .words import MAX_ITEMS, for_index
 
-            self._words = CaptionWords(self._table()["caption"])
+            self._words = for_index(self.index) or False
+        if self._words is False:
+            raise MemlabError(f"the training set's {self.index.manifest['item_count']:,} captions have no word index "
+                              f"(its build keeps one up to {MAX_ITEMS:,} items): caption search and keyword views "
+                              f"are off on it")
         return self._words
 
     def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:

@@ -64,23 +64,41 @@ def _inside_only(items: pd.DataFrame, folder: Path, skipped: Skipped) -> pd.Data
         ok.append(safe)
     return items[ok].reset_index(drop=True)
 
-def check_images(images: Path, items: pd.DataFrame, progress) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Keep the rows whose image opens and decodes within memlab's caps (bytes, pixels: the 40 MP cap on every
-    path that decodes an image); return them and the (file, reason) skipped."""
+CHECK_THREADS = min(8, os.cpu_count() or 1)  # PIL decodes with the interpreter's lock released
+CHECK_BLOCK = 4096  # files in flight at a time (a million futures at once would hold memory)
+
+
+def _check_one(path: Path) -> str | None:
+    """Why the image at ``path`` cannot be indexed, or None: it opens and decodes within memlab's caps."""
     from .match import check_image_file
 
-    ok, skipped = [], []
-    for i, f in progress(list(enumerate(items["file"])), desc="check images"):
-        try:
-            check_image_file(images / f)
-            with Image.open(images / f) as im:
-                im.load()
-            ok.append(i)
-        except MemlabError as e:
-            skipped.append((f, str(e)[:160]))
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            skipped.append((f, type(e).__name__ + ": " + str(e)[:120]))
-    return items.iloc[ok].reset_index(drop=True), skipped
+    try:
+        check_image_file(path)
+        with Image.open(path) as im:
+            im.load()
+        return None
+    except MemlabError as e:
+        return str(e)[:160]
+    except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        return type(e).__name__ + ": " + str(e)[:120]
+
+
+def check_images(images: Path, items: pd.DataFrame, progress, threads: int | None = None
+                 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep the rows whose image opens and decodes within memlab's caps (bytes, pixels: the 40 MP cap on every
+    path that decodes an image); return them and the (file, reason) skipped. The images are decoded on
+    ``threads`` threads (``CHECK_THREADS``), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = list(items["file"])
+    with ThreadPoolExecutor(max(1, threads or CHECK_THREADS)) as pool:
+        def checked():
+            for s in range(0, len(files), CHECK_BLOCK):
+                yield from pool.map(lambda f: _check_one(images / f), files[s:s + CHECK_BLOCK])
+
+        why = list(progress(checked(), desc="check images", total=len(files)))
+    ok = [i for i, w in enumerate(why) if w is None]
+    return items.iloc[ok].reset_index(drop=True), [(f, w) for f, w in zip(files, why) if w is not None]
 
 
 def _no_bar(it, desc="", total=None):

@@ -107,6 +107,16 @@ def check_manifest(m, path: Path) -> dict:
             c.relative(path, rel, f"captions.files.{key}")
             if rel not in m.get("files", {}):
                 c.fail(f"captions.files.{key}", "is not among the checksummed files")
+    words = c.get(m, "words", dict, "words", optional=True)
+    if words is not None:  # memlab.words: the captions' posting lists
+        for key in ("items", "words", "postings"):
+            c.get(words, key, int, f"words.{key}")
+        files = c.obj(c.get(words, "files", dict, "words.files"), "words.files")
+        for key in ("vocab", "rows", "starts"):
+            rel = c.get(files, key, str, f"words.files.{key}")
+            c.relative(path, rel, f"words.files.{key}")
+            if rel not in m.get("files", {}):
+                c.fail(f"words.files.{key}", "is not among the checksummed files")
     return m
 
 

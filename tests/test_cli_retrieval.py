@@ -125,3 +125,36 @@ def test_a_device_the_machine_lacks_is_one_error_line_before_any_model_loads():
         assert r.returncode == 2, args
         assert "argument --device" in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) <= 2  # argparse's usage line at most, then the error
+
+
+def test_images_are_checked_on_threads_in_order_with_the_bad_ones_named(tmp_path, monkeypatch):
+    """The folder check decodes on several threads, a block at a time: the rows kept and the files skipped (with
+    their reasons) are those, in the same order, of checking one file after another."""
+    import pandas as pd
+    from PIL import Image
+
+    from memlab import sources
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    files = []
+    for i in range(40):
+        f = f"{i:02d}.png"
+        if i % 7 == 3:
+            (d / f).write_bytes(b"not a png")
+        elif i % 11 == 5:
+            pass  # listed, missing
+        else:
+            Image.new("RGB", (24, 24), (i * 6, 0, 0)).save(d / f)
+        files.append(f)
+    items = pd.DataFrame({"file": files, "id": range(len(files))})
+    one = sources.check_images(d, items, lambda it, **k: it, threads=1)
+    calls = []
+    real = sources._check_one
+    monkeypatch.setattr(sources, "_check_one", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(sources, "CHECK_BLOCK", 8)
+    many = sources.check_images(d, items, lambda it, **k: it, threads=4)
+    assert many[0].equals(one[0]) and many[1] == one[1] and len(calls) == len(files)
+    assert [f for f, _ in one[1]] == [f for i, f in enumerate(files) if int(f[:2]) % 7 == 3 or int(f[:2]) % 11 == 5]
+    assert one[0]["file"].tolist() == [f for f in files if f not in {g for g, _ in one[1]}]
+    assert len(one[1]) == 9 and all(why for _, why in one[1])

@@ -35,7 +35,8 @@ def test_round_trip_and_manifest(tmp_path):
     assert thr["source"] == "calibrated" and 0 < thr["value"] < 1 and thr["recall"] is not None
     # an exact (Flat) index stores its vectors once: its FAISS index is built from them at load
     assert set(m["files"]) == {"items.parquet", "pixel.npy", "pixel.background.npy",
-                               "pixel.background_distinct.npy"}
+                               "pixel.background_distinct.npy", "words.vocab.parquet", "words.rows.npy",
+                               "words.starts.npy"}
     assert info["files"]["index"] is None and idx.faiss_index("pixel").ntotal == 41
     # the planted duplicate is grouped with its original and counted
     assert idx.items.loc[40, "group"] == idx.items.loc[3, "group"]
