@@ -11,6 +11,7 @@ VERBS = {
     "clusters": "index_builder.clusters",  # keyword views of an index or world
     "agreement": "index_builder.agreement",  # calibrate an older index's partial-copy threshold again
     "captions": "index_builder.captions",  # keep the captions' CLIP text vectors in an index (caption search)
+    "words": "index_builder.words",        # keep an older index's caption words (word search, keyword rows)
 }
 
 

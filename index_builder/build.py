@@ -10,6 +10,7 @@ skipped, counted and listed.
         (precomputed embeddings in the clip-retrieval / LAION layout: an on-disk index, memlab.ondisk)
     python -m index_builder clusters --world DIR --keywords "van gogh,astronaut"   (keyword views)
     python -m index_builder captions --index INDEX   (the captions' CLIP text vectors, for caption search)
+    python -m index_builder words --index INDEX   (an older index's caption words, for word search)
     (also: embed, add, agreement; `python -m index_builder VERB --help`)
 """
 from __future__ import annotations

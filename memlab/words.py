@@ -6,8 +6,8 @@ A caption's words are the runs of word characters (``\\w+``) of its lower-cased 
 search and ``keywords.keyword_pattern`` match whole. The posting lists are therefore exact for single words, and a
 superset for a multi-word keyword (its words anywhere in the caption), whose candidates the caller checks against
 the keyword's own pattern. Index builds write them beside the items (``words.*``: the vocabulary as parquet, the rows
-and each word's start as npy, like clip-retrieval's stages pass files); for an index built before them they are built
-in memory, in chunks, the first time it is searched.
+and each word's start as npy, like clip-retrieval's stages pass files); for an index built before them the app builds
+them in memory at its start, from the item table read a block of rows at a time (up to ``MAX_ITEMS`` items).
 """
 from __future__ import annotations
 
@@ -108,12 +108,12 @@ class CaptionWords:
         elif len(vocab) != len(words) or any(not isinstance(w, str) for w in words):
             bad = "their words are not distinct strings"
         elif len(starts) != len(words) + 1 or (len(starts) and (starts[0] != 0 or starts[-1] != len(rows))) \
-                or np.any(np.diff(starts) < 0):
+                or np.any(starts[1:] < starts[:-1]):
             bad = "their starts do not split the rows word by word"
         elif len(rows) and (rows.min() < 0 or rows.max() >= n):
             bad = f"a row is not an item row (0 to {n - 1})"
         else:
-            up = np.diff(rows) > 0
+            up = rows[1:] > rows[:-1]
             up[starts[1:-1][(starts[1:-1] > 0) & (starts[1:-1] < len(rows))] - 1] = True  # (a new word may go down)
             if not up.all():
                 bad = "a word's rows are not in increasing order"

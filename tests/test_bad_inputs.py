@@ -294,6 +294,8 @@ def _cli_cases(root, world, images):
          "unknown descriptor 'nosuch'"),
         ("agreement", ["--index", f"{r}/nonexistent"], "holds no index"),
         ("agreement", ["--index", f"{w}/index", "--fpr", "2"], "--fpr must be in (0, 1)"),
+        ("words", ["--index", f"{r}/nonexistent"], "holds no index"),
+        ("words", ["--index", f"{r}/badworld"], "holds no index"),
     ]
 
 
@@ -312,9 +314,11 @@ def test_cli_sweep_every_verb(tiny_world, image_folder, tmp_path, capsys):
     from index_builder.embed import main as embed_main
 
     from index_builder.agreement import main as agreement_main
+    from index_builder.words import main as words_main
 
     progs = {"memlab": memlab_main, "index_builder": build_main, "clusters": clusters_main,
-             "download": download_main, "add": add_main, "embed": embed_main, "agreement": agreement_main}
+             "download": download_main, "add": add_main, "embed": embed_main, "agreement": agreement_main,
+             "words": words_main}
     wrong = []
     cases = _cli_cases(tmp_path / "bad", world, image_folder)
     for prog, argv, expect in cases:

@@ -192,3 +192,11 @@ def test_an_index_built_before_caption_words_gets_them_in_memory_up_to_the_bound
     assert words.write(tmp_path, caps, len(caps), said.append) is None and "not kept" in said[0]
     with pytest.raises(MemlabError, match="have no word index"):
         Lab.caption_words(SimpleNamespace(_words=None, index=before))
+    monkeypatch.undo()
+    from index_builder.__main__ import main
+
+    assert main(["words", "--index", str(tmp_path / "idx")]) == 0  # kept in the index, as its build would have
+    after = TrainingIndex.load(tmp_path / "idx")
+    assert after.manifest["words"]["files"]["rows"] in after.manifest["files"]
+    kept = words.for_index(after)
+    assert kept.vocab == stored.vocab and np.array_equal(kept.rows, stored.rows)
