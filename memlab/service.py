@@ -374,7 +374,9 @@ class Lab(Streams):
                 break
             take *= 4
         hits = hits.head(limit)
-        return hits.assign(row=hits.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
+        out = hits.assign(row=hits.index)[["row", "id", "caption", "duplicates", "group"]].reset_index(drop=True)
+        out.attrs["captions"] = int(len(rows))  # how many captions hold every word (rows, duplicates included)
+        return out
 
     def duplicate_groups(self, limit: int = 50) -> pd.DataFrame:
         if self._groups is None:  # (the item table does not change while the app serves it)

@@ -272,6 +272,13 @@ def test_a_gallery_of_training_images_wraps_to_a_phones_width(tmp_path):
         page.get_by_role("button", name="Search").click()
         page.wait_for_function("Array.from(document.querySelectorAll('.grid-container')).some(g => g.offsetParent && "
                                "g.querySelectorAll('.thumbnail-item').length >= 8)", timeout=60_000)
+        import re
+
+        import pandas as pd
+
+        caps = pd.read_parquet(BUILTIN / "index" / "items.parquet", columns=["caption"])["caption"].str.lower()
+        holding = int(caps.map(lambda c: bool(re.search(r"\bred\b", c))).sum())  # the label counts them all
+        page.get_by_text(f"{holding:,} training captions hold every word").first.wait_for(timeout=30_000)
         grids = page.evaluate("""() => Array.from(document.querySelectorAll('.grid-container')).filter(g => g.offsetParent)
             .map(g => ({items: g.querySelectorAll('.thumbnail-item').length, over: g.scrollWidth - g.clientWidth,
                         width: g.querySelector('.thumbnail-item').getBoundingClientRect().width}))""")

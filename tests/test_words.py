@@ -109,6 +109,7 @@ def test_the_lab_answers_as_a_scan_of_its_item_table(tiny_world):
         got = lab.search_captions(query, limit)
         assert got["row"].tolist() == expected.index.tolist() and got["caption"].tolist() == \
             expected["caption"].tolist(), query
+        assert got.attrs["captions"] == len(rows)  # (the label's count: every caption holding the words)
     g = items[items["duplicates"] > 0].groupby("group").size().sort_values(ascending=False, kind="stable")
     assert lab.duplicate_groups()["size"].tolist() == g.tolist()[:50]
     for row in [0, 7, len(items) - 1]:

@@ -24,7 +24,10 @@ def training_set_tab(lab: Lab, api) -> None:
         @errors
         def search(query):
             hits = lab.search_captions(query)
-            return thumbs(hits), id_table(hits)
+            n = hits.attrs.get("captions", len(hits))
+            return thumbs(hits), gr.update(value=id_table(hits), label=(
+                f"items: {n:,} training captions hold every word" + (
+                    f"; the first {len(hits)} in row order, one per near-duplicate group and caption" if n else "")))
 
         q_btn.click(search, [q], [q_gallery, q_table], api_name=api("search_captions"))
         q.submit(search, [q], [q_gallery, q_table], api_name=False)
