@@ -256,6 +256,15 @@ class TrainingIndex:
             self._items = pd.read_parquet(self.path / self.manifest["metadata"])
         return self._items
 
+    def column(self, name: str) -> pd.Series | None:
+        """One column of the item table (read alone from its parquet, unless the table is in memory), or None."""
+        if self._items is not None:
+            return self._items[name] if name in self._items.columns else None
+        import pyarrow.parquet as pq
+
+        f = self.path / self.manifest["metadata"]
+        return pq.read_table(f, columns=[name]).column(0).to_pandas() if name in pq.read_schema(f).names else None
+
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "TrainingIndex":
         path = Path(path)

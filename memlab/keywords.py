@@ -154,16 +154,22 @@ def object_shares(has_object: np.ndarray, named: np.ndarray, group: np.ndarray, 
                       "captions do not name it"}
 
 
-def object_labels(index, obj: str, column: str = "objects", clip=None) -> tuple[np.ndarray, str]:
-    """Which items contain ``obj``: from a label column (comma-separated), else CLIP zero-shot
-    (image-text cosine of "a photo of a {obj}" above the items' median by 3 MADs)."""
-    items = index.items
-    if column in items.columns:
-        has = items[column].fillna("").astype(str).str.split(",").apply(lambda xs: obj in [x.strip() for x in xs])
+ZERO_SHOT_BLOCK = 262_144  # image vectors scored at a time (a LAION-scale float16 matrix is never upcast whole)
+
+
+def object_labels(index, obj: str, column: str = "objects", clip=None, labels=False) -> tuple[np.ndarray, str]:
+    """Which items contain ``obj``: from a label column (comma-separated; ``labels``: that column, or None where
+    the index has none, if read already), else CLIP zero-shot (image-text cosine of "a photo of a {obj}" above the
+    items' median by 3 MADs)."""
+    labels = index.column(column) if labels is False else labels
+    if labels is not None:
+        has = labels.fillna("").astype(str).str.split(",").apply(lambda xs: obj in [x.strip() for x in xs])
         return has.to_numpy(bool), f"label column {column!r}"
     if clip is not None and clip.name in index.descriptor_names:
-        t = clip.embed_text([f"a photo of a {obj}"])[0]
-        s = np.asarray(index.vectors(clip.name)) @ t
+        t = np.asarray(clip.embed_text([f"a photo of a {obj}"])[0], np.float32)
+        v = index.vectors(clip.name)
+        s = np.concatenate([np.asarray(v[i:i + ZERO_SHOT_BLOCK], np.float32) @ t
+                            for i in range(0, len(v), ZERO_SHOT_BLOCK)]) if len(v) else np.zeros(0, np.float32)
         med = np.median(s)
         mad = np.median(np.abs(s - med)) or 1e-6
         return s > med + 3 * mad, f"CLIP zero-shot ({clip.model}), median + 3 MAD"
@@ -191,7 +197,7 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
         thr = float(info.get("duplicate_threshold") or info["threshold"]["value"])
         thr_source = "the descriptor's near-duplicate cut" if info.get("duplicate_threshold") else \
             "the descriptor's replication threshold (no near-duplicate cut recorded)"
-    items = index.items if table is None or objects else table
+    items = index.items if table is None else table
     captions = items["caption"].fillna("").astype(str).to_numpy()
     f = filter_keyword(captions, keyword, tokenizer, words, max_items)
     if max_items is not None and f["n_after"] > max_items:
@@ -216,7 +222,8 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
     sizes = [c["size"] for c in real][:30]
     n = max(1, f["n_after"])
     clip = None
-    if objects and label_column not in items.columns:  # no labels: CLIP zero-shot, if the index has CLIP
+    labels = index.column(label_column) if objects else None  # (the one column read, once for every object)
+    if objects and labels is None:  # no labels: CLIP zero-shot, if the index has CLIP
         clip_name = next((n for n in index.descriptor_names if index.descriptor_info(n)["kind"] == "clip"), None)
         if clip_name is not None:
             from .match import descriptor_for_index
@@ -230,7 +237,7 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
             "share_in_top": {f"top{k}": float(sum(sizes[:k]) / n) for k in (1, 3, 5)},
             "miscellaneous_size": next((c["size"] for c in clusters if c["miscellaneous"]), 0), "objects": {}}
     for obj in objects:
-        has, source = object_labels(index, obj, label_column, clip)
+        has, source = object_labels(index, obj, label_column, clip, labels)
         named = keyword_mask(captions, obj, words)
         view["objects"][obj] = {**object_shares(has, named, items["group"].to_numpy(), rows), "source": source,
                                 "named_in_captions": int(named[rows].sum()) if len(rows) else 0}

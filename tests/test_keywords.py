@@ -124,6 +124,14 @@ def test_keyword_view_on_a_small_index(tmp_path):
     # no CLIP in this index: the default descriptor, and why; the paper's omitted cluster stated (issue 30)
     assert v["descriptor"]["name"] == "pixel" and "no CLIP" in v["descriptor"]["why"]
     assert "largest cluster, comprised of irrelevant images" in v["omitted_rule"]
+    # as the app asks on a LAION-scale index: from the columns it reads and the caption words, the item table (its
+    # URLs and other metadata) never read whole, the label column read alone
+    from memlab.words import for_index
+
+    lean_index = TrainingIndex.load(tmp_path / "i")
+    lean = pd.read_parquet(tmp_path / "i" / "items.parquet", columns=["id", "caption", "duplicates", "group"])
+    assert keyword_view(lean_index, "lighthouse", objects=["flag"], table=lean, words=for_index(lean_index)) == v
+    assert lean_index._items is None
 
 
 def test_clusters_cli(tmp_path, image_folder, capsys):
@@ -150,7 +158,7 @@ def test_clusters_cli(tmp_path, image_folder, capsys):
     assert "no keywords" in capsys.readouterr().err
 
 
-def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name):
+def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name, monkeypatch):
     from memlab.descriptors import create_descriptor
     from memlab.index import TrainingIndex, build_index
 
@@ -163,6 +171,11 @@ def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name
     v = keyword_view(idx, "lighthouse", objects=["flag"])
     o = v["objects"]["flag"]
     assert o["source"].startswith("CLIP zero-shot") and tiny_clip_name in o["source"]
+    import memlab.keywords as kw
+
+    whole = kw.object_labels(idx, "flag", clip=clip)
+    monkeypatch.setattr(kw, "ZERO_SHOT_BLOCK", 3)  # the image vectors scored 3 at a time: the same labels
+    assert np.array_equal(kw.object_labels(idx, "flag", clip=clip)[0], whole[0])
     # the images are clustered with CLIP, as the paper does, although pixel is the index's default
     assert idx.default_descriptor == "pixel" and v["descriptor"]["name"] == clip.name
     assert v["descriptor"]["why"].startswith("CLIP image embeddings")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..errors import MemlabError
 from ..service import Lab
 from .views import ID_COLUMNS, ID_WIDTHS, id_table
 from .wiring import errors
@@ -14,6 +15,7 @@ def training_set_tab(lab: Lab, api) -> None:
         with gr.Row():
             q = gr.Textbox(label="Search captions", placeholder="e.g. lighthouse", scale=3)
             q_btn = gr.Button("Search", scale=1)
+        q_note = gr.Markdown(elem_id="search-note")
         q_gallery = gr.Gallery(label="matching training images", columns=8, format="png")
         q_table = gr.Dataframe(headers=ID_COLUMNS, column_widths=ID_WIDTHS, label="items", elem_id="search-table")
 
@@ -24,13 +26,19 @@ def training_set_tab(lab: Lab, api) -> None:
         @errors
         def search(query):
             hits = lab.search_captions(query)
-            n = hits.attrs.get("captions", len(hits))
-            return thumbs(hits), gr.update(value=id_table(hits), label=(
-                f"items: {n:,} training captions hold every word" + (
-                    f"; the first {len(hits)} in row order, one per near-duplicate group and caption" if n else "")))
+            return thumbs(hits), id_table(hits)
 
-        q_btn.click(search, [q], [q_gallery, q_table], api_name=api("search_captions"))
-        q.submit(search, [q], [q_gallery, q_table], api_name=False)
+        def note(query):  # (a second event, so the API's answer stays the gallery and the table)
+            try:
+                hits = lab.search_captions(query)
+            except MemlabError:
+                return ""
+            n = hits.attrs.get("captions", len(hits))
+            return f"**{n:,}** training captions hold every word" + (
+                f"; the first {len(hits)} in row order are shown, one per near-duplicate group and caption" if n else "")
+
+        for event, name in ((q_btn.click, api("search_captions")), (q.submit, False)):
+            event(search, [q], [q_gallery, q_table], api_name=name).then(note, [q], [q_note], api_name=False)
         gr.Markdown("#### Near-duplicate groups (largest first)")
         groups = lab.duplicate_groups()
         gr.Dataframe(value=groups.rename(columns={"size": "copies in training", "example": "caption"})
