@@ -101,23 +101,23 @@ def check_manifest(m, path: Path) -> dict:
         for key in ("count", "items", "dim"):
             c.get(caps, key, int, f"captions.{key}")
         c.get(caps, "factory", str, "captions.factory")
-        files = c.obj(c.get(caps, "files", dict, "captions.files"), "captions.files")
-        for key in ("vectors", "rows", "index"):
-            rel = c.get(files, key, str, f"captions.files.{key}")
-            c.relative(path, rel, f"captions.files.{key}")
-            if rel not in m.get("files", {}):
-                c.fail(f"captions.files.{key}", "is not among the checksummed files")
+        _sealed_files(c, m, path, caps, "captions", ("vectors", "rows", "index"))
     words = c.get(m, "words", dict, "words", optional=True)
     if words is not None:  # memlab.words: the captions' posting lists
         for key in ("items", "words", "postings"):
             c.get(words, key, int, f"words.{key}")
-        files = c.obj(c.get(words, "files", dict, "words.files"), "words.files")
-        for key in ("vocab", "rows", "starts"):
-            rel = c.get(files, key, str, f"words.files.{key}")
-            c.relative(path, rel, f"words.files.{key}")
-            if rel not in m.get("files", {}):
-                c.fail(f"words.files.{key}", "is not among the checksummed files")
+        _sealed_files(c, m, path, words, "words", ("vocab", "rows", "starts"))
     return m
+
+
+def _sealed_files(c, m: dict, path, entry: dict, name: str, keys) -> None:
+    """An entry's ``files``: each named key a path inside the folder, among the manifest's checksummed files."""
+    files = c.obj(c.get(entry, "files", dict, f"{name}.files"), f"{name}.files")
+    for key in keys:
+        rel = c.get(files, key, str, f"{name}.files.{key}")
+        c.relative(path, rel, f"{name}.files.{key}")
+        if rel not in m.get("files", {}):
+            c.fail(f"{name}.files.{key}", "is not among the checksummed files")
 
 
 SCHEDULERS = ("ddim", "dpm")
