@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MemlabError
+from .indexfiles import atomic_save
 from .paths import Skipped, inside, member_name, out_folder
 from .tables import read_table
 
@@ -101,6 +102,35 @@ def check_images(images: Path, items: pd.DataFrame, progress, threads: int | Non
     return items.iloc[ok].reset_index(drop=True), [(f, w) for f, w in zip(files, why) if w is not None]
 
 
+def checked_images(images: Path, items: pd.DataFrame, progress, cache: Path
+                   ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """``check_images``, its answer kept in ``cache`` until the build ends: a build started again over the same
+    listed files (names, sizes, modification times) does not decode them all again."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(str(Path(images).resolve()).encode())
+    for f in items["file"]:
+        try:
+            st = (Path(images) / f).stat()
+            h.update(f"\n{f}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"\n{f}\0missing".encode())
+    key = h.hexdigest()
+    try:
+        saved = json.loads(cache.read_text()) if cache.is_file() else {}
+        skipped = [(str(f), str(why)) for f, why in saved["skipped"]] if saved.get("key") == key else None
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):  # (another version's, or cut)
+        skipped = None
+    if skipped is not None:
+        bad = {f for f, _ in skipped}
+        ok = [i for i, f in enumerate(items["file"]) if f not in bad]
+        return items.iloc[ok].reset_index(drop=True), skipped
+    kept, skipped = check_images(images, items, progress)
+    atomic_save(cache, lambda t: t.write_text(json.dumps({"key": key, "skipped": skipped})))
+    return kept, skipped
+
+
 def _no_bar(it, desc="", total=None):
     return it
 
@@ -140,7 +170,8 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
     if items.empty or not items["file"].map(lambda f: (images / f).is_file()).any():
         raise MemlabError(f"none of the {n_listed} files {captions} lists exist under {images} "
                           f"(first: {items['file'].iloc[0] if len(items) else 'none inside it'})")
-    items, unreadable = check_images(images, items, progress)
+    check_cache = out.parent / f".{out.name}.check.json"
+    items, unreadable = checked_images(images, items, progress, check_cache)
     for f, why in unreadable:
         skipped.add("unreadable image or over the caps", f"{f}: {why}"[:200])
         log(f"  skipped {f}: {why}")
@@ -156,6 +187,7 @@ def build_images(images, out, descriptors=("pixel",), *, captions: str | None = 
                 image_root=image_root, progress=progress, origin=origin_column, extra_manifest={"source": source},
                 extra_files=(lambda tmp: _copy_images(tmp, images, items)) if copy_images else None,
                 resume=resume or {"folder": str(images.resolve()), "files": files_digest(images, items["file"])})
+    check_cache.unlink(missing_ok=True)
     if write_embeddings:
         export_embeddings(out, write_embeddings)
     if keywords:

@@ -158,3 +158,41 @@ def test_images_are_checked_on_threads_in_order_with_the_bad_ones_named(tmp_path
     assert [f for f, _ in one[1]] == [f for i, f in enumerate(files) if int(f[:2]) % 7 == 3 or int(f[:2]) % 11 == 5]
     assert one[0]["file"].tolist() == [f for f in files if f not in {g for g, _ in one[1]}]
     assert len(one[1]) == 9 and all(why for _, why in one[1])
+
+
+def test_a_build_started_again_does_not_decode_its_images_again(image_folder, tmp_path, monkeypatch):
+    """The folder check's answer waits beside the output until the build ends: a build stopped after it and started
+    again over the same files skips the same file without decoding any image, and ends in the same index; a file
+    changed since is checked again."""
+    import os
+
+    from memlab import index as index_module
+    from memlab import sources
+    from memlab.index import TrainingIndex
+
+    out, cache = tmp_path / "idx", tmp_path / ".idx.check.json"
+    args = ["--images", str(image_folder), "--captions", str(image_folder / "captions.csv"), "--out", str(out),
+            "--calib-n", "10"]
+    real_build = index_module.build_index
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_module, "build_index", stopped)
+    assert build_main(args) == 130  # (a stop: "interrupted")
+    assert cache.is_file()
+    monkeypatch.setattr(index_module, "build_index", real_build)
+    monkeypatch.setattr(sources, "_check_one", lambda p: pytest.fail(f"{p} decoded again"))
+    assert build_main(args) == 0
+    assert not cache.is_file() and len(TrainingIndex.load(out).items) == 13
+    assert TrainingIndex.load(out).manifest["source"]["skipped"] == ["broken.png"]
+    monkeypatch.undo()
+    monkeypatch.setattr(index_module, "build_index", stopped)
+    assert build_main(args) == 130
+    st = (image_folder / "img03.png").stat()
+    os.utime(image_folder / "img03.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # changed since
+    checked = []
+    real_check = sources._check_one
+    monkeypatch.setattr(sources, "_check_one", lambda p: checked.append(p.name) or real_check(p))
+    assert build_main(args) == 130
+    assert len(checked) == 14  # every listed file again: the listing is not what was checked
