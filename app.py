@@ -31,7 +31,6 @@ def main(argv=None):
     from memlab.errors import MemlabError
     from memlab.service import Lab
     from memlab.app import build_app, launch
-    from memlab.words import MAX_ITEMS
     from memlab.world import World
 
     try:
@@ -39,8 +38,7 @@ def main(argv=None):
         for lab in labs:
             lab.generator  # load the pipelines now, so the first click does not wait for them
             lab.caption_vectors()  # an index's caption vectors are checked now: a bad one is one line, not a traceback
-            if lab.index.manifest.get("words") or lab.index.manifest["item_count"] <= MAX_ITEMS:
-                lab.caption_words()  # its caption words too (or built now, for an index built before them)
+            lab.caption_words()  # its caption words too (or built now, for an index built before them)
     except MemlabError as e:
         sys.exit(f"error: {e}")
     launch(build_app(labs), labs, host=args.host, port=args.port, share=args.share, queue_size=args.queue_size)

@@ -125,10 +125,8 @@ def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progr
     idx = TrainingIndex.load(index_dir)
     name = clip_descriptor(idx)
     info = idx.descriptor_info(name)
-    import pyarrow.parquet as pq
-
-    caps = pq.read_table(index_dir / idx.manifest["metadata"], columns=["caption"]).column(0).to_pandas()
-    rows = distinct_rows(caps)
+    caps = idx.column("caption")
+    rows = distinct_rows(caps) if caps is not None else np.zeros(0, np.int64)
     if not len(rows):
         raise MemlabError(f"index {index_dir} has no caption to embed")
     n, d = len(rows), int(info.get("dim") or idx.vectors(name).shape[1])

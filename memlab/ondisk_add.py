@@ -3,7 +3,6 @@ quantizer and codes are kept, the new rows encoded with it and appended, and the
 threshold recomputed over every item; resumable like ``memlab.ondisk.OnDiskBuild``, whose stages it reuses."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from .blocks import drop_pages as _drop
 from .embeddings import embedding_parts, metadata_batches, metadata_schema
 from .errors import MemlabError
+from .paths import link_or_copy
 from .indexfiles import faiss_module, read_faiss
 from .ondisk import BLOCK, OnDiskBuild, _created, _parts_signature
 
@@ -158,15 +158,9 @@ class OnDiskAddition(OnDiskBuild):
         entry = self.base.manifest.get("captions")
         if not isinstance(entry, dict):
             return {}
-        files = {}
         for rel in entry["files"].values():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(self.base.path / rel, tmp / rel)
-            except OSError:  # (another file system)
-                shutil.copyfile(self.base.path / rel, tmp / rel)
-            files[rel] = self.base.manifest["files"][rel]
-        return {"captions": entry, "files": files}
+            link_or_copy(self.base.path / rel, tmp / rel)
+        return {"captions": entry, "files": {rel: self.base.manifest["files"][rel] for rel in entry["files"].values()}}
 
     def provenance(self, seconds: dict) -> dict:
         m = self.base.manifest

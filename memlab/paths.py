@@ -18,6 +18,18 @@ def out_folder(path, flag: str = "--out") -> Path:
     return p
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst`` (its folder made), else copy it (another file system)."""
+    import os
+    import shutil
+
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def inside(root: Path, path: Path) -> bool:
     """Whether ``path`` (symlinks resolved) lies inside ``root``."""
     try:

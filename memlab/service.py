@@ -346,17 +346,24 @@ class Lab(Streams):
         return self._lean
 
     def caption_words(self):
-        """The captions' posting lists (``memlab.words``: the index's, else built here once): a search reads a few
-        lists, not every caption. An error past ``words.MAX_ITEMS`` items where the index has none."""
+        """The captions' posting lists (``memlab.words``: the index's, checked, else built here once), or None past
+        ``words.MAX_ITEMS`` items where the index has none: a search reads a few lists, not every caption."""
         if self._words is None:
-            from .words import MAX_ITEMS, for_index
+            from .words import for_index
 
             self._words = for_index(self.index) or False
-        if self._words is False:
+        return self._words or None
+
+    def _words_needed(self):
+        """``caption_words``, or the refusal of the views that need them."""
+        from .words import MAX_ITEMS
+
+        words = self.caption_words()
+        if words is None:
             raise MemlabError(f"the training set's {self.index.manifest['item_count']:,} captions have no word index "
                               f"(its build keeps one up to {MAX_ITEMS:,} items): caption search and keyword views "
                               f"are off on it")
-        return self._words
+        return words
 
     def search_captions(self, query: str, limit: int = 48) -> pd.DataFrame:
         """Training items whose caption contains every word of the query (case-insensitive, whole words), in row
@@ -366,7 +373,7 @@ class Lab(Streams):
         words = caption_words(text(query, "the search", LIMITS["query_chars"], False))
         if not words:
             raise MemlabError("type a word to search the captions for")
-        items, rows = self._table(), self.caption_words().rows_with_all(words)
+        items, rows = self._table(), self._words_needed().rows_with_all(words)
         take = 4 * limit
         while True:  # the first `limit` distinct (group, caption) lie in a prefix of the rows: read only that
             hits = items.iloc[rows[:take]].drop_duplicates(subset=["group", "caption"])
@@ -506,7 +513,7 @@ class Lab(Streams):
                 return self._asked[keyword]
         v = keyword_view(self.index, keyword, threshold=threshold, objects=objects,
                          tokenizer=self.generator.tokenizer if self._gen is not None else None,
-                         max_items=KEYWORD_MAX_ITEMS, table=self._table(), words=self.caption_words())
+                         max_items=KEYWORD_MAX_ITEMS, table=self._table(), words=self._words_needed())
         if v["n_after"] == 0:
             raise MemlabError(f"no training caption contains {keyword!r}")
         self._asked[keyword] = v

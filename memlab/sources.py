@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import MemlabError
 from .indexfiles import atomic_save
-from .paths import Skipped, inside, member_name, out_folder
+from .paths import Skipped, inside, link_or_copy, member_name, out_folder
 from .tables import read_table
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -106,17 +106,9 @@ def checked_images(images: Path, items: pd.DataFrame, progress, cache: Path
                    ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """``check_images``, its answer kept in ``cache`` until the build ends: a build started again over the same
     listed files (names, sizes, modification times) does not decode them all again."""
-    import hashlib
     import json
 
-    h = hashlib.sha256(str(Path(images).resolve()).encode())
-    for f in items["file"]:
-        try:
-            st = (Path(images) / f).stat()
-            h.update(f"\n{f}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(f"\n{f}\0missing".encode())
-    key = h.hexdigest()
+    key = [str(Path(images).resolve()), files_digest(images, items["file"])]
     try:
         saved = json.loads(cache.read_text()) if cache.is_file() else {}
         skipped = [(str(f), str(why)) for f, why in saved["skipped"]] if saved.get("key") == key else None
@@ -243,11 +235,7 @@ def _link_images(src: Path, dst: Path, files) -> None:
     for f in files:
         if not (inside(src, src / f) and inside(dst, dst / f)):
             raise MemlabError(f"{f}: a path outside its folder reached the staging step")
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src / f, dst / f)
-        except OSError:
-            shutil.copyfile(src / f, dst / f)
+        link_or_copy(src / f, dst / f)
 
 
 def _copy_images(out: Path, images: Path, items: pd.DataFrame) -> None:
@@ -333,13 +321,17 @@ def build_embeddings(embeddings, out, descriptor: str, *, max_memory="2GB", knn_
 def files_digest(root: Path, files, times: bool | str = True) -> str:
     """What identifies ``files`` (names under ``root``) as they are now: each one's name, size and modification
     time (``times="linked"``: only for a file hard-linked from elsewhere, whose time is its original's; a file
-    unpacked anew has a new one). A build stopped and started again reuses its embedded batches only for files
-    unchanged since."""
+    unpacked anew has a new one; a missing file counts as missing). A build stopped and started again reuses its
+    embedded batches, and its image check, only for files unchanged since."""
     import hashlib
 
     h = hashlib.sha256()
     for f in files:
-        st = (Path(root) / f).stat()
+        try:
+            st = (Path(root) / f).stat()
+        except OSError:
+            h.update(f"{f}\0missing\n".encode())
+            continue
         when = st.st_mtime_ns if times is True or (times == "linked" and st.st_nlink > 1) else ""
         h.update(f"{f}\0{st.st_size}\0{when}\n".encode())
     return h.hexdigest()

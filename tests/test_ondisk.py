@@ -726,6 +726,6 @@ def test_missing_captions_and_urls_are_empty_strings_and_search_skips_them(tmp_p
                         "id": [0, 1, 2]})
     from memlab.words import CaptionWords
 
-    hits = Lab.search_captions(SimpleNamespace(_table=lambda: old, caption_words=lambda: CaptionWords.build(old["caption"])),
-                               "red ball")
+    hits = Lab.search_captions(SimpleNamespace(_table=lambda: old, _words_needed=lambda: CaptionWords.build(
+        old["caption"])), "red ball")
     assert hits["id"].tolist() == [0]
