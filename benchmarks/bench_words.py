@@ -136,7 +136,7 @@ def main(argv=None) -> None:
         print(f"an index without them (its item table read row group by row group): built at the app's start in "
               f"{time.perf_counter() - t0:.1f} s ({'the same lists' if np.array_equal(again.rows, words.rows) and again.vocab == words.vocab else 'LISTS DIFFER'})")
         del again
-    lab = SimpleNamespace(_table=lambda: items, caption_words=lambda: words, _ids=None, _groups=None)
+    lab = SimpleNamespace(_table=lambda: items, _words_needed=lambda: words, _ids=None, _groups=None)
     print(f"caption search, median of {a.repeat} per query (s): before | posting lists | ratio | hits")
     per_kind = {}
     for kind, qs in QUERIES.items():
