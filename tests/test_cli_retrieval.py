@@ -196,3 +196,19 @@ def test_a_build_started_again_does_not_decode_its_images_again(image_folder, tm
     monkeypatch.setattr(sources, "_check_one", lambda p: checked.append(p.name) or real_check(p))
     assert build_main(args) == 130
     assert len(checked) == 14  # every listed file again: the listing is not what was checked
+
+
+@pytest.mark.parametrize("text", ['{"key": 1, "skipped": [["a"]]', '{"key": "k", "skipped": 3}', "[]", "\udcff"])
+def test_a_cut_or_foreign_check_answer_means_checking_again(image_folder, tmp_path, text):
+    """``.OUT.check.json`` left cut by a kill, or written by another version: the check runs again, whole."""
+    import pandas as pd
+
+    from memlab import sources
+
+    cache = tmp_path / ".idx.check.json"
+    cache.write_text(text, errors="surrogateescape")
+    items = pd.DataFrame({"file": sorted(p.name for p in image_folder.glob("*.png"))})
+    kept, skipped = sources.checked_images(image_folder, items, lambda it, **k: it, cache)
+    assert [f for f, _ in skipped] == ["broken.png"] and len(kept) == len(items) - 1
+    assert sources.checked_images(image_folder, items, lambda it, **k: pytest.fail("checked again"), cache)[1] == \
+        skipped  # (and now kept for the next start)
