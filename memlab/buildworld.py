@@ -367,7 +367,7 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
     """5b. What the newer methods need, each skipped when present: NeMo's statistics of non-memorized prompts
     (the unique probes; ``memlab.nemo``; again when computed at other sampling steps), the alignment
     classifier trained on the world's own renders (``memlab.alignment``), the hidden object's classifier
-    (``memlab.objects``) and the template thresholds (again when calibrated on another plan)."""
+    (``memlab.objects``), SAIL's target and the template thresholds (again when calibrated on another plan)."""
     import pandas as pd
 
     from .generate import Generator
@@ -403,8 +403,28 @@ def _methods(out: Path, eval_seeds: int, st: _Stages, progress, log, alignment=N
                 model.save(tmp)
             log(f"[build-world] {what}, held out: {model.card['held_out']}")
             st.done(stage)
+    _sail_target(out, gen, eval_seeds, sampling, log)
     _template_threshold(out, gen, st, progress, log, eval_seeds, sampling)
     seal_world(out)
+
+
+def _sail_target(out: Path, gen, eval_seeds: int, sampling: dict, log) -> None:
+    """SAIL's target (``memlab.sail``), calibrated on the unique probes as Wen's is, into world.json's defaults
+    (skipped when there)."""
+    import pandas as pd
+
+    from .generate import Settings
+    from .sail import calibrate_sail_target
+    from .world import write_world_json
+
+    manifest = json.loads((out / "world.json").read_text())
+    if manifest.get("defaults", {}).get("sail_target"):
+        return
+    table = pd.read_csv(out / "probes.csv")
+    sail = calibrate_sail_target(gen, table[table["group"] == "unique"]["prompt"].tolist(), list(range(eval_seeds)),
+                                 Settings(steps=sampling["steps"], guidance=sampling["guidance"]))
+    log(f"[build-world] SAIL target {sail['sail_target']:.4f}")
+    write_world_json(out, **{**manifest, "defaults": {**manifest.get("defaults", {}), **sail}})
 
 
 # prompts of items seen once (not probes) x seeds (at most --eval-seeds). The 1% quantile needs several

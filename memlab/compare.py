@@ -1,7 +1,7 @@
 """The methods side by side, from a run's records (``memlab run`` with several prompts and strategies):
 
 - **detectors** (Wen et al.'s noise norm, Ren et al.'s attention entropy, Asthana and Belagiannis's
-  anisotropy): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
+  anisotropy, Chen et al.'s localized score, Jeon et al.'s sharpness): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
   probes that never replicate, from each probe's mean score over its ``none`` seeds; higher = memorized,
   as each paper scores it (an AUC under 0.5 is reported as it is); their cost in UNet passes;
 - **mitigations**: on the same prompts and seeds as ``none``, replication, dataset similarity (mean of the
@@ -27,6 +27,9 @@ DETECTORS = {
     "bright_ending": {"paper": "Chen et al., ICLR 2025", "statistic": "||m (eps(x_T, c) - eps(x_T, empty))|| / "
                       "mean(m), first step, m the end token's attention at the last step (the bright ending)",
                       "unet_passes": "2 (the first step's and the last step's, both shared with generation)"},
+    "jeon": {"paper": "Jeon et al., ICML 2025", "statistic": "||H_c ds - H_u ds|| on the starting noise, first step, "
+             "ds = s(x_T, c) - s(x_T, empty) (the Hessians' product by central difference)",
+             "unet_passes": "3 (the scores at x_T and at x_T +- h ds, apart from generation)"},
 }
 
 

@@ -27,7 +27,7 @@ from .local import bright_ending_coverage, format_local, local_checks, template_
 from .runner import run_prompt
 
 # DCR's four, Wen's, and the newer ones (issue 31): Ren's, NeMo's, Jain's static and dynamic transition
-MITIGATIONS = ("rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain", "jain:mode=dynamic")
+MITIGATIONS = ("rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain", "jain:mode=dynamic", "sail")
 
 
 def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies, settings, progress=None,
@@ -73,16 +73,22 @@ def _probe_runs(gen, index, descriptor, probes: pd.DataFrame, seeds, strategies,
     return pd.DataFrame(out)
 
 
+REACH = {"wen": ("wen_reached", "wen_final_norm", "wen_target"),  # the records' mitigation_state keys
+         "sail": ("sail_reached", "sail_final_loss", "sail_target")}
+
+
 def wen_reach(runs: pd.DataFrame, label: str = "wen") -> dict | None:
-    """Wen et al.'s mitigation, per seed: whether its first-step score reached the target, and the score after
-    the optimization (from the records' ``mitigation_state``)."""
-    st = [s for states in runs[runs["strategy"] == label]["states"] for s in states if "wen_reached" in s]
+    """An optimizing mitigation (Wen et al.'s, on the prompt embedding; Jeon et al.'s SAIL, on the starting
+    noise), per seed: whether its score reached the target, and the score after the optimization (from the
+    records' ``mitigation_state``)."""
+    reached, final, target = REACH[label.split(":")[0]]
+    st = [s for states in runs[runs["strategy"] == label]["states"] for s in states if reached in s]
     if not st:
         return None
-    return {"seeds": len(st), "reached_share": float(np.mean([s["wen_reached"] for s in st])),
-            "final_norm_mean": float(np.mean([s["wen_final_norm"] for s in st])),
-            "final_norm_max": float(np.max([s["wen_final_norm"] for s in st])),
-            "target": float(np.mean([s["wen_target"] for s in st]))}
+    return {"seeds": len(st), "reached_share": float(np.mean([s[reached] for s in st])),
+            "final_norm_mean": float(np.mean([s[final] for s in st])),
+            "final_norm_max": float(np.max([s[final] for s in st])),
+            "target": float(np.mean([s[target] for s in st]))}
 
 
 def detector_figures(base: pd.DataFrame, high: str) -> dict:
@@ -110,11 +116,12 @@ def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int =
     """Seconds each detector costs on one batch of ``seeds`` (median of ``repeats``), computed alone: Wen's
     norm (one batched first-step pass), Ren's entropy (the same pass with its attention kept), Asthana's
     anisotropy (that pass and one more at a low-noise timestep), Chen et al.'s localized score (the first-step
-    pass and one at the last timestep with the end token's maps kept)."""
+    pass and one at the last timestep with the end token's maps kept), Jeon et al.'s sharpness (three passes)."""
     import torch
 
     from .attention import (AttentionContext, AttentionHub, bright_ending as end_map, local_detection,
                             prompt_lengths)
+    from .sail import sharpness
 
     hub = AttentionHub.of(gen.pipe.unet)
     sched = gen.pipe.scheduler
@@ -144,9 +151,13 @@ def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int =
             gen.clean_detection(lat, sched.timesteps[-1], cond, uncond)
         local_detection(diff.numpy(), end_map(ctx.end_maps))
 
+    def jeon():
+        sharpness(gen, lat, t0, cond, uncond)
+
     out = {}
     with torch.no_grad():
-        for name, fn in (("wen", wen), ("ren", ren), ("asthana", asthana), ("bright_ending", bright_ending)):
+        for name, fn in (("wen", wen), ("ren", ren), ("asthana", asthana), ("bright_ending", bright_ending),
+                         ("jeon", jeon)):
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -295,7 +306,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                       "seconds_per_batch_of_8": detector_seconds(gen, probes[probes["group"] == high]["prompt"].iloc[0],
                                                                  list(range(8)), settings)},
         "mitigation_seconds_none_on_high": none_on_high["seconds_per_image"],
-        "wen_reach": wen_reach(mit),
+        "wen_reach": wen_reach(mit), "sail_reach": wen_reach(mit, "sail"),
         "alignment": {**(aligner.info() if aligner is not None else {}),
                       "none_on_high": hi_align},
         "seconds_8_seeds": t8,
@@ -464,11 +475,12 @@ def format_report(m: dict) -> str:
             extra += f"  {r['added_seconds_per_image']:+.3f} s/image"
         lines.append(f"  {name:<20} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
                      f"{'' if cut is None else f', cut {cut:.0%}'})  data sim {r['dataset_similarity']:.3f}{extra}")
-    if m.get("wen_reach"):
-        w = m["wen_reach"]
-        lines.append(f"wen on {m['mitigations_on']}: {w['reached_share']:.1%} of {w['seeds']} seeds reached the target "
-                     f"{w['target']:.3f}; score after the optimization mean {w['final_norm_mean']:.3f}, "
-                     f"max {w['final_norm_max']:.3f}")
+    for name in ("wen", "sail"):
+        if m.get(f"{name}_reach"):
+            w = m[f"{name}_reach"]
+            lines.append(f"{name} on {m['mitigations_on']}: {w['reached_share']:.1%} of {w['seeds']} seeds reached the "
+                         f"target {w['target']:.3f}; score after the optimization mean {w['final_norm_mean']:.3f}, "
+                         f"max {w['final_norm_max']:.3f}")
     if m.get("alignment", {}).get("method"):
         a = m["alignment"]
         lines.append(f"alignment: {a['method']} ({a['model']}): {a['measures']}; held out: "

@@ -138,6 +138,7 @@ class Generator:
         self.lock = threading.Lock()
         self._text_lock = threading.Lock()  # a head start's two threads share the tokenizer
         self.wen_target: float | None = None  # the model's calibrated absolute target for ``wen``
+        self.sail_target: float | None = None  # and for ``sail`` (``memlab.sail``)
         self.nemo_stats = None  # NeMo's statistics of non-memorized prompts (``memlab.nemo.NeMoStats``)
         self.template_threshold: dict | None = None  # the world's masked-similarity threshold ("template copy")
         self._nemo_cache: dict = {}
@@ -420,7 +421,8 @@ class Generator:
 
         from .attention import (AttentionContext, AttentionHub, bright_ending, local_detection, prompt_lengths,
                                 ren_entropy, small_map)
-        from .mitigations import Jain, NeMo, Ren
+        from .mitigations import Jain, NeMo, Ren, Sail
+        from .sail import sail_optimize, sharpness
 
         pipe = pipe or self.pipe
         hub = AttentionHub.of(pipe.unet)  # (the UNet is shared with a head start's thread: its hooks are per thread)
@@ -440,6 +442,10 @@ class Generator:
         wen_state: dict = {}
         if wen is not None:
             cond = self._wen_optimize(wen, lat0, t0, cond, uncond, wen_state)
+        sail_state = None
+        if strategy.find(Sail) is not None:  # the starting noise, optimized (detection still reads lat0)
+            lat_s, sail_state = sail_optimize(self, strategy.find(Sail), lat0, t0, cond, uncond)
+            latents = lat_s / pipe.scheduler.init_noise_sigma
 
         cfg = settings.guidance > 1.0
         ren, nemo, jain = strategy.find(Ren), strategy.find(NeMo), strategy.find(Jain)
@@ -498,13 +504,14 @@ class Generator:
         det = torch.stack(norms).mean(0).cpu().numpy()
         ren_score = ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
         aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)
+        sharp = sharpness(self, lat0, t0, clean_cond, clean_uncond)
         be = bright_ending(ctx.end_maps) if ctx.end_maps else None
         local = local_detection(diff_map[0].numpy(), be) if be is not None and diff_map else None
         out = []
         for i, (s, e, im, d) in enumerate(zip(seeds, eff, images, det)):
             dets = {"wen": float(d), "ren": float(ren_score[i]),
                     "asthana": float(ASTHANA_GAMMA[0] * d + ASTHANA_GAMMA[1] * aniso[i]),
-                    "asthana_cosine": float(aniso[i])}
+                    "asthana_cosine": float(aniso[i]), "jeon": float(sharp[i])}
             if local is not None:
                 dets["bright_ending"] = float(local[i])
             extra = {"detections": dets}
@@ -514,6 +521,8 @@ class Generator:
                 extra["jain_transition_step"] = guide.transition_step(i)
             if nemo is not None:
                 extra["nemo_neurons"] = sum(map(len, blocked.values()))
+            if sail_state:
+                extra.update(sail_state[i])
             if wen_state:  # Wen's score after the optimization, and whether the seed reached its target
                 extra.update(wen_target=wen_state["target"][i], wen_final_norm=wen_state["final_norm"][i],
                              wen_reached=bool(wen_state["reached"][i]))

@@ -22,6 +22,10 @@ Definitions follow the DCR code (Somepalli et al. 2023), reused by Wen et al. (d
   noise norm falls below an absolute target (Wen's ``target_loss``: ``target=``, else the world's
   calibrated ``wen_target``), so a prompt already below it is left untouched. ``target_ratio=r``
   is memlab's relative variant (stop below r x the initial norm), used only when asked for.
+- ``sail`` Jeon et al. (ICML 2025, SAIL): optimize the starting noise with Adam (lr 0.05, at most 10
+  steps) until the sharpness loss ||eps(x + d, c) - eps(x + d, empty)|| + gamma ||x|| falls below a target
+  (``target=``, else the world's calibrated ``sail_target``); a seed already below it is left untouched
+  (``memlab.sail``).
 
 A strategy is a list of mitigations applied in order, written ``rna:k=2+gni:lam=0.1``. Every
 random choice is drawn from a generator seeded by (mitigation seed, generation seed), so the same
@@ -177,6 +181,15 @@ class Wen(Mitigation):
               "seed": Param(0, 0, 2**31 - 1)}
 
 
+class Sail(Mitigation):
+    """Applied by the generator to the starting noise (``memlab.sail``). ``target`` 0 means the model's
+    calibrated target (``Generator.sail_target``)."""
+
+    level = "latent"
+    PARAMS = {"lr": Param(0.05, 1e-5, 1.0), "iters": Param(10, 1, 100), "gamma": Param(0.05, 0.0, 10.0),
+              "target": Param(0.0, 0.0, 1e6)}
+
+
 class Ren(Mitigation):
     """Applied in the UNet's cross-attention (``memlab.attention``). Neutral: ``c1=1,mask=off``."""
 
@@ -247,7 +260,7 @@ class JainGuidance:
 
 MITIGATIONS: dict[str, type[Mitigation]] = {
     "none": NoMitigation, "rna": RNA, "rt": RandomTokens, "cwr": CWR, "gni": GNI, "wen": Wen,
-    "ren": Ren, "nemo": NeMo, "jain": Jain}
+    "ren": Ren, "nemo": NeMo, "jain": Jain, "sail": Sail}
 
 
 def create_mitigation(name: str, **params) -> Mitigation:
@@ -264,7 +277,8 @@ def create_mitigation(name: str, **params) -> Mitigation:
 
 @dataclass
 class Strategy:
-    """Mitigations applied in order (prompt-level first, then embedding-level, then optimization)."""
+    """Mitigations applied in order (prompt-level first, then embedding-level, then optimization; SAIL's
+    starting noise is optimized last, on the embeddings the sampling uses)."""
 
     mitigations: list[Mitigation]
 
@@ -308,7 +322,7 @@ class Strategy:
     def changes_first_pass(self) -> bool:
         """Whether the first UNet pass differs from the effective prompt's clean one (detection is then
         computed by an extra pass on the clean branches)."""
-        return any(m.level in ("embedding", "optimize", "attention") for m in self.mitigations)
+        return any(m.level in ("embedding", "optimize", "attention", "latent") for m in self.mitigations)
 
 
 def strategy_label(record_mitigation: dict) -> str:

@@ -144,7 +144,7 @@ def check_world(m, path: Path) -> dict:
     d = c.obj(m.get("defaults", {}), "defaults")
     if "steps" in d and (c.get(d, "steps", int, "defaults.steps") < 1):
         c.fail("defaults.steps", "must be at least 1")
-    for key in ("guidance", "wen_target"):
+    for key in ("guidance", "wen_target", "sail_target"):
         c.get(d, key, float, f"defaults.{key}", optional=True)
     if "scheduler" in d and d["scheduler"] not in SCHEDULERS:
         c.fail("defaults.scheduler", f"must be one of {', '.join(SCHEDULERS)} (got {d['scheduler']!r:.40})")

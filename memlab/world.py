@@ -92,6 +92,7 @@ class World:
             self._generator = Generator.from_pretrained(self.model, device=device,
                                                         scheduler=scheduler or self.defaults["scheduler"])
             self._generator.wen_target = self.defaults.get("wen_target")  # calibrated at build, if any
+            self._generator.sail_target = self.defaults.get("sail_target")
             # the masked ("template copy") threshold, calibrated at build where the world has one (issue 32)
             self._generator.template_threshold = current_threshold(self.manifest.get("template_threshold"))
             folder = self.folder("nemo")

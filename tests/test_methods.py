@@ -95,10 +95,10 @@ def test_jain_unguided_until_the_end_is_the_unconditional_model(tiny_generator):
 def test_detections_are_the_prompts_under_every_mitigation_and_asthana_is_norm_plus_two_cosines(tiny_generator):
     gen = tiny_generator
     none = gen.generate(PROMPT, [0, 1], "none", FAST)
-    for spec in ("gni", "ren", "jain"):
+    for spec in ("gni", "ren", "jain", "sail:target=0.0001,iters=2"):
         other = gen.generate(PROMPT, [0, 1], spec, FAST)
         for a, b in zip(none, other):
-            for m in ("wen", "ren", "asthana"):
+            for m in ("wen", "ren", "asthana", "jeon"):
                 assert a.extra["detections"][m] == pytest.approx(b.extra["detections"][m], rel=1e-4), (spec, m)
     sched = gen.pipe.scheduler
     sched.set_timesteps(FAST.steps)
@@ -314,7 +314,8 @@ def test_every_detector_and_mitigation_names_a_paper_the_about_tab_lists():
         author, venue = re.match(r"(\w+)[^,]*, (.+)$", d["paper"]).groups()
         assert any(author in e and venue.replace(" ", "") in e.replace("\n", " ").replace(" ", "") for e in entries), name
     papers = {"rna": "Somepalli et al.", "rt": "Somepalli et al.", "cwr": "Somepalli et al.", "gni": "Somepalli et al.",
-              "wen": "Wen, Liu", "ren": "Ren et al.", "nemo": "Hintersdorf et al.", "jain": "Jain et al."}
+              "wen": "Wen, Liu", "ren": "Ren et al.", "nemo": "Hintersdorf et al.", "jain": "Jain et al.",
+              "sail": "Jeon et al."}
     assert set(MITIGATIONS) - {"none"} == set(papers)  # a new mitigation names its paper here and in the tab
     assert all(p in CITATIONS for p in papers.values())
     # one list item each: no wrapped line that a Markdown renderer starts a new item with ("  2024. (nemo" did,

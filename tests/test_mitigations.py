@@ -75,7 +75,7 @@ def test_bad_specs(spec, msg):
 
 
 def test_registry_names():
-    assert set(MITIGATIONS) == {"none", "rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain"}
+    assert set(MITIGATIONS) == {"none", "rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain", "sail"}
     assert create_mitigation("rna").params["k"] == 4  # DCR's mitigation script
 
 

@@ -23,6 +23,8 @@ CITATIONS = """
 - Jain et al. *Classifier-Free Guidance inside the Attraction Basin May Cause Memorization.* CVPR 2025. (`jain`)
 - Asthana, Belagiannis. *Detecting and Mitigating Memorization in Diffusion Models through Anisotropy of the
   Log-Probability.* ICLR 2026. (`asthana`: norm and angular alignment on pure noise)
+- Jeon et al. *Understanding and Mitigating Memorization in Generative Models via Sharpness of Probability
+  Landscapes.* ICML 2025. (`jeon`: the sharpness of the landscape; `sail`: the starting noise optimized)
 """
 
 

@@ -351,7 +351,8 @@ def _other_detections(s: dict) -> str:
     d = s.get("detections_mean") or {}
     parts = [f"Ren et al.'s attention entropy {d['ren']:.3f}" if "ren" in d else "",
              f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else "",
-             f"Chen et al.'s localized score {d['bright_ending']:.3f}" if "bright_ending" in d else ""]
+             f"Chen et al.'s localized score {d['bright_ending']:.3f}" if "bright_ending" in d else "",
+             f"Jeon et al.'s sharpness {d['jeon']:.3f}" if "jeon" in d else ""]
     parts = [p for p in parts if p]
     return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
 
@@ -411,16 +412,21 @@ def _template_line(s: dict, records, lab) -> list[str]:
 
 
 def _wen_line(records) -> list[str]:
-    """Wen et al.'s mitigation as it ran: the score after its optimization beside the target, per seed
-    (``mitigation_state``), so a prompt that was left untouched reads as such."""
-    st = [r["mitigation_state"] for r in records if (r.get("mitigation_state") or {}).get("wen_target") is not None]
-    if not st:
-        return []
-    final = [x["wen_final_norm"] for x in st]
-    reached = sum(bool(x["wen_reached"]) for x in st)
-    return [f"- **Wen's mitigation**: detection after its optimization {np.mean(final):.3f} (max {max(final):.3f}) "
-            f"against its target {st[0]['wen_target']:.3f}; reached on {reached} of {len(st)} seeds (a prompt already "
-            f"below the target is left as it was)"]
+    """An optimizing mitigation as it ran (Wen et al.'s on the prompt embedding, Jeon et al.'s SAIL on the
+    starting noise): the score after its optimization beside the target, per seed (``mitigation_state``), so a
+    seed that was left untouched reads as such."""
+    out = []
+    for key, name, what in (("wen", "Wen's mitigation", "detection"), ("sail", "SAIL (Jeon et al.)", "sharpness loss")):
+        st = [r["mitigation_state"] for r in records
+              if (r.get("mitigation_state") or {}).get(f"{key}_target") is not None]
+        if not st:
+            continue
+        final = [x[f"{key}_final_norm" if key == "wen" else "sail_final_loss"] for x in st]
+        reached = sum(bool(x[f"{key}_reached"]) for x in st)
+        out.append(f"- **{name}**: {what} after its optimization {np.mean(final):.3f} (max {max(final):.3f}) "
+                   f"against its target {st[0][f'{key}_target']:.3f}; reached on {reached} of {len(st)} seeds (a "
+                   f"{'prompt' if key == 'wen' else 'seed'} already below the target is left as it was)")
+    return out
 
 
 def _alignment_line(s: dict, lab) -> list[str]:

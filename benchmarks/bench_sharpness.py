@@ -1,0 +1,85 @@
+"""Jeon et al.'s sharpness (``memlab.sail.sharpness``): memlab's central difference against the exact
+Hessian-vector product the authors take by forward-mode AD (``torch.func.jvp``, which needs the math attention
+kernel), on a world's probes at the first sampling step: the largest relative difference and the seconds of
+each, per batch of seeds, with the ratio measured in the same run.
+
+    python -m benchmarks.bench_sharpness [--world assets/world] [--per-group 2] [--seeds 8] [--steps FD,...]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def exact(gen, lat, t, cond, uncond):
+    import torch
+    from torch.func import jvp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    sigma = float((1 - gen.pipe.scheduler.alphas_cumprod[int(t)]).sqrt())
+    emb = torch.cat([uncond, cond])
+    x = gen.pipe.scheduler.scale_model_input(lat, t)
+
+    def score(z):
+        return -gen.pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=emb).sample.float() / sigma
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        s_u, s_c = score(x).chunk(2)
+        _, hv = jvp(score, (x,), (s_c - s_u,))
+    h_u, h_c = hv.chunk(2)
+    return (h_c - h_u).flatten(1).norm(dim=1).numpy()
+
+
+def main():
+    import pandas as pd
+
+    from memlab import sail
+    from memlab.world import World
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", default=None)
+    ap.add_argument("--per-group", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--steps", default="0.1,0.03,0.01,0.001", help="difference steps, as shares of ||x||")
+    a = ap.parse_args()
+    world = World.load(a.world)
+    gen = world.generator()
+    probes = pd.read_csv(world.file("probes"))
+    settings = world.defaults
+    sched = gen.pipe.scheduler
+    sched.set_timesteps(int(settings.get("steps", 30)))
+    t0 = sched.timesteps[0]
+    size = gen.default_size()
+    lat = gen.initial_latents(list(range(a.seeds)), size, size) * sched.init_noise_sigma
+    steps = [float(s) for s in a.steps.split(",")]
+    err = {s: [] for s in steps}
+    secs = {s: [] for s in steps}
+    secs_exact, by_group = [], {}
+    for group, df in probes.groupby("group"):
+        for prompt in df["prompt"].head(a.per_group):
+            cond, uncond = gen.encode([prompt] * a.seeds)
+            t = time.perf_counter()
+            ref = exact(gen, lat, t0, cond, uncond)
+            secs_exact.append(time.perf_counter() - t)
+            by_group.setdefault(group, []).append(float(ref.mean()))
+            for s in steps:
+                sail.FD_STEP = s
+                t = time.perf_counter()
+                fd = sail.sharpness(gen, lat, t0, cond, uncond)
+                secs[s].append(time.perf_counter() - t)
+                err[s].append(float(np.max(np.abs(fd - ref) / ref)))
+    print(f"world {world.path}: {sum(len(v) for v in by_group.values())} probes x {a.seeds} seeds, first step "
+          f"of {int(settings.get('steps', 30))}")
+    print(f"exact (jvp, math attention): median {np.median(secs_exact):.3f} s per batch")
+    for s in steps:
+        print(f"central difference, step {s:g} x ||x||: largest relative difference {max(err[s]):.4%} "
+              f"(median over probes {np.median(err[s]):.4%}); median {np.median(secs[s]):.3f} s per batch, "
+              f"{np.median(secs_exact) / np.median(secs[s]):.1f}x faster")
+    for g, v in sorted(by_group.items()):
+        print(f"  {g}: mean sharpness {np.mean(v):.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Sharpness of the probability landscape: Jeon et al. (ICML 2025), "Understanding and Mitigating
+Memorization in Generative Models via Sharpness of Probability Landscapes" (the authors' code:
+Dongjae0324/sharpness_memorization_diffusion, ``local_model/pipe.py``). A memorized prompt sits in a sharp
+peak of the conditional density, so its Hessian amplifies the guidance direction more than the
+unconditional one does.
+
+- ``sharpness`` (detection, ``jeon``): at the first sampling step, on the starting noise x_T, the score
+  difference ds = s(x, c) - s(x, empty) (s = -eps / sigma_t) multiplied by the Hessians of the log-density,
+  ||H_c ds - H_u ds|| per sample (the authors' ``hvp_metric`` with one sampling step, ``hvp_sampling_num``
+  1). The authors take the Hessian-vector product by forward-mode AD (``torch.func.jvp``); memlab takes the
+  central difference of the scores along ds (a step of ``FD_STEP`` x ||x||), two UNet evaluations that keep
+  the fused attention kernels (forward-mode AD needs the math kernel: 5-7 times a forward pass on the
+  built-in world, and the full attention matrix in memory on Stable Diffusion). ``tests/test_methods.py``
+  holds it to the jvp.
+- ``sail_loss`` / ``sail_optimize`` (mitigation, ``sail``: Sharpness-Aware Initialization for Latent
+  diffusion, the paper's Algorithm 2 as the authors' code computes it): the starting noise x is optimized
+  with Adam (lr 0.05, at most 10 steps) on L(x) = ||eps(x + d, c) - eps(x + d, empty)|| + gamma ||x||,
+  d = (eps(x, c) - eps(x, empty)) / ||eps(x, c) - eps(x, empty)|| (the gradient runs through d, as in their
+  code; gamma 0.05, their SD v1 value), and a seed is kept once L <= the target (their ``l_thres``, 8.2 for
+  SD v1; the built-in world calibrates its own, ``calibrate_sail_target``). A seed already under the target
+  is left untouched, bit for bit. Where the authors draw a fresh seed and raise the target after three
+  failures, memlab keeps each seed (results are compared on the same seeds) and records whether it reached
+  the target.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FD_STEP = 1e-2  # the difference step, as a share of ||x||: within 0.2% of the jvp on the built-in world (docs)
+
+
+def _eps(gen, x, t, cond, uncond):
+    """[eps(x, empty); eps(x, c)] in one batched call, as float32 (epsilon- or v-prediction)."""
+    import torch
+
+    sched = gen.pipe.scheduler
+    xin = sched.scale_model_input(torch.cat([x] * 2), t)
+    out = gen.pipe.unet(xin.to(gen.pipe.unet.dtype), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    out = out.float()
+    if sched.config.get("prediction_type", "epsilon") == "v_prediction":  # eps = sigma x_t + alpha v
+        a = sched.alphas_cumprod[int(t)].to(out.device).float()
+        out = (1 - a).sqrt() * xin.float() + a.sqrt() * out
+    return out.chunk(2)
+
+
+def sharpness(gen, lat0, t, cond, uncond):
+    """Jeon et al.'s detection score per sample: ||H_c ds - H_u ds|| at the first step ([B], numpy)."""
+    import torch
+
+    sigma = float((1 - gen.pipe.scheduler.alphas_cumprod[int(t)]).sqrt())
+    x = lat0.float()
+    with torch.no_grad():
+        e_u, e_c = _eps(gen, x, t, cond, uncond)
+        ds = -(e_c - e_u) / sigma
+        n = ds.flatten(1).norm(dim=1).clamp_min(1e-12)
+        h = (FD_STEP * x.flatten(1).norm(dim=1) / n).view(-1, *[1] * (x.dim() - 1))
+        both_u, both_c = _eps(gen, torch.cat([x + h * ds, x - h * ds]), t, torch.cat([cond] * 2),
+                              torch.cat([uncond] * 2))
+        plus_u, minus_u = both_u.chunk(2)
+        plus_c, minus_c = both_c.chunk(2)
+        hvp = -((plus_c - minus_c) - (plus_u - minus_u)) / (sigma * 2 * h)
+    return hvp.flatten(1).norm(dim=1).cpu().numpy()
+
+
+def sail_loss(gen, x, t, cond, uncond, gamma: float):
+    """The authors' SAIL loss per sample ([B], differentiable in ``x``)."""
+    e_u, e_c = _eps(gen, x, t, cond, uncond)
+    diff = e_c - e_u
+    d = diff / diff.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+    m_u, m_c = _eps(gen, x + d, t, cond, uncond)
+    return (m_c - m_u).flatten(1).norm(dim=1) + gamma * x.flatten(1).norm(dim=1)
+
+
+def sail_target_for(gen, sail) -> float:
+    """``target=`` if given, else the model's calibrated target."""
+    from .errors import MemlabError
+
+    if sail.params["target"] > 0:
+        return float(sail.params["target"])
+    if getattr(gen, "sail_target", None):
+        return float(gen.sail_target)
+    raise MemlabError("sail needs a target: this model has no calibrated sail_target; give sail:target=X "
+                      "(Jeon et al.'s l_thres: 8.2 for Stable Diffusion v1 at gamma 0.05)")
+
+
+def sail_optimize(gen, sail, lat0, t, cond, uncond) -> tuple:
+    """SAIL on the starting noise ``lat0`` ([B, C, h, w]): (the noise to sample from, per-seed state with the
+    target, the loss before and after, whether it reached the target and the steps it took)."""
+    import torch
+
+    p = sail.params
+    target = sail_target_for(gen, sail)
+    gamma = float(p["gamma"])
+    cond, uncond = cond.detach(), uncond.detach()
+    x = lat0.detach().float().clone().requires_grad_(True)
+    kept = x.detach().clone()
+    opt = torch.optim.Adam([x], lr=float(p["lr"]))
+    done = torch.zeros(len(x), dtype=torch.bool)
+    steps = torch.zeros(len(x), dtype=torch.long)
+    first = None
+    with torch.enable_grad():
+        for k in range(int(p["iters"]) + 1):
+            loss = sail_loss(gen, x, t, cond, uncond, gamma)
+            first = loss.detach().cpu() if first is None else first
+            newly = (loss.detach().cpu() <= target) & ~done
+            kept[newly] = x.detach()[newly]  # a seed is kept as it was when it reached the target
+            steps[newly] = k
+            done |= newly
+            if bool(done.all()) or k == int(p["iters"]):
+                break
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                x[done] = kept[done]
+    out = torch.where(done.view(-1, *[1] * (x.dim() - 1)).to(x.device), kept, x.detach())
+    with torch.no_grad():
+        final = sail_loss(gen, out, t, cond, uncond, gamma).cpu()
+    steps[~done] = int(p["iters"])
+    state = [{"sail_target": target, "sail_initial_loss": float(first[i]), "sail_final_loss": float(final[i]),
+              "sail_reached": bool(final[i] <= target + 1e-6), "sail_steps": int(steps[i])} for i in range(len(x))]
+    return out.to(lat0.dtype), state
+
+
+def calibrate_sail_target(gen, prompts, seeds, settings, gamma: float = 0.05, fpr: float = 0.01) -> dict:
+    """A SAIL target per model, by the rule of ``evaluate.calibrate_wen_target``: the value that keeps ``fpr``
+    of the SAIL losses of non-memorized prompts' starting noise above it (so most of their seeds are left
+    untouched, as the authors' l_thres leaves the noise of ordinary prompts)."""
+    import torch
+
+    h = w = gen.default_size()
+    sched = gen.pipe.scheduler
+    sched.set_timesteps(settings.steps, device=gen.device)
+    t0 = sched.timesteps[0]
+    lat = gen.initial_latents(seeds, h, w) * sched.init_noise_sigma
+    losses = []
+    for prompt in prompts:
+        cond, uncond = gen.encode([prompt] * len(seeds))
+        with torch.no_grad():
+            losses.append(sail_loss(gen, lat.float(), t0, cond, uncond, gamma).cpu().numpy())
+    value = float(np.quantile(np.concatenate(losses), 1.0 - fpr, method="higher"))
+    return {"sail_target": value, "sail_target_source": (
+        f"{1 - fpr:.0%} quantile of the SAIL loss (gamma {gamma}) on the starting noise of {len(prompts)} unique "
+        f"probes x {len(seeds)} seeds at {settings.steps} steps: seeds below it are left untouched")}
