@@ -444,7 +444,8 @@ class Generator:
             cond = self._wen_optimize(wen, lat0, t0, cond, uncond, wen_state)
         sail_state = None
         if strategy.find(Sail) is not None:  # the starting noise, optimized (detection still reads lat0)
-            lat_s, sail_state = sail_optimize(self, strategy.find(Sail), lat0, t0, cond, uncond)
+            lat_s, sail_state = sail_optimize(self, strategy.find(Sail), lat0, t0, cond, uncond,
+                                               pipe.scheduler)
             latents = lat_s / pipe.scheduler.init_noise_sigma
 
         cfg = settings.guidance > 1.0
@@ -504,7 +505,7 @@ class Generator:
         det = torch.stack(norms).mean(0).cpu().numpy()
         ren_score = ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
         aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)
-        sharp = sharpness(self, lat0, t0, clean_cond, clean_uncond)
+        sharp = sharpness(self, lat0, t0, clean_cond, clean_uncond, pipe.scheduler)
         be = bright_ending(ctx.end_maps) if ctx.end_maps else None
         local = local_detection(diff_map[0].numpy(), be) if be is not None and diff_map else None
         out = []

@@ -8,7 +8,7 @@ unconditional one does.
   difference ds = s(x, c) - s(x, empty) (s = -eps / sigma_t) multiplied by the Hessians of the log-density,
   ||H_c ds - H_u ds|| per sample (the authors' ``hvp_metric`` with one sampling step, ``hvp_sampling_num``
   1). The authors take the Hessian-vector product by forward-mode AD (``torch.func.jvp``); memlab takes the
-  central difference of the scores along ds (a step of ``FD_STEP`` x ||x||), two UNet evaluations that keep
+  central difference of the scores along ds (a step of ``FD_STEP`` x ||x||), two more UNet calls that keep
   the fused attention kernels (forward-mode AD needs the math kernel: 5-7 times a forward pass on the
   built-in world, and the full attention matrix in memory on Stable Diffusion). ``tests/test_methods.py``
   holds it to the jvp.
@@ -29,11 +29,12 @@ import numpy as np
 FD_STEP = 1e-2  # the difference step, as a share of ||x||: within 0.2% of the jvp on the built-in world (docs)
 
 
-def _eps(gen, x, t, cond, uncond):
-    """[eps(x, empty); eps(x, c)] in one batched call, as float32 (epsilon- or v-prediction)."""
+def _eps(gen, x, t, cond, uncond, sched=None):
+    """[eps(x, empty); eps(x, c)] in one batched call, as float32 (epsilon- or v-prediction); ``sched`` is the
+    sampling pipeline's scheduler (a head start's thread has its own)."""
     import torch
 
-    sched = gen.pipe.scheduler
+    sched = sched or gen.pipe.scheduler
     xin = sched.scale_model_input(torch.cat([x] * 2), t)
     out = gen.pipe.unet(xin.to(gen.pipe.unet.dtype), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
     out = out.float()
@@ -43,31 +44,30 @@ def _eps(gen, x, t, cond, uncond):
     return out.chunk(2)
 
 
-def sharpness(gen, lat0, t, cond, uncond):
+def sharpness(gen, lat0, t, cond, uncond, sched=None):
     """Jeon et al.'s detection score per sample: ||H_c ds - H_u ds|| at the first step ([B], numpy)."""
     import torch
 
-    sigma = float((1 - gen.pipe.scheduler.alphas_cumprod[int(t)]).sqrt())
+    sched = sched or gen.pipe.scheduler
+    sigma = float((1 - sched.alphas_cumprod[int(t)]).sqrt())
     x = lat0.float()
     with torch.no_grad():
-        e_u, e_c = _eps(gen, x, t, cond, uncond)
+        e_u, e_c = _eps(gen, x, t, cond, uncond, sched)
         ds = -(e_c - e_u) / sigma
         n = ds.flatten(1).norm(dim=1).clamp_min(1e-12)
         h = (FD_STEP * x.flatten(1).norm(dim=1) / n).view(-1, *[1] * (x.dim() - 1))
-        both_u, both_c = _eps(gen, torch.cat([x + h * ds, x - h * ds]), t, torch.cat([cond] * 2),
-                              torch.cat([uncond] * 2))
-        plus_u, minus_u = both_u.chunk(2)
-        plus_c, minus_c = both_c.chunk(2)
+        plus_u, plus_c = _eps(gen, x + h * ds, t, cond, uncond, sched)  # (two calls: a batch no larger
+        minus_u, minus_c = _eps(gen, x - h * ds, t, cond, uncond, sched)  # than the sampling's own)
         hvp = -((plus_c - minus_c) - (plus_u - minus_u)) / (sigma * 2 * h)
     return hvp.flatten(1).norm(dim=1).cpu().numpy()
 
 
-def sail_loss(gen, x, t, cond, uncond, gamma: float):
+def sail_loss(gen, x, t, cond, uncond, gamma: float, sched=None):
     """The authors' SAIL loss per sample ([B], differentiable in ``x``)."""
-    e_u, e_c = _eps(gen, x, t, cond, uncond)
+    e_u, e_c = _eps(gen, x, t, cond, uncond, sched)
     diff = e_c - e_u
     d = diff / diff.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-    m_u, m_c = _eps(gen, x + d, t, cond, uncond)
+    m_u, m_c = _eps(gen, x + d, t, cond, uncond, sched)
     return (m_c - m_u).flatten(1).norm(dim=1) + gamma * x.flatten(1).norm(dim=1)
 
 
@@ -83,7 +83,7 @@ def sail_target_for(gen, sail) -> float:
                       "(Jeon et al.'s l_thres: 8.2 for Stable Diffusion v1 at gamma 0.05)")
 
 
-def sail_optimize(gen, sail, lat0, t, cond, uncond) -> tuple:
+def sail_optimize(gen, sail, lat0, t, cond, uncond, sched=None) -> tuple:
     """SAIL on the starting noise ``lat0`` ([B, C, h, w]): (the noise to sample from, per-seed state with the
     target, the loss before and after, whether it reached the target and the steps it took)."""
     import torch
@@ -100,7 +100,7 @@ def sail_optimize(gen, sail, lat0, t, cond, uncond) -> tuple:
     first = None
     with torch.enable_grad():
         for k in range(int(p["iters"]) + 1):
-            loss = sail_loss(gen, x, t, cond, uncond, gamma)
+            loss = sail_loss(gen, x, t, cond, uncond, gamma, sched)
             first = loss.detach().cpu() if first is None else first
             newly = (loss.detach().cpu() <= target) & ~done
             kept[newly] = x.detach()[newly]  # a seed is kept as it was when it reached the target
@@ -115,7 +115,7 @@ def sail_optimize(gen, sail, lat0, t, cond, uncond) -> tuple:
                 x[done] = kept[done]
     out = torch.where(done.view(-1, *[1] * (x.dim() - 1)).to(x.device), kept, x.detach())
     with torch.no_grad():
-        final = sail_loss(gen, out, t, cond, uncond, gamma).cpu()
+        final = sail_loss(gen, out, t, cond, uncond, gamma, sched).cpu()
     steps[~done] = int(p["iters"])
     state = [{"sail_target": target, "sail_initial_loss": float(first[i]), "sail_final_loss": float(final[i]),
               "sail_reached": bool(final[i] <= target + 1e-6), "sail_steps": int(steps[i])} for i in range(len(x))]

@@ -33,7 +33,8 @@ def test_a_head_start_gives_the_images_and_detection_of_one_batch(tiny_generator
     g, threads = tiny_generator, torch.get_num_threads()
     torch.set_num_threads(2)  # a head start needs a second core's thread
     try:
-        for sched, strategy in (("ddim", "none"), ("dpm", "none"), ("ddim", "gni:lam=1")):
+        for sched, strategy in (("ddim", "none"), ("dpm", "none"), ("ddim", "gni:lam=1"),
+                                ("dpm", "sail:target=0.0001,iters=2")):
             g.set_scheduler(sched)
             ref = g.generate("a red ball", [0, 1, 2, 3], strategy, ST)
             got = []
@@ -44,6 +45,8 @@ def test_a_head_start_gives_the_images_and_detection_of_one_batch(tiny_generator
             for x, y in zip(out, ref):
                 assert np.abs(_arr(x.image) - _arr(y.image)).max() <= 1, (sched, strategy, x.seed)
                 assert x.detection == pytest.approx(y.detection, rel=1e-4)
+                assert x.extra["detections"]["jeon"] == pytest.approx(y.extra["detections"]["jeon"], rel=1e-3)
+                assert x.extra.get("sail_final_loss", 0) == pytest.approx(y.extra.get("sail_final_loss", 0), rel=1e-4)
             assert torch.get_num_threads() == 2
         torch.set_num_threads(1)  # one core: nothing to share, one batch
         assert not g.head_start_ok(4, 1)

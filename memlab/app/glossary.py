@@ -92,13 +92,15 @@ GLOSSARY = [
      "‖ε(x_t, prompt) − ε(x_t, empty)‖: how strongly the prompt steers the first denoising step, averaged "
      "over generations (Wen et al. 2024). Memorized prompts give large values before any image exists. "
      "There is no universal threshold; compare prompts on the same model."),
-    ("mitigation", "mitigation (none, rna, rt, cwr, gni, wen, ren, nemo, jain)",
+    ("mitigation", "mitigation (none, rna, rt, cwr, gni, wen, ren, nemo, jain, sail)",
      "A change at generation time that reduces copying (Somepalli et al. 2023): **rna** inserts k random "
      "numbers into the prompt, **rt** k random tokens, **cwr** repeats k words of the prompt, **gni** adds "
      "Gaussian noise (λ) to the text embedding; **wen** optimizes the prompt embedding to lower the detection "
      "score (Wen et al. 2024); **ren** shifts cross-attention to the beginning token (Ren et al. 2024); "
      "**nemo** switches off the few value neurons that carry a memorized prompt (Hintersdorf et al. 2024); "
-     "**jain** guides weakly (or not at all) until a transition, then normally (Jain et al. 2025). Compared "
+     "**jain** guides weakly (or not at all) until a transition, then normally (Jain et al. 2025); **sail** "
+     "moves a seed's starting noise off the sharp peak a memorized prompt makes, until its sharpness loss falls "
+     "below a target, leaving noise already below it untouched (Jeon et al. 2025). Compared "
      "on the same seeds, a row differs from `none` only by the mitigation."),
     ("alignment", "alignment",
      "Whether a generation shows what its prompt names: a mitigation that ignores the prompt also stops "
