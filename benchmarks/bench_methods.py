@@ -1,13 +1,14 @@
 """The field's detectors and mitigations side by side on one world, same prompts and seeds (issue 31):
 
-- detectors (Wen's norm, Ren's attention entropy, Asthana's anisotropy): ROC AUC by outcome (probes whose
+- detectors (Wen's norm, Ren's attention entropy, Asthana's anisotropy, Chen et al.'s localized score, Jeon et
+  al.'s sharpness): ROC AUC by outcome (probes whose
   unmitigated seeds replicate at least half the time vs never), and seconds per batch of 8 seeds each,
   measured alone, with Wen's as the baseline (ratio);
 - mitigations: replication, dataset similarity, alignment and seconds per image with and without each one,
   the unmitigated run on the same prompts and seeds as the baseline.
 
     python -m benchmarks.bench_methods [--world DIR] [--groups full_ddf20,unique] [--seeds 10]
-        [--mitigations rna,ren,nemo,jain,...] [--device cuda]
+        [--mitigations rna,ren,nemo,jain,sail,...] [--device cuda]
 
 On a GPU with a Stable Diffusion world (``--world`` of ``memlab world create``) it gives the per-method
 seconds per image of SD v1.4's architecture against ``none``.

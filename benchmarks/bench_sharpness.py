@@ -1,7 +1,8 @@
 """Jeon et al.'s sharpness (``memlab.sail.sharpness``): memlab's central difference against the exact
 Hessian-vector product the authors take by forward-mode AD (``torch.func.jvp``, which needs the math attention
 kernel), on a world's probes at the first sampling step: the largest relative difference and the seconds of
-each, per batch of seeds, with the ratio measured in the same run.
+each, per batch of seeds, with the ratio measured in the same run; and what the detector adds to a generation
+(the same generation timed with it and without it, interleaved).
 
     python -m benchmarks.bench_sharpness [--world assets/world] [--per-group 2] [--seeds 8] [--steps FD,...]
 """
@@ -43,6 +44,7 @@ def main():
     ap.add_argument("--per-group", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--steps", default="0.1,0.03,0.01,0.001", help="difference steps, as shares of ||x||")
+    ap.add_argument("--repeat", type=int, default=5, help="generations timed each way")
     a = ap.parse_args()
     world = World.load(a.world)
     gen = world.generator()
@@ -77,6 +79,23 @@ def main():
         print(f"central difference, step {s:g} x ||x||: largest relative difference {max(err[s]):.4%} "
               f"(median over probes {np.median(err[s]):.4%}); median {np.median(secs[s]):.3f} s per batch, "
               f"{np.median(secs_exact) / np.median(secs[s]):.1f}x faster")
+    prompt = probes["prompt"].iloc[0]
+    from memlab.generate import Settings
+
+    st = Settings(steps=int(settings.get("steps", 30)), guidance=float(settings.get("guidance", 5.0)))
+    sail.FD_STEP = 1e-2  # as shipped
+    shipped = sail.sharpness
+    with_it, without = [], []
+    for _ in range(a.repeat):  # interleaved, so both see the same machine
+        for timed, fn in ((with_it, shipped), (without, lambda gen, lat, *rest, **kw: np.zeros(len(lat)))):
+            sail.sharpness = fn  # (the generator imports it from the module at each batch)
+            t = time.perf_counter()
+            gen.generate(prompt, list(range(a.seeds)), "none", st)
+            timed.append(time.perf_counter() - t)
+    sail.sharpness = shipped
+    print(f"a generation of {a.seeds} seeds ({st.steps} steps, every other detector, matching aside), median of "
+          f"{a.repeat}: {np.median(with_it):.3f} s with the sharpness, {np.median(without):.3f} s without "
+          f"({np.median(with_it) / np.median(without):.3f}x)")
     for g, v in sorted(by_group.items()):
         print(f"  {g}: mean sharpness {np.mean(v):.4f}")
 

@@ -145,7 +145,7 @@ def test_app_histogram_draws_the_distinct_background():
 
 @pytest.mark.slow
 def test_wen_leaves_a_unique_probe_untouched_and_detection_is_the_same_under_mitigations():
-    """Issue 11 on the shipped world: with the world's calibrated absolute target, wen leaves a
+    """Issue 11 on the shipped world: with the world's calibrated absolute target, wen (and sail) leaves a
     non-memorized (unique) probe bit for bit as none made it; the detection score of the same seeds is the
     same under none, gni and wen (first step, clean branches); on a memorized probe wen acts."""
     from memlab.generate import Settings
@@ -167,6 +167,18 @@ def test_wen_leaves_a_unique_probe_untouched_and_detection_is_the_same_under_mit
     fb, fw = gen.generate(full, [0], "none", st)[0], gen.generate(full, [0], "wen", st)[0]
     assert fb.detection > w.defaults["wen_target"] and fw.image.tobytes() != fb.image.tobytes()
     assert fw.detection == fb.detection
+    # SAIL (Jeon et al.) the same way, with the world's calibrated target: the unique probe's seeds whose loss is
+    # under it keep their noise (the image of none); the memorized probe's seed starts elsewhere, and both probes'
+    # detections (Jeon's sharpness included) are read from the seed's own noise
+    sail = gen.generate(unique, seeds, "sail", st)
+    for a, b in zip(sail, base):
+        assert a.extra["detections"]["jeon"] == b.extra["detections"]["jeon"]
+        if a.extra["sail_initial_loss"] <= w.defaults["sail_target"]:
+            assert a.image.tobytes() == b.image.tobytes() and a.extra["sail_steps"] == 0
+    fs = gen.generate(full, [0], "sail", st)[0]
+    assert fs.extra["sail_initial_loss"] > w.defaults["sail_target"] and fs.image.tobytes() != fb.image.tobytes()
+    assert fs.extra["detections"]["jeon"] == fb.extra["detections"]["jeon"] > max(b.extra["detections"]["jeon"]
+                                                                                  for b in base)
 
 
 def test_token_attribution_ranks_distinctive_words_above_the_template():
