@@ -4,7 +4,7 @@ kernel), on a world's probes at the first sampling step: the largest relative di
 each, per batch of seeds, with the ratio measured in the same run; and what the detector adds to a generation
 (the same generation timed with it and without it, interleaved).
 
-    python -m benchmarks.bench_sharpness [--world assets/world] [--per-group 2] [--seeds 8] [--steps FD,...]
+    python -m benchmarks.bench_sharpness [--world assets/world] [--per-group 2] [--seeds 8] [--steps FD,...] [--half]
 """
 from __future__ import annotations
 
@@ -12,25 +12,6 @@ import argparse
 import time
 
 import numpy as np
-
-
-def exact(gen, lat, t, cond, uncond):
-    import torch
-    from torch.func import jvp
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    sigma = float((1 - gen.pipe.scheduler.alphas_cumprod[int(t)]).sqrt())
-    emb = torch.cat([uncond, cond])
-    x = gen.pipe.scheduler.scale_model_input(lat, t)
-
-    def score(z):
-        return -gen.pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=emb).sample.float() / sigma
-
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        s_u, s_c = score(x).chunk(2)
-        _, hv = jvp(score, (x,), (s_c - s_u,))
-    h_u, h_c = hv.chunk(2)
-    return (h_c - h_u).flatten(1).norm(dim=1).numpy()
 
 
 def main():
@@ -45,6 +26,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--steps", default="0.1,0.03,0.01,0.001", help="difference steps, as shares of ||x||")
     ap.add_argument("--repeat", type=int, default=5, help="generations timed each way")
+    ap.add_argument("--half", action="store_true", help="also a float16 and a bfloat16 copy of the UNet, each way")
     a = ap.parse_args()
     world = World.load(a.world)
     gen = world.generator()
@@ -58,13 +40,15 @@ def main():
     steps = [float(s) for s in a.steps.split(",")]
     err = {s: [] for s in steps}
     secs = {s: [] for s in steps}
-    secs_exact, by_group = [], {}
+    secs_exact, by_group, conds, exact_refs = [], {}, [], []
     for group, df in probes.groupby("group"):
         for prompt in df["prompt"].head(a.per_group):
             cond, uncond = gen.encode([prompt] * a.seeds)
             t = time.perf_counter()
-            ref = exact(gen, lat, t0, cond, uncond)
+            ref = sail.exact_sharpness(gen, lat, t0, cond, uncond)
             secs_exact.append(time.perf_counter() - t)
+            conds.append((cond, uncond))
+            exact_refs.append(ref)
             by_group.setdefault(group, []).append(float(ref.mean()))
             for s in steps:
                 sail.FD_STEP = s
@@ -79,6 +63,29 @@ def main():
         print(f"central difference, step {s:g} x ||x||: largest relative difference {max(err[s]):.4%} "
               f"(median over probes {np.median(err[s]):.4%}); median {np.median(secs[s]):.3f} s per batch, "
               f"{np.median(secs_exact) / np.median(secs[s]):.1f}x faster")
+    if a.half:  # the UNet in half precision, as a GPU runs Stable Diffusion: each way against float32's exact product
+        import torch
+
+        refs = [(c, u, r) for (c, u), r in zip(conds, exact_refs)]
+        unet32 = gen.pipe.unet
+        for dtype in (torch.float16, torch.bfloat16):
+            gen.pipe.unet = type(unet32).from_config(unet32.config)
+            gen.pipe.unet.load_state_dict(unet32.state_dict())
+            gen.pipe.unet.to(dtype)
+            try:
+                for s in steps:
+                    sail.FD_STEP = s
+                    e = [np.max(np.abs(sail.difference_sharpness(gen, lat.to(dtype), t0, c.to(dtype), u.to(dtype))
+                                       - r) / r) for c, u, r in refs]
+                    print(f"{dtype}: central difference, step {s:g}: largest relative difference {max(e):.2%} "
+                          f"(median {np.median(e):.2%})")
+                e = [np.max(np.abs(sail.exact_sharpness(gen, lat.to(dtype), t0, c.to(dtype), u.to(dtype)) - r) / r)
+                     for c, u, r in refs]
+                print(f"{dtype}: exact product in that precision (shipped): largest relative difference {max(e):.2%} "
+                      f"(median {np.median(e):.2%})")
+            finally:
+                gen.pipe.unet = unet32
+        sail.FD_STEP = 1e-2
     prompt = probes["prompt"].iloc[0]
     from memlab.generate import Settings
 

@@ -28,7 +28,8 @@ DETECTORS = {
                       "mean(m), first step, m the end token's attention at the last step (the bright ending)",
                       "unet_passes": "2 (the first step's and the last step's, both shared with generation)"},
     "jeon": {"paper": "Jeon et al., ICML 2025", "statistic": "||H_c ds - H_u ds|| on the starting noise, first step, "
-             "ds = s(x_T, c) - s(x_T, empty) (the Hessians' product by central difference)",
+             "ds = s(x_T, c) - s(x_T, empty) (the Hessians' product by central difference for a float32 UNet, "
+             "forward-mode AD for a half-precision one)",
              "unet_passes": "3 (the scores at x_T and at x_T +- h ds, apart from generation)"},
 }
 

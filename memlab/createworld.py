@@ -10,8 +10,8 @@ Stages, each resumed when a run is repeated (``python -m memlab world create ...
 3. ``probes.csv``: one row per prompt: label (verbatim / template / memorized / control), its training
    URL, whether that image was fetched (and why not), the index item it became, the list's published
    mean and max SSCD (NeMo);
-4. ``keywords/``: keyword-cluster views over the training captions (Memory Triggers); NeMo's statistics and
-   the template threshold from the controls' generations; ``probe_scores.csv``: the verbatim and template
+4. ``keywords/``: keyword-cluster views over the training captions (Memory Triggers); NeMo's statistics, Wen's
+   and SAIL's targets and the template threshold from the controls' generations; ``probe_scores.csv``: the verbatim and template
    probes generated on a few seeds and scored both ways, the global verdict and the masked one (issue 32),
    summarized by label in the card;
 5. ``world.json`` with the model's sampling defaults (SD v1.x: 50 DDIM steps, guidance 7.5, or the ``--steps``
@@ -161,6 +161,27 @@ def _nemo_statistics(out: Path, generator, table, seeds: int, log, steps: int) -
     return True
 
 
+def _mitigation_targets(generator, table, seeds: int, log, sampling: dict) -> dict:
+    """4c. Wen's and SAIL's absolute targets, calibrated on the control prompts as the built-in world calibrates
+    them on its unique probes (``evaluate.calibrate_wen_target``, ``sail.calibrate_sail_target``), so both run
+    in the app without a target given; none without controls or with ``seeds`` under 2."""
+    from .evaluate import calibrate_wen_target
+    from .generate import Settings
+    from .sail import calibrate_sail_target
+
+    controls = [p for p in table[table["label"] == "control"]["prompt"] if p]
+    if not controls or seeds < 2:
+        return {}
+    gen, settings = generator(), Settings(steps=sampling["steps"], guidance=sampling["guidance"])
+    out = {**calibrate_wen_target(gen, controls, list(range(seeds)), settings),
+           **calibrate_sail_target(gen, controls, list(range(seeds)), settings)}
+    for key in ("wen_target_source", "sail_target_source"):
+        out[key] = out[key].replace("unique probes", "control prompts")
+    log(f"[world create] targets from {len(controls)} controls: wen {out['wen_target']:.4f}, "
+        f"sail {out['sail_target']:.4f}")
+    return out
+
+
 TEMPLATE_SEEDS = 4  # seeds per control prompt for the template threshold
 
 
@@ -278,12 +299,13 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
 
     sampling = {"steps": int(steps), "guidance": float(guidance)}
     nemo = _nemo_statistics(out, generator, table, nemo_seeds, log, sampling["steps"])
+    targets = _mitigation_targets(generator, table, nemo_seeds, log, sampling)
     template = _template_threshold(out, generator, table, index, log, sampling)
     scored = _probe_table(out, generator, probes, index, template, probe_seeds, log, sampling)
 
     # 5. world.json and card.json
     size = model_size(model)
-    defaults = {**SD_DEFAULTS, **sampling, **({"height": size, "width": size} if size else {})}
+    defaults = {**SD_DEFAULTS, **sampling, **({"height": size, "width": size} if size else {}), **targets}
     n_lab = probes["label"].value_counts().to_dict()
     card = {"name": name or out.name, "built_with": command or "python -m memlab world create", "model": model,
             "prompts": str(prompts), "controls": controls, "training": sources, "descriptors": list(descriptors),

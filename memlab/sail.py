@@ -10,8 +10,9 @@ unconditional one does.
   1). The authors take the Hessian-vector product by forward-mode AD (``torch.func.jvp``); memlab takes the
   central difference of the scores along ds (a step of ``FD_STEP`` x ||x||), two more UNet calls that keep
   the fused attention kernels (forward-mode AD runs only on the math kernel, which holds the full attention
-  matrix in memory; on the built-in world it took 1.9 times as long, ``benchmarks/bench_sharpness.py``).
-  ``tests/test_sail.py`` holds it to the jvp.
+  matrix in memory; on the built-in world it took 3.4 times as long, ``benchmarks/bench_sharpness.py``),
+  where the UNet runs in float32; a half-precision UNet takes the jvp, in chunks of seeds, as a difference
+  would drown in its rounding. ``tests/test_sail.py`` holds both to the jvp in float32.
 - ``sail_loss`` / ``sail_optimize`` (mitigation, ``sail``: Sharpness-Aware Initialization for Latent
   diffusion, the paper's Algorithm 2 as the authors' code computes it): the starting noise x is optimized
   with Adam (lr 0.05, at most 10 steps) on L(x) = ||eps(x + d, c) - eps(x + d, empty)|| + gamma ||x||,
@@ -45,7 +46,20 @@ def _eps(gen, x, t, cond, uncond, sched=None):
 
 
 def sharpness(gen, lat0, t, cond, uncond, sched=None):
-    """Jeon et al.'s detection score per sample: ||H_c ds - H_u ds|| at the first step ([B], numpy)."""
+    """Jeon et al.'s detection score per sample: ||H_c ds - H_u ds|| at the first step ([B], numpy). A float32
+    UNet takes the central difference; a half-precision one, whose rounding a difference magnifies (a float16
+    copy of the built-in world's UNet: up to 22% off at the shipped step), takes the authors' exact product
+    (``exact_sharpness``)."""
+    import torch
+
+    if gen.pipe.unet.dtype != torch.float32:
+        return exact_sharpness(gen, lat0, t, cond, uncond, sched)
+    return difference_sharpness(gen, lat0, t, cond, uncond, sched)
+
+
+def difference_sharpness(gen, lat0, t, cond, uncond, sched=None):
+    """The score with the Hessian-vector product as the central difference of the scores along ds, a step of
+    ``FD_STEP`` x ||x|| (three UNet calls of the sampling's batch size)."""
     import torch
 
     sched = sched or gen.pipe.scheduler
@@ -60,6 +74,40 @@ def sharpness(gen, lat0, t, cond, uncond, sched=None):
         minus_u, minus_c = _eps(gen, x - h * ds, t, cond, uncond, sched)  # than the sampling's own)
         hvp = -((plus_c - minus_c) - (plus_u - minus_u)) / (sigma * 2 * h)
     return hvp.flatten(1).norm(dim=1).cpu().numpy()
+
+
+JVP_CHUNK = 2  # seeds per forward-mode pass: the math attention kernel holds each layer's whole attention matrix
+
+
+def exact_sharpness(gen, lat0, t, cond, uncond, sched=None):
+    """The same score with the Hessian-vector product taken as the authors take it, by forward-mode AD
+    (``torch.func.jvp`` on the math attention kernel, the only one that supports it), ``JVP_CHUNK`` seeds at a
+    time, in the UNet's own precision."""
+    import torch
+    from torch.func import jvp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    sched = sched or gen.pipe.scheduler
+    alpha = float(sched.alphas_cumprod[int(t)])
+    sigma = (1 - alpha) ** 0.5
+    v_pred = sched.config.get("prediction_type", "epsilon") == "v_prediction"
+    unet = gen.pipe.unet
+    out = []
+    for b in range(0, len(lat0), JVP_CHUNK):
+        emb = torch.cat([uncond[b:b + JVP_CHUNK], cond[b:b + JVP_CHUNK]]).to(unet.dtype)
+        x = sched.scale_model_input(lat0[b:b + JVP_CHUNK], t).to(unet.dtype)
+
+        def score(z, emb=emb):
+            z2 = torch.cat([z, z])
+            pred = unet(z2, t, encoder_hidden_states=emb).sample
+            return -(sigma * z2 + alpha ** 0.5 * pred if v_pred else pred) / sigma  # eps = sigma x_t + alpha v
+
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            s_u, s_c = score(x).chunk(2)
+            _, hv = jvp(score, (x,), (s_c - s_u,))
+        h_u, h_c = hv.float().chunk(2)
+        out.append((h_c - h_u).flatten(1).norm(dim=1).cpu())
+    return torch.cat(out).numpy()
 
 
 def sail_loss(gen, x, t, cond, uncond, gamma: float, sched=None):

@@ -178,14 +178,14 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     row = table.iloc[0]  # a listed probe, run at the world's defaults: its row in the probe table comes back
     # (one run, with and without NeMo's mitigation: each `memlab run` pays the imports again)
     r = subprocess.run([sys.executable, "-m", "memlab", "run", "--world", str(out), "--prompt", row["prompt"],
-                        "--seeds", "0-1", "--mitigation", "none", "--mitigation", "nemo",
+                        "--seeds", "0-1", "--mitigation", "none", "--mitigation", "nemo", "--mitigation", "sail",
                         "--out", str(tmp_path / "run.jsonl")], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
     seeds = [x for x in recs if x.get("type", "seed") == "seed" and "matches" in x]
-    assert len(seeds) == 4 and all(x["matches"] and x["descriptor"] for x in seeds)
-    assert sorted(x["mitigation"]["name"] for x in seeds) == ["nemo", "nemo", "none", "none"]
+    assert len(seeds) == 6 and all(x["matches"] and x["descriptor"] for x in seeds)
+    assert sorted(x["mitigation"]["name"] for x in seeds) == ["nemo", "nemo", "none", "none", "sail", "sail"]
     # NeMo's statistics come from the control list, sealed with the world: the mitigation runs on it
     from memlab.world import World
 
@@ -198,6 +198,20 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     assert 0 < thr["n"] <= n_controls * 4 and thr["fpr"] == 0.01 and -1 <= thr["value"] <= 1
     assert thr["sampling"] == {"steps": 12, "guidance": 7.5} and "12 steps, guidance 7.5" in thr["source"]
     assert w.generator().nemo_stats.info["steps"] == 12  # every stage at the world's sampling
+    # Wen's and SAIL's targets, calibrated on the controls at the world's sampling, so both run without one given
+    from memlab.evaluate import calibrate_wen_target
+    from memlab.generate import Settings
+    from memlab.sail import calibrate_sail_target
+
+    controls = pd.read_csv(out / "probes.csv").query("label == 'control'")["prompt"].tolist()
+    st = Settings(steps=12, guidance=7.5)
+    assert w.defaults["wen_target"] == pytest.approx(
+        calibrate_wen_target(w.generator(), controls, [0, 1, 2, 3], st)["wen_target"], rel=1e-5)
+    assert w.defaults["sail_target"] == pytest.approx(
+        calibrate_sail_target(w.generator(), controls, [0, 1, 2, 3], st)["sail_target"], rel=1e-5)
+    assert "5 control prompts x 4 seeds at 12 steps" in w.defaults["sail_target_source"]
+    sailed = [x for x in seeds if x["mitigation"]["name"] == "sail"]
+    assert all(x["mitigation_state"]["sail_target"] == w.defaults["sail_target"] for x in sailed)
     assert w.generator().template_threshold == thr
     # uploads' partial-copy threshold: the agreement share, calibrated on the same control generations
     agree = w.index().manifest["agreement"]
