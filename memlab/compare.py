@@ -30,7 +30,8 @@ DETECTORS = {
     "jeon": {"paper": "Jeon et al., ICML 2025", "statistic": "||H_c ds - H_u ds|| on the starting noise, first step, "
              "ds = s(x_T, c) - s(x_T, empty) (the Hessians' product by central difference for a float32 UNet, "
              "forward-mode AD for a half-precision one)",
-             "unet_passes": "3 (the scores at x_T and at x_T +- h ds, apart from generation)"},
+             "unet_passes": "3 (the first step's, shared with generation, and two at x_T +- h ds; in half "
+             "precision a forward-mode pass instead of those two)"},
 }
 
 

@@ -293,10 +293,11 @@ class Generator:
         return [{"position": i, "token": self.tokenizer.decode([int(tid)]), "id": int(tid),
                  "attribution": float(g[i])} for i, tid in enumerate(ids[0][:n].tolist())]
 
-    def clean_detection(self, latents0, t, cond, uncond, spatial: bool = False):
+    def clean_detection(self, latents0, t, cond, uncond, spatial: bool = False, keep: list | None = None):
         """Wen et al.'s score from one batched UNet call on [uncond; cond], laid out as the pipeline's
         own guidance batch (so it equals the value read from the pipeline's first step). ``spatial``: also
-        the squared difference summed over channels at each latent position ([B, h, w])."""
+        the squared difference summed over channels at each latent position ([B, h, w]); ``keep`` receives
+        the difference itself (Jeon et al.'s sharpness starts from it)."""
         import torch
 
         with torch.no_grad():
@@ -304,6 +305,8 @@ class Generator:
             eps = self.pipe.unet(x, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
             e_u, e_c = eps.float().chunk(2)
             norms = (e_c - e_u).flatten(1).norm(dim=1)
+            if keep is not None:
+                keep.append(e_c - e_u)
             return (norms, (e_c - e_u).pow(2).sum(1).cpu()) if spatial else norms
 
     def wen_target_for(self, wen) -> tuple[str, float]:
@@ -456,10 +459,11 @@ class Generator:
         changed = strategy.changes_first_pass
         norms: list = []
         diff_map: list = []  # the first step's squared noise difference per latent position (localized detection)
+        first_diff: list = []  # and the difference itself (the sharpness's starting point)
         clean_ctx = AttentionContext(record=True)
         if changed or not cfg:  # the clean branches at the first step, one extra batched call
             with hub.context(clean_ctx):
-                n0, m0 = self.clean_detection(lat0, t0, clean_cond, clean_uncond, spatial=True)
+                n0, m0 = self.clean_detection(lat0, t0, clean_cond, clean_uncond, spatial=True, keep=first_diff)
                 norms.append(n0)
                 diff_map.append(m0)
         read_from_pass = cfg and not changed
@@ -480,6 +484,7 @@ class Generator:
             if wants:
                 if not norms:
                     diff_map.append((e_c - e_u).pow(2).sum(1).cpu())
+                    first_diff.append(e_c - e_u)
                 norms.append(diff)
             if guide is None:
                 return None
@@ -505,7 +510,7 @@ class Generator:
         det = torch.stack(norms).mean(0).cpu().numpy()
         ren_score = ren_entropy((ctx if read_from_pass else clean_ctx).recorded, len(seeds))
         aniso = self.anisotropy(lat0, clean_cond, clean_uncond, pipe.scheduler)
-        sharp = sharpness(self, lat0, t0, clean_cond, clean_uncond, pipe.scheduler)
+        sharp = sharpness(self, lat0, t0, clean_cond, clean_uncond, pipe.scheduler, first_diff[0] if first_diff else None)
         be = bright_ending(ctx.end_maps) if ctx.end_maps else None
         local = local_detection(diff_map[0].numpy(), be) if be is not None and diff_map else None
         out = []

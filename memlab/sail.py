@@ -45,7 +45,7 @@ def _eps(gen, x, t, cond, uncond, sched=None):
     return out.chunk(2)
 
 
-def sharpness(gen, lat0, t, cond, uncond, sched=None):
+def sharpness(gen, lat0, t, cond, uncond, sched=None, diff=None):
     """Jeon et al.'s detection score per sample: ||H_c ds - H_u ds|| at the first step ([B], numpy). A float32
     UNet takes the central difference; a half-precision one, whose rounding a difference magnifies (a float16
     copy of the built-in world's UNet: up to 22% off at the shipped step), takes the authors' exact product
@@ -54,20 +54,23 @@ def sharpness(gen, lat0, t, cond, uncond, sched=None):
 
     if gen.pipe.unet.dtype != torch.float32:
         return exact_sharpness(gen, lat0, t, cond, uncond, sched)
-    return difference_sharpness(gen, lat0, t, cond, uncond, sched)
+    return difference_sharpness(gen, lat0, t, cond, uncond, sched, diff)
 
 
-def difference_sharpness(gen, lat0, t, cond, uncond, sched=None):
+def difference_sharpness(gen, lat0, t, cond, uncond, sched=None, diff=None):
     """The score with the Hessian-vector product as the central difference of the scores along ds, a step of
-    ``FD_STEP`` x ||x|| (three UNet calls of the sampling's batch size)."""
+    ``FD_STEP`` x ||x||: two UNet calls of the sampling's batch size, and a third for eps(x, c) - eps(x, empty)
+    unless ``diff`` brings it (the first sampling step's, read from the same call)."""
     import torch
 
     sched = sched or gen.pipe.scheduler
     sigma = float((1 - sched.alphas_cumprod[int(t)]).sqrt())
     x = lat0.float()
     with torch.no_grad():
-        e_u, e_c = _eps(gen, x, t, cond, uncond, sched)
-        ds = -(e_c - e_u) / sigma
+        if diff is None:
+            e_u, e_c = _eps(gen, x, t, cond, uncond, sched)
+            diff = e_c - e_u
+        ds = -diff.float() / sigma
         n = ds.flatten(1).norm(dim=1).clamp_min(1e-12)
         h = (FD_STEP * x.flatten(1).norm(dim=1) / n).view(-1, *[1] * (x.dim() - 1))
         plus_u, plus_c = _eps(gen, x + h * ds, t, cond, uncond, sched)  # (two calls: a batch no larger

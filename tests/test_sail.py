@@ -50,6 +50,9 @@ def test_sharpness_is_the_hessian_product_the_authors_take_by_forward_mode_ad(ti
     assert not np.allclose(exact, h_c.flatten(1).norm(dim=1).numpy(), rtol=0.1)
     recs = gen.generate(PROMPT, [0, 1, 2], "none", FAST)
     assert [r.extra["detections"]["jeon"] for r in recs] == pytest.approx(exact, rel=1e-2)
+    # generation starts it from its own first step's noise difference: the same as computed apart
+    assert [r.extra["detections"]["jeon"] for r in recs] == pytest.approx(sharpness(gen, lat, t, cond, uncond),
+                                                                           rel=1e-4)
 
 
 def test_a_half_precision_unet_takes_the_exact_product(tiny_generator):
