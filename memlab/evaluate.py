@@ -77,7 +77,7 @@ REACH = {"wen": ("wen_reached", "wen_final_norm", "wen_target"),  # the records'
          "sail": ("sail_reached", "sail_final_loss", "sail_target")}
 
 
-def wen_reach(runs: pd.DataFrame, label: str = "wen") -> dict | None:
+def optimizer_reach(runs: pd.DataFrame, label: str = "wen") -> dict | None:
     """An optimizing mitigation (Wen et al.'s, on the prompt embedding; Jeon et al.'s SAIL, on the starting
     noise), per seed: whether its score reached the target, and the score after the optimization (from the
     records' ``mitigation_state``)."""
@@ -306,7 +306,7 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                       "seconds_per_batch_of_8": detector_seconds(gen, probes[probes["group"] == high]["prompt"].iloc[0],
                                                                  list(range(8)), settings)},
         "mitigation_seconds_none_on_high": none_on_high["seconds_per_image"],
-        "wen_reach": wen_reach(mit), "sail_reach": wen_reach(mit, "sail"),
+        "wen_reach": optimizer_reach(mit), "sail_reach": optimizer_reach(mit, "sail"),
         "alignment": {**(aligner.info() if aligner is not None else {}),
                       "none_on_high": hi_align},
         "seconds_8_seeds": t8,

@@ -172,13 +172,18 @@ def test_three_verdict_levels_on_hand_made_scores():
 def test_wens_score_after_optimization_is_shown_beside_its_target():
     """Issue 33 item 6: with Wen's mitigation the summary gives the score after the optimization beside the
     target and how many seeds reached it, from each seed's mitigation_state (hand-made records)."""
-    from memlab.app.views import _wen_line
+    from memlab.app.views import _optimizer_lines
 
     recs = [{"mitigation_state": {"wen_target": 1.12, "wen_final_norm": f, "wen_reached": f <= 1.12}}
             for f in (1.0, 1.1, 1.3)]
-    line = _wen_line(recs)[0]
+    line = _optimizer_lines(recs)[0]
     assert "1.133" in line and "max 1.300" in line and "1.120" in line and "2 of 3 seeds" in line
-    assert _wen_line([{"mitigation_state": None}, {}]) == []
+    assert _optimizer_lines([{"mitigation_state": None}, {}]) == []
+    # SAIL's (Jeon et al.) the same way: the sharpness loss after the optimization, its target, the seeds reaching it
+    sail = [{"mitigation_state": {"sail_target": 2.5, "sail_final_loss": f, "sail_reached": f <= 2.5}}
+            for f in (2.4, 2.45, 2.9, 2.5)]
+    (line,) = _optimizer_lines(sail)
+    assert "SAIL" in line and "2.562" in line and "max 2.900" in line and "2.500" in line and "3 of 4 seeds" in line
 
 
 @pytest.mark.browser

@@ -148,12 +148,12 @@ def test_sail_without_a_target_says_what_to_give_and_a_world_calibrates_one(tiny
 
 
 def test_the_card_reads_each_optimizing_mitigations_reach_from_the_records():
-    from memlab.evaluate import wen_reach
+    from memlab.evaluate import optimizer_reach
 
     runs = pd.DataFrame({"strategy": ["sail", "wen", "none"], "states": [
         [{"sail_reached": True, "sail_final_loss": 1.0, "sail_target": 2.0},
          {"sail_reached": False, "sail_final_loss": 3.0, "sail_target": 2.0}],
         [{"wen_reached": True, "wen_final_norm": 0.5, "wen_target": 0.8}], [{}]]})
-    assert wen_reach(runs, "sail") == {"seeds": 2, "reached_share": 0.5, "final_norm_mean": 2.0,
+    assert optimizer_reach(runs, "sail") == {"seeds": 2, "reached_share": 0.5, "final_norm_mean": 2.0,
                                        "final_norm_max": 3.0, "target": 2.0}
-    assert wen_reach(runs)["final_norm_mean"] == 0.5 and wen_reach(runs)["seeds"] == 1
+    assert optimizer_reach(runs)["final_norm_mean"] == 0.5 and optimizer_reach(runs)["seeds"] == 1

@@ -157,7 +157,7 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              f"- **detection** {g('detection')} (Wen et al., text-conditional noise norm, first step) {s['detection_mean']:.3f}: "
              f"the prompt's, as typed, before any mitigation (the same for every strategy on this prompt)"
              + _other_detections(s),
-             *_wen_line(state.records),
+             *_optimizer_lines(state.records),
              *_alignment_line(s, lab),
              f"- **caption of the best image match** (the training image with the highest score, seed "
              f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
@@ -411,7 +411,7 @@ def _template_line(s: dict, records, lab) -> list[str]:
             f"framed purple)"]
 
 
-def _wen_line(records) -> list[str]:
+def _optimizer_lines(records) -> list[str]:
     """An optimizing mitigation as it ran (Wen et al.'s on the prompt embedding, Jeon et al.'s SAIL on the
     starting noise): the score after its optimization beside the target, per seed (``mitigation_state``), so a
     seed that was left untouched reads as such."""
