@@ -72,3 +72,13 @@ def run_in_process(capfd, argv):
     capfd.readouterr()
     code = main(list(argv))
     return subprocess.CompletedProcess(list(argv), code, *capfd.readouterr())
+
+
+def run_coroutine(coro):
+    """``asyncio.run(coro)`` on a thread of its own: the browser tests' shared Playwright (sync API) keeps an event
+    loop running on the main thread for the rest of the session, where ``asyncio.run`` refuses to start."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -6,6 +6,8 @@ import numpy as np
 
 import pytest
 
+from tests.helpers import run_coroutine
+
 gradio_client = pytest.importorskip("gradio_client")
 
 
@@ -454,7 +456,7 @@ def test_stoppable_lets_go_of_the_update_in_flight_and_sets_stop():
             await pending
         return time.perf_counter() - t0
 
-    assert asyncio.run(stop_in_flight()) < 1.0
+    assert run_coroutine(stop_in_flight()) < 1.0
     assert noticed.wait(2.0)
 
 
@@ -499,7 +501,7 @@ def test_a_closed_page_stops_its_own_runs_and_no_other():
             await u.aclose()
         return a, waited, b_running, b, filed
 
-    a, waited, b_running, b, filed = asyncio.run(close_page_a())
+    a, waited, b_running, b, filed = run_coroutine(close_page_a())
     assert a == "a stopped" and waited < 1.0
     assert b_running and b == "b stopped" and filed == {"page-b"}
     assert "page-a" not in wiring._RUNS and "page-b" not in wiring._RUNS
