@@ -146,14 +146,14 @@ def sail_optimize(gen, sail, lat0, t, cond, uncond, sched=None) -> tuple:
     x = lat0.detach().float().clone().requires_grad_(True)
     kept = x.detach().clone()
     opt = torch.optim.Adam([x], lr=float(p["lr"]))
-    done = torch.zeros(len(x), dtype=torch.bool)
-    steps = torch.zeros(len(x), dtype=torch.long)
+    done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    steps = torch.zeros(len(x), dtype=torch.long, device=x.device)
     first = None
     with torch.enable_grad():
         for k in range(int(p["iters"]) + 1):
             loss = sail_loss(gen, x, t, cond, uncond, gamma, sched)
             first = loss.detach().cpu() if first is None else first
-            newly = (loss.detach().cpu() <= target) & ~done
+            newly = (loss.detach() <= target) & ~done  # (on the UNet's device, as the masks below)
             kept[newly] = x.detach()[newly]  # a seed is kept as it was when it reached the target
             steps[newly] = k
             done |= newly
@@ -164,10 +164,11 @@ def sail_optimize(gen, sail, lat0, t, cond, uncond, sched=None) -> tuple:
             opt.step()
             with torch.no_grad():
                 x[done] = kept[done]
-    out = torch.where(done.view(-1, *[1] * (x.dim() - 1)).to(x.device), kept, x.detach())
+    out = torch.where(done.view(-1, *[1] * (x.dim() - 1)), kept, x.detach())
     with torch.no_grad():
         final = sail_loss(gen, out, t, cond, uncond, gamma, sched).cpu()
     steps[~done] = int(p["iters"])
+    steps = steps.cpu()
     state = [{"sail_target": target, "sail_initial_loss": float(first[i]), "sail_final_loss": float(final[i]),
               "sail_reached": bool(final[i] <= target + 1e-6), "sail_steps": int(steps[i])} for i in range(len(x))]
     return out.to(lat0.dtype), state
