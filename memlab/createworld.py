@@ -161,10 +161,11 @@ def _nemo_statistics(out: Path, generator, table, seeds: int, log, steps: int) -
     return True
 
 
-def _mitigation_targets(generator, table, seeds: int, log, sampling: dict) -> dict:
+def _mitigation_targets(out: Path, generator, table, seeds: int, log, sampling: dict) -> dict:
     """4c. Wen's and SAIL's absolute targets, calibrated on the control prompts as the built-in world calibrates
     them on its unique probes (``evaluate.calibrate_wen_target``, ``sail.calibrate_sail_target``), so both run
-    in the app without a target given; none without controls or with ``seeds`` under 2."""
+    in the app without a target given; none without controls or with ``seeds`` under 2. A resumed run keeps the
+    targets its world.json holds for the same controls, seeds and sampling."""
     from .evaluate import calibrate_wen_target
     from .generate import Settings
     from .sail import calibrate_sail_target
@@ -172,6 +173,15 @@ def _mitigation_targets(generator, table, seeds: int, log, sampling: dict) -> di
     controls = [p for p in table[table["label"] == "control"]["prompt"] if p]
     if not controls or seeds < 2:
         return {}
+    keys = ("wen_target", "wen_target_source", "sail_target", "sail_target_source")
+    try:
+        before = json.loads((out / "world.json").read_text()).get("defaults", {})
+    except (OSError, ValueError):
+        before = {}
+    plan = f"{len(controls)} control prompts x {seeds} seeds at {sampling['steps']} steps"
+    if all(k in before for k in keys) and plan in str(before["sail_target_source"]) \
+            and f"guidance {sampling['guidance']}" in str(before["wen_target_source"]):
+        return {k: before[k] for k in keys}
     gen, settings = generator(), Settings(steps=sampling["steps"], guidance=sampling["guidance"])
     out = {**calibrate_wen_target(gen, controls, list(range(seeds)), settings),
            **calibrate_sail_target(gen, controls, list(range(seeds)), settings)}
@@ -299,7 +309,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
 
     sampling = {"steps": int(steps), "guidance": float(guidance)}
     nemo = _nemo_statistics(out, generator, table, nemo_seeds, log, sampling["steps"])
-    targets = _mitigation_targets(generator, table, nemo_seeds, log, sampling)
+    targets = _mitigation_targets(out, generator, table, nemo_seeds, log, sampling)
     template = _template_threshold(out, generator, table, index, log, sampling)
     scored = _probe_table(out, generator, probes, index, template, probe_seeds, log, sampling)
 

@@ -162,10 +162,17 @@ def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_d
     out = created[0]
     before = sum(Files.hits.values())
     index_before = (out / "index" / "manifest.json").read_bytes()
+    targets_before = json.loads((out / "world.json").read_text())["defaults"]
+    assert "targets from 5 controls" in created[1].stdout + created[1].stderr  # the first run calibrated them
     t0 = time.perf_counter()
     r = _create(tiny_pipeline_dir, lists, out, capfd)  # (in this process: the first run was a process of its own)
     assert sum(Files.hits.values()) == before, "nothing is fetched again"
     assert (out / "index" / "manifest.json").read_bytes() == index_before, "an unchanged index is not rebuilt"
+    # Wen's and SAIL's targets for the same controls, seeds and sampling are kept, not calibrated again
+    assert "targets from" not in r.stdout + r.stderr
+    after = json.loads((out / "world.json").read_text())["defaults"]
+    assert {k: after[k] for k in after if "target" in k} == {k: targets_before[k] for k in targets_before
+                                                             if "target" in k} and "sail_target" in after
     print(f"first run {created[2]:.1f}s, second {time.perf_counter() - t0:.1f}s")
     assert "fetched 30 of 37 URLs" in r.stderr
     # called from Python, the card names the arguments given to ``main``, not this process's command line
