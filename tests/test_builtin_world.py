@@ -264,3 +264,17 @@ def test_an_uploaded_template_copy_is_called_by_where_it_agrees():
     with contextlib.redirect_stdout(out):
         print_table({**match, "summary": {**match["summary"], "timing": {**match["summary"]["timing"], "load_s": 0.0}}})
     assert f" of its windows ({64 // mask.shape[0]}-px windows at 64 px " in out.getvalue()
+
+
+def test_the_docs_show_the_shipped_cards_report():
+    """The card's block in docs/builtin-world.md is ``format_report`` of the shipped card, line for line: a
+    refreshed world whose docs still show the previous card's figures fails here."""
+    import re
+
+    from memlab.evaluate import format_report
+
+    card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
+    doc = (ROOT / "docs" / "builtin-world.md").read_text()
+    blocks = re.findall(r"```\n(descriptor .*?)```", doc, re.S)
+    assert len(blocks) == 1, "docs/builtin-world.md shows the card's report once"
+    assert blocks[0].strip().splitlines() == format_report(card).strip().splitlines()
