@@ -146,6 +146,8 @@ def at_threshold(files, originals, d, root, seed: int = 0, distortions: bool = T
         build_index(Path(tmp) / "idx", items, lambda i: originals[inside[i]], [d], image_root=str(Path(root).resolve()))
         idx = TrainingIndex.load(Path(tmp) / "idx")
         thr = idx.threshold(d.name)["value"]
+        source = (f"1% of the background of {len(inside)} indexed paintings"
+                  if idx.threshold(d.name)["source"] == "calibrated" else idx.threshold(d.name)["source"])
 
         def top1(images):  # the verdict's score (normalized where the index says so), as `memlab match` gives it
             vecs, views = query_vectors(idx, d, images)
@@ -154,7 +156,7 @@ def at_threshold(files, originals, d, root, seed: int = 0, distortions: bool = T
         fp_scores, fp_rows = top1([originals[i] for i in outside])
         flagged = [(float(fp_scores[j]), files[outside[j]], files[inside[fp_rows[j]]])
                    for j in np.argsort(-fp_scores) if fp_scores[j] > thr]
-        out = {"threshold": float(thr), "indexed": len(inside), "held_out": len(outside),
+        out = {"threshold": float(thr), "source": source, "indexed": len(inside), "held_out": len(outside),
                "false_positives": float((fp_scores > thr).mean()), "flagged": flagged, "recall": {}, "top1": {}}
         scores = {}
         for tname, tf in (ROBUSTNESS.items() if distortions else []):
@@ -168,7 +170,7 @@ def at_threshold(files, originals, d, root, seed: int = 0, distortions: bool = T
         idx.close()
     if not distortions:
         return out
-    print(f"at the threshold ({d.name} {thr:.3f}, 1% of the background of {len(inside)} indexed paintings): "
+    print(f"at the threshold ({d.name} {thr:.3f}, {out['source']}): "
           f"false positives among {len(outside)} held-out paintings {out['false_positives']:.1%} (target <= 1%)")
     for score, held, matched in out["flagged"]:
         print(f"  flagged: {held} ~ {matched} (indexed), {score:.4f} against {thr:.4f}")
