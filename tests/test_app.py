@@ -556,6 +556,24 @@ def test_generate_draws_each_seeds_score_against_the_threshold(client, server):
     assert out[2]["data"] and len(out[2]["data"]) == 3
 
 
+def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_inside_the_axis(server):
+    """Seeds all above the threshold, one just over it: the dashed line is inside the y range with room below
+    (plotly's autorange leaves a shape at its edge, its label on the nearest point), and the title names it."""
+    from memlab.app.charts import seed_scores_chart
+    from memlab.records import RunState
+
+    lab = server[1]
+    thr = lab.threshold()["value"]
+    scores = [thr + 0.003, thr + 0.08, thr + 0.15]
+    state = RunState(prompt="p", records=[{"seed": i, "score": sc, "verdict": "replicated", "matches": [{"id": i}]}
+                                          for i, sc in enumerate(scores)])
+    fig = seed_scores_chart(lab, state)
+    lo, hi = fig.layout.yaxis.range
+    assert lo < thr - 0.01 and hi > max(scores)
+    assert f"threshold {thr:.3f}" in fig.layout.title.text
+    assert [sh.y0 for sh in fig.layout.shapes] == [thr]
+
+
 def test_an_idle_server_leaves_the_cpu_to_generation(server):
     """Gradio's queue polls 1,000 times a second on Linux; the app slows it (memlab.app.serve.calm_queue), since each
     wake takes the GIL from the generating thread. Measured: the event loop's CPU time while idle."""

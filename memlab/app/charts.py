@@ -38,11 +38,14 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
                         level(r), "#1f77b4") for r in recs]),
                     hovertext=[f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}"
                                for r in recs], hoverinfo="text", name="top-1 score")
-    fig.add_hline(y=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
+    fig.add_hline(y=thr, line_dash="dash")  # named in the title: a label on the line would sit on the points
+    lo, hi = min([thr] + [r["score"] for r in recs]), max([thr] + [r["score"] for r in recs])
+    pad = max(0.02, 0.15 * (hi - lo))  # the line and every point inside the axis, however close they are
     fig.update_layout(height=260, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
-                      title=dict(text="top-1 score per seed (red: replicated, purple: template copy, orange: possible copy)",
-                                 font=dict(size=13)),
-                      xaxis_title="seed", yaxis_title="similarity", xaxis_type="category")
+                      title=dict(text=f"top-1 score per seed (dashed: threshold {thr:.3f}; red: replicated, purple: "
+                                      f"template copy, orange: possible copy)", font=dict(size=13)),
+                      xaxis_title="seed", yaxis_title="similarity", xaxis_type="category",
+                      yaxis_range=[lo - pad, hi + pad])
     return fig
 
 
