@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     modules = {}
     for verb, (modname, help_) in VERBS.items():
         mod = importlib.import_module(modname)
-        p = sub.add_parser(verb, help=help_, description=(mod.__doc__ or help_).strip())
+        p = sub.add_parser(verb, help=help_, description=(mod.__doc__ or help_).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # the docstring's lines, as written
         if verb == chosen:
             mod.add_arguments(p)
         modules[verb] = mod

@@ -23,7 +23,7 @@ def add_arguments(p):
 
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("create", help="a world from a prompt list (fetch, index, probes, keyword views)",
-                       description=__doc__.strip())
+                       description=__doc__.strip(), formatter_class=p.formatter_class)
     c.add_argument("--model", required=True, help="the pipeline: Hugging Face Hub id or local diffusers folder")
     c.add_argument("--prompts", required=True,
                    help="prompt list: NeMo CSV, Wen JSONL, MemAttn text, or parquet/CSV with caption (+ url)")
