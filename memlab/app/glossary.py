@@ -70,7 +70,9 @@ GLOSSARY = [
      "The model that turns an image into a vector for copy detection: **SSCD** (Pizzi et al. 2022, trained "
      "to survive crops, colour changes and overlays), **CLIP** (semantic: similar content, not only copies), "
      "**pixel** (Carlini et al. 2023: distance of downscaled pixels, no weights) and **memlab-copy** (SSCD's "
-     "recipe, trained by memlab on its own images). Scores from different descriptors or presets are not "
+     "recipe, trained by memlab on its own images). The built-in world needs its own: SSCD's weights score most "
+     "of its small scenes above 0.5 against some other scene, and most of its model's copies below 0.5 against "
+     "their own image (the benchmarks' SSCD cross-check). Scores from different descriptors or presets are not "
      "comparable; each is named with its model and preprocessing preset."),
     ("dataset-similarity", "dataset similarity",
      "The 95th percentile of the generations' top-1 scores (Somepalli et al. 2023, DCR). Over a few seeds "
