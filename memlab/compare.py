@@ -1,7 +1,8 @@
 """The methods side by side, from a run's records (``memlab run`` with several prompts and strategies):
 
 - **detectors** (Wen et al.'s noise norm, Ren et al.'s attention entropy, Asthana and Belagiannis's
-  anisotropy, Chen et al.'s localized score, Jeon et al.'s sharpness): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
+  anisotropy, Chen et al.'s localized score, Jeon et al.'s sharpness, Carlini et al.'s clique of near-identical
+  generations): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
   probes that never replicate, from each probe's mean score over its ``none`` seeds; higher = memorized,
   as each paper scores it (an AUC under 0.5 is reported as it is); their cost in UNet passes;
 - **mitigations**: on the same prompts and seeds as ``none``, replication, dataset similarity (mean of the
@@ -32,6 +33,10 @@ DETECTORS = {
              "forward-mode AD for a half-precision one)",
              "unet_passes": "3 (the first step's, shared with generation, and two at x_T +- h ds; in half "
              "precision a forward-mode pass instead of those two)"},
+    "carlini": {"paper": "Carlini et al., USENIX Security 2023", "statistic": "the largest clique of the prompt's "
+                "generations whose pairwise cosine (the verdict descriptor's, the images as given) reaches the "
+                "descriptor's near-duplicate cut, as a share of the seeds (a prompt's score, from its seeds together)",
+                "unet_passes": "0 (the generations' vectors, made for matching)"},
 }
 
 

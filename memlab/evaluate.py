@@ -116,7 +116,8 @@ def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int =
     """Seconds each detector costs on one batch of ``seeds`` (median of ``repeats``), computed alone: Wen's
     norm (one batched first-step pass), Ren's entropy (the same pass with its attention kept), Asthana's
     anisotropy (that pass and one more at a low-noise timestep), Chen et al.'s localized score (the first-step
-    pass and one at the last timestep with the end token's maps kept), Jeon et al.'s sharpness (three passes)."""
+    pass and one at the last timestep with the end token's maps kept), Jeon et al.'s sharpness (three passes),
+    Carlini et al.'s clique (on vectors of the matching's size: no UNet pass)."""
     import torch
 
     from .attention import (AttentionContext, AttentionHub, bright_ending as end_map, local_detection,
@@ -154,10 +155,15 @@ def detector_seconds(gen, prompt: str, seeds, settings: Settings, repeats: int =
     def jeon():
         sharpness(gen, lat, t0, cond, uncond)
 
+    vecs = np.random.default_rng(0).standard_normal((len(seeds), 128)).astype(np.float32)
+
+    def carlini():  # the clique alone: the generations' vectors are the matching's own
+        metrics.largest_clique(vecs @ vecs.T, 0.95)
+
     out = {}
     with torch.no_grad():
         for name, fn in (("wen", wen), ("ren", ren), ("asthana", asthana), ("bright_ending", bright_ending),
-                         ("jeon", jeon)):
+                         ("jeon", jeon), ("carlini", carlini)):
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()

@@ -377,6 +377,24 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def largest_clique(sim, cut: float) -> int:
+    """The size of the largest set of items whose pairwise similarity all reach ``cut`` (``sim``: [n, n], symmetric;
+    the diagonal ignored): Carlini et al.'s membership inference on a prompt's generations (USENIX Security 2023:
+    generate many images per prompt, join the near-identical ones, flag a prompt whose graph holds a large clique).
+    0 for no item, 1 where no pair reaches ``cut``."""
+    import networkx as nx
+
+    sim = np.asarray(sim, np.float64)
+    n = len(sim)
+    if n == 0:
+        return 0
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    i, j = np.nonzero(np.triu(sim >= cut, k=1))
+    g.add_edges_from(zip(i.tolist(), j.tolist()))
+    return max(len(c) for c in nx.find_cliques(g))
+
+
 def top1_in_group(queries: np.ndarray, v: np.ndarray, group: np.ndarray, rows: np.ndarray) -> float:
     """Share of queries (vectors) whose top-1 row of ``v`` (cosine) is in the near-duplicate group of their
     original row (``rows``); NaN with no query."""

@@ -117,6 +117,7 @@ class Summary:
     detections_mean: dict | None = None  # per detection method (issue 31)
     alignment_mean: float | None = None
     template_copy_rate: float = 0.0  # seeds called "template copy" (a partial copy: issue 32)
+    generation_clique: dict | None = None  # Carlini et al.'s clique of near-identical generations (runner)
     prompt: str = ""
     mitigation: dict = field(default_factory=dict)
     descriptor: dict = field(default_factory=dict)
@@ -134,6 +135,8 @@ class Summary:
         d["detections_mean"] = self.detections_mean  # (issue 31)
         d["alignment_mean"] = self.alignment_mean
         d["template_copy_rate"] = self.template_copy_rate  # (issue 32)
+        if self.generation_clique is not None:  # (Carlini et al.'s detector: where the run kept the vectors)
+            d["generation_clique"] = self.generation_clique
         return d
 
 

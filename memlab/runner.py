@@ -7,7 +7,8 @@ Record shape (scripts depend on it; extend, don't rename). Every line has "type"
 "detection", "verdict", "detections" (by method), "alignment", "bright_ending" (the map), "masked_score",
 "masked_threshold", "agreement_share", "agreement_threshold" (a ``template copy`` passes both thresholds);
 summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing",
-"detections_mean", "alignment_mean", "template_copy_rate".
+"detections_mean", "alignment_mean", "template_copy_rate", and (``memlab run``, two seeds or more)
+"generation_clique".
 """
 from __future__ import annotations
 
@@ -50,11 +51,12 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     for strat, stem in zip(strategies, stems):
         mit = strat.to_dict()
         timing = {"generate_s": 0.0, "embed_s": 0.0, "search_s": 0.0, "metrics_s": 0.0}
-        seed_records = []
+        seed_records, generation_vectors = [], []
 
         def handle(batch):
             t0 = time.perf_counter()
             vecs, views = query_vectors(index, descriptor, [r.image for r in batch])
+            generation_vectors.append(vecs)
             align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
             t1 = time.perf_counter()
             matched = match_vectors(index, descriptor, vecs, k, views=views, images=[r.image for r in batch])
@@ -99,6 +101,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
         timing["generate_s"] = time.perf_counter() - t_start - timing["embed_s"] - timing["search_s"]
         t0 = time.perf_counter()
         stats = summarize_records(seed_records, thr)
+        if len(seed_records) > 1:
+            stats.update(generation_clique(np.concatenate(generation_vectors), descriptor, stats["detections_mean"]))
         timing["metrics_s"] = time.perf_counter() - t0
         summary = Summary(**stats, prompt=prompt, mitigation=mit, descriptor=desc, timing=timing,
                           seeds=list(seeds)).to_dict()
@@ -113,6 +117,19 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                 if s.get("alignment_mean") is not None and baseline.get("alignment_mean") is not None:
                     s["alignment_change_vs_none"] = s["alignment_mean"] - baseline["alignment_mean"]
     return records + summaries
+
+
+def generation_clique(vectors: np.ndarray, descriptor, detections_mean: dict | None) -> dict:
+    """Carlini et al.'s membership inference on one strategy's generations (``metrics.largest_clique``): the largest
+    clique of generations near-identical by the descriptor's own near-duplicate cut (the cosine that joins training
+    rows into one group), as a share of the seeds; the summary's ``detections_mean["carlini"]`` (a prompt's score,
+    from no seed alone) and ``generation_clique`` (its size, the seeds, the cut and the descriptor)."""
+    v = np.asarray(vectors, np.float32)
+    cut = float(descriptor.duplicate_threshold)
+    size = metrics.largest_clique(v @ v.T, cut)
+    return {"detections_mean": {**(detections_mean or {}), "carlini": size / len(v)},
+            "generation_clique": {"largest": int(size), "seeds": int(len(v)), "cut": cut,
+                                  "descriptor": descriptor.name, "score": "cosine of the generations as given"}}
 
 
 def change_vs_none(summary: dict, baseline: dict) -> dict:

@@ -227,6 +227,9 @@ def test_the_cards_figures_are_recomputed_from_fresh_records():
         assert r["original_recall"] == pytest.approx(s["original_recall"])
         assert r["top_items"] == s["top_items"]
         assert r["detection"] == pytest.approx(s["detection"], rel=1e-4)
+        assert r["detections"]["carlini"] == pytest.approx(s["detections"]["carlini"])
+    # Carlini et al.: the memorized probe's generations hold a larger clique of near-identical images
+    assert runs.iloc[0]["detections"]["carlini"] > runs.iloc[1]["detections"]["carlini"]
     table = _group_table(runs, card["descriptor"]["threshold"])
     full = table["full_ddf20"]["none"]
     assert full["replication_rate"] == pytest.approx(np.mean(runs.iloc[0]["replicated"]))

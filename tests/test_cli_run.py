@@ -155,6 +155,31 @@ def test_each_verbs_help_shows_its_example_command_as_written(capsys):
             assert any(o.strip() == line for o in out.splitlines()), (verb, line)
 
 
+def test_the_generation_clique_is_recomputed_from_the_written_images(tiny_world, tmp_path):
+    """Carlini et al.'s detector in a run's summary: the largest clique of its generations near-identical by the
+    index descriptor's near-duplicate cut, recomputed here from the images the run wrote (embedded again), and
+    its share of the seeds as ``detections_mean["carlini"]``."""
+    from PIL import Image
+
+    from memlab import metrics
+    from memlab.index import TrainingIndex
+    from memlab.match import descriptor_for_index
+
+    out = tmp_path / "r.jsonl"
+    assert memlab_main(["run", "--world", str(tiny_world), "--prompt", "a red ball on a table", "--seeds", "0-5",
+                        "--mitigation", "none", "--steps", "2", "--out", str(out)]) == 0
+    recs = _records(out)
+    summary = next(r for r in recs if r["type"] == "summary")
+    index = TrainingIndex.load(tiny_world / "index")
+    d = descriptor_for_index(index)
+    v = d.embed([Image.open(tmp_path / r["image"]).convert("RGB") for r in recs if r["type"] == "seed"])
+    size = metrics.largest_clique(v @ v.T, d.duplicate_threshold)
+    assert summary["generation_clique"] == {"largest": size, "seeds": 6, "cut": d.duplicate_threshold,
+                                            "descriptor": d.name, "score": "cosine of the generations as given"}
+    assert summary["detections_mean"]["carlini"] == pytest.approx(size / 6)
+    index.close()
+
+
 def test_a_sweep_of_one_mitigation_keeps_each_strategys_images(tiny_world, tmp_path):
     """`--mitigation rna:k=1 --mitigation rna:k=3` (a sweep, the natural experiment) wrote both strategies' images
     under one name, the second over the first, so the first's records pointed at the other's generations. Each

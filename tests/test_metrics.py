@@ -128,3 +128,20 @@ def test_spearman_on_hand_made_ranks():
     r = np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
     assert metrics.spearman([0, 5, 5, 9], [1, 2, 3, 100]) == pytest.approx(r)
     assert np.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_largest_clique_counts_mutually_near_items_not_a_chain():
+    """Carlini et al.'s clique: every pair of its items must reach the cut. A chain 0-1-2 (0 and 2 apart) is one
+    connected component of 3 but no clique of 3; items 3, 4, 5 are all pairwise near; ``cut`` itself counts."""
+    s = np.eye(6)
+    for i, j in [(0, 1), (1, 2), (3, 4), (3, 5), (4, 5)]:
+        s[i, j] = s[j, i] = 0.95
+    s[0, 2] = s[2, 0] = 0.94
+    assert metrics.largest_clique(s, 0.95) == 3
+    s[3, 5] = s[5, 3] = 0.9  # the triangle broken: the best is a pair
+    assert metrics.largest_clique(s, 0.95) == 2
+    s[0, 2] = s[2, 0] = 0.95  # the chain closed into a triangle
+    assert metrics.largest_clique(s, 0.95) == 3
+    assert metrics.largest_clique(np.eye(4), 0.95) == 1  # no pair near: each generation alone
+    assert metrics.largest_clique(np.ones((5, 5)), 0.95) == 5
+    assert metrics.largest_clique(np.zeros((0, 0)), 0.95) == 0
