@@ -18,7 +18,7 @@ from .generate import Settings, check_prompt
 from .headstart import HEAD_START, step_seconds, stream_plan
 from .limits import MAX_CHUNK
 from .records import APP_MATCHES, RunState, Summary
-from .runner import run_prompt, summarize_records
+from .runner import generation_clique, run_prompt, summarize_records
 
 
 def steps_until(stop):
@@ -130,13 +130,23 @@ class Streams:
                 if len(state.records) == i:  # the chunk is done: how long a chunk takes here (estimate_seconds)
                     self._timed(time.perf_counter() - t0, len(part), settings.steps)
                 last = state.records[-1]
-                summary = Summary(**summarize_records(state.records, thr), prompt=prompt,
+                stats = summarize_records(state.records, thr)
+                if len(state.records) == total > 1:  # the run's last update: Carlini et al.'s clique of them all
+                    stats.update(self.generation_clique(state.images, desc.name, stats["detections_mean"]))
+                summary = Summary(**stats, prompt=prompt,
                                   mitigation=last["mitigation"], descriptor=last["descriptor"],
                                   seeds=[r["seed"] for r in state.records]).to_dict()
                 state.summaries = [summary]
                 if progress:
                     progress(len(state.records), total)
                 yield state
+
+    @on_compute_thread
+    def generation_clique(self, images, descriptor: str, detections_mean: dict | None) -> dict:
+        """``runner.generation_clique`` of a finished run's (or row's) images, embedded again by ``descriptor``
+        (a chunk's vectors stay where it was matched, a GPU host's included): once a run, when its last seed is in."""
+        d = self.get_descriptor(descriptor)
+        return generation_clique(d.embed(list(images)), d, detections_mean)
 
     @on_compute_thread
     def generate_chunk(self, prompt: str, seeds: Sequence[int], strategy: str, settings: Settings,
@@ -220,7 +230,10 @@ class Streams:
             recs = [r for r, _ in rows]
             state.records += recs
             state.images += [im for _, im in rows]
-            summary = Summary(**summarize_records(recs, thr), prompt=prompt, mitigation=recs[0]["mitigation"],
+            stats = summarize_records(recs, thr)
+            if len(recs) > 1:  # each row's own clique (Carlini et al.)
+                stats.update(self.generation_clique([im for _, im in rows], desc.name, stats["detections_mean"]))
+            summary = Summary(**stats, prompt=prompt, mitigation=recs[0]["mitigation"],
                               descriptor=recs[0]["descriptor"], seeds=list(seeds)).to_dict()
             if state.summaries:
                 summary["change_vs_none"] = change_vs_none(summary, state.summaries[0])

@@ -574,6 +574,26 @@ def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_i
     assert [sh.y0 for sh in fig.layout.shapes] == [thr]
 
 
+def test_a_finished_run_and_each_compare_row_carry_carlinis_clique(server):
+    """The app's summaries are made from records, which keep no vectors: the run's last update (and each row of a
+    comparison) embeds its images again for Carlini et al.'s clique, recomputed here; earlier updates have none."""
+    from memlab import metrics
+
+    lab = server[1]
+    updates, state = [], None
+    for state in lab.generate_stream("a red ball", [0, 1, 2, 3], "none", lab.settings(2, 5.0), chunk=2):
+        updates.append((len(state.records), state.summaries[0]))
+    assert [n for n, _ in updates] == [2, 4] and "generation_clique" not in updates[0][1]
+    final = updates[-1][1]
+    d = lab.get_descriptor()
+    v = d.embed(state.images)
+    size = metrics.largest_clique(v @ v.T, d.duplicate_threshold)
+    assert final["generation_clique"]["largest"] == size and final["generation_clique"]["seeds"] == 4
+    assert final["detections_mean"]["carlini"] == pytest.approx(size / 4)
+    comp = lab.compare("a red ball", [0, 1, 2], ["rna:k=2"], lab.settings(2, 5.0))
+    assert [s["generation_clique"]["seeds"] for s in comp.summaries] == [3, 3]
+
+
 def test_an_idle_server_leaves_the_cpu_to_generation(server):
     """Gradio's queue polls 1,000 times a second on Linux; the app slows it (memlab.app.serve.calm_queue), since each
     wake takes the GIL from the generating thread. Measured: the event loop's CPU time while idle."""

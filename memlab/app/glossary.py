@@ -9,7 +9,7 @@ CITATIONS = """
   similarity, background, duplication controls, GNI / RNA / RT / CWR mitigations)
 - Pizzi, Roy, Ravindra, Goyal, Douze. *A Self-Supervised Descriptor for Image Copy Detection.* CVPR 2022. (SSCD)
 - Carlini et al. *Extracting Training Data from Diffusion Models.* USENIX Security 2023. (pixel-space, tiled;
-  the clique of near-identical generations, a detector in `memlab run` and the card)
+  the clique of near-identical generations, a detector)
 - Wen, Liu, Chen, Lyu. *Detecting, Explaining, and Mitigating Memorization in Diffusion Models.* ICLR 2024.
 - *Memory Triggers: Unveiling Memorization in Text-To-Image Generative Models through Word-Level Duplication.*
   (keyword clusters, the hidden object)

@@ -352,7 +352,9 @@ def _other_detections(s: dict) -> str:
     parts = [f"Ren et al.'s attention entropy {d['ren']:.3f}" if "ren" in d else "",
              f"Asthana and Belagiannis's anisotropy score {d['asthana']:.3f}" if "asthana" in d else "",
              f"Chen et al.'s localized score {d['bright_ending']:.3f}" if "bright_ending" in d else "",
-             f"Jeon et al.'s sharpness {d['jeon']:.3f}" if "jeon" in d else ""]
+             f"Jeon et al.'s sharpness {d['jeon']:.3f}" if "jeon" in d else "",
+             (f"Carlini et al.'s clique of near-identical generations {s['generation_clique']['largest']} of "
+              f"{s['generation_clique']['seeds']} seeds" if "carlini" in d and s.get("generation_clique") else "")]
     parts = [p for p in parts if p]
     return f"; {' · '.join(parts)} (higher = more likely memorized, as each paper scores it)" if parts else ""
 
