@@ -139,8 +139,9 @@ _BROWSER: dict = {}  # the Chromium that pages share ("playwright", "browser"), 
 
 @atexit.register
 def stop_browser() -> None:
-    if _BROWSER:
+    if "browser" in _BROWSER:
         _BROWSER.pop("browser").close()
+    if "playwright" in _BROWSER:
         _BROWSER.pop("playwright").stop()
 
 
@@ -163,9 +164,14 @@ def browser_page(viewport: tuple = (1400, 1400), fresh: bool = False):
     if _BROWSER and not _BROWSER["browser"].is_connected():  # it died: start another
         _BROWSER.clear()
     if not _BROWSER:
-        _BROWSER["playwright"] = sync_playwright().start()
-        _BROWSER["browser"] = _BROWSER["playwright"].chromium.launch(executable_path=chromium_path(),
-                                                                     args=CHROMIUM_ARGS, headless=True)
+        playwright = sync_playwright().start()
+        try:
+            browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS,
+                                                 headless=True)
+        except Exception:
+            playwright.stop()  # a failed launch leaves nothing half started behind
+            raise
+        _BROWSER.update(playwright=playwright, browser=browser)
     context = _BROWSER["browser"].new_context(viewport=size)
     try:
         yield context.new_page()

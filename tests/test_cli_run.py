@@ -1,6 +1,8 @@
 """memlab run: records, images, reproducibility, clear errors."""
 import json
 
+import sys
+
 import pytest
 
 from memlab.cli import main as memlab_main
@@ -136,6 +138,23 @@ def test_run_help_names_every_registered_mitigation(capsys):
     text = " ".join(capsys.readouterr().out.split())
     known = re.search(r"\(known: ([^)]*)\)", text).group(1)
     assert known.split(", ") == list(MITIGATIONS)
+
+
+def test_the_console_scripts_name_themselves_as_typed(capsys, monkeypatch):
+    """Installed as the console scripts `memlab` and `index_builder`, usage and errors said `python -m memlab`;
+    each names the program as it was run, and `python -m` keeps its own name."""
+    from index_builder.__main__ import main as builder_main
+    from memlab.cli import main
+
+    for argv0, said in (("/venv/bin/memlab", "usage: memlab run"), ("-m", "usage: python -m memlab run")):
+        monkeypatch.setattr(sys, "argv", [argv0])
+        with pytest.raises(SystemExit):
+            main(["run", "--help"])
+        assert capsys.readouterr().out.startswith(said)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/index_builder"])
+    with pytest.raises(SystemExit):
+        builder_main(["add", "--no-such-option"])
+    assert "see `index_builder add --help`" in capsys.readouterr().err
 
 
 def test_each_verbs_help_shows_its_example_command_as_written(capsys):

@@ -39,7 +39,13 @@ def device(text: str) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one ``error:`` line (exit 2) that points to --help."""
+    """argparse, but a usage error is one ``error:`` line (exit 2) that points to --help; a ``python -m NAME``
+    program run as the console script ``NAME`` (``pip install -e .``) names itself as it was typed."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        if prog and prog.startswith("python -m ") and os.path.basename(sys.argv[0]) == prog.split()[2]:
+            prog = prog[len("python -m "):]
+        super().__init__(*args, prog=prog, **kwargs)
 
     def error(self, message):
         print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
