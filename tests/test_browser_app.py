@@ -179,7 +179,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
 
     from PIL import Image
 
-    from memlab.app.views import MASK_TINT
+    from memlab.app.views import FADED
     from tests.helpers import synthetic_images
 
     img = tmp_path / "upload.png"
@@ -191,7 +191,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
         page.locator("#match-btn").click()
         _wait_text(page, "#match-verdict", "top-1 training image #7", timeout=60_000)
         text = page.locator("#match-verdict").inner_text()
-        # issue 32: the upload beside its match, the windows where their detail agrees tinted
+        # issue 32: the upload beside its match, the windows where their detail agrees marked
         first = page.locator("#match-gallery img").first
         first.wait_for(timeout=30_000)
         pair = np.asarray(Image.open(io.BytesIO(page.request.get(first.get_attribute("src")).body())).convert("RGB"),
@@ -206,13 +206,17 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
     assert w > 1.8 * h  # the upload and its match side by side
     upload = np.asarray(Image.open(img).convert("RGB").resize((64, 64)).resize((h - 8, h - 8), Image.NEAREST), np.int16)
     mask = np.kron(np.asarray(want["mask"], bool), np.ones(((h - 8) // 8, (h - 8) // 8), bool))
-    shown, tint = pair[4:h - 4, 4:h - 4], np.array(MASK_TINT, np.int16)
+    shown, faded = pair[4:h - 4, 4:h - 4], np.array(FADED, np.int16)
     # the tiny world's pictures are smooth colour fields (upsampled 4 x 4 noise): little or no detail to agree
-    # in, so an exact copy may light few windows; those it lights are tinted, the rest are the upload itself
+    # in, so an exact copy may light few windows; those it lights keep the upload's colours (but for their
+    # outline), the rest fade
+    from memlab.app.views import _eroded
+
     if mask.any():
-        assert np.abs(shown[mask] - tint).mean() < np.abs(upload[mask] - tint).mean() - 20
+        core = _eroded(mask, 4)
+        assert not core.any() or np.abs(shown[core] - upload[core]).mean() < 12
     if (~mask).any():
-        assert np.abs(shown[~mask] - upload[~mask]).mean() < 12
+        assert np.abs(shown[~mask] - faded).mean() < np.abs(upload[~mask] - faded).mean() - 20
 
 
 def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
@@ -302,7 +306,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
             page.locator(f"#lesson-{i}").click()
             _wait_text(page, f"#lesson-{i}-text", done[i])
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
-        tint = page.locator("p", has_text="Tinted yellow: the bright-ending map").inner_text()  # the step's own
+        tint = page.locator("p", has_text="Outlined in yellow, the rest faded: the bright-ending map").inner_text()  # the step's own
         copies_shown = page.locator("#lesson-copies img").count()
         blank = page.evaluate("""() => { const g = document.querySelector('#lesson-copies');
             return g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom; }""")
@@ -360,9 +364,9 @@ def test_a_closed_page_stops_its_run_within_a_step():
     assert min(lesson) < 0.2 and len(lesson) <= 2, f"the server kept working for a closed lesson ({lesson})"
 
 
-def test_the_copied_region_is_tinted_over_the_pairs_when_asked(tiny_world, tmp_path):
+def test_the_copied_region_is_marked_on_the_pairs_when_asked(tiny_world, tmp_path):
     """Issue 32 item 4: ticking "Show the copied region" draws every pair again with its seed's bright-ending
-    map tinted over the generation and its match (other pictures), and unticking gives the plain pairs back."""
+    map marked on the generation and its match (other pictures), and unticking gives the plain pairs back."""
     import io
 
     from PIL import Image
@@ -386,7 +390,7 @@ def test_the_copied_region_is_tinted_over_the_pairs_when_asked(tiny_world, tmp_p
         page.locator("#show-mask input").uncheck()
         page.wait_for_function(changed, arg=tinted, timeout=30_000)
         again = page.evaluate(srcs)
-    assert a.shape == b.shape and np.abs(a - b).max() > 20  # the tint is visible
+    assert a.shape == b.shape and np.abs(a - b).max() > 20  # the mark is visible
     assert again[:2] == plain[:2]  # the plain pairs, the same pictures
 
 

@@ -256,10 +256,12 @@ def test_runs_record_the_map_its_localized_detection_and_the_masked_score(tiny_w
     assert summ["template_copy_rate"] == 0.0
 
 
-def test_the_pair_tints_the_copied_region_on_both_images_and_the_caption_gives_the_masked_score():
+def test_the_pair_marks_the_copied_region_on_both_images_and_the_caption_gives_the_masked_score():
+    """The copied region keeps its own colours (a 60% yellow tint over it hid the colour cast the eye judges),
+    outlined; the rest fades."""
     from PIL import Image
 
-    from memlab.app.views import FRAME, MASK_TINT, _template_line, caption, pair_image
+    from memlab.app.views import FADED, FRAME, MASK_LINE, _template_line, caption, pair_image
 
     gen = Image.new("RGB", (8, 8), (0, 0, 200))
     match = Image.new("RGB", (8, 8), (0, 200, 0))
@@ -270,9 +272,12 @@ def test_the_pair_tints_the_copied_region_on_both_images_and_the_caption_gives_t
     assert tuple(plain[0, 0]) == FRAME["template copy"]
     for x0 in (4, 32 + 8):  # the generation, then the match
         corner, far = tinted[4 + 2, x0 + 2].astype(int), tinted[4 + 30, x0 + 30].astype(int)
-        assert np.array_equal(far, plain[4 + 30, x0 + 30])  # outside the mask: unchanged
-        assert np.abs(corner - np.array(MASK_TINT)).sum() < np.abs(plain[4 + 2, x0 + 2].astype(int)
-                                                                   - np.array(MASK_TINT)).sum()
+        assert np.array_equal(corner, plain[4 + 2, x0 + 2])  # inside the mask: its own colours
+        assert np.abs(far - np.array(FADED)).sum() < 0.5 * np.abs(plain[4 + 30, x0 + 30].astype(int)
+                                                                 - np.array(FADED)).sum()  # outside: faded
+        # the region's edge with the rest (the quarter's right and bottom side) is outlined; the image's border is not
+        assert tuple(tinted[4 + 2, x0 + 15]) == MASK_LINE and tuple(tinted[4 + 15, x0 + 2]) == MASK_LINE
+        assert tuple(tinted[4, x0 + 2]) != MASK_LINE
     rec = {"seed": 3, "prompt": "p", "mitigation": {}, "effective_prompt": "p", "image": None,
            "matches": [{"id": 7, "duplicates": 0}], "score": 0.5, "replicated": False, "high_confidence": False,
            "threshold": 0.76, "descriptor": {}, "detection": 1.0, "settings": {}, "model": {},
@@ -316,7 +321,7 @@ def test_the_lesson_says_whether_the_tint_marks_the_copied_part_on_this_world():
     def card(ratio):
         return {"measured": {"bright_ending_coverage": {"group": "full_ddf20", "median_inside_over_outside": ratio}}}
     plain = bright_ending_note(None)
-    assert plain.startswith("Tinted yellow: the bright-ending map") and "Chen et al." in plain
+    assert plain.startswith("Outlined in yellow, the rest faded: the bright-ending map") and "Chen et al." in plain
     assert "card" not in plain and bright_ending_note({"measured": {}}) == plain
     dim = bright_ending_note(card(0.9289))
     assert "does not single the copied part out (0.93x as bright on the copied objects of its full_ddf20" in dim

@@ -93,7 +93,7 @@ def _results(lab: Lab) -> SimpleNamespace:
     histogram (the world's background from the start) and the export."""
     headline_md = gr.Markdown(elem_id="headline")
     show_mask = gr.Checkbox(False, label="Show the copied region: the bright-ending map (where the generation attends "
-                                         "to the prompt's end at the last step) tinted yellow on both images",
+                                         "to the prompt's end at the last step) on both images, outlined in yellow, the rest faded",
                             info=bright_ending_note(lab.card()), elem_id="show-mask")
     gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                          format="png", elem_id="pairs", height="auto",
@@ -154,14 +154,14 @@ def _run(lab: Lab, prompt, n_seeds, seed_list, mits, k, lam, steps, guidance, de
 
 def pairs_of(lab: Lab, state: RunState, show_mask: bool) -> list:
     """The run's pairs (generation | top-1 match) with their captions; ``show_mask``: each seed's bright-ending
-    map tinted over both images."""
+    map marked on both images."""
     if not state or not state.records:
         return []
     return [pair_of(lab, r, im, show_mask) for r, im in zip(state.records, state.images)]
 
 
 def pair_of(lab: Lab, record: dict, image, show_mask: bool = False):
-    """One seed's gallery entry: its pair image (framed by the verdict; ``show_mask``: the map tinted) and
+    """One seed's gallery entry: its pair image (framed by the verdict; ``show_mask``: the map marked) and
     caption."""
     return (as_file(pair_image(image, lab.item_image(record["matches"][0]["row"]), level(record),
                                mask=record.get("bright_ending") if show_mask else None,

@@ -48,7 +48,7 @@ GLOSSARY = [
      "memlab records that map per seed and compares the detail (edges, marks, texture; not smooth "
      "colour) of the generation and its top-1 training image inside it. Above that masked score's own calibrated threshold, where the two images' detail also agrees in "
      "more of their small windows than its own threshold allows (Webster's masked matching; both calibrated at 1%), and not replicated as a whole, a seed is a "
-     "**template copy** (framed purple). \"Show the copied region\" tints the map over both images."),
+     "**template copy** (framed purple). \"Show the copied region\" marks the map on both images: outlined in yellow, the rest faded."),
     ("threshold", "threshold",
      "The score above which a match counts as a copy. SSCD's is published: 0.5 for replication, and 0.75 "
      "for about 90% precision (Pizzi et al. 2022). Descriptors without a published one (memlab-copy, pixel, "

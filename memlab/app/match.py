@@ -28,7 +28,8 @@ def match_tab(lab: Lab, api) -> None:
                                      label="Copy descriptor")
                 m_btn = gr.Button("Match", variant="primary", elem_id="match-btn")
         m_md = gr.Markdown(elem_id="match-verdict")
-        m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery")
+        m_gallery = gr.Gallery(label="nearest training images", columns=5, format="png", elem_id="match-gallery",
+                               object_fit="contain")  # the upload's pair is twice as wide as high: shown whole
         m_table = gr.Dataframe(headers=MATCH_COLUMNS, column_widths=MATCH_WIDTHS, label="matches", elem_id="match-table")
 
         def match_upload(path, k, descriptor):
@@ -47,7 +48,8 @@ def match_tab(lab: Lab, api) -> None:
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
             if (ag := q.get("agreement")) is not None:  # where the upload agrees with its top-1 (Webster)
-                md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (tinted, {AGREEMENT['window']}-px windows "
+                md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (in their own colours, outlined in yellow, "
+                       f"the rest faded; {AGREEMENT['window']}-px windows "
                        f"whose detail correlates above {AGREEMENT['cutoff']}): {ag['share']:.0%} of the image, "
                        f"template-copy threshold "
                        f"{ag['threshold']:.0%}")

@@ -57,7 +57,8 @@ FRAME = {"replicated": (200, 30, 30), "template copy": (150, 50, 190), "possible
 WORD = {"replicated": "REPLICATED", "template copy": "TEMPLATE COPY", "possible copy": "POSSIBLE COPY",
         "novel": "novel"}
 CELL = {"replicated": "rep", "template copy": "tmpl", "possible copy": "pos", "novel": "nov"}
-MASK_TINT = (255, 210, 0)  # the copied region's overlay colour (yellow: visible on the frames' red and purple)
+MASK_LINE = (255, 210, 0)  # the copied region's outline (yellow: visible on the frames' red and purple)
+FADED = (245, 245, 245)  # what the rest of the image fades toward, so the copied region keeps its own colours
 
 
 def level(record: dict) -> str:
@@ -69,7 +70,7 @@ def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool,
                mask=None, mirrored: bool = False) -> Image.Image:
     """The generation beside its top-1 training match, framed red when replicated, purple when a template
     copy, orange when a possible copy; with ``mask`` (the seed's bright-ending map) the region it marks as
-    copied is tinted on both images (``overlay``; mirrored on the match where it matched the generation's
+    copied is marked on both images (``overlay``; mirrored on the match where it matched the generation's
     mirror image)."""
     w, h = gen.size
     W, H = w * scale, h * scale
@@ -87,7 +88,7 @@ def pair_image(gen: Image.Image, match: Image.Image | None, verdict: str | bool,
 
 def agreement_pair(upload: Image.Image, top_file, result: dict, side: int = 64) -> Image.Image:
     """An upload beside its top-1 training image (``top_file``) with the windows where they agree
-    (``result["agreement"]["mask"]``, ``match.partial_copy``) tinted on both, framed by the verdict."""
+    (``result["agreement"]["mask"]``, ``match.partial_copy``) marked on both, framed by the verdict."""
     mask = np.asarray(result["agreement"]["mask"], np.float32)
     mask = np.kron(mask, np.ones((side // mask.shape[0], side // mask.shape[1]), np.float32))  # hard-edged windows
     up = upload.convert("RGB")  # as it was compared: mirrored where its mirror image matched
@@ -96,16 +97,30 @@ def agreement_pair(upload: Image.Image, top_file, result: dict, side: int = 64) 
                       mask=mask)
 
 
-def overlay(im: Image.Image, mask, strength: float = 0.6) -> Image.Image:
-    """``im`` with ``mask`` ([h, w] in [0, 1], any size: resized) tinted over it, ``strength`` at the mask's
-    brightest (the region the bright-ending map calls copied); unchanged without a mask."""
+def overlay(im: Image.Image, mask, fade: float = 0.7) -> Image.Image:
+    """``im`` with the region ``mask`` marks as copied ([h, w] in [0, 1], any size: resized) in its own colours
+    (a colour cast is part of what the eye judges) and the rest faded toward ``FADED`` (by ``fade`` where the
+    mask is 0), the region's edge (mask >= 0.5) outlined in ``MASK_LINE``; unchanged without a mask."""
     if mask is None:
         return im.convert("RGB")
     m = np.asarray(mask, np.float32)
     m = np.asarray(Image.fromarray(m, mode="F").resize(im.size, Image.BILINEAR), np.float32).clip(0, 1)
     a = np.asarray(im.convert("RGB"), np.float32)
-    out = a * (1 - strength * m[..., None]) + np.array(MASK_TINT, np.float32) * strength * m[..., None]
+    f = fade * (1 - m[..., None])
+    out = a * (1 - f) + np.array(FADED, np.float32) * f
+    inside = m >= 0.5
+    out[inside & ~_eroded(inside, max(1, min(im.size) // 64))] = MASK_LINE
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def _eroded(region: np.ndarray, width: int) -> np.ndarray:
+    """``region`` less the ``width`` pixels along its edge with the rest of the image (the image's own border is
+    not an edge)."""
+    out = region.copy()
+    for _ in range(width):
+        p = np.pad(out, 1, constant_values=True)
+        out = out & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return out
 
 
 def caption(record: dict) -> str:
@@ -257,7 +272,7 @@ def compare_grid(lab: Lab, state: RunState, seeds, n_rows: int, masks: bool = Fa
     """The A/B grid as HTML: a header row of seeds, then one row per strategy whose cells are the
     generation beside its top-1 training image, the verdict and score, and the image's id and copies.
     Every row is on the page (no inner scroll box); on a narrow screen each row wraps to two cells a line.
-    ``masks``: each pair with its seed's bright-ending map tinted over both images (the copied region)."""
+    ``masks``: each pair with its seed's bright-ending map marked on both images (the copied region)."""
 
     n = len(seeds)
     out = [GRID_CSS, f'<div class="ab" style="--n:{n}">',
@@ -360,12 +375,12 @@ def _other_detections(s: dict) -> str:
 
 
 def bright_ending_note(card: dict | None) -> str:
-    """What the yellow tint is, and whether it marks the copied region on this world: the bright-ending map
+    """What the yellow outline is, and whether it marks the copied region on this world: the bright-ending map
     (Chen et al., ICLR 2025), with the world's own measure of it where its card has one (``measured``'s
     ``bright_ending_coverage``: the map's median brightness on the drawn objects of its most duplicated
     prompts' copies over elsewhere)."""
-    text = ("Tinted yellow: the bright-ending map, where the generation attends to the prompt's end at the last "
-            "step; in Stable Diffusion it lights the copied region (Chen et al. 2025)")
+    text = ("Outlined in yellow, the rest faded: the bright-ending map, where the generation attends to the prompt's "
+            "end at the last step; in Stable Diffusion it lights the copied region (Chen et al. 2025)")
     cov = ((card or {}).get("measured") or {}).get("bright_ending_coverage") or {}
     ratio = cov.get("median_inside_over_outside")
     if ratio is None:
@@ -391,7 +406,7 @@ def template_sentence(records, template_of) -> str:
             f"{'are' if tmpl != 1 else 'is'} called a **template copy** (framed purple) and {whole} replicated as a "
             f"whole")
     if scores:
-        text += f"; inside the bright-ending map (tinted yellow) they score {min(scores):.3f}-{max(scores):.3f}"
+        text += f"; inside the bright-ending map (outlined in yellow) they score {min(scores):.3f}-{max(scores):.3f}"
     others = sum(r.get("verdict") == "template copy" for r, t in zip(records, tops) if t is None)
     if others:  # framed purple too: the pair shows which picture they matched
         text += (f". {others} more {'are' if others != 1 else 'is'} called a template copy with a picture of "
