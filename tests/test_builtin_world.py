@@ -141,6 +141,16 @@ def test_app_histogram_draws_the_distinct_background():
     assert "distinct training images" in bg_trace.name
     assert len(bg_trace.x) == int(lab.index.items["representative"].sum())  # one per distinct image
     assert np.percentile(bg_trace.x, 95) < lab.threshold()["value"]
+    # its title names the score's source in lines a chart can hold (plotly does not wrap; the whole label, with
+    # the score's definition, ran off both sides): descriptor, model, preset and threshold, each whole
+    import re
+
+    info = lab.index.descriptor_info(lab.descriptor.name)
+    lines = [re.sub("<[^>]+>", "", ln) for ln in fig.layout.title.text.split("<br>")]
+    assert all(len(ln) <= 100 for ln in lines) and len(lines) >= 3
+    said = " · ".join(lines[1:])
+    for part in (info["name"], info["model"], f"preset {info['preset']}", f"threshold {lab.threshold()['value']:.3f}"):
+        assert part in said, part
 
 
 @pytest.mark.slow

@@ -6,6 +6,23 @@ from ..records import RunState
 from ..service import Lab
 from .views import level, short_label
 
+def source_lines(lab: Lab, name: str | None = None, width: int = 90) -> str:
+    """A chart's source in lines of at most about ``width`` characters (plotly does not wrap a title, and the
+    page's own label, with the score's definition, ran off both sides of the chart): descriptor, model, preset
+    and threshold; the score's definition is the axis title's (``Lab.score_axis``) and the page's text."""
+    info = lab.index.descriptor_info(name or lab.descriptor.name)
+    thr = info["threshold"]
+    parts = [info["name"], str(info["model"]), f"threshold {thr['value']:.3f} ({thr['source']})",
+             f"preset {info['preset']}"] + ([f"indexed: {info['indexed']}"] if info.get("indexed") else [])
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 3 + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] += " · " + part
+    return "<br>".join(lines)
+
+
 def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
     import plotly.graph_objects as go
 
@@ -18,8 +35,11 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
         fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)",
                           opacity=0.75, nbinsx=20, marker_color="#d62728")
     fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
-    fig.update_layout(barmode="overlay", height=320, margin=dict(l=40, r=10, t=50, b=40),
-                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>{lab.descriptor_label(descriptor)}</sup>",
+    source = source_lines(lab, descriptor)
+    extra = 14 * source.count("<br>")  # room for the source's lines
+    fig.update_layout(barmode="overlay", height=320 + extra, margin=dict(l=40, r=10, t=50 + extra, b=40),
+                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>"
+                                      + source.replace("<br>", "</sup><br><sup>") + "</sup>",
                                  font=dict(size=13)),
                       xaxis_title=lab.score_axis(descriptor), yaxis_title="density",
                       legend=dict(orientation="h", y=-0.25))
@@ -110,8 +130,11 @@ def compare_figure(lab: Lab, state: RunState):
         fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
     fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
-    fig.update_layout(height=340, showlegend=False, margin=dict(l=40, r=10, t=70, b=40),
-                      title=dict(text=f"<sup>{lab.descriptor_label(name)}</sup>", font=dict(size=12)))
+    source = source_lines(lab, name)
+    extra = 14 * source.count("<br>")  # room for the source's lines above the subplots' titles
+    fig.update_layout(height=340 + extra, showlegend=False, margin=dict(l=40, r=10, t=70 + extra, b=40),
+                      title=dict(text="<sup>" + source.replace("<br>", "</sup><br><sup>") + "</sup>",
+                                 font=dict(size=12)))
     return fig
 
 
