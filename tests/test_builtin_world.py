@@ -291,3 +291,21 @@ def test_the_docs_show_the_shipped_cards_report():
     blocks = re.findall(r"```\n(descriptor .*?)```", doc, re.S)
     assert len(blocks) == 1, "docs/builtin-world.md shows the card's report once"
     assert blocks[0].strip().splitlines() == format_report(card).strip().splitlines()
+
+
+def test_about_names_which_model_made_each_copy_recall():
+    """About this world listed the recall on the views model's copies after the world's own with the prefix cut
+    off, so "all 85.4%" and "all 80.4%" stood side by side, one unnamed: each model's copies on a line of its
+    own, each figure its manifest's."""
+    from memlab.app.views import world_card_markdown
+    from memlab.service import Lab
+
+    lab = Lab(World.load(ASSETS_WORLD))
+    text = world_card_markdown(lab)
+    gt = lab.descriptor_info()["threshold"]["ground_truth"]
+    own = next(ln for ln in text.split("\n\n") if ln.startswith("**Recall on copies made by the world's own model**"))
+    views = next(ln for ln in text.split("\n\n") if "took its training views from" in ln)
+    for k, v in gt.items():
+        assert f"{k.split(':', 1)[1]} {v['recall']:.1%} (n={v['n']})" in (own if k.startswith("model:") else views), k
+    assert own.count(" all ") == views.count(" all ") == 1
+    assert "| | this world |" in text

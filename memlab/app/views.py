@@ -473,7 +473,7 @@ def world_card_markdown(lab: Lab) -> str:
              f"generates is compared with every training image by the copy {g('descriptor', 'descriptor')} "
              f"**{info['name']}**; a score above the {g('threshold', 'threshold')} {thr['value']:.3f} calls the "
              f"picture a copy.",
-             "| | |\n|---|---|\n"
+             "| | this world |\n|---|---|\n"
              f"| model | {lab.model_description()} |\n"
              f"| training images indexed | {built['items']} (index built {built['created']}) |\n"
              f"| descriptor | {info['name']}: model `{info['model']}`, preset `{info['preset']}`, {info['dim']} "
@@ -484,10 +484,17 @@ def world_card_markdown(lab: Lab) -> str:
              f"{thr.get('fpr') or 0:.1%} |",
              f"Scores: {lab.descriptor_label()}"]
     gt = thr.get("ground_truth", {})
-    if gt:
-        lines.append("**Recall on copies made by the world's own model** (held-out training images, not used "
-                     "for calibration): " + ", ".join(f"{k.split(':', 1)[-1]} {v['recall']:.1%} (n={v['n']})"
-                                                      for k, v in sorted(gt.items())))
+    whose = {"model": "**Recall on copies made by the world's own model** (held-out training images, not used for "
+                      "calibration): ",
+             "views": "**... and by the model memlab's descriptor took its training views from** (the same "
+                      "images; issue 30's held-out check): "}
+    groups: dict[str, dict] = {}
+    for k, v in gt.items():  # each model's copies on a line of their own (their kinds share names)
+        prefix, _, kind = k.rpartition(":")
+        groups.setdefault(prefix, {})[kind] = v
+    for prefix in [p for p in whose if p in groups] + sorted(p for p in groups if p not in whose):
+        said = whose.get(prefix, f"**Recall on held-out copies{f' ({prefix})' if prefix else ''}**: ")
+        lines.append(said + ", ".join(f"{k} {v['recall']:.1%} (n={v['n']})" for k, v in sorted(groups[prefix].items())))
     c = lab.card()
     if c:
         lines.append(f"**Built with** `{c.get('built_with', '')}` in {c.get('build_seconds_total', 0) / 60:.0f} min")
