@@ -346,3 +346,16 @@ def test_the_attribution_chart_says_when_its_control_leads_as_much():
     said = attribution_control(world)
     assert (said is not None) == (t["control_distinctive_above_template"] / t["control_unique_probes"]
                                   >= t["distinctive_above_template"] / t["probes"])
+
+
+def test_the_glossary_defines_every_detector_the_page_shows():
+    """Generate's summary shows six detectors; the glossary's "detection" defined Wen et al.'s alone: each
+    registered detector is named there with its paper's first author."""
+    from memlab.app.glossary import GLOSSARY
+    from memlab.compare import DETECTORS
+
+    _, term, text = next(e for e in GLOSSARY if e[0] == "detection")
+    for name, d in DETECTORS.items():
+        assert name in term, name
+        author = d["paper"].split()[0]
+        assert (f"**{name}**" in text or name == "wen") and author in text, name

@@ -91,10 +91,18 @@ GLOSSARY = [
      "How many times a planted image was repeated in the built-in world's training set (DCR duplicates a "
      "share of images with a sampling weight ddf). **Full** duplication repeats image and caption; "
      "**partial** repeats the image with other captions."),
-    ("detection", "detection (Wen et al.)",
+    ("detection", "detection (wen, ren, asthana, bright_ending, jeon, carlini)",
      "‖ε(x_t, prompt) − ε(x_t, empty)‖: how strongly the prompt steers the first denoising step, averaged "
      "over generations (Wen et al. 2024). Memorized prompts give large values before any image exists. "
-     "There is no universal threshold; compare prompts on the same model."),
+     "There is no universal threshold; compare prompts on the same model. The page shows five more, each "
+     "from its paper: **ren**, the entropy of the first step's attention over the prompt's tokens (Ren et al. "
+     "2024; memorized prompts draw it away from the beginning token, so it spreads and rises); **asthana**, the guidance's norm and its angle to the "
+     "unconditional prediction on pure noise (Asthana and Belagiannis 2026); **bright_ending**, Wen's score "
+     "counted inside the region the prompt's end token lights at the last step (Chen et al. 2025); **jeon**, "
+     "how sharply the prompt's probability peaks around the starting noise (Jeon et al. 2025); **carlini**, the "
+     "largest group of a prompt's generations that are near-identical to one another, as a share of the seeds "
+     "(Carlini et al. 2023). Each is higher for a prompt more likely memorized; the world's card gives how well "
+     "each tells memorized prompts apart on its model."),
     ("mitigation", "mitigation (none, rna, rt, cwr, gni, wen, ren, nemo, jain, sail)",
      "A change at generation time that reduces copying (Somepalli et al. 2023): **rna** inserts k random "
      "numbers into the prompt, **rt** k random tokens, **cwr** repeats k words of the prompt, **gni** adds "
