@@ -2,25 +2,43 @@
 set's background, the per-seed scores, token attribution, a comparison's bars and a keyword view's sizes."""
 from __future__ import annotations
 
+import textwrap
+
 from ..records import RunState
 from ..service import Lab
 from .views import level, short_label
 
-def source_lines(lab: Lab, name: str | None = None, width: int = 90) -> str:
-    """A chart's source in lines of at most about ``width`` characters (plotly does not wrap a title, and the
-    page's own label, with the score's definition, ran off both sides of the chart): descriptor, model, preset
-    and threshold; the score's definition is the axis title's (``Lab.score_axis``) and the page's text."""
+WIDTH = 56  # characters a line of a chart's text: plotly wraps none, and a phone gives a chart about 350 px
+
+
+def wrap(text: str, width: int = WIDTH, size: str = "") -> str:
+    """``text`` in lines of at most ``width`` characters joined by ``<br>`` (long words broken at their hyphens),
+    each line in ``<size>`` tags (``sup``) when given."""
+    lines = textwrap.wrap(text, width) or [""]
+    return "<br>".join(f"<{size}>{ln}</{size}>" if size else ln for ln in lines)
+
+
+def source_text(lab: Lab, name: str | None = None) -> str:
+    """A chart's source (the page's own label, with the score's definition, ran off both sides of a chart):
+    descriptor, model, threshold and preset; the score's definition is the axis title's (``Lab.score_axis``)
+    and the page's text."""
     info = lab.index.descriptor_info(name or lab.descriptor.name)
     thr = info["threshold"]
-    parts = [info["name"], str(info["model"]), f"threshold {thr['value']:.3f} ({thr['source']})",
-             f"preset {info['preset']}"] + ([f"indexed: {info['indexed']}"] if info.get("indexed") else [])
-    lines = [parts[0]]
-    for part in parts[1:]:
-        if len(lines[-1]) + 3 + len(part) > width:
-            lines.append(part)
-        else:
-            lines[-1] += " · " + part
-    return "<br>".join(lines)
+    return " · ".join([info["name"], str(info["model"]), f"threshold {thr['value']:.3f} ({thr['source']})",
+                       f"preset {info['preset']}"] + ([f"indexed: {info['indexed']}"] if info.get("indexed") else []))
+
+
+LINE = 17  # pixels a line of a title takes (plotly spaces <sup> lines as the title's own)
+
+
+def _lines(text: str) -> int:
+    return text.count("<br>") + 1
+
+
+def _title(text: str, height: int, size: int = 13) -> dict:
+    """A title of several lines pinned to the figure's top (plotly centres it in the top margin otherwise, and
+    a tall one runs into the plot)."""
+    return dict(text=text, font=dict(size=size), yref="container", y=1 - 20 / height, yanchor="top")
 
 
 def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
@@ -29,20 +47,21 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
     thr = lab.threshold(descriptor)["value"]
     fig = go.Figure()
     fig.add_histogram(x=lab.background(descriptor), histnorm="probability density",
-                      name="background: distinct training images (each vs its nearest other distinct image)",
+                      name=wrap("background: distinct training images (each vs its nearest other distinct image)"),
                       opacity=0.55, nbinsx=40, marker_color="#888")
     if len(scores):
         fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)",
                           opacity=0.75, nbinsx=20, marker_color="#d62728")
     fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
-    source = source_lines(lab, descriptor)
-    extra = 14 * source.count("<br>")  # room for the source's lines
-    fig.update_layout(barmode="overlay", height=320 + extra, margin=dict(l=40, r=10, t=50 + extra, b=40),
-                      title=dict(text=f"top-1 similarity vs background{title_extra}<br><sup>"
-                                      + source.replace("<br>", "</sup><br><sup>") + "</sup>",
-                                 font=dict(size=13)),
-                      xaxis_title=lab.score_axis(descriptor), yaxis_title="density",
-                      legend=dict(orientation="h", y=-0.25))
+    title = wrap(f"top-1 similarity vs background{title_extra}") + "<br>" + wrap(source_text(lab, descriptor), 64, "sup")
+    axis = wrap(lab.score_axis(descriptor), 50)
+    top = 28 + LINE * _lines(title)
+    bottom = 34 + 15 * _lines(axis) + 60  # tick labels, the axis title's lines (font 11), the legend (two rows on a phone)
+    height = 200 + top + bottom
+    fig.update_layout(barmode="overlay", height=height, margin=dict(l=40, r=10, t=top, b=bottom),
+                      title=_title(title, height), yaxis_title="density",
+                      xaxis_title=dict(text=axis, font=dict(size=11)),
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.0))
     return fig
 
 
@@ -61,9 +80,11 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     fig.add_hline(y=thr, line_dash="dash")  # named in the title: a label on the line would sit on the points
     lo, hi = min([thr] + [r["score"] for r in recs]), max([thr] + [r["score"] for r in recs])
     pad = max(0.02, 0.15 * (hi - lo))  # the line and every point inside the axis, however close they are
-    fig.update_layout(height=260, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
-                      title=dict(text=f"top-1 score per seed (dashed: threshold {thr:.3f}; red: replicated, purple: "
-                                      f"template copy, orange: possible copy)", font=dict(size=13)),
+    title = "top-1 score per seed<br>" + wrap(f"dashed: threshold {thr:.3f}; red: replicated, purple: template copy, "
+                                              f"orange: possible copy", 64, "sup")
+    top = 28 + LINE * _lines(title)
+    fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=40), showlegend=False,
+                      title=_title(title, 200 + top),
                       xaxis_title="seed", yaxis_title="similarity", xaxis_type="category",
                       yaxis_range=[lo - pad, hi + pad])
     return fig
@@ -94,12 +115,12 @@ def attribution_chart(tokens: list[dict], card: dict | None = None):
                            y=[t["attribution"] for t in toks], marker_color="#9467bd",
                            hovertext=[t["token"] for t in toks]))
     caveat = attribution_control(card)
-    fig.update_layout(height=260 + (20 if caveat else 0), margin=dict(l=40, r=10, t=50 + (20 if caveat else 0), b=60),
-                      title=dict(text="which words drive the memorization signal (the prompt as typed, no mitigation)"
-                                      "<br><sup>gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input "
-                                      "embedding, first step, mean over the first 4 seeds (Wen et al. 2024)</sup>"
-                                      + (f"<br><sup>{caveat}</sup>" if caveat else ""),
-                                 font=dict(size=13)),
+    title = (wrap("which words drive the memorization signal (the prompt as typed, no mitigation)") + "<br>"
+             + wrap("gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over "
+                    "the first 4 seeds (Wen et al. 2024)", 64, "sup")
+             + (f"<br>{wrap(caveat, 64, 'sup')}" if caveat else ""))
+    top = 28 + LINE * _lines(title)
+    fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=60), title=_title(title, 200 + top),
                       yaxis_title="attribution")
     return fig
 
@@ -130,11 +151,10 @@ def compare_figure(lab: Lab, state: RunState):
         fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
     fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
-    source = source_lines(lab, name)
-    extra = 14 * source.count("<br>")  # room for the source's lines above the subplots' titles
-    fig.update_layout(height=340 + extra, showlegend=False, margin=dict(l=40, r=10, t=70 + extra, b=40),
-                      title=dict(text="<sup>" + source.replace("<br>", "</sup><br><sup>") + "</sup>",
-                                 font=dict(size=12)))
+    title = wrap(source_text(lab, name), 64, "sup")
+    top = 28 + LINE * _lines(title) + 30  # the source's lines above the subplots' titles
+    fig.update_layout(height=270 + top, showlegend=False, margin=dict(l=40, r=10, t=top, b=40),
+                      title=_title(title, 270 + top, 12))
     return fig
 
 
