@@ -496,6 +496,14 @@ class Lab(Streams):
                 views.update(load_views(root / "keywords", sealed, n))
         return views
 
+    @property
+    def keyword_names(self) -> list[str]:
+        """The prebuilt keyword views as the tab lists them: the world's planted keywords (a hidden object comes
+        with them, ``world.json``'s ``keywords``) first, then the rest alphabetically whatever their case (the
+        tab opened on "Velmora", whose hidden-object share is 0, before "lighthouse")."""
+        planted = [k for k in (self.world.manifest.get("keywords") or {}) if k in self.views]
+        return planted + sorted((k for k in self.views if k not in planted), key=str.casefold)
+
     @on_compute_thread
     def keyword_view(self, keyword: str, threshold: float | None = None, objects: Sequence[str] = ()) -> dict:
         """A prebuilt view, or computed now for a new keyword and kept in memory among the ``KEPT_VIEWS`` latest

@@ -311,3 +311,20 @@ def test_about_names_which_model_made_each_copy_recall():
         assert f"{k.split(':', 1)[1]} {v['recall']:.1%} (n={v['n']})" in (own if k.startswith("model:") else views), k
     assert own.count(" all ") == views.count(" all ") == 1
     assert "| | this world |" in text
+
+
+def test_the_keyword_tab_opens_on_the_planted_keyword():
+    """Keyword clusters opened on "Velmora" (sorted before the lowercase names), where the hidden object's share
+    is 0: a class saw nothing come along unnamed. The world's planted keyword comes first, and its view shows the
+    hidden object more often than in the training set at large; the rest follow alphabetically."""
+    from memlab.service import Lab
+
+    w = World.load(ASSETS_WORLD)
+    lab = Lab(w)
+    names = lab.keyword_names
+    planted = list(w.manifest["keywords"])
+    assert names[: len(planted)] == planted and sorted(names) == sorted(lab.views)
+    assert names[len(planted):] == sorted(names[len(planted):], key=str.lower)
+    hidden = w.manifest["keywords"][names[0]]["hidden_object"]
+    share = lab.views[names[0]]["objects"][hidden]
+    assert share["keyword_share"] > 2 * share["overall_share"]
