@@ -41,6 +41,25 @@ def trust(path: Path) -> Path:
     return path
 
 
+def assert_same(a, b, tol: float, where: str = "", loose: dict | None = None) -> None:
+    """The same JSON-like answers: keys in the same order, strings, ints and booleans equal, floats within ``tol``
+    (absolute and relative; ``loose``: a path part -> a wider tolerance for the values under it)."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, (where, a, b)
+    if isinstance(a, dict):
+        assert list(a) == list(b), (where, list(a), list(b))
+        for k in a:
+            assert_same(a[k], b[k], tol, f"{where}.{k}", loose)
+    elif isinstance(a, list):
+        assert len(a) == len(b), (where, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, tol, f"{where}[{i}]", loose)
+    elif isinstance(a, float) or isinstance(b, float):
+        wide = [t for part, t in (loose or {}).items() if part in where]
+        assert abs(a - b) <= (wide[0] if wide else tol + tol * abs(b)), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
 def synthetic_images(n: int, size: int = 64, seed: int = 0) -> list:
     """Distinct images: random low-frequency colour fields (upsampled noise)."""
     rng = np.random.default_rng(seed)
