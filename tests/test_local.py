@@ -288,6 +288,8 @@ def test_the_pair_marks_the_copied_region_on_both_images_and_the_caption_gives_t
     assert "25.0%" in _template_line({"template_copy_rate": 0.25}, [rec], current)[0]
     both = {**rec, "agreement_share": 0.42, "agreement_threshold": 0.19}
     assert "agrees in 42% of windows vs 19%" in caption(both) and "agrees" not in caption(rec)
+    whole = {**both, "verdict": "replicated", "replicated": True, "score": 0.9}  # the template check is not its reason
+    assert "REPLICATED" in caption(whole) and "copied region" not in caption(whole) and "agrees" not in caption(whole)
     assert "more than 19% of its windows" in _template_line({"template_copy_rate": 0.25}, [both], current)[0]
     assert _template_line({}, [{**rec, "masked_threshold": None}], current) == []
 

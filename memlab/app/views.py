@@ -125,11 +125,14 @@ def _eroded(region: np.ndarray, width: int) -> np.ndarray:
 
 def caption(record: dict) -> str:
     """A pair's caption: seed, verdict, score against the threshold, the masked score where the world has a
-    threshold for it, the training image and its copies."""
+    threshold for it (the template check, for a seed not replicated as a whole: beside a whole copy "agrees in 0%
+    of windows", a blurred redraw's detail against the sharp original, read as a contradiction), the training
+    image and its copies."""
     r = SeedRecord.from_dict(record)
     verdict = WORD[level(record)]
     masked = (f" · in its copied region {r.masked_score:.3f} vs {r.masked_threshold:.3f}"
-              if r.masked_score is not None and r.masked_threshold is not None else "")
+              if r.masked_score is not None and r.masked_threshold is not None and level(record) != "replicated"
+              else "")
     if masked and r.agreement_share is not None and r.agreement_threshold is not None:
         masked += f", agrees in {r.agreement_share:.0%} of windows vs {r.agreement_threshold:.0%}"
     return (f"seed {r.seed} · {verdict} · score {r.score:.3f} vs threshold {r.threshold:.3f}{masked} · "
