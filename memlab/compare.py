@@ -96,15 +96,22 @@ def _f(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns as wide as their widest cell (a name longer than a fixed width pushed its row out of line): the
+    first left-aligned, the rest right-aligned but the last, left-aligned."""
+    w = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    cell = lambda r, i: r[i].ljust(w[i]) if i in (0, len(r) - 1) else r[i].rjust(w[i])  # noqa: E731
+    return ["  ".join(cell(r, i) for i in range(len(r))).rstrip() for r in [header] + rows]
+
+
 def format_comparison(c: dict) -> str:
-    lines = ["detector      AUC by outcome (replicating >= half vs never)   cost"]
-    for m, d in c["detectors"].items():
-        lines.append(f"  {m:<10} {_f(d['auc'], '.3f'):>6}  ({d['positives']} vs {d['negatives']} prompts)"
-                     f"{'':<22}{d.get('unet_passes', '')}")
-    lines.append("strategy                 prompts  replicated  cut   data sim  alignment (x none)  s/image (+ vs none)")
-    for label, r in c["mitigations"].items():
-        lines.append(f"  {label:<24}{r['prompts']:>5}  {r['replication_rate']:>9.1%}  "
-                     f"{_f(r.get('relative_cut'), '>4.0%'):>4}  {r['dataset_similarity']:>8.3f}  "
-                     f"{_f(r['alignment'], '.3f'):>7} ({_f(r.get('alignment_ratio'), '.2f')})  "
-                     f"{_f(r['seconds_per_image'], '.3f'):>8} ({_f(r.get('added_seconds_per_image'), '+.3f')})")
+    lines = _table(["detector", "AUC by outcome", "prompts (replicating >= half vs never)", "cost (UNet passes)"],
+                   [[m, _f(d["auc"], ".3f"), f"{d['positives']} vs {d['negatives']}", str(d.get("unet_passes", ""))]
+                    for m, d in c["detectors"].items()])
+    lines += _table(["strategy", "prompts", "replicated", "cut", "data sim", "alignment (x none)", "s/image (+ vs none)"],
+                    [[label, str(r["prompts"]), f"{r['replication_rate']:.1%}", _f(r.get("relative_cut"), ".0%"),
+                      f"{r['dataset_similarity']:.3f}",
+                      f"{_f(r['alignment'], '.3f')} ({_f(r.get('alignment_ratio'), '.2f')})",
+                      f"{_f(r['seconds_per_image'], '.3f')} ({_f(r.get('added_seconds_per_image'), '+.3f')})"]
+                     for label, r in c["mitigations"].items()])
     return "\n".join(lines)

@@ -236,7 +236,19 @@ def test_comparison_table_from_hand_made_records():
     assert r["relative_cut"] == pytest.approx(1 - 0.3 / 0.8)
     assert r["alignment_ratio"] == pytest.approx(0.35 / 0.7)
     assert r["added_seconds_per_image"] == pytest.approx(0.2)
-    assert "ren" in format_comparison(c)
+    # printed, each column lines up whatever a name's length (`bright_ending` pushed its row out of line)
+    c["detectors"]["bright_ending"] = {**c["detectors"]["ren"], "auc": 0.25}
+    lines = format_comparison(c).splitlines()
+    detectors, strategies = lines[:4], lines[4:]
+    assert sorted(ln.split()[0] for ln in detectors[1:]) == ["bright_ending", "ren", "wen"]
+    import re
+
+    for table, second in ((detectors, "AUC by outcome"), (strategies, "prompts")):
+        # the second column (right-aligned) ends where its header ends, on every line
+        ends = {re.match(r"\S+\s+\S+", ln).end() for ln in table[1:]}
+        assert ends == {table[0].index(second) + len(second)}, table
+    assert {ln.split()[0]: ln.split()[1] for ln in detectors[1:]} == {"wen": "1.000", "ren": "0.500",
+                                                                       "bright_ending": "0.250"}
 
 
 def test_memlab_run_writes_detections_alignment_and_the_comparison(tiny_world, tmp_path):
