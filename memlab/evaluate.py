@@ -468,7 +468,8 @@ def format_report(m: dict) -> str:
     lines.append(f"mitigations on {m['mitigations_on']} (same seeds):")
     base = m["groups"][m["mitigations_on"]]
     al = base.get("alignment")
-    lines.append(f"  {'none':<20} replicated {base['replication_rate']:.1%}  data sim {base['dataset_similarity']:.3f}"
+    mw = max([20] + [len(n) for n in m["mitigations"]])  # the names' column, as wide as the longest name
+    lines.append(f"  {'none':<{mw}} replicated {base['replication_rate']:.1%}  data sim {base['dataset_similarity']:.3f}"
                  + (f"  alignment {al:.3f}" if al is not None else "")
                  + (f"  {m['mitigation_seconds_none_on_high']:.3f} s/image" if "mitigation_seconds_none_on_high" in m
                     else ""))
@@ -479,7 +480,7 @@ def format_report(m: dict) -> str:
             extra += f"  alignment {r['alignment']:.3f} (x{r['alignment_ratio']:.2f})"
         if r.get("added_seconds_per_image") is not None:
             extra += f"  {r['added_seconds_per_image']:+.3f} s/image"
-        lines.append(f"  {name:<20} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
+        lines.append(f"  {name:<{mw}} replicated {r['replication_rate']:.1%} ({r['change_vs_none']:+.1%}"
                      f"{'' if cut is None else f', cut {cut:.0%}'})  data sim {r['dataset_similarity']:.3f}{extra}")
     for name in ("wen", "sail"):
         if m.get(f"{name}_reach"):
@@ -496,11 +497,12 @@ def format_report(m: dict) -> str:
     det = m.get("detectors")
     if det:
         secs = det.get("seconds_per_batch_of_8", {})
+        dw = max([8] + [len(n) for n in det["figures"]])
         for name, f in det["figures"].items():
             vs = ", ".join(f"{g} {v:.2f}" for g, v in sorted(f["auc_vs_unique"].items()))
             auc = "-" if f["auc_by_outcome"] is None else f"{f['auc_by_outcome']:.3f}"
             rho = f.get("spearman_vs_replication")
-            lines.append(f"detector {name:<8} AUC by outcome {auc} ({f['outcome_probes'][0]} replicating >= half "
+            lines.append(f"detector {name:<{dw}} AUC by outcome {auc} ({f['outcome_probes'][0]} replicating >= half "
                          f"vs {f['outcome_probes'][1]} never); Spearman vs replication "
                          f"{'-' if rho is None else f'{rho:.2f}'}; vs unique: {vs}; cost "
                          f"{det['definitions'].get(name, {}).get('unet_passes', '?')} UNet passes, "
