@@ -139,6 +139,20 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
               if ((o === 'auto' || o === 'scroll') && e.scrollHeight > e.clientHeight + 2) return true; }
             return img.getBoundingClientRect().width < 60; }).length""")
         titles = page.eval_on_selector_all("#grid .ab-label[title]", "els => els.map(e => e.title)")
+        # the table's headers wrap between words, never inside one ("detectio n" did): each header's longest word,
+        # set in the header's font, fits the header's width
+        page.locator("#compare-table table").first.wait_for(timeout=30_000)
+        broken = page.evaluate("""() => Array.from(document.querySelectorAll('#compare-table thead th')).filter(th => {
+            const text = (th.innerText || '').trim(); if (!text) return false;
+            const probe = document.createElement('span');
+            const cs = getComputedStyle(th.querySelector('span') || th);
+            probe.style.cssText = 'position:absolute;visibility:hidden;white-space:nowrap';
+            probe.style.font = cs.font; probe.style.letterSpacing = cs.letterSpacing;
+            document.body.appendChild(probe);
+            const longest = Math.max(...text.split(/\\s+/).map(w => { probe.textContent = w; return probe.getBoundingClientRect().width; }));
+            probe.remove();
+            const box = (th.querySelector('span') || th).getBoundingClientRect().width;
+            return longest > box + 0.5; }).map(th => th.innerText.trim())""")
         page.screenshot(path=str(_shot(tmp_path, "compare-desktop.png")), full_page=True)
         page.locator("#compare-export").click()
         link = page.locator("#compare-export-file a[download='comparison.zip']")
@@ -149,6 +163,7 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
         dl.value.save_as(path)
     assert pending_at_first_row == 3, pending_at_first_row
     assert rows == ["none", "rna k=4", "gni λ=0.1", "cwr k=4"] and boxed == 0
+    assert broken == [], broken
     assert titles[1:] == ["rna:k=4,seed=0", "gni:lam=0.1,halves=both,seed=0", "cwr:k=4,seed=0"]  # full spec on hover
     with zipfile.ZipFile(path) as z:
         lines = [json.loads(x) for x in z.read("results.jsonl").splitlines()]

@@ -11,7 +11,7 @@ from ..errors import MemlabError
 from ..limits import LIMITS
 from ..service import Lab
 from .charts import compare_figure
-from .views import COMPARE_COLUMNS, compare_grid, compare_headline, compare_table
+from .views import COMPARE_COLUMNS, COMPARE_WIDTHS, compare_grid, compare_headline, compare_table
 from .generate import examples_block
 from .wiring import MITIGATION_CHOICES, errors, page_and_api, scroll_first
 
@@ -51,8 +51,8 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
         c_head = gr.Markdown(elem_id="compare-headline")
         c_grid = gr.HTML(elem_id="grid")
         c_plot = gr.Plot(label="replication and dataset similarity per strategy", elem_id="bars")
-        c_table = gr.Dataframe(headers=COMPARE_COLUMNS, label="per strategy (full specs)", elem_id="compare-table",
-                               wrap=True)
+        c_table = gr.Dataframe(headers=COMPARE_COLUMNS, column_widths=COMPARE_WIDTHS, label="per strategy (full specs)",
+                               elem_id="compare-table", wrap=True)
         with gr.Row():
             c_export_btn = gr.Button("Export comparison (JSONL + images)", elem_id="compare-export")
             c_export_file = gr.File(label="comparison.zip", elem_id="compare-export-file", visible=False)

@@ -50,6 +50,9 @@ MATCH_WIDTHS = ["72px", "80px", "80px", "168px"]
 
 COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
                    "change vs none", "detection", "alignment", "alignment vs none"]
+# each column at least as wide as its header's longest word in the table's monospace font (about 10 px a character,
+# and the cell's padding): "detection" and "alignment" broke mid-word ("detectio n"); the spec gets room of its own
+COMPARE_WIDTHS = ["200px" if h == "spec" else f"{max(72, 10 * max(map(len, h.split())) + 28)}px" for h in COMPARE_COLUMNS]
 
 
 FRAME = {"replicated": (200, 30, 30), "template copy": (150, 50, 190), "possible copy": (240, 140, 0),
