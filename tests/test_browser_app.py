@@ -194,7 +194,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
 
     from PIL import Image
 
-    from memlab.app.views import FADED
+    from memlab.app.pictures import FADED
     from tests.helpers import synthetic_images
 
     img = tmp_path / "upload.png"
@@ -225,7 +225,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
     # the tiny world's pictures are smooth colour fields (upsampled 4 x 4 noise): little or no detail to agree
     # in, so an exact copy may light few windows; those it lights keep the upload's colours (but for their
     # outline), the rest fade
-    from memlab.app.views import _eroded
+    from memlab.app.pictures import _eroded
 
     if mask.any():
         core = _eroded(mask, 4)

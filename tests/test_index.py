@@ -279,7 +279,7 @@ def test_a_template_copy_is_told_by_where_it_agrees_with_its_match(tmp_path):
     assert miss["verdict"] != "template copy" and miss["agreement"]["share"] <= cal["threshold"]
     # the app's Match shows the pair with the agreeing windows in their own colours: the frame, not the content
     # inside, which fades
-    from memlab.app.views import FADED, agreement_pair
+    from memlab.app.pictures import FADED, agreement_pair
 
     pair = np.asarray(agreement_pair(copy, index.image_path(got["matches"][0]["row"]), got), np.float64)
     plain = np.asarray(copy.resize((64, 64)).resize((192, 192), Image.NEAREST), np.float64)

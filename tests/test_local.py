@@ -261,7 +261,8 @@ def test_the_pair_marks_the_copied_region_on_both_images_and_the_caption_gives_t
     outlined; the rest fades."""
     from PIL import Image
 
-    from memlab.app.views import FADED, FRAME, MASK_LINE, _template_line, caption, pair_image
+    from memlab.app.pictures import FADED, FRAME, MASK_LINE, pair_image
+    from memlab.app.views import _template_line, caption
 
     gen = Image.new("RGB", (8, 8), (0, 0, 200))
     match = Image.new("RGB", (8, 8), (0, 200, 0))

@@ -14,9 +14,10 @@ from ..records import RunState, collapse_matches
 from ..scorenorm import is_mirrored
 from ..service import Lab
 from .charts import attribution_chart, histogram, seed_scores_chart
+from .pictures import pair_image
 from .serve import as_file
 from .views import (ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, bright_ending_note, caption, copies, headline,
-                    id_table, level, pair_image, seed_table)
+                    id_table, level, seed_table)
 from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
 
 

@@ -8,7 +8,8 @@ from ..limits import LIMITS
 from ..service import Lab
 from ..match import load_image
 from ..metrics import AGREEMENT
-from .views import MATCH_COLUMNS, MATCH_WIDTHS, agreement_pair, copies, score
+from .pictures import agreement_pair
+from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, score
 from .wiring import page_and_api
 
 
