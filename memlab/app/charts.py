@@ -37,8 +37,9 @@ def _lines(text: str) -> int:
 
 def _title(text: str, height: int, size: int = 13) -> dict:
     """A title of several lines pinned to the figure's top (plotly centres it in the top margin otherwise, and
-    a tall one runs into the plot)."""
-    return dict(text=text, font=dict(size=size), yref="container", y=1 - 20 / height, yanchor="top")
+    a tall one runs into the plot), centred: the page's label for the chart sits on its top-left corner."""
+    return dict(text=text, font=dict(size=size), yref="container", y=1 - 30 / height, yanchor="top", x=0.5,
+                xanchor="center")
 
 
 def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
@@ -55,7 +56,7 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
     fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
     title = wrap(f"top-1 similarity vs background{title_extra}") + "<br>" + wrap(source_text(lab, descriptor), 64, "sup")
     axis = wrap(lab.score_axis(descriptor), 50)
-    top = 28 + LINE * _lines(title)
+    top = 38 + LINE * _lines(title)
     bottom = 34 + 15 * _lines(axis) + 60  # tick labels, the axis title's lines (font 11), the legend (two rows on a phone)
     height = 200 + top + bottom
     fig.update_layout(barmode="overlay", height=height, margin=dict(l=40, r=10, t=top, b=bottom),
@@ -82,7 +83,7 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     pad = max(0.02, 0.15 * (hi - lo))  # the line and every point inside the axis, however close they are
     title = "top-1 score per seed<br>" + wrap(f"dashed: threshold {thr:.3f}; red: replicated, purple: template copy, "
                                               f"orange: possible copy", 64, "sup")
-    top = 28 + LINE * _lines(title)
+    top = 38 + LINE * _lines(title)
     fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=40), showlegend=False,
                       title=_title(title, 200 + top),
                       xaxis_title="seed", yaxis_title="similarity", xaxis_type="category",
@@ -119,7 +120,7 @@ def attribution_chart(tokens: list[dict], card: dict | None = None):
              + wrap("gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over "
                     "the first 4 seeds (Wen et al. 2024)", 64, "sup")
              + (f"<br>{wrap(caveat, 64, 'sup')}" if caveat else ""))
-    top = 28 + LINE * _lines(title)
+    top = 38 + LINE * _lines(title)
     fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=60), title=_title(title, 200 + top),
                       yaxis_title="attribution")
     return fig
@@ -152,7 +153,7 @@ def compare_figure(lab: Lab, state: RunState):
     fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
     title = wrap(source_text(lab, name), 64, "sup")
-    top = 28 + LINE * _lines(title) + 30  # the source's lines above the subplots' titles
+    top = 38 + LINE * _lines(title) + 30  # the source's lines above the subplots' titles
     fig.update_layout(height=270 + top, showlegend=False, margin=dict(l=40, r=10, t=top, b=40),
                       title=_title(title, 270 + top, 12))
     return fig
