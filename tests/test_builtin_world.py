@@ -328,3 +328,13 @@ def test_the_keyword_tab_opens_on_the_planted_keyword():
     hidden = w.manifest["keywords"][names[0]]["hidden_object"]
     share = lab.views[names[0]]["objects"][hidden]
     assert share["keyword_share"] > 2 * share["overall_share"]
+    # its lighthouses are all distinct: the size chart says there are no clusters instead of an empty frame
+    from memlab.app.charts import keyword_outputs
+
+    v = lab.views[names[0]]
+    fig = keyword_outputs(lab, v)[1]
+    real = [c for c in v["clusters"] if not c["miscellaneous"]]
+    said = " ".join(a.text for a in fig.layout.annotations).replace("<br>", " ")
+    assert (len(real) == 0) == ("no clusters" in said)
+    if not real:
+        assert f"none of the {v['n_after']} images" in said and fig.layout.xaxis.visible is False

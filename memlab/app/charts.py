@@ -188,6 +188,12 @@ def keyword_outputs(lab: Lab, v: dict):
     fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),
                       title=f"“{v['keyword']}”: cluster sizes (30 largest)",
                       xaxis_title="cluster", yaxis_title="items")
+    if not real:  # an empty frame with axes from -1 to 6 said nothing: say why there are no bars
+        fig.add_annotation(text=wrap(f"no clusters: none of the {v['n_after']} images is nearly identical to another "
+                                     f"(all {v['miscellaneous_size']} are miscellaneous)"),
+                           xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font=dict(size=14))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     table = pd.DataFrame([{"rank": c["rank"], "size": c["size"], "miscellaneous": c["miscellaneous"],
                            "distinct images": c["distinct_images"],
                            "frequent words": ", ".join(f"{w} ({n})" for w, n in c["top_words"])}
