@@ -105,9 +105,9 @@ def _results(lab: Lab) -> SimpleNamespace:
         # a line of its own on a phone (below min_width), beside k on a wider screen
         seed_plot = gr.Plot(label="top-1 score per seed", elem_id="seed-plot", scale=3, min_width=360)
     # shown once a seed is selected (an empty gallery's placeholder box once sat in the middle of the results)
-    topk = gr.Gallery(label="top-k matches of the selected seed (one per near-duplicate group, with its "
-                            "number of copies in the training set)", columns=5, format="png", visible=False,
-                      elem_id="topk")
+    # a label a phone holds on one line (on two it covered the first row's tops); each caption gives the copies
+    topk = gr.Gallery(label="top-k of the selected seed, one per near-duplicate group", columns=5, format="png",
+                      visible=False, elem_id="topk")
     table = gr.Dataframe(headers=SEED_COLUMNS, column_widths=SEED_WIDTHS, label="per seed",
                          elem_id="seed-table", wrap=True)
     closest = gr.Dataframe(headers=ID_COLUMNS + ["text similarity"], column_widths=ID_WIDTHS,
