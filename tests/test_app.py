@@ -572,6 +572,15 @@ def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_i
     assert lo < thr - 0.01 and hi > max(scores)
     assert f"threshold {thr:.3f}" in fig.layout.title.text
     assert [sh.y0 for sh in fig.layout.shapes] == [thr]
+    # both run charts name what the run was made with: its seeds, mitigation and settings (a downloaded chart
+    # keeps its source)
+    from memlab.app.charts import histogram
+
+    for r in state.records:
+        r.update(mitigation={"spec": "rna:k=4,seed=0"}, settings={"steps": 30, "guidance": 5.0})
+    for fig in (seed_scores_chart(lab, state), histogram(lab, scores, records=state.records)):
+        said = fig.layout.title.text.replace("<br>", " ").replace("<sup>", "").replace("</sup>", "")
+        assert "3 seeds · mitigation rna:k=4,seed=0 · 30 steps, guidance 5" in " ".join(said.split()), said
 
 
 def test_a_finished_run_and_each_compare_row_carry_carlinis_clique(server):

@@ -31,6 +31,14 @@ def source_text(lab: Lab, name: str | None = None) -> str:
 LINE = 17  # pixels a line of a title takes (plotly spaces <sup> lines as the title's own)
 
 
+def run_text(records) -> str:
+    """What a run's chart was made from besides the descriptor: its seeds, mitigation and sampling settings."""
+    r = records[0]
+    st, spec = r.get("settings") or {}, (r.get("mitigation") or {}).get("spec")
+    return (f"{len(records)} seed{'s' * (len(records) != 1)}" + (f" · mitigation {spec}" if spec else "")
+            + (f" · {st['steps']} steps, guidance {st['guidance']:g}" if "steps" in st and "guidance" in st else ""))
+
+
 def _lines(text: str) -> int:
     return text.count("<br>") + 1
 
@@ -42,7 +50,9 @@ def _title(text: str, height: int, size: int = 13) -> dict:
                 xanchor="center")
 
 
-def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None):
+def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = None, records=()):
+    """The generations' top-1 scores over the training set's own background; ``records`` (the run's): its
+    seeds, mitigation and settings named in the title beside the score's source."""
     import plotly.graph_objects as go
 
     thr = lab.threshold(descriptor)["value"]
@@ -54,7 +64,9 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
         fig.add_histogram(x=list(scores), histnorm="probability density", name="generations (top-1)",
                           opacity=0.75, nbinsx=20, marker_color="#d62728")
     fig.add_vline(x=thr, line_dash="dash", annotation_text=f"threshold {thr:.3f}")
-    title = wrap(f"top-1 similarity vs background{title_extra}") + "<br>" + wrap(source_text(lab, descriptor), 64, "sup")
+    title = (wrap(f"top-1 similarity vs background{title_extra}") + "<br>"
+             + (wrap(run_text(records), 64, "sup") + "<br>" if len(records) else "")
+             + wrap(source_text(lab, descriptor), 64, "sup"))
     axis = wrap(lab.score_axis(descriptor), 50)
     top = 38 + LINE * _lines(title)
     bottom = 34 + 15 * _lines(axis) + 60  # tick labels, the axis title's lines (font 11), the legend (two rows on a phone)
@@ -81,8 +93,8 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     fig.add_hline(y=thr, line_dash="dash")  # named in the title: a label on the line would sit on the points
     lo, hi = min([thr] + [r["score"] for r in recs]), max([thr] + [r["score"] for r in recs])
     pad = max(0.02, 0.15 * (hi - lo))  # the line and every point inside the axis, however close they are
-    title = "top-1 score per seed<br>" + wrap(f"dashed: threshold {thr:.3f}; red: replicated, purple: template copy, "
-                                              f"orange: possible copy", 64, "sup")
+    title = ("top-1 score per seed<br>" + (wrap(run_text(recs), 64, "sup") + "<br>" if recs else "")
+             + wrap(f"dashed: threshold {thr:.3f}; red: replicated, purple: template copy, orange: possible copy", 64, "sup"))
     top = 38 + LINE * _lines(title)
     fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=40), showlegend=False,
                       title=_title(title, 200 + top),

@@ -176,7 +176,7 @@ def _charts(lab: Lab, empty_hist):
         if not state or not state.records:
             return empty_hist, None
         name = state.records[0]["descriptor"]["name"]
-        return (histogram(lab, [r["score"] for r in state.records], descriptor=name),
+        return (histogram(lab, [r["score"] for r in state.records], descriptor=name, records=state.records),
                 seed_scores_chart(lab, state, name))
     return run_charts
 
