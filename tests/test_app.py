@@ -581,6 +581,13 @@ def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_i
     for fig in (seed_scores_chart(lab, state), histogram(lab, scores, records=state.records)):
         said = fig.layout.title.text.replace("<br>", " ").replace("<sup>", "").replace("</sup>", "")
         assert "3 seeds · mitigation rna:k=4,seed=0 · 30 steps, guidance 5" in " ".join(said.split()), said
+    from memlab.app.charts import compare_figure
+
+    summ = [{"mitigation": {"name": n, "spec": n}, "descriptor": {"name": lab.descriptor.name}, "n_seeds": 3,
+             "replication_rate": 0.5, "dataset_similarity": {"p95": thr}} for n in ("none", "rna")]
+    fig = compare_figure(lab, RunState(prompt="p", records=state.records, summaries=summ))
+    said = " ".join(fig.layout.title.text.replace("<br>", " ").replace("<sup>", "").replace("</sup>", "").split())
+    assert "the same 3 seeds for every strategy · 30 steps, guidance 5" in said and lab.descriptor.name in said
 
 
 def test_a_finished_run_and_each_compare_row_carry_carlinis_clique(server):

@@ -164,8 +164,11 @@ def compare_figure(lab: Lab, state: RunState):
         fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
     fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
-    title = wrap(source_text(lab, name), 64, "sup")
-    top = 38 + LINE * _lines(title) + 30  # the source's lines above the subplots' titles
+    st = (state.records[0].get("settings") if state.records else None) or {}
+    run = (f"the same {summ[0].get('n_seeds', len(summ[0].get('seeds', [])))} seeds for every strategy"
+           + (f" · {st['steps']} steps, guidance {st['guidance']:g}" if "steps" in st and "guidance" in st else ""))
+    title = wrap(run, 64, "sup") + "<br>" + wrap(source_text(lab, name), 64, "sup")
+    top = 38 + LINE * _lines(title) + 30  # the run's and the source's lines above the subplots' titles
     fig.update_layout(height=270 + top, showlegend=False, margin=dict(l=40, r=10, t=top, b=40),
                       title=_title(title, 270 + top, 12))
     return fig
