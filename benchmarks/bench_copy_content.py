@@ -15,6 +15,8 @@ the scene items that keep every object and for those that lose one, and for the 
 judge (photo crops, lighthouses, templates, objects of the background's colour). ``if kept`` is the recall a
 verdict would reach that recalled every copy keeping its objects and every item the objects cannot judge, and
 missed on the copies that lose an object what this one misses: how far a better comparison could take the kind.
+Last, the tinted, darkened and mirrored copies item by item against the unedited copies they were made from:
+which misses the edit made and which the redraw had already.
 
 The copies are the card's (``model_copy_truth`` with the world's seed and item count, read from the build's
 cache under ``WORLD/build/model_copies/model`` when it holds this model's, made under ``--work`` otherwise: a few
@@ -169,7 +171,7 @@ def main():
           f"{args.quantile:.0%} quantile of that share in another item's copy of the same kind (bar)")
     print(f"{'kind':<20}{'n':>4}{'recall':>9}{'  scene':>7}{'keep all':>10}{'recall':>9}{'lose one':>10}{'recall':>9}"
           f"{'  other':>8}{'recall':>9}{'kept (median)':>15}{'bar':>7}{'if kept':>9}")
-    families = []
+    families, hits = [], {}
     kinds = [k for k in truth if not k.endswith((":all", "all-not-photo"))]
     for kind in sorted(kinds, key=lambda k: (k.split(":")[0], k.split("@")[-1], k)):
         own_rows, ims = truth[kind]
@@ -180,6 +182,7 @@ def main():
         score = np.array([max((m["score"] for m in r["matches"] if idx.distinct_of([m["row"]])[0] == o),
                               default=-np.inf) for r, o in zip(found, mine)])
         hit = score > thr
+        hits[kind] = dict(zip(own_rows.tolist(), hit.tolist()))
         mirrored = kind.split(":")[1].startswith("mirror")
         scene, keep, own, bar = kept_objects(ims, [image_of(r) for r in own_rows], rows.iloc[own_rows], mirrored,
                                              args.quantile)
@@ -198,8 +201,28 @@ def main():
     print("the items the objects cannot judge, by family (n, recall): "
           + "; ".join(f"{k}: " + ", ".join(f"{f} {n} {h.mean():.0%}" for f, (n, h) in got.items() if n)
                       for k, got in families))
+    edit_overlap(hits)
     threshold_pairs(idx, d, thr, args.k)
     return 0
+
+
+def edit_overlap(hits: dict) -> None:
+    """The tinted, darkened and mirrored copies are the strength-s copies edited (``modelcopies.photometric``):
+    item by item, which of their misses the unedited copy already had, and which the edit made or mended, so
+    that what the edit costs the verdict is told apart from what the redraw costs it."""
+    for kind, got in hits.items():
+        prefix, name = kind.split(":", 1)
+        if not name.startswith(("tint@", "dark@", "mirror@")):
+            continue
+        plain = hits.get(f"{prefix}:img2img@{name.split('@')[1]}")
+        if not plain:
+            continue
+        both = [r for r in got if r in plain]
+        missed = sum(not got[r] for r in both)
+        print(f"{kind}: {missed} of {len(both)} missed; {sum(not got[r] and not plain[r] for r in both)} of them "
+              f"missed unedited too, {sum(not got[r] and plain[r] for r in both)} missed only edited; "
+              f"{sum(got[r] and not plain[r] for r in both)} recalled only edited "
+              f"(img2img@{name.split('@')[1]} missed {sum(not plain[r] for r in both)})")
 
 
 def family(item) -> str:

@@ -78,3 +78,15 @@ def test_kept_objects_tells_a_copy_from_one_whose_object_has_gone():
     assert all(abs(c - 1) < 1e-9 for i, cs in enumerate(own) if i != 2 for c in cs) and bar < 1
     mirrored = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in originals]  # a mirrored copy is mirrored back
     assert kept_objects(mirrored, originals, items, mirrored=True)[1].all()
+
+
+def test_the_edits_misses_are_told_apart_from_the_redraws(capsys):
+    """Item by item, a tinted copy's misses against the unedited strength-0.3 copy it was made from."""
+    from benchmarks.bench_copy_content import edit_overlap
+
+    edit_overlap({"model:img2img@0.3": {1: True, 2: False, 3: False, 4: True},
+                  "model:tint@0.3": {1: False, 2: False, 3: True, 4: True},
+                  "model:vae": {1: True}})
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["model:tint@0.3: 2 of 4 missed; 1 of them missed unedited too, 1 missed only edited; 1 recalled "
+                   "only edited (img2img@0.3 missed 2)"]
