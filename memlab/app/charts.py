@@ -9,6 +9,7 @@ from ..service import Lab
 from .views import level, short_label
 
 WIDTH = 56  # characters a line of a chart's text: plotly wraps none, and a phone gives a chart about 350 px
+LINE = 17  # pixels a line of a title takes (plotly spaces <sup> lines as the title's own)
 
 
 def wrap(text: str, width: int = WIDTH, size: str = "") -> str:
@@ -28,15 +29,17 @@ def source_text(lab: Lab, name: str | None = None) -> str:
                        f"preset {info['preset']}"] + ([f"indexed: {info['indexed']}"] if info.get("indexed") else []))
 
 
-LINE = 17  # pixels a line of a title takes (plotly spaces <sup> lines as the title's own)
+def settings_text(records) -> str:
+    """The sampling settings the run's records name (`` · 30 steps, guidance 5``), or nothing."""
+    st = (records[0].get("settings") if len(records) else None) or {}
+    return f" · {st['steps']} steps, guidance {st['guidance']:g}" if "steps" in st and "guidance" in st else ""
 
 
 def run_text(records) -> str:
     """What a run's chart was made from besides the descriptor: its seeds, mitigation and sampling settings."""
-    r = records[0]
-    st, spec = r.get("settings") or {}, (r.get("mitigation") or {}).get("spec")
+    spec = (records[0].get("mitigation") or {}).get("spec")
     return (f"{len(records)} seed{'s' * (len(records) != 1)}" + (f" · mitigation {spec}" if spec else "")
-            + (f" · {st['steps']} steps, guidance {st['guidance']:g}" if "steps" in st and "guidance" in st else ""))
+            + settings_text(records))
 
 
 def _lines(text: str) -> int:
@@ -164,9 +167,8 @@ def compare_figure(lab: Lab, state: RunState):
         fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
     fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
-    st = (state.records[0].get("settings") if state.records else None) or {}
     run = (f"the same {summ[0].get('n_seeds', len(summ[0].get('seeds', [])))} seeds for every strategy"
-           + (f" · {st['steps']} steps, guidance {st['guidance']:g}" if "steps" in st and "guidance" in st else ""))
+           + settings_text(state.records))
     title = wrap(run, 64, "sup") + "<br>" + wrap(source_text(lab, name), 64, "sup")
     top = 38 + LINE * _lines(title) + 30  # the run's and the source's lines above the subplots' titles
     fig.update_layout(height=270 + top, showlegend=False, margin=dict(l=40, r=10, t=top, b=40),
