@@ -279,6 +279,10 @@ def test_the_pair_marks_the_copied_region_on_both_images_and_the_caption_gives_t
         # the region's edge with the rest (the quarter's right and bottom side) is outlined; the image's border is not
         assert tuple(tinted[4 + 2, x0 + 15]) == MASK_LINE and tuple(tinted[4 + 15, x0 + 2]) == MASK_LINE
         assert tuple(tinted[4, x0 + 2]) != MASK_LINE
+    holes = mask.copy()
+    holes[3, 3] = np.nan  # a map with a hole draws as one whose hole is 0, not as noise
+    assert np.array_equal(np.asarray(pair_image(gen, match, "novel", scale=4, mask=holes)),
+                          np.asarray(pair_image(gen, match, "novel", scale=4, mask=np.nan_to_num(holes))))
     rec = {"seed": 3, "prompt": "p", "mitigation": {}, "effective_prompt": "p", "image": None,
            "matches": [{"id": 7, "duplicates": 0}], "score": 0.5, "replicated": False, "high_confidence": False,
            "threshold": 0.76, "descriptor": {}, "detection": 1.0, "settings": {}, "model": {},

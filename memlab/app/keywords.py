@@ -19,14 +19,15 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
                     "caption holds the keyword (captions over 77 CLIP tokens dropped), their clusters of "
                     "nearly identical images, each cluster's frequent caption words, and objects that "
                     "come along unnamed.")
+        names = lab.keyword_names  # the world's planted keyword first
         with gr.Row():
-            kw_pick = gr.Dropdown(lab.keyword_names, value=(lab.keyword_names or [None])[0],
+            kw_pick = gr.Dropdown(names, value=(names or [None])[0],
                                   label="Prebuilt keyword (or type a new one)", allow_custom_value=True,
                                   scale=3, elem_id="kw-pick")
             kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
                                     value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
             kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
-        first = keyword_outputs(lab, lab.views[lab.keyword_names[0]]) if lab.views else (None,) * 4
+        first = keyword_outputs(lab, lab.views[names[0]]) if names else (None,) * 4
         kw_md = gr.Markdown(first[0], elem_id="kw-summary")
         kw_plot = gr.Plot(first[1], label="cluster sizes (30 largest)", elem_id="kw-plot")
         kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True,

@@ -51,7 +51,7 @@ def overlay(im: Image.Image, mask, fade: float = 0.7) -> Image.Image:
     mask is 0), the region's edge (mask >= 0.5) outlined in ``MASK_LINE``; unchanged without a mask."""
     if mask is None:
         return im.convert("RGB")
-    m = np.asarray(mask, np.float32)
+    m = np.nan_to_num(np.asarray(mask, np.float32))  # a map with holes (NaN) marks nothing there
     m = np.asarray(Image.fromarray(m, mode="F").resize(im.size, Image.BILINEAR), np.float32).clip(0, 1)
     a = np.asarray(im.convert("RGB"), np.float32)
     f = fade * (1 - m[..., None])
