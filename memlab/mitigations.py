@@ -33,6 +33,7 @@ spec and seed give the same effective prompt and noise.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -52,7 +53,10 @@ class Param:
         try:
             value = typ(raw) if not isinstance(raw, typ) else raw
         except (TypeError, ValueError):
-            raise MemlabError(f"mitigation {mit}: parameter {name}={raw!r} is not a {typ.__name__}") from None
+            raise MemlabError(f"mitigation {mit}: parameter {name}={raw!r} is not "
+                              f"{ {int: 'an integer', float: 'a number'}.get(typ, 'a ' + typ.__name__)}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every range check
+            raise MemlabError(f"mitigation {mit}: {name}={value} is not a finite number")
         if self.choices is not None and value not in self.choices:
             raise MemlabError(f"mitigation {mit}: {name} must be one of {', '.join(map(str, self.choices))}")
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):

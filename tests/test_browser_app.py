@@ -217,6 +217,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
     with Image.open(World.load(tiny_world).index().image_path(7)) as train:  # recomputed: what the page says
         want = agreement_of(Image.open(img), train)
     assert "replicated" in text and "Where it agrees with #7" in text and f"{want['share']:.0%} of the image" in text
+    assert "template-copy threshold" not in text  # a whole copy: the template check is not what called it
     h, w, _ = pair.shape
     assert w > 1.8 * h  # the upload and its match side by side
     upload = np.asarray(Image.open(img).convert("RGB").resize((64, 64)).resize((h - 8, h - 8), Image.NEAREST), np.int16)

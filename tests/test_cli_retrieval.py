@@ -213,3 +213,26 @@ def test_a_cut_or_foreign_check_answer_means_checking_again(image_folder, tmp_pa
     assert [f for f, _ in skipped] == ["broken.png"] and len(kept) == len(items) - 1
     assert sources.checked_images(image_folder, items, lambda it, **k: pytest.fail("checked again"), cache)[1] == \
         skipped  # (and now kept for the next start)
+
+
+def test_the_printed_table_gives_the_template_threshold_only_where_the_template_check_applies(capsys):
+    """`memlab match`'s table: an image replicated as a whole is not a template copy, whatever its agreement share
+    (``match.partial_copy`` calls a template copy only where the whole is not replicated), so its agreement line
+    gives no template-copy threshold; an image that is not gives it. A hand-made result."""
+    from memlab.cli.match import print_table
+
+    def query(name, replicated, verdict):
+        return {"image": name, "replicated": replicated, "verdict": verdict, "score": 0.5, "threshold": 0.3,
+                "agreement": {"share": 0.25, "threshold": 0.19},
+                "matches": [{"score": 0.5, "duplicates": 0, "id": 7, "caption": "a red cross"}]}
+
+    print_table({"descriptor": {"name": "pixel", "model": "-", "preset": "-", "threshold": 0.3,
+                                "threshold_source": "hand-made"},
+                 "queries": [query("whole.png", True, "replicated"), query("part.png", False, "template copy")],
+                 "summary": {"n_queries": 2, "replication_rate": 0.5, "dataset_similarity": {"p95": 0.5, "mean": 0.5},
+                             "background": {"p95": 0.2}, "calibration": {},
+                             "timing": {"load_s": 0.0, "embed_s": 0.0, "search_s": 0.0}}})
+    whole, part = capsys.readouterr().out.split("part.png")
+    assert "whole.png  ->  REPLICATED" in whole and "agrees with its top-1 in 25%" in whole
+    assert "template copy above" not in whole and "not replicated as a whole" in whole
+    assert "->  template copy" in part and "template copy above 19%" in part

@@ -66,7 +66,9 @@ def test_strategy_composition_and_records():
 
 @pytest.mark.parametrize("spec, msg", [
     ("bogus", "unknown mitigation"), ("rna:q=1", "unknown parameter"), ("rna:k=-1", "out of range"),
-    ("rna:k=x", "is not a int"), ("gni:halves=some", "must be one of"), ("gni:lam=100", "out of range"),
+    ("rna:k=x", "is not an integer"), ("gni:lam=x", "is not a number"), ("gni:halves=some", "must be one of"),
+    ("gni:lam=100", "out of range"), ("gni:lam=nan", "not a finite number"), ("jain:before=nan", "not a finite"),
+    ("wen:lr=nan", "not a finite number"),
     ("", "empty"), ("rna:k", "key=value"),
 ])
 def test_bad_specs(spec, msg):

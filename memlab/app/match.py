@@ -51,9 +51,9 @@ def match_tab(lab: Lab, api) -> None:
             if (ag := q.get("agreement")) is not None:  # where the upload agrees with its top-1 (Webster)
                 md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (in their own colours, outlined in yellow, "
                        f"the rest faded; {AGREEMENT['window']}-px windows "
-                       f"whose detail correlates above {AGREEMENT['cutoff']}): {ag['share']:.0%} of the image, "
-                       f"template-copy threshold "
-                       f"{ag['threshold']:.0%}")
+                       f"whose detail correlates above {AGREEMENT['cutoff']}): {ag['share']:.0%} of the image"
+                       + (f", template-copy threshold {ag['threshold']:.0%}" if q.get("verdict") != "replicated" else
+                          " (a whole copy: the template check is for images not replicated as a whole)"))
                 gallery.insert(0, (agreement_pair(load_image(path), lab.item_file(q["matches"][0]["row"]), q),
                                    f"upload · #{q['matches'][0]['id']} · agree in {ag['share']:.0%}"))
             table = [[m["id"], score(m["score"]), score(m["cosine"]) if "cosine" in m else "",

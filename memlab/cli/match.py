@@ -84,7 +84,8 @@ def print_table(result: dict) -> None:
         print(f"\n{q['image']}  ->  {verdict} (top-1 {q['score']:.3f} vs threshold {q['threshold']:.3f})")
         if (ag := q.get("agreement")) is not None:
             print(f"  agrees with its top-1 in {ag['share']:.0%} of its windows ({agreement_words()}); "
-                  f"template copy above {ag['threshold']:.0%}")
+                  + (f"template copy above {ag['threshold']:.0%}" if not q["replicated"] else
+                     "the template check is for images not replicated as a whole"))
         print(f"  {'rank':>4}  {'score':>6}  {'dups':>4}  {'id':<12} caption")
         for r, m in enumerate(q["matches"], 1):
             print(f"  {r:>4}  {m['score']:6.3f}  {m['duplicates']:>4}  {str(m['id']):<12} {m['caption'][:60]}")
