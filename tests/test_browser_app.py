@@ -315,6 +315,10 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
         mask_info = page.locator("#show-mask").inner_text()  # Generate's "Show the copied region"
         open_tab(page, "Lesson")
+        # each step's button stands out from the grey group it sits in (a secondary one took the group's colour)
+        colours = page.evaluate("""() => { const b = document.querySelector('#lesson-1');
+            const g = b.closest('.gr-group, .group, .styler') || b.parentElement;
+            return [getComputedStyle(b).backgroundColor, getComputedStyle(g).backgroundColor]; }""")
         texts = []
         done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated",
                 5: "picture of this template"}
@@ -350,6 +354,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     assert f"{ratio:.2f}x as bright on the copied objects" in mask_info  # and beside the box that shows it
     assert ("does not single the copied part out" in tint) == (ratio <= 1)
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
+    assert colours[0] != colours[1], colours
 
 
 def test_a_closed_page_stops_its_run_within_a_step():

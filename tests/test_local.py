@@ -331,7 +331,8 @@ def test_the_lesson_says_whether_the_tint_marks_the_copied_part_on_this_world():
     assert plain.startswith("Outlined in yellow, the rest faded: the bright-ending map") and "Chen et al." in plain
     assert "card" not in plain and bright_ending_note({"measured": {}}) == plain
     dim = bright_ending_note(card(0.9289))
-    assert "does not single the copied part out (0.93x as bright on the copied objects of its full_ddf20" in dim
+    assert ("does not single the copied part out (0.93x as bright on the copied objects as elsewhere, the median over "
+            "its full duplication x20 probes' seeds, its card)") in dim  # the group in words, as the lesson names it
     bright = bright_ending_note(card(1.31))
     assert "on this world it does (1.31x" in bright and "not" not in bright
 

@@ -53,7 +53,8 @@ def lesson_tab(lab: Lab) -> None:
         for i, (title, sentence) in enumerate(steps, 1):
             with gr.Group():
                 gr.Markdown(f"#### {title}\n{sentence}")
-                btn = gr.Button(f"Show step {i}", elem_id=f"lesson-{i}")
+                btn = gr.Button(f"Show step {i}", variant="primary", elem_id=f"lesson-{i}")  # in a group, a
+                # secondary button takes the group's grey and reads as a heading
                 md = gr.Markdown(elem_id=f"lesson-{i}-text")
                 if i == 2:  # the training image's copies
                     copies_gallery = gr.Gallery(visible=False, columns=10, height="auto", elem_id="lesson-copies",

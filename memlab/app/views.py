@@ -314,7 +314,9 @@ def bright_ending_note(card: dict | None) -> str:
     ratio = cov.get("median_inside_over_outside")
     if ratio is None:
         return text + "."
-    said = f"{ratio:.2f}x as bright on the copied objects of its {cov.get('group', 'most duplicated')} seeds as elsewhere"
+    group = cov.get("group") or "most duplicated"  # in words where it is a planted group (not full_ddf20)
+    name = probe_group_name(group).split(" (")[0].removeprefix("planted: ")
+    said = f"{ratio:.2f}x as bright on the copied objects as elsewhere, the median over its {name} probes' seeds"
     if ratio <= 1:
         return (f"{text}. On this world's small model it does not single the copied part out ({said}, its card), "
                 "so a template copy is also checked where the two images' detail agrees.")
