@@ -311,6 +311,8 @@ def test_about_names_which_model_made_each_copy_recall():
         assert f"{k.split(':', 1)[1]} {v['recall']:.1%} (n={v['n']})" in (own if k.startswith("model:") else views), k
     assert own.count(" all ") == views.count(" all ") == 1
     assert "| | this world |" in text
+    thr = lab.descriptor_info()["threshold"]  # the threshold's row says how it was set once
+    assert f"| threshold | {thr['value']:.3f}, calibrated at build: 1.0% false positives" in text
 
 
 def test_the_keyword_tab_opens_on_the_planted_keyword():

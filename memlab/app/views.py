@@ -392,6 +392,11 @@ def _ratio(s: dict, base: dict) -> str:
     return "-" if a is None or not b or s is base else f"x{a / b:.2f}"
 
 
+def _said_once(source: str, citation: str) -> str:
+    """A threshold's source and citation, the source said once ("calibrated: calibrated at build ..." read twice)."""
+    return citation if citation.startswith(source) else f"{source}: {citation}"
+
+
 def world_card_markdown(lab: Lab) -> str:
     """About this world, as prose and a table: its model, training set and index, the descriptor that scores
     each generation and how its threshold was set, then the card's measured figures."""
@@ -409,7 +414,7 @@ def world_card_markdown(lab: Lab) -> str:
              f"| training images indexed | {built['items']} (index built {built['created']}) |\n"
              f"| descriptor | {info['name']}: model `{info['model']}`, preset `{info['preset']}`, {info['dim']} "
              f"dimensions |\n"
-             f"| threshold | {thr['value']:.3f}, {thr['source']}: {thr.get('citation', '')} |\n"
+             f"| threshold | {thr['value']:.3f}, {_said_once(thr['source'], thr.get('citation', ''))} |\n"
              f"| measured on this training set | {thr.get('n_groups', '?')} distinct images (one per near-duplicate "
              f"group): synthetic-copy recall {thr.get('recall') or 0:.1%}, background false positives "
              f"{thr.get('fpr') or 0:.1%} |",
