@@ -432,3 +432,22 @@ def test_bad_input_on_match_compare_and_keywords_is_a_message_where_the_results_
         page.screenshot(path=str(_shot(tmp_path, "bad-input-message.png")))
     assert "⚠️" in compare_text and "at most 16" in compare_text
     assert toasts == 0
+
+
+def test_the_worlds_card_reads_whole_without_scrolling_sideways():
+    """About this world's measured-memorization block ran off the right edge (the detectors' AUC against each
+    group, the recalls, the checks): at a desktop's and a phone's width it wraps, and every line of the card's
+    report is on the page."""
+    from memlab.evaluate import format_report
+
+    report = format_report(json.loads((BUILTIN / "card.json").read_text())["measured"])
+    for width in (1400, 420):
+        with app_page(BUILTIN, viewport=(width, 900)) as page:
+            open_tab(page, "About this world")
+            pre = page.locator("#about-card pre").first
+            pre.wait_for(timeout=30_000)
+            scroll, client = page.evaluate("""() => { const p = document.querySelector('#about-card pre');
+                return [p.scrollWidth, p.clientWidth]; }""")
+            shown = pre.inner_text()
+        assert scroll <= client + 1, (width, scroll, client)
+        assert " ".join(shown.split()) == " ".join(report.split()), width  # the whole report, word for word

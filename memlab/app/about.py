@@ -11,5 +11,5 @@ from .views import world_card_markdown
 def about_tab(lab: Lab) -> None:
     """About this world: its card and the papers."""
     with gr.Tab("About this world", id="about"):
-        gr.Markdown(world_card_markdown(lab))
+        gr.Markdown(world_card_markdown(lab), elem_id="about-card")
         gr.Markdown("### Papers\n" + CITATIONS)
