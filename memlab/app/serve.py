@@ -235,7 +235,7 @@ html,body,.gradio-container{overflow-anchor:none}
 #topk .grid-wrap,#match-gallery .grid-wrap,#lesson-copies .grid-wrap{height:auto!important;min-height:0!important;
   max-height:none!important}
 .wrap.generating{animation:none!important}
-#about-card pre, #about-card pre code{white-space:pre-wrap!important;overflow-wrap:anywhere}
+@media (min-width:701px){#about-card pre, #about-card pre code{white-space:pre-wrap!important;overflow-wrap:anywhere}}
 #phone-tabs{display:none!important}
 @media (max-width:700px){
  #phone-tabs{display:block!important;margin-bottom:4px}
