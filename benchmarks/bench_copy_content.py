@@ -15,8 +15,9 @@ the scene items that keep every object and for those that lose one, and for the 
 judge (photo crops, lighthouses, templates, objects of the background's colour). ``if kept`` is the recall a
 verdict would reach that recalled every copy keeping its objects and every item the objects cannot judge, and
 missed on the copies that lose an object what this one misses: how far a better comparison could take the kind.
-Last, the tinted, darkened and mirrored copies item by item against the unedited copies they were made from:
-which misses the edit made and which the redraw had already.
+Then the tinted, darkened and mirrored copies item by item against the unedited copies they were made from:
+which misses the edit made and which the redraw had already; and the verdict a user reads of each copy
+(replicated, template copy, possible copy, novel), with how many of each have their own image at top-1.
 
 The copies are the card's (``model_copy_truth`` with the world's seed and item count, read from the build's
 cache under ``WORLD/build/model_copies/model`` when it holds this model's, made under ``--work`` otherwise: a few
@@ -171,7 +172,7 @@ def main():
           f"{args.quantile:.0%} quantile of that share in another item's copy of the same kind (bar)")
     print(f"{'kind':<20}{'n':>4}{'recall':>9}{'  scene':>7}{'keep all':>10}{'recall':>9}{'lose one':>10}{'recall':>9}"
           f"{'  other':>8}{'recall':>9}{'kept (median)':>15}{'bar':>7}{'if kept':>9}")
-    families, hits = [], {}
+    families, hits, said = [], {}, {}
     kinds = [k for k in truth if not k.endswith((":all", "all-not-photo"))]
     for kind in sorted(kinds, key=lambda k: (k.split(":")[0], k.split("@")[-1], k)):
         own_rows, ims = truth[kind]
@@ -183,6 +184,7 @@ def main():
                               default=-np.inf) for r, o in zip(found, mine)])
         hit = score > thr
         hits[kind] = dict(zip(own_rows.tolist(), hit.tolist()))
+        said[kind] = verdicts(idx, found, ims, mine)
         mirrored = kind.split(":")[1].startswith("mirror")
         scene, keep, own, bar = kept_objects(ims, [image_of(r) for r in own_rows], rows.iloc[own_rows], mirrored,
                                              args.quantile)
@@ -202,8 +204,40 @@ def main():
           + "; ".join(f"{k}: " + ", ".join(f"{f} {n} {h.mean():.0%}" for f, (n, h) in got.items() if n)
                       for k, got in families))
     edit_overlap(hits)
+    print_verdicts(said, thr, idx.possible(d.name))
     threshold_pairs(idx, d, thr, args.k)
     return 0
+
+
+LEVELS = ("replicated", "template copy", "possible copy", "novel")
+
+
+def verdicts(idx, found, ims, mine) -> list[tuple[str, bool]]:
+    """What ``memlab match`` says of each copy (its verdict, the agreement check included: ``match.partial_copy``)
+    and whether its top-1 is its own image."""
+    from memlab.match import partial_copy
+
+    out = []
+    for r, im, o in zip(found, ims, mine):
+        v = r["verdict"] if r["verdict"] == "replicated" else partial_copy(idx, r, im)["verdict"]
+        out.append((v, bool(idx.distinct_of([r["matches"][0]["row"]])[0] == o)))
+    return out
+
+
+def print_verdicts(said: dict, thr: float, possible: dict) -> None:
+    """Per kind, the share of copies each verdict level calls (top-1 score above the threshold, the agreement
+    check, above the possible-copy band's lower edge, below it) and, of each, the share whose top-1 is the copy's
+    own image: what a user who uploads the copy reads, where the recall above counts a copy's own image
+    anywhere among the best matches."""
+    print(f"the verdict on each copy as `memlab match` gives it (threshold {thr:.3f}; possible copy above "
+          f"{possible['value']:.3f}, {possible['source']}): share of copies (own image at top-1 among them)")
+    print(f"{'kind':<20}{'n':>4}" + "".join(f"{lv:>22}" for lv in LEVELS))
+    for kind, got in said.items():
+        cells = []
+        for lv in LEVELS:
+            own = [o for v, o in got if v == lv]
+            cells.append(f"{len(own) / len(got):.1%} ({sum(own)} of {len(own)})" if own else "0")
+        print(f"{kind:<20}{len(got):>4}" + "".join(f"{c:>22}" for c in cells))
 
 
 def edit_overlap(hits: dict) -> None:

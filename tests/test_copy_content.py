@@ -90,3 +90,16 @@ def test_the_edits_misses_are_told_apart_from_the_redraws(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["model:tint@0.3: 2 of 4 missed; 1 of them missed unedited too, 1 missed only edited; 1 recalled "
                    "only edited (img2img@0.3 missed 2)"]
+
+
+def test_each_verdict_level_is_counted_with_its_own_image_at_top1(capsys):
+    """What a user reads of each copy: the share of copies at each verdict level and how many of those have the
+    copy's own image at top-1 (hand-made verdicts: 2 replicated, both own; 1 possible, not own; 1 novel, own)."""
+    from benchmarks.bench_copy_content import print_verdicts
+
+    print_verdicts({"model:img2img@0.5": [("replicated", True), ("possible copy", False), ("replicated", True),
+                                          ("novel", True)]},
+                   0.25, {"value": 0.18, "source": "5% of distinct images"})
+    row = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert row[:2] == ["model:img2img@0.5", "4"]
+    assert " ".join(row[2:]) == "50.0% (2 of 2) 0 25.0% (0 of 1) 25.0% (1 of 1)"
