@@ -300,3 +300,18 @@ def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | 
                       for o, d in v["objects"].items() if d["keyword_share"] is not None)
             + f" -> {p} ({time.perf_counter() - t0:.2f}s)")
     return saved
+
+
+
+def ranked_cluster(view: dict, rank: int) -> dict:
+    """A keyword view's cluster of rank ``rank`` (1: the largest), or with 0 its miscellaneous images, which are
+    no cluster and never ranked (Memory Triggers omit "the largest cluster, comprised of irrelevant images")."""
+    real = [c for c in view["clusters"] if not c["miscellaneous"]]
+    misc = next((c for c in view["clusters"] if c["miscellaneous"]), None)
+    if rank == 0 and misc is not None:
+        return misc
+    if not 1 <= rank <= len(real):
+        raise MemlabError(f"no cluster of rank {rank} for {view['keyword']!r}: it has {len(real)} cluster"
+                          f"{'' if len(real) == 1 else 's'}" + (f"; its {misc['size']} miscellaneous images (nearly "
+                                                               f"identical to no other) are rank 0" if misc else ""))
+    return real[rank - 1]

@@ -78,7 +78,7 @@ APP_CASES = [
     ("/keyword_clusters", ("ünïcödé ☃", ""), "no training caption contains"),
     ("/cluster_prompt", ("colour field", "abc"), "Expected a `float"),
     ("/cluster_prompt", ("colour field", -5), "less than minimum"),
-    ("/cluster_prompt", ("colour field", 10**12), "the cluster rank must be between 1 and 1,000,000"),
+    ("/cluster_prompt", ("colour field", 10**12), "the cluster rank must be between 0 and 1,000,000"),
     ("/cluster_prompt", ("colour field", 1.5), "whole number"),
     ("/cluster_prompt", (None, 1), "type or pick a keyword"),
 ]

@@ -225,3 +225,28 @@ def test_a_keyword_in_too_many_captions_is_refused_before_any_clustering(tiny_wo
     monkeypatch.undo()
     monkeypatch.setattr(service, "KEYWORD_MAX_ITEMS", 30)
     assert lab.keyword_view("colour")["n_after"] == 30
+
+
+def test_the_miscellaneous_images_have_no_rank():
+    """Memory Triggers omit the largest cluster of irrelevant images: the view's miscellaneous images are shown
+    apart, so the table gives them rank 0 and "generate from the cluster of rank r" counts real clusters from 1
+    (the table showed rank 2 on the miscellaneous row, which the summary calls "not ranked"). A hand-made view."""
+    from memlab.app.charts import keyword_outputs
+    from memlab.keywords import ranked_cluster
+
+    def cl(rank, size, misc):
+        return {"rank": rank, "size": size, "miscellaneous": misc, "top_words": [("red", size)],
+                "representatives": [rank], "rows": [rank], "distinct_images": size}
+
+    view = {"keyword": "red", "n_before": 9, "n_after": 9, "n_too_long": 0, "cluster_threshold": 0.9,
+            "descriptor": {"name": "pixel", "model": "-", "preset": "-"}, "miscellaneous_size": 4,
+            "share_in_top": {"top1": 0.5, "top3": 0.5, "top5": 0.5},
+            "clusters": [cl(1, 5, False), cl(2, 4, True)]}
+    lab = type("Lab", (), {"item_file": lambda self, r: None})()
+    table = keyword_outputs(lab, view)[2]
+    assert table["rank"].tolist() == [1, 0] and table["miscellaneous"].tolist() == [False, True]
+    assert ranked_cluster(view, 1)["size"] == 5 and ranked_cluster(view, 0)["miscellaneous"]
+    with pytest.raises(MemlabError, match=r"no cluster of rank 2 for 'red': it has 1 cluster; its 4 miscellaneous"):
+        ranked_cluster(view, 2)
+    with pytest.raises(MemlabError, match="it has 0 clusters"):  # and no miscellaneous images either
+        ranked_cluster({**view, "clusters": []}, 0)

@@ -211,7 +211,8 @@ def keyword_outputs(lab: Lab, v: dict):
                            xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font=dict(size=14))
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
-    table = pd.DataFrame([{"rank": c["rank"], "size": c["size"], "miscellaneous": c["miscellaneous"],
+    table = pd.DataFrame([{"rank": 0 if c["miscellaneous"] else c["rank"], "size": c["size"],  # never ranked
+                           "miscellaneous": c["miscellaneous"],
                            "distinct images": c["distinct_images"],
                            "frequent words": ", ".join(f"{w} ({n})" for w, n in c["top_words"])}
                           for c in v["clusters"]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import MemlabError
+from ..keywords import ranked_cluster
 from ..limits import number, text
 from ..service import Lab
 from .charts import keyword_outputs
@@ -35,7 +35,9 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
         kw_gallery = gr.Gallery(first[3], label="cluster thumbnails", columns=8, format="png",
                                 elem_id="kw-gallery")
         with gr.Row():
-            kw_rank = gr.Number(value=1, minimum=1, step=1, label="Cluster rank", scale=1)
+            clustered = bool(names) and any(not c["miscellaneous"] for c in lab.views[names[0]]["clusters"])
+            kw_rank = gr.Number(value=1 if clustered or not names else 0, minimum=0, step=1, scale=1,
+                                label="Cluster rank (0: the miscellaneous images)", elem_id="kw-rank")
             kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
 
         def show_keyword(keyword, objects, progress=gr.Progress()):
@@ -53,10 +55,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
         @errors
         def cluster_prompt(keyword, rank):
             v = lab.keyword_view(keyword)
-            rank = 1 if rank is None else number(rank, "the cluster rank", 1, 10**6, integer=True)
-            c = next((c for c in v["clusters"] if c["rank"] == rank), None)
-            if c is None:
-                raise MemlabError(f"no cluster of rank {rank} for {keyword!r}")
+            rank = 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+            c = ranked_cluster(v, rank)
             return gr.Tabs(selected="generate"), lab.item_caption(c["representatives"][0])
 
         kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name=api("cluster_prompt"))
