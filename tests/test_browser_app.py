@@ -452,3 +452,22 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
         assert (scroll <= client + 1) == (width > 700), (width, scroll, client)
         assert page_scroll <= width, (width, page_scroll)
         assert " ".join(shown.split()) == " ".join(report.split()), width  # the whole report, word for word
+
+
+def test_a_keyword_view_without_clusters_still_sends_a_caption_to_generate():
+    """The Keyword tab opens on the planted "lighthouse", whose 40 images are nearly identical to no other: no
+    cluster, all miscellaneous. The rank box opens on 0 (the miscellaneous images), and "generate from this
+    cluster's caption" opens Generate & match with the view's first image's caption."""
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(BUILTIN))
+    view = lab.views[lab.keyword_names[0]]
+    want = lab.item_caption(next(c for c in view["clusters"] if c["miscellaneous"])["representatives"][0])
+    with app_page(BUILTIN, viewport=(1400, 900)) as page:
+        open_tab(page, "Keyword clusters")
+        rank = page.locator("#kw-rank input").first.input_value()
+        page.locator("#kw-gen").click()
+        page.wait_for_function("t => (document.querySelector('#prompt textarea') || {}).value === t", arg=want,
+                               timeout=30_000)
+    assert not any(not c["miscellaneous"] for c in view["clusters"]) and rank == "0" and "lighthouse" in want

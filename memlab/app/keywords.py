@@ -38,7 +38,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             clustered = bool(names) and any(not c["miscellaneous"] for c in lab.views[names[0]]["clusters"])
             kw_rank = gr.Number(value=1 if clustered or not names else 0, minimum=0, step=1, scale=1,
                                 label="Cluster rank (0: the miscellaneous images)", elem_id="kw-rank")
-            kw_gen = gr.Button("Generate from this cluster's caption", scale=2)
+            kw_gen = gr.Button("Generate from this cluster's caption", scale=2, elem_id="kw-gen")
 
         def show_keyword(keyword, objects, progress=gr.Progress()):
             progress(0, desc="filtering captions and clustering")
