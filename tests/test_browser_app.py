@@ -251,6 +251,12 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
         widths = page.eval_on_selector_all("#pairs .thumbnail-item img", "els => els.map(e => e.getBoundingClientRect().width)")
         page.locator("#seed-plot .js-plotly-plot").first.wait_for(timeout=30_000)
         plot_w = page.locator("#seed-plot").bounding_box()["width"]
+        page.locator("#seed-plot .gtitle").first.wait_for(timeout=30_000)
+        # the page's label for the chart (top-left) and the chart's centred title: apart, not one over the other
+        apart = page.evaluate("""() => { const b = document.querySelector('#seed-plot');
+            const l = b.querySelector('[data-testid="block-label"], .block-label').getBoundingClientRect();
+            const t = b.querySelector('.gtitle').getBoundingClientRect();
+            return [l.bottom <= t.top || t.right <= l.left || l.right <= t.left, l.bottom, t.top, l.right, t.left]; }""")
         shot = _shot(tmp_path, "generate-phone.png")
         page.screenshot(path=str(shot), full_page=True)
         page.locator("#pairs .thumbnail-item").nth(1).click()  # a tapped pair opens alone, its caption whole
@@ -276,6 +282,7 @@ def test_pairs_and_verdicts_are_legible_at_420px(tiny_world, tmp_path):
     assert not any(c["cut"] for c in caps) and min(c["size"] for c in caps) >= 12 and all(c["visible"] for c in caps)
     assert min(widths) >= 300  # a pair spans the phone's width
     assert plot_w >= 300  # the per-seed chart on a line of its own, not squeezed beside k
+    assert apart[0], apart  # its title below the page's label for it, where a phone's width puts them in line
     assert opened["text"].startswith("seed 1 ·") and not opened["cut"] and opened["size"] >= 12, opened
     assert opened["img"] >= 300 and opened["grid"] == 0, opened  # alone, not over the stacked grid
     assert min(cell_w) >= 150  # two grid cells a line, not 4 thumbnails

@@ -340,3 +340,5 @@ def test_the_keyword_tab_opens_on_the_planted_keyword():
     assert (len(real) == 0) == ("no clusters" in said)
     if not real:
         assert f"none of the {v['n_after']} images" in said and fig.layout.xaxis.visible is False
+        # in lines a phone's plot area (about 300 px at 14 px, some 7 px a character) holds: it ran off both sides
+        assert all(len(ln) <= 40 for a in fig.layout.annotations for ln in a.text.split("<br>"))

@@ -46,10 +46,14 @@ def _lines(text: str) -> int:
     return text.count("<br>") + 1
 
 
+TITLE_Y = 42  # px from a chart's top to its title: below the page's label for the chart (about 30 px from the top
+# of its box), which a phone's width puts in line with the centred title
+
+
 def _title(text: str, height: int, size: int = 13) -> dict:
     """A title of several lines pinned to the figure's top (plotly centres it in the top margin otherwise, and
     a tall one runs into the plot), centred: the page's label for the chart sits on its top-left corner."""
-    return dict(text=text, font=dict(size=size), yref="container", y=1 - 30 / height, yanchor="top", x=0.5,
+    return dict(text=text, font=dict(size=size), yref="container", y=1 - TITLE_Y / height, yanchor="top", x=0.5,
                 xanchor="center")
 
 
@@ -71,7 +75,7 @@ def histogram(lab: Lab, scores, title_extra: str = "", descriptor: str | None = 
              + (wrap(run_text(records), 64, "sup") + "<br>" if len(records) else "")
              + wrap(source_text(lab, descriptor), 64, "sup"))
     axis = wrap(lab.score_axis(descriptor), 50)
-    top = 38 + LINE * _lines(title)
+    top = TITLE_Y + 8 + LINE * _lines(title)
     bottom = 34 + 15 * _lines(axis) + 60  # tick labels, the axis title's lines (font 11), the legend (two rows on a phone)
     height = 200 + top + bottom
     fig.update_layout(barmode="overlay", height=height, margin=dict(l=40, r=10, t=top, b=bottom),
@@ -98,7 +102,7 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     pad = max(0.02, 0.15 * (hi - lo))  # the line and every point inside the axis, however close they are
     title = ("top-1 score per seed<br>" + (wrap(run_text(recs), 64, "sup") + "<br>" if recs else "")
              + wrap(f"dashed: threshold {thr:.3f}; red: replicated, purple: template copy, orange: possible copy", 64, "sup"))
-    top = 38 + LINE * _lines(title)
+    top = TITLE_Y + 8 + LINE * _lines(title)
     fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=40), showlegend=False,
                       title=_title(title, 200 + top),
                       xaxis_title="seed", yaxis_title="similarity", xaxis_type="category",
@@ -135,7 +139,7 @@ def attribution_chart(tokens: list[dict], card: dict | None = None):
              + wrap("gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over "
                     "the first 4 seeds (Wen et al. 2024)", 64, "sup")
              + (f"<br>{wrap(caveat, 64, 'sup')}" if caveat else ""))
-    top = 38 + LINE * _lines(title)
+    top = TITLE_Y + 8 + LINE * _lines(title)
     fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=60), title=_title(title, 200 + top),
                       yaxis_title="attribution")
     return fig
@@ -170,7 +174,7 @@ def compare_figure(lab: Lab, state: RunState):
     run = (f"the same {summ[0].get('n_seeds', len(summ[0].get('seeds', [])))} seeds for every strategy"
            + settings_text(state.records))
     title = wrap(run, 64, "sup") + "<br>" + wrap(source_text(lab, name), 64, "sup")
-    top = 38 + LINE * _lines(title) + 30  # the run's and the source's lines above the subplots' titles
+    top = TITLE_Y + 8 + LINE * _lines(title) + 30  # the run's and the source's lines above the subplots' titles
     fig.update_layout(height=270 + top, showlegend=False, margin=dict(l=40, r=10, t=top, b=40),
                       title=_title(title, 270 + top, 12))
     return fig
@@ -207,7 +211,7 @@ def keyword_outputs(lab: Lab, v: dict):
                       xaxis_title="cluster", yaxis_title="items")
     if not real:  # an empty frame with axes from -1 to 6 said nothing: say why there are no bars
         fig.add_annotation(text=wrap(f"no clusters: none of the {v['n_after']} images is nearly identical to another "
-                                     f"(all {v['miscellaneous_size']} are miscellaneous)"),
+                                     f"(all {v['miscellaneous_size']} are miscellaneous)", 36),  # a phone's width
                            xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font=dict(size=14))
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)

@@ -93,8 +93,7 @@ def _results(lab: Lab) -> SimpleNamespace:
     """Where a run shows: attribution, headline, pairs, top-k, per-seed chart and table, captions, the
     histogram (the world's background from the start) and the export."""
     headline_md = gr.Markdown(elem_id="headline")
-    show_mask = gr.Checkbox(False, label="Show the copied region: the bright-ending map (where the generation attends "
-                                         "to the prompt's end at the last step) on both images, outlined in yellow, the rest faded",
+    show_mask = gr.Checkbox(False, label="Show the copied region on both images",  # the note says what it is
                             info=bright_ending_note(lab.card()), elem_id="show-mask")
     gallery = gr.Gallery(label="generation | top-1 training match (red frame: replicated)", columns=4,
                          format="png", elem_id="pairs", height="auto",
