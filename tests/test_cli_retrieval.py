@@ -236,3 +236,4 @@ def test_the_printed_table_gives_the_template_threshold_only_where_the_template_
     assert "whole.png  ->  REPLICATED" in whole and "agrees with its top-1 in 25%" in whole
     assert "template copy above" not in whole and "not replicated as a whole" in whole
     assert "->  template copy" in part and "template copy above 19%" in part
+    assert "copies  id" in whole and "  0.500       1  7 " in whole  # copies in training: itself and 0 duplicates

@@ -86,9 +86,9 @@ def print_table(result: dict) -> None:
             print(f"  agrees with its top-1 in {ag['share']:.0%} of its windows ({agreement_words()}); "
                   + (f"template copy above {ag['threshold']:.0%}" if not q["replicated"] else
                      "the template check is for images not replicated as a whole"))
-        print(f"  {'rank':>4}  {'score':>6}  {'dups':>4}  {'id':<12} caption")
-        for r, m in enumerate(q["matches"], 1):
-            print(f"  {r:>4}  {m['score']:6.3f}  {m['duplicates']:>4}  {str(m['id']):<12} {m['caption'][:60]}")
+        print(f"  {'rank':>4}  {'score':>6}  {'copies':>6}  {'id':<12} caption")  # copies in training: the
+        for r, m in enumerate(q["matches"], 1):  # image and its near-duplicates (the app's word; JSON: duplicates)
+            print(f"  {r:>4}  {m['score']:6.3f}  {m['duplicates'] + 1:>6}  {str(m['id']):<12} {m['caption'][:60]}")
     s = result["summary"]
     ds, bg, cal, t = s["dataset_similarity"], s["background"], s["calibration"], s["timing"]
     print(f"\nqueries {s['n_queries']} | replication rate {s['replication_rate']:.1%} | dataset similarity "
