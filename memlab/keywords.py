@@ -302,7 +302,6 @@ def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | 
     return saved
 
 
-
 def ranked_cluster(view: dict, rank: int) -> dict:
     """A keyword view's cluster of rank ``rank`` (1: the largest), or with 0 its miscellaneous images, which are
     no cluster and never ranked (Memory Triggers omit "the largest cluster, comprised of irrelevant images")."""
