@@ -64,6 +64,12 @@ def test_run_with_model_and_index(tiny_world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"is the index of the world {tiny_world.resolve()}" in err and "guidance 7.5" in err
     assert f"--world {tiny_world.resolve()} runs it as its card does" in err
+    from memlab.index import TrainingIndex
+
+    idx = TrainingIndex.load(tiny_world / "index")  # every score below names its source, once before them
+    info = idx.descriptor_info()
+    assert (f"scores: {idx.default_descriptor} (model {info['model']}, preset {info['preset']}), threshold "
+            f"{info['threshold']['value']:.3f} ({info['threshold']['source']}); 2 steps, guidance 7.5") in err
     assert memlab_main(["run", "--model", str(tiny_world / "model"), "--index", str(tiny_world / "index"),
                         "--prompt", "a cat", "--seeds", "1", "--steps", "2", "--guidance", "5",
                         "--out", str(out)]) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -134,6 +135,10 @@ def run(args) -> int:
     atomic_save(tmp.with_name(tmp.name + ".json"), lambda t: t.write_text(json.dumps(job)))
     from tqdm import tqdm
 
+    info = index.descriptor_info(descriptor.name)
+    print(f"scores: {descriptor.name} (model {info['model']}, preset {info['preset']}), threshold "
+          f"{info['threshold']['value']:.3f} ({info['threshold']['source']}); {settings.steps} steps, guidance "
+          f"{settings.guidance:g}", file=sys.stderr)  # what every line below was measured with
     bar = tqdm(total=(len(prompts) - done) * len(strategies) * len(seeds) * settings.steps, desc="generate",
                unit="step", file=sys.stderr, disable=None)
     last = {"key": None, "done": 0}
@@ -177,7 +182,7 @@ def run(args) -> int:
                         ch = r.get("change_vs_none")
                         chs = (f" (change vs none: {ch['replication_rate']:+.0%}, "
                                f"{ch['dataset_similarity']:+.3f})") if ch else ""
-                        tqdm.write(f"[{strategy_label(r['mitigation'])}] {p[:50]!r}: replication "
+                        tqdm.write(f"[{strategy_label(r['mitigation'])}] {textwrap.shorten(p, 60)!r}: replication "
                                    f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds, dataset similarity "
                                    f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
                                    file=sys.stderr)
