@@ -161,14 +161,22 @@ class Generator:
         is_local = p.exists()
         if is_local and not (p / "model_index.json").is_file():
             raise ModelFileMissing(f"{p} is not a diffusers pipeline folder (no model_index.json)")
+        if is_local:
+            from .validate import check_pipeline
+
+            check_pipeline(p)  # components of diffusers and transformers only
         kw = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
         from .descriptors import offline
 
-        try:
+        try:  # safetensors only: a .bin or .ckpt is a pickle, which runs code when loaded
             pipe = StableDiffusionPipeline.from_pretrained(
-                str(model), dtype=dt, local_files_only=bool(local_files_only or offline() or is_local), **kw)
+                str(model), dtype=dt, local_files_only=bool(local_files_only or offline() or is_local),
+                use_safetensors=True, **kw)
         except (OSError, ValueError, EnvironmentError) as e:
-            raise ModelFileMissing(f"cannot load the pipeline {model}: {str(e).splitlines()[0][:300]}") from e
+            why = str(e).splitlines()[0][:300]
+            raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (
+                " (memlab loads safetensors weights only and never unpickles a model file: save the pipeline "
+                "with save_pretrained, which writes safetensors)" if "safetensors" in why else "")) from e
         gen = cls(pipe, str(model), device)
         gen.set_scheduler(scheduler)
         return gen

@@ -238,7 +238,11 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     else:
         # trained in fp32 whatever the folder stores (a pipeline saved in fp16, as the built-in world's, would
         # otherwise load its text encoder in fp16 beside an fp32 UNet)
-        pipe = StableDiffusionPipeline.from_pretrained(cfg.pipeline, safety_checker=None,
+        if Path(cfg.pipeline).is_dir():
+            from .validate import check_pipeline
+
+            check_pipeline(Path(cfg.pipeline))  # components of diffusers and transformers only
+        pipe = StableDiffusionPipeline.from_pretrained(cfg.pipeline, safety_checker=None, use_safetensors=True,
                                                        requires_safety_checker=False, dtype=torch.float32)
     pipe.to(dev)
     unet, text, vae, tok = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer

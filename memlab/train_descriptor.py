@@ -243,7 +243,7 @@ def load_decoder(path: str):
     folder = p / "vae" if (p / "vae" / "config.json").is_file() else p
     if not (folder / "config.json").is_file():
         raise MemlabError(f"--decoder {path}: no diffusers VAE there (config.json), nor a pipeline with vae/")
-    return AutoencoderKL.from_pretrained(folder, dtype=torch.float32).eval()
+    return AutoencoderKL.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()  # no pickle
 
 
 # ------------------------------------------------------------------------------------- losses

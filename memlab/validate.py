@@ -1,5 +1,5 @@
 """Files memlab loads from a folder someone else may have made (an index's manifest, a world's world.json,
-keyword views), checked at load: types, shapes, finite numbers and paths that stay inside their folder.
+keyword views, a pipeline's model_index.json), checked at load: types, shapes, finite numbers and paths that stay inside their folder.
 Each problem is one ``MemlabError`` naming the file and the field, so a command says ``error:`` and exits 2
 and the app refuses to start with the same line; nothing reaches a traceback."""
 from __future__ import annotations
@@ -155,6 +155,32 @@ def check_world(m, path: Path) -> dict:
         rec = c.obj(rec, f"files[{rel!r}]")
         c.get(rec, "bytes", int, f"files[{rel!r}].bytes")
         c.get(rec, "sha256", str, f"files[{rel!r}].sha256")
+    return m
+
+
+PIPELINE_LIBRARIES = ("diffusers", "transformers")
+
+
+def check_pipeline(path: Path) -> dict:
+    """A diffusers pipeline folder's model_index.json: each component names a class of diffusers or
+    transformers, or none. diffusers imports whatever module a component names before it looks for the class
+    (``"feature_extractor": ["os", "system"]`` imports ``os``); memlab loads no other. The weights are
+    safetensors (``Generator.from_pretrained`` passes ``use_safetensors``: no model file is unpickled)."""
+    import json
+
+    c = Checker(Path(path) / "model_index.json")
+    try:
+        m = c.obj(json.loads((Path(path) / "model_index.json").read_text()), "model_index.json")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MemlabError(f"{c.file}: cannot be read as JSON ({str(e).splitlines()[0][:200]})") from None
+    for key, value in m.items():
+        if key.startswith("_") or not isinstance(value, list):
+            continue
+        if len(value) != 2 or not all(v is None or isinstance(v, str) for v in value):
+            c.fail(key, f"must be [library, class] (got {value!r:.80})")
+        if value[0] is not None and value[0] not in PIPELINE_LIBRARIES:
+            c.fail(key, f"names the library {value[0]!r:.40}; memlab loads {' and '.join(PIPELINE_LIBRARIES)} "
+                        f"components only")
     return m
 
 

@@ -29,6 +29,62 @@ def test_no_pickle_loading_in_memlab():
     assert bad == []
     src = (ROOT / "memlab" / "descriptors.py").read_text()
     assert src.index("check_torchscript_trusted(self.weights") < src.index("torch.jit.load(")
+    # a diffusers folder's .bin weights are a pickle that diffusers loads unrestricted ("Defaulting to unsafe
+    # serialization"): every diffusers model memlab loads from a folder asks for safetensors
+    calls = []
+    for f in (ROOT / "memlab").rglob("*.py"):
+        text = f.read_text()
+        for m in re.finditer(r"(StableDiffusionPipeline|AutoencoderKL|UNet2DConditionModel)\.from_pretrained\(", text):
+            depth, i = 1, m.end()
+            while depth:  # the call's arguments, to its closing parenthesis
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            calls.append((f.name, "use_safetensors=True" in text[m.end():i]))
+    assert len(calls) >= 3 and all(ok for _, ok in calls), calls
+
+
+class _Marker:
+    """A pickle that writes a file when it is loaded: what a hostile .bin does instead."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_a_pipeline_folder_is_loaded_from_safetensors_and_diffusers_or_transformers_alone(tiny_pipeline_dir, tmp_path):
+    """A world's model folder may come from elsewhere (`--world`, `run --model`, `train --pipeline`): a UNet
+    stored as a .bin (a pickle, here one that writes a file when loaded) is refused with a line that says why,
+    and the pickle never runs; a component naming a library other than diffusers or transformers (diffusers
+    imports whatever module it names) is refused naming the component, before anything is imported."""
+    import json
+    import pickle
+
+    from memlab.errors import MemlabError
+    from memlab.generate import Generator
+
+    bin_pipe = tmp_path / "bin"
+    shutil.copytree(tiny_pipeline_dir, bin_pipe)
+    (bin_pipe / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    ran = tmp_path / "the-pickle-ran"
+    with open(bin_pipe / "unet" / "diffusion_pytorch_model.bin", "wb") as f:
+        pickle.dump({"weight": _Marker(ran)}, f)
+    with pytest.raises(MemlabError, match="safetensors weights only and never unpickles"):
+        Generator.from_pretrained(bin_pipe, device="cpu")
+    assert not ran.exists()
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_pipeline_dir, odd)
+    index = json.loads((odd / "model_index.json").read_text())
+    index["feature_extractor"] = ["antigravity", "Fly"]  # importing it would open a web browser
+    (odd / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(MemlabError, match=r"model_index.json: feature_extractor names the library 'antigravity'"):
+        Generator.from_pretrained(odd, device="cpu")
+    import sys
+
+    assert "antigravity" not in sys.modules
+    assert Generator.from_pretrained(tiny_pipeline_dir, device="cpu").pipe.unet is not None  # as saved: loads
 
 
 def test_torchscript_needs_the_official_url_or_a_confirmed_checksum(tmp_path, monkeypatch):
