@@ -354,6 +354,8 @@ class CLIPDescriptor(Descriptor):
 
     def __init__(self, name="clip", model="ViT-L-14-quickgelu", pretrained="openai", device=None,
                  batch_size=32, cache_dir=None):
+        from pickle import UnpicklingError
+
         import open_clip
         import torch
 
@@ -365,8 +367,12 @@ class CLIPDescriptor(Descriptor):
             self.net, _, self._tf = open_clip.create_model_and_transforms(
                 model, pretrained=pretrained, force_quick_gelu=force_qg, device=self.device,
                 cache_dir=cache_dir)
-        except RuntimeError as e:
-            raise ModelFileMissing(f"open_clip could not load {model} / {pretrained}: {e}") from e
+        except UnpicklingError as e:  # torch's advice (weights_only=False) would run the file's code
+            raise ModelFileMissing(f"open_clip could not load {model} / {pretrained}: not a checkpoint of tensors "
+                                   f"alone (memlab reads checkpoints with weights_only, and never otherwise)") from e
+        except (RuntimeError, OSError, ValueError) as e:
+            raise ModelFileMissing(f"open_clip could not load {model} / {pretrained}: "
+                                   f"{str(e).splitlines()[0][:300]}") from e
         self.net.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
         self.preset = f"open_clip:{model}"

@@ -199,3 +199,21 @@ def test_the_file_route_serves_only_the_worlds_images(server, tmp_path):
     for url in refused:
         r = httpx.get(url, timeout=10)
         assert r.status_code in (403, 404) and b"root:" not in r.content and b"not for the web" not in r.content, url
+
+
+def test_a_clip_checkpoint_that_is_more_than_tensors_is_one_clear_error(tmp_path):
+    """An index's manifest names its CLIP descriptor's checkpoint; a file open_clip's weights_only load refuses (a
+    pickle of more than tensors, here one that would write a file) is a ModelFileMissing that says why, not
+    torch's traceback advising weights_only=False; the pickle never runs."""
+    import pickle
+
+    from memlab.descriptors import CLIPDescriptor
+    from memlab.errors import ModelFileMissing
+
+    ran = tmp_path / "the-pickle-ran"
+    ckpt = tmp_path / "clip.pt"
+    with open(ckpt, "wb") as f:
+        pickle.dump({"state_dict": _Marker(ran)}, f)
+    with pytest.raises(ModelFileMissing, match="not a checkpoint of tensors alone"):
+        CLIPDescriptor(model="ViT-B-32", pretrained=str(ckpt), device="cpu")
+    assert not ran.exists()
