@@ -103,3 +103,15 @@ def test_each_verdict_level_is_counted_with_its_own_image_at_top1(capsys):
     row = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert row[:2] == ["model:img2img@0.5", "4"]
     assert " ".join(row[2:]) == "50.0% (2 of 2) 0 25.0% (0 of 1) 25.0% (1 of 1)"
+
+
+def test_the_threshold_for_a_recall_is_the_highest_that_reaches_it():
+    """Ten copies' scores: 90% recall needs 9 above the threshold, so it sits just under the 9th best; one copy
+    whose own image was not among its best matches (-inf) never counts; 100% of these is out of reach."""
+    from benchmarks.bench_copy_content import recall_threshold
+
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, -np.inf])
+    t = recall_threshold(s, 0.9)
+    assert (s > t).sum() == 9 and t < 0.1 and t > 0.0999
+    assert (s > recall_threshold(s, 0.5)).sum() == 5
+    assert recall_threshold(s, 1.0) == -np.inf
