@@ -223,6 +223,7 @@ def test_the_printed_table_gives_the_template_threshold_only_where_the_template_
 
     def query(name, replicated, verdict):
         return {"image": name, "replicated": replicated, "verdict": verdict, "score": 0.5, "threshold": 0.3,
+                "possible_threshold": 0.2,
                 "agreement": {"share": 0.25, "threshold": 0.19},
                 "matches": [{"score": 0.5, "duplicates": 0, "id": 7, "caption": "a red cross"}]}
 
@@ -236,4 +237,5 @@ def test_the_printed_table_gives_the_template_threshold_only_where_the_template_
     assert "whole.png  ->  REPLICATED" in whole and "agrees with its top-1 in 25%" in whole
     assert "template copy above" not in whole and "not replicated as a whole" in whole
     assert "->  template copy" in part and "template copy above 19%" in part
+    assert "possible copy above 0.200" in part and "possible copy above" not in whole  # the band, where it applies
     assert "copies  id" in whole and "  0.500       1  7 " in whole  # copies in training: itself and 0 duplicates

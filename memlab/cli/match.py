@@ -81,7 +81,9 @@ def print_table(result: dict) -> None:
           f"threshold {d['threshold']:.3f} ({d['threshold_source']})")
     for q in result["queries"]:
         verdict = "REPLICATED" if q["replicated"] else q.get("verdict", "novel")
-        print(f"\n{q['image']}  ->  {verdict} (top-1 {q['score']:.3f} vs threshold {q['threshold']:.3f})")
+        band = (f"; possible copy above {q['possible_threshold']:.3f}"
+                if not q["replicated"] and q.get("possible_threshold") is not None else "")
+        print(f"\n{q['image']}  ->  {verdict} (top-1 {q['score']:.3f} vs threshold {q['threshold']:.3f}{band})")
         if (ag := q.get("agreement")) is not None:
             print(f"  agrees with its top-1 in {ag['share']:.0%} of its windows ({agreement_words()}); "
                   + (f"template copy above {ag['threshold']:.0%}" if not q["replicated"] else
