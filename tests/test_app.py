@@ -682,3 +682,25 @@ def test_a_large_index_training_set_views_read_only_the_columns_they_show(tiny_w
     assert large.index._items is None and list(large._table().columns) == ["id", "caption", "duplicates", "group"]
     for a, b in zip(small.answers, large.answers):
         assert (a.equals(b) if hasattr(a, "equals") else a == b)
+
+
+def test_a_match_that_is_not_replicated_names_both_edges_of_its_verdict(client, server, tmp_path):
+    """Match an image: where the upload is not replicated, its verdict line gives the two scores that decide the
+    three levels (the threshold and the possible-copy band's edge, the index's own), and reads "novel" rather
+    than "not replicated"; a training image matched as itself is replicated and says no more."""
+    from PIL import Image
+
+    from gradio_client import handle_file
+
+    lab = server[1]
+    thr, possible = lab.index.threshold()["value"], lab.index.possible()["value"]
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (250, 10, 250)).save(flat)
+    md = client.predict(handle_file(str(flat)), 3, None, api_name="/match_image")[0]
+    assert f"(replicated above {thr:.3f}, a possible copy above {possible:.3f})" in md
+    assert ": **novel**" in md or ": a **possible copy**" in md
+    own = tmp_path / "own.png"
+    with Image.open(lab.index.image_path(0)) as im:
+        im.save(own)
+    md = client.predict(handle_file(str(own)), 3, None, api_name="/match_image")[0]
+    assert ": **replicated**" in md and "possible copy above" not in md

@@ -37,9 +37,10 @@ def match_tab(lab: Lab, api) -> None:
             res = lab.match_image(path, k, descriptor)
             q, d = res["queries"][0], res["descriptor"]
             verdict = {"replicated": "**replicated**", "template copy": "a **template copy**",
-                       "possible copy": "a **possible copy**"}.get(
-                q.get("verdict"), "not replicated")
-            md = (f"### Top-1 score {q['score']:.3f}: {verdict}\n"
+                       "possible copy": "a **possible copy**"}.get(q.get("verdict"), "**novel**")
+            band = (f" (replicated above {q['threshold']:.3f}, a possible copy above {q['possible_threshold']:.3f})"
+                    if q.get("verdict") != "replicated" and q.get("possible_threshold") is not None else "")
+            md = (f"### Top-1 score {q['score']:.3f}: {verdict}{band}\n"
                   f"{lab.descriptor_label(d['name'])} · "
                   f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}"
                   + (f" · cosine {q['matches'][0]['cosine']:.3f}" if "cosine" in q["matches"][0] else "")
