@@ -1,7 +1,7 @@
 """Files memlab loads from a folder someone else may have made (an index's manifest, a world's world.json,
-keyword views, a pipeline's model_index.json), checked at load: types, shapes, finite numbers and paths that stay inside their folder.
-Each problem is one ``MemlabError`` naming the file and the field, so a command says ``error:`` and exits 2
-and the app refuses to start with the same line; nothing reaches a traceback."""
+keyword views, a pipeline's model_index.json), checked at load: types, shapes, finite numbers and paths that
+stay inside their folder. Each problem is one ``MemlabError`` naming the file and the field, so a command
+says ``error:`` and exits 2 and the app refuses to start with the same line; nothing reaches a traceback."""
 from __future__ import annotations
 
 import math
