@@ -124,6 +124,18 @@ def check_prompt(prompt: str, tokenizer) -> tuple[str, str | None]:
                     f"so it is truncated after '...{tail}'")
 
 
+def hub_model_index(model_id: str, local_only: bool) -> Path:
+    """The folder holding a Hub pipeline's model_index.json (fetched alone, or from the cache), so that it is
+    checked (``validate.check_pipeline``) before diffusers imports the modules it names: a world.json from
+    elsewhere may name any Hub id."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(model_id, "model_index.json", local_files_only=local_only)).parent
+    except (OSError, ValueError) as e:  # (huggingface_hub's errors: not found, offline and not cached)
+        raise ModelFileMissing(f"cannot load the pipeline {model_id}: {str(e).splitlines()[0][:300]}") from e
+
+
 class Generator:
     """Composes a diffusers text-to-image pipeline; owns nothing else (like a diffusers pipeline)."""
 
@@ -161,17 +173,16 @@ class Generator:
         is_local = p.exists()
         if is_local and not (p / "model_index.json").is_file():
             raise ModelFileMissing(f"{p} is not a diffusers pipeline folder (no model_index.json)")
-        if is_local:
-            from .validate import check_pipeline
-
-            check_pipeline(p)  # components of diffusers and transformers only
-        kw = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
         from .descriptors import offline
+        from .validate import check_pipeline
+
+        local_only = bool(local_files_only or offline() or is_local)
+        check_pipeline(p if is_local else hub_model_index(str(model), local_only))  # diffusers, transformers only
+        kw = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
 
         try:  # safetensors only: a .bin or .ckpt is a pickle, which runs code when loaded
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(model), dtype=dt, local_files_only=bool(local_files_only or offline() or is_local),
-                use_safetensors=True, **kw)
+            pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=dt, local_files_only=local_only,
+                                                           use_safetensors=True, **kw)
         except (OSError, ValueError, EnvironmentError) as e:
             why = str(e).splitlines()[0][:300]
             raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (

@@ -217,3 +217,29 @@ def test_a_clip_checkpoint_that_is_more_than_tensors_is_one_clear_error(tmp_path
     with pytest.raises(ModelFileMissing, match="not a checkpoint of tensors alone"):
         CLIPDescriptor(model="ViT-B-32", pretrained=str(ckpt), device="cpu")
     assert not ran.exists()
+
+
+def test_a_hub_pipeline_is_checked_before_diffusers_imports_what_it_names(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """A world.json from elsewhere may name any Hub id as its model: its model_index.json is read first (here from
+    a Hub cache laid out as huggingface_hub lays it out, offline) and a component naming another library is
+    refused before diffusers imports it; a Hub id neither cached nor reachable is one clear error."""
+    import json
+    import sys
+
+    import huggingface_hub.constants
+
+    from memlab.errors import MemlabError
+    from memlab.generate import Generator
+
+    snap = tmp_path / "hub" / "models--someone--pipe" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_pipeline_dir, snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    index = json.loads((snap / "model_index.json").read_text())
+    (snap / "model_index.json").write_text(json.dumps({**index, "feature_extractor": ["antigravity", "Fly"]}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(MemlabError, match=r"feature_extractor names the library 'antigravity'"):
+        Generator.from_pretrained("someone/pipe", device="cpu")
+    assert "antigravity" not in sys.modules
+    with pytest.raises(MemlabError, match="cannot load the pipeline someone/absent"):
+        Generator.from_pretrained("someone/absent", device="cpu")
