@@ -136,6 +136,32 @@ def hub_model_index(model_id: str, local_only: bool) -> Path:
         raise ModelFileMissing(f"cannot load the pipeline {model_id}: {str(e).splitlines()[0][:300]}") from e
 
 
+def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None, **kw):
+    """A StableDiffusionPipeline from a Hub id or a local diffusers folder, the one way memlab loads one (the
+    generator and the trainer): its model_index.json checked first (components of diffusers and transformers
+    only, ``validate.check_pipeline``), its weights read from safetensors alone (a .bin or .ckpt is a pickle,
+    which runs code when loaded). Each failure is a ``ModelFileMissing`` that says why."""
+    from diffusers import StableDiffusionPipeline
+
+    from .descriptors import offline
+    from .validate import check_pipeline
+
+    p = Path(str(model))
+    is_local = p.exists()
+    if is_local and not (p / "model_index.json").is_file():
+        raise ModelFileMissing(f"{p} is not a diffusers pipeline folder (no model_index.json)")
+    local_only = bool(local_files_only or offline() or is_local)
+    check_pipeline(p if is_local else hub_model_index(str(model), local_only))
+    try:
+        return StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=local_only,
+                                                       use_safetensors=True, **kw)
+    except (OSError, ValueError, EnvironmentError) as e:
+        why = str(e).splitlines()[0][:300]
+        raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (
+            " (memlab loads safetensors weights only and never unpickles a model file: save the pipeline "
+            "with save_pretrained, which writes safetensors)" if "safetensors" in why else "")) from e
+
+
 class Generator:
     """Composes a diffusers text-to-image pipeline; owns nothing else (like a diffusers pipeline)."""
 
@@ -162,32 +188,14 @@ class Generator:
                         local_files_only: bool | None = None) -> "Generator":
         """Load a Hub id or a local diffusers folder; fp16 on CUDA, fp32 on CPU."""
         import torch
-        from diffusers import StableDiffusionPipeline
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dt = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}.get(
             dtype or ("fp16" if device.startswith("cuda") else "fp32"))
         if dt is None:
             raise MemlabError(f"dtype must be fp16, bf16 or fp32 (got {dtype})")
-        p = Path(str(model))
-        is_local = p.exists()
-        if is_local and not (p / "model_index.json").is_file():
-            raise ModelFileMissing(f"{p} is not a diffusers pipeline folder (no model_index.json)")
-        from .descriptors import offline
-        from .validate import check_pipeline
-
-        local_only = bool(local_files_only or offline() or is_local)
-        check_pipeline(p if is_local else hub_model_index(str(model), local_only))  # diffusers, transformers only
         kw = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
-
-        try:  # safetensors only: a .bin or .ckpt is a pickle, which runs code when loaded
-            pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=dt, local_files_only=local_only,
-                                                           use_safetensors=True, **kw)
-        except (OSError, ValueError, EnvironmentError) as e:
-            why = str(e).splitlines()[0][:300]
-            raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (
-                " (memlab loads safetensors weights only and never unpickles a model file: save the pipeline "
-                "with save_pretrained, which writes safetensors)" if "safetensors" in why else "")) from e
+        pipe = load_pipeline(model, dt, local_files_only, **kw)
         gen = cls(pipe, str(model), device)
         gen.set_scheduler(scheduler)
         return gen

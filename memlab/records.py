@@ -156,12 +156,13 @@ class RunState:
         return len(self.records) >= self.requested
 
 
-def probe_group_name(group: str) -> str:
-    """How the app names a group of the built-in world's probes (``memlab.worldgen``)."""
+def probe_group_name(group: str, short: bool = False) -> str:
+    """How the app names a group of the built-in world's probes (``memlab.worldgen``); ``short``: the planted
+    duplication alone ("full duplication x20"), for a sentence."""
     m = re.fullmatch(r"(full|partial)_ddf(\d+)", group)
     if m:
         how = "the same image and caption" if m[1] == "full" else "the same image, paraphrased captions"
-        return f"planted: {m[1]} duplication x{m[2]} ({how})"
+        return f"{m[1]} duplication x{m[2]}" if short else f"planted: {m[1]} duplication x{m[2]} ({how})"
     return {"unique": "seen once in training", "keyword": "keyword images (a hidden object)",
             "template": "planted: a shared template, other content inside (template copies)"}.get(group, group)
 

@@ -210,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None, command: str | N
 
 def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None) -> Path:
     import torch
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler
     from safetensors.torch import load_file, save_file
 
     from .pipelines import PIPELINE_CONFIGS, make_pipeline
@@ -238,12 +238,9 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     else:
         # trained in fp32 whatever the folder stores (a pipeline saved in fp16, as the built-in world's, would
         # otherwise load its text encoder in fp16 beside an fp32 UNet)
-        if Path(cfg.pipeline).is_dir():
-            from .validate import check_pipeline
+        from .generate import load_pipeline
 
-            check_pipeline(Path(cfg.pipeline))  # components of diffusers and transformers only
-        pipe = StableDiffusionPipeline.from_pretrained(cfg.pipeline, safety_checker=None, use_safetensors=True,
-                                                       requires_safety_checker=False, dtype=torch.float32)
+        pipe = load_pipeline(cfg.pipeline, torch.float32, safety_checker=None, requires_safety_checker=False)
     pipe.to(dev)
     unet, text, vae, tok = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     size = int(vae.config.sample_size) if scratch else int(unet.config.sample_size * pipe.vae_scale_factor)

@@ -164,8 +164,8 @@ PIPELINE_LIBRARIES = ("diffusers", "transformers")
 def check_pipeline(path: Path) -> dict:
     """A diffusers pipeline folder's model_index.json: each component names a class of diffusers or
     transformers, or none. diffusers imports whatever module a component names before it looks for the class
-    (``"feature_extractor": ["os", "system"]`` imports ``os``); memlab loads no other. The weights are
-    safetensors (``Generator.from_pretrained`` passes ``use_safetensors``: no model file is unpickled)."""
+    (``"feature_extractor": ["antigravity", "Fly"]`` would import that module); memlab loads no other. The
+    weights are safetensors (``generate.load_pipeline`` passes ``use_safetensors``: no file is unpickled)."""
     import json
 
     c = Checker(Path(path) / "model_index.json")

@@ -314,8 +314,7 @@ def bright_ending_note(card: dict | None) -> str:
     ratio = cov.get("median_inside_over_outside")
     if ratio is None:
         return text + "."
-    group = cov.get("group") or "most duplicated"  # in words where it is a planted group (not full_ddf20)
-    name = probe_group_name(group).split(" (")[0].removeprefix("planted: ")
+    name = probe_group_name(cov.get("group") or "most duplicated", short=True)  # in words, not full_ddf20
     said = f"{ratio:.2f}x as bright on the copied objects as elsewhere, the median over its {name} probes' seeds"
     if ratio <= 1:
         return (f"{text}. On this world's small model it does not single the copied part out ({said}, its card), "
