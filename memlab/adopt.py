@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MemlabError
+from .errors import IndexMismatchError, MemlabError
+from .faisscheck import open_faiss
 from .indexfiles import faiss_module, read_faiss, sha256
 from .ondisk import OnDiskBuild
 
@@ -29,16 +30,11 @@ class OnDiskAdoption(OnDiskBuild):
         if not self.adopted.is_file():
             raise MemlabError(f"{self.adopted}: no such FAISS index file")
         faiss = faiss_module()
-        try:
-            idx = faiss.read_index(str(self.adopted), faiss.IO_FLAG_MMAP)
-        except RuntimeError as e:
-            raise MemlabError(f"{self.adopted} is not a FAISS index file: {str(e).splitlines()[0][:200]}") from None
-        if idx.d != self.d or idx.ntotal != self.n:
-            raise MemlabError(f"{self.adopted} holds {idx.ntotal} vectors of {idx.d} dimensions; the embeddings "
-                              f"hold {self.n} of {self.d}: not an index of these embeddings")
-        if idx.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise MemlabError(f"{self.adopted} ranks by L2 distance; memlab's scores are inner products of "
-                              f"normalized vectors (build the index with metric IP, as autofaiss does for CLIP)")
+        try:  # checked against the embeddings (count, dimension, inner product) before it is read here
+            idx = open_faiss(self.adopted, self.d, self.n)
+        except IndexMismatchError as e:
+            raise MemlabError(f"{e} (an index of these embeddings is needed, by inner product as autofaiss builds "
+                              f"for CLIP)") from None
         try:
             ivf = faiss.extract_index_ivf(idx)
             self.factory = f"IVF{ivf.nlist},{type(idx).__name__} (adopted)"
@@ -52,7 +48,7 @@ class OnDiskAdoption(OnDiskBuild):
         faiss = faiss_module()
         final = self.work / f"{self.name}.faiss"
         if not final.is_file():
-            idx = faiss.read_index(str(self.adopted), faiss.IO_FLAG_MMAP)
+            idx = open_faiss(self.adopted, self.d, self.n)
             if "IVF" in self.factory:
                 faiss.ParameterSpace().set_index_parameter(idx, "nprobe", self.nprobe)
             rows = np.sort(np.random.default_rng(self.seed + 2).choice(self.n, size=min(self.SAMPLE, self.n),

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import MemlabError
-from .indexfiles import MANIFEST, atomic_save, faiss_module, new_faiss_index, npsave, read_faiss, sha256
+from .faisscheck import open_faiss
+from .indexfiles import MANIFEST, atomic_save, faiss_module, new_faiss_index, npsave, sha256
 
 FOLDER = "captions"
 BLOCK = 8192  # captions per embedded block (each block is a resume point)
@@ -179,7 +180,7 @@ def build(index_dir, *, text_emb=(), block: int = BLOCK, max_memory="2GB", progr
     vec.flush()
     np.save(tmp / "rows.npy", rows.astype(np.int64))
     if kept and prev["factory"] == factory:  # the trained lists kept, as an addition keeps the image index's
-        index = faiss_module().read_index(str(index_dir / prev["files"]["index"]))
+        index = open_faiss(index_dir / prev["files"]["index"], d, kept, mmap=False)
         added = range(kept, n, block)
     else:
         index, added = new_faiss_index(d, factory), range(0, n, block)
@@ -221,7 +222,7 @@ class CaptionVectors:
         self.path, self.entry = Path(path), entry
         self.vectors = np.load(self.path / entry["files"]["vectors"], mmap_mode="r", allow_pickle=False)
         self.rows = np.load(self.path / entry["files"]["rows"], allow_pickle=False)
-        self.index = read_faiss(self.path / entry["files"]["index"])
+        self.index = open_faiss(self.path / entry["files"]["index"], self.vectors.shape[1], int(entry["count"]))
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = int(entry.get("nprobe", NPROBE))
         n = int(entry.get("items", 0))

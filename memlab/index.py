@@ -33,8 +33,9 @@ from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
 from .errors import IndexMismatchError, MemlabError
+from .faisscheck import open_faiss
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, json_default,
-                         make_faiss_index, read_faiss, recover_swap, savez, sha256)
+                         make_faiss_index, recover_swap, savez, sha256)
 from .paths import inside
 from .preprocess import open_rgb
 from .validate import check_manifest
@@ -401,13 +402,11 @@ class TrainingIndex:
             try:
                 if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
                     index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
-                elif self.manifest.get("serve", {}).get("mmap"):  # large on-disk indices: pages read on demand
-                    index = read_faiss(self.path / f)
-                else:
-                    index = faiss_module().read_index(str(self.path / f))
-            except RuntimeError as e:  # FAISS's own error for a damaged or foreign file
-                raise IndexMismatchError(f"index {self.path}: {f} is not a FAISS index FAISS can read "
-                                         f"({' '.join(str(e).split())[-120:]})") from None
+                else:  # checked first (faisscheck); large on-disk indices: pages read on demand
+                    index = open_faiss(self.path / f, self.vectors(name).shape[1], int(self.manifest["item_count"]),
+                                       mmap=bool(self.manifest.get("serve", {}).get("mmap")))
+            except IndexMismatchError as e:
+                raise IndexMismatchError(f"index {self.path}: {e}") from None
             if "IVF" in self.descriptor_info(name)["factory"]:
                 faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.served_nprobe(name))
             self._faiss[name] = index

@@ -11,8 +11,9 @@ import numpy as np
 from .blocks import drop_pages as _drop
 from .embeddings import embedding_parts, metadata_batches, metadata_schema
 from .errors import MemlabError
+from .faisscheck import open_faiss
 from .paths import link_or_copy
-from .indexfiles import faiss_module, read_faiss
+from .indexfiles import faiss_module
 from .ondisk import BLOCK, OnDiskBuild, _created, _parts_signature
 
 __all__ = ["OnDiskAddition"]
@@ -64,7 +65,7 @@ class OnDiskAddition(OnDiskBuild):
         faiss = faiss_module()
         if self.factory == "Flat":
             return faiss.IndexFlatIP(self.d)
-        idx = faiss.read_index(str(self.base.path / f"{self.name}.faiss"), faiss.IO_FLAG_MMAP)
+        idx = open_faiss(self.base.path / f"{self.name}.faiss", self.d, self.n_base)
         ivf = faiss.extract_index_ivf(idx)
         empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
         ivf.replace_invlists(empty, True)
@@ -74,9 +75,7 @@ class OnDiskAddition(OnDiskBuild):
 
     def base_index(self):
         """The base's index as it is served (its lists read from disk)."""
-        if self.factory == "Flat":
-            return faiss_module().read_index(str(self.base.path / f"{self.name}.faiss"))
-        return read_faiss(self.base.path / f"{self.name}.faiss")
+        return open_faiss(self.base.path / f"{self.name}.faiss", self.d, self.n_base, mmap=self.factory != "Flat")
 
     def base_rows(self) -> np.ndarray:
         """The base rows whose neighbour lists the base keeps (read once)."""

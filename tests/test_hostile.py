@@ -526,6 +526,90 @@ def test_a_damaged_faiss_file_is_one_error_line_even_under_a_matching_checksum(t
               "pixel.faiss", "FAISS")
 
 
+def _ivf_index(folder: Path, factory: str):
+    """A 40-image pixel index whose FAISS file is ``factory`` (its manifest checksums match)."""
+    from memlab.descriptors import create_descriptor
+    from memlab.index import build_index
+
+    ims = synthetic_images(40, size=16)
+    items = pd.DataFrame({"id": range(40), "caption": [f"c{i}" for i in range(40)], "file": [f"{i}.png" for i in range(40)]})
+    build_index(folder, items, lambda i: ims[i], [create_descriptor("pixel")], factory=factory, calib_n=4)
+    ims[3].save(folder.parent / "q.png")
+    return folder / "pixel.faiss", json.loads((folder / "manifest.json").read_text())
+
+
+def test_a_crafted_faiss_file_neither_stops_the_process_nor_swamps_its_memory(tmp_path):
+    """faiss's reader trusts the sizes a file declares (faiss#5400). A header naming another dimension is read,
+    and the first search fails with an uncaught AssertionError (``bench_faiss_files``); a lists table declaring
+    2^31 list sizes asks for 16 GiB before reading them. Both are one error line: the header is checked against
+    the manifest before faiss reads the file, and the file is read first in a child process under a memory cap."""
+    import struct
+
+    f, manifest = _ivf_index(tmp_path / "idx", "IVF4,PQ4x4")
+    good = f.read_bytes()
+    d = struct.unpack("<i", good[4:8])[0]
+    match = ("memlab", "match", "--index", str(tmp_path / "idx"), "--images", str(tmp_path / "q.png"))
+    f.write_bytes(good[:4] + struct.pack("<i", 3) + good[8:])
+    _reseal(tmp_path / "idx", manifest)
+    one_error(run_cli(*match), "pixel.faiss", "3 dimensions", f"expected 40 of {d}")
+    lists = good.find(b"ilar")  # faiss's ArrayInvertedLists: "ilar", nlist, code_size, "full", then the sizes
+    assert good[lists + 20:lists + 24] == b"full"
+    f.write_bytes(good[:lists + 24] + struct.pack("<q", 2**31) + good[lists + 32:])
+    _reseal(tmp_path / "idx", manifest)
+    one_error(run_cli(*match), "pixel.faiss", "needs more than")
+
+
+def test_faiss_lists_that_name_a_row_twice_or_outside_the_index_are_refused(tmp_path):
+    """A FAISS file's lists are rows of the index's table: a list naming a row past its end, or one row twice
+    (and another never), would serve another image than the one it scored; a coarse quantizer ranking by L2
+    (one byte of its header) picks the lists a query visits by another rule. Each file is refused at load."""
+    import faiss
+
+    from memlab.errors import IndexMismatchError
+    from memlab.index import TrainingIndex
+
+    f, manifest = _ivf_index(tmp_path / "idx", "IVF4,Flat")
+    good = f.read_bytes()
+    for make, words in ((lambda ids: 40, "names a row outside 0 to 39"),
+                        (lambda ids: int(ids[1]), "name 1 rows never and 1 more than once")):
+        idx = faiss.read_index(str(f))
+        inv = faiss.extract_index_ivf(idx).invlists
+        li = next(i for i in range(inv.nlist) if inv.list_size(i) > 1)
+        ids = faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li)).copy()
+        code = faiss.rev_swig_ptr(inv.get_single_code(li, 0), inv.code_size).copy()
+        inv.update_entry(li, 0, make(ids), faiss.swig_ptr(code))
+        faiss.write_index(idx, str(f))
+        _reseal(tmp_path / "idx", manifest)
+        with pytest.raises(IndexMismatchError, match=words):
+            TrainingIndex.load(tmp_path / "idx")
+        f.write_bytes(good)
+    idx = faiss.read_index(str(f))
+    faiss.extract_index_ivf(idx).quantizer.metric_type = faiss.METRIC_L2
+    faiss.write_index(idx, str(f))
+    _reseal(tmp_path / "idx", manifest)
+    with pytest.raises(IndexMismatchError, match="coarse quantizer ranks by L2"):
+        TrainingIndex.load(tmp_path / "idx")
+    f.write_bytes(good)
+    _reseal(tmp_path / "idx", manifest)
+    assert TrainingIndex.load(tmp_path / "idx").faiss_index("pixel").ntotal == 40
+
+
+def test_every_faiss_file_memlab_did_not_just_write_is_read_through_faisscheck():
+    """faiss's reader is called directly only on files a build writes and reads back itself (its work folder, its
+    blocks); an index's served file, a caption index, a base added to and an adopted file go through
+    ``faisscheck.open_faiss``."""
+    import re
+
+    own = ("work", "trained", "blocks", "final", "Path(index")  # a build's own files (blocks.py: its workers')
+    for p in sorted((ROOT / "memlab").glob("*.py")):
+        if p.name in ("faisscheck.py", "indexfiles.py"):
+            continue
+        for arg in re.findall(r"\b(?:read_index|read_faiss)\(([^)]*)", p.read_text()):
+            assert any(w in arg for w in own), (p.name, arg)
+    adopt = (ROOT / "memlab" / "adopt.py").read_text()
+    assert "read_index(" not in adopt and adopt.count("open_faiss(") == 2
+
+
 def test_an_exports_table_never_hands_a_spreadsheet_a_formula():
     """summary.csv's training id comes from the index's listing, which may come from elsewhere: a cell that a
     spreadsheet would run as a formula (= + - @, a tab or carriage return first) is written as text with a

@@ -1,0 +1,166 @@
+"""FAISS files memlab did not just write, read safely. ``faiss.read_index`` trusts the sizes a file declares:
+faiss's maintainers say index files are not meant to come from untrusted sources (facebookresearch/faiss#5400),
+and here 72 of 372 crafted variants of an index whose lists are on disk (as memlab's large builds write them)
+killed the process that read and searched them (SIGSEGV), and others asked for more than a 4 GiB cap before any
+check ran (``benchmarks/bench_faiss_files.py``).
+An index folder or an autofaiss ``.index`` can come from anywhere, so memlab reads such a file in three steps:
+
+1. its header is checked here against what the manifest or the embeddings say (dimension and vector count);
+2. it is read once in a child process (``python -m memlab.faisscheck``) under a memory cap, which also checks
+   its inverted lists (their sizes add up to the vector count, every id is a row and each row is listed once)
+   and searches every list once, so a crash or a runaway allocation ends the child, not the app;
+3. only then is it read here. A file that passed is remembered by path, size and time for the process's life.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import IndexMismatchError
+
+__all__ = ["open_faiss", "read_header"]
+
+CAP_BASE = 4 << 30  # the child's memory cap: 4 GiB plus twice the file (a full read holds the file once)
+_checked: set = set()
+
+
+def read_header(path: Path) -> tuple[str, int, int]:
+    """An index file's type code, dimension and vector count, as faiss's ``write_index_header`` writes them
+    (four characters, int32 d, int64 ntotal), read without faiss."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 16 or not all(32 < b < 127 for b in head[:4]):
+        raise IndexMismatchError(f"{path} is not a FAISS index file (no index header)")
+    d, ntotal = struct.unpack("<iq", head[4:16])
+    return head[:4].decode(), d, ntotal
+
+
+def _flag(path: Path, mmap: bool) -> int:
+    import faiss
+
+    if not mmap:
+        return 0
+    return faiss.IO_FLAG_ONDISK_SAME_DIR if path.with_suffix(".ivfdata").is_file() else faiss.IO_FLAG_MMAP
+
+
+def _cap(path: Path) -> int:
+    return CAP_BASE + 2 * path.stat().st_size
+
+
+def _probe(path: Path, flag: int, d: int, ntotal: int) -> None:
+    """Read and search ``path`` in a child process; a refusal, a crash or the memory cap is one error."""
+    cap = _cap(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+    timeout = 120 + path.stat().st_size / 20e6
+    try:
+        r = subprocess.run([sys.executable, "-m", "memlab.faisscheck", str(path), str(flag), str(d), str(ntotal),
+                            str(cap)], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise IndexMismatchError(f"{path}: FAISS did not finish reading it in {timeout:.0f} s") from None
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    said = json.loads(lines[-1]) if lines else {}
+    if r.returncode == 0 and said.get("ok"):
+        return
+    if said.get("error"):
+        why = said["error"]
+    elif r.returncode < 0:
+        why = f"FAISS stopped the process reading it ({signal.Signals(-r.returncode).name})"
+    else:
+        why = f"FAISS failed reading it ({' '.join(r.stderr.split())[-160:] or f'exit {r.returncode}'})"
+    raise IndexMismatchError(f"{path} is not a FAISS index memlab can serve: {why}")
+
+
+def open_faiss(path: str | Path, d: int, ntotal: int, mmap: bool = True):
+    """The FAISS index in ``path`` (``mmap``: pages read on demand, lists on disk when an ``.ivfdata`` is
+    beside it), after checking it holds ``ntotal`` vectors of ``d`` dimensions ranked by inner product and
+    that reading and searching it ends well in a child process."""
+    from .indexfiles import faiss_module
+
+    path = Path(path)
+    code, hd, hn = read_header(path)
+    if (hd, hn) != (int(d), int(ntotal)):
+        raise IndexMismatchError(f"{path} says it holds {hn} vectors of {hd} dimensions; expected {ntotal} of {d}")
+    flag = _flag(path, mmap)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, flag)
+    if key not in _checked:
+        _probe(path, flag, int(d), int(ntotal))
+        _checked.add(key)
+    try:
+        return faiss_module().read_index(str(path), flag)
+    except RuntimeError as e:
+        raise IndexMismatchError(f"{path} is not a FAISS index FAISS can read ({_said(e)})") from None
+
+
+def _said(e: Exception) -> str:
+    """faiss's message without its source location: what failed."""
+    text = " ".join(str(e).split())
+    return text.split("Error: ", 1)[-1][:200]
+
+
+def _check(path: str, flag: int, d: int, ntotal: int) -> str | None:
+    """The child's work: None when the file reads, lists each row once and answers a search of every list."""
+    import faiss
+    import numpy as np
+
+    faiss.set_deserialization_loop_limit(max(1, os.path.getsize(path)))  # a loop per byte at most
+    try:
+        idx = faiss.read_index(path, flag)
+    except RuntimeError as e:
+        return f"FAISS refused it ({_said(e)})"
+    except MemoryError:
+        return f"reading it needs more than {_cap(Path(path)) / 2**30:.1f} GiB"
+    if (idx.d, idx.ntotal) != (d, ntotal):
+        return f"it holds {idx.ntotal} vectors of {idx.d} dimensions; expected {ntotal} of {d}"
+    if idx.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return "it ranks by L2 distance; memlab's scores are inner products of normalized vectors"
+    try:
+        ivf = faiss.extract_index_ivf(idx)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        if ivf.quantizer.metric_type != faiss.METRIC_INNER_PRODUCT:  # the lists a query visits chosen by another rule
+            return "its coarse quantizer ranks by L2 distance, the index by inner product"
+        inv = ivf.invlists
+        if inv is None or inv.nlist != ivf.nlist:
+            return "its inverted lists do not match its quantizer"
+        listed = np.zeros(ntotal, np.int64)
+        for li in range(ivf.nlist):
+            size = inv.list_size(li)
+            if size == 0:
+                continue
+            if size < 0 or size > ntotal:
+                return f"list {li} says it holds {size} vectors of {ntotal}"
+            ptr = inv.get_ids(li)
+            ids = faiss.rev_swig_ptr(ptr, size).copy()
+            inv.release_ids(li, ptr)
+            if ids.min() < 0 or ids.max() >= ntotal:
+                return f"list {li} names a row outside 0 to {ntotal - 1}"
+            np.add.at(listed, ids, 1)
+        if not (listed == 1).all():
+            return f"its lists name {int((listed == 0).sum())} rows never and {int((listed > 1).sum())} more than once"
+        ivf.nprobe = ivf.nlist
+    q = np.random.default_rng(0).standard_normal((2, d)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    _, rows = idx.search(q, min(10, max(ntotal, 1)))
+    if ((rows < -1) | (rows >= ntotal)).any():
+        return "a search returned a row outside the index"
+    return None
+
+
+if __name__ == "__main__":
+    p, f, dd, nn, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    if os.name == "posix":  # the cap, set before faiss is imported (no preexec_fn: the app has threads)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    err = _check(p, f, dd, nn)
+    print(json.dumps({"ok": err is None, **({"error": err} if err else {})}))
+    sys.exit(0 if err is None else 1)
