@@ -84,7 +84,7 @@ def open_faiss(path: str | Path, d: int, ntotal: int, mmap: bool = True):
     from .indexfiles import faiss_module
 
     path = Path(path)
-    code, hd, hn = read_header(path)
+    _, hd, hn = read_header(path)
     if (hd, hn) != (int(d), int(ntotal)):
         raise IndexMismatchError(f"{path} says it holds {hn} vectors of {hd} dimensions; expected {ntotal} of {d}")
     flag = _flag(path, mmap)
@@ -160,7 +160,9 @@ if __name__ == "__main__":
     if os.name == "posix":  # the cap, set before faiss is imported (no preexec_fn: the app has threads)
         import resource
 
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+        limit = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
     err = _check(p, f, dd, nn)
     print(json.dumps({"ok": err is None, **({"error": err} if err else {})}))
     sys.exit(0 if err is None else 1)
