@@ -48,7 +48,7 @@ MATCH_WIDTHS = ["72px", "80px", "80px", "168px"]
 
 
 COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
-                   "change vs none", "detection", "alignment", "alignment vs none"]
+                   "change vs none", "detection (wen)", "alignment", "alignment vs none"]
 # each column at least as wide as its header's longest word in the table's monospace font (about 10 px a character,
 # and the cell's padding): "detection" and "alignment" broke mid-word ("detectio n"); the spec gets room of its own
 COMPARE_WIDTHS = ["260px" if h == "spec" else f"{max(72, 10 * max(map(len, h.split())) + 28)}px" for h in COMPARE_COLUMNS]
@@ -284,7 +284,7 @@ def compare_table(state: RunState):
                      "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
                      "dataset similarity p95": score(s["dataset_similarity"]["p95"]),
                      "change vs none": f"{ch.get('dataset_similarity', 0.0):+.3f}",
-                     "detection": score(s["detection_mean"]),
+                     "detection (wen)": score(s["detection_mean"]),
                      "alignment": "-" if s.get("alignment_mean") is None else score(s["alignment_mean"]),
                      "alignment vs none": _ratio(s, state.summaries[0])})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
