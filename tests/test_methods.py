@@ -284,6 +284,8 @@ def test_compare_offers_every_strategy_and_the_api_runs_the_new_ones(client):
     assert "4 of 4 strategies on the same 2 seeds" in head
     assert [r[0] for r in table["data"]] == ["none", "ren c1=1.25", "jain mode=static", "jain mode=dynamic"]
     assert table["headers"][-3:] == ["detection (wen)", "alignment", "alignment vs none"]  # the detector named
+    assert "detection (wen): Wen et al. 2024" in head  # and how it is measured; alignment too where there is one
+    assert ("alignment: " in head) == any(r[-2] != "-" for r in table["data"])
     with pytest.raises(Exception, match="nemo needs statistics of non-memorized prompts"):
         client.predict("a red ball", 2, ["nemo"], 2, 0.1, api_name="/compare")
 

@@ -264,6 +264,10 @@ def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
              f"*seeds {seeds_txt} · {st['steps']} steps, guidance {st['guidance']:g} · "
              f"{s0['descriptor']['name']} > {s0['threshold']:.3f} ([replicated](#glossary)) · "
              f"{lab.descriptor_label(s0['descriptor']['name'])}*"]
+    a = lab.alignment_info() or {}
+    lines.append("*detection (wen): Wen et al. 2024, the text-conditional noise norm at the first step, mean over "
+                 "seeds" + (f" · alignment: {a.get('measures', '')} ({a.get('method', '')}, {a.get('model', '')})"
+                            if a else "") + "*")
     if not state.finished:
         lines.append(f"*{len(state.records)} of {state.requested} images so far (running, or stopped: an export "
                      f"now is labelled partial)*")
