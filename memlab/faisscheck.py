@@ -9,7 +9,8 @@ An index folder or an autofaiss ``.index`` can come from anywhere, so memlab rea
 2. it is read once in a child process (``python -m memlab.faisscheck``) under a memory cap, which also checks
    its inverted lists (their sizes add up to the vector count, every id is a row and each row is listed once)
    and searches every list once, so a crash or a runaway allocation ends the child, not the app;
-3. only then is it read here. A file that passed is remembered by path, size and time for the process's life.
+3. only then is it read here. A file that passed is remembered by path, size and time (its ``.ivfdata``'s too)
+   for the process's life.
 """
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ def open_faiss(path: str | Path, d: int, ntotal: int, mmap: bool = True):
     if (hd, hn) != (int(d), int(ntotal)):
         raise IndexMismatchError(f"{path} says it holds {hn} vectors of {hd} dimensions; expected {ntotal} of {d}")
     flag = _flag(path, mmap)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, flag)
+    key = (str(path.resolve()), flag) + tuple((st.st_size, st.st_mtime_ns) for st in (
+        p.stat() for p in (path, path.with_suffix(".ivfdata")) if p.is_file()))  # the lists on disk too
     if key not in _checked:
         _probe(path, flag, int(d), int(ntotal))
         _checked.add(key)

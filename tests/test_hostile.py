@@ -594,6 +594,40 @@ def test_faiss_lists_that_name_a_row_twice_or_outside_the_index_are_refused(tmp_
     assert TrainingIndex.load(tmp_path / "idx").faiss_index("pixel").ntotal == 40
 
 
+def test_lists_on_disk_changed_after_a_check_are_checked_again(tmp_path):
+    """An index whose lists are on disk (``.ivfdata``, as memlab's large builds write them) is remembered as checked
+    by both files: lists rewritten to the same size, naming one row twice, are refused on the next open."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    from memlab.errors import IndexMismatchError
+    from memlab.faisscheck import open_faiss
+
+    x = np.random.default_rng(0).standard_normal((400, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    trained = faiss.index_factory(16, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    trained.train(x)
+    faiss.write_index(trained, str(tmp_path / "trained.faiss"))
+
+    def lists(ids, name):
+        part = faiss.read_index(str(tmp_path / "trained.faiss"))
+        part.add_with_ids(x, ids)
+        faiss.write_index(part, str(tmp_path / f"{name}.block"))
+        merged = faiss.read_index(str(tmp_path / "trained.faiss"))
+        merge_ondisk(merged, [str(tmp_path / f"{name}.block")], str(tmp_path / f"{name}.ivfdata"))
+        faiss.write_index(merged, str(tmp_path / f"{name}.faiss"))
+
+    lists(np.arange(400), "index")
+    twice = np.arange(400)
+    twice[1] = 0
+    lists(twice, "other")
+    assert (tmp_path / "index.faiss").read_bytes() == (tmp_path / "other.faiss").read_bytes().replace(b"other", b"index")
+    assert open_faiss(tmp_path / "index.faiss", 16, 400).ntotal == 400
+    shutil.copyfile(tmp_path / "other.ivfdata", tmp_path / "index.ivfdata")
+    with pytest.raises(IndexMismatchError, match="more than once"):
+        open_faiss(tmp_path / "index.faiss", 16, 400)
+
+
 def test_every_faiss_file_memlab_did_not_just_write_is_read_through_faisscheck():
     """faiss's reader is called directly only on files a build writes and reads back itself (its work folder, its
     blocks); an index's served file, a caption index, a base added to and an adopted file go through
