@@ -59,7 +59,8 @@ def _probe(path: Path, flag: int, d: int, ntotal: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    timeout = 120 + path.stat().st_size / 20e6
+    lists = path.with_suffix(".ivfdata")  # lists on disk are read by the full search too
+    timeout = 120 + (path.stat().st_size + (lists.stat().st_size if lists.is_file() else 0)) / 20e6
     try:
         r = subprocess.run([sys.executable, "-m", "memlab.faisscheck", str(path), str(flag), str(d), str(ntotal),
                             str(cap)], capture_output=True, text=True, env=env, timeout=timeout)
