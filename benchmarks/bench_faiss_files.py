@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -94,12 +95,12 @@ cap = (4 << 30) + 2 * os.path.getsize(path)
 resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 import faiss
 x = np.load(sys.argv[6])
-def done(outcome, idx=None):
+def done(outcome, idx=None, why=None):
     same = None
     if idx is not None:
         _, rows = idx.search(x[:50], 1)
         same = rows[:, 0].tolist() == json.loads(expect)
-    print(json.dumps({"outcome": outcome, "same": same}))
+    print(json.dumps({"outcome": outcome, "same": same, "why": why}))
     sys.exit(0)
 try:
     if mode == "faiss":
@@ -110,8 +111,8 @@ try:
         from memlab.faisscheck import open_faiss
         try:
             idx = open_faiss(path, d, n)
-        except MemlabError:
-            done("refused")
+        except MemlabError as e:
+            done("refused", why=str(e).replace(path, "the file"))
     try:
         ivf = faiss.extract_index_ivf(idx)
         ivf.nprobe = ivf.nlist
@@ -128,22 +129,22 @@ except Exception as e:  # what a caller that catches faiss's RuntimeError would 
 """
 
 
-def trial(mode: str, path: Path, expect: list, xfile: Path) -> tuple[str, bool | None]:
+def trial(mode: str, path: Path, expect: list, xfile: Path) -> tuple[str, bool | None, str | None]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     try:
         r = subprocess.run([sys.executable, "-c", TRIAL, mode, str(path), str(D), str(N), json.dumps(expect),
                             str(xfile)], capture_output=True, text=True, env=env, timeout=300)
     except subprocess.TimeoutExpired:
-        return "timed out", None
+        return "timed out", None, None
     if r.returncode < 0:
-        return f"killed by {signal.Signals(-r.returncode).name}", None
+        return f"killed by {signal.Signals(-r.returncode).name}", None, None
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         tail = " ".join(r.stderr.split())[-80:]
         return ("out of memory" if "MemoryError" in r.stderr or "bad_alloc" in r.stderr
-                else f"died (exit {r.returncode}: {tail})"), None
+                else f"died (exit {r.returncode}: {tail})"), None, None
     got = json.loads(lines[-1])
-    return got["outcome"], got["same"]
+    return got["outcome"], got["same"], got["why"]
 
 
 def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
@@ -168,6 +169,7 @@ def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
         muts = mutations(data, per_kind, seed=k)
         counts = {"faiss": collections.Counter(), "memlab": collections.Counter()}
         examples = collections.defaultdict(list)
+        stricter = collections.Counter()  # why memlab refused a file faiss reads with the same answers
 
         def one(i_m):
             i, (o, w, v) = i_m
@@ -184,7 +186,9 @@ def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
 
         with ThreadPoolExecutor(2) as pool:
             for (o, w, v), got in pool.map(one, enumerate(muts)):
-                for m, (outcome, same) in got.items():
+                if got["faiss"][:2] == ("read", True) and got["memlab"][0] == "refused":
+                    stricter[re.sub(r"(?<![A-Za-z])-?\d+", "N", got["memlab"][2] or "")] += 1
+                for m, (outcome, same, _) in got.items():
                     key = ("killed" if outcome.startswith("killed") else outcome if outcome != "read"
                            else "read, same" if same else "read, other")
                     counts[m][key] += 1
@@ -199,6 +203,9 @@ def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
                   f"{c['killed']:>6} {other:>5}")
         for m, ex in examples.items():
             print(f"    {m}: {'; '.join(ex[:6])}{f' (and {len(ex) - 6} more)' if len(ex) > 6 else ''}")
+        if stricter:
+            print(f"    memlab refused {sum(stricter.values())} file(s) faiss read with the same answers: "
+                  + "; ".join(f"{n} x {why}" for why, n in stricter.most_common()))
 
 
 def cost(work: Path, repeat: int, n: int, d: int) -> None:
