@@ -192,8 +192,8 @@ def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
                     key = ("killed" if outcome.startswith("killed") else outcome if outcome != "read"
                            else "read, same" if same else "read, other")
                     counts[m][key] += 1
-                    if outcome not in ("read", "refused"):
-                        examples[m].append(f"{outcome} at offset {o} int{w * 8}={v}")
+                    if outcome not in ("read", "refused") or (m == "memlab" and outcome == "read" and not same):
+                        examples[m].append(f"{key if outcome == 'read' else outcome} at offset {o} int{w * 8}={v}")
         for m in ("faiss", "memlab"):
             c = counts[m]
             known = ("read, same", "read, other", "refused", "out of memory", "killed")
@@ -202,7 +202,7 @@ def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
                   f"{c['read, same']:>10} {c['read, other']:>11} {c['refused']:>7} {c['out of memory']:>13} "
                   f"{c['killed']:>6} {other:>5}")
         for m, ex in examples.items():
-            print(f"    {m}: {'; '.join(ex[:6])}{f' (and {len(ex) - 6} more)' if len(ex) > 6 else ''}")
+            print(f"    {m}: {'; '.join(ex[:20])}{f' (and {len(ex) - 20} more)' if len(ex) > 20 else ''}")
         if stricter:
             print(f"    memlab refused {sum(stricter.values())} file(s) faiss read with the same answers: "
                   + "; ".join(f"{n} x {why}" for why, n in stricter.most_common()))

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .errors import IndexMismatchError
+from .tables import one_line
 
 __all__ = ["open_faiss", "read_header"]
 
@@ -30,15 +31,14 @@ CAP_BASE = 4 << 30  # the child's memory cap: 4 GiB plus twice the file (a full 
 _checked: set = set()
 
 
-def read_header(path: Path) -> tuple[str, int, int]:
-    """An index file's type code, dimension and vector count, as faiss's ``write_index_header`` writes them
-    (four characters, int32 d, int64 ntotal), read without faiss."""
+def read_header(path: Path) -> tuple[int, int]:
+    """An index file's dimension and vector count, as faiss's ``write_index_header`` writes them after the
+    index's four-character type code (int32 d, int64 ntotal), read without faiss."""
     with open(path, "rb") as f:
         head = f.read(16)
     if len(head) < 16 or not all(32 < b < 127 for b in head[:4]):
         raise IndexMismatchError(f"{path} is not a FAISS index file (no index header)")
-    d, ntotal = struct.unpack("<iq", head[4:16])
-    return head[:4].decode(), d, ntotal
+    return struct.unpack("<iq", head[4:16])
 
 
 def _flag(path: Path, mmap: bool) -> int:
@@ -86,7 +86,7 @@ def open_faiss(path: str | Path, d: int, ntotal: int, mmap: bool = True):
     from .indexfiles import faiss_module
 
     path = Path(path)
-    _, hd, hn = read_header(path)
+    hd, hn = read_header(path)
     if (hd, hn) != (int(d), int(ntotal)):
         raise IndexMismatchError(f"{path} says it holds {hn} vectors of {hd} dimensions; expected {ntotal} of {d}")
     flag = _flag(path, mmap)
@@ -102,9 +102,8 @@ def open_faiss(path: str | Path, d: int, ntotal: int, mmap: bool = True):
 
 
 def _said(e: Exception) -> str:
-    """faiss's message without its source location: what failed."""
-    text = " ".join(str(e).split())
-    return text.split("Error: ", 1)[-1][:200]
+    """faiss's message on one line without its source location: what failed."""
+    return one_line(e, 1000).split("Error: ", 1)[-1][:200]
 
 
 def _check(path: str, flag: int, d: int, ntotal: int) -> str | None:

@@ -399,14 +399,11 @@ class TrainingIndex:
         name = name or self.default_descriptor
         if name not in self._faiss:
             f = self.descriptor_info(name)["files"]["index"]
-            try:
-                if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
-                    index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
-                else:  # checked first (faisscheck); large on-disk indices: pages read on demand
-                    index = open_faiss(self.path / f, self.vectors(name).shape[1], int(self.manifest["item_count"]),
-                                       mmap=bool(self.manifest.get("serve", {}).get("mmap")))
-            except IndexMismatchError as e:
-                raise IndexMismatchError(f"index {self.path}: {e}") from None
+            if f is None:  # "Flat": the exact index is its vectors (indices before this stored a copy)
+                index = make_faiss_index(np.asarray(self.vectors(name)), "Flat")
+            else:  # checked first (faisscheck: its errors name the file); large on-disk indices: pages read on demand
+                index = open_faiss(self.path / f, self.vectors(name).shape[1], int(self.manifest["item_count"]),
+                                   mmap=bool(self.manifest.get("serve", {}).get("mmap")))
             if "IVF" in self.descriptor_info(name)["factory"]:
                 faiss_module().ParameterSpace().set_index_parameter(index, "nprobe", self.served_nprobe(name))
             self._faiss[name] = index
