@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from memlab.childcheck import trust
 from memlab.cli import Parser, guarded, out_folder
 from memlab.errors import MemlabError
 from memlab.indexfiles import atomic_save, npsave
@@ -101,6 +102,7 @@ def embed_shard(shard: str, i: int, out: str, descriptor: str, options: dict, ba
     # the pair is complete once its metadata exists
     atomic_save(meta_f, lambda t: pd.DataFrame(rows, columns=["id", "caption", "url", "shard", "key"])
                 .to_parquet(t, index=False))
+    trust(meta_f)  # this process wrote it: a build in the same process reads it unchecked
     return {"shard": shard, "index": i, "rows": len(rows), "seconds": time.perf_counter() - t0,
             "samples_skipped": skipped.total, "device": device}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .childcheck import check_parquet, trust
 from .errors import MemlabError
 from .indexfiles import atomic_save, npsave
 
@@ -40,6 +41,8 @@ def embedding_parts(src: str | Path) -> list[tuple[Path, Path | None, int, int]]
         if a.ndim != 2 or a.dtype.kind != "f":
             raise MemlabError(f"{p} is {a.dtype} with shape {a.shape}: expected float rows")
         meta = src / "metadata" / f"metadata_{i}.parquet"
+        if meta.is_file():
+            check_parquet(meta, "embedding metadata")
         parts.append((p, meta if meta.is_file() else None, int(a.shape[0]), int(a.shape[1])))
     dims = {d for *_, d in parts}
     if len(dims) != 1:
@@ -140,6 +143,7 @@ def write_items(path, batches, schema, columns: dict) -> int:
                 t = t.append_column(k, pa.array(v[s:s + m]))
             w.write_table(t, row_group_size=ROW_GROUP)
             s += m
+    trust(path)
     return s
 
 
@@ -164,4 +168,5 @@ def write_embeddings(out: str | Path, vectors: np.ndarray, metadata: pd.DataFram
                      lambda t, s=s: npsave(t, np.asarray(vectors[s:s + part_rows], dtype)))
         atomic_save(out / "metadata" / f"metadata_{i}.parquet",
                      lambda t, s=s: metadata.iloc[s:s + part_rows].to_parquet(t, index=False))
+        trust(out / "metadata" / f"metadata_{i}.parquet")
     return out

@@ -15,3 +15,9 @@ class ModelFileMissing(MemlabError):
 
 class Stopped(Exception):
     """A run asked to stop (Stop in the app) ended early; what finished before it stands."""
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, capped (pandas and pyarrow messages run over many)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"

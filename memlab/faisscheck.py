@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+from .childcheck import run_capped, set_cap
 from .errors import IndexMismatchError
 from .tables import one_line
 
@@ -55,28 +55,14 @@ def _cap(path: Path) -> int:
 
 def _probe(path: Path, flag: int, d: int, ntotal: int) -> None:
     """Read and search ``path`` in a child process; a refusal, a crash or the memory cap is one error."""
-    cap = _cap(path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
     lists = path.with_suffix(".ivfdata")  # lists on disk are read by the full search too
     timeout = 120 + (path.stat().st_size + (lists.stat().st_size if lists.is_file() else 0)) / 20e6
     try:
-        r = subprocess.run([sys.executable, "-m", "memlab.faisscheck", str(path), str(flag), str(d), str(ntotal),
-                            str(cap)], capture_output=True, text=True, env=env, timeout=timeout)
+        said, failed = run_capped("memlab.faisscheck", [path, flag, d, ntotal, _cap(path)], timeout, "FAISS")
     except subprocess.TimeoutExpired:
         raise IndexMismatchError(f"{path}: FAISS did not finish reading it in {timeout:.0f} s") from None
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    said = json.loads(lines[-1]) if lines else {}
-    if r.returncode == 0 and said.get("ok"):
-        return
-    if said.get("error"):
-        why = said["error"]
-    elif r.returncode < 0:
-        why = f"FAISS stopped the process reading it ({signal.Signals(-r.returncode).name})"
-    else:
-        why = f"FAISS failed reading it ({' '.join(r.stderr.split())[-160:] or f'exit {r.returncode}'})"
-    raise IndexMismatchError(f"{path} is not a FAISS index memlab can serve: {why}")
+    if failed or not said.get("ok"):
+        raise IndexMismatchError(f"{path} is not a FAISS index memlab can serve: {said.get('error') or failed}")
 
 
 def open_faiss(path: str | Path, d: int, ntotal: int, mmap: bool = True):
@@ -158,12 +144,7 @@ def _check(path: str, flag: int, d: int, ntotal: int) -> str | None:
 
 if __name__ == "__main__":
     p, f, dd, nn, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    if os.name == "posix":  # the cap, set before faiss is imported (no preexec_fn: the app has threads)
-        import resource
-
-        hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
-        limit = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    set_cap(limit)  # before faiss is imported
     err = _check(p, f, dd, nn)
     print(json.dumps({"ok": err is None, **({"error": err} if err else {})}))
     sys.exit(0 if err is None else 1)

@@ -32,6 +32,7 @@ from .agreement import _agreement_calibration, agreement_of, agreement_words, se
 from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
+from .childcheck import check_parquet, trust
 from .errors import IndexMismatchError, MemlabError
 from .faisscheck import open_faiss
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, json_default,
@@ -106,6 +107,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
         agreement = None if image_root is None else _agreement_calibration(  # only where matches have images
             vectors[primary.name], distinct, reps, load_image, calib_n, seed, fpr, primary.name)
         items.to_parquet(tmp / ITEMS, index=False)
+        trust(tmp / ITEMS)
         words = write_words(tmp, items["caption"] if "caption" in items else [""] * len(items), len(items), print)
         if extra_files is not None:
             extra_files(tmp)
@@ -291,6 +293,7 @@ class TrainingIndex:
                                          f"(modified or corrupt); rebuild the index")
         import pyarrow.parquet as pq
 
+        check_parquet(path / manifest["metadata"], f"index {path}: item table", IndexMismatchError)
         try:
             meta = pq.ParquetFile(path / manifest["metadata"])
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import MemlabError
-
-
-def one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, capped (pandas and pyarrow messages run over many)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+from .childcheck import check_parquet
+from .errors import MemlabError, one_line
 
 
 def read_table(path: str | Path, what: str = "table", sniff: bool = False):
@@ -26,6 +21,7 @@ def read_table(path: str | Path, what: str = "table", sniff: bool = False):
         raise MemlabError(f"{what} {path} is not a file")
     try:
         if path.suffix == ".parquet":
+            check_parquet(path, what)  # decoded in a child first: a few megabytes can decode to gigabytes
             return pd.read_parquet(path)
         sep = _check_fields(path, what, sniff)
         return pd.read_csv(path, sep=sep, encoding="utf-8-sig", engine="python" if sniff else "c")

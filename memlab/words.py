@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import MemlabError
+from .childcheck import check_parquet, trust
+from .errors import IndexMismatchError, MemlabError
 
 WORD = re.compile(r"\w+")
 SEP = "\x00"
@@ -84,6 +85,7 @@ class CaptionWords:
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table({"word": pa.array(list(self.vocab), pa.string())}), Path(folder) / FILES["vocab"])
+        trust(Path(folder) / FILES["vocab"])
         np.save(Path(folder) / FILES["rows"], self.rows)
         np.save(Path(folder) / FILES["starts"], self.starts)
         return {"items": self.n, "words": len(self.vocab), "postings": int(len(self.rows)), "files": dict(FILES),
@@ -96,6 +98,7 @@ class CaptionWords:
         import pyarrow.parquet as pq
 
         folder = Path(folder)
+        check_parquet(folder / entry["files"]["vocab"], "caption words", IndexMismatchError)
         words = pq.read_table(folder / entry["files"]["vocab"], columns=["word"]).column(0).to_pylist()
         rows = np.load(folder / entry["files"]["rows"], allow_pickle=False)
         starts = np.load(folder / entry["files"]["starts"], allow_pickle=False)

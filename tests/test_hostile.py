@@ -661,3 +661,54 @@ def test_an_exports_table_never_hands_a_spreadsheet_a_formula():
     csv.writer(out).writerow([spreadsheet_text(v) for v in hostile])
     assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r"))
                    for cell in next(csv.reader(io.StringIO(out.getvalue()))))
+
+
+def _bomb(path: Path, rows: int, caption: str, **columns) -> None:
+    """A parquet table whose caption column repeats ``caption`` ``rows`` times, dictionary-encoded and compressed
+    (a few kilobytes on disk), with no Arrow schema kept, so a reader decodes it back to plain strings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repeated = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)), pa.array([caption]))
+    pq.write_table(pa.table({**{k: pa.array(v) for k, v in columns.items()}, "caption": repeated}), path,
+                   compression="zstd", store_schema=False)
+
+
+def test_a_table_that_decodes_to_gigabytes_is_refused_before_it_is_decoded(tmp_path):
+    """A parquet listing of a few kilobytes whose 400,000 rows repeat one 1,000-character caption decodes to 400 MB
+    (pandas reads it whole); memlab decodes it first in a child process and refuses it past 100 times the file plus
+    256 MiB, naming the file. The same listing with 1,000 rows reads as before."""
+    from memlab.errors import MemlabError
+    from memlab.tables import read_table
+
+    _bomb(tmp_path / "listing.parquet", 400_000, "x" * 1000, url=[f"http://h/{i}" for i in range(400_000)])
+    assert (tmp_path / "listing.parquet").stat().st_size < 2_000_000
+    with pytest.raises(MemlabError, match="listing.parquet was not read: .*decompression bomb"):
+        read_table(tmp_path / "listing.parquet", "captions file")
+    _bomb(tmp_path / "small.parquet", 1000, "x" * 1000, url=[f"http://h/{i}" for i in range(1000)])
+    assert read_table(tmp_path / "small.parquet", "captions file")["caption"].str.len().sum() == 1_000_000
+
+
+def test_an_index_whose_item_table_decodes_to_gigabytes_is_one_error_line(tmp_path):
+    """An index folder from elsewhere carries its item table; one whose 40 rows each repeat a 10 MB caption (400 MB
+    decoded from a few kilobytes, checksums resealed) is refused at load, the first time and after the same
+    process checked the good table (a check is remembered by the file's inode, size and time, not its name)."""
+    import pyarrow.parquet as pq
+
+    from memlab.errors import IndexMismatchError
+    from memlab.index import TrainingIndex
+
+    _, manifest = _ivf_index(tmp_path / "idx", "Flat")
+    items = tmp_path / "idx" / "items.parquet"
+    good = items.read_bytes()
+    assert len(TrainingIndex.load(tmp_path / "idx").items) == 40
+    table = pq.read_table(items).to_pydict()
+    _bomb(items, 40, "x" * 10_000_000, **{k: v for k, v in table.items() if k != "caption"})
+    _reseal(tmp_path / "idx", manifest)
+    with pytest.raises(IndexMismatchError, match="item table .*items.parquet was not read: .*decompression bomb"):
+        TrainingIndex.load(tmp_path / "idx")
+    one_error(run_cli("memlab", "match", "--index", str(tmp_path / "idx"), "--images", str(tmp_path / "q.png")),
+              "items.parquet", "decompression bomb")
+    items.write_bytes(good)
+    _reseal(tmp_path / "idx", manifest)
+    assert len(TrainingIndex.load(tmp_path / "idx").items) == 40

@@ -266,7 +266,7 @@ def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
              f"{lab.descriptor_label(s0['descriptor']['name'])}*"]
     a = lab.alignment_info() or {}
     lines.append("*detection (wen): Wen et al. 2024, the text-conditional noise norm at the first step, mean over "
-                 "seeds" + (f" · alignment: {a.get('measures', '')} ({a.get('method', '')}, {a.get('model', '')})"
+                 "seeds" + (f" · alignment: {a.get('measures', '')}; {a.get('method', '')}, {a.get('model', '')}"
                             if a else "") + "*")
     if not state.finished:
         lines.append(f"*{len(state.records)} of {state.requested} images so far (running, or stopped: an export "
@@ -385,8 +385,8 @@ def _alignment_line(s: dict, lab) -> list[str]:
     if s.get("alignment_mean") is None:
         return []
     a = lab.alignment_info() or {}
-    return [f"- **alignment** {g('alignment')} {s['alignment_mean']:.3f}: {a.get('measures', '')} "
-            f"({a.get('method', '')}, {a.get('model', '')})"]
+    return [f"- **alignment** {g('alignment')} {s['alignment_mean']:.3f}: {a.get('measures', '')}; "
+            f"{a.get('method', '')}, {a.get('model', '')}"]
 
 
 def _ratio(s: dict, base: dict) -> str:
