@@ -87,9 +87,9 @@ def check_parquet(path: str | Path, what: str = "table", error: type = MemlabErr
     try:
         said, failed = run_capped("memlab.childcheck", [path, limit, limit + SLACK], timeout, "pyarrow")
     except subprocess.TimeoutExpired:
-        raise error(f"{what} {path} was not read: decoding it took over {timeout:.0f} s") from None
+        raise error(f"cannot read {what} {path}: decoding it took over {timeout:.0f} s") from None
     if failed or not said.get("ok"):
-        raise error(f"{what} {path} was not read: {said.get('error') or failed}")
+        raise error(f"cannot read {what} {path}: {said.get('error') or failed}")
     _checked.add(key)
 
 

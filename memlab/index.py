@@ -293,7 +293,7 @@ class TrainingIndex:
                                          f"(modified or corrupt); rebuild the index")
         import pyarrow.parquet as pq
 
-        check_parquet(path / manifest["metadata"], f"index {path}: item table", IndexMismatchError)
+        check_parquet(path / manifest["metadata"], "item table", IndexMismatchError)
         try:
             meta = pq.ParquetFile(path / manifest["metadata"])
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file

@@ -10,7 +10,7 @@ import numpy as np
 
 from .blocks import drop_pages as _drop
 from .embeddings import embedding_parts, metadata_batches, metadata_schema
-from .errors import MemlabError
+from .errors import IndexMismatchError, MemlabError, one_line
 from .faisscheck import open_faiss
 from .paths import link_or_copy
 from .indexfiles import faiss_module
@@ -78,10 +78,9 @@ class OnDiskAddition(OnDiskBuild):
         return open_faiss(self.base.path / f"{self.name}.faiss", self.d, self.n_base, mmap=self.factory != "Flat")
 
     def base_rows(self) -> np.ndarray:
-        """The base rows whose neighbour lists the base keeps (read once)."""
+        """The base rows whose neighbour lists the base keeps (read once, checked: ``base_knn``)."""
         if getattr(self, "_base_rows", None) is None:
-            with np.load(self.base.path / f"{self.name}.knn.npz") as z:
-                self._base_rows = z["rows"]
+            self._base_rows = base_knn(self.base.path / f"{self.name}.knn.npz", "rows", self.n_base, self.k)
         return self._base_rows
 
     def query_rows(self) -> np.ndarray:
@@ -113,9 +112,9 @@ class OnDiskAddition(OnDiskBuild):
         ids, scores = np.empty((len(rows), self.k), np.int64), np.empty((len(rows), self.k), np.float32)
         ids[len(base_rows):], scores[len(base_rows):] = ids_new, sc_new
         del ids_new, sc_new
-        with np.load(self.base.path / f"{self.name}.knn.npz") as z:  # read into place, one array at a time
-            ids[:len(base_rows)] = z["ids"]
-            scores[:len(base_rows)] = z["scores"]
+        knn = self.base.path / f"{self.name}.knn.npz"  # read into place, one array at a time
+        ids[:len(base_rows)] = base_knn(knn, "ids", self.n_base, self.k, len(base_rows))
+        scores[:len(base_rows)] = base_knn(knn, "scores", self.n_base, self.k, len(base_rows))
         for b, s in enumerate(range(0, len(base_rows), self.block)):  # each base row: its best k of old and new,
             e = min(s + self.block, len(base_rows))                    # one block of new neighbours at a time
             with np.load(self.work / "knn" / f"base{b:05d}.npz") as z:
@@ -167,3 +166,46 @@ class OnDiskAddition(OnDiskBuild):
                "signature": self.signature, "at": _created(self.work), "seconds": seconds}
         return {"created": m["created"], "source": m["source"], "additions": m.get("additions", []) + [add],
                 "build_seconds": m["build_seconds"]}
+
+
+KNN = ("rows", "ids", "scores")
+
+
+def base_knn(path: Path, name: str, n_base: int, k: int, queried: int | None = None) -> np.ndarray:
+    """One array of the neighbour lists an index keeps for additions (``rows`` queried, their ``ids`` and
+    ``scores``, as ``np.savez`` stores them), checked before use, since the index may come from elsewhere: the
+    archive holds these three uncompressed (a compressed member can decode to far more than the file), the rows
+    are distinct base rows in order, and each row's ``k`` neighbours are base rows (or -1) with scores that are
+    numbers (-inf beside a -1). Anything else is one ``IndexMismatchError`` naming the file."""
+    import zipfile
+
+    def bad(why: str) -> IndexMismatchError:
+        return IndexMismatchError(f"{path}: {why}; rebuild the index with `python -m index_builder --embeddings`")
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename: i for i in zf.infolist()}
+    except (zipfile.BadZipFile, OSError) as e:
+        raise bad(f"not a readable .npz archive ({one_line(e)})") from None
+    if sorted(members) != sorted(f"{a}.npy" for a in KNN):
+        raise bad(f"it holds {sorted(members)}, not the arrays {', '.join(KNN)}")
+    packed = [m for m, i in members.items() if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise bad(f"{', '.join(sorted(packed))} compressed (np.savez stores arrays as they are)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = z[name]
+    except (ValueError, OSError, MemoryError, EOFError) as e:
+        raise bad(f"its {name} array is not readable ({one_line(e)})") from None
+    if name == "rows":
+        if a.ndim != 1 or a.dtype.kind not in "iu" or len(a) > n_base or len(a) and (
+                a[0] < 0 or a[-1] >= n_base or (np.diff(a) <= 0).any()):
+            raise bad(f"its rows are not distinct base rows (0 to {n_base - 1}) in increasing order")
+        return a
+    if a.shape != (queried, k):
+        raise bad(f"its {name} are {a.shape}, not {queried} rows of {k} neighbours")
+    if name == "ids" and (a.dtype.kind not in "iu" or (a < -1).any() or (a >= n_base).any()):
+        raise bad(f"its ids name rows outside 0 to {n_base - 1}")
+    if name == "scores" and (a.dtype.kind != "f" or np.isnan(a).any() or (a == np.inf).any()):
+        raise bad("its scores are not all numbers")
+    return a

@@ -683,7 +683,7 @@ def test_a_table_that_decodes_to_gigabytes_is_refused_before_it_is_decoded(tmp_p
 
     _bomb(tmp_path / "listing.parquet", 400_000, "x" * 1000, url=[f"http://h/{i}" for i in range(400_000)])
     assert (tmp_path / "listing.parquet").stat().st_size < 2_000_000
-    with pytest.raises(MemlabError, match="listing.parquet was not read: .*decompression bomb"):
+    with pytest.raises(MemlabError, match="cannot read captions file .*listing.parquet: .*decompression bomb"):
         read_table(tmp_path / "listing.parquet", "captions file")
     _bomb(tmp_path / "small.parquet", 1000, "x" * 1000, url=[f"http://h/{i}" for i in range(1000)])
     assert read_table(tmp_path / "small.parquet", "captions file")["caption"].str.len().sum() == 1_000_000
@@ -705,10 +705,52 @@ def test_an_index_whose_item_table_decodes_to_gigabytes_is_one_error_line(tmp_pa
     table = pq.read_table(items).to_pydict()
     _bomb(items, 40, "x" * 10_000_000, **{k: v for k, v in table.items() if k != "caption"})
     _reseal(tmp_path / "idx", manifest)
-    with pytest.raises(IndexMismatchError, match="item table .*items.parquet was not read: .*decompression bomb"):
+    with pytest.raises(IndexMismatchError, match="cannot read item table .*items.parquet: .*decompression bomb"):
         TrainingIndex.load(tmp_path / "idx")
     one_error(run_cli("memlab", "match", "--index", str(tmp_path / "idx"), "--images", str(tmp_path / "q.png")),
               "items.parquet", "decompression bomb")
     items.write_bytes(good)
     _reseal(tmp_path / "idx", manifest)
     assert len(TrainingIndex.load(tmp_path / "idx").items) == 40
+
+
+def test_the_neighbour_lists_an_addition_extends_are_checked_first(tmp_path):
+    """An index built from embeddings keeps each queried row's neighbours (``{name}.knn.npz``) for
+    ``index_builder add`` to extend; the index may come from elsewhere. A compressed member (``np.savez`` stores
+    its arrays; a compressed one can decode to far more than the file), rows outside the base or out of order,
+    neighbours naming rows outside it and lists of another width are each one error line naming the file (checksums
+    resealed); the index as built is extended as before."""
+    import zipfile
+
+    from index_builder.build import main as build
+    from memlab.ondisk import write_embeddings
+    from tests.helpers import clustered
+
+    x = clustered(900, 32, 20, seed=3)
+    meta = pd.DataFrame({"id": np.arange(900), "caption": [f"item {i}" for i in range(900)]})
+    a = write_embeddings(tmp_path / "a", x[:600], meta[:600], part_rows=300)
+    b = write_embeddings(tmp_path / "b", x[600:], meta[600:], part_rows=300)
+    assert build(["--embeddings", str(a), "--descriptor", "emb32", "--out", str(tmp_path / "idx")]) == 0
+    knn = tmp_path / "idx" / "emb32.knn.npz"
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    with np.load(knn) as z:
+        good = {k: z[k] for k in z.files}
+    shutil.copytree(tmp_path / "idx", tmp_path / "clean")
+
+    def changed(write, *words):
+        write()
+        _reseal(tmp_path / "idx", manifest)
+        one_error(run_cli("index_builder", "add", "--index", str(tmp_path / "idx"), "--embeddings", str(b)),
+                  "emb32.knn.npz", *words)
+
+    changed(lambda: np.savez_compressed(knn, **good), "compressed")
+    changed(lambda: np.savez(knn, **{**good, "rows": good["rows"] + 1}), "not distinct base rows")
+    changed(lambda: np.savez(knn, **{**good, "rows": good["rows"][::-1].copy()}), "in increasing order")
+    ids = good["ids"].copy()
+    ids[5, 0] = 600
+    changed(lambda: np.savez(knn, **{**good, "ids": ids}), "ids name rows outside 0 to 599")
+    changed(lambda: np.savez(knn, **{**good, "scores": good["scores"][:, :-1].copy()}), "scores are")
+    changed(lambda: zipfile.ZipFile(knn, "w").close(), "not the arrays")
+    r = run_cli("index_builder", "add", "--index", str(tmp_path / "clean"), "--embeddings", str(b))
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads((tmp_path / "clean" / "manifest.json").read_text())["item_count"] == 900
