@@ -191,7 +191,8 @@ def base_knn(path: Path, name: str, n_base: int, k: int, queried: int | None = N
         raise bad(f"it holds {sorted(members)}, not the arrays {', '.join(KNN)}")
     packed = [m for m, i in members.items() if i.compress_type != zipfile.ZIP_STORED]
     if packed:
-        raise bad(f"{', '.join(sorted(packed))} compressed (np.savez stores arrays as they are)")
+        raise bad(f"its {', '.join(sorted(packed))} {'is' if len(packed) == 1 else 'are'} compressed (np.savez stores "
+                  f"arrays as they are)")
     try:
         with np.load(path, allow_pickle=False) as z:
             a = z[name]

@@ -138,9 +138,12 @@ def check_world(m, path: Path) -> dict:
     elif (path / model).exists() or ".." in Path(model).parts or not HUB_ID.fullmatch(model):
         c.relative(path, model, "model", must_exist=True)
     c.relative(path, c.get(m, "index", str, "index"), "index")
-    for key in ("probes", "card"):
+    for key, kind in (("probes", ".csv"), ("card", ".json")):
         if m.get(key) is not None:
-            c.relative(path, c.get(m, key, str, key), key)
+            rel = c.get(m, key, str, key)
+            c.relative(path, rel, key)
+            if Path(rel).suffix.lower() != kind:  # pandas would decompress a .csv.gz (.bz2, .xz, .zip, .zst) whole
+                c.fail(key, f"must name a {kind} file, as memlab writes it (got {rel!r:.60})")
     d = c.obj(m.get("defaults", {}), "defaults")
     if "steps" in d and (c.get(d, "steps", int, "defaults.steps") < 1):
         c.fail("defaults.steps", "must be at least 1")

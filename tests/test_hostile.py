@@ -754,3 +754,30 @@ def test_the_neighbour_lists_an_addition_extends_are_checked_first(tmp_path):
     r = run_cli("index_builder", "add", "--index", str(tmp_path / "clean"), "--embeddings", str(b))
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads((tmp_path / "clean" / "manifest.json").read_text())["item_count"] == 900
+
+
+def test_a_world_names_its_probes_and_card_as_the_files_memlab_writes(tiny_world, tmp_path):
+    """pandas decompresses a CSV whose name ends in .gz (.bz2, .xz, .zip, .zst) whole: a world.json from elsewhere
+    naming ``probes.csv.gz`` (here 100,000 probe rows from a 6 KB file) handed the app a decompression bomb. A
+    world's probes must be a .csv and its card a .json, refused at load naming the field; the world as written
+    loads."""
+    import gzip
+
+    from memlab.errors import MemlabError
+    from memlab.world import World, seal_world
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    m = json.loads((world / "world.json").read_text())
+    rows = b"prompt,group\n" + b"a red star on blue,full\n" * 100_000
+    (world / "probes.csv.gz").write_bytes(gzip.compress(rows, 9))
+    (world / "card.json.gz").write_bytes(gzip.compress(b"{}"))
+    assert (world / "probes.csv.gz").stat().st_size < 20_000
+    for key, rel in (("probes", "probes.csv.gz"), ("card", "card.json.gz")):
+        (world / "world.json").write_text(json.dumps({**m, key: rel}))
+        seal_world(world)  # sealed as its author would
+        with pytest.raises(MemlabError, match=f"world.json: {key} must name a .{rel.split('.')[1]} file"):
+            World.load(world)
+    (world / "world.json").write_text(json.dumps(m))
+    seal_world(world)
+    assert World.load(world).manifest.get("probes") == m.get("probes")  # the world as written loads
