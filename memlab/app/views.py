@@ -273,7 +273,7 @@ def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
                      f"now is labelled partial)*")
     if state.warning:
         lines.append(f"- ⚠️ {state.warning}")
-    return "\n".join(lines)
+    return "\n\n".join(lines)  # a paragraph each (markdown runs single lines together)
 
 
 def compare_table(state: RunState):
