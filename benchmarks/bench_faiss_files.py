@@ -14,7 +14,9 @@ or another exception (``other``, each named below its row). Then, the cost of th
 an IVF-SQ8 index over --cost-n vectors of --cost-d (default 200,000 x 64; about 4 sqrt(n) lists) opened, and one
 query answered, both ways, median of --repeat.
 
-    python -m benchmarks.bench_faiss_files [--work DIR] [--per-kind N] [--repeat 3] [--cost-n N --cost-d D]
+``--cold`` drops the page cache before each timed open (Linux, as root), so both read the file from the disk.
+
+    python -m benchmarks.bench_faiss_files [--work DIR] [--per-kind N] [--repeat 3] [--cost-n N --cost-d D] [--cold]
 """
 import argparse
 import collections
@@ -208,7 +210,14 @@ def sweep(work: Path, per_kind: int | None, kinds: list | None = None) -> None:
                   + "; ".join(f"{n} x {why}" for why, n in stricter.most_common()))
 
 
-def cost(work: Path, repeat: int, n: int, d: int) -> None:
+def drop_page_cache() -> None:
+    """Linux, as root: the page cache emptied, so the next read of a file comes from the disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def cost(work: Path, repeat: int, n: int, d: int, cold: bool = False) -> None:
     import faiss
 
     from memlab import faisscheck
@@ -228,6 +237,8 @@ def cost(work: Path, repeat: int, n: int, d: int) -> None:
     for _ in range(repeat):
         for name in times:
             faisscheck._checked.clear()
+            if cold:
+                drop_page_cache()
             t = time.perf_counter()
             ix = (faiss.read_index(str(path), faiss.IO_FLAG_MMAP) if name == "faiss.read_index"
                   else faisscheck.open_faiss(path, d, n))
@@ -235,7 +246,8 @@ def cost(work: Path, repeat: int, n: int, d: int) -> None:
             times[name].append(time.perf_counter() - t)
     base = float(np.median(times["faiss.read_index"]))
     print(f"\nopening {factory} over {n:,} x {d} ({path.stat().st_size / 1e6:.1f} MB, memory-mapped) and one "
-          f"query, median of {repeat}:")
+          f"query, median of {repeat}, " + ("the page cache dropped before each (from the disk):" if cold else
+                                             "the file in the page cache:"))
     for name, t in times.items():
         print(f"  {name:<22} {np.median(t) * 1e3:8.1f} ms")
     print(f"  the checks add {(np.median(times['faisscheck.open_faiss']) - base) * 1e3:.0f} ms, once per file "
@@ -250,6 +262,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cost-n", type=int, default=200_000, help="vectors in the index the cost is timed on (0: not timed)")
     ap.add_argument("--cost-d", type=int, default=64)
     ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each timed open (Linux, root)")
     ap.add_argument("--kinds", default=None, help=f"semicolon-separated, among: {'; '.join(KINDS)} (default: all)")
     a = ap.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_faiss_"))
@@ -258,7 +271,7 @@ def main(argv=None) -> None:
     if not a.skip_sweep:
         sweep(work, a.per_kind, [k.strip() for k in a.kinds.split(";")] if a.kinds else None)
     if a.cost_n:
-        cost(work, a.repeat, a.cost_n, a.cost_d)
+        cost(work, a.repeat, a.cost_n, a.cost_d, a.cold)
     print(f"\n{time.time() - t:.0f} s in all")
 
 
