@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import MemlabError, one_line
 
-__all__ = ["check_parquet", "run_capped", "set_cap", "trust"]
+__all__ = ["check_parquet", "check_parquets", "run_capped", "set_cap", "trust"]
 
 RATIO = 100  # decoded bytes per byte of the file, at most (plus FLOOR)
 FLOOR = 256 << 20
@@ -76,25 +76,32 @@ def budget(path: Path) -> int:
 def check_parquet(path: str | Path, what: str = "table", error: type = MemlabError) -> None:
     """Refuse (``error``, one line naming the file) a parquet file whose decoding, tried in a child process
     under a memory cap, passes its ``budget`` or fails; a file checked or written here before passes."""
-    path = Path(path)
-    if not path.is_file():  # the caller's own reader says what is missing
+    check_parquets({Path(path): what}, error)
+
+
+def check_parquets(tables: dict, error: type = MemlabError) -> None:
+    """``check_parquet`` for several files ({path: what it is}) in one child, one after another (an index's
+    tables at its load: one interpreter started, not one a table)."""
+    todo = [(Path(p), what) for p, what in tables.items()
+            if Path(p).is_file() and _key(Path(p)) not in _checked]  # a missing file: its reader says so
+    if not todo:
         return
-    key = _key(path)
-    if key in _checked:
-        return
-    limit = budget(path)
-    timeout = 60 + limit / 50e6
+    limits = [budget(p) for p, _ in todo]
+    timeout = 60 + sum(limits) / 50e6
+    args = [max(limits) + SLACK] + [a for (p, _), most in zip(todo, limits) for a in (p, most)]
     try:
-        said, failed = run_capped("memlab.childcheck", [path, limit, limit + SLACK], timeout, "pyarrow")
+        said, failed = run_capped("memlab.childcheck", args, timeout, "pyarrow")
     except subprocess.TimeoutExpired:
-        raise error(f"cannot read {what} {path}: decoding it took over {timeout:.0f} s") from None
+        names = ", ".join(f"{what} {p}" for p, what in todo)
+        raise error(f"cannot read {names}: decoding took over {timeout:.0f} s") from None
     if failed or not said.get("ok"):
-        raise error(f"cannot read {what} {path}: {said.get('error') or failed}")
-    _checked.add(key)
+        p, what = todo[said.get("file", 0)]
+        raise error(f"cannot read {what} {p}: {said.get('error') or failed}")
+    _checked.update(_key(p) for p, _ in todo)
 
 
-def _decode(path: str, limit: int) -> str | None:
-    """The child's work: None when every column of ``path`` decodes within ``limit`` bytes."""
+def _decode(path: str, limit: int, cap: int) -> str | None:
+    """The child's work (capped at ``cap``): None when every column of ``path`` decodes within ``limit`` bytes."""
     import pyarrow.parquet as pq
 
     size = os.path.getsize(path)
@@ -108,15 +115,17 @@ def _decode(path: str, limit: int) -> str | None:
                         f"plus {FLOOR >> 20} MiB), as a decompression bomb does")
     except MemoryError:
         return (f"decoding its {size:,} bytes asked for more memory than the reader's cap "
-                f"({(limit + SLACK) / 2**30:.1f} GiB), as a decompression bomb does")
+                f"({cap / 2**30:.1f} GiB), as a decompression bomb does")
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         return f"it is not a readable parquet file ({one_line(e, 160)})"
     return None
 
 
-if __name__ == "__main__":
-    p, most, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    set_cap(cap)
-    err = _decode(p, most)
-    print(json.dumps({"ok": err is None, **({"error": err} if err else {})}))
-    sys.exit(0 if err is None else 1)
+if __name__ == "__main__":  # CAP PATH BUDGET [PATH BUDGET ...]
+    set_cap(int(sys.argv[1]))
+    for i, (p, most) in enumerate(zip(sys.argv[2::2], sys.argv[3::2])):
+        err = _decode(p, int(most), int(sys.argv[1]))
+        if err:
+            print(json.dumps({"ok": False, "error": err, "file": i}))
+            sys.exit(1)
+    print(json.dumps({"ok": True}))

@@ -32,7 +32,7 @@ from .agreement import _agreement_calibration, agreement_of, agreement_words, se
 from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
-from .childcheck import check_parquet, trust
+from .childcheck import check_parquets, trust
 from .errors import IndexMismatchError, MemlabError
 from .faisscheck import open_faiss
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, json_default,
@@ -293,7 +293,10 @@ class TrainingIndex:
                                          f"(modified or corrupt); rebuild the index")
         import pyarrow.parquet as pq
 
-        check_parquet(path / manifest["metadata"], "item table", IndexMismatchError)
+        tables = {path / manifest["metadata"]: "item table"}  # and its caption words': one child for both
+        if isinstance(manifest.get("words"), dict):
+            tables[path / manifest["words"]["files"]["vocab"]] = "caption words"
+        check_parquets(tables, IndexMismatchError)
         try:
             meta = pq.ParquetFile(path / manifest["metadata"])
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file

@@ -781,3 +781,29 @@ def test_a_world_names_its_probes_and_card_as_the_files_memlab_writes(tiny_world
     (world / "world.json").write_text(json.dumps(m))
     seal_world(world)
     assert World.load(world).manifest.get("probes") == m.get("probes")  # the world as written loads
+
+
+def test_an_index_checks_its_item_table_and_caption_words_in_one_child(tmp_path, monkeypatch):
+    """At load an index's item table and its caption words' vocabulary (both parquet, both from wherever the index
+    came from) are decoded in one child process, not one each; a vocabulary that decodes to gigabytes (40 words of
+    10 MB, resealed) is refused naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from memlab import childcheck
+    from memlab.errors import IndexMismatchError
+    from memlab.index import TrainingIndex
+
+    _, manifest = _ivf_index(tmp_path / "idx", "Flat")
+    vocab = tmp_path / "idx" / manifest["words"]["files"]["vocab"]
+    runs = []
+    real = childcheck.run_capped
+    monkeypatch.setattr(childcheck, "run_capped", lambda *a: runs.append(a) or real(*a))
+    childcheck._checked.clear()  # as a process that did not build it
+    TrainingIndex.load(tmp_path / "idx").close()
+    assert len(runs) == 1 and {str(tmp_path / "idx" / "items.parquet"), str(vocab)} <= set(map(str, runs[0][1]))
+    repeated = pa.DictionaryArray.from_arrays(pa.array(np.zeros(40, np.int32)), pa.array(["w" * 10_000_000]))
+    pq.write_table(pa.table({"word": repeated}), vocab, compression="zstd", store_schema=False)
+    _reseal(tmp_path / "idx", manifest)
+    with pytest.raises(IndexMismatchError, match="cannot read caption words .*: .*decompression bomb"):
+        TrainingIndex.load(tmp_path / "idx")
