@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MemlabError
+from .jsonfiles import read_object
+from .weightfiles import load_module
 from .worldgen import BACKGROUNDS, COLOURS, SHAPES, _scene, _small
 
 COLOUR_LIST = list(COLOURS)
@@ -175,17 +177,13 @@ class SceneAlignment:
 
     @classmethod
     def load(cls, folder: str | Path) -> "SceneAlignment":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if not (folder / "model.safetensors").is_file():
             raise MemlabError(f"{folder} holds no alignment classifier (model.safetensors)")
-        conf = json.loads((folder / "config.json").read_text())
-        conf.pop("method", None)
-        cfg = SceneNetConfig(**conf)
-        net = _net(cfg)
-        net.load_state_dict(load_file(str(folder / "model.safetensors")))
-        card = json.loads((folder / "card.json").read_text()) if (folder / "card.json").is_file() else {}
+        conf = read_object(folder / "config.json")
+        cfg = SceneNetConfig(**{k: v for k, v in conf.items() if k in SceneNetConfig.__dataclass_fields__})
+        net = load_module(lambda: _net(cfg), folder / "model.safetensors", folder / "config.json")
+        card = read_object(folder / "card.json") if (folder / "card.json").is_file() else {}
         return cls(net, cfg, card, source=f"{folder.name}/model.safetensors")
 
 

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MemlabError, ModelFileMissing
+from .errors import ModelFileMissing
+from .jsonfiles import read_object
+from .weightfiles import load_module
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -147,21 +149,12 @@ class CopyNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, device: str = "cpu") -> "CopyNet":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
             raise ModelFileMissing(f"{folder} holds no memlab copy descriptor ({CONFIG} + {WEIGHTS}); "
                                    f"train one with `python -m memlab train-descriptor --out {folder}`")
-        try:
-            cfg = json.loads((folder / CONFIG).read_text())
-        except json.JSONDecodeError as e:
-            raise MemlabError(f"{folder / CONFIG} is not valid JSON: {e}") from e
-        net = cls(CopyNetConfig.from_dict(cfg))
-        try:
-            net.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
-        except (RuntimeError, OSError) as e:
-            raise MemlabError(f"{folder / WEIGHTS} does not fit its {CONFIG}: {e}") from e
+        cfg = read_object(folder / CONFIG)
+        net = load_module(lambda: cls(CopyNetConfig.from_dict(cfg)), folder / WEIGHTS, folder / CONFIG)
         return net.to(device).eval()
 
 

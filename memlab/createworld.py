@@ -42,7 +42,7 @@ def model_size(model: str) -> int | None:
         unet = json.loads((p / "unet" / "config.json").read_text())
         vae = json.loads((p / "vae" / "config.json").read_text())
         return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, RecursionError):  # not a config it can read: the model's own
         return None
 
 

@@ -264,7 +264,7 @@ def _trust_list() -> dict:
     f = cache_dir() / TRUST_FILE
     try:
         return json.loads(f.read_text()) if f.is_file() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
 
 

@@ -144,6 +144,7 @@ def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None
     from diffusers import StableDiffusionPipeline
 
     from .descriptors import offline
+    from .jsonfiles import NESTED
     from .validate import check_pipeline
 
     p = Path(str(model))
@@ -155,7 +156,12 @@ def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None
     try:
         return StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=local_only,
                                                        use_safetensors=True, **kw)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except RecursionError:  # a component's JSON nested past Python's parser (``memlab.jsonfiles``)
+        raise ModelFileMissing(f"cannot load the pipeline {model}: a config or tokenizer file is not valid JSON: "
+                               f"{NESTED}") from None
+    # (TypeError, KeyError, AttributeError: a component's config of other types, e.g. a list, which diffusers and
+    # transformers pass on as keyword arguments)
+    except (OSError, ValueError, EnvironmentError, TypeError, KeyError, AttributeError) as e:
         why = str(e).splitlines()[0][:300]
         raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (
             " (memlab loads safetensors weights only and never unpickles a model file: save the pipeline "

@@ -33,7 +33,8 @@ from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
 from .childcheck import check_parquets, trust
-from .errors import IndexMismatchError, MemlabError
+from .errors import IndexMismatchError, MemlabError, one_line
+from .jsonfiles import read_json
 from .faisscheck import open_faiss
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, json_default,
                          make_faiss_index, recover_swap, savez, sha256)
@@ -276,10 +277,7 @@ class TrainingIndex:
         if not mpath.is_file():
             raise MemlabError(f"{path} is not a memlab index (no {MANIFEST}); build one with "
                               f"`python -m index_builder`")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise IndexMismatchError(f"{mpath} is not valid JSON: {e}") from e
+        manifest = read_json(mpath, IndexMismatchError)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
             raise IndexMismatchError(f"{mpath}: format is {got!r}, expected {FORMAT!r}")
@@ -319,6 +317,9 @@ class TrainingIndex:
             if info.get("dim") is not None and shape[1] != info["dim"]:
                 raise IndexMismatchError(f"index {path}: {f.name} holds {shape[1]}-d vectors, the manifest's "
                                          f"descriptors.{name}.dim says {info['dim']}")
+            if verify:
+                _finite_rows(self.vectors(name), f)
+                self.background(name), self.background(name, distinct=True)  # (each checked as it is read)
             if verify and info["files"].get("index") is not None:
                 self.faiss_index(name)  # a damaged FAISS file is refused here, not at the first search
         return self
@@ -398,8 +399,15 @@ class TrainingIndex:
         """Each row's similarity to its nearest other row; ``distinct``: one row per near-duplicate
         group against the nearest row of another group (indices built before it fall back to all rows)."""
         files = self.descriptor_info(name)["files"]
-        f = files.get("background_distinct") if distinct else files["background"]
-        return np.load(self.path / (f or files["background"]), allow_pickle=False)
+        f = self.path / ((files.get("background_distinct") if distinct else None) or files["background"])
+        try:
+            bg = np.load(f, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise IndexMismatchError(f"index {self.path}: {f.name} is not a readable .npy array ({one_line(e)})") from None
+        if bg.ndim != 1 or bg.dtype.kind != "f" or len(bg) > int(self.manifest["item_count"]):
+            raise IndexMismatchError(f"index {self.path}: {f.name} must hold one score per training row at most "
+                                     f"(got {bg.dtype} of shape {bg.shape})")
+        return bg
 
     def faiss_index(self, name: str | None = None):
         name = name or self.default_descriptor
@@ -522,6 +530,23 @@ class TrainingIndex:
 
 def _py(x):
     return x.item() if hasattr(x, "item") else x
+
+
+_EXPONENT = {2: (np.uint16, 0x7C00), 4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
+
+
+def _finite_rows(v: np.ndarray, f: Path, block: int = 1 << 16) -> None:
+    """Refuse vectors holding a row that is not finite, naming the file and row (such a row scores NaN against
+    every query: search returns nothing for it, and a query finds no item). Read in blocks: one pass over the
+    file, as its checksum is; a value is NaN or infinite where its exponent bits are all set (read as integers:
+    ``np.isfinite`` converts an on-disk index's float16 vectors first)."""
+    kind, mask = _EXPONENT[v.dtype.itemsize] if v.dtype.kind == "f" and v.dtype.itemsize in _EXPONENT else (None, 0)
+    for s in range(0, len(v), block):
+        b = np.asarray(v[s:s + block])
+        bad = ((b.view(kind) & mask) == mask).any(axis=1) if kind else ~np.isfinite(b).all(axis=1)
+        if bad.any():
+            raise IndexMismatchError(f"index {f.parent}: {f.name}, row {s + int(np.argmax(bad))}: not a finite vector "
+                                     f"(NaN or infinity)")
 
 
 def _check_item_columns(schema, file: Path) -> None:

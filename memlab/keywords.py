@@ -26,6 +26,7 @@ import numpy as np
 
 from . import metrics
 from .errors import MemlabError
+from .jsonfiles import read_json
 
 STOP_WORDS = set("""a an the and or of on in at by for with to from over under into onto this that these those
 is are was were be been it its as his her their our your my photo image picture painting print art
@@ -268,11 +269,7 @@ def load_views(folder: Path, sealed: set[str] | None = None, n_items: int | None
         if sealed is not None and f"{Path(folder).name}/{p.name}" not in sealed:
             raise MemlabError(f"{p} is not among the checksummed files of {Path(folder).parent}; write views with "
                               f"`python -m index_builder clusters` (it records their checksums)")
-        try:
-            v = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MemlabError(f"{p} is not valid JSON: {' '.join(str(e).split())}") from None
-        v = check_view(v, p, n_items)
+        v = check_view(read_json(p), p, n_items)
         out[v["keyword"]] = v
     return out
 

@@ -35,6 +35,9 @@ from pathlib import Path
 
 from .attention import AttentionContext, AttentionHub
 from .errors import MemlabError
+from .jsonfiles import read_object
+from .weightfiles import read_tensors
+from .validate import Checker
 
 STATS_FILE = "statistics.safetensors"
 INFO_FILE = "statistics.json"
@@ -100,17 +103,21 @@ class NeMoStats:
 
     @classmethod
     def load(cls, folder: str | Path) -> "NeMoStats":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if not (folder / STATS_FILE).is_file() or not (folder / INFO_FILE).is_file():
             raise MemlabError(f"{folder} holds no NeMo statistics ({STATS_FILE}, {INFO_FILE})")
-        t = load_file(str(folder / STATS_FILE))
-        info = json.loads((folder / INFO_FILE).read_text())
+        t = read_tensors(folder / STATS_FILE)
+        info = read_object(folder / INFO_FILE)
         n = len([k for k in t if k.startswith("mean_")])
-        sel = info.get("selection_threshold")
+        want = {f"{s}_{i}" for i in range(n) for s in ("mean", "std")}
+        if not n or set(t) != want or any(t[f"mean_{i}"].ndim != 1 or t[f"mean_{i}"].shape != t[f"std_{i}"].shape
+                                          for i in range(n)):
+            raise MemlabError(f"{folder / STATS_FILE} must hold mean_0 ... mean_N and std_0 ... std_N, one vector "
+                              f"of one length each per layer (holds {', '.join(sorted(t)[:6]) or 'no tensor'})")
+        c = Checker(folder / INFO_FILE)
+        sel = c.get(info, "selection_threshold", float, "selection_threshold", optional=True)
         return cls([t[f"mean_{i}"] for i in range(n)], [t[f"std_{i}"] for i in range(n)],
-                   float(info["ssim_threshold"]), info, None if sel is None else float(sel))
+                   float(c.get(info, "ssim_threshold", float, "ssim_threshold")), info, None if sel is None else float(sel))
 
 
 def stats_current(folder: str | Path, steps: int) -> bool:
@@ -120,8 +127,8 @@ def stats_current(folder: str | Path, steps: int) -> bool:
     if not (folder / STATS_FILE).is_file() or not (folder / INFO_FILE).is_file():
         return False
     try:
-        return json.loads((folder / INFO_FILE).read_text()).get("steps") == steps
-    except ValueError:  # a torn file: compute again
+        return read_object(folder / INFO_FILE).get("steps") == steps
+    except (MemlabError, AttributeError):  # a torn file: compute again
         return False
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .alignment import fit, held_out_card, training_renders
+from .jsonfiles import read_object
+from .weightfiles import load_module
 from .worldgen import HIDDEN_OBJECT, _lighthouse, _small
 
 
@@ -94,15 +96,12 @@ class ObjectClassifier:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ObjectClassifier":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = read_object(folder / "config.json")
         obj = cfg.pop("object", HIDDEN_OBJECT)
         cfg = ObjectNetConfig(**{k: v for k, v in cfg.items() if k in ObjectNetConfig.__dataclass_fields__})
-        net = _net(cfg)
-        net.load_state_dict(load_file(str(folder / "model.safetensors")))
-        card = json.loads((folder / "card.json").read_text()) if (folder / "card.json").is_file() else {}
+        net = load_module(lambda: _net(cfg), folder / "model.safetensors", folder / "config.json")
+        card = read_object(folder / "card.json") if (folder / "card.json").is_file() else {}
         return cls(net, cfg, card, obj)
 
 

@@ -16,10 +16,10 @@ The table: ``prompt``, ``url`` ("" when the list has none), ``label`` (``verbati
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import MemlabError
+from .jsonfiles import parse_json
 from .tables import one_line, read_table
 
 LABELS = {  # label -> how the app names it
@@ -52,11 +52,12 @@ def read_prompt_list(path: str | Path, label: str | None = None):
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
         try:
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    rows.append(json.loads(line))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MemlabError(f"cannot read {path} as JSON lines (line {n}): {one_line(e)}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise MemlabError(f"cannot read {path} as JSON lines: {one_line(e)}") from None
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                rows.append(parse_json(line, f"{path}, line {n},"))
         if not all(isinstance(r, dict) for r in rows):
             raise MemlabError(f"{path}: every line must be a JSON object")
         df = pd.DataFrame(rows)

@@ -5,7 +5,6 @@ exports runs in the ``memlab run`` format. Thread-safe: model calls run one at a
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import OrderedDict
@@ -18,6 +17,8 @@ from PIL import Image
 
 from .compute import on_compute_thread
 from .errors import MemlabError
+from .jsonfiles import read_json
+from .validate import check_card
 from .generate import Settings, check_prompt, parse_seeds
 from .headstart import HEAD_START
 from .limits import (APP_MAX_SEEDS, CAPTION_SEARCH_MAX, KEPT_VIEWS, KEYWORD_MAX_ITEMS, LIMITS, MAX_CHUNK, number,
@@ -213,7 +214,7 @@ class Lab(Streams):
         """The world's card (``card.json``: how it was built, what was measured), if it has one."""
         if not hasattr(self, "_card"):  # read once: estimates and About read it
             f = self.world.file("card")
-            self._card = json.loads(f.read_text()) if f else None
+            self._card = check_card(read_json(f), f) if f else None
         return self._card
 
     def index_summary(self) -> dict:

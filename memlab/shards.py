@@ -94,7 +94,7 @@ def sample_text(s: dict) -> tuple[dict, str]:
     if "json" in s:
         try:
             meta = json.loads(s["json"])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # malformed, not UTF-8, an int too long, nested too deeply
             meta = {}
     meta = meta if isinstance(meta, dict) else {}
     caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")

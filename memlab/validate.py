@@ -161,6 +161,28 @@ def check_world(m, path: Path) -> dict:
     return m
 
 
+def check_card(card, file: Path) -> dict:
+    """A world's card (``card.json``): an object, with the fields the app reads from it beside the About tab's
+    report (the build's command and time; the measured time of 8 seeds and its steps, which estimate a run's
+    length; the bright-ending and token-attribution figures the page quotes) of the right types. The report
+    itself reads the rest (``app.views.world_card_markdown``)."""
+    c = Checker(Path(file))
+    card = c.obj(card, "the card")
+    c.get(card, "built_with", str, "built_with", optional=True)
+    c.get(card, "build_seconds_total", float, "build_seconds_total", optional=True)
+    m = c.obj(card.get("measured") or {}, "measured")
+    c.get(m, "seconds_8_seeds", float, "measured.seconds_8_seeds", optional=True)
+    c.get(c.obj(m.get("settings") or {}, "measured.settings"), "steps", int, "measured.settings.steps", optional=True)
+    cov = c.obj(m.get("bright_ending_coverage") or {}, "measured.bright_ending_coverage")
+    c.get(cov, "median_inside_over_outside", float, "measured.bright_ending_coverage.median_inside_over_outside",
+          optional=True)
+    c.get(cov, "group", str, "measured.bright_ending_coverage.group", optional=True)
+    t = c.obj(m.get("token_attribution") or {}, "measured.token_attribution")
+    for key in ("probes", "distinctive_above_template", "control_unique_probes", "control_distinctive_above_template"):
+        c.get(t, key, int, f"measured.token_attribution.{key}", optional=True)
+    return card
+
+
 PIPELINE_LIBRARIES = ("diffusers", "transformers")
 
 
@@ -169,13 +191,10 @@ def check_pipeline(path: Path) -> dict:
     transformers, or none. diffusers imports whatever module a component names before it looks for the class
     (``"feature_extractor": ["antigravity", "Fly"]`` would import that module); memlab loads no other. The
     weights are safetensors (``generate.load_pipeline`` passes ``use_safetensors``: no file is unpickled)."""
-    import json
+    from .jsonfiles import read_json
 
     c = Checker(Path(path) / "model_index.json")
-    try:
-        m = c.obj(json.loads((Path(path) / "model_index.json").read_text()), "model_index.json")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MemlabError(f"{c.file}: cannot be read as JSON ({str(e).splitlines()[0][:200]})") from None
+    m = c.obj(read_json(c.file), "model_index.json")
     for key, value in m.items():
         if key.startswith("_") or not isinstance(value, list):
             continue

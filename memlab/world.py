@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .indexfiles import sha256
 from .errors import MemlabError
+from .jsonfiles import read_json
 from .validate import check_world
 
 WORLD_FILE = "world.json"
@@ -54,10 +55,7 @@ class World:
             hint = (" (the built-in world: rebuild it with `python -m memlab build-world --out assets/world`)"
                     if path.resolve() == ASSETS_WORLD.resolve() else "")
             raise MemlabError(f"{path} is not a memlab world (no {WORLD_FILE}){hint}")
-        try:
-            m = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise MemlabError(f"{f} is not valid JSON: {e}") from e
+        m = read_json(f)
         for key in ("name", "model", "index"):
             if not isinstance(m, dict) or key not in m:
                 raise MemlabError(f"{f} has no {key!r} entry")
@@ -176,7 +174,7 @@ def seal_world(path: str | Path) -> Path:
     """Write the size and sha256 of the world's own files into world.json (atomically)."""
     path = Path(path)
     f = path / WORLD_FILE
-    m = json.loads(f.read_text())
+    m = read_json(f)
     m["files"] = {r: {"bytes": (path / r).stat().st_size, "sha256": sha256(path / r)} for r in sealed_files(path, m)}
     tmp = f.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(m, indent=2))

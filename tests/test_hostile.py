@@ -807,3 +807,198 @@ def test_an_index_checks_its_item_table_and_caption_words_in_one_child(tmp_path,
     _reseal(tmp_path / "idx", manifest)
     with pytest.raises(IndexMismatchError, match="cannot read caption words .*: .*decompression bomb"):
         TrainingIndex.load(tmp_path / "idx")
+
+
+# JSON Python's parser refuses with more than JSONDecodeError: nested past its recursion limit (RecursionError),
+# an integer of over 4,300 digits (ValueError) and bytes that are not UTF-8 (UnicodeDecodeError)
+UNPARSEABLE_JSON = {"nested": b"[" * 100_000 + b"]" * 100_000, "long int": b'{"a": ' + b"1" * 5_000 + b"}",
+                    "not UTF-8": b'{"a": "\xff\xfe"}'}
+
+
+def test_json_python_cannot_parse_is_one_error_naming_the_file(tiny_world, tmp_path):
+    """A world's world.json, card and keyword views, an index's manifest, a pipeline's model_index.json and a
+    JSON-lines prompt list from elsewhere: each body above is one MemlabError naming the file (before, a
+    RecursionError, ValueError or UnicodeDecodeError reached the user as a traceback, and the app did not
+    start). A card of the wrong shape is refused naming its field where the app reads it, and its report says
+    it cannot be shown rather than stopping the About tab."""
+    from memlab.errors import IndexMismatchError, MemlabError
+    from memlab.index import TrainingIndex
+    from memlab.generate import load_pipeline
+    from memlab.prompts import read_prompt_list
+    from memlab.service import Lab
+    from memlab.validate import check_pipeline
+    from memlab.world import World, seal_world
+
+    def world(name, rel=None, data=None, card=None):
+        w = tmp_path / name
+        shutil.copytree(tiny_world, w)
+        m = json.loads((w / "world.json").read_text())
+        if card is not None:
+            (w / "card.json").write_bytes(card)
+            m["card"] = "card.json"
+            (w / "world.json").write_text(json.dumps(m))
+        if rel:
+            (w / rel).parent.mkdir(exist_ok=True)
+            (w / rel).write_bytes(data)
+        if rel != "world.json":
+            seal_world(w)  # sealed as its author would
+        return w
+
+    for k, (kind, body) in enumerate(UNPARSEABLE_JSON.items()):
+        with pytest.raises(MemlabError, match=r"world\.json is not valid JSON"):
+            World.load(world(f"w{k}", "world.json", body))
+        with pytest.raises(IndexMismatchError, match=r"manifest\.json is not valid JSON"):
+            TrainingIndex.load(world(f"m{k}", "index/manifest.json", body) / "index")
+        with pytest.raises(MemlabError, match=r"model_index\.json is not valid JSON"):
+            check_pipeline(world(f"p{k}", "model/model_index.json", body) / "model")
+        with pytest.raises(MemlabError, match="cannot load the pipeline"):  # a component's config, read by diffusers
+            load_pipeline(world(f"u{k}", "model/unet/config.json", body) / "model", None)
+        with pytest.raises(MemlabError, match=r"keywords/field\.json is not valid JSON"):
+            Lab(World.load(world(f"v{k}", "keywords/field.json", body)), device="cpu")
+        with pytest.raises(MemlabError, match=r"card\.json is not valid JSON"):
+            Lab(World.load(world(f"c{k}", card=body)), device="cpu").card()
+        lines = tmp_path / f"prompts{k}.jsonl"
+        lines.write_bytes(b'{"caption": "a red ball"}\n' + body + b"\n")
+        with pytest.raises(MemlabError, match=r"prompts\d\.jsonl" + (", line 2" if kind != "not UTF-8" else "")):
+            read_prompt_list(lines)
+
+    with pytest.raises(MemlabError, match="cannot load the pipeline"):  # a config transformers gets as keywords
+        load_pipeline(world("te", "model/text_encoder/config.json", b"[1, 2]") / "model", None)
+    with pytest.raises(MemlabError, match=r"card\.json: measured\.seconds_8_seeds must be a finite number"):
+        Lab(World.load(world("secs", card=b'{"measured": {"seconds_8_seeds": "fast"}}')), device="cpu").card()
+    with pytest.raises(MemlabError, match=r"card\.json: the card must be an object"):
+        Lab(World.load(world("list", card=b"[1, 2]")), device="cpu").card()
+    from memlab.app.views import world_card_markdown
+
+    text = world_card_markdown(Lab(World.load(world("groups", card=b'{"measured": {"groups": 5}}')), device="cpu"))
+    assert "not in the form this memlab writes" in text
+    # the app refuses to start on a card it cannot parse with one line naming it (it read the card after starting)
+    r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--world", str(tmp_path / "c0"), "--port", "1"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "card.json is not valid JSON" in r.stderr
+
+
+def test_a_shard_or_a_request_whose_json_python_cannot_parse_is_handled():
+    """A shard sample's ``.json`` that does not parse is metadata left out (its caption still read); a request
+    body nested past Python's parser that names a remote file is refused with 400's message, and one whose
+    ``meta`` is not an object is let through to Gradio rather than raising in the app's guard."""
+    from memlab.app.serve import _request_problem
+    from memlab.shards import sample_text
+
+    for body in UNPARSEABLE_JSON.values():
+        assert sample_text({"json": body, "txt": b"a red ball"}) == ({}, "a red ball")
+    deep = b'{"x": "FileData http", "y": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert "nested too deeply" in _request_problem(deep)
+    assert _request_problem(json.dumps({"meta": [1], "path": "http://127.0.0.1/x.png", "n": "FileData"}).encode()) \
+        is None
+    assert "does not fetch" in _request_problem(json.dumps(
+        {"data": [{"meta": {"_type": "gradio.FileData"}, "path": "http://127.0.0.1/x.png"}]}).encode())
+
+
+def test_an_index_whose_vectors_or_backgrounds_do_not_read_is_one_error_at_load(tiny_world, tmp_path):
+    """Resealed by their author, an index's arrays are refused at load naming the file: vectors holding a NaN row
+    (before: loaded, and a query met "the index found no item"), and a background that is not a readable array of
+    one score per row (before: loaded, then "memlab hit an unexpected ValueError ... this is a bug" at the first
+    match that read it). The index as built loads."""
+    from numpy.lib import format as npformat
+
+    from memlab.errors import IndexMismatchError
+    from memlab.index import TrainingIndex
+
+    def index(name, rel, edit):
+        w = tmp_path / name
+        shutil.copytree(tiny_world / "index", w)
+        a = np.load(w / rel)
+        edit(w / rel, a)
+        _reseal(w, json.loads((w / "manifest.json").read_text()))
+        return w
+
+    def nan_row(p, a):
+        a[3, 0] = np.nan
+        np.save(p, a)
+
+    def declares_more(p, a):  # a header that declares ten times the rows the file holds
+        with open(p, "wb") as f:
+            npformat.write_array_header_1_0(f, {"descr": a.dtype.str, "fortran_order": False,
+                                                "shape": (len(a) * 10,) + a.shape[1:]})
+            f.write(a.tobytes())
+
+    def objects(p, a):
+        np.save(p, np.array([{"a": 1}] * len(a), dtype=object), allow_pickle=True)
+
+    m = json.loads((tiny_world / "index" / "manifest.json").read_text())
+    files = m["descriptors"]["pixel"]["files"]
+    cases = [(files["vectors"], nan_row, rf"{files['vectors']}, row 3: not a finite vector")]
+    for key in ("background", "background_distinct"):
+        cases += [(files[key], declares_more, rf"{files[key]} is not a readable \.npy array"),
+                  (files[key], objects, rf"{files[key]} is not a readable \.npy array"),
+                  (files[key], lambda p, a: np.save(p, a[:, None]), rf"{files[key]} must hold one score per")]
+    for i, (rel, edit, said) in enumerate(cases):
+        with pytest.raises(IndexMismatchError, match=said):
+            TrainingIndex.load(index(f"i{i}", rel, edit))
+    assert len(TrainingIndex.load(tiny_world / "index").items) == m["item_count"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_finite_check_reads_the_exponent_bits_of_every_float_width(dtype):
+    """``_finite_rows`` reads NaN and infinity from the exponent bits: each is found in its row, and the largest,
+    the smallest and negative zero pass."""
+    from memlab.errors import IndexMismatchError
+    from memlab.index import _finite_rows
+
+    a = np.ones((10, 4), dtype)
+    a[5, 1], a[6, 0], a[4, 0], a[3, 3] = np.finfo(dtype).max, np.finfo(dtype).tiny, -0.0, np.finfo(dtype).min
+    _finite_rows(a, Path("index/v.npy"))
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[7, 2] = bad
+        with pytest.raises(IndexMismatchError, match="v.npy, row 7: not a finite vector"):
+            _finite_rows(b, Path("index/v.npy"), block=3)
+
+
+def test_a_small_networks_weights_or_config_from_elsewhere_is_one_error_before_it_is_built(tmp_path):
+    """A world's alignment and hidden-object classifiers and NeMo statistics, and a memlab-copy folder: a damaged
+    safetensors file, one of other tensors, and a config asking for a network the weights do not fit (here
+    100,000 channels a layer: before, memlab-copy built it first, 9 x 10^10 weights a convolution) are each one
+    MemlabError naming the file, raised before the network is built (before: safetensors' SafetensorError and
+    torch's RuntimeError reached the user as tracebacks). The folders as shipped load."""
+    from safetensors.torch import save_file
+    import torch
+
+    from memlab.alignment import SceneAlignment
+    from memlab.copynet import CopyNet
+    from memlab.errors import MemlabError
+    from memlab.nemo import NeMoStats
+    from memlab.objects import ObjectClassifier
+
+    def truncated(p):
+        p.write_bytes(p.read_bytes()[:2000])
+
+    def other_tensors(p):
+        save_file({"x": torch.zeros(3)}, str(p))
+
+    def config(**values):
+        def edit(p):
+            c = p.parent / "config.json"
+            c.write_text(json.dumps({**json.loads(c.read_text()), **values}))
+        return edit
+
+    world = ROOT / "assets" / "world"
+    shipped = [(world / "alignment", "model.safetensors", SceneAlignment.load, config(width=100_000)),
+               (world / "objects", "model.safetensors", ObjectClassifier.load, config(width=100_000)),
+               (world / "nemo", "statistics.safetensors", NeMoStats.load, None),
+               (ROOT / "assets" / "memlab-copy", "model.safetensors", CopyNet.from_pretrained,
+                config(widths=[100_000] * 5))]
+    for folder, weights, load, huge in shipped:
+        load(folder)
+        for k, (edit, said) in enumerate([(truncated, "is not a readable safetensors file"),
+                                          (other_tensors, "does not fit|must hold mean_0"),
+                                          (huge, "does not fit")]):
+            if edit is None:
+                continue
+            w = tmp_path / f"{folder.name}{k}"
+            shutil.copytree(folder, w)
+            edit(w / weights)
+            with pytest.raises(MemlabError, match=said):
+                load(w)

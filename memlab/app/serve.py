@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from ..jsonfiles import NESTED
 from ..limits import LIMITS
 from ..sources import IMAGE_EXTS
 from ..service import Lab
@@ -110,9 +111,9 @@ class CallerMessages:
             return await _json(send, 413, {"detail": f"the request is over the app's upload limit: an image of at "
                                                      f"most {LIMITS['upload_bytes'] // 2**20} MiB "
                                                      f"and {LIMITS['upload_pixels'] / 1e6:.0f} megapixels"})
-        if not upload and _names_a_remote_file(body):
-            return await _json(send, 400, {"detail": "upload the image: this app does not fetch a file named by "
-                                                     "an http(s) URL"})
+        problem = None if upload else _request_problem(body)
+        if problem:
+            return await _json(send, 400, {"detail": problem})
         start = {}
 
         async def send_(msg):
@@ -174,27 +175,31 @@ def replay(body: bytes, receive):
     return again
 
 
-def _names_a_remote_file(body: bytes) -> bool:
-    """Whether a JSON request names a file (Gradio's FileData) by an http(s) URL for its path, which Gradio
-    would fetch before the handler runs."""
+def _request_problem(body: bytes) -> str | None:
+    """Why a JSON request is refused, or None: it names a file (Gradio's FileData) by an http(s) URL for its
+    path, which Gradio would fetch before the handler runs, or it nests arrays or objects past what Python's
+    parser (Gradio's too) recurses through, which the app's own calls never do."""
     if b"FileData" not in body or b"http" not in body:
-        return False
+        return None
     try:
         data = json.loads(body)
+    except RecursionError:
+        return f"the request's JSON is not valid: {NESTED}"
     except ValueError:
-        return False
+        return None
     stack = [data]
     while stack:
         x = stack.pop()
         if isinstance(x, dict):
-            if (x.get("meta") or {}).get("_type") == "gradio.FileData":  # (its ``url`` is where the app serves
-                v = x.get("path")                                           # an upload; a ``path`` URL is fetched)
-                if isinstance(v, str) and v.lower().startswith(("http://", "https://")):
-                    return True
+            meta = x.get("meta")
+            if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":  # (its ``url`` is where the app
+                v = x.get("path")                                                  # serves an upload; a ``path``
+                if isinstance(v, str) and v.lower().startswith(("http://", "https://")):  # URL is fetched)
+                    return "upload the image: this app does not fetch a file named by an http(s) URL"
             stack.extend(x.values())
         elif isinstance(x, list):
             stack.extend(x)
-    return False
+    return None
 
 
 async def _json(send, status: int, body: dict, headers: dict | None = None):

@@ -438,9 +438,15 @@ def world_card_markdown(lab: Lab) -> str:
     if c:
         lines.append(f"**Built with** `{c.get('built_with', '')}` in {c.get('build_seconds_total', 0) / 60:.0f} min")
         if "measured" in c:
+            from ..errors import one_line
             from ..evaluate import format_report
 
-            lines.append("### Measured memorization\n```\n" + format_report(c["measured"]) + "\n```")
+            try:
+                report = format_report(c["measured"])
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a card memlab did not write
+                report = (f"(this card's measured figures are not in the form this memlab writes, so they are not "
+                          f"shown: {type(e).__name__} {one_line(e, 120)})")
+            lines.append("### Measured memorization\n```\n" + report + "\n```")
     return "\n\n".join(lines)
 
 
