@@ -40,6 +40,7 @@ def main(argv=None):
             lab.caption_vectors()  # an index's caption vectors are checked now: a bad one is one line, not a traceback
             lab.caption_words()  # its caption words too (or built now, for an index built before them)
             lab.card()  # the world's card too (the About tab and the run estimates read it)
+            lab.probes()  # and its probes (the examples and the lesson)
     except MemlabError as e:
         sys.exit(f"error: {e}")
     launch(build_app(labs), labs, host=args.host, port=args.port, share=args.share, queue_size=args.queue_size)

@@ -18,7 +18,8 @@ from PIL import Image
 from .compute import on_compute_thread
 from .errors import MemlabError
 from .jsonfiles import read_json
-from .validate import check_card
+from .tables import read_table
+from .validate import check_card, check_probes
 from .generate import Settings, check_prompt, parse_seeds
 from .headstart import HEAD_START
 from .limits import (APP_MAX_SEEDS, CAPTION_SEARCH_MAX, KEPT_VIEWS, KEYWORD_MAX_ITEMS, LIMITS, MAX_CHUNK, number,
@@ -121,8 +122,8 @@ class Lab(Streams):
         world made by ``memlab world create`` label, url, training_image, training_id, published figures."""
         if getattr(self, "_probes", None) is None:
             f = self.world.file("probes")
-            self._probes = (pd.read_csv(f, dtype={"training_id": str}) if f
-                            else pd.DataFrame(columns=["prompt", "group"]))
+            self._probes = check_probes(read_table(f, "the world's probes", dtype={"training_id": str}), f) if f \
+                else pd.DataFrame(columns=["prompt", "group"])
         return self._probes
 
     def settings(self, steps=None, guidance=None) -> Settings:
@@ -209,6 +210,23 @@ class Lab(Streams):
         """The folders of the training images the app may serve (the index's image folder)."""
         root = self.index.image_root()
         return [str(root)] if root is not None and root.is_dir() else []
+
+    def is_training_image(self, path) -> bool:
+        """Whether ``path`` (resolved) is one of the files the index's item table names under its image folder:
+        the app's file route serves those alone there, so an index whose image folder is another (an absolute
+        ``image_root`` in a manifest from elsewhere, such as ``/``) hands out its training images, not the
+        machine's other pictures. The names are read once (the item table's ``file`` column)."""
+        root = self.index.image_root()
+        if root is None:
+            return False
+        root = root.resolve()
+        if not Path(path).is_relative_to(root):
+            return False
+        if getattr(self, "_image_files", None) is None:
+            files = self.index.column("file")
+            self._image_files = frozenset() if files is None else frozenset(
+                os.path.normpath(str(f)) for f in files.dropna().astype(str))
+        return os.path.normpath(Path(path).relative_to(root).as_posix()) in self._image_files
 
     def card(self) -> dict | None:
         """The world's card (``card.json``: how it was built, what was measured), if it has one."""

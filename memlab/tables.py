@@ -8,10 +8,10 @@ from .childcheck import check_parquet
 from .errors import MemlabError, one_line
 
 
-def read_table(path: str | Path, what: str = "table", sniff: bool = False):
-    """A DataFrame from ``path`` (.parquet, else CSV/TSV; ``sniff`` guesses the CSV separator). A byte-order
-    mark is read as one; a row whose field count differs from the header's is refused, naming its line (pandas
-    would shift its columns, or fill the row with empties)."""
+def read_table(path: str | Path, what: str = "table", sniff: bool = False, dtype: dict | None = None):
+    """A DataFrame from ``path`` (.parquet, else CSV/TSV; ``sniff`` guesses the CSV separator; ``dtype``: a CSV's
+    column types, as pandas takes them). A byte-order mark is read as one; a row whose field count differs from
+    the header's is refused, naming its line (pandas would shift its columns, or fill the row with empties)."""
     import pandas as pd
 
     path = Path(path)
@@ -24,7 +24,7 @@ def read_table(path: str | Path, what: str = "table", sniff: bool = False):
             check_parquet(path, what)  # decoded in a child first: a few megabytes can decode to gigabytes
             return pd.read_parquet(path)
         sep = _check_fields(path, what, sniff)
-        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", engine="python" if sniff else "c")
+        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", engine="python" if sniff else "c", dtype=dtype)
     except MemlabError:
         raise
     except Exception as e:  # noqa: BLE001 - a malformed file raises many types (ParserError, ArrowInvalid, ...)

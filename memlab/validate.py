@@ -183,6 +183,20 @@ def check_card(card, file: Path) -> dict:
     return card
 
 
+def check_probes(probes, file: Path):
+    """A world's probes (``probes.csv``, read by ``tables.read_table``): a ``prompt`` column and a ``group`` or
+    ``label`` column (the app groups the examples and the lesson picks its prompts by them); a ``template`` column,
+    where there is one, of numbers (a template's number, or -1 for none)."""
+    import pandas as pd
+
+    c = Checker(Path(file))
+    if "prompt" not in probes or not ({"group", "label"} & set(probes.columns)):
+        c.fail("columns", f"must include prompt and group (or label); got {', '.join(map(str, probes.columns))[:120]}")
+    if "template" in probes and not pd.api.types.is_numeric_dtype(probes["template"]):
+        c.fail("template", "must hold numbers (a template's number, or -1 for none)")
+    return probes
+
+
 PIPELINE_LIBRARIES = ("diffusers", "transformers")
 
 

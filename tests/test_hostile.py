@@ -1002,3 +1002,71 @@ def test_a_small_networks_weights_or_config_from_elsewhere_is_one_error_before_i
             edit(w / weights)
             with pytest.raises(MemlabError, match=said):
                 load(w)
+
+
+def test_a_worlds_probes_are_read_as_tables_are_and_checked_for_the_columns_the_app_uses(tiny_world, tmp_path):
+    """A world's ``probes.csv`` from elsewhere: a row of more fields than the header, bytes that are not UTF-8, no
+    group (or label) column, a template column of words: each one MemlabError naming the file (before: pandas'
+    own errors, a KeyError when the page grouped the examples, a ValueError when a probe's template was read).
+    Its training ids stay text ("007" is not 7)."""
+    from memlab.errors import MemlabError
+    from memlab.service import Lab
+    from memlab.world import World, seal_world
+
+    def lab(name, text: bytes):
+        w = tmp_path / name
+        shutil.copytree(tiny_world, w)
+        (w / "probes.csv").write_bytes(text)
+        (w / "world.json").write_text(json.dumps({**json.loads((w / "world.json").read_text()), "probes": "probes.csv"}))
+        seal_world(w)
+        return Lab(World.load(w), device="cpu")
+
+    for name, text, said in [("extra", b"prompt,group\na red ball,unique\na blue, cube,unique\n", "line 3"),
+                             ("utf", b"prompt,group\na red \xff ball,unique\n", "cannot read the world's probes"),
+                             ("nogroup", b"prompt,kind\na red ball,unique\n", "must include prompt and group"),
+                             ("template", b"prompt,group,template\na red ball,template,frame\n", "template must hold")]:
+        with pytest.raises(MemlabError, match=said):
+            lab(name, text).probes()
+    good = lab("good", b"prompt,group,training_id\na red ball,unique,007\n").probes()
+    assert list(good["training_id"]) == ["007"]
+
+
+def test_an_image_folder_outside_the_world_serves_the_training_images_it_names_alone(tiny_world, tmp_path):
+    """An index's manifest may name its image folder by an absolute path (``index_builder --images DIR`` without
+    ``--copy-images``), so a world from elsewhere can name any folder (``/``, a home). The app's file route then
+    served every picture under it (before: the other pictures here got 200); now the item table's images alone,
+    and the pictures the app shows (copied into Gradio's cache) still reach the page."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from memlab.app import build_app, launch
+    from memlab.service import Lab
+    from memlab.world import World, seal_world
+    from tests.conftest import free_port
+
+    w, outside = tmp_path / "world", tmp_path / "pictures"
+    shutil.copytree(tiny_world, w)
+    shutil.move(w / "index" / "images", outside)
+    m = json.loads((w / "index" / "manifest.json").read_text())
+    m["image_root"] = str(outside)
+    _reseal(w / "index", m)
+    seal_world(w)
+    synthetic_images(1, size=16)[0].save(outside / "private.png")
+    (outside / "holiday").mkdir()
+    synthetic_images(1, size=16)[0].save(outside / "holiday" / "beach.jpg")
+    lab = Lab(World.load(w), device="cpu")
+    demo = build_app(lab)
+    port = free_port()
+    launch(demo, lab, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        image = outside / str(lab.index.items["file"].iloc[0])
+        assert httpx.get(f"{base}gradio_api/file={image}", timeout=10).status_code == 200
+        for f in (outside / "private.png", outside / "holiday" / "beach.jpg"):
+            assert httpx.get(f"{base}gradio_api/file={f}", timeout=10).status_code == 403, f
+        q = tmp_path / "q.png"
+        Image.open(image).save(q)
+        md, gallery, _ = Client(base, verbose=False).predict(handle_file(str(q)), 3, None, api_name="/match_image")
+        assert "Top-1 score" in md and len(gallery) == 4  # the query's pair and its 3 matches, fetched from the app
+    finally:
+        demo.close()

@@ -83,12 +83,17 @@ class CallerMessages:
     - a request body over the upload cap (a file, or an image inlined as a ``data:`` URL) gets 413 naming the
       cap, before Gradio saves or decodes it; a file named by an http(s) URL (which Gradio would fetch) gets
       400: the app matches images it is sent, it fetches none;
-    - the file route serves images alone: a file under a world's folders that is not an image gets 403."""
+    - the file route serves the training images alone: under a world's folders or an image folder, a file that
+      is not one of the item table's images (``Lab.is_training_image``) gets 403."""
 
-    def __init__(self, app, image_folders=(), world_folders=()):
+    def __init__(self, app, image_folders=(), world_folders=(), training_image=None):
         self.app = app
         self.images = [Path(f).resolve() for f in image_folders]
         self.worlds = [Path(f).resolve() for f in world_folders]
+        self.training_image = training_image or (lambda p: True)
+        from gradio.utils import get_upload_folder
+
+        self.caches = [Path(get_upload_folder()).resolve(), app_files().resolve()]  # Gradio's files and the app's
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and "/file=" in scope["path"]:
@@ -128,18 +133,20 @@ class CallerMessages:
         return await self.app(scope, replay(body, receive), send_)
 
     def _serves(self, raw: str) -> bool:
-        """Whether the file route may serve ``raw`` (as it came in the URL): anything outside the worlds' and
-        the image folders is Gradio's to judge (its cache, the app's PNGs); inside them, images under an image
-        folder alone."""
+        """Whether the file route may serve ``raw`` (as it came in the URL): Gradio's cache, the app's PNGs and
+        anything outside the worlds' and the image folders are Gradio's to judge; inside them, the training images
+        alone (image files under an image folder that the item table names)."""
         import urllib.parse
 
         try:
             p = Path(urllib.parse.unquote(raw)).resolve()
         except (OSError, ValueError):
             return False
-        if not any(p.is_relative_to(w) for w in self.worlds + self.images):
+        if any(p.is_relative_to(c) for c in self.caches) or not any(p.is_relative_to(w) for w in self.worlds
+                                                                     + self.images):
             return True
-        return p.suffix.lower() in IMAGE_EXTS and any(p.is_relative_to(f) for f in self.images)
+        return p.suffix.lower() in IMAGE_EXTS and any(p.is_relative_to(f) for f in self.images) \
+            and self.training_image(p)
 
 
 BODY_CAP = LIMITS["upload_bytes"] * 4 // 3 + 2**20  # an upload's bytes as base64 in JSON, and the request around it
@@ -299,5 +306,6 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
                        max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"],
-                       app_kwargs={"middleware": [Middleware(CallerMessages, image_folders=folders,
-                                                             world_folders=worlds)]}, **kw)
+                       app_kwargs={"middleware": [Middleware(
+                           CallerMessages, image_folders=folders, world_folders=worlds,
+                           training_image=lambda p: any(lab.is_training_image(p) for lab in labs))]}, **kw)
