@@ -433,7 +433,8 @@ def world_card_markdown(lab: Lab) -> str:
         groups.setdefault(prefix, {})[kind] = v
     for prefix in [p for p in whose if p in groups] + sorted(p for p in groups if p not in whose):
         said = whose.get(prefix, f"**Recall on held-out copies{f' ({prefix})' if prefix else ''}**: ")
-        lines.append(said + ", ".join(f"{k} {v['recall']:.1%} (n={v['n']})" for k, v in sorted(groups[prefix].items())))
+        lines.append(said + ", ".join(f"`{k}` {v['recall']:.1%} (n={v['n']})"  # (in code: markdown would link
+                                      for k, v in sorted(groups[prefix].items())))  # img2img@0.2 as an e-mail address)
     c = lab.card()
     if c:
         lines.append(f"**Built with** `{c.get('built_with', '')}` in {c.get('build_seconds_total', 0) / 60:.0f} min")
