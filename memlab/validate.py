@@ -185,15 +185,16 @@ def check_card(card, file: Path) -> dict:
 
 def check_probes(probes, file: Path):
     """A world's probes (``probes.csv``, read by ``tables.read_table``): a ``prompt`` column and a ``group`` or
-    ``label`` column (the app groups the examples and the lesson picks its prompts by them); a ``template`` column,
-    where there is one, of numbers (a template's number, or -1 for none)."""
+    ``label`` column (the app groups the examples and the lesson picks its prompts by them); a ``template`` column
+    (a template's number, or -1 for none) and a list's published SSCD figures, where there are any, numbers."""
     import pandas as pd
 
     c = Checker(Path(file))
     if "prompt" not in probes or not ({"group", "label"} & set(probes.columns)):
         c.fail("columns", f"must include prompt and group (or label); got {', '.join(map(str, probes.columns))[:120]}")
-    if "template" in probes and not pd.api.types.is_numeric_dtype(probes["template"]):
-        c.fail("template", "must hold numbers (a template's number, or -1 for none)")
+    for col in ("template", "published_mean_sscd", "published_max_sscd"):
+        if col in probes and not pd.api.types.is_numeric_dtype(probes[col]):
+            c.fail(col, "must hold numbers" + (" (a template's number, or -1 for none)" if col == "template" else ""))
     return probes
 
 

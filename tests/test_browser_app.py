@@ -478,3 +478,51 @@ def test_a_keyword_view_without_clusters_still_sends_a_caption_to_generate():
         page.wait_for_function("t => (document.querySelector('#prompt textarea') || {}).value === t", arg=want,
                                timeout=30_000)
     assert not any(not c["miscellaneous"] for c in view["clusters"]) and rank == "0" and "lighthouse" in want
+
+
+def test_text_from_a_world_is_shown_as_written_and_never_fetches_a_remote_image(tiny_world, tmp_path):
+    """A world's name and its training set's description come from its world.json, as captions and probes come
+    from its data: markdown or HTML in them naming an image elsewhere (``![..](http://..)``, ``<img src=..>``)
+    had the viewer's browser fetch it (a tracker, or a picture nobody chose put in front of a class). Now it is
+    shown as written, and the page's policy lets images come from the app alone."""
+    import http.server
+    import shutil
+    import threading
+    import urllib.request
+
+    from memlab.world import seal_world
+
+    hits = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    remote = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=remote.serve_forever, daemon=True).start()
+    there = f"http://127.0.0.1:{remote.server_address[1]}"
+    w = tmp_path / "world"
+    shutil.copytree(tiny_world, w)
+    m = json.loads((w / "world.json").read_text())
+    m["name"] = f"tiny ![t]({there}/markdown.png)"
+    m["trained_on"] = f"fields <img src='{there}/html.png'> **and** more"
+    (w / "world.json").write_text(json.dumps(m))
+    seal_world(w)
+    try:
+        with app_page(w) as page:
+            open_tab(page, "About this world")
+            page.locator("#about-card").get_by_text("more", exact=False).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1000)
+            assert hits == [], hits  # (before: /markdown.png and /html.png)
+            about = page.locator("#about-card").inner_text()
+            assert f"![t]({there}/markdown.png)" in about and f"<img src='{there}/html.png'> **and** more" in about
+            url = page.url
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert "img-src 'self' data: blob:" in r.headers.get("content-security-policy", "")
+    finally:
+        remote.shutdown()

@@ -1006,8 +1006,9 @@ def test_a_small_networks_weights_or_config_from_elsewhere_is_one_error_before_i
 
 def test_a_worlds_probes_are_read_as_tables_are_and_checked_for_the_columns_the_app_uses(tiny_world, tmp_path):
     """A world's ``probes.csv`` from elsewhere: a row of more fields than the header, bytes that are not UTF-8, no
-    group (or label) column, a template column of words: each one MemlabError naming the file (before: pandas'
-    own errors, a KeyError when the page grouped the examples, a ValueError when a probe's template was read).
+    group (or label) column, a template column or a published figure of words: each one MemlabError naming the
+    file (before: pandas' own errors, a KeyError when the page grouped the examples, a ValueError when a probe's
+    template was read or its published figure formatted).
     Its training ids stay text ("007" is not 7)."""
     from memlab.errors import MemlabError
     from memlab.service import Lab
@@ -1024,7 +1025,9 @@ def test_a_worlds_probes_are_read_as_tables_are_and_checked_for_the_columns_the_
     for name, text, said in [("extra", b"prompt,group\na red ball,unique\na blue, cube,unique\n", "line 3"),
                              ("utf", b"prompt,group\na red \xff ball,unique\n", "cannot read the world's probes"),
                              ("nogroup", b"prompt,kind\na red ball,unique\n", "must include prompt and group"),
-                             ("template", b"prompt,group,template\na red ball,template,frame\n", "template must hold")]:
+                             ("template", b"prompt,group,template\na red ball,template,frame\n", "template must hold"),
+                             ("published", b"prompt,label,group,published_mean_sscd\na red ball,verbatim,v,high\n",
+                              "published_mean_sscd must hold numbers")]:
         with pytest.raises(MemlabError, match=said):
             lab(name, text).probes()
     good = lab("good", b"prompt,group,training_id\na red ball,unique,007\n").probes()
@@ -1070,3 +1073,23 @@ def test_an_image_folder_outside_the_world_serves_the_training_images_it_names_a
         assert "Top-1 score" in md and len(gallery) == 4  # the query's pair and its 3 matches, fetched from the app
     finally:
         demo.close()
+
+
+def test_text_from_a_world_or_a_training_set_is_shown_as_written_in_markdown():
+    """``literal`` escapes what markdown and HTML read inside a line, so a caption, a prompt or a world's name
+    renders as written (a CommonMark renderer with HTML on, as Gradio's is): no image, link, emphasis, HTML or
+    table cell comes of it; ``code`` keeps a backtick from closing its span."""
+    from markdown_it import MarkdownIt
+
+    from memlab.app.views import code, literal
+
+    md = MarkdownIt("commonmark", {"html": True}).enable("table")
+    hostile = ("a red ball ![t](http://127.0.0.1:9/t.png) <img src='http://127.0.0.1:9/r.png'> **bold** _it_ "
+               "[link](javascript:alert(1)) `tick` &amp; a | b \\\\ ~x~")
+    out = md.render("x " + literal(hostile))
+    for tag in ("<img", "<a ", "<strong", "<em", "<code", "<table"):
+        assert tag not in out, (tag, out)
+    assert "![t](http://127.0.0.1:9/t.png) &lt;img src='http://127.0.0.1:9/r.png'&gt; **bold** _it_" in out
+    cell = md.render("| a | b |\n|---|---|\n| " + literal("one | two") + " | 2 |")
+    assert cell.count("<td>") == 2 and "one | two" in cell
+    assert md.render(code("a ` b")).strip() == "<p><code>a ' b</code></p>"

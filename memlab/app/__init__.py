@@ -23,7 +23,7 @@ from .lesson import lesson_tab
 from .match import match_tab
 from .serve import FILE_MAX_AGE_S, launch
 from .training import training_set_tab
-from .views import page_slug, probe_examples
+from .views import literal, page_slug, probe_examples
 from .wiring import stop_session
 
 __all__ = ["build_app", "launch", "world_page"]
@@ -59,7 +59,7 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
     gr.Markdown(f"# memlab — does a diffusion model copy its training images?\n"
                 f"Generate images from a prompt and see each one beside the closest image the model was "
                 f"trained on. **New here? Start with the Lesson tab**, or pick an example prompt and press "
-                f"Generate. World: **{lab.name}** (details in *About this world*).", elem_id="intro")
+                f"Generate. World: **{literal(lab.name)}** (details in *About this world*).", elem_id="intro")
     run_state = gr.State(None)
     # on a phone Gradio folds most tabs into its "…" menu: every tab is also one tap away here (shown on
     # narrow screens only, APP_CSS)

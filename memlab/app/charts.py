@@ -6,7 +6,7 @@ import textwrap
 
 from ..records import RunState
 from ..service import Lab
-from .views import level, short_label
+from .views import level, literal, short_label
 
 WIDTH = 56  # characters a line of a chart's text: plotly wraps none, and a phone gives a chart about 350 px
 LINE = 17  # pixels a line of a title takes (plotly spaces <sup> lines as the title's own)
@@ -187,23 +187,23 @@ def keyword_outputs(lab: Lab, v: dict):
 
     real = [c for c in v["clusters"] if not c["miscellaneous"]]
     d = v["descriptor"]
-    lines = [f"### “{v['keyword']}”: {v['n_before']} captions, {v['n_after']} within 77 CLIP tokens "
+    lines = [f"### “{literal(v['keyword'])}”: {v['n_before']} captions, {v['n_after']} within 77 CLIP tokens "
              f"({v['n_too_long']} dropped)",
              f"- {len(real)} clusters of nearly identical images (cosine ≥ {v['cluster_threshold']:.3f}, "
-             f"{v.get('cluster_threshold_source', 'threshold')}, on "
-             f"{d['name']} · {d['model']} · {d['preset']}"
-             + (f": {d['why']}" if d.get("why") else "") + f"); miscellaneous (in no cluster): {v['miscellaneous_size']}"
-             + (f", not ranked: {v['omitted_rule']}" if v.get("omitted_rule") else ""),
+             f"{literal(v.get('cluster_threshold_source', 'threshold'))}, on "
+             f"{literal(d.get('name'))} · {literal(d.get('model'))} · {literal(d.get('preset'))}"
+             + (f": {literal(d['why'])}" if d.get("why") else "") + f"); miscellaneous (in no cluster): "
+             f"{v['miscellaneous_size']}" + (f", not ranked: {literal(v['omitted_rule'])}" if v.get("omitted_rule") else ""),
              f"- share of the keyword's items in the largest 1 / 3 / 5 clusters: "
              f"{v['share_in_top']['top1']:.0%} / {v['share_in_top']['top3']:.0%} / {v['share_in_top']['top5']:.0%}"]
     for o, sh in v.get("objects", {}).items():
         if sh["keyword_share"] is not None:
             named = sh.get("named_in_captions")
-            lines.append(f"- **{o}**, never named in the caption: in {sh['keyword_share']:.1%} of the "
-                         f"“{v['keyword']}” distinct images ({sh['keyword_count']} of {sh.get('keyword_images', '?')}) "
+            lines.append(f"- **{literal(o)}**, never named in the caption: in {sh['keyword_share']:.1%} of the "
+                         f"“{literal(v['keyword'])}” distinct images ({sh['keyword_count']} of {sh.get('keyword_images', '?')}) "
                          f"vs {sh['overall_share']:.1%} of all distinct training images "
                          f"({sh['overall_count']} of {sh.get('overall_images', '?')}); named in "
-                         f"{named if named is not None else '?'} of the keyword's captions · source: {sh['source']}")
+                         f"{named if named is not None else '?'} of the keyword's captions · source: {literal(sh['source'])}")
     fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
                            marker_color="#1f77b4"))
     fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),

@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..service import Lab
 from .glossary import g
-from .views import (bright_ending_note, compare_grid, copies, lesson_run_sentence, own_image_html, own_or_other,
+from .views import (bright_ending_note, compare_grid, copies, lesson_run_sentence, literal, own_image_html, own_or_other,
                     template_sentence)
 from .wiring import errors, scroll_first, stoppable
 
@@ -32,7 +32,7 @@ def lesson_tab(lab: Lab) -> None:
                     f"{n} {g('seed', 'seeds')} ({seeds[0]}-{seeds[-1]}) and the world's default settings. "
                     f"Every word in bold is in the [glossary](#glossary) below.")
         steps = [
-            ("1 · A heavily duplicated prompt", f"“{plan['duplicated']}” ({plan['duplicated_group']}). The model "
+            ("1 · A heavily duplicated prompt", f"“{literal(plan['duplicated'])}” ({literal(plan['duplicated_group'])}). The model "
              f"draws it {n} times, from {n} seeds; each picture is shown beside its closest training image, framed "
              f"red when it is a copy ({g('replicated', 'replicated')})."),
             ("2 · The training image it copies", "The training image most seeds matched, and how often it occurs "
@@ -41,11 +41,11 @@ def lesson_tab(lab: Lab) -> None:
             ("3 · The same prompt with a mitigation", f"The same prompt on the same {n} seeds, once as is and once "
              f"with random numbers inserted into the prompt (RNA, k=4; a {g('mitigation', 'mitigation')} from "
              f"Somepalli et al. 2023)."),
-            ("4 · A prompt seen once, for contrast", f"“{plan['unique']}” ({plan['unique_group']}): a prompt whose "
+            ("4 · A prompt seen once, for contrast", f"“{literal(plan['unique'])}” ({literal(plan['unique_group'])}): a prompt whose "
              f"image occurs once in training, on the same {n} seeds."),
         ]
         if plan.get("template"):  # worlds with template copies (issue 32): a fifth step
-            steps.append(("5 · A template copy", f"“{plan['template']}” ({plan['template_group']}): many training "
+            steps.append(("5 · A template copy", f"“{literal(plan['template'])}” ({literal(plan['template_group'])}): many training "
                           f"images share one layout and this caption, with other pictures inside. The model copies "
                           f"the layout, not one whole image: a {g('template', 'template copy')}. "
                           + bright_ending_note(lab.card())))
@@ -136,7 +136,7 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         group = lab.item_group(best["row"])
         members = lab.group_members(group)
         files = [(f, f"#{i}") for r, i in zip(members["row"], members["id"]) if (f := lab.item_file(int(r)))]
-        text = (f"Training image **#{best['id']}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
+        text = (f"Training image **#{literal(best['id'])}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
                 f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
                 f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
         yield state, text, "", gr.update(value=files[:48], visible=True)

@@ -9,7 +9,7 @@ from ..service import Lab
 from ..match import load_image
 from ..metrics import AGREEMENT
 from .pictures import agreement_pair
-from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, score
+from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, literal, score
 from .wiring import page_and_api
 
 
@@ -41,8 +41,8 @@ def match_tab(lab: Lab, api) -> None:
             band = (f" (replicated above {q['threshold']:.3f}, a possible copy above {q['possible_threshold']:.3f})"
                     if q.get("verdict") != "replicated" and q.get("possible_threshold") is not None else "")
             md = (f"### Top-1 score {q['score']:.3f}: {verdict}{band}\n"
-                  f"{lab.descriptor_label(d['name'])} · "
-                  f"top-1 training image #{q['matches'][0]['id']} · {copies(q['matches'][0].get('duplicates', 0))}"
+                  f"{literal(lab.descriptor_label(d['name']))} · "
+                  f"top-1 training image #{literal(q['matches'][0]['id'])} · {copies(q['matches'][0].get('duplicates', 0))}"
                   + (f" · cosine {q['matches'][0]['cosine']:.3f}" if "cosine" in q["matches"][0] else "")
                   + (f" · normalized {q['matches'][0]['normalized']:.3f}, detail correlation "
                      f"{q['matches'][0]['detail']:.3f}" if "detail" in q["matches"][0] else "")
@@ -50,7 +50,7 @@ def match_tab(lab: Lab, api) -> None:
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]
             if (ag := q.get("agreement")) is not None:  # where the upload agrees with its top-1 (Webster)
-                md += (f"\n\nWhere it agrees with #{q['matches'][0]['id']} (in their own colours, outlined in yellow, "
+                md += (f"\n\nWhere it agrees with #{literal(q['matches'][0]['id'])} (in their own colours, outlined in yellow, "
                        f"the rest faded; {AGREEMENT['window']}-px windows "
                        f"whose detail correlates above {AGREEMENT['cutoff']}): {ag['share']:.0%} of the image"
                        + (f", template-copy threshold {ag['threshold']:.0%}" if q.get("verdict") != "replicated" else

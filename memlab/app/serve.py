@@ -84,7 +84,8 @@ class CallerMessages:
       cap, before Gradio saves or decodes it; a file named by an http(s) URL (which Gradio would fetch) gets
       400: the app matches images it is sent, it fetches none;
     - the file route serves the training images alone: under a world's folders or an image folder, a file that
-      is not one of the item table's images (``Lab.is_training_image``) gets 403."""
+      is not one of the item table's images (``Lab.is_training_image``) gets 403;
+    - every page and file it serves carries ``CONTENT_POLICY``: images and media from the app alone."""
 
     def __init__(self, app, image_folders=(), world_folders=(), training_image=None):
         self.app = app
@@ -99,6 +100,8 @@ class CallerMessages:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and "/file=" in scope["path"]:
             if not self._serves(scope["path"].split("/file=", 1)[1]):
                 return await _json(send, 403, {"detail": "this app serves the training images, no other file"})
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, _with_policy(send))
         if scope["type"] != "http" or scope["method"] != "POST" or "/gradio_api/" not in scope["path"]:
             return await self.app(scope, receive, send)
         blocks = scope["app"].get_blocks()
@@ -147,6 +150,24 @@ class CallerMessages:
             return True
         return p.suffix.lower() in IMAGE_EXTS and any(p.is_relative_to(f) for f in self.images) \
             and self.training_image(p)
+
+
+# The page's images and media come from the app itself (its files, data: and blob: URLs): text shown as markdown
+# (a training caption, a world's name, a probe) that names a remote image, as ![..](http://..) or <img src=..>,
+# is not fetched by the viewer's browser (a tracker, or a picture nobody chose shown to a class)
+CONTENT_POLICY = "img-src 'self' data: blob:; media-src 'self' data: blob:"
+
+
+def _with_policy(send):
+    """``send`` adding the app's Content-Security-Policy to a response that has none."""
+    async def send_(msg):
+        if msg["type"] == "http.response.start":
+            headers = list(msg.get("headers", []))
+            if not any(k.lower() == b"content-security-policy" for k, _ in headers):
+                headers.append((b"content-security-policy", CONTENT_POLICY.encode()))
+            msg = {**msg, "headers": headers}
+        await send(msg)
+    return send_
 
 
 BODY_CAP = LIMITS["upload_bytes"] * 4 // 3 + 2**20  # an upload's bytes as base64 in JSON, and the request around it

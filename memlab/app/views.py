@@ -14,6 +14,21 @@ from ..service import Lab
 from .glossary import g
 from .pictures import pair_image, thumb_uri
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]<&|~])")  # what markdown and HTML read inside a line
+
+
+def literal(text) -> str:
+    """Text from a world, an index or a training set (a caption, a prompt, a world's name) as itself in markdown,
+    on one line: the characters markdown and HTML read inside a line escaped, so a caption's ``![..](http://..)``
+    or ``<img src=..>`` is shown as written, not fetched, and a ``|`` leaves a table as it is."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def code(text) -> str:
+    """Text shown as a markdown code span (escapes do not apply inside one): its backticks made quotes."""
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
+
+
 def copies(duplicates: int) -> str:
     """A training image's duplication as the app states it everywhere: the image and its near-duplicates."""
     n = int(duplicates) + 1
@@ -117,9 +132,9 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              *_optimizer_lines(state.records),
              *_alignment_line(s, lab),
              f"- **caption of the best image match** (the training image with the highest score, seed "
-             f"{best['seed']}): “{best['matches'][0]['caption']}” (score {best['score']:.3f}); the captions "
+             f"{best['seed']}): “{literal(best['matches'][0]['caption'])}” (score {best['score']:.3f}); the captions "
              f"nearest by text are listed below",
-             f"- scores {g('descriptor')}: {lab.descriptor_label(name)}"]
+             f"- scores {g('descriptor')}: {literal(lab.descriptor_label(name))}"]
     if stopped and not state.finished:
         lines[0] = (f"### Stopped after {len(state.records)} of {state.requested} seeds · replication "
                     f"{s['replication_rate']:.1%} of those {s['n_seeds']} {g('replicated')} (partial: an export is "
@@ -141,16 +156,17 @@ def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
     p = lab.probe(state.prompt)
     if not p:
         return []
-    lines = [f"- **a probe of this world**: {probe_group_name(str(p.get('group')))}" + (f" (from {p['list']})" if p.get("list") else "")]
+    lines = [f"- **a probe of this world**: {literal(probe_group_name(str(p.get('group'))))}"
+             + (f" (from {literal(p['list'])})" if p.get("list") else "")]
     status, tid = p.get("training_image"), p.get("training_id")
     own = []
     if status and status != "indexed":
-        lines.append(f"- ⚠️ **its training image could not be fetched** ({status.removeprefix('not fetched: ')}: "
-                     f"{p.get('url')}): the matches are against the rest of the training set")
+        lines.append(f"- ⚠️ **its training image could not be fetched** ({literal(str(status).removeprefix('not fetched: '))}"
+                     f": {literal(p.get('url'))}): the matches are against the rest of the training set")
     elif tid:
         top1 = sum(str(r["matches"][0]["id"]) == str(tid) for r in state.records)
         own = [next((m["score"] for m in r["matches"] if str(m["id"]) == str(tid)), None) for r in state.records]
-        lines.append(f"- its training image (#{tid}) is the top-1 match in {top1} of {len(state.records)} seeds")
+        lines.append(f"- its training image (#{literal(tid)}) is the top-1 match in {top1} of {len(state.records)} seeds")
     both = both_ways(state.records)
     if both and str(p.get("label")) in ("template", "verbatim"):  # a listed probe, scored both ways (issue 32)
         lines.append(f"- **scored both ways**: the global verdict calls {both['replicated']} of {both['seeds']} seeds "
@@ -160,7 +176,7 @@ def probe_lines(lab: Lab, state: RunState, descriptor: str) -> list[str]:
     pub_mean, pub_max = p.get("published_mean_sscd"), p.get("published_max_sscd")
     if pub_mean is not None or pub_max is not None:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        line = f"- **published** ({p.get('list')}, SSCD to the training image): mean {fmt(pub_mean)} · max {fmt(pub_max)}"
+        line = f"- **published** ({literal(p.get('list'))}, SSCD to the training image): mean {fmt(pub_mean)} · max {fmt(pub_max)}"
         if own:
             found = np.array([v for v in own if v is not None], float)
             what = f"{descriptor} to its training image" + ("" if descriptor == "sscd" else
@@ -263,7 +279,7 @@ def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
     lines = [f"### {len(state.summaries)} of {n_rows} strategies on the same {len(seeds)} seeds",
              f"*seeds {seeds_txt} · {st['steps']} steps, guidance {st['guidance']:g} · "
              f"{s0['descriptor']['name']} > {s0['threshold']:.3f} ([replicated](#glossary)) · "
-             f"{lab.descriptor_label(s0['descriptor']['name'])}*"]
+             f"{literal(lab.descriptor_label(s0['descriptor']['name']))}*"]
     a = lab.alignment_info() or {}
     lines.append("*detection (wen): Wen et al. 2024, the text-conditional noise norm at the first step, mean over "
                  "seeds" + (f" · alignment: {a.get('measures', '')}; {a.get('method', '')}, {a.get('model', '')}"
@@ -406,22 +422,22 @@ def world_card_markdown(lab: Lab) -> str:
     info = lab.descriptor_info()
     built = lab.index_summary()
     thr = info["threshold"]
-    lines = [f"## {lab.name}",
+    lines = [f"## {literal(lab.name)}",
              f"This world pairs a text-to-image model ({lab.model_description()}) with the index of the images it "
-             f"was trained on ({lab.trained_on or 'its training set is not described'}). Each picture it "
+             f"was trained on ({literal(lab.trained_on) or 'its training set is not described'}). Each picture it "
              f"generates is compared with every training image by the copy {g('descriptor', 'descriptor')} "
-             f"**{info['name']}**; a score above the {g('threshold', 'threshold')} {thr['value']:.3f} calls the "
+             f"**{literal(info['name'])}**; a score above the {g('threshold', 'threshold')} {thr['value']:.3f} calls the "
              f"picture a copy.",
              "| | this world |\n|---|---|\n"
              f"| model | {lab.model_description()} |\n"
-             f"| training images indexed | {built['items']} (index built {built['created']}) |\n"
-             f"| descriptor | {info['name']}: model `{info['model']}`, preset `{info['preset']}`, {info['dim']} "
-             f"dimensions |\n"
-             f"| threshold | {thr['value']:.3f}, {_said_once(thr['source'], thr.get('citation', ''))} |\n"
+             f"| training images indexed | {built['items']} (index built {literal(built['created'])}) |\n"
+             f"| descriptor | {literal(info['name'])}: model {code(info['model'])}, preset {code(info['preset'])}, "
+             f"{info['dim']} dimensions |\n"
+             f"| threshold | {thr['value']:.3f}, {literal(_said_once(thr['source'], thr.get('citation', '')))} |\n"
              f"| measured on this training set | {thr.get('n_groups', '?')} distinct images (one per near-duplicate "
              f"group): synthetic-copy recall {thr.get('recall') or 0:.1%}, background false positives "
              f"{thr.get('fpr') or 0:.1%} |",
-             f"Scores: {lab.descriptor_label()}"]
+             f"Scores: {literal(lab.descriptor_label())}"]
     gt = thr.get("ground_truth", {})
     whose = {"model": "**Recall on copies made by the world's own model** (held-out training images, not used for "
                       "calibration): ",
@@ -432,12 +448,12 @@ def world_card_markdown(lab: Lab) -> str:
         prefix, _, kind = k.rpartition(":")
         groups.setdefault(prefix, {})[kind] = v
     for prefix in [p for p in whose if p in groups] + sorted(p for p in groups if p not in whose):
-        said = whose.get(prefix, f"**Recall on held-out copies{f' ({prefix})' if prefix else ''}**: ")
-        lines.append(said + ", ".join(f"`{k}` {v['recall']:.1%} (n={v['n']})"  # (in code: markdown would link
+        said = whose.get(prefix, f"**Recall on held-out copies{f' ({literal(prefix)})' if prefix else ''}**: ")
+        lines.append(said + ", ".join(f"{code(k)} {v['recall']:.1%} (n={v['n']})"  # (in code: markdown would link
                                       for k, v in sorted(groups[prefix].items())))  # img2img@0.2 as an e-mail address)
     c = lab.card()
     if c:
-        lines.append(f"**Built with** `{c.get('built_with', '')}` in {c.get('build_seconds_total', 0) / 60:.0f} min")
+        lines.append(f"**Built with** {code(c.get('built_with') or '')} in {(c.get('build_seconds_total') or 0) / 60:.0f} min")
         if "measured" in c:
             from ..errors import one_line
             from ..evaluate import format_report
@@ -500,7 +516,7 @@ def own_or_other(records, own_group: int | None, group_of) -> dict:
 
 
 def _ids(pairs) -> str:
-    return ", ".join(f"#{i}" for i in dict.fromkeys(str(m) for _, m in pairs))
+    return ", ".join(f"#{literal(i)}" for i in dict.fromkeys(str(m) for _, m in pairs))
 
 
 def lesson_run_sentence(split: dict, own_id) -> str:
@@ -513,12 +529,12 @@ def lesson_run_sentence(split: dict, own_id) -> str:
     def via(pairs) -> str:  # the duplicates of the own image that the pairs show in its place
         shown = [m for m in dict.fromkeys(str(m) for _, m in pairs) if m != str(own_id)]
         return f" (shown as its duplicate{'s' if len(shown) > 1 else ''} {_ids((0, m) for m in shown)})" if shown else ""
-    said = [f"{len(ro)} copy the prompt's own training image #{own_id}{via(ro)}"] if ro or not rx else []
+    said = [f"{len(ro)} copy the prompt's own training image #{literal(own_id)}{via(ro)}"] if ro or not rx else []
     if rx:
         said.append(f"{len(rx)} copy another training image ({_ids(rx)})")
     text += ": " + ", ".join(said) if (ro or rx) else ""
     if no:
-        text += (f"; {len(no)} called novel still {'has' if len(no) == 1 else 'have'} #{own_id}{via(no)} as the closest "
+        text += (f"; {len(no)} called novel still {'has' if len(no) == 1 else 'have'} #{literal(own_id)}{via(no)} as the closest "
                  f"training image (look at those pairs: a copy with a colour cast can score under the threshold)")
     if split.get("possible"):
         n = len(split["possible"])
