@@ -142,6 +142,7 @@ def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None
     only, ``validate.check_pipeline``), its weights read from safetensors alone (a .bin or .ckpt is a pickle,
     which runs code when loaded). Each failure is a ``ModelFileMissing`` that says why."""
     from diffusers import StableDiffusionPipeline
+    from safetensors import SafetensorError
 
     from .descriptors import offline
     from .jsonfiles import NESTED
@@ -160,8 +161,8 @@ def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None
         raise ModelFileMissing(f"cannot load the pipeline {model}: a config or tokenizer file is not valid JSON: "
                                f"{NESTED}") from None
     # (TypeError, KeyError, AttributeError: a component's config of other types, e.g. a list, which diffusers and
-    # transformers pass on as keyword arguments)
-    except (OSError, ValueError, EnvironmentError, TypeError, KeyError, AttributeError) as e:
+    # transformers pass on as keyword arguments; SafetensorError: a damaged weights file transformers reads itself)
+    except (OSError, ValueError, EnvironmentError, TypeError, KeyError, AttributeError, SafetensorError) as e:
         why = str(e).splitlines()[0][:300]
         raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (
             " (memlab loads safetensors weights only and never unpickles a model file: save the pipeline "

@@ -864,6 +864,9 @@ def test_json_python_cannot_parse_is_one_error_naming_the_file(tiny_world, tmp_p
 
     with pytest.raises(MemlabError, match="cannot load the pipeline"):  # a config transformers gets as keywords
         load_pipeline(world("te", "model/text_encoder/config.json", b"[1, 2]") / "model", None)
+    weights = (tiny_world / "model" / "text_encoder" / "model.safetensors").read_bytes()
+    with pytest.raises(MemlabError, match="cannot load the pipeline"):  # weights transformers reads itself, cut short
+        load_pipeline(world("tw", "model/text_encoder/model.safetensors", weights[:len(weights) // 2]) / "model", None)
     with pytest.raises(MemlabError, match=r"card\.json: measured\.seconds_8_seeds must be a finite number"):
         Lab(World.load(world("secs", card=b'{"measured": {"seconds_8_seeds": "fast"}}')), device="cpu").card()
     with pytest.raises(MemlabError, match=r"card\.json: the card must be an object"):
