@@ -22,7 +22,7 @@ import pandas as pd
 
 from .errors import MemlabError
 from .faisscheck import open_faiss
-from .indexfiles import MANIFEST, atomic_save, faiss_module, new_faiss_index, npsave, sha256
+from .indexfiles import MANIFEST, atomic_save, faiss_module, load_array, new_faiss_index, npsave, sha256
 
 FOLDER = "captions"
 BLOCK = 8192  # captions per embedded block (each block is a resume point)
@@ -61,7 +61,10 @@ def text_emb_rows(folders, n: int, d: int):
             t = p.parent.parent / "text_emb" / p.name.replace("img_emb", "text_emb")
             if not t.is_file():
                 raise MemlabError(f"{folder}: {p.name} has no text_emb/{t.name} beside it")
-            a = np.load(t, mmap_mode="r", allow_pickle=False)
+            try:
+                a = np.load(t, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as e:  # (as the image embeddings' parts are read: embedding_parts)
+                raise MemlabError(f"cannot read {t} as a .npy array: {e}") from None
             if a.ndim != 2 or a.dtype.kind != "f" or a.shape[1] != d:
                 raise MemlabError(f"{t} is {a.dtype} with shape {a.shape}: expected float rows of {d} (the "
                                   f"CLIP descriptor's dimension)")
@@ -220,8 +223,8 @@ class CaptionVectors:
 
     def __init__(self, path: Path, entry: dict):
         self.path, self.entry = Path(path), entry
-        self.vectors = np.load(self.path / entry["files"]["vectors"], mmap_mode="r", allow_pickle=False)
-        self.rows = np.load(self.path / entry["files"]["rows"], allow_pickle=False)
+        self.vectors = load_array(self.path / entry["files"]["vectors"], mmap=True)
+        self.rows = load_array(self.path / entry["files"]["rows"])
         self.index = open_faiss(self.path / entry["files"]["index"], self.vectors.shape[1], int(entry["count"]))
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = int(entry.get("nprobe", NPROBE))

@@ -33,11 +33,11 @@ from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
 from .childcheck import check_parquets, trust
-from .errors import IndexMismatchError, MemlabError, one_line
+from .errors import IndexMismatchError, MemlabError
 from .jsonfiles import read_json
 from .faisscheck import open_faiss
 from .indexfiles import (FORMAT, ITEMS, MANIFEST, VERSION, atomic_dir, atomic_save, faiss_module, json_default,
-                         make_faiss_index, recover_swap, savez, sha256)
+                         load_array, make_faiss_index, recover_swap, savez, sha256)
 from .paths import inside
 from .preprocess import open_rgb
 from .validate import check_manifest
@@ -400,10 +400,7 @@ class TrainingIndex:
         group against the nearest row of another group (indices built before it fall back to all rows)."""
         files = self.descriptor_info(name)["files"]
         f = self.path / ((files.get("background_distinct") if distinct else None) or files["background"])
-        try:
-            bg = np.load(f, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise IndexMismatchError(f"index {self.path}: {f.name} is not a readable .npy array ({one_line(e)})") from None
+        bg = load_array(f, IndexMismatchError)
         if bg.ndim != 1 or bg.dtype.kind != "f" or len(bg) > int(self.manifest["item_count"]):
             raise IndexMismatchError(f"index {self.path}: {f.name} must hold one score per training row at most "
                                      f"(got {bg.dtype} of shape {bg.shape})")

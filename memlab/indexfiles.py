@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MemlabError
+from .errors import MemlabError, one_line
 
 FORMAT = "memlab-index"
 VERSION = 1
@@ -29,6 +29,15 @@ def sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_array(path: str | Path, error: type[MemlabError] = MemlabError, mmap: bool = False) -> np.ndarray:
+    """An index's .npy file (which may come from elsewhere), or one ``error`` naming it: a damaged or foreign file,
+    objects (never unpickled), or a header declaring more than the file holds (numpy's ``ValueError``)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise error(f"{path} is not a readable .npy array ({one_line(e)})") from None
 
 
 def recover_swap(out: Path) -> None:

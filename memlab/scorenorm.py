@@ -163,7 +163,9 @@ def neighbours(v: np.ndarray, groups, reps, k: int, block: int = 1024) -> tuple[
 def load_neighbours(path, info: dict, distinct) -> tuple[np.ndarray, np.ndarray]:
     """An index's stored neighbours (its descriptor entry ``info``'s files under ``path``), checked against its
     distinct images (``distinct``: each row's) and its rule's k."""
-    nb = [np.load(Path(path) / info["files"][f], allow_pickle=False) for f in ("neighbours", "neighbour_ids")]
+    from .indexfiles import load_array
+
+    nb = [load_array(Path(path) / info["files"][f]) for f in ("neighbours", "neighbour_ids")]
     return check_neighbours(nb, int(np.max(distinct, initial=-1)) + 1, info["score_norm"]["k"])
 
 

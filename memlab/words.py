@@ -20,6 +20,7 @@ import pandas as pd
 
 from .childcheck import check_parquet, trust
 from .errors import IndexMismatchError, MemlabError
+from .indexfiles import load_array
 
 WORD = re.compile(r"\w+")
 SEP = "\x00"
@@ -100,8 +101,8 @@ class CaptionWords:
         folder = Path(folder)
         check_parquet(folder / entry["files"]["vocab"], "caption words", IndexMismatchError)
         words = pq.read_table(folder / entry["files"]["vocab"], columns=["word"]).column(0).to_pylist()
-        rows = np.load(folder / entry["files"]["rows"], allow_pickle=False)
-        starts = np.load(folder / entry["files"]["starts"], allow_pickle=False)
+        rows = load_array(folder / entry["files"]["rows"], IndexMismatchError)
+        starts = load_array(folder / entry["files"]["starts"], IndexMismatchError)
         vocab = {w: i for i, w in enumerate(words)}
         bad = None
         if entry.get("items") != n:

@@ -125,6 +125,9 @@ def test_text_emb_parts_are_kept_at_build_and_searched_through_ivf(tmp_path, mon
         (part / "text_emb").mkdir()
         np.save(part / "text_emb" / "text_emb_0.npy", text[:500])
         build(tmp_path / "idx", text_emb=[part])
+    with pytest.raises(MemlabError, match=r"cannot read .*text_emb_0\.npy as a \.npy array"):  # (before: "a bug")
+        (part / "text_emb" / "text_emb_0.npy").write_bytes(b"\x93NUMPY garbage")
+        build(tmp_path / "idx", text_emb=[part])
     np.save(tmp_path / "idx" / "captions" / "rows.npy", np.arange(1000)[::-1])
     with pytest.raises(IndexMismatchError, match="captions/rows.npy"):
         TrainingIndex.load(tmp_path / "idx")

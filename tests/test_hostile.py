@@ -1096,3 +1096,36 @@ def test_text_from_a_world_or_a_training_set_is_shown_as_written_in_markdown():
     cell = md.render("| a | b |\n|---|---|\n| " + literal("one | two") + " | 2 |")
     assert cell.count("<td>") == 2 and "one | two" in cell
     assert md.render(code("a ` b")).strip() == "<p><code>a ' b</code></p>"
+
+
+def test_an_indexs_other_arrays_that_do_not_read_are_one_error_naming_the_file(tiny_world, tmp_path):
+    """``load_array`` reads an index's .npy files (caption words, caption vectors, a two-sided rule's neighbours,
+    backgrounds): a damaged file, objects or a header declaring more than the file holds is one error naming the
+    file (before, numpy's ValueError reached the user as "memlab hit an unexpected ValueError ... this is a
+    bug"). An index's caption words resealed damaged are refused at the app's check."""
+    from numpy.lib import format as npformat
+
+    from memlab.errors import IndexMismatchError, MemlabError
+    from memlab.indexfiles import load_array
+    from memlab.service import Lab
+    from memlab.world import World, seal_world
+
+    garbage, objects, declares = tmp_path / "g.npy", tmp_path / "o.npy", tmp_path / "d.npy"
+    garbage.write_bytes(b"\x93NUMPY garbage" * 4)
+    np.save(objects, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    with open(declares, "wb") as f:
+        npformat.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (1000,)})
+        f.write(np.arange(10).tobytes())
+    for f in (garbage, objects, declares):
+        for mmap in (False, True):
+            with pytest.raises(MemlabError, match=rf"{f.name} is not a readable \.npy array"):
+                load_array(f, mmap=mmap)
+    w = tmp_path / "world"
+    shutil.copytree(tiny_world, w)
+    m = json.loads((w / "index" / "manifest.json").read_text())
+    rows = m["words"]["files"]["rows"]
+    shutil.copy(garbage, w / "index" / rows)
+    _reseal(w / "index", m)
+    seal_world(w)
+    with pytest.raises(IndexMismatchError, match=rf"{rows} is not a readable \.npy array"):
+        Lab(World.load(w), device="cpu").caption_words()
