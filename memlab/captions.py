@@ -61,10 +61,7 @@ def text_emb_rows(folders, n: int, d: int):
             t = p.parent.parent / "text_emb" / p.name.replace("img_emb", "text_emb")
             if not t.is_file():
                 raise MemlabError(f"{folder}: {p.name} has no text_emb/{t.name} beside it")
-            try:
-                a = np.load(t, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as e:  # (as the image embeddings' parts are read: embedding_parts)
-                raise MemlabError(f"cannot read {t} as a .npy array: {e}") from None
+            a = load_array(t, mmap=True)
             if a.ndim != 2 or a.dtype.kind != "f" or a.shape[1] != d:
                 raise MemlabError(f"{t} is {a.dtype} with shape {a.shape}: expected float rows of {d} (the "
                                   f"CLIP descriptor's dimension)")

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import MemlabError
+from .jsonfiles import read_object
 from .records import strict_json
 from .sources import build_sources
 from .prompts import LABELS, read_prompt_list
@@ -39,10 +40,9 @@ def model_size(model: str) -> int | None:
     from a local folder's configs; None for a Hub id (the pipeline then uses its own)."""
     p = Path(model)
     try:
-        unet = json.loads((p / "unet" / "config.json").read_text())
-        vae = json.loads((p / "vae" / "config.json").read_text())
+        unet, vae = read_object(p / "unet" / "config.json"), read_object(p / "vae" / "config.json")
         return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, ValueError, TypeError, RecursionError):  # not a config it can read: the model's own
+    except (MemlabError, KeyError, ValueError, TypeError):  # not a config it can read: the pipeline's own size
         return None
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .childcheck import check_parquet, trust
 from .errors import MemlabError
-from .indexfiles import atomic_save, npsave
+from .indexfiles import atomic_save, load_array, npsave
 
 
 def parse_memory(text: str | int) -> int:
@@ -34,10 +34,7 @@ def embedding_parts(src: str | Path) -> list[tuple[Path, Path | None, int, int]]
     parts = []
     for p in emb:
         i = re.findall(r"\d+", p.stem)[-1]
-        try:
-            a = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise MemlabError(f"cannot read {p} as a .npy array: {e}") from None
+        a = load_array(p, mmap=True)
         if a.ndim != 2 or a.dtype.kind != "f":
             raise MemlabError(f"{p} is {a.dtype} with shape {a.shape}: expected float rows")
         meta = src / "metadata" / f"metadata_{i}.parquet"

@@ -308,10 +308,7 @@ class TrainingIndex:
         self = cls(path, manifest)
         for name, info in manifest["descriptors"].items():
             f = path / info["files"]["vectors"]
-            try:
-                shape = self.vectors(name).shape
-            except (ValueError, OSError) as e:
-                raise IndexMismatchError(f"index {path}: {f.name} is not a readable .npy array ({e})") from None
+            shape = self.vectors(name).shape
             if len(shape) != 2 or (verify and shape[0] != n):
                 raise IndexMismatchError(f"index {path}: {name} vectors do not have {n} rows")
             if info.get("dim") is not None and shape[1] != info["dim"]:
@@ -370,7 +367,7 @@ class TrainingIndex:
         name = name or self.default_descriptor
         if name not in self._vectors:
             f = self.descriptor_info(name)["files"]["vectors"]
-            self._vectors[name] = np.load(self.path / f, mmap_mode="r", allow_pickle=False)
+            self._vectors[name] = load_array(self.path / f, IndexMismatchError, mmap=True)
         return self._vectors[name]
 
     def neighbours(self, name: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -36,8 +36,9 @@ def load_array(path: str | Path, error: type[MemlabError] = MemlabError, mmap: b
     objects (never unpickled), or a header declaring more than the file holds (numpy's ``ValueError``)."""
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise error(f"{path} is not a readable .npy array ({one_line(e)})") from None
+    except (ValueError, OSError) as e:  # (numpy's words for objects advise loading them unsafely: not repeated)
+        why = "it holds Python objects, which memlab never unpickles" if "pickle" in str(e) else one_line(e)
+        raise error(f"cannot read {path} as a .npy array: {why}") from None
 
 
 def recover_swap(out: Path) -> None:

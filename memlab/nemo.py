@@ -128,7 +128,7 @@ def stats_current(folder: str | Path, steps: int) -> bool:
         return False
     try:
         return read_object(folder / INFO_FILE).get("steps") == steps
-    except (MemlabError, AttributeError):  # a torn file: compute again
+    except MemlabError:  # a torn file: compute again
         return False
 
 

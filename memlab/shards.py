@@ -8,12 +8,12 @@ under a folder so that the index keeps them beside its vectors, like ``--copy-im
 """
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from pathlib import Path
 
 from .errors import MemlabError
+from .jsonfiles import parse_json
 from .match import MAX_IMAGE_BYTES
 from .paths import Skipped, inside, member_name
 
@@ -93,8 +93,8 @@ def sample_text(s: dict) -> tuple[dict, str]:
     meta = {}
     if "json" in s:
         try:
-            meta = json.loads(s["json"])
-        except (ValueError, RecursionError):  # malformed, not UTF-8, an int too long, nested too deeply
+            meta = parse_json(s["json"], "a sample's metadata")
+        except MemlabError:  # malformed, not UTF-8, an int too long, nested too deeply: left out
             meta = {}
     meta = meta if isinstance(meta, dict) else {}
     caption = s["txt"].decode("utf-8", "replace") if "txt" in s else str(meta.get("caption") or "")
