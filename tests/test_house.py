@@ -114,6 +114,20 @@ def test_the_readme_is_short_and_links_the_docs():
     assert tuple(int(x) for x in low.split(".")) <= got < (int(high),) and front["app_file"] == "app.py"
 
 
+def test_the_oldest_python_the_project_accepts_is_the_one_ci_tests():
+    """pyproject's ``requires-python`` names the Python CI tests (the Space's ``python_version``), which the
+    README calls the oldest that installs: it said 3.10, where pip finds no diffusers 0.42 (it needs 3.11). pip
+    takes only releases that accept the Python it runs on, so CI's install on that Python is the check that
+    every requirement installs there."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    ci = re.search(r'^python_version: "([\d.]+)"', readme, re.M).group(1)
+    assert f"Python {ci} is the version CI tests, and the oldest that installs" in readme
+    oldest = re.search(r'^requires-python = ">=(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert oldest == ci, f"pyproject accepts Python {oldest}, CI tests {ci}"
+
+
 def _normalized(path: Path) -> list[dict]:
     """A run's records as ``tests/fixtures/run_world_issue30.jsonl`` keeps them: each line as written, less the
     timings and the model's absolute folder, each image as its 8 x 8 block means per channel."""
