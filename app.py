@@ -28,6 +28,7 @@ def main(argv=None):
                    help="requests that may wait in the queue (default 64; $MEMLAB_QUEUE_SIZE)")
     args = p.parse_args(argv)
 
+    from memlab import gpu
     from memlab.errors import MemlabError
     from memlab.service import Lab
     from memlab.app import build_app, launch
@@ -37,6 +38,9 @@ def main(argv=None):
         labs = [Lab(World.load(w), device=args.device) for w in (args.world or [None])]
         for lab in labs:
             lab.generator  # load the pipelines now, so the first click does not wait for them
+            if gpu.ON_HOST:  # and the descriptors the host's GPU calls use (what a forked call loads is lost)
+                for name in lab.descriptor_names:
+                    lab.get_descriptor(name)
             lab.caption_vectors()  # an index's caption vectors are checked now: a bad one is one line, not a traceback
             lab.caption_words()  # its caption words too (or built now, for an index built before them)
             lab.card()  # the world's card too (the About tab and the run estimates read it)

@@ -7,10 +7,13 @@ forked worker inherits the registry), settings by plain numbers, and results com
 and PIL images. Each call's ``duration`` is computed from its work (images x steps) with an allowance
 per image-step, so a long request asks for the time it needs instead of being cut at ZeroGPU's 60 s
 default, and a request over the 5-minute cap is refused up front with a message that says what to change.
-Off ZeroGPU (no ``spaces`` module, or ``spaces.GPU`` a no-op) the functions run in-process.
+CUDA may start only inside such a call, so every model the app runs is one: a generation's chunks
+(``generate_chunk``) and the ``Lab``'s other model work (``host_work``: the method called by name). Off
+ZeroGPU (no ``spaces`` module, or ``spaces.GPU`` a no-op) the functions run in-process.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from .errors import MemlabError
@@ -58,8 +61,8 @@ def generate_chunk(key: str, prompt: str, seeds: list, strategy: str, steps: int
     """Generate and match ``seeds`` for a prompt in the world ``key``: [(seed record, PIL image)]."""
     from .generate import Settings
 
-    return _lab(key).generate_chunk(prompt, list(seeds), strategy, Settings(steps=int(steps), guidance=float(guidance)),
-                                    descriptor)
+    return lab_call(key, "generate_chunk", (prompt, list(seeds), strategy,
+                                            Settings(steps=int(steps), guidance=float(guidance)), descriptor), {}, 0, 0)
 
 
 def _generate_duration(key, prompt, seeds, strategy, steps, guidance, descriptor=None) -> int:
@@ -88,3 +91,39 @@ def on_host(fn, duration_fn):
 
 
 generate_chunk_on_host = on_host(generate_chunk, _generate_duration)
+
+
+_INSIDE = [0]  # host calls this process is running: in a forked worker, all of its work is inside one
+
+
+def lab_call(key: str, method: str, args: tuple, kwargs: dict, images: int, steps: int):
+    """``Lab.<method>(*args, **kwargs)`` of the world ``key`` as one GPU call (``host_work``); ``images`` and
+    ``steps`` size its duration."""
+    _INSIDE[0] += 1
+    try:
+        return getattr(_lab(key), method)(*args, **kwargs)
+    finally:
+        _INSIDE[0] -= 1
+
+
+def _lab_call_duration(key, method, args, kwargs, images, steps) -> int:
+    return check_duration(images, steps, method.replace("_", " "))
+
+
+lab_call_on_host = on_host(lab_call, _lab_call_duration)
+
+
+def host_work(work):
+    """A ``Lab`` method that runs a model. On a GPU host (ZeroGPU) CUDA may not start in the serving process,
+    so there, called outside a GPU call, the method runs as one (``lab_call_on_host``; its arguments and result
+    pickle; ``work(lab, *args, **kwargs)`` gives the (images, steps) that size its duration); elsewhere as it is.
+    It keeps nothing on the ``Lab`` (a forked worker's changes are lost): its caller keeps what it returns."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def call(self, *args, **kwargs):
+            if not ON_HOST or _INSIDE[0]:
+                return fn(self, *args, **kwargs)
+            images, steps = work(self, *args, **kwargs)
+            return lab_call_on_host(register(self), fn.__name__, args, kwargs, int(images), int(steps))
+        return call
+    return decorate

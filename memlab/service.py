@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from .compute import on_compute_thread
+from .gpu import host_work
 from .errors import MemlabError
 from .jsonfiles import read_json
 from .tables import read_table
@@ -317,6 +318,7 @@ class Lab(Streams):
         hit = p[p["prompt"].astype(str).str.strip() == str(prompt).strip()]
         return None if hit.empty else {k: (None if pd.isna(v) else v) for k, v in hit.iloc[0].to_dict().items()}
 
+    @host_work(lambda self, prompt, seeds, settings=None: (min(4, len(seeds)) * 2, 1))  # a step forward and back
     @on_compute_thread
     def token_attribution(self, prompt: str, seeds: Sequence[int], settings: Settings | None = None) -> list[dict]:
         """Wen et al.'s per-token attribution of the prompt (first step, the first 4 seeds)."""
@@ -324,6 +326,7 @@ class Lab(Streams):
         prompt, _ = check_prompt(prompt, gen.tokenizer)
         return gen.token_attribution(prompt, seeds=list(seeds)[:4], settings=settings or self.settings())
 
+    @host_work(lambda self, *a, **kw: (1, 1))
     @on_compute_thread
     def match_image(self, path, k: int = 5, descriptor: str | None = None) -> dict:
         """An uploaded image against the training set (the ``memlab match`` result for one image); the
@@ -453,6 +456,12 @@ class Lab(Streams):
         return gen.text_embed, ("text encoder of the world's pipeline, " +
                                 ("projected" if projected else "pooled output: it has no projection layer") + ", cosine")
 
+    @host_work(lambda self, texts: (max(1, len(texts) // 64), 1))  # a text encoder: 64 texts about an image-step
+    @on_compute_thread
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts as the caption search compares them (``_text_embedder``)."""
+        return np.asarray(self._text_embedder()[0](list(texts)))
+
     def text_source(self) -> str:
         kept = self.caption_vectors()
         if kept:
@@ -477,7 +486,7 @@ class Lab(Streams):
         columns = ["caption", "text similarity", "row", "id", "duplicates"]
         kept = self.caption_vectors()
         if kept:  # the k rows alone are read (a large index's item table is never loaded whole for this)
-            rows, sims = kept.search(np.asarray(self._text_embedder()[0]([prompt]))[0], k)
+            rows, sims = kept.search(self.embed_texts([prompt])[0], k)
             found = [self.index.item(int(r)) for r in rows]
             return pd.DataFrame({"caption": [f["caption"] for f in found], "text similarity": np.round(sims, 4),
                                  "row": rows, "id": [f["id"] for f in found],
@@ -485,17 +494,16 @@ class Lab(Streams):
         if self.distinct_captions() > CAPTION_SEARCH_MAX:
             return pd.DataFrame(columns=columns)
         items = self._table()
-        embed, _ = self._text_embedder()
         if self._caption_vecs is None:
             from .captions import distinct_rows
 
             first = distinct_rows(items["caption"])
             uniq = items["caption"].fillna("").astype(str).to_numpy()[first].tolist()
-            self._caption_vecs = (first, uniq, np.asarray(embed(uniq)) if uniq else None)
+            self._caption_vecs = (first, uniq, self.embed_texts(uniq) if uniq else None)
         rows, caps, vecs = self._caption_vecs
         if vecs is None:
             return pd.DataFrame(columns=columns)
-        sims = vecs @ np.asarray(embed([prompt]))[0]
+        sims = vecs @ self.embed_texts([prompt])[0]
         top = np.argsort(-sims)[:k]
         return pd.DataFrame({"caption": [caps[i] for i in top], "text similarity": np.round(sims[top], 4),
                              "row": rows[top], "id": items["id"].to_numpy()[rows[top]],

@@ -77,15 +77,16 @@ class Streams:
         yield from self.generate_stream(prompt, seeds, spec, settings, progress=progress, descriptor=descriptor,
                                         stop=stop, **plan)
 
-    def stream_compare(self, prompt, seeds, specs, settings, progress=None, stop=None) -> Iterator[RunState]:
+    def stream_compare(self, prompt, seeds, specs, settings=None, progress=None, stop=None,
+                       done: dict | None = None) -> Iterator[RunState]:
         """The comparison streamed row by row; on a GPU host (ZeroGPU) each row is one call (``memlab.gpu``).
-        ``stop``: ``compare_stream``'s."""
+        ``stop`` and ``done``: ``compare_stream``'s."""
         key = self.register_gpu()
 
         def on_host(p, part, strategy, st, d):
             return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
         yield from self.compare_stream(prompt, seeds, specs, settings, progress=progress,
-                                       chunk_fn=on_host if gpu.ON_HOST else None, stop=stop)
+                                       chunk_fn=on_host if gpu.ON_HOST else None, done=done, stop=stop)
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
@@ -141,6 +142,7 @@ class Streams:
                     progress(len(state.records), total)
                 yield state
 
+    @gpu.host_work(lambda self, images, *a, **kw: (len(images), 1))
     @on_compute_thread
     def generation_clique(self, images, descriptor: str, detections_mean: dict | None) -> dict:
         """``runner.generation_clique`` of a finished run's (or row's) images, embedded again by ``descriptor``

@@ -78,7 +78,7 @@ def lesson_tab(lab: Lab) -> None:
 def _one_row(lab: Lab, prompt: str, seeds, progress, stop=None):
     """The prompt on the lesson's seeds, no mitigation (one row of the A/B grid); None if ``stop`` ended it."""
     state = None
-    for state in lab.compare_stream(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds"),
+    for state in lab.stream_compare(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds"),
                                     stop=stop):
         pass
     return state
@@ -147,7 +147,7 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         done = ({"none": list(zip(first.records, first.images))} if first is not None
                 and first.prompt == plan["duplicated"] and [r["seed"] for r in first.records] == list(seeds) else None)
         yield _running(lab, len(seeds) if done else 2 * len(seeds)), ""
-        for state in lab.compare_stream(plan["duplicated"], seeds, [LESSON_MITIGATION], done=done,
+        for state in lab.stream_compare(plan["duplicated"], seeds, [LESSON_MITIGATION], done=done,
                                         progress=lambda d, t: progress((d, t), desc="images"), stop=stop):
             text = _running(lab, len(seeds))
             if len(state.summaries) == 2:

@@ -2,7 +2,8 @@
 checks what ZeroGPU enforces. The arguments and the result must pickle (they cross a process boundary
 there; here they make a round trip through pickle), ``duration`` (seconds, or a function of the call's
 arguments) must be at most 300, and a call that runs longer than its duration is aborted. Every call is
-appended to the JSON-lines file $SPACES_LOG (function, duration asked, seconds taken)."""
+appended to the JSON-lines file $SPACES_LOG (function, duration asked, seconds taken); with $SPACES_GUARD set, a
+model that runs outside a call raises (``guard``)."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +13,20 @@ import pickle
 import time
 
 CAP_S = 300
+_ACTIVE = [0]  # calls in progress
+
+
+def guard() -> None:
+    """ZeroGPU's rule where the host has no GPU to enforce it: CUDA may start only inside a GPU call (outside one,
+    ZeroGPU raises the error below). Here every memlab model is on the CPU, so any module's forward pass counts:
+    one outside a call raises (on with $SPACES_GUARD, for a process that serves as a Space does)."""
+    import torch
+
+    def check(module, args):
+        if not _ACTIVE[0]:
+            raise RuntimeError("CUDA must not be initialized in the main process on Spaces with Stateless GPU "
+                               f"environment (stand-in: {type(module).__name__} ran outside a @spaces.GPU call)")
+    torch.nn.modules.module.register_module_forward_pre_hook(check)
 
 
 class GPUTimeout(RuntimeError):
@@ -27,7 +42,11 @@ def GPU(fn=None, duration=60):  # noqa: N802 - the real package's name
             if not 0 < asked <= CAP_S:
                 raise ValueError(f"duration {asked} is outside ZeroGPU's (0, {CAP_S}] s")
             t0 = time.perf_counter()
-            out = f(*args, **kwargs)
+            _ACTIVE[0] += 1
+            try:
+                out = f(*args, **kwargs)
+            finally:
+                _ACTIVE[0] -= 1
             took = time.perf_counter() - t0
             if os.environ.get("SPACES_LOG"):
                 with open(os.environ["SPACES_LOG"], "a") as log:
@@ -37,3 +56,7 @@ def GPU(fn=None, duration=60):  # noqa: N802 - the real package's name
             return pickle.loads(pickle.dumps(out))
         return call
     return decorate(fn) if callable(fn) else decorate
+
+
+if os.environ.get("SPACES_GUARD"):
+    guard()
