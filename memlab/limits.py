@@ -11,6 +11,7 @@ from .match import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 APP_MAX_SEEDS = 64  # a web request; the CLI allows up to 1,000
 MAX_CHUNK = 8  # seeds per streamed chunk at most (on ZeroGPU one call each, which Stop waits for)
 KEPT_VIEWS = 32  # keyword views computed on a visitor's request and kept in memory (the latest used)
+KEPT_ROWS = 16  # rows of the lesson's runs kept for the next visitor (its steps: 5 rows; the latest used)
 KEYWORD_MAX_ITEMS = 10_000  # captions a keyword view clusters on a visitor's request (all pairs compared: a common
 # word on a LAION-scale index, hundreds of thousands of captions, would hold the app for hours; prebuilt views have none)
 CAPTION_SEARCH_MAX = 20_000  # distinct captions the app embeds (once, on the compute thread) for its text search:

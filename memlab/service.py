@@ -58,6 +58,7 @@ class Lab(Streams):
         self._groups = None  # the near-duplicate groups table (duplicate_groups), computed once
         self._background: dict = {}
         self._step_times: dict = {}  # {images in a batch: seconds a step took here} (estimate_seconds)
+        self._kept_rows: dict = {}  # the lesson's rows, kept for the next visitor (streams.compare_stream's keep)
         self.views = self._load_views()  # prebuilt keyword views, kept for the app's life
         self._asked: OrderedDict = OrderedDict()  # views computed on request, the KEPT_VIEWS latest used
 

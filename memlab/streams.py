@@ -7,7 +7,9 @@ generator and descriptors.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -16,7 +18,7 @@ from .compute import on_compute_thread
 from .errors import Stopped
 from .generate import Settings, check_prompt
 from .headstart import HEAD_START, step_seconds, stream_plan
-from .limits import MAX_CHUNK
+from .limits import KEPT_ROWS, MAX_CHUNK
 from .records import APP_MATCHES, RunState, Summary
 from .runner import generation_clique, run_prompt, summarize_records
 
@@ -39,7 +41,10 @@ def _called(fn, *args) -> Iterator:
 
 
 class Streams:
-    """``Lab``'s streams (this module's docstring); ``_step_times`` is its record of how long steps take here."""
+    """``Lab``'s streams (this module's docstring); ``_step_times`` is its record of how long steps take here,
+    ``_kept_rows`` the rows it keeps (``compare_stream``'s ``keep``)."""
+
+    _kept_lock = threading.Lock()
 
     def estimate_seconds(self, images: int, steps: int) -> float | None:
         """How long ``images`` at ``steps`` steps take here: from the batches this server timed (a step's
@@ -78,15 +83,28 @@ class Streams:
                                         stop=stop, **plan)
 
     def stream_compare(self, prompt, seeds, specs, settings=None, progress=None, stop=None,
-                       done: dict | None = None) -> Iterator[RunState]:
+                       done: dict | None = None, keep: bool = False) -> Iterator[RunState]:
         """The comparison streamed row by row; on a GPU host (ZeroGPU) each row is one call (``memlab.gpu``).
-        ``stop`` and ``done``: ``compare_stream``'s."""
+        ``stop``, ``done`` and ``keep``: ``compare_stream``'s."""
         key = self.register_gpu()
 
         def on_host(p, part, strategy, st, d):
             return gpu.generate_chunk_on_host(key, p, part, strategy, st.steps, st.guidance, d)
         yield from self.compare_stream(prompt, seeds, specs, settings, progress=progress,
-                                       chunk_fn=on_host if gpu.ON_HOST else None, done=done, stop=stop)
+                                       chunk_fn=on_host if gpu.ON_HOST else None, done=done, stop=stop, keep=keep)
+
+    def _kept_row(self, key, rows=None):
+        """A kept row of ``compare_stream(keep=True)`` (None where none is), or, with ``rows``, keep it among the
+        ``KEPT_ROWS`` latest used."""
+        with self._kept_lock:
+            kept = self._kept_rows
+            if rows is None:
+                rows = kept.pop(key, None)
+            if rows is not None:
+                kept[key] = rows  # the latest used last
+                while len(kept) > KEPT_ROWS:
+                    kept.pop(next(iter(kept)))
+            return rows
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
@@ -201,13 +219,15 @@ class Streams:
 
     def compare_stream(self, prompt: str, seeds: Sequence[int], strategies: Sequence[str],
                        settings: Settings | None = None, progress=None, descriptor: str | None = None,
-                       chunk_fn=None, done: dict | None = None, stop=None) -> Iterator[RunState]:
+                       chunk_fn=None, done: dict | None = None, stop=None, keep: bool = False) -> Iterator[RunState]:
         """``none`` and each strategy on the same seeds, one strategy (a row of the A/B grid) at a time;
         yields the growing comparison after each row. Each strategy's summary is ``run_prompt``'s, with
         its change vs none. ``chunk_fn`` as in ``generate_stream`` (the GPU host's, one call a row).
         ``done``: {strategy: [(record, image), ...]} rows already made for this prompt, seeds, settings and
         descriptor (the lesson's step 1 is step 3's first row), used instead of generating them again.
-        ``stop``: as in ``generate_stream`` (the rows already yielded stay)."""
+        ``keep``: a row made here is kept for the server's next run of the same prompt, seeds, strategy, settings
+        and descriptor, which shows it at once (they give the same images: the lesson, whose steps every visitor
+        runs alike; ``KEPT_ROWS``). ``stop``: as in ``generate_stream`` (the rows already yielded stay)."""
         from .runner import change_vs_none
 
         gen = self.generator
@@ -222,6 +242,9 @@ class Streams:
             if stop is not None and stop.is_set():
                 return
             rows = (done or {}).get(strategy)
+            kept = (prompt, tuple(seeds), strategy, dataclasses.astuple(settings), desc.name) if keep else None
+            if rows is None and kept:
+                rows = self._kept_row(kept)
             if rows is None:
                 t0 = time.perf_counter()
                 try:
@@ -229,6 +252,8 @@ class Streams:
                 except Stopped:
                     return
                 self._timed(time.perf_counter() - t0, len(seeds), settings.steps)
+                if kept:
+                    self._kept_row(kept, rows)
             recs = [r for r, _ in rows]
             state.records += recs
             state.images += [im for _, im in rows]

@@ -249,3 +249,35 @@ def test_a_listed_template_probe_is_shown_scored_both_ways():
     text = "\n".join(probe_lines(Lab(), RunState("p", records, [None] * 4), "pixel"))
     assert "top-1 match in 2 of 4 seeds" in text
     assert "calls 1 of 4 seeds whole copies" in text and "template threshold 0.600, with the agreement share past its own, in 2 (1 of them" in text
+
+
+def test_a_lesson_row_made_once_is_shown_to_the_next_visitor_without_generating(tiny_world, monkeypatch):
+    """``compare_stream(keep=True)``, as the lesson's steps run: a class clicking one step runs the model once;
+    the next run of the same prompt, seeds, strategy and settings makes no image and shows the same records and
+    pictures. Other seeds, another strategy or ``keep=False`` generate; at most ``KEPT_ROWS`` rows are kept."""
+    import numpy as np
+
+    from memlab import streams
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")
+    made, real = [], lab.generate_chunk
+    monkeypatch.setattr(lab, "generate_chunk", lambda *a, **k: made.append((tuple(a[1]), a[2])) or real(*a, **k))
+
+    def run(seeds, specs=(), keep=True):
+        return list(lab.stream_compare("a red ball", seeds, list(specs), keep=keep))[-1]
+
+    first = run([0, 1])
+    again = run([0, 1])
+    assert made == [((0, 1), "none")]
+    assert again.records == first.records and all(np.array_equal(np.asarray(a), np.asarray(b))
+                                                  for a, b in zip(again.images, first.images))
+    run([0, 1], ["rna:k=2"])  # its first row is kept; its RNA row is made
+    run([0, 2])
+    run([0, 1], keep=False)
+    assert made[1:] == [((0, 1), "rna:k=2"), ((0, 2), "none"), ((0, 1), "none")]
+    monkeypatch.setattr(streams, "KEPT_ROWS", 2)  # the latest used are kept: (0, 1) none was used before (0, 2)
+    run([0, 3])
+    run([0, 1])
+    assert made[4:] == [((0, 3), "none"), ((0, 1), "none")]

@@ -65,13 +65,23 @@ def test_the_lesson_runs_its_models_inside_gpu_calls(space):
     before = len(logged(log))
     done = {1: "seeds replicated", 2: "copies in training", 3: "with RNA", 4: "seeds replicated",
             5: "picture of this template"}
-    with app_page(BUILTIN, env=env) as page:
-        open_tab(page, "Lesson")
-        for i in (1, 2, 3, 4, 5):
+
+    def show(page, steps):
+        texts = []
+        for i in steps:
             page.locator(f"#lesson-{i}").click()
             page.wait_for_function(f"""() => (document.querySelector('#lesson-{i}-text').innerText || '')
                 .includes('{done[i]}') || document.querySelector('.toast-body')""", timeout=120_000)
-            text = page.locator(f"#lesson-{i}-text").inner_text()
-            assert done[i] in text, page.locator(".toast-body").all_inner_texts() or text
+            texts.append(page.locator(f"#lesson-{i}-text").inner_text())
+            assert done[i] in texts[-1], page.locator(".toast-body").all_inner_texts() or texts[-1]
+        return texts
+
+    with app_page(BUILTIN, env=env) as page:
+        open_tab(page, "Lesson")
+        first = show(page, (1, 2, 3, 4, 5))
     fns = [x["fn"] for x in logged(log)[before:]]
     assert fns.count("generate_chunk") == 4  # steps 1, 3 (RNA; its first row is step 1's), 4, 5: a call a row
+    with app_page(BUILTIN, env=env) as page:  # the next visitor: the rows kept, no GPU call, the same sentences
+        open_tab(page, "Lesson")
+        assert show(page, (1, 3)) == [first[0], first[2]]
+    assert [x["fn"] for x in logged(log)[before:]].count("generate_chunk") == 4

@@ -79,7 +79,7 @@ def _one_row(lab: Lab, prompt: str, seeds, progress, stop=None):
     """The prompt on the lesson's seeds, no mitigation (one row of the A/B grid); None if ``stop`` ended it."""
     state = None
     for state in lab.stream_compare(prompt, seeds, [], progress=lambda d, t: progress((d, t), desc="seeds"),
-                                    stop=stop):
+                                    stop=stop, keep=True):
         pass
     return state
 
@@ -87,9 +87,10 @@ def _one_row(lab: Lab, prompt: str, seeds, progress, stop=None):
 def _duration(lab: Lab, n: int) -> str:
     """How long a step takes here, as the page says it before any is run."""
     est = lab.estimate_seconds(n, int(lab.defaults["steps"]))
-    return ("each runs the model on the seeds below" if est is None else
-            f"a step runs {n} images, about {est:.0f} s on this machine (step 3 twice that, unless step 1 "
-            f"was shown)")
+    return (("each runs the model on the seeds below" if est is None else
+             f"a step runs {n} images, about {est:.0f} s on this machine (step 3 twice that, unless step 1 was "
+             f"shown)") + "; a step shown once on this server is shown again at once, since the same seeds and "
+            "settings give the same images (run the steps once before a class)")
 
 
 def _running(lab: Lab, images: int) -> str:
@@ -147,7 +148,7 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         done = ({"none": list(zip(first.records, first.images))} if first is not None
                 and first.prompt == plan["duplicated"] and [r["seed"] for r in first.records] == list(seeds) else None)
         yield _running(lab, len(seeds) if done else 2 * len(seeds)), ""
-        for state in lab.stream_compare(plan["duplicated"], seeds, [LESSON_MITIGATION], done=done,
+        for state in lab.stream_compare(plan["duplicated"], seeds, [LESSON_MITIGATION], done=done, keep=True,
                                         progress=lambda d, t: progress((d, t), desc="images"), stop=stop):
             text = _running(lab, len(seeds))
             if len(state.summaries) == 2:
