@@ -40,7 +40,7 @@ def main(argv=None) -> int:
             first = shown
         totals[keep] = sum(seconds)
         print(f"{'rows kept (shipped)' if keep else 'made anew (baseline)':>22}: first visitor {seconds[0]:.2f} s, "
-              f"the others median {statistics.median(seconds[1:]):.3f} s, "
+              f"the others median {1000 * statistics.median(seconds[1:]):.1f} ms, "
               f"the last visitor's wait {totals[keep]:.1f} s")
     print(f"the last visitor's wait: {totals[True]:.1f} s against {totals[False]:.1f} s "
           f"({totals[False] / totals[True]:.1f}x shorter)")

@@ -93,18 +93,18 @@ class Streams:
         yield from self.compare_stream(prompt, seeds, specs, settings, progress=progress,
                                        chunk_fn=on_host if gpu.ON_HOST else None, done=done, stop=stop, keep=keep)
 
-    def _kept_row(self, key, rows=None):
-        """A kept row of ``compare_stream(keep=True)`` (None where none is), or, with ``rows``, keep it among the
-        ``KEPT_ROWS`` latest used."""
+    def _kept_row(self, key, row=None):
+        """A kept row of ``compare_stream(keep=True)``, (its [(record, image)], its statistics), or None where none
+        is; with ``row``, keep it among the ``KEPT_ROWS`` latest used."""
         with self._kept_lock:
             kept = self._kept_rows
-            if rows is None:
-                rows = kept.pop(key, None)
-            if rows is not None:
-                kept[key] = rows  # the latest used last
+            if row is None:
+                row = kept.pop(key, None)
+            if row is not None:
+                kept[key] = row  # the latest used last
                 while len(kept) > KEPT_ROWS:
                     kept.pop(next(iter(kept)))
-            return rows
+            return row
 
     def generate_stream(self, prompt: str, seeds: Sequence[int], strategy: str = "none",
                         settings: Settings | None = None, chunk: int = 2, progress=None,
@@ -225,9 +225,9 @@ class Streams:
         its change vs none. ``chunk_fn`` as in ``generate_stream`` (the GPU host's, one call a row).
         ``done``: {strategy: [(record, image), ...]} rows already made for this prompt, seeds, settings and
         descriptor (the lesson's step 1 is step 3's first row), used instead of generating them again.
-        ``keep``: a row made here is kept for the server's next run of the same prompt, seeds, strategy, settings
-        and descriptor, which shows it at once (they give the same images: the lesson, whose steps every visitor
-        runs alike; ``KEPT_ROWS``). ``stop``: as in ``generate_stream`` (the rows already yielded stay)."""
+        ``keep``: a row made here is kept, with its statistics, for the server's next run of the same prompt, seeds,
+        strategy, settings and descriptor, which shows it at once, running no model (they give the same images: the
+        lesson, whose steps every visitor runs alike; ``KEPT_ROWS``). ``stop``: as in ``generate_stream`` (the rows already yielded stay)."""
         from .runner import change_vs_none
 
         gen = self.generator
@@ -241,10 +241,8 @@ class Streams:
         for j, strategy in enumerate(strategies):
             if stop is not None and stop.is_set():
                 return
-            rows = (done or {}).get(strategy)
             kept = (prompt, tuple(seeds), strategy, dataclasses.astuple(settings), desc.name) if keep else None
-            if rows is None and kept:
-                rows = self._kept_row(kept)
+            rows, stats = (self._kept_row(kept) if kept else None) or ((done or {}).get(strategy), None)
             if rows is None:
                 t0 = time.perf_counter()
                 try:
@@ -252,14 +250,15 @@ class Streams:
                 except Stopped:
                     return
                 self._timed(time.perf_counter() - t0, len(seeds), settings.steps)
-                if kept:
-                    self._kept_row(kept, rows)
             recs = [r for r, _ in rows]
             state.records += recs
             state.images += [im for _, im in rows]
-            stats = summarize_records(recs, thr)
-            if len(recs) > 1:  # each row's own clique (Carlini et al.)
-                stats.update(self.generation_clique([im for _, im in rows], desc.name, stats["detections_mean"]))
+            if stats is None:
+                stats = summarize_records(recs, thr)
+                if len(recs) > 1:  # each row's own clique (Carlini et al.)
+                    stats.update(self.generation_clique([im for _, im in rows], desc.name, stats["detections_mean"]))
+                if kept:
+                    self._kept_row(kept, (rows, stats))
             summary = Summary(**stats, prompt=prompt, mitigation=recs[0]["mitigation"],
                               descriptor=recs[0]["descriptor"], seeds=list(seeds)).to_dict()
             if state.summaries:

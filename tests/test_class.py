@@ -254,7 +254,8 @@ def test_a_listed_template_probe_is_shown_scored_both_ways():
 def test_a_lesson_row_made_once_is_shown_to_the_next_visitor_without_generating(tiny_world, monkeypatch):
     """``compare_stream(keep=True)``, as the lesson's steps run: a class clicking one step runs the model once;
     the next run of the same prompt, seeds, strategy and settings makes no image and shows the same records and
-    pictures. Other seeds, another strategy or ``keep=False`` generate; at most ``KEPT_ROWS`` rows are kept."""
+    pictures, running no model. Other seeds, another strategy or ``keep=False`` generate; at most ``KEPT_ROWS``
+    rows are kept."""
     import numpy as np
 
     from memlab import streams
@@ -262,16 +263,17 @@ def test_a_lesson_row_made_once_is_shown_to_the_next_visitor_without_generating(
     from memlab.world import World
 
     lab = Lab(World.load(tiny_world), device="cpu")
-    made, real = [], lab.generate_chunk
+    made, real, cliques, clique = [], lab.generate_chunk, [], lab.generation_clique
     monkeypatch.setattr(lab, "generate_chunk", lambda *a, **k: made.append((tuple(a[1]), a[2])) or real(*a, **k))
+    monkeypatch.setattr(lab, "generation_clique", lambda *a, **k: cliques.append(1) or clique(*a, **k))
 
     def run(seeds, specs=(), keep=True):
         return list(lab.stream_compare("a red ball", seeds, list(specs), keep=keep))[-1]
 
     first = run([0, 1])
     again = run([0, 1])
-    assert made == [((0, 1), "none")]
-    assert again.records == first.records and all(np.array_equal(np.asarray(a), np.asarray(b))
+    assert made == [((0, 1), "none")] and len(cliques) == 1  # no model at all: the row's clique is kept with it
+    assert again.summaries == first.summaries and again.records == first.records and all(np.array_equal(np.asarray(a), np.asarray(b))
                                                   for a, b in zip(again.images, first.images))
     run([0, 1], ["rna:k=2"])  # its first row is kept; its RNA row is made
     run([0, 2])

@@ -84,4 +84,4 @@ def test_the_lesson_runs_its_models_inside_gpu_calls(space):
     with app_page(BUILTIN, env=env) as page:  # the next visitor: the rows kept, no GPU call, the same sentences
         open_tab(page, "Lesson")
         assert show(page, (1, 3)) == [first[0], first[2]]
-    assert [x["fn"] for x in logged(log)[before:]].count("generate_chunk") == 4
+    assert len(logged(log)) == before + len(fns)
