@@ -227,7 +227,8 @@ class Streams:
         descriptor (the lesson's step 1 is step 3's first row), used instead of generating them again.
         ``keep``: a row made here is kept, with its statistics, for the server's next run of the same prompt, seeds,
         strategy, settings and descriptor, which shows it at once, running no model (they give the same images: the
-        lesson, whose steps every visitor runs alike; ``KEPT_ROWS``). ``stop``: as in ``generate_stream`` (the rows already yielded stay)."""
+        lesson, whose steps every visitor runs alike; ``KEPT_ROWS``). ``stop``: as in ``generate_stream`` (the rows
+        already yielded stay)."""
         from .runner import change_vs_none
 
         gen = self.generator
