@@ -367,10 +367,12 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
 def test_a_closed_page_stops_its_run_within_a_step():
     """A visitor who closes the page mid-run frees the server for the next: the run ends at its next denoising
     step (``wiring.stop_session``, on Gradio's unload), where Gradio alone let the chunk in flight (up to 8 seeds;
-    here 7 seeds at 200 steps on the built-in world) run on for nobody. The same for a step of the lesson."""
+    here 7 seeds at 200 steps on the built-in world) run on for nobody. The same for a step of the lesson (on a
+    server of its own: the lesson's rows that another test ran are kept, and would be shown without a run)."""
     from tests.browser import busy_seconds, shared_app
 
-    with app_page(BUILTIN) as page:
+    own = {"MEMLAB_TEST_SERVER": "a closed page"}  # (any variable: shared_app keys a server by its environment)
+    with app_page(BUILTIN, env=own) as page:
         page.get_by_label("Prompt").first.fill("a red ball on a table")
         page.locator("#n-seeds input").fill("64")
         page.get_by_text("Sampling").first.click()
@@ -379,9 +381,9 @@ def test_a_closed_page_stops_its_run_within_a_step():
         steps.press("Tab")
         page.locator("#generate-btn").click()
         page.locator("#pairs img").first.wait_for(timeout=120_000)  # the head start's seed: the rest is running
-    server = shared_app(BUILTIN)[1]
+    server = shared_app(BUILTIN, env=own)[1]
     shares = busy_seconds(server)  # the page is closed
-    with app_page(BUILTIN) as page:  # the lesson's third step: 16 images, about 5 s
+    with app_page(BUILTIN, env=own) as page:  # the lesson's third step: 16 images, about 5 s
         open_tab(page, "Lesson")
         page.locator("#lesson-3").click()
         page.wait_for_function("() => (document.querySelector('#lesson-3-text') || {}).innerText?.includes("
