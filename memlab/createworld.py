@@ -269,16 +269,23 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
                  timeout: float = 10, retries: int = 1, shard_size: int = 1000, index_options: dict | None = None,
                  fetch_policy: dict | None = None, progress=None, log=print, nemo_seeds: int = 10,
                  probe_seeds: int = PROBE_SEEDS, device: str | None = None, command: str | None = None,
-                 steps: int = SD_DEFAULTS["steps"], guidance: float = SD_DEFAULTS["guidance"]) -> Path:
+                 steps: int = SD_DEFAULTS["steps"], guidance: float = SD_DEFAULTS["guidance"],
+                 revision: str | None = None) -> Path:
     """Write the world described in the module docstring to ``out``; returns ``out``. ``command``: the command
     line that asked for it (the card's ``built_with``). ``steps`` and ``guidance``: the world's sampling
-    defaults, which NeMo's statistics, the template threshold and the probe table are measured at."""
+    defaults, which NeMo's statistics, the template threshold and the probe table are measured at. The model is
+    found first (a Hub id at ``revision``, default its main branch, resolved to its commit) and every stage uses
+    that commit; world.json records it (or a local folder's fingerprint), so the world loads what it was
+    calibrated on."""
     import pandas as pd
 
+    from .pipeload import identity, locate
     from .world import write_world_json
 
     out = Path(out)
     model = check_model(model)
+    src = locate(model, revision)  # before any fetch: a model that cannot be found is refused at once
+    pinned = identity(src)
     table = read_prompt_list(prompts)
     if controls:
         table = pd.concat([table, read_prompt_list(controls, label="control")], ignore_index=True)
@@ -304,7 +311,10 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
         if "gen" not in loaded:
             from .generate import Generator
 
-            loaded["gen"] = Generator.from_pretrained(model, device=device)
+            gen = Generator.from_pretrained(model, device=device, revision=src.revision)
+            if gen.identity != pinned:
+                raise MemlabError(f"the model {model} changed while the world was made (its files' fingerprint)")
+            loaded["gen"] = gen
         return loaded["gen"]
 
     sampling = {"steps": int(steps), "guidance": float(guidance)}
@@ -329,7 +339,8 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     write_world_json(out, name=name or out.name, model=model, index="index", probes="probes.csv", card="card.json",
                      descriptors=list(descriptors), defaults=defaults, trained_on=trained_on,
                      probe_labels={k: int(v) for k, v in n_lab.items()}, **({"nemo": "nemo"} if nemo else {}),
-                     **({"template_threshold": template} if template else {}))
+                     **({"template_threshold": template} if template else {}),
+                     **{f"model_{k}": v for k, v in pinned.items() if v})
     log(f"[world create] wrote {out}: {len(items)} items, {len(probes)} probes "
         f"({', '.join(f'{v} {k}' for k, v in n_lab.items())}), keywords {', '.join(words) or 'none'}")
     return out

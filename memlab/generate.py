@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import MemlabError, ModelFileMissing
+from .errors import MemlabError
 from .mitigations import JainGuidance, Strategy, parse_strategy
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -124,51 +124,6 @@ def check_prompt(prompt: str, tokenizer) -> tuple[str, str | None]:
                     f"so it is truncated after '...{tail}'")
 
 
-def hub_model_index(model_id: str, local_only: bool) -> Path:
-    """The folder holding a Hub pipeline's model_index.json (fetched alone, or from the cache), so that it is
-    checked (``validate.check_pipeline``) before diffusers imports the modules it names: a world.json from
-    elsewhere may name any Hub id."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(model_id, "model_index.json", local_files_only=local_only)).parent
-    except (OSError, ValueError) as e:  # (huggingface_hub's errors: not found, offline and not cached)
-        raise ModelFileMissing(f"cannot load the pipeline {model_id}: {str(e).splitlines()[0][:300]}") from e
-
-
-def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None, **kw):
-    """A StableDiffusionPipeline from a Hub id or a local diffusers folder, the one way memlab loads one (the
-    generator and the trainer): its model_index.json checked first (components of diffusers and transformers
-    only, ``validate.check_pipeline``), its weights read from safetensors alone (a .bin or .ckpt is a pickle,
-    which runs code when loaded). Each failure is a ``ModelFileMissing`` that says why."""
-    from diffusers import StableDiffusionPipeline
-    from safetensors import SafetensorError
-
-    from .descriptors import offline
-    from .jsonfiles import NESTED
-    from .validate import check_pipeline
-
-    p = Path(str(model))
-    is_local = p.exists()
-    if is_local and not (p / "model_index.json").is_file():
-        raise ModelFileMissing(f"{p} is not a diffusers pipeline folder (no model_index.json)")
-    local_only = bool(local_files_only or offline() or is_local)
-    check_pipeline(p if is_local else hub_model_index(str(model), local_only))
-    try:
-        return StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=local_only,
-                                                       use_safetensors=True, **kw)
-    except RecursionError:  # a component's JSON nested past Python's parser (``memlab.jsonfiles``)
-        raise ModelFileMissing(f"cannot load the pipeline {model}: a config or tokenizer file is not valid JSON: "
-                               f"{NESTED}") from None
-    # (TypeError, KeyError, AttributeError: a component's config of other types, e.g. a list, which diffusers and
-    # transformers pass on as keyword arguments; SafetensorError: a damaged weights file transformers reads itself)
-    except (OSError, ValueError, EnvironmentError, TypeError, KeyError, AttributeError, SafetensorError) as e:
-        why = str(e).splitlines()[0][:300]
-        raise ModelFileMissing(f"cannot load the pipeline {model}: {why}" + (
-            " (memlab loads safetensors weights only and never unpickles a model file: save the pipeline "
-            "with save_pretrained, which writes safetensors)" if "safetensors" in why else "")) from e
-
-
 class Generator:
     """Composes a diffusers text-to-image pipeline; owns nothing else (like a diffusers pipeline)."""
 
@@ -186,15 +141,19 @@ class Generator:
         self.sail_target: float | None = None  # and for ``sail`` (``memlab.sail``)
         self.nemo_stats = None  # NeMo's statistics of non-memorized prompts (``memlab.nemo.NeMoStats``)
         self.template_threshold: dict | None = None  # the world's masked-similarity threshold ("template copy")
+        self.identity = {"revision": None, "fingerprint": None}  # what was loaded (``pipeload.identity``)
         self._nemo_cache: dict = {}
 
     # ---------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, device: str | None = None,
                         dtype: str | None = None, scheduler: str = "ddim", safety_checker: bool = False,
-                        local_files_only: bool | None = None) -> "Generator":
-        """Load a Hub id or a local diffusers folder; fp16 on CUDA, fp32 on CPU."""
+                        local_files_only: bool | None = None, revision: str | None = None) -> "Generator":
+        """Load a Hub id (at ``revision``, default its main branch) or a local diffusers folder; fp16 on CUDA, fp32
+        on CPU. ``identity`` names what was loaded: the Hub commit, or the local folder's fingerprint."""
         import torch
+
+        from .pipeload import identity, load_pipeline, locate
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dt = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}.get(
@@ -202,8 +161,10 @@ class Generator:
         if dt is None:
             raise MemlabError(f"dtype must be fp16, bf16 or fp32 (got {dtype})")
         kw = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
-        pipe = load_pipeline(model, dt, local_files_only, **kw)
+        src = locate(model, revision, local_files_only)
+        pipe = load_pipeline(model, dt, source=src, **kw)
         gen = cls(pipe, str(model), device)
+        gen.identity = identity(src)
         gen.set_scheduler(scheduler)
         return gen
 
@@ -224,8 +185,11 @@ class Generator:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
     def info(self) -> dict:
-        return {"model": self.source, "scheduler": self.scheduler_name, "device": self.device,
-                "dtype": str(self.pipe.unet.dtype).replace("torch.", "")}
+        """The model as records name it: as given, its Hub commit or fingerprint, and how it ran."""
+        from .pipeload import software
+
+        return {"model": self.source, **self.identity, "scheduler": self.scheduler_name, "device": self.device,
+                "dtype": str(self.pipe.unet.dtype).replace("torch.", ""), "software": dict(software())}
 
     # ----------------------------------------------------------------------------- pieces
     def encode(self, prompts: Sequence[str]):

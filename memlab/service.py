@@ -195,13 +195,16 @@ class Lab(Streams):
         return Path(str(self.world.model)).name if self.world.path else str(self.world.model)
 
     def model_description(self) -> str:
-        """The model in words: a Hub id, or where its folder is."""
+        """The model in words: a Hub id at the commit the world was made with, or where its folder is (with the
+        fingerprint the world was made with, ``pipeload``)."""
         w = self.world
         if not w.path:
             return str(w.model)
         if Path(str(w.model)).resolve().is_relative_to(Path(w.path).resolve()):
             return f"its own model, in the world's folder `{Path(str(w.model)).relative_to(w.path)}/`"
-        return f"the local pipeline `{Path(str(w.model)).name}`" if Path(str(w.model)).exists() else str(w.model)
+        rev, fp = w.manifest.get("model_revision"), w.manifest.get("model_fingerprint")
+        which = f" at commit `{rev[:12]}`" if rev else f" (its files' fingerprint `{fp[:12]}`)" if fp else ""
+        return (f"the local pipeline `{Path(str(w.model)).name}`" if Path(str(w.model)).exists() else str(w.model)) + which
 
     def served_folders(self) -> list[str]:
         """The folders whose files the app may serve (the world's, and its index's)."""

@@ -238,7 +238,7 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     else:
         # trained in fp32 whatever the folder stores (a pipeline saved in fp16, as the built-in world's, would
         # otherwise load its text encoder in fp16 beside an fp32 UNet)
-        from .generate import load_pipeline
+        from .pipeload import load_pipeline
 
         pipe = load_pipeline(cfg.pipeline, torch.float32, safety_checker=None, requires_safety_checker=False)
     pipe.to(dev)

@@ -121,6 +121,7 @@ def _sealed_files(c, m: dict, path, entry: dict, name: str, keys) -> None:
 
 
 SCHEDULERS = ("ddim", "dpm")
+COMMIT, SHA256 = re.compile(r"[0-9a-f]{40}"), re.compile(r"[0-9a-f]{64}")  # (``pipeload``'s)
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -137,6 +138,11 @@ def check_world(m, path: Path) -> dict:
             c.fail("model", f"names {model!r}, which is not a diffusers pipeline folder")
     elif (path / model).exists() or ".." in Path(model).parts or not HUB_ID.fullmatch(model):
         c.relative(path, model, "model", must_exist=True)
+    for key, pattern, what in (("model_revision", COMMIT, "a Hub commit (40 hex digits)"),
+                               ("model_fingerprint", SHA256, "a sha256 (64 hex digits)")):
+        value = c.get(m, key, str, key, optional=True)
+        if value is not None and not pattern.fullmatch(value):
+            c.fail(key, f"must be {what} (got {value!r:.60})")
     c.relative(path, c.get(m, "index", str, "index"), "index")
     for key, kind in (("probes", ".csv"), ("card", ".json")):
         if m.get(key) is not None:
@@ -205,7 +211,7 @@ def check_pipeline(path: Path) -> dict:
     """A diffusers pipeline folder's model_index.json: each component names a class of diffusers or
     transformers, or none. diffusers imports whatever module a component names before it looks for the class
     (``"feature_extractor": ["antigravity", "Fly"]`` would import that module); memlab loads no other. The
-    weights are safetensors (``generate.load_pipeline`` passes ``use_safetensors``: no file is unpickled)."""
+    weights are safetensors (``pipeload.load_pipeline`` passes ``use_safetensors``: no file is unpickled)."""
     from .jsonfiles import read_json
 
     c = Checker(Path(path) / "model_index.json")

@@ -1,7 +1,9 @@
 """A world: a folder naming a text-to-image pipeline and the index of its training set.
 
     world.json   name, what the model was trained on, model (a diffusers folder inside the world, or a
-                 Hub id), index (an index_builder output inside the world), descriptors, defaults
+                 Hub id), index (an index_builder output inside the world), descriptors, defaults; for a
+                 model outside the world (``world create``), the one it was calibrated on: model_revision
+                 (the Hub commit, loaded again) or model_fingerprint (a local folder's, checked at load)
     model/       diffusers folder (save_pretrained)           [optional when "model" is a Hub id]
     index/       memlab index (python -m index_builder)
 
@@ -70,10 +72,11 @@ class World:
                    defaults={**DEFAULTS, **m.get("defaults", {})}, manifest=m)
 
     @classmethod
-    def from_parts(cls, model: str, index: str | Path, name: str | None = None) -> "World":
-        """A world assembled from a model (Hub id or folder) and an index folder."""
+    def from_parts(cls, model: str, index: str | Path, name: str | None = None,
+                   revision: str | None = None) -> "World":
+        """A world assembled from a model (Hub id, at ``revision``, or folder) and an index folder."""
         return cls(path=None, name=name or Path(str(model)).name, model=str(model), index_path=Path(index),
-                   defaults=dict(DEFAULTS))
+                   defaults=dict(DEFAULTS), manifest={"model_revision": revision} if revision else {})
 
     def index(self):
         if self._index is None:
@@ -87,8 +90,14 @@ class World:
             from .generate import Generator
             from .local import current_threshold
 
-            self._generator = Generator.from_pretrained(self.model, device=device,
-                                                        scheduler=scheduler or self.defaults["scheduler"])
+            gen = Generator.from_pretrained(self.model, device=device, scheduler=scheduler or self.defaults["scheduler"],
+                                            revision=self.manifest.get("model_revision"))
+            want = self.manifest.get("model_fingerprint")
+            if want and gen.identity["fingerprint"] != want:
+                raise MemlabError(f"world {self.path}: its model {self.model} is not the one it was calibrated on (its "
+                                  f"files' fingerprint {gen.identity['fingerprint'][:12]}, world.json's {want[:12]}); "
+                                  f"make the world again with `python -m memlab world create`, or restore the model")
+            self._generator = gen
             self._generator.wen_target = self.defaults.get("wen_target")  # calibrated at build, if any
             self._generator.sail_target = self.defaults.get("sail_target")
             # the masked ("template copy") threshold, calibrated at build where the world has one (issue 32)

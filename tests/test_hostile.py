@@ -823,7 +823,7 @@ def test_json_python_cannot_parse_is_one_error_naming_the_file(tiny_world, tmp_p
     it cannot be shown rather than stopping the About tab."""
     from memlab.errors import IndexMismatchError, MemlabError
     from memlab.index import TrainingIndex
-    from memlab.generate import load_pipeline
+    from memlab.pipeload import load_pipeline
     from memlab.prompts import read_prompt_list
     from memlab.service import Lab
     from memlab.validate import check_pipeline

@@ -40,7 +40,7 @@ def test_no_pickle_loading_in_memlab():
                 depth += {"(": 1, ")": -1}.get(text[i], 0)
                 i += 1
             calls.append((f.name, "use_safetensors=True" in text[m.end():i]))
-    assert {"generate.py", "train_descriptor.py"} <= {f for f, _ in calls} and all(ok for _, ok in calls), calls
+    assert {"pipeload.py", "train_descriptor.py"} <= {f for f, _ in calls} and all(ok for _, ok in calls), calls
     assert "load_pipeline(" in (ROOT / "memlab" / "train.py").read_text()  # the trainer loads the generator's way
 
 

@@ -179,7 +179,7 @@ def test_a_second_run_resumes_without_downloading_again(created, tiny_pipeline_d
     assert json.loads((out / "card.json").read_text())["built_with"] == "python -m memlab " + shlex.join(r.args)
 
 
-def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path):
+def test_memlab_run_generates_and_matches_on_the_created_world(created, tiny_pipeline_dir, tmp_path):
     out = created[0]
     table = pd.read_csv(out / "probe_scores.csv")
     row = table.iloc[0]  # a listed probe, run at the world's defaults: its row in the probe table comes back
@@ -193,6 +193,12 @@ def test_memlab_run_generates_and_matches_on_the_created_world(created, tmp_path
     seeds = [x for x in recs if x.get("type", "seed") == "seed" and "matches" in x]
     assert len(seeds) == 6 and all(x["matches"] and x["descriptor"] for x in seeds)
     assert sorted(x["mitigation"]["name"] for x in seeds) == ["nemo", "nemo", "none", "none", "sail", "sail"]
+    # the world names the model it was made with (a local folder: its fingerprint), and so does every record
+    from memlab.pipeload import fingerprint
+
+    made_with = json.loads((out / "world.json").read_text())["model_fingerprint"]
+    assert made_with == fingerprint(tiny_pipeline_dir)
+    assert {x["model"]["fingerprint"] for x in seeds} == {made_with} and seeds[0]["model"]["revision"] is None
     # NeMo's statistics come from the control list, sealed with the world: the mitigation runs on it
     from memlab.world import World
 

@@ -25,6 +25,8 @@ def add_arguments(p):
     c = sub.add_parser("create", help="a world from a prompt list (fetch, index, probes, keyword views)",
                        description=__doc__.strip(), formatter_class=p.formatter_class)
     c.add_argument("--model", required=True, help="the pipeline: Hugging Face Hub id or local diffusers folder")
+    c.add_argument("--revision", default=None,
+                   help="the Hub id's branch, tag or commit (default: main); world.json records the commit")
     c.add_argument("--prompts", required=True,
                    help="prompt list: NeMo CSV, Wen JSONL, MemAttn text, or parquet/CSV with caption (+ url)")
     c.add_argument("--controls", default=None, help="a list of unmemorized control prompts (same formats)")
@@ -95,6 +97,6 @@ def run(args) -> int:
                                "max_bytes": args.max_bytes},
                  index_options=index_options, progress=progress, log=lambda m: print(m, file=sys.stderr),
                  nemo_seeds=args.nemo_seeds, probe_seeds=args.probe_seeds, device=args.device,
-                 steps=args.steps, guidance=args.guidance,
+                 steps=args.steps, guidance=args.guidance, revision=args.revision,
                  command=args.command)  # every option, as the card's built_with
     return 0
