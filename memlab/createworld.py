@@ -328,6 +328,7 @@ def create_world(model: str, prompts: str, out: str | Path, *, controls: str | N
     defaults = {**SD_DEFAULTS, **sampling, **({"height": size, "width": size} if size else {}), **targets}
     n_lab = probes["label"].value_counts().to_dict()
     card = {"name": name or out.name, "built_with": command or "python -m memlab world create", "model": model,
+            **{f"model_{k}": v for k, v in pinned.items() if v},
             "prompts": str(prompts), "controls": controls, "training": sources, "descriptors": list(descriptors),
             "fetch": rep, "probes": {"total": len(probes), "by_label": n_lab,
                                      "training_image_indexed": int((probes["training_image"] == "indexed").sum())},

@@ -186,7 +186,7 @@ class Generator:
 
     def info(self) -> dict:
         """The model as records name it: as given, its Hub commit or fingerprint, and how it ran."""
-        from .pipeload import software
+        from .records import software
 
         return {"model": self.source, **self.identity, "scheduler": self.scheduler_name, "device": self.device,
                 "dtype": str(self.pipe.unet.dtype).replace("torch.", ""), "software": dict(software())}

@@ -15,6 +15,7 @@ from . import metrics, scorenorm, verify
 from .descriptors import Descriptor, create_descriptor
 from .errors import MemlabError
 from .index import TrainingIndex
+from .records import software
 from .preprocess import as_viewed, open_rgb
 
 
@@ -315,6 +316,7 @@ def _match_chunk(index: TrainingIndex, descriptor: Descriptor, images, k: int) -
 def _result(index: TrainingIndex, name: str, queries: list, embed_s: float, search_s: float) -> dict:
     summary = summarize(index, name, [q["score"] for q in queries])
     summary["timing"] = {"embed_s": embed_s, "search_s": search_s}
+    summary["software"] = dict(software())  # the versions the scores depend on
     return {"descriptor": descriptor_summary(index, name), "queries": queries, "summary": summary}
 
 

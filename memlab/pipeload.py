@@ -3,14 +3,12 @@
 A Hub id is named by the commit it resolved to (``revision``: the Hub's snapshot, which never changes once
 made; diffusers' ``from_pretrained(revision=...)`` loads it again), a local folder by the sha256 of the files
 the pipeline loads (``fingerprint``): the same name, the same weights. Records, exports and world.json carry
-both, with the versions of the libraries that ran them (``software``): a figure measured on one model is
+both, with the versions of the libraries that ran them (``records.software``): a figure measured on one model is
 known not to describe another, and a world calibrated on one revision loads that revision.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
-import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +85,8 @@ def loaded_files(folder: Path) -> list[Path]:
     from .jsonfiles import read_json
 
     index = read_json(folder / "model_index.json")
-    parts = sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
+    parts = sorted(k for k, v in index.items()  # (a component is a subfolder: a key naming a path is no component)
+                   if not k.startswith("_") and isinstance(v, list) and v[0] and re.fullmatch(r"[\w-]+", k))
     files = []
     for part in parts:
         d = folder / part
@@ -114,22 +113,6 @@ def fingerprint(folder: Path) -> str:
 def identity(src: ModelSource) -> dict:
     """What names a loaded pipeline: the Hub commit (``revision``) or the local folder's ``fingerprint``."""
     return {"revision": src.revision, "fingerprint": None if src.hub else fingerprint(src.folder)}
-
-
-@functools.lru_cache(maxsize=1)
-def software() -> dict:
-    """The versions a generation depends on (the same seed, settings and model give the same image with them)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    out = {"memlab": __version__, "python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out  # (cached: the same for the process; a caller copies it before changing it)
 
 
 def load_pipeline(model: str | Path, dtype, local_files_only: bool | None = None, revision: str | None = None,

@@ -3,11 +3,30 @@ the page streams (``RunState``), the top-k one per near-duplicate group, and the
 world's probe groups."""
 from __future__ import annotations
 
+import functools
+import platform
 import re
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 APP_MATCHES = 50  # matches kept per generation in the app: room for k distinct groups after collapsing
+
+
+@functools.lru_cache(maxsize=1)
+def software() -> dict:
+    """The versions a record depends on: the generation's (the same seed, settings and model give the same image
+    with torch, diffusers and transformers) and its scores' (the descriptors' preprocessing and networks)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    out = {"memlab": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "numpy", "pillow", "torchvision", "open_clip_torch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out  # (cached: the same for the process; a caller copies it before changing it)
 
 
 def image_stems(names: Sequence[str]) -> list[str]:

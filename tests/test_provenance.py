@@ -57,7 +57,11 @@ def test_a_hub_model_is_named_by_its_commit_and_loaded_at_the_revision_asked(hub
     info = old.info()
     assert info["model"] == "someone/pipe" and info["revision"] == A
     assert info["software"] == {"memlab": __import__("memlab").__version__, "python": info["software"]["python"],
-                                **{n: version(n) for n in ("torch", "diffusers", "transformers")}}
+                                **{n: version(n) for n in ("torch", "diffusers", "transformers", "numpy",
+                                                           "pillow", "torchvision", "open_clip_torch")}}
+    from memlab.records import software
+
+    assert software() == info["software"]  # what `match --json` names too (its summary)
     for bad in ("../../../etc", "main/../..", "a b"):
         with pytest.raises(MemlabError, match="revision must name a branch, tag or commit"):
             Generator.from_pretrained("someone/pipe", device="cpu", revision=bad)
@@ -84,6 +88,14 @@ def test_a_local_folder_is_named_by_the_fingerprint_of_the_files_it_loads(tiny_p
     (d / "unet" / "notes.md").write_text("a note")  # a file no component loads
     (d / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant memlab does not load")
     assert fingerprint(d) == want.hexdigest()
+    kept = (d / "model_index.json").read_bytes()
+    index = json.loads(kept)  # a key naming a path is no component: not read
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.json").write_text("{}")
+    (d / "model_index.json").write_text(json.dumps({**index, "../outside": ["diffusers", "UNet2DConditionModel"]}))
+    assert [f.name for f in loaded_files(d)] == [f.name for f in files]
+    (d / "model_index.json").write_bytes(kept)
+    assert fingerprint(d) == want.hexdigest()
     _bump(d)
     assert fingerprint(d) != want.hexdigest()
     with pytest.raises(MemlabError, match="is a local folder: a revision names a commit"):
@@ -107,6 +119,14 @@ def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipe
     from memlab.service import Lab
 
     assert Lab(pinned).model_description() == f"someone/pipe at commit `{A[:12]}`"  # the About tab's words
+    from PIL import Image
+
+    from memlab.match import descriptor_for_index, match_images
+    from memlab.records import software
+
+    idx = pinned.index()  # a match names the versions its scores depend on
+    assert match_images(idx, descriptor_for_index(idx), [Image.new("RGB", (16, 16))])["summary"]["software"] == \
+        software()
     assert World.load(world("main", model="someone/pipe")).generator(device="cpu").identity["revision"] == B
 
     local = tmp_path / "local-pipe"

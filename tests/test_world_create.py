@@ -311,6 +311,7 @@ def test_zerogpu_wrapper_pickles_its_arguments_and_refuses_work_over_the_cap(mon
     from memlab.service import Lab
     from memlab.world import World
 
+    was = gpu.ON_HOST
     monkeypatch.syspath_prepend(str(STAND_IN))
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
     host = importlib.reload(gpu)
@@ -322,10 +323,11 @@ def test_zerogpu_wrapper_pickles_its_arguments_and_refuses_work_over_the_cap(mon
         assert host.duration(8, 50) > host.duration(2, 50) > host.duration(2, 10)  # grows with the work
         with pytest.raises(MemlabError, match=r"over the host's 300 s limit per call: use fewer steps, or at most"):
             host.generate_chunk_on_host(key, "Soaring", list(range(64)), "none", 200, 5.0, "pixel")
-    finally:
-        monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    finally:  # (the stand-in out of sys.modules unrecorded: monkeypatch's undo would put it back)
+        sys.modules.pop("spaces", None)
         monkeypatch.undo()
         importlib.reload(gpu)
+    assert gpu.ON_HOST == was  # the tests after this one run where they ran before it
 
 
 @pytest.mark.browser
