@@ -2,7 +2,7 @@
 real CLIP tokenizer rebuilt offline from open_clip's bundled BPE vocabulary.
 
 ``make_pipeline(name)`` builds a ``StableDiffusionPipeline`` with freshly initialised components
-from a named config: ``tiny`` (tests), ``world`` (the built-in world: 64x64 pixels, factor-4 VAE),
+from a named config: ``tiny`` (tests; ``tiny-v2`` in Stable Diffusion 2's shape), ``world`` (the built-in world: 64x64 pixels, factor-4 VAE),
 ``world-attn16`` (the same with cross-attention at the latents' resolution too) and ``sd-v1-4`` (Stable
 Diffusion v1.4's published architecture, random weights: the compute of the real model for benchmarks).
 Save it with ``save_pretrained`` and load it with the same code as a Hub model
@@ -57,6 +57,14 @@ PIPELINE_CONFIGS["world-attn16"] = {
     **PIPELINE_CONFIGS["world"],
     "unet": dict(PIPELINE_CONFIGS["world"]["unet"], down_block_types=("CrossAttnDownBlock2D",) * 3,
                  up_block_types=("CrossAttnUpBlock2D",) * 3)}
+# Stable Diffusion 2's shape at the tiny config's size (stabilityai/stable-diffusion-2-1's published configs): the
+# UNet predicts v (v-prediction), its transformers project linearly with a head size per block, the text encoder's
+# activation is GELU and the tokenizer pads with "!" (id 0), not the end token as SD v1's does
+PIPELINE_CONFIGS["tiny-v2"] = {
+    **PIPELINE_CONFIGS["tiny"],
+    "unet": dict(PIPELINE_CONFIGS["tiny"]["unet"], use_linear_projection=True, attention_head_dim=(2, 4)),
+    "text": dict(PIPELINE_CONFIGS["tiny"]["text"], hidden_act="gelu"),
+    "scheduler": {"prediction_type": "v_prediction"}, "pad_token": "!"}
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
@@ -73,14 +81,15 @@ def _bpe_vocab_and_merges():
     return {t: i for i, t in enumerate(vocab)}, merges
 
 
-def clip_tokenizer():
-    """The real CLIP tokenizer (49408 entries, ids identical to open_clip's), built offline."""
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The real CLIP tokenizer (49408 entries, ids identical to open_clip's), built offline; SD v1 pads with the
+    end token, SD 2 with "!"."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _bpe_vocab_and_merges()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77,
                          bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                         pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+                         pad_token=pad_token, unk_token="<|endoftext|>")
 
 
 def pipeline_config(name: str) -> dict:
@@ -103,8 +112,9 @@ def make_pipeline(name: str = "tiny", seed: int = 0, config: dict | None = None)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**cfg["vae"])
     torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(cfg.get("pad_token", "<|endoftext|>"))
     text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
-                                        pad_token_id=49407, **cfg["text"]))
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
-                                   scheduler=DDIMScheduler(**SCHEDULER), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+                                        pad_token_id=tokenizer.pad_token_id, **cfg["text"]))
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**SCHEDULER, **cfg.get("scheduler", {})),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
