@@ -231,6 +231,17 @@ class TrainingIndex:
         self._vectors: dict = {}
         self._rowgroups = None
         self._fds: dict = {}
+        self._identity: dict | None = None
+
+    @property
+    def identity(self) -> dict:
+        """What names this index in a result (``match.descriptor_summary``): the sha256 of its manifest, which holds
+        every file's checksum, the thresholds and the build's time, with its rows and that time."""
+        if self._identity is None:
+            f = Path(self.path) / MANIFEST if self.path is not None else None
+            self._identity = {"sha256": sha256(f) if f is not None and f.is_file() else None,
+                              "items": int(self.manifest.get("item_count", 0)), "built": self.manifest.get("created")}
+        return self._identity
 
     def close(self) -> None:
         """Release the open files (row reads, memory-mapped vectors and lists); the index reopens them on

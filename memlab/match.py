@@ -82,7 +82,8 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
             "dim": info["dim"], "threshold": thr["value"], "high_threshold": thr.get("high"),
             "threshold_source": thr["source"], "threshold_citation": thr.get("citation"),
             **({"score": info["score_norm"]["words"]} if info.get("score_norm") else {}),
-            **({"indexed": info["indexed"]} if info.get("indexed") else {})}
+            **({"indexed": info["indexed"]} if info.get("indexed") else {}),
+            "index": index.identity}  # the training set the scores were measured against
 
 
 MAX_CANDIDATES = 1024  # rows searched to find k distinct near-duplicate groups

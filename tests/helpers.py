@@ -93,6 +93,24 @@ def run_in_process(capfd, argv):
     return subprocess.CompletedProcess(list(argv), code, *capfd.readouterr())
 
 
+def prompts_run(monkeypatch, stop_after: int | None = None) -> list:
+    """The prompts ``memlab run`` generates from here on (``runner.run_prompt`` counted), in a list that grows; with
+    ``stop_after``, a Ctrl-C (KeyboardInterrupt) where the run starts one more prompt than that."""
+    from memlab import runner
+
+    real, ran = getattr(runner.run_prompt, "__wrapped__", runner.run_prompt), []  # (not an earlier call's counter)
+
+    def counted(gen, index, d, prompt, *a, **kw):
+        if stop_after is not None and len(ran) == stop_after:
+            raise KeyboardInterrupt
+        ran.append(prompt)
+        return real(gen, index, d, prompt, *a, **kw)
+
+    counted.__wrapped__ = real
+    monkeypatch.setattr(runner, "run_prompt", counted)
+    return ran
+
+
 def run_coroutine(coro):
     """``asyncio.run(coro)`` on a thread of its own: the browser tests' shared Playwright (sync API) keeps an event
     loop running on the main thread for the rest of the session, where ``asyncio.run`` refuses to start."""

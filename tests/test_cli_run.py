@@ -228,7 +228,7 @@ def test_a_stopped_run_over_a_prompt_list_resumes_after_its_finished_prompts(tin
                                                                             capsys):
     """A run over a list stopped in its third prompt keeps the two it finished (and not a line the stop cut),
     generates only the rest when started again, and ends in the records an unstopped run writes."""
-    from memlab import runner
+    from tests.helpers import prompts_run
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball on a table\na blue square in the sky\na green star at night\n")
@@ -236,15 +236,7 @@ def test_a_stopped_run_over_a_prompt_list_resumes_after_its_finished_prompts(tin
             "--mitigation", "rna:k=2", "--steps", "2"]
     whole = tmp_path / "whole" / "r.jsonl"
     assert memlab_main(args + ["--out", str(whole)]) == 0
-    real, ran = runner.run_prompt, []
-
-    def stops_in_the_third(gen, index, d, prompt, *a, **kw):
-        if len(ran) == 2:
-            raise KeyboardInterrupt
-        ran.append(prompt)
-        return real(gen, index, d, prompt, *a, **kw)
-
-    monkeypatch.setattr(runner, "run_prompt", stops_in_the_third)
+    prompts_run(monkeypatch, stop_after=2)
     out = tmp_path / "stopped" / "r.jsonl"
     assert memlab_main(args + ["--out", str(out)]) == 130
     assert "stopped: 2 of 3 prompts finished" in capsys.readouterr().err
@@ -253,9 +245,7 @@ def test_a_stopped_run_over_a_prompt_list_resumes_after_its_finished_prompts(tin
     left = {f: f.read_bytes() for f in (part, part.with_name("r.jsonl.part.json"))}
     with open(part, "a") as f:
         f.write('{"type": "seed", "prompt": "a green st')  # a line cut by a stop
-    ran.clear()
-    monkeypatch.setattr(runner, "run_prompt", lambda gen, index, d, prompt, *a, **kw:
-                        ran.append(prompt) or real(gen, index, d, prompt, *a, **kw))
+    ran = prompts_run(monkeypatch)
     capsys.readouterr()
     assert memlab_main(args + ["--out", str(out)]) == 0
     assert ran == ["a green star at night"] and "2 of 3 prompts were finished" in capsys.readouterr().err

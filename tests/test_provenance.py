@@ -124,9 +124,14 @@ def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipe
     from memlab.match import descriptor_for_index, match_images
     from memlab.records import software
 
-    idx = pinned.index()  # a match names the versions its scores depend on
-    assert match_images(idx, descriptor_for_index(idx), [Image.new("RGB", (16, 16))])["summary"]["software"] == \
-        software()
+    idx = pinned.index()  # a match names the versions its scores depend on, and the index it searched
+    res = match_images(idx, descriptor_for_index(idx), [Image.new("RGB", (16, 16))])
+    assert res["summary"]["software"] == software()
+    import hashlib
+
+    manifest = (pinned.index_path / "manifest.json").read_bytes()
+    assert res["descriptor"]["index"] == {"sha256": hashlib.sha256(manifest).hexdigest(), "items": 30,
+                                          "built": json.loads(manifest)["created"]}
     assert World.load(world("main", model="someone/pipe")).generator(device="cpu").identity["revision"] == B
 
     local = tmp_path / "local-pipe"
@@ -145,8 +150,8 @@ def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipe
 def test_memlab_run_names_the_commit_and_a_changed_model_starts_a_stopped_run_over(hub, tiny_world, tmp_path,
                                                                                  tiny_pipeline_dir, monkeypatch,
                                                                                  capsys):
-    from memlab import runner
     from memlab.cli import main as memlab_main
+    from tests.helpers import prompts_run
 
     base = ["run", "--index", str(tiny_world / "index"), "--prompt", "a red ball", "--seeds", "0-1", "--steps", "2"]
     out = tmp_path / "r.jsonl"
@@ -162,21 +167,11 @@ def test_memlab_run_names_the_commit_and_a_changed_model_starts_a_stopped_run_ov
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball\na blue square\n")
     args = base[:3] + ["--prompts", str(prompts)] + base[5:] + ["--model", str(local), "--out", str(out)]
-    real, ran = runner.run_prompt, []
-
-    def stops_in_the_second(gen, index, d, prompt, *a, **kw):
-        if len(ran) == 1:
-            raise KeyboardInterrupt
-        ran.append(prompt)
-        return real(gen, index, d, prompt, *a, **kw)
-
-    monkeypatch.setattr(runner, "run_prompt", stops_in_the_second)
+    prompts_run(monkeypatch, stop_after=1)
     assert memlab_main(args) == 130
     part = out.with_name("r.jsonl.part")
     left = {f: f.read_bytes() for f in (part, part.with_name("r.jsonl.part.json"))}
-    monkeypatch.setattr(runner, "run_prompt", lambda gen, index, d, prompt, *a, **kw:
-                        ran.append(prompt) or real(gen, index, d, prompt, *a, **kw))
-    ran.clear()
+    ran = prompts_run(monkeypatch)
     assert memlab_main(args) == 0 and ran == ["a blue square"]  # the same model: the first prompt is kept
     for f, b in left.items():
         f.write_bytes(b)
