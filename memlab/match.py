@@ -81,7 +81,7 @@ def descriptor_summary(index: TrainingIndex, name: str) -> dict:
     return {"name": info["name"], "kind": info["kind"], "model": info["model"], "preset": info["preset"],
             "dim": info["dim"], "threshold": thr["value"], "high_threshold": thr.get("high"),
             "threshold_source": thr["source"], "threshold_citation": thr.get("citation"),
-            **({"score": info["score_norm"]["words"]} if info.get("score_norm") else {}),
+            **({"score": scorenorm.words(info["score_norm"])} if info.get("score_norm") else {}),  # (from the rule)
             **({"indexed": info["indexed"]} if info.get("indexed") else {}),
             "index": index.identity}  # the training set the scores were measured against
 

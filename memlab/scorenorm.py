@@ -116,7 +116,8 @@ def view_names(spec: dict) -> list[str]:
 
 
 def words(spec: dict) -> str:
-    """The rule in words, for every place a normalized score is shown."""
+    """The rule in words, for every place a normalized score is shown (made from the rule each time: an index's
+    manifest keeps the words of its build too)."""
     extra = view_names(spec)
     t = spec.get("train_side", 0.0)
     near = (f"the mean cosine of the query's {spec['k']} nearest other distinct training images" if not t else
@@ -124,7 +125,7 @@ def words(spec: dict) -> str:
             f"the matched image's to its {spec['k']} nearest others)")
     return (f"cosine minus {spec['beta']:g} x {near} (SSCD's score normalization"
             + (", two-sided as CSLS" if t else "") + ")"
-            + (f"; the best of the query as given and {', '.join(extra)}" if extra else "")
+            + (f"; the best of the query's views ({' / '.join(['as given'] + extra)})" if extra else "")
             + (f"; {verify_words(spec['verify'])}" if spec.get("verify") else ""))
 
 

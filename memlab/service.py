@@ -27,6 +27,7 @@ from .limits import (APP_MAX_SEEDS, CAPTION_SEARCH_MAX, KEPT_VIEWS, KEYWORD_MAX_
                      text)
 from .match import descriptor_for_index, load_image, match_images
 from .mitigations import parse_strategy
+from .scorenorm import words as score_words
 from .preprocess import open_rgb
 from .records import APP_MATCHES, RunState, collapse_matches, probe_group_name
 from .streams import Streams
@@ -98,7 +99,7 @@ class Lab(Streams):
         thr = info["threshold"]
         norm = info.get("score_norm")
         return (f"{info['name']} · {info['model']} · preset {info['preset']} · threshold "
-                f"{thr['value']:.3f} ({thr['source']})" + (f" · score: {norm['words']}" if norm else "")
+                f"{thr['value']:.3f} ({thr['source']})" + (f" · score: {score_words(norm)}" if norm else "")
                 + (f" · indexed: {info['indexed']}" if info.get("indexed") else ""))
 
     def score_axis(self, name: str | None = None) -> str:

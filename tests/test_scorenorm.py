@@ -19,6 +19,20 @@ def unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def test_the_rule_in_words_names_each_view_as_records_name_it():
+    """The words list the query's views as a result's ``view`` names them, one by one: "brightness x1.5, mirrored"
+    is one view (the words once ran it into the list: "as given and mirrored, brightness x1.5, brightness x1.5,
+    mirrored")."""
+    import re
+
+    spec = {**SPEC, "mirror": True, "gains": [1.5], "contrast": [2.0]}
+    views = re.search(r"the best of the query's views \((.*?)\)(;|$)", scorenorm.words(spec)).group(1).split(" / ")
+    assert views == ["as given"] + scorenorm.view_names(spec) == ["as given", "mirrored", "brightness x1.5",
+                                                                 "brightness x1.5, mirrored", "contrast x2",
+                                                                 "contrast x2, mirrored"]
+    assert "views" not in scorenorm.words(SPEC)  # no other view: none named
+
+
 def test_normalizer_is_the_mean_of_the_k_best_other_images():
     best = np.array([0.9, 0.5, 0.7, 0.1])
     assert scorenorm.normalizer(best, [0], 2) == pytest.approx((0.7 + 0.5) / 2)
