@@ -154,6 +154,10 @@ def test_app_histogram_draws_the_distinct_background():
         assert part.replace(" ", "") in said, part
     axis = re.sub("<[^>]+>", "\n", fig.layout.xaxis.title.text).splitlines()
     assert all(len(ln) <= 64 for ln in axis) and " ".join(axis) == lab.score_axis()
+    # the seeds' chart plots the same score, and says so (it read "similarity", a cosine's word)
+    from memlab.app.charts import seed_scores_chart
+
+    assert seed_scores_chart(lab, None).layout.yaxis.title.text == "verified normalized score"
 
 
 @pytest.mark.slow

@@ -105,7 +105,8 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     top = TITLE_Y + 8 + LINE * _lines(title)
     fig.update_layout(height=200 + top, margin=dict(l=40, r=10, t=top, b=40), showlegend=False,
                       title=_title(title, 200 + top),
-                      xaxis_title="seed", yaxis_title="similarity", xaxis_type="category",
+                      xaxis_title="seed", yaxis_title=lab.score_axis(descriptor).split(" (")[0],  # what is plotted
+                      xaxis_type="category",
                       yaxis_range=[lo - pad, hi + pad])
     return fig
 
