@@ -102,7 +102,7 @@ def test_a_local_folder_is_named_by_the_fingerprint_of_the_files_it_loads(tiny_p
         Generator.from_pretrained(d, device="cpu", revision=A)
 
 
-def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipeline_dir, tmp_path):
+def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipeline_dir, tmp_path, capsys):
     from memlab.errors import MemlabError
     from memlab.pipeload import fingerprint
     from memlab.world import World, write_world_json
@@ -132,6 +132,13 @@ def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipe
     manifest = (pinned.index_path / "manifest.json").read_bytes()
     assert res["descriptor"]["index"] == {"sha256": hashlib.sha256(manifest).hexdigest(), "items": 30,
                                           "built": json.loads(manifest)["created"]}
+    Image.new("RGB", (16, 16)).save(tmp_path / "q.png")
+    from memlab.cli import main as memlab_main
+
+    capsys.readouterr()
+    assert memlab_main(["match", "--index", str(pinned.index_path), "--images", str(tmp_path / "q.png")]) == 0
+    assert f"index {hashlib.sha256(manifest).hexdigest()[:12]} (its manifest's sha256; 30 items" in \
+        capsys.readouterr().out  # the table names it too
     assert World.load(world("main", model="someone/pipe")).generator(device="cpu").identity["revision"] == B
 
     local = tmp_path / "local-pipe"

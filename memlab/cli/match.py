@@ -79,6 +79,8 @@ def print_table(result: dict) -> None:
     d = result["descriptor"]
     print(f"descriptor {d['name']} | model {d['model']} | preset {d['preset']} | "
           f"threshold {d['threshold']:.3f} ({d['threshold_source']})")
+    if ix := d.get("index"):
+        print(f"index {str(ix['sha256'])[:12]} (its manifest's sha256; {ix['items']} items, built {ix['built']})")
     for q in result["queries"]:
         verdict = "REPLICATED" if q["replicated"] else q.get("verdict", "novel")
         band = (f"; possible copy above {q['possible_threshold']:.3f}"
