@@ -92,11 +92,12 @@ class World:
 
             gen = Generator.from_pretrained(self.model, device=device, scheduler=scheduler or self.defaults["scheduler"],
                                             revision=self.manifest.get("model_revision"))
-            want = self.manifest.get("model_fingerprint")
-            if want and gen.identity["fingerprint"] != want:
+            want, got = self.manifest.get("model_fingerprint"), gen.identity["fingerprint"]
+            if want and got != want:
                 raise MemlabError(f"world {self.path}: its model {self.model} is not the one it was calibrated on (its "
-                                  f"files' fingerprint {gen.identity['fingerprint'][:12]}, world.json's {want[:12]}); "
-                                  f"make the world again with `python -m memlab world create`, or restore the model")
+                                  f"files' fingerprint {(got or 'none: not a local folder')[:30]}, world.json's "
+                                  f"{want[:12]}); make the world again with `python -m memlab world create`, or restore "
+                                  f"the model")
             self._generator = gen
             self._generator.wen_target = self.defaults.get("wen_target")  # calibrated at build, if any
             self._generator.sail_target = self.defaults.get("sail_target")

@@ -149,6 +149,9 @@ def test_a_world_loads_the_model_it_was_calibrated_on(hub, tiny_world, tiny_pipe
     _bump(local)
     with pytest.raises(MemlabError, match="is not the one it was calibrated on"):
         World.load(w).generator(device="cpu")
+    hub_pinned = world("hub-fingerprint", model="someone/pipe", model_fingerprint=fingerprint(local))
+    with pytest.raises(MemlabError, match="fingerprint none: not a local folder"):  # a Hub id has no fingerprint
+        World.load(hub_pinned).generator(device="cpu")
     for key, value in (("model_revision", "../../etc/x"), ("model_revision", "main"), ("model_fingerprint", "ab")):
         with pytest.raises(MemlabError, match=f"{key} must be"):
             World.load(world(f"bad-{key}-{len(value)}", model="someone/pipe", **{key: value}))
