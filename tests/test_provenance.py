@@ -29,7 +29,7 @@ def _bias(gen) -> float:
 @pytest.fixture
 def hub(tiny_pipeline_dir, tmp_path, monkeypatch):
     """A Hub cache laid out as huggingface_hub lays it out, offline: someone/pipe at commits A and B (one weight
-    differs), its main branch at B. Returns each commit's first conv_in bias."""
+    differs), its main branch at B, a tag v1 at A. Returns each commit's first conv_in bias."""
     import huggingface_hub.constants
 
     repo = tmp_path / "hub" / "models--someone--pipe"
@@ -39,6 +39,7 @@ def hub(tiny_pipeline_dir, tmp_path, monkeypatch):
         bias[commit] = _bump(repo / "snapshots" / commit, delta)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(B)
+    (repo / "refs" / "v1").write_text(A)  # a tag at the older commit
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return bias
@@ -51,7 +52,7 @@ def test_a_hub_model_is_named_by_its_commit_and_loaded_at_the_revision_asked(hub
     main = Generator.from_pretrained("someone/pipe", device="cpu")
     assert main.identity == {"revision": B, "fingerprint": None}  # the main branch, resolved to its commit
     assert _bias(main) == pytest.approx(hub[B])
-    for asked in (A, "a" * 40):
+    for asked in (A, "v1"):  # by commit, and by a tag resolved to it
         old = Generator.from_pretrained("someone/pipe", device="cpu", revision=asked)
         assert old.identity["revision"] == A and _bias(old) == pytest.approx(hub[A])
     info = old.info()
