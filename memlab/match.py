@@ -333,12 +333,23 @@ MATCH_CHUNK = 256  # query images decoded and matched at a time (a folder of any
 
 
 def match_paths(index: TrainingIndex, descriptor: Descriptor, paths: Sequence[str | Path], k: int = 5,
-                chunk: int = MATCH_CHUNK, progress=None) -> dict:
+                chunk: int = MATCH_CHUNK, progress=None, skip_unreadable: bool = False) -> dict:
     """``match_images`` over image files, the same result: every file is first checked (it exists, its header
     reads and is within the caps, its data is whole where the format can tell: ``Image.verify``), so a bad file
-    is refused before any work; then they are decoded and matched ``chunk`` at a time."""
+    is refused before any work; then they are decoded and matched ``chunk`` at a time. With ``skip_unreadable``
+    a file the check refuses is left out instead, named with its reason in the result's ``skipped``."""
+    kept, skipped = [], []
     for p in paths:
-        _opened(p, lambda im: im.verify())
+        try:
+            _opened(p, lambda im: im.verify())
+            kept.append(p)
+        except MemlabError as e:
+            if not skip_unreadable:
+                raise
+            skipped.append({"image": str(p), "error": str(e)})
+    if not kept:
+        raise MemlabError(f"none of the {len(paths)} images could be read (the first: {skipped[0]['error']})")
+    paths = kept
     queries, embed_s, search_s, decode_s = [], 0.0, 0.0, 0.0
     starts = range(0, len(paths), chunk)
     for s in progress(starts, total=len(starts)) if progress else starts:
@@ -351,4 +362,6 @@ def match_paths(index: TrainingIndex, descriptor: Descriptor, paths: Sequence[st
         embed_s, search_s = embed_s + e, search_s + f
     out = _result(index, descriptor.name, queries, embed_s, search_s)
     out["summary"]["timing"]["decode_s"] = decode_s
+    if skip_unreadable:
+        out["skipped"] = skipped
     return out

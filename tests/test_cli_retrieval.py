@@ -114,6 +114,36 @@ def test_a_folder_is_matched_a_chunk_at_a_time_with_the_whole_answer(image_folde
     assert seen == []
 
 
+def test_a_folder_from_elsewhere_can_leave_its_unreadable_files_out(image_folder, tmp_path, capsys):
+    """``--skip-unreadable``: the files the check refuses (a cut PNG, text named .png) are left out and named with
+    why, the rest are matched as a folder without them is; without the flag the first stops the run before any
+    work; a folder of nothing readable is an error either way."""
+    import shutil
+
+    assert build_main(["--images", str(image_folder), "--out", str(tmp_path / "idx"), "--calib-n", "10"]) == 0
+    good, mixed = tmp_path / "good", tmp_path / "mixed"
+    good.mkdir()
+    for f in sorted(image_folder.glob("img*.png"))[:3]:
+        shutil.copy(f, good / f.name)
+    shutil.copytree(good, mixed)
+    (mixed / "cut.png").write_bytes((good / "img00.png").read_bytes()[:-40])
+    (mixed / "notes.png").write_text("not an image")
+    base = ["match", "--index", str(tmp_path / "idx"), "--k", "2", "--json", "--images"]
+    assert memlab_main(base + [str(mixed)]) == 2 and "cannot read image" in capsys.readouterr().err
+    assert memlab_main(base + [str(good)]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert memlab_main(base + [str(mixed), "--skip-unreadable"]) == 0
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert [q["image"].replace("mixed", "good") for q in got["queries"]] == [q["image"] for q in want["queries"]]
+    assert [q["score"] for q in got["queries"]] == pytest.approx([q["score"] for q in want["queries"]], abs=1e-5)
+    assert [(s["image"], "cannot read image" in s["error"]) for s in got["skipped"]] == \
+        [(str(mixed / "cut.png"), True), (str(mixed / "notes.png"), True)]
+    assert "skipped 2 of 5 images that could not be read" in err
+    assert memlab_main(base + [str(mixed / "cut.png"), "--skip-unreadable"]) == 2
+    assert "none of the 1 images could be read" in capsys.readouterr().err
+
+
 def test_a_device_the_machine_lacks_is_one_error_line_before_any_model_loads():
     import torch
 

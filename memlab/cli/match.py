@@ -24,6 +24,9 @@ def add_arguments(p):
                    help="confirm the sha256 of a TorchScript file memlab did not download itself")
     p.add_argument("--device", default=None, type=device, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave out a file that cannot be read (named, with why, in the output's skipped) instead of "
+                        "stopping before any work")
 
 
 def expand_images(paths) -> list[Path]:
@@ -59,7 +62,10 @@ def run(args) -> int:
 
         bar = lambda it, total: tqdm(it, total=total, desc=f"matching in chunks of {MATCH_CHUNK}",  # noqa: E731
                                      file=sys.stderr, disable=None)
-    result = match_paths(index, descriptor, paths, k=args.k, progress=bar)
+    result = match_paths(index, descriptor, paths, k=args.k, progress=bar, skip_unreadable=args.skip_unreadable)
+    if result.get("skipped"):
+        print(f"skipped {len(result['skipped'])} of {len(paths)} images that could not be read; the first: "
+              f"{result['skipped'][0]['error']}", file=sys.stderr)
     result["summary"]["timing"]["load_s"] = load_s
     if args.json:
         json.dump(strict_json(result), sys.stdout, indent=2, allow_nan=False)
