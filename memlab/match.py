@@ -347,7 +347,7 @@ def match_paths(index: TrainingIndex, descriptor: Descriptor, paths: Sequence[st
             if not skip_unreadable:
                 raise
             skipped.append({"image": str(p), "error": str(e)})
-    if not kept:
+    if paths and not kept:  # (every file refused: with skip_unreadable, else the first raised)
         raise MemlabError(f"none of the {len(paths)} images could be read (the first: {skipped[0]['error']})")
     paths = kept
     queries, embed_s, search_s, decode_s = [], 0.0, 0.0, 0.0
