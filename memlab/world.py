@@ -76,7 +76,7 @@ class World:
                    revision: str | None = None) -> "World":
         """A world assembled from a model (Hub id, at ``revision``, or folder) and an index folder."""
         return cls(path=None, name=name or Path(str(model)).name, model=str(model), index_path=Path(index),
-                   defaults=dict(DEFAULTS), manifest={"model_revision": revision} if revision else {})
+                   defaults=dict(DEFAULTS), manifest={"model_revision": revision} if revision is not None else {})
 
     def index(self):
         if self._index is None:

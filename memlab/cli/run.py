@@ -85,7 +85,7 @@ def run(args) -> int:
         raise MemlabError("--model and --index go together (or use --world)")
     if args.world and args.model:
         raise MemlabError("use either --world or --model/--index")
-    if args.revision and not args.model:
+    if args.revision is not None and not args.model:
         raise MemlabError("--revision goes with --model (a world loads the revision it was made with)")
     if not 1 <= args.k <= 100:
         raise MemlabError("--k must be between 1 and 100")
