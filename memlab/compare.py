@@ -6,7 +6,8 @@
   probes that never replicate, from each probe's mean score over its ``none`` seeds; higher = memorized,
   as each paper scores it (an AUC under 0.5 is reported as it is); their cost in UNet passes;
 - **mitigations**: on the same prompts and seeds as ``none``, replication, dataset similarity (mean of the
-  prompts' p95), alignment and generation seconds per image, each beside ``none``'s.
+  prompts' p95), alignment and generation seconds per image, each beside ``none``'s; the change in replication
+  with a bootstrap interval over prompts (two prompts or more) and the seeds it stopped and made copying.
 
 Pure functions over record dicts (docs/cli.md); ``evaluate`` and ``benchmarks/bench_methods.py`` use them.
 """
@@ -77,6 +78,12 @@ def mitigation_table(records: list[dict]) -> dict:
             b_rate = float(np.mean([b["replication_rate"] for b in base]))
             b_align = [b["alignment_mean"] for b in base if b.get("alignment_mean") is not None]
             b_secs = [b["timing"]["generate_s"] / b["n_seeds"] for b in base if b.get("timing") and b["n_seeds"]]
+            pairs = [(base_by_prompt[s["prompt"]], s) for s in ss if s["prompt"] in base_by_prompt]
+            paired = [(s.get("change_vs_none") or {}).get("paired") for _, s in pairs]
+            if all(paired):  # seed by seed, summed over prompts (the counts; the test is per prompt's seeds)
+                row["paired"] = {"fewer": sum(p["fewer"] for p in paired), "more": sum(p["more"] for p in paired)}
+            row["change_interval"] = metrics.prompt_bootstrap([b["replication_rate"] for b, _ in pairs],
+                                                              [s["replication_rate"] for _, s in pairs])
             row.update(none_replication_rate=b_rate,
                        relative_cut=(1 - row["replication_rate"] / b_rate) if b_rate else None,
                        alignment_ratio=(row["alignment"] / float(np.mean(b_align)))
@@ -104,12 +111,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell(r, i) for i in range(len(r))).rstrip() for r in [header] + rows]
 
 
+def _change(ci: dict | None) -> str:
+    return "-" if not ci else f"{100 * ci['change']:+.1f} pts ({100 * ci['low']:+.1f} to {100 * ci['high']:+.1f})"
+
+
 def format_comparison(c: dict) -> str:
     lines = _table(["detector", "AUC by outcome", "prompts (replicating >= half vs never)", "cost (UNet passes)"],
                    [[m, _f(d["auc"], ".3f"), f"{d['positives']} vs {d['negatives']}", str(d.get("unet_passes", ""))]
                     for m, d in c["detectors"].items()])
-    lines += _table(["strategy", "prompts", "replicated", "cut", "data sim", "alignment (x none)", "s/image (+ vs none)"],
+    lines += _table(["strategy", "prompts", "replicated", "cut", "change (95% CI over prompts)", "seeds fewer/more",
+                     "data sim", "alignment (x none)", "s/image (+ vs none)"],
                     [[label, str(r["prompts"]), f"{r['replication_rate']:.1%}", _f(r.get("relative_cut"), ".0%"),
+                      _change(r.get("change_interval")),
+                      f"{r['paired']['fewer']}/{r['paired']['more']}" if r.get("paired") else "-",
                       f"{r['dataset_similarity']:.3f}",
                       f"{_f(r['alignment'], '.3f')} ({_f(r.get('alignment_ratio'), '.2f')})",
                       f"{_f(r['seconds_per_image'], '.3f')} ({_f(r.get('added_seconds_per_image'), '+.3f')})"]

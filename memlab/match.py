@@ -294,6 +294,7 @@ def summarize(index: TrainingIndex, name: str, top1_scores: Sequence[float]) -> 
         "replication_rate": metrics.replication_rate(flags),
         "high_confidence_rate": metrics.replication_rate(high),
         "dataset_similarity": metrics.dataset_similarity(s, thr["value"]),
+        "replication_interval": metrics.rate_interval(flags),
         "query_percentiles": metrics.percentiles(s),
         "background": info["background"],
         "calibration": {"source": thr["source"], "fpr": thr.get("fpr"), "recall": thr.get("recall"),

@@ -183,6 +183,74 @@ def replication_rate(flags) -> float:
     return float(f.mean()) if f.size else 0.0
 
 
+CONFIDENCE = 0.95  # the intervals' level and the paired test's two sides (docs/methods.md, "How sure a rate is")
+
+
+def rate_interval(flags, confidence: float = CONFIDENCE) -> dict:
+    """The multi-seed replication rate with its Wilson score interval (Wilson 1927; the interval Brown, Cai and
+    DasGupta 2001 recommend for small n, where the normal one collapses to [0, 0] at 0 of n): the range of true
+    rates that the seeds' count of replicated images is consistent with. 6 of 8 seeds: 0.409-0.929."""
+    from scipy.stats import binomtest
+
+    f = np.asarray(flags, bool)
+    if not f.size:
+        return {"low": 0.0, "high": 1.0, "k": 0, "n": 0, "confidence": confidence, "method": "Wilson score"}
+    ci = binomtest(int(f.sum()), int(f.size)).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"low": float(ci.low), "high": float(ci.high), "k": int(f.sum()), "n": int(f.size),
+            "confidence": confidence, "method": "Wilson score"}
+
+
+def paired_change(base_flags: dict, flags: dict) -> dict:
+    """A mitigation against no mitigation on the same seeds (``{seed: replicated}`` each): the seeds it stopped
+    copying (``fewer``), the seeds it made copy (``more``) and the exact McNemar test's two-sided p-value (McNemar
+    1947; the exact binomial test on the discordant seeds, which is p = 0.5 each way when the mitigation changes
+    nothing). 4 fewer and 0 more: p = 0.125, so halving 8 seeds is not yet evidence. Seeds only one side has are
+    left out (``paired``: those both have)."""
+    from scipy.stats import binomtest
+
+    both = sorted(set(base_flags) & set(flags))
+    fewer = sum(bool(base_flags[s]) and not bool(flags[s]) for s in both)
+    more = sum(bool(flags[s]) and not bool(base_flags[s]) for s in both)
+    p = binomtest(fewer, fewer + more, 0.5).pvalue if fewer + more else 1.0
+    return {"fewer": int(fewer), "more": int(more), "paired": len(both), "p_value": float(min(1.0, p)),
+            "test": "exact McNemar, two-sided"}
+
+
+def prompt_bootstrap(base_rates, rates, confidence: float = CONFIDENCE, resamples: int = 9999,
+                     seed: int = 0) -> dict | None:
+    """The change in mean replication rate (``rates`` minus ``base_rates``, one pair per prompt, the same seeds
+    each) with a percentile bootstrap interval over prompts (Efron and Tibshirani 1993): prompts, not seeds, are
+    resampled, since one prompt's seeds copy or not together. None under 2 prompts; with few prompts the
+    interval is too narrow (the percentile bootstrap's known small-sample bias)."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(base_rates, np.float64), np.asarray(rates, np.float64)
+    if a.size < 2 or a.shape != b.shape:
+        return None
+    ci = bootstrap((a, b), lambda x, y, axis: y.mean(axis) - x.mean(axis), paired=True, vectorized=True,
+                   method="percentile", n_resamples=resamples, confidence_level=confidence,
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return {"change": float(b.mean() - a.mean()), "low": float(ci.low), "high": float(ci.high),
+            "prompts": int(a.size), "confidence": confidence, "method": "percentile bootstrap over prompts",
+            "resamples": resamples}
+
+
+def interval_text(iv: dict | None, fmt: str = ".0%") -> str:
+    """``rate_interval``'s result in words: "95% CI 41-93%" (empty for none)."""
+    if not iv:
+        return ""
+    lo, hi = format(iv["low"], fmt), format(iv["high"], fmt)
+    return f"{iv['confidence']:.0%} CI {lo.rstrip('%')}-{hi}"
+
+
+def paired_text(pc: dict | None) -> str:
+    """``paired_change``'s result in words: "4 seeds fewer, 0 more, exact McNemar p = 0.125" (empty for none)."""
+    if not pc:
+        return ""
+    return (f"{pc['fewer']} seed{'' if pc['fewer'] == 1 else 's'} fewer, {pc['more']} more, exact McNemar "
+            f"p = {pc['p_value']:.3g}")
+
+
 def dataset_similarity(top1_scores, threshold: float) -> dict:
     """DCR's dataset-level statistics of s(g): the 95th percentile ("dataset similarity"), with
     mean, std, 75th and 90th percentiles and the fraction above the threshold."""

@@ -137,6 +137,7 @@ class Summary:
     alignment_mean: float | None = None
     template_copy_rate: float = 0.0  # seeds called "template copy" (a partial copy: issue 32)
     generation_clique: dict | None = None  # Carlini et al.'s clique of near-identical generations (runner)
+    replication_interval: dict | None = None  # the rate's Wilson interval (``metrics.rate_interval``)
     prompt: str = ""
     mitigation: dict = field(default_factory=dict)
     descriptor: dict = field(default_factory=dict)
@@ -156,6 +157,8 @@ class Summary:
         d["template_copy_rate"] = self.template_copy_rate  # (issue 32)
         if self.generation_clique is not None:  # (Carlini et al.'s detector: where the run kept the vectors)
             d["generation_clique"] = self.generation_clique
+        if self.replication_interval is not None:  # (how sure the rate is: added after the older keys)
+            d["replication_interval"] = self.replication_interval
         return d
 
 

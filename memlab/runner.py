@@ -7,8 +7,9 @@ Record shape (scripts depend on it; extend, don't rename). Every line has "type"
 "detection", "verdict", "detections" (by method), "alignment", "bright_ending" (the map), "masked_score",
 "masked_threshold", "agreement_share", "agreement_threshold" (a ``template copy`` passes both thresholds);
 summary records add "replication_rate" (0..1), "dataset_similarity", "n_seeds", "timing",
-"detections_mean", "alignment_mean", "template_copy_rate", and (``memlab run``, two seeds or more)
-"generation_clique".
+"detections_mean", "alignment_mean", "template_copy_rate", "replication_interval" (the rate's Wilson
+interval), and (``memlab run``, two seeds or more) "generation_clique"; a mitigation's "change_vs_none" adds
+"paired" (the seeds it stopped and made copying, with the exact McNemar test).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     thr = index.threshold(descriptor.name)
     desc = descriptor_summary(index, descriptor.name)
     masked_thr = (getattr(generator, "template_threshold", None) or {}).get("value")  # the world's, if calibrated
-    records, summaries = [], []
-    baseline = None
+    records, summaries, rows = [], [], []  # rows: each summary's seed records
+    baseline, baseline_records = None, None
     stems = image_stems([s.name for s in strategies])
     for strat, stem in zip(strategies, stems):
         mit = strat.to_dict()
@@ -107,13 +108,14 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
         summary = Summary(**stats, prompt=prompt, mitigation=mit, descriptor=desc, timing=timing,
                           seeds=list(seeds)).to_dict()
         if strat.is_baseline:
-            baseline = summary
+            baseline, baseline_records = summary, seed_records
         records += seed_records
         summaries.append(summary)
+        rows.append(seed_records)
     if baseline is not None:
-        for s in summaries:
+        for s, row in zip(summaries, rows):
             if s is not baseline:
-                s["change_vs_none"] = change_vs_none(s, baseline)
+                s["change_vs_none"] = change_vs_none(s, baseline, row, baseline_records)
                 if s.get("alignment_mean") is not None and baseline.get("alignment_mean") is not None:
                     s["alignment_change_vs_none"] = s["alignment_mean"] - baseline["alignment_mean"]
     return records + summaries
@@ -132,12 +134,19 @@ def generation_clique(vectors: np.ndarray, descriptor, detections_mean: dict | N
                                   "descriptor": descriptor.name, "score": "cosine of the generations as given"}}
 
 
-def change_vs_none(summary: dict, baseline: dict) -> dict:
+def change_vs_none(summary: dict, baseline: dict, records: list[dict] | None = None,
+                   baseline_records: list[dict] | None = None) -> dict:
     """A strategy's summary minus the unmitigated one's, on the same seeds (DCR's comparison of a
-    mitigation: replication rate, dataset similarity (p95) and Wen et al.'s detection score)."""
-    return {"replication_rate": summary["replication_rate"] - baseline["replication_rate"],
-            "dataset_similarity": summary["dataset_similarity"]["p95"] - baseline["dataset_similarity"]["p95"],
-            "detection": summary["detection_mean"] - baseline["detection_mean"]}
+    mitigation: replication rate, dataset similarity (p95) and Wen et al.'s detection score); with both sides'
+    seed records, ``paired``: seed by seed, how many it stopped and made copying and the exact McNemar test
+    (``metrics.paired_change``)."""
+    out = {"replication_rate": summary["replication_rate"] - baseline["replication_rate"],
+           "dataset_similarity": summary["dataset_similarity"]["p95"] - baseline["dataset_similarity"]["p95"],
+           "detection": summary["detection_mean"] - baseline["detection_mean"]}
+    if records is not None and baseline_records is not None:
+        out["paired"] = metrics.paired_change({r["seed"]: r["replicated"] for r in baseline_records},
+                                              {r["seed"]: r["replicated"] for r in records})
+    return out
 
 
 def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
@@ -158,4 +167,5 @@ def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
             or None,
             "alignment_mean": float(np.mean(align)) if align else None,
             "template_copy_rate": float(np.mean([r.get("verdict") == "template copy" for r in seed_records]))
-            if seed_records else 0.0}
+            if seed_records else 0.0,
+            "replication_interval": metrics.rate_interval(flags)}

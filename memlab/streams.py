@@ -263,7 +263,7 @@ class Streams:
             summary = Summary(**stats, prompt=prompt, mitigation=recs[0]["mitigation"],
                               descriptor=recs[0]["descriptor"], seeds=list(seeds)).to_dict()
             if state.summaries:
-                summary["change_vs_none"] = change_vs_none(summary, state.summaries[0])
+                summary["change_vs_none"] = change_vs_none(summary, state.summaries[0], recs, state.records[:len(seeds)])
             state.summaries.append(summary)
             if progress:
                 progress((j + 1) * len(seeds), len(strategies) * len(seeds))

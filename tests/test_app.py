@@ -93,7 +93,18 @@ def test_compare_streams_one_row_a_strategy_equal_to_run_prompt(server):
         assert a["mitigation"]["spec"] == b["mitigation"]["spec"]
         assert a["replication_rate"] == b["replication_rate"]
         assert abs(a["dataset_similarity"]["p95"] - b["dataset_similarity"]["p95"]) < 1e-6
-    assert state.summaries[1]["change_vs_none"] == pytest.approx(ref[1]["change_vs_none"])
+    ch, ref_ch = dict(state.summaries[1]["change_vs_none"]), dict(ref[1]["change_vs_none"])
+    assert ch.pop("paired") == ref_ch.pop("paired")  # seed by seed on the same seeds: the same counts and test
+    assert ch == pytest.approx(ref_ch)
+    from memlab.app.views import compare_table, headline
+    from memlab.records import RunState
+
+    pc = state.summaries[1]["change_vs_none"]["paired"]
+    assert compare_table(state).iloc[1]["seeds fewer / more (p)"] == f"{pc['fewer']} / {pc['more']} (p = {pc['p_value']:.3g})"
+    assert pc["fewer"] - pc["more"] == round(-3 * ch["replication_rate"])  # the count's change, seed by seed
+    one = RunState(prompt="a red ball", records=state.records[:3], summaries=state.summaries[:1], requested=3)
+    iv = state.summaries[0]["replication_interval"]
+    assert f"95% interval](#g-interval) {iv['low']:.1%}-{iv['high']:.1%} over 3 seeds" in headline(lab, one)
     # a row already made (the lesson's step 1 is its step 3's first row) is used, not generated again
     first = list(lab.compare_stream("a red ball", [0, 1, 2], []))[-1]
     calls = []

@@ -70,6 +70,15 @@ def test_the_lessons_sentences_agree_with_its_records():
     rates = re.search(r"Replication ([\d.]+)% without mitigation, \*\*([\d.]+)% with RNA", text3)
     assert float(rates[1]) == pytest.approx(100 * said(without)[0] / 8, abs=0.05)
     assert float(rates[2]) == pytest.approx(100 * said(with_rna)[0] / 8, abs=0.05)
+    # seed by seed: the stopped minus the started is the change in count, and p is McNemar's exact test on them
+    from math import comb
+
+    paired = re.search(r"Seed by seed: (\d+) seeds? stopped copying with RNA, (\d+) started; .* with probability ([\d.e-]+) ", text3)
+    fewer, more = int(paired[1]), int(paired[2])
+    assert fewer - more == said(without)[0] - said(with_rna)[0] and fewer + more <= 8
+    p = min(1.0, 2 * sum(comb(fewer + more, i) for i in range(min(fewer, more) + 1)) / 2 ** (fewer + more))
+    assert float(paired[3]) == pytest.approx(p, rel=1e-2)
+    assert ("that is evidence on these seeds" in text3) == (p < 0.05)
     text4, _ = list(step4(progress=quiet))[-1]
     assert text4.startswith(f"**{said(text4)[0]} of 8 seeds replicated**")
 

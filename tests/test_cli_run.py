@@ -258,3 +258,33 @@ def test_a_stopped_run_over_a_prompt_list_resumes_after_its_finished_prompts(tin
             f.write_bytes(b)
         ran.clear()
         assert memlab_main(other + ["--out", str(out)]) == 0 and len(ran) == 3
+
+
+def test_run_takes_each_prompt_given_and_says_how_sure_each_rate_and_change_is(tiny_world, tmp_path, capsys):
+    """``--prompt`` twice runs both (it kept only the last); each summary's interval counts its own seeds, each
+    mitigation's paired change counts seed by seed against none, and the comparison's change over prompts is
+    the mean of the prompts' changes."""
+    out = tmp_path / "r.jsonl"
+    assert memlab_main(["run", "--world", str(tiny_world), "--prompt", "a red ball", "--prompt", "a blue square",
+                        "--seeds", "0-3", "--mitigation", "none", "--mitigation", "rna:k=2", "--steps", "2",
+                        "--out", str(out)]) == 0
+    recs = _records(out)
+    assert sorted({r["prompt"] for r in recs}) == ["a blue square", "a red ball"]
+    seeds = [r for r in recs if r["type"] == "seed"]
+    for s in (r for r in recs if r["type"] == "summary"):
+        mine = [r for r in seeds if r["prompt"] == s["prompt"] and r["mitigation"] == s["mitigation"]]
+        iv = s["replication_interval"]
+        assert (iv["k"], iv["n"]) == (sum(r["replicated"] for r in mine), 4) and iv["low"] <= s["replication_rate"] <= iv["high"]
+        if s["mitigation"]["name"] == "rna":
+            base = {r["seed"]: r["replicated"] for r in seeds if r["prompt"] == s["prompt"]
+                    and r["mitigation"]["name"] == "none"}
+            pc = s["change_vs_none"]["paired"]
+            assert pc["fewer"] == sum(base[r["seed"]] and not r["replicated"] for r in mine)
+            assert pc["more"] == sum(r["replicated"] and not base[r["seed"]] for r in mine)
+            assert pc["paired"] == 4
+    comp = json.loads((tmp_path / "r.comparison.json").read_text())["mitigations"]["rna:k=2"]
+    summ = {(r["prompt"], r["mitigation"]["name"]): r["replication_rate"] for r in recs if r["type"] == "summary"}
+    change = sum(summ[(p, "rna")] - summ[(p, "none")] for p in ("a red ball", "a blue square")) / 2
+    assert comp["change_interval"]["prompts"] == 2 and comp["change_interval"]["change"] == pytest.approx(change)
+    assert comp["change_interval"]["low"] <= change <= comp["change_interval"]["high"]
+    assert "95% CI" in capsys.readouterr().err

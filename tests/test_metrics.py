@@ -145,3 +145,73 @@ def test_largest_clique_counts_mutually_near_items_not_a_chain():
     assert metrics.largest_clique(np.eye(4), 0.95) == 1  # no pair near: each generation alone
     assert metrics.largest_clique(np.ones((5, 5)), 0.95) == 5
     assert metrics.largest_clique(np.zeros((0, 0)), 0.95) == 0
+
+
+def _wilson(k, n, z):
+    """Wilson's (1927) score interval, written from its closed form (the reference the library's is checked by)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_the_replication_interval_is_wilsons_and_never_collapses_at_zero_or_all():
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.975)
+    for k, n in [(0, 10), (3, 8), (6, 8), (8, 8), (1, 3), (17, 240), (0, 1)]:
+        iv = metrics.rate_interval([True] * k + [False] * (n - k))
+        lo, hi = _wilson(k, n, z)
+        assert (iv["low"], iv["high"]) == pytest.approx((max(lo, 0.0), min(hi, 1.0)), abs=1e-9)
+        assert iv["low"] <= k / n <= iv["high"] and (iv["k"], iv["n"]) == (k, n)
+    # 0 of 10 fits a true rate up to z^2 / (n + z^2) = 0.278 (Brown, Cai and DasGupta 2001): the normal
+    # interval p +- z sqrt(p (1 - p) / n) would say [0, 0]
+    assert metrics.rate_interval([False] * 10)["high"] == pytest.approx(z * z / (10 + z * z))
+    assert metrics.rate_interval([True] * 8)["low"] == pytest.approx(8 / (8 + z * z))
+    assert metrics.interval_text(metrics.rate_interval([True] * 6 + [False] * 2)) == "95% CI 41-93%"
+    # at 90% it is narrower
+    assert metrics.rate_interval([True] * 3 + [False] * 5, 0.9)["high"] < metrics.rate_interval([True] * 3 + [False] * 5)["high"]
+
+
+def test_the_paired_change_counts_seed_by_seed_and_takes_mcnemars_exact_p():
+    from math import comb
+
+    def exact(b, c):  # two-sided: twice the smaller tail of Binomial(b + c, 1/2), at most 1
+        n = b + c
+        return min(1.0, 2 * sum(comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
+
+    base = {s: s < 6 for s in range(8)}  # seeds 0-5 copy without the mitigation
+    with_m = {s: s in (0, 6) for s in range(8)}  # it stops 1-5 and makes 6 copy
+    pc = metrics.paired_change(base, with_m)
+    assert (pc["fewer"], pc["more"], pc["paired"]) == (5, 1, 8)
+    assert pc["p_value"] == pytest.approx(exact(5, 1)) == pytest.approx(0.21875)
+    # the rates alone (6/8 -> 2/8) hide that seed 6 went the other way: the test sees it
+    assert metrics.paired_change(base, {s: s in (0,) for s in range(8)})["p_value"] == pytest.approx(exact(5, 0))
+    assert metrics.paired_change({s: True for s in range(8)}, {s: s >= 4 for s in range(8)})["p_value"] == 0.125
+    for b, c in [(0, 0), (3, 3), (10, 2), (0, 7), (20, 1)]:
+        seeds = range(b + c + 4)
+        base = {s: s < b for s in seeds}
+        mit = {s: b <= s < b + c for s in seeds}
+        got = metrics.paired_change(base, mit)
+        assert (got["fewer"], got["more"]) == (b, c) and got["p_value"] == pytest.approx(exact(b, c))
+    # only the seeds both sides ran are compared
+    assert metrics.paired_change({0: True, 1: True, 2: True}, {1: False, 2: False, 9: True})["paired"] == 2
+    assert metrics.paired_text(metrics.paired_change({0: True}, {0: False})) == (
+        "1 seed fewer, 0 more, exact McNemar p = 1")
+
+
+def test_the_change_over_prompts_resamples_prompts():
+    assert metrics.prompt_bootstrap([0.5], [0.25]) is None  # one prompt: nothing to resample
+    same = metrics.prompt_bootstrap([0.5, 0.75, 1.0], [0.25, 0.5, 0.75])
+    assert same["change"] == pytest.approx(-0.25) and (same["low"], same["high"]) == pytest.approx((-0.25, -0.25))
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 1.0, 200)
+    d = rng.normal(-0.2, 0.1, 200)
+    iv = metrics.prompt_bootstrap(base, base + d)
+    assert iv["change"] == pytest.approx(d.mean()) and iv["low"] < d.mean() < iv["high"]
+    # over many prompts the percentile interval is the normal one, mean +- 1.96 standard errors, within 15%
+    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+    assert (iv["high"] - iv["low"]) / 2 == pytest.approx(half, rel=0.15)
+    # it resamples each prompt's pair together: the change's spread, not the two rates' (those vary more here)
+    unpaired = 1.96 * np.sqrt(base.var(ddof=1) / 200 + (base + d).var(ddof=1) / 200)
+    assert (iv["high"] - iv["low"]) / 2 < unpaired / 2

@@ -118,6 +118,12 @@ GLOSSARY = [
      "copying, so its price is shown beside its effect. Stable Diffusion worlds: CLIP score (cosine of image "
      "and prompt embeddings); the built-in world: a classifier trained on the world's own renders gives the "
      "probability of the shapes, colours and background the prompt names."),
+    ("interval", "95% interval, seeds fewer / more, p",
+     "How sure a replication % over a few seeds is. The **95% interval** (Wilson's) is the range of true rates the "
+     "count is consistent with: 6 of 8 seeds replicated fits anything from 41% to 93%. A mitigation on the same "
+     "seeds is compared seed by seed: the seeds it stopped copying (**fewer**) and the ones it made copy (**more**); "
+     "**p** (the exact McNemar test) is how often a mitigation that changes nothing would split them at least that "
+     "unevenly: 4 fewer and 0 more gives p = 0.125, so halving 8 seeds is not yet evidence."),
     ("seed", "seed",
      "The number that fixes a generation's starting noise: the same prompt, seed and settings give the same "
      "image, so strategies compared on the same seeds are compared fairly."),

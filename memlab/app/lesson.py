@@ -192,6 +192,13 @@ def mitigation_sentence(state, base: dict, mitigated: dict, own_id) -> str:
     text = (f"Replication {a['replication_rate']:.1%} without mitigation, **{b['replication_rate']:.1%} with RNA** "
             f"on the same seeds ({g('replicated', 'replication %')}); {g('dataset-similarity', 'dataset similarity')} "
             f"{a['dataset_similarity']['p95']:.3f} → {b['dataset_similarity']['p95']:.3f}. ")
+    if pc := (b.get("change_vs_none") or {}).get("paired"):
+        text += (f"Seed by seed: {pc['fewer']} seed{'' if pc['fewer'] == 1 else 's'} stopped copying with RNA, "
+                 f"{pc['more']} started; a mitigation that "
+                 f"changed nothing would split them this unevenly with probability {pc['p_value']:.3g} "
+                 f"({g('interval', 'p')}, the exact McNemar test): "
+                 + ("that is evidence on these seeds. " if pc["p_value"] < 0.05 else
+                    "not yet evidence on these few seeds; more seeds would tell. "))
     text += "Without: " + lesson_run_sentence(base, own_id) + " With RNA: " + lesson_run_sentence(mitigated, own_id)
     if mitigated["replicated_other"]:
         text += (" Some RNA seeds copy another training image: the mitigation changed what is copied, not "

@@ -62,7 +62,8 @@ MATCH_COLUMNS = ["id", "score", "cosine", "copies in training", "caption"]  # co
 MATCH_WIDTHS = ["72px", "80px", "80px", "168px"]
 
 
-COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "dataset similarity p95",
+COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", "seeds fewer / more (p)",
+                   "dataset similarity p95",
                    "change vs none", "detection (wen)", "alignment", "alignment vs none"]
 # each column at least as wide as its header's longest word in the table's monospace font (about 10 px a character,
 # and the cell's padding): "detection" and "alignment" broke mid-word ("detectio n"); the spec gets room of its own
@@ -116,7 +117,8 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
               f"{st['guidance']:g} · {name} > {s['threshold']:.3f} ({g('threshold', 'threshold')})")
     lines = [f"### Replication: {s['replication_rate']:.1%} of {s['n_seeds']} seeds {g('replicated')}",  # one rounding rule: 0.1%
              f"*{source}*",
-             f"- **multi-seed replication** {g('replicated')} {s['replication_rate']:.1%} (score > {s['threshold']:.3f})",
+             f"- **multi-seed replication** {g('replicated')} {s['replication_rate']:.1%} (score > {s['threshold']:.3f})"
+             + _interval(s),
              f"- **possible copies** {g('possible')} {s.get('possible_copy_rate', 0.0):.1%} (score between "
              f"{lab.possible(name)['value']:.3f}, which {lab.possible(name)['fpr']:.0%} of distinct training images "
              f"pass, and the threshold; framed orange)",
@@ -302,12 +304,25 @@ def compare_table(state: RunState):
         rows.append({"strategy": short_label(s["mitigation"]), "spec": s["mitigation"]["spec"],
                      "replication %": f"{s['replication_rate']:.1%} ({round(s['replication_rate'] * n)}/{n})",
                      "change vs none (pts)": round(100 * ch.get("replication_rate", 0.0), 1),
+                     "seeds fewer / more (p)": _paired_cell(ch.get("paired")),
                      "dataset similarity p95": score(s["dataset_similarity"]["p95"]),
                      "change vs none": f"{ch.get('dataset_similarity', 0.0):+.3f}",
                      "detection (wen)": score(s["detection_mean"]),
                      "alignment": "-" if s.get("alignment_mean") is None else score(s["alignment_mean"]),
                      "alignment vs none": _ratio(s, state.summaries[0])})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _interval(s: dict) -> str:
+    """The rate's 95% interval over its seeds (Wilson's; ``metrics.rate_interval``), linked to the glossary."""
+    iv = s.get("replication_interval")
+    return "" if not iv else (f" · {g('interval', '95% interval')} {iv['low']:.1%}-{iv['high']:.1%} over "
+                              f"{iv['n']} seeds")
+
+
+def _paired_cell(pc: dict | None) -> str:
+    """Seed by seed against none: stopped / made copying, and the exact McNemar p (``metrics.paired_change``)."""
+    return "-" if not pc else f"{pc['fewer']} / {pc['more']} (p = {pc['p_value']:.3g})"
 
 
 def _other_detections(s: dict) -> str:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import metrics
 from ..errors import MemlabError
 from . import device
 from ..records import strict_json
@@ -101,7 +102,9 @@ def print_table(result: dict) -> None:
             print(f"  {r:>4}  {m['score']:6.3f}  {m['duplicates'] + 1:>6}  {str(m['id']):<12} {m['caption'][:60]}")
     s = result["summary"]
     ds, bg, cal, t = s["dataset_similarity"], s["background"], s["calibration"], s["timing"]
-    print(f"\nqueries {s['n_queries']} | replication rate {s['replication_rate']:.1%} | dataset similarity "
+    ci = metrics.interval_text(s.get("replication_interval"), ".1%")
+    print(f"\nqueries {s['n_queries']} | replication rate {s['replication_rate']:.1%}"
+          + (f" ({ci}, Wilson)" if ci else "") + " | dataset similarity "
           f"(p95) {_f(ds['p95'])} | mean {_f(ds['mean'])} | background p95 {_f(bg['p95'])}")
     cp, bp = cal.get("copy_percentiles") or {}, cal.get("background_percentiles") or {}
     print(f"calibration: copies p5/p50/p95 {_f(cp.get('p5'))}/{_f(cp.get('p50'))}/{_f(cp.get('p95'))} | "

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from .. import metrics
 from ..errors import MemlabError
 from . import device
 from ..mitigations import MITIGATIONS, strategy_label
@@ -28,7 +29,7 @@ def add_arguments(p):
     p.add_argument("--revision", default=None,
                    help="with --model, the Hub id's branch, tag or commit (default: main); records name the commit")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--prompt", help="one prompt")
+    g.add_argument("--prompt", action="append", help="a prompt; repeatable (each on the same seeds)")
     g.add_argument("--prompts", help="file: one prompt per line, or CSV/parquet with a caption column")
     p.add_argument("--prompt-column", default=None, help="column of --prompts (default: caption/prompt)")
     p.add_argument("--seeds", default=None, help="'0-9' or '1,2,3' (default: the world's, else 0-7)")
@@ -91,7 +92,7 @@ def run(args) -> int:
         raise MemlabError("--k must be between 1 and 100")
     if Path(args.out).is_dir():
         raise MemlabError(f"--out {args.out} is a folder: name the results file, e.g. {Path(args.out) / 'results.jsonl'}")
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts, args.prompt_column)
+    prompts = list(args.prompt) if args.prompt is not None else read_prompts(args.prompts, args.prompt_column)
     if any(not p.strip() for p in prompts):
         raise MemlabError("the prompt is empty")
     strategies = [parse_strategy(s) for s in (args.mitigation or ["none"])]
@@ -185,10 +186,13 @@ def run(args) -> int:
                 for r in recs:
                     if r["type"] == "summary":
                         ch = r.get("change_vs_none")
-                        chs = (f" (change vs none: {ch['replication_rate']:+.0%}, "
-                               f"{ch['dataset_similarity']:+.3f})") if ch else ""
+                        pc = metrics.paired_text((ch or {}).get("paired"))
+                        chs = (f" (change vs none: {ch['replication_rate']:+.0%}" + (f", {pc}" if pc else "")
+                               + f"; dataset similarity {ch['dataset_similarity']:+.3f})") if ch else ""
+                        ci = metrics.interval_text(r.get("replication_interval"))
                         tqdm.write(f"[{strategy_label(r['mitigation'])}] {textwrap.shorten(p, 60)!r}: replication "
-                                   f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds, dataset similarity "
+                                   f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds"
+                                   + (f" ({ci})" if ci else "") + ", dataset similarity "
                                    f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
                                    file=sys.stderr)
     except KeyboardInterrupt:
