@@ -599,6 +599,18 @@ def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_i
     fig = compare_figure(lab, RunState(prompt="p", records=state.records, summaries=summ))
     said = " ".join(fig.layout.title.text.replace("<br>", " ").replace("<sup>", "").replace("</sup>", "").split())
     assert "the same 3 seeds for every strategy · 30 steps, guidance 5" in said and lab.descriptor.name in said
+    # each rate's bar carries its 95% interval over its seeds (Wilson's), its label above the whisker
+    from memlab import metrics
+
+    for sm, k in zip(summ, (2, 0)):
+        sm.update(replication_rate=k / 4, n_seeds=4, replication_interval=metrics.rate_interval([1] * k + [0] * (4 - k)))
+    bar, label = compare_figure(lab, RunState(prompt="p", records=state.records, summaries=summ)).data[:2]
+    for j, sm in enumerate(summ):
+        iv = sm["replication_interval"]
+        assert bar.y[j] + bar.error_y.array[j] == pytest.approx(100 * iv["high"])
+        assert bar.y[j] - bar.error_y.arrayminus[j] == pytest.approx(100 * max(iv["low"], 0))
+        assert label.y[j] == pytest.approx(100 * iv["high"]) and label.text[j] == f"{100 * sm['replication_rate']:.1f}%"
+    assert bar.error_y.array[1] > 0  # 0 of 4 seeds still fits a true rate up to about half
 
 
 def test_a_finished_run_and_each_compare_row_carry_carlinis_clique(server):

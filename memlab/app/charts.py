@@ -159,9 +159,16 @@ def compare_figure(lab: Lab, state: RunState):
     rates = [100 * s["replication_rate"] for s in summ]
     p95 = [s["dataset_similarity"]["p95"] for s in summ]
     # short titles: side by side they share a phone's 350 px
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication %", "dataset similarity p95"))
+    ivs = [s.get("replication_interval") for s in summ]  # each rate's 95% interval over its seeds (Wilson's)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication % (95% interval)" if all(ivs) else
+                                                        "replication %", "dataset similarity p95"))
+    tops = [100 * iv["high"] for iv in ivs] if all(ivs) else rates
     fig.add_bar(x=names, y=rates, row=1, col=1, marker_color="#d62728", hovertext=specs,
-                text=[f"{r:.1f}%" for r in rates], textposition="outside")
+                error_y=dict(type="data", symmetric=False, color="#444", thickness=1.5, width=6,
+                             array=[t - r for t, r in zip(tops, rates)],
+                             arrayminus=[r - 100 * iv["low"] for iv, r in zip(ivs, rates)]) if all(ivs) else None)
+    fig.add_scatter(x=names, y=tops, row=1, col=1, mode="text", text=[f"{r:.1f}%" for r in rates],
+                    textposition="top center", hoverinfo="skip")  # each rate above its interval's whisker
     fig.add_scatter(x=names, y=p95, row=1, col=2, mode="markers+text", marker=dict(size=14, color="#1f77b4"),
                     hovertext=specs, text=[f"{v:.3f}" for v in p95], textposition="top center")
     lo, hi = min(p95), max(p95)
@@ -170,7 +177,7 @@ def compare_figure(lab: Lab, state: RunState):
     if lo - 0.1 <= thr <= hi + 0.1:  # the threshold, when it is near enough to read against
         lo, hi = min(lo, thr - 0.01), max(hi, thr + 0.01)
         fig.add_hline(y=thr, line_dash="dash", row=1, col=2, annotation_text=f"threshold {thr:.3f}")
-    fig.update_yaxes(range=[0, max(105, max(rates) + 10)], row=1, col=1)
+    fig.update_yaxes(range=[0, max(105, max(tops) + 14)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
     run = (f"the same {summ[0].get('n_seeds', len(summ[0].get('seeds', [])))} seeds for every strategy"
            + settings_text(state.records))

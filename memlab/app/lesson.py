@@ -197,7 +197,7 @@ def mitigation_sentence(state, base: dict, mitigated: dict, own_id) -> str:
                  f"{pc['more']} started; a mitigation that "
                  f"changed nothing would split them this unevenly with probability {pc['p_value']:.3g} "
                  f"({g('interval', 'p')}, the exact McNemar test): "
-                 + ("that is evidence on these seeds. " if pc["p_value"] < 0.05 else
+                 + ("that is evidence of a change on these seeds. " if pc["p_value"] < 0.05 else
                     "not yet evidence on these few seeds; more seeds would tell. "))
     text += "Without: " + lesson_run_sentence(base, own_id) + " With RNA: " + lesson_run_sentence(mitigated, own_id)
     if mitigated["replicated_other"]:
