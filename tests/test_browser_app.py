@@ -153,6 +153,10 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
             probe.remove();
             const box = (th.querySelector('span') || th).getBoundingClientRect().width;
             return longest > box + 0.5; }).map(th => th.innerText.trim())""")
+        # every column is in view on a 1400 px desktop: the table ends inside its frame (a column added with the
+        # spec's old width pushed the last one out of view)
+        overflow = page.evaluate("""() => { const t = document.querySelector('#compare-table table');
+            return t.getBoundingClientRect().right - document.querySelector('#compare-table').getBoundingClientRect().right; }""")
         page.screenshot(path=str(_shot(tmp_path, "compare-desktop.png")), full_page=True)
         page.locator("#compare-export").click()
         link = page.locator("#compare-export-file a[download='comparison.zip']")
@@ -164,6 +168,7 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
     assert pending_at_first_row == 3, pending_at_first_row
     assert rows == ["none", "rna k=4", "gni λ=0.1", "cwr k=4"] and boxed == 0
     assert broken == [], broken
+    assert overflow <= 0, overflow
     assert titles[1:] == ["rna:k=4,seed=0", "gni:lam=0.1,halves=both,seed=0", "cwr:k=4,seed=0"]  # full spec on hover
     with zipfile.ZipFile(path) as z:
         lines = [json.loads(x) for x in z.read("results.jsonl").splitlines()]

@@ -67,7 +67,8 @@ COMPARE_COLUMNS = ["strategy", "spec", "replication %", "change vs none (pts)", 
                    "change vs none", "detection (wen)", "alignment", "alignment vs none"]
 # each column at least as wide as its header's longest word in the table's monospace font (about 10 px a character,
 # and the cell's padding): "detection" and "alignment" broke mid-word ("detectio n"); the spec gets room of its own
-COMPARE_WIDTHS = ["260px" if h == "spec" else f"{max(72, 10 * max(map(len, h.split())) + 28)}px" for h in COMPARE_COLUMNS]
+# (210 px: with the seed-by-seed column, nine columns fit a 1400 px desktop; 260 px pushed the last out of view)
+COMPARE_WIDTHS = ["210px" if h == "spec" else f"{max(72, 10 * max(map(len, h.split())) + 28)}px" for h in COMPARE_COLUMNS]
 
 
 WORD = {"replicated": "REPLICATED", "template copy": "TEMPLATE COPY", "possible copy": "POSSIBLE COPY",
