@@ -445,6 +445,15 @@ def _held_out_text(h) -> str:
         return json.dumps(h)
 
 
+def _wilson_words(v: dict) -> str:
+    """" (55.7-74.4%, n=96)": a recall's Wilson interval over its ``n`` items (one copy each), where n is known."""
+    if not v.get("n"):
+        return ""
+    k = round(v["recall"] * v["n"])
+    iv = metrics.rate_interval([True] * k + [False] * (v["n"] - k))
+    return f" ({iv['low']:.1%}-{iv['high']:.1%}, n={v['n']})"
+
+
 def format_report(m: dict) -> str:
     """The card's figures as a readable table."""
     d = m["descriptor"]
@@ -454,12 +463,18 @@ def format_report(m: dict) -> str:
              f"{m['seeds_per_probe']} seeds per probe; "
              f"{m['settings']['steps']} steps, guidance {m['settings']['guidance']}",
              f"{'group':<16}{'probes':>7}{'replicated':>12}{'= own':>8}{'+ other':>9}{'original@1':>12}"
-             f"{'data sim p95':>14}{'detection':>11}"]
+             f"{'data sim p95':>14}{'detection':>11}  replicated: 95% interval over probes"]
+    per = {}  # each group's probes' own rates (the card's per_probe rows): the interval resamples probes
+    for row in m.get("per_probe") or []:
+        if row.get("strategy", "none") == "none":
+            per.setdefault(row["group"], []).append(row["replication_rate"])
     for g, r in sorted(m["groups"].items()):
         split = (f"{r['replicated_own']:>8.1%}{r['replicated_other']:>9.1%}" if "replicated_own" in r
                  else f"{'':>8}{'':>9}")  # cards before the split
+        iv = metrics.bootstrap_mean(per.get(g, []), unit="probes")
         lines.append(f"{g:<16}{r['probes']:>7}{r['replication_rate']:>12.1%}{split}{r['original_recall']:>12.1%}"
-                     f"{r['dataset_similarity']:>14.3f}{r['detection_mean']:>11.3f}")
+                     f"{r['dataset_similarity']:>14.3f}{r['detection_mean']:>11.3f}"
+                     + (f"  {iv['low']:.1%}-{iv['high']:.1%}" if iv else ""))
     others = {g: r["replicated_other_by_group"] for g, r in sorted(m["groups"].items())
               if r.get("replicated_other_by_group")}
     if others:
@@ -521,8 +536,9 @@ def format_report(m: dict) -> str:
                       ("views", "the model the descriptor took training views from (the same items)")):
         got = {k.split(":", 1)[1]: v for k, v in (m.get("model_copies") or {}).items() if k.startswith(who + ":")}
         if got:
-            lines.append(f"recall at the threshold on copies made by {what}: " + ", ".join(
-                f"{k} {v['recall']:.1%}" for k, v in sorted(got.items())))
+            lines.append(f"recall at the threshold on copies made by {what} (95% Wilson interval over the n items): "
+                         + ", ".join(f"{k} {v['recall']:.1%}" + ("" if k.startswith("all") else _wilson_words(v))
+                                    for k, v in sorted(got.items())))  # (the "all" rows pool one item's kinds)
     if m.get("non_copies", {}).get("n"):
         nc = m["non_copies"]
         lines.append(f"non-copies ({nc['what']}): {nc['flagged']:.1%} of {nc['n']} flagged"

@@ -216,23 +216,32 @@ def paired_change(base_flags: dict, flags: dict) -> dict:
             "test": "exact McNemar, two-sided"}
 
 
-def prompt_bootstrap(base_rates, rates, confidence: float = CONFIDENCE, resamples: int = 9999,
-                     seed: int = 0) -> dict | None:
-    """The change in mean replication rate (``rates`` minus ``base_rates``, one pair per prompt, the same seeds
-    each) with a percentile bootstrap interval over prompts (Efron and Tibshirani 1993): prompts, not seeds, are
+def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = 9999, seed: int = 0,
+                   unit: str = "prompts") -> dict | None:
+    """The mean of one value per prompt (a replication rate, or a mitigation's change in it on the prompt's
+    seeds) with a percentile bootstrap interval over prompts (Efron and Tibshirani 1993): prompts, not seeds, are
     resampled, since one prompt's seeds copy or not together. None under 2 prompts; with few prompts the
     interval is too narrow (the percentile bootstrap's known small-sample bias)."""
     from scipy.stats import bootstrap
 
-    a, b = np.asarray(base_rates, np.float64), np.asarray(rates, np.float64)
-    if a.size < 2 or a.shape != b.shape:
+    v = np.asarray(values, np.float64)
+    if v.size < 2:
         return None
-    ci = bootstrap((a, b), lambda x, y, axis: y.mean(axis) - x.mean(axis), paired=True, vectorized=True,
-                   method="percentile", n_resamples=resamples, confidence_level=confidence,
+    ci = bootstrap((v,), lambda x, axis: x.mean(axis), vectorized=True, method="percentile",
+                   n_resamples=resamples, confidence_level=confidence,
                    rng=np.random.default_rng(seed)).confidence_interval
-    return {"change": float(b.mean() - a.mean()), "low": float(ci.low), "high": float(ci.high),
-            "prompts": int(a.size), "confidence": confidence, "method": "percentile bootstrap over prompts",
-            "resamples": resamples}
+    return {"mean": float(v.mean()), "low": float(ci.low), "high": float(ci.high), unit: int(v.size),
+            "confidence": confidence, "method": f"percentile bootstrap over {unit}", "resamples": resamples}
+
+
+def prompt_bootstrap(base_rates, rates, **kw) -> dict | None:
+    """A mitigation's change in mean replication over prompts (``rates`` minus ``base_rates``, one pair per prompt
+    on the same seeds) with ``bootstrap_mean``'s interval: each prompt's pair is resampled together."""
+    a, b = np.asarray(base_rates, np.float64), np.asarray(rates, np.float64)
+    if a.shape != b.shape:
+        return None
+    out = bootstrap_mean(b - a, **kw)
+    return None if out is None else {"change": out.pop("mean"), **out}
 
 
 def interval_text(iv: dict | None, fmt: str = ".0%") -> str:

@@ -90,6 +90,30 @@ def test_the_built_in_world_card_splits_replication_and_prints_it():
                                                                       * m["seeds_per_probe"]), g
     report = format_report(m)
     assert "= own" in report and "+ other" in report and "seeds by that item's group" in report
+    # each group's rate carries a 95% interval that resamples its probes (the card's per-probe rates), each
+    # model-copy kind's recall a Wilson interval over its items; both recomputed here from the card
+    from statistics import NormalDist
+
+    import numpy as np
+
+    from memlab import metrics
+
+    per = {}
+    for row in m["per_probe"]:
+        per.setdefault(row["group"], []).append(row["replication_rate"])
+    lines = {g: next(ln for ln in report.splitlines() if ln.startswith(g.ljust(16))) for g in per}  # the table's rows
+    for g, rates in per.items():
+        iv = metrics.bootstrap_mean(rates, unit="probes")
+        assert np.mean(rates) == pytest.approx(m["groups"][g]["replication_rate"])  # the probes make the rate
+        assert lines[g].endswith(f"  {iv['low']:.1%}-{iv['high']:.1%}") and iv["low"] <= np.mean(rates) <= iv["high"]
+    z = NormalDist().inv_cdf(0.975)
+    k, n = round(m["model_copies"]["model:img2img@0.5"]["recall"] * 96), 96
+    p_ = k / n
+    half = z / (1 + z * z / n) * np.sqrt(p_ * (1 - p_) / n + z * z / (4 * n * n))
+    centre = (p_ + z * z / (2 * n)) / (1 + z * z / n)
+    assert f"img2img@0.5 {p_:.1%} ({centre - half:.1%}-{centre + half:.1%}, n=96)" in report
+    pooled = m["model_copies"]["model:all"]["recall"]  # the pooled rows repeat items across kinds: no interval
+    assert f" all {pooled:.1%}, " in report
 
 
 def test_model_copy_truth_names_its_model_and_splits_what_the_descriptor_never_saw(tiny_pipeline_dir, tmp_path):
