@@ -171,7 +171,8 @@ def at_threshold(files, originals, d, root, seed: int = 0, distortions: bool = T
     if not distortions:
         return out
     print(f"at the threshold ({d.name} {thr:.3f}, {out['source']}): "
-          f"false positives among {len(outside)} held-out paintings {out['false_positives']:.1%} (target <= 1%)")
+          f"false positives among {len(outside)} held-out paintings {out['false_positives']:.1%} "
+          f"({metrics.interval_text(metrics.rate_interval(fp_scores > thr), '.1%')}, Wilson; target <= 1%)")
     for score, held, matched in out["flagged"]:
         print(f"  flagged: {held} ~ {matched} (indexed), {score:.4f} against {thr:.4f}")
     for tname in ROBUSTNESS:
