@@ -17,7 +17,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--write-card", action="store_true", help="store the figures in the world's card.json")
     a = ap.parse_args()
-    from memlab.evaluate import evaluate_world, format_report
+    from memlab.cardreport import format_report
+    from memlab.evaluate import evaluate_world
     from memlab.world import World
 
     t0 = time.perf_counter()

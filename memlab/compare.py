@@ -4,7 +4,8 @@
   anisotropy, Chen et al.'s localized score, Jeon et al.'s sharpness, Carlini et al.'s clique of near-identical
   generations): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
   probes that never replicate, from each probe's mean score over its ``none`` seeds; higher = memorized,
-  as each paper scores it (an AUC under 0.5 is reported as it is); their cost in UNet passes;
+  as each paper scores it (an AUC under 0.5 is reported as it is), with a stratified bootstrap interval
+  (``metrics.auc_interval``); their cost in UNet passes;
 - **mitigations**: on the same prompts and seeds as ``none``, replication, dataset similarity (mean of the
   prompts' p95), alignment and generation seconds per image, each beside ``none``'s; the change in replication
   with a bootstrap interval over prompts (two prompts or more) and the seeds it stopped and made copying.
@@ -52,7 +53,9 @@ def outcome_auc(records: list[dict], replicate_at: float = 0.5) -> dict:
     for m in methods:
         p = [s["detections_mean"][m] for s in pos if m in (s.get("detections_mean") or {})]
         n = [s["detections_mean"][m] for s in neg if m in (s.get("detections_mean") or {})]
+        iv = metrics.auc_interval(p, n)
         out[m] = {"auc": metrics.roc_auc(np.array(p), np.array(n)) if p and n else None,
+                  "auc_interval": None if iv is None else [iv["low"], iv["high"]],
                   "positives": len(p), "negatives": len(n), **DETECTORS.get(m, {})}
     return out
 
@@ -116,8 +119,10 @@ def _change(ci: dict | None) -> str:
 
 
 def format_comparison(c: dict) -> str:
-    lines = _table(["detector", "AUC by outcome", "prompts (replicating >= half vs never)", "cost (UNet passes)"],
-                   [[m, _f(d["auc"], ".3f"), f"{d['positives']} vs {d['negatives']}", str(d.get("unet_passes", ""))]
+    lines = _table(["detector", "AUC by outcome (95% interval)", "prompts (replicating >= half vs never)", "cost (UNet passes)"],
+                   [[m, _f(d["auc"], ".3f") + (f" ({d['auc_interval'][0]:.2f}-{d['auc_interval'][1]:.2f})"
+                                               if d.get("auc_interval") else ""),
+                     f"{d['positives']} vs {d['negatives']}", str(d.get("unet_passes", ""))]
                     for m, d in c["detectors"].items()])
     lines += _table(["strategy", "prompts", "replicated", "cut", "change (95% CI over prompts)", "seeds fewer/more",
                      "data sim", "alignment (x none)", "s/image (+ vs none)"],

@@ -452,7 +452,7 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
     """About this world's measured-memorization block ran off the right edge (the detectors' AUC against each
     group, the recalls, the checks): on a desktop it wraps, the whole report on the page; on a phone, where its
     table wrapped would read as a jumble, the block scrolls inside itself and the page does not."""
-    from memlab.evaluate import format_report
+    from memlab.cardreport import format_report
 
     report = format_report(json.loads((BUILTIN / "card.json").read_text())["measured"])
     for width in (1400, 420):

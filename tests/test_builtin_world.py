@@ -291,7 +291,7 @@ def test_the_docs_show_the_shipped_cards_report():
     refreshed world whose docs still show the previous card's figures fails here."""
     import re
 
-    from memlab.evaluate import format_report
+    from memlab.cardreport import format_report
 
     card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
     doc = (ROOT / "docs" / "builtin-world.md").read_text()

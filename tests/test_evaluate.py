@@ -81,7 +81,7 @@ def test_the_built_in_world_card_splits_replication_and_prints_it():
     import json
     from pathlib import Path
 
-    from memlab.evaluate import format_report
+    from memlab.cardreport import format_report
 
     m = json.loads((Path(__file__).resolve().parents[1] / "assets" / "world" / "card.json").read_text())["measured"]
     for g, r in m["groups"].items():
@@ -114,6 +114,14 @@ def test_the_built_in_world_card_splits_replication_and_prints_it():
     assert f"img2img@0.5 {p_:.1%} ({centre - half:.1%}-{centre + half:.1%}, n=96)" in report
     pooled = m["model_copies"]["model:all"]["recall"]  # the pooled rows repeat items across kinds: no interval
     assert f" all {pooled:.1%}, " in report
+    # each detector's AUC by outcome, recomputed from the probes, with its interval over them
+    base = [r for r in m["per_probe"] if r["strategy"] == "none"]
+    for name, f in m["detectors"]["figures"].items():
+        pos = [r["detections"][name] for r in base if r["replication_rate"] >= 0.5]
+        neg = [r["detections"][name] for r in base if r["replication_rate"] == 0]
+        iv = metrics.auc_interval(pos, neg)
+        assert iv["auc"] == pytest.approx(f["auc_by_outcome"]) and [len(pos), len(neg)] == f["outcome_probes"]
+        assert f"AUC by outcome {f['auc_by_outcome']:.3f} (95% interval {iv['low']:.2f}-{iv['high']:.2f})" in report
 
 
 def test_model_copy_truth_names_its_model_and_splits_what_the_descriptor_never_saw(tiny_pipeline_dir, tmp_path):
@@ -152,7 +160,7 @@ def test_model_copy_truth_names_its_model_and_splits_what_the_descriptor_never_s
 def test_the_alignment_classifiers_held_out_accuracy_reads_as_a_sentence():
     """The card's alignment line states each held-out split's accuracies (it once printed raw JSON); anything
     of another shape still prints, as JSON."""
-    from memlab.evaluate import _held_out_text
+    from memlab.cardreport import _held_out_text
 
     split = {"n": 10, "shapes": {"exact_set": 0.1, "per_label": 0.7974, "mean_auc": 0.7407},
              "colours": {"exact_set": 0.3, "per_label": 0.9307, "mean_auc": 0.9346}, "bg_colour": 0.744, "bg_kind": 0.985}
@@ -239,3 +247,33 @@ def test_build_worlds_decoded_index_embeds_the_vaes_renderings_and_says_so(tiny_
             _check_resumed_index(out / "index", "pixel", not decoded)
     with pytest.raises(MemlabError, match="--reuse-model"):  # a refresh keeps the index: it cannot decode it
         build_world(tmp_path / "dec", refresh=True, decoded_index=True)
+
+
+def test_a_mitigations_cut_is_counted_seed_by_seed_and_over_probes():
+    """``paired_by_probe``: on hand-made runs of three probes, the seeds a mitigation stopped and made copying,
+    summed over probes, and the change's interval over probes; the card's report prints both where a card has them."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from memlab import metrics
+    from memlab.cardreport import format_report
+    from memlab.evaluate import paired_by_probe
+
+    none = [[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
+    rna = [[0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]]
+    rows = [{"prompt": f"p{i}", "strategy": s, "replicated": [bool(x) for x in r], "replication_rate": float(np.mean(r))}
+            for s, runs in (("none", none), ("rna", rna)) for i, r in enumerate(runs)]
+    rows.append({"prompt": "p9", "strategy": "rna", "replicated": [True] * 4, "replication_rate": 1.0})  # no none
+    got = paired_by_probe(pd.DataFrame(rows), "rna")
+    # p0: 3 stopped; p1: seed 1 started, seed 2 stopped; p2: seed 3 started
+    assert got["paired"] == {"fewer": 4, "more": 2, "probes": 3}
+    changes = [np.mean(b) - np.mean(a) for a, b in zip(none, rna)]
+    assert got["change_interval"]["mean"] == pytest.approx(np.mean(changes))
+    assert got["change_interval"] == metrics.bootstrap_mean(changes, unit="probes")
+    m = json.loads((Path(__file__).resolve().parents[1] / "assets" / "world" / "card.json").read_text())["measured"]
+    m["mitigations"]["rna"].update(got)
+    line = next(ln for ln in format_report(m).splitlines() if ln.strip().startswith("rna "))
+    ci = got["change_interval"]
+    assert f"95% interval over probes {100 * ci['low']:+.1f} to {100 * ci['high']:+.1f} pts; seeds 4 fewer, 2 more" in line

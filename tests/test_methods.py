@@ -231,6 +231,7 @@ def test_comparison_table_from_hand_made_records():
     c = comparison(recs)
     assert c["detectors"]["wen"]["auc"] == 1.0 and c["detectors"]["ren"]["auc"] == 0.5
     assert (c["detectors"]["wen"]["positives"], c["detectors"]["wen"]["negatives"]) == (2, 1)
+    assert c["detectors"]["wen"]["auc_interval"] is None  # one never-replicating prompt: nothing to resample
     r = c["mitigations"]["ren"]
     assert r["replication_rate"] == pytest.approx(0.3) and r["none_replication_rate"] == pytest.approx(0.8)
     assert r["relative_cut"] == pytest.approx(1 - 0.3 / 0.8)
@@ -243,7 +244,7 @@ def test_comparison_table_from_hand_made_records():
     assert sorted(ln.split()[0] for ln in detectors[1:]) == ["bright_ending", "ren", "wen"]
     import re
 
-    for table, second in ((detectors, "AUC by outcome"), (strategies, "prompts")):
+    for table, second in ((detectors, "AUC by outcome (95% interval)"), (strategies, "prompts")):
         # the second column (right-aligned) ends where its header ends, on every line
         ends = {re.match(r"\S+\s+\S+", ln).end() for ln in table[1:]}
         assert ends == {table[0].index(second) + len(second)}, table

@@ -215,3 +215,20 @@ def test_the_change_over_prompts_resamples_prompts():
     # it resamples each prompt's pair together: the change's spread, not the two rates' (those vary more here)
     unpaired = 1.96 * np.sqrt(base.var(ddof=1) / 200 + (base + d).var(ddof=1) / 200)
     assert (iv["high"] - iv["low"]) / 2 < unpaired / 2
+
+
+def test_the_auc_interval_resamples_positives_and_negatives_apart():
+    iv = metrics.auc_interval([3.0, 4.0, 5.0], [0.0, 1.0])
+    assert iv["auc"] == 1.0 and (iv["low"], iv["high"]) == (1.0, 1.0)  # every resample keeps a positive above
+    two = metrics.auc_interval([1.0, 1.5], [0.0, 2.0])  # each resample keeps two of each (stratified): never NaN
+    assert two["auc"] == 0.5 and (two["low"], two["high"]) == (0.0, 1.0)
+    assert metrics.auc_interval([1.0], [0.0, 2.0]) is None and metrics.auc_interval([], [1.0]) is None
+    rng = np.random.default_rng(0)
+    p, n = rng.normal(1.0, 1.0, 150), rng.normal(0.0, 1.0, 250)
+    iv = metrics.auc_interval(p, n)
+    a = metrics.roc_auc(p, n)
+    # Hanley and McNeil's (1982) standard error of an AUC: the bootstrap's half-width is 1.96 of them, within 15%
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = np.sqrt((a * (1 - a) + (p.size - 1) * (q1 - a * a) + (n.size - 1) * (q2 - a * a)) / (p.size * n.size))
+    assert iv["auc"] == a and iv["low"] < a < iv["high"]
+    assert (iv["high"] - iv["low"]) / 2 == pytest.approx(1.96 * se, rel=0.15)

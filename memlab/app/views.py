@@ -472,7 +472,7 @@ def world_card_markdown(lab: Lab) -> str:
         lines.append(f"**Built with** {code(c.get('built_with') or '')} in {(c.get('build_seconds_total') or 0) / 60:.0f} min")
         if "measured" in c:
             from ..errors import one_line
-            from ..evaluate import format_report
+            from ..cardreport import format_report
 
             try:
                 report = format_report(c["measured"])
