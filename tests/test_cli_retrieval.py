@@ -44,6 +44,13 @@ def test_build_skips_corrupt_and_match_json(image_folder, tmp_path, capsys):
     top = json.loads(capsys.readouterr().out)["queries"][0]["matches"][:2]
     assert top[0]["file"] in {"img00.png", "dup.png"} and top[0]["duplicates"] == 1
     assert top[1]["file"] not in {"img00.png", "dup.png"} and top[1]["group"] != top[0]["group"]
+    # --images given twice matches both (the second replaced the first), and the summary counts them with their interval
+    assert memlab_main(["match", "--index", str(out), "--images", str(q), "--images", str(image_folder / "dup.png"),
+                        "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [x["image"] for x in both["queries"]] == [str(q), str(image_folder / "dup.png")]
+    iv = both["summary"]["replication_interval"]
+    assert (iv["k"], iv["n"]) == (sum(x["replicated"] for x in both["queries"]), 2) and iv["method"] == "Wilson score"
     s = res["summary"]
     assert {"p5", "p50", "p95"} <= set(s["calibration"]["copy_percentiles"])
     assert {"load_s", "embed_s", "search_s"} <= set(s["timing"])

@@ -17,7 +17,8 @@ from ..sources import IMAGE_EXTS
 
 def add_arguments(p):
     p.add_argument("--index", required=True, help="index directory (built by python -m index_builder)")
-    p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
+    p.add_argument("--images", nargs="+", action="extend", required=True,
+                   help="query image files or folders (repeatable: every one given is matched)")
     p.add_argument("--descriptor", default=None, help="descriptor name (default: the index's default)")
     p.add_argument("--k", type=int, default=5, help="matches per query (default 5)")
     p.add_argument("--weights", default=None, help="model weights file/folder (e.g. SSCD TorchScript)")
