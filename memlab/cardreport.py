@@ -33,16 +33,32 @@ def _wilson_words(v: dict) -> str:
     return f" ({iv['low']:.1%}-{iv['high']:.1%}, n={v['n']})"
 
 
+def _outcome_probes(m: dict, *names: str) -> list[dict]:
+    """The card's unmitigated probes that count for the AUC by outcome (replicating at least half their seeds, or
+    never) and carry every detector ``names``."""
+    return [r for r in m.get("per_probe") or [] if r.get("strategy", "none") == "none"
+            and (r["replication_rate"] >= 0.5 or r["replication_rate"] == 0)
+            and all(n in (r.get("detections") or {}) for n in names)]
+
+
 def _auc_words(m: dict, name: str) -> str:
     """" (95% interval 0.69-0.91)": a detector's AUC by outcome with its stratified bootstrap interval
-    (``metrics.auc_interval``), from the card's per-probe rows, where they give the card's AUC again."""
-    pp = [r for r in m.get("per_probe") or [] if r.get("strategy", "none") == "none" and name in (r.get("detections") or {})]
-    pos = [r["detections"][name] for r in pp if r["replication_rate"] >= 0.5]
-    neg = [r["detections"][name] for r in pp if r["replication_rate"] == 0]
-    iv = metrics.auc_interval(pos, neg)
-    if iv is None or abs(iv["auc"] - m["detectors"]["figures"][name]["auc_by_outcome"]) > 1e-9:
+    (``metrics.auc_interval``), from the card's per-probe rows, where they give the card's AUC again; beside
+    Wen's, the paired difference from it (``metrics.auc_difference``)."""
+    figures = m["detectors"]["figures"]
+    pp = _outcome_probes(m, name)
+    iv = metrics.auc_interval([r["detections"][name] for r in pp if r["replication_rate"] >= 0.5],
+                              [r["detections"][name] for r in pp if r["replication_rate"] == 0])
+    if iv is None or abs(iv["auc"] - figures[name]["auc_by_outcome"]) > 1e-9:
         return ""
-    return f" (95% interval {iv['low']:.2f}-{iv['high']:.2f})"
+    words = f" (95% interval {iv['low']:.2f}-{iv['high']:.2f}"
+    if name != "wen" and (figures.get("wen") or {}).get("auc_by_outcome") is not None:
+        both = _outcome_probes(m, name, "wen")
+        d = metrics.auc_difference([r["detections"][name] for r in both], [r["detections"]["wen"] for r in both],
+                                   [r["replication_rate"] >= 0.5 for r in both])
+        if d is not None and abs(d["difference"] - (iv["auc"] - figures["wen"]["auc_by_outcome"])) < 1e-9:
+            words += f"; minus Wen's {d['difference']:+.3f}, paired 95% interval {d['low']:+.2f} to {d['high']:+.2f}"
+    return words + ")"
 
 
 def format_report(m: dict) -> str:

@@ -5,7 +5,8 @@
   generations): ROC AUC by outcome, probes whose unmitigated seeds replicate at least half the time against
   probes that never replicate, from each probe's mean score over its ``none`` seeds; higher = memorized,
   as each paper scores it (an AUC under 0.5 is reported as it is), with a stratified bootstrap interval
-  (``metrics.auc_interval``); their cost in UNet passes;
+  (``metrics.auc_interval``) and its paired difference from Wen's on the same prompts (``metrics.auc_difference``);
+  their cost in UNet passes;
 - **mitigations**: on the same prompts and seeds as ``none``, replication, dataset similarity (mean of the
   prompts' p95), alignment and generation seconds per image, each beside ``none``'s; the change in replication
   with a bootstrap interval over prompts (two prompts or more) and the seeds it stopped and made copying.
@@ -57,6 +58,11 @@ def outcome_auc(records: list[dict], replicate_at: float = 0.5) -> dict:
         out[m] = {"auc": metrics.roc_auc(np.array(p), np.array(n)) if p and n else None,
                   "auc_interval": None if iv is None else [iv["low"], iv["high"]],
                   "positives": len(p), "negatives": len(n), **DETECTORS.get(m, {})}
+        both = [s for s in pos + neg if {m, "wen"} <= set(s.get("detections_mean") or {})]
+        d = None if m == "wen" else metrics.auc_difference(
+            [s["detections_mean"][m] for s in both], [s["detections_mean"]["wen"] for s in both],
+            [s["replication_rate"] >= replicate_at for s in both])
+        out[m]["minus_wen"] = None if d is None else [d["difference"], d["low"], d["high"]]  # paired, same prompts
     return out
 
 
@@ -119,9 +125,11 @@ def _change(ci: dict | None) -> str:
 
 
 def format_comparison(c: dict) -> str:
-    lines = _table(["detector", "AUC by outcome (95% interval)", "prompts (replicating >= half vs never)", "cost (UNet passes)"],
+    lines = _table(["detector", "AUC by outcome (95% interval)", "minus wen (paired 95%)",
+                    "prompts (replicating >= half vs never)", "cost (UNet passes)"],
                    [[m, _f(d["auc"], ".3f") + (f" ({d['auc_interval'][0]:.2f}-{d['auc_interval'][1]:.2f})"
                                                if d.get("auc_interval") else ""),
+                     "-" if not d.get("minus_wen") else "{:+.3f} ({:+.2f} to {:+.2f})".format(*d["minus_wen"]),
                      f"{d['positives']} vs {d['negatives']}", str(d.get("unet_passes", ""))]
                     for m, d in c["detectors"].items()])
     lines += _table(["strategy", "prompts", "replicated", "cut", "change (95% CI over prompts)", "seeds fewer/more",

@@ -266,6 +266,33 @@ def auc_interval(positive_scores, negative_scores, confidence: float = CONFIDENC
             "resamples": resamples}
 
 
+def auc_difference(scores_a, scores_b, positive, confidence: float = CONFIDENCE, resamples: int = 4999,
+                   seed: int = 0) -> dict | None:
+    """Two detectors' ROC AUCs on the same probes (``positive``: each probe's outcome), a's minus b's, with a
+    stratified paired bootstrap interval: each resample draws positives and negatives apart and scores both
+    detectors on the same draw, so what the two share (the probes) cancels (the paired comparison DeLong et al. 1988
+    make with a variance formula). None under two positives or two negatives."""
+    from scipy.stats import bootstrap
+
+    a, b, pos = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64), np.asarray(positive, bool)
+    if a.shape != b.shape or a.shape != pos.shape or pos.sum() < 2 or (~pos).sum() < 2:
+        return None
+
+    def auc(p, n):
+        p, n = p[..., :, None], n[..., None, :]
+        return (p > n).mean(axis=(-2, -1)) + 0.5 * (p == n).mean(axis=(-2, -1))
+
+    def diff(x, y, axis=-1):  # x, y: [2, ..., n]: a's and b's scores of the same drawn probes
+        return auc(x[0], y[0]) - auc(x[1], y[1])
+
+    ci = bootstrap((np.stack([a[pos], b[pos]]), np.stack([a[~pos], b[~pos]])), diff, vectorized=True, axis=-1,
+                   method="percentile", n_resamples=resamples, confidence_level=confidence,
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return {"difference": roc_auc(a[pos], a[~pos]) - roc_auc(b[pos], b[~pos]), "low": float(ci.low),
+            "high": float(ci.high), "positives": int(pos.sum()), "negatives": int((~pos).sum()),
+            "confidence": confidence, "method": "stratified paired percentile bootstrap", "resamples": resamples}
+
+
 def interval_text(iv: dict | None, fmt: str = ".0%") -> str:
     """``rate_interval``'s result in words: "95% CI 41-93%" (empty for none)."""
     if not iv:

@@ -121,7 +121,19 @@ def test_the_built_in_world_card_splits_replication_and_prints_it():
         neg = [r["detections"][name] for r in base if r["replication_rate"] == 0]
         iv = metrics.auc_interval(pos, neg)
         assert iv["auc"] == pytest.approx(f["auc_by_outcome"]) and [len(pos), len(neg)] == f["outcome_probes"]
-        assert f"AUC by outcome {f['auc_by_outcome']:.3f} (95% interval {iv['low']:.2f}-{iv['high']:.2f})" in report
+        said = f"AUC by outcome {f['auc_by_outcome']:.3f} (95% interval {iv['low']:.2f}-{iv['high']:.2f}"
+        if name == "wen":
+            assert said + ")" in report
+            continue
+        d = metrics.auc_difference([r["detections"][name] for r in base if r["replication_rate"] in (0,) or
+                                    r["replication_rate"] >= 0.5],
+                                   [r["detections"]["wen"] for r in base if r["replication_rate"] in (0,) or
+                                    r["replication_rate"] >= 0.5],
+                                   [r["replication_rate"] >= 0.5 for r in base if r["replication_rate"] in (0,) or
+                                    r["replication_rate"] >= 0.5])
+        assert d["difference"] == pytest.approx(f["auc_by_outcome"] - m["detectors"]["figures"]["wen"]["auc_by_outcome"])
+        assert (said + f"; minus Wen's {d['difference']:+.3f}, paired 95% interval {d['low']:+.2f} to "
+                f"{d['high']:+.2f})") in report
 
 
 def test_model_copy_truth_names_its_model_and_splits_what_the_descriptor_never_saw(tiny_pipeline_dir, tmp_path):

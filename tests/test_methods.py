@@ -232,6 +232,7 @@ def test_comparison_table_from_hand_made_records():
     assert c["detectors"]["wen"]["auc"] == 1.0 and c["detectors"]["ren"]["auc"] == 0.5
     assert (c["detectors"]["wen"]["positives"], c["detectors"]["wen"]["negatives"]) == (2, 1)
     assert c["detectors"]["wen"]["auc_interval"] is None  # one never-replicating prompt: nothing to resample
+    assert c["detectors"]["wen"]["minus_wen"] is None and c["detectors"]["ren"]["minus_wen"] is None  # (the same)
     r = c["mitigations"]["ren"]
     assert r["replication_rate"] == pytest.approx(0.3) and r["none_replication_rate"] == pytest.approx(0.8)
     assert r["relative_cut"] == pytest.approx(1 - 0.3 / 0.8)
@@ -374,3 +375,20 @@ def test_the_glossary_defines_every_detector_the_page_shows():
         assert name in term, name
         author = d["paper"].split()[0]
         assert (f"**{name}**" in text or name == "wen") and author in text, name
+
+
+def test_the_comparison_sets_each_detector_beside_wens_on_the_same_prompts():
+    from memlab import metrics
+    from memlab.compare import outcome_auc
+
+    rates = [1.0, 0.5, 0.0, 0.0, 0.0]
+    wen, jeon = [0.9, 0.4, 0.5, 0.1, 0.2], [0.8, 0.7, 0.3, 0.2, 0.6]
+    recs = [{"type": "summary", "mitigation": {"name": "none"}, "replication_rate": r,
+             "detections_mean": {"wen": w, "jeon": j}} for r, w, j in zip(rates, wen, jeon)]
+    out = outcome_auc(recs)
+    pos = np.array(rates) >= 0.5
+    d = metrics.auc_difference(jeon, wen, pos)
+    assert out["jeon"]["minus_wen"] == pytest.approx([d["difference"], d["low"], d["high"]])
+    assert d["difference"] == pytest.approx(metrics.roc_auc(np.array(jeon)[pos], np.array(jeon)[~pos])
+                                            - metrics.roc_auc(np.array(wen)[pos], np.array(wen)[~pos]))
+    assert out["wen"]["minus_wen"] is None

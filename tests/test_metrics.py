@@ -232,3 +232,23 @@ def test_the_auc_interval_resamples_positives_and_negatives_apart():
     se = np.sqrt((a * (1 - a) + (p.size - 1) * (q1 - a * a) + (n.size - 1) * (q2 - a * a)) / (p.size * n.size))
     assert iv["auc"] == a and iv["low"] < a < iv["high"]
     assert (iv["high"] - iv["low"]) / 2 == pytest.approx(1.96 * se, rel=0.15)
+
+
+def test_two_detectors_auc_difference_is_paired_on_the_same_probes():
+    rng = np.random.default_rng(0)
+    pos = np.r_[np.ones(40, bool), np.zeros(80, bool)]
+    x = rng.normal(0, 1, 120) + 1.0 * pos  # what both detectors see of each probe
+    a, b = x + rng.normal(0, 0.3, 120), x + rng.normal(0, 0.3, 120)
+    d = metrics.auc_difference(a, b, pos)
+    assert d["difference"] == pytest.approx(metrics.roc_auc(a[pos], a[~pos]) - metrics.roc_auc(b[pos], b[~pos]))
+    assert d["low"] < d["difference"] < d["high"] and d["low"] < 0 < d["high"]  # the same detector twice, near enough
+    # paired: far narrower than the two AUCs' own intervals combined as if independent
+    ia, ib = metrics.auc_interval(a[pos], a[~pos]), metrics.auc_interval(b[pos], b[~pos])
+    apart = np.hypot(ia["high"] - ia["low"], ib["high"] - ib["low"])
+    assert (d["high"] - d["low"]) < 0.5 * apart
+    same = metrics.auc_difference(a, a, pos)
+    assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    # a detector that sees the probes and one that sees noise: the difference is clear of 0
+    clear = metrics.auc_difference(a, rng.normal(0, 1, 120), pos)
+    assert clear["low"] > 0.1
+    assert metrics.auc_difference(a[:3], b[:3], [True, False, False]) is None
