@@ -79,6 +79,9 @@ def test_the_lessons_sentences_agree_with_its_records():
     p = min(1.0, 2 * sum(comb(fewer + more, i) for i in range(min(fewer, more) + 1)) / 2 ** (fewer + more))
     assert float(paired[3]) == pytest.approx(p, rel=1e-2)
     assert ("that is evidence of a change on these seeds" in text3) == (p < 0.05)
+    from memlab.limits import LIMITS
+
+    assert (f"more seeds would tell (Compare mitigations runs up to {LIMITS['compare_seeds']})" in text3) == (p >= 0.05)
     text4, _ = list(step4(progress=quiet))[-1]
     assert text4.startswith(f"**{said(text4)[0]} of 8 seeds replicated**")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..service import Lab
+from ..service import LIMITS, Lab
 from .glossary import g
 from .views import (bright_ending_note, compare_grid, copies, lesson_run_sentence, literal, own_image_html, own_or_other,
                     template_sentence)
@@ -198,7 +198,8 @@ def mitigation_sentence(state, base: dict, mitigated: dict, own_id) -> str:
                  f"changed nothing would split them this unevenly with probability {pc['p_value']:.3g} "
                  f"({g('interval', 'p')}, the exact McNemar test): "
                  + ("that is evidence of a change on these seeds. " if pc["p_value"] < 0.05 else
-                    "not yet evidence on these few seeds; more seeds would tell. "))
+                    f"not yet evidence on these few seeds; more seeds would tell (Compare mitigations runs up to "
+                    f"{LIMITS['compare_seeds']}). "))
     text += "Without: " + lesson_run_sentence(base, own_id) + " With RNA: " + lesson_run_sentence(mitigated, own_id)
     if mitigated["replicated_other"]:
         text += (" Some RNA seeds copy another training image: the mitigation changed what is copied, not "
