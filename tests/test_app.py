@@ -604,7 +604,10 @@ def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_i
 
     for sm, k in zip(summ, (2, 0)):
         sm.update(replication_rate=k / 4, n_seeds=4, replication_interval=metrics.rate_interval([1] * k + [0] * (4 - k)))
-    bar, label = compare_figure(lab, RunState(prompt="p", records=state.records, summaries=summ)).data[:2]
+    fig = compare_figure(lab, RunState(prompt="p", records=state.records, summaries=summ))
+    bar, label = fig.data[:2]
+    words = fig.layout.title.text.replace("<br>", " ").replace("<sup>", "").replace("</sup>", "")
+    assert "whiskers: each rate's 95% interval (Wilson)" in " ".join(words.split())
     for j, sm in enumerate(summ):
         iv = sm["replication_interval"]
         assert bar.y[j] + bar.error_y.array[j] == pytest.approx(100 * iv["high"])

@@ -160,8 +160,7 @@ def compare_figure(lab: Lab, state: RunState):
     p95 = [s["dataset_similarity"]["p95"] for s in summ]
     # short titles: side by side they share a phone's 350 px
     ivs = [s.get("replication_interval") for s in summ]  # each rate's 95% interval over its seeds (Wilson's)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication % (95% interval)" if all(ivs) else
-                                                        "replication %", "dataset similarity p95"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("replication %", "dataset similarity p95"))
     tops = [100 * iv["high"] for iv in ivs] if all(ivs) else rates
     fig.add_bar(x=names, y=rates, row=1, col=1, marker_color="#d62728", hovertext=specs,
                 error_y=dict(type="data", symmetric=False, color="#444", thickness=1.5, width=6,
@@ -180,7 +179,7 @@ def compare_figure(lab: Lab, state: RunState):
     fig.update_yaxes(range=[0, max(105, max(tops) + 14)], row=1, col=1)
     fig.update_yaxes(range=[lo, hi], row=1, col=2)
     run = (f"the same {summ[0].get('n_seeds', len(summ[0].get('seeds', [])))} seeds for every strategy"
-           + settings_text(state.records))
+           + settings_text(state.records) + (" · whiskers: each rate's 95% interval (Wilson)" if all(ivs) else ""))
     title = wrap(run, 64, "sup") + "<br>" + wrap(source_text(lab, name), 64, "sup")
     top = TITLE_Y + 8 + LINE * _lines(title) + 30  # the run's and the source's lines above the subplots' titles
     fig.update_layout(height=270 + top, showlegend=False, margin=dict(l=40, r=10, t=top, b=40),
