@@ -125,12 +125,9 @@ def test_the_built_in_world_card_splits_replication_and_prints_it():
         if name == "wen":
             assert said + ")" in report
             continue
-        d = metrics.auc_difference([r["detections"][name] for r in base if r["replication_rate"] in (0,) or
-                                    r["replication_rate"] >= 0.5],
-                                   [r["detections"]["wen"] for r in base if r["replication_rate"] in (0,) or
-                                    r["replication_rate"] >= 0.5],
-                                   [r["replication_rate"] >= 0.5 for r in base if r["replication_rate"] in (0,) or
-                                    r["replication_rate"] >= 0.5])
+        counted = [r for r in base if r["replication_rate"] == 0 or r["replication_rate"] >= 0.5]
+        d = metrics.auc_difference([r["detections"][name] for r in counted], [r["detections"]["wen"] for r in counted],
+                                   [r["replication_rate"] >= 0.5 for r in counted])
         assert d["difference"] == pytest.approx(f["auc_by_outcome"] - m["detectors"]["figures"]["wen"]["auc_by_outcome"])
         assert (said + f"; minus Wen's {d['difference']:+.3f}, paired 95% interval {d['low']:+.2f} to "
                 f"{d['high']:+.2f})") in report
