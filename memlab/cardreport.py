@@ -8,6 +8,15 @@ import json
 from . import metrics
 from .local import format_local
 
+INTERVAL_MAX_PROBES = 5_000  # a card's per-probe rows the report resamples for its intervals (the built-in world's: 72;
+# a card from elsewhere with more is shown without them: the About tab is built at the app's start)
+
+
+def _probe_rows(m: dict) -> list[dict]:
+    """The card's per-probe rows the intervals resample: none past ``INTERVAL_MAX_PROBES`` (or not a list)."""
+    rows = m.get("per_probe")
+    return rows if isinstance(rows, list) and len(rows) <= INTERVAL_MAX_PROBES else []
+
 
 def _held_out_text(h) -> str:
     """The scene classifier's held-out accuracy as a line reads it (per split: each label's accuracy, AUC for
@@ -36,7 +45,7 @@ def _wilson_words(v: dict) -> str:
 def _outcome_probes(m: dict, *names: str) -> list[dict]:
     """The card's unmitigated probes that count for the AUC by outcome (replicating at least half their seeds, or
     never) and carry every detector ``names``."""
-    return [r for r in m.get("per_probe") or [] if r.get("strategy", "none") == "none"
+    return [r for r in _probe_rows(m) if r.get("strategy", "none") == "none"
             and (r["replication_rate"] >= 0.5 or r["replication_rate"] == 0)
             and all(n in (r.get("detections") or {}) for n in names)]
 
@@ -71,8 +80,11 @@ def format_report(m: dict) -> str:
              f"{m['settings']['steps']} steps, guidance {m['settings']['guidance']}",
              f"{'group':<16}{'probes':>7}{'replicated':>12}{'= own':>8}{'+ other':>9}{'original@1':>12}"
              f"{'data sim p95':>14}{'detection':>11}  replicated: 95% interval over probes"]
+    if isinstance(m.get("per_probe"), list) and len(m["per_probe"]) > INTERVAL_MAX_PROBES:
+        lines.insert(1, f"(no intervals over probes: the card holds {len(m['per_probe'])} per-probe rows, past "
+                        f"{INTERVAL_MAX_PROBES:,})")
     per = {}  # each group's probes' own rates (the card's per_probe rows): the interval resamples probes
-    for row in m.get("per_probe") or []:
+    for row in _probe_rows(m):
         if row.get("strategy", "none") == "none":
             per.setdefault(row["group"], []).append(row["replication_rate"])
     for g, r in sorted(m["groups"].items()):

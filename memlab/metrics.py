@@ -244,6 +244,23 @@ def prompt_bootstrap(base_rates, rates, **kw) -> dict | None:
     return None if out is None else {"change": out.pop("mean"), **out}
 
 
+def _ranked_auc(x, y):
+    """``roc_auc`` along the last axis of stacked samples (``x`` positives, ``y`` negatives), by ranks: the
+    Mann-Whitney U over p n, ties sharing their ranks (so counting one half, as ``roc_auc`` does). A resample costs
+    O((p + n) log(p + n)) and p + n numbers, where comparing every pair cost p x n booleans (0.45 GB and 2.9 s for
+    4,999 resamples of 300 against 200 prompts)."""
+    from scipy.stats import rankdata
+
+    p, n = x.shape[-1], y.shape[-1]
+    r = rankdata(np.concatenate([x, y], axis=-1), axis=-1)
+    return (r[..., :p].sum(axis=-1) - p * (p + 1) / 2) / (p * n)
+
+
+def _batch(n: int) -> int:
+    """Resamples per batch so a batch holds about 2 million numbers, whatever the sample's size."""
+    return max(1, 2_000_000 // max(n, 1))
+
+
 def auc_interval(positive_scores, negative_scores, confidence: float = CONFIDENCE, resamples: int = 4999,
                  seed: int = 0) -> dict | None:
     """``roc_auc`` with a stratified percentile bootstrap interval: positives and negatives resampled apart, each
@@ -254,13 +271,9 @@ def auc_interval(positive_scores, negative_scores, confidence: float = CONFIDENC
     p, n = np.asarray(positive_scores, np.float64), np.asarray(negative_scores, np.float64)
     if p.size < 2 or n.size < 2:
         return None
-
-    def auc(x, y, axis=-1):
-        x, y = np.moveaxis(x, axis, -1)[..., :, None], np.moveaxis(y, axis, -1)[..., None, :]
-        return (x > y).mean(axis=(-2, -1)) + 0.5 * (x == y).mean(axis=(-2, -1))
-
-    ci = bootstrap((p, n), auc, vectorized=True, method="percentile", n_resamples=resamples,
-                   confidence_level=confidence, rng=np.random.default_rng(seed)).confidence_interval
+    ci = bootstrap((p, n), lambda x, y, axis=-1: _ranked_auc(x, y), vectorized=True, method="percentile",
+                   n_resamples=resamples, batch=_batch(p.size + n.size), confidence_level=confidence,
+                   rng=np.random.default_rng(seed)).confidence_interval
     return {"auc": roc_auc(p, n), "low": float(ci.low), "high": float(ci.high), "positives": int(p.size),
             "negatives": int(n.size), "confidence": confidence, "method": "stratified percentile bootstrap",
             "resamples": resamples}
@@ -278,15 +291,11 @@ def auc_difference(scores_a, scores_b, positive, confidence: float = CONFIDENCE,
     if a.shape != b.shape or a.shape != pos.shape or pos.sum() < 2 or (~pos).sum() < 2:
         return None
 
-    def auc(p, n):
-        p, n = p[..., :, None], n[..., None, :]
-        return (p > n).mean(axis=(-2, -1)) + 0.5 * (p == n).mean(axis=(-2, -1))
-
     def diff(x, y, axis=-1):  # x, y: [2, ..., n]: a's and b's scores of the same drawn probes
-        return auc(x[0], y[0]) - auc(x[1], y[1])
+        return _ranked_auc(x[0], y[0]) - _ranked_auc(x[1], y[1])
 
     ci = bootstrap((np.stack([a[pos], b[pos]]), np.stack([a[~pos], b[~pos]])), diff, vectorized=True, axis=-1,
-                   method="percentile", n_resamples=resamples, confidence_level=confidence,
+                   method="percentile", n_resamples=resamples, batch=_batch(2 * a.size), confidence_level=confidence,
                    rng=np.random.default_rng(seed)).confidence_interval
     return {"difference": roc_auc(a[pos], a[~pos]) - roc_auc(b[pos], b[~pos]), "low": float(ci.low),
             "high": float(ci.high), "positives": int(pos.sum()), "negatives": int((~pos).sum()),

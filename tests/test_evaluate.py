@@ -286,3 +286,20 @@ def test_a_mitigations_cut_is_counted_seed_by_seed_and_over_probes():
     line = next(ln for ln in format_report(m).splitlines() if ln.strip().startswith("rna "))
     ci = got["change_interval"]
     assert f"95% interval over probes {100 * ci['low']:+.1f} to {100 * ci['high']:+.1f} pts; seeds 4 fewer, 2 more" in line
+
+
+def test_a_card_with_too_many_probe_rows_is_reported_without_resampling_them():
+    """The About tab is built at the app's start: a card from elsewhere holding more per-probe rows than the report
+    resamples (``INTERVAL_MAX_PROBES``) is shown whole, its intervals over probes left out and said so."""
+    import json
+    from pathlib import Path
+
+    from memlab.cardreport import INTERVAL_MAX_PROBES, format_report
+
+    m = json.loads((Path(__file__).resolve().parents[1] / "assets" / "world" / "card.json").read_text())["measured"]
+    shipped = format_report(m)
+    m["per_probe"] = m["per_probe"] * (INTERVAL_MAX_PROBES // len(m["per_probe"]) + 1)
+    big = format_report(m)
+    assert f"no intervals over probes: the card holds {len(m['per_probe'])} per-probe rows" in big
+    assert "95% interval 0." in shipped and "95% interval 0." not in big  # the detectors' AUC intervals
+    assert "% (79.4%-92.7%, n=96)" in big  # a recall's Wilson interval needs no probe rows

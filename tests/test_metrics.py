@@ -252,3 +252,10 @@ def test_two_detectors_auc_difference_is_paired_on_the_same_probes():
     clear = metrics.auc_difference(a, rng.normal(0, 1, 120), pos)
     assert clear["low"] > 0.1
     assert metrics.auc_difference(a[:3], b[:3], [True, False, False]) is None
+
+
+def test_the_resampled_auc_by_ranks_is_roc_auc_ties_included():
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 3, (40, 7)).astype(float), rng.integers(0, 3, (40, 9)).astype(float)  # many ties
+    assert metrics._ranked_auc(x, y) == pytest.approx([metrics.roc_auc(a, b) for a, b in zip(x, y)])
+    assert metrics._batch(500) * 500 <= 2_000_000 and metrics._batch(10 ** 9) == 1
