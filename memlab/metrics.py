@@ -228,7 +228,7 @@ def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = 9999
     if v.size < 2:
         return None
     ci = bootstrap((v,), lambda x, axis: x.mean(axis), vectorized=True, method="percentile",
-                   n_resamples=resamples, confidence_level=confidence,
+                   n_resamples=resamples, batch=_batch(v.size), confidence_level=confidence,
                    rng=np.random.default_rng(seed)).confidence_interval
     return {"mean": float(v.mean()), "low": float(ci.low), "high": float(ci.high), unit: int(v.size),
             "confidence": confidence, "method": f"percentile bootstrap over {unit}", "resamples": resamples}
