@@ -23,6 +23,7 @@ CAPTION_SEARCH_MAX = 20_000  # distinct captions the app embeds (once, on the co
 LIMITS = {
     "seeds": APP_MAX_SEEDS,           # seeds per request (generate, attribution)
     "compare_seeds": 16,              # seeds per request in Compare (each runs once per strategy)
+    "variant_seeds": 16,              # seeds per request in a keyword's prompt variants (each runs once per variant)
     "steps": 200,                     # denoising steps per image
     "guidance": 20.0,
     "prompt_chars": MAX_PROMPT_CHARS,  # refused past it; past 77 CLIP tokens a prompt is truncated (warned)

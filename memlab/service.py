@@ -556,10 +556,11 @@ class Lab(Streams):
                          max_items=KEYWORD_MAX_ITEMS, table=self._table(), words=self._words_needed())
         if v["n_after"] == 0:
             raise MemlabError(f"no training caption contains {keyword!r}")
-        self._asked[keyword] = v
-        self._asked.move_to_end(keyword)
-        while len(self._asked) > KEPT_VIEWS:
-            self._asked.popitem(last=False)
+        if threshold is None:  # (one clustered at another cut is not the keyword's view for the next request)
+            self._asked[keyword] = v
+            self._asked.move_to_end(keyword)
+            while len(self._asked) > KEPT_VIEWS:
+                self._asked.popitem(last=False)
         return v
 
     # ------------------------------------------------------------------------------ export

@@ -81,6 +81,13 @@ APP_CASES = [
     ("/cluster_prompt", ("colour field", 10**12), "the cluster rank must be between 0 and 1,000,000"),
     ("/cluster_prompt", ("colour field", 1.5), "whole number"),
     ("/cluster_prompt", (None, 1), "type or pick a keyword"),
+    ("/variant_prompts", ("colour field", 1), "no cluster of rank 1"),
+    ("/variant_prompts", ("colour field", 0), "miscellaneous images"),
+    ("/prompt_variants", (None, 1, 2, "x", "", "", "", "", ""), "type or pick a keyword"),
+    ("/prompt_variants", ("colour field", 1, 2, "x", "", "", "", "", ""), "no cluster of rank 1"),
+    ("/prompt_variants", ("colour field", 0, 2, BIG, "", "", "", "", ""), "at most"),
+    ("/prompt_variants", ("colour field", 0, 2, "x", "", "", "", "", ""), "miscellaneous images"),
+    ("/prompt_variants", ("colour field", 0, 0, "x", "", "", "", "", ""), "less than minimum"),
 ]
 
 # raw HTTP bodies: what gradio_client would not send (NaN, infinities, wrong shapes, unknown endpoints)
@@ -220,6 +227,13 @@ def _cli_cases(root, world, images):
         (m, ["run", "--world", w] + o, "one of the arguments --prompt --prompts is required"),
         (m, ["run", "--world", w, "--prompt", "x", "--descriptor", "nosuch"] + o, "nosuch"),
         (m, ["nosuchverb"], "invalid choice"),
+        (m, ["variants", "--world", w, "--keyword", "zebra", "--out", f"{r}/v.json"], "no training caption contains"),
+        (m, ["variants", "--world", w, "--keyword", "colour field", "--out", f"{r}/v.json"], "no cluster of rank 1"),
+        (m, ["variants", "--world", w, "--keyword", "colour field", "--rank", "0", "--out", f"{r}/v.json"],
+         "miscellaneous images"),
+        (m, ["variants", "--world", w, "--keyword", "x", "--variant", "short=", "--out", f"{r}/v.json"],
+         "write KIND=PROMPT"),
+        (m, ["variants", "--world", w, "--keyword", "x", "--out", r], "is a folder"),
         (m, ["match", "--index", "/nonexistent", "--images", img], "not a memlab index"),
         (m, ["match", "--index", f"{r}/empty", "--images", img], "not a memlab index"),
         (m, ["match", "--index", f"{w}/index", "--images", f"{r}/nonexistent.png"], "does not exist"),

@@ -205,6 +205,11 @@ def test_the_app_keeps_only_the_latest_keyword_views_it_computed(tiny_world, mon
         assert lab.keyword_view(word)["keyword"] == word
     assert computed == ["1", "2", "3", "4", "5", "2"]  # "1" was used again each time before it could be dropped
     assert list(lab._asked) == ["5", "1", "2"] and lab.views == prebuilt
+    # a view clustered at another cut is not kept as the keyword's: the next plain request clusters at the index's
+    one = lab.keyword_view("colour field", threshold=-1.0)  # every image nearly identical to every other
+    assert [c["size"] for c in one["clusters"] if not c["miscellaneous"]] == [one["n_after"]]
+    plain = lab.keyword_view("colour field")
+    assert plain["cluster_threshold"] != -1.0 and plain["cluster_threshold_source"] != "given"
 
 
 def test_a_keyword_in_too_many_captions_is_refused_before_any_clustering(tiny_world, monkeypatch):

@@ -234,3 +234,64 @@ def keyword_outputs(lab: Lab, v: dict):
             if im is not None:
                 thumbs.append((im, f"{'misc' if c['miscellaneous'] else '#' + str(c['rank'])} · {c['size']} items"))
     return "\n".join(lines), fig, table, thumbs
+
+
+def variant_outputs(lab: Lab, view: dict, rank: int, results: list, seeds, settings, descriptor: str | None = None):
+    """A prompt-variant study (``memlab.variants``) as the page shows it: a summary, a chart of each variant's
+    three shares with their 95% Wilson intervals, a table, and the generations (each captioned with its top-1
+    match and whether that is one of the cluster's images)."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from ..variants import cluster_groups
+
+    groups = cluster_groups(view, rank, lab.item_group)
+    thr = lab.threshold(descriptor)
+    src = source_text(lab, descriptor)
+    lines = [f"### Prompt variants of cluster #{rank} of “{literal(view['keyword'])}” on seeds "
+             f"{literal(_seed_words(seeds))}",
+             f"- **in cluster**: seeds whose top-1 training match is one of the cluster's images; **copies**: those "
+             f"also replicated at the threshold {thr['value']:.3f} ({literal(thr['source'])}); **replicated**: from "
+             f"any training image. Each with its 95% interval over the seeds (Wilson).",
+             f"- scores: {literal(src)}; {settings.steps} steps, guidance {settings.guidance:g}; text similarity: "
+             f"{literal(lab.text_source())}",
+             "- The paper's captions were written by ChatGPT and its thresholds set by hand per cluster; these are "
+             "memlab's templates (edit any of them) and the world's calibrated threshold."]
+    lines += [f"- ⚠️ {r['kind']}: {literal(r['warning'])}" for r in results if r.get("warning")]
+    kinds = [r["kind"] for r in results]
+    fig = go.Figure()
+    for key, name, colour in (("in_cluster", "top-1 in the cluster", "#1f77b4"), ("copies", "copies of the cluster",
+                                                                                   "#d62728"),
+                              ("replicated", "replicated (any image)", "#7f7f7f")):
+        iv = [r["figures"][key] for r in results]
+        rate = [100 * i["k"] / max(1, i["n"]) for i in iv]
+        fig.add_trace(go.Bar(x=kinds, y=rate, name=name, marker_color=colour,
+                             error_y=dict(type="data", symmetric=False,
+                                          array=[100 * i["high"] - r for i, r in zip(iv, rate)],
+                                          arrayminus=[r - 100 * i["low"] for i, r in zip(iv, rate)])))
+    fig.update_layout(barmode="group", height=340, margin=dict(l=40, r=10, t=70, b=40),
+                      title=wrap(f"“{view['keyword']}” cluster #{rank}: % of {len(seeds)} seeds per variant "
+                                 f"(whiskers: 95% interval, Wilson)") + "<br>" + wrap(src, size="sup"),
+                      yaxis=dict(range=[0, 105], title="% of seeds"), legend=dict(orientation="h", y=-0.2))
+    table = pd.DataFrame([{"variant": r["kind"], "prompt": r["prompt"],
+                           **{k: f"{r['figures'][k]['k']} of {r['figures'][k]['n']}"
+                              for k in ("in_cluster", "copies", "replicated")},
+                           "text similarity": round(r["closest_caption"]["text_similarity"], 3)
+                           if r["closest_caption"] else None,
+                           "closest training caption": r["closest_caption"]["caption"] if r["closest_caption"] else ""}
+                          for r in results],
+                         columns=["variant", "prompt", "in_cluster", "copies", "replicated", "text similarity",
+                                  "closest training caption"])
+    gallery = []
+    for r in results:
+        for rec, im in zip(r["records"], r["images"]):
+            top = rec["matches"][0]
+            where = "the cluster's" if int(top["group"]) in groups else "another"
+            gallery.append((im, f"{r['kind']} · seed {rec['seed']} · {rec['verdict']} · top-1 #{top['row']} "
+                                f"({where}) {top['score']:.3f}"))
+    return "\n".join(lines), fig, table, gallery
+
+
+def _seed_words(seeds) -> str:
+    s = list(seeds)
+    return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 1 else ",".join(map(str, s))

@@ -1,13 +1,16 @@
 """Keyword clusters (Memory Triggers): prebuilt or new keyword views; a cluster's caption can be sent to
-Generate & match."""
+Generate & match, and its prompt variants run on the same seeds (``memlab.variants``)."""
 from __future__ import annotations
 
 import gradio as gr
 
+from ..errors import MemlabError
 from ..keywords import ranked_cluster
-from ..limits import number, text
+from ..limits import LIMITS, number, text
 from ..service import Lab
-from .charts import keyword_outputs
+from ..variants import VARIANTS, cluster_caption, default_variants, stream_variants
+from .charts import keyword_outputs, variant_outputs
+from .views import literal
 from .wiring import errors, page_and_api
 
 
@@ -60,3 +63,70 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             return gr.Tabs(selected="generate"), lab.item_caption(c["representatives"][0])
 
         kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name=api("cluster_prompt"))
+        variants_panel(lab, kw_pick, kw_rank, api)
+
+
+def _variant_prompts(lab: Lab, keyword, rank) -> list[str]:
+    v = lab.keyword_view(keyword)
+    rank = 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+    d = default_variants(v["keyword"], cluster_caption(v, rank, lab.item_caption))
+    return [d[k] for k in VARIANTS]
+
+
+def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> None:
+    """Memory Triggers' prompt variants of the chosen cluster (``memlab.variants``): the cluster's caption and the
+    paper's five kinds of caption, filled from templates and editable, each run on the same seeds."""
+    names = lab.keyword_names
+    clustered = [k for k in names if any(not c["miscellaneous"] for c in lab.views[k]["clusters"])]
+    try:
+        first = _variant_prompts(lab, names[0], 1) if names else [""] * len(VARIANTS)
+    except MemlabError:  # the first keyword has no cluster
+        first = [""] * len(VARIANTS)
+    with gr.Accordion("Prompt variants of this cluster (Memory Triggers)", open=False, elem_id="kw-variants"):
+        gr.Markdown("Does the copying follow the caption or its keywords? The paper writes five captions around a "
+                    "cluster's keywords (kinds below), generates each on many seeds and counts the generations "
+                    "similar to the cluster's images. Here they are filled from templates around the keyword and "
+                    "the cluster's most frequent caption (run first, for reference); edit any, empty one to skip it."
+                    + ("" if any(first) or not clustered else
+                       f" “{literal(names[0])}” has no cluster: pick one that has (“{literal(clustered[0])}”), "
+                       f"then Fill."))
+        boxes = [gr.Textbox(value=p, label=f"{k}: {VARIANTS[k]}", elem_id=f"kw-var-{k}", max_lines=3)
+                 for k, p in zip(VARIANTS, first)]
+        with gr.Row():
+            v_fill = gr.Button("Fill from the keyword and rank above", scale=2, elem_id="kw-var-fill")
+            v_seeds = gr.Number(value=8, minimum=1, maximum=LIMITS["variant_seeds"], step=1, scale=1,
+                                label=f"Seeds (0 to n-1, at most {LIMITS['variant_seeds']})", elem_id="kw-var-seeds")
+            v_run = gr.Button("Run the variants", variant="primary", scale=2, elem_id="kw-var-run")
+            v_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="kw-var-stop")
+        v_md = gr.Markdown(elem_id="kw-var-summary")
+        v_plot = gr.Plot(label="share of seeds per variant", elem_id="kw-var-plot")
+        v_table = gr.Dataframe(label="variants", elem_id="kw-var-table", wrap=True)
+        v_gallery = gr.Gallery(label="generations (variant · seed · verdict · top-1 match)", columns=8, format="png",
+                               elem_id="kw-var-gallery")
+
+    v_fill.click(errors(lambda kw, rank: _variant_prompts(lab, kw, rank)), [kw_pick, kw_rank], boxes,
+                 api_name=api("variant_prompts"))
+
+    def run_variants(keyword, rank, n_seeds, caption, keywords, short, long, irrelevant, without,
+                     progress=gr.Progress(), stop=None):
+        view = lab.keyword_view(keyword)
+        rank = 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+        seeds = lab.seeds(n_seeds, limit=LIMITS["variant_seeds"])
+        given = (caption, keywords, short, long, irrelevant, without)
+        prompts = {k: text(p, f"the {k} variant", LIMITS["prompt_chars"], required=False) for k, p in zip(VARIANTS, given)}
+        settings = lab.settings()
+        ranked_cluster(view, rank)
+        results = []
+        for results in stream_variants(lab, view, rank, prompts, seeds, settings, stop=stop,
+                                       progress=lambda i, n, kind: progress((i, n), desc=f"variant: {kind}")):
+            yield variant_outputs(lab, view, rank, results, seeds, settings)
+        asked = sum(bool(p.strip()) for p in prompts.values())
+        if len(results) < asked:
+            md, fig, table, gallery = variant_outputs(lab, view, rank, results, seeds, settings) if results else \
+                ("", None, None, [])
+            yield (f"**Partial: stopped after {len(results)} of {asked} variants.**\n\n" + md), fig, table, gallery
+
+    event = page_and_api(v_run, run_variants, [kw_pick, kw_rank, v_seeds, *boxes], [v_md, v_plot, v_table, v_gallery],
+                         api("prompt_variants"), message=lambda t: (t, None, None, []), cleared=("", None, None, []),
+                         progress_on=[v_md])
+    v_stop.click(None, None, None, cancels=[event], api_name=False)

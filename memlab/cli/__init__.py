@@ -18,6 +18,7 @@ VERBS = {
     "train-descriptor": ("memlab.cli.train_descriptor", "train memlab's own copy-detection descriptor"),
     "build-world": ("memlab.cli.build_world", "build the built-in world from nothing"),
     "world": ("memlab.cli.world", "create a world from a prompt list (fetch the training images, index them)"),
+    "variants": ("memlab.cli.variants", "prompt variants of a keyword cluster (Memory Triggers), each on the same seeds"),
 }
 
 

@@ -1,0 +1,105 @@
+"""Prompt variants of a keyword cluster (Memory Triggers, Case Study 1): five captions for the cluster's keywords
+and its own training caption for reference, each generated on the same seeds and matched; per variant, the
+seeds whose top-1 training match is one of the cluster's images, those also replicated, and the caption's text
+similarity to the closest training caption.
+Writes one JSON object (strict JSON) and the images beside it.
+
+    python -m memlab variants --keyword Velmora --rank 1 --seeds 0-7 --out runs/velmora.json
+    python -m memlab variants --keyword Velmora --variant "without=a teal circle and a blue cross" --out v.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import MemlabError
+from ..records import strict_json
+from . import device
+
+
+def add_arguments(p):
+    p.add_argument("--world", default=None, help="world folder (default: $MEMLAB_WORLD or the built-in world)")
+    p.add_argument("--keyword", required=True, help="a keyword: its prebuilt view, else one clustered now")
+    p.add_argument("--rank", type=int, default=1, help="the cluster's rank (1: the largest; default 1)")
+    p.add_argument("--variant", action="append", default=None, metavar="KIND=PROMPT",
+                   help="replace a variant's prompt (kinds: caption, keywords, short, long, irrelevant, without); repeatable; "
+                        "--only runs just those given")
+    p.add_argument("--only", action="store_true", help="run only the variants given with --variant")
+    p.add_argument("--seeds", default=None, help="'0-9' or '1,2,3' (default: the world's, else 0-7)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--descriptor", default=None, help="descriptor of the index (default: its default)")
+    p.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--out", required=True, help="variants.json (images are written beside it)")
+
+
+def given_variants(items) -> dict[str, str]:
+    out = {}
+    for it in items or []:
+        kind, sep, prompt = it.partition("=")
+        if not sep or not prompt.strip():
+            raise MemlabError(f"--variant {it!r}: write KIND=PROMPT, e.g. 'short=a starry night by van gogh'")
+        if kind.strip() in out:
+            raise MemlabError(f"--variant {kind.strip()!r} is given twice")
+        out[kind.strip()] = prompt.strip()
+    return out
+
+
+def run(args) -> int:
+    from ..generate import parse_seeds
+    from ..keywords import ranked_cluster
+    from ..service import Lab
+    from ..variants import VARIANTS, check_variants, cluster_caption, default_variants, stream_variants, study_summary
+    from ..world import World
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise MemlabError(f"--out {args.out} is a folder: name the results file, e.g. {out / 'variants.json'}")
+    given = check_variants(given_variants(args.variant)) if args.variant else {}
+    if args.only and not given:
+        raise MemlabError("--only runs the variants given with --variant: give at least one")
+    lab = Lab(World.load(args.world), device=args.device)
+    view = lab.views.get(args.keyword) or lab.keyword_view(args.keyword)
+    ranked_cluster(view, args.rank)  # an unknown rank is refused before the model loads
+    defaults = default_variants(view["keyword"], cluster_caption(view, args.rank, lab.item_caption))
+    prompts = given if args.only else {k: given.get(k, defaults[k]) for k in VARIANTS}
+    seeds = parse_seeds(args.seeds or lab.world.defaults["seeds"])
+    settings = lab.settings(args.steps, args.guidance)
+    desc = lab.get_descriptor(args.descriptor)
+    print(f"scores: {lab.descriptor_label(desc.name)}; {settings.steps} steps, guidance {settings.guidance:g}",
+          file=sys.stderr)
+
+    def progress(i, n, kind):
+        print(f"variant {i + 1} of {n} ({kind}): {prompts[kind]!r} on {len(seeds)} seeds", file=sys.stderr)
+
+    results = []
+    for results in stream_variants(lab, view, args.rank, prompts, seeds, settings, desc.name, progress=progress):
+        pass
+    images = out.with_name(out.stem + "_images")
+    images.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        r["images_written"] = []
+        for rec, img in zip(r["records"], r["images"]):
+            p = images / f"{r['kind']}-s{rec['seed']}.png"
+            img.save(p)
+            r["images_written"].append(str(p.relative_to(out.parent)))
+    obj = study_summary(view, args.rank, results, lab.threshold(desc.name), lab.descriptor_label(desc.name))
+    obj.update(seeds=list(seeds), settings=settings.to_dict())
+    for v, r in zip(obj["variants"], results):
+        v["seed_records"] = [{k: rec[k] for k in ("seed", "verdict", "score", "replicated")}
+                             | {"top1": {k: rec["matches"][0][k] for k in ("row", "group", "caption", "score")}}
+                             for rec in r["records"]]
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(json.dumps(strict_json(obj), indent=1))
+    tmp.replace(out)
+    print(f"{'variant':<11} {'in cluster':>12} {'copies':>12} {'replicated':>12}  text sim.  prompt")
+    for v in obj["variants"]:
+        f, cc = v["figures"], v["closest_caption"]
+        counts = " ".join(f"{f[k]['k']:>4} of {f[k]['n']:<4}" for k in ("in_cluster", "copies", "replicated"))
+        sim = f"{cc['text_similarity']:.3f}" if cc else "-"
+        print(f"{v['kind']:<11} {counts}  {sim:<9}  {v['prompt']}")
+    print(f"wrote {out} ({len(results)} variants x {len(seeds)} seeds; cluster {args.rank} of {view['keyword']!r}, "
+          f"{obj['cluster_size']} images)")
+    return 0
+
