@@ -487,6 +487,49 @@ def test_a_keyword_view_without_clusters_still_sends_a_caption_to_generate():
     assert not any(not c["miscellaneous"] for c in view["clusters"]) and rank == "0" and "lighthouse" in want
 
 
+def test_a_clusters_prompt_variants_are_filled_run_and_read_in_chromium(tmp_path):
+    """Memory Triggers' study in the Keyword tab: pick a keyword with a cluster ("Velmora"), Fill (the cluster's
+    caption and the paper's five kinds from templates), empty two to skip them, run on 2 seeds: the table lists
+    the variants run and nothing else, the gallery holds 2 images a variant, and the chart names its whiskers; on
+    a desktop the table's long prompts wrap inside its frame (unwrapped it ran 1,150 px past it). On a phone's
+    width too."""
+    from memlab.service import Lab
+    from memlab.variants import VARIANTS, cluster_caption, default_variants
+    from memlab.world import World
+
+    lab = Lab(World.load(BUILTIN))
+    want = default_variants("Velmora", cluster_caption(lab.views["Velmora"], 1, lab.item_caption))
+    for viewport in ((1400, 1000), (420, 900)):
+        with app_page(BUILTIN, viewport=viewport) as page:
+            open_tab(page, "Keyword clusters")
+            box = page.locator("#kw-pick input").first
+            fill_kept(page, box, "Velmora")
+            box.press("Enter")
+            page.locator("#kw-rank input").first.fill("1")
+            page.locator("#kw-variants").get_by_text("Prompt variants of this cluster").click()
+            page.locator("#kw-var-fill").click()
+            page.wait_for_function("t => (document.querySelector('#kw-var-caption textarea') || {}).value === t",
+                                   arg=want["caption"], timeout=30_000)
+            got = {k: page.locator(f"#kw-var-{k} textarea").input_value() for k in VARIANTS}
+            assert got == want
+            for k in ("keywords", "irrelevant"):
+                page.locator(f"#kw-var-{k} textarea").fill("")
+            page.locator("#kw-var-seeds input").first.fill("2")
+            page.locator("#kw-var-run").click()
+            _wait_text(page, "#kw-var-table", "without", timeout=180_000)
+            text = page.locator("#kw-var-table").inner_text()
+            rows = [ln.split()[0] for ln in text.splitlines() if ln.split() and ln.split()[0] in VARIANTS]
+            assert rows == ["caption", "short", "long", "without"]
+            assert page.locator("#kw-var-gallery .thumbnail-item").count() == 8
+            title = page.locator("#kw-var-plot .gtitle").first.text_content()
+            assert "Velmora" in title and "95% interval" in title
+            if viewport[0] > 1000:  # the long prompts wrap: the table ends inside its frame on a desktop
+                frame = page.locator("#kw-var-table").bounding_box()
+                table = page.locator("#kw-var-table table").first.bounding_box()
+                assert table["x"] + table["width"] <= frame["x"] + frame["width"] + 1
+            page.screenshot(path=str(_shot(tmp_path, f"variants-{viewport[0]}.png")), full_page=True)
+
+
 def test_text_from_a_world_is_shown_as_written_and_never_fetches_a_remote_image(tiny_world, tmp_path):
     """A world's name and its training set's description come from its world.json, as captions and probes come
     from its data: markdown or HTML in them naming an image elsewhere (``![..](http://..)``, ``<img src=..>``)

@@ -269,18 +269,21 @@ def variant_outputs(lab: Lab, view: dict, rank: int, results: list, seeds, setti
                              error_y=dict(type="data", symmetric=False,
                                           array=[100 * i["high"] - r for i, r in zip(iv, rate)],
                                           arrayminus=[r - 100 * i["low"] for i, r in zip(iv, rate)])))
-    fig.update_layout(barmode="group", height=340, margin=dict(l=40, r=10, t=70, b=40),
-                      title=wrap(f"“{view['keyword']}” cluster #{rank}: % of {len(seeds)} seeds per variant "
-                                 f"(whiskers: 95% interval, Wilson)") + "<br>" + wrap(src, size="sup"),
-                      yaxis=dict(range=[0, 105], title="% of seeds"), legend=dict(orientation="h", y=-0.2))
+    title = (wrap(f"“{view['keyword']}” cluster #{rank}: % of {len(seeds)} seeds per variant (whiskers: 95% "
+                  f"interval, Wilson)") + "<br>" + wrap(f"{settings.steps} steps, guidance {settings.guidance:g} · {src}",
+                                                        64, "sup"))
+    top = TITLE_Y + 8 + LINE * _lines(title)
+    fig.update_layout(barmode="group", height=260 + top, margin=dict(l=40, r=10, t=top, b=40),
+                      title=_title(title, 260 + top), yaxis=dict(range=[0, 105], title="% of seeds"),
+                      legend=dict(orientation="h", y=-0.2))
     table = pd.DataFrame([{"variant": r["kind"], "prompt": r["prompt"],
-                           **{k: f"{r['figures'][k]['k']} of {r['figures'][k]['n']}"
+                           **{k.replace("_", " "): f"{r['figures'][k]['k']} of {r['figures'][k]['n']}"
                               for k in ("in_cluster", "copies", "replicated")},
                            "text similarity": round(r["closest_caption"]["text_similarity"], 3)
                            if r["closest_caption"] else None,
                            "closest training caption": r["closest_caption"]["caption"] if r["closest_caption"] else ""}
                           for r in results],
-                         columns=["variant", "prompt", "in_cluster", "copies", "replicated", "text similarity",
+                         columns=["variant", "prompt", "in cluster", "copies", "replicated", "text similarity",
                                   "closest training caption"])
     gallery = []
     for r in results:
