@@ -216,22 +216,36 @@ def paired_change(base_flags: dict, flags: dict) -> dict:
             "test": "exact McNemar, two-sided"}
 
 
+def expanded_level(n: int, confidence: float = CONFIDENCE) -> float:
+    """The level at which to read a percentile bootstrap of a mean over ``n`` values so that it covers as a t
+    interval does (Hesterberg 2015, "What Teachers Should Know About the Bootstrap", the expanded percentile
+    interval): z = sqrt(n / (n - 1)) x t(n - 1) at the nominal level. The plain percentile interval is too narrow
+    for small n (about 85% coverage at a nominal 95% with 5 values); 95% reads as 98.9% at n = 8, 96.3% at
+    n = 30, and tends to 95%."""
+    from scipy.stats import norm, t
+
+    z = np.sqrt(n / (n - 1)) * t.ppf(0.5 + confidence / 2, n - 1)
+    return float(min(2 * norm.cdf(z) - 1, 1 - 1e-12))
+
+
 def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = 9999, seed: int = 0,
                    unit: str = "prompts") -> dict | None:
     """The mean of one value per prompt (a replication rate, or a mitigation's change in it on the prompt's
-    seeds) with a percentile bootstrap interval over prompts (Efron and Tibshirani 1993): prompts, not seeds, are
-    resampled, since one prompt's seeds copy or not together. None under 2 prompts; with few prompts the
-    interval is too narrow (the percentile bootstrap's known small-sample bias)."""
+    seeds) with a percentile bootstrap interval over prompts (Efron and Tibshirani 1993), expanded for small
+    samples (``expanded_level``): prompts, not seeds, are resampled, since one prompt's seeds copy or not together.
+    None under 2 prompts; a bootstrap never reaches past the values' range, so with 2 or 3 prompts it is that
+    range."""
     from scipy.stats import bootstrap
 
     v = np.asarray(values, np.float64)
     if v.size < 2:
         return None
     ci = bootstrap((v,), lambda x, axis: x.mean(axis), vectorized=True, method="percentile",
-                   n_resamples=resamples, batch=_batch(v.size), confidence_level=confidence,
+                   n_resamples=resamples, batch=_batch(v.size), confidence_level=expanded_level(v.size, confidence),
                    rng=np.random.default_rng(seed)).confidence_interval
     return {"mean": float(v.mean()), "low": float(ci.low), "high": float(ci.high), unit: int(v.size),
-            "confidence": confidence, "method": f"percentile bootstrap over {unit}", "resamples": resamples}
+            "confidence": confidence, "method": f"expanded percentile bootstrap over {unit} (Hesterberg 2015)",
+            "resamples": resamples}
 
 
 def prompt_bootstrap(base_rates, rates, **kw) -> dict | None:

@@ -92,23 +92,34 @@ def default_variants(keyword: str, caption: str) -> dict[str, str]:
     }
 
 
-def cluster_groups(view: dict, rank: int, group_of) -> set[int]:
-    """The near-duplicate groups of a cluster's images (``group_of(row)``: an item's group)."""
-    return {int(group_of(r)) for r in _cluster(view, rank)["rows"]}
+def cluster_groups(view: dict, rank: int, groups_of) -> set[int]:
+    """The near-duplicate groups of a cluster's images (``groups_of(rows)``: their groups,
+    ``TrainingIndex.groups_of``)."""
+    return {int(g) for g in groups_of(_cluster(view, rank)["rows"])}
 
 
-def variant_figures(seed_records: Sequence[dict], groups: set[int]) -> dict:
+def keyword_groups(view: dict, groups_of) -> set[int]:
+    """The groups of every image whose caption holds the keyword (its clusters and its miscellaneous images)."""
+    return {int(g) for g in groups_of([r for c in view["clusters"] for r in c["rows"]])}
+
+
+def variant_figures(seed_records: Sequence[dict], groups: set[int], keyword: set[int] | None = None) -> dict:
     """One variant's figures from its seed records (``run``'s: ``matches`` best first, each with its ``group``, and
     ``replicated``): the seeds whose top-1 match is one of the cluster's images (``in_cluster``), those that are
     also replicated (``copies``: the paper's "generations similar to the original images", at the calibrated
-    threshold instead of one set by hand), and the seeds replicated from any training image; each a Wilson
-    interval (``metrics.rate_interval``) with its k of n."""
-    inside = [bool(r["matches"]) and int(r["matches"][0]["group"]) in groups for r in seed_records]
+    threshold instead of one set by hand), the seeds replicated from any training image, and, with ``keyword``
+    (``keyword_groups``), those whose top-1 match is any image of the keyword (``in_keyword``: the copying may
+    follow the word to another of its clusters); each a Wilson interval (``metrics.rate_interval``) with its k of
+    n."""
+    top = [int(r["matches"][0]["group"]) if r["matches"] else None for r in seed_records]
+    inside = [g in groups for g in top]
     rep = [bool(r["replicated"]) for r in seed_records]
-    return {"in_cluster": metrics.rate_interval(inside),
-            "copies": metrics.rate_interval([a and b for a, b in zip(inside, rep)]),
-            "replicated": metrics.rate_interval(rep),
-            "seeds": [int(r["seed"]) for r in seed_records]}
+    out = {"in_cluster": metrics.rate_interval(inside),
+           "copies": metrics.rate_interval([a and b for a, b in zip(inside, rep)]),
+           "replicated": metrics.rate_interval(rep)}
+    if keyword is not None:
+        out["in_keyword"] = metrics.rate_interval([g in keyword for g in top])
+    return out | {"seeds": [int(r["seed"]) for r in seed_records]}
 
 
 def check_variants(prompts: dict) -> dict[str, str]:
@@ -143,7 +154,8 @@ def stream_variants(lab, view: dict, rank: int, prompts: dict, seeds: Sequence[i
     ``warning`` says so), ``figures`` (``variant_figures``), ``closest_caption``, ``records`` and ``images``.
     ``progress(done, total, kind)`` is called before each variant."""
     prompts = check_variants(prompts)
-    groups = cluster_groups(view, rank, lab.item_group)
+    groups = cluster_groups(view, rank, lab.index.groups_of)
+    words = keyword_groups(view, lab.index.groups_of)
     done = []
     for i, (kind, prompt) in enumerate(prompts.items()):
         if stop is not None and stop.is_set():
@@ -156,7 +168,7 @@ def stream_variants(lab, view: dict, rank: int, prompts: dict, seeds: Sequence[i
         if state is None or not state.records or not state.finished:
             break  # stopped in this variant: the finished variants stand
         done.append({"kind": kind, "definition": VARIANTS[kind], "prompt": state.prompt, "warning": state.warning,
-                     "figures": variant_figures(state.records, groups), "closest_caption": closest_caption(lab, state.prompt),
+                     "figures": variant_figures(state.records, groups, words), "closest_caption": closest_caption(lab, state.prompt),
                      "records": state.records, "images": state.images})
         yield list(done)
 
@@ -169,6 +181,7 @@ def study_summary(view: dict, rank: int, results: Sequence[dict], threshold: dic
             "cluster_rows": [int(r) for r in c["rows"]], "descriptor": descriptor,
             "threshold": {"value": threshold["value"], "source": threshold.get("source")},
             "counts": {"in_cluster": "seeds whose top-1 training match is one of the cluster's images",
+                       "in_keyword": "seeds whose top-1 training match is any image whose caption holds the keyword",
                        "copies": "those also replicated at the threshold (the verdict)",
                        "replicated": "seeds replicated from any training image"},
             "source": "Memory Triggers, Case Study 1: five captions per cluster; memlab's templates, not ChatGPT's",

@@ -57,8 +57,10 @@ def test_figures_are_counted_from_the_seed_records():
     replicated: from any image. A replicated seed outside the cluster is no copy of it; a seed in the cluster that
     is not replicated is in it but no copy."""
     recs = [_rec(0, 5, True), _rec(1, 5, False), _rec(2, 7, True), _rec(3, 8, False), _rec(4, 7, True)]
-    f = variant_figures(recs, {5, 8})
+    f = variant_figures(recs, {5, 8}, keyword={5, 7, 8})
     assert (f["in_cluster"]["k"], f["copies"]["k"], f["replicated"]["k"]) == (3, 1, 3)
+    assert f["in_keyword"]["k"] == 5  # group 7: another of the keyword's images
+    assert "in_keyword" not in variant_figures(recs, {5, 8})
     assert all(f[k]["n"] == 5 for k in ("in_cluster", "copies", "replicated")) and f["seeds"] == [0, 1, 2, 3, 4]
     # each with Wilson's interval, recomputed from its closed form
     z = 1.959963984540054
@@ -109,6 +111,7 @@ def test_the_study_on_the_built_in_world_counts_what_its_records_show(tmp_path):
     view = json.loads((ASSETS_WORLD / "keywords" / "velmora.json").read_text())
     rows = next(c["rows"] for c in view["clusters"] if c["rank"] == 1)
     groups = set(items["group"].to_numpy()[rows].tolist())
+    words = set(items["group"].to_numpy()[[r for c in view["clusters"] for r in c["rows"]]].tolist())
     assert obj["cluster_rows"] == rows and obj["keyword"] == "Velmora"
     assert [v["kind"] for v in obj["variants"]] == ["caption", "without"]  # VARIANTS' order, the given ones only
     for v in obj["variants"]:
@@ -117,6 +120,7 @@ def test_the_study_on_the_built_in_world_counts_what_its_records_show(tmp_path):
         assert v["figures"]["in_cluster"]["k"] == sum(inside)
         assert v["figures"]["copies"]["k"] == sum(i and r["replicated"] for i, r in zip(inside, recs))
         assert v["figures"]["replicated"]["k"] == sum(r["replicated"] for r in recs)
+        assert v["figures"]["in_keyword"]["k"] == sum(int(r["top1"]["group"]) in words for r in recs)
         assert v["figures"]["in_cluster"] == json.loads(json.dumps(metrics.rate_interval(inside)))
         assert [r["seed"] for r in recs] == [0, 1]
         assert all((tmp_path / p).is_file() for p in v["images_written"]) and len(v["images_written"]) == 2
@@ -147,7 +151,7 @@ def test_the_endpoints_fill_and_run_the_variants(client, server):
     """The page's two events: Fill (the templates from the keyword and rank) and Run (streamed; the last update
     holds every variant): its table's counts are the library's figures from the same seeds, recomputed here."""
     from memlab.keywords import keyword_view
-    from memlab.variants import cluster_groups, stream_variants
+    from memlab.variants import cluster_groups, keyword_groups, stream_variants
 
     lab = server[1]
     view = keyword_view(lab.index, "colour field", threshold=-1.0)  # every image in one cluster
@@ -160,14 +164,16 @@ def test_the_endpoints_fill_and_run_the_variants(client, server):
                                                  "", "", "a blue ball", api_name="/prompt_variants")
         assert [r[0] for r in table["data"]] == ["caption", "short", "without"] and len(gallery) == 6
         assert "in cluster" in md and "Wilson" in md
-        groups = cluster_groups(lab.views["colour field clustered"], 1, lab.item_group)
+        groups = cluster_groups(lab.views["colour field clustered"], 1, lab.index.groups_of)
+        words = keyword_groups(lab.views["colour field clustered"], lab.index.groups_of)
         results = list(stream_variants(lab, lab.views["colour field clustered"], 1,
                                        {"caption": "a colour field 3", "short": "a colour field",
                                         "without": "a blue ball"}, [0, 1], lab.settings()))[-1]
         for row, r in zip(table["data"], results):
-            f = variant_figures(r["records"], groups)
-            assert row[2:5] == [f"{f[k]['k']} of {f[k]['n']}" for k in ("in_cluster", "copies", "replicated")]
-        assert table["data"][0][5] == pytest.approx(1.0, abs=1e-3)  # a training caption is its own closest
+            f = variant_figures(r["records"], groups, words)
+            assert row[2:6] == [f"{f[k]['k']} of {f[k]['n']}" for k in ("in_cluster", "copies", "replicated",
+                                                                       "in_keyword")]
+        assert table["data"][0][6] == pytest.approx(1.0, abs=1e-3)  # a training caption is its own closest
         with pytest.raises(Exception, match="miscellaneous images"):
             client.predict("colour field", 0, 2, "x", "", "", "", "", "", api_name="/prompt_variants")
         with pytest.raises(Exception, match="no prompt variant to run"):

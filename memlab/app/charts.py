@@ -238,21 +238,23 @@ def keyword_outputs(lab: Lab, v: dict):
 
 def variant_outputs(lab: Lab, view: dict, rank: int, results: list, seeds, settings, descriptor: str | None = None):
     """A prompt-variant study (``memlab.variants``) as the page shows it: a summary, a chart of each variant's
-    three shares with their 95% Wilson intervals, a table, and the generations (each captioned with its top-1
+    four shares with their 95% Wilson intervals, a table, and the generations (each captioned with its top-1
     match and whether that is one of the cluster's images)."""
     import pandas as pd
     import plotly.graph_objects as go
 
     from ..variants import cluster_groups
 
-    groups = cluster_groups(view, rank, lab.item_group)
+    groups = cluster_groups(view, rank, lab.index.groups_of)
     thr = lab.threshold(descriptor)
     src = source_text(lab, descriptor)
     lines = [f"### Prompt variants of cluster #{rank} of “{literal(view['keyword'])}” on seeds "
              f"{literal(_seed_words(seeds))}",
              f"- **in cluster**: seeds whose top-1 training match is one of the cluster's images; **copies**: those "
              f"also replicated at the threshold {thr['value']:.3f} ({literal(thr['source'])}); **replicated**: from "
-             f"any training image. Each with its 95% interval over the seeds (Wilson).",
+             f"any training image; **keyword's images**: the top-1 match is any image whose caption holds the "
+             f"keyword (the copying may follow the word to another cluster). Each with its 95% interval over the "
+             f"seeds (Wilson).",
              f"- scores: {literal(src)}; {settings.steps} steps, guidance {settings.guidance:g}; text similarity: "
              f"{literal(lab.text_source())}",
              "- The paper's captions were written by ChatGPT and its thresholds set by hand per cluster; these are "
@@ -262,7 +264,8 @@ def variant_outputs(lab: Lab, view: dict, rank: int, results: list, seeds, setti
     fig = go.Figure()
     for key, name, colour in (("in_cluster", "top-1 in the cluster", "#1f77b4"), ("copies", "copies of the cluster",
                                                                                    "#d62728"),
-                              ("replicated", "replicated (any image)", "#7f7f7f")):
+                              ("replicated", "replicated (any image)", "#7f7f7f"),
+                              ("in_keyword", "top-1 one of the keyword's images", "#9467bd")):
         iv = [r["figures"][key] for r in results]
         rate = [100 * i["k"] / max(1, i["n"]) for i in iv]
         fig.add_trace(go.Bar(x=kinds, y=rate, name=name, marker_color=colour,
@@ -279,11 +282,13 @@ def variant_outputs(lab: Lab, view: dict, rank: int, results: list, seeds, setti
     table = pd.DataFrame([{"variant": r["kind"], "prompt": r["prompt"],
                            **{k.replace("_", " "): f"{r['figures'][k]['k']} of {r['figures'][k]['n']}"
                               for k in ("in_cluster", "copies", "replicated")},
+                           "keyword's images": f"{r['figures']['in_keyword']['k']} of {r['figures']['in_keyword']['n']}",
                            "text similarity": round(r["closest_caption"]["text_similarity"], 3)
                            if r["closest_caption"] else None,
                            "closest training caption": r["closest_caption"]["caption"] if r["closest_caption"] else ""}
                           for r in results],
-                         columns=["variant", "prompt", "in cluster", "copies", "replicated", "text similarity",
+                         columns=["variant", "prompt", "in cluster", "copies", "replicated", "keyword's images",
+                                  "text similarity",
                                   "closest training caption"])
     gallery = []
     for r in results:

@@ -101,7 +101,7 @@ def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> N
         v_md = gr.Markdown(elem_id="kw-var-summary")
         v_plot = gr.Plot(label="share of seeds per variant", elem_id="kw-var-plot")
         v_table = gr.Dataframe(label="variants", elem_id="kw-var-table", wrap=True,
-                               column_widths=["88px", "300px", "84px", "84px", "84px", "84px", "260px"])
+                               column_widths=["88px", "280px", "80px", "80px", "80px", "84px", "84px", "240px"])
         v_gallery = gr.Gallery(label="generations (variant · seed · verdict · top-1 match)", columns=8, format="png",
                                elem_id="kw-var-gallery")
 

@@ -93,10 +93,11 @@ def run(args) -> int:
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(json.dumps(strict_json(obj), indent=1))
     tmp.replace(out)
-    print(f"{'variant':<11} {'in cluster':>12} {'copies':>12} {'replicated':>12}  text sim.  prompt")
+    print(f"{'variant':<11} {'in cluster':>12} {'copies':>12} {'replicated':>12} {'keyword':>12}  text sim.  prompt")
     for v in obj["variants"]:
         f, cc = v["figures"], v["closest_caption"]
-        counts = " ".join(f"{f[k]['k']:>4} of {f[k]['n']:<4}" for k in ("in_cluster", "copies", "replicated"))
+        keys = ("in_cluster", "copies", "replicated", "in_keyword")
+        counts = " ".join(f"{f[k]['k']:>4} of {f[k]['n']:<4}" for k in keys)
         sim = f"{cc['text_similarity']:.3f}" if cc else "-"
         print(f"{v['kind']:<11} {counts}  {sim:<9}  {v['prompt']}")
     print(f"wrote {out} ({len(results)} variants x {len(seeds)} seeds; cluster {args.rank} of {view['keyword']!r}, "
