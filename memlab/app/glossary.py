@@ -12,7 +12,7 @@ CITATIONS = """
   the clique of near-identical generations, a detector)
 - Wen, Liu, Chen, Lyu. *Detecting, Explaining, and Mitigating Memorization in Diffusion Models.* ICLR 2024.
 - *Memory Triggers: Unveiling Memorization in Text-To-Image Generative Models through Word-Level Duplication.*
-  (keyword clusters, the hidden object)
+  (keyword clusters, the hidden object, prompt variants of a cluster)
 - Webster. *A Reproducible Extraction of Training Images from Diffusion Models.* arXiv 2023. (template verbatim
   copies, masked matching: the agreement share)
 - Ren et al. *Unveiling and Mitigating Memorization in Text-to-image Diffusion Models through Cross Attention.*
