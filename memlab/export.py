@@ -92,3 +92,24 @@ def spreadsheet_text(value):
 def _safe_id(item_id) -> str:
     """A training id as a file name inside an export (``memlab.paths.member_name``)."""
     return member_name(str(item_id)) or f"item-{abs(hash(str(item_id)))}"
+
+
+def write_variants_zip(path: Path, study: dict, results) -> Path:
+    """A prompt-variant study (``memlab.variants.study_record`` with ``image_dir="images"``) as a zip:
+    ``variants.json`` and each generation under ``images/``; written to a temporary name and renamed."""
+    if not results:
+        raise MemlabError("nothing to export yet: run the variants first")
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    try:
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("variants.json", json.dumps(strict_json(study), indent=1))
+            for v, r in zip(study["variants"], results):
+                for name, im in zip(v["images"], r["images"]):
+                    buf = io.BytesIO()
+                    im.save(buf, format="PNG")
+                    z.writestr(name, buf.getvalue())
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return path

@@ -173,16 +173,35 @@ def stream_variants(lab, view: dict, rank: int, prompts: dict, seeds: Sequence[i
         yield list(done)
 
 
-def study_summary(view: dict, rank: int, results: Sequence[dict], threshold: dict, descriptor: str) -> dict:
-    """What a study names beside its variants: the keyword, the cluster (rank, size, groups, caption), the
-    descriptor and threshold a copy is counted at, and the definitions (JSON-ready)."""
+def image_name(kind: str, seed: int) -> str:
+    return f"{kind}-s{int(seed)}.png"
+
+
+def study_record(view: dict, rank: int, results: Sequence[dict], threshold: dict, descriptor: str, seeds,
+                 settings, image_dir: str = "images", asked: int | None = None) -> dict:
+    """A study as one JSON object (``memlab variants``' output, the page's export): the keyword, the cluster, the
+    descriptor and threshold a copy is counted at, the seeds and settings, what each count means, and per variant
+    its prompt, figures, closest caption, seed records (verdict, score, top-1 match) and image names (under
+    ``image_dir``); ``partial`` where fewer variants finished than the ``asked``."""
     c = ranked_cluster(view, rank)
-    return {"keyword": view["keyword"], "rank": rank, "cluster_size": c["size"],
-            "cluster_rows": [int(r) for r in c["rows"]], "descriptor": descriptor,
-            "threshold": {"value": threshold["value"], "source": threshold.get("source")},
-            "counts": {"in_cluster": "seeds whose top-1 training match is one of the cluster's images",
-                       "in_keyword": "seeds whose top-1 training match is any image whose caption holds the keyword",
-                       "copies": "those also replicated at the threshold (the verdict)",
-                       "replicated": "seeds replicated from any training image"},
-            "source": "Memory Triggers, Case Study 1: five captions per cluster; memlab's templates, not ChatGPT's",
-            "variants": [{k: v for k, v in r.items() if k not in ("images", "records")} for r in results]}
+    obj = {"keyword": view["keyword"], "rank": rank, "cluster_size": c["size"],
+           "cluster_rows": [int(r) for r in c["rows"]], "descriptor": descriptor,
+           "threshold": {"value": threshold["value"], "source": threshold.get("source")},
+           "seeds": [int(x) for x in seeds], "settings": settings.to_dict(),
+           "counts": {"in_cluster": "seeds whose top-1 training match is one of the cluster's images",
+                      "copies": "those also replicated at the threshold (the verdict)",
+                      "replicated": "seeds replicated from any training image",
+                      "in_keyword": "seeds whose top-1 match's near-duplicate group holds an image whose caption "
+                                    "holds the keyword"},
+           "source": "Memory Triggers, Case Study 1: five captions per cluster; memlab's templates, not ChatGPT's",
+           "variants": []}
+    for r in results:
+        v = {k: r.get(k) for k in ("kind", "definition", "prompt", "warning", "figures", "closest_caption")}
+        v["seed_records"] = [{k: rec[k] for k in ("seed", "verdict", "score", "replicated")}
+                             | {"top1": {k: rec["matches"][0][k] for k in ("row", "group", "caption", "score")}}
+                             for rec in r["records"]]
+        v["images"] = [f"{image_dir}/{image_name(r['kind'], rec['seed'])}" for rec in r["records"]]
+        obj["variants"].append(v)
+    if asked is not None and len(results) < asked:
+        obj["partial"] = {"variants_done": len(results), "variants_asked": asked}
+    return obj

@@ -136,6 +136,8 @@ def test_bad_input_sweep_over_every_endpoint(client, server, tmp_path):
         fresh.predict(api_name="/export")
     with pytest.raises(Exception, match="nothing to export yet: compare first"):
         fresh.predict(api_name="/export_comparison")
+    with pytest.raises(Exception, match="nothing to export yet: run the variants first"):
+        fresh.predict(api_name="/export_variants")
     before = client.predict(*G, api_name="/generate")
     tried = clear = 0
     wrong = []

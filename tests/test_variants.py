@@ -123,7 +123,7 @@ def test_the_study_on_the_built_in_world_counts_what_its_records_show(tmp_path):
         assert v["figures"]["in_keyword"]["k"] == sum(int(r["top1"]["group"]) in words for r in recs)
         assert v["figures"]["in_cluster"] == json.loads(json.dumps(metrics.rate_interval(inside)))
         assert [r["seed"] for r in recs] == [0, 1]
-        assert all((tmp_path / p).is_file() for p in v["images_written"]) and len(v["images_written"]) == 2
+        assert all((tmp_path / p).is_file() for p in v["images"]) and len(v["images"]) == 2
     cap = obj["variants"][0]["closest_caption"]
     assert cap["caption"] == obj["variants"][0]["prompt"] and cap["text_similarity"] == pytest.approx(1.0, abs=1e-3)
     assert obj["threshold"]["value"] == pytest.approx(json.loads(
@@ -174,6 +174,17 @@ def test_the_endpoints_fill_and_run_the_variants(client, server):
             assert row[2:6] == [f"{f[k]['k']} of {f[k]['n']}" for k in ("in_cluster", "copies", "replicated",
                                                                        "in_keyword")]
         assert table["data"][0][6] == pytest.approx(1.0, abs=1e-3)  # a training caption is its own closest
+        # the export: the study as `memlab variants` writes it, and every generation inside the zip
+        import zipfile
+
+        with zipfile.ZipFile(client.predict(api_name="/export_variants")) as z:
+            study = json.loads(z.read("variants.json"))
+            names = set(z.namelist())
+            assert [v["kind"] for v in study["variants"]] == ["caption", "short", "without"]
+            for v, r in zip(study["variants"], results):
+                assert v["figures"] == json.loads(json.dumps(variant_figures(r["records"], groups, words)))
+                assert set(v["images"]) <= names and len(v["images"]) == 2
+            assert "partial" not in study and study["seeds"] == [0, 1] and study["keyword"] == "colour field clustered"
         with pytest.raises(Exception, match="miscellaneous images"):
             client.predict("colour field", 0, 2, "x", "", "", "", "", "", api_name="/prompt_variants")
         with pytest.raises(Exception, match="no prompt variant to run"):

@@ -2,13 +2,17 @@
 Generate & match, and its prompt variants run on the same seeds (``memlab.variants``)."""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import gradio as gr
 
 from ..errors import MemlabError
+from ..export import write_variants_zip
 from ..keywords import ranked_cluster
 from ..limits import LIMITS, number, text
 from ..service import Lab
-from ..variants import VARIANTS, cluster_caption, default_variants, stream_variants
+from ..variants import VARIANTS, cluster_caption, default_variants, stream_variants, study_record
 from .charts import keyword_outputs, variant_outputs
 from .views import literal
 from .wiring import errors, page_and_api
@@ -104,6 +108,10 @@ def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> N
                                column_widths=["88px", "280px", "80px", "80px", "80px", "84px", "84px", "240px"])
         v_gallery = gr.Gallery(label="generations (variant · seed · verdict · top-1 match)", columns=8, format="png",
                                elem_id="kw-var-gallery")
+        v_state = gr.State(None)
+        with gr.Row():
+            v_export = gr.Button("Export the variants (JSON + images)", elem_id="kw-var-export")
+            v_file = gr.File(label="variants.zip", visible=False, elem_id="kw-var-file")
 
     v_fill.click(errors(lambda kw, rank: _variant_prompts(lab, kw, rank)), [kw_pick, kw_rank], boxes,
                  api_name=api("variant_prompts"))
@@ -117,17 +125,34 @@ def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> N
         prompts = {k: text(p, f"the {k} variant", LIMITS["prompt_chars"], required=False) for k, p in zip(VARIANTS, given)}
         settings = lab.settings()
         ranked_cluster(view, rank)
-        results = []
+        results, asked = [], sum(bool(p.strip()) for p in prompts.values())
+
+        def study():
+            thr = lab.threshold()
+            return {"record": study_record(view, rank, results, thr, lab.descriptor_label(), seeds, settings,
+                                           asked=asked), "results": results}
         for results in stream_variants(lab, view, rank, prompts, seeds, settings, stop=stop,
                                        progress=lambda i, n, kind: progress((i, n), desc=f"variant: {kind}")):
-            yield variant_outputs(lab, view, rank, results, seeds, settings)
-        asked = sum(bool(p.strip()) for p in prompts.values())
+            yield study(), *variant_outputs(lab, view, rank, results, seeds, settings)
         if len(results) < asked:
             md, fig, table, gallery = variant_outputs(lab, view, rank, results, seeds, settings) if results else \
                 ("", None, None, [])
-            yield (f"**Partial: stopped after {len(results)} of {asked} variants.**\n\n" + md), fig, table, gallery
+            yield (study() if results else None,
+                   f"**Partial: stopped after {len(results)} of {asked} variants.**\n\n" + md, fig, table, gallery)
 
-    event = page_and_api(v_run, run_variants, [kw_pick, kw_rank, v_seeds, *boxes], [v_md, v_plot, v_table, v_gallery],
-                         api("prompt_variants"), message=lambda t: (t, None, None, []), cleared=("", None, None, []),
+    event = page_and_api(v_run, run_variants, [kw_pick, kw_rank, v_seeds, *boxes],
+                         [v_state, v_md, v_plot, v_table, v_gallery], api("prompt_variants"),
+                         message=lambda t: (None, t, None, None, []), cleared=(None, "", None, None, []),
                          progress_on=[v_md])
     v_stop.click(None, None, None, cancels=[event], api_name=False)
+
+    @errors
+    def export_variants(state):
+        if not state:
+            raise MemlabError("nothing to export yet: run the variants first")
+        name = "variants-partial.zip" if state["record"].get("partial") else "variants.zip"
+        return str(write_variants_zip(Path(tempfile.mkdtemp(prefix="memlab-")) / name, state["record"],
+                                      state["results"]))
+
+    exported = v_export.click(export_variants, [v_state], [v_file], api_name=api("export_variants"))
+    exported.success(lambda: gr.update(visible=True), None, [v_file], api_name=False, show_progress="hidden")

@@ -50,7 +50,8 @@ def run(args) -> int:
     from ..generate import parse_seeds
     from ..keywords import ranked_cluster
     from ..service import Lab
-    from ..variants import VARIANTS, check_variants, cluster_caption, default_variants, stream_variants, study_summary
+    from ..variants import (VARIANTS, check_variants, cluster_caption, default_variants, image_name,
+                            stream_variants, study_record)
     from ..world import World
 
     out = Path(args.out)
@@ -79,17 +80,10 @@ def run(args) -> int:
     images = out.with_name(out.stem + "_images")
     images.mkdir(parents=True, exist_ok=True)
     for r in results:
-        r["images_written"] = []
         for rec, img in zip(r["records"], r["images"]):
-            p = images / f"{r['kind']}-s{rec['seed']}.png"
-            img.save(p)
-            r["images_written"].append(str(p.relative_to(out.parent)))
-    obj = study_summary(view, args.rank, results, lab.threshold(desc.name), lab.descriptor_label(desc.name))
-    obj.update(seeds=list(seeds), settings=settings.to_dict())
-    for v, r in zip(obj["variants"], results):
-        v["seed_records"] = [{k: rec[k] for k in ("seed", "verdict", "score", "replicated")}
-                             | {"top1": {k: rec["matches"][0][k] for k in ("row", "group", "caption", "score")}}
-                             for rec in r["records"]]
+            img.save(images / image_name(r["kind"], rec["seed"]))
+    obj = study_record(view, args.rank, results, lab.threshold(desc.name), lab.descriptor_label(desc.name), seeds,
+                       settings, image_dir=images.name, asked=len(prompts))
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(json.dumps(strict_json(obj), indent=1))
     tmp.replace(out)
