@@ -1130,3 +1130,23 @@ def test_an_indexs_other_arrays_that_do_not_read_are_one_error_naming_the_file(t
     seal_world(w)
     with pytest.raises(IndexMismatchError, match=rf"cannot read .*{rows} as a \.npy array"):
         Lab(World.load(w), device="cpu").caption_words()
+
+
+def test_text_from_elsewhere_in_a_chart_is_shown_as_written(server):
+    """plotly reads ``<a href>``, ``<b>`` and ``<span style>`` inside a chart's text (in Chromium a raw ``<a href>``
+    in a title became a link): a keyword, a token, an item id or a descriptor's name from a world elsewhere is
+    escaped, so the chart shows the characters (plotly turns ``&lt;`` back into ``<``)."""
+    from memlab.app.charts import attribution_chart, keyword_outputs, wrap
+
+    lab = server[1]
+    link = '<a href="https://example.com/">x</a>'
+    view = {**lab.keyword_view("colour field"), "keyword": link}
+    title = keyword_outputs(lab, view)[1].layout.title.text
+    assert "<a" not in title and '&lt;a href="https://example.com/"&gt;x&lt;/a&gt;' in title
+    assert wrap(f"model {link}") == 'model &lt;a href="https://example.com/"&gt;x&lt;/a&gt;'
+    assert wrap("a & b", size="sup") == "<sup>a &amp; b</sup>"  # memlab's own tags stay tags
+    toks = [{"token": "<|startoftext|>", "position": 0, "attribution": 0.0},
+            {"token": "<b>bold</b>", "position": 1, "attribution": 1.0},
+            {"token": "<|endoftext|>", "position": 2, "attribution": 0.0}]
+    bar = attribution_chart(toks).data[0]
+    assert list(bar.x) == ["&lt;b&gt;bold&lt;/b&gt;·1"] and list(bar.hovertext) == ["&lt;b&gt;bold&lt;/b&gt;"]

@@ -2,6 +2,7 @@
 set's background, the per-seed scores, token attribution, a comparison's bars and a keyword view's sizes."""
 from __future__ import annotations
 
+import html
 import textwrap
 
 from ..records import RunState
@@ -12,10 +13,17 @@ WIDTH = 56  # characters a line of a chart's text: plotly wraps none, and a phon
 LINE = 17  # pixels a line of a title takes (plotly spaces <sup> lines as the title's own)
 
 
+def plain(text) -> str:
+    """Text as plotly shows it literally: plotly reads ``<a href>``, ``<b>``, ``<span style>`` and the like inside
+    a chart's text, so a keyword, a caption word or a descriptor's name from a world elsewhere could put a link in
+    a title; its ``&lt;``, ``&gt;`` and ``&amp;`` it shows as the characters."""
+    return html.escape(str(text), quote=False)
+
+
 def wrap(text: str, width: int = WIDTH, size: str = "") -> str:
-    """``text`` in lines of at most ``width`` characters joined by ``<br>`` (long words broken at their hyphens),
-    each line in ``<size>`` tags (``sup``) when given."""
-    lines = textwrap.wrap(text, width) or [""]
+    """``text`` (plain text: ``plain``) in lines of at most ``width`` characters joined by ``<br>`` (long words
+    broken at their hyphens), each line in ``<size>`` tags (``sup``) when given."""
+    lines = [plain(ln) for ln in textwrap.wrap(text, width)] or [""]
     return "<br>".join(f"<{size}>{ln}</{size}>" if size else ln for ln in lines)
 
 
@@ -95,7 +103,7 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     fig.add_scatter(x=[str(r["seed"]) for r in recs], y=[r["score"] for r in recs], mode="markers",
                     marker=dict(size=11, color=[{"replicated": "#d62728", "template copy": "#8e24aa", "possible copy": "#ef6c00"}.get(
                         level(r), "#1f77b4") for r in recs]),
-                    hovertext=[f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}"
+                    hovertext=[plain(f"seed {r['seed']}: {r['score']:.3f} · training image #{r['matches'][0]['id']}")
                                for r in recs], hoverinfo="text", name="top-1 score")
     fig.add_hline(y=thr, line_dash="dash")  # named in the title: a label on the line would sit on the points
     lo, hi = min([thr] + [r["score"] for r in recs]), max([thr] + [r["score"] for r in recs])
@@ -132,9 +140,9 @@ def attribution_chart(tokens: list[dict], card: dict | None = None):
     import plotly.graph_objects as go
 
     toks = tokens[1:-1] or tokens
-    fig = go.Figure(go.Bar(x=[f"{t['token'].strip()}·{t['position']}" for t in toks],
+    fig = go.Figure(go.Bar(x=[plain(f"{t['token'].strip()}·{t['position']}") for t in toks],
                            y=[t["attribution"] for t in toks], marker_color="#9467bd",
-                           hovertext=[t["token"] for t in toks]))
+                           hovertext=[plain(t["token"]) for t in toks]))
     caveat = attribution_control(card)
     title = (wrap("which words drive the memorization signal (the prompt as typed, no mitigation)") + "<br>"
              + wrap("gradient of ‖ε(x_t,c) − ε(x_t,∅)‖ w.r.t. each token's input embedding, first step, mean over "
@@ -214,7 +222,7 @@ def keyword_outputs(lab: Lab, v: dict):
     fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
                            marker_color="#1f77b4"))
     fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),
-                      title=f"“{v['keyword']}”: cluster sizes (30 largest)",
+                      title=f"“{plain(v['keyword'])}”: cluster sizes (30 largest)",
                       xaxis_title="cluster", yaxis_title="items")
     if not real:  # an empty frame with axes from -1 to 6 said nothing: say why there are no bars
         fig.add_annotation(text=wrap(f"no clusters: none of the {v['n_after']} images is nearly identical to another "
