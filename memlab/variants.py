@@ -152,7 +152,7 @@ def stream_variants(lab, view: dict, rank: int, prompts: dict, seeds: Sequence[i
     (``Lab.stream_generation``: a GPU host's calls, Stop), yielding the finished variants after each one: per
     variant ``kind``, ``definition``, ``prompt`` (as run: a prompt past the text encoder's length is cut, and
     ``warning`` says so), ``figures`` (``variant_figures``), ``closest_caption``, ``records`` and ``images``.
-    ``progress(done, total, kind)`` is called before each variant."""
+    ``progress(i, n, kind, seeds_done)`` is called before each variant and as its seeds are matched."""
     prompts = check_variants(prompts)
     groups = cluster_groups(view, rank, lab.index.groups_of)
     words = keyword_groups(view, lab.index.groups_of)
@@ -161,14 +161,17 @@ def stream_variants(lab, view: dict, rank: int, prompts: dict, seeds: Sequence[i
         if stop is not None and stop.is_set():
             break
         if progress is not None:
-            progress(i, len(prompts), kind)
+            progress(i, len(prompts), kind, 0)
         state = None
-        for state in lab.stream_generation(prompt, list(seeds), "none", settings, descriptor=descriptor, stop=stop):
+        for state in lab.stream_generation(prompt, list(seeds), "none", settings, descriptor=descriptor, stop=stop,
+                                           progress=None if progress is None else
+                                           (lambda d, t, i=i, kind=kind: progress(i, len(prompts), kind, d))):
             pass
         if state is None or not state.records or not state.finished:
             break  # stopped in this variant: the finished variants stand
         done.append({"kind": kind, "definition": VARIANTS[kind], "prompt": state.prompt, "warning": state.warning,
-                     "figures": variant_figures(state.records, groups, words), "closest_caption": closest_caption(lab, state.prompt),
+                     "figures": variant_figures(state.records, groups, words),
+                     "closest_caption": closest_caption(lab, state.prompt),
                      "records": state.records, "images": state.images})
         yield list(done)
 

@@ -193,3 +193,40 @@ def test_the_endpoints_fill_and_run_the_variants(client, server):
             client.predict("colour field clustered", 1, 17, "x", "", "", "", "", "", api_name="/prompt_variants")
     finally:
         lab.views.pop("colour field clustered", None)
+
+
+@pytest.mark.skipif(not BUILT, reason="built-in world not built")
+def test_a_stopped_study_resumes_after_the_variants_it_finished(tmp_path, monkeypatch, capsys):
+    """``memlab variants`` keeps each variant as it finishes: stopped in its second variant, the same command
+    generates that one alone and writes the study a run without a stop writes; other arguments start over."""
+    from memlab.cli import main
+    from memlab.service import Lab
+
+    argv = ["variants", "--keyword", "Velmora", "--seeds", "0-1", "--only", "--variant", "caption=a teal circle, a "
+            "blue cross and a red star on a brown gradient background, by Velmora", "--variant", "short=a teal circle"]
+    whole = tmp_path / "whole.json"
+    assert main(argv + ["--out", str(whole)]) == 0
+    real, calls, stop_at = Lab.stream_generation, [], [2]
+
+    def stopped(self, prompt, *a, **kw):
+        calls.append(prompt)
+        if len(calls) in stop_at:
+            raise KeyboardInterrupt  # a stop in the second variant
+        yield from real(self, prompt, *a, **kw)
+
+    monkeypatch.setattr(Lab, "stream_generation", stopped)
+    out = tmp_path / "v.json"
+    assert main(argv + ["--out", str(out)]) == 130  # Ctrl-C: "interrupted"
+    assert not out.exists() and (tmp_path / "v.json.part").is_file()
+    calls.clear()
+    stop_at.clear()
+    capsys.readouterr()
+    assert main(argv + ["--out", str(out)]) == 0
+    assert calls == ["a teal circle"] and "resuming" in capsys.readouterr().err
+    a, b = json.loads(whole.read_text()), json.loads(out.read_text())
+    assert [v["figures"] for v in a["variants"]] == [v["figures"] for v in b["variants"]]
+    assert [v["kind"] for v in b["variants"]] == ["caption", "short"] and "partial" not in b
+    assert not (tmp_path / "v.json.part").exists()
+    assert all((tmp_path / p).is_file() for v in b["variants"] for p in v["images"])
+    calls.clear()
+    assert main(argv + ["--out", str(out), "--seeds", "0"]) == 0 and len(calls) == 2  # other seeds: both again

@@ -132,7 +132,8 @@ def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> N
             return {"record": study_record(view, rank, results, thr, lab.descriptor_label(), seeds, settings,
                                            asked=asked), "results": results}
         for results in stream_variants(lab, view, rank, prompts, seeds, settings, stop=stop,
-                                       progress=lambda i, n, kind: progress((i, n), desc=f"variant: {kind}")):
+                                       progress=lambda i, n, kind, d: progress((i * len(seeds) + d, n * len(seeds)),
+                                                                               desc=f"variant: {kind}", unit="images")):
             yield study(), *variant_outputs(lab, view, rank, results, seeds, settings)
         if len(results) < asked:
             md, fig, table, gallery = variant_outputs(lab, view, rank, results, seeds, settings) if results else \

@@ -2,7 +2,9 @@
 and its own training caption for reference, each generated on the same seeds and matched; per variant, the
 seeds whose top-1 training match is one of the cluster's images, those also replicated, and the caption's text
 similarity to the closest training caption.
-Writes one JSON object (strict JSON) and the images beside it.
+Writes one JSON object (strict JSON) and the images beside it. A run stopped midway (on a GPU over hundreds of
+seeds, as the paper's 500, hours) keeps each variant as it finishes in variants.json.part and, started again
+with the same arguments, resumes after them (--no-resume starts over).
 
     python -m memlab variants --keyword Velmora --rank 1 --seeds 0-7 --out runs/velmora.json
     python -m memlab variants --keyword Velmora --variant "without=a teal circle and a blue cross" --out v.json
@@ -32,6 +34,9 @@ def add_arguments(p):
     p.add_argument("--descriptor", default=None, help="descriptor of the index (default: its default)")
     p.add_argument("--device", default=None, type=device, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", required=True, help="variants.json (images are written beside it)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even where a stopped run of the same arguments left variants.json.part (by "
+                        "default it keeps the variants that run finished)")
 
 
 def given_variants(items) -> dict[str, str]:
@@ -71,22 +76,48 @@ def run(args) -> int:
     print(f"scores: {lab.descriptor_label(desc.name)}; {settings.steps} steps, guidance {settings.guidance:g}",
           file=sys.stderr)
 
-    def progress(i, n, kind):
-        print(f"variant {i + 1} of {n} ({kind}): {prompts[kind]!r} on {len(seeds)} seeds", file=sys.stderr)
+    images = out.with_name(out.stem + "_images")
+    part = out.with_name(out.name + ".part")
+    job = json.loads(json.dumps({"world": str(lab.world.path), "model": lab.generator.identity, "keyword": view["keyword"],
+                                 "rank": args.rank, "prompts": prompts, "seeds": list(seeds),
+                                 "settings": settings.to_dict(), "descriptor": desc.name}, default=str))
+    kept = [] if args.no_resume else resumed(part, job)
+    if kept:
+        print(f"resuming {part}: {len(kept)} of {len(prompts)} variants were finished by a stopped run of these "
+              f"arguments (--no-resume starts over)", file=sys.stderr)
+    todo = {k: p for k, p in prompts.items() if k not in {v["kind"] for v in kept}}
+    images.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo) * len(seeds), desc="variants", unit="image", file=sys.stderr, disable=None)
+
+    def progress(i, n, kind, done):
+        if done == 0:
+            bar.set_description(f"{kind} ({i + 1} of {n})")
+        bar.update(i * len(seeds) + done - bar.n)
+
+    def record(results):
+        obj = study_record(view, args.rank, results, lab.threshold(desc.name), lab.descriptor_label(desc.name),
+                           seeds, settings, image_dir=images.name, asked=len(prompts))
+        order = list(VARIANTS)
+        obj["variants"] = sorted(kept + obj["variants"], key=lambda v: order.index(v["kind"]))
+        if len(obj["variants"]) >= len(prompts):
+            obj.pop("partial", None)
+        else:
+            obj["partial"] = {"variants_done": len(obj["variants"]), "variants_asked": len(prompts)}
+        return obj
 
     results = []
-    for results in stream_variants(lab, view, args.rank, prompts, seeds, settings, desc.name, progress=progress):
-        pass
-    images = out.with_name(out.stem + "_images")
-    images.mkdir(parents=True, exist_ok=True)
-    for r in results:
+    for results in stream_variants(lab, view, args.rank, todo, seeds, settings, desc.name, progress=progress) \
+            if todo else ():
+        r = results[-1]  # each variant's images and the study so far, as it finishes (a stop loses the one in flight)
         for rec, img in zip(r["records"], r["images"]):
             img.save(images / image_name(r["kind"], rec["seed"]))
-    obj = study_record(view, args.rank, results, lab.threshold(desc.name), lab.descriptor_label(desc.name), seeds,
-                       settings, image_dir=images.name, asked=len(prompts))
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(strict_json(obj), indent=1))
-    tmp.replace(out)
+        _write(part, {"job": job, "study": record(results)})
+    bar.close()
+    obj = record(results)
+    _write(out, obj)
+    part.unlink(missing_ok=True)
     print(f"{'variant':<11} {'in cluster':>12} {'copies':>12} {'replicated':>12} {'keyword':>12}  text sim.  prompt")
     for v in obj["variants"]:
         f, cc = v["figures"], v["closest_caption"]
@@ -94,7 +125,27 @@ def run(args) -> int:
         counts = " ".join(f"{f[k]['k']:>4} of {f[k]['n']:<4}" for k in keys)
         sim = f"{cc['text_similarity']:.3f}" if cc else "-"
         print(f"{v['kind']:<11} {counts}  {sim:<9}  {v['prompt']}")
-    print(f"wrote {out} ({len(results)} variants x {len(seeds)} seeds; cluster {args.rank} of {view['keyword']!r}, "
+    print(f"wrote {out} ({len(obj['variants'])} variants x {len(seeds)} seeds; cluster {args.rank} of {view['keyword']!r}, "
           f"{obj['cluster_size']} images)")
     return 0
 
+
+
+def _write(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(strict_json(obj), indent=1))
+    tmp.replace(path)
+
+
+def resumed(part: Path, job: dict) -> list[dict]:
+    """The variants a stopped run of the same ``job`` finished (its ``part`` file), each with its images on disk;
+    else none."""
+    try:
+        saved = json.loads(part.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict) or saved.get("job") != job:
+        return []
+    kept = [v for v in (saved.get("study") or {}).get("variants", [])
+            if all((part.parent / p).is_file() for p in v.get("images", []))]
+    return kept
