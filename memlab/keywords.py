@@ -39,23 +39,40 @@ OMITTED_RULE = ("Memory Triggers omit \"the largest cluster, comprised of irrele
                 "miscellaneous cluster, shown apart and never ranked (its size is given beside the ranked clusters)")
 
 
-def keyword_pattern(keyword: str) -> re.Pattern:
-    """Whole-word, in a lower-cased caption; the words of a multi-word keyword may be split by any whitespace."""
-    words = re.findall(r"\w+", keyword.lower())
-    if not words:
+def keyword_parts(keyword: str) -> list[str]:
+    """A keyword's parts: "almond + blossoming" is two, each a phrase that must be in the caption, in any order
+    (Memory Triggers filter the captions "with 'almond' and 'blossoming'"); a keyword without "+" is one."""
+    parts = [p.strip() for p in str(keyword).split("+")]
+    parts = [p for p in parts if re.search(r"\w", p)]
+    if not parts:
         raise MemlabError(f"keyword {keyword!r} has no word in it")
-    return re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)")
+    return parts
+
+
+def _phrase(part: str) -> str:
+    return r"(?<!\w)" + r"\s+".join(map(re.escape, re.findall(r"\w+", part.lower()))) + r"(?!\w)"
+
+
+def keyword_pattern(keyword: str) -> re.Pattern:
+    """Whole-word, in a lower-cased caption; the words of a multi-word keyword may be split by any whitespace. Of
+    a keyword of several parts ("almond + blossoming"), any part (``keyword_mask`` asks for every one)."""
+    return re.compile("|".join(_phrase(p) for p in keyword_parts(keyword)))
 
 
 def keyword_mask(captions: Sequence[str], keyword: str, words=None) -> np.ndarray:
-    """Which captions hold the keyword (``keyword_pattern`` in the lower-cased caption). ``words``: the captions'
-    posting lists (``memlab.words.CaptionWords``), so that only the captions holding each of its words are read."""
-    pat = keyword_pattern(keyword)
+    """Which captions hold the keyword (each of its parts' ``keyword_pattern`` in the lower-cased caption).
+    ``words``: the captions' posting lists (``memlab.words.CaptionWords``), so that only the captions holding each
+    of its words are read."""
+    pats = [keyword_pattern(p) for p in keyword_parts(keyword)]
+
+    def holds(c):
+        c = str(c).lower()
+        return all(p.search(c) for p in pats)
     if words is None:
-        return np.array([bool(pat.search(str(c).lower())) for c in captions], bool)
+        return np.array([holds(c) for c in captions], bool)
     mask = np.zeros(len(captions), bool)
     rows = words.rows_with_all(re.findall(r"\w+", keyword.lower()))
-    mask[rows] = [bool(pat.search(str(captions[i]).lower())) for i in rows]
+    mask[rows] = [holds(captions[i]) for i in rows]
     return mask
 
 

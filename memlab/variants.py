@@ -19,7 +19,7 @@ from typing import Sequence
 
 from . import metrics
 from .errors import MemlabError
-from .keywords import STOP_WORDS, keyword_pattern, ranked_cluster
+from .keywords import STOP_WORDS, keyword_parts, keyword_pattern, ranked_cluster
 
 VARIANTS = {  # kind -> the paper's words for it (and memlab's reference row first)
     "caption": "the cluster's own most frequent training caption, as is (memlab's reference, not one of the paper's)",
@@ -71,7 +71,7 @@ def default_variants(keyword: str, caption: str) -> dict[str, str]:
     (``subject``, ``content_words``); "short" is the caption's first phrase with the keyword; "long" the whole
     caption, described at length; "irrelevant" puts the keywords in an unrelated scene; "without" is "long" with
     the keyword's words taken out."""
-    kw = keyword.strip()
+    kw = " ".join(keyword_parts(keyword))  # "almond + blossoming": its words, as a caption would hold them
     words = content_words(subject(caption, keyword))[:6] or ["picture"]
     first = re.split(r",|;|\s(?:and|on|with|in)\s", caption, maxsplit=1)[0].strip()
     short = first if keyword_pattern(keyword).search(first.lower()) else f"{first} by {kw}"

@@ -20,6 +20,15 @@ def test_keyword_mask_whole_words_case_and_multiword():
     assert keyword_mask(caps, "cat").tolist() == [False] * 5 + [True, False, True, False]
     with pytest.raises(MemlabError):
         keyword_mask(caps, "  ")
+    # Memory Triggers' "captions with 'almond' and 'blossoming'": every part, in any order, each whole
+    caps = ["almond blossoming tree", "Blossoming almond, van Gogh", "almond tree", "blossoming cherry",
+            "almonds blossoming", ""]
+    assert keyword_mask(caps, "almond + blossoming").tolist() == [True, True, False, False, False, False]
+    assert keyword_mask(caps, "almond blossoming").tolist() == [True, False, False, False, False, False]
+    assert keyword_mask(caps, "blossoming + van gogh + almond").tolist() == [False, True] + [False] * 4
+    assert keyword_mask(caps, " + almond + ").tolist() == keyword_mask(caps, "almond").tolist()
+    with pytest.raises(MemlabError, match="no word"):
+        keyword_mask(caps, " + ")
 
 
 def test_token_rule_uses_the_real_clip_tokenizer():

@@ -43,6 +43,12 @@ def test_the_variants_are_the_papers_five_kinds_around_the_keyword(keyword, capt
     assert _words(v["without"]) <= _words(v["long"])
 
 
+def test_a_keyword_of_several_parts_gives_its_words_to_the_variants():
+    v = default_variants("almond + blossoming", "Almond Blossoming by Vincent van Gogh, 1890")
+    assert v["keywords"].startswith("almond blossoming ") and "+" not in "".join(v.values())
+    assert not {"almond", "blossoming"} & _words(v["without"])
+
+
 def test_subject_takes_the_keyword_and_what_joined_it():
     assert subject("a teal circle on a grey background, by Velmora", "velmora") == "a teal circle on a grey background"
     assert subject("Velmora: a red star", "Velmora") == "a red star"

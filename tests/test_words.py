@@ -69,7 +69,8 @@ def test_keyword_rows_from_posting_lists_equal_the_scan():
     pattern decides (words split by whitespace alone: not "van, gogh")."""
     caps = np.array([str(c or "") for c in EDGES * 2], object)
     w = CaptionWords.build(caps)
-    for kw in ["van gogh", "cat", "CAT", "new york", "café", "t shirt", "snake_case", "gogh van", "athens"]:
+    for kw in ["van gogh", "cat", "CAT", "new york", "café", "t shirt", "snake_case", "gogh van", "athens",
+               "gogh + van", "york + new + cat"]:
         assert keyword_mask(caps, kw, w).tolist() == keyword_mask(caps, kw).tolist(), kw
     assert keyword_mask(caps, "van gogh", w).sum() == 6 and keyword_mask(caps, "new york", w).sum() == 4
 

@@ -29,7 +29,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
         names = lab.keyword_names  # the world's planted keyword first
         with gr.Row():
             kw_pick = gr.Dropdown(names, value=(names or [None])[0],
-                                  label="Prebuilt keyword (or type a new one)", allow_custom_value=True,
+                                  label="Prebuilt keyword (or type a new one; 'almond + blossoming': both, in any order)", allow_custom_value=True,
                                   scale=3, elem_id="kw-pick")
             kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
                                     value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
