@@ -2,14 +2,14 @@
 
 For the keywords of a cluster of nearly identical training images the paper writes five captions (``VARIANTS``),
 generates each over many seeds, and reports the share of the generations similar to the cluster's training images
-and each caption's CLIP text similarity to the closest training caption: replication follows the keywords, not
-the caption ("even with 'starry' and 'night' separated"; without "van gogh" the style stays). The paper had
-ChatGPT write the captions and set each cluster's image threshold by hand. memlab fills them from fixed templates
-around the keyword and the cluster's most frequent caption (``default_variants``; every one can be replaced), runs
-that caption too as the reference the variants are read against, and
-counts a generation as the cluster's when its top-1 training match is one of the cluster's images (its
-near-duplicate groups), and as a copy of it when that match is also ``replicated`` at the index's calibrated
-threshold (``variant_figures``).
+and each caption's CLIP text similarity to the closest training caption. On Stable Diffusion it finds that the
+copying follows the keywords, not the caption ("even with 'starry' and 'night' separated"; without "van gogh"
+the style stays). The paper had ChatGPT write the captions and set each cluster's image threshold by hand. memlab
+fills them from fixed templates around the keyword and the cluster's most frequent caption
+(``default_variants``; every one can be replaced), runs that caption too as the reference the variants are read
+against, and counts a generation as the cluster's when its top-1 training match is one of the cluster's images
+(its near-duplicate groups), and as a copy of it when that match is also ``replicated`` at the index's
+calibrated threshold (``variant_figures``).
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def content_words(text: str) -> list[str]:
 
 
 def default_variants(keyword: str, caption: str) -> dict[str, str]:
-    """The cluster's caption and the paper's five captions (``VARIANTS``) from fixed templates around ``keyword`` and the cluster's caption: the
-    paper's kinds, not its (ChatGPT's) wording. The keywords are the keyword and the caption's first content words
+    """The cluster's caption and the paper's five captions (``VARIANTS``) from fixed templates around ``keyword``
+    and the cluster's caption: the paper's kinds, not its (ChatGPT's) wording. The keywords are the keyword and the caption's first content words
     (``subject``, ``content_words``); "short" is the caption's first phrase with the keyword; "long" the whole
     caption, described at length; "irrelevant" puts the keywords in an unrelated scene; "without" is "long" with
     the keyword's words taken out."""
@@ -183,12 +183,15 @@ def image_name(kind: str, seed: int) -> str:
 def study_record(view: dict, rank: int, results: Sequence[dict], threshold: dict, descriptor: str, seeds,
                  settings, image_dir: str = "images", asked: int | None = None) -> dict:
     """A study as one JSON object (``memlab variants``' output, the page's export): the keyword, the cluster, the
-    descriptor and threshold a copy is counted at, the seeds and settings, what each count means, and per variant
+    descriptor (as run's records name it, with its index) and threshold a copy is counted at, the model (its
+    commit or fingerprint and the software versions), the seeds and settings, what each count means, and per variant
     its prompt, figures, closest caption, seed records (verdict, score, top-1 match) and image names (under
     ``image_dir``); ``partial`` where fewer variants finished than the ``asked``."""
     c = ranked_cluster(view, rank)
+    first = next((r["records"][0] for r in results if r["records"]), {})
     obj = {"keyword": view["keyword"], "rank": rank, "cluster_size": c["size"],
-           "cluster_rows": [int(r) for r in c["rows"]], "descriptor": descriptor,
+           "cluster_rows": [int(r) for r in c["rows"]], "descriptor_words": descriptor,
+           "descriptor": first.get("descriptor"), "model": first.get("model"),
            "threshold": {"value": threshold["value"], "source": threshold.get("source")},
            "seeds": [int(x) for x in seeds], "settings": settings.to_dict(),
            "counts": {"in_cluster": "seeds whose top-1 training match is one of the cluster's images",

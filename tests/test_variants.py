@@ -119,6 +119,10 @@ def test_the_study_on_the_built_in_world_counts_what_its_records_show(tmp_path):
     groups = set(items["group"].to_numpy()[rows].tolist())
     words = set(items["group"].to_numpy()[[r for c in view["clusters"] for r in c["rows"]]].tolist())
     assert obj["cluster_rows"] == rows and obj["keyword"] == "Velmora"
+    # every score names its source: the descriptor with its index, the model by its files' fingerprint
+    manifest = json.loads((ASSETS_WORLD / "index" / "manifest.json").read_text())
+    assert obj["descriptor"]["name"] == manifest["default_descriptor"] and len(obj["descriptor"]["index"]["sha256"]) == 64
+    assert len(obj["model"]["fingerprint"]) == 64 and obj["model"]["software"]["torch"]
     assert [v["kind"] for v in obj["variants"]] == ["caption", "without"]  # VARIANTS' order, the given ones only
     for v in obj["variants"]:
         recs = v["seed_records"]

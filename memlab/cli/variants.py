@@ -81,7 +81,7 @@ def run(args) -> int:
     job = json.loads(json.dumps({"world": str(lab.world.path), "model": lab.generator.identity, "keyword": view["keyword"],
                                  "rank": args.rank, "prompts": prompts, "seeds": list(seeds),
                                  "settings": settings.to_dict(), "descriptor": desc.name}, default=str))
-    kept = [] if args.no_resume else resumed(part, job)
+    kept, before = ([], {}) if args.no_resume else resumed(part, job)
     if kept:
         print(f"resuming {part}: {len(kept)} of {len(prompts)} variants were finished by a stopped run of these "
               f"arguments (--no-resume starts over)", file=sys.stderr)
@@ -101,6 +101,8 @@ def run(args) -> int:
                            seeds, settings, image_dir=images.name, asked=len(prompts))
         order = list(VARIANTS)
         obj["variants"] = sorted(kept + obj["variants"], key=lambda v: order.index(v["kind"]))
+        for k in ("descriptor", "model"):  # (every variant kept from a stopped run: its record names them)
+            obj[k] = obj[k] or before.get(k)
         if len(obj["variants"]) >= len(prompts):
             obj.pop("partial", None)
         else:
@@ -137,15 +139,15 @@ def _write(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def resumed(part: Path, job: dict) -> list[dict]:
-    """The variants a stopped run of the same ``job`` finished (its ``part`` file), each with its images on disk;
-    else none."""
+def resumed(part: Path, job: dict) -> tuple[list[dict], dict]:
+    """The variants a stopped run of the same ``job`` finished (its ``part`` file), each with its images on disk,
+    and the study it wrote; else none."""
     try:
         saved = json.loads(part.read_text())
     except (OSError, ValueError):
-        return []
-    if not isinstance(saved, dict) or saved.get("job") != job:
-        return []
-    kept = [v for v in (saved.get("study") or {}).get("variants", [])
+        return [], {}
+    if not isinstance(saved, dict) or saved.get("job") != job or not isinstance(saved.get("study"), dict):
+        return [], {}
+    kept = [v for v in saved["study"].get("variants", [])
             if all((part.parent / p).is_file() for p in v.get("images", []))]
-    return kept
+    return kept, saved["study"]
