@@ -69,6 +69,7 @@ class ObjectClassifier:
 
     def __init__(self, net, cfg: ObjectNetConfig, card: dict | None = None, obj: str = HIDDEN_OBJECT):
         self.net, self.cfg, self.card, self.object = net.eval(), cfg, card or {}, obj
+        self.keywords: list[str] = []  # the prompts it judges hold one of these (none: every prompt)
 
     def probabilities(self, images) -> np.ndarray:
         import torch
@@ -82,7 +83,15 @@ class ObjectClassifier:
 
     def info(self) -> dict:
         return {"object": self.object, "method": "a classifier trained on the world's own lighthouse renders",
-                "held_out": self.card.get("held_out")}
+                "held_out": self.card.get("held_out"), **({"keywords": self.keywords} if self.keywords else {})}
+
+    def applies(self, prompt: str) -> bool:
+        """Whether it judges a prompt's generations: those of a prompt holding one of its ``keywords`` (Memory
+        Triggers count the flag in the generations of "astronaut" prompts; on other scenes a classifier trained on
+        lighthouses says nothing: it found the flag in 8 of 8 generations of a prompt of shapes)."""
+        from .keywords import keyword_mask
+
+        return not self.keywords or any(keyword_mask([prompt], k)[0] for k in self.keywords)
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file

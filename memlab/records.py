@@ -102,6 +102,7 @@ class SeedRecord:
     view: str | None = None  # the view of the image the normalized verdict kept (``memlab.scorenorm``), if any
     agreement_share: float | None = None  # where it agrees with its top-1 match (Webster's masked matching) ...
     agreement_threshold: float | None = None  # ... and the index's threshold: a template copy passes both
+    hidden_object: dict | None = None  # does the image feature the world's hidden object (Memory Triggers), if judged
 
     def to_dict(self) -> dict:
         return {"type": "seed", **{f.name: getattr(self, f.name) for f in fields(self)}}
@@ -138,6 +139,7 @@ class Summary:
     template_copy_rate: float = 0.0  # seeds called "template copy" (a partial copy: issue 32)
     generation_clique: dict | None = None  # Carlini et al.'s clique of near-identical generations (runner)
     replication_interval: dict | None = None  # the rate's Wilson interval (``metrics.rate_interval``)
+    hidden_object_share: dict | None = None  # the seeds featuring the world's hidden object, with Wilson's interval
     prompt: str = ""
     mitigation: dict = field(default_factory=dict)
     descriptor: dict = field(default_factory=dict)
@@ -159,6 +161,8 @@ class Summary:
             d["generation_clique"] = self.generation_clique
         if self.replication_interval is not None:  # (how sure the rate is: added after the older keys)
             d["replication_interval"] = self.replication_interval
+        if self.hidden_object_share is not None:  # (a world with a hidden object's classifier: after the older keys)
+            d["hidden_object_share"] = self.hidden_object_share
         return d
 
 

@@ -32,13 +32,16 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                out_dir: str | Path | None = None, k: int = 5, prompt_id: int = 0,
                batch_size: int | None = None, progress: Callable[[str, int, int], None] | None = None,
                on_seed: Callable[[dict, object], None] | None = None, head: int = 0,
-               aligner=None) -> list[dict]:
+               aligner=None, judge=None) -> list[dict]:
     """Run every strategy on the same seeds; return seed records then one summary per strategy.
 
     ``out_dir``: where images are written (records name them relative to it); ``on_seed(record,
     image)`` is called as each seed's record is ready (for streaming UIs; a head start's first seeds
     come from a second thread, before the rest); ``head``: ``Generator.generate``'s head start;
-    ``aligner``: scores each image against the prompt (``memlab.alignment``; the seed's ``alignment``)."""
+    ``aligner``: scores each image against the prompt (``memlab.alignment``; the seed's ``alignment``); ``judge``:
+    tells whether each image features the world's hidden object (``memlab.objects``; the seed's ``hidden_object``,
+    the summary's ``hidden_object_share``: Memory Triggers' share of generations featuring it), for a prompt
+    holding its keyword (``ObjectClassifier.applies``)."""
     settings = (settings or Settings()).validate()
     seeds = parse_seeds(seeds)
     strategies = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
@@ -46,6 +49,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     thr = index.threshold(descriptor.name)
     desc = descriptor_summary(index, descriptor.name)
     masked_thr = (getattr(generator, "template_threshold", None) or {}).get("value")  # the world's, if calibrated
+    judge = judge if judge is not None and judge.applies(prompt) else None  # a prompt of its keyword (``applies``)
     records, summaries, rows = [], [], []  # rows: each summary's seed records
     baseline, baseline_records = None, None
     stems = image_stems([s.name for s in strategies])
@@ -59,6 +63,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             vecs, views = query_vectors(index, descriptor, [r.image for r in batch])
             generation_vectors.append(vecs)
             align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
+            seen = hidden_object(judge, [r.image for r in batch])
             t1 = time.perf_counter()
             matched = match_vectors(index, descriptor, vecs, k, views=views, images=[r.image for r in batch])
             t2 = time.perf_counter()
@@ -84,7 +89,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                                  bright_ending=be, masked_score=masked,
                                  masked_threshold=masked_thr if masked is not None else None,
                                  view=m.get("view"), agreement_share=agree["share"] if agree else None,
-                                 agreement_threshold=agree["threshold"] if agree else None)
+                                 agreement_threshold=agree["threshold"] if agree else None, hidden_object=seen[j])
                 if out_dir is not None:
                     rel = Path("images") / f"p{prompt_id:03d}-{stem}-s{r.seed}.png"
                     (Path(out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +106,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
                            on_batch=handle, head=head)
         timing["generate_s"] = time.perf_counter() - t_start - timing["embed_s"] - timing["search_s"]
         t0 = time.perf_counter()
-        stats = summarize_records(seed_records, thr)
+        stats = summarize_records(seed_records, thr, judge)
         if len(seed_records) > 1:
             stats.update(generation_clique(np.concatenate(generation_vectors), descriptor, stats["detections_mean"]))
         timing["metrics_s"] = time.perf_counter() - t0
@@ -149,8 +154,9 @@ def change_vs_none(summary: dict, baseline: dict, records: list[dict] | None = N
     return out
 
 
-def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
-    """Multi-seed replication rate, dataset similarity and mean detection of a strategy's seeds."""
+def summarize_records(seed_records: list[dict], threshold: dict, judge=None) -> dict:
+    """Multi-seed replication rate, dataset similarity and mean detection of a strategy's seeds; where they were
+    judged for the world's hidden object, its share (``hidden_object_share``, named by ``judge``)."""
     scores = np.array([r["score"] for r in seed_records])
     flags, high = metrics.replication_flags(scores, threshold["value"], threshold.get("high"))
     det = np.array([r["detection"] for r in seed_records])
@@ -168,4 +174,26 @@ def summarize_records(seed_records: list[dict], threshold: dict) -> dict:
             "alignment_mean": float(np.mean(align)) if align else None,
             "template_copy_rate": float(np.mean([r.get("verdict") == "template copy" for r in seed_records]))
             if seed_records else 0.0,
-            "replication_interval": metrics.rate_interval(flags)}
+            "replication_interval": metrics.rate_interval(flags),
+            "hidden_object_share": hidden_object_share(seed_records, judge)}
+
+
+def hidden_object(judge, images) -> list:
+    """Each image's ``hidden_object``: the object, whether the world's classifier finds it (probability above
+    0.5), and the probability; None for each where the world has no classifier."""
+    if judge is None:
+        return [None] * len(images)
+    p = judge.probabilities(images)
+    return [{"object": judge.object, "features": bool(x > 0.5), "probability": round(float(x), 4)} for x in p]
+
+
+def hidden_object_share(seed_records: list[dict], judge=None) -> dict | None:
+    """Memory Triggers' share of generations featuring the hidden object (their US flag), with Wilson's interval,
+    named by the classifier that decided (``judge``: its held-out accuracy); None where no seed was judged."""
+    judged = [r["hidden_object"] for r in seed_records if r.get("hidden_object")]
+    if not judged:
+        return None
+    seen = [bool(h["features"]) for h in judged]
+    return {"object": judged[0]["object"], "share": float(np.mean(seen)), **metrics.rate_interval(seen),
+            "by": judge.info() if judge is not None else None}
+

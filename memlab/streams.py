@@ -149,7 +149,7 @@ class Streams:
                 if len(state.records) == i:  # the chunk is done: how long a chunk takes here (estimate_seconds)
                     self._timed(time.perf_counter() - t0, len(part), settings.steps)
                 last = state.records[-1]
-                stats = summarize_records(state.records, thr)
+                stats = summarize_records(state.records, thr, self.world.object_classifier())
                 if len(state.records) == total > 1:  # the run's last update: Carlini et al.'s clique of them all
                     stats.update(self.generation_clique(state.images, desc.name, stats["detections_mean"]))
                 summary = Summary(**stats, prompt=prompt,
@@ -188,7 +188,7 @@ class Streams:
                 on_seed(r, im)
         run_prompt(self.generator, self.index, self.get_descriptor(descriptor), prompt, list(seeds), [strategy],
                    settings, out_dir=None, k=APP_MATCHES, on_seed=keep, head=head, aligner=self.world.aligner(),
-                   progress=check)
+                   judge=self.world.object_classifier(), progress=check)
         return pairs
 
     def _head_first(self, prompt, seeds, strategy, settings, descriptor, head: int, stop=None) -> Iterator[list]:
@@ -255,7 +255,7 @@ class Streams:
             state.records += recs
             state.images += [im for _, im in rows]
             if stats is None:
-                stats = summarize_records(recs, thr)
+                stats = summarize_records(recs, thr, self.world.object_classifier())
                 if len(recs) > 1:  # each row's own clique (Carlini et al.)
                     stats.update(self.generation_clique([im for _, im in rows], desc.name, stats["detections_mean"]))
                 if kept:

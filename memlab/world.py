@@ -48,6 +48,7 @@ class World:
     _index: object = None
     _generator: object = None
     _aligner: object = None
+    _judge: object = None
 
     @classmethod
     def load(cls, path: str | Path | None = None, verify: bool = True) -> "World":
@@ -151,13 +152,19 @@ class World:
 
     def object_classifier(self):
         """The classifier that tells whether a generation features the keyword's hidden object (the built-in
-        world's ``objects/``: ``memlab.objects``), or None."""
-        folder = self.folder("objects")
-        if folder is None:
-            return None
-        from .objects import ObjectClassifier
+        world's ``objects/``: ``memlab.objects``), or None; loaded once, with the planted keywords whose hidden
+        object it judges (``keywords``: the prompts it applies to)."""
+        if self._judge is None:
+            folder = self.folder("objects")
+            if folder is None:
+                self._judge = False
+            else:
+                from .objects import ObjectClassifier
 
-        return ObjectClassifier.load(folder)
+                self._judge = ObjectClassifier.load(folder)
+                self._judge.keywords = [k for k, v in (self.manifest.get("keywords") or {}).items()
+                                        if (v or {}).get("hidden_object") == self._judge.object]
+        return self._judge or None
 
     def file(self, name: str) -> Path | None:
         """A file the world names in world.json (e.g. "probes", "card"), if present."""

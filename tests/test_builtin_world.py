@@ -349,3 +349,46 @@ def test_the_keyword_tab_opens_on_the_planted_keyword():
         assert f"none of the {v['n_after']} images" in said and fig.layout.xaxis.visible is False
         # in lines a phone's plot area (about 300 px at 14 px, some 7 px a character) holds: it ran off both sides
         assert all(len(ln) <= 40 for a in fig.layout.annotations for ln in a.text.split("<br>"))
+
+
+def test_a_run_counts_the_hidden_object_in_its_keyword_prompts_generations(tmp_path):
+    """Memory Triggers' object-level replication (their astronaut prompts and the US flag): each generation of a
+    prompt holding the planted keyword is judged by the world's classifier, recomputed here from the image
+    written; the summary's share is those seeds' count with Wilson's interval; a prompt without the keyword
+    (where a classifier trained on lighthouses would say nothing) is not judged; the page's summary says it."""
+    from PIL import Image
+
+    from memlab.app.views import headline
+    from memlab.generate import Settings
+    from memlab.match import descriptor_for_index
+    from memlab.runner import run_prompt
+    from memlab.service import Lab
+
+    w = World.load(ASSETS_WORLD)
+    judge, index = w.object_classifier(), w.index()
+    assert judge.keywords == ["lighthouse"] and judge.info()["keywords"] == ["lighthouse"]
+    probes = pd.read_csv(w.file("probes"))
+    lighthouse = probes[probes["group"] == "keyword"]["prompt"].iloc[0]
+    shapes = probes[probes["group"] == "unique"]["prompt"].iloc[0]
+    st = Settings(steps=w.defaults["steps"], guidance=w.defaults["guidance"])
+    recs = run_prompt(w.generator(), index, descriptor_for_index(index), lighthouse, [0, 1, 2], ["none"], st,
+                      out_dir=tmp_path, judge=judge)
+    seeds = [r for r in recs if r["type"] == "seed"]
+    with_images = [Image.open(tmp_path / r["image"]).convert("RGB") for r in seeds]
+    p = judge.probabilities(with_images)
+    assert [r["hidden_object"]["probability"] for r in seeds] == pytest.approx(p.tolist(), abs=1e-4)
+    assert [r["hidden_object"]["features"] for r in seeds] == (p > 0.5).tolist()
+    share = recs[-1]["hidden_object_share"]
+    assert (share["k"], share["n"], share["object"]) == (int((p > 0.5).sum()), 3, "flag")
+    from memlab import metrics
+
+    iv = metrics.rate_interval(p > 0.5)
+    assert (share["low"], share["high"]) == pytest.approx((iv["low"], iv["high"]))
+    other = run_prompt(w.generator(), index, descriptor_for_index(index), shapes, [0], ["none"], st, judge=judge)
+    assert other[0]["hidden_object"] is None and "hidden_object_share" not in other[-1]
+    lab = Lab(w)
+    state = None
+    for state in lab.stream_generation(lighthouse, [0, 1, 2], "none", lab.settings()):
+        pass
+    line = next(x for x in headline(lab, state).splitlines() if "**hidden object**" in x)
+    assert f"the flag in {share['k']} of 3 generations" in line and "held-out accuracy 100.0%" in line

@@ -133,7 +133,7 @@ def headline(lab: Lab, state: RunState, stopped: bool = False) -> str:
              f"the prompt's, as typed, before any mitigation (the same for every strategy on this prompt)"
              + _other_detections(s),
              *_optimizer_lines(state.records),
-             *_alignment_line(s, lab),
+             *_alignment_line(s, lab), *_hidden_object_line(s),
              f"- **caption of the best image match** (the training image with the highest score, seed "
              f"{best['seed']}): “{literal(best['matches'][0]['caption'])}” (score {best['score']:.3f}); the captions "
              f"nearest by text are listed below",
@@ -419,6 +419,18 @@ def _alignment_line(s: dict, lab) -> list[str]:
     a = lab.alignment_info() or {}
     return [f"- **alignment** {g('alignment')} {s['alignment_mean']:.3f}: {a.get('measures', '')}; "
             f"{a.get('method', '')}, {a.get('model', '')}"]
+
+
+def _hidden_object_line(s: dict) -> list[str]:
+    """Memory Triggers' object-level replication: the seeds featuring the world's hidden object (``memlab.objects``)."""
+    h = s.get("hidden_object_share")
+    if not h:
+        return []
+    acc = (((h.get("by") or {}).get("held_out") or {}).get("renders") or {}).get("accuracy")
+    return [f"- **hidden object** (Memory Triggers' object-level replication): the {literal(h['object'])} in {h['k']} "
+            f"of {h['n']} generations ({h['confidence']:.0%} interval {h['low']:.1%}-{h['high']:.1%})"
+            + (f", by {literal(h['by']['method'])}" if h.get("by") else "")
+            + (f", held-out accuracy {acc:.1%}" if acc is not None else "")]
 
 
 def _ratio(s: dict, base: dict) -> str:

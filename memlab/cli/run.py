@@ -164,7 +164,7 @@ def run(args) -> int:
                     continue
                 recs = run_prompt(gen, index, descriptor, p, seeds, strategies, settings, out_dir=out.parent,
                                   k=args.k, prompt_id=i, batch_size=args.batch_size, progress=progress,
-                                  aligner=aligner)
+                                  aligner=aligner, judge=world.object_classifier())
                 every += [r for r in recs if r["type"] == "summary"]
                 att = None
                 if args.attribution:
@@ -193,8 +193,8 @@ def run(args) -> int:
                         tqdm.write(f"[{strategy_label(r['mitigation'])}] {textwrap.shorten(p, 60)!r}: replication "
                                    f"{r['replication_rate']:.0%} of {r['n_seeds']} seeds"
                                    + (f" ({ci})" if ci else "") + ", dataset similarity "
-                                   f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}",
-                                   file=sys.stderr)
+                                   f"{r['dataset_similarity']['p95']:.3f}, detection {r['detection_mean']:.3f}{chs}"
+                                   + _hidden_words(r.get("hidden_object_share")), file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()
         print(f"stopped: {done} of {len(prompts)} prompts finished, kept in {tmp}; the same command resumes after them",
@@ -247,4 +247,9 @@ def finished(part: Path, job: dict, block: int) -> list[str]:
                 break
             lines.append(line)
     return lines[:len(lines) // block * block]
+
+
+def _hidden_words(h: dict | None) -> str:
+    """A summary's hidden-object share in words (Memory Triggers), or nothing."""
+    return f"; the hidden {h['object']} in {h['k']} of {h['n']} seeds ({metrics.interval_text(h)})" if h else ""
 
