@@ -196,4 +196,3 @@ def hidden_object_share(seed_records: list[dict], judge=None) -> dict | None:
     seen = [bool(h["features"]) for h in judged]
     return {"object": judged[0]["object"], "share": float(np.mean(seen)), **metrics.rate_interval(seen),
             "by": judge.info() if judge is not None else None}
-

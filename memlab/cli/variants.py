@@ -66,7 +66,7 @@ def run(args) -> int:
     if args.only and not given:
         raise MemlabError("--only runs the variants given with --variant: give at least one")
     lab = Lab(World.load(args.world), device=args.device)
-    view = lab.views.get(args.keyword) or lab.keyword_view(args.keyword)
+    view = lab.keyword_view(args.keyword)  # prebuilt, else clustered now
     ranked_cluster(view, args.rank)  # an unknown rank is refused before the model loads
     defaults = default_variants(view["keyword"], cluster_caption(view, args.rank, lab.item_caption))
     prompts = given if args.only else {k: given.get(k, defaults[k]) for k in VARIANTS}
@@ -130,7 +130,6 @@ def run(args) -> int:
     print(f"wrote {out} ({len(obj['variants'])} variants x {len(seeds)} seeds; cluster {args.rank} of {view['keyword']!r}, "
           f"{obj['cluster_size']} images)")
     return 0
-
 
 
 def _write(path: Path, obj: dict) -> None:
