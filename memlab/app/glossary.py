@@ -118,6 +118,12 @@ GLOSSARY = [
      "copying, so its price is shown beside its effect. Stable Diffusion worlds: CLIP score (cosine of image "
      "and prompt embeddings); the built-in world: a classifier trained on the world's own renders gives the "
      "probability of the shapes, colours and background the prompt names."),
+    ("hidden-object", "hidden object",
+     "An object that comes along in the generations of a word's prompts though no caption names it: Memory "
+     "Triggers found the US flag in 10% of about 1,000 LAION images captioned \"astronaut\", and in 24% to 98% "
+     "of the generations of four astronaut prompts. The built-in world plants a flag in 30% of its lighthouses; the generations of a prompt "
+     "holding \"lighthouse\" are checked for it by a classifier trained on the world's lighthouse renders (other "
+     "prompts are not: it knows no other scene)."),
     ("interval", "95% interval, seeds fewer / more, p",
      "How sure a replication % over a few seeds is. The **95% interval** (Wilson's) is the range of true rates the "
      "count is consistent with: 6 of 8 seeds replicated fits anything from 41% to 93%. A mitigation on the same "

@@ -427,7 +427,7 @@ def _hidden_object_line(s: dict) -> list[str]:
     if not h:
         return []
     acc = (((h.get("by") or {}).get("held_out") or {}).get("renders") or {}).get("accuracy")
-    return [f"- **hidden object** (Memory Triggers' object-level replication): the {literal(h['object'])} in {h['k']} "
+    return [f"- **hidden object** {g('hidden-object')} (Memory Triggers): the {literal(h['object'])} in {h['k']} "
             f"of {h['n']} generations ({h['confidence']:.0%} interval {h['low']:.1%}-{h['high']:.1%})"
             + (f", by {literal(h['by']['method'])}" if h.get("by") else "")
             + (f", held-out accuracy {acc:.1%}" if acc is not None else "")]
