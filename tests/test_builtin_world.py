@@ -392,11 +392,3 @@ def test_a_run_counts_the_hidden_object_in_its_keyword_prompts_generations(tmp_p
         pass
     line = next(x for x in headline(lab, state).splitlines() if "**hidden object**" in x)
     assert f"the flag in {share['k']} of 3 generations" in line and "held-out accuracy 100.0%" in line
-    # Compare: each strategy's count on the same seeds, from its own summary
-    from memlab.app.views import compare_headline
-
-    for cmp in lab.stream_compare(lighthouse, [0, 1], ["rna:k=4"], lab.settings()):
-        pass
-    counts = [s["hidden_object_share"]["k"] for s in cmp.summaries]
-    assert len(counts) == 2 and f"none {counts[0]} of 2 · rna k=4 {counts[1]} of 2 generations" in \
-        compare_headline(lab, cmp, [0, 1], 2)

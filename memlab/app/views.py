@@ -287,11 +287,6 @@ def compare_headline(lab: Lab, state: RunState, seeds, n_rows: int) -> str:
     lines.append("*detection (wen): Wen et al. 2024, the text-conditional noise norm at the first step, mean over "
                  "seeds" + (f" · alignment: {a.get('measures', '')}; {a.get('method', '')}, {a.get('model', '')}"
                             if a else "") + "*")
-    hidden = [(short_label(x["mitigation"]), x["hidden_object_share"]) for x in state.summaries
-              if x.get("hidden_object_share")]
-    if hidden:  # Memory Triggers' object-level replication, per strategy on the same seeds
-        lines.append(f"*hidden object {g('hidden-object')}: the {literal(hidden[0][1]['object'])} in "
-                     + " · ".join(f"{literal(n)} {h['k']} of {h['n']}" for n, h in hidden) + " generations*")
     if not state.finished:
         lines.append(f"*{len(state.records)} of {state.requested} images so far (running, or stopped: an export "
                      f"now is labelled partial)*")
