@@ -41,7 +41,8 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
     ``aligner``: scores each image against the prompt (``memlab.alignment``; the seed's ``alignment``); ``judge``:
     tells whether each image features the world's hidden object (``memlab.objects``; the seed's ``hidden_object``,
     the summary's ``hidden_object_share``: Memory Triggers' share of generations featuring it), for a prompt
-    holding its keyword (``ObjectClassifier.applies``)."""
+    holding its keyword (``ObjectClassifier.applies``) and without a mitigation: trained on the world's renders,
+    it knows lighthouses, and with RNA (k=4) it found the flag in 16 of 16 generations that mostly show none."""
     settings = (settings or Settings()).validate()
     seeds = parse_seeds(seeds)
     strategies = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
@@ -63,7 +64,7 @@ def run_prompt(generator: Generator, index, descriptor, prompt: str, seeds: Sequ
             vecs, views = query_vectors(index, descriptor, [r.image for r in batch])
             generation_vectors.append(vecs)
             align = aligner.score([r.image for r in batch], prompt) if aligner is not None else [None] * len(batch)
-            seen = hidden_object(judge, [r.image for r in batch])
+            seen = hidden_object(judge if strat.is_baseline else None, [r.image for r in batch])  # (``judge``)
             t1 = time.perf_counter()
             matched = match_vectors(index, descriptor, vecs, k, views=views, images=[r.image for r in batch])
             t2 = time.perf_counter()

@@ -354,8 +354,9 @@ def test_the_keyword_tab_opens_on_the_planted_keyword():
 def test_a_run_counts_the_hidden_object_in_its_keyword_prompts_generations(tmp_path):
     """Memory Triggers' object-level replication (their astronaut prompts and the US flag): each generation of a
     prompt holding the planted keyword is judged by the world's classifier, recomputed here from the image
-    written; the summary's share is those seeds' count with Wilson's interval; a prompt without the keyword
-    (where a classifier trained on lighthouses would say nothing) is not judged; the page's summary says it."""
+    written; the summary's share is those seeds' count with Wilson's interval; a prompt without the keyword, or
+    a mitigation's generations (where a classifier trained on lighthouses would say nothing), are not judged;
+    the page's summary says it."""
     from PIL import Image
 
     from memlab.app.views import headline
@@ -392,3 +393,8 @@ def test_a_run_counts_the_hidden_object_in_its_keyword_prompts_generations(tmp_p
         pass
     line = next(x for x in headline(lab, state).splitlines() if "**hidden object**" in x)
     assert f"the flag in {share['k']} of 3 generations" in line and "held-out accuracy 100.0%" in line
+    # a mitigation's generations are not judged: the classifier knows the world's lighthouses, and RNA's seldom are
+    mit = run_prompt(w.generator(), index, descriptor_for_index(index), lighthouse, [0], ["none", "rna:k=4"], st,
+                     judge=judge)
+    assert [r["hidden_object"] is None for r in mit if r["type"] == "seed"] == [False, True]
+    assert ["hidden_object_share" in r for r in mit if r["type"] == "summary"] == [True, False]

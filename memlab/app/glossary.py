@@ -123,7 +123,7 @@ GLOSSARY = [
      "Triggers found the US flag in 10% of about 1,000 LAION images captioned \"astronaut\", and in 24% to 98% "
      "of the generations of four astronaut prompts. The built-in world plants a flag in 30% of its lighthouses; the generations of a prompt "
      "holding \"lighthouse\" are checked for it by a classifier trained on the world's lighthouse renders (other "
-     "prompts are not: it knows no other scene)."),
+     "prompts and a mitigation's generations are not: it knows no other scene)."),
     ("interval", "95% interval, seeds fewer / more, p",
      "How sure a replication % over a few seeds is. The **95% interval** (Wilson's) is the range of true rates the "
      "count is consistent with: 6 of 8 seeds replicated fits anything from 41% to 93%. A mitigation on the same "
