@@ -372,29 +372,28 @@ def test_a_run_counts_the_hidden_object_in_its_keyword_prompts_generations(tmp_p
     lighthouse = probes[probes["group"] == "keyword"]["prompt"].iloc[0]
     shapes = probes[probes["group"] == "unique"]["prompt"].iloc[0]
     st = Settings(steps=w.defaults["steps"], guidance=w.defaults["guidance"])
-    recs = run_prompt(w.generator(), index, descriptor_for_index(index), lighthouse, [0, 1, 2], ["none"], st,
+    recs = run_prompt(w.generator(), index, descriptor_for_index(index), lighthouse, [0, 1], ["none", "rna:k=4"], st,
                       out_dir=tmp_path, judge=judge)
-    seeds = [r for r in recs if r["type"] == "seed"]
+    seeds = [r for r in recs if r["type"] == "seed" and r["mitigation"]["name"] == "none"]
     with_images = [Image.open(tmp_path / r["image"]).convert("RGB") for r in seeds]
     p = judge.probabilities(with_images)
     assert [r["hidden_object"]["probability"] for r in seeds] == pytest.approx(p.tolist(), abs=1e-4)
     assert [r["hidden_object"]["features"] for r in seeds] == (p > 0.5).tolist()
-    share = recs[-1]["hidden_object_share"]
-    assert (share["k"], share["n"], share["object"]) == (int((p > 0.5).sum()), 3, "flag")
+    share = next(r for r in recs if r["type"] == "summary")["hidden_object_share"]
+    assert (share["k"], share["n"], share["object"]) == (int((p > 0.5).sum()), 2, "flag")
     from memlab import metrics
 
     iv = metrics.rate_interval(p > 0.5)
     assert (share["low"], share["high"]) == pytest.approx((iv["low"], iv["high"]))
+    # a mitigation's generations are not judged: the classifier knows the world's lighthouses, and RNA's seldom are
+    mit = recs
+    assert [r["hidden_object"] is None for r in mit if r["type"] == "seed"] == [False, False, True, True]
+    assert ["hidden_object_share" in r for r in mit if r["type"] == "summary"] == [True, False]
     other = run_prompt(w.generator(), index, descriptor_for_index(index), shapes, [0], ["none"], st, judge=judge)
     assert other[0]["hidden_object"] is None and "hidden_object_share" not in other[-1]
-    lab = Lab(w)
+    lab = Lab(w)  # the page's stream: its summary judged as run's is, and said in words
     state = None
-    for state in lab.stream_generation(lighthouse, [0, 1, 2], "none", lab.settings()):
+    for state in lab.stream_generation(lighthouse, [0, 1], "none", lab.settings()):
         pass
     line = next(x for x in headline(lab, state).splitlines() if "**hidden object**" in x)
-    assert f"the flag in {share['k']} of 3 generations" in line and "held-out accuracy 100.0%" in line
-    # a mitigation's generations are not judged: the classifier knows the world's lighthouses, and RNA's seldom are
-    mit = run_prompt(w.generator(), index, descriptor_for_index(index), lighthouse, [0], ["none", "rna:k=4"], st,
-                     judge=judge)
-    assert [r["hidden_object"] is None for r in mit if r["type"] == "seed"] == [False, True]
-    assert ["hidden_object_share" in r for r in mit if r["type"] == "summary"] == [True, False]
+    assert f"the flag in {share['k']} of 2 generations" in line and "held-out accuracy 100.0%" in line

@@ -228,6 +228,11 @@ def test_a_stopped_study_resumes_after_the_variants_it_finished(tmp_path, monkey
     out = tmp_path / "v.json"
     assert main(argv + ["--out", str(out)]) == 130  # Ctrl-C: "interrupted"
     assert not out.exists() and (tmp_path / "v.json.part").is_file()
+    from memlab.cli.variants import resumed
+
+    job = json.loads((tmp_path / "v.json.part").read_text())["job"]
+    assert [v["kind"] for v in resumed(tmp_path / "v.json.part", job)[0]] == ["caption"]
+    assert resumed(tmp_path / "v.json.part", {**job, "seeds": [0]}) == ([], {})  # other arguments start over
     calls.clear()
     stop_at.clear()
     capsys.readouterr()
@@ -238,5 +243,3 @@ def test_a_stopped_study_resumes_after_the_variants_it_finished(tmp_path, monkey
     assert [v["kind"] for v in b["variants"]] == ["caption", "short"] and "partial" not in b
     assert not (tmp_path / "v.json.part").exists()
     assert all((tmp_path / p).is_file() for v in b["variants"] for p in v["images"])
-    calls.clear()
-    assert main(argv + ["--out", str(out), "--seeds", "0"]) == 0 and len(calls) == 2  # other seeds: both again

@@ -252,4 +252,3 @@ def finished(part: Path, job: dict, block: int) -> list[str]:
 def _hidden_words(h: dict | None) -> str:
     """A summary's hidden-object share in words (Memory Triggers), or nothing."""
     return f"; the hidden {h['object']} in {h['k']} of {h['n']} seeds ({metrics.interval_text(h)})" if h else ""
-
