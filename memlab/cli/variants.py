@@ -133,6 +133,8 @@ def run(args) -> int:
 
 
 def _write(path: Path, obj: dict) -> None:
+    """``obj`` as strict JSON at ``path``, through a ``.tmp`` file renamed (``indexfiles.atomic_save`` writes
+    through ``path.part``, the name the resume file holds)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(strict_json(obj), indent=1))
     tmp.replace(path)
