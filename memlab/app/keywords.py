@@ -62,7 +62,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
         @errors
         def cluster_prompt(keyword, rank):
             v = lab.keyword_view(keyword)
-            rank = 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+            rank = _rank(rank)
             c = ranked_cluster(v, rank)
             return gr.Tabs(selected="generate"), lab.item_caption(c["representatives"][0])
 
@@ -70,9 +70,14 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
         variants_panel(lab, kw_pick, kw_rank, api)
 
 
+def _rank(rank) -> int:
+    """A cluster rank as a caller sent it (none: 1, the largest; 0: the miscellaneous images)."""
+    return 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+
+
 def _variant_prompts(lab: Lab, keyword, rank) -> list[str]:
     v = lab.keyword_view(keyword)
-    rank = 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+    rank = _rank(rank)
     d = default_variants(v["keyword"], cluster_caption(v, rank, lab.item_caption))
     return [d[k] for k in VARIANTS]
 
@@ -119,7 +124,7 @@ def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> N
     def run_variants(keyword, rank, n_seeds, caption, keywords, short, long, irrelevant, without,
                      progress=gr.Progress(), stop=None):
         view = lab.keyword_view(keyword)
-        rank = 1 if rank is None else number(rank, "the cluster rank", 0, 10**6, integer=True)
+        rank = _rank(rank)
         seeds = lab.seeds(n_seeds, limit=LIMITS["variant_seeds"])
         given = (caption, keywords, short, long, irrelevant, without)
         prompts = {k: text(p, f"the {k} variant", LIMITS["prompt_chars"], required=False) for k, p in zip(VARIANTS, given)}
