@@ -11,7 +11,8 @@ gogh 3042, night 2841, starry 2806"; stop words left out, the keyword optionally
 largest clusters; and for named objects, the share of the keyword's distinct images that contain the
 object while their captions do not name it ("even when the terms 'US' or 'flag' were not specified"),
 against the same share over the whole training set; both over distinct images (one per near-duplicate
-group). Object labels come from a label column, or CLIP zero-shot when available.
+group). Object labels come from a label column, or CLIP zero-shot when available. And how much of a keyword's
+images are another keyword's works ("almond + blossoming" in Van Gogh's clusters: ``related_share``).
 """
 from __future__ import annotations
 
@@ -260,6 +261,47 @@ def keyword_view(index, keyword: str, descriptor: str | None = None, threshold: 
         view["objects"][obj] = {**object_shares(has, named, items["group"].to_numpy(), rows), "source": source,
                                 "named_in_captions": int(named[rows].sum()) if len(rows) else 0}
     return view
+
+
+RELATED_RULE = ("a cluster is the related keyword's when at least half of the training captions of its images (every "
+                "row of its members' near-duplicate groups, in the whole training set) name that keyword")
+
+
+def related_share(view: dict, captions: Sequence[str], group: np.ndarray, related: str, words=None,
+                  min_share: float = 0.5) -> dict:
+    """How much of a keyword's images are another keyword's works (Memory Triggers, "almond" + "blossoming": the
+    dominant clusters, Van Gogh's works, "account for around 52% of the entries with these two descriptive words";
+    "sunflower" alone, 2%). A cluster is ``related``'s when at least ``min_share`` of the captions its images carry
+    anywhere in the training set (``captions`` and near-duplicate ``group`` per training row) name it
+    (``RELATED_RULE``), so an image captioned without the name here counts where its copies name it. The share is
+    the keyword's items in those clusters over all its items (``n_after``, the paper's denominator); beside it, the
+    share of the keyword's own captions that name ``related``. The miscellaneous images are no cluster of anyone's."""
+    g = np.asarray(group)
+    named = keyword_mask(captions, related, words)
+    # every training row of the clusters' groups, read once (a LAION-scale table is not scanned per cluster): the
+    # captions and those naming ``related``, per group
+    member_groups = [np.unique(g[np.asarray(c["rows"], np.int64)]) for c in view["clusters"]]
+    every = np.unique(np.concatenate(member_groups)) if member_groups else np.zeros(0, g.dtype)
+    rows = np.nonzero(np.isin(g, every))[0]
+    at = np.searchsorted(every, g[rows])
+    per_group = np.bincount(at, minlength=len(every))
+    naming_group = np.bincount(at, weights=named[rows], minlength=len(every))
+    clusters = []
+    for c, mg in zip(view["clusters"], member_groups):
+        k = np.searchsorted(every, mg)
+        n_caps, n_naming = int(per_group[k].sum()), int(round(naming_group[k].sum()))
+        share = n_naming / n_caps if n_caps else 0.0
+        clusters.append({"rank": 0 if c["miscellaneous"] else c["rank"], "size": c["size"], "captions": n_caps,
+                         "naming": n_naming, "share": share,
+                         "related": bool(not c["miscellaneous"] and n_caps and share >= min_share)})
+    n = int(view["n_after"])
+    items = sum(c["size"] for c in clusters if c["related"])
+    own = np.concatenate([np.asarray(c["rows"], np.int64) for c in view["clusters"]] or [np.zeros(0, np.int64)])
+    return {"keyword": related, "rule": RELATED_RULE if min_share == 0.5 else RELATED_RULE.replace(
+                "at least half", f"at least {min_share:.0%}"),
+            "clusters": clusters, "related_ranks": [c["rank"] for c in clusters if c["related"]],
+            "items": int(items), "share": items / n if n else None,
+            "captions_naming": int(named[own].sum()), "captions_share": float(named[own].mean()) if len(own) else None}
 
 
 def slug(keyword: str) -> str:

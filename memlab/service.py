@@ -563,6 +563,15 @@ class Lab(Streams):
                 self._asked.popitem(last=False)
         return v
 
+    def related_share(self, view: dict, related: str) -> dict:
+        """How much of a keyword view's images are ``related``'s works (``memlab.keywords.related_share``)."""
+        from .keywords import related_share
+
+        related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
+        t = self._table()
+        return related_share(view, t["caption"].fillna("").astype(str).to_numpy(), t["group"].to_numpy(), related,
+                             self._words_needed())
+
     # ------------------------------------------------------------------------------ export
     EXPORT_MATCHES = 5  # near-duplicate groups kept per seed in an export, each with its training image
 

@@ -300,7 +300,13 @@ def test_service_validates_what_the_ui_cannot(server):
 def test_keyword_clusters_and_generate_from_a_cluster(client):
     md, fig, table, gallery = client.predict("colour field", "", api_name="/keyword_clusters")
     assert "30 captions" in md and "within 77 CLIP tokens" in md
-    assert table["headers"][:2] == ["rank", "size"]
+    assert table["headers"][:2] == ["rank", "size"] and "whose works" not in md
+    # whose works (a related keyword, optional: the call above left it out): every caption names "colour", but no
+    # image of this world is nearly identical to another, so no cluster is anyone's works
+    md, fig, table, gallery = client.predict("colour field", "", "colour", api_name="/keyword_clusters")
+    assert "**whose works**: 0% of the “colour field” items (0 of 30) lie in the clusters of “colour”'s works " \
+           "(none;" in md and "100% of the “colour field” captions name “colour” themselves" in md, md
+    assert table["headers"][4] == "name “colour”" and table["data"][0][4] == "30 of 30"
     out = client.predict("colour field", 0, api_name="/cluster_prompt")  # no clusters: its miscellaneous images
     assert "colour field" in (out if isinstance(out, str) else out[-1])
     with pytest.raises(Exception, match="no training caption contains"):

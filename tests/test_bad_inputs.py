@@ -75,6 +75,8 @@ APP_CASES = [
     ("/keyword_clusters", ("zebra", ""), "no training caption contains"),
     ("/keyword_clusters", (BIG, ""), "at most 200"),
     ("/keyword_clusters", ("colour", BIG), "at most 2,000"),
+    ("/keyword_clusters", ("colour", "", BIG), "at most 200"),  # the related keyword
+    ("/keyword_clusters", ("colour", "", "%% + *"), "has no word in it"),
     ("/keyword_clusters", ("ünïcödé ☃", ""), "no training caption contains"),
     ("/cluster_prompt", ("colour field", "abc"), "Expected a `float"),
     ("/cluster_prompt", ("colour field", -5), "less than minimum"),

@@ -264,3 +264,73 @@ def test_the_miscellaneous_images_have_no_rank():
         ranked_cluster(view, 2)
     with pytest.raises(MemlabError, match="it has 0 clusters"):  # and no miscellaneous images either
         ranked_cluster({**view, "clusters": []}, 0)
+
+
+def test_related_share_counts_the_keywords_items_in_clusters_of_the_related_works():
+    """Memory Triggers: "almond + blossoming" lies for about 52% in clusters of Van Gogh's works. A hand-made
+    training set: the keyword's rows 0-9 (n_after 10) in clusters {0,1,2}, {3,4}, {5,6} and 3 miscellaneous rows.
+    Cluster 1's images are captioned without the name here and with it elsewhere (rows 10-13: 4 of its 7 captions
+    anywhere), cluster 2's exactly half (1 of 2 rows, and row 14 of the same image), cluster 3's 1 of 3; a
+    miscellaneous image named in all its captions is no one's cluster."""
+    from memlab.keywords import related_share
+
+    caps = ["almond blossoming branch"] * 3 + ["almond blossoming, by van gogh", "almond blossoming"] + \
+           ["almond blossoming tree", "almond blossoming tree"] + ["almond blossoming by Van  Gogh"] * 3 + \
+           ["a van gogh print"] * 4 + ["some tree"] + ["sunflowers, van gogh"]
+    group = np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 7, 0, 0, 1, 1, 2, 9])
+    view = {"n_after": 10, "clusters": [
+        {"rank": 1, "size": 3, "miscellaneous": False, "rows": [0, 1, 2]},
+        {"rank": 2, "size": 2, "miscellaneous": False, "rows": [3, 4]},
+        {"rank": 3, "size": 2, "miscellaneous": False, "rows": [5, 6]},
+        {"rank": 4, "size": 3, "miscellaneous": True, "rows": [7, 8, 9]}]}
+    r = related_share(view, caps, group, "van gogh")
+    got = [(c["rank"], c["naming"], c["captions"], c["related"]) for c in r["clusters"]]
+    # cluster 1: groups 0 and 1 are rows 0-2 and 10-13 (7 captions, 4 name him); cluster 2: group 2 is rows 3, 4, 14
+    # (1 of 3); cluster 3: groups 3 and 4, no name; the miscellaneous: groups 5-7, every caption names him
+    assert got == [(1, 4, 7, True), (2, 1, 3, False), (3, 0, 2, False), (0, 3, 3, False)]
+    assert r["related_ranks"] == [1] and r["items"] == 3 and r["share"] == pytest.approx(3 / 10)
+    # the keyword's own captions that name him: rows 3, 7, 8, 9 (whitespace inside the name, any case)
+    assert r["captions_naming"] == 4 and r["captions_share"] == pytest.approx(4 / 10)
+    assert "at least half" in r["rule"]
+    # at exactly the rule's share a cluster counts: a lower bar takes cluster 2 (1 of 3) too
+    low = related_share(view, caps, group, "van gogh", min_share=1 / 3)
+    assert low["related_ranks"] == [1, 2] and low["share"] == pytest.approx(5 / 10) and "at least 33%" in low["rule"]
+    # a keyword of several parts names the works only where every part is there: cluster 1's captions hold
+    # "branch" (rows 0-2) or "gogh" (rows 10-13), none both; with both in 4 of its 7 captions it is again his
+    assert related_share(view, caps, group, "gogh + branch")["clusters"][0]["naming"] == 0
+    assert related_share(view, caps, group, "gogh + print")["related_ranks"] == [1]
+    # on a larger random table, each cluster's counts are those of a scan of the whole table for its groups
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 300, 2_000)
+    caps = np.where(rng.random(2_000) < 0.4, "by van gogh", "a tree")
+    rows = rng.permutation(2_000)[:120]
+    view = {"n_after": 120, "clusters": [{"rank": i + 1, "size": 10, "miscellaneous": i == 11,
+                                          "rows": rows[10 * i:10 * i + 10].tolist()} for i in range(12)]}
+    for c, got in zip(view["clusters"], related_share(view, caps, g, "van gogh")["clusters"]):
+        scan = np.isin(g, g[c["rows"]])
+        assert (got["captions"], got["naming"]) == (scan.sum(), (scan & (caps == "by van gogh")).sum())
+
+
+def test_the_keyword_tab_shows_whose_works_its_clusters_are(tiny_world):
+    """The Keyword clusters tab's related keyword, as the page shows it: the share in the summary, the clusters
+    marked in the chart and the table; recomputed from the view the same request used."""
+    from memlab.app.charts import keyword_outputs
+    from memlab.service import Lab
+    from memlab.world import World
+
+    lab = Lab(World.load(tiny_world), device="cpu")
+    v = lab.keyword_view("colour field", threshold=0.0)  # one cluster of every image: field 3 names 1 of 30
+    r = lab.related_share(v, "field 3")
+    assert r["clusters"][0]["naming"] == 1 and r["clusters"][0]["captions"] == 30 and r["related_ranks"] == []
+    md, fig, table, _ = keyword_outputs(lab, v, r)
+    assert "0% of the “colour field” items (0 of 30)" in md and "3% of the “colour field” captions name" in md
+    assert table["name “field 3”"].tolist() == ["1 of 30"] and list(fig.data[0].marker.color) == ["#1f77b4"]
+    r = lab.related_share(v, "colour")
+    md, fig, table, _ = keyword_outputs(lab, v, r)
+    assert "100% of the “colour field” items (30 of 30)" in md and "(#1;" in md
+    assert table["name “colour”"].tolist() == ["30 of 30 ✓"] and list(fig.data[0].marker.color) == ["#ff7f0e"]
+    assert "orange:<br>“colour”'s works" in fig.layout.title.text  # (wrapped to a phone's width)
+    many = keyword_outputs(lab, v, {**r, "related_ranks": list(range(1, 13))})[0]  # a LAION keyword's hundreds
+    assert "(#1, #2, #3, #4, #5, #6, #7, #8, #9, #10 and 2 more;" in many
+    with pytest.raises(MemlabError, match="at most 200"):
+        lab.related_share(v, "x" * 201)

@@ -195,8 +195,9 @@ def compare_figure(lab: Lab, state: RunState):
     return fig
 
 
-def keyword_outputs(lab: Lab, v: dict):
-    """Summary, size chart, cluster table and thumbnails of one keyword view."""
+def keyword_outputs(lab: Lab, v: dict, related: dict | None = None):
+    """Summary, size chart, cluster table and thumbnails of one keyword view; with ``related``
+    (``memlab.keywords.related_share``), the related keyword's clusters marked in each."""
     import pandas as pd
     import plotly.graph_objects as go
 
@@ -219,11 +220,21 @@ def keyword_outputs(lab: Lab, v: dict):
                          f"vs {sh['overall_share']:.1%} of all distinct training images "
                          f"({sh['overall_count']} of {sh.get('overall_images', '?')}); named in "
                          f"{named if named is not None else '?'} of the keyword's captions · source: {literal(sh['source'])}")
+    ranks = set(related["related_ranks"]) if related else set()
+    if related:
+        r, k, ranks_shown = literal(related["keyword"]), literal(v["keyword"]), related["related_ranks"]
+        lines.append(f"- **whose works**: {related['share']:.0%} of the “{k}” items ({related['items']} of "
+                     f"{v['n_after']}) lie in the clusters of “{r}”'s works (" + (", ".join(
+                         f"#{x}" for x in ranks_shown[:10]) or "none") + (f" and {len(ranks_shown) - 10} more" if len(
+                         ranks_shown) > 10 else "") + f"; {literal(related['rule'])}); "
+                     f"{related['captions_share']:.0%} of the “{k}” captions name “{r}” themselves")
     fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
-                           marker_color="#1f77b4"))
-    fig.update_layout(height=280, margin=dict(l=40, r=10, t=40, b=40),
-                      title=f"“{plain(v['keyword'])}”: cluster sizes (30 largest)",
-                      xaxis_title="cluster", yaxis_title="items")
+                           marker_color=["#ff7f0e" if c["rank"] in ranks else "#1f77b4" for c in real[:30]]))
+    title = f"“{v['keyword']}”: cluster sizes (30 largest)"
+    title = wrap(title + f" · orange: “{related['keyword']}”'s works", 56) if related else plain(title)
+    fig.update_layout(height=280 + 18 * (_lines(title) - 1), margin=dict(l=40, r=10, t=40 + 18 * (_lines(title) - 1),
+                                                                           b=40),
+                      title=title, xaxis_title="cluster", yaxis_title="items")
     if not real:  # an empty frame with axes from -1 to 6 said nothing: say why there are no bars
         fig.add_annotation(text=wrap(f"no clusters: none of the {v['n_after']} images is nearly identical to another "
                                      f"(all {v['miscellaneous_size']} are miscellaneous)", 36),  # a phone's width
@@ -235,6 +246,10 @@ def keyword_outputs(lab: Lab, v: dict):
                            "distinct images": c["distinct_images"],
                            "frequent words": ", ".join(f"{w} ({n})" for w, n in c["top_words"])}
                           for c in v["clusters"]])
+    if related:  # each cluster's captions anywhere in the training set that name the related keyword
+        table.insert(4, f"name “{related['keyword']}”", [f"{c['naming']} of {c['captions']}" + (" ✓" if c["related"]
+                                                                                              else "")
+                                                       for c in related["clusters"]])
     thumbs = []
     for c in v["clusters"][:12]:
         for r in c["representatives"][:4]:

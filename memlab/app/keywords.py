@@ -33,6 +33,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
                                   scale=3, elem_id="kw-pick")
             kw_objects = gr.Textbox(label="Objects to check (comma-separated)", scale=2,
                                     value=", ".join(sorted({o for v in lab.views.values() for o in v.get("objects", {})})))
+            kw_related = gr.Textbox("", label="Whose works? A related keyword, e.g. an artist (optional)", scale=2,
+                                    elem_id="kw-related")
             kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
         first = keyword_outputs(lab, lab.views[names[0]]) if names else (None,) * 4
         kw_md = gr.Markdown(first[0], elem_id="kw-summary")
@@ -47,15 +49,16 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
                                 label="Cluster rank (0: the miscellaneous images)", elem_id="kw-rank")
             kw_gen = gr.Button("Generate from this cluster's caption", scale=2, elem_id="kw-gen")
 
-        def show_keyword(keyword, objects, progress=gr.Progress()):
+        def show_keyword(keyword, objects, related="", progress=gr.Progress()):
             progress(0, desc="filtering captions and clustering")
             objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
+            related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
             prebuilt = lab.views.get(keyword)
             reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
             v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
-            return keyword_outputs(lab, v)
+            return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else None)
 
-        page_and_api(kw_btn, show_keyword, [kw_pick, kw_objects], [kw_md, kw_plot, kw_table, kw_gallery],
+        page_and_api(kw_btn, show_keyword, [kw_pick, kw_objects, kw_related], [kw_md, kw_plot, kw_table, kw_gallery],
                      api("keyword_clusters"), message=lambda text: (text, None, None, []),
                      cleared=(gr.skip(), gr.skip(), gr.skip(), gr.skip()))
 
