@@ -272,17 +272,20 @@ def generate_in_browser(url: str, prompt: str, n_seeds: int, screenshot: str | P
 
 
 def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str | Path | None = None,
-                           timeout_ms: int = 60_000) -> dict:
-    """Open the Keyword clusters tab, pick a (prebuilt) keyword, click Show; time until the size chart,
-    the cluster table and the summary are on the page."""
-    with browser_page((1400, 1600), fresh=True) as page:
+                           timeout_ms: int = 60_000, related: str = "", viewport: tuple = (1400, 1600)) -> dict:
+    """Open the Keyword clusters tab, pick a (prebuilt) keyword (and a related keyword: whose works), click Show;
+    time until the size chart, the cluster table and the summary are on the page."""
+    with browser_page(viewport, fresh=True) as page:
         page.goto(url, wait_until="domcontentloaded")
-        page.get_by_role("tab", name="Keyword clusters").click()
+        page.locator("#generate-btn").wait_for(timeout=timeout_ms)  # (the tabs drawn: a phone's in a menu)
+        open_tab(page, "Keyword clusters")
         page.locator("#kw-btn").wait_for(timeout=timeout_ms)
         if keyword:
             box = page.locator("#kw-pick input").first
             fill_kept(page, box, keyword)  # the tab was just opened (fill_kept says why)
             box.press("Enter")
+        if related:
+            fill_kept(page, page.locator("#kw-related textarea").first, related)
         t0 = time.perf_counter()
         page.locator("#kw-btn").click()
         # the tab may already show another keyword: wait for this one's summary, table and chart
@@ -293,6 +296,7 @@ def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str
                                timeout=timeout_ms)
         dt = time.perf_counter() - t0
         summary = page.locator("#kw-summary").inner_text()
+        headers = page.eval_on_selector_all("#kw-table thead th", "els => els.map(e => e.innerText.trim())")
         if screenshot:
             page.screenshot(path=str(screenshot), full_page=True)
-    return {"render_s": dt, "summary": summary}
+    return {"render_s": dt, "summary": summary, "headers": headers}

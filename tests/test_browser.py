@@ -29,8 +29,12 @@ def test_keyword_tab_in_chromium(tiny_world, tmp_path):
     from tests.browser import keyword_tab_in_browser
 
     url, _ = shared_app(tiny_world)
-    res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png")
+    res = keyword_tab_in_browser(url, "colour field", screenshot=tmp_path / "kw.png", related="colour")
     assert "30 captions" in res["summary"] and (tmp_path / "kw.png").is_file() and res["render_s"] < 30
+    # whose works: the related keyword's line and its table column (every caption names "colour")
+    assert "whose works: 0% of the “colour field” items (0 of 30)" in res["summary"], res["summary"]
+    assert "100% of the “colour field” captions name “colour” themselves" in res["summary"]
+    assert "name “colour”" in res["headers"], res["headers"]
 
 
 def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, tmp_path):

@@ -231,7 +231,7 @@ def keyword_outputs(lab: Lab, v: dict, related: dict | None = None):
     fig = go.Figure(go.Bar(x=[f"#{c['rank']}" for c in real[:30]], y=[c["size"] for c in real[:30]],
                            marker_color=["#ff7f0e" if c["rank"] in ranks else "#1f77b4" for c in real[:30]]))
     title = f"“{v['keyword']}”: cluster sizes (30 largest)"
-    title = wrap(title + f" · orange: “{related['keyword']}”'s works", 56) if related else plain(title)
+    title = wrap(title + f" · orange: “{related['keyword']}”'s works", 40) if related else plain(title)  # a phone's width
     fig.update_layout(height=280 + 18 * (_lines(title) - 1), margin=dict(l=40, r=10, t=40 + 18 * (_lines(title) - 1),
                                                                            b=40),
                       title=title, xaxis_title="cluster", yaxis_title="items")
