@@ -413,10 +413,12 @@ class Lab(Streams):
         return out
 
     def duplicate_groups(self, limit: int = 50) -> pd.DataFrame:
+        """The largest near-duplicate groups: an id, the copies, the distinct captions on them (one: full
+        duplication, memorized far more than partial, the same image under other captions: Somepalli et al. 2023)."""
         if self._groups is None:  # (the item table does not change while the app serves it)
             items = self._table()
             g = items[items["duplicates"] > 0].groupby("group").agg(
-                id=("id", "first"), size=("id", "size"), example=("caption", "first"))
+                id=("id", "first"), size=("id", "size"), captions=("caption", "nunique"), example=("caption", "first"))
             self._groups = g.sort_values("size", ascending=False, kind="stable").reset_index()
         return self._groups.head(limit).reset_index(drop=True)
 

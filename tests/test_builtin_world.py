@@ -397,3 +397,21 @@ def test_a_run_counts_the_hidden_object_in_its_keyword_prompts_generations(tmp_p
         pass
     line = next(x for x in headline(lab, state).splitlines() if "**hidden object**" in x)
     assert f"the flag in {share['k']} of 2 generations" in line and "held-out accuracy 100.0%" in line
+
+
+def test_the_training_set_tells_full_duplication_from_partial_by_its_captions():
+    """Somepalli et al. 2023: an image repeated with its caption (full duplication) is memorized, the same image
+    under varied captions (partial) far less. The near-duplicate groups list the distinct captions on each group's
+    copies: the planted full-duplication groups carry one, the partial ones as many as their copies (the world's
+    build wrote one caption a copy)."""
+    from memlab.service import Lab
+
+    lab = Lab(World.load(ASSETS_WORLD))
+    items = lab.index.items
+    groups = lab.duplicate_groups(limit=100)
+    planted = items.groupby("group")["planted"].first()
+    kinds = {k: groups[groups["group"].map(planted) == k] for k in ("full_ddf20", "full_ddf5", "partial_ddf20",
+                                                                    "partial_ddf5")}
+    assert all(len(v) == 8 for v in kinds.values())  # the world's 8 groups of each kind, every one listed
+    for k, v in kinds.items():
+        assert (v["captions"] == (1 if k.startswith("full") else v["size"])).all(), (k, v)

@@ -113,6 +113,8 @@ def test_the_lab_answers_as_a_scan_of_its_item_table(tiny_world):
         assert got.attrs["captions"] == len(rows)  # (the label's count: every caption holding the words)
     g = items[items["duplicates"] > 0].groupby("group").size().sort_values(ascending=False, kind="stable")
     assert lab.duplicate_groups()["size"].tolist() == g.tolist()[:50]
+    for _, r in lab.duplicate_groups().iterrows():  # the distinct captions on each group's copies
+        assert r["captions"] == len(set(items.loc[items["group"] == r["group"], "caption"]))
     for row in [0, 7, len(items) - 1]:
         assert lab.item_row(str(items["id"].iloc[row])) == row
 

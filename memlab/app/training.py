@@ -39,10 +39,15 @@ def training_set_tab(lab: Lab, api) -> None:
 
         for event, name in ((q_btn.click, api("search_captions")), (q.submit, False)):
             event(search, [q], [q_gallery, q_table], api_name=name).then(note, [q], [q_note], api_name=False)
-        gr.Markdown("#### Near-duplicate groups (largest first)")
+        gr.Markdown("#### Near-duplicate groups (largest first)\nOne caption on every copy is *full duplication*: "
+                    "the image and its caption repeated, which a model memorizes far more than the same image under "
+                    "varied captions, *partial duplication* (Somepalli et al. 2023).")
         groups = lab.duplicate_groups()
-        gr.Dataframe(value=groups.rename(columns={"size": "copies in training", "example": "caption"})
-                     [ID_COLUMNS], column_widths=ID_WIDTHS, label="duplicated images (open one by its id)")
+        columns = ID_COLUMNS[:2] + ["distinct captions"] + ID_COLUMNS[2:]
+        gr.Dataframe(value=groups.rename(columns={"size": "copies in training", "captions": "distinct captions",
+                                                  "example": "caption"})[columns],
+                     column_widths=ID_WIDTHS[:2] + ["152px"], label="duplicated images (open one by its id)",
+                     elem_id="groups-table", wrap=True)
         with gr.Row():
             item_id = gr.Textbox(label="Open an item by id", scale=3)
             item_btn = gr.Button("Open", scale=1)
