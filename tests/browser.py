@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -286,6 +287,8 @@ def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str
             box.press("Enter")
         if related:
             fill_kept(page, page.locator("#kw-related textarea").first, related)
+        rank = page.locator("#kw-rank input").first
+        before = rank.input_value()
         t0 = time.perf_counter()
         page.locator("#kw-btn").click()
         # the tab may already show another keyword: wait for this one's summary, table and chart
@@ -296,7 +299,10 @@ def keyword_tab_in_browser(url: str, keyword: str | None = None, screenshot: str
                                timeout=timeout_ms)
         dt = time.perf_counter() - t0
         summary = page.locator("#kw-summary").inner_text()
+        with contextlib.suppress(Exception):  # the rank box follows the keyword, after its results (if it changes)
+            page.wait_for_function("([e, b]) => e.value !== b", arg=[rank.element_handle(), before], timeout=5_000)
         headers = page.eval_on_selector_all("#kw-table thead th", "els => els.map(e => e.innerText.trim())")
+        after = rank.input_value()
         if screenshot:
             page.screenshot(path=str(screenshot), full_page=True)
-    return {"render_s": dt, "summary": summary, "headers": headers}
+    return {"render_s": dt, "summary": summary, "headers": headers, "rank": (before, after)}

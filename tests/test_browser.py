@@ -35,6 +35,9 @@ def test_keyword_tab_in_chromium(tiny_world, tmp_path):
     assert "whose works: 0% of the “colour field” items (0 of 30)" in res["summary"], res["summary"]
     assert "100% of the “colour field” captions name “colour” themselves" in res["summary"]
     assert "name “colour”" in res["headers"], res["headers"]
+    # the cluster rank follows the keyword shown: no image of this world is nearly identical to another, so its
+    # caption comes from the miscellaneous images (rank 0), where the box stood at 1 and "generate" was refused
+    assert res["rank"] == ("1", "0"), res["rank"]
 
 
 def test_token_attribution_chart_and_descriptor_choice_in_chromium(tiny_world, tmp_path):

@@ -49,6 +49,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
                                 label="Cluster rank (0: the miscellaneous images)", elem_id="kw-rank")
             kw_gen = gr.Button("Generate from this cluster's caption", scale=2, elem_id="kw-gen")
 
+        clustered_by_keyword = {}  # keyword -> whether its view has a cluster (the objects asked change no cluster)
+
         def show_keyword(keyword, objects, related="", progress=gr.Progress()):
             progress(0, desc="filtering captions and clustering")
             objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
@@ -56,11 +58,17 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             prebuilt = lab.views.get(keyword)
             reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
             v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
+            clustered_by_keyword[keyword] = any(not c["miscellaneous"] for c in v["clusters"])
             return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else None)
+
+        def first_rank(keyword):  # the rank box follows the keyword shown: its largest cluster, or its misc images
+            shown = clustered_by_keyword.get(keyword)
+            return gr.skip() if shown is None else int(shown)
 
         page_and_api(kw_btn, show_keyword, [kw_pick, kw_objects, kw_related], [kw_md, kw_plot, kw_table, kw_gallery],
                      api("keyword_clusters"), message=lambda text: (text, None, None, []),
-                     cleared=(gr.skip(), gr.skip(), gr.skip(), gr.skip()))
+                     cleared=(gr.skip(), gr.skip(), gr.skip(), gr.skip())).then(
+                         first_rank, [kw_pick], [kw_rank], api_name=False)
 
         @errors
         def cluster_prompt(keyword, rank):
