@@ -541,18 +541,19 @@ class Lab(Streams):
     @on_compute_thread
     def keyword_view(self, keyword: str, threshold: float | None = None, objects: Sequence[str] = ()) -> dict:
         """A prebuilt view, or computed now for a new keyword and kept in memory among the ``KEPT_VIEWS`` latest
-        used (a hosted app's visitors may type any number of words)."""
+        used (a hosted app's visitors may type any number of words). A view that checked more objects serves a
+        request for fewer (the objects change no cluster)."""
         from .keywords import keyword_view
 
         keyword = text(keyword, "the keyword", LIMITS["query_chars"], required=False)
         if not keyword:
             raise MemlabError("type or pick a keyword")
-        if threshold is None and not objects:
-            if keyword in self.views:
-                return self.views[keyword]
-            if keyword in self._asked:
-                self._asked.move_to_end(keyword)
-                return self._asked[keyword]
+        if threshold is None:
+            for kept in (self.views, self._asked):
+                if keyword in kept and set(objects) <= set(kept[keyword].get("objects", {})):
+                    if kept is self._asked:
+                        self._asked.move_to_end(keyword)
+                    return kept[keyword]
         v = keyword_view(self.index, keyword, threshold=threshold, objects=objects,
                          tokenizer=self.generator.tokenizer if self._gen is not None else None,
                          max_items=KEYWORD_MAX_ITEMS, table=self._table(), words=self._words_needed())

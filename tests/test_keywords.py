@@ -219,6 +219,14 @@ def test_the_app_keeps_only_the_latest_keyword_views_it_computed(tiny_world, mon
     assert [c["size"] for c in one["clusters"] if not c["miscellaneous"]] == [one["n_after"]]
     plain = lab.keyword_view("colour field")
     assert plain["cluster_threshold"] != -1.0 and plain["cluster_threshold_source"] != "given"
+    # a view that checked objects is kept, and serves the plain view and fewer objects (the page's default objects
+    # made every typed keyword's view twice: once to show it, again to generate from a cluster or run its variants)
+    computed.clear()
+    monkeypatch.setattr(kw, "object_labels", lambda index, obj, *a: (np.zeros(len(index.items), bool), "none"))
+    flagged = lab.keyword_view("field 7", objects=["flag", "star"])
+    assert lab.keyword_view("field 7") is flagged and lab.keyword_view("field 7", objects=["star"]) is flagged
+    assert computed == ["field 7"]
+    assert set(lab.keyword_view("field 7", objects=["moon"])["objects"]) == {"moon"} and len(computed) == 2
 
 
 def test_a_keyword_in_too_many_captions_is_refused_before_any_clustering(tiny_world, monkeypatch):

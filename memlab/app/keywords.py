@@ -55,9 +55,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             progress(0, desc="filtering captions and clustering")
             objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
             related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
-            prebuilt = lab.views.get(keyword)
-            reuse = prebuilt is not None and set(objs) <= set(prebuilt.get("objects", {}))
-            v = prebuilt if reuse else lab.keyword_view(keyword, objects=objs)
+            v = lab.keyword_view(keyword, objects=objs)  # (a prebuilt or kept view that checked these objects)
             clustered_by_keyword[keyword] = any(not c["miscellaneous"] for c in v["clusters"])
             return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else None)
 
