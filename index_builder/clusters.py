@@ -1,8 +1,9 @@
 """Keyword views (Memory Triggers paper) for an existing world or index, without rebuilding it:
 which training items sit behind a keyword, their clusters of nearly identical images with each
-cluster's frequent caption words, and the co-occurrence of named objects.
+cluster's frequent caption words, the co-occurrence of named objects, and whose works they are.
 
     python -m index_builder clusters --world DIR --keywords "van gogh,astronaut" [--objects flag]
+    python -m index_builder clusters --world DIR --keywords "almond + blossoming,sunflower" --related "van gogh"
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
                    help="cosine for 'nearly identical' (default: the descriptor's near-duplicate cut)")
     p.add_argument("--objects", default="", help="comma-separated object names for co-occurrence")
     p.add_argument("--label-column", default="objects", help="item column listing objects (comma-separated)")
+    p.add_argument("--related", default="",
+                   help="whose works: the share of each keyword's items in the clusters of this keyword's works "
+                        "(Memory Triggers' 52%% of 'almond + blossoming' in Van Gogh's clusters), kept in each view")
     p.add_argument("--hide-keyword-words", action="store_true",
                    help="leave the keyword's own words out of the word tables (the paper's Table 1 lists them)")
     return p
@@ -61,7 +65,7 @@ def compute(args) -> int:
     objects = [o.strip() for o in args.objects.split(",") if o.strip()]
     saved = write_views(index, folder, keywords_from(args), args.descriptor, args.threshold, objects,
                         args.label_column, hide_keyword=getattr(args, "hide_keyword_words", False),
-                        log=lambda m: print(m, file=sys.stderr))
+                        log=lambda m: print(m, file=sys.stderr), related=getattr(args, "related", ""))
     if not args.world:
         from memlab.indexfiles import seal_files
 

@@ -335,8 +335,9 @@ def load_views(folder: Path, sealed: set[str] | None = None, n_items: int | None
 
 def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | None = None,
                 threshold: float | None = None, objects: Sequence[str] = (), label_column: str = "objects",
-                hide_keyword: bool = False, log=print) -> list[Path]:
-    """Compute and save each keyword's view (``keyword_view``) into ``folder``, one summary line each."""
+                hide_keyword: bool = False, log=print, related: str = "") -> list[Path]:
+    """Compute and save each keyword's view (``keyword_view``) into ``folder``, one summary line each; with
+    ``related``, whose works its clusters are (``related_share``, kept as the view's ``related``)."""
     import time
 
     from .words import for_index
@@ -346,6 +347,9 @@ def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | 
         t0 = time.perf_counter()
         v = keyword_view(index, kw, descriptor, threshold, list(objects), label_column, hide_keyword=hide_keyword,
                          words=words)
+        if related.strip():
+            v["related"] = related_share(v, index.items["caption"].fillna("").astype(str).to_numpy(),
+                                         index.items["group"].to_numpy(), related, words)
         p = save_view(folder, v)
         saved.append(p)
         real = [c for c in v["clusters"] if not c["miscellaneous"]]
@@ -354,6 +358,10 @@ def write_views(index, folder: Path, keywords: Sequence[str], descriptor: str | 
             + "".join(f"; {o} (not named in the caption): {d['keyword_share']:.1%} of the keyword's distinct images "
                       f"vs {d['overall_share']:.1%} of all distinct images"
                       for o, d in v["objects"].items() if d["keyword_share"] is not None)
+            + (f"; in the clusters of {related!r}'s works: {v['related']['share']:.1%} of its items "
+               f"({v['related']['items']} of {v['n_after']}; clusters {v['related']['related_ranks']}), "
+               f"{v['related']['captions_share']:.1%} of its captions name it"
+               if "related" in v and v["related"]["share"] is not None else "")
             + f" -> {p} ({time.perf_counter() - t0:.2f}s)")
     return saved
 

@@ -250,4 +250,8 @@ def check_view(v, file: Path, n_items: int | None = None) -> dict:
             if isinstance(r, bool) or not isinstance(r, int) or r < 0 or (n_items is not None and r >= n_items):
                 c.fail(f"{where}.representatives", f"holds {r!r:.20}, not a row of the index")
     c.obj(v.get("objects", {}), "objects")
+    if "related" in v:  # whose works (``keywords.related_share``), where the view was written with it
+        rel = c.obj(v["related"], "related")
+        c.get(rel, "keyword", str, "related.keyword")
+        c.get(rel, "related_ranks", list, "related.related_ranks")
     return v

@@ -301,6 +301,7 @@ def _cli_cases(root, world, images):
         (cl, ["--world", w, "--keywords", " , "], "no keywords"),
         (cl, ["--world", w, "--keywords-file", f"{r}/nonexistent.txt"], "does not exist"),
         (cl, ["--world", w, "--keywords", "a", "--threshold", "nan"], "--threshold"),
+        (cl, ["--world", w, "--keywords", "colour", "--related", "%% + *"], "has no word in it"),
         (ad, ["--index", f"{r}/empty", "--embeddings", f"{r}/empty"], "not a memlab index"),
         (ad, ["--index", w + "/index", "--embeddings", f"{r}/empty"], "was not built from embeddings"),
         (ad, ["--index", w + "/index"], "one of the arguments --embeddings --shards is required"),

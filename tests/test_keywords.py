@@ -165,6 +165,19 @@ def test_clusters_cli(tmp_path, image_folder, capsys):
     assert "field" not in words()
     assert clusters_main(["--index", str(out)]) == 2
     assert "no keywords" in capsys.readouterr().err
+    # whose works, kept in the view: "dup.png" (captioned "a copy of the first field") is nearly identical to
+    # img00 ("a colour field number 0"), so 1 of their 2 captions names "copy": the rule's half, a cluster of "copy"
+    assert clusters_main(["--index", str(out), "--keywords", "field", "--related", "copy"]) == 0
+    v = json.loads((out / "keywords" / "field.json").read_text())
+    clustered = [c for c in v["clusters"] if not c["miscellaneous"]]
+    assert [c["size"] for c in clustered] == [2] and v["related"]["related_ranks"] == [1]
+    assert v["related"]["share"] == pytest.approx(2 / v["n_after"]) and v["related"]["captions_naming"] == 1
+    assert f"in the clusters of 'copy''s works: {2 / v['n_after']:.1%} of its items (2 of {v['n_after']}; " \
+           "clusters [1])" in capsys.readouterr().err
+    from memlab.keywords import load_views
+
+    sealed = set(json.loads((out / "manifest.json").read_text())["files"])  # as the app reads the index's views
+    assert load_views(out / "keywords", sealed)["field"]["related"] == v["related"]
 
 
 def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name, monkeypatch):
