@@ -250,8 +250,21 @@ def check_view(v, file: Path, n_items: int | None = None) -> dict:
             if isinstance(r, bool) or not isinstance(r, int) or r < 0 or (n_items is not None and r >= n_items):
                 c.fail(f"{where}.representatives", f"holds {r!r:.20}, not a row of the index")
     c.obj(v.get("objects", {}), "objects")
-    if "related" in v:  # whose works (``keywords.related_share``), where the view was written with it
+    if "related" in v:  # whose works (``keywords.related_share``), where the view was written with it: what the page reads
         rel = c.obj(v["related"], "related")
-        c.get(rel, "keyword", str, "related.keyword")
-        c.get(rel, "related_ranks", list, "related.related_ranks")
+        for key, kind in (("keyword", str), ("rule", str), ("items", int), ("captions_naming", int)):
+            c.get(rel, key, kind, f"related.{key}")
+        for key in ("share", "captions_share"):
+            c.get(rel, key, float, f"related.{key}", optional=True)
+        for i, r in enumerate(c.get(rel, "related_ranks", list, "related.related_ranks")):
+            if isinstance(r, bool) or not isinstance(r, int):
+                c.fail(f"related.related_ranks[{i}]", f"holds {r!r:.20}, not a rank")
+        per = c.get(rel, "clusters", list, "related.clusters")
+        if len(per) != len(v["clusters"]):
+            c.fail("related.clusters", f"has {len(per)} entries for the view's {len(v['clusters'])} clusters")
+        for i, cl in enumerate(per):
+            cl = c.obj(cl, f"related.clusters[{i}]")
+            for key in ("naming", "captions"):
+                c.get(cl, key, int, f"related.clusters[{i}].{key}")
+            c.get(cl, "related", bool, f"related.clusters[{i}].related")
     return v

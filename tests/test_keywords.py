@@ -178,6 +178,18 @@ def test_clusters_cli(tmp_path, image_folder, capsys):
 
     sealed = set(json.loads((out / "manifest.json").read_text())["files"])  # as the app reads the index's views
     assert load_views(out / "keywords", sealed)["field"]["related"] == v["related"]
+    # a view from elsewhere whose "related" the page could not read is refused naming the field (the page shows a
+    # prebuilt view's related keyword when its box is empty, the first one as the app starts)
+    from memlab.validate import check_view
+
+    for change, field in [(lambda r: r.update(clusters=[]), "related.clusters has 0 entries"),
+                          (lambda r: r.update(share="52%"), "related.share must be a finite number"),
+                          (lambda r: r["clusters"][0].pop("naming"), r"related.clusters\[0\].naming is missing"),
+                          (lambda r: r.update(related_ranks=["#1"]), r"related.related_ranks\[0\] holds")]:
+        bad = json.loads(json.dumps(v))
+        change(bad["related"])
+        with pytest.raises(MemlabError, match=field):
+            check_view(bad, out / "keywords" / "field.json")
 
 
 def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name, monkeypatch):

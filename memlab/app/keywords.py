@@ -36,7 +36,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             kw_related = gr.Textbox("", label="Whose works? A related keyword, e.g. an artist (optional)", scale=2,
                                     elem_id="kw-related")
             kw_btn = gr.Button("Show clusters", variant="primary", scale=1, elem_id="kw-btn")
-        first = keyword_outputs(lab, lab.views[names[0]]) if names else (None,) * 4
+        first = keyword_outputs(lab, lab.views[names[0]], lab.views[names[0]].get("related")) if names else (None,) * 4
         kw_md = gr.Markdown(first[0], elem_id="kw-summary")
         kw_plot = gr.Plot(first[1], label="cluster sizes (30 largest)", elem_id="kw-plot")
         kw_table = gr.Dataframe(first[2], label="clusters", elem_id="kw-table", wrap=True,
@@ -57,7 +57,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
             v = lab.keyword_view(keyword, objects=objs)  # (a prebuilt or kept view that checked these objects)
             clustered_by_keyword[keyword] = any(not c["miscellaneous"] for c in v["clusters"])
-            return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else None)
+            return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else v.get("related"))
 
         def first_rank(keyword):  # the rank box follows the keyword shown: its largest cluster, or its misc images
             shown = clustered_by_keyword.get(keyword)
