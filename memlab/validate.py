@@ -246,9 +246,10 @@ def check_view(v, file: Path, n_items: int | None = None) -> dict:
             c.get(cl, key, int, f"{where}.{key}")
         c.get(cl, "miscellaneous", bool, f"{where}.miscellaneous")
         c.get(cl, "top_words", list, f"{where}.top_words")
-        for r in c.get(cl, "representatives", list, f"{where}.representatives"):
-            if isinstance(r, bool) or not isinstance(r, int) or r < 0 or (n_items is not None and r >= n_items):
-                c.fail(f"{where}.representatives", f"holds {r!r:.20}, not a row of the index")
+        for key in ("representatives", "rows"):  # (the rows: a cluster's variants and whose works read them all)
+            for r in c.get(cl, key, list, f"{where}.{key}"):
+                if isinstance(r, bool) or not isinstance(r, int) or r < 0 or (n_items is not None and r >= n_items):
+                    c.fail(f"{where}.{key}", f"holds {r!r:.20}, not a row of the index")
     c.obj(v.get("objects", {}), "objects")
     if "related" in v:  # whose works (``keywords.related_share``), where the view was written with it: what the page reads
         rel = c.obj(v["related"], "related")

@@ -190,6 +190,10 @@ def test_clusters_cli(tmp_path, image_folder, capsys):
         change(bad["related"])
         with pytest.raises(MemlabError, match=field):
             check_view(bad, out / "keywords" / "field.json")
+    bad = json.loads(json.dumps(v))  # a cluster's rows, which its variants and whose works read, are rows of the index
+    bad["clusters"][0]["rows"].append(10**9)
+    with pytest.raises(MemlabError, match=r"clusters\[0\].rows holds 1000000000, not a row of the index"):
+        check_view(bad, out / "keywords" / "field.json", n_items=14)
 
 
 def test_object_shares_by_clip_zero_shot_without_labels(tmp_path, tiny_clip_name, monkeypatch):

@@ -220,6 +220,7 @@ def keyword_outputs(lab: Lab, v: dict, related: dict | None = None):
                          f"vs {sh['overall_share']:.1%} of all distinct training images "
                          f"({sh['overall_count']} of {sh.get('overall_images', '?')}); named in "
                          f"{named if named is not None else '?'} of the keyword's captions · source: {literal(sh['source'])}")
+    related = related if related and related.get("share") is not None else None  # (a view of no item: none)
     ranks = set(related["related_ranks"]) if related else set()
     if related:
         r, k, ranks_shown = literal(related["keyword"]), literal(v["keyword"]), related["related_ranks"]
