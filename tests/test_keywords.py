@@ -372,3 +372,8 @@ def test_the_keyword_tab_shows_whose_works_its_clusters_are(tiny_world):
     assert "(#1, #2, #3, #4, #5, #6, #7, #8, #9, #10 and 2 more;" in many
     with pytest.raises(MemlabError, match="at most 200"):
         lab.related_share(v, "x" * 201)
+    # the related keyword is text, wherever it is shown (plotly and markdown read tags: a link in a chart's title)
+    md, fig, table, _ = keyword_outputs(lab, v, lab.related_share(v, "<a href='http://x'>colour</a>"))
+    assert "<a " not in fig.layout.title.text and "&lt;a href='http://x'&gt;colour&lt;/a&gt;" in \
+        fig.layout.title.text.replace("<br>", " ")
+    assert "<a " not in md.replace("\\<a ", "")
