@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
 from PIL import Image
 
 from .errors import MemlabError
+from .indexfiles import atomic_save
 from .paths import member_name
 from .records import RunState, collapse_matches, image_stems, strict_json
 
@@ -24,12 +24,7 @@ def write_export(lab, state: RunState, path: Path, k: int = 5) -> Path:
     if not state or not state.records:
         raise MemlabError("nothing to export yet: generate first")
     path = Path(path)
-    part = path.with_name(path.name + ".part")
-    try:
-        _write_zip(lab, state, part, k)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
+    atomic_save(path, lambda part: _write_zip(lab, state, part, k))
     return path
 
 
@@ -99,9 +94,7 @@ def write_variants_zip(path: Path, study: dict, results) -> Path:
     ``variants.json`` and each generation under ``images/``; written to a temporary name and renamed."""
     if not results:
         raise MemlabError("nothing to export yet: run the variants first")
-    path = Path(path)
-    part = path.with_name(path.name + ".part")
-    try:
+    def write(part: Path) -> None:
         with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("variants.json", json.dumps(strict_json(study), indent=1))
             for v, r in zip(study["variants"], results):
@@ -109,7 +102,7 @@ def write_variants_zip(path: Path, study: dict, results) -> Path:
                     buf = io.BytesIO()
                     im.save(buf, format="PNG")
                     z.writestr(name, buf.getvalue())
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
+
+    path = Path(path)
+    atomic_save(path, write)
     return path

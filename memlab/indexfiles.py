@@ -80,10 +80,14 @@ def atomic_dir(out: Path):
 
 
 def atomic_save(path: Path, write) -> None:
-    """``write(tmp)`` to ``path.part``, then rename it to ``path`` (a killed write leaves no half file)."""
+    """``write(tmp)`` to ``path.part``, then rename it to ``path`` (a killed write leaves no half file; one that
+    fails leaves no part file either)."""
     tmp = path.with_name(path.name + ".part")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def savez(path: Path, **arrays) -> None:

@@ -102,6 +102,25 @@ def test_export_is_never_half_written(server, tmp_path, monkeypatch):
         lab.export(None, target)
 
 
+def test_a_failed_atomic_save_leaves_neither_file(tmp_path):
+    """Every file an index, a world or an export writes goes through ``atomic_save``: a write that fails leaves
+    the file as it was and no ``.part`` beside it (the part was left behind, where the exports removed theirs)."""
+    from memlab.indexfiles import atomic_save
+
+    target = tmp_path / "manifest.json"
+    target.write_text("old")
+
+    def half(t):
+        t.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save(target, half)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    atomic_save(target, lambda t: t.write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
 @pytest.mark.kill
 def test_the_app_killed_mid_generation_restarts_and_serves_the_same_answers(world_copy):
     import httpx
