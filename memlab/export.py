@@ -106,3 +106,45 @@ def write_variants_zip(path: Path, study: dict, results) -> Path:
     path = Path(path)
     atomic_save(path, write)
     return path
+
+
+KEYWORD_IMAGES = 4  # training images exported per cluster (the tab's thumbnails show as many)
+
+
+def write_keyword_zip(lab, view: dict, related: dict | None, path: Path, top: int = 30) -> Path:
+    """A keyword view as the Keyword clusters tab shows it, as a zip: ``view.json`` (the view, whose works when
+    asked, and the world it came from: its descriptor, cut and rule are the view's), ``clusters.csv`` (a row per
+    cluster) and, for the ``top`` largest clusters and the miscellaneous images, up to ``KEYWORD_IMAGES`` of their
+    training images under ``images/``; written to a temporary name and renamed."""
+    clusters = [c for c in view["clusters"] if not c["miscellaneous"]][:top] + \
+        [c for c in view["clusters"] if c["miscellaneous"]]
+    per = {c["rank"]: c for c in (related or {}).get("clusters", [])}
+
+    def write(part: Path) -> None:
+        table = io.StringIO()
+        rows = csv.writer(table)
+        rows.writerow(["rank", "size", "miscellaneous", "distinct images"]
+                      + ([spreadsheet_text(f"captions naming {related['keyword']}")] if related else [])
+                      + ["frequent words", "images"])
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
+            for c in clusters:
+                folder = "images/miscellaneous" if c["miscellaneous"] else f"images/cluster-{c['rank']:03d}"
+                files = []
+                for r in c["representatives"][:KEYWORD_IMAGES]:
+                    im = lab.item_image(r)
+                    if im is not None:
+                        files.append(f"{folder}/{_safe_id(lab.index.item(int(r))['id'])}.png")
+                        z.writestr(files[-1], _png(im))
+                rank = 0 if c["miscellaneous"] else c["rank"]
+                named = per.get(rank)
+                rows.writerow([rank, c["size"], c["miscellaneous"], c["distinct_images"]]
+                              + ([f"{named['naming']} of {named['captions']}"] if related and named else
+                                 [""] if related else [])
+                              + [spreadsheet_text(", ".join(f"{w} ({n})" for w, n in c["top_words"])), " ".join(files)])
+            z.writestr("view.json", json.dumps(strict_json({"world": lab.world.name, "view": view, "related": related}),
+                                               indent=1))
+            z.writestr("clusters.csv", table.getvalue())
+
+    path = Path(path)
+    atomic_save(path, write)
+    return path

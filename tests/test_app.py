@@ -307,6 +307,12 @@ def test_keyword_clusters_and_generate_from_a_cluster(client):
     assert "**whose works**: 0% of the “colour field” items (0 of 30) lie in the clusters of “colour”'s works " \
            "(none;" in md and "100% of the “colour field” captions name “colour” themselves" in md, md
     assert table["headers"][4] == "name “colour”" and table["data"][0][4] == "30 of 30"
+    # Export this view: the same view and whose works, from the kept view (no second clustering)
+
+    with zipfile.ZipFile(client.predict("colour field", "", "colour", api_name="/export_keyword")) as z:
+        doc = json.loads(z.read("view.json"))
+        assert doc["view"]["keyword"] == "colour field" and doc["related"]["captions_naming"] == 30
+        assert "clusters.csv" in z.namelist() and sum(n.endswith(".png") for n in z.namelist()) == 4
     out = client.predict("colour field", 0, api_name="/cluster_prompt")  # no clusters: its miscellaneous images
     assert "colour field" in (out if isinstance(out, str) else out[-1])
     with pytest.raises(Exception, match="no training caption contains"):

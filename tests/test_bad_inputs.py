@@ -78,6 +78,8 @@ APP_CASES = [
     ("/keyword_clusters", ("colour", "", BIG), "at most 200"),  # the related keyword
     ("/keyword_clusters", ("colour", "", "%% + *"), "has no word in it"),
     ("/keyword_clusters", ("ünïcödé ☃", ""), "no training caption contains"),
+    ("/export_keyword", (None, "", ""), "type or pick a keyword"),
+    ("/export_keyword", ("colour", "", BIG), "at most 200"),
     ("/cluster_prompt", ("colour field", "abc"), "Expected a `float"),
     ("/cluster_prompt", ("colour field", -5), "less than minimum"),
     ("/cluster_prompt", ("colour field", 10**12), "the cluster rank must be between 0 and 1,000,000"),

@@ -377,3 +377,39 @@ def test_the_keyword_tab_shows_whose_works_its_clusters_are(tiny_world):
     assert "<a " not in fig.layout.title.text and "&lt;a href='http://x'&gt;colour&lt;/a&gt;" in \
         fig.layout.title.text.replace("<br>", " ")
     assert "<a " not in md.replace("\\<a ", "")
+
+
+def test_a_keyword_view_exports_as_the_tab_shows_it(tmp_path):
+    """Export this view: the view with whose works, a CSV row per cluster, and each cluster's first training
+    images, each the index's own image; recounted from the view (the built-in world's "Velmora", with "polka dot"
+    as the related keyword)."""
+    import csv
+    import io
+    import json
+    import zipfile
+
+    from PIL import Image
+
+    from memlab.export import KEYWORD_IMAGES, write_keyword_zip
+    from memlab.service import Lab
+    from memlab.world import ASSETS_WORLD, World
+
+    lab = Lab(World.load(ASSETS_WORLD))
+    v = lab.keyword_view("Velmora")
+    rel = lab.related_share(v, "polka dot")
+    with zipfile.ZipFile(write_keyword_zip(lab, v, rel, tmp_path / "velmora.zip")) as z:
+        doc = json.loads(z.read("view.json"))
+        rows = list(csv.DictReader(io.StringIO(z.read("clusters.csv").decode())))
+        pngs = sorted(n for n in z.namelist() if n.endswith(".png"))
+        assert doc["world"] == lab.name and doc["view"]["clusters"] == v["clusters"] and doc["related"] == rel
+        assert [int(r["rank"]) for r in rows] == [0 if c["miscellaneous"] else c["rank"] for c in v["clusters"]]
+        assert [r["captions naming polka dot"] for r in rows] == [f"{c['naming']} of {c['captions']}"
+                                                                  for c in rel["clusters"]]
+        want = [(c, r) for c in v["clusters"] for r in c["representatives"][:KEYWORD_IMAGES]]
+        assert len(pngs) == len(want) == sum(len(r["images"].split()) for r in rows)
+        for c, r in want:
+            folder = "miscellaneous" if c["miscellaneous"] else f"cluster-{c['rank']:03d}"
+            name = f"images/{folder}/{lab.index.item(r)['id']}.png"
+            got = np.asarray(Image.open(io.BytesIO(z.read(name))).convert("RGB"))
+            assert np.array_equal(got, np.asarray(lab.item_image(r))), name
+    assert [p.name for p in tmp_path.iterdir()] == ["velmora.zip"]  # no part file left

@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import MemlabError
-from ..export import write_variants_zip
-from ..keywords import ranked_cluster
+from ..export import write_keyword_zip, write_variants_zip
+from ..keywords import ranked_cluster, slug
 from ..limits import LIMITS, number, text
 from ..service import Lab
 from ..variants import VARIANTS, cluster_caption, default_variants, stream_variants, study_record
@@ -76,6 +76,21 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             return gr.Tabs(selected="generate"), lab.item_caption(c["representatives"][0])
 
         kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name=api("cluster_prompt"))
+        with gr.Row():
+            kw_export = gr.Button("Export this view (JSON, CSV and images)", elem_id="kw-export")
+            kw_file = gr.File(label="keyword.zip", visible=False, elem_id="kw-file")
+
+        @errors
+        def export_view(keyword, objects, related):  # the view the page shows for these boxes (kept: no recount)
+            objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
+            related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
+            v = lab.keyword_view(keyword, objects=objs)
+            rel = lab.related_share(v, related) if related.strip() else v.get("related")
+            return str(write_keyword_zip(lab, v, rel, Path(tempfile.mkdtemp(prefix="memlab-")) / f"{slug(keyword)}.zip"))
+
+        exported = kw_export.click(export_view, [kw_pick, kw_objects, kw_related], [kw_file],
+                                   api_name=api("export_keyword"))
+        exported.success(lambda: gr.update(visible=True), None, [kw_file], api_name=False, show_progress="hidden")
         variants_panel(lab, kw_pick, kw_rank, api)
 
 
