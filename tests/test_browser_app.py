@@ -354,6 +354,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     none_rate, rna_rate = map(float, re.search(r"Replication ([\d.]+)% without mitigation, ([\d.]+)% with RNA",
                                                 texts[2]).groups())
     assert k1 >= 1 and int(m2[1]) >= 6 and int(m2[2]) >= 10 and copies_shown == int(m2[2])
+    assert "All carry one caption: full duplication" in texts[1], texts[1]  # the lesson's probe: full ddf 20
     assert blank <= 40  # the copies' gallery ends under its last row, no blank band
     assert rna_rate < none_rate
     assert texts[3].startswith("0 of 8 seeds replicated")

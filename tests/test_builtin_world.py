@@ -415,3 +415,9 @@ def test_the_training_set_tells_full_duplication_from_partial_by_its_captions():
     assert all(len(v) == 8 for v in kinds.values())  # the world's 8 groups of each kind, every one listed
     for k, v in kinds.items():
         assert (v["captions"] == (1 if k.startswith("full") else v["size"])).all(), (k, v)
+    from memlab.app.lesson import _captions_sentence  # the lesson's second step says which its image is
+
+    full, partial = kinds["full_ddf20"].iloc[0], kinds["partial_ddf20"].iloc[0]
+    assert "one caption: *full duplication*" in _captions_sentence(full["captions"], full["size"])
+    assert "20 different captions: *partial duplication*" in _captions_sentence(partial["captions"], partial["size"])
+    assert _captions_sentence(1, 1) == ""  # an image seen once is neither

@@ -17,6 +17,18 @@ LESSON_SEEDS = list(range(8))
 LESSON_MITIGATION = "rna:k=4"
 
 
+def _captions_sentence(distinct: int, n: int) -> str:
+    """What the captions on a duplicated image's copies say (Somepalli et al. 2023: full duplication, image and
+    caption repeated, is memorized; partial, the same image under varied captions, far less)."""
+    if n < 2:
+        return ""
+    if distinct == 1:
+        return (" All carry one caption: *full duplication*, the image and its caption repeated, which a model "
+                "memorizes far more than the same image under varied captions (Somepalli et al. 2023).")
+    return (f" They carry {distinct} different captions: *partial duplication*, which a model memorizes far less than "
+            f"an image repeated with one caption (Somepalli et al. 2023).")
+
+
 def lesson_tab(lab: Lab) -> None:
     """A guided lesson for a class, four steps a teacher clicks through: a heavily duplicated prompt, its
     training image and that image's copies, the same prompt with a mitigation on the same seeds, and a
@@ -139,7 +151,8 @@ def _steps(lab: Lab, plan: dict, seeds: list[int]):
         files = [(f, f"#{i}") for r, i in zip(members["row"], members["id"]) if (f := lab.item_file(int(r)))]
         text = (f"Training image **#{literal(best['id'])}** is the top-1 match of {hits} of {len(tops)} seeds. It has "
                 f"**{copies(best['duplicates'])}** ({g('copies', 'copies in training')}): the "
-                f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut.")
+                f"{len(files)} images below, found by the {g('descriptor', 'descriptor')}'s duplicate cut."
+                + _captions_sentence(members["caption"].nunique(), len(members)))
         yield state, text, "", gr.update(value=files[:48], visible=True)
 
     @errors
