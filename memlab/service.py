@@ -571,9 +571,8 @@ class Lab(Streams):
         from .keywords import related_share
 
         related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
-        t = self._table()
-        return related_share(view, t["caption"].fillna("").astype(str).to_numpy(), t["group"].to_numpy(), related,
-                             self._words_needed())
+        t = self._table()  # (the posting lists name the rows to read: the caption column is not converted whole)
+        return related_share(view, t["caption"].to_numpy(), t["group"].to_numpy(), related, self._words_needed())
 
     # ------------------------------------------------------------------------------ export
     EXPORT_MATCHES = 5  # near-duplicate groups kept per seed in an export, each with its training image

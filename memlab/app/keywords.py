@@ -3,6 +3,7 @@ Generate & match, and its prompt variants run on the same seeds (``memlab.varian
 from __future__ import annotations
 
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -10,7 +11,7 @@ import gradio as gr
 from ..errors import MemlabError
 from ..export import write_keyword_zip, write_variants_zip
 from ..keywords import ranked_cluster, slug
-from ..limits import LIMITS, number, text
+from ..limits import KEPT_VIEWS, LIMITS, number, text
 from ..service import Lab
 from ..variants import VARIANTS, cluster_caption, default_variants, stream_variants, study_record
 from .charts import keyword_outputs, variant_outputs
@@ -49,7 +50,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
                                 label="Cluster rank (0: the miscellaneous images)", elem_id="kw-rank")
             kw_gen = gr.Button("Generate from this cluster's caption", scale=2, elem_id="kw-gen")
 
-        clustered_by_keyword = {}  # keyword -> whether its view has a cluster (the objects asked change no cluster)
+        clustered_by_keyword = OrderedDict()  # keyword -> whether its view has a cluster, for the latest shown (a
+        # hosted app's visitors may type any number of words; the objects asked change no cluster)
 
         def show_keyword(keyword, objects, related="", progress=gr.Progress()):
             progress(0, desc="filtering captions and clustering")
@@ -57,6 +59,9 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
             v = lab.keyword_view(keyword, objects=objs)  # (a prebuilt or kept view that checked these objects)
             clustered_by_keyword[keyword] = any(not c["miscellaneous"] for c in v["clusters"])
+            clustered_by_keyword.move_to_end(keyword)
+            while len(clustered_by_keyword) > KEPT_VIEWS:
+                clustered_by_keyword.popitem(last=False)
             return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else v.get("related"))
 
         def first_rank(keyword):  # the rank box follows the keyword shown: its largest cluster, or its misc images
