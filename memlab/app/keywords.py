@@ -53,16 +53,22 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
         clustered_by_keyword = OrderedDict()  # keyword -> whether its view has a cluster, for the latest shown (a
         # hosted app's visitors may type any number of words; the objects asked change no cluster)
 
-        def show_keyword(keyword, objects, related="", progress=gr.Progress()):
-            progress(0, desc="filtering captions and clustering")
+        def shown(keyword, objects, related):
+            """The view and whose works the page shows for these boxes (a prebuilt or kept view that checked these
+            objects: no recount; a prebuilt view's own whose works when the box is empty)."""
             objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
             related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
-            v = lab.keyword_view(keyword, objects=objs)  # (a prebuilt or kept view that checked these objects)
+            v = lab.keyword_view(keyword, objects=objs)
+            return v, lab.related_share(v, related) if related.strip() else v.get("related")
+
+        def show_keyword(keyword, objects, related="", progress=gr.Progress()):
+            progress(0, desc="filtering captions and clustering")
+            v, rel = shown(keyword, objects, related)
             clustered_by_keyword[keyword] = any(not c["miscellaneous"] for c in v["clusters"])
             clustered_by_keyword.move_to_end(keyword)
             while len(clustered_by_keyword) > KEPT_VIEWS:
                 clustered_by_keyword.popitem(last=False)
-            return keyword_outputs(lab, v, lab.related_share(v, related) if related.strip() else v.get("related"))
+            return keyword_outputs(lab, v, rel)
 
         def first_rank(keyword):  # the rank box follows the keyword shown: its largest cluster, or its misc images
             shown = clustered_by_keyword.get(keyword)
@@ -86,11 +92,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             kw_file = gr.File(label="keyword.zip", visible=False, elem_id="kw-file")
 
         @errors
-        def export_view(keyword, objects, related):  # the view the page shows for these boxes (kept: no recount)
-            objs = [o.strip() for o in text(objects, "the objects", 2_000, False).split(",") if o.strip()]
-            related = text(related, "the related keyword", LIMITS["query_chars"], required=False)
-            v = lab.keyword_view(keyword, objects=objs)
-            rel = lab.related_share(v, related) if related.strip() else v.get("related")
+        def export_view(keyword, objects, related):  # the view the page shows for these boxes
+            v, rel = shown(keyword, objects, related)
             return str(write_keyword_zip(lab, v, rel, Path(tempfile.mkdtemp(prefix="memlab-")) / f"{slug(keyword)}.zip"))
 
         exported = kw_export.click(export_view, [kw_pick, kw_objects, kw_related], [kw_file],
