@@ -331,13 +331,13 @@ def test_closest_captions_are_not_searched_past_the_bound_and_the_label_says_so(
     """The text search embeds every distinct caption once, on the compute thread every request waits on: on a
     LAION-scale index that held the app for hours. Past ``CAPTION_SEARCH_MAX`` the table is empty and its label
     says why; nothing is embedded."""
-    import memlab.service as service
+    import memlab.trainingset as trainingset
     from memlab.service import Lab
     from memlab.world import World
 
     lab = Lab(World.load(tiny_world), device="cpu")
     assert lab.distinct_captions() == 30
-    monkeypatch.setattr(service, "CAPTION_SEARCH_MAX", 29)
+    monkeypatch.setattr(trainingset, "CAPTION_SEARCH_MAX", 29)
     monkeypatch.setattr(Lab, "_text_embedder", lambda self: pytest.fail("embedded the captions"))
     assert lab.closest_captions("a colour field 7").empty
     assert lab.text_source().startswith("not searched: the training set has 30 distinct captions, over the 29 the app "

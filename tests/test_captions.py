@@ -33,7 +33,7 @@ def clip_index(tiny_clip_name, tmp_path):
 
 def test_kept_caption_vectors_give_the_in_memory_answer_past_the_cap(clip_index, tiny_pipeline_dir, monkeypatch):
     from index_builder.__main__ import main
-    from memlab import index, service
+    from memlab import index, trainingset
     from memlab.service import Lab
     from memlab.world import World
 
@@ -43,7 +43,7 @@ def test_kept_caption_vectors_give_the_in_memory_answer_past_the_cap(clip_index,
     assert before.caption_vectors() is None
     memory = before.closest_captions(prompt, k=5)
     assert main(["captions", "--index", str(idx), "--block", "4"]) == 0
-    monkeypatch.setattr(service, "CAPTION_SEARCH_MAX", 1)  # the in-memory embedding would now refuse
+    monkeypatch.setattr(trainingset, "CAPTION_SEARCH_MAX", 1)  # the in-memory embedding would now refuse
     lab = Lab(World.from_parts(str(tiny_pipeline_dir), idx))
     assert lab.caption_vectors().entry["count"] == 10  # distinct, non-empty captions
     assert "caption vectors: 10 distinct captions (exact" in lab.text_source()

@@ -229,11 +229,11 @@ def test_the_app_keeps_only_the_latest_keyword_views_it_computed(tiny_world, mon
     ``KEPT_VIEWS`` latest used (a view asked again is reused, not recomputed), and the world's prebuilt ones
     always; the cache grew without bound."""
     import memlab.keywords as kw
-    import memlab.service as service
+    import memlab.trainingset as trainingset
     from memlab.service import Lab
     from memlab.world import World
 
-    monkeypatch.setattr(service, "KEPT_VIEWS", 3)
+    monkeypatch.setattr(trainingset, "KEPT_VIEWS", 3)
     computed = []
     real = kw.keyword_view
     monkeypatch.setattr(kw, "keyword_view", lambda index, keyword, **k: computed.append(keyword) or real(index, keyword, **k))
@@ -263,18 +263,18 @@ def test_a_keyword_in_too_many_captions_is_refused_before_any_clustering(tiny_wo
     the app for hours. Past ``KEYWORD_MAX_ITEMS`` captions the app refuses, saying how many and what to do; at the
     bound it clusters."""
     import memlab.keywords as kw
-    import memlab.service as service
+    import memlab.trainingset as trainingset
     from memlab.errors import MemlabError
     from memlab.service import Lab
     from memlab.world import World
 
     lab = Lab(World.load(tiny_world), device="cpu")  # 30 captions "a colour field N"
-    monkeypatch.setattr(service, "KEYWORD_MAX_ITEMS", 29)
+    monkeypatch.setattr(trainingset, "KEYWORD_MAX_ITEMS", 29)
     monkeypatch.setattr(kw, "cluster", lambda *a, **k: pytest.fail("clustered"))
     with pytest.raises(MemlabError, match="'colour' is in 30 training captions; here at most 29"):
         lab.keyword_view("colour")
     monkeypatch.undo()
-    monkeypatch.setattr(service, "KEYWORD_MAX_ITEMS", 30)
+    monkeypatch.setattr(trainingset, "KEYWORD_MAX_ITEMS", 30)
     assert lab.keyword_view("colour")["n_after"] == 30
 
 
