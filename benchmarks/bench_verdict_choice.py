@@ -138,9 +138,11 @@ def with_pixels(d, share: float, size: int = 16, per_channel: bool = False):
     return d
 
 
-def validation_set(world: Path, work: Path, seed: int, items: int):
-    """The validation training set (the previous world's spec drawn with ``seed``, cached under ``work``) and
-    its held-out items' copies by the previous model (cached): (rows, image_of, {kind: (rows, images)})."""
+def validation_set(world: Path, work: Path, seed: int, items: int, spec_seed: int | None = None):
+    """The validation training set (the previous world's, cached under ``work``) and its held-out items' copies
+    by the previous model, the items drawn with ``seed`` (cached): (rows, image_of, {kind: (rows, images)}).
+    ``spec_seed``: another world drawn from the previous world's spec with this seed instead (images the
+    previous model never saw; ``bench_learned_verify`` trains on one)."""
     import numpy as np
     import pandas as pd
 
@@ -150,8 +152,9 @@ def validation_set(world: Path, work: Path, seed: int, items: int):
     from memlab.worldgen import WorldSpec, make_training_set
 
     card = json.loads((world / "card.json").read_text())
-    spec = WorldSpec(**{"n_templates": 0, **card["spec"]})  # the previous world had no templates
-    if spec.seed == seed:
+    spec = WorldSpec(**{"n_templates": 0, **card["spec"],  # the previous world had no templates
+                        **({"seed": spec_seed} if spec_seed is not None else {})})
+    if spec_seed is None and spec.seed == seed:
         raise SystemExit("--seed must differ from the card's seed (validation items are not the card's)")
     data = work / "data"
     if not (data / "train.parquet").is_file():
