@@ -66,28 +66,17 @@ def card_pairs(card_world: Path, views_model: Path, work: Path, items: int) -> d
     its model's and the views model's copies of the same ``items`` items drawn with the world's seed, cached."""
     import json
 
-    from memlab.buildworld import calibration_origin, model_copy_truth
-    from memlab.match import load_image
-    from memlab.worldgen import WorldSpec, make_training_set
+    import pandas as pd
+
+    from benchmarks.bench_verdict_choice import training_set
+    from memlab.buildworld import model_copy_truth
+    from memlab.worldgen import WorldSpec
 
     cache = work / f"pairs-card-{items}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     spec = WorldSpec(**json.loads((card_world / "card.json").read_text())["spec"])
-    data = work / "card" / "data"
-    if not (data / "train.parquet").is_file():
-        rows, images = make_training_set(spec)
-        (data / "images").mkdir(parents=True, exist_ok=True)
-        for i, im in enumerate(images):
-            im.save(data / "images" / f"{i:04d}.png")
-        rows.to_parquet(data / "train.parquet", index=False)
-    import pandas as pd
-
-    rows = pd.read_parquet(data / "train.parquet")
-    rows["origin"] = calibration_origin(rows)
-
-    def image_of(i):
-        return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+    rows, image_of = training_set(spec, work / "card" / "data")
     truth, _ = model_copy_truth(rows, image_of, card_world / "model", items, spec.seed, cache=work / "card" / "model")
     truth.update(model_copy_truth(rows, image_of, views_model, items, spec.seed, prefix="views",
                                   cache=work / "card" / "views")[0])
@@ -115,21 +104,11 @@ def pairs_of(rows, image_of, truth: dict, prefix: str, copies_only: bool = False
     """A world's pairs: the query and candidate images ([n, 64, 64, 3] uint8), the normalized score, the shipped
     detail correlation, the kind (``background`` or a copy kind, after ``prefix:``; the views model's copies as
     ``views:<kind>``), the query's number and whether the candidate is the copy's own image."""
-    from benchmarks.bench_verify_features import compare, features
+    from benchmarks.bench_verify_features import compare, features, indexed
     from memlab import verify
-    from memlab.descriptors import create_descriptor
-    from memlab.index import TrainingIndex, build_index
     from memlab.scorenorm import view_vectors
 
-    d = create_descriptor("memlab-copy")
-    with tempfile.TemporaryDirectory() as tmp:
-        build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")
-        idx = TrainingIndex.load(Path(tmp) / "idx")
-        spec = idx.descriptor_info(d.name)["score_norm"]
-        v = np.asarray(idx.vectors(d.name), np.float32)
-        distinct = idx.items["distinct"].to_numpy().astype(np.int64)
-        reps = np.flatnonzero(idx.items["representative"].to_numpy())
-        idx.close()
+    d, spec, v, distinct, reps = indexed(rows, image_of)
     arr, feats = {}, {}
 
     def train(r):

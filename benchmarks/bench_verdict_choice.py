@@ -138,25 +138,15 @@ def with_pixels(d, share: float, size: int = 16, per_channel: bool = False):
     return d
 
 
-def validation_set(world: Path, work: Path, seed: int, items: int, spec_seed: int | None = None):
-    """The validation training set (the previous world's, cached under ``work``) and its held-out items' copies
-    by the previous model, the items drawn with ``seed`` (cached): (rows, image_of, {kind: (rows, images)}).
-    ``spec_seed``: another world drawn from the previous world's spec with this seed instead (images the
-    previous model never saw; ``bench_learned_verify`` trains on one)."""
-    import numpy as np
+def training_set(spec, data: Path):
+    """A world's training set drawn from ``spec`` (``worldgen.make_training_set``), written under ``data`` once and
+    read back: (rows with their calibration origin, image_of(row))."""
     import pandas as pd
 
-    from memlab.buildworld import calibration_origin, model_copy_truth
+    from memlab.buildworld import calibration_origin
     from memlab.match import load_image
-    from memlab.modelcopies import photometric
-    from memlab.worldgen import WorldSpec, make_training_set
+    from memlab.worldgen import make_training_set
 
-    card = json.loads((world / "card.json").read_text())
-    spec = WorldSpec(**{"n_templates": 0, **card["spec"],  # the previous world had no templates
-                        **({"seed": spec_seed} if spec_seed is not None else {})})
-    if spec_seed is None and spec.seed == seed:
-        raise SystemExit("--seed must differ from the card's seed (validation items are not the card's)")
-    data = work / "data"
     if not (data / "train.parquet").is_file():
         rows, images = make_training_set(spec)
         (data / "images").mkdir(parents=True, exist_ok=True)
@@ -168,7 +158,27 @@ def validation_set(world: Path, work: Path, seed: int, items: int, spec_seed: in
 
     def image_of(i):
         return load_image(data / "images" / Path(rows["file"].iloc[i]).name)
+    return rows, image_of
 
+
+def validation_set(world: Path, work: Path, seed: int, items: int, spec_seed: int | None = None):
+    """The validation training set (the previous world's, cached under ``work``) and its held-out items' copies
+    by the previous model, the items drawn with ``seed`` (cached): (rows, image_of, {kind: (rows, images)}).
+    ``spec_seed``: another world drawn from the previous world's spec with this seed instead (images the
+    previous model never saw; ``bench_learned_verify`` trains on one)."""
+    import numpy as np
+
+    from memlab.buildworld import model_copy_truth
+    from memlab.match import load_image
+    from memlab.modelcopies import photometric
+    from memlab.worldgen import WorldSpec
+
+    card = json.loads((world / "card.json").read_text())
+    spec = WorldSpec(**{"n_templates": 0, **card["spec"],  # the previous world had no templates
+                        **({"seed": spec_seed} if spec_seed is not None else {})})
+    if spec_seed is None and spec.seed == seed:
+        raise SystemExit("--seed must differ from the card's seed (validation items are not the card's)")
+    rows, image_of = training_set(spec, work / "data")
     cache = work / f"copies-seed{seed}-{items}"
     if not (cache / "done.json").is_file():
         truth, _ = model_copy_truth(rows, image_of, world / "model", items, seed)

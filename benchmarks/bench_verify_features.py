@@ -96,6 +96,25 @@ def foreground(q32: np.ndarray, t32: np.ndarray, m32: np.ndarray) -> dict[str, f
             "fg32": both(lambda q: weighted_correlation(q, t32, w))}
 
 
+def indexed(rows, image_of):
+    """The training set indexed with the shipped ``memlab-copy`` through build-world's code path, its images not
+    kept (normalized scores only): (descriptor, score normalization rule, vectors, each row's distinct image, the
+    distinct images' representative rows)."""
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+
+    d = create_descriptor("memlab-copy")
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")
+        idx = TrainingIndex.load(Path(tmp) / "idx")
+        spec = idx.descriptor_info(d.name)["score_norm"]
+        v = np.asarray(idx.vectors(d.name), np.float32)
+        distinct = idx.items["distinct"].to_numpy().astype(np.int64)
+        reps = np.flatnonzero(idx.items["representative"].to_numpy())
+        idx.close()
+    return d, spec, v, distinct, reps
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", required=True, help="the previous built-in world (bench_verdict_choice)")
@@ -108,19 +127,9 @@ def main():
 
     from benchmarks.bench_verdict_choice import validation_set
     from memlab import metrics, verify
-    from memlab.descriptors import create_descriptor
-    from memlab.index import TrainingIndex, build_index
 
     rows, image_of, truth = validation_set(Path(a.world), Path(a.work), a.seed, a.items)
-    d = create_descriptor("memlab-copy")
-    with tempfile.TemporaryDirectory() as tmp:
-        build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")  # no images: normalized scores only
-        idx = TrainingIndex.load(Path(tmp) / "idx")
-        spec = idx.descriptor_info(d.name)["score_norm"]
-        v = np.asarray(idx.vectors(d.name), np.float32)
-        distinct = idx.items["distinct"].to_numpy().astype(np.int64)
-        reps = np.flatnonzero(idx.items["representative"].to_numpy())
-        idx.close()
+    d, spec, v, distinct, reps = indexed(rows, image_of)
     cache: dict = {}
     rep_of = {int(distinct[r]): int(r) for r in reps}
     sims = v[reps] @ v[reps].T
