@@ -5,7 +5,7 @@ Three sets, each a training set with the previous world's model's copies of some
 0.2-0.5, the VAE round trip, and the strength-0.3 copies tinted, darkened, mirrored; ``bench_verdict_choice``'s
 ``validation_set``); the card's world and model are never read:
 
-- training (``--train-world-seed`` 2): another world drawn from the previous world's spec (its scenes, crops and
+- training (``--train-world-seed`` 2; several, comma-separated, pool their pairs): another world drawn from the previous world's spec (its scenes, crops and
   captions, images the previous model never trained on), ``--train-items`` of its items copied. The network is
   trained on its pairs: each copy against its 5 best candidates by normalized ``memlab-copy`` score (its own
   image: a copy; the others: not), and each distinct training image against its 5 best other distinct images
@@ -260,7 +260,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", required=True, help="the previous built-in world (bench_verdict_choice)")
     ap.add_argument("--seed", type=int, default=1, help="the validation set's seed (reported)")
-    ap.add_argument("--train-world-seed", type=int, default=2)
+    ap.add_argument("--train-world-seed", default="2", help="the training worlds' seeds, e.g. 2 or 2,4")
     ap.add_argument("--tune-world-seed", type=int, default=3)
     ap.add_argument("--items", type=int, default=48)
     ap.add_argument("--train-items", type=int, default=160)
@@ -273,13 +273,15 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tr = pairs(Path(a.world), work, a.train_world_seed, a.train_items, world_seed=a.train_world_seed)
+    seeds = [int(x) for x in str(a.train_world_seed).split(",")]
+    each = [pairs(Path(a.world), work, s, a.train_items, world_seed=s) for s in seeds]
+    tr = {k: np.concatenate([p[k] for p in each]) for k in ("q", "t", "own")}
     tu = pairs(Path(a.world), work, a.tune_world_seed, a.items, world_seed=a.tune_world_seed)
     va = pairs(Path(a.world), work, a.seed, a.items)
     print(f"pairs: training {len(tr['own'])} ({int(tr['own'].sum())} copies), tuning {len(tu['own'])}, validation "
           f"{len(va['own'])} ({time.time() - t0:.0f} s)", flush=True)
     t0 = time.time()
-    saved = work / f"network-{a.train_world_seed}-{a.train_items}-{a.epochs}.safetensors"
+    saved = work / f"network-{'+'.join(map(str, seeds))}-{a.train_items}-{a.epochs}.safetensors"
     if saved.is_file():  # a rerun (with --card-world) reads the network this run's options trained
         from safetensors.torch import load_file
 
