@@ -76,6 +76,24 @@ def open_tab(page, name: str) -> None:
     tab.click()
 
 
+def wait_text(page, selector: str, text: str, timeout: int = 120_000):
+    """Until ``selector`` shows ``text`` with no progress bar drawn inside it (on a busy machine a finished
+    event's progress text lingers in front of its result)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return !!e && "
+                               "(e.innerText || '').includes(t) && "
+                               "!e.querySelector('.progress-text, .eta-bar, .progress-level, .meta-text'); }",
+                               arg=[selector, text], timeout=timeout)
+    except PlaywrightTimeout:  # what the page showed instead, for the failure's report
+        shown, toasts = page.evaluate("s => { const e = document.querySelector(s); return [e ? e.outerHTML : null, "
+                                      "Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)]; }",
+                                      selector)
+        raise AssertionError(f"{selector} never showed {text!r} without a progress bar; it holds {shown!r:.1500}; "
+                             f"toasts: {toasts}") from None
+
+
 def fill_kept(page, locator, text: str, tries: int = 5) -> None:
     """``locator.fill(text)`` on a tab just opened, until the field still holds it a moment later: Gradio mounts a
     tab's fields when it is first shown and may set a field's value from its state just after the fill, and the

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("playwright")
-from tests.browser import app_page, chromium_path, fill_kept, open_tab  # noqa: E402
+from tests.browser import app_page, chromium_path, fill_kept, open_tab, wait_text  # noqa: E402
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")]
@@ -21,24 +21,6 @@ BUILTIN = ROOT / "assets" / "world"
 
 def _shot(tmp_path, name: str) -> Path:
     return Path(os.environ.get("MEMLAB_SCREENSHOT_DIR", tmp_path)) / name
-
-
-def _wait_text(page, selector: str, text: str, timeout: int = 120_000):
-    """Until ``selector`` shows ``text`` with no progress bar drawn inside it (on a busy machine a finished
-    event's progress text lingers in front of its result)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    try:
-        page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return !!e && "
-                               "(e.innerText || '').includes(t) && "
-                               "!e.querySelector('.progress-text, .eta-bar, .progress-level, .meta-text'); }",
-                               arg=[selector, text], timeout=timeout)
-    except PlaywrightTimeout:  # what the page showed instead, for the failure's report
-        shown, toasts = page.evaluate("s => { const e = document.querySelector(s); return [e ? e.outerHTML : null, "
-                                      "Array.from(document.querySelectorAll('.toast-body')).map(t => t.innerText)]; }",
-                                      selector)
-        raise AssertionError(f"{selector} never showed {text!r} without a progress bar; it holds {shown!r:.1500}; "
-                             f"toasts: {toasts}") from None
 
 
 def _toast(page, text: str, timeout: int = 30_000):
@@ -55,12 +37,12 @@ def test_headline_names_its_source_and_seed_counts_out_of_range_get_a_message(ti
             assert page.locator("#n-seeds input").input_value() == bad
             page.locator("#generate-btn").click()
             # a message where the results go (not a red badge over them)
-            _wait_text(page, "#headline", f"the number of seeds must be between 1 and 64 (got {int(bad):,})")
+            wait_text(page, "#headline", f"the number of seeds must be between 1 and 64 (got {int(bad):,})")
             assert "Replication" not in page.locator("#headline").inner_text()
         page.locator("#n-seeds input").fill("2")
         page.locator("label:has-text('rna') input").first.check()
         page.locator("#generate-btn").click()
-        _wait_text(page, "#headline", "% of 2 seeds")  # the whole run (its first pair comes first)
+        wait_text(page, "#headline", "% of 2 seeds")  # the whole run (its first pair comes first)
         head = page.locator("#headline").inner_text()
     assert "mitigation rna:k=4,seed=0 · 3 steps, guidance 5 · pixel > " in head and "threshold" in head
 
@@ -94,7 +76,7 @@ def test_tables_name_their_columns_before_a_run_and_read_whole_after_it(tiny_wor
                                                "in a quiet room at the end of a long and rainy day")
         page.locator("#n-seeds input").fill("4")
         page.locator("#generate-btn").click()
-        _wait_text(page, "#headline", "% of 4 seeds")
+        wait_text(page, "#headline", "% of 4 seeds")
         col = SEED_COLUMNS.index("score")
         page.wait_for_function(f"document.querySelectorAll('#seed-table [role=gridcell][data-col=\"{col}\"]').length >= 4",
                                timeout=30_000)
@@ -130,7 +112,7 @@ def test_compare_is_an_ab_grid_every_row_on_the_page_streamed_and_exported(tiny_
             .locator("label:has-text('cwr') input").check()
         page.locator("#compare-btn").click()
         page.wait_for_function("document.querySelectorAll('#grid figure.ab-cell').length == 32", timeout=180_000)
-        _wait_text(page, "#compare-headline", "4 of 4 strategies on the same 8 seeds")
+        wait_text(page, "#compare-headline", "4 of 4 strategies on the same 8 seeds")
         pending_at_first_row = page.evaluate("window.firstRowPending")
         rows = page.locator("#grid .ab-row:not(.ab-head) .ab-label b").all_inner_texts()
         boxed = page.evaluate("""() => Array.from(document.querySelectorAll('#grid figure.ab-cell img')).filter(img => {
@@ -185,11 +167,11 @@ def test_an_export_during_a_run_is_labelled_partial(tiny_world, tmp_path):
         steps.press("Tab")
         page.locator("#generate-btn").click()
         page.locator("#pairs img").first.wait_for(timeout=120_000)
-        _wait_text(page, "#headline", "of 64 seeds so far (running")
+        wait_text(page, "#headline", "of 64 seeds so far (running")
         page.get_by_role("button", name="Export run (JSONL + images)").click()
         page.locator("a[download='run-partial.zip']").wait_for(timeout=60_000)  # labelled partial
         page.locator("#stop-btn").click()
-        _wait_text(page, "#headline", "of 64 seeds · replication")  # "Stopped after n of 64 seeds": partial
+        wait_text(page, "#headline", "of 64 seeds · replication")  # "Stopped after n of 64 seeds": partial
         head = page.locator("#headline").inner_text()
     assert head.startswith("Stopped after ") and "partial" in head, head
 
@@ -209,7 +191,7 @@ def test_an_uploaded_image_finds_its_training_original_at_top1(tiny_world, tmp_p
         page.locator("#match-image input[type=file]").set_input_files(str(img))
         page.locator("#match-image img").first.wait_for(timeout=30_000)
         page.locator("#match-btn").click()
-        _wait_text(page, "#match-verdict", "top-1 training image #7", timeout=60_000)
+        wait_text(page, "#match-verdict", "top-1 training image #7", timeout=60_000)
         text = page.locator("#match-verdict").inner_text()
         # issue 32: the upload beside its match, the windows where their detail agrees marked
         first = page.locator("#match-gallery img").first
@@ -336,7 +318,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
                 5: "picture of this template"}
         for i in (1, 2, 3, 4, 5):  # (while a step runs, its text box shows the progress bar's text)
             page.locator(f"#lesson-{i}").click()
-            _wait_text(page, f"#lesson-{i}-text", done[i])
+            wait_text(page, f"#lesson-{i}-text", done[i])
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
         tint = page.locator("p", has_text="Outlined in yellow, the rest faded: the bright-ending map").inner_text()  # the step's own
         copies_shown = page.locator("#lesson-copies img").count()
@@ -411,7 +393,7 @@ def test_the_copied_region_is_marked_on_the_pairs_when_asked(tiny_world, tmp_pat
         page.get_by_label("Prompt").first.fill("a colour field 3")
         page.locator("#n-seeds input").fill("2")
         page.locator("#generate-btn").click()
-        _wait_text(page, "#headline", "% of 2 seeds")
+        wait_text(page, "#headline", "% of 2 seeds")
         page.wait_for_function("document.querySelectorAll('#pairs img').length >= 2", timeout=60_000)
         srcs = "() => Array.from(document.querySelectorAll('#pairs img')).map(i => i.src)"
         changed = "b => { const s = Array.from(document.querySelectorAll('#pairs img')).map(i => i.src); " \
@@ -436,11 +418,11 @@ def test_bad_input_on_match_compare_and_keywords_is_a_message_where_the_results_
     with app_page(tiny_world) as page:
         open_tab(page, "Match an image")
         page.locator("#match-btn").click()
-        _wait_text(page, "#match-verdict", "upload an image first", timeout=30_000)
+        wait_text(page, "#match-verdict", "upload an image first", timeout=30_000)
         open_tab(page, "Compare mitigations")
         fill_kept(page, page.locator("#compare-seeds textarea, #compare-seeds input").first, "0-99")
         page.locator("#compare-btn").click()
-        _wait_text(page, "#compare-headline", "seeds", timeout=30_000)
+        wait_text(page, "#compare-headline", "seeds", timeout=30_000)
         compare_text = page.locator("#compare-headline").inner_text()
         page.wait_for_timeout(500)
         toasts = page.locator(".toast-body").count()
@@ -516,7 +498,7 @@ def test_a_clusters_prompt_variants_are_filled_run_and_read_in_chromium(tmp_path
                 page.locator(f"#kw-var-{k} textarea").fill("")
             page.locator("#kw-var-seeds input").first.fill("2")
             page.locator("#kw-var-run").click()
-            _wait_text(page, "#kw-var-table", "without", timeout=180_000)
+            wait_text(page, "#kw-var-table", "without", timeout=180_000)
             text = page.locator("#kw-var-table").inner_text()
             rows = [ln.split()[0] for ln in text.splitlines() if ln.split() and ln.split()[0] in VARIANTS]
             assert rows == ["caption", "short", "long", "without"]

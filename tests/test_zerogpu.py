@@ -57,7 +57,7 @@ def test_every_endpoint_runs_its_models_inside_gpu_calls(space):
 @pytest.mark.browser
 def test_the_lesson_runs_its_models_inside_gpu_calls(space):
     pytest.importorskip("playwright")
-    from tests.browser import app_page, chromium_path, open_tab
+    from tests.browser import app_page, chromium_path, open_tab, wait_text
 
     if not chromium_path():
         pytest.skip("chromium is not installed")
@@ -70,8 +70,7 @@ def test_the_lesson_runs_its_models_inside_gpu_calls(space):
         texts = []
         for i in steps:
             page.locator(f"#lesson-{i}").click()
-            page.wait_for_function(f"""() => (document.querySelector('#lesson-{i}-text').innerText || '')
-                .includes('{done[i]}') || document.querySelector('.toast-body')""", timeout=120_000)
+            wait_text(page, f"#lesson-{i}-text", done[i])  # the sentence in, its progress bar gone
             texts.append(page.locator(f"#lesson-{i}-text").inner_text())
             assert done[i] in texts[-1], page.locator(".toast-body").all_inner_texts() or texts[-1]
         return texts
