@@ -29,8 +29,14 @@ With ``--card-world assets/world`` the network is then measured as ``build-world
 training set regenerated, its model's and the views model's copies of the card's 96 items, its unique and full
 ddf 20 probes generated on seeds 0-9), at 1% of that world's background, beside the shipped rule on the same pairs.
 
+The network is memlab's (``memlab.pairnet``), trained by memlab's trainer (``memlab.train_verifier``) on the
+training worlds' pairs, or read with ``--network`` (the shipped weights: ``assets/memlab-verify``, trained by
+``python -m memlab train-verifier --pairs WORK/pairs-world2-seed2-160.npz WORK/pairs-world4-seed4-160.npz`` on the
+pairs ``--pairs-only`` makes). The built-in world's rule is the detail correlation plus the network with the
+weight this script chooses for it on the tuning world ("detail + w x network"; ``scorenorm.NETWORK_VERIFY``).
+
     python -m benchmarks.bench_learned_verify --world PREVIOUS_WORLD [--work DIR] [--items 48]
-        [--train-items 160] [--epochs 20] [--card-world assets/world]
+        [--train-items 160] [--epochs 20] [--card-world assets/world] [--network assets/memlab-verify]
 """
 from __future__ import annotations
 
@@ -93,14 +99,17 @@ def card_pairs(card_world: Path, views_model: Path, work: Path, items: int) -> d
         first_row = pd.Series(rows.index, index=rows["item"]).groupby(level=0).first()  # item -> its first row
         truth[f"gen:{g}"] = (np.repeat(first_row.loc[sel["item"].to_numpy()].to_numpy(), GEN_SEEDS),
                              [x.image for m in made for x in m])
-    out = pairs_of(rows, image_of, truth, "model", gens=[f"gen:{g}" for g in GEN_GROUPS])
-    views = pairs_of(rows, image_of, truth, "views", copies_only=True)
+    from benchmarks.bench_verify_features import indexed
+
+    built = indexed(rows, image_of)
+    out = pairs_of(rows, image_of, truth, "model", gens=[f"gen:{g}" for g in GEN_GROUPS], built=built)
+    views = pairs_of(rows, image_of, truth, "views", copies_only=True, built=built)
     out = {k: np.concatenate([out[k], views[k]]) if k != "n_items" else out[k] for k in out}
     np.savez(cache, **out)
     return out
 
 
-def pairs_of(rows, image_of, truth: dict, prefix: str, copies_only: bool = False, gens=()) -> dict:
+def pairs_of(rows, image_of, truth: dict, prefix: str, copies_only: bool = False, gens=(), built=None) -> dict:
     """A world's pairs: the query and candidate images ([n, 64, 64, 3] uint8), the normalized score, the shipped
     detail correlation, the kind (``background`` or a copy kind, after ``prefix:``; the views model's copies as
     ``views:<kind>``), the query's number and whether the candidate is the copy's own image."""
@@ -108,7 +117,7 @@ def pairs_of(rows, image_of, truth: dict, prefix: str, copies_only: bool = False
     from memlab import verify
     from memlab.scorenorm import view_vectors
 
-    d, spec, v, distinct, reps = indexed(rows, image_of)
+    d, spec, v, distinct, reps = built or indexed(rows, image_of)  # (the training set indexed once per world)
     arr, feats = {}, {}
 
     def train(r):
@@ -151,74 +160,12 @@ def pairs_of(rows, image_of, truth: dict, prefix: str, copies_only: bool = False
     return res
 
 
-def network():
-    """A small pair network: the query and the candidate stacked (6 channels, 64 x 64) and their difference, four
-    strided convolutions, pooled, one logit."""
-    import torch.nn as nn
-
-    def block(i, o):
-        return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
-                             nn.Conv2d(o, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
-    return nn.Sequential(block(9, 32), block(32, 64), block(64, 96), block(96, 128), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, 1))
-
-
-def stack(q, t):
-    """[n, 9, 64, 64] float inputs from uint8 images [n, 64, 64, 3]: query, candidate, their difference."""
-    import torch
-
-    q = torch.as_tensor(q).permute(0, 3, 1, 2).float() / 127.5 - 1
-    t = torch.as_tensor(t).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return torch.cat([q, t, q - t], 1)
-
-
-def train_network(p: dict, epochs: int, seed: int = 0):
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    net = network()
-    y = p["own"].astype(np.float32)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    n, bs = len(y), 128
-    steps = epochs * ((n + bs - 1) // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    pos_weight = torch.tensor((1 - y.mean()) / max(y.mean(), 1e-6))
-    for ep in range(epochs):
-        t0, tot = time.time(), 0.0
-        for b in np.array_split(rng.permutation(n), (n + bs - 1) // bs):
-            q, t = p["q"][b].copy(), p["t"][b].copy()
-            flip = rng.random(len(b)) < 0.5  # the pair mirrored together; the query alone (a mirrored copy is a copy)
-            q[flip], t[flip] = q[flip][:, :, ::-1], t[flip][:, :, ::-1]
-            alone = rng.random(len(b)) < 0.25
-            q[alone] = q[alone][:, :, ::-1]
-            x = stack(q, t)
-            gain = torch.as_tensor(rng.uniform(0.7, 1.3, (len(b), 3, 1, 1)), dtype=torch.float32)  # colour drift
-            x[:, :3] = ((x[:, :3] + 1) * gain - 1).clamp(-1, 1)
-            x[:, 6:] = x[:, :3] - x[:, 3:6]
-            loss = F.binary_cross_entropy_with_logits(net(x)[:, 0], torch.as_tensor(y[b]), pos_weight=pos_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(b)
-        print(f"  epoch {ep + 1}/{epochs}: loss {tot / n:.4f} ({time.time() - t0:.0f} s)", flush=True)
-    return net.eval()
-
-
 def probability(net, p: dict) -> np.ndarray:
-    """The network's probability that each pair is a copy, the better of the query and its mirror image."""
-    import torch
+    """The network's probability that each pair is a copy, the better of the query and its mirror image
+    (``memlab.pairnet.probability``)."""
+    from memlab.pairnet import probability as prob
 
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(p["q"]), 512):
-            q, t = p["q"][s:s + 512], p["t"][s:s + 512]
-            a = torch.sigmoid(net(stack(q, t))[:, 0])
-            b = torch.sigmoid(net(stack(np.ascontiguousarray(q[:, :, ::-1]), t))[:, 0])
-            out.append(torch.maximum(a, b).numpy())
-    return np.concatenate(out)
+    return prob(net, p["q"], p["t"])
 
 
 def recall(p: dict, score: np.ndarray, kinds=KINDS) -> tuple[float, dict]:
@@ -269,32 +216,41 @@ def main():
     ap.add_argument("--card-world", default=None, help="also measure the card's way on this world (assets/world)")
     ap.add_argument("--views-model", default=None, help="the views model (default: the previous world's model)")
     ap.add_argument("--card-items", type=int, default=96)
+    ap.add_argument("--network", default=None,
+                    help="measure these weights (a memlab-verify folder, e.g. assets/memlab-verify) instead of "
+                         "training one on the training worlds' pairs")
+    ap.add_argument("--pairs-only", action="store_true",
+                    help="make (or find) the pairs, train and measure nothing: the pairs files are "
+                         "memlab train-verifier's input (--work/pairs-world<seed>-seed<seed>-<items>.npz)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     seeds = [int(x) for x in str(a.train_world_seed).split(",")]
     each = [pairs(Path(a.world), work, s, a.train_items, world_seed=s) for s in seeds]
-    tr = {k: np.concatenate([p[k] for p in each]) for k in ("q", "t", "own")}
+    tr = {"own": np.concatenate([p["own"] for p in each])}
     tu = pairs(Path(a.world), work, a.tune_world_seed, a.items, world_seed=a.tune_world_seed)
     va = pairs(Path(a.world), work, a.seed, a.items)
     print(f"pairs: training {len(tr['own'])} ({int(tr['own'].sum())} copies), tuning {len(tu['own'])}, validation "
           f"{len(va['own'])} ({time.time() - t0:.0f} s)", flush=True)
+    if a.pairs_only:
+        return
     t0 = time.time()
-    saved = work / f"network-{'+'.join(map(str, seeds))}-{a.train_items}-{a.epochs}.safetensors"
-    if saved.is_file():  # a rerun (with --card-world) reads the network this run's options trained
-        from safetensors.torch import load_file
+    if a.network:  # the weights given (the shipped ones: assets/memlab-verify)
+        from memlab.pairnet import load
 
-        net = network()
-        net.load_state_dict(load_file(saved))
-        net.eval()
-        print(f"network read from {saved}", flush=True)
-    else:
-        from safetensors.torch import save_file
+        net, model = load(a.network)
+        print(f"network {model} read from {a.network}", flush=True)
+    else:  # trained here by memlab's trainer on the training worlds' pairs (resumable, kept in --work)
+        from memlab.train_verifier import VerifierTrainConfig, train_verifier
+        from memlab.pairnet import load
 
-        net = train_network(tr, a.epochs)
-        save_file(net.state_dict(), saved)
-        print(f"trained in {time.time() - t0:.0f} s", flush=True)
+        files = [str(work / f"pairs-world{s}-seed{s}-{a.train_items}.npz") for s in seeds]
+        out = work / f"network-{'+'.join(map(str, seeds))}-{a.train_items}-{a.epochs}"
+        if not (out / "model.safetensors").is_file():
+            train_verifier(VerifierTrainConfig(pairs=files, out=str(out), epochs=a.epochs).validate())
+        net, model = load(str(out))
+        print(f"network {model} ({out}; {time.time() - t0:.0f} s)", flush=True)
     p_tu, p_va = probability(net, tu), probability(net, va)
 
     def worst(r):
@@ -303,12 +259,12 @@ def main():
     w_oracle = max(WEIGHTS, key=lambda x: worst(recall(va, va["n"] + x * p_va)[1]))
     print(f"validation (seed {a.seed}): recall at 1% of the background, by kind")
     print(f"{'rule':<52} {'thr':>6} " + " ".join(f"{k:>11}" for k in KINDS))
-    for label, score in (("normalized alone", va["n"]), ("shipped: + 0.2 x detail3 c50", va["n"] + 0.2 * va["detail"]),
+    for label, score in (("normalized alone", va["n"]), ("detail (memlab-copy's default): + 0.2 x detail3 c50", va["n"] + 0.2 * va["detail"]),
                          (f"+ {w:g} x network (weight chosen on world {a.tune_world_seed})", va["n"] + w * p_va),
                          (f"+ {w_oracle:g} x network (weight chosen here: upper bound)", va["n"] + w_oracle * p_va)):
         thr, r = recall(va, score)
         print(f"{label:<52} {thr:6.3f} " + " ".join(f"{r[k]:11.1%}" for k in KINDS), flush=True)
-    for label, score in (("tuning set: normalized alone", tu["n"]), ("tuning set: shipped", tu["n"] + 0.2 * tu["detail"]),
+    for label, score in (("tuning set: normalized alone", tu["n"]), ("tuning set: detail", tu["n"] + 0.2 * tu["detail"]),
                          (f"tuning set: + {w:g} x network", tu["n"] + w * p_tu)):
         thr, r = recall(tu, score)
         print(f"{label:<52} {thr:6.3f} " + " ".join(f"{r[k]:11.1%}" for k in KINDS), flush=True)
@@ -321,9 +277,9 @@ def main():
           f"probes {', '.join(GEN_GROUPS)} x seeds 0-{GEN_SEEDS - 1}; {time.time() - t0:.0f} s)")
     print(f"{'rule':<52} {'thr':>6} " + " ".join(f"{k:>11}" for k in KINDS))
     w2 = max(WEIGHTS, key=lambda x: worst(recall(tu, tu["n"] + 0.2 * tu["detail"] + x * p_tu)[1]))
-    for label, score in (("normalized alone", cp["n"]), ("shipped: + 0.2 x detail3 c50", cp["n"] + 0.2 * cp["detail"]),
+    for label, score in (("normalized alone", cp["n"]), ("detail (memlab-copy's default): + 0.2 x detail3 c50", cp["n"] + 0.2 * cp["detail"]),
                          (f"+ {w:g} x network (weight chosen on world {a.tune_world_seed})", cp["n"] + w * p_cp),
-                         (f"shipped + {w2:g} x network (chosen on world {a.tune_world_seed})",
+                         (f"detail + {w2:g} x network (chosen on world {a.tune_world_seed})",
                           cp["n"] + 0.2 * cp["detail"] + w2 * p_cp)):
         thr, r = recall(cp, score, KINDS + tuple(f"views:{k}" for k in KINDS))
         print(f"{label:<52} {thr:6.3f} " + " ".join(f"{r[k]:11.1%}" for k in KINDS), flush=True)

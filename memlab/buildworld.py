@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import MemlabError
 from .records import strict_json
+from .scorenorm import VERIFY_RULES
 from .worldgen import HIDDEN_OBJECT, KEYWORD, WorldSpec, make_training_set, probes
 
 WORLD_DEFAULTS = {"steps": 30, "guidance": 5.0, "scheduler": "ddim", "seeds": "0-7", "k": 5}
@@ -29,6 +30,7 @@ GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used
 # ``decoded_index``: the threshold at this share of the background of distinct images as the world's VAE returns
 # them (at 1% that background flags more generations than the originals'; chosen on validation copies, issue 30)
 DECODED_FPR = 0.005
+WORLD_VERIFY = "memlab-verify"  # the verdict's verification stage (``scorenorm.VERIFY_RULES``): the learned one
 
 
 def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None, prefix: str = "model",
@@ -109,7 +111,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
                 reuse_model: bool = False, ground_truth_items: int = GROUND_TRUTH_ITEMS,
                 train_device: str = "cpu", refresh: bool = False, alignment=None, objects=None,
                 views_model=None, command: str | None = None, sample_steps: int | None = None,
-                decoded_index: bool = False) -> Path:
+                decoded_index: bool = False, verify: str | None = WORLD_VERIFY) -> Path:
     """The built-in world in ``out``, stage by stage (the module's docstring); each stage is skipped when
     its output exists, so a killed build resumes. ``refresh`` keeps a built world's model, index, views and
     probes, adds what newer stages make (``_methods``) and measures the card again (with ``evaluate`` False it
@@ -121,7 +123,8 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     ``built_with``; by default the call's folder and ``--reuse-model``). ``sample_steps``: the world's sampling
     steps (default 30), which every generation the build measures uses (a refresh keeps the world's own).
     ``decoded_index``: the index embeds each training image as the world's VAE returns it (``decoded_images``),
-    threshold at ``DECODED_FPR`` (tried for issue 30, not the shipped world's)."""
+    threshold at ``DECODED_FPR`` (tried for issue 30, not the shipped world's). ``verify``: the verdict's
+    verification stage by name (``scorenorm.VERIFY_RULES``; None: the descriptor's own)."""
     from .train import TrainConfig
 
     out = Path(out)
@@ -157,7 +160,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
         _check_resumed_index(out / "index", descriptors[0], decoded_index)
     else:
         _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model, sampling,
-               decoded_index)
+               decoded_index, verify)
     _keyword_views(out, st)
     _probes_and_world_json(out, rows, spec, descriptors, eval_seeds, log, sampling)
     _methods(out, eval_seeds, st, progress, log, alignment, objects, sampling)
@@ -274,7 +277,8 @@ def decoded_rows(model_dir, rows, image_of, cache=None) -> tuple:
 
 
 def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_truth_items: int, st: _Stages,
-           progress, views_model=None, sampling: dict = WORLD_DEFAULTS, decoded: bool = False) -> None:
+           progress, views_model=None, sampling: dict = WORLD_DEFAULTS, decoded: bool = False,
+           verify: str | None = None) -> None:
     """3. The index of the training set (one row per training sample: duplicates are explicit), with the
     model's own copies of held-out items as ground truth."""
     from .descriptors import create_descriptor
@@ -300,7 +304,11 @@ def _index(out: Path, rows, data: Path, spec: WorldSpec, descriptors, ground_tru
                                       prefix="views", cache=cache / "views", sampling=sampling)[0])
     rows["origin"] = calibration_origin(rows)
     indexed = decoded_rows(out / "model", rows, image_of, out / "build" / "decoded") if decoded else None
-    build_index(out / "index", rows, image_of, [create_descriptor(n) for n in descriptors],
+    descs = [create_descriptor(n) for n in descriptors]
+    for d in descs:  # the world's verification stage in place of the descriptor's own
+        if verify and d.score_norm and d.score_norm.get("verify"):
+            d.score_norm = {**d.score_norm, "verify": VERIFY_RULES[verify]}
+    build_index(out / "index", rows, image_of, descs,
                 image_root="images", progress=progress, extra_files=copy_images, ground_truth=truth,
                 origin="origin", indexed=indexed, fpr=DECODED_FPR if decoded else 0.01,
                 extra_manifest={"source": {"command": "python -m memlab build-world",

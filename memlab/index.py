@@ -32,6 +32,7 @@ from .agreement import _agreement_calibration, agreement_of, agreement_words, se
 from .calibration import calibration_rows, descriptor_entry, embed_copies
 from .descriptors import Descriptor
 from .distort import distort
+from .verify import verify_resolved
 from .childcheck import check_parquets, trust
 from .errors import IndexMismatchError, MemlabError
 from .jsonfiles import read_json
@@ -88,6 +89,7 @@ def build_index(out: str | Path, items: pd.DataFrame, load_image: Callable[[int]
     calib_rows = calibration_rows(distinct, reps, ground_truth, calib_n, seed)
     specs = {d.name: d.score_norm and {**d.score_norm, "verify": d.score_norm.get("verify") if image_root else None}
              for d in descriptors}  # verification reads the training images at query time: only where they are kept
+    specs = {n: s and {**s, "verify": verify_resolved(s["verify"])} for n, s in specs.items()}
     # score normalization and verification look at the calibration copies again: distort them once, keep them
     copy_images = [distort(load_image(int(r))) for r in calib_rows] if any(specs.values()) else None
     copies = embed_copies(calib_rows, load_image, descriptors, batch_size, bar, copy_images)

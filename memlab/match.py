@@ -136,7 +136,8 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
     queries' other views' vectors (``query_vectors``), the best kept (``view`` in each result). Where the rule
     also verifies (``score_norm.verify``, ``memlab.verify``), the query ``images`` are needed: the best
     candidates are re-scored on the images, ``score`` is the verified score and each match keeps its
-    ``normalized`` score and the images' ``detail`` correlation."""
+    ``normalized`` score and the rule's terms: the images' ``detail`` correlation and, with a learned verification,
+    memlab-verify's ``network`` probability."""
     thr = index.threshold(descriptor.name)
     possible = index.possible(descriptor.name)["value"]
     spec = index.descriptor_info(descriptor.name).get("score_norm")
@@ -174,7 +175,7 @@ def match_vectors(index: TrainingIndex, descriptor: Descriptor, vectors: np.ndar
 def _verified(index: TrainingIndex, images, scores, rows, cosines, ver: dict, k: int):
     """Each query's candidates re-scored on the images (``verify.rescore``); its best ``candidates`` re-ranked (the
     top-1 is the best of them, as calibrated), any further ones after them; the first k kept: (scores, rows,
-    cosines, per query {"normalized": [...], "detail": [...]})."""
+    cosines, per query {"normalized": [...], "detail": [...], with a network "network": [...]})."""
     def train_of(row):
         path = index.image_path(row)
         if path is None or not Path(path).is_file():
@@ -182,20 +183,19 @@ def _verified(index: TrainingIndex, images, scores, rows, cosines, ver: dict, k:
         return verify.train_detail(path, ver)
     out = ([], [], [], [])
     for qi, im in enumerate(images):
-        got, corr = verify.rescore(scores[qi], rows[qi], verify.query_details(im, ver["sigma"], ver["region"]),
-                                   train_of, ver)
+        got, parts = verify.rescore(scores[qi], rows[qi], verify.term(ver).query(im), train_of, ver)
         m = ver["candidates"]
         order = np.r_[np.argsort(-got[:m], kind="stable"), m + np.argsort(-got[m:], kind="stable")][:k]
         for lst, val in zip(out, (got[order], np.asarray(rows[qi])[order], np.asarray(cosines[qi])[order],
-                                  {"normalized": np.asarray(scores[qi])[order], "detail": corr[order]})):
+                                  {"normalized": np.asarray(scores[qi])[order], **{k: v[order] for k, v in parts.items()}})):
             lst.append(val)
     return out
 
 
 def _results(index, descriptor, vectors, scores, rows, thr, possible, cosines=None, sides=None, more=None) -> list[dict]:
     """The JSON-ready result of each query from its ranked matches (scores, rows; with score normalization
-    also the plain cosines and the view kept; with verification each match's normalized score and detail
-    correlation)."""
+    also the plain cosines and the view kept; with verification each match's normalized score and the
+    rule's terms)."""
     exact = index.vectors(descriptor.name)
     out = []
     for qi in range(len(vectors)):

@@ -40,13 +40,24 @@ VERIFY_SIDE = 64  # the verification compares the images at 64 x 64 pixels, as t
 VERIFY = {"weight": 0.2, "sigma": 3.0, "candidates": 5, "region": 0.5}  # chosen on validation copies: docs/methods.md
 
 
+# the learned verification (``memlab.pairnet``): memlab-verify's probability of a copy added beside the detail
+# correlation, its weight chosen on a third world's copies (``benchmarks/bench_learned_verify.py``); an index
+# records the weights' ``model`` string when it calibrates
+NETWORK_VERIFY = {**VERIFY, "network": "memlab-verify", "network_weight": 0.2}
+VERIFY_RULES = {"detail": VERIFY, "memlab-verify": NETWORK_VERIFY}  # by name (``build-world --verify``)
+
+
 def check_verify(spec: dict | None) -> dict | None:
     """The verification stage's rule (``memlab.verify``) as plain data ({"weight", "sigma", "candidates",
-    "region"}), validated; None stays None. A rule written before ``region`` compares the whole image (1.0)."""
+    "region"}, or {"network", "model", "weight", "candidates"}), validated; None stays None. A rule written before
+    ``region`` compares the whole image (1.0)."""
     if spec is None:
         return None
     from .errors import MemlabError
 
+    if isinstance(spec, dict) and "network" in spec:
+        rest = {k: v for k, v in spec.items() if k not in ("network", "network_weight", "model")}
+        return {**check_verify(rest), **_check_network(spec)}
     out = {**VERIFY, "region": 1.0, **dict(spec)}
     dk = out.pop("detail_k", 0)
     w, s, c, r = out["weight"], out["sigma"], out["candidates"], out["region"]
@@ -63,6 +74,21 @@ def check_verify(spec: dict | None) -> dict | None:
             **({"detail_k": dk} if dk else {})}
 
 
+def _check_network(spec: dict) -> dict:
+    import re
+
+    from .errors import MemlabError
+
+    w, model = spec.get("network_weight"), spec.get("model")
+    if (spec["network"] != "memlab-verify" or not isinstance(w, (int, float)) or isinstance(w, bool)
+            or not np.isfinite(w) or not 0 < w <= 2
+            or (model is not None and not (isinstance(model, str) and re.fullmatch(r"memlab-pairnet-[0-9a-f]{12}", model)))):
+        raise MemlabError(f"a learned verification takes network 'memlab-verify' (its weights: assets/memlab-verify or "
+                          f"$MEMLAB_VERIFY_WEIGHTS), network_weight in (0, 2] and the weights' model string; got "
+                          f"{dict(spec)!r:.160}")
+    return {"network": "memlab-verify", "network_weight": float(w), **({"model": model} if model else {})}
+
+
 def verify_words(spec: dict) -> str:
     """The verification rule in words, appended to the score normalization's."""
     region = spec.get("region", 1.0)
@@ -72,7 +98,12 @@ def verify_words(spec: dict) -> str:
             + "per colour channel, the better of the query and its mirror image"
             + (f", less the mean of its {spec['detail_k']} highest with the query's other best matches"
                if spec.get("detail_k") else "")
-            + f"), over the query's {spec['candidates']} best matches")
+            + ")"
+            + (f", plus {spec['network_weight']:g} x the verification network memlab-verify's probability that the "
+               f"query copies the match ({spec.get('model', 'not yet calibrated')}: the two images at {VERIFY_SIDE} x "
+               f"{VERIFY_SIDE} and their difference, the better of the query and its mirror image)"
+               if spec.get("network") else "")
+            + f", over the query's {spec['candidates']} best matches")
 
 
 DEFAULT = {"k": 2, "beta": 1.0, "mirror": True, "gains": [1.5], "contrast": [], "verify": VERIFY, "train_side": 0.0}

@@ -109,7 +109,9 @@ class Lab(Streams, TrainingSet):
             return "similarity"
         return ("verified " if norm.get("verify") else "") + (
             f"normalized score (cosine less the mean of the {norm['k']} nearest other images'"
-            + (f", plus {norm['verify']['weight']:g} x the images' detail correlation)" if norm.get("verify") else ")"))
+            + (f", plus {norm['verify']['weight']:g} x the images' detail correlation"
+               + (f" and {norm['verify']['network_weight']:g} x memlab-verify's probability of a copy"
+                  if norm["verify"].get("network") else "") + ")" if norm.get("verify") else ")"))
 
     def background(self, name: str | None = None) -> np.ndarray:
         """The background of distinct training images (one row per near-duplicate group against the

@@ -18,6 +18,10 @@ The query's ``candidates`` best matches by normalized score are re-scored and re
 calibrated on the same score (``index.build_index``): each distinct training image against its ``candidates``
 nearest other distinct images, 1% above the best. Only an index that keeps its training images verifies; its
 manifest records the rule (``score_norm.verify``) and every score names it.
+
+A rule with ``network`` (``memlab-verify``, ``memlab.pairnet``) adds ``weight`` x a learned network's
+probability that the query copies the candidate in place of the detail correlation (``term``: either one, as
+a pair of functions on images), the better of the query and its mirror image.
 """
 from __future__ import annotations
 
@@ -72,11 +76,19 @@ def _train_detail(path: str, mtime: float, sigma: float, region: float):
 
 
 def train_detail(path, spec: dict):
-    """A training image's detail vectors under a rule, cached by file (and its modification time)."""
+    """A training image's sides under a rule (``Terms.train``), cached by file (and its modification time)."""
     from pathlib import Path
 
     p = Path(path)
-    return _train_detail(str(p), p.stat().st_mtime, float(spec["sigma"]), float(spec.get("region", 1.0)))
+    d = _train_detail(str(p), p.stat().st_mtime, float(spec["sigma"]), float(spec.get("region", 1.0)))
+    return (d, _train_pixels(str(p), p.stat().st_mtime) if spec.get("network") else None)
+
+
+@lru_cache(maxsize=4096)
+def _train_pixels(path: str, mtime: float):
+    from .pairnet import pixels
+
+    return pixels(open_rgb(path))
 
 
 def query_details(image: Image.Image, sigma: float, region: float = 1.0) -> list:
@@ -91,12 +103,73 @@ def best_correlation(query_sides: list, train) -> float:
     return max(_corr(q, train) for q in query_sides)
 
 
-def rescore(normalized, rows, query_sides: list, train_of, spec: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Verified scores of one query's candidates: ``normalized`` [m] plus weight x the best correlation with each
-    candidate row's image (``train_of(row)``: its detail vectors); returns (verified scores, correlations)."""
-    corr = np.array([best_correlation(query_sides, train_of(int(r))) for r in rows])
-    used = corr - detail_normalizer(corr[:spec["candidates"]], len(corr), spec.get("detail_k", 0))
-    return np.asarray(normalized, np.float64) + spec["weight"] * used, corr
+class Terms:
+    """The rule's terms on the two images, as functions of each image's *sides*: the detail correlation
+    (``detail``: an image's detail vectors; a query's, its own and its mirror image's) and, with ``network``,
+    memlab-verify's probability of a copy (``network``: an image's pixels at 64 x 64; ``pairnet.probability``
+    compares the query as given and mirrored; the network loaded once per weights file). ``train`` an image's
+    sides, ``query`` a query's, ``as_query`` a training image's sides as a query's, ``parts`` the query against
+    several training images ({"detail": [m], "network": [m]})."""
+
+    def __init__(self, ver: dict):
+        self.sigma, self.region = float(ver["sigma"]), float(ver.get("region", 1.0))
+        self.net = self.model = None
+        if ver.get("network"):
+            from . import pairnet
+
+            self.pairnet = pairnet
+            self.net, self.model = pairnet.load(ver["network"], ver.get("model"))
+
+    def train(self, image):
+        d = detail_vectors(image.convert("RGB"), self.sigma, self.region)
+        return (d, self.pairnet.pixels(image)) if self.net is not None else (d, None)
+
+    def query(self, image):
+        return (query_details(image, self.sigma, self.region),
+                self.pairnet.pixels(image) if self.net is not None else None)
+
+    def as_query(self, sides):
+        return ([sides[0], detail_mirror(sides[0])], sides[1])
+
+    def parts(self, query_sides, trains: list) -> dict:
+        out = {"detail": np.array([best_correlation(query_sides[0], t[0]) for t in trains], np.float64)}
+        if self.net is not None:
+            out["network"] = (self.pairnet.probability(self.net, np.repeat(query_sides[1][None], len(trains), 0),
+                                                       np.stack([t[1] for t in trains]))
+                              if len(trains) else np.zeros(0))
+        return out
+
+
+def term(ver: dict) -> Terms:
+    """The rule's terms (``Terms``)."""
+    return Terms(ver)
+
+
+def verify_resolved(ver: dict | None) -> dict | None:
+    """A rule as an index records it: a learned one names its weights (``model``: their checksum), so the index
+    refuses other weights later."""
+    if not ver or not ver.get("network"):
+        return ver
+    return {**ver, "model": term({k: v for k, v in ver.items() if k != "model"}).model}
+
+
+def combined(parts: dict, spec: dict, first=None) -> np.ndarray:
+    """What verification adds to the normalized scores: weight x the detail correlation (less its own
+    normalization with ``detail_k``, over the ``first`` correlations: by default the best ``candidates``'), plus
+    ``network_weight`` x the network's probability."""
+    corr = parts["detail"]
+    first = corr[:spec["candidates"]] if first is None else first
+    out = spec["weight"] * (corr - detail_normalizer(first, len(corr), spec.get("detail_k", 0)))
+    if "network" in parts:
+        out = out + spec["network_weight"] * parts["network"]
+    return out
+
+
+def rescore(normalized, rows, query_sides, train_of, spec: dict) -> tuple[np.ndarray, dict]:
+    """Verified scores of one query's candidates: ``normalized`` [m] plus the rule's terms (``combined``) with
+    each candidate row's image (``train_of(row)``: its sides); returns (verified scores, the terms by name)."""
+    parts = term(spec).parts(query_sides, [train_of(int(r)) for r in rows])
+    return np.asarray(normalized, np.float64) + combined(parts, spec), parts
 
 
 def detail_normalizer(first, n: int, k: int) -> np.ndarray:
@@ -157,7 +230,7 @@ def background(v: np.ndarray, groups, rows, spec: dict, views, train_of, nb=None
         if best is None:
             continue
         own = (query_of or train_of)(int(r))
-        verified, _ = rescore(best[1], best[0], [own, detail_mirror(own)], train_of, ver)
+        verified, _ = rescore(best[1], best[0], term(ver).as_query(own), train_of, ver)
         out[i] = verified.max()
     return out
 
@@ -179,11 +252,12 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
     distinct image is a query as in the background (default the same). With ``detail_k``, ``copy_vectors`` and
     ``truth_vectors`` (each group's) find each copy's other best matches, whose correlations normalize its own."""
     ver = spec["verify"]
+    t = term(ver)
     cache: dict = {}
 
     def train_of(row):
         if row not in cache:
-            cache[row] = detail_vectors(load_image(int(row)).convert("RGB"), ver["sigma"], ver["region"])
+            cache[row] = t.train(load_image(int(row)))
         return cache[row]
 
     queries: dict = {}
@@ -192,7 +266,7 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
         if query_image is None:
             return train_of(row)
         if row not in queries:
-            queries[row] = detail_vectors(query_image(int(row)).convert("RGB"), ver["sigma"], ver["region"])
+            queries[row] = t.train(query_image(int(row)))
         return queries[row]
 
     g = np.asarray(groups, np.int64)
@@ -200,13 +274,14 @@ def calibrate(v, groups, reps, spec: dict, sides: dict, load_image, calib_rows, 
     def against(images, rows, scores, vectors=None):
         out = []
         for i, (im, r) in enumerate(zip(images, rows)):
-            sides_q = query_details(im, ver["sigma"], ver["region"])
-            corr = best_correlation(sides_q, train_of(int(r)))
+            sides_q = t.query(im)
+            parts = t.parts(sides_q, [train_of(int(r))])
+            first = parts["detail"]
             if ver.get("detail_k") and vectors is not None:  # the copy's other best matches, its own image left out
                 others, _ = candidates((vectors[i:i + 1] @ v.T)[0], g, g[int(r)], spec, ver["candidates"] - 1, nb)
-                corr -= top_mean([best_correlation(sides_q, train_of(int(o))) for o in others], ver["detail_k"])
-            out.append(corr)
-        return (np.asarray(scores, np.float64) + ver["weight"] * np.asarray(out)).astype(np.float32)
+                first = np.r_[first, t.parts(sides_q, [train_of(int(o)) for o in others])["detail"]]
+            out.append(float(combined(parts, ver, first)[0]))
+        return (np.asarray(scores, np.float64) + np.asarray(out)).astype(np.float32)
 
     return {"background": background(v, groups, np.arange(len(v)), spec, [], train_of, nb, query_of),
             "background_distinct": background(v, groups, reps, spec, sides["reps"], train_of, nb, query_of),

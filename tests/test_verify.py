@@ -151,10 +151,11 @@ def test_the_detail_normalized_as_the_cosine_is():
     # rescore: the normalized score plus the weight x (the correlation less the others' two highest)
     ims = [scene(i) for i in range(6)]
     query = ims[0]
-    details = {r: verify.detail_vectors(im, SIGMA, REGION) for r, im in enumerate(ims)}
+    details = {r: verify.term(rule).train(im) for r, im in enumerate(ims)}
     norm = np.array([0.3, 0.2, 0.1, 0.05, 0.0, -0.1])
-    sides = verify.query_details(query, SIGMA, REGION)
-    got, corr = verify.rescore(norm, np.arange(6), sides, details.__getitem__, rule)
+    sides = verify.term(rule).query(query)
+    got, parts = verify.rescore(norm, np.arange(6), sides, details.__getitem__, rule)
+    corr = parts["detail"]
     ref = np.array([reference(query, im, SIGMA, REGION) for im in ims])
     assert corr == pytest.approx(ref, abs=1e-5)
     m = rule["candidates"]

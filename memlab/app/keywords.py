@@ -71,8 +71,8 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             return keyword_outputs(lab, v, rel)
 
         def first_rank(keyword):  # the rank box follows the keyword shown: its largest cluster, or its misc images
-            shown = clustered_by_keyword.get(keyword)
-            return gr.skip() if shown is None else int(shown)
+            clustered = clustered_by_keyword.get(keyword)
+            return gr.skip() if clustered is None else int(clustered)
 
         page_and_api(kw_btn, show_keyword, [kw_pick, kw_objects, kw_related], [kw_md, kw_plot, kw_table, kw_gallery],
                      api("keyword_clusters"), message=lambda text: (text, None, None, []),

@@ -46,6 +46,8 @@ def match_tab(lab: Lab, api) -> None:
                   + (f" · cosine {q['matches'][0]['cosine']:.3f}" if "cosine" in q["matches"][0] else "")
                   + (f" · normalized {q['matches'][0]['normalized']:.3f}, detail correlation "
                      f"{q['matches'][0]['detail']:.3f}" if "detail" in q["matches"][0] else "")
+                  + (f", memlab-verify's probability of a copy {q['matches'][0]['network']:.3f}"
+                     if "network" in q["matches"][0] else "")
                   + (f" · matched as: {q['view']}" if q.get("view", "as given") != "as given" else ""))
             gallery = [(im, f"#{m['id']} · {m['score']:.3f} · {str(m.get('caption', ''))[:50]}")
                        for m in q["matches"] if (im := lab.item_file(m["row"])) is not None]

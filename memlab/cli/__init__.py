@@ -16,6 +16,7 @@ VERBS = {
     "run": ("memlab.cli.run", "generate over seeds (with mitigations) and match against a world"),
     "train": ("memlab.cli.train", "train or fine-tune a text-to-image pipeline (duplication controls)"),
     "train-descriptor": ("memlab.cli.train_descriptor", "train memlab's own copy-detection descriptor"),
+    "train-verifier": ("memlab.cli.train_verifier", "train memlab's verification network (memlab-verify)"),
     "build-world": ("memlab.cli.build_world", "build the built-in world from nothing"),
     "world": ("memlab.cli.world", "create a world from a prompt list (fetch the training images, index them)"),
     "variants": ("memlab.cli.variants", "prompt variants of a keyword cluster (Memory Triggers), each on the same seeds"),

@@ -44,6 +44,9 @@ def add_arguments(p):
     p.add_argument("--views-model", default=None,
                    help="the pipeline folder memlab-copy took its decoder views from: its copies of the same items "
                         "are scored too, against the world's model that gave the descriptor none")
+    p.add_argument("--verify", choices=["memlab-verify", "detail"], default="memlab-verify",
+                   help="the verdict's verification stage: memlab-verify's probability of a copy (the built-in "
+                        "world's) or the images' detail correlation (memlab-copy's own default)")
     p.add_argument("--decoded-index", action="store_true",
                    help="index each training image as the world's VAE returns it, threshold at 0.5%% of that "
                         "background (tried for issue 30, not the shipped world's: docs/methods.md)")
@@ -79,7 +82,7 @@ def run(args) -> int:
                              if n.strip()],
                 ground_truth_items=args.ground_truth_items, train_device=args.train_device, refresh=args.refresh,
                 alignment=alignment, objects=objects, views_model=args.views_model, sample_steps=args.sample_steps,
-                decoded_index=args.decoded_index,
+                decoded_index=args.decoded_index, verify=args.verify,
                 command=args.command,  # every option, as the card's built_with
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)

@@ -1,0 +1,141 @@
+"""memlab-verify, the learned verification (``memlab.pairnet``, ``memlab.train_verifier``, ``memlab.verify``'s
+network term): its trainer learns copies from pairs and resumes to the same weights, and an index that verifies
+with it records the weights, scores with them, and refuses others."""
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from memlab import pairnet, scorenorm, verify
+from memlab.errors import MemlabError
+from tests.test_verify import reference, scene
+
+
+def tinted(im: Image.Image, gain=(0.8, 1.0, 1.15)) -> Image.Image:
+    return Image.fromarray((np.asarray(im, np.float64) * gain).clip(0, 255).astype(np.uint8))
+
+
+def pair_file(path, seeds, rng) -> None:
+    """Pairs as the trainer reads them: each scene's tinted (or mirrored) copy against the scene (a copy) and
+    against two other scenes (not)."""
+    q, t, own = [], [], []
+    for s in seeds:
+        copy = tinted(scene(s), rng.uniform(0.7, 1.3, 3))
+        copy = ImageOps.mirror(copy) if rng.random() < 0.3 else copy
+        for other, is_own in ((s, True), *[(int(o), False) for o in rng.choice([x for x in seeds if x != s], 2)]):
+            q.append(pairnet.pixels(copy))
+            t.append(pairnet.pixels(scene(other)))
+            own.append(is_own)
+    np.savez(path, q=np.stack(q), t=np.stack(t), own=np.array(own))
+
+
+def auc(pos, neg) -> float:
+    pos, neg = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+@pytest.mark.slow
+def test_the_trainer_learns_copies_and_resumes_to_the_same_weights(tmp_path):
+    from memlab.train_verifier import VerifierTrainConfig, train_verifier
+    from memlab.weightfiles import read_tensors
+
+    rng = np.random.default_rng(0)
+    pair_file(tmp_path / "train.npz", list(range(100, 180)), rng)
+    cfg = dict(pairs=[str(tmp_path / "train.npz")], epochs=4, batch_size=32, lr=3e-3)
+    full = train_verifier(VerifierTrainConfig(**cfg, out=str(tmp_path / "full")), log=lambda m: None)
+    cut = VerifierTrainConfig(**cfg, out=str(tmp_path / "cut"), stop_at=2)
+    assert train_verifier(cut, log=lambda m: None) is None  # stopped: a checkpoint, no weights yet
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    cut.stop_at = 0
+    resumed = train_verifier(cut, log=lambda m: None)
+    a, b = read_tensors(full / "model.safetensors"), read_tensors(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    net, model = pairnet.load(str(full))
+    assert model == pairnet.model_id(full) and model.startswith("memlab-pairnet-")
+    # held-out scenes: copies (tinted, or tinted and mirrored) above the other scenes' pairs (chance: 0.5)
+    pair_file(tmp_path / "test.npz", list(range(300, 340)), np.random.default_rng(1))
+    z = np.load(tmp_path / "test.npz")
+    p = pairnet.probability(net, z["q"], z["t"])
+    assert auc(p[z["own"]], p[~z["own"]]) > 0.8
+    # the mirrored query scores as the query: the better orientation
+    assert np.allclose(p, pairnet.probability(net, z["q"][:, :, ::-1], z["t"]), atol=1e-6)
+
+
+def test_pairs_that_are_not_pairs_are_one_clear_error(tmp_path):
+    from memlab.train_verifier import VerifierTrainConfig, load_pairs
+
+    np.savez(tmp_path / "bad.npz", q=np.zeros((2, 32, 32, 3), np.uint8), t=np.zeros((2, 32, 32, 3), np.uint8),
+             own=np.array([True, False]))
+    with pytest.raises(MemlabError, match="uint8"):
+        load_pairs([tmp_path / "bad.npz"])
+    np.savez(tmp_path / "obj.npz", q=np.array([object()], dtype=object))
+    with pytest.raises(MemlabError, match="not a pairs file"):
+        load_pairs([tmp_path / "obj.npz"])  # an object array needs pickle: refused, never unpickled
+    with pytest.raises(MemlabError, match="--pairs"):
+        VerifierTrainConfig().validate()
+
+
+def random_network(folder, seed: int) -> str:
+    import torch
+
+    torch.manual_seed(seed)
+    return pairnet.save(pairnet.build(pairnet.PairNetConfig()).eval(), pairnet.PairNetConfig(), folder)
+
+
+def test_an_index_verifies_with_the_network_records_its_weights_and_refuses_others(tmp_path, monkeypatch):
+    from memlab.descriptors import create_descriptor
+    from memlab.index import TrainingIndex, build_index
+    from memlab.match import match_images
+
+    model = random_network(tmp_path / "net", 0)
+    monkeypatch.setenv("MEMLAB_VERIFY_WEIGHTS", str(tmp_path / "net"))
+    ims = [scene(i) for i in range(30)]
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, im in enumerate(ims):
+        im.save(root / f"{i}.png")
+    items = pd.DataFrame({"id": range(30), "caption": [""] * 30, "file": [f"{i}.png" for i in range(30)]})
+    d = create_descriptor("memlab-copy")
+    d.score_norm = {**d.score_norm, "verify": scorenorm.NETWORK_VERIFY}
+    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=15, image_root=str(root))
+    idx = TrainingIndex.load(tmp_path / "i")
+    spec = idx.descriptor_info("memlab-copy")["score_norm"]
+    assert spec["verify"] == {**scorenorm.check_verify(scorenorm.NETWORK_VERIFY), "model": model}
+    assert "memlab-verify" in spec["words"] and model in spec["words"]
+    # the threshold: the 99% point of the verified background, recomputed by brute force: the detail correlation
+    # (as the masked similarity computes it) and the network's probability
+    net, _ = pairnet.load()
+    v = np.asarray(idx.vectors("memlab-copy"), np.float32)
+    distinct = idx.items["distinct"].to_numpy()
+    reps = np.flatnonzero(idx.items["representative"].to_numpy())
+    views = scorenorm.view_vectors(d, [ims[r] for r in reps], spec)
+    ver = spec["verify"]
+    w, nw, m = ver["weight"], ver["network_weight"], ver["candidates"]
+    bg = []
+    for i, r in enumerate(reps):
+        best = None
+        for q in [v[r], *[x[i] for x in views]]:
+            got = verify.candidates(q @ v.T, distinct, distinct[r], spec, m)
+            best = got if best is None or got[1][0] > best[1][0] else best
+        prob = pairnet.probability(net, np.stack([pairnet.pixels(ims[r])] * len(best[0])),
+                                   np.stack([pairnet.pixels(ims[int(x)]) for x in best[0]]))
+        corr = [reference(ims[r], ims[int(x)], ver["sigma"], ver["region"]) for x in best[0]]
+        bg.append(float(np.max(best[1] + w * np.array(corr) + nw * prob)))
+    assert idx.threshold("memlab-copy")["value"] == pytest.approx(float(np.quantile(bg, 0.99, method="higher")), abs=1e-4)
+    # a match's score is its normalized score plus the weight x the network's probability, recomputed
+    query = tinted(scene(7))
+    top = match_images(idx, d, [query], ["tinted"], k=3)["queries"][0]["matches"][0]
+    own = pairnet.probability(net, pairnet.pixels(query)[None], pairnet.pixels(ims[int(top["row"])])[None])[0]
+    assert top["network"] == pytest.approx(own, abs=1e-5)
+    assert top["detail"] == pytest.approx(reference(query, ims[int(top["row"])], ver["sigma"], ver["region"]), abs=1e-4)
+    assert top["score"] == pytest.approx(top["normalized"] + w * top["detail"] + nw * top["network"], abs=1e-5)
+    # other weights in the same place: the index refuses them rather than score with a network it never calibrated
+    random_network(tmp_path / "net", 1)
+    with pytest.raises(MemlabError, match="calibrated with the verification network"):
+        match_images(idx, d, [query], ["tinted"], k=3)
+    # a rule naming another network, or a malformed model string, is refused when read
+    for bad in ({**scorenorm.NETWORK_VERIFY, "network": "/etc"},
+                {**scorenorm.NETWORK_VERIFY, "model": "memlab-pairnet-../../x"},
+                {**scorenorm.NETWORK_VERIFY, "network_weight": 0}, {**scorenorm.NETWORK_VERIFY, "weight": 0}):
+        with pytest.raises(MemlabError):
+            scorenorm.check_verify(bad)
