@@ -7,7 +7,9 @@ Then **at the threshold** (issue 30): half of the paintings are indexed (``index
 at 1% of their distinct background, as a world calibrates); the other half, paintings the threshold never
 saw, give the false-positive rate (their top-1 score above it), and each transformation of the indexed
 half gives the recall at the threshold; each also at the conformal rank of the same background
-(``metrics.conformal_threshold``, tried, not shipped). With ``--splits N`` the held-out false positives of each
+(``metrics.conformal_threshold``, tried, not shipped); each with the verification memlab-copy ships (the detail
+correlation), memlab-verify's learned one beside it (tried for the built-in world), two-sided, the normalized
+score alone and the plain cosine. With ``--splits N`` the held-out false positives of each
 score are measured over N random halves (one half's rate rests on one or two paintings).
 Ties count as the expected accuracy under random tie-breaking (1 / number of tied items).
 
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
           f"(target >= -2 points); model {descs['memlab-copy'].model}")
     print(f"embedding {len(originals)} originals with the three descriptors: {timing['embed_originals_s']:.2f}s")
     at = at_threshold(files, originals, create_descriptor("memlab-copy", weights=args.weights), data)
-    print("the same verified by memlab-verify (the built-in world's learned verification; it never saw a painting):")
+    print("the same verified by memlab-verify beside the detail (the learned verification tried for the built-in "
+          "world; it never saw a painting):")
     learned = at_threshold(files, originals, create_descriptor(
         "memlab-copy", weights=args.weights, score_norm={**scorenorm.DEFAULT, "verify": scorenorm.NETWORK_VERIFY}), data)
     print("the same two-sided (CSLS: half the normalizer from the matched painting's own neighbours; not shipped):")

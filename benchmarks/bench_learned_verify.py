@@ -257,15 +257,19 @@ def main():
         return (min(r.values()), float(np.mean(list(r.values()))))
     w = max(WEIGHTS, key=lambda x: worst(recall(tu, tu["n"] + x * p_tu)[1]))
     w_oracle = max(WEIGHTS, key=lambda x: worst(recall(va, va["n"] + x * p_va)[1]))
+    w2 = max(WEIGHTS, key=lambda x: worst(recall(tu, tu["n"] + 0.2 * tu["detail"] + x * p_tu)[1]))
     print(f"validation (seed {a.seed}): recall at 1% of the background, by kind")
     print(f"{'rule':<52} {'thr':>6} " + " ".join(f"{k:>11}" for k in KINDS))
     for label, score in (("normalized alone", va["n"]), ("detail (memlab-copy's default): + 0.2 x detail3 c50", va["n"] + 0.2 * va["detail"]),
                          (f"+ {w:g} x network (weight chosen on world {a.tune_world_seed})", va["n"] + w * p_va),
-                         (f"+ {w_oracle:g} x network (weight chosen here: upper bound)", va["n"] + w_oracle * p_va)):
+                         (f"+ {w_oracle:g} x network (weight chosen here: upper bound)", va["n"] + w_oracle * p_va),
+                         (f"detail + {w2:g} x network (chosen on world {a.tune_world_seed})",
+                          va["n"] + 0.2 * va["detail"] + w2 * p_va)):
         thr, r = recall(va, score)
         print(f"{label:<52} {thr:6.3f} " + " ".join(f"{r[k]:11.1%}" for k in KINDS), flush=True)
     for label, score in (("tuning set: normalized alone", tu["n"]), ("tuning set: detail", tu["n"] + 0.2 * tu["detail"]),
-                         (f"tuning set: + {w:g} x network", tu["n"] + w * p_tu)):
+                         (f"tuning set: + {w:g} x network", tu["n"] + w * p_tu),
+                         (f"tuning set: detail + {w2:g} x network", tu["n"] + 0.2 * tu["detail"] + w2 * p_tu)):
         thr, r = recall(tu, score)
         print(f"{label:<52} {thr:6.3f} " + " ".join(f"{r[k]:11.1%}" for k in KINDS), flush=True)
     if not a.card_world:
@@ -276,7 +280,6 @@ def main():
     print(f"the card's world ({a.card_world}; {a.card_items} items copied by its model and by the views model; "
           f"probes {', '.join(GEN_GROUPS)} x seeds 0-{GEN_SEEDS - 1}; {time.time() - t0:.0f} s)")
     print(f"{'rule':<52} {'thr':>6} " + " ".join(f"{k:>11}" for k in KINDS))
-    w2 = max(WEIGHTS, key=lambda x: worst(recall(tu, tu["n"] + 0.2 * tu["detail"] + x * p_tu)[1]))
     for label, score in (("normalized alone", cp["n"]), ("detail (memlab-copy's default): + 0.2 x detail3 c50", cp["n"] + 0.2 * cp["detail"]),
                          (f"+ {w:g} x network (weight chosen on world {a.tune_world_seed})", cp["n"] + w * p_cp),
                          (f"detail + {w2:g} x network (chosen on world {a.tune_world_seed})",

@@ -30,7 +30,9 @@ GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used
 # ``decoded_index``: the threshold at this share of the background of distinct images as the world's VAE returns
 # them (at 1% that background flags more generations than the originals'; chosen on validation copies, issue 30)
 DECODED_FPR = 0.005
-WORLD_VERIFY = "memlab-verify"  # the verdict's verification stage (``scorenorm.VERIFY_RULES``): the learned one
+# the verdict's verification stage (``scorenorm.VERIFY_RULES``): the images' detail correlation; memlab-verify's
+# learned one was measured on this world's card and not kept (docs/builtin-world.md)
+WORLD_VERIFY = "detail"
 
 
 def model_copy_truth(rows, image_of, model_dir, n_items: int, seed: int, progress=None, prefix: str = "model",

@@ -19,9 +19,9 @@ calibrated on the same score (``index.build_index``): each distinct training ima
 nearest other distinct images, 1% above the best. Only an index that keeps its training images verifies; its
 manifest records the rule (``score_norm.verify``) and every score names it.
 
-A rule with ``network`` (``memlab-verify``, ``memlab.pairnet``) adds ``weight`` x a learned network's
-probability that the query copies the candidate in place of the detail correlation (``term``: either one, as
-a pair of functions on images), the better of the query and its mirror image.
+A rule with ``network`` (``memlab-verify``, ``memlab.pairnet``; tried for issue 30, not the built-in world's)
+also adds ``network_weight`` x a learned network's probability that the query copies the candidate, the better
+of the query and its mirror image (``Terms``: both terms as functions of each image's sides).
 """
 from __future__ import annotations
 

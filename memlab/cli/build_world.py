@@ -44,9 +44,10 @@ def add_arguments(p):
     p.add_argument("--views-model", default=None,
                    help="the pipeline folder memlab-copy took its decoder views from: its copies of the same items "
                         "are scored too, against the world's model that gave the descriptor none")
-    p.add_argument("--verify", choices=["memlab-verify", "detail"], default="memlab-verify",
-                   help="the verdict's verification stage: memlab-verify's probability of a copy (the built-in "
-                        "world's) or the images' detail correlation (memlab-copy's own default)")
+    p.add_argument("--verify", choices=["detail", "memlab-verify"], default="detail",
+                   help="the verdict's verification stage: the images' detail correlation (the built-in world's, "
+                        "memlab-copy's own default) or that plus memlab-verify's probability of a copy (tried for "
+                        "issue 30, not the shipped world's: docs/builtin-world.md)")
     p.add_argument("--decoded-index", action="store_true",
                    help="index each training image as the world's VAE returns it, threshold at 0.5%% of that "
                         "background (tried for issue 30, not the shipped world's: docs/methods.md)")
