@@ -2,7 +2,6 @@
 network term): its trainer learns copies from pairs and resumes to the same weights, and an index that verifies
 with it records the weights, scores with them, and refuses others."""
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
@@ -59,9 +58,16 @@ def test_the_trainer_learns_copies_and_resumes_to_the_same_weights(tmp_path):
     assert auc(p[z["own"]], p[~z["own"]]) > 0.8
     # the mirrored query scores as the query: the better orientation
     assert np.allclose(p, pairnet.probability(net, z["q"][:, :, ::-1], z["t"]), atol=1e-6)
+    # the verb trains the same way (one epoch here) and writes the folder memlab-verify loads
+    from memlab.cli import main
+
+    assert main(["train-verifier", "--pairs", str(tmp_path / "train.npz"), "--out", str(tmp_path / "verb"),
+                 "--epochs", "1", "--batch-size", "32"]) == 0
+    assert pairnet.load(str(tmp_path / "verb"))[1] == pairnet.model_id(tmp_path / "verb")
 
 
-def test_pairs_that_are_not_pairs_are_one_clear_error(tmp_path):
+def test_pairs_that_are_not_pairs_are_one_clear_error(tmp_path, capsys):
+    from memlab.cli import main
     from memlab.train_verifier import VerifierTrainConfig, load_pairs
 
     np.savez(tmp_path / "bad.npz", q=np.zeros((2, 32, 32, 3), np.uint8), t=np.zeros((2, 32, 32, 3), np.uint8),
@@ -73,6 +79,9 @@ def test_pairs_that_are_not_pairs_are_one_clear_error(tmp_path):
         load_pairs([tmp_path / "obj.npz"])  # an object array needs pickle: refused, never unpickled
     with pytest.raises(MemlabError, match="--pairs"):
         VerifierTrainConfig().validate()
+    # the verb: one error line, exit 2, nothing written
+    assert main(["train-verifier", "--pairs", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "out")]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def random_network(folder, seed: int) -> str:
@@ -84,20 +93,15 @@ def random_network(folder, seed: int) -> str:
 
 def test_an_index_verifies_with_the_network_records_its_weights_and_refuses_others(tmp_path, monkeypatch):
     from memlab.descriptors import create_descriptor
-    from memlab.index import TrainingIndex, build_index
+    from memlab.index import TrainingIndex
     from memlab.match import match_images
+    from tests.test_verify import scene_index
 
     model = random_network(tmp_path / "net", 0)
     monkeypatch.setenv("MEMLAB_VERIFY_WEIGHTS", str(tmp_path / "net"))
-    ims = [scene(i) for i in range(30)]
-    root = tmp_path / "images"
-    root.mkdir()
-    for i, im in enumerate(ims):
-        im.save(root / f"{i}.png")
-    items = pd.DataFrame({"id": range(30), "caption": [""] * 30, "file": [f"{i}.png" for i in range(30)]})
     d = create_descriptor("memlab-copy")
     d.score_norm = {**d.score_norm, "verify": scorenorm.NETWORK_VERIFY}
-    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=15, image_root=str(root))
+    ims = scene_index(tmp_path, 30, d, 15)
     idx = TrainingIndex.load(tmp_path / "i")
     spec = idx.descriptor_info("memlab-copy")["score_norm"]
     assert spec["verify"] == {**scorenorm.check_verify(scorenorm.NETWORK_VERIFY), "model": model}

@@ -85,15 +85,22 @@ def test_candidates_leave_out_the_own_image_and_are_normalized_by_the_next():
                                                              0.5 - 0.5 * (0.9 + 0.4) / 2 - 0.5 * (0.5 + 0.2) / 2])
 
 
-def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_path):
-    ims = [scene(i) for i in range(40)]
+def scene_index(tmp_path, n: int, d, calib_n: int) -> list:
+    """An index of ``n`` scenes that keeps their files (so its rule verifies) in ``tmp_path / "i"``: their images."""
+    ims = [scene(i) for i in range(n)]
     root = tmp_path / "images"
     root.mkdir()
     for i, im in enumerate(ims):
         im.save(root / f"{i}.png")
-    items = pd.DataFrame({"id": range(40), "caption": [""] * 40, "file": [f"{i}.png" for i in range(40)]})
+    items = pd.DataFrame({"id": range(n), "caption": [""] * n, "file": [f"{i}.png" for i in range(n)]})
+    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=calib_n, image_root=str(root))
+    return ims
+
+
+def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_path):
     d = create_descriptor("memlab-copy")
-    build_index(tmp_path / "i", items, lambda i: ims[i], [d], calib_n=20, image_root=str(root))
+    ims = scene_index(tmp_path, 40, d, 20)
+    items = pd.DataFrame({"id": range(40), "caption": [""] * 40, "file": [f"{i}.png" for i in range(40)]})
     idx = TrainingIndex.load(tmp_path / "i")
     spec = idx.descriptor_info("memlab-copy")["score_norm"]
     assert spec["verify"] == verify.DEFAULT and "detail" in spec["words"]

@@ -23,6 +23,32 @@ VERBS = {
 }
 
 
+def config_arguments(p, cls, skip=()) -> None:
+    """One ``--flag`` per field of a config dataclass ``cls`` (but ``skip``), its default in the help: whole numbers
+    and decimals typed, booleans read from true / false, the rest as text."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
+                           metavar="BOOL", help=f"(default {f.default})")
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default!r})")
+
+
+def trained(out, took: float, stopped_at: str) -> int:
+    """A training verb's last line: the weights written, or where it stopped (``stopped_at``: "step 300")."""
+    if out is None:
+        print(f"stopped at {stopped_at} after {took / 60:.1f} min; run again to resume", file=sys.stderr)
+    else:
+        print(f"wrote {out} (config.json + model.safetensors) in {took / 60:.1f} min", file=sys.stderr)
+    return 0
+
+
 def device(text: str) -> str:
     """An argparse type for ``--device``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``),
     else one ``error:`` line, before any model loads."""

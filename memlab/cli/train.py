@@ -13,14 +13,9 @@ import sys
 def add_arguments(p):
     from ..train import TrainConfig
 
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default,
-                           metavar="BOOL", help=f"(default {f.default})")
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default!r})")
+    from . import config_arguments
+
+    config_arguments(p, TrainConfig)
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
 
 

@@ -15,15 +15,12 @@ import time
 def add_arguments(p):
     from ..train_descriptor import DescriptorTrainConfig
 
-    for f in dataclasses.fields(DescriptorTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "widths":
-            p.add_argument(flag, type=lambda s: [int(v) for v in s.split(",")], default=None,
-                           help="channels of the stem and each stage, comma-separated "
-                                f"(default {','.join(map(str, DescriptorTrainConfig().widths))})")
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default!r})")
+    from . import config_arguments
+
+    config_arguments(p, DescriptorTrainConfig, skip=("widths",))
+    p.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="channels of the stem and each stage, comma-separated "
+                        f"(default {','.join(map(str, DescriptorTrainConfig().widths))})")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--export-checkpoint", type=int, default=None, metavar="STEP",
                    help="do not train: write the weights and card of checkpoint STEP in --out (0: the latest), "
@@ -51,9 +48,6 @@ def run(args) -> int:
     t0 = time.perf_counter()
     out = train_descriptor(cfg, resume=not args.no_resume,
                            progress=lambda it, **k: tqdm(it, file=sys.stderr, disable=None, **k))
-    took = time.perf_counter() - t0
-    if out is None:
-        print(f"stopped at step {cfg.stop_at} after {took / 60:.1f} min; run again to resume", file=sys.stderr)
-    else:
-        print(f"wrote {out} (config.json + model.safetensors) in {took / 60:.1f} min", file=sys.stderr)
-    return 0
+    from . import trained
+
+    return trained(out, time.perf_counter() - t0, f"step {cfg.stop_at}")
