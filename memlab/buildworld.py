@@ -159,7 +159,7 @@ def build_world(out: str | Path, spec: WorldSpec = WorldSpec(), train_steps: int
     previous = json.loads((out / "card.json").read_text()) if (out / "card.json").is_file() else {}
     train_card = _model(out, cfg, rows, data, previous, reuse_model, st, progress)
     if (out / "index" / "manifest.json").is_file():
-        _check_resumed_index(out / "index", descriptors[0], decoded_index)
+        _check_resumed_index(out / "index", descriptors[0], decoded_index, verify)
     else:
         _index(out, rows, data, spec, descriptors, ground_truth_items, st, progress, views_model, sampling,
                decoded_index, verify)
@@ -258,12 +258,17 @@ def decoded_images(model_dir, images, cache=None) -> tuple[list, str]:
     return out, words
 
 
-def _check_resumed_index(index: Path, primary: str, decoded: bool) -> None:
-    """A resumed build keeps the index it made: refused where it was made with the other ``decoded_index``."""
+def _check_resumed_index(index: Path, primary: str, decoded: bool, verify: str | None = None) -> None:
+    """A resumed build keeps the index it made: refused where it was made with the other ``decoded_index``, or
+    verified otherwise than ``verify`` asks (memlab-verify's network or not)."""
     entry = json.loads((index / "manifest.json").read_text()).get("descriptors", {}).get(primary, {})
     if bool(entry.get("indexed")) != decoded:
         raise MemlabError(f"the index in {index} was built {'without' if decoded else 'with'} --decoded-index; "
                           f"build again with --reuse-model to index it anew")
+    ver = (entry.get("score_norm") or {}).get("verify")
+    if verify and ver and bool(ver.get("network")) != bool(VERIFY_RULES[verify].get("network")):
+        raise MemlabError(f"the index in {index} was verified {'with' if ver.get('network') else 'without'} "
+                          f"memlab-verify; build again with --reuse-model --verify {verify} to index it anew")
 
 
 def decoded_rows(model_dir, rows, image_of, cache=None) -> tuple:

@@ -143,3 +143,21 @@ def test_an_index_verifies_with_the_network_records_its_weights_and_refuses_othe
                 {**scorenorm.NETWORK_VERIFY, "network_weight": 0}, {**scorenorm.NETWORK_VERIFY, "weight": 0}):
         with pytest.raises(MemlabError):
             scorenorm.check_verify(bad)
+
+
+def test_a_resumed_build_refuses_an_index_verified_otherwise(tmp_path):
+    """``build-world --verify``: a build resumed over an index it made keeps that index only when the index was
+    verified as asked (with or without memlab-verify); before, the other rule was kept without a word."""
+    import json
+
+    from memlab.buildworld import _check_resumed_index
+
+    for made, asked in (("detail", "memlab-verify"), ("memlab-verify", "detail")):
+        index = tmp_path / made
+        index.mkdir()
+        rule = scorenorm.VERIFY_RULES[made]
+        (index / "manifest.json").write_text(json.dumps({"descriptors": {"memlab-copy": {"score_norm": {
+            **scorenorm.DEFAULT, "verify": rule}}}}))
+        _check_resumed_index(index, "memlab-copy", False, made)
+        with pytest.raises(MemlabError, match=f"--verify {asked}"):
+            _check_resumed_index(index, "memlab-copy", False, asked)
