@@ -15,10 +15,13 @@ Readable top to bottom: config -> pairs -> network -> loop -> checkpoints -> wei
   lr / 25 / 1e4), batches of 128.
 - **Resumable**: each epoch draws its order, augmentations and dropout from generators seeded by (seed, epoch);
   after each epoch the weights and the optimizer's moments are written (safetensors), so a killed training
-  resumes at its last epoch to the same weights as an uninterrupted one.
+  resumes at its last epoch to the same weights as an uninterrupted one. A checkpoint records what it was trained
+  on (the settings and a checksum of the pairs): a run with other settings or other pairs into the same ``out``
+  is refused rather than continued from it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -93,7 +96,16 @@ def augment(q, t, rng):
     return x
 
 
-def _checkpoint(work: Path, net, opt, epoch: int, losses: list) -> None:
+def fingerprint(cfg: VerifierTrainConfig, pairs: dict) -> dict:
+    """What a checkpoint's weights depend on: the training settings and a checksum of the pooled pairs."""
+    h = hashlib.sha256()
+    for k in ("q", "t", "own"):
+        h.update(np.ascontiguousarray(pairs[k]).tobytes())
+    keep = ("epochs", "batch_size", "lr", "weight_decay", "seed")
+    return {"settings": {k: getattr(cfg, k) for k in keep}, "pairs_sha256": h.hexdigest()}
+
+
+def _checkpoint(work: Path, net, opt, epoch: int, losses: list, made_from: dict) -> None:
     from safetensors.torch import save_file
 
     state = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
@@ -101,17 +113,24 @@ def _checkpoint(work: Path, net, opt, epoch: int, losses: list) -> None:
         state.update({f"opt.{i}.{k}": v.detach().contiguous().reshape(v.shape or (1,)) for k, v in s.items()})
     tmp = work / "checkpoint.safetensors.tmp"
     save_file(state, str(tmp))
-    (work / "checkpoint.json.tmp").write_text(json.dumps({"epoch": epoch, "losses": losses}))
+    (work / "checkpoint.json.tmp").write_text(json.dumps({"epoch": epoch, "losses": losses,
+                                                                  "made_from": made_from}))
     tmp.replace(work / "checkpoint.safetensors")
     (work / "checkpoint.json.tmp").replace(work / "checkpoint.json")
 
 
-def _resume(work: Path, net, opt) -> tuple[int, list]:
+def _resume(work: Path, net, opt, made_from: dict) -> tuple[int, list]:
     from .weightfiles import read_tensors
 
     if not (work / "checkpoint.json").is_file():
         return 0, []
     info = json.loads((work / "checkpoint.json").read_text())
+    if info.get("made_from") != made_from:
+        old = info.get("made_from") or {}
+        what = [k for k in made_from["settings"] if old.get("settings", {}).get(k) != made_from["settings"][k]]
+        what += ["pairs"] if old.get("pairs_sha256") != made_from["pairs_sha256"] else []
+        raise MemlabError(f"{work} holds a training with other {', '.join(what) or 'inputs'}: it is not resumed "
+                          f"from; give another --out or remove that folder to start afresh")
     state = read_tensors(work / "checkpoint.safetensors")
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
     params = list(net.parameters())
@@ -141,7 +160,8 @@ def train_verifier(cfg: VerifierTrainConfig, resume: bool = True, progress=None,
     net_cfg = PairNetConfig()
     net = build(net_cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, losses = _resume(work, net, opt) if resume else (0, [])
+    made_from = fingerprint(cfg, p)
+    start, losses = _resume(work, net, opt, made_from) if resume else (0, [])
     n, bs = len(y), cfg.batch_size
     per_epoch = (n + bs - 1) // bs
     total = cfg.epochs * per_epoch
@@ -166,7 +186,7 @@ def train_verifier(cfg: VerifierTrainConfig, resume: bool = True, progress=None,
             tot += loss.item() * len(b)
         losses.append(tot / n)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {tot / n:.4f}")
-        _checkpoint(work, net, opt, epoch + 1, losses)
+        _checkpoint(work, net, opt, epoch + 1, losses, made_from)
     model = save(net.eval(), net_cfg, out)
     (out / "loss.csv").write_text("epoch,loss\n" + "".join(f"{i + 1},{v:.6f}\n" for i, v in enumerate(losses)))
     card = {"config": {**asdict(cfg), "pairs": [Path(x).name for x in cfg.pairs]}, "model": model,

@@ -84,6 +84,26 @@ def test_pairs_that_are_not_pairs_are_one_clear_error(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out" / "model.safetensors").exists()
 
 
+
+def test_a_training_is_resumed_only_from_the_same_settings_and_pairs(tmp_path):
+    """A checkpoint made from other pairs or settings is refused, not continued (it would have given weights no
+    uninterrupted run of the asked training gives)."""
+    from memlab.train_verifier import VerifierTrainConfig, train_verifier
+
+    pair_file(tmp_path / "a.npz", list(range(100, 110)), np.random.default_rng(0))
+    pair_file(tmp_path / "b.npz", list(range(200, 210)), np.random.default_rng(1))
+    cfg = dict(epochs=3, batch_size=8, stop_at=1, out=str(tmp_path / "run"))
+    assert train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **cfg), log=lambda m: None) is None
+    with pytest.raises(MemlabError, match="other pairs"):
+        train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "b.npz")], **cfg), log=lambda m: None)
+    with pytest.raises(MemlabError, match="other lr"):
+        train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **{**cfg, "lr": 1e-3}), log=lambda m: None)
+    # the same pairs and settings resume (and stop_at is no setting of the weights)
+    done = train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **{**cfg, "stop_at": 0}),
+                          log=lambda m: None)
+    assert (done / "model.safetensors").is_file()
+    assert __import__("json").loads((done / "train_card.json").read_text())["resumed_from"] == 1
+
 def random_network(folder, seed: int) -> str:
     import torch
 
