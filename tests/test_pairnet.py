@@ -181,3 +181,36 @@ def test_a_resumed_build_refuses_an_index_verified_otherwise(tmp_path):
         _check_resumed_index(index, "memlab-copy", False, made)
         with pytest.raises(MemlabError, match=f"--verify {asked}"):
             _check_resumed_index(index, "memlab-copy", False, asked)
+
+
+def test_build_worlds_index_stage_verifies_as_verify_asks(tmp_path, monkeypatch):
+    """``build-world --verify`` reaches the index: ``memlab-verify`` puts the network (its weights' checksum) in the
+    memlab-copy rule the index calibrates and scores with, ``detail`` leaves it out; a resumed build then keeps
+    that index only when asked for the same rule."""
+    import pandas as pd
+
+    from memlab.buildworld import _check_resumed_index, _index, _Stages
+    from memlab.index import TrainingIndex
+    from memlab.worldgen import WorldSpec
+
+    model = random_network(tmp_path / "net", 2)
+    monkeypatch.setenv("MEMLAB_VERIFY_WEIGHTS", str(tmp_path / "net"))
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for i in range(10):
+        scene(40 + i).save(data / "images" / f"{i:04d}.png")
+    rows = pd.DataFrame({"id": range(10), "item": range(10), "caption": ["a scene"] * 10,
+                         "file": [f"images/{i:04d}.png" for i in range(10)], "source": ["procedural"] * 10,
+                         "template": [-1] * 10})
+    for rule in ("memlab-verify", "detail"):
+        out = tmp_path / rule
+        _index(out, rows.copy(), data, WorldSpec(), ["memlab-copy"], 0, _Stages(out / "build", lambda m: None), None,
+               verify=rule)
+        ver = TrainingIndex.load(out / "index").descriptor_info("memlab-copy")["score_norm"]["verify"]
+        if rule == "memlab-verify":
+            assert ver == {**scorenorm.check_verify(scorenorm.NETWORK_VERIFY), "model": model}
+        else:
+            assert "network" not in ver and ver == scorenorm.check_verify(scorenorm.VERIFY)
+        _check_resumed_index(out / "index", "memlab-copy", False, rule)
+        with pytest.raises(MemlabError):
+            _check_resumed_index(out / "index", "memlab-copy", False, ({"detail", "memlab-verify"} - {rule}).pop())
