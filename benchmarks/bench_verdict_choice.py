@@ -105,6 +105,10 @@ VARIANTS = {  # name -> (registered descriptor, overrides)
     # the colour layout's share again, each channel centred and scaled on its own (a tint or darkening leaves it)
     "normalized, per-channel pixels 0.25 of the cosine": ("memlab-copy", {"pixels": 0.25, "per_channel": True}),
     "normalized, per-channel pixels 0.15 of the cosine": ("memlab-copy", {"pixels": 0.15, "per_channel": True}),
+    # the shipped detail term and memlab-verify's probability beside it (``scorenorm.NETWORK_VERIFY``; the weights:
+    # $MEMLAB_VERIFY_WEIGHTS, else assets/memlab-verify), as ``build-world --verify memlab-verify`` indexes
+    "verified + memlab-verify 0.2": ("memlab-copy", {"score_norm": {"gains": [1.5], "verify": {
+        "weight": 0.2, "sigma": 3.0, "region": 0.5, "network": "memlab-verify", "network_weight": 0.2}}}),
 }
 
 
