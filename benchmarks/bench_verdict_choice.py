@@ -227,6 +227,8 @@ def main():
     ap.add_argument("--decoded", action="store_true", help="index each training image as the validation model's VAE "
                                                            "returns it (as build-world indexes a world with a model)")
     ap.add_argument("--fpr", type=float, default=0.01, help="the threshold's share of the distinct-item background")
+    ap.add_argument("--show", default=None, help="a folder: each variant's unique seeds called replicated written "
+                                                 "there, the generation beside its top-1 training image, to look at")
     ap.add_argument("--judge", action="store_true", help="also recall on the copies that keep every drawn object, "
                     "and on those that lose one (bench_copy_content.kept_objects), read as with --matched")
     a = ap.parse_args()
@@ -313,6 +315,10 @@ def main():
                 + f"  {hit[uniq].mean():8.1%} ({uniq.sum()})"
                 + f"  {hit[uniq & ~own].mean():8.1%} ({(uniq & ~own).sum()})")
         print(line, flush=True)
+        if a.show:
+            show(Path(a.show) / str(list(VARIANTS).index(label) if label in VARIANTS else label),
+                 [(gen_files[i], gen_images[i], image_of(int(top_rows[i])), scores[i, 0])
+                  for i in np.flatnonzero(uniq & hit)])
         if kept:
             print("  top-1 own and above the threshold, copies keeping every object / losing one: " + " ".join(
                 f"{k[6:]} {(copy_scores[k][kp] > thr['value']).mean():.1%} ({kp.sum()}) / "
@@ -324,6 +330,19 @@ def main():
                   f"{(bg > t).mean():.2%} of the distinct background): "
                   + " ".join(f"{k[6:]} {(copy_scores[k] > t).mean():.1%}" for k in kinds)
                   + f"; full20 own-top1 {(scores[full & own, 0] > t).mean():.1%}", flush=True)
+
+
+def show(folder: Path, pairs) -> None:
+    """Each (file, generation, its top-1 training image, score) side by side as ``<file>_<score>.png``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, im, train, score in pairs:
+        side = 128
+        pair = Image.new("RGB", (2 * side + 4, side), "white")
+        pair.paste(im.convert("RGB").resize((side, side)), (0, 0))
+        pair.paste(train.convert("RGB").resize((side, side)), (side + 4, 0))
+        pair.save(folder / f"{f.stem}_{score:.3f}.png")
 
 
 def top1(idx, d, images):
