@@ -141,9 +141,9 @@ def main():
         own = gi == gen_own
         r = recall(thr)
         print(f"{label}: threshold {thr:.3f}; " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS)
-              + f"; full ddf 20 own top-1 replicated {(gs[full & own] >= thr).mean():.1%} of {(full & own).sum()}"
-              + f"; unique replicated {(gs[uniq] >= thr).mean():.1%} of {uniq.sum()}"
-              + f", non-copies flagged {(gs[uniq & ~own] >= thr).mean():.1%} of {(uniq & ~own).sum()}", flush=True)
+              + f"; full ddf 20 own top-1 replicated {(gs[full & own] > thr).mean():.1%} of {(full & own).sum()}"
+              + f"; unique replicated {(gs[uniq] > thr).mean():.1%} of {uniq.sum()}"
+              + f", non-copies flagged {(gs[uniq & ~own] > thr).mean():.1%} of {(uniq & ~own).sum()}", flush=True)
         first = recall(-np.inf)  # the original scored first, at any threshold
         print("  the original scored first: " + ", ".join(f"{kind} {first[kind]:.1%}" for kind in KINDS[3:7]), flush=True)
         for n in [int(x) for x in a.matched.split(",") if x]:

@@ -306,7 +306,7 @@ def main():
             copy_scores = {k: own_scores(idx, d, *truth[k]) for k in kinds} if a.matched or a.judge else {}
             bg = idx.background(d.name, distinct=True)
             idx.close()
-        hit = scores[:, 0] >= thr["value"]
+        hit = scores[:, 0] > thr["value"]  # the verdict: above the threshold (metrics.replication_flags)
         group = np.array([p["group"] for p in gen_probe])
         own = items == np.array([int(p["item"]) for p in gen_probe])
         full, uniq = group == "full_ddf20", group == "unique"
@@ -337,8 +337,8 @@ def show(folder: Path, pairs) -> None:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
+    side = 128
     for f, im, train, score in pairs:
-        side = 128
         pair = Image.new("RGB", (2 * side + 4, side), "white")
         pair.paste(im.convert("RGB").resize((side, side)), (0, 0))
         pair.paste(train.convert("RGB").resize((side, side)), (side + 4, 0))

@@ -113,8 +113,8 @@ def _checkpoint(work: Path, net, opt, epoch: int, losses: list, made_from: dict)
         state.update({f"opt.{i}.{k}": v.detach().contiguous().reshape(v.shape or (1,)) for k, v in s.items()})
     tmp = work / "checkpoint.safetensors.tmp"
     save_file(state, str(tmp))
-    (work / "checkpoint.json.tmp").write_text(json.dumps({"epoch": epoch, "losses": losses,
-                                                                  "made_from": made_from}))
+    info = {"epoch": epoch, "losses": losses, "made_from": made_from}
+    (work / "checkpoint.json.tmp").write_text(json.dumps(info))
     tmp.replace(work / "checkpoint.safetensors")
     (work / "checkpoint.json.tmp").replace(work / "checkpoint.json")
 
