@@ -19,10 +19,14 @@ prints:
 ``--decoded`` indexes each training image as the validation model's VAE returns it (``build-world
 --decoded-index``), ``--fpr`` sets the threshold's share of the background. ``--judge`` also prints recall (top-1
 their own item, above the threshold) on the copies that keep every drawn object of their original and on those
-that lose one (``bench_copy_content.kept_objects``: no copy descriptor decides it).
+that lose one (``bench_copy_content.kept_objects``: no copy descriptor decides it). ``--show DIR`` writes each
+variant's unique seeds called replicated beside their top-1 training image (DIR/<variant number>/), to look at.
+Variant 48 adds memlab-verify's probability to the detail term, as ``build-world --verify memlab-verify`` does
+(``$MEMLAB_VERIFY_WEIGHTS`` picks other weights).
 
     python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
         [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005] [--judge]
+        [--show DIR]
 """
 from __future__ import annotations
 
