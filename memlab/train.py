@@ -12,7 +12,9 @@ pipeline on an image+caption table, with the controls of Somepalli et al. 2023 (
 
 Readable top to bottom: config -> data -> (VAE when training from scratch) -> latents -> loop ->
 checkpoints -> pipeline + loss log + run card. Each step draws its randomness from a generator seeded by
-(seed, step), so a resumed run continues exactly where the checkpoint left it.
+(seed, step), so a resumed run continues exactly where the checkpoint left it. A checkpoint records the settings
+its weights depend on (the data by its checksum; ``recorded_settings``), and a run with others is refused it
+(``check_resumable``; the descriptor's and the verification network's trainers do the same).
 """
 from __future__ import annotations
 
@@ -189,6 +191,30 @@ def load_optimizer(opt, path: Path) -> None:
     opt.load_state_dict(sd)
 
 
+# a training config's settings that say where a run writes and how fast it goes, never what it learns: a resumed run
+# may change them
+RUN_ONLY = ("out", "stop_at", "threads", "workers", "device", "checkpoint_every", "log_every", "save_dtype")
+
+
+def recorded_settings(cfg, **inputs) -> dict:
+    """What a checkpoint's weights depend on, as it records them: ``cfg``'s settings less ``RUN_ONLY``, with
+    ``inputs`` (a checksum of the data, say) in place of the settings that name them."""
+    got = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
+    return json.loads(json.dumps({**got, **inputs}))
+
+
+def check_resumable(ck: Path, recorded: dict | None, settings: dict) -> None:
+    """A checkpoint is resumed only under the settings it was made with: one made otherwise is refused, since
+    resuming it gives weights no uninterrupted run gives. One that records none (written before checkpoints did)
+    is taken as it is."""
+    if recorded is None:
+        return
+    other = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+    if other:
+        raise MemlabError(f"{ck} was made with other {', '.join(other)}: it is not resumed from; give another --out "
+                          f"or remove it to start afresh")
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     cks = sorted((p for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".part")),
                  key=lambda p: int(p.name.split("-")[1]))
@@ -310,12 +336,15 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     weights, dup = sampling_weights(len(df), cfg)
     wt = torch.tensor(weights / weights.sum())
     start = 0
+    settings = recorded_settings(cfg, data=dhash, images="")  # the data by its checksum, not where it lies
     ck = latest_checkpoint(out) if resume else None
     if ck is not None:
         unet.load_state_dict(load_file(str(ck / "unet.safetensors"), device=str(dev)))
         text.load_state_dict(load_file(str(ck / "text_encoder.safetensors"), device=str(dev)))
         load_optimizer(opt, ck / "optimizer.safetensors")
-        start = json.loads((ck / "state.json").read_text())["step"]
+        state = json.loads((ck / "state.json").read_text())
+        check_resumable(ck, state.get("settings"), settings)
+        start = state["step"]
     log_path = out / "loss.csv"
     if start == 0:
         log_path.write_text("step,loss,lr,elapsed_s\n")
@@ -364,7 +393,7 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
             save_file({k: v.contiguous().cpu() for k, v in text.state_dict().items()},
                       str(part / "text_encoder.safetensors"))
             save_optimizer(opt, part / "optimizer.safetensors")
-            (part / "state.json").write_text(json.dumps({"step": step + 1}))
+            (part / "state.json").write_text(json.dumps({"step": step + 1, "settings": settings}))
             shutil.rmtree(ck, ignore_errors=True)
             os.replace(part, ck)
 

@@ -18,7 +18,7 @@ Readable top to bottom: config -> image pool -> network -> loop -> checkpoints -
   -mean(log of each descriptor's distance to its nearest other descriptor) with weight 30, SSCD's values.
 - **Resumable**: each step draws its images and augmentations from generators seeded by (seed, step);
   checkpoints (weights, optimizer, step) are safetensors + JSON, so a killed training resumes to the same
-  weights as an uninterrupted one.
+  weights as an uninterrupted one; a checkpoint made with other settings is refused (``train.check_resumable``).
 """
 from __future__ import annotations
 
@@ -358,7 +358,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .train import latest_checkpoint, load_optimizer, save_optimizer
+    from .train import check_resumable, latest_checkpoint, load_optimizer, recorded_settings, save_optimizer
 
     cfg.validate()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -406,11 +406,15 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     if cfg.init:  # fine-tuning: the network starts from trained weights (the optimizer starts afresh)
         net.load_state_dict(load_file(str(Path(cfg.init) / "model.safetensors")))
     start = 0
+    settings = recorded_settings(cfg, **{k: str(Path(v).resolve()) if v and Path(v).exists() else v  # a folder
+                                         for k, v in (("decoder", cfg.decoder), ("init", cfg.init))})  # by where it is
     ck = latest_checkpoint(out) if resume else None
     if ck is not None:
+        state = json.loads((ck / "state.json").read_text())
+        check_resumable(ck, state.get("settings"), settings)
         net.load_state_dict(load_file(str(ck / "model.safetensors")))
         load_optimizer(opt, ck / "optimizer.safetensors")
-        start = json.loads((ck / "state.json").read_text())["step"]
+        start = state["step"]
         log(f"[train-descriptor] resuming from {ck.name}")
     log_path = out / "loss.csv"
     if start == 0:
@@ -450,7 +454,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
             ck.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ck / "model.safetensors"))
             save_optimizer(opt, ck / "optimizer.safetensors")
-            (ck / "state.json").write_text(json.dumps({"step": step + 1}))
+            (ck / "state.json").write_text(json.dumps({"step": step + 1, "settings": settings}))
             for old in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
                 shutil.rmtree(old, ignore_errors=True)  # keep the last two
 

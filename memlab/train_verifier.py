@@ -96,49 +96,40 @@ def augment(q, t, rng):
     return x
 
 
-def fingerprint(cfg: VerifierTrainConfig, pairs: dict) -> dict:
-    """What a checkpoint's weights depend on: the training settings and a checksum of the pooled pairs."""
+def pairs_checksum(pairs: dict) -> str:
+    """The pooled pairs' sha256: a checkpoint names its training data by it."""
     h = hashlib.sha256()
     for k in ("q", "t", "own"):
         h.update(np.ascontiguousarray(pairs[k]).tobytes())
-    keep = ("epochs", "batch_size", "lr", "weight_decay", "seed")
-    return {"settings": {k: getattr(cfg, k) for k in keep}, "pairs_sha256": h.hexdigest()}
+    return h.hexdigest()
 
 
-def _checkpoint(work: Path, net, opt, epoch: int, losses: list, made_from: dict) -> None:
+def _checkpoint(work: Path, net, opt, epoch: int, losses: list, settings: dict) -> None:
+    """The epoch's weights and optimizer state (safetensors), then its JSON: the JSON is written last, so a
+    checkpoint it names is whole."""
     from safetensors.torch import save_file
 
-    state = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
-    for i, s in opt.state_dict()["state"].items():
-        state.update({f"opt.{i}.{k}": v.detach().contiguous().reshape(v.shape or (1,)) for k, v in s.items()})
-    tmp = work / "checkpoint.safetensors.tmp"
-    save_file(state, str(tmp))
-    info = {"epoch": epoch, "losses": losses, "made_from": made_from}
-    (work / "checkpoint.json.tmp").write_text(json.dumps(info))
-    tmp.replace(work / "checkpoint.safetensors")
-    (work / "checkpoint.json.tmp").replace(work / "checkpoint.json")
+    from .train import save_optimizer
+
+    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(work / "model.safetensors.tmp"))
+    save_optimizer(opt, work / "optimizer.safetensors.tmp")
+    (work / "checkpoint.json.tmp").write_text(json.dumps({"epoch": epoch, "losses": losses, "settings": settings}))
+    for name in ("model.safetensors", "optimizer.safetensors", "checkpoint.json"):
+        (work / f"{name}.tmp").replace(work / name)
 
 
-def _resume(work: Path, net, opt, made_from: dict) -> tuple[int, list]:
+def _resume(work: Path, net, opt, settings: dict) -> tuple[int, list]:
+    from .train import check_resumable, load_optimizer
     from .weightfiles import read_tensors
 
     if not (work / "checkpoint.json").is_file():
         return 0, []
     info = json.loads((work / "checkpoint.json").read_text())
-    if info.get("made_from") != made_from:
-        old = info.get("made_from") or {}
-        what = [k for k in made_from["settings"] if old.get("settings", {}).get(k) != made_from["settings"][k]]
-        what += ["pairs"] if old.get("pairs_sha256") != made_from["pairs_sha256"] else []
-        raise MemlabError(f"{work} holds a training with other {', '.join(what) or 'inputs'}: it is not resumed "
-                          f"from; give another --out or remove that folder to start afresh")
-    state = read_tensors(work / "checkpoint.safetensors")
-    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-    params = list(net.parameters())
-    for k, v in state.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            p = params[int(i)]
-            opt.state[p][name] = v.reshape(()) if name == "step" else v.reshape(p.shape)
+    if "settings" not in info:
+        raise MemlabError(f"{work} holds a checkpoint of an older layout: remove it to start afresh")
+    check_resumable(work, info["settings"], settings)
+    net.load_state_dict(read_tensors(work / "model.safetensors"))
+    load_optimizer(opt, work / "optimizer.safetensors")
     return int(info["epoch"]), list(info["losses"])
 
 
@@ -160,8 +151,10 @@ def train_verifier(cfg: VerifierTrainConfig, resume: bool = True, progress=None,
     net_cfg = PairNetConfig()
     net = build(net_cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    made_from = fingerprint(cfg, p)
-    start, losses = _resume(work, net, opt, made_from) if resume else (0, [])
+    from .train import recorded_settings
+
+    settings = recorded_settings(cfg, pairs=pairs_checksum(p))  # the pairs by their checksum, not their files
+    start, losses = _resume(work, net, opt, settings) if resume else (0, [])
     n, bs = len(y), cfg.batch_size
     per_epoch = (n + bs - 1) // bs
     total = cfg.epochs * per_epoch
@@ -186,7 +179,7 @@ def train_verifier(cfg: VerifierTrainConfig, resume: bool = True, progress=None,
             tot += loss.item() * len(b)
         losses.append(tot / n)
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {tot / n:.4f}")
-        _checkpoint(work, net, opt, epoch + 1, losses, made_from)
+        _checkpoint(work, net, opt, epoch + 1, losses, settings)
     model = save(net.eval(), net_cfg, out)
     (out / "loss.csv").write_text("epoch,loss\n" + "".join(f"{i + 1},{v:.6f}\n" for i, v in enumerate(losses)))
     card = {"config": {**asdict(cfg), "pairs": [Path(x).name for x in cfg.pairs]}, "model": model,

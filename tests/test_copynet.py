@@ -10,7 +10,7 @@ import torch
 from tests.helpers import synthetic_images
 from memlab.copynet import CopyNet, CopyNetConfig, load_copynet, to_input
 from memlab.descriptors import create_descriptor
-from memlab.errors import ModelFileMissing
+from memlab.errors import MemlabError, ModelFileMissing
 from memlab.train_descriptor import DescriptorTrainConfig, entropy_regulariser, info_nce, train_descriptor
 
 TINY = dict(widths=[8, 12, 16], dim=16, input_size=32)
@@ -134,6 +134,8 @@ def test_a_checkpoint_exports_as_weights_with_its_own_step(tmp_path, capsys):
 
     out = tmp_path / "cut"
     assert train_descriptor(_tiny_train_cfg(out, stop_at=2), log=lambda m: None) is None
+    with pytest.raises(MemlabError, match="other grayscale, lr"):  # resumed only under the settings it was made with
+        train_descriptor(_tiny_train_cfg(out, lr=1e-4, grayscale=0.0), log=lambda m: None)
     args = ["train-descriptor", "--out", str(out), "--steps", "4", "--batch-size", "6", "--n-scenes", "12",
             "--n-lighthouses", "2", "--warmup", "2", "--sibling-pairs", "3", "--crops-per-photo", "2",
             "--checkpoint-every", "2", "--log-every", "1", "--threads", "1", "--widths",

@@ -48,6 +48,9 @@ def test_loss_goes_down_and_resume_continues(dataset, tmp_path):
     out2 = tmp_path / "resumed"
     assert train(_cfg(dataset, out2, steps=24, log_every=6, checkpoint_every=12, stop_at=12)) is None
     assert latest_checkpoint(out2).name == "step-12" and not (out2 / "pipeline").exists()
+    # a checkpoint made with other settings is refused, not continued (it would give weights no run gives)
+    with pytest.raises(MemlabError, match="other lr"):
+        train(_cfg(dataset, out2, steps=24, log_every=6, checkpoint_every=12, lr=1e-3))
     train(_cfg(dataset, out2, steps=24, log_every=6, checkpoint_every=12))
     assert json.loads((out2 / "run_card.json").read_text())["resumed_from"] == 12
     from safetensors.torch import load_file
