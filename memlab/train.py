@@ -211,8 +211,8 @@ def check_resumable(ck: Path, recorded: dict | None, settings: dict) -> None:
         return
     other = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
     if other:
-        raise MemlabError(f"{ck} was made with other {', '.join(other)}: it is not resumed from; give another --out "
-                          f"or remove it to start afresh")
+        raise MemlabError(f"{ck} was made with other {', '.join(other)}: it is not resumed from; give another --out, "
+                          f"or start over with --no-resume")
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -126,7 +126,7 @@ def _resume(work: Path, net, opt, settings: dict) -> tuple[int, list]:
         return 0, []
     info = json.loads((work / "checkpoint.json").read_text())
     if "settings" not in info:
-        raise MemlabError(f"{work} holds a checkpoint of an older layout: remove it to start afresh")
+        raise MemlabError(f"{work} holds a checkpoint of an older layout: start over with --no-resume")
     check_resumable(work, info["settings"], settings)
     net.load_state_dict(read_tensors(work / "model.safetensors"))
     load_optimizer(opt, work / "optimizer.safetensors")

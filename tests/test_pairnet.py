@@ -98,6 +98,12 @@ def test_a_training_is_resumed_only_from_the_same_settings_and_pairs(tmp_path):
         train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "b.npz")], **cfg), log=lambda m: None)
     with pytest.raises(MemlabError, match="other lr"):
         train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **{**cfg, "lr": 1e-3}), log=lambda m: None)
+    # started over (--no-resume) with the other pairs, their checkpoint is the one a later run resumes
+    assert train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "b.npz")], **cfg), resume=False,
+                          log=lambda m: None) is None
+    with pytest.raises(MemlabError, match="other pairs"):
+        train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **cfg), log=lambda m: None)
+    train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **cfg), resume=False, log=lambda m: None)
     # the same pairs and settings resume (and stop_at is no setting of the weights)
     done = train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **{**cfg, "stop_at": 0}),
                           log=lambda m: None)
