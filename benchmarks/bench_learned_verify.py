@@ -84,7 +84,8 @@ def foreign_generations(model: Path, rows, n_items: int, seeds: int, seed: int):
     items cut from no photo (the worlds share the scikit-image photos, so a photo's caption might bring back an
     overlapping crop), drawn with ``seed``, ``seeds`` seeds each, as the card generates. The model never saw
     that world's images, so no generation copies one; each looks like what its caption names, as a generation of
-    a unique probe does (the non-copies the card counts: the hard negatives copies alone do not teach)."""
+    a unique probe does (meant as the non-copies the card counts, which copies alone never show; measured, they
+    are easy ones: docs/methods.md, "Judged on generations")."""
     from memlab.buildworld import WORLD_DEFAULTS
     from memlab.generate import Generator, Settings
 
