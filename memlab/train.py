@@ -257,6 +257,11 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     t_start = time.time()
     df, root = load_table(cfg)
     dhash = data_hash(df, root)
+    settings = recorded_settings(cfg, data=dhash, images="")  # the data by its checksum, not where it lies
+    ck = latest_checkpoint(out) if resume else None
+    if ck is not None:  # refused before the VAE and the latents are made, not after
+        state = json.loads((ck / "state.json").read_text())
+        check_resumable(ck, state.get("settings"), settings)
 
     # 1. the pipeline: a fresh one from a named config, or a pretrained one to fine-tune
     if scratch:
@@ -336,14 +341,10 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     weights, dup = sampling_weights(len(df), cfg)
     wt = torch.tensor(weights / weights.sum())
     start = 0
-    settings = recorded_settings(cfg, data=dhash, images="")  # the data by its checksum, not where it lies
-    ck = latest_checkpoint(out) if resume else None
     if ck is not None:
         unet.load_state_dict(load_file(str(ck / "unet.safetensors"), device=str(dev)))
         text.load_state_dict(load_file(str(ck / "text_encoder.safetensors"), device=str(dev)))
         load_optimizer(opt, ck / "optimizer.safetensors")
-        state = json.loads((ck / "state.json").read_text())
-        check_resumable(ck, state.get("settings"), settings)
         start = state["step"]
     log_path = out / "loss.csv"
     if start == 0:

@@ -363,10 +363,16 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     cfg.validate()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MemlabError(f"--device {cfg.device}: no CUDA GPU is visible to torch")
+    out = Path(cfg.out)
+    settings = recorded_settings(cfg, **{k: str(Path(v).resolve()) if v and Path(v).exists() else v  # a folder
+                                         for k, v in (("decoder", cfg.decoder), ("init", cfg.init))})  # by where it is
+    ck = latest_checkpoint(out) if resume else None
+    if ck is not None:  # refused before the pool and the decoder's redraws are made, not after
+        state = json.loads((ck / "state.json").read_text())
+        check_resumable(ck, state.get("settings"), settings)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     bar = progress or (lambda it, **kw: it)
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
@@ -406,12 +412,7 @@ def train_descriptor(cfg: DescriptorTrainConfig, resume: bool = True, progress=N
     if cfg.init:  # fine-tuning: the network starts from trained weights (the optimizer starts afresh)
         net.load_state_dict(load_file(str(Path(cfg.init) / "model.safetensors")))
     start = 0
-    settings = recorded_settings(cfg, **{k: str(Path(v).resolve()) if v and Path(v).exists() else v  # a folder
-                                         for k, v in (("decoder", cfg.decoder), ("init", cfg.init))})  # by where it is
-    ck = latest_checkpoint(out) if resume else None
     if ck is not None:
-        state = json.loads((ck / "state.json").read_text())
-        check_resumable(ck, state.get("settings"), settings)
         net.load_state_dict(load_file(str(ck / "model.safetensors")))
         load_optimizer(opt, ck / "optimizer.safetensors")
         start = state["step"]

@@ -1,6 +1,8 @@
 """memlab-verify, the learned verification (``memlab.pairnet``, ``memlab.train_verifier``, ``memlab.verify``'s
 network term): its trainer learns copies from pairs and resumes to the same weights, and an index that verifies
 with it records the weights, scores with them, and refuses others."""
+import json
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -84,7 +86,6 @@ def test_pairs_that_are_not_pairs_are_one_clear_error(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out" / "model.safetensors").exists()
 
 
-
 def test_a_training_is_resumed_only_from_the_same_settings_and_pairs(tmp_path):
     """A checkpoint made from other pairs or settings is refused, not continued (it would have given weights no
     uninterrupted run of the asked training gives)."""
@@ -108,7 +109,8 @@ def test_a_training_is_resumed_only_from_the_same_settings_and_pairs(tmp_path):
     done = train_verifier(VerifierTrainConfig(pairs=[str(tmp_path / "a.npz")], **{**cfg, "stop_at": 0}),
                           log=lambda m: None)
     assert (done / "model.safetensors").is_file()
-    assert __import__("json").loads((done / "train_card.json").read_text())["resumed_from"] == 1
+    assert json.loads((done / "train_card.json").read_text())["resumed_from"] == 1
+
 
 def random_network(folder, seed: int) -> str:
     import torch
@@ -174,8 +176,6 @@ def test_an_index_verifies_with_the_network_records_its_weights_and_refuses_othe
 def test_a_resumed_build_refuses_an_index_verified_otherwise(tmp_path):
     """``build-world --verify``: a build resumed over an index it made keeps that index only when the index was
     verified as asked (with or without memlab-verify); before, the other rule was kept without a word."""
-    import json
-
     from memlab.buildworld import _check_resumed_index
 
     for made, asked in (("detail", "memlab-verify"), ("memlab-verify", "detail")):
