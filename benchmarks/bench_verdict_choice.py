@@ -20,7 +20,9 @@ prints:
 --decoded-index``), ``--fpr`` sets the threshold's share of the background. ``--judge`` also prints recall (top-1
 their own item, above the threshold) on the copies that keep every drawn object of their original and on those
 that lose one (``bench_copy_content.kept_objects``: no copy descriptor decides it). ``--show DIR`` writes each
-variant's unique seeds called replicated beside their top-1 training image (DIR/<variant number>/), to look at.
+variant's unique seeds called replicated beside their top-1 training image (DIR/<variant number>/), to look at, and
+each kind's missed copies (DIR/<variant number>/missed/<kind>/: the original, the copy, its top-1), printing how
+many missed with their original first and how many of those within 0.02 under the threshold.
 Variant 48 adds memlab-verify's probability to the detail term, as ``build-world --verify memlab-verify`` does
 (``$MEMLAB_VERIFY_WEIGHTS`` picks other weights).
 
@@ -232,7 +234,9 @@ def main():
                                                            "returns it (as build-world indexes a world with a model)")
     ap.add_argument("--fpr", type=float, default=0.01, help="the threshold's share of the distinct-item background")
     ap.add_argument("--show", default=None, help="a folder: each variant's unique seeds called replicated written "
-                                                 "there, the generation beside its top-1 training image, to look at")
+                                                 "there, the generation beside its top-1 training image, to look at; "
+                                                 "and each kind's missed copies (missed/KIND/: original, copy, "
+                                                 "top-1), with a line on where the misses lie")
     ap.add_argument("--judge", action="store_true", help="also recall on the copies that keep every drawn object, "
                     "and on those that lose one (bench_copy_content.kept_objects), read as with --matched")
     a = ap.parse_args()
@@ -307,7 +311,9 @@ def main():
             gt = thr["ground_truth"]
             top, top_rows = top1(idx, d, gen_images)
             scores, items = top[:, None], idx.items["item"].to_numpy()[top_rows]
-            copy_scores = {k: own_scores(idx, d, *truth[k]) for k in kinds} if a.matched or a.judge else {}
+            copy_top = {k: top1(idx, d, truth[k][1]) for k in kinds} if a.matched or a.judge or a.show else {}
+            copy_scores = {k: np.where(idx.distinct_of(rows_) == idx.distinct_of(truth[k][0]), sc_, -np.inf)
+                           for k, (sc_, rows_) in copy_top.items()}  # the score where the original is top-1
             bg = idx.background(d.name, distinct=True)
             idx.close()
         hit = scores[:, 0] > thr["value"]  # the verdict: above the threshold (metrics.replication_flags)
@@ -323,6 +329,17 @@ def main():
             show(Path(a.show) / str(list(VARIANTS).index(label) if label in VARIANTS else label),
                  [(gen_files[i], gen_images[i], image_of(int(top_rows[i])), scores[i, 0])
                   for i in np.flatnonzero(uniq & hit)])
+        if a.show:  # where the misses lie: the original ranked first but under the threshold, or another image
+            folder = Path(a.show) / str(list(VARIANTS).index(label) if label in VARIANTS else label)
+            for k in kinds:
+                sc, first = copy_top[k][0], np.isfinite(copy_scores[k])
+                miss = np.flatnonzero(~(copy_scores[k] > thr["value"]))
+                show(folder / "missed" / k[6:], [(Path(f"{j:03d}_{int(truth[k][0][j])}"), truth[k][1][j],
+                                                  image_of(int(copy_top[k][1][j])), sc[j]) for j in miss],
+                     [image_of(int(truth[k][0][j])) for j in miss])
+                near = (first & (sc <= thr["value"]) & (sc > thr["value"] - 0.02)).sum()
+                print(f"  {k[6:]}: original at top-1 {first.mean():.1%}, missed {len(miss)} ({(~first).sum()} with "
+                      f"another image first; {near} of the rest within 0.02 under the threshold)", flush=True)
         if kept:
             print("  top-1 own and above the threshold, copies keeping every object / losing one: " + " ".join(
                 f"{k[6:]} {(copy_scores[k][kp] > thr['value']).mean():.1%} ({kp.sum()}) / "
@@ -336,16 +353,18 @@ def main():
                   + f"; full20 own-top1 {(scores[full & own, 0] > t).mean():.1%}", flush=True)
 
 
-def show(folder: Path, pairs) -> None:
-    """Each (file, generation, its top-1 training image, score) side by side as ``<file>_<score>.png``."""
+def show(folder: Path, pairs, originals=None) -> None:
+    """Each (file, generation, its top-1 training image, score) side by side as ``<file>_<score>.png``; with
+    ``originals`` (a copy's original, one per pair), the original first."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     side = 128
-    for f, im, train, score in pairs:
-        pair = Image.new("RGB", (2 * side + 4, side), "white")
-        pair.paste(im.convert("RGB").resize((side, side)), (0, 0))
-        pair.paste(train.convert("RGB").resize((side, side)), (side + 4, 0))
+    for i, (f, im, train, score) in enumerate(pairs):
+        row = ([originals[i]] if originals is not None else []) + [im, train]
+        pair = Image.new("RGB", (len(row) * (side + 4) - 4, side), "white")
+        for j, x in enumerate(row):
+            pair.paste(x.convert("RGB").resize((side, side)), (j * (side + 4), 0))
         pair.save(folder / f"{f.stem}_{score:.3f}.png")
 
 
@@ -358,14 +377,6 @@ def top1(idx, d, images):
     vecs, views = query_vectors(idx, d, images)
     found = match_vectors(idx, d, vecs, k=1, views=views, images=images)
     return np.array([r["score"] for r in found]), np.array([r["matches"][0]["row"] for r in found])
-
-
-def own_scores(idx, d, originals, images):
-    """The verdict's top-1 score of each copy where its top-1 is its original's image (-inf elsewhere)."""
-    import numpy as np
-
-    scores, rows = top1(idx, d, images)
-    return np.where(idx.distinct_of(rows) == idx.distinct_of(originals), scores, -np.inf)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ own), ``m``, is taken from both images:
 - ``res32``: the correlation of the query less ``m`` with the training image less ``m``;
 - ``fg32``: the correlation of the two images weighted by where the training image departs from ``m``.
 
+Two more forgive a redraw's small moves: ``detail3 c50 shiftS`` (``--shifts S,...``: the shipped detail at the best
+of the query's central window moved up to S px each way) and gradient orientation histograms (``--hog``: ``hog8``,
+``hog8 c50``, ``hog4 c50``; ``skimage.feature.hog``, 9 orientations, 2 x 2 blocks; a gain leaves them).
+
 A pair's score is its normalized score plus the weighted features; the threshold keeps 1% of the background
 (``metrics.calibrate_threshold``, as an index calibrates, on each image's best candidate); a copy is recalled
 when its score against its own original passes it. Every feature alone and every pair of features is tried
@@ -28,6 +32,7 @@ chosen on the same copies they are scored on, each line is an upper bound for it
 rule to ship.
 
     python -m benchmarks.bench_verify_features --world PREVIOUS_WORLD [--work DIR] [--seed 1] [--items 48]
+        [--foreground] [--shifts 1,2,3] [--hog]
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ import numpy as np
 KINDS = ("img2img@0.2", "img2img@0.3", "img2img@0.4", "img2img@0.5")
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 1.0)
 PAIR_WEIGHTS = (0.1, 0.2, 0.4)
+SHIFTS: tuple = ()
+HOG = False
 
 
 def features(image) -> dict[str, np.ndarray]:
@@ -56,9 +63,29 @@ def features(image) -> dict[str, np.ndarray]:
     x64, x32 = at(64), at(32)
     c64, c32 = slice(16, 48), slice(8, 24)
     band = blur(x64, 2) - blur(x64, 8)
-    return {"detail3 c50": (x64 - blur(x64, 3))[c64, c64], "detail3": x64 - blur(x64, 3),
+    out = {}
+    if HOG:  # gradient orientation histograms (Dalal and Triggs): a gain, an offset and a pixel's shift leave them
+        from skimage.feature import hog
+
+        for m, x in (("", x64), (" mirrored", x64[:, ::-1])):
+            for cell, sl, tag in ((8, slice(None), "hog8"), (8, c64, "hog8 c50"), (4, c64, "hog4 c50")):
+                out[tag + m] = hog(np.ascontiguousarray(x[sl, sl]), orientations=9, pixels_per_cell=(cell, cell),
+                                   cells_per_block=(2, 2), channel_axis=-1)
+    return out | {"detail3 c50": (x64 - blur(x64, 3))[c64, c64], "detail3": x64 - blur(x64, 3),
             "detail1.5 @32 c50": (x32 - blur(x32, 1.5))[c32, c32], "band2-8": band, "band2-8 c50": band[c64, c64],
-            "layout16": at(16), "layout32 c50": x32[c32, c32], "x32": blur(x32, 0.5)}
+            "layout16": at(16), "layout32 c50": x32[c32, c32], "x32": blur(x32, 0.5), "d64": x64 - blur(x64, 3)}
+
+
+def shifted(dq: np.ndarray, dt: np.ndarray, s: int) -> float:
+    """``detail3 c50`` with the query's central window moved by up to ``s`` px each way (a redraw that moves an
+    object's edges a pixel or two): the best correlation over the shifts, the better of the mirror image."""
+    c = slice(16, 48)
+    best = -1.0
+    for q in (dq, dq[:, ::-1]):
+        for dy in range(-s, s + 1):
+            for dx in range(-s, s + 1):
+                best = max(best, correlation(q[16 + dy:48 + dy, 16 + dx:48 + dx], dt[c, c]))
+    return best
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,9 +97,21 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a * b).sum(1)[ok] / (na * nb)[ok])) if ok.any() else 0.0
 
 
+def vector_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The correlation of two feature vectors."""
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+
+
 def compare(fq: dict, ft: dict) -> dict[str, float]:
     """Every feature's correlation, the better of the query and its mirror image."""
-    return {k: max(correlation(fq[k], ft[k]), correlation(fq[k][:, ::-1], ft[k])) for k in fq if k in ft and k != "x32"}
+    out = {k: max(correlation(fq[k], ft[k]), correlation(fq[k][:, ::-1], ft[k]))
+           for k in fq if k in ft and k not in ("x32", "d64") and not k.startswith("hog")}
+    for k in [k for k in fq if k.startswith("hog") and not k.endswith("mirrored")]:
+        out[k] = max(vector_correlation(fq[k], ft[k]), vector_correlation(fq[k + " mirrored"], ft[k]))
+    for s in SHIFTS:
+        out[f"detail3 c50 shift{s}"] = shifted(fq["d64"], ft["d64"], s)
+    return out
 
 
 def weighted_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
@@ -122,7 +161,14 @@ def main():
     ap.add_argument("--items", type=int, default=48)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "memlab-verdict-choice"))
     ap.add_argument("--foreground", action="store_true", help="also res32 and fg32 (the training image's objects)")
+    ap.add_argument("--shifts", default="", help="comma-separated s: also detail3 c50 at the best of the query's "
+                                                  "window moved up to s px each way")
+    ap.add_argument("--hog", action="store_true", help="also gradient orientation histograms (hog8, hog8 c50, "
+                                                       "hog4 c50)")
     a = ap.parse_args()
+    global SHIFTS, HOG
+    HOG = a.hog
+    SHIFTS = tuple(int(x) for x in a.shifts.split(",") if x)
     import pandas as pd
 
     from benchmarks.bench_verdict_choice import validation_set
