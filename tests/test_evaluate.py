@@ -303,3 +303,76 @@ def test_a_card_with_too_many_probe_rows_is_reported_without_resampling_them():
     assert f"no intervals over probes: the card holds {len(m['per_probe'])} per-probe rows" in big
     assert "95% interval 0." in shipped and "95% interval 0." not in big  # the detectors' AUC intervals
     assert "% (79.4%-92.7%, n=96)" in big  # a recall's Wilson interval needs no probe rows
+
+
+@pytest.mark.slow
+def test_a_small_worlds_card_is_what_its_runs_give(tmp_path):
+    """``build-world`` with its evaluation (``evaluate.evaluate_world``, otherwise run only by a full rebuild) on a
+    small world: the card's group figures are its per-probe rows' (recomputed here), its checks are its figures'
+    (each bound from issue 30 and 32), the report prints it, and a probe's row is what ``memlab run`` gives a user
+    on the same seeds (the same model settings, descriptor and detectors)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from memlab.cardreport import format_report
+    from memlab.index import TrainingIndex
+
+    env = {**os.environ, "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "w"
+    cmd = [sys.executable, "-m", "memlab", "build-world", "--small", "--steps", "6", "--vae-steps", "4",
+           "--batch-size", "4", "--ground-truth-items", "4", "--eval-seeds", "1", "--sample-steps", "8",
+           "--out", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "card.json").read_text())["measured"]
+    rows = pd.DataFrame(m["per_probe"])
+    assert set(rows["strategy"]) == {"none"} and m["seeds_per_probe"] == 1
+    for g, fig in m["groups"].items():  # each group's figures from its probes' rows
+        mine = rows[rows["group"] == g]
+        assert fig["probes"] == len(mine), g
+        assert fig["replication_rate"] == pytest.approx(mine["replication_rate"].mean()), g
+        assert fig["detection_mean"] == pytest.approx(mine["detection"].mean()), g
+        for name, value in fig["detections_mean"].items():
+            assert value == pytest.approx(np.mean([d[name] for d in mine["detections"]])), (g, name)
+    high = m["mitigations_on"]
+    assert high == max((g for g in m["groups"] if g.startswith("full_ddf")), key=lambda g: int(g[8:]))
+    assert set(m["mitigations"]) >= {"rna", "rt", "cwr", "gni", "wen", "ren", "nemo", "jain", "sail"}
+    for name, mit in m["mitigations"].items():
+        assert mit["change_vs_none"] == pytest.approx(mit["replication_rate"] - m["groups"][high]["replication_rate"])
+    c, groups = m["checks"], m["groups"]
+    assert c["unique_at_most_3pct"] == (groups["unique"]["replication_rate"] <= 0.03)
+    assert c["full_high_at_least_50pct"] == (groups[high]["replication_rate"] >= 0.5)
+    assert c["partial_at_most_half_full"] == (groups[f"partial_{high[5:]}"]["replication_rate"]
+                                              <= 0.5 * groups[high]["replication_rate"])
+    assert c["lesson_first_probe_at_least_7_of_8"] == (m["lesson_first_probe"]["replicated"] >= 7)
+    assert m["lesson_first_probe"]["prompt"] == rows[rows["group"] == high]["prompt"].iloc[0]
+    truth = m["model_copies"]
+    assert {k for k in truth if k.startswith("model:")} >= {"model:img2img@0.5", "model:vae", "model:tint@0.3"}
+    assert all(truth[k]["n"] == 4 for k in truth if k.startswith("model:img2img"))
+    kinds = {k: v["recall"] for k, v in truth.items() if k.startswith(("model:img2img", "model:vae"))}
+    worst = min(kinds, key=kinds.get)
+    assert c[f"model_copy_recall_worst_kind_at_least_90pct ({worst})"] == (kinds[worst] >= 0.9)
+    report = format_report(m)
+    assert all(f"\n{g} " in report for g in m["groups"]) and "checks: " in report
+    # a probe of the highest duplication and a unique one, run as a user runs them: the card's rows
+    picked = pd.concat([rows[rows["group"] == high].head(1), rows[rows["group"] == "unique"].head(1)])
+    run = [sys.executable, "-m", "memlab", "run", "--world", str(out), "--seeds", "0", "--out",
+           str(tmp_path / "run.jsonl")] + [a for p in picked["prompt"] for a in ("--prompt", p)]
+    r = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(ln) for ln in (tmp_path / "run.jsonl").read_text().splitlines()]
+    with TrainingIndex.load(out / "index") as idx:
+        item_of = idx.items["item"].to_numpy()
+    for p in picked.itertuples():
+        seed = next(x for x in recs if x["type"] == "seed" and x["prompt"] == p.prompt)
+        assert seed["settings"]["steps"] == m["settings"]["steps"] == 8
+        assert seed["descriptor"]["name"] == m["descriptor"]["name"]
+        assert seed["threshold"] == pytest.approx(m["descriptor"]["threshold"])
+        assert float(seed["replicated"]) == p.replication_rate
+        assert seed["detection"] == pytest.approx(p.detection, rel=1e-4)
+        assert seed["alignment"] == pytest.approx(p.alignment, rel=1e-4)
+        assert [int(item_of[seed["matches"][0]["row"]])] == list(p.top_items)
