@@ -46,12 +46,11 @@ import numpy as np
 KINDS = ("img2img@0.2", "img2img@0.3", "img2img@0.4", "img2img@0.5")
 WEIGHTS = (0.1, 0.2, 0.3, 0.5, 1.0)
 PAIR_WEIGHTS = (0.1, 0.2, 0.4)
-SHIFTS: tuple = ()
-HOG = False
 
 
-def features(image) -> dict[str, np.ndarray]:
-    """The compared views of an image ([h, w, 3] arrays), by name."""
+def features(image, hog: bool = False) -> dict[str, np.ndarray]:
+    """The compared views of an image ([h, w, 3] arrays), by name; with ``hog``, its gradient orientation
+    histograms too (and its mirror image's)."""
     from PIL import Image
     from scipy.ndimage import gaussian_filter
 
@@ -64,16 +63,16 @@ def features(image) -> dict[str, np.ndarray]:
     c64, c32 = slice(16, 48), slice(8, 24)
     band = blur(x64, 2) - blur(x64, 8)
     out = {}
-    if HOG:  # gradient orientation histograms (Dalal and Triggs): a gain, an offset and a pixel's shift leave them
-        from skimage.feature import hog
+    if hog:  # gradient orientation histograms (Dalal and Triggs): a gain, an offset and a pixel's shift leave them
+        from skimage.feature import hog as histograms
 
         for m, x in (("", x64), (" mirrored", x64[:, ::-1])):
             for cell, sl, tag in ((8, slice(None), "hog8"), (8, c64, "hog8 c50"), (4, c64, "hog4 c50")):
-                out[tag + m] = hog(np.ascontiguousarray(x[sl, sl]), orientations=9, pixels_per_cell=(cell, cell),
+                out[tag + m] = histograms(np.ascontiguousarray(x[sl, sl]), orientations=9, pixels_per_cell=(cell, cell),
                                    cells_per_block=(2, 2), channel_axis=-1)
     return out | {"detail3 c50": (x64 - blur(x64, 3))[c64, c64], "detail3": x64 - blur(x64, 3),
             "detail1.5 @32 c50": (x32 - blur(x32, 1.5))[c32, c32], "band2-8": band, "band2-8 c50": band[c64, c64],
-            "layout16": at(16), "layout32 c50": x32[c32, c32], "x32": blur(x32, 0.5), "d64": x64 - blur(x64, 3)}
+            "layout16": at(16), "layout32 c50": x32[c32, c32], "x32": blur(x32, 0.5)}
 
 
 def shifted(dq: np.ndarray, dt: np.ndarray, s: int) -> float:
@@ -103,14 +102,15 @@ def vector_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
 
 
-def compare(fq: dict, ft: dict) -> dict[str, float]:
-    """Every feature's correlation, the better of the query and its mirror image."""
+def compare(fq: dict, ft: dict, shifts=()) -> dict[str, float]:
+    """Every feature's correlation, the better of the query and its mirror image (``shifts``: also the detail at
+    the best of the query's window moved up to each S px)."""
     out = {k: max(correlation(fq[k], ft[k]), correlation(fq[k][:, ::-1], ft[k]))
-           for k in fq if k in ft and k not in ("x32", "d64") and not k.startswith("hog")}
+           for k in fq if k in ft and k != "x32" and not k.startswith("hog")}
     for k in [k for k in fq if k.startswith("hog") and not k.endswith("mirrored")]:
         out[k] = max(vector_correlation(fq[k], ft[k]), vector_correlation(fq[k + " mirrored"], ft[k]))
-    for s in SHIFTS:
-        out[f"detail3 c50 shift{s}"] = shifted(fq["d64"], ft["d64"], s)
+    for s in shifts:
+        out[f"detail3 c50 shift{s}"] = shifted(fq["detail3"], ft["detail3"], s)
     return out
 
 
@@ -166,9 +166,7 @@ def main():
     ap.add_argument("--hog", action="store_true", help="also gradient orientation histograms (hog8, hog8 c50, "
                                                        "hog4 c50)")
     a = ap.parse_args()
-    global SHIFTS, HOG
-    HOG = a.hog
-    SHIFTS = tuple(int(x) for x in a.shifts.split(",") if x)
+    shifts = tuple(int(x) for x in a.shifts.split(",") if x)
     import pandas as pd
 
     from benchmarks.bench_verdict_choice import validation_set
@@ -184,11 +182,11 @@ def main():
 
     def train(r):
         if r not in cache:
-            cache[r] = features(image_of(r))
+            cache[r] = features(image_of(r), a.hog)
         return cache[r]
 
     def pair(fq, t, own_group):
-        out = compare(fq, train(int(t)))
+        out = compare(fq, train(int(t)), shifts)
         if a.foreground:  # the matched image's 2 nearest other distinct images, never the query's own
             t = rep_of[int(distinct[t])]
             others = [o for o in look_alikes[t] if distinct[o] != own_group][:2]
@@ -205,7 +203,7 @@ def main():
         vecs = d.embed(ims)
         for j, (s, im) in enumerate(zip(src, ims)):
             got = verify.candidates((vecs[j:j + 1] @ v.T)[0], distinct, -1, spec, 5)
-            fq = features(im)
+            fq = features(im, a.hog)
             recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1))
                      for t, n in zip(*got)]
     df = pd.DataFrame(recs)
