@@ -13,9 +13,11 @@ baseline is SSCD's normalization as given, k 2, beta 1, measured in the same run
 on the same copies and seeds come from ``bench_verdict_choice.py --variants 37``. Each rule re-ranks the query's 5
 best images by cosine; its threshold keeps 1% of the distinct images' background (each distinct image against
 the others, its own left out), and it is also read at the score that flags N unique seeds (``--matched``: rules
-compared at equal false alarms on the generations).
+compared at equal false alarms on the generations). Two more: the margin over the query's next 20 images in units
+of their spread (``spread``), and, with ``--ensemble DIR``, SSCD's normalization on the shipped network's vectors
+and another memlab-copy's side by side (the mean of the two cosines).
 
-    python -m benchmarks.bench_local_centring --world PREVIOUS_WORLD [--seeds 10] [--matched 6,8]
+    python -m benchmarks.bench_local_centring --world PREVIOUS_WORLD [--seeds 10] [--matched 6,8] [--ensemble DIR]
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ RULES = [  # (name, form, k, beta): "norm" is SSCD's score normalization
     ("centred, dot, k 5, beta 1", "dot", 5, 1.0),
     ("centred, dot, k 5, beta 0.7", "dot", 5, 0.7),
     ("centred, cos, k 5, beta 1", "cos", 5, 1.0),
+    # the margin over the query's next 20 images in units of their spread (an extreme-value score)
+    ("spread, k 20: (best - mean) / std of the next 20", "spread", 20, 1.0),
 ]
 KINDS = ("img2img@0.2", "img2img@0.3", "img2img@0.4", "img2img@0.5", "tint@0.3", "dark@0.3", "mirror@0.3", "vae")
 
@@ -72,6 +76,9 @@ def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray, form
         if form == "norm":
             out.append((best[c] - beta * best[others].mean(), int(c)))
             continue
+        if form == "spread":
+            out.append(((best[c] - best[others].mean()) / max(best[others].std(), 1e-6), int(c)))
+            continue
         own = [r for i, r in nb[c] if i != leave_out][:k]
         a, r = q - beta * v[row[others]].mean(0), v[row[c]] - beta * v[own].mean(0)
         s = a @ r if form == "dot" else a @ r / max(np.linalg.norm(a) * np.linalg.norm(r), 1e-12)
@@ -80,22 +87,22 @@ def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray, form
 
 
 def main():
-    from benchmarks.bench_verdict_choice import VARIANTS, validation_parser, validation_set
+    from benchmarks.bench_verdict_choice import VARIANTS, validation_generations, validation_parser, validation_set
 
     ap = validation_parser(__doc__, 10)
     ap.add_argument("--matched", default="6,8")
+    ap.add_argument("--ensemble", default=None, help="another memlab-copy weights folder: SSCD's normalization also on "
+                                                     "both networks' vectors side by side (the mean of two cosines)")
     a = ap.parse_args()
-    import pandas as pd
-
     from memlab.descriptors import create_descriptor
     from memlab.index import TrainingIndex, build_index
-    from memlab.match import load_image
 
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
     gens = work / f"generations-{a.seeds}"
     if not (gens / "done.json").is_file():
         raise SystemExit(f"no generations in {gens}: run bench_verdict_choice.py --seeds {a.seeds} first")
+    files, probe_of, gen_images = validation_generations(world, work, a.seeds)
     name, _ = next(iter(VARIANTS.values()))  # the shipped memlab-copy's vectors (the rules here score them)
     d = create_descriptor(name, score_norm=None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,22 +114,15 @@ def main():
         item_image = dict(zip(idx.items["item"], images))
         copies = {k: (idx.distinct_of(truth["model:" + k][0]), d.embed(truth["model:" + k][1])) for k in KINDS}
         idx.close()
-    probes = pd.read_csv(world / "probes.csv")
-    probes = probes[probes["group"].isin(["full_ddf20", "unique"])]
-    files = sorted(gens.glob("*.png"))
-    probe_of = [probes.iloc[int(f.stem.split("_")[0])] for f in files]
-    gen_vec = d.embed([load_image(f) for f in files])
+    gen_vec = d.embed(gen_images)
     group = np.array([p["group"] for p in probe_of])
     gen_own = np.array([item_image[int(p["item"])] for p in probe_of])
     full, uniq = group == "full_ddf20", group == "unique"
     print(f"validation: {len(copies['vae'][0])} held-out items of {world} (seed {a.seed}); {len(files)} generations "
           f"of its full_ddf20 and unique probes (seeds 0-{a.seeds - 1}); {len(reps)} distinct images; every rule "
           f"scores the query as given", flush=True)
-    nb_of = {}
-    for label, form, k, beta in RULES:
-        if k not in nb_of:
-            nb_of[k] = neighbour_rows(v, images, k)
-        nb = nb_of[k]
+
+    def measure(label, form, k, beta, v, copies, gen_vec, nb):
         bgp = [score(v[r], v, images, nb, form, k, beta, leave_out=images[r]) for r in reps]
         bg = np.array([s for s, _ in bgp])
         thr = float(np.quantile(bg, 0.99, method="higher"))
@@ -135,8 +135,8 @@ def main():
         gen = [score(q, v, images, nb, form, k, beta) for q in gen_vec]
         gs, gi = np.array([s for s, _ in gen]), np.array([i for _, i in gen])
 
-        def recall(t):
-            return {kind: np.mean([s >= t and i == o for (s, i), o in zip(got[kind], copies[kind][0])])
+        def recall(t):  # the original scored first and above ``t``, as the verdict calls a copy
+            return {kind: np.mean([s > t and i == o for (s, i), o in zip(got[kind], copies[kind][0])])
                     for kind in KINDS}
         own = gi == gen_own
         r = recall(thr)
@@ -148,10 +148,26 @@ def main():
         print("  the original scored first: " + ", ".join(f"{kind} {first[kind]:.1%}" for kind in KINDS[3:7]), flush=True)
         for n in [int(x) for x in a.matched.split(",") if x]:
             t = np.sort(gs[uniq])[::-1][n]  # above the (n+1)-th unique seed's score: the most that flags n
-            r = recall(np.nextafter(t, np.inf))
+            r = recall(t)
             print(f"  flagging {n} of {uniq.sum()} unique seeds (above {t:.3f}; {(bg > t).mean():.1%} of the "
                   "background): " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS[3:7])
                   + f"; full ddf 20 own top-1 {(gs[full & own] > t).mean():.1%}", flush=True)
+
+    nb_of = {}
+    for label, form, k, beta in RULES:
+        if k not in nb_of:
+            nb_of[k] = neighbour_rows(v, images, k)
+        measure(label, form, k, beta, v, copies, gen_vec, nb_of[k])
+    if a.ensemble:  # both networks' unit vectors side by side, scaled so the inner product is the mean cosine
+        e = create_descriptor(name, score_norm=None, weights=a.ensemble)
+
+        def both(x, y):
+            return np.concatenate([x, y], 1) / np.sqrt(2)
+        v2 = both(v, e.embed([image_of(i) for i in range(len(v))]))
+        copies2 = {k: (o, both(c, e.embed(truth["model:" + k][1]))) for k, (o, c) in copies.items()}
+        label, form, k, beta = RULES[0]
+        measure(f"{label}, with {a.ensemble} beside it", form, k, beta, v2, copies2, both(gen_vec, e.embed(gen_images)),
+                neighbour_rows(v2, images, k))
 
 
 if __name__ == "__main__":

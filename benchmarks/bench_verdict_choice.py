@@ -210,6 +210,30 @@ def validation_set(world: Path, work: Path, seed: int, items: int, spec_seed: in
     return rows, image_of, truth
 
 
+def validation_generations(world: Path, work: Path, seeds: int):
+    """The previous model's generations of its full ddf 20 and unique probes on seeds 0..``seeds``-1, made once
+    (the world's sampling) and cached under ``work``: (files, each file's probe row, images)."""
+    import pandas as pd
+
+    from memlab.buildworld import WORLD_DEFAULTS
+    from memlab.generate import Generator, Settings
+    from memlab.match import load_image
+
+    probes = pd.read_csv(world / "probes.csv")
+    probes = probes[probes["group"].isin(["full_ddf20", "unique"])]
+    gens = work / f"generations-{seeds}"
+    if not (gens / "done.json").is_file():
+        gen = Generator.from_pretrained(world / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
+        st = Settings(steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"])
+        gens.mkdir(parents=True, exist_ok=True)
+        for p, r in enumerate(probes.itertuples()):
+            for s in gen.generate(r.prompt, list(range(seeds)), settings=st):
+                s.image.save(gens / f"{p:03d}_{s.seed}.png")
+        (gens / "done.json").write_text("{}")
+    files = sorted(gens.glob("*.png"))
+    return files, [probes.iloc[int(f.stem.split("_")[0])] for f in files], [load_image(f) for f in files]
+
+
 def validation_parser(doc: str, seeds: int) -> argparse.ArgumentParser:
     """The options that name the validation set (the previous world, its items' seed and count, the generations'
     seeds per probe, the cache folder), shared with the other benchmarks that read it."""
@@ -241,13 +265,10 @@ def main():
                     "and on those that lose one (bench_copy_content.kept_objects), read as with --matched")
     a = ap.parse_args()
     import numpy as np
-    import pandas as pd
 
-    from memlab.buildworld import WORLD_DEFAULTS, decoded_rows
+    from memlab.buildworld import decoded_rows
     from memlab.descriptors import create_descriptor
-    from memlab.generate import Generator, Settings
     from memlab.index import TrainingIndex, build_index
-    from memlab.match import load_image
 
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
@@ -257,20 +278,7 @@ def main():
     truth["model:all"] = (np.concatenate([t[0] for t in truth.values()]),
                           [im for t in truth.values() for im in t[1]])
 
-    probes = pd.read_csv(world / "probes.csv")
-    probes = probes[probes["group"].isin(["full_ddf20", "unique"])]
-    gens = work / f"generations-{a.seeds}"
-    if not (gens / "done.json").is_file():
-        gen = Generator.from_pretrained(world / "model", device="cpu", scheduler=WORLD_DEFAULTS["scheduler"])
-        st = Settings(steps=WORLD_DEFAULTS["steps"], guidance=WORLD_DEFAULTS["guidance"])
-        gens.mkdir(parents=True, exist_ok=True)
-        for p, r in enumerate(probes.itertuples()):
-            for s in gen.generate(r.prompt, list(range(a.seeds)), settings=st):
-                s.image.save(gens / f"{p:03d}_{s.seed}.png")
-        (gens / "done.json").write_text("{}")
-    gen_files = sorted(gens.glob("*.png"))
-    gen_probe = [probes.iloc[int(f.stem.split("_")[0])] for f in gen_files]
-    gen_images = [load_image(f) for f in gen_files]
+    gen_files, gen_probe, gen_images = validation_generations(world, work, a.seeds)
 
     kinds = [k for k in truth if k != "model:all"]
     kept = {}
