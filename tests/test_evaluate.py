@@ -309,7 +309,7 @@ def test_a_card_with_too_many_probe_rows_is_reported_without_resampling_them():
 def test_a_small_worlds_card_is_what_its_runs_give(tmp_path):
     """``build-world`` with its evaluation (``evaluate.evaluate_world``, otherwise run only by a full rebuild) on a
     small world: the card's group figures are its per-probe rows' (recomputed here), its checks are its figures'
-    (each bound from issue 30 and 32), the report prints it, and a probe's row is what ``memlab run`` gives a user
+    (each bound from issue 30), the report prints it, and a probe's row is what ``memlab run`` gives a user
     on the same seeds (the same model settings, descriptor and detectors)."""
     import json
     import os
