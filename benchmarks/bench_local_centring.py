@@ -60,13 +60,13 @@ def neighbour_rows(v: np.ndarray, images: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray, form: str, k: int, beta: float,
+def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray | None, form: str, k: int, beta: float,
           leave_out: int | None = None, m: int = 5) -> tuple[float, int]:
     """A query's best (score, distinct image) among its ``m`` best images by cosine under one rule; ``nb``: the
-    images' neighbours (``neighbour_rows``), whose first ``k`` other than ``leave_out`` make a training image's
-    centre; ``leave_out``: an image that is neither a candidate nor in a centre (the query's own, in the
+    images' neighbours (``neighbour_rows``; the centred rules only), whose first ``k`` other than ``leave_out`` make
+    a training image's centre; ``leave_out``: an image that is neither a candidate nor in a centre (the query's own, in the
     background: a generation is nobody's neighbour either)."""
-    best, row = best_per_image(v @ q, images, len(nb))
+    best, row = best_per_image(v @ q, images, int(images.max()) + 1)
     if leave_out is not None:
         best[leave_out] = -np.inf
     order = np.argsort(-best, kind="stable")[:m + k]
@@ -155,9 +155,9 @@ def main():
 
     nb_of = {}
     for label, form, k, beta in RULES:
-        if k not in nb_of:
+        if form in ("dot", "cos") and k not in nb_of:  # only the centred rules read the training images' neighbours
             nb_of[k] = neighbour_rows(v, images, k)
-        measure(label, form, k, beta, v, copies, gen_vec, nb_of[k])
+        measure(label, form, k, beta, v, copies, gen_vec, nb_of.get(k))
     if a.ensemble:  # both networks' unit vectors side by side, scaled so the inner product is the mean cosine
         e = create_descriptor(name, score_norm=None, weights=a.ensemble)
 
@@ -167,7 +167,7 @@ def main():
         copies2 = {k: (o, both(c, e.embed(truth["model:" + k][1]))) for k, (o, c) in copies.items()}
         label, form, k, beta = RULES[0]
         measure(f"{label}, with {a.ensemble} beside it", form, k, beta, v2, copies2, both(gen_vec, e.embed(gen_images)),
-                neighbour_rows(v2, images, k))
+                None)
 
 
 if __name__ == "__main__":
