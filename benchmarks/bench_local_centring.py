@@ -86,24 +86,15 @@ def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray | Non
     return max(out)
 
 
-def main():
-    from benchmarks.bench_verdict_choice import VARIANTS, validation_generations, validation_parser, validation_set
-
-    ap = validation_parser(__doc__, 10)
-    ap.add_argument("--matched", default="6,8")
-    ap.add_argument("--ensemble", default=None, help="another memlab-copy weights folder: SSCD's normalization also on "
-                                                     "both networks' vectors side by side (the mean of two cosines)")
-    a = ap.parse_args()
+def shipped_vectors(rows, image_of, truth: dict):
+    """The shipped memlab-copy (its score normalization left to the rules) on the validation set (``validation_set``):
+    (descriptor, each training row's vector, each row's distinct image, the representative rows, {item: distinct
+    image}, {kind: (the originals' distinct images, the copies' vectors)})."""
+    from benchmarks.bench_verdict_choice import VARIANTS
     from memlab.descriptors import create_descriptor
     from memlab.index import TrainingIndex, build_index
 
-    world, work = Path(a.world), Path(a.work)
-    rows, image_of, truth = validation_set(world, work, a.seed, a.items)
-    gens = work / f"generations-{a.seeds}"
-    if not (gens / "done.json").is_file():
-        raise SystemExit(f"no generations in {gens}: run bench_verdict_choice.py --seeds {a.seeds} first")
-    files, probe_of, gen_images = validation_generations(world, work, a.seeds)
-    name, _ = next(iter(VARIANTS.values()))  # the shipped memlab-copy's vectors (the rules here score them)
+    name, _ = next(iter(VARIANTS.values()))
     d = create_descriptor(name, score_norm=None)
     with tempfile.TemporaryDirectory() as tmp:
         build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")
@@ -114,6 +105,26 @@ def main():
         item_image = dict(zip(idx.items["item"], images))
         copies = {k: (idx.distinct_of(truth["model:" + k][0]), d.embed(truth["model:" + k][1])) for k in KINDS}
         idx.close()
+    return d, v, images, reps, item_image, copies
+
+
+def main():
+    from benchmarks.bench_verdict_choice import validation_generations, validation_parser, validation_set
+
+    ap = validation_parser(__doc__, 10)
+    ap.add_argument("--matched", default="6,8")
+    ap.add_argument("--ensemble", default=None, help="another memlab-copy weights folder: SSCD's normalization also on "
+                                                     "both networks' vectors side by side (the mean of two cosines)")
+    a = ap.parse_args()
+    from memlab.descriptors import create_descriptor
+
+    world, work = Path(a.world), Path(a.work)
+    rows, image_of, truth = validation_set(world, work, a.seed, a.items)
+    gens = work / f"generations-{a.seeds}"
+    if not (gens / "done.json").is_file():
+        raise SystemExit(f"no generations in {gens}: run bench_verdict_choice.py --seeds {a.seeds} first")
+    files, probe_of, gen_images = validation_generations(world, work, a.seeds)
+    d, v, images, reps, item_image, copies = shipped_vectors(rows, image_of, truth)
     gen_vec = d.embed(gen_images)
     group = np.array([p["group"] for p in probe_of])
     gen_own = np.array([item_image[int(p["item"])] for p in probe_of])
@@ -159,7 +170,7 @@ def main():
             nb_of[k] = neighbour_rows(v, images, k)
         measure(label, form, k, beta, v, copies, gen_vec, nb_of.get(k))
     if a.ensemble:  # both networks' unit vectors side by side, scaled so the inner product is the mean cosine
-        e = create_descriptor(name, score_norm=None, weights=a.ensemble)
+        e = create_descriptor(d.name, score_norm=None, weights=a.ensemble)
 
         def both(x, y):
             return np.concatenate([x, y], 1) / np.sqrt(2)

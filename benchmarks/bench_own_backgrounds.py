@@ -18,12 +18,11 @@ if no two scenes shared even the kind.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-KINDS = ("img2img@0.2", "img2img@0.3", "img2img@0.4", "img2img@0.5", "tint@0.3", "dark@0.3", "mirror@0.3", "vae")
+from benchmarks.bench_local_centring import KINDS
 
 
 def background_kind(caption: str) -> str | None:
@@ -65,32 +64,20 @@ def shared_backgrounds(pixels: np.ndarray, boxes: list[list], tol: float, pad: i
 
 
 def main():
-    from benchmarks.bench_local_centring import score
-    from benchmarks.bench_verdict_choice import VARIANTS, validation_generations, validation_parser, validation_set
+    from benchmarks.bench_local_centring import score, shipped_vectors
+    from benchmarks.bench_verdict_choice import validation_generations, validation_parser, validation_set
 
     ap = validation_parser(__doc__, 10)
     ap.add_argument("--tol", type=float, default=8.0)
     ap.add_argument("--matched", default="6,10")
     a = ap.parse_args()
-    from memlab.descriptors import create_descriptor
-    from memlab.index import TrainingIndex, build_index
 
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
     if not (work / f"generations-{a.seeds}" / "done.json").is_file():
         raise SystemExit(f"no generations in {work}: run bench_verdict_choice.py --seeds {a.seeds} first")
     files, probe_of, gen_images = validation_generations(world, work, a.seeds)
-    name, _ = next(iter(VARIANTS.values()))
-    d = create_descriptor(name, score_norm=None)
-    with tempfile.TemporaryDirectory() as tmp:
-        build_index(Path(tmp) / "idx", rows, image_of, [d], origin="origin")
-        idx = TrainingIndex.load(Path(tmp) / "idx")
-        v = np.asarray(idx.vectors(d.name), np.float64)
-        images = idx.distinct_of(np.arange(len(v)))
-        reps = np.flatnonzero(idx.items["representative"].to_numpy())
-        item_image = dict(zip(idx.items["item"], images))
-        copies = {k: (idx.distinct_of(truth["model:" + k][0]), d.embed(truth["model:" + k][1])) for k in KINDS}
-        idx.close()
+    d, v, images, reps, item_image, copies = shipped_vectors(rows, image_of, truth)
     n = int(images.max()) + 1
     first = {int(g): int(np.flatnonzero(images == g)[0]) for g in range(n)}
     pixels = np.stack([np.asarray(image_of(first[g]).convert("RGB").resize((64, 64))) for g in range(n)])
