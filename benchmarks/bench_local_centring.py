@@ -65,7 +65,8 @@ def score(q: np.ndarray, v: np.ndarray, images: np.ndarray, nb: np.ndarray | Non
     """A query's best (score, distinct image) among its ``m`` best images by cosine under one rule; ``nb``: the
     images' neighbours (``neighbour_rows``; the centred rules only), whose first ``k`` other than ``leave_out`` make
     a training image's centre; ``leave_out``: an image that is neither a candidate nor in a centre (the query's own, in the
-    background: a generation is nobody's neighbour either)."""
+    background: a generation is nobody's neighbour either); for the ``norm`` and ``spread`` rules also an array of
+    images (``bench_own_backgrounds``)."""
     best, row = best_per_image(v @ q, images, int(images.max()) + 1)
     if leave_out is not None:
         best[leave_out] = -np.inf
