@@ -31,7 +31,7 @@ GROUND_TRUTH_ITEMS = 96  # held-out distinct items copied by the model (not used
 # them (at 1% that background flags more generations than the originals'; chosen on validation copies, issue 30)
 DECODED_FPR = 0.005
 # the verdict's verification stage (``scorenorm.VERIFY_RULES``): the images' detail correlation; memlab-verify's
-# learned one was measured on this world's card and not kept (docs/builtin-world.md)
+# learned one was measured on this world's card and not kept (docs/verdict-research.md)
 WORLD_VERIFY = "detail"
 
 

@@ -43,7 +43,7 @@ VERIFY = {"weight": 0.2, "sigma": 3.0, "candidates": 5, "region": 0.5}  # chosen
 # the learned verification (``memlab.pairnet``): memlab-verify's probability of a copy added beside the detail
 # correlation, its weight chosen on a third world's copies (``benchmarks/bench_learned_verify.py``); an index
 # records the weights' ``model`` string when it calibrates. Tried for issue 30 (``build-world --verify
-# memlab-verify``): the built-in world keeps ``VERIFY`` (docs/builtin-world.md)
+# memlab-verify``): the built-in world keeps ``VERIFY`` (docs/verdict-research.md)
 NETWORK_VERIFY = {**VERIFY, "network": "memlab-verify", "network_weight": 0.2}
 VERIFY_RULES = {"detail": VERIFY, "memlab-verify": NETWORK_VERIFY}  # by name (``build-world --verify``)
 

@@ -47,7 +47,7 @@ def add_arguments(p):
     p.add_argument("--verify", choices=["detail", "memlab-verify"], default="detail",
                    help="the verdict's verification stage: the images' detail correlation (the built-in world's, "
                         "memlab-copy's own default) or that plus memlab-verify's probability of a copy (tried for "
-                        "issue 30, not the shipped world's: docs/builtin-world.md)")
+                        "issue 30, not the shipped world's: docs/verdict-research.md)")
     p.add_argument("--decoded-index", action="store_true",
                    help="index each training image as the world's VAE returns it, threshold at 0.5%% of that "
                         "background (tried for issue 30, not the shipped world's: docs/methods.md)")
