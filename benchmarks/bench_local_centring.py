@@ -22,6 +22,7 @@ and another memlab-copy's side by side (the mean of the two cosines).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,15 +110,30 @@ def shipped_vectors(rows, image_of, truth: dict):
     return d, v, images, reps, item_image, copies
 
 
-def main():
-    from benchmarks.bench_verdict_choice import validation_generations, validation_parser, validation_set
+@dataclass
+class Validation:
+    """The validation set as the rules here score it (``load_validation``): the shipped memlab-copy ``d`` and its
+    vectors ``v`` of the training rows, each row's distinct image, the representative rows, the copies by kind
+    (originals' images, vectors), the generations of the full ddf 20 and unique probes and each one's own image."""
+    rows: object
+    image_of: object
+    truth: dict
+    d: object
+    v: np.ndarray
+    images: np.ndarray
+    reps: np.ndarray
+    copies: dict
+    gen_images: list
+    gen_vec: np.ndarray
+    gen_own: np.ndarray
+    full: np.ndarray
+    uniq: np.ndarray
 
-    ap = validation_parser(__doc__, 10)
-    ap.add_argument("--matched", default="6,8")
-    ap.add_argument("--ensemble", default=None, help="another memlab-copy weights folder: SSCD's normalization also on "
-                                                     "both networks' vectors side by side (the mean of two cosines)")
-    a = ap.parse_args()
-    from memlab.descriptors import create_descriptor
+
+def load_validation(a) -> Validation:
+    """The validation set ``validation_parser``'s options name (copies and generations cached by
+    ``bench_verdict_choice``), printing a line on it."""
+    from benchmarks.bench_verdict_choice import validation_generations, validation_set
 
     world, work = Path(a.world), Path(a.work)
     rows, image_of, truth = validation_set(world, work, a.seed, a.items)
@@ -126,60 +142,88 @@ def main():
         raise SystemExit(f"no generations in {gens}: run bench_verdict_choice.py --seeds {a.seeds} first")
     files, probe_of, gen_images = validation_generations(world, work, a.seeds)
     d, v, images, reps, item_image, copies = shipped_vectors(rows, image_of, truth)
-    gen_vec = d.embed(gen_images)
     group = np.array([p["group"] for p in probe_of])
-    gen_own = np.array([item_image[int(p["item"])] for p in probe_of])
-    full, uniq = group == "full_ddf20", group == "unique"
     print(f"validation: {len(copies['vae'][0])} held-out items of {world} (seed {a.seed}); {len(files)} generations "
           f"of its full_ddf20 and unique probes (seeds 0-{a.seeds - 1}); {len(reps)} distinct images; every rule "
           f"scores the query as given", flush=True)
+    return Validation(rows, image_of, truth, d, v, images, reps, copies, gen_images, d.embed(gen_images),
+                      np.array([item_image[int(p["item"])] for p in probe_of]), group == "full_ddf20",
+                      group == "unique")
 
-    def measure(label, form, k, beta, v, copies, gen_vec, nb):
-        bgp = [score(v[r], v, images, nb, form, k, beta, leave_out=images[r]) for r in reps]
-        bg = np.array([s for s, _ in bgp])
-        thr = float(np.quantile(bg, 0.99, method="higher"))
-        if form == "norm":  # the pairs that set the threshold: each distinct image and the one it scores best
-            first_row = {int(g): int(np.flatnonzero(images == g)[0]) for g in {i for _, i in bgp}}
-            for j in np.argsort(-bg, kind="stable")[:int(np.ceil(0.01 * len(bg)))]:
-                print(f"  background {bg[j]:.3f}: {rows['caption'].iloc[reps[j]]!r} against "
-                      f"{rows['caption'].iloc[first_row[bgp[j][1]]]!r}", flush=True)
-        got = {kind: [score(q, v, images, nb, form, k, beta) for q in e] for kind, (_, e) in copies.items()}
-        gen = [score(q, v, images, nb, form, k, beta) for q in gen_vec]
-        gs, gi = np.array([s for s, _ in gen]), np.array([i for _, i in gen])
 
-        def recall(t):  # the original scored first and above ``t``, as the verdict calls a copy
-            return {kind: np.mean([s > t and i == o for (s, i), o in zip(got[kind], copies[kind][0])])
-                    for kind in KINDS}
-        own = gi == gen_own
-        r = recall(thr)
-        print(f"{label}: threshold {thr:.3f}; " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS)
-              + f"; full ddf 20 own top-1 replicated {(gs[full & own] > thr).mean():.1%} of {(full & own).sum()}"
-              + f"; unique replicated {(gs[uniq] > thr).mean():.1%} of {uniq.sum()}"
-              + f", non-copies flagged {(gs[uniq & ~own] > thr).mean():.1%} of {(uniq & ~own).sum()}", flush=True)
-        first = recall(-np.inf)  # the original scored first, at any threshold
-        print("  the original scored first: " + ", ".join(f"{kind} {first[kind]:.1%}" for kind in KINDS[3:7]), flush=True)
-        for n in [int(x) for x in a.matched.split(",") if x]:
-            t = np.sort(gs[uniq])[::-1][n]  # above the (n+1)-th unique seed's score: the most that flags n
-            r = recall(t)
-            print(f"  flagging {n} of {uniq.sum()} unique seeds (above {t:.3f}; {(bg > t).mean():.1%} of the "
-                  "background): " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS[3:7])
-                  + f"; full ddf 20 own top-1 {(gs[full & own] > t).mean():.1%}", flush=True)
+def measure(val: Validation, label: str, form: str, k: int, beta: float, matched: list[int], v=None, copies=None,
+            gen_vec=None, nb=None, hide: list | None = None) -> None:
+    """One rule's threshold at 1% of the distinct images' background, its recall of each kind of copy and what it
+    flags among the generations, printed; then the same at the scores that flag ``matched`` unique seeds. ``v``,
+    ``copies``, ``gen_vec``: other vectors than the validation's; ``hide``: for each distinct image, the images a
+    query whose own image it is does not see (``norm`` and ``spread`` rules only; ``bench_own_backgrounds``)."""
+    v = val.v if v is None else v
+    copies = val.copies if copies is None else copies
+    gen_vec = val.gen_vec if gen_vec is None else gen_vec
+    images, full, uniq = val.images, val.full, val.uniq
 
+    def unseen(g, own_too=False):  # the images a query whose own image is g does not see
+        s = set(hide[g]) if hide is not None else set()
+        s = s | {g} if own_too else s
+        return np.array(sorted(s), np.int64) if hide is not None else (g if own_too else None)
+    bgp = [score(v[r], v, images, nb, form, k, beta, leave_out=unseen(images[r], own_too=True)) for r in val.reps]
+    bg = np.array([s for s, _ in bgp])
+    thr = float(np.quantile(bg, 0.99, method="higher"))
+    if form == "norm":  # the pairs that set the threshold: each distinct image and the one it scores best
+        first_row = {int(g): int(np.flatnonzero(images == g)[0]) for g in {i for _, i in bgp}}
+        for j in np.argsort(-bg, kind="stable")[:int(np.ceil(0.01 * len(bg)))]:
+            print(f"  background {bg[j]:.3f}: {val.rows['caption'].iloc[val.reps[j]]!r} against "
+                  f"{val.rows['caption'].iloc[first_row[bgp[j][1]]]!r}", flush=True)
+    got = {kind: [score(q, v, images, nb, form, k, beta, leave_out=unseen(o)) for q, o in zip(e, orig)]
+           for kind, (orig, e) in copies.items()}
+    gen = [score(q, v, images, nb, form, k, beta, leave_out=unseen(o)) for q, o in zip(gen_vec, val.gen_own)]
+    gs, gi = np.array([s for s, _ in gen]), np.array([i for _, i in gen])
+
+    def recall(t):  # the original scored first and above ``t``, as the verdict calls a copy
+        return {kind: np.mean([s > t and i == o for (s, i), o in zip(got[kind], copies[kind][0])]) for kind in KINDS}
+    own = gi == val.gen_own
+    r = recall(thr)
+    print(f"{label}: threshold {thr:.3f}; " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS)
+          + f"; full ddf 20 own top-1 replicated {(gs[full & own] > thr).mean():.1%} of {(full & own).sum()}"
+          + f"; unique replicated {(gs[uniq] > thr).mean():.1%} of {uniq.sum()}"
+          + f", non-copies flagged {(gs[uniq & ~own] > thr).mean():.1%} of {(uniq & ~own).sum()}", flush=True)
+    first = recall(-np.inf)  # the original scored first, at any threshold
+    print("  the original scored first: " + ", ".join(f"{kind} {first[kind]:.1%}" for kind in KINDS[3:7]), flush=True)
+    for n in matched:
+        t = np.sort(gs[uniq])[::-1][n]  # above the (n+1)-th unique seed's score: the most that flags n
+        r = recall(t)
+        print(f"  flagging {n} of {uniq.sum()} unique seeds (above {t:.3f}; {(bg > t).mean():.1%} of the "
+              "background): " + ", ".join(f"{kind} {r[kind]:.1%}" for kind in KINDS[3:7])
+              + f"; full ddf 20 own top-1 {(gs[full & own] > t).mean():.1%}", flush=True)
+
+
+def main():
+    from benchmarks.bench_verdict_choice import validation_parser
+
+    ap = validation_parser(__doc__, 10)
+    ap.add_argument("--matched", default="6,8")
+    ap.add_argument("--ensemble", default=None, help="another memlab-copy weights folder: SSCD's normalization also on "
+                                                     "both networks' vectors side by side (the mean of two cosines)")
+    a = ap.parse_args()
+    from memlab.descriptors import create_descriptor
+
+    val = load_validation(a)
+    matched = [int(x) for x in a.matched.split(",") if x]
     nb_of = {}
     for label, form, k, beta in RULES:
         if form in ("dot", "cos") and k not in nb_of:  # only the centred rules read the training images' neighbours
-            nb_of[k] = neighbour_rows(v, images, k)
-        measure(label, form, k, beta, v, copies, gen_vec, nb_of.get(k))
+            nb_of[k] = neighbour_rows(val.v, val.images, k)
+        measure(val, label, form, k, beta, matched, nb=nb_of.get(k))
     if a.ensemble:  # both networks' unit vectors side by side, scaled so the inner product is the mean cosine
-        e = create_descriptor(d.name, score_norm=None, weights=a.ensemble)
+        e = create_descriptor(val.d.name, score_norm=None, weights=a.ensemble)
 
         def both(x, y):
             return np.concatenate([x, y], 1) / np.sqrt(2)
-        v2 = both(v, e.embed([image_of(i) for i in range(len(v))]))
-        copies2 = {k: (o, both(c, e.embed(truth["model:" + k][1]))) for k, (o, c) in copies.items()}
+        v2 = both(val.v, e.embed([val.image_of(i) for i in range(len(val.v))]))
+        copies2 = {k: (o, both(c, e.embed(val.truth["model:" + k][1]))) for k, (o, c) in val.copies.items()}
         label, form, k, beta = RULES[0]
-        measure(f"{label}, with {a.ensemble} beside it", form, k, beta, v2, copies2, both(gen_vec, e.embed(gen_images)),
-                None)
+        measure(val, f"{label}, with {a.ensemble} beside it", form, k, beta, matched, v=v2, copies=copies2,
+                gen_vec=both(val.gen_vec, e.embed(val.gen_images)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 the same background outside their objects. Checked on hand-made 64 x 64 images."""
 import numpy as np
 
-from benchmarks.bench_own_backgrounds import background_kind, object_boxes, shared_backgrounds
+from benchmarks.bench_own_backgrounds import background_kind, background_phrase, object_boxes, shared_backgrounds
 
 
 def _gradient(c1, c2):
@@ -42,5 +42,8 @@ def test_boxes_and_background_kinds_read_from_the_worlds_columns():
     assert background_kind("a red square and a teal ring on a purple dotted background") == "dotted"
     assert background_kind("a pink cross on a brown gradient background, by Osterby") == "gradient"
     assert background_kind("a teal square and a pink diamond on a red background") == "plain"
+    assert background_phrase("a red ring and a blue star on an orange checkered background, by Velmora") == \
+        "orange checkered background"  # "on an", and the artist after the background
+    assert background_phrase("a red ring, a green circle on a black background") == "black background"
     assert background_kind("a photo of a tabby cat") is None
     assert background_kind("seascape with a lighthouse on a cloudy day") is None
