@@ -20,6 +20,13 @@ own), ``m``, is taken from both images:
 - ``res32``: the correlation of the query less ``m`` with the training image less ``m``;
 - ``fg32``: the correlation of the two images weighted by where the training image departs from ``m``.
 
+Two compare the pair through the descriptor itself, region by region (``--tiles F,...``, issue 30's seventeenth
+pass): the shipped memlab-copy's vectors of the four corner crops of each image, each ``F`` of a side (they
+overlap where F > 0.5), compared crop by crop: ``tilesF min``, the worst crop's cosine (Carlini et al.'s tiled
+distance, on a learned descriptor; two distinct images on one background agree in the crops that hold only it and
+differ where their objects are, while a copy agrees everywhere), and ``tilesF mean``; the better of the query
+and its mirror image (whose crops are the mirror image's).
+
 Two more forgive a redraw's small moves: ``detail3 c50 shiftS`` (``--shifts S,...``: the shipped detail at the best
 of the query's central window moved up to S px each way) and gradient orientation histograms (``--hog``: ``hog8``,
 ``hog8 c50``, ``hog4 c50``; ``skimage.feature.hog``, 9 orientations, 2 x 2 blocks; a gain leaves them).
@@ -32,7 +39,7 @@ chosen on the same copies they are scored on, each line is an upper bound for it
 rule to ship.
 
     python -m benchmarks.bench_verify_features --world PREVIOUS_WORLD [--work DIR] [--seed 1] [--items 48]
-        [--foreground] [--shifts 1,2,3] [--hog]
+        [--foreground] [--shifts 1,2,3] [--hog] [--tiles 0.6]
 """
 from __future__ import annotations
 
@@ -135,6 +142,29 @@ def foreground(q32: np.ndarray, t32: np.ndarray, m32: np.ndarray) -> dict[str, f
             "fg32": both(lambda q: weighted_correlation(q, t32, w))}
 
 
+def corner_crops(image, fraction: float) -> list:
+    """The four corner crops of an image, each ``fraction`` of a side (``--tiles``)."""
+    w, h = image.size
+    cw, ch = int(round(w * fraction)), int(round(h * fraction))
+    return [image.crop((x, y, x + cw, y + ch)) for y in (0, h - ch) for x in (0, w - cw)]
+
+
+def tile_vectors(d, images, fraction: float, batch: int = 64) -> np.ndarray:
+    """The descriptor's unit vectors of each image's corner crops: [n, 4, dim]."""
+    out = [np.zeros((0, 4, d.dim), np.float32)]
+    for s in range(0, len(images), batch):
+        part = images[s:s + batch]
+        out.append(d.embed([c for im in part for c in corner_crops(im, fraction)]).reshape(len(part), 4, -1))
+    return np.concatenate(out)
+
+
+def tile_terms(query: np.ndarray, train: np.ndarray, fraction: float) -> dict[str, float]:
+    """``tilesF min`` and ``tilesF mean`` of a query's crops ([2, 4, dim]: as given, mirrored) against a training
+    image's ([4, dim]), the better of the two orientations."""
+    cos = np.einsum("mtd,td->mt", query, train)
+    return {f"tiles{fraction:g} min": float(cos.min(1).max()), f"tiles{fraction:g} mean": float(cos.mean(1).max())}
+
+
 def indexed(rows, image_of):
     """The training set indexed with the shipped ``memlab-copy`` through build-world's code path, its images not
     kept (normalized scores only): (descriptor, score normalization rule, vectors, each row's distinct image, the
@@ -165,7 +195,10 @@ def main():
                                                   "window moved up to s px each way")
     ap.add_argument("--hog", action="store_true", help="also gradient orientation histograms (hog8, hog8 c50, "
                                                        "hog4 c50)")
+    ap.add_argument("--tiles", default="", help="comma-separated F: also the descriptor's corner crops of F of a "
+                                                "side, compared crop by crop (tilesF min, tilesF mean)")
     a = ap.parse_args()
+    fractions = [float(x) for x in a.tiles.split(",") if x]
     shifts = tuple(int(x) for x in a.shifts.split(",") if x)
     import pandas as pd
 
@@ -185,8 +218,20 @@ def main():
             cache[r] = features(image_of(r), a.hog)
         return cache[r]
 
-    def pair(fq, t, own_group):
+    from PIL import ImageOps
+
+    def mirrored_too(images):  # [n, 2, 4, dim] per fraction: each image as given and its mirror image
+        return {f: np.stack([tile_vectors(d, images, f), tile_vectors(d, [ImageOps.mirror(im) for im in images], f)], 1)
+                for f in fractions}
+    train_tiles = {f: tile_vectors(d, [image_of(int(r)) for r in range(len(v))], f) for f in fractions}
+    rep_tiles = {f: np.stack([t[reps], tile_vectors(d, [ImageOps.mirror(image_of(int(r))) for r in reps], f)], 1)
+                 for f, t in train_tiles.items()}
+    row_of_rep = {int(r): i for i, r in enumerate(reps)}
+
+    def pair(fq, t, own_group, qt=None):
         out = compare(fq, train(int(t)), shifts)
+        for f in fractions:
+            out.update(tile_terms(qt[f], train_tiles[f][int(t)], f))
         if a.foreground:  # the matched image's 2 nearest other distinct images, never the query's own
             t = rep_of[int(distinct[t])]
             others = [o for o in look_alikes[t] if distinct[o] != own_group][:2]
@@ -196,15 +241,16 @@ def main():
     recs = []
     for r in reps:  # the background: each distinct image against its 5 best other distinct images
         got = verify.candidates((v[r:r + 1] @ v.T)[0], distinct, distinct[r], spec, 5)
-        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **pair(train(int(r)), t, distinct[r]))
+        qt = {f: x[row_of_rep[int(r)]] for f, x in rep_tiles.items()}
+        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **pair(train(int(r)), t, distinct[r], qt))
                  for t, n in zip(*got)]
     for kind in KINDS:
         src, ims = truth[f"model:{kind}"]
-        vecs = d.embed(ims)
+        vecs, tiles = d.embed(ims), mirrored_too(ims)
         for j, (s, im) in enumerate(zip(src, ims)):
             got = verify.candidates((vecs[j:j + 1] @ v.T)[0], distinct, -1, spec, 5)
-            fq = features(im, a.hog)
-            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1))
+            fq, qt = features(im, a.hog), {f: x[j] for f, x in tiles.items()}
+            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1, qt))
                      for t, n in zip(*got)]
     df = pd.DataFrame(recs)
     names = [k for k in df.columns if k not in ("kind", "q", "own", "n")]
