@@ -85,7 +85,7 @@ def foreign_generations(model: Path, rows, n_items: int, seeds: int, seed: int):
     overlapping crop), drawn with ``seed``, ``seeds`` seeds each, as the card generates. The model never saw
     that world's images, so no generation copies one; each looks like what its caption names, as a generation of
     a unique probe does (meant as the non-copies the card counts, which copies alone never show; measured, they
-    are easy ones: docs/methods.md, "Judged on generations")."""
+    are easy ones: docs/descriptor-research.md, "Judged on generations")."""
     from memlab.buildworld import WORLD_DEFAULTS
     from memlab.generate import Generator, Settings
 

@@ -19,7 +19,7 @@ cosine of the matched image x to its ``k`` nearest other distinct images (comput
 
 (t = 0.5: half of CSLS's 2 s(q, r) - r(q) - r(x)). In the background of distinct images, x's neighbours
 leave out the query's own image, as a generation is not among them. Measured and not shipped (t = 0: the
-verdict is one-sided; docs/methods.md, "Two-sided normalization").
+verdict is one-sided; docs/descriptor-research.md, "Two-sided normalization").
 
 The query is also scored in other views and the best is kept (``view`` in each result): with ``mirror`` its
 mirror image (a mirrored copy is a copy), with ``gains`` its brightness raised by each gain (a darkened copy is

@@ -144,7 +144,7 @@ def test_an_index_verifies_its_matches_and_calibrates_on_the_verified_score(tmp_
 
 
 def test_the_detail_normalized_as_the_cosine_is():
-    """``detail_k`` (tried, not shipped: docs/methods.md): each candidate's detail correlation less the mean of the
+    """``detail_k`` (tried, not shipped: docs/descriptor-research.md): each candidate's detail correlation less the mean of the
     query's k highest with its other candidates, in matching and in the calibration's copies alike."""
     got = verify.detail_normalizer([0.9, 0.5, 0.3, 0.1], 5, 2)
     assert got == pytest.approx([0.4, 0.6, 0.7, 0.7, 0.7])  # the fifth, past the candidates, against all four

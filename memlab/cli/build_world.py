@@ -50,7 +50,7 @@ def add_arguments(p):
                         "issue 30, not the shipped world's: docs/verdict-research.md)")
     p.add_argument("--decoded-index", action="store_true",
                    help="index each training image as the world's VAE returns it, threshold at 0.5%% of that "
-                        "background (tried for issue 30, not the shipped world's: docs/methods.md)")
+                        "background (tried for issue 30, not the shipped world's: docs/descriptor-research.md)")
 
 
 def run(args) -> int:
