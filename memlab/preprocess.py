@@ -1,5 +1,5 @@
 """Image preprocessing presets. The preset is part of the score (docs/methods.md, "Copy-detection
-descriptors"): scores computed under different presets are not comparable, so every descriptor
+presets"): scores computed under different presets are not comparable, so every descriptor
 names the preset it used.
 
 | preset        | used by                          | recipe                                                   |

@@ -116,8 +116,8 @@ def test_the_readme_is_short_and_links_the_docs():
 
 def test_every_page_of_the_docs_is_reached_and_every_link_and_reference_to_one_resolves():
     """Pages move (the verdict's and the descriptor's histories moved out of longer ones): each page is linked from
-    the README, each relative link in the README and the docs resolves, and so does each page under docs/ that
-    the code, benchmarks and tests name."""
+    the README, each relative link in the README and the docs resolves (and the section it names after it), and so
+    does each page under docs/ that the code, benchmarks and tests name (and its section)."""
     import re
 
     readme = (ROOT / "README.md").read_text()
@@ -127,9 +127,19 @@ def test_every_page_of_the_docs_is_reached_and_every_link_and_reference_to_one_r
               for t in re.findall(r"\]\(([^)\s]+)\)", f.read_text())
               if not t.startswith(("http://", "https://", "#")) and not (f.parent / t.split("#")[0]).exists()]
     assert broken == []
-    named = {m for d in ("memlab", "index_builder", "benchmarks", "tests") for f in (ROOT / d).rglob("*.py")
-             for m in re.findall(r"docs/([\w-]+\.md)", f.read_text())}
+    # a link followed by a quoted section name ("[methods](methods.md), "Local memorization"") names one the page has
+    def flat(text):
+        return " ".join(text.split())
+    stale = [(f.name, page, flat(title)) for f in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+             for page, title in re.findall(r'\]\(([\w-]+\.md)\),\s+"([^"]+)"', f.read_text())
+             if flat(title) not in flat((f.parent / page).read_text())]
+    assert stale == []
+    code = [f.read_text() for d in ("memlab", "index_builder", "benchmarks", "tests") for f in (ROOT / d).rglob("*.py")]
+    named = {m for text in code for m in re.findall(r"docs/([\w-]+\.md)", text)}
     assert named and sorted(n for n in named if not (ROOT / "docs" / n).is_file()) == []
+    sections = [(page, flat(title.replace("#", ""))) for text in code  # a comment's title may wrap onto a "# " line
+                for page, title in re.findall(r'docs/([\w-]+\.md),\s+"([^"]+)"', text)]
+    assert sections and [(p, t) for p, t in sections if t not in flat((ROOT / "docs" / p).read_text())] == []
 
 
 def test_the_oldest_python_the_project_accepts_is_the_one_ci_tests():
