@@ -220,12 +220,11 @@ def main():
 
     from PIL import ImageOps
 
-    def mirrored_too(images):  # [n, 2, 4, dim] per fraction: each image as given and its mirror image
-        return {f: np.stack([tile_vectors(d, images, f), tile_vectors(d, [ImageOps.mirror(im) for im in images], f)], 1)
-                for f in fractions}
+    def mirrored_too(images, given=None):  # [n, 2, 4, dim] per fraction: each image as given and its mirror image
+        return {f: np.stack([tile_vectors(d, images, f) if given is None else given[f],
+                             tile_vectors(d, [ImageOps.mirror(im) for im in images], f)], 1) for f in fractions}
     train_tiles = {f: tile_vectors(d, [image_of(int(r)) for r in range(len(v))], f) for f in fractions}
-    rep_tiles = {f: np.stack([t[reps], tile_vectors(d, [ImageOps.mirror(image_of(int(r))) for r in reps], f)], 1)
-                 for f, t in train_tiles.items()}
+    rep_tiles = mirrored_too([image_of(int(r)) for r in reps], {f: t[reps] for f, t in train_tiles.items()})
     row_of_rep = {int(r): i for i, r in enumerate(reps)}
 
     def pair(fq, t, own_group, qt=None):
