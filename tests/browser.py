@@ -209,6 +209,24 @@ def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict 
         yield page
 
 
+
+def fonts_drawn(page, selector: str) -> list[tuple[str, list[str]]]:
+    """Each element matching ``selector``: its text and the fonts Chromium drew its glyphs with
+    (DevTools' ``CSS.getPlatformFontsForNode``), to tell one font from a fallback mixed into a line."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument", {"depth": -1, "pierce": True})["root"]["nodeId"]
+        out = []
+        for node in cdp.send("DOM.querySelectorAll", {"nodeId": root, "selector": selector})["nodeIds"]:
+            fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+            text = cdp.send("DOM.getOuterHTML", {"nodeId": node})["outerHTML"]
+            out.append((text[:120], [f["postScriptName"] for f in fonts]))
+        return out
+    finally:
+        cdp.detach()
+
 # Times a run in the page itself: the click event, the first pair shown, the whole batch shown (every
 # seed's pair, no progress bar, Generate enabled), its two charts drawn after it, each stamped by a
 # MutationObserver when the DOM changes.

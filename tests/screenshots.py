@@ -3,7 +3,9 @@ action a visitor takes there, for the README and the closing notes (a helper, no
 
     python -m tests.screenshots OUT_DIR [--world DIR]
 
-Writes OUT_DIR/{tab}-{desktop,phone}.png and prints what each shows.
+Writes OUT_DIR/{tab}-{desktop,phone}.png and prints what each shows; on the desktop also
+OUT_DIR/readme-generate.png, the README's picture (docs/img/generate.png): the generate tab from its pairs
+to seed 0's top-k matches.
 """
 from __future__ import annotations
 
@@ -37,6 +39,14 @@ def tour(page, world, out: Path, suffix: str) -> list[str]:
                            "!document.querySelector('#headline').innerText.includes('so far')", timeout=300_000)
     page.locator("#pairs .thumbnail-item").first.click()
     page.locator("#topk img").first.wait_for(timeout=60_000)
+    if suffix == "desktop":  # the README's picture: the pairs, the score per seed, the top-k
+        page.wait_for_timeout(800)
+        top, bottom = page.locator("#pairs").bounding_box(), page.locator("#topk").bounding_box()
+        scrolled = page.evaluate("window.scrollY")  # (boxes are on the screen, a full page's clip on the page)
+        page.screenshot(path=str(out / "readme-generate.png"), full_page=True,
+                        clip={"x": top["x"] - 8, "y": top["y"] + scrolled - 8, "width": top["width"] + 16,
+                              "height": bottom["y"] + bottom["height"] - top["y"] + 16})
+        said.append("readme-generate.png: the README's picture (docs/img/generate.png)")
     shot("generate", f"8 seeds of “{prompt}”: headline with its source, pairs with verdicts, top-k of seed 0, "
                      f"score per seed, table, histogram over the background")
     open_tab(page, "Lesson")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("playwright")
-from tests.browser import app_page, chromium_path, fill_kept, open_tab, wait_text  # noqa: E402
+from tests.browser import app_page, chromium_path, fill_kept, fonts_drawn, open_tab, wait_text  # noqa: E402
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")]
@@ -305,7 +305,8 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     """The five steps on the built-in world: its most duplicated probe copies its training image, that
     image's copies are shown, RNA lowers the replication on the same seeds, a prompt seen once is not
     copied, and the template probe's seeds copy pictures of its template (the step once read no row's template
-    and said "0 of 8" beside 8 pairs framed as template copies); a word's glossary link lands on its definition."""
+    and said "0 of 8" beside 8 pairs framed as template copies); a word's glossary link lands on its definition;
+    headings and bold words are drawn in one font each."""
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
         mask_info = page.locator("#show-mask").inner_text()  # Generate's "Show the copied region"
         open_tab(page, "Lesson")
@@ -325,6 +326,9 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
         blank = page.evaluate("""() => { const g = document.querySelector('#lesson-copies');
             return g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom; }""")
         page.screenshot(path=str(_shot(tmp_path, "lesson-desktop.png")), full_page=True)
+        # headings and bold words in one font each (Gradio's own 600-weight files hold a few glyphs, so a bold
+        # line once drew its "A" and "R" in Source Sans and the rest in the machine's sans serif)
+        bold = [b for b in fonts_drawn(page, "h1, h3, h4, strong") if b[1]]  # (drawn: not on a hidden tab)
         page.locator("#lesson-1-text a", has_text="threshold").click()
         page.wait_for_timeout(500)
         hash_, top = page.evaluate("location.hash"), page.locator("#g-threshold").bounding_box()["y"]
@@ -350,6 +354,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
     assert ("does not single the copied part out" in tint) == (ratio <= 1)
     assert hash_ == "#g-threshold" and 0 <= top < 1000 and definition.startswith("threshold")
     assert colours[0] != colours[1], colours
+    assert len(bold) >= 8 and all(len(fonts) == 1 for _, fonts in bold), [b for b in bold if len(b[1]) != 1]
 
 
 def test_a_closed_page_stops_its_run_within_a_step():

@@ -290,6 +290,17 @@ html,body,.gradio-container{overflow-anchor:none}
 """
 
 
+
+def app_theme() -> gr.themes.Base:
+    """Gradio's default theme with its two fonts at weights 400 and 700. Gradio serves the fonts itself
+    (the files it ships, online or not), and its Source Sans Pro and IBM Plex Mono at 600, the weight of
+    its headings and bold text, hold a few glyphs each: a bold line drew those few ("A", "R", ...) smaller,
+    in Source Sans, and the rest in the machine's sans serif. Bold now takes the full 700 files."""
+    font = gr.themes.GoogleFont("Source Sans Pro", weights=(400, 700))
+    mono = gr.themes.GoogleFont("IBM Plex Mono", weights=(400, 700))
+    return gr.themes.Default(font=[font, "ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=[mono, "ui-monospace", "Consolas", "monospace"])
+
 QUEUE_POLL_S = 0.05  # how often an idle queue looks for work (Gradio's default on Windows; on Linux 0.001)
 
 
@@ -325,6 +336,7 @@ def launch(demo: gr.Blocks, labs, host: str = "127.0.0.1", port: int = 7860, que
     demo.queue(default_concurrency_limit=1, max_size=queue_size or LIMITS["queue"])
     calm_queue(demo)
     return demo.launch(server_name=host, server_port=port, show_error=True, allowed_paths=folders, css=APP_CSS,
+                       theme=app_theme(),
                        max_file_size=LIMITS["upload_bytes"],
                        footer_links=["api"],
                        app_kwargs={"middleware": [Middleware(
