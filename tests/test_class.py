@@ -202,7 +202,8 @@ def test_wens_score_after_optimization_is_shown_beside_its_target():
 @pytest.mark.skipif(chromium_path() is None, reason="no chromium (apt-get install chromium)")
 def test_every_tab_is_one_tap_away_on_a_phone_and_the_row_stays_off_a_desktop():
     """Issue 33 item 9: on a phone (420 px) Gradio folds most tabs into its "…" menu; the "Go to" row above
-    them reaches each in one tap. On a desktop the tab bar shows them all and the row is not shown."""
+    them reaches each in one tap, and marks the tab open when it was opened from Gradio's own bar. On a desktop the
+    tab bar shows them all and the row is not shown."""
     with app_page(BUILTIN, viewport=(420, 900)) as page:
         row = page.locator("#phone-tabs")
         assert row.is_visible() and row.bounding_box()["y"] < 900
@@ -211,6 +212,12 @@ def test_every_tab_is_one_tap_away_on_a_phone_and_the_row_stays_off_a_desktop():
         row.locator("label", has_text="Keywords").click()
         page.locator("#kw-btn").wait_for(state="visible", timeout=10_000)
         assert page.locator("#generate-btn").is_hidden()
+        open_tab(page, "Lesson")  # a tab opened from Gradio's own bar (its "…" menu) marks its place in the row
+        page.locator("#lesson-1").wait_for(state="visible", timeout=10_000)
+        page.wait_for_function("() => document.querySelector('#phone-tabs input:checked')?.value === 'lesson'",
+                               timeout=10_000)
+        row.locator("label", has_text="Match").click()  # and the row still opens what it names
+        page.locator("#match-btn").wait_for(state="visible", timeout=10_000)
     with app_page(BUILTIN, viewport=(1400, 1000)) as page:
         assert page.locator("#phone-tabs").is_hidden()
 

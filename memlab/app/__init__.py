@@ -52,6 +52,11 @@ PHONE_TABS = [("Generate", "generate"), ("Lesson", "lesson"), ("Compare", "compa
               ("Training set", "train"), ("Keywords", "clusters"), ("About", "about")]
 
 
+def follow_tab(evt: gr.SelectData) -> str:
+    """The "Go to" row's value for the tab just opened (the tabs are in ``PHONE_TABS``' order)."""
+    return PHONE_TABS[evt.index][1]
+
+
 def world_page(lab: Lab, api_suffix: str = "") -> None:
     """One world's page: its tabs, wired to its Lab; each event's API name ends with ``api_suffix``."""
     api: Callable[[str], str] = lambda name: name + api_suffix  # noqa: E731
@@ -71,8 +76,11 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
         compare_tab(lab, api, examples, prompt)
         match_tab(lab, api)
         training_set_tab(lab, api)
-        keyword_tab(lab, tabs, prompt, api)
+        keyword_tab(lab, tabs, prompt, api, jump)
         about_tab(lab)
-    jump.change(lambda t: gr.Tabs(selected=t), jump, tabs, api_name=False, queue=False, show_progress="hidden")
+    # the row follows the tab bar both ways: a tapped row opens its tab, an opened tab marks its row (a tab
+    # opened from the bar once left the row on the tab shown before); ``input``: the row's own taps only
+    jump.input(lambda t: gr.Tabs(selected=t), jump, tabs, api_name=False, queue=False, show_progress="hidden")
+    tabs.select(follow_tab, None, jump, api_name=False, queue=False, show_progress="hidden")
     with gr.Accordion("Glossary: the words and numbers on this page", open=True, elem_id="glossary-box"):
         gr.Markdown(glossary_markdown(), elem_id="glossary-text")

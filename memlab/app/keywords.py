@@ -19,9 +19,9 @@ from .views import literal
 from .wiring import errors, page_and_api
 
 
-def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
+def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api, jump: gr.Radio | None = None) -> None:
     """Keyword clusters (Memory Triggers): prebuilt or new keyword views; a cluster's caption can be sent
-    to Generate & match (``tabs`` and ``prompt``)."""
+    to Generate & match (``tabs`` and ``prompt``; ``jump``, the phone's "Go to" row, follows)."""
     with gr.Tab("Keyword clusters", id="clusters"):
         gr.Markdown("Which training images stand behind a word (Memory Triggers paper): the items whose "
                     "caption holds the keyword (captions over 77 CLIP tokens dropped), their clusters of "
@@ -86,7 +86,9 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api) -> None:
             c = ranked_cluster(v, rank)
             return gr.Tabs(selected="generate"), lab.item_caption(c["representatives"][0])
 
-        kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name=api("cluster_prompt"))
+        sent = kw_gen.click(cluster_prompt, [kw_pick, kw_rank], [tabs, prompt], api_name=api("cluster_prompt"))
+        if jump is not None:
+            sent.success(lambda: "generate", None, jump, api_name=False, queue=False, show_progress="hidden")
         with gr.Row():
             kw_export = gr.Button("Export this view (JSON, CSV and images)", elem_id="kw-export")
             kw_file = gr.File(label="keyword.zip", visible=False, elem_id="kw-file")
