@@ -27,6 +27,12 @@ distance, on a learned descriptor; two distinct images on one background agree i
 differ where their objects are, while a copy agrees everywhere), and ``tilesF mean``; the better of the query
 and its mirror image (whose crops are the mirror image's).
 
+Two compare what the two images show rather than how (``--objects DIR``, issue 30's eighteenth pass): a scene
+classifier's (a world's ``alignment/``, ``memlab.alignment.SceneAlignment``, trained on the world's own renders)
+probabilities of each shape and object colour in each image: ``objects``, their correlation, and ``objects l1``,
+1 less their mean absolute difference. A copy that smears its objects keeps which objects they are; two scenes on
+one background differ in them.
+
 Two more forgive a redraw's small moves: ``detail3 c50 shiftS`` (``--shifts S,...``: the shipped detail at the best
 of the query's central window moved up to S px each way) and gradient orientation histograms (``--hog``: ``hog8``,
 ``hog8 c50``, ``hog4 c50``; ``skimage.feature.hog``, 9 orientations, 2 x 2 blocks; a gain leaves them).
@@ -39,7 +45,7 @@ chosen on the same copies they are scored on, each line is an upper bound for it
 rule to ship.
 
     python -m benchmarks.bench_verify_features --world PREVIOUS_WORLD [--work DIR] [--seed 1] [--items 48]
-        [--foreground] [--shifts 1,2,3] [--hog] [--tiles 0.6]
+        [--foreground] [--shifts 1,2,3] [--hog] [--tiles 0.6] [--objects WORLD/alignment] [--weights 0.1,0.2]
 """
 from __future__ import annotations
 
@@ -165,6 +171,22 @@ def tile_terms(query: np.ndarray, train: np.ndarray, fraction: float) -> dict[st
     return {f"tiles{fraction:g} min": float(cos.min(1).max()), f"tiles{fraction:g} mean": float(cos.mean(1).max())}
 
 
+def object_vectors(scene, images, batch: int = 128) -> np.ndarray:
+    """A scene classifier's (``memlab.alignment.SceneAlignment``) probabilities of each shape and each object
+    colour in each image: [n, shapes + colours]."""
+    out = [np.zeros((0, 0))]
+    for s in range(0, len(images), batch):
+        probs = scene.probabilities(images[s:s + batch])
+        out.append(np.array([list(p["shapes"].values()) + list(p["colours"].values()) for p in probs]))
+    return np.concatenate([o for o in out if o.size]) if len(out) > 1 else out[0]
+
+
+def object_terms(q: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    """``objects``: the correlation of the shapes and colours a classifier sees in the two images;
+    ``objects l1``: 1 less their mean absolute difference."""
+    return {"objects": vector_correlation(q, t), "objects l1": float(1 - np.abs(q - t).mean())}
+
+
 def indexed(rows, image_of):
     """The training set indexed with the shipped ``memlab-copy`` through build-world's code path, its images not
     kept (normalized scores only): (descriptor, score normalization rule, vectors, each row's distinct image, the
@@ -195,10 +217,15 @@ def main():
                                                   "window moved up to s px each way")
     ap.add_argument("--hog", action="store_true", help="also gradient orientation histograms (hog8, hog8 c50, "
                                                        "hog4 c50)")
+    ap.add_argument("--objects", default="", help="a scene classifier's folder (a world's alignment/): also the "
+                                                  "agreement of the objects it sees in the two images")
+    ap.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS),
+                    help="comma-separated: the weights tried for each comparison alone")
     ap.add_argument("--tiles", default="", help="comma-separated F: also the descriptor's corner crops of F of a "
                                                 "side, compared crop by crop (tilesF min, tilesF mean)")
     a = ap.parse_args()
     fractions = [float(x) for x in a.tiles.split(",") if x]
+    weights = [float(x) for x in a.weights.split(",") if x]
     shifts = tuple(int(x) for x in a.shifts.split(",") if x)
     import pandas as pd
 
@@ -227,8 +254,16 @@ def main():
     rep_tiles = mirrored_too([image_of(int(r)) for r in reps], {f: t[reps] for f, t in train_tiles.items()})
     row_of_rep = {int(r): i for i, r in enumerate(reps)}
 
-    def pair(fq, t, own_group, qt=None):
+    scene = None
+    if a.objects:
+        from memlab.alignment import SceneAlignment
+        scene = SceneAlignment.load(a.objects)
+        train_objects = object_vectors(scene, [image_of(int(r)) for r in range(len(v))])
+
+    def pair(fq, t, own_group, qt=None, qo=None):
         out = compare(fq, train(int(t)), shifts)
+        if scene is not None:
+            out.update(object_terms(qo, train_objects[int(t)]))
         for f in fractions:
             out.update(tile_terms(qt[f], train_tiles[f][int(t)], f))
         if a.foreground:  # the matched image's 2 nearest other distinct images, never the query's own
@@ -241,15 +276,17 @@ def main():
     for r in reps:  # the background: each distinct image against its 5 best other distinct images
         got = verify.candidates((v[r:r + 1] @ v.T)[0], distinct, distinct[r], spec, 5)
         qt = {f: x[row_of_rep[int(r)]] for f, x in rep_tiles.items()}
-        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **pair(train(int(r)), t, distinct[r], qt))
+        qo = train_objects[int(r)] if scene is not None else None
+        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **pair(train(int(r)), t, distinct[r], qt, qo))
                  for t, n in zip(*got)]
     for kind in KINDS:
         src, ims = truth[f"model:{kind}"]
         vecs, tiles = d.embed(ims), mirrored_too(ims)
+        objs = object_vectors(scene, ims) if scene is not None else [None] * len(ims)
         for j, (s, im) in enumerate(zip(src, ims)):
             got = verify.candidates((vecs[j:j + 1] @ v.T)[0], distinct, -1, spec, 5)
             fq, qt = features(im, a.hog), {f: x[j] for f, x in tiles.items()}
-            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1, qt))
+            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1, qt, objs[j]))
                      for t, n in zip(*got)]
     df = pd.DataFrame(recs)
     names = [k for k in df.columns if k not in ("kind", "q", "own", "n")]
@@ -280,7 +317,7 @@ def main():
     line("shipped: + 0.2 x detail3 c50", {"detail3 c50": 0.2})
     tried = []
     for k in names:
-        best = max(((evaluate({k: w})[1], w) for w in WEIGHTS), key=lambda t: (t[0][3], sum(t[0])))
+        best = max(((evaluate({k: w})[1], w) for w in weights), key=lambda t: (t[0][3], sum(t[0])))
         line(f"+ {k} (best weight)", {k: best[1]})
     for x, y in itertools.combinations(names, 2):
         for wx, wy in itertools.product(PAIR_WEIGHTS, PAIR_WEIGHTS):

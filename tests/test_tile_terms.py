@@ -1,7 +1,9 @@
 """The crop-by-crop comparison of ``benchmarks/bench_verify_features.py --tiles`` (issue 30's seventeenth pass):
 the descriptor's vectors of an image's four corner crops, compared crop by crop. Checked on hand-made images with
-a stand-in descriptor (each crop's pixels at 8 x 8, centred, as a unit vector)."""
+a stand-in descriptor (each crop's pixels at 8 x 8, centred, as a unit vector); and ``--objects`` (the eighteenth
+pass), the objects a scene classifier sees in two images compared, with a stand-in classifier."""
 import numpy as np
+import pytest
 from PIL import Image, ImageOps
 
 from benchmarks.bench_verify_features import corner_crops, tile_terms, tile_vectors
@@ -51,3 +53,23 @@ def test_the_worst_crop_tells_two_scenes_on_one_background_from_a_copy():
     assert copy["tiles0.6 min"] > 0.95  # a gain leaves every crop's centred vector nearly as it was
     # the two scenes agree in the crops without an object and differ where one is: the worst crop says so
     assert other["tiles0.6 min"] < other["tiles0.6 mean"] - 0.1 and other["tiles0.6 min"] < copy["tiles0.6 min"] - 0.3
+
+
+def test_object_terms_agree_on_the_same_objects_and_not_on_others():
+    """``--objects``: the classifier's shape and colour probabilities of two images, compared; a stand-in scene
+    classifier whose probabilities are given per image."""
+    from benchmarks.bench_verify_features import object_terms, object_vectors
+
+    shapes, colours = ["circle", "cross", "square"], ["red", "blue"]
+    seen = {"a": ([0.9, 0.1, 0.8], [0.9, 0.7]), "a smeared": ([0.6, 0.2, 0.5], [0.7, 0.5]),
+            "b": ([0.1, 0.9, 0.2], [0.1, 0.8])}
+
+    class _Scene:
+        def probabilities(self, images):
+            return [{"shapes": dict(zip(shapes, seen[i][0])), "colours": dict(zip(colours, seen[i][1]))} for i in images]
+    v = object_vectors(_Scene(), ["a", "a smeared", "b"], batch=2)  # two batches
+    assert v.shape == (3, 5) and np.allclose(v[2], [0.1, 0.9, 0.2, 0.1, 0.8])
+    same, smeared, other = object_terms(v[0], v[0]), object_terms(v[1], v[0]), object_terms(v[2], v[0])
+    assert same["objects"] == pytest.approx(1.0) and same["objects l1"] == 1.0
+    assert smeared["objects"] > 0.9 > 0 > other["objects"]
+    assert smeared["objects l1"] == 1 - np.mean(np.abs(v[1] - v[0])) and other["objects l1"] < smeared["objects l1"]
