@@ -290,16 +290,17 @@ html,body,.gradio-container{overflow-anchor:none}
 """
 
 
-
 def app_theme() -> gr.themes.Base:
     """Gradio's default theme with its two fonts at weights 400 and 700. Gradio serves the fonts itself
-    (the files it ships, online or not), and its Source Sans Pro and IBM Plex Mono at 600, the weight of
-    its headings and bold text, hold a few glyphs each: a bold line drew those few ("A", "R", ...) smaller,
-    in Source Sans, and the rest in the machine's sans serif. Bold now takes the full 700 files."""
+    (the files it ships, online or not), and its Source Sans Pro and IBM Plex Mono files at 600, the weight
+    of its headings and bold text, are subsets that lack most letters: a bold line drew the few they have
+    ("A", "B", ...) in Source Sans, smaller, and the rest in the machine's sans serif.
+    Bold now takes the full 700 files."""
     font = gr.themes.GoogleFont("Source Sans Pro", weights=(400, 700))
     mono = gr.themes.GoogleFont("IBM Plex Mono", weights=(400, 700))
     return gr.themes.Default(font=[font, "ui-sans-serif", "system-ui", "sans-serif"],
                              font_mono=[mono, "ui-monospace", "Consolas", "monospace"])
+
 
 QUEUE_POLL_S = 0.05  # how often an idle queue looks for work (Gradio's default on Windows; on Linux 0.001)
 
