@@ -327,7 +327,7 @@ def test_the_guided_lesson_and_its_glossary(tmp_path):
             return g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom; }""")
         page.screenshot(path=str(_shot(tmp_path, "lesson-desktop.png")), full_page=True)
         # headings and bold words in one font each (Gradio's own 600-weight files hold a few glyphs, so a bold
-        # line once drew its "A" and "R" in Source Sans and the rest in the machine's sans serif)
+        # line once drew its "A" and "B" in Source Sans and the rest in the machine's sans serif)
         bold = [b for b in fonts_drawn(page, "h1, h3, h4, strong") if b[1]]  # (drawn: not on a hidden tab)
         page.locator("#lesson-1-text a", has_text="threshold").click()
         page.wait_for_timeout(500)
