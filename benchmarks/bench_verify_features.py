@@ -174,11 +174,11 @@ def tile_terms(query: np.ndarray, train: np.ndarray, fraction: float) -> dict[st
 def object_vectors(scene, images, batch: int = 128) -> np.ndarray:
     """A scene classifier's (``memlab.alignment.SceneAlignment``) probabilities of each shape and each object
     colour in each image: [n, shapes + colours]."""
-    out = [np.zeros((0, 0))]
+    rows = []
     for s in range(0, len(images), batch):
-        probs = scene.probabilities(images[s:s + batch])
-        out.append(np.array([list(p["shapes"].values()) + list(p["colours"].values()) for p in probs]))
-    return np.concatenate([o for o in out if o.size]) if len(out) > 1 else out[0]
+        rows += [list(p["shapes"].values()) + list(p["colours"].values())
+                 for p in scene.probabilities(images[s:s + batch])]
+    return np.array(rows, np.float64)
 
 
 def object_terms(q: np.ndarray, t: np.ndarray) -> dict[str, float]:

@@ -209,7 +209,6 @@ def app_page(world, viewport: tuple = (1400, 1400), args: tuple = (), env: dict 
         yield page
 
 
-
 def fonts_drawn(page, selector: str) -> list[tuple[str, list[str]]]:
     """Each element matching ``selector``: its text and the fonts Chromium drew its glyphs with
     (DevTools' ``CSS.getPlatformFontsForNode``), to tell one font from a fallback mixed into a line."""
@@ -226,6 +225,7 @@ def fonts_drawn(page, selector: str) -> list[tuple[str, list[str]]]:
         return out
     finally:
         cdp.detach()
+
 
 # Times a run in the page itself: the click event, the first pair shown, the whole batch shown (every
 # seed's pair, no progress bar, Generate enabled), its two charts drawn after it, each stamped by a
