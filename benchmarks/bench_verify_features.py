@@ -33,6 +33,12 @@ probabilities of each shape and object colour in each image: ``objects``, their 
 1 less their mean absolute difference. A copy that smears its objects keeps which objects they are; two scenes on
 one background differ in them.
 
+Four compare the descriptor's own feature maps finer than the 4 x 4 layout it scores (``--dense``, issue 30's
+nineteenth pass): the shipped memlab-copy's stage maps at 8 x 8 (128 channels) and 16 x 16 (64), its input
+prepared as it embeds (the 1-px low-pass): ``dense8`` and ``dense16``, the mean over positions of each position's
+cosine (a local feature match at each place), and ``map8`` and ``map16``, the cosine of the whole flattened maps;
+the better of the query and its mirror image (whose maps are the mirror image's).
+
 Two more forgive a redraw's small moves: ``detail3 c50 shiftS`` (``--shifts S,...``: the shipped detail at the best
 of the query's central window moved up to S px each way) and gradient orientation histograms (``--hog``: ``hog8``,
 ``hog8 c50``, ``hog4 c50``; ``skimage.feature.hog``, 9 orientations, 2 x 2 blocks; a gain leaves them).
@@ -45,7 +51,8 @@ chosen on the same copies they are scored on, each line is an upper bound for it
 rule to ship.
 
     python -m benchmarks.bench_verify_features --world PREVIOUS_WORLD [--work DIR] [--seed 1] [--items 48]
-        [--foreground] [--shifts 1,2,3] [--hog] [--tiles 0.6] [--objects WORLD/alignment] [--weights 0.1,0.2]
+        [--foreground] [--shifts 1,2,3] [--hog] [--tiles 0.6] [--objects WORLD/alignment] [--dense]
+        [--weights 0.1,0.2]
 """
 from __future__ import annotations
 
@@ -187,6 +194,42 @@ def object_terms(q: np.ndarray, t: np.ndarray) -> dict[str, float]:
     return {"objects": vector_correlation(q, t), "objects l1": float(1 - np.abs(q - t).mean())}
 
 
+DENSE_STAGES = {"8": 2, "16": 1}  # the descriptor's stage maps compared by ``--dense``: side -> stage
+
+
+def dense_maps(d, images, batch: int = 64) -> dict[str, np.ndarray]:
+    """The shipped memlab-copy's stage maps of each image and of its mirror image, as it embeds them (its input
+    size and low-pass): side -> [n, 2, side * side, channels]."""
+    import torch
+
+    from memlab.copynet import low_pass, to_input
+
+    net, out = d.net, {k: [] for k in DENSE_STAGES}
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = to_input(list(images[i:i + batch]), net.config.input_size)
+            x = low_pass(x, d.blur) if d.blur else x
+            both = [net.feature_maps(x), net.feature_maps(torch.flip(x, dims=[3]))]
+            for side, stage in DENSE_STAGES.items():
+                m = torch.stack([f[stage].float() for f in both], 1).flatten(3).transpose(2, 3)  # [b, 2, hw, c]
+                out[side].append(m.numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def dense_terms(query: dict, train: dict) -> dict[str, float]:
+    """``denseS`` and ``mapS`` of a query's maps (side -> [2, hw, c]: as given, mirrored) against a training
+    image's (side -> [hw, c]), the better of the two orientations."""
+    def unit(x, axis):
+        return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+    out = {}
+    for side in query:
+        q, t = query[side], train[side]
+        local = np.einsum("mpc,pc->mp", unit(q, -1), unit(t, -1))  # each position's cosine
+        flat = unit(q.reshape(2, -1), -1) @ unit(t.reshape(-1), -1)  # the whole map's
+        out[f"dense{side}"], out[f"map{side}"] = float(local.mean(1).max()), float(flat.max())
+    return out
+
+
 def indexed(rows, image_of):
     """The training set indexed with the shipped ``memlab-copy`` through build-world's code path, its images not
     kept (normalized scores only): (descriptor, score normalization rule, vectors, each row's distinct image, the
@@ -219,6 +262,8 @@ def main():
                                                        "hog4 c50)")
     ap.add_argument("--objects", default="", help="a scene classifier's folder (a world's alignment/): also the "
                                                   "agreement of the objects it sees in the two images")
+    ap.add_argument("--dense", action="store_true", help="also the descriptor's 8 x 8 and 16 x 16 stage maps "
+                                                         "(dense8, dense16, map8, map16)")
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS),
                     help="comma-separated: the weights tried for each comparison alone")
     ap.add_argument("--tiles", default="", help="comma-separated F: also the descriptor's corner crops of F of a "
@@ -260,8 +305,13 @@ def main():
         scene = SceneAlignment.load(a.objects)
         train_objects = object_vectors(scene, [image_of(int(r)) for r in range(len(v))])
 
-    def pair(fq, t, own_group, qt=None, qo=None):
+    if a.dense:
+        train_dense = dense_maps(d, [image_of(int(r)) for r in range(len(v))])
+
+    def pair(fq, t, own_group, qt=None, qo=None, qd=None):
         out = compare(fq, train(int(t)), shifts)
+        if a.dense:
+            out.update(dense_terms(qd, {k: m[int(t), 0] for k, m in train_dense.items()}))
         if scene is not None:
             out.update(object_terms(qo, train_objects[int(t)]))
         for f in fractions:
@@ -277,16 +327,18 @@ def main():
         got = verify.candidates((v[r:r + 1] @ v.T)[0], distinct, distinct[r], spec, 5)
         qt = {f: x[row_of_rep[int(r)]] for f, x in rep_tiles.items()}
         qo = train_objects[int(r)] if scene is not None else None
-        recs += [dict(kind="background", q=int(r), own=False, n=float(n), **pair(train(int(r)), t, distinct[r], qt, qo))
-                 for t, n in zip(*got)]
+        qd = {k: m[int(r)] for k, m in train_dense.items()} if a.dense else None
+        recs += [dict(kind="background", q=int(r), own=False, n=float(n),
+                      **pair(train(int(r)), t, distinct[r], qt, qo, qd)) for t, n in zip(*got)]
     for kind in KINDS:
         src, ims = truth[f"model:{kind}"]
         vecs, tiles = d.embed(ims), mirrored_too(ims)
         objs = object_vectors(scene, ims) if scene is not None else [None] * len(ims)
+        dense = dense_maps(d, ims) if a.dense else None
         for j, (s, im) in enumerate(zip(src, ims)):
             got = verify.candidates((vecs[j:j + 1] @ v.T)[0], distinct, -1, spec, 5)
             fq, qt = features(im, a.hog), {f: x[j] for f, x in tiles.items()}
-            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1, qt, objs[j]))
+            recs += [dict(kind=kind, q=j, own=bool(distinct[t] == distinct[s]), n=float(n), **pair(fq, t, -1, qt, objs[j], {k: m[j] for k, m in dense.items()} if dense else None))
                      for t, n in zip(*got)]
     df = pd.DataFrame(recs)
     names = [k for k in df.columns if k not in ("kind", "q", "own", "n")]

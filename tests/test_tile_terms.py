@@ -73,3 +73,30 @@ def test_object_terms_agree_on_the_same_objects_and_not_on_others():
     assert same["objects"] == pytest.approx(1.0) and same["objects l1"] == 1.0
     assert smeared["objects"] > 0.9 > 0 > other["objects"]
     assert smeared["objects l1"] == 1 - np.mean(np.abs(v[1] - v[0])) and other["objects l1"] < smeared["objects l1"]
+
+
+def test_dense_terms_match_an_image_and_its_mirror_image_and_tell_another():
+    """``--dense``: the descriptor's 8 x 8 and 16 x 16 stage maps (a small random memlab-copynet), compared
+    position by position (``denseS``) and as a whole (``mapS``), the better of the query and its mirror image."""
+    import torch
+
+    from benchmarks.bench_verify_features import dense_maps, dense_terms
+    from memlab.copynet import CopyNet, CopyNetConfig
+
+    torch.manual_seed(0)
+
+    class _Descriptor:
+        net, blur = CopyNet(CopyNetConfig(widths=[4, 6, 8, 8, 8], dim=8)).eval(), 1.0
+    a = _scene([((4, 4, 24, 24), (200, 40, 40))])
+    b = _scene([((40, 40, 60, 60), (40, 40, 200))])
+    maps = dense_maps(_Descriptor(), [a, ImageOps.mirror(a), b], batch=2)  # two batches
+    assert maps["8"].shape == (3, 2, 64, 8) and maps["16"].shape == (3, 2, 256, 8)
+    assert np.allclose(maps["8"][1, 0], maps["8"][0, 1], atol=1e-5)  # a mirrored image's maps are its mirror's
+
+    def terms(i, j):
+        return dense_terms({k: m[i] for k, m in maps.items()}, {k: m[j, 0] for k, m in maps.items()})
+    for i in (0, 1):  # the image itself, and its mirror image
+        assert all(x == pytest.approx(1.0, abs=1e-5) for x in terms(i, 0).values())
+    other = terms(2, 0)
+    assert set(other) == {"dense8", "map8", "dense16", "map16"} and all(x < 0.999 for x in other.values())
+    assert other["dense16"] != pytest.approx(other["map16"])  # a mean of local cosines, not the whole map's
