@@ -236,12 +236,21 @@ def test_an_on_disk_build_leaves_the_working_folder_as_it_found_it(tmp_path):
     assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
+def _binary(path: Path) -> bool:
+    """Git's test: a NUL byte in the first 8,000 bytes."""
+    with open(path, "rb") as f:
+        return b"\0" in f.read(8000)
+
+
 def test_every_large_tracked_file_goes_through_lfs():
-    """A Hugging Face Space refuses a pushed file over 10 MiB that Git LFS does not track."""
+    """A Hugging Face Space refuses a pushed file over 10 MiB that Git LFS does not track, and a binary one
+    over 1 MB (docs/app.md, "Hosting it as a Hugging Face Space")."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
-    large = [f.decode() for f in files if f and (ROOT / f.decode()).is_file()
-             and (ROOT / f.decode()).stat().st_size > 10 * 2**20]
-    assert large, "the check reads the repository (the built-in world holds files over 10 MiB)"
+    paths = [f.decode() for f in files if f and (ROOT / f.decode()).is_file()]
+    sizes = {f: (ROOT / f).stat().st_size for f in paths}
+    large = [f for f in paths if sizes[f] > 10 * 2**20 or (sizes[f] > 10**6 and _binary(ROOT / f))]
+    assert any(sizes[f] > 10 * 2**20 for f in large), "the check reads the repository (the built-in world holds files over 10 MiB)"
+    assert "assets/world/model/tokenizer/tokenizer.json" not in large  # text over 1 MB: no LFS needed
     attrs = subprocess.run(["git", "check-attr", "filter", "--", *large], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.splitlines()
     assert all(line.endswith(": filter: lfs") for line in attrs), attrs
