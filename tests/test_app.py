@@ -742,3 +742,20 @@ def test_a_match_that_is_not_replicated_names_both_edges_of_its_verdict(client, 
         im.save(own)
     md = client.predict(handle_file(str(own)), 3, None, api_name="/match_image")[0]
     assert ": **replicated**" in md and "possible copy above" not in md
+
+
+def test_the_phone_row_names_the_tabs_the_page_has_and_follows_them_by_id(server):
+    """The "Go to" row offers the tabs this page built, in their order, and a tab opened from the bar marks its
+    own id: the tiny world has no lesson, so the row has no Lesson and the second tab is Compare (reading the
+    opened tab's index into the full list once marked Lesson when Compare was opened)."""
+    import gradio as gr
+
+    from memlab.app import PHONE_TABS, build_app, follow_tab
+
+    demo = build_app(server[1])
+    built = [b.id for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    row = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "phone-tabs")
+    assert "lesson" not in built and [tab for _, tab in row.choices] == built
+    assert set(built) <= {tab for _, tab in PHONE_TABS}  # every tab has its place in the row
+    opened = gr.SelectData(None, {"index": 1, "value": "Compare mitigations"})
+    assert follow_tab(built)(opened) == "compare"

@@ -52,9 +52,12 @@ PHONE_TABS = [("Generate", "generate"), ("Lesson", "lesson"), ("Compare", "compa
               ("Training set", "train"), ("Keywords", "clusters"), ("About", "about")]
 
 
-def follow_tab(evt: gr.SelectData) -> str:
-    """The "Go to" row's value for the tab just opened (the tabs are in ``PHONE_TABS``' order)."""
-    return PHONE_TABS[evt.index][1]
+def follow_tab(built: list[str]) -> Callable:
+    """The "Go to" row's event for a tab opened from the tab bar: the opened tab's id, read from the ids of
+    the tabs the page built (``built``, in their order; a world without a lesson has no Lesson tab)."""
+    def follow(evt: gr.SelectData) -> str:
+        return built[evt.index]
+    return follow
 
 
 def world_page(lab: Lab, api_suffix: str = "") -> None:
@@ -78,9 +81,11 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
         training_set_tab(lab, api)
         keyword_tab(lab, tabs, prompt, api, jump)
         about_tab(lab)
+    built = [t.id for t in tabs.children if isinstance(t, gr.Tab)]
+    jump.choices = [(name, tab) for name, tab in PHONE_TABS if tab in built]  # only the tabs this page has
     # the row follows the tab bar both ways: a tapped row opens its tab, an opened tab marks its row (a tab
     # opened from the bar once left the row on the tab shown before); ``input``: the row's own taps only
     jump.input(lambda t: gr.Tabs(selected=t), jump, tabs, api_name=False, queue=False, show_progress="hidden")
-    tabs.select(follow_tab, None, jump, api_name=False, queue=False, show_progress="hidden")
+    tabs.select(follow_tab(built), None, jump, api_name=False, queue=False, show_progress="hidden")
     with gr.Accordion("Glossary: the words and numbers on this page", open=True, elem_id="glossary-box"):
         gr.Markdown(glossary_markdown(), elem_id="glossary-text")
