@@ -759,3 +759,5 @@ def test_the_phone_row_names_the_tabs_the_page_has_and_follows_them_by_id(server
     assert set(built) <= {tab for _, tab in PHONE_TABS}  # every tab has its place in the row
     opened = gr.SelectData(None, {"index": 1, "value": "Compare mitigations"})
     assert follow_tab(built)(opened) == "compare"
+    intro = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "intro").value
+    assert "Lesson" not in intro and "Pick an example prompt" in intro  # nor does its first screen point at one

@@ -64,9 +64,11 @@ def world_page(lab: Lab, api_suffix: str = "") -> None:
     """One world's page: its tabs, wired to its Lab; each event's API name ends with ``api_suffix``."""
     api: Callable[[str], str] = lambda name: name + api_suffix  # noqa: E731
     lab.register_gpu()
+    start = ("**New here? Start with the Lesson tab**, or pick" if lab.lesson_prompts() is not None
+             else "Pick")  # (a world whose probes give no lesson has no Lesson tab)
     gr.Markdown(f"# memlab — does a diffusion model copy its training images?\n"
                 f"Generate images from a prompt and see each one beside the closest image the model was "
-                f"trained on. **New here? Start with the Lesson tab**, or pick an example prompt and press "
+                f"trained on. {start} an example prompt and press "
                 f"Generate. World: **{literal(lab.name)}** (details in *About this world*).", elem_id="intro")
     run_state = gr.State(None)
     # on a phone Gradio folds most tabs into its "…" menu: every tab is also one tap away here (shown on
