@@ -24,10 +24,11 @@ variant's unique seeds called replicated beside their top-1 training image (DIR/
 each kind's missed copies (DIR/<variant number>/missed/<kind>/: the original, the copy, its top-1), printing how
 many missed with their original first and how many of those within 0.02 under the threshold.
 Variant 48 adds memlab-verify's probability to the detail term, as ``build-world --verify memlab-verify`` does
-(``$MEMLAB_VERIFY_WEIGHTS`` picks other weights).
+(``$MEMLAB_VERIFY_WEIGHTS`` picks other weights). ``--ensemble DIR,...`` also measures the shipped rule on the mean
+cosine of the shipped network and these memlab-copy weights (e.g. trained again with another seed).
 
     python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
-        [--variants 0,2] [--weights FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005] [--judge]
+        [--variants 0,2] [--weights FOLDER,...] [--ensemble FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005] [--judge]
         [--show DIR]
 """
 from __future__ import annotations
@@ -148,6 +149,23 @@ def with_pixels(d, share: float, size: int = 16, per_channel: bool = False):
     return d
 
 
+def with_ensemble(d, others):
+    """``d`` (a memlab-copy) whose rows also hold the rows of ``others`` (memlab-copy trained again, e.g. with
+    another seed), each unit row scaled by 1/sqrt(n): the cosine, and so the normalized score and the verdict, is
+    the mean of the n networks' cosines (an ensemble of independently trained descriptors)."""
+    import numpy as np
+
+    nets, inner = list(others), d.embed
+    scale = np.float32(1.0 / np.sqrt(1 + len(nets)))
+
+    def embed(images):
+        return np.concatenate([inner(images)] + [o.embed(images) for o in nets], 1) * scale
+    d.embed, d.dim = embed, d.dim + sum(o.dim for o in nets)
+    d.preset += "+ensemble-" + "-".join(o.model for o in nets)
+    d.secondary_scores = lambda q, items: {}
+    return d
+
+
 def training_set(spec, data: Path):
     """A world's training set drawn from ``spec`` (``worldgen.make_training_set``), written under ``data`` once and
     read back: (rows with their calibration origin, image_of(row))."""
@@ -254,6 +272,8 @@ def main():
                                                     "false alarms on the generations)")
     ap.add_argument("--weights", default=None, help="comma-separated memlab-copy weights folders to try as well "
                                                     "(e.g. a fine-tuned one; each as memlab-copy, and with mirror)")
+    ap.add_argument("--ensemble", default=None, help="comma-separated memlab-copy weights folders: also the shipped "
+                                                     "rule with the mean cosine of the shipped network and these")
     ap.add_argument("--decoded", action="store_true", help="index each training image as the validation model's VAE "
                                                            "returns it (as build-world indexes a world with a model)")
     ap.add_argument("--fpr", type=float, default=0.01, help="the threshold's share of the distinct-item background")
@@ -305,12 +325,18 @@ def main():
             chosen += [(f"{Path(w).name}", ("memlab-copy", {"weights": w})),
                        (f"{Path(w).name}, plain cosine", ("memlab-copy", {"weights": w, "score_norm": None})),
                        (f"{Path(w).name} + mirror", ("memlab-copy", {"weights": w, "mirror": True, "score_norm": None}))]
+    if a.ensemble:
+        folders = [w for w in a.ensemble.split(",") if w]
+        chosen += [(f"ensemble of {1 + len(folders)}", ("memlab-copy", {"ensemble": folders}))]
     for label, (name, over) in chosen:
         over = dict(over)
         share, per_channel = over.pop("pixels", 0.0), over.pop("per_channel", False)
+        folders = over.pop("ensemble", [])
         d = create_descriptor(name, **over)
         if share:
             d = with_pixels(d, share, per_channel=per_channel)
+        if folders:
+            d = with_ensemble(d, [create_descriptor(name, **over, weights=w) for w in folders])
         with tempfile.TemporaryDirectory() as tmp:
             build_index(Path(tmp) / "idx", rows, image_of, [d], ground_truth=truth, origin="origin",
                         image_root=str(data.resolve()), indexed=indexed, fpr=a.fpr)
