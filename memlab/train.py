@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -285,6 +286,7 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
         # folder in the config, and a resumed run would save a different pipeline from an uninterrupted one)
         vae.load_state_dict(load_file(vae_dir / "diffusion_pytorch_model.safetensors"))
         vae.register_to_config(scaling_factor=json.loads((vae_dir / "config.json").read_text())["scaling_factor"])
+        print(f"[train] VAE of {vae_dir} (trained before), scaling factor {vae.config.scaling_factor!r}", file=sys.stderr)
     elif scratch:
         images = image_tensor(files, root, size)
         vopt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
@@ -312,6 +314,8 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
         shutil.rmtree(vae_dir, ignore_errors=True)
         os.replace(tmp, vae_dir)
         (out / "vae_loss.txt").write_text(f"final VAE loss (L1 + KL) {rec_l1:.4f}\n")
+        print(f"[train] VAE trained: final loss {rec_l1:.4f}, scaling factor {vae.config.scaling_factor!r}",
+              file=sys.stderr)
     pipe.vae = vae
     vae.requires_grad_(False)
 
@@ -408,6 +412,10 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     pipe.to("cpu")
     if cfg.save_dtype == "fp16":
         pipe.to(torch.float16)
+    backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer saves its last call's padding and
+    if backend is not None:  # truncation: none, so a run resumed at its last checkpoint (no call) saves the same
+        backend.no_truncation()
+        backend.no_padding()
     pipe.save_pretrained(final, safe_serialization=True)
     pipe.to(torch.float32)
     losses = pd.read_csv(log_path)

@@ -9,12 +9,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def killed_until_done(cmd, kill_after: list[float], env: dict, timeout: float = 600) -> int:
+def killed_until_done(cmd, kill_after: list[float], env: dict, timeout: float = 600, log: Path | None = None) -> int:
     """Run ``cmd``; SIGKILL it after each delay in turn (restarting it), then let it finish. Returns
-    how many kills landed while it was running."""
+    how many kills landed while it was running. ``log``: each run's stderr appended there, under a line that
+    names the run and its delay (so a failure can say where the kills landed)."""
     landed = 0
-    for delay in list(kill_after) + [None]:
-        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for i, delay in enumerate(list(kill_after) + [None]):
+        err = subprocess.DEVNULL
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"--- run {i + 1}, " + (f"killed after {delay:.1f} s" if delay else "to the end") + "\n")
+            err = open(log, "a")
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        if log is not None:
+            err.close()  # (the child holds its own copy)
         try:
             p.wait(timeout if delay is None else delay)
         except subprocess.TimeoutExpired:

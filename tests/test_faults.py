@@ -151,11 +151,18 @@ def test_the_app_killed_mid_generation_restarts_and_serves_the_same_answers(worl
     assert after[0] == before[0] and after[2] == before[2]
 
 
-def _timed(cmd) -> float:
+def _timed(cmd, log: Path | None = None) -> float:
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    if log is not None:
+        log.write_text("--- unkilled\n" + r.stderr)
     return time.perf_counter() - t0
+
+
+def _stage_lines(log: Path) -> str:
+    """A build's stage lines (each printed when its stage ends) from its runs' log: where the kills landed."""
+    return "\n".join(x for x in log.read_text().splitlines() if x.startswith(("---", "[build-world]", "[train]")))
 
 
 @pytest.mark.kill
@@ -180,15 +187,16 @@ def test_a_world_build_killed_at_random_points_resumes_to_the_same_world(tmp_pat
 
     cmd = [sys.executable, "-m", "memlab", "build-world", "--small", "--steps", "6", "--vae-steps", "4",
            "--batch-size", "4", "--no-eval", "--ground-truth-items", "0", "--eval-seeds", "1", "--sample-steps", "8"]
-    took = _timed(cmd + ["--out", str(tmp_path / "ref")])
+    runs = tmp_path / "runs.log"
+    took = _timed(cmd + ["--out", str(tmp_path / "ref")], log=runs)
     rng = random.Random(1)
     landed = killed_until_done(cmd + ["--out", str(tmp_path / "w")],
-                                [rng.uniform(0.15, 0.5) * took, rng.uniform(0.2, 0.9) * took], ENV)
+                                [rng.uniform(0.15, 0.5) * took, rng.uniform(0.2, 0.9) * took], ENV, log=runs)
     assert landed >= 1, f"no kill landed within the build ({took:.0f} s unkilled)"  # (the first one lands early)
-    parts = ("model", "index", "keywords", "probes.csv", "nemo")
+    parts = ("model", "index", "keywords", "probes.csv", "nemo", "build/train/vae")
     ref, got = _files(tmp_path / "ref", parts), _files(tmp_path / "w", parts)
     assert sorted(ref) == sorted(got) and any(f.startswith("nemo/") for f in ref)
-    assert [f for f in ref if ref[f] != got[f]] == []
+    assert [f for f in ref if ref[f] != got[f]] == [], f"{took:.0f} s unkilled; the runs:\n{_stage_lines(runs)}"
     w = World.load(tmp_path / "w")  # sealed and intact
     assert w.defaults["steps"] == 8 and w.generator().nemo_stats.info["steps"] == 8  # --sample-steps throughout
     assert "8 steps" in w.manifest["template_threshold"]["source"]

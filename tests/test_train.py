@@ -1,6 +1,7 @@
 """The trainer on a few steps of the tiny configuration, its controls, and the generated set."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,20 @@ def test_loss_goes_down_and_resume_continues(dataset, tmp_path):
         b = load_file(str(out2 / "checkpoints" / "step-24" / f))
         assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), f
     assert list(pd.read_csv(out2 / "loss.csv")["step"]) == [6, 12, 18, 24]
+    # the pipeline is saved file for file the same however the run was cut: resumed midway, or killed after its
+    # last checkpoint (before the pipeline was written: the rerun trains no step; the tokenizer, never called
+    # then, saved no padding or truncation where the uninterrupted run's saved its last call's)
+    saved = _files(out / "pipeline")
+    assert _files(out2 / "pipeline") == saved
+    shutil.rmtree(out / "pipeline")
+    (out / "run_card.json").unlink()
+    train(_cfg(dataset, out, steps=24, log_every=6, checkpoint_every=12))
+    assert json.loads((out / "run_card.json").read_text())["resumed_from"] == 24
+    assert _files(out / "pipeline") == saved
+
+
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_memlab_train_records_its_own_command_line(dataset, tmp_path, capfd):
