@@ -459,20 +459,37 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
 def test_a_keyword_view_without_clusters_still_sends_a_caption_to_generate():
     """The Keyword tab opens on the planted "lighthouse", whose 40 images are nearly identical to no other: no
     cluster, all miscellaneous. The rank box opens on 0 (the miscellaneous images), and "generate from this
-    cluster's caption" opens Generate & match with the view's first image's caption."""
+    cluster's caption" opens Generate & match with the view's first image's caption. The thumbnails' gallery
+    ends under its one row (Gradio's fixed height left a blank band of 150 px), and a view of many clusters
+    ("star", 40 thumbnails) scrolls inside a box instead of making the page five rows longer."""
     from memlab.service import Lab
     from memlab.world import World
 
     lab = Lab(World.load(BUILTIN))
     view = lab.views[lab.keyword_names[0]]
     want = lab.item_caption(next(c for c in view["clusters"] if c["miscellaneous"])["representatives"][0])
+    gallery = """() => { const g = document.querySelector('#kw-gallery'), w = g.querySelector('.grid-wrap');
+        return {n: g.querySelectorAll('.thumbnail-item').length, height: g.getBoundingClientRect().height,
+                blank: g.getBoundingClientRect().bottom - g.querySelector('.grid-container').getBoundingClientRect().bottom,
+                hidden: w.scrollHeight - w.clientHeight}; }"""
     with app_page(BUILTIN, viewport=(1400, 900)) as page:
         open_tab(page, "Keyword clusters")
         rank = page.locator("#kw-rank input").first.input_value()
+        one_row = page.evaluate(gallery)
         page.locator("#kw-gen").click()
         page.wait_for_function("t => (document.querySelector('#prompt textarea') || {}).value === t", arg=want,
                                timeout=30_000)
+        open_tab(page, "Keyword clusters")
+        box = page.locator("#kw-pick input").first
+        fill_kept(page, box, "star")
+        box.press("Enter")
+        page.locator("#kw-btn").click()
+        page.wait_for_function("() => document.querySelectorAll('#kw-gallery .thumbnail-item').length > 20",
+                               timeout=60_000)
+        many = page.evaluate(gallery)
     assert not any(not c["miscellaneous"] for c in view["clusters"]) and rank == "0" and "lighthouse" in want
+    assert one_row["n"] == 4 and one_row["blank"] <= 40, one_row
+    assert many["height"] <= 500 and many["hidden"] > 100, many  # the rest scrolled to, inside the box
 
 
 def test_a_clusters_prompt_variants_are_filled_run_and_read_in_chromium(tmp_path):

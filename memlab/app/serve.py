@@ -254,7 +254,9 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 # The page's own CSS: no scroll anchoring (a click scrolls the results' top into view; as the headline grows
 # above the pairs, the browser would otherwise scroll on to keep the pairs still, and the headline would
 # leave the screen); a gallery of a few thumbnails (top-k, a match, the lesson's copies) is as tall as
-# its rows (Gradio's galleries keep a fixed height, leaving ~220 px blank under one row); on a narrow screen (a phone, 420 px) the generate tab's pairs stack one a line at
+# its rows (Gradio's galleries keep a fixed height, leaving ~220 px blank under one row), and the keyword tab's
+# are too, up to 480 px, then scroll inside (a view of 12 clusters holds 48 thumbnails); on a narrow screen (a
+# phone, 420 px) the generate tab's pairs stack one a line at
 # full width and their captions (seed, verdict, score, training image) wrap instead of being cut; a tapped
 # pair opens alone at full width with its caption wrapped (Gradio's preview otherwise lies over the whole
 # stacked grid, its caption on one cut line); every other gallery shows 3 thumbnails a line (a gallery's
@@ -267,6 +269,7 @@ html,body,.gradio-container{overflow-anchor:none}
 #pairs .caption-label{white-space:normal;max-width:100%}
 #topk .grid-wrap,#match-gallery .grid-wrap,#lesson-copies .grid-wrap{height:auto!important;min-height:0!important;
   max-height:none!important}
+#kw-gallery .grid-wrap,#kw-var-gallery .grid-wrap{height:auto!important;min-height:0!important;max-height:480px!important}
 .wrap.generating{animation:none!important}
 @media (min-width:701px){#about-card pre, #about-card pre code{white-space:pre-wrap!important;overflow-wrap:anywhere}}
 #phone-tabs{display:none!important}
