@@ -314,8 +314,8 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
         shutil.rmtree(vae_dir, ignore_errors=True)
         os.replace(tmp, vae_dir)
         (out / "vae_loss.txt").write_text(f"final VAE loss (L1 + KL) {rec_l1:.4f}\n")
-        print(f"[train] VAE trained: final loss {rec_l1:.4f}, scaling factor {vae.config.scaling_factor!r}",
-              file=sys.stderr)
+        print(f"[train] VAE trained: final loss {rec_l1:.4f}, scaling factor {vae.config.scaling_factor!r} "
+              f"({torch.get_num_threads()} torch threads)", file=sys.stderr)  # (other threads, other low bits)
     pipe.vae = vae
     vae.requires_grad_(False)
 
