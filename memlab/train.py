@@ -69,7 +69,8 @@ class TrainConfig:
     log_every: int = 25
     save_dtype: str = "fp32"        # fp32 | fp16 (weights as stored)
     deterministic: bool = True      # on a CPU, without oneDNN kernels: a resumed run equals an uninterrupted one bit
-    #                                 for bit (oneDNN's convolutions are not; with them 12 steps of the world's UNet
+    #                                 for bit with the same torch threads (another count sums in another order)
+    #                                 (oneDNN's convolutions are not; with them 12 steps of the world's UNet
     #                                 took 12.3 s against 17.4 s without, on the 2-core machine)
     threads: int = 0                # torch threads (0: torch's default)
     device: str = "cpu"             # cpu | cuda | cuda:N: where the model trains (the randomness is drawn on
