@@ -18,7 +18,7 @@ def killed_until_done(cmd, kill_after: list[float], env: dict, timeout: float = 
         err = subprocess.DEVNULL
         if log is not None:
             with open(log, "a") as f:
-                f.write(f"--- run {i + 1}, " + (f"killed after {delay:.1f} s" if delay else "to the end") + "\n")
+                f.write(f"--- run {i + 1}, {'to the end' if delay is None else f'killed after {delay:.1f} s'}\n")
             err = open(log, "a")
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
         if log is not None:
