@@ -28,6 +28,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,19 @@ def latest_checkpoint(out: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def _cast(pipe, dtype) -> None:
+    """``pipe.to(dtype)`` without diffusers' warning for each model that its modules "should be kept in float32: []"
+    (it warns when the list is empty too)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 # ------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig, resume: bool = True, progress=None, command: str | None = None) -> Path:
     """Train; returns the folder of the final pipeline (``out/pipeline``), or None when ``stop_at``
@@ -232,8 +246,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress=None, command: str | N
     import torch
 
     exact = cfg.deterministic and not cfg.device.startswith("cuda")
-    with torch.backends.mkldnn.flags(enabled=not exact):
-        return _train(cfg, resume, progress, command)
+    with warnings.catch_warnings():  # (setting the flags warns of Intel GPUs' TF32, which no run here uses)
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=not exact):
+            return _train(cfg, resume, progress, command)
 
 
 def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None) -> Path:
@@ -412,13 +428,14 @@ def _train(cfg: TrainConfig, resume: bool, progress, command: str | None = None)
     final = out / "pipeline"
     pipe.to("cpu")
     if cfg.save_dtype == "fp16":
-        pipe.to(torch.float16)
+        _cast(pipe, torch.float16)
     backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer saves its last call's padding and
     if backend is not None:  # truncation: none, so a run resumed at its last checkpoint (no call) saves the same
         backend.no_truncation()
         backend.no_padding()
     pipe.save_pretrained(final, safe_serialization=True)
-    pipe.to(torch.float32)
+    if cfg.save_dtype == "fp16":
+        _cast(pipe, torch.float32)
     losses = pd.read_csv(log_path)
     card = {"config": dataclasses.asdict(cfg), "data_hash": dhash, "items": len(df), "distinct_images": len(files),
             "duplicated_items": int(dup.sum()), "seed": cfg.seed, "steps": cfg.steps, "resumed_from": start,
