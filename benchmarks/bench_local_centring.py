@@ -215,15 +215,14 @@ def main():
             nb_of[k] = neighbour_rows(val.v, val.images, k)
         measure(val, label, form, k, beta, matched, nb=nb_of.get(k))
     if a.ensemble:  # both networks' unit vectors side by side, scaled so the inner product is the mean cosine
-        e = create_descriptor(val.d.name, score_norm=None, weights=a.ensemble)
+        from benchmarks.bench_verdict_choice import side_by_side
 
-        def both(x, y):
-            return np.concatenate([x, y], 1) / np.sqrt(2)
-        v2 = both(val.v, e.embed([val.image_of(i) for i in range(len(val.v))]))
-        copies2 = {k: (o, both(c, e.embed(val.truth["model:" + k][1]))) for k, (o, c) in val.copies.items()}
+        e = create_descriptor(val.d.name, score_norm=None, weights=a.ensemble)
+        v2 = side_by_side(val.v, e.embed([val.image_of(i) for i in range(len(val.v))]))
+        copies2 = {k: (o, side_by_side(c, e.embed(val.truth["model:" + k][1]))) for k, (o, c) in val.copies.items()}
         label, form, k, beta = RULES[0]
         measure(val, f"{label}, with {a.ensemble} beside it", form, k, beta, matched, v=v2, copies=copies2,
-                gen_vec=both(val.gen_vec, e.embed(val.gen_images)))
+                gen_vec=side_by_side(val.gen_vec, e.embed(val.gen_images)))
 
 
 if __name__ == "__main__":

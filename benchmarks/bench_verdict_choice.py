@@ -149,17 +149,22 @@ def with_pixels(d, share: float, size: int = 16, per_channel: bool = False):
     return d
 
 
-def with_ensemble(d, others):
-    """``d`` (a memlab-copy) whose rows also hold the rows of ``others`` (memlab-copy trained again, e.g. with
-    another seed), each unit row scaled by 1/sqrt(n): the cosine, and so the normalized score and the verdict, is
-    the mean of the n networks' cosines (an ensemble of independently trained descriptors)."""
+def side_by_side(*rows):
+    """n networks' unit rows of the same images side by side, scaled by 1/sqrt(n): the inner product of two such
+    rows is the mean of the n networks' cosines."""
     import numpy as np
 
+    return np.concatenate(rows, 1) * np.float32(1.0 / np.sqrt(len(rows)))
+
+
+def with_ensemble(d, others):
+    """``d`` (a memlab-copy) whose rows also hold the rows of ``others`` (memlab-copy trained again, e.g. with
+    another seed), ``side_by_side``: the cosine, and so the normalized score and the verdict, is the mean of the
+    n networks' cosines (an ensemble of independently trained descriptors)."""
     nets, inner = list(others), d.embed
-    scale = np.float32(1.0 / np.sqrt(1 + len(nets)))
 
     def embed(images):
-        return np.concatenate([inner(images)] + [o.embed(images) for o in nets], 1) * scale
+        return side_by_side(inner(images), *[o.embed(images) for o in nets])
     d.embed, d.dim = embed, d.dim + sum(o.dim for o in nets)
     d.preset += "+ensemble-" + "-".join(o.model for o in nets)
     d.secondary_scores = lambda q, items: {}
