@@ -15,11 +15,10 @@ def killed_until_done(cmd, kill_after: list[float], env: dict, timeout: float = 
     names the run and its delay (so a failure can say where the kills landed)."""
     landed = 0
     for i, delay in enumerate(list(kill_after) + [None]):
-        err = subprocess.DEVNULL
+        err = subprocess.DEVNULL if log is None else open(log, "a")
         if log is not None:
-            with open(log, "a") as f:
-                f.write(f"--- run {i + 1}, {'to the end' if delay is None else f'killed after {delay:.1f} s'}\n")
-            err = open(log, "a")
+            err.write(f"--- run {i + 1}, {'to the end' if delay is None else f'killed after {delay:.1f} s'}\n")
+            err.flush()  # (before the child writes after it)
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
         if log is not None:
             err.close()  # (the child holds its own copy)
