@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from . import metrics
+from .cardchecks import card_checks
 from .local import format_local
 
 INTERVAL_MAX_PROBES = 5_000  # a card's per-probe rows the report resamples for its intervals (the built-in world's: 72;
@@ -70,8 +71,9 @@ def _auc_words(m: dict, name: str) -> str:
     return words + ")"
 
 
-def format_report(m: dict) -> str:
-    """The card's figures as a readable table."""
+def format_report(m: dict, checks: bool = True) -> str:
+    """The card's figures as a readable table; with ``checks``, then each check with its figure and bound
+    (``cardchecks``; recomputed from the figures above, as the card's own were)."""
     d = m["descriptor"]
     lines = [f"descriptor {d['name']} ({d['model']}, {d['preset']}), threshold {d['threshold']:.3f} "
              f"({d['threshold_source']}{'; score: ' + d['score'] if d.get('score') else ''}"
@@ -183,5 +185,7 @@ def format_report(m: dict) -> str:
                         f"{ta['control_unique_probes']}" if "control_unique_probes" in ta else ""))
     lines += format_local(m)
     lines.append(f"generate + match 8 seeds: {m['seconds_8_seeds']:.2f}s")
-    lines.append("checks: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in m["checks"].items()))
+    if checks:
+        lines.append("checks, each on its own figure [its bound]:")
+        lines += [f"  {'yes' if c.met else 'NO ':<3}  {c.key}: {c.figure} [{c.bound}]" for c in card_checks(m)]
     return "\n".join(lines)

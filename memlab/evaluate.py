@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .cardchecks import checks_dict
 from .compare import DETECTORS
 from .generate import Settings
 from .match import descriptor_for_index
 from .mitigations import parse_strategy
-from .local import bright_ending_coverage, local_checks, template_figures, templates_of
+from .local import bright_ending_coverage, template_figures, templates_of
 from .runner import run_prompt
 
 # DCR's four, Wen's, and the newer ones (issue 31): Ren's, NeMo's, Jain's static and dynamic transition
@@ -350,13 +351,13 @@ def evaluate_world(world, n_seeds: int = 10, keyword_probes: int = 12, progress=
                                             "the caption's distinctive words above that of its template words "
                                             f"({', '.join(sorted(template_words))})"},
         "wen_target": getattr(gen, "wen_target", None),
-        "checks": {**_checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique, non, lesson),
-                   **local_checks(tmpl, coverage)},
+        "checks": None,  # (below: from the figures above, as any card's checks are recomputed)
         "hidden_object": obj,
         "template": tmpl, "template_threshold": gen.template_threshold, "bright_ending_coverage": coverage,
         "per_probe": base.drop(columns=["scores", "replicated", "own_top1", "states", "verdicts", "masked",
                                         "agreement", "maps", "hidden"]).to_dict(orient="records"),
     }
+    result["checks"] = checks_dict(result)
     return result
 
 
@@ -407,42 +408,3 @@ def _attribution_check(gen, prompts, settings) -> tuple[list[bool], set]:
         tmpl = [t["attribution"] for t in toks if t["token"].strip() in TEMPLATE_WORDS]
         att.append(bool(dist and tmpl and np.mean(dist) > np.mean(tmpl)))
     return att, TEMPLATE_WORDS
-
-
-def _checks(table, high, hi_rate, hi_orig, truth, att, mitig, att_unique=(), non=(), lesson=None) -> dict:
-    """The card's pass/fail checks of the world's memorization: each on its own figure (one per mitigation,
-    the worst kind of model copy, attribution against the same measure on unique probes), none pooled; the
-    bounds are issue 30's. ``truth`` keys ``model:<kind>`` are copies by the world's model, ``views:<kind>``
-    copies by the model the verdict descriptor took training views from (the held-out comparison)."""
-    partial_high = "partial" + high[4:]
-    made = {k: v["recall"] for k, v in (truth or {}).items() if k.startswith("model:") and k != "model:all"
-            and not k.startswith("model:all-")}
-    kinds = {k: r for k, r in made.items() if k.startswith(("model:img2img", "model:vae"))}  # the model's own
-    edited = {k: r for k, r in made.items() if k not in kinds}  # its copies tinted, darkened, mirrored
-    worst = min(kinds, key=kinds.get) if kinds else None
-    worst_edit = min(edited, key=edited.get) if edited else None
-    given_own = table[high]["none"].get("replicated_given_own_top1")
-    views = (truth or {}).get("views:all", {}).get("recall")
-    per_mitigation = {f"{name.replace(':', '_').replace('=', '_')}_cuts_a_third": (r["relative_cut"] or 0) >= 1 / 3
-                      for name, r in mitig.items()}
-    return {
-        "full_high_at_least_50pct": hi_rate >= 0.5,
-        "replicated_at_least_95pct_of_own_top1_seeds": given_own is not None and given_own >= 0.95,
-        **({"lesson_first_probe_at_least_7_of_8": lesson["replicated"] >= 7} if lesson else {}),
-        "unique_at_most_3pct": table["unique"]["none"]["replication_rate"] <= 0.03,
-        **({"non_copies_flagged_at_most_2pct": float(np.mean(non)) <= 0.02} if len(non) else {}),
-        **({"held_out_model_within_5_points_of_views_model": abs(truth["model:all"]["recall"] - views) <= 0.05}
-           if views is not None and "model:all" in truth else {}),
-        "model_copy_recall_at_least_90pct": bool(truth) and truth.get("model:all", {}).get("recall", 0) >= 0.9,
-        "partial_at_most_half_full": table.get(partial_high, {}).get("none", {}).get(
-            "replication_rate", 1.0) <= hi_rate / 2,
-        **({f"model_copy_recall_worst_kind_at_least_90pct ({worst})": kinds[worst] >= 0.9} if worst else {}),
-        **({f"tinted_darkened_mirrored_copies_at_least_90pct ({worst_edit})": edited[worst_edit] >= 0.9}
-           if worst_edit else {}),
-        "attribution_distinctive_above_template_7_of_8": sum(att) >= min(7, len(att)),
-        **({"attribution_above_its_unique_control": bool(np.mean(att) > np.mean(att_unique))} if len(att_unique) else {}),
-        **per_mitigation,
-        "ren_nemo_or_jain_cuts_a_third_keeping_90pct_alignment": any(
-            (r["relative_cut"] or 0) >= 1 / 3 and (r.get("alignment_ratio") or 0) >= 0.9
-            for name, r in mitig.items() if name.split(":")[0] in ("ren", "nemo", "jain")),
-    }

@@ -238,20 +238,6 @@ def bright_ending_coverage(base: pd.DataFrame, index, group: str) -> dict | None
             "definition": "mean of the bright-ending map (64 x 64) over the drawn objects' boxes / its mean elsewhere"}
 
 
-def local_checks(fig: dict | None, coverage: dict | None) -> dict:
-    """Issue 32's checks, where the world has templates: the masked verdict calls at least 80% of the seeds
-    whose top-1 is their own template, the global one fewer; unique probes' masked false positives at most 3%;
-    the bright-ending map lights the copied objects more than the rest (median ratio above 1)."""
-    if not fig:
-        return {}
-    out = {"template_masked_calls_at_least_80pct": (fig["masked_calls_copy"] or 0) >= 0.8,
-           "template_global_calls_fewer": (fig["global_calls_copy"] or 0) < (fig["masked_calls_copy"] or 0),
-           "unique_masked_false_positives_at_most_3pct": (fig["unique_masked_false_positives"] or 0) <= 0.03}
-    if coverage:
-        out["bright_ending_lights_the_copied_objects"] = coverage["median_inside_over_outside"] > 1
-    return out
-
-
 def format_local(m: dict) -> list[str]:
     """The card's lines for template copies and the bright-ending map."""
     def pct(x):

@@ -438,11 +438,15 @@ def test_bad_input_on_match_compare_and_keywords_is_a_message_where_the_results_
 
 def test_the_worlds_card_reads_whole_without_scrolling_sideways():
     """About this world's measured-memorization block ran off the right edge (the detectors' AUC against each
-    group, the recalls, the checks): on a desktop it wraps, the whole report on the page; on a phone, where its
-    table wrapped would read as a jumble, the block scrolls inside itself and the page does not."""
+    group, the recalls): on a desktop it wraps, the whole report on the page; on a phone, where its table
+    wrapped would read as a jumble, the block scrolls inside itself and the page does not. The card's checks
+    stand above it as a table, each met or not beside the figure it is decided on and its bound, and the table
+    wraps its long check names on a phone rather than widen the page."""
+    from memlab.cardchecks import card_checks
     from memlab.cardreport import format_report
 
-    report = format_report(json.loads((BUILTIN / "card.json").read_text())["measured"])
+    measured = json.loads((BUILTIN / "card.json").read_text())["measured"]
+    report, checks = format_report(measured, checks=False), card_checks(measured)
     for width in (1400, 420):
         with app_page(BUILTIN, viewport=(width, 900)) as page:
             open_tab(page, "About this world")
@@ -451,9 +455,15 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
             scroll, client, page_scroll = page.evaluate("""() => { const p = document.querySelector('#about-card pre');
                 return [p.scrollWidth, p.clientWidth, document.documentElement.scrollWidth]; }""")
             shown = pre.inner_text()
+            rows = page.evaluate("""() => [...document.querySelectorAll('#about-card table')].find(
+                t => t.innerText.includes('bound')).querySelectorAll('tbody tr').length""")
+            cells = [page.locator("#about-card tr", has_text=c.key).first.inner_text() for c in checks]
         assert (scroll <= client + 1) == (width > 700), (width, scroll, client)
         assert page_scroll <= width, (width, page_scroll)
         assert " ".join(shown.split()) == " ".join(report.split()), width  # the whole report, word for word
+        assert rows == len(checks) and "checks, each on" not in shown  # the checks once, in the table
+        for c, text in zip(checks, cells):
+            assert ("yes" if c.met else "NO") in text and c.figure.split()[-1] in text, (width, c.key, text)
 
 
 def test_a_keyword_view_without_clusters_still_sends_a_caption_to_generate():

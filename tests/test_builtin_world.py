@@ -132,6 +132,15 @@ def test_verdict_is_calibrated_on_distinct_items_and_recalls_the_models_copies()
     assert card["checks"]["non_copies_flagged_at_most_2pct"] == (card["non_copies"]["flagged"] <= 0.02)
 
 
+def test_the_shipped_cards_checks_are_its_figures_checks():
+    """Every check the shipped card stores (written when it was measured) is what ``card_checks`` makes of the
+    card's figures today, in the same order: the checks shown beside their figures are the ones measured."""
+    from memlab.cardchecks import card_checks
+
+    card = json.loads((ASSETS_WORLD / "card.json").read_text())["measured"]
+    assert [(c.key, c.met) for c in card_checks(card)] == list(card["checks"].items())
+
+
 def test_app_histogram_draws_the_distinct_background():
     from memlab.service import Lab
     from memlab.app.charts import histogram

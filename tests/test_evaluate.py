@@ -28,32 +28,58 @@ def test_group_table_splits_replication_into_own_and_other_items():
     assert row["replicated_given_own_top1"] == pytest.approx(2 / 3)
 
 
-def test_checks_hold_issue_30s_bounds_each_on_its_own_figure():
-    """The card's checks (issue 30): replicated among own-top-1 seeds >= 95%, the lesson's first probe >= 7 of 8,
-    unique <= 3%, non-copies <= 2%, every kind of model copy >= 90% (the views model's kinds not among them),
-    the held-out model within 5 points of the views model; a figure just past each bound fails its check."""
-    from memlab.evaluate import _checks
+def _measured(given_own=0.95, unique=0.03, flagged=0.02, lesson=7, views=0.97, worst=0.91, cut=1 / 3,
+              attribution=(7, 8, 20, 24), masked=0.8, coverage=1.01):
+    """A card's ``measured`` figures, made by hand, each near one bound of issues 30 and 32."""
+    return {
+        "mitigations_on": "full_ddf20",
+        "groups": {"full_ddf20": {"replication_rate": 0.9, "replicated_given_own_top1": given_own},
+                   "partial_ddf20": {"replication_rate": 0.45}, "unique": {"replication_rate": unique}},
+        "lesson_first_probe": {"prompt": "p", "seeds": 8, "replicated": lesson},
+        "non_copies": {"n": 100, "flagged": flagged, "nominal_fpr": 0.01},
+        "model_copies": {"model:all": {"n": 4, "recall": 0.93}, "model:img2img@0.5": {"n": 2, "recall": worst},
+                         "model:vae": {"n": 2, "recall": 1.0}, "model:all-not-photo": {"n": 1, "recall": 0.5},
+                         "model:mirror@0.3": {"n": 2, "recall": 0.6}, "views:all": {"n": 4, "recall": views},
+                         "views:img2img@0.5": {"n": 2, "recall": 0.5}},
+        "token_attribution": dict(zip(("distinctive_above_template", "probes", "control_distinctive_above_template",
+                                       "control_unique_probes"), attribution)),
+        "mitigations": {"rna": {"relative_cut": cut, "alignment_ratio": 0.5},
+                        "ren": {"relative_cut": 0.5, "alignment_ratio": 0.9}},
+        "template": {"masked_calls_copy": masked, "global_calls_copy": 0.3, "unique_masked_false_positives": 0.03,
+                     "template_seeds_own_template": 10, "unique_seeds": 100},
+        "bright_ending_coverage": {"median_inside_over_outside": coverage, "seeds": 10},
+    }
 
-    def table(given_own, unique):
-        return {"full_ddf20": {"none": {"replication_rate": 0.9, "replicated_given_own_top1": given_own}},
-                "partial_ddf20": {"none": {"replication_rate": 0.3}},
-                "unique": {"none": {"replication_rate": unique}}}
-    truth = {"model:all": {"recall": 0.93}, "model:img2img@0.5": {"recall": 0.91}, "model:vae": {"recall": 1.0},
-             "model:all-not-photo": {"recall": 0.5}, "model:mirror@0.3": {"recall": 0.6},
-             "views:all": {"recall": 0.97}, "views:img2img@0.5": {"recall": 0.5}}
-    ok = _checks(table(0.95, 0.03), "full_ddf20", 0.9, 0.95, truth, [True] * 8, {}, (), [False] * 49 + [True],
-                 {"replicated": 7})
+
+def test_checks_hold_issue_30s_bounds_each_on_its_own_figure():
+    """The card's checks (issues 30 and 32), recomputed from a card's figures alone: replicated among own-top-1
+    seeds >= 95%, the lesson's first probe >= 7 of 8, unique <= 3%, non-copies <= 2%, every kind of model copy >=
+    90% (the views model's kinds and the pooled rows not among them), the held-out model within 5 points, partial
+    at most half of full, attribution above its unique control, a mitigation's cut of a third, the template
+    checks and the bright ending above 1x; a figure just past each bound fails its check, and each check names
+    the figure it was decided on."""
+    from memlab.cardchecks import card_checks, checks_dict
+
+    ok = checks_dict(_measured())
     assert ok["replicated_at_least_95pct_of_own_top1_seeds"] and ok["lesson_first_probe_at_least_7_of_8"]
     assert ok["unique_at_most_3pct"] and ok["non_copies_flagged_at_most_2pct"]
     assert ok["model_copy_recall_worst_kind_at_least_90pct (model:img2img@0.5)"]  # views:* is not the world's
-    assert ok["held_out_model_within_5_points_of_views_model"]
+    assert ok["held_out_model_within_5_points_of_views_model"] and ok["partial_at_most_half_full"]
     assert not ok["tinted_darkened_mirrored_copies_at_least_90pct (model:mirror@0.3)"]  # checked on its own
-    truth["views:all"]["recall"] = 0.99
-    bad = _checks(table(0.94, 0.031), "full_ddf20", 0.9, 0.95, truth, [True] * 8, {}, (), [False] * 48 + [True] * 2,
-                  {"replicated": 6})
-    assert not any(bad[k] for k in ("replicated_at_least_95pct_of_own_top1_seeds", "lesson_first_probe_at_least_7_of_8",
-                                    "unique_at_most_3pct", "non_copies_flagged_at_most_2pct",
-                                    "held_out_model_within_5_points_of_views_model"))
+    assert ok["attribution_distinctive_above_template_7_of_8"] and ok["attribution_above_its_unique_control"]
+    assert ok["rna_cuts_a_third"] and ok["ren_nemo_or_jain_cuts_a_third_keeping_90pct_alignment"]
+    assert ok["template_masked_calls_at_least_80pct"] and ok["template_global_calls_fewer"]
+    assert ok["unique_masked_false_positives_at_most_3pct"] and ok["bright_ending_lights_the_copied_objects"]
+    bad = checks_dict(_measured(given_own=0.94, unique=0.031, flagged=0.021, lesson=6, views=0.99, worst=0.89,
+                                cut=0.33, attribution=(6, 8, 18, 24), masked=0.79, coverage=1.0))
+    assert [k for k, v in bad.items() if v] == ["full_high_at_least_50pct", "model_copy_recall_at_least_90pct",
+                                                "partial_at_most_half_full", "ren_cuts_a_third",
+                                                "ren_nemo_or_jain_cuts_a_third_keeping_90pct_alignment",
+                                                "template_global_calls_fewer",
+                                                "unique_masked_false_positives_at_most_3pct"]
+    shown = {c.key: c for c in card_checks(_measured(worst=0.89))}
+    worst = shown["model_copy_recall_worst_kind_at_least_90pct (model:img2img@0.5)"]
+    assert not worst.met and "img2img@0.5 89.0% of 2" in worst.figure and "90%" in worst.bound
 
 
 def test_photometric_copies_are_what_they_name():
@@ -357,7 +383,8 @@ def test_a_small_worlds_card_is_what_its_runs_give(tmp_path):
     worst = min(kinds, key=kinds.get)
     assert c[f"model_copy_recall_worst_kind_at_least_90pct ({worst})"] == (kinds[worst] >= 0.9)
     report = format_report(m)
-    assert all(f"\n{g} " in report for g in m["groups"]) and "checks: " in report
+    assert all(f"\n{g} " in report for g in m["groups"]) and "checks, each on its own figure" in report
+    assert all(f"  {'yes' if v else 'NO '}  {k}: " in report for k, v in c.items())  # recomputed as stored
     # a probe of the highest duplication and a unique one, run as a user runs them: the card's rows
     picked = pd.concat([rows[rows["group"] == high].head(1), rows[rows["group"] == "unique"].head(1)])
     run = [sys.executable, "-m", "memlab", "run", "--world", str(out), "--seeds", "0", "--out",

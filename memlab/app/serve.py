@@ -263,7 +263,8 @@ def queue_full_message(queue) -> tuple[str, float | None]:
 # columns are otherwise fixed, 8 of them 100 px wide each, scrolled sideways in a 340 px box).
 # Gradio pulses the border of every output while a run is in flight: on a machine that serves and shows
 # the page (a laptop running the built-in world), a headless Chromium spent most of a core redrawing it,
-# taken from the model; the progress bar shows on the pairs alone (``progress_on``)
+# taken from the model; the progress bar shows on the pairs alone (``progress_on``); the card's checks table wraps
+# its long check names (in code) instead of widening a phone's page
 APP_CSS = """
 html,body,.gradio-container{overflow-anchor:none}
 #pairs .caption-label{white-space:normal;max-width:100%}
@@ -272,6 +273,8 @@ html,body,.gradio-container{overflow-anchor:none}
 #kw-gallery .grid-wrap,#kw-var-gallery .grid-wrap{height:auto!important;min-height:0!important;max-height:480px!important}
 .wrap.generating{animation:none!important}
 @media (min-width:701px){#about-card pre, #about-card pre code{white-space:pre-wrap!important;overflow-wrap:anywhere}}
+#about-card td code{white-space:normal;overflow-wrap:anywhere}
+#about-card th{white-space:nowrap}
 #phone-tabs{display:none!important}
 @media (max-width:700px){
  #phone-tabs{display:block!important;margin-bottom:4px}

@@ -484,13 +484,19 @@ def world_card_markdown(lab: Lab) -> str:
         lines.append(f"**Built with** {code(c.get('built_with') or '')} in {(c.get('build_seconds_total') or 0) / 60:.0f} min")
         if "measured" in c:
             from ..errors import one_line
+            from ..cardchecks import card_checks
             from ..cardreport import format_report
 
             try:
-                report = format_report(c["measured"])
+                report, checks = format_report(c["measured"], checks=False), card_checks(c["measured"])
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a card memlab did not write
-                report = (f"(this card's measured figures are not in the form this memlab writes, so they are not "
-                          f"shown: {type(e).__name__} {one_line(e, 120)})")
+                report, checks = (f"(this card's measured figures are not in the form this memlab writes, so they are "
+                                  f"not shown: {type(e).__name__} {one_line(e, 120)})"), []
+            if checks:  # each check beside the figure it is decided on (recomputed from the card's figures)
+                lines.append("### Checks\n| met | check | measured | bound |\n|---|---|---|---|\n" + "\n".join(
+                    f"| {'yes' if k.met else '**NO**'} | {code(k.key)} | {literal(k.figure).replace('@', '&#64;')} | "
+                    f"{literal(k.bound)} |"  # (an @ written as a character reference: never read as an e-mail address)
+                    for k in checks))
             lines.append("### Measured memorization\n```\n" + report + "\n```")
     return "\n\n".join(lines)
 
