@@ -493,7 +493,9 @@ def world_card_markdown(lab: Lab) -> str:
                 report, checks = (f"(this card's measured figures are not in the form this memlab writes, so they are "
                                   f"not shown: {type(e).__name__} {one_line(e, 120)})"), []
             if checks:  # each check beside the figure it is decided on (recomputed from the card's figures)
-                lines.append("### Checks\n| met | check | measured | bound |\n|---|---|---|---|\n" + "\n".join(
+                lines.append("### Checks\nThe bounds this world is held to, each met or not on the one measured figure "
+                             "beside it (recomputed from the card's figures).\n\n"
+                             "| met | check | measured | bound |\n|---|---|---|---|\n" + "\n".join(
                     f"| {'yes' if k.met else '**NO**'} | {code(k.key)} | {literal(k.figure).replace('@', '&#64;')} | "
                     f"{literal(k.bound)} |"  # (an @ written as a character reference: never read as an e-mail address)
                     for k in checks))
