@@ -604,8 +604,9 @@ def test_the_seed_chart_names_the_threshold_and_keeps_its_line_and_every_point_i
     for fig in (seed_scores_chart(lab, state), histogram(lab, scores, records=state.records)):
         said = fig.layout.title.text.replace("<br>", " ").replace("<sup>", "").replace("</sup>", "")
         assert "3 seeds · mitigation rna:k=4,seed=0 · 30 steps, guidance 5" in " ".join(said.split()), said
-    from memlab.app.charts import compare_figure
+    from memlab.app.charts import compare_figure, copy_recall_chart
 
+    assert "ground_truth" not in lab.threshold() and copy_recall_chart(lab) is None  # no copies measured: no chart
     summ = [{"mitigation": {"name": n, "spec": n}, "descriptor": {"name": lab.descriptor.name}, "n_seeds": 3,
              "replication_rate": 0.5, "dataset_similarity": {"p95": thr}} for n in ("none", "rna")]
     fig = compare_figure(lab, RunState(prompt="p", records=state.records, summaries=summ))

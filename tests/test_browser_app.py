@@ -441,7 +441,8 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
     group, the recalls): on a desktop it wraps, the whole report on the page; on a phone, where its table
     wrapped would read as a jumble, the block scrolls inside itself and the page does not. The card's checks
     stand above it as a table, each met or not beside the figure it is decided on and its bound, and the table
-    wraps its long check names on a phone rather than widen the page."""
+    wraps its long check names on a phone rather than widen the page; the recall on each kind of copy is drawn
+    below it, and the page still does not scroll sideways."""
     from memlab.cardchecks import card_checks
     from memlab.cardreport import format_report
 
@@ -458,10 +459,14 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
             rows = page.evaluate("""() => [...document.querySelectorAll('#about-card table')].find(
                 t => t.innerText.includes('bound')).querySelectorAll('tbody tr').length""")
             cells = [page.locator("#about-card tr", has_text=c.key).first.inner_text() for c in checks]
+            page.locator("#about-recall .js-plotly-plot").first.wait_for(timeout=30_000)  # the recall by kind, drawn
+            bars = page.locator("#about-recall g.point").count()
+            page_scroll = max(page_scroll, page.evaluate("() => document.documentElement.scrollWidth"))
         assert (scroll <= client + 1) == (width > 700), (width, scroll, client)
         assert page_scroll <= width, (width, page_scroll)
         assert " ".join(shown.split()) == " ".join(report.split()), width  # the whole report, word for word
         assert rows == len(checks) and "checks, each on" not in shown  # the checks once, in the table
+        assert bars == 16, (width, bars)  # 8 kinds of copy, by 2 models
         for c, text in zip(checks, cells):
             assert ("yes" if c.met else "NO") in text and c.figure.split()[-1] in text, (width, c.key, text)
 

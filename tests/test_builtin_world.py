@@ -141,6 +141,33 @@ def test_the_shipped_cards_checks_are_its_figures_checks():
     assert [(c.key, c.met) for c in card_checks(card)] == list(card["checks"].items())
 
 
+def test_about_charts_the_recall_on_each_kind_of_copy_with_its_interval():
+    """About this world's chart: one bar per kind of copy and per model that made it, at the index's recall for
+    that kind, whiskers at its 95% Wilson interval over the n items (recomputed here by its formula), the pooled
+    rows left out, 90% drawn, and the score's source in the title."""
+    from memlab.app.charts import copy_recall_chart
+    from memlab.service import Lab
+
+    lab = Lab(World.load(ASSETS_WORLD))
+    gt = lab.threshold()["ground_truth"]
+    fig = copy_recall_chart(lab)
+    assert [t.name for t in fig.data] == ["the world's model", "the model memlab-copy took training views from"]
+    z = 1.959963984540054
+    for maker, trace in zip(("model", "views"), fig.data):
+        kinds = {k.split(":", 1)[1] for k in gt if k.startswith(maker + ":") and ":all" not in k}
+        assert set(trace.x) == kinds and len(kinds) == 8
+        for kind, y, up, down in zip(trace.x, trace.y, trace.error_y.array, trace.error_y.arrayminus):
+            v = gt[f"{maker}:{kind}"]
+            assert y == v["recall"]
+            p, n = round(v["recall"] * v["n"]) / v["n"], v["n"]
+            mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+            half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+            assert y + up == pytest.approx(mid + half, abs=1e-6) and y - down == pytest.approx(mid - half, abs=1e-6)
+    assert [s.y0 for s in fig.layout.shapes] == [0.9]
+    title = fig.layout.title.text.replace("<sup>", "").replace("</sup>", "").replace("<br>", " ")
+    assert lab.descriptor.name in title and f"threshold {lab.threshold()['value']:.3f}" in title
+
+
 def test_app_histogram_draws_the_distinct_background():
     from memlab.service import Lab
     from memlab.app.charts import histogram

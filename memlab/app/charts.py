@@ -119,6 +119,54 @@ def seed_scores_chart(lab: Lab, state: RunState, descriptor: str | None = None):
     return fig
 
 
+COPY_MAKERS = {"model": "the world's model", "views": "the model memlab-copy took training views from"}
+MAKER_COLOURS = ("#1f77b4", "#9e9e9e", "#2ca02c", "#8c564b")  # (not the red the app gives a replicated seed)
+
+
+def copy_recall_chart(lab: Lab, descriptor: str | None = None):
+    """The threshold's recall on copies of held-out training images (the index's ground truth), kind by kind,
+    each with its Wilson interval over the items, the world's own model beside the one the descriptor took its
+    training views from (issue 30's held-out check), the 90% the card checks drawn; None without copies."""
+    import plotly.graph_objects as go
+
+    from ..metrics import rate_interval
+
+    thr = lab.threshold(descriptor)
+    by: dict[str, dict] = {}
+    for key, v in (thr.get("ground_truth") or {}).items():
+        maker, _, kind = key.rpartition(":")
+        if kind != "all" and not kind.startswith("all-") and v.get("n"):  # the pooled rows are no kind of copy
+            by.setdefault(maker, {})[kind] = v
+    if not by:
+        return None
+    kinds = sorted({k for got in by.values() for k in got},
+                   key=lambda k: (not k.startswith("img2img"), k != "vae", k))  # the model's own, then edited ones
+    fig = go.Figure()
+    makers = [m for m in COPY_MAKERS if m in by] + sorted(m for m in by if m not in COPY_MAKERS)
+    for maker, colour in zip(makers, MAKER_COLOURS * len(makers)):
+        got = by[maker]
+        ivs = {k: rate_interval([True] * round(v["recall"] * v["n"]) + [False] * (v["n"] - round(v["recall"] * v["n"])))
+               for k, v in got.items()}
+        shown = [k for k in kinds if k in got]
+        fig.add_bar(x=shown, y=[got[k]["recall"] for k in shown],
+                    name=wrap(COPY_MAKERS.get(maker) or maker or "held-out copies", 48), marker_color=colour,
+                    error_y=dict(type="data", symmetric=False, array=[ivs[k]["high"] - got[k]["recall"] for k in shown],
+                                 arrayminus=[got[k]["recall"] - ivs[k]["low"] for k in shown]),
+                    hovertext=[plain(f"{k}: {got[k]['recall']:.1%} of {got[k]['n']} (95% interval "
+                                     f"{ivs[k]['low']:.1%}-{ivs[k]['high']:.1%})") for k in shown], hoverinfo="text")
+    fig.add_hline(y=0.9, line_dash="dash")
+    title = (wrap("recall at the threshold on copies of held-out training images, by kind") + "<br>"
+             + wrap("whiskers: 95% Wilson intervals over the items; dashed: 90%, the recall the built-in world's card "
+                    "asks of every kind", 64, "sup")
+             + "<br>" + wrap(source_text(lab, descriptor), 64, "sup"))
+    top = TITLE_Y + 8 + LINE * _lines(title)
+    height = 240 + top + 90
+    fig.update_layout(barmode="group", height=height, margin=dict(l=40, r=10, t=top, b=90), title=_title(title, height),
+                      yaxis=dict(title="recall", range=[0, 1.05], tickformat=".0%"), xaxis_title="kind of copy",
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.0))
+    return fig
+
+
 def attribution_control(card: dict | None) -> str | None:
     """What the world's card measured of token attribution against its control (``measured``'s
     ``token_attribution``: distinctive words above template words on the memorized probes, and on the unique
