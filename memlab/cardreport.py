@@ -38,8 +38,7 @@ def _wilson_words(v: dict) -> str:
     """" (55.7-74.4%, n=96)": a recall's Wilson interval over its ``n`` items (one copy each), where n is known."""
     if not v.get("n"):
         return ""
-    k = round(v["recall"] * v["n"])
-    iv = metrics.rate_interval([True] * k + [False] * (v["n"] - k))
+    iv = metrics.recall_interval(v["recall"], v["n"])
     return f" ({iv['low']:.1%}-{iv['high']:.1%}, n={v['n']})"
 
 

@@ -200,6 +200,12 @@ def rate_interval(flags, confidence: float = CONFIDENCE) -> dict:
             "confidence": confidence, "method": "Wilson score"}
 
 
+def recall_interval(recall: float, n: int, confidence: float = CONFIDENCE) -> dict:
+    """``rate_interval`` of a recall stored as a share of ``n`` items (one copy each): round(recall x n) of n."""
+    k = round(recall * n)
+    return rate_interval([True] * k + [False] * (n - k), confidence)
+
+
 def paired_change(base_flags: dict, flags: dict) -> dict:
     """A mitigation against no mitigation on the same seeds (``{seed: replicated}`` each): the seeds it stopped
     copying (``fewer``), the seeds it made copy (``more``) and the exact McNemar test's two-sided p-value (McNemar

@@ -129,7 +129,7 @@ def copy_recall_chart(lab: Lab, descriptor: str | None = None):
     training views from (issue 30's held-out check), the 90% the card checks drawn; None without copies."""
     import plotly.graph_objects as go
 
-    from ..metrics import rate_interval
+    from ..metrics import recall_interval
 
     thr = lab.threshold(descriptor)
     by: dict[str, dict] = {}
@@ -145,8 +145,7 @@ def copy_recall_chart(lab: Lab, descriptor: str | None = None):
     makers = [m for m in COPY_MAKERS if m in by] + sorted(m for m in by if m not in COPY_MAKERS)
     for maker, colour in zip(makers, MAKER_COLOURS * len(makers)):
         got = by[maker]
-        ivs = {k: rate_interval([True] * round(v["recall"] * v["n"]) + [False] * (v["n"] - round(v["recall"] * v["n"])))
-               for k, v in got.items()}
+        ivs = {k: recall_interval(v["recall"], v["n"]) for k, v in got.items()}
         shown = [k for k in kinds if k in got]
         fig.add_bar(x=shown, y=[got[k]["recall"] for k in shown],
                     name=wrap(COPY_MAKERS.get(maker) or maker or "held-out copies", 48), marker_color=colour,
