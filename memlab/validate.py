@@ -80,6 +80,12 @@ def check_manifest(m, path: Path) -> dict:
         thr = c.obj(c.get(info, "threshold", dict, f"{where}.threshold"), f"{where}.threshold")
         c.get(thr, "value", float, f"{where}.threshold.value")
         c.get(thr, "high", float, f"{where}.threshold.high", optional=True)
+        truth = c.get(thr, "ground_truth", dict, f"{where}.threshold.ground_truth", optional=True)
+        for kind, got in (truth or {}).items():  # recall on held-out copies by kind (About this world draws them)
+            at = f"{where}.threshold.ground_truth[{kind!r:.40}]"
+            got = c.obj(got, at)
+            if c.get(got, "n", int, f"{at}.n") < 0 or not 0 <= c.get(got, "recall", float, f"{at}.recall") <= 1:
+                c.fail(at, f"needs n >= 0 and 0 <= recall <= 1 (got {got.get('n')!r:.20}, {got.get('recall')!r:.20})")
         files = c.obj(c.get(info, "files", dict, f"{where}.files"), f"{where}.files")
         for key in ("vectors", "background"):
             c.relative(path, c.get(files, key, str, f"{where}.files.{key}"), f"{where}.files.{key}")

@@ -362,6 +362,11 @@ def test_malformed_index_and_world_files_are_one_error_line(tiny_world, tmp_path
         m["descriptors"]["pixel"]["indexed"] = {"html": "<img>"}
         _reseal(w / "index", m)
 
+    def truth_text(w):  # recall on held-out copies, drawn by About this world
+        m = json.loads((w / "index" / "manifest.json").read_text())
+        m["descriptors"]["pixel"]["threshold"]["ground_truth"] = {"model:vae": {"n": "96", "recall": 0.9}}
+        _reseal(w / "index", m)
+
     def wrong_width(w):
         m = json.loads((w / "index" / "manifest.json").read_text())
         np.save(w / "index" / "pixel.npy", np.ones((m["item_count"], 7), np.float32))
@@ -384,16 +389,16 @@ def test_malformed_index_and_world_files_are_one_error_line(tiny_world, tmp_path
         (w / "world.json").write_text(json.dumps(m))
 
     expect = {"as_list": ("manifest.json", "format"), "threshold_text": ("threshold.value", "finite number"),
-              "indexed_not_text": ("pixel.indexed",),
+              "indexed_not_text": ("pixel.indexed",), "truth_text": ("ground_truth['model:vae'].n", "whole number"),
               "wrong_width": ("pixel.npy", "7-d"), "wrong_types": ("group",),
               "outside": ("world.json", "index", "points outside"), "steps": ("defaults.steps", "whole number")}
     for name, fn in (("as_list", as_list), ("threshold_text", threshold_text), ("indexed_not_text", indexed_not_text),
-                     ("wrong_width", wrong_width),
+                     ("truth_text", truth_text), ("wrong_width", wrong_width),
                      ("wrong_types", wrong_types), ("outside", outside), ("steps", steps)):
         damaged(name, fn)
     for i, (name, w) in enumerate(cases):
         argv = ["match", "--index", str(w / "index"), "--images", str(q)] if name in (
-            "as_list", "threshold_text", "indexed_not_text", "wrong_width", "wrong_types") else \
+            "as_list", "threshold_text", "indexed_not_text", "truth_text", "wrong_width", "wrong_types") else \
             ["run", "--world", str(w), "--prompt", "a colour field", "--seeds", "0", "--steps", "1",
              "--out", str(tmp_path / f"{name}.jsonl")]
         # the first of each verb in a process of its own (nothing else reaches stderr), the rest in this one
