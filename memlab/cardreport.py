@@ -184,7 +184,12 @@ def format_report(m: dict, checks: bool = True) -> str:
                         f"{ta['control_unique_probes']}" if "control_unique_probes" in ta else ""))
     lines += format_local(m)
     lines.append(f"generate + match 8 seeds: {m['seconds_8_seeds']:.2f}s")
-    if checks:
-        lines.append("checks, each on its own figure [its bound]:")
-        lines += [f"  {'yes' if c.met else 'NO ':<3}  {c.key}: {c.figure} [{c.bound}]" for c in card_checks(m)]
-    return "\n".join(lines)
+    return "\n".join(lines + (check_lines(m) if checks else []))
+
+
+def check_lines(m: dict) -> list[str]:
+    """The card's checks, one a line, each with its figure and bound (``cardchecks``), under a heading that counts
+    those met."""
+    found = card_checks(m)
+    return ([f"checks, each on its own figure [its bound] ({sum(c.met for c in found)} of {len(found)} met):"]
+            + [f"  {'yes' if c.met else 'NO ':<3}  {c.key}: {c.figure} [{c.bound}]" for c in found])

@@ -355,6 +355,10 @@ def test_a_small_worlds_card_is_what_its_runs_give(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "card.json").read_text())["measured"]
+    said = r.stderr.splitlines()  # the build ends on its checks, each met or not as the card stores it
+    assert f"({sum(m['checks'].values())} of {len(m['checks'])} met):" in said[-len(m["checks"]) - 1]
+    assert [ln.split(": ", 1)[0].split(None, 1) for ln in said[-len(m["checks"]):]] == [
+        ["yes" if v else "NO", k] for k, v in m["checks"].items()]
     rows = pd.DataFrame(m["per_probe"])
     assert set(rows["strategy"]) == {"none"} and m["seeds_per_probe"] == 1
     for g, fig in m["groups"].items():  # each group's figures from its probes' rows

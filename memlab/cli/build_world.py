@@ -8,7 +8,9 @@ the measured memorization. Stages resume when interrupted.
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from . import device
 
@@ -87,4 +89,9 @@ def run(args) -> int:
                 command=args.command,  # every option, as the card's built_with
                 progress=lambda it, **kw: tqdm(it, file=sys.stderr, disable=None, **kw))
     print(f"wrote {args.out}", file=sys.stderr)
+    card = json.loads((Path(args.out) / "card.json").read_text())
+    if card.get("measured"):  # what the build keeps of the card's bounds, in the terminal (About this world shows it too)
+        from ..cardreport import check_lines
+
+        print("\n".join(check_lines(card["measured"])), file=sys.stderr)
     return 0
