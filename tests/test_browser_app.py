@@ -459,6 +459,7 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
             rows = page.evaluate("""() => [...document.querySelectorAll('#about-card table')].find(
                 t => t.innerText.includes('bound')).querySelectorAll('tbody tr').length""")
             cells = [page.locator("#about-card tr", has_text=c.key).first.inner_text() for c in checks]
+            links = page.locator("#about-card tr", has_text="worst_kind").first.locator("a").count()  # img2img@0.5
             page.locator("#about-recall .js-plotly-plot").first.wait_for(timeout=30_000)  # the recall by kind, drawn
             bars = page.locator("#about-recall g.point").count()
             page_scroll = max(page_scroll, page.evaluate("() => document.documentElement.scrollWidth"))
@@ -467,6 +468,7 @@ def test_the_worlds_card_reads_whole_without_scrolling_sideways():
         assert " ".join(shown.split()) == " ".join(report.split()), width  # the whole report, word for word
         assert rows == len(checks) and "checks, each on" not in shown  # the checks once, in the table
         assert bars == 16, (width, bars)  # 8 kinds of copy, by 2 models
+        assert links == 0, width  # a kind's "@" is text (``literal``), never read as an e-mail address
         for c, text in zip(checks, cells):
             assert ("yes" if c.met else "NO") in text and c.figure.split()[-1] in text, (width, c.key, text)
 

@@ -14,7 +14,7 @@ from ..service import Lab
 from .glossary import g
 from .pictures import pair_image, thumb_uri
 
-_MARKDOWN = re.compile(r"([\\`*_\[\]<&|~])")  # what markdown and HTML read inside a line
+_MARKDOWN = re.compile(r"([\\`*_\[\]<&|~@])")  # what markdown and HTML read inside a line (@: an e-mail link)
 
 
 def literal(text) -> str:
@@ -496,8 +496,7 @@ def world_card_markdown(lab: Lab) -> str:
                 lines.append("### Checks\nThe bounds this world is held to, each met or not on the one measured figure "
                              "beside it (recomputed from the card's figures).\n\n"
                              "| met | check | measured | bound |\n|---|---|---|---|\n" + "\n".join(
-                    f"| {'yes' if k.met else '**NO**'} | {code(k.key)} | {literal(k.figure).replace('@', '&#64;')} | "
-                    f"{literal(k.bound)} |"  # (an @ written as a character reference: never read as an e-mail address)
+                    f"| {'yes' if k.met else '**NO**'} | {code(k.key)} | {literal(k.figure)} | {literal(k.bound)} |"
                     for k in checks))
             lines.append("### Measured memorization\n```\n" + report + "\n```")
     return "\n\n".join(lines)
