@@ -37,14 +37,14 @@ def free_port() -> int:
 @contextmanager
 def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = (), env: dict | None = None):
     """Start ``python app.py [args]`` in a subprocess (``env`` added to its environment); yield its URL;
-    stop it afterwards."""
+    stop it afterwards. Its output goes to ``$TMPDIR/memlab-app-PORT.log``, kept only when the test failed or the app died."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "MEMLAB_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            **(env or {})}
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args] + (["--world", str(world)] if world else [])
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"memlab-app-{port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    url, failed = f"http://127.0.0.1:{port}/", True
     try:
         t0 = time.time()
         while True:
@@ -58,6 +58,7 @@ def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = ()
                     raise RuntimeError(f"app did not start within {timeout}s; see {log.name}")
                 time.sleep(0.5)
         yield url, proc
+        failed = proc.poll() is not None  # the app died on its own
     finally:
         proc.terminate()
         try:
@@ -65,6 +66,8 @@ def serve_app(world: str | Path | None, timeout: float = 180.0, args: tuple = ()
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    if not failed:  # the log is kept only when the test failed or the app died
+        Path(log.name).unlink(missing_ok=True)
 
 
 def open_tab(page, name: str) -> None:

@@ -705,6 +705,31 @@ def test_the_apps_image_files_are_pruned_after_a_day_and_reuse_keeps_them(tmp_pa
     assert ui.prune_app_files(now=time.time() + ui.FILE_MAX_AGE_S + 60) == 1 and not os.path.exists(a)
 
 
+def test_the_apps_downloads_each_get_a_folder_and_are_pruned_after_a_day(tmp_path, monkeypatch):
+    """Every export (a run, a comparison, a keyword view, variants) is written by memlab.app.serve.download_path:
+    two visitors' run.zip never share a folder, and a hosted app keeps no download past a day (each used to
+    leave a temporary folder behind for good)."""
+    import os
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from memlab.app import serve as ui
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    a, b = ui.download_path("run.zip"), ui.download_path("run.zip")
+    assert a.name == b.name == "run.zip" and a.parent != b.parent
+    assert a.parent.parent == b.parent.parent == tmp_path / "memlab-app" / "downloads"
+    a.write_bytes(b"zip"), b.write_bytes(b"zip")
+    day_ago = time.time() - ui.FILE_MAX_AGE_S - 60
+    os.utime(a.parent, (day_ago, day_ago))
+    assert ui.prune_app_files() == 1
+    assert not a.parent.exists() and b.is_file() and ui.downloads().is_dir()
+    assert ui.prune_app_files(now=time.time() + ui.FILE_MAX_AGE_S + 60) == 1 and not b.parent.exists()
+    app_dir = Path(ui.__file__).parent
+    assert not [f.name for f in app_dir.glob("*.py") if "mkdtemp" in f.read_text()], "a download outside download_path"
+
+
 def test_a_large_index_training_set_views_read_only_the_columns_they_show(tiny_world, monkeypatch):
     """On a LAION-scale index the training-set views read id, caption, duplicates and group alone (its URLs and
     other metadata stay on disk), with the answers a small index gives from its whole table."""

@@ -2,9 +2,6 @@
 row, with its charts, table and export."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import gradio as gr
 
 from ..errors import MemlabError
@@ -13,6 +10,7 @@ from ..service import Lab
 from .charts import compare_figure
 from .views import COMPARE_COLUMNS, COMPARE_WIDTHS, compare_grid, compare_headline, compare_table
 from .generate import examples_block
+from .serve import download_path
 from .wiring import MITIGATION_CHOICES, errors, page_and_api, scroll_first
 
 
@@ -84,7 +82,7 @@ def compare_tab(lab: Lab, api, examples=(), prompt: gr.Textbox | None = None) ->
             if state is None:
                 raise MemlabError("nothing to export yet: compare first")
             name = "comparison.zip" if state.finished else "comparison-partial.zip"
-            return str(lab.export(state, Path(tempfile.mkdtemp(prefix="memlab-")) / name))
+            return str(lab.export(state, download_path(name)))
 
         exported = c_export_btn.click(export_comparison, [c_state], [c_export_file],
                                       api_name=api("export_comparison"))

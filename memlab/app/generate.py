@@ -2,8 +2,6 @@
 tables and charts, token attribution, a seed's top-k and the export."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -15,7 +13,7 @@ from ..scorenorm import is_mirrored
 from ..service import Lab
 from .charts import attribution_chart, histogram, seed_scores_chart
 from .pictures import pair_image
-from .serve import as_file
+from .serve import as_file, download_path
 from .views import (ID_COLUMNS, ID_WIDTHS, SEED_COLUMNS, SEED_WIDTHS, bright_ending_note, caption, copies, headline,
                     id_table, level, seed_table)
 from .wiring import MITIGATION_CHOICES, errors, run_button, scroll_first
@@ -264,7 +262,7 @@ def _wire_details(lab: Lab, c: SimpleNamespace, o: SimpleNamespace, run_state: g
         if state is None:
             raise MemlabError("nothing to export yet: generate first")
         name = "run.zip" if state.finished else "run-partial.zip"  # stopped, or still running
-        path = Path(tempfile.mkdtemp(prefix="memlab-")) / name
+        path = download_path(name)
         return str(lab.export(state, path))
 
     # /export returns the zip's path; the page then shows the file box (hidden until there is a file)

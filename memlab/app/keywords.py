@@ -2,9 +2,7 @@
 Generate & match, and its prompt variants run on the same seeds (``memlab.variants``)."""
 from __future__ import annotations
 
-import tempfile
 from collections import OrderedDict
-from pathlib import Path
 
 import gradio as gr
 
@@ -15,6 +13,7 @@ from ..limits import KEPT_VIEWS, LIMITS, number, text
 from ..service import Lab
 from ..variants import VARIANTS, cluster_caption, default_variants, stream_variants, study_record
 from .charts import keyword_outputs, variant_outputs
+from .serve import download_path
 from .views import literal
 from .wiring import errors, page_and_api
 
@@ -96,7 +95,7 @@ def keyword_tab(lab: Lab, tabs: gr.Tabs, prompt: gr.Textbox, api, jump: gr.Radio
         @errors
         def export_view(keyword, objects, related):  # the view the page shows for these boxes
             v, rel = shown(keyword, objects, related)
-            return str(write_keyword_zip(lab, v, rel, Path(tempfile.mkdtemp(prefix="memlab-")) / f"{slug(keyword)}.zip"))
+            return str(write_keyword_zip(lab, v, rel, download_path(f"{slug(keyword)}.zip")))
 
         exported = kw_export.click(export_view, [kw_pick, kw_objects, kw_related], [kw_file],
                                    api_name=api("export_keyword"))
@@ -191,7 +190,7 @@ def variants_panel(lab: Lab, kw_pick: gr.Dropdown, kw_rank: gr.Number, api) -> N
         if not state:
             raise MemlabError("nothing to export yet: run the variants first")
         name = "variants-partial.zip" if state["record"].get("partial") else "variants.zip"
-        return str(write_variants_zip(Path(tempfile.mkdtemp(prefix="memlab-")) / name, state["record"],
+        return str(write_variants_zip(download_path(name), state["record"],
                                       state["results"]))
 
     exported = v_export.click(export_variants, [v_state], [v_file], api_name=api("export_variants"))

@@ -15,7 +15,8 @@ from ..limits import LIMITS
 from ..sources import IMAGE_EXTS
 from ..service import Lab
 
-FILE_MAX_AGE_S = 86_400  # the app's image files (here and in Gradio's cache) are deleted after a day
+FILE_MAX_AGE_S = 86_400  # the app's image files and downloads (here and in Gradio's cache) are deleted after a day
+DOWNLOADS = "downloads"
 
 
 _last_prune = [0.0]
@@ -29,20 +30,41 @@ def app_files() -> Path:
 
 
 def prune_app_files(max_age_s: float = FILE_MAX_AGE_S, now: float | None = None) -> int:
-    """Delete the app's PNGs not written or reused for ``max_age_s`` (a hosted app would otherwise fill
-    its disk); returns how many. Gradio serves its own copies, so a page still showing one loses nothing."""
+    """Delete the app's PNGs and downloads (``download_path``'s folders) not written or reused for ``max_age_s``
+    (a hosted app would otherwise fill its disk); returns how many. Gradio serves its own copies, so a page still
+    showing one, or a download already offered, loses nothing."""
+    import shutil
     import time
 
     now = time.time() if now is None else now
     gone = 0
-    for p in app_files().iterdir():
+    for p in [*app_files().iterdir(), *downloads().iterdir()]:
+        if p.name == DOWNLOADS:
+            continue
         try:
             if now - p.stat().st_mtime > max_age_s:
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
                 gone += 1
         except FileNotFoundError:  # another request pruned it first
             pass
     return gone
+
+
+def downloads() -> Path:
+    """The folder of the app's downloads (exported runs, comparisons, views), one folder each."""
+    folder = app_files() / DOWNLOADS
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def download_path(name: str) -> Path:
+    """Where a download called ``name`` is written: a folder of its own (two visitors' ``run.zip`` never meet)
+    under ``downloads()``, pruned with the app's PNGs a day after it was made."""
+    import uuid
+
+    folder = downloads() / uuid.uuid4().hex
+    folder.mkdir()
+    return folder / name
 
 
 def as_file(im: Image.Image) -> str:
