@@ -25,11 +25,12 @@ each kind's missed copies (DIR/<variant number>/missed/<kind>/: the original, th
 many missed with their original first and how many of those within 0.02 under the threshold.
 Variant 48 adds memlab-verify's probability to the detail term, as ``build-world --verify memlab-verify`` does
 (``$MEMLAB_VERIFY_WEIGHTS`` picks other weights). ``--ensemble DIR,...`` also measures the shipped rule on the mean
-cosine of the shipped network and these memlab-copy weights (e.g. trained again with another seed).
+cosine of the shipped network and these memlab-copy weights (e.g. trained again with another seed). ``--whiten
+DIMS:SHRINKAGE,...`` measures the shipped rule on PCA-whitened vectors (``bench_whitening``; issue 30's twenty-first pass).
 
     python -m benchmarks.bench_verdict_choice --world PREVIOUS_WORLD [--seed 1] [--items 48] [--work DIR]
-        [--variants 0,2] [--weights FOLDER,...] [--ensemble FOLDER,...] [--matched 4,6,8,10] [--decoded] [--fpr 0.005] [--judge]
-        [--show DIR]
+        [--variants 0,2] [--weights FOLDER,...] [--ensemble FOLDER,...] [--whiten 512:0.25,...] [--matched 4,6,8,10]
+        [--decoded] [--fpr 0.005] [--judge] [--show DIR]
 """
 from __future__ import annotations
 
@@ -171,6 +172,24 @@ def with_ensemble(d, others):
     return d
 
 
+def with_whitening(d, fit_images, dims: int, shrinkage: float, eps: float = 0.01):
+    """``d`` (a memlab-copy) whose rows are PCA-whitened (``bench_whitening.learn_whitening``: its ``dims``
+    strongest directions, each scaled by its eigenvalue to the power ``-shrinkage / 2``) as learned on
+    ``fit_images`` (the training set's distinct images), so the index, its background, the query's every view and
+    the score normalization all see whitened vectors."""
+    from benchmarks.bench_whitening import learn_whitening, whiten
+
+    inner = d.embed
+    m, p = learn_whitening(inner(fit_images).astype("float64"), shrinkage, eps, dims)
+
+    def embed(images):
+        return whiten(inner(images).astype("float64"), m, p).astype("float32")
+    d.embed, d.dim = embed, p.shape[1]
+    d.preset += f"+whitened-{dims}-shrinkage-{shrinkage:g}"
+    d.secondary_scores = lambda q, items: {}
+    return d
+
+
 def training_set(spec, data: Path):
     """A world's training set drawn from ``spec`` (``worldgen.make_training_set``), written under ``data`` once and
     read back: (rows with their calibration origin, image_of(row))."""
@@ -286,6 +305,8 @@ def main():
                                                  "there, the generation beside its top-1 training image, to look at; "
                                                  "and each kind's missed copies (missed/KIND/: original, copy, "
                                                  "top-1), with a line on where the misses lie")
+    ap.add_argument("--whiten", default=None, help="comma-separated DIMS:SHRINKAGE: also the shipped rule on "
+                    "memlab-copy's vectors PCA-whitened, learned on the training set's distinct images (bench_whitening)")
     ap.add_argument("--judge", action="store_true", help="also recall on the copies that keep every drawn object, "
                     "and on those that lose one (bench_copy_content.kept_objects), read as with --matched")
     a = ap.parse_args()
@@ -333,11 +354,18 @@ def main():
     if a.ensemble:
         folders = [w for w in a.ensemble.split(",") if w]
         chosen += [(f"ensemble of {1 + len(folders)}", ("memlab-copy", {"ensemble": folders}))]
+    for w in (a.whiten or "").split(","):
+        if w:
+            dims, shrink = w.split(":")
+            chosen += [(f"whitened {dims}, shrinkage {shrink}", ("memlab-copy", {"whiten": (int(dims), float(shrink))}))]
     for label, (name, over) in chosen:
         over = dict(over)
         share, per_channel = over.pop("pixels", 0.0), over.pop("per_channel", False)
-        folders = over.pop("ensemble", [])
+        folders, whitened = over.pop("ensemble", []), over.pop("whiten", None)
         d = create_descriptor(name, **over)
+        if whitened:
+            first = np.unique(rows["file"].to_numpy(), return_index=True)[1]
+            d = with_whitening(d, [image_of(int(i)) for i in sorted(first)], *whitened)
         if share:
             d = with_pixels(d, share, per_channel=per_channel)
         if folders:
