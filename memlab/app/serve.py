@@ -57,11 +57,21 @@ def downloads() -> Path:
     return folder
 
 
+def prune_hourly() -> None:
+    """``prune_app_files`` when it last ran over an hour ago (each new picture or download asks)."""
+    import time
+
+    if time.time() - _last_prune[0] > 3600:
+        _last_prune[0] = time.time()
+        prune_app_files()
+
+
 def download_path(name: str) -> Path:
     """Where a download called ``name`` is written: a folder of its own (two visitors' ``run.zip`` never meet)
     under ``downloads()``, pruned with the app's PNGs a day after it was made."""
     import uuid
 
+    prune_hourly()
     folder = downloads() / uuid.uuid4().hex
     folder.mkdir()
     return folder / name
@@ -75,16 +85,13 @@ def as_file(im: Image.Image) -> str:
     import hashlib
     import io
     import os
-    import time
     import uuid
 
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     data = buf.getvalue()
     folder = app_files()
-    if time.time() - _last_prune[0] > 3600:
-        _last_prune[0] = time.time()
-        prune_app_files()
+    prune_hourly()
     path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
     try:
         os.utime(path)  # reused: fresh again, so a prune does not take it from under this request
