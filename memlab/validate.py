@@ -177,7 +177,7 @@ def check_card(card, file: Path) -> dict:
     """A world's card (``card.json``): an object, with the fields the app reads from it beside the About tab's
     report (the build's command and time; the measured time of 8 seeds and its steps, which estimate a run's
     length; the bright-ending and token-attribution figures the page quotes) of the right types. The report
-    itself reads the rest (``app.views.world_card_markdown``)."""
+    itself reads the rest (``app.cardview.world_card_markdown``)."""
     c = Checker(Path(file))
     card = c.obj(card, "the card")
     c.get(card, "built_with", str, "built_with", optional=True)

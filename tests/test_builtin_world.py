@@ -340,7 +340,7 @@ def test_about_names_which_model_made_each_copy_recall():
     """About this world listed the recall on the views model's copies after the world's own with the prefix cut
     off, so "all 85.4%" and "all 80.4%" stood side by side, one unnamed: each model's copies on a line of its
     own, each figure its manifest's."""
-    from memlab.app.views import world_card_markdown
+    from memlab.app.cardview import world_card_markdown
     from memlab.service import Lab
 
     lab = Lab(World.load(ASSETS_WORLD))

@@ -876,7 +876,7 @@ def test_json_python_cannot_parse_is_one_error_naming_the_file(tiny_world, tmp_p
         Lab(World.load(world("secs", card=b'{"measured": {"seconds_8_seeds": "fast"}}')), device="cpu").card()
     with pytest.raises(MemlabError, match=r"card\.json: the card must be an object"):
         Lab(World.load(world("list", card=b"[1, 2]")), device="cpu").card()
-    from memlab.app.views import world_card_markdown
+    from memlab.app.cardview import world_card_markdown
 
     text = world_card_markdown(Lab(World.load(world("groups", card=b'{"measured": {"groups": 5}}')), device="cpu"))
     assert "not in the form this memlab writes" in text

@@ -6,7 +6,7 @@ import gradio as gr
 from ..service import Lab
 from .charts import copy_recall_chart
 from .glossary import CITATIONS
-from .views import world_card_markdown
+from .cardview import world_card_markdown
 
 
 def about_tab(lab: Lab) -> None:
