@@ -31,6 +31,7 @@ LIMITS = {
     "k": 10, "lam": 1.0,              # mitigation parameters in the page
     "upload_bytes": MAX_IMAGE_BYTES,  # an uploaded image (Match an image); Gradio refuses larger files
     "upload_pixels": MAX_IMAGE_PIXELS,  # declared in the image's header: refused before decoding
+    "match_batch": 16,                # images in one batch (Match a batch; all in one upload, upload_bytes together)
     "queue": 64,                      # requests waiting in the app's queue; past it: "Queue is full"
 }
 

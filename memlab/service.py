@@ -24,7 +24,7 @@ from .validate import check_card, check_probes
 from .generate import Settings, check_prompt, parse_seeds
 from .headstart import HEAD_START
 from .limits import APP_MAX_SEEDS, LIMITS, MAX_CHUNK, number, text
-from .match import descriptor_for_index, load_image, match_images
+from .match import descriptor_for_index, load_image, match_images, match_paths
 from .mitigations import parse_strategy
 from .scorenorm import words as score_words
 from .preprocess import open_rgb
@@ -344,6 +344,30 @@ class Lab(Streams, TrainingSet):
         desc = self.get_descriptor(descriptor)
         return match_images(self.index, desc, [load_image(path)], names=[Path(path).name], k=k)
 
+    def match_batch(self, paths, k: int = 1, descriptor: str | None = None) -> dict:
+        """Several uploads against the training set at once: ``memlab match`` on them with ``--skip-unreadable``
+        (the batch's replication % and dataset similarity in its ``summary``), at most ``LIMITS["match_batch"]``
+        files, each checked against the caps before it is decoded; a file that does not read is left out and
+        named in ``skipped``. Each is named by its file name alone (the server's folders are not the caller's)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if not paths:
+            raise MemlabError("upload some images first")
+        if not isinstance(paths, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+            raise MemlabError("the batch must be a list of uploaded image files")
+        if len(paths) > LIMITS["match_batch"]:
+            raise MemlabError(f"{len(paths)} images is too many for one batch (at most {LIMITS['match_batch']})")
+        k = number(k, "k", 1, 20, integer=True)
+        try:
+            res = match_paths(self.index, self.get_descriptor(descriptor), list(paths), k=k, skip_unreadable=True)
+        except MemlabError as e:  # every file refused: said without the server's folders
+            raise MemlabError(_named(str(e), paths)) from None
+        for q in res["queries"]:
+            q["image"] = Path(q["image"]).name
+        res["skipped"] = [{"image": Path(s["image"]).name, "error": _named(s["error"], paths)}
+                          for s in res.get("skipped", [])]
+        return res
+
     # ----------------------------------------------------------------------------- training set
     def item_file(self, row: int) -> str | None:
         """A training image's file, for galleries: handing Gradio a path (copied into its cache under a
@@ -366,6 +390,13 @@ class Lab(Streams, TrainingSet):
         from .export import write_export
 
         return write_export(self, state, path, self.EXPORT_MATCHES)
+
+
+def _named(message: str, paths) -> str:
+    """``message`` with each of ``paths`` written as its file name alone."""
+    for p in sorted(map(str, paths), key=len, reverse=True):
+        message = message.replace(p, Path(p).name)
+    return message
 
 
 def _template_number(t) -> int | None:

@@ -770,6 +770,49 @@ def test_a_match_that_is_not_replicated_names_both_edges_of_its_verdict(client, 
     assert ": **replicated**" in md and "possible copy above" not in md
 
 
+def test_a_batch_gives_its_replication_rate_its_interval_and_each_images_top1(client, server, tmp_path):
+    """Match a batch (/match_batch): two training images matched as themselves and a flat field no training image
+    resembles give 2 of 3 replicated, Wilson's interval for 2 of 3 (recomputed here by its formula), a table row
+    per image with its verdict and top-1 id, and the dataset similarity beside the training set's background; a
+    file that is not an image is left out and named by its file name (not the server's folder); past the batch's
+    limit the caller is told the limit."""
+    import math
+
+    from PIL import Image
+
+    from gradio_client import handle_file
+
+    from memlab.limits import LIMITS
+
+    lab = server[1]
+    own = []
+    for row in (0, 5):
+        own.append(tmp_path / f"own{row}.png")
+        with Image.open(lab.index.image_path(row)) as im:
+            im.save(own[-1])
+    flat, text = tmp_path / "flat.png", tmp_path / "notes.png"
+    Image.new("RGB", (64, 64), (250, 10, 250)).save(flat)
+    text.write_text("not an image, whatever the name says")
+    files = [handle_file(str(f)) for f in (*own, flat, text)]
+    md, table = client.predict(files, None, api_name="/match_batch")
+    rows = {r[0]: r for r in table["data"]}
+    assert set(rows) == {"own0.png", "own5.png", "flat.png"} and table["headers"][:3] == ["image", "verdict", "score"]
+    items = lab.index.items["id"].astype(str).tolist()
+    assert [rows["own0.png"][1], str(rows["own0.png"][3])] == ["replicated", items[0]]
+    assert [rows["own5.png"][1], str(rows["own5.png"][3])] == ["replicated", items[5]]
+    assert rows["flat.png"][1] != "replicated"
+    z, n, k = 1.959963984540054, 3, 2  # Wilson's score interval for 2 of 3
+    mid = (k / n + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert "2 of 3 images [replicated](#g-replicated): 66.7%" in md
+    assert f"{mid - half:.1%}-{mid + half:.1%}" in md
+    assert lab.descriptor_label() in md.replace("\\", "") and "dataset similarity" in md and "background" in md
+    assert "notes.png" in md and "left out" in md and str(tmp_path) not in md and "/tmp" not in md
+    too_many = [handle_file(str(flat))] * (LIMITS["match_batch"] + 1)
+    with pytest.raises(Exception, match=f"at most {LIMITS['match_batch']}"):
+        client.predict(too_many, None, api_name="/match_batch")
+
+
 def test_the_phone_row_names_the_tabs_the_page_has_and_follows_them_by_id(server):
     """The "Go to" row offers the tabs this page built, in their order, and a tab opened from the bar marks its
     own id: the tiny world has no lesson, so the row has no Lesson and the second tab is Compare (reading the

@@ -134,6 +134,10 @@ def test_bad_input_sweep_over_every_endpoint(client, server, tmp_path):
         ("/match_image", (handle_file(str(img)), 0, None), "less than minimum"),
         ("/match_image", (handle_file(str(img)), 3, "nope"), "not in the list of choices"),
         ("/match_image", (handle_file(str(img)), "many", None), "Expected a `float`"),
+        ("/match_batch", ([], None), "upload some images first"),
+        ("/match_batch", ([handle_file(str(text))], None), "none of the 1 images could be read"),
+        ("/match_batch", ([handle_file(str(img))] * 17, None), "too many for one batch (at most 16)"),
+        ("/match_batch", ([handle_file(str(img))], "nope"), "not in the list of choices"),
     ]
     fresh = gradio_client.Client(server[0], verbose=False)  # a session that has not generated yet
     with pytest.raises(Exception, match="nothing to export yet"):

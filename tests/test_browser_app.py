@@ -417,6 +417,36 @@ def test_the_copied_region_is_marked_on_the_pairs_when_asked(tiny_world, tmp_pat
     assert again[:2] == plain[:2]  # the plain pairs, the same pictures
 
 
+def test_a_batch_uploaded_on_the_page_reads_its_replication_rate_and_a_row_per_image(tiny_world, tmp_path):
+    """Match a batch in Chromium: three files chosen at once (two training items and a file that is no image)
+    give "2 of 2 images replicated", a row per image naming its top-1 training item, and the bad file named as
+    left out, with no error toast."""
+    from tests.helpers import synthetic_images
+
+    ims = synthetic_images(30, size=16)
+    files = [tmp_path / "seven.png", tmp_path / "twelve.png", tmp_path / "notes.png"]
+    ims[7].save(files[0]), ims[12].save(files[1])
+    files[2].write_text("not an image")
+    with app_page(tiny_world) as page:
+        open_tab(page, "Match an image")
+        page.locator("#batch").get_by_text("Match a batch").first.click()
+        page.locator("#batch-files input[type=file]").set_input_files([str(f) for f in files])
+        page.locator("#batch-files").get_by_text("twelve").first.wait_for(timeout=30_000)  # (name and ".png" apart)
+        page.locator("#batch-btn").click()
+        wait_text(page, "#batch-summary", "of 2 images", timeout=60_000)
+        summary = page.locator("#batch-summary").inner_text()
+        wait_text(page, "#batch-table", "twelve.png", timeout=30_000)
+        table = page.locator("#batch-table").inner_text()
+        toasts = page.locator(".toast-body").count()
+    assert "2 of 2 images replicated: 100.0%" in " ".join(summary.split()) and "notes.png" in summary
+    assert "left out" in summary and toasts == 0
+    cells = [c.strip() for c in table.splitlines() if c.strip()]  # (one cell a line)
+    rows = {c: cells[i:i + 6] for i, c in enumerate(cells) if c.endswith(".png")}
+    assert set(rows) == {"seven.png", "twelve.png"}, table  # the bad file has no row
+    assert rows["seven.png"][1] == rows["twelve.png"][1] == "replicated", rows
+    assert rows["seven.png"][3] == "7" and rows["twelve.png"][3] == "12", rows  # each one's own training item
+
+
 def test_bad_input_on_match_compare_and_keywords_is_a_message_where_the_results_go(tiny_world, tmp_path):
     """Issue 33 item 8: a refused request on Match, Compare and Keyword clusters reads as a message in place
     of its results, with no error toast or red badge (the API still answers with an error: test_bad_inputs)."""

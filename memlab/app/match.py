@@ -9,8 +9,12 @@ from ..service import Lab
 from ..match import load_image
 from ..metrics import AGREEMENT
 from .pictures import agreement_pair
+from .glossary import g
 from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, literal, score
 from .wiring import page_and_api
+
+BATCH_COLUMNS = ["image", "verdict", "score", "top-1 id", "copies in training", "top-1 caption"]
+BATCH_WIDTHS = ["160px", "120px", "72px", "96px", "168px"]
 
 
 def match_tab(lab: Lab, api) -> None:
@@ -65,3 +69,56 @@ def match_tab(lab: Lab, api) -> None:
 
         page_and_api(m_btn, match_upload, [m_image, m_k, m_desc], [m_md, m_gallery, m_table], api("match_image"),
                      message=lambda text: (text, [], None), cleared=("", [], None))
+        batch_panel(lab, m_desc, api)
+
+
+def batch_panel(lab: Lab, m_desc, api) -> None:
+    """Match a batch: several images from elsewhere at once, their replication % with its interval and their
+    dataset similarity against the training set's own background (what ``memlab match`` on a folder gives)."""
+    n = LIMITS["match_batch"]
+    with gr.Accordion(f"Match a batch (up to {n} images): its replication %", open=False, elem_id="batch"):
+        gr.Markdown(f"Upload up to {n} images at once (generations from elsewhere, on the same prompt or not; "
+                    f"{LIMITS['upload_bytes'] // 2**20} MiB together) for the share the verdict calls copies, "
+                    "with its 95% interval, and each image's top-1 training image. A file that does not read as "
+                    "an image is left out and named.")
+        b_files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="images to match",
+                          elem_id="batch-files")
+        b_btn = gr.Button("Match the batch", variant="primary", elem_id="batch-btn")
+        b_md = gr.Markdown(elem_id="batch-summary")
+        b_table = gr.Dataframe(headers=BATCH_COLUMNS, column_widths=BATCH_WIDTHS, label="each image's top-1 match",
+                               elem_id="batch-table")
+
+        def match_batch(paths, descriptor):
+            res = lab.match_batch(paths, 1, descriptor)
+            return batch_summary(res, lab.descriptor_label(res["descriptor"]["name"])), batch_table(res)
+
+        page_and_api(b_btn, match_batch, [b_files, m_desc], [b_md, b_table], api("match_batch"),
+                     message=lambda text: (text, None), cleared=("", None))
+
+
+def batch_summary(res: dict, label: str) -> str:
+    """A batch's figures (``Lab.match_batch``), each with its source: how many images each verdict took, the
+    replicated share with Wilson's 95% interval, the dataset similarity beside the training set's background."""
+    s, qs = res["summary"], res["queries"]
+    iv, ds, bg = s["replication_interval"], s["dataset_similarity"], s["background"]
+    said = {v: sum(q.get("verdict") == v for q in qs) for v in ("replicated", "template copy", "possible copy")}
+    lines = [f"### {said['replicated']} of {len(qs)} images {g('replicated', 'replicated')}: "
+             f"{s['replication_rate']:.1%} ({g('interval', '95% interval')} {iv['low']:.1%}-{iv['high']:.1%})",
+             f"*{literal(res['descriptor']['name'])} > {ds['threshold']:.3f} ({g('threshold', 'threshold')}) · "
+             f"scores: {literal(label)}*",
+             f"- {said['possible copy']} {g('possible', 'possible copies')} and {said['template copy']} "
+             f"{g('template', 'template copies')} besides; {len(qs) - sum(said.values())} novel",
+             f"- **dataset similarity** {g('dataset-similarity')} (95th pct of the top-1 scores over these {ds['n']} "
+             f"images) {ds['p95']:.3f} · mean {ds['mean']:.3f} · the training set's own "
+             f"background {g('background')} 95th pct {bg['p95']:.3f}"]
+    if res.get("skipped"):
+        lines.append("- **left out**, not read as images: " + "; ".join(
+            f"{literal(x['image'])} ({literal(x['error'])})" for x in res["skipped"]))
+    return "\n".join(lines)
+
+
+def batch_table(res: dict) -> pd.DataFrame:
+    """One row per image of a batch: its verdict, score and top-1 training image."""
+    return pd.DataFrame([[q["image"], q.get("verdict", ""), score(q["score"]), q["matches"][0]["id"],
+                          q["matches"][0].get("duplicates", 0) + 1, q["matches"][0].get("caption", "")]
+                         for q in res["queries"]], columns=BATCH_COLUMNS)

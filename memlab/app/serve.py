@@ -147,7 +147,8 @@ class CallerMessages:
         if refused:
             return await _json(send, 413, {"detail": f"the request is over the app's upload limit: an image of at "
                                                      f"most {LIMITS['upload_bytes'] // 2**20} MiB "
-                                                     f"and {LIMITS['upload_pixels'] / 1e6:.0f} megapixels"})
+                                                     f"and {LIMITS['upload_pixels'] / 1e6:.0f} megapixels (a batch: "
+                                                     f"its images together)"})
         problem = None if upload else _request_problem(body)
         if problem:
             return await _json(send, 400, {"detail": problem})
