@@ -774,8 +774,8 @@ def test_a_batch_gives_its_replication_rate_its_interval_and_each_images_top1(cl
     """Match a batch (/match_batch): two training images matched as themselves and a flat field no training image
     resembles give 2 of 3 replicated, Wilson's interval for 2 of 3 (recomputed here by its formula), a table row
     per image with its verdict and top-1 id, and the dataset similarity beside the training set's background; a
-    file that is not an image is left out and named by its file name (not the server's folder); past the batch's
-    limit the caller is told the limit."""
+    file that is not an image is left out and named by its file name (not the server's folder); the whole result
+    comes as `match --json`'s JSON; past the batch's limit the caller is told the limit."""
     import math
 
     from PIL import Image
@@ -794,7 +794,7 @@ def test_a_batch_gives_its_replication_rate_its_interval_and_each_images_top1(cl
     Image.new("RGB", (64, 64), (250, 10, 250)).save(flat)
     text.write_text("not an image, whatever the name says")
     files = [handle_file(str(f)) for f in (*own, flat, text)]
-    md, table = client.predict(files, None, api_name="/match_batch")
+    md, table, result = client.predict(files, None, api_name="/match_batch")
     rows = {r[0]: r for r in table["data"]}
     assert set(rows) == {"own0.png", "own5.png", "flat.png"} and table["headers"][:3] == ["image", "verdict", "score"]
     items = lab.index.items["id"].astype(str).tolist()
@@ -808,6 +808,11 @@ def test_a_batch_gives_its_replication_rate_its_interval_and_each_images_top1(cl
     assert f"{mid - half:.1%}-{mid + half:.1%}" in md
     assert lab.descriptor_label() in md.replace("\\", "") and "dataset similarity" in md and "background" in md
     assert "notes.png" in md and "left out" in md and str(tmp_path) not in md and "/tmp" not in md
+    saved = json.loads(open(result).read())  # the whole result as `memlab match --json` writes it
+    assert [q["image"] for q in saved["queries"]] == ["own0.png", "own5.png", "flat.png"]
+    assert saved["summary"]["replication_rate"] == sum(q["verdict"] == "replicated" for q in saved["queries"]) / 3
+    assert saved["skipped"][0]["image"] == "notes.png" and saved["descriptor"]["name"] == lab.descriptor.name
+    assert "/tmp" not in json.dumps(saved["queries"]) + json.dumps(saved["skipped"])
     too_many = [handle_file(str(flat))] * (LIMITS["match_batch"] + 1)
     with pytest.raises(Exception, match=f"at most {LIMITS['match_batch']}"):
         client.predict(too_many, None, api_name="/match_batch")

@@ -418,9 +418,9 @@ def test_the_copied_region_is_marked_on_the_pairs_when_asked(tiny_world, tmp_pat
 
 
 def test_a_batch_uploaded_on_the_page_reads_its_replication_rate_and_a_row_per_image(tiny_world, tmp_path):
-    """Match a batch in Chromium: three files chosen at once (two training items and a file that is no image)
-    give "2 of 2 images replicated", a row per image naming its top-1 training item, and the bad file named as
-    left out, with no error toast."""
+    """Match a batch in Chromium: pressed with nothing chosen, a message and no file; three files chosen at once
+    (two training items and a file that is no image) give "2 of 2 images replicated", a row per image naming its
+    top-1 training item, the bad file named as left out, no error toast, and the result offered as JSON."""
     from tests.helpers import synthetic_images
 
     ims = synthetic_images(30, size=16)
@@ -430,6 +430,10 @@ def test_a_batch_uploaded_on_the_page_reads_its_replication_rate_and_a_row_per_i
     with app_page(tiny_world) as page:
         open_tab(page, "Match an image")
         page.locator("#batch").get_by_text("Match a batch").first.click()
+        page.locator("#batch-btn").click()  # nothing chosen yet: a message where the results go, no file offered
+        wait_text(page, "#batch-summary", "upload some images first", timeout=30_000)
+        page.wait_for_timeout(500)
+        offered_empty = page.locator("#batch-file").is_visible()
         page.locator("#batch-files input[type=file]").set_input_files([str(f) for f in files])
         page.locator("#batch-files").get_by_text("twelve").first.wait_for(timeout=30_000)  # (name and ".png" apart)
         page.locator("#batch-btn").click()
@@ -438,8 +442,9 @@ def test_a_batch_uploaded_on_the_page_reads_its_replication_rate_and_a_row_per_i
         wait_text(page, "#batch-table", "twelve.png", timeout=30_000)
         table = page.locator("#batch-table").inner_text()
         toasts = page.locator(".toast-body").count()
+        page.locator("#batch-file").get_by_text("batch").first.wait_for(timeout=30_000)  # its JSON offered
     assert "2 of 2 images replicated: 100.0%" in " ".join(summary.split()) and "notes.png" in summary
-    assert "left out" in summary and toasts == 0
+    assert "left out" in summary and toasts == 0 and not offered_empty
     cells = [c.strip() for c in table.splitlines() if c.strip()]  # (one cell a line)
     rows = {c: cells[i:i + 6] for i, c in enumerate(cells) if c.endswith(".png")}
     assert set(rows) == {"seven.png", "twelve.png"}, table  # the bad file has no row

@@ -1,6 +1,8 @@
 """Match an image: an upload against the training set (what ``memlab match`` does)."""
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import pandas as pd
 
@@ -8,8 +10,10 @@ from ..limits import LIMITS
 from ..service import Lab
 from ..match import load_image
 from ..metrics import AGREEMENT
+from ..records import strict_json
 from .pictures import agreement_pair
 from .glossary import g
+from .serve import download_path
 from .views import MATCH_COLUMNS, MATCH_WIDTHS, copies, literal, score
 from .wiring import page_and_api
 
@@ -79,21 +83,27 @@ def batch_panel(lab: Lab, m_desc, api) -> None:
     with gr.Accordion(f"Match a batch (up to {n} images): its replication %", open=False, elem_id="batch"):
         gr.Markdown(f"Upload up to {n} images at once (generations from elsewhere, on the same prompt or not; "
                     f"{LIMITS['upload_bytes'] // 2**20} MiB together) for the share the verdict calls copies, "
-                    "with its 95% interval, and each image's top-1 training image. A file that does not read as "
-                    "an image is left out and named.")
+                    "with its 95% interval, and each image's top-1 training image (and the whole result as JSON, "
+                    "as `memlab match --json` writes it). A file that does not read as an image is left out and "
+                    "named.")
         b_files = gr.File(file_count="multiple", file_types=["image"], type="filepath", label="images to match",
                           elem_id="batch-files")
         b_btn = gr.Button("Match the batch", variant="primary", elem_id="batch-btn")
         b_md = gr.Markdown(elem_id="batch-summary")
         b_table = gr.Dataframe(headers=BATCH_COLUMNS, column_widths=BATCH_WIDTHS, label="each image's top-1 match",
                                elem_id="batch-table")
+        b_file = gr.File(label="batch.json (memlab match --json)", visible=False, elem_id="batch-file")
 
         def match_batch(paths, descriptor):
             res = lab.match_batch(paths, 1, descriptor)
-            return batch_summary(res, lab.descriptor_label(res["descriptor"]["name"])), batch_table(res)
+            path = download_path("batch.json")  # the whole result, as `memlab match --json` writes it
+            path.write_text(json.dumps(strict_json(res), indent=2, allow_nan=False))
+            return batch_summary(res, lab.descriptor_label(res["descriptor"]["name"])), batch_table(res), str(path)
 
-        page_and_api(b_btn, match_batch, [b_files, m_desc], [b_md, b_table], api("match_batch"),
-                     message=lambda text: (text, None), cleared=("", None))
+        shown = page_and_api(b_btn, match_batch, [b_files, m_desc], [b_md, b_table, b_file], api("match_batch"),
+                             message=lambda text: (text, None, None),
+                             cleared=("", None, gr.update(value=None, visible=False)))
+        shown.then(lambda f: gr.update(visible=bool(f)), [b_file], [b_file], api_name=False, show_progress="hidden")
 
 
 def batch_summary(res: dict, label: str) -> str:
