@@ -359,7 +359,10 @@ class Lab(Streams, TrainingSet):
             raise MemlabError(f"{len(paths)} images is too many for one batch (at most {LIMITS['match_batch']})")
         k = number(k, "k", 1, 20, integer=True)
         try:
-            res = match_paths(self.index, self.get_descriptor(descriptor), list(paths), k=k, skip_unreadable=True)
+            # one image decoded at a time: 16 uploads of 40 megapixels each compress to a few MiB (a flat field)
+            # yet decode to gigabytes together; one at a time, a batch holds no more than a single upload does
+            res = match_paths(self.index, self.get_descriptor(descriptor), list(paths), k=k, chunk=1,
+                              skip_unreadable=True)
         except MemlabError as e:  # every file refused: said without the server's folders
             raise MemlabError(_named(str(e), paths)) from None
         for q in res["queries"]:

@@ -818,6 +818,31 @@ def test_a_batch_gives_its_replication_rate_its_interval_and_each_images_top1(cl
         client.predict(too_many, None, api_name="/match_batch")
 
 
+def test_a_batch_decodes_one_upload_at_a_time(server, tmp_path, monkeypatch):
+    """Lab.match_batch holds one decoded upload in memory at a time: 16 flat fields of 40 megapixels compress to
+    a few MiB (within the upload cap) but would decode to gigabytes together. Checked on small files: every
+    chunk the matcher sees is one image, and the batch's answer is the one a single chunk gives."""
+    from PIL import Image
+
+    from memlab import match
+
+    lab = server[1]
+    files = []
+    for i, colour in enumerate([(250, 10, 250), (10, 200, 30), (0, 0, 0)]):
+        files.append(str(tmp_path / f"f{i}.png"))
+        Image.new("RGB", (64, 64), colour).save(files[-1])
+    seen, inner = [], match._match_chunk
+
+    def counted(index, descriptor, images, k):
+        seen.append(len(images))
+        return inner(index, descriptor, images, k)
+    monkeypatch.setattr(match, "_match_chunk", counted)
+    res = lab.match_batch(files, 1, None)
+    assert seen == [1, 1, 1]
+    whole = match.match_paths(lab.index, lab.descriptor, files, k=1)  # all three in one chunk
+    assert seen[-1] == 3 and [q["score"] for q in res["queries"]] == [q["score"] for q in whole["queries"]]
+
+
 def test_the_phone_row_names_the_tabs_the_page_has_and_follows_them_by_id(server):
     """The "Go to" row offers the tabs this page built, in their order, and a tab opened from the bar marks its
     own id: the tiny world has no lesson, so the row has no Lesson and the second tab is Compare (reading the
